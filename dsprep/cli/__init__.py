@@ -1,0 +1,38 @@
+"""The ``dsprep`` command line: parse options, call the library, print summaries. No logic here."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from ._common import DsprepGroup
+from .cmd_build import build_hdf5, info, means, verify
+from .cmd_demo import demo
+from .cmd_dump import sample_dump
+from .cmd_split import split
+from .cmd_train import evaluate, sweep_lr, train
+
+
+@click.group(cls=DsprepGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dsprep")
+@click.option("-v", "--verbose", count=True, help="Say more (repeat for debug detail).")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors and the final summary only.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Turn a raw image dump into training-ready data, and train CNNs on it.
+
+    \b
+    Typical flow:
+      dsprep split DUMP data/split            # train/val/test class folders
+      dsprep build-hdf5 data/split data/hdf5  # train/val/test.hdf5 + means.json
+      dsprep train data/hdf5 runs/alexnet     # Keras 3 training
+      dsprep evaluate runs/alexnet data/hdf5/test.hdf5 --ten-crop
+    """
+    ctx.obj = {"verbose": verbose, "quiet": quiet}
+
+
+for command in (sample_dump, split, build_hdf5, info, verify, means, train, evaluate, sweep_lr,
+                demo):
+    main.add_command(command)
+
+__all__ = ["main"]

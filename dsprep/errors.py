@@ -1,0 +1,33 @@
+"""Exception types used by every layer; the CLI turns them into one-line messages and exit codes."""
+
+
+class DsprepError(Exception):
+    """Root of every error dsprep raises on purpose."""
+
+
+class UsageError(DsprepError, ValueError):
+    """A bad argument or option value (the CLI exits with code 2)."""
+
+
+class CorruptImageError(DsprepError, ValueError):
+    """A file that is not a decodable image: empty, truncated, garbled or of an unknown format."""
+
+
+class ImageTooLargeError(CorruptImageError):
+    """An image whose pixel count exceeds the limit (a likely decompression bomb)."""
+
+
+class DatasetFormatError(DsprepError, ValueError):
+    """A file that is not in the format a stage expects (not HDF5, not dsprep's schema, ...)."""
+
+
+class LayoutError(DsprepError, FileNotFoundError):
+    """A source or split folder that is missing or does not have the expected layout."""
+
+
+class SplitError(DsprepError, ValueError):
+    """A split that cannot be made as asked (e.g. a class too small for the requested counts)."""
+
+
+class DestinationExistsError(DsprepError, FileExistsError):
+    """An output that already exists and would be overwritten without ``--force``."""

@@ -1,0 +1,217 @@
+"""The dsprep HDF5 schema (``dsprep-hdf5/1``): write a file atomically, open and check one.
+
+Knows the on-disk layout and nothing of crops, batches or augmentation (DESIGN.md §2.2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
+
+SCHEMA = "dsprep-hdf5/1"
+PARTIAL_SUFFIX = ".partial"
+COMPRESSIONS = ("none", "lzf", "gzip")
+DEFAULT_CHUNK_IMAGES = 64
+_STR = h5py.string_dtype("utf-8")
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where a file is written before it is complete."""
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+class HDF5Writer:
+    """Append rows to a new dsprep HDF5 file, written under ``NAME.partial`` until :meth:`close`.
+
+    Use as a context manager: on a clean exit the file gets its final attributes and is renamed to
+    its final name; on an exception the partial file is removed, so a final name is always whole.
+
+    Args:
+        path: the final file name.
+        capacity: the number of rows at most (the file is trimmed to the rows appended).
+        image_size: (height, width) of every image.
+        label_names: class names in id order.
+        chunk_images: images per HDF5 chunk.
+        compression: "none", "lzf" or "gzip".
+        attrs: further root attributes (split, resize, interpolation, order, seed, ...).
+        overwrite: replace an existing file at ``path``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        capacity: int,
+        image_size: tuple[int, int],
+        label_names: Sequence[str],
+        *,
+        chunk_images: int = DEFAULT_CHUNK_IMAGES,
+        compression: str = "none",
+        attrs: dict | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise DestinationExistsError(
+                f"{self.path} already exists; use --force (overwrite=True) to replace it"
+            )
+        if compression not in COMPRESSIONS:
+            raise UsageError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        self.partial = partial_path(self.path)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self.capacity = int(capacity)
+        height, width = image_size
+        self.count = 0
+        self._file = h5py.File(self.partial, "w")
+        chunk = max(1, min(int(chunk_images), max(1, self.capacity)))
+        self.images = self._file.create_dataset(
+            "images",
+            shape=(self.capacity, height, width, 3),
+            maxshape=(None, height, width, 3),
+            dtype=np.uint8,
+            chunks=(chunk, height, width, 3),
+            compression=None if compression == "none" else compression,
+        )
+        self.labels = self._file.create_dataset(
+            "labels", shape=(self.capacity,), maxshape=(None,), dtype=np.int32
+        )
+        self.filenames = self._file.create_dataset(
+            "filenames", shape=(self.capacity,), maxshape=(None,), dtype=_STR
+        )
+        self._file.create_dataset("label_names", data=np.array(list(label_names), dtype=object),
+                                  dtype=_STR)
+        root = self._file.attrs
+        root["schema"] = SCHEMA
+        root["dsprep_version"] = __version__
+        root["image_size"] = np.array([height, width], dtype=np.int64)
+        root["color"] = "RGB"
+        for key, value in (attrs or {}).items():
+            root[key] = value
+
+    def append(self, images: np.ndarray, labels: Sequence[int], filenames: Sequence[str]) -> None:
+        """Write a block of rows: images (n, H, W, 3) uint8, their labels and source names."""
+        n = len(images)
+        if n == 0:
+            return
+        end = self.count + n
+        if end > self.capacity:
+            raise UsageError(f"{self.path}: {n} more rows exceed the capacity {self.capacity}")
+        self.images.write_direct(np.ascontiguousarray(images, dtype=np.uint8),
+                                 dest_sel=np.s_[self.count:end])
+        self.labels[self.count:end] = np.asarray(labels, dtype=np.int32)
+        self.filenames[self.count:end] = np.array(list(filenames), dtype=object)
+        self.count = end
+
+    def close(self, **attrs) -> Path:
+        """Trim to the rows written, set final attributes, and rename into place."""
+        for ds in (self.images, self.labels, self.filenames):
+            ds.resize(self.count, axis=0)
+        self._file.attrs["count"] = self.count
+        for key, value in attrs.items():
+            self._file.attrs[key] = value
+        self._file.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and remove the partial file."""
+        try:
+            self._file.close()
+        finally:
+            self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> HDF5Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_arrays(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    labels: Sequence[int],
+    label_names: Sequence[str],
+    filenames: Sequence[str] | None = None,
+    **attrs,
+) -> Path:
+    """Write in-memory arrays as a dsprep HDF5 file in one go (small data, tests, examples)."""
+    images = np.asarray(images, dtype=np.uint8)
+    if filenames is None:
+        filenames = [f"row{i}" for i in range(len(images))]
+    mean = images.reshape(-1, 3).mean(axis=0, dtype=np.float64) if len(images) else np.zeros(3)
+    defaults = {"split": "train", "resize": "crop", "interpolation": "area", "order": "sorted",
+                "seed": 0, "skipped": 0, "mean_rgb": mean}
+    defaults.update(attrs)
+    overwrite = defaults.pop("overwrite", False)
+    with HDF5Writer(path, len(images), images.shape[1:3], label_names, attrs=defaults,
+                    overwrite=overwrite) as writer:
+        writer.append(images, labels, filenames)
+    return Path(path)
+
+
+def open_dataset(path: str | os.PathLike) -> h5py.File:
+    """Open a dsprep HDF5 file read-only after checking it is one.
+
+    Raises:
+        LayoutError: the file does not exist.
+        DatasetFormatError: it is not HDF5, or not dsprep's schema.
+    """
+    path = Path(path)
+    if not path.exists():
+        hint = ""
+        if partial_path(path).exists():
+            hint = f" ({partial_path(path).name} is an unfinished build; run build-hdf5 again)"
+        raise LayoutError(f"{path} does not exist{hint}")
+    try:
+        db = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetFormatError(
+            f"{path} is not a readable HDF5 file ({exc}); build it with 'dsprep build-hdf5'"
+        ) from exc
+    try:
+        check_schema(db, path)
+    except Exception:
+        db.close()
+        raise
+    return db
+
+
+def check_schema(db: h5py.File, path: str | os.PathLike = "") -> None:
+    """Raise DatasetFormatError unless ``db`` has dsprep's datasets with consistent shapes."""
+    name = path or db.filename
+    for key in ("images", "labels"):
+        if key not in db:
+            raise DatasetFormatError(
+                f"{name} is not a dsprep HDF5 file (no {key!r} dataset); "
+                "build it with 'dsprep build-hdf5'"
+            )
+    images, labels = db["images"], db["labels"]
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DatasetFormatError(
+            f"{name}: 'images' is {images.dtype}{images.shape}, expected uint8 (N, H, W, 3); "
+            "rebuild it with 'dsprep build-hdf5'"
+        )
+    if labels.shape != (images.shape[0],):
+        raise DatasetFormatError(
+            f"{name}: 'labels' has shape {labels.shape} but there are {images.shape[0]} images; "
+            "rebuild it with 'dsprep build-hdf5'"
+        )
+
+
+def label_names(db: h5py.File) -> list[str]:
+    """The class names in id order (``label_names``), or ids as strings if the file has none."""
+    if "label_names" in db:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in db["label_names"][()]]
+    labels = db["labels"][()]
+    return [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]

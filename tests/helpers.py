@@ -1,0 +1,43 @@
+"""Small image makers shared by the tests (no image is committed; everything lands in tmp_path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB uint8 image: compresses like a photo, differs per seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def write_image(path: Path, rgb: np.ndarray, quality: int = 92) -> Path:
+    """Write an RGB (or gray, or RGBA) array to ``path``; the format follows the extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rgb.ndim == 3 and rgb.shape[2] == 3:
+        data = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    elif rgb.ndim == 3 and rgb.shape[2] == 4:
+        data = cv2.cvtColor(rgb, cv2.COLOR_RGBA2BGRA)
+    else:
+        data = rgb
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, data, params)
+    assert ok, path
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def make_class_folders(
+    root: Path, classes=("cat", "dog", "fox"), per_class: int = 6, size=(48, 64), seed: int = 0
+) -> Path:
+    """Write ``root/<class>/<class>_<n>.jpg`` with distinct smooth images; return root."""
+    n = seed
+    for name in classes:
+        for i in range(per_class):
+            write_image(root / name / f"{name}_{i}.jpg", smooth_image(*size, seed=n))
+            n += 1
+    return root
