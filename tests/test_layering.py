@@ -15,6 +15,7 @@ LAYERS = {
     "images": 1,
     "sources": 2,
     "split": 2,
+    "sample": 2,
     "stats": 3,
     "store": 3,
     "build": 4,
