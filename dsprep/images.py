@@ -6,12 +6,14 @@ The only place where OpenCV's BGR order and (width, height) sizes appear.
 from __future__ import annotations
 
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import CorruptImageError, UsageError
+from .errors import CorruptImageError, ImageTooLargeError, UsageError
 
 DEFAULT_MAX_PIXELS = 89_478_485
 RESIZE_MODES = ("crop", "stretch", "pad")
@@ -23,102 +25,633 @@ INTERPOLATIONS = {
     "lanczos": cv2.INTER_LANCZOS4,
 }
 
+# Reduced JPEG decoding (libjpeg's scaled IDCT) by factor f is used only when the source is at
+# least this many times the scaled size. Just above f, libjpeg's own filtering followed by a small
+# INTER_AREA step blurs more than one INTER_AREA does (down to 29 dB at 8x); with these margins,
+# measured on seven of skimage's photos at every size, the result stays >= 35 dB PSNR from full
+# decode + INTER_AREA (worst: 35.9 dB at 1/2, 36.2 at 1/4, 35.4 at 1/8).
+REDUCE_MIN_RATIO = ((8, 16.0), (4, 7.0), (2, 2.5))
+# The GRAYSCALE variants carry only the reduction bits, to be combined with _COLOR_RGB.
+_REDUCED_FLAG = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+# Colour decodes come out in RGB straight from the codec, with orientation left to this module:
+# OpenCV applies EXIF orientation with some flags and not others, so one rule (ours) is simpler.
+_COLOR_RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7,
+                       0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+@dataclass(slots=True)
+class _Header:
+    """What the header says about an encoded image, read without decoding the pixels."""
+
+    format: str
+    height: int  # as stored, before orientation
+    width: int
+    orientation: int = 1  # EXIF orientation, 1..8
+    orient_here: bool = True  # False where the codec applies orientation itself (TIFF)
+    unchanged: bool = False  # needs IMREAD_UNCHANGED: alpha or more than 8 bits
+    premultiplied: bool = False  # alpha that OpenCV returns premultiplied (8-bit TIFF)
+    gray_key: int | None = None  # a grayscale PNG's transparent value (tRNS)
+    complete: str | None = None  # None if the file looks whole, else why it does not
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) after orientation: the shape that decoding gives."""
+        if self.orientation >= 5:
+            return self.width, self.height
+        return self.height, self.width
+
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """Return the raw bytes of an image file."""
+    """Return the raw bytes of an image file (OSError if it cannot be read)."""
     return Path(path).read_bytes()
 
 
-def probe(data: bytes) -> tuple[int, int]:
-    """Return the (height, width) of an encoded image, raising CorruptImageError if unreadable."""
-    return decode(data).shape[:2]
+def probe(
+    data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, verify: bool = True
+) -> tuple[int, int]:
+    """Return the (height, width) an image will decode to, reading only its header.
+
+    JPEG, PNG, GIF, BMP, WebP and TIFF headers are parsed directly (microseconds); other formats
+    fall back to a full decode. EXIF orientation is taken into account, so the result equals
+    ``decode(data).shape[:2]``.
+
+    Args:
+        data: the encoded file.
+        max_pixels: refuse images with more pixels than this (None: no limit).
+        verify: also check the file is not cut short (an end marker is present); cheap, but
+            needs the whole file rather than a prefix.
+
+    Raises:
+        CorruptImageError: empty, not an image, an unknown format, a broken header, or (with
+            ``verify``) a truncated file.
+        ImageTooLargeError: over ``max_pixels``.
+    """
+    header = _inspect(data)
+    if header is None:
+        return _decode_fallback(data, max_pixels).shape[:2]
+    _check_pixels(header, max_pixels)
+    if verify and header.complete:
+        raise CorruptImageError(header.complete)
+    return header.shape
 
 
 def decode(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes into an (H, W, 3) uint8 RGB array."""
-    if not data:
-        raise CorruptImageError("empty file")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CorruptImageError("not a decodable image")
-    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
-        raise CorruptImageError(f"{image.shape[1]}x{image.shape[0]} exceeds {max_pixels} pixels")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Decode encoded image bytes into an (H, W, 3) uint8 RGB array.
+
+    EXIF orientation is applied; grayscale is replicated to three channels; transparency is
+    composited on white; 16-bit samples are scaled to 8 bits (x / 257, rounded); CMYK and
+    palette images are converted; an animated GIF gives its first frame.
+
+    Raises:
+        CorruptImageError: empty, not an image, truncated or undecodable.
+        ImageTooLargeError: more than ``max_pixels`` pixels, checked from the header before
+            any pixel is decoded (for formats read by the fallback, after decoding).
+    """
+    header = _inspect(data)
+    if header is None:
+        return _decode_fallback(data, max_pixels)
+    _check_pixels(header, max_pixels)
+    if header.complete:
+        raise CorruptImageError(header.complete)
+    return _decode(data, header)
 
 
 def read_image(path: str | os.PathLike, **kwargs) -> np.ndarray:
-    """Read and decode an image file into (H, W, 3) uint8 RGB."""
+    """Read and decode an image file into (H, W, 3) uint8 RGB; keywords go to ``decode``."""
     return decode(read_bytes(path), **kwargs)
 
 
 def parse_size(size: int | str | tuple[int, int]) -> tuple[int, int]:
-    """Turn ``256``, ``"256"``, ``"256x192"`` (height x width) or a pair into (height, width)."""
-    if isinstance(size, int):
-        return size, size
+    """Turn ``256``, ``"256"``, ``"256x192"`` (height x width) or a pair into (height, width).
+
+    Raises:
+        UsageError: not a positive size.
+    """
+    values: list[int] = []
     if isinstance(size, str):
-        parts = size.lower().split("x")
         try:
-            values = [int(p) for p in parts]
+            values = [int(p) for p in size.lower().split("x")]
         except ValueError:
             values = []
-        if len(values) == 1:
-            return values[0], values[0]
-        if len(values) == 2 and min(values) > 0:
-            return values[0], values[1]
-        raise UsageError(f"size {size!r} is not N or HxW (e.g. 256 or 256x192)")
-    height, width = size
-    return int(height), int(width)
+    elif isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        values = [int(size)]
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size):
+            values = [int(v) for v in size]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) <= 0:
+        raise UsageError(f"size {size!r} is not N or HxW with positive sides (e.g. 256 or 256x192)")
+    return values[0], values[1]
 
 
 def resize(
     image: np.ndarray,
-    size: tuple[int, int],
+    size: int | str | tuple[int, int],
     mode: str = "crop",
     interpolation: str | None = None,
 ) -> np.ndarray:
-    """Resize an (H, W, C) image to ``size`` = (height, width).
+    """Resize an (H, W, C) image to ``size`` = (height, width), or anything ``parse_size`` takes.
 
     ``crop`` scales the shorter side to fit and centre-crops, ``stretch`` ignores the aspect
     ratio, ``pad`` letterboxes on black. INTER_AREA shrinks and INTER_CUBIC enlarges unless
-    ``interpolation`` names another.
+    ``interpolation`` names another (one of ``INTERPOLATIONS``). Returns the input itself when
+    it already has the requested size.
+
+    Raises:
+        UsageError: an unknown mode or interpolation, or a size that is not positive.
     """
-    height, width = size
-    h, w = image.shape[:2]
-    if mode == "stretch":
-        scale_h, scale_w = height / h, width / w
-        target = (width, height)
-    elif mode in ("crop", "pad"):
-        scale = max(height / h, width / w) if mode == "crop" else min(height / h, width / w)
-        scale_h = scale_w = scale
-        target = (max(1, round(w * scale)), max(1, round(h * scale)))
-    else:
-        raise UsageError(f"resize mode {mode!r} is not one of {', '.join(RESIZE_MODES)}")
-    if interpolation is None:
-        flag = cv2.INTER_AREA if min(scale_h, scale_w) < 1 else cv2.INTER_CUBIC
-    else:
-        flag = INTERPOLATIONS[interpolation]
-    out = image if target == (w, h) else cv2.resize(image, target, interpolation=flag)
-    if mode == "crop":
-        top = (out.shape[0] - height) // 2
-        left = (out.shape[1] - width) // 2
-        out = out[top : top + height, left : left + width]
-    elif mode == "pad":
-        canvas = np.zeros((height, width) + out.shape[2:], dtype=out.dtype)
-        top = (height - out.shape[0]) // 2
-        left = (width - out.shape[1]) // 2
-        canvas[top : top + out.shape[0], left : left + out.shape[1]] = out
-        out = canvas
-    return np.ascontiguousarray(out)
+    size = parse_size(size)
+    _check_options(mode, interpolation)
+    return _fit(image, image.shape[0], image.shape[1], 1, size, mode, interpolation)
 
 
 def load(
     data: bytes,
-    size: tuple[int, int],
+    size: int | str | tuple[int, int],
     mode: str = "crop",
     interpolation: str | None = None,
     *,
     exact: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Decode image bytes and resize them to ``size``; the one path build and generators share."""
-    return resize(decode(data, max_pixels=max_pixels), size, mode, interpolation)
+    """Decode image bytes and resize them to ``size``: the one path build and generators share.
+
+    Gives ``resize(decode(data), size, mode, interpolation)``. Unless ``exact``, a JPEG much
+    larger than the target is decoded at 1/2, 1/4 or 1/8 scale first (see ``REDUCE_MIN_RATIO``),
+    which is faster and stays at 35 dB PSNR or more from the exact result.
+
+    Raises:
+        CorruptImageError, ImageTooLargeError: as ``decode``.
+        UsageError: as ``resize``.
+    """
+    size = parse_size(size)
+    _check_options(mode, interpolation)
+    header = _inspect(data)
+    if header is None:
+        image = _decode_fallback(data, max_pixels)
+        return _fit(image, image.shape[0], image.shape[1], 1, size, mode, interpolation)
+    _check_pixels(header, max_pixels)
+    if header.complete:
+        raise CorruptImageError(header.complete)
+    full_h, full_w = header.shape
+    factor = 1
+    if not exact and header.format == "JPEG" and interpolation in (None, "area"):
+        factor = _reduction(full_h, full_w, size, mode)
+    image = _decode(data, header, factor)
+    return _fit(image, full_h, full_w, factor, size, mode, interpolation)
+
+
+# --- resizing -------------------------------------------------------------------------------
+
+
+def _check_options(mode: str, interpolation: str | None) -> None:
+    if mode not in RESIZE_MODES:
+        raise UsageError(f"resize mode {mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise UsageError(
+            f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+        )
+
+
+def _scaled_size(h: int, w: int, size: tuple[int, int], mode: str) -> tuple[int, int]:
+    """The (height, width) the whole image is scaled to before cropping or padding."""
+    height, width = size
+    if mode == "stretch":
+        return height, width
+    pick = max if mode == "crop" else min
+    scale = pick(height / h, width / w)
+    # The side that decides the scale gets the target exactly, whatever the float rounding.
+    sh = height if scale == height / h else max(1, round(h * scale))
+    sw = width if scale == width / w else max(1, round(w * scale))
+    if mode == "crop":
+        return max(sh, height), max(sw, width)
+    return min(sh, height), min(sw, width)
+
+
+def _reduction(h: int, w: int, size: tuple[int, int], mode: str) -> int:
+    """The JPEG reduced-decoding factor (1, 2, 4 or 8) that keeps the quality promise."""
+    sh, sw = _scaled_size(h, w, size, mode)
+    ratio = min(h / sh, w / sw)
+    for factor, least in REDUCE_MIN_RATIO:
+        if ratio >= least:
+            return factor
+    return 1
+
+
+def _fit(
+    image: np.ndarray,
+    full_h: int,
+    full_w: int,
+    factor: int,
+    size: tuple[int, int],
+    mode: str,
+    interpolation: str | None,
+) -> np.ndarray:
+    """Scale, then crop or pad, ``image``: a full_h x full_w picture decoded at 1/factor scale.
+
+    The geometry always comes from the full size, so a reduced decode lands on the same pixel
+    grid as a full one (libjpeg rounds reduced sizes up, which would otherwise shift the crop).
+    """
+    height, width = size
+    sh, sw = _scaled_size(full_h, full_w, size, mode)
+    if interpolation is None:
+        flag = cv2.INTER_AREA if min(sh / full_h, sw / full_w) < 1 else cv2.INTER_CUBIC
+    else:
+        flag = INTERPOLATIONS[interpolation]
+    h, w = image.shape[:2]
+    if factor == 1:
+        out = image if (sh, sw) == (h, w) else cv2.resize(image, (sw, sh), interpolation=flag)
+    else:
+        # Exact scale factors (not a destination size) keep the reduced grid aligned; the few
+        # extra rows or columns from libjpeg's rounding up are cut off afterwards.
+        out = cv2.resize(image, None, fx=factor * sw / full_w, fy=factor * sh / full_h,
+                         interpolation=flag)
+        if out.shape[0] < sh or out.shape[1] < sw:
+            out = cv2.resize(image, (sw, sh), interpolation=flag)
+        out = out[:sh, :sw]
+    if mode == "pad":
+        canvas = np.zeros((height, width) + out.shape[2:], dtype=out.dtype)
+        top, left = (height - sh) // 2, (width - sw) // 2
+        canvas[top : top + sh, left : left + sw] = out
+        return canvas
+    top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
+    out = out[top : top + height, left : left + width]
+    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _check_pixels(header: _Header, max_pixels: int | None) -> None:
+    if max_pixels is not None and header.height * header.width > max_pixels:
+        raise ImageTooLargeError(
+            f"{header.width}x{header.height} is over the {max_pixels:,}-pixel limit"
+        )
+
+
+def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
+    """Decode a file whose header was read, at 1/factor scale (JPEG only), to RGB uint8."""
+    buffer = np.frombuffer(data, np.uint8)
+    if header.unchanged:
+        raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    else:
+        flags = _COLOR_RGB | (_REDUCED_FLAG[factor] if factor > 1 else 0)
+        raw = cv2.imdecode(buffer, flags)
+    if raw is None:
+        raise CorruptImageError(f"{header.format} data could not be decoded (corrupt or truncated)")
+    if header.unchanged:
+        image = _to_rgb8(raw, premultiplied=header.premultiplied, gray_key=header.gray_key)
+    else:
+        image = raw if raw.dtype == np.uint8 else _to_uint8(raw)  # e.g. a 12-bit JPEG
+    if header.orient_here and header.orientation != 1:
+        image = _orient(image, header.orientation)
+    return image
+
+
+def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:
+    """Formats without a header parser here: let OpenCV decode (it applies orientation)."""
+    if not data:
+        raise CorruptImageError("empty file")
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if raw is None:
+        if _looks_like_text(data):
+            raise CorruptImageError("a text file, not an image")
+        raise CorruptImageError("not an image in a known format")
+    h, w = raw.shape[:2]
+    if max_pixels is not None and h * w > max_pixels:
+        raise ImageTooLargeError(f"{w}x{h} is over the {max_pixels:,}-pixel limit")
+    return _to_rgb8(raw)
+
+
+def _looks_like_text(data: bytes) -> bool:
+    head = data[:512]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n\f" for c in text)
+
+
+def _to_rgb8(raw: np.ndarray, *, premultiplied: bool = False, gray_key: int | None = None):
+    """OpenCV's IMREAD_UNCHANGED output (gray, BGR or BGRA; 8, 16 or 32-bit) to RGB uint8."""
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    channels = raw.shape[2]
+    if raw.dtype == np.uint8 and channels == 1 and gray_key is None:
+        return cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)
+    if raw.dtype == np.uint8 and channels == 3:
+        return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+    if channels == 1 and gray_key is not None:
+        alpha = np.where(raw == gray_key, 0, np.iinfo(raw.dtype).max).astype(raw.dtype)
+        raw = np.concatenate([raw, alpha], axis=2)
+        channels = 2
+    if channels == 2:  # gray + alpha
+        raw = raw[:, :, [0, 0, 0, 1]]
+    elif channels == 1:
+        raw = raw[:, :, [0, 0, 0]]
+    elif channels >= 4:
+        raw = raw[:, :, [2, 1, 0, 3]]
+    else:
+        raw = raw[:, :, ::-1]
+    if raw.shape[2] == 4:
+        return _composite_on_white(raw, premultiplied)
+    return _to_uint8(raw)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return np.ascontiguousarray(pixels)
+    if pixels.dtype == np.uint16:
+        # round(x / 257) without floats: no x lands on a .5, so this is exact.
+        return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(pixels.dtype, np.floating):  # TIFF/HDR floats, taken as 0..1
+        return np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if np.issubdtype(pixels.dtype, np.integer):
+        info = np.iinfo(pixels.dtype)
+        scaled = (pixels.astype(np.float64) - info.min) / (info.max - info.min) * 255.0
+        return np.rint(scaled).astype(np.uint8)
+    raise CorruptImageError(f"unsupported pixel type {pixels.dtype}")
+
+
+def _composite_on_white(rgba: np.ndarray, premultiplied: bool) -> np.ndarray:
+    """RGBA (straight or premultiplied alpha) over a white background, as RGB uint8."""
+    if rgba.dtype == np.uint8:
+        rgb = rgba[:, :, :3].astype(np.uint32)
+        alpha = rgba[:, :, 3:].astype(np.uint32)
+        if premultiplied:
+            return np.minimum(rgb + (255 - alpha), 255).astype(np.uint8)
+        # Integer rounding of (c * a + 255 * (255 - a)) / 255.
+        return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    if rgba.dtype == np.uint16:
+        top = 65535.0
+    elif np.issubdtype(rgba.dtype, np.floating):
+        top = 1.0
+    else:
+        top = float(np.iinfo(rgba.dtype).max)
+    rgb = rgba[:, :, :3].astype(np.float64)
+    alpha = np.clip(rgba[:, :, 3:].astype(np.float64) / top, 0.0, 1.0)
+    mixed = rgb + top * (1.0 - alpha) if premultiplied else rgb * alpha + top * (1.0 - alpha)
+    return np.rint(np.clip(mixed / top, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (2..8) so the image is shown upright."""
+    if orientation == 2:
+        return cv2.flip(image, 1)
+    if orientation == 3:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(image, 0)
+    if orientation == 5:
+        return cv2.transpose(image)
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(image), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return image
+
+
+# --- header parsing -------------------------------------------------------------------------
+
+
+def _inspect(data: bytes) -> _Header | None:
+    """Read the header of a known format; None for formats left to the fallback decoder.
+
+    Raises:
+        CorruptImageError: empty, or a known format whose header is broken.
+    """
+    if not data:
+        raise CorruptImageError("empty file")
+    try:
+        if data.startswith(b"\xff\xd8"):
+            return _inspect_jpeg(data)
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _inspect_png(data)
+        if data.startswith((b"GIF87a", b"GIF89a")):
+            return _inspect_gif(data)
+        if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+            return _inspect_webp(data)
+        if data.startswith(b"BM"):
+            return _inspect_bmp(data)
+        if data.startswith((b"II*\x00", b"MM\x00*")):
+            return _inspect_tiff(data)
+    except (struct.error, IndexError):
+        fmt = _format_name(data)
+        raise CorruptImageError(f"truncated {fmt} (the file ends inside its header)") from None
+    return None
+
+
+def _format_name(data: bytes) -> str:
+    for prefix, name in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF", "GIF"),
+                         (b"RIFF", "WebP"), (b"BM", "BMP")):
+        if data.startswith(prefix):
+            return name
+    return "TIFF"
+
+
+def _valid_size(fmt: str, height: int, width: int) -> None:
+    if height <= 0 or width <= 0:
+        raise CorruptImageError(f"{fmt} header gives an empty size ({width}x{height})")
+
+
+def _inspect_jpeg(data: bytes) -> _Header:
+    pos, end = 2, len(data)
+    size = None
+    orientation = 1
+    while True:
+        if data[pos] != 0xFF:
+            raise CorruptImageError("garbled JPEG header (a marker was expected)")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker == 0xD9:
+            raise CorruptImageError("JPEG has no image data (end-of-image before any scan)")
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            raise CorruptImageError("garbled JPEG header (bad segment length)")
+        body = pos + 4
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack_from(">HH", data, body + 1)
+            size = (height, width)
+        elif marker == 0xE1 and data.startswith(b"Exif\x00\x00", body) and orientation == 1:
+            orientation = _exif_orientation(data, body, pos + 2 + length)
+        elif marker == 0xDA:
+            break
+        pos += 2 + length
+        if pos >= end:
+            raise struct.error("header runs past the end")
+    if size is None:
+        raise CorruptImageError("JPEG has no frame header (SOF)")
+    _valid_size("JPEG", *size)
+    # Entropy-coded data cannot contain FF D9, so an end marker after the first scan header
+    # means the file was written to the end; bytes after it (some cameras add some) are fine.
+    complete = None if data.rfind(b"\xff\xd9", pos) >= 0 else (
+        "truncated JPEG (no end-of-image marker)")
+    return _Header("JPEG", size[0], size[1], orientation, complete=complete)
+
+
+def _inspect_png(data: bytes) -> _Header:
+    length, kind = struct.unpack_from(">I4s", data, 8)
+    if kind != b"IHDR" or length != 13:
+        raise CorruptImageError("garbled PNG header (IHDR is not the first chunk)")
+    width, height, depth, color = struct.unpack_from(">IIBB", data, 16)
+    _valid_size("PNG", height, width)
+    orientation, has_trns, gray_key = 1, False, None
+    pos, first_idat = 33, None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"IDAT":
+            first_idat = pos
+            break
+        if kind == b"tRNS":
+            has_trns = True
+            if color == 0 and length >= 2:
+                (gray_key,) = struct.unpack_from(">H", data, pos + 8)
+                if depth < 8:  # OpenCV scales 1, 2 and 4-bit gray up to 0..255
+                    gray_key *= 255 // ((1 << depth) - 1)
+        elif kind == b"eXIf":  # allowed before IDAT only; later copies are not looked for
+            orientation = _exif_orientation(data, pos + 8, pos + 8 + length)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if first_idat is None:
+        raise CorruptImageError("truncated PNG (no image data)")
+    iend = data.rfind(b"\x00\x00\x00\x00IEND", first_idat)
+    complete = None if iend >= 0 and iend + 12 <= len(data) else "truncated PNG (no IEND chunk)"
+    alpha = color in (4, 6) or (has_trns and color in (2, 3))
+    unchanged = alpha or depth == 16 or gray_key is not None
+    return _Header("PNG", height, width, orientation, unchanged=unchanged,
+                   gray_key=gray_key if color == 0 else None, complete=complete)
+
+
+def _inspect_gif(data: bytes) -> _Header:
+    width, height = struct.unpack_from("<HH", data, 6)
+    _valid_size("GIF", height, width)
+    # GIFs may carry transparency in any frame's extension; IMREAD_UNCHANGED reports it as alpha.
+    return _Header("GIF", height, width, unchanged=True)
+
+
+def _inspect_bmp(data: bytes) -> _Header:
+    (dib,) = struct.unpack_from("<I", data, 14)
+    if dib == 12:
+        width, height = struct.unpack_from("<HH", data, 18)
+    else:
+        width, height = struct.unpack_from("<ii", data, 18)
+    height = abs(height)  # negative height means rows stored top-down
+    _valid_size("BMP", height, width)
+    return _Header("BMP", height, width)
+
+
+def _inspect_webp(data: bytes) -> _Header:
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    complete = None if len(data) >= 8 + riff_size else "truncated WebP (shorter than its RIFF size)"
+    kind = data[12:16]
+    alpha = False
+    orientation = 1
+    if kind == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise CorruptImageError("garbled WebP header (no VP8 start code)")
+        width, height = struct.unpack_from("<HH", data, 26)
+        width, height = width & 0x3FFF, height & 0x3FFF
+    elif kind == b"VP8L":
+        if data[20] != 0x2F:
+            raise CorruptImageError("garbled WebP header (no VP8L signature)")
+        (bits,) = struct.unpack_from("<I", data, 21)
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        alpha = bool(bits >> 28 & 1)
+    elif kind == b"VP8X":
+        flags = data[20]
+        w3, h3 = data[24:27], data[27:30]
+        if len(h3) < 3:
+            raise struct.error("header runs past the end")
+        width = int.from_bytes(w3, "little") + 1
+        height = int.from_bytes(h3, "little") + 1
+        alpha = bool(flags & 0x10)
+        if flags & 0x08:  # an EXIF chunk follows the image data
+            orientation = _webp_orientation(data)
+    else:
+        raise CorruptImageError(f"unknown WebP chunk {kind!r}")
+    _valid_size("WebP", height, width)
+    return _Header("WebP", height, width, orientation, unchanged=alpha, complete=complete)
+
+
+def _webp_orientation(data: bytes) -> int:
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, length = struct.unpack_from("<4sI", data, pos)
+        if kind == b"EXIF":
+            return _exif_orientation(data, pos + 8, pos + 8 + length)
+        pos += 8 + length + (length & 1)
+    return 1
+
+
+def _inspect_tiff(data: bytes) -> _Header:
+    tags = _tiff_ifd0(data, 0, len(data), {256, 257, 258, 274, 277, 338})
+    width, height = tags.get(256, 0), tags.get(257, 0)
+    _valid_size("TIFF", height, width)
+    orientation = tags.get(274, 1)
+    bits = tags.get(258, 1)
+    extra = tags.get(338, 0)
+    # Associated alpha (1) is stored premultiplied; unassociated (2) 8-bit alpha comes out
+    # premultiplied too, because OpenCV reads it through libtiff's RGBA interface.
+    premultiplied = extra == 1 or (extra == 2 and bits == 8)
+    # OpenCV's TIFF decoder applies orientation itself, whatever the flags.
+    return _Header("TIFF", height, width, orientation if 1 <= orientation <= 8 else 1,
+                   orient_here=False, unchanged=True, premultiplied=premultiplied)
+
+
+def _exif_orientation(data: bytes, start: int, stop: int) -> int:
+    """The orientation tag of a TIFF-structured EXIF block at data[start:stop]; 1 if none."""
+    if data.startswith(b"Exif\x00\x00", start):  # some writers keep JPEG's APP1 prefix
+        start += 6
+    try:
+        value = _tiff_ifd0(data, start, stop, {274}).get(274, 1)
+    except struct.error:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+_TIFF_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}  # BYTE, SHORT, LONG
+
+
+def _tiff_ifd0(data: bytes, start: int, stop: int, wanted: set[int]) -> dict[int, int]:
+    """First value of each wanted tag in the first IFD of the TIFF structure at data[start:]."""
+    order = data[start : start + 2]
+    if order == b"II":
+        prefix = "<"
+    elif order == b"MM":
+        prefix = ">"
+    else:
+        raise struct.error("no TIFF byte order")
+    magic, offset = struct.unpack_from(prefix + "HI", data, start + 2)
+    if magic != 42:
+        raise struct.error("not TIFF")
+    ifd = start + offset
+    if ifd + 2 > stop:
+        raise struct.error("IFD past the end")
+    (count,) = struct.unpack_from(prefix + "H", data, ifd)
+    found: dict[int, int] = {}
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if entry + 12 > stop:
+            break
+        tag, kind, n = struct.unpack_from(prefix + "HHI", data, entry)
+        if tag not in wanted or n < 1 or kind not in _TIFF_TYPES:
+            continue
+        code, itemsize = _TIFF_TYPES[kind]
+        at = entry + 8  # the value itself when it fits in four bytes, else its offset
+        if n * itemsize > 4:
+            at = start + struct.unpack_from(prefix + "I", data, at)[0]
+        (found[tag],) = struct.unpack_from(prefix + code, data, at)
+    return found

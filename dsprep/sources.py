@@ -1,14 +1,45 @@
-"""Find the labelled images in a dump: class sub-folders, file-name prefixes or a labels CSV."""
+"""Find the labelled images in a dump: class sub-folders, file-name prefixes or a labels CSV.
+
+A dump is a folder or a ``.zip`` archive read in place; :func:`find_images` says which file has
+which label and which files were left out, and why. Nothing here decodes or copies an image.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
-from pathlib import Path
+import re
+import stat
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
-from .errors import LayoutError
+from .errors import LayoutError, UsageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+# Folders that archivers and operating systems add and that never hold a dataset's images.
+IGNORED_FOLDERS = frozenset({"__macosx"})
+LAYOUTS = ("auto", "folders", "prefix", "csv")
+
+# Reasons a file is left out, as written in skipped.csv.
+NO_LABEL = "no-label"
+BAD_LABEL = "bad-label"
+MISSING_FILE = "missing-file"
+UNLABELLED = "unlabelled"
+AMBIGUOUS_ID = "ambiguous-id"
+LABEL_CONFLICT = "label-conflict"
+DANGLING_LINK = "dangling-link"
+UNREADABLE = "unreadable"
+BAD_ROW = "bad-row"
+BAD_NAME = "bad-name"
+
+# Header names recognised when no column is named (compared in lower case).
+ID_NAMES = ("id", "image_id", "image", "file", "filename", "file_name", "fname", "path", "name")
+LABEL_NAMES = ("label", "labels", "class", "class_name", "category", "breed", "species", "target",
+               "y")
 
 
 def is_image_name(name: str) -> bool:
@@ -43,3 +74,504 @@ def scan_class_folders(root: str | os.PathLike) -> tuple[list[str], list[tuple[P
             f"{root} has no images in class sub-folders (expected {root}/<class>/<image>)"
         )
     return classes, items
+
+
+@dataclass(frozen=True, order=True)
+class Skipped:
+    """A file (or labels row) left out, as one row of skipped.csv."""
+
+    source: str
+    reason: str
+    detail: str = ""
+
+
+def _visible(part: str) -> bool:
+    return not part.startswith(".") and part.lower() not in IGNORED_FOLDERS | IGNORED_NAMES
+
+
+class Source:
+    """A dump to read from: a folder or a zip archive, addressed by POSIX paths relative to it.
+
+    Use :func:`open_source`; close it (or use it as a context manager) when done.
+    """
+
+    path: Path
+    is_zip: bool = False
+
+    def list_files(self) -> tuple[list[str], list[Skipped]]:
+        """Every visible file (sorted relative paths) and the entries that cannot be read."""
+        raise NotImplementedError
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of one file."""
+        raise NotImplementedError
+
+    def local_path(self, rel: str) -> Path | None:
+        """The file on disk (None inside an archive)."""
+        return None
+
+    def close(self) -> None:
+        """Release the archive, if any."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FolderSource(Source):
+    """A dump that is a folder; symbolic links are followed, loops and dangling links reported."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def list_files(self) -> tuple[list[str], list[Skipped]]:
+        files: list[str] = []
+        problems: list[Skipped] = []
+        seen: set[tuple[int, int]] = set()
+
+        def walk(folder: str, prefix: str) -> None:
+            try:
+                info = os.stat(folder)
+                if (info.st_dev, info.st_ino) in seen:
+                    return  # a link back to a folder already walked
+                seen.add((info.st_dev, info.st_ino))
+                entries = list(os.scandir(folder))
+            except OSError as exc:
+                problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
+                return
+            for entry in entries:
+                if not _visible(entry.name):
+                    continue
+                rel = prefix + entry.name
+                try:
+                    kind = os.stat(entry.path).st_mode
+                except FileNotFoundError:
+                    if entry.is_symlink():
+                        target = os.readlink(entry.path)
+                        problems.append(Skipped(rel, DANGLING_LINK, f"points to missing {target}"))
+                    continue
+                except OSError as exc:
+                    problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
+                    continue
+                if stat.S_ISDIR(kind):
+                    walk(entry.path, rel + "/")
+                elif stat.S_ISREG(kind):
+                    files.append(rel)
+
+        walk(str(self.path), "")
+        return sorted(files), problems
+
+    def read(self, rel: str) -> bytes:
+        with open(self.path / rel, "rb") as fh:
+            return fh.read()
+
+    def local_path(self, rel: str) -> Path:
+        return self.path / rel
+
+
+class ZipSource(Source):
+    """A dump that is a zip archive, read in place (nothing is extracted)."""
+
+    is_zip = True
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise LayoutError(f"{path} is not a readable zip archive ({exc})") from exc
+
+    def list_files(self) -> tuple[list[str], list[Skipped]]:
+        files = []
+        problems = []
+        for info in self._zip.infolist():
+            name = info.filename
+            if info.is_dir():
+                continue
+            parts = PurePosixPath(name).parts
+            if not all(_visible(p) for p in parts):
+                continue
+            if name.startswith("/") or ".." in parts or "\\" in name:
+                problems.append(Skipped(name, BAD_NAME, "unsafe path inside the archive"))
+                continue
+            files.append(name)
+        return sorted(set(files)), problems
+
+    def read(self, rel: str) -> bytes:
+        try:
+            return self._zip.read(rel)
+        except (zipfile.BadZipFile, KeyError) as exc:
+            # A damaged member (bad CRC, bad header) is one unreadable file, as on disk.
+            raise OSError(f"damaged archive member: {exc}") from exc
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def open_source(src: str | os.PathLike) -> Source:
+    """Open a dump folder or zip archive.
+
+    Raises:
+        LayoutError: ``src`` does not exist, or is a file that is not a zip archive.
+    """
+    path = Path(src)
+    if path.is_dir():
+        return FolderSource(path)
+    if path.is_file():
+        if zipfile.is_zipfile(path):
+            return ZipSource(path)
+        raise LayoutError(f"{path} is a file but not a zip archive; give a dump folder or a .zip")
+    raise LayoutError(f"{path} does not exist; give the folder or .zip that holds the images")
+
+
+def _os_detail(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+@dataclass
+class Inventory:
+    """What :func:`find_images` found.
+
+    Attributes:
+        layout: the layout used ("folders", "prefix" or "csv"), never "auto".
+        root: the folder inside the source the layout applies to ("" for the source itself;
+            single wrapper folders, as Kaggle archives often have, are stepped into).
+        items: (path relative to the source, label), sorted by path.
+        skipped: files and labels rows left out, with reasons.
+        labels_file: the labels CSV used, for the csv layout.
+    """
+
+    layout: str
+    root: str
+    items: list[tuple[str, str]]
+    skipped: list[Skipped] = field(default_factory=list)
+    labels_file: str | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        """The sorted class names."""
+        return sorted({label for _, label in self.items})
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class folder name, or None when it can."""
+    if not label:
+        return "empty label"
+    if label in (".", "..") or label.startswith("."):
+        return f"label {label!r} would be a hidden or special folder"
+    if any(c in label for c in '/\\:*?"<>|') or any(ord(c) < 32 for c in label):
+        return f"label {label!r} has a character not allowed in folder names"
+    return None
+
+
+def _prefix_label(name: str, pattern: re.Pattern | None) -> str | None:
+    if pattern is not None:
+        match = pattern.match(name)
+        return match.group("label") if match else None
+    stem = os.path.splitext(name)[0]
+    return stem.split(".", 1)[0] if "." in stem else None
+
+
+def compile_pattern(pattern: str | None) -> re.Pattern | None:
+    """Compile a ``--pattern`` regular expression, which needs one named group ``label``."""
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(
+            f"--pattern {pattern!r} is not a valid regular expression ({exc})"
+        ) from exc
+    if "label" not in compiled.groupindex:
+        raise UsageError(
+            f"--pattern {pattern!r} has no named group 'label'; write e.g. '(?P<label>[a-z]+)_\\d+'"
+        )
+    return compiled
+
+
+def _descend(files: list[str]) -> str:
+    """The folder to treat as the dump: step into single wrapper folders."""
+    root = ""
+    while True:
+        here = [f[len(root):] for f in files if f.startswith(root)]
+        top_files = [f for f in here if "/" not in f]
+        if any(is_image_name(f) or f.lower().endswith(".csv") for f in top_files):
+            return root
+        folders = {f.split("/", 1)[0] for f in here if "/" in f}
+        if len(folders) != 1:
+            return root
+        root += folders.pop() + "/"
+
+
+def find_images(
+    source: Source,
+    layout: str = "auto",
+    *,
+    pattern: str | None = None,
+    labels: str | os.PathLike | None = None,
+    id_column: str | int | None = None,
+    label_column: str | int | None = None,
+) -> Inventory:
+    """Find the images of a dump and their labels.
+
+    Layouts: ``folders`` (``<class>/<image>``, deeper folders belong to the class), ``prefix``
+    (the class is the file-name part before the first ``.``, as in ``cat.0.jpg``, or the group
+    ``label`` of ``pattern`` matched at the start of the file name), ``csv`` (a labels file with
+    ids, with or without extension, and labels). ``auto`` picks csv when a labels file is named
+    or one CSV at the top labels the images, prefix when a folder mixes file-name classes, and
+    folders otherwise.
+
+    Args:
+        source: from :func:`open_source`.
+        layout: "auto", "folders", "prefix" or "csv".
+        pattern: regular expression with a group ``label`` for the prefix layout.
+        labels: the labels CSV: a path inside the source, or a file elsewhere.
+        id_column: the CSV column of the ids (header name or 0-based index).
+        label_column: the CSV column of the labels (header name or 0-based index).
+
+    Raises:
+        UsageError: an unknown layout, a bad pattern or a column that does not exist.
+        LayoutError: no labelled image could be found, or the layout cannot be told.
+    """
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    regex = compile_pattern(pattern)
+    files, problems = source.list_files()
+    root = _descend(files)
+    inside = [f for f in files if f.startswith(root)]
+    images = [f for f in inside if is_image_name(PurePosixPath(f).name)]
+    undecodable = [f for f in images if not _utf8(f)]
+    if undecodable:
+        problems += [Skipped(f.encode("utf-8", "backslashreplace").decode(), BAD_NAME,
+                             "file name is not valid UTF-8") for f in undecodable]
+        images = [f for f in images if _utf8(f)]
+
+    table = None
+    labels_name = None
+    if layout in ("auto", "csv"):
+        labels_name, text = _labels_text(source, root, files, labels, required=layout == "csv")
+        if text is not None:
+            table = _LabelsTable(text, labels_name, images, root, id_column, label_column)
+            if layout == "auto" and labels is None and not table.labels_most():
+                table = None
+    if table is not None:
+        items, skipped = table.resolve()
+        chosen = "csv"
+    else:
+        if layout == "auto":
+            layout = _guess_layout(images, root, regex)
+        if layout == "prefix":
+            items, skipped = _by_prefix(images, regex)
+        else:
+            items, skipped = _by_folder(images, root)
+        chosen = layout
+        labels_name = None
+    good, bad = [], []
+    for rel, label in items:
+        problem = label_problem(label)
+        (bad.append(Skipped(rel, BAD_LABEL, problem)) if problem else good.append((rel, label)))
+    inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
+                          labels_name)
+    if not inventory.items:
+        where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
+        raise LayoutError(
+            f"{where} has no labelled images for the {chosen} layout; expected "
+            + {"folders": "<class>/<image> folders",
+               "prefix": "files named <class>.<n>.<ext> (or give --pattern)",
+               "csv": "a labels CSV whose ids name image files"}[chosen]
+            + "; choose the layout with --layout"
+        )
+    return inventory
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str:
+    if regex is not None:
+        return "prefix"
+    by_folder: dict[str, set[str]] = defaultdict(set)
+    for rel in images:
+        folder, _, name = rel[len(root):].rpartition("/")
+        label = _prefix_label(name, None)
+        if label is not None:
+            by_folder[folder].add(label)
+    if any(len(found) > 1 for found in by_folder.values()):
+        return "prefix"
+    if any("/" in rel[len(root):] for rel in images):
+        return "folders"
+    return "prefix"
+
+
+def _by_prefix(images: list[str], regex: re.Pattern | None) -> tuple[list, list[Skipped]]:
+    items, skipped = [], []
+    why = ("file name does not match --pattern" if regex is not None
+           else "file name has no '<class>.' prefix (e.g. cat.0.jpg)")
+    for rel in images:
+        label = _prefix_label(PurePosixPath(rel).name, regex)
+        if label is None:
+            skipped.append(Skipped(rel, NO_LABEL, why))
+        else:
+            items.append((rel, label))
+    return items, skipped
+
+
+def _by_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]:
+    items, skipped = [], []
+    for rel in images:
+        inner = rel[len(root):]
+        if "/" not in inner:
+            skipped.append(Skipped(rel, NO_LABEL, "not inside a class folder"))
+        else:
+            items.append((rel, inner.split("/", 1)[0]))
+    return items, skipped
+
+
+def _labels_text(source: Source, root: str, files: list[str], labels, required: bool):
+    """(name, text) of the labels CSV, or (None, None) when there is none and none is needed."""
+    if labels is not None:
+        name = str(labels).replace(os.sep, "/")
+        for candidate in (root + name, name):
+            if candidate in files:
+                return candidate, _decode_csv(source.read(candidate), candidate)
+        path = Path(labels)
+        if path.is_file():
+            return str(path), _decode_csv(path.read_bytes(), str(path))
+        raise LayoutError(f"labels file {labels} not found inside {source.path} nor on disk; "
+                          "check the --labels path")
+    top = sorted(f for f in files
+                 if f.startswith(root) and "/" not in f[len(root):] and f.lower().endswith(".csv"))
+    if len(top) > 1:
+        named = [f for f in top if "label" in PurePosixPath(f).name.lower()]
+        top = named if len(named) == 1 else top
+    if len(top) == 1:
+        return top[0], _decode_csv(source.read(top[0]), top[0])
+    if required:
+        found = ", ".join(top) if top else "none"
+        raise LayoutError(f"{source.path} needs one labels CSV at its top for the csv layout "
+                          f"(found: {found}); name it with --labels")
+    return None, None
+
+
+def _decode_csv(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # Spreadsheet exports on Windows are often in the legacy code page.
+        return data.decode("latin-1")
+
+
+class _LabelsTable:
+    """A labels CSV matched against the image files."""
+
+    def __init__(self, text: str, name: str, images: list[str], root: str,
+                 id_column, label_column) -> None:
+        self.name = name
+        self.images = images
+        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
+        # Lookups from most to least specific: path, path without extension, name, name stem.
+        self.keys: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(4)]
+        for rel in images:
+            inner = rel[len(root):]
+            name_only = PurePosixPath(inner).name
+            for table, key in zip(self.keys, (inner, os.path.splitext(inner)[0], name_only,
+                                              os.path.splitext(name_only)[0]), strict=True):
+                table[key].append(rel)
+        id_index, label_index, has_header = self._columns(rows, id_column, label_column)
+        self.id_index, self.label_index = id_index, label_index
+        self.first_line = 2 if has_header else 1
+        self.rows = rows[1:] if has_header else rows
+
+    def lookup(self, key: str) -> list[str]:
+        key = key.strip().replace("\\", "/")
+        key = key[2:] if key.startswith("./") else key
+        for table in self.keys:
+            if key in table:
+                return table[key]
+        return []
+
+    def _columns(self, rows, id_column, label_column) -> tuple[int, int, bool]:
+        if not rows:
+            raise LayoutError(f"labels file {self.name} is empty; it needs rows of id,label")
+        named = [c for c in (id_column, label_column) if c is not None and not _is_index(c)]
+        first = [c.strip() for c in rows[0]]
+        first_lower = [c.lower() for c in first]
+        if named:
+            has_header = True
+        else:
+            probe_col = int(id_column) if id_column is not None else 0
+            first_resolves = probe_col < len(first) and bool(self.lookup(first[probe_col]))
+            has_header = not first_resolves and (
+                any(c in ID_NAMES + LABEL_NAMES for c in first_lower)
+                or any(probe_col < len(r) and self.lookup(r[probe_col]) for r in rows[1:20])
+            )
+
+        def pick(column, names, default: int, what: str) -> int:
+            if column is None:
+                if has_header:
+                    for n in names:
+                        if n in first_lower:
+                            return first_lower.index(n)
+                return default
+            if _is_index(column):
+                return int(column)
+            if not has_header or column.lower() not in first_lower:
+                raise UsageError(
+                    f"{what} {column!r} is not a column of {self.name} (header: "
+                    f"{','.join(first)}); give a header name or a 0-based index")
+            return first_lower.index(column.lower())
+
+        id_index = pick(id_column, ID_NAMES, 0, "--id-column")
+        label_index = pick(label_column, LABEL_NAMES, 1 if id_index != 1 else 0, "--label-column")
+        if id_index == label_index:
+            raise UsageError(f"--id-column and --label-column both pick column {id_index} of "
+                             f"{self.name}; name two different columns")
+        return id_index, label_index, has_header
+
+    def labels_most(self) -> bool:
+        """Whether at least half of the rows name an image (auto layout trusts it then)."""
+        hits = sum(bool(self.id_index < len(r) and self.lookup(r[self.id_index]))
+                   for r in self.rows)
+        return bool(self.rows) and hits * 2 >= len(self.rows)
+
+    def resolve(self) -> tuple[list[tuple[str, str]], list[Skipped]]:
+        skipped: list[Skipped] = []
+        found: dict[str, set[str]] = defaultdict(set)
+        need = max(self.id_index, self.label_index) + 1
+        for line, row in enumerate(self.rows, start=self.first_line):
+            where = f"{self.name} line {line}"
+            if len(row) < need:
+                skipped.append(Skipped(where, BAD_ROW, f"{len(row)} columns, expected {need}+"))
+                continue
+            key, label = row[self.id_index].strip(), row[self.label_index].strip()
+            matches = self.lookup(key)
+            if not matches:
+                skipped.append(Skipped(key or where, MISSING_FILE,
+                                       f"{where} names it but there is no such image"))
+            elif len(matches) > 1:
+                skipped.append(Skipped(key, AMBIGUOUS_ID,
+                                       f"{where} matches {', '.join(matches[:3])}"))
+            else:
+                found[matches[0]].add(label)
+        items = []
+        for rel in self.images:
+            labels = found.get(rel)
+            if not labels:
+                skipped.append(Skipped(rel, UNLABELLED, f"not listed in {self.name}"))
+            elif len(labels) > 1:
+                skipped.append(Skipped(rel, LABEL_CONFLICT,
+                                       f"{self.name} gives it {' and '.join(sorted(labels))}"))
+            else:
+                items.append((rel, labels.pop()))
+        return items, skipped
+
+
+def _is_index(column) -> bool:
+    return isinstance(column, int) or (isinstance(column, str) and column.strip().isdigit())

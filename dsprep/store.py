@@ -1,4 +1,4 @@
-"""The dsprep HDF5 schema (``dsprep-hdf5/1``): write a file atomically, open and check one.
+"""The dsprep HDF5 schema (``dsprep-hdf5/1``): write a file atomically; open, describe, check it.
 
 Knows the on-disk layout and nothing of crops, batches or augmentation (DESIGN.md §2.2).
 """
@@ -11,9 +11,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from . import __version__
 from .errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
+from .stats import ChannelStats
 
 SCHEMA = "dsprep-hdf5/1"
 PARTIAL_SUFFIX = ".partial"
@@ -69,7 +71,15 @@ class HDF5Writer:
         self.capacity = int(capacity)
         height, width = image_size
         self.count = 0
+        # "w" truncates a stale partial file left by an interrupted run.
         self._file = h5py.File(self.partial, "w")
+        try:
+            self._create(height, width, label_names, chunk_images, compression, attrs)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, height, width, label_names, chunk_images, compression, attrs) -> None:
         chunk = max(1, min(int(chunk_images), max(1, self.capacity)))
         self.images = self._file.create_dataset(
             "images",
@@ -111,12 +121,28 @@ class HDF5Writer:
 
     def close(self, **attrs) -> Path:
         """Trim to the rows written, set final attributes, and rename into place."""
-        for ds in (self.images, self.labels, self.filenames):
-            ds.resize(self.count, axis=0)
-        self._file.attrs["count"] = self.count
-        for key, value in attrs.items():
-            self._file.attrs[key] = value
-        self._file.close()
+        self.finish(**attrs)
+        return self.publish()
+
+    def finish(self, **attrs) -> Path:
+        """Trim to the rows written, set final attributes and close, leaving ``NAME.partial``.
+
+        Lets a caller that writes several files rename them all only once every one is whole
+        (see :meth:`publish`).
+        """
+        if self._file.id.valid:
+            for ds in (self.images, self.labels, self.filenames):
+                ds.resize(self.count, axis=0)
+            self._file.attrs["count"] = self.count
+            for key, value in attrs.items():
+                self._file.attrs[key] = value
+            self._file.close()
+        return self.partial
+
+    def publish(self) -> Path:
+        """Rename the finished partial file to its final name."""
+        if self._file.id.valid:
+            self.finish()
         os.replace(self.partial, self.path)
         return self.path
 
@@ -197,6 +223,11 @@ def check_schema(db: h5py.File, path: str | os.PathLike = "") -> None:
                 "build it with 'dsprep build-hdf5'"
             )
     images, labels = db["images"], db["labels"]
+    if not isinstance(images, h5py.Dataset) or not isinstance(labels, h5py.Dataset):
+        raise DatasetFormatError(
+            f"{name}: 'images' and 'labels' must be datasets, not groups; "
+            "rebuild it with 'dsprep build-hdf5'"
+        )
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DatasetFormatError(
             f"{name}: 'images' is {images.dtype}{images.shape}, expected uint8 (N, H, W, 3); "
@@ -215,3 +246,141 @@ def label_names(db: h5py.File) -> list[str]:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in db["label_names"][()]]
     labels = db["labels"][()]
     return [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
+
+
+# Root attributes every file written by 'dsprep build-hdf5' carries (DESIGN.md §2.2).
+REQUIRED_ATTRS = ("schema", "dsprep_version", "split", "image_size", "resize", "interpolation",
+                  "color", "order", "seed", "mean_rgb", "count", "skipped")
+
+
+def attributes(db: h5py.File) -> dict:
+    """The root attributes as plain Python values (str, int, float, bool or lists of them)."""
+    out = {}
+    for key, value in db.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif isinstance(value, np.ndarray):
+            value = [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """Summarize a dsprep HDF5 file: layout of ``images``, size on disk, classes, attributes.
+
+    Returns:
+        A dict with ``path``, ``size_bytes``, ``count``, ``shape``, ``dtype``, ``chunks``,
+        ``compression``, ``compression_opts``, ``label_dtype``, ``classes`` (a list of
+        (name, count) pairs in id order), ``attrs`` and ``mean_rgb`` (or None).
+    """
+    path = Path(path)
+    with open_dataset(path) as db:
+        images = db["images"]
+        names = label_names(db)
+        labels = db["labels"][()].astype(np.int64)
+        valid = labels[(labels >= 0) & (labels < len(names))]
+        counts = np.bincount(valid, minlength=len(names)) if len(names) else np.zeros(0, int)
+        attrs = attributes(db)
+        mean = attrs.get("mean_rgb")
+        return {
+            "path": str(path),
+            "size_bytes": path.stat().st_size,
+            "count": int(images.shape[0]),
+            "shape": tuple(int(d) for d in images.shape),
+            "dtype": str(images.dtype),
+            "chunks": tuple(images.chunks) if images.chunks else None,
+            "compression": images.compression or "none",
+            "compression_opts": images.compression_opts,
+            "label_dtype": str(db["labels"].dtype),
+            "classes": [(n, int(c)) for n, c in zip(names, counts, strict=True)],
+            "attrs": attrs,
+            "mean_rgb": [float(v) for v in mean] if isinstance(mean, list) else None,
+        }
+
+
+def check_file(path: str | os.PathLike) -> list[str]:
+    """Check a dsprep HDF5 file beyond its basic shape: attributes, label range, means.
+
+    Returns:
+        One line per problem found; an empty list means the file is sound.
+
+    Raises:
+        LayoutError: the file does not exist.
+        DatasetFormatError: it is not HDF5 or has no dsprep datasets at all.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    with open_dataset(path) as db:
+        n, height, width = (int(d) for d in db["images"].shape[:3])
+        attrs = attributes(db)
+        missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+        if missing:
+            problems.append(f"missing root attributes: {', '.join(missing)}")
+        if "schema" in attrs and attrs["schema"] != SCHEMA:
+            problems.append(f"schema is {attrs['schema']!r}, expected {SCHEMA!r}")
+        if "image_size" in attrs and list(attrs["image_size"]) != [height, width]:
+            problems.append(f"image_size attribute {attrs['image_size']} does not match the "
+                            f"images ({height}, {width})")
+        if "count" in attrs and attrs["count"] != n:
+            problems.append(f"count attribute {attrs['count']} does not match the {n} rows")
+        if "color" in attrs and attrs["color"] != "RGB":
+            problems.append(f"color is {attrs['color']!r}, expected 'RGB'")
+        skipped = attrs.get("skipped", 0)
+        if not isinstance(skipped, int) or skipped < 0:
+            problems.append(f"skipped attribute {skipped!r} is not a count")
+        if n == 0:
+            problems.append("the file holds no images")
+        problems += _check_rows(db, n)
+        if "mean_rgb" in attrs:
+            mean = np.asarray(attrs["mean_rgb"], dtype=np.float64).ravel()
+            if mean.shape != (3,) or not np.all(np.isfinite(mean)) or np.any(mean < 0) \
+                    or np.any(mean > 255):
+                problems.append(f"mean_rgb {mean.tolist()} is not three finite values in 0..255")
+    return problems
+
+
+def _check_rows(db: h5py.File, n: int) -> list[str]:
+    problems = []
+    if "filenames" not in db:
+        problems.append("no 'filenames' dataset")
+    elif db["filenames"].shape != (n,):
+        problems.append(f"'filenames' has shape {db['filenames'].shape} but there are {n} images")
+    if "label_names" not in db:
+        problems.append("no 'label_names' dataset")
+        return problems
+    names = label_names(db)
+    if len(set(names)) != len(names) or not names:
+        problems.append(f"label_names {names} are empty or repeated")
+    labels = db["labels"][()]
+    if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+        bad = int(np.count_nonzero((labels < 0) | (labels >= len(names))))
+        problems.append(f"{bad} labels fall outside 0..{len(names) - 1} "
+                        f"({len(names)} label_names)")
+    return problems
+
+
+def channel_stats(
+    path: str | os.PathLike, *, block: int | None = None, progress: bool = False
+) -> ChannelStats:
+    """Recompute the per-channel statistics of a file's images, reading ``block`` rows at a time.
+
+    Memory stays bounded by one block whatever the file's size.
+    """
+    stats = ChannelStats()
+    with open_dataset(path) as db:
+        images = db["images"]
+        n = images.shape[0]
+        if block is None:
+            block = images.chunks[0] if images.chunks else DEFAULT_CHUNK_IMAGES
+        block = max(1, int(block))
+        buffer = np.empty((min(block, max(n, 1)),) + images.shape[1:], dtype=np.uint8)
+        with tqdm(total=n, unit="img", desc=Path(path).name, disable=not progress) as bar:
+            for start in range(0, n, block):
+                stop = min(start + block, n)
+                view = buffer[: stop - start]
+                images.read_direct(view, np.s_[start:stop])
+                stats.update(view)
+                bar.update(stop - start)
+    return stats

@@ -62,3 +62,103 @@ def test_open_rejects_missing_non_hdf5_and_foreign(tmp_path):
         f["data"] = np.zeros(3)
     with pytest.raises(DatasetFormatError, match="no 'images' dataset"):
         store.open_dataset(foreign)
+
+
+def test_finish_leaves_partial_until_publish(tmp_path, rng):
+    images, labels = _arrays(rng)
+    path = tmp_path / "d.hdf5"
+    writer = store.HDF5Writer(path, 10, (8, 6), ["a", "b", "c"])
+    writer.append(images[:7], labels[:7], [f"f{i}" for i in range(7)])
+    partial = writer.finish(skipped=3)
+    assert partial == store.partial_path(path) and partial.exists()
+    assert not path.exists()
+    assert writer.publish() == path
+    assert path.exists() and not partial.exists()
+    with store.open_dataset(path) as db:
+        assert db["images"].shape == (7, 8, 6, 3)
+        assert db.attrs["count"] == 7 and db.attrs["skipped"] == 3
+        np.testing.assert_array_equal(db["images"][()], images[:7])
+
+
+def test_stale_partial_is_replaced(tmp_path, rng):
+    images, labels = _arrays(rng)
+    path = tmp_path / "e.hdf5"
+    store.partial_path(path).write_bytes(b"left over from a killed build")
+    store.write_arrays(path, images, labels, ["a", "b", "c"])
+    with store.open_dataset(path) as db:
+        np.testing.assert_array_equal(db["labels"][()], labels)
+    assert not store.partial_path(path).exists()
+
+
+def test_check_schema_rejects_a_group_named_images(tmp_path):
+    path = tmp_path / "group.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_group("images")
+        f["labels"] = np.zeros(3, dtype=np.int32)
+    with pytest.raises(DatasetFormatError, match="not groups"):
+        store.open_dataset(path)
+
+
+def test_describe_reports_layout_classes_and_attributes(tmp_path, rng):
+    images = rng.integers(0, 256, (9, 8, 6, 3), dtype=np.uint8)
+    labels = np.array([0, 0, 2, 2, 2, 1, 0, 2, 2])
+    path = tmp_path / "f.hdf5"
+    with store.HDF5Writer(path, 9, (8, 6), ["a", "b", "c"], chunk_images=4,
+                          compression="lzf", attrs={"split": "val"}) as writer:
+        writer.append(images, labels, [f"x{i}" for i in range(9)])
+    info = store.describe(path)
+    assert info["shape"] == (9, 8, 6, 3) and info["count"] == 9
+    assert info["chunks"] == (4, 8, 6, 3)
+    assert info["compression"] == "lzf"
+    assert info["classes"] == [("a", 3), ("b", 1), ("c", 5)]
+    assert info["size_bytes"] == path.stat().st_size
+    assert info["attrs"]["split"] == "val"
+    assert info["attrs"]["image_size"] == [8, 6]
+
+
+def _good_file(tmp_path, rng, name="g.hdf5"):
+    images, labels = _arrays(rng)
+    return store.write_arrays(tmp_path / name, images, labels, ["a", "b", "c"],
+                              filenames=[f"f{i}.jpg" for i in range(10)])
+
+
+def test_check_file_passes_a_sound_file(tmp_path, rng):
+    assert store.check_file(_good_file(tmp_path, rng)) == []
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda db: db.attrs.__setitem__("count", 11), "count attribute 11"),
+        (lambda db: db.attrs.__setitem__("mean_rgb", [1.0, np.nan, 2.0]), "mean_rgb"),
+        (lambda db: db.attrs.__setitem__("schema", "other/2"), "schema is 'other/2'"),
+        (lambda db: db.attrs.__setitem__("image_size", [5, 5]), "image_size attribute"),
+        (lambda db: db.attrs.__delitem__("split"), "missing root attributes: split"),
+        (lambda db: db["labels"].__setitem__(3, 7), "1 labels fall outside 0..2"),
+        (lambda db: db.__delitem__("filenames"), "no 'filenames' dataset"),
+    ],
+)
+def test_check_file_finds_problems(tmp_path, rng, tamper, message):
+    path = _good_file(tmp_path, rng)
+    with h5py.File(path, "r+") as db:
+        tamper(db)
+    problems = store.check_file(path)
+    assert len(problems) == 1, problems
+    assert message in problems[0]
+
+
+def test_check_file_flags_an_empty_file(tmp_path):
+    path = store.write_arrays(tmp_path / "empty.hdf5", np.zeros((0, 4, 4, 3), np.uint8), [],
+                              ["a"], filenames=[])
+    assert store.check_file(path) == ["the file holds no images"]
+
+
+@pytest.mark.parametrize("block", [1, 3, 4, 64])
+def test_channel_stats_streams_any_block_size(tmp_path, rng, block):
+    images = rng.integers(0, 256, (10, 8, 6, 3), dtype=np.uint8)
+    path = store.write_arrays(tmp_path / "s.hdf5", images, np.zeros(10, int), ["a"])
+    stats = store.channel_stats(path, block=block)
+    flat = images.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(stats.mean, flat.mean(axis=0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(stats.std, flat.std(axis=0), rtol=0, atol=1e-9)
+    assert stats.images == 10

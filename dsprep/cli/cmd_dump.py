@@ -4,9 +4,42 @@ from __future__ import annotations
 
 import click
 
+from ..sample import DEFAULT_CLASSES, LAYOUTS, PHOTOS, write_sample_dump
+from ._common import say, show_progress
+
 
 @click.command("sample-dump")
-@click.argument("dest", type=click.Path())
-def sample_dump(dest: str) -> None:
-    """Write a realistic Kaggle-like image dump into DEST."""
-    raise click.ClickException("sample-dump is not available yet")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--layout", type=click.Choice(LAYOUTS), default="folders", show_default=True,
+              help="folders: DEST/<class>/<file>; prefix: DEST/train/<class>.<n>.jpg like "
+                   "dogs-vs-cats; csv: DEST/images/<id>.jpg plus DEST/labels.csv (id,label).")
+@click.option("--per-class", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Good images per class.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Decides every crop, size, colour and quality; the same seed gives the same "
+                   "bytes.")
+@click.option("--classes", default=",".join(DEFAULT_CLASSES), show_default=True,
+              help=f"Comma-separated class names, from: {', '.join(PHOTOS)}.")
+@click.option("--with-bad-files", is_flag=True,
+              help="Add the bad files real dumps hold: empty, truncated, text named .jpg, a PNG "
+                   "with alpha, a grey JPEG, an exact duplicate (csv: also a row with no file "
+                   "and a file with no row).")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists and is not empty.")
+def sample_dump(dest: str, layout: str, per_class: int, seed: int, classes: str,
+                with_bad_files: bool, force: bool) -> None:
+    """Write a realistic Kaggle-like image dump into DEST.
+
+    The images are random crops, scales, flips and colour changes of the photos that
+    scikit-image installs (nothing is downloaded), stored as JPEG at quality 75-95 with sizes
+    like dogs-vs-cats (mostly 500x375 or 375x500, a few under 100 px).
+    """
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    summary = write_sample_dump(dest, layout=layout, per_class=per_class, seed=seed,
+                                with_bad_files=with_bad_files, classes=names,
+                                progress=show_progress(), overwrite=force)
+    say(f"wrote {summary.images} images ({len(summary.classes)} classes: "
+        f"{', '.join(summary.classes)}; {summary.bytes / 1e6:.1f} MB) to {summary.dest} "
+        f"in the {summary.layout} layout")
+    if summary.bad_files:
+        kinds = ", ".join(f"{kind} ({rel})" for rel, kind in summary.bad_files)
+        say(f"bad files: {kinds}")

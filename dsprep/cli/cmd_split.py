@@ -4,10 +4,118 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
+from ..sources import LAYOUTS
+from ..split import (
+    DEFAULT_SEED,
+    MODES,
+    VERIFY,
+    SplitOptions,
+    check_destination,
+    materialize,
+    plan,
+)
+from ._common import format_table, say, show_progress
+
+
+def _numbers(text: str | None, kind, option: str) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        example = "0.8,0.1,0.1" if kind is float else "1000,500,500"
+        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers, "
+                         f"e.g. {example}") from None
+
+
+def _column(text: str | None) -> str | int | None:
+    return int(text) if text is not None and text.strip().isdigit() else text
+
 
 @click.command()
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dest", type=click.Path())
-def split(src: str, dest: str) -> None:
-    """Split the labelled images in SRC into DEST/train, DEST/val and DEST/test class folders."""
-    raise click.ClickException("split is not available yet")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+              help="How labels are found: folders (SRC/<class>/<image>), prefix (cat.0.jpg: "
+                   "the class is the name before the first dot), csv (a labels file), or auto.")
+@click.option("--pattern", metavar="REGEX",
+              help="Prefix layout: a regular expression with a named group 'label', matched "
+                   r"at the start of each file name, e.g. '(?P<label>.+)_\d+\.jpg'.")
+@click.option("--labels", metavar="FILE",
+              help="Csv layout: the labels CSV, inside SRC or anywhere on disk (default: the "
+                   "one CSV at the top of SRC).")
+@click.option("--id-column", metavar="NAME|N",
+              help="CSV column of the image ids (header name or 0-based index; default: a "
+                   "column named id/file/image..., else the first).")
+@click.option("--label-column", metavar="NAME|N",
+              help="CSV column of the labels (header name or 0-based index; default: a column "
+                   "named label/class/breed..., else the second).")
+@click.option("--ratios", metavar="TRAIN,VAL[,TEST]",
+              help="Fractions per class adding up to 1 (default 0.8,0.1,0.1; two numbers make "
+                   "train and val only). Rounded by largest remainder: totals always add up.")
+@click.option("--counts", metavar="TRAIN,VAL[,TEST]",
+              help="Images per class for each split instead of ratios, e.g. 1000,500,500.")
+@click.option("--limit-per-class", type=click.IntRange(min=1), metavar="N",
+              help="First take a reproducible random subset of N images per class.")
+@click.option("--min-size", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="PX", help="Leave out images smaller than PX on either side.")
+@click.option("--verify", type=click.Choice(VERIFY), default="header", show_default=True,
+              help="header: read the dimensions only (fast); full: decode every image.")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
+              help="Seed of the shuffles; the same SRC, options and seed give the same split.")
+@click.option("--mode", type=click.Choice(MODES), default="copy", show_default=True,
+              help="How files are placed; hardlink falls back to copy across devices.")
+@click.option("--force", is_flag=True,
+              help="Replace DEST if it holds anything but this same split.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the per-class, per-split table and what would be left out; write "
+                   "nothing.")
+def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | None,
+          id_column: str | None, label_column: str | None, ratios: str | None,
+          counts: str | None, limit_per_class: int | None, min_size: int, verify: str,
+          seed: int, mode: str, force: bool, dry_run: bool) -> None:
+    """Split the labelled images in SRC into DEST/train, DEST/val and DEST/test class folders.
+
+    SRC is a folder or a .zip archive (read in place). Files that are not images, too small,
+    exact duplicates or unlabelled are left out and listed in DEST/skipped.csv; DEST/files.csv
+    lists every placed file and DEST/split.json (written last) the parameters and counts.
+    Running the same command again after an interruption completes the split.
+    """
+    options = SplitOptions(
+        layout=layout, pattern=pattern, labels=labels, id_column=_column(id_column),
+        label_column=_column(label_column), ratios=_numbers(ratios, float, "--ratios"),
+        counts=_numbers(counts, int, "--counts"), limit_per_class=limit_per_class,
+        min_size=min_size, verify=verify, seed=seed)
+    if not dry_run and check_destination(src, dest, options, mode, force=force):
+        say(f"{dest} already holds this split (same source, options and seed); nothing to do")
+        return
+    the_plan = plan(src, options, progress=show_progress())
+    if not dry_run:
+        result = materialize(the_plan, dest, mode=mode, force=force, progress=show_progress())
+    counts_by_split = the_plan.counts()
+    rows = [[label] + [counts_by_split[s][label] for s in the_plan.splits]
+            + [sum(counts_by_split[s][label] for s in the_plan.splits)]
+            for label in the_plan.classes]
+    rows.append(["total"] + [sum(counts_by_split[s].values()) for s in the_plan.splits]
+                + [len(the_plan.files)])
+    where = f" (inside {the_plan.root})" if the_plan.root else ""
+    say(f"{src}{where}: {the_plan.layout} layout, {len(the_plan.classes)} classes, "
+        f"seed {seed}")
+    say(format_table(rows, ["class", *the_plan.splits, "all"]))
+    reasons = the_plan.skipped_reasons()
+    if reasons:
+        say(f"left out {sum(reasons.values())}: "
+            + ", ".join(f"{n} {reason}" for reason, n in reasons.items()))
+    if dry_run:
+        say("dry run: nothing written")
+    elif result.already_complete:
+        say(f"{dest} already holds this split; nothing to do")
+    else:
+        note = f", {result.reused} already in place from an interrupted run" if result.reused \
+            else ""
+        say(f"placed {result.placed} files in {dest} ({mode}{note})")
+        if result.copied_instead:
+            say(f"note: {result.copied_instead} hard links were not possible (another device) "
+                "and were copied instead")
+        say(f"manifests: {dest}/split.json, files.csv, skipped.csv")

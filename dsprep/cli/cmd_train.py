@@ -1,29 +1,230 @@
-"""``dsprep train``, ``evaluate`` and ``sweep-lr``: Keras 3 training over dsprep data."""
+"""``dsprep train``, ``evaluate`` and ``sweep-lr``: Keras 3 training over dsprep data.
+
+Keras loads inside the commands only, so ``dsprep --help`` and the other stages stay quick.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import click
 
+from ..errors import UsageError
+from ..train.options import AUGMENTS, MODEL_NAMES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from ._common import format_table, say, show_progress
+
+_DEFAULTS = TrainConfig()
+
+
+def _training_options(epochs: int) -> Callable:
+    """The options train and sweep-lr share (sweep-lr trains fewer epochs by default)."""
+    options = [
+        click.option("--model", type=click.Choice(MODEL_NAMES), default=_DEFAULTS.model,
+                     show_default=True, help="Network to train."),
+        click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
+                     help="Epochs to train (the total, counting epochs already done)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
+                     show_default=True, help="Images per training step."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer,
+                     show_default=True, help="Optimizer."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
+                     show_default=True, help="Initial learning rate."),
+        click.option("--momentum", type=click.FloatRange(min=0), default=_DEFAULTS.momentum,
+                     show_default=True, help="Momentum of sgd and rmsprop."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+                     help="L2 weight on every kernel [default: the model's own: alexnet 2e-4, "
+                          "resnet 1e-4, smallnet 0]."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default=_DEFAULTS.schedule,
+                     show_default=True,
+                     help="Learning-rate schedule: step = lr * step-factor ** (epoch // "
+                          "step-every); plateau = divide by 10 when the validation metric "
+                          "stalls; cosine = anneal to 0 over the epochs."),
+        click.option("--step-every", type=click.IntRange(min=1), default=_DEFAULTS.step_every,
+                     show_default=True, help="Epochs between steps of the step schedule."),
+        click.option("--step-factor", type=click.FloatRange(min=0, max=1, min_open=True),
+                     default=_DEFAULTS.step_factor, show_default=True,
+                     help="Factor of each step of the step schedule."),
+        click.option("--plateau-patience", type=click.IntRange(min=1),
+                     default=_DEFAULTS.plateau_patience, show_default=True,
+                     help="Epochs without improvement before the plateau schedule cuts the rate."),
+        click.option("--crop", type=click.IntRange(min=8), default=None,
+                     help="Train on random CROPxCROP patches, validate on the centre crop "
+                          "(e.g. 227 for AlexNet on 256x256 files) [default: whole images]."),
+        click.option("--augment", type=click.Choice(AUGMENTS), default=_DEFAULTS.augment,
+                     show_default=True,
+                     help="Training augmentation: flip = random horizontal flips; affine = flips "
+                          "plus small rotations, shifts, shears and zooms."),
+        click.option("--early-stop", type=click.IntRange(min=1), default=None,
+                     help="Stop after N epochs without a better validation metric."),
+        click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed,
+                     show_default=True, help="Seed for weights, order and augmentation."),
+        click.option("--limit-per-class", type=click.IntRange(min=1), default=None,
+                     help="Train on the first N images of each class only (ablation runs)."),
+        click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Model width: resnet/smallnet first-stage filters, alexnet filter "
+                          "multiplier [default: the published network]."),
+        click.option("--image-size", type=click.IntRange(min=8), default=_DEFAULTS.image_size,
+                     show_default=True,
+                     help="Side the images of a split folder are resized to (HDF5 data keeps "
+                          "its own size)."),
+        click.option("--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers,
+                     show_default=True, help="Batches prepared at once by the input pipeline."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
+                     show_default=True,
+                     help="auto = mixed float16 on a GPU, float32 on a CPU."),
+        click.option("--no-jit", is_flag=True,
+                     help="Do not compile with XLA (used on a GPU by default)."),
+        click.option("--gpus", default="1", show_default=True,
+                     help="GPUs to train on: a count, or 'all' (data-parallel)."),
+    ]
+
+    def apply(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _config(opts: dict) -> TrainConfig:
+    jit = not opts.pop("no_jit")
+    return TrainConfig(jit=jit, **opts).check()
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
 
 @click.command()
-@click.argument("data", type=click.Path(exists=True))
-@click.argument("run", type=click.Path())
-def train(data: str, run: str) -> None:
-    """Train a network on DATA, writing everything into RUN."""
-    raise click.ClickException("train is not available yet")
+@click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
+@click.argument("run", type=click.Path(file_okay=False), required=False)
+@_training_options(epochs=_DEFAULTS.epochs)
+@click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False),
+              default=None,
+              help="Continue the interrupted run in this folder from its last finished epoch "
+                   "(its own options; --epochs may raise the total; DATA, if given, is where "
+                   "the data is now).")
+@click.option("--overfit-check", is_flag=True,
+              help="Train a few epochs on 8 images per class without augmentation and report "
+                   "whether the training loss fell as it must.")
+@click.option("--force", is_flag=True, help="Replace a run already in RUN.")
+def train(data: str | None, run: str | None, resume_run: str | None, overfit_check: bool,
+          force: bool, **opts) -> None:
+    """Train a network on DATA, writing everything into the folder RUN.
+
+    DATA is a 'dsprep build-hdf5' folder (train.hdf5, val.hdf5, means.json) or a 'dsprep
+    split' folder. RUN receives config.json, history.csv (a row per epoch), curves.png,
+    lr.png, best.keras (best validation AUC for two classes, else accuracy) and last.keras.
+
+    \b
+    Examples:
+      dsprep train data/hdf5 runs/alexnet --model alexnet --crop 227 --augment flip
+      dsprep train --resume runs/alexnet --epochs 90
+    """
+    from ..train import fit
+
+    if resume_run:
+        if run is not None:
+            raise UsageError("give either DATA RUN or --resume RUN [DATA], not both")
+        source = click.get_current_context().get_parameter_source("epochs")
+        epochs = opts["epochs"] if source == click.core.ParameterSource.COMMANDLINE else None
+        result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_progress())
+        verb = "resumed"
+    else:
+        if data is None or run is None:
+            raise UsageError("train needs DATA and RUN (or --resume RUN)")
+        config = _config(opts)
+        if overfit_check:
+            report = fit.overfit_check(data, run, config, overwrite=force,
+                                       progress=show_progress())
+            verdict = "passed" if report.passed else "FAILED"
+            say(f"overfit check {verdict}: training loss {report.first_loss:.4f} -> "
+                f"{report.last_loss:.4f} ({report.ratio:.2f} of the first epoch's) over "
+                f"{report.result.epochs_done} epochs; curves in {run}/curves.png")
+            if not report.passed:
+                raise click.ClickException(
+                    f"the training loss did not fall to 0.75 of its first value on a tiny "
+                    f"subset of {data}; check the labels, the input pipeline and --lr")
+            return
+        result = fit.train(data, run, config, overwrite=force, progress=show_progress())
+        verb = "trained"
+    last = result.history[-1] if result.history else {}
+    say(f"{verb} {result.run}: {result.epochs_done} epochs, last loss {_fmt(last.get('loss'))}, "
+        f"best {result.monitor} {_fmt(result.best)}")
+    say(f"wrote {result.run}/best.keras, last.keras, history.csv, curves.png, lr.png")
 
 
 @click.command()
-@click.argument("run", type=click.Path(exists=True))
-@click.argument("data", type=click.Path(exists=True))
-def evaluate(run: str, data: str) -> None:
-    """Evaluate the best model of RUN on DATA."""
-    raise click.ClickException("evaluate is not available yet")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--ten-crop", is_flag=True,
+              help="Also measure the average over ten crops (corners, centre, and their "
+                   "mirrors), side by side with the centre crop.")
+@click.option("--checkpoint", type=click.Choice(("best", "last")), default="best",
+              show_default=True, help="Which checkpoint of RUN to evaluate.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per prediction batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: int,
+             as_json: bool) -> None:
+    """Evaluate the model of RUN on the HDF5 file DATA (usually test.hdf5).
+
+    Prints rank-1 and rank-5 accuracy, AUC for two classes and per-class accuracy, and draws
+    a confusion-matrix PNG into RUN.
+    """
+    from ..train.predict import evaluate_run
+
+    result = evaluate_run(run, data, ten_crop=ten_crop, checkpoint=checkpoint,
+                          batch_size=batch_size, progress=show_progress() and not as_json)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    methods = [m for m in ("center", "ten_crop") if m in result]
+    header = ["metric", *(m.replace("_", "-") for m in methods)]
+    rows = [["images", *(result[m]["count"] for m in methods)]]
+    for key, label in (("rank1", "rank-1 accuracy"), ("rank5", "rank-5 accuracy"),
+                       ("auc", "ROC AUC")):
+        if any(result[m][key] is not None for m in methods):
+            rows.append([label, *(_fmt(result[m][key]) for m in methods)])
+    for name in result["classes"]:
+        rows.append([f"accuracy of {name}",
+                     *(_fmt(result[m]["per_class"][name]) for m in methods)])
+    say(f"{Path(run)} ({checkpoint}.keras) on {data}:")
+    say(format_table(rows, header))
+    say(f"confusion matrices: {', '.join(result[m]['confusion_png'] for m in methods)}")
 
 
 @click.command("sweep-lr")
-@click.argument("data", type=click.Path(exists=True))
-@click.argument("run", type=click.Path())
-def sweep_lr(data: str, run: str) -> None:
-    """Train briefly at several learning rates and plot the loss curves."""
-    raise click.ClickException("sweep-lr is not available yet")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--lrs", default="0.1,0.01,0.001", show_default=True,
+              help="Comma-separated learning rates to try.")
+@_training_options(epochs=3)
+@click.option("--force", is_flag=True, help="Replace runs already in RUN/lr-*.")
+def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
+    """Train briefly at several learning rates and plot the loss curves side by side.
+
+    Each rate gets its own run folder RUN/lr-<rate>; RUN/sweep-lr.png draws their training
+    (solid) and validation (dashed) loss, and RUN/sweep-lr.csv lists the final figures.
+    """
+    from ..train import fit
+
+    try:
+        rates = [float(v) for v in lrs.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--lrs {lrs!r} is not a comma-separated list of numbers, e.g. "
+                         "0.1,0.01,0.001") from exc
+    if not rates or any(r <= 0 for r in rates):
+        raise UsageError(f"--lrs {lrs!r} needs positive learning rates, e.g. 0.1,0.01,0.001")
+    results = fit.sweep_lr(data, run, rates, _config(opts), overwrite=force,
+                           progress=show_progress())
+    rows = []
+    for lr, r in results.items():
+        last = r.history[-1] if r.history else {}
+        rows.append([f"{lr:g}", _fmt(last.get("loss")), _fmt(last.get("val_loss")),
+                     _fmt(r.best)])
+    monitor = next(iter(results.values())).monitor
+    say(format_table(rows, ["lr", "final loss", "final val_loss", f"best {monitor}"]))
+    say(f"wrote {run}/sweep-lr.png and {run}/sweep-lr.csv")

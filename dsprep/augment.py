@@ -1,0 +1,291 @@
+"""Random geometric and photometric transforms on whole batches, for training-time augmentation.
+
+Each augmenter draws its parameters for the whole batch from the ``numpy.random.Generator`` it is
+handed, then applies them with OpenCV; geometric ones keep the dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .errors import UsageError
+from .preprocess import flip_horizontal, flip_vertical, fuse_flip_before, require_rng
+
+__all__ = ["RandomAffine", "RandomBrightness", "RandomFlip", "affine_matrices", "warp_affine"]
+
+_BORDERS = {
+    "nearest": cv2.BORDER_REPLICATE,
+    "constant": cv2.BORDER_CONSTANT,
+    "reflect": cv2.BORDER_REFLECT,
+    "wrap": cv2.BORDER_WRAP,
+}
+
+
+def _probability(p: float) -> float:
+    if not (0.0 <= p <= 1.0):
+        raise UsageError(f"p must be a probability between 0 and 1, got {p}")
+    return float(p)
+
+
+def _batch(batch: np.ndarray) -> np.ndarray:
+    batch = np.asarray(batch)
+    if batch.ndim < 4:
+        raise UsageError(
+            f"expected a batch of shape (B, H, W, C), got an array of shape {batch.shape}"
+        )
+    return batch
+
+
+def _mat(a: np.ndarray) -> np.ndarray:
+    return a[..., 0] if a.shape[-1] == 1 else a
+
+
+class RandomFlip:
+    """Mirror each image with probability ``p``, horizontally and/or vertically.
+
+    Horizontal and vertical flips are drawn independently (horizontal first), one draw per
+    sample; with ten-crop samples a flip applies to all ten crops of the sample.
+    """
+
+    def __init__(self, horizontal: bool = True, vertical: bool = False, p: float = 0.5) -> None:
+        if not (horizontal or vertical):
+            raise UsageError("RandomFlip needs horizontal=True or vertical=True (or both)")
+        self.horizontal = bool(horizontal)
+        self.vertical = bool(vertical)
+        self.p = _probability(p)
+
+    @property
+    def horizontal_flip_probability(self) -> float | None:
+        """p for a horizontal-only flip (lets Compose fold it into a crop), else None."""
+        return self.p if self.horizontal and not self.vertical else None
+
+    def fuse(self, following):
+        """Fold a horizontal-only flip into a following crop (Compose calls this)."""
+        p = self.horizontal_flip_probability
+        return None if p is None else fuse_flip_before(p, following)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 3:
+            raise UsageError(f"RandomFlip works on (H, W, C) images, got samples of shape {shape}")
+        return shape
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        batch = _batch(batch)
+        rng = require_rng(rng, "RandomFlip")
+        n = batch.shape[0]
+        out = batch
+        if self.horizontal:
+            out = flip_horizontal(batch, rng.random(n) < self.p)
+        if self.vertical:
+            mask = rng.random(n) < self.p
+            out = flip_vertical(out, mask, out=out if out is not batch else None)
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomFlip(horizontal={self.horizontal}, vertical={self.vertical}, p={self.p})"
+
+
+def _symmetric_range(value, name: str) -> tuple[float, float]:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{name} must be a non-negative number, got {value}")
+    return -value, value
+
+
+def _pair(value, name: str) -> tuple[float, float]:
+    """A shift given as one fraction for both axes or as (height, width) fractions."""
+    if isinstance(value, (int, float, np.number)):
+        return float(value), float(value)
+    if len(value) != 2:
+        raise UsageError(f"{name} must be a number or a (height, width) pair, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def affine_matrices(
+    shape: tuple[int, int],
+    rotation: np.ndarray,
+    shift_y: np.ndarray,
+    shift_x: np.ndarray,
+    shear: np.ndarray,
+    zoom_y: np.ndarray,
+    zoom_x: np.ndarray,
+) -> np.ndarray:
+    """(B, 2, 3) forward maps (input pixel to output pixel) about the image centre.
+
+    Args:
+        shape: (height, width) of the images.
+        rotation: angles in degrees, counter-clockwise as seen on screen.
+        shift_y: vertical shifts in pixels (positive moves content down).
+        shift_x: horizontal shifts in pixels (positive moves content right).
+        shear: shear angles in degrees (vertical lines lean by this angle).
+        zoom_y: vertical scale of the content (above 1 enlarges it).
+        zoom_x: horizontal scale of the content.
+    """
+    height, width = shape
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    theta = np.deg2rad(rotation)
+    cos, sin = np.cos(theta), np.sin(theta)
+    tan = np.tan(np.deg2rad(shear))
+    # Content is scaled, then sheared, then rotated about the centre, then shifted.
+    # With y pointing down, [[cos, sin], [-sin, cos]] turns counter-clockwise on screen.
+    a = np.empty((len(theta), 2, 2))
+    a[:, 0, 0] = cos * zoom_x
+    a[:, 0, 1] = (cos * tan + sin) * zoom_y
+    a[:, 1, 0] = -sin * zoom_x
+    a[:, 1, 1] = (-sin * tan + cos) * zoom_y
+    centre = np.array([cx, cy])
+    offset = centre + np.stack([shift_x, shift_y], axis=1) - a @ centre
+    return np.concatenate([a, offset[:, :, None]], axis=2)
+
+
+def warp_affine(
+    batch: np.ndarray,
+    matrices: np.ndarray,
+    *,
+    fill: str = "nearest",
+    fill_value: float = 0.0,
+) -> np.ndarray:
+    """Apply one forward affine map per image with bilinear interpolation; keeps dtype and shape."""
+    batch = _batch(batch)
+    if fill not in _BORDERS:
+        raise UsageError(f"fill must be one of {', '.join(_BORDERS)}, got {fill!r}")
+    n, height, width = batch.shape[:3]
+    out = np.empty_like(batch)
+    for i in range(n):
+        cv2.warpAffine(
+            _mat(batch[i]),
+            matrices[i],
+            (width, height),
+            dst=_mat(out[i]),
+            flags=cv2.INTER_LINEAR,
+            borderMode=_BORDERS[fill],
+            borderValue=(fill_value,) * 4,
+        )
+    return out
+
+
+class RandomAffine:
+    """Random rotation, shift, shear and zoom per image, as Keras's ImageDataGenerator draws them.
+
+    Args:
+        rotation: degrees; the angle is uniform in [-rotation, rotation] (``rotation_range``).
+        shift: fraction of the size; the shift is uniform in [-shift, shift] times the height
+            and, independently, times the width; or a (height, width) pair of fractions
+            (``height_shift_range``, ``width_shift_range``).
+        shear: degrees; the shear angle is uniform in [-shear, shear] (``shear_range``).
+        zoom: a float z for factors uniform in [1 - z, 1 + z], or a (low, high) pair; the
+            horizontal and vertical factors are drawn independently (``zoom_range``). A factor
+            above 1 enlarges the content (Keras's generator uses the reciprocal).
+        fill: how to fill pixels mapped from outside the image: "nearest", "constant",
+            "reflect" or "wrap" (``fill_mode``).
+        fill_value: the value for ``fill="constant"`` (``cval``).
+    """
+
+    def __init__(
+        self,
+        rotation: float = 0,
+        shift: float | tuple[float, float] = 0,
+        shear: float = 0,
+        zoom: float | tuple[float, float] = 0,
+        fill: str = "nearest",
+        fill_value: float = 0.0,
+    ) -> None:
+        self.rotation = _symmetric_range(rotation, "rotation")
+        shift_h, shift_w = _pair(shift, "shift")
+        self.shift = (_symmetric_range(shift_h, "shift")[1], _symmetric_range(shift_w, "shift")[1])
+        self.shear = _symmetric_range(shear, "shear")
+        if isinstance(zoom, (int, float, np.number)):
+            low, high = 1.0 - float(zoom), 1.0 + float(zoom)
+        else:
+            low, high = _pair(zoom, "zoom")
+        if not (0 < low <= high and math.isfinite(high)):
+            raise UsageError(
+                f"zoom must give factors 0 < low <= high (a float below 1 or a (low, high) pair), "
+                f"got {zoom!r}"
+            )
+        self.zoom = (low, high)
+        if fill not in _BORDERS:
+            raise UsageError(f"fill must be one of {', '.join(_BORDERS)}, got {fill!r}")
+        self.fill = fill
+        self.fill_value = float(fill_value)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or shape[-1] > 4:
+            raise UsageError(
+                "RandomAffine works on (height, width, channels) images with at most 4 channels, "
+                f"got samples of shape {shape}; put it before any ten-crop"
+            )
+        return shape
+
+    def draw(self, n: int, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """The (n, 2, 3) forward matrices for one batch of images of (height, width) ``shape``."""
+        rng = require_rng(rng, "RandomAffine")
+        height, width = shape
+        rotation = rng.uniform(*self.rotation, n)
+        shift_y = rng.uniform(-self.shift[0], self.shift[0], n) * height
+        shift_x = rng.uniform(-self.shift[1], self.shift[1], n) * width
+        shear = rng.uniform(*self.shear, n)
+        zoom_y = rng.uniform(*self.zoom, n)
+        zoom_x = rng.uniform(*self.zoom, n)
+        return affine_matrices(shape, rotation, shift_y, shift_x, shear, zoom_y, zoom_x)
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        batch = _batch(batch)
+        self.output_shape(batch.shape[1:])
+        matrices = self.draw(batch.shape[0], batch.shape[1:3], rng)
+        return warp_affine(batch, matrices, fill=self.fill, fill_value=self.fill_value)
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomAffine(rotation={self.rotation[1]}, shift={self.shift}, "
+            f"shear={self.shear[1]}, zoom={self.zoom}, fill={self.fill!r})"
+        )
+
+
+class RandomBrightness:
+    """Add one random offset in [-delta, delta] to every pixel of each image.
+
+    ``delta`` is in the data's units (0-255 for uint8). uint8 batches stay uint8, the offset
+    rounded to an integer and the result saturated to [0, 255]; float batches get the exact offset.
+    """
+
+    def __init__(self, delta: float) -> None:
+        self.delta = _symmetric_range(delta, "delta")[1]
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 3:
+            raise UsageError(
+                f"RandomBrightness works on (H, W, C) images, got samples of shape {shape}"
+            )
+        return shape
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        batch = _batch(batch)
+        rng = require_rng(rng, "RandomBrightness")
+        offsets = rng.uniform(-self.delta, self.delta, batch.shape[0])
+        if batch.dtype == np.uint8:
+            out = np.empty_like(batch)
+            levels = np.arange(256, dtype=np.float64)
+            for i, offset in enumerate(np.rint(offsets)):
+                # A lookup table per image: one saturating pass, whatever the offset's sign.
+                table = np.clip(levels + offset, 0, 255).astype(np.uint8)
+                if batch.ndim == 4 and batch[i].flags.c_contiguous:
+                    cv2.LUT(_mat(batch[i]), table, dst=_mat(out[i]))
+                else:
+                    out[i] = table[batch[i]]
+            return out
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise UsageError(
+                f"RandomBrightness needs uint8 or float batches, got {batch.dtype}"
+            )
+        shape = (-1,) + (1,) * (batch.ndim - 1)
+        return (batch + offsets.reshape(shape)).astype(batch.dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"RandomBrightness({self.delta})"

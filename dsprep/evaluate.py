@@ -1,0 +1,224 @@
+"""Framework-free evaluation: ten-crop averaging, rank-k accuracy, ROC AUC, confusion matrices.
+
+Everything here works on numpy arrays and a plain ``predict_fn(batch) -> probabilities``, so the
+same code serves Keras, PyTorch, JAX or any other model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .preprocess import crop, five_crop_positions
+
+__all__ = [
+    "confusion_matrix",
+    "per_class_accuracy",
+    "rank_accuracy",
+    "roc_auc",
+    "ten_crop_predict",
+]
+
+
+def _label_ids(labels: np.ndarray) -> np.ndarray:
+    """Int labels from int labels (N,) or one-hot / probability rows (N, C)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.argmax(axis=1).astype(np.int64)
+    if labels.ndim != 1:
+        raise UsageError(
+            f"labels must be class ids (N,) or one-hot rows (N, C), got shape {labels.shape}"
+        )
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(labels == np.round(labels)):
+            raise UsageError("labels must be whole class ids, got fractional values")
+    return labels.astype(np.int64)
+
+
+def _predict(predict_fn: Callable, x: np.ndarray) -> np.ndarray:
+    probs = np.asarray(predict_fn(x), dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != x.shape[0]:
+        raise UsageError(
+            f"predict_fn must return one row of class probabilities per image, shape "
+            f"({x.shape[0]}, classes); got {probs.shape}"
+        )
+    return probs
+
+
+def ten_crop_predict(
+    predict_fn: Callable[[np.ndarray], np.ndarray],
+    gen: Iterable[tuple[np.ndarray, np.ndarray]],
+    size: int | tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities averaged over the ten crops of every image, and the labels.
+
+    Memory stays bounded: crops are predicted one position at a time, so at most one batch's
+    worth of crops is held besides the batch itself.
+
+    Args:
+        predict_fn: maps a (B, h, w, C) batch to (B, classes) probabilities.
+        gen: iterable of ``(x, y)`` batches; ``x`` is either ten-crop samples (B, K, h, w, C)
+            from :class:`dsprep.preprocess.TenCrop`, or full images (B, H, W, C) that are cut
+            here into the four corners, the centre and their mirrors. ``y`` is int labels or
+            one-hot rows.
+        size: (height, width) of the crops, or one int; required for full images.
+
+    Returns:
+        ``(probs, labels)``: (N, classes) float64 averages and (N,) int64 labels.
+    """
+    crop_size = None if size is None else _crop_size(size)
+    all_probs, all_labels = [], []
+    for x, y in gen:
+        x = np.asarray(x)
+        if x.ndim == 5:
+            total = None
+            for k in range(x.shape[1]):
+                probs = _predict(predict_fn, np.ascontiguousarray(x[:, k]))
+                total = probs if total is None else total + probs
+            mean = total / x.shape[1]
+        elif x.ndim == 4:
+            if crop_size is None:
+                raise UsageError(
+                    "the generator yields full images; pass size=(height, width) of the crops "
+                    "(or yield ten crops with a TenCrop preprocessor)"
+                )
+            mean = _ten_crops_of_images(predict_fn, x, crop_size)
+        else:
+            raise UsageError(
+                f"expected batches of shape (B, H, W, C) or (B, 10, h, w, C), got {x.shape}"
+            )
+        all_probs.append(mean)
+        all_labels.append(_label_ids(y))
+    if not all_probs:
+        raise UsageError("the generator yielded no batches; nothing to evaluate")
+    return np.concatenate(all_probs), np.concatenate(all_labels)
+
+
+def _crop_size(size) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    if len(size) != 2 or min(size) < 1:
+        raise UsageError(f"size must be a positive int or (height, width), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _ten_crops_of_images(predict_fn, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    n, height, width = x.shape[:3]
+    positions = five_crop_positions(height, width, size)
+    total = None
+    for mirror in (False, True):
+        for top, left in positions:
+            views = crop(x, top, left, size, flips=mirror)
+            probs = _predict(predict_fn, views)
+            del views  # free this position's crops before cutting the next
+            total = probs if total is None else total + probs
+    return total / (2 * len(positions))
+
+
+def rank_accuracy(
+    probs: np.ndarray, labels: np.ndarray, k: int | Sequence[int] = (1, 5)
+) -> dict[int, float]:
+    """The fraction of samples whose true class is among the ``k`` most probable classes.
+
+    A sample counts for rank-k when fewer than k classes score strictly higher than its true
+    class (so ties resolve in its favour).
+
+    Args:
+        probs: (N, classes) scores.
+        labels: (N,) class ids or (N, classes) one-hot rows.
+        k: one rank or several.
+
+    Returns:
+        ``{k: accuracy}`` for each requested k, e.g. ``{1: 0.71, 5: 0.93}``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = _label_ids(labels)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
+        raise UsageError(
+            f"probs must be (N, classes) with one row per label; got {probs.shape} for "
+            f"{labels.shape[0]} labels"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise UsageError(f"labels must be class ids in 0..{probs.shape[1] - 1}")
+    ks = [k] if isinstance(k, (int, np.integer)) else list(k)
+    if not ks or any(int(v) < 1 for v in ks):
+        raise UsageError(f"k must be positive ranks, got {k!r}")
+    if not labels.size:
+        raise UsageError("no samples to score")
+    true_scores = probs[np.arange(len(labels)), labels]
+    higher = (probs > true_scores[:, None]).sum(axis=1)
+    return {int(v): float(np.mean(higher < int(v))) for v in ks}
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve for two classes, from ranks (the Mann-Whitney U statistic).
+
+    Tied scores count one half, as the trapezoidal ROC curve does.
+
+    Args:
+        scores: (N,) scores for the positive class, or (N, 2) probabilities (column 1 is used).
+        labels: (N,) 0/1 (or False/True) labels, or (N, 2) one-hot rows.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 2 and scores.shape[1] == 2:
+        scores = scores[:, 1]
+    labels = _label_ids(labels)
+    if scores.ndim != 1 or scores.shape != labels.shape:
+        raise UsageError(
+            f"scores must be (N,) or (N, 2) for N labels; got {scores.shape} for {labels.shape}"
+        )
+    if np.any((labels != 0) & (labels != 1)):
+        raise UsageError("roc_auc needs two classes: labels must be 0 or 1")
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        raise UsageError(
+            "roc_auc needs both classes among the labels; got only "
+            f"{'positives' if negatives == 0 else 'negatives'}"
+        )
+    ranks = _average_ranks(scores)
+    u = ranks[labels == 1].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    group_rank = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return ranks
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) counts: row = true class, column = predicted class.
+
+    Args:
+        labels: (N,) true class ids or one-hot rows.
+        preds: (N,) predicted class ids, or (N, classes) probabilities (the arg-max is taken).
+        n_classes: the number of classes.
+    """
+    labels, preds = _label_ids(labels), _label_ids(preds)
+    if labels.shape != preds.shape:
+        raise UsageError(f"labels and preds differ in length: {labels.shape} vs {preds.shape}")
+    if n_classes < 1:
+        raise UsageError(f"n_classes must be at least 1, got {n_classes}")
+    for name, ids in (("labels", labels), ("preds", preds)):
+        if ids.size and (ids.min() < 0 or ids.max() >= n_classes):
+            raise UsageError(f"{name} must be class ids in 0..{n_classes - 1}")
+    flat = np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes)
+
+
+def per_class_accuracy(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per class, the fraction of its samples predicted right (recall); NaN for absent classes."""
+    matrix = confusion_matrix(labels, preds, n_classes)
+    support = matrix.sum(axis=1)
+    correct = np.diag(matrix).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, correct / np.maximum(support, 1), np.nan)

@@ -1,0 +1,946 @@
+"""Batch preprocessing: mean subtraction, random patches, centre/five/ten crops, scaling, flips.
+
+Pure kernels work on whole NHWC batches; thin classes draw what is random from the
+``numpy.random.Generator`` they are handed and call a kernel (DESIGN.md §5).
+
+Every preprocessor has ``__call__(batch, rng) -> batch`` and ``output_shape((H, W, C)) -> shape``.
+Crops and flips keep the dtype; :class:`MeanSubtract`, :class:`Rescale` and the normalisations
+return float32. For speed, crop and flip the uint8 batch first and subtract the mean last (the mean
+is per channel, so the result is identical): ``Compose([RandomPatch(227, 227), RandomFlip(),
+MeanSubtract(means)])``. :class:`Compose` then fuses those steps into one pass that writes each
+float32 crop straight into the output batch, so the full-size image is never converted to float.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import DatasetFormatError, LayoutError, UsageError
+
+__all__ = [
+    "CenterCrop",
+    "Compose",
+    "MeanSubtract",
+    "MinMaxNormalize",
+    "PercentileNormalize",
+    "RandomPatch",
+    "Rescale",
+    "TenCrop",
+    "center_crop",
+    "crop",
+    "five_crop",
+    "five_crop_positions",
+    "flip_horizontal",
+    "flip_vertical",
+    "fuse_flip_before",
+    "load_means",
+    "minmax_normalize",
+    "percentile_normalize",
+    "require_rng",
+    "rescale",
+    "subtract_mean",
+    "ten_crop",
+]
+
+# Element types OpenCV's kernels take; anything else goes through numpy.
+_CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
+
+
+# --------------------------------------------------------------------------------------------
+# internals
+
+
+def _size(height: int, width: int | None) -> tuple[int, int]:
+    width = height if width is None else width
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise UsageError(f"crop {name} must be a positive integer, got {value!r}")
+    return int(height), int(width)
+
+
+def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return _size(int(size), None)
+    if len(size) != 2:
+        raise UsageError(f"size must be an int or (height, width), got {size!r}")
+    return _size(size[0], size[1])
+
+
+def _image_shape(shape: Sequence[int], what: str) -> tuple[int, int, int]:
+    """Check a per-sample shape is one (H, W, C) image."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise UsageError(
+            f"{what} works on (height, width, channels) images, got samples of shape {shape}; "
+            "put it before any ten-crop"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _check_fits(shape: Sequence[int], size: tuple[int, int], what: str) -> tuple[int, int, int]:
+    h, w = size
+    height, width, channels = _image_shape(shape, what)
+    if h > height or w > width:
+        raise UsageError(
+            f"{what} {h}x{w} is larger than the {height}x{width} images; use a smaller {what} "
+            f"or build the HDF5 with --size >= {max(h, w)}"
+        )
+    return height, width, channels
+
+
+def _check_batch(batch: np.ndarray, exact: bool = False) -> np.ndarray:
+    if not isinstance(batch, np.ndarray):
+        batch = np.asarray(batch)
+    if batch.ndim < 4 or (exact and batch.ndim != 4):
+        raise UsageError(
+            f"expected a batch of shape (B, H, W, C), got an array of shape {batch.shape}"
+        )
+    return batch
+
+
+def _mat(a: np.ndarray) -> np.ndarray:
+    """The view OpenCV should see: single-channel images as 2-D, so ``dst=`` is honoured."""
+    return a[..., 0] if a.shape[-1] == 1 else a
+
+
+def _cv_ok(a: np.ndarray, channels_max: int = 4) -> bool:
+    return a.dtype in _CV_DTYPES and a.shape[-1] <= channels_max
+
+
+def _rows(a: np.ndarray) -> np.ndarray | None:
+    """A C-contiguous (..., W, C) array as one (rows, W, C) image, or None when not contiguous."""
+    if not a.flags.c_contiguous:
+        return None
+    return a.reshape(-1, a.shape[-2], a.shape[-1])
+
+
+class _Lease:
+    """The owner of one pooled buffer while an array handed out over it (or a view) is alive."""
+
+    __slots__ = ("__array_interface__", "__weakref__", "raw")
+
+    def __init__(self, raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.raw = raw
+        self.__array_interface__ = {
+            "shape": shape,
+            "typestr": dtype.str,
+            "data": (raw.ctypes.data, False),
+            "version": 3,
+        }
+
+
+class _BufferPool:
+    """Recycles large output buffers once every array over them has been released.
+
+    Writing into freshly mapped memory costs as much as the crop and mean subtraction themselves
+    (the kernel zeroes each new page on first touch). An array handed out here has a
+    :class:`_Lease` as its base, so numpy keeps the lease alive exactly as long as the array or
+    any view of it (or a tensor aliasing it) lives; when the last one goes, the buffer comes
+    back for the next batch. Nothing is ever reused while someone can still see it.
+    """
+
+    MIN_BYTES = 4 << 20  # small arrays are cheap to allocate
+    MAX_BYTES = 1 << 30  # idle memory kept, at most (one ten-crop batch of 128 at 227)
+    MAX_BUFFERS = 6
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            # A child must not inherit a lock held by another thread, nor the parent's buffers.
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.RLock()
+        self._free: list[np.ndarray] = []
+
+    def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < self.MIN_BYTES or nbytes > self.MAX_BYTES:
+            return np.empty(shape, dtype)
+        raw = None
+        with self._lock:
+            for i, candidate in enumerate(self._free):
+                if candidate.nbytes == nbytes:
+                    raw = self._free.pop(i)
+                    break
+        if raw is None:
+            raw = np.empty(nbytes, np.uint8)
+        lease = _Lease(raw, tuple(shape), dtype)
+        weakref.finalize(lease, self._give_back, raw).atexit = False
+        return np.asarray(lease)
+
+    def _give_back(self, raw: np.ndarray) -> None:
+        with self._lock:
+            self._free.append(raw)
+            while (
+                len(self._free) > self.MAX_BUFFERS
+                or sum(b.nbytes for b in self._free) > self.MAX_BYTES
+            ):
+                self._free.pop(0)
+
+
+_POOL = _BufferPool()
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The caller's buffer after checking it, or a new one."""
+    if out is None:
+        return _POOL.empty(shape, dtype)
+    if out.shape != shape or out.dtype != np.dtype(dtype):
+        raise UsageError(
+            f"out has shape {out.shape} and dtype {out.dtype}; expected {shape} and "
+            f"{np.dtype(dtype)}"
+        )
+    # OpenCV writes into dst= only when the slot is contiguous; otherwise it would silently
+    # allocate a new array and leave ours untouched.
+    if out.size and not out[(0,) * (out.ndim - 3)].flags.c_contiguous:
+        raise UsageError("out must hold each image contiguously (a C-ordered array or a slice)")
+    return out
+
+
+def _scalar(mean: np.ndarray) -> tuple[float, float, float, float]:
+    values = [float(v) for v in mean] + [0.0] * (4 - len(mean))
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _mean_vector(mean: Sequence[float] | np.ndarray, channels: int) -> np.ndarray:
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    if mean.size != channels:
+        raise UsageError(
+            f"the mean has {mean.size} values but the images have {channels} channels; "
+            "mean subtraction needs one mean per channel (R, G, B)"
+        )
+    if not np.all(np.isfinite(mean)):
+        raise UsageError(f"the channel means must be finite numbers, got {mean.tolist()}")
+    return mean
+
+
+def require_rng(rng, who: str) -> np.random.Generator:
+    """``rng`` when it is a numpy Generator; a UsageError naming ``who`` otherwise."""
+    if not isinstance(rng, np.random.Generator):
+        raise UsageError(
+            f"{who} draws random parameters and needs a numpy.random.Generator, got {rng!r}; "
+            "pass np.random.default_rng(seed)"
+        )
+    return rng
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+
+
+def subtract_mean(
+    batch: np.ndarray, mean_rgb: Sequence[float], *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Subtract a per-channel mean from every pixel of a batch.
+
+    Args:
+        batch: (B, H, W, C) or (B, K, H, W, C) array, uint8 or float.
+        mean_rgb: one value per channel, in the batch's channel order (RGB).
+        out: optional float32 buffer of the batch's shape to write into.
+
+    Returns:
+        A float32 array of the batch's shape.
+    """
+    batch = _check_batch(batch)
+    mean = _mean_vector(mean_rgb, batch.shape[-1])
+    out = _output(out, batch.shape, np.float32)
+    if not _cv_ok(batch):
+        np.subtract(batch, mean.astype(np.float32), out=out, casting="unsafe")
+        return out
+    scalar = _scalar(mean)
+    src_rows, dst_rows = _rows(batch), _rows(out)
+    if src_rows is not None and dst_rows is not None:
+        # One OpenCV call for the whole batch: it sees B*H rows of one tall image.
+        cv2.subtract(_mat(src_rows), scalar, dst=_mat(dst_rows), dtype=cv2.CV_32F)
+        return out
+    for index in np.ndindex(batch.shape[:-3]):
+        cv2.subtract(_mat(batch[index]), scalar, dst=_mat(out[index]), dtype=cv2.CV_32F)
+    return out
+
+
+def crop(
+    batch: np.ndarray,
+    tops: Sequence[int] | np.ndarray,
+    lefts: Sequence[int] | np.ndarray,
+    size: int | tuple[int, int],
+    *,
+    flips: Sequence[bool] | np.ndarray | None = None,
+    mean: Sequence[float] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cut one window per image, optionally mirror it and subtract a per-channel mean.
+
+    ``out[i] = batch[i, tops[i]:tops[i]+h, lefts[i]:lefts[i]+w]``, flipped left-right where
+    ``flips[i]``, minus ``mean`` when given. The mean and flip are applied while copying, so the
+    float32 result is written once and the full-size image is never converted.
+
+    Args:
+        batch: (B, H, W, C) array.
+        tops: row of each window's top-left corner, one per image.
+        lefts: column of each window's top-left corner, one per image.
+        size: (height, width) of the windows, or one int for squares.
+        flips: optional booleans, one per image: mirror that window horizontally.
+        mean: optional per-channel mean; when given the result is float32.
+        out: optional buffer of shape (B, h, w, C) to write into.
+
+    Returns:
+        (B, h, w, C), the batch's dtype, or float32 when ``mean`` is given.
+    """
+    batch = _check_batch(batch, exact=True)
+    h, w = _as_size(size)
+    n, height, width, channels = batch.shape
+    tops = np.broadcast_to(np.asarray(tops, dtype=np.int64), (n,))
+    lefts = np.broadcast_to(np.asarray(lefts, dtype=np.int64), (n,))
+    if n and (
+        tops.min() < 0 or lefts.min() < 0 or tops.max() + h > height or lefts.max() + w > width
+    ):
+        raise UsageError(
+            f"a {h}x{w} window at the given corners falls outside the {height}x{width} images"
+        )
+    flip_mask = None
+    if flips is not None:
+        flip_mask = np.broadcast_to(np.asarray(flips, dtype=bool), (n,))
+    mean_vec = None if mean is None else _mean_vector(mean, channels)
+    dtype = batch.dtype if mean_vec is None else np.float32
+    out = _output(out, (n, h, w, channels), dtype)
+
+    uniform = n > 0 and bool(np.all(tops == tops[0]) and np.all(lefts == lefts[0]))
+    no_flip = flip_mask is None or not flip_mask.any()
+    if mean_vec is None and no_flip and uniform:
+        # The same window everywhere (centre and corner crops): one strided copy.
+        np.copyto(out, batch[:, tops[0] : tops[0] + h, lefts[0] : lefts[0] + w])
+        return out
+
+    writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
+    for i in range(n):
+        view = batch[i, tops[i] : tops[i] + h, lefts[i] : lefts[i] + w]
+        writer.write(view, flip_mask is not None and flip_mask[i], out[i])
+    return out
+
+
+class _WindowWriter:
+    """Copies one window into its slot of the output, mirrored and mean-subtracted as asked."""
+
+    def __init__(self, dtype, channels: int, size: tuple[int, int], mean: np.ndarray | None):
+        self.use_cv = np.dtype(dtype) in _CV_DTYPES and channels <= 4
+        self.scalar = None if mean is None else _scalar(mean)
+        self.mean32 = None if mean is None else mean.astype(np.float32)
+        # Mirroring the small uint8 window first moves a quarter of the bytes of a float mirror.
+        self.flipped = None if mean is None else np.empty((*size, channels), dtype)
+
+    def write(self, view: np.ndarray, flip: bool, dst: np.ndarray) -> None:
+        if not self.use_cv:
+            view = view[:, ::-1] if flip else view
+            if self.mean32 is None:
+                dst[...] = view
+            else:
+                np.subtract(view, self.mean32, out=dst, casting="unsafe")
+        elif self.scalar is None:
+            if flip:
+                cv2.flip(_mat(view), 1, dst=_mat(dst))
+            else:
+                dst[...] = view
+        else:
+            if flip:
+                cv2.flip(_mat(view), 1, dst=_mat(self.flipped))
+                view = self.flipped
+            cv2.subtract(_mat(view), self.scalar, dst=_mat(dst), dtype=cv2.CV_32F)
+
+
+def center_crop(
+    batch: np.ndarray,
+    size: int | tuple[int, int],
+    *,
+    mean: Sequence[float] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The centred window of every image (rounded towards the top-left when the margin is odd)."""
+    batch = _check_batch(batch, exact=True)
+    h, w = _as_size(size)
+    _check_fits(batch.shape[1:], (h, w), "crop")
+    top, left = (batch.shape[1] - h) // 2, (batch.shape[2] - w) // 2
+    return crop(batch, top, left, (h, w), mean=mean, out=out)
+
+
+def five_crop_positions(
+    height: int, width: int, size: int | tuple[int, int]
+) -> list[tuple[int, int]]:
+    """(top, left) of the five crops: top-left, top-right, bottom-left, bottom-right, centre."""
+    h, w = _as_size(size)
+    _check_fits((height, width, 1), (h, w), "crop")
+    bottom, right = height - h, width - w
+    return [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+
+
+def five_crop(
+    batch: np.ndarray,
+    size: int | tuple[int, int],
+    *,
+    flip: bool = False,
+    mean: Sequence[float] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The four corner crops and the centre crop of every image.
+
+    Args:
+        batch: (B, H, W, C) array.
+        size: (height, width) of the crops, or one int for squares.
+        flip: mirror every crop horizontally.
+        mean: optional per-channel mean to subtract (the result is then float32).
+        out: optional (B, 5, h, w, C) buffer.
+
+    Returns:
+        (B, 5, h, w, C) in the order top-left, top-right, bottom-left, bottom-right, centre.
+    """
+    return _multi_crop(batch, size, (flip,), mean, out)
+
+
+def ten_crop(
+    batch: np.ndarray,
+    size: int | tuple[int, int],
+    *,
+    mirror: bool = True,
+    mean: Sequence[float] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Five crops, then the horizontal mirror of each of them in the same order.
+
+    Returns:
+        (B, 10, h, w, C): top-left, top-right, bottom-left, bottom-right, centre, then their
+        mirrors; (B, 5, h, w, C) with ``mirror=False``. Float32 when ``mean`` is given.
+    """
+    return _multi_crop(batch, size, (False, True) if mirror else (False,), mean, out)
+
+
+def _multi_crop(batch, size, mirrors: tuple[bool, ...], mean, out) -> np.ndarray:
+    """The five crops of every image once per entry of ``mirrors`` (mirrored where true)."""
+    batch = _check_batch(batch, exact=True)
+    h, w = _as_size(size)
+    n, height, width, channels = batch.shape
+    positions = five_crop_positions(height, width, (h, w))
+    mean_vec = None if mean is None else _mean_vector(mean, channels)
+    dtype = batch.dtype if mean_vec is None else np.float32
+    out = _output(out, (n, 5 * len(mirrors), h, w, channels), dtype)
+    if mean_vec is None and not any(mirrors):
+        for k, (top, left) in enumerate(positions):
+            np.copyto(out[:, k], batch[:, top : top + h, left : left + w])
+        return out
+    writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
+    # Image by image, so the source image stays in cache while its windows are cut.
+    for i in range(n):
+        image = batch[i]
+        for m, mirror in enumerate(mirrors):
+            for k, (top, left) in enumerate(positions):
+                view = image[top : top + h, left : left + w]
+                writer.write(view, mirror, out[i, 5 * m + k])
+    return out
+
+
+def flip_horizontal(
+    batch: np.ndarray, mask: Sequence[bool] | np.ndarray | None = None, *, out=None
+) -> np.ndarray:
+    """Mirror images left-right: all of them, or those where ``mask`` is true.
+
+    Args:
+        batch: (B, H, W, C) or (B, K, H, W, C) array; with K crops per sample, a sample's mask
+            entry mirrors all of its crops.
+        mask: booleans, one per sample; None flips every sample.
+        out: optional buffer of the batch's shape and dtype; it may be ``batch`` itself.
+
+    Returns:
+        An array of the batch's shape and dtype.
+    """
+    return _flip(batch, mask, out, axis=-2)
+
+
+def flip_vertical(
+    batch: np.ndarray, mask: Sequence[bool] | np.ndarray | None = None, *, out=None
+) -> np.ndarray:
+    """Mirror images top-bottom: all of them, or those where ``mask`` is true."""
+    return _flip(batch, mask, out, axis=-3)
+
+
+def _flip(batch, mask, out, axis: int) -> np.ndarray:
+    batch = _check_batch(batch)
+    n = batch.shape[0]
+    mask = np.ones(n, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), (n,))
+    in_place = out is batch
+    out = _output(out, batch.shape, batch.dtype)
+    use_cv = axis == -2 and _cv_ok(batch, channels_max=512)
+    for i in range(n):
+        if not mask[i]:
+            if not in_place:
+                out[i] = batch[i]
+            continue
+        src_rows = _rows(batch[i]) if use_cv else None
+        dst_rows = _rows(out[i]) if src_rows is not None else None
+        if dst_rows is not None:
+            # flipCode 1 reverses every row, so (K*H, W, C) rows flip every crop at once.
+            cv2.flip(_mat(src_rows), 1, dst=_mat(dst_rows))
+        else:
+            out[i] = np.flip(batch[i], axis=axis)
+    return out
+
+
+def rescale(batch: np.ndarray, scale: float, offset: float = 0.0) -> np.ndarray:
+    """``batch * scale + offset`` as float32 (e.g. scale=1/255 maps uint8 to [0, 1])."""
+    batch = _check_batch(batch)
+    out = np.multiply(batch, np.float32(scale), dtype=np.float32)
+    if offset:
+        out += np.float32(offset)
+    return out
+
+
+def minmax_normalize(batch: np.ndarray) -> np.ndarray:
+    """Scale each image (H, W, C) to [0, 1] by its own minimum and maximum; flat images give 0."""
+    batch = _check_batch(batch)
+    data = batch.astype(np.float32)
+    axes = (-3, -2, -1)
+    low = data.min(axis=axes, keepdims=True)
+    span = data.max(axis=axes, keepdims=True) - low
+    data -= low
+    data /= np.where(span > 0, span, 1.0)
+    return data
+
+
+def percentile_normalize(batch: np.ndarray, low: float = 5, high: float = 95) -> np.ndarray:
+    """Clip each image to its own ``low``/``high`` percentiles and scale that range to [0, 1].
+
+    A flat image (both percentiles equal) becomes all zeros instead of dividing by zero.
+    """
+    batch = _check_batch(batch)
+    _check_percentiles(low, high)
+    shape = batch.shape
+    flat = batch.reshape(-1, shape[-3] * shape[-2] * shape[-1]).astype(np.float32)
+    lo, hi = np.percentile(flat, [low, high], axis=1, keepdims=True).astype(np.float32)
+    span = hi - lo
+    np.clip(flat, lo, hi, out=flat)
+    flat -= lo
+    flat /= np.where(span > 0, span, 1.0)
+    return flat.reshape(shape)
+
+
+def _check_percentiles(low: float, high: float) -> None:
+    if not (0 <= low < high <= 100):
+        raise UsageError(
+            f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}"
+        )
+
+
+def load_means(means: Mapping[str, float] | str | os.PathLike | Sequence[float]) -> np.ndarray:
+    """The (R, G, B) means from a means.json path, a dict with R, G, B keys, or three numbers."""
+    source = "the means"
+    if isinstance(means, (str, os.PathLike)):
+        path = Path(means)
+        source = str(path)
+        if not path.is_file():
+            raise LayoutError(
+                f"{path} does not exist; 'dsprep build-hdf5' writes means.json next to the "
+                "HDF5 files"
+            )
+        try:
+            means = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetFormatError(
+                f"{path} is not a readable means.json ({exc}); rebuild it with 'dsprep build-hdf5'"
+            ) from exc
+    if isinstance(means, Mapping):
+        missing = [k for k in "RGB" if k not in means]
+        if missing:
+            raise DatasetFormatError(
+                f"{source} has no {', '.join(missing)} key; expected a means.json with "
+                "R, G and B channel means"
+            )
+        values = [means["R"], means["G"], means["B"]]
+    else:
+        values = list(means)
+    try:
+        vector = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DatasetFormatError(
+            f"{source}: channel means must be numbers, got {values!r}"
+        ) from exc
+    if vector.size != 3 or not np.all(np.isfinite(vector)):
+        raise DatasetFormatError(f"{source}: expected three finite R, G, B means, got {values!r}")
+    return vector
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessors
+
+
+class MeanSubtract:
+    """Subtract the training set's per-channel mean (the book's MeanPreprocessor), to float32.
+
+    Place it after the crops and flips: the result is the same (the mean is per channel) and
+    :class:`Compose` then subtracts it while cutting each window, never converting the full image.
+
+    Args:
+        means: a means.json path, a dict with R, G and B keys (DESIGN.md §2.3), or three numbers.
+    """
+
+    def __init__(self, means: Mapping[str, float] | str | os.PathLike | Sequence[float]) -> None:
+        self.mean = load_means(means)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The same shape; the images must have three channels."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 3 or shape[-1] != 3:
+            raise UsageError(
+                f"MeanSubtract needs RGB images (..., H, W, 3), got samples of shape {shape}"
+            )
+        return shape
+
+    writes_into_out = True
+
+    def __call__(
+        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
+    ) -> np.ndarray:
+        return subtract_mean(batch, self.mean, out=out)
+
+    def fuse(self, following):
+        """Fold this subtraction into a following crop (the result is the same)."""
+        fused = _as_plan(following)
+        if fused is None or fused.mean is not None:
+            return None
+        return fused.with_mean(self.mean)
+
+    def __repr__(self) -> str:
+        r, g, b = (round(float(v), 3) for v in self.mean)
+        return f"MeanSubtract(R={r}, G={g}, B={b})"
+
+
+class RandomPatch:
+    """A random ``height`` x ``width`` window of each image (the book's PatchPreprocessor)."""
+
+    def __init__(self, height: int, width: int | None = None) -> None:
+        self.size = _size(height, width)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(h, w, C); raises UsageError when the patch does not fit."""
+        channels = _check_fits(shape, self.size, "patch")[2]
+        return (*self.size, channels)
+
+    def draw(self, batch_shape: tuple[int, ...], rng: np.random.Generator):
+        """The (tops, lefts) of one batch's windows."""
+        rng = require_rng(rng, "RandomPatch")
+        n, height, width = batch_shape[:3]
+        h, w = self.size
+        return rng.integers(0, height - h + 1, n), rng.integers(0, width - w + 1, n)
+
+    writes_into_out = True
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator, *, out=None) -> np.ndarray:
+        batch = _check_batch(batch)
+        self.output_shape(batch.shape[1:])
+        tops, lefts = self.draw(batch.shape, rng)
+        return crop(batch, tops, lefts, self.size, out=out)
+
+    def fuse(self, following):
+        return _CropPlan(self).fuse(following)
+
+    def __repr__(self) -> str:
+        return f"RandomPatch({self.size[0]}, {self.size[1]})"
+
+
+class CenterCrop:
+    """The centred ``height`` x ``width`` window of each image."""
+
+    def __init__(self, height: int, width: int | None = None) -> None:
+        self.size = _size(height, width)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(h, w, C); raises UsageError when the crop does not fit."""
+        channels = _check_fits(shape, self.size, "crop")[2]
+        return (*self.size, channels)
+
+    def draw(self, batch_shape: tuple[int, ...], rng: np.random.Generator | None):
+        n, height, width = batch_shape[:3]
+        h, w = self.size
+        return np.full(n, (height - h) // 2), np.full(n, (width - w) // 2)
+
+    writes_into_out = True
+
+    def __call__(
+        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
+    ) -> np.ndarray:
+        batch = _check_batch(batch)
+        self.output_shape(batch.shape[1:])
+        return center_crop(batch, self.size, out=out)
+
+    def fuse(self, following):
+        return _CropPlan(self).fuse(following)
+
+    def __repr__(self) -> str:
+        return f"CenterCrop({self.size[0]}, {self.size[1]})"
+
+
+class TenCrop:
+    """Ten views per image for evaluation: 4 corners, centre, then the mirror of each.
+
+    Output samples are (10, h, w, C) (or (5, h, w, C) with ``mirror=False``), in the order
+    top-left, top-right, bottom-left, bottom-right, centre, then their horizontal mirrors.
+    """
+
+    def __init__(self, height: int, width: int | None = None, mirror: bool = True) -> None:
+        self.size = _size(height, width)
+        self.mirror = bool(mirror)
+        self.mean: np.ndarray | None = None
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(10, h, w, C) or (5, h, w, C); raises UsageError when the crop does not fit."""
+        channels = _check_fits(shape, self.size, "crop")[2]
+        if self.mean is not None and channels != self.mean.size:
+            raise UsageError(f"MeanSubtract needs RGB images, got {channels} channels")
+        return (10 if self.mirror else 5, *self.size, channels)
+
+    writes_into_out = True
+
+    def __call__(
+        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
+    ) -> np.ndarray:
+        batch = _check_batch(batch)
+        self.output_shape(batch.shape[1:])
+        return ten_crop(batch, self.size, mirror=self.mirror, mean=self.mean, out=out)
+
+    def with_mean(self, mean: np.ndarray) -> TenCrop:
+        """The same crops with a per-channel mean subtracted while they are cut (float32)."""
+        fused = TenCrop(*self.size, mirror=self.mirror)
+        fused.mean = mean
+        return fused
+
+    def fuse(self, following):
+        if isinstance(following, MeanSubtract) and self.mean is None:
+            return self.with_mean(following.mean)
+        return None
+
+    def __repr__(self) -> str:
+        extra = "" if self.mean is None else " + MeanSubtract"
+        return f"TenCrop({self.size[0]}, {self.size[1]}, mirror={self.mirror}){extra}"
+
+
+class _CropPlan:
+    """A crop, optionally with a random horizontal mirror and a mean subtraction, in one pass.
+
+    Compose builds it from adjacent steps; it draws from ``rng`` in exactly the order the separate
+    steps would, so fused and unfused pipelines give the same batches. A mirror drawn before the
+    crop (``flip_first``) becomes a mirror of the window at the mirrored position.
+    """
+
+    writes_into_out = True
+
+    def __init__(
+        self,
+        cropper,
+        flip_p: float | None = None,
+        mean: np.ndarray | None = None,
+        flip_first: bool = False,
+    ) -> None:
+        self.cropper = cropper
+        self.flip_p = flip_p
+        self.mean = mean
+        self.flip_first = flip_first
+
+    def with_mean(self, mean: np.ndarray) -> _CropPlan:
+        return _CropPlan(self.cropper, self.flip_p, mean, self.flip_first)
+
+    def with_flip(self, p: float, first: bool) -> _CropPlan | None:
+        if self.flip_p is not None:
+            return None
+        return _CropPlan(self.cropper, p, self.mean, first)
+
+    def fuse(self, following):
+        if isinstance(following, MeanSubtract) and self.mean is None:
+            return self.with_mean(following.mean)
+        mirror_p = getattr(following, "horizontal_flip_probability", None)
+        if mirror_p is not None:
+            return self.with_flip(mirror_p, first=False)
+        return None
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        out = self.cropper.output_shape(shape)
+        if self.mean is not None and out[-1] != self.mean.size:
+            raise UsageError(f"MeanSubtract needs RGB images, got {out[-1]} channels")
+        return out
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator, *, out=None) -> np.ndarray:
+        batch = _check_batch(batch)
+        self.output_shape(batch.shape[1:])
+        n, width = batch.shape[0], batch.shape[2]
+        flips = None
+        if self.flip_p is not None and self.flip_first:
+            flips = require_rng(rng, "RandomFlip").random(n) < self.flip_p
+        tops, lefts = self.cropper.draw(batch.shape, rng)
+        if flips is not None:
+            # Cutting a mirrored image at x is mirroring the window cut at width - x - w.
+            lefts = np.where(flips, width - lefts - self.cropper.size[1], lefts)
+        elif self.flip_p is not None:
+            flips = require_rng(rng, "RandomFlip").random(n) < self.flip_p
+        return crop(batch, tops, lefts, self.cropper.size, flips=flips, mean=self.mean, out=out)
+
+    def __repr__(self) -> str:
+        parts = [repr(self.cropper)]
+        flip = f"RandomFlip(p={self.flip_p})"
+        if self.flip_p is not None:
+            parts.insert(0 if self.flip_first else 1, flip)
+        if self.mean is not None:
+            parts.append("MeanSubtract")
+        return "+".join(parts)
+
+
+def fuse_flip_before(p: float, following) -> _CropPlan | None:
+    """A random horizontal mirror with probability ``p`` folded into a following crop, or None.
+
+    RandomFlip uses it so ``[RandomFlip(), RandomPatch(...), MeanSubtract(...)]`` (augmentation
+    first, as the generators order it) runs as one pass too.
+    """
+    plan = _as_plan(following)
+    if not isinstance(plan, _CropPlan):
+        return None
+    return plan.with_flip(p, first=True)
+
+
+def _as_plan(op) -> _CropPlan | TenCrop | None:
+    """The crop step ``op`` as something a mean subtraction can fold into, or None."""
+    if isinstance(op, (_CropPlan, TenCrop)):
+        return op
+    if isinstance(op, (RandomPatch, CenterCrop)):
+        return _CropPlan(op)
+    return None
+
+
+class Rescale:
+    """``batch * scale + offset`` as float32 (e.g. ``Rescale(1 / 255)``)."""
+
+    def __init__(self, scale: float, offset: float = 0.0) -> None:
+        if not (math.isfinite(scale) and math.isfinite(offset)):
+            raise UsageError(f"scale and offset must be finite numbers, got {scale}, {offset}")
+        self.scale = float(scale)
+        self.offset = float(offset)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return rescale(batch, self.scale, self.offset)
+
+    def __repr__(self) -> str:
+        return f"Rescale({self.scale}, offset={self.offset})"
+
+
+class MinMaxNormalize:
+    """Scale each image to [0, 1] by its own minimum and maximum (flat images become 0)."""
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return minmax_normalize(batch)
+
+    def __repr__(self) -> str:
+        return "MinMaxNormalize()"
+
+
+class PercentileNormalize:
+    """Clip each image to its ``low``/``high`` percentiles and scale that range to [0, 1]."""
+
+    def __init__(self, low: float = 5, high: float = 95) -> None:
+        _check_percentiles(low, high)
+        self.low = float(low)
+        self.high = float(high)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return percentile_normalize(batch, self.low, self.high)
+
+    def __repr__(self) -> str:
+        return f"PercentileNormalize(low={self.low}, high={self.high})"
+
+
+class Compose:
+    """Apply preprocessors in order; a chain of steps behaves as one.
+
+    Adjacent steps that can run in one pass are fused when the chain is built: a crop
+    (RandomPatch, CenterCrop, TenCrop) with a horizontal-only RandomFlip just before or after it
+    and a MeanSubtract on either side. The batches are the same as running the steps one by one
+    (the same draws from ``rng``, the same pixels); only the time differs.
+
+    Args:
+        ops: preprocessors or augmenters; nested Compose objects are flattened.
+    """
+
+    def __init__(self, ops: Iterable) -> None:
+        flat = []
+        for op in ops:
+            if isinstance(op, Compose):
+                flat.extend(op.ops)
+                continue
+            if not callable(op) or not callable(getattr(op, "output_shape", None)):
+                raise UsageError(
+                    f"{op!r} is not a preprocessor: it needs __call__(batch, rng) and "
+                    "output_shape(shape)"
+                )
+            flat.append(op)
+        self.ops = flat
+        self._steps = _fuse_all(flat)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-sample shape after every step; UsageError from the first that cannot apply."""
+        shape = tuple(int(s) for s in shape)
+        for op in self.ops:
+            shape = tuple(op.output_shape(shape))
+        return shape
+
+    def __call__(
+        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
+    ) -> np.ndarray:
+        """Run the chain on one batch.
+
+        Args:
+            batch: the input batch (it is not modified).
+            rng: the generator every random step draws from.
+            out: optional buffer for the result, reused across batches to spare a fresh
+                allocation (writing into new memory costs as much as the work itself at
+                227x227 float32). Used when the last step can write into it; always take the
+                returned array as the result.
+        """
+        if not self._steps:
+            return batch
+        for step in self._steps[:-1]:
+            batch = step(batch, rng)
+        last = self._steps[-1]
+        if out is not None and getattr(last, "writes_into_out", False):
+            return last(batch, rng, out=out)
+        return last(batch, rng)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __repr__(self) -> str:
+        return f"Compose([{', '.join(repr(op) for op in self.ops)}])"
+
+
+def _fuse_all(ops: list) -> list:
+    steps: list = []
+    for op in ops:
+        if steps:
+            fuse = getattr(steps[-1], "fuse", None)
+            merged = fuse(op) if fuse is not None else None
+            if merged is not None:
+                steps[-1] = merged
+                continue
+        steps.append(op)
+    return steps

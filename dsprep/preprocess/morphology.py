@@ -1,0 +1,157 @@
+"""Morphology for non-natural images (X-rays, scans): threshold, erode, dilate, open, close.
+
+Each operation runs scikit-image on every channel of every image of a batch, with a disk of the
+given radius; the classes wrap them as preprocessors for a generator chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from skimage import filters, morphology
+
+from ..errors import UsageError
+
+__all__ = [
+    "Close",
+    "Dilate",
+    "Erode",
+    "Open",
+    "Threshold",
+    "close",
+    "dilate",
+    "erode",
+    "open",
+    "threshold",
+]
+
+
+def _batch(batch: np.ndarray) -> np.ndarray:
+    batch = np.asarray(batch)
+    if batch.ndim != 4:
+        raise UsageError(
+            f"morphology needs a batch of shape (B, H, W, C), got an array of shape {batch.shape}"
+        )
+    return batch
+
+
+def _radius(radius: int) -> int:
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise UsageError(f"radius must be a non-negative integer (pixels), got {radius!r}")
+    return int(radius)
+
+
+def _per_channel(batch: np.ndarray, op: Callable, radius: int) -> np.ndarray:
+    batch = _batch(batch)
+    footprint = morphology.disk(_radius(radius))
+    out = np.empty_like(batch)
+    for i in range(batch.shape[0]):
+        for c in range(batch.shape[3]):
+            op(batch[i, :, :, c], footprint, out=out[i, :, :, c])
+    return out
+
+
+def threshold(batch: np.ndarray, value: float | None = None) -> np.ndarray:
+    """Binarise each image: 255 where a pixel is above the threshold, 0 elsewhere (uint8).
+
+    Args:
+        batch: (B, H, W, C) array.
+        value: the threshold; None picks one per image with Otsu's method over all its channels.
+    """
+    batch = _batch(batch)
+    if value is None:
+        levels = np.array([filters.threshold_otsu(image) for image in batch], dtype=np.float64)
+    else:
+        levels = np.full(batch.shape[0], float(value))
+    above = batch > levels.reshape(-1, 1, 1, 1)
+    return above.astype(np.uint8) * np.uint8(255)
+
+
+def erode(batch: np.ndarray, radius: int) -> np.ndarray:
+    """Grey-level erosion (minimum over a disk of ``radius`` pixels), per channel; keeps dtype."""
+    return _per_channel(batch, morphology.erosion, radius)
+
+
+def dilate(batch: np.ndarray, radius: int) -> np.ndarray:
+    """Grey-level dilation (maximum over a disk of ``radius`` pixels), per channel; keeps dtype."""
+    return _per_channel(batch, morphology.dilation, radius)
+
+
+def open(batch: np.ndarray, radius: int) -> np.ndarray:
+    """Opening (erosion then dilation) with a disk: removes bright specks smaller than the disk."""
+    return _per_channel(batch, morphology.opening, radius)
+
+
+def close(batch: np.ndarray, radius: int) -> np.ndarray:
+    """Closing (dilation then erosion) with a disk: fills dark gaps smaller than the disk."""
+    return _per_channel(batch, morphology.closing, radius)
+
+
+class _Morphology:
+    """A morphology kernel as a preprocessor: same shape and dtype out as in."""
+
+    kernel: Callable[[np.ndarray, int], np.ndarray]
+
+    def __init__(self, radius: int) -> None:
+        self.radius = _radius(radius)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3:
+            raise UsageError(
+                f"{type(self).__name__} works on (height, width, channels) images, got samples of "
+                f"shape {shape}; put it before any ten-crop"
+            )
+        return shape
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return type(self).kernel(batch, self.radius)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(radius={self.radius})"
+
+
+class Erode(_Morphology):
+    """Erosion with a disk of ``radius`` pixels."""
+
+    kernel = staticmethod(erode)
+
+
+class Dilate(_Morphology):
+    """Dilation with a disk of ``radius`` pixels."""
+
+    kernel = staticmethod(dilate)
+
+
+class Open(_Morphology):
+    """Opening with a disk of ``radius`` pixels."""
+
+    kernel = staticmethod(open)
+
+
+class Close(_Morphology):
+    """Closing with a disk of ``radius`` pixels."""
+
+    kernel = staticmethod(close)
+
+
+class Threshold:
+    """Binarise images to 0/255 uint8 at ``value``, or per image by Otsu's method when None."""
+
+    def __init__(self, value: float | None = None) -> None:
+        self.value = None if value is None else float(value)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3:
+            raise UsageError(
+                f"Threshold works on (height, width, channels) images, got samples of shape {shape}"
+            )
+        return shape
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return threshold(batch, self.value)
+
+    def __repr__(self) -> str:
+        return f"Threshold({self.value})"

@@ -1,0 +1,680 @@
+"""Plan a reproducible, stratified train/val/test split of a dump, and place it on disk.
+
+:func:`plan` reads each file once (content hash and image check from the same bytes) and writes
+nothing; :func:`materialize` copies or links the planned files and writes the manifests of
+DESIGN.md §2.1, ``split.json`` last, so a folder is either a finished split or not one at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import zlib
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from . import __version__, images
+from .errors import (
+    CorruptImageError,
+    DestinationExistsError,
+    ImageTooLargeError,
+    LayoutError,
+    SplitError,
+    UsageError,
+)
+from .sources import LABEL_CONFLICT, UNREADABLE, Inventory, Skipped, find_images, open_source
+
+SCHEMA = "dsprep-split/1"
+SPLITS = ("train", "val", "test")
+MODES = ("copy", "hardlink", "symlink")
+VERIFY = ("header", "full")
+DEFAULT_RATIOS = (0.8, 0.1, 0.1)
+DEFAULT_SEED = 1337
+MANIFEST = "split.json"
+FILES_CSV = "files.csv"
+SKIPPED_CSV = "skipped.csv"
+FILES_COLUMNS = ("split", "class", "path", "source", "sha256", "width", "height")
+SKIPPED_COLUMNS = ("source", "reason", "detail")
+_MARKER = ".dsprep-split-in-progress.json"
+_PART = ".part"
+
+# Reasons added here to those of dsprep.sources.
+EMPTY = "empty"
+NOT_AN_IMAGE = "not-an-image"
+TOO_LARGE = "too-large"
+TOO_SMALL = "too-small"
+DUPLICATE = "duplicate"
+NOT_SELECTED = "not-selected"
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Everything that decides a split (the seed included); stored in ``split.json``.
+
+    Attributes:
+        layout: "auto", "folders", "prefix" or "csv" (see :func:`dsprep.sources.find_images`).
+        pattern: regular expression with a group ``label`` for the prefix layout.
+        labels: the labels CSV for the csv layout.
+        id_column: CSV column of the ids (header name or 0-based index).
+        label_column: CSV column of the labels (header name or 0-based index).
+        ratios: (train, val[, test]) fractions adding up to 1; default 0.8, 0.1, 0.1.
+        counts: (train, val[, test]) images per class, instead of ratios.
+        limit_per_class: keep a reproducible random subset of at most this many per class first.
+        min_size: leave out images smaller than this on either side, in pixels.
+        verify: "header" reads the dimensions from the header, "full" decodes every image.
+        seed: the seed of every random choice.
+    """
+
+    layout: str = "auto"
+    pattern: str | None = None
+    labels: str | None = None
+    id_column: str | int | None = None
+    label_column: str | int | None = None
+    ratios: tuple[float, ...] | None = None
+    counts: tuple[int, ...] | None = None
+    limit_per_class: int | None = None
+    min_size: int = 0
+    verify: str = "header"
+    seed: int = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        if self.ratios is not None and self.counts is not None:
+            raise UsageError("give --ratios or --counts, not both")
+        if self.ratios is not None:
+            ratios = tuple(float(r) for r in self.ratios)
+            object.__setattr__(self, "ratios", ratios)
+            if len(ratios) not in (2, 3) or min(ratios) < 0:
+                raise UsageError(f"ratios {_join(ratios)} must be 2 or 3 numbers >= 0 "
+                                 "(train,val[,test]), e.g. 0.8,0.1,0.1")
+            if abs(sum(ratios) - 1.0) > 1e-6:
+                raise UsageError(f"ratios {_join(ratios)} add up to {sum(ratios):g}, not 1; "
+                                 "e.g. 0.8,0.1,0.1 or 0.9,0.1")
+        if self.counts is not None:
+            counts = tuple(int(c) for c in self.counts)
+            object.__setattr__(self, "counts", counts)
+            if len(counts) not in (2, 3) or min(counts) < 0:
+                raise UsageError(f"counts {_join(counts)} must be 2 or 3 whole numbers >= 0 "
+                                 "(train,val[,test] per class), e.g. 1000,500,500")
+        if self.limit_per_class is not None and self.limit_per_class < 1:
+            raise UsageError(f"limit_per_class must be 1 or more, got {self.limit_per_class}")
+        if self.min_size < 0:
+            raise UsageError(f"min_size must be 0 or more, got {self.min_size}")
+        if self.verify not in VERIFY:
+            raise UsageError(f"verify {self.verify!r} is not one of {', '.join(VERIFY)}")
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The split folders this split makes (two numbers: train and val only)."""
+        given = self.counts if self.counts is not None else (self.ratios or DEFAULT_RATIOS)
+        return SPLITS[: len(given)]
+
+    def params(self) -> dict:
+        """The options as plain JSON values, with defaults filled in."""
+        params = asdict(self)
+        if self.counts is None and self.ratios is None:
+            params["ratios"] = list(DEFAULT_RATIOS)
+        return json.loads(json.dumps(params))
+
+
+def _join(values) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One file to place: where from, where to, and what it is."""
+
+    split: str
+    label: str
+    path: str  # relative to the split folder, e.g. "train/cat/cat.0.jpg"
+    source: str  # relative to the dump
+    sha256: str
+    width: int
+    height: int
+    size: int
+
+
+@dataclass
+class SplitPlan:
+    """What :func:`plan` decided; :func:`materialize` writes it.
+
+    Attributes:
+        source: the dump (absolute path).
+        layout: the layout used; root: the folder inside the dump it applies to.
+        options: the options that decided it.
+        classes: sorted class names (label ids 0..C-1).
+        files: the files to place, in manifest order.
+        skipped: the files and rows left out, with reasons.
+    """
+
+    source: Path
+    layout: str
+    root: str
+    options: SplitOptions
+    classes: list[str]
+    files: list[PlannedFile]
+    skipped: list[Skipped] = field(default_factory=list)
+    labels_file: str | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return self.options.splits
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and class (zeros included)."""
+        counts = {s: dict.fromkeys(self.classes, 0) for s in self.splits}
+        for f in self.files:
+            counts[f.split][f.label] += 1
+        return counts
+
+    def skipped_reasons(self) -> dict[str, int]:
+        """How many files were left out for each reason."""
+        return dict(sorted(Counter(s.reason for s in self.skipped).items()))
+
+    def manifest(self, mode: str) -> dict:
+        """The content of ``split.json`` for this plan placed with ``mode``."""
+        params = self.options.params()
+        params["mode"] = mode
+        return {
+            "schema": SCHEMA,
+            "dsprep": __version__,
+            "source": str(self.source),
+            "layout": self.layout,
+            "root": self.root,
+            "labels_file": self.labels_file,
+            "params": params,
+            "classes": self.classes,
+            "counts": self.counts(),
+            "skipped": self.skipped_reasons(),
+        }
+
+    def files_csv(self) -> str:
+        """The text of ``files.csv``."""
+        return _csv_text(FILES_COLUMNS, ([f.split, f.label, f.path, f.source, f.sha256, f.width,
+                                          f.height] for f in self.files))
+
+    def skipped_csv(self) -> str:
+        """The text of ``skipped.csv``."""
+        return _csv_text(SKIPPED_COLUMNS, ([s.source, s.reason, s.detail] for s in self.skipped))
+
+
+def _csv_text(header, rows) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def allocate(n: int, ratios: tuple[float, ...]) -> list[int]:
+    """Split ``n`` items by ``ratios`` (largest remainder rounding).
+
+    Each part gets the floor of its exact share ``n * ratio``; the items left over go one each
+    to the parts with the largest fractional remainders, ties to the earlier part (train before
+    val before test). The parts always add up to ``n`` and each is within 1 of its exact share.
+    """
+    total = float(sum(ratios))
+    exact = [n * r / total for r in ratios]
+    parts = [int(np.floor(e + 1e-9)) for e in exact]
+    left = n - sum(parts)
+    order = sorted(range(len(ratios)), key=lambda i: (-(exact[i] - parts[i]), i))
+    for i in order[:left]:
+        parts[i] += 1
+    return parts
+
+
+def _class_rng(seed: int, label: str) -> np.random.Generator:
+    # Keyed by class name: one class's shuffle does not change when another class changes.
+    return np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
+
+
+@dataclass(frozen=True)
+class _Checked:
+    rel: str
+    sha256: str = ""
+    height: int = 0
+    width: int = 0
+    size: int = 0
+    problem: Skipped | None = None
+
+
+def _check(source, rel: str, verify: str, min_size: int) -> _Checked:
+    """Read one file once: hash it and check it is an image of a usable size."""
+    try:
+        data = source.read(rel)
+    except OSError as exc:
+        return _Checked(rel, problem=Skipped(rel, UNREADABLE, exc.strerror or str(exc)))
+    if not data:
+        return _Checked(rel, problem=Skipped(rel, EMPTY, "zero-byte file"))
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        if verify == "full":
+            height, width = images.decode(data).shape[:2]
+        else:
+            height, width = images.probe(data)
+    except ImageTooLargeError as exc:
+        return _Checked(rel, problem=Skipped(rel, TOO_LARGE, str(exc)))
+    except CorruptImageError as exc:
+        return _Checked(rel, problem=Skipped(rel, NOT_AN_IMAGE, str(exc) or "not an image"))
+    if min(height, width) < min_size:
+        return _Checked(rel, problem=Skipped(
+            rel, TOO_SMALL, f"{width}x{height} is under the minimum side of {min_size} px"))
+    return _Checked(rel, digest, int(height), int(width), len(data))
+
+
+def _map(fn, items, workers: int, progress: bool, desc: str):
+    """Run ``fn`` over ``items`` in threads (the work releases the GIL); results in order."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), unit="file", desc=desc)
+    try:
+        if workers <= 1 or len(items) < 2:
+            out = []
+            for item in items:
+                out.append(fn(item))
+                if bar is not None:
+                    bar.update()
+            return out
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            out = []
+            try:
+                for future in futures:
+                    out.append(future.result())
+                    if bar is not None:
+                        bar.update()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+            return out
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def default_workers() -> int:
+    """Threads for reading and copying: I/O and hashing release the GIL, so more than cores."""
+    return min(16, 4 * (os.cpu_count() or 1))
+
+
+def plan(
+    src: str | os.PathLike,
+    options: SplitOptions | None = None,
+    *,
+    progress: bool = False,
+    workers: int | None = None,
+    **kwargs,
+) -> SplitPlan:
+    """Decide which file of ``src`` goes to which split, without writing anything.
+
+    Every image file is read once: its SHA-256 and its header (or full decode with
+    ``verify="full"``) come from the same bytes. Files that are not images, too small, exact
+    duplicates (one copy kept; the same bytes under two labels are both left out) or unlabelled
+    are recorded in ``skipped``. Each class is then shuffled with a generator seeded by
+    ``(seed, class name)`` from its files sorted by path, so the result never depends on the
+    order the file system lists files in, and cut by :func:`allocate` (ratios) or by counts.
+
+    Args:
+        src: the dump folder or ``.zip``.
+        options: a :class:`SplitOptions`; keyword arguments override its fields.
+        progress: show a progress bar while reading.
+        workers: reading threads (default :func:`default_workers`).
+
+    Raises:
+        UsageError: bad options.
+        LayoutError: no labelled images found.
+        SplitError: a class is too small for the requested counts.
+    """
+    options = replace(options or SplitOptions(), **kwargs) if kwargs else (
+        options or SplitOptions())
+    with open_source(src) as source:
+        inventory = find_images(source, options.layout, pattern=options.pattern,
+                                labels=options.labels, id_column=options.id_column,
+                                label_column=options.label_column)
+        checked = _map(lambda item: _check(source, item[0], options.verify, options.min_size),
+                       inventory.items, workers or default_workers(), progress, "checking")
+    return _decide(Path(src).resolve(), inventory, checked, options)
+
+
+def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
+            options: SplitOptions) -> SplitPlan:
+    skipped = list(inventory.skipped)
+    label_of = dict(inventory.items)
+    good: list[_Checked] = []
+    for c in checked:
+        (skipped.append(c.problem) if c.problem else good.append(c))
+
+    # Exact duplicates: keep the first path of a group within one label; across labels, none.
+    by_hash: dict[str, list[_Checked]] = defaultdict(list)
+    for c in good:
+        by_hash[c.sha256].append(c)
+    kept: dict[str, list[_Checked]] = defaultdict(list)
+    for group in by_hash.values():
+        group.sort(key=lambda c: c.rel)
+        labels = sorted({label_of[c.rel] for c in group})
+        if len(labels) > 1:
+            others = ", ".join(f"{c.rel} ({label_of[c.rel]})" for c in group)
+            skipped += [Skipped(c.rel, LABEL_CONFLICT, f"same content under two labels: {others}")
+                        for c in group]
+            continue
+        kept[labels[0]].append(group[0])
+        skipped += [Skipped(c.rel, DUPLICATE, f"same content as {group[0].rel}")
+                    for c in group[1:]]
+
+    classes = sorted(kept)
+    if not classes:
+        raise LayoutError(f"{source} has no usable image: every file was left out "
+                          f"({', '.join(sorted({s.reason for s in skipped}))}); see the reasons "
+                          "with --dry-run")
+    splits = options.splits
+    files: list[PlannedFile] = []
+    for label in classes:
+        members = sorted(kept[label], key=lambda c: c.rel)
+        order = _class_rng(options.seed, label).permutation(len(members))
+        members = [members[i] for i in order]
+        if options.limit_per_class is not None and len(members) > options.limit_per_class:
+            skipped += [Skipped(c.rel, NOT_SELECTED,
+                                f"over --limit-per-class {options.limit_per_class}")
+                        for c in members[options.limit_per_class:]]
+            members = members[: options.limit_per_class]
+        if options.counts is not None:
+            sizes = list(options.counts)
+            if sum(sizes) > len(members):
+                raise SplitError(
+                    f"class {label!r} has {len(members)} usable images but --counts "
+                    f"{_join(sizes)} needs {sum(sizes)}; lower the counts or use --ratios")
+            skipped += [Skipped(c.rel, NOT_SELECTED, f"beyond --counts {_join(sizes)}")
+                        for c in members[sum(sizes):]]
+        else:
+            sizes = allocate(len(members), options.ratios or DEFAULT_RATIOS)
+        start = 0
+        for split_name, size in zip(splits, sizes, strict=True):
+            chunk = members[start : start + size]
+            start += size
+            names = _dest_names(chunk)
+            files += [PlannedFile(split_name, label, f"{split_name}/{label}/{names[c.rel]}", c.rel,
+                                  c.sha256, c.width, c.height, c.size) for c in chunk]
+    rank = {s: i for i, s in enumerate(splits)}
+    files.sort(key=lambda f: (rank[f.split], f.label, f.path))
+    return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
+                     sorted(set(skipped)), inventory.labels_file)
+
+
+def _dest_names(chunk: list[_Checked]) -> dict[str, str]:
+    """File names inside one class folder of one split; clashes resolved without order effects.
+
+    A name used once (compared without case, for case-insensitive file systems) is kept; every
+    file sharing a name gets the first 10 hex digits of its content hash appended, which is
+    unique because exact duplicates are already gone.
+    """
+    base = {c.rel: PurePosixPath(c.rel).name for c in chunk}
+    uses = Counter(name.lower() for name in base.values())
+    names = {}
+    taken = {name.lower() for name in base.values() if uses[name.lower()] == 1}
+    for c in sorted(chunk, key=lambda c: c.rel):
+        name = base[c.rel]
+        if uses[name.lower()] > 1:
+            stem, ext = os.path.splitext(name)
+            name = f"{stem}-{c.sha256[:10]}{ext}"
+            n = 2
+            while name.lower() in taken:
+                name = f"{stem}-{c.sha256[:10]}-{n}{ext}"
+                n += 1
+            taken.add(name.lower())
+        names[c.rel] = name
+    return names
+
+
+@dataclass
+class SplitResult:
+    """What :func:`materialize` did.
+
+    Attributes:
+        dest: the split folder.
+        placed: files copied or linked by this call.
+        reused: files already in place from an interrupted earlier run.
+        copied_instead: hard links that fell back to a copy (another device or no support).
+        already_complete: the folder already held this exact split; nothing was written.
+    """
+
+    dest: Path
+    placed: int = 0
+    reused: int = 0
+    copied_instead: int = 0
+    already_complete: bool = False
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _same_split(found: dict | None, wanted: dict) -> bool:
+    return isinstance(found, dict) and all(found.get(k) == wanted[k]
+                                           for k in ("schema", "source", "params"))
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _identity(source: Path, options: SplitOptions, mode: str) -> dict:
+    """What makes two splits the same: the schema, the source and every parameter."""
+    params = options.params()
+    params["mode"] = mode
+    return {"schema": SCHEMA, "source": str(source), "params": params}
+
+
+def check_destination(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    options: SplitOptions | None = None,
+    mode: str = "copy",
+    *,
+    force: bool = False,
+) -> bool:
+    """Say, before any file is read, whether ``dest`` can receive this split.
+
+    Returns:
+        True when ``dest`` already holds this exact split (same source, parameters and mode),
+        False when it is free (missing, empty, or replaced with ``force``).
+
+    Raises:
+        DestinationExistsError: ``dest`` holds something else and ``force`` is false.
+    """
+    dest = Path(dest)
+    wanted = _identity(Path(src).resolve(), options or SplitOptions(), mode)
+    if dest.is_dir() and _same_split(_read_json(dest / MANIFEST), wanted):
+        return True
+    if dest.exists() and not force and (not dest.is_dir() or any(dest.iterdir())):
+        what = ("a split made with other parameters" if (dest / MANIFEST).exists()
+                else "not a split folder")
+        raise DestinationExistsError(
+            f"{dest} is not empty and is {what}; choose another folder or use --force to "
+            "replace it")
+    return False
+
+
+def materialize(
+    the_plan: SplitPlan,
+    dest: str | os.PathLike,
+    *,
+    mode: str = "copy",
+    force: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
+) -> SplitResult:
+    """Place the planned files under ``dest`` and write the manifests, ``split.json`` last.
+
+    The split is built in a hidden sibling folder (``.<dest>.split-partial``) and renamed to
+    ``dest`` when complete, so an interrupted run never leaves a ``dest`` that looks finished;
+    running the same split again reuses what the interrupted run placed and completes it.
+
+    Args:
+        the_plan: from :func:`plan`.
+        dest: the split folder to create.
+        mode: "copy", "hardlink" (falls back to a copy across devices) or "symlink".
+        force: replace a non-empty ``dest`` that is not this same split.
+        progress: show a progress bar while placing files.
+        workers: copying threads (default :func:`default_workers`).
+
+    Raises:
+        UsageError: an unknown mode, a link mode with a zip source, or ``dest`` overlapping
+            the source.
+        DestinationExistsError: ``dest`` holds something else and ``force`` is false.
+    """
+    if mode not in MODES:
+        raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    dest = Path(dest).absolute()
+    source = the_plan.source
+    if mode != "copy" and not source.is_dir():
+        raise UsageError(f"--mode {mode} needs a source folder, but {source} is an archive; "
+                         "use --mode copy")
+    real_dest = dest.resolve()
+    if _within(real_dest, source) or _within(source, real_dest):
+        raise UsageError(f"{dest} and the source {source} overlap; put the split folder "
+                         "outside the dump (the source is never modified)")
+    if check_destination(source, dest, the_plan.options, mode, force=force):
+        return SplitResult(dest, already_complete=True)
+    manifest = the_plan.manifest(mode)
+    wanted = json.loads(json.dumps(manifest))
+
+    partial = dest.with_name(f".{dest.name}.split-partial")
+    old = dest.with_name(f".{dest.name}.split-old")
+    files_csv = the_plan.files_csv()
+    marker = {**wanted, "files_sha256": hashlib.sha256(files_csv.encode()).hexdigest()}
+    result = SplitResult(dest)
+    finished = partial.is_dir() and _same_split(_read_json(partial / MANIFEST), wanted)
+    if not finished:
+        resume = partial.is_dir() and _read_json(partial / _MARKER) == marker
+        if partial.exists() and not resume:
+            _remove_partial(partial, force)
+        partial.mkdir(parents=True, exist_ok=True)
+        _write_text(partial / _MARKER, json.dumps(marker, indent=2))
+        for split_name in the_plan.splits:
+            for label in the_plan.classes:
+                (partial / split_name / label).mkdir(parents=True, exist_ok=True)
+        _place_all(the_plan, partial, mode, resume, result, progress,
+                   workers or default_workers())
+        _sweep_parts(partial)
+        _write_text(partial / FILES_CSV, files_csv)
+        _write_text(partial / SKIPPED_CSV, the_plan.skipped_csv())
+        (partial / _MARKER).unlink()
+        _write_text(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+    # Swap into place. A crash between the two renames leaves the finished split in partial,
+    # which the next run moves into place without copying again.
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+    elif dest.is_dir() and not dest.is_symlink():
+        os.replace(dest, old)
+    elif dest.exists() or dest.is_symlink():
+        dest.unlink()
+    os.replace(partial, dest)
+    if old.exists():
+        shutil.rmtree(old)
+    return result
+
+
+def _remove_partial(partial: Path, force: bool) -> None:
+    """Remove an unfinished split left by an earlier run with other parameters."""
+    ours = (partial / _MARKER).exists() or (partial / MANIFEST).exists()
+    if not (ours or force):
+        raise DestinationExistsError(
+            f"{partial} exists but was not made by dsprep split; remove it or use --force")
+    shutil.rmtree(partial)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + _PART)
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _place_all(the_plan: SplitPlan, partial: Path, mode: str, resume: bool,
+               result: SplitResult, progress: bool, workers: int) -> None:
+    todo = the_plan.files
+    if resume:
+        reusable = _map(lambda f: _in_place(partial / f.path, f, the_plan.source, mode),
+                        the_plan.files, workers, False, "")
+        todo = [f for f, ok in zip(the_plan.files, reusable, strict=True) if not ok]
+        result.reused = len(the_plan.files) - len(todo)
+        for f in todo:
+            target = partial / f.path
+            if target.exists() or target.is_symlink():
+                target.unlink()
+    source = open_source(the_plan.source) if not the_plan.source.is_dir() else None
+    try:
+        fell_back = _map(lambda f: _place(the_plan.source, source, f, partial / f.path, mode),
+                         todo, workers, progress, "placing")
+    finally:
+        if source is not None:
+            source.close()
+    result.placed += len(todo)
+    result.copied_instead += sum(fell_back)
+
+
+def _in_place(target: Path, f: PlannedFile, root: Path, mode: str) -> bool:
+    """Whether an interrupted run already placed this file whole (checked by content)."""
+    try:
+        if mode == "symlink":
+            return os.readlink(target) == os.path.abspath(root / f.source)
+        if target.is_symlink() or target.stat().st_size != f.size:
+            return False
+        with open(target, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest() == f.sha256
+    except OSError:
+        return False
+
+
+def _place(root: Path, archive, f: PlannedFile, target: Path, mode: str) -> bool:
+    """Put one file in place; True if a hard link had to become a copy.
+
+    Files go straight to their final names: the whole folder is unfinished until it is renamed,
+    and a resumed run checks each file's content before reusing it.
+    """
+    fell_back = False
+    if archive is not None:
+        with open(target, "wb") as fh:
+            fh.write(archive.read(f.source))
+    elif mode == "symlink":
+        os.symlink(os.path.abspath(root / f.source), target)
+    elif mode == "hardlink":
+        try:
+            os.link(root / f.source, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            copy_file(root / f.source, target)
+            fell_back = True
+    else:
+        copy_file(root / f.source, target)
+    return fell_back
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy the bytes of one file (no metadata); the file system's fast path where it has one."""
+    shutil.copyfile(src, dst)
+
+
+def _sweep_parts(partial: Path) -> None:
+    """Remove temporary manifest files an interrupted run left behind."""
+    for leftover in partial.glob(f"*{_PART}"):
+        leftover.unlink()

@@ -1,0 +1,287 @@
+"""The run folder's bookkeeping: history.csv, curves.png, lr.png, best/last checkpoints, schedules.
+
+Every file is written under a temporary name and moved into place, so a crash never leaves a
+half-written checkpoint, plot or table behind a final name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ..errors import DatasetFormatError, UsageError
+from .options import SCHEDULES
+
+HISTORY = "history.csv"
+CURVES = "curves.png"
+LR_PLOT = "lr.png"
+BEST = "best.keras"
+LAST = "last.keras"
+STATE = "state.json"
+
+
+def _temp_name(path: Path) -> Path:
+    # Keras insists on the ".keras" suffix and matplotlib reads the format from it: keep it last.
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = _temp_name(path)
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> Path:
+    """Save a model as ``.keras`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = _temp_name(path)
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a history.csv as dicts of floats (``epoch`` as int); [] when there is none."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for n, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                parsed = {k: float(v) for k, v in row.items() if v not in ("", None)}
+                parsed["epoch"] = int(parsed["epoch"])
+            except (KeyError, ValueError) as exc:
+                raise DatasetFormatError(
+                    f"{path}:{n} is not a history row ({exc}); remove the run folder or the row"
+                ) from exc
+            rows.append(parsed)
+    return rows
+
+
+def write_history(path: str | os.PathLike, rows: Sequence[dict[str, float]]) -> Path:
+    """Write history rows as CSV (``epoch`` first, then the other columns sorted), atomically."""
+    keys = sorted({k for row in rows for k in row} - {"epoch"})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    for row in rows:
+        writer.writerow([int(row["epoch"]), *(_fmt(row.get(k)) for k in keys)])
+    return atomic_write_text(path, out.getvalue())
+
+
+def _fmt(value) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _savefig(fig, path: Path) -> None:
+    tmp = _temp_name(path)
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+
+
+def plot_curves(rows: Sequence[dict[str, float]], path: str | os.PathLike,
+                title: str = "") -> Path:
+    """Draw training/validation loss and accuracy (and AUC when logged) against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    epochs = [r["epoch"] + 1 for r in rows]
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, names, label in ((axes[0], ("loss",), "loss"), (axes[1], ("accuracy", "auc"), "")):
+        for name in names:
+            for prefix, style in (("", "-"), ("val_", "--")):
+                key = prefix + name
+                if any(key in r for r in rows):
+                    ax.plot(epochs, [r.get(key, math.nan) for r in rows], style, marker="o",
+                            markersize=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label or "metric")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _savefig(fig, path)
+    return path
+
+
+def plot_lr(rows: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
+    """Draw the learning rate of each epoch on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    lrs = [r.get("lr", math.nan) for r in rows]
+    ax.plot([r["epoch"] + 1 for r in rows], lrs, marker="o", markersize=3)
+    if all(v > 0 for v in lrs):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _savefig(fig, path)
+    return path
+
+
+def plot_sweep(curves: dict[str, Sequence[dict[str, float]]], path: str | os.PathLike) -> Path:
+    """Draw training (solid) and validation (dashed) loss of several runs on shared axes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for label, rows in curves.items():
+        epochs = [r["epoch"] + 1 for r in rows]
+        (line,) = ax.plot(epochs, [r.get("loss", math.nan) for r in rows], marker="o",
+                          markersize=3, label=f"lr={label}")
+        if any("val_loss" in r for r in rows):
+            ax.plot(epochs, [r.get("val_loss", math.nan) for r in rows], "--",
+                    color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (solid: train, dashed: val)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _savefig(fig, path)
+    return path
+
+
+def learning_rate(optimizer) -> float:
+    """The optimizer's current learning rate as a float."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def schedule_fn(schedule: str, lr: float, epochs: int, step_every: int = 10,
+                step_factor: float = 0.5) -> Callable[[int], float] | None:
+    """The per-epoch learning rate of a named schedule (None for constant and plateau).
+
+    ``step`` is ``lr * step_factor ** (epoch // step_every)``; ``cosine`` anneals from ``lr``
+    to 0 over ``epochs``.
+    """
+    if schedule not in SCHEDULES:
+        raise UsageError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if schedule == "step":
+        if step_every < 1:
+            raise UsageError(f"--step-every must be at least 1, got {step_every}")
+        return lambda epoch: float(lr * step_factor ** (epoch // step_every))
+    if schedule == "cosine":
+        total = max(1, int(epochs))
+        return lambda epoch: float(lr * 0.5 * (1.0 + math.cos(math.pi * min(epoch, total) / total)))
+    return None
+
+
+@keras.saving.register_keras_serializable(package="dsprep")
+class PositiveClassAUC(keras.metrics.AUC):
+    """ROC AUC of a two-class softmax model: the score is the probability of class 1.
+
+    Takes integer labels (B,) or one-hot (B, 2) and probabilities (B, 2).
+    """
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = keras.ops.convert_to_tensor(y_pred)
+        y_true = keras.ops.convert_to_tensor(y_true)
+        if len(y_true.shape) == 2 and y_true.shape[-1] == 2:
+            y_true = y_true[:, 1]
+        y_true = keras.ops.reshape(keras.ops.cast(y_true, "float32"), (-1,))
+        score = keras.ops.cast(y_pred[:, 1], "float32")
+        return super().update_state(y_true, score, sample_weight=sample_weight)
+
+
+def best_metric(classes: int, validation: bool = True) -> tuple[str, str]:
+    """The metric that picks best.keras and its mode: val AUC for two classes, else val accuracy."""
+    name = "auc" if classes == 2 else "accuracy"
+    return ("val_" + name if validation else name), "max"
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Write a run's history.csv, curves.png, lr.png, best.keras, last.keras and state each epoch.
+
+    The order of writes makes a crash at any point resumable: the history row goes first, then the
+    checkpoints, and ``state.json`` (the count of finished epochs) last.
+
+    Args:
+        run: the run folder.
+        monitor: the logged metric that selects best.keras (e.g. "val_accuracy").
+        mode: "max" or "min".
+        history: rows already in history.csv (a resumed run); the best value comes from them.
+        plots: draw curves.png and lr.png.
+        title: title of curves.png.
+    """
+
+    def __init__(self, run: str | os.PathLike, monitor: str, mode: str = "max",
+                 history: Sequence[dict[str, float]] = (), plots: bool = True,
+                 title: str = "") -> None:
+        super().__init__()
+        self.run = Path(run)
+        self.monitor = monitor
+        self.mode = mode
+        self.rows = [dict(r) for r in history]
+        self.plots = plots
+        self.title = title
+        self.best = None
+        for row in self.rows:
+            if monitor in row and self._better(row[monitor]):
+                self.best = row[monitor]
+        self._lr = None
+
+    def _better(self, value: float) -> bool:
+        if value is None or not np.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Record the rate the epoch trained with (plateau changes it at the epoch's end).
+        self._lr = learning_rate(self.model.optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row = {"epoch": int(epoch)}
+        row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
+        row["lr"] = self._lr if self._lr is not None else learning_rate(self.model.optimizer)
+        self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
+        write_history(self.run / HISTORY, self.rows)
+        if self.plots:
+            plot_curves(self.rows, self.run / CURVES, self.title)
+            plot_lr(self.rows, self.run / LR_PLOT)
+        value = row.get(self.monitor)
+        if self._better(value) or (self.best is None and not (self.run / BEST).exists()):
+            if self._better(value):
+                self.best = value
+            save_model_atomic(self.model, self.run / BEST)
+        save_model_atomic(self.model, self.run / LAST)
+        atomic_write_json(self.run / STATE, {"epochs_done": int(epoch) + 1,
+                                             "monitor": self.monitor, "best": self.best})

@@ -1,0 +1,517 @@
+"""Train a network on dsprep data into a run folder; resume a run; overfit check; LR sweep.
+
+A run folder holds config.json, history.csv, curves.png, lr.png, best.keras, last.keras and
+state.json; see :mod:`dsprep.train.callbacks` for how each is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .. import __version__
+from ..errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
+from . import callbacks as cb
+from .models import build_model
+from .options import TrainConfig
+
+CONFIG = "config.json"
+# Pixel statistics used when a split folder comes without means.json: map 0..255 to -1..1.
+_FALLBACK_MEAN = (127.5, 127.5, 127.5)
+_FALLBACK_SCALE = 1.0 / 127.5
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run: Path
+    epochs_done: int
+    monitor: str
+    best: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: keras.Model | None = field(default=None, repr=False)
+
+
+@dataclass
+class DataBundle:
+    """Training and validation sequences of one data folder, and what the model needs to know."""
+
+    train: object
+    val: object | None
+    label_names: list[str]
+    mean: tuple[float, float, float]
+    scale: float
+    input_shape: tuple[int, int, int]
+    input_dtype: str
+    kind: str
+
+
+# ----------------------------------------------------------------------------------------------
+# device
+
+
+@dataclass
+class DeviceSetup:
+    """The accelerator choices of a run."""
+
+    backend: str
+    gpus: int
+    precision: str
+    jit: bool
+    strategy: object | None = None
+
+    def scope(self):
+        """A context for building and compiling the model (the strategy's, or a no-op)."""
+        import contextlib
+
+        if self.strategy is not None and hasattr(self.strategy, "scope"):
+            return self.strategy.scope()
+        return contextlib.nullcontext()
+
+
+def count_gpus() -> int:
+    """GPUs visible to the active Keras backend."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return len(tf.config.list_physical_devices("GPU"))
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.device_count()
+        if backend == "jax":
+            import jax
+
+            return sum(1 for d in jax.devices() if d.platform == "gpu")
+    except (ImportError, RuntimeError):
+        return 0
+    return 0
+
+
+def configure_device(precision: str = "auto", jit: bool = True, gpus: str = "1") -> DeviceSetup:
+    """Pick precision, XLA and data parallelism for the machine at hand.
+
+    On a GPU, ``auto`` precision means mixed float16 and XLA is on unless ``jit`` is False; on a
+    CPU, float32 and no XLA. ``gpus`` is "all" or a count; more than one uses the backend's
+    data-parallel strategy.
+    """
+    backend = keras.backend.backend()
+    available = count_gpus()
+    wanted = available if gpus == "all" else int(gpus)
+    if available == 0:
+        wanted = 0
+    elif wanted > available:
+        raise UsageError(f"--gpus {gpus} asks for more GPUs than the {available} visible; "
+                         f"use --gpus all or a count up to {available}")
+    if precision == "auto":
+        precision = "mixed" if wanted else "float32"
+    keras.mixed_precision.set_global_policy("mixed_float16" if precision == "mixed"
+                                            else "float32")
+    strategy = None
+    if wanted > 1:
+        # The one place that branches on the backend: each has its own data-parallel machinery.
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(wanted)])
+        elif backend == "jax":
+            devices = keras.distribution.list_devices("gpu")[:wanted]
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            strategy = "jax-data-parallel"
+        else:
+            raise UsageError(f"--gpus {gpus}: multi-GPU training is not supported on the "
+                             f"{backend} backend; use --gpus 1 or KERAS_BACKEND=tensorflow/jax")
+    return DeviceSetup(backend, wanted, precision, bool(jit and wanted), strategy)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def _read_mean(path: Path) -> tuple[float, float, float]:
+    try:
+        data = json.loads(path.read_text())
+        return tuple(float(data[k]) for k in ("R", "G", "B"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetFormatError(
+            f"{path} is not a means file with R, G, B keys ({exc}); "
+            "recompute it with 'dsprep means'"
+        ) from exc
+
+
+def _subset_hdf5(src: Path, dest: Path, per_class: int) -> Path:
+    """Write the first ``per_class`` rows of each class of ``src`` into a new file ``dest``."""
+    from ..store import label_names, open_dataset, write_arrays
+
+    with open_dataset(src) as db:
+        labels = db["labels"][()]
+        names = label_names(db)
+        keep = np.sort(np.concatenate(
+            [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+        images = db["images"][keep] if len(keep) else db["images"][:0]
+    dest.unlink(missing_ok=True)
+    return write_arrays(dest, images, labels[keep], names, split="train", overwrite=True)
+
+
+def _subset_folder(src: Path, dest: Path, per_class: int) -> Path:
+    """Mirror the first ``per_class`` files (sorted) of each class folder of ``src`` as links."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        files = sorted(p for p in class_dir.iterdir() if p.is_file())[:per_class]
+        (dest / class_dir.name).mkdir(parents=True)
+        for f in files:
+            (dest / class_dir.name / f.name).symlink_to(f.resolve())
+    return dest
+
+
+def _ops(config: TrainConfig):
+    """Training and validation preprocessors and the training augmentation of a config."""
+    train_pre, val_pre, augment = [], [], []
+    if config.crop:
+        from ..preprocess import CenterCrop, RandomPatch
+
+        train_pre.append(RandomPatch(config.crop, config.crop))
+        val_pre.append(CenterCrop(config.crop, config.crop))
+    if config.augment in ("flip", "affine"):
+        from ..augment import RandomFlip
+
+        augment.append(RandomFlip())
+    if config.augment == "affine":
+        from ..augment import RandomAffine
+
+        augment.append(RandomAffine(rotation=10, shift=0.1, shear=5, zoom=0.1))
+    return train_pre, val_pre, _compose(augment)
+
+
+def _compose(ops: list):
+    if not ops:
+        return None
+    if len(ops) == 1:
+        return ops[0]
+    from ..preprocess import Compose
+
+    return Compose(ops)
+
+
+def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None = None,
+              validation: bool = True) -> DataBundle:
+    """Open DATA (a build-hdf5 folder or a split folder) as training and validation sequences.
+
+    Args:
+        data: folder with train.hdf5 (+ val.hdf5, means.json), or with train/<class>/ folders.
+        config: batch size, crop, augmentation, seed, subset and image size come from here.
+        work: folder for the subset written by ``limit_per_class`` (the run folder).
+        validation: open the validation split when there is one.
+    """
+    data = Path(data)
+    train_pre, val_pre, augment = _ops(config)
+    work = work or data
+    if (data / "train.hdf5").is_file():
+        from ..generators import HDF5Generator
+
+        train_path = data / "train.hdf5"
+        if config.limit_per_class:
+            train_path = _subset_hdf5(train_path, work / ".subset-train.hdf5",
+                                      config.limit_per_class)
+        if (data / "means.json").is_file():
+            mean = _read_mean(data / "means.json")
+        else:
+            from ..store import open_dataset
+
+            with open_dataset(data / "train.hdf5") as db:
+                mean = tuple(float(v) for v in db.attrs["mean_rgb"])
+        train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
+                              augment=augment, shuffle="batches", seed=config.seed,
+                              output="uint8")
+        val = None
+        if validation and (data / "val.hdf5").is_file():
+            val = HDF5Generator(data / "val.hdf5", batch_size=config.batch_size,
+                                preprocessors=val_pre, shuffle="none", output="uint8")
+        scale, kind = 1.0, "hdf5"
+    elif (data / "train").is_dir():
+        from ..generators import DirectoryGenerator
+
+        train_root = data / "train"
+        if config.limit_per_class:
+            train_root = _subset_folder(train_root, work / ".subset-train",
+                                        config.limit_per_class)
+        size = (config.image_size, config.image_size)
+        classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
+        train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
+                                   preprocessors=train_pre, augment=augment, shuffle=True,
+                                   seed=config.seed, classes=classes, output="uint8")
+        val = None
+        if validation and (data / "val").is_dir():
+            val = DirectoryGenerator(data / "val", image_size=size, batch_size=config.batch_size,
+                                     preprocessors=val_pre, shuffle=False, classes=classes,
+                                     output="uint8")
+        if (data / "means.json").is_file():
+            mean, scale = _read_mean(data / "means.json"), 1.0
+        else:
+            mean, scale = _FALLBACK_MEAN, _FALLBACK_SCALE
+        kind = "folders"
+    else:
+        raise LayoutError(
+            f"{data} has neither train.hdf5 nor a train/ folder; give a 'dsprep build-hdf5' "
+            "output folder or a 'dsprep split' folder"
+        )
+    return DataBundle(train, val, list(train.label_names), mean, scale,
+                      tuple(int(s) for s in train.sample_shape),
+                      "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
+
+
+def _as_keras(gen, workers: int):
+    from ..adapters import as_keras
+
+    if gen is None:
+        return None
+    return as_keras(gen, workers=workers)
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+
+def make_optimizer(config: TrainConfig):
+    """The Keras optimizer named by the config."""
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=config.lr)
+    return keras.optimizers.RMSprop(learning_rate=config.lr, momentum=config.momentum)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, classes: int, jit: bool = False):
+    """Compile with sparse cross-entropy, accuracy, and AUC of class 1 for two classes."""
+    metrics = ["accuracy"]
+    if classes == 2:
+        metrics.append(cb.PositiveClassAUC(name="auc"))
+    model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy",
+                  metrics=metrics, jit_compile=jit)
+    return model
+
+
+def _callbacks(run: Path, config: TrainConfig, monitor: str, history: list, validation: bool):
+    out = [cb.RunRecorder(run, monitor, "max", history=history,
+                          title=f"{config.model} on {run.name}")]
+    fn = cb.schedule_fn(config.schedule, config.lr, config.epochs, config.step_every,
+                        config.step_factor)
+    if fn is not None:
+        out.insert(0, keras.callbacks.LearningRateScheduler(fn))
+    if config.schedule == "plateau":
+        out.insert(0, keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode="max", factor=0.1, patience=config.plateau_patience))
+    if config.early_stop:
+        out.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
+                                                 patience=config.early_stop))
+    return out
+
+
+def _versions(device: DeviceSetup) -> dict:
+    backend = keras.backend.backend()
+    version = None
+    try:
+        module = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}.get(backend)
+        if module:
+            version = __import__(module).__version__
+    except ImportError:
+        pass
+    return {"dsprep": __version__, "keras": keras.__version__, "backend": backend,
+            "backend_version": version, "gpus": device.gpus, "precision": device.precision,
+            "jit": device.jit}
+
+
+def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoch: int,
+         history: list, progress: bool) -> TrainResult:
+    classes = len(bundle.label_names)
+    validation = bundle.val is not None
+    monitor, _ = cb.best_metric(classes, validation)
+    calls = _callbacks(run, config, monitor, history, validation)
+    if initial_epoch < config.epochs:
+        model.fit(_as_keras(bundle.train, config.workers),
+                  validation_data=_as_keras(bundle.val, config.workers),
+                  epochs=config.epochs, initial_epoch=initial_epoch, callbacks=calls,
+                  # The generator shuffles, reproducibly from its seed and epoch.
+                  shuffle=False,
+                  verbose=2 if progress else 0)
+    recorder = next(c for c in calls if isinstance(c, cb.RunRecorder))
+    rows = recorder.rows
+    done = rows[-1]["epoch"] + 1 if rows else 0
+    return TrainResult(run, done, monitor, recorder.best, rows, model)
+
+
+def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig | None = None,
+          *, overwrite: bool = False, progress: bool = False) -> TrainResult:
+    """Train a model on DATA and write everything into the folder RUN.
+
+    Args:
+        data: a build-hdf5 output folder or a split folder.
+        run: the run folder (created; must not hold a run unless ``overwrite``).
+        config: the options; defaults when None.
+        overwrite: replace an existing run in RUN.
+        progress: print one line per epoch.
+
+    Raises:
+        DestinationExistsError: RUN already holds a run and ``overwrite`` is False.
+        UsageError: an option is out of range.
+    """
+    config = (config or TrainConfig()).check()
+    run = Path(run)
+    if (run / CONFIG).exists():
+        if not overwrite:
+            raise DestinationExistsError(
+                f"{run} already holds a run; use --resume {run} to continue it, or --force "
+                "to start over")
+        for name in (CONFIG, cb.HISTORY, cb.STATE, cb.BEST, cb.LAST, cb.CURVES, cb.LR_PLOT):
+            (run / name).unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    device = configure_device(config.precision, config.jit, config.gpus)
+    bundle = open_data(data, config, work=run)
+    classes = len(bundle.label_names)
+    with device.scope():
+        model = build_model(config.model, bundle.input_shape, classes,
+                            reg=config.weight_decay, width=config.width, mean=bundle.mean,
+                            scale=bundle.scale, input_dtype=bundle.input_dtype)
+        compile_model(model, config, classes, jit=device.jit)
+    cb.atomic_write_json(run / CONFIG, {
+        "schema": "dsprep-run/1", "data": str(Path(data).resolve()), "data_kind": bundle.kind,
+        "options": config.to_dict(), "classes": bundle.label_names,
+        "input_shape": list(bundle.input_shape), "input_dtype": bundle.input_dtype,
+        "mean_rgb": list(bundle.mean), "scale": bundle.scale,
+        "monitor": cb.best_metric(classes, bundle.val is not None)[0],
+        "versions": _versions(device)})
+    return _fit(model, bundle, run, config, 0, [], progress)
+
+
+def read_run_config(run: str | os.PathLike) -> dict:
+    """The config.json of a run folder."""
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise LayoutError(f"{run} is not a run folder (no {CONFIG}); start one with 'dsprep train'")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise DatasetFormatError(f"{path} is not valid JSON ({exc}); start the run again") from exc
+
+
+def resume(run: str | os.PathLike, *, epochs: int | None = None,
+           data: str | os.PathLike | None = None, progress: bool = False) -> TrainResult:
+    """Continue an interrupted run from its last finished epoch, appending to its history.
+
+    Args:
+        run: the run folder.
+        epochs: a new total epoch count (default: the run's own).
+        data: where the data is now (default: the folder recorded in config.json).
+        progress: print one line per epoch.
+    """
+    from .predict import load_model
+
+    run = Path(run)
+    saved = read_run_config(run)
+    config = TrainConfig.from_dict(saved["options"])
+    if epochs is not None:
+        config.epochs = int(epochs)
+    config.check()
+    state_path = run / cb.STATE
+    if not state_path.is_file() or not (run / cb.LAST).is_file():
+        raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.STATE} or "
+                          f"{cb.LAST}); start it again with 'dsprep train --force'")
+    done = int(json.loads(state_path.read_text())["epochs_done"])
+    history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
+    # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
+    # generator jumps to the epoch, which fixes its order and random draws.
+    keras.utils.set_random_seed(config.seed + done)
+    device = configure_device(config.precision, config.jit, config.gpus)
+    bundle = open_data(data or saved["data"], config, work=run)
+    bundle.train.set_epoch(done)
+    with device.scope():
+        model = load_model(run / cb.LAST)
+    if config.epochs != saved["options"]["epochs"]:
+        saved["options"]["epochs"] = config.epochs
+        cb.atomic_write_json(run / CONFIG, saved)
+    return _fit(model, bundle, run, config, done, history, progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# checks and sweeps
+
+
+@dataclass
+class OverfitReport:
+    """Training loss at the first and last epoch of an overfit check, and the verdict."""
+
+    first_loss: float
+    last_loss: float
+    passed: bool
+    result: TrainResult
+
+    @property
+    def ratio(self) -> float:
+        return self.last_loss / self.first_loss if self.first_loss else math.nan
+
+
+def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
+                  config: TrainConfig | None = None, *, per_class: int = 8,
+                  max_ratio: float = 0.75, overwrite: bool = False,
+                  progress: bool = False) -> OverfitReport:
+    """Train on a tiny subset without augmentation; the training loss must fall.
+
+    A model that cannot drive the loss down on a handful of images has a bug (a wrong label
+    mapping, a broken input pipeline, a learning rate far off), whatever the full run would say.
+
+    Args:
+        per_class: images per class in the subset.
+        max_ratio: pass when the last epoch's loss is at most this fraction of the first's.
+    """
+    config = dataclasses.replace(config or TrainConfig(), limit_per_class=per_class,
+                                 augment="none", early_stop=None, schedule="constant")
+    result = train(data, run, config, overwrite=overwrite, progress=progress)
+    losses = [r["loss"] for r in result.history]
+    first, last = losses[0], losses[-1]
+    return OverfitReport(first, last, bool(last <= first * max_ratio), result)
+
+
+def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[float],
+             config: TrainConfig | None = None, *, overwrite: bool = False,
+             progress: bool = False) -> dict[float, TrainResult]:
+    """Train briefly at each learning rate (same seed) and plot the loss curves side by side.
+
+    Each rate gets its own run folder ``RUN/lr-<rate>``; ``RUN/sweep-lr.png`` and
+    ``RUN/sweep-lr.csv`` compare them.
+    """
+    if not lrs:
+        raise UsageError("--lrs needs at least one learning rate, e.g. --lrs 0.1,0.01,0.001")
+    config = config or TrainConfig()
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    results: dict[float, TrainResult] = {}
+    for lr in lrs:
+        sub = dataclasses.replace(config, lr=float(lr))
+        results[float(lr)] = train(data, run / f"lr-{lr:g}", sub, overwrite=overwrite,
+                                   progress=progress)
+    cb.plot_sweep({f"{lr:g}": r.history for lr, r in results.items()}, run / "sweep-lr.png")
+    lines = ["lr,epochs,final_loss,final_val_loss,best_metric,best"]
+    for lr, r in results.items():
+        last = r.history[-1] if r.history else {}
+        lines.append(",".join([f"{lr:g}", str(r.epochs_done), _cell(last.get("loss")),
+                               _cell(last.get("val_loss")), r.monitor, _cell(r.best)]))
+    cb.atomic_write_text(run / "sweep-lr.csv", "\n".join(lines) + "\n")
+    return results
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.6g}"

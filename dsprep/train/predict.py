@@ -1,0 +1,203 @@
+"""Load a run's model and evaluate it on a dsprep HDF5 file: centre crop and 10-crop side by side.
+
+Metrics come from the framework-free :mod:`dsprep.evaluate`; this module only predicts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ..errors import DatasetFormatError, LayoutError, UsageError
+from . import callbacks as cb
+
+CHECKPOINTS = ("best", "last")
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Load a ``.keras`` file saved by dsprep (its custom layers and metrics registered)."""
+    from .. import adapters  # noqa: F401  (registers MeanSubtraction)
+
+    path = Path(path)
+    if not path.is_file():
+        raise LayoutError(f"{path} does not exist; train a model first with 'dsprep train'")
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, OSError) as exc:
+        raise DatasetFormatError(f"{path} is not a loadable Keras model ({exc}); "
+                                 "train the run again") from exc
+
+
+def predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from a batch to class probabilities, float64 numpy, one batch at a time."""
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(x)), dtype=np.float64)
+
+    return run
+
+
+def predict(model: keras.Model, gen, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) and labels (N,) of every batch of a generator, in order."""
+    fn = predict_fn(model)
+    probs, labels = [], []
+    batches = range(len(gen))
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="predicting", unit="batch")
+    for i in batches:
+        x, y = gen[i]
+        probs.append(fn(x))
+        labels.append(np.asarray(y))
+    if not probs:
+        return np.zeros((0, 0)), np.zeros((0,), dtype=np.int64)
+    return np.concatenate(probs), np.concatenate(labels).astype(np.int64)
+
+
+def metrics(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -> dict:
+    """Rank-1, rank-5 (None with five classes or fewer), AUC (two classes), per-class accuracy,
+    and the confusion matrix (rows: true class, columns: predicted)."""
+    from .. import evaluate as ev
+
+    n = len(label_names)
+    preds = probs.argmax(axis=1)
+    ks = (1, 5) if n > 5 else (1,)
+    ranks = ev.rank_accuracy(probs, labels, k=ks)
+    ranks = _as_rank_dict(ranks, ks)
+    per_class = np.asarray(ev.per_class_accuracy(labels, preds, n), dtype=np.float64)
+    out = {
+        "count": int(len(labels)),
+        "rank1": float(ranks[1]),
+        "rank5": float(ranks[5]) if 5 in ranks else None,
+        "auc": float(ev.roc_auc(probs[:, 1], labels)) if n == 2 else None,
+        "per_class": {name: _float_or_none(v) for name, v in zip(label_names, per_class,
+                                                                  strict=True)},
+        "confusion": np.asarray(ev.confusion_matrix(labels, preds, n)).astype(int).tolist(),
+    }
+    return out
+
+
+def _as_rank_dict(ranks, ks) -> dict[int, float]:
+    if isinstance(ranks, dict):
+        return {int(k): float(v) for k, v in ranks.items()}
+    values = np.atleast_1d(np.asarray(ranks, dtype=np.float64))
+    return {k: float(v) for k, v in zip(ks, values, strict=True)}
+
+
+def _float_or_none(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str],
+                   path: str | os.PathLike, title: str = "") -> Path:
+    """Draw a confusion matrix (rows: true, columns: predicted) with counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    matrix = np.asarray(confusion)
+    n = len(label_names)
+    side = min(12.0, 2.5 + 0.45 * n)
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels=list(label_names), rotation=90 if n > 6 else 0)
+    ax.set_yticks(range(n), labels=list(label_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        top = matrix.max() if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > top / 2 else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: bool = False,
+                 checkpoint: str = "best", batch_size: int = 64,
+                 progress: bool = False) -> dict:
+    """Evaluate a run's checkpoint on a dsprep HDF5 file.
+
+    The centre crop (of the run's ``--crop``, or the whole image) is always measured; with
+    ``ten_crop`` the 10-crop average too. The confusion matrices are drawn into the run folder
+    as ``confusion-<file>-<method>.png``.
+
+    Args:
+        run: a run folder written by ``dsprep train``.
+        data: a dsprep HDF5 file (usually test.hdf5).
+        ten_crop: also measure 10-crop (needs a run trained with a crop smaller than the images).
+        checkpoint: "best" or "last".
+        batch_size: images per prediction batch.
+        progress: show a progress bar.
+
+    Returns:
+        A dict with ``run``, ``data``, ``checkpoint``, ``classes`` and one entry of metrics per
+        method (``center``, and ``ten_crop`` when asked), each with a ``confusion_png`` path.
+    """
+    from ..generators import HDF5Generator
+    from .fit import read_run_config
+
+    if checkpoint not in CHECKPOINTS:
+        raise UsageError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+    run, data = Path(run), Path(data)
+    config = read_run_config(run)
+    model = load_model(run / (cb.BEST if checkpoint == "best" else cb.LAST))
+    crop = config.get("options", {}).get("crop")
+    classes = list(config.get("classes", []))
+    # One preprocessing pass reads the file once per method; nothing random is involved.
+    plans: list[tuple[str, list]] = []
+    if crop:
+        from ..preprocess import CenterCrop
+
+        plans.append(("center", [CenterCrop(crop, crop)]))
+    else:
+        plans.append(("center", []))
+    if ten_crop:
+        if not crop:
+            raise UsageError(f"{run} was trained on whole images (no --crop), so there is no "
+                             "smaller crop to take ten of; evaluate without --ten-crop")
+        from ..preprocess import TenCrop
+
+        plans.append(("ten_crop", [TenCrop(crop, crop)]))
+    result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "classes": classes}
+    for method, pre in plans:
+        gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
+                            output=config.get("input_dtype", "uint8"))
+        if classes and list(gen.label_names) != classes:
+            raise DatasetFormatError(
+                f"{data} has classes {gen.label_names} but {run} was trained on {classes}; "
+                "evaluate on a file built from the same split")
+        classes = classes or list(gen.label_names)
+        expected = tuple(config.get("input_shape", ()))
+        if method == "center" and expected and tuple(gen.sample_shape) != expected:
+            raise DatasetFormatError(
+                f"{data} gives images of shape {tuple(gen.sample_shape)} but the model of {run} "
+                f"takes {expected}; build the file with the training image size")
+        if method == "ten_crop":
+            from .. import evaluate as ev
+
+            out = ev.ten_crop_predict(predict_fn(model), gen)
+            probs, labels = out if isinstance(out, tuple) else (out, gen.labels)
+            probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+        else:
+            probs, labels = predict(model, gen, progress=progress)
+        scores = metrics(probs, labels, classes)
+        png = run / f"confusion-{data.stem}-{method.replace('_', '')}.png"
+        scores["confusion_png"] = str(plot_confusion(
+            scores["confusion"], classes, png, f"{data.name}, {method.replace('_', '-')}"))
+        result[method] = scores
+    result["classes"] = classes
+    return result

@@ -1,0 +1,213 @@
+"""Random augmenters: flips, affine warps and brightness, checked against their stated ranges."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from helpers import smooth_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsprep.augment import RandomAffine, RandomBrightness, RandomFlip
+from dsprep.errors import UsageError
+
+
+def batch_of(n=4, h=20, w=24, seed=0):
+    return np.stack([smooth_image(h, w, seed=seed + i) for i in range(n)])
+
+
+# ---------------------------------------------------------------------------------- flips
+
+
+def test_random_flip_gives_each_image_or_its_mirror():
+    batch = batch_of(n=8)
+    out = RandomFlip()(batch, np.random.default_rng(0))
+    assert out.dtype == np.uint8 and out.shape == batch.shape
+    kinds = []
+    for i in range(8):
+        if np.array_equal(out[i], batch[i]):
+            kinds.append("same")
+        else:
+            np.testing.assert_array_equal(out[i], np.fliplr(batch[i]))
+            kinds.append("mirror")
+    np.testing.assert_array_equal(RandomFlip()(batch, np.random.default_rng(0)), out)
+    assert len(set(kinds)) == 2  # with seed 0 both happen among 8 draws
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+def test_random_flip_probability(p):
+    batch = np.zeros((2000, 1, 2, 1), np.uint8)
+    batch[:, 0, 0] = 1
+    out = RandomFlip(p=p)(batch, np.random.default_rng(5))
+    fraction = float(np.mean(out[:, 0, 1, 0] == 1))
+    assert abs(fraction - p) < 0.04
+
+
+def test_random_flip_vertical_and_both():
+    batch = batch_of(n=6)
+    out = RandomFlip(horizontal=False, vertical=True, p=1.0)(batch, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, batch[:, ::-1])
+    out = RandomFlip(horizontal=True, vertical=True, p=1.0)(batch, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, batch[:, ::-1, ::-1])
+    with pytest.raises(UsageError):
+        RandomFlip(horizontal=False, vertical=False)
+    with pytest.raises(UsageError, match="probability"):
+        RandomFlip(p=1.5)
+
+
+def test_random_flip_leaves_input_alone():
+    batch = batch_of(n=4)
+    before = batch.copy()
+    RandomFlip(horizontal=True, vertical=True, p=1.0)(batch, np.random.default_rng(0))
+    np.testing.assert_array_equal(batch, before)
+
+
+# ---------------------------------------------------------------------------------- affine
+
+
+def dot_batch(n, size, y, x):
+    """float32 images, zero but for a 3x3 bright square centred on (y, x)."""
+    batch = np.zeros((n, size, size, 1), np.float32)
+    batch[:, y - 1 : y + 2, x - 1 : x + 2] = 100.0
+    return batch
+
+
+def centroids(batch):
+    """(y, x) of the intensity centroid of every image."""
+    yy, xx = np.mgrid[0 : batch.shape[1], 0 : batch.shape[2]]
+    weights = batch[..., 0].astype(np.float64)
+    total = weights.sum(axis=(1, 2))
+    return (
+        (weights * yy).sum(axis=(1, 2)) / total,
+        (weights * xx).sum(axis=(1, 2)) / total,
+    )
+
+
+def test_identity_affine_changes_nothing():
+    batch = batch_of(n=3)
+    out = RandomAffine()(batch, np.random.default_rng(0))
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, batch)
+
+
+def test_shift_never_moves_content_more_than_the_fraction():
+    size, centre = 61, 30
+    batch = dot_batch(200, size, centre, centre)
+    out = RandomAffine(shift=0.2, fill="constant")(batch, np.random.default_rng(1))
+    y, x = centroids(out)
+    dy, dx = y - centre, x - centre
+    limit = 0.2 * size
+    assert np.all(np.abs(dy) <= limit + 0.01) and np.all(np.abs(dx) <= limit + 0.01)
+    # the range is used, not just respected: some shifts come close to the limit
+    assert np.abs(dx).max() > 0.8 * limit and np.abs(dy).max() > 0.8 * limit
+    # shape is kept: the square's mass is unchanged when it stays inside
+    np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), 900.0, rtol=1e-3)
+
+
+def test_shift_pair_is_height_then_width():
+    batch = dot_batch(100, 41, 20, 20)
+    out = RandomAffine(shift=(0.0, 0.25), fill="constant")(batch, np.random.default_rng(2))
+    y, x = centroids(out)
+    np.testing.assert_allclose(y, 20.0, atol=1e-3)
+    assert np.abs(x - 20).max() > 0.5 * 0.25 * 41
+
+
+def test_rotation_keeps_distance_and_stays_in_range():
+    size, centre = 81, 40
+    batch = dot_batch(200, size, centre, centre + 20)  # 20 px right of the centre
+    out = RandomAffine(rotation=30, fill="constant")(batch, np.random.default_rng(3))
+    y, x = centroids(out)
+    radius = np.hypot(y - centre, x - centre)
+    np.testing.assert_allclose(radius, 20.0, atol=0.05)
+    angle = np.degrees(np.arctan2(-(y - centre), x - centre))  # counter-clockwise on screen
+    assert np.all(np.abs(angle) <= 30.01)
+    assert angle.max() > 20 and angle.min() < -20
+
+
+def test_zoom_scales_offsets_within_the_range():
+    size, centre = 81, 40
+    batch = dot_batch(200, size, centre - 15, centre + 20)
+    out = RandomAffine(zoom=0.25, fill="constant")(batch, np.random.default_rng(4))
+    y, x = centroids(out)
+    zoom_y, zoom_x = (y - centre) / -15.0, (x - centre) / 20.0
+    for factor in (zoom_y, zoom_x):
+        assert np.all(factor >= 0.75 - 0.01) and np.all(factor <= 1.25 + 0.01)
+    # horizontal and vertical factors are drawn independently, as in Keras
+    assert np.abs(zoom_y - zoom_x).max() > 0.1
+    low_high = RandomAffine(zoom=(1.5, 2.0), fill="constant")(batch, np.random.default_rng(4))
+    _, x = centroids(low_high)
+    assert np.all((x - centre) / 20.0 >= 1.49) and np.all((x - centre) / 20.0 <= 2.01)
+
+
+def test_shear_moves_points_along_x_by_tangent():
+    size, centre = 81, 40
+    batch = dot_batch(200, size, centre + 20, centre)  # 20 px below the centre
+    out = RandomAffine(shear=20, fill="constant")(batch, np.random.default_rng(6))
+    y, x = centroids(out)
+    np.testing.assert_allclose(y, centre + 20, atol=0.05)
+    limit = 20 * math.tan(math.radians(20))
+    assert np.all(np.abs(x - centre) <= limit + 0.05)
+    assert np.abs(x - centre).max() > 0.8 * limit
+
+
+def test_affine_is_reproducible_and_fills():
+    batch = batch_of(n=4, h=24, w=24)
+    op = RandomAffine(rotation=40, shift=0.1, shear=10, zoom=0.2)
+    a = op(batch, np.random.default_rng(9))
+    np.testing.assert_array_equal(a, op(batch, np.random.default_rng(9)))
+    assert not np.array_equal(a, op(batch, np.random.default_rng(10)))
+    assert a.dtype == np.uint8 and a.shape == batch.shape
+    # a big shift with a constant fill leaves a band of exactly the fill value
+    ones = np.full((20, 30, 30, 3), 200, np.uint8)
+    filled = RandomAffine(shift=0.5, fill="constant", fill_value=7)(ones, np.random.default_rng(0))
+    assert set(np.unique(filled)) >= {7, 200}
+    nearest = RandomAffine(shift=0.5)(ones, np.random.default_rng(0))
+    np.testing.assert_array_equal(nearest, 200)
+
+
+def test_affine_rejects_bad_arguments():
+    with pytest.raises(UsageError, match="fill"):
+        RandomAffine(fill="mirror")
+    with pytest.raises(UsageError, match="zoom"):
+        RandomAffine(zoom=1.5)
+    with pytest.raises(UsageError, match="rotation"):
+        RandomAffine(rotation=-5)
+    with pytest.raises(UsageError, match="before any ten-crop"):
+        RandomAffine(rotation=5).output_shape((10, 8, 8, 3))
+
+
+# ---------------------------------------------------------------------------------- brightness
+
+
+@settings(max_examples=20, deadline=None)
+@given(delta=st.floats(0, 80), seed=st.integers(0, 10_000))
+def test_brightness_adds_one_offset_per_image_within_delta(delta, seed):
+    batch = batch_of(n=4, h=8, w=8)
+    out = RandomBrightness(delta)(batch, np.random.default_rng(seed))
+    assert out.dtype == np.uint8
+    for i in range(4):
+        diff = out[i].astype(int) - batch[i].astype(int)
+        inside = (out[i] > 0) & (out[i] < 255)  # saturated pixels moved less
+        offsets = np.unique(diff[inside])
+        assert len(offsets) <= 1
+        if len(offsets):
+            assert abs(offsets[0]) <= round(delta)
+            assert np.all(np.abs(diff) <= abs(offsets[0]))
+
+
+def test_brightness_saturates_uint8_and_is_exact_for_float():
+    batch = np.stack([np.full((4, 4, 3), 250, np.uint8), np.full((4, 4, 3), 3, np.uint8)])
+    out = RandomBrightness(100)(batch, np.random.default_rng(0))
+    assert out.min() >= 0 and out.max() <= 255  # no wrap-around
+    assert set(np.unique(out[0])) <= set(range(150, 256))
+    floats = batch.astype(np.float32)
+    got = RandomBrightness(10.5)(floats, np.random.default_rng(1))
+    assert got.dtype == np.float32
+    shifts = (got - floats).reshape(2, -1)
+    np.testing.assert_allclose(shifts, shifts[:, :1].repeat(shifts.shape[1], axis=1), atol=1e-5)
+    assert np.all(np.abs(shifts) <= 10.5)
+    np.testing.assert_array_equal(
+        RandomBrightness(10.5)(floats, np.random.default_rng(1)), got
+    )

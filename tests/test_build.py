@@ -1,0 +1,370 @@
+"""The build pipeline: schema, pixels against a reference, skipped files, means, order, workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from helpers import make_class_folders, smooth_image, write_image
+
+from dsprep import build, store
+from dsprep.errors import (
+    DestinationExistsError,
+    DsprepError,
+    ImageTooLargeError,
+    LayoutError,
+    UsageError,
+)
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def make_split(root: Path, counts=(("train", 6), ("val", 2), ("test", 2))) -> Path:
+    """A split folder as 'dsprep split' lays it out: split.json and class folders per split."""
+    for n, (split, per_class) in enumerate(counts):
+        make_class_folders(root / split, CLASSES, per_class=per_class, seed=100 * n)
+    manifest = {"schema": "dsprep-split/1", "classes": CLASSES,
+                "counts": {s: {c: k for c in CLASSES} for s, k in counts}}
+    (root / "split.json").write_text(json.dumps(manifest))
+    return root
+
+
+def reference(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode with OpenCV, shorter side to size with INTER_AREA, centre crop: the book's way."""
+    rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    height, width = size
+    scale = max(height / h, width / w)
+    nh, nw = round(h * scale), round(w * scale)
+    small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return small[top:top + height, left:left + width]
+
+
+def rows_of(path: Path):
+    with h5py.File(path, "r") as db:
+        names = [n.decode() for n in db["filenames"][()]]
+        return db["images"][()], db["labels"][()], names, dict(db.attrs)
+
+
+def opts(**kwargs) -> build.BuildOptions:
+    base = {"size": (24, 24), "workers": 1, "exact": True}
+    base.update(kwargs)
+    return build.BuildOptions(**base)
+
+
+def test_split_folder_gives_three_files_with_the_schema(tmp_path):
+    src = make_split(tmp_path / "split")
+    report = build.build_hdf5(src, tmp_path / "out", opts(size=(24, 16), compression="lzf"))
+    assert [f.split for f in report.files] == ["train", "val", "test"]
+    expected_counts = {"train": 18, "val": 6, "test": 6}
+    for split, count in expected_counts.items():
+        path = tmp_path / "out" / f"{split}.hdf5"
+        with h5py.File(path, "r") as db:
+            assert db["images"].dtype == np.uint8
+            assert db["images"].shape == (count, 24, 16, 3)
+            assert db["images"].compression == "lzf"
+            assert db["labels"].shape == (count,)
+            assert [n.decode() for n in db["label_names"][()]] == CLASSES
+            assert db["filenames"].shape == (count,)
+            a = db.attrs
+            assert a["schema"] == "dsprep-hdf5/1" and a["split"] == split
+            assert list(a["image_size"]) == [24, 16]
+            assert a["resize"] == "crop" and a["interpolation"] == "auto"
+            assert a["color"] == "RGB" and a["order"] == "shuffled" and a["seed"] == 0
+            assert a["count"] == count and a["skipped"] == 0
+            assert a["source_root"] == str(src.resolve())
+            assert np.asarray(a["mean_rgb"]).shape == (3,)
+            for name in db["filenames"][()]:
+                assert name.decode().startswith(f"{split}/")
+                assert (src / name.decode()).is_file()
+        assert store.check_file(path) == []
+    record = json.loads((tmp_path / "out" / "means.json").read_text())
+    assert record["source"] == "train.hdf5" and record["count"] == 18
+    assert (tmp_path / "out" / "skipped.csv").read_text() == "source,reason,detail\n"
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+
+@pytest.mark.parametrize("size", [(24, 24), (24, 16), (16, 32)])
+def test_pixels_equal_a_per_image_reference(tmp_path, size):
+    src = make_split(tmp_path / "split", counts=(("train", 2),))
+    build.build_hdf5(src, tmp_path / "out", opts(size=size, order="sorted"))
+    images, labels, names, _ = rows_of(tmp_path / "out" / "train.hdf5")
+    assert len(names) == 6
+    for image, label, name in zip(images, labels, names, strict=True):
+        np.testing.assert_array_equal(image, reference(src / name, size))
+        assert CLASSES[label] == Path(name).parts[1]
+
+
+def _add_bad_files(split_dir: Path) -> dict[str, str]:
+    (split_dir / "cat" / "cat_2b.jpg").write_text("this is not a JPEG")
+    (split_dir / "dog" / "dog_0a.jpg").write_bytes(b"")
+    (split_dir / "fox" / "fox_4z.jpg").symlink_to(split_dir / "fox" / "missing-target.jpg")
+    return {"train/cat/cat_2b.jpg": "corrupt", "train/dog/dog_0a.jpg": "corrupt",
+            "train/fox/fox_4z.jpg": "unreadable"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_files_are_skipped_and_rows_stay_aligned(tmp_path, monkeypatch, workers):
+    # Small tasks and chunks, so skips fall inside blocks and the ring wraps several times.
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    src = make_split(tmp_path / "split", counts=(("train", 6),))
+    bad = _add_bad_files(src / "train")
+    report = build.build_hdf5(src, tmp_path / "out", opts(chunk_images=2, workers=workers))
+    images, labels, names, attrs = rows_of(tmp_path / "out" / "train.hdf5")
+    assert len(images) == len(labels) == len(names) == 18
+    assert attrs["skipped"] == 3 and attrs["count"] == 18
+    assert not set(names) & set(bad)
+    for image, label, name in zip(images, labels, names, strict=True):
+        np.testing.assert_array_equal(image, reference(src / name, (24, 24)))
+        assert CLASSES[label] == Path(name).parts[1]
+    with open(tmp_path / "out" / "skipped.csv", newline="") as f:
+        listed = {row["source"]: row["reason"] for row in csv.DictReader(f)}
+    assert listed == bad
+    assert {s.source for s in report.skipped} == set(bad)
+
+
+def test_too_large_images_are_reported_as_such(tmp_path, monkeypatch):
+    src = make_split(tmp_path / "split", counts=(("train", 2),))
+    real_load = build.imagelib.load
+
+    def load(data, *args, **kwargs):
+        if kwargs["max_pixels"] is not None and len(data) > 0 and data[:4] == b"BOMB":
+            raise ImageTooLargeError("20000x20000 exceeds the limit")
+        return real_load(data, *args, **kwargs)
+
+    (src / "train" / "cat" / "bomb.jpg").write_bytes(b"BOMB" + b"\0" * 10)
+    monkeypatch.setattr(build.imagelib, "load", load)
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert [(s.source, s.reason) for s in report.skipped] == [("train/cat/bomb.jpg", "too-large")]
+
+
+def test_max_pixels_skips_images_over_the_limit(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 2),))
+    write_image(src / "train" / "dog" / "big.jpg", smooth_image(96, 128, seed=9))
+    report = build.build_hdf5(src, tmp_path / "out", opts(max_pixels=48 * 64))
+    assert [s.source for s in report.skipped] == ["train/dog/big.jpg"]
+    assert report.files[0].count == 6
+
+
+def test_means_equal_a_direct_float64_computation(tmp_path):
+    src = make_split(tmp_path / "split")
+    _add_bad_files(src / "train")
+    build.build_hdf5(src, tmp_path / "out", opts(size=(20, 28)))
+    record = json.loads((tmp_path / "out" / "means.json").read_text())
+    for split in ("train", "val", "test"):
+        images, _, _, attrs = rows_of(tmp_path / "out" / f"{split}.hdf5")
+        flat = images.reshape(-1, 3).astype(np.float64)
+        np.testing.assert_allclose(attrs["mean_rgb"], flat.mean(axis=0), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(attrs["std_rgb"], flat.std(axis=0), rtol=0, atol=1e-6)
+        if split == "train":
+            np.testing.assert_allclose([record[c] for c in "RGB"], flat.mean(axis=0), atol=1e-6)
+            np.testing.assert_allclose([record["std"][c] for c in "RGB"], flat.std(axis=0),
+                                       atol=1e-6)
+            assert record["count"] == len(images) == 18
+
+
+def test_book_style_reader_loop(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 7),))
+    build.build_hdf5(src, tmp_path / "out", opts(chunk_images=4))
+    bs, seen, labels_seen = 5, 0, []
+    with h5py.File(tmp_path / "out" / "train.hdf5", "r") as db:
+        for i in np.arange(0, db["images"].shape[0], bs):
+            images = db["images"][i:i + bs]
+            labels = db["labels"][i:i + bs]
+            assert images.shape[1:] == (24, 24, 3) and len(images) == len(labels)
+            seen += len(images)
+            labels_seen += labels.tolist()
+    assert seen == 21
+    assert sorted(labels_seen) == [0] * 7 + [1] * 7 + [2] * 7
+
+
+def test_sorted_and_shuffled_orders(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 6),))
+    names = {}
+    for tag, order, seed in (("s", "sorted", 0), ("a", "shuffled", 0), ("b", "shuffled", 0),
+                             ("c", "shuffled", 1)):
+        build.build_hdf5(src, tmp_path / tag, opts(order=order, seed=seed))
+        names[tag] = rows_of(tmp_path / tag / "train.hdf5")[2]
+    assert names["s"] == sorted(names["s"], key=lambda n: (n.split("/")[1], n))
+    assert names["a"] == names["b"]
+    assert names["a"] != names["c"] and names["a"] != names["s"]
+    assert sorted(names["a"]) == sorted(names["s"])
+    # Shuffled rows mix the classes early on, as the book's build script does.
+    assert len({n.split("/")[1] for n in names["a"][:6]}) > 1
+
+
+def test_parallel_build_equals_serial_build(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    src = make_split(tmp_path / "split", counts=(("train", 8),))
+    for workers in (1, 2):
+        build.build_hdf5(src, tmp_path / f"w{workers}", opts(workers=workers, chunk_images=4))
+    one, two = rows_of(tmp_path / "w1" / "train.hdf5"), rows_of(tmp_path / "w2" / "train.hdf5")
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    assert one[2] == two[2]
+
+
+def test_empty_splits_are_skipped_with_a_note(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 2),))
+    (src / "val").mkdir()
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert [f.split for f in report.files] == ["train"]
+    assert any(note.startswith("val:") for note in report.notes)
+    assert any(note.startswith("test:") for note in report.notes)
+    assert not (tmp_path / "out" / "val.hdf5").exists()
+
+
+def test_class_ids_follow_split_json_even_when_a_split_lacks_a_class(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 2),))
+    make_class_folders(src / "val", ["fox"], per_class=2, seed=50)
+    build.build_hdf5(src, tmp_path / "out", opts())
+    _, labels, _, _ = rows_of(tmp_path / "out" / "val.hdf5")
+    assert labels.tolist() == [2, 2]
+    with h5py.File(tmp_path / "out" / "val.hdf5", "r") as db:
+        assert store.label_names(db) == CLASSES
+
+
+def test_a_class_folder_tree_with_a_name(tmp_path):
+    root = make_class_folders(tmp_path / "dump", ("b", "a"), per_class=3)
+    report = build.build_hdf5(root, tmp_path / "out", opts(), name="all")
+    assert [f.path.name for f in report.files] == ["all.hdf5"]
+    assert report.means_path is None and not (tmp_path / "out" / "means.json").exists()
+    images, labels, names, attrs = rows_of(tmp_path / "out" / "all.hdf5")
+    assert attrs["split"] == "all"
+    for image, label, name in zip(images, labels, names, strict=True):
+        assert ["a", "b"][label] == name.split("/")[0]
+        np.testing.assert_array_equal(image, reference(root / name, (24, 24)))
+
+
+def test_bad_sources_and_arguments(tmp_path):
+    root = make_class_folders(tmp_path / "dump", per_class=1)
+    with pytest.raises(UsageError, match="--name"):
+        build.build_hdf5(root, tmp_path / "out", opts())
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    with pytest.raises(UsageError, match="drop --name"):
+        build.build_hdf5(src, tmp_path / "out", opts(), name="x")
+    with pytest.raises(UsageError, match="plain file name"):
+        build.build_hdf5(root, tmp_path / "out", opts(), name="../x")
+    make_class_folders(src / "train", ["wolf"], per_class=1)
+    with pytest.raises(LayoutError, match="wolf"):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    (src / "split.json").write_text("{}")
+    with pytest.raises(LayoutError, match="classes"):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    with pytest.raises(UsageError, match="order"):
+        build.build_hdf5(root, tmp_path / "out", opts(order="random"), name="x")
+    with pytest.raises(UsageError, match="resize"):
+        build.build_hdf5(root, tmp_path / "out", opts(resize="fill"), name="x")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_outputs_need_force(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 1), ("val", 1)))
+    build.build_hdf5(src, tmp_path / "out", opts())
+    with pytest.raises(DestinationExistsError, match="--force"):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    (tmp_path / "out" / "val.hdf5").unlink()
+    with pytest.raises(DestinationExistsError, match="train.hdf5"):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    store.partial_path(tmp_path / "out" / "train.hdf5").write_text("stale")
+    build.build_hdf5(src, tmp_path / "out", opts(size=(16, 16)), force=True)
+    assert rows_of(tmp_path / "out" / "train.hdf5")[0].shape == (3, 16, 16, 3)
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_check_sources_finds_changed_pixels_and_missing_sources(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 3),))
+    build.build_hdf5(src, tmp_path / "out", opts(size=(20, 20)))
+    path = tmp_path / "out" / "train.hdf5"
+    assert build.check_sources(path, 9) == []
+    with h5py.File(path, "r+") as db:
+        db["images"][4] = 255 - db["images"][4]
+        missing = db["filenames"][7].decode()
+    (src / missing).unlink()
+    problems = build.check_sources(path, 9)
+    assert len(problems) == 2
+    assert any(p.startswith("row 4: pixels differ") for p in problems)
+    assert any(p.startswith("row 7:") and missing in p for p in problems)
+
+
+# --- a worker killed mid-build ---------------------------------------------------------------
+
+
+def _loky_workers() -> list[int]:
+    """Worker processes of this test process (loky names them in their command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and "loky" in cmdline and "resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _release(fifo: Path) -> None:
+    """Let a reader blocked on ``fifo`` go on (it reads an empty file)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    os.close(fd)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "mkfifo"),
+                    reason="finds worker processes through Linux /proc and blocks on a FIFO")
+def test_killed_worker_gives_a_clean_error_and_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)  # several tasks, so two workers really run
+    src = make_split(tmp_path / "split", counts=(("train", 4),))
+    # A named pipe blocks the worker that opens it, so the build is surely mid-way when the
+    # worker is killed.
+    fifo = src / "train" / "dog" / "dog_9.jpg"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    outcome: dict = {}
+
+    def run():
+        try:
+            build.build_hdf5(src, out, opts(workers=2))
+        except BaseException as exc:  # handed over to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (store.partial_path(out / "train.hdf5").exists() and _loky_workers()):
+            assert time.monotonic() < deadline, "the build never started its workers"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(_loky_workers()[0], signal.SIGKILL)
+        thread.join(60)
+        assert not thread.is_alive(), "the build did not notice the killed worker"
+    finally:
+        _release(fifo)
+        thread.join(10)
+    error = outcome.get("error")
+    assert isinstance(error, DsprepError), error
+    assert "worker process died" in str(error)
+    assert not (out / "train.hdf5").exists() and not (out / "means.json").exists()
+    assert not store.partial_path(out / "train.hdf5").exists()
+    # Running it again (the pipe gone) builds everything cleanly.
+    fifo.unlink()
+    report = build.build_hdf5(src, out, opts(workers=2))
+    assert report.files[0].count == 12 and store.check_file(out / "train.hdf5") == []

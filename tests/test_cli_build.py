@@ -1,0 +1,215 @@
+"""``dsprep build-hdf5``, ``info``, ``verify`` and ``means`` from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import make_class_folders
+
+from dsprep import store
+from dsprep.cli import main
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def make_split(root: Path, per_class: int = 3) -> Path:
+    """A split folder laid out by hand: split.json, and train and val class folders."""
+    for n, split in enumerate(("train", "val")):
+        make_class_folders(root / split, CLASSES, per_class=per_class, seed=10 * n)
+    (root / "split.json").write_text(json.dumps({"schema": "dsprep-split/1", "classes": CLASSES}))
+    return root
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def built(tmp_path):
+    src = make_split(tmp_path / "split")
+    (src / "train" / "cat" / "broken.jpg").write_text("not an image")
+    result = run("build-hdf5", src, tmp_path / "out", "--size", "24x16", "--workers", "1",
+                 "--order", "sorted")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "out", result.output
+
+
+def test_build_prints_a_summary_and_writes_the_files(built):
+    out, output = built
+    assert "train.hdf5: 9 images, 1 skipped" in output
+    assert "val.hdf5: 9 images in" in output
+    assert "means.json: mean R=" in output
+    assert "skipped.csv: 1 images skipped (corrupt: 1)" in output
+    assert "note: test: no files" in output
+    with h5py.File(out / "train.hdf5", "r") as db:
+        assert db["images"].shape == (9, 24, 16, 3)
+        assert db.attrs["order"] == "sorted"
+    assert (out / "skipped.csv").read_text().splitlines()[1].startswith(
+        "train/cat/broken.jpg,corrupt,")
+
+
+def test_build_refuses_to_overwrite_without_force(built, tmp_path):
+    out, _ = built
+    result = run("build-hdf5", tmp_path / "split", out, "--workers", "1")
+    assert result.exit_code == 1
+    assert "already exist" in result.output and "--force" in result.output
+    assert "Traceback" not in result.output
+    result = run("build-hdf5", tmp_path / "split", out, "--workers", "1", "--force",
+                 "--size", "8", "--compression", "gzip", "--chunk-images", "2")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out / "val.hdf5", "r") as db:
+        assert db["images"].shape == (9, 8, 8, 3)
+        assert db["images"].chunks == (2, 8, 8, 3) and db["images"].compression == "gzip"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "big"], "size 'big'"),
+        (["--resize", "fill"], "'fill' is not one of"),
+        (["--workers", "0"], "0 is not in the range"),
+        (["--name", "x"], "drop --name"),
+    ],
+)
+def test_bad_build_arguments_are_usage_errors(tmp_path, args, message):
+    src = make_split(tmp_path / "split", per_class=1)
+    result = run("build-hdf5", src, tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_command_has_help():
+    for command in ("build-hdf5", "info", "verify", "means"):
+        result = run(command, "--help")
+        assert result.exit_code == 0
+        assert len(result.output.split("Options:")[0].strip()) > 40
+    result = run("build-hdf5", "--help")
+    for option in ("--size", "--resize", "--interpolation", "--exact", "--max-pixels", "--order",
+                   "--seed", "--chunk-images", "--compression", "--workers", "--force", "--name"):
+        assert option in result.output
+
+
+def test_info_describes_the_file(built):
+    out, _ = built
+    result = run("info", out / "train.hdf5")
+    assert result.exit_code == 0, result.output
+    for text in ("dsprep-hdf5/1", "uint8 (9, 24, 16, 3)", "(9, 24, 16, 3)", "compression  none",
+                 "3 classes", "mean RGB", "source_root", "skipped"):
+        assert text in result.output
+    rows = {line.split()[0]: line.split()[-1] for line in result.output.splitlines()
+            if line.split() and line.split()[0] in CLASSES}
+    assert rows == {"cat": "2", "dog": "3", "fox": "3"} or rows == {c: "3" for c in CLASSES}
+
+
+def test_info_counts_classes(built):
+    out, _ = built
+    result = run("info", out / "train.hdf5")
+    lines = [line.split() for line in result.output.splitlines()]
+    counts = {parts[0]: int(parts[1]) for parts in lines if len(parts) == 2 and parts[0] in CLASSES}
+    assert counts == {"cat": 3, "dog": 3, "fox": 3}
+
+
+def test_verify_passes_a_good_file_and_its_sources(built):
+    out, _ = built
+    result = run("verify", out / "train.hdf5", "--sources", "4")
+    assert result.exit_code == 0, result.output
+    assert "ok, 4 sources re-decoded" in result.output
+
+
+def test_verify_fails_on_a_tampered_file(built):
+    out, _ = built
+    with h5py.File(out / "train.hdf5", "r+") as db:
+        db["labels"][0] = 9
+        db["images"][2] = 0
+    result = run("verify", out / "train.hdf5", "--sources", "9")
+    assert result.exit_code == 1
+    assert "labels fall outside" in result.output
+    assert "row 2: pixels differ" in result.output
+    assert "2 problem(s) found" in result.output
+
+
+@pytest.mark.parametrize("kind", ["text", "foreign"])
+def test_verify_and_info_refuse_other_files_in_one_line(tmp_path, kind):
+    path = tmp_path / "x.hdf5"
+    if kind == "text":
+        path.write_text("hello")
+    else:
+        with h5py.File(path, "w") as f:
+            f["data"] = np.arange(3)
+    for command in ("verify", "info", "means"):
+        result = run(command, path)
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert "build it with 'dsprep build-hdf5'" in result.output
+
+
+def test_means_recomputes_and_writes_json(built, tmp_path):
+    out, _ = built
+    with h5py.File(out / "train.hdf5", "r") as db:
+        flat = db["images"][()].reshape(-1, 3).astype(np.float64)
+    result = run("means", out / "train.hdf5", "-o", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "m.json").read_text())
+    np.testing.assert_allclose([record[c] for c in "RGB"], flat.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose([record["std"][c] for c in "RGB"], flat.std(axis=0), atol=1e-6)
+    assert record["count"] == 9 and record["source"] == "train.hdf5"
+    assert record == json.loads((out / "means.json").read_text())
+    printed = run("-q", "means", out / "train.hdf5")
+    assert json.loads(printed.output) == record
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="blocks the build on a named pipe")
+def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
+    src = make_split(tmp_path / "split")
+    # Reading a named pipe blocks, so the build is surely mid-way when it is killed.
+    fifo = src / "val" / "fox" / "fox_9.jpg"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    code = "from dsprep.cli import main; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "-q", "build-hdf5", str(src), str(out), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not store.partial_path(out / "val.hdf5").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the build never reached val.hdf5"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        # Unblock an orphaned worker reading the pipe so it can notice its parent is gone.
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    # train.hdf5 was finished before the kill, but nothing carries a final name yet.
+    for name in ("train.hdf5", "val.hdf5", "means.json", "skipped.csv"):
+        assert not (out / name).exists(), name
+    fifo.unlink()
+    result = run("build-hdf5", src, out, "--workers", "1")
+    assert result.exit_code == 0, result.output
+    for split in ("train", "val"):
+        assert store.check_file(out / f"{split}.hdf5") == []
+    assert not list(out.glob("*.partial"))

@@ -1,0 +1,166 @@
+"""``dsprep sample-dump`` and ``dsprep split`` from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import pytest
+from click.testing import CliRunner
+from helpers import make_class_folders
+
+from dsprep.cli import main
+
+
+def run(*args: str):
+    """Invoke quietly (no progress bars); errors still print."""
+    return CliRunner().invoke(main, ["-q", *args])
+
+
+def loud(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_sample_dump_then_split(tmp_path):
+    dump, dest = tmp_path / "dump", tmp_path / "split"
+    result = loud("sample-dump", str(dump), "--per-class", "5", "--with-bad-files", "--seed", "2")
+    assert result.exit_code == 0, result.output
+    assert "wrote 15 images" in result.output and "truncated" in result.output
+    result = loud("split", str(dump), str(dest), "--verify", "full", "--ratios", "0.6,0.2,0.2")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    table = {line.split()[0]: line.split()[1:] for line in lines
+             if line.split() and line.split()[0] in ("brick", "grass", "gravel", "total")}
+    # grass has the grey JPEG and gravel the duplicate (left out); brick the alpha PNG.
+    assert table["brick"] == ["4", "1", "1", "6"]
+    assert table["grass"] == ["4", "1", "1", "6"]
+    assert table["gravel"] == ["3", "1", "1", "5"]
+    assert table["total"] == ["11", "3", "3", "17"]
+    assert "left out 4: 1 duplicate, 1 empty, 2 not-an-image" in result.output
+    assert json.loads((dest / "split.json").read_text())["counts"]["train"]["gravel"] == 3
+
+    again = loud("split", str(dump), str(dest), "--verify", "full", "--ratios", "0.6,0.2,0.2")
+    assert again.exit_code == 0 and "already holds this split" in again.output
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
+    dest = tmp_path / "split"
+    result = loud("split", str(dump), str(dest), "--dry-run", "--counts", "5,2,1")
+    assert result.exit_code == 0, result.output
+    assert "dry run" in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("a "))
+    assert row.split() == ["a", "5", "2", "1", "8"]
+    assert "left out 4: 4 not-selected" in result.output
+    assert not dest.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ratios", "0.8,0.1"], "add up to 0.9"),
+    (["--ratios", "a,b"], "not a comma-separated list"),
+    (["--counts", "1.5,2"], "not a comma-separated list"),
+    (["--pattern", "(?P<x>.)"], "named group 'label'"),
+    (["--layout", "weird"], "Invalid value for '--layout'"),
+])
+def test_usage_errors_exit_2(tmp_path, args, message):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=2)
+    result = run("split", str(dump), str(tmp_path / "s"), *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_too_small_class_fails_before_writing(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=3)
+    result = run("split", str(dump), str(tmp_path / "s"), "--counts", "2,1,1")
+    assert result.exit_code == 1
+    assert "Error: class 'a' has 3 usable images but --counts 2,1,1 needs 4" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
+def test_non_empty_destination_needs_force(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=3)
+    dest = tmp_path / "s"
+    assert run("split", str(dump), str(dest)).exit_code == 0
+    result = run("split", str(dump), str(dest), "--seed", "9")
+    assert result.exit_code == 1
+    assert "other parameters" in result.output and "--force" in result.output
+    assert json.loads((dest / "split.json").read_text())["params"]["seed"] != 9
+    result = run("split", str(dump), str(dest), "--seed", "9", "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads((dest / "split.json").read_text())["params"]["seed"] == 9
+
+
+def test_csv_layout_with_named_columns_from_a_zip(tmp_path):
+    dump = tmp_path / "kaggle.zip"
+    summary_dir = tmp_path / "dump"
+    written = run("sample-dump", str(summary_dir), "--layout", "csv", "--per-class", "4")
+    assert written.exit_code == 0
+    with open(summary_dir / "labels.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    text = "species,image\r\n" + "".join(f"{lab},{i}\r\n" for i, lab in rows[1:])
+    with zipfile.ZipFile(dump, "w") as zf:
+        for path in sorted((summary_dir / "images").iterdir()):
+            zf.write(path, f"data/images/{path.name}")
+    labels = tmp_path / "species.csv"
+    labels.write_text(text, newline="")
+    dest = tmp_path / "s"
+    result = run("split", str(dump), str(dest), "--labels", str(labels), "--id-column",
+                 "image", "--label-column", "species")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((dest / "split.json").read_text())
+    assert manifest["layout"] == "csv" and manifest["classes"] == ["brick", "grass", "gravel"]
+    label_of = dict(rows[1:])
+    with open(dest / "files.csv", newline="") as fh:
+        placed = list(csv.DictReader(fh))
+    assert len(placed) == 12
+    for row in placed:
+        assert row["source"].startswith("data/images/")
+        number = row["source"].rsplit("/", 1)[1].split(".")[0]
+        assert label_of[number] == row["class"]
+
+
+def test_pattern_and_hardlink_mode(tmp_path):
+    dump = tmp_path / "dump"
+    assert run("sample-dump", str(dump), "--layout", "prefix", "--per-class", "3").exit_code == 0
+    for path in (dump / "train").iterdir():  # brick.0.jpg -> brick_0.jpg
+        path.rename(path.with_name(path.name.replace(".", "_", 1)))
+    dest = tmp_path / "s"
+    result = loud("split", str(dump), str(dest), "--pattern", r"(?P<label>[a-z]+)_\d+",
+                  "--mode", "hardlink")
+    assert result.exit_code == 0, result.output
+    assert "prefix layout, 3 classes" in result.output and "(hardlink)" in result.output
+    placed = list(dest.glob("*/*/*.jpg"))
+    assert len(placed) == 9 and all(p.stat().st_nlink == 2 for p in placed)
+
+
+def test_missing_source_is_a_usage_error(tmp_path):
+    result = run("split", str(tmp_path / "nope"), str(tmp_path / "s"))
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_sample_dump_errors(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    result = run("sample-dump", str(tmp_path / "full"))
+    assert result.exit_code == 1 and "not empty" in result.output
+    result = run("sample-dump", str(tmp_path / "new"), "--classes", "brick,dragon")
+    assert result.exit_code == 2 and "dragon" in result.output
+
+
+def test_help_describes_every_option():
+    for command, options in (
+        ("split", ["--layout", "--pattern", "--labels", "--id-column", "--label-column",
+                   "--ratios", "--counts", "--limit-per-class", "--min-size", "--verify",
+                   "--seed", "--mode", "--force", "--dry-run"]),
+        ("sample-dump", ["--layout", "--per-class", "--seed", "--classes", "--with-bad-files",
+                         "--force"]),
+    ):
+        result = CliRunner().invoke(main, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0
+        for option in options:
+            line = next(line for line in result.output.splitlines()
+                        if line.strip().startswith(option))
+            assert len(line.split(None, 2)) >= 2, f"{command} {option} has no help text"

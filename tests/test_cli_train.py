@@ -1,0 +1,160 @@
+"""``dsprep train``, ``evaluate`` and ``sweep-lr`` end to end on tiny generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import make_class_folders, smooth_image
+
+pytest.importorskip("keras", reason="the training extra (Keras 3) is not installed")
+
+from dsprep.cli import main  # noqa: E402
+from dsprep.store import write_arrays  # noqa: E402
+
+QUICK = ["--model", "smallnet", "--width", "4", "--batch-size", "8", "--seed", "1"]
+
+
+def write_data(root, size=48, counts=(16, 8, 8)):
+    """Two classes told apart by a bright red (cat) or green (dog) channel."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for split, count in zip(("train", "val", "test"), counts, strict=True):
+        labels = np.arange(count) % 2
+        images = []
+        for label in labels:
+            img = smooth_image(size, size, seed=n).astype(np.int32) // 2
+            img[..., label] += 120
+            images.append(img.astype(np.uint8))
+            n += 1
+        images = np.stack(images)
+        write_arrays(root / f"{split}.hdf5", images, labels, ["cat", "dog"], split=split)
+        if split == "train":
+            mean = images.reshape(-1, 3).mean(axis=0).tolist()
+            (root / "means.json").write_text(json.dumps(dict(zip("RGB", mean, strict=True))))
+    return root
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def history(run):
+    with open(run / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("cli") / "data")
+
+
+def test_train_resume_and_evaluate(data, tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", data, run, *QUICK, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "2 epochs" in result.output and "best val_auc" in result.output
+    for name in ("config.json", "history.csv", "curves.png", "lr.png", "best.keras",
+                 "last.keras"):
+        assert (run / name).is_file(), name
+    options = json.loads((run / "config.json").read_text())["options"]
+    assert options["model"] == "smallnet" and options["batch_size"] == 8 and options["seed"] == 1
+
+    again = invoke("train", data, run, *QUICK)
+    assert again.exit_code == 1
+    assert "already holds a run" in again.output and "--resume" in again.output
+
+    resumed = invoke("train", "--resume", run, "--epochs", "3")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed" in resumed.output
+    assert [int(r["epoch"]) for r in history(run)] == [0, 1, 2]
+
+    as_json = invoke("evaluate", run, data / "test.hdf5", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.output)
+    assert report["center"]["count"] == 8
+    assert 0.0 <= report["center"]["rank1"] <= 1.0
+    assert 0.0 <= report["center"]["auc"] <= 1.0
+    assert sum(map(sum, report["center"]["confusion"])) == 8
+
+    table = invoke("evaluate", run, data / "test.hdf5", "--checkpoint", "last")
+    assert table.exit_code == 0, table.output
+    for text in ("rank-1 accuracy", "ROC AUC", "accuracy of cat", "accuracy of dog",
+                 "confusion-test-center.png"):
+        assert text in table.output
+    assert "rank-5" not in table.output  # meaningless with two classes
+
+
+@pytest.mark.slow
+def test_crop_augment_step_schedule_and_ten_crop(data, tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", data, run, *QUICK, "--epochs", "2", "--crop", "46",
+                    "--augment", "affine", "--schedule", "step", "--step-every", "1")
+    assert result.exit_code == 0, result.output
+    rows = history(run)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01, 0.005])
+    config = json.loads((run / "config.json").read_text())
+    assert config["input_shape"] == [46, 46, 3]
+    table = invoke("evaluate", run, data / "test.hdf5", "--ten-crop")
+    assert table.exit_code == 0, table.output
+    header = next(line for line in table.output.splitlines() if line.startswith("metric"))
+    assert "center" in header and "ten-crop" in header
+    assert (run / "confusion-test-tencrop.png").is_file()
+
+
+@pytest.mark.slow
+def test_overfit_check_passes_on_learnable_data(data, tmp_path):
+    result = invoke("train", data, tmp_path / "run", *QUICK, "--overfit-check", "--epochs", "6",
+                    "--optimizer", "adam", "--lr", "0.001")
+    assert result.exit_code == 0, result.output
+    assert "overfit check passed" in result.output
+
+
+@pytest.mark.slow
+def test_sweep_lr_plots_each_rate(data, tmp_path):
+    run = tmp_path / "sweep"
+    result = invoke("sweep-lr", data, run, *QUICK, "--lrs", "0.05,0.001", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert (run / "sweep-lr.png").read_bytes().startswith(b"\x89PNG")
+    with open(run / "sweep-lr.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["lr"] for r in rows] == ["0.05", "0.001"]
+    for rate in ("0.05", "0.001"):
+        assert len(history(run / f"lr-{rate}")) == 1
+
+
+@pytest.mark.slow
+def test_train_on_a_split_folder(tmp_path):
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("cat", "dog"), per_class=8, size=(48, 48))
+    make_class_folders(split / "val", classes=("cat", "dog"), per_class=2, size=(48, 48), seed=50)
+    run = tmp_path / "run"
+    result = invoke("train", split, run, *QUICK, "--epochs", "1", "--image-size", "48")
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["data_kind"] == "folders" and config["classes"] == ["cat", "dog"]
+    assert config["input_shape"] == [48, 48, 3]
+    assert len(history(run)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["train", "{data}"], 2, "needs DATA and RUN"),
+        (["train", "{data}", "{tmp}/r", "--resume", "{tmp}"], 2, "not both"),
+        (["train", "{tmp}", "{tmp}/r"], 1, "neither train.hdf5"),
+        (["sweep-lr", "{data}", "{tmp}/s", "--lrs", "fast"], 2, "comma-separated"),
+        (["train", "{data}", "{tmp}/r", "--model", "vgg"], 2, "Invalid value"),
+        (["train", "--resume", "{tmp}"], 1, "not a run folder"),
+        (["evaluate", "{tmp}", "{data}/test.hdf5"], 1, "not a run folder"),
+    ],
+)
+def test_bad_input_gives_one_line_errors(data, tmp_path, args, code, text):
+    args = [a.format(data=data, tmp=tmp_path) for a in args]
+    result = invoke(*args)
+    assert result.exit_code == code, result.output
+    assert text in result.output
+    assert "Traceback" not in result.output

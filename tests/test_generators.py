@@ -1,0 +1,571 @@
+"""HDF5Generator and DirectoryGenerator: batch contents, shuffling, randomness, bad input."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import h5py
+import numpy as np
+import pytest
+from helpers import make_class_folders, smooth_image, write_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsprep import images, store
+from dsprep.errors import DatasetFormatError, LayoutError, UsageError
+from dsprep.generators import DirectoryGenerator, HDF5Generator
+
+NAMES = ["ant", "bee", "cow"]
+
+
+# -- tiny batch operations that follow the preprocess contract (op(batch, rng), output_shape) --
+
+
+class Patch:
+    """A random (h, w) crop per image, returned as views when every crop is the same."""
+
+    def __init__(self, height, width):
+        self.height, self.width = height, width
+
+    def output_shape(self, shape):
+        if self.height > shape[0] or self.width > shape[1]:
+            raise UsageError(f"patch {self.height}x{self.width} is larger than {shape}")
+        return (self.height, self.width, shape[2])
+
+    def __call__(self, batch, rng):
+        tops = rng.integers(0, batch.shape[1] - self.height + 1, len(batch))
+        lefts = rng.integers(0, batch.shape[2] - self.width + 1, len(batch))
+        out = np.empty((len(batch), self.height, self.width, batch.shape[3]), batch.dtype)
+        for i, (t, left) in enumerate(zip(tops, lefts, strict=True)):
+            out[i] = batch[i, t:t + self.height, left:left + self.width]
+        return out
+
+
+class CornerView:
+    """The top-left (h, w) corner as a view of the input (no copy)."""
+
+    def __init__(self, height, width):
+        self.height, self.width = height, width
+
+    def output_shape(self, shape):
+        return (self.height, self.width, shape[2])
+
+    def __call__(self, batch, rng):
+        return batch[:, :self.height, :self.width]
+
+
+class Scale:
+    """x * factor in float32."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def output_shape(self, shape):
+        return shape
+
+    def __call__(self, batch, rng):
+        return batch.astype(np.float32) * self.factor
+
+
+class AddOne:
+    def output_shape(self, shape):
+        return shape
+
+    def __call__(self, batch, rng):
+        return batch + np.float32(1)
+
+
+class Noise:
+    """Adds uniform noise drawn from the batch's generator (float32)."""
+
+    def output_shape(self, shape):
+        return shape
+
+    def __call__(self, batch, rng):
+        return batch.astype(np.float32) + rng.random(batch.shape, dtype=np.float32)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def tagged_images(n, height=6, width=7, seed=0):
+    """Random images whose first two pixels' red values spell the row number."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+    imgs[:, 0, 0, 0] = np.arange(n) % 256
+    imgs[:, 0, 1, 0] = np.arange(n) // 256
+    return imgs
+
+
+def rows_of(x):
+    x = np.asarray(x)
+    return x[:, 0, 0, 0].astype(int) + 256 * x[:, 0, 1, 0].astype(int)
+
+
+@pytest.fixture
+def h5file(tmp_path):
+    imgs = tagged_images(37)
+    labels = (np.arange(37) * 7) % 3
+    path = store.write_arrays(tmp_path / "train.hdf5", imgs, labels, NAMES)
+    return path, imgs, labels
+
+
+def epoch_rows(gen):
+    return [rows_of(x) for x, _ in gen]
+
+
+# -- construction errors -----------------------------------------------------------------------
+
+
+def test_missing_file_is_a_layout_error(tmp_path):
+    with pytest.raises(LayoutError, match="does not exist"):
+        HDF5Generator(tmp_path / "nope.hdf5")
+
+
+def test_text_file_is_a_format_error(tmp_path):
+    path = tmp_path / "notes.hdf5"
+    path.write_text("not hdf5 at all\n")
+    with pytest.raises(DatasetFormatError, match="not a readable HDF5"):
+        HDF5Generator(path)
+
+
+def test_foreign_hdf5_is_a_format_error(tmp_path):
+    path = tmp_path / "other.hdf5"
+    with h5py.File(path, "w") as f:
+        f["features"] = np.zeros((4, 10))
+    with pytest.raises(DatasetFormatError, match="not a dsprep HDF5 file"):
+        HDF5Generator(path)
+
+
+def test_patch_larger_than_image_fails_at_construction(h5file):
+    with pytest.raises(UsageError, match="larger"):
+        HDF5Generator(h5file[0], preprocessors=[Patch(7, 7)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"shuffle": "rows"}, "shuffle"),
+        ({"output": "float16"}, "output"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"batch_size": 64, "drop_last": True}, "larger than the 37 rows"),
+        ({"preprocessors": [42]}, "not callable"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(h5file, kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        HDF5Generator(h5file[0], **kwargs)
+
+
+# -- contents per shuffle mode -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["none", "batches", "full"])
+def test_every_row_once_per_epoch_with_labels_aligned(h5file, mode):
+    path, imgs, labels = h5file
+    gen = HDF5Generator(path, batch_size=8, shuffle=mode, seed=3, output="uint8")
+    assert len(gen) == 5 and gen.num_samples == 37
+    seen = []
+    with h5py.File(path, "r") as db:
+        for i in range(len(gen)):
+            x, y = gen[i]
+            rows = gen.batch_rows(i)
+            assert x.dtype == np.uint8 and y.dtype == np.int32
+            # Direct h5py reads of the same rows, one by one, are the reference.
+            np.testing.assert_array_equal(x, np.stack([db["images"][r] for r in rows]))
+            np.testing.assert_array_equal(y, [db["labels"][r] for r in rows])
+            seen += list(rows)
+    assert sorted(seen) == list(range(37))
+    assert [len(gen[i][0]) for i in range(5)].count(5) == 1  # one final short batch
+
+
+def test_none_reads_in_file_order(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=10, shuffle="none", seed=0)
+    for _ in range(2):
+        assert np.concatenate(epoch_rows(gen)).tolist() == list(range(37))
+
+
+def test_batches_are_contiguous_and_reordered_each_epoch(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=4, shuffle="batches", seed=5)
+    first = epoch_rows(gen)  # iterating advances to the next epoch
+    second = epoch_rows(gen)
+    for rows in first + second:
+        assert np.all(np.diff(rows) == 1)
+    starts = [r[0] for r in first]
+    assert starts != sorted(starts)
+    assert starts != [r[0] for r in second]
+    assert gen.epoch == 2
+
+
+def test_full_shuffle_mixes_rows_and_changes_between_epochs(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle="full", seed=5)
+    first = np.concatenate(epoch_rows(gen))
+    second = np.concatenate(epoch_rows(gen))
+    assert sorted(first) == sorted(second) == list(range(37))
+    assert first.tolist() != second.tolist()
+    assert any(np.any(np.diff(r) != 1) for r in epoch_rows(gen))
+
+
+def test_full_shuffle_on_a_compressed_chunked_file(tmp_path):
+    imgs = tagged_images(30, 5, 5)
+    labels = np.arange(30) % 3
+    path = tmp_path / "lzf.hdf5"
+    with store.HDF5Writer(path, 30, (5, 5), NAMES, chunk_images=4, compression="lzf") as w:
+        w.append(imgs, labels, [str(i) for i in range(30)])
+    gen = HDF5Generator(path, batch_size=7, shuffle="full", seed=1, output="uint8")
+    for i in range(len(gen)):
+        x, y = gen[i]
+        rows = gen.batch_rows(i)
+        np.testing.assert_array_equal(x, imgs[rows])
+        np.testing.assert_array_equal(y, labels[rows])
+
+
+def test_drop_last_gives_full_batches_and_every_row_eventually(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle="batches", drop_last=True, seed=2)
+    assert len(gen) == 4
+    union = set()
+    for _ in range(12):
+        rows = epoch_rows(gen)
+        assert all(len(r) == 8 for r in rows) and len(set(np.concatenate(rows))) == 32
+        union |= set(np.concatenate(rows).tolist())
+    # The start moves each epoch, so no row is left out in every epoch.
+    assert union == set(range(37))
+
+
+@pytest.fixture(scope="module")
+def sized_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sizes")
+    return {n: store.write_arrays(root / f"n{n}.hdf5", tagged_images(n, 2, 2), np.zeros(n, int),
+                                  ["only"]) for n in (1, 5, 16, 23)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.sampled_from([1, 5, 16, 23]), batch_size=st.integers(1, 25),
+       mode=st.sampled_from(["none", "batches", "full"]), drop_last=st.booleans(),
+       epoch=st.integers(0, 50))
+def test_batch_rows_partition_property(sized_files, n, batch_size, mode, drop_last, epoch):
+    if drop_last and batch_size > n:
+        return
+    gen = HDF5Generator(sized_files[n], batch_size=batch_size, shuffle=mode, drop_last=drop_last,
+                        seed=epoch)
+    gen.set_epoch(epoch)
+    rows = [gen.batch_rows(i) for i in range(len(gen))]
+    flat = np.concatenate(rows)
+    expected_batches = n // batch_size if drop_last else -(-n // batch_size)
+    assert len(rows) == expected_batches
+    assert len(set(flat.tolist())) == len(flat)  # no row twice
+    if drop_last:
+        assert all(len(r) == batch_size for r in rows)
+    else:
+        assert sorted(flat.tolist()) == list(range(n))
+        assert all(len(r) == batch_size for r in rows[:-1])
+
+
+# -- output, labels and pipeline order ---------------------------------------------------------
+
+
+def test_float32_default_and_one_hot(h5file):
+    path, imgs, labels = h5file
+    gen = HDF5Generator(path, batch_size=8, shuffle="full", one_hot=True, seed=0)
+    x, y = gen[1]
+    rows = gen.batch_rows(1)
+    assert x.dtype == np.float32 and y.dtype == np.float32 and y.shape == (8, 3)
+    np.testing.assert_array_equal(x, imgs[rows].astype(np.float32))
+    np.testing.assert_array_equal(y, np.eye(3, dtype=np.float32)[labels[rows]])
+    assert gen.num_classes == 3 and gen.classes == NAMES == gen.label_names
+
+
+def test_augment_runs_on_raw_pixels_before_preprocessors(h5file):
+    path, imgs, _ = h5file
+    gen = HDF5Generator(path, batch_size=8, shuffle="none", augment=Scale(2), seed=0,
+                        preprocessors=[AddOne()])
+    x, _ = gen[0]
+    np.testing.assert_array_equal(x, imgs[:8].astype(np.float32) * 2 + 1)
+    assert gen.sample_shape == (6, 7, 3)
+
+
+def test_uint8_output_is_never_the_reused_read_buffer(h5file):
+    path, imgs, _ = h5file
+    for ops in ([], [CornerView(3, 3)]):
+        gen = HDF5Generator(path, batch_size=8, shuffle="none", preprocessors=ops,
+                            output="uint8", seed=0)
+        x0, _ = gen[0]
+        gen[1]
+        gen[2]
+        assert x0.dtype == np.uint8
+        np.testing.assert_array_equal(x0, imgs[:8, :x0.shape[1], :x0.shape[2]])
+
+
+def test_threads_share_a_generator_safely(h5file):
+    path, imgs, _ = h5file
+    gen = HDF5Generator(path, batch_size=4, shuffle="full", preprocessors=[CornerView(4, 4)],
+                        output="uint8", seed=9)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: gen[i % len(gen)], range(40)))
+    for i, (x, _) in enumerate(results):
+        np.testing.assert_array_equal(x, imgs[gen.batch_rows(i % len(gen)), :4, :4])
+
+
+# -- randomness, processes, pickling ---------------------------------------------------------
+
+
+def test_same_seed_same_batches_and_other_seed_differs(h5file):
+    make = lambda seed: HDF5Generator(h5file[0], batch_size=8, shuffle="full",  # noqa: E731
+                                      preprocessors=[Patch(4, 4), Noise()], seed=seed)
+    a, b, c = make(11), make(11), make(12)
+    for gen in (a, b, c):
+        gen.set_epoch(2)
+    np.testing.assert_array_equal(a[3][0], b[3][0])
+    assert not np.array_equal(a[3][0], c[3][0])
+    # A batch does not depend on which batches were computed before it.
+    fresh = make(11)
+    fresh.on_epoch_end()
+    fresh.on_epoch_end()
+    np.testing.assert_array_equal(fresh[3][0], a[3][0])
+
+
+def _batch_in_child(blob, index):
+    gen = pickle.loads(blob)
+    return gen[index]
+
+
+def _pid_and_rows(gen):
+    x, _ = gen[0]
+    return gen._pid, rows_of(x).tolist()
+
+
+def test_forked_child_opens_its_own_handle(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle="batches", seed=1, output="uint8")
+    parent_rows = rows_of(gen[0][0]).tolist()  # the parent now holds an open handle
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child_pid, child_rows = pool.apply(_pid_and_rows, (gen,))
+    assert child_rows == parent_rows
+    assert gen._pid is not None and child_pid != gen._pid
+
+
+def test_pickle_keeps_state_and_drops_the_handle(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle="full", seed=4, preprocessors=[Noise()])
+    gen.on_epoch_end()
+    before = gen[1]
+    copy = pickle.loads(pickle.dumps(gen))
+    assert copy.epoch == 1 and copy._db is None
+    np.testing.assert_array_equal(copy[1][0], before[0])
+    gen.close()
+    np.testing.assert_array_equal(gen[1][0], before[0])  # reopens after close
+
+
+def test_open_generator_does_not_block_other_readers(h5file):
+    path = h5file[0]
+    gen = HDF5Generator(path, batch_size=8)
+    gen[0]
+    with h5py.File(path, "r") as db:  # same process, default locking
+        assert db["images"].shape[0] == 37
+    code = f"import h5py; print(h5py.File({str(path)!r}, 'r')['labels'].shape[0])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "37"
+    HDF5Generator(path, batch_size=8)[0]
+
+
+def test_importing_generators_does_not_load_frameworks():
+    code = (
+        "import sys, dsprep.generators;"
+        "print(','.join(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+# -- DirectoryGenerator ------------------------------------------------------------------------
+
+
+def reference_load(path, size=(32, 40), mode="crop"):
+    return images.load(path.read_bytes(), size, mode)
+
+
+@pytest.fixture
+def dump_with_bad_files(class_dump):
+    good = (class_dump / "cat" / "cat_0.jpg").read_bytes()
+    (class_dump / "dog" / "broken.jpg").write_bytes(good[: len(good) // 3] + b"\0" * 10)
+    (class_dump / "fox" / "readme.jpg").write_text("this is not an image\n")
+    (class_dump / "fox" / "empty.jpg").write_bytes(b"")
+    return class_dump
+
+
+def test_directory_bad_files_left_out_and_reported(dump_with_bad_files):
+    root = dump_with_bad_files
+    gen = DirectoryGenerator(root, image_size=(32, 40), batch_size=5, seed=0, workers=2)
+    skipped = {p.name for p, _ in gen.skipped}
+    assert {"readme.jpg", "empty.jpg"} <= skipped
+    assert all(reason for _, reason in gen.skipped)
+    assert gen.num_samples == 18 + 3 - len(gen.skipped)
+    assert gen.classes == ["cat", "dog", "fox"]
+    seen = []
+    for i in range(len(gen)):
+        x, y = gen[i]
+        files = gen.batch_files(i)
+        assert x.shape == (len(files), 32, 40, 3) and x.dtype == np.float32
+        for xi, yi, f in zip(x, y, files, strict=True):
+            np.testing.assert_array_equal(xi, reference_load(f).astype(np.float32))
+            assert gen.classes[yi] == f.parent.name
+        seen += files
+    assert sorted(seen) == sorted(gen.files) and len(set(seen)) == len(seen)
+
+
+def test_directory_reshuffles_each_epoch_and_is_reproducible(class_dump):
+    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=6, seed=3, workers=0)
+    first = [f for i in range(len(gen)) for f in gen.batch_files(i)]
+    gen.on_epoch_end()
+    second = [f for i in range(len(gen)) for f in gen.batch_files(i)]
+    assert first != second and sorted(first) == sorted(second)
+    other = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=6, seed=3, workers=2,
+                               preprocessors=[Noise()])
+    other.set_epoch(1)
+    assert [f for i in range(len(other)) for f in other.batch_files(i)] == second
+    again = pickle.loads(pickle.dumps(other))
+    np.testing.assert_array_equal(again[2][0], other[2][0])
+
+
+def test_directory_unshuffled_order_and_uint8(class_dump):
+    gen = DirectoryGenerator(class_dump, image_size=(16, 20), resize="stretch", batch_size=4,
+                             shuffle=False, output="uint8", one_hot=True, seed=0)
+    x, y = gen[0]
+    files = sorted((class_dump / "cat").glob("*.jpg"))[:4]
+    assert gen.batch_files(0) == files
+    np.testing.assert_array_equal(x, np.stack([reference_load(f, (16, 20), "stretch")
+                                               for f in files]))
+    np.testing.assert_array_equal(y, np.tile([1, 0, 0], (4, 1)).astype(np.float32))
+
+
+def test_directory_classes_order_comes_from_the_caller(class_dump):
+    gen = DirectoryGenerator(class_dump, image_size=(8, 8), shuffle=False, seed=0,
+                             classes=["fox", "dog", "cat", "eel"])
+    assert gen.num_classes == 4
+    assert {gen.classes[label] for label in gen.labels[:6]} == {"cat"}
+    assert gen.labels[:6].tolist() == [2] * 6
+    with pytest.raises(UsageError, match="not in classes: fox"):
+        DirectoryGenerator(class_dump, classes=["cat", "dog"])
+
+
+def test_directory_file_failing_mid_epoch_is_replaced_by_its_class_neighbour(class_dump):
+    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
+                             output="uint8", seed=0)
+    victim = class_dump / "dog" / "dog_2.jpg"
+    victim.write_bytes(b"garbage")
+    x, y = gen[0]
+    k = gen.files.index(victim)
+    np.testing.assert_array_equal(x[k], reference_load(class_dump / "dog" / "dog_3.jpg", (16, 16)))
+    assert y[k] == 1
+    assert [p for p, _ in gen.replaced] == [victim]
+
+
+def test_directory_errors(tmp_path, class_dump):
+    with pytest.raises(LayoutError):
+        DirectoryGenerator(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    (bad / "x").mkdir(parents=True)
+    (bad / "x" / "a.jpg").write_text("nope")
+    with pytest.raises(LayoutError, match="no readable images"):
+        DirectoryGenerator(bad)
+    with pytest.raises(UsageError, match="resize"):
+        DirectoryGenerator(class_dump, resize="squash")
+    with pytest.raises(UsageError, match="larger"):
+        DirectoryGenerator(class_dump, image_size=(8, 8), preprocessors=[Patch(9, 9)])
+
+
+def test_directory_generator_sees_different_sizes(tmp_path):
+    root = tmp_path / "sizes"
+    write_image(root / "a" / "wide.png", smooth_image(20, 60, seed=1))
+    write_image(root / "a" / "tall.jpg", smooth_image(70, 25, seed=2))
+    make_class_folders(root, classes=("b",), per_class=2, size=(30, 30), seed=5)
+    gen = DirectoryGenerator(root, image_size=(24, 24), resize="pad", batch_size=8, seed=0,
+                             output="uint8")
+    x, _ = gen[0]
+    assert x.shape == (4, 24, 24, 3)
+    for xi, f in zip(x, gen.batch_files(0), strict=True):
+        np.testing.assert_array_equal(xi, reference_load(f, (24, 24), "pad"))
+
+
+# -- with the real preprocessors ---------------------------------------------------------------
+
+
+def matching_window(sample, image, mean):
+    """(top, left, flipped) of the window of ``image`` minus ``mean`` equal to ``sample``."""
+    h, w = sample.shape[:2]
+    ref = image.astype(np.float64) - np.asarray(mean, dtype=np.float64)
+    found = []
+    for top in range(image.shape[0] - h + 1):
+        for left in range(image.shape[1] - w + 1):
+            window = ref[top:top + h, left:left + w]
+            for flipped, view in ((False, window), (True, window[:, ::-1])):
+                if np.allclose(sample, view, rtol=0, atol=1e-4):
+                    found.append((top, left, flipped))
+    return found
+
+
+def test_training_pipeline_gives_mean_subtracted_random_flipped_patches(h5file):
+    from dsprep.augment import RandomFlip
+    from dsprep.preprocess import MeanSubtract, RandomPatch
+
+    path, imgs, labels = h5file
+    mean = {"R": 100.5, "G": 90.25, "B": 80.0}
+    gen = HDF5Generator(path, batch_size=8, shuffle="full", seed=13,
+                        preprocessors=[RandomPatch(4, 5), RandomFlip(), MeanSubtract(mean)])
+    assert gen.sample_shape == (4, 5, 3)
+    positions, flips = set(), set()
+    for i in range(2):
+        x, y = gen[i]
+        rows = gen.batch_rows(i)
+        assert x.dtype == np.float32 and x.shape == (len(rows), 4, 5, 3)
+        np.testing.assert_array_equal(y, labels[rows])
+        for sample, row in zip(x, rows, strict=True):
+            found = matching_window(sample, imgs[row], [100.5, 90.25, 80.0])
+            assert found, f"batch {i}: no window of row {row} matches"
+            positions.add(found[0][:2])
+            flips.add(found[0][2])
+    assert len(positions) > 3 and flips == {False, True}  # really random
+
+
+def test_ten_crop_pipeline_matches_a_per_image_loop(h5file):
+    from dsprep.preprocess import MeanSubtract, TenCrop
+
+    path, imgs, _ = h5file
+    mean = [10.0, 20.0, 30.0]
+    gen = HDF5Generator(path, batch_size=8, shuffle="none", seed=0,
+                        preprocessors=[TenCrop(4, 4), MeanSubtract(mean)])
+    assert gen.sample_shape == (10, 4, 4, 3)
+    x, _ = gen[1]
+    assert x.shape == (8, 10, 4, 4, 3) and x.dtype == np.float32
+    for sample, image in zip(x, imgs[8:16], strict=True):
+        ref = image.astype(np.float64) - mean
+        corners = [(0, 0), (0, 3), (2, 0), (2, 3), (1, 1)]  # 6x7 image, 4x4 crops
+        crops = [ref[t:t + 4, c:c + 4] for t, c in corners]
+        crops += [c[:, ::-1] for c in crops]
+        np.testing.assert_allclose(sample, np.stack(crops), rtol=0, atol=1e-4)
+
+
+def test_real_patch_larger_than_images_fails_at_construction(h5file, class_dump):
+    from dsprep.preprocess import RandomPatch
+
+    with pytest.raises(UsageError, match="larger than the 6x7 images"):
+        HDF5Generator(h5file[0], preprocessors=[RandomPatch(7, 7)])
+    with pytest.raises(UsageError, match="larger"):
+        DirectoryGenerator(class_dump, image_size=(16, 16), preprocessors=[RandomPatch(17, 8)])
+
+
+def test_real_pipeline_is_the_same_in_a_spawned_process(h5file):
+    from dsprep.augment import RandomFlip
+    from dsprep.preprocess import MeanSubtract, RandomPatch
+
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle="full", seed=77, augment=RandomFlip(),
+                        preprocessors=[RandomPatch(5, 5), MeanSubtract([1, 2, 3])])
+    gen.set_epoch(3)
+    here = gen[4]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        there = pool.apply(_batch_in_child, (pickle.dumps(gen), 4))
+    np.testing.assert_array_equal(here[0], there[0])

@@ -1,0 +1,648 @@
+"""Decoding every kind of image the dumps hold, refusing broken ones, and resizing exactly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage
+from helpers import smooth_image, write_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dsprep import images
+from dsprep.errors import CorruptImageError, ImageTooLargeError, UsageError
+
+PHOTOS = Path(skimage.__file__).parent / "data"
+
+
+def encode(picture: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def exif(orientation: int) -> bytes:
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    return tags.tobytes()
+
+
+def photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled photographs, as RGB."""
+    return cv2.cvtColor(cv2.imread(str(PHOTOS / name)), cv2.COLOR_BGR2RGB)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def white_composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Straight alpha over white, in float64, rounded: the reference for every alpha case."""
+    a = alpha.astype(np.float64)[..., None] / 255.0
+    return np.rint(rgb.astype(np.float64) * a + 255.0 * (1.0 - a)).astype(np.uint8)
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """What an EXIF orientation tag asks a viewer to do, spelled out with numpy."""
+    return {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }[orientation](pixels)
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Make any pixel decoding fail the test: for checks that must stop at the header."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cv2.imdecode was called")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+
+
+# --- probe ----------------------------------------------------------------------------------
+
+RGB = smooth_image(37, 53, seed=3)
+PIC = Image.fromarray(RGB)
+RGBA = np.dstack([RGB, np.linspace(0, 255, 53).astype(np.uint8)[None].repeat(37, 0)])
+
+FORMATS = {
+    "jpeg": lambda: encode(PIC, "JPEG"),
+    "jpeg-progressive": lambda: encode(PIC, "JPEG", progressive=True),
+    "jpeg-gray": lambda: encode(PIC.convert("L"), "JPEG"),
+    "jpeg-cmyk": lambda: encode(PIC.convert("CMYK"), "JPEG"),
+    "png": lambda: encode(PIC, "PNG"),
+    "png-gray": lambda: encode(PIC.convert("L"), "PNG"),
+    "png-palette": lambda: encode(PIC.convert("P"), "PNG"),
+    "png-rgba": lambda: encode(Image.fromarray(RGBA, "RGBA"), "PNG"),
+    "png-16": lambda: png16(RGB.astype(np.uint16) * 257),
+    "gif": lambda: encode(PIC.convert("P"), "GIF"),
+    "bmp": lambda: encode(PIC, "BMP"),
+    "bmp-top-down": lambda: _top_down_bmp(encode(PIC, "BMP")),
+    "webp-lossy": lambda: encode(PIC, "WEBP"),
+    "webp-lossless": lambda: encode(PIC, "WEBP", lossless=True),
+    "webp-extended": lambda: encode(Image.fromarray(RGBA, "RGBA"), "WEBP", exif=exif(1)),
+    "tiff": lambda: encode(PIC, "TIFF"),
+    "tiff-opencv": lambda: cv2.imencode(".tiff", RGB)[1].tobytes(),
+    "tiff-big-endian": lambda: big_endian_tiff(RGB),
+}
+
+
+def png16(rgb: np.ndarray) -> bytes:
+    """A 16-bit PNG of an RGB uint16 array (OpenCV writes 16-bit PNGs; Pillow does not)."""
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+
+
+def _top_down_bmp(data: bytes) -> bytes:
+    """The same BMP with a negative height (rows stored top-down), as some writers do."""
+    height = struct.unpack_from("<i", data, 22)[0]
+    rows = data[54:]
+    stride = len(rows) // height
+    flipped = b"".join(rows[i * stride : (i + 1) * stride] for i in reversed(range(height)))
+    return data[:22] + struct.pack("<i", -height) + data[26:54] + flipped
+
+
+@pytest.mark.parametrize("kind", sorted(FORMATS))
+def test_probe_gives_the_true_size_from_the_header_alone(kind, monkeypatch):
+    data = FORMATS[kind]()
+    decoded = images.decode(data)
+    assert decoded.shape == (37, 53, 3)
+    assert decoded.dtype == np.uint8
+    monkeypatch.setattr(cv2, "imdecode", None)  # a decode attempt would raise TypeError
+    assert images.probe(data) == (37, 53)
+
+
+@pytest.mark.parametrize("kind", ["png", "bmp", "bmp-top-down", "webp-lossless", "tiff",
+                                  "tiff-big-endian"])
+def test_lossless_formats_decode_to_the_same_pixels(kind):
+    np.testing.assert_array_equal(images.decode(FORMATS[kind]()), RGB)
+
+
+def big_endian_tiff(rgb: np.ndarray, orientation: int = 1) -> bytes:
+    """An uncompressed Motorola-order (MM) RGB TIFF, built by hand: Pillow writes only II."""
+    height, width = rgb.shape[:2]
+    count = 10
+    ifd_size = 2 + 12 * count + 4
+    bits_at = 8 + ifd_size
+    pixels_at = bits_at + 6
+
+    def short(tag, value):
+        return struct.pack(">HHIHH", tag, 3, 1, value, 0)
+
+    def long(tag, value):
+        return struct.pack(">HHII", tag, 4, 1, value)
+
+    entries = [
+        short(256, width), short(257, height), struct.pack(">HHII", 258, 3, 3, bits_at),
+        short(259, 1), short(262, 2), long(273, pixels_at), short(274, orientation),
+        short(277, 3), short(278, height), long(279, rgb.nbytes),
+    ]
+    ifd = struct.pack(">H", count) + b"".join(entries) + struct.pack(">I", 0)
+    return b"MM\x00*" + struct.pack(">I", 8) + ifd + struct.pack(">HHH", 8, 8, 8) + rgb.tobytes()
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_big_endian_tiff(orientation):
+    data = big_endian_tiff(RGB, orientation)
+    expected = upright(RGB, orientation)
+    assert images.probe(data) == expected.shape[:2]
+    np.testing.assert_array_equal(images.decode(data), expected)
+
+
+def test_probe_falls_back_to_decoding_other_formats():
+    data = cv2.imencode(".ppm", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))[1].tobytes()
+    assert images.probe(data) == (37, 53)
+    np.testing.assert_array_equal(images.decode(data), RGB)
+
+
+def test_probe_costs_microseconds_not_a_decode():
+    import time
+
+    data = encode(Image.fromarray(smooth_image(375, 500, seed=1)), "JPEG", exif=exif(6))
+    images.probe(data)
+    start = time.perf_counter()
+    for _ in range(200):
+        images.probe(data)
+    per_probe = (time.perf_counter() - start) / 200
+    start = time.perf_counter()
+    for _ in range(20):
+        images.decode(data)
+    per_decode = (time.perf_counter() - start) / 20
+    # Generous bounds for a shared machine: measured ~5 us against ~700 us.
+    assert per_probe < per_decode / 10
+    assert per_probe < 500e-6
+
+
+# --- orientation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_lossless_formats_are_turned_upright(fmt, orientation):
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    data = encode(PIC, fmt, exif=exif(orientation), **options)
+    expected = upright(RGB, orientation)
+    np.testing.assert_array_equal(images.decode(data), expected)
+    assert images.probe(data) == expected.shape[:2]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_is_turned_upright(orientation):
+    source = smooth_image(48, 80, seed=orientation)
+    data = encode(Image.fromarray(source), "JPEG", quality=98, exif=exif(orientation))
+    expected = upright(source, orientation)
+    decoded = images.decode(data)
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded.astype(int) - expected).mean() < 2
+    assert images.probe(data) == expected.shape[:2]
+
+
+@pytest.mark.parametrize("orientation", [2, 5, 7])
+def test_big_endian_exif_in_a_jpeg(orientation):
+    # Many cameras write Motorola-order EXIF; Pillow writes Intel order, so build it by hand.
+    tiff = b"MM\x00*" + struct.pack(">IH", 8, 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
+    jpeg = encode(PIC, "JPEG", quality=98)
+    data = jpeg[:2] + app1 + jpeg[2:]
+    expected = upright(images.decode(jpeg), orientation)
+    np.testing.assert_array_equal(images.decode(data), expected)
+    assert images.probe(data) == expected.shape[:2]
+    # OpenCV's own reading of the tag (IMREAD_COLOR applies it) agrees.
+    opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(images.decode(data), cv2.cvtColor(opencv, cv2.COLOR_BGR2RGB))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_orientation_with_alpha_and_16_bits(orientation):
+    # These go through IMREAD_UNCHANGED, where OpenCV itself ignores the orientation.
+    rgba = encode(Image.fromarray(RGBA, "RGBA"), "PNG", exif=exif(orientation))
+    expected = upright(white_composite(RGBA[..., :3], RGBA[..., 3]), orientation)
+    np.testing.assert_array_equal(images.decode(rgba), expected)
+    data = _png_with_exif(FORMATS["png-16"](), exif(orientation))
+    np.testing.assert_array_equal(images.decode(data), upright(RGB, orientation))
+
+
+def _png_with_exif(png: bytes, blob: bytes) -> bytes:
+    """Insert an eXIf chunk right after IHDR (Pillow cannot save 16-bit RGB PNGs)."""
+    blob = blob.removeprefix(b"Exif\x00\x00")  # the PNG chunk holds the bare TIFF structure
+    chunk = struct.pack(">I", len(blob)) + b"eXIf" + blob
+    chunk += struct.pack(">I", zlib.crc32(chunk[4:]) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]
+
+
+def test_reduced_load_honours_orientation():
+    source = photo("coffee.png")  # 400 x 600
+    data = encode(Image.fromarray(source), "JPEG", quality=95, exif=exif(6))
+    upright_source = upright(source, 6)  # 600 x 400
+    reference = images.resize(upright_source, (40, 60))
+    reduced = images.load(data, (40, 60))
+    assert reduced.shape == (40, 60, 3)
+    assert psnr(reduced, reference) >= 30  # JPEG loss on top of the reduced decode
+
+
+# --- colour modes and bit depths ------------------------------------------------------------
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = RGB[..., 1]
+    decoded = images.decode(encode(Image.fromarray(gray), "PNG"))
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[..., channel], gray)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_alpha_is_composited_on_white(fmt):
+    options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
+    data = encode(Image.fromarray(RGBA, "RGBA"), fmt, **options)
+    np.testing.assert_array_equal(images.decode(data), white_composite(RGBA[..., :3], RGBA[..., 3]))
+
+
+def test_gray_with_alpha_is_composited_on_white():
+    gray, alpha = RGB[..., 0], RGBA[..., 3]
+    data = encode(Image.fromarray(np.dstack([gray, alpha]), "LA"), "PNG")
+    expected = white_composite(np.dstack([gray] * 3), alpha)
+    np.testing.assert_array_equal(images.decode(data), expected)
+
+
+def test_tiff_alpha_is_composited_on_white():
+    data = encode(Image.fromarray(RGBA, "RGBA"), "TIFF")
+    decoded = images.decode(data).astype(int)
+    expected = white_composite(RGBA[..., :3], RGBA[..., 3]).astype(int)
+    assert np.abs(decoded - expected).max() <= 1  # OpenCV premultiplies on the way
+
+
+def test_transparent_palette_and_colour_key_become_white():
+    palette = PIC.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    index = np.asarray(palette)
+    data = encode(palette, "PNG", transparency=int(index[0, 0]))
+    decoded = images.decode(data)
+    expected = np.asarray(palette.convert("RGB")).copy()
+    expected[index == index[0, 0]] = 255
+    np.testing.assert_array_equal(decoded, expected)
+
+    gray = RGB[..., 2]
+    key = int(gray[5, 5])
+    decoded = images.decode(encode(Image.fromarray(gray), "PNG", transparency=key))
+    expected = np.dstack([np.where(gray == key, 255, gray)] * 3)
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_16_bit_is_scaled_by_257_and_rounded():
+    ramp = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    gray = images.decode(cv2.imencode(".png", ramp)[1].tobytes())
+    np.testing.assert_array_equal(gray, np.dstack([expected] * 3))
+    colour = np.dstack([ramp, ramp[::-1], ramp.T])
+    np.testing.assert_array_equal(images.decode(png16(colour)), np.rint(colour / 257.0))
+
+
+def test_16_bit_alpha_is_composited_on_white():
+    rgb = RGB.astype(np.uint16) * 257 + 100
+    alpha = RGBA[..., 3].astype(np.uint16) * 257
+    bgra = np.dstack([rgb[..., ::-1], alpha])
+    decoded = images.decode(cv2.imencode(".png", bgra)[1].tobytes())
+    a = alpha / 65535.0
+    expected = np.rint((rgb * a[..., None] + 65535.0 * (1 - a[..., None])) / 257.0)
+    assert np.abs(decoded.astype(int) - expected).max() <= 1
+
+
+def test_cmyk_jpeg_is_converted():
+    decoded = images.decode(encode(PIC.convert("CMYK"), "JPEG", quality=100))
+    assert np.abs(decoded.astype(int) - RGB).max() <= 3
+
+    # With a real black channel: R = (255 - C)(255 - K) / 255, and so on.
+    rng = np.random.default_rng(5)
+    cmyk = cv2.resize(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), (64, 48),
+                      interpolation=cv2.INTER_CUBIC)
+    decoded = images.decode(encode(Image.fromarray(cmyk, "CMYK"), "JPEG", quality=100))
+    c, k = cmyk[..., :3].astype(float), cmyk[..., 3:].astype(float)
+    expected = (255 - c) * (255 - k) / 255
+    assert np.abs(decoded - expected).max() <= 4
+    assert np.abs(decoded - expected).mean() <= 1.5
+
+
+def test_palette_png_is_expanded():
+    palette = PIC.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    decoded = images.decode(encode(palette, "PNG"))
+    np.testing.assert_array_equal(decoded, np.asarray(palette.convert("RGB")))
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.fromarray(smooth_image(37, 53, seed=s)).quantize(64) for s in range(3)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    np.testing.assert_array_equal(images.decode(data), np.asarray(frames[0].convert("RGB")))
+
+
+def test_animated_webp_gives_its_first_frame():
+    frames = [Image.fromarray(smooth_image(37, 53, seed=s)) for s in range(3)]
+    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    assert images.probe(data) == (37, 53)
+    np.testing.assert_array_equal(images.decode(data), np.asarray(frames[0]))
+
+
+def test_transparent_gif_pixels_become_white():
+    frame = PIC.quantize(16)
+    index = np.asarray(frame)
+    decoded = images.decode(encode(frame, "GIF", transparency=0))
+    expected = np.asarray(frame.convert("RGB")).copy()
+    expected[index == 0] = 255
+    np.testing.assert_array_equal(decoded, expected)
+
+
+# --- refusing what is not a whole image -----------------------------------------------------
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny real PNG whose IHDR claims another size: a decompression bomb's calling card."""
+    data = bytearray(FORMATS["png"]())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_a_bomb_is_refused_before_decoding(no_decoding):
+    bomb = _png_claiming(30000, 4000)
+    with pytest.raises(ImageTooLargeError, match=r"30000x4000 is over the 89,478,485-pixel"):
+        images.decode(bomb)
+    with pytest.raises(ImageTooLargeError):
+        images.probe(bomb)
+    with pytest.raises(ImageTooLargeError):
+        images.load(bomb, 64)
+
+
+def test_a_bomb_jpeg_header_is_refused_before_decoding(no_decoding):
+    data = bytearray(FORMATS["jpeg"]())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    with pytest.raises(ImageTooLargeError, match="60000x60000"):
+        images.decode(bytes(data))
+
+
+def test_the_pixel_limit_is_a_parameter():
+    data = encode(Image.fromarray(smooth_image(120, 100)), "PNG")
+    with pytest.raises(ImageTooLargeError, match="100x120 is over the 10,000-pixel limit"):
+        images.decode(data, max_pixels=10_000)
+    assert images.decode(data, max_pixels=12_000).shape == (120, 100, 3)
+    assert images.decode(data, max_pixels=None).shape == (120, 100, 3)
+    assert issubclass(ImageTooLargeError, CorruptImageError)  # callers that skip bad files
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9, -2])
+def test_truncated_jpeg_is_refused(cut):
+    data = encode(Image.fromarray(smooth_image(150, 200)), "JPEG")
+    end = int(len(data) * cut) if cut > 0 else len(data) + cut
+    for function in (images.decode, images.probe):
+        with pytest.raises(CorruptImageError, match=r"truncated JPEG \(no end-of-image marker\)"):
+            function(data[:end])
+    # A download cut short and padded with zeros is no better.
+    padded = data[:end] + bytes(len(data) - end)
+    with pytest.raises(CorruptImageError, match="truncated JPEG"):
+        images.decode(padded)
+
+
+def test_bytes_after_the_jpeg_end_marker_are_fine():
+    data = FORMATS["jpeg"]()
+    expected = images.decode(data)
+    np.testing.assert_array_equal(images.decode(data + b"\x00" * 64 + b"trailer"), expected)
+
+
+@pytest.mark.parametrize("cut", [0.5, -12, -1])
+def test_truncated_png_is_refused(cut):
+    data = FORMATS["png"]()
+    end = int(len(data) * cut) if cut > 0 else len(data) + cut
+    with pytest.raises(CorruptImageError, match=r"truncated PNG"):
+        images.decode(data[:end])
+
+
+def test_truncated_webp_and_gif_are_refused():
+    webp = FORMATS["webp-lossy"]()
+    with pytest.raises(CorruptImageError, match="truncated WebP"):
+        images.decode(webp[: len(webp) - 10])
+    gif = FORMATS["gif"]()
+    with pytest.raises(CorruptImageError):
+        images.decode(gif[: len(gif) // 2])
+
+
+def test_cut_inside_the_header():
+    data = FORMATS["jpeg"]()
+    for end in (3, 20, 100):
+        with pytest.raises(CorruptImageError, match="JPEG"):
+            images.probe(data[:end])
+    with pytest.raises(CorruptImageError, match="PNG"):
+        images.probe(FORMATS["png"]()[:20])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"<html><body>404 Not Found</body></html>\n", "text file"),
+        (bytes(range(256)) * 4, "not an image"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x13" * 50, "garbled JPEG"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDX" + bytes(40), "garbled PNG"),
+    ],
+)
+def test_not_an_image(data, reason):
+    for function in (images.decode, images.probe):
+        with pytest.raises(CorruptImageError, match=reason):
+            function(data)
+
+
+def test_text_file_named_jpg(tmp_path):
+    path = tmp_path / "cat.1.jpg"
+    path.write_text("this is a note, not a picture\n")
+    with pytest.raises(CorruptImageError, match="text file, not an image"):
+        images.read_image(path)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(CorruptImageError, match="empty file"):
+        images.read_image(tmp_path / "empty.jpg")
+
+
+def test_read_image_reads_files(tmp_path):
+    path = write_image(tmp_path / "a.png", RGB)
+    np.testing.assert_array_equal(images.read_image(path), RGB)
+    with pytest.raises(ImageTooLargeError):
+        images.read_image(path, max_pixels=100)
+
+
+# --- sizes and resizing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [(256, (256, 256)), ("256", (256, 256)), ("256x192", (256, 192)), ("64X32", (64, 32)),
+     ((10, 20), (10, 20)), (np.int64(7), (7, 7))],
+)
+def test_parse_size(size, expected):
+    assert images.parse_size(size) == expected
+
+
+@pytest.mark.parametrize("size", [0, -5, "0", "x", "2x3x4", "", "10x0", (0, 5), (1.5, 2), True])
+def test_parse_size_refuses_nonsense(size):
+    with pytest.raises(UsageError, match="size"):
+        images.parse_size(size)
+
+
+def test_resize_refuses_unknown_options():
+    with pytest.raises(UsageError, match="resize mode 'zoom'"):
+        images.resize(RGB, (8, 8), "zoom")
+    with pytest.raises(UsageError, match="interpolation 'bilinear'"):
+        images.resize(RGB, (8, 8), interpolation="bilinear")
+
+
+def test_crop_is_the_book_aspect_aware_resize():
+    source = smooth_image(100, 200, seed=9)
+    # Shorter side 100 -> 50 gives 50 x 100; the centre 50 columns start at 25.
+    expected = cv2.resize(source, (100, 50), interpolation=cv2.INTER_AREA)[:, 25:75]
+    np.testing.assert_array_equal(images.resize(source, (50, 50)), expected)
+    # Enlarging uses cubic: 20 x 30 -> 40 x 60, then the centre 40 columns.
+    small = smooth_image(20, 30, seed=2)
+    expected = cv2.resize(small, (60, 40), interpolation=cv2.INTER_CUBIC)[:, 10:50]
+    np.testing.assert_array_equal(images.resize(small, (40, 40)), expected)
+
+
+def test_pad_letterboxes_on_black():
+    source = smooth_image(50, 100, seed=4)
+    out = images.resize(source, (60, 60), "pad")
+    expected = cv2.resize(source, (60, 30), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(out[15:45], expected)
+    assert not out[:15].any() and not out[45:].any()
+
+
+def test_stretch_and_named_interpolation():
+    source = smooth_image(50, 100, seed=4)
+    expected = cv2.resize(source, (30, 40), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(images.resize(source, (40, 30), "stretch", "nearest"), expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 300), st.integers(1, 300), st.integers(1, 300), st.integers(1, 300),
+    st.sampled_from(images.RESIZE_MODES),
+)
+def test_resize_always_gives_the_requested_size(h, w, height, width, mode):
+    source = np.full((h, w, 3), 200, np.uint8)
+    out = images.resize(source, (height, width), mode)
+    assert out.shape == (height, width, 3)
+    assert out.dtype == np.uint8 and out.flags.c_contiguous
+    if mode == "crop":
+        assert (out == 200).all()  # the crop never reaches outside the scaled picture
+    elif mode == "pad":
+        # The picture fills one side completely and is centred on the other.
+        filled = np.argwhere(out[..., 0] == 200)
+        rows = filled[:, 0].max() - filled[:, 0].min() + 1
+        cols = filled[:, 1].max() - filled[:, 1].min() + 1
+        assert rows == height or cols == width
+        assert abs(filled[:, 0].min() - (height - filled[:, 0].max() - 1)) <= 1
+        assert abs(filled[:, 1].min() - (width - filled[:, 1].max() - 1)) <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 8))
+def test_crop_to_an_exact_divisor_is_a_centred_box_average(h, w, k):
+    # Shrinking by an integer k is a k x k box average; the crop is the centre of that.
+    rng = np.random.default_rng(h * 100 + w)
+    source = rng.integers(0, 256, (h * k, (w + 2) * k, 3), dtype=np.uint8)
+    out = images.resize(source, (h, w))
+    boxes = source.reshape(h, k, w + 2, k, 3).mean(axis=(1, 3))
+    expected = np.rint(boxes[:, 1 : 1 + w])
+    assert np.abs(out - expected).max() <= 1
+
+
+def test_resize_of_the_right_size_is_unchanged():
+    np.testing.assert_array_equal(images.resize(RGB, (37, 53)), RGB)
+
+
+# --- load: the hot path ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", images.RESIZE_MODES)
+def test_exact_load_is_decode_then_resize(mode):
+    data = FORMATS["jpeg"]()
+    expected = images.resize(images.decode(data), (20, 30), mode)
+    np.testing.assert_array_equal(images.load(data, (20, 30), mode, exact=True), expected)
+    png = FORMATS["png-rgba"]()
+    expected = images.resize(images.decode(png), (20, 30), mode)
+    np.testing.assert_array_equal(images.load(png, (20, 30), mode), expected)
+
+
+def _flags_used(monkeypatch) -> list[int]:
+    seen: list[int] = []
+    real = cv2.imdecode
+
+    def spy(buffer, flags):
+        seen.append(flags)
+        return real(buffer, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", spy)
+    return seen
+
+
+REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+           8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "mode", "factor"),
+    [
+        ("astronaut.png", (200, 200), "crop", 2),   # 512 / 200 = 2.56
+        ("coffee.png", (100, 130), "crop", 2),      # 400 x 600 -> 100 x 150, then crop
+        ("chelsea.png", (40, 60), "crop", 4),       # 300 x 451 -> 40 x 60: 7.5
+        ("astronaut.png", (32, 32), "crop", 8),     # 16x
+        ("coffee.png", (50, 50), "stretch", 4),     # the smaller ratio 400 / 50 = 8
+        ("coffee.png", (30, 120), "pad", 4),        # 400 x 600 -> 30 x 45: 13.3
+        ("chelsea.png", (60, 60), "pad", 4),        # 300 x 451 -> 40 x 60: 7.5
+        # Odd sizes: libjpeg rounds 451 / 2 up, which must not shift the crop or the padding.
+        ("chelsea.png", (76, 76), "crop", 2),
+        ("coffee.png", (23, 23), "pad", 8),
+    ],
+)
+def test_reduced_decoding_stays_close_to_the_full_decode(monkeypatch, name, size, mode, factor):
+    data = encode(Image.fromarray(photo(name)), "JPEG", quality=90)
+    exact = images.resize(images.decode(data), size, mode)
+    seen = _flags_used(monkeypatch)
+    fast = images.load(data, size, mode)
+    assert fast.shape == exact.shape == size + (3,)
+    assert seen and seen[-1] & REDUCED[factor] == REDUCED[factor]
+    assert psnr(fast, exact) >= 35
+
+
+def test_reduced_decoding_is_not_used_when_it_would_cost_quality(monkeypatch):
+    # The Kaggle case: 500 x 375 to 256 is under 2x, so the full decode is the only choice.
+    data = encode(Image.fromarray(smooth_image(375, 500)), "JPEG")
+    seen = _flags_used(monkeypatch)
+    images.load(data, 256)
+    images.load(data, 100, exact=True)
+    images.load(data, 100, interpolation="cubic")
+    assert all(flags & 0x70 == 0 for flags in seen)
+    images.load(data, 100)
+    assert seen[-1] & 0x70 == REDUCED[2]
+
+
+def test_reduced_decoding_over_many_target_sizes():
+    # An odd-sized photo (300 x 451) at every size from 20 to 125, square and 2:3.
+    data = encode(Image.fromarray(photo("chelsea.png")), "JPEG", quality=90)
+    full = images.decode(data)
+    worst = float("inf")
+    for side in range(20, 126, 3):
+        for size in ((side, side), (side, side * 3 // 2)):
+            for mode in ("crop", "pad"):
+                exact = images.resize(full, size, mode)
+                worst = min(worst, psnr(images.load(data, size, mode), exact))
+    assert worst >= 35

@@ -1,0 +1,173 @@
+"""The sample-dump generator: layouts, determinism, sizes, bad files, learnable classes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dsprep.errors import DestinationExistsError, UsageError
+from dsprep.sample import _draw_size, make_image, write_sample_dump
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_folders_layout_writes_class_folders_of_jpegs(tmp_path):
+    summary = write_sample_dump(tmp_path / "d", per_class=4)
+    tree = _tree(tmp_path / "d")
+    assert sorted(tree) == sorted(f"{c}/{c}_{i:05d}.jpg" for c in ("brick", "grass", "gravel")
+                                  for i in range(4))
+    assert summary.images == 12 and summary.classes == ["brick", "grass", "gravel"]
+    assert summary.bytes == sum(len(b) for b in tree.values())
+    for data in tree.values():
+        assert data[:3] == b"\xff\xd8\xff"  # JPEG signature
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert image.ndim == 3 and image.shape[2] == 3
+
+
+def test_prefix_layout_is_flat_like_dogs_vs_cats(tmp_path):
+    write_sample_dump(tmp_path / "d", layout="prefix", per_class=2, classes=["grass", "cat"])
+    assert sorted(_tree(tmp_path / "d")) == [
+        "train/cat.0.jpg", "train/cat.1.jpg", "train/grass.0.jpg", "train/grass.1.jpg"]
+
+
+def test_csv_layout_labels_every_image_once(tmp_path):
+    write_sample_dump(tmp_path / "d", layout="csv", per_class=3)
+    root = tmp_path / "d"
+    with open(root / "labels.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["id", "label"]
+    ids = [r[0] for r in rows[1:]]
+    assert sorted(ids, key=int) == [str(i) for i in range(1, 10)]
+    assert sorted(p.name for p in (root / "images").iterdir()) == sorted(f"{i}.jpg" for i in ids)
+    labels = [r[1] for r in rows[1:]]
+    assert {lab: labels.count(lab) for lab in labels} == {"brick": 3, "grass": 3, "gravel": 3}
+    # Ids are shuffled: the labels in id order are not three sorted runs.
+    assert labels != sorted(labels)
+
+
+def test_same_seed_same_bytes_and_workers_do_not_matter(tmp_path):
+    a = write_sample_dump(tmp_path / "a", per_class=3, seed=7, workers=1)
+    b = write_sample_dump(tmp_path / "b", per_class=3, seed=7, workers=2)
+    c = write_sample_dump(tmp_path / "c", per_class=3, seed=8, workers=1)
+    assert _tree(a.dest) == _tree(b.dest)
+    assert _tree(a.dest).keys() == _tree(c.dest).keys()
+    assert all(_tree(a.dest)[k] != _tree(c.dest)[k] for k in _tree(a.dest))
+
+
+def test_an_image_does_not_depend_on_the_other_classes(tmp_path):
+    a = write_sample_dump(tmp_path / "a", per_class=2, classes=["grass"])
+    b = write_sample_dump(tmp_path / "b", per_class=5, classes=["brick", "grass", "moon"])
+    assert (a.dest / "grass/grass_00001.jpg").read_bytes() == (
+        b.dest / "grass/grass_00001.jpg").read_bytes()
+
+
+def test_images_differ_within_a_class():
+    images = [make_image("brick", i)[0] for i in range(6)]
+    shapes = {im.shape for im in images}
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            if images[i].shape == images[j].shape:
+                assert np.abs(images[i].astype(int) - images[j]).mean() > 5
+    assert len(shapes) > 1
+
+
+def test_sizes_are_like_dogs_vs_cats():
+    rng = np.random.default_rng(0)
+    sizes = [_draw_size(rng) for _ in range(4000)]
+    long_500 = sum(max(s) == 500 for s in sizes) / len(sizes)
+    tiny = sum(max(s) < 100 for s in sizes) / len(sizes)
+    portrait = sum(h == 500 and w < 500 for h, w in sizes) / len(sizes)
+    assert long_500 > 0.8
+    assert 0.02 < tiny < 0.07
+    assert 0.15 < portrait < 0.4
+    assert sum(s == (375, 500) for s in sizes) / len(sizes) > 0.25
+
+
+def test_jpeg_quality_in_range():
+    qualities = {make_image("gravel", i, seed=3)[1] for i in range(200)}
+    assert min(qualities) >= 75 and max(qualities) <= 95 and len(qualities) > 10
+
+
+@pytest.mark.parametrize("layout", ["folders", "prefix", "csv"])
+def test_bad_files_are_what_they_claim(tmp_path, layout):
+    summary = write_sample_dump(tmp_path / "d", layout=layout, per_class=2, with_bad_files=True)
+    root = summary.dest
+    kinds = {kind: rel for rel, kind in summary.bad_files}
+    expected = {"empty", "truncated", "text", "alpha", "grayscale", "duplicate"}
+    if layout == "csv":
+        expected |= {"missing", "unlabelled"}
+    assert set(kinds) == expected
+    assert (root / kinds["empty"]).stat().st_size == 0
+    assert not (root / kinds["text"]).read_bytes().startswith(b"\xff\xd8")
+    truncated = (root / kinds["truncated"]).read_bytes()
+    assert truncated[:2] == b"\xff\xd8" and not truncated.endswith(b"\xff\xd9")
+    alpha = cv2.imread(str(root / kinds["alpha"]), cv2.IMREAD_UNCHANGED)
+    assert alpha.shape[2] == 4 and alpha[..., 3].min() < 255
+    gray = cv2.imread(str(root / kinds["grayscale"]), cv2.IMREAD_UNCHANGED)
+    assert gray.ndim == 2
+    dup = (root / kinds["duplicate"]).read_bytes()
+    same = [p for p in root.rglob("*.jpg") if p.read_bytes() == dup]
+    assert len(same) == 2 and same[0].parent == same[1].parent
+    if layout == "csv":
+        assert not (root / kinds["missing"]).exists()
+        listed = (root / "labels.csv").read_text()
+        missing_id = Path(kinds["missing"]).stem
+        unlabelled_id = Path(kinds["unlabelled"]).stem
+        assert f"\n{missing_id}," in listed and f"\n{unlabelled_id}," not in listed
+
+
+def test_refuses_a_non_empty_destination(tmp_path):
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    with pytest.raises(DestinationExistsError, match="not empty"):
+        write_sample_dump(dest, per_class=1)
+    assert (dest / "keep.txt").read_text() == "mine"
+    write_sample_dump(dest, per_class=1, overwrite=True)
+    assert not (dest / "keep.txt").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_empty_existing_destination_is_fine(tmp_path):
+    (tmp_path / "d").mkdir()
+    assert write_sample_dump(tmp_path / "d", per_class=1).images == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layout": "zip"}, "layout"),
+    ({"classes": ["brick", "unicorn"]}, "unicorn"),
+    ({"per_class": -1}, "per_class"),
+])
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        write_sample_dump(tmp_path / "d", **kwargs)
+
+
+def test_classes_are_separable_by_a_trivial_model():
+    """Nearest class mean of tiny thumbnails beats chance clearly, so a CNN has something to learn.
+
+    The threshold is far above chance (1/3) yet far from perfect, so a change that made the
+    classes identical, or trivially identical images, would fail one way or the other.
+    """
+    names = ["brick", "grass", "gravel"]
+
+    def features(name, i):
+        image = make_image(name, i, seed=5)[0]
+        small = cv2.resize(image, (8, 8), interpolation=cv2.INTER_AREA).astype(float)
+        return np.concatenate([small.mean(axis=(0, 1)), small.std(axis=(0, 1))])
+
+    train = {n: np.mean([features(n, i) for i in range(30)], axis=0) for n in names}
+    correct = total = 0
+    for label, n in enumerate(names):
+        for i in range(100, 120):
+            f = features(n, i)
+            guess = int(np.argmin([np.linalg.norm(f - train[m]) for m in names]))
+            correct += guess == label
+            total += 1
+    assert correct / total > 0.6

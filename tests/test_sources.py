@@ -1,0 +1,268 @@
+"""Finding labelled images: folders, prefixes, patterns, labels CSVs, zips, links, ignored names."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import pytest
+from helpers import make_class_folders, smooth_image, write_image
+
+from dsprep.errors import LayoutError, UsageError
+from dsprep.sources import (
+    AMBIGUOUS_ID,
+    BAD_LABEL,
+    DANGLING_LINK,
+    LABEL_CONFLICT,
+    MISSING_FILE,
+    NO_LABEL,
+    UNLABELLED,
+    find_images,
+    is_image_name,
+    open_source,
+    scan_class_folders,
+)
+
+
+def _find(path, **kwargs):
+    with open_source(path) as source:
+        return find_images(source, **kwargs)
+
+
+def _reasons(inventory) -> dict[str, str]:
+    return {s.source: s.reason for s in inventory.skipped}
+
+
+def _img(path, seed=0):
+    return write_image(path, smooth_image(20, 24, seed=seed))
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("a.jpg", True), ("A.JPG", True), ("b.JpEg", True), ("c.png", True), ("d.bmp", True),
+    ("e.tif", True), ("f.TIFF", True), ("g.webp", True), ("h.gif", True),
+    ("i.txt", False), ("j", False), (".hidden.jpg", False), ("Thumbs.db", False),
+    (".DS_Store", False), ("k.jpg.part", False),
+])
+def test_is_image_name(name, expected):
+    assert is_image_name(name) is expected
+
+
+def test_scan_class_folders_still_lists_sorted_pairs(class_dump):
+    classes, items = scan_class_folders(class_dump)
+    assert classes == ["cat", "dog", "fox"]
+    assert [(p.relative_to(class_dump).as_posix(), c) for p, c in items] == [
+        (f"{c}/{c}_{i}.jpg", c) for c in classes for i in range(6)]
+
+
+def test_folders_layout(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("b", "a"), per_class=2)
+    _img(root / "a" / "deeper" / "x.PNG", seed=50)
+    (root / "a" / "notes.txt").write_text("not an image")
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.root == ""
+    assert inv.items == [("a/a_0.jpg", "a"), ("a/a_1.jpg", "a"), ("a/deeper/x.PNG", "a"),
+                         ("b/b_0.jpg", "b"), ("b/b_1.jpg", "b")]
+    assert inv.classes == ["a", "b"] and inv.skipped == []
+
+
+def test_hidden_and_system_files_are_ignored(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
+    _img(root / "a" / ".hidden.jpg", seed=9)
+    _img(root / ".cache" / "c.jpg", seed=10)
+    _img(root / "__MACOSX" / "a" / "._a_0.jpg", seed=11)
+    (root / "a" / ".DS_Store").write_bytes(b"\0\0")
+    (root / "b" / "Thumbs.db").write_bytes(b"\0\0")
+    inv = _find(root)
+    assert inv.classes == ["a", "b"]
+    assert [rel for rel, _ in inv.items] == ["a/a_0.jpg", "b/b_0.jpg"]
+
+
+def test_images_outside_class_folders_are_reported(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
+    _img(root / "stray.jpg", seed=20)
+    inv = _find(root, layout="folders")
+    assert _reasons(inv) == {"stray.jpg": NO_LABEL}
+
+
+def test_symlinks_followed_and_dangling_reported(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
+    outside = make_class_folders(tmp_path / "elsewhere", classes=("c",), per_class=2, seed=30)
+    os.symlink(outside / "c", root / "c")
+    os.symlink(tmp_path / "nowhere.jpg", root / "a" / "gone.jpg")
+    os.symlink(root, root / "b" / "loop")  # a loop must not hang the walk
+    inv = _find(root)
+    assert ("c/c_0.jpg", "c") in inv.items and ("c/c_1.jpg", "c") in inv.items
+    assert _reasons(inv) == {"a/gone.jpg": DANGLING_LINK}
+    assert all(not rel.startswith("b/loop") for rel, _ in inv.items)
+
+
+def test_prefix_layout_like_dogs_vs_cats(tmp_path):
+    root = tmp_path / "train"
+    for name in ("cat.0.jpg", "cat.1.jpg", "dog.0.jpg", "Dog.2.JPG", "dog.10.jpg"):
+        _img(root / name, seed=len(name))
+    _img(root / "42.jpg", seed=99)  # dogs-vs-cats' test1 files have no label
+    inv = _find(root)
+    assert inv.layout == "prefix"
+    assert dict(inv.items) == {"cat.0.jpg": "cat", "cat.1.jpg": "cat", "dog.0.jpg": "dog",
+                               "Dog.2.JPG": "Dog", "dog.10.jpg": "dog"}
+    assert _reasons(inv) == {"42.jpg": NO_LABEL}
+
+
+def test_wrapper_folders_are_stepped_into(tmp_path):
+    make_class_folders(tmp_path / "dump" / "flowers" / "flowers", classes=("daisy", "rose"),
+                       per_class=1)
+    inv = _find(tmp_path / "dump")
+    assert inv.root == "flowers/flowers" and inv.layout == "folders"
+    assert inv.items == [("flowers/flowers/daisy/daisy_0.jpg", "daisy"),
+                         ("flowers/flowers/rose/rose_0.jpg", "rose")]
+
+
+def test_kaggle_zip_with_train_and_unlabelled_test_folder(tmp_path):
+    folder = tmp_path / "src"
+    for i, name in enumerate(("train/cat.0.jpg", "train/cat.1.jpg", "train/dog.0.jpg",
+                              "test1/1.jpg", "test1/2.jpg")):
+        _img(folder / name, seed=i)
+    archive = tmp_path / "dogs-vs-cats.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*.jpg")):
+            zf.write(path, path.relative_to(folder).as_posix())
+        zf.writestr("__MACOSX/train/._cat.0.jpg", b"resource fork")
+    inv = _find(archive)
+    assert inv.layout == "prefix"
+    assert inv.items == [("train/cat.0.jpg", "cat"), ("train/cat.1.jpg", "cat"),
+                         ("train/dog.0.jpg", "dog")]
+    assert _reasons(inv) == {"test1/1.jpg": NO_LABEL, "test1/2.jpg": NO_LABEL}
+
+
+def test_pattern_with_label_group(tmp_path):
+    root = tmp_path / "pets"
+    for i, name in enumerate(("Abyssinian_1.jpg", "Abyssinian_12.jpg", "great_pyrenees_3.jpg",
+                              "README.png")):
+        _img(root / name, seed=i)
+    inv = _find(root, pattern=r"(?P<label>.+)_\d+\.")
+    assert inv.layout == "prefix"
+    assert dict(inv.items) == {"Abyssinian_1.jpg": "Abyssinian",
+                               "Abyssinian_12.jpg": "Abyssinian",
+                               "great_pyrenees_3.jpg": "great_pyrenees"}
+    assert _reasons(inv) == {"README.png": NO_LABEL}
+
+
+@pytest.mark.parametrize("pattern, message", [
+    (r"(?P<lab>\w+)", "named group 'label'"), ("(?P<label>[", "not a valid regular expression")])
+def test_bad_patterns(tmp_path, pattern, message):
+    _img(tmp_path / "d" / "a.1.jpg")
+    with pytest.raises(UsageError, match=message):
+        _find(tmp_path / "d", pattern=pattern)
+
+
+def _csv_dump(tmp_path, text: str, names=("1.jpg", "2.jpg", "3.png", "4.jpg"), newline="\n"):
+    root = tmp_path / "d"
+    for i, name in enumerate(names):
+        _img(root / "images" / name, seed=i)
+    (root / "labels.csv").write_bytes(text.replace("\n", newline).encode("utf-8"))
+    return root
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_csv_with_header_ids_without_extension(tmp_path, newline):
+    root = _csv_dump(tmp_path, "id,label\n1,cat\n2,dog\n3,cat\n4,dog\n", newline=newline)
+    inv = _find(root)
+    assert inv.layout == "csv" and inv.labels_file == "labels.csv"
+    assert inv.items == [("images/1.jpg", "cat"), ("images/2.jpg", "dog"),
+                         ("images/3.png", "cat"), ("images/4.jpg", "dog")]
+    assert inv.skipped == []
+
+
+def test_csv_without_header_and_with_extensions(tmp_path):
+    root = _csv_dump(tmp_path, "1.jpg,cat\n2.jpg,dog\n3.png,cat\n4.jpg,dog\n")
+    inv = _find(root, layout="csv")
+    assert dict(inv.items) == {"images/1.jpg": "cat", "images/2.jpg": "dog",
+                               "images/3.png": "cat", "images/4.jpg": "dog"}
+
+
+def test_csv_named_columns_and_bom(tmp_path):
+    text = "\ufeffbreed,fname,notes\ncat,1,x\ndog,2.jpg,y\ncat,3,z\ndog,4,w\n"
+    root = _csv_dump(tmp_path, text)
+    inv = _find(root, id_column="fname", label_column="breed")
+    assert dict(inv.items) == {"images/1.jpg": "cat", "images/2.jpg": "dog",
+                               "images/3.png": "cat", "images/4.jpg": "dog"}
+    inv = _find(root, id_column=1, label_column=0)
+    assert len(inv.items) == 4
+    with pytest.raises(UsageError, match="'kind' is not a column"):
+        _find(root, id_column="fname", label_column="kind")
+
+
+def test_csv_bad_rows_are_reported(tmp_path):
+    text = ("id,label\n1,cat\n2,dog\n3,cat\n3,dog\n9,cat\nlonely\n4,../up\n")
+    root = _csv_dump(tmp_path, text, names=("1.jpg", "2.jpg", "3.png", "4.jpg", "5.jpg"))
+    inv = _find(root)
+    assert dict(inv.items) == {"images/1.jpg": "cat", "images/2.jpg": "dog"}
+    reasons = {(s.source, s.reason) for s in inv.skipped}
+    assert reasons == {
+        ("images/3.png", LABEL_CONFLICT),     # two rows, two labels
+        ("9", MISSING_FILE),                  # a row with no file
+        ("labels.csv line 7", "bad-row"),     # one column only
+        ("images/4.jpg", BAD_LABEL),          # not a folder-safe name
+        ("images/5.jpg", UNLABELLED),         # a file with no row
+    }
+    missing = next(s for s in inv.skipped if s.reason == MISSING_FILE)
+    assert "line 6" in missing.detail
+
+
+def test_csv_ambiguous_id(tmp_path):
+    root = _csv_dump(tmp_path, "id,label\n1,cat\n2,dog\n", names=("1.jpg", "1.png", "2.jpg"))
+    inv = _find(root)
+    assert ("1", AMBIGUOUS_ID) in {(s.source, s.reason) for s in inv.skipped}
+    assert dict(inv.items) == {"images/2.jpg": "dog"}
+
+
+def test_labels_file_outside_the_source(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("x",), per_class=3)
+    labels = tmp_path / "my labels.csv"
+    labels.write_text("file,class\nx_0,a\nx_1,b\nx_2,a\n")
+    inv = _find(root, labels=labels)
+    assert inv.layout == "csv"
+    assert dict(inv.items) == {"x/x_0.jpg": "a", "x/x_1.jpg": "b", "x/x_2.jpg": "a"}
+    with pytest.raises(LayoutError, match="not found"):
+        _find(root, labels=tmp_path / "nope.csv")
+
+
+def test_a_stray_csv_does_not_hijack_a_folders_dump(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
+    (root / "metadata.csv").write_text("photographer,licence\nann,cc-by\nbob,cc0\n")
+    inv = _find(root)
+    assert inv.layout == "folders" and len(inv.items) == 4
+
+
+def test_csv_layout_without_a_csv_says_how_to_fix(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a",), per_class=1)
+    with pytest.raises(LayoutError, match="--labels"):
+        _find(root, layout="csv")
+
+
+def test_nothing_labelled_is_an_error(tmp_path):
+    _img(tmp_path / "d" / "1.jpg")
+    _img(tmp_path / "d" / "2.jpg", seed=2)
+    with pytest.raises(LayoutError, match="no labelled images"):
+        _find(tmp_path / "d")
+
+
+def test_missing_source_and_non_zip_file(tmp_path):
+    with pytest.raises(LayoutError, match="does not exist"):
+        open_source(tmp_path / "nope")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(LayoutError, match="not a zip"):
+        open_source(tmp_path / "f.txt")
+
+
+def test_zip_reads_members_in_place(tmp_path):
+    folder = make_class_folders(tmp_path / "src", classes=("a", "b"), per_class=2)
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*.jpg")):
+            zf.write(path, "dump/" + path.relative_to(folder).as_posix())
+    with open_source(archive) as source:
+        inv = find_images(source)
+        assert inv.root == "dump" and inv.classes == ["a", "b"]
+        assert source.read("dump/a/a_0.jpg") == (folder / "a" / "a_0.jpg").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.zip", "src"]

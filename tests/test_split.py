@@ -1,0 +1,498 @@
+"""Planning and placing a split: arithmetic, determinism, bad input, safety, interrupted runs."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import make_class_folders, smooth_image, write_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dsprep.split as split_module
+from dsprep.errors import DestinationExistsError, SplitError, UsageError
+from dsprep.sample import write_sample_dump
+from dsprep.sources import LABEL_CONFLICT, FolderSource, Inventory
+from dsprep.split import (
+    SplitOptions,
+    _Checked,
+    _decide,
+    allocate,
+    check_destination,
+    materialize,
+    plan,
+)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root (links followed) by relative path."""
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def reasons(path: Path) -> dict[str, str]:
+    return {row["source"]: row["reason"] for row in read_csv(path / "skipped.csv")}
+
+
+# ---------------------------------------------------------------- arithmetic
+
+ratio_triples = st.lists(st.integers(0, 20), min_size=2, max_size=3).filter(lambda w: sum(w) > 0)
+
+
+@given(n=st.integers(0, 5000), weights=ratio_triples)
+def test_allocate_adds_up_and_stays_within_one(n, weights):
+    ratios = tuple(w / sum(weights) for w in weights)
+    parts = allocate(n, ratios)
+    assert sum(parts) == n
+    for part, w in zip(parts, weights, strict=True):
+        exact = n * w / sum(weights)  # the exact share, from the integer weights
+        assert abs(part - exact) < 1
+        assert part >= 0
+
+
+@pytest.mark.parametrize("n, ratios, expected", [
+    (10, (0.8, 0.1, 0.1), [8, 1, 1]),
+    (11, (0.8, 0.1, 0.1), [9, 1, 1]),   # 8.8, 1.1, 1.1: the largest remainder goes to train
+    (3, (1 / 3, 1 / 3, 1 / 3), [1, 1, 1]),
+    (2, (1 / 3, 1 / 3, 1 / 3), [1, 1, 0]),  # equal remainders: earlier splits first
+    (7, (0.5, 0.5), [4, 3]),
+    (0, (0.8, 0.1, 0.1), [0, 0, 0]),
+])
+def test_allocate_rounding_rule(n, ratios, expected):
+    assert allocate(n, ratios) == expected
+
+
+def _fake(sizes: list[int], dup_every: int = 0):
+    """An inventory and check results for classes of the given sizes (no files needed)."""
+    items, checked = [], []
+    for c, size in enumerate(sizes):
+        for i in range(size):
+            rel = f"c{c}/{i:04d}.jpg"
+            items.append((rel, f"c{c}"))
+            digest = hashlib.sha256(rel.encode()).hexdigest()
+            if dup_every and i % dup_every == 1:
+                digest = hashlib.sha256(f"c{c}/{i - 1:04d}.jpg".encode()).hexdigest()
+            checked.append(_Checked(rel, digest, 10, 10, 100))
+    return Inventory("folders", "", items), checked
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4), weights=ratio_triples,
+       seed=st.integers(0, 2**32 - 1), shuffle_seed=st.integers(0, 1000))
+def test_plan_places_every_kept_file_once_and_ignores_listing_order(sizes, weights, seed,
+                                                                   shuffle_seed):
+    ratios = tuple(w / sum(weights) for w in weights)
+    options = SplitOptions(ratios=ratios, seed=seed)
+    inventory, checked = _fake(sizes)
+    a = _decide(Path("/src"), inventory, checked, options)
+    shuffled = list(zip(inventory.items, checked, strict=True))
+    random.Random(shuffle_seed).shuffle(shuffled)
+    inventory2 = Inventory("folders", "", [i for i, _ in shuffled])
+    b = _decide(Path("/src"), inventory2, [c for _, c in shuffled], options)
+    assert a.files == b.files and a.files_csv() == b.files_csv()
+    sources = [f.source for f in a.files]
+    assert sorted(sources) == sorted(rel for rel, _ in inventory.items)  # each exactly once
+    counts = a.counts()
+    for c, size in enumerate(sizes):
+        for split_name, w in zip(options.splits, weights, strict=True):
+            assert abs(counts[split_name][f"c{c}"] - size * w / sum(weights)) < 1
+
+
+@given(sizes=st.lists(st.integers(5, 40), min_size=1, max_size=3), seed=st.integers(0, 99))
+@settings(max_examples=30, deadline=None)
+def test_counts_and_limit(sizes, seed):
+    inventory, checked = _fake(sizes)
+    p = _decide(Path("/src"), inventory, checked, SplitOptions(counts=(3, 1, 1), seed=seed))
+    assert all(n == want for split_name, want in zip(("train", "val", "test"), (3, 1, 1),
+                                                      strict=True)
+               for n in p.counts()[split_name].values())
+    assert {s.reason for s in p.skipped} <= {"not-selected"}
+    assert len(p.files) + len(p.skipped) == sum(sizes)
+    small = _decide(Path("/src"), inventory, checked, SplitOptions(limit_per_class=4, seed=seed))
+    large = _decide(Path("/src"), inventory, checked, SplitOptions(limit_per_class=6, seed=seed))
+    small_src = {f.source for f in small.files}
+    assert small_src <= {f.source for f in large.files}  # a larger limit only adds files
+    assert all(sum(small.counts()[s][c] for s in small.splits) == min(4, n)
+               for c, n in zip(small.classes, sizes, strict=True))
+
+
+def test_duplicates_keep_one_copy():
+    inventory, checked = _fake([6], dup_every=2)
+    p = _decide(Path("/src"), inventory, checked, SplitOptions())
+    kept = {f.source for f in p.files}
+    assert kept == {"c0/0000.jpg", "c0/0002.jpg", "c0/0004.jpg"}
+    assert {(s.source, s.reason) for s in p.skipped} == {
+        ("c0/0001.jpg", "duplicate"), ("c0/0003.jpg", "duplicate"), ("c0/0005.jpg", "duplicate")}
+
+
+def test_class_too_small_for_counts():
+    inventory, checked = _fake([10, 4])
+    with pytest.raises(SplitError, match="class 'c1' has 4 usable images but --counts 3,1,1"):
+        _decide(Path("/src"), inventory, checked, SplitOptions(counts=(3, 1, 1)))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ratios": (0.8, 0.1)}, "add up to 0.9"),
+    ({"ratios": (0.5, 0.2, 0.2, 0.1)}, "2 or 3 numbers"),
+    ({"ratios": (1.2, -0.2)}, ">= 0"),
+    ({"counts": (5,)}, "2 or 3 whole numbers"),
+    ({"ratios": (0.5, 0.5), "counts": (1, 1)}, "not both"),
+    ({"verify": "maybe"}, "verify"),
+    ({"limit_per_class": 0}, "limit_per_class"),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        SplitOptions(**kwargs)
+
+
+def test_seed_changes_the_split_but_not_the_counts():
+    inventory, checked = _fake([30, 30])
+    a = _decide(Path("/src"), inventory, checked, SplitOptions(seed=1))
+    b = _decide(Path("/src"), inventory, checked, SplitOptions(seed=2))
+    assert a.counts() == b.counts()
+    assert {f.source for f in a.files if f.split == "val"} != {
+        f.source for f in b.files if f.split == "val"}
+
+
+# ---------------------------------------------------------------- on disk
+
+@pytest.fixture
+def dump(tmp_path):
+    """Three classes of eight images, plus every kind of bad file the sample writes."""
+    return write_sample_dump(tmp_path / "dump", per_class=8, with_bad_files=True, seed=3)
+
+
+def test_split_folders_and_manifests(dump, tmp_path):
+    dest = tmp_path / "split"
+    p = plan(dump.dest, verify="full")
+    result = materialize(p, dest)
+    assert result.placed == len(p.files) == 24 + 2  # the alpha PNG and the grey JPEG are kept
+    manifest = json.loads((dest / "split.json").read_text())
+    assert manifest["schema"] == "dsprep-split/1"
+    assert manifest["classes"] == ["brick", "grass", "gravel"]
+    assert manifest["params"]["seed"] == split_module.DEFAULT_SEED
+    assert manifest["params"]["mode"] == "copy"
+    rows = read_csv(dest / "files.csv")
+    assert list(rows[0]) == ["split", "class", "path", "source", "sha256", "width", "height"]
+    placed = {p_.relative_to(dest).as_posix() for p_ in dest.glob("*/*/*") if p_.is_file()}
+    assert placed == {r["path"] for r in rows}
+    for r in rows:
+        data = (dest / r["path"]).read_bytes()
+        assert data == (dump.dest / r["source"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == r["sha256"]
+        assert r["path"].split("/")[:2] == [r["split"], r["class"]]
+        assert r["source"].split("/")[0] == r["class"]
+    counted = {s: {c: 0 for c in manifest["classes"]} for s in ("train", "val", "test")}
+    for r in rows:
+        counted[r["split"]][r["class"]] += 1
+    assert manifest["counts"] == counted
+    bad = {rel: kind for rel, kind in dump.bad_files}
+    expected = {"empty": "empty", "text": "not-an-image", "truncated": "not-an-image",
+                "duplicate": "duplicate"}
+    assert reasons(dest) == {rel: expected[kind] for rel, kind in bad.items() if kind in expected}
+    assert not list(tmp_path.glob(".*"))  # no partial folder left behind
+
+
+def test_header_check_rejects_files_cut_inside_the_header(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    data = (root / "a" / "a_0.jpg").read_bytes()
+    (root / "a" / "cut.jpg").write_bytes(data[:20])
+    (root / "b" / "text.png").write_text("hello")
+    p = plan(root)
+    assert {(s.source, s.reason) for s in p.skipped} == {("a/cut.jpg", "not-an-image"),
+                                                         ("b/text.png", "not-an-image")}
+
+
+def test_min_size_and_label_conflict(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    write_image(root / "a" / "tiny.jpg", smooth_image(30, 200, seed=70))
+    write_image(root / "b" / "small.jpg", smooth_image(99, 120, seed=71))
+    (root / "b" / "same.jpg").write_bytes((root / "a" / "a_1.jpg").read_bytes())
+    p = plan(root, min_size=40)
+    got = {(s.source, s.reason) for s in p.skipped}
+    assert got == {("a/tiny.jpg", "too-small"), ("a/a_1.jpg", LABEL_CONFLICT),
+                   ("b/same.jpg", LABEL_CONFLICT)}
+    tiny = next(s for s in p.skipped if s.reason == "too-small")
+    assert "200x30" in tiny.detail
+    assert "b/small.jpg" in {f.source for f in p.files}
+
+
+def test_unreadable_file_is_skipped_not_fatal(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    real_read = FolderSource.read
+
+    def read(self, rel):
+        # Tests run as root, so file modes cannot make a file unreadable: inject the fault.
+        if rel == "b/b_2.jpg":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_read(self, rel)
+
+    monkeypatch.setattr(FolderSource, "read", read)
+    p = plan(root)
+    assert [(s.source, s.reason, s.detail) for s in p.skipped] == [
+        ("b/b_2.jpg", "unreadable", "Permission denied")]
+    assert len(p.files) == 5
+
+
+def test_two_ratios_make_train_and_val_only(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=5)
+    dest = tmp_path / "s"
+    materialize(plan(root, ratios=(0.6, 0.4)), dest)
+    assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["train", "val"]
+    assert json.loads((dest / "split.json").read_text())["counts"] == {
+        "train": {"a": 3, "b": 3}, "val": {"a": 2, "b": 2}}
+
+
+def test_every_class_folder_exists_in_every_split(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
+    dest = tmp_path / "s"
+    materialize(plan(root), dest)  # one image per class: val and test get none
+    for split_name in ("train", "val", "test"):
+        assert sorted(p.name for p in (dest / split_name).iterdir()) == ["a", "b"]
+
+
+def test_name_clashes_are_resolved_deterministically(tmp_path):
+    root = tmp_path / "d"
+    write_image(root / "a" / "x" / "1.jpg", smooth_image(20, 20, seed=1))
+    write_image(root / "a" / "y" / "1.jpg", smooth_image(20, 20, seed=2))
+    write_image(root / "a" / "y" / "Photo.JPG", smooth_image(20, 20, seed=3))
+    write_image(root / "a" / "z" / "photo.jpg", smooth_image(20, 20, seed=4))
+    write_image(root / "b" / "1.jpg", smooth_image(20, 20, seed=5))
+    p = plan(root, ratios=(1.0, 0.0))
+    names = {f.source: f.path for f in p.files}
+    assert names["b/1.jpg"] == "train/b/1.jpg"
+    clashing = [names[s] for s in ("a/x/1.jpg", "a/y/1.jpg", "a/y/Photo.JPG", "a/z/photo.jpg")]
+    assert len({n.lower() for n in clashing}) == 4
+    for src, path in zip(("a/x/1.jpg", "a/y/1.jpg"), clashing[:2], strict=True):
+        digest = hashlib.sha256((root / src).read_bytes()).hexdigest()
+        assert path == f"train/a/1-{digest[:10]}.jpg"
+    dest = tmp_path / "s"
+    materialize(p, dest)
+    assert len(list((dest / "train" / "a").iterdir())) == 4
+
+
+def test_source_is_unchanged(dump, tmp_path):
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in dump.dest.rglob("*")
+              if p.is_file()}
+    for mode in ("copy", "hardlink", "symlink"):
+        materialize(plan(dump.dest), tmp_path / mode, mode=mode)
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in dump.dest.rglob("*")
+             if p.is_file()}
+    assert after == before
+
+
+def test_link_modes(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    p = plan(root)
+    materialize(p, tmp_path / "h", mode="hardlink")
+    materialize(p, tmp_path / "l", mode="symlink")
+    for f in p.files:
+        assert (tmp_path / "h" / f.path).stat().st_ino == (root / f.source).stat().st_ino
+        link = tmp_path / "l" / f.path
+        assert link.is_symlink() and Path(os.readlink(link)) == (root / f.source).resolve()
+    assert json.loads((tmp_path / "l" / "split.json").read_text())["params"]["mode"] == "symlink"
+
+
+def test_hardlink_across_devices_falls_back_to_copy(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
+
+    def cross_device(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(split_module.os, "link", cross_device)
+    result = materialize(plan(root), tmp_path / "s", mode="hardlink")
+    assert result.copied_instead == 4
+    for path in (tmp_path / "s").glob("*/*/*.jpg"):
+        assert path.stat().st_nlink == 1
+
+
+def test_zip_source_gives_the_same_split_as_the_folder(dump, tmp_path):
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(dump.dest.rglob("*")):
+            if path.is_file():
+                zf.write(path, "dump/" + path.relative_to(dump.dest).as_posix())
+    materialize(plan(dump.dest), tmp_path / "from-folder")
+    materialize(plan(archive), tmp_path / "from-zip")
+    a, b = tree(tmp_path / "from-folder"), tree(tmp_path / "from-zip")
+    placed = {k for k in a if k.count("/") == 2}
+    assert placed and placed == {k for k in b if k.count("/") == 2}
+    assert all(a[k] == b[k] for k in placed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "dump.zip", "from-folder",
+                                                          "from-zip"]
+    with pytest.raises(UsageError, match="archive"):
+        materialize(plan(archive), tmp_path / "linked", mode="symlink")
+
+
+def test_same_split_whatever_the_listing_order(dump, tmp_path, monkeypatch):
+    materialize(plan(dump.dest), tmp_path / "a")
+    real_scandir = os.scandir
+
+    class ReversedScandir:
+        """os.scandir listing in reverse name order (file systems promise no order)."""
+
+        def __init__(self, path=".") -> None:
+            with real_scandir(path) as it:
+                self.entries = iter(sorted(it, key=lambda e: e.name, reverse=True))
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+    reversed_scandir = ReversedScandir
+
+    monkeypatch.setattr(os, "scandir", reversed_scandir)
+    materialize(plan(dump.dest, workers=1), tmp_path / "b")
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")  # manifests included
+
+
+def test_destination_rules(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    dest = tmp_path / "s"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep")
+    p = plan(root)
+    with pytest.raises(DestinationExistsError, match="not a split folder"):
+        materialize(p, dest)
+    assert (dest / "mine.txt").read_text() == "keep"
+    materialize(p, dest, force=True)
+    assert not (dest / "mine.txt").exists()
+    assert check_destination(root, dest, SplitOptions()) is True
+    assert materialize(p, dest).already_complete
+    with pytest.raises(DestinationExistsError, match="other parameters"):
+        check_destination(root, dest, SplitOptions(seed=5))
+    with pytest.raises(DestinationExistsError, match="other parameters"):
+        materialize(plan(root, seed=5), dest)
+    assert check_destination(root, dest, SplitOptions(seed=5), force=True) is False
+    with pytest.raises(UsageError, match="overlap"):
+        materialize(p, root / "split")
+    with pytest.raises(UsageError, match="overlap"):
+        materialize(p, tmp_path, force=True)
+    assert len(list(root.rglob("*.jpg"))) == 6
+
+
+def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
+    clean = tmp_path / "clean"
+    materialize(plan(dump.dest), clean)
+    dest = tmp_path / "split"
+    real_copy = split_module.copy_file
+    calls = []
+
+    def failing_copy(src, dst):
+        calls.append(src)
+        if len(calls) == 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_copy(src, dst)
+
+    monkeypatch.setattr(split_module, "copy_file", failing_copy)
+    p = plan(dump.dest)
+    with pytest.raises(OSError, match="No space"):
+        materialize(p, dest, workers=1)
+    assert not dest.exists()  # nothing that looks finished
+    partial = tmp_path / ".split.split-partial"
+    assert partial.is_dir() and not (partial / "split.json").exists()
+    monkeypatch.setattr(split_module, "copy_file", real_copy)
+    # A file cut short and one garbled in place (same size) must not be reused.
+    placed = sorted(partial.glob("*/*/*.*"))
+    assert len(placed) == 9
+    placed[0].write_bytes(placed[0].read_bytes()[:100])
+    garbled = bytearray(placed[1].read_bytes())
+    garbled[-10] ^= 0xFF
+    placed[1].write_bytes(bytes(garbled))
+    result = materialize(plan(dump.dest), dest)
+    assert result.reused == 7 and result.placed == len(p.files) - 7
+    assert tree(dest) == tree(clean)
+    assert not partial.exists()
+
+
+def test_a_different_split_discards_an_unfinished_one(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=4)
+
+    def broken(src, dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(split_module, "copy_file", broken)
+    with pytest.raises(OSError):
+        materialize(plan(root, seed=1), tmp_path / "s")
+    monkeypatch.undo()
+    result = materialize(plan(root, seed=2), tmp_path / "s")
+    assert result.reused == 0 and result.placed == 8
+    assert json.loads((tmp_path / "s" / "split.json").read_text())["params"]["seed"] == 2
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    import dsprep.split as s
+    real = s.copy_file
+    def slow(src, dst):
+        real(src, dst)
+        time.sleep(0.05)
+    s.copy_file = slow
+    s.materialize(s.plan(sys.argv[1]), sys.argv[2], workers=1)
+""")
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_finished_split_and_rerun_completes(dump, tmp_path):
+    dest = tmp_path / "split"
+    partial = tmp_path / ".split.split-partial"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(dump.dest), str(dest)])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if partial.is_dir() and len(list(partial.glob("train/*/*.jpg"))) >= 5:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not dest.exists() and not (partial / "split.json").exists()
+    result = materialize(plan(dump.dest), dest)
+    assert result.reused >= 5
+    clean = tmp_path / "clean"
+    materialize(plan(dump.dest), clean)
+    assert tree(dest) == tree(clean)
+
+
+@pytest.mark.slow
+def test_keras_reads_the_train_folder(tmp_path):
+    import keras
+
+    summary = write_sample_dump(tmp_path / "dump", per_class=6, seed=1)
+    dest = tmp_path / "split"
+    materialize(plan(summary.dest), dest)
+    classes = json.loads((dest / "split.json").read_text())["classes"]
+    dataset = keras.utils.image_dataset_from_directory(
+        dest / "train", image_size=(32, 32), batch_size=4, shuffle=False, verbose=False)
+    assert dataset.class_names == classes
+    labels = [int(y) for _, batch in dataset for y in batch]
+    rows = read_csv(dest / "files.csv")
+    expected = sorted((r["class"], r["path"]) for r in rows if r["split"] == "train")
+    assert labels == [classes.index(c) for c, _ in expected]

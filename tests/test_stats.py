@@ -1,0 +1,111 @@
+"""Streaming channel statistics: exact counts, merge order, means.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsprep.errors import DatasetFormatError, LayoutError
+from dsprep.stats import ChannelStats, histogram, means_record, read_means, write_means
+
+
+def test_histogram_matches_bincount(rng):
+    pixels = rng.integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
+    expected = np.stack([np.bincount(pixels[..., c].ravel(), minlength=256) for c in range(3)])
+    np.testing.assert_array_equal(histogram(pixels), expected)
+    # A non-contiguous view counts the same pixels.
+    view = pixels[:, ::2, 1:]
+    expected = np.stack([np.bincount(view[..., c].ravel(), minlength=256) for c in range(3)])
+    np.testing.assert_array_equal(histogram(view), expected)
+
+
+def test_histogram_rejects_other_shapes():
+    with pytest.raises(ValueError, match="uint8"):
+        histogram(np.zeros((4, 4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
+        histogram(np.zeros((4, 4, 4), dtype=np.uint8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 12),
+    cuts=st.lists(st.integers(0, 12), max_size=4),
+    low=st.integers(0, 255),
+)
+def test_merged_pieces_equal_direct_float64(seed, n, cuts, low):
+    gen = np.random.default_rng(seed)
+    block = gen.integers(low, 256, (n, 5, 4, 3), dtype=np.uint8)
+    bounds = sorted({0, n, *[min(c, n) for c in cuts]})
+    total = ChannelStats()
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        part = ChannelStats()
+        part.update(block[a:b])
+        total += part
+    flat = block.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(total.mean, flat.mean(axis=0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(total.std, flat.std(axis=0), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(total.sum, flat.sum(axis=0))
+    np.testing.assert_array_equal(total.sum_squares, (flat ** 2).sum(axis=0))
+    assert total.images == n
+    assert total.pixels == n * 5 * 4
+
+
+def test_constant_image_has_zero_std():
+    stats = ChannelStats()
+    stats.update(np.full((3, 8, 8, 3), (10, 200, 255), dtype=np.uint8))
+    np.testing.assert_array_equal(stats.mean, [10, 200, 255])
+    np.testing.assert_array_equal(stats.std, [0, 0, 0])
+
+
+def test_empty_stats_are_zero():
+    stats = ChannelStats()
+    np.testing.assert_array_equal(stats.mean, np.zeros(3))
+    np.testing.assert_array_equal(stats.std, np.zeros(3))
+    assert stats.pixels == 0 and stats.images == 0
+
+
+def test_single_image_counts_as_one(rng):
+    stats = ChannelStats()
+    stats.update(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    assert stats.images == 1
+    stats.update(rng.integers(0, 256, (2, 6, 5, 3), dtype=np.uint8))
+    assert stats.images == 3
+
+
+def test_means_file_round_trip(tmp_path, rng):
+    pixels = rng.integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
+    stats = ChannelStats()
+    stats.update(pixels)
+    path = write_means(tmp_path / "sub" / "means.json", means_record(stats, "train.hdf5"))
+    record = json.loads(path.read_text())
+    flat = pixels.reshape(-1, 3).astype(np.float64)
+    assert [record[c] for c in "RGB"] == pytest.approx(flat.mean(axis=0).tolist(), abs=1e-9)
+    assert [record["std"][c] for c in "RGB"] == pytest.approx(flat.std(axis=0).tolist(), abs=1e-9)
+    assert record["count"] == 4 and record["source"] == "train.hdf5"
+    np.testing.assert_allclose(read_means(path), flat.mean(axis=0), atol=1e-9)
+    assert not (tmp_path / "sub" / "means.json.partial").exists()
+
+
+def test_read_means_accepts_the_book_format_and_rejects_others(tmp_path):
+    book = tmp_path / "book.json"
+    book.write_text(json.dumps({"R": 124.96, "G": 115.97, "B": 106.13}))
+    np.testing.assert_array_equal(read_means(book), [124.96, 115.97, 106.13])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"R": 1.0, "G": 2.0}))
+    with pytest.raises(DatasetFormatError, match="'R', 'G', 'B'"):
+        read_means(bad)
+    text = tmp_path / "text.json"
+    text.write_text("not json")
+    with pytest.raises(DatasetFormatError, match="not a means file"):
+        read_means(text)
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"R": NaN, "G": 1, "B": 2}')
+    with pytest.raises(DatasetFormatError, match="non-finite"):
+        read_means(nan)
+    with pytest.raises(LayoutError, match="does not exist"):
+        read_means(tmp_path / "missing.json")

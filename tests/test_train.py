@@ -1,0 +1,316 @@
+"""Training into a run folder: loss falls, checkpoints reload exactly, resume, schedules, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import smooth_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+keras = pytest.importorskip("keras", reason="the training extra (Keras 3) is not installed")
+
+from dsprep.errors import DestinationExistsError, LayoutError, UsageError  # noqa: E402
+from dsprep.store import write_arrays  # noqa: E402
+from dsprep.train import callbacks as cb  # noqa: E402
+from dsprep.train.fit import TrainConfig, open_data, resume, train  # noqa: E402
+from dsprep.train.predict import evaluate_run, load_model  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_data(root, size=32, classes=("cat", "dog"), counts=(32, 16, 16), seed=0):
+    """train/val/test.hdf5 + means.json; each class brightens its own colour channel."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = seed * 1000
+    for split, count in zip(("train", "val", "test"), counts, strict=True):
+        labels = np.arange(count) % len(classes)
+        images = []
+        for label in labels:
+            img = smooth_image(size, size, seed=n).astype(np.int32) // 2
+            img[..., label % 3] += 120
+            images.append(img.astype(np.uint8))
+            n += 1
+        images = np.stack(images)
+        write_arrays(root / f"{split}.hdf5", images, labels, list(classes), split=split)
+        if split == "train":
+            mean = images.reshape(-1, 3).mean(axis=0)
+            (root / "means.json").write_text(json.dumps(dict(zip("RGB", mean.tolist(),
+                                                                 strict=True))))
+    return root
+
+
+def tiny(model="resnet18", **kw):
+    base = dict(model=model, epochs=2, batch_size=8, lr=0.01, width=8, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory):
+    """One two-epoch ResNet-18 run shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("resnet")
+    data = write_data(root / "data")
+    result = train(data, root / "run", tiny())
+    return data, root / "run", result
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A two-epoch run of the small convnet (quick to trace again) for the resume tests."""
+    root = tmp_path_factory.mktemp("smallnet")
+    data = write_data(root / "data", size=48, counts=(16, 8, 8))
+    result = train(data, root / "run", tiny("smallnet", width=4))
+    return data, root / "run", result
+
+
+def test_two_epochs_of_resnet18_lower_the_training_loss(resnet_run):
+    _, _, result = resnet_run
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 2
+    assert losses[1] < losses[0]
+
+
+@pytest.mark.slow
+def test_two_epochs_of_a_small_alexnet_lower_the_training_loss(tmp_path):
+    data = write_data(tmp_path / "data", size=64, counts=(32, 8, 8))
+    result = train(data, tmp_path / "run", tiny("alexnet", width=0.125))
+    losses = [row["loss"] for row in result.history]
+    assert losses[1] < losses[0]
+    assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def test_history_csv_and_plots_are_well_formed(resnet_run):
+    _, run, result = resnet_run
+    with open(run / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    expected = {"epoch", "loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc", "lr"}
+    assert set(rows[0]) == expected
+    for row in rows:
+        assert all(math.isfinite(float(v)) for v in row.values())
+        assert float(row["lr"]) == pytest.approx(0.01)
+        assert 0.0 <= float(row["val_accuracy"]) <= 1.0
+    for name in ("curves.png", "lr.png"):
+        raw = (run / name).read_bytes()
+        assert raw.startswith(PNG_MAGIC)
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[0] > 200 and img.shape[1] > 300
+    assert not list(run.glob(".*partial*")), "a temporary file was left behind"
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["model"] == "resnet18"
+    assert config["classes"] == ["cat", "dog"]
+    assert config["monitor"] == "val_auc"
+    assert config["versions"]["keras"] == keras.__version__
+    assert config["versions"]["backend"] == keras.backend.backend()
+
+
+def test_last_checkpoint_reloads_and_predicts_exactly(resnet_run):
+    data, run, result = resnet_run
+    x = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    in_memory = keras.ops.convert_to_numpy(result.model.predict_on_batch(x))
+    reloaded = load_model(run / "last.keras")
+    assert np.array_equal(keras.ops.convert_to_numpy(reloaded.predict_on_batch(x)), in_memory)
+    # best.keras is the epoch with the highest val AUC, which the history names.
+    best_epoch = max(result.history, key=lambda r: r["val_auc"])["epoch"]
+    best = load_model(run / "best.keras")
+    same = np.array_equal(keras.ops.convert_to_numpy(best.predict_on_batch(x)), in_memory)
+    assert same == (best_epoch == 1)
+
+
+def test_best_checkpoint_keeps_the_best_epoch_and_writes_atomically(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    recorder = cb.RunRecorder(tmp_path, "val_accuracy", plots=False)
+    recorder.set_model(model)
+    x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+
+    recorder.on_epoch_begin(0)
+    recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.75})
+    at_best = model.predict_on_batch(x)
+    model.set_weights([w + 1.0 for w in model.get_weights()])
+    recorder.on_epoch_begin(1)
+    recorder.on_epoch_end(1, {"loss": 0.5, "val_accuracy": 0.5})
+    now = model.predict_on_batch(x)
+
+    assert np.array_equal(load_model(tmp_path / "best.keras").predict_on_batch(x), at_best)
+    assert np.array_equal(load_model(tmp_path / "last.keras").predict_on_batch(x), now)
+    assert json.loads((tmp_path / "state.json").read_text())["epochs_done"] == 2
+    assert [r["epoch"] for r in cb.read_history(tmp_path / "history.csv")] == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.keras", "history.csv", "last.keras", "state.json"]
+
+
+def test_resume_continues_the_same_history(small_run, tmp_path):
+    data, run, result = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = cb.read_history(copy / "history.csv")
+    resumed = resume(copy, epochs=3)
+    after = cb.read_history(copy / "history.csv")
+    assert [r["epoch"] for r in after] == [0, 1, 2]
+    assert after[:2] == before
+    assert resumed.epochs_done == 3
+    assert json.loads((copy / "state.json").read_text())["epochs_done"] == 3
+    assert json.loads((copy / "config.json").read_text())["options"]["epochs"] == 3
+
+
+def test_resume_drops_history_rows_past_the_last_checkpoint(small_run, tmp_path):
+    # A crash after history.csv got epoch 1's row but before state.json recorded epoch 1.
+    data, run, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "state.json").write_text(json.dumps({"epochs_done": 1}))
+    first_row = cb.read_history(copy / "history.csv")[0]
+    resume(copy)
+    after = cb.read_history(copy / "history.csv")
+    assert [r["epoch"] for r in after] == [0, 1]
+    assert after[0] == first_row
+
+
+def test_a_finished_run_is_not_overwritten(resnet_run):
+    data, run, _ = resnet_run
+    with pytest.raises(DestinationExistsError, match="--resume"):
+        train(data, run, tiny())
+
+
+def test_limit_per_class_keeps_the_first_rows_of_each_class(tmp_path):
+    data = write_data(tmp_path / "data", counts=(20, 4, 4))
+    bundle = open_data(data, tiny(limit_per_class=3), work=tmp_path)
+    labels = np.asarray(bundle.train.labels)
+    assert np.bincount(labels).tolist() == [3, 3]
+    assert bundle.input_shape == (32, 32, 3) and bundle.input_dtype == "uint8"
+
+
+def test_open_data_rejects_a_folder_without_data(tmp_path):
+    with pytest.raises(LayoutError, match="build-hdf5"):
+        open_data(tmp_path, tiny())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"model": "vgg"}, {"epochs": 0}, {"optimizer": "lbfgs"}, {"schedule": "poly"},
+     {"lr": 0.0}, {"gpus": "two"}, {"augment": "mixup"}],
+)
+def test_bad_options_raise_usage_errors(changes):
+    with pytest.raises(UsageError):
+        tiny(**changes).check()
+
+
+@settings(max_examples=60, deadline=None)
+@given(lr=st.floats(1e-5, 1.0), every=st.integers(1, 20), epoch=st.integers(0, 200))
+def test_step_schedule_halves_every_n_epochs(lr, every, epoch):
+    expected = lr
+    for e in range(1, epoch + 1):
+        if e % every == 0:
+            expected /= 2
+    assert cb.schedule_fn("step", lr, 100, every)(epoch) == pytest.approx(expected, rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lr=st.floats(1e-5, 1.0), epochs=st.integers(1, 100))
+def test_cosine_schedule_falls_from_lr_to_zero(lr, epochs):
+    fn = cb.schedule_fn("cosine", lr, epochs)
+    values = [fn(e) for e in range(epochs + 1)]
+    assert values[0] == pytest.approx(lr)
+    assert values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b - 1e-15 for a, b in zip(values, values[1:], strict=False))
+    if epochs % 2 == 0:
+        assert values[epochs // 2] == pytest.approx(lr / 2)
+
+
+# -- evaluate on a hand-built model whose outputs are known exactly ---------------------------
+
+
+def _hand_built_run(tmp_path, classes, crop):
+    """A run folder holding a model: softmax(W . mean colour / 255 + b), and a test file."""
+    rng = np.random.default_rng(classes)
+    weights = rng.normal(0, 4, (3, classes)).astype(np.float32)
+    bias = rng.normal(0, 0.5, classes).astype(np.float32)
+    size = crop or 8
+    inputs = keras.Input((size, size, 3), dtype="uint8")
+    from dsprep.adapters import MeanSubtraction
+
+    x = MeanSubtraction([0, 0, 0], scale=1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(classes, activation="softmax")
+    model = keras.Model(inputs, dense(x))
+    dense.set_weights([weights, bias])
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "best.keras")
+    names = [f"c{i}" for i in range(classes)]
+    (run / "config.json").write_text(json.dumps({
+        "options": {"crop": crop}, "classes": names, "input_shape": [size, size, 3],
+        "input_dtype": "uint8"}))
+    n = 40
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, classes, n)
+    labels[:classes] = np.arange(classes)  # every class present
+    test = write_arrays(tmp_path / "test.hdf5", images, labels, names, split="test")
+    return run, test, images, labels, weights, bias
+
+
+def _probs(images, weights, bias):
+    logits = images.astype(np.float64).mean(axis=(1, 2)) / 255 @ weights + bias
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check_scores(scores, probs, labels, classes):
+    from sklearn.metrics import roc_auc_score
+
+    preds = probs.argmax(axis=1)
+    assert scores["count"] == len(labels)
+    assert scores["rank1"] == pytest.approx(np.mean(preds == labels))
+    if classes > 5:
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        assert scores["rank5"] == pytest.approx(np.mean([lab in t for lab, t in zip(labels, top5,
+                                                                                 strict=True)]))
+    else:
+        assert scores["rank5"] is None
+    if classes == 2:
+        assert scores["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-9)
+    else:
+        assert scores["auc"] is None
+    for c in range(classes):
+        mine = labels == c
+        assert scores["per_class"][f"c{c}"] == pytest.approx(np.mean(preds[mine] == c))
+        for d in range(classes):
+            assert scores["confusion"][c][d] == int(np.sum(mine & (preds == d)))
+
+
+@pytest.mark.parametrize("classes", [2, 6])
+def test_evaluate_matches_a_hand_built_case(tmp_path, classes):
+    run, test, images, labels, weights, bias = _hand_built_run(tmp_path, classes, crop=None)
+    result = evaluate_run(run, test)
+    _check_scores(result["center"], _probs(images, weights, bias), labels, classes)
+    assert "ten_crop" not in result
+    png = result["center"]["confusion_png"]
+    assert Path(png).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_ten_crop_evaluation_averages_the_ten_views(tmp_path):
+    run, test, images, labels, weights, bias = _hand_built_run(tmp_path, 2, crop=6)
+    result = evaluate_run(run, test, ten_crop=True)
+    centre = images[:, 1:7, 1:7]
+    _check_scores(result["center"], _probs(centre, weights, bias), labels, 2)
+    views = [images[:, t:t + 6, s:s + 6] for t, s in ((0, 0), (0, 2), (2, 0), (2, 2), (1, 1))]
+    views += [v[:, :, ::-1] for v in views]
+    ten = np.mean([_probs(v, weights, bias) for v in views], axis=0)
+    _check_scores(result["ten_crop"], ten, labels, 2)
+
+
+def test_ten_crop_needs_a_run_trained_on_crops(tmp_path):
+    run, test, *_ = _hand_built_run(tmp_path, 2, crop=None)
+    with pytest.raises(UsageError, match="whole images"):
+        evaluate_run(run, test, ten_crop=True)
