@@ -33,7 +33,7 @@ from .errors import (
     UsageError,
 )
 from .sources import scan_class_folders
-from .stats import ChannelStats, histogram, means_record, write_means
+from .stats import ChannelStats, channel_sums, means_record, write_means
 
 SPLITS = ("train", "val", "test")
 ORDERS = ("shuffled", "sorted")
@@ -47,6 +47,9 @@ DEFAULT_CHUNK_IMAGES = 64
 DEFAULT_CHUNK_IMAGES_COMPRESSED = 8
 # Images a worker decodes per task: enough to hide the per-task overhead.
 _TASK_IMAGES = 64
+# Ring blocks per worker: tasks queued beyond the running ones, so a worker slowed down for a
+# moment does not leave the others waiting for a free block.
+_BLOCKS_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -183,11 +186,13 @@ class _Decode:
 
 @dataclass(frozen=True)
 class _Block:
-    """What a worker sends back for a block: good positions, skips and a histogram."""
+    """What a worker sends back for a block: good positions, skips and channel sums."""
 
     ok: list[int]
     skips: list[tuple[int, str, str]]
-    hist: np.ndarray
+    pixels: int
+    sums: np.ndarray
+    squares: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +210,9 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
     except (ValueError, KeyError, TypeError) as exc:
         raise LayoutError(f"{path} is not a dsprep split manifest (no 'classes' list); "
                           "make the split again with 'dsprep split'") from exc
+    if record.get("schema", SPLIT_SCHEMA) != SPLIT_SCHEMA:
+        raise LayoutError(f"{path} has schema {record['schema']!r}, not {SPLIT_SCHEMA!r}; "
+                          "make the split again with this version of 'dsprep split'")
     if not isinstance(classes, list) or not classes or \
             not all(isinstance(c, str) for c in classes):
         raise LayoutError(f"{path}: 'classes' must be a non-empty list of names; "
@@ -229,9 +237,7 @@ def find_rows(
         if not name or Path(name).name != name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
         classes, items = scan_class_folders(src)
-        ids = {c: i for i, c in enumerate(classes)}
-        rows = [Row(p, p.relative_to(src).as_posix(), ids[c]) for p, c in items]
-        return classes, {name: rows}, []
+        return classes, {name: _rows(src, items, classes)}, []
     if not has_manifest:
         raise UsageError(f"{src} has no split.json; make it with 'dsprep split', or pass "
                          "--name NAME to build one file from a folder of class sub-folders")
@@ -253,11 +259,23 @@ def find_rows(
         if unknown:
             raise LayoutError(f"{folder} has classes {unknown} that are not in "
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
-        found[split] = [Row(p, p.relative_to(src).as_posix(), ids[c]) for p, c in items]
+        found[split] = _rows(src, items, classes)
     if not found:
         raise LayoutError(f"{src} has no images in train/, val/ or test/; "
                           "make the split with 'dsprep split'")
     return classes, found, notes
+
+
+def _rows(root: Path, items: Sequence[tuple[Path, str]], classes: Sequence[str]) -> list[Row]:
+    ids = {c: i for i, c in enumerate(classes)}
+    prefix = str(root) + os.sep
+    rows = []
+    for path, name in items:
+        text = str(path)
+        # String slicing: pathlib's relative_to costs more than the decoding of small files.
+        rel = text[len(prefix):] if text.startswith(prefix) else path.relative_to(root).as_posix()
+        rows.append(Row(path, rel.replace(os.sep, "/"), ids[name]))
+    return rows
 
 
 def order_rows(rows: Sequence[Row], order: str, seed: int) -> list[Row]:
@@ -279,7 +297,7 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
     """Decode ``paths`` into ``out[0:k]`` (good images packed first)."""
     ok: list[int] = []
     skips: list[tuple[int, str, str]] = []
-    hist = np.zeros((3, 256), dtype=np.int64)
+    count, sums, squares = 0, np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
     for pos, path in enumerate(paths):
         try:
             data = imagelib.read_bytes(path)
@@ -294,11 +312,11 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
         except OSError as exc:
             skips.append((pos, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}"))
             continue
-        slot = out[len(ok)]
-        slot[...] = pixels
-        hist += histogram(slot)
+        out[len(ok)] = pixels
+        n, s, q = channel_sums(pixels)
+        count, sums, squares = count + n, sums + s, squares + q
         ok.append(pos)
-    return _Block(ok, skips, hist)
+    return _Block(ok, skips, count, sums, squares)
 
 
 _ATTACHED: dict[str, shared_memory.SharedMemory] = {}
@@ -313,7 +331,10 @@ def _attach(name: str) -> shared_memory.SharedMemory:
     shm = _ATTACHED.get(name)
     if shm is None:
         for old in _ATTACHED.values():
-            old.close()
+            try:
+                old.close()
+            except BufferError:  # a view is still alive; the mapping goes when it does
+                pass
         _ATTACHED.clear()
         # Attaching registers the segment with the resource tracker again; loky workers share
         # the parent's tracker, so that only repeats the parent's entry, and the tracker still
@@ -406,16 +427,24 @@ _POOL: dict = {}
 
 
 def _executor(workers: int):
-    from joblib.externals.loky import get_reusable_executor
+    from joblib.externals.loky import ProcessPoolExecutor
 
-    # Kept between files (and builds), so train, val and test share one start-up.
-    _POOL["executor"] = get_reusable_executor(max_workers=workers, initializer=_init_worker)
-    return _POOL["executor"]
+    # Kept between files (and builds), so train, val and test share one start-up. A pool of our
+    # own, not loky's process-wide reusable one: joblib.Parallel elsewhere in the same process
+    # (the sample dump) expects that one to be set up by joblib itself.
+    executor = _POOL.get("executor")
+    if executor is None or _POOL.get("workers") != workers:
+        shutdown_workers()
+        executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                       timeout=300)
+        _POOL.update(executor=executor, workers=workers)
+    return executor
 
 
 def shutdown_workers() -> None:
     """Stop the decoding processes kept for later builds (they also stop after idling)."""
     executor = _POOL.pop("executor", None)
+    _POOL.pop("workers", None)
     if executor is not None:
         executor.shutdown(wait=True)
 
@@ -469,7 +498,7 @@ def write_file(
         appender.add(pixels[: len(result.ok)], [task_rows[i] for i in result.ok])
         skipped.extend(Skip(task_rows[i].name, reason, detail)
                        for i, reason, detail in result.skips)
-        stats.add_histogram(result.hist, len(result.ok))
+        stats.add(result.pixels, result.sums, result.squares, len(result.ok))
         bar.update(len(task_rows))
         if result.skips:
             bar.set_postfix(skipped=len(skipped), refresh=False)
@@ -496,10 +525,9 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
     if not tasks:
         return
     parallel = workers > 1
-    # Each in-flight task owns one block of the ring; two per worker keep them all busy while
-    # the parent writes.
-    ring = _Ring(min(len(tasks), 2 * workers + 1) if parallel else 1, block, options.size,
-                 shared=parallel)
+    # Each in-flight task owns one block of the ring.
+    ring = _Ring(min(len(tasks), _BLOCKS_PER_WORKER * workers + 1) if parallel else 1, block,
+                 options.size, shared=parallel)
     pending: deque = deque()
     try:
         executor = _executor(workers) if parallel else None
@@ -519,6 +547,9 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
             index, slot, future = pending.popleft()
             consume(tasks[index], ring.array[slot], future.result())
     except BrokenProcessPool as exc:
+        broken = _POOL.pop("executor", None)  # the next build starts a fresh pool
+        if broken is not None:
+            broken.shutdown(wait=False)
         raise DsprepError(
             f"a decoding worker process died ({type(exc).__name__}); nothing was written under "
             "a final name. Run the command again; if it happens again, use --workers 1 to find "

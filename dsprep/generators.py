@@ -205,17 +205,24 @@ class HDF5Generator(_BatchSequence):
 
     ``augment`` runs first, on the raw uint8 pixels, then ``preprocessors`` in order; each is
     called as ``op(batch, rng)`` with ``rng`` drawn from ``(seed, epoch, batch index)``, so a
-    batch is the same whichever process computes it.
+    batch is the same whichever process computes it. Ops that declare ``output_shape`` run as
+    one ``dsprep.preprocess.Compose``, which fuses a crop with a following horizontal flip and
+    a mean subtraction into one pass (measured: a flip as ``augment`` before the crop costs
+    about the same).
 
-    Shuffle modes and their read speed (256x256 rows, warm page cache, 2 cores, batches of 128,
-    uint8 out): ``"none"`` and ``"batches"`` read contiguous slices straight into the batch
-    (about 0.9 of a plain memory copy); ``"batches"`` shuffles the order of the batches each
-    epoch (and, with ``drop_last``, moves their start so no row is always left out).
-    ``"full"`` draws every batch from anywhere in the file: each row is read on its own in
-    file order (a per-row read costs little more than a contiguous one when uncompressed; with
-    lzf/gzip every chunk a batch touches is decompressed once), at about 0.8 of "batches"
-    through the mean/patch/flip pipeline. h5py's fancy indexing, which this avoids, reads
-    ~100 rows/s.
+    Shuffle modes and their speed (256x256 rows, warm page cache, batches of 128, one process,
+    2 shared cores; tools/bench/bench_generators.py):
+
+    - ``"none"``: contiguous slices in file order, read straight into the batch with
+      ``read_direct``: ~26,000 uint8 images/s, 0.9 of a plain ``np.copyto`` from memory.
+    - ``"batches"``: the same contiguous reads, the order of the batches shuffled each epoch
+      (the short tail batch stays last; with ``drop_last`` the start moves each epoch so no
+      row is always left out). Same speed as "none".
+    - ``"full"``: every batch drawn from anywhere in the file. Its rows are read one by one in
+      file order into their places in the batch: 0.55-0.95 of "batches" through the
+      patch + flip + mean pipeline. With lzf/gzip every chunk a batch touches is decompressed
+      once, so prefer uncompressed files for "full". (h5py fancy indexing, which this avoids,
+      reads ~100 rows/s.)
 
     The file is opened lazily in each process, read-only, with HDF5's shared read lock taken
     where the file system supports it (``locking="best-effort"``: any number of readers, no

@@ -40,7 +40,7 @@ DEFAULT_CLASSES = ("brick", "grass", "gravel")
 SKIPPED_KINDS = ("empty", "truncated", "text", "duplicate", "missing", "unlabelled")
 KEPT_KINDS = ("alpha", "grayscale")
 
-_CHUNK = 64
+_CHUNK = 32
 
 
 @dataclass

@@ -70,7 +70,8 @@ class SplitOptions:
         counts: (train, val[, test]) images per class, instead of ratios.
         limit_per_class: keep a reproducible random subset of at most this many per class first.
         min_size: leave out images smaller than this on either side, in pixels.
-        verify: "header" reads the dimensions from the header, "full" decodes every image.
+        verify: "header" reads the dimensions from the header (and checks the file is not cut
+            short), "full" decodes every image.
         seed: the seed of every random choice.
     """
 
@@ -510,7 +511,7 @@ def check_destination(
 
 
 def materialize(
-    the_plan: SplitPlan,
+    split_plan: SplitPlan,
     dest: str | os.PathLike,
     *,
     mode: str = "copy",
@@ -525,7 +526,7 @@ def materialize(
     running the same split again reuses what the interrupted run placed and completes it.
 
     Args:
-        the_plan: from :func:`plan`.
+        split_plan: from :func:`plan`.
         dest: the split folder to create.
         mode: "copy", "hardlink" (falls back to a copy across devices) or "symlink".
         force: replace a non-empty ``dest`` that is not this same split.
@@ -540,7 +541,7 @@ def materialize(
     if mode not in MODES:
         raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     dest = Path(dest).absolute()
-    source = the_plan.source
+    source = split_plan.source
     if mode != "copy" and not source.is_dir():
         raise UsageError(f"--mode {mode} needs a source folder, but {source} is an archive; "
                          "use --mode copy")
@@ -548,14 +549,14 @@ def materialize(
     if _within(real_dest, source) or _within(source, real_dest):
         raise UsageError(f"{dest} and the source {source} overlap; put the split folder "
                          "outside the dump (the source is never modified)")
-    if check_destination(source, dest, the_plan.options, mode, force=force):
+    if check_destination(source, dest, split_plan.options, mode, force=force):
         return SplitResult(dest, already_complete=True)
-    manifest = the_plan.manifest(mode)
+    manifest = split_plan.manifest(mode)
     wanted = json.loads(json.dumps(manifest))
 
     partial = dest.with_name(f".{dest.name}.split-partial")
     old = dest.with_name(f".{dest.name}.split-old")
-    files_csv = the_plan.files_csv()
+    files_csv = split_plan.files_csv()
     marker = {**wanted, "files_sha256": hashlib.sha256(files_csv.encode()).hexdigest()}
     result = SplitResult(dest)
     finished = partial.is_dir() and _same_split(_read_json(partial / MANIFEST), wanted)
@@ -565,14 +566,14 @@ def materialize(
             _remove_partial(partial, force)
         partial.mkdir(parents=True, exist_ok=True)
         _write_text(partial / _MARKER, json.dumps(marker, indent=2))
-        for split_name in the_plan.splits:
-            for label in the_plan.classes:
+        for split_name in split_plan.splits:
+            for label in split_plan.classes:
                 (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-        _place_all(the_plan, partial, mode, resume, result, progress,
+        _place_all(split_plan, partial, mode, resume, result, progress,
                    workers or default_workers())
         _sweep_parts(partial)
         _write_text(partial / FILES_CSV, files_csv)
-        _write_text(partial / SKIPPED_CSV, the_plan.skipped_csv())
+        _write_text(partial / SKIPPED_CSV, split_plan.skipped_csv())
         (partial / _MARKER).unlink()
         _write_text(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
@@ -608,21 +609,21 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _place_all(the_plan: SplitPlan, partial: Path, mode: str, resume: bool,
+def _place_all(split_plan: SplitPlan, partial: Path, mode: str, resume: bool,
                result: SplitResult, progress: bool, workers: int) -> None:
-    todo = the_plan.files
+    todo = split_plan.files
     if resume:
-        reusable = _map(lambda f: _in_place(partial / f.path, f, the_plan.source, mode),
-                        the_plan.files, workers, False, "")
-        todo = [f for f, ok in zip(the_plan.files, reusable, strict=True) if not ok]
-        result.reused = len(the_plan.files) - len(todo)
+        reusable = _map(lambda f: _in_place(partial / f.path, f, split_plan.source, mode),
+                        split_plan.files, workers, False, "")
+        todo = [f for f, ok in zip(split_plan.files, reusable, strict=True) if not ok]
+        result.reused = len(split_plan.files) - len(todo)
         for f in todo:
             target = partial / f.path
             if target.exists() or target.is_symlink():
                 target.unlink()
-    source = open_source(the_plan.source) if not the_plan.source.is_dir() else None
+    source = open_source(split_plan.source) if not split_plan.source.is_dir() else None
     try:
-        fell_back = _map(lambda f: _place(the_plan.source, source, f, partial / f.path, mode),
+        fell_back = _map(lambda f: _place(split_plan.source, source, f, partial / f.path, mode),
                          todo, workers, progress, "placing")
     finally:
         if source is not None:

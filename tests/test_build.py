@@ -261,6 +261,9 @@ def test_bad_sources_and_arguments(tmp_path):
     (src / "split.json").write_text("{}")
     with pytest.raises(LayoutError, match="classes"):
         build.build_hdf5(src, tmp_path / "out", opts())
+    (src / "split.json").write_text(json.dumps({"schema": "other/9", "classes": CLASSES}))
+    with pytest.raises(LayoutError, match="other/9"):
+        build.build_hdf5(src, tmp_path / "out", opts())
     with pytest.raises(UsageError, match="order"):
         build.build_hdf5(root, tmp_path / "out", opts(order="random"), name="x")
     with pytest.raises(UsageError, match="resize"):

@@ -148,6 +148,7 @@ def test_train_on_a_split_folder(tmp_path):
         (["train", "{tmp}", "{tmp}/r"], 1, "neither train.hdf5"),
         (["sweep-lr", "{data}", "{tmp}/s", "--lrs", "fast"], 2, "comma-separated"),
         (["train", "{data}", "{tmp}/r", "--model", "vgg"], 2, "Invalid value"),
+        (["train", "{data}", "{tmp}/r", "--model", "alexnet"], 2, "at least 63x63"),
         (["train", "--resume", "{tmp}"], 1, "not a run folder"),
         (["evaluate", "{tmp}", "{data}/test.hdf5"], 1, "not a run folder"),
     ],
@@ -158,3 +159,4 @@ def test_bad_input_gives_one_line_errors(data, tmp_path, args, code, text):
     assert result.exit_code == code, result.output
     assert text in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists(), "a failed start left a run folder behind"

@@ -290,6 +290,16 @@ def test_augment_runs_on_raw_pixels_before_preprocessors(h5file):
     assert gen.sample_shape == (6, 7, 3)
 
 
+def test_plain_functions_work_as_preprocessors(h5file):
+    path, imgs, _ = h5file
+    gen = HDF5Generator(path, batch_size=8, shuffle="none", output="uint8", seed=0,
+                        preprocessors=lambda batch, rng: batch[:, :2, ::-1])
+    assert gen.sample_shape == (2, 7, 3) and gen.x_dtype == np.uint8
+    x0, _ = gen[0]
+    gen[1]
+    np.testing.assert_array_equal(x0, imgs[:8, :2, ::-1])
+
+
 def test_uint8_output_is_never_the_reused_read_buffer(h5file):
     path, imgs, _ = h5file
     for ops in ([], [CornerView(3, 3)]):

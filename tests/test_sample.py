@@ -52,9 +52,10 @@ def test_csv_layout_labels_every_image_once(tmp_path):
 
 
 def test_same_seed_same_bytes_and_workers_do_not_matter(tmp_path):
-    a = write_sample_dump(tmp_path / "a", per_class=3, seed=7, workers=1)
-    b = write_sample_dump(tmp_path / "b", per_class=3, seed=7, workers=2)
-    c = write_sample_dump(tmp_path / "c", per_class=3, seed=8, workers=1)
+    # 45 images make several chunks, so two processes really share the work.
+    a = write_sample_dump(tmp_path / "a", per_class=15, seed=7, workers=1)
+    b = write_sample_dump(tmp_path / "b", per_class=15, seed=7, workers=2)
+    c = write_sample_dump(tmp_path / "c", per_class=15, seed=8, workers=1)
     assert _tree(a.dest) == _tree(b.dest)
     assert _tree(a.dest).keys() == _tree(c.dest).keys()
     assert all(_tree(a.dest)[k] != _tree(c.dest)[k] for k in _tree(a.dest))

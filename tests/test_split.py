@@ -179,9 +179,10 @@ def dump(tmp_path):
     return write_sample_dump(tmp_path / "dump", per_class=8, with_bad_files=True, seed=3)
 
 
-def test_split_folders_and_manifests(dump, tmp_path):
+@pytest.mark.parametrize("verify", ["header", "full"])
+def test_split_folders_and_manifests(dump, tmp_path, verify):
     dest = tmp_path / "split"
-    p = plan(dump.dest, verify="full")
+    p = plan(dump.dest, verify=verify)
     result = materialize(p, dest)
     assert result.placed == len(p.files) == 24 + 2  # the alpha PNG and the grey JPEG are kept
     manifest = json.loads((dest / "split.json").read_text())

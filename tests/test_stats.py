@@ -9,25 +9,44 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dsprep import stats
 from dsprep.errors import DatasetFormatError, LayoutError
-from dsprep.stats import ChannelStats, histogram, means_record, read_means, write_means
+from dsprep.stats import ChannelStats, channel_sums, means_record, read_means, write_means
 
 
-def test_histogram_matches_bincount(rng):
+def test_channel_sums_match_integer_numpy(rng):
     pixels = rng.integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
-    expected = np.stack([np.bincount(pixels[..., c].ravel(), minlength=256) for c in range(3)])
-    np.testing.assert_array_equal(histogram(pixels), expected)
-    # A non-contiguous view counts the same pixels.
+    flat = pixels.reshape(-1, 3).astype(np.int64)
+    count, sums, squares = channel_sums(pixels)
+    assert count == 5 * 7 * 9
+    np.testing.assert_array_equal(sums, flat.sum(axis=0))
+    np.testing.assert_array_equal(squares, (flat * flat).sum(axis=0))
+    # A non-contiguous view sums the same pixels as its copy.
     view = pixels[:, ::2, 1:]
-    expected = np.stack([np.bincount(view[..., c].ravel(), minlength=256) for c in range(3)])
-    np.testing.assert_array_equal(histogram(view), expected)
+    flat = view.reshape(-1, 3).astype(np.int64)
+    count, sums, squares = channel_sums(view)
+    assert count == flat.shape[0]
+    np.testing.assert_array_equal(sums, flat.sum(axis=0))
+    np.testing.assert_array_equal(squares, (flat * flat).sum(axis=0))
 
 
-def test_histogram_rejects_other_shapes():
+def test_channel_sums_stay_exact_on_large_bright_blocks(monkeypatch):
+    # All-255 pixels give the largest sums; small pieces exercise the piecewise loop.
+    monkeypatch.setattr(stats, "_PIECE", 1000)
+    pixels = np.full((70_001, 3), 255, dtype=np.uint8)
+    pixels[::7] = 254
+    flat = pixels.astype(np.int64)
+    count, sums, squares = channel_sums(pixels)
+    assert count == 70_001
+    np.testing.assert_array_equal(sums, flat.sum(axis=0))
+    np.testing.assert_array_equal(squares, (flat * flat).sum(axis=0))
+
+
+def test_channel_sums_reject_other_shapes():
     with pytest.raises(ValueError, match="uint8"):
-        histogram(np.zeros((4, 4, 3), dtype=np.float32))
+        channel_sums(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
-        histogram(np.zeros((4, 4, 4), dtype=np.uint8))
+        channel_sums(np.zeros((4, 4, 4), dtype=np.uint8))
 
 
 @settings(max_examples=40, deadline=None)
@@ -49,39 +68,39 @@ def test_merged_pieces_equal_direct_float64(seed, n, cuts, low):
     flat = block.reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(total.mean, flat.mean(axis=0), rtol=0, atol=1e-9)
     np.testing.assert_allclose(total.std, flat.std(axis=0), rtol=0, atol=1e-9)
-    np.testing.assert_array_equal(total.sum, flat.sum(axis=0))
-    np.testing.assert_array_equal(total.sum_squares, (flat ** 2).sum(axis=0))
+    np.testing.assert_array_equal(total.sums, flat.sum(axis=0))
+    np.testing.assert_array_equal(total.squares, (flat ** 2).sum(axis=0))
     assert total.images == n
     assert total.pixels == n * 5 * 4
 
 
 def test_constant_image_has_zero_std():
-    stats = ChannelStats()
-    stats.update(np.full((3, 8, 8, 3), (10, 200, 255), dtype=np.uint8))
-    np.testing.assert_array_equal(stats.mean, [10, 200, 255])
-    np.testing.assert_array_equal(stats.std, [0, 0, 0])
+    acc = ChannelStats()
+    acc.update(np.full((3, 8, 8, 3), (10, 200, 255), dtype=np.uint8))
+    np.testing.assert_array_equal(acc.mean, [10, 200, 255])
+    np.testing.assert_array_equal(acc.std, [0, 0, 0])
 
 
 def test_empty_stats_are_zero():
-    stats = ChannelStats()
-    np.testing.assert_array_equal(stats.mean, np.zeros(3))
-    np.testing.assert_array_equal(stats.std, np.zeros(3))
-    assert stats.pixels == 0 and stats.images == 0
+    acc = ChannelStats()
+    np.testing.assert_array_equal(acc.mean, np.zeros(3))
+    np.testing.assert_array_equal(acc.std, np.zeros(3))
+    assert acc.pixels == 0 and acc.images == 0
 
 
 def test_single_image_counts_as_one(rng):
-    stats = ChannelStats()
-    stats.update(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
-    assert stats.images == 1
-    stats.update(rng.integers(0, 256, (2, 6, 5, 3), dtype=np.uint8))
-    assert stats.images == 3
+    acc = ChannelStats()
+    acc.update(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    assert acc.images == 1
+    acc.update(rng.integers(0, 256, (2, 6, 5, 3), dtype=np.uint8))
+    assert acc.images == 3
 
 
 def test_means_file_round_trip(tmp_path, rng):
     pixels = rng.integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
-    stats = ChannelStats()
-    stats.update(pixels)
-    path = write_means(tmp_path / "sub" / "means.json", means_record(stats, "train.hdf5"))
+    acc = ChannelStats()
+    acc.update(pixels)
+    path = write_means(tmp_path / "sub" / "means.json", means_record(acc, "train.hdf5"))
     record = json.loads(path.read_text())
     flat = pixels.reshape(-1, 3).astype(np.float64)
     assert [record[c] for c in "RGB"] == pytest.approx(flat.mean(axis=0).tolist(), abs=1e-9)

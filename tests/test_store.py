@@ -162,3 +162,19 @@ def test_channel_stats_streams_any_block_size(tmp_path, rng, block):
     np.testing.assert_allclose(stats.mean, flat.mean(axis=0), rtol=0, atol=1e-9)
     np.testing.assert_allclose(stats.std, flat.std(axis=0), rtol=0, atol=1e-9)
     assert stats.images == 10
+
+
+@pytest.mark.parametrize("compression", ["none", "lzf"])
+def test_appends_of_whole_and_partial_chunks_round_trip(tmp_path, rng, compression):
+    images = rng.integers(0, 256, (23, 8, 6, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 23)
+    path = tmp_path / f"chunks-{compression}.hdf5"
+    with store.HDF5Writer(path, 25, (8, 6), ["a", "b", "c"], chunk_images=4,
+                          compression=compression) as writer:
+        # Aligned whole chunks, a ragged block, then unaligned blocks.
+        for lo, hi in ((0, 8), (8, 13), (13, 16), (16, 23)):
+            writer.append(images[lo:hi], labels[lo:hi], [f"f{i}" for i in range(lo, hi)])
+    with store.open_dataset(path) as db:
+        np.testing.assert_array_equal(db["images"][()], images)
+        np.testing.assert_array_equal(db["labels"][()], labels)
+        assert db["filenames"][22].decode() == "f22"

@@ -1,4 +1,4 @@
-"""Training into a run folder: loss falls, checkpoints reload exactly, resume, schedules, evaluate."""
+"""Training into a run folder: the loss falls, checkpoints reload exactly, resume, evaluate."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras", reason="the training extra (Keras 3) is not
 from dsprep.errors import DestinationExistsError, LayoutError, UsageError  # noqa: E402
 from dsprep.store import write_arrays  # noqa: E402
 from dsprep.train import callbacks as cb  # noqa: E402
-from dsprep.train.fit import TrainConfig, open_data, resume, train  # noqa: E402
+from dsprep.train.fit import TrainConfig, configure_device, open_data, resume, train  # noqa: E402
 from dsprep.train.predict import evaluate_run, load_model  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -188,6 +188,14 @@ def test_limit_per_class_keeps_the_first_rows_of_each_class(tmp_path):
     bundle = open_data(data, tiny(limit_per_class=3), work=tmp_path)
     labels = np.asarray(bundle.train.labels)
     assert np.bincount(labels).tolist() == [3, 3]
+    import h5py
+
+    with h5py.File(data / "train.hdf5", "r") as src, h5py.File(bundle.train.path, "r") as sub:
+        src_labels = src["labels"][()]
+        expected = sorted(np.flatnonzero(src_labels == 0)[:3].tolist()
+                          + np.flatnonzero(src_labels == 1)[:3].tolist())
+        assert np.array_equal(sub["images"][()], src["images"][()][expected])
+        assert np.array_equal(sub["labels"][()], src_labels[expected])
     assert bundle.input_shape == (32, 32, 3) and bundle.input_dtype == "uint8"
 
 
@@ -314,3 +322,31 @@ def test_ten_crop_needs_a_run_trained_on_crops(tmp_path):
     run, test, *_ = _hand_built_run(tmp_path, 2, crop=None)
     with pytest.raises(UsageError, match="whole images"):
         evaluate_run(run, test, ten_crop=True)
+
+
+def test_cpu_device_setup_is_float32_without_xla():
+    try:
+        setup = configure_device("auto", jit=True, gpus="all")
+        assert (setup.gpus, setup.precision, setup.jit) == (0, "float32", False)
+        assert keras.mixed_precision.global_policy().name == "float32"
+        forced = configure_device("mixed", jit=True, gpus="1")
+        assert forced.precision == "mixed"
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_schedule_and_early_stop_callbacks_watch_the_best_metric(tmp_path):
+    from dsprep.train.fit import _callbacks
+
+    calls = _callbacks(tmp_path, tiny(schedule="plateau", plateau_patience=4, early_stop=6),
+                       "val_auc", [], True)
+    plateau = next(c for c in calls if isinstance(c, keras.callbacks.ReduceLROnPlateau))
+    assert (plateau.monitor, plateau.patience, plateau.factor) == ("val_auc", 4, 0.1)
+    stop = next(c for c in calls if isinstance(c, keras.callbacks.EarlyStopping))
+    assert (stop.monitor, stop.patience) == ("val_auc", 6)
+    # The recorder runs after the schedule so it logs the rate each epoch trained with.
+    kinds = [type(c) for c in calls]
+    assert kinds.index(cb.RunRecorder) > kinds.index(keras.callbacks.ReduceLROnPlateau)
+    constant = _callbacks(tmp_path, tiny(), "val_accuracy", [], True)
+    assert [type(c) for c in constant] == [cb.RunRecorder]

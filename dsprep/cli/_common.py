@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import click
 
 from ..errors import DsprepError, UsageError
@@ -58,3 +62,39 @@ def format_table(rows: list[list[object]], header: list[str]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and start its backend) with the backend's native start-up log hidden.
+
+    TensorFlow prints CPU-feature and missing-CUDA notices from C++ straight to file descriptor 2
+    while it loads, whatever ``TF_CPP_MIN_LOG_LEVEL`` says, burying the command's own output. They
+    stay hidden unless ``TF_CPP_MIN_LOG_LEVEL`` is set below 3 (or ``-vv`` is given); Python
+    errors are unaffected because they are raised, not printed, while the descriptor is redirected.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules:
+        return
+    silence = os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "3" and verbosity() < 2
+    with _native_stderr_to_devnull() if silence else contextlib.nullcontext():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def _native_stderr_to_devnull():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

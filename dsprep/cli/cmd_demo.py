@@ -82,7 +82,7 @@ def demo(ctx: click.Context, workdir: str, per_class: int, size: int, epochs: in
     for path, what in (
         (preview, "training patches after flips, random patch and mean subtraction"),
         (work / "run" / "curves.png", "loss and accuracy per epoch"),
-        (work / "run" / "confusion.png", "test confusion matrix"),
+        (work / "run" / "confusion-test-center.png", "test confusion matrix"),
         (work / "split" / "skipped.csv", "files left out, with reasons"),
     ):
         say(f"  {path}  {what}")

@@ -61,7 +61,8 @@ def _column(text: str | None) -> str | int | None:
 @click.option("--min-size", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="PX", help="Leave out images smaller than PX on either side.")
 @click.option("--verify", type=click.Choice(VERIFY), default="header", show_default=True,
-              help="header: read the dimensions only (fast); full: decode every image.")
+              help="header: read the dimensions from the header and check the file is not "
+                   "cut short (fast); full: decode every image.")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
               help="Seed of the shuffles; the same SRC, options and seed give the same split.")
 @click.option("--mode", type=click.Choice(MODES), default="copy", show_default=True,
@@ -90,20 +91,20 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     if not dry_run and check_destination(src, dest, options, mode, force=force):
         say(f"{dest} already holds this split (same source, options and seed); nothing to do")
         return
-    the_plan = plan(src, options, progress=show_progress())
+    split_plan = plan(src, options, progress=show_progress())
     if not dry_run:
-        result = materialize(the_plan, dest, mode=mode, force=force, progress=show_progress())
-    counts_by_split = the_plan.counts()
-    rows = [[label] + [counts_by_split[s][label] for s in the_plan.splits]
-            + [sum(counts_by_split[s][label] for s in the_plan.splits)]
-            for label in the_plan.classes]
-    rows.append(["total"] + [sum(counts_by_split[s].values()) for s in the_plan.splits]
-                + [len(the_plan.files)])
-    where = f" (inside {the_plan.root})" if the_plan.root else ""
-    say(f"{src}{where}: {the_plan.layout} layout, {len(the_plan.classes)} classes, "
+        result = materialize(split_plan, dest, mode=mode, force=force, progress=show_progress())
+    counts_by_split = split_plan.counts()
+    rows = [[label] + [counts_by_split[s][label] for s in split_plan.splits]
+            + [sum(counts_by_split[s][label] for s in split_plan.splits)]
+            for label in split_plan.classes]
+    rows.append(["total"] + [sum(counts_by_split[s].values()) for s in split_plan.splits]
+                + [len(split_plan.files)])
+    where = f" (inside {split_plan.root})" if split_plan.root else ""
+    say(f"{src}{where}: {split_plan.layout} layout, {len(split_plan.classes)} classes, "
         f"seed {seed}")
-    say(format_table(rows, ["class", *the_plan.splits, "all"]))
-    reasons = the_plan.skipped_reasons()
+    say(format_table(rows, ["class", *split_plan.splits, "all"]))
+    reasons = split_plan.skipped_reasons()
     if reasons:
         say(f"left out {sum(reasons.values())}: "
             + ", ".join(f"{n} {reason}" for reason, n in reasons.items()))

@@ -13,13 +13,13 @@ import click
 
 from ..errors import UsageError
 from ..train.options import AUGMENTS, MODEL_NAMES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
-from ._common import format_table, say, show_progress
+from ._common import format_table, import_keras_quietly, say, show_progress
 
 _DEFAULTS = TrainConfig()
 
 
-def _training_options(epochs: int) -> Callable:
-    """The options train and sweep-lr share (sweep-lr trains fewer epochs by default)."""
+def _training_options(epochs: int, exclude: tuple[str, ...] = ()) -> Callable:
+    """The options train and sweep-lr share (sweep-lr trains fewer epochs, and has no --lr)."""
     options = [
         click.option("--model", type=click.Choice(MODEL_NAMES), default=_DEFAULTS.model,
                      show_default=True, help="Network to train."),
@@ -70,7 +70,9 @@ def _training_options(epochs: int) -> Callable:
                      help="Side the images of a split folder are resized to (HDF5 data keeps "
                           "its own size)."),
         click.option("--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers,
-                     show_default=True, help="Batches prepared at once by the input pipeline."),
+                     show_default=True,
+                     help="Batches prepared at once by the input pipeline (threads; 2 lets the "
+                          "next batch load while the model trains on this one)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
                      show_default=True,
                      help="auto = mixed float16 on a GPU, float32 on a CPU."),
@@ -83,6 +85,9 @@ def _training_options(epochs: int) -> Callable:
     def apply(fn: Callable) -> Callable:
         for option in reversed(options):
             fn = option(fn)
+        # click collects the options on the function until @click.command turns them into
+        # the command's parameters; leave out the ones this command does not take.
+        fn.__click_params__ = [p for p in fn.__click_params__ if p.name not in exclude]
         return fn
 
     return apply
@@ -123,6 +128,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
       dsprep train data/hdf5 runs/alexnet --model alexnet --crop 227 --augment flip
       dsprep train --resume runs/alexnet --epochs 90
     """
+    import_keras_quietly()
     from ..train import fit
 
     if resume_run:
@@ -174,6 +180,7 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
     Prints rank-1 and rank-5 accuracy, AUC for two classes and per-class accuracy, and draws
     a confusion-matrix PNG into RUN.
     """
+    import_keras_quietly()
     from ..train.predict import evaluate_run
 
     result = evaluate_run(run, data, ten_crop=ten_crop, checkpoint=checkpoint,
@@ -201,7 +208,7 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--lrs", default="0.1,0.01,0.001", show_default=True,
               help="Comma-separated learning rates to try.")
-@_training_options(epochs=3)
+@_training_options(epochs=3, exclude=("lr",))
 @click.option("--force", is_flag=True, help="Replace runs already in RUN/lr-*.")
 def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     """Train briefly at several learning rates and plot the loss curves side by side.
@@ -209,6 +216,7 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     Each rate gets its own run folder RUN/lr-<rate>; RUN/sweep-lr.png draws their training
     (solid) and validation (dashed) loss, and RUN/sweep-lr.csv lists the final figures.
     """
+    import_keras_quietly()
     from ..train import fit
 
     try:
@@ -218,7 +226,7 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
                          "0.1,0.01,0.001") from exc
     if not rates or any(r <= 0 for r in rates):
         raise UsageError(f"--lrs {lrs!r} needs positive learning rates, e.g. 0.1,0.01,0.001")
-    results = fit.sweep_lr(data, run, rates, _config(opts), overwrite=force,
+    results = fit.sweep_lr(data, run, rates, _config({**opts, "lr": rates[0]}), overwrite=force,
                            progress=show_progress())
     rows = []
     for lr, r in results.items():

@@ -93,23 +93,26 @@ def _fmt(value) -> str:
     return "" if value is None else repr(float(value))
 
 
-def _savefig(fig, path: Path) -> None:
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure as PNG through a temporary file and an atomic rename."""
+    path = Path(path)
     tmp = _temp_name(path)
     fig.savefig(tmp, format="png", dpi=100)
     os.replace(tmp, path)
+    return path
 
 
 def plot_curves(rows: Sequence[dict[str, float]], path: str | os.PathLike,
                 title: str = "") -> Path:
     """Draw training/validation loss and accuracy (and AUC when logged) against the epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     epochs = [r["epoch"] + 1 for r in rows]
     fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     axes = fig.subplots(1, 2)
     for ax, names, label in ((axes[0], ("loss",), "loss"), (axes[1], ("accuracy", "auc"), "")):
         for name in names:
@@ -119,6 +122,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | os.PathLike,
                     ax.plot(epochs, [r.get(key, math.nan) for r in rows], style, marker="o",
                             markersize=3, label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label or "metric")
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -126,41 +130,42 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | os.PathLike,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def plot_lr(rows: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
     """Draw the learning rate of each epoch on a log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     ax = fig.subplots()
     lrs = [r.get("lr", math.nan) for r in rows]
     ax.plot([r["epoch"] + 1 for r in rows], lrs, marker="o", markersize=3)
     if all(v > 0 for v in lrs):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def plot_sweep(curves: dict[str, Sequence[dict[str, float]]], path: str | os.PathLike) -> Path:
     """Draw training (solid) and validation (dashed) loss of several runs on shared axes."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     ax = fig.subplots()
     for label, rows in curves.items():
         epochs = [r["epoch"] + 1 for r in rows]
@@ -170,11 +175,12 @@ def plot_sweep(curves: dict[str, Sequence[dict[str, float]]], path: str | os.Pat
             ax.plot(epochs, [r.get("val_loss", math.nan) for r in rows], "--",
                     color=line.get_color())
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (solid: train, dashed: val)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     return path
 
 

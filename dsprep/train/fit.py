@@ -103,9 +103,9 @@ def count_gpus() -> int:
 def configure_device(precision: str = "auto", jit: bool = True, gpus: str = "1") -> DeviceSetup:
     """Pick precision, XLA and data parallelism for the machine at hand.
 
-    On a GPU, ``auto`` precision means mixed float16 and XLA is on unless ``jit`` is False; on a
-    CPU, float32 and no XLA. ``gpus`` is "all" or a count; more than one uses the backend's
-    data-parallel strategy.
+    On a GPU, ``auto`` precision means mixed float16, and XLA is on (TensorFlow and JAX
+    backends) unless ``jit`` is False; on a CPU, float32 and no XLA. ``gpus`` is "all" or a
+    count; more than one uses the backend's data-parallel strategy.
     """
     backend = keras.backend.backend()
     available = count_gpus()
@@ -133,7 +133,9 @@ def configure_device(precision: str = "auto", jit: bool = True, gpus: str = "1")
         else:
             raise UsageError(f"--gpus {gpus}: multi-GPU training is not supported on the "
                              f"{backend} backend; use --gpus 1 or KERAS_BACKEND=tensorflow/jax")
-    return DeviceSetup(backend, wanted, precision, bool(jit and wanted), strategy)
+    # XLA through the backend's own compiler; torch.compile is left to the user.
+    use_jit = bool(jit and wanted and backend in ("tensorflow", "jax"))
+    return DeviceSetup(backend, wanted, precision, use_jit, strategy)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,18 +153,33 @@ def _read_mean(path: Path) -> tuple[float, float, float]:
         ) from exc
 
 
-def _subset_hdf5(src: Path, dest: Path, per_class: int) -> Path:
-    """Write the first ``per_class`` rows of each class of ``src`` into a new file ``dest``."""
-    from ..store import label_names, open_dataset, write_arrays
+def _subset_hdf5(src: Path, dest: Path, per_class: int, block: int = 256) -> Path:
+    """Write the first ``per_class`` rows of each class of ``src`` into a new file ``dest``.
+
+    Rows keep their file order (build-hdf5 shuffles them, so batches still mix classes) and are
+    copied in blocks with per-row reads, which h5py serves far faster than fancy indexing.
+    """
+    from ..store import HDF5Writer, label_names, open_dataset
 
     with open_dataset(src) as db:
-        labels = db["labels"][()]
-        names = label_names(db)
+        images, labels = db["images"], db["labels"][()]
         keep = np.sort(np.concatenate(
             [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
-        images = db["images"][keep] if len(keep) else db["images"][:0]
-    dest.unlink(missing_ok=True)
-    return write_arrays(dest, images, labels[keep], names, split="train", overwrite=True)
+        names = (list(db["filenames"].asstr()[()][keep]) if "filenames" in db
+                 else [f"row{i}" for i in keep])
+        attrs = {k: db.attrs[k] for k in ("resize", "interpolation", "mean_rgb")
+                 if k in db.attrs}
+        with HDF5Writer(dest, len(keep), images.shape[1:3], label_names(db), overwrite=True,
+                        attrs={**attrs, "split": "train", "order": "subset", "seed": 0,
+                               "skipped": 0}) as writer:
+            buf = np.empty((min(block, max(1, len(keep))), *images.shape[1:]), np.uint8)
+            for start in range(0, len(keep), block):
+                rows = keep[start:start + block]
+                for j, row in enumerate(rows):
+                    images.read_direct(buf, np.s_[int(row)], np.s_[j])
+                writer.append(buf[:len(rows)], labels[rows],
+                              names[start:start + len(rows)])
+    return dest
 
 
 def _subset_folder(src: Path, dest: Path, per_class: int) -> Path:
@@ -377,16 +394,23 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
                 "to start over")
         for name in (CONFIG, cb.HISTORY, cb.STATE, cb.BEST, cb.LAST, cb.CURVES, cb.LR_PLOT):
             (run / name).unlink(missing_ok=True)
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    device = configure_device(config.precision, config.jit, config.gpus)
-    bundle = open_data(data, config, work=run)
-    classes = len(bundle.label_names)
-    with device.scope():
-        model = build_model(config.model, bundle.input_shape, classes,
-                            reg=config.weight_decay, width=config.width, mean=bundle.mean,
-                            scale=bundle.scale, input_dtype=bundle.input_dtype)
-        compile_model(model, config, classes, jit=device.jit)
+    try:
+        keras.utils.set_random_seed(config.seed)
+        device = configure_device(config.precision, config.jit, config.gpus)
+        bundle = open_data(data, config, work=run)
+        classes = len(bundle.label_names)
+        with device.scope():
+            model = build_model(config.model, bundle.input_shape, classes,
+                                reg=config.weight_decay, width=config.width, mean=bundle.mean,
+                                scale=bundle.scale, input_dtype=bundle.input_dtype)
+            compile_model(model, config, classes, jit=device.jit)
+    except BaseException:
+        # A run that never started leaves no folder behind to be mistaken for one.
+        if created:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     cb.atomic_write_json(run / CONFIG, {
         "schema": "dsprep-run/1", "data": str(Path(data).resolve()), "data_kind": bundle.kind,
         "options": config.to_dict(), "classes": bundle.label_names,

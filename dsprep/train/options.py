@@ -47,7 +47,7 @@ class TrainConfig:
     limit_per_class: int | None = None
     width: float | None = None
     image_size: int = 256
-    workers: int = 1
+    workers: int = 2
     precision: str = "auto"
     jit: bool = True
     gpus: str = "1"

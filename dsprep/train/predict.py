@@ -95,9 +95,7 @@ def _float_or_none(v) -> float | None:
 def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str],
                    path: str | os.PathLike, title: str = "") -> Path:
     """Draw a confusion matrix (rows: true, columns: predicted) with counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
@@ -105,6 +103,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str
     n = len(label_names)
     side = min(12.0, 2.5 + 0.45 * n)
     fig = Figure(figsize=(side, side))
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), labels=list(label_names), rotation=90 if n > 6 else 0)
@@ -112,18 +111,16 @@ def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 30:
-        top = matrix.max() if matrix.size else 0
+        # imshow spans the colour map from the smallest count to the largest.
+        middle = (matrix.min() + matrix.max()) / 2 if matrix.size else 0
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if matrix[i, j] > top / 2 else "black")
+                        color="white" if matrix[i, j] > middle else "black")
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-    return path
+    return cb.save_figure(fig, path)
 
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: bool = False,

@@ -101,6 +101,16 @@ def epoch_of(gen) -> callable:
     return run
 
 
+def threaded_epoch(gen, workers: int) -> callable:
+    """One epoch with ``workers`` batches computed at once by threads (as ``as_keras`` does)."""
+    def run():
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(gen.__getitem__, range(len(gen))):
+                pass
+        gen.on_epoch_end()
+    return run
+
+
 # -- baselines written the way the book writes them ------------------------------------------
 
 
@@ -226,9 +236,19 @@ def main(argv: list[str] | None = None) -> int:
             "(b) patch+flip+mean, float32", epoch_of(gen(preprocessors=pipeline)),
             "book per-image (split/merge, extract_patches_2d)",
             book_training_epoch(h5, means, rng, slow_n), 8.0, slow_n)
+        book_rate = rows[-1][3]
+        measure("(b') patch+flip, uint8 (mean on the GPU)",
+                epoch_of(gen(preprocessors=pipeline[:2], output="uint8")),
+                "book per-image (as in b)", book_rate, None)
         if not args.skip_keras:
+            keras_rate = rate(keras_directory_epoch(jpegs), n, repeats)
             measure("(c) patch+flip+mean, float32", train_rate,
-                    "keras image_dataset_from_directory", keras_directory_epoch(jpegs), 5.0)
+                    "keras image_dataset_from_directory", keras_rate, 5.0)
+            # Keras decodes with a thread per core; give the generator the same (one process).
+            cores = os.cpu_count() or 1
+            measure(f"(c') same, {cores} threads", threaded_epoch(gen(preprocessors=pipeline),
+                                                                     cores),
+                    "keras (as in c)", keras_rate, None)
         measure("(d) patch+flip+mean, shuffle=full",
                 epoch_of(gen(preprocessors=pipeline, shuffle="full")),
                 "same, shuffle=batches", train_rate, 0.5)
@@ -243,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     header = ("measure", "dsprep img/s", "baseline", "base img/s", "ratio", "goal", "")
     table = [header] + [
-        (what, f"{ours:,.0f}", base_name, f"{base:,.0f}", f"{ratio:.2f}", f">= {goal:g}",
-         "PASS" if ratio >= goal else "FAIL")
+        (what, f"{ours:,.0f}", base_name, f"{base:,.0f}", f"{ratio:.2f}",
+         "-" if goal is None else f">= {goal:g}",
+         "" if goal is None else "PASS" if ratio >= goal else "FAIL")
         for what, ours, base_name, base, ratio, goal in rows
     ]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
@@ -253,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{n} images of {SIZE}x{SIZE} ({slow_n} for the per-image baselines), batches of "
           f"{BATCH}, best of {repeats}; "
           f"{os.cpu_count()} cores; 1 process (Keras uses its own threads).")
-    return 0 if all(ratio >= goal for *_, ratio, goal in rows) else 1
+    return 0 if all(goal is None or ratio >= goal for *_, ratio, goal in rows) else 1
 
 
 if __name__ == "__main__":
