@@ -5,16 +5,14 @@ The only generator-facing module that imports Keras; ``as_tf_dataset`` also need
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from .errors import DatasetFormatError, LayoutError, UsageError
+from .errors import UsageError
 
 
 class KerasDataset(keras.utils.PyDataset):
@@ -127,33 +125,16 @@ def mean_rgb(means: Mapping | Sequence[float] | str | os.PathLike) -> tuple[floa
 
 
 def _read_means(means: Any) -> tuple[float, float, float]:
-    if isinstance(means, (str, os.PathLike)):
-        path = Path(means)
-        if not path.is_file():
-            raise LayoutError(f"{path} does not exist; build-hdf5 writes means.json next to "
-                              "the HDF5 files")
-        try:
-            means = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DatasetFormatError(f"{path} is not a readable JSON file ({exc}); rebuild it "
-                                     "with 'dsprep build-hdf5'") from exc
-        if not isinstance(means, Mapping):
-            raise DatasetFormatError(f"{path} does not hold an object with R, G, B keys")
-    if isinstance(means, Mapping):
-        missing = [k for k in "RGB" if k not in means]
-        if missing:
-            raise DatasetFormatError(
-                f"means have no {', '.join(missing)} key(s); expected a means.json object "
-                "like {'R': 124.9, 'G': 115.9, 'B': 106.1}"
-            )
-        values = [means[k] for k in "RGB"]
-    else:
-        values = list(means)
+    from .preprocess import load_means
+
+    if isinstance(means, (str, os.PathLike, Mapping)):
+        return tuple(float(v) for v in load_means(means))
     try:
-        r, g, b = (float(v) for v in values)
+        r, g, b = (float(v) for v in means)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"mean_rgb needs three numbers (R, G, B); received {values!r}") from exc
-    return r, g, b
+        # Three numbers passed in code are an argument, not a file: a usage error.
+        raise UsageError(f"mean_rgb needs three numbers (R, G, B); received {means!r}") from exc
+    return tuple(float(v) for v in load_means([r, g, b]))
 
 
 @keras.saving.register_keras_serializable(package="dsprep")

@@ -1,7 +1,8 @@
 """Random geometric and photometric transforms on whole batches, for training-time augmentation.
 
 Each augmenter draws its parameters for the whole batch from the ``numpy.random.Generator`` it is
-handed, then applies them with OpenCV; geometric ones keep the dtype.
+handed, then applies them with OpenCV; geometric ones keep the dtype. The flip kernels live here
+(``dsprep.preprocess`` re-exports them and folds a RandomFlip into a following crop).
 """
 
 from __future__ import annotations
@@ -12,9 +13,20 @@ import cv2
 import numpy as np
 
 from .errors import UsageError
-from .preprocess import flip_horizontal, flip_vertical, fuse_flip_before, require_rng
 
-__all__ = ["RandomAffine", "RandomBrightness", "RandomFlip", "affine_matrices", "warp_affine"]
+__all__ = [
+    "RandomAffine",
+    "RandomBrightness",
+    "RandomFlip",
+    "affine_matrices",
+    "flip_horizontal",
+    "flip_vertical",
+    "require_rng",
+    "warp_affine",
+]
+
+# Element types OpenCV's flip takes; anything else goes through numpy.
+_CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
 
 _BORDERS = {
     "nearest": cv2.BORDER_REPLICATE,
@@ -40,7 +52,82 @@ def _batch(batch: np.ndarray) -> np.ndarray:
 
 
 def _mat(a: np.ndarray) -> np.ndarray:
+    """The view OpenCV should see: single-channel images as 2-D, so ``dst=`` is honoured."""
     return a[..., 0] if a.shape[-1] == 1 else a
+
+
+def require_rng(rng, who: str) -> np.random.Generator:
+    """``rng`` when it is a numpy Generator; a UsageError naming ``who`` otherwise."""
+    if not isinstance(rng, np.random.Generator):
+        raise UsageError(
+            f"{who} draws random parameters and needs a numpy.random.Generator, got {rng!r}; "
+            "pass np.random.default_rng(seed)"
+        )
+    return rng
+
+
+def flip_horizontal(
+    batch: np.ndarray, mask: np.ndarray | None = None, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Mirror images left-right: all of them, or those where ``mask`` is true.
+
+    Args:
+        batch: (B, H, W, C) or (B, K, H, W, C) array; with K crops per sample, a sample's mask
+            entry mirrors all of its crops.
+        mask: booleans, one per sample; None flips every sample.
+        out: optional buffer of the batch's shape and dtype; it may be ``batch`` itself.
+
+    Returns:
+        An array of the batch's shape and dtype.
+    """
+    return _flip(batch, mask, out, axis=-2)
+
+
+def flip_vertical(
+    batch: np.ndarray, mask: np.ndarray | None = None, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Mirror images top-bottom: all of them, or those where ``mask`` is true."""
+    return _flip(batch, mask, out, axis=-3)
+
+
+def _flip_output(out: np.ndarray | None, batch: np.ndarray) -> np.ndarray:
+    if out is None:
+        return np.empty_like(batch)
+    if out.shape != batch.shape or out.dtype != batch.dtype:
+        raise UsageError(
+            f"out has shape {out.shape} and dtype {out.dtype}; expected {batch.shape} and "
+            f"{batch.dtype}"
+        )
+    return out
+
+
+def _rows(a: np.ndarray) -> np.ndarray | None:
+    """A C-contiguous (..., W, C) array as one (rows, W, C) image, or None when not contiguous."""
+    if not a.flags.c_contiguous:
+        return None
+    return a.reshape(-1, a.shape[-2], a.shape[-1])
+
+
+def _flip(batch, mask, out, axis: int) -> np.ndarray:
+    batch = _batch(batch)
+    n = batch.shape[0]
+    mask = np.ones(n, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), (n,))
+    in_place = out is batch
+    out = _flip_output(out, batch)
+    use_cv = axis == -2 and batch.dtype in _CV_DTYPES and batch.shape[-1] <= 512
+    for i in range(n):
+        if not mask[i]:
+            if not in_place:
+                out[i] = batch[i]
+            continue
+        src_rows = _rows(batch[i]) if use_cv else None
+        dst_rows = _rows(out[i]) if src_rows is not None else None
+        if dst_rows is not None:
+            # flipCode 1 reverses every row, so (K*H, W, C) rows flip every crop at once.
+            cv2.flip(_mat(src_rows), 1, dst=_mat(dst_rows))
+        else:
+            out[i] = np.flip(batch[i], axis=axis)
+    return out
 
 
 class RandomFlip:
@@ -61,11 +148,6 @@ class RandomFlip:
     def horizontal_flip_probability(self) -> float | None:
         """p for a horizontal-only flip (lets Compose fold it into a crop), else None."""
         return self.p if self.horizontal and not self.vertical else None
-
-    def fuse(self, following):
-        """Fold a horizontal-only flip into a following crop (Compose calls this)."""
-        p = self.horizontal_flip_probability
-        return None if p is None else fuse_flip_before(p, following)
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(int(s) for s in shape)
@@ -97,7 +179,7 @@ def _symmetric_range(value, name: str) -> tuple[float, float]:
 
 
 def _pair(value, name: str) -> tuple[float, float]:
-    """A shift given as one fraction for both axes or as (height, width) fractions."""
+    """One value for both axes, or a (height, width) pair."""
     if isinstance(value, (int, float, np.number)):
         return float(value), float(value)
     if len(value) != 2:
@@ -173,9 +255,10 @@ class RandomAffine:
 
     Args:
         rotation: degrees; the angle is uniform in [-rotation, rotation] (``rotation_range``).
-        shift: fraction of the size; the shift is uniform in [-shift, shift] times the height
-            and, independently, times the width; or a (height, width) pair of fractions
-            (``height_shift_range``, ``width_shift_range``).
+        shift: the largest shift, one value for both axes or a (height, width) pair
+            (``height_shift_range``, ``width_shift_range``). As in Keras, a value below 1 is a
+            fraction of that side's size and a value of 1 or more is pixels; the shift is drawn
+            uniformly in [-shift, shift], independently for each axis.
         shear: degrees; the shear angle is uniform in [-shear, shear] (``shear_range``).
         zoom: a float z for factors uniform in [1 - z, 1 + z], or a (low, high) pair; the
             horizontal and vertical factors are drawn independently (``zoom_range``). A factor
@@ -227,8 +310,11 @@ class RandomAffine:
         rng = require_rng(rng, "RandomAffine")
         height, width = shape
         rotation = rng.uniform(*self.rotation, n)
-        shift_y = rng.uniform(-self.shift[0], self.shift[0], n) * height
-        shift_x = rng.uniform(-self.shift[1], self.shift[1], n) * width
+        # Below 1 a fraction of the side, 1 or more pixels (Keras's *_shift_range rule).
+        max_y = self.shift[0] * height if self.shift[0] < 1 else self.shift[0]
+        max_x = self.shift[1] * width if self.shift[1] < 1 else self.shift[1]
+        shift_y = rng.uniform(-max_y, max_y, n)
+        shift_x = rng.uniform(-max_x, max_x, n)
         shear = rng.uniform(*self.shear, n)
         zoom_y = rng.uniform(*self.zoom, n)
         zoom_x = rng.uniform(*self.zoom, n)

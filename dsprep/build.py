@@ -32,7 +32,8 @@ from .errors import (
     LayoutError,
     UsageError,
 )
-from .sources import scan_class_folders
+from .sources import UNREADABLE, scan_class_folders
+from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, channel_sums, means_record, write_means
 
 SPLITS = ("train", "val", "test")
@@ -47,9 +48,11 @@ DEFAULT_CHUNK_IMAGES = 64
 DEFAULT_CHUNK_IMAGES_COMPRESSED = 8
 # Images a worker decodes per task: enough to hide the per-task overhead.
 _TASK_IMAGES = 64
-# Ring blocks per worker: tasks queued beyond the running ones, so a worker slowed down for a
-# moment does not leave the others waiting for a free block.
-_BLOCKS_PER_WORKER = 2
+# Ring blocks per worker: tasks queued beyond the running ones. Blocks are consumed in order, so
+# a worker that finishes early runs ahead by up to this many blocks while the parent waits on a
+# slower one or on a disk write; with 2 a worker sometimes waited for a free block. 4 blocks of
+# 64 256x256 images are 50 MB per worker, whatever the number of images.
+_BLOCKS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,10 @@ class BuildOptions:
             raise UsageError(f"chunk_images {self.chunk_images} must be at least 1")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers {self.workers} must be at least 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or self.seed < 0:
+            # numpy's generators refuse negative seeds; say so before any work is done.
+            raise UsageError(f"seed {self.seed!r} must be a whole number, 0 or more")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"max_pixels {self.max_pixels} must be at least 1")
         return self
@@ -297,25 +304,27 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
     """Decode ``paths`` into ``out[0:k]`` (good images packed first)."""
     ok: list[int] = []
     skips: list[tuple[int, str, str]] = []
-    count, sums, squares = 0, np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
     for pos, path in enumerate(paths):
         try:
             data = imagelib.read_bytes(path)
-            pixels = imagelib.load(data, decode.size, decode.resize, decode.interpolation,
-                                   exact=decode.exact, max_pixels=decode.max_pixels)
+            if not data:
+                skips.append((pos, EMPTY, "zero-byte file"))
+                continue
+            # Straight into the ring slot: no per-image array to copy afterwards.
+            imagelib.load(data, decode.size, decode.resize, decode.interpolation,
+                          exact=decode.exact, max_pixels=decode.max_pixels, out=out[len(ok)])
         except ImageTooLargeError as exc:
-            skips.append((pos, "too-large", str(exc)))
+            skips.append((pos, TOO_LARGE, str(exc)))
             continue
         except CorruptImageError as exc:
-            skips.append((pos, "corrupt", str(exc)))
+            skips.append((pos, NOT_AN_IMAGE, str(exc) or "not an image"))
             continue
         except OSError as exc:
-            skips.append((pos, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}"))
+            skips.append((pos, UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}"))
             continue
-        out[len(ok)] = pixels
-        n, s, q = channel_sums(pixels)
-        count, sums, squares = count + n, sums + s, squares + q
         ok.append(pos)
+    # One pass over the whole block: the sums are exact integers, so this equals per-image sums.
+    count, sums, squares = channel_sums(out[: len(ok)])
     return _Block(ok, skips, count, sums, squares)
 
 
@@ -583,17 +592,24 @@ def build_hdf5(
     comes from the training file only (a split called "train").
 
     Raises:
-        DestinationExistsError: an output exists and ``force`` is false.
-        LayoutError, UsageError: the source or the options are not usable.
+        DestinationExistsError: an output (an HDF5 file, means.json or skipped.csv) exists and
+            ``force`` is false.
+        LayoutError, UsageError: the source or the options are not usable, or OUT is SRC.
         DsprepError: a worker process died.
     """
     options = (options or BuildOptions()).validate()
     src, out = Path(src), Path(out)
+    if out.resolve() == src.resolve():
+        # The split's own skipped.csv would be replaced, and the outputs mixed with the sources.
+        raise UsageError(f"output folder {out} is the source folder {src}; "
+                         "choose another OUT such as data/hdf5")
     classes, planned, notes = find_rows(src, name)
     outputs = [out / f"{split}.hdf5" for split in planned]
     means_path = out / MEANS_NAME if "train" in planned else None
+    skipped_final = out / SKIPPED_NAME
     if not force:
-        existing = [p for p in [*outputs, means_path] if p is not None and p.exists()]
+        existing = [p for p in [*outputs, means_path, skipped_final]
+                    if p is not None and p.exists()]
         if existing:
             raise DestinationExistsError(
                 f"{', '.join(map(str, existing))} already exist(s); use --force to replace"
@@ -606,22 +622,29 @@ def build_hdf5(
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress))
-        skipped_path = _write_skipped(out / SKIPPED_NAME, [s for r in reports for s in r.skipped])
+        _write_skipped(_next(skipped_final), [s for r in reports for s in r.skipped])
         if means_path is not None:
             train = next(r for r in reports if r.split == "train")
-            write_means(means_path.with_name(means_path.name + ".next"),
-                        means_record(train.stats, train.path.name))
+            write_means(_next(means_path), means_record(train.stats, train.path.name))
+        # Everything is whole before anything takes a final name; then the renames, together.
         for report in reports:
             os.replace(store.partial_path(report.path), report.path)
+        os.replace(_next(skipped_final), skipped_final)
         if means_path is not None:
-            os.replace(means_path.with_name(means_path.name + ".next"), means_path)
+            os.replace(_next(means_path), means_path)
     except BaseException:
         for path in outputs:
             store.partial_path(path).unlink(missing_ok=True)
-        if means_path is not None:
-            means_path.with_name(means_path.name + ".next").unlink(missing_ok=True)
+        for path in (means_path, skipped_final):
+            if path is not None:
+                _next(path).unlink(missing_ok=True)
         raise
-    return BuildReport(reports, means_path, skipped_path, notes)
+    return BuildReport(reports, means_path, skipped_final, notes)
+
+
+def _next(path: Path) -> Path:
+    """Where a small output waits, whole, for the HDF5 files to be renamed with it."""
+    return path.with_name(path.name + ".next")
 
 
 def _write_skipped(path: Path, skipped: Iterable[Skip]) -> Path:
@@ -648,6 +671,8 @@ def check_sources(path: str | os.PathLike, count: int, seed: int = 0) -> list[st
     Returns:
         One line per problem (a missing source, a failed decode, pixels that differ).
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed {seed!r} must be a whole number, 0 or more")
     problems: list[str] = []
     with store.open_dataset(path) as db:
         attrs = store.attributes(db)

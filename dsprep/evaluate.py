@@ -122,8 +122,9 @@ def rank_accuracy(
 ) -> dict[int, float]:
     """The fraction of samples whose true class is among the ``k`` most probable classes.
 
-    A sample counts for rank-k when fewer than k classes score strictly higher than its true
-    class (so ties resolve in its favour).
+    Ties break as ``argmax`` breaks them: a class ranks above the true one when it scores
+    higher, or the same with a lower index, so uniform scores are not all counted right. A row
+    with a NaN or infinite score counts as wrong (a broken model must not look accurate).
 
     Args:
         probs: (N, classes) scores.
@@ -147,9 +148,12 @@ def rank_accuracy(
         raise UsageError(f"k must be positive ranks, got {k!r}")
     if not labels.size:
         raise UsageError("no samples to score")
-    true_scores = probs[np.arange(len(labels)), labels]
-    higher = (probs > true_scores[:, None]).sum(axis=1)
-    return {int(v): float(np.mean(higher < int(v))) for v in ks}
+    true_scores = probs[np.arange(len(labels)), labels][:, None]
+    lower_index = np.arange(probs.shape[1])[None, :] < labels[:, None]
+    above = (probs > true_scores) | ((probs == true_scores) & lower_index)
+    ranks_above = above.sum(axis=1)
+    finite = np.isfinite(probs).all(axis=1)
+    return {int(v): float(np.mean(finite & (ranks_above < int(v)))) for v in ks}
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -419,10 +419,11 @@ class DirectoryGenerator(_BatchSequence):
     Uses the same decode and resize as build-hdf5 (``dsprep.images.load``). Every file is
     checked once at construction: unreadable ones are left out and listed in ``skipped`` as
     ``(path, reason)``. A file that still fails to decode later is replaced, in that batch, by
-    the next good image of its class (the same one in every process) and listed in
-    ``replaced``. Batches, randomness, ``augment``, ``preprocessors``, ``one_hot`` and
-    ``output`` behave as in :class:`HDF5Generator`; ``shuffle=True`` shuffles every image each
-    epoch (free here, as each image is decoded on its own).
+    the next good image of its class (the same one in every process) and listed once in
+    ``replaced`` as ``(path, reason)``, however often it is met. Batches, randomness,
+    ``augment``, ``preprocessors``, ``one_hot`` and ``output`` behave as in
+    :class:`HDF5Generator`; ``shuffle=True`` shuffles every image each epoch (free here, as each
+    image is decoded on its own).
 
     Args:
         root: a folder of class sub-folders (e.g. a split's ``train``).
@@ -536,11 +537,13 @@ class DirectoryGenerator(_BatchSequence):
     def _reset_process_state(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid: int | None = None
+        self._replaced_lock = threading.Lock()
+        self._replaced_paths = {path for path, _ in getattr(self, "replaced", ())}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_pool", None)
-        state.pop("_pool_pid", None)
+        for key in ("_pool", "_pool_pid", "_replaced_lock", "_replaced_paths"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -598,11 +601,18 @@ class DirectoryGenerator(_BatchSequence):
             try:
                 return self._decode(path)
             except (DsprepError, OSError) as exc:
-                self.replaced.append((path, f"{type(exc).__name__}: {exc}"))
+                self._record_replaced(path, f"{type(exc).__name__}: {exc}")
         raise CorruptImageError(
             f"no image of class {self.label_names[int(self.labels[k])]!r} under {self.root} "
             "decodes any more; check the files and build the generator again"
         )
+
+    def _record_replaced(self, path: Path, reason: str) -> None:
+        """List a failing file once, however many batches and epochs meet it."""
+        with self._replaced_lock:  # decoding threads fail at the same time
+            if path not in self._replaced_paths:
+                self._replaced_paths.add(path)
+                self.replaced.append((path, reason))
 
     # -- order and batches -----------------------------------------------------------------
 

@@ -154,20 +154,25 @@ def resize(
     size: int | str | tuple[int, int],
     mode: str = "crop",
     interpolation: str | None = None,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resize an (H, W, C) image to ``size`` = (height, width), or anything ``parse_size`` takes.
 
     ``crop`` scales the shorter side to fit and centre-crops, ``stretch`` ignores the aspect
     ratio, ``pad`` letterboxes on black. INTER_AREA shrinks and INTER_CUBIC enlarges unless
     ``interpolation`` names another (one of ``INTERPOLATIONS``). Returns the input itself when
-    it already has the requested size.
+    it already has the requested size (unless ``out`` is given). With ``out``, a C-contiguous
+    array of the result's shape and dtype, the result is written there and ``out`` returned:
+    a caller filling a batch buffer saves a copy per image.
 
     Raises:
         UsageError: an unknown mode or interpolation, or a size that is not positive.
     """
     size = parse_size(size)
     _check_options(mode, interpolation)
-    return _fit(image, image.shape[0], image.shape[1], 1, size, mode, interpolation)
+    _check_out(out, size, image.shape[2:], image.dtype)
+    return _fit(image, image.shape[0], image.shape[1], 1, size, mode, interpolation, out)
 
 
 def load(
@@ -178,23 +183,27 @@ def load(
     *,
     exact: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode image bytes and resize them to ``size``: the one path build and generators share.
 
     Gives ``resize(decode(data), size, mode, interpolation)``. Unless ``exact``, a JPEG much
     larger than the target is decoded at 1/2, 1/4 or 1/8 scale first (see ``REDUCE_MIN_RATIO``),
-    which is faster and stays at 35 dB PSNR or more from the exact result.
+    which is faster and stays at 35 dB PSNR or more from the exact result. With ``out``, a
+    C-contiguous (height, width, 3) uint8 array, the pixels are written there and ``out``
+    returned (its content is undefined if decoding fails).
 
     Raises:
         CorruptImageError, ImageTooLargeError: as ``decode``.
-        UsageError: as ``resize``.
+        UsageError: as ``resize``, or an ``out`` of the wrong shape or dtype.
     """
     size = parse_size(size)
     _check_options(mode, interpolation)
+    _check_out(out, size, (3,), np.dtype(np.uint8))
     header = _inspect(data)
     if header is None:
         image = _decode_fallback(data, max_pixels)
-        return _fit(image, image.shape[0], image.shape[1], 1, size, mode, interpolation)
+        return _fit(image, image.shape[0], image.shape[1], 1, size, mode, interpolation, out)
     _check_pixels(header, max_pixels)
     if header.complete:
         raise CorruptImageError(header.complete)
@@ -203,7 +212,7 @@ def load(
     if not exact and header.format == "JPEG" and interpolation in (None, "area"):
         factor = _reduction(full_h, full_w, size, mode)
     image = _decode(data, header, factor)
-    return _fit(image, full_h, full_w, factor, size, mode, interpolation)
+    return _fit(image, full_h, full_w, factor, size, mode, interpolation, out)
 
 
 # --- resizing -------------------------------------------------------------------------------
@@ -216,6 +225,16 @@ def _check_options(mode: str, interpolation: str | None) -> None:
         raise UsageError(
             f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
         )
+
+
+def _check_out(out: np.ndarray | None, size: tuple[int, int], channels: tuple[int, ...],
+               dtype: np.dtype) -> None:
+    if out is None:
+        return
+    shape = (*size, *channels)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise UsageError(f"out must be a C-contiguous {dtype} array shaped {shape}, "
+                         f"got {out.dtype}{out.shape}; pass a slice of a matching buffer")
 
 
 def _scaled_size(h: int, w: int, size: tuple[int, int], mode: str) -> tuple[int, int]:
@@ -251,6 +270,7 @@ def _fit(
     size: tuple[int, int],
     mode: str,
     interpolation: str | None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scale, then crop or pad, ``image``: a full_h x full_w picture decoded at 1/factor scale.
 
@@ -265,23 +285,37 @@ def _fit(
         flag = INTERPOLATIONS[interpolation]
     h, w = image.shape[:2]
     if factor == 1:
-        out = image if (sh, sw) == (h, w) else cv2.resize(image, (sw, sh), interpolation=flag)
+        if (sh, sw) == (h, w):
+            scaled = image
+        elif out is not None and (sh, sw) == (height, width) and out.shape[2:] == image.shape[2:]:
+            # Nothing to crop or pad: OpenCV resizes straight into the caller's buffer.
+            return cv2.resize(image, (sw, sh), dst=out, interpolation=flag)
+        else:
+            scaled = cv2.resize(image, (sw, sh), interpolation=flag)
     else:
         # Exact scale factors (not a destination size) keep the reduced grid aligned; the few
         # extra rows or columns from libjpeg's rounding up are cut off afterwards.
-        out = cv2.resize(image, None, fx=factor * sw / full_w, fy=factor * sh / full_h,
-                         interpolation=flag)
-        if out.shape[0] < sh or out.shape[1] < sw:
-            out = cv2.resize(image, (sw, sh), interpolation=flag)
-        out = out[:sh, :sw]
+        scaled = cv2.resize(image, None, fx=factor * sw / full_w, fy=factor * sh / full_h,
+                            interpolation=flag)
+        if scaled.shape[0] < sh or scaled.shape[1] < sw:
+            scaled = cv2.resize(image, (sw, sh), interpolation=flag)
+        scaled = scaled[:sh, :sw]
     if mode == "pad":
-        canvas = np.zeros((height, width) + out.shape[2:], dtype=out.dtype)
+        if out is None:
+            canvas = np.zeros((height, width) + scaled.shape[2:], dtype=scaled.dtype)
+        else:
+            canvas = out
+            canvas[...] = 0
         top, left = (height - sh) // 2, (width - sw) // 2
-        canvas[top : top + sh, left : left + sw] = out
+        canvas[top : top + sh, left : left + sw] = scaled
         return canvas
-    top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
-    out = out[top : top + height, left : left + width]
-    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
+    top, left = (scaled.shape[0] - height) // 2, (scaled.shape[1] - width) // 2
+    cropped = scaled[top : top + height, left : left + width]
+    if out is not None:
+        # One copy from the crop window into the caller's buffer, none in between.
+        np.copyto(out, cropped)
+        return out
+    return cropped if cropped.flags.c_contiguous else np.ascontiguousarray(cropped)
 
 
 # --- decoding -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import shutil
 import zlib
 from dataclasses import dataclass, field
 from functools import cache
+from numbers import Integral
 from pathlib import Path
 
 import cv2
@@ -257,13 +258,16 @@ def write_sample_dump(
         workers: processes to use (default: all cores for large dumps, one for small ones).
 
     Raises:
-        UsageError: an unknown layout or class, or a negative count.
+        UsageError: an unknown layout or class, or a negative count or seed.
         DestinationExistsError: ``dest`` is not empty and ``overwrite`` is false.
     """
     if layout not in LAYOUTS:
         raise UsageError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if per_class < 0:
         raise UsageError(f"per_class must be 0 or more, got {per_class}")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise UsageError(f"seed {seed!r} must be a whole number >= 0 (numpy's generators "
+                         "refuse negative seeds), e.g. 0")
     names = sorted(set(classes or DEFAULT_CLASSES))
     unknown = [n for n in names if n not in PHOTOS]
     if unknown:

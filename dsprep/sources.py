@@ -52,6 +52,11 @@ def is_image_name(name: str) -> bool:
 def scan_class_folders(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, str]]]:
     """List ``root/<class>/<image>`` files.
 
+    The walk is the one of :meth:`FolderSource.list_files`: links are followed but a folder is
+    walked once (a link back up cannot repeat files), only regular files count (no FIFOs or
+    devices), and hidden entries and archiver folders such as ``__MACOSX`` are neither
+    classes nor images.
+
     Returns:
         The sorted class names, and (path, class) pairs sorted by class then relative path, so
         the result never depends on the order the file system lists files in.
@@ -59,16 +64,16 @@ def scan_class_folders(root: str | os.PathLike) -> tuple[list[str], list[tuple[P
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder of class sub-folders")
-    classes = sorted(
-        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-    )
-    items: list[tuple[Path, str]] = []
-    for name in classes:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found += [Path(dirpath) / f for f in filenames if is_image_name(f)]
-        items += [(p, name) for p in sorted(found, key=lambda p: p.relative_to(root).as_posix())]
+    classes = sorted(d.name for d in root.iterdir() if _visible(d.name) and d.is_dir())
+    files, _ = FolderSource(root).list_files()
+    known = set(classes)
+    pairs = []
+    for rel in files:
+        label, sep, rest = rel.partition("/")
+        if sep and label in known and is_image_name(PurePosixPath(rest).name):
+            pairs.append((label, rel))
+    pairs.sort()
+    items = [(root / rel, label) for label, rel in pairs]
     if not items:
         raise LayoutError(
             f"{root} has no images in class sub-folders (expected {root}/<class>/<image>)"
@@ -125,6 +130,7 @@ class FolderSource(Source):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._root = str(path)
 
     def list_files(self) -> tuple[list[str], list[Skipped]]:
         files: list[str] = []
@@ -146,7 +152,14 @@ class FolderSource(Source):
                     continue
                 rel = prefix + entry.name
                 try:
-                    kind = os.stat(entry.path).st_mode
+                    # The directory listing already says what a plain entry is; only links
+                    # need a stat of their own (to follow them and to find dangling ones).
+                    if entry.is_symlink():
+                        kind = os.stat(entry.path).st_mode
+                    elif entry.is_dir(follow_symlinks=False):
+                        kind = stat.S_IFDIR
+                    else:
+                        kind = stat.S_IFREG if entry.is_file(follow_symlinks=False) else 0
                 except FileNotFoundError:
                     if entry.is_symlink():
                         target = os.readlink(entry.path)
@@ -164,7 +177,9 @@ class FolderSource(Source):
         return sorted(files), problems
 
     def read(self, rel: str) -> bytes:
-        with open(self.path / rel, "rb") as fh:
+        # Unbuffered: one read of the whole file straight into the result; a plain string path,
+        # because pathlib's parsing cost as much as the read for small files.
+        with open(os.path.join(self._root, rel), "rb", buffering=0) as fh:
             return fh.read()
 
     def local_path(self, rel: str) -> Path:
@@ -352,9 +367,17 @@ def find_images(
     labels_name = None
     if layout in ("auto", "csv"):
         labels_name, text = _labels_text(source, root, files, labels, required=layout == "csv")
+        guessing = layout == "auto" and labels is None
         if text is not None:
-            table = _LabelsTable(text, labels_name, images, root, id_column, label_column)
-            if layout == "auto" and labels is None and not table.labels_most():
+            try:
+                table = _LabelsTable(text, labels_name, images, root, id_column, label_column)
+            except (LayoutError, csv.Error):
+                # A stray notes.csv that is empty or not a table says nothing about labels
+                # unless the user named it as the labels file.
+                if not guessing:
+                    raise
+                table = None
+            if guessing and table is not None and not table.labels_most():
                 table = None
     if table is not None:
         items, skipped = table.resolve()
@@ -536,10 +559,22 @@ class _LabelsTable:
         return id_index, label_index, has_header
 
     def labels_most(self) -> bool:
-        """Whether at least half of the rows name an image (auto layout trusts it then)."""
-        hits = sum(bool(self.id_index < len(r) and self.lookup(r[self.id_index]))
-                   for r in self.rows)
-        return bool(self.rows) and hits * 2 >= len(self.rows)
+        """Whether the auto layout may trust this CSV as the labels file.
+
+        It must label at least half of the images found, with at least two distinct labels: a
+        submission template (``id,label`` rows ``1,0`` naming only the unlabelled test images)
+        names images too, but labels few of them and all alike.
+        """
+        labelled: set[str] = set()
+        labels: set[str] = set()
+        for row in self.rows:
+            if max(self.id_index, self.label_index) >= len(row):
+                continue
+            matches = self.lookup(row[self.id_index])
+            if len(matches) == 1:
+                labelled.add(matches[0])
+                labels.add(row[self.label_index].strip())
+        return len(labels) >= 2 and len(labelled) * 2 >= len(self.images) > 0
 
     def resolve(self) -> tuple[list[tuple[str, str]], list[Skipped]]:
         skipped: list[Skipped] = []

@@ -60,6 +60,18 @@ def test_mean_rgb_reads_dicts_paths_and_triples(tmp_path):
         mean_rgb([1, 2])
 
 
+def test_mean_rgb_reads_means_as_the_preprocessors_do(tmp_path):
+    # One reader for means.json: what MeanSubtract refuses, the Keras layer refuses too.
+    from dsprep.adapters import MeanSubtraction, mean_rgb
+    from dsprep.preprocess import load_means
+
+    path = tmp_path / "means.json"
+    path.write_text('{"R": NaN, "G": 1, "B": 2}')
+    for reader in (load_means, mean_rgb, MeanSubtraction):
+        with pytest.raises(DatasetFormatError, match="finite"):
+            reader(path)
+
+
 # -- PyDataset ---------------------------------------------------------------------------------
 
 

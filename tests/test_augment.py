@@ -200,8 +200,12 @@ def test_brightness_adds_one_offset_per_image_within_delta(delta, seed):
 def test_brightness_saturates_uint8_and_is_exact_for_float():
     batch = np.stack([np.full((4, 4, 3), 250, np.uint8), np.full((4, 4, 3), 3, np.uint8)])
     out = RandomBrightness(100)(batch, np.random.default_rng(0))
-    assert out.min() >= 0 and out.max() <= 255  # no wrap-around
-    assert set(np.unique(out[0])) <= set(range(150, 256))
+    # rng(0) draws the offsets +27.4 and -46.0 (computed as below); uint8 addition would wrap
+    # 250 + 27 to 21 and 3 - 46 to 213; saturating gives 255 and 0.
+    offsets = np.random.default_rng(0).uniform(-100, 100, 2)
+    assert offsets[0] > 5 and offsets[1] < -3
+    np.testing.assert_array_equal(out[0], 255)
+    np.testing.assert_array_equal(out[1], 0)
     floats = batch.astype(np.float32)
     got = RandomBrightness(10.5)(floats, np.random.default_rng(1))
     assert got.dtype == np.float32
@@ -211,3 +215,43 @@ def test_brightness_saturates_uint8_and_is_exact_for_float():
     np.testing.assert_array_equal(
         RandomBrightness(10.5)(floats, np.random.default_rng(1)), got
     )
+
+
+def test_augment_sits_below_preprocess():
+    import ast
+    from pathlib import Path
+
+    import dsprep.augment as augment
+    import dsprep.preprocess as preprocess
+
+    tree = ast.parse(Path(augment.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(("." * node.level) + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert not {name for name in imported if "preprocess" in name}
+    # The public names stay importable from preprocess.
+    assert preprocess.flip_horizontal is augment.flip_horizontal
+    assert preprocess.require_rng is augment.require_rng
+
+
+def test_shift_of_one_or_more_is_pixels_below_one_a_fraction():
+    # Keras's width/height_shift_range: >= 1 is pixels, < 1 a fraction of the side.
+    h, w, n = 40, 80, 64
+    zeros = np.zeros((n, h, w, 1), np.uint8)
+
+    def shifts(op):
+        # The forward maps' translation columns are the shifts in pixels (no rotation/zoom).
+        m = op.draw(n, (h, w), np.random.default_rng(5))
+        return np.abs(m[:, 1, 2]), np.abs(m[:, 0, 2])
+
+    dy, dx = shifts(RandomAffine(shift=3))
+    assert dy.max() <= 3 and dx.max() <= 3 and dx.max() > 2  # 3 pixels on both axes
+    dy, dx = shifts(RandomAffine(shift=(2.0, 0.5)))
+    assert dy.max() <= 2 and dy.max() > 1.5  # 2 pixels
+    assert dx.max() <= 40 and dx.max() > 30  # half of the 80-pixel width
+    dy, dx = shifts(RandomAffine(shift=0.5))
+    assert dy.max() <= 20 and dx.max() <= 40 and dx.max() > 30
+    assert RandomAffine(shift=3)(zeros, np.random.default_rng(0)).shape == zeros.shape

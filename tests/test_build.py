@@ -108,9 +108,11 @@ def test_pixels_equal_a_per_image_reference(tmp_path, size):
 def _add_bad_files(split_dir: Path) -> dict[str, str]:
     (split_dir / "cat" / "cat_2b.jpg").write_text("this is not a JPEG")
     (split_dir / "dog" / "dog_0a.jpg").write_bytes(b"")
-    (split_dir / "fox" / "fox_4z.jpg").symlink_to(split_dir / "fox" / "missing-target.jpg")
-    return {"train/cat/cat_2b.jpg": "corrupt", "train/dog/dog_0a.jpg": "corrupt",
-            "train/fox/fox_4z.jpg": "unreadable"}
+    # 80x80 is over the 5,000-pixel limit the test sets; the good 48x64 images are under it.
+    write_image(split_dir / "fox" / "fox_4z.jpg", smooth_image(80, 80, seed=3))
+    # The same reason names as the split stage gives for the same failures.
+    return {"train/cat/cat_2b.jpg": "not-an-image", "train/dog/dog_0a.jpg": "empty",
+            "train/fox/fox_4z.jpg": "too-large"}
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -119,7 +121,8 @@ def test_bad_files_are_skipped_and_rows_stay_aligned(tmp_path, monkeypatch, work
     monkeypatch.setattr(build, "_TASK_IMAGES", 4)
     src = make_split(tmp_path / "split", counts=(("train", 6),))
     bad = _add_bad_files(src / "train")
-    report = build.build_hdf5(src, tmp_path / "out", opts(chunk_images=2, workers=workers))
+    report = build.build_hdf5(src, tmp_path / "out",
+                              opts(chunk_images=2, workers=workers, max_pixels=5000))
     images, labels, names, attrs = rows_of(tmp_path / "out" / "train.hdf5")
     assert len(images) == len(labels) == len(names) == 18
     assert attrs["skipped"] == 3 and attrs["count"] == 18
@@ -283,6 +286,72 @@ def test_existing_outputs_need_force(tmp_path):
     build.build_hdf5(src, tmp_path / "out", opts(size=(16, 16)), force=True)
     assert rows_of(tmp_path / "out" / "train.hdf5")[0].shape == (3, 16, 16, 3)
     assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkeypatch):
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    real = build.imagelib.read_bytes
+
+    def read_bytes(path):
+        # Tests run as root, where file modes do not stop a read: inject the failure.
+        if Path(path).name == "dog_0.jpg":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(build.imagelib, "read_bytes", read_bytes)
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert [(s.source, s.reason) for s in report.skipped] == [("train/dog/dog_0.jpg",
+                                                               "unreadable")]
+    assert "Permission denied" in report.skipped[0].detail
+
+
+def test_skipped_csv_alone_counts_as_an_existing_output(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "skipped.csv").write_text("mine\n")
+    with pytest.raises(DestinationExistsError, match="skipped.csv"):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    assert (tmp_path / "out" / "skipped.csv").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_output_folder_that_is_the_source_is_refused(tmp_path, force):
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    (src / "skipped.csv").write_text("source,reason,detail\nx.jpg,empty,zero-byte file\n")
+    with pytest.raises(UsageError, match="is the source folder"):
+        build.build_hdf5(src, tmp_path / "split" / ".", opts(), force=force)
+    assert (src / "skipped.csv").read_text().endswith("x.jpg,empty,zero-byte file\n")
+    assert not list(src.glob("*.hdf5*")) and not (src / "means.json").exists()
+
+
+def test_failed_build_leaves_the_old_skipped_csv_alone(tmp_path, monkeypatch):
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "skipped.csv").write_text("old\n")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    # means.json is written after skipped.csv: a failure there must not have replaced it.
+    monkeypatch.setattr(build, "write_means", fail)
+    with pytest.raises(OSError, match="disk full"):
+        build.build_hdf5(src, out, opts(), force=True)
+    assert (out / "skipped.csv").read_text() == "old\n"
+    assert sorted(p.name for p in out.iterdir()) == ["skipped.csv"]
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**40), 1.5, True])
+def test_seed_must_be_a_whole_number_not_below_zero(seed):
+    with pytest.raises(UsageError, match="seed"):
+        build.BuildOptions(seed=seed).validate()
+
+
+def test_check_sources_refuses_a_negative_seed(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    build.build_hdf5(src, tmp_path / "out", opts())
+    with pytest.raises(UsageError, match="seed"):
+        build.check_sources(tmp_path / "out" / "train.hdf5", 1, seed=-1)
 
 
 def test_check_sources_finds_changed_pixels_and_missing_sources(tmp_path):

@@ -49,13 +49,13 @@ def test_build_prints_a_summary_and_writes_the_files(built):
     assert "train.hdf5: 9 images, 1 skipped" in output
     assert "val.hdf5: 9 images in" in output
     assert "means.json: mean R=" in output
-    assert "skipped.csv: 1 images skipped (corrupt: 1)" in output
+    assert "skipped.csv: 1 images skipped (not-an-image: 1)" in output
     assert "note: test: no files" in output
     with h5py.File(out / "train.hdf5", "r") as db:
         assert db["images"].shape == (9, 24, 16, 3)
         assert db.attrs["order"] == "sorted"
     assert (out / "skipped.csv").read_text().splitlines()[1].startswith(
-        "train/cat/broken.jpg,corrupt,")
+        "train/cat/broken.jpg,not-an-image,")
 
 
 def test_build_refuses_to_overwrite_without_force(built, tmp_path):
@@ -79,6 +79,7 @@ def test_build_refuses_to_overwrite_without_force(built, tmp_path):
         (["--resize", "fill"], "'fill' is not one of"),
         (["--workers", "0"], "0 is not in the range"),
         (["--name", "x"], "drop --name"),
+        (["--seed", "-1"], "-1 is not in the range"),
     ],
 )
 def test_bad_build_arguments_are_usage_errors(tmp_path, args, message):
@@ -87,6 +88,21 @@ def test_bad_build_arguments_are_usage_errors(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_equal_to_the_source_is_a_usage_error(tmp_path):
+    src = make_split(tmp_path / "split", per_class=1)
+    result = run("build-hdf5", src, src, "--workers", "1", "--force")
+    assert result.exit_code == 2, result.output
+    assert "is the source folder" in result.output and "Traceback" not in result.output
+    assert not list(src.glob("*.hdf5"))
+
+
+def test_verify_refuses_a_negative_seed(built):
+    out, _ = built
+    result = run("verify", out / "train.hdf5", "--sources", "1", "--seed", "-1")
+    assert result.exit_code == 2, result.output
+    assert "-1 is not in the range" in result.output
 
 
 def test_every_command_has_help():

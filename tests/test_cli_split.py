@@ -62,6 +62,10 @@ def test_dry_run_writes_nothing(tmp_path):
     (["--counts", "1.5,2"], "not a comma-separated list"),
     (["--pattern", "(?P<x>.)"], "named group 'label'"),
     (["--layout", "weird"], "Invalid value for '--layout'"),
+    (["--ratios", "0.5,nan"], "finite"),
+    (["--ratios", "inf,0.5"], "finite"),
+    (["--ratios", "1.5,-0.5"], ">= 0"),
+    (["--seed", "-1"], "Invalid value for '--seed'"),
 ])
 def test_usage_errors_exit_2(tmp_path, args, message):
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=2)

@@ -92,11 +92,14 @@ def test_train_resume_and_evaluate(data, tmp_path):
 def test_crop_augment_step_schedule_and_ten_crop(data, tmp_path):
     run = tmp_path / "run"
     result = invoke("train", data, run, *QUICK, "--epochs", "2", "--crop", "46",
-                    "--augment", "affine", "--schedule", "step", "--step-every", "1")
+                    "--augment", "affine", "--rotation", "15", "--shift", "0.05", "--shear", "2",
+                    "--zoom", "0.2", "--schedule", "step", "--step-every", "1")
     assert result.exit_code == 0, result.output
     rows = history(run)
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.01, 0.005])
     config = json.loads((run / "config.json").read_text())
+    assert {k: config["options"][k] for k in ("rotation", "shift", "shear", "zoom")} == {
+        "rotation": 15, "shift": 0.05, "shear": 2, "zoom": 0.2}
     assert config["input_shape"] == [46, 46, 3]
     table = invoke("evaluate", run, data / "test.hdf5", "--ten-crop")
     assert table.exit_code == 0, table.output
@@ -131,6 +134,8 @@ def test_train_on_a_split_folder(tmp_path):
     split = tmp_path / "split"
     make_class_folders(split / "train", classes=("cat", "dog"), per_class=8, size=(48, 48))
     make_class_folders(split / "val", classes=("cat", "dog"), per_class=2, size=(48, 48), seed=50)
+    (split / "split.json").write_text(json.dumps({"schema": "dsprep-split/1",
+                                                  "classes": ["cat", "dog"]}))
     run = tmp_path / "run"
     result = invoke("train", split, run, *QUICK, "--epochs", "1", "--image-size", "48")
     assert result.exit_code == 0, result.output
@@ -150,6 +155,11 @@ def test_train_on_a_split_folder(tmp_path):
         (["train", "{data}", "{tmp}/r", "--model", "vgg"], 2, "Invalid value"),
         (["train", "{data}", "{tmp}/r", "--model", "alexnet"], 2, "at least 63x63"),
         (["train", "--resume", "{tmp}"], 1, "not a run folder"),
+        (["train", "--resume", "{tmp}", "--lr", "0.1", "--seed", "2", "--epochs", "4"], 2,
+         "--lr, --seed would be ignored"),
+        (["train", "--resume", "{tmp}", "--force"], 2, "--force would be ignored"),
+        (["train", "{data}", "{tmp}/r", "--rotation", "20", "--zoom", "0.2"], 2,
+         "--rotation, --zoom only apply with --augment affine"),
         (["evaluate", "{tmp}", "{data}/test.hdf5"], 1, "not a run folder"),
     ],
 )

@@ -111,18 +111,38 @@ def test_rank_accuracy_hand_built():
             [0.50, 0.20, 0.10, 0.10, 0.05, 0.05],  # label 0: rank 1
             [0.30, 0.25, 0.20, 0.15, 0.06, 0.04],  # label 3: rank 4
             [0.30, 0.25, 0.20, 0.15, 0.06, 0.04],  # label 5: rank 6
-            [0.10, 0.60, 0.10, 0.10, 0.05, 0.05],  # label 2: tied 2nd, counts as rank 2
+            [0.10, 0.60, 0.10, 0.10, 0.05, 0.05],  # label 2: tied with class 0 (lower) -> rank 3
         ]
     )
     labels = np.array([0, 3, 5, 2])
     assert rank_accuracy(probs, labels) == {1: 0.25, 5: 0.75}
-    assert rank_accuracy(probs, labels, k=2) == {2: 0.5}
+    assert rank_accuracy(probs, labels, k=2) == {2: 0.25}
+    assert rank_accuracy(probs, labels, k=3) == {3: 0.5}
     assert rank_accuracy(probs, labels, k=(1, 4, 6, 10)) == {1: 0.25, 4: 0.75, 6: 1.0, 10: 1.0}
     assert rank_accuracy(probs, np.eye(6)[labels], k=1) == {1: 0.25}
     with pytest.raises(UsageError, match="class ids"):
         rank_accuracy(probs, np.array([0, 1, 2, 6]))
     with pytest.raises(UsageError, match="k must"):
         rank_accuracy(probs, labels, k=0)
+
+
+def test_rank_accuracy_breaks_ties_like_argmax_and_fails_non_finite_rows():
+    uniform = np.full((4, 4), 0.25)
+    labels = np.array([0, 1, 2, 3])
+    # argmax picks class 0 for every row, so only the row labelled 0 is right at rank 1;
+    # at rank k the rows labelled 0..k-1 are right.
+    assert rank_accuracy(uniform, labels, k=(1, 2, 3, 4)) == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0}
+    probs = np.array(
+        [
+            [np.nan, np.nan, np.nan],  # label 0: no scores at all -> wrong
+            [0.9, np.nan, 0.0],  # label 0: top score, but the row is broken -> wrong
+            [0.2, 0.5, np.inf],  # label 2: infinite -> wrong
+            [0.1, 0.7, 0.2],  # label 1: rank 1
+            [0.4, 0.2, 0.4],  # label 2: tied with class 0 (lower index) -> rank 2
+        ]
+    )
+    labels = np.array([0, 0, 2, 1, 2])
+    assert rank_accuracy(probs, labels, k=(1, 2, 3)) == {1: 0.2, 2: 0.4, 3: 0.4}
 
 
 @settings(max_examples=40, deadline=None)

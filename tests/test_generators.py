@@ -474,6 +474,22 @@ def test_directory_file_failing_mid_epoch_is_replaced_by_its_class_neighbour(cla
     assert [p for p, _ in gen.replaced] == [victim]
 
 
+def test_directory_file_failing_every_epoch_is_listed_once(class_dump):
+    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=8, shuffle=True,
+                             output="uint8", seed=0, workers=2)
+    victim = class_dump / "cat" / "cat_1.jpg"
+    victim.write_bytes(b"garbage")
+    for _ in range(3):
+        for _ in gen:
+            pass
+    gen[0], gen[0]
+    assert [p for p, _ in gen.replaced] == [victim]
+    copy = pickle.loads(pickle.dumps(gen))
+    for _ in copy:
+        pass
+    assert [p for p, _ in copy.replaced] == [victim]
+
+
 def test_directory_errors(tmp_path, class_dump):
     with pytest.raises(LayoutError):
         DirectoryGenerator(tmp_path / "missing")

@@ -20,16 +20,16 @@ LAYERS = {
     "store": 3,
     "build": 4,
     "augment": 5,
-    "preprocess": 5,
-    "generators": 6,
-    "evaluate": 7,
-    "adapters": 8,
-    "demo": 9,
-    "train": 9,
-    "cli": 10,
+    "preprocess": 6,
+    "generators": 7,
+    "evaluate": 8,
+    "adapters": 9,
+    "demo": 10,
+    "train": 10,
+    "cli": 11,
 }
 FRAMEWORKS = {"keras", "tensorflow", "torch", "jax"}
-MAY_IMPORT_FRAMEWORKS = {"adapters", "train", "cli", "demo"}
+MAY_IMPORT_FRAMEWORKS = {"adapters", "train", "cli"}
 
 
 def _top_module(path: Path) -> str:

@@ -420,13 +420,8 @@ def test_fused_patch_flip_mean_matches_book_reference():
         assert any(np.allclose(got[i], c, atol=1e-4) for c in candidates)
 
 
-def test_compose_out_buffer_and_chain_errors():
+def test_compose_chain_errors():
     batch = batch_of(n=4, h=16, w=16)
-    pipeline = Compose([RandomPatch(8, 8), RandomFlip(), MeanSubtract(MEANS)])
-    out = np.empty((4, 8, 8, 3), np.float32)
-    got = pipeline(batch, np.random.default_rng(1), out=out)
-    assert got is out
-    np.testing.assert_array_equal(out, pipeline(batch, np.random.default_rng(1)))
     nested = Compose([Compose([CenterCrop(12, 12)]), RandomPatch(8, 8)])
     assert len(nested) == 2 and nested.output_shape((16, 16, 3)) == (8, 8, 3)
     with pytest.raises(UsageError, match="patch 20x20 is larger than the 12x12"):
@@ -496,3 +491,113 @@ def test_large_outputs_are_recycled_only_after_release():
     assert third.ctypes.data == address  # released, so reused
     np.testing.assert_allclose(third, batch.astype(np.float64) - means, atol=1e-4)
     np.testing.assert_allclose(second, batch[::-1].astype(np.float64) - means, atol=1e-4)
+
+
+def _pool(max_bytes=None):
+    from dsprep.preprocess import _BufferPool
+
+    return _BufferPool(max_bytes)
+
+
+MIB = 1 << 20
+
+
+def test_pool_reuses_only_the_exact_size():
+    pool = _pool(64 * MIB)
+    small = pool.empty((5 * MIB,), np.uint8)
+    big = pool.empty((7 * MIB,), np.uint8)
+    small_at, big_at = small.ctypes.data, big.ctypes.data
+    del small, big
+    assert pool.idle_bytes() == 12 * MIB
+    again = pool.empty((7 * MIB,), np.uint8)
+    assert again.ctypes.data == big_at and again.nbytes == 7 * MIB
+    other = pool.empty((5 * MIB // 4,), np.float32)  # same bytes, another dtype and shape
+    assert other.ctypes.data == small_at and other.shape == (5 * MIB // 4,)
+    assert pool.idle_bytes() == 0
+
+
+def test_pool_survives_a_buffer_returned_while_it_looks_up_a_size():
+    # A garbage-collection pass can run a finalizer in the middle of empty(); stand in for it
+    # with a free-list lookup that releases another array on the same thread at that moment.
+    pool = _pool(64 * MIB)
+    held = {"array": pool.empty((6 * MIB,), np.uint8)}
+    for size in (5, 9):
+        tmp = pool.empty((size * MIB,), np.uint8)
+        del tmp
+
+    class ReleasingDict(dict):
+        def get(self, key, default=None):
+            held.pop("array", None)  # runs the pool's finalizer right here
+            return super().get(key, default)
+
+    pool._free = ReleasingDict(pool._free)
+    got = pool.empty((9 * MIB,), np.uint8)
+    assert got.nbytes == 9 * MIB
+    got[:] = 1  # the whole buffer is ours: no overflow into a smaller one
+    assert "array" not in held
+    assert pool.idle_bytes() == 11 * MIB  # the 5 MiB one and the 6 MiB one just returned
+    assert sorted(pool._free) == [5 * MIB, 6 * MIB]
+
+
+def test_pool_cap_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("DSPREP_BUFFER_POOL_BYTES", raising=False)
+    assert _pool().max_bytes == 512 * MIB
+    monkeypatch.setenv("DSPREP_BUFFER_POOL_BYTES", str(8 * MIB))
+    pool = _pool()
+    kept = pool.empty((6 * MIB,), np.uint8)
+    too_big = pool.empty((9 * MIB,), np.uint8)
+    del kept, too_big
+    assert pool.idle_bytes() == 6 * MIB  # the 9 MiB one is never pooled
+    monkeypatch.setenv("DSPREP_BUFFER_POOL_BYTES", "0")
+    off = _pool()
+    buf = off.empty((6 * MIB,), np.uint8)
+    del buf
+    assert off.idle_bytes() == 0
+    monkeypatch.setenv("DSPREP_BUFFER_POOL_BYTES", "lots")
+    with pytest.raises(UsageError, match="DSPREP_BUFFER_POOL_BYTES='lots' is not a byte count"):
+        _pool().empty((6 * MIB,), np.uint8)
+
+
+def test_large_batches_split_between_two_threads_give_the_same_pixels(monkeypatch):
+    import threading
+
+    import dsprep.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess._THREADS, "enabled", True)
+    monkeypatch.setattr(preprocess, "_PARALLEL_MIN_BYTES", 1 << 10)
+    seen = set()
+    real = preprocess._WindowWriter.write
+
+    def spy(self, view, flip, dst):
+        seen.add(threading.current_thread().name)
+        real(self, view, flip, dst)
+
+    monkeypatch.setattr(preprocess._WindowWriter, "write", spy)
+    batch = batch_of(n=6, h=16, w=18)
+    RGB = [MEANS[k] for k in "RGB"]
+    tops, lefts = [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]
+    flips = [True, False, False, True, True, False]
+    got = crop(batch, tops, lefts, (11, 13), flips=flips, mean=RGB)
+    assert any(name.startswith("dsprep-kernel") for name in seen)
+    for i in range(6):
+        window = batch[i, tops[i] : tops[i] + 11, lefts[i] : lefts[i] + 13]
+        window = np.fliplr(window) if flips[i] else window
+        np.testing.assert_allclose(got[i], ref_mean(window, MEANS), atol=1e-4)
+    tens = ten_crop(batch, (11, 13), mean=RGB)
+    monkeypatch.setattr(preprocess._THREADS, "enabled", False)
+    np.testing.assert_array_equal(tens, ten_crop(batch, (11, 13), mean=RGB))
+
+
+def test_kernel_threads_setting_is_checked(monkeypatch):
+    import dsprep.preprocess as preprocess
+
+    monkeypatch.setenv("DSPREP_KERNEL_THREADS", "1")
+    assert preprocess._kernel_threads_from_env() == 1
+    monkeypatch.setenv("DSPREP_KERNEL_THREADS", "many")
+    with pytest.raises(UsageError, match="DSPREP_KERNEL_THREADS='many' is not 1 or 2"):
+        preprocess._kernel_threads_from_env()
+    monkeypatch.setattr(preprocess._THREADS, "enabled", None)
+    preprocess.set_kernel_threads(1)
+    assert preprocess._THREADS.allowed() is False
+    with pytest.raises(UsageError, match="threads must be 1 or 2"):
+        preprocess.set_kernel_threads(4)

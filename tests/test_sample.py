@@ -144,10 +144,22 @@ def test_empty_existing_destination_is_fine(tmp_path):
     ({"layout": "zip"}, "layout"),
     ({"classes": ["brick", "unicorn"]}, "unicorn"),
     ({"per_class": -1}, "per_class"),
+    ({"seed": -1}, "seed -1 must be a whole number >= 0"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(UsageError, match=message):
         write_sample_dump(tmp_path / "d", **kwargs)
+
+
+def test_cli_refuses_a_negative_seed_before_writing(tmp_path):
+    from click.testing import CliRunner
+
+    from dsprep.cli import main
+
+    result = CliRunner().invoke(main, ["-q", "sample-dump", str(tmp_path / "d"), "--seed", "-1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--seed" in result.output
+    assert not (tmp_path / "d").exists()
 
 
 def test_classes_are_separable_by_a_trivial_model():

@@ -54,6 +54,20 @@ def test_scan_class_folders_still_lists_sorted_pairs(class_dump):
         (f"{c}/{c}_{i}.jpg", c) for c in classes for i in range(6)]
 
 
+def test_scan_class_folders_walks_like_the_split(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "a-b", "b"), per_class=1)
+    os.symlink("..", root / "a" / "loop")  # a/loop/b/b_0.jpg must not be a second "a" image
+    os.mkfifo(root / "b" / "pipe.jpg")  # reading a FIFO would hang the caller
+    (root / "__MACOSX" / "a").mkdir(parents=True)
+    (root / "__MACOSX" / "a" / "._a_0.jpg").write_bytes(b"resource fork")
+    (root / "__MACOSX" / "stray.jpg").write_bytes(b"resource fork")
+    classes, items = scan_class_folders(root)
+    assert classes == ["a", "a-b", "b"]
+    # Sorted by class, then path: "a-b/..." sorts before "a/..." as text, not as classes.
+    assert [(p.relative_to(root).as_posix(), c) for p, c in items] == [
+        ("a/a_0.jpg", "a"), ("a-b/a-b_0.jpg", "a-b"), ("b/b_0.jpg", "b")]
+
+
 def test_folders_layout(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("b", "a"), per_class=2)
     _img(root / "a" / "deeper" / "x.PNG", seed=50)
@@ -211,7 +225,7 @@ def test_csv_bad_rows_are_reported(tmp_path):
 
 def test_csv_ambiguous_id(tmp_path):
     root = _csv_dump(tmp_path, "id,label\n1,cat\n2,dog\n", names=("1.jpg", "1.png", "2.jpg"))
-    inv = _find(root)
+    inv = _find(root, layout="csv")
     assert ("1", AMBIGUOUS_ID) in {(s.source, s.reason) for s in inv.skipped}
     assert dict(inv.items) == {"images/2.jpg": "dog"}
 
@@ -232,6 +246,62 @@ def test_a_stray_csv_does_not_hijack_a_folders_dump(tmp_path):
     (root / "metadata.csv").write_text("photographer,licence\nann,cc-by\nbob,cc0\n")
     inv = _find(root)
     assert inv.layout == "folders" and len(inv.items) == 4
+
+
+def _dogs_vs_cats(root, n_train: int, n_test: int):
+    """The shape of Kaggle's dogs-vs-cats download, with its submission template."""
+    for i in range(n_train):
+        _img(root / "train" / f"cat.{i}.jpg", seed=i)
+        _img(root / "train" / f"dog.{i}.jpg", seed=100 + i)
+    for i in range(1, n_test + 1):
+        _img(root / "test1" / f"{i}.jpg", seed=200 + i)
+    (root / "sampleSubmission.csv").write_text(
+        "id,label\n" + "".join(f"{i},0\n" for i in range(1, n_test + 1)))
+    return root
+
+
+def _zipped(folder, archive):
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_a_submission_template_is_not_taken_for_labels(tmp_path, as_zip):
+    # 3 cats, 3 dogs, 3 unlabelled test images: every CSV row names an image, but the CSV
+    # labels 3 of 9 images, all with the same label.
+    src = _dogs_vs_cats(tmp_path / "dogs-vs-cats", n_train=3, n_test=3)
+    if as_zip:
+        src = _zipped(src, tmp_path / "dogs-vs-cats.zip")
+    inv = _find(src)
+    assert inv.layout == "prefix" and inv.labels_file is None
+    assert dict(inv.items) == {f"train/{c}.{i}.jpg": c for c in ("cat", "dog") for i in range(3)}
+    assert _reasons(inv) == {f"test1/{i}.jpg": NO_LABEL for i in (1, 2, 3)}
+
+
+def test_a_csv_with_one_label_is_not_trusted_even_when_it_covers_most_images(tmp_path):
+    # 2 + 2 training images, 5 test images: the template names 5 of 9, but says "0" for all.
+    inv = _find(_dogs_vs_cats(tmp_path / "d", n_train=2, n_test=5))
+    assert inv.layout == "prefix" and len(inv.items) == 4
+
+
+def test_a_csv_labelling_under_half_the_images_is_not_trusted(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    (root / "labels.csv").write_text("file,class\na_0,x\nb_0,y\n")  # 2 of 6, two labels
+    assert _find(root).layout == "folders"
+    assert _find(root, layout="csv").layout == "csv"  # still usable when asked for
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"x" * 200_000 + b"\n"])
+def test_a_stray_empty_or_malformed_csv_is_ignored_in_auto_mode(tmp_path, content):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
+    (root / "notes.csv").write_bytes(content)
+    inv = _find(root)
+    assert inv.layout == "folders" and len(inv.items) == 4
+    if not content.strip():
+        with pytest.raises(LayoutError, match="notes.csv is empty"):
+            _find(root, labels="notes.csv")
 
 
 def test_csv_layout_without_a_csv_says_how_to_fix(tmp_path):

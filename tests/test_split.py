@@ -156,6 +156,13 @@ def test_class_too_small_for_counts():
     ({"ratios": (0.5, 0.5), "counts": (1, 1)}, "not both"),
     ({"verify": "maybe"}, "verify"),
     ({"limit_per_class": 0}, "limit_per_class"),
+    # nan compares false with everything: it slipped past the sign and sum checks.
+    ({"ratios": (0.5, float("nan"))}, "finite"),
+    ({"ratios": (0.5, float("nan"), 0.5)}, "finite"),
+    ({"ratios": (float("inf"), 0.1)}, "finite"),
+    ({"ratios": (1.5, -0.5)}, ">= 0"),
+    ({"seed": -1}, "seed -1 must be a whole number >= 0"),
+    ({"seed": 1.5}, "whole number"),
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(UsageError, match=message):
@@ -297,6 +304,66 @@ def test_source_is_unchanged(dump, tmp_path):
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in dump.dest.rglob("*")
              if p.is_file()}
     assert after == before
+
+
+def test_zip_source_is_unchanged(dump, tmp_path):
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(dump.dest.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(dump.dest).as_posix())
+    before = (archive.read_bytes(), archive.stat().st_mtime_ns)
+    result = materialize(plan(archive, verify="full"), tmp_path / "s")
+    assert result.placed > 0
+    with pytest.raises(UsageError):
+        materialize(plan(archive), tmp_path / "l", mode="hardlink")
+    assert (archive.read_bytes(), archive.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "dump.zip", "s"]
+
+
+def test_force_repairs_a_damaged_split(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=5)
+    dest = tmp_path / "s"
+    p = plan(root)
+    materialize(p, dest)
+    clean = tree(dest)
+    lost = dest / p.files[0].path
+    lost.unlink()
+    result = materialize(plan(root), dest, force=True)
+    assert not result.already_complete and result.placed == len(p.files)
+    assert lost.is_file() and tree(dest) == clean
+
+
+def test_cli_force_repairs_a_damaged_split(tmp_path):
+    from click.testing import CliRunner
+
+    from dsprep.cli import main
+
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=5)
+    dest = tmp_path / "s"
+    args = ["-q", "split", str(root), str(dest)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    clean = tree(dest)
+    victim = next((dest / "train" / "a").iterdir())
+    victim.unlink()
+    result = CliRunner().invoke(main, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert victim.is_file() and tree(dest) == clean
+
+
+def test_a_source_that_gained_files_is_not_taken_as_done(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=5)
+    dest = tmp_path / "s"
+    materialize(plan(root), dest)
+    write_image(root / "a" / "new.jpg", smooth_image(24, 24, seed=77))
+    p = plan(root)
+    result = materialize(p, dest)
+    assert not result.already_complete
+    assert "a/new.jpg" in {f.source for f in p.files}
+    placed = next(f for f in p.files if f.source == "a/new.jpg")
+    assert (dest / placed.path).read_bytes() == (root / "a" / "new.jpg").read_bytes()
+    assert json.loads((dest / "split.json").read_text())["counts"] == p.counts()
+    assert materialize(plan(root), dest).already_complete  # now it is up to date
 
 
 def test_link_modes(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import smooth_image
+from helpers import make_class_folders, smooth_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -155,7 +155,14 @@ def test_resume_continues_the_same_history(small_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     before = cb.read_history(copy / "history.csv")
+    saved = load_model(copy / "last.keras")
+    # 16 training rows in batches of 8: two steps per epoch, four after two epochs.
+    assert int(keras.ops.convert_to_numpy(saved.optimizer.iterations)) == 4
     resumed = resume(copy, epochs=3)
+    # The optimizer carries on from its saved step count (momentum and schedules depend on it).
+    assert int(keras.ops.convert_to_numpy(resumed.model.optimizer.iterations)) == 6
+    reloaded = load_model(copy / "last.keras")
+    assert int(keras.ops.convert_to_numpy(reloaded.optimizer.iterations)) == 6
     after = cb.read_history(copy / "history.csv")
     assert [r["epoch"] for r in after] == [0, 1, 2]
     assert after[:2] == before
@@ -175,6 +182,124 @@ def test_resume_drops_history_rows_past_the_last_checkpoint(small_run, tmp_path)
     after = cb.read_history(copy / "history.csv")
     assert [r["epoch"] for r in after] == [0, 1]
     assert after[0] == first_row
+
+
+def _tiny_recorder(run):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    recorder = cb.RunRecorder(run, "val_accuracy", plots=False)
+    recorder.set_model(model)
+    return model, recorder
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", ["state", "rename"])
+def test_a_crash_never_leaves_best_from_an_epoch_the_state_does_not_count(tmp_path, monkeypatch,
+                                                                          crash_at):
+    model, recorder = _tiny_recorder(tmp_path)
+    x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    recorder.on_epoch_begin(0)
+    recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
+    at_epoch0 = model.predict_on_batch(x)
+    model.set_weights([w + 1.0 for w in model.get_weights()])
+    at_epoch1 = model.predict_on_batch(x)
+
+    if crash_at == "state":  # killed after the checkpoints were saved, before state.json
+        write_json = cb.atomic_write_json
+
+        def crash(path, data):
+            if Path(path).name == "state.json":
+                raise _Crash()
+            return write_json(path, data)
+
+        monkeypatch.setattr(cb, "atomic_write_json", crash)
+    else:  # killed after state.json, before the checkpoints were renamed into place
+        replace = cb.os.replace
+
+        def crash(src, dst):
+            if Path(dst).suffix == ".keras":
+                raise _Crash()
+            return replace(src, dst)
+
+        monkeypatch.setattr(cb.os, "replace", crash)
+    recorder.on_epoch_begin(1)
+    with pytest.raises(_Crash):
+        recorder.on_epoch_end(1, {"loss": 0.5, "val_accuracy": 0.75})
+    monkeypatch.undo()
+
+    state = cb.read_state(tmp_path)
+    cb.settle_checkpoints(tmp_path, state["epochs_done"])
+    expected = at_epoch0 if crash_at == "state" else at_epoch1
+    assert state["epochs_done"] == (1 if crash_at == "state" else 2)
+    assert state["best_epoch"] == state["epochs_done"] - 1
+    for name in ("best.keras", "last.keras"):
+        assert np.array_equal(load_model(tmp_path / name).predict_on_batch(x), expected)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "error", "match"),
+    [
+        ("state.json", "{not json", "format", "state.json is not a run state"),
+        ("state.json", '{"best": 0.5}', "format", "state.json is not a run state"),
+        ("state.json", None, "layout", "no state.json"),
+        ("config.json", "[1, 2", "format", "config.json is not valid JSON"),
+        ("config.json", '{"data": "x"}', "format", "no 'options'"),
+        ("config.json", '{"data": "x", "options": {"epochs": "two"}}', "format", "cannot use"),
+        ("config.json", '{"options": {}}', "format", "does not name the data folder"),
+    ],
+)
+def test_resume_of_a_damaged_run_says_what_to_do(small_run, tmp_path, name, text, error, match):
+    from dsprep.errors import DatasetFormatError
+
+    _, run, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    if text is None:
+        (copy / name).unlink()
+    else:
+        (copy / name).write_text(text)
+    expected = DatasetFormatError if error == "format" else LayoutError
+    with pytest.raises(expected, match=match) as info:
+        resume(copy)
+    assert "\n" not in str(info.value) and "dsprep train" in str(info.value)
+
+
+def test_affine_ranges_reach_the_augmentation_and_survive_resume(small_run, tmp_path,
+                                                                  monkeypatch):
+    from dsprep.augment import RandomAffine
+    from dsprep.train import fit
+
+    config = tiny(augment="affine", rotation=30, shift=0.25, shear=12, zoom=0.4)
+    _, _, augment = fit._ops(config)
+    affine = next(op for op in augment.ops if isinstance(op, RandomAffine))
+    assert affine.rotation == (-30, 30) and affine.shift == (0.25, 0.25)
+    assert affine.shear == (-12, 12) and affine.zoom == pytest.approx((0.6, 1.4))
+
+    _, run, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["options"].update(augment="affine", rotation=30, shift=0.25, shear=12, zoom=0.4)
+    (copy / "config.json").write_text(json.dumps(saved))
+    seen = []
+
+    def capture(data, config, **kw):
+        seen.append(config)
+        raise _Crash()
+
+    monkeypatch.setattr(fit, "open_data", capture)
+    with pytest.raises(_Crash):
+        resume(copy)
+    assert (seen[0].rotation, seen[0].shift, seen[0].shear, seen[0].zoom) == (30, 0.25, 12, 0.4)
+    # A run started before these options existed resumes with the old fixed ranges.
+    assert (TrainConfig().rotation, TrainConfig().shift, TrainConfig().shear,
+            TrainConfig().zoom) == (10, 0.1, 5, 0.1)
 
 
 def test_a_finished_run_is_not_overwritten(resnet_run):
@@ -199,6 +324,62 @@ def test_limit_per_class_keeps_the_first_rows_of_each_class(tmp_path):
     assert bundle.input_shape == (32, 32, 3) and bundle.input_dtype == "uint8"
 
 
+def test_training_batches_are_full_and_validation_is_complete(tmp_path):
+    data = write_data(tmp_path / "data", size=8, counts=(21, 12, 4))
+    bundle = open_data(data, tiny(batch_size=8), work=tmp_path)
+    for epoch in range(3):
+        bundle.train.set_epoch(epoch)
+        assert [len(bundle.train[i][1]) for i in range(len(bundle.train))] == [8, 8]
+    assert [len(bundle.val[i][1]) for i in range(len(bundle.val))] == [8, 4]
+    # A training set smaller than one batch is trained on whole rather than refused.
+    small = open_data(data, tiny(batch_size=32), work=tmp_path)
+    assert [len(small.train[i][1]) for i in range(len(small.train))] == [21]
+
+
+def test_split_folder_label_ids_come_from_split_json(tmp_path):
+    from dsprep.errors import DatasetFormatError
+
+    split = tmp_path / "split"
+    # "ant" has no training images, so its folder is missing; its id is still 0.
+    make_class_folders(split / "train", classes=("bee", "cat"), per_class=2, size=(16, 16))
+    with pytest.raises(LayoutError, match="no split.json"):
+        open_data(split, tiny(image_size=16))
+    (split / "split.json").write_text(json.dumps({"classes": ["ant", "bee", "cat"]}))
+    bundle = open_data(split, tiny(image_size=16, batch_size=4))
+    assert bundle.label_names == ["ant", "bee", "cat"]
+    expected = {"bee": 1, "cat": 2}
+    assert sorted(int(label) for label in bundle.train.labels) == [1, 1, 2, 2]
+    for path, label in zip(bundle.train.files, bundle.train.labels, strict=True):
+        assert expected[Path(path).parent.name] == label
+    (split / "split.json").write_text(json.dumps({"schema": "dsprep-split/1"}))
+    with pytest.raises(DatasetFormatError, match="classes"):
+        open_data(split, tiny(image_size=16))
+
+
+@pytest.mark.parametrize("mismatch", ["classes", "size"])
+def test_validation_file_must_match_the_training_file(tmp_path, mismatch):
+    from dsprep.errors import DatasetFormatError
+
+    data = write_data(tmp_path / "data", size=8, counts=(8, 4, 4))
+    size, names = (10, ["cat", "dog"]) if mismatch == "size" else (8, ["dog", "cat"])
+    images = np.zeros((4, size, size, 3), np.uint8)
+    (data / "val.hdf5").unlink()
+    write_arrays(data / "val.hdf5", images, np.array([0, 1, 0, 1]), names, split="val")
+    with pytest.raises(DatasetFormatError, match="val.hdf5 .*train.hdf5"):
+        open_data(data, tiny(batch_size=4))
+
+
+def test_open_data_reads_means_json_with_the_preprocessing_reader(tmp_path):
+    from dsprep.errors import DatasetFormatError
+
+    data = write_data(tmp_path / "data", size=8, counts=(8, 4, 4))
+    (data / "means.json").write_text('{"R": 1, "G": Infinity, "B": 2}')
+    with pytest.raises(DatasetFormatError, match="finite"):
+        open_data(data, tiny(batch_size=4))
+    (data / "means.json").write_text('{"R": 1.5, "G": 2, "B": 3, "std": {"R": 1}}')
+    assert open_data(data, tiny(batch_size=4)).mean == (1.5, 2.0, 3.0)
+
+
 def test_open_data_rejects_a_folder_without_data(tmp_path):
     with pytest.raises(LayoutError, match="build-hdf5"):
         open_data(tmp_path, tiny())
@@ -207,7 +388,8 @@ def test_open_data_rejects_a_folder_without_data(tmp_path):
 @pytest.mark.parametrize(
     "changes",
     [{"model": "vgg"}, {"epochs": 0}, {"optimizer": "lbfgs"}, {"schedule": "poly"},
-     {"lr": 0.0}, {"gpus": "two"}, {"augment": "mixup"}],
+     {"lr": 0.0}, {"gpus": "two"}, {"augment": "mixup"}, {"rotation": -1}, {"shift": 1.0},
+     {"shear": 90}, {"zoom": 1.0}],
 )
 def test_bad_options_raise_usage_errors(changes):
     with pytest.raises(UsageError):
@@ -274,9 +456,14 @@ def _probs(images, weights, bias):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _check_scores(scores, probs, labels, classes):
-    from sklearn.metrics import roc_auc_score
+def _pairwise_auc(scores, labels):
+    """The fraction of (positive, negative) pairs the positive outscores, ties counting 1/2."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
 
+
+def _check_scores(scores, probs, labels, classes):
     preds = probs.argmax(axis=1)
     assert scores["count"] == len(labels)
     assert scores["rank1"] == pytest.approx(np.mean(preds == labels))
@@ -287,7 +474,7 @@ def _check_scores(scores, probs, labels, classes):
     else:
         assert scores["rank5"] is None
     if classes == 2:
-        assert scores["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-9)
+        assert scores["auc"] == pytest.approx(_pairwise_auc(probs[:, 1], labels), abs=1e-9)
     else:
         assert scores["auc"] is None
     for c in range(classes):
@@ -316,6 +503,48 @@ def test_ten_crop_evaluation_averages_the_ten_views(tmp_path):
     views += [v[:, :, ::-1] for v in views]
     ten = np.mean([_probs(v, weights, bias) for v in views], axis=0)
     _check_scores(result["ten_crop"], ten, labels, 2)
+
+
+def test_ten_crop_hands_the_model_one_crop_position_at_a_time(tmp_path, monkeypatch):
+    from dsprep.train import predict as predict_module
+
+    run, test, images, labels, weights, bias = _hand_built_run(tmp_path, 2, crop=6)
+    shapes = []
+    original = predict_module.predict_fn
+
+    def recording(model):
+        fn = original(model)
+
+        def run_batch(x):
+            shapes.append(np.shape(x))
+            return fn(x)
+
+        return run_batch
+
+    from dsprep.generators import HDF5Generator
+
+    read = []
+    get = HDF5Generator.__getitem__
+
+    def recording_get(gen, index):
+        x, y = get(gen, index)
+        read.append(x.shape)
+        return x, y
+
+    monkeypatch.setattr(predict_module, "predict_fn", recording)
+    monkeypatch.setattr(HDF5Generator, "__getitem__", recording_get)
+    result = evaluate_run(run, test, ten_crop=True, batch_size=16)
+    assert shapes and max(s[0] for s in shapes) == 16
+    assert {s[1:] for s in shapes} == {(6, 6, 3)}
+    # The generator hands out whole images, never a batch of all ten crops at once.
+    assert (16, 8, 8, 3) in read and all(len(s) == 4 and s[0] <= 16 for s in read)
+    # Per image: four corners and the centre of the 8x8 image, then their mirror images.
+    expected = []
+    for img in images:
+        views = [img[t:t + 6, s:s + 6] for t, s in ((0, 0), (0, 2), (2, 0), (2, 2), (1, 1))]
+        views += [v[:, ::-1] for v in views]
+        expected.append(np.mean(_probs(np.stack(views), weights, bias), axis=0))
+    _check_scores(result["ten_crop"], np.stack(expected), labels, 2)
 
 
 def test_ten_crop_needs_a_run_trained_on_crops(tmp_path):

@@ -21,9 +21,15 @@ class DsprepGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            raise click.UsageError(str(exc), ctx=ctx) from exc
+            # No context: the message names the option itself, and the group's usage line would
+            # point at the wrong command.
+            raise click.UsageError(str(exc)) from exc
         except DsprepError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            # Disk full, permission denied, a file removed under our feet: one line, no traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
 def is_quiet(ctx: click.Context | None = None) -> bool:

@@ -34,7 +34,8 @@ _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
               show_default=True,
               help="Row order: shuffled with --seed (batches mix classes) or sorted by class "
                    "and file name.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the row shuffle.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the row shuffle (0 or more).")
 @click.option("--chunk-images", type=click.IntRange(min=1), default=None,
               help="Images per HDF5 chunk [default: 64 uncompressed, 8 with lzf/gzip: measured "
                    "fastest to write, and keeps random row reads fast].")
@@ -116,8 +117,8 @@ def _short(value) -> str:
               metavar="N",
               help="Also decode N random source images again (found under the file's "
                    "source_root) and compare them with the stored pixels.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for choosing the rows checked with --sources.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed for choosing the rows checked with --sources (0 or more).")
 def verify(file: str, sources: int, seed: int) -> None:
     """Check a dsprep HDF5 FILE: schema, attributes, label range, means, optionally sources.
 

@@ -15,7 +15,7 @@ from ._common import say, show_progress
                    "dogs-vs-cats; csv: DEST/images/<id>.jpg plus DEST/labels.csv (id,label).")
 @click.option("--per-class", type=click.IntRange(min=0), default=100, show_default=True,
               help="Good images per class.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Decides every crop, size, colour and quality; the same seed gives the same "
                    "bytes.")
 @click.option("--classes", default=",".join(DEFAULT_CLASSES), show_default=True,

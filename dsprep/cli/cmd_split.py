@@ -63,12 +63,13 @@ def _column(text: str | None) -> str | int | None:
 @click.option("--verify", type=click.Choice(VERIFY), default="header", show_default=True,
               help="header: read the dimensions from the header and check the file is not "
                    "cut short (fast); full: decode every image.")
-@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True,
               help="Seed of the shuffles; the same SRC, options and seed give the same split.")
 @click.option("--mode", type=click.Choice(MODES), default="copy", show_default=True,
               help="How files are placed; hardlink falls back to copy across devices.")
 @click.option("--force", is_flag=True,
-              help="Replace DEST if it holds anything but this same split.")
+              help="Replace DEST whatever it holds; rebuilds even this same split (to repair "
+                   "damaged or missing files).")
 @click.option("--dry-run", is_flag=True,
               help="Print the per-class, per-split table and what would be left out; write "
                    "nothing.")
@@ -88,9 +89,9 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         label_column=_column(label_column), ratios=_numbers(ratios, float, "--ratios"),
         counts=_numbers(counts, int, "--counts"), limit_per_class=limit_per_class,
         min_size=min_size, verify=verify, seed=seed)
-    if not dry_run and check_destination(src, dest, options, mode, force=force):
-        say(f"{dest} already holds this split (same source, options and seed); nothing to do")
-        return
+    if not dry_run:
+        # Refuse a DEST holding something else before reading every file of the dump.
+        check_destination(src, dest, options, mode, force=force)
     split_plan = plan(src, options, progress=show_progress())
     if not dry_run:
         result = materialize(split_plan, dest, mode=mode, force=force, progress=show_progress())

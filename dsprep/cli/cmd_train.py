@@ -55,7 +55,24 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = ()) -> Callable:
         click.option("--augment", type=click.Choice(AUGMENTS), default=_DEFAULTS.augment,
                      show_default=True,
                      help="Training augmentation: flip = random horizontal flips; affine = flips "
-                          "plus small rotations, shifts, shears and zooms."),
+                          "plus random rotations, shifts, shears and zooms (--rotation, --shift, "
+                          "--shear, --zoom)."),
+        click.option("--rotation", type=click.FloatRange(0, 180), default=_DEFAULTS.rotation,
+                     show_default=True,
+                     help="With --augment affine: rotations up to this many degrees either way "
+                          "(Keras rotation_range)."),
+        click.option("--shift", type=click.FloatRange(0, 1, max_open=True),
+                     default=_DEFAULTS.shift, show_default=True,
+                     help="With --augment affine: shifts up to this fraction of the height and "
+                          "of the width (Keras height/width_shift_range)."),
+        click.option("--shear", type=click.FloatRange(0, 90, max_open=True),
+                     default=_DEFAULTS.shear, show_default=True,
+                     help="With --augment affine: shear angles up to this many degrees "
+                          "(Keras shear_range)."),
+        click.option("--zoom", type=click.FloatRange(0, 1, max_open=True),
+                     default=_DEFAULTS.zoom, show_default=True,
+                     help="With --augment affine: zoom factors in [1 - ZOOM, 1 + ZOOM] "
+                          "(Keras zoom_range)."),
         click.option("--early-stop", type=click.IntRange(min=1), default=None,
                      help="Stop after N epochs without a better validation metric."),
         click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed,
@@ -93,7 +110,25 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = ()) -> Callable:
     return apply
 
 
+_AFFINE = ("rotation", "shift", "shear", "zoom")
+
+
+def _given() -> list[str]:
+    """The parameters of the running command set on the command line (or its environment)."""
+    ctx = click.get_current_context()
+    explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return [p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) in explicit]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _config(opts: dict) -> TrainConfig:
+    affine = [n for n in _given() if n in _AFFINE]
+    if affine and opts.get("augment") != "affine":
+        raise UsageError(f"{', '.join(map(_flag, affine))} only apply with --augment affine; "
+                         "add --augment affine or leave them out")
     jit = not opts.pop("no_jit")
     return TrainConfig(jit=jit, **opts).check()
 
@@ -134,8 +169,14 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
     if resume_run:
         if run is not None:
             raise UsageError("give either DATA RUN or --resume RUN [DATA], not both")
-        source = click.get_current_context().get_parameter_source("epochs")
-        epochs = opts["epochs"] if source == click.core.ParameterSource.COMMANDLINE else None
+        given = _given()
+        # The run keeps the options it was started with; anything else given would be ignored.
+        ignored = [_flag(n) for n in given if n not in ("epochs", "data", "resume_run")]
+        if ignored:
+            raise UsageError(f"--resume continues {resume_run} with its own options, so "
+                             f"{', '.join(ignored)} would be ignored; leave them out (only "
+                             "--epochs and DATA go with --resume)")
+        epochs = opts["epochs"] if "epochs" in given else None
         result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_progress())
         verb = "resumed"
     else:

@@ -9,21 +9,34 @@ return float32. For speed, crop and flip the uint8 batch first and subtract the 
 is per channel, so the result is identical): ``Compose([RandomPatch(227, 227), RandomFlip(),
 MeanSubtract(means)])``. :class:`Compose` then fuses those steps into one pass that writes each
 float32 crop straight into the output batch, so the full-size image is never converted to float.
+
+Large outputs (4 MiB and more) come from a small pool that reuses a buffer once every array over
+it is gone, which spares the page faults of fresh memory on every batch. It keeps at most 512 MiB
+idle per process; the environment variable ``DSPREP_BUFFER_POOL_BYTES`` sets another cap in bytes
+(it is also the largest buffer pooled), and ``DSPREP_BUFFER_POOL_BYTES=0`` turns the pool off.
+
+Where the machine has two or more cores, the crop kernels split a large batch (16 MB of output or
+more) between the calling thread and one helper thread; the result is the same.
+``DSPREP_KERNEL_THREADS=1`` (or :func:`set_kernel_threads`) keeps every batch on the calling
+thread, e.g. when worker processes already keep every core busy.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..augment import RandomFlip, flip_horizontal, flip_vertical, require_rng
 from ..errors import DatasetFormatError, LayoutError, UsageError
 
 __all__ = [
@@ -47,9 +60,15 @@ __all__ = [
     "percentile_normalize",
     "require_rng",
     "rescale",
+    "set_kernel_threads",
     "subtract_mean",
     "ten_crop",
 ]
+
+# The environment variable that sets the buffer pool's idle memory cap (see the module docstring).
+POOL_BYTES_ENV = "DSPREP_BUFFER_POOL_BYTES"
+# The environment variable that lets large batches use a second thread (see the docstring).
+KERNEL_THREADS_ENV = "DSPREP_KERNEL_THREADS"
 
 # Element types OpenCV's kernels take; anything else goes through numpy.
 _CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
@@ -146,47 +165,123 @@ class _BufferPool:
     :class:`_Lease` as its base, so numpy keeps the lease alive exactly as long as the array or
     any view of it (or a tensor aliasing it) lives; when the last one goes, the buffer comes
     back for the next batch. Nothing is ever reused while someone can still see it.
+
+    Free buffers are kept per exact byte size and each one's size is checked again before it
+    is handed out. A buffer comes back from a finalizer, which a garbage-collection pass can run
+    in the middle of :meth:`empty` or of another return on the same thread; so a return only
+    queues the buffer, and whoever holds the pool (never two at once, never re-entered) files
+    the queue before letting go.
     """
 
     MIN_BYTES = 4 << 20  # small arrays are cheap to allocate
-    MAX_BYTES = 1 << 30  # idle memory kept, at most (one ten-crop batch of 128 at 227)
+    DEFAULT_BYTES = 512 << 20  # idle memory kept (a 128 x 227 x 227 x 3 float32 batch is 79 MB)
     MAX_BUFFERS = 6
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._max_bytes = max_bytes
         self._reset()
-        if hasattr(os, "register_at_fork"):
-            # A child must not inherit a lock held by another thread, nor the parent's buffers.
-            os.register_at_fork(after_in_child=self._reset)
+        _POOLS.add(self)
 
     def _reset(self) -> None:
         self._lock = threading.RLock()
-        self._free: list[np.ndarray] = []
+        self._busy = False
+        self._returned: collections.deque[np.ndarray] = collections.deque()
+        self._free: dict[int, list[np.ndarray]] = {}
+
+    @property
+    def max_bytes(self) -> int:
+        """The idle memory kept at most, and the largest buffer pooled; 0 turns the pool off."""
+        if self._max_bytes is None:
+            self._max_bytes = _pool_bytes_from_env()
+        return self._max_bytes
 
     def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes < self.MIN_BYTES or nbytes > self.MAX_BYTES:
+        if nbytes < self.MIN_BYTES or nbytes > self.max_bytes:
             return np.empty(shape, dtype)
         raw = None
         with self._lock:
-            for i, candidate in enumerate(self._free):
-                if candidate.nbytes == nbytes:
-                    raw = self._free.pop(i)
-                    break
-        if raw is None:
+            if not self._busy:
+                self._busy = True
+                try:
+                    self._file_returned()
+                    same = self._free.get(nbytes)
+                    if same:
+                        raw = same.pop()
+                        if not same:
+                            del self._free[nbytes]
+                finally:
+                    self._file_returned()
+                    self._busy = False
+        if raw is None or raw.nbytes != nbytes:
             raw = np.empty(nbytes, np.uint8)
         lease = _Lease(raw, tuple(shape), dtype)
         weakref.finalize(lease, self._give_back, raw).atexit = False
         return np.asarray(lease)
 
     def _give_back(self, raw: np.ndarray) -> None:
+        self._returned.append(raw)  # atomic; safe from a finalizer at any point
         with self._lock:
-            self._free.append(raw)
-            while (
-                len(self._free) > self.MAX_BUFFERS
-                or sum(b.nbytes for b in self._free) > self.MAX_BYTES
+            if self._busy:
+                return  # this thread is inside the pool already; it files the queue
+            self._busy = True
+            try:
+                self._file_returned()
+            finally:
+                self._busy = False
+
+    def _file_returned(self) -> None:
+        """Move queued buffers to the free lists, oldest sizes dropped past the caps."""
+        while self._returned:
+            raw = self._returned.popleft()
+            if self.max_bytes <= 0:
+                continue
+            self._free.setdefault(raw.nbytes, []).append(raw)
+            while self._free and (
+                sum(len(v) for v in self._free.values()) > self.MAX_BUFFERS
+                or sum(b.nbytes for v in self._free.values() for b in v) > self.max_bytes
             ):
-                self._free.pop(0)
+                oldest = next(iter(self._free))  # dicts keep insertion order
+                self._free[oldest].pop(0)
+                if not self._free[oldest]:
+                    del self._free[oldest]
+
+    def idle_bytes(self) -> int:
+        """Bytes held in free buffers now."""
+        with self._lock:
+            return sum(b.nbytes for v in self._free.values() for b in v)
+
+
+# Every pool, weakly, so a forked child can reset them all: it must not inherit a lock held by
+# another thread, nor the parent's buffers.
+_POOLS: weakref.WeakSet[_BufferPool] = weakref.WeakSet()
+
+
+def _reset_pools_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._reset()
+    _THREADS._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_in_child)
+
+
+def _pool_bytes_from_env() -> int:
+    value = os.environ.get(POOL_BYTES_ENV, "").strip()
+    if not value:
+        return _BufferPool.DEFAULT_BYTES
+    try:
+        nbytes = int(value)
+    except ValueError:
+        nbytes = -1
+    if nbytes < 0:
+        raise UsageError(
+            f"{POOL_BYTES_ENV}={value!r} is not a byte count; set it to a whole number of bytes "
+            "(e.g. 268435456), or 0 to turn the buffer pool off"
+        )
+    return nbytes
 
 
 _POOL = _BufferPool()
@@ -223,16 +318,6 @@ def _mean_vector(mean: Sequence[float] | np.ndarray, channels: int) -> np.ndarra
     if not np.all(np.isfinite(mean)):
         raise UsageError(f"the channel means must be finite numbers, got {mean.tolist()}")
     return mean
-
-
-def require_rng(rng, who: str) -> np.random.Generator:
-    """``rng`` when it is a numpy Generator; a UsageError naming ``who`` otherwise."""
-    if not isinstance(rng, np.random.Generator):
-        raise UsageError(
-            f"{who} draws random parameters and needs a numpy.random.Generator, got {rng!r}; "
-            "pass np.random.default_rng(seed)"
-        )
-    return rng
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,11 +407,96 @@ def crop(
         np.copyto(out, batch[:, tops[0] : tops[0] + h, lefts[0] : lefts[0] + w])
         return out
 
-    writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
-    for i in range(n):
-        view = batch[i, tops[i] : tops[i] + h, lefts[i] : lefts[i] + w]
-        writer.write(view, flip_mask is not None and flip_mask[i], out[i])
+    flip_list = [False] * n if flip_mask is None else flip_mask.tolist()
+    tops_list, lefts_list = tops.tolist(), lefts.tolist()
+
+    def cut(start: int, stop: int) -> None:
+        writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
+        for i in range(start, stop):
+            top, left = tops_list[i], lefts_list[i]
+            writer.write(batch[i, top : top + h, left : left + w], flip_list[i], out[i])
+
+    _split_images(n, out.nbytes, cut)
     return out
+
+
+# Above this many output bytes a window kernel splits its images between two threads (OpenCV
+# releases the GIL): a 128 x 227 x 227 x 3 float32 batch is 79 MB, a uint8 one 20 MB.
+_PARALLEL_MIN_BYTES = 16 << 20
+
+
+class _KernelThreads:
+    """One helper thread per process that takes half of a large batch's windows.
+
+    Used only when the machine has a second core, ``DSPREP_KERNEL_THREADS`` is not 1, and no
+    other batch is using the helper at the moment (callers already running in parallel threads,
+    as Keras's workers do, then keep their work to themselves instead of queueing for it).
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.busy = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.pid: int | None = None
+        self.enabled: bool | None = None
+
+    def executor(self) -> ThreadPoolExecutor:
+        if self.pool is None or self.pid != os.getpid():
+            # A pool inherited through fork has no thread in this process.
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="dsprep-kernel")
+            self.pid = os.getpid()
+        return self.pool
+
+    def allowed(self) -> bool:
+        if self.enabled is None:
+            self.enabled = (os.cpu_count() or 1) > 1 and _kernel_threads_from_env() > 1
+        return self.enabled
+
+
+_THREADS = _KernelThreads()
+
+
+def set_kernel_threads(threads: int) -> None:
+    """Let large batches use two threads (2) or keep them on the calling thread (1).
+
+    Overrides ``DSPREP_KERNEL_THREADS`` for this process; with one core it stays at 1.
+    """
+    if threads not in (1, 2):
+        raise UsageError(f"threads must be 1 or 2, got {threads!r}")
+    _THREADS.enabled = threads == 2 and (os.cpu_count() or 1) > 1
+
+
+def _kernel_threads_from_env() -> int:
+    value = os.environ.get(KERNEL_THREADS_ENV, "").strip()
+    if not value:
+        return 2
+    if value not in ("1", "2"):
+        raise UsageError(
+            f"{KERNEL_THREADS_ENV}={value!r} is not 1 or 2; set 1 to keep each batch on one "
+            "thread, 2 (the default) to split large batches between two"
+        )
+    return int(value)
+
+
+def _split_images(n: int, nbytes: int, work) -> None:
+    """``work(0, n)``, or ``work`` on two halves at once for a large batch (see _KernelThreads)."""
+    if n < 2 or nbytes < _PARALLEL_MIN_BYTES or not _THREADS.allowed():
+        work(0, n)
+        return
+    if not _THREADS.busy.acquire(blocking=False):
+        work(0, n)
+        return
+    try:
+        half = n // 2
+        future = _THREADS.executor().submit(work, half, n)
+        try:
+            work(0, half)
+        finally:
+            future.result()
+    finally:
+        _THREADS.busy.release()
 
 
 class _WindowWriter:
@@ -436,60 +606,18 @@ def _multi_crop(batch, size, mirrors: tuple[bool, ...], mean, out) -> np.ndarray
         for k, (top, left) in enumerate(positions):
             np.copyto(out[:, k], batch[:, top : top + h, left : left + w])
         return out
-    writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
-    # Image by image, so the source image stays in cache while its windows are cut.
-    for i in range(n):
-        image = batch[i]
-        for m, mirror in enumerate(mirrors):
-            for k, (top, left) in enumerate(positions):
-                view = image[top : top + h, left : left + w]
-                writer.write(view, mirror, out[i, 5 * m + k])
-    return out
 
+    def cut(start: int, stop: int) -> None:
+        writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
+        # Image by image, so the source image stays in cache while its windows are cut.
+        for i in range(start, stop):
+            image = batch[i]
+            for m, mirror in enumerate(mirrors):
+                for k, (top, left) in enumerate(positions):
+                    view = image[top : top + h, left : left + w]
+                    writer.write(view, mirror, out[i, 5 * m + k])
 
-def flip_horizontal(
-    batch: np.ndarray, mask: Sequence[bool] | np.ndarray | None = None, *, out=None
-) -> np.ndarray:
-    """Mirror images left-right: all of them, or those where ``mask`` is true.
-
-    Args:
-        batch: (B, H, W, C) or (B, K, H, W, C) array; with K crops per sample, a sample's mask
-            entry mirrors all of its crops.
-        mask: booleans, one per sample; None flips every sample.
-        out: optional buffer of the batch's shape and dtype; it may be ``batch`` itself.
-
-    Returns:
-        An array of the batch's shape and dtype.
-    """
-    return _flip(batch, mask, out, axis=-2)
-
-
-def flip_vertical(
-    batch: np.ndarray, mask: Sequence[bool] | np.ndarray | None = None, *, out=None
-) -> np.ndarray:
-    """Mirror images top-bottom: all of them, or those where ``mask`` is true."""
-    return _flip(batch, mask, out, axis=-3)
-
-
-def _flip(batch, mask, out, axis: int) -> np.ndarray:
-    batch = _check_batch(batch)
-    n = batch.shape[0]
-    mask = np.ones(n, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), (n,))
-    in_place = out is batch
-    out = _output(out, batch.shape, batch.dtype)
-    use_cv = axis == -2 and _cv_ok(batch, channels_max=512)
-    for i in range(n):
-        if not mask[i]:
-            if not in_place:
-                out[i] = batch[i]
-            continue
-        src_rows = _rows(batch[i]) if use_cv else None
-        dst_rows = _rows(out[i]) if src_rows is not None else None
-        if dst_rows is not None:
-            # flipCode 1 reverses every row, so (K*H, W, C) rows flip every crop at once.
-            cv2.flip(_mat(src_rows), 1, dst=_mat(dst_rows))
-        else:
-            out[i] = np.flip(batch[i], axis=axis)
+    _split_images(n, out.nbytes, cut)
     return out
 
 
@@ -602,12 +730,8 @@ class MeanSubtract:
             )
         return shape
 
-    writes_into_out = True
-
-    def __call__(
-        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
-    ) -> np.ndarray:
-        return subtract_mean(batch, self.mean, out=out)
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return subtract_mean(batch, self.mean)
 
     def fuse(self, following):
         """Fold this subtraction into a following crop (the result is the same)."""
@@ -639,13 +763,11 @@ class RandomPatch:
         h, w = self.size
         return rng.integers(0, height - h + 1, n), rng.integers(0, width - w + 1, n)
 
-    writes_into_out = True
-
-    def __call__(self, batch: np.ndarray, rng: np.random.Generator, *, out=None) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         batch = _check_batch(batch)
         self.output_shape(batch.shape[1:])
         tops, lefts = self.draw(batch.shape, rng)
-        return crop(batch, tops, lefts, self.size, out=out)
+        return crop(batch, tops, lefts, self.size)
 
     def fuse(self, following):
         return _CropPlan(self).fuse(following)
@@ -670,14 +792,10 @@ class CenterCrop:
         h, w = self.size
         return np.full(n, (height - h) // 2), np.full(n, (width - w) // 2)
 
-    writes_into_out = True
-
-    def __call__(
-        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
-    ) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         batch = _check_batch(batch)
         self.output_shape(batch.shape[1:])
-        return center_crop(batch, self.size, out=out)
+        return center_crop(batch, self.size)
 
     def fuse(self, following):
         return _CropPlan(self).fuse(following)
@@ -705,14 +823,10 @@ class TenCrop:
             raise UsageError(f"MeanSubtract needs RGB images, got {channels} channels")
         return (10 if self.mirror else 5, *self.size, channels)
 
-    writes_into_out = True
-
-    def __call__(
-        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
-    ) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         batch = _check_batch(batch)
         self.output_shape(batch.shape[1:])
-        return ten_crop(batch, self.size, mirror=self.mirror, mean=self.mean, out=out)
+        return ten_crop(batch, self.size, mirror=self.mirror, mean=self.mean)
 
     def with_mean(self, mean: np.ndarray) -> TenCrop:
         """The same crops with a per-channel mean subtracted while they are cut (float32)."""
@@ -738,8 +852,6 @@ class _CropPlan:
     crop (``flip_first``) becomes a mirror of the window at the mirrored position.
     """
 
-    writes_into_out = True
-
     def __init__(
         self,
         cropper,
@@ -763,9 +875,10 @@ class _CropPlan:
     def fuse(self, following):
         if isinstance(following, MeanSubtract) and self.mean is None:
             return self.with_mean(following.mean)
-        mirror_p = getattr(following, "horizontal_flip_probability", None)
-        if mirror_p is not None:
-            return self.with_flip(mirror_p, first=False)
+        if isinstance(following, RandomFlip):
+            mirror_p = following.horizontal_flip_probability
+            if mirror_p is not None:
+                return self.with_flip(mirror_p, first=False)
         return None
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -774,7 +887,7 @@ class _CropPlan:
             raise UsageError(f"MeanSubtract needs RGB images, got {out[-1]} channels")
         return out
 
-    def __call__(self, batch: np.ndarray, rng: np.random.Generator, *, out=None) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         batch = _check_batch(batch)
         self.output_shape(batch.shape[1:])
         n, width = batch.shape[0], batch.shape[2]
@@ -787,7 +900,7 @@ class _CropPlan:
             lefts = np.where(flips, width - lefts - self.cropper.size[1], lefts)
         elif self.flip_p is not None:
             flips = require_rng(rng, "RandomFlip").random(n) < self.flip_p
-        return crop(batch, tops, lefts, self.cropper.size, flips=flips, mean=self.mean, out=out)
+        return crop(batch, tops, lefts, self.cropper.size, flips=flips, mean=self.mean)
 
     def __repr__(self) -> str:
         parts = [repr(self.cropper)]
@@ -802,7 +915,7 @@ class _CropPlan:
 def fuse_flip_before(p: float, following) -> _CropPlan | None:
     """A random horizontal mirror with probability ``p`` folded into a following crop, or None.
 
-    RandomFlip uses it so ``[RandomFlip(), RandomPatch(...), MeanSubtract(...)]`` (augmentation
+    Compose uses it so ``[RandomFlip(), RandomPatch(...), MeanSubtract(...)]`` (augmentation
     first, as the generators order it) runs as one pass too.
     """
     plan = _as_plan(following)
@@ -904,27 +1017,16 @@ class Compose:
             shape = tuple(op.output_shape(shape))
         return shape
 
-    def __call__(
-        self, batch: np.ndarray, rng: np.random.Generator | None = None, *, out=None
-    ) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Run the chain on one batch.
 
         Args:
             batch: the input batch (it is not modified).
             rng: the generator every random step draws from.
-            out: optional buffer for the result, reused across batches to spare a fresh
-                allocation (writing into new memory costs as much as the work itself at
-                227x227 float32). Used when the last step can write into it; always take the
-                returned array as the result.
         """
-        if not self._steps:
-            return batch
-        for step in self._steps[:-1]:
+        for step in self._steps:
             batch = step(batch, rng)
-        last = self._steps[-1]
-        if out is not None and getattr(last, "writes_into_out", False):
-            return last(batch, rng, out=out)
-        return last(batch, rng)
+        return batch
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -933,12 +1035,21 @@ class Compose:
         return f"Compose([{', '.join(repr(op) for op in self.ops)}])"
 
 
+def _fuse_pair(op, following):
+    """``op`` and ``following`` as one step, or None when they do not fuse."""
+    if isinstance(op, RandomFlip):
+        # augment sits below this module and knows nothing of crops: the fusing happens here.
+        p = op.horizontal_flip_probability
+        return None if p is None else fuse_flip_before(p, following)
+    fuse = getattr(op, "fuse", None)
+    return fuse(following) if fuse is not None else None
+
+
 def _fuse_all(ops: list) -> list:
     steps: list = []
     for op in ops:
         if steps:
-            fuse = getattr(steps[-1], "fuse", None)
-            merged = fuse(op) if fuse is not None else None
+            merged = _fuse_pair(steps[-1], op)
             if merged is not None:
                 steps[-1] = merged
                 continue

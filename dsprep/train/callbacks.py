@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..errors import DatasetFormatError, UsageError
+from ..errors import DatasetFormatError, LayoutError, UsageError
 from .options import SCHEDULES
 
 HISTORY = "history.csv"
@@ -57,6 +57,46 @@ def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> Path:
     model.save(tmp)
     os.replace(tmp, path)
     return path
+
+
+def _pending_name(path: Path, epoch: int) -> Path:
+    return path.with_name(f".{path.stem}.epoch{int(epoch)}.partial{path.suffix}")
+
+
+def read_state(run: str | os.PathLike) -> dict:
+    """The run's state.json: ``epochs_done`` (an int), ``best`` and ``best_epoch``."""
+    path = Path(run) / STATE
+    if not path.is_file():
+        raise LayoutError(f"{run} has no finished epoch to resume from (no {STATE}); start it "
+                          "again with 'dsprep train --force'")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        state["epochs_done"] = int(state["epochs_done"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetFormatError(
+            f"{path} is not a run state with an epochs_done count ({exc!r}); start the run "
+            "again with 'dsprep train --force'"
+        ) from exc
+    if state["epochs_done"] < 0:
+        raise DatasetFormatError(f"{path} has a negative epochs_done; start the run again with "
+                                 "'dsprep train --force'")
+    return state
+
+
+def settle_checkpoints(run: str | os.PathLike, epochs_done: int) -> None:
+    """Finish or discard checkpoints a crash left between their save and their rename.
+
+    Each epoch saves its checkpoints under names that carry the epoch, writes state.json, and
+    only then renames them into place. A checkpoint of the last epoch state.json counts is
+    moved into place; any other is from an epoch that never finished and is removed.
+    """
+    run = Path(run)
+    for final in (run / BEST, run / LAST):
+        for pending in run.glob(f".{final.stem}.epoch*.partial{final.suffix}"):
+            if pending == _pending_name(final, epochs_done - 1):
+                os.replace(pending, final)
+            else:
+                pending.unlink(missing_ok=True)
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
@@ -235,7 +275,10 @@ class RunRecorder(keras.callbacks.Callback):
     """Write a run's history.csv, curves.png, lr.png, best.keras, last.keras and state each epoch.
 
     The order of writes makes a crash at any point resumable: the history row goes first, then the
-    checkpoints, and ``state.json`` (the count of finished epochs) last.
+    checkpoints under names that carry the epoch, then ``state.json`` (the count of finished
+    epochs, the commit point), and last the renames of the checkpoints into place. A crash
+    before state.json leaves the previous epoch's checkpoints in place; one after it leaves
+    this epoch's to be moved into place by :func:`settle_checkpoints` on resume.
 
     Args:
         run: the run folder.
@@ -257,9 +300,10 @@ class RunRecorder(keras.callbacks.Callback):
         self.plots = plots
         self.title = title
         self.best = None
+        self.best_epoch = None
         for row in self.rows:
             if monitor in row and self._better(row[monitor]):
-                self.best = row[monitor]
+                self.best, self.best_epoch = row[monitor], int(row["epoch"])
         self._lr = None
 
     def _better(self, value: float) -> bool:
@@ -284,10 +328,17 @@ class RunRecorder(keras.callbacks.Callback):
             plot_curves(self.rows, self.run / CURVES, self.title)
             plot_lr(self.rows, self.run / LR_PLOT)
         value = row.get(self.monitor)
+        pending = []
         if self._better(value) or (self.best is None and not (self.run / BEST).exists()):
             if self._better(value):
                 self.best = value
-            save_model_atomic(self.model, self.run / BEST)
-        save_model_atomic(self.model, self.run / LAST)
+            self.best_epoch = int(epoch)
+            pending.append(self.run / BEST)
+        pending.append(self.run / LAST)
+        for final in pending:
+            self.model.save(_pending_name(final, epoch))
         atomic_write_json(self.run / STATE, {"epochs_done": int(epoch) + 1,
-                                             "monitor": self.monitor, "best": self.best})
+                                             "monitor": self.monitor, "best": self.best,
+                                             "best_epoch": self.best_epoch})
+        for final in pending:
+            os.replace(_pending_name(final, epoch), final)

@@ -143,14 +143,9 @@ def configure_device(precision: str = "auto", jit: bool = True, gpus: str = "1")
 
 
 def _read_mean(path: Path) -> tuple[float, float, float]:
-    try:
-        data = json.loads(path.read_text())
-        return tuple(float(data[k]) for k in ("R", "G", "B"))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetFormatError(
-            f"{path} is not a means file with R, G, B keys ({exc}); "
-            "recompute it with 'dsprep means'"
-        ) from exc
+    from ..preprocess import load_means
+
+    return tuple(float(v) for v in load_means(path))
 
 
 def _subset_hdf5(src: Path, dest: Path, per_class: int, block: int = 256) -> Path:
@@ -209,8 +204,48 @@ def _ops(config: TrainConfig):
     if config.augment == "affine":
         from ..augment import RandomAffine
 
-        augment.append(RandomAffine(rotation=10, shift=0.1, shear=5, zoom=0.1))
+        augment.append(RandomAffine(rotation=config.rotation, shift=config.shift,
+                                    shear=config.shear, zoom=config.zoom))
     return train_pre, val_pre, _compose(augment)
+
+
+def _split_classes(data: Path) -> list[str]:
+    """The ``classes`` of a split folder's split.json (the label ids, in order)."""
+    path = data / "split.json"
+    if not path.is_file():
+        raise LayoutError(f"{data} is not a finished split (no split.json); run 'dsprep split' "
+                          "again, or give a 'dsprep build-hdf5' output folder")
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetFormatError(f"{path} has no readable 'classes' list ({exc!r}); run "
+                                 "'dsprep split' again") from exc
+    if not isinstance(classes, list) or not classes or not all(
+            isinstance(c, str) for c in classes):
+        raise DatasetFormatError(f"{path}: 'classes' must be a non-empty list of names; run "
+                                 "'dsprep split' again")
+    return classes
+
+
+def _check_same_data(train, val, data: Path) -> None:
+    """Validation must use the training file's label ids and image size."""
+    if list(val.label_names) != list(train.label_names):
+        raise DatasetFormatError(
+            f"{data}/val.hdf5 has classes {list(val.label_names)} but train.hdf5 has "
+            f"{list(train.label_names)}; build both from one split with 'dsprep build-hdf5'")
+    if tuple(val.image_shape) != tuple(train.image_shape):
+        raise DatasetFormatError(
+            f"{data}/val.hdf5 holds {tuple(val.image_shape)} images but train.hdf5 holds "
+            f"{tuple(train.image_shape)}; build both with the same --size")
+
+
+def _drop_last(rows: int, batch_size: int) -> bool:
+    """Leave out the short last training batch, unless the set is smaller than one batch.
+
+    A batch of a few images gives BatchNorm poor statistics; the generators move the start of
+    the batches each epoch, so the rows a dropped tail leaves out change from epoch to epoch.
+    """
+    return rows >= batch_size
 
 
 def _compose(ops: list):
@@ -238,6 +273,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
     work = work or data
     if (data / "train.hdf5").is_file():
         from ..generators import HDF5Generator
+        from ..store import open_dataset
 
         train_path = data / "train.hdf5"
         if config.limit_per_class:
@@ -246,17 +282,18 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         if (data / "means.json").is_file():
             mean = _read_mean(data / "means.json")
         else:
-            from ..store import open_dataset
-
             with open_dataset(data / "train.hdf5") as db:
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
+        with open_dataset(train_path) as db:
+            rows = int(db["images"].shape[0])
         train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
                               augment=augment, shuffle="batches", seed=config.seed,
-                              output="uint8")
+                              output="uint8", drop_last=_drop_last(rows, config.batch_size))
         val = None
         if validation and (data / "val.hdf5").is_file():
             val = HDF5Generator(data / "val.hdf5", batch_size=config.batch_size,
                                 preprocessors=val_pre, shuffle="none", output="uint8")
+            _check_same_data(train, val, data)
         scale, kind = 1.0, "hdf5"
     elif (data / "train").is_dir():
         from ..generators import DirectoryGenerator
@@ -266,10 +303,14 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             train_root = _subset_folder(train_root, work / ".subset-train",
                                         config.limit_per_class)
         size = (config.image_size, config.image_size)
-        classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
+        # split.json's classes define the label ids, even for a class with no training folder.
+        classes = _split_classes(data)
+        files = sum(1 for d in train_root.iterdir() if d.is_dir()
+                    for f in d.iterdir() if f.is_file())
         train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
                                    preprocessors=train_pre, augment=augment, shuffle=True,
-                                   seed=config.seed, classes=classes, output="uint8")
+                                   seed=config.seed, classes=classes, output="uint8",
+                                   drop_last=_drop_last(files, config.batch_size))
         val = None
         if validation and (data / "val").is_dir():
             val = DirectoryGenerator(data / "val", image_size=size, batch_size=config.batch_size,
@@ -427,9 +468,14 @@ def read_run_config(run: str | os.PathLike) -> dict:
     if not path.is_file():
         raise LayoutError(f"{run} is not a run folder (no {CONFIG}); start one with 'dsprep train'")
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise DatasetFormatError(f"{path} is not valid JSON ({exc}); start the run again") from exc
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetFormatError(f"{path} is not valid JSON ({exc}); start the run again with "
+                                 "'dsprep train --force'") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("options"), dict):
+        raise DatasetFormatError(f"{path} has no 'options' object; start the run again with "
+                                 "'dsprep train --force'")
+    return config
 
 
 def resume(run: str | os.PathLike, *, epochs: int | None = None,
@@ -446,15 +492,23 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
 
     run = Path(run)
     saved = read_run_config(run)
-    config = TrainConfig.from_dict(saved["options"])
+    config_path = run / CONFIG
+    if data is None and not isinstance(saved.get("data"), str):
+        raise DatasetFormatError(f"{config_path} does not name the data folder ('data'); "
+                                 f"give DATA: dsprep train --resume {run} DATA")
+    try:
+        config = TrainConfig.from_dict(saved["options"]).check()
+    except (TypeError, UsageError) as exc:
+        raise DatasetFormatError(f"{config_path} holds an option dsprep cannot use ({exc}); "
+                                 "start the run again with 'dsprep train --force'") from exc
     if epochs is not None:
         config.epochs = int(epochs)
-    config.check()
-    state_path = run / cb.STATE
-    if not state_path.is_file() or not (run / cb.LAST).is_file():
-        raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.STATE} or "
-                          f"{cb.LAST}); start it again with 'dsprep train --force'")
-    done = int(json.loads(state_path.read_text())["epochs_done"])
+        config.check()
+    done = int(cb.read_state(run)["epochs_done"])
+    cb.settle_checkpoints(run, done)
+    if done < 1 or not (run / cb.LAST).is_file():
+        raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.LAST}); start "
+                          "it again with 'dsprep train --force'")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.

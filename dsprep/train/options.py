@@ -25,8 +25,11 @@ class TrainConfig:
 
     ``weight_decay`` and ``width`` of None mean the model's published values; ``crop`` of None
     trains on whole images; ``image_size`` is used only for split folders (decoded on the fly).
-    ``step`` schedules use ``lr * step_factor ** (epoch // step_every)``; ``plateau`` divides
-    the rate by 10 after ``plateau_patience`` epochs without a better validation metric.
+    ``rotation``, ``shift``, ``shear`` and ``zoom`` are the ranges of ``augment="affine"``, with
+    the meanings of Keras's ImageDataGenerator (degrees, fraction of the size, degrees, zoom
+    factors in [1 - zoom, 1 + zoom]). ``step`` schedules use
+    ``lr * step_factor ** (epoch // step_every)``; ``plateau`` divides the rate by 10 after
+    ``plateau_patience`` epochs without a better validation metric.
     """
 
     model: str = "resnet18"
@@ -42,6 +45,10 @@ class TrainConfig:
     plateau_patience: int = 3
     crop: int | None = None
     augment: str = "none"
+    rotation: float = 10.0
+    shift: float = 0.1
+    shear: float = 5.0
+    zoom: float = 0.1
     early_stop: int | None = None
     seed: int = 0
     limit_per_class: int | None = None
@@ -75,6 +82,12 @@ class TrainConfig:
             (self.crop is None or self.crop >= 8, f"--crop must be at least 8, got {self.crop}"),
             (self.augment in AUGMENTS,
              f"--augment {self.augment!r} is not one of {', '.join(AUGMENTS)}"),
+            (0 <= self.rotation <= 180,
+             f"--rotation must be 0 to 180 degrees, got {self.rotation}"),
+            (0 <= self.shift < 1, f"--shift must be a fraction in [0, 1), got {self.shift}"),
+            (0 <= self.shear < 90, f"--shear must be 0 to 90 degrees (90 excluded), got "
+                                   f"{self.shear}"),
+            (0 <= self.zoom < 1, f"--zoom must be in [0, 1), got {self.zoom}"),
             (self.early_stop is None or self.early_stop >= 1,
              f"--early-stop must be at least 1, got {self.early_stop}"),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),

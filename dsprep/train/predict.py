@@ -166,9 +166,9 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         if not crop:
             raise UsageError(f"{run} was trained on whole images (no --crop), so there is no "
                              "smaller crop to take ten of; evaluate without --ten-crop")
-        from ..preprocess import TenCrop
-
-        plans.append(("ten_crop", [TenCrop(crop, crop)]))
+        # Whole images go to ten_crop_predict, which cuts one crop position at a time: a batch
+        # of ten crops at once would hand the model 10x the batch and hold it all in memory.
+        plans.append(("ten_crop", []))
     result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "classes": classes}
     for method, pre in plans:
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
@@ -186,8 +186,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         if method == "ten_crop":
             from .. import evaluate as ev
 
-            out = ev.ten_crop_predict(predict_fn(model), gen)
-            probs, labels = out if isinstance(out, tuple) else (out, gen.labels)
+            probs, labels = ev.ten_crop_predict(predict_fn(model), gen, size=(crop, crop))
             probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
         else:
             probs, labels = predict(model, gen, progress=progress)
