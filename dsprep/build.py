@@ -12,8 +12,9 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -227,6 +228,11 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
     return list(classes)
 
 
+def _problem_notes(problems, prefix: str = "") -> list[str]:
+    """One note per entry the folder walk could not read, so none is left out silently."""
+    return [f"left out {prefix}{p.source}: {p.reason} ({p.detail})" for p in problems]
+
+
 def find_rows(
     src: str | os.PathLike, name: str | None = None
 ) -> tuple[list[str], dict[str, list[Row]], list[str]]:
@@ -243,8 +249,9 @@ def find_rows(
             raise UsageError(f"{src} is a split folder; drop --name to build train, val and test")
         if not name or Path(name).name != name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
-        classes, items = scan_class_folders(src)
-        return classes, {name: _rows(src, items, classes)}, []
+        problems: list = []
+        classes, items = scan_class_folders(src, problems)
+        return classes, {name: _rows(src, items, classes)}, _problem_notes(problems)
     if not has_manifest:
         raise UsageError(f"{src} has no split.json; make it with 'dsprep split', or pass "
                          "--name NAME to build one file from a folder of class sub-folders")
@@ -257,8 +264,10 @@ def find_rows(
         if not folder.is_dir() or not any(folder.iterdir()):
             notes.append(f"{split}: no files in {folder}, no {split}.hdf5 built")
             continue
+        problems = []
         try:
-            _, items = scan_class_folders(folder)
+            _, items = scan_class_folders(folder, problems)
+            notes += _problem_notes(problems, f"{split}/")
         except LayoutError:
             notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")
             continue
@@ -334,6 +343,25 @@ _ATTACHED: dict[str, shared_memory.SharedMemory] = {}
 def _init_worker() -> None:
     # OpenCV's own thread pool would fight the worker processes for the same cores.
     cv2.setNumThreads(1)
+    # A bad image is reported in skipped.csv; OpenCV's warnings about it would only bypass -q.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # libjpeg and libpng print their warnings ("Corrupt JPEG data: ...") straight to file
+    # descriptor 2, below OpenCV's logging. A worker has nothing else to say there: its results
+    # and exceptions travel back through the pool, so its stderr goes to the null device.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Lower OpenCV's log level to errors while this process decodes, then restore it."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:
@@ -547,7 +575,8 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
                 slot = next_task % ring.shape[0]
                 paths = [str(r.path) for r in tasks[next_task]]
                 if executor is None:
-                    future = _InlineFuture(_decode_into(ring.array[slot], paths, decode))
+                    with _quiet_opencv():
+                        future = _InlineFuture(_decode_into(ring.array[slot], paths, decode))
                 else:
                     future = executor.submit(_decode_block, ring.shm.name, ring.shape, slot,
                                              paths, decode)
@@ -694,9 +723,10 @@ def check_sources(path: str | os.PathLike, count: int, seed: int = 0) -> list[st
             raw = db["filenames"][i]
             source = root / (raw.decode() if isinstance(raw, bytes) else str(raw))
             try:
-                fresh = imagelib.load(imagelib.read_bytes(source), decode.size, decode.resize,
-                                      decode.interpolation, exact=decode.exact,
-                                      max_pixels=decode.max_pixels)
+                with _quiet_opencv():
+                    fresh = imagelib.load(imagelib.read_bytes(source), decode.size,
+                                          decode.resize, decode.interpolation,
+                                          exact=decode.exact, max_pixels=decode.max_pixels)
             except (CorruptImageError, OSError) as exc:
                 problems.append(f"row {i}: source {source} could not be decoded again ({exc})")
                 continue

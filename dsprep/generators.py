@@ -484,7 +484,8 @@ class DirectoryGenerator(_BatchSequence):
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
         self.image_shape = (*self.image_size, 3)
 
-        found, items = sources.scan_class_folders(self.root)
+        unreadable: list[sources.Skipped] = []
+        found, items = sources.scan_class_folders(self.root, unreadable)
         names = list(found) if classes is None else [str(c) for c in classes]
         if len(set(names)) != len(names):
             raise UsageError(f"classes has duplicate names: {names}")
@@ -499,7 +500,9 @@ class DirectoryGenerator(_BatchSequence):
         ids = {name: i for i, name in enumerate(names)}
         ok = self._map(self._check_file, [p for p, _ in items], progress=progress,
                        desc=f"checking {self.root.name}")
-        self.skipped: list[tuple[Path, str]] = []
+        self.skipped: list[tuple[Path, str]] = [
+            (self.root / p.source, f"{p.reason}: {p.detail}") for p in unreadable
+        ]
         self.replaced: list[tuple[Path, str]] = []
         self.files: list[Path] = []
         labels = []

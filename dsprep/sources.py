@@ -49,13 +49,20 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def scan_class_folders(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, str]]]:
+def scan_class_folders(
+    root: str | os.PathLike, problems: list[Skipped] | None = None
+) -> tuple[list[str], list[tuple[Path, str]]]:
     """List ``root/<class>/<image>`` files.
 
     The walk is the one of :meth:`FolderSource.list_files`: links are followed but a folder is
     walked once (a link back up cannot repeat files), only regular files count (no FIFOs or
     devices), and hidden entries and archiver folders such as ``__MACOSX`` are neither
     classes nor images.
+
+    Args:
+        root: the folder of class sub-folders.
+        problems: if given, entries under the class folders that cannot be read (dangling
+            links, unreadable folders) are appended to it, so callers can report them.
 
     Returns:
         The sorted class names, and (path, class) pairs sorted by class then relative path, so
@@ -65,8 +72,10 @@ def scan_class_folders(root: str | os.PathLike) -> tuple[list[str], list[tuple[P
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder of class sub-folders")
     classes = sorted(d.name for d in root.iterdir() if _visible(d.name) and d.is_dir())
-    files, _ = FolderSource(root).list_files()
+    files, unreadable = FolderSource(root).list_files()
     known = set(classes)
+    if problems is not None:
+        problems += [p for p in unreadable if p.source.partition("/")[0] in known]
     pairs = []
     for rel in files:
         label, sep, rest = rel.partition("/")

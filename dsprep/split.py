@@ -3,6 +3,7 @@
 :func:`plan` reads each file once (content hash and image check from the same bytes) and writes
 nothing; :func:`materialize` copies or links the planned files and writes the manifests of
 DESIGN.md §2.1, ``split.json`` last, so a folder is either a finished split or not one at all.
+:func:`run` does both in one call, and in copy mode reads each file only once.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ FILES_COLUMNS = ("split", "class", "path", "source", "sha256", "width", "height"
 SKIPPED_COLUMNS = ("source", "reason", "detail")
 _MARKER = ".dsprep-split-in-progress.json"
 _PART = ".part"
+_STAGING = ".staging"  # hidden: nothing takes it for a split or a class folder
 
 # Reasons added here to those of dsprep.sources.
 EMPTY = "empty"
@@ -256,8 +258,12 @@ class _Checked:
     problem: Skipped | None = None
 
 
-def _check(source, rel: str, verify: str, min_size: int) -> _Checked:
-    """Read one file once: hash it and check it is an image of a usable size."""
+def _check(source, rel: str, verify: str, min_size: int, stash=None) -> _Checked:
+    """Read one file once: hash it and check it is an image of a usable size.
+
+    ``stash``, when given, receives the bytes of a usable file, so that a one-pass split can
+    write them out without reading the file a second time.
+    """
     try:
         data = source.read(rel)
     except OSError as exc:
@@ -277,6 +283,8 @@ def _check(source, rel: str, verify: str, min_size: int) -> _Checked:
     if min(height, width) < min_size:
         return _Checked(rel, problem=Skipped(
             rel, TOO_SMALL, f"{width}x{height} is under the minimum side of {min_size} px"))
+    if stash is not None:
+        stash(data)
     return _Checked(rel, digest, int(height), int(width), len(data))
 
 
@@ -470,7 +478,7 @@ def _dest_names(chunk: list[_Checked]) -> dict[str, str]:
 
 @dataclass
 class SplitResult:
-    """What :func:`materialize` did.
+    """What :func:`materialize` (or :func:`run`) did.
 
     Attributes:
         dest: the split folder.
@@ -579,17 +587,8 @@ def materialize(
             the source.
         DestinationExistsError: ``dest`` holds something else and ``force`` is false.
     """
-    if mode not in MODES:
-        raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    dest = Path(dest).absolute()
     source = split_plan.source
-    if mode != "copy" and not source.is_dir():
-        raise UsageError(f"--mode {mode} needs a source folder, but {source} is an archive; "
-                         "use --mode copy")
-    real_dest = dest.resolve()
-    if _within(real_dest, source) or _within(source, real_dest):
-        raise UsageError(f"{dest} and the source {source} overlap; put the split folder "
-                         "outside the dump (the source is never modified)")
+    dest = _check_target(source, dest, mode)
     files_csv = split_plan.files_csv()
     skipped_csv = split_plan.skipped_csv()
     # The parameters alone do not make a split up to date: the source may have gained or lost
@@ -601,9 +600,8 @@ def materialize(
     manifest = split_plan.manifest(mode)
     wanted = json.loads(json.dumps(manifest))
 
-    partial = dest.with_name(f".{dest.name}.split-partial")
-    old = dest.with_name(f".{dest.name}.split-old")
-    marker = {**wanted, "files_sha256": hashlib.sha256(files_csv.encode()).hexdigest()}
+    partial, old = _partial(dest), _old(dest)
+    marker = _marker(manifest, files_csv)
     result = SplitResult(dest)
     # --force rebuilds from scratch: nothing left by an earlier run is trusted.
     finished = (not force and partial.is_dir()
@@ -622,14 +620,182 @@ def materialize(
                 (partial / split_name / label).mkdir(parents=True, exist_ok=True)
         _place_all(split_plan, partial, mode, resume, result, progress,
                    workers or default_workers())
-        _sweep_parts(partial)
-        _write_text(partial / FILES_CSV, files_csv)
-        _write_text(partial / SKIPPED_CSV, skipped_csv)
-        (partial / _MARKER).unlink()
-        _write_text(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        _finish(partial, files_csv, skipped_csv, manifest)
+    _swap(partial, dest, old)
+    return result
 
-    # Swap into place. A crash between the two renames leaves the finished split in partial,
-    # which the next run moves into place without copying again.
+
+def _partial(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.split-partial")
+
+
+def _old(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.split-old")
+
+
+def _marker(manifest: dict, files_csv: str) -> dict:
+    """What marks an unfinished split whose files are being placed (it can be resumed)."""
+    return {**json.loads(json.dumps(manifest)),
+            "files_sha256": hashlib.sha256(files_csv.encode()).hexdigest()}
+
+
+def run(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    options: SplitOptions | None = None,
+    *,
+    mode: str = "copy",
+    force: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
+) -> tuple[SplitPlan, SplitResult]:
+    """Plan a split of ``src`` and place it in ``dest`` in one call; what ``dsprep split`` runs.
+
+    In copy mode every file is read once: the bytes read for the hash and the image check are
+    written straight away to a hidden staging folder inside the unfinished split, and once the
+    plan is decided each kept file is renamed from there to its place (the same file system,
+    so no second copy) and the rest are deleted. The result is the same, byte for byte, as
+    :func:`plan` followed by :func:`materialize`, which this falls back to for the link modes
+    (placing a link reads nothing), for a ``dest`` that may already hold this split, and for a
+    run that an interruption stopped while placing files (their placed files are reused).
+
+    Args:
+        src: the dump folder or ``.zip``.
+        dest: the split folder to create.
+        options: a :class:`SplitOptions`.
+        mode: "copy", "hardlink" (falls back to a copy across devices) or "symlink".
+        force: replace ``dest`` whatever it holds, and rebuild even an identical split.
+        progress: show a progress bar while reading and placing.
+        workers: reading and copying threads (default :func:`default_workers`).
+
+    Returns:
+        The plan and what was done.
+
+    Raises:
+        UsageError: bad options, an unknown mode, a link mode with a zip source, or ``dest``
+            overlapping the source.
+        DestinationExistsError: ``dest`` holds something else and ``force`` is false.
+        LayoutError: no labelled images found.
+        SplitError: a class is too small for the requested counts (nothing is left on disk).
+    """
+    options = options or SplitOptions()
+    workers = workers or default_workers()
+    source_path = Path(src).resolve()
+    dest = _check_target(source_path, dest, mode)
+    partial = _partial(dest)
+    # Refuse a dest holding something else before reading every file of the dump.
+    maybe_done = check_destination(source_path, dest, options, mode, force=force)
+    identity = _identity(source_path, options, mode)
+    if mode != "copy" or maybe_done or (not force and _placing(partial, identity)):
+        split_plan = plan(src, options, progress=progress, workers=workers)
+        return split_plan, materialize(split_plan, dest, mode=mode, force=force,
+                                       progress=progress, workers=workers)
+
+    with open_source(src) as source:
+        inventory = find_images(source, options.layout, pattern=options.pattern,
+                                labels=options.labels, id_column=options.id_column,
+                                label_column=options.label_column)
+        if partial.exists():
+            # Staged copies of an interrupted one-pass run are not worth checking: redo them.
+            _remove_partial(partial, force)
+        staging = partial / _STAGING
+        partial.mkdir(parents=True)
+        _write_text(partial / _MARKER, json.dumps(identity))
+        staging.mkdir()
+        stage = str(staging)
+
+        def check(item: tuple[int, tuple[str, str]]) -> _Checked:
+            index, (rel, _label) = item
+            return _check(source, rel, options.verify, options.min_size,
+                          lambda data: _write_bytes(os.path.join(stage, str(index)), data))
+
+        try:
+            checked = _map(check, list(enumerate(inventory.items)), workers, progress,
+                           "reading")
+            split_plan = _decide(source_path, inventory, checked, options)
+        except Exception:
+            # A plan that cannot be made (a class too small, no usable image, a full disk)
+            # leaves nothing behind; an abrupt stop leaves staged copies the next run discards.
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    staged: dict[str, str] = {}
+    for index, c in enumerate(checked):
+        if c.problem is None:
+            staged.setdefault(c.rel, str(index))
+
+    files_csv = split_plan.files_csv()
+    manifest = split_plan.manifest(mode)
+    # From here on the partial split is resumable like one that materialize was placing.
+    _write_text(partial / _MARKER, json.dumps(_marker(manifest, files_csv), indent=2))
+    for split_name in split_plan.splits:
+        for label in split_plan.classes:
+            (partial / split_name / label).mkdir(parents=True, exist_ok=True)
+    out = str(partial)
+    for f in split_plan.files:
+        os.replace(os.path.join(stage, staged[f.source]), os.path.join(out, f.path))
+    _finish(partial, files_csv, split_plan.skipped_csv(), manifest)
+    _swap(partial, dest, _old(dest))
+    return split_plan, SplitResult(dest, placed=len(split_plan.files))
+
+
+def _placing(partial: Path, identity: dict) -> bool:
+    """Whether ``partial`` is this split, finished or stopped while its files were placed.
+
+    Either way :func:`materialize` completes it and reuses what is in place; anything else
+    left there is discarded.
+    """
+    if not partial.is_dir():
+        return False
+    if _same_split(_read_json(partial / MANIFEST), identity):
+        return True
+    found = _read_json(partial / _MARKER)
+    return _same_split(found, identity) and "files_sha256" in found
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _check_target(source: Path, dest: str | os.PathLike, mode: str) -> Path:
+    """Refuse an unknown mode, links into an archive and a ``dest`` overlapping the source."""
+    if mode not in MODES:
+        raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    dest = Path(dest).absolute()
+    if mode != "copy" and not source.is_dir():
+        raise UsageError(f"--mode {mode} needs a source folder, but {source} is an archive; "
+                         "use --mode copy")
+    real_dest = dest.resolve()
+    if _within(real_dest, source) or _within(source, real_dest):
+        raise UsageError(f"{dest} and the source {source} overlap; put the split folder "
+                         "outside the dump (the source is never modified)")
+    return dest
+
+
+def _finish(partial: Path, files_csv: str, skipped_csv: str, manifest: dict) -> None:
+    """Write the manifests of a fully placed split, ``split.json`` last."""
+    _sweep_parts(partial)
+    # A one-pass run interrupted while placing leaves its staged copies; a resumed run no
+    # longer needs them.
+    if (partial / _STAGING).exists():
+        shutil.rmtree(partial / _STAGING)
+    _write_text(partial / FILES_CSV, files_csv)
+    _write_text(partial / SKIPPED_CSV, skipped_csv)
+    (partial / _MARKER).unlink()
+    _write_text(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def _swap(partial: Path, dest: Path, old: Path) -> None:
+    """Rename the finished split into place, replacing whatever ``dest`` held.
+
+    A crash between the two renames leaves the finished split in ``partial``, which the next
+    run moves into place without copying again.
+    """
     if old.exists():
         shutil.rmtree(old)
     if dest.is_dir() and not any(dest.iterdir()):
@@ -641,7 +807,6 @@ def materialize(
     os.replace(partial, dest)
     if old.exists():
         shutil.rmtree(old)
-    return result
 
 
 def _remove_partial(partial: Path, force: bool) -> None:

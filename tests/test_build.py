@@ -105,6 +105,30 @@ def test_pixels_equal_a_per_image_reference(tmp_path, size):
         assert CLASSES[label] == Path(name).parts[1]
 
 
+def test_reduced_decoding_in_a_build_stays_close_to_the_full_decode(tmp_path, monkeypatch):
+    # Sources 3x the target on the short side, JPEG, no exact: decoded at half scale.
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    for k, cls in enumerate(CLASSES):
+        (src / "train" / cls / f"{cls}_0.jpg").unlink()  # 48x64: too small to reduce
+        write_image(src / "train" / cls / f"{cls}_big.jpg", smooth_image(72, 96, seed=50 + k))
+    real, flags = cv2.imdecode, []
+
+    def imdecode(buffer, mode):
+        flags.append(mode)
+        return real(buffer, mode)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    build.build_hdf5(src, tmp_path / "out", opts(exact=False, order="sorted"))
+    monkeypatch.undo()
+    assert flags and all(f & cv2.IMREAD_REDUCED_GRAYSCALE_2 for f in flags)
+    images, _, names, _ = rows_of(tmp_path / "out" / "train.hdf5")
+    assert len(names) == 3
+    for image, name in zip(images, names, strict=True):
+        expected = reference(src / name, (24, 24))
+        mse = np.mean((image.astype(np.float64) - expected.astype(np.float64)) ** 2)
+        assert 10 * np.log10(255.0**2 / max(mse, 1e-12)) >= 35, name
+
+
 def _add_bad_files(split_dir: Path) -> dict[str, str]:
     (split_dir / "cat" / "cat_2b.jpg").write_text("this is not a JPEG")
     (split_dir / "dog" / "dog_0a.jpg").write_bytes(b"")
@@ -162,7 +186,7 @@ def test_max_pixels_skips_images_over_the_limit(tmp_path):
 def test_means_equal_a_direct_float64_computation(tmp_path):
     src = make_split(tmp_path / "split")
     _add_bad_files(src / "train")
-    build.build_hdf5(src, tmp_path / "out", opts(size=(20, 28)))
+    build.build_hdf5(src, tmp_path / "out", opts(size=(20, 28), max_pixels=5000))
     record = json.loads((tmp_path / "out" / "means.json").read_text())
     for split in ("train", "val", "test"):
         images, _, _, attrs = rows_of(tmp_path / "out" / f"{split}.hdf5")
@@ -305,6 +329,35 @@ def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkey
     assert "Permission denied" in report.skipped[0].detail
 
 
+def test_decoder_warnings_stay_out_of_stderr(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # several tasks, so the workers really run
+    src = make_split(tmp_path / "split", counts=(("train", 2),))
+    jpeg = bytearray((src / "train" / "cat" / "cat_0.jpg").read_bytes())
+    # Restart markers in the middle of the entropy data: libjpeg warns, and still decodes.
+    jpeg[len(jpeg) // 2:len(jpeg) // 2 + 40] = b"\xff\xd0" * 20
+    (src / "train" / "cat" / "cat_0.jpg").write_bytes(bytes(jpeg))
+    build.shutdown_workers()  # fresh workers, started while this test captures stderr
+    build.build_hdf5(src, tmp_path / "out", opts(workers=2))
+    build.shutdown_workers()
+    assert "Corrupt JPEG" not in capfd.readouterr().err
+
+
+def test_in_process_decoding_lowers_the_opencv_log_level_only_meanwhile(tmp_path, monkeypatch):
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    level = cv2.utils.logging.getLogLevel()
+    seen = []
+    real = build.imagelib.load
+
+    def load(*args, **kwargs):
+        seen.append(cv2.utils.logging.getLogLevel())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build.imagelib, "load", load)
+    build.build_hdf5(src, tmp_path / "out", opts())
+    assert seen and set(seen) == {cv2.utils.logging.LOG_LEVEL_ERROR}
+    assert cv2.utils.logging.getLogLevel() == level
+
+
 def test_skipped_csv_alone_counts_as_an_existing_output(tmp_path):
     src = make_split(tmp_path / "split", counts=(("train", 1),))
     (tmp_path / "out").mkdir()
@@ -389,25 +442,21 @@ def _loky_workers() -> list[int]:
     return found
 
 
-def _release(fifo: Path) -> None:
-    """Let a reader blocked on ``fifo`` go on (it reads an empty file)."""
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return
-    os.close(fd)
+def _slow_images(folder: Path, count: int) -> list[Path]:
+    """Write ``count`` 6000x6000 JPEGs (each a second or so to decode and shrink)."""
+    big = cv2.resize(smooth_image(64, 64, seed=7), (6000, 6000), interpolation=cv2.INTER_LINEAR)
+    return [write_image(folder / f"big_{k}.jpg", big, quality=70) for k in range(count)]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "mkfifo"),
-                    reason="finds worker processes through Linux /proc and blocks on a FIFO")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                    reason="finds worker processes through Linux /proc")
 def test_killed_worker_gives_a_clean_error_and_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_TASK_IMAGES", 4)  # several tasks, so two workers really run
     src = make_split(tmp_path / "split", counts=(("train", 4),))
-    # A named pipe blocks the worker that opens it, so the build is surely mid-way when the
-    # worker is killed.
-    fifo = src / "train" / "dog" / "dog_9.jpg"
-    os.mkfifo(fifo)
+    # Large photos take a second or more each to decode, so the build is surely mid-way when
+    # the worker is killed (a named pipe no longer works: the listing leaves such files out).
+    slow = _slow_images(src / "train" / "dog", 4)
     out = tmp_path / "out"
     outcome: dict = {}
 
@@ -429,14 +478,26 @@ def test_killed_worker_gives_a_clean_error_and_no_file(tmp_path, monkeypatch):
         thread.join(60)
         assert not thread.is_alive(), "the build did not notice the killed worker"
     finally:
-        _release(fifo)
         thread.join(10)
     error = outcome.get("error")
     assert isinstance(error, DsprepError), error
     assert "worker process died" in str(error)
     assert not (out / "train.hdf5").exists() and not (out / "means.json").exists()
     assert not store.partial_path(out / "train.hdf5").exists()
-    # Running it again (the pipe gone) builds everything cleanly.
-    fifo.unlink()
+    # Running it again builds everything cleanly.
+    for path in slow:
+        path.unlink()
     report = build.build_hdf5(src, out, opts(workers=2))
     assert report.files[0].count == 12 and store.check_file(out / "train.hdf5") == []
+
+
+def test_dangling_link_in_a_class_folder_is_reported_not_swallowed(tmp_path):
+    from helpers import smooth_image, write_image
+
+    from dsprep.build import find_rows
+
+    write_image(tmp_path / "src" / "a" / "ok.jpg", smooth_image(16, 16))
+    (tmp_path / "src" / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    classes, rows, notes = find_rows(tmp_path / "src", name="train")
+    assert classes == ["a"] and len(rows["train"]) == 1
+    assert len(notes) == 1 and "a/gone.jpg" in notes[0]

@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import make_class_folders
+from helpers import make_class_folders, smooth_image, write_image
 
 from dsprep import store
 from dsprep.cli import main
@@ -187,16 +188,17 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="blocks the build on a named pipe")
 def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
     src = make_split(tmp_path / "split")
-    # Reading a named pipe blocks, so the build is surely mid-way when it is killed.
-    fifo = src / "val" / "fox" / "fox_9.jpg"
-    os.mkfifo(fifo)
+    # Large photos decoded with --exact take a second or more each, so the build is surely
+    # mid-way through val.hdf5 when it is killed.
+    big = cv2.resize(smooth_image(64, 64, seed=7), (6000, 6000), interpolation=cv2.INTER_LINEAR)
+    slow = [write_image(src / "val" / "fox" / f"big_{k}.jpg", big, quality=70) for k in range(4)]
     out = tmp_path / "out"
     code = "from dsprep.cli import main; main()"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "-q", "build-hdf5", str(src), str(out), "--workers", "2"],
+        [sys.executable, "-c", code, "-q", "build-hdf5", str(src), str(out), "--workers", "2",
+         "--exact"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
@@ -210,11 +212,6 @@ def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
-        # Unblock an orphaned worker reading the pipe so it can notice its parent is gone.
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
@@ -223,7 +220,8 @@ def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
     # train.hdf5 was finished before the kill, but nothing carries a final name yet.
     for name in ("train.hdf5", "val.hdf5", "means.json", "skipped.csv"):
         assert not (out / name).exists(), name
-    fifo.unlink()
+    for path in slow:
+        path.unlink()
     result = run("build-hdf5", src, out, "--workers", "1")
     assert result.exit_code == 0, result.output
     for split in ("train", "val"):

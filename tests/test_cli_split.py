@@ -168,3 +168,26 @@ def test_help_describes_every_option():
             line = next(line for line in result.output.splitlines()
                         if line.strip().startswith(option))
             assert len(line.split(None, 2)) >= 2, f"{command} {option} has no help text"
+
+
+def test_split_copies_in_one_pass_with_the_same_result(tmp_path, monkeypatch):
+    import dsprep.split as split_module
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=5)
+    two = tmp_path / "two"
+    split_module.materialize(split_module.plan(dump), two)
+
+    def no_copy(src, dst):
+        raise AssertionError(f"{src} was read a second time to copy it")
+
+    monkeypatch.setattr(split_module, "copy_file", no_copy)
+    result = loud("split", str(dump), str(tmp_path / "one"))
+    assert result.exit_code == 0, result.output
+    assert "placed 10 files" in result.output
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert files(tmp_path / "one") == files(two)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "one", "two"]

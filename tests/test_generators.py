@@ -595,3 +595,16 @@ def test_real_pipeline_is_the_same_in_a_spawned_process(h5file):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         there = pool.apply(_batch_in_child, (pickle.dumps(gen), 4))
     np.testing.assert_array_equal(here[0], there[0])
+
+
+def test_directory_generator_reports_a_dangling_link(tmp_path):
+    from helpers import smooth_image, write_image
+
+    from dsprep.generators import DirectoryGenerator
+
+    for i in range(2):
+        write_image(tmp_path / "a" / f"{i}.jpg", smooth_image(16, 16, seed=i))
+    (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    gen = DirectoryGenerator(tmp_path, image_size=(8, 8), batch_size=2)
+    assert len(gen.files) == 2
+    assert [p.name for p, _ in gen.skipped] == ["gone.jpg"]

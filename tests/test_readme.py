@@ -33,6 +33,10 @@ def test_readme_starts_with_the_two_commands():
     assert commands[:2] == ["make demo", "make test"]
 
 
+def test_readme_has_no_unfilled_placeholders():
+    assert "@@" not in README.read_text()
+
+
 def test_readme_has_a_tour_of_every_command():
     shown = {cmd.split()[1] for kind, cmd in readme_steps() if kind == "shell"
              and cmd.startswith("dsprep ")}

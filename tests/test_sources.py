@@ -336,3 +336,17 @@ def test_zip_reads_members_in_place(tmp_path):
         assert inv.root == "dump" and inv.classes == ["a", "b"]
         assert source.read("dump/a/a_0.jpg") == (folder / "a" / "a_0.jpg").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.zip", "src"]
+
+
+def test_scan_class_folders_reports_dangling_links_when_asked(tmp_path):
+    from helpers import smooth_image, write_image
+
+    from dsprep.sources import scan_class_folders
+
+    write_image(tmp_path / "a" / "ok.jpg", smooth_image(16, 16))
+    (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    problems = []
+    classes, items = scan_class_folders(tmp_path, problems)
+    assert classes == ["a"]
+    assert [p.name for p, _ in items] == ["ok.jpg"]
+    assert [p.source for p in problems] == ["a/gone.jpg"]

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from dsprep.split import (
     check_destination,
     materialize,
     plan,
+    run,
 )
 
 
@@ -547,6 +549,191 @@ def test_killed_run_leaves_no_finished_split_and_rerun_completes(dump, tmp_path)
     clean = tmp_path / "clean"
     materialize(plan(dump.dest), clean)
     assert tree(dest) == tree(clean)
+
+
+# ---------------------------------------------------------------- one-pass split (run)
+
+
+def entries(root: Path) -> list[str]:
+    """Every file and folder under root, hidden ones included."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def two_step(src, dest: Path, options: SplitOptions | None = None) -> None:
+    materialize(plan(src, options), dest)
+
+
+def no_copy(src, dst):
+    raise AssertionError(f"{src} was copied a second time instead of reusing the bytes read")
+
+
+def test_run_is_one_pass_and_matches_plan_then_materialize(dump, tmp_path, monkeypatch):
+    two_step(dump.dest, tmp_path / "two")
+    reads = Counter()
+    real_read = FolderSource.read
+
+    def counting_read(self, rel):
+        reads[rel] += 1
+        return real_read(self, rel)
+
+    monkeypatch.setattr(FolderSource, "read", counting_read)
+    monkeypatch.setattr(split_module, "copy_file", no_copy)
+    p, result = run(dump.dest, tmp_path / "one")
+    assert result.placed == len(p.files) > 0 and not result.already_complete
+    assert reads and set(reads.values()) == {1}  # every file read exactly once
+    assert entries(tmp_path / "one") == entries(tmp_path / "two")  # no staging left behind
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")  # manifests included
+    # The dump holds a duplicate: its staged copy was dropped, not placed.
+    assert "duplicate" in set(reasons(tmp_path / "one").values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "one", "two"]
+
+
+def test_run_matches_whatever_the_listing_order(dump, tmp_path, monkeypatch):
+    two_step(dump.dest, tmp_path / "two")
+    real_scandir = os.scandir
+
+    class Listing(list):
+        """A finished listing that also works as os.scandir's context manager."""
+
+        def __enter__(self):
+            return iter(self)
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+    def reversed_scandir(path="."):
+        with real_scandir(path) as it:
+            return Listing(sorted(it, key=lambda e: e.name, reverse=True))
+
+    monkeypatch.setattr(os, "scandir", reversed_scandir)
+    run(dump.dest, tmp_path / "one", workers=1)
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+
+
+def test_run_from_a_zip_writes_the_archived_bytes(dump, tmp_path, monkeypatch):
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(dump.dest.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(dump.dest).as_posix())
+    before = (archive.read_bytes(), archive.stat().st_mtime_ns)
+    two_step(archive, tmp_path / "two")
+    monkeypatch.setattr(split_module, "copy_file", no_copy)
+    run(archive, tmp_path / "one")
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    placed = [k for k in tree(tmp_path / "one") if k.count("/") == 2]
+    originals = {hashlib.sha256(p.read_bytes()).hexdigest() for p in dump.dest.rglob("*")
+                 if p.is_file()}
+    assert placed and all(hashlib.sha256((tmp_path / "one" / k).read_bytes()).hexdigest()
+                          in originals for k in placed)
+    assert (archive.read_bytes(), archive.stat().st_mtime_ns) == before
+
+
+class Killed(BaseException):
+    """Stands for an abrupt stop (Ctrl-C, kill -9): nothing gets to clean up."""
+
+
+def test_run_stopped_while_reading_is_redone_on_rerun(dump, tmp_path, monkeypatch):
+    two_step(dump.dest, tmp_path / "two")
+    before = tree(dump.dest)
+    dest = tmp_path / "one"
+    real_read = FolderSource.read
+    calls = []
+
+    def dying_read(self, rel):
+        calls.append(rel)
+        if len(calls) == 12:
+            raise Killed
+        return real_read(self, rel)
+
+    monkeypatch.setattr(FolderSource, "read", dying_read)
+    with pytest.raises(Killed):
+        run(dump.dest, dest, workers=1)
+    partial = tmp_path / ".one.split-partial"
+    assert not dest.exists()  # nothing that looks finished
+    assert len(list((partial / ".staging").iterdir())) >= 5
+    monkeypatch.setattr(FolderSource, "read", real_read)
+    monkeypatch.setattr(split_module, "copy_file", no_copy)  # the rerun is one pass again
+    p, result = run(dump.dest, dest)
+    assert result.placed == len(p.files) and result.reused == 0
+    assert not partial.exists()
+    assert entries(dest) == entries(tmp_path / "two")
+    assert tree(dest) == tree(tmp_path / "two")
+    assert tree(dump.dest) == before
+
+
+def test_run_stopped_while_placing_resumes_on_rerun(dump, tmp_path, monkeypatch):
+    two_step(dump.dest, tmp_path / "two")
+    dest = tmp_path / "one"
+    real_replace = os.replace
+    moved = []
+
+    def dying_replace(src, dst):
+        if ".staging" in str(src):
+            moved.append(dst)
+            if len(moved) == 6:
+                raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(split_module.os, "replace", dying_replace)
+    with pytest.raises(Killed):
+        run(dump.dest, dest)
+    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    assert not dest.exists()
+    p, result = run(dump.dest, dest)
+    assert result.reused == 5 and result.placed == len(p.files) - 5
+    assert entries(dest) == entries(tmp_path / "two")  # staged leftovers removed
+    assert tree(dest) == tree(tmp_path / "two")
+
+
+def test_run_failing_before_the_plan_is_decided_leaves_nothing(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    with pytest.raises(SplitError, match="needs 4"):
+        run(root, tmp_path / "s", SplitOptions(counts=(2, 1, 1)))
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(split_module, "_write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        run(root, tmp_path / "s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_run_keeps_the_destination_rules(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    dest = tmp_path / "s"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep")
+    with pytest.raises(DestinationExistsError, match="not a split folder"):
+        run(root, dest)
+    assert entries(dest) == ["mine.txt"]
+    assert entries(tmp_path) == sorted(["d", "s", "s/mine.txt"] + [
+        p.relative_to(tmp_path).as_posix() for p in root.rglob("*")])
+    run(root, dest, force=True)
+    assert not (dest / "mine.txt").exists()
+    clean = tree(dest)
+    assert run(root, dest)[1].already_complete
+    with pytest.raises(DestinationExistsError, match="other parameters"):
+        run(root, dest, SplitOptions(seed=5))
+    (dest / "train" / "a").iterdir().__next__().write_bytes(b"damaged")
+    result = run(root, dest, force=True)[1]
+    assert result.placed == 6 and tree(dest) == clean
+    with pytest.raises(UsageError, match="overlap"):
+        run(root, root / "split")
+    foreign = tmp_path / ".t.split-partial"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not ours")
+    with pytest.raises(DestinationExistsError, match="not made by dsprep split"):
+        run(root, tmp_path / "t")
+    assert (foreign / "notes.txt").read_text() == "not ours"
+
+
+def test_run_in_link_modes_uses_the_two_step_path(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    p, result = run(root, tmp_path / "s", mode="symlink")
+    assert result.placed == 6
+    assert all((tmp_path / "s" / f.path).is_symlink() for f in p.files)
 
 
 @pytest.mark.slow

@@ -11,9 +11,8 @@ from ..split import (
     MODES,
     VERIFY,
     SplitOptions,
-    check_destination,
-    materialize,
     plan,
+    run,
 )
 from ._common import format_table, say, show_progress
 
@@ -89,12 +88,11 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         label_column=_column(label_column), ratios=_numbers(ratios, float, "--ratios"),
         counts=_numbers(counts, int, "--counts"), limit_per_class=limit_per_class,
         min_size=min_size, verify=verify, seed=seed)
-    if not dry_run:
-        # Refuse a DEST holding something else before reading every file of the dump.
-        check_destination(src, dest, options, mode, force=force)
-    split_plan = plan(src, options, progress=show_progress())
-    if not dry_run:
-        result = materialize(split_plan, dest, mode=mode, force=force, progress=show_progress())
+    if dry_run:
+        split_plan = plan(src, options, progress=show_progress())
+    else:
+        split_plan, result = run(src, dest, options, mode=mode, force=force,
+                                 progress=show_progress())
     counts_by_split = split_plan.counts()
     rows = [[label] + [counts_by_split[s][label] for s in split_plan.splits]
             + [sum(counts_by_split[s][label] for s in split_plan.splits)]

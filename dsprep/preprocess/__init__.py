@@ -429,8 +429,8 @@ class _KernelThreads:
     """One helper thread per process that takes half of a large batch's windows.
 
     Used only when the machine has a second core, ``DSPREP_KERNEL_THREADS`` is not 1, and no
-    other batch is using the helper at the moment (callers already running in parallel threads,
-    as Keras's workers do, then keep their work to themselves instead of queueing for it).
+    other thread is cutting a batch at that moment: callers already running in parallel (as
+    Keras's worker threads do) keep their work to themselves instead of crowding the cores.
     """
 
     def __init__(self) -> None:
@@ -438,6 +438,8 @@ class _KernelThreads:
 
     def _reset(self) -> None:
         self.busy = threading.Lock()
+        self.count_lock = threading.Lock()
+        self.active = 0  # kernel calls running now, in any thread
         self.pool: ThreadPoolExecutor | None = None
         self.pid: int | None = None
         self.enabled: bool | None = None
@@ -485,18 +487,26 @@ def _split_images(n: int, nbytes: int, work) -> None:
     if n < 2 or nbytes < _PARALLEL_MIN_BYTES or not _THREADS.allowed():
         work(0, n)
         return
-    if not _THREADS.busy.acquire(blocking=False):
-        work(0, n)
-        return
+    with _THREADS.count_lock:
+        alone = _THREADS.active == 0
+        _THREADS.active += 1
     try:
-        half = n // 2
-        future = _THREADS.executor().submit(work, half, n)
+        if not alone or not _THREADS.busy.acquire(blocking=False):
+            # Another thread is cutting a batch too: both cores have work already.
+            work(0, n)
+            return
         try:
-            work(0, half)
+            half = n // 2
+            future = _THREADS.executor().submit(work, half, n)
+            try:
+                work(0, half)
+            finally:
+                future.result()
         finally:
-            future.result()
+            _THREADS.busy.release()
     finally:
-        _THREADS.busy.release()
+        with _THREADS.count_lock:
+            _THREADS.active -= 1
 
 
 class _WindowWriter:
