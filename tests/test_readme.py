@@ -41,7 +41,7 @@ def test_readme_has_a_tour_of_every_command():
     shown = {cmd.split()[1] for kind, cmd in readme_steps() if kind == "shell"
              and cmd.startswith("dsprep ")}
     assert {"sample-dump", "split", "build-hdf5", "info", "verify", "means", "train",
-            "evaluate"} <= shown
+            "evaluate", "sweep-lr"} <= shown
 
 
 @pytest.mark.slow
@@ -59,5 +59,6 @@ def test_readme_commands_and_examples_run(tmp_path, monkeypatch):
             exec(compile(step, "README.md", "exec"), namespace)  # noqa: S102
     # The tour leaves what it promises.
     for name in ("data/split/split.json", "data/hdf5/train.hdf5", "data/hdf5/means.json",
-                 "data/means-again.json", "runs/resnet/best.keras", "runs/resnet/curves.png"):
+                 "data/means-again.json", "runs/resnet/best.keras", "runs/resnet/curves.png",
+                 "runs/sweep/sweep-lr.png"):
         assert (tmp_path / name).is_file(), name
