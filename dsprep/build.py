@@ -33,6 +33,7 @@ from .errors import (
     LayoutError,
     UsageError,
 )
+from .fileio import write_atomic
 from .sources import UNREADABLE, scan_class_folders
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, channel_sums, means_record, write_means
@@ -681,10 +682,7 @@ def _write_skipped(path: Path, skipped: Iterable[Skip]) -> Path:
     out = csv.writer(text, lineterminator="\n")
     out.writerow(["source", "reason", "detail"])
     out.writerows([s.source, s.reason, s.detail] for s in skipped)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, text.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from .augment import RandomFlip
+from .fileio import write_atomic
 from .generators import HDF5Generator
 from .preprocess import MeanSubtract, RandomPatch
 
@@ -65,7 +66,4 @@ def write_preview(
     ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     if not ok:  # pragma: no cover - PNG encoding of a uint8 array does not fail
         raise OSError(f"could not encode {out_png}")
-    tmp = out_png.with_name(out_png.name + ".partial")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, out_png)
-    return out_png
+    return write_atomic(out_png, buf.tobytes())

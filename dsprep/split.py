@@ -35,6 +35,7 @@ from .errors import (
     SplitError,
     UsageError,
 )
+from .fileio import write_atomic
 from .sources import LABEL_CONFLICT, UNREADABLE, Inventory, Skipped, find_images, open_source
 
 SCHEMA = "dsprep-split/1"
@@ -819,10 +820,7 @@ def _remove_partial(partial: Path, force: bool) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + _PART)
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, tmp=path.with_name(path.name + _PART))
 
 
 def _place_all(split_plan: SplitPlan, partial: Path, mode: str, resume: bool,

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .errors import DatasetFormatError, LayoutError
+from .fileio import write_atomic
 
 CHANNELS = ("R", "G", "B")
 # Pixels summed per OpenCV call: sums of squares stay below 2**53, so its float64 totals are exact.
@@ -118,10 +119,7 @@ def write_means(path: str | os.PathLike, record: Mapping) -> Path:
     """Write a means record as JSON atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(dict(record), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(dict(record), indent=2) + "\n")
 
 
 def read_means(path: str | os.PathLike) -> np.ndarray:

@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsprep"
 # Lower number = lower layer. A module may import only modules of its own layer or below.
 LAYERS = {
     "errors": 0,
+    "fileio": 0,
     "images": 1,
     "sources": 2,
     "split": 2,

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from ..errors import DatasetFormatError, LayoutError, UsageError
+from ..fileio import write_atomic
 from .options import SCHEDULES
 
 HISTORY = "history.csv"
@@ -36,13 +37,7 @@ def _temp_name(path: Path) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
-    tmp = _temp_name(path)
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, text, tmp=_temp_name(path), fsync=True)
 
 
 def atomic_write_json(path: str | os.PathLike, data: dict) -> Path:
