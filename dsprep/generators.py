@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,7 +56,7 @@ def _probe_batch(shape: tuple[int, ...]) -> np.ndarray:
     return (np.arange(size, dtype=np.int64) * 37 % 251).astype(np.uint8).reshape((1, *shape))
 
 
-class _BatchSequence:
+class _BatchSequence(ABC):
     """What both generators share: batching, epochs, randomness, the preprocessing pipeline."""
 
     def __init__(
@@ -106,9 +107,9 @@ class _BatchSequence:
     # -- the sequence protocol -------------------------------------------------------------
 
     @property
+    @abstractmethod
     def num_samples(self) -> int:
         """Rows (images) in one epoch's source, before any drop_last."""
-        raise NotImplementedError
 
     @property
     def classes(self) -> list[str]:
@@ -130,8 +131,9 @@ class _BatchSequence:
             yield self[i]
         self.on_epoch_end()
 
+    @abstractmethod
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Batch ``index`` of the current epoch as ``(x, y)``."""
 
     def on_epoch_end(self) -> None:
         """Advance to the next epoch: a new order, new random draws."""
@@ -144,8 +146,9 @@ class _BatchSequence:
         self.epoch = int(epoch)
         self._shuffle_order()
 
+    @abstractmethod
     def _shuffle_order(self) -> None:
-        raise NotImplementedError
+        """Draw this epoch's order from the seed and the epoch."""
 
     def _check_index(self, index: int) -> int:
         n = len(self)

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import zipfile
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -103,7 +104,7 @@ def _visible(part: str) -> bool:
     return not part.startswith(".") and part.lower() not in IGNORED_FOLDERS | IGNORED_NAMES
 
 
-class Source:
+class Source(ABC):
     """A dump to read from: a folder or a zip archive, addressed by POSIX paths relative to it.
 
     Use :func:`open_source`; close it (or use it as a context manager) when done.
@@ -112,19 +113,19 @@ class Source:
     path: Path
     is_zip: bool = False
 
+    @abstractmethod
     def list_files(self) -> tuple[list[str], list[Skipped]]:
         """Every visible file (sorted relative paths) and the entries that cannot be read."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, rel: str) -> bytes:
         """The bytes of one file."""
-        raise NotImplementedError
 
     def local_path(self, rel: str) -> Path | None:
         """The file on disk (None inside an archive)."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a folder holds nothing to release
         """Release the archive, if any."""
 
     def __enter__(self) -> Source:
