@@ -23,8 +23,11 @@ class KerasDataset(keras.utils.PyDataset):
     reproducibly, and Keras would otherwise also reorder the batches at random.
 
     Keras calls ``on_epoch_end`` once more than there are epochs (as a reset before the first
-    one); the generator advances only at the end of an epoch that began, so Keras epoch ``e``
-    of a fresh generator is generator epoch ``e``.
+    one); the generator advances only at the end of an epoch that began, so every Keras epoch
+    sees a new order. Under the JAX and PyTorch backends the first ``fit`` of a model whose
+    metrics are not yet built also opens a short probing pass over the first batch, which
+    counts as an epoch here; pass ``EpochSync(ds)`` in ``callbacks`` to pin the generator's
+    epoch to Keras's epoch number exactly (``dsprep train`` does), whatever the backend.
     """
 
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
@@ -53,6 +56,26 @@ class KerasDataset(keras.utils.PyDataset):
 _KERAS_BEGINS_EPOCHS = hasattr(keras.utils.PyDataset, "on_epoch_begin")
 
 
+class EpochSync(keras.callbacks.Callback):
+    """A Keras callback that sets each generator's epoch to Keras's epoch number.
+
+    With it, Keras epoch ``e`` (counted from ``initial_epoch`` on a resumed fit) reads
+    generator epoch ``e`` under every backend, so a run's order and random draws depend only
+    on the seed and the epoch. Takes generators, or the datasets ``as_keras`` made of them;
+    objects without ``set_epoch`` are left alone.
+    """
+
+    def __init__(self, *datasets: Any) -> None:
+        super().__init__()
+        gens = (getattr(d, "gen", d) for d in datasets if d is not None)
+        self.gens = [g for g in gens if hasattr(g, "set_epoch")]
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
+        for gen in self.gens:
+            if gen.epoch != epoch:
+                gen.set_epoch(epoch)
+
+
 def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,
              max_queue_size: int = 10) -> KerasDataset:
     """Wrap a generator for ``model.fit`` / ``evaluate`` / ``predict``.
@@ -61,7 +84,8 @@ def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,
         gen: an HDF5Generator, DirectoryGenerator or any sequence of (x, y) batches with
             ``on_epoch_end``.
         workers: batches computed at once (threads, or processes with use_multiprocessing).
-        use_multiprocessing: compute batches in worker processes.
+        use_multiprocessing: compute batches in worker processes (forked on Linux; under the
+            JAX backend, which is multithreaded, prefer threads: ``workers`` > 1 alone).
         max_queue_size: batches Keras keeps ready ahead of the model.
     """
     if workers < 0 or max_queue_size < 1:

@@ -14,6 +14,8 @@ from dsprep.generators import HDF5Generator
 
 pytest.importorskip("keras", reason="the adapters need Keras 3 (the 'train' extra)")
 
+from dsprep.adapters import EpochSync  # noqa: E402  (after the skip: needs Keras)
+
 NAMES = ["a", "b", "c"]
 
 
@@ -26,6 +28,12 @@ def h5file(tmp_path):
     imgs = (rng.integers(0, 60, (n, 8, 8, 3)) + labels[:, None, None, None] * 90).astype(np.uint8)
     imgs[:, 0, 0, 0] = np.arange(n)  # row tag (n < 256)
     return store.write_arrays(tmp_path / "train.hdf5", imgs, labels, NAMES), imgs, labels
+
+
+def needs_tf():
+    return pytest.importorskip(
+        "tensorflow", reason="as_tf_dataset builds a tf.data pipeline: it needs TensorFlow, "
+        "which the 'train' extra installs (a JAX or PyTorch Keras has none)")
 
 
 def tiny_model(keras, input_shape=(8, 8, 3), dtype="float32", head=None):
@@ -103,13 +111,63 @@ def test_fit_one_epoch_through_as_keras(h5file, workers, multi):
 
     from dsprep.adapters import as_keras
 
+    if multi and keras.backend.backend() == "jax":
+        pytest.skip("JAX is multithreaded and warns that Keras's forked workers may deadlock; "
+                    "the threaded case runs under JAX")
     gen = HDF5Generator(h5file[0], batch_size=16, shuffle="batches", seed=2)
     model = tiny_model(keras)
-    history = model.fit(as_keras(gen, workers=workers, use_multiprocessing=multi), epochs=2,
-                        shuffle=False, verbose=0)
+    ds = as_keras(gen, workers=workers, use_multiprocessing=multi)
+    history = model.fit(ds, epochs=2, shuffle=False, verbose=0, callbacks=[EpochSync(ds)])
     losses = history.history["loss"]
     assert len(losses) == 2 and all(np.isfinite(losses))
-    assert gen.epoch == 2  # Keras called on_epoch_end after each epoch
+    assert gen.epoch == 2  # epoch 1 ran, then Keras's on_epoch_end advanced it
+
+
+class Recording(HDF5Generator):
+    """Records the generator epoch each batch was served at (single process only)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.served = []
+
+    def __getitem__(self, index):
+        self.served.append((self.epoch, index))
+        return super().__getitem__(index)
+
+
+def full_epochs(gen):
+    by_epoch = {}
+    for epoch, index in gen.served:
+        by_epoch.setdefault(epoch, set()).add(index)
+    return sorted(e for e, seen in by_epoch.items() if seen == set(range(len(gen))))
+
+
+@pytest.mark.slow
+def test_epoch_sync_pins_generator_epoch_to_keras_epoch(h5file):
+    """Whatever probing pass the backend makes, Keras epoch e reads generator epoch e."""
+    import keras
+
+    from dsprep.adapters import as_keras
+
+    gen = Recording(h5file[0], batch_size=16, shuffle="full", seed=3)
+    model = tiny_model(keras)
+    ds = as_keras(gen)
+    model.fit(ds, epochs=2, shuffle=False, verbose=0, callbacks=[EpochSync(ds)])
+    assert full_epochs(gen) == [0, 1]
+    assert {e for e, _ in gen.served} == {0, 1}
+    # A resumed fit starts at its initial epoch.
+    gen.served.clear()
+    model.fit(ds, epochs=5, initial_epoch=3, shuffle=False, verbose=0,
+              callbacks=[EpochSync(gen)])
+    assert full_epochs(gen) == [3, 4]
+
+
+def test_epoch_sync_leaves_plain_sequences_alone():
+    class Plain:
+        epoch = 0
+
+    sync = EpochSync(None, Plain(), [])
+    assert sync.gens == []
 
 
 # -- tf.data -----------------------------------------------------------------------------------
@@ -117,7 +175,7 @@ def test_fit_one_epoch_through_as_keras(h5file, workers, multi):
 
 def test_as_tf_dataset_signature_epochs_and_fit(h5file):
     import keras
-    import tensorflow as tf
+    tf = needs_tf()
 
     from dsprep.adapters import as_tf_dataset
 
@@ -145,7 +203,7 @@ def test_as_tf_dataset_signature_epochs_and_fit(h5file):
 
 
 def test_as_tf_dataset_keeps_uint8(h5file):
-    import tensorflow as tf
+    tf = needs_tf()
 
     from dsprep.adapters import as_tf_dataset
 
@@ -181,3 +239,4 @@ def test_mean_subtraction_layer_matches_numpy_and_round_trips(h5file, tmp_path):
     assert len(restored) == 1
     assert restored[0].mean_rgb == [100.5, 50.25, 10.0] and restored[0].scale == 1 / 64
     np.testing.assert_allclose(loaded.predict(x, verbose=0), before, rtol=1e-6, atol=1e-6)
+

@@ -312,6 +312,26 @@ def test_uint8_output_is_never_the_reused_read_buffer(h5file):
         np.testing.assert_array_equal(x0, imgs[:8, :x0.shape[1], :x0.shape[2]])
 
 
+@pytest.mark.parametrize("compression, plain", [("none", True), ("lzf", False)])
+@pytest.mark.parametrize("mode", ["batches", "full"])
+def test_plain_rows_bypass_h5py_and_every_layout_reads_the_same(tmp_path, compression, plain,
+                                                                 mode):
+    imgs = tagged_images(30, 5, 5)
+    labels = np.arange(30) % 3
+    path = tmp_path / f"{compression}.hdf5"
+    with store.HDF5Writer(path, 30, (5, 5), NAMES, chunk_images=4,
+                          compression=compression) as w:
+        w.append(imgs, labels, [str(i) for i in range(30)])
+    gen = HDF5Generator(path, batch_size=7, shuffle=mode, seed=2, output="uint8")
+    with ThreadPoolExecutor(3) as pool:
+        batches = list(pool.map(lambda i: gen[i], range(len(gen))))
+    for i, (x, y) in enumerate(batches):
+        np.testing.assert_array_equal(x, imgs[gen.batch_rows(i)])
+        np.testing.assert_array_equal(y, labels[gen.batch_rows(i)])
+    # Uncompressed rows are read with preadv; compressed chunks through h5py.
+    assert (gen._reader is not None) is plain
+
+
 def test_threads_share_a_generator_safely(h5file):
     path, imgs, _ = h5file
     gen = HDF5Generator(path, batch_size=4, shuffle="full", preprocessors=[CornerView(4, 4)],

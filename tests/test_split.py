@@ -740,6 +740,9 @@ def test_run_in_link_modes_uses_the_two_step_path(tmp_path):
 def test_keras_reads_the_train_folder(tmp_path):
     import keras
 
+    pytest.importorskip("tensorflow", reason="image_dataset_from_directory builds a tf.data "
+                        "pipeline: it needs TensorFlow (a JAX or PyTorch Keras has none)")
+
     summary = write_sample_dump(tmp_path / "dump", per_class=6, seed=1)
     dest = tmp_path / "split"
     materialize(plan(summary.dest), dest)

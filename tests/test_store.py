@@ -178,3 +178,86 @@ def test_appends_of_whole_and_partial_chunks_round_trip(tmp_path, rng, compressi
         np.testing.assert_array_equal(db["images"][()], images)
         np.testing.assert_array_equal(db["labels"][()], labels)
         assert db["filenames"][22].decode() == "f22"
+
+
+# -- RowReader: plain rows read with preadv, outside h5py ---------------------------------------
+
+
+def _raw_file(path, images, userblock=0, **create):
+    with h5py.File(path, "w", userblock_size=userblock) as f:
+        f.create_dataset("images", data=images, **create)
+    return path
+
+
+def _reader(path):
+    with h5py.File(path, "r") as f:
+        return store.RowReader.for_dataset(f["images"])
+
+
+@pytest.mark.parametrize("create, userblock", [
+    ({"chunks": (4, 8, 6, 3)}, 0),  # 10 rows: the last chunk is partly filled
+    ({"chunks": (1, 8, 6, 3)}, 0),
+    ({}, 0),  # contiguous
+    ({"chunks": (3, 8, 6, 3)}, 512),  # a user block before the HDF5 data
+])
+def test_row_reader_reads_what_h5py_reads(tmp_path, rng, create, userblock):
+    images, _ = _arrays(rng)
+    reader = _reader(_raw_file(tmp_path / "r.h5", images, userblock, **create))
+    assert reader is not None
+    fd = reader.open()
+    try:
+        for start, stop in [(0, 10), (3, 9), (9, 10), (4, 8)]:
+            out = np.zeros((stop - start, 8, 6, 3), np.uint8)
+            reader.read(fd, start, stop, out)
+            np.testing.assert_array_equal(out, images[start:stop])
+        for rows in ([7, 2, 3, 4, 9, 0], [5], list(rng.permutation(10)), [3, 3, 4]):
+            out = np.zeros((len(rows), 8, 6, 3), np.uint8)
+            reader.read_rows(fd, rows, out)
+            np.testing.assert_array_equal(out, images[rows])
+    finally:
+        import os
+
+        os.close(fd)
+
+
+@pytest.mark.parametrize("create", [
+    {"chunks": (4, 8, 6, 3), "compression": "lzf"},
+    {"chunks": (4, 8, 6, 3), "shuffle": True},
+    {"chunks": (4, 4, 6, 3)},  # a chunk holds half rows
+])
+def test_row_reader_declines_layouts_that_are_not_plain_rows(tmp_path, rng, create):
+    images, _ = _arrays(rng)
+    assert _reader(_raw_file(tmp_path / "r.h5", images, **create)) is None
+
+
+def test_row_reader_declines_unwritten_chunks(tmp_path):
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("images", shape=(8, 2, 2, 3), dtype=np.uint8, chunks=(2, 2, 2, 3))
+        ds[:2] = 1  # chunks 1-3 never written
+    assert _reader(path) is None
+
+
+def test_row_reader_finishes_short_reads(tmp_path, rng, monkeypatch):
+    import os
+
+    images, _ = _arrays(rng)
+    reader = _reader(_raw_file(tmp_path / "r.h5", images, chunks=(5, 8, 6, 3)))
+    real = os.preadv
+    calls = []
+
+    def short(fd, buffers, offset):
+        # Hand back at most 100 bytes a call, as a signal or a network file system may.
+        calls.append(offset)
+        first = buffers[0][:100]
+        return real(fd, [first], offset)
+
+    monkeypatch.setattr(os, "preadv", short)
+    fd = reader.open()
+    try:
+        out = np.zeros((4, 8, 6, 3), np.uint8)
+        reader.read_rows(fd, [6, 1, 2, 7], out)
+    finally:
+        os.close(fd)
+    np.testing.assert_array_equal(out, images[[6, 1, 2, 7]])
+    assert len(calls) > 4 * 8 * 6 * 3 // 100

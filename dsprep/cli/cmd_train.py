@@ -88,8 +88,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = ()) -> Callable:
                           "its own size)."),
         click.option("--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers,
                      show_default=True,
-                     help="Batches prepared at once by the input pipeline (threads; 2 lets the "
-                          "next batch load while the model trains on this one)."),
+                     help="Batches prepared at once by the input pipeline (threads; default: "
+                          "one per core up to 8, at least 2, so batches load while the model "
+                          "trains)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
                      show_default=True,
                      help="auto = mixed float16 on a GPU, float32 on a CPU."),

@@ -398,6 +398,10 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     validation = bundle.val is not None
     monitor, _ = cb.best_metric(classes, validation)
     calls = _callbacks(run, config, monitor, history, validation)
+    from ..adapters import EpochSync
+
+    # Keras epoch e reads generator epoch e under every backend, on a resume too.
+    calls.insert(0, EpochSync(bundle.train))
     if initial_epoch < config.epochs:
         model.fit(_as_keras(bundle.train, config.workers),
                   validation_data=_as_keras(bundle.val, config.workers),

@@ -6,6 +6,7 @@ The command line reads the choices from here at startup, before any framework is
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -17,6 +18,11 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SCHEDULES = ("constant", "step", "plateau", "cosine")
 AUGMENTS = ("none", "flip", "affine")
 PRECISIONS = ("auto", "mixed", "float32")
+
+
+def default_workers() -> int:
+    """Input threads: one per core up to 8, and at least 2 (one batch loads while one trains)."""
+    return max(2, min(8, os.cpu_count() or 2))
 
 
 @dataclass
@@ -54,7 +60,7 @@ class TrainConfig:
     limit_per_class: int | None = None
     width: float | None = None
     image_size: int = 256
-    workers: int = 2
+    workers: int = dataclasses.field(default_factory=default_workers)
     precision: str = "auto"
     jit: bool = True
     gpus: str = "1"

@@ -37,11 +37,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per step [default: 32 (resnet18 16); 128 on a GPU; "
                              "8 with --quick]")
-    parser.add_argument("--steps", type=int, default=None, help="steps per timed epoch")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed epoch [default: 8 (smallnet 16); 160 on a GPU; "
+                             "3 with --quick]")
     parser.add_argument("--epochs", type=int, default=None,
                         help="timed epochs after one warm-up epoch [default: 2; 1 with --quick]")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="batches the adapter prepares at once (threads)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="batches the adapter prepares at once (threads) [default: as "
+                             "'dsprep train': one per core up to 8, at least 2]")
     parser.add_argument("--precision", choices=("auto", "mixed", "float32"), default="auto",
                         help="auto = mixed float16 on a GPU")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -182,6 +185,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     hide_or_show_gpus(args.device)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    if args.workers is None:
+        from dsprep.train.options import default_workers
+
+        args.workers = default_workers()
     import keras
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -200,7 +207,10 @@ def main(argv=None) -> int:
         for name in names:
             default_batch = 8 if args.quick else (128 if args.device == "gpu" else MODELS[name][2])
             batch = args.batch_size or default_batch
-            steps = args.steps or (3 if args.quick else MODELS[name][3])
+            # A GPU runs the CPU's few steps in a blink, and Keras restarts its input
+            # workers every epoch: time epochs long enough for the steady state there.
+            steps = args.steps or (3 if args.quick else 160 if args.device == "gpu"
+                                   else MODELS[name][3])
             epochs = args.epochs or (1 if args.quick else 2)
             started = time.perf_counter()
             results.append(bench_model(name, work, args, batch, steps, epochs))
