@@ -240,7 +240,8 @@ class RowReader:
     def for_dataset(cls, ds: h5py.Dataset) -> RowReader | None:
         """The reader for ``ds`` (a dsprep ``images`` dataset), or None if it cannot have one."""
         rows = int(ds.shape[0])
-        if rows == 0 or ds.dtype != np.uint8 or ds.id.get_create_plist().get_nfilters() > 0:
+        if (not hasattr(os, "preadv") or rows == 0 or ds.dtype != np.uint8
+                or ds.id.get_create_plist().get_nfilters() > 0):
             return None
         row_bytes = int(np.prod(ds.shape[1:]))
         if ds.chunks is None:
@@ -260,18 +261,24 @@ class RowReader:
 
             if ds.id.get_num_chunks() != count:
                 return None
-            ds.id.chunk_iter(note)
+            if hasattr(ds.id, "chunk_iter"):  # HDF5 1.14: one pass over the chunk index
+                ds.id.chunk_iter(note)
+            else:
+                for i in range(count):
+                    note(ds.id.get_chunk_info(i))
             if (offsets < 0).any():
                 return None
         reader = cls(Path(ds.file.filename), offsets, chunk_rows, row_bytes, rows)
-        fd = reader.open()
         try:
-            ends = [0, rows - 1]
-            got = np.empty((2, *ds.shape[1:]), dtype=np.uint8)
-            for i, r in enumerate(ends):
-                reader.read_rows(fd, [r], got[i:i + 1])
-            if not np.array_equal(got, ds[ends]):
-                return None
+            fd = reader.open()
+        except OSError:
+            return None
+        try:
+            got = np.empty((1, *ds.shape[1:]), dtype=np.uint8)
+            for r in sorted({0, rows - 1}):
+                reader.read_rows(fd, [r], got)
+                if not np.array_equal(got[0], ds[r]):
+                    return None
         except OSError:
             return None
         finally:
@@ -341,7 +348,16 @@ class RowReader:
             buffers = rest
 
 
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+def _iov_max() -> int:
+    """Buffers one ``preadv`` may take (1024 on Linux; indeterminate counts as 1024)."""
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        return 1024
+    return min(limit, 1024) if limit > 0 else 1024
+
+
+_IOV_MAX = _iov_max()
 
 
 def check_schema(db: h5py.File, path: str | os.PathLike = "") -> None:

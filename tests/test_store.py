@@ -230,6 +230,22 @@ def test_row_reader_declines_layouts_that_are_not_plain_rows(tmp_path, rng, crea
     assert _reader(_raw_file(tmp_path / "r.h5", images, **create)) is None
 
 
+def test_row_reader_reads_a_one_row_file(tmp_path, rng):
+    images, _ = _arrays(rng, n=1)
+    path = _raw_file(tmp_path / "r.h5", images, chunks=(4, 8, 6, 3), maxshape=(None, 8, 6, 3))
+    reader = _reader(path)
+    assert reader is not None
+    out = np.zeros_like(images)
+    fd = reader.open()
+    try:
+        reader.read(fd, 0, 1, out)
+    finally:
+        import os
+
+        os.close(fd)
+    np.testing.assert_array_equal(out, images)
+
+
 def test_row_reader_declines_unwritten_chunks(tmp_path):
     path = tmp_path / "r.h5"
     with h5py.File(path, "w") as f:
