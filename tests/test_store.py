@@ -277,3 +277,57 @@ def test_row_reader_finishes_short_reads(tmp_path, rng, monkeypatch):
         os.close(fd)
     np.testing.assert_array_equal(out, images[[6, 1, 2, 7]])
     assert len(calls) > 4 * 8 * 6 * 3 // 100
+
+
+# -- direct (O_DIRECT) chunk writes --------------------------------------------------------------
+
+
+def _direct_writer(tmp_path, capacity=40, chunk=8, size=(32, 32)):
+    return store.HDF5Writer(tmp_path / "d.hdf5", capacity, size, ["a", "b"], chunk_images=chunk,
+                            direct=True)
+
+
+def test_direct_writer_writes_whole_chunks_around_the_page_cache(tmp_path, rng):
+    images = rng.integers(0, 256, (29, 32, 32, 3), dtype=np.uint8)
+    writer = _direct_writer(tmp_path)
+    assert writer._direct is not None  # ext4/xfs under the test's tmp folder take O_DIRECT
+    aligned = store.page_aligned_empty((16, 32, 32, 3))
+    aligned[:] = images[:16]
+    writer.append(aligned, [0] * 16, ["x"] * 16)  # two whole chunks, page-aligned: direct
+    assert writer._direct.proven
+    writer.append(images[16:21], [1] * 5, ["y"] * 5)  # a partial chunk: through h5py
+    writer.append(images[21:29], [0] * 8, ["z"] * 8)  # starts mid-chunk: through h5py
+    path = writer.close(mean_rgb=np.zeros(3))
+    with h5py.File(path, "r") as f:
+        # Fewer rows than the capacity (as when images are skipped): trimmed, all in place.
+        assert f["images"].shape == (29, 32, 32, 3)
+        np.testing.assert_array_equal(f["images"][()], images)
+        np.testing.assert_array_equal(f["labels"][()], [0] * 16 + [1] * 5 + [0] * 8)
+
+
+def test_direct_writer_falls_back_where_o_direct_is_refused(tmp_path, rng, monkeypatch):
+    import errno
+    import os
+
+    images = store.page_aligned_empty((16, 32, 32, 3))
+    images[:] = rng.integers(0, 256, images.shape, dtype=np.uint8)
+    real_pwrite = os.pwrite
+
+    def refuse(fd, data, offset):  # a file system that accepts the flag but not the writes
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "pwrite", refuse)
+    writer = _direct_writer(tmp_path)
+    writer.append(images, [0] * 16, ["x"] * 16)
+    assert writer._direct is None or not writer._direct.proven
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    path = writer.close(mean_rgb=np.zeros(3))
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["images"][()], images)
+
+
+def test_direct_writer_only_for_uncompressed_files(tmp_path):
+    writer = store.HDF5Writer(tmp_path / "c.hdf5", 16, (32, 32), ["a"], chunk_images=8,
+                              compression="lzf", direct=True)
+    assert writer._direct is None
+    writer.abort()
