@@ -307,13 +307,13 @@ class HDF5Generator(_BatchSequence):
         self._db: h5py.File | None = None
         self._images: h5py.Dataset | None = None
         self._reader: store.RowReader | None = None
-        self._fd: int | None = None
+        self._raw: store.Descriptor | None = None
         self._pid: int | None = None
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_db", "_images", "_reader", "_fd", "_pid", "_local"):
+        for key in ("_db", "_images", "_reader", "_raw", "_pid", "_local"):
             state.pop(key, None)
         return state
 
@@ -335,8 +335,9 @@ class HDF5Generator(_BatchSequence):
                 images = self._db["images"]
                 # Plain rows are read with preadv, outside h5py's process-wide lock, so
                 # threads (Keras workers) read side by side; other layouts go through h5py.
-                self._reader = store.RowReader.for_dataset(images)
-                self._fd = self._reader.open() if self._reader is not None else None
+                reader = store.RowReader.for_dataset(images)
+                self._raw = store.RowReader.open(images) if reader is not None else None
+                self._reader = reader if self._raw is not None else None
                 self._local = threading.local()
                 self._images = images
                 self._pid = pid
@@ -345,8 +346,8 @@ class HDF5Generator(_BatchSequence):
     def close(self) -> None:
         """Close this process's handle (it reopens on the next batch)."""
         if self._db is not None and self._pid == os.getpid():
-            if self._fd is not None:
-                os.close(self._fd)
+            # The raw file closes with its last reference: a read in flight keeps its own.
+            self._raw = None
             self._db.close()
         self._reset_process_state()
 
@@ -395,11 +396,11 @@ class HDF5Generator(_BatchSequence):
             x = scratch[:n]
         else:
             x = np.empty(shape, dtype=np.uint8)
-        reader = self._reader
-        if reader is not None and self.shuffle == "full":
-            reader.read_rows(self._fd, rows, x)
-        elif reader is not None:
-            reader.read(self._fd, int(rows[0]), int(rows[0]) + n, x)
+        reader, raw = self._reader, self._raw  # local references for the whole read
+        if reader is not None and raw is not None and self.shuffle == "full":
+            reader.read_rows(raw.fileno(), rows, x)
+        elif reader is not None and raw is not None:
+            reader.read(raw.fileno(), int(rows[0]), int(rows[0]) + n, x)
         elif self.shuffle == "full":
             self._read_rows(ds, rows, x)
         else:

@@ -202,9 +202,13 @@ _PAGE = 4096
 
 
 def page_aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised uint8 array whose data starts on a page boundary (for ``O_DIRECT``)."""
+    """A zero-filled uint8 array whose data starts on a page boundary (for ``O_DIRECT``).
+
+    Private anonymous memory, like any array: a forked child gets its own copy.
+    """
     nbytes = int(np.prod(shape))
-    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.uint8, count=nbytes).reshape(shape)
+    memory = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(memory, dtype=np.uint8, count=nbytes).reshape(shape)
 
 
 class _DirectChunks:
@@ -343,10 +347,49 @@ def chunk_offsets(ds: h5py.Dataset) -> np.ndarray | None:
 
     if hasattr(ds.id, "chunk_iter"):  # HDF5 1.14: one pass over the chunk index
         ds.id.chunk_iter(note)
-    else:
+    elif count <= _CHUNK_INFO_LIMIT:
+        # Each lookup scans the chunk index: fine for a few, quadratic for many.
         for i in range(count):
             note(ds.id.get_chunk_info(i))
+    else:
+        return None
     return None if (offsets < 0).any() else offsets
+
+
+_CHUNK_INFO_LIMIT = 1000
+
+
+class Descriptor:
+    """An OS file descriptor that closes itself when the last reference to it goes.
+
+    Whoever reads holds a reference for the whole read, so dropping it elsewhere (a generator's
+    ``close()``) never closes it under a read, and a forgotten one never leaks.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> Descriptor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class RowReader:
@@ -360,13 +403,13 @@ class RowReader:
     filtered chunks, chunks that split a row, chunks never written) or where a check read of
     the first and last rows disagrees with h5py's.
 
-    Thread-safe: each read names its own offsets. The descriptor is the caller's (one per
-    process: a forked child opens its own), opened with :meth:`open`.
+    Thread-safe: each read names its own offsets. The descriptor is the caller's, from
+    :meth:`open`: a duplicate of the one h5py holds, so the reads go to the very file whose
+    layout was read even if the path has since been replaced. One per process (a forked child
+    opens its own file and descriptor); readers hold the file object while they read.
     """
 
-    def __init__(self, path: Path, offsets: np.ndarray, chunk_rows: int, row_bytes: int,
-                 rows: int) -> None:
-        self.path = path
+    def __init__(self, offsets: np.ndarray, chunk_rows: int, row_bytes: int, rows: int) -> None:
         self.offsets = offsets
         self.chunk_rows = chunk_rows
         self.row_bytes = row_bytes
@@ -390,26 +433,29 @@ class RowReader:
             offsets = chunk_offsets(ds)
             if offsets is None:
                 return None
-        reader = cls(Path(ds.file.filename), offsets, chunk_rows, row_bytes, rows)
-        try:
-            fd = reader.open()
-        except OSError:
+        reader = cls(offsets, chunk_rows, row_bytes, rows)
+        handle = cls.open(ds)
+        if handle is None:
             return None
-        try:
-            got = np.empty((1, *ds.shape[1:]), dtype=np.uint8)
-            for r in sorted({0, rows - 1}):
-                reader.read_rows(fd, [r], got)
-                if not np.array_equal(got[0], ds[r]):
-                    return None
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        with handle:
+            try:
+                got = np.empty((1, *ds.shape[1:]), dtype=np.uint8)
+                for r in sorted({0, rows - 1}):
+                    reader.read_rows(handle.fileno(), [r], got)
+                    if not np.array_equal(got[0], ds[r]):
+                        return None
+            except OSError:
+                return None
         return reader
 
-    def open(self) -> int:
-        """A read-only descriptor of the file, for :meth:`read`."""
-        return os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    @staticmethod
+    def open(ds: h5py.Dataset) -> Descriptor | None:
+        """A descriptor of the file h5py has open for ``ds`` (its own, duplicated), or None
+        where h5py's driver has no plain descriptor to share."""
+        try:
+            return Descriptor(os.dup(ds.file.id.get_vfd_handle()))
+        except (OSError, ValueError, TypeError, RuntimeError):
+            return None
 
     def _spans(self, start: int, stop: int):
         """(first row, rows, file offset) of each chunk-contiguous piece of rows start:stop."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import h5py
 import numpy as np
 import pytest
@@ -194,6 +196,16 @@ def _reader(path):
         return store.RowReader.for_dataset(f["images"])
 
 
+@contextlib.contextmanager
+def _raw(path):
+    """The reader and a descriptor of the file, as a generator holds them."""
+    with h5py.File(path, "r") as f:
+        reader = store.RowReader.for_dataset(f["images"])
+        assert reader is not None
+        with store.RowReader.open(f["images"]) as handle:
+            yield reader, handle.fileno()
+
+
 @pytest.mark.parametrize("create, userblock", [
     ({"chunks": (4, 8, 6, 3)}, 0),  # 10 rows: the last chunk is partly filled
     ({"chunks": (1, 8, 6, 3)}, 0),
@@ -202,10 +214,7 @@ def _reader(path):
 ])
 def test_row_reader_reads_what_h5py_reads(tmp_path, rng, create, userblock):
     images, _ = _arrays(rng)
-    reader = _reader(_raw_file(tmp_path / "r.h5", images, userblock, **create))
-    assert reader is not None
-    fd = reader.open()
-    try:
+    with _raw(_raw_file(tmp_path / "r.h5", images, userblock, **create)) as (reader, fd):
         for start, stop in [(0, 10), (3, 9), (9, 10), (4, 8)]:
             out = np.zeros((stop - start, 8, 6, 3), np.uint8)
             reader.read(fd, start, stop, out)
@@ -214,10 +223,6 @@ def test_row_reader_reads_what_h5py_reads(tmp_path, rng, create, userblock):
             out = np.zeros((len(rows), 8, 6, 3), np.uint8)
             reader.read_rows(fd, rows, out)
             np.testing.assert_array_equal(out, images[rows])
-    finally:
-        import os
-
-        os.close(fd)
 
 
 @pytest.mark.parametrize("create", [
@@ -233,16 +238,9 @@ def test_row_reader_declines_layouts_that_are_not_plain_rows(tmp_path, rng, crea
 def test_row_reader_reads_a_one_row_file(tmp_path, rng):
     images, _ = _arrays(rng, n=1)
     path = _raw_file(tmp_path / "r.h5", images, chunks=(4, 8, 6, 3), maxshape=(None, 8, 6, 3))
-    reader = _reader(path)
-    assert reader is not None
     out = np.zeros_like(images)
-    fd = reader.open()
-    try:
+    with _raw(path) as (reader, fd):
         reader.read(fd, 0, 1, out)
-    finally:
-        import os
-
-        os.close(fd)
     np.testing.assert_array_equal(out, images)
 
 
@@ -258,7 +256,7 @@ def test_row_reader_finishes_short_reads(tmp_path, rng, monkeypatch):
     import os
 
     images, _ = _arrays(rng)
-    reader = _reader(_raw_file(tmp_path / "r.h5", images, chunks=(5, 8, 6, 3)))
+    path = _raw_file(tmp_path / "r.h5", images, chunks=(5, 8, 6, 3))
     real = os.preadv
     calls = []
 
@@ -268,13 +266,11 @@ def test_row_reader_finishes_short_reads(tmp_path, rng, monkeypatch):
         first = buffers[0][:100]
         return real(fd, [first], offset)
 
-    monkeypatch.setattr(os, "preadv", short)
-    fd = reader.open()
-    try:
-        out = np.zeros((4, 8, 6, 3), np.uint8)
+    out = np.zeros((4, 8, 6, 3), np.uint8)
+    with _raw(path) as (reader, fd):
+        monkeypatch.setattr(os, "preadv", short)
         reader.read_rows(fd, [6, 1, 2, 7], out)
-    finally:
-        os.close(fd)
+        monkeypatch.setattr(os, "preadv", real)
     np.testing.assert_array_equal(out, images[[6, 1, 2, 7]])
     assert len(calls) > 4 * 8 * 6 * 3 // 100
 
@@ -331,3 +327,48 @@ def test_direct_writer_only_for_uncompressed_files(tmp_path):
                               compression="lzf", direct=True)
     assert writer._direct is None
     writer.abort()
+
+
+def test_generators_dropped_without_close_leave_no_descriptor(tmp_path, rng):
+    import gc
+    import os
+
+    from dsprep.generators import HDF5Generator
+
+    images, labels = _arrays(rng, n=12)
+    path = store.write_arrays(tmp_path / "g.hdf5", images, labels, ["a", "b", "c"])
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        gen = HDF5Generator(path, batch_size=4, output="uint8")
+        np.testing.assert_array_equal(gen[0][0], images[gen.batch_rows(0)])
+        assert gen._raw is not None  # the plain-row reader was used
+        del gen
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_chunk_offsets_without_chunk_iter_stop_at_many_chunks(tmp_path, monkeypatch):
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=np.zeros((12, 2, 2, 3), np.uint8), chunks=(1, 2, 2, 3))
+    with h5py.File(path, "r") as f:
+        ds = f["images"]
+        assert store.chunk_offsets(ds) is not None
+
+        class NoIter:  # an h5py built on HDF5 without H5Dchunk_iter
+            def __init__(self, dsid):
+                self._id = dsid
+
+            def __getattr__(self, name):
+                if name == "chunk_iter":
+                    raise AttributeError(name)
+                return getattr(self._id, name)
+
+        class Wrapped:
+            chunks, shape = ds.chunks, ds.shape
+            id = NoIter(ds.id)
+
+        offsets = store.chunk_offsets(Wrapped())
+        np.testing.assert_array_equal(offsets, store.chunk_offsets(ds))
+        monkeypatch.setattr(store, "_CHUNK_INFO_LIMIT", 10)
+        assert store.chunk_offsets(Wrapped()) is None  # 12 lookups would each scan the index
