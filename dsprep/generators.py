@@ -19,7 +19,7 @@ import numpy as np
 
 from . import images, sources, store
 from .errors import CorruptImageError, DsprepError, LayoutError, UsageError
-from .preprocess import Compose
+from .preprocess import Compose, Loader
 
 SHUFFLE_MODES = ("none", "batches", "full")
 OUTPUTS = ("float32", "uint8")
@@ -176,19 +176,38 @@ class _BatchSequence(ABC):
         self.x_dtype = np.dtype(np.float32) if self.output == "float32" else x.dtype
 
     def _finish(
-        self, x: np.ndarray, labels: np.ndarray, index: int, scratch: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        labels: np.ndarray,
+        index: int,
+        scratch: np.ndarray | None = None,
+        load: Loader | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Apply augment and preprocessors to a raw uint8 batch and shape the labels."""
+        """Apply augment and preprocessors to a raw uint8 batch and shape the labels.
+
+        With ``load``, ``x`` is still unread: the fused pipeline (a single Compose step) reads
+        it range by range as it cuts (``preprocess.Loader``).
+        """
+        if load is not None and not self._lazy_steps():
+            load(0, len(x))
+            load = None
         if self._steps:
             rng = batch_rng(self.seed, self.epoch, index)
-            for op in self._steps:
-                x = op(x, rng)
+            if load is not None:
+                x = self._steps[0](x, rng, load=load)
+            else:
+                for op in self._steps:
+                    x = op(x, rng)
         if self.output == "float32" and x.dtype != np.float32:
             x = x.astype(np.float32)
         elif scratch is not None and np.may_share_memory(x, scratch):
             # Never hand out the reusable read buffer: the next batch would overwrite it.
             x = np.array(x, copy=True)
         return x, self._labels_out(labels)
+
+    def _lazy_steps(self) -> bool:
+        """Whether the pipeline is one Compose, which can read a batch while it cuts it."""
+        return len(self._steps) == 1 and isinstance(self._steps[0], Compose)
 
     def _labels_out(self, labels: np.ndarray) -> np.ndarray:
         if not self.one_hot:
@@ -397,10 +416,19 @@ class HDF5Generator(_BatchSequence):
         else:
             x = np.empty(shape, dtype=np.uint8)
         reader, raw = self._reader, self._raw  # local references for the whole read
-        if reader is not None and raw is not None and self.shuffle == "full":
-            reader.read_rows(raw.fileno(), rows, x)
-        elif reader is not None and raw is not None:
-            reader.read(raw.fileno(), int(rows[0]), int(rows[0]) + n, x)
+        if reader is not None and raw is not None:
+            # ``raw`` stays referenced by the closures, so its descriptor outlives every read.
+            if self.shuffle == "full":
+                def load(a: int, b: int) -> None:
+                    reader.read_rows(raw.fileno(), rows[a:b], x[a:b])
+            else:
+                def load(a: int, b: int) -> None:
+                    reader.read(raw.fileno(), int(rows[0]) + a, int(rows[0]) + b, x[a:b])
+            if scratch is None:
+                load(0, n)
+            else:
+                # Lock-free reads: the pipeline's threads read the rows they are about to cut.
+                return self._finish(x, self.labels[rows], index, scratch, load)
         elif self.shuffle == "full":
             self._read_rows(ds, rows, x)
         else:

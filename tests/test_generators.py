@@ -577,6 +577,26 @@ def test_training_pipeline_gives_mean_subtracted_random_flipped_patches(h5file):
     assert len(positions) > 3 and flips == {False, True}  # really random
 
 
+@pytest.mark.parametrize("mode", ["batches", "full"])
+def test_rows_read_while_cutting_give_the_batches_of_an_upfront_read(h5file, mode,
+                                                                      monkeypatch):
+    import dsprep.preprocess as preprocess
+    from dsprep.augment import RandomFlip
+    from dsprep.generators import batch_rng
+    from dsprep.preprocess import Compose, MeanSubtract, RandomPatch
+
+    # Small batches split between the two kernel threads as large ones are.
+    monkeypatch.setattr(preprocess, "_PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(preprocess, "_LOAD_STEP", 3)
+    path, imgs, _ = h5file
+    ops = [RandomPatch(4, 5), RandomFlip(), MeanSubtract({"R": 10, "G": 20, "B": 30})]
+    gen = HDF5Generator(path, batch_size=16, shuffle=mode, seed=4, preprocessors=ops)
+    x, _ = gen[0]
+    assert gen._reader is not None  # the lock-free reader, which reads range by range
+    expected = Compose(ops)(imgs[gen.batch_rows(0)], batch_rng(4, 0, 0))
+    np.testing.assert_array_equal(x, expected)
+
+
 def test_ten_crop_pipeline_matches_a_per_image_loop(h5file):
     from dsprep.preprocess import MeanSubtract, TenCrop
 

@@ -405,6 +405,56 @@ def test_compose_gives_the_same_batches_as_steps_one_by_one(ops):
     assert pipeline.output_shape((16, 18, 3)) == got.shape[1:]
 
 
+class RecordingLoader:
+    """Fills an unread batch from ``source`` range by range and records every range."""
+
+    def __init__(self, source, unread):
+        import threading
+
+        self.source, self.unread = source, unread
+        self.ranges: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, start, stop):
+        with self.lock:
+            self.ranges.append((start, stop))
+        self.unread[start:stop] = self.source[start:stop]
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [RandomPatch(11, 13), RandomFlip(), MeanSubtract(MEANS)],
+        [RandomFlip(), RandomPatch(11, 13), MeanSubtract(MEANS)],
+        [CenterCrop(9, 9)],  # one strided copy for the whole batch
+        [TenCrop(9, 9), MeanSubtract(MEANS)],
+        [TenCrop(9, 9, mirror=False)],
+        [MeanSubtract(MEANS), RandomPatch(11, 13)],  # first step cuts nothing: loaded first
+        [],
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_loader_fills_each_range_once_before_it_is_cut(ops, threads, monkeypatch):
+    import dsprep.preprocess as preprocess
+
+    # Every batch large enough to be split between the two kernel threads.
+    monkeypatch.setattr(preprocess, "_PARALLEL_MIN_BYTES", 0)
+    preprocess.set_kernel_threads(threads)
+    try:
+        source = batch_of(n=21, h=16, w=18)
+        expected = run_one_by_one(ops, source, 5)
+        unread = np.full_like(source, 255)  # anything cut before its load shows up as 255s
+        loader = RecordingLoader(source, unread)
+        got = Compose(ops)(unread, np.random.default_rng(5), load=loader)
+    finally:
+        preprocess.set_kernel_threads(2)
+    np.testing.assert_array_equal(got, expected)
+    covered = sorted(loader.ranges)
+    assert covered[0][0] == 0 and covered[-1][1] == 21
+    assert all(a[1] == b[0] for a, b in zip(covered[:-1], covered[1:], strict=True))  # no gaps
+
+
 def test_fused_patch_flip_mean_matches_book_reference():
     batch = batch_of(n=8, h=16, w=18)
     got = Compose([RandomPatch(11, 13), RandomFlip(), MeanSubtract(MEANS)])(
