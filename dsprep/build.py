@@ -6,6 +6,7 @@ parent appends finished blocks in order, so memory is bounded by the ring, not t
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -34,9 +35,9 @@ from .errors import (
     UsageError,
 )
 from .fileio import write_atomic
-from .sources import UNREADABLE, scan_class_folders
+from .sources import UNREADABLE, class_folder_files
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
-from .stats import ChannelStats, channel_sums, means_record, write_means
+from .stats import ChannelStats, means_record, write_means
 
 SPLITS = ("train", "val", "test")
 ORDERS = ("shuffled", "sorted")
@@ -55,6 +56,10 @@ _TASK_IMAGES = 64
 # slower one or on a disk write; with 2 a worker sometimes waited for a free block. 4 blocks of
 # 64 256x256 images are 50 MB per worker, whatever the number of images.
 _BLOCKS_PER_WORKER = 4
+# The last blocks of a file go out in quarters, so the workers finish within a short task of
+# each other (a whole block is ~0.13 s of one core that the other would spend waiting).
+_TAIL_BLOCKS_PER_WORKER = 2
+_TAIL_SPLIT = 4
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ class BuildOptions:
 class Row:
     """One image to store: its file, its name relative to the source root, its class id."""
 
-    path: Path
+    path: str
     name: str
     label: int
 
@@ -251,8 +256,8 @@ def find_rows(
         if not name or Path(name).name != name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
         problems: list = []
-        classes, items = scan_class_folders(src, problems)
-        return classes, {name: _rows(src, items, classes)}, _problem_notes(problems)
+        classes, pairs = class_folder_files(src, problems)
+        return classes, {name: _rows(src, "", pairs, classes)}, _problem_notes(problems)
     if not has_manifest:
         raise UsageError(f"{src} has no split.json; make it with 'dsprep split', or pass "
                          "--name NAME to build one file from a folder of class sub-folders")
@@ -267,32 +272,28 @@ def find_rows(
             continue
         problems = []
         try:
-            _, items = scan_class_folders(folder, problems)
+            _, pairs = class_folder_files(folder, problems)
             notes += _problem_notes(problems, f"{split}/")
         except LayoutError:
             notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")
             continue
-        unknown = sorted({c for _, c in items if c not in ids})
+        unknown = sorted({c for c, _ in pairs if c not in ids})
         if unknown:
             raise LayoutError(f"{folder} has classes {unknown} that are not in "
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
-        found[split] = _rows(src, items, classes)
+        found[split] = _rows(src, f"{split}/", pairs, classes)
     if not found:
         raise LayoutError(f"{src} has no images in train/, val/ or test/; "
                           "make the split with 'dsprep split'")
     return classes, found, notes
 
 
-def _rows(root: Path, items: Sequence[tuple[Path, str]], classes: Sequence[str]) -> list[Row]:
+def _rows(root: Path, prefix: str, pairs: Sequence[tuple[str, str]],
+          classes: Sequence[str]) -> list[Row]:
+    """Rows for (class, path) pairs relative to ``root / prefix`` (strings: no Path per file)."""
     ids = {c: i for i, c in enumerate(classes)}
-    prefix = str(root) + os.sep
-    rows = []
-    for path, name in items:
-        text = str(path)
-        # String slicing: pathlib's relative_to costs more than the decoding of small files.
-        rel = text[len(prefix):] if text.startswith(prefix) else path.relative_to(root).as_posix()
-        rows.append(Row(path, rel.replace(os.sep, "/"), ids[name]))
-    return rows
+    base = os.path.join(str(root), prefix)
+    return [Row(os.path.join(base, rel), prefix + rel, ids[label]) for label, rel in pairs]
 
 
 def order_rows(rows: Sequence[Row], order: str, seed: int) -> list[Row]:
@@ -310,9 +311,19 @@ def order_rows(rows: Sequence[Row], order: str, seed: int) -> list[Row]:
 # Decoding (runs in the workers, or in this process with one worker)
 
 
-def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Block:
-    """Decode ``paths`` into ``out[0:k]`` (good images packed first)."""
+def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode,
+                 fd: int | None = None, offset: int = 0) -> _Block:
+    """Decode ``paths`` into ``out[0:k]`` (good images packed first).
+
+    With ``fd``, ``out`` is the shared-memory file ``fd`` from byte ``offset`` on: each image
+    is decoded into a small private buffer and written there with one ``pwrite``. On two busy
+    cores that cost ~0.05 ms less per image than storing into the mapping directly.
+    """
+    scratch = _scratch(out.shape[1:]) if fd is not None else None
     ok: list[int] = []
+    # Summed image by image while each is still in the CPU's cache (a whole block afterwards
+    # comes back from memory); the sums are exact integers, so this equals a block's sums.
+    totals = ChannelStats()
     skips: list[tuple[int, str, str]] = []
     for pos, path in enumerate(paths):
         try:
@@ -321,8 +332,9 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
                 skips.append((pos, EMPTY, "zero-byte file"))
                 continue
             # Straight into the ring slot: no per-image array to copy afterwards.
-            imagelib.load(data, decode.size, decode.resize, decode.interpolation,
-                          exact=decode.exact, max_pixels=decode.max_pixels, out=out[len(ok)])
+            pixels = imagelib.load(data, decode.size, decode.resize, decode.interpolation,
+                                   exact=decode.exact, max_pixels=decode.max_pixels,
+                                   out=out[len(ok)] if scratch is None else scratch)
         except ImageTooLargeError as exc:
             skips.append((pos, TOO_LARGE, str(exc)))
             continue
@@ -332,10 +344,30 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
         except OSError as exc:
             skips.append((pos, UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}"))
             continue
+        totals.update(pixels, 1)
+        if fd is not None:
+            _pwrite_all(fd, pixels, offset + len(ok) * pixels.nbytes)
         ok.append(pos)
-    # One pass over the whole block: the sums are exact integers, so this equals per-image sums.
-    count, sums, squares = channel_sums(out[: len(ok)])
-    return _Block(ok, skips, count, sums, squares)
+    return _Block(ok, skips, totals.pixels, totals.sums, totals.squares)
+
+
+_SCRATCH: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """This process's buffer for one decoded image (stays in the CPU's cache between images)."""
+    buf = _SCRATCH.get(shape)
+    if buf is None:
+        _SCRATCH.clear()
+        buf = _SCRATCH[shape] = np.empty(shape, dtype=np.uint8)
+    return buf
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
 
 
 _ATTACHED: dict[str, shared_memory.SharedMemory] = {}
@@ -385,8 +417,13 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 def _decode_block(name: str, shape: tuple[int, ...], slot: int, paths: list[str],
                   decode: _Decode) -> _Block:
     """Worker entry point: decode into slot ``slot`` of the shared ring called ``name``."""
-    ring = np.ndarray(shape, dtype=np.uint8, buffer=_attach(name).buf)
-    return _decode_into(ring[slot], paths, decode)
+    shm = _attach(name)
+    ring = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
+    # POSIX shared memory is a file: written through its descriptor where it has one.
+    fd = getattr(shm, "_fd", -1)
+    if not isinstance(fd, int) or fd < 0 or not hasattr(os, "pwrite"):
+        return _decode_into(ring[slot], paths, decode)
+    return _decode_into(ring[slot], paths, decode, fd, slot * ring[0].nbytes)
 
 
 class _InlineFuture:
@@ -485,8 +522,46 @@ def shutdown_workers() -> None:
     """Stop the decoding processes kept for later builds (they also stop after idling)."""
     executor = _POOL.pop("executor", None)
     _POOL.pop("workers", None)
+    ring = _POOL.pop("ring", None)
+    if ring is not None:
+        ring.close()
     if executor is not None:
         executor.shutdown(wait=True)
+
+
+atexit.register(shutdown_workers)
+
+
+def _take_ring(blocks: int, block: int, size: tuple[int, int]) -> _Ring:
+    """A shared ring of at least ``blocks`` blocks: the one kept from the last file, if it fits.
+
+    Kept like the worker processes: a fresh ring's pages are zeroed and mapped into every
+    worker on first touch (~0.2 ms per image slot), so train, val and test share one. A build
+    running in another thread at the same time finds none and makes its own.
+    """
+    ring = _POOL.pop("ring", None)
+    if ring is not None and ring.shape[0] >= blocks and ring.shape[1:] == (block, *size, 3):
+        return ring
+    if ring is not None:
+        ring.close()
+    return _Ring(blocks, block, size, shared=True)
+
+
+def _keep_ring(ring: _Ring) -> None:
+    old = _POOL.pop("ring", None)
+    if old is not None and old is not ring:
+        old.close()
+    _POOL["ring"] = ring
+
+
+def _split_tail(tasks: list[list[Row]], workers: int) -> list[list[Row]]:
+    """The same rows in the same order, with the last few tasks cut in quarters."""
+    if workers < 2:
+        return tasks
+    tail = _TAIL_BLOCKS_PER_WORKER * workers
+    head, last = tasks[:-tail], tasks[-tail:]
+    piece = max(1, -(-len(last[0]) // _TAIL_SPLIT))
+    return head + [task[i:i + piece] for task in last for i in range(0, len(task), piece)]
 
 
 def write_file(
@@ -567,8 +642,12 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         return
     parallel = workers > 1
     # Each in-flight task owns one block of the ring.
-    ring = _Ring(min(len(tasks), _BLOCKS_PER_WORKER * workers + 1) if parallel else 1, block,
-                 options.size, shared=parallel)
+    if parallel:
+        # Full size even for a short file: shared memory takes pages only where written.
+        ring = _take_ring(_BLOCKS_PER_WORKER * workers + 1, block, options.size)
+        tasks = _split_tail(tasks, workers)
+    else:
+        ring = _Ring(1, block, options.size, shared=False)
     pending: deque = deque()
     try:
         executor = _executor(workers) if parallel else None
@@ -577,7 +656,7 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
             # Task t fills block t % blocks, submitted only once task t - blocks is consumed.
             while next_task < len(tasks) and len(pending) < ring.shape[0]:
                 slot = next_task % ring.shape[0]
-                paths = [str(r.path) for r in tasks[next_task]]
+                paths = [r.path for r in tasks[next_task]]
                 if executor is None:
                     with _quiet_opencv():
                         future = _InlineFuture(_decode_into(ring.array[slot], paths, decode))
@@ -601,7 +680,11 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         for *_, future in pending:
             if not isinstance(future, _InlineFuture):
                 future.cancel()
-        ring.close()
+        if parallel and not pending:
+            _keep_ring(ring)
+        else:
+            # Workers may still be writing into it (an error or Ctrl-C left tasks running).
+            ring.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,19 @@ def scan_class_folders(
         the result never depends on the order the file system lists files in.
     """
     root = Path(root)
+    classes, pairs = class_folder_files(root, problems)
+    return classes, [(root / rel, label) for label, rel in pairs]
+
+
+def class_folder_files(
+    root: str | os.PathLike, problems: list[Skipped] | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """:func:`scan_class_folders` with (class, relative POSIX path) string pairs.
+
+    For callers that handle many thousands of files: a ``Path`` per file costs more than the
+    walk itself.
+    """
+    root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder of class sub-folders")
     classes = sorted(d.name for d in root.iterdir() if _visible(d.name) and d.is_dir())
@@ -80,15 +93,14 @@ def scan_class_folders(
     pairs = []
     for rel in files:
         label, sep, rest = rel.partition("/")
-        if sep and label in known and is_image_name(PurePosixPath(rest).name):
+        if sep and label in known and is_image_name(rest.rpartition("/")[2]):
             pairs.append((label, rel))
     pairs.sort()
-    items = [(root / rel, label) for label, rel in pairs]
-    if not items:
+    if not pairs:
         raise LayoutError(
             f"{root} has no images in class sub-folders (expected {root}/<class>/<image>)"
         )
-    return classes, items
+    return classes, pairs
 
 
 @dataclass(frozen=True, order=True)

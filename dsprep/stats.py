@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from .errors import DatasetFormatError, LayoutError
 from .fileio import write_atomic
 
 CHANNELS = ("R", "G", "B")
-# Pixels per OpenCV call. Its integer sums (and sums of squares) of a piece are below 2**53, so
-# the float64 mean and std it returns carry them with an error far below 0.5 (at most ~1e-3 for
-# the squares of a full piece), and rounding recovers the exact integers.
+# Pixels per OpenCV call. A piece's sums and sums of squares are below 2**53 (2**24 * 255**2 is
+# about 1.1e12), so OpenCV's float64 results carry them with an error far below 0.5, and rounding
+# recovers the exact integers.
 _PIECE = 1 << 24
 
 
@@ -32,19 +33,29 @@ def channel_sums(pixels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     if pixels.dtype != np.uint8 or pixels.ndim < 1 or pixels.shape[-1] != 3:
         raise ValueError(f"expected uint8 pixels shaped (..., 3), got {pixels.dtype}{pixels.shape}")
     flat = np.ascontiguousarray(pixels).reshape(-1, 3)
-    sums = np.zeros(3, dtype=np.int64)
-    squares = np.zeros(3, dtype=np.int64)
+    sums, squares = [0, 0, 0], [0, 0, 0]
     for start in range(0, len(flat), _PIECE):
         # One row of pixels: OpenCV sums an (N, 1, 3) column row by row, ~35x slower.
         piece = flat[start:start + _PIECE].reshape(1, -1, 3)
-        n = piece.shape[1]
-        # One SIMD pass for both sums (~0.06 ms per 256x256 image, against ~0.11 for summing
-        # a lookup table of squares): mean = S/n and std**2 + mean**2 = Q/n, back to S and Q.
-        mean, std = cv2.meanStdDev(piece)
-        mean, std = mean[:3, 0], std[:3, 0]
-        sums += np.rint(mean * n).astype(np.int64)
-        squares += np.rint((std * std + mean * mean) * n).astype(np.int64)
-    return len(flat), sums, squares
+        # SIMD integer kernels: the sums in one pass, the squares one channel plane at a time
+        # (~0.015 ms for a 256x256 image in all, against ~0.06 for cv2.meanStdDev's one pass).
+        total = cv2.sumElems(piece)
+        for c, plane in enumerate(cv2.split(piece, _planes(piece.shape[1]))):
+            sums[c] += round(total[c])
+            squares[c] += round(cv2.norm(plane, cv2.NORM_L2SQR))
+    return len(flat), np.array(sums, dtype=np.int64), np.array(squares, dtype=np.int64)
+
+
+_LOCAL = threading.local()
+
+
+def _planes(n: int) -> list[np.ndarray]:
+    """Three reusable (1, n) uint8 planes for this thread (fresh ones cost more than the sums)."""
+    planes = getattr(_LOCAL, "planes", None)
+    if planes is None or planes[0].shape[1] != n:
+        # Separate arrays of exactly n: cv2.split fills those ~2x faster than views of one.
+        planes = _LOCAL.planes = [np.empty((1, n), dtype=np.uint8) for _ in range(3)]
+    return planes
 
 
 class ChannelStats:

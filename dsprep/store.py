@@ -23,6 +23,8 @@ SCHEMA = "dsprep-hdf5/1"
 PARTIAL_SUFFIX = ".partial"
 COMPRESSIONS = ("none", "lzf", "gzip")
 DEFAULT_CHUNK_IMAGES = 64
+# Rows of labels and file names held before they are written (a few hundred kB at most).
+_META_ROWS = 4096
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -82,6 +84,11 @@ class HDF5Writer:
         self.capacity = int(capacity)
         height, width = image_size
         self.count = 0
+        # Labels and file names wait here and go to the file a few thousand rows at a time:
+        # two small h5py writes per block cost the writing process ~1 ms.
+        self._meta_start = 0
+        self._labels: list[np.ndarray] = []
+        self._names: list[str] = []
         self._direct: _DirectChunks | None = None
         direct = bool(direct and compression == "none" and _DirectChunks.supported())
         # "w" truncates a stale partial file left by an interrupted run. Aligned big objects
@@ -143,9 +150,23 @@ class HDF5Writer:
         done = self._direct.write(images, self.count) if self._direct is not None else 0
         if done < n:
             self.images.write_direct(images[done:], dest_sel=np.s_[self.count + done:end])
-        self.labels[self.count:end] = np.asarray(labels, dtype=np.int32)
-        self.filenames[self.count:end] = np.array(list(filenames), dtype=object)
+        labels = np.asarray(labels, dtype=np.int32).reshape(-1)
+        filenames = list(filenames)
+        if len(labels) != n or len(filenames) != n:
+            raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
+                             f"{len(filenames)} file names")
+        self._labels.append(labels)
+        self._names += filenames
         self.count = end
+        if len(self._names) >= _META_ROWS:
+            self._write_meta()
+
+    def _write_meta(self) -> None:
+        if self._names:
+            start, stop = self._meta_start, self._meta_start + len(self._names)
+            self.labels[start:stop] = np.concatenate(self._labels)
+            self.filenames[start:stop] = np.array(self._names, dtype=object)
+            self._meta_start, self._labels, self._names = stop, [], []
 
     def close(self, **attrs) -> Path:
         """Trim to the rows written, set final attributes, and rename into place."""
@@ -160,6 +181,7 @@ class HDF5Writer:
         """
         if self._file.id.valid:
             self._close_direct()
+            self._write_meta()
             for ds in (self.images, self.labels, self.filenames):
                 ds.resize(self.count, axis=0)
             self._file.attrs["count"] = self.count

@@ -241,6 +241,73 @@ def test_parallel_build_equals_serial_build(tmp_path, monkeypatch):
     assert one[2] == two[2]
 
 
+def test_the_last_tasks_are_cut_smaller_and_keep_every_row_in_order():
+    tasks = [[f"r{b}-{i}" for i in range(8)] for b in range(7)]
+    tasks[-1] = tasks[-1][:5]  # a short last block
+    cut = build._split_tail(tasks, 2)
+    assert [row for task in cut for row in task] == [row for task in tasks for row in task]
+    assert cut[:3] == tasks[:3]  # all but the last 2 per worker stay whole
+    assert [len(t) for t in cut[3:]] == [2] * 12 + [2, 2, 1]
+    assert build._split_tail(tasks, 1) == tasks
+
+
+def test_a_worker_writes_each_image_into_its_ring_slot_through_the_descriptor(tmp_path,
+                                                                              monkeypatch):
+    from multiprocessing import shared_memory
+
+    folder = tmp_path / "imgs"
+    paths = [write_image(folder / f"{i}.png", smooth_image(20 + i, 30, seed=i)) for i in range(3)]
+    (folder / "bad.png").write_bytes(b"not an image")
+    paths.insert(1, folder / "bad.png")
+    shape = (3, 4, 16, 16, 3)
+    writes = []
+    real = build._pwrite_all
+    monkeypatch.setattr(build, "_pwrite_all", lambda *a: (writes.append(a[2]), real(*a)))
+    shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
+    try:
+        ring = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
+        ring[...] = 7
+        decode = build._Decode((16, 16), "crop", None, False, None)
+        block = build._decode_block(shm.name, shape, 2, [str(p) for p in paths], decode)
+        assert block.ok == [0, 2, 3] and [s[0] for s in block.skips] == [1]
+        slot = 16 * 16 * 3 * 4
+        assert writes == [2 * slot + k * 16 * 16 * 3 for k in range(3)]
+        for k, path in enumerate(p for p in paths if p.name != "bad.png"):
+            np.testing.assert_array_equal(ring[2, k], reference(path, (16, 16)))
+        assert (ring[2, 3] == 7).all() and (ring[:2] == 7).all()  # nothing else touched
+        expected = ring[2, :3].reshape(-1, 3).astype(np.int64)
+        np.testing.assert_array_equal(block.sums, expected.sum(axis=0))
+        np.testing.assert_array_equal(block.squares, (expected ** 2).sum(axis=0))
+        del ring
+    finally:
+        attached = build._ATTACHED.pop(shm.name, None)
+        if attached is not None:
+            attached.close()
+        shm.close()
+        shm.unlink()
+
+
+def test_consecutive_builds_share_one_ring_until_the_workers_stop(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    src = make_split(tmp_path / "split", counts=(("train", 8),))
+    names = []
+    made = build._Ring.__init__
+
+    def record(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        names.append(self.shm.name if self.shm is not None else None)
+
+    monkeypatch.setattr(build._Ring, "__init__", record)
+    build.shutdown_workers()  # no ring kept from an earlier build
+    build.build_hdf5(src, tmp_path / "a", opts(workers=2, chunk_images=4))
+    build.build_hdf5(src, tmp_path / "b", opts(workers=2, chunk_images=4))
+    assert len(names) == 1  # train, val and test of both builds wrote through one ring
+    ring = build._POOL["ring"]
+    build.shutdown_workers()
+    assert "ring" not in build._POOL and ring.shm is None
+    assert rows_of(tmp_path / "a" / "train.hdf5")[2] == rows_of(tmp_path / "b" / "train.hdf5")[2]
+
+
 def test_empty_splits_are_skipped_with_a_note(tmp_path):
     src = make_split(tmp_path / "split", counts=(("train", 2),))
     (src / "val").mkdir()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dsprep import store
-from dsprep.errors import DatasetFormatError, DestinationExistsError, LayoutError
+from dsprep.errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
 
 
 def _arrays(rng, n=10, h=8, w=6):
@@ -181,6 +181,25 @@ def test_appends_of_whole_and_partial_chunks_round_trip(tmp_path, rng, compressi
         np.testing.assert_array_equal(db["images"][()], images)
         np.testing.assert_array_equal(db["labels"][()], labels)
         assert db["filenames"][22].decode() == "f22"
+
+
+def test_labels_and_names_held_back_land_on_their_rows(tmp_path, rng, monkeypatch):
+    # Labels and file names are written a few rows at a time; the file is trimmed after them.
+    monkeypatch.setattr(store, "_META_ROWS", 5)
+    images = rng.integers(0, 256, (13, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(13) % 3
+    path = tmp_path / "meta.hdf5"
+    with store.HDF5Writer(path, 20, (4, 4), ["a", "b", "c"], chunk_images=2,
+                          direct=True) as writer:
+        for lo, hi in ((0, 3), (3, 4), (4, 9), (9, 13)):
+            writer.append(images[lo:hi], labels[lo:hi], [f"f{i}" for i in range(lo, hi)])
+        with pytest.raises(UsageError, match="2 images but 1 labels and 2 file names"):
+            writer.append(images[:2], labels[:1], ["x", "y"])
+    with store.open_dataset(path) as db:
+        assert db["images"].shape[0] == db["labels"].shape[0] == db["filenames"].shape[0] == 13
+        np.testing.assert_array_equal(db["images"][()], images)
+        np.testing.assert_array_equal(db["labels"][()], labels)
+        assert [n.decode() for n in db["filenames"][()]] == [f"f{i}" for i in range(13)]
 
 
 # -- RowReader: plain rows read with preadv, outside h5py ---------------------------------------
