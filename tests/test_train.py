@@ -171,6 +171,51 @@ def test_resume_continues_the_same_history(small_run, tmp_path):
     assert json.loads((copy / "config.json").read_text())["options"]["epochs"] == 3
 
 
+PATIENCE_VALUES = [0.50, 0.60, 0.55, 0.58, 0.59, 0.61, 0.57, 0.56, 0.55, 0.54]
+
+
+@pytest.mark.parametrize("kind", ["plateau", "early_stop"])
+def test_resumed_patience_continues_where_the_run_stopped(kind):
+    monitor = "val_accuracy"
+
+    def make(history=()):
+        if kind == "plateau":
+            return cb.ResumablePlateau(monitor=monitor, mode="max", factor=0.1, patience=2,
+                                       history=history)
+        return cb.ResumableEarlyStopping(monitor=monitor, mode="max", patience=3,
+                                         history=history)
+
+    def model(lr=0.1):
+        m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        m.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+        return m
+
+    def run(callback, m, epochs):
+        """(learning rate, stop) after each epoch, as fit would drive the callback."""
+        callback.set_model(m)
+        callback.on_train_begin()
+        trace = []
+        for epoch in epochs:
+            callback.on_epoch_end(epoch, {monitor: PATIENCE_VALUES[epoch]})
+            trace.append((round(cb.learning_rate(m.optimizer), 6), bool(m.stop_training)))
+            if m.stop_training:
+                break
+        return trace
+
+    whole = run(make(), model(), range(10))
+    first = model()
+    head = run(make(), first, range(3))
+    past = [{"epoch": e, monitor: PATIENCE_VALUES[e], "loss": 1.0} for e in range(3)]
+    resumed = model(cb.learning_rate(first.optimizer))  # as restored from last.keras
+    tail = run(make(past), resumed, range(3, 10))
+    assert head + tail == whole
+    # The event falls right after the resume point: a callback that forgot the first epochs
+    # (as Keras's own would) acts later, so the comparison above can fail.
+    forgetful = run(make(), model(cb.learning_rate(first.optimizer)), range(3, 10))
+    assert forgetful != whole[3:]
+    assert any(stop for _, stop in whole) or whole[-1][0] < 0.1
+
+
 def test_resume_drops_history_rows_past_the_last_checkpoint(small_run, tmp_path):
     # A crash after history.csv got epoch 1's row but before state.json recorded epoch 1.
     data, run, _ = small_run
@@ -575,7 +620,9 @@ def test_schedule_and_early_stop_callbacks_watch_the_best_metric(tmp_path):
     stop = next(c for c in calls if isinstance(c, keras.callbacks.EarlyStopping))
     assert (stop.monitor, stop.patience) == ("val_auc", 6)
     # The recorder runs after the schedule so it logs the rate each epoch trained with.
-    kinds = [type(c) for c in calls]
-    assert kinds.index(cb.RunRecorder) > kinds.index(keras.callbacks.ReduceLROnPlateau)
+    def position(kind):
+        return next(i for i, c in enumerate(calls) if isinstance(c, kind))
+
+    assert position(cb.RunRecorder) > position(keras.callbacks.ReduceLROnPlateau)
     constant = _callbacks(tmp_path, tiny(), "val_accuracy", [], True)
     assert [type(c) for c in constant] == [cb.RunRecorder]

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -258,6 +259,51 @@ class PositiveClassAUC(keras.metrics.AUC):
         y_true = keras.ops.reshape(keras.ops.cast(y_true, "float32"), (-1,))
         score = keras.ops.cast(y_pred[:, 1], "float32")
         return super().update_state(y_true, score, sample_weight=sample_weight)
+
+
+class _ReplayModel:
+    """What ReduceLROnPlateau and EarlyStopping touch while past epochs are replayed to them."""
+
+    def __init__(self) -> None:
+        self.optimizer = types.SimpleNamespace(learning_rate=1.0)
+        self.stop_training = False
+
+
+class _Resumable:
+    """Mixin: on train begin, feed the callback the monitored values of epochs already run.
+
+    Keras resets a callback's counters when ``fit`` starts, so a resumed run would otherwise
+    wait a full ``patience`` again before reducing the rate or stopping. The values are replayed
+    through the callback's own ``on_epoch_end`` against a stand-in model, so its counters come
+    out as if the run had never stopped, and the real model's learning rate (restored with
+    the checkpoint) is left alone.
+    """
+
+    def __init__(self, *args, history: Sequence[dict[str, float]] = (), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._past = [dict(row) for row in history]
+
+    def on_train_begin(self, logs=None) -> None:
+        super().on_train_begin(logs)
+        if not self._past:
+            return
+        real = self._model
+        self.set_model(_ReplayModel())
+        try:
+            for row in self._past:
+                self.on_epoch_end(int(row["epoch"]), dict(row))
+        finally:
+            self.set_model(real)
+        if isinstance(self, keras.callbacks.EarlyStopping):
+            self.stopped_epoch = 0  # a stop during the replay concerned the stand-in
+
+
+class ResumablePlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau that continues its patience count from ``history`` on a resume."""
+
+
+class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
+    """EarlyStopping that continues its patience count from ``history`` on a resume."""
 
 
 def best_metric(classes: int, validation: bool = True) -> tuple[str, str]:

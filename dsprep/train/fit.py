@@ -369,12 +369,13 @@ def _callbacks(run: Path, config: TrainConfig, monitor: str, history: list, vali
                         config.step_factor)
     if fn is not None:
         out.insert(0, keras.callbacks.LearningRateScheduler(fn))
+    # On a resume both continue their patience from the epochs in the history.
     if config.schedule == "plateau":
-        out.insert(0, keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, mode="max", factor=0.1, patience=config.plateau_patience))
+        out.insert(0, cb.ResumablePlateau(monitor=monitor, mode="max", factor=0.1,
+                                          patience=config.plateau_patience, history=history))
     if config.early_stop:
-        out.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
-                                                 patience=config.early_stop))
+        out.append(cb.ResumableEarlyStopping(monitor=monitor, mode="max",
+                                             patience=config.early_stop, history=history))
     return out
 
 
