@@ -19,6 +19,7 @@ import shutil
 import sys
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from numbers import Integral
@@ -596,7 +597,8 @@ def materialize(
     # files since, so the file lists must match too.
     if (check_destination(source, dest, split_plan.options, mode, force=force)
             and _same_text(dest / FILES_CSV, files_csv)
-            and _same_text(dest / SKIPPED_CSV, skipped_csv)):
+            and _same_text(dest / SKIPPED_CSV, skipped_csv)
+            and _all_present(dest, split_plan.files)):
         return SplitResult(dest, already_complete=True)
     manifest = split_plan.manifest(mode)
     wanted = json.loads(json.dumps(manifest))
@@ -624,6 +626,13 @@ def materialize(
         _finish(partial, files_csv, skipped_csv, manifest)
     _swap(partial, dest, old)
     return result
+
+
+def _all_present(dest: Path, files: Sequence[PlannedFile]) -> bool:
+    """Whether every planned file is in place (one deleted by hand makes the split incomplete,
+    and it is built again). A name check per file: ~2 ms per thousand files."""
+    root = str(dest)
+    return all(os.path.exists(os.path.join(root, f.path)) for f in files)
 
 
 def _partial(dest: Path) -> Path:

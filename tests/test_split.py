@@ -454,6 +454,12 @@ def test_destination_rules(tmp_path):
     assert not (dest / "mine.txt").exists()
     assert check_destination(root, dest, SplitOptions()) is True
     assert materialize(p, dest).already_complete
+    # A placed file deleted by hand: the split is no longer complete, and a rerun restores it.
+    gone = dest / p.files[0].path
+    gone.unlink()
+    again = materialize(p, dest)
+    assert not again.already_complete and gone.is_file()
+    assert materialize(p, dest).already_complete
     with pytest.raises(DestinationExistsError, match="other parameters"):
         check_destination(root, dest, SplitOptions(seed=5))
     with pytest.raises(DestinationExistsError, match="other parameters"):
