@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -139,9 +140,13 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class Row:
-    """One image to store: its file, its name relative to the source root, its class id."""
+    """One image to store: its file, its name relative to the source root, its class id.
 
-    path: str
+    ``find_rows`` gives the file as a string (a ``Path`` per file costs more than the listing);
+    any path-like works.
+    """
+
+    path: str | os.PathLike
     name: str
     label: int
 
@@ -419,9 +424,10 @@ def _decode_block(name: str, shape: tuple[int, ...], slot: int, paths: list[str]
     """Worker entry point: decode into slot ``slot`` of the shared ring called ``name``."""
     shm = _attach(name)
     ring = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
-    # POSIX shared memory is a file: written through its descriptor where it has one.
+    # On Linux, POSIX shared memory is a tmpfs file: written through its descriptor. (macOS
+    # refuses write() on shared memory; elsewhere the pixels are stored into the mapping.)
     fd = getattr(shm, "_fd", -1)
-    if not isinstance(fd, int) or fd < 0 or not hasattr(os, "pwrite"):
+    if not sys.platform.startswith("linux") or not isinstance(fd, int) or fd < 0:
         return _decode_into(ring[slot], paths, decode)
     return _decode_into(ring[slot], paths, decode, fd, slot * ring[0].nbytes)
 
@@ -522,9 +528,7 @@ def shutdown_workers() -> None:
     """Stop the decoding processes kept for later builds (they also stop after idling)."""
     executor = _POOL.pop("executor", None)
     _POOL.pop("workers", None)
-    ring = _POOL.pop("ring", None)
-    if ring is not None:
-        ring.close()
+    _drop_ring()
     if executor is not None:
         executor.shutdown(wait=True)
 
@@ -535,9 +539,10 @@ atexit.register(shutdown_workers)
 def _take_ring(blocks: int, block: int, size: tuple[int, int]) -> _Ring:
     """A shared ring of at least ``blocks`` blocks: the one kept from the last file, if it fits.
 
-    Kept like the worker processes: a fresh ring's pages are zeroed and mapped into every
-    worker on first touch (~0.2 ms per image slot), so train, val and test share one. A build
-    running in another thread at the same time finds none and makes its own.
+    A fresh ring's pages are zeroed and mapped into every worker on first touch (~0.2 ms per
+    image slot), so the files of one build (train, val, test) share one; the build frees it
+    at its end. A build running in another thread at the same time finds none and makes its
+    own.
     """
     ring = _POOL.pop("ring", None)
     if ring is not None and ring.shape[0] >= blocks and ring.shape[1:] == (block, *size, 3):
@@ -552,6 +557,12 @@ def _keep_ring(ring: _Ring) -> None:
     if old is not None and old is not ring:
         old.close()
     _POOL["ring"] = ring
+
+
+def _drop_ring() -> None:
+    ring = _POOL.pop("ring", None)
+    if ring is not None:
+        ring.close()
 
 
 def _split_tail(tasks: list[list[Row]], workers: int) -> list[list[Row]]:
@@ -575,12 +586,15 @@ def write_file(
     overwrite: bool = False,
     publish: bool = True,
     progress: bool = False,
+    keep_ring: bool = False,
 ) -> FileReport:
     """Decode, resize and write ``rows`` (in the given order) as one dsprep HDF5 file.
 
     Bad images are skipped and reported; the file holds only good rows, labels and filenames
     aligned with them. With ``publish=False`` the finished file stays at ``NAME.partial`` for
-    the caller to rename (so several files can appear together).
+    the caller to rename (so several files can appear together). With ``keep_ring`` the
+    shared memory the workers decode into is kept for the next call (``build_hdf5`` passes it
+    for train, val and test and frees it at its end; so does :func:`shutdown_workers`).
 
     Raises:
         DsprepError: a worker process died (nothing is left under the final name).
@@ -621,7 +635,7 @@ def write_file(
 
     try:
         with bar:
-            _run_tasks(rows, options, block, workers, consume)
+            _run_tasks(rows, options, block, workers, consume, keep_ring)
             appender.flush()
         writer.finish(mean_rgb=stats.mean, std_rgb=stats.std, skipped=len(skipped))
         if publish:
@@ -633,7 +647,8 @@ def write_file(
 
 
 def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: int,
-               consume: Callable[[list[Row], np.ndarray, _Block], None]) -> None:
+               consume: Callable[[list[Row], np.ndarray, _Block], None],
+               keep_ring: bool = False) -> None:
     """Decode rows block by block and hand each result to ``consume`` in order."""
     decode = _Decode(options.size, options.resize, options.interpolation, options.exact,
                      options.max_pixels)
@@ -649,6 +664,7 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
     else:
         ring = _Ring(1, block, options.size, shared=False)
     pending: deque = deque()
+    completed = False
     try:
         executor = _executor(workers) if parallel else None
         next_task = 0
@@ -667,6 +683,7 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
                 next_task += 1
             index, slot, future = pending.popleft()
             consume(tasks[index], ring.array[slot], future.result())
+        completed = True
     except BrokenProcessPool as exc:
         broken = _POOL.pop("executor", None)  # the next build starts a fresh pool
         if broken is not None:
@@ -680,10 +697,10 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         for *_, future in pending:
             if not isinstance(future, _InlineFuture):
                 future.cancel()
-        if parallel and not pending:
+        if parallel and completed and keep_ring:
             _keep_ring(ring)
         else:
-            # Workers may still be writing into it (an error or Ctrl-C left tasks running).
+            # After an error or Ctrl-C, workers may still be writing into it: never reused.
             ring.close()
 
 
@@ -737,7 +754,7 @@ def build_hdf5(
             ordered = order_rows(rows, options.order, options.seed)
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
-                                      publish=False, progress=progress))
+                                      publish=False, progress=progress, keep_ring=True))
         _write_skipped(_next(skipped_final), [s for r in reports for s in r.skipped])
         if means_path is not None:
             train = next(r for r in reports if r.split == "train")
@@ -755,6 +772,8 @@ def build_hdf5(
             if path is not None:
                 _next(path).unlink(missing_ok=True)
         raise
+    finally:
+        _drop_ring()
     return BuildReport(reports, means_path, skipped_final, notes)
 
 

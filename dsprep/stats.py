@@ -19,9 +19,12 @@ from .fileio import write_atomic
 
 CHANNELS = ("R", "G", "B")
 # Pixels per OpenCV call. A piece's sums and sums of squares are below 2**53 (2**24 * 255**2 is
-# about 1.1e12), so OpenCV's float64 results carry them with an error far below 0.5, and rounding
-# recovers the exact integers.
+# about 1.1e12). OpenCV returns them as float64: the sums exactly, the squared norm within a few
+# units in the last place (some builds take a square root and square it again: errors of ~2**-12
+# measured on full pieces), far below 0.5, so rounding recovers the exact integers.
 _PIECE = 1 << 24
+# Channel planes up to this many pixels are kept per thread for the next call.
+_KEEP_PLANES = 1 << 20
 
 
 def channel_sums(pixels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -37,8 +40,8 @@ def channel_sums(pixels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     for start in range(0, len(flat), _PIECE):
         # One row of pixels: OpenCV sums an (N, 1, 3) column row by row, ~35x slower.
         piece = flat[start:start + _PIECE].reshape(1, -1, 3)
-        # SIMD integer kernels: the sums in one pass, the squares one channel plane at a time
-        # (~0.015 ms for a 256x256 image in all, against ~0.06 for cv2.meanStdDev's one pass).
+        # The sums in one pass, the squares one channel plane at a time (~0.015 ms for a
+        # 256x256 image in all, against ~0.06 for cv2.meanStdDev's one pass).
         total = cv2.sumElems(piece)
         for c, plane in enumerate(cv2.split(piece, _planes(piece.shape[1]))):
             sums[c] += round(total[c])
@@ -54,7 +57,8 @@ def _planes(n: int) -> list[np.ndarray]:
     planes = getattr(_LOCAL, "planes", None)
     if planes is None or planes[0].shape[1] != n:
         # Separate arrays of exactly n: cv2.split fills those ~2x faster than views of one.
-        planes = _LOCAL.planes = [np.empty((1, n), dtype=np.uint8) for _ in range(3)]
+        planes = [np.empty((1, n), dtype=np.uint8) for _ in range(3)]
+        _LOCAL.planes = planes if n <= _KEEP_PLANES else None
     return planes
 
 

@@ -146,15 +146,15 @@ class HDF5Writer:
         end = self.count + n
         if end > self.capacity:
             raise UsageError(f"{self.path}: {n} more rows exceed the capacity {self.capacity}")
-        images = np.ascontiguousarray(images, dtype=np.uint8)
-        done = self._direct.write(images, self.count) if self._direct is not None else 0
-        if done < n:
-            self.images.write_direct(images[done:], dest_sel=np.s_[self.count + done:end])
         labels = np.asarray(labels, dtype=np.int32).reshape(-1)
         filenames = list(filenames)
         if len(labels) != n or len(filenames) != n:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        done = self._direct.write(images, self.count) if self._direct is not None else 0
+        if done < n:
+            self.images.write_direct(images[done:], dest_sel=np.s_[self.count + done:end])
         self._labels.append(labels)
         self._names += filenames
         self.count = end

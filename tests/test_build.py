@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -251,6 +252,9 @@ def test_the_last_tasks_are_cut_smaller_and_keep_every_row_in_order():
     assert build._split_tail(tasks, 1) == tasks
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="only Linux's shared memory takes pwrite; elsewhere workers store "
+                           "into the mapping (the parallel build tests cover that path)")
 def test_a_worker_writes_each_image_into_its_ring_slot_through_the_descriptor(tmp_path,
                                                                               monkeypatch):
     from multiprocessing import shared_memory
@@ -287,9 +291,9 @@ def test_a_worker_writes_each_image_into_its_ring_slot_through_the_descriptor(tm
         shm.unlink()
 
 
-def test_consecutive_builds_share_one_ring_until_the_workers_stop(tmp_path, monkeypatch):
+def test_the_files_of_a_build_share_one_ring_freed_when_it_ends(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_TASK_IMAGES", 4)
-    src = make_split(tmp_path / "split", counts=(("train", 8),))
+    src = make_split(tmp_path / "split", counts=(("train", 8), ("val", 3), ("test", 3)))
     names = []
     made = build._Ring.__init__
 
@@ -298,14 +302,49 @@ def test_consecutive_builds_share_one_ring_until_the_workers_stop(tmp_path, monk
         names.append(self.shm.name if self.shm is not None else None)
 
     monkeypatch.setattr(build._Ring, "__init__", record)
-    build.shutdown_workers()  # no ring kept from an earlier build
-    build.build_hdf5(src, tmp_path / "a", opts(workers=2, chunk_images=4))
+    closed = []
+    close = build._Ring.close
+    monkeypatch.setattr(build._Ring, "close", lambda self: (closed.append(self.shm), close(self)))
+    report = build.build_hdf5(src, tmp_path / "a", opts(workers=2, chunk_images=4))
+    assert [f.split for f in report.files] == ["train", "val", "test"]
+    assert len(names) == 1 and closed[:1] != [None]  # one ring for the three files, then freed
+    assert "ring" not in build._POOL
     build.build_hdf5(src, tmp_path / "b", opts(workers=2, chunk_images=4))
-    assert len(names) == 1  # train, val and test of both builds wrote through one ring
-    ring = build._POOL["ring"]
-    build.shutdown_workers()
-    assert "ring" not in build._POOL and ring.shm is None
+    assert len(names) == 2 and names[0] != names[1]
     assert rows_of(tmp_path / "a" / "train.hdf5")[2] == rows_of(tmp_path / "b" / "train.hdf5")[2]
+
+
+def test_an_interrupted_file_never_leaves_its_ring_for_the_next(tmp_path, monkeypatch):
+    """Ctrl-C while waiting for the last task: that task may still be writing into the ring."""
+    src = make_split(tmp_path / "split", counts=(("train", 4),))
+    rows = build.find_rows(src)[1]["train"]
+    last = len(build._split_tail([rows[i:i + 8] for i in range(0, len(rows), 8)], 2))
+    waits = []
+
+    class Interrupted:
+        def result(self):
+            waits.append(1)
+            if len(waits) == last:
+                raise KeyboardInterrupt
+            return build._Block([], [], 0, np.zeros(3, np.int64), np.zeros(3, np.int64))
+
+        def cancel(self):
+            return False
+
+    class Pool:
+        def submit(self, *args):
+            return Interrupted()
+
+    monkeypatch.setattr(build, "_executor", lambda workers: Pool())
+    build._drop_ring()
+    with pytest.raises(KeyboardInterrupt):
+        build._run_tasks(rows, opts(workers=2, chunk_images=8), 8, 2, lambda *a: None,
+                         keep_ring=True)
+    assert len(waits) == last and "ring" not in build._POOL
+    build._run_tasks(rows[:4], opts(workers=2, chunk_images=8), 8, 2, lambda *a: None,
+                     keep_ring=True)
+    assert "ring" in build._POOL  # kept when the file finished
+    build._drop_ring()
 
 
 def test_empty_splits_are_skipped_with_a_note(tmp_path):

@@ -1075,8 +1075,9 @@ class Compose:
             batch: the input batch (it is not modified).
             rng: the generator every random step draws from.
             load: optional ``load(start, stop)`` that fills ``batch[start:stop]`` (see
-                ``Loader``): a first step that cuts windows loads as it cuts; any other first
-                step gets the whole batch loaded before it runs.
+                ``Loader``): a first step that cuts windows with a mean or a flip folded in
+                (a crop fused with them, or a ten-crop) loads as it cuts; any other first step
+                (a bare crop among them) gets the whole batch loaded before it runs.
         """
         for k, step in enumerate(self._steps):
             if k == 0 and load is not None and isinstance(step, (_CropPlan, TenCrop)):
