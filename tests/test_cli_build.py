@@ -185,6 +185,11 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     assert record == json.loads((out / "means.json").read_text())
     printed = run("-q", "means", out / "train.hdf5")
     assert json.loads(printed.output) == record
+    # -q after the command works as before it; without it a progress bar goes to stderr too.
+    after = CliRunner().invoke(main, ["means", str(out / "train.hdf5"), "-q"])
+    assert after.exit_code == 0 and after.output == printed.output
+    loud = CliRunner().invoke(main, ["means", str(out / "train.hdf5")])
+    assert loud.output != printed.output
 
 
 @pytest.mark.slow

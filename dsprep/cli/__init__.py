@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ._common import DsprepGroup
+from ._common import DsprepGroup, verbosity_options
 from .cmd_build import build_hdf5, info, means, verify
 from .cmd_demo import demo
 from .cmd_dump import sample_dump
@@ -33,6 +33,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 for command in (sample_dump, split, build_hdf5, info, verify, means, train, evaluate, sweep_lr,
                 demo):
+    command.params.extend(verbosity_options())
     main.add_command(command)
 
 __all__ = ["main"]

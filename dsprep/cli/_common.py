@@ -32,6 +32,29 @@ class DsprepGroup(click.Group):
             raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
+def verbosity_options() -> list[click.Option]:
+    """``-v`` and ``-q`` for a subcommand, so ``dsprep split SRC DEST -q`` works as well as
+    ``dsprep -q split SRC DEST``: both set what the top-level options set."""
+
+    def more(ctx: click.Context, param: click.Parameter, value: int) -> None:
+        if value:
+            root = ctx.find_root()
+            root.obj = dict(root.obj or {})
+            root.obj["verbose"] = int(root.obj.get("verbose", 0)) + value
+
+    def quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            root = ctx.find_root()
+            root.obj = {**(root.obj or {}), "quiet": True}
+
+    return [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=more,
+                     help="Say more (repeat for debug detail)."),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet,
+                     help="Print errors and the final summary only."),
+    ]
+
+
 def is_quiet(ctx: click.Context | None = None) -> bool:
     """True when ``-q`` was given to the top-level command."""
     ctx = ctx or click.get_current_context(silent=True)
