@@ -553,9 +553,18 @@ class _LabelsTable:
         else:
             probe_col = int(id_column) if id_column is not None else 0
             first_resolves = probe_col < len(first) and bool(self.lookup(first[probe_col]))
+            if label_column is not None:
+                label_col = int(label_column)
+            else:
+                label_col = 1 if probe_col != 1 else 0
+            # A first row whose label is one of the next rows' labels is data (naming a missing
+            # file, reported as such), not a header.
+            later_labels = {r[label_col].strip() for r in rows[1:20] if label_col < len(r)}
+            first_is_data = label_col < len(first) and first[label_col] in later_labels
             has_header = not first_resolves and (
                 any(c in ID_NAMES + LABEL_NAMES for c in first_lower)
-                or any(probe_col < len(r) and self.lookup(r[probe_col]) for r in rows[1:20])
+                or (not first_is_data
+                    and any(probe_col < len(r) and self.lookup(r[probe_col]) for r in rows[1:20]))
             )
 
         def pick(column, names, default: int, what: str) -> int:

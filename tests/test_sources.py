@@ -194,6 +194,20 @@ def test_csv_without_header_and_with_extensions(tmp_path):
                                "images/3.png": "cat", "images/4.jpg": "dog"}
 
 
+def test_csv_without_header_whose_first_row_names_a_missing_file(tmp_path):
+    # The first row is data (its label is one of the others'): it is reported, not eaten as a
+    # header; a real header with unknown names is still recognised as one.
+    root = _csv_dump(tmp_path, "9.jpg,cat\n1.jpg,cat\n2.jpg,dog\n3.png,cat\n4.jpg,dog\n")
+    inv = _find(root, layout="csv")
+    assert len(inv.items) == 4
+    assert {(s.source, s.reason) for s in inv.skipped} == {("9.jpg", MISSING_FILE)}
+    (root / "labels.csv").write_text("picture,kind\n1.jpg,cat\n2.jpg,dog\n3.png,cat\n")
+    inv = _find(root, layout="csv")
+    assert dict(inv.items) == {"images/1.jpg": "cat", "images/2.jpg": "dog",
+                               "images/3.png": "cat"}
+    assert {s.reason for s in inv.skipped} == {UNLABELLED}  # 4.jpg has no row
+
+
 def test_csv_named_columns_and_bom(tmp_path):
     text = "\ufeffbreed,fname,notes\ncat,1,x\ndog,2.jpg,y\ncat,3,z\ndog,4,w\n"
     root = _csv_dump(tmp_path, text)
