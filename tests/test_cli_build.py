@@ -127,6 +127,12 @@ def test_info_describes_the_file(built):
     rows = {line.split()[0]: line.split()[-1] for line in result.output.splitlines()
             if line.split() and line.split()[0] in CLASSES}
     assert rows == {"cat": "2", "dog": "3", "fox": "3"} or rows == {c: "3" for c in CLASSES}
+    # Attribute values are text: one left-aligned column, whatever their lengths.
+    lines = result.output.splitlines()
+    attrs = [line for line in lines[lines.index(next(x for x in lines
+                                                     if x.startswith("attribute"))) + 2:]]
+    starts = {line.index(line.split()[1]) for line in attrs if len(line.split()) >= 2}
+    assert len(attrs) > 5 and len(starts) == 1
 
 
 def test_info_counts_classes(built):

@@ -80,14 +80,16 @@ def show_progress() -> bool:
     return not is_quiet()
 
 
-def format_table(rows: list[list[object]], header: list[str]) -> str:
-    """Render rows as a plain, right-aligned text table."""
+def format_table(rows: list[list[object]], header: list[str], *, text: bool = False) -> str:
+    """Render rows as a plain text table: the first column left-aligned, the others right-
+    aligned as numbers read best, or left-aligned too with ``text``."""
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append("  ".join(c.ljust(w) if i == 0 or text else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+                     .rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

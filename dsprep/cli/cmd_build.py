@@ -100,7 +100,8 @@ def info(file: str) -> None:
     say(format_table([[n, c] for n, c in d["classes"]], ["class", "images"]))
     say("")
     shown = {k: v for k, v in sorted(d["attrs"].items()) if k not in ("schema", "mean_rgb")}
-    say(format_table([[k, _short(v)] for k, v in shown.items()], ["attribute", "value"]))
+    say(format_table([[k, _short(v)] for k, v in shown.items()], ["attribute", "value"],
+                     text=True))
 
 
 def _short(value) -> str:
