@@ -479,6 +479,29 @@ class RowReader:
         except (OSError, ValueError, TypeError, RuntimeError):
             return None
 
+    def map(self, fd: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        """All rows as one read-only array over a memory map of the file, or None unless they
+        lie back to back in one byte range (contiguous, or chunks in row order with no gaps,
+        as a dsprep build lays them out).
+
+        Windows cut straight from the mapped page cache skip the copy a read makes into a
+        buffer first. The map holds the file open: the array stays valid while referenced,
+        even if the path is replaced by a new build. (A file truncated in place under it would
+        crash the reading process, as it would any program that maps it.)
+        """
+        step = self.chunk_rows * self.row_bytes
+        if len(self.offsets) > 1 and bool(np.any(np.diff(self.offsets) != step)):
+            return None
+        start, length = int(self.offsets[0]), self.rows * self.row_bytes
+        try:
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
+        if start + length > len(mapping):
+            mapping.close()
+            return None
+        return np.ndarray((self.rows, *shape), dtype=np.uint8, buffer=mapping, offset=start)
+
     def _spans(self, start: int, stop: int):
         """(first row, rows, file offset) of each chunk-contiguous piece of rows start:stop."""
         k = self.chunk_rows

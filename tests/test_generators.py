@@ -578,7 +578,7 @@ def test_training_pipeline_gives_mean_subtracted_random_flipped_patches(h5file):
 
 
 @pytest.mark.parametrize("mode", ["batches", "full"])
-def test_rows_read_while_cutting_give_the_batches_of_an_upfront_read(h5file, mode,
+def test_rows_mapped_or_read_while_cutting_give_the_batches_of_an_upfront_read(h5file, mode,
                                                                       monkeypatch):
     import dsprep.preprocess as preprocess
     from dsprep.augment import RandomFlip
@@ -604,7 +604,12 @@ def test_rows_read_while_cutting_give_the_batches_of_an_upfront_read(h5file, mod
     reads.clear()
     x, _ = gen[1]
     assert gen._reader is not None
-    assert sum(reads) == 16 and max(reads) <= 3  # the batch came in runs of 3 rows at most
+    if mode == "batches":
+        # Contiguous rows: windows are cut straight from a read-only map of the file.
+        assert reads == [] and gen._mapped is not None and not gen._mapped.flags.writeable
+    else:
+        assert sum(reads) == 16 and max(reads) <= 3  # the batch came in runs of 3 rows at most
+    assert not np.may_share_memory(x, gen._mapped)
     expected = Compose(ops)(imgs[gen.batch_rows(1)], batch_rng(4, 0, 1))
     np.testing.assert_array_equal(x, expected)
 

@@ -245,6 +245,28 @@ def test_row_reader_reads_what_h5py_reads(tmp_path, rng, create, userblock):
             np.testing.assert_array_equal(out, images[rows])
 
 
+def test_row_reader_maps_rows_only_when_they_lie_back_to_back(tmp_path, rng):
+    images = rng.integers(0, 256, (10, 8, 6, 3), dtype=np.uint8)
+    in_order = _raw_file(tmp_path / "a.hdf5", images, chunks=(4, 8, 6, 3))
+    with _raw(in_order) as (reader, fd):
+        mapped = reader.map(fd, (8, 6, 3))
+        assert mapped is not None and not mapped.flags.writeable
+        np.testing.assert_array_equal(mapped, images)
+        with pytest.raises(ValueError, match="read-only"):
+            mapped[0, 0, 0, 0] = 1
+    # Chunks written last-first lie in the file in the other order: not one range of rows.
+    shuffled = tmp_path / "b.hdf5"
+    with h5py.File(shuffled, "w") as f:
+        ds = f.create_dataset("images", shape=images.shape, dtype=np.uint8, chunks=(4, 8, 6, 3))
+        for lo in (8, 4, 0):
+            ds[lo:lo + 4] = images[lo:lo + 4]
+    with _raw(shuffled) as (reader, fd):
+        assert reader.map(fd, (8, 6, 3)) is None
+        got = np.empty_like(images)
+        reader.read(fd, 0, 10, got)  # reads still work
+        np.testing.assert_array_equal(got, images)
+
+
 @pytest.mark.parametrize("create", [
     {"chunks": (4, 8, 6, 3), "compression": "lzf"},
     {"chunks": (4, 8, 6, 3), "shuffle": True},
