@@ -209,6 +209,10 @@ class _BatchSequence(ABC):
         """Whether the pipeline is one Compose, which can read a batch while it cuts it."""
         return len(self._steps) == 1 and isinstance(self._steps[0], Compose)
 
+    def _cuts_first(self) -> bool:
+        """Whether the pipeline starts with a cut, which never writes into its input."""
+        return self._lazy_steps() and self._steps[0].cuts_first
+
     def _labels_out(self, labels: np.ndarray) -> np.ndarray:
         if not self.one_hot:
             return labels.astype(np.int32, copy=True)
@@ -250,11 +254,12 @@ class HDF5Generator(_BatchSequence):
     Rows of an uncompressed file are read with ``os.preadv`` at their offsets in the file
     (``dsprep.store.RowReader``), outside h5py's process-wide lock, so several threads (Keras's
     workers) read side by side; compressed files go through h5py. Where the rows lie back to
-    back (as a dsprep build writes them) and the preprocessors form one fused pipeline, "none"
-    and "batches" cut their windows straight from a read-only memory map of the file, with no
-    copy in between; the map holds the file, so a new build replacing the path does not
-    disturb it (rewriting the same file in place, as ``h5py.File(path, "w")`` would, must not
-    happen while it is read).
+    back (a dsprep build of 256x256 images writes them so) and the pipeline starts with a cut
+    (a crop fused with a flip or a mean, or a ten-crop), "none" and "batches" cut their windows
+    straight from read-only memory maps of the file, with no copy in between
+    (``dsprep.store.MappedRows``: a few windows of ~256 MB mapped at a time). The maps hold the
+    file, so a new build replacing the path does not disturb them; rewriting the same file in
+    place, or an I/O error under a map, stops the process with SIGBUS rather than an error.
 
     The file is opened lazily in each process, read-only, with HDF5's shared read lock taken
     where the file system supports it (``locking="best-effort"``: any number of readers, no
@@ -334,7 +339,7 @@ class HDF5Generator(_BatchSequence):
         self._images: h5py.Dataset | None = None
         self._reader: store.RowReader | None = None
         self._raw: store.Descriptor | None = None
-        self._mapped: np.ndarray | None = None
+        self._mapped: store.MappedRows | None = None
         self._pid: int | None = None
         self._local = threading.local()
 
@@ -365,11 +370,13 @@ class HDF5Generator(_BatchSequence):
                 reader = store.RowReader.for_dataset(images)
                 self._raw = store.RowReader.open(images) if reader is not None else None
                 self._reader = reader if self._raw is not None else None
-                # Rows back to back in the file: the fused pipeline cuts its windows straight
-                # from a read-only map of them (no copy into a buffer first).
+                # Rows back to back in the file, read in contiguous batches by a pipeline
+                # that starts with a cut: the windows come straight from a read-only map.
                 self._mapped = None
-                if self._reader is not None and self._raw is not None and self._lazy_steps():
-                    self._mapped = self._reader.map(self._raw.fileno(), self.image_shape)
+                if (self._reader is not None and self._raw is not None
+                        and self.shuffle != "full" and self._cuts_first()):
+                    self._mapped = self._reader.map(self._raw, self.image_shape,
+                                                    self.batch_size)
                 self._local = threading.local()
                 self._images = images
                 self._pid = pid
@@ -423,6 +430,12 @@ class HDF5Generator(_BatchSequence):
         ds = self._dataset()
         rows = self.batch_rows(index)
         n = len(rows)
+        reader, raw, mapped = self._reader, self._raw, self._mapped  # held for the whole batch
+        if mapped is not None:
+            # The batch's rows are one slice of a map of the file; the pipeline starts with a
+            # cut, which never writes into its input.
+            x = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
+            return self._finish(x, self.labels[rows], index, x)
         shape = (n, *self.image_shape)
         scratch = None
         if self._steps:
@@ -430,12 +443,6 @@ class HDF5Generator(_BatchSequence):
             x = scratch[:n]
         else:
             x = np.empty(shape, dtype=np.uint8)
-        reader, raw, mapped = self._reader, self._raw, self._mapped  # held for the whole batch
-        if mapped is not None and self.shuffle != "full":
-            # The batch's rows are one slice of the map; the pipeline never writes into its
-            # input, and its output is copied if it is still a view of the file.
-            start = int(rows[0])
-            return self._finish(mapped[start:start + n], self.labels[rows], index, mapped)
         if reader is not None and raw is not None:
             # ``raw`` stays referenced by the closures, so its descriptor outlives every read.
             if self.shuffle == "full":

@@ -5,9 +5,11 @@ Knows the on-disk layout and nothing of crops, batches or augmentation (DESIGN.m
 
 from __future__ import annotations
 
+import collections
 import errno
 import mmap
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -414,6 +416,67 @@ class Descriptor:
         self.close()
 
 
+class MappedRows:
+    """Image rows that lie back to back in a file, handed out as read-only arrays over memory
+    maps of it: windows cut from them read the page cache directly, with no copy first.
+
+    The file is mapped a window at a time (about 256 MB of rows, plus one batch so that any
+    batch starting in a window ends in it), and only the few windows used last stay mapped:
+    page tables stay small whatever the file's size. A window stays valid while an array over
+    it is referenced; the maps hold the file, so a new build replacing the path does not
+    disturb them. Rewriting or truncating the same file in place, or an I/O error under a
+    map (a failing disk, a lost network mount), stops the reading process with SIGBUS instead
+    of raising an error: a dsprep file under its final name is never rewritten.
+
+    Thread-safe.
+    """
+
+    WINDOW_BYTES = 256 << 20
+    KEEP = 3
+
+    def __init__(self, handle: Descriptor, offset: int, rows: int, shape: tuple[int, ...],
+                 batch_rows: int) -> None:
+        self.handle, self.offset, self.rows = handle, offset, rows  # the file, held open
+        self.shape = tuple(int(s) for s in shape)
+        self.row_bytes = int(np.prod(self.shape))
+        self.window_rows = max(1, self.WINDOW_BYTES // self.row_bytes)
+        self.batch_rows = max(1, int(batch_rows))
+        self._lock = threading.Lock()
+        self._windows: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+
+    def rows_of(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (at most one batch) as a read-only (n, *shape) array."""
+        if not 0 <= start <= stop <= self.rows or stop - start > self.batch_rows:
+            raise ValueError(f"rows {start}:{stop} are not a batch of the {self.rows} rows")
+        k = start // self.window_rows
+        window = self._window(k)
+        first = k * self.window_rows
+        return window[start - first:stop - first]
+
+    def _window(self, k: int) -> np.ndarray:
+        with self._lock:
+            window = self._windows.get(k)
+            if window is not None:
+                self._windows.move_to_end(k)
+                return window
+        first = k * self.window_rows
+        last = min(self.rows, first + self.window_rows + self.batch_rows)
+        start = self.offset + first * self.row_bytes
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        length = self.offset + last * self.row_bytes - aligned
+        mapping = mmap.mmap(self.handle.fileno(), length, access=mmap.ACCESS_READ,
+                            offset=aligned)
+        window = np.ndarray((last - first, *self.shape), dtype=np.uint8, buffer=mapping,
+                            offset=start - aligned)
+        with self._lock:
+            self._windows[k] = window
+            self._windows.move_to_end(k)
+            while len(self._windows) > self.KEEP:
+                # Unmapped when the last array over it goes (a batch in flight keeps it).
+                self._windows.popitem(last=False)
+        return window
+
+
 class RowReader:
     """Reads whole image rows straight from the file with ``os.preadv``, without h5py.
 
@@ -479,28 +542,25 @@ class RowReader:
         except (OSError, ValueError, TypeError, RuntimeError):
             return None
 
-    def map(self, fd: int, shape: tuple[int, ...]) -> np.ndarray | None:
-        """All rows as one read-only array over a memory map of the file, or None unless they
-        lie back to back in one byte range (contiguous, or chunks in row order with no gaps,
-        as a dsprep build lays them out).
-
-        Windows cut straight from the mapped page cache skip the copy a read makes into a
-        buffer first. The map holds the file open: the array stays valid while referenced,
-        even if the path is replaced by a new build. (A file truncated in place under it would
-        crash the reading process, as it would any program that maps it.)
+    def map(self, handle: Descriptor, shape: tuple[int, ...],
+            batch_rows: int) -> MappedRows | None:
+        """The rows as read-only arrays over memory maps of the file (:class:`MappedRows`), or
+        None unless they lie back to back in one byte range: contiguous, or chunks in row order
+        with no gaps (a dsprep build lays them so when a chunk's bytes are a multiple of 4 KiB,
+        as for 256x256 images; 227x227 chunks are padded apart).
         """
         step = self.chunk_rows * self.row_bytes
         if len(self.offsets) > 1 and bool(np.any(np.diff(self.offsets) != step)):
             return None
-        start, length = int(self.offsets[0]), self.rows * self.row_bytes
+        if int(np.prod(shape)) != self.row_bytes:
+            return None
         try:
-            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            size = os.fstat(handle.fileno()).st_size
         except (OSError, ValueError):
             return None
-        if start + length > len(mapping):
-            mapping.close()
+        if int(self.offsets[0]) + self.rows * self.row_bytes > size:
             return None
-        return np.ndarray((self.rows, *shape), dtype=np.uint8, buffer=mapping, offset=start)
+        return MappedRows(handle, int(self.offsets[0]), self.rows, shape, batch_rows)
 
     def _spans(self, start: int, stop: int):
         """(first row, rows, file offset) of each chunk-contiguous piece of rows start:stop."""

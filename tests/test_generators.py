@@ -606,12 +606,49 @@ def test_rows_mapped_or_read_while_cutting_give_the_batches_of_an_upfront_read(h
     assert gen._reader is not None
     if mode == "batches":
         # Contiguous rows: windows are cut straight from a read-only map of the file.
-        assert reads == [] and gen._mapped is not None and not gen._mapped.flags.writeable
+        assert reads == [] and gen._mapped is not None
     else:
         assert sum(reads) == 16 and max(reads) <= 3  # the batch came in runs of 3 rows at most
-    assert not np.may_share_memory(x, gen._mapped)
+        assert gen._mapped is None
     expected = Compose(ops)(imgs[gen.batch_rows(1)], batch_rng(4, 0, 1))
     np.testing.assert_array_equal(x, expected)
+
+
+class InPlaceClip:
+    """A user preprocessor with an output shape that clips its input batch in place."""
+
+    def output_shape(self, shape):
+        return shape
+
+    def __call__(self, batch, rng=None):
+        return np.clip(batch, 10, 240, out=batch)
+
+
+class Unchanged(InPlaceClip):
+    def __call__(self, batch, rng=None):
+        return batch
+
+
+@pytest.mark.parametrize("mode", ["none", "batches"])
+def test_user_steps_get_a_writable_batch_and_outputs_never_view_the_file(h5file, mode):
+    from dsprep.augment import RandomFlip
+    from dsprep.preprocess import RandomPatch
+
+    path, imgs, _ = h5file
+    # A first step that writes into its input gets a buffer of its own, not the file's map.
+    gen = HDF5Generator(path, batch_size=8, shuffle=mode, seed=1, output="uint8",
+                        preprocessors=[InPlaceClip(), RandomPatch(4, 4)])
+    x, _ = gen[0]
+    assert gen._mapped is None and x.min() >= 10 and x.max() <= 240
+    # A cut first (here fused with a flip) reads the map; what comes out is the caller's own.
+    gen = HDF5Generator(path, batch_size=8, shuffle=mode, seed=1, output="uint8",
+                        preprocessors=[RandomPatch(4, 4), RandomFlip(), Unchanged()])
+    x, _ = gen[0]
+    assert gen._mapped is not None and x.flags.writeable
+    assert not any(np.may_share_memory(x, w) for w in gen._mapped._windows.values())
+    x[...] = 0  # the caller's to change
+    again, _ = gen[0]
+    assert again.any()
 
 
 def test_ten_crop_pipeline_matches_a_per_image_loop(h5file):

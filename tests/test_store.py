@@ -245,26 +245,48 @@ def test_row_reader_reads_what_h5py_reads(tmp_path, rng, create, userblock):
             np.testing.assert_array_equal(out, images[rows])
 
 
+@pytest.mark.parametrize("create, userblock", [
+    ({"chunks": (4, 8, 6, 3)}, 0),  # the last chunk partly filled
+    ({}, 0),  # contiguous
+    ({"chunks": (3, 8, 6, 3)}, 1024),  # a user block before the HDF5 data
+])
+def test_mapped_rows_match_h5py_window_by_window(tmp_path, rng, monkeypatch, create, userblock):
+    # Windows of 3 rows (plus a batch of 2), at most 2 kept mapped.
+    monkeypatch.setattr(store.MappedRows, "WINDOW_BYTES", 3 * 8 * 6 * 3)
+    monkeypatch.setattr(store.MappedRows, "KEEP", 2)
+    images = rng.integers(0, 256, (10, 8, 6, 3), dtype=np.uint8)
+    path = _raw_file(tmp_path / "m.hdf5", images, userblock=userblock, **create)
+    with h5py.File(path, "r") as f:
+        reader = store.RowReader.for_dataset(f["images"])
+        with store.RowReader.open(f["images"]) as handle:
+            mapped = reader.map(handle, (8, 6, 3), 2)
+            assert mapped is not None
+            for start in range(10):
+                got = mapped.rows_of(start, min(start + 2, 10))
+                assert not got.flags.writeable
+                np.testing.assert_array_equal(got, images[start:start + 2])
+                assert len(mapped._windows) <= 2
+            with pytest.raises(ValueError, match="not a batch"):
+                mapped.rows_of(0, 3)
+            with pytest.raises(ValueError, match="read-only"):
+                mapped.rows_of(0, 1)[0, 0, 0, 0] = 1
+
+
 def test_row_reader_maps_rows_only_when_they_lie_back_to_back(tmp_path, rng):
     images = rng.integers(0, 256, (10, 8, 6, 3), dtype=np.uint8)
-    in_order = _raw_file(tmp_path / "a.hdf5", images, chunks=(4, 8, 6, 3))
-    with _raw(in_order) as (reader, fd):
-        mapped = reader.map(fd, (8, 6, 3))
-        assert mapped is not None and not mapped.flags.writeable
-        np.testing.assert_array_equal(mapped, images)
-        with pytest.raises(ValueError, match="read-only"):
-            mapped[0, 0, 0, 0] = 1
     # Chunks written last-first lie in the file in the other order: not one range of rows.
     shuffled = tmp_path / "b.hdf5"
     with h5py.File(shuffled, "w") as f:
         ds = f.create_dataset("images", shape=images.shape, dtype=np.uint8, chunks=(4, 8, 6, 3))
         for lo in (8, 4, 0):
             ds[lo:lo + 4] = images[lo:lo + 4]
-    with _raw(shuffled) as (reader, fd):
-        assert reader.map(fd, (8, 6, 3)) is None
-        got = np.empty_like(images)
-        reader.read(fd, 0, 10, got)  # reads still work
-        np.testing.assert_array_equal(got, images)
+    with h5py.File(shuffled, "r") as f:
+        reader = store.RowReader.for_dataset(f["images"])
+        with store.RowReader.open(f["images"]) as handle:
+            assert reader.map(handle, (8, 6, 3), 4) is None
+            got = np.empty_like(images)
+            reader.read(handle.fileno(), 0, 10, got)  # reads still work
+            np.testing.assert_array_equal(got, images)
 
 
 @pytest.mark.parametrize("create", [

@@ -1059,6 +1059,12 @@ class Compose:
         self.ops = flat
         self._steps = _fuse_all(flat)
 
+    @property
+    def cuts_first(self) -> bool:
+        """Whether the first step cuts windows (a crop fused with a flip or a mean, or a
+        ten-crop): it reads its input range by range and never writes into it."""
+        return bool(self._steps) and isinstance(self._steps[0], (_CropPlan, TenCrop))
+
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The per-sample shape after every step; UsageError from the first that cannot apply."""
         shape = tuple(int(s) for s in shape)
@@ -1080,7 +1086,7 @@ class Compose:
                 (a bare crop among them) gets the whole batch loaded before it runs.
         """
         for k, step in enumerate(self._steps):
-            if k == 0 and load is not None and isinstance(step, (_CropPlan, TenCrop)):
+            if k == 0 and load is not None and self.cuts_first:
                 batch = step(batch, rng, load=load)
                 continue
             if k == 0 and load is not None:
