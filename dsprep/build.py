@@ -35,7 +35,7 @@ from .errors import (
     LayoutError,
     UsageError,
 )
-from .fileio import write_atomic
+from .fileio import exclusive, write_atomic
 from .sources import UNREADABLE, class_folder_files
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, means_record, write_means
@@ -45,6 +45,8 @@ ORDERS = ("shuffled", "sorted")
 SPLIT_SCHEMA = "dsprep-split/1"
 MEANS_NAME = "means.json"
 SKIPPED_NAME = "skipped.csv"
+# Held in OUT while a build writes there.
+BUILD_LOCK_NAME = ".dsprep-build.lock"
 # Images per HDF5 chunk. Measured on 2 cores writing 2,048 256x256 images: uncompressed chunks of
 # 64 images wrote fastest (~6,600 images/s) and per-row random reads stayed ~7,000 images/s; with
 # lzf a 64-image chunk cut random row reads to ~470 images/s while 8 kept ~2,300.
@@ -740,14 +742,26 @@ def build_hdf5(
     outputs = [out / f"{split}.hdf5" for split in planned]
     means_path = out / MEANS_NAME if "train" in planned else None
     skipped_final = out / SKIPPED_NAME
-    if not force:
-        existing = [p for p in [*outputs, means_path, skipped_final]
-                    if p is not None and p.exists()]
-        if existing:
-            raise DestinationExistsError(
-                f"{', '.join(map(str, existing))} already exist(s); use --force to replace"
-            )
     out.mkdir(parents=True, exist_ok=True)
+    # One build at a time per OUT: a second would write (and on failure remove) the same
+    # NAME.partial files.
+    with exclusive(out / BUILD_LOCK_NAME, out):
+        if not force:
+            existing = [p for p in [*outputs, means_path, skipped_final]
+                        if p is not None and p.exists()]
+            if existing:
+                raise DestinationExistsError(
+                    f"{', '.join(map(str, existing))} already exist(s); use --force to replace"
+                )
+        reports = _build_files(src, out, planned, classes, options, outputs, means_path,
+                               skipped_final, progress)
+    return BuildReport(reports, means_path, skipped_final, notes)
+
+
+def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
+                 options: BuildOptions, outputs: list[Path], means_path: Path | None,
+                 skipped_final: Path, progress: bool) -> list[FileReport]:
+    """Write every file as NAME.partial, then give them all their final names together."""
     reports: list[FileReport] = []
     try:
         for split, rows in planned.items():
@@ -774,7 +788,7 @@ def build_hdf5(
         raise
     finally:
         _drop_ring()
-    return BuildReport(reports, means_path, skipped_final, notes)
+    return reports
 
 
 def _next(path: Path) -> Path:

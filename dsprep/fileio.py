@@ -1,9 +1,14 @@
-"""Write a file so that its final name is always whole: a temporary sibling, then a rename."""
+"""Write a file so that its final name is always whole (a temporary sibling, then a rename), and
+keep two processes from writing the same output at once."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from .errors import DestinationExistsError
 
 
 def write_atomic(
@@ -38,3 +43,47 @@ def write_atomic(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def exclusive(lock: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an advisory lock on the file ``lock`` for the block, so that two dsprep processes
+    never write ``what`` at once; the second is refused at once, not made to wait.
+
+    The lock file is created for the block and removed at its end. Where the platform has no
+    ``flock`` (Windows), nothing is locked.
+
+    Raises:
+        DestinationExistsError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = Path(lock)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise DestinationExistsError(
+                f"{what} is being written by another dsprep process (it holds {lock}); let it "
+                "finish, or stop it and run the command again"
+            ) from exc
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        # The holder before us removed this file as we opened it: lock the new one.
+        os.close(fd)
+    try:
+        yield
+    finally:
+        # Removed while still held, so a process that opens it next finds a new file (above).
+        with suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)

@@ -36,7 +36,7 @@ from .errors import (
     SplitError,
     UsageError,
 )
-from .fileio import write_atomic
+from .fileio import exclusive, write_atomic
 from .sources import LABEL_CONFLICT, UNREADABLE, Inventory, Skipped, find_images, open_source
 
 SCHEMA = "dsprep-split/1"
@@ -573,7 +573,8 @@ def materialize(
 
     The split is built in a hidden sibling folder (``.<dest>.split-partial``) and renamed to
     ``dest`` when complete, so an interrupted run never leaves a ``dest`` that looks finished;
-    running the same split again reuses what the interrupted run placed and completes it.
+    running the same split again reuses what the interrupted run placed and completes it. A
+    second process splitting into the same ``dest`` at the same time is refused.
 
     Args:
         split_plan: from :func:`plan`.
@@ -587,8 +588,33 @@ def materialize(
     Raises:
         UsageError: an unknown mode, a link mode with a zip source, or ``dest`` overlapping
             the source.
-        DestinationExistsError: ``dest`` holds something else and ``force`` is false.
+        DestinationExistsError: ``dest`` holds something else and ``force`` is false, or
+            another process is writing it.
     """
+    with _writing(split_plan.source, dest, mode):
+        return _materialize(split_plan, dest, mode=mode, force=force, progress=progress,
+                            workers=workers)
+
+
+def _writing(source: Path, dest: str | os.PathLike, mode: str):
+    """The lock that keeps two splits from writing one ``dest`` (a hidden sibling file, made
+    only once ``dest`` is known to lie outside the source)."""
+    dest = _check_target(source, dest, mode)
+    if not dest.parent.exists():  # a parent that is a file fails below as "Not a directory"
+        dest.parent.mkdir(parents=True)
+    return exclusive(dest.with_name(f".{dest.name}.split-lock"), dest)
+
+
+def _materialize(
+    split_plan: SplitPlan,
+    dest: str | os.PathLike,
+    *,
+    mode: str = "copy",
+    force: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
+) -> SplitResult:
+    """:func:`materialize` without the lock (its caller holds it)."""
     source = split_plan.source
     dest = _check_target(source, dest, mode)
     files_csv = split_plan.files_csv()
@@ -684,10 +710,27 @@ def run(
     Raises:
         UsageError: bad options, an unknown mode, a link mode with a zip source, or ``dest``
             overlapping the source.
-        DestinationExistsError: ``dest`` holds something else and ``force`` is false.
+        DestinationExistsError: ``dest`` holds something else and ``force`` is false, or
+            another process is writing it.
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts (nothing is left on disk).
     """
+    with _writing(Path(src).resolve(), dest, mode):
+        return _run(src, dest, options, mode=mode, force=force, progress=progress,
+                    workers=workers)
+
+
+def _run(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    options: SplitOptions | None = None,
+    *,
+    mode: str = "copy",
+    force: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
+) -> tuple[SplitPlan, SplitResult]:
+    """:func:`run` without the lock (its caller holds it)."""
     options = options or SplitOptions()
     workers = workers or default_workers()
     source_path = Path(src).resolve()
@@ -698,7 +741,7 @@ def run(
     identity = _identity(source_path, options, mode)
     if mode != "copy" or maybe_done or (not force and _placing(partial, identity)):
         split_plan = plan(src, options, progress=progress, workers=workers)
-        return split_plan, materialize(split_plan, dest, mode=mode, force=force,
+        return split_plan, _materialize(split_plan, dest, mode=mode, force=force,
                                        progress=progress, workers=workers)
 
     with open_source(src) as source:

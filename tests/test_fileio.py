@@ -1,6 +1,9 @@
-"""Atomic writes: the final name holds the old file or the whole new one, never a part."""
+"""Atomic writes: the final name holds the old file or the whole new one, never a part; and one
+writer at a time per output."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 
@@ -29,3 +32,51 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         fileio.write_atomic(path, "new", tmp=tmp_path / ".means.tmp")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["means.json"]
+
+
+needs_flock = pytest.mark.skipif(
+    importlib.util.find_spec("fcntl") is None,
+    reason="advisory locks need flock (POSIX); on Windows nothing is locked")
+
+
+@needs_flock
+def test_a_second_writer_is_refused_at_once_and_the_lock_goes_with_the_first(tmp_path):
+    from dsprep.errors import DestinationExistsError
+
+    lock = tmp_path / ".out.lock"
+    with fileio.exclusive(lock, tmp_path / "out"):
+        assert lock.exists()
+        with pytest.raises(DestinationExistsError, match="another dsprep process"):
+            with fileio.exclusive(lock, tmp_path / "out"):
+                pass
+    assert not lock.exists()
+    with fileio.exclusive(lock, tmp_path / "out"):  # free again
+        pass
+
+
+@needs_flock
+def test_a_split_or_build_into_an_output_in_use_is_refused_and_harms_nothing(tmp_path):
+    from helpers import make_class_folders
+
+    from dsprep import build, split
+    from dsprep.errors import DestinationExistsError
+
+    dump = make_class_folders(tmp_path / "dump", ("a", "b"), per_class=4)
+    before = sorted(p.name for p in dump.rglob("*"))
+    dest = tmp_path / "split"
+    with fileio.exclusive(tmp_path / ".split.split-lock", dest):
+        with pytest.raises(DestinationExistsError, match="another dsprep process"):
+            split.run(dump, dest)
+    assert not dest.exists() and sorted(p.name for p in dump.rglob("*")) == before
+    split.run(dump, dest)
+    out = tmp_path / "hdf5"
+    out.mkdir()
+    theirs = out / "train.hdf5.partial"  # another build's file in progress
+    theirs.write_bytes(b"x")
+    with fileio.exclusive(out / build.BUILD_LOCK_NAME, out):
+        with pytest.raises(DestinationExistsError, match="another dsprep process"):
+            build.build_hdf5(dest, out, build.BuildOptions(size=(8, 8), workers=1))
+    assert theirs.read_bytes() == b"x" and not (out / "train.hdf5").exists()
+    theirs.unlink()
+    report = build.build_hdf5(dest, out, build.BuildOptions(size=(8, 8), workers=1))
+    assert report.files and not (out / build.BUILD_LOCK_NAME).exists()
