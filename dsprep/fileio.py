@@ -46,44 +46,56 @@ def write_atomic(
 
 
 @contextmanager
-def exclusive(lock: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive(lock: str | os.PathLike, what: str | os.PathLike) -> Iterator[None]:
     """Hold an advisory lock on the file ``lock`` for the block, so that two dsprep processes
     never write ``what`` at once; the second is refused at once, not made to wait.
 
     The lock file is created for the block and removed at its end. Where the platform has no
-    ``flock`` (Windows), nothing is locked.
+    ``flock`` (Windows) or the file system refuses it, nothing is locked.
 
     Raises:
         DestinationExistsError: another process holds the lock.
     """
+    lock = Path(lock)
+    fd = _lock(lock, what)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            # Removed while still held, so a process that opens it next finds a new file.
+            with suppress(FileNotFoundError):
+                lock.unlink()
+            os.close(fd)
+
+
+def _lock(lock: Path, what: str | os.PathLike) -> int | None:
+    """The descriptor of ``lock``, locked; None where locks are not available."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    lock = Path(lock)
+        return None
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        except BlockingIOError:
             os.close(fd)
             raise DestinationExistsError(
                 f"{what} is being written by another dsprep process (it holds {lock}); let it "
                 "finish, or stop it and run the command again"
-            ) from exc
+            ) from None
+        except OSError:
+            # A file system without locks (some network mounts): carry on unlocked, as
+            # HDF5's best-effort locking does.
+            os.close(fd)
+            with suppress(OSError):
+                lock.unlink()
+            return None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(lock))
         except FileNotFoundError:
             same = False
         if same:
-            break
+            return fd
         # The holder before us removed this file as we opened it: lock the new one.
-        os.close(fd)
-    try:
-        yield
-    finally:
-        # Removed while still held, so a process that opens it next finds a new file (above).
-        with suppress(FileNotFoundError):
-            lock.unlink()
         os.close(fd)

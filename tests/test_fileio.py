@@ -55,6 +55,21 @@ def test_a_second_writer_is_refused_at_once_and_the_lock_goes_with_the_first(tmp
 
 
 @needs_flock
+def test_a_file_system_without_locks_is_written_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with fileio.exclusive(tmp_path / ".out.lock", tmp_path / "out"):
+        ran.append(1)
+    assert ran == [1] and not (tmp_path / ".out.lock").exists()
+
+
+@needs_flock
 def test_a_split_or_build_into_an_output_in_use_is_refused_and_harms_nothing(tmp_path):
     from helpers import make_class_folders
 
