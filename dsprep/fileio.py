@@ -4,6 +4,7 @@ keep two processes from writing the same output at once."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -53,19 +54,30 @@ def exclusive(lock: str | os.PathLike, what: str | os.PathLike) -> Iterator[None
     The lock file is created for the block and removed at its end. Where the platform has no
     ``flock`` (Windows) or the file system refuses it, nothing is locked.
 
+    Re-entrant within a thread: a block nested in one holding the same lock goes ahead.
+
     Raises:
         DestinationExistsError: another process holds the lock.
     """
-    lock = Path(lock)
+    lock = Path(lock).absolute()
+    held = _HELD.__dict__.setdefault("locks", set())
+    if lock in held:
+        yield
+        return
     fd = _lock(lock, what)
+    held.add(lock)
     try:
         yield
     finally:
+        held.discard(lock)
         if fd is not None:
             # Removed while still held, so a process that opens it next finds a new file.
             with suppress(FileNotFoundError):
                 lock.unlink()
             os.close(fd)
+
+
+_HELD = threading.local()  # the locks this thread holds
 
 
 def _lock(lock: Path, what: str | os.PathLike) -> int | None:

@@ -592,8 +592,43 @@ def materialize(
             another process is writing it.
     """
     with _writing(split_plan.source, dest, mode):
-        return _materialize(split_plan, dest, mode=mode, force=force, progress=progress,
-                            workers=workers)
+        source = split_plan.source
+        dest = _check_target(source, dest, mode)
+        files_csv = split_plan.files_csv()
+        skipped_csv = split_plan.skipped_csv()
+        # The parameters alone do not make a split up to date: the source may have gained or lost
+        # files since, so the file lists must match too.
+        if (check_destination(source, dest, split_plan.options, mode, force=force)
+                and _same_text(dest / FILES_CSV, files_csv)
+                and _same_text(dest / SKIPPED_CSV, skipped_csv)
+                and _all_present(dest, split_plan.files)):
+            return SplitResult(dest, already_complete=True)
+        manifest = split_plan.manifest(mode)
+        wanted = json.loads(json.dumps(manifest))
+
+        partial, old = _partial(dest), _old(dest)
+        marker = _marker(manifest, files_csv)
+        result = SplitResult(dest)
+        # --force rebuilds from scratch: nothing left by an earlier run is trusted.
+        finished = (not force and partial.is_dir()
+                    and _same_split(_read_json(partial / MANIFEST), wanted)
+                    and _same_text(partial / FILES_CSV, files_csv)
+                    and _same_text(partial / SKIPPED_CSV, skipped_csv))
+        if not finished:
+            resume = (not force and partial.is_dir()
+                      and _read_json(partial / _MARKER) == marker)
+            if partial.exists() and not resume:
+                _remove_partial(partial, force)
+            partial.mkdir(parents=True, exist_ok=True)
+            _write_text(partial / _MARKER, json.dumps(marker, indent=2))
+            for split_name in split_plan.splits:
+                for label in split_plan.classes:
+                    (partial / split_name / label).mkdir(parents=True, exist_ok=True)
+            _place_all(split_plan, partial, mode, resume, result, progress,
+                       workers or default_workers())
+            _finish(partial, files_csv, skipped_csv, manifest)
+        _swap(partial, dest, old)
+        return result
 
 
 def _writing(source: Path, dest: str | os.PathLike, mode: str):
@@ -603,55 +638,6 @@ def _writing(source: Path, dest: str | os.PathLike, mode: str):
     if not dest.parent.exists():  # a parent that is a file fails below as "Not a directory"
         dest.parent.mkdir(parents=True)
     return exclusive(dest.with_name(f".{dest.name}.split-lock"), dest)
-
-
-def _materialize(
-    split_plan: SplitPlan,
-    dest: str | os.PathLike,
-    *,
-    mode: str = "copy",
-    force: bool = False,
-    progress: bool = False,
-    workers: int | None = None,
-) -> SplitResult:
-    """:func:`materialize` without the lock (its caller holds it)."""
-    source = split_plan.source
-    dest = _check_target(source, dest, mode)
-    files_csv = split_plan.files_csv()
-    skipped_csv = split_plan.skipped_csv()
-    # The parameters alone do not make a split up to date: the source may have gained or lost
-    # files since, so the file lists must match too.
-    if (check_destination(source, dest, split_plan.options, mode, force=force)
-            and _same_text(dest / FILES_CSV, files_csv)
-            and _same_text(dest / SKIPPED_CSV, skipped_csv)
-            and _all_present(dest, split_plan.files)):
-        return SplitResult(dest, already_complete=True)
-    manifest = split_plan.manifest(mode)
-    wanted = json.loads(json.dumps(manifest))
-
-    partial, old = _partial(dest), _old(dest)
-    marker = _marker(manifest, files_csv)
-    result = SplitResult(dest)
-    # --force rebuilds from scratch: nothing left by an earlier run is trusted.
-    finished = (not force and partial.is_dir()
-                and _same_split(_read_json(partial / MANIFEST), wanted)
-                and _same_text(partial / FILES_CSV, files_csv)
-                and _same_text(partial / SKIPPED_CSV, skipped_csv))
-    if not finished:
-        resume = (not force and partial.is_dir()
-                  and _read_json(partial / _MARKER) == marker)
-        if partial.exists() and not resume:
-            _remove_partial(partial, force)
-        partial.mkdir(parents=True, exist_ok=True)
-        _write_text(partial / _MARKER, json.dumps(marker, indent=2))
-        for split_name in split_plan.splits:
-            for label in split_plan.classes:
-                (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-        _place_all(split_plan, partial, mode, resume, result, progress,
-                   workers or default_workers())
-        _finish(partial, files_csv, skipped_csv, manifest)
-    _swap(partial, dest, old)
-    return result
 
 
 def _all_present(dest: Path, files: Sequence[PlannedFile]) -> bool:
@@ -716,79 +702,64 @@ def run(
         SplitError: a class is too small for the requested counts (nothing is left on disk).
     """
     with _writing(Path(src).resolve(), dest, mode):
-        return _run(src, dest, options, mode=mode, force=force, progress=progress,
-                    workers=workers)
+        options = options or SplitOptions()
+        workers = workers or default_workers()
+        source_path = Path(src).resolve()
+        dest = _check_target(source_path, dest, mode)
+        partial = _partial(dest)
+        # Refuse a dest holding something else before reading every file of the dump.
+        maybe_done = check_destination(source_path, dest, options, mode, force=force)
+        identity = _identity(source_path, options, mode)
+        if mode != "copy" or maybe_done or (not force and _placing(partial, identity)):
+            split_plan = plan(src, options, progress=progress, workers=workers)
+            return split_plan, materialize(split_plan, dest, mode=mode, force=force,
+                                          progress=progress, workers=workers)
 
+        with open_source(src) as source:
+            inventory = find_images(source, options.layout, pattern=options.pattern,
+                                    labels=options.labels, id_column=options.id_column,
+                                    label_column=options.label_column)
+            if partial.exists():
+                # Staged copies of an interrupted one-pass run are not worth checking: redo them.
+                _remove_partial(partial, force)
+            staging = partial / _STAGING
+            partial.mkdir(parents=True)
+            _write_text(partial / _MARKER, json.dumps(identity))
+            staging.mkdir()
+            stage = str(staging)
 
-def _run(
-    src: str | os.PathLike,
-    dest: str | os.PathLike,
-    options: SplitOptions | None = None,
-    *,
-    mode: str = "copy",
-    force: bool = False,
-    progress: bool = False,
-    workers: int | None = None,
-) -> tuple[SplitPlan, SplitResult]:
-    """:func:`run` without the lock (its caller holds it)."""
-    options = options or SplitOptions()
-    workers = workers or default_workers()
-    source_path = Path(src).resolve()
-    dest = _check_target(source_path, dest, mode)
-    partial = _partial(dest)
-    # Refuse a dest holding something else before reading every file of the dump.
-    maybe_done = check_destination(source_path, dest, options, mode, force=force)
-    identity = _identity(source_path, options, mode)
-    if mode != "copy" or maybe_done or (not force and _placing(partial, identity)):
-        split_plan = plan(src, options, progress=progress, workers=workers)
-        return split_plan, _materialize(split_plan, dest, mode=mode, force=force,
-                                       progress=progress, workers=workers)
+            def check(item: tuple[int, tuple[str, str]]) -> _Checked:
+                index, (rel, _label) = item
+                return _check(source, rel, options.verify, options.min_size,
+                              lambda data: _write_bytes(os.path.join(stage, str(index)), data))
 
-    with open_source(src) as source:
-        inventory = find_images(source, options.layout, pattern=options.pattern,
-                                labels=options.labels, id_column=options.id_column,
-                                label_column=options.label_column)
-        if partial.exists():
-            # Staged copies of an interrupted one-pass run are not worth checking: redo them.
-            _remove_partial(partial, force)
-        staging = partial / _STAGING
-        partial.mkdir(parents=True)
-        _write_text(partial / _MARKER, json.dumps(identity))
-        staging.mkdir()
-        stage = str(staging)
+            try:
+                checked = _map(check, list(enumerate(inventory.items)), workers, progress,
+                               "reading")
+                split_plan = _decide(source_path, inventory, checked, options)
+            except Exception:
+                # A plan that cannot be made (a class too small, no usable image, a full disk)
+                # leaves nothing behind; an abrupt stop leaves staged copies the next run discards.
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+        staged: dict[str, str] = {}
+        for index, c in enumerate(checked):
+            if c.problem is None:
+                staged.setdefault(c.rel, str(index))
 
-        def check(item: tuple[int, tuple[str, str]]) -> _Checked:
-            index, (rel, _label) = item
-            return _check(source, rel, options.verify, options.min_size,
-                          lambda data: _write_bytes(os.path.join(stage, str(index)), data))
-
-        try:
-            checked = _map(check, list(enumerate(inventory.items)), workers, progress,
-                           "reading")
-            split_plan = _decide(source_path, inventory, checked, options)
-        except Exception:
-            # A plan that cannot be made (a class too small, no usable image, a full disk)
-            # leaves nothing behind; an abrupt stop leaves staged copies the next run discards.
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    staged: dict[str, str] = {}
-    for index, c in enumerate(checked):
-        if c.problem is None:
-            staged.setdefault(c.rel, str(index))
-
-    files_csv = split_plan.files_csv()
-    manifest = split_plan.manifest(mode)
-    # From here on the partial split is resumable like one that materialize was placing.
-    _write_text(partial / _MARKER, json.dumps(_marker(manifest, files_csv), indent=2))
-    for split_name in split_plan.splits:
-        for label in split_plan.classes:
-            (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-    out = str(partial)
-    for f in split_plan.files:
-        os.replace(os.path.join(stage, staged[f.source]), os.path.join(out, f.path))
-    _finish(partial, files_csv, split_plan.skipped_csv(), manifest)
-    _swap(partial, dest, _old(dest))
-    return split_plan, SplitResult(dest, placed=len(split_plan.files))
+        files_csv = split_plan.files_csv()
+        manifest = split_plan.manifest(mode)
+        # From here on the partial split is resumable like one that materialize was placing.
+        _write_text(partial / _MARKER, json.dumps(_marker(manifest, files_csv), indent=2))
+        for split_name in split_plan.splits:
+            for label in split_plan.classes:
+                (partial / split_name / label).mkdir(parents=True, exist_ok=True)
+        out = str(partial)
+        for f in split_plan.files:
+            os.replace(os.path.join(stage, staged[f.source]), os.path.join(out, f.path))
+        _finish(partial, files_csv, split_plan.skipped_csv(), manifest)
+        _swap(partial, dest, _old(dest))
+        return split_plan, SplitResult(dest, placed=len(split_plan.files))
 
 
 def _placing(partial: Path, identity: dict) -> bool:

@@ -3,7 +3,9 @@ writer at a time per output."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 
 import pytest
 
@@ -39,19 +41,38 @@ needs_flock = pytest.mark.skipif(
     reason="advisory locks need flock (POSIX); on Windows nothing is locked")
 
 
+@contextlib.contextmanager
+def held_elsewhere(lock):
+    """The lock taken the way another process takes it: its own descriptor, flock."""
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
 @needs_flock
 def test_a_second_writer_is_refused_at_once_and_the_lock_goes_with_the_first(tmp_path):
     from dsprep.errors import DestinationExistsError
 
     lock = tmp_path / ".out.lock"
-    with fileio.exclusive(lock, tmp_path / "out"):
-        assert lock.exists()
+    with held_elsewhere(lock):
         with pytest.raises(DestinationExistsError, match="another dsprep process"):
             with fileio.exclusive(lock, tmp_path / "out"):
                 pass
+    with fileio.exclusive(lock, tmp_path / "out"):
+        assert lock.exists()
+        with pytest.raises(BlockingIOError), held_elsewhere(lock):
+            pass
     assert not lock.exists()
     with fileio.exclusive(lock, tmp_path / "out"):  # free again
-        pass
+        with fileio.exclusive(lock, tmp_path / "out"):  # the same thread may nest it
+            assert lock.exists()
+        assert lock.exists()  # still held by the outer block
+    assert not lock.exists()
 
 
 @needs_flock
@@ -79,7 +100,7 @@ def test_a_split_or_build_into_an_output_in_use_is_refused_and_harms_nothing(tmp
     dump = make_class_folders(tmp_path / "dump", ("a", "b"), per_class=4)
     before = sorted(p.name for p in dump.rglob("*"))
     dest = tmp_path / "split"
-    with fileio.exclusive(tmp_path / ".split.split-lock", dest):
+    with held_elsewhere(tmp_path / ".split.split-lock"):
         with pytest.raises(DestinationExistsError, match="another dsprep process"):
             split.run(dump, dest)
     assert not dest.exists() and sorted(p.name for p in dump.rglob("*")) == before
@@ -88,7 +109,7 @@ def test_a_split_or_build_into_an_output_in_use_is_refused_and_harms_nothing(tmp
     out.mkdir()
     theirs = out / "train.hdf5.partial"  # another build's file in progress
     theirs.write_bytes(b"x")
-    with fileio.exclusive(out / build.BUILD_LOCK_NAME, out):
+    with held_elsewhere(out / build.BUILD_LOCK_NAME):
         with pytest.raises(DestinationExistsError, match="another dsprep process"):
             build.build_hdf5(dest, out, build.BuildOptions(size=(8, 8), workers=1))
     assert theirs.read_bytes() == b"x" and not (out / "train.hdf5").exists()
