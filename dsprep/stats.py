@@ -25,6 +25,7 @@ CHANNELS = ("R", "G", "B")
 _PIECE = 1 << 24
 # Channel planes up to this many pixels are kept per thread for the next call.
 _KEEP_PLANES = 1 << 20
+_LINE = 64  # bytes in a cache line
 
 
 def channel_sums(pixels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -53,11 +54,19 @@ _LOCAL = threading.local()
 
 
 def _planes(n: int) -> list[np.ndarray]:
-    """Three reusable (1, n) uint8 planes for this thread (fresh ones cost more than the sums)."""
+    """Three reusable (1, n) uint8 planes for this thread (fresh ones cost more than the sums).
+
+    They lie in one buffer, 16 bytes apart modulo a cache line: with the three starting at the
+    same offset in their cache lines (as separate arrays often do, depending on where the heap
+    puts them), ``cv2.split`` ran at a third of the speed (~18 us instead of 6 per 256x256
+    image).
+    """
     planes = getattr(_LOCAL, "planes", None)
     if planes is None or planes[0].shape[1] != n:
-        # Separate arrays of exactly n: cv2.split fills those ~2x faster than views of one.
-        planes = [np.empty((1, n), dtype=np.uint8) for _ in range(3)]
+        stride = -(-n // _LINE) * _LINE + _LINE // 4
+        raw = np.empty(3 * stride + _LINE, dtype=np.uint8)
+        base = -raw.ctypes.data % _LINE
+        planes = [raw[base + k * stride: base + k * stride + n].reshape(1, n) for k in range(3)]
         _LOCAL.planes = planes if n <= _KEEP_PLANES else None
     return planes
 

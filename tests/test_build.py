@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -252,11 +251,8 @@ def test_the_last_tasks_are_cut_smaller_and_keep_every_row_in_order():
     assert build._split_tail(tasks, 1) == tasks
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="only Linux's shared memory takes pwrite; elsewhere workers store "
-                           "into the mapping (the parallel build tests cover that path)")
-def test_a_worker_writes_each_image_into_its_ring_slot_through_the_descriptor(tmp_path,
-                                                                              monkeypatch):
+@pytest.mark.parametrize("advice", ["default", "refused"])
+def test_a_worker_writes_each_image_into_its_ring_slot(tmp_path, monkeypatch, advice):
     from multiprocessing import shared_memory
 
     folder = tmp_path / "imgs"
@@ -264,9 +260,10 @@ def test_a_worker_writes_each_image_into_its_ring_slot_through_the_descriptor(tm
     (folder / "bad.png").write_bytes(b"not an image")
     paths.insert(1, folder / "bad.png")
     shape = (3, 4, 16, 16, 3)
-    writes = []
-    real = build._pwrite_all
-    monkeypatch.setattr(build, "_pwrite_all", lambda *a: (writes.append(a[2]), real(*a)))
+    if advice == "refused":
+        # A kernel without MADV_POPULATE_WRITE answers EINVAL: the stores fault pages in.
+        monkeypatch.setattr(build, "_POPULATE_WRITE", -1)
+    monkeypatch.setattr(build, "_PREFAULTED", set())
     shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
     try:
         ring = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
@@ -274,14 +271,14 @@ def test_a_worker_writes_each_image_into_its_ring_slot_through_the_descriptor(tm
         decode = build._Decode((16, 16), "crop", None, False, None)
         block = build._decode_block(shm.name, shape, 2, [str(p) for p in paths], decode)
         assert block.ok == [0, 2, 3] and [s[0] for s in block.skips] == [1]
-        slot = 16 * 16 * 3 * 4
-        assert writes == [2 * slot + k * 16 * 16 * 3 for k in range(3)]
         for k, path in enumerate(p for p in paths if p.name != "bad.png"):
             np.testing.assert_array_equal(ring[2, k], reference(path, (16, 16)))
         assert (ring[2, 3] == 7).all() and (ring[:2] == 7).all()  # nothing else touched
         expected = ring[2, :3].reshape(-1, 3).astype(np.int64)
         np.testing.assert_array_equal(block.sums, expected.sum(axis=0))
         np.testing.assert_array_equal(block.squares, (expected ** 2).sum(axis=0))
+        if build._POPULATE_WRITE is not None:
+            assert build._PREFAULTED == {(shm.name, 2 * ring[0].nbytes)}  # once per slot
         del ring
     finally:
         attached = build._ATTACHED.pop(shm.name, None)
@@ -289,6 +286,17 @@ def test_a_worker_writes_each_image_into_its_ring_slot_through_the_descriptor(tm
             attached.close()
         shm.close()
         shm.unlink()
+
+
+@pytest.mark.parametrize("offset,nbytes", [(0, 4096), (2 * 64 * 227 * 227 * 3, 64 * 227 * 227 * 3),
+                                           (5, 1), (4095, 2), (3 * 4096, 10 * 4096)])
+def test_a_slot_is_prefaulted_as_the_whole_pages_that_hold_it(offset, nbytes):
+    import mmap
+
+    start, length = build._page_span(offset, nbytes)
+    page = mmap.PAGESIZE
+    assert start % page == 0 and offset - page < start <= offset
+    assert start + length == offset + nbytes
 
 
 def test_the_files_of_a_build_share_one_ring_freed_when_it_ends(tmp_path, monkeypatch):

@@ -30,6 +30,18 @@ def test_channel_sums_match_integer_numpy(rng):
     np.testing.assert_array_equal(squares, (flat * flat).sum(axis=0))
 
 
+@pytest.mark.parametrize("n", [1, 63, 65536, 256 * 341])
+def test_split_planes_are_separate_and_start_at_different_cache_line_offsets(n, rng):
+    planes = stats._planes(n)
+    starts = [p.ctypes.data for p in planes]
+    assert all(p.shape == (1, n) and p.flags.c_contiguous for p in planes)
+    assert len({s % 64 for s in starts}) == 3  # cv2.split slows to a third when they match
+    assert all(b - a >= n for a, b in zip(starts[:-1], starts[1:], strict=True))  # no overlap
+    pixels = rng.integers(0, 256, (1, n, 3), dtype=np.uint8)
+    count, sums, _ = channel_sums(pixels)
+    np.testing.assert_array_equal(sums, pixels.reshape(-1, 3).astype(np.int64).sum(axis=0))
+
+
 def test_channel_sums_stay_exact_on_large_bright_blocks(monkeypatch):
     # All-255 pixels give the largest sums; small pieces exercise the piecewise loop.
     monkeypatch.setattr(stats, "_PIECE", 1000)
