@@ -608,6 +608,20 @@ def test_pool_cap_comes_from_the_environment(monkeypatch):
         _pool().empty((6 * MIB,), np.uint8)
 
 
+@pytest.mark.parametrize("n", [2, 3, 7, 128, 1000])
+def test_a_batch_is_shared_out_in_shrinking_ranges_that_cover_it_once(n):
+    from dsprep.preprocess import _MIN_RANGE, _Ranges
+
+    ranges = list(_Ranges(n))
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges[:-1], ranges[1:], strict=True))
+    sizes = [b - a for a, b in ranges]
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(size >= _MIN_RANGE for size in sizes[:-1])
+    if n >= 8 * _MIN_RANGE:
+        assert sizes[0] == n // 4 and sizes[-1] <= _MIN_RANGE  # large first, small at the end
+
+
 def test_large_batches_split_between_two_threads_give_the_same_pixels(monkeypatch):
     import threading
 
@@ -616,10 +630,18 @@ def test_large_batches_split_between_two_threads_give_the_same_pixels(monkeypatc
     monkeypatch.setattr(preprocess._THREADS, "enabled", True)
     monkeypatch.setattr(preprocess, "_PARALLEL_MIN_BYTES", 1 << 10)
     seen = set()
+    helper_wrote = threading.Event()
     real = preprocess._WindowWriter.write
 
     def spy(self, view, flip, dst):
-        seen.add(threading.current_thread().name)
+        name = threading.current_thread().name
+        seen.add(name)
+        if name.startswith("dsprep-kernel"):
+            helper_wrote.set()
+        else:
+            # The calling thread would otherwise take every range of so small a batch before
+            # the helper wakes up: hold it until the helper has taken one.
+            helper_wrote.wait(10)
         real(self, view, flip, dst)
 
     monkeypatch.setattr(preprocess._WindowWriter, "write", spy)

@@ -439,8 +439,10 @@ def crop(
     flip_list = [False] * n if flip_mask is None else flip_mask.tolist()
     tops_list, lefts_list = tops.tolist(), lefts.tolist()
 
+    writers = _PerThread(lambda: _WindowWriter(batch.dtype, channels, (h, w), mean_vec))
+
     def cut(start: int, stop: int) -> None:
-        writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
+        writer = writers.get()
         for i in _loaded(load, start, stop):
             top, left = tops_list[i], lefts_list[i]
             writer.write(batch[i, top : top + h, left : left + w], flip_list[i], out[i])
@@ -513,7 +515,13 @@ def _kernel_threads_from_env() -> int:
 
 
 def _split_images(n: int, nbytes: int, work) -> None:
-    """``work(0, n)``, or ``work`` on two halves at once for a large batch (see _KernelThreads)."""
+    """``work(0, n)``, or ``work`` over ranges of a large batch taken by two threads at once.
+
+    The two threads take ranges from the front as they go, large first and smaller towards the
+    end (see ``_Ranges``), so they finish within about one image of each other: fixed halves
+    left one thread idle for ~7% of a batch, waiting for the other (mirrored windows and cache
+    misses differ from image to image).
+    """
     if n < 2 or nbytes < _PARALLEL_MIN_BYTES or not _THREADS.allowed():
         work(0, n)
         return
@@ -526,10 +534,15 @@ def _split_images(n: int, nbytes: int, work) -> None:
             work(0, n)
             return
         try:
-            half = n // 2
-            future = _THREADS.executor().submit(work, half, n)
+            ranges = _Ranges(n)
+
+            def drain() -> None:
+                for start, stop in ranges:
+                    work(start, stop)
+
+            future = _THREADS.executor().submit(drain)
             try:
-                work(0, half)
+                drain()
             finally:
                 future.result()
         finally:
@@ -537,6 +550,44 @@ def _split_images(n: int, nbytes: int, work) -> None:
     finally:
         with _THREADS.count_lock:
             _THREADS.active -= 1
+
+
+class _Ranges:
+    """Consecutive ranges of ``range(n)`` for two threads to take: a quarter of what is left
+    each time, never under ``_MIN_RANGE`` images (guided scheduling)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.next = 0
+        self.lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        while True:
+            with self.lock:
+                start = self.next
+                if start >= self.n:
+                    return
+                stop = min(self.n, start + max(_MIN_RANGE, (self.n - start) // 4))
+                self.next = stop
+            yield start, stop
+
+
+_MIN_RANGE = 2
+
+
+class _PerThread:
+    """One object per thread, made on first use (a kernel's scratch for the ranges it takes)."""
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make = make
+        self.made: dict[int, object] = {}
+
+    def get(self):
+        key = threading.get_ident()
+        found = self.made.get(key)
+        if found is None:
+            found = self.made[key] = self.make()
+        return found
 
 
 class _WindowWriter:
@@ -652,8 +703,10 @@ def _multi_crop(batch, size, mirrors: tuple[bool, ...], mean, out, load=None) ->
             np.copyto(out[:, k], batch[:, top : top + h, left : left + w])
         return out
 
+    writers = _PerThread(lambda: _WindowWriter(batch.dtype, channels, (h, w), mean_vec))
+
     def cut(start: int, stop: int) -> None:
-        writer = _WindowWriter(batch.dtype, channels, (h, w), mean_vec)
+        writer = writers.get()
         # Image by image, so the source image stays in cache while its windows are cut.
         for i in _loaded(load, start, stop):
             image = batch[i]
