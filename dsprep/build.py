@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import errno
 import io
 import json
 import mmap
@@ -366,17 +367,38 @@ def _prefault(shm: shared_memory.SharedMemory, offset: int, nbytes: int) -> None
     A worker stores ~200 KB per image into the shared ring; left to page faults, each 4 KB
     page costs a fault the first time this process touches it (~0.06 ms per 256x256 image,
     a twentieth of the decode), and one call here maps them all. Where the call is not
-    available, the stores fault the pages in as usual.
+    available (before Linux 5.14), the stores fault the pages in as usual.
+
+    Raises:
+        DsprepError: the shared memory has no room left for the slot (a store would kill
+            the worker with SIGBUS).
     """
+    global _POPULATE_WRITE
     key = (shm.name, offset)
     if _POPULATE_WRITE is None or key in _PREFAULTED:
         return
-    _PREFAULTED.add(key)
     mapping = getattr(shm, "_mmap", None)
     try:
         mapping.madvise(_POPULATE_WRITE, *_page_span(offset, nbytes))
-    except (AttributeError, OSError, ValueError):
-        pass  # an older kernel (EINVAL) or a mapping without madvise: page faults instead
+    except (AttributeError, ValueError):
+        _POPULATE_WRITE = None  # no madvise on this mapping: page faults from now on
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+            _POPULATE_WRITE = None  # an older kernel: page faults from now on
+        else:  # EFAULT or ENOMEM: the pages cannot be had
+            raise DsprepError(_shm_full_message(shm.size)) from exc
+    _PREFAULTED.add(key)
+
+
+def _shm_full_message(nbytes: int, free: int | None = None) -> str:
+    where = f"shared memory ({SHM_DIR})"
+    short = (f"{where} has {free / 1e6:,.0f} MB free" if free is not None
+             else f"{where} ran out of room")
+    return (
+        f"{short}; the decoding workers share {nbytes / 1e6:,.0f} MB there. Free space in it, "
+        "use fewer --workers (--workers 1 needs none), or in a container give it more "
+        "(docker run --shm-size=1g)"
+    )
 
 
 _PREFAULTED: set[tuple[str, int]] = set()
@@ -456,6 +478,8 @@ class _Ring:
     def __init__(self, blocks: int, block: int, size: tuple[int, int], shared: bool) -> None:
         self.shape = (blocks, block, size[0], size[1], 3)
         nbytes = int(np.prod(self.shape))
+        if shared:
+            _check_shm_room(nbytes)
         self.shm = shared_memory.SharedMemory(create=True, size=nbytes) if shared else None
         # Page-aligned (shared memory is mapped pages), so whole chunks can go to the file
         # with O_DIRECT straight from a slot.
@@ -472,6 +496,27 @@ class _Ring:
             except BufferError:
                 # A traceback still holds a view of the ring; the mapping goes with it.
                 pass
+
+
+# Where Linux keeps POSIX shared memory (a tmpfs; Docker gives containers 64 MB by default).
+SHM_DIR = "/dev/shm"
+
+
+def _check_shm_room(nbytes: int) -> None:
+    """Refuse at once a ring that the shared-memory file system cannot hold.
+
+    Creating it would succeed (its pages are taken only as they are written), and the
+    workers would die mid-build with SIGBUS instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        fs = os.statvfs(SHM_DIR)
+    except OSError:
+        return
+    free = fs.f_bavail * fs.f_frsize
+    if free < nbytes:
+        raise DsprepError(_shm_full_message(nbytes, free))
 
 
 class _Appender:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -297,6 +299,49 @@ def test_a_slot_is_prefaulted_as_the_whole_pages_that_hold_it(offset, nbytes):
     page = mmap.PAGESIZE
     assert start % page == 0 and offset - page < start <= offset
     assert start + length == offset + nbytes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the room check reads Linux's /dev/shm; elsewhere there is none")
+def test_a_shared_memory_without_room_for_the_ring_is_refused_before_any_worker_runs(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)  # enough tasks for two workers
+    src = make_split(tmp_path / "split")
+    real = os.statvfs
+
+    def tiny(path):
+        found = real(path)
+        if str(path) != build.SHM_DIR:
+            return found
+        # 1 MB left, as a container's small /dev/shm would be after other use.
+        return os.statvfs_result((4096, 4096, 1 << 16, 256, 256, *found[5:]))
+
+    monkeypatch.setattr(build.os, "statvfs", tiny)
+    with pytest.raises(DsprepError, match=r"shared memory \(/dev/shm\) has 1 MB free.*--workers"):
+        # A ring of 9 blocks of 4 images of 256x256: 7 MB.
+        build.build_hdf5(src, tmp_path / "out", opts(workers=2, size=(256, 256), chunk_images=4))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.hdf5*"))
+
+
+@pytest.mark.parametrize("err,refused", [(errno.EFAULT, True), (errno.ENOMEM, True),
+                                         (errno.EINVAL, False)])
+def test_a_slot_that_cannot_be_mapped_is_a_clear_error_not_a_crash(monkeypatch, err, refused):
+    class Mapping:
+        def madvise(self, *args):
+            raise OSError(err, os.strerror(err))
+
+    class Shm:
+        name, size, _mmap = "ring", 120 * 10**6, Mapping()
+
+    monkeypatch.setattr(build, "_POPULATE_WRITE", 23)
+    monkeypatch.setattr(build, "_PREFAULTED", set())
+    if refused:
+        # madvise says a store would raise SIGBUS (the shared memory is full).
+        with pytest.raises(DsprepError, match=r"ran out of room; .* share 120 MB"):
+            build._prefault(Shm(), 0, 4096)
+    else:
+        build._prefault(Shm(), 0, 4096)  # an older kernel: plain stores from now on
+        assert build._POPULATE_WRITE is None
 
 
 def test_the_files_of_a_build_share_one_ring_freed_when_it_ends(tmp_path, monkeypatch):

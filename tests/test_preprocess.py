@@ -622,6 +622,28 @@ def test_a_batch_is_shared_out_in_shrinking_ranges_that_cover_it_once(n):
         assert sizes[0] == n // 4 and sizes[-1] <= _MIN_RANGE  # large first, small at the end
 
 
+def test_when_one_kernel_thread_fails_the_other_takes_no_new_range(monkeypatch):
+    import threading
+
+    import dsprep.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess._THREADS, "enabled", True)
+    caller = threading.get_ident()
+    caller_failed = threading.Event()
+    done = []
+
+    def work(start, stop):
+        if threading.get_ident() == caller:
+            caller_failed.set()
+            raise RuntimeError("a read failed")
+        caller_failed.wait(10)  # the helper is still on its range when the caller fails
+        done.append((start, stop))
+
+    with pytest.raises(RuntimeError, match="a read failed"):
+        preprocess._split_images(64, 1 << 30, work)
+    assert len(done) <= 1  # the range it held when the caller failed, and no other
+
+
 def test_large_batches_split_between_two_threads_give_the_same_pixels(monkeypatch):
     import threading
 

@@ -357,8 +357,8 @@ Loader = Callable[[int, int], None]
 """``load(start, stop)`` fills images ``start:stop`` of a batch that was handed over unread.
 
 The generators pass one to the window kernels so that reading a batch overlaps cutting it: each
-kernel thread reads the next few images of its half, then cuts them while they are still in the
-CPU's cache. Ranges never overlap and may be loaded from two threads at once.
+kernel thread reads the next few images of the range it took, then cuts them while they are
+still in the CPU's cache. Ranges never overlap and may be loaded from two threads at once.
 """
 
 # Images loaded at a time ahead of cutting them: 8 rows of 256x256x3 are 1.5 MB (cache-sized).
@@ -458,7 +458,7 @@ _PARALLEL_MIN_BYTES = 16 << 20
 
 
 class _KernelThreads:
-    """One helper thread per process that takes half of a large batch's windows.
+    """One helper thread per process that cuts a large batch's windows with the calling thread.
 
     Used only when the machine has a second core, ``DSPREP_KERNEL_THREADS`` is not 1, and no
     other thread is cutting a batch at that moment: callers already running in parallel (as
@@ -518,9 +518,9 @@ def _split_images(n: int, nbytes: int, work) -> None:
     """``work(0, n)``, or ``work`` over ranges of a large batch taken by two threads at once.
 
     The two threads take ranges from the front as they go, large first and smaller towards the
-    end (see ``_Ranges``), so they finish within about one image of each other: fixed halves
+    end (see ``_Ranges``), so they finish within a couple of images of each other: fixed halves
     left one thread idle for ~7% of a batch, waiting for the other (mirrored windows and cache
-    misses differ from image to image).
+    misses differ from image to image). If one thread fails, the other takes no new range.
     """
     if n < 2 or nbytes < _PARALLEL_MIN_BYTES or not _THREADS.allowed():
         work(0, n)
@@ -537,8 +537,12 @@ def _split_images(n: int, nbytes: int, work) -> None:
             ranges = _Ranges(n)
 
             def drain() -> None:
-                for start, stop in ranges:
-                    work(start, stop)
+                try:
+                    for start, stop in ranges:
+                        work(start, stop)
+                except BaseException:
+                    ranges.stop()
+                    raise
 
             future = _THREADS.executor().submit(drain)
             try:
@@ -554,7 +558,7 @@ def _split_images(n: int, nbytes: int, work) -> None:
 
 class _Ranges:
     """Consecutive ranges of ``range(n)`` for two threads to take: a quarter of what is left
-    each time, never under ``_MIN_RANGE`` images (guided scheduling)."""
+    each time, at least ``_MIN_RANGE`` images but for the last (guided scheduling)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -570,6 +574,11 @@ class _Ranges:
                 stop = min(self.n, start + max(_MIN_RANGE, (self.n - start) // 4))
                 self.next = stop
             yield start, stop
+
+    def stop(self) -> None:
+        """Hand out no more ranges (the ranges already taken still run)."""
+        with self.lock:
+            self.next = self.n
 
 
 _MIN_RANGE = 2
