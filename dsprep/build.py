@@ -392,10 +392,10 @@ def _prefault(shm: shared_memory.SharedMemory, offset: int, nbytes: int) -> None
 
 def _shm_full_message(nbytes: int, free: int | None = None) -> str:
     where = f"shared memory ({SHM_DIR})"
-    short = (f"{where} has {free / 1e6:,.0f} MB free" if free is not None
+    short = (f"{where} has {free / 1e6:,.1f} MB free" if free is not None
              else f"{where} ran out of room")
     return (
-        f"{short}; the decoding workers share {nbytes / 1e6:,.0f} MB there. Free space in it, "
+        f"{short}; the decoding workers need {nbytes / 1e6:,.1f} MB there. Free space in it, "
         "use fewer --workers (--workers 1 needs none), or in a container give it more "
         "(docker run --shm-size=1g)"
     )
@@ -478,8 +478,6 @@ class _Ring:
     def __init__(self, blocks: int, block: int, size: tuple[int, int], shared: bool) -> None:
         self.shape = (blocks, block, size[0], size[1], 3)
         nbytes = int(np.prod(self.shape))
-        if shared:
-            _check_shm_room(nbytes)
         self.shm = shared_memory.SharedMemory(create=True, size=nbytes) if shared else None
         # Page-aligned (shared memory is mapped pages), so whole chunks can go to the file
         # with O_DIRECT straight from a slot.
@@ -502,21 +500,32 @@ class _Ring:
 SHM_DIR = "/dev/shm"
 
 
-def _check_shm_room(nbytes: int) -> None:
-    """Refuse at once a ring that the shared-memory file system cannot hold.
+def _ring_blocks(wanted: int, least: int, block_bytes: int) -> int:
+    """How many ring blocks to make: ``wanted``, or as many as the shared memory can hold.
 
-    Creating it would succeed (its pages are taken only as they are written), and the
-    workers would die mid-build with SIGBUS instead.
+    Creating a ring never fails for lack of room (its pages are taken only as they are
+    written); the workers would die mid-build with SIGBUS instead. So on Linux the free space
+    of /dev/shm is checked first: a small one (a container's is 64 MB unless given more) gets
+    fewer blocks, down to ``least`` (one per worker and one being written), and below that the
+    build is refused with what to do.
     """
     if not sys.platform.startswith("linux"):
-        return
+        return wanted
     try:
         fs = os.statvfs(SHM_DIR)
     except OSError:
-        return
+        return wanted
     free = fs.f_bavail * fs.f_frsize
-    if free < nbytes:
-        raise DsprepError(_shm_full_message(nbytes, free))
+    fit = int(free * _SHM_SHARE) // block_bytes
+    if fit >= wanted:
+        return wanted
+    if fit >= least:
+        return fit
+    raise DsprepError(_shm_full_message(least * block_bytes, free))
+
+
+# The part of /dev/shm's free space a ring may take when it cannot have all it wants.
+_SHM_SHARE = 0.9
 
 
 class _Appender:
@@ -708,7 +717,9 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
     # Each in-flight task owns one block of the ring.
     if parallel:
         # Full size even for a short file: shared memory takes pages only where written.
-        ring = _take_ring(_BLOCKS_PER_WORKER * workers + 1, block, options.size)
+        blocks = _ring_blocks(_BLOCKS_PER_WORKER * workers + 1, workers + 1,
+                              block * options.size[0] * options.size[1] * 3)
+        ring = _take_ring(blocks, block, options.size)
         tasks = _split_tail(tasks, workers)
     else:
         ring = _Ring(1, block, options.size, shared=False)

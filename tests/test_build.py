@@ -303,24 +303,38 @@ def test_a_slot_is_prefaulted_as_the_whole_pages_that_hold_it(offset, nbytes):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="the room check reads Linux's /dev/shm; elsewhere there is none")
-def test_a_shared_memory_without_room_for_the_ring_is_refused_before_any_worker_runs(
-        tmp_path, monkeypatch):
+@pytest.mark.parametrize("free_blocks", [2.5, 5, 100])
+def test_the_ring_takes_what_dev_shm_can_hold_or_the_build_is_refused_at_once(
+        tmp_path, monkeypatch, free_blocks):
     monkeypatch.setattr(build, "_TASK_IMAGES", 4)  # enough tasks for two workers
     src = make_split(tmp_path / "split")
+    block_bytes = 4 * 256 * 256 * 3  # blocks of 4 images of 256x256
     real = os.statvfs
 
-    def tiny(path):
+    def small(path):
         found = real(path)
         if str(path) != build.SHM_DIR:
             return found
-        # 1 MB left, as a container's small /dev/shm would be after other use.
-        return os.statvfs_result((4096, 4096, 1 << 16, 256, 256, *found[5:]))
+        return os.statvfs_result((4096, 4096, 1 << 20, 1 << 20,
+                                  int(free_blocks * block_bytes) // 4096, *found[5:]))
 
-    monkeypatch.setattr(build.os, "statvfs", tiny)
-    with pytest.raises(DsprepError, match=r"shared memory \(/dev/shm\) has 1 MB free.*--workers"):
-        # A ring of 9 blocks of 4 images of 256x256: 7 MB.
-        build.build_hdf5(src, tmp_path / "out", opts(workers=2, size=(256, 256), chunk_images=4))
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.hdf5*"))
+    monkeypatch.setattr(build.os, "statvfs", small)
+    made = []
+    real_take = build._take_ring
+    monkeypatch.setattr(build, "_take_ring",
+                        lambda blocks, *a: (made.append(blocks), real_take(blocks, *a))[1])
+    out = tmp_path / "out"
+    options = opts(workers=2, size=(256, 256), chunk_images=4)
+    if free_blocks < 3:  # one block per worker and one being written: 3 at least
+        with pytest.raises(DsprepError, match=r"shared memory \(/dev/shm\) has 2.0 MB free; "
+                                              r"the decoding workers need 2.4 MB.*--workers"):
+            build.build_hdf5(src, out, options)
+        assert not out.exists() or not any(out.glob("*.hdf5*"))
+        return
+    report = build.build_hdf5(src, out, options)
+    assert [f.count for f in report.files] == [18, 6, 6]
+    # 9 blocks are wanted (4 per worker and 1); 90% of 5 blocks' room holds 4.
+    assert set(made) == ({4} if free_blocks == 5 else {9})
 
 
 @pytest.mark.parametrize("err,refused", [(errno.EFAULT, True), (errno.ENOMEM, True),
@@ -337,7 +351,7 @@ def test_a_slot_that_cannot_be_mapped_is_a_clear_error_not_a_crash(monkeypatch, 
     monkeypatch.setattr(build, "_PREFAULTED", set())
     if refused:
         # madvise says a store would raise SIGBUS (the shared memory is full).
-        with pytest.raises(DsprepError, match=r"ran out of room; .* share 120 MB"):
+        with pytest.raises(DsprepError, match=r"ran out of room; .* need 120.0 MB"):
             build._prefault(Shm(), 0, 4096)
     else:
         build._prefault(Shm(), 0, 4096)  # an older kernel: plain stores from now on
