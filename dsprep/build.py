@@ -40,7 +40,7 @@ from .errors import (
 from .fileio import exclusive, write_atomic
 from .sources import UNREADABLE, class_folder_files
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
-from .stats import ChannelStats, means_record, write_means
+from .stats import ChannelStats, ImageSums, means_record, write_means
 
 SPLITS = ("train", "val", "test")
 ORDERS = ("shuffled", "sorted")
@@ -325,7 +325,7 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
     ok: list[int] = []
     # Summed image by image while each is still in the CPU's cache (a whole block afterwards
     # comes back from memory); the sums are exact integers, so this equals a block's sums.
-    totals = ChannelStats()
+    totals = ImageSums()
     skips: list[tuple[int, str, str]] = []
     for pos, path in enumerate(paths):
         try:
@@ -346,7 +346,7 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
         except OSError as exc:
             skips.append((pos, UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}"))
             continue
-        totals.update(pixels, 1)
+        totals.add(pixels)
         ok.append(pos)
     return _Block(ok, skips, totals.pixels, totals.sums, totals.squares)
 

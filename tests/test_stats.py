@@ -42,6 +42,22 @@ def test_split_planes_are_separate_and_start_at_different_cache_line_offsets(n, 
     np.testing.assert_array_equal(sums, pixels.reshape(-1, 3).astype(np.int64).sum(axis=0))
 
 
+def test_image_sums_add_images_one_by_one_exactly(rng, monkeypatch):
+    monkeypatch.setattr(stats, "_PIECE", 100)  # the third image is cut into pieces
+    images = [rng.integers(0, 256, (7, 9, 3), dtype=np.uint8),
+              np.full((5, 6, 3), 255, dtype=np.uint8),
+              rng.integers(0, 256, (12, 11, 3), dtype=np.uint8),
+              rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)[:, ::2]]  # not contiguous
+    acc = stats.ImageSums()
+    for image in images:
+        acc.add(image)
+    flat = np.concatenate([i.reshape(-1, 3) for i in images]).astype(np.int64)
+    assert (acc.pixels, acc.images) == (len(flat), 4)
+    np.testing.assert_array_equal(acc.sums, flat.sum(axis=0))
+    np.testing.assert_array_equal(acc.squares, (flat * flat).sum(axis=0))
+    assert acc.sums.dtype == acc.squares.dtype == np.int64
+
+
 def test_channel_sums_stay_exact_on_large_bright_blocks(monkeypatch):
     # All-255 pixels give the largest sums; small pieces exercise the piecewise loop.
     monkeypatch.setattr(stats, "_PIECE", 1000)
