@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (300 images)")
     parser.add_argument("--images", type=int, default=5000, help="images in the dump")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (best kept)")
     parser.add_argument("--memory-check", action="store_true",
                         help="also compare dsprep's peak RSS on N and 4N images")
     parser.add_argument("--workdir", type=Path, help="keep generated data here")
