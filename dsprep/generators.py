@@ -240,13 +240,13 @@ class HDF5Generator(_BatchSequence):
     2 shared cores; tools/bench/bench_generators.py):
 
     - ``"none"``: contiguous slices in file order, read straight into the batch: ~38,000 uint8
-      images/s, 0.92-0.95 of a plain ``np.copyto`` from memory; the patch + flip + mean
-      pipeline ~13,000 float32 images/s.
+      images/s, 0.89-0.95 of a plain ``np.copyto`` from memory; the patch + flip + mean
+      pipeline 11,500-18,400 float32 images/s (bound by memory bandwidth: 79 MB per batch).
     - ``"batches"``: the same contiguous reads, the order of the batches shuffled each epoch
       (the short tail batch stays last; with ``drop_last`` the start moves each epoch so no
       row is always left out). Same speed as "none".
     - ``"full"``: every batch drawn from anywhere in the file, its rows read in file order into
-      their places in the batch: 0.67-0.97 of "batches" through the patch + flip + mean
+      their places in the batch: 0.62-0.97 of "batches" through the patch + flip + mean
       pipeline (the reads are copies; "batches" cuts from the mapped file, below).
       With lzf/gzip every chunk a batch touches is decompressed once, so prefer uncompressed
       files for "full". (h5py fancy indexing, which this avoids, reads ~100 rows/s.)
