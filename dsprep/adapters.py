@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import keras
@@ -23,13 +22,6 @@ class KerasDataset(keras.utils.PyDataset):
     processes. Pass ``shuffle=False`` to ``model.fit``: the generator already shuffles,
     reproducibly, and Keras would otherwise also reorder the batches at random.
 
-    With ``workers`` > 1 threads (not processes), the dataset reads ahead itself: while Keras
-    uses batch ``i``, threads of its own compute batches ``i+1`` to ``i+workers`` (see
-    ``ReadAhead``), and Keras sees a dataset it reads in order from one thread
-    (``ds.workers == 1``; ``ds.threads`` is the number asked for). Keras's own thread pool
-    passes each batch through two more threads of its own and delivered less than half as
-    many batches per second (2 cores: 22,000 against 49,000 150x150 images/s).
-
     Keras calls ``on_epoch_end`` once more than there are epochs (as a reset before the first
     one); the generator advances only at the end of an epoch that began, so every Keras epoch
     sees a new order. Under the JAX and PyTorch backends the first ``fit`` of a model whose
@@ -40,104 +32,25 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
-        self.threads = workers if workers > 1 and not use_multiprocessing else 0
-        super().__init__(workers=1 if self.threads else workers,
-                         use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
+                         max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
-        self._ahead = ReadAhead(gen, self.threads) if self.threads else None
 
     def __len__(self) -> int:
         return len(self.gen)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._ahead is not None:
-            return self._ahead.get(index)
         return self.gen[index]
 
     def on_epoch_begin(self) -> None:
-        if self._ahead is not None:
-            self._ahead.drain()
         self._begun = True
 
     def on_epoch_end(self) -> None:
-        if self._ahead is not None:
-            # No batch may still be computing when the generator moves to its next epoch.
-            self._ahead.drain()
         # Keras versions without on_epoch_begin never set _begun: forward every call there.
         if self._begun or not _KERAS_BEGINS_EPOCHS:
             self.gen.on_epoch_end()
         self._begun = False
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_ahead"] = None  # threads and futures stay in this process
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if self.threads:
-            self._ahead = ReadAhead(self.gen, self.threads)
-
-
-class ReadAhead:
-    """Computes the next batches of a sequence on threads while the caller uses this one.
-
-    ``get(i)`` returns ``seq[i]``; when the calls come in order (``i`` right after the last
-    one), batches ``i+1`` to ``i+threads`` are already being computed, each on a thread of
-    its own (dsprep's generators are safe to index from several threads and give the same
-    batch whichever thread computes it). Out-of-order calls are answered directly and start
-    no read-ahead. A change of the sequence's ``epoch`` (``set_epoch``, ``on_epoch_end``)
-    discards what was read ahead: call :meth:`drain` before changing it, so that no batch is
-    computed while the generator changes under it.
-    """
-
-    def __init__(self, seq: Any, threads: int) -> None:
-        if threads < 1:
-            raise UsageError(f"threads must be 1 or more, got {threads!r}")
-        self.seq = seq
-        self.threads = threads
-        self._pending: dict[int, Future] = {}
-        self._last: int | None = None
-        self._epoch = getattr(seq, "epoch", None)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid: int | None = None
-
-    def get(self, index: int):
-        epoch = getattr(self.seq, "epoch", None)
-        if epoch != self._epoch:
-            self.drain()
-            self._epoch = epoch
-        found = self._pending.pop(index, None)
-        if self._last is None or index == self._last + 1:
-            stop = min(len(self.seq), index + 1 + self.threads)
-            for ahead in range(index + 1, stop):
-                if ahead not in self._pending:
-                    self._pending[ahead] = self._executor().submit(self.seq.__getitem__, ahead)
-        elif self._pending:
-            self.drain()  # out of order: what was read ahead is not what comes next
-        self._last = index
-        return found.result() if found is not None else self.seq[index]
-
-    def drain(self) -> None:
-        """Wait for the batches being read ahead and drop them (their errors with them)."""
-        pending, self._pending = self._pending, {}
-        self._last = None
-        for future in pending.values():
-            future.cancel()
-        for future in pending.values():
-            if not future.cancelled():
-                try:
-                    future.result()
-                except BaseException:  # a batch nobody asked for
-                    pass
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None or self._pid != os.getpid():
-            # A pool inherited through fork has no thread in this process.
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dsprep-read-ahead")
-            self._pid = os.getpid()
-        return self._pool
 
 
 _KERAS_BEGINS_EPOCHS = hasattr(keras.utils.PyDataset, "on_epoch_begin")
@@ -170,8 +83,7 @@ def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,
     Args:
         gen: an HDF5Generator, DirectoryGenerator or any sequence of (x, y) batches with
             ``on_epoch_end``.
-        workers: batches computed at once: threads that read ahead of Keras (see
-            ``KerasDataset``), or processes with use_multiprocessing.
+        workers: batches computed at once (threads, or processes with use_multiprocessing).
         use_multiprocessing: compute batches in worker processes (forked on Linux; under the
             JAX backend, which is multithreaded, prefer threads: ``workers`` > 1 alone).
         max_queue_size: batches Keras keeps ready ahead of the model.
