@@ -6,7 +6,10 @@ The only generator-facing module that imports Keras; ``as_tf_dataset`` also need
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import keras
@@ -20,7 +23,16 @@ class KerasDataset(keras.utils.PyDataset):
 
     Forwards ``len`` and indexing; pickles with its generator, so Keras can hand it to worker
     processes. Pass ``shuffle=False`` to ``model.fit``: the generator already shuffles,
-    reproducibly, and Keras would otherwise also reorder the batches at random.
+    reproducibly, and Keras would otherwise also reorder the batches at random (and, with
+    threads, ask for them out of order, which reading ahead cannot serve).
+
+    With ``workers`` > 1 threads (not processes) the dataset reads ahead itself: while Keras
+    uses batch ``i``, threads of its own compute batches ``i+1`` to ``i+workers`` (see
+    ``ReadAhead``), and Keras reads the dataset in order from one thread (``ds.workers`` is 1;
+    ``ds.threads`` is the number asked for; ``max_queue_size`` then plays no part). Keras's
+    own thread pool passes each batch through two more threads and delivered a third as many
+    batches per second (2 cores: 21,000 against 61,000 150x150 images/s). Epoch changes wait
+    for the batches in flight: give ``EpochSync`` this dataset rather than its generator.
 
     Keras calls ``on_epoch_end`` once more than there are epochs (as a reset before the first
     one); the generator advances only at the end of an epoch that began, so every Keras epoch
@@ -32,25 +44,187 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
-                         max_queue_size=max_queue_size)
+        self.threads = workers if workers > 1 and not use_multiprocessing else 0
+        super().__init__(workers=1 if self.threads else workers,
+                         use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
+        self._ahead = ReadAhead(gen, self.threads) if self.threads else None
 
     def __len__(self) -> int:
         return len(self.gen)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._ahead is not None:
+            return self._ahead.get(index)
         return self.gen[index]
 
+    @property
+    def epoch(self) -> int | None:
+        return getattr(self.gen, "epoch", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the generator's epoch, once no batch of the dataset is being made."""
+        self._change(lambda: self.gen.set_epoch(epoch))
+
     def on_epoch_begin(self) -> None:
+        self._change(None)
         self._begun = True
 
     def on_epoch_end(self) -> None:
         # Keras versions without on_epoch_begin never set _begun: forward every call there.
-        if self._begun or not _KERAS_BEGINS_EPOCHS:
-            self.gen.on_epoch_end()
+        advance = self._begun or not _KERAS_BEGINS_EPOCHS
         self._begun = False
+        self._change(self.gen.on_epoch_end if advance else None, end=True)
+
+    def _change(self, apply: Callable[[], None] | None, end: bool = False) -> None:
+        if self._ahead is not None:
+            self._ahead.change(apply, stop_threads=end)
+        elif apply is not None:
+            apply()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_ahead"] = None  # threads and futures stay in this process
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.threads:
+            self._ahead = ReadAhead(self.gen, self.threads)
+
+
+class ReadAhead:
+    """Computes the next batches of a sequence on threads while the caller uses this one.
+
+    ``get(i)`` returns ``seq[i]``; when the calls come in order (``i`` right after the last
+    one), batches ``i+1`` to ``i+threads`` are already being computed, each on a thread of its
+    own (dsprep's generators are safe to index from several threads and give the same batch
+    whichever thread computes it). An out-of-order call is answered directly and drops what
+    was read ahead.
+
+    Whatever changes the batches (an epoch change) goes through :meth:`change`, which waits
+    until no batch is being made, drops what was read ahead, applies the change and lets
+    ``get`` go on: a batch is never made across a change, even when ``get`` is called from
+    another thread (TensorFlow's input pipeline calls it from its own). A sequence whose
+    ``epoch`` changed without :meth:`change` is noticed at the next ``get``, and what was read
+    ahead is dropped then.
+    """
+
+    def __init__(self, seq: Any, threads: int) -> None:
+        if threads < 1:
+            raise UsageError(f"threads must be 1 or more, got {threads!r}")
+        self.seq = seq
+        self.threads = threads
+        self._cond = threading.Condition()
+        self._pending: dict[int, Future] = {}
+        self._orphans: list[Future] = []  # dropped while running: waited for by change()
+        self._busy = 0  # get() calls under way
+        self._changing = 0  # change() calls waiting for them, or applying
+        self._last: int | None = None
+        self._epoch = getattr(seq, "epoch", None)
+        self._pool: ThreadPoolExecutor | None = None
+        _READERS.add(self)
+
+    def get(self, index: int):
+        with self._cond:
+            while self._changing:
+                self._cond.wait()
+            epoch = getattr(self.seq, "epoch", None)
+            if epoch != self._epoch:
+                self._epoch = epoch
+                self._drop(self._take())
+            found = self._pending.pop(index, None)
+            if self._last is None or index == self._last + 1:
+                stop = min(len(self.seq), index + 1 + self.threads)
+                for ahead in range(index + 1, stop):
+                    if ahead not in self._pending:
+                        self._pending[ahead] = self._executor().submit(self.seq.__getitem__,
+                                                                       ahead)
+            elif self._pending:
+                self._drop(self._take())  # out of order: not what comes next
+            self._last = index
+            self._busy += 1
+        try:
+            return found.result() if found is not None else self.seq[index]
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def change(self, apply: Callable[[], None] | None = None, stop_threads: bool = False) -> None:
+        """Wait until no batch is being made, drop what was read ahead, then ``apply()``.
+
+        With ``stop_threads`` the threads end too (the next ``get`` starts new ones): an epoch
+        that ended leaves no thread behind, even where the dataset itself lives on.
+        """
+        with self._cond:
+            self._changing += 1
+            try:
+                while self._busy:
+                    self._cond.wait()
+                pending = list(self._take().values()) + self._orphans
+                self._orphans = []
+            except BaseException:
+                self._changing -= 1
+                self._cond.notify_all()
+                raise
+        try:
+            _wait(pending)
+            if apply is not None:
+                apply()
+        finally:
+            with self._cond:
+                self._epoch = getattr(self.seq, "epoch", None)
+                self._last = None
+                pool = None
+                if stop_threads:
+                    pool, self._pool = self._pool, None
+                self._changing -= 1
+                self._cond.notify_all()
+            if pool is not None:
+                pool.shutdown(wait=True)  # idle: every batch it ran is done
+
+    def _take(self) -> dict[int, Future]:
+        pending, self._pending = self._pending, {}
+        self._last = None
+        return pending
+
+    def _drop(self, pending: dict[int, Future]) -> None:
+        """Forget batches nobody will ask for; the next change() waits for those running."""
+        self._orphans = [f for f in self._orphans if not f.done()]
+        self._orphans += [f for f in pending.values() if not f.cancel()]
+
+    def _reset_in_child(self) -> None:
+        # A forked child has none of the parent's threads (its futures would never finish),
+        # and a lock another thread held at the fork would never be released.
+        self._cond = threading.Condition()
+        self._pool, self._pending, self._orphans = None, {}, []
+        self._busy, self._changing, self._last = 0, 0, None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dsprep-read-ahead")
+        return self._pool
+
+
+# Every ReadAhead, weakly, so a forked child can reset them all.
+_READERS: weakref.WeakSet[ReadAhead] = weakref.WeakSet()
+
+
+def _reset_readers_in_child() -> None:
+    for reader in list(_READERS):
+        reader._reset_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_readers_in_child)
+
+
+def _wait(futures: Iterable[Future]) -> None:
+    """Cancel what has not started and wait for the rest; their errors are nobody's now."""
+    futures = [f for f in futures if not f.cancel()]
+    wait(futures)
 
 
 _KERAS_BEGINS_EPOCHS = hasattr(keras.utils.PyDataset, "on_epoch_begin")
@@ -67,8 +241,14 @@ class EpochSync(keras.callbacks.Callback):
 
     def __init__(self, *datasets: Any) -> None:
         super().__init__()
-        gens = (getattr(d, "gen", d) for d in datasets if d is not None)
-        self.gens = [g for g in gens if hasattr(g, "set_epoch")]
+        self.gens = []
+        for d in datasets:
+            gen = getattr(d, "gen", d)
+            if d is None or not (hasattr(gen, "set_epoch") and hasattr(gen, "epoch")):
+                continue
+            # A dataset sets its generator's epoch itself, once none of its batches is being
+            # made (it may be reading ahead on threads); a bare generator is set directly.
+            self.gens.append(d if isinstance(d, KerasDataset) else gen)
 
     def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
         for gen in self.gens:
@@ -83,7 +263,8 @@ def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,
     Args:
         gen: an HDF5Generator, DirectoryGenerator or any sequence of (x, y) batches with
             ``on_epoch_end``.
-        workers: batches computed at once (threads, or processes with use_multiprocessing).
+        workers: batches computed at once: threads that read ahead of Keras (see
+            ``KerasDataset``), or processes with use_multiprocessing.
         use_multiprocessing: compute batches in worker processes (forked on Linux; under the
             JAX backend, which is multithreaded, prefer threads: ``workers`` > 1 alone).
         max_queue_size: batches Keras keeps ready ahead of the model.

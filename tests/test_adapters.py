@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -91,7 +92,8 @@ def test_as_keras_forwards_and_pickles(h5file):
     gen = HDF5Generator(h5file[0], batch_size=10, shuffle="full", seed=1)
     ds = as_keras(gen, workers=2, max_queue_size=4)
     assert isinstance(ds, keras.utils.PyDataset)
-    assert len(ds) == 5 and ds.num_batches == 5 and ds.workers == 2
+    # Two threads read ahead of Keras, which reads the dataset in order from one thread.
+    assert len(ds) == 5 and ds.num_batches == 5 and ds.workers == 1 and ds.threads == 2
     np.testing.assert_array_equal(ds[1][0], gen[1][0])
     ds.on_epoch_end()  # a reset before any epoch began (what Keras does first)
     assert gen.epoch == 0
@@ -104,8 +106,166 @@ def test_as_keras_forwards_and_pickles(h5file):
         as_keras(gen, max_queue_size=0)
 
 
+class Slow:
+    """A sequence whose batches take a while and record the thread and epoch they ran in."""
+
+    def __init__(self, n=12, fail=None):
+        import threading
+
+        self.n, self.fail, self.epoch = n, fail, 0
+        self.calls = []
+        self.lock = threading.Lock()
+        self.running = 0
+        self.overlapped = False
+        self.torn = []  # batches during which the epoch changed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        import threading
+
+        with self.lock:
+            self.running += 1
+            self.overlapped |= self.running > 1
+        try:
+            epoch = self.epoch
+            time.sleep(0.005)
+            if index == self.fail:
+                raise RuntimeError(f"batch {index} failed")
+            if self.epoch != epoch:
+                self.torn.append(index)
+            self.calls.append((epoch, index, threading.current_thread().name))
+            return np.full((2, 3), 10 * epoch + index), np.array([index, index])
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+
+def test_read_ahead_gives_each_batch_of_each_epoch_in_order_made_on_its_threads():
+    from dsprep.adapters import as_keras
+
+    seq = Slow()
+    ds = as_keras(seq, workers=3)
+    for epoch in range(2):
+        ds.on_epoch_begin()
+        got = [int(ds[i][0][0, 0]) for i in range(len(ds))]
+        assert got == [10 * epoch + i for i in range(12)]
+        ds.on_epoch_end()
+    assert seq.epoch == 2
+    made = sorted((e, i) for e, i, _ in seq.calls)
+    assert made == [(e, i) for e in range(2) for i in range(12)]  # each batch made once
+    assert seq.overlapped  # computed side by side
+    ahead = [name for e, i, name in seq.calls if i > 0]
+    assert all(name.startswith("dsprep-read-ahead") for name in ahead)
+
+
+def test_an_epoch_cut_short_waits_for_the_batches_read_ahead_before_it_ends():
+    from dsprep.adapters import as_keras
+
+    seq = Slow()
+    ds = as_keras(seq, workers=4)
+    ds.on_epoch_begin()
+    ds[0], ds[1]  # batches 2 to 5 are being read ahead
+    ds.on_epoch_end()  # e.g. steps_per_epoch=2
+    time.sleep(0.1)  # long enough for any batch still running to finish and record itself
+    # Each batch read ahead was finished in epoch 0 or never started: none was torn between
+    # two epochs, and none was made for epoch 1 before anyone asked for it.
+    assert seq.epoch == 1 and seq.torn == []
+    assert [i for e, i, _ in seq.calls if e == 1] == []
+    ds.on_epoch_begin()
+    assert int(ds[0][0][0, 0]) == 10 and int(ds[1][0][0, 0]) == 11
+
+
+def test_read_ahead_answers_out_of_order_calls_and_drops_what_it_read_for_another_epoch():
+    from dsprep.adapters import ReadAhead
+
+    seq = Slow()
+    ahead = ReadAhead(seq, 2)
+    assert int(ahead.get(0)[0][0, 0]) == 0  # starts 1 and 2
+    assert int(ahead.get(7)[0][0, 0]) == 7  # out of order: answered directly
+    assert int(ahead.get(3)[0][0, 0]) == 3
+    ahead.change()
+    assert int(ahead.get(0)[0][0, 0]) == 0
+    assert int(ahead.get(1)[0][0, 0]) == 1  # 2 and 3 are being read ahead, in epoch 0
+    seq.epoch = 5  # changed on the generator itself, not through change()
+    assert int(ahead.get(2)[0][0, 0]) == 52  # not the batch read ahead in epoch 0
+    assert int(ahead.get(3)[0][0, 0]) == 53
+    ahead.change()
+    assert not ahead._pending
+
+
+def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
+    """TensorFlow's input thread keeps asking for batches while Keras ends an epoch on its own
+    thread (fit with steps_per_epoch): no batch may be made across the change."""
+    import threading
+
+    from dsprep.adapters import as_keras
+
+    seq = Slow(n=40)
+    ds = as_keras(seq, workers=3)
+    ds.on_epoch_begin()
+    got = []
+
+    def reader():
+        for i in range(40):
+            got.append((i, int(ds[i][0][0, 0])))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.04)
+    ds.on_epoch_end()  # mid-pass, from this thread
+    ds.on_epoch_begin()
+    thread.join(30)
+    time.sleep(0.05)
+    assert seq.torn == []
+    assert sorted(i for i, _ in got) == list(range(40))
+    assert all(v - i in (0, 10) for i, v in got)  # each batch whole, of epoch 0 or epoch 1
+    assert any(v - i == 10 for i, v in got)  # and the change came mid-pass
+
+
+def test_an_epoch_that_ends_leaves_no_read_ahead_thread_behind():
+    import threading
+
+    from dsprep.adapters import as_keras
+
+    def threads():
+        return [t for t in threading.enumerate() if t.name.startswith("dsprep-read-ahead")]
+
+    before = set(threads())
+    ds = as_keras(Slow(), workers=3)
+    for _ in range(2):
+        ds.on_epoch_begin()
+        for i in range(len(ds)):
+            ds[i]
+        mine = set(threads()) - before
+        assert mine
+        ds.on_epoch_end()
+        # Ended with the epoch, even though the dataset is kept (as tf.data keeps it).
+        assert not any(t.is_alive() for t in mine)
+
+
+def test_a_batch_that_fails_while_read_ahead_fails_when_it_is_asked_for():
+    from dsprep.adapters import ReadAhead
+
+    seq = Slow(fail=2)
+    ahead = ReadAhead(seq, 2)
+    ahead.get(0)
+    ahead.get(1)
+    with pytest.raises(RuntimeError, match="batch 2 failed"):
+        ahead.get(2)
+    # Read ahead, never asked for: dropped with its error.
+    seq2 = Slow(fail=1)
+    ahead2 = ReadAhead(seq2, 2)
+    ahead2.get(0)
+    ahead2.change()  # batch 1 failed, read ahead: nobody asked for it, nothing raised
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("workers, multi", [(1, False), (2, True)])
+@pytest.mark.parametrize("workers, multi", [(1, False), (2, False), (2, True)])
 def test_fit_one_epoch_through_as_keras(h5file, workers, multi):
     import keras
 
@@ -143,23 +303,49 @@ def full_epochs(gen):
 
 
 @pytest.mark.slow
-def test_epoch_sync_pins_generator_epoch_to_keras_epoch(h5file):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_epoch_sync_pins_generator_epoch_to_keras_epoch(h5file, workers):
     """Whatever probing pass the backend makes, Keras epoch e reads generator epoch e."""
     import keras
 
-    from dsprep.adapters import as_keras
+    from dsprep.adapters import KerasDataset
+
+    class Delivered(KerasDataset):
+        """Keeps each batch handed to Keras, with the generator epoch it was handed out in."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.delivered = []
+
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            self.delivered.append((self.gen.epoch, index, x.copy()))
+            return x, y
+
+    def full_epochs(ds):
+        by_epoch = {}
+        for epoch, index, _ in ds.delivered:
+            by_epoch.setdefault(epoch, set()).add(index)
+        return sorted(e for e, seen in by_epoch.items() if seen == set(range(len(ds))))
 
     gen = Recording(h5file[0], batch_size=16, shuffle="full", seed=3)
     model = tiny_model(keras)
-    ds = as_keras(gen)
+    ds = Delivered(gen, workers=workers)  # 3: read ahead on threads
     model.fit(ds, epochs=2, shuffle=False, verbose=0, callbacks=[EpochSync(ds)])
-    assert full_epochs(gen) == [0, 1]
-    assert {e for e, _ in gen.served} == {0, 1}
+    assert full_epochs(ds) == [0, 1]
+    assert {e for e, *_ in ds.delivered} == {0, 1}
+    if workers == 1:
+        assert {e for e, _ in gen.served} == {0, 1}  # nothing made but what was asked for
     # A resumed fit starts at its initial epoch.
-    gen.served.clear()
+    ds.delivered.clear()
     model.fit(ds, epochs=5, initial_epoch=3, shuffle=False, verbose=0,
               callbacks=[EpochSync(gen)])
-    assert full_epochs(gen) == [3, 4]
+    assert full_epochs(ds) == [3, 4]
+    # And each batch is the one the generator makes for that epoch and index.
+    fresh = HDF5Generator(h5file[0], batch_size=16, shuffle="full", seed=3)
+    for epoch, index, x in ds.delivered:
+        fresh.set_epoch(epoch)
+        np.testing.assert_array_equal(x, fresh[index][0])
 
 
 def test_epoch_sync_leaves_plain_sequences_alone():

@@ -401,11 +401,12 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     calls = _callbacks(run, config, monitor, history, validation)
     from ..adapters import EpochSync
 
-    # Keras epoch e reads generator epoch e under every backend, on a resume too.
-    calls.insert(0, EpochSync(bundle.train))
+    train = _as_keras(bundle.train, config.workers)
+    # Keras epoch e reads generator epoch e under every backend, on a resume too (set through
+    # the dataset, which waits for the batches it is reading ahead).
+    calls.insert(0, EpochSync(train))
     if initial_epoch < config.epochs:
-        model.fit(_as_keras(bundle.train, config.workers),
-                  validation_data=_as_keras(bundle.val, config.workers),
+        model.fit(train, validation_data=_as_keras(bundle.val, config.workers),
                   epochs=config.epochs, initial_epoch=initial_epoch, callbacks=calls,
                   # The generator shuffles, reproducibly from its seed and epoch.
                   shuffle=False,
