@@ -49,7 +49,10 @@ class KerasDataset(keras.utils.PyDataset):
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
-        self._ahead = ReadAhead(gen, self.threads) if self.threads else None
+        # Threads or not, batches go through a ReadAhead (with no threads it reads nothing
+        # ahead): an epoch change then waits for a batch that TensorFlow's input thread is
+        # still making. Worker processes hold their own copies.
+        self._ahead = None if use_multiprocessing else ReadAhead(gen, self.threads)
 
     def __len__(self) -> int:
         return len(self.gen)
@@ -90,12 +93,15 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        if self.threads:
+        if not self.use_multiprocessing:
             self._ahead = ReadAhead(self.gen, self.threads)
 
 
 class ReadAhead:
     """Computes the next batches of a sequence on threads while the caller uses this one.
+
+    With ``threads=0`` nothing is read ahead, but :meth:`change` still waits for the batch
+    being made.
 
     ``get(i)`` returns ``seq[i]``; when the calls come in order (``i`` right after the last
     one), batches ``i+1`` to ``i+threads`` are already being computed, each on a thread of its
@@ -112,8 +118,8 @@ class ReadAhead:
     """
 
     def __init__(self, seq: Any, threads: int) -> None:
-        if threads < 1:
-            raise UsageError(f"threads must be 1 or more, got {threads!r}")
+        if threads < 0:
+            raise UsageError(f"threads must be 0 or more, got {threads!r}")
         self.seq = seq
         self.threads = threads
         self._cond = threading.Condition()
@@ -135,7 +141,7 @@ class ReadAhead:
                 self._epoch = epoch
                 self._drop(self._take())
             found = self._pending.pop(index, None)
-            if self._last is None or index == self._last + 1:
+            if self.threads and (self._last is None or index == self._last + 1):
                 stop = min(len(self.seq), index + 1 + self.threads)
                 for ahead in range(index + 1, stop):
                     if ahead not in self._pending:
@@ -149,6 +155,8 @@ class ReadAhead:
             return found.result() if found is not None else self.seq[index]
         finally:
             with self._cond:
+                if found is not None and not found.done():  # interrupted while waiting
+                    self._orphans.append(found)
                 self._busy -= 1
                 self._cond.notify_all()
 
@@ -170,7 +178,12 @@ class ReadAhead:
                 self._cond.notify_all()
                 raise
         try:
-            _wait(pending)
+            try:
+                _wait(pending)
+            except BaseException:
+                with self._cond:  # interrupted: the next change waits for them
+                    self._orphans += [f for f in pending if not f.done()]
+                raise
             if apply is not None:
                 apply()
         finally:

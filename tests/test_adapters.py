@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 
@@ -225,6 +226,104 @@ def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
     assert sorted(i for i, _ in got) == list(range(40))
     assert all(v - i in (0, 10) for i, v in got)  # each batch whole, of epoch 0 or epoch 1
     assert any(v - i == 10 for i, v in got)  # and the change came mid-pass
+
+
+class Gated:
+    """Batches that wait for a gate to open (batch ``i`` waits on ``gates[i]`` if it has one)."""
+
+    def __init__(self, n=8):
+        import threading
+
+        self.n, self.epoch = n, 0
+        self.gates = {}
+        self.started = {i: threading.Event() for i in range(n)}
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        self.started[index].set()
+        gate = self.gates.get(index)
+        if gate is not None:
+            assert gate.wait(10)
+        return np.full((1, 1), 10 * self.epoch + index), np.zeros(1)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_an_epoch_change_waits_for_a_batch_being_made_on_another_thread(threads):
+    import threading
+
+    from dsprep.adapters import ReadAhead
+
+    seq = Gated()
+    gate = seq.gates[5] = threading.Event()
+    ahead = ReadAhead(seq, threads)
+    caller = threading.Thread(target=ahead.get, args=(5,))  # made on the caller's thread
+    caller.start()
+    assert seq.started[5].wait(10)
+    changer = threading.Thread(target=ahead.change, args=(seq.on_epoch_end,))
+    changer.start()
+    changer.join(0.2)
+    assert changer.is_alive() and seq.epoch == 0  # waiting for batch 5
+    gate.set()
+    caller.join(10)
+    changer.join(10)
+    assert seq.epoch == 1
+
+
+def test_an_epoch_change_waits_for_a_batch_read_ahead_and_dropped_while_running():
+    import threading
+
+    from dsprep.adapters import ReadAhead
+
+    seq = Gated()
+    gate = seq.gates[2] = threading.Event()
+    ahead = ReadAhead(seq, 2)
+    ahead.get(0)  # reads 1 and 2 ahead; 2 waits at its gate
+    assert seq.started[2].wait(10)
+    seq.epoch = 3  # changed behind the reader's back: what it read ahead is dropped
+    assert int(ahead.get(1)[0][0, 0]) == 31
+    changer = threading.Thread(target=ahead.change, args=(seq.on_epoch_end,))
+    changer.start()
+    changer.join(0.2)
+    assert changer.is_alive() and seq.epoch == 3  # batch 2 of epoch 0 still running
+    gate.set()
+    changer.join(10)
+    assert seq.epoch == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # JAX warns about forking its threads
+def test_a_forked_child_reads_ahead_afresh():
+    import multiprocessing
+    import threading
+
+    from dsprep.adapters import ReadAhead
+
+    seq = Gated()
+    gate = seq.gates[2] = threading.Event()
+    ahead = ReadAhead(seq, 2)
+    ahead.get(0)  # batch 2 is being read ahead, and never finishes in the child
+    assert seq.started[2].wait(10)
+
+    def child(out):
+        seq.gates.clear()
+        out.put([int(ahead.get(i)[0][0, 0]) for i in range(4)])
+        ahead.change()
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    proc = ctx.Process(target=child, args=(out,))
+    proc.start()
+    proc.join(30)
+    if proc.is_alive():
+        proc.kill()
+    gate.set()
+    ahead.change()
+    assert proc.exitcode == 0 and out.get(timeout=5) == [0, 1, 2, 3]
 
 
 def test_an_epoch_that_ends_leaves_no_read_ahead_thread_behind():
