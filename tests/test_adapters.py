@@ -229,7 +229,8 @@ def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
 
 
 class Gated:
-    """Batches that wait for a gate to open (batch ``i`` waits on ``gates[i]`` if it has one)."""
+    """Batches that wait for a gate to open: the first call of batch ``i`` waits on ``gates[i]``
+    if it has one (a second call, e.g. a batch read ahead again, does not)."""
 
     def __init__(self, n=8):
         import threading
@@ -243,7 +244,7 @@ class Gated:
 
     def __getitem__(self, index):
         self.started[index].set()
-        gate = self.gates.get(index)
+        gate = self.gates.pop(index, None)
         if gate is not None:
             assert gate.wait(10)
         return np.full((1, 1), 10 * self.epoch + index), np.zeros(1)
