@@ -31,8 +31,10 @@ class KerasDataset(keras.utils.PyDataset):
     ``ReadAhead``), and Keras reads the dataset in order from one thread (``ds.workers`` is 1;
     ``ds.threads`` is the number asked for; ``max_queue_size`` then plays no part). Keras's
     own thread pool passes each batch through two more threads and delivered a third as many
-    batches per second (2 cores: 21,000 against 61,000 150x150 images/s). Epoch changes wait
+    batches per second (2 cores: 21,000 against 58,000 150x150 images/s). Epoch changes wait
     for the batches in flight: give ``EpochSync`` this dataset rather than its generator.
+    (With ``steps_per_epoch`` under TensorFlow, tf.data keeps the batches it prefetched from
+    one Keras epoch to the next, so an epoch may begin with a batch or two of the last one.)
 
     Keras calls ``on_epoch_end`` once more than there are epochs (as a reset before the first
     one); the generator advances only at the end of an epoch that began, so every Keras epoch
