@@ -125,6 +125,7 @@ class ReadAhead:
         self.seq = seq
         self.threads = threads
         self._cond = threading.Condition()
+        self._one_change = threading.RLock()  # change() calls run one at a time
         self._pending: dict[int, Future] = {}
         self._orphans: list[Future] = []  # dropped while running: waited for by change()
         self._busy = 0  # get() calls under way
@@ -166,8 +167,13 @@ class ReadAhead:
         """Wait until no batch is being made, drop what was read ahead, then ``apply()``.
 
         With ``stop_threads`` the threads end too (the next ``get`` starts new ones): an epoch
-        that ended leaves no thread behind, even where the dataset itself lives on.
+        that ended leaves no thread behind, even where the dataset itself lives on. Calls from
+        several threads take turns: each one's ``apply`` runs alone.
         """
+        with self._one_change:
+            self._change(apply, stop_threads)
+
+    def _change(self, apply: Callable[[], None] | None, stop_threads: bool) -> None:
         with self._cond:
             self._changing += 1
             try:
@@ -214,6 +220,7 @@ class ReadAhead:
         # A forked child has none of the parent's threads (its futures would never finish),
         # and a lock another thread held at the fork would never be released.
         self._cond = threading.Condition()
+        self._one_change = threading.RLock()
         self._pool, self._pending, self._orphans = None, {}, []
         self._busy, self._changing, self._last = 0, 0, None
 

@@ -296,6 +296,39 @@ def test_an_epoch_change_waits_for_a_batch_read_ahead_and_dropped_while_running(
     assert seq.epoch == 4
 
 
+def test_epoch_changes_from_two_threads_take_turns():
+    import threading
+
+    from dsprep.adapters import ReadAhead
+
+    seq = Slow()
+    ahead = ReadAhead(seq, 2)
+    ahead.get(0)
+    inside, overlaps, done = [0], [], []
+    start = threading.Barrier(2)
+
+    def apply():
+        inside[0] += 1
+        overlaps.append(inside[0])
+        time.sleep(0.1)  # long enough for the other change to come in if it could
+        inside[0] -= 1
+        seq.on_epoch_end()
+
+    def change():
+        start.wait(10)
+        ahead.change(apply)
+        done.append(True)
+
+    threads = [threading.Thread(target=change) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert done == [True, True] and seq.epoch == 2
+    assert overlaps == [1, 1]  # never two applies at once
+    assert int(ahead.get(0)[0][0, 0]) == 20
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # JAX warns about forking its threads
 def test_a_forked_child_reads_ahead_afresh():
