@@ -13,7 +13,7 @@ import re
 import stat
 import zipfile
 from abc import ABC, abstractmethod
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -440,19 +440,30 @@ def _utf8(name: str) -> bool:
 
 
 def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str:
+    """"prefix" when the file names carry the classes (cat.0.jpg), else "folders".
+
+    Names carry the classes when some folder's names start with two or more different
+    prefixes, at least half of its names having one (dogs-vs-cats' train folder): a class
+    folder with a few dotted names (2019.01.05.jpg) stays a class folder.
+    """
     if regex is not None:
         return "prefix"
-    by_folder: dict[str, set[str]] = defaultdict(set)
+    if not any("/" in rel[len(root):] for rel in images):
+        return "prefix"
+    labels: dict[str, set[str]] = defaultdict(set)
+    named: Counter[str] = Counter()  # names with a prefix, per folder
+    count: Counter[str] = Counter()
     for rel in images:
         folder, _, name = rel[len(root):].rpartition("/")
+        count[folder] += 1
         label = _prefix_label(name, None)
         if label is not None:
-            by_folder[folder].add(label)
-    if any(len(found) > 1 for found in by_folder.values()):
+            labels[folder].add(label)
+            named[folder] += 1
+    if any(len(found) > 1 and 2 * named[folder] >= count[folder]
+           for folder, found in labels.items()):
         return "prefix"
-    if any("/" in rel[len(root):] for rel in images):
-        return "folders"
-    return "prefix"
+    return "folders"
 
 
 def _by_prefix(images: list[str], regex: re.Pattern | None) -> tuple[list, list[Skipped]]:

@@ -122,6 +122,23 @@ def test_prefix_layout_like_dogs_vs_cats(tmp_path):
     assert _reasons(inv) == {"42.jpg": NO_LABEL}
 
 
+def test_a_class_folder_with_a_few_dotted_names_stays_a_class_folder(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("brick", "grass"), per_class=3)
+    _img(root / "brick" / "2019.01.05.jpg", seed=40)
+    _img(root / "brick" / "2020.03.01.jpg", seed=41)
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["brick", "grass"]
+    assert ("brick/2019.01.05.jpg", "brick") in inv.items and len(inv.items) == 8
+
+
+def test_a_folder_of_prefixed_names_beside_class_folders_is_read_by_prefix(tmp_path):
+    for i, name in enumerate(("all/cat.0.jpg", "all/cat.1.jpg", "all/dog.0.jpg",
+                              "all/dog.1.jpg", "extra/x.jpg")):
+        _img(tmp_path / "d" / name, seed=i)
+    inv = _find(tmp_path / "d")
+    assert inv.layout == "prefix" and inv.classes == ["cat", "dog"]
+
+
 def test_wrapper_folders_are_stepped_into(tmp_path):
     make_class_folders(tmp_path / "dump" / "flowers" / "flowers", classes=("daisy", "rose"),
                        per_class=1)
