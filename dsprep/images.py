@@ -239,6 +239,11 @@ def _check_out(out: np.ndarray | None, size: tuple[int, int], channels: tuple[in
                          f"got {out.dtype}{out.shape}; pass a slice of a matching buffer")
 
 
+# In "crop" mode, an image whose scaled whole would have more than this many times the target's
+# pixels is cut to the kept part before scaling (ordinary photos scale whole: 4:3 is 1.33 times).
+CROP_FIRST_RATIO = 16
+
+
 def _scaled_size(h: int, w: int, size: tuple[int, int], mode: str) -> tuple[int, int]:
     """The (height, width) the whole image is scaled to before cropping or padding."""
     height, width = size
@@ -286,6 +291,17 @@ def _fit(
     else:
         flag = INTERPOLATIONS[interpolation]
     h, w = image.shape[:2]
+    if mode == "crop" and sh * sw > CROP_FIRST_RATIO * height * width:
+        # A far wider (or taller) image than the target, such as a 1x12000 banner: scaled whole,
+        # it would take gigabytes. Cut the centre part the crop keeps, then scale only that.
+        keep_h = min(h, max(1, round(h * height / sh)))
+        keep_w = min(w, max(1, round(w * width / sw)))
+        top, left = (h - keep_h) // 2, (w - keep_w) // 2
+        part = image[top : top + keep_h, left : left + keep_w]
+        if out is None:
+            return cv2.resize(part, (width, height), interpolation=flag)
+        np.copyto(out, cv2.resize(part, (width, height), interpolation=flag))
+        return out
     if factor == 1:
         if (sh, sw) == (h, w):
             scaled = image

@@ -588,6 +588,33 @@ def test_crop_to_an_exact_divisor_is_a_centred_box_average(h, w, k):
     assert np.abs(out - expected).max() <= 1
 
 
+@pytest.mark.parametrize("shape", [(1200, 4), (3, 1500)])
+def test_a_banner_is_cut_before_it_is_scaled(shape, monkeypatch):
+    # Scaled whole, a 1x12000 banner cropped to 256x256 would first become 256x3,072,000.
+    h, w = shape
+    ramp = np.linspace(0, 255, max(h, w))
+    source = np.empty((h, w, 3), np.uint8)
+    source[...] = np.rint(ramp[:, None, None] if h > w else ramp[None, :, None])
+    sizes = []
+    real = cv2.resize
+
+    def resize(src, dsize, *args, **kwargs):
+        result = real(src, dsize, *args, **kwargs)
+        sizes.append(result.shape[0] * result.shape[1])
+        return result
+
+    monkeypatch.setattr(cv2, "resize", resize)
+    out = images.resize(source, (32, 32))
+    assert out.shape == (32, 32, 3)
+    assert max(sizes) <= images.CROP_FIRST_RATIO * 32 * 32
+    # Close to the centre of the whole image scaled up (a smooth ramp, so edges matter little).
+    scale = 32 / min(h, w)
+    whole = real(source, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+    top, left = (whole.shape[0] - 32) // 2, (whole.shape[1] - 32) // 2
+    expected = whole[top : top + 32, left : left + 32].astype(int)
+    assert np.abs(out.astype(int) - expected).max() <= 2
+
+
 def test_resize_of_the_right_size_is_unchanged():
     np.testing.assert_array_equal(images.resize(RGB, (37, 53)), RGB)
 
