@@ -15,7 +15,7 @@ import mmap
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -101,6 +101,10 @@ class BuildOptions:
         height, width = self.size
         if height < 1 or width < 1:
             raise UsageError(f"size {height}x{width} must be positive")
+        if height * width * 3 > store.MAX_CHUNK_BYTES:
+            raise UsageError(f"size {height}x{width} is too large: one image would take "
+                             f"{height * width * 3:,} bytes, and an HDF5 chunk holds less "
+                             "than 4 GiB")
         if self.resize not in imagelib.RESIZE_MODES:
             raise UsageError(f"resize {self.resize!r} is not one of "
                              f"{', '.join(imagelib.RESIZE_MODES)}")
@@ -828,6 +832,9 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress, keep_ring=True))
         _write_skipped(_next(skipped_final), [s for r in reports for s in r.skipped])
+        for report in reports:
+            if report.count == 0 and report.skipped:
+                raise _all_left_out(report)
         if means_path is not None:
             train = next(r for r in reports if r.split == "train")
             write_means(_next(means_path), means_record(train.stats, train.path.name))
@@ -847,6 +854,18 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
     finally:
         _drop_ring()
     return reports
+
+
+def _all_left_out(report: FileReport) -> DsprepError:
+    """The error for a file whose every image was left out: an empty file helps no one."""
+    reasons = Counter(s.reason for s in report.skipped)
+    first = report.skipped[0]
+    return DsprepError(
+        f"every image of {report.split} was left out ({len(report.skipped)}: "
+        + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        + f"; the first, {first.source}: {first.detail}); nothing was written. "
+        "Check the options that leave images out (--max-pixels) and the source files"
+    )
 
 
 def _next(path: Path) -> Path:

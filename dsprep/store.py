@@ -36,6 +36,9 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
+# HDF5 refuses chunks of 4 GiB or more: larger images get fewer per chunk.
+MAX_CHUNK_BYTES = (1 << 32) - 1
+
 class HDF5Writer:
     """Append rows to a new dsprep HDF5 file, written under ``NAME.partial`` until :meth:`close`.
 
@@ -107,7 +110,8 @@ class HDF5Writer:
 
     def _create(self, height, width, label_names, chunk_images, compression, attrs,
                 direct) -> None:
-        chunk = max(1, min(int(chunk_images), max(1, self.capacity)))
+        chunk = max(1, min(int(chunk_images), max(1, self.capacity),
+                           MAX_CHUNK_BYTES // (height * width * 3)))
         early = {}
         if direct:
             # Every chunk allocated now (so its address is known), never filled by HDF5, and no

@@ -185,6 +185,15 @@ def test_max_pixels_skips_images_over_the_limit(tmp_path):
     assert report.files[0].count == 6
 
 
+def test_a_split_whose_every_image_is_left_out_fails_the_build(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 2), ("val", 1)))
+    with pytest.raises(DsprepError, match=r"every image of train was left out \(6: 6 too-large"):
+        build.build_hdf5(src, tmp_path / "out", opts(max_pixels=100))
+    # Nothing half-made: no HDF5 file, no means of zero, no partial file.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()
+                  if not p.name.startswith(".")) == []
+
+
 def test_means_equal_a_direct_float64_computation(tmp_path):
     src = make_split(tmp_path / "split")
     _add_bad_files(src / "train")
@@ -468,6 +477,8 @@ def test_bad_sources_and_arguments(tmp_path):
         build.build_hdf5(root, tmp_path / "out", opts(order="random"), name="x")
     with pytest.raises(UsageError, match="resize"):
         build.build_hdf5(root, tmp_path / "out", opts(resize="fill"), name="x")
+    with pytest.raises(UsageError, match="too large"):  # HDF5 chunks hold less than 4 GiB
+        build.build_hdf5(root, tmp_path / "out", opts(size=(40000, 40000)), name="x")
     assert not (tmp_path / "out").exists()
 
 

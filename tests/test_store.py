@@ -119,6 +119,17 @@ def test_describe_reports_layout_classes_and_attributes(tmp_path, rng):
     assert info["attrs"]["image_size"] == [8, 6]
 
 
+def test_chunks_of_large_images_hold_fewer_images(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(store, "MAX_CHUNK_BYTES", 3 * 8 * 6 * 3)  # three 8x6 images
+    images = rng.integers(0, 256, (9, 8, 6, 3), dtype=np.uint8)
+    path = tmp_path / "f.hdf5"
+    with store.HDF5Writer(path, 9, (8, 6), ["a"], chunk_images=64) as writer:
+        writer.append(images, np.zeros(9, dtype=np.int32), [f"x{i}" for i in range(9)])
+    assert store.describe(path)["chunks"] == (3, 8, 6, 3)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["images"][()], images)
+
+
 def _good_file(tmp_path, rng, name="g.hdf5"):
     images, labels = _arrays(rng)
     return store.write_arrays(tmp_path / name, images, labels, ["a", "b", "c"],
