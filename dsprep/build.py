@@ -802,14 +802,20 @@ def build_hdf5(
                          "choose another OUT such as data/hdf5")
     classes, planned, notes = find_rows(src, name)
     outputs = [out / f"{split}.hdf5" for split in planned]
+    # A split's files left from an earlier build of another split would sit beside the new
+    # ones with other classes or rows: they count as outputs, and --force removes them.
+    stale = [] if name is not None else [out / f"{split}.hdf5" for split in SPLITS
+                                         if split not in planned]
     means_path = out / MEANS_NAME if "train" in planned else None
+    if means_path is None and name is None:
+        stale.append(out / MEANS_NAME)
     skipped_final = out / SKIPPED_NAME
     out.mkdir(parents=True, exist_ok=True)
     # One build at a time per OUT: a second would write (and on failure remove) the same
     # NAME.partial files.
     with exclusive(out / BUILD_LOCK_NAME, out):
         if not force:
-            existing = [p for p in [*outputs, means_path, skipped_final]
+            existing = [p for p in [*outputs, *stale, means_path, skipped_final]
                         if p is not None and p.exists()]
             if existing:
                 raise DestinationExistsError(
@@ -817,6 +823,11 @@ def build_hdf5(
                 )
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress)
+        for path in stale:
+            if path.exists():
+                path.unlink()
+                notes.append(f"removed {path}, left by an earlier build: this split has no "
+                             f"{'train' if path.name == MEANS_NAME else path.stem} files")
     return BuildReport(reports, means_path, skipped_final, notes)
 
 

@@ -496,6 +496,20 @@ def test_existing_outputs_need_force(tmp_path):
     assert not list((tmp_path / "out").glob("*.partial"))
 
 
+def test_files_of_splits_no_longer_built_need_force_and_are_removed(tmp_path):
+    three = make_split(tmp_path / "three", counts=(("train", 1), ("val", 1), ("test", 1)))
+    out = tmp_path / "out"
+    build.build_hdf5(three, out, opts())
+    two = make_split(tmp_path / "two", counts=(("val", 1), ("test", 1)))
+    with pytest.raises(DestinationExistsError, match="train.hdf5"):
+        build.build_hdf5(two, out, opts())
+    report = build.build_hdf5(two, out, opts(), force=True)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "skipped.csv", "test.hdf5", "val.hdf5"]  # no train.hdf5, no means.json of it
+    assert any("train.hdf5" in note for note in report.notes)
+    assert any("means.json" in note for note in report.notes)
+
+
 def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split", counts=(("train", 1),))
     real = build.imagelib.read_bytes
