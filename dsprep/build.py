@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -422,6 +423,25 @@ def _init_worker() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+    exit_with_parent()
+
+
+def exit_with_parent(poll: float = 1.0) -> None:
+    """End this process soon after its parent ends, even if the parent was killed outright.
+
+    A decoding worker whose build was killed (``kill -9``, the out-of-memory killer) would
+    otherwise live on, holding its memory and the shared ring, which then outlives the build
+    in ``/dev/shm``. A daemon thread checks the parent's id every ``poll`` seconds.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="dsprep-parent-watch", daemon=True).start()
 
 
 @contextmanager

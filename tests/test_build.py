@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -699,3 +700,42 @@ def test_dangling_link_in_a_class_folder_is_reported_not_swallowed(tmp_path):
     classes, rows, notes = find_rows(tmp_path / "src", name="train")
     assert classes == ["a"] and len(rows["train"]) == 1
     assert len(notes) == 1 and "a/gone.jpg" in notes[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the process")
+def test_a_worker_whose_build_was_killed_ends_too(tmp_path):
+    """A decoding worker outlived a ``kill -9`` of its build, holding the shared ring."""
+    ready = tmp_path / "ready"
+    worker = ("import sys, time; from dsprep.build import exit_with_parent; "
+              "exit_with_parent(0.05); open(sys.argv[1], 'w').close(); time.sleep(60)")
+    build_process = ("import subprocess, sys, time; "
+                     f"child = subprocess.Popen([sys.executable, '-c', {worker!r}, sys.argv[1]]); "
+                     "print(child.pid, flush=True); time.sleep(60)")
+    middle = subprocess.Popen([sys.executable, "-c", build_process, str(ready)],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(middle.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists() and _running(child)
+        middle.kill()
+        middle.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        middle.kill()
+        middle.wait(10)
+        middle.stdout.close()
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status  # a zombie has ended, whoever reaps it
