@@ -590,19 +590,28 @@ def _inspect_png(data: bytes) -> _Header:
 def _inspect_gif(data: bytes) -> _Header:
     width, height = struct.unpack_from("<HH", data, 6)
     _valid_size("GIF", height, width)
+    # A whole GIF ends with its trailer byte ";" (some writers pad it with zeros).
+    complete = None if data.rstrip(b"\x00").endswith(b";") else "truncated GIF (no trailer)"
     # GIFs may carry transparency in any frame's extension; IMREAD_UNCHANGED reports it as alpha.
-    return _Header("GIF", height, width, unchanged=True)
+    return _Header("GIF", height, width, unchanged=True, complete=complete)
 
 
 def _inspect_bmp(data: bytes) -> _Header:
+    (offset,) = struct.unpack_from("<I", data, 10)
     (dib,) = struct.unpack_from("<I", data, 14)
     if dib == 12:
-        width, height = struct.unpack_from("<HH", data, 18)
+        width, height, _, bits = struct.unpack_from("<HHHH", data, 18)
+        compression = 0
     else:
-        width, height = struct.unpack_from("<ii", data, 18)
+        width, height, _, bits, compression = struct.unpack_from("<iiHHI", data, 18)
     height = abs(height)  # negative height means rows stored top-down
     _valid_size("BMP", height, width)
-    return _Header("BMP", height, width)
+    complete = None
+    if compression in (0, 3, 6):  # uncompressed rows (plain or with bit fields)
+        row = (width * bits + 31) // 32 * 4
+        if len(data) < offset + row * height:
+            complete = "truncated BMP (shorter than its rows)"
+    return _Header("BMP", height, width, complete=complete)
 
 
 def _inspect_webp(data: bytes) -> _Header:

@@ -462,6 +462,16 @@ def test_truncated_webp_and_gif_are_refused():
         images.decode(gif[: len(gif) // 2])
 
 
+@pytest.mark.parametrize("fmt", ["gif", "bmp"])
+def test_a_truncated_gif_or_bmp_is_found_from_its_header(fmt):
+    data = FORMATS[fmt]()
+    assert images.probe(data, verify=True)[0] > 0  # whole: fine
+    if fmt == "gif":
+        assert images.probe(data + b"\x00\x00", verify=True)[0] > 0  # zero padding is fine
+    with pytest.raises(CorruptImageError, match=f"truncated {fmt.upper()}"):
+        images.probe(data[: len(data) - 7], verify=True)
+
+
 def test_cut_inside_the_header():
     data = FORMATS["jpeg"]()
     for end in (3, 20, 100):
