@@ -39,7 +39,7 @@ from .errors import (
     UsageError,
 )
 from .fileio import exclusive, write_atomic
-from .sources import UNREADABLE, class_folder_files
+from .sources import SPLIT_FOLDER_NAMES, UNREADABLE, class_folder_files
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
@@ -258,6 +258,10 @@ def find_rows(
 ) -> tuple[list[str], dict[str, list[Row]], list[str]]:
     """List what to build from a split folder, or from one class-folder tree with ``name``.
 
+    A folder without split.json whose sub-folders are all named as splits (``train/``,
+    ``valid/``, ``test/``, ..., each of class folders, as many dumps come) is built as it is:
+    its classes are the class folders found in any of them.
+
     Returns:
         The class names (id order), the rows of each file to build (by split or ``name``, in
         sorted order), and notes about splits left out because they have no files.
@@ -272,34 +276,71 @@ def find_rows(
         problems: list = []
         classes, pairs = class_folder_files(src, problems)
         return classes, {name: _rows(src, "", pairs, classes)}, _problem_notes(problems)
-    if not has_manifest:
-        raise UsageError(f"{src} has no split.json; make it with 'dsprep split', or pass "
-                         "--name NAME to build one file from a folder of class sub-folders")
-    classes = read_split_classes(src)
-    ids = {c: i for i, c in enumerate(classes)}
-    found: dict[str, list[Row]] = {}
-    notes = []
-    for split in SPLITS:
-        folder = src / split
+    notes: list[str] = []
+    if has_manifest:
+        classes = read_split_classes(src)
+        folders = {split: src / split for split in SPLITS}
+    else:
+        folders = _own_split_folders(src)
+        if not folders:
+            raise UsageError(
+                f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
+                "build one file from a folder of class sub-folders, or give a folder already "
+                "split into train/ val/ test/ class folders")
+        classes = None  # the class folders found in them, together
+        notes.append(f"no split.json in {src}: building its own split folders ("
+                     + ", ".join(f"{f.name}/ as {split}" for split, f in folders.items()) + ")")
+    scanned: dict[str, list[tuple[str, str]]] = {}
+    for split, folder in folders.items():
         if not folder.is_dir() or not any(folder.iterdir()):
             notes.append(f"{split}: no files in {folder}, no {split}.hdf5 built")
             continue
-        problems = []
+        problems: list = []
         try:
             _, pairs = class_folder_files(folder, problems)
-            notes += _problem_notes(problems, f"{split}/")
+            notes += _problem_notes(problems, f"{folder.name}/")
         except LayoutError:
             notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")
             continue
-        unknown = sorted({c for c, _ in pairs if c not in ids})
-        if unknown:
-            raise LayoutError(f"{folder} has classes {unknown} that are not in "
-                              f"{src / 'split.json'}; make the split again with 'dsprep split'")
-        found[split] = _rows(src, f"{split}/", pairs, classes)
-    if not found:
+        scanned[split] = pairs
+    if not scanned:
         raise LayoutError(f"{src} has no images in train/, val/ or test/; "
                           "make the split with 'dsprep split'")
+    if classes is None:
+        classes = sorted({c for pairs in scanned.values() for c, _ in pairs})
+        for split, pairs in scanned.items():
+            missing = sorted(set(classes) - {c for c, _ in pairs})
+            if missing:
+                notes.append(f"{split}: no images of class(es) {', '.join(missing)}")
+    ids = set(classes)
+    found: dict[str, list[Row]] = {}
+    for split, pairs in scanned.items():
+        unknown = sorted({c for c, _ in pairs if c not in ids})
+        if unknown:
+            raise LayoutError(f"{folders[split]} has classes {unknown} that are not in "
+                              f"{src / 'split.json'}; make the split again with 'dsprep split'")
+        found[split] = _rows(src, f"{folders[split].name}/", pairs, classes)
     return classes, found, notes
+
+
+def _own_split_folders(src: Path) -> dict[str, Path]:
+    """A folder's sub-folders when every one is named as a split (train/, valid/, test/, ...).
+
+    Returns them by split, in train, val, test order; {} when any visible sub-folder has
+    another name. Two folders for one split (val/ and valid/) are refused.
+    """
+    found: dict[str, Path] = {}
+    for folder in sorted(src.iterdir()) if src.is_dir() else []:
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        split = SPLIT_FOLDER_NAMES.get(folder.name.lower())
+        if split is None:
+            return {}
+        if split in found:
+            raise UsageError(f"{src} has both {found[split].name}/ and {folder.name}/ for the "
+                             f"{split} split; move one of them out")
+        found[split] = folder
+    return {split: found[split] for split in SPLITS if split in found}
 
 
 def _rows(root: Path, prefix: str, pairs: Sequence[tuple[str, str]],

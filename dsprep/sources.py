@@ -278,6 +278,9 @@ class Inventory:
         items: (path relative to the source, label), sorted by path.
         skipped: files and labels rows left out, with reasons.
         labels_file: the labels CSV used, for the csv layout.
+        split_folders: for a dump already split into ``train/<class>/...``, ``test/<class>/...``
+            folders (see ``SPLIT_FOLDER_NAMES``), those folders: their images are pooled, each
+            labelled by its class folder.
     """
 
     layout: str
@@ -285,6 +288,7 @@ class Inventory:
     items: list[tuple[str, str]]
     skipped: list[Skipped] = field(default_factory=list)
     labels_file: str | None = None
+    split_folders: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -410,15 +414,18 @@ def find_images(
         if layout == "prefix":
             items, skipped = _by_prefix(images, regex)
         else:
-            items, skipped = _by_folder(images, root)
+            split_folders = presplit_folders(images, root)
+            items, skipped = _by_folder(images, root, bool(split_folders))
         chosen = layout
         labels_name = None
+    if chosen != "folders":
+        split_folders = []
     good, bad = [], []
     for rel, label in items:
         problem = label_problem(label)
         (bad.append(Skipped(rel, BAD_LABEL, problem)) if problem else good.append((rel, label)))
     inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
-                          labels_name)
+                          labels_name, split_folders)
     if not inventory.items:
         where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
         raise LayoutError(
@@ -479,14 +486,44 @@ def _by_prefix(images: list[str], regex: re.Pattern | None) -> tuple[list, list[
     return items, skipped
 
 
-def _by_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]:
-    items, skipped = [], []
+# Folder names that mark a dump as already split (chest_xray/train/NORMAL/...), and the split
+# each stands for.
+SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                      "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def presplit_folders(images: list[str], root: str) -> list[str]:
+    """The split folders of a dump laid out as ``<split>/<class>/<image>``, else [].
+
+    Such a dump is one where every top folder holding images is named as a split (any case,
+    see ``SPLIT_FOLDER_NAMES``), nothing but folders lies at the top, and some image is two
+    folders down: read as plain class folders, its classes would be "train" and "test".
+    """
+    tops = set()
+    deep = False
     for rel in images:
         inner = rel[len(root):]
-        if "/" not in inner:
+        top, sep, rest = inner.partition("/")
+        if not sep or top.lower() not in SPLIT_FOLDER_NAMES:
+            return []
+        tops.add(top)
+        deep = deep or "/" in rest
+    return sorted(tops) if deep else []
+
+
+def _by_folder(images: list[str], root: str, presplit: bool = False) -> tuple[list, list[Skipped]]:
+    items, skipped = [], []
+    for rel in images:
+        parts = rel[len(root):].split("/")
+        if presplit:
+            if len(parts) < 3:
+                skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {parts[0]}/"))
+            else:
+                items.append((rel, parts[1]))
+        elif len(parts) < 2:
             skipped.append(Skipped(rel, NO_LABEL, "not inside a class folder"))
         else:
-            items.append((rel, inner.split("/", 1)[0]))
+            items.append((rel, parts[0]))
     return items, skipped
 
 

@@ -167,6 +167,7 @@ class SplitPlan:
         classes: sorted class names (label ids 0..C-1).
         files: the files to place, in manifest order.
         skipped: the files and rows left out, with reasons.
+        split_folders: the dump's own split folders, pooled (see ``sources.Inventory``).
     """
 
     source: Path
@@ -177,6 +178,7 @@ class SplitPlan:
     files: list[PlannedFile]
     skipped: list[Skipped] = field(default_factory=list)
     labels_file: str | None = None
+    split_folders: list[str] = field(default_factory=list)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -450,7 +452,7 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     rank = {s: i for i, s in enumerate(splits)}
     files.sort(key=lambda f: (rank[f.split], f.label, f.path))
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
-                     sorted(set(skipped)), inventory.labels_file)
+                     sorted(set(skipped)), inventory.labels_file, inventory.split_folders)
 
 
 def _dest_names(chunk: list[_Checked]) -> dict[str, str]:

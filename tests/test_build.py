@@ -511,6 +511,33 @@ def test_files_of_splits_no_longer_built_need_force_and_are_removed(tmp_path):
     assert any("means.json" in note for note in report.notes)
 
 
+def test_a_dump_already_split_into_class_folders_is_built_as_it_is(tmp_path):
+    src = tmp_path / "chest"
+    make_class_folders(src / "train", classes=("NORMAL", "PNEUMONIA"), per_class=2)
+    make_class_folders(src / "valid", classes=("PNEUMONIA",), per_class=1, seed=10)
+    make_class_folders(src / "Test", classes=("NORMAL", "PNEUMONIA"), per_class=1, seed=20)
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert [f.split for f in report.files] == ["train", "val", "test"]
+    assert any("valid/ as val" in note for note in report.notes)
+    assert any("val: no images of class(es) NORMAL" in note for note in report.notes)
+    for split, count in (("train", 4), ("val", 1), ("test", 2)):
+        images, labels, names, attrs = rows_of(tmp_path / "out" / f"{split}.hdf5")
+        assert len(names) == count
+        # One label per class name in every file, though val has no NORMAL folder.
+        assert [["NORMAL", "PNEUMONIA"][label] for label in labels] == [
+            name.split("/")[1] for name in names]
+        for image, name in zip(images, names, strict=True):
+            np.testing.assert_array_equal(image, reference(src / name, (24, 24)))
+    assert (tmp_path / "out" / "means.json").exists()
+
+    make_class_folders(src / "val", classes=("NORMAL",), per_class=1, seed=30)
+    with pytest.raises(UsageError, match="both val/ and valid/"):
+        build.build_hdf5(src, tmp_path / "out2", opts())
+    (src / "notes").mkdir()
+    with pytest.raises(UsageError, match="no split.json"):
+        build.build_hdf5(src, tmp_path / "out2", opts())
+
+
 def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split", counts=(("train", 1),))
     real = build.imagelib.read_bytes

@@ -44,6 +44,18 @@ def test_sample_dump_then_split(tmp_path):
     assert again.exit_code == 0 and "already holds this split" in again.output
 
 
+def test_an_already_split_dump_is_pooled_with_a_note(tmp_path):
+    make_class_folders(tmp_path / "dump" / "train", classes=("a", "b"), per_class=4)
+    make_class_folders(tmp_path / "dump" / "test", classes=("a", "b"), per_class=2, seed=20)
+    result = loud("split", str(tmp_path / "dump"), str(tmp_path / "split"), "--dry-run",
+                  "--ratios", "0.5,0.25,0.25")
+    assert result.exit_code == 0, result.output
+    assert "already split (test/, train/)" in result.output
+    assert "dsprep build-hdf5" in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("a "))
+    assert row.split()[-1] == "6"  # class a of both folders
+
+
 def test_dry_run_writes_nothing(tmp_path):
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
     dest = tmp_path / "split"

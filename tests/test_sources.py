@@ -139,6 +139,28 @@ def test_a_folder_of_prefixed_names_beside_class_folders_is_read_by_prefix(tmp_p
     assert inv.layout == "prefix" and inv.classes == ["cat", "dog"]
 
 
+def test_a_dump_already_split_into_split_folders_is_read_by_its_class_folders(tmp_path):
+    root = tmp_path / "chest_xray"
+    make_class_folders(root / "chest_xray" / "train", classes=("NORMAL", "PNEUMONIA"),
+                       per_class=2)
+    make_class_folders(root / "chest_xray" / "Test", classes=("NORMAL",), per_class=1, seed=10)
+    make_class_folders(root / "chest_xray" / "val", classes=("PNEUMONIA",), per_class=1, seed=20)
+    _img(root / "chest_xray" / "Test" / "unlabelled.jpg", seed=30)
+    inv = _find(root)
+    assert inv.root == "chest_xray" and inv.layout == "folders"
+    assert inv.split_folders == ["Test", "train", "val"]
+    assert inv.classes == ["NORMAL", "PNEUMONIA"]  # not "train", "Test" and "val"
+    assert dict(inv.items)["chest_xray/val/PNEUMONIA/PNEUMONIA_0.jpg"] == "PNEUMONIA"
+    assert len(inv.items) == 6
+    assert _reasons(inv) == {"chest_xray/Test/unlabelled.jpg": NO_LABEL}
+
+
+def test_class_folders_named_like_splits_but_holding_images_stay_classes(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("test", "train"), per_class=2)
+    inv = _find(root)
+    assert inv.split_folders == [] and inv.classes == ["test", "train"]
+
+
 def test_wrapper_folders_are_stepped_into(tmp_path):
     make_class_folders(tmp_path / "dump" / "flowers" / "flowers", classes=("daisy", "rose"),
                        per_class=1)

@@ -49,8 +49,9 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     """Decode, resize and store the images of SRC as chunked HDF5 files in OUT.
 
     SRC is a split folder from 'dsprep split' (writes OUT/train.hdf5, val.hdf5, test.hdf5 and
-    OUT/means.json from train), or with --name one folder of class sub-folders. Bad images are
-    skipped and listed in OUT/skipped.csv.
+    OUT/means.json from train), a dump already split into train/ val/ test/ folders of class
+    sub-folders (valid/, testing/ and the like count too), or with --name one folder of class
+    sub-folders. Bad images are skipped and listed in OUT/skipped.csv.
     """
     from ..build import BuildOptions
     from ..build import build_hdf5 as run_build

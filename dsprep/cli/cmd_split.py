@@ -102,6 +102,11 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     where = f" (inside {split_plan.root})" if split_plan.root else ""
     say(f"{src}{where}: {split_plan.layout} layout, {len(split_plan.classes)} classes, "
         f"seed {seed}")
+    if split_plan.split_folders:
+        folders = ", ".join(f"{f}/" for f in split_plan.split_folders)
+        say(f"note: the dump is already split ({folders}); their images are pooled by class "
+            f"and split again here. To keep its own splits instead, build them as they are: "
+            f"dsprep build-hdf5 {src} OUT")
     say(format_table(rows, ["class", *split_plan.splits, "all"]))
     reasons = split_plan.skipped_reasons()
     if reasons:
