@@ -51,7 +51,7 @@ def verbosity_options() -> list[click.Option]:
         click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=more,
                      help="Say more (repeat for debug detail)."),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet,
-                     help="Print errors and the final summary only."),
+                     help="Print errors only: no progress bars, no summary."),
     ]
 
 
