@@ -322,7 +322,9 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
     """A ``tf.data.Dataset`` of the generator's batches, prefetched.
 
     Each iteration of the dataset runs one epoch; every iteration after the first starts
-    with ``gen.on_epoch_end()``, so ``model.fit(ds, epochs=n)`` sees a new order each epoch.
+    with ``gen.on_epoch_end()``, so ``model.fit(ds, epochs=n)`` sees a new order each epoch,
+    unless the generator's epoch was set in between (``EpochSync(gen)`` in the callbacks does
+    that): then the iteration reads the epoch that was set.
 
     Args:
         gen: an HDF5Generator, DirectoryGenerator or any sequence of (x, y) batches.
@@ -331,12 +333,14 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
     import tensorflow as tf
 
     signature = _signature(gen)
-    started = [False]
+    last = []  # the epoch the previous iteration read ([None] for a sequence without epochs)
 
     def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if started[0]:
-            gen.on_epoch_end()
-        started[0] = True
+        now = getattr(gen, "epoch", None)
+        if last and (now is None or now == last[0]):
+            gen.on_epoch_end()  # not moved on since the last iteration: a new epoch
+            now = getattr(gen, "epoch", None)
+        last[:] = [now]
         for i in range(len(gen)):
             yield gen[i]
 

@@ -508,7 +508,7 @@ class DirectoryGenerator(_BatchSequence):
         batch_size: images per batch.
         preprocessors: batch operations applied in order (or one callable).
         augment: a random batch operation applied first, to the uint8 pixels.
-        shuffle: shuffle the images each epoch.
+        shuffle: shuffle the images each epoch: True or "full", False or "none".
         one_hot: one-hot float32 labels instead of int32 ids.
         seed: the seed for orders and random draws; None draws one now.
         workers: decoding threads (None: up to 8, one per core).
@@ -528,7 +528,7 @@ class DirectoryGenerator(_BatchSequence):
         batch_size: int = 32,
         preprocessors: Sequence[Callable] | Callable = (),
         augment: Callable | None = None,
-        shuffle: bool = True,
+        shuffle: bool | str = True,
         one_hot: bool = False,
         seed: int | None = None,
         workers: int | None = None,
@@ -556,10 +556,17 @@ class DirectoryGenerator(_BatchSequence):
             raise UsageError(f"image_size {image_size!r} must be positive")
         self.resize = resize
         self.interpolation = interpolation
-        self.shuffle = bool(shuffle)
+        if shuffle not in (True, False, "full", "none"):
+            # Each image is its own file, so "batches" (contiguous rows) means nothing here.
+            raise UsageError(f"shuffle {shuffle!r} is not True or \"full\", False or \"none\"")
+        self.shuffle = shuffle in (True, "full")
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
         self.image_shape = (*self.image_size, 3)
 
+        if (self.root / "split.json").is_file():
+            # Its class folders would be train, val and test.
+            raise UsageError(f"{self.root} is a split folder; give one of its splits, such as "
+                             f"{self.root / 'train'}")
         unreadable: list[sources.Skipped] = []
         found, items = sources.scan_class_folders(self.root, unreadable)
         names = list(found) if classes is None else [str(c) for c in classes]

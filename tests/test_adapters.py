@@ -521,6 +521,30 @@ def test_as_tf_dataset_signature_epochs_and_fit(h5file):
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_as_tf_dataset_with_epoch_sync_reads_keras_epoch_numbers(h5file):
+    import keras
+    needs_tf()
+
+    from dsprep.adapters import as_tf_dataset
+
+    class Recording(HDF5Generator):
+        def __getitem__(self, index):
+            self.read.append(self.epoch)
+            return super().__getitem__(index)
+
+    gen = Recording(h5file[0], batch_size=16, shuffle="full", seed=4)
+    gen.read = []
+    model = tiny_model(keras)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(as_tf_dataset(gen, prefetch=1), epochs=3, shuffle=False, verbose=0,
+              callbacks=[EpochSync(gen)])
+    # Keras epoch e reads generator epoch e (it used to skip one each epoch: 0, 2, 3).
+    assert sorted(set(gen.read)) == [0, 1, 2] and gen.epoch == 2
+    gen.read.clear()
+    model.fit(as_tf_dataset(gen, prefetch=1), epochs=2, shuffle=False, verbose=0)
+    assert sorted(set(gen.read)) == [2, 3]  # without it, each iteration moves on by one
+
+
 def test_as_tf_dataset_keeps_uint8(h5file):
     tf = needs_tf()
 

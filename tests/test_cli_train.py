@@ -116,6 +116,13 @@ def test_overfit_check_passes_on_learnable_data(data, tmp_path):
     assert "overfit check passed" in result.output
 
 
+def test_overfit_check_needs_two_epochs(data, tmp_path):
+    result = invoke("train", data, tmp_path / "run", *QUICK, "--overfit-check", "--epochs", "1")
+    assert result.exit_code == 2, result.output
+    assert "2 epochs or more" in result.output
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
 @pytest.mark.slow
 def test_sweep_lr_plots_each_rate(data, tmp_path):
     run = tmp_path / "sweep"

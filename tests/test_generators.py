@@ -522,6 +522,22 @@ def test_directory_errors(tmp_path, class_dump):
         DirectoryGenerator(class_dump, resize="squash")
     with pytest.raises(UsageError, match="larger"):
         DirectoryGenerator(class_dump, image_size=(8, 8), preprocessors=[Patch(9, 9)])
+    with pytest.raises(UsageError, match="shuffle 'batches'"):
+        DirectoryGenerator(class_dump, image_size=(8, 8), shuffle="batches")
+    (tmp_path / "split" / "train").mkdir(parents=True)
+    (tmp_path / "split" / "split.json").write_text("{}")
+    with pytest.raises(UsageError, match="split folder"):  # its "classes": train, val, test
+        DirectoryGenerator(tmp_path / "split", image_size=(8, 8))
+
+
+def test_directory_shuffle_takes_the_hdf5_generator_words_too(class_dump):
+    kept = DirectoryGenerator(class_dump, image_size=(8, 8), shuffle="none", seed=0)
+    assert kept.files == sorted(kept.files) and kept.shuffle is False
+    assert kept.batch_files(0) == kept.files[:kept.batch_size]
+    shuffled = DirectoryGenerator(class_dump, image_size=(8, 8), shuffle="full", seed=0)
+    assert shuffled.shuffle is True and shuffled.batch_files(0) != kept.batch_files(0)
+    assert shuffled.batch_files(0) == DirectoryGenerator(
+        class_dump, image_size=(8, 8), shuffle=True, seed=0).batch_files(0)
 
 
 def test_directory_generator_sees_different_sizes(tmp_path):

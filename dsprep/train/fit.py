@@ -563,6 +563,10 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
     """
     config = dataclasses.replace(config or TrainConfig(), limit_per_class=per_class,
                                  augment="none", early_stop=None, schedule="constant")
+    if config.epochs < 2:
+        raise UsageError(f"the overfit check compares the first epoch's training loss with the "
+                         f"last's, so it needs 2 epochs or more, got {config.epochs}; try "
+                         "--epochs 10")
     result = train(data, run, config, overwrite=overwrite, progress=progress)
     losses = [r["loss"] for r in result.history]
     first, last = losses[0], losses[-1]

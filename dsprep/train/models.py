@@ -267,6 +267,9 @@ def build_model(
             extra["width"] = float(width)
         return alexnet(input_shape, classes, **extra)
     if width is not None:
+        if float(width) != int(width) or int(width) < 1:
+            raise UsageError(f"width {width:g} for {name} is a number of filters: give a whole "
+                             "number, 1 or more (it is a multiplier only for alexnet)")
         extra["width"] = int(width)
     if name == "smallnet":
         return smallnet(input_shape, classes, **extra)
