@@ -123,6 +123,14 @@ def test_overfit_check_needs_two_epochs(data, tmp_path):
     assert not (tmp_path / "run" / "history.csv").exists()
 
 
+def test_sweep_lr_refuses_a_rate_given_twice(data, tmp_path):
+    result = invoke("sweep-lr", data, tmp_path / "sweep", *QUICK, "--lrs", "0.01,0.010",
+                    "--epochs", "1")
+    assert result.exit_code == 2, result.output
+    assert "0.01 more than once" in result.output
+    assert not (tmp_path / "sweep" / "lr-0.01").exists()
+
+
 @pytest.mark.slow
 def test_sweep_lr_plots_each_rate(data, tmp_path):
     run = tmp_path / "sweep"
