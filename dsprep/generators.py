@@ -89,9 +89,11 @@ class _BatchSequence(ABC):
         self.one_hot = bool(one_hot)
         self.drop_last = bool(drop_last)
         self.output = output
-        self.seed = int(np.random.SeedSequence().entropy if seed is None else seed)
-        if self.seed < 0:
+        if seed is not None and (isinstance(seed, bool)
+                                 or not isinstance(seed, (int, np.integer)) or seed < 0):
+            # 1.7 would quietly become 1, and "3" a different stream than 3.
             raise UsageError(f"seed must be a non-negative integer; received {seed!r}")
+        self.seed = int(np.random.SeedSequence().entropy if seed is None else seed)
         self.epoch = 0
         self.label_names: list[str] = []
         self.image_shape: tuple[int, int, int] = (0, 0, 3)

@@ -97,6 +97,15 @@ class SplitOptions:
     def __post_init__(self) -> None:
         if self.ratios is not None and self.counts is not None:
             raise UsageError("give --ratios or --counts, not both")
+        # An option the chosen layout does not read would be ignored without a word.
+        if self.layout in ("folders", "prefix"):
+            for value, option in ((self.labels, "--labels"), (self.id_column, "--id-column"),
+                                  (self.label_column, "--label-column")):
+                if value is not None:
+                    raise UsageError(f"{option} is for the csv layout, not --layout "
+                                     f"{self.layout}")
+        if self.layout in ("folders", "csv") and self.pattern is not None:
+            raise UsageError(f"--pattern is for the prefix layout, not --layout {self.layout}")
         if self.ratios is not None:
             ratios = tuple(float(r) for r in self.ratios)
             object.__setattr__(self, "ratios", ratios)

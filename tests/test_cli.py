@@ -34,3 +34,24 @@ def test_os_errors_become_one_line_messages(tmp_path):
     assert "Traceback" not in result.output
     assert result.output.startswith("Error: ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from dsprep import store
+
+    path = store.write_arrays(tmp_path / "f.hdf5", np.zeros((3, 4, 4, 3), np.uint8),
+                              np.array([0, 1, 1]), ["a", "b"], filenames=["x", "y", "z"])
+    # As in 'dsprep info FILE | head -0': the pipe is closed before dsprep writes to it.
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from dsprep.cli import main; main()", "info", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(60) == 141
+    assert err == ""  # no "Error: Broken pipe", no "Exception ignored"

@@ -71,6 +71,9 @@ def test_dry_run_writes_nothing(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--ratios", "0.8,0.1"], "add up to 0.9"),
     (["--ratios", "a,b"], "not a comma-separated list"),
+    (["--ratios", "0.8,,0.2"], "not a comma-separated list"),
+    (["--layout", "folders", "--labels", "labels.csv"], "--labels is for the csv layout"),
+    (["--layout", "csv", "--pattern", "(?P<label>.+)_"], "--pattern is for the prefix layout"),
     (["--counts", "1.5,2"], "not a comma-separated list"),
     (["--pattern", "(?P<x>.)"], "named group 'label'"),
     (["--layout", "weird"], "Invalid value for '--layout'"),

@@ -156,6 +156,8 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         ({"batch_size": 64, "drop_last": True}, "larger than the 37 rows"),
         ({"preprocessors": [42]}, "not callable"),
         ({"seed": -1}, "seed"),
+        ({"seed": 1.7}, "seed"),
+        ({"seed": "3"}, "seed"),
     ],
 )
 def test_bad_arguments_are_usage_errors(h5file, kwargs, match):

@@ -26,6 +26,13 @@ class DsprepGroup(click.Group):
             raise click.UsageError(str(exc)) from exc
         except DsprepError as exc:
             raise click.ClickException(str(exc)) from exc
+        except BrokenPipeError:
+            # The reader went away (dsprep info FILE | head): stop quietly, as cat would. What
+            # is still buffered for stdout goes nowhere rather than failing again at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            ctx.exit(141)  # 128 + SIGPIPE, the shell's status for a process a pipe closed on
         except OSError as exc:
             # Disk full, permission denied, a file removed under our feet: one line, no traceback.
             where = f"{exc.filename}: " if exc.filename else ""

@@ -21,7 +21,8 @@ def _numbers(text: str | None, kind, option: str) -> tuple | None:
     if text is None:
         return None
     try:
-        return tuple(kind(part) for part in text.split(",") if part.strip())
+        # An empty part (0.8,,0.2) is an error, not a split left out.
+        return tuple(kind(part) for part in text.split(","))
     except ValueError:
         example = "0.8,0.1,0.1" if kind is float else "1000,500,500"
         raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers, "
