@@ -456,8 +456,9 @@ _ATTACHED: dict[str, shared_memory.SharedMemory] = {}
 def _init_worker() -> None:
     # OpenCV's own thread pool would fight the worker processes for the same cores.
     cv2.setNumThreads(1)
-    # A bad image is reported in skipped.csv; OpenCV's warnings about it would only bypass -q.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # A bad image is reported in skipped.csv; OpenCV's messages about it ("imdecode_: can't
+    # read data") would only bypass -q.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     # libjpeg and libpng print their warnings ("Corrupt JPEG data: ...") straight to file
     # descriptor 2, below OpenCV's logging. A worker has nothing else to say there: its results
     # and exceptions travel back through the pool, so its stderr goes to the null device.
@@ -487,9 +488,10 @@ def exit_with_parent(poll: float = 1.0) -> None:
 
 @contextmanager
 def _quiet_opencv() -> Iterator[None]:
-    """Lower OpenCV's log level to errors while this process decodes, then restore it."""
+    """Silence OpenCV's log while this process decodes (a failure is reported in skipped.csv),
+    then restore it."""
     level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         yield
     finally:

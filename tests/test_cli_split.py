@@ -56,6 +56,16 @@ def test_an_already_split_dump_is_pooled_with_a_note(tmp_path):
     assert row.split()[-1] == "6"  # class a of both folders
 
 
+def test_a_class_too_small_for_every_split_gets_a_note(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a",), per_class=10)
+    make_class_folders(dump, classes=("tiny",), per_class=2, seed=50)
+    result = loud("split", str(dump), str(tmp_path / "split"), "--dry-run",
+                  "--ratios", "0.6,0.2,0.2")
+    assert result.exit_code == 0, result.output
+    assert "note: no test images of tiny" in result.output
+    assert "of a " not in result.output  # class a has some in every split
+
+
 def test_dry_run_writes_nothing(tmp_path):
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
     dest = tmp_path / "split"

@@ -109,6 +109,11 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             f"and split again here. To keep its own splits instead, build them as they are: "
             f"dsprep build-hdf5 {src} OUT")
     say(format_table(rows, ["class", *split_plan.splits, "all"]))
+    for split_name in split_plan.splits:
+        empty = [c for c in split_plan.classes if counts_by_split[split_name][c] == 0]
+        if empty and any(counts_by_split[split_name].values()):
+            say(f"note: no {split_name} images of {', '.join(empty)} (too few images; see the "
+                "table)")
     reasons = split_plan.skipped_reasons()
     if reasons:
         say(f"left out {sum(reasons.values())}: "
