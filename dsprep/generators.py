@@ -79,6 +79,9 @@ class _BatchSequence(ABC):
             preprocessors = (preprocessors,)
         ops = tuple(preprocessors)
         for op in ops + ((augment,) if augment is not None else ()):
+            if isinstance(op, type):
+                raise UsageError(f"preprocessor {op.__name__} is a class; pass an instance, "
+                                 f"such as {op.__name__}(...)")
             if not callable(op):
                 raise UsageError(
                     f"preprocessor {op!r} is not callable; pass objects called as op(batch, rng)"

@@ -342,6 +342,9 @@ def open_dataset(path: str | os.PathLike) -> h5py.File:
         if partial_path(path).exists():
             hint = f" ({partial_path(path).name} is an unfinished build; run build-hdf5 again)"
         raise LayoutError(f"{path} does not exist{hint}")
+    if path.is_dir():
+        raise LayoutError(f"{path} is a folder; give one of its HDF5 files, such as "
+                          f"{path / 'train.hdf5'}")
     try:
         db = h5py.File(path, "r")
     except OSError as exc:

@@ -157,6 +157,7 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         ({"preprocessors": [42]}, "not callable"),
         ({"seed": -1}, "seed"),
         ({"seed": 1.7}, "seed"),
+        ({"preprocessors": [Patch]}, "is a class; pass an instance"),
         ({"seed": "3"}, "seed"),
     ],
 )

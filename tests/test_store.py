@@ -56,6 +56,8 @@ def test_existing_file_needs_overwrite(tmp_path, rng):
 def test_open_rejects_missing_non_hdf5_and_foreign(tmp_path):
     with pytest.raises(LayoutError, match="does not exist"):
         store.open_dataset(tmp_path / "missing.hdf5")
+    with pytest.raises(LayoutError, match="is a folder; give one of its HDF5 files"):
+        store.open_dataset(tmp_path)
     text = tmp_path / "text.hdf5"
     text.write_text("hello")
     with pytest.raises(DatasetFormatError, match="not a readable HDF5"):
