@@ -315,6 +315,16 @@ def test_resume_of_a_damaged_run_says_what_to_do(small_run, tmp_path, name, text
     assert "\n" not in str(info.value) and "dsprep train" in str(info.value)
 
 
+def test_resume_to_no_more_epochs_than_done_is_refused(small_run, tmp_path):
+    _, run, _ = small_run  # two epochs done
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = (copy / "config.json").read_text()
+    with pytest.raises(UsageError, match="trained 2 epochs already"):
+        resume(copy, epochs=2)
+    assert (copy / "config.json").read_text() == before  # nothing rewritten
+
+
 def test_affine_ranges_reach_the_augmentation_and_survive_resume(small_run, tmp_path,
                                                                   monkeypatch):
     from dsprep.augment import RandomAffine

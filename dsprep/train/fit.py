@@ -515,6 +515,9 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     if done < 1 or not (run / cb.LAST).is_file():
         raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.LAST}); start "
                           "it again with 'dsprep train --force'")
+    if epochs is not None and config.epochs <= done:
+        raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
+                         f"so give more than {done}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.
