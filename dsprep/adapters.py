@@ -274,8 +274,8 @@ class EpochSync(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
         for gen in self.gens:
-            if gen.epoch != epoch:
-                gen.set_epoch(epoch)
+            # Set even when equal: as_tf_dataset then knows the epoch was pinned, not left over.
+            gen.set_epoch(epoch)
 
 
 def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,
@@ -333,14 +333,17 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
     import tensorflow as tf
 
     signature = _signature(gen)
-    last = []  # the epoch the previous iteration read ([None] for a sequence without epochs)
+    last = []  # where the generator stood when the previous iteration began
+
+    def mark():
+        # dsprep's generators count set_epoch calls, so setting the same epoch again counts;
+        # other sequences are judged by their epoch number, if they have one.
+        return getattr(gen, "epoch_sets", None), getattr(gen, "epoch", None)
 
     def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        now = getattr(gen, "epoch", None)
-        if last and (now is None or now == last[0]):
-            gen.on_epoch_end()  # not moved on since the last iteration: a new epoch
-            now = getattr(gen, "epoch", None)
-        last[:] = [now]
+        if last and (mark() == last[0] or mark() == (None, None)):
+            gen.on_epoch_end()  # nobody set an epoch since the last iteration: a new one
+        last[:] = [mark()]
         for i in range(len(gen)):
             yield gen[i]
 

@@ -39,7 +39,7 @@ from .errors import (
     UsageError,
 )
 from .fileio import exclusive, write_atomic
-from .sources import SPLIT_FOLDER_NAMES, UNREADABLE, class_folder_files
+from .sources import UNREADABLE, class_folder_files, own_split_folders
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
@@ -194,6 +194,7 @@ class BuildReport:
     means_path: Path | None
     skipped_path: Path
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # printed even with -q
 
     @property
     def skipped(self) -> list[Skip]:
@@ -281,7 +282,7 @@ def find_rows(
         classes = read_split_classes(src)
         folders = {split: src / split for split in SPLITS}
     else:
-        folders = _own_split_folders(src)
+        folders = own_split_folders(src)
         if not folders:
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
@@ -321,26 +322,6 @@ def find_rows(
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
         found[split] = _rows(src, f"{folders[split].name}/", pairs, classes)
     return classes, found, notes
-
-
-def _own_split_folders(src: Path) -> dict[str, Path]:
-    """A folder's sub-folders when every one is named as a split (train/, valid/, test/, ...).
-
-    Returns them by split, in train, val, test order; {} when any visible sub-folder has
-    another name. Two folders for one split (val/ and valid/) are refused.
-    """
-    found: dict[str, Path] = {}
-    for folder in sorted(src.iterdir()) if src.is_dir() else []:
-        if folder.name.startswith(".") or not folder.is_dir():
-            continue
-        split = SPLIT_FOLDER_NAMES.get(folder.name.lower())
-        if split is None:
-            return {}
-        if split in found:
-            raise UsageError(f"{src} has both {found[split].name}/ and {folder.name}/ for the "
-                             f"{split} split; move one of them out")
-        found[split] = folder
-    return {split: found[split] for split in SPLITS if split in found}
 
 
 def _rows(root: Path, prefix: str, pairs: Sequence[tuple[str, str]],
@@ -865,20 +846,21 @@ def build_hdf5(
                          "choose another OUT such as data/hdf5")
     classes, planned, notes = find_rows(src, name)
     outputs = [out / f"{split}.hdf5" for split in planned]
-    # A split's files left from an earlier build of another split would sit beside the new
-    # ones with other classes or rows: they count as outputs, and --force removes them.
-    stale = [] if name is not None else [out / f"{split}.hdf5" for split in SPLITS
-                                         if split not in planned]
+    # A split's file this build does not make may be left from an earlier build of another
+    # split (other classes, other rows) or be the user's own (--name test): it stays, and the
+    # report warns about it.
+    others = [] if name is not None else [out / f"{split}.hdf5" for split in SPLITS
+                                          if split not in planned]
     means_path = out / MEANS_NAME if "train" in planned else None
     if means_path is None and name is None:
-        stale.append(out / MEANS_NAME)
+        others.append(out / MEANS_NAME)
     skipped_final = out / SKIPPED_NAME
     out.mkdir(parents=True, exist_ok=True)
     # One build at a time per OUT: a second would write (and on failure remove) the same
     # NAME.partial files.
     with exclusive(out / BUILD_LOCK_NAME, out):
         if not force:
-            existing = [p for p in [*outputs, *stale, means_path, skipped_final]
+            existing = [p for p in [*outputs, means_path, skipped_final]
                         if p is not None and p.exists()]
             if existing:
                 raise DestinationExistsError(
@@ -886,12 +868,11 @@ def build_hdf5(
                 )
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress)
-        for path in stale:
-            if path.exists():
-                path.unlink()
-                notes.append(f"removed {path}, left by an earlier build: this split has no "
-                             f"{'train' if path.name == MEANS_NAME else path.stem} files")
-    return BuildReport(reports, means_path, skipped_final, notes)
+    warnings = [f"{path} is not from this build (this split has no "
+                f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as "
+                "it was; remove it if it does not belong with these files"
+                for path in others if path.exists()]
+    return BuildReport(reports, means_path, skipped_final, notes, warnings)
 
 
 def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],

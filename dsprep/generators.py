@@ -98,6 +98,7 @@ class _BatchSequence(ABC):
             raise UsageError(f"seed must be a non-negative integer; received {seed!r}")
         self.seed = int(np.random.SeedSequence().entropy if seed is None else seed)
         self.epoch = 0
+        self.epoch_sets = 0  # set_epoch calls so far (on_epoch_end's included)
         self.label_names: list[str] = []
         self.image_shape: tuple[int, int, int] = (0, 0, 3)
         self.sample_shape: tuple[int, ...] = ()
@@ -149,6 +150,7 @@ class _BatchSequence(ABC):
         if epoch < 0:
             raise UsageError(f"epoch must be non-negative; received {epoch}")
         self.epoch = int(epoch)
+        self.epoch_sets += 1
         self._shuffle_order()
 
     @abstractmethod
@@ -568,10 +570,12 @@ class DirectoryGenerator(_BatchSequence):
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
         self.image_shape = (*self.image_size, 3)
 
-        if (self.root / "split.json").is_file():
+        splits = sources.own_split_folders(self.root)
+        if (self.root / "split.json").is_file() or splits:
             # Its class folders would be train, val and test.
-            raise UsageError(f"{self.root} is a split folder; give one of its splits, such as "
-                             f"{self.root / 'train'}")
+            first = next(iter(splits.values()), self.root / "train")
+            raise UsageError(f"{self.root} is split into train/val/test folders; give one of "
+                             f"them, such as {first}")
         unreadable: list[sources.Skipped] = []
         found, items = sources.scan_class_folders(self.root, unreadable)
         names = list(found) if classes is None else [str(c) for c in classes]

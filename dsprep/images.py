@@ -590,10 +590,42 @@ def _inspect_png(data: bytes) -> _Header:
 def _inspect_gif(data: bytes) -> _Header:
     width, height = struct.unpack_from("<HH", data, 6)
     _valid_size("GIF", height, width)
-    # A whole GIF ends with its trailer byte ";" (some writers pad it with zeros).
-    complete = None if data.rstrip(b"\x00").endswith(b";") else "truncated GIF (no trailer)"
+    complete = None if _gif_whole(data) else "truncated GIF (its data ends inside a block)"
     # GIFs may carry transparency in any frame's extension; IMREAD_UNCHANGED reports it as alpha.
     return _Header("GIF", height, width, unchanged=True, complete=complete)
+
+
+def _gif_whole(data: bytes) -> bool:
+    """Whether the GIF's blocks all end within ``data`` (walked by their lengths, not decoded).
+
+    False only when the data stops inside a block or before the trailer; anything after the
+    trailer, and blocks of unknown kinds, are let be (the decoder judges those).
+    """
+    n = len(data)
+    pos = 13
+    if n < pos:
+        return False
+    if data[10] & 0x80:  # global colour table
+        pos += 3 << ((data[10] & 7) + 1)
+    while pos < n:
+        kind = data[pos]
+        if kind == 0x3B:  # trailer
+            return True
+        if kind == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+        elif kind == 0x2C:  # image: descriptor, local colour table, code size, sub-blocks
+            if pos + 10 > n:
+                return False
+            flags = data[pos + 9]
+            pos += 10 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0) + 1
+        else:
+            return True  # not a block this walk knows
+        while pos < n and data[pos]:  # sub-blocks, each led by its length, up to a 0
+            pos += data[pos] + 1
+        pos += 1  # the terminating 0
+        if pos > n:
+            return False
+    return False
 
 
 def _inspect_bmp(data: bytes) -> _Header:

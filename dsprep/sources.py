@@ -511,6 +511,28 @@ def presplit_folders(images: list[str], root: str) -> list[str]:
     return sorted(tops) if deep else []
 
 
+def own_split_folders(folder: str | os.PathLike) -> dict[str, Path]:
+    """A folder's sub-folders when every visible one is named as a split (train/, valid/, ...).
+
+    Returns them by split ("train", "val", "test"), in that order; {} when any visible
+    sub-folder has another name or there are none. Two folders for one split (val/ and
+    valid/) are refused.
+    """
+    folder = Path(folder)
+    found: dict[str, Path] = {}
+    for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not _visible(sub.name) or not sub.is_dir():
+            continue
+        split = SPLIT_FOLDER_NAMES.get(sub.name.lower())
+        if split is None:
+            return {}
+        if split in found:
+            raise UsageError(f"{folder} has both {found[split].name}/ and {sub.name}/ for the "
+                             f"{split} split; move one of them out")
+        found[split] = sub
+    return {split: found[split] for split in ("train", "val", "test") if split in found}
+
+
 def _by_folder(images: list[str], root: str, presplit: bool = False) -> tuple[list, list[Skipped]]:
     items, skipped = [], []
     for rel in images:

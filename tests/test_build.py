@@ -497,18 +497,18 @@ def test_existing_outputs_need_force(tmp_path):
     assert not list((tmp_path / "out").glob("*.partial"))
 
 
-def test_files_of_splits_no_longer_built_need_force_and_are_removed(tmp_path):
+def test_files_of_other_splits_in_out_are_left_alone_with_a_warning(tmp_path):
     three = make_split(tmp_path / "three", counts=(("train", 1), ("val", 1), ("test", 1)))
     out = tmp_path / "out"
     build.build_hdf5(three, out, opts())
+    before = (out / "train.hdf5").read_bytes()
+    # An earlier split's train.hdf5, or the user's own (--name train): never deleted.
     two = make_split(tmp_path / "two", counts=(("val", 1), ("test", 1)))
-    with pytest.raises(DestinationExistsError, match="train.hdf5"):
-        build.build_hdf5(two, out, opts())
     report = build.build_hdf5(two, out, opts(), force=True)
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "skipped.csv", "test.hdf5", "val.hdf5"]  # no train.hdf5, no means.json of it
-    assert any("train.hdf5" in note for note in report.notes)
-    assert any("means.json" in note for note in report.notes)
+    assert (out / "train.hdf5").read_bytes() == before and (out / "means.json").exists()
+    assert len(report.warnings) == 2
+    assert "train.hdf5 is not from this build" in report.warnings[0]
+    assert "means.json is not from this build" in report.warnings[1]
 
 
 def test_a_dump_already_split_into_class_folders_is_built_as_it_is(tmp_path):
@@ -568,7 +568,7 @@ def test_decoder_warnings_stay_out_of_stderr(tmp_path, capfd, monkeypatch):
     assert "Corrupt JPEG" not in capfd.readouterr().err
 
 
-def test_in_process_decoding_lowers_the_opencv_log_level_only_meanwhile(tmp_path, monkeypatch):
+def test_in_process_decoding_silences_the_opencv_log_only_meanwhile(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split", counts=(("train", 1),))
     level = cv2.utils.logging.getLogLevel()
     seen = []
@@ -580,7 +580,7 @@ def test_in_process_decoding_lowers_the_opencv_log_level_only_meanwhile(tmp_path
 
     monkeypatch.setattr(build.imagelib, "load", load)
     build.build_hdf5(src, tmp_path / "out", opts())
-    assert seen and set(seen) == {cv2.utils.logging.LOG_LEVEL_ERROR}
+    assert seen and set(seen) == {cv2.utils.logging.LOG_LEVEL_SILENT}
     assert cv2.utils.logging.getLogLevel() == level
 
 

@@ -51,7 +51,7 @@ def test_an_already_split_dump_is_pooled_with_a_note(tmp_path):
                   "--ratios", "0.5,0.25,0.25")
     assert result.exit_code == 0, result.output
     assert "already split (test/, train/)" in result.output
-    assert "dsprep build-hdf5" in result.output
+    assert f"dsprep build-hdf5 {tmp_path / 'dump'} OUT" in result.output
     row = next(line for line in result.output.splitlines() if line.startswith("a "))
     assert row.split()[-1] == "6"  # class a of both folders
 

@@ -124,8 +124,8 @@ def test_overfit_check_needs_two_epochs(data, tmp_path):
 
 
 def test_sweep_lr_refuses_a_rate_given_twice(data, tmp_path):
-    result = invoke("sweep-lr", data, tmp_path / "sweep", *QUICK, "--lrs", "0.01,0.010",
-                    "--epochs", "1")
+    result = invoke("sweep-lr", data, tmp_path / "sweep", *QUICK, "--lrs", "0.01,0.0100000001",
+                    "--epochs", "1")  # both would train into lr-0.01
     assert result.exit_code == 2, result.output
     assert "0.01 more than once" in result.output
     assert not (tmp_path / "sweep" / "lr-0.01").exists()

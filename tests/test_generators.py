@@ -529,7 +529,11 @@ def test_directory_errors(tmp_path, class_dump):
         DirectoryGenerator(class_dump, image_size=(8, 8), shuffle="batches")
     (tmp_path / "split" / "train").mkdir(parents=True)
     (tmp_path / "split" / "split.json").write_text("{}")
-    with pytest.raises(UsageError, match="split folder"):  # its "classes": train, val, test
+    with pytest.raises(UsageError, match="is split into"):  # its "classes": train, val, test
+        DirectoryGenerator(tmp_path / "split", image_size=(8, 8))
+    (tmp_path / "split" / "split.json").unlink()
+    make_class_folders(tmp_path / "split" / "valid", classes=("a",), per_class=1)
+    with pytest.raises(UsageError, match="such as .*train"):  # a dump split before dsprep
         DirectoryGenerator(tmp_path / "split", image_size=(8, 8))
 
 

@@ -467,7 +467,14 @@ def test_a_truncated_gif_or_bmp_is_found_from_its_header(fmt):
     data = FORMATS[fmt]()
     assert images.probe(data, verify=True)[0] > 0  # whole: fine
     if fmt == "gif":
-        assert images.probe(data + b"\x00\x00", verify=True)[0] > 0  # zero padding is fine
+        for tail in (b"\x00\x00", b"\n", b"\r\n", b"appended data" * 100):
+            assert images.probe(data + tail, verify=True)[0] > 0  # after the trailer: fine
+        frames = [Image.fromarray(smooth_image(37, 53, seed=s)).quantize(64) for s in range(3)]
+        animated = encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
+                          duration=50, loop=0, transparency=0, comment=b"made here")
+        assert images.probe(animated, verify=True) == (37, 53)
+        with pytest.raises(CorruptImageError, match="truncated GIF"):
+            images.probe(animated[: len(animated) * 2 // 3], verify=True)
     with pytest.raises(CorruptImageError, match=f"truncated {fmt.upper()}"):
         images.probe(data[: len(data) - 7], verify=True)
 

@@ -109,6 +109,8 @@ def test_softmax_stays_float32_under_mixed_precision():
         (lambda: smallnet((64, 64), 2), "not \\(height, width, 3\\)"),
         (lambda: build_model("resnet18", (64, 64, 3), 2, width=2.9), "whole number"),
         (lambda: build_model("smallnet", (64, 64, 3), 2, width=0.5), "whole number"),
+        (lambda: build_model("resnet18", (64, 64, 3), 2, width=float("inf")), "finite"),
+        (lambda: build_model("alexnet", (64, 64, 3), 2, width=float("nan")), "finite"),
     ],
 )
 def test_bad_model_arguments_raise_usage_errors(call, match):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 
 import click
@@ -26,9 +27,11 @@ class DsprepGroup(click.Group):
             raise click.UsageError(str(exc)) from exc
         except DsprepError as exc:
             raise click.ClickException(str(exc)) from exc
-        except BrokenPipeError:
-            # The reader went away (dsprep info FILE | head): stop quietly, as cat would. What
-            # is still buffered for stdout goes nowhere rather than failing again at exit.
+        except BrokenPipeError as exc:
+            if not _stdout_closed():
+                raise click.ClickException(str(exc)) from exc  # some other pipe
+            # The reader of stdout went away (dsprep info FILE | head): stop quietly, as cat
+            # would. What is still buffered goes nowhere rather than failing again at exit.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
@@ -37,6 +40,16 @@ class DsprepGroup(click.Group):
             # Disk full, permission denied, a file removed under our feet: one line, no traceback.
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
+        return False
 
 
 def verbosity_options() -> list[click.Option]:

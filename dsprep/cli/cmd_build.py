@@ -66,6 +66,8 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     report = run_build(src, out, options, name=name, force=force, progress=show_progress())
     for note in report.notes:
         say(f"note: {note}")
+    for warning in report.warnings:
+        say(f"warning: {warning}", err=True)
     for f in report.files:
         skipped = f", {len(f.skipped)} skipped" if f.skipped else ""
         say(f"{f.path}: {f.count} images{skipped} in {f.seconds:.1f} s ({f.rate:.0f} images/s)")

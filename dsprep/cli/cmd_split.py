@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..errors import UsageError
-from ..sources import LAYOUTS
+from ..sources import LAYOUTS, own_split_folders
 from ..split import (
     DEFAULT_SEED,
     MODES,
@@ -106,8 +108,15 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     if split_plan.split_folders:
         folders = ", ".join(f"{f}/" for f in split_plan.split_folders)
         say(f"note: the dump is already split ({folders}); their images are pooled by class "
-            f"and split again here. To keep its own splits instead, build them as they are: "
-            f"dsprep build-hdf5 {src} OUT")
+            "and split again here")
+        inside = Path(src) / split_plan.root
+        try:
+            buildable = bool(own_split_folders(inside))
+        except UsageError:
+            buildable = False
+        if buildable:
+            say(f"note: to keep its own splits instead, build them as they are: "
+                f"dsprep build-hdf5 {inside} OUT")
     say(format_table(rows, ["class", *split_plan.splits, "all"]))
     for split_name in split_plan.splits:
         empty = [c for c in split_plan.classes if counts_by_split[split_name][c] == 0]

@@ -586,10 +586,12 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
     """
     if not lrs:
         raise UsageError("--lrs needs at least one learning rate, e.g. --lrs 0.1,0.01,0.001")
-    twice = sorted({float(lr) for lr in lrs if [float(x) for x in lrs].count(float(lr)) > 1})
+    # Each rate gets the run folder lr-<rate>, its %g form: rates that print alike collide.
+    names = [f"{float(lr):g}" for lr in lrs]
+    twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise UsageError(f"--lrs names {', '.join(f'{lr:g}' for lr in twice)} more than once "
-                         "(each rate gets one run folder, lr-<rate>)")
+        raise UsageError(f"--lrs names {', '.join(twice)} more than once (each rate gets one "
+                         "run folder, lr-<rate>)")
     config = config or TrainConfig()
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)

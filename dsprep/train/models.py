@@ -5,6 +5,7 @@ Every builder takes an optional on-device input normalisation so raw uint8 batch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -262,6 +263,8 @@ def build_model(
     extra = {"mean": mean, "scale": scale, "input_dtype": input_dtype}
     if reg is not None:
         extra["reg"] = float(reg)
+    if width is not None and not (math.isfinite(float(width)) and float(width) > 0):
+        raise UsageError(f"width {width} must be a finite number above 0")
     if name == "alexnet":
         if width is not None:
             extra["width"] = float(width)

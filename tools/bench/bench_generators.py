@@ -98,8 +98,16 @@ def rate(fn, n_images: int, repeats: int) -> float:
     return best
 
 
-def rates_interleaved(fns: list, n_images: int, repeats: int, rounds: int = 3) -> list[float]:
-    """Best images/s of each of ``fns``, timed in blocks that take turns over ``rounds`` rounds.
+ROUNDS = 3
+
+
+def timed_per_round(repeats: int) -> int:
+    """Timed runs of each function per round of ``rates_interleaved``: ``repeats`` or more."""
+    return max(1, -(-repeats // ROUNDS))
+
+
+def rates_interleaved(fns: list, n_images: int, repeats: int) -> list[float]:
+    """Best images/s of each of ``fns``, timed in blocks that take turns over ``ROUNDS`` rounds.
 
     Two rates compared as a ratio are then measured over the same minutes, so a change in the
     machine's speed between them (other tenants of the host) moves both. Each block starts
@@ -107,8 +115,8 @@ def rates_interleaved(fns: list, n_images: int, repeats: int, rounds: int = 3) -
     cold, and TensorFlow tears down its threads after an epoch).
     """
     best = [0.0] * len(fns)
-    per_round = max(1, -(-repeats // rounds))
-    for _ in range(rounds):
+    per_round = timed_per_round(repeats)
+    for _ in range(ROUNDS):
         for k, fn in enumerate(fns):
             fn()
             for _ in range(per_round):
@@ -311,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     print(f"\n{n} images of {SIZE}x{SIZE} ({slow_n} for the per-image baselines), batches of "
-          f"{BATCH}, best of {repeats} ((b) and Keras: of 3 rounds of each in turn); "
+          f"{BATCH}, best of {repeats} ((b) and Keras: of {ROUNDS * timed_per_round(repeats)}, "
+          f"in {ROUNDS} rounds taking turns; (b1) and (d) are timed apart from (b)); "
           f"{os.cpu_count()} cores; 1 process (Keras uses its own threads).")
     return 0 if all(goal is None or ratio >= goal for *_, ratio, goal in rows) else 1
 
