@@ -282,7 +282,8 @@ def find_rows(
         classes = read_split_classes(src)
         folders = {split: src / split for split in SPLITS}
     else:
-        folders = own_split_folders(src)
+        copies: list[Path] = []
+        folders = own_split_folders(src, copies)
         if not folders:
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
@@ -291,6 +292,7 @@ def find_rows(
         classes = None  # the class folders found in them, together
         notes.append(f"no split.json in {src}: building its own split folders ("
                      + ", ".join(f"{f.name}/ as {split}" for split, f in folders.items()) + ")")
+        notes += [f"left out {copy}/: split folders of its own (a copy?)" for copy in copies]
     scanned: dict[str, list[tuple[str, str]]] = {}
     for split, folder in folders.items():
         if not folder.is_dir() or not any(folder.iterdir()):

@@ -570,7 +570,7 @@ class DirectoryGenerator(_BatchSequence):
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
         self.image_shape = (*self.image_size, 3)
 
-        splits = sources.own_split_folders(self.root)
+        splits = sources.own_split_folders(self.root, [])
         if (self.root / "split.json").is_file() or splits:
             # Its class folders would be train, val and test.
             first = next(iter(splits.values()), self.root / "train")

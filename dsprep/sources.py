@@ -496,40 +496,61 @@ def presplit_folders(images: list[str], root: str) -> list[str]:
     """The split folders of a dump laid out as ``<split>/<class>/<image>``, else [].
 
     Such a dump is one where every top folder holding images is named as a split (any case,
-    see ``SPLIT_FOLDER_NAMES``), nothing but folders lies at the top, and some image is two
-    folders down: read as plain class folders, its classes would be "train" and "test".
+    see ``SPLIT_FOLDER_NAMES``), or is a copy of such folders one level down (Kaggle's
+    chest_xray archive holds ``chest_xray/train/...`` and a copy in ``chest_xray/chest_xray/``),
+    nothing but folders lies at the top, and some image is in a class folder: read as plain
+    class folders, its classes would be "train" and "test".
     """
-    tops = set()
-    deep = False
+    found = set()
+    in_class = False
     for rel in images:
-        inner = rel[len(root):]
-        top, sep, rest = inner.partition("/")
-        if not sep or top.lower() not in SPLIT_FOLDER_NAMES:
+        parts = rel[len(root):].split("/")
+        k = _class_part(parts)
+        if k is None:
             return []
-        tops.add(top)
-        deep = deep or "/" in rest
-    return sorted(tops) if deep else []
+        found.add("/".join(parts[:k]))
+        in_class = in_class or len(parts) >= k + 2
+    if not in_class or all("/" in f for f in found):
+        return []
+    return sorted(found)
 
 
-def own_split_folders(folder: str | os.PathLike) -> dict[str, Path]:
+def _class_part(parts: list[str]) -> int | None:
+    """Where the class folder sits in a pre-split path: after ``split/`` or ``copy/split/``."""
+    if len(parts) >= 2 and parts[0].lower() in SPLIT_FOLDER_NAMES:
+        return 1
+    if len(parts) >= 3 and parts[1].lower() in SPLIT_FOLDER_NAMES:
+        return 2
+    return None
+
+
+def own_split_folders(folder: str | os.PathLike,
+                      copies: list[Path] | None = None) -> dict[str, Path]:
     """A folder's sub-folders when every visible one is named as a split (train/, valid/, ...).
 
     Returns them by split ("train", "val", "test"), in that order; {} when any visible
-    sub-folder has another name or there are none. Two folders for one split (val/ and
-    valid/) are refused.
+    sub-folder has another name or there are none. Given ``copies`` (a list), a sub-folder
+    that is itself a folder of split folders (a copy, as in Kaggle's chest_xray archive) is
+    passed over and added to it. Two folders for one split (val/ and valid/) are refused.
     """
     folder = Path(folder)
     found: dict[str, Path] = {}
+    passed: list[Path] = []
     for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
         if not _visible(sub.name) or not sub.is_dir():
             continue
         split = SPLIT_FOLDER_NAMES.get(sub.name.lower())
         if split is None:
+            if copies is not None and own_split_folders(sub):  # one level down, no deeper
+                passed.append(sub)
+                continue
             return {}
         if split in found:
             raise UsageError(f"{folder} has both {found[split].name}/ and {sub.name}/ for the "
                              f"{split} split; move one of them out")
         found[split] = sub
+    if found and passed:
+        copies += passed
     return {split: found[split] for split in ("train", "val", "test") if split in found}
 
 
@@ -538,10 +559,12 @@ def _by_folder(images: list[str], root: str, presplit: bool = False) -> tuple[li
     for rel in images:
         parts = rel[len(root):].split("/")
         if presplit:
-            if len(parts) < 3:
-                skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {parts[0]}/"))
+            k = _class_part(parts) or 1
+            if len(parts) < k + 2:
+                where = "/".join(parts[:k])
+                skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))
             else:
-                items.append((rel, parts[1]))
+                items.append((rel, parts[k]))
         elif len(parts) < 2:
             skipped.append(Skipped(rel, NO_LABEL, "not inside a class folder"))
         else:

@@ -530,6 +530,11 @@ def test_a_dump_already_split_into_class_folders_is_built_as_it_is(tmp_path):
             np.testing.assert_array_equal(image, reference(src / name, (24, 24)))
     assert (tmp_path / "out" / "means.json").exists()
 
+    # A copy of the split folders inside (as Kaggle's chest_xray archive has) is passed over.
+    make_class_folders(src / "chest" / "train", classes=("NORMAL",), per_class=1, seed=40)
+    again = build.build_hdf5(src, tmp_path / "out3", opts())
+    assert [f.count for f in again.files] == [4, 1, 2]
+    assert any(f"left out {src / 'chest'}/" in note for note in again.notes)
     make_class_folders(src / "val", classes=("NORMAL",), per_class=1, seed=30)
     with pytest.raises(UsageError, match="both val/ and valid/"):
         build.build_hdf5(src, tmp_path / "out2", opts())

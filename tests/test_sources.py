@@ -155,6 +155,21 @@ def test_a_dump_already_split_into_split_folders_is_read_by_its_class_folders(tm
     assert _reasons(inv) == {"chest_xray/Test/unlabelled.jpg": NO_LABEL}
 
 
+def test_the_chest_xray_archive_with_its_nested_copy_is_read_as_split(tmp_path):
+    # Kaggle's archive: chest_xray/{train,test,val}, the same again in chest_xray/chest_xray/,
+    # and a __MACOSX folder.
+    top = tmp_path / "archive" / "chest_xray"
+    for where in (top, top / "chest_xray"):
+        make_class_folders(where / "train", classes=("NORMAL", "PNEUMONIA"), per_class=2)
+        make_class_folders(where / "test", classes=("NORMAL", "PNEUMONIA"), per_class=1, seed=9)
+    _img(top / "__MACOSX" / "train" / "._x.jpg", seed=3)
+    inv = _find(tmp_path / "archive")
+    assert inv.split_folders == ["chest_xray/test", "chest_xray/train", "test", "train"]
+    assert inv.classes == ["NORMAL", "PNEUMONIA"] and len(inv.items) == 12
+    assert dict(inv.items)["chest_xray/chest_xray/test/NORMAL/NORMAL_0.jpg"] == "NORMAL"
+    assert inv.skipped == []
+
+
 def test_class_folders_named_like_splits_but_holding_images_stay_classes(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("test", "train"), per_class=2)
     inv = _find(root)

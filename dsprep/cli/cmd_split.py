@@ -111,7 +111,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             "and split again here")
         inside = Path(src) / split_plan.root
         try:
-            buildable = bool(own_split_folders(inside))
+            buildable = bool(own_split_folders(inside, []))
         except UsageError:
             buildable = False
         if buildable:
