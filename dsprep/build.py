@@ -39,7 +39,7 @@ from .errors import (
     UsageError,
 )
 from .fileio import exclusive, write_atomic
-from .sources import UNREADABLE, class_folder_files, own_split_folders
+from .sources import DANGLING_LINK, UNREADABLE, class_folder_files, own_split_folders
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
@@ -251,7 +251,17 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
 
 def _problem_notes(problems, prefix: str = "") -> list[str]:
     """One note per entry the folder walk could not read, so none is left out silently."""
-    return [f"left out {prefix}{p.source}: {p.reason} ({p.detail})" for p in problems]
+    return [f"left out {prefix}{p.source}: {p.reason} ({p.detail})" for p in problems
+            if p.reason != DANGLING_LINK]
+
+
+def _dangling_pairs(problems, classes: Sequence[str]) -> list[tuple[str, str]]:
+    """(class, path) of the links in class folders whose targets are gone (a split made with
+    --mode symlink whose sources moved): kept as rows, so the build lists each in skipped.csv
+    as unreadable instead of leaving it out with a note."""
+    known = set(classes)
+    return [(p.source.split("/", 1)[0], p.source) for p in problems
+            if p.reason == DANGLING_LINK and p.source.split("/", 1)[0] in known]
 
 
 def find_rows(
@@ -276,6 +286,7 @@ def find_rows(
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
         problems: list = []
         classes, pairs = class_folder_files(src, problems)
+        pairs = sorted(pairs + _dangling_pairs(problems, classes))
         return classes, {name: _rows(src, "", pairs, classes)}, _problem_notes(problems)
     notes: list[str] = []
     if has_manifest:
@@ -300,7 +311,8 @@ def find_rows(
             continue
         problems: list = []
         try:
-            _, pairs = class_folder_files(folder, problems)
+            found_classes, pairs = class_folder_files(folder, problems)
+            pairs = sorted(pairs + _dangling_pairs(problems, found_classes))
             notes += _problem_notes(problems, f"{folder.name}/")
         except LayoutError:
             notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")

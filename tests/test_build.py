@@ -726,12 +726,20 @@ def test_dangling_link_in_a_class_folder_is_reported_not_swallowed(tmp_path):
     from helpers import smooth_image, write_image
 
     from dsprep.build import find_rows
+    from dsprep.sources import UNREADABLE
 
     write_image(tmp_path / "src" / "a" / "ok.jpg", smooth_image(16, 16))
     (tmp_path / "src" / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     classes, rows, notes = find_rows(tmp_path / "src", name="train")
-    assert classes == ["a"] and len(rows["train"]) == 1
-    assert len(notes) == 1 and "a/gone.jpg" in notes[0]
+    assert classes == ["a"] and [r.name for r in rows["train"]] == ["a/gone.jpg", "a/ok.jpg"]
+    assert notes == []
+    # The build lists it in skipped.csv, as unreadable, and counts it.
+    report = build.build_hdf5(tmp_path / "src", tmp_path / "out", opts(), name="train")
+    assert report.files[0].count == 1
+    assert [(s.source, s.reason) for s in report.files[0].skipped] == [
+        ("a/gone.jpg", UNREADABLE)]
+    with open(tmp_path / "out" / "skipped.csv", newline="") as fh:
+        assert [row["source"] for row in csv.DictReader(fh)] == ["a/gone.jpg"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the process")
