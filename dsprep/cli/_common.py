@@ -95,6 +95,11 @@ def say(message: str = "", *, err: bool = False) -> None:
         click.echo(message, err=err)
 
 
+def count_of(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun, singular for one: "1 class", "3 classes"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def show_progress() -> bool:
     """Whether long work shows a progress bar (not with ``-q``)."""
     return not is_quiet()

@@ -7,7 +7,7 @@ from collections import Counter
 
 import click
 
-from ._common import format_table, say, show_progress
+from ._common import count_of, format_table, say, show_progress
 
 _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
 
@@ -95,7 +95,7 @@ def info(file: str) -> None:
     say(f"  chunks       {d['chunks'] or 'contiguous'}")
     opts = f" ({d['compression_opts']})" if d["compression_opts"] is not None else ""
     say(f"  compression  {d['compression']}{opts}")
-    say(f"  labels       {d['label_dtype']}, {len(d['classes'])} classes")
+    say(f"  labels       {d['label_dtype']}, {count_of(len(d['classes']), 'class', 'classes')}")
     if d["mean_rgb"] is not None:
         r, g, b = d["mean_rgb"]
         say(f"  mean RGB     {r:.3f} {g:.3f} {b:.3f}")

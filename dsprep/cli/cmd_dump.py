@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..sample import DEFAULT_CLASSES, LAYOUTS, PHOTOS, write_sample_dump
-from ._common import say, show_progress
+from ._common import count_of, say, show_progress
 
 
 @click.command("sample-dump")
@@ -37,7 +37,7 @@ def sample_dump(dest: str, layout: str, per_class: int, seed: int, classes: str,
     summary = write_sample_dump(dest, layout=layout, per_class=per_class, seed=seed,
                                 with_bad_files=with_bad_files, classes=names,
                                 progress=show_progress(), overwrite=force)
-    say(f"wrote {summary.images} images ({len(summary.classes)} classes: "
+    say(f"wrote {summary.images} images ({count_of(len(summary.classes), 'class', 'classes')}: "
         f"{', '.join(summary.classes)}; {summary.bytes / 1e6:.1f} MB) to {summary.dest} "
         f"in the {summary.layout} layout")
     if summary.bad_files:

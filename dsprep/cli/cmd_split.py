@@ -16,7 +16,7 @@ from ..split import (
     plan,
     run,
 )
-from ._common import format_table, say, show_progress
+from ._common import count_of, format_table, say, show_progress
 
 
 def _numbers(text: str | None, kind, option: str) -> tuple | None:
@@ -103,8 +103,8 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     rows.append(["total"] + [sum(counts_by_split[s].values()) for s in split_plan.splits]
                 + [len(split_plan.files)])
     where = f" (inside {split_plan.root})" if split_plan.root else ""
-    say(f"{src}{where}: {split_plan.layout} layout, {len(split_plan.classes)} classes, "
-        f"seed {seed}")
+    classes = count_of(len(split_plan.classes), "class", "classes")
+    say(f"{src}{where}: {split_plan.layout} layout, {classes}, seed {seed}")
     if split_plan.split_folders:
         folders = ", ".join(f"{f}/" for f in split_plan.split_folders)
         say(f"note: the dump is already split ({folders}); their images are pooled by class "
