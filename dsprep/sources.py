@@ -606,6 +606,13 @@ def _decode_csv(data: bytes, name: str) -> str:
         return data.decode("latin-1")
 
 
+def _delimiter(text: str) -> str:
+    """The labels file's field separator: the commonest of , ; and tab on its first line
+    (spreadsheets in many locales export with ;)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return max((",", ";", "\t"), key=first.count) if first else ","
+
+
 class _LabelsTable:
     """A labels CSV matched against the image files."""
 
@@ -613,7 +620,8 @@ class _LabelsTable:
                  id_column, label_column) -> None:
         self.name = name
         self.images = images
-        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+                if any(c.strip() for c in r)]
         # Lookups from most to least specific: path, path without extension, name, name stem.
         self.keys: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(4)]
         for rel in images:

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 from click.testing import CliRunner
-from helpers import make_class_folders
+from helpers import make_class_folders, smooth_image, write_image
 
 from dsprep.cli import main
 
@@ -64,6 +64,14 @@ def test_a_class_too_small_for_every_split_gets_a_note(tmp_path):
     assert result.exit_code == 0, result.output
     assert "note: no test images of tiny" in result.output
     assert "of a " not in result.output  # class a has some in every split
+
+
+def test_a_single_class_is_warned_about(tmp_path):
+    for i in range(4):
+        write_image(tmp_path / "dump" / f"cat.{i}.jpg", smooth_image(40, 40, seed=i))
+    result = loud("-q", "split", str(tmp_path / "dump"), str(tmp_path / "split"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "warning: one class only (cat)" in result.output  # even with -q
 
 
 def test_dry_run_writes_nothing(tmp_path):

@@ -241,6 +241,15 @@ def test_csv_with_header_ids_without_extension(tmp_path, newline):
     assert inv.skipped == []
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_csv_separated_by_semicolons_or_tabs_is_found_in_auto_mode(tmp_path, sep):
+    text = "id,label\n1,cat\n2,dog\n3,cat\n4,dog\n".replace(",", sep)
+    inv = _find(_csv_dump(tmp_path, text))  # it used to give one class, "images"
+    assert inv.layout == "csv"
+    assert dict(inv.items) == {"images/1.jpg": "cat", "images/2.jpg": "dog",
+                               "images/3.png": "cat", "images/4.jpg": "dog"}
+
+
 def test_csv_without_header_and_with_extensions(tmp_path):
     root = _csv_dump(tmp_path, "1.jpg,cat\n2.jpg,dog\n3.png,cat\n4.jpg,dog\n")
     inv = _find(root, layout="csv")

@@ -105,6 +105,9 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     where = f" (inside {split_plan.root})" if split_plan.root else ""
     classes = count_of(len(split_plan.classes), "class", "classes")
     say(f"{src}{where}: {split_plan.layout} layout, {classes}, seed {seed}")
+    if len(split_plan.classes) == 1:
+        say(f"warning: one class only ({split_plan.classes[0]}): a classifier needs two or "
+            "more; check --layout (and --labels / --pattern)", err=True)
     if split_plan.split_folders:
         folders = ", ".join(f"{f}/" for f in split_plan.split_folders)
         say(f"note: the dump is already split ({folders}); their images are pooled by class "
