@@ -274,8 +274,12 @@ class EpochSync(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
         for gen in self.gens:
-            # Set even when equal: as_tf_dataset then knows the epoch was pinned, not left over.
-            gen.set_epoch(epoch)
+            if gen.epoch != epoch:
+                gen.set_epoch(epoch)
+            elif isinstance(getattr(gen, "epoch_sets", None), int):
+                # Already there: count it as set, so as_tf_dataset reads this epoch rather
+                # than moving on from it, without drawing the order again.
+                gen.epoch_sets += 1
 
 
 def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,

@@ -39,7 +39,13 @@ from .errors import (
     UsageError,
 )
 from .fileio import exclusive, write_atomic
-from .sources import DANGLING_LINK, UNREADABLE, class_folder_files, own_split_folders
+from .sources import (
+    DANGLING_LINK,
+    UNREADABLE,
+    class_folder_files,
+    is_image_name,
+    own_split_folders,
+)
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
@@ -255,18 +261,17 @@ def _problem_notes(problems, prefix: str = "") -> list[str]:
             if p.reason != DANGLING_LINK]
 
 
-def _dangling_pairs(problems, classes: Sequence[str]) -> list[tuple[str, str]]:
-    """(class, path) of the links in class folders whose targets are gone (a split made with
-    --mode symlink whose sources moved): kept as rows, so the build lists each in skipped.csv
-    as unreadable instead of leaving it out with a note."""
-    known = set(classes)
-    return [(p.source.split("/", 1)[0], p.source) for p in problems
-            if p.reason == DANGLING_LINK and p.source.split("/", 1)[0] in known]
+def _dangling_skips(problems, prefix: str = "") -> list[Skip]:
+    """The image links in class folders whose targets are gone (a split made with --mode
+    symlink whose sources moved), as skipped rows: listed in skipped.csv and counted."""
+    return [Skip(prefix + p.source, p.reason, p.detail) for p in problems
+            if p.reason == DANGLING_LINK and "/" in p.source
+            and is_image_name(p.source.rpartition("/")[2])]
 
 
 def find_rows(
     src: str | os.PathLike, name: str | None = None
-) -> tuple[list[str], dict[str, list[Row]], list[str]]:
+) -> tuple[list[str], dict[str, list[Row]], list[str], dict[str, list[Skip]]]:
     """List what to build from a split folder, or from one class-folder tree with ``name``.
 
     A folder without split.json whose sub-folders are all named as splits (``train/``,
@@ -275,7 +280,8 @@ def find_rows(
 
     Returns:
         The class names (id order), the rows of each file to build (by split or ``name``, in
-        sorted order), and notes about splits left out because they have no files.
+        sorted order), notes about splits left out because they have no files, and the
+        dangling image links of each file's folders (skipped rows).
     """
     src = Path(src)
     has_manifest = (src / "split.json").is_file()
@@ -286,9 +292,10 @@ def find_rows(
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
         problems: list = []
         classes, pairs = class_folder_files(src, problems)
-        pairs = sorted(pairs + _dangling_pairs(problems, classes))
-        return classes, {name: _rows(src, "", pairs, classes)}, _problem_notes(problems)
+        return (classes, {name: _rows(src, "", pairs, classes)}, _problem_notes(problems),
+                {name: _dangling_skips(problems)})
     notes: list[str] = []
+    links: dict[str, list[Skip]] = {}
     if has_manifest:
         classes = read_split_classes(src)
         folders = {split: src / split for split in SPLITS}
@@ -311,9 +318,9 @@ def find_rows(
             continue
         problems: list = []
         try:
-            found_classes, pairs = class_folder_files(folder, problems)
-            pairs = sorted(pairs + _dangling_pairs(problems, found_classes))
+            _, pairs = class_folder_files(folder, problems)
             notes += _problem_notes(problems, f"{folder.name}/")
+            links[split] = _dangling_skips(problems, f"{folder.name}/")
         except LayoutError:
             notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")
             continue
@@ -335,7 +342,7 @@ def find_rows(
             raise LayoutError(f"{folders[split]} has classes {unknown} that are not in "
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
         found[split] = _rows(src, f"{folders[split].name}/", pairs, classes)
-    return classes, found, notes
+    return classes, found, notes, links
 
 
 def _rows(root: Path, prefix: str, pairs: Sequence[tuple[str, str]],
@@ -858,7 +865,7 @@ def build_hdf5(
         # The split's own skipped.csv would be replaced, and the outputs mixed with the sources.
         raise UsageError(f"output folder {out} is the source folder {src}; "
                          "choose another OUT such as data/hdf5")
-    classes, planned, notes = find_rows(src, name)
+    classes, planned, notes, links = find_rows(src, name)
     outputs = [out / f"{split}.hdf5" for split in planned]
     # A split's file this build does not make may be left from an earlier build of another
     # split (other classes, other rows) or be the user's own (--name test): it stays, and the
@@ -881,7 +888,7 @@ def build_hdf5(
                     f"{', '.join(map(str, existing))} already exist(s); use --force to replace"
                 )
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
-                               skipped_final, progress)
+                               skipped_final, progress, links)
     warnings = [f"{path} is not from this build (this split has no "
                 f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as "
                 "it was; remove it if it does not belong with these files"
@@ -891,7 +898,8 @@ def build_hdf5(
 
 def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
                  options: BuildOptions, outputs: list[Path], means_path: Path | None,
-                 skipped_final: Path, progress: bool) -> list[FileReport]:
+                 skipped_final: Path, progress: bool,
+                 links: dict[str, list[Skip]]) -> list[FileReport]:
     """Write every file as NAME.partial, then give them all their final names together."""
     reports: list[FileReport] = []
     try:
@@ -900,6 +908,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress, keep_ring=True))
+            reports[-1].skipped += links.get(split, [])
         _write_skipped(_next(skipped_final), [s for r in reports for s in r.skipped])
         for report in reports:
             if report.count == 0 and report.skipped:

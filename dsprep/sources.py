@@ -6,6 +6,7 @@ which label and which files were left out, and why. Nothing here decodes or copi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -496,10 +497,10 @@ def presplit_folders(images: list[str], root: str) -> list[str]:
     """The split folders of a dump laid out as ``<split>/<class>/<image>``, else [].
 
     Such a dump is one where every top folder holding images is named as a split (any case,
-    see ``SPLIT_FOLDER_NAMES``), or is a copy of such folders one level down (Kaggle's
-    chest_xray archive holds ``chest_xray/train/...`` and a copy in ``chest_xray/chest_xray/``),
-    nothing but folders lies at the top, and some image is in a class folder: read as plain
-    class folders, its classes would be "train" and "test".
+    see ``SPLIT_FOLDER_NAMES``), but for at most one copy of those same split folders one level
+    down (Kaggle's chest_xray archive holds ``chest_xray/train/...`` and a copy in
+    ``chest_xray/chest_xray/``), nothing but folders lies at the top, and some image is in a
+    class folder: read as plain class folders, its classes would be "train" and "test".
     """
     found = set()
     in_class = False
@@ -510,7 +511,10 @@ def presplit_folders(images: list[str], root: str) -> list[str]:
             return []
         found.add("/".join(parts[:k]))
         in_class = in_class or len(parts) >= k + 2
-    if not in_class or all("/" in f for f in found):
+    splits = {f.lower() for f in found if "/" not in f}
+    copies = {f.split("/")[0] for f in found if "/" in f}
+    copied = {f.split("/")[1].lower() for f in found if "/" in f}
+    if not in_class or not splits or len(copies) > 1 or not copied <= splits:
         return []
     return sorted(found)
 
@@ -535,22 +539,32 @@ def own_split_folders(folder: str | os.PathLike,
     """
     folder = Path(folder)
     found: dict[str, Path] = {}
-    passed: list[Path] = []
-    for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if not _visible(sub.name) or not sub.is_dir():
-            continue
-        split = SPLIT_FOLDER_NAMES.get(sub.name.lower())
+    passed: list[tuple[Path, dict[str, Path]]] = []
+    try:
+        with os.scandir(folder) as entries:  # no stat per file: class folders can be large
+            subs = sorted(e.name for e in entries if e.is_dir() and _visible(e.name))
+    except OSError:
+        return {}
+    for name in subs:
+        split = SPLIT_FOLDER_NAMES.get(name.lower())
         if split is None:
-            if copies is not None and own_split_folders(sub):  # one level down, no deeper
-                passed.append(sub)
-                continue
-            return {}
+            inner: dict[str, Path] = {}
+            if copies is not None and not passed:  # one copy, one level down, no deeper
+                with contextlib.suppress(UsageError):
+                    inner = own_split_folders(folder / name)
+            if not inner:
+                return {}
+            passed.append((folder / name, inner))
+            continue
         if split in found:
-            raise UsageError(f"{folder} has both {found[split].name}/ and {sub.name}/ for the "
+            raise UsageError(f"{folder} has both {found[split].name}/ and {name}/ for the "
                              f"{split} split; move one of them out")
-        found[split] = sub
+        found[split] = folder / name
+    # A copy holds the same splits as the folders beside it.
+    if any(not set(inner) <= set(found) for _, inner in passed):
+        return {}
     if found and passed:
-        copies += passed
+        copies += [path for path, _ in passed]
     return {split: found[split] for split in ("train", "val", "test") if split in found}
 
 
@@ -608,9 +622,10 @@ def _decode_csv(data: bytes, name: str) -> str:
 
 def _delimiter(text: str) -> str:
     """The labels file's field separator: the commonest of , ; and tab on its first line
-    (spreadsheets in many locales export with ;)."""
+    outside quoted fields (spreadsheets in many locales export with ;); "," on a tie."""
     first = next((line for line in text.splitlines() if line.strip()), "")
-    return max((",", ";", "\t"), key=first.count) if first else ","
+    bare = re.sub(r'"[^"]*"', "", first)
+    return max((",", ";", "\t"), key=bare.count)
 
 
 class _LabelsTable:

@@ -726,20 +726,22 @@ def test_dangling_link_in_a_class_folder_is_reported_not_swallowed(tmp_path):
     from helpers import smooth_image, write_image
 
     from dsprep.build import find_rows
-    from dsprep.sources import UNREADABLE
+    from dsprep.sources import DANGLING_LINK
 
     write_image(tmp_path / "src" / "a" / "ok.jpg", smooth_image(16, 16))
     (tmp_path / "src" / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    classes, rows, notes = find_rows(tmp_path / "src", name="train")
-    assert classes == ["a"] and [r.name for r in rows["train"]] == ["a/gone.jpg", "a/ok.jpg"]
-    assert notes == []
-    # The build lists it in skipped.csv, as unreadable, and counts it.
+    (tmp_path / "src" / "a" / "notes.txt").symlink_to(tmp_path / "nowhere.txt")  # not an image
+    classes, rows, notes, links = find_rows(tmp_path / "src", name="train")
+    assert classes == ["a"] and [r.name for r in rows["train"]] == ["a/ok.jpg"]
+    assert notes == [] and [s.source for s in links["train"]] == ["a/gone.jpg"]
+    # The build lists it in skipped.csv, with where it pointed, and counts it.
     report = build.build_hdf5(tmp_path / "src", tmp_path / "out", opts(), name="train")
     assert report.files[0].count == 1
     assert [(s.source, s.reason) for s in report.files[0].skipped] == [
-        ("a/gone.jpg", UNREADABLE)]
+        ("a/gone.jpg", DANGLING_LINK)]
     with open(tmp_path / "out" / "skipped.csv", newline="") as fh:
-        assert [row["source"] for row in csv.DictReader(fh)] == ["a/gone.jpg"]
+        rows = list(csv.DictReader(fh))
+    assert [r["source"] for r in rows] == ["a/gone.jpg"] and "nowhere.jpg" in rows[0]["detail"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the process")

@@ -170,6 +170,27 @@ def test_the_chest_xray_archive_with_its_nested_copy_is_read_as_split(tmp_path):
     assert inv.skipped == []
 
 
+@pytest.mark.parametrize("names", [
+    ("alice/test/shots/1.jpg", "bob/dev/shots/2.jpg", "train/x/3.jpg"),  # no copy of "train"
+    ("cat/val/a/1.jpg", "dog/val/a/3.jpg", "train/cat/5.jpg"),  # two "copies"
+    ("cat/train/1.jpg", "test/cat/5.jpg"),
+])
+def test_folders_that_only_look_like_copies_of_split_folders_stay_class_folders(tmp_path, names):
+    for i, name in enumerate(names):
+        _img(tmp_path / "d" / name, seed=i)
+    inv = _find(tmp_path / "d", layout="folders")
+    assert inv.split_folders == []
+    assert inv.classes == sorted({name.split("/")[0] for name in names})
+
+
+def test_a_class_folder_holding_val_and_valid_is_still_a_class_folder(tmp_path):
+    from dsprep.sources import own_split_folders
+
+    for name in ("cat/val/1.jpg", "cat/valid/2.jpg", "dog/3.jpg"):
+        _img(tmp_path / "d" / name, seed=len(name))
+    assert own_split_folders(tmp_path / "d", []) == {}  # no error: cat is just not a copy
+
+
 def test_class_folders_named_like_splits_but_holding_images_stay_classes(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("test", "train"), per_class=2)
     inv = _find(root)
@@ -248,6 +269,13 @@ def test_csv_separated_by_semicolons_or_tabs_is_found_in_auto_mode(tmp_path, sep
     assert inv.layout == "csv"
     assert dict(inv.items) == {"images/1.jpg": "cat", "images/2.jpg": "dog",
                                "images/3.png": "cat", "images/4.jpg": "dog"}
+
+
+def test_separators_inside_quotes_do_not_decide_the_csv_separator(tmp_path):
+    text = ('1.jpg,cat,"indoor; tabby; asleep; sofa"\n2.jpg,dog,park\n3.png,cat,x\n'
+            '4.jpg,dog,y\n')
+    inv = _find(_csv_dump(tmp_path, text))
+    assert inv.layout == "csv" and inv.classes == ["cat", "dog"]
 
 
 def test_csv_without_header_and_with_extensions(tmp_path):
