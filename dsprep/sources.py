@@ -451,8 +451,10 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
     """"prefix" when the file names carry the classes (cat.0.jpg), else "folders".
 
     Names carry the classes when some folder's names start with two or more different
-    prefixes, at least half of its names having one (dogs-vs-cats' train folder): a class
-    folder with a few dotted names (2019.01.05.jpg) stays a class folder.
+    prefixes, at least half of its names having one, and a prefix is shared by two names on
+    average (dogs-vs-cats' train folder; two prefixes always qualify). A prefix counts only
+    if it holds a letter. So a class folder of dotted dates or times (2019.01.05.jpg,
+    2016-05-21 14.23.11.jpg) or of screenshots named by the minute stays a class folder.
     """
     if regex is not None:
         return "prefix"
@@ -465,10 +467,10 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
         folder, _, name = rel[len(root):].rpartition("/")
         count[folder] += 1
         label = _prefix_label(name, None)
-        if label is not None:
+        if label is not None and any(c.isalpha() for c in label):
             labels[folder].add(label)
             named[folder] += 1
-    if any(len(found) > 1 and 2 * named[folder] >= count[folder]
+    if any(1 < len(found) <= max(2, named[folder] / 2) and 2 * named[folder] >= count[folder]
            for folder, found in labels.items()):
         return "prefix"
     return "folders"

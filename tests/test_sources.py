@@ -131,6 +131,22 @@ def test_a_class_folder_with_a_few_dotted_names_stays_a_class_folder(tmp_path):
     assert ("brick/2019.01.05.jpg", "brick") in inv.items and len(inv.items) == 8
 
 
+def test_class_folders_of_timestamp_names_stay_class_folders(tmp_path):
+    # Phone and screenshot names: dotted, but what precedes the first dot is a time, or
+    # differs from name to name; neither is a class.
+    names = {"brick": ("2016-05-21 14.23.11.jpg", "2016-05-21 15.02.40.jpg",
+                       "2016-06-02 09.11.03.jpg"),
+             "grass": ("Screenshot 2019-01-05 at 14.23.11.png",
+                       "Screenshot 2019-01-05 at 15.40.02.png",
+                       "Screenshot 2019-01-06 at 08.01.59.png")}
+    for i, (cls, files) in enumerate(names.items()):
+        for j, name in enumerate(files):
+            _img(tmp_path / "d" / cls / name, seed=10 * i + j)
+    inv = _find(tmp_path / "d")
+    assert inv.layout == "folders" and inv.classes == ["brick", "grass"]
+    assert len(inv.items) == 6 and not inv.skipped
+
+
 def test_a_folder_of_prefixed_names_beside_class_folders_is_read_by_prefix(tmp_path):
     for i, name in enumerate(("all/cat.0.jpg", "all/cat.1.jpg", "all/dog.0.jpg",
                               "all/dog.1.jpg", "extra/x.jpg")):
