@@ -300,17 +300,17 @@ def find_rows(
         classes = read_split_classes(src)
         folders = {split: src / split for split in SPLITS}
     else:
-        copies: list[Path] = []
-        folders = own_split_folders(src, copies)
+        left_out: list[str] = []
+        folders = own_split_folders(src, left_out)
         if not folders:
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
                 "build one file from a folder of class sub-folders, or give a folder already "
                 "split into train/ val/ test/ class folders")
         classes = None  # the class folders found in them, together
-        notes.append(f"no split.json in {src}: building its own split folders ("
-                     + ", ".join(f"{f.name}/ as {split}" for split, f in folders.items()) + ")")
-        notes += [f"left out {copy}/: split folders of its own (a copy?)" for copy in copies]
+        own = ", ".join(f"{_under(src, f)} as {split}" for split, f in folders.items())
+        notes.append(f"no split.json in {src}: building its own split folders ({own})")
+        notes += left_out
     scanned: dict[str, list[tuple[str, str]]] = {}
     for split, folder in folders.items():
         if not folder.is_dir() or not any(folder.iterdir()):
@@ -319,8 +319,8 @@ def find_rows(
         problems: list = []
         try:
             _, pairs = class_folder_files(folder, problems)
-            notes += _problem_notes(problems, f"{folder.name}/")
-            links[split] = _dangling_skips(problems, f"{folder.name}/")
+            notes += _problem_notes(problems, _under(src, folder))
+            links[split] = _dangling_skips(problems, _under(src, folder))
         except LayoutError:
             notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")
             continue
@@ -341,8 +341,13 @@ def find_rows(
         if unknown:
             raise LayoutError(f"{folders[split]} has classes {unknown} that are not in "
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
-        found[split] = _rows(src, f"{folders[split].name}/", pairs, classes)
+        found[split] = _rows(src, _under(src, folders[split]), pairs, classes)
     return classes, found, notes, links
+
+
+def _under(src: Path, folder: Path) -> str:
+    """A split folder's path inside ``src`` ("train/", "seg_train/seg_train/")."""
+    return folder.relative_to(src).as_posix() + "/"
 
 
 def _rows(root: Path, prefix: str, pairs: Sequence[tuple[str, str]],

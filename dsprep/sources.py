@@ -493,81 +493,141 @@ def _by_prefix(images: list[str], regex: re.Pattern | None) -> tuple[list, list[
 # each stands for.
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                       "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+# Words that may stand beside a split's name in a folder name: training_set/, seg_train/.
+_SPLIT_NAME_WORDS = {"set", "data", "dataset", "images", "imgs", "img", "seg", "split", "files"}
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder name stands for ("train", "val", "test"), else None.
+
+    A name of ``SPLIT_FOLDER_NAMES`` in any case, or one of them joined by ``_``, ``-``, ``.``
+    or spaces to words such as set, data or images (``training_set``, ``seg_train``,
+    ``Test Images``); ``train_station`` is no split.
+    """
+    words = [w for w in re.split(r"[\s_.\-]+", name.lower()) if w]
+    splits = [SPLIT_FOLDER_NAMES[w] for w in words if w in SPLIT_FOLDER_NAMES]
+    if len(splits) == 1 and all(w in SPLIT_FOLDER_NAMES or w in _SPLIT_NAME_WORDS
+                                for w in words):
+        return splits[0]
+    return None
+
+
+def _doubled(parts: list[str]) -> int:
+    """1 when a path starts with a folder inside one of the same name (seg_train/seg_train/,
+    as archives of a folder often are), else 0."""
+    return int(len(parts) >= 3 and parts[0].lower() == parts[1].lower())
+
+
+def _split_path(parts: list[str]) -> tuple[str, int, str] | None:
+    """Where an image of a pre-split dump lies: (kind, index of its class folder, split folder).
+
+    kind is "split" for ``split/class/...`` (also under a doubled ``split/split/``), "copy" for
+    a copy of the split folders one level down (``copy/split/class/...``), "loose" for an
+    image straight in another folder (``seg_pred/1.jpg``, ``seg_pred/seg_pred/1.jpg``);
+    None for anything else.
+    """
+    lead = _doubled(parts)
+    if len(parts) >= lead + 2 and split_of(parts[lead]):
+        return "split", lead + 1, "/".join(parts[:lead + 1])
+    if len(parts) >= 3 and split_of(parts[1]):
+        return "copy", 2, "/".join(parts[:2])
+    if len(parts) == lead + 2:
+        return "loose", lead + 1, "/".join(parts[:lead + 1])
+    return None
 
 
 def presplit_folders(images: list[str], root: str) -> list[str]:
     """The split folders of a dump laid out as ``<split>/<class>/<image>``, else [].
 
-    Such a dump is one where every top folder holding images is named as a split (any case,
-    see ``SPLIT_FOLDER_NAMES``), but for at most one copy of those same split folders one level
-    down (Kaggle's chest_xray archive holds ``chest_xray/train/...`` and a copy in
-    ``chest_xray/chest_xray/``), nothing but folders lies at the top, and some image is in a
-    class folder: read as plain class folders, its classes would be "train" and "test".
+    Such a dump is one where every top folder holding images is named as a split (see
+    :func:`split_of`; also inside a folder of the same name, ``seg_train/seg_train/``), but
+    for folders of images without classes (Kaggle's unlabelled ``test1/``, ``seg_pred/``) and
+    at most one copy of those same split folders one level down (Kaggle's chest_xray archive
+    holds ``chest_xray/train/...`` and a copy in ``chest_xray/chest_xray/``); nothing but
+    folders lies at the top, and some image is in a class folder of a split: read as plain
+    class folders, its classes would be "train" and "test".
     """
-    found = set()
+    found, copies, copied = set(), set(), set()
     in_class = False
     for rel in images:
         parts = rel[len(root):].split("/")
-        k = _class_part(parts)
-        if k is None:
+        where = _split_path(parts)
+        if where is None:
             return []
-        found.add("/".join(parts[:k]))
+        kind, k, folder = where
+        if kind == "loose":
+            continue
+        found.add(folder)
         in_class = in_class or len(parts) >= k + 2
-    splits = {f.lower() for f in found if "/" not in f}
-    copies = {f.split("/")[0] for f in found if "/" in f}
-    copied = {f.split("/")[1].lower() for f in found if "/" in f}
+        if kind == "copy":
+            copies.add(parts[0])
+            copied.add(split_of(parts[1]))
+    splits = {split_of(f.rsplit("/", 1)[-1]) for f in found if f.split("/")[0] not in copies}
     if not in_class or not splits or len(copies) > 1 or not copied <= splits:
         return []
     return sorted(found)
 
 
-def _class_part(parts: list[str]) -> int | None:
-    """Where the class folder sits in a pre-split path: after ``split/`` or ``copy/split/``."""
-    if len(parts) >= 2 and parts[0].lower() in SPLIT_FOLDER_NAMES:
-        return 1
-    if len(parts) >= 3 and parts[1].lower() in SPLIT_FOLDER_NAMES:
-        return 2
-    return None
-
-
 def own_split_folders(folder: str | os.PathLike,
-                      copies: list[Path] | None = None) -> dict[str, Path]:
-    """A folder's sub-folders when every visible one is named as a split (train/, valid/, ...).
+                      left_out: list[str] | None = None) -> dict[str, Path]:
+    """A folder's split folders when it is laid out as ``<split>/<class>/...``.
 
-    Returns them by split ("train", "val", "test"), in that order; {} when any visible
-    sub-folder has another name or there are none. Given ``copies`` (a list), a sub-folder
-    that is itself a folder of split folders (a copy, as in Kaggle's chest_xray archive) is
-    passed over and added to it. Two folders for one split (val/ and valid/) are refused.
+    Every visible sub-folder must be named as a split (see :func:`split_of`), or hold one
+    folder of the same name that is (``seg_train/seg_train/``). Returns them by split
+    ("train", "val", "test"), in that order; {} when the folder is not laid out so. Given
+    ``left_out`` (a list), two kinds of sub-folder are passed over, each with a line added
+    to it: a folder with no sub-folders (unlabelled images such as ``test1/`` or
+    ``seg_pred/seg_pred/``, or notes), and one copy of the split folders (as in Kaggle's
+    chest_xray archive). Two folders for one split (val/ and valid/) are refused.
     """
     folder = Path(folder)
     found: dict[str, Path] = {}
-    passed: list[tuple[Path, dict[str, Path]]] = []
-    try:
-        with os.scandir(folder) as entries:  # no stat per file: class folders can be large
-            subs = sorted(e.name for e in entries if e.is_dir() and _visible(e.name))
-    except OSError:
-        return {}
-    for name in subs:
-        split = SPLIT_FOLDER_NAMES.get(name.lower())
+    copies: list[tuple[Path, dict[str, Path]]] = []
+    loose: list[Path] = []
+    for name in _visible_folders(folder):
+        path = folder / name
+        inner = _visible_folders(path)
+        if len(inner) == 1 and inner[0].lower() == name.lower():
+            path = path / inner[0]  # seg_train/seg_train/
+            inner = _visible_folders(path)
+        split = split_of(name)
         if split is None:
-            inner: dict[str, Path] = {}
-            if copies is not None and not passed:  # one copy, one level down, no deeper
-                with contextlib.suppress(UsageError):
-                    inner = own_split_folders(folder / name)
-            if not inner:
+            if left_out is None:
                 return {}
-            passed.append((folder / name, inner))
+            if not inner:
+                loose.append(path)
+                continue
+            nested: dict[str, Path] = {}
+            if not copies:  # one copy, one level down, no deeper
+                with contextlib.suppress(UsageError):
+                    nested = own_split_folders(path)
+            if not nested:
+                return {}
+            copies.append((path, nested))
             continue
         if split in found:
-            raise UsageError(f"{folder} has both {found[split].name}/ and {name}/ for the "
-                             f"{split} split; move one of them out")
-        found[split] = folder / name
-    # A copy holds the same splits as the folders beside it.
-    if any(not set(inner) <= set(found) for _, inner in passed):
+            raise UsageError(f"{folder} has both {found[split].relative_to(folder)}/ and "
+                             f"{path.relative_to(folder)}/ for the {split} split; move one of "
+                             "them out")
+        found[split] = path
+    # Some split holds class folders, and a copy holds the same splits as those beside it.
+    if (not any(_visible_folders(path) for path in found.values())
+            or any(not set(nested) <= set(found) for _, nested in copies)):
         return {}
-    if found and passed:
-        copies += [path for path, _ in passed]
+    if left_out is not None:
+        left_out += [f"left out {path}/: no class folders in it" for path in loose]
+        left_out += [f"left out {path}/: split folders of its own (a copy?)"
+                     for path, _ in copies]
     return {split: found[split] for split in ("train", "val", "test") if split in found}
+
+
+def _visible_folders(folder: Path) -> list[str]:
+    """The sorted names of a folder's visible sub-folders ([] if it cannot be listed)."""
+    try:
+        with os.scandir(folder) as entries:  # no stat per file: class folders can be large
+            return sorted(e.name for e in entries if e.is_dir() and _visible(e.name))
+    except OSError:
+        return []
 
 
 def _by_folder(images: list[str], root: str, presplit: bool = False) -> tuple[list, list[Skipped]]:
@@ -575,9 +635,8 @@ def _by_folder(images: list[str], root: str, presplit: bool = False) -> tuple[li
     for rel in images:
         parts = rel[len(root):].split("/")
         if presplit:
-            k = _class_part(parts) or 1
-            if len(parts) < k + 2:
-                where = "/".join(parts[:k])
+            kind, k, where = _split_path(parts) or ("split", 1, parts[0])
+            if kind == "loose" or len(parts) < k + 2:
                 skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))
             else:
                 items.append((rel, parts[k]))

@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -535,12 +536,35 @@ def test_a_dump_already_split_into_class_folders_is_built_as_it_is(tmp_path):
     again = build.build_hdf5(src, tmp_path / "out3", opts())
     assert [f.count for f in again.files] == [4, 1, 2]
     assert any(f"left out {src / 'chest'}/" in note for note in again.notes)
+    # A folder of unlabelled images beside them (Kaggle's test1/) is passed over too.
+    write_image(src / "unlabelled" / "1.jpg", smooth_image(24, 24, 30))
+    loose = build.build_hdf5(src, tmp_path / "out4", opts())
+    assert [f.count for f in loose.files] == [4, 1, 2]
+    assert any(f"left out {src / 'unlabelled'}/: no class folders" in n for n in loose.notes)
     make_class_folders(src / "val", classes=("NORMAL",), per_class=1, seed=30)
     with pytest.raises(UsageError, match="both val/ and valid/"):
         build.build_hdf5(src, tmp_path / "out2", opts())
-    (src / "notes").mkdir()
+    shutil.rmtree(src / "val")
+    make_class_folders(src / "extra", classes=("NORMAL",), per_class=1, seed=50)
     with pytest.raises(UsageError, match="no split.json"):
         build.build_hdf5(src, tmp_path / "out2", opts())
+
+
+def test_split_folders_named_with_affixes_and_doubled_are_built(tmp_path):
+    # Kaggle's Intel scenes archive: seg_train/seg_train/<class>, seg_test/seg_test/<class>
+    # and unlabelled seg_pred/seg_pred/*.jpg.
+    src = tmp_path / "intel"
+    make_class_folders(src / "seg_train" / "seg_train", classes=("sea", "street"), per_class=2)
+    make_class_folders(src / "seg_test" / "seg_test", classes=("sea", "street"), per_class=1,
+                       seed=10)
+    write_image(src / "seg_pred" / "seg_pred" / "7.jpg", smooth_image(24, 24, 20))
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert [(f.split, f.count) for f in report.files] == [("train", 4), ("test", 2)]
+    assert any("seg_train/seg_train/ as train" in note for note in report.notes)
+    assert any(f"left out {src / 'seg_pred' / 'seg_pred'}/: no class folders" in note
+               for note in report.notes)
+    _, labels, names, _ = rows_of(tmp_path / "out" / "test.hdf5")
+    assert [["sea", "street"][label] for label in labels] == [n.split("/")[2] for n in names]
 
 
 def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkeypatch):

@@ -155,6 +155,41 @@ def test_a_folder_of_prefixed_names_beside_class_folders_is_read_by_prefix(tmp_p
     assert inv.layout == "prefix" and inv.classes == ["cat", "dog"]
 
 
+def test_split_of_reads_split_names_with_affixes_only():
+    from dsprep.sources import split_of
+    names = {"train": "train", "Training": "train", "training_set": "train",
+             "seg_train": "train", "Test Images": "test", "test-set": "test", "valid": "val",
+             "val_data": "val", "train_station": None, "test1": None, "seg_pred": None,
+             "train_test": None, "cats": None}
+    assert {name: split_of(name) for name in names} == names
+
+
+def test_split_folders_with_affixes_doubled_and_unlabelled_beside_are_read(tmp_path):
+    # Kaggle's cats-and-dogs set (training_set/training_set/cats, test_set/test_set/dogs)
+    # and Intel's scenes (seg_train/seg_train/<class>, unlabelled seg_pred/seg_pred/*.jpg).
+    root = tmp_path / "d"
+    make_class_folders(root / "training_set" / "training_set", classes=("cats", "dogs"),
+                       per_class=2)
+    make_class_folders(root / "test_set" / "test_set", classes=("cats", "dogs"), per_class=1,
+                       seed=10)
+    _img(root / "seg_pred" / "seg_pred" / "1.jpg", seed=20)
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["cats", "dogs"]
+    assert inv.split_folders == ["test_set/test_set", "training_set/training_set"]
+    assert len(inv.items) == 6
+    assert all(label == rel.split("/")[2] for rel, label in inv.items)
+    assert _reasons(inv) == {"seg_pred/seg_pred/1.jpg": NO_LABEL}
+
+
+def test_flat_class_folders_named_like_splits_stay_classes(tmp_path):
+    root = tmp_path / "d"
+    make_class_folders(root, classes=("test", "dog"), per_class=2)
+    inv = _find(root)
+    assert inv.classes == ["dog", "test"] and not inv.split_folders
+    from dsprep.sources import own_split_folders
+    assert own_split_folders(root, []) == {}
+
+
 def test_a_dump_already_split_into_split_folders_is_read_by_its_class_folders(tmp_path):
     root = tmp_path / "chest_xray"
     make_class_folders(root / "chest_xray" / "train", classes=("NORMAL", "PNEUMONIA"),
