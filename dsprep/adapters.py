@@ -365,14 +365,7 @@ def mean_rgb(means: Mapping | Sequence[float] | str | os.PathLike) -> tuple[floa
 def _read_means(means: Any) -> tuple[float, float, float]:
     from .preprocess import load_means
 
-    if isinstance(means, (str, os.PathLike, Mapping)):
-        return tuple(float(v) for v in load_means(means))
-    try:
-        r, g, b = (float(v) for v in means)
-    except (TypeError, ValueError) as exc:
-        # Three numbers passed in code are an argument, not a file: a usage error.
-        raise UsageError(f"mean_rgb needs three numbers (R, G, B); received {means!r}") from exc
-    return tuple(float(v) for v in load_means([r, g, b]))
+    return tuple(float(v) for v in load_means(means))
 
 
 @keras.saving.register_keras_serializable(package="dsprep")

@@ -22,10 +22,18 @@ __all__ = [
 ]
 
 
-def _label_ids(labels: np.ndarray) -> np.ndarray:
-    """Int labels from int labels (N,) or one-hot / probability rows (N, C)."""
+def _label_ids(labels: np.ndarray, classes: int | None = None) -> np.ndarray:
+    """Int labels from int labels (N,) or (N, 1), or one-hot / probability rows (N, C).
+
+    With ``classes``, rows of another width than that are refused.
+    """
     labels = np.asarray(labels)
-    if labels.ndim == 2:
+    if labels.ndim == 2 and labels.shape[1] == 1:  # a column of ids, as Keras often keeps them
+        labels = labels[:, 0]
+    elif labels.ndim == 2:
+        if classes is not None and labels.shape[1] != classes:
+            raise UsageError(f"one-hot rows must have one column per class ({classes}); got "
+                             f"shape {labels.shape}")
         return labels.argmax(axis=1).astype(np.int64)
     if labels.ndim != 1:
         raise UsageError(
@@ -128,14 +136,14 @@ def rank_accuracy(
 
     Args:
         probs: (N, classes) scores.
-        labels: (N,) class ids or (N, classes) one-hot rows.
+        labels: (N,) or (N, 1) class ids, or (N, classes) one-hot rows.
         k: one rank or several.
 
     Returns:
         ``{k: accuracy}`` for each requested k, e.g. ``{1: 0.71, 5: 0.93}``.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    labels = _label_ids(labels)
+    labels = _label_ids(labels, probs.shape[1] if probs.ndim == 2 else None)
     if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
         raise UsageError(
             f"probs must be (N, classes) with one row per label; got {probs.shape} for "
@@ -163,12 +171,12 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
     Args:
         scores: (N,) scores for the positive class, or (N, 2) probabilities (column 1 is used).
-        labels: (N,) 0/1 (or False/True) labels, or (N, 2) one-hot rows.
+        labels: (N,) or (N, 1) 0/1 (or False/True) labels, or (N, 2) one-hot rows.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim == 2 and scores.shape[1] == 2:
         scores = scores[:, 1]
-    labels = _label_ids(labels)
+    labels = _label_ids(labels, 2)
     if scores.ndim != 1 or scores.shape != labels.shape:
         raise UsageError(
             f"scores must be (N,) or (N, 2) for N labels; got {scores.shape} for {labels.shape}"
@@ -203,11 +211,11 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
     """(n_classes, n_classes) counts: row = true class, column = predicted class.
 
     Args:
-        labels: (N,) true class ids or one-hot rows.
+        labels: (N,) or (N, 1) true class ids, or one-hot rows.
         preds: (N,) predicted class ids, or (N, classes) probabilities (the arg-max is taken).
         n_classes: the number of classes.
     """
-    labels, preds = _label_ids(labels), _label_ids(preds)
+    labels, preds = _label_ids(labels, n_classes), _label_ids(preds, n_classes)
     if labels.shape != preds.shape:
         raise UsageError(f"labels and preds differ in length: {labels.shape} vs {preds.shape}")
     if n_classes < 1:

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from . import images, sources, store
-from .errors import CorruptImageError, DsprepError, LayoutError, UsageError
+from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
 from .preprocess import Compose, Loader
 
 SHUFFLE_MODES = ("none", "batches", "full")
@@ -147,8 +147,9 @@ class _BatchSequence(ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch`` (its order and random draws depend only on seed and epoch)."""
-        if epoch < 0:
-            raise UsageError(f"epoch must be non-negative; received {epoch}")
+        if (isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer))
+                or epoch < 0):
+            raise UsageError(f"epoch must be a non-negative integer; received {epoch!r}")
         self.epoch = int(epoch)
         self.epoch_sets += 1
         self._shuffle_order()
@@ -273,7 +274,8 @@ class HDF5Generator(_BatchSequence):
     writer; a dsprep file with its final name never has one, builds write ``NAME.partial``).
     So the generator is safe to pickle, fork (Keras ``use_multiprocessing=True``) and share
     between several trainings reading the same file, and other readers in the same process
-    open the file as usual.
+    open the file as usual. A file found at the path with other rows, another image shape or
+    other labels than at construction (built again in its place) is refused when opened.
 
     Args:
         path: a dsprep HDF5 file.
@@ -288,7 +290,8 @@ class HDF5Generator(_BatchSequence):
 
     Raises:
         LayoutError: the file does not exist.
-        DatasetFormatError: it is not HDF5 or not dsprep's schema.
+        DatasetFormatError: it is not HDF5 or not dsprep's schema; also later, when a batch
+            is read, if the file at the path has changed since (see above).
         UsageError: a bad argument, or a preprocessor that does not fit the images.
     """
 
@@ -370,8 +373,9 @@ class HDF5Generator(_BatchSequence):
                 # "best-effort": shared read locks like any other reader (a mismatch with other
                 # opens of the file in this process is an HDF5 error), ignored where the file
                 # system has none (NFS, Lustre).
-                self._db = h5py.File(self.path, "r", locking="best-effort")
+                self._db = store.open_dataset(self.path, locking="best-effort")
                 images = self._db["images"]
+                self._check_unchanged(images)
                 # Plain rows are read with preadv, outside h5py's process-wide lock, so
                 # threads (Keras workers) read side by side; other layouts go through h5py.
                 reader = store.RowReader.for_dataset(images)
@@ -388,6 +392,22 @@ class HDF5Generator(_BatchSequence):
                 self._images = images
                 self._pid = pid
         return self._images
+
+    def _check_unchanged(self, images: h5py.Dataset) -> None:
+        """Refuse a file at the path that is not the one this generator was made from (a new
+        build in its place): its rows would be read with the labels and shape held here."""
+        changed = None
+        if int(images.shape[0]) != self._rows or tuple(images.shape[1:]) != self.image_shape:
+            changed = (f"it holds {int(images.shape[0])} images of {images.shape[1:]}, not "
+                       f"{self._rows} of {self.image_shape}")
+        elif not np.array_equal(np.asarray(self._db["labels"][()], dtype=np.int64),
+                                self.labels):
+            changed = "its labels differ"
+        if changed is not None:
+            self._db.close()
+            self._db = None
+            raise DatasetFormatError(f"{self.path} changed since this generator was made "
+                                     f"({changed}; built again?); make the generator again")
 
     def close(self) -> None:
         """Close this process's handle (it reopens on the next batch)."""

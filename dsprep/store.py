@@ -329,8 +329,10 @@ def write_arrays(
     return Path(path)
 
 
-def open_dataset(path: str | os.PathLike) -> h5py.File:
+def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> h5py.File:
     """Open a dsprep HDF5 file read-only after checking it is one.
+
+    ``locking`` is h5py's (None: HDF5's default, or ``HDF5_USE_FILE_LOCKING``).
 
     Raises:
         LayoutError: the file does not exist.
@@ -346,7 +348,7 @@ def open_dataset(path: str | os.PathLike) -> h5py.File:
         raise LayoutError(f"{path} is a folder; give one of its HDF5 files, such as "
                           f"{path / 'train.hdf5'}")
     try:
-        db = h5py.File(path, "r")
+        db = h5py.File(path, "r", locking=locking)
     except OSError as exc:
         raise DatasetFormatError(
             f"{path} is not a readable HDF5 file ({exc}); build it with 'dsprep build-hdf5'"

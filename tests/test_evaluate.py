@@ -120,6 +120,9 @@ def test_rank_accuracy_hand_built():
     assert rank_accuracy(probs, labels, k=3) == {3: 0.5}
     assert rank_accuracy(probs, labels, k=(1, 4, 6, 10)) == {1: 0.25, 4: 0.75, 6: 1.0, 10: 1.0}
     assert rank_accuracy(probs, np.eye(6)[labels], k=1) == {1: 0.25}
+    assert rank_accuracy(probs, labels[:, None], k=(1, 5)) == {1: 0.25, 5: 0.75}  # a column
+    with pytest.raises(UsageError, match=r"one column per class \(6\)"):
+        rank_accuracy(probs, np.eye(7)[labels])
     with pytest.raises(UsageError, match="class ids"):
         rank_accuracy(probs, np.array([0, 1, 2, 6]))
     with pytest.raises(UsageError, match="k must"):
@@ -171,6 +174,7 @@ def test_roc_auc_hand_built():
     assert roc_auc(np.full(4, 0.5), labels) == 0.5
     two_columns = np.stack([1 - np.array([0.1, 0.4, 0.35, 0.8]), [0.1, 0.4, 0.35, 0.8]], axis=1)
     assert roc_auc(two_columns, np.eye(2)[labels]) == pytest.approx(0.75)
+    assert roc_auc(two_columns, labels[:, None]) == pytest.approx(0.75)
     with pytest.raises(UsageError, match="both classes"):
         roc_auc(np.array([0.1, 0.2]), np.array([1, 1]))
     with pytest.raises(UsageError, match="0 or 1"):
@@ -206,6 +210,9 @@ def test_confusion_matrix_and_per_class_accuracy():
     np.testing.assert_array_equal(confusion_matrix(labels, preds, 4), expected)
     probs = np.eye(4)[preds] * 0.7 + 0.05
     np.testing.assert_array_equal(confusion_matrix(labels, probs, 4), expected)
+    np.testing.assert_array_equal(confusion_matrix(labels[:, None], probs, 4), expected)
+    with pytest.raises(UsageError, match="one column per class"):
+        confusion_matrix(labels, np.eye(5)[preds], 4)
     np.testing.assert_allclose(per_class_accuracy(labels, preds, 4), [0.5, 2 / 3, 0.5, 1.0])
     absent = per_class_accuracy(labels, preds, 5)
     assert np.isnan(absent[4]) and absent[0] == 0.5

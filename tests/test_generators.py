@@ -141,6 +141,43 @@ def test_foreign_hdf5_is_a_format_error(tmp_path):
         HDF5Generator(path)
 
 
+def test_a_file_built_again_in_its_place_is_refused_when_reopened(tmp_path, h5file):
+    path, imgs, labels = h5file
+    gen = HDF5Generator(path, batch_size=8, shuffle="none", output="uint8")
+    gen[0]
+    copy = pickle.loads(pickle.dumps(gen))  # a worker process's copy opens the file anew
+    # The same images, the labels in another order (another build's shuffle).
+    store.write_arrays(tmp_path / "new.hdf5", imgs, labels[::-1].copy(), NAMES)
+    (tmp_path / "new.hdf5").replace(path)
+    np.testing.assert_array_equal(gen[1][1], labels[8:16])  # the open handle reads the old file
+    for reopened in (gen, copy):
+        reopened.close()
+        with pytest.raises(DatasetFormatError, match="changed since this generator was made "
+                                                     r"\(its labels differ"):
+            reopened[0]
+    store.write_arrays(tmp_path / "new.hdf5", tagged_images(37, 8, 7), labels, NAMES)
+    (tmp_path / "new.hdf5").replace(path)
+    with pytest.raises(DatasetFormatError, match=r"holds 37 images of \(8, 7, 3\), not 37 of "
+                                                 r"\(6, 7, 3\)"):
+        copy[0]
+    path.unlink()
+    with pytest.raises(LayoutError, match="does not exist"):
+        copy[0]
+    # The same file again (a rebuild giving the same rows) reads as before.
+    store.write_arrays(path, imgs, labels, NAMES)
+    np.testing.assert_array_equal(copy[0][1], labels[:8])
+
+
+def test_set_epoch_takes_whole_numbers_only(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=8, seed=1)
+    for bad in (1.5, "2", -1, True):
+        with pytest.raises(UsageError, match="epoch must be a non-negative integer"):
+            gen.set_epoch(bad)
+    assert gen.epoch == 0 and gen.epoch_sets == 0
+    gen.set_epoch(np.int64(2))
+    assert gen.epoch == 2 and type(gen.epoch) is int
+
+
 def test_patch_larger_than_image_fails_at_construction(h5file):
     with pytest.raises(UsageError, match="larger"):
         HDF5Generator(h5file[0], preprocessors=[Patch(7, 7)])

@@ -55,7 +55,7 @@ def test_open_removes_specks_and_close_fills_holes():
     image = np.full((1, 20, 20, 1), 50, np.uint8)
     image[0, 4:14, 4:14] = 200  # a square larger than the disk survives opening
     image[0, 17, 17] = 200  # a speck does not
-    opened = morphology.open(image, 1)
+    opened = morphology.opening(image, 1)
     assert opened[0, 17, 17, 0] == 50
     # the radius-1 disk is a plus sign: it fits everywhere in the square but its corners
     expected = np.full((20, 20), 50)
@@ -64,7 +64,7 @@ def test_open_removes_specks_and_close_fills_holes():
     np.testing.assert_array_equal(opened[0, :, :, 0], expected)
     holed = np.full((1, 20, 20, 1), 200, np.uint8)
     holed[0, 10, 10] = 0
-    closed = morphology.close(holed, 1)
+    closed = morphology.closing(holed, 1)
     np.testing.assert_array_equal(closed, 200)
     np.testing.assert_array_equal(morphology.Open(1)(image), opened)
     np.testing.assert_array_equal(morphology.Close(1)(holed), closed)
@@ -82,6 +82,21 @@ def test_threshold_fixed_and_otsu():
     np.testing.assert_array_equal(otsu, np.where(two_levels > 40, 255, 0))
     flat = np.full((1, 5, 5, 1), 9, np.uint8)
     np.testing.assert_array_equal(morphology.threshold(flat), 0)
+    # RGB images, as dsprep files hold (warnings are errors in this suite): one level over all
+    # three channels, red dark on the left half, green bright everywhere, blue in between.
+    rgb = np.zeros((1, 6, 6, 3), np.uint8)
+    rgb[..., 0] = 20
+    rgb[:, :, 3:, 0] = 220
+    rgb[..., 1] = 230
+    rgb[..., 2] = 30
+    np.testing.assert_array_equal(morphology.Threshold()(rgb), np.where(rgb > 30, 255, 0))
+
+
+def test_star_import_leaves_the_builtin_open_alone():
+    scope: dict = {}
+    exec("from dsprep.preprocess.morphology import *", scope)
+    assert "open" not in scope and "close" not in scope
+    assert scope["opening"] is morphology.open and scope["closing"] is morphology.close
 
 
 def test_morphology_preprocessors_and_errors():

@@ -111,6 +111,11 @@ def test_mean_subtract_bad_inputs(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DatasetFormatError, match="not a readable"):
         MeanSubtract(bad)
+    # Values passed in code are a bad argument, not a bad file.
+    for means, match in (([1.0, 2.0], "three finite R, G, B means"),
+                         (["a", 2, 3], "must be numbers"), (7, "three R, G, B means")):
+        with pytest.raises(UsageError, match=match):
+            MeanSubtract(means)
     with pytest.raises(UsageError, match="RGB"):
         MeanSubtract(MEANS).output_shape((8, 8, 1))
     with pytest.raises(UsageError, match="channels"):

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from ..augment import RandomFlip, flip_horizontal, flip_vertical, require_rng
-from ..errors import DatasetFormatError, LayoutError, UsageError
+from ..errors import DatasetFormatError, DsprepError, LayoutError, UsageError
 
 __all__ = [
     "CenterCrop",
@@ -774,8 +774,17 @@ def _check_percentiles(low: float, high: float) -> None:
 
 
 def load_means(means: Mapping[str, float] | str | os.PathLike | Sequence[float]) -> np.ndarray:
-    """The (R, G, B) means from a means.json path, a dict with R, G, B keys, or three numbers."""
+    """The (R, G, B) means from a means.json path, a dict with R, G, B keys, or three numbers.
+
+    Raises:
+        LayoutError: the file does not exist.
+        DatasetFormatError: the file, or the dict (a means.json document), is no means.json.
+        UsageError: numbers given in code are not three finite means.
+    """
     source = "the means"
+    # Numbers passed in code are an argument; a file or its document is data.
+    error: type[DsprepError] = (DatasetFormatError if isinstance(means, (str, os.PathLike, Mapping))
+                                else UsageError)
     if isinstance(means, (str, os.PathLike)):
         path = Path(means)
         source = str(path)
@@ -793,21 +802,22 @@ def load_means(means: Mapping[str, float] | str | os.PathLike | Sequence[float])
     if isinstance(means, Mapping):
         missing = [k for k in "RGB" if k not in means]
         if missing:
-            raise DatasetFormatError(
+            raise error(
                 f"{source} has no {', '.join(missing)} key; expected a means.json with "
                 "R, G and B channel means"
             )
         values = [means["R"], means["G"], means["B"]]
     else:
-        values = list(means)
+        try:
+            values = list(means)
+        except TypeError as exc:
+            raise error(f"{source}: expected three R, G, B means, got {means!r}") from exc
     try:
         vector = np.array([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise DatasetFormatError(
-            f"{source}: channel means must be numbers, got {values!r}"
-        ) from exc
+        raise error(f"{source}: channel means must be numbers, got {values!r}") from exc
     if vector.size != 3 or not np.all(np.isfinite(vector)):
-        raise DatasetFormatError(f"{source}: expected three finite R, G, B means, got {values!r}")
+        raise error(f"{source}: expected three finite R, G, B means, got {values!r}")
     return vector
 
 

@@ -1,4 +1,4 @@
-"""Morphology for non-natural images (X-rays, scans): threshold, erode, dilate, open, close.
+"""Morphology for non-natural images (X-rays, scans): threshold, erode, dilate, opening, closing.
 
 Each operation runs scikit-image on every channel of every image of a batch, with a disk of the
 given radius; the classes wrap them as preprocessors for a generator chain.
@@ -19,10 +19,10 @@ __all__ = [
     "Erode",
     "Open",
     "Threshold",
-    "close",
+    "closing",
     "dilate",
     "erode",
-    "open",
+    "opening",
     "threshold",
 ]
 
@@ -61,7 +61,9 @@ def threshold(batch: np.ndarray, value: float | None = None) -> np.ndarray:
     """
     batch = _batch(batch)
     if value is None:
-        levels = np.array([filters.threshold_otsu(image) for image in batch], dtype=np.float64)
+        # Flattened: Otsu over all channels (skimage warns about an RGB-shaped image).
+        levels = np.array([filters.threshold_otsu(image.ravel()) for image in batch],
+                          dtype=np.float64)
     else:
         levels = np.full(batch.shape[0], float(value))
     above = batch > levels.reshape(-1, 1, 1, 1)
@@ -78,14 +80,20 @@ def dilate(batch: np.ndarray, radius: int) -> np.ndarray:
     return _per_channel(batch, morphology.dilation, radius)
 
 
-def open(batch: np.ndarray, radius: int) -> np.ndarray:
+def opening(batch: np.ndarray, radius: int) -> np.ndarray:
     """Opening (erosion then dilation) with a disk: removes bright specks smaller than the disk."""
     return _per_channel(batch, morphology.opening, radius)
 
 
-def close(batch: np.ndarray, radius: int) -> np.ndarray:
+def closing(batch: np.ndarray, radius: int) -> np.ndarray:
     """Closing (dilation then erosion) with a disk: fills dark gaps smaller than the disk."""
     return _per_channel(batch, morphology.closing, radius)
+
+
+# The first names of opening and closing, kept for code that used them; not exported, as a
+# star import would shadow the builtin open.
+open = opening  # noqa: A001
+close = closing
 
 
 class _Morphology:
@@ -127,13 +135,13 @@ class Dilate(_Morphology):
 class Open(_Morphology):
     """Opening with a disk of ``radius`` pixels."""
 
-    kernel = staticmethod(open)
+    kernel = staticmethod(opening)
 
 
 class Close(_Morphology):
     """Closing with a disk of ``radius`` pixels."""
 
-    kernel = staticmethod(close)
+    kernel = staticmethod(closing)
 
 
 class Threshold:
