@@ -871,6 +871,9 @@ def build_hdf5(
         raise UsageError(f"output folder {out} is the source folder {src}; "
                          "choose another OUT such as data/hdf5")
     classes, planned, notes, links = find_rows(src, name)
+    warnings: list[str] = []
+    if name is not None:
+        classes, planned = _classes_beside(out, name, classes, planned, notes, warnings)
     outputs = [out / f"{split}.hdf5" for split in planned]
     # A split's file this build does not make may be left from an earlier build of another
     # split (other classes, other rows) or be the user's own (--name test): it stays, and the
@@ -880,7 +883,9 @@ def build_hdf5(
     means_path = out / MEANS_NAME if "train" in planned else None
     if means_path is None and name is None:
         others.append(out / MEANS_NAME)
-    skipped_final = out / SKIPPED_NAME
+    # A file built on its own lists its skipped images beside it, so it can join the files of
+    # an earlier build in OUT without replacing their list.
+    skipped_final = out / (SKIPPED_NAME if name is None else f"{name}.{SKIPPED_NAME}")
     out.mkdir(parents=True, exist_ok=True)
     # One build at a time per OUT: a second would write (and on failure remove) the same
     # NAME.partial files.
@@ -894,11 +899,48 @@ def build_hdf5(
                 )
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
-    warnings = [f"{path} is not from this build (this split has no "
-                f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as "
-                "it was; remove it if it does not belong with these files"
-                for path in others if path.exists()]
+    warnings += [f"{path} is not from this build (this split has no "
+                 f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as "
+                 "it was; remove it if it does not belong with these files"
+                 for path in others if path.exists()]
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
+
+
+def _classes_beside(out: Path, name: str, classes: list[str], planned: dict[str, list[Row]],
+                    notes: list[str], warnings: list[str]) -> tuple[list[str], dict]:
+    """Class ids for a ``--name`` file that agree with the dsprep files already in ``out``.
+
+    A folder holding only some of their classes (a test folder with no images of one class)
+    takes their ids, so a model trained on them reads this file right; one with other classes
+    keeps its own, with a warning.
+    """
+    found: dict[tuple[str, ...], Path] = {}
+    for path in sorted(out.glob("*.hdf5")) if out.is_dir() else []:
+        if path.name == f"{name}.hdf5":
+            continue  # replaced by this build
+        try:
+            with store.open_dataset(path) as db:
+                found.setdefault(tuple(store.label_names(db)), path)
+        except DsprepError:
+            continue  # not a dsprep file: nothing to agree with
+    if not found:
+        return classes, planned
+    beside = [(list(names), path) for names, path in found.items()]
+    names, path = beside[0]
+    if len(beside) > 1 or not set(classes) <= set(names):
+        theirs = "; ".join(f"{p.name}: {', '.join(n)}" for n, p in beside)
+        warnings.append(f"the classes of {name}.hdf5 ({', '.join(classes)}) differ from those "
+                        f"of the files already in {out} ({theirs}), so its label ids do not "
+                        "match theirs; build it into another folder unless that is meant")
+        return classes, planned
+    if names == classes:
+        return classes, planned
+    ids = {c: names.index(c) for c in classes}
+    missing = [c for c in names if c not in ids]
+    notes.append(f"class ids follow {path} ({len(names)} classes"
+                 + (f"; no images of {', '.join(missing)} here" if missing else "") + ")")
+    return names, {split: [Row(r.path, r.name, ids[classes[r.label]]) for r in rows]
+                   for split, rows in planned.items()}
 
 
 def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],

@@ -457,6 +457,36 @@ def test_a_class_folder_tree_with_a_name(tmp_path):
         np.testing.assert_array_equal(image, reference(root / name, (24, 24)))
 
 
+def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
+    src = make_split(tmp_path / "split", counts=(("train", 1), ("val", 1), ("test", 1)))
+    out = tmp_path / "out"
+    build.build_hdf5(src, out, opts())
+    before = (out / "skipped.csv").read_bytes()
+    # A later test folder with no images of one class ("dog"), and a bad file.
+    extra = make_class_folders(tmp_path / "extra", ("cat", "fox"), per_class=2, seed=70)
+    (extra / "fox" / "bad.jpg").write_bytes(b"not a jpeg")
+    report = build.build_hdf5(extra, out, opts(), name="extra")
+    assert (out / "skipped.csv").read_bytes() == before  # the earlier build's list is kept
+    with open(out / "extra.skipped.csv", newline="") as fh:
+        assert [r["source"] for r in csv.DictReader(fh)] == ["fox/bad.jpg"]
+    assert report.skipped_path == out / "extra.skipped.csv"
+    assert any(f"class ids follow {out / 'test.hdf5'} (3 classes; no images of dog here)" in n
+               for n in report.notes)
+    _, labels, names, _ = rows_of(out / "extra.hdf5")
+    with h5py.File(out / "extra.hdf5", "r") as db:
+        assert store.label_names(db) == CLASSES
+    assert [CLASSES[label] for label in labels] == [n.split("/")[0] for n in names]
+    # Other classes than theirs: built with its own ids, and a warning says so.
+    other = make_class_folders(tmp_path / "other", ("cat", "emu"), per_class=1, seed=80)
+    odd = build.build_hdf5(other, out, opts(), name="odd")
+    assert len(odd.warnings) == 1 and "label ids do not match theirs" in odd.warnings[0]
+    with h5py.File(out / "odd.hdf5", "r") as db:
+        assert store.label_names(db) == ["cat", "emu"]
+    # Rebuilding it: the files beside it now disagree, and it keeps its own ids again.
+    again = build.build_hdf5(other, out, opts(), name="odd", force=True)
+    assert len(again.warnings) == 1
+
+
 def test_bad_sources_and_arguments(tmp_path):
     root = make_class_folders(tmp_path / "dump", per_class=1)
     with pytest.raises(UsageError, match="--name"):
@@ -758,12 +788,12 @@ def test_dangling_link_in_a_class_folder_is_reported_not_swallowed(tmp_path):
     classes, rows, notes, links = find_rows(tmp_path / "src", name="train")
     assert classes == ["a"] and [r.name for r in rows["train"]] == ["a/ok.jpg"]
     assert notes == [] and [s.source for s in links["train"]] == ["a/gone.jpg"]
-    # The build lists it in skipped.csv, with where it pointed, and counts it.
+    # The build lists it in train.skipped.csv, with where it pointed, and counts it.
     report = build.build_hdf5(tmp_path / "src", tmp_path / "out", opts(), name="train")
     assert report.files[0].count == 1
     assert [(s.source, s.reason) for s in report.files[0].skipped] == [
         ("a/gone.jpg", DANGLING_LINK)]
-    with open(tmp_path / "out" / "skipped.csv", newline="") as fh:
+    with open(tmp_path / "out" / "train.skipped.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["source"] for r in rows] == ["a/gone.jpg"] and "nowhere.jpg" in rows[0]["detail"]
 

@@ -16,7 +16,9 @@ _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--name", metavar="NAME",
-              help="SRC is one folder of class sub-folders (not a split): write OUT/NAME.hdf5.")
+              help="SRC is one folder of class sub-folders (not a split): write OUT/NAME.hdf5 "
+                   "and OUT/NAME.skipped.csv. Its class ids follow the dsprep files already in "
+                   "OUT when its classes are among theirs.")
 @click.option("--size", default="256", show_default=True, metavar="N|HxW",
               help="Stored image size: N for NxN, or HEIGHTxWIDTH such as 256x192.")
 @click.option("--resize", "resize_mode", type=click.Choice(["crop", "stretch", "pad"]),
@@ -51,7 +53,8 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     SRC is a split folder from 'dsprep split' (writes OUT/train.hdf5, val.hdf5, test.hdf5 and
     OUT/means.json from train), a dump already split into train/ val/ test/ folders of class
     sub-folders (valid/, testing/ and the like count too), or with --name one folder of class
-    sub-folders. Bad images are skipped and listed in OUT/skipped.csv.
+    sub-folders. Bad images are skipped and listed in OUT/skipped.csv (OUT/NAME.skipped.csv
+    with --name).
     """
     from ..build import BuildOptions
     from ..build import build_hdf5 as run_build
