@@ -55,3 +55,36 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     process.stderr.close()
     assert process.wait(60) == 141
     assert err == ""  # no "Error: Broken pipe", no "Exception ignored"
+
+
+def test_ctrl_c_while_the_command_line_imports_is_no_traceback(monkeypatch, capsys):
+    import sys
+
+    from dsprep.__main__ import run
+
+    class Interrupt:
+        """An import hook standing in for a Ctrl-C while dsprep.cli loads."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name == "dsprep.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "dsprep.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
+    try:
+        run()
+    except SystemExit as exc:
+        assert exc.code == 1
+    else:
+        raise AssertionError("run() went on after the interrupt")
+    assert capsys.readouterr().err == "\nAborted!\n"
+
+
+def test_python_m_dsprep_runs_the_command_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "dsprep", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.startswith("Usage: dsprep [OPTIONS] COMMAND")
