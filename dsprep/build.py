@@ -1010,10 +1010,12 @@ def _write_skipped(path: Path, skipped: Iterable[Skip]) -> Path:
 # Checking a built file against its sources
 
 
-def check_sources(path: str | os.PathLike, count: int, seed: int = 0) -> list[str]:
+def check_sources(path: str | os.PathLike, count: int, seed: int = 0,
+                  source_root: str | os.PathLike | None = None) -> list[str]:
     """Re-decode ``count`` random rows' source files and compare them with the stored pixels.
 
-    The sources are found under the file's ``source_root`` attribute and decoded with the
+    The sources are found under the file's ``source_root`` attribute, or under
+    ``source_root`` when given (the sources moved since the build), and decoded with the
     file's own size, resize, interpolation and decoding attributes.
 
     Returns:
@@ -1027,11 +1029,13 @@ def check_sources(path: str | os.PathLike, count: int, seed: int = 0) -> list[st
         n = db["images"].shape[0]
         if count <= 0 or n == 0:
             return problems
-        if "source_root" not in attrs or "filenames" not in db:
+        if "filenames" not in db or (source_root is None and "source_root" not in attrs):
             return ["no 'source_root' attribute or 'filenames' dataset: sources cannot be found"]
-        root = Path(attrs["source_root"])
+        root = Path(attrs["source_root"] if source_root is None else source_root)
         if not root.is_dir():
-            return [f"source folder {root} does not exist; sources cannot be re-decoded"]
+            where = ("" if source_root is not None else
+                     " (if the sources moved, name where they are now with --source-root)")
+            return [f"source folder {root} does not exist; sources cannot be re-decoded{where}"]
         interpolation = attrs.get("interpolation", "auto")
         decode = _Decode(tuple(db["images"].shape[1:3]), attrs.get("resize", "crop"),
                          None if interpolation == "auto" else interpolation,

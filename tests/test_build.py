@@ -705,6 +705,15 @@ def test_check_sources_finds_changed_pixels_and_missing_sources(tmp_path):
     assert len(problems) == 2
     assert any(p.startswith("row 4: pixels differ") for p in problems)
     assert any(p.startswith("row 7:") and missing in p for p in problems)
+    # The sources moved: the file's source_root is gone; --source-root finds them.
+    moved = tmp_path / "moved"
+    src.rename(moved)
+    assert build.check_sources(path, 9) == [
+        f"source folder {src} does not exist; sources cannot be re-decoded (if the sources "
+        "moved, name where they are now with --source-root)"]
+    again = build.check_sources(path, 9, source_root=moved)
+    assert len(again) == 2 and any(p.startswith("row 4: pixels differ") for p in again)
+    assert any(str(moved / missing) in p for p in again)
 
 
 # --- a worker killed mid-build ---------------------------------------------------------------

@@ -126,7 +126,10 @@ def _short(value) -> str:
                    "source_root) and compare them with the stored pixels.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for choosing the rows checked with --sources (0 or more).")
-def verify(file: str, sources: int, seed: int) -> None:
+@click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Where the sources are now, if they moved since the build (the folder "
+                   "that was SRC of build-hdf5).")
+def verify(file: str, sources: int, seed: int, source_root: str | None) -> None:
     """Check a dsprep HDF5 FILE: schema, attributes, label range, means, optionally sources.
 
     Exits with 1 and lists the problems when anything is off.
@@ -136,7 +139,7 @@ def verify(file: str, sources: int, seed: int) -> None:
 
     problems = check_file(file)
     if sources:
-        problems += check_sources(file, sources, seed)
+        problems += check_sources(file, sources, seed, source_root)
     if problems:
         for problem in problems:
             click.echo(f"  {problem}", err=True)
