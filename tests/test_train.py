@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 from helpers import make_class_folders, smooth_image
@@ -17,7 +18,12 @@ from hypothesis import strategies as st
 
 keras = pytest.importorskip("keras", reason="the training extra (Keras 3) is not installed")
 
-from dsprep.errors import DestinationExistsError, LayoutError, UsageError  # noqa: E402
+from dsprep.errors import (  # noqa: E402
+    DatasetFormatError,
+    DestinationExistsError,
+    LayoutError,
+    UsageError,
+)
 from dsprep.store import write_arrays  # noqa: E402
 from dsprep.train import callbacks as cb  # noqa: E402
 from dsprep.train.fit import TrainConfig, configure_device, open_data, resume, train  # noqa: E402
@@ -88,7 +94,7 @@ def test_two_epochs_of_a_small_alexnet_lower_the_training_loss(tmp_path):
 
 
 def test_history_csv_and_plots_are_well_formed(resnet_run):
-    _, run, result = resnet_run
+    data, run, result = resnet_run
     with open(run / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -107,6 +113,8 @@ def test_history_csv_and_plots_are_well_formed(resnet_run):
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["model"] == "resnet18"
     assert config["classes"] == ["cat", "dog"]
+    with h5py.File(data / "train.hdf5", "r") as db:
+        assert config["image_shape"] == list(db["images"].shape[1:])
     assert config["monitor"] == "val_auc"
     assert config["versions"]["keras"] == keras.__version__
     assert config["versions"]["backend"] == keras.backend.backend()
@@ -300,8 +308,6 @@ def test_a_crash_never_leaves_best_from_an_epoch_the_state_does_not_count(tmp_pa
     ],
 )
 def test_resume_of_a_damaged_run_says_what_to_do(small_run, tmp_path, name, text, error, match):
-    from dsprep.errors import DatasetFormatError
-
     _, run, _ = small_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -496,7 +502,7 @@ def _hand_built_run(tmp_path, classes, crop):
     names = [f"c{i}" for i in range(classes)]
     (run / "config.json").write_text(json.dumps({
         "options": {"crop": crop}, "classes": names, "input_shape": [size, size, 3],
-        "input_dtype": "uint8"}))
+        "input_dtype": "uint8", "image_shape": [8, 8, 3]}))
     n = 40
     images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
     labels = rng.integers(0, classes, n)
@@ -602,6 +608,64 @@ def test_ten_crop_hands_the_model_one_crop_position_at_a_time(tmp_path, monkeypa
     _check_scores(result["ten_crop"], np.stack(expected), labels, 2)
 
 
+def test_training_auc_tells_apart_scores_near_zero_and_one():
+    from dsprep.evaluate import roc_auc
+
+    # A trained model's softmax scores crowd near 0 and 1; the exact AUC ranks them all.
+    scores = np.array([2e-6, 8e-6, 2.7e-3, 0.4, 0.999, 0.99999,   # positives
+                       1e-6, 5e-6, 1e-3, 0.6, 0.9999, 0.99998])  # negatives
+    labels = np.array([1] * 6 + [0] * 6)
+    metric = cb.PositiveClassAUC()
+    metric.update_state(labels, np.stack([1 - scores, scores], axis=1).astype("float32"))
+    exact = roc_auc(scores, labels)
+    assert float(metric.result()) == pytest.approx(exact, abs=0.01)
+    again = cb.PositiveClassAUC.from_config(metric.get_config())  # as a saved model reloads it
+    assert len(again.thresholds) == len(metric.thresholds)
+
+
+def test_metrics_of_one_class_files_and_diverged_models():
+    from dsprep.train.predict import metrics
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    one = metrics(probs, np.array([1, 1, 1]), ["a", "b"])
+    assert one["auc"] is None and one["notes"] == ["no ROC AUC: every image is of class b"]
+    assert one["rank1"] == pytest.approx(1 / 3) and one["per_class"] == {"a": None,
+                                                                         "b": pytest.approx(1 / 3)}
+    # NaN rows are wrong everywhere: not class 0 by argmax, not in the confusion matrix.
+    probs = np.array([[np.nan, np.nan], [0.2, 0.8], [0.7, 0.3], [np.inf, 0.0]])
+    labels = np.array([0, 1, 1, 0])
+    bad = metrics(probs, labels, ["a", "b"])
+    assert bad["nonfinite"] == 2 and bad["rank1"] == 0.25
+    assert bad["per_class"] == {"a": 0.0, "b": 0.5}
+    assert bad["confusion"] == [[0, 0], [1, 1]] and bad["auc"] is None
+    assert "NaN or infinite scores for 2 of 4 images" in bad["notes"][0]
+
+
+def test_evaluate_reports_its_figures_when_the_run_folder_is_read_only(tmp_path, monkeypatch):
+    from dsprep.train import predict as pr
+
+    run, test, images, labels, weights, bias = _hand_built_run(tmp_path, 2, crop=None)
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(pr, "plot_confusion", read_only)
+    result = evaluate_run(run, test)
+    _check_scores(result["center"], _probs(images, weights, bias), labels, 2)
+    assert result["center"]["confusion_png"] is None
+    assert "cannot write" in result["center"]["notes"][0]
+
+
+def test_evaluate_refuses_images_of_another_size_than_training(tmp_path):
+    # A 6x6 crop fits the model whatever the image size: the size must be checked itself.
+    run, _, _, labels, _, _ = _hand_built_run(tmp_path, 2, crop=6)
+    images = np.random.default_rng(1).integers(0, 256, (len(labels), 12, 12, 3), np.uint8)
+    big = write_arrays(tmp_path / "big.hdf5", images, labels, ["c0", "c1"], split="test")
+    match = r"holds images of 12x12 but .* trained on images of 8x8 \(cropped to 6x6\); .* 8x8"
+    with pytest.raises(DatasetFormatError, match=match):
+        evaluate_run(run, big)
+
+
 def test_ten_crop_needs_a_run_trained_on_crops(tmp_path):
     run, test, *_ = _hand_built_run(tmp_path, 2, crop=None)
     with pytest.raises(UsageError, match="whole images"):
@@ -618,6 +682,15 @@ def test_cpu_device_setup_is_float32_without_xla():
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_best_checkpoint_metric():
+    assert cb.best_metric(2) == ("val_auc", "max")
+    assert cb.best_metric(3) == ("val_accuracy", "max")
+    assert cb.best_metric(2, validation=False) == ("auc", "max")
+    assert cb.best_metric(2, True, np.array([0, 1, 1])) == ("val_auc", "max")
+    # A validation split of one class: AUC is no measure there (Keras gives 0 every epoch).
+    assert cb.best_metric(2, True, np.array([1, 1, 1])) == ("val_accuracy", "max")
 
 
 def test_schedule_and_early_stop_callbacks_watch_the_best_metric(tmp_path):

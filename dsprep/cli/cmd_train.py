@@ -242,7 +242,11 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
                      *(_fmt(result[m]["per_class"][name]) for m in methods)])
     say(f"{Path(run)} ({checkpoint}.keras) on {data}:")
     say(format_table(rows, header))
-    say(f"confusion matrices: {', '.join(result[m]['confusion_png'] for m in methods)}")
+    pngs = [result[m]["confusion_png"] for m in methods if result[m]["confusion_png"]]
+    if pngs:
+        say(f"confusion matrices: {', '.join(pngs)}")
+    for note in dict.fromkeys(n for m in methods for n in result[m]["notes"]):
+        say(f"note: {note}", err=True)
 
 
 @click.command("sweep-lr")

@@ -244,12 +244,30 @@ def schedule_fn(schedule: str, lr: float, epochs: int, step_every: int = 10,
     return None
 
 
+def _log_odds_thresholds(count: int = 1001, reach: float = 16.0) -> list[float]:
+    """Thresholds evenly spaced in log-odds from -reach to reach (probabilities 1e-7 to 1 - 1e-7).
+
+    Keras's default, 200 thresholds evenly spaced in probability, puts every softmax score
+    under 0.005 into one bin; a trained model's scores crowd near 0 and 1, so that AUC was far
+    from the exact one.
+    """
+    return [float(1 / (1 + math.exp(-v))) for v in np.linspace(-reach, reach, count)]
+
+
 @keras.saving.register_keras_serializable(package="dsprep")
 class PositiveClassAUC(keras.metrics.AUC):
     """ROC AUC of a two-class softmax model: the score is the probability of class 1.
 
-    Takes integer labels (B,) or one-hot (B, 2) and probabilities (B, 2).
+    Takes integer labels (B,) or one-hot (B, 2) and probabilities (B, 2). The curve is
+    measured at 1,001 thresholds evenly spaced in log-odds (see ``_log_odds_thresholds``);
+    ``dsprep evaluate`` gives the exact AUC.
     """
+
+    def __init__(self, name: str = "auc", thresholds: Sequence[float] | None = None,
+                 **kwargs) -> None:
+        kwargs.pop("num_thresholds", None)  # a saved model's config carries both
+        super().__init__(name=name, thresholds=list(thresholds or _log_odds_thresholds()),
+                         **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = keras.ops.convert_to_tensor(y_pred)
@@ -306,9 +324,16 @@ class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
     """EarlyStopping that continues its patience count from ``history`` on a resume."""
 
 
-def best_metric(classes: int, validation: bool = True) -> tuple[str, str]:
-    """The metric that picks best.keras and its mode: val AUC for two classes, else val accuracy."""
-    name = "auc" if classes == 2 else "accuracy"
+def best_metric(classes: int, validation: bool = True,
+                val_labels: np.ndarray | None = None) -> tuple[str, str]:
+    """The metric that picks best.keras and its mode: val AUC for two classes, else val accuracy.
+
+    AUC needs both classes among the validation labels (when given); with one, it is no
+    measure (Keras reports 0 every epoch), and accuracy picks instead.
+    """
+    two = classes == 2 and (val_labels is None or not validation
+                            or np.unique(np.asarray(val_labels)).size == 2)
+    name = "auc" if two else "accuracy"
     return ("val_" + name if validation else name), "max"
 
 

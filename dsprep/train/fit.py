@@ -393,11 +393,15 @@ def _versions(device: DeviceSetup) -> dict:
             "jit": device.jit}
 
 
+def _val_labels(bundle: DataBundle) -> np.ndarray | None:
+    return None if bundle.val is None else getattr(bundle.val, "labels", None)
+
+
 def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoch: int,
          history: list, progress: bool) -> TrainResult:
     classes = len(bundle.label_names)
     validation = bundle.val is not None
-    monitor, _ = cb.best_metric(classes, validation)
+    monitor, _ = cb.best_metric(classes, validation, _val_labels(bundle))
     calls = _callbacks(run, config, monitor, history, validation)
     from ..adapters import EpochSync
 
@@ -462,8 +466,9 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
         "schema": "dsprep-run/1", "data": str(Path(data).resolve()), "data_kind": bundle.kind,
         "options": config.to_dict(), "classes": bundle.label_names,
         "input_shape": list(bundle.input_shape), "input_dtype": bundle.input_dtype,
+        "image_shape": [int(s) for s in bundle.train.image_shape],
         "mean_rgb": list(bundle.mean), "scale": bundle.scale,
-        "monitor": cb.best_metric(classes, bundle.val is not None)[0],
+        "monitor": cb.best_metric(classes, bundle.val is not None, _val_labels(bundle))[0],
         "versions": _versions(device)})
     return _fit(model, bundle, run, config, 0, [], progress)
 

@@ -60,25 +60,48 @@ def predict(model: keras.Model, gen, *, progress: bool = False) -> tuple[np.ndar
 
 def metrics(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -> dict:
     """Rank-1, rank-5 (None with five classes or fewer), AUC (two classes), per-class accuracy,
-    and the confusion matrix (rows: true class, columns: predicted)."""
+    and the confusion matrix (rows: true class, columns: predicted).
+
+    A row of scores with a NaN or infinity (a diverged model) is a wrong answer in every
+    accuracy and is left out of the confusion matrix; ``nonfinite`` counts such rows. AUC is
+    None where it is not defined (one class among the labels) or such rows exist; ``notes``
+    says why.
+    """
     from .. import evaluate as ev
 
     n = len(label_names)
-    preds = probs.argmax(axis=1)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    finite = np.isfinite(probs).all(axis=1)
+    preds = np.where(finite, probs.argmax(axis=1), -1)
     ks = (1, 5) if n > 5 else (1,)
-    ranks = ev.rank_accuracy(probs, labels, k=ks)
-    ranks = _as_rank_dict(ranks, ks)
-    per_class = np.asarray(ev.per_class_accuracy(labels, preds, n), dtype=np.float64)
-    out = {
+    ranks = _as_rank_dict(ev.rank_accuracy(probs, labels, k=ks), ks)
+    support = np.bincount(labels, minlength=n)
+    correct = np.bincount(labels[preds == labels], minlength=n)
+    notes: list[str] = []
+    nonfinite = int((~finite).sum())
+    if nonfinite:
+        notes.append(f"the model gave NaN or infinite scores for {nonfinite} of {len(labels)} "
+                     "images (diverged?): they count as wrong and are left out of the "
+                     "confusion matrix")
+    auc = None
+    if n == 2:
+        present = np.unique(labels)
+        if present.size < 2:
+            notes.append(f"no ROC AUC: every image is of class {label_names[int(present[0])]}")
+        elif not nonfinite:
+            auc = float(ev.roc_auc(probs[:, 1], labels))
+    return {
         "count": int(len(labels)),
         "rank1": float(ranks[1]),
         "rank5": float(ranks[5]) if 5 in ranks else None,
-        "auc": float(ev.roc_auc(probs[:, 1], labels)) if n == 2 else None,
-        "per_class": {name: _float_or_none(v) for name, v in zip(label_names, per_class,
-                                                                  strict=True)},
-        "confusion": np.asarray(ev.confusion_matrix(labels, preds, n)).astype(int).tolist(),
+        "auc": auc,
+        "per_class": {name: (float(correct[i] / support[i]) if support[i] else None)
+                      for i, name in enumerate(label_names)},
+        "confusion": np.asarray(ev.confusion_matrix(labels[finite], preds[finite], n))
+        .astype(int).tolist(),
+        "nonfinite": nonfinite,
+        "notes": notes,
     }
-    return out
 
 
 def _as_rank_dict(ranks, ks) -> dict[int, float]:
@@ -86,10 +109,6 @@ def _as_rank_dict(ranks, ks) -> dict[int, float]:
         return {int(k): float(v) for k, v in ranks.items()}
     values = np.atleast_1d(np.asarray(ranks, dtype=np.float64))
     return {k: float(v) for k, v in zip(ks, values, strict=True)}
-
-
-def _float_or_none(v) -> float | None:
-    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str],
@@ -178,6 +197,15 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
                 f"{data} has classes {gen.label_names} but {run} was trained on {classes}; "
                 "evaluate on a file built from the same split")
         classes = classes or list(gen.label_names)
+        trained_on = tuple(config.get("image_shape", ()))  # older run folders do not say
+        if trained_on and tuple(gen.image_shape) != trained_on:
+            # A crop of another size of image would fit the model, at another scale.
+            raise DatasetFormatError(
+                f"{data} holds images of {gen.image_shape[0]}x{gen.image_shape[1]} but {run} "
+                f"was trained on images of {trained_on[0]}x{trained_on[1]}"
+                + (f" (cropped to {crop}x{crop})" if crop else "")
+                + "; build the file with the training image size (build-hdf5 --size "
+                f"{trained_on[0]}x{trained_on[1]})")
         expected = tuple(config.get("input_shape", ()))
         if method == "center" and expected and tuple(gen.sample_shape) != expected:
             raise DatasetFormatError(
@@ -192,8 +220,13 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
             probs, labels = predict(model, gen, progress=progress)
         scores = metrics(probs, labels, classes)
         png = run / f"confusion-{data.stem}-{method.replace('_', '')}.png"
-        scores["confusion_png"] = str(plot_confusion(
-            scores["confusion"], classes, png, f"{data.name}, {method.replace('_', '-')}"))
+        try:
+            scores["confusion_png"] = str(plot_confusion(
+                scores["confusion"], classes, png, f"{data.name}, {method.replace('_', '-')}"))
+        except OSError as exc:  # a read-only run folder: the figures still count
+            scores["confusion_png"] = None
+            scores["notes"].append(f"confusion matrix not drawn: cannot write {png} "
+                                   f"({exc.strerror or exc})")
         result[method] = scores
     result["classes"] = classes
     return result
