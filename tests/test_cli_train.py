@@ -110,10 +110,18 @@ def test_crop_augment_step_schedule_and_ten_crop(data, tmp_path):
 
 @pytest.mark.slow
 def test_overfit_check_passes_on_learnable_data(data, tmp_path):
-    result = invoke("train", data, tmp_path / "run", *QUICK, "--overfit-check", "--epochs", "6",
+    result = invoke("train", data, tmp_path / "run", *QUICK, "--overfit-check", "--epochs", "10",
                     "--optimizer", "adam", "--lr", "0.001")
     assert result.exit_code == 0, result.output
     assert "overfit check passed" in result.output
+
+
+def test_overfit_check_fails_a_model_that_stays_at_guessing(data, tmp_path):
+    # A rate of zero never moves the weights: the loss stays at guessing's, ln 2.
+    result = invoke("train", data, tmp_path / "run", *QUICK, "--overfit-check", "--epochs", "2",
+                    "--optimizer", "sgd", "--lr", "1e-12")
+    assert result.exit_code == 1, result.output
+    assert "overfit check FAILED" in result.output and "guessing gives 0.6931" in result.output
 
 
 def test_overfit_check_needs_two_epochs(data, tmp_path):

@@ -684,6 +684,27 @@ def test_cpu_device_setup_is_float32_without_xla():
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_overfit_check_needs_the_loss_well_below_guessing(tmp_path, monkeypatch):
+    from dsprep.train import fit
+
+    losses: list[float] = []
+
+    def fake_train(data, run, config, **kwargs):
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"classes": ["a", "b", "c"], "options": {}}))
+        return fit.TrainResult(run, 2, "val_accuracy", None, [{"loss": v} for v in losses])
+
+    monkeypatch.setattr(fit, "train", fake_train)
+    verdicts = []
+    for n, pair in enumerate(((3.06, 1.09), (3.06, 0.54), (0.70, 0.54))):
+        # 1.09 is a quarter below 3.06 but is guessing's loss, ln 3 = 1.0986: no pass.
+        losses[:] = pair
+        report = fit.overfit_check(tmp_path / "data", tmp_path / f"run{n}", tiny(epochs=2))
+        assert report.chance_loss == pytest.approx(math.log(3))
+        verdicts.append(report.passed)
+    assert verdicts == [False, True, False]
+
+
 def test_best_checkpoint_metric():
     assert cb.best_metric(2) == ("val_auc", "max")
     assert cb.best_metric(3) == ("val_accuracy", "max")

@@ -149,7 +149,8 @@ def _fmt(value) -> str:
                    "the data is now).")
 @click.option("--overfit-check", is_flag=True,
               help="Train a few epochs on 8 images per class without augmentation and report "
-                   "whether the training loss fell as it must.")
+                   "whether the training loss fell as it must (to 0.75 of the first epoch's "
+                   "and to half the loss of guessing).")
 @click.option("--force", is_flag=True, help="Replace a run already in RUN.")
 def train(data: str | None, run: str | None, resume_run: str | None, overfit_check: bool,
           force: bool, **opts) -> None:
@@ -189,12 +190,15 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                                        progress=show_progress())
             verdict = "passed" if report.passed else "FAILED"
             say(f"overfit check {verdict}: training loss {report.first_loss:.4f} -> "
-                f"{report.last_loss:.4f} ({report.ratio:.2f} of the first epoch's) over "
-                f"{report.result.epochs_done} epochs; curves in {run}/curves.png")
+                f"{report.last_loss:.4f} ({report.ratio:.2f} of the first epoch's; guessing "
+                f"gives {report.chance_loss:.4f}) over {report.result.epochs_done} epochs; "
+                f"curves in {run}/curves.png")
             if not report.passed:
                 raise click.ClickException(
-                    f"the training loss did not fall to 0.75 of its first value on a tiny "
-                    f"subset of {data}; check the labels, the input pipeline and --lr")
+                    f"the training loss did not fall to 0.75 of its first value and to half "
+                    f"of guessing's ({0.5 * report.chance_loss:.4f}) on a tiny subset of "
+                    f"{data}; check the labels, the input pipeline and --lr, or give more "
+                    "--epochs")
             return
         result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"

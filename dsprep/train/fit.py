@@ -544,12 +544,16 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
 
 @dataclass
 class OverfitReport:
-    """Training loss at the first and last epoch of an overfit check, and the verdict."""
+    """Training loss at the first and last epoch of an overfit check, and the verdict.
+
+    ``chance_loss`` is the loss of guessing every class alike, ln(classes).
+    """
 
     first_loss: float
     last_loss: float
     passed: bool
     result: TrainResult
+    chance_loss: float = math.nan
 
     @property
     def ratio(self) -> float:
@@ -565,9 +569,13 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
     A model that cannot drive the loss down on a handful of images has a bug (a wrong label
     mapping, a broken input pipeline, a learning rate far off), whatever the full run would say.
 
+    It passes when the last epoch's loss is at most ``max_ratio`` of the first's and at most
+    half the loss of guessing (ln of the number of classes): a first epoch far above chance
+    can fall by a quarter to a model that still guesses.
+
     Args:
         per_class: images per class in the subset.
-        max_ratio: pass when the last epoch's loss is at most this fraction of the first's.
+        max_ratio: the most the last epoch's loss may be, as a fraction of the first's.
     """
     config = dataclasses.replace(config or TrainConfig(), limit_per_class=per_class,
                                  augment="none", early_stop=None, schedule="constant")
@@ -578,7 +586,9 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
     result = train(data, run, config, overwrite=overwrite, progress=progress)
     losses = [r["loss"] for r in result.history]
     first, last = losses[0], losses[-1]
-    return OverfitReport(first, last, bool(last <= first * max_ratio), result)
+    chance = math.log(max(2, len(read_run_config(run).get("classes", []))))
+    passed = bool(last <= first * max_ratio and last <= 0.5 * chance)
+    return OverfitReport(first, last, passed, result, chance)
 
 
 def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[float],
