@@ -483,10 +483,16 @@ class HDF5Generator(_BatchSequence):
             else:
                 # Lock-free reads: the pipeline's threads read the rows they are about to cut.
                 return self._finish(x, self.labels[rows], index, scratch, load)
-        elif self.shuffle == "full":
-            self._read_rows(ds, rows, x)
         else:
-            ds.read_direct(x, source_sel=np.s_[rows[0]:rows[0] + n], dest_sel=np.s_[0:n])
+            try:
+                if self.shuffle == "full":
+                    self._read_rows(ds, rows, x)
+                else:
+                    ds.read_direct(x, source_sel=np.s_[rows[0]:rows[0] + n],
+                                   dest_sel=np.s_[0:n])
+            except OSError as exc:  # a damaged chunk: HDF5 names neither file nor rows
+                raise store.unreadable(self.path, int(rows.min()), int(rows.max()),
+                                       exc) from exc
         return self._finish(x, self.labels[rows], index, scratch)
 
     def _read_rows(self, ds: h5py.Dataset, rows: np.ndarray, out: np.ndarray) -> None:

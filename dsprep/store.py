@@ -10,7 +10,7 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
@@ -770,6 +770,31 @@ def check_file(path: str | os.PathLike) -> list[str]:
     return problems
 
 
+def check_pixels(path: str | os.PathLike, *, progress: bool = False) -> list[str]:
+    """Read every image of a file: rows HDF5 cannot read, and ``mean_rgb``/``std_rgb``
+    attributes that differ from the pixels' own statistics.
+
+    Returns:
+        One line per problem found.
+    """
+    problems: list[str] = []
+    stats = channel_stats(path, progress=progress,
+                          on_unreadable=lambda error: problems.append(str(error)))
+    if problems or stats.pixels == 0:
+        return problems  # statistics of what could be read say nothing about the attributes
+    with open_dataset(path) as db:
+        attrs = attributes(db)
+    for key, measured in (("mean_rgb", stats.mean), ("std_rgb", stats.std)):
+        if key not in attrs:
+            continue
+        stored = np.asarray(attrs[key], dtype=np.float64).ravel()
+        # Both are float64 sums of the same pixels: they agree to rounding.
+        if stored.shape != (3,) or not np.allclose(stored, measured, rtol=0, atol=1e-3):
+            problems.append(f"{key} {np.round(stored, 4).tolist()} differs from the pixels' "
+                            f"{np.round(measured, 4).tolist()}")
+    return problems
+
+
 def _check_rows(db: h5py.File, n: int) -> list[str]:
     problems = []
     if "filenames" not in db:
@@ -790,12 +815,23 @@ def _check_rows(db: h5py.File, n: int) -> list[str]:
     return problems
 
 
+def unreadable(path: str | os.PathLike, first: int, last: int,
+               exc: BaseException) -> DatasetFormatError:
+    """The error for rows of a file that HDF5 cannot read (a damaged chunk)."""
+    rows = f"row {first}" if first == last else f"rows {first}..{last}"
+    return DatasetFormatError(f"{path}: {rows} cannot be read ({exc}); the file is damaged, "
+                              "build it again with 'dsprep build-hdf5'")
+
+
 def channel_stats(
-    path: str | os.PathLike, *, block: int | None = None, progress: bool = False
+    path: str | os.PathLike, *, block: int | None = None, progress: bool = False,
+    on_unreadable: Callable[[DatasetFormatError], None] | None = None,
 ) -> ChannelStats:
     """Recompute the per-channel statistics of a file's images, reading ``block`` rows at a time.
 
-    Memory stays bounded by one block whatever the file's size.
+    Memory stays bounded by one block whatever the file's size. Rows HDF5 cannot read (a
+    damaged chunk) raise DatasetFormatError, or with ``on_unreadable`` are passed to it and
+    left out.
     """
     stats = ChannelStats()
     with open_dataset(path) as db:
@@ -809,7 +845,14 @@ def channel_stats(
             for start in range(0, n, block):
                 stop = min(start + block, n)
                 view = buffer[: stop - start]
-                images.read_direct(view, np.s_[start:stop])
-                stats.update(view)
+                try:
+                    images.read_direct(view, np.s_[start:stop])
+                except OSError as exc:
+                    error = unreadable(path, start, stop - 1, exc)
+                    if on_unreadable is None:
+                        raise error from exc
+                    on_unreadable(error)
+                else:
+                    stats.update(view)
                 bar.update(stop - start)
     return stats

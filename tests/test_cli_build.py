@@ -147,7 +147,9 @@ def test_verify_passes_a_good_file_and_its_sources(built):
     out, _ = built
     result = run("verify", out / "train.hdf5", "--sources", "4")
     assert result.exit_code == 0, result.output
-    assert "ok, 4 sources re-decoded" in result.output
+    assert "ok, every image read, 4 sources re-decoded" in result.output
+    more = run("verify", out / "train.hdf5", "--sources", "100", "--quick")
+    assert more.exit_code == 0 and "ok, 9 sources re-decoded" in more.output  # 9 rows
 
 
 def test_verify_fails_on_a_tampered_file(built):
@@ -159,7 +161,53 @@ def test_verify_fails_on_a_tampered_file(built):
     assert result.exit_code == 1
     assert "labels fall outside" in result.output
     assert "row 2: pixels differ" in result.output
-    assert "2 problem(s) found" in result.output
+    # A black image moves the pixels' means and spreads away from the stored ones.
+    assert "mean_rgb" in result.output and "std_rgb" in result.output
+    assert "4 problem(s) found" in result.output
+    quick = run("verify", out / "train.hdf5", "--sources", "9", "--quick")
+    assert "2 problem(s) found" in quick.output and "mean_rgb" not in quick.output
+
+
+def test_verify_reads_the_pixels_for_damage_and_means(tmp_path):
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    assert run("build-hdf5", src, out, "--size", "16", "--workers", "1", "--compression",
+               "gzip", "--chunk-images", "2", "-q").exit_code == 0
+    path = out / "train.hdf5"
+    with h5py.File(path, "r+") as db:
+        means = db.attrs["mean_rgb"]
+        db.attrs["mean_rgb"] = means + [2.0, 0.0, 0.0]
+    tampered = run("verify", path)
+    assert tampered.exit_code == 1 and "mean_rgb" in tampered.output
+    assert "differs from the pixels'" in tampered.output
+    with h5py.File(path, "r+") as db:
+        db.attrs["mean_rgb"] = means
+        chunk = db["images"].id.get_chunk_info(1)  # rows 2 and 3
+    with open(path, "r+b") as fh:  # damage the compressed bytes of one chunk
+        fh.seek(chunk.byte_offset + 4)
+        fh.write(b"\xff" * 64)
+    damaged = run("verify", path)
+    assert damaged.exit_code == 1
+    assert f"{path}: rows 2..3 cannot be read" in damaged.output
+    assert "1 problem(s) found" in damaged.output
+    result = run("means", path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "rows 2..3 cannot be read" in result.output
+    from dsprep.errors import DatasetFormatError
+    from dsprep.generators import HDF5Generator
+
+    gen = HDF5Generator(path, batch_size=2, shuffle="none", output="uint8")
+    gen[0]
+    with pytest.raises(DatasetFormatError, match="rows 2..3 cannot be read .* damaged"):
+        gen[1]
+
+
+def test_means_of_a_file_without_images_is_an_error(tmp_path):
+    path = store.write_arrays(tmp_path / "empty.hdf5", np.zeros((0, 4, 4, 3), np.uint8),
+                              np.zeros(0, np.int64), CLASSES)
+    result = run("means", path, "-o", tmp_path / "m.json")
+    assert result.exit_code == 1 and "holds no images, so it has no means" in result.output
+    assert not (tmp_path / "m.json").exists()
 
 
 @pytest.mark.parametrize("kind", ["text", "foreign"])

@@ -7,6 +7,7 @@ from collections import Counter
 
 import click
 
+from ..errors import DatasetFormatError
 from ._common import count_of, format_table, say, show_progress
 
 _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
@@ -129,24 +130,32 @@ def _short(value) -> str:
 @click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Where the sources are now, if they moved since the build (the folder "
                    "that was SRC of build-hdf5).")
-def verify(file: str, sources: int, seed: int, source_root: str | None) -> None:
-    """Check a dsprep HDF5 FILE: schema, attributes, label range, means, optionally sources.
+@click.option("--quick", is_flag=True,
+              help="Leave the pixels unread: check the structure and attributes only.")
+def verify(file: str, sources: int, seed: int, source_root: str | None, quick: bool) -> None:
+    """Check a dsprep HDF5 FILE: schema, attributes, label range; every image readable and the
+    stored means those of the pixels; optionally, sources decoded again.
 
     Exits with 1 and lists the problems when anything is off.
     """
     from ..build import check_sources
-    from ..store import check_file
+    from ..store import check_file, check_pixels, open_dataset
 
     problems = check_file(file)
+    if not quick:
+        problems += check_pixels(file, progress=show_progress())
     if sources:
         problems += check_sources(file, sources, seed, source_root)
+        with open_dataset(file) as db:
+            sources = min(sources, int(db["images"].shape[0]))
     if problems:
         for problem in problems:
             click.echo(f"  {problem}", err=True)
         raise click.ClickException(
             f"{file}: {len(problems)} problem(s) found; rebuild it with 'dsprep build-hdf5'"
         )
-    checked = f", {sources} sources re-decoded" if sources else ""
+    checked = "" if quick else ", every image read"
+    checked += f", {count_of(sources, 'source')} re-decoded" if sources else ""
     say(f"{file}: ok{checked}")
 
 
@@ -161,7 +170,11 @@ def means(file: str, output: str | None) -> None:
     from ..stats import means_record, write_means
     from ..store import channel_stats
 
-    record = means_record(channel_stats(file, progress=show_progress()), Path(file).name)
+    stats = channel_stats(file, progress=show_progress())
+    if stats.pixels == 0:
+        raise DatasetFormatError(f"{file} holds no images, so it has no means; build it from "
+                                 "a split with images")
+    record = means_record(stats, Path(file).name)
     if output:
         write_means(output, record)
         say(f"{output}: R={record['R']:.3f} G={record['G']:.3f} B={record['B']:.3f} "
