@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -86,6 +87,22 @@ def test_train_resume_and_evaluate(data, tmp_path):
                  "confusion-test-center.png"):
         assert text in table.output
     assert "rank-5" not in table.output  # meaningless with two classes
+
+    # A sweep-lr folder holds runs one level down; a damaged or foreign checkpoint is named.
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run, sweep / "lr-0.01")
+    parent = invoke("evaluate", sweep, data / "test.hdf5")
+    assert parent.exit_code == 1 and f"such as {sweep / 'lr-0.01'}" in parent.output
+    cut = sweep / "lr-0.01" / "best.keras"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    damaged = invoke("evaluate", sweep / "lr-0.01", data / "test.hdf5")
+    assert damaged.exit_code == 1 and "is not a .keras file" in damaged.output
+    config = json.loads((run / "config.json").read_text())
+    config["input_shape"] = [40, 40, 3]
+    (sweep / "lr-0.01" / "config.json").write_text(json.dumps(config))
+    foreign = invoke("evaluate", sweep / "lr-0.01", data / "test.hdf5", "--checkpoint", "last")
+    assert foreign.exit_code == 1 and "Traceback" not in foreign.output
+    assert "checkpoint is from another run" in foreign.output
 
 
 @pytest.mark.slow
@@ -184,6 +201,9 @@ def test_train_on_a_split_folder(tmp_path):
         (["train", "{data}", "{tmp}/r", "--rotation", "20", "--zoom", "0.2"], 2,
          "--rotation, --zoom only apply with --augment affine"),
         (["evaluate", "{tmp}", "{data}/test.hdf5"], 1, "not a run folder"),
+        (["train", "{data}", "{tmp}/r", "--crop", "100"], 2,
+         "--crop 100 is larger than the 48x48 images of"),
+        (["train", "{data}", "{tmp}/r", "--gpus", "64"], 2, "--gpus 64 asks for more GPUs"),
     ],
 )
 def test_bad_input_gives_one_line_errors(data, tmp_path, args, code, text):

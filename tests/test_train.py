@@ -680,6 +680,9 @@ def test_cpu_device_setup_is_float32_without_xla():
         forced = configure_device("mixed", jit=True, gpus="1")
         assert forced.precision == "mixed"
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        # More GPUs than there are is refused here as on a GPU machine, not run on the CPU.
+        with pytest.raises(UsageError, match="--gpus 3 asks for more GPUs than the 0 visible"):
+            configure_device("auto", jit=True, gpus="3")
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

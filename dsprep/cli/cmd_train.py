@@ -13,7 +13,7 @@ import click
 
 from ..errors import UsageError
 from ..train.options import AUGMENTS, MODEL_NAMES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
-from ._common import format_table, import_keras_quietly, say, show_progress
+from ._common import count_of, format_table, import_keras_quietly, say, show_progress
 
 _DEFAULTS = TrainConfig()
 
@@ -189,10 +189,10 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             report = fit.overfit_check(data, run, config, overwrite=force,
                                        progress=show_progress())
             verdict = "passed" if report.passed else "FAILED"
+            epochs = count_of(report.result.epochs_done, "epoch")
             say(f"overfit check {verdict}: training loss {report.first_loss:.4f} -> "
                 f"{report.last_loss:.4f} ({report.ratio:.2f} of the first epoch's; guessing "
-                f"gives {report.chance_loss:.4f}) over {report.result.epochs_done} epochs; "
-                f"curves in {run}/curves.png")
+                f"gives {report.chance_loss:.4f}) over {epochs}; curves in {run}/curves.png")
             if not report.passed:
                 raise click.ClickException(
                     f"the training loss did not fall to 0.75 of its first value and to half "
@@ -203,8 +203,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"
     last = result.history[-1] if result.history else {}
-    say(f"{verb} {result.run}: {result.epochs_done} epochs, last loss {_fmt(last.get('loss'))}, "
-        f"best {result.monitor} {_fmt(result.best)}")
+    say(f"{verb} {result.run}: {count_of(result.epochs_done, 'epoch')}, last loss "
+        f"{_fmt(last.get('loss'))}, best {result.monitor} {_fmt(result.best)}")
     say(f"wrote {result.run}/best.keras, last.keras, history.csv, curves.png, lr.png")
 
 

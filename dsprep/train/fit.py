@@ -110,11 +110,12 @@ def configure_device(precision: str = "auto", jit: bool = True, gpus: str = "1")
     backend = keras.backend.backend()
     available = count_gpus()
     wanted = available if gpus == "all" else int(gpus)
+    if wanted > max(available, 1):
+        # The default, 1, trains on the CPU where there is no GPU; more is a request to refuse.
+        raise UsageError(f"--gpus {gpus} asks for more GPUs than the {available} visible; "
+                         f"use --gpus all or a count up to {max(available, 1)}")
     if available == 0:
         wanted = 0
-    elif wanted > available:
-        raise UsageError(f"--gpus {gpus} asks for more GPUs than the {available} visible; "
-                         f"use --gpus all or a count up to {available}")
     if precision == "auto":
         precision = "mixed" if wanted else "float32"
     keras.mixed_precision.set_global_policy("mixed_float16" if precision == "mixed"
@@ -286,6 +287,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
         with open_dataset(train_path) as db:
             rows = int(db["images"].shape[0])
+            _check_crop(config, tuple(db["images"].shape[1:3]), f"{data / 'train.hdf5'}")
         train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
                               augment=augment, shuffle="batches", seed=config.seed,
                               output="uint8", drop_last=_drop_last(rows, config.batch_size))
@@ -303,6 +305,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             train_root = _subset_folder(train_root, work / ".subset-train",
                                         config.limit_per_class)
         size = (config.image_size, config.image_size)
+        _check_crop(config, size, f"--image-size {config.image_size}")
         # split.json's classes define the label ids, even for a class with no training folder.
         classes = _split_classes(data)
         files = sum(1 for d in train_root.iterdir() if d.is_dir()
@@ -329,6 +332,14 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
     return DataBundle(train, val, list(train.label_names), mean, scale,
                       tuple(int(s) for s in train.sample_shape),
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
+
+
+def _check_crop(config: TrainConfig, size: tuple[int, int], where: str) -> None:
+    """Refuse a --crop larger than the images, in the option's own words."""
+    if config.crop and config.crop > min(size):
+        raise UsageError(f"--crop {config.crop} is larger than the {size[0]}x{size[1]} images "
+                         f"of {where}; give a --crop of at most {min(size)}, or images built "
+                         "at a larger --size")
 
 
 def _as_keras(gen, workers: int):
@@ -477,6 +488,10 @@ def read_run_config(run: str | os.PathLike) -> dict:
     """The config.json of a run folder."""
     path = Path(run) / CONFIG
     if not path.is_file():
+        runs = sorted(Path(run).glob(f"lr-*/{CONFIG}"))
+        if runs:  # a sweep-lr folder: its runs are one level down
+            raise LayoutError(f"{run} holds the runs of a learning-rate sweep, not one run; "
+                              f"give one of them, such as {runs[0].parent}")
         raise LayoutError(f"{run} is not a run folder (no {CONFIG}); start one with 'dsprep train'")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))

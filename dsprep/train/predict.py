@@ -6,6 +6,7 @@ Metrics come from the framework-free :mod:`dsprep.evaluate`; this module only pr
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path} does not exist; train a model first with 'dsprep train'")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
+        raise DatasetFormatError(f"{path} is not a .keras file (a zip archive): damaged or "
+                                 "cut short? Train the run again, or resume it")
     try:
         return keras.saving.load_model(path)
     except (ValueError, OSError) as exc:
@@ -171,6 +175,12 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     run, data = Path(run), Path(data)
     config = read_run_config(run)
     model = load_model(run / (cb.BEST if checkpoint == "best" else cb.LAST))
+    expected = tuple(config.get("input_shape", ()))
+    takes = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else ()
+    if expected and takes and takes != expected:
+        raise DatasetFormatError(
+            f"the model in {run} takes images of {takes} but its config.json says {expected}: "
+            "the checkpoint is from another run; train this one again")
     crop = config.get("options", {}).get("crop")
     classes = list(config.get("classes", []))
     # One preprocessing pass reads the file once per method; nothing random is involved.
