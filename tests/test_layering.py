@@ -28,6 +28,7 @@ LAYERS = {
     "demo": 10,
     "train": 10,
     "cli": 11,
+    "__main__": 12,  # the dsprep command: imports cli inside a Ctrl-C guard
 }
 FRAMEWORKS = {"keras", "tensorflow", "torch", "jax"}
 MAY_IMPORT_FRAMEWORKS = {"adapters", "train", "cli"}
