@@ -451,10 +451,10 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
     """"prefix" when the file names carry the classes (cat.0.jpg), else "folders".
 
     Names carry the classes when some folder's names start with two or more different
-    prefixes, at least half of its names having one, and a prefix is shared by two names on
-    average (dogs-vs-cats' train folder; two prefixes always qualify). A prefix counts only
-    if it holds a letter. So a class folder of dotted dates or times (2019.01.05.jpg,
-    2016-05-21 14.23.11.jpg) or of screenshots named by the minute stays a class folder.
+    prefixes, at least half of its names having one (dogs-vs-cats' train folder). Names that
+    start with a date (2019.01.05.jpg, 2016-05-21 14.23.11.jpg) or whose prefix holds a space
+    (Screenshot 2019-01-05 at 14.23.11.png) are a camera's or a screen's, not classes: a class
+    folder of them, or with a few dotted names, stays a class folder.
     """
     if regex is not None:
         return "prefix"
@@ -467,13 +467,17 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
         folder, _, name = rel[len(root):].rpartition("/")
         count[folder] += 1
         label = _prefix_label(name, None)
-        if label is not None and any(c.isalpha() for c in label):
+        if label is not None and not _DATED.match(name) and not any(c.isspace() for c in label):
             labels[folder].add(label)
             named[folder] += 1
-    if any(1 < len(found) <= max(2, named[folder] / 2) and 2 * named[folder] >= count[folder]
+    if any(len(found) > 1 and 2 * named[folder] >= count[folder]
            for folder, found in labels.items()):
         return "prefix"
     return "folders"
+
+
+# A name that starts with a date: 2019.01.05.jpg, 2016-05-21 14.23.11.jpg, 20190105_1423.1.jpg.
+_DATED = re.compile(r"(19|20)\d\d([-_.]?)[01]\d\2[0-3]\d(\D|$)")
 
 
 def _by_prefix(images: list[str], regex: re.Pattern | None) -> tuple[list, list[Skipped]]:

@@ -138,13 +138,28 @@ def test_class_folders_of_timestamp_names_stay_class_folders(tmp_path):
                        "2016-06-02 09.11.03.jpg"),
              "grass": ("Screenshot 2019-01-05 at 14.23.11.png",
                        "Screenshot 2019-01-05 at 15.40.02.png",
-                       "Screenshot 2019-01-06 at 08.01.59.png")}
+                       "Screenshot 2019-01-06 at 08.01.59.png"),
+             "moss": ("2019.01.05.jpg", "2020.03.01.jpg", "2021.07.30.jpg")}
     for i, (cls, files) in enumerate(names.items()):
         for j, name in enumerate(files):
             _img(tmp_path / "d" / cls / name, seed=10 * i + j)
     inv = _find(tmp_path / "d")
-    assert inv.layout == "folders" and inv.classes == ["brick", "grass"]
-    assert len(inv.items) == 6 and not inv.skipped
+    assert inv.layout == "folders" and inv.classes == ["brick", "grass", "moss"]
+    assert len(inv.items) == 9 and not inv.skipped
+
+
+@pytest.mark.parametrize("names", [
+    ("train/0.1.png", "train/0.2.png", "train/1.1.png", "train/2.1.png", "test1/1.png"),
+    tuple(f"train/c{i}.0.png" for i in range(10)) + ("test1/1.png",),
+    ("imgs/cat.0.png", "imgs/dog.0.png", "imgs/bird.0.png", "imgs/fish.0.png", "other/x.png"),
+])
+def test_prefix_dumps_with_digit_classes_or_one_image_per_class(tmp_path, names):
+    for i, name in enumerate(names):
+        _img(tmp_path / "d" / name, seed=i)
+    inv = _find(tmp_path / "d")
+    assert inv.layout == "prefix"
+    labelled = [n for n in names if n.count(".") == 2]
+    assert sorted(inv.classes) == sorted({n.split("/")[1].split(".")[0] for n in labelled})
 
 
 def test_a_folder_of_prefixed_names_beside_class_folders_is_read_by_prefix(tmp_path):

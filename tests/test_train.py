@@ -687,23 +687,26 @@ def test_cpu_device_setup_is_float32_without_xla():
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_overfit_check_needs_the_loss_well_below_guessing(tmp_path, monkeypatch):
+def test_overfit_check_needs_the_model_to_learn_the_subset(tmp_path, monkeypatch):
     from dsprep.train import fit
 
-    losses: list[float] = []
+    rows: list[dict] = []
 
     def fake_train(data, run, config, **kwargs):
         run.mkdir()
         (run / "config.json").write_text(json.dumps({"classes": ["a", "b", "c"], "options": {}}))
-        return fit.TrainResult(run, 2, "val_accuracy", None, [{"loss": v} for v in losses])
+        return fit.TrainResult(run, 2, "val_accuracy", None, rows)
 
     monkeypatch.setattr(fit, "train", fake_train)
     verdicts = []
-    for n, pair in enumerate(((3.06, 1.09), (3.06, 0.54), (0.70, 0.54))):
-        # 1.09 is a quarter below 3.06 but is guessing's loss, ln 3 = 1.0986: no pass.
-        losses[:] = pair
+    for n, (first, last, accuracy) in enumerate(((3.06, 1.09, 0.375), (3.06, 1.05, 0.75),
+                                                 (0.70, 0.60, 1.0))):
+        # A quarter off an inflated first loss while guessing (0.375, chance 1/3): no pass. A
+        # loss that stays high from weight decay while every image is right: a pass.
+        rows[:] = [{"loss": first, "accuracy": 0.3}, {"loss": last, "accuracy": accuracy}]
         report = fit.overfit_check(tmp_path / "data", tmp_path / f"run{n}", tiny(epochs=2))
-        assert report.chance_loss == pytest.approx(math.log(3))
+        assert report.chance == pytest.approx(1 / 3)
+        assert report.needed_accuracy == pytest.approx(2 / 3)
         verdicts.append(report.passed)
     assert verdicts == [False, True, False]
 

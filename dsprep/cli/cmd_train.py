@@ -149,8 +149,8 @@ def _fmt(value) -> str:
                    "the data is now).")
 @click.option("--overfit-check", is_flag=True,
               help="Train a few epochs on 8 images per class without augmentation and report "
-                   "whether the training loss fell as it must (to 0.75 of the first epoch's "
-                   "and to half the loss of guessing).")
+                   "whether the model learnt them: the training loss down to 0.75 of the "
+                   "first epoch's, the accuracy halfway from guessing to 1.")
 @click.option("--force", is_flag=True, help="Replace a run already in RUN.")
 def train(data: str | None, run: str | None, resume_run: str | None, overfit_check: bool,
           force: bool, **opts) -> None:
@@ -191,14 +191,15 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             verdict = "passed" if report.passed else "FAILED"
             epochs = count_of(report.result.epochs_done, "epoch")
             say(f"overfit check {verdict}: training loss {report.first_loss:.4f} -> "
-                f"{report.last_loss:.4f} ({report.ratio:.2f} of the first epoch's; guessing "
-                f"gives {report.chance_loss:.4f}) over {epochs}; curves in {run}/curves.png")
+                f"{report.last_loss:.4f} ({report.ratio:.2f} of the first epoch's), training "
+                f"accuracy {report.accuracy:.2f} (guessing: {report.chance:.2f}) over {epochs}; "
+                f"curves in {run}/curves.png")
             if not report.passed:
                 raise click.ClickException(
-                    f"the training loss did not fall to 0.75 of its first value and to half "
-                    f"of guessing's ({0.5 * report.chance_loss:.4f}) on a tiny subset of "
-                    f"{data}; check the labels, the input pipeline and --lr, or give more "
-                    "--epochs")
+                    f"on a tiny subset of {data}, the training loss must fall to 0.75 of its "
+                    f"first value and the training accuracy reach "
+                    f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
+                    "--lr, or give more --epochs")
             return
         result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"

@@ -559,20 +559,24 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
 
 @dataclass
 class OverfitReport:
-    """Training loss at the first and last epoch of an overfit check, and the verdict.
-
-    ``chance_loss`` is the loss of guessing every class alike, ln(classes).
-    """
+    """Training loss at the first and last epoch of an overfit check, the last epoch's training
+    accuracy, and the verdict. ``chance`` is the accuracy of guessing, 1 / classes."""
 
     first_loss: float
     last_loss: float
     passed: bool
     result: TrainResult
-    chance_loss: float = math.nan
+    accuracy: float = math.nan
+    chance: float = math.nan
 
     @property
     def ratio(self) -> float:
         return self.last_loss / self.first_loss if self.first_loss else math.nan
+
+    @property
+    def needed_accuracy(self) -> float:
+        """Halfway from guessing to every image right."""
+        return (1.0 + self.chance) / 2
 
 
 def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
@@ -584,9 +588,10 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
     A model that cannot drive the loss down on a handful of images has a bug (a wrong label
     mapping, a broken input pipeline, a learning rate far off), whatever the full run would say.
 
-    It passes when the last epoch's loss is at most ``max_ratio`` of the first's and at most
-    half the loss of guessing (ln of the number of classes): a first epoch far above chance
-    can fall by a quarter to a model that still guesses.
+    It passes when the last epoch's loss is at most ``max_ratio`` of the first's and its
+    training accuracy at least halfway from guessing (1 / classes) to 1: a loss inflated in
+    the first epoch can fall by a quarter while the model still guesses. (The loss itself is
+    no measure of that: it holds the weight decay's penalty.)
 
     Args:
         per_class: images per class in the subset.
@@ -599,11 +604,12 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
                          f"last's, so it needs 2 epochs or more, got {config.epochs}; try "
                          "--epochs 10")
     result = train(data, run, config, overwrite=overwrite, progress=progress)
-    losses = [r["loss"] for r in result.history]
-    first, last = losses[0], losses[-1]
-    chance = math.log(max(2, len(read_run_config(run).get("classes", []))))
-    passed = bool(last <= first * max_ratio and last <= 0.5 * chance)
-    return OverfitReport(first, last, passed, result, chance)
+    first, last = result.history[0]["loss"], result.history[-1]["loss"]
+    accuracy = float(result.history[-1].get("accuracy", math.nan))
+    chance = 1.0 / max(2, len(read_run_config(run).get("classes", [])))
+    report = OverfitReport(first, last, False, result, accuracy, chance)
+    report.passed = bool(last <= first * max_ratio and accuracy >= report.needed_accuracy)
+    return report
 
 
 def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[float],
