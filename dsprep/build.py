@@ -274,9 +274,11 @@ def find_rows(
 ) -> tuple[list[str], dict[str, list[Row]], list[str], dict[str, list[Skip]]]:
     """List what to build from a split folder, or from one class-folder tree with ``name``.
 
-    A folder without split.json whose sub-folders are all named as splits (``train/``,
-    ``valid/``, ``test/``, ..., each of class folders, as many dumps come) is built as it is:
-    its classes are the class folders found in any of them.
+    A folder without split.json laid out as split folders of class folders (``train/``,
+    ``valid/``, ``seg_test/seg_test/``, ..., as many dumps come; see
+    ``sources.own_split_folders``) is built as it is: its classes are the class folders found
+    in any of them; folders beside them with no class folders, and one copy of the split
+    folders, are left out with a note.
 
     Returns:
         The class names (id order), the rows of each file to build (by split or ``name``, in
@@ -910,14 +912,17 @@ def _classes_beside(out: Path, name: str, classes: list[str], planned: dict[str,
                     notes: list[str], warnings: list[str]) -> tuple[list[str], dict]:
     """Class ids for a ``--name`` file that agree with the dsprep files already in ``out``.
 
-    A folder holding only some of their classes (a test folder with no images of one class)
-    takes their ids, so a model trained on them reads this file right; one with other classes
-    keeps its own, with a warning.
+    Those files are ``out/train.hdf5`` when there is one (the ids a model trains on), else
+    all of them, which must agree. A folder holding only some of their classes (a test
+    folder with no images of one class) takes their ids, so a model trained on them reads
+    this file right; one with other classes keeps its own, with a warning.
     """
+    paths = [p for p in (sorted(out.glob("*.hdf5")) if out.is_dir() else [])
+             if p.name != f"{name}.hdf5"]  # the file this build replaces has no say
+    if out / "train.hdf5" in paths:
+        paths = [out / "train.hdf5"]
     found: dict[tuple[str, ...], Path] = {}
-    for path in sorted(out.glob("*.hdf5")) if out.is_dir() else []:
-        if path.name == f"{name}.hdf5":
-            continue  # replaced by this build
+    for path in paths:
         try:
             with store.open_dataset(path) as db:
                 found.setdefault(tuple(store.label_names(db)), path)
@@ -925,13 +930,12 @@ def _classes_beside(out: Path, name: str, classes: list[str], planned: dict[str,
             continue  # not a dsprep file: nothing to agree with
     if not found:
         return classes, planned
-    beside = [(list(names), path) for names, path in found.items()]
-    names, path = beside[0]
-    if len(beside) > 1 or not set(classes) <= set(names):
-        theirs = "; ".join(f"{p.name}: {', '.join(n)}" for n, p in beside)
-        warnings.append(f"the classes of {name}.hdf5 ({', '.join(classes)}) differ from those "
-                        f"of the files already in {out} ({theirs}), so its label ids do not "
-                        "match theirs; build it into another folder unless that is meant")
+    names, path = next((list(n), p) for n, p in found.items())
+    if len(found) > 1 or not set(classes) <= set(names):
+        theirs = "; ".join(f"{p.name}: {', '.join(n)}" for n, p in found.items())
+        warnings.append(f"the classes of {name}.hdf5 ({', '.join(classes)}) are not among "
+                        f"those of the files already in {out} ({theirs}), so its label ids do "
+                        "not match theirs; build it into another folder unless that is meant")
         return classes, planned
     if names == classes:
         return classes, planned

@@ -15,6 +15,7 @@ from .preprocess import crop, five_crop_positions
 
 __all__ = [
     "confusion_matrix",
+    "label_ids",
     "per_class_accuracy",
     "rank_accuracy",
     "roc_auc",
@@ -22,13 +23,14 @@ __all__ = [
 ]
 
 
-def _label_ids(labels: np.ndarray, classes: int | None = None) -> np.ndarray:
-    """Int labels from int labels (N,) or (N, 1), or one-hot / probability rows (N, C).
+def label_ids(labels: np.ndarray, classes: int | None = None) -> np.ndarray:
+    """Class ids (N,) from class ids (N,) or (N, 1), or one-hot / probability rows (N, C).
 
-    With ``classes``, rows of another width than that are refused.
+    With ``classes``, rows of another width are refused, and (N, 1) is one-hot rows when
+    ``classes`` is 1 (a column of ids otherwise, as Keras often keeps labels).
     """
     labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:  # a column of ids, as Keras often keeps them
+    if labels.ndim == 2 and labels.shape[1] == 1 and classes != 1:
         labels = labels[:, 0]
     elif labels.ndim == 2:
         if classes is not None and labels.shape[1] != classes:
@@ -98,7 +100,7 @@ def ten_crop_predict(
                 f"expected batches of shape (B, H, W, C) or (B, 10, h, w, C), got {x.shape}"
             )
         all_probs.append(mean)
-        all_labels.append(_label_ids(y))
+        all_labels.append(label_ids(y))
     if not all_probs:
         raise UsageError("the generator yielded no batches; nothing to evaluate")
     return np.concatenate(all_probs), np.concatenate(all_labels)
@@ -143,7 +145,7 @@ def rank_accuracy(
         ``{k: accuracy}`` for each requested k, e.g. ``{1: 0.71, 5: 0.93}``.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    labels = _label_ids(labels, probs.shape[1] if probs.ndim == 2 else None)
+    labels = label_ids(labels, probs.shape[1] if probs.ndim == 2 else None)
     if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
         raise UsageError(
             f"probs must be (N, classes) with one row per label; got {probs.shape} for "
@@ -176,7 +178,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim == 2 and scores.shape[1] == 2:
         scores = scores[:, 1]
-    labels = _label_ids(labels, 2)
+    labels = label_ids(labels, 2)
     if scores.ndim != 1 or scores.shape != labels.shape:
         raise UsageError(
             f"scores must be (N,) or (N, 2) for N labels; got {scores.shape} for {labels.shape}"
@@ -215,7 +217,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
         preds: (N,) predicted class ids, or (N, classes) probabilities (the arg-max is taken).
         n_classes: the number of classes.
     """
-    labels, preds = _label_ids(labels, n_classes), _label_ids(preds, n_classes)
+    labels, preds = label_ids(labels, n_classes), label_ids(preds, n_classes)
     if labels.shape != preds.shape:
         raise UsageError(f"labels and preds differ in length: {labels.shape} vs {preds.shape}")
     if n_classes < 1:

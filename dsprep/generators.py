@@ -491,8 +491,8 @@ class HDF5Generator(_BatchSequence):
                     ds.read_direct(x, source_sel=np.s_[rows[0]:rows[0] + n],
                                    dest_sel=np.s_[0:n])
             except OSError as exc:  # a damaged chunk: HDF5 names neither file nor rows
-                raise store.unreadable(self.path, int(rows.min()), int(rows.max()),
-                                       exc) from exc
+                raise store.unreadable(self.path, int(rows.min()), int(rows.max()), exc,
+                                       len(rows) if self.shuffle == "full" else 0) from exc
         return self._finish(x, self.labels[rows], index, scratch)
 
     def _read_rows(self, ds: h5py.Dataset, rows: np.ndarray, out: np.ndarray) -> None:

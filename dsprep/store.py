@@ -815,10 +815,14 @@ def _check_rows(db: h5py.File, n: int) -> list[str]:
     return problems
 
 
-def unreadable(path: str | os.PathLike, first: int, last: int,
-               exc: BaseException) -> DatasetFormatError:
-    """The error for rows of a file that HDF5 cannot read (a damaged chunk)."""
-    rows = f"row {first}" if first == last else f"rows {first}..{last}"
+def unreadable(path: str | os.PathLike, first: int, last: int, exc: BaseException,
+               scattered: int = 0) -> DatasetFormatError:
+    """The error for rows of a file that HDF5 cannot read (a damaged chunk): rows
+    ``first..last``, or with ``scattered``, one of that many rows between them."""
+    if scattered:
+        rows = f"one of {scattered} rows read from {first} to {last}"
+    else:
+        rows = f"row {first}" if first == last else f"rows {first}..{last}"
     return DatasetFormatError(f"{path}: {rows} cannot be read ({exc}); the file is damaged, "
                               "build it again with 'dsprep build-hdf5'")
 

@@ -470,7 +470,7 @@ def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
     with open(out / "extra.skipped.csv", newline="") as fh:
         assert [r["source"] for r in csv.DictReader(fh)] == ["fox/bad.jpg"]
     assert report.skipped_path == out / "extra.skipped.csv"
-    assert any(f"class ids follow {out / 'test.hdf5'} (3 classes; no images of dog here)" in n
+    assert any(f"class ids follow {out / 'train.hdf5'} (3 classes; no images of dog here)" in n
                for n in report.notes)
     _, labels, names, _ = rows_of(out / "extra.hdf5")
     with h5py.File(out / "extra.hdf5", "r") as db:
@@ -482,9 +482,15 @@ def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
     assert len(odd.warnings) == 1 and "label ids do not match theirs" in odd.warnings[0]
     with h5py.File(out / "odd.hdf5", "r") as db:
         assert store.label_names(db) == ["cat", "emu"]
-    # Rebuilding it: the files beside it now disagree, and it keeps its own ids again.
-    again = build.build_hdf5(other, out, opts(), name="odd", force=True)
-    assert len(again.warnings) == 1
+    # A later subset still follows train.hdf5, whatever odd.hdf5 holds.
+    later = make_class_folders(tmp_path / "later", ("cat", "fox"), per_class=1, seed=90)
+    build.build_hdf5(later, out, opts(), name="later")
+    with h5py.File(out / "later.hdf5", "r") as db:
+        assert store.label_names(db) == CLASSES
+    # Without a train.hdf5, the files there must agree among themselves.
+    (out / "train.hdf5").unlink()
+    again = build.build_hdf5(later, out, opts(), name="later", force=True)
+    assert len(again.warnings) == 1 and "odd.hdf5: cat, emu" in again.warnings[0]
 
 
 def test_bad_sources_and_arguments(tmp_path):

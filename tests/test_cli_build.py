@@ -200,6 +200,10 @@ def test_verify_reads_the_pixels_for_damage_and_means(tmp_path):
     gen[0]
     with pytest.raises(DatasetFormatError, match="rows 2..3 cannot be read .* damaged"):
         gen[1]
+    # Rows from anywhere: the batch's span is named, not taken for the damaged rows.
+    anywhere = HDF5Generator(path, batch_size=9, shuffle="full", output="uint8")
+    with pytest.raises(DatasetFormatError, match="one of 9 rows read from 0 to 8 cannot be"):
+        anywhere[0]
 
 
 def test_means_of_a_file_without_images_is_an_error(tmp_path):

@@ -211,6 +211,9 @@ def test_confusion_matrix_and_per_class_accuracy():
     probs = np.eye(4)[preds] * 0.7 + 0.05
     np.testing.assert_array_equal(confusion_matrix(labels, probs, 4), expected)
     np.testing.assert_array_equal(confusion_matrix(labels[:, None], probs, 4), expected)
+    # One class: (N, 1) rows of 1.0 are its one-hot rows, not ids of 1.
+    np.testing.assert_array_equal(confusion_matrix(np.ones((3, 1)), np.ones((3, 1)), 1), [[3]])
+    assert rank_accuracy(np.ones((3, 1)), np.ones((3, 1)), k=1) == {1: 1.0}
     with pytest.raises(UsageError, match="one column per class"):
         confusion_matrix(labels, np.eye(5)[preds], 4)
     np.testing.assert_allclose(per_class_accuracy(labels, preds, 4), [0.5, 2 / 3, 0.5, 1.0])

@@ -639,6 +639,12 @@ def test_metrics_of_one_class_files_and_diverged_models():
     assert bad["per_class"] == {"a": 0.0, "b": 0.5}
     assert bad["confusion"] == [[0, 0], [1, 1]] and bad["auc"] is None
     assert "NaN or infinite scores for 2 of 4 images" in bad["notes"][0]
+    # One-hot labels, as a generator with one_hot=True gives them, read as their ids.
+    probs = np.array([[0.3, 0.7], [0.6, 0.4]])
+    hot = metrics(probs, np.array([[0.0, 1.0], [1.0, 0.0]]), ["a", "b"])
+    assert hot["rank1"] == 1.0 and hot["auc"] == 1.0 and hot["confusion"] == [[1, 0], [0, 1]]
+    with pytest.raises(UsageError, match="whole class ids"):
+        metrics(probs, np.array([0.5, 1.0]), ["a", "b"])
 
 
 def test_evaluate_reports_its_figures_when_the_run_folder_is_read_only(tmp_path, monkeypatch):

@@ -18,8 +18,8 @@ _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--name", metavar="NAME",
               help="SRC is one folder of class sub-folders (not a split): write OUT/NAME.hdf5 "
-                   "and OUT/NAME.skipped.csv. Its class ids follow the dsprep files already in "
-                   "OUT when its classes are among theirs.")
+                   "and OUT/NAME.skipped.csv. Its class ids follow OUT/train.hdf5 (or the "
+                   "dsprep files already in OUT) when its classes are among theirs.")
 @click.option("--size", default="256", show_default=True, metavar="N|HxW",
               help="Stored image size: N for NxN, or HEIGHTxWIDTH such as 256x192.")
 @click.option("--resize", "resize_mode", type=click.Choice(["crop", "stretch", "pad"]),

@@ -74,7 +74,7 @@ def metrics(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -
     from .. import evaluate as ev
 
     n = len(label_names)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = ev.label_ids(labels, n)
     finite = np.isfinite(probs).all(axis=1)
     preds = np.where(finite, probs.argmax(axis=1), -1)
     ks = (1, 5) if n > 5 else (1,)
