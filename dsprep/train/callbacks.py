@@ -244,38 +244,37 @@ def schedule_fn(schedule: str, lr: float, epochs: int, step_every: int = 10,
     return None
 
 
-def _log_odds_thresholds(count: int = 1001, reach: float = 16.0) -> list[float]:
-    """Thresholds evenly spaced in log-odds from -reach to reach (probabilities 1e-7 to 1 - 1e-7).
-
-    Keras's default, 200 thresholds evenly spaced in probability, puts every softmax score
-    under 0.005 into one bin; a trained model's scores crowd near 0 and 1, so that AUC was far
-    from the exact one.
-    """
-    return [float(1 / (1 + math.exp(-v))) for v in np.linspace(-reach, reach, count)]
+# The log-odds range the training AUC resolves: probabilities from 1e-7 to 1 - 1e-7.
+_AUC_REACH = 16.0
 
 
 @keras.saving.register_keras_serializable(package="dsprep")
 class PositiveClassAUC(keras.metrics.AUC):
     """ROC AUC of a two-class softmax model: the score is the probability of class 1.
 
-    Takes integer labels (B,) or one-hot (B, 2) and probabilities (B, 2). The curve is
-    measured at 1,001 thresholds evenly spaced in log-odds (see ``_log_odds_thresholds``);
-    ``dsprep evaluate`` gives the exact AUC.
+    Takes integer labels (B,) or one-hot (B, 2) and probabilities (B, 2). Keras measures the
+    curve at thresholds evenly spaced in the score; spaced in probability, they put every
+    softmax score under 0.005 into one bin, and a trained model's scores crowd near 0 and 1,
+    so that AUC was far from the exact one. The score is therefore mapped to its log-odds,
+    -16..16 onto 0..1 (the same order, so the same exact AUC), before 1,001 evenly spaced
+    thresholds. ``dsprep evaluate`` gives the exact AUC.
     """
 
-    def __init__(self, name: str = "auc", thresholds: Sequence[float] | None = None,
-                 **kwargs) -> None:
-        kwargs.pop("num_thresholds", None)  # a saved model's config carries both
-        super().__init__(name=name, thresholds=list(thresholds or _log_odds_thresholds()),
-                         **kwargs)
+    def __init__(self, name: str = "auc", **kwargs) -> None:
+        kwargs["num_thresholds"] = 1001  # a model saved with Keras's 200 measures alike now
+        kwargs.pop("thresholds", None)
+        super().__init__(name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = keras.ops.convert_to_tensor(y_pred)
-        y_true = keras.ops.convert_to_tensor(y_true)
+        ops = keras.ops
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
         if len(y_true.shape) == 2 and y_true.shape[-1] == 2:
             y_true = y_true[:, 1]
-        y_true = keras.ops.reshape(keras.ops.cast(y_true, "float32"), (-1,))
-        score = keras.ops.cast(y_pred[:, 1], "float32")
+        y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        p = ops.cast(y_pred[:, 1], "float32")
+        log_odds = ops.log(p) - ops.log1p(-p)  # -inf at 0, inf at 1: clipped to the ends
+        score = ops.clip((log_odds + _AUC_REACH) / (2 * _AUC_REACH), 0.0, 1.0)
         return super().update_state(y_true, score, sample_weight=sample_weight)
 
 
