@@ -576,14 +576,15 @@ class _Ring:
 SHM_DIR = "/dev/shm"
 
 
-def _ring_blocks(wanted: int, least: int, block_bytes: int) -> int:
+def _ring_blocks(wanted: int, least: int, block_bytes: int, held: int = 0) -> int:
     """How many ring blocks to make: ``wanted``, or as many as the shared memory can hold.
 
     Creating a ring never fails for lack of room (its pages are taken only as they are
     written); the workers would die mid-build with SIGBUS instead. So on Linux the free space
     of /dev/shm is checked first: a small one (a container's is 64 MB unless given more) gets
     fewer blocks, down to ``least`` (one per worker and one being written), and below that the
-    build is refused with what to do.
+    build is refused with what to do. ``held`` is the size of the ring kept from the last
+    file, counted as free: it is reused, or freed before a new one is written.
     """
     if not sys.platform.startswith("linux"):
         return wanted
@@ -591,7 +592,7 @@ def _ring_blocks(wanted: int, least: int, block_bytes: int) -> int:
         fs = os.statvfs(SHM_DIR)
     except OSError:
         return wanted
-    free = fs.f_bavail * fs.f_frsize
+    free = fs.f_bavail * fs.f_frsize + held
     fit = int(free * _SHM_SHARE) // block_bytes
     if fit >= wanted:
         return wanted
@@ -671,7 +672,8 @@ atexit.register(shutdown_workers)
 
 
 def _take_ring(blocks: int, block: int, size: tuple[int, int]) -> _Ring:
-    """A shared ring of at least ``blocks`` blocks: the one kept from the last file, if it fits.
+    """A shared ring of ``blocks`` blocks, or the one kept from the last file if its blocks
+    have the same shape.
 
     A fresh ring's pages are zeroed and mapped into every worker on first touch (~0.2 ms per
     image slot), so the files of one build (train, val, test) share one; the build frees it
@@ -679,7 +681,8 @@ def _take_ring(blocks: int, block: int, size: tuple[int, int]) -> _Ring:
     own.
     """
     ring = _POOL.pop("ring", None)
-    if ring is not None and ring.shape[0] >= blocks and ring.shape[1:] == (block, *size, 3):
+    if ring is not None and ring.shape[1:] == (block, *size, 3):
+        # Its count was fitted to /dev/shm already; any count works (tasks in flight <= blocks).
         return ring
     if ring is not None:
         ring.close()
@@ -793,8 +796,10 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
     # Each in-flight task owns one block of the ring.
     if parallel:
         # Full size even for a short file: shared memory takes pages only where written.
+        kept = _POOL.get("ring")
         blocks = _ring_blocks(_BLOCKS_PER_WORKER * workers + 1, workers + 1,
-                              block * options.size[0] * options.size[1] * 3)
+                              block * options.size[0] * options.size[1] * 3,
+                              held=0 if kept is None else int(np.prod(kept.shape)))
         ring = _take_ring(blocks, block, options.size)
         tasks = _split_tail(tasks, workers)
     else:
