@@ -6,9 +6,11 @@ Knows the on-disk layout and nothing of crops, batches or augmentation (DESIGN.m
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import mmap
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
+from .errors import (
+    DatasetFormatError,
+    DestinationExistsError,
+    DsprepError,
+    LayoutError,
+    UsageError,
+)
 from .stats import ChannelStats
 
 SCHEMA = "dsprep-hdf5/1"
@@ -158,14 +166,17 @@ class HDF5Writer:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        done = self._direct.write(images, self.count) if self._direct is not None else 0
-        if done < n:
-            self.images.write_direct(images[done:], dest_sel=np.s_[self.count + done:end])
-        self._labels.append(labels)
-        self._names += filenames
-        self.count = end
-        if len(self._names) >= _META_ROWS:
-            self._write_meta()
+        try:
+            done = self._direct.write(images, self.count) if self._direct is not None else 0
+            if done < n:
+                self.images.write_direct(images[done:], dest_sel=np.s_[self.count + done:end])
+            self._labels.append(labels)
+            self._names += filenames
+            self.count = end
+            if len(self._names) >= _META_ROWS:
+                self._write_meta()
+        except (OSError, RuntimeError) as exc:
+            raise _write_failure(exc, self.partial) from exc
 
     def _write_meta(self) -> None:
         if self._names:
@@ -186,14 +197,21 @@ class HDF5Writer:
         (see :meth:`publish`).
         """
         if self._file.id.valid:
-            self._close_direct()
-            self._write_meta()
-            for ds in (self.images, self.labels, self.filenames):
-                ds.resize(self.count, axis=0)
-            self._file.attrs["count"] = self.count
-            for key, value in attrs.items():
-                self._file.attrs[key] = value
-            self._file.close()
+            try:
+                self._close_direct()
+                self._write_meta()
+                for ds in (self.images, self.labels, self.filenames):
+                    ds.resize(self.count, axis=0)
+                self._file.attrs["count"] = self.count
+                for key, value in attrs.items():
+                    self._file.attrs[key] = value
+                # A full disk must fail here, not in close: HDF5 does not recover from a close
+                # that failed (the interpreter crashes at exit), while abort() can still close
+                # a file whose flush failed.
+                self._file.flush()
+                self._file.close()
+            except (OSError, RuntimeError) as exc:
+                raise _write_failure(exc, self.partial) from exc
         return self.partial
 
     def publish(self) -> Path:
@@ -204,10 +222,24 @@ class HDF5Writer:
         return self.path
 
     def abort(self) -> None:
-        """Close and remove the partial file."""
+        """Close and remove the partial file (never raising for the close: it runs when
+        something has gone wrong already)."""
         try:
-            self._close_direct()
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._close_direct()
+            if self._file.id.valid:
+                # The file is discarded, so HDF5's descriptor is pointed at the null device
+                # first: on a full disk the flush of the close would fail, and a failed close
+                # leaves HDF5 in a state that crashes the interpreter at exit.
+                with contextlib.suppress(OSError, RuntimeError, ValueError, TypeError):
+                    fd = int(self._file.id.get_vfd_handle())
+                    null = os.open(os.devnull, os.O_RDWR)
+                    try:
+                        os.dup2(null, fd)
+                    finally:
+                        os.close(null)
+                with contextlib.suppress(OSError, RuntimeError):
+                    self._file.close()
         finally:
             self.partial.unlink(missing_ok=True)
 
@@ -224,6 +256,19 @@ class HDF5Writer:
             self.close()
         else:
             self.abort()
+
+
+def _write_failure(exc: BaseException, path: Path) -> Exception:
+    """A write error of HDF5's (often a RuntimeError whose text holds the errno) as an OSError
+    naming the file, or a DsprepError when it gives no errno."""
+    code = exc.errno if isinstance(exc, OSError) and exc.errno else None
+    if code is None:
+        found = re.search(r"errno = (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    if code:
+        return OSError(code, os.strerror(code), str(path))
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DsprepError(f"{path}: HDF5 could not write the file ({first})")
 
 
 _PAGE = 4096

@@ -606,6 +606,28 @@ def test_split_folders_named_with_affixes_and_doubled_are_built(tmp_path):
     assert [["sea", "street"][label] for label in labels] == [n.split("/")[2] for n in names]
 
 
+def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, monkeypatch):
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    real_flush = h5py.File.flush
+
+    def full(self):
+        # What HDF5 raises when the disk fills while it flushes (text abridged).
+        if str(self.filename).endswith("val.hdf5.partial"):
+            raise RuntimeError("Can't flush cache (file write failed: time = now, filename = "
+                               "'val.hdf5.partial', file descriptor = 4, errno = 28, error "
+                               "message = 'No space left on device')")
+        return real_flush(self)
+
+    monkeypatch.setattr(h5py.File, "flush", full)
+    with pytest.raises(OSError) as info:
+        build.build_hdf5(src, out, opts())
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(out / "val.hdf5.partial")
+    left = sorted(p.name for p in out.iterdir())
+    assert not [name for name in left if name.endswith((".partial", ".hdf5", ".next"))], left
+
+
 def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split", counts=(("train", 1),))
     real = build.imagelib.read_bytes
