@@ -88,3 +88,27 @@ def test_python_m_dsprep_runs_the_command_line():
     result = subprocess.run([sys.executable, "-m", "dsprep", "--help"], capture_output=True,
                             text=True, check=True)
     assert result.stdout.startswith("Usage: dsprep [OPTIONS] COMMAND")
+
+
+def test_sigterm_unwinds_like_ctrl_c_with_status_143(capsys):
+    import os
+    import signal
+    import time
+
+    from dsprep.__main__ import terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    cleaned = []
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this at once
+        finally:
+            cleaned.append(True)  # what a build's clean-up runs
+    except SystemExit as exc:
+        assert exc.code == 143
+    else:
+        raise AssertionError("SIGTERM did not stop the program")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert cleaned == [True] and "Terminated." in capsys.readouterr().err
