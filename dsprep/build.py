@@ -40,6 +40,7 @@ from .errors import (
 )
 from .fileio import exclusive, write_atomic
 from .sources import (
+    BAD_NAME,
     DANGLING_LINK,
     UNREADABLE,
     class_folder_files,
@@ -258,14 +259,20 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
 def _problem_notes(problems, prefix: str = "") -> list[str]:
     """One note per entry the folder walk could not read, so none is left out silently."""
     return [f"left out {prefix}{p.source}: {p.reason} ({p.detail})" for p in problems
-            if p.reason != DANGLING_LINK]
+            if p.reason not in _SKIPPED_PROBLEMS]
+
+
+# Images the folder walk leaves out that are skipped rows (listed in skipped.csv, counted):
+# links whose targets are gone (a split made with --mode symlink whose sources moved), and
+# names that are not UTF-8.
+_SKIPPED_PROBLEMS = (DANGLING_LINK, BAD_NAME)
 
 
 def _dangling_skips(problems, prefix: str = "") -> list[Skip]:
-    """The image links in class folders whose targets are gone (a split made with --mode
-    symlink whose sources moved), as skipped rows: listed in skipped.csv and counted."""
+    """The images in class folders the walk left out as skipped rows (see
+    ``_SKIPPED_PROBLEMS``)."""
     return [Skip(prefix + p.source, p.reason, p.detail) for p in problems
-            if p.reason == DANGLING_LINK and "/" in p.source
+            if p.reason in _SKIPPED_PROBLEMS and "/" in p.source
             and is_image_name(p.source.rpartition("/")[2])]
 
 

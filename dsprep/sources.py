@@ -86,7 +86,10 @@ def class_folder_files(
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder of class sub-folders")
-    classes = sorted(d.name for d in root.iterdir() if _visible(d.name) and d.is_dir())
+    # A name that is not UTF-8 cannot be stored in HDF5 (nor a class so named): such images
+    # are left out as bad-name problems, as split leaves them out.
+    classes = sorted(d.name for d in root.iterdir()
+                     if _visible(d.name) and d.is_dir() and _utf8(d.name))
     files, unreadable = FolderSource(root).list_files()
     known = set(classes)
     if problems is not None:
@@ -94,7 +97,13 @@ def class_folder_files(
     pairs = []
     for rel in files:
         label, sep, rest = rel.partition("/")
-        if sep and label in known and is_image_name(rest.rpartition("/")[2]):
+        if not (sep and is_image_name(rest.rpartition("/")[2])):
+            continue
+        if not _utf8(rel):
+            if problems is not None and (label in known or not _utf8(label)):
+                problems.append(Skipped(rel.encode("utf-8", "backslashreplace").decode(),
+                                        BAD_NAME, "file name is not valid UTF-8"))
+        elif label in known:
             pairs.append((label, rel))
     pairs.sort()
     if not pairs:

@@ -606,6 +606,28 @@ def test_split_folders_named_with_affixes_and_doubled_are_built(tmp_path):
     assert [["sea", "street"][label] for label in labels] == [n.split("/")[2] for n in names]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes "
+                    "as a name (macOS and Windows refuse names that are not UTF-8)")
+def test_names_that_are_not_utf8_are_skipped_rows_not_a_crash(tmp_path):
+    root = make_class_folders(tmp_path / "src", ("cat", "dog"), per_class=2)
+    raw = os.fsencode(root)
+    bad = os.path.join(raw, b"cat", b"caf\xe9.jpg")
+    with open(bad, "wb") as fh:
+        fh.write((root / "cat" / "cat_0.jpg").read_bytes())
+    os.mkdir(os.path.join(raw, b"\xff\xfe"))  # a class folder so named
+    with open(os.path.join(raw, b"\xff\xfe", b"x.jpg"), "wb") as fh:
+        fh.write((root / "dog" / "dog_0.jpg").read_bytes())
+    report = build.build_hdf5(root, tmp_path / "out", opts(), name="all")
+    assert report.files[0].count == 4
+    # Each undecodable byte shows as the escape of the character Python reads it as.
+    assert sorted((s.source, s.reason) for s in report.files[0].skipped) == [
+        ("\\udcff\\udcfe/x.jpg", "bad-name"), ("cat/caf\\udce9.jpg", "bad-name")]
+    with h5py.File(tmp_path / "out" / "all.hdf5", "r") as db:
+        assert store.label_names(db) == ["cat", "dog"]
+    with open(tmp_path / "out" / "all.skipped.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+
+
 def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split")
     out = tmp_path / "out"
