@@ -555,7 +555,16 @@ def check_destination(
     wanted = _identity(Path(src).resolve(), options or SplitOptions(), mode)
     if dest.is_dir() and _same_split(_read_json(dest / MANIFEST), wanted):
         return True
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    swapping = _read_json(dest / f"{_OWN}-swapping") if dest.is_dir() else None
+    if swapping is not None:
+        # A split stopped while its entries moved into a folder that cannot be replaced.
+        if _same_split(swapping, wanted):
+            return False  # this split: the run completes it
+        raise DestinationExistsError(
+            f"{dest} holds a split with other parameters, stopped while it was moved in; "
+            "run that split again to complete it, or use --force to replace it")
+    if dest.exists() and (not dest.is_dir()
+                          or any(not _ignored(dest, e.name) for e in dest.iterdir())):
         what = ("a split made with other parameters" if (dest / MANIFEST).exists()
                 else "not a split folder")
         raise DestinationExistsError(
@@ -648,7 +657,8 @@ def _writing(source: Path, dest: str | os.PathLike, mode: str):
     dest = _check_target(source, dest, mode)
     if not dest.parent.exists():  # a parent that is a file fails below as "Not a directory"
         dest.parent.mkdir(parents=True)
-    return exclusive(dest.with_name(f".{dest.name}.split-lock"), dest)
+    lock = dest / f"{_OWN}.lock" if _inside(dest) else dest.with_name(f".{dest.name}.split-lock")
+    return exclusive(lock, dest)
 
 
 def _all_present(dest: Path, files: Sequence[PlannedFile]) -> bool:
@@ -658,12 +668,30 @@ def _all_present(dest: Path, files: Sequence[PlannedFile]) -> bool:
     return all(os.path.exists(os.path.join(root, f.path)) for f in files)
 
 
+# What a split folder that cannot be replaced holds while it is written: its work files.
+_OWN = ".dsprep-split"
+
+
+def _inside(dest: Path) -> bool:
+    """Whether the split is made inside ``dest`` instead of beside it: ``dest`` is a mount
+    point (a container's volume, ``docker run -v host:/out``), which cannot be renamed, or a
+    folder whose parent cannot be written."""
+    return dest.is_dir() and (os.path.ismount(dest) or not os.access(dest.parent, os.W_OK))
+
+
+def _ignored(dest: Path, name: str) -> bool:
+    """Entries of ``dest`` that say nothing of what it holds: dsprep's work files inside a
+    folder that cannot be replaced, and the lost+found at a file system's root."""
+    return name.startswith(_OWN) or (name == "lost+found" and os.path.ismount(dest))
+
+
 def _partial(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.split-partial")
+    return dest / f"{_OWN}-partial" if _inside(dest) else dest.with_name(
+        f".{dest.name}.split-partial")
 
 
 def _old(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.split-old")
+    return dest / f"{_OWN}-old" if _inside(dest) else dest.with_name(f".{dest.name}.split-old")
 
 
 def _marker(manifest: dict, files_csv: str) -> dict:
@@ -802,6 +830,9 @@ def _check_target(source: Path, dest: str | os.PathLike, mode: str) -> Path:
     if mode not in MODES:
         raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     dest = Path(dest).absolute()
+    if dest.is_symlink() and dest.is_dir():
+        # A link to a folder: the split goes into the folder (the link is left as it is).
+        dest = dest.resolve()
     if mode != "copy" and not source.is_dir():
         raise UsageError(f"--mode {mode} needs a source folder, but {source} is an archive; "
                          "use --mode copy")
@@ -831,6 +862,9 @@ def _swap(partial: Path, dest: Path, old: Path) -> None:
     A crash between the two renames leaves the finished split in ``partial``, which the next
     run moves into place without copying again.
     """
+    if _inside(dest):
+        _swap_inside(partial, dest, old)
+        return
     if old.exists():
         shutil.rmtree(old)
     if dest.is_dir() and not any(dest.iterdir()):
@@ -842,6 +876,39 @@ def _swap(partial: Path, dest: Path, old: Path) -> None:
     os.replace(partial, dest)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _swap_inside(partial: Path, dest: Path, old: Path) -> None:
+    """Move a finished split into a ``dest`` that cannot be replaced (see :func:`_inside`):
+    what it held goes aside, then the split's entries move in, ``split.json`` last.
+
+    A journal file, holding the split's manifest, marks the moment the old entries are all
+    aside, so a run of the same split stopped while the new ones move in is completed by the
+    next without taking new entries for old ones; any other split moves them all aside.
+    """
+    journal = dest / f"{_OWN}-swapping"
+    manifest = _read_json(partial / MANIFEST) or {}
+    if _read_json(journal) != manifest:
+        old.mkdir(exist_ok=True)
+        for entry in os.scandir(dest):
+            if not _ignored(dest, entry.name):
+                if (old / entry.name).exists():  # left there by a run stopped before
+                    _remove(old / entry.name)
+                os.replace(entry.path, old / entry.name)
+        write_atomic(journal, json.dumps(manifest))
+    entries = sorted(os.listdir(partial), key=lambda name: (name == MANIFEST, name))
+    for name in entries:
+        os.replace(partial / name, dest / name)
+    partial.rmdir()
+    journal.unlink()
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _remove_partial(partial: Path, force: bool) -> None:

@@ -506,6 +506,58 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
     assert not partial.exists()
 
 
+def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):
+    # A container's volume (docker run -v host:/out) cannot be renamed or removed: the split
+    # is made inside it. os.path.ismount stands in for the mount; lost+found is then ignored.
+    clean = tmp_path / "clean"
+    run(dump.dest, clean)
+    dest = tmp_path / "volume"
+    (dest / "lost+found").mkdir(parents=True)
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(split_module.os.path, "ismount",
+                        lambda p: Path(p) == dest or real_ismount(p))
+    run(dump.dest, dest)
+    assert sorted(os.listdir(dest)) == sorted([*os.listdir(clean), "lost+found"])
+    assert tree(dest) == tree(clean)
+    assert not list(tmp_path.glob(".volume.*"))  # nothing beside it
+    assert run(dump.dest, dest)[1].already_complete
+
+    # Replaced with --force by another split; stopped while the new entries move in, then
+    # completed by the next run.
+    real_replace = split_module.os.replace
+    moved = []
+
+    def stop_midway(a, b):
+        if ".dsprep-split-partial" in str(a) and Path(b).parent == dest:
+            moved.append(b)
+            if len(moved) == 3:
+                raise KeyboardInterrupt
+        return real_replace(a, b)
+
+    monkeypatch.setattr(split_module.os, "replace", stop_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run(dump.dest, dest, SplitOptions(seed=5), force=True)
+    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    assert not (dest / "split.json").exists()
+    run(dump.dest, dest, SplitOptions(seed=5))
+    other = tmp_path / "other"
+    run(dump.dest, other, SplitOptions(seed=5))
+    assert tree(dest) == tree(other)
+    assert sorted(os.listdir(dest)) == sorted([*os.listdir(other), "lost+found"])
+
+
+def test_a_link_to_a_folder_as_dest_fills_the_folder(dump, tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    run(dump.dest, link)
+    assert link.is_symlink() and (target / "split.json").is_file()
+    run(dump.dest, link, SplitOptions(seed=5), force=True)
+    assert link.is_symlink() and json.loads((target / "split.json").read_text())[
+        "params"]["seed"] == 5
+
+
 def test_a_different_split_discards_an_unfinished_one(tmp_path, monkeypatch):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=4)
 
