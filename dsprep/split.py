@@ -912,8 +912,14 @@ def _remove(path: Path) -> None:
 
 
 def _remove_partial(partial: Path, force: bool) -> None:
-    """Remove an unfinished split left by an earlier run with other parameters."""
-    ours = (partial / _MARKER).exists() or (partial / MANIFEST).exists()
+    """Remove an unfinished split left by an earlier run with other parameters.
+
+    It is known for dsprep's by its marker or manifest; also when empty (a run stopped just
+    after making it) or holding files.csv (one stopped between the marker's removal and the
+    manifest's writing).
+    """
+    ours = any((partial / name).exists() for name in (_MARKER, MANIFEST, FILES_CSV)) or (
+        partial.is_dir() and not any(partial.iterdir()))
     if not (ours or force):
         raise DestinationExistsError(
             f"{partial} exists but was not made by dsprep split; remove it or use --force")

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -785,6 +786,17 @@ def test_run_keeps_the_destination_rules(tmp_path, monkeypatch):
     with pytest.raises(DestinationExistsError, match="not made by dsprep split"):
         run(root, tmp_path / "t")
     assert (foreign / "notes.txt").read_text() == "not ours"
+    # Left by a run killed just after making it (empty), or just before writing split.json
+    # (its marker gone, files.csv written): dsprep's, so the next run replaces it.
+    for left in ("empty", "files.csv"):
+        stopped = tmp_path / f".{left}.split-partial"
+        (stopped / "train" / "a").mkdir(parents=True)
+        if left == "empty":
+            shutil.rmtree(stopped / "train")
+        else:
+            (stopped / "files.csv").write_text("split,class,path\n")
+        run(root, tmp_path / left)
+        assert tree(tmp_path / left) == clean and not stopped.exists()
 
 
 def test_run_in_link_modes_uses_the_two_step_path(tmp_path):
