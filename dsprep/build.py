@@ -57,6 +57,8 @@ MEANS_NAME = "means.json"
 SKIPPED_NAME = "skipped.csv"
 # Held in OUT while a build writes there.
 BUILD_LOCK_NAME = ".dsprep-build.lock"
+# Lists the final names a build is renaming its finished files to (see _build_files).
+PUBLISHING_NAME = ".dsprep-build-publishing.json"
 # Images per HDF5 chunk. Measured on 2 cores writing 2,048 256x256 images: uncompressed chunks of
 # 64 images wrote fastest (~6,600 images/s) and per-row random reads stayed ~7,000 images/s; with
 # lzf a 64-image chunk cut random row reads to ~470 images/s while 8 kept ~2,300.
@@ -869,7 +871,9 @@ def build_hdf5(
     folder, or ``OUT/NAME.hdf5`` from one folder of class sub-folders.
 
     Every file is written as ``NAME.partial`` and all are renamed together at the end, so an
-    interrupted build leaves no final-named file and can simply be run again. ``means.json``
+    interrupted build leaves no final-named file and can simply be run again; one stopped
+    among those renames leaves a journal, and the next build of OUT first removes the files
+    it names (so OUT never holds files of two builds). ``means.json``
     comes from the training file only (a split called "train").
 
     Raises:
@@ -904,6 +908,10 @@ def build_hdf5(
     # One build at a time per OUT: a second would write (and on failure remove) the same
     # NAME.partial files.
     with exclusive(out / BUILD_LOCK_NAME, out):
+        undone = _undo_publishing(out)
+        if undone:
+            notes.append("removed " + ", ".join(undone) + ": a build stopped while it renamed "
+                         "them into place left them (so they were from two builds)")
         if not force:
             existing = [p for p in [*outputs, means_path, skipped_final]
                         if p is not None and p.exists()]
@@ -980,11 +988,18 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
             train = next(r for r in reports if r.split == "train")
             write_means(_next(means_path), means_record(train.stats, train.path.name))
         # Everything is whole before anything takes a final name; then the renames, together.
+        # A journal lists them first: a build stopped among them leaves files of two builds,
+        # which the next build of OUT removes (see _undo_publishing).
+        finals = [r.path for r in reports] + [skipped_final] + (
+            [means_path] if means_path is not None else [])
+        journal = out / PUBLISHING_NAME
+        write_atomic(journal, json.dumps([p.name for p in finals]))
         for report in reports:
             os.replace(store.partial_path(report.path), report.path)
         os.replace(_next(skipped_final), skipped_final)
         if means_path is not None:
             os.replace(_next(means_path), means_path)
+        journal.unlink()
     except BaseException:
         for path in outputs:
             store.partial_path(path).unlink(missing_ok=True)
@@ -995,6 +1010,32 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
     finally:
         _drop_ring()
     return reports
+
+
+def _undo_publishing(out: Path) -> list[str]:
+    """Remove what a build stopped while renaming its files into place left: the files named
+    in its journal, whether renamed already or not, so OUT holds no mix of two builds.
+
+    Returns:
+        The final names that were there and are gone.
+    """
+    journal = out / PUBLISHING_NAME
+    try:
+        names = json.loads(journal.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        names = []
+    removed = []
+    for name in names if isinstance(names, list) else []:
+        final = out / Path(str(name)).name  # names only: never a path elsewhere
+        for path in (final, store.partial_path(final), _next(final)):
+            if path.is_file():
+                path.unlink()
+                if path == final:
+                    removed.append(str(final))
+    journal.unlink()
+    return removed
 
 
 def _all_left_out(report: FileReport) -> DsprepError:

@@ -628,6 +628,32 @@ def test_names_that_are_not_utf8_are_skipped_rows_not_a_crash(tmp_path):
         assert len(list(csv.DictReader(fh))) == 2
 
 
+def test_a_build_stopped_among_its_renames_is_undone_by_the_next(tmp_path, monkeypatch):
+    src = make_split(tmp_path / "split")
+    clean = tmp_path / "clean"
+    build.build_hdf5(src, clean, opts())
+    out = tmp_path / "out"
+    real_replace = build.os.replace
+
+    def killed(a, b):
+        if str(a).endswith("val.hdf5.partial"):
+            raise KeyboardInterrupt  # stands in for kill -9 between two renames
+        return real_replace(a, b)
+
+    monkeypatch.setattr(build.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_hdf5(src, out, opts())
+    monkeypatch.setattr(build.os, "replace", real_replace)
+    assert (out / "train.hdf5").exists() and not (out / "val.hdf5").exists()
+    # The same command again completes, with no file of the stopped build left.
+    report = build.build_hdf5(src, out, opts())
+    assert any(f"removed {out / 'train.hdf5'}" in note for note in report.notes)
+    for name in ("train.hdf5", "val.hdf5", "test.hdf5"):
+        assert rows_of(out / name)[2] == rows_of(clean / name)[2]
+    assert (out / "means.json").read_text() == (clean / "means.json").read_text()
+    assert not (out / build.PUBLISHING_NAME).exists()
+
+
 def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split")
     out = tmp_path / "out"
