@@ -7,12 +7,14 @@ parent appends finished blocks in order, so memory is bounded by the ring, not t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import errno
 import io
 import json
 import mmap
 import os
+import re
 import sys
 import threading
 import time
@@ -557,13 +559,58 @@ class _InlineFuture:
 # Writing one file
 
 
+# Shared rings are named dsprep-ring-<host>-<pid>-<random>, so one whose build was killed
+# with all its processes (kill -9 of the process group: the resource tracker that would have
+# removed it dies too) is found and removed by the next build on the host.
+_RING_PREFIX = "dsprep-ring-"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", os.uname().nodename)[:32] if hasattr(os, "uname") \
+        else "host"
+
+
+def _sweep_rings() -> list[str]:
+    """Remove the shared rings in /dev/shm of this host's builds whose process is gone."""
+    mine = f"{_RING_PREFIX}{_host()}-"
+    removed = []
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.startswith(mine)]
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(mine):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # there, but not ours to signal
+    return True
+
+
 class _Ring:
     """Blocks of image slots the workers fill: shared memory for processes, plain for one."""
 
     def __init__(self, blocks: int, block: int, size: tuple[int, int], shared: bool) -> None:
         self.shape = (blocks, block, size[0], size[1], 3)
         nbytes = int(np.prod(self.shape))
-        self.shm = shared_memory.SharedMemory(create=True, size=nbytes) if shared else None
+        self.shm = None
+        if shared:
+            name = None  # elsewhere names are short (31 bytes on macOS) and not in /dev/shm
+            if sys.platform.startswith("linux"):
+                _sweep_rings()
+                name = f"{_RING_PREFIX}{_host()}-{os.getpid()}-{os.urandom(4).hex()}"
+            self.shm = shared_memory.SharedMemory(name=name, create=True, size=nbytes)
         # Page-aligned (shared memory is mapped pages), so whole chunks can go to the file
         # with O_DIRECT straight from a slot.
         self.array = (np.ndarray(self.shape, dtype=np.uint8, buffer=self.shm.buf) if self.shm
@@ -907,6 +954,8 @@ def build_hdf5(
     out.mkdir(parents=True, exist_ok=True)
     # One build at a time per OUT: a second would write (and on failure remove) the same
     # NAME.partial files.
+    if sys.platform.startswith("linux"):
+        _sweep_rings()  # what builds killed outright left in /dev/shm
     with exclusive(out / BUILD_LOCK_NAME, out):
         undone = _undo_publishing(out)
         if undone:

@@ -654,6 +654,29 @@ def test_a_build_stopped_among_its_renames_is_undone_by_the_next(tmp_path, monke
     assert not (out / build.PUBLISHING_NAME).exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="rings are swept from Linux's "
+                    "/dev/shm; elsewhere the system names them")
+def test_a_ring_left_by_a_killed_build_is_removed_by_the_next(tmp_path):
+    # A ring of a process that is gone (kill -9 of the whole process group) and one of a
+    # live process (another build running now).
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = build._host()
+    left = Path(build.SHM_DIR) / f"{build._RING_PREFIX}{host}-{dead}-0badc0de"
+    live = Path(build.SHM_DIR) / f"{build._RING_PREFIX}{host}-{os.getpid()}-0badc0de"
+    for path in (left, live):
+        path.write_bytes(b"\0" * 4096)
+    try:
+        src = make_split(tmp_path / "split")
+        build.build_hdf5(src, tmp_path / "out", opts(workers=2))
+        assert not left.exists() and live.exists()
+        assert not list(Path(build.SHM_DIR).glob(f"{build._RING_PREFIX}{host}-{os.getpid()}-"
+                                                 "[!0]*"))  # its own ring is gone too
+    finally:
+        left.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)
+
+
 def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split")
     out = tmp_path / "out"
