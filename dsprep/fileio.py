@@ -34,7 +34,7 @@ def write_atomic(
     tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".partial")
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        with open(tmp, "wb") as fh:
+        with naming(tmp), open(tmp, "wb") as fh:
             fh.write(raw)
             if fsync:
                 fh.flush()
@@ -44,6 +44,18 @@ def write_atomic(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give an OSError raised in the block the file name ``path`` when the system gave none
+    (a write on a full disk says only "No space left on device")."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise
 
 
 @contextmanager

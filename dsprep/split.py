@@ -36,7 +36,7 @@ from .errors import (
     SplitError,
     UsageError,
 )
-from .fileio import exclusive, write_atomic
+from .fileio import exclusive, naming, write_atomic
 from .sources import LABEL_CONFLICT, UNREADABLE, Inventory, Skipped, find_images, open_source
 
 SCHEMA = "dsprep-split/1"
@@ -819,8 +819,9 @@ def _write_bytes(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY, 0o666)
     try:
         view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        with naming(path):
+            while view:
+                view = view[os.write(fd, view):]
     finally:
         os.close(fd)
 
@@ -1007,7 +1008,8 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     try:
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY, 0o666)
         try:
-            _copy_fd(fin, fout)
+            with naming(dst):
+                _copy_fd(fin, fout)
         finally:
             os.close(fout)
     finally:

@@ -116,3 +116,34 @@ def test_a_split_or_build_into_an_output_in_use_is_refused_and_harms_nothing(tmp
     theirs.unlink()
     report = build.build_hdf5(dest, out, build.BuildOptions(size=(8, 8), workers=1))
     assert report.files and not (out / build.BUILD_LOCK_NAME).exists()
+
+
+def test_write_errors_name_the_file_the_system_did_not(tmp_path, monkeypatch):
+    import errno
+
+    from dsprep.fileio import naming
+
+    with pytest.raises(OSError) as info, naming(tmp_path / "x.csv"):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.csv")
+    with pytest.raises(FileNotFoundError) as kept, naming(tmp_path / "x.csv"):
+        open(tmp_path / "missing" / "y")
+    assert kept.value.filename.endswith("y")  # a name the system gave stays
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio, "open", Full, raising=False)
+    with pytest.raises(OSError, match="No space left on device") as full:
+        fileio.write_atomic(tmp_path / "m.json", "{}")
+    assert full.value.filename == str(tmp_path / "m.json.partial")
