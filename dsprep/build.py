@@ -935,6 +935,11 @@ def build_hdf5(
         # The split's own skipped.csv would be replaced, and the outputs mixed with the sources.
         raise UsageError(f"output folder {out} is the source folder {src}; "
                          "choose another OUT such as data/hdf5")
+    if src.resolve() in out.resolve().parents:
+        # Inside, OUT would be read as one more class or split folder by the next build, and
+        # 'dsprep split --force' of the source would delete it.
+        raise UsageError(f"output folder {out} is inside the source folder {src}; put it "
+                         f"beside the source, such as {src.parent / 'hdf5'}")
     classes, planned, notes, links = find_rows(src, name)
     warnings: list[str] = []
     if name is not None:

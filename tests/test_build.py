@@ -762,6 +762,11 @@ def test_output_folder_that_is_the_source_is_refused(tmp_path, force):
         build.build_hdf5(src, tmp_path / "split" / ".", opts(), force=force)
     assert (src / "skipped.csv").read_text().endswith("x.jpg,empty,zero-byte file\n")
     assert not list(src.glob("*.hdf5*")) and not (src / "means.json").exists()
+    # Inside it too: a --name build's OUT would be one more class folder the next time.
+    for inside in (src / "hdf5", src / "train"):
+        with pytest.raises(UsageError, match="is inside the source folder"):
+            build.build_hdf5(src, inside, opts(), force=force)
+    assert not (src / "hdf5").exists() and not list(src.rglob("*.hdf5*"))
 
 
 def test_failed_build_leaves_the_old_skipped_csv_alone(tmp_path, monkeypatch):
