@@ -87,6 +87,12 @@ def test_train_resume_and_evaluate(data, tmp_path):
                  "confusion-test-center.png"):
         assert text in table.output
     assert "rank-5" not in table.output  # meaningless with two classes
+    # A test file of another folder gets its own PNG, not the run's data's.
+    (tmp_path / "extra").mkdir()
+    shutil.copy(data / "test.hdf5", tmp_path / "extra" / "test.hdf5")
+    other = invoke("evaluate", run, tmp_path / "extra" / "test.hdf5")
+    assert other.exit_code == 0 and "confusion-extra-test-center.png" in other.output
+    assert (run / "confusion-test-center.png").is_file()
 
     # A sweep-lr folder holds runs one level down; a damaged or foreign checkpoint is named.
     sweep = tmp_path / "sweep"

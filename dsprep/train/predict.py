@@ -115,6 +115,15 @@ def _as_rank_dict(ranks, ks) -> dict[int, float]:
     return {k: float(v) for k, v in zip(ks, values, strict=True)}
 
 
+def _data_name(data: Path, config: dict) -> str:
+    """The PNG's name for a data file: its stem ("test"), with its folder's name before it when
+    it is not in the run's own data folder, so files of two folders keep their own PNGs."""
+    trained = config.get("data")
+    if isinstance(trained, str) and data.resolve().parent == Path(trained).resolve():
+        return data.stem
+    return f"{data.resolve().parent.name}-{data.stem}"
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str],
                    path: str | os.PathLike, title: str = "") -> Path:
     """Draw a confusion matrix (rows: true, columns: predicted) with counts in the cells."""
@@ -229,7 +238,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         else:
             probs, labels = predict(model, gen, progress=progress)
         scores = metrics(probs, labels, classes)
-        png = run / f"confusion-{data.stem}-{method.replace('_', '')}.png"
+        png = run / f"confusion-{_data_name(data, config)}-{method.replace('_', '')}.png"
         try:
             scores["confusion_png"] = str(plot_confusion(
                 scores["confusion"], classes, png, f"{data.name}, {method.replace('_', '-')}"))
