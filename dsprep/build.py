@@ -1027,6 +1027,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
                  links: dict[str, list[Skip]]) -> list[FileReport]:
     """Write every file as NAME.partial, then give them all their final names together."""
     reports: list[FileReport] = []
+    renamed: list[Path] = []
     try:
         for split, rows in planned.items():
             ordered = order_rows(rows, options.order, options.seed)
@@ -1048,27 +1049,39 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
             [means_path] if means_path is not None else [])
         journal = out / PUBLISHING_NAME
         write_atomic(journal, json.dumps([p.name for p in finals]))
-        for report in reports:
-            os.replace(store.partial_path(report.path), report.path)
-        os.replace(_next(skipped_final), skipped_final)
-        if means_path is not None:
-            os.replace(_next(means_path), means_path)
+        for final in finals:
+            os.replace(_waiting(final), final)
+            renamed.append(final)
         journal.unlink()
     except BaseException:
+        # Stopped among the renames: the files renamed already go too, so that OUT holds no
+        # mix of two builds (a kill leaves that to the next build, see _undo_publishing).
+        for path in renamed:
+            path.unlink(missing_ok=True)
         for path in outputs:
             store.partial_path(path).unlink(missing_ok=True)
         for path in (means_path, skipped_final):
             if path is not None:
                 _next(path).unlink(missing_ok=True)
+        (out / PUBLISHING_NAME).unlink(missing_ok=True)
         raise
     finally:
         _drop_ring()
     return reports
 
 
+def _waiting(final: Path) -> Path:
+    """Where a finished output waits for its final name: ``NAME.partial`` for an HDF5 file,
+    ``NAME.next`` for the small files."""
+    return store.partial_path(final) if final.suffix == ".hdf5" else _next(final)
+
+
 def _undo_publishing(out: Path) -> list[str]:
-    """Remove what a build stopped while renaming its files into place left: the files named
-    in its journal, whether renamed already or not, so OUT holds no mix of two builds.
+    """Clear up after a build killed while it renamed its finished files into place.
+
+    Its journal names them. If none is waiting any more, every rename was done: the build is
+    whole and stays. Otherwise the files it renamed already go, with those still waiting, so
+    OUT holds no mix of two builds.
 
     Returns:
         The final names that were there and are gone.
@@ -1080,14 +1093,19 @@ def _undo_publishing(out: Path) -> list[str]:
         return []
     except (OSError, ValueError):
         names = []
+    # Plain names of dsprep's outputs only: a journal never points elsewhere.
+    finals = [out / name for name in (names if isinstance(names, list) else [])
+              if isinstance(name, str) and name == Path(name).name
+              and name.endswith((".hdf5", ".csv", ".json")) and not name.startswith(".")]
+    waiting = [f for f in finals if _waiting(f).is_file()]
     removed = []
-    for name in names if isinstance(names, list) else []:
-        final = out / Path(str(name)).name  # names only: never a path elsewhere
-        for path in (final, store.partial_path(final), _next(final)):
-            if path.is_file():
-                path.unlink()
-                if path == final:
-                    removed.append(str(final))
+    if waiting:
+        for final in finals:
+            if final not in waiting and final.is_file():
+                final.unlink()
+                removed.append(str(final))
+        for final in waiting:
+            _waiting(final).unlink()
     journal.unlink()
     return removed
 

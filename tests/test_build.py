@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -628,53 +629,56 @@ def test_names_that_are_not_utf8_are_skipped_rows_not_a_crash(tmp_path):
         assert len(list(csv.DictReader(fh))) == 2
 
 
-def test_a_build_stopped_among_its_renames_is_undone_by_the_next(tmp_path, monkeypatch):
+def test_a_build_stopped_among_its_renames_leaves_no_mix(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split")
     clean = tmp_path / "clean"
     build.build_hdf5(src, clean, opts())
+    expected = {name: rows_of(clean / name)[2] for name in ("train.hdf5", "val.hdf5",
+                                                             "test.hdf5")}
+    # Stopped in this process (Ctrl-C, SIGTERM, an error): what it renamed goes at once.
     out = tmp_path / "out"
     real_replace = build.os.replace
 
-    def killed(a, b):
+    def stopped(a, b):
         if str(a).endswith("val.hdf5.partial"):
-            raise KeyboardInterrupt  # stands in for kill -9 between two renames
+            raise KeyboardInterrupt
         return real_replace(a, b)
 
-    monkeypatch.setattr(build.os, "replace", killed)
+    monkeypatch.setattr(build.os, "replace", stopped)
     with pytest.raises(KeyboardInterrupt):
         build.build_hdf5(src, out, opts())
     monkeypatch.setattr(build.os, "replace", real_replace)
-    assert (out / "train.hdf5").exists() and not (out / "val.hdf5").exists()
-    # The same command again completes, with no file of the stopped build left.
-    report = build.build_hdf5(src, out, opts())
-    assert any(f"removed {out / 'train.hdf5'}" in note for note in report.notes)
-    for name in ("train.hdf5", "val.hdf5", "test.hdf5"):
-        assert rows_of(out / name)[2] == rows_of(clean / name)[2]
-    assert (out / "means.json").read_text() == (clean / "means.json").read_text()
-    assert not (out / build.PUBLISHING_NAME).exists()
+    assert sorted(p.name for p in out.iterdir()) == []
 
+    # Killed outright between two renames: the next build of OUT removes the mix, then builds.
+    killed = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os
+        from dsprep import build
+        real = os.replace
+        def replace(a, b):
+            if str(a).endswith("val.hdf5.partial"):
+                os._exit(137)  # as kill -9: no clean-up runs
+            real(a, b)
+        build.os.replace = replace
+        build.build_hdf5({str(src)!r}, {str(killed)!r},
+                         build.BuildOptions(size=(24, 24), workers=1, exact=True))
+    """)
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 137
+    assert (killed / "train.hdf5").exists() and (killed / build.PUBLISHING_NAME).exists()
+    report = build.build_hdf5(src, killed, opts())
+    assert any(f"removed {killed / 'train.hdf5'}" in note for note in report.notes)
+    assert {name: rows_of(killed / name)[2] for name in expected} == expected
+    assert not (killed / build.PUBLISHING_NAME).exists()
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="rings are swept from Linux's "
-                    "/dev/shm; elsewhere the system names them")
-def test_a_ring_left_by_a_killed_build_is_removed_by_the_next(tmp_path):
-    # A ring of a process that is gone (kill -9 of the whole process group) and one of a
-    # live process (another build running now).
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    host = build._host()
-    left = Path(build.SHM_DIR) / f"{build._RING_PREFIX}{host}-{dead}-0badc0de"
-    live = Path(build.SHM_DIR) / f"{build._RING_PREFIX}{host}-{os.getpid()}-0badc0de"
-    for path in (left, live):
-        path.write_bytes(b"\0" * 4096)
-    try:
-        src = make_split(tmp_path / "split")
-        build.build_hdf5(src, tmp_path / "out", opts(workers=2))
-        assert not left.exists() and live.exists()
-        assert not list(Path(build.SHM_DIR).glob(f"{build._RING_PREFIX}{host}-{os.getpid()}-"
-                                                 "[!0]*"))  # its own ring is gone too
-    finally:
-        left.unlink(missing_ok=True)
-        live.unlink(missing_ok=True)
+    # Killed after its last rename: the build is whole and stays.
+    (clean / build.PUBLISHING_NAME).write_text(json.dumps(
+        ["train.hdf5", "val.hdf5", "test.hdf5", "skipped.csv", "means.json", "../x.json"]))
+    (tmp_path / "x.json").write_text("not the build's")
+    extra = build.build_hdf5(src / "test", clean, opts(), name="extra")
+    assert not any("removed" in note for note in extra.notes)
+    assert {name: rows_of(clean / name)[2] for name in expected} == expected
+    assert (tmp_path / "x.json").exists() and not (clean / build.PUBLISHING_NAME).exists()
 
 
 def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, monkeypatch):
