@@ -107,9 +107,20 @@ class HDF5Writer:
         # "w" truncates a stale partial file left by an interrupted run. Aligned big objects
         # let whole chunks be written with O_DIRECT.
         align = {"alignment_threshold": _PAGE, "alignment_interval": _PAGE} if direct else {}
-        self._file = h5py.File(self.partial, "w", **align)
         try:
-            self._create(height, width, label_names, chunk_images, compression, attrs, direct)
+            self._file = h5py.File(self.partial, "w", **align)
+        except (OSError, RuntimeError) as exc:
+            raise _write_failure(exc, self.partial) from exc
+        self._open = True  # ours, not HDF5's: a close that failed leaves HDF5's view unsure
+        try:
+            try:
+                self._create(height, width, label_names, chunk_images, compression, attrs,
+                             direct)
+                # What HDF5 holds back (the names' data) is written now, where an error is
+                # raised: written when an object is freed, its error would be ignored.
+                self._file.flush()
+            except (OSError, RuntimeError) as exc:
+                raise _write_failure(exc, self.partial) from exc
             if direct:
                 self._direct = _DirectChunks.open(self.images, self.partial)
         except BaseException:
@@ -142,8 +153,8 @@ class HDF5Writer:
         self.filenames = self._file.create_dataset(
             "filenames", shape=(self.capacity,), maxshape=(None,), dtype=_STR
         )
-        self._file.create_dataset("label_names", data=np.array(list(label_names), dtype=object),
-                                  dtype=_STR)
+        self.names = self._file.create_dataset(
+            "label_names", data=np.array(list(label_names), dtype=object), dtype=_STR)
         root = self._file.attrs
         root["schema"] = SCHEMA
         root["dsprep_version"] = __version__
@@ -210,6 +221,7 @@ class HDF5Writer:
                 # a file whose flush failed.
                 self._file.flush()
                 self._file.close()
+                self._open = False
             except (OSError, RuntimeError) as exc:
                 raise _write_failure(exc, self.partial) from exc
         return self.partial
@@ -227,19 +239,14 @@ class HDF5Writer:
         try:
             with contextlib.suppress(OSError):
                 self._close_direct()
-            if self._file.id.valid:
-                # The file is discarded, so HDF5's descriptor is pointed at the null device
+            if self._open:
+                # The file is discarded, so its descriptors are pointed at the null device
                 # first: on a full disk the flush of the close would fail, and a failed close
                 # leaves HDF5 in a state that crashes the interpreter at exit.
-                with contextlib.suppress(OSError, RuntimeError, ValueError, TypeError):
-                    fd = int(self._file.id.get_vfd_handle())
-                    null = os.open(os.devnull, os.O_RDWR)
-                    try:
-                        os.dup2(null, fd)
-                    finally:
-                        os.close(null)
+                _to_null(self.partial)
                 with contextlib.suppress(OSError, RuntimeError):
                     self._file.close()
+                self._open = False
         finally:
             self.partial.unlink(missing_ok=True)
 
@@ -253,9 +260,40 @@ class HDF5Writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()  # a file that could not be finished is not left behind
+                raise
         else:
             self.abort()
+
+
+def _to_null(path: Path) -> None:
+    """Point this process's descriptors open on ``path`` at the null device (Linux: found in
+    /proc/self/fd, without asking HDF5, whose state after a failed close cannot be trusted)."""
+    try:
+        target = os.path.realpath(path)
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")
+               if _link(f"/proc/self/fd/{fd}") == target]
+    except OSError:
+        return
+    if not fds:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 def _write_failure(exc: BaseException, path: Path) -> Exception:

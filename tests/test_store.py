@@ -450,3 +450,36 @@ def test_chunk_offsets_without_chunk_iter_stop_at_many_chunks(tmp_path, monkeypa
         np.testing.assert_array_equal(offsets, store.chunk_offsets(ds))
         monkeypatch.setattr(store, "_CHUNK_INFO_LIMIT", 10)
         assert store.chunk_offsets(Wrapped()) is None  # 12 lookups would each scan the index
+
+
+_FULL = ("file write failed: time = now, filename = 'x', file descriptor = 4, errno = 28, "
+         "error message = 'No space left on device'")
+
+
+@pytest.mark.parametrize("where", ["create", "close"])
+def test_write_failures_name_the_file_and_leave_nothing(tmp_path, monkeypatch, where):
+    import errno
+
+    path = tmp_path / "train.hdf5"
+    real_file, real_close = h5py.File, h5py.File.close
+    failed = []
+
+    def create(*args, **kwargs):
+        raise OSError(errno.ENOSPC, f"Unable to synchronously create file ({_FULL})")
+
+    def close(self):
+        if not failed:  # the close in finish fails (a superblock rewrite on a full disk)
+            failed.append(True)
+            raise RuntimeError(f"Can't decrement id ref count ({_FULL})")
+        return real_close(self)
+
+    if where == "create":
+        monkeypatch.setattr(store.h5py, "File", create)
+    else:
+        monkeypatch.setattr(real_file, "close", close)
+    with pytest.raises(OSError) as info:
+        with store.HDF5Writer(path, 4, (8, 8), ["a", "b"]) as writer:
+            writer.append(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], list("wxyz"))
+    assert info.value.errno == errno.ENOSPC and info.value.filename.endswith(
+        "train.hdf5.partial")
+    assert list(tmp_path.iterdir()) == []
