@@ -8,6 +8,7 @@ DESIGN.md §2.1, ``split.json`` last, so a folder is either a finished split or 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -15,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import zlib
@@ -622,6 +624,7 @@ def materialize(
                 and _same_text(dest / FILES_CSV, files_csv)
                 and _same_text(dest / SKIPPED_CSV, skipped_csv)
                 and _all_present(dest, split_plan.files)):
+            _clear_leftovers(dest)
             return SplitResult(dest, already_complete=True)
         manifest = split_plan.manifest(mode)
         wanted = json.loads(json.dumps(manifest))
@@ -676,7 +679,23 @@ def _inside(dest: Path) -> bool:
     """Whether the split is made inside ``dest`` instead of beside it: ``dest`` is a mount
     point (a container's volume, ``docker run -v host:/out``), which cannot be renamed, or a
     folder whose parent cannot be written."""
-    return dest.is_dir() and (os.path.ismount(dest) or not os.access(dest.parent, os.W_OK))
+    return dest.is_dir() and (_is_mount(dest) or not os.access(dest.parent, os.W_OK))
+
+
+def _is_mount(path: Path) -> bool:
+    """A mount point, bind mounts of a folder of the same file system included (which
+    ``os.path.ismount`` cannot tell from a folder): those listed in /proc/self/mountinfo."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            points = {line.split()[4] for line in fh if len(line.split()) > 4}
+    except OSError:
+        return False
+    # mountinfo writes a space, tab, newline or backslash as its octal escape (\040).
+    real = os.path.realpath(path)
+    return any(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point) == real
+               for point in points)
 
 
 def _ignored(dest: Path, name: str) -> bool:
@@ -891,18 +910,34 @@ def _swap_inside(partial: Path, dest: Path, old: Path) -> None:
     manifest = _read_json(partial / MANIFEST) or {}
     if _read_json(journal) != manifest:
         old.mkdir(exist_ok=True)
-        for entry in os.scandir(dest):
-            if not _ignored(dest, entry.name):
-                if (old / entry.name).exists():  # left there by a run stopped before
-                    _remove(old / entry.name)
-                os.replace(entry.path, old / entry.name)
+        # split.json last, so that until all is aside DEST still reads as the split it was.
+        for name in _manifest_last(n for n in os.listdir(dest) if not _ignored(dest, n)):
+            if (old / name).exists() or (old / name).is_symlink():
+                _remove(old / name)  # left there by a run stopped before
+            os.replace(dest / name, old / name)
         write_atomic(journal, json.dumps(manifest))
-    entries = sorted(os.listdir(partial), key=lambda name: (name == MANIFEST, name))
-    for name in entries:
+    for name in _manifest_last(os.listdir(partial)):
+        if (dest / name).exists() or (dest / name).is_symlink():
+            _remove(dest / name)  # moved in by a run of this split stopped before
         os.replace(partial / name, dest / name)
     partial.rmdir()
     journal.unlink()
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _manifest_last(names) -> list[str]:
+    return sorted(names, key=lambda name: (name == MANIFEST, name))
+
+
+def _clear_leftovers(dest: Path) -> None:
+    """Remove what a run killed after its split was in place left: the previous split set
+    aside, an empty work folder, a swap journal."""
+    for path in (_old(dest), dest / f"{_OWN}-old"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (dest / f"{_OWN}-partial").rmdir()  # only if empty
+    (dest / f"{_OWN}-swapping").unlink(missing_ok=True)
 
 
 def _remove(path: Path) -> None:

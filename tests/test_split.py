@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import random
@@ -545,6 +546,57 @@ def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):
     run(dump.dest, other, SplitOptions(seed=5))
     assert tree(dest) == tree(other)
     assert sorted(os.listdir(dest)) == sorted([*os.listdir(other), "lost+found"])
+
+    # Stopped the same way, then run again with --force (a fresh partial, the same split).
+    moved.clear()
+    monkeypatch.setattr(split_module.os, "replace", stop_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run(dump.dest, dest, SplitOptions(seed=7), force=True)
+    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    run(dump.dest, dest, SplitOptions(seed=7), force=True)
+    seven = tmp_path / "seven"
+    run(dump.dest, seven, SplitOptions(seed=7))
+    assert tree(dest) == tree(seven)
+
+    # Stopped while the old split was moved aside: split.json goes last, so DEST still reads
+    # as that split, and the same command completes it.
+    aside = []
+
+    def stop_aside(a, b):
+        if "-old" in str(b):
+            aside.append(a)
+            if len(aside) == 3:
+                raise KeyboardInterrupt
+        return real_replace(a, b)
+
+    monkeypatch.setattr(split_module.os, "replace", stop_aside)
+    with pytest.raises(KeyboardInterrupt):
+        run(dump.dest, dest, SplitOptions(seed=5), force=True)
+    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    assert (dest / "split.json").exists()
+    run(dump.dest, dest, SplitOptions(seed=5), force=True)
+    assert tree(dest) == tree(other)
+    # Left over by a run killed after the split was in place: cleared by the next.
+    (dest / ".dsprep-split-old" / "train").mkdir(parents=True)
+    (dest / ".dsprep-split-swapping").write_text("{}")
+    assert run(dump.dest, dest, SplitOptions(seed=5))[1].already_complete
+    assert sorted(os.listdir(dest)) == sorted([*os.listdir(other), "lost+found"])
+
+
+def test_a_bind_mount_is_known_from_mountinfo(tmp_path, monkeypatch):
+    # A bind mount of a folder of the same file system: os.path.ismount cannot see it.
+    vol = tmp_path / "my vol"
+    vol.mkdir()
+    line = f"36 25 0:32 /x {str(vol).replace(' ', chr(92) + '040')} rw - tmpfs tmpfs rw\n"
+    real_open = open
+
+    def mountinfo(path, *args, **kwargs):
+        if path == "/proc/self/mountinfo":
+            return io.StringIO(line)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(split_module, "open", mountinfo, raising=False)
+    assert split_module._is_mount(vol) and not split_module._is_mount(tmp_path)
 
 
 def test_a_link_to_a_folder_as_dest_fills_the_folder(dump, tmp_path):
