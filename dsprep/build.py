@@ -582,9 +582,25 @@ def _sweep_rings() -> list[str]:
         pid = name[len(mine):].split("-", 1)[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(SHM_DIR, name))
-            removed.append(name)
+        # A process this one cannot see (another PID namespace sharing /dev/shm) may own it:
+        # its owner holds a lock on it for the ring's life, which a kill releases.
+        import fcntl  # POSIX only; rings are swept on Linux alone
+
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: in use
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(name)
+        finally:
+            os.close(fd)
     return removed
 
 
@@ -605,18 +621,29 @@ class _Ring:
         self.shape = (blocks, block, size[0], size[1], 3)
         nbytes = int(np.prod(self.shape))
         self.shm = None
+        self._held: int | None = None
         if shared:
             name = None  # elsewhere names are short (31 bytes on macOS) and not in /dev/shm
             if sys.platform.startswith("linux"):
                 _sweep_rings()
                 name = f"{_RING_PREFIX}{_host()}-{os.getpid()}-{os.urandom(4).hex()}"
             self.shm = shared_memory.SharedMemory(name=name, create=True, size=nbytes)
+            if name is not None:
+                import fcntl  # Linux here
+
+                # Held for the ring's life: the sweep of other builds leaves it alone.
+                with contextlib.suppress(OSError):
+                    self._held = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+                    fcntl.flock(self._held, fcntl.LOCK_SH)
         # Page-aligned (shared memory is mapped pages), so whole chunks can go to the file
         # with O_DIRECT straight from a slot.
         self.array = (np.ndarray(self.shape, dtype=np.uint8, buffer=self.shm.buf) if self.shm
                       else store.page_aligned_empty(self.shape))
 
     def close(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            os.close(held)
         if self.shm is not None:
             shm, self.shm = self.shm, None
             shm.unlink()

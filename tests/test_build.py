@@ -681,6 +681,37 @@ def test_a_build_stopped_among_its_renames_leaves_no_mix(tmp_path, monkeypatch):
     assert (tmp_path / "x.json").exists() and not (clean / build.PUBLISHING_NAME).exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="rings are swept from Linux's "
+                    "/dev/shm; elsewhere the system names them")
+def test_a_ring_left_by_a_killed_build_is_removed_by_the_next(tmp_path):
+    import fcntl
+
+    # A ring of a process that is gone (kill -9 of the whole process group), one of a live
+    # process (another build running now), and one whose process is gone from this PID
+    # namespace but that is held (a build in another namespace sharing /dev/shm).
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = build._host()
+    shm = Path(build.SHM_DIR)
+    left = shm / f"{build._RING_PREFIX}{host}-{dead}-0badc0de"
+    live = shm / f"{build._RING_PREFIX}{host}-{os.getpid()}-0badc0de"
+    held = shm / f"{build._RING_PREFIX}{host}-{dead}-0badf00d"
+    for path in (left, live, held):
+        path.write_bytes(b"\0" * 4096)
+    holder = os.open(held, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    try:
+        src = make_split(tmp_path / "split")
+        build.build_hdf5(src, tmp_path / "out", opts(workers=2))
+        assert not left.exists() and live.exists() and held.exists()
+        # Its own ring is gone too.
+        assert not list(shm.glob(f"{build._RING_PREFIX}{host}-{os.getpid()}-[!0]*"))
+    finally:
+        os.close(holder)
+        for path in (left, live, held):
+            path.unlink(missing_ok=True)
+
+
 def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, monkeypatch):
     src = make_split(tmp_path / "split")
     out = tmp_path / "out"
