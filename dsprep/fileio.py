@@ -3,6 +3,7 @@ keep two processes from writing the same output at once."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -46,15 +47,21 @@ def write_atomic(
     return path
 
 
+# The errors of a write that mean the target is full or cannot be written.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 @contextmanager
-def naming(path: str | os.PathLike) -> Iterator[None]:
+def naming(path: str | os.PathLike, reads: str | os.PathLike | None = None) -> Iterator[None]:
     """Give an OSError raised in the block the file name ``path`` when the system gave none
-    (a write on a full disk says only "No space left on device")."""
+    (a write on a full disk says only "No space left on device"). With ``reads`` (a copy's
+    source), errors that are not about room or write access name that file instead."""
     try:
         yield
     except OSError as exc:
         if exc.filename is None and exc.errno:
-            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+            named = path if reads is None or exc.errno in _WRITE_ERRORS else reads
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(named)) from exc
         raise
 
 

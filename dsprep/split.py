@@ -1043,7 +1043,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     try:
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY, 0o666)
         try:
-            with naming(dst):
+            with naming(dst, reads=src):
                 _copy_fd(fin, fout)
         finally:
             os.close(fout)

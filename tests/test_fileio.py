@@ -126,6 +126,12 @@ def test_write_errors_name_the_file_the_system_did_not(tmp_path, monkeypatch):
     with pytest.raises(OSError) as info, naming(tmp_path / "x.csv"):
         raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.csv")
+    # A copy: a full target names the target, a read error the source.
+    with pytest.raises(OSError) as full, naming("dst.jpg", reads="src.jpg"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as bad, naming("dst.jpg", reads="src.jpg"):
+        raise OSError(errno.EIO, "Input/output error")
+    assert (full.value.filename, bad.value.filename) == ("dst.jpg", "src.jpg")
     with pytest.raises(FileNotFoundError) as kept, naming(tmp_path / "x.csv"):
         open(tmp_path / "missing" / "y")
     assert kept.value.filename.endswith("y")  # a name the system gave stays
