@@ -526,20 +526,11 @@ def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):
 
     # Replaced with --force by another split; stopped while the new entries move in, then
     # completed by the next run.
-    real_replace = split_module.os.replace
-    moved = []
+    def moving_in(a, b):
+        return ".dsprep-split-partial" in str(a) and Path(b).parent == dest
 
-    def stop_midway(a, b):
-        if ".dsprep-split-partial" in str(a) and Path(b).parent == dest:
-            moved.append(b)
-            if len(moved) == 3:
-                raise KeyboardInterrupt
-        return real_replace(a, b)
-
-    monkeypatch.setattr(split_module.os, "replace", stop_midway)
-    with pytest.raises(KeyboardInterrupt):
-        run(dump.dest, dest, SplitOptions(seed=5), force=True)
-    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    _stop_at_third_rename(monkeypatch, moving_in,
+                          lambda: run(dump.dest, dest, SplitOptions(seed=5), force=True))
     assert not (dest / "split.json").exists()
     run(dump.dest, dest, SplitOptions(seed=5))
     other = tmp_path / "other"
@@ -548,11 +539,8 @@ def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):
     assert sorted(os.listdir(dest)) == sorted([*os.listdir(other), "lost+found"])
 
     # Stopped the same way, then run again with --force (a fresh partial, the same split).
-    moved.clear()
-    monkeypatch.setattr(split_module.os, "replace", stop_midway)
-    with pytest.raises(KeyboardInterrupt):
-        run(dump.dest, dest, SplitOptions(seed=7), force=True)
-    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    _stop_at_third_rename(monkeypatch, moving_in,
+                          lambda: run(dump.dest, dest, SplitOptions(seed=7), force=True))
     run(dump.dest, dest, SplitOptions(seed=7), force=True)
     seven = tmp_path / "seven"
     run(dump.dest, seven, SplitOptions(seed=7))
@@ -560,19 +548,8 @@ def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):
 
     # Stopped while the old split was moved aside: split.json goes last, so DEST still reads
     # as that split, and the same command completes it.
-    aside = []
-
-    def stop_aside(a, b):
-        if "-old" in str(b):
-            aside.append(a)
-            if len(aside) == 3:
-                raise KeyboardInterrupt
-        return real_replace(a, b)
-
-    monkeypatch.setattr(split_module.os, "replace", stop_aside)
-    with pytest.raises(KeyboardInterrupt):
-        run(dump.dest, dest, SplitOptions(seed=5), force=True)
-    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    _stop_at_third_rename(monkeypatch, lambda a, b: "-old" in str(b),
+                          lambda: run(dump.dest, dest, SplitOptions(seed=5), force=True))
     assert (dest / "split.json").exists()
     run(dump.dest, dest, SplitOptions(seed=5), force=True)
     assert tree(dest) == tree(other)
@@ -581,6 +558,24 @@ def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):
     (dest / ".dsprep-split-swapping").write_text("{}")
     assert run(dump.dest, dest, SplitOptions(seed=5))[1].already_complete
     assert sorted(os.listdir(dest)) == sorted([*os.listdir(other), "lost+found"])
+
+
+def _stop_at_third_rename(monkeypatch, matches, split) -> None:
+    """Run ``split`` with a Ctrl-C at the third rename that ``matches(src, dst)``."""
+    real = split_module.os.replace
+    seen = []
+
+    def stop(a, b):
+        if matches(a, b):
+            seen.append(b)
+            if len(seen) == 3:
+                raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(split_module.os, "replace", stop)
+    with pytest.raises(KeyboardInterrupt):
+        split()
+    monkeypatch.setattr(split_module.os, "replace", real)
 
 
 def test_a_bind_mount_is_known_from_mountinfo(tmp_path, monkeypatch):
