@@ -593,6 +593,8 @@ def _sweep_rings() -> list[str]:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_size == 0:
+                continue  # being made: its owner sizes it only once it holds its lock
         except OSError:
             continue  # held: in use
         else:
@@ -602,6 +604,31 @@ def _sweep_rings() -> list[str]:
         finally:
             os.close(fd)
     return removed
+
+
+def _locked_segment(nbytes: int) -> int:
+    """Create a ring's file in /dev/shm, locked from its first moment (no sweep can take it
+    between its creation and its lock), of ``nbytes``; return the open, locked descriptor."""
+    import fcntl  # Linux here
+
+    while True:
+        name = f"{_RING_PREFIX}{_host()}-{os.getpid()}-{os.urandom(4).hex()}"
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            # Between this open and this lock a sweep could take the lock first: it leaves
+            # an empty file alone (see _sweep_rings), and the size comes only after the lock.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.ftruncate(fd, nbytes)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return fd
 
 
 def _alive(pid: int) -> bool:
@@ -623,30 +650,31 @@ class _Ring:
         self.shm = None
         self._held: int | None = None
         if shared:
-            name = None  # elsewhere names are short (31 bytes on macOS) and not in /dev/shm
             if sys.platform.startswith("linux"):
                 _sweep_rings()
-                name = f"{_RING_PREFIX}{_host()}-{os.getpid()}-{os.urandom(4).hex()}"
-            self.shm = shared_memory.SharedMemory(name=name, create=True, size=nbytes)
-            if name is not None:
-                import fcntl  # Linux here
-
-                # Held for the ring's life: the sweep of other builds leaves it alone.
-                with contextlib.suppress(OSError):
-                    self._held = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
-                    fcntl.flock(self._held, fcntl.LOCK_SH)
+                self._held = _locked_segment(nbytes)
+                path = os.readlink(f"/proc/self/fd/{self._held}")
+                try:
+                    self.shm = shared_memory.SharedMemory(name=os.path.basename(path))
+                except BaseException:
+                    os.close(self._held)
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    raise
+            else:  # elsewhere names are short (31 bytes on macOS) and not in /dev/shm
+                self.shm = shared_memory.SharedMemory(create=True, size=nbytes)
         # Page-aligned (shared memory is mapped pages), so whole chunks can go to the file
         # with O_DIRECT straight from a slot.
         self.array = (np.ndarray(self.shape, dtype=np.uint8, buffer=self.shm.buf) if self.shm
                       else store.page_aligned_empty(self.shape))
 
     def close(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            os.close(held)
         if self.shm is not None:
             shm, self.shm = self.shm, None
             shm.unlink()
+        if self._held is not None:  # after the unlink: no sweep can take it in between
+            held, self._held = self._held, None
+            os.close(held)
             del self.array
             try:
                 shm.close()
@@ -1054,7 +1082,8 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
                  links: dict[str, list[Skip]]) -> list[FileReport]:
     """Write every file as NAME.partial, then give them all their final names together."""
     reports: list[FileReport] = []
-    renamed: list[Path] = []
+    finals: list[Path] = []
+    journal = out / PUBLISHING_NAME
     try:
         for split, rows in planned.items():
             ordered = order_rows(rows, options.order, options.seed)
@@ -1074,27 +1103,48 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
         # which the next build of OUT removes (see _undo_publishing).
         finals = [r.path for r in reports] + [skipped_final] + (
             [means_path] if means_path is not None else [])
-        journal = out / PUBLISHING_NAME
         write_atomic(journal, json.dumps([p.name for p in finals]))
         for final in finals:
             os.replace(_waiting(final), final)
-            renamed.append(final)
-        journal.unlink()
     except BaseException:
-        # Stopped among the renames: the files renamed already go too, so that OUT holds no
-        # mix of two builds (a kill leaves that to the next build, see _undo_publishing).
-        for path in renamed:
-            path.unlink(missing_ok=True)
-        for path in outputs:
-            store.partial_path(path).unlink(missing_ok=True)
-        for path in (means_path, skipped_final):
-            if path is not None:
-                _next(path).unlink(missing_ok=True)
-        (out / PUBLISHING_NAME).unlink(missing_ok=True)
+        # What took its final name is told by the files, not by the list: a Ctrl-C may land
+        # between a rename and its note.
+        renamed = [f for f in finals if not _waiting(f).exists()]
+        if renamed and len(renamed) < len(finals):
+            # Stopped among the renames: the files renamed already go too, so that OUT holds
+            # no mix of two builds (a kill leaves that to the next build).
+            _discard(journal, renamed, [f for f in finals if f not in renamed])
+        elif not renamed:
+            for path in outputs:
+                store.partial_path(path).unlink(missing_ok=True)
+            for path in (means_path, skipped_final):
+                if path is not None:
+                    _next(path).unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
+        else:  # every file is in place: the build is whole and stays
+            with contextlib.suppress(OSError):
+                journal.unlink()
         raise
     finally:
         _drop_ring()
+    # A journal left over (the unlink failed) names no waiting file: the next build drops it.
+    with contextlib.suppress(OSError):
+        journal.unlink()
     return reports
+
+
+def _discard(journal: Path, renamed: list[Path], waiting: list[Path]) -> None:
+    """Remove the files a stopped build renamed, then those still waiting for their names.
+
+    The journal is rewritten first to name the waiting ones for discarding only: stopped in
+    between, the next build then removes no final name that this build never replaced.
+    """
+    for final in renamed:
+        final.unlink(missing_ok=True)
+    write_atomic(journal, json.dumps({"discard": [f.name for f in waiting]}))
+    for final in waiting:
+        _waiting(final).unlink(missing_ok=True)
+    journal.unlink(missing_ok=True)
 
 
 def _waiting(final: Path) -> Path:
@@ -1108,33 +1158,32 @@ def _undo_publishing(out: Path) -> list[str]:
 
     Its journal names them. If none is waiting any more, every rename was done: the build is
     whole and stays. Otherwise the files it renamed already go, with those still waiting, so
-    OUT holds no mix of two builds.
+    OUT holds no mix of two builds. A journal rewritten for discarding (see ``_discard``)
+    has only waiting files removed.
 
     Returns:
         The final names that were there and are gone.
     """
     journal = out / PUBLISHING_NAME
     try:
-        names = json.loads(journal.read_text(encoding="utf-8"))
+        found = json.loads(journal.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return []
     except (OSError, ValueError):
-        names = []
+        found = []
+    discard = isinstance(found, dict)
+    names = found.get("discard", []) if discard else found
     # Plain names of dsprep's outputs only: a journal never points elsewhere.
     finals = [out / name for name in (names if isinstance(names, list) else [])
               if isinstance(name, str) and name == Path(name).name
               and name.endswith((".hdf5", ".csv", ".json")) and not name.startswith(".")]
     waiting = [f for f in finals if _waiting(f).is_file()]
-    removed = []
-    if waiting:
-        for final in finals:
-            if final not in waiting and final.is_file():
-                final.unlink()
-                removed.append(str(final))
-        for final in waiting:
-            _waiting(final).unlink()
-    journal.unlink()
-    return removed
+    if not (discard or waiting):
+        journal.unlink()  # every rename was done
+        return []
+    renamed = [] if discard else [f for f in finals if f not in waiting and f.is_file()]
+    _discard(journal, renamed, waiting)
+    return [str(f) for f in renamed]
 
 
 def _all_left_out(report: FileReport) -> DsprepError:

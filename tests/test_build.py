@@ -671,6 +671,27 @@ def test_a_build_stopped_among_its_renames_leaves_no_mix(tmp_path, monkeypatch):
     assert {name: rows_of(killed / name)[2] for name in expected} == expected
     assert not (killed / build.PUBLISHING_NAME).exists()
 
+    # Stopped just after its last rename: the build is whole and stays.
+    def after_last(a, b):
+        real_replace(a, b)
+        if str(b).endswith("means.json"):
+            raise KeyboardInterrupt
+
+    whole = tmp_path / "whole"
+    monkeypatch.setattr(build.os, "replace", after_last)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_hdf5(src, whole, opts())
+    monkeypatch.setattr(build.os, "replace", real_replace)
+    assert {name: rows_of(whole / name)[2] for name in expected} == expected
+    assert (whole / "means.json").exists() and not (whole / build.PUBLISHING_NAME).exists()
+
+    # Killed while that clean-up discarded the waiting files: the journal now names them for
+    # discarding only, so a final file the stopped build never replaced is kept.
+    (whole / build.PUBLISHING_NAME).write_text(json.dumps({"discard": ["test.hdf5"]}))
+    before = (whole / "test.hdf5").read_bytes()
+    build.build_hdf5(src / "test", whole, opts(), name="extra")
+    assert (whole / "test.hdf5").read_bytes() == before
+
     # Killed after its last rename: the build is whole and stays.
     (clean / build.PUBLISHING_NAME).write_text(json.dumps(
         ["train.hdf5", "val.hdf5", "test.hdf5", "skipped.csv", "means.json", "../x.json"]))
