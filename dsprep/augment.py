@@ -25,7 +25,7 @@ __all__ = [
     "warp_affine",
 ]
 
-# Element types OpenCV's flip takes; anything else goes through numpy.
+# Element types OpenCV's kernels take (flip, warpAffine, and preprocess's crops and means).
 _CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
 
 _BORDERS = {
@@ -235,8 +235,14 @@ def warp_affine(
     batch = _batch(batch)
     if fill not in _BORDERS:
         raise UsageError(f"fill must be one of {', '.join(_BORDERS)}, got {fill!r}")
+    if batch.dtype not in _CV_DTYPES:
+        raise UsageError(
+            f"affine transforms need uint8, int8, uint16, int16, float32 or float64 batches, got "
+            f"{batch.dtype}; convert the batch first (e.g. batch.astype(np.float32))"
+        )
     n, height, width = batch.shape[:3]
-    out = np.empty_like(batch)
+    # C order whatever the input's layout: OpenCV writes only into contiguous destinations.
+    out = np.empty(batch.shape, batch.dtype)
     for i in range(n):
         cv2.warpAffine(
             _mat(batch[i]),
@@ -261,8 +267,8 @@ class RandomAffine:
             uniformly in [-shift, shift], independently for each axis.
         shear: degrees; the shear angle is uniform in [-shear, shear] (``shear_range``).
         zoom: a float z for factors uniform in [1 - z, 1 + z], or a (low, high) pair; the
-            horizontal and vertical factors are drawn independently (``zoom_range``). A factor
-            above 1 enlarges the content (Keras's generator uses the reciprocal).
+            horizontal and vertical factors are drawn independently (``zoom_range``). As in
+            Keras, the content is scaled by 1 / factor: a factor below 1 zooms in.
         fill: how to fill pixels mapped from outside the image: "nearest", "constant",
             "reflect" or "wrap" (``fill_mode``).
         fill_value: the value for ``fill="constant"`` (``cval``).
@@ -281,6 +287,8 @@ class RandomAffine:
         shift_h, shift_w = _pair(shift, "shift")
         self.shift = (_symmetric_range(shift_h, "shift")[1], _symmetric_range(shift_w, "shift")[1])
         self.shear = _symmetric_range(shear, "shear")
+        if self.shear[1] >= 90:
+            raise UsageError(f"shear must be below 90 degrees, got {shear!r}")
         if isinstance(zoom, (int, float, np.number)):
             low, high = 1.0 - float(zoom), 1.0 + float(zoom)
         else:
@@ -316,8 +324,9 @@ class RandomAffine:
         shift_y = rng.uniform(-max_y, max_y, n)
         shift_x = rng.uniform(-max_x, max_x, n)
         shear = rng.uniform(*self.shear, n)
-        zoom_y = rng.uniform(*self.zoom, n)
-        zoom_x = rng.uniform(*self.zoom, n)
+        # Keras's factor maps output pixels to input pixels: the content scales by its reciprocal.
+        zoom_y = 1.0 / rng.uniform(*self.zoom, n)
+        zoom_x = 1.0 / rng.uniform(*self.zoom, n)
         return affine_matrices(shape, rotation, shift_y, shift_x, shear, zoom_y, zoom_x)
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -126,19 +126,45 @@ def test_rotation_keeps_distance_and_stays_in_range():
     assert angle.max() > 20 and angle.min() < -20
 
 
-def test_zoom_scales_offsets_within_the_range():
+def test_zoom_scales_content_by_the_reciprocal_of_the_factor_as_keras_does():
+    # Keras's zoom factor maps output pixels to input pixels: zoom_range=0.25 draws factors in
+    # [0.75, 1.25], and the content is scaled by their reciprocals, [0.8, 1.333].
     size, centre = 81, 40
     batch = dot_batch(200, size, centre - 15, centre + 20)
     out = RandomAffine(zoom=0.25, fill="constant")(batch, np.random.default_rng(4))
     y, x = centroids(out)
-    zoom_y, zoom_x = (y - centre) / -15.0, (x - centre) / 20.0
-    for factor in (zoom_y, zoom_x):
-        assert np.all(factor >= 0.75 - 0.01) and np.all(factor <= 1.25 + 0.01)
+    scale_y, scale_x = (y - centre) / -15.0, (x - centre) / 20.0
+    for scale in (scale_y, scale_x):
+        assert np.all(scale >= 1 / 1.25 - 0.01) and np.all(scale <= 1 / 0.75 + 0.01)
+        assert scale.max() > 1.25 and scale.min() < 0.85  # the whole range is drawn
     # horizontal and vertical factors are drawn independently, as in Keras
-    assert np.abs(zoom_y - zoom_x).max() > 0.1
+    assert np.abs(scale_y - scale_x).max() > 0.1
+    # a (low, high) pair of factors above 1 zooms out
     low_high = RandomAffine(zoom=(1.5, 2.0), fill="constant")(batch, np.random.default_rng(4))
     _, x = centroids(low_high)
-    assert np.all((x - centre) / 20.0 >= 1.49) and np.all((x - centre) / 20.0 <= 2.01)
+    assert np.all((x - centre) / 20.0 >= 0.49) and np.all((x - centre) / 20.0 <= 1 / 1.5 + 0.01)
+
+
+def test_zoom_moves_content_where_keras_does():
+    image = importorskip_keras_affine()
+    size, centre = 41, 20
+    batch = dot_batch(1, size, centre - 8, centre + 10)
+    for factor in (0.8, 1.25):
+        ours = RandomAffine(zoom=(factor, factor), fill="constant")(batch, np.random.default_rng(0))
+        theirs = image.apply_affine_transform(batch[0], zx=factor, zy=factor, row_axis=0,
+                                              col_axis=1, channel_axis=2, fill_mode="constant",
+                                              order=1)
+        np.testing.assert_allclose(np.ravel(centroids(ours)),
+                                   np.ravel(centroids(theirs[None])), atol=0.05)
+
+
+def importorskip_keras_affine():
+    """The module of Keras's ImageDataGenerator, the reference for zoom_range's meaning."""
+    pytest.importorskip("scipy", reason="Keras's apply_affine_transform is written with SciPy")
+    return pytest.importorskip(
+        "keras.src.legacy.preprocessing.image",
+        reason="Keras (the training extra) keeps ImageDataGenerator's transforms there",
+    )
 
 
 def test_shear_moves_points_along_x_by_tangent():
@@ -176,6 +202,26 @@ def test_affine_rejects_bad_arguments():
         RandomAffine(rotation=-5)
     with pytest.raises(UsageError, match="before any ten-crop"):
         RandomAffine(rotation=5).output_shape((10, 8, 8, 3))
+    with pytest.raises(UsageError, match="shear must be below 90"):
+        RandomAffine(shear=90)
+    with pytest.raises(UsageError, match="int64.*astype"):
+        RandomAffine(rotation=5)(np.zeros((2, 8, 8, 3), np.int64), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("layout", ["transposed", "fortran", "strided"])
+def test_affine_takes_batches_in_any_memory_layout(layout):
+    batch = batch_of(n=3, h=16, w=20)
+    if layout == "transposed":  # channels-first data viewed as NHWC
+        view = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    elif layout == "fortran":
+        view = np.asfortranarray(batch)
+    else:
+        wide = np.zeros((3, 16, 40, 3), np.uint8)
+        wide[:, :, ::2] = batch
+        view = wide[:, :, ::2]
+    op = RandomAffine(rotation=30, zoom=0.2)
+    np.testing.assert_array_equal(op(view, np.random.default_rng(5)),
+                                  op(batch, np.random.default_rng(5)))
 
 
 # ---------------------------------------------------------------------------------- brightness

@@ -374,6 +374,23 @@ def test_percentile_normalize_clips_and_scales_per_image():
         PercentileNormalize(low=90, high=10)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.int64])
+def test_normalizations_keep_the_detail_of_wide_data_types(dtype):
+    # Values near 1e8 differ by less than float32's spacing there (8): converting first would
+    # flatten the detail the normalisation is meant to show.
+    rng = np.random.default_rng(3)
+    batch = (1e8 + rng.integers(0, 51, (2, 6, 7, 3))).astype(dtype)
+    minmax = MinMaxNormalize()(batch)
+    percentile = PercentileNormalize(low=5, high=95)(batch)
+    assert minmax.dtype == percentile.dtype == np.float32
+    for i in range(2):
+        image = batch[i].astype(np.float64)
+        np.testing.assert_allclose(minmax[i], (image - image.min()) / np.ptp(image), atol=1e-6)
+        lo, hi = np.percentile(image, 5), np.percentile(image, 95)
+        np.testing.assert_allclose(percentile[i], (np.clip(image, lo, hi) - lo) / (hi - lo),
+                                   atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------- compose
 
 

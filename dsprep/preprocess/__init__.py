@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..augment import RandomFlip, flip_horizontal, flip_vertical, require_rng
+from ..augment import _CV_DTYPES, RandomFlip, flip_horizontal, flip_vertical, require_rng
 from ..errors import DatasetFormatError, DsprepError, LayoutError, UsageError
 
 __all__ = [
@@ -69,10 +69,6 @@ __all__ = [
 POOL_BYTES_ENV = "DSPREP_BUFFER_POOL_BYTES"
 # The environment variable that lets large batches use a second thread (see the docstring).
 KERNEL_THREADS_ENV = "DSPREP_KERNEL_THREADS"
-
-# Element types OpenCV's kernels take; anything else goes through numpy.
-_CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
-
 
 # --------------------------------------------------------------------------------------------
 # internals
@@ -740,13 +736,13 @@ def rescale(batch: np.ndarray, scale: float, offset: float = 0.0) -> np.ndarray:
 def minmax_normalize(batch: np.ndarray) -> np.ndarray:
     """Scale each image (H, W, C) to [0, 1] by its own minimum and maximum; flat images give 0."""
     batch = _check_batch(batch)
-    data = batch.astype(np.float32)
+    data = batch.astype(_work_dtype(batch.dtype))
     axes = (-3, -2, -1)
     low = data.min(axis=axes, keepdims=True)
     span = data.max(axis=axes, keepdims=True) - low
     data -= low
     data /= np.where(span > 0, span, 1.0)
-    return data
+    return data.astype(np.float32, copy=False)
 
 
 def percentile_normalize(batch: np.ndarray, low: float = 5, high: float = 95) -> np.ndarray:
@@ -757,13 +753,20 @@ def percentile_normalize(batch: np.ndarray, low: float = 5, high: float = 95) ->
     batch = _check_batch(batch)
     _check_percentiles(low, high)
     shape = batch.shape
-    flat = batch.reshape(-1, shape[-3] * shape[-2] * shape[-1]).astype(np.float32)
-    lo, hi = np.percentile(flat, [low, high], axis=1, keepdims=True).astype(np.float32)
+    work = _work_dtype(batch.dtype)
+    flat = batch.reshape(-1, shape[-3] * shape[-2] * shape[-1]).astype(work)
+    lo, hi = np.percentile(flat, [low, high], axis=1, keepdims=True).astype(work)
     span = hi - lo
     np.clip(flat, lo, hi, out=flat)
     flat -= lo
     flat /= np.where(span > 0, span, 1.0)
-    return flat.reshape(shape)
+    return flat.reshape(shape).astype(np.float32, copy=False)
+
+
+def _work_dtype(dtype: np.dtype) -> type:
+    """float32 where it holds every value exactly (8- and 16-bit data, float32), else float64:
+    a float64 image of values near 1e8 loses its detail in float32 before the minimum is taken."""
+    return np.float32 if dtype.itemsize <= 2 or dtype == np.float32 else np.float64
 
 
 def _check_percentiles(low: float, high: float) -> None:
