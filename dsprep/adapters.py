@@ -314,11 +314,18 @@ def _signature(gen: Any):
         x_spec = tf.TensorSpec((None, *x0.shape[1:]), tf.as_dtype(x0.dtype))
         y_spec = tf.TensorSpec((None, *y0.shape[1:]), tf.as_dtype(y0.dtype))
         return x_spec, y_spec
-    x_spec = tf.TensorSpec((None, *sample_shape), tf.as_dtype(np.dtype(x_dtype)))
+    # Every batch full (drop_last, or rows a multiple of the batch size): a static batch size
+    # spares compiled models a second trace for a short last batch.
+    batch_size = getattr(gen, "batch_size", None)
+    rows = getattr(gen, "num_samples", None)
+    full = batch_size is not None and rows is not None and (
+        getattr(gen, "drop_last", False) or rows % batch_size == 0)
+    batch = int(batch_size) if full else None
+    x_spec = tf.TensorSpec((batch, *sample_shape), tf.as_dtype(np.dtype(x_dtype)))
     if getattr(gen, "one_hot", False):
-        y_spec = tf.TensorSpec((None, gen.num_classes), tf.float32)
+        y_spec = tf.TensorSpec((batch, gen.num_classes), tf.float32)
     else:
-        y_spec = tf.TensorSpec((None,), tf.int32)
+        y_spec = tf.TensorSpec((batch,), tf.int32)
     return x_spec, y_spec
 
 

@@ -10,7 +10,7 @@ import math
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from .preprocess import Compose, Loader
 
 SHUFFLE_MODES = ("none", "batches", "full")
 OUTPUTS = ("float32", "uint8")
+CHECKS = ("decode", "header")  # how DirectoryGenerator checks its files when it is built
 
 # Distinct first words in the seed sequence's spawn key keep the streams apart.
 _ORDER_KEY, _BATCH_KEY, _PROBE_KEY = 0, 1, 2
@@ -56,6 +57,18 @@ def _probe_batch(shape: tuple[int, ...]) -> np.ndarray:
     return (np.arange(size, dtype=np.int64) * 37 % 251).astype(np.uint8).reshape((1, *shape))
 
 
+def _op_tuple(ops, name: str) -> tuple:
+    """One operation, a sequence of them (applied in order), or None, as a tuple."""
+    if ops is None:
+        return ()
+    if callable(ops):
+        return (ops,)
+    if isinstance(ops, (str, bytes)) or not isinstance(ops, Iterable):
+        raise UsageError(f"{name} must be an operation called as op(batch, rng), or a list of "
+                         f"them; received {ops!r}")
+    return tuple(ops)
+
+
 class _BatchSequence(ABC):
     """What both generators share: batching, epochs, randomness, the preprocessing pipeline."""
 
@@ -64,7 +77,7 @@ class _BatchSequence(ABC):
         *,
         batch_size: int,
         preprocessors: Sequence[Callable] | Callable,
-        augment: Callable | None,
+        augment: Callable | Sequence[Callable] | None,
         one_hot: bool,
         seed: int | None,
         drop_last: bool,
@@ -75,10 +88,9 @@ class _BatchSequence(ABC):
             raise UsageError(f"batch_size must be a positive integer; received {batch_size!r}")
         if output not in OUTPUTS:
             raise UsageError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
-        if callable(preprocessors):
-            preprocessors = (preprocessors,)
-        ops = tuple(preprocessors)
-        for op in ops + ((augment,) if augment is not None else ()):
+        ops = _op_tuple(preprocessors, "preprocessors")
+        augments = _op_tuple(augment, "augment")
+        for op in ops + augments:
             if isinstance(op, type):
                 raise UsageError(f"preprocessor {op.__name__} is a class; pass an instance, "
                                  f"such as {op.__name__}(...)")
@@ -89,6 +101,7 @@ class _BatchSequence(ABC):
         self.batch_size = int(batch_size)
         self.preprocessors = ops
         self.augment = augment
+        self._augments = augments
         self.one_hot = bool(one_hot)
         self.drop_last = bool(drop_last)
         self.output = output
@@ -160,14 +173,17 @@ class _BatchSequence(ABC):
 
     def _check_index(self, index: int) -> int:
         n = len(self)
-        if isinstance(index, (int, np.integer)) and -n <= index < n:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"a batch index is an integer, got {index!r}; ask for one batch at "
+                            "a time, gen[i]")
+        if -n <= index < n:
             return int(index) % n
         raise IndexError(f"batch index {index!r} is out of range for {n} batches")
 
     # -- the pipeline ----------------------------------------------------------------------
 
     def _ops(self) -> tuple[Callable, ...]:
-        return ((self.augment,) if self.augment is not None else ()) + self.preprocessors
+        return self._augments + self.preprocessors
 
     def _check_pipeline(self) -> None:
         """Run the shapes and one small batch through the pipeline so a misfit fails now."""
@@ -280,8 +296,9 @@ class HDF5Generator(_BatchSequence):
     Args:
         path: a dsprep HDF5 file.
         batch_size: rows per batch.
-        preprocessors: batch operations applied in order (or one callable).
-        augment: a random batch operation applied first, to the uint8 pixels.
+        preprocessors: batch operations applied in order (or one callable, or None).
+        augment: a random batch operation applied first, to the uint8 pixels (or a list of
+            them, applied in order).
         shuffle: "none", "batches" or "full" (see above).
         one_hot: one-hot float32 labels instead of int32 ids.
         seed: the seed for orders and random draws; None draws one now.
@@ -300,7 +317,7 @@ class HDF5Generator(_BatchSequence):
         path: str | os.PathLike,
         batch_size: int = 128,
         preprocessors: Sequence[Callable] | Callable = (),
-        augment: Callable | None = None,
+        augment: Callable | Sequence[Callable] | None = None,
         shuffle: str = "batches",
         one_hot: bool = False,
         seed: int | None = None,
@@ -526,10 +543,13 @@ class DirectoryGenerator(_BatchSequence):
     """Batches ``(x, y)`` decoded from ``root/<class>/<image>`` files with a thread pool.
 
     Uses the same decode and resize as build-hdf5 (``dsprep.images.load``). Every file is
-    checked once at construction: unreadable ones are left out and listed in ``skipped`` as
-    ``(path, reason)``. A file that still fails to decode later is replaced, in that batch, by
-    the next good image of its class (the same one in every process) and listed once in
-    ``replaced`` as ``(path, reason)``, however often it is met. Batches, randomness,
+    checked once at construction, by decoding it (``check="decode"``, one pass over the data
+    in the decoding threads) or from its header alone (``check="header"``, much faster, for
+    files already checked, e.g. by ``dsprep split --verify full``): files that fail are left
+    out and listed in ``skipped`` as ``(path, reason)``. A file that still fails to decode
+    later (changed since, or passed the header check only) is replaced, in that batch and from
+    then on in this process, by the next good image of its class (the same one in every
+    process), and listed once in ``replaced`` as ``(path, reason)``. Batches, randomness,
     ``augment``, ``preprocessors``, ``one_hot`` and ``output`` behave as in
     :class:`HDF5Generator`; ``shuffle=True`` shuffles every image each epoch (free here, as each
     image is decoded on its own).
@@ -539,8 +559,9 @@ class DirectoryGenerator(_BatchSequence):
         image_size: (height, width) the images are resized to.
         resize: "crop", "stretch" or "pad" (see ``dsprep.images.resize``).
         batch_size: images per batch.
-        preprocessors: batch operations applied in order (or one callable).
-        augment: a random batch operation applied first, to the uint8 pixels.
+        preprocessors: batch operations applied in order (or one callable, or None).
+        augment: a random batch operation applied first, to the uint8 pixels (or a list of
+            them, applied in order).
         shuffle: shuffle the images each epoch: True or "full", False or "none".
         one_hot: one-hot float32 labels instead of int32 ids.
         seed: the seed for orders and random draws; None draws one now.
@@ -551,6 +572,7 @@ class DirectoryGenerator(_BatchSequence):
         drop_last: leave out the final short batch.
         output: "float32" or "uint8".
         progress: show a progress bar while checking the files.
+        check: "decode" (the default) or "header": how the files are checked at construction.
     """
 
     def __init__(
@@ -560,7 +582,7 @@ class DirectoryGenerator(_BatchSequence):
         resize: str = "crop",
         batch_size: int = 32,
         preprocessors: Sequence[Callable] | Callable = (),
-        augment: Callable | None = None,
+        augment: Callable | Sequence[Callable] | None = None,
         shuffle: bool | str = True,
         one_hot: bool = False,
         seed: int | None = None,
@@ -571,9 +593,12 @@ class DirectoryGenerator(_BatchSequence):
         drop_last: bool = False,
         output: str = "float32",
         progress: bool = False,
+        check: str = "decode",
     ) -> None:
         super().__init__(batch_size=batch_size, preprocessors=preprocessors, augment=augment,
                          one_hot=one_hot, seed=seed, drop_last=drop_last, output=output)
+        if check not in CHECKS:
+            raise UsageError(f"check {check!r} is not one of {', '.join(CHECKS)}")
         if resize not in images.RESIZE_MODES:
             raise UsageError(
                 f"resize mode {resize!r} is not one of {', '.join(images.RESIZE_MODES)}"
@@ -581,8 +606,9 @@ class DirectoryGenerator(_BatchSequence):
         if interpolation is not None and interpolation not in images.INTERPOLATIONS:
             raise UsageError(f"interpolation {interpolation!r} is not one of "
                              f"{', '.join(images.INTERPOLATIONS)}")
-        if workers is not None and workers < 0:
-            raise UsageError(f"workers must be 0 or more; received {workers}")
+        if workers is not None and (isinstance(workers, bool)
+                                    or not isinstance(workers, (int, np.integer)) or workers < 0):
+            raise UsageError(f"workers must be a whole number, 0 or more; received {workers!r}")
         self.root = Path(root)
         self.image_size = images.parse_size(image_size)
         if min(self.image_size) < 1:
@@ -604,6 +630,9 @@ class DirectoryGenerator(_BatchSequence):
                              f"them, such as {first}")
         unreadable: list[sources.Skipped] = []
         found, items = sources.scan_class_folders(self.root, unreadable)
+        if isinstance(classes, (str, bytes)):
+            raise UsageError(f"classes is a list of class names, got the string {classes!r}; "
+                             f"pass [{classes!r}] for one class")
         names = list(found) if classes is None else [str(c) for c in classes]
         if len(set(names)) != len(names):
             raise UsageError(f"classes has duplicate names: {names}")
@@ -616,7 +645,8 @@ class DirectoryGenerator(_BatchSequence):
         self.label_names = names
         self._reset_process_state()
         ids = {name: i for i, name in enumerate(names)}
-        ok = self._map(self._check_file, [p for p, _ in items], progress=progress,
+        checker = self._check_decode if check == "decode" else self._check_file
+        ok = self._map(checker, [p for p, _ in items], progress=progress,
                        desc=f"checking {self.root.name}")
         self.skipped: list[tuple[Path, str]] = [
             (self.root / p.source, f"{p.reason}: {p.detail}") for p in unreadable
@@ -708,6 +738,14 @@ class DirectoryGenerator(_BatchSequence):
             return f"{type(exc).__name__}: {exc}"
         return None
 
+    def _check_decode(self, path: Path) -> str | None:
+        """None for an image that decodes to the generator's size, else why it is left out."""
+        try:
+            self._decode(path)
+        except (DsprepError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def _decode(self, path: Path) -> np.ndarray:
         return images.load(images.read_bytes(path), self.image_size, self.resize,
                            self.interpolation)
@@ -719,6 +757,8 @@ class DirectoryGenerator(_BatchSequence):
         for step in range(len(members)):
             candidate = members[(start + step) % len(members)]
             path = self.files[candidate]
+            if path in self._replaced_paths:
+                continue  # failed before in this process: decoding it again would fail again
             try:
                 return self._decode(path)
             except (DsprepError, OSError) as exc:

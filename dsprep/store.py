@@ -750,6 +750,11 @@ def check_schema(db: h5py.File, path: str | os.PathLike = "") -> None:
             f"{name}: 'labels' has shape {labels.shape} but there are {images.shape[0]} images; "
             "rebuild it with 'dsprep build-hdf5'"
         )
+    if labels.dtype.kind not in "iu":
+        raise DatasetFormatError(
+            f"{name}: 'labels' holds {labels.dtype} values, expected integer class ids; "
+            "rebuild it with 'dsprep build-hdf5'"
+        )
 
 
 def label_names(db: h5py.File) -> list[str]:

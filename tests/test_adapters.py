@@ -504,6 +504,12 @@ def test_as_tf_dataset_signature_epochs_and_fit(h5file):
     x_spec, y_spec = ds.element_spec
     assert x_spec.shape.as_list() == [None, 8, 8, 3] and x_spec.dtype == tf.float32
     assert y_spec.shape.as_list() == [None, 3] and y_spec.dtype == tf.float32
+    # every batch full: the batch size is part of the signature
+    for kwargs in ({"drop_last": True}, {"batch_size": 15}):
+        full = HDF5Generator(path, **{"batch_size": 16, "seed": 4, **kwargs})
+        x_full, y_full = as_tf_dataset(full).element_spec
+        assert x_full.shape[0] == y_full.shape[0] == full.batch_size
+        assert all(x.shape[0] == full.batch_size for x, _ in as_tf_dataset(full))
     epochs = []
     for _ in range(2):
         rows, ys = [], []

@@ -196,6 +196,7 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         ({"seed": 1.7}, "seed"),
         ({"preprocessors": [Patch]}, "is a class; pass an instance"),
         ({"seed": "3"}, "seed"),
+        ({"augment": "flip"}, "augment must be an operation"),
     ],
 )
 def test_bad_arguments_are_usage_errors(h5file, kwargs, match):
@@ -328,6 +329,24 @@ def test_augment_runs_on_raw_pixels_before_preprocessors(h5file):
     x, _ = gen[0]
     np.testing.assert_array_equal(x, imgs[:8].astype(np.float32) * 2 + 1)
     assert gen.sample_shape == (6, 7, 3)
+
+
+def test_augment_takes_a_list_applied_in_order_and_preprocessors_none(h5file):
+    path, imgs, _ = h5file
+    gen = HDF5Generator(path, batch_size=8, shuffle="none", augment=[Scale(2), AddOne()],
+                        preprocessors=None, seed=0)
+    np.testing.assert_array_equal(gen[0][0], imgs[:8].astype(np.float32) * 2 + 1)
+    assert gen.preprocessors == ()
+
+
+def test_a_batch_index_is_one_integer(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=8, seed=0)
+    for index in (True, slice(0, 2), 1.0, "1"):
+        with pytest.raises(TypeError, match="a batch index is an integer"):
+            gen[index]
+    with pytest.raises(IndexError, match="out of range"):
+        gen[len(gen)]
+    np.testing.assert_array_equal(gen[np.int64(-1)][1], gen[len(gen) - 1][1])
 
 
 def test_plain_functions_work_as_preprocessors(h5file):
@@ -550,6 +569,45 @@ def test_directory_file_failing_every_epoch_is_listed_once(class_dump):
     assert [p for p, _ in copy.replaced] == [victim]
 
 
+def damage_png_pixels(path):
+    """Invert bytes inside the IDAT chunk: the header and the IEND marker stay intact."""
+    data = bytearray(path.read_bytes())
+    start = data.find(b"IDAT") + 10
+    data[start:start + 190] = bytes(b ^ 0xFF for b in data[start:start + 190])
+    path.write_bytes(bytes(data))
+
+
+def test_directory_file_that_passes_its_header_check_but_does_not_decode(tmp_path, monkeypatch):
+    root = tmp_path / "pngs"
+    for name in ("a", "b"):
+        for i in range(3):
+            write_image(root / name / f"{i}.png", smooth_image(40, 50, seed=10 * ord(name) + i))
+    victim = root / "b" / "0.png"
+    damage_png_pixels(victim)
+    assert images.probe(victim.read_bytes())  # the header check alone keeps it
+
+    gen = DirectoryGenerator(root, image_size=(32, 32), batch_size=6, shuffle=False,
+                             output="uint8", seed=0)
+    assert [p for p, _ in gen.skipped] == [victim]
+    assert "Corrupt" in gen.skipped[0][1]
+    assert victim not in gen.files and len(gen) == 1 and gen[0][0].shape[0] == 5
+
+    # Checked by header only, it fails when first met, and is not decoded again after that.
+    decoded = []
+    real_decode = DirectoryGenerator._decode
+    monkeypatch.setattr(DirectoryGenerator, "_decode",
+                        lambda self, path: decoded.append(path) or real_decode(self, path))
+    quick = DirectoryGenerator(root, image_size=(32, 32), batch_size=6, shuffle=False,
+                               output="uint8", seed=0, check="header", workers=0)
+    assert victim in quick.files and not decoded
+    for _ in range(3):
+        x, _ = quick[0]
+        k = quick.files.index(victim)
+        np.testing.assert_array_equal(x[k], reference_load(root / "b" / "1.png", (32, 32)))
+    assert decoded.count(victim) == 1
+    assert [p for p, _ in quick.replaced] == [victim]
+
+
 def test_directory_errors(tmp_path, class_dump):
     with pytest.raises(LayoutError):
         DirectoryGenerator(tmp_path / "missing")
@@ -564,6 +622,12 @@ def test_directory_errors(tmp_path, class_dump):
         DirectoryGenerator(class_dump, image_size=(8, 8), preprocessors=[Patch(9, 9)])
     with pytest.raises(UsageError, match="shuffle 'batches'"):
         DirectoryGenerator(class_dump, image_size=(8, 8), shuffle="batches")
+    with pytest.raises(UsageError, match="check 'pixels'"):
+        DirectoryGenerator(class_dump, image_size=(8, 8), check="pixels")
+    with pytest.raises(UsageError, match=r"the string 'cat'; pass \['cat'\]"):
+        DirectoryGenerator(class_dump, image_size=(8, 8), classes="cat")
+    with pytest.raises(UsageError, match="workers must be a whole number"):
+        DirectoryGenerator(class_dump, image_size=(8, 8), workers=1.5)
     (tmp_path / "split" / "train").mkdir(parents=True)
     (tmp_path / "split" / "split.json").write_text("{}")
     with pytest.raises(UsageError, match="is split into"):  # its "classes": train, val, test

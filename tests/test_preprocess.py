@@ -225,8 +225,8 @@ def test_patch_larger_than_images_is_a_clear_error():
     with pytest.raises(UsageError) as info:
         RandomPatch(227, 227).output_shape((200, 200, 3))
     assert str(info.value) == (
-        "patch 227x227 is larger than the 200x200 images; use a smaller patch or build the "
-        "HDF5 with --size >= 227"
+        "patch 227x227 is larger than the 200x200 images; use a smaller patch or images of "
+        "at least 227x227 (build-hdf5 --size, or a DirectoryGenerator's image_size)"
     )
     with pytest.raises(UsageError, match="larger than"):
         CenterCrop(10, 30).output_shape((20, 20, 3))

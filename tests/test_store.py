@@ -104,6 +104,16 @@ def test_check_schema_rejects_a_group_named_images(tmp_path):
         store.open_dataset(path)
 
 
+@pytest.mark.parametrize("labels", [np.array([0, 1.7, 1]), np.array([b"cat", b"dog", b"cat"])])
+def test_check_schema_rejects_labels_that_are_not_class_ids(tmp_path, labels):
+    path = tmp_path / "labels.hdf5"
+    with h5py.File(path, "w") as f:
+        f["images"] = np.zeros((3, 4, 4, 3), np.uint8)
+        f["labels"] = labels
+    with pytest.raises(DatasetFormatError, match="expected integer class ids"):
+        store.open_dataset(path)
+
+
 def test_describe_reports_layout_classes_and_attributes(tmp_path, rng):
     images = rng.integers(0, 256, (9, 8, 6, 3), dtype=np.uint8)
     labels = np.array([0, 0, 2, 2, 2, 1, 0, 2, 2])

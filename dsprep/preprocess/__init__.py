@@ -107,7 +107,8 @@ def _check_fits(shape: Sequence[int], size: tuple[int, int], what: str) -> tuple
     if h > height or w > width:
         raise UsageError(
             f"{what} {h}x{w} is larger than the {height}x{width} images; use a smaller {what} "
-            f"or build the HDF5 with --size >= {max(h, w)}"
+            f"or images of at least {h}x{w} (build-hdf5 --size, or a DirectoryGenerator's "
+            "image_size)"
         )
     return height, width, channels
 

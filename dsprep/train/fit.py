@@ -260,7 +260,7 @@ def _compose(ops: list):
 
 
 def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None = None,
-              validation: bool = True) -> DataBundle:
+              validation: bool = True, progress: bool = False) -> DataBundle:
     """Open DATA (a build-hdf5 folder or a split folder) as training and validation sequences.
 
     Args:
@@ -268,6 +268,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         config: batch size, crop, augmentation, seed, subset and image size come from here.
         work: folder for the subset written by ``limit_per_class`` (the run folder).
         validation: open the validation split when there is one.
+        progress: show a bar while image folders are checked (each file decoded once).
     """
     data = Path(data)
     train_pre, val_pre, augment = _ops(config)
@@ -313,12 +314,13 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
                                    preprocessors=train_pre, augment=augment, shuffle=True,
                                    seed=config.seed, classes=classes, output="uint8",
-                                   drop_last=_drop_last(files, config.batch_size))
+                                   drop_last=_drop_last(files, config.batch_size),
+                                   progress=progress)
         val = None
         if validation and (data / "val").is_dir():
             val = DirectoryGenerator(data / "val", image_size=size, batch_size=config.batch_size,
                                      preprocessors=val_pre, shuffle=False, classes=classes,
-                                     output="uint8")
+                                     output="uint8", progress=progress)
         if (data / "means.json").is_file():
             mean, scale = _read_mean(data / "means.json"), 1.0
         else:
@@ -461,7 +463,7 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     try:
         keras.utils.set_random_seed(config.seed)
         device = configure_device(config.precision, config.jit, config.gpus)
-        bundle = open_data(data, config, work=run)
+        bundle = open_data(data, config, work=run, progress=progress)
         classes = len(bundle.label_names)
         with device.scope():
             model = build_model(config.model, bundle.input_shape, classes,
@@ -543,7 +545,7 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed(config.seed + done)
     device = configure_device(config.precision, config.jit, config.gpus)
-    bundle = open_data(data or saved["data"], config, work=run)
+    bundle = open_data(data or saved["data"], config, work=run, progress=progress)
     bundle.train.set_epoch(done)
     with device.scope():
         model = load_model(run / cb.LAST)
