@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -354,6 +357,8 @@ def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
     else:
         flags = _COLOR_RGB | (_REDUCED_FLAG[factor] if factor > 1 else 0)
         raw = cv2.imdecode(buffer, flags)
+        if raw is not None and header.format == "JPEG" and _grey_last_row(raw):
+            _check_jpeg_warnings(buffer, flags)
     if raw is None:
         raise CorruptImageError(f"{header.format} data could not be decoded (corrupt or truncated)")
     if header.unchanged:
@@ -363,6 +368,55 @@ def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
     if header.orient_here and header.orientation != 1:
         image = _orient(image, header.orientation)
     return image
+
+
+def _grey_last_row(raw: np.ndarray) -> bool:
+    """Whether the bottom row is all mid-grey (128), as libjpeg leaves the part of an image
+    after its data ran out: the sign of a JPEG damaged inside its compressed data."""
+    return raw.dtype == np.uint8 and bool((raw[-1] == 128).all())
+
+
+# One decode at a time may borrow the process's stderr (file descriptor 2).
+_STDERR_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    # A child forked while another thread held the lock would otherwise never get it.
+    os.register_at_fork(after_in_child=lambda: globals().update(_STDERR_LOCK=threading.Lock()))
+_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
+
+
+def _check_jpeg_warnings(buffer: np.ndarray, flags: int) -> None:
+    """Decode again with libjpeg's warnings captured; raise CorruptImageError if it warned.
+
+    libjpeg reports damaged data only as a warning printed on stderr, and OpenCV returns the
+    image with the missing part filled. Only images whose last row is mid-grey come here (a
+    legitimate grey border decodes without a warning), so borrowing the descriptor is rare.
+    Whatever else reached stderr meanwhile (another thread's output) is passed on.
+    """
+    with _STDERR_LOCK:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with tempfile.TemporaryFile() as captured:
+                os.dup2(captured.fileno(), 2)
+                try:
+                    cv2.imdecode(buffer, flags)
+                finally:
+                    os.dup2(saved, 2)
+                captured.seek(0)
+                text = captured.read().decode("utf-8", "replace")
+        finally:
+            os.close(saved)
+    lines = text.splitlines(keepends=True)
+    damage = [line.strip() for line in lines if line.startswith(_JPEG_DAMAGE)]
+    other = "".join(line for line in lines if not line.startswith(_JPEG_DAMAGE))
+    if other:
+        os.write(2, other.encode())
+    if damage:
+        raise CorruptImageError(
+            f"JPEG data is damaged ({damage[0].rstrip('.')}); the decoder filled the rest "
+            "with grey"
+        )
 
 
 def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:

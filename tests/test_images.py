@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -437,6 +438,40 @@ def test_truncated_jpeg_is_refused(cut):
     padded = data[:end] + bytes(len(data) - end)
     with pytest.raises(CorruptImageError, match="truncated JPEG"):
         images.decode(padded)
+
+
+def damaged_in_its_data(data: bytes) -> bytes:
+    """A JPEG whose compressed data has a run of marker bytes in the middle (end marker kept):
+    libjpeg stops there, warns on stderr and fills the rest of the image with grey."""
+    damaged = bytearray(data)
+    middle = (damaged.find(b"\xff\xda") + len(damaged)) // 2
+    damaged[middle:middle + 64] = b"\xff" * 64
+    return bytes(damaged)
+
+
+def test_a_jpeg_damaged_inside_its_data_is_refused(capfd):
+    data = encode(Image.fromarray(smooth_image(96, 128)), "JPEG")
+    damaged = damaged_in_its_data(data)
+    # What a plain decoder does with it: an image, half of it grey, and only a warning.
+    plain = cv2.imdecode(np.frombuffer(damaged, np.uint8), cv2.IMREAD_COLOR_RGB)
+    assert plain is not None and (plain[-1] == 128).all()
+    assert "Corrupt JPEG data" in capfd.readouterr().err
+    with pytest.raises(CorruptImageError, match="JPEG data is damaged .*filled the rest with grey"):
+        images.decode(damaged)
+    # reduced decoding (a large source for a small target) finds it too
+    with pytest.raises(CorruptImageError, match="JPEG data is damaged"):
+        images.load(damaged, (24, 32))
+    np.testing.assert_array_equal(images.decode(data), images.decode(data))
+
+
+def test_a_jpeg_with_a_real_grey_bottom_is_kept_and_stderr_still_works(capfd):
+    image = smooth_image(64, 80)
+    image[40:] = 128  # a mid-grey band, as some letterboxed images have
+    data = encode(Image.fromarray(image), "JPEG")
+    decoded = images.decode(data)
+    assert (decoded[-1] == 128).all() and decoded.shape == (64, 80, 3)
+    os.write(2, b"after the check\n")
+    assert capfd.readouterr().err == "after the check\n"
 
 
 def test_bytes_after_the_jpeg_end_marker_are_fine():
