@@ -19,7 +19,7 @@ from dsprep.store import write_arrays  # noqa: E402
 QUICK = ["--model", "smallnet", "--width", "4", "--batch-size", "8", "--seed", "1"]
 
 
-def write_data(root, size=48, counts=(16, 8, 8)):
+def write_data(root, size=48, counts=(16, 8, 8), names=("cat", "dog")):
     """Two classes told apart by a bright red (cat) or green (dog) channel."""
     root.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -32,7 +32,7 @@ def write_data(root, size=48, counts=(16, 8, 8)):
             images.append(img.astype(np.uint8))
             n += 1
         images = np.stack(images)
-        write_arrays(root / f"{split}.hdf5", images, labels, ["cat", "dog"], split=split)
+        write_arrays(root / f"{split}.hdf5", images, labels, list(names), split=split)
         if split == "train":
             mean = images.reshape(-1, 3).mean(axis=0).tolist()
             (root / "means.json").write_text(json.dumps(dict(zip("RGB", mean, strict=True))))
@@ -67,11 +67,26 @@ def test_train_resume_and_evaluate(data, tmp_path):
     again = invoke("train", data, run, *QUICK)
     assert again.exit_code == 1
     assert "already holds a run" in again.output and "--resume" in again.output
+    # --force with an option the data refuses leaves the run it was to replace whole.
+    kept = {name: (run / name).read_bytes() for name in ("config.json", "history.csv",
+                                                         "best.keras", "last.keras")}
+    refused = invoke("train", data, run, *QUICK, "--force", "--crop", "100")
+    assert refused.exit_code == 2 and "--crop 100 is larger" in refused.output
+    assert {name: (run / name).read_bytes() for name in kept} == kept
 
     resumed = invoke("train", "--resume", run, "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     assert "resumed" in resumed.output
     assert [int(r["epoch"]) for r in history(run)] == [0, 1, 2]
+    # The data given to a resume must be what the run was trained on.
+    for other, what in ((write_data(tmp_path / "fox", names=("cat", "fox")), "classes"),
+                        (write_data(tmp_path / "big", size=56), "model input")):
+        wrong = invoke("train", "--resume", run, "--epochs", "4", other)
+        assert wrong.exit_code == 2 and f"does not match the run: its {what}" in wrong.output
+        assert "Traceback" not in wrong.output
+    quiet = invoke("train", "--resume", run, "--epochs", "4", "-q")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output == "" and [int(r["epoch"]) for r in history(run)] == [0, 1, 2, 3]
 
     as_json = invoke("evaluate", run, data / "test.hdf5", "--json")
     assert as_json.exit_code == 0, as_json.output
@@ -177,6 +192,18 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_smallnet_learns_from_hdf5_at_its_defaults(data, tmp_path):
+    # smallnet has no normalisation layer: fed raw mean-subtracted pixels (+-128) it diverged at
+    # the default learning rate (losses 11, 334, 4e13); its inputs are scaled to about -1..1.
+    run = tmp_path / "run"
+    result = invoke("train", data, run, "--model", "smallnet", "--batch-size", "8", "--seed", "1",
+                    "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    losses = [float(r["loss"]) for r in history(run)]
+    assert all(np.isfinite(losses)) and max(losses) < 1.5, losses
+    assert json.loads((run / "config.json").read_text())["scale"] == pytest.approx(1 / 127.5)
+
+
 def test_train_on_a_split_folder(tmp_path):
     split = tmp_path / "split"
     make_class_folders(split / "train", classes=("cat", "dog"), per_class=8, size=(48, 48))
@@ -188,6 +215,7 @@ def test_train_on_a_split_folder(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["data_kind"] == "folders" and config["classes"] == ["cat", "dog"]
+    assert config["scale"] == pytest.approx(1 / 127.5)  # the same inputs as from HDF5
     assert config["input_shape"] == [48, 48, 3]
     assert len(history(run)) == 1
 
@@ -207,6 +235,8 @@ def test_train_on_a_split_folder(tmp_path):
         (["train", "--resume", "{tmp}", "--force"], 2, "--force would be ignored"),
         (["train", "{data}", "{tmp}/r", "--rotation", "20", "--zoom", "0.2"], 2,
          "--rotation, --zoom only apply with --augment affine"),
+        (["train", "{data}", "{tmp}/r", "--zoom", "0.2"], 2,
+         "--zoom only applies with --augment affine"),
         (["evaluate", "{tmp}", "{data}/test.hdf5"], 1, "not a run folder"),
         (["train", "{data}", "{tmp}/r", "--crop", "100"], 2,
          "--crop 100 is larger than the 48x48 images of"),

@@ -128,7 +128,8 @@ def _flag(name: str) -> str:
 def _config(opts: dict) -> TrainConfig:
     affine = [n for n in _given() if n in _AFFINE]
     if affine and opts.get("augment") != "affine":
-        raise UsageError(f"{', '.join(map(_flag, affine))} only apply with --augment affine; "
+        verb = "applies" if len(affine) == 1 else "apply"
+        raise UsageError(f"{', '.join(map(_flag, affine))} only {verb} with --augment affine; "
                          "add --augment affine or leave them out")
     jit = not opts.pop("no_jit")
     return TrainConfig(jit=jit, **opts).check()
@@ -173,7 +174,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             raise UsageError("give either DATA RUN or --resume RUN [DATA], not both")
         given = _given()
         # The run keeps the options it was started with; anything else given would be ignored.
-        ignored = [_flag(n) for n in given if n not in ("epochs", "data", "resume_run")]
+        ignored = [_flag(n) for n in given
+                   if n not in ("epochs", "data", "resume_run", "verbose", "quiet")]
         if ignored:
             raise UsageError(f"--resume continues {resume_run} with its own options, so "
                              f"{', '.join(ignored)} would be ignored; leave them out (only "

@@ -25,9 +25,12 @@ from .models import build_model
 from .options import TrainConfig
 
 CONFIG = "config.json"
-# Pixel statistics used when a split folder comes without means.json: map 0..255 to -1..1.
+# The model's first layer computes (pixel - mean) * INPUT_SCALE: about -1..1 whatever the data's
+# format, so a model sees the same inputs from an HDF5 folder and a split folder. (Raw +-128
+# inputs made smallnet, which has no normalisation layer, diverge at the default rate.)
+INPUT_SCALE = 1.0 / 127.5
+# The means used when a split folder comes without means.json: mid-grey.
 _FALLBACK_MEAN = (127.5, 127.5, 127.5)
-_FALLBACK_SCALE = 1.0 / 127.5
 
 
 @dataclass
@@ -297,7 +300,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             val = HDF5Generator(data / "val.hdf5", batch_size=config.batch_size,
                                 preprocessors=val_pre, shuffle="none", output="uint8")
             _check_same_data(train, val, data)
-        scale, kind = 1.0, "hdf5"
+        kind = "hdf5"
     elif (data / "train").is_dir():
         from ..generators import DirectoryGenerator
 
@@ -322,16 +325,16 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                                      preprocessors=val_pre, shuffle=False, classes=classes,
                                      output="uint8", progress=progress)
         if (data / "means.json").is_file():
-            mean, scale = _read_mean(data / "means.json"), 1.0
+            mean = _read_mean(data / "means.json")
         else:
-            mean, scale = _FALLBACK_MEAN, _FALLBACK_SCALE
+            mean = _FALLBACK_MEAN
         kind = "folders"
     else:
         raise LayoutError(
             f"{data} has neither train.hdf5 nor a train/ folder; give a 'dsprep build-hdf5' "
             "output folder or a 'dsprep split' folder"
         )
-    return DataBundle(train, val, list(train.label_names), mean, scale,
+    return DataBundle(train, val, list(train.label_names), mean, INPUT_SCALE,
                       tuple(int(s) for s in train.sample_shape),
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
 
@@ -451,13 +454,11 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     """
     config = (config or TrainConfig()).check()
     run = Path(run)
-    if (run / CONFIG).exists():
-        if not overwrite:
-            raise DestinationExistsError(
-                f"{run} already holds a run; use --resume {run} to continue it, or --force "
-                "to start over")
-        for name in (CONFIG, cb.HISTORY, cb.STATE, cb.BEST, cb.LAST, cb.CURVES, cb.LR_PLOT):
-            (run / name).unlink(missing_ok=True)
+    replacing = (run / CONFIG).exists()
+    if replacing and not overwrite:
+        raise DestinationExistsError(
+            f"{run} already holds a run; use --resume {run} to continue it, or --force "
+            "to start over")
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
@@ -471,10 +472,14 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
                                 scale=bundle.scale, input_dtype=bundle.input_dtype)
             compile_model(model, config, classes, jit=device.jit)
     except BaseException:
-        # A run that never started leaves no folder behind to be mistaken for one.
+        # A run that never started leaves no folder behind to be mistaken for one, and a run
+        # it was to replace stays whole (a refused option must not cost its checkpoints).
         if created:
             shutil.rmtree(run, ignore_errors=True)
         raise
+    if replacing:
+        for name in (CONFIG, cb.HISTORY, cb.STATE, cb.BEST, cb.LAST, cb.CURVES, cb.LR_PLOT):
+            (run / name).unlink(missing_ok=True)
     cb.atomic_write_json(run / CONFIG, {
         "schema": "dsprep-run/1", "data": str(Path(data).resolve()), "data_kind": bundle.kind,
         "options": config.to_dict(), "classes": bundle.label_names,
@@ -504,6 +509,19 @@ def read_run_config(run: str | os.PathLike) -> dict:
         raise DatasetFormatError(f"{path} has no 'options' object; start the run again with "
                                  "'dsprep train --force'")
     return config
+
+
+def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path) -> None:
+    """Refuse data whose classes or image size differ from those the run was trained on."""
+    checks = (("classes", list(bundle.label_names), "classes"),
+              ("input_shape", list(bundle.input_shape), "model input"),
+              ("image_shape", [int(s) for s in bundle.train.image_shape], "images"))
+    for key, now, what in checks:
+        if key in saved and saved[key] != now:
+            raise UsageError(
+                f"{data} does not match the run: its {what} {now} differ from the "
+                f"{saved[key]} in {config_path}; give the data the run was trained on"
+            )
 
 
 def resume(run: str | os.PathLike, *, epochs: int | None = None,
@@ -546,6 +564,7 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     keras.utils.set_random_seed(config.seed + done)
     device = configure_device(config.precision, config.jit, config.gpus)
     bundle = open_data(data or saved["data"], config, work=run, progress=progress)
+    _check_resumed_data(bundle, saved, data or saved["data"], config_path)
     bundle.train.set_epoch(done)
     with device.scope():
         model = load_model(run / cb.LAST)
