@@ -192,6 +192,26 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, tmp_path):
+    diverged = invoke("train", data, tmp_path / "nan", *QUICK, "--epochs", "3", "--lr", "1e30")
+    assert diverged.exit_code == 1
+    assert "training diverged: the loss became nan in epoch 1" in diverged.output
+    assert "lower --lr" in diverged.output and "Traceback" not in diverged.output
+    assert len(history(tmp_path / "nan")) == 1  # not three epochs of NaN
+
+    run = tmp_path / "early"
+    early = invoke("train", data, run, *QUICK, "--epochs", "8", "--early-stop", "1",
+                   "--lr", "1e-9")
+    assert early.exit_code == 0, early.output
+    epochs = len(history(run))
+    assert epochs < 8 and f"{epochs} epochs (stopped early by --early-stop, of 8)" in early.output
+
+    finished = tmp_path / "finished"
+    assert invoke("train", data, finished, *QUICK, "--epochs", "1").exit_code == 0
+    again = invoke("train", "--resume", finished)
+    assert again.exit_code == 2 and "has trained all its 1 epochs" in again.output
+
+
 def test_smallnet_learns_from_hdf5_at_its_defaults(data, tmp_path):
     # smallnet has no normalisation layer: fed raw mean-subtracted pixels (+-128) it diverged at
     # the default learning rate (losses 11, 334, 4e13); its inputs are scaled to about -1..1.
@@ -241,6 +261,7 @@ def test_train_on_a_split_folder(tmp_path):
         (["train", "{data}", "{tmp}/r", "--crop", "100"], 2,
          "--crop 100 is larger than the 48x48 images of"),
         (["train", "{data}", "{tmp}/r", "--gpus", "64"], 2, "--gpus 64 asks for more GPUs"),
+        (["train", "{data}", "{tmp}/r", "--lr", "inf"], 2, "--lr must be a positive number"),
     ],
 )
 def test_bad_input_gives_one_line_errors(data, tmp_path, args, code, text):

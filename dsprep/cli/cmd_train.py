@@ -206,7 +206,16 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"
     last = result.history[-1] if result.history else {}
-    say(f"{verb} {result.run}: {count_of(result.epochs_done, 'epoch')}, last loss "
+    if result.diverged:
+        kept = (f"; {result.run}/best.keras holds the best of the epochs before it"
+                if result.epochs_done > 1 else "")
+        raise click.ClickException(
+            f"training diverged: the loss became {last.get('loss')} in epoch "
+            f"{result.epochs_done}, and the run stopped there; start again with a lower --lr "
+            f"(and --force){kept}")
+    stopped = (f" (stopped early by --early-stop, of {result.epochs_planned})"
+               if result.epochs_done < result.epochs_planned else "")
+    say(f"{verb} {result.run}: {count_of(result.epochs_done, 'epoch')}{stopped}, last loss "
         f"{_fmt(last.get('loss'))}, best {result.monitor} {_fmt(result.best)}")
     say(f"wrote {result.run}/best.keras, last.keras, history.csv, curves.png, lr.png")
 

@@ -43,6 +43,13 @@ class TrainResult:
     best: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     model: keras.Model | None = field(default=None, repr=False)
+    epochs_planned: int = 0  # the total asked for; more than epochs_done after a stop
+
+    @property
+    def diverged(self) -> bool:
+        """The last epoch's training loss is not a number (NaN or infinite)."""
+        loss = self.history[-1].get("loss") if self.history else None
+        return loss is not None and not math.isfinite(loss)
 
 
 @dataclass
@@ -291,7 +298,8 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
         with open_dataset(train_path) as db:
             rows = int(db["images"].shape[0])
-            _check_crop(config, tuple(db["images"].shape[1:3]), f"{data / 'train.hdf5'}")
+            _check_crop(config, tuple(db["images"].shape[1:3]), f"{data / 'train.hdf5'}",
+                        "images built at a larger 'dsprep build-hdf5 --size'")
         train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
                               augment=augment, shuffle="batches", seed=config.seed,
                               output="uint8", drop_last=_drop_last(rows, config.batch_size))
@@ -309,7 +317,8 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             train_root = _subset_folder(train_root, work / ".subset-train",
                                         config.limit_per_class)
         size = (config.image_size, config.image_size)
-        _check_crop(config, size, f"--image-size {config.image_size}")
+        _check_crop(config, size, f"--image-size {config.image_size}",
+                    "a larger --image-size")
         # split.json's classes define the label ids, even for a class with no training folder.
         classes = _split_classes(data)
         files = sum(1 for d in train_root.iterdir() if d.is_dir()
@@ -339,12 +348,11 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
 
 
-def _check_crop(config: TrainConfig, size: tuple[int, int], where: str) -> None:
+def _check_crop(config: TrainConfig, size: tuple[int, int], where: str, larger: str) -> None:
     """Refuse a --crop larger than the images, in the option's own words."""
     if config.crop and config.crop > min(size):
         raise UsageError(f"--crop {config.crop} is larger than the {size[0]}x{size[1]} images "
-                         f"of {where}; give a --crop of at most {min(size)}, or images built "
-                         "at a larger --size")
+                         f"of {where}; give a --crop of at most {min(size)}, or {larger}")
 
 
 def _as_keras(gen, workers: int):
@@ -380,7 +388,9 @@ def compile_model(model: keras.Model, config: TrainConfig, classes: int, jit: bo
 
 def _callbacks(run: Path, config: TrainConfig, monitor: str, history: list, validation: bool):
     out = [cb.RunRecorder(run, monitor, "max", history=history,
-                          title=f"{config.model} on {run.name}")]
+                          title=f"{config.model} on {run.name}"),
+           # A diverged run stops within its epoch instead of training on NaN weights.
+           keras.callbacks.TerminateOnNaN()]
     fn = cb.schedule_fn(config.schedule, config.lr, config.epochs, config.step_every,
                         config.step_factor)
     if fn is not None:
@@ -434,7 +444,7 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     recorder = next(c for c in calls if isinstance(c, cb.RunRecorder))
     rows = recorder.rows
     done = rows[-1]["epoch"] + 1 if rows else 0
-    return TrainResult(run, done, monitor, recorder.best, rows, model)
+    return TrainResult(run, done, monitor, recorder.best, rows, model, config.epochs)
 
 
 def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig | None = None,
@@ -558,6 +568,9 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     if epochs is not None and config.epochs <= done:
         raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
                          f"so give more than {done}")
+    if epochs is None and config.epochs <= done:
+        raise UsageError(f"{run} has trained all its {done} epochs; to train it further, give "
+                         f"--epochs with a new total above {done}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.

@@ -6,6 +6,7 @@ The command line reads the choices from here at startup, before any framework is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -74,7 +75,8 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.optimizer in OPTIMIZERS,
              f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (math.isfinite(self.lr) and self.lr > 0,
+             f"--lr must be a positive number, got {self.lr}"),
             (self.momentum >= 0, f"--momentum must be 0 or more, got {self.momentum}"),
             (self.weight_decay is None or self.weight_decay >= 0,
              f"--weight-decay must be 0 or more, got {self.weight_decay}"),
