@@ -212,6 +212,26 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     assert again.exit_code == 2 and "has trained all its 1 epochs" in again.output
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])
+def test_a_stopped_run_says_how_to_resume_it(data, tmp_path, monkeypatch, stop):
+    from dsprep.train import fit
+
+    run = tmp_path / "run"
+    assert invoke("train", data, run, *QUICK, "--epochs", "1").exit_code == 0
+
+    def stopped(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(fit, "resume", stopped)
+    result = CliRunner().invoke(main, ["train", "--resume", str(run), "--epochs", "2"])
+    assert result.exit_code in (1, 143)
+    assert f"continue it with: dsprep train --resume {run}" in result.output
+    # before any epoch finished there is nothing to resume, and no hint
+    monkeypatch.setattr(fit, "train", stopped)
+    fresh = CliRunner().invoke(main, ["train", str(data), str(tmp_path / "new"), *QUICK])
+    assert "--resume" not in fresh.output
+
+
 def test_smallnet_learns_from_hdf5_at_its_defaults(data, tmp_path):
     # smallnet has no normalisation layer: fed raw mean-subtracted pixels (+-128) it diverged at
     # the default learning rate (losses 11, 334, 4e13); its inputs are scaled to about -1..1.

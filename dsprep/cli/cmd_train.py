@@ -5,7 +5,9 @@ Keras loads inside the commands only, so ``dsprep --help`` and the other stages 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,6 +137,19 @@ def _config(opts: dict) -> TrainConfig:
     return TrainConfig(jit=jit, **opts).check()
 
 
+@contextlib.contextmanager
+def _resume_hint(run: str):
+    """On Ctrl-C or SIGTERM after a finished epoch, say how to continue the run."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        stopped = isinstance(exc, KeyboardInterrupt) or exc.code == 128 + signal.SIGTERM
+        if stopped and (Path(run) / "last.keras").is_file():
+            click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {run}",
+                       err=True)
+        raise
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -181,7 +196,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                              f"{', '.join(ignored)} would be ignored; leave them out (only "
                              "--epochs and DATA go with --resume)")
         epochs = opts["epochs"] if "epochs" in given else None
-        result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_progress())
+        with _resume_hint(resume_run):
+            result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_progress())
         verb = "resumed"
     else:
         if data is None or run is None:
@@ -203,7 +219,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
-        result = fit.train(data, run, config, overwrite=force, progress=show_progress())
+        with _resume_hint(run):
+            result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"
     last = result.history[-1] if result.history else {}
     if result.diverged:
