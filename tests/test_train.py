@@ -670,6 +670,18 @@ def test_evaluate_refuses_images_of_another_size_than_training(tmp_path):
     match = r"holds images of 12x12 but .* trained on images of 8x8 \(cropped to 6x6\); .* 8x8"
     with pytest.raises(DatasetFormatError, match=match):
         evaluate_run(run, big)
+    # Smaller than the crop: the same message, not the crop's own (which names no file).
+    small = write_arrays(tmp_path / "small.hdf5", images[:, :5, :5], labels, ["c0", "c1"],
+                         split="test")
+    match = r"small.hdf5 holds images of 5x5 but .* trained on images of 8x8 \(cropped to 6x6\)"
+    with pytest.raises(DatasetFormatError, match=match):
+        evaluate_run(run, small)
+    # A run folder from before config.json kept the image shape still gets the crop checked.
+    config = json.loads((run / "config.json").read_text())
+    del config["image_shape"]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DatasetFormatError, match=r"images of at least 6x6 .*--size 6 or more"):
+        evaluate_run(run, small)
 
 
 def test_ten_crop_needs_a_run_trained_on_crops(tmp_path):
@@ -742,3 +754,17 @@ def test_schedule_and_early_stop_callbacks_watch_the_best_metric(tmp_path):
     assert position(cb.RunRecorder) > position(keras.callbacks.ReduceLROnPlateau)
     constant = _callbacks(tmp_path, tiny(), "val_accuracy", [], True)
     assert [type(c) for c in constant] == [cb.RunRecorder, keras.callbacks.TerminateOnNaN]
+
+
+def test_sweep_plot_turns_logarithmic_when_one_rate_diverges(tmp_path, monkeypatch):
+    scales = []
+    monkeypatch.setattr(cb, "save_figure",
+                        lambda fig, path: scales.append(fig.axes[0].get_yscale()))
+    calm = {"0.01": [{"epoch": 0, "loss": 0.9, "val_loss": 1.0},
+                     {"epoch": 1, "loss": 0.6, "val_loss": 0.8}],
+            "0.001": [{"epoch": 0, "loss": 1.1, "val_loss": 1.2}]}
+    cb.plot_sweep(calm, tmp_path / "calm.png")
+    wild = {**calm, "0.1": [{"epoch": 0, "loss": 2.0, "val_loss": 15530.0},
+                            {"epoch": 1, "loss": float("nan"), "val_loss": 1342.0}]}
+    cb.plot_sweep(wild, tmp_path / "wild.png")
+    assert scales == ["linear", "log"]

@@ -20,13 +20,15 @@ from ._common import count_of, format_table, import_keras_quietly, say, show_pro
 _DEFAULTS = TrainConfig()
 
 
-def _training_options(epochs: int, exclude: tuple[str, ...] = ()) -> Callable:
+def _training_options(epochs: int, exclude: tuple[str, ...] = (),
+                      epochs_help: str = "Epochs to train (with --resume: the new total, "
+                                         "counting the epochs already done).") -> Callable:
     """The options train and sweep-lr share (sweep-lr trains fewer epochs, and has no --lr)."""
     options = [
         click.option("--model", type=click.Choice(MODEL_NAMES), default=_DEFAULTS.model,
                      show_default=True, help="Network to train."),
         click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
-                     help="Epochs to train (the total, counting epochs already done)."),
+                     help=epochs_help),
         click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
                      show_default=True, help="Images per training step."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer,
@@ -164,7 +166,8 @@ def _fmt(value) -> str:
                    "(its own options; --epochs may raise the total; DATA, if given, is where "
                    "the data is now).")
 @click.option("--overfit-check", is_flag=True,
-              help="Train a few epochs on 8 images per class without augmentation and report "
+              help="Train a few epochs on 8 images per class (no augmentation, a constant "
+                   "learning rate and no early stop, whatever else is given) and report "
                    "whether the model learnt them: the training loss down to 0.75 of the "
                    "first epoch's, the accuracy halfway from guessing to 1.")
 @click.option("--force", is_flag=True, help="Replace a run already in RUN.")
@@ -287,7 +290,7 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--lrs", default="0.1,0.01,0.001", show_default=True,
               help="Comma-separated learning rates to try.")
-@_training_options(epochs=3, exclude=("lr",))
+@_training_options(epochs=3, exclude=("lr",), epochs_help="Epochs to train at each rate.")
 @click.option("--force", is_flag=True, help="Replace runs already in RUN/lr-*.")
 def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     """Train briefly at several learning rates and plot the loss curves side by side.

@@ -213,6 +213,10 @@ def plot_sweep(curves: dict[str, Sequence[dict[str, float]]], path: str | os.Pat
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (solid: train, dashed: val)")
+    losses = [v for rows in curves.values() for r in rows for k in ("loss", "val_loss")
+              if isinstance(v := r.get(k), (int, float)) and math.isfinite(v) and v > 0]
+    if losses and max(losses) > 20 * min(losses):
+        ax.set_yscale("log")  # one diverging rate would flatten every other curve
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -19,8 +19,12 @@ from . import callbacks as cb
 CHECKPOINTS = ("best", "last")
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a ``.keras`` file saved by dsprep (its custom layers and metrics registered)."""
+def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` file saved by dsprep (its custom layers and metrics registered).
+
+    ``compile=False`` loads the model for prediction only, without its optimizer and metrics
+    (which would warn when the optimizer's variables do not match, as after mixed precision).
+    """
     from .. import adapters  # noqa: F401  (registers MeanSubtraction)
 
     path = Path(path)
@@ -30,7 +34,7 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise DatasetFormatError(f"{path} is not a .keras file (a zip archive): damaged or "
                                  "cut short? Train the run again, or resume it")
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, compile=compile)
     except (ValueError, OSError) as exc:
         raise DatasetFormatError(f"{path} is not a loadable Keras model ({exc}); "
                                  "train the run again") from exc
@@ -177,13 +181,14 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         method (``center``, and ``ten_crop`` when asked), each with a ``confusion_png`` path.
     """
     from ..generators import HDF5Generator
+    from ..store import open_dataset
     from .fit import read_run_config
 
     if checkpoint not in CHECKPOINTS:
         raise UsageError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
     run, data = Path(run), Path(data)
     config = read_run_config(run)
-    model = load_model(run / (cb.BEST if checkpoint == "best" else cb.LAST))
+    model = load_model(run / (cb.BEST if checkpoint == "best" else cb.LAST), compile=False)
     expected = tuple(config.get("input_shape", ()))
     takes = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else ()
     if expected and takes and takes != expected:
@@ -207,6 +212,18 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         # Whole images go to ten_crop_predict, which cuts one crop position at a time: a batch
         # of ten crops at once would hand the model 10x the batch and hold it all in memory.
         plans.append(("ten_crop", []))
+    with open_dataset(data) as db:
+        image_shape = tuple(int(s) for s in db["images"].shape[1:])
+    trained_on = tuple(config.get("image_shape", ()))  # older run folders do not say
+    if (trained_on and image_shape != trained_on) or (crop and crop > min(image_shape[:2])):
+        # A crop of another size of image would fit the model, at another scale.
+        size = f"{trained_on[0]}x{trained_on[1]}" if trained_on else None
+        raise DatasetFormatError(
+            f"{data} holds images of {image_shape[0]}x{image_shape[1]} but {run} was trained "
+            f"on images of {size or f'at least {crop}x{crop}'}"
+            + (f" (cropped to {crop}x{crop})" if crop else "")
+            + "; build the file with the training image size (build-hdf5 --size "
+            + (f"{size})" if size else f"{crop} or more)"))
     result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "classes": classes}
     for method, pre in plans:
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
@@ -216,15 +233,6 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
                 f"{data} has classes {gen.label_names} but {run} was trained on {classes}; "
                 "evaluate on a file built from the same split")
         classes = classes or list(gen.label_names)
-        trained_on = tuple(config.get("image_shape", ()))  # older run folders do not say
-        if trained_on and tuple(gen.image_shape) != trained_on:
-            # A crop of another size of image would fit the model, at another scale.
-            raise DatasetFormatError(
-                f"{data} holds images of {gen.image_shape[0]}x{gen.image_shape[1]} but {run} "
-                f"was trained on images of {trained_on[0]}x{trained_on[1]}"
-                + (f" (cropped to {crop}x{crop})" if crop else "")
-                + "; build the file with the training image size (build-hdf5 --size "
-                f"{trained_on[0]}x{trained_on[1]})")
         expected = tuple(config.get("input_shape", ()))
         if method == "center" and expected and tuple(gen.sample_shape) != expected:
             raise DatasetFormatError(
