@@ -206,10 +206,14 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     epochs = len(history(run))
     assert epochs < 8 and f"{epochs} epochs (stopped early by --early-stop, of 8)" in early.output
 
+    # A job that runs the same resume again after the run's end succeeds, claiming no work.
     finished = tmp_path / "finished"
     assert invoke("train", data, finished, *QUICK, "--epochs", "1").exit_code == 0
+    before = (finished / "last.keras").read_bytes()
     again = invoke("train", "--resume", finished)
-    assert again.exit_code == 2 and "has trained all its 1 epochs" in again.output
+    assert again.exit_code == 0, again.output
+    assert "has trained all its 1 epoch already: nothing to do" in again.output
+    assert "wrote" not in again.output and (finished / "last.keras").read_bytes() == before
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])

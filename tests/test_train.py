@@ -158,6 +158,29 @@ def test_best_checkpoint_keeps_the_best_epoch_and_writes_atomically(tmp_path):
         "best.keras", "history.csv", "last.keras", "state.json"]
 
 
+def test_a_diverged_epoch_is_recorded_but_never_checkpointed_or_counted(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    recorder = cb.RunRecorder(tmp_path, "val_accuracy", plots=False)
+    recorder.set_model(model)
+    x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    recorder.on_epoch_begin(0)
+    recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
+    before = model.predict_on_batch(x)
+    # NaN weights predict class 0 everywhere, which can score a better accuracy than before.
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    recorder.on_epoch_begin(1)
+    recorder.on_epoch_end(1, {"loss": float("nan"), "val_accuracy": 0.75})
+    for name in ("best.keras", "last.keras"):
+        np.testing.assert_array_equal(load_model(tmp_path / name).predict_on_batch(x), before)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["best_epoch"] == 0
+    rows = cb.read_history(tmp_path / "history.csv")
+    assert [r["epoch"] for r in rows] == [0, 1] and np.isnan(rows[1]["loss"])
+
+
 def test_resume_continues_the_same_history(small_run, tmp_path):
     data, run, result = small_run
     copy = tmp_path / "run"
@@ -415,6 +438,23 @@ def test_split_folder_label_ids_come_from_split_json(tmp_path):
     (split / "split.json").write_text(json.dumps({"schema": "dsprep-split/1"}))
     with pytest.raises(DatasetFormatError, match="classes"):
         open_data(split, tiny(image_size=16))
+
+
+def test_a_split_verified_in_full_is_not_decoded_again_to_check_it(tmp_path, monkeypatch):
+    from dsprep.generators import DirectoryGenerator
+
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("bee", "cat"), per_class=2, size=(16, 16))
+    make_class_folders(split / "val", classes=("bee", "cat"), per_class=1, size=(16, 16), seed=9)
+    checks = []
+    monkeypatch.setattr(DirectoryGenerator, "_check_decode",
+                        lambda self, path: checks.append(path))
+    for verify, decoded in (("header", 6), ("full", 0)):
+        checks.clear()
+        (split / "split.json").write_text(json.dumps({"classes": ["bee", "cat"],
+                                                      "params": {"verify": verify}}))
+        bundle = open_data(split, tiny(image_size=16, batch_size=2))
+        assert len(checks) == decoded and bundle.train.num_samples == 4
 
 
 @pytest.mark.parametrize("mismatch", ["classes", "size"])

@@ -226,6 +226,10 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"
     last = result.history[-1] if result.history else {}
+    if resume_run and result.epochs_run == 0:
+        say(f"{result.run} has trained all its {count_of(result.epochs_done, 'epoch')} "
+            "already: nothing to do (give --epochs with a larger total to train it further)")
+        return
     if result.diverged:
         kept = (f"; {result.run}/best.keras holds the best of the epochs before it"
                 if result.epochs_done > 1 else "")

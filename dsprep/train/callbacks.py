@@ -396,6 +396,11 @@ class RunRecorder(keras.callbacks.Callback):
         if self.plots:
             plot_curves(self.rows, self.run / CURVES, self.title)
             plot_lr(self.rows, self.run / LR_PLOT)
+        loss = row.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            # A diverged epoch (training stops at its NaN) is shown in the history but never
+            # checkpointed or counted: best.keras, last.keras and a resume keep the epoch before.
+            return
         value = row.get(self.monitor)
         pending = []
         if self._better(value) or (self.best is None and not (self.run / BEST).exists()):

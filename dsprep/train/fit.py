@@ -44,6 +44,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     model: keras.Model | None = field(default=None, repr=False)
     epochs_planned: int = 0  # the total asked for; more than epochs_done after a stop
+    epochs_run: int = 0  # epochs trained by this call (0: a resume of a finished run)
 
     @property
     def diverged(self) -> bool:
@@ -220,6 +221,15 @@ def _ops(config: TrainConfig):
     return train_pre, val_pre, _compose(augment)
 
 
+def _split_params(data: Path) -> dict:
+    """The options a split folder was made with (split.json's ``params``), or {}."""
+    try:
+        params = json.loads((data / "split.json").read_text(encoding="utf-8")).get("params")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
 def _split_classes(data: Path) -> list[str]:
     """The ``classes`` of a split folder's split.json (the label ids, in order)."""
     path = data / "split.json"
@@ -321,18 +331,20 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                     "a larger --image-size")
         # split.json's classes define the label ids, even for a class with no training folder.
         classes = _split_classes(data)
+        # A split made with --verify full decoded every file already: the header check will do.
+        check = "header" if _split_params(data).get("verify") == "full" else "decode"
         files = sum(1 for d in train_root.iterdir() if d.is_dir()
                     for f in d.iterdir() if f.is_file())
         train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
                                    preprocessors=train_pre, augment=augment, shuffle=True,
                                    seed=config.seed, classes=classes, output="uint8",
                                    drop_last=_drop_last(files, config.batch_size),
-                                   progress=progress)
+                                   progress=progress, check=check)
         val = None
         if validation and (data / "val").is_dir():
             val = DirectoryGenerator(data / "val", image_size=size, batch_size=config.batch_size,
                                      preprocessors=val_pre, shuffle=False, classes=classes,
-                                     output="uint8", progress=progress)
+                                     output="uint8", progress=progress, check=check)
         if (data / "means.json").is_file():
             mean = _read_mean(data / "means.json")
         else:
@@ -444,7 +456,8 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     recorder = next(c for c in calls if isinstance(c, cb.RunRecorder))
     rows = recorder.rows
     done = rows[-1]["epoch"] + 1 if rows else 0
-    return TrainResult(run, done, monitor, recorder.best, rows, model, config.epochs)
+    return TrainResult(run, done, monitor, recorder.best, rows, model, config.epochs,
+                       done - initial_epoch)
 
 
 def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig | None = None,
@@ -538,6 +551,9 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
            data: str | os.PathLike | None = None, progress: bool = False) -> TrainResult:
     """Continue an interrupted run from its last finished epoch, appending to its history.
 
+    A run that has trained all its epochs trains nothing: the result has ``epochs_run`` 0 (and
+    no model), so a job that runs the same resume again after its end succeeds.
+
     Args:
         run: the run folder.
         epochs: a new total epoch count (default: the run's own).
@@ -568,10 +584,12 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     if epochs is not None and config.epochs <= done:
         raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
                          f"so give more than {done}")
-    if epochs is None and config.epochs <= done:
-        raise UsageError(f"{run} has trained all its {done} epochs; to train it further, give "
-                         f"--epochs with a new total above {done}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
+    if config.epochs <= done:
+        # A finished run: nothing to train (a job run again after its last epoch succeeds).
+        state = cb.read_state(run)
+        return TrainResult(run, done, str(state.get("monitor", saved.get("monitor", ""))),
+                           state.get("best"), history, None, config.epochs, 0)
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed(config.seed + done)
