@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
-import tempfile
-import threading
 from dataclasses import dataclass
 
 import cv2
@@ -358,7 +355,11 @@ def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
         flags = _COLOR_RGB | (_REDUCED_FLAG[factor] if factor > 1 else 0)
         raw = cv2.imdecode(buffer, flags)
         if raw is not None and header.format == "JPEG" and _grey_last_row(raw):
-            _check_jpeg_warnings(buffer, flags)
+            stray = _stray_marker(data)
+            if stray is not None:
+                raise CorruptImageError(
+                    f"JPEG data is damaged (a stray marker at byte {stray} inside the "
+                    "compressed data); the decoder filled the rest with grey")
     if raw is None:
         raise CorruptImageError(f"{header.format} data could not be decoded (corrupt or truncated)")
     if header.unchanged:
@@ -372,51 +373,47 @@ def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
 
 def _grey_last_row(raw: np.ndarray) -> bool:
     """Whether the bottom row is all mid-grey (128), as libjpeg leaves the part of an image
-    after its data ran out: the sign of a JPEG damaged inside its compressed data."""
+    after its data stopped: the sign of a JPEG damaged inside its compressed data."""
     return raw.dtype == np.uint8 and bool((raw[-1] == 128).all())
 
 
-# One decode at a time may borrow the process's stderr (file descriptor 2).
-_STDERR_LOCK = threading.Lock()
-if hasattr(os, "register_at_fork"):
-    # A child forked while another thread held the lock would otherwise never get it.
-    os.register_at_fork(after_in_child=lambda: globals().update(_STDERR_LOCK=threading.Lock()))
-_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
+# Markers that may stand between the scans of a JPEG: tables, restart interval, comments,
+# application data, the next scan, DNL. Inside a scan's data, FF is followed only by 00 (a
+# stuffed FF), FF (fill) or a restart marker D0-D7.
+_JPEG_BETWEEN_SCANS = frozenset({0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)})
 
 
-def _check_jpeg_warnings(buffer: np.ndarray, flags: int) -> None:
-    """Decode again with libjpeg's warnings captured; raise CorruptImageError if it warned.
-
-    libjpeg reports damaged data only as a warning printed on stderr, and OpenCV returns the
-    image with the missing part filled. Only images whose last row is mid-grey come here (a
-    legitimate grey border decodes without a warning), so borrowing the descriptor is rare.
-    Whatever else reached stderr meanwhile (another thread's output) is passed on.
-    """
-    with _STDERR_LOCK:
-        if sys.stderr is not None:
-            sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            with tempfile.TemporaryFile() as captured:
-                os.dup2(captured.fileno(), 2)
-                try:
-                    cv2.imdecode(buffer, flags)
-                finally:
-                    os.dup2(saved, 2)
-                captured.seek(0)
-                text = captured.read().decode("utf-8", "replace")
-        finally:
-            os.close(saved)
-    lines = text.splitlines(keepends=True)
-    damage = [line.strip() for line in lines if line.startswith(_JPEG_DAMAGE)]
-    other = "".join(line for line in lines if not line.startswith(_JPEG_DAMAGE))
-    if other:
-        os.write(2, other.encode())
-    if damage:
-        raise CorruptImageError(
-            f"JPEG data is damaged ({damage[0].rstrip('.')}); the decoder filled the rest "
-            "with grey"
-        )
+def _stray_marker(data: bytes) -> int | None:
+    """The offset of a marker that cannot stand where it is in a JPEG's compressed data (a
+    run of damaged bytes forms one, and libjpeg stops there with only a warning), or None."""
+    array = np.frombuffer(data, np.uint8)
+    pos, end = data.find(b"\xff\xda"), len(data)
+    try:
+        while 0 <= pos < end - 3:
+            code = data[pos + 1]
+            (length,) = struct.unpack_from(">H", data, pos + 2)
+            pos += 2 + length
+            if code == 0xDA:  # a scan: its data runs to the next real marker
+                tail = array[pos:]
+                ff = np.flatnonzero(tail[:-1] == 0xFF)
+                after = tail[ff + 1]
+                real = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
+                if not real.size:
+                    return None  # no end-of-image marker: the header check reports truncation
+                pos += int(real[0])
+            else:  # a segment between scans: the next marker follows it at once
+                while data[pos:pos + 2] == b"\xff\xff":
+                    pos += 1
+                if data[pos] != 0xFF:
+                    return pos
+            following = data[pos + 1]
+            if following == 0xD9:
+                return None
+            if following not in _JPEG_BETWEEN_SCANS:
+                return pos
+    except (struct.error, IndexError):
+        return pos
+    return None
 
 
 def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -440,12 +439,14 @@ def test_truncated_jpeg_is_refused(cut):
         images.decode(padded)
 
 
-def damaged_in_its_data(data: bytes) -> bytes:
+def damaged_in_its_data(data: bytes, early: bool = False) -> bytes:
     """A JPEG whose compressed data has a run of marker bytes in the middle (end marker kept):
-    libjpeg stops there, warns on stderr and fills the rest of the image with grey."""
+    libjpeg stops there, warns on stderr and fills the rest of the image with grey. ``early``
+    puts the run just after the first scan's header."""
     damaged = bytearray(data)
-    middle = (damaged.find(b"\xff\xda") + len(damaged)) // 2
-    damaged[middle:middle + 64] = b"\xff" * 64
+    sos = damaged.find(b"\xff\xda")
+    at = sos + 40 if early else (sos + len(damaged)) // 2
+    damaged[at:at + 64] = b"\xff" * 64
     return bytes(damaged)
 
 
@@ -456,7 +457,8 @@ def test_a_jpeg_damaged_inside_its_data_is_refused(capfd):
     plain = cv2.imdecode(np.frombuffer(damaged, np.uint8), cv2.IMREAD_COLOR_RGB)
     assert plain is not None and (plain[-1] == 128).all()
     assert "Corrupt JPEG data" in capfd.readouterr().err
-    with pytest.raises(CorruptImageError, match="JPEG data is damaged .*filled the rest with grey"):
+    with pytest.raises(CorruptImageError,
+                       match=r"JPEG data is damaged \(a stray marker.*filled the rest with grey"):
         images.decode(damaged)
     # reduced decoding (a large source for a small target) finds it too
     with pytest.raises(CorruptImageError, match="JPEG data is damaged"):
@@ -464,14 +466,20 @@ def test_a_jpeg_damaged_inside_its_data_is_refused(capfd):
     np.testing.assert_array_equal(images.decode(data), images.decode(data))
 
 
-def test_a_jpeg_with_a_real_grey_bottom_is_kept_and_stderr_still_works(capfd):
+@pytest.mark.parametrize(("progressive", "restarts"), [(0, 0), (1, 0), (0, 2), (1, 1)])
+def test_a_jpeg_with_a_real_grey_bottom_is_kept(progressive, restarts):
     image = smooth_image(64, 80)
     image[40:] = 128  # a mid-grey band, as some letterboxed images have
-    data = encode(Image.fromarray(image), "JPEG")
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive, cv2.IMWRITE_JPEG_RST_INTERVAL, restarts]
+    data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)[1].tobytes()
+    # the scans and restart markers asked for are there
+    assert (b"\xff\xd0" in data) == bool(restarts)
+    assert (data.count(b"\xff\xda") > 1) == bool(progressive)
     decoded = images.decode(data)
     assert (decoded[-1] == 128).all() and decoded.shape == (64, 80, 3)
-    os.write(2, b"after the check\n")
-    assert capfd.readouterr().err == "after the check\n"
+    # ... and the same file damaged inside its first scan is refused
+    with pytest.raises(CorruptImageError, match="JPEG data"):
+        images.decode(damaged_in_its_data(data, early=True))
 
 
 def test_bytes_after_the_jpeg_end_marker_are_fine():
