@@ -55,6 +55,7 @@ class _Header:
     premultiplied: bool = False  # alpha that OpenCV returns premultiplied (8-bit TIFF)
     gray_key: int | None = None  # a grayscale PNG's transparent value (tRNS)
     complete: str | None = None  # None if the file looks whole, else why it does not
+    scan: int = -1  # a JPEG's first scan header (SOS) offset, found by walking its segments
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -355,7 +356,7 @@ def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
         flags = _COLOR_RGB | (_REDUCED_FLAG[factor] if factor > 1 else 0)
         raw = cv2.imdecode(buffer, flags)
         if raw is not None and header.format == "JPEG" and _grey_last_row(raw):
-            stray = _stray_marker(data)
+            stray = _stray_marker(data, header.scan)
             if stray is not None:
                 raise CorruptImageError(
                     f"JPEG data is damaged (a stray marker at byte {stray} inside the "
@@ -383,11 +384,15 @@ def _grey_last_row(raw: np.ndarray) -> bool:
 _JPEG_BETWEEN_SCANS = frozenset({0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)})
 
 
-def _stray_marker(data: bytes) -> int | None:
+def _stray_marker(data: bytes, scan: int) -> int | None:
     """The offset of a marker that cannot stand where it is in a JPEG's compressed data (a
-    run of damaged bytes forms one, and libjpeg stops there with only a warning), or None."""
+    run of damaged bytes forms one, and libjpeg stops there with only a warning), or None.
+
+    ``scan`` is the offset of the first scan header, as the header walk found it (a search
+    for its marker could find the one of an EXIF thumbnail first).
+    """
     array = np.frombuffer(data, np.uint8)
-    pos, end = data.find(b"\xff\xda"), len(data)
+    pos, end = scan, len(data)
     try:
         while 0 <= pos < end - 3:
             code = data[pos + 1]
@@ -601,7 +606,7 @@ def _inspect_jpeg(data: bytes) -> _Header:
     # means the file was written to the end; bytes after it (some cameras add some) are fine.
     complete = None if data.rfind(b"\xff\xd9", pos) >= 0 else (
         "truncated JPEG (no end-of-image marker)")
-    return _Header("JPEG", size[0], size[1], orientation, complete=complete)
+    return _Header("JPEG", size[0], size[1], orientation, complete=complete, scan=pos)
 
 
 def _inspect_png(data: bytes) -> _Header:

@@ -439,12 +439,12 @@ def test_truncated_jpeg_is_refused(cut):
         images.decode(padded)
 
 
-def damaged_in_its_data(data: bytes, early: bool = False) -> bytes:
+def damaged_in_its_data(data: bytes, early: bool = False, last_scan: bool = False) -> bytes:
     """A JPEG whose compressed data has a run of marker bytes in the middle (end marker kept):
     libjpeg stops there, warns on stderr and fills the rest of the image with grey. ``early``
-    puts the run just after the first scan's header."""
+    puts the run just after the first scan's header, ``last_scan`` counts from the last."""
     damaged = bytearray(data)
-    sos = damaged.find(b"\xff\xda")
+    sos = damaged.rfind(b"\xff\xda") if last_scan else damaged.find(b"\xff\xda")
     at = sos + 40 if early else (sos + len(damaged)) // 2
     damaged[at:at + 64] = b"\xff" * 64
     return bytes(damaged)
@@ -480,6 +480,22 @@ def test_a_jpeg_with_a_real_grey_bottom_is_kept(progressive, restarts):
     # ... and the same file damaged inside its first scan is refused
     with pytest.raises(CorruptImageError, match="JPEG data"):
         images.decode(damaged_in_its_data(data, early=True))
+
+
+def test_damage_is_found_after_a_thumbnail_carried_in_the_header():
+    # Cameras put a whole small JPEG (with its own scan and end marker) in the header: the
+    # check must read the main image's scan, not the thumbnail's.
+    image = smooth_image(64, 80)
+    image[40:] = 128
+    thumbnail = encode(Image.fromarray(smooth_image(8, 10)), "JPEG")
+    data = encode(Image.fromarray(image), "JPEG")
+    segment = b"\xff\xfe" + struct.pack(">H", len(thumbnail) + 2) + thumbnail
+    with_thumbnail = data[:2] + segment + data[2:]
+    np.testing.assert_array_equal(images.decode(with_thumbnail), images.decode(data))
+    damaged = damaged_in_its_data(with_thumbnail, last_scan=True)
+    assert damaged[:len(segment) + 2] == with_thumbnail[:len(segment) + 2]
+    with pytest.raises(CorruptImageError, match="stray marker"):
+        images.decode(damaged)
 
 
 def test_bytes_after_the_jpeg_end_marker_are_fine():
