@@ -56,6 +56,7 @@ class _Header:
     gray_key: int | None = None  # a grayscale PNG's transparent value (tRNS)
     complete: str | None = None  # None if the file looks whole, else why it does not
     scan: int = -1  # a JPEG's first scan header (SOS) offset, found by walking its segments
+    restart: int = 0  # a JPEG's restart interval in force at its first scan (DRI), 0 for none
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -356,7 +357,7 @@ def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
         flags = _COLOR_RGB | (_REDUCED_FLAG[factor] if factor > 1 else 0)
         raw = cv2.imdecode(buffer, flags)
         if raw is not None and header.format == "JPEG" and _grey_last_row(raw):
-            stray = _stray_marker(data, header.scan)
+            stray = _stray_marker(data, header.scan, header.restart)
             if stray is not None:
                 raise CorruptImageError(
                     f"JPEG data is damaged (a stray marker at byte {stray} inside the "
@@ -384,12 +385,15 @@ def _grey_last_row(raw: np.ndarray) -> bool:
 _JPEG_BETWEEN_SCANS = frozenset({0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)})
 
 
-def _stray_marker(data: bytes, scan: int) -> int | None:
+def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
     """The offset of a marker that cannot stand where it is in a JPEG's compressed data (a
     run of damaged bytes forms one, and libjpeg stops there with only a warning), or None.
 
     ``scan`` is the offset of the first scan header, as the header walk found it (a search
-    for its marker could find the one of an EXIF thumbnail first).
+    for its marker could find the one of an EXIF thumbnail first); ``restart`` the restart
+    interval then in force. Restart markers count as stray unless an interval is set, and
+    out of their D0, D1, ..., D7, D0 order. Damage that forms the end-of-image marker, or
+    garbles the data without forming a marker, is not found here.
     """
     array = np.frombuffer(data, np.uint8)
     pos, end = scan, len(data)
@@ -402,9 +406,15 @@ def _stray_marker(data: bytes, scan: int) -> int | None:
                 tail = array[pos:]
                 ff = np.flatnonzero(tail[:-1] == 0xFF)
                 after = tail[ff + 1]
-                real = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
+                is_rst = (after >= 0xD0) & (after <= 0xD7)
+                real = ff[(after != 0) & (after != 0xFF) & ~is_rst]
                 if not real.size:
                     return None  # no end-of-image marker: the header check reports truncation
+                rst = is_rst & (ff < real[0])
+                codes = after[rst].astype(np.int64) - 0xD0
+                wrong = np.flatnonzero(codes != np.arange(len(codes)) % 8)
+                if codes.size and (not restart or wrong.size):
+                    return pos + int(ff[rst][wrong[0] if restart else 0])
                 pos += int(real[0])
             else:  # a segment between scans: the next marker follows it at once
                 while data[pos:pos + 2] == b"\xff\xff":
@@ -414,6 +424,8 @@ def _stray_marker(data: bytes, scan: int) -> int | None:
             following = data[pos + 1]
             if following == 0xD9:
                 return None
+            if following == 0xDD:  # a new restart interval for the scans that follow
+                (restart,) = struct.unpack_from(">H", data, pos + 4)
             if following not in _JPEG_BETWEEN_SCANS:
                 return pos
     except (struct.error, IndexError):
@@ -573,6 +585,7 @@ def _inspect_jpeg(data: bytes) -> _Header:
     pos, end = 2, len(data)
     size = None
     orientation = 1
+    restart = 0
     while True:
         if data[pos] != 0xFF:
             raise CorruptImageError("garbled JPEG header (a marker was expected)")
@@ -594,6 +607,8 @@ def _inspect_jpeg(data: bytes) -> _Header:
             size = (height, width)
         elif marker == 0xE1 and data.startswith(b"Exif\x00\x00", body) and orientation == 1:
             orientation = _exif_orientation(data, body, pos + 2 + length)
+        elif marker == 0xDD:
+            (restart,) = struct.unpack_from(">H", data, body)
         elif marker == 0xDA:
             break
         pos += 2 + length
@@ -606,7 +621,8 @@ def _inspect_jpeg(data: bytes) -> _Header:
     # means the file was written to the end; bytes after it (some cameras add some) are fine.
     complete = None if data.rfind(b"\xff\xd9", pos) >= 0 else (
         "truncated JPEG (no end-of-image marker)")
-    return _Header("JPEG", size[0], size[1], orientation, complete=complete, scan=pos)
+    return _Header("JPEG", size[0], size[1], orientation, complete=complete, scan=pos,
+                   restart=restart)
 
 
 def _inspect_png(data: bytes) -> _Header:

@@ -498,6 +498,24 @@ def test_damage_is_found_after_a_thumbnail_carried_in_the_header():
         images.decode(damaged)
 
 
+@pytest.mark.parametrize(("restarts", "marker"), [(0, b"\xff\xd3"), (2, b"\xff\xd6")])
+def test_damage_that_forms_a_restart_marker_is_found(restarts, marker):
+    # Restart markers belong in the data only with a restart interval, and in order.
+    image = smooth_image(64, 80)
+    image[40:] = 128
+    params = [cv2.IMWRITE_JPEG_RST_INTERVAL, restarts]
+    data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)[1].tobytes()
+    assert (b"\xff\xdd" in data) == bool(restarts)
+    damaged = bytearray(data)
+    sos = damaged.find(b"\xff\xda")
+    at = sos + 60
+    damaged[at:at + 2] = marker
+    decoded = cv2.imdecode(np.frombuffer(bytes(damaged), np.uint8), cv2.IMREAD_COLOR_RGB)
+    assert (decoded[-1] == 128).all()
+    with pytest.raises(CorruptImageError, match="stray marker"):
+        images.decode(bytes(damaged))
+
+
 def test_bytes_after_the_jpeg_end_marker_are_fine():
     data = FORMATS["jpeg"]()
     expected = images.decode(data)
