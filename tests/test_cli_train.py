@@ -198,6 +198,8 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     assert "training diverged: the loss became nan in epoch 1" in diverged.output
     assert "lower --lr" in diverged.output and "Traceback" not in diverged.output
     assert len(history(tmp_path / "nan")) == 1  # not three epochs of NaN
+    again = invoke("train", data, tmp_path / "nan", *QUICK)
+    assert again.exit_code == 1 and "never finished an epoch; use --force" in again.output
 
     run = tmp_path / "early"
     early = invoke("train", data, run, *QUICK, "--epochs", "8", "--early-stop", "1",
@@ -205,15 +207,22 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     assert early.exit_code == 0, early.output
     epochs = len(history(run))
     assert epochs < 8 and f"{epochs} epochs (stopped early by --early-stop, of 8)" in early.output
+    # A finished run, stopped early or not, has nothing left to do when the job runs again.
+    for args in ([], ["--epochs", "8"]):
+        rerun = invoke("train", "--resume", run, *args)
+        assert rerun.exit_code == 0, rerun.output
+        assert f"stopped early after {epochs} epochs already: nothing to do" in rerun.output
+        assert len(history(run)) == epochs
 
     # A job that runs the same resume again after the run's end succeeds, claiming no work.
     finished = tmp_path / "finished"
     assert invoke("train", data, finished, *QUICK, "--epochs", "1").exit_code == 0
     before = (finished / "last.keras").read_bytes()
-    again = invoke("train", "--resume", finished)
-    assert again.exit_code == 0, again.output
-    assert "has trained all its 1 epoch already: nothing to do" in again.output
-    assert "wrote" not in again.output and (finished / "last.keras").read_bytes() == before
+    for args in ([], ["--epochs", "1"]):
+        again = invoke("train", "--resume", finished, *args)
+        assert again.exit_code == 0, again.output
+        assert "has trained all its 1 epoch already: nothing to do" in again.output
+        assert "wrote" not in again.output and (finished / "last.keras").read_bytes() == before
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])

@@ -179,6 +179,12 @@ def test_a_diverged_epoch_is_recorded_but_never_checkpointed_or_counted(tmp_path
     assert state["epochs_done"] == 1 and state["best_epoch"] == 0
     rows = cb.read_history(tmp_path / "history.csv")
     assert [r["epoch"] for r in rows] == [0, 1] and np.isnan(rows[1]["loss"])
+    # A finite training loss with a NaN validation loss is a divergence too, and stops training.
+    model.stop_training = False
+    recorder.on_epoch_begin(1)
+    recorder.on_epoch_end(1, {"loss": 2e8, "val_loss": float("nan"), "val_accuracy": 0.75})
+    assert model.stop_training is True
+    assert json.loads((tmp_path / "state.json").read_text())["epochs_done"] == 1
 
 
 def test_resume_continues_the_same_history(small_run, tmp_path):
@@ -344,13 +350,16 @@ def test_resume_of_a_damaged_run_says_what_to_do(small_run, tmp_path, name, text
     assert "\n" not in str(info.value) and "dsprep train" in str(info.value)
 
 
-def test_resume_to_no_more_epochs_than_done_is_refused(small_run, tmp_path):
+def test_resume_to_fewer_epochs_than_done_is_refused_and_to_as_many_does_nothing(small_run,
+                                                                                 tmp_path):
     _, run, _ = small_run  # two epochs done
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     before = (copy / "config.json").read_text()
     with pytest.raises(UsageError, match="trained 2 epochs already"):
-        resume(copy, epochs=2)
+        resume(copy, epochs=1)
+    same = resume(copy, epochs=2)  # a job run again after its end
+    assert (same.epochs_run, same.epochs_done, same.model) == (0, 2, None)
     assert (copy / "config.json").read_text() == before  # nothing rewritten
 
 

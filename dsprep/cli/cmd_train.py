@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -227,14 +228,21 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         verb = "trained"
     last = result.history[-1] if result.history else {}
     if resume_run and result.epochs_run == 0:
-        say(f"{result.run} has trained all its {count_of(result.epochs_done, 'epoch')} "
-            "already: nothing to do (give --epochs with a larger total to train it further)")
+        how = (f"stopped early after {count_of(result.epochs_done, 'epoch')}"
+               if result.epochs_done < result.epochs_planned
+               else f"trained all its {count_of(result.epochs_done, 'epoch')}")
+        say(f"{result.run} has {how} already: nothing to do (give --epochs with a larger "
+            "total to train it further)")
         return
     if result.diverged:
         kept = (f"; {result.run}/best.keras holds the best of the epochs before it"
                 if result.epochs_done > 1 else "")
+        which, value = next((name, last[key]) for key, name in (("loss", "loss"),
+                                                                ("val_loss", "validation loss"))
+                            if isinstance(last.get(key), float)
+                            and not math.isfinite(last[key]))
         raise click.ClickException(
-            f"training diverged: the loss became {last.get('loss')} in epoch "
+            f"training diverged: the {which} became {value} in epoch "
             f"{result.epochs_done}, and the run stopped there; start again with a lower --lr "
             f"(and --force){kept}")
     stopped = (f" (stopped early by --early-stop, of {result.epochs_planned})"

@@ -340,6 +340,12 @@ def best_metric(classes: int, validation: bool = True,
     return ("val_" + name if validation else name), "max"
 
 
+def diverged(row: dict) -> bool:
+    """Whether an epoch's training or validation loss is not a number (NaN or infinite)."""
+    return any(isinstance(v := row.get(k), float) and not math.isfinite(v)
+               for k in ("loss", "val_loss"))
+
+
 class RunRecorder(keras.callbacks.Callback):
     """Write a run's history.csv, curves.png, lr.png, best.keras, last.keras and state each epoch.
 
@@ -396,10 +402,10 @@ class RunRecorder(keras.callbacks.Callback):
         if self.plots:
             plot_curves(self.rows, self.run / CURVES, self.title)
             plot_lr(self.rows, self.run / LR_PLOT)
-        loss = row.get("loss")
-        if loss is not None and not math.isfinite(loss):
+        if diverged(row):
             # A diverged epoch (training stops at its NaN) is shown in the history but never
             # checkpointed or counted: best.keras, last.keras and a resume keep the epoch before.
+            self.model.stop_training = True  # a NaN validation loss alone does not stop it
             return
         value = row.get(self.monitor)
         pending = []
@@ -416,3 +422,14 @@ class RunRecorder(keras.callbacks.Callback):
                                              "best_epoch": self.best_epoch})
         for final in pending:
             os.replace(_pending_name(final, epoch), final)
+
+    def on_train_end(self, logs=None):
+        # Stopped before its last epoch by a callback (early stopping), not by a divergence:
+        # the run is finished, and a resume with the same total has nothing left to do.
+        planned = (self.params or {}).get("epochs")
+        if (not getattr(self.model, "stop_training", False) or not self.rows
+                or diverged(self.rows[-1]) or planned is None):
+            return
+        state = read_state(self.run)
+        if state["epochs_done"] == self.rows[-1]["epoch"] + 1 < planned:
+            atomic_write_json(self.run / STATE, {**state, "stopped_early": True})

@@ -48,9 +48,8 @@ class TrainResult:
 
     @property
     def diverged(self) -> bool:
-        """The last epoch's training loss is not a number (NaN or infinite)."""
-        loss = self.history[-1].get("loss") if self.history else None
-        return loss is not None and not math.isfinite(loss)
+        """The last epoch's training or validation loss is not a number (NaN or infinite)."""
+        return bool(self.history) and cb.diverged(self.history[-1])
 
 
 @dataclass
@@ -479,6 +478,9 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     run = Path(run)
     replacing = (run / CONFIG).exists()
     if replacing and not overwrite:
+        if not (run / cb.STATE).exists():
+            raise DestinationExistsError(
+                f"{run} holds a run that never finished an epoch; use --force to start over")
         raise DestinationExistsError(
             f"{run} already holds a run; use --resume {run} to continue it, or --force "
             "to start over")
@@ -581,13 +583,15 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     if done < 1 or not (run / cb.LAST).is_file():
         raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.LAST}); start "
                           "it again with 'dsprep train --force'")
-    if epochs is not None and config.epochs <= done:
+    if epochs is not None and config.epochs < done:
         raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
                          f"so give more than {done}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
-    if config.epochs <= done:
-        # A finished run: nothing to train (a job run again after its last epoch succeeds).
-        state = cb.read_state(run)
+    state = cb.read_state(run)
+    stopped = bool(state.get("stopped_early")) and config.epochs <= saved["options"]["epochs"]
+    if config.epochs <= done or stopped:
+        # A finished run (all its epochs, or stopped early): nothing to train, so a job run
+        # again after its end, with or without the same --epochs, succeeds.
         return TrainResult(run, done, str(state.get("monitor", saved.get("monitor", ""))),
                            state.get("best"), history, None, config.epochs, 0)
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
