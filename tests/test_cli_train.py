@@ -198,6 +198,9 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     assert "training diverged: the loss became nan in epoch 1" in diverged.output
     assert "lower --lr" in diverged.output and "Traceback" not in diverged.output
     assert len(history(tmp_path / "nan")) == 1  # not three epochs of NaN
+    check = invoke("train", data, tmp_path / "check", *QUICK, "--overfit-check", "--epochs", "3",
+                   "--lr", "1e30")
+    assert check.exit_code == 1 and "training diverged" in check.output
     again = invoke("train", data, tmp_path / "nan", *QUICK)
     assert again.exit_code == 1 and "never finished an epoch; use --force" in again.output
 
@@ -208,11 +211,20 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     epochs = len(history(run))
     assert epochs < 8 and f"{epochs} epochs (stopped early by --early-stop, of 8)" in early.output
     # A finished run, stopped early or not, has nothing left to do when the job runs again.
-    for args in ([], ["--epochs", "8"]):
+    for args in ([], ["--epochs", "8"], ["--epochs", "5"]):
         rerun = invoke("train", "--resume", run, *args)
         assert rerun.exit_code == 0, rerun.output
-        assert f"stopped early after {epochs} epochs already: nothing to do" in rerun.output
+        assert (f"stopped early after {epochs} of its 8 epochs already: nothing to do (give "
+                "--epochs above 8") in rerun.output
         assert len(history(run)) == epochs
+    # A resume asking for more that stopped before its first epoch leaves config.json with the
+    # new total and state.json as it was: running it again trains on.
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["epochs"] = 12
+    (run / "config.json").write_text(json.dumps(config))
+    more = invoke("train", "--resume", run)
+    assert more.exit_code == 0, more.output
+    assert len(history(run)) > epochs and "resumed" in more.output
 
     # A job that runs the same resume again after the run's end succeeds, claiming no work.
     finished = tmp_path / "finished"

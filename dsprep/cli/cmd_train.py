@@ -153,6 +153,19 @@ def _resume_hint(run: str):
         raise
 
 
+def _diverged(result) -> click.ClickException:
+    """The error for a run whose last epoch's loss went NaN or infinite."""
+    last = result.history[-1]
+    which, value = next((name, last[key]) for key, name in (("loss", "loss"),
+                                                            ("val_loss", "validation loss"))
+                        if isinstance(last.get(key), float) and not math.isfinite(last[key]))
+    kept = (f"; {result.run}/best.keras holds the best of the epochs before it"
+            if result.epochs_done > 1 else "")
+    return click.ClickException(
+        f"training diverged: the {which} became {value} in epoch {result.epochs_done}, and "
+        f"the run stopped there; start again with a lower --lr (and --force){kept}")
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -210,6 +223,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         if overfit_check:
             report = fit.overfit_check(data, run, config, overwrite=force,
                                        progress=show_progress())
+            if report.result.diverged:
+                raise _diverged(report.result)
             verdict = "passed" if report.passed else "FAILED"
             epochs = count_of(report.result.epochs_done, "epoch")
             say(f"overfit check {verdict}: training loss {report.first_loss:.4f} -> "
@@ -228,23 +243,14 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         verb = "trained"
     last = result.history[-1] if result.history else {}
     if resume_run and result.epochs_run == 0:
-        how = (f"stopped early after {count_of(result.epochs_done, 'epoch')}"
+        how = (f"stopped early after {result.epochs_done} of its {result.epochs_planned} epochs"
                if result.epochs_done < result.epochs_planned
                else f"trained all its {count_of(result.epochs_done, 'epoch')}")
-        say(f"{result.run} has {how} already: nothing to do (give --epochs with a larger "
-            "total to train it further)")
+        say(f"{result.run} has {how} already: nothing to do (give --epochs above "
+            f"{result.epochs_planned} to train it further)")
         return
     if result.diverged:
-        kept = (f"; {result.run}/best.keras holds the best of the epochs before it"
-                if result.epochs_done > 1 else "")
-        which, value = next((name, last[key]) for key, name in (("loss", "loss"),
-                                                                ("val_loss", "validation loss"))
-                            if isinstance(last.get(key), float)
-                            and not math.isfinite(last[key]))
-        raise click.ClickException(
-            f"training diverged: the {which} became {value} in epoch "
-            f"{result.epochs_done}, and the run stopped there; start again with a lower --lr "
-            f"(and --force){kept}")
+        raise _diverged(result)
     stopped = (f" (stopped early by --early-stop, of {result.epochs_planned})"
                if result.epochs_done < result.epochs_planned else "")
     say(f"{verb} {result.run}: {count_of(result.epochs_done, 'epoch')}{stopped}, last loss "

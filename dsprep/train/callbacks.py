@@ -432,4 +432,6 @@ class RunRecorder(keras.callbacks.Callback):
             return
         state = read_state(self.run)
         if state["epochs_done"] == self.rows[-1]["epoch"] + 1 < planned:
-            atomic_write_json(self.run / STATE, {**state, "stopped_early": True})
+            # The total it stopped short of: a resume asking no more than that has nothing to
+            # do, even after a resume asking more was interrupted before its first epoch.
+            atomic_write_json(self.run / STATE, {**state, "stopped_early_of": int(planned)})

@@ -583,17 +583,18 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     if done < 1 or not (run / cb.LAST).is_file():
         raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.LAST}); start "
                           "it again with 'dsprep train --force'")
+    state = cb.read_state(run)
+    stopped_of = state.get("stopped_early_of")  # the total an early stop cut short
+    own = stopped_of if isinstance(stopped_of, int) and stopped_of > done else done
     if epochs is not None and config.epochs < done:
         raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
-                         f"so give more than {done}")
+                         f"so give more than {own}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
-    state = cb.read_state(run)
-    stopped = bool(state.get("stopped_early")) and config.epochs <= saved["options"]["epochs"]
-    if config.epochs <= done or stopped:
+    if config.epochs <= own:
         # A finished run (all its epochs, or stopped early): nothing to train, so a job run
         # again after its end, with or without the same --epochs, succeeds.
         return TrainResult(run, done, str(state.get("monitor", saved.get("monitor", ""))),
-                           state.get("best"), history, None, config.epochs, 0)
+                           state.get("best"), history, None, own, 0)
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed(config.seed + done)
