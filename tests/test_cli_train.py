@@ -189,6 +189,11 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     assert [r["lr"] for r in rows] == ["0.05", "0.001"]
     for rate in ("0.05", "0.001"):
         assert len(history(run / f"lr-{rate}")) == 1
+    assert "diverged" not in result.output
+    wild = invoke("sweep-lr", data, tmp_path / "wild", *QUICK, "--lrs", "1e30,0.001",
+                  "--epochs", "2")
+    assert wild.exit_code == 0, wild.output
+    assert "diverged, stopped at a NaN or infinite loss: lr 1e+30 (epoch 1)" in wild.output
 
 
 @pytest.mark.slow
@@ -257,6 +262,7 @@ def test_a_stopped_run_says_how_to_resume_it(data, tmp_path, monkeypatch, stop):
     assert "--resume" not in fresh.output
 
 
+@pytest.mark.slow
 def test_smallnet_learns_from_hdf5_at_its_defaults(data, tmp_path):
     # smallnet has no normalisation layer: fed raw mean-subtracted pixels (+-128) it diverged at
     # the default learning rate (losses 11, 334, 4e13); its inputs are scaled to about -1..1.
@@ -269,6 +275,7 @@ def test_smallnet_learns_from_hdf5_at_its_defaults(data, tmp_path):
     assert json.loads((run / "config.json").read_text())["scale"] == pytest.approx(1 / 127.5)
 
 
+@pytest.mark.slow
 def test_train_on_a_split_folder(tmp_path):
     split = tmp_path / "split"
     make_class_folders(split / "train", classes=("cat", "dog"), per_class=8, size=(48, 48))

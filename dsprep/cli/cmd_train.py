@@ -335,4 +335,7 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
                      _fmt(r.best)])
     monitor = next(iter(results.values())).monitor
     say(format_table(rows, ["lr", "final loss", "final val_loss", f"best {monitor}"]))
+    diverged = [f"{lr:g} (epoch {r.epochs_done})" for lr, r in results.items() if r.diverged]
+    if diverged:
+        say(f"diverged, stopped at a NaN or infinite loss: lr {', '.join(diverged)}")
     say(f"wrote {run}/sweep-lr.png and {run}/sweep-lr.csv")
