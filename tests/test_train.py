@@ -133,14 +133,19 @@ def test_last_checkpoint_reloads_and_predicts_exactly(resnet_run):
     assert same == (best_epoch == 1)
 
 
-def test_best_checkpoint_keeps_the_best_epoch_and_writes_atomically(tmp_path):
+def recorded_model(run, classes):
+    """A one-layer model with a RunRecorder on ``run``, and a batch to compare predictions on."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(inputs))
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    recorder = cb.RunRecorder(tmp_path, "val_accuracy", plots=False)
+    recorder = cb.RunRecorder(run, "val_accuracy", plots=False)
     recorder.set_model(model)
-    x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    return model, recorder, np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+
+
+def test_best_checkpoint_keeps_the_best_epoch_and_writes_atomically(tmp_path):
+    model, recorder, x = recorded_model(tmp_path, 2)
 
     recorder.on_epoch_begin(0)
     recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.75})
@@ -159,13 +164,7 @@ def test_best_checkpoint_keeps_the_best_epoch_and_writes_atomically(tmp_path):
 
 
 def test_a_diverged_epoch_is_recorded_but_never_checkpointed_or_counted(tmp_path):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    recorder = cb.RunRecorder(tmp_path, "val_accuracy", plots=False)
-    recorder.set_model(model)
-    x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    model, recorder, x = recorded_model(tmp_path, 3)
     recorder.on_epoch_begin(0)
     recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
     before = model.predict_on_batch(x)
