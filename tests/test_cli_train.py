@@ -73,6 +73,11 @@ def test_train_resume_and_evaluate(data, tmp_path):
     refused = invoke("train", data, run, *QUICK, "--force", "--crop", "100")
     assert refused.exit_code == 2 and "--crop 100 is larger" in refused.output
     assert {name: (run / name).read_bytes() for name in kept} == kept
+    # So does a replacement that diverges in its first epoch.
+    diverged = invoke("train", data, run, *QUICK, "--force", "--lr", "1e30")
+    assert diverged.exit_code == 1 and "training diverged" in diverged.output
+    assert f"{run} holds the run it was to replace, as before" in diverged.output
+    assert {name: (run / name).read_bytes() for name in kept} == kept
 
     resumed = invoke("train", "--resume", run, "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
@@ -256,6 +261,18 @@ def test_a_stopped_run_says_how_to_resume_it(data, tmp_path, monkeypatch, stop):
     result = CliRunner().invoke(main, ["train", "--resume", str(run), "--epochs", "2"])
     assert result.exit_code in (1, 143)
     assert f"continue it with: dsprep train --resume {run}" in result.output
+
+    # A replacement stopped in its first epoch: the old run is back, and no resume is offered
+    # (it would continue the old run, not the one that was stopped).
+    from dsprep.train import callbacks as cb
+
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", stopped)
+    replaced = CliRunner().invoke(main, ["train", str(data), str(run), *QUICK, "--force"])
+    assert replaced.exit_code in (1, 143)
+    assert f"stopped before it finished an epoch; {run} holds what it held before" in \
+        replaced.output and "--resume" not in replaced.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept
     # before any epoch finished there is nothing to resume, and no hint
     monkeypatch.setattr(fit, "train", stopped)
     fresh = CliRunner().invoke(main, ["train", str(data), str(tmp_path / "new"), *QUICK])

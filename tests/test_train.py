@@ -400,6 +400,107 @@ def test_a_finished_run_is_not_overwritten(resnet_run):
         train(data, run, tiny())
 
 
+def _files(run):
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+
+@pytest.fixture()
+def replaceable(tmp_path):
+    """A one-epoch run with an evaluation's confusion matrix in it, and its data."""
+    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
+    run = tmp_path / "run"
+    train(data, run, tiny("smallnet", width=4, epochs=1))
+    (run / "confusion-test-center.png").write_bytes(b"old matrix")
+    return data, run, _files(run)
+
+
+@pytest.mark.parametrize("how", ["interrupted", "diverged"])
+def test_a_replacement_that_never_finishes_an_epoch_puts_the_old_run_back(replaceable,
+                                                                          monkeypatch, how):
+    data, run, old = replaceable
+    if how == "interrupted":
+        def stop(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(data, run, tiny("smallnet", width=4, epochs=1, seed=5), overwrite=True)
+    else:
+        result = train(data, run, tiny("smallnet", width=4, epochs=2, lr=1e30), overwrite=True)
+        assert result.diverged and result.restored and result.epochs_done == 1
+    assert _files(run) == old
+    assert sorted(p.name for p in run.iterdir()) == sorted(old)
+
+
+def test_a_replacement_drops_the_old_run_once_its_first_epoch_is_done(replaceable, monkeypatch):
+    data, run, old = replaceable
+    seen = []
+    end = cb.RunRecorder.on_epoch_end
+
+    def watch(self, epoch, logs=None):
+        aside = run / "replaced"
+        seen.append((epoch, aside.is_dir() and _files(aside) == old,
+                     not (run / "config.json").read_bytes() == old["config.json"]))
+        return end(self, epoch, logs)
+
+    monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", watch)
+    result = train(data, run, tiny("smallnet", width=4, epochs=2, seed=5), overwrite=True)
+    # During the first epoch the old run is whole, set aside; after it, it is gone.
+    assert seen == [(0, True, True), (1, False, True)]
+    assert result.epochs_done == 2 and not result.restored
+    assert not (run / "replaced").exists() and not (run / "confusion-test-center.png").exists()
+    assert [r["epoch"] for r in cb.read_history(run / "history.csv")] == [0, 1]
+
+
+def test_after_a_crash_in_a_replacement_the_old_run_is_kept_and_named(replaceable,
+                                                                      monkeypatch):
+    from dsprep.train import fit
+
+    data, run, old = replaceable
+    # The process died in the new run's first epoch: the old run set aside, a new config.
+    fit._set_aside(run)
+    (run / "config.json").write_text(json.dumps({"data": str(data), "options": {}}))
+    for call in (lambda: train(data, run, tiny("smallnet", width=4)),
+                 lambda: resume(run)):
+        with pytest.raises((DestinationExistsError, LayoutError),
+                           match="never finished an epoch.*kept whole in .*replaced"):
+            call()
+    # --force again replaces the unfinished run, and keeps the old one aside until its first
+    # epoch is done; a crash in that first epoch still leaves the old run to put back.
+    def stop(self, epoch, logs=None):
+        raise _Crash()
+
+    monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", stop)
+    with pytest.raises(_Crash):
+        train(data, run, tiny("smallnet", width=4, epochs=1, seed=5), overwrite=True)
+    assert _files(run) == old and not (run / "replaced").exists()
+
+
+def test_a_stale_set_aside_run_goes_when_the_run_is_resumed_or_replaced(replaceable):
+    from dsprep.train import fit
+
+    data, run, old = replaceable
+    # The new run finished its first epoch but died before dropping the old one.
+    (run / "replaced").mkdir()
+    (run / "replaced" / "config.json").write_text("{}")
+    resume(run, epochs=2)
+    assert not (run / "replaced").exists()
+    (run / "replaced").mkdir()
+    (run / "replaced" / "config.json").write_text("{}")
+    aside = fit._set_aside(run)
+    assert _files(aside).keys() == old.keys() and _files(aside)["config.json"] != b"{}"
+
+
+def test_limit_per_class_subsets_are_removed_after_training(tmp_path):
+    data = write_data(tmp_path / "data", size=48, counts=(12, 4, 4))
+    run = tmp_path / "run"
+    result = train(data, run, tiny("smallnet", width=4, epochs=1, limit_per_class=2))
+    assert result.epochs_done == 1 and not (run / ".subset-train.hdf5").exists()
+    resume(run, epochs=2)
+    assert not (run / ".subset-train.hdf5").exists()
+    assert [r["epoch"] for r in cb.read_history(run / "history.csv")] == [0, 1]
+
+
 def test_limit_per_class_keeps_the_first_rows_of_each_class(tmp_path):
     data = write_data(tmp_path / "data", counts=(20, 4, 4))
     bundle = open_data(data, tiny(limit_per_class=3), work=tmp_path)

@@ -140,14 +140,31 @@ def _config(opts: dict) -> TrainConfig:
     return TrainConfig(jit=jit, **opts).check()
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 @contextlib.contextmanager
-def _resume_hint(run: str):
-    """On Ctrl-C or SIGTERM after a finished epoch, say how to continue the run."""
+def _resume_hint(run: str, replacing: bool = False):
+    """On Ctrl-C or SIGTERM after a finished epoch, say how to continue the run.
+
+    A replacement (--force) stopped before its first epoch ended puts back the run it was to
+    replace, state.json and all, untouched: that is said instead.
+    """
+    state = Path(run) / "state.json"
+    before = _stamp(state) if replacing else None
     try:
         yield
     except (KeyboardInterrupt, SystemExit) as exc:
         stopped = isinstance(exc, KeyboardInterrupt) or exc.code == 128 + signal.SIGTERM
-        if stopped and (Path(run) / "last.keras").is_file():
+        if stopped and before is not None and _stamp(state) == before:
+            click.echo(f"\nthe run stopped before it finished an epoch; {run} holds what it "
+                       "held before", err=True)
+        elif stopped and (Path(run) / "last.keras").is_file():
             click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {run}",
                        err=True)
         raise
@@ -161,6 +178,8 @@ def _diverged(result) -> click.ClickException:
                         if isinstance(last.get(key), float) and not math.isfinite(last[key]))
     kept = (f"; {result.run}/best.keras holds the best of the epochs before it"
             if result.epochs_done > 1 else "")
+    if result.restored:
+        kept = f"; {result.run} holds the run it was to replace, as before"
     return click.ClickException(
         f"training diverged: the {which} became {value} in epoch {result.epochs_done}, and "
         f"the run stopped there; start again with a lower --lr (and --force){kept}")
@@ -184,7 +203,10 @@ def _fmt(value) -> str:
                    "learning rate and no early stop, whatever else is given) and report "
                    "whether the model learnt them: the training loss down to 0.75 of the "
                    "first epoch's, the accuracy halfway from guessing to 1.")
-@click.option("--force", is_flag=True, help="Replace a run already in RUN.")
+@click.option("--force", is_flag=True,
+              help="Replace a run already in RUN. It is kept in RUN/replaced until the new "
+                   "run has finished its first epoch, and put back if the new run fails "
+                   "before that.")
 def train(data: str | None, run: str | None, resume_run: str | None, overfit_check: bool,
           force: bool, **opts) -> None:
     """Train a network on DATA, writing everything into the folder RUN.
@@ -238,7 +260,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
-        with _resume_hint(run):
+        with _resume_hint(run, replacing=force):
             result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"
     last = result.history[-1] if result.history else {}

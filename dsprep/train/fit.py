@@ -29,6 +29,8 @@ CONFIG = "config.json"
 # format, so a model sees the same inputs from an HDF5 folder and a split folder. (Raw +-128
 # inputs made smallnet, which has no normalisation layer, diverge at the default rate.)
 INPUT_SCALE = 1.0 / 127.5
+# What limit_per_class writes into the run folder while it trains.
+_SUBSET_HDF5, _SUBSET_FOLDER = ".subset-train.hdf5", ".subset-train"
 # The means used when a split folder comes without means.json: mid-grey.
 _FALLBACK_MEAN = (127.5, 127.5, 127.5)
 
@@ -45,6 +47,8 @@ class TrainResult:
     model: keras.Model | None = field(default=None, repr=False)
     epochs_planned: int = 0  # the total asked for; more than epochs_done after a stop
     epochs_run: int = 0  # epochs trained by this call (0: a resume of a finished run)
+    # The run diverged in its first epoch, and the run it was to replace is back in RUN.
+    restored: bool = False
 
     @property
     def diverged(self) -> bool:
@@ -188,6 +192,12 @@ def _subset_hdf5(src: Path, dest: Path, per_class: int, block: int = 256) -> Pat
     return dest
 
 
+def _drop_subset(work: Path) -> None:
+    """Remove the subset ``limit_per_class`` wrote (a resume writes it again)."""
+    (work / _SUBSET_HDF5).unlink(missing_ok=True)
+    shutil.rmtree(work / _SUBSET_FOLDER, ignore_errors=True)
+
+
 def _subset_folder(src: Path, dest: Path, per_class: int) -> Path:
     """Mirror the first ``per_class`` files (sorted) of each class folder of ``src`` as links."""
     if dest.exists():
@@ -298,7 +308,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
 
         train_path = data / "train.hdf5"
         if config.limit_per_class:
-            train_path = _subset_hdf5(train_path, work / ".subset-train.hdf5",
+            train_path = _subset_hdf5(train_path, work / _SUBSET_HDF5,
                                       config.limit_per_class)
         if (data / "means.json").is_file():
             mean = _read_mean(data / "means.json")
@@ -323,7 +333,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
 
         train_root = data / "train"
         if config.limit_per_class:
-            train_root = _subset_folder(train_root, work / ".subset-train",
+            train_root = _subset_folder(train_root, work / _SUBSET_FOLDER,
                                         config.limit_per_class)
         size = (config.image_size, config.image_size)
         _check_crop(config, size, f"--image-size {config.image_size}",
@@ -435,23 +445,28 @@ def _val_labels(bundle: DataBundle) -> np.ndarray | None:
 
 
 def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoch: int,
-         history: list, progress: bool) -> TrainResult:
+         history: list, progress: bool, aside: Path | None = None) -> TrainResult:
     classes = len(bundle.label_names)
     validation = bundle.val is not None
     monitor, _ = cb.best_metric(classes, validation, _val_labels(bundle))
     calls = _callbacks(run, config, monitor, history, validation)
+    if aside is not None:
+        calls.append(_DropReplaced(run, aside))  # after RunRecorder has written state.json
     from ..adapters import EpochSync
 
     train = _as_keras(bundle.train, config.workers)
     # Keras epoch e reads generator epoch e under every backend, on a resume too (set through
     # the dataset, which waits for the batches it is reading ahead).
     calls.insert(0, EpochSync(train))
-    if initial_epoch < config.epochs:
-        model.fit(train, validation_data=_as_keras(bundle.val, config.workers),
-                  epochs=config.epochs, initial_epoch=initial_epoch, callbacks=calls,
-                  # The generator shuffles, reproducibly from its seed and epoch.
-                  shuffle=False,
-                  verbose=2 if progress else 0)
+    try:
+        if initial_epoch < config.epochs:
+            model.fit(train, validation_data=_as_keras(bundle.val, config.workers),
+                      epochs=config.epochs, initial_epoch=initial_epoch, callbacks=calls,
+                      # The generator shuffles, reproducibly from its seed and epoch.
+                      shuffle=False,
+                      verbose=2 if progress else 0)
+    finally:
+        _drop_subset(run)
     recorder = next(c for c in calls if isinstance(c, cb.RunRecorder))
     rows = recorder.rows
     done = rows[-1]["epoch"] + 1 if rows else 0
@@ -476,11 +491,12 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     """
     config = (config or TrainConfig()).check()
     run = Path(run)
-    replacing = (run / CONFIG).exists()
+    replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
     if replacing and not overwrite:
         if not (run / cb.STATE).exists():
             raise DestinationExistsError(
-                f"{run} holds a run that never finished an epoch; use --force to start over")
+                f"{run} holds a run that never finished an epoch; use --force to start over"
+                + _replaced_hint(run))
         raise DestinationExistsError(
             f"{run} already holds a run; use --resume {run} to continue it, or --force "
             "to start over")
@@ -501,10 +517,28 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
         # it was to replace stays whole (a refused option must not cost its checkpoints).
         if created:
             shutil.rmtree(run, ignore_errors=True)
+        else:
+            _drop_subset(run)
         raise
-    if replacing:
-        for name in (CONFIG, cb.HISTORY, cb.STATE, cb.BEST, cb.LAST, cb.CURVES, cb.LR_PLOT):
-            (run / name).unlink(missing_ok=True)
+    # The run it replaces is set aside until the new one has finished an epoch, and put back
+    # if the new one fails, is stopped or diverges before that.
+    aside = _set_aside(run) if replacing else None
+    try:
+        result = _start(model, bundle, data, run, config, device, classes, aside, progress)
+    except BaseException:
+        if aside is not None and not (run / cb.STATE).exists():
+            _put_back(run, aside)
+        raise
+    if aside is not None and not (run / cb.STATE).exists():
+        _put_back(run, aside)  # diverged in its first epoch: nothing of it is worth keeping
+        result.restored = True
+    return result
+
+
+def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
+           device: DeviceSetup, classes: int, aside: Path | None,
+           progress: bool) -> TrainResult:
+    """Write a new run's config.json and train it."""
     cb.atomic_write_json(run / CONFIG, {
         "schema": "dsprep-run/1", "data": str(Path(data).resolve()), "data_kind": bundle.kind,
         "options": config.to_dict(), "classes": bundle.label_names,
@@ -513,7 +547,67 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
         "mean_rgb": list(bundle.mean), "scale": bundle.scale,
         "monitor": cb.best_metric(classes, bundle.val is not None, _val_labels(bundle))[0],
         "versions": _versions(device)})
-    return _fit(model, bundle, run, config, 0, [], progress)
+    return _fit(model, bundle, run, config, 0, [], progress, aside=aside)
+
+
+# Where --force keeps the run it replaces until the new run has finished its first epoch.
+REPLACED = "replaced"
+
+
+def _run_files(run: Path) -> list[Path]:
+    """The files of the run in RUN: its records and checkpoints, files a crash left half
+    written, and the confusion matrices 'dsprep evaluate' drew of its model."""
+    names = (CONFIG, cb.HISTORY, cb.STATE, cb.BEST, cb.LAST, cb.CURVES, cb.LR_PLOT)
+    return ([run / name for name in names if (run / name).exists()]
+            + sorted(run.glob(".*.partial.*")) + sorted(run.glob("confusion-*.png")))
+
+
+def _set_aside(run: Path) -> Path:
+    """Move the run in RUN into RUN/replaced; return that folder.
+
+    After a replacement that never finished an epoch (a crash), the run in ``replaced`` is
+    still the one to keep, and the unfinished one goes; after one that did, ``replaced`` is
+    stale and goes.
+    """
+    aside = run / REPLACED
+    if aside.exists():
+        if not (run / cb.STATE).exists():
+            for path in _run_files(run):
+                path.unlink()
+            return aside
+        shutil.rmtree(aside)
+    aside.mkdir()
+    for path in _run_files(run):
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def _put_back(run: Path, aside: Path) -> None:
+    """Remove the new run's files and move the run set aside back into RUN."""
+    for path in _run_files(run):
+        path.unlink(missing_ok=True)
+    for path in aside.iterdir():
+        os.replace(path, run / path.name)
+    aside.rmdir()
+
+
+def _replaced_hint(run: Path) -> str:
+    if not (run / REPLACED).is_dir():
+        return ""
+    return (f" (the run it was replacing is kept whole in {run / REPLACED}: to go on with "
+            f"that one, move every file in it, the hidden ones too, back into {run})")
+
+
+class _DropReplaced(keras.callbacks.Callback):
+    """Delete the run --force set aside once the new run has finished its first epoch."""
+
+    def __init__(self, run: Path, aside: Path) -> None:
+        super().__init__()
+        self.run, self.aside = run, aside
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.aside.exists() and (self.run / cb.STATE).exists():
+            shutil.rmtree(self.aside, ignore_errors=True)
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
@@ -524,7 +618,8 @@ def read_run_config(run: str | os.PathLike) -> dict:
         if runs:  # a sweep-lr folder: its runs are one level down
             raise LayoutError(f"{run} holds the runs of a learning-rate sweep, not one run; "
                               f"give one of them, such as {runs[0].parent}")
-        raise LayoutError(f"{run} is not a run folder (no {CONFIG}); start one with 'dsprep train'")
+        raise LayoutError(f"{run} is not a run folder (no {CONFIG}); start one with 'dsprep train'"
+                          + _replaced_hint(Path(run)))
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -578,6 +673,9 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     if epochs is not None:
         config.epochs = int(epochs)
         config.check()
+    if not (run / cb.STATE).exists() and (run / REPLACED).is_dir():
+        raise LayoutError(f"{run} holds a run that never finished an epoch, so there is nothing "
+                          "to resume; use --force to start it over" + _replaced_hint(run))
     done = int(cb.read_state(run)["epochs_done"])
     cb.settle_checkpoints(run, done)
     if done < 1 or not (run / cb.LAST).is_file():
@@ -590,6 +688,8 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
         raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
                          f"so give more than {own}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
+    if (run / REPLACED).is_dir():
+        shutil.rmtree(run / REPLACED)  # stale: the run that replaced it finished an epoch
     if config.epochs <= own:
         # A finished run (all its epochs, or stopped early): nothing to train, so a job run
         # again after its end, with or without the same --epochs, succeeds.
