@@ -79,6 +79,10 @@ _TAIL_BLOCKS_PER_WORKER = 2
 _TAIL_SPLIT = 4
 
 
+# The largest --seed: the files record it as a signed 64-bit integer.
+SEED_MAX = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """How images become rows: geometry, decoding, order, storage and parallelism.
@@ -133,9 +137,10 @@ class BuildOptions:
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers {self.workers} must be at least 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or self.seed < 0:
-            # numpy's generators refuse negative seeds; say so before any work is done.
-            raise UsageError(f"seed {self.seed!r} must be a whole number, 0 or more")
+                or not 0 <= self.seed <= SEED_MAX:
+            # numpy's generators refuse negative seeds, and the file records the seed as a
+            # 64-bit integer; say so before any work is done.
+            raise UsageError(f"seed {self.seed!r} must be a whole number from 0 to {SEED_MAX}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"max_pixels {self.max_pixels} must be at least 1")
         return self
@@ -275,9 +280,10 @@ _SKIPPED_PROBLEMS = (DANGLING_LINK, BAD_NAME)
 def _dangling_skips(problems, prefix: str = "") -> list[Skip]:
     """The images in class folders the walk left out as skipped rows (see
     ``_SKIPPED_PROBLEMS``)."""
-    return [Skip(prefix + p.source, p.reason, p.detail) for p in problems
-            if p.reason in _SKIPPED_PROBLEMS and "/" in p.source
-            and is_image_name(p.source.rpartition("/")[2])]
+    skips = [Skip(prefix + p.source, p.reason, p.detail) for p in problems
+             if p.reason in _SKIPPED_PROBLEMS and "/" in p.source
+             and is_image_name(p.source.rpartition("/")[2])]
+    return sorted(skips, key=lambda s: s.source)
 
 
 def find_rows(
@@ -304,7 +310,12 @@ def find_rows(
         if not name or Path(name).name != name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
         problems: list = []
-        classes, pairs = class_folder_files(src, problems)
+        try:
+            classes, pairs = class_folder_files(src, problems)
+        except LayoutError:
+            if _dangling_skips(problems):  # images there, but every one a dangling link
+                raise _all_left_out(name, _dangling_skips(problems)) from None
+            raise
         return (classes, {name: _rows(src, "", pairs, classes)}, _problem_notes(problems),
                 {name: _dangling_skips(problems)})
     notes: list[str] = []
@@ -335,6 +346,9 @@ def find_rows(
             notes += _problem_notes(problems, _under(src, folder))
             links[split] = _dangling_skips(problems, _under(src, folder))
         except LayoutError:
+            dangling = _dangling_skips(problems, _under(src, folder))
+            if dangling:  # images there, but every one a dangling link
+                raise _all_left_out(split, dangling) from None
             notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")
             continue
         scanned[split] = pairs
@@ -835,14 +849,17 @@ def write_file(
     publish: bool = True,
     progress: bool = False,
     keep_ring: bool = False,
+    left_out: Sequence[Skip] = (),
 ) -> FileReport:
     """Decode, resize and write ``rows`` (in the given order) as one dsprep HDF5 file.
 
     Bad images are skipped and reported; the file holds only good rows, labels and filenames
-    aligned with them. With ``publish=False`` the finished file stays at ``NAME.partial`` for
-    the caller to rename (so several files can appear together). With ``keep_ring`` the
-    shared memory the workers decode into is kept for the next call (``build_hdf5`` passes it
-    for train, val and test and frees it at its end; so does :func:`shutdown_workers`).
+    aligned with them. ``left_out`` are images of the file's folders left out before
+    decoding (dangling links); they count among its skipped images. With ``publish=False``
+    the finished file stays at ``NAME.partial`` for the caller to rename (so several files
+    can appear together). With ``keep_ring`` the shared memory the workers decode into is
+    kept for the next call (``build_hdf5`` passes it for train, val and test and frees it at
+    its end; so does :func:`shutdown_workers`).
 
     Raises:
         DsprepError: a worker process died (nothing is left under the final name).
@@ -867,7 +884,7 @@ def write_file(
                               compression=options.compression, attrs=attrs, overwrite=overwrite,
                               direct=True)
     stats = ChannelStats()
-    skipped: list[Skip] = []
+    skipped: list[Skip] = list(left_out)
     appender = _Appender(writer, block, options.size)
     bar = tqdm(total=len(rows), unit="img", desc=path.name, disable=not progress,
                dynamic_ncols=True)
@@ -1089,12 +1106,12 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
             ordered = order_rows(rows, options.order, options.seed)
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
-                                      publish=False, progress=progress, keep_ring=True))
-            reports[-1].skipped += links.get(split, [])
+                                      publish=False, progress=progress, keep_ring=True,
+                                      left_out=links.get(split, ())))
         _write_skipped(_next(skipped_final), [s for r in reports for s in r.skipped])
         for report in reports:
             if report.count == 0 and report.skipped:
-                raise _all_left_out(report)
+                raise _all_left_out(report.split, report.skipped)
         if means_path is not None:
             train = next(r for r in reports if r.split == "train")
             write_means(_next(means_path), means_record(train.stats, train.path.name))
@@ -1186,12 +1203,12 @@ def _undo_publishing(out: Path) -> list[str]:
     return [str(f) for f in renamed]
 
 
-def _all_left_out(report: FileReport) -> DsprepError:
+def _all_left_out(split: str, skipped: Sequence[Skip]) -> DsprepError:
     """The error for a file whose every image was left out: an empty file helps no one."""
-    reasons = Counter(s.reason for s in report.skipped)
-    first = report.skipped[0]
+    reasons = Counter(s.reason for s in skipped)
+    first = skipped[0]
     return DsprepError(
-        f"every image of {report.split} was left out ({len(report.skipped)}: "
+        f"every image of {split} was left out ({len(skipped)}: "
         + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
         + f"; the first, {first.source}: {first.detail}); nothing was written. "
         "Check the options that leave images out (--max-pixels) and the source files"

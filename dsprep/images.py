@@ -341,21 +341,50 @@ def _fit(
 # --- decoding -------------------------------------------------------------------------------
 
 
+def _opencv_limit(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(f"OPENCV_IO_MAX_IMAGE_{name}", default))
+    except ValueError:
+        return default
+
+
 def _check_pixels(header: _Header, max_pixels: int | None) -> None:
     if max_pixels is not None and header.height * header.width > max_pixels:
         raise ImageTooLargeError(
             f"{header.width}x{header.height} is over the {max_pixels:,}-pixel limit"
         )
+    # OpenCV's own limits, which it applies whatever max_pixels says (and which its
+    # OPENCV_IO_MAX_IMAGE_* variables move): a header past them will not decode.
+    if (header.width > _opencv_limit("WIDTH", 1 << 20)
+            or header.height > _opencv_limit("HEIGHT", 1 << 20)
+            or header.height * header.width > _opencv_limit("PIXELS", 1 << 30)):
+        raise ImageTooLargeError(f"{header.width}x{header.height} is larger than OpenCV "
+                                 "decodes (at most 1,048,576 pixels wide or tall, "
+                                 "1,073,741,824 in all)")
+
+
+def _imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, with OpenCV's errors turned into dsprep's: an image over its size limits
+    (2**20 pixels wide or tall, 2**30 in all, unless set otherwise in OPENCV_IO_MAX_IMAGE_*)
+    raises instead of returning None."""
+    try:
+        return cv2.imdecode(buffer, flags)
+    except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE" in str(exc):
+            raise ImageTooLargeError("larger than OpenCV decodes (at most 1,048,576 pixels "
+                                     "wide or tall, 1,073,741,824 in all)") from None
+        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "no detail"
+        raise CorruptImageError(f"could not be decoded (OpenCV: {detail})") from None
 
 
 def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
     """Decode a file whose header was read, at 1/factor scale (JPEG only), to RGB uint8."""
     buffer = np.frombuffer(data, np.uint8)
     if header.unchanged:
-        raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        raw = _imdecode(buffer, cv2.IMREAD_UNCHANGED)
     else:
         flags = _COLOR_RGB | (_REDUCED_FLAG[factor] if factor > 1 else 0)
-        raw = cv2.imdecode(buffer, flags)
+        raw = _imdecode(buffer, flags)
         if raw is not None and header.format == "JPEG" and _grey_last_row(raw):
             stray = _stray_marker(data, header.scan, header.restart)
             if stray is not None:
@@ -437,7 +466,7 @@ def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:
     """Formats without a header parser here: let OpenCV decode (it applies orientation)."""
     if not data:
         raise CorruptImageError("empty file")
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    raw = _imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if raw is None:
         if _looks_like_text(data):
             raise CorruptImageError("a text file, not an image")
@@ -498,8 +527,22 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     raise CorruptImageError(f"unsupported pixel type {pixels.dtype}")
 
 
+# Pixels composited at a time: the arithmetic's temporaries (up to 120 bytes a pixel for 16-bit
+# RGBA) stay around 30 MB whatever the image's size.
+_BAND_PIXELS = 1 << 18
+
+
 def _composite_on_white(rgba: np.ndarray, premultiplied: bool) -> np.ndarray:
     """RGBA (straight or premultiplied alpha) over a white background, as RGB uint8."""
+    height, width = rgba.shape[:2]
+    out = np.empty((height, width, 3), np.uint8)
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        out[top : top + rows] = _composite_band(rgba[top : top + rows], premultiplied)
+    return out
+
+
+def _composite_band(rgba: np.ndarray, premultiplied: bool) -> np.ndarray:
     if rgba.dtype == np.uint8:
         rgb = rgba[:, :, :3].astype(np.uint32)
         alpha = rgba[:, :, 3:].astype(np.uint32)

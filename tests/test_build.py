@@ -968,6 +968,20 @@ def test_dangling_link_in_a_class_folder_is_reported_not_swallowed(tmp_path):
     with open(tmp_path / "out" / "train.skipped.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["source"] for r in rows] == ["a/gone.jpg"] and "nowhere.jpg" in rows[0]["detail"]
+    with h5py.File(tmp_path / "out" / "train.hdf5", "r") as db:
+        assert db.attrs["skipped"] == 1  # as many as the list and the report
+
+
+@pytest.mark.parametrize("name", [None, "train"])
+def test_a_folder_of_only_dangling_links_is_an_error_naming_them(tmp_path, name):
+    src = tmp_path / "src" / ("train" if name is None else "")
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        (src / cls / "gone.jpg").symlink_to(tmp_path / f"nowhere-{cls}.jpg")
+    with pytest.raises(DsprepError, match=r"every image of train was left out \(2: 2 "
+                                          r"dangling-link; the first, (train/)?a/gone.jpg"):
+        build.build_hdf5(tmp_path / "src", tmp_path / "out", opts(), name=name)
+    assert not (tmp_path / "out" / "train.hdf5").exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the process")

@@ -81,6 +81,7 @@ def test_build_refuses_to_overwrite_without_force(built, tmp_path):
         (["--workers", "0"], "0 is not in the range"),
         (["--name", "x"], "drop --name"),
         (["--seed", "-1"], "-1 is not in the range"),
+        (["--seed", str(2**63)], f"{2**63} is not in the range 0<=x<={2**63 - 1}"),
     ],
 )
 def test_bad_build_arguments_are_usage_errors(tmp_path, args, message):
@@ -104,6 +105,17 @@ def test_verify_refuses_a_negative_seed(built):
     result = run("verify", out / "train.hdf5", "--sources", "1", "--seed", "-1")
     assert result.exit_code == 2, result.output
     assert "-1 is not in the range" in result.output
+
+
+def test_the_largest_seed_builds_and_is_recorded(tmp_path):
+    from dsprep import build
+
+    src = make_split(tmp_path / "split", per_class=1)
+    assert build.SEED_MAX == 2**63 - 1  # what the command line allows
+    result = run("build-hdf5", src, tmp_path / "out", "--seed", str(2**63 - 1), "--workers", "1")
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "out" / "train.hdf5", "r") as db:
+        assert int(db.attrs["seed"]) == 2**63 - 1
 
 
 def test_every_command_has_help():
@@ -248,6 +260,17 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     assert after.exit_code == 0 and after.output == printed.output
     loud = CliRunner().invoke(main, ["means", str(out / "train.hdf5")])
     assert loud.output != printed.output
+    # An existing file is replaced only with --force, and FILE itself never.
+    (tmp_path / "m.json").write_text("{}")
+    kept = run("means", out / "train.hdf5", "-o", tmp_path / "m.json")
+    assert kept.exit_code == 1 and "exists; pass --force" in kept.output
+    assert (tmp_path / "m.json").read_text() == "{}"
+    forced = run("means", out / "train.hdf5", "-o", tmp_path / "m.json", "--force")
+    assert forced.exit_code == 0 and json.loads((tmp_path / "m.json").read_text()) == record
+    before = (out / "train.hdf5").read_bytes()
+    itself = run("means", out / "train.hdf5", "-o", out / "train.hdf5", "--force")
+    assert itself.exit_code == 2 and "is FILE itself" in itself.output
+    assert (out / "train.hdf5").read_bytes() == before
 
 
 @pytest.mark.slow

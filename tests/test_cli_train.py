@@ -331,6 +331,8 @@ def test_train_on_a_split_folder(tmp_path):
          "--crop 100 is larger than the 48x48 images of"),
         (["train", "{data}", "{tmp}/r", "--gpus", "64"], 2, "--gpus 64 asks for more GPUs"),
         (["train", "{data}", "{tmp}/r", "--lr", "inf"], 2, "--lr must be a positive number"),
+        (["train", "{data}", "{tmp}/r", "--seed", str(2**32)], 2,
+         "4294967296 is not in the range 0<=x<=4294967295"),
     ],
 )
 def test_bad_input_gives_one_line_errors(data, tmp_path, args, code, text):

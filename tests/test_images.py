@@ -289,7 +289,10 @@ def test_grayscale_becomes_three_equal_channels():
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
-def test_alpha_is_composited_on_white(fmt):
+@pytest.mark.parametrize("band", [None, 5 * 53 + 7])  # one band; bands of 5 rows, then 2
+def test_alpha_is_composited_on_white(fmt, band, monkeypatch):
+    if band:
+        monkeypatch.setattr(images, "_BAND_PIXELS", band)
     options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
     data = encode(Image.fromarray(RGBA, "RGBA"), fmt, **options)
     np.testing.assert_array_equal(images.decode(data), white_composite(RGBA[..., :3], RGBA[..., 3]))
@@ -334,7 +337,29 @@ def test_16_bit_is_scaled_by_257_and_rounded():
     np.testing.assert_array_equal(images.decode(png16(colour)), np.rint(colour / 257.0))
 
 
-def test_16_bit_alpha_is_composited_on_white():
+def test_compositing_a_large_image_takes_little_more_memory_than_the_image():
+    import tracemalloc
+
+    side = 2048
+    rgba = np.zeros((side, side, 4), np.uint8)
+    rgba[::7, :, 3] = 200
+    data = cv2.imencode(".png", rgba)[1].tobytes()
+    tracemalloc.start()
+    try:
+        decoded = images.decode(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded.shape == (side, side, 3) and decoded[1, 0, 0] == 255
+    # The decoded RGBA (4 bytes a pixel), its channel-swapped copy (4) and the result (3), and
+    # a band's temporaries: not several times the image in 32-bit temporaries (52 a pixel).
+    assert peak / side**2 < 16
+
+
+@pytest.mark.parametrize("band", [None, 2 * 53])
+def test_16_bit_alpha_is_composited_on_white(band, monkeypatch):
+    if band:
+        monkeypatch.setattr(images, "_BAND_PIXELS", band)
     rgb = RGB.astype(np.uint16) * 257 + 100
     alpha = RGBA[..., 3].astype(np.uint16) * 257
     bgra = np.dstack([rgb[..., ::-1], alpha])
@@ -424,6 +449,18 @@ def test_the_pixel_limit_is_a_parameter():
     assert images.decode(data, max_pixels=12_000).shape == (120, 100, 3)
     assert images.decode(data, max_pixels=None).shape == (120, 100, 3)
     assert issubclass(ImageTooLargeError, CorruptImageError)  # callers that skip bad files
+
+
+def test_images_over_opencvs_own_limits_are_too_large_not_a_crash():
+    # Within the pixel limit, but wider than OpenCV decodes (2**20): it raises, not None.
+    ok, wide = cv2.imencode(".bmp", np.zeros((1, 1_100_000, 3), np.uint8))
+    assert ok
+    for call in (images.decode, images.probe, lambda d: images.load(d, 32)):
+        with pytest.raises(ImageTooLargeError, match="larger than OpenCV decodes"):
+            call(wide.tobytes())
+    # With no pixel limit of dsprep's, a header over OpenCV's 2**30 pixels.
+    with pytest.raises(ImageTooLargeError, match="larger than OpenCV decodes"):
+        images.decode(_png_claiming(40000, 30000), max_pixels=None)
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.9, -2])

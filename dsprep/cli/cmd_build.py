@@ -7,10 +7,12 @@ from collections import Counter
 
 import click
 
-from ..errors import DatasetFormatError
+from ..errors import DatasetFormatError, DestinationExistsError, UsageError
 from ._common import count_of, format_table, say, show_progress
 
 _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
+# build.SEED_MAX, without loading the build stage (OpenCV, h5py) before the command runs.
+_SEED_MAX = 2**63 - 1
 
 
 @click.command("build-hdf5")
@@ -37,7 +39,7 @@ _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
               show_default=True,
               help="Row order: shuffled with --seed (batches mix classes) or sorted by class "
                    "and file name.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, _SEED_MAX), default=0, show_default=True,
               help="Seed of the row shuffle (0 or more).")
 @click.option("--chunk-images", type=click.IntRange(min=1), default=None,
               help="Images per HDF5 chunk [default: 64 uncompressed, 8 with lzf/gzip: measured "
@@ -125,7 +127,7 @@ def _short(value) -> str:
               metavar="N",
               help="Also decode N random source images again (found under the file's "
                    "source_root) and compare them with the stored pixels.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, _SEED_MAX), default=0, show_default=True,
               help="Seed for choosing the rows checked with --sources (0 or more).")
 @click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Where the sources are now, if they moved since the build (the folder "
@@ -163,13 +165,20 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the result as a means.json here instead of printing it.")
-def means(file: str, output: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def means(file: str, output: str | None, force: bool) -> None:
     """Recompute the per-channel mean and std of a dsprep HDF5 FILE, reading it in blocks."""
+    import os
     from pathlib import Path
 
     from ..stats import means_record, write_means
     from ..store import channel_stats
 
+    if output and os.path.exists(output):
+        if os.path.samefile(output, file):
+            raise UsageError(f"-o {output} is FILE itself; give another path for the means")
+        if not force:
+            raise DestinationExistsError(f"{output} exists; pass --force to replace it")
     stats = channel_stats(file, progress=show_progress())
     if stats.pixels == 0:
         raise DatasetFormatError(f"{file} holds no images, so it has no means; build it from "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..train.options import SEED_MAX
 from ._common import say
 
 MARKER = ".dsprep-demo"
@@ -32,7 +33,8 @@ def _run(ctx: click.Context, args: list[str]) -> None:
               help="Side of the stored images; the network trains on random crops 7/8 as large.")
 @click.option("--epochs", default=8, show_default=True, type=click.IntRange(min=1),
               help="Training epochs.")
-@click.option("--seed", default=0, show_default=True, help="Seed of every random step.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="Seed of every random step.")
 @click.option("--force", is_flag=True,
               help="Use WORKDIR even if it holds files that an earlier demo did not write.")
 @click.pass_context

@@ -15,7 +15,15 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..train.options import AUGMENTS, MODEL_NAMES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from ..train.options import (
+    AUGMENTS,
+    MODEL_NAMES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    SEED_MAX,
+    TrainConfig,
+)
 from ._common import count_of, format_table, import_keras_quietly, say, show_progress
 
 _DEFAULTS = TrainConfig()
@@ -80,7 +88,7 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                           "(Keras zoom_range)."),
         click.option("--early-stop", type=click.IntRange(min=1), default=None,
                      help="Stop after N epochs without a better validation metric."),
-        click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed,
+        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=_DEFAULTS.seed,
                      show_default=True, help="Seed for weights, order and augmentation."),
         click.option("--limit-per-class", type=click.IntRange(min=1), default=None,
                      help="Train on the first N images of each class only (ablation runs)."),

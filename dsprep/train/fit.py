@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
 from . import callbacks as cb
 from .models import build_model
-from .options import TrainConfig
+from .options import SEED_MAX, TrainConfig
 
 CONFIG = "config.json"
 # The model's first layer computes (pixel - mean) * INPUT_SCALE: about -1..1 whatever the data's
@@ -697,7 +697,7 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
                            state.get("best"), history, None, own, 0)
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.
-    keras.utils.set_random_seed(config.seed + done)
+    keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))
     device = configure_device(config.precision, config.jit, config.gpus)
     bundle = open_data(data or saved["data"], config, work=run, progress=progress)
     _check_resumed_data(bundle, saved, data or saved["data"], config_path)

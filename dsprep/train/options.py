@@ -19,6 +19,8 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SCHEDULES = ("constant", "step", "plateau", "cosine")
 AUGMENTS = ("none", "flip", "affine")
 PRECISIONS = ("auto", "mixed", "float32")
+# Keras seeds numpy's legacy generator, which takes 32-bit seeds.
+SEED_MAX = 2**32 - 1
 
 
 def default_workers() -> int:
@@ -98,7 +100,7 @@ class TrainConfig:
             (0 <= self.zoom < 1, f"--zoom must be in [0, 1), got {self.zoom}"),
             (self.early_stop is None or self.early_stop >= 1,
              f"--early-stop must be at least 1, got {self.early_stop}"),
-            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
+            (0 <= self.seed <= SEED_MAX, f"--seed must be from 0 to {SEED_MAX}, got {self.seed}"),
             (self.limit_per_class is None or self.limit_per_class >= 1,
              f"--limit-per-class must be at least 1, got {self.limit_per_class}"),
             (self.width is None or self.width > 0, f"--width must be positive, got {self.width}"),
