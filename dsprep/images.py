@@ -804,8 +804,14 @@ def _webp_orientation(data: bytes) -> int:
     return 1
 
 
+# The pixel data of a TIFF: strips (StripOffsets, StripByteCounts) or tiles (TileOffsets,
+# TileByteCounts).
+_TIFF_DATA = ((273, 279), (324, 325))
+
+
 def _inspect_tiff(data: bytes) -> _Header:
-    tags = _tiff_ifd0(data, 0, len(data), {256, 257, 258, 274, 277, 338})
+    every = {tag for pair in _TIFF_DATA for tag in pair}
+    tags = _tiff_ifd0(data, 0, len(data), {256, 257, 258, 274, 277, 338}, every)
     width, height = tags.get(256, 0), tags.get(257, 0)
     _valid_size("TIFF", height, width)
     orientation = tags.get(274, 1)
@@ -814,9 +820,15 @@ def _inspect_tiff(data: bytes) -> _Header:
     # Associated alpha (1) is stored premultiplied; unassociated (2) 8-bit alpha comes out
     # premultiplied too, because OpenCV reads it through libtiff's RGBA interface.
     premultiplied = extra == 1 or (extra == 2 and bits == 8)
+    complete = None
+    for offsets, counts in _TIFF_DATA:
+        ends = [o + n for o, n in zip(tags.get(offsets, ()), tags.get(counts, ()), strict=False)]
+        if ends and max(ends) > len(data):
+            complete = "truncated TIFF (its pixel data runs past the end of the file)"
     # OpenCV's TIFF decoder applies orientation itself, whatever the flags.
     return _Header("TIFF", height, width, orientation if 1 <= orientation <= 8 else 1,
-                   orient_here=False, unchanged=True, premultiplied=premultiplied)
+                   orient_here=False, unchanged=True, premultiplied=premultiplied,
+                   complete=complete)
 
 
 def _exif_orientation(data: bytes, start: int, stop: int) -> int:
@@ -833,8 +845,10 @@ def _exif_orientation(data: bytes, start: int, stop: int) -> int:
 _TIFF_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}  # BYTE, SHORT, LONG
 
 
-def _tiff_ifd0(data: bytes, start: int, stop: int, wanted: set[int]) -> dict[int, int]:
-    """First value of each wanted tag in the first IFD of the TIFF structure at data[start:]."""
+def _tiff_ifd0(data: bytes, start: int, stop: int, wanted: set[int],
+               every: set[int] = frozenset()) -> dict:
+    """First value of each wanted tag in the first IFD of the TIFF structure at data[start:],
+    and all the values (a tuple) of each tag in ``every``."""
     order = data[start : start + 2]
     if order == b"II":
         prefix = "<"
@@ -855,11 +869,14 @@ def _tiff_ifd0(data: bytes, start: int, stop: int, wanted: set[int]) -> dict[int
         if entry + 12 > stop:
             break
         tag, kind, n = struct.unpack_from(prefix + "HHI", data, entry)
-        if tag not in wanted or n < 1 or kind not in _TIFF_TYPES:
+        if (tag not in wanted and tag not in every) or n < 1 or kind not in _TIFF_TYPES:
             continue
         code, itemsize = _TIFF_TYPES[kind]
-        at = entry + 8  # the value itself when it fits in four bytes, else its offset
+        at = entry + 8  # the values themselves when they fit in four bytes, else their offset
         if n * itemsize > 4:
             at = start + struct.unpack_from(prefix + "I", data, at)[0]
-        (found[tag],) = struct.unpack_from(prefix + code, data, at)
+        if tag in every:
+            found[tag] = struct.unpack_from(f"{prefix}{n}{code}", data, at)
+        else:
+            (found[tag],) = struct.unpack_from(prefix + code, data, at)
     return found

@@ -429,9 +429,12 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
 
     classes = sorted(kept)
     if not classes:
-        raise LayoutError(f"{source} has no usable image: every file was left out "
-                          f"({', '.join(sorted({s.reason for s in skipped}))}); see the reasons "
-                          "with --dry-run")
+        reasons = Counter(s.reason for s in skipped)
+        examples = "; ".join(f"{s.source}: {s.detail}" for s in sorted(skipped)[:3])
+        raise LayoutError(f"{source} has no usable image: every file was left out ("
+                          + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+                          + f"; for example {examples}). Check the options that leave files "
+                          "out, such as --min-size, and the files themselves")
     splits = options.splits
     files: list[PlannedFile] = []
     for label in classes:
@@ -677,9 +680,18 @@ _OWN = ".dsprep-split"
 
 def _inside(dest: Path) -> bool:
     """Whether the split is made inside ``dest`` instead of beside it: ``dest`` is a mount
-    point (a container's volume, ``docker run -v host:/out``), which cannot be renamed, or a
-    folder whose parent cannot be written."""
-    return dest.is_dir() and (_is_mount(dest) or not os.access(dest.parent, os.W_OK))
+    point (a container's volume, ``docker run -v host:/out``), which cannot be renamed, a
+    folder whose parent cannot be written, or the working folder (a folder put in its place
+    would leave the shell that ran the split in a deleted one)."""
+    return dest.is_dir() and (_is_mount(dest) or not os.access(dest.parent, os.W_OK)
+                              or _is_cwd(dest))
+
+
+def _is_cwd(dest: Path) -> bool:
+    try:
+        return Path.cwd().resolve() == dest.resolve()
+    except OSError:  # the working folder is gone
+        return False
 
 
 def _is_mount(path: Path) -> bool:
@@ -768,7 +780,10 @@ def run(
         # Refuse a dest holding something else before reading every file of the dump.
         maybe_done = check_destination(source_path, dest, options, mode, force=force)
         identity = _identity(source_path, options, mode)
-        if mode != "copy" or maybe_done or (not force and _placing(partial, identity)):
+        # Staging copies every usable file before the plan picks some; with --counts or
+        # --limit-per-class most may be dropped, and the copies would need room for the dump.
+        picks = options.counts is not None or options.limit_per_class is not None
+        if mode != "copy" or maybe_done or picks or (not force and _placing(partial, identity)):
             split_plan = plan(src, options, progress=progress, workers=workers)
             return split_plan, materialize(split_plan, dest, mode=mode, force=force,
                                           progress=progress, workers=workers)
@@ -849,7 +864,7 @@ def _check_target(source: Path, dest: str | os.PathLike, mode: str) -> Path:
     """Refuse an unknown mode, links into an archive and a ``dest`` overlapping the source."""
     if mode not in MODES:
         raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    dest = Path(dest).absolute()
+    dest = Path(os.path.abspath(dest))  # "out/.." is "." (a rename of "out/.." fails)
     if dest.is_symlink() and dest.is_dir():
         # A link to a folder: the split goes into the folder (the link is left as it is).
         dest = dest.resolve()

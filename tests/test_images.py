@@ -567,6 +567,20 @@ def test_truncated_png_is_refused(cut):
         images.decode(data[:end])
 
 
+@pytest.mark.parametrize("options", [{}, {"compression": "tiff_lzw"}, {"compression": "raw",
+                                                                    "rowsperstrip": 8}])
+def test_a_truncated_tiff_is_found_from_its_header(options):
+    data = encode(Image.fromarray(smooth_image(150, 200)), "TIFF", **options)
+    assert images.probe(data, verify=True) == (150, 200)  # whole: fine
+    assert images.probe(data + b"appended data", verify=True) == (150, 200)
+    for end in (len(data) // 2, len(data) - 1):
+        # Cut inside its pixel data, with its header (first, as written here) intact.
+        with pytest.raises(CorruptImageError, match="truncated TIFF"):
+            images.probe(data[:end], verify=True)
+        with pytest.raises(CorruptImageError):
+            images.decode(data[:end])
+
+
 def test_truncated_webp_and_gif_are_refused():
     webp = FORMATS["webp-lossy"]()
     with pytest.raises(CorruptImageError, match="truncated WebP"):

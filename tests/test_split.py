@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dsprep.split as split_module
-from dsprep.errors import DestinationExistsError, SplitError, UsageError
+from dsprep.errors import DestinationExistsError, LayoutError, SplitError, UsageError
 from dsprep.sample import write_sample_dump
 from dsprep.sources import LABEL_CONFLICT, FolderSource, Inventory
 from dsprep.split import (
@@ -244,6 +244,16 @@ def test_min_size_and_label_conflict(tmp_path):
     tiny = next(s for s in p.skipped if s.reason == "too-small")
     assert "200x30" in tiny.detail
     assert "b/small.jpg" in {f.source for f in p.files}
+
+
+def test_every_file_left_out_is_an_error_that_counts_and_shows_the_reasons(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    (root / "b" / "notes.jpg").write_text("not an image")
+    with pytest.raises(LayoutError) as caught:
+        plan(root, min_size=500)
+    message = str(caught.value)
+    assert "every file was left out (6 too-small, 1 not-an-image; for example a/a_0.jpg: " \
+        in message and "--min-size" in message and "--dry-run" not in message
 
 
 def test_unreadable_file_is_skipped_not_fatal(tmp_path, monkeypatch):
@@ -506,6 +516,22 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
     assert result.reused == 7 and result.placed == len(p.files) - 7
     assert tree(dest) == tree(clean)
     assert not partial.exists()
+
+
+@pytest.mark.parametrize("where", [".", "train"])
+def test_the_working_folder_as_dest_is_filled_in_place(dump, tmp_path, monkeypatch, where):
+    clean = tmp_path / "clean"
+    run(dump.dest, clean)
+    dest = tmp_path / "out"
+    run(dump.dest, dest, SplitOptions(seed=5))
+    inode = dest.stat().st_ino
+    monkeypatch.chdir(dest / where)
+    # Replacing the folder the shell stands in would strand the shell in a deleted folder:
+    # the split goes into it instead. ("out/train/.." is "out", the folder above.)
+    run(dump.dest, Path("..") if where == "train" else Path("."), force=True)
+    assert tree(dest) == tree(clean) and sorted(os.listdir(dest)) == sorted(os.listdir(clean))
+    if where == ".":
+        assert dest.stat().st_ino == inode and sorted(os.listdir(".")) == sorted(os.listdir(clean))
 
 
 def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):
@@ -851,6 +877,26 @@ def test_run_in_link_modes_uses_the_two_step_path(tmp_path):
     p, result = run(root, tmp_path / "s", mode="symlink")
     assert result.placed == 6
     assert all((tmp_path / "s" / f.path).is_symlink() for f in p.files)
+
+
+@pytest.mark.parametrize("picks", [{"limit_per_class": 2}, {"counts": (1, 1, 0)}])
+def test_run_copies_only_the_files_it_keeps_when_it_picks_a_few(tmp_path, monkeypatch, picks):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=10)
+    written = []
+    real_write = split_module._write_bytes
+
+    def counting_write(path, data):
+        written.append(path)
+        return real_write(path, data)
+
+    monkeypatch.setattr(split_module, "_write_bytes", counting_write)
+    p, result = run(root, tmp_path / "s", SplitOptions(**picks))
+    assert result.placed == len(p.files) == 4
+    # Not every usable file copied aside first (20 of them) to keep four: a big dump would
+    # need room for all of it.
+    assert written == []
+    assert sorted(str(f.relative_to(tmp_path / "s")) for f in (tmp_path / "s").rglob("*.jpg")
+                  ) == sorted(f.path for f in p.files)
 
 
 @pytest.mark.slow
