@@ -6,6 +6,7 @@ which label and which files were left out, and why. Nothing here decodes or copi
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -13,6 +14,7 @@ import os
 import re
 import stat
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -20,7 +22,10 @@ from pathlib import Path, PurePosixPath
 
 from .errors import LayoutError, UsageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+# .jfif and .jpe are JPEGs under other names (common in scraped dumps); images are decoded by
+# their content, never by their extension.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff",
+                              ".webp", ".gif"})
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # Folders that archivers and operating systems add and that never hold a dataset's images.
 IGNORED_FOLDERS = frozenset({"__macosx"})
@@ -101,8 +106,7 @@ def class_folder_files(
             continue
         if not _utf8(rel):
             if problems is not None and (label in known or not _utf8(label)):
-                problems.append(Skipped(rel.encode("utf-8", "backslashreplace").decode(),
-                                        BAD_NAME, "file name is not valid UTF-8"))
+                problems.append(Skipped(rel, BAD_NAME, "file name is not valid UTF-8"))
         elif label in known:
             pairs.append((label, rel))
     pairs.sort()
@@ -120,6 +124,14 @@ class Skipped:
     source: str
     reason: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        # A file name that is not UTF-8 (and a link target naming one) arrives with surrogate
+        # escapes, which skipped.csv cannot hold: every row passes here, so none slips through.
+        for name in ("source", "detail"):
+            text = getattr(self, name)
+            if not _utf8(text):
+                object.__setattr__(self, name, text.encode("utf-8", "backslashreplace").decode())
 
 
 def _visible(part: str) -> bool:
@@ -175,7 +187,11 @@ class FolderSource(Source):
                 if (info.st_dev, info.st_ino) in seen:
                     return  # a link back to a folder already walked
                 seen.add((info.st_dev, info.st_ino))
-                entries = list(os.scandir(folder))
+                # In a fixed order, so that of two ways to one folder (a class folder and a
+                # link to it) the same one is kept whatever order the file system lists them
+                # in: folders before links beside them, then by name.
+                with os.scandir(folder) as listing:
+                    entries = sorted(listing, key=lambda e: (e.is_symlink(), e.name))
             except OSError as exc:
                 problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
                 return
@@ -247,10 +263,18 @@ class ZipSource(Source):
         return sorted(set(files)), problems
 
     def read(self, rel: str) -> bytes:
+        # A member that cannot be read is one unreadable file, as on disk: the OSError names
+        # why, and the caller leaves the file out.
         try:
             return self._zip.read(rel)
-        except (zipfile.BadZipFile, KeyError) as exc:
-            # A damaged member (bad CRC, bad header) is one unreadable file, as on disk.
+        except NotImplementedError as exc:  # Deflate64, PPMd, ...
+            raise OSError(f"archive member packed in a way Python cannot read ({exc}); unpack "
+                          "the archive with another tool and split the folder") from exc
+        except RuntimeError as exc:  # encrypted: "password required", "bad password"
+            raise OSError(f"{exc}; unpack the archive (with its password) and split the "
+                          "folder") from exc
+        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
+            # Bad CRC, bad header, garbled or cut-short data.
             raise OSError(f"damaged archive member: {exc}") from exc
 
     def close(self) -> None:
@@ -370,9 +394,10 @@ def find_images(
     Layouts: ``folders`` (``<class>/<image>``, deeper folders belong to the class), ``prefix``
     (the class is the file-name part before the first ``.``, as in ``cat.0.jpg``, or the group
     ``label`` of ``pattern`` matched at the start of the file name), ``csv`` (a labels file with
-    ids, with or without extension, and labels). ``auto`` picks csv when a labels file is named
-    or one CSV at the top labels the images, prefix when a folder mixes file-name classes, and
-    folders otherwise.
+    ids, with or without extension, and labels). ``auto`` picks csv when a labels file or a
+    column is named or one CSV at the top labels the images, prefix when a folder mixes
+    file-name classes, and folders otherwise (but never folders named only as splits, such as
+    train/ and test/, beside a CSV: that is an error saying to choose).
 
     Args:
         source: from :func:`open_source`.
@@ -401,23 +426,34 @@ def find_images(
 
     table = None
     labels_name = None
+    # A labels file or a column named means the csv layout is wanted: only without them is
+    # the top CSV a guess that may turn out not to be the labels.
+    guessing = layout == "auto" and labels is None and id_column is None and label_column is None
     if layout in ("auto", "csv"):
-        labels_name, text = _labels_text(source, root, files, labels, required=layout == "csv")
-        guessing = layout == "auto" and labels is None
+        labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
         if text is not None:
             try:
                 table = _LabelsTable(text, labels_name, images, root, id_column, label_column)
-            except (LayoutError, csv.Error):
-                # A stray notes.csv that is empty or not a table says nothing about labels
-                # unless the user named it as the labels file.
+            except (LayoutError, UsageError, csv.Error):
+                # A stray notes.csv that is empty, not a table or has no id and label columns
+                # to tell apart says nothing about labels unless the user asked for them.
                 if not guessing:
                     raise
                 table = None
             if guessing and table is not None and not table.labels_most():
                 table = None
+    where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
     if table is not None:
         items, skipped = table.resolve()
         chosen = "csv"
+        row_reasons = {s.reason for s in skipped} - {UNLABELLED}
+        if not items and MISSING_FILE in row_reasons and row_reasons <= {MISSING_FILE, BAD_ROW}:
+            missing = next(s for s in skipped if s.reason == MISSING_FILE)
+            raise LayoutError(
+                f"{where}: no row of {labels_name} names an image file in it (e.g. "
+                f"{missing.source!r}: {missing.detail}); ids, taken from column "
+                f"{table.id_header}, are matched as paths inside {source.path}, with or "
+                "without the extension, or as bare file names: check --id-column and --labels")
     else:
         if layout == "auto":
             layout = _guess_layout(images, root, regex)
@@ -430,6 +466,17 @@ def find_images(
         labels_name = None
     if chosen != "folders":
         split_folders = []
+    elif guessing and items and not split_folders and all(split_of(lab) for _, lab in items):
+        csvs = _top_csvs(files, root)
+        if csvs:
+            # train/ and test/ as the only "classes" beside a CSV: the labels are in the CSV
+            # (one this guess did not trust, or one of several), not in the folder names.
+            names = ", ".join(sorted({f"{label}/" for _, label in items}))
+            raise LayoutError(
+                f"{where}: its folders {names} are named as splits, not classes, and the labels "
+                f"are likely in {' or '.join(csvs)}; give --layout csv (with --labels, "
+                "--id-column and --label-column as needed) to read them, or --layout folders "
+                "to take the folder names as classes")
     good, bad = [], []
     for rel, label in items:
         problem = label_problem(label)
@@ -437,7 +484,6 @@ def find_images(
     inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
                           labels_name, split_folders)
     if not inventory.items:
-        where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
         raise LayoutError(
             f"{where} has no labelled images for the {chosen} layout; expected "
             + {"folders": "<class>/<image> folders",
@@ -666,19 +712,18 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
         name = str(labels).replace(os.sep, "/")
         for candidate in (root + name, name):
             if candidate in files:
-                return candidate, _decode_csv(source.read(candidate), candidate)
+                return candidate, _decode_csv(_read_labels(source, candidate), candidate)
         path = Path(labels)
         if path.is_file():
             return str(path), _decode_csv(path.read_bytes(), str(path))
         raise LayoutError(f"labels file {labels} not found inside {source.path} nor on disk; "
                           "check the --labels path")
-    top = sorted(f for f in files
-                 if f.startswith(root) and "/" not in f[len(root):] and f.lower().endswith(".csv"))
+    top = _top_csvs(files, root)
     if len(top) > 1:
         named = [f for f in top if "label" in PurePosixPath(f).name.lower()]
         top = named if len(named) == 1 else top
     if len(top) == 1:
-        return top[0], _decode_csv(source.read(top[0]), top[0])
+        return top[0], _decode_csv(_read_labels(source, top[0]), top[0])
     if required:
         found = ", ".join(top) if top else "none"
         raise LayoutError(f"{source.path} needs one labels CSV at its top for the csv layout "
@@ -686,7 +731,28 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
     return None, None
 
 
+def _top_csvs(files: list[str], root: str) -> list[str]:
+    """The CSV files straight in ``root``, sorted."""
+    return sorted(f for f in files
+                  if f.startswith(root) and "/" not in f[len(root):] and f.lower().endswith(".csv"))
+
+
+def _read_labels(source: Source, name: str) -> bytes:
+    try:
+        return source.read(name)
+    except OSError as exc:
+        raise LayoutError(f"labels file {name} in {source.path} cannot be read "
+                          f"({_os_detail(exc)}); repair it or give another with --labels") from exc
+
+
 def _decode_csv(data: bytes, name: str) -> str:
+    # Excel's "Unicode text" and PowerShell 5's output are UTF-16, with a byte-order mark.
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise LayoutError(f"labels file {name} starts like UTF-16 text but does not decode "
+                              f"as such ({exc.reason}); save it again as CSV UTF-8") from exc
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -709,18 +775,24 @@ class _LabelsTable:
                  id_column, label_column) -> None:
         self.name = name
         self.images = images
+        self.root = root
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
                 if any(c.strip() for c in r)]
         # Lookups from most to least specific: path, path without extension, name, name stem.
+        # Paths count both inside the wrapper folder stepped into and inside the source itself
+        # (ids written as ds/images/1.jpg for a dump whose everything is in ds/).
         self.keys: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(4)]
         for rel in images:
             inner = rel[len(root):]
+            for path in (inner, rel) if root else (inner,):
+                self.keys[0][path].append(rel)
+                self.keys[1][os.path.splitext(path)[0]].append(rel)
             name_only = PurePosixPath(inner).name
-            for table, key in zip(self.keys, (inner, os.path.splitext(inner)[0], name_only,
-                                              os.path.splitext(name_only)[0]), strict=True):
-                table[key].append(rel)
+            self.keys[2][name_only].append(rel)
+            self.keys[3][os.path.splitext(name_only)[0]].append(rel)
         id_index, label_index, has_header = self._columns(rows, id_column, label_column)
         self.id_index, self.label_index = id_index, label_index
+        self.id_header = repr(rows[0][id_index].strip()) if has_header else str(id_index)
         self.first_line = 2 if has_header else 1
         self.rows = rows[1:] if has_header else rows
 
@@ -735,9 +807,16 @@ class _LabelsTable:
     def _columns(self, rows, id_column, label_column) -> tuple[int, int, bool]:
         if not rows:
             raise LayoutError(f"labels file {self.name} is empty; it needs rows of id,label")
-        named = [c for c in (id_column, label_column) if c is not None and not _is_index(c)]
         first = [c.strip() for c in rows[0]]
         first_lower = [c.lower() for c in first]
+        width = max(len(r) for r in rows)
+        for column, what in ((id_column, "--id-column"), (label_column, "--label-column")):
+            if column is not None and _is_index(column) and int(column) >= width:
+                raise UsageError(
+                    f"{what} {column} is not a column of {self.name}: it has {width} (first "
+                    f"row: {','.join(first)}); give a 0-based index below {width} or a header "
+                    "name")
+        named = [c for c in (id_column, label_column) if c is not None and not _is_index(c)]
         if named:
             has_header = True
         else:
@@ -756,35 +835,63 @@ class _LabelsTable:
                 or (not first_is_data
                     and any(probe_col < len(r) and self.lookup(r[probe_col]) for r in rows[1:20]))
             )
+        header = first_lower if has_header else []
 
-        def pick(column, names, default: int, what: str) -> int:
-            if column is None:
-                if has_header:
-                    for n in names:
-                        if n in first_lower:
-                            return first_lower.index(n)
-                return default
+        def given(column, what: str) -> int:
             if _is_index(column):
                 return int(column)
-            if not has_header or column.lower() not in first_lower:
+            if column.lower() not in header:
                 raise UsageError(
                     f"{what} {column!r} is not a column of {self.name} (header: "
                     f"{','.join(first)}); give a header name or a 0-based index")
-            return first_lower.index(column.lower())
+            return header.index(column.lower())
 
-        id_index = pick(id_column, ID_NAMES, 0, "--id-column")
-        label_index = pick(label_column, LABEL_NAMES, 1 if id_index != 1 else 0, "--label-column")
+        if label_column is not None:
+            label_index = given(label_column, "--label-column")
+        else:
+            label_index = next((header.index(n) for n in LABEL_NAMES if n in header), None)
+        if id_column is not None:
+            id_index = given(id_column, "--id-column")
+        else:
+            id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
+        if label_index is None:
+            label_index = 1 if id_index != 1 else 0
         if id_index == label_index:
+            if id_column is None and label_column is None:
+                raise UsageError(f"cannot tell the id column of {self.name} from its label "
+                                 f"column (first row: {','.join(first)}); name them with "
+                                 "--id-column and --label-column")
             raise UsageError(f"--id-column and --label-column both pick column {id_index} of "
                              f"{self.name}; name two different columns")
         return id_index, label_index, has_header
 
+    def _id_guess(self, data: list[list[str]], header: list[str], label_index: int | None) -> int:
+        """The id column when none is given: the one whose header is an id name (id, image,
+        file...), and of several (Kaggle's ``Image,Id``) the one whose values name the most
+        images; without one, the first column that is not the label column."""
+        candidates = [header.index(n) for n in ID_NAMES if n in header]
+        candidates = [c for c in candidates if c != label_index]
+        if not candidates:
+            return 0 if label_index != 0 else 1
+        sample = data[:50]
+        # max keeps the first of equals: ties go to the order of ID_NAMES.
+        return max(candidates,
+                   key=lambda c: sum(c < len(r) and bool(self.lookup(r[c])) for r in sample))
+
+    def _folder(self, rel: str) -> str:
+        """The top folder of an image inside the root ("" for one straight in it)."""
+        inner = rel[len(self.root):]
+        return inner.split("/", 1)[0] if "/" in inner else ""
+
     def labels_most(self) -> bool:
         """Whether the auto layout may trust this CSV as the labels file.
 
-        It must label at least half of the images found, with at least two distinct labels: a
-        submission template (``id,label`` rows ``1,0`` naming only the unlabelled test images)
-        names images too, but labels few of them and all alike.
+        It must label at least half of the images found, with at least two distinct labels;
+        a test folder it names no image of does not count against it (Kaggle's labels.csv for
+        train/ beside an unlabelled test/ of as many images). A submission
+        template (``id,label`` rows ``1,0`` naming only the unlabelled test images) names images
+        too, but labels them all alike; one naming only test folders is measured against every
+        image, whatever its labels.
         """
         labelled: set[str] = set()
         labels: set[str] = set()
@@ -795,7 +902,14 @@ class _LabelsTable:
             if len(matches) == 1:
                 labelled.add(matches[0])
                 labels.add(row[self.label_index].strip())
-        return len(labels) >= 2 and len(labelled) * 2 >= len(self.images) > 0
+        named = {self._folder(rel) for rel in labelled}
+        # Only an unlabelled test folder is excused: a CSV labelling a few images of one
+        # folder beside class folders must not take over the whole dump.
+        excused = (set() if all(split_of(folder) == "test" for folder in named) else
+                   {self._folder(rel) for rel in self.images} - named)
+        excused = {folder for folder in excused if split_of(folder) == "test"}
+        within = sum(self._folder(rel) not in excused for rel in self.images)
+        return len(labels) >= 2 and len(labelled) * 2 >= within > 0
 
     def resolve(self) -> tuple[list[tuple[str, str]], list[Skipped]]:
         skipped: list[Skipped] = []
@@ -816,11 +930,17 @@ class _LabelsTable:
                                        f"{where} matches {', '.join(matches[:3])}"))
             else:
                 found[matches[0]].add(label)
+        named = {self._folder(rel) for rel in found}
         items = []
         for rel in self.images:
             labels = found.get(rel)
             if not labels:
-                skipped.append(Skipped(rel, UNLABELLED, f"not listed in {self.name}"))
+                folder = self._folder(rel)
+                # A whole folder without a row (Kaggle's test/ beside train/) is said as such.
+                why = (f"{self.name} names no image in {self.root}{folder}/"
+                       if folder and named and folder not in named else
+                       f"not listed in {self.name}")
+                skipped.append(Skipped(rel, UNLABELLED, why))
             elif len(labels) > 1:
                 skipped.append(Skipped(rel, LABEL_CONFLICT,
                                        f"{self.name} gives it {' and '.join(sorted(labels))}"))

@@ -179,6 +179,8 @@ class SplitPlan:
         files: the files to place, in manifest order.
         skipped: the files and rows left out, with reasons.
         split_folders: the dump's own split folders, pooled (see ``sources.Inventory``).
+        lost_classes: labels found in the dump whose every image was left out (so they are
+            not classes of the split).
     """
 
     source: Path
@@ -190,6 +192,7 @@ class SplitPlan:
     skipped: list[Skipped] = field(default_factory=list)
     labels_file: str | None = None
     split_folders: list[str] = field(default_factory=list)
+    lost_classes: list[str] = field(default_factory=list)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -449,8 +452,10 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
         if options.counts is not None:
             sizes = list(options.counts)
             if sum(sizes) > len(members):
+                limited = (f" (kept by --limit-per-class {options.limit_per_class})"
+                           if options.limit_per_class is not None else "")
                 raise SplitError(
-                    f"class {label!r} has {len(members)} usable images but --counts "
+                    f"class {label!r} has {len(members)} usable images{limited} but --counts "
                     f"{_join(sizes)} needs {sum(sizes)}; lower the counts or use --ratios")
             skipped += [Skipped(c.rel, NOT_SELECTED, f"beyond --counts {_join(sizes)}")
                         for c in members[sum(sizes):]]
@@ -465,8 +470,9 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
                                   c.sha256, c.width, c.height, c.size) for c in chunk]
     rank = {s: i for i, s in enumerate(splits)}
     files.sort(key=lambda f: (rank[f.split], f.label, f.path))
+    lost = sorted({label for _, label in inventory.items} - set(classes))
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
-                     sorted(set(skipped)), inventory.labels_file, inventory.split_folders)
+                     sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost)
 
 
 def _dest_names(chunk: list[_Checked]) -> dict[str, str]:
@@ -534,6 +540,15 @@ def _identity(source: Path, options: SplitOptions, mode: str) -> dict:
     params = options.params()
     params["mode"] = mode
     return {"schema": SCHEMA, "source": str(source), "params": params}
+
+
+def check_run(src: str | os.PathLike, dest: str | os.PathLike, options: SplitOptions | None = None,
+              mode: str = "copy", *, force: bool = False) -> bool:
+    """What :func:`run` refuses before it reads a file: an unknown mode, links into an archive,
+    a ``dest`` overlapping the source, and one holding something else (see
+    :func:`check_destination`, whose answer this returns). A dry run checks the same."""
+    _check_target(Path(src).resolve(), dest, mode)
+    return check_destination(src, dest, options, mode, force=force)
 
 
 def check_destination(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import zipfile
 
 import pytest
@@ -84,6 +85,37 @@ def test_dry_run_writes_nothing(tmp_path):
     assert row.split() == ["a", "5", "2", "1", "8"]
     assert "left out 4: 4 not-selected" in result.output
     assert not dest.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
+def test_a_dry_run_refuses_what_the_run_would(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=3)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    for args, code, message in (
+            ([str(taken)], 1, "--force"),
+            ([str(dump / "a" / "out")], 2, "overlap"),
+            ([str(tmp_path / "s"), "--mode", "hardlink"], None, None)):
+        result = loud("split", str(dump), *args, "--dry-run")
+        if code is None:
+            assert result.exit_code == 0, result.output
+            continue
+        assert result.exit_code == code and message in result.output, result.output
+        assert "dry run" not in result.output
+    assert (taken / "mine.txt").read_text() == "keep" and not (tmp_path / "s").exists()
+    archive = shutil.make_archive(str(tmp_path / "dump"), "zip", dump)
+    linked = loud("split", archive, str(tmp_path / "s"), "--mode", "hardlink", "--dry-run")
+    assert linked.exit_code == 2 and "needs a source folder" in linked.output
+
+
+def test_a_class_whose_every_image_is_left_out_is_warned_about(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "c"), per_class=3)
+    write_image(dump / "b" / "tiny.jpg", smooth_image(20, 20, seed=80))
+    result = loud("-q", "split", str(dump), str(tmp_path / "split"), "--dry-run",
+                  "--min-size", "40")
+    assert result.exit_code == 0, result.output
+    assert "warning: every image of b was left out, so it is not among the classes" \
+        in result.output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -224,3 +256,70 @@ def test_split_copies_in_one_pass_with_the_same_result(tmp_path, monkeypatch):
 
     assert files(tmp_path / "one") == files(two)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "one", "two"]
+
+
+def test_a_kaggle_labels_csv_beside_train_and_test_folders_gives_the_breeds(tmp_path):
+    dump = tmp_path / "dump"
+    rows = ["id,breed"]
+    for i in range(9):
+        write_image(dump / "train" / f"{i:04x}beef.jpg", smooth_image(40, 40, seed=i))
+        rows.append(f"{i:04x}beef,{('pug', 'beagle', 'boxer')[i % 3]}")
+    for i in range(10):  # unlabelled, and more than the labelled ones
+        write_image(dump / "test" / f"{i:04x}cafe.jpg", smooth_image(40, 40, seed=50 + i))
+    (dump / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "csv layout, 3 classes" in result.output
+    assert "left out 10: 10 unlabelled" in result.output
+
+
+def test_a_damaged_zip_member_is_left_out_as_unreadable(tmp_path):
+    folder = make_class_folders(tmp_path / "src", classes=("a", "b"), per_class=3)
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*.jpg")):
+            zf.write(path, path.relative_to(folder).as_posix())
+        info = zf.getinfo("a/a_1.jpg")
+    data = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename)  # zipfile writes no local extra
+    data[start:start + info.compress_size] = b"\xff" * info.compress_size  # zlib.error
+    archive.write_bytes(bytes(data))
+    result = run("split", str(archive), str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "s" / "skipped.csv", newline="") as fh:
+        assert [(r["source"], r["reason"]) for r in csv.DictReader(fh)] == [
+            ("a/a_1.jpg", "unreadable")]
+
+
+def test_a_dangling_link_whose_name_is_not_utf8_is_listed_in_skipped_csv(tmp_path):
+    import os
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=3)
+    os.symlink(b"/missing/x.jpg", os.fsencode(dump / "a") + b"/bad\xff.jpg")
+    result = run("split", str(dump), str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "s" / "skipped.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[1:] == ["a/bad\\udcff.jpg,dangling-link,points to missing /missing/x.jpg"]
+
+
+@pytest.mark.parametrize("layout", ["auto", "csv"])
+def test_a_column_past_the_labels_csv_is_a_usage_error(tmp_path, layout):
+    dump = tmp_path / "dump"
+    for i in range(4):
+        write_image(dump / "images" / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    (dump / "labels.csv").write_text("id,breed,extra\n0,pug,x\n1,boxer,x\n2,pug,x\n3,boxer,x\n")
+    result = run("split", str(dump), str(tmp_path / "s"), "--layout", layout,
+                 "--label-column", "5", "--dry-run")
+    assert result.exit_code == 2
+    assert "--label-column 5 is not a column of labels.csv: it has 3" in result.output
+
+
+def test_jfif_files_are_split_like_jpegs(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=3)
+    write_image(dump / "a" / "photo.jpg", smooth_image(40, 40, seed=77)).rename(
+        dump / "a" / "photo.jfif")
+    result = run("split", str(dump), str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "s" / "files.csv", newline="") as fh:
+        placed = {r["source"]: r["class"] for r in csv.DictReader(fh)}
+    assert placed.get("a/photo.jfif") == "a" and len(placed) == 7

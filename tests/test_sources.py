@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
 
 import pytest
@@ -41,7 +42,7 @@ def _img(path, seed=0):
     ("a.jpg", True), ("A.JPG", True), ("b.JpEg", True), ("c.png", True), ("d.bmp", True),
     ("e.tif", True), ("f.TIFF", True), ("g.webp", True), ("h.gif", True),
     ("i.txt", False), ("j", False), (".hidden.jpg", False), ("Thumbs.db", False),
-    (".DS_Store", False), ("k.jpg.part", False),
+    (".DS_Store", False), ("k.jpg.part", False), ("l.jfif", True), ("m.JPE", True),
 ])
 def test_is_image_name(name, expected):
     assert is_image_name(name) is expected
@@ -521,3 +522,220 @@ def test_scan_class_folders_reports_dangling_links_when_asked(tmp_path):
     assert classes == ["a"]
     assert [p.name for p, _ in items] == ["ok.jpg"]
     assert [p.source for p in problems] == ["a/gone.jpg"]
+
+
+def _kaggle_breeds(root, n_train: int = 6, n_test: int = 7):
+    """Kaggle's dog-breed shape: labels.csv (id,breed) for train/<hash>.jpg, beside an
+    unlabelled test/ of slightly more images."""
+    rows = ["id,breed"]
+    for i in range(n_train):
+        _img(root / "train" / f"{i:04x}beef.jpg", seed=i)
+        rows.append(f"{i:04x}beef,{('pug', 'beagle', 'boxer')[i % 3]}")
+    for i in range(n_test):
+        _img(root / "test" / f"{i:04x}cafe.jpg", seed=100 + i)
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_labels_csv_for_train_beside_an_unlabelled_test_folder_is_used(tmp_path):
+    # The CSV labels 6 of 13 images: all of train/, none of test/. It used to give the
+    # classes "test" and "train".
+    inv = _find(_kaggle_breeds(tmp_path / "d"))
+    assert inv.layout == "csv" and inv.classes == ["beagle", "boxer", "pug"]
+    assert len(inv.items) == 6 and all(rel.startswith("train/") for rel, _ in inv.items)
+    assert {(s.source, s.reason, s.detail) for s in inv.skipped} == {
+        (f"test/{i:04x}cafe.jpg", UNLABELLED, "labels.csv names no image in test/")
+        for i in range(7)}
+
+
+def test_a_csv_labelling_one_small_folder_does_not_take_over_the_class_folders(tmp_path):
+    root = tmp_path / "d"
+    for label in ("cat", "dog"):
+        for i in range(6):
+            _img(root / label / f"{label}{i}.jpg", seed=i + (10 if label == "dog" else 0))
+    rows = ["image,label"]
+    for i in range(3):
+        _img(root / "extra" / f"x{i}.jpg", seed=40 + i)
+        rows.append(f"extra/x{i}.jpg,{'ab'[i % 2]}")
+    (root / "notes.csv").write_text("\n".join(rows) + "\n")
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["cat", "dog", "extra"]
+
+
+def test_folders_named_as_splits_beside_an_untrusted_csv_are_not_taken_for_classes(tmp_path):
+    # A CSV labelling too few images of train/ to be trusted: the folders must not silently
+    # become the classes "test" and "train".
+    root = _kaggle_breeds(tmp_path / "d")
+    for i in range(6, 20):
+        _img(root / "train" / f"{i:04x}beef.jpg", seed=i)
+    with pytest.raises(LayoutError, match=r"test/, train/ are named as splits.*--layout csv"):
+        _find(root)
+    assert _find(root, layout="folders").classes == ["test", "train"]
+    assert _find(root, layout="csv").classes == ["beagle", "boxer", "pug"]
+
+
+def test_csv_ids_written_inside_a_single_wrapper_folder_are_found(tmp_path):
+    # d/ds/labels.csv names ds/images/p0/view.jpg: relative to the dump, not to ds/.
+    rows = ["path,label"]
+    for i in range(4):
+        _img(tmp_path / "d" / "ds" / "images" / f"p{i}" / "view.jpg", seed=i)
+        rows.append(f"ds/images/p{i}/view{'.jpg' if i % 2 else ''},{'xy'[i % 2]}")
+    (tmp_path / "d" / "ds" / "labels.csv").write_text("\n".join(rows) + "\n")
+    for kwargs in ({}, {"layout": "csv"}, {"labels": "ds/labels.csv"}):
+        inv = _find(tmp_path / "d", **kwargs)
+        assert inv.layout == "csv" and inv.root == "ds"
+        assert inv.items == [(f"ds/images/p{i}/view.jpg", "xy"[i % 2]) for i in range(4)]
+
+
+def test_a_csv_naming_only_missing_files_says_so(tmp_path):
+    root = _csv_dump(tmp_path, "id,label\nimg/1.jpg,cat\nimg/2.jpg,dog\n")
+    with pytest.raises(LayoutError, match=r"no row of labels.csv names an image file .*'img/1"
+                                          r".*column 'id'.*--id-column"):
+        _find(root, layout="csv")
+
+
+def test_an_image_column_is_the_id_beside_a_column_named_id(tmp_path):
+    # Kaggle's humpback whales: Image,Id where Id is the whale (the label).
+    rows = ["Image,Id"] + [f"{i}.jpg,w_{i % 2}" for i in (1, 2, 3, 4)]
+    names = ("1.jpg", "2.jpg", "3.jpg", "4.jpg")
+    inv = _find(_csv_dump(tmp_path, "\n".join(rows) + "\n", names=names))
+    assert inv.layout == "csv"
+    assert dict(inv.items) == {"images/1.jpg": "w_1", "images/2.jpg": "w_0",
+                               "images/3.jpg": "w_1", "images/4.jpg": "w_0"}
+
+
+def test_a_csv_whose_columns_cannot_be_told_apart_is_no_labels_file_for_the_guess(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
+    (root / "classes.csv").write_text("class,description\na,apples\nb,bananas\n")
+    inv = _find(root)  # it used to fail on options nobody gave
+    assert inv.layout == "folders" and inv.classes == ["a", "b"]
+    # Named as the labels, a label column and an unnamed id column are told apart.
+    (root / "classes.csv").write_text("class,picture\nx,a_0\ny,a_1\nx,b_0\ny,b_1\n")
+    assert dict(_find(root, layout="csv").items) == {
+        "a/a_0.jpg": "x", "a/a_1.jpg": "y", "b/b_0.jpg": "x", "b/b_1.jpg": "y"}
+
+
+@pytest.mark.parametrize("layout", ["auto", "csv"])
+@pytest.mark.parametrize("option", ["id_column", "label_column"])
+def test_a_column_index_past_the_csv_is_a_usage_error(tmp_path, layout, option):
+    root = _csv_dump(tmp_path, "id,label,extra\n1,cat,x\n2,dog,y\n3,cat,z\n4,dog,w\n")
+    with pytest.raises(UsageError, match=r"5 is not a column of labels.csv: it has 3 "
+                                         r"\(first row: id,label,extra\)"):
+        _find(root, layout=layout, **{option: 5})
+
+
+def test_a_column_given_in_auto_mode_means_the_csv_layout(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    (root / "labels.csv").write_text("file,class\na_0,x\nb_0,y\n")  # 2 of 6: no guess
+    inv = _find(root, label_column="class")
+    assert inv.layout == "csv" and dict(inv.items) == {"a/a_0.jpg": "x", "b/b_0.jpg": "y"}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8"])
+def test_csv_with_a_byte_order_mark_is_decoded(tmp_path, encoding):
+    # Excel's "Unicode text" and PowerShell 5 write UTF-16 with a BOM (and Excel tabs).
+    root = _csv_dump(tmp_path, "")
+    text = "\ufeffid\tlabel\n1\tchat\n2\tchien\n3\tchat\n4\tchien\n"
+    (root / "labels.csv").write_bytes(text.encode(encoding))
+    for layout in ("auto", "csv"):
+        inv = _find(root, layout=layout)
+        assert inv.layout == "csv" and dict(inv.items) == {
+            "images/1.jpg": "chat", "images/2.jpg": "chien", "images/3.png": "chat",
+            "images/4.jpg": "chien"}
+
+
+def _break_member(archive, member: str, how: str) -> None:
+    """Damage one member of a zip written by zipfile: garble its data, or mark it as packed
+    with Deflate64 (method 9) or as encrypted, in the central directory and local header."""
+    with zipfile.ZipFile(archive) as zf:
+        info, central = zf.getinfo(member), zf.start_dir
+    data = bytearray(archive.read_bytes())
+    local = info.header_offset
+    entry = data.index(member.encode(), central) - 46  # the central directory entry
+    if how == "damaged":
+        name_len, extra_len = struct.unpack("<HH", data[local + 26:local + 30])
+        start = local + 30 + name_len + extra_len
+        data[start:start + info.compress_size] = b"\xff" * info.compress_size  # bad block type
+    elif how == "deflate64":
+        data[local + 8:local + 10] = data[entry + 10:entry + 12] = struct.pack("<H", 9)
+    else:
+        flags = struct.unpack("<H", data[entry + 8:entry + 10])[0] | 1
+        data[local + 6:local + 8] = data[entry + 8:entry + 10] = struct.pack("<H", flags)
+    archive.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("damaged", "damaged archive member"), ("deflate64", "unpack the archive"),
+    ("encrypted", "password"),
+])
+def test_an_unreadable_zip_member_is_an_os_error(tmp_path, how, message):
+    folder = make_class_folders(tmp_path / "src", classes=("a", "b"), per_class=2)
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*.jpg")):
+            zf.write(path, path.relative_to(folder).as_posix())
+    _break_member(archive, "a/a_1.jpg", how)
+    with open_source(archive) as source:
+        assert source.read("a/a_0.jpg") == (folder / "a" / "a_0.jpg").read_bytes()
+        with pytest.raises(OSError, match=message):
+            source.read("a/a_1.jpg")
+
+
+@pytest.mark.parametrize("name, target, source, detail", [
+    (b"bad\xff.jpg", b"/missing/x.jpg", "a/bad\\udcff.jpg", "points to missing /missing/x.jpg"),
+    (b"link.jpg", b"/missing/\xff.jpg", "a/link.jpg", "points to missing /missing/\\udcff.jpg"),
+])
+def test_dangling_links_with_names_that_are_not_utf8_are_reported_as_text(
+        tmp_path, name, target, source, detail):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
+    os.symlink(target, os.path.join(os.fsencode(root / "a"), name))
+    inv = _find(root)
+    assert [(s.source, s.reason, s.detail) for s in inv.skipped] == [
+        (source, DANGLING_LINK, detail)]
+
+
+@pytest.mark.parametrize("link", ["kitten", "animal"])
+@pytest.mark.parametrize("listed", ["by name", "reversed"])
+def test_a_link_to_a_class_folder_gives_the_same_classes_whatever_the_listing_order(
+        tmp_path, monkeypatch, link, listed):
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog"), per_class=2)
+    os.symlink("cat", root / link)
+    scandir = os.scandir
+
+    class Listing(list):  # os.scandir's result, in the order asked for, usable in a with
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    def listing(path="."):
+        with scandir(path) as entries:
+            return Listing(sorted(entries, key=lambda e: e.name, reverse=listed == "reversed"))
+
+    monkeypatch.setattr(os, "scandir", listing)
+    inv = _find(root)
+    assert inv.classes == ["cat", "dog"]
+    assert [rel for rel, _ in inv.items] == ["cat/cat_0.jpg", "cat/cat_1.jpg", "dog/dog_0.jpg",
+                                             "dog/dog_1.jpg"]
+
+
+def test_jfif_and_jpe_files_are_images(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
+    (root / "a" / "x.jfif").write_bytes((root / "a" / "a_0.jpg").read_bytes())
+    (root / "b" / "y.JPE").write_bytes((root / "b" / "b_0.jpg").read_bytes())
+    inv = _find(root)
+    assert ("a/x.jfif", "a") in inv.items and ("b/y.JPE", "b") in inv.items
+
+
+def test_a_submission_template_for_test_only_is_not_trusted_whatever_its_labels(tmp_path):
+    # Kaggle's plant seedlings: train/<class>/ and an unlabelled test/, with a template naming
+    # every test image; were its labels varied, it still labels none of train/.
+    root = make_class_folders(tmp_path / "d" / "train", classes=("a", "b"), per_class=3).parent
+    for i in range(4):
+        _img(root / "test" / f"t{i}.png", seed=50 + i)
+    (root / "sample_submission.csv").write_text(
+        "file,species\n" + "".join(f"t{i}.png,{'ab'[i % 2]}\n" for i in range(4)))
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.split_folders == ["test", "train"]
+    assert inv.classes == ["a", "b"] and len(inv.items) == 6

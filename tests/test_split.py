@@ -150,6 +150,11 @@ def test_class_too_small_for_counts():
     inventory, checked = _fake([10, 4])
     with pytest.raises(SplitError, match="class 'c1' has 4 usable images but --counts 3,1,1"):
         _decide(Path("/src"), inventory, checked, SplitOptions(counts=(3, 1, 1)))
+    # The count is the subset's when --limit-per-class took it down: say so.
+    with pytest.raises(SplitError, match=r"'c0' has 4 usable images \(kept by "
+                                         r"--limit-per-class 4\) but --counts 3,1,1"):
+        _decide(Path("/src"), inventory, checked,
+                SplitOptions(counts=(3, 1, 1), limit_per_class=4))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -254,6 +259,14 @@ def test_every_file_left_out_is_an_error_that_counts_and_shows_the_reasons(tmp_p
     message = str(caught.value)
     assert "every file was left out (6 too-small, 1 not-an-image; for example a/a_0.jpg: " \
         in message and "--min-size" in message and "--dry-run" not in message
+
+
+def test_a_class_whose_every_image_is_left_out_is_named(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "c"), per_class=3)
+    write_image(root / "b" / "tiny.jpg", smooth_image(20, 20, seed=80))
+    p = plan(root, min_size=40)
+    assert p.classes == ["a", "c"] and p.lost_classes == ["b"]
+    assert plan(root).lost_classes == []
 
 
 def test_unreadable_file_is_skipped_not_fatal(tmp_path, monkeypatch):

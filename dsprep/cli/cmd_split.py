@@ -13,6 +13,7 @@ from ..split import (
     MODES,
     VERIFY,
     SplitOptions,
+    check_run,
     plan,
     run,
 )
@@ -40,7 +41,8 @@ def _column(text: str | None) -> str | int | None:
 @click.argument("dest", type=click.Path())
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="How labels are found: folders (SRC/<class>/<image>), prefix (cat.0.jpg: "
-                   "the class is the name before the first dot), csv (a labels file), or auto.")
+                   "the class is the name before the first dot), csv (a labels file), or auto "
+                   "(csv when --labels or a column is given).")
 @click.option("--pattern", metavar="REGEX",
               help="Prefix layout: a regular expression with a named group 'label', matched "
                    r"at the start of each file name, e.g. '(?P<label>.+)_\d+\.jpg'.")
@@ -49,7 +51,8 @@ def _column(text: str | None) -> str | int | None:
                    "one CSV at the top of SRC).")
 @click.option("--id-column", metavar="NAME|N",
               help="CSV column of the image ids (header name or 0-based index; default: a "
-                   "column named id/file/image..., else the first).")
+                   "column named id/file/image... whose values name the most images, else the "
+                   "first column other than the labels).")
 @click.option("--label-column", metavar="NAME|N",
               help="CSV column of the labels (header name or 0-based index; default: a column "
                    "named label/class/breed..., else the second).")
@@ -81,10 +84,11 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
           seed: int, mode: str, force: bool, dry_run: bool) -> None:
     """Split the labelled images in SRC into DEST/train, DEST/val and DEST/test class folders.
 
-    SRC is a folder or a .zip archive (read in place). Files that are not images, too small,
-    exact duplicates or unlabelled are left out and listed in DEST/skipped.csv; DEST/files.csv
-    lists every placed file and DEST/split.json (written last) the parameters and counts.
-    Running the same command again after an interruption completes the split.
+    SRC is a folder or a .zip archive (read in place). Image files (.jpg, .png, ...) that do not
+    decode or cannot be read, are too small, exact duplicates or unlabelled are left out and
+    listed in DEST/skipped.csv; other files (notes, annotations) are not looked at.
+    DEST/files.csv lists every placed file and DEST/split.json (written last) the parameters
+    and counts. Running the same command again after an interruption completes the split.
     """
     options = SplitOptions(
         layout=layout, pattern=pattern, labels=labels, id_column=_column(id_column),
@@ -92,6 +96,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         counts=_numbers(counts, int, "--counts"), limit_per_class=limit_per_class,
         min_size=min_size, verify=verify, seed=seed)
     if dry_run:
+        check_run(src, dest, options, mode, force=force)  # what the real run would refuse
         split_plan = plan(src, options, progress=show_progress())
     else:
         split_plan, result = run(src, dest, options, mode=mode, force=force,
@@ -105,6 +110,10 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     where = f" (inside {split_plan.root})" if split_plan.root else ""
     classes = count_of(len(split_plan.classes), "class", "classes")
     say(f"{src}{where}: {split_plan.layout} layout, {classes}, seed {seed}")
+    if split_plan.lost_classes:
+        say(f"warning: every image of {', '.join(split_plan.lost_classes)} was left out, so "
+            f"{'it is' if len(split_plan.lost_classes) == 1 else 'they are'} not among the "
+            "classes; see skipped.csv (or the reasons below)", err=True)
     if len(split_plan.classes) == 1:
         say(f"warning: one class only ({split_plan.classes[0]}): a classifier needs two or "
             "more; check --layout (and --labels / --pattern)", err=True)
