@@ -341,11 +341,21 @@ def _fit(
 # --- decoding -------------------------------------------------------------------------------
 
 
-def _opencv_limit(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(f"OPENCV_IO_MAX_IMAGE_{name}", default))
-    except ValueError:
-        return default
+def _opencv_limits() -> tuple[int, int, int]:
+    """OpenCV's largest decodable width, height and pixel count (its OPENCV_IO_MAX_IMAGE_*
+    variables, else its defaults)."""
+    limits = []
+    for name, default in (("WIDTH", 1 << 20), ("HEIGHT", 1 << 20), ("PIXELS", 1 << 30)):
+        try:
+            limits.append(int(os.environ.get(f"OPENCV_IO_MAX_IMAGE_{name}", default)))
+        except ValueError:
+            limits.append(default)
+    return limits[0], limits[1], limits[2]
+
+
+def _limits_text() -> str:
+    width, height, pixels = _opencv_limits()
+    return f"at most {width:,} pixels wide, {height:,} tall and {pixels:,} in all"
 
 
 def _check_pixels(header: _Header, max_pixels: int | None) -> None:
@@ -355,12 +365,10 @@ def _check_pixels(header: _Header, max_pixels: int | None) -> None:
         )
     # OpenCV's own limits, which it applies whatever max_pixels says (and which its
     # OPENCV_IO_MAX_IMAGE_* variables move): a header past them will not decode.
-    if (header.width > _opencv_limit("WIDTH", 1 << 20)
-            or header.height > _opencv_limit("HEIGHT", 1 << 20)
-            or header.height * header.width > _opencv_limit("PIXELS", 1 << 30)):
+    width, height, pixels = _opencv_limits()
+    if header.width > width or header.height > height or header.height * header.width > pixels:
         raise ImageTooLargeError(f"{header.width}x{header.height} is larger than OpenCV "
-                                 "decodes (at most 1,048,576 pixels wide or tall, "
-                                 "1,073,741,824 in all)")
+                                 f"decodes ({_limits_text()})")
 
 
 def _imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
@@ -371,8 +379,7 @@ def _imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
         return cv2.imdecode(buffer, flags)
     except cv2.error as exc:
         if "CV_IO_MAX_IMAGE" in str(exc):
-            raise ImageTooLargeError("larger than OpenCV decodes (at most 1,048,576 pixels "
-                                     "wide or tall, 1,073,741,824 in all)") from None
+            raise ImageTooLargeError(f"larger than OpenCV decodes ({_limits_text()})") from None
         detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "no detail"
         raise CorruptImageError(f"could not be decoded (OpenCV: {detail})") from None
 

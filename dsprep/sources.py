@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import csv
 import io
+import lzma
 import os
 import re
 import stat
@@ -273,7 +274,7 @@ class ZipSource(Source):
         except RuntimeError as exc:  # encrypted: "password required", "bad password"
             raise OSError(f"{exc}; unpack the archive (with its password) and split the "
                           "folder") from exc
-        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
+        except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, KeyError) as exc:
             # Bad CRC, bad header, garbled or cut-short data.
             raise OSError(f"damaged archive member: {exc}") from exc
 
@@ -856,11 +857,9 @@ class _LabelsTable:
             id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
         if label_index is None:
             label_index = 1 if id_index != 1 else 0
-        if id_index == label_index:
-            if id_column is None and label_column is None:
-                raise UsageError(f"cannot tell the id column of {self.name} from its label "
-                                 f"column (first row: {','.join(first)}); name them with "
-                                 "--id-column and --label-column")
+        self.label_named_id = (label_column is None and label_index < len(header)
+                               and header[label_index] in ID_NAMES)
+        if id_index == label_index:  # only when both are given
             raise UsageError(f"--id-column and --label-column both pick column {id_index} of "
                              f"{self.name}; name two different columns")
         return id_index, label_index, has_header
@@ -886,9 +885,10 @@ class _LabelsTable:
     def labels_most(self) -> bool:
         """Whether the auto layout may trust this CSV as the labels file.
 
-        It must label at least half of the images found, with at least two distinct labels;
-        a test folder it names no image of does not count against it (Kaggle's labels.csv for
-        train/ beside an unlabelled test/ of as many images). A submission
+        It must label at least half of the images found, with at least two distinct labels
+        (repeating, two images a label on average, when the label column is named like an id).
+        A test folder it names no image of does not count against it (Kaggle's
+        labels.csv for train/ beside an unlabelled test/ of as many images). A submission
         template (``id,label`` rows ``1,0`` naming only the unlabelled test images) names images
         too, but labels them all alike; one naming only test folders is measured against every
         image, whatever its labels.
@@ -909,7 +909,11 @@ class _LabelsTable:
                    {self._folder(rel) for rel in self.images} - named)
         excused = {folder for folder in excused if split_of(folder) == "test"}
         within = sum(self._folder(rel) not in excused for rel in self.images)
-        return len(labels) >= 2 and len(labelled) * 2 >= within > 0
+        # A label column taken for want of a label header, and named like an id (Kaggle's
+        # Image,Id, where the id is the whale), must repeat its values: a metadata CSV's
+        # file,id has a different id for every image, and those are no classes.
+        repeat = not self.label_named_id or len(labels) * 2 <= len(labelled)
+        return len(labels) >= 2 and repeat and len(labelled) * 2 >= within > 0
 
     def resolve(self) -> tuple[list[tuple[str, str]], list[Skipped]]:
         skipped: list[Skipped] = []

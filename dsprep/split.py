@@ -444,7 +444,8 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
         members = sorted(kept[label], key=lambda c: c.rel)
         order = _class_rng(options.seed, label).permutation(len(members))
         members = [members[i] for i in order]
-        if options.limit_per_class is not None and len(members) > options.limit_per_class:
+        limited = options.limit_per_class is not None and len(members) > options.limit_per_class
+        if limited:
             skipped += [Skipped(c.rel, NOT_SELECTED,
                                 f"over --limit-per-class {options.limit_per_class}")
                         for c in members[options.limit_per_class:]]
@@ -452,10 +453,9 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
         if options.counts is not None:
             sizes = list(options.counts)
             if sum(sizes) > len(members):
-                limited = (f" (kept by --limit-per-class {options.limit_per_class})"
-                           if options.limit_per_class is not None else "")
+                kept = f" (kept by --limit-per-class {options.limit_per_class})" if limited else ""
                 raise SplitError(
-                    f"class {label!r} has {len(members)} usable images{limited} but --counts "
+                    f"class {label!r} has {len(members)} usable images{kept} but --counts "
                     f"{_join(sizes)} needs {sum(sizes)}; lower the counts or use --ratios")
             skipped += [Skipped(c.rel, NOT_SELECTED, f"beyond --counts {_join(sizes)}")
                         for c in members[sum(sizes):]]
@@ -547,7 +547,7 @@ def check_run(src: str | os.PathLike, dest: str | os.PathLike, options: SplitOpt
     """What :func:`run` refuses before it reads a file: an unknown mode, links into an archive,
     a ``dest`` overlapping the source, and one holding something else (see
     :func:`check_destination`, whose answer this returns). A dry run checks the same."""
-    _check_target(Path(src).resolve(), dest, mode)
+    dest = _check_target(Path(src).resolve(), dest, mode)
     return check_destination(src, dest, options, mode, force=force)
 
 
@@ -879,7 +879,11 @@ def _check_target(source: Path, dest: str | os.PathLike, mode: str) -> Path:
     """Refuse an unknown mode, links into an archive and a ``dest`` overlapping the source."""
     if mode not in MODES:
         raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    dest = Path(os.path.abspath(dest))  # "out/.." is "." (a rename of "out/.." fails)
+    dest = Path(dest).absolute()
+    if dest.name == "..":  # "out/.." (a rename of it fails): the folder it stands for
+        dest = Path(os.path.realpath(dest))
+    elif ".." in dest.parts:  # "link/../out": ".." as the OS takes it, after the link
+        dest = Path(os.path.realpath(dest.parent)) / dest.name
     if dest.is_symlink() and dest.is_dir():
         # A link to a folder: the split goes into the folder (the link is left as it is).
         dest = dest.resolve()

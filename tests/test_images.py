@@ -463,6 +463,13 @@ def test_images_over_opencvs_own_limits_are_too_large_not_a_crash():
         images.decode(_png_claiming(40000, 30000), max_pixels=None)
 
 
+def test_opencvs_limits_are_read_as_opencv_reads_them(monkeypatch):
+    monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "1000000")
+    with pytest.raises(ImageTooLargeError, match=r"1000x1200 is larger than OpenCV decodes "
+                       r"\(at most 1,048,576 pixels wide, 1,048,576 tall and 1,000,000 in all"):
+        images.probe(_png_claiming(1000, 1200), max_pixels=None, verify=False)
+
+
 @pytest.mark.parametrize("cut", [0.5, 0.9, -2])
 def test_truncated_jpeg_is_refused(cut):
     data = encode(Image.fromarray(smooth_image(150, 200)), "JPEG")

@@ -604,7 +604,7 @@ def test_an_image_column_is_the_id_beside_a_column_named_id(tmp_path):
                                "images/3.jpg": "w_1", "images/4.jpg": "w_0"}
 
 
-def test_a_csv_whose_columns_cannot_be_told_apart_is_no_labels_file_for_the_guess(tmp_path):
+def test_a_stray_csv_of_class_descriptions_leaves_the_folders_layout(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
     (root / "classes.csv").write_text("class,description\na,apples\nb,bananas\n")
     inv = _find(root)  # it used to fail on options nobody gave
@@ -613,6 +613,15 @@ def test_a_csv_whose_columns_cannot_be_told_apart_is_no_labels_file_for_the_gues
     (root / "classes.csv").write_text("class,picture\nx,a_0\ny,a_1\nx,b_0\ny,b_1\n")
     assert dict(_find(root, layout="csv").items) == {
         "a/a_0.jpg": "x", "a/a_1.jpg": "y", "b/b_0.jpg": "x", "b/b_1.jpg": "y"}
+
+
+def test_a_metadata_csv_with_a_value_per_image_is_no_labels_file(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog", "fox"), per_class=6)
+    rows = ["file,id"] + [f"{c}_{i}.jpg,{1000 + 6 * n + i}"
+                          for n, c in enumerate(("cat", "dog", "fox")) for i in range(6)]
+    (root / "photos.csv").write_text("\n".join(rows) + "\n")
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["cat", "dog", "fox"]
 
 
 @pytest.mark.parametrize("layout", ["auto", "csv"])
@@ -656,6 +665,10 @@ def _break_member(archive, member: str, how: str) -> None:
         name_len, extra_len = struct.unpack("<HH", data[local + 26:local + 30])
         start = local + 30 + name_len + extra_len
         data[start:start + info.compress_size] = b"\xff" * info.compress_size  # bad block type
+    elif how == "garbled":  # past the compressor's own header
+        name_len, extra_len = struct.unpack("<HH", data[local + 26:local + 30])
+        start = local + 30 + name_len + extra_len + 20
+        data[start:start + 40] = bytes(b ^ 0x5A for b in data[start:start + 40])
     elif how == "deflate64":
         data[local + 8:local + 10] = data[entry + 10:entry + 12] = struct.pack("<H", 9)
     else:
@@ -664,14 +677,18 @@ def _break_member(archive, member: str, how: str) -> None:
     archive.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how, message", [
-    ("damaged", "damaged archive member"), ("deflate64", "unpack the archive"),
-    ("encrypted", "password"),
+@pytest.mark.parametrize("how, message, method", [
+    ("damaged", "damaged archive member", zipfile.ZIP_DEFLATED),
+    ("damaged", "damaged archive member", zipfile.ZIP_LZMA),
+    ("garbled", "damaged archive member", zipfile.ZIP_LZMA),
+    ("damaged", "Invalid data stream", zipfile.ZIP_BZIP2),  # bz2's own OSError
+    ("deflate64", "unpack the archive", zipfile.ZIP_DEFLATED),
+    ("encrypted", "password", zipfile.ZIP_DEFLATED),
 ])
-def test_an_unreadable_zip_member_is_an_os_error(tmp_path, how, message):
+def test_an_unreadable_zip_member_is_an_os_error(tmp_path, how, message, method):
     folder = make_class_folders(tmp_path / "src", classes=("a", "b"), per_class=2)
     archive = tmp_path / "dump.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(archive, "w", method) as zf:
         for path in sorted(folder.rglob("*.jpg")):
             zf.write(path, path.relative_to(folder).as_posix())
     _break_member(archive, "a/a_1.jpg", how)

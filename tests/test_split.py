@@ -150,11 +150,14 @@ def test_class_too_small_for_counts():
     inventory, checked = _fake([10, 4])
     with pytest.raises(SplitError, match="class 'c1' has 4 usable images but --counts 3,1,1"):
         _decide(Path("/src"), inventory, checked, SplitOptions(counts=(3, 1, 1)))
-    # The count is the subset's when --limit-per-class took it down: say so.
+    # The count is the subset's when --limit-per-class took it down: say so (only then).
     with pytest.raises(SplitError, match=r"'c0' has 4 usable images \(kept by "
                                          r"--limit-per-class 4\) but --counts 3,1,1"):
         _decide(Path("/src"), inventory, checked,
                 SplitOptions(counts=(3, 1, 1), limit_per_class=4))
+    with pytest.raises(SplitError, match=r"'c1' has 4 usable images but --counts 3,1,1"):
+        _decide(Path("/src"), inventory, checked,
+                SplitOptions(counts=(3, 1, 1), limit_per_class=100))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -545,6 +548,26 @@ def test_the_working_folder_as_dest_is_filled_in_place(dump, tmp_path, monkeypat
     assert tree(dest) == tree(clean) and sorted(os.listdir(dest)) == sorted(os.listdir(clean))
     if where == ".":
         assert dest.stat().st_ino == inode and sorted(os.listdir(".")) == sorted(os.listdir(clean))
+
+
+def test_dotdot_after_a_link_in_dest_is_taken_as_the_system_takes_it(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "lnk").symlink_to(tmp_path / "real" / "deep")
+    monkeypatch.chdir(tmp_path / "work")
+    # lnk/../out is real/out, as for ls and every other program.
+    (tmp_path / "real" / "out").mkdir()
+    (tmp_path / "real" / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(DestinationExistsError):
+        split_module.check_run(root, "lnk/../out")
+    with pytest.raises(DestinationExistsError):
+        run(root, "lnk/../out")
+    (tmp_path / "real" / "out" / "notes.txt").unlink()
+    p, result = run(root, "lnk/../out")
+    assert result.placed == len(p.files) == 4
+    assert (tmp_path / "real" / "out" / "split.json").is_file()
+    assert not (tmp_path / "work" / "out").exists()
 
 
 def test_a_mount_point_dest_is_filled_in_place(dump, tmp_path, monkeypatch):

@@ -465,6 +465,8 @@ def test_after_a_crash_in_a_replacement_the_old_run_is_kept_and_named(replaceabl
         with pytest.raises((DestinationExistsError, LayoutError),
                            match="never finished an epoch.*kept whole in .*replaced"):
             call()
+    with pytest.raises(LayoutError, match="has not finished an epoch.*kept whole in .*replaced"):
+        evaluate_run(run, data / "test.hdf5")
     # --force again replaces the unfinished run, and keeps the old one aside until its first
     # epoch is done; a crash in that first epoch still leaves the old run to put back.
     def stop(self, epoch, logs=None):
@@ -489,6 +491,65 @@ def test_a_stale_set_aside_run_goes_when_the_run_is_resumed_or_replaced(replacea
     (run / "replaced" / "config.json").write_text("{}")
     aside = fit._set_aside(run)
     assert _files(aside).keys() == old.keys() and _files(aside)["config.json"] != b"{}"
+
+
+@pytest.mark.parametrize("moved", [1, 5])
+def test_moves_between_a_run_and_its_replaced_folder_that_were_killed_are_settled(replaceable,
+                                                                                   moved):
+    import os
+
+    data, run, old = replaceable
+    names = sorted(old)
+    # Killed while setting the run aside: some of its files in the work folder.
+    (run / ".replaced.partial").mkdir()
+    for name in names[:moved]:
+        os.replace(run / name, run / ".replaced.partial" / name)
+    assert resume(run, epochs=1).epochs_run == 0  # a finished run: nothing to do
+    assert _files(run) == old and sorted(p.name for p in run.iterdir()) == sorted(old)
+    # Killed while putting it back: some of its files already in RUN.
+    (run / ".replaced.returning").mkdir()
+    for name in names[moved:]:
+        os.replace(run / name, run / ".replaced.returning" / name)
+    with pytest.raises(DestinationExistsError, match="already holds a run"):
+        train(data, run, tiny("smallnet", width=4))
+    assert _files(run) == old and sorted(p.name for p in run.iterdir()) == sorted(old)
+
+
+def test_a_replacement_stopped_while_it_sets_the_old_run_aside_leaves_it_whole(replaceable,
+                                                                                monkeypatch):
+    from dsprep.train import fit
+
+    data, run, old = replaceable
+    real = fit._run_files
+    calls = []
+
+    def stopped_after_three(folder):
+        files = real(folder)
+        calls.append(len(files))
+        if len(calls) > 1:
+            return files
+        return (f if i < 3 else _stop() for i, f in enumerate(files))
+
+    def _stop():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit, "_run_files", stopped_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, run, tiny("smallnet", width=4, epochs=1, seed=5), overwrite=True)
+    assert _files(run) == old and sorted(p.name for p in run.iterdir()) == sorted(old)
+
+
+def test_a_sweep_keeps_a_rate_that_diverges_in_its_first_epoch_over_an_older_run(tmp_path):
+    from dsprep.train.fit import sweep_lr
+
+    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
+    sweep = tmp_path / "sweep"
+    train(data, sweep / "lr-1e+30", tiny("smallnet", width=4, epochs=1))
+    results = sweep_lr(data, sweep, [1e30], tiny("smallnet", width=4, epochs=2), overwrite=True)
+    assert results[1e30].diverged and not results[1e30].restored
+    config = json.loads((sweep / "lr-1e+30" / "config.json").read_text())
+    assert config["options"]["lr"] == 1e30 and not (sweep / "lr-1e+30" / "replaced").exists()
+    assert cb.diverged(cb.read_history(sweep / "lr-1e+30" / "history.csv")[-1])
 
 
 def test_limit_per_class_subsets_are_removed_after_training(tmp_path):

@@ -475,8 +475,13 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
 
 
 def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig | None = None,
-          *, overwrite: bool = False, progress: bool = False) -> TrainResult:
+          *, overwrite: bool = False, progress: bool = False,
+          restore_diverged: bool = True) -> TrainResult:
     """Train a model on DATA and write everything into the folder RUN.
+
+    A run replaced with ``overwrite`` is kept in RUN/replaced until the new run has finished
+    its first epoch, and put back if the new run fails, is stopped or (with
+    ``restore_diverged``) diverges before that.
 
     Args:
         data: a build-hdf5 output folder or a split folder.
@@ -484,6 +489,8 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
         config: the options; defaults when None.
         overwrite: replace an existing run in RUN.
         progress: print one line per epoch.
+        restore_diverged: put the replaced run back when the new one diverges in its first
+            epoch (``sweep_lr`` keeps the diverged run: that is its answer for the rate).
 
     Raises:
         DestinationExistsError: RUN already holds a run and ``overwrite`` is False.
@@ -491,12 +498,13 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     """
     config = (config or TrainConfig()).check()
     run = Path(run)
+    _settle_replacement(run)
     replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
     if replacing and not overwrite:
         if not (run / cb.STATE).exists():
             raise DestinationExistsError(
                 f"{run} holds a run that never finished an epoch; use --force to start over"
-                + _replaced_hint(run))
+                + replaced_hint(run))
         raise DestinationExistsError(
             f"{run} already holds a run; use --resume {run} to continue it, or --force "
             "to start over")
@@ -522,16 +530,24 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
         raise
     # The run it replaces is set aside until the new one has finished an epoch, and put back
     # if the new one fails, is stopped or diverges before that.
-    aside = _set_aside(run) if replacing else None
+    aside = None
     try:
+        if replacing:
+            aside = _set_aside(run)
         result = _start(model, bundle, data, run, config, device, classes, aside, progress)
     except BaseException:
-        if aside is not None and not (run / cb.STATE).exists():
-            _put_back(run, aside)
+        if replacing:
+            _settle_replacement(run)  # a setting aside cut short is undone
+            if (run / REPLACED).is_dir() and not (run / cb.STATE).exists():
+                _put_back(run)
         raise
     if aside is not None and not (run / cb.STATE).exists():
-        _put_back(run, aside)  # diverged in its first epoch: nothing of it is worth keeping
-        result.restored = True
+        # Diverged in its first epoch: nothing of it is worth keeping, but in a sweep.
+        if restore_diverged:
+            _put_back(run)
+            result.restored = True
+        else:
+            shutil.rmtree(aside)
     return result
 
 
@@ -562,6 +578,13 @@ def _run_files(run: Path) -> list[Path]:
             + sorted(run.glob(".*.partial.*")) + sorted(run.glob("confusion-*.png")))
 
 
+# Work folders of the moves between RUN and RUN/replaced: files on their way into replaced/,
+# and replaced/ on its way back into RUN. Each move ends with one rename, so a process killed
+# while moving leaves one of these, which _settle_replacement finishes or undoes.
+_SETTING_ASIDE = ".replaced.partial"
+_PUTTING_BACK = ".replaced.returning"
+
+
 def _set_aside(run: Path) -> Path:
     """Move the run in RUN into RUN/replaced; return that folder.
 
@@ -576,22 +599,40 @@ def _set_aside(run: Path) -> Path:
                 path.unlink()
             return aside
         shutil.rmtree(aside)
-    aside.mkdir()
+    partial = run / _SETTING_ASIDE
+    partial.mkdir()
     for path in _run_files(run):
-        os.replace(path, aside / path.name)
+        os.replace(path, partial / path.name)
+    os.replace(partial, aside)
     return aside
 
 
-def _put_back(run: Path, aside: Path) -> None:
-    """Remove the new run's files and move the run set aside back into RUN."""
+def _put_back(run: Path) -> None:
+    """Remove the new run's files and move the run set aside back into RUN.
+
+    The new run never finished an epoch, so removing its files part way leaves what a crash
+    in its first epoch leaves; only then does replaced/ start on its way back.
+    """
     for path in _run_files(run):
         path.unlink(missing_ok=True)
-    for path in aside.iterdir():
-        os.replace(path, run / path.name)
-    aside.rmdir()
+    os.replace(run / REPLACED, run / _PUTTING_BACK)
+    _settle_replacement(run)
 
 
-def _replaced_hint(run: Path) -> str:
+def _settle_replacement(run: Path) -> None:
+    """Finish or undo the move between RUN and RUN/replaced that a killed process left."""
+    for name in (_SETTING_ASIDE, _PUTTING_BACK):
+        folder = run / name
+        if folder.is_dir():
+            # Setting aside is undone (the new run had not started), putting back finished:
+            # either way the files go back into RUN, which holds no others of their names.
+            for path in folder.iterdir():
+                os.replace(path, run / path.name)
+            folder.rmdir()
+
+
+def replaced_hint(run: Path) -> str:
+    """Where a replacement that never finished an epoch left the run it replaced, if so."""
     if not (run / REPLACED).is_dir():
         return ""
     return (f" (the run it was replacing is kept whole in {run / REPLACED}: to go on with "
@@ -619,7 +660,7 @@ def read_run_config(run: str | os.PathLike) -> dict:
             raise LayoutError(f"{run} holds the runs of a learning-rate sweep, not one run; "
                               f"give one of them, such as {runs[0].parent}")
         raise LayoutError(f"{run} is not a run folder (no {CONFIG}); start one with 'dsprep train'"
-                          + _replaced_hint(Path(run)))
+                          + replaced_hint(Path(run)))
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -660,6 +701,7 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
     from .predict import load_model
 
     run = Path(run)
+    _settle_replacement(run)
     saved = read_run_config(run)
     config_path = run / CONFIG
     if data is None and not isinstance(saved.get("data"), str):
@@ -675,7 +717,7 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
         config.check()
     if not (run / cb.STATE).exists() and (run / REPLACED).is_dir():
         raise LayoutError(f"{run} holds a run that never finished an epoch, so there is nothing "
-                          "to resume; use --force to start it over" + _replaced_hint(run))
+                          "to resume; use --force to start it over" + replaced_hint(run))
     done = int(cb.read_state(run)["epochs_done"])
     cb.settle_checkpoints(run, done)
     if done < 1 or not (run / cb.LAST).is_file():
@@ -792,7 +834,7 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
     for lr in lrs:
         sub = dataclasses.replace(config, lr=float(lr))
         results[float(lr)] = train(data, run / f"lr-{lr:g}", sub, overwrite=overwrite,
-                                   progress=progress)
+                                   progress=progress, restore_diverged=False)
     cb.plot_sweep({f"{lr:g}": r.history for lr, r in results.items()}, run / "sweep-lr.png")
     lines = ["lr,epochs,final_loss,final_val_loss,best_metric,best"]
     for lr, r in results.items():

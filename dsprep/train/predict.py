@@ -182,13 +182,17 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     """
     from ..generators import HDF5Generator
     from ..store import open_dataset
-    from .fit import read_run_config
+    from .fit import read_run_config, replaced_hint
 
     if checkpoint not in CHECKPOINTS:
         raise UsageError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
     run, data = Path(run), Path(data)
     config = read_run_config(run)
-    model = load_model(run / (cb.BEST if checkpoint == "best" else cb.LAST), compile=False)
+    path = run / (cb.BEST if checkpoint == "best" else cb.LAST)
+    if not path.is_file():
+        raise LayoutError(f"{path} does not exist: the run has not finished an epoch"
+                          + replaced_hint(run))
+    model = load_model(path, compile=False)
     expected = tuple(config.get("input_shape", ()))
     takes = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else ()
     if expected and takes and takes != expected:
