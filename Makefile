@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench/bench_split.py
+	$(BIN)/python tools/bench/bench_images.py
 	$(BIN)/python tools/bench/bench_build.py
 	$(BIN)/python tools/bench/bench_generators.py
 	$(BIN)/python tools/bench/bench_train.py

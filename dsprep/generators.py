@@ -1,6 +1,6 @@
 """Batch generators over a dsprep HDF5 file or a folder of class sub-folders.
 
-Both are framework-free, fork-safe sequences of ``(x, y)`` batches (DESIGN.md §2.4); the
+Both are framework-free, fork-safe sequences of ``(x, y)`` batches (docs/formats.md, "Batches"); the
 adapters module turns them into Keras and tf.data inputs.
 """
 

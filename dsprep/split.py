@@ -1,8 +1,9 @@
 """Plan a reproducible, stratified train/val/test split of a dump, and place it on disk.
 
 :func:`plan` reads each file once (content hash and image check from the same bytes) and writes
-nothing; :func:`materialize` copies or links the planned files and writes the manifests of
-DESIGN.md §2.1, ``split.json`` last, so a folder is either a finished split or not one at all.
+nothing; :func:`materialize` copies or links the planned files and writes the manifests
+(docs/formats.md, "Split folder"), ``split.json`` last, so a folder is either a finished split
+or not one at all.
 :func:`run` does both in one call, and in copy mode reads each file only once.
 """
 

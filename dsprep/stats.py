@@ -181,7 +181,8 @@ def _image_count(pixels: np.ndarray, images: int | None) -> int:
 
 
 def means_record(stats: ChannelStats, source: str) -> dict:
-    """The ``means.json`` content for ``stats`` (DESIGN.md §2.3); ``source`` names the file."""
+    """The ``means.json`` content for ``stats`` (docs/formats.md, "Channel statistics");
+    ``source`` names the file."""
     mean, std = stats.mean, stats.std
     record: dict = {c: float(m) for c, m in zip(CHANNELS, mean, strict=True)}
     record["std"] = {c: float(s) for c, s in zip(CHANNELS, std, strict=True)}

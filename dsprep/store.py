@@ -1,6 +1,7 @@
 """The dsprep HDF5 schema (``dsprep-hdf5/1``): write a file atomically; open, describe, check it.
 
-Knows the on-disk layout and nothing of crops, batches or augmentation (DESIGN.md §2.2).
+Knows the on-disk layout (docs/formats.md, "HDF5 file") and nothing of crops, batches or
+augmentation.
 """
 
 from __future__ import annotations
@@ -765,7 +766,7 @@ def label_names(db: h5py.File) -> list[str]:
     return [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
 
 
-# Root attributes every file written by 'dsprep build-hdf5' carries (DESIGN.md §2.2).
+# Root attributes every file written by 'dsprep build-hdf5' carries (docs/formats.md).
 REQUIRED_ATTRS = ("schema", "dsprep_version", "split", "image_size", "resize", "interpolation",
                   "color", "order", "seed", "mean_rgb", "count", "skipped")
 

@@ -53,6 +53,19 @@ def data(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("cli") / "data")
 
 
+def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("train.hdf5", "means.json"):
+        shutil.copy(data / name, bare / name)
+    result = invoke("train", bare, tmp_path / "run", *QUICK, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "has no validation split (val.hdf5 or val/), so best.keras" in result.output
+    assert "best auc" in result.output  # two classes
+    with_val = invoke("train", data, tmp_path / "run2", *QUICK, "--epochs", "1")
+    assert with_val.exit_code == 0 and "no validation split" not in with_val.output
+
+
 def test_train_resume_and_evaluate(data, tmp_path):
     run = tmp_path / "run"
     result = invoke("train", data, run, *QUICK, "--epochs", "2")

@@ -1,4 +1,4 @@
-"""The layering guard (DESIGN.md §3): lower layers never import higher ones; Keras stays up."""
+"""The layering guard: lower layers never import higher ones; Keras stays up."""
 
 from __future__ import annotations
 

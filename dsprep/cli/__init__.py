@@ -26,7 +26,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     Typical flow:
       dsprep split DUMP data/split            # train/val/test class folders
       dsprep build-hdf5 data/split data/hdf5  # train/val/test.hdf5 + means.json
-      dsprep train data/hdf5 runs/alexnet     # Keras 3 training
+      dsprep train data/hdf5 runs/alexnet --model alexnet --crop 227 --augment flip
       dsprep evaluate runs/alexnet data/hdf5/test.hdf5 --ten-crop
     """
     ctx.obj = {"verbose": verbose, "quiet": quiet}

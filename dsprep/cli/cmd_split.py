@@ -42,7 +42,8 @@ def _column(text: str | None) -> str | int | None:
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="How labels are found: folders (SRC/<class>/<image>), prefix (cat.0.jpg: "
                    "the class is the name before the first dot), csv (a labels file), or auto "
-                   "(csv when --labels or a column is given).")
+                   "(csv when --labels or a column is given or one CSV at the top labels the "
+                   "images, prefix when file names carry the classes, else folders).")
 @click.option("--pattern", metavar="REGEX",
               help="Prefix layout: a regular expression with a named group 'label', matched "
                    r"at the start of each file name, e.g. '(?P<label>.+)_\d+\.jpg'.")
@@ -67,7 +68,8 @@ def _column(text: str | None) -> str | int | None:
               metavar="PX", help="Leave out images smaller than PX on either side.")
 @click.option("--verify", type=click.Choice(VERIFY), default="header", show_default=True,
               help="header: read the dimensions from the header and check the file is not "
-                   "cut short (fast); full: decode every image.")
+                   "cut short (fast); full: also decode every image, which finds damage inside "
+                   "the compressed data too (build-hdf5 decodes them anyway, and skips those).")
 @click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True,
               help="Seed of the shuffles; the same SRC, options and seed give the same split.")
 @click.option("--mode", type=click.Choice(MODES), default="copy", show_default=True,
@@ -84,9 +86,10 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
           seed: int, mode: str, force: bool, dry_run: bool) -> None:
     """Split the labelled images in SRC into DEST/train, DEST/val and DEST/test class folders.
 
-    SRC is a folder or a .zip archive (read in place). Image files (.jpg, .png, ...) that do not
-    decode or cannot be read, are too small, exact duplicates or unlabelled are left out and
-    listed in DEST/skipped.csv; other files (notes, annotations) are not looked at.
+    SRC is a folder or a .zip archive (read in place). Image files (.jpg, .png, ...) that are
+    not images, cut short or unreadable (with --verify full: that do not decode), too small,
+    exact duplicates or unlabelled are left out and listed in DEST/skipped.csv; other files
+    (notes, annotations) are not looked at.
     DEST/files.csv lists every placed file and DEST/split.json (written last) the parameters
     and counts. Running the same command again after an interruption completes the split.
     """

@@ -178,6 +178,12 @@ def _resume_hint(run: str, replacing: bool = False):
         raise
 
 
+def _no_validation_note(data: str) -> None:
+    say(f"note: {data} has no validation split (val.hdf5 or val/), so best.keras, --early-stop "
+        "and --schedule plateau go by a training metric (AUC for two classes, else accuracy)",
+        err=True)
+
+
 def _diverged(result) -> click.ClickException:
     """The error for a run whose last epoch's loss went NaN or infinite."""
     last = result.history[-1]
@@ -221,7 +227,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
 
     DATA is a 'dsprep build-hdf5' folder (train.hdf5, val.hdf5, means.json) or a 'dsprep
     split' folder. RUN receives config.json, history.csv (a row per epoch), curves.png,
-    lr.png, best.keras (best validation AUC for two classes, else accuracy) and last.keras.
+    lr.png, best.keras (best validation AUC for two classes, else accuracy; the training
+    metric when DATA has no validation split) and last.keras.
 
     \b
     Examples:
@@ -268,6 +275,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
+        if not fit.has_validation(data):
+            _no_validation_note(data)
         with _resume_hint(run, replacing=force):
             result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         verb = "trained"
@@ -303,8 +312,8 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
              as_json: bool) -> None:
     """Evaluate the model of RUN on the HDF5 file DATA (usually test.hdf5).
 
-    Prints rank-1 and rank-5 accuracy, AUC for two classes and per-class accuracy, and draws
-    a confusion-matrix PNG into RUN.
+    Prints rank-1 accuracy, rank-5 accuracy (with more than five classes), AUC for two classes
+    and per-class accuracy, and draws a confusion-matrix PNG into RUN.
     """
     import_keras_quietly()
     from ..train.predict import evaluate_run

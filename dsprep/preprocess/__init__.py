@@ -1,7 +1,7 @@
 """Batch preprocessing: mean subtraction, random patches, centre/five/ten crops, scaling, flips.
 
 Pure kernels work on whole NHWC batches; thin classes draw what is random from the
-``numpy.random.Generator`` they are handed and call a kernel (DESIGN.md §5).
+``numpy.random.Generator`` they are handed and call a kernel.
 
 Every preprocessor has ``__call__(batch, rng) -> batch`` and ``output_shape((H, W, C)) -> shape``.
 Crops and flips keep the dtype; :class:`MeanSubtract`, :class:`Rescale` and the normalisations
@@ -836,7 +836,7 @@ class MeanSubtract:
     :class:`Compose` then subtracts it while cutting each window, never converting the full image.
 
     Args:
-        means: a means.json path, a dict with R, G and B keys (DESIGN.md §2.3), or three numbers.
+        means: a means.json path, a dict with R, G and B keys (docs/formats.md), or three numbers.
     """
 
     def __init__(self, means: Mapping[str, float] | str | os.PathLike | Sequence[float]) -> None:

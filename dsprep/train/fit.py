@@ -369,6 +369,15 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
 
 
+def has_validation(data: str | os.PathLike) -> bool:
+    """Whether DATA has the validation split :func:`open_data` reads (val.hdf5 beside
+    train.hdf5, or a val/ folder beside train/)."""
+    data = Path(data)
+    if (data / "train.hdf5").is_file():
+        return (data / "val.hdf5").is_file()
+    return (data / "val").is_dir()
+
+
 def _check_crop(config: TrainConfig, size: tuple[int, int], where: str, larger: str) -> None:
     """Refuse a --crop larger than the images, in the option's own words."""
     if config.crop and config.crop > min(size):
