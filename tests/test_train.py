@@ -552,6 +552,30 @@ def test_a_sweep_keeps_a_rate_that_diverges_in_its_first_epoch_over_an_older_run
     assert cb.diverged(cb.read_history(sweep / "lr-1e+30" / "history.csv")[-1])
 
 
+def test_a_run_being_trained_is_not_replaced_or_resumed_by_another_process(replaceable):
+    import subprocess
+    import sys
+
+    data, run, old = replaceable
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; "
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(60)", str(run / ".dsprep-train.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for call in (lambda: train(data, run, tiny("smallnet", width=4), overwrite=True),
+                     lambda: resume(run, epochs=3)):
+            with pytest.raises(DestinationExistsError, match="another dsprep process"):
+                call()
+    finally:
+        holder.kill()
+        holder.wait(10)
+        holder.stdout.close()
+    (run / ".dsprep-train.lock").unlink()  # the holder's, killed
+    assert _files(run) == old
+
+
 def test_limit_per_class_subsets_are_removed_after_training(tmp_path):
     data = write_data(tmp_path / "data", size=48, counts=(12, 4, 4))
     run = tmp_path / "run"

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
+from ..fileio import exclusive
 from . import callbacks as cb
 from .models import build_model
 from .options import SEED_MAX, TrainConfig
@@ -507,6 +508,23 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     """
     config = (config or TrainConfig()).check()
     run = Path(run)
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive(run / TRAIN_LOCK, run):
+            return _train(data, run, config, created, overwrite, progress, restore_diverged)
+    except BaseException:
+        if created:  # a run that never started leaves no folder to be mistaken for one
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+# Held by the process training in RUN: a second one (a --force, a --resume) is refused.
+TRAIN_LOCK = ".dsprep-train.lock"
+
+
+def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
+           progress: bool, restore_diverged: bool) -> TrainResult:
     _settle_replacement(run)
     replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
     if replacing and not overwrite:
@@ -517,8 +535,6 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
         raise DestinationExistsError(
             f"{run} already holds a run; use --resume {run} to continue it, or --force "
             "to start over")
-    created = not run.exists()
-    run.mkdir(parents=True, exist_ok=True)
     try:
         keras.utils.set_random_seed(config.seed)
         device = configure_device(config.precision, config.jit, config.gpus)
@@ -530,11 +546,9 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
                                 scale=bundle.scale, input_dtype=bundle.input_dtype)
             compile_model(model, config, classes, jit=device.jit)
     except BaseException:
-        # A run that never started leaves no folder behind to be mistaken for one, and a run
-        # it was to replace stays whole (a refused option must not cost its checkpoints).
-        if created:
-            shutil.rmtree(run, ignore_errors=True)
-        else:
+        # A run it was to replace stays whole (a refused option must not cost its
+        # checkpoints); a folder made for this run goes (see train).
+        if not created:
             _drop_subset(run)
         raise
     # The run it replaces is set aside until the new one has finished an epoch, and put back
@@ -707,9 +721,16 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
         data: where the data is now (default: the folder recorded in config.json).
         progress: print one line per epoch.
     """
+    run = Path(run)
+    if not run.is_dir():
+        raise LayoutError(f"{run} is not a run folder; start one with 'dsprep train'")
+    with exclusive(run / TRAIN_LOCK, run):
+        return _resume(run, epochs, data, progress)
+
+
+def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
     from .predict import load_model
 
-    run = Path(run)
     _settle_replacement(run)
     saved = read_run_config(run)
     config_path = run / CONFIG
