@@ -46,6 +46,10 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) \
+                or workers < 1:
+            raise UsageError(f"workers must be a positive integer; received {workers!r}")
+        workers = int(workers)
         self.threads = workers if workers > 1 and not use_multiprocessing else 0
         super().__init__(workers=1 if self.threads else workers,
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
@@ -353,7 +357,10 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
 
     def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if last and (mark() == last[0] or mark() == (None, None)):
-            gen.on_epoch_end()  # nobody set an epoch since the last iteration: a new one
+            # Nobody set an epoch since the last iteration: a new one (for a sequence that
+            # has epochs; a plain list of batches just plays again).
+            if callable(getattr(gen, "on_epoch_end", None)):
+                gen.on_epoch_end()
         last[:] = [mark()]
         for i in range(len(gen)):
             yield gen[i]
@@ -361,7 +368,14 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
     ds = tf.data.Dataset.from_generator(epoch, output_signature=signature)
     # A known length lets Keras count steps instead of running into the end of the data.
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(gen)))
-    return ds.prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch)
+    ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch)
+    # EpochSync(ds) then syncs the generator, as EpochSync(gen) does (a dataset made from
+    # this one, by repeat() or map(), does not carry it: pass the generator then).
+    try:
+        ds.gen = gen
+    except AttributeError:
+        pass
+    return ds
 
 
 def mean_rgb(means: Mapping | Sequence[float] | str | os.PathLike) -> tuple[float, float, float]:

@@ -153,9 +153,13 @@ def rank_accuracy(
         )
     if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
         raise UsageError(f"labels must be class ids in 0..{probs.shape[1] - 1}")
-    ks = [k] if isinstance(k, (int, np.integer)) else list(k)
-    if not ks or any(int(v) < 1 for v in ks):
-        raise UsageError(f"k must be positive ranks, got {k!r}")
+    try:
+        ks = [k] if isinstance(k, (int, np.integer)) else list(k)
+    except TypeError:  # neither one rank nor several
+        ks = []
+    if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                     for v in ks):
+        raise UsageError(f"k must be a positive rank or a list of them, got {k!r}")
     if not labels.size:
         raise UsageError("no samples to score")
     true_scores = probs[np.arange(len(labels)), labels][:, None]

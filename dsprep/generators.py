@@ -42,6 +42,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_open_lock)
 
 
+def _build_stamp(db: h5py.File) -> tuple:
+    """What tells one build's pixels from another's: the channel statistics computed from them
+    and the options that made them (a build of the same rows again gives the same)."""
+    stamp = []
+    for key in ("mean_rgb", "std_rgb", "resize", "interpolation", "exact", "image_size"):
+        value = db.attrs.get(key)
+        stamp.append(tuple(np.ravel(value).tolist()) if value is not None else None)
+    return tuple(stamp)
+
+
 def batch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random generator for batch ``index`` of ``epoch``: the same in every process."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_BATCH_KEY, epoch, index)))
@@ -98,9 +108,13 @@ class _BatchSequence(ABC):
                 raise UsageError(
                     f"preprocessor {op!r} is not callable; pass objects called as op(batch, rng)"
                 )
+        for name, flag in (("one_hot", one_hot), ("drop_last", drop_last)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise UsageError(f"{name} must be True or False; received {flag!r}")
         self.batch_size = int(batch_size)
         self.preprocessors = ops
-        self.augment = augment
+        # The tuple, not the argument: a generator expression given would not pickle.
+        self.augment = augments
         self._augments = augments
         self.one_hot = bool(one_hot)
         self.drop_last = bool(drop_last)
@@ -331,6 +345,7 @@ class HDF5Generator(_BatchSequence):
         self.path = Path(path)
         self.shuffle = shuffle
         with store.open_dataset(self.path) as db:
+            self._built = _build_stamp(db)
             ds = db["images"]
             self.image_shape = tuple(int(s) for s in ds.shape[1:])
             self._rows = int(ds.shape[0])
@@ -420,6 +435,10 @@ class HDF5Generator(_BatchSequence):
         elif not np.array_equal(np.asarray(self._db["labels"][()], dtype=np.int64),
                                 self.labels):
             changed = "its labels differ"
+        elif _build_stamp(self._db) != self._built:
+            # The same rows, shape and labels but other pixels (--resize pad for crop): this
+            # process would read other images than the one the generator was made in.
+            changed = "its pixels differ: other channel statistics or build options"
         if changed is not None:
             self._db.close()
             self._db = None
@@ -483,7 +502,8 @@ class HDF5Generator(_BatchSequence):
         shape = (n, *self.image_shape)
         scratch = None
         if self._steps:
-            scratch = self._scratch("batch", (self.batch_size, *self.image_shape))
+            scratch = self._scratch("batch", (min(self.batch_size, self._rows),
+                                              *self.image_shape))
             x = scratch[:n]
         else:
             x = np.empty(shape, dtype=np.uint8)
@@ -672,8 +692,10 @@ class DirectoryGenerator(_BatchSequence):
                 f"{self.root} with drop_last=True; use a smaller batch_size"
             )
         by_class: dict[int, list[int]] = {}
+        self._position = np.empty(len(labels), dtype=np.int64)  # file k's place in its class
         for k, label in enumerate(labels):
-            by_class.setdefault(label, []).append(k)
+            self._position[k] = len(by_class.setdefault(label, []))
+            by_class[label].append(k)
         self._by_class = by_class
         self._check_pipeline()
         self._shuffle_order()
@@ -708,6 +730,8 @@ class DirectoryGenerator(_BatchSequence):
             if self._pool is None or self._pool_pid != pid:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dsprep-decode")
                 self._pool_pid = pid
+                # So is a lock: one a parent's thread held at the fork stays held here.
+                self._replaced_lock = threading.Lock()
             return self._pool
 
     def close(self) -> None:
@@ -753,7 +777,7 @@ class DirectoryGenerator(_BatchSequence):
     def _load(self, k: int) -> np.ndarray:
         """Decode file ``k``, or the next file of its class that decodes (recorded)."""
         members = self._by_class[int(self.labels[k])]
-        start = members.index(k)
+        start = int(self._position[k])
         for step in range(len(members)):
             candidate = members[(start + step) % len(members)]
             path = self.files[candidate]

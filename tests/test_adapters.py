@@ -105,6 +105,9 @@ def test_as_keras_forwards_and_pickles(h5file):
     np.testing.assert_array_equal(copy[3][0], ds[3][0])
     with pytest.raises(UsageError):
         as_keras(gen, max_queue_size=0)
+    for workers in (2.5, 0, True):  # 2.5 used to fail only deep into an epoch
+        with pytest.raises(UsageError, match="workers must be a positive integer"):
+            as_keras(gen, workers=workers)
 
 
 class Slow:
@@ -556,6 +559,23 @@ def test_as_tf_dataset_with_epoch_sync_reads_keras_epoch_numbers(h5file):
     gen.read.clear()
     model.fit(as_tf_dataset(gen, prefetch=1), epochs=2, shuffle=False, verbose=0)
     assert sorted(set(gen.read)) == [0, 1]  # without it, each iteration moves on by one
+    # The dataset passed to EpochSync stands for its generator: a resumed fit reads the
+    # generator epochs of its Keras epochs, not epochs 0 and 1 again.
+    gen.read.clear()
+    ds = as_tf_dataset(gen, prefetch=1)
+    model.fit(ds, epochs=5, initial_epoch=3, shuffle=False, verbose=0,
+              callbacks=[EpochSync(ds)])
+    assert sorted(set(gen.read)) == [3, 4]
+
+
+def test_as_tf_dataset_plays_a_plain_list_of_batches_every_epoch():
+    needs_tf()
+    from dsprep.adapters import as_tf_dataset
+
+    batches = [(np.full((2, 3, 3, 3), i, np.float32), np.array([i, i])) for i in range(3)]
+    ds = as_tf_dataset(batches)
+    for _ in range(2):  # the second pass used to fail: a list has no on_epoch_end
+        assert [int(y.numpy()[0]) for _, y in ds] == [0, 1, 2]
 
 
 def test_as_tf_dataset_keeps_uint8(h5file):

@@ -125,8 +125,10 @@ def test_rank_accuracy_hand_built():
         rank_accuracy(probs, np.eye(7)[labels])
     with pytest.raises(UsageError, match="class ids"):
         rank_accuracy(probs, np.array([0, 1, 2, 6]))
-    with pytest.raises(UsageError, match="k must"):
-        rank_accuracy(probs, labels, k=0)
+    for k in (0, 2.9, [1, 2.5], None, True):
+        with pytest.raises(UsageError, match="k must"):
+            rank_accuracy(probs, labels, k=k)
+    assert rank_accuracy(probs, labels, k=np.array([1, 5])) == {1: 0.25, 5: 0.75}
 
 
 def test_rank_accuracy_breaks_ties_like_argmax_and_fails_non_finite_rows():

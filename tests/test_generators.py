@@ -155,6 +155,14 @@ def test_a_file_built_again_in_its_place_is_refused_when_reopened(tmp_path, h5fi
         with pytest.raises(DatasetFormatError, match="changed since this generator was made "
                                                      r"\(its labels differ"):
             reopened[0]
+    # The same rows, shape and labels, other pixels (another --resize of the same sources).
+    other = tagged_images(37, seed=9)
+    other[:, 0, :2, 0] = imgs[:, 0, :2, 0]
+    store.write_arrays(tmp_path / "new.hdf5", other, labels, NAMES)
+    (tmp_path / "new.hdf5").replace(path)
+    copy.close()
+    with pytest.raises(DatasetFormatError, match=r"\(its pixels differ"):
+        copy[0]
     store.write_arrays(tmp_path / "new.hdf5", tagged_images(37, 8, 7), labels, NAMES)
     (tmp_path / "new.hdf5").replace(path)
     with pytest.raises(DatasetFormatError, match=r"holds 37 images of \(8, 7, 3\), not 37 of "
@@ -197,6 +205,8 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         ({"preprocessors": [Patch]}, "is a class; pass an instance"),
         ({"seed": "3"}, "seed"),
         ({"augment": "flip"}, "augment must be an operation"),
+        ({"drop_last": "no"}, "drop_last must be True or False"),
+        ({"one_hot": "false"}, "one_hot must be True or False"),
     ],
 )
 def test_bad_arguments_are_usage_errors(h5file, kwargs, match):
@@ -347,6 +357,27 @@ def test_a_batch_index_is_one_integer(h5file):
     with pytest.raises(IndexError, match="out of range"):
         gen[len(gen)]
     np.testing.assert_array_equal(gen[np.int64(-1)][1], gen[len(gen) - 1][1])
+
+
+def test_a_generator_made_with_an_augment_generator_expression_pickles(h5file):
+    from dsprep.augment import RandomFlip
+
+    gen = HDF5Generator(h5file[0], batch_size=8, seed=1, output="uint8",
+                        augment=(op for op in [RandomFlip()]))
+    copy = pickle.loads(pickle.dumps(gen))  # what a spawned worker gets
+    np.testing.assert_array_equal(copy[1][0], gen[1][0])
+
+
+def test_a_batch_size_far_over_the_rows_allocates_for_the_rows(h5file):
+    from dsprep.preprocess import MeanSubtract
+
+    path, imgs, labels = h5file
+    gen = HDF5Generator(path, batch_size=10**9, shuffle="none",
+                        preprocessors=[MeanSubtract({"R": 1.0, "G": 2.0, "B": 3.0})])
+    x, y = gen[0]  # a scratch of 10**9 rows would be 126 GB
+    assert len(gen) == 1 and x.shape == (37, 6, 7, 3)
+    np.testing.assert_allclose(x, imgs.astype(np.float32) - np.float32([1, 2, 3]))
+    np.testing.assert_array_equal(y, labels)
 
 
 def test_plain_functions_work_as_preprocessors(h5file):
