@@ -159,7 +159,12 @@ class _BatchSequence(ABC):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Run one epoch; when the loop completes, move on to the next epoch's order."""
+        """Run one epoch; when the loop completes, move on to the next epoch's order.
+
+        The epoch belongs to the generator: loops over it in two threads at once would move
+        it under each other. Threads share one generator by indexing it (``gen[i]``, safe
+        from any thread), each loop of its own needs a generator of its own.
+        """
         for i in range(len(self)):
             yield self[i]
         self.on_epoch_end()
