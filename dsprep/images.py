@@ -6,6 +6,7 @@ The only place where OpenCV's BGR order and (width, height) sizes appear.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -346,10 +347,14 @@ def _opencv_limits() -> tuple[int, int, int]:
     variables, else its defaults)."""
     limits = []
     for name, default in (("WIDTH", 1 << 20), ("HEIGHT", 1 << 20), ("PIXELS", 1 << 30)):
-        try:
-            limits.append(int(os.environ.get(f"OPENCV_IO_MAX_IMAGE_{name}", default)))
-        except ValueError:
+        # As OpenCV reads them: digits, then nothing, KB or MB (in any of its spellings).
+        found = re.fullmatch(r"(\d+)(KB|Kb|kb|MB|Mb|mb)?",
+                             os.environ.get(f"OPENCV_IO_MAX_IMAGE_{name}", ""))
+        if found is None:
             limits.append(default)
+            continue
+        unit = {"": 1, "k": 1 << 10, "m": 1 << 20}[(found.group(2) or " ")[0].lower().strip()]
+        limits.append(int(found.group(1)) * unit)
     return limits[0], limits[1], limits[2]
 
 

@@ -443,6 +443,8 @@ def find_images(
                 table = None
             if guessing and table is not None and not table.labels_most():
                 table = None
+    # A CSV at the top that the guess did not take for the labels: named if nothing else works.
+    passed_over = labels_name if guessing and table is None else None
     where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
     if table is not None:
         items, skipped = table.resolve()
@@ -491,6 +493,9 @@ def find_images(
                "prefix": "files named <class>.<n>.<ext> (or give --pattern)",
                "csv": "a labels CSV whose ids name image files"}[chosen]
             + "; choose the layout with --layout"
+            + (f" ({passed_over} was not taken for the labels: it labels less than half of "
+               "the images, or all alike, or with a value per image; --layout csv reads it)"
+               if passed_over else "")
         )
     return inventory
 
@@ -886,7 +891,8 @@ class _LabelsTable:
         """Whether the auto layout may trust this CSV as the labels file.
 
         It must label at least half of the images found, with at least two distinct labels
-        (repeating, two images a label on average, when the label column is named like an id).
+        (and, when the label column is named like an id, not a different one for nearly every
+        image).
         A test folder it names no image of does not count against it (Kaggle's
         labels.csv for train/ beside an unlabelled test/ of as many images). A submission
         template (``id,label`` rows ``1,0`` naming only the unlabelled test images) names images
@@ -910,9 +916,10 @@ class _LabelsTable:
         excused = {folder for folder in excused if split_of(folder) == "test"}
         within = sum(self._folder(rel) not in excused for rel in self.images)
         # A label column taken for want of a label header, and named like an id (Kaggle's
-        # Image,Id, where the id is the whale), must repeat its values: a metadata CSV's
-        # file,id has a different id for every image, and those are no classes.
-        repeat = not self.label_named_id or len(labels) * 2 <= len(labelled)
+        # Image,Id, where the id is the whale, most of them seen a few times), must repeat its
+        # values: a metadata CSV's file,id has a different id for nearly every image, and
+        # those are no classes.
+        repeat = not self.label_named_id or len(labels) < 0.9 * len(labelled)
         return len(labels) >= 2 and repeat and len(labelled) * 2 >= within > 0
 
     def resolve(self) -> tuple[list[tuple[str, str]], list[Skipped]]:

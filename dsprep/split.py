@@ -454,9 +454,9 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
         if options.counts is not None:
             sizes = list(options.counts)
             if sum(sizes) > len(members):
-                kept = f" (kept by --limit-per-class {options.limit_per_class})" if limited else ""
+                cut = f" (kept by --limit-per-class {options.limit_per_class})" if limited else ""
                 raise SplitError(
-                    f"class {label!r} has {len(members)} usable images{kept} but --counts "
+                    f"class {label!r} has {len(members)} usable images{cut} but --counts "
                     f"{_join(sizes)} needs {sum(sizes)}; lower the counts or use --ratios")
             skipped += [Skipped(c.rel, NOT_SELECTED, f"beyond --counts {_join(sizes)}")
                         for c in members[sum(sizes):]]

@@ -66,6 +66,21 @@ def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_
     assert with_val.exit_code == 0 and "no validation split" not in with_val.output
 
 
+def test_a_resume_after_a_crashed_replacement_brings_the_old_run_back(data, tmp_path):
+    from dsprep.train import fit
+
+    run = tmp_path / "run"
+    assert invoke("train", data, run, *QUICK, "--epochs", "1").exit_code == 0
+    kept = {p.name: p.read_bytes() for p in run.iterdir()}
+    fit._set_aside(run)  # as a --force killed in its first epoch leaves it
+    (run / "config.json").write_text("{}")
+    result = invoke("train", "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert "held a replacement (--force) that never finished an epoch" in result.output
+    assert "has trained all its 1 epoch already: nothing to do" in result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == kept
+
+
 def test_train_resume_and_evaluate(data, tmp_path):
     run = tmp_path / "run"
     result = invoke("train", data, run, *QUICK, "--epochs", "2")

@@ -468,6 +468,12 @@ def test_opencvs_limits_are_read_as_opencv_reads_them(monkeypatch):
     with pytest.raises(ImageTooLargeError, match=r"1000x1200 is larger than OpenCV decodes "
                        r"\(at most 1,048,576 pixels wide, 1,048,576 tall and 1,000,000 in all"):
         images.probe(_png_claiming(1000, 1200), max_pixels=None, verify=False)
+    monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_WIDTH", "1KB")  # OpenCV's own suffixes
+    monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_HEIGHT", "2MB")
+    monkeypatch.delenv("OPENCV_IO_MAX_IMAGE_PIXELS")
+    with pytest.raises(ImageTooLargeError, match=r"at most 1,024 pixels wide, 2,097,152 tall"):
+        images.probe(_png_claiming(1500, 10), max_pixels=None, verify=False)
+    assert images.probe(_png_claiming(1000, 10), max_pixels=None, verify=False) == (10, 1000)
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.9, -2])

@@ -624,6 +624,23 @@ def test_a_metadata_csv_with_a_value_per_image_is_no_labels_file(tmp_path):
     assert inv.layout == "folders" and inv.classes == ["cat", "dog", "fox"]
 
 
+def test_a_sparse_image_id_csv_is_still_the_labels_and_a_passed_over_csv_is_named(tmp_path):
+    # Kaggle's whales: Image,Id, most whales seen once or twice, many "new_whale".
+    root = tmp_path / "d"
+    rows = ["Image,Id"]
+    for i in range(40):
+        _img(root / f"w{i:04d}.jpg", seed=i)
+        rows.append(f"w{i:04d}.jpg,{'new_whale' if i % 4 == 0 else f'whale_{i // 2}'}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    inv = _find(root)
+    assert inv.layout == "csv" and len(inv.items) == 40 and "new_whale" in inv.classes
+    # Labelling 10 of them only, it is passed over, and the error says so.
+    (root / "train.csv").write_text("\n".join(rows[:11]) + "\n")
+    with pytest.raises(LayoutError, match=r"train.csv was not taken for the labels.*"
+                                          r"--layout csv reads it"):
+        _find(root)
+
+
 @pytest.mark.parametrize("layout", ["auto", "csv"])
 @pytest.mark.parametrize("option", ["id_column", "label_column"])
 def test_a_column_index_past_the_csv_is_a_usage_error(tmp_path, layout, option):

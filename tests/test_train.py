@@ -438,7 +438,7 @@ def test_a_replacement_drops_the_old_run_once_its_first_epoch_is_done(replaceabl
     end = cb.RunRecorder.on_epoch_end
 
     def watch(self, epoch, logs=None):
-        aside = run / "replaced"
+        aside = run / ".replaced"
         seen.append((epoch, aside.is_dir() and _files(aside) == old,
                      not (run / "config.json").read_bytes() == old["config.json"]))
         return end(self, epoch, logs)
@@ -448,7 +448,7 @@ def test_a_replacement_drops_the_old_run_once_its_first_epoch_is_done(replaceabl
     # During the first epoch the old run is whole, set aside; after it, it is gone.
     assert seen == [(0, True, True), (1, False, True)]
     assert result.epochs_done == 2 and not result.restored
-    assert not (run / "replaced").exists() and not (run / "confusion-test-center.png").exists()
+    assert not (run / ".replaced").exists() and not (run / "confusion-test-center.png").exists()
     assert [r["epoch"] for r in cb.read_history(run / "history.csv")] == [0, 1]
 
 
@@ -457,25 +457,35 @@ def test_after_a_crash_in_a_replacement_the_old_run_is_kept_and_named(replaceabl
     from dsprep.train import fit
 
     data, run, old = replaceable
-    # The process died in the new run's first epoch: the old run set aside, a new config.
-    fit._set_aside(run)
-    (run / "config.json").write_text(json.dumps({"data": str(data), "options": {}}))
-    for call in (lambda: train(data, run, tiny("smallnet", width=4)),
-                 lambda: resume(run)):
-        with pytest.raises((DestinationExistsError, LayoutError),
-                           match="never finished an epoch.*kept whole in .*replaced"):
-            call()
-    with pytest.raises(LayoutError, match="has not finished an epoch.*kept whole in .*replaced"):
+
+    def crashed_replacement():
+        # The process died in the new run's first epoch: the old run set aside, a new
+        # config.json and a half-saved checkpoint of the epoch that never finished.
+        fit._set_aside(run)
+        (run / "config.json").write_text(json.dumps({"data": str(data), "options": {}}))
+        (run / ".last.epoch0.partial.keras").write_bytes(b"half")
+
+    crashed_replacement()
+    with pytest.raises(DestinationExistsError, match=r"never finished an epoch.*kept in "
+                                                     r".*\.replaced: 'dsprep train --resume"):
+        train(data, run, tiny("smallnet", width=4))
+    with pytest.raises(LayoutError, match=r"has not finished an epoch.*kept in .*\.replaced"):
         evaluate_run(run, data / "test.hdf5")
+    # A resume puts the old run back (the new one has nothing to resume) and goes on with it.
+    result = resume(run)
+    assert result.restored and result.epochs_run == 0  # a finished one-epoch run
+    assert _files(run) == old and sorted(p.name for p in run.iterdir()) == sorted(old)
     # --force again replaces the unfinished run, and keeps the old one aside until its first
     # epoch is done; a crash in that first epoch still leaves the old run to put back.
+    crashed_replacement()
+
     def stop(self, epoch, logs=None):
         raise _Crash()
 
     monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", stop)
     with pytest.raises(_Crash):
         train(data, run, tiny("smallnet", width=4, epochs=1, seed=5), overwrite=True)
-    assert _files(run) == old and not (run / "replaced").exists()
+    assert _files(run) == old and sorted(p.name for p in run.iterdir()) == sorted(old)
 
 
 def test_a_stale_set_aside_run_goes_when_the_run_is_resumed_or_replaced(replaceable):
@@ -483,14 +493,51 @@ def test_a_stale_set_aside_run_goes_when_the_run_is_resumed_or_replaced(replacea
 
     data, run, old = replaceable
     # The new run finished its first epoch but died before dropping the old one.
-    (run / "replaced").mkdir()
-    (run / "replaced" / "config.json").write_text("{}")
+    (run / ".replaced").mkdir()
+    (run / ".replaced" / "config.json").write_text("{}")
     resume(run, epochs=2)
-    assert not (run / "replaced").exists()
-    (run / "replaced").mkdir()
-    (run / "replaced" / "config.json").write_text("{}")
+    assert not (run / ".replaced").exists()
+    (run / ".replaced").mkdir()
+    (run / ".replaced" / "config.json").write_text("{}")
     aside = fit._set_aside(run)
     assert _files(aside).keys() == old.keys() and _files(aside)["config.json"] != b"{}"
+
+
+def test_evaluate_finishes_a_commit_a_killed_training_left(replaceable):
+    import os
+
+    data, run, old = replaceable
+    # Killed after the first epoch's state.json, before its checkpoints took their names and
+    # the run it replaced was dropped (a part of that already gone).
+    for name in ("best", "last"):
+        os.replace(run / f"{name}.keras", run / f".{name}.epoch0.partial.keras")
+    (run / ".replaced").mkdir()
+    (run / ".replaced" / "config.json").write_text("{}")
+    (run / ".replaced.dropping").mkdir()
+    scores = evaluate_run(run, data / "test.hdf5")
+    assert 0.0 <= scores["center"]["rank1"] <= 1.0
+    now = _files(run)
+    assert now.pop("confusion-test-center.png").startswith(b"\x89PNG")  # drawn again
+    old.pop("confusion-test-center.png")
+    assert now == old
+    assert sorted(p.name for p in run.iterdir()) == sorted([*old, "confusion-test-center.png"])
+
+
+def test_a_new_run_stopped_after_an_epoch_stays_to_be_resumed(tmp_path, monkeypatch):
+    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
+    run = tmp_path / "run"
+    end = cb.RunRecorder.on_epoch_end
+
+    def stopped_after_the_first(self, epoch, logs=None):
+        end(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", stopped_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, run, tiny("smallnet", width=4, epochs=2))
+    monkeypatch.undo()
+    assert (run / "last.keras").is_file()  # not removed with the folder of a failed start
+    assert resume(run).epochs_done == 2
 
 
 @pytest.mark.parametrize("moved", [1, 5])
@@ -548,7 +595,7 @@ def test_a_sweep_keeps_a_rate_that_diverges_in_its_first_epoch_over_an_older_run
     results = sweep_lr(data, sweep, [1e30], tiny("smallnet", width=4, epochs=2), overwrite=True)
     assert results[1e30].diverged and not results[1e30].restored
     config = json.loads((sweep / "lr-1e+30" / "config.json").read_text())
-    assert config["options"]["lr"] == 1e30 and not (sweep / "lr-1e+30" / "replaced").exists()
+    assert config["options"]["lr"] == 1e30 and not (sweep / "lr-1e+30" / ".replaced").exists()
     assert cb.diverged(cb.read_history(sweep / "lr-1e+30" / "history.csv")[-1])
 
 

@@ -218,7 +218,7 @@ def _fmt(value) -> str:
                    "whether the model learnt them: the training loss down to 0.75 of the "
                    "first epoch's, the accuracy halfway from guessing to 1.")
 @click.option("--force", is_flag=True,
-              help="Replace a run already in RUN. It is kept in RUN/replaced until the new "
+              help="Replace a run already in RUN. It is kept in RUN/.replaced until the new "
                    "run has finished its first epoch, and put back if the new run fails "
                    "before that.")
 def train(data: str | None, run: str | None, resume_run: str | None, overfit_check: bool,
@@ -252,6 +252,9 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         epochs = opts["epochs"] if "epochs" in given else None
         with _resume_hint(resume_run):
             result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_progress())
+        if result.restored:
+            say(f"note: {resume_run} held a replacement (--force) that never finished an epoch; "
+                "the run it was replacing is back in its place, and is what resumed", err=True)
         verb = "resumed"
     else:
         if data is None or run is None:
@@ -275,10 +278,10 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
-        if not fit.has_validation(data):
-            _no_validation_note(data)
         with _resume_hint(run, replacing=force):
             result = fit.train(data, run, config, overwrite=force, progress=show_progress())
+        if not fit.has_validation(data):
+            _no_validation_note(data)
         verb = "trained"
     last = result.history[-1] if result.history else {}
     if resume_run and result.epochs_run == 0:

@@ -48,7 +48,8 @@ class TrainResult:
     model: keras.Model | None = field(default=None, repr=False)
     epochs_planned: int = 0  # the total asked for; more than epochs_done after a stop
     epochs_run: int = 0  # epochs trained by this call (0: a resume of a finished run)
-    # The run diverged in its first epoch, and the run it was to replace is back in RUN.
+    # The run it was to replace is back in RUN: the new one diverged in its first epoch (train),
+    # or never finished one before this resume (resume).
     restored: bool = False
 
     @property
@@ -510,13 +511,15 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     run = Path(run)
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive(run / TRAIN_LOCK, run):
+    with exclusive(run / TRAIN_LOCK, run):
+        try:
             return _train(data, run, config, created, overwrite, progress, restore_diverged)
-    except BaseException:
-        if created:  # a run that never started leaves no folder to be mistaken for one
-            shutil.rmtree(run, ignore_errors=True)
-        raise
+        except BaseException:
+            # A run that never started leaves no folder to be mistaken for one (one that did,
+            # its config.json written, stays: to be resumed, or replaced with --force).
+            if created and not (run / CONFIG).exists():
+                shutil.rmtree(run, ignore_errors=True)
+            raise
 
 
 # Held by the process training in RUN: a second one (a --force, a --resume) is refused.
@@ -570,7 +573,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
             _put_back(run)
             result.restored = True
         else:
-            shutil.rmtree(aside)
+            _drop_replaced(run)
     return result
 
 
@@ -590,7 +593,7 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
 
 
 # Where --force keeps the run it replaces until the new run has finished its first epoch.
-REPLACED = "replaced"
+REPLACED = ".replaced"
 
 
 def _run_files(run: Path) -> list[Path]:
@@ -601,11 +604,13 @@ def _run_files(run: Path) -> list[Path]:
             + sorted(run.glob(".*.partial.*")) + sorted(run.glob("confusion-*.png")))
 
 
-# Work folders of the moves between RUN and RUN/replaced: files on their way into replaced/,
-# and replaced/ on its way back into RUN. Each move ends with one rename, so a process killed
-# while moving leaves one of these, which _settle_replacement finishes or undoes.
+# Work folders of the moves between RUN and RUN/.replaced: files on their way into it, the
+# folder on its way back into RUN, and on its way out. Each move begins or ends with one
+# rename, so a process killed while moving leaves one of these, which _settle_replacement
+# finishes or undoes.
 _SETTING_ASIDE = ".replaced.partial"
 _PUTTING_BACK = ".replaced.returning"
+_DROPPING = ".replaced.dropping"
 
 
 def _set_aside(run: Path) -> Path:
@@ -621,7 +626,7 @@ def _set_aside(run: Path) -> Path:
             for path in _run_files(run):
                 path.unlink()
             return aside
-        shutil.rmtree(aside)
+        _drop_replaced(run)
     partial = run / _SETTING_ASIDE
     partial.mkdir()
     for path in _run_files(run):
@@ -642,8 +647,16 @@ def _put_back(run: Path) -> None:
     _settle_replacement(run)
 
 
+def _drop_replaced(run: Path) -> None:
+    """Delete RUN/.replaced (the run that replaced it finished an epoch, or in a sweep
+    diverged): renamed first, so a part of it is never taken for the whole."""
+    if (run / REPLACED).is_dir():
+        os.replace(run / REPLACED, run / _DROPPING)
+    shutil.rmtree(run / _DROPPING, ignore_errors=True)
+
+
 def _settle_replacement(run: Path) -> None:
-    """Finish or undo the move between RUN and RUN/replaced that a killed process left."""
+    """Finish or undo the move between RUN and RUN/.replaced that a killed process left."""
     for name in (_SETTING_ASIDE, _PUTTING_BACK):
         folder = run / name
         if folder.is_dir():
@@ -652,14 +665,36 @@ def _settle_replacement(run: Path) -> None:
             for path in folder.iterdir():
                 os.replace(path, run / path.name)
             folder.rmdir()
+    if (run / _DROPPING).exists():
+        shutil.rmtree(run / _DROPPING, ignore_errors=True)
+    if (run / REPLACED).is_dir() and (run / cb.STATE).exists():
+        _drop_replaced(run)  # stale: the run that replaced it finished an epoch
+
+
+def settle(run: str | os.PathLike) -> None:
+    """Finish what a training killed in RUN left half done (a checkpoint commit, a move of a
+    replaced run) so RUN can be read, unless a training holds RUN now or RUN cannot be
+    written: then it is read as it is."""
+    run = Path(run)
+    pending = any(run.glob(".*.partial.*")) or any(
+        (run / name).exists() for name in (_SETTING_ASIDE, _PUTTING_BACK, _DROPPING))
+    if not pending:
+        return
+    try:
+        with exclusive(run / TRAIN_LOCK, run):
+            _settle_replacement(run)
+            if (run / cb.STATE).exists():
+                cb.settle_checkpoints(run, cb.read_state(run)["epochs_done"])
+    except (DestinationExistsError, OSError, DatasetFormatError):
+        pass
 
 
 def replaced_hint(run: Path) -> str:
     """Where a replacement that never finished an epoch left the run it replaced, if so."""
-    if not (run / REPLACED).is_dir():
+    if not (run / REPLACED).is_dir() or (run / cb.STATE).exists():
         return ""
-    return (f" (the run it was replacing is kept whole in {run / REPLACED}: to go on with "
-            f"that one, move every file in it, the hidden ones too, back into {run})")
+    return (f" (the run it was replacing is kept in {run / REPLACED}: 'dsprep train --resume "
+            f"{run}' puts it back and continues it)")
 
 
 class _DropReplaced(keras.callbacks.Callback):
@@ -671,7 +706,7 @@ class _DropReplaced(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.aside.exists() and (self.run / cb.STATE).exists():
-            shutil.rmtree(self.aside, ignore_errors=True)
+            _drop_replaced(self.run)
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
@@ -729,9 +764,21 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
 
 
 def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
+    _settle_replacement(run)
+    restored = False
+    if not (run / cb.STATE).exists() and (run / REPLACED).is_dir():
+        # A replacement (--force) that never finished an epoch has nothing to resume; the run
+        # it was replacing, kept aside, does: it comes back, and goes on.
+        _put_back(run)
+        restored = True
+    result = _resume_run(run, epochs, data, progress)
+    result.restored = restored
+    return result
+
+
+def _resume_run(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
     from .predict import load_model
 
-    _settle_replacement(run)
     saved = read_run_config(run)
     config_path = run / CONFIG
     if data is None and not isinstance(saved.get("data"), str):
@@ -745,9 +792,6 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
     if epochs is not None:
         config.epochs = int(epochs)
         config.check()
-    if not (run / cb.STATE).exists() and (run / REPLACED).is_dir():
-        raise LayoutError(f"{run} holds a run that never finished an epoch, so there is nothing "
-                          "to resume; use --force to start it over" + replaced_hint(run))
     done = int(cb.read_state(run)["epochs_done"])
     cb.settle_checkpoints(run, done)
     if done < 1 or not (run / cb.LAST).is_file():
@@ -760,8 +804,6 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
         raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
                          f"so give more than {own}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
-    if (run / REPLACED).is_dir():
-        shutil.rmtree(run / REPLACED)  # stale: the run that replaced it finished an epoch
     if config.epochs <= own:
         # A finished run (all its epochs, or stopped early): nothing to train, so a job run
         # again after its end, with or without the same --epochs, succeeds.

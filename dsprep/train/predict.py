@@ -182,11 +182,12 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     """
     from ..generators import HDF5Generator
     from ..store import open_dataset
-    from .fit import read_run_config, replaced_hint
+    from .fit import read_run_config, replaced_hint, settle
 
     if checkpoint not in CHECKPOINTS:
         raise UsageError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
     run, data = Path(run), Path(data)
+    settle(run)  # what a training killed in RUN left half done
     config = read_run_config(run)
     path = run / (cb.BEST if checkpoint == "best" else cb.LAST)
     if not path.is_file():
