@@ -58,6 +58,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
 
 
 def test_ctrl_c_while_the_command_line_imports_is_no_traceback(monkeypatch, capsys):
+    import signal
     import sys
 
     from dsprep.__main__ import run
@@ -72,12 +73,17 @@ def test_ctrl_c_while_the_command_line_imports_is_no_traceback(monkeypatch, caps
 
     monkeypatch.delitem(sys.modules, "dsprep.cli")
     monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
+    # run() installs the command's SIGTERM handler: left in this process, it would be
+    # inherited by the worker processes later tests fork, which then hang when terminated.
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         run()
     except SystemExit as exc:
         assert exc.code == 1
     else:
         raise AssertionError("run() went on after the interrupt")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert capsys.readouterr().err == "\nAborted!\n"
 
 
