@@ -47,8 +47,8 @@ class KerasDataset(keras.utils.PyDataset):
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) \
-                or workers < 1:
-            raise UsageError(f"workers must be a positive integer; received {workers!r}")
+                or workers < 0:
+            raise UsageError(f"workers must be a whole number, 0 or more; received {workers!r}")
         workers = int(workers)
         self.threads = workers if workers > 1 and not use_multiprocessing else 0
         super().__init__(workers=1 if self.threads else workers,

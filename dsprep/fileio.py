@@ -91,9 +91,11 @@ def exclusive(lock: str | os.PathLike, what: str | os.PathLike) -> Iterator[None
         held.discard(lock)
         if fd is not None:
             # Removed while still held, so a process that opens it next finds a new file.
-            with suppress(FileNotFoundError):
-                lock.unlink()
-            os.close(fd)
+            try:
+                with suppress(OSError):
+                    lock.unlink()
+            finally:
+                os.close(fd)
 
 
 _HELD = threading.local()  # the locks this thread holds
@@ -106,7 +108,14 @@ def _lock(lock: Path, what: str | os.PathLike) -> int | None:
     except ImportError:  # pragma: no cover - Windows
         return None
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                # A folder this process cannot write: whatever it does there that writes
+                # fails on its own, and reading needs no lock.
+                return None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

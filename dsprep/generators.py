@@ -48,7 +48,9 @@ def _build_stamp(db: h5py.File) -> tuple:
     stamp = []
     for key in ("mean_rgb", "std_rgb", "resize", "interpolation", "exact", "image_size"):
         value = db.attrs.get(key)
-        stamp.append(tuple(np.ravel(value).tolist()) if value is not None else None)
+        # As bytes: a NaN equals itself there.
+        stamp.append(None if value is None else (np.asarray(value).dtype.str,
+                                                  np.asarray(value).tobytes()))
     return tuple(stamp)
 
 

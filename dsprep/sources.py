@@ -430,6 +430,7 @@ def find_images(
     # A labels file or a column named means the csv layout is wanted: only without them is
     # the top CSV a guess that may turn out not to be the labels.
     guessing = layout == "auto" and labels is None and id_column is None and label_column is None
+    passed_over = None
     if layout in ("auto", "csv"):
         labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
         if text is not None:
@@ -441,10 +442,10 @@ def find_images(
                 if not guessing:
                     raise
                 table = None
+            # A table the guess did not take for the labels: named if nothing else works.
             if guessing and table is not None and not table.labels_most():
+                passed_over = labels_name if table.labelled else None
                 table = None
-    # A CSV at the top that the guess did not take for the labels: named if nothing else works.
-    passed_over = labels_name if guessing and table is None else None
     where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
     if table is not None:
         items, skipped = table.resolve()
@@ -782,6 +783,7 @@ class _LabelsTable:
         self.name = name
         self.images = images
         self.root = root
+        self.labelled = 0  # images its rows label, once labels_most has counted them
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
                 if any(c.strip() for c in r)]
         # Lookups from most to least specific: path, path without extension, name, name stem.
@@ -908,6 +910,7 @@ class _LabelsTable:
             if len(matches) == 1:
                 labelled.add(matches[0])
                 labels.add(row[self.label_index].strip())
+        self.labelled = len(labelled)
         named = {self._folder(rel) for rel in labelled}
         # Only an unlabelled test folder is excused: a CSV labelling a few images of one
         # folder beside class folders must not take over the whole dump.

@@ -105,9 +105,10 @@ def test_as_keras_forwards_and_pickles(h5file):
     np.testing.assert_array_equal(copy[3][0], ds[3][0])
     with pytest.raises(UsageError):
         as_keras(gen, max_queue_size=0)
-    for workers in (2.5, 0, True):  # 2.5 used to fail only deep into an epoch
-        with pytest.raises(UsageError, match="workers must be a positive integer"):
+    for workers in (2.5, -1, True):  # 2.5 used to fail only deep into an epoch
+        with pytest.raises(UsageError, match="workers must be .*0 or more"):
             as_keras(gen, workers=workers)
+    np.testing.assert_array_equal(as_keras(gen, workers=0)[2][0], gen[2][0])
 
 
 class Slow:

@@ -90,6 +90,33 @@ def test_a_file_system_without_locks_is_written_unlocked(tmp_path, monkeypatch):
     assert ran == [1] and not (tmp_path / ".out.lock").exists()
 
 
+@pytest.mark.parametrize("code", ["EROFS", "EACCES", "EPERM"])
+def test_a_folder_this_process_cannot_write_is_not_locked(tmp_path, monkeypatch, code):
+    import errno
+
+    real_open = os.open
+
+    def refused(path, flags, *args):
+        if str(path).endswith(".lock"):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(fileio.os, "open", refused)
+    ran = []
+    with fileio.exclusive(tmp_path / ".out.lock", tmp_path / "out"):  # a read-only RUN, say
+        ran.append(1)
+    assert ran == [1]
+    monkeypatch.undo()
+
+    def full(path, flags, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "open", full)
+    with pytest.raises(OSError, match="No space"):  # any other failure is still one
+        with fileio.exclusive(tmp_path / ".out.lock", tmp_path / "out"):
+            pass
+
+
 @needs_flock
 def test_a_split_or_build_into_an_output_in_use_is_refused_and_harms_nothing(tmp_path):
     from helpers import make_class_folders

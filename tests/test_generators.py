@@ -176,6 +176,13 @@ def test_a_file_built_again_in_its_place_is_refused_when_reopened(tmp_path, h5fi
     np.testing.assert_array_equal(copy[0][1], labels[:8])
 
 
+def test_a_file_whose_means_are_nan_reads_as_unchanged(tmp_path):
+    path = store.write_arrays(tmp_path / "nan.hdf5", tagged_images(4), np.array([0, 1, 0, 1]),
+                              NAMES, mean_rgb=[float("nan")] * 3)
+    x, y = HDF5Generator(path, batch_size=2, shuffle="none", output="uint8")[0]
+    assert rows_of(x).tolist() == [0, 1] and y.tolist() == [0, 1]
+
+
 def test_set_epoch_takes_whole_numbers_only(h5file):
     gen = HDF5Generator(h5file[0], batch_size=8, seed=1)
     for bad in (1.5, "2", -1, True):

@@ -639,6 +639,11 @@ def test_a_sparse_image_id_csv_is_still_the_labels_and_a_passed_over_csv_is_name
     with pytest.raises(LayoutError, match=r"train.csv was not taken for the labels.*"
                                           r"--layout csv reads it"):
         _find(root)
+    # A CSV that is no table at all is not offered as the labels.
+    (root / "train.csv").write_text("just some notes\n")
+    with pytest.raises(LayoutError) as caught:
+        _find(root)
+    assert "not taken for the labels" not in str(caught.value)
 
 
 @pytest.mark.parametrize("layout", ["auto", "csv"])

@@ -614,10 +614,10 @@ _DROPPING = ".replaced.dropping"
 
 
 def _set_aside(run: Path) -> Path:
-    """Move the run in RUN into RUN/replaced; return that folder.
+    """Move the run in RUN into RUN/.replaced; return that folder.
 
-    After a replacement that never finished an epoch (a crash), the run in ``replaced`` is
-    still the one to keep, and the unfinished one goes; after one that did, ``replaced`` is
+    After a replacement that never finished an epoch (a crash), the run in ``.replaced`` is
+    still the one to keep, and the unfinished one goes; after one that did, ``.replaced`` is
     stale and goes.
     """
     aside = run / REPLACED
@@ -639,7 +639,7 @@ def _put_back(run: Path) -> None:
     """Remove the new run's files and move the run set aside back into RUN.
 
     The new run never finished an epoch, so removing its files part way leaves what a crash
-    in its first epoch leaves; only then does replaced/ start on its way back.
+    in its first epoch leaves; only then does .replaced start on its way back.
     """
     for path in _run_files(run):
         path.unlink(missing_ok=True)
