@@ -488,6 +488,26 @@ def test_after_a_crash_in_a_replacement_the_old_run_is_kept_and_named(replaceabl
     assert _files(run) == old and sorted(p.name for p in run.iterdir()) == sorted(old)
 
 
+def test_a_resume_that_brings_a_replaced_run_back_and_then_fails_says_so(replaceable,
+                                                                         tmp_path):
+    from dsprep.train import fit
+
+    data, run, old = replaceable
+    fit._set_aside(run)  # a --force killed in its first epoch
+    (run / "config.json").write_text("{}")
+    other = write_data(tmp_path / "other", size=48, classes=("cat", "fox"), counts=(8, 4, 4))
+    with pytest.raises(UsageError, match=r"does not match the run.*\(the run the replacement "
+                                         r"\(--force\) was replacing, .* is back in"):
+        resume(run, epochs=3, data=other)
+    assert _files(run) == old
+    # When the replaced run never finished an epoch either, the hint promises no resume.
+    fit._set_aside(run)
+    (run / ".replaced" / "state.json").unlink()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(DestinationExistsError, match="which never finished an epoch either"):
+        train(data, run, tiny("smallnet", width=4))
+
+
 def test_a_stale_set_aside_run_goes_when_the_run_is_resumed_or_replaced(replaceable):
     from dsprep.train import fit
 

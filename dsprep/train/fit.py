@@ -19,7 +19,13 @@ import keras
 import numpy as np
 
 from .. import __version__
-from ..errors import DatasetFormatError, DestinationExistsError, LayoutError, UsageError
+from ..errors import (
+    DatasetFormatError,
+    DestinationExistsError,
+    DsprepError,
+    LayoutError,
+    UsageError,
+)
 from ..fileio import exclusive
 from . import callbacks as cb
 from .models import build_model
@@ -693,6 +699,9 @@ def replaced_hint(run: Path) -> str:
     """Where a replacement that never finished an epoch left the run it replaced, if so."""
     if not (run / REPLACED).is_dir() or (run / cb.STATE).exists():
         return ""
+    if not (run / REPLACED / cb.STATE).exists():
+        return (f" (the run it was replacing, which never finished an epoch either, is kept in "
+                f"{run / REPLACED}: 'dsprep train --resume {run}' puts it back)")
     return (f" (the run it was replacing is kept in {run / REPLACED}: 'dsprep train --resume "
             f"{run}' puts it back and continues it)")
 
@@ -771,7 +780,13 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
         # it was replacing, kept aside, does: it comes back, and goes on.
         _put_back(run)
         restored = True
-    result = _resume_run(run, epochs, data, progress)
+    try:
+        result = _resume_run(run, epochs, data, progress)
+    except DsprepError as exc:
+        if not restored:
+            raise
+        raise type(exc)(f"{exc} (the run the replacement (--force) was replacing, which never "
+                        f"finished an epoch, is back in {run})") from exc
     result.restored = restored
     return result
 
