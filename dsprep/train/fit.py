@@ -692,6 +692,8 @@ def settle(run: str | os.PathLike) -> None:
             if (run / cb.STATE).exists():
                 cb.settle_checkpoints(run, cb.read_state(run)["epochs_done"])
     except (DestinationExistsError, OSError, DatasetFormatError):
+        # A training holds RUN now (its own commit is under way), RUN cannot be written, or
+        # its state.json is damaged (reading the run says so): read RUN as it is.
         pass
 
 
