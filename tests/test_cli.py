@@ -118,3 +118,38 @@ def test_sigterm_unwinds_like_ctrl_c_with_status_143(capsys):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert cleaned == [True] and "Terminated." in capsys.readouterr().err
+
+
+def test_quiet_hides_native_library_warnings_but_not_errors(tmp_path):
+    import struct
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+    from helpers import make_class_folders
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=3, size=(24, 24))
+    # A PNG with a damaged text chunk decodes, but libpng prints "libpng warning: tEXt: CRC
+    # error" to file descriptor 2 itself, as it does for many real downloads.
+    png = cv2.imencode(".png", np.zeros((24, 24, 3), np.uint8))[1].tobytes()
+    text = b"Comment\x00hi"
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + b"\0\0\0\0"
+    (dump / "a" / "damaged-text.png").write_bytes(png[:33] + chunk + png[33:])
+
+    def dsprep(*args):
+        return subprocess.run([sys.executable, "-m", "dsprep", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    built = dsprep("-q", "build-hdf5", dump, tmp_path / "out", "--name", "all", "--size", "16")
+    assert built.returncode == 0 and built.stderr == "", built.stderr
+    data = tmp_path / "out" / "all.hdf5"
+    loud = dsprep("verify", data, "--sources", "7")  # re-decodes the sources in this process
+    assert loud.returncode == 0 and "libpng warning" in loud.stderr, loud.stderr
+    for quiet in (["-q", "verify", data, "--sources", "7"], ["verify", data, "--sources", "7",
+                                                             "-q"]):
+        result = dsprep(*quiet)
+        assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result
+    # Errors still reach the real stderr, through Python's sys.stderr.
+    refused = dsprep("verify", data, "--sources", "7", "--source-root", tmp_path / "gone", "-q")
+    assert refused.returncode != 0 and "gone" in refused.stderr, refused

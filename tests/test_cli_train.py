@@ -64,6 +64,10 @@ def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_
     assert "best auc" in result.output  # two classes
     with_val = invoke("train", data, tmp_path / "run2", *QUICK, "--epochs", "1")
     assert with_val.exit_code == 0 and "no validation split" not in with_val.output
+    sweep = invoke("sweep-lr", bare, tmp_path / "sweep", *QUICK, "--lrs", "0.01",
+                   "--epochs", "1")
+    assert sweep.exit_code == 0, sweep.output
+    assert "has no validation split (val.hdf5 or val/), so best.keras" in sweep.output
 
 
 def test_a_resume_after_a_crashed_replacement_brings_the_old_run_back(data, tmp_path):
@@ -344,6 +348,8 @@ def test_train_on_a_split_folder(tmp_path):
         (["train", "{data}", "{tmp}/r", "--resume", "{tmp}"], 2, "not both"),
         (["train", "{tmp}", "{tmp}/r"], 1, "neither train.hdf5"),
         (["sweep-lr", "{data}", "{tmp}/s", "--lrs", "fast"], 2, "comma-separated"),
+        (["sweep-lr", "{data}", "{tmp}/r", "--lrs", "0.1,nan"], 2, "positive, finite"),
+        (["sweep-lr", "{data}", "{tmp}/r", "--lrs", "inf"], 2, "positive, finite"),
         (["train", "{data}", "{tmp}/r", "--model", "vgg"], 2, "Invalid value"),
         (["train", "{data}", "{tmp}/r", "--model", "alexnet"], 2, "at least 63x63"),
         (["train", "--resume", "{tmp}"], 1, "not a run folder"),

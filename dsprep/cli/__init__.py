@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ._common import DsprepGroup, verbosity_options
+from ._common import DsprepGroup, be_quiet, verbosity_options
 from .cmd_build import build_hdf5, info, means, verify
 from .cmd_demo import demo
 from .cmd_dump import sample_dump
@@ -29,7 +29,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
       dsprep train data/hdf5 runs/alexnet --model alexnet --crop 227 --augment flip
       dsprep evaluate runs/alexnet data/hdf5/test.hdf5 --ten-crop
     """
-    ctx.obj = {"verbose": verbose, "quiet": quiet}
+    ctx.obj = {**(ctx.obj or {}), "verbose": verbose}
+    if quiet:
+        be_quiet(ctx)
 
 
 for command in (sample_dump, split, build_hdf5, info, verify, means, train, evaluate, sweep_lr,

@@ -64,8 +64,7 @@ def verbosity_options() -> list[click.Option]:
 
     def quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         if value:
-            root = ctx.find_root()
-            root.obj = {**(root.obj or {}), "quiet": True}
+            be_quiet(ctx)
 
     return [
         click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=more,
@@ -73,6 +72,51 @@ def verbosity_options() -> list[click.Option]:
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet,
                      help="Print errors only: no progress bars, no summary."),
     ]
+
+
+def be_quiet(ctx: click.Context) -> None:
+    """Make the command quiet (``-q``): no summary, no progress bars, and no native library's
+    warnings for the rest of the command."""
+    root = ctx.find_root()
+    if root.obj and root.obj.get("quiet"):
+        return
+    root.obj = {**(root.obj or {}), "quiet": True}
+    root.with_resource(_native_warnings_hidden())
+
+
+@contextlib.contextmanager
+def _native_warnings_hidden():
+    """Send file descriptor 2 to the null device, and Python's ``sys.stderr`` to a copy of it.
+
+    libjpeg and libpng print their warnings ("Corrupt JPEG data: 2 extraneous bytes before
+    marker 0xd9", common in real dumps) straight to descriptor 2 from whichever thread decodes,
+    below anything Python or OpenCV can switch off. Under ``-q`` only errors may be printed, so
+    for the command's life the descriptor goes nowhere, while Python's own stderr (errors,
+    warnings, tracebacks, "Terminated.") writes to the real one through a duplicate. Without a
+    real descriptor 2 (a test runner's captured stream) nothing changes.
+    """
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    sys.stderr = open(saved, "w", encoding=python_stderr.encoding,  # noqa: SIM115
+                      errors=python_stderr.errors, buffering=1, closefd=False)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def is_quiet(ctx: click.Context | None = None) -> bool:

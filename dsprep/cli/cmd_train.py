@@ -366,10 +366,13 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     except ValueError as exc:
         raise UsageError(f"--lrs {lrs!r} is not a comma-separated list of numbers, e.g. "
                          "0.1,0.01,0.001") from exc
-    if not rates or any(r <= 0 for r in rates):
-        raise UsageError(f"--lrs {lrs!r} needs positive learning rates, e.g. 0.1,0.01,0.001")
+    if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
+        raise UsageError(f"--lrs {lrs!r} needs positive, finite learning rates, e.g. "
+                         "0.1,0.01,0.001")
     results = fit.sweep_lr(data, run, rates, _config({**opts, "lr": rates[0]}), overwrite=force,
                            progress=show_progress())
+    if not fit.has_validation(data):
+        _no_validation_note(data)
     rows = []
     for lr, r in results.items():
         last = r.history[-1] if r.history else {}
