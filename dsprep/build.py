@@ -34,6 +34,7 @@ from . import images as imagelib
 from . import store
 from .errors import (
     CorruptImageError,
+    DatasetFormatError,
     DestinationExistsError,
     DsprepError,
     ImageTooLargeError,
@@ -248,19 +249,19 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
     """Read the sorted class names from a split folder's ``split.json``."""
     path = Path(split_dir) / "split.json"
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
         classes = record["classes"]
     except FileNotFoundError as exc:
         raise LayoutError(f"{path} does not exist; make the split with 'dsprep split'") from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise LayoutError(f"{path} is not a dsprep split manifest (no 'classes' list); "
+        raise DatasetFormatError(f"{path} is not a dsprep split manifest (no 'classes' list); "
                           "make the split again with 'dsprep split'") from exc
     if record.get("schema", SPLIT_SCHEMA) != SPLIT_SCHEMA:
-        raise LayoutError(f"{path} has schema {record['schema']!r}, not {SPLIT_SCHEMA!r}; "
+        raise DatasetFormatError(f"{path} has schema {record['schema']!r}, not {SPLIT_SCHEMA!r}; "
                           "make the split again with this version of 'dsprep split'")
     if not isinstance(classes, list) or not classes or \
             not all(isinstance(c, str) for c in classes):
-        raise LayoutError(f"{path}: 'classes' must be a non-empty list of names; "
+        raise DatasetFormatError(f"{path}: 'classes' must be a non-empty list of names; "
                           "make the split again with 'dsprep split'")
     return list(classes)
 

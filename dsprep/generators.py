@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import images, sources, store
+from . import build, images, sources, store
 from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
 from .preprocess import Compose, Loader
 
@@ -566,6 +566,30 @@ class HDF5Generator(_BatchSequence):
                 out[pos] = chunk[rows[pos] - lo]
 
 
+def _split_classes(root: Path, found: list[str]) -> list[str]:
+    """The classes of the split ``root`` belongs to, in build-hdf5's id order, or ``found``.
+
+    A test folder without a class would otherwise number the other classes differently from
+    its train folder and from the HDF5 files built from the same split.
+    """
+    here = root.resolve()
+    if (here.parent / "split.json").is_file() and here.name in build.SPLITS:
+        return build.read_split_classes(here.parent)
+    # A dump already split (train/, test/, or seg_train/seg_train/): as build-hdf5 builds it.
+    doubled = here.parent.name.lower() == here.name.lower()
+    for base in (here.parent.parent, here.parent) if doubled else (here.parent,):
+        folders = sources.own_split_folders(base, [])
+        if here in (f.resolve() for f in folders.values()):
+            names: set[str] = set()
+            for folder in folders.values():
+                try:
+                    names.update(sources.scan_class_folders(folder)[0])
+                except (LayoutError, OSError):
+                    continue  # no images there: no classes from it, as in build-hdf5
+            return sorted(names | set(found))
+    return list(found)
+
+
 class DirectoryGenerator(_BatchSequence):
     """Batches ``(x, y)`` decoded from ``root/<class>/<image>`` files with a thread pool.
 
@@ -593,8 +617,11 @@ class DirectoryGenerator(_BatchSequence):
         one_hot: one-hot float32 labels instead of int32 ids.
         seed: the seed for orders and random draws; None draws one now.
         workers: decoding threads (None: up to 8, one per core).
-        classes: class names in label-id order (e.g. a split.json's ``classes``); default:
-            the sorted sub-folder names.
+        classes: class names in label-id order; default: when ``root`` is one split of a
+            split folder, the split's classes as ``build-hdf5`` numbers them (split.json's
+            ``classes``, or for a folder already split into train/val/test folders the class
+            folders found in any of them), so a split lacking a class keeps the others' ids;
+            else the sorted sub-folder names.
         interpolation: resize interpolation name; None picks as build-hdf5 does.
         drop_last: leave out the final short batch.
         output: "float32" or "uint8".
@@ -660,7 +687,7 @@ class DirectoryGenerator(_BatchSequence):
         if isinstance(classes, (str, bytes)):
             raise UsageError(f"classes is a list of class names, got the string {classes!r}; "
                              f"pass [{classes!r}] for one class")
-        names = list(found) if classes is None else [str(c) for c in classes]
+        names = _split_classes(self.root, found) if classes is None else [str(c) for c in classes]
         if len(set(names)) != len(names):
             raise UsageError(f"classes has duplicate names: {names}")
         extra = sorted(set(found) - set(names))

@@ -23,6 +23,7 @@ from helpers import make_class_folders, smooth_image, write_image
 
 from dsprep import build, store
 from dsprep.errors import (
+    DatasetFormatError,
     DestinationExistsError,
     DsprepError,
     ImageTooLargeError,
@@ -510,10 +511,10 @@ def test_bad_sources_and_arguments(tmp_path):
     with pytest.raises(LayoutError, match="wolf"):
         build.build_hdf5(src, tmp_path / "out", opts())
     (src / "split.json").write_text("{}")
-    with pytest.raises(LayoutError, match="classes"):
+    with pytest.raises(DatasetFormatError, match="classes"):
         build.build_hdf5(src, tmp_path / "out", opts())
     (src / "split.json").write_text(json.dumps({"schema": "other/9", "classes": CLASSES}))
-    with pytest.raises(LayoutError, match="other/9"):
+    with pytest.raises(DatasetFormatError, match="other/9"):
         build.build_hdf5(src, tmp_path / "out", opts())
     with pytest.raises(UsageError, match="order"):
         build.build_hdf5(root, tmp_path / "out", opts(order="random"), name="x")

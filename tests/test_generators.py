@@ -579,6 +579,37 @@ def test_directory_classes_order_comes_from_the_caller(class_dump):
         DirectoryGenerator(class_dump, classes=["cat", "dog"])
 
 
+def test_directory_split_lacking_a_class_keeps_the_ids_of_its_split(tmp_path):
+    from dsprep import build
+
+    # A dump already split, whose test folder has no apple: the ids follow the whole split,
+    # as build-hdf5 gives them, not the test folder's own sorted folders.
+    dump = tmp_path / "fruits"
+    make_class_folders(dump / "train", classes=("apple", "banana", "cherry"), per_class=2)
+    make_class_folders(dump / "test", classes=("banana", "cherry"), per_class=2, seed=9)
+    gen = DirectoryGenerator(dump / "test", image_size=(8, 8), shuffle=False)
+    assert gen.classes == ["apple", "banana", "cherry"]
+    assert [gen.classes[label] for label in gen.labels] == [f.parent.name for f in gen.files]
+    classes, rows, _, _ = build.find_rows(dump)
+    assert classes == gen.classes
+    assert sorted(row.label for row in rows["test"]) == sorted(gen.labels.tolist())
+    doubled = tmp_path / "scenes"
+    make_class_folders(doubled / "seg_train" / "seg_train", classes=("sea", "sky"), per_class=1)
+    make_class_folders(doubled / "seg_test" / "seg_test", classes=("sky",), per_class=1)
+    gen = DirectoryGenerator(doubled / "seg_test" / "seg_test", image_size=(8, 8))
+    assert gen.classes == ["sea", "sky"] and gen.labels.tolist() == [1]
+    # A dsprep split: split.json's classes, also for a class with no folder in the split.
+    made = tmp_path / "made"
+    make_class_folders(made / "val", classes=("dog",), per_class=2)
+    (made / "split.json").write_text('{"classes": ["cat", "dog"]}')
+    gen = DirectoryGenerator(made / "val", image_size=(8, 8), shuffle=False)
+    assert gen.classes == ["cat", "dog"] and gen.labels.tolist() == [1, 1]
+    # A plain folder of class folders keeps its own.
+    gen = DirectoryGenerator(make_class_folders(tmp_path / "plain", classes=("b", "c")),
+                             image_size=(8, 8))
+    assert gen.classes == ["b", "c"]
+
+
 def test_directory_file_failing_mid_epoch_is_replaced_by_its_class_neighbour(class_dump):
     gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
                              output="uint8", seed=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .. import __version__
+from .. import __version__, build
 from ..errors import (
     DatasetFormatError,
     DestinationExistsError,
@@ -249,20 +249,10 @@ def _split_params(data: Path) -> dict:
 
 def _split_classes(data: Path) -> list[str]:
     """The ``classes`` of a split folder's split.json (the label ids, in order)."""
-    path = data / "split.json"
-    if not path.is_file():
+    if not (data / "split.json").is_file():
         raise LayoutError(f"{data} is not a finished split (no split.json); run 'dsprep split' "
                           "again, or give a 'dsprep build-hdf5' output folder")
-    try:
-        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetFormatError(f"{path} has no readable 'classes' list ({exc!r}); run "
-                                 "'dsprep split' again") from exc
-    if not isinstance(classes, list) or not classes or not all(
-            isinstance(c, str) for c in classes):
-        raise DatasetFormatError(f"{path}: 'classes' must be a non-empty list of names; run "
-                                 "'dsprep split' again")
-    return classes
+    return build.read_split_classes(data)
 
 
 def _check_same_data(train, val, data: Path) -> None:
