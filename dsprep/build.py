@@ -1044,7 +1044,9 @@ def build_hdf5(
                         if p is not None and p.exists()]
             if existing:
                 raise DestinationExistsError(
-                    f"{', '.join(map(str, existing))} already exist(s); use --force to replace"
+                    f"{', '.join(map(str, existing))} already "
+                    f"{'exists' if len(existing) == 1 else 'exist'}; use --force to replace "
+                    f"{'it' if len(existing) == 1 else 'them'}"
                 )
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
