@@ -126,6 +126,9 @@ class SplitOptions:
             if len(counts) not in (2, 3) or min(counts) < 0:
                 raise UsageError(f"counts {_join(counts)} must be 2 or 3 whole numbers >= 0 "
                                  "(train,val[,test] per class), e.g. 1000,500,500")
+            if not any(counts):
+                raise UsageError(f"counts {_join(counts)} place no image; give at least one "
+                                 "count above 0 (train,val[,test] per class), e.g. 1000,500,500")
         if self.limit_per_class is not None and self.limit_per_class < 1:
             raise UsageError(f"limit_per_class must be 1 or more, got {self.limit_per_class}")
         if self.min_size < 0:
@@ -229,12 +232,15 @@ class SplitPlan:
 
     def files_csv(self) -> str:
         """The text of ``files.csv``."""
-        return _csv_text(FILES_COLUMNS, ([f.split, f.label, f.path, f.source, f.sha256, f.width,
-                                          f.height] for f in self.files))
+        return _csv_text(FILES_COLUMNS, (_csv_row(f) for f in self.files))
 
     def skipped_csv(self) -> str:
         """The text of ``skipped.csv``."""
         return _csv_text(SKIPPED_COLUMNS, ([s.source, s.reason, s.detail] for s in self.skipped))
+
+
+def _csv_row(f: PlannedFile) -> list[str]:
+    return [f.split, f.label, f.path, f.source, f.sha256, str(f.width), str(f.height)]
 
 
 def _csv_text(header, rows) -> str:
@@ -476,12 +482,17 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost)
 
 
+# The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).
+_NAME_MAX = 255
+
+
 def _dest_names(chunk: list[_Checked]) -> dict[str, str]:
     """File names inside one class folder of one split; clashes resolved without order effects.
 
     A name used once (compared without case, for case-insensitive file systems) is kept; every
     file sharing a name gets the first 10 hex digits of its content hash appended, which is
-    unique because exact duplicates are already gone.
+    unique because exact duplicates are already gone. So does a name too long for a file
+    system (a zip member's), and the stem is cut to make room for the suffix.
     """
     base = {c.rel: PurePosixPath(c.rel).name for c in chunk}
     uses = Counter(name.lower() for name in base.values())
@@ -489,16 +500,23 @@ def _dest_names(chunk: list[_Checked]) -> dict[str, str]:
     taken = {name.lower() for name in base.values() if uses[name.lower()] == 1}
     for c in sorted(chunk, key=lambda c: c.rel):
         name = base[c.rel]
-        if uses[name.lower()] > 1:
+        if uses[name.lower()] > 1 or len(name.encode()) > _NAME_MAX:
             stem, ext = os.path.splitext(name)
-            name = f"{stem}-{c.sha256[:10]}{ext}"
+            name = _fit(stem, f"-{c.sha256[:10]}{ext}")
             n = 2
             while name.lower() in taken:
-                name = f"{stem}-{c.sha256[:10]}-{n}{ext}"
+                name = _fit(stem, f"-{c.sha256[:10]}-{n}{ext}")
                 n += 1
             taken.add(name.lower())
         names[c.rel] = name
     return names
+
+
+def _fit(stem: str, tail: str) -> str:
+    """``stem + tail``, the stem cut to fit :data:`_NAME_MAX` bytes (the limit is in bytes,
+    not characters), never inside a character's UTF-8 sequence."""
+    room = max(0, _NAME_MAX - len(tail.encode()))
+    return stem.encode()[:room].decode("utf-8", errors="ignore") + tail
 
 
 @dataclass
@@ -594,6 +612,55 @@ def check_destination(
     return False
 
 
+def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = "copy", *,
+                    force: bool = False) -> None:
+    """Refuse to rebuild a finished split of the same source and options whose files the plan
+    changes: the source gained, lost or changed files since, and a rebuild would reshuffle the
+    classes, moving images that may have been trained on into val or test. ``force`` allows it.
+
+    A ``dest`` whose ``files.csv`` matches the plan is left to :func:`materialize`: another
+    ``skipped.csv`` or a placed file deleted by hand moves no image, and it is repaired. One
+    whose ``files.csv`` cannot be read (damaged, or moved aside by a stopped run) is not
+    compared, and is rebuilt as before.
+
+    Raises:
+        DestinationExistsError: the plan differs from the split in ``dest`` and ``force`` is
+            false.
+    """
+    if force:
+        return
+    source = split_plan.source
+    dest = _check_target(source, dest, mode)
+    if not _same_split(_read_json(dest / MANIFEST),
+                       _identity(source, split_plan.options, mode)):
+        return  # not this split: check_destination says what to do with it
+    if _same_text(dest / FILES_CSV, split_plan.files_csv()):
+        return
+    try:
+        with open(dest / FILES_CSV, newline="", encoding="utf-8") as fh:
+            before = {row["source"]: row for row in csv.DictReader(fh)}
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+        return
+    planned = {f.source: f for f in split_plan.files}
+    new = sum(s not in before for s in planned)
+    gone = sum(s not in planned for s in before)
+    moved = [f for s, f in planned.items() if s in before and before[s]["split"] != f.split]
+    # Same split, but another content, class or name (a file edited in place, a new label).
+    other = sum(s in before and before[s]["split"] == f.split
+                and before[s] != dict(zip(FILES_COLUMNS, _csv_row(f), strict=True))
+                for s, f in planned.items())
+    if not (new or gone or moved or other):
+        return  # the same rows, written otherwise (line ends, quoting): nothing moves
+    splits = "/".join(split_plan.splits)
+    example = (f" (e.g. {moved[0].source}: {before[moved[0].source]['split']} to "
+               f"{moved[0].split})" if moved else "")
+    changed = f", {other} changed in content, class or name" if other else ""
+    raise DestinationExistsError(
+        f"{source} changed since {dest} was split: {new} new, {gone} gone, {len(moved)} "
+        f"would move between {splits}{example}{changed}; use --force to split again "
+        f"({dest}'s {splits} change)")
+
+
 def _same_text(path: Path, text: str) -> bool:
     try:
         return path.read_text(encoding="utf-8") == text
@@ -629,17 +696,20 @@ def materialize(
     Raises:
         UsageError: an unknown mode, a link mode with a zip source, or ``dest`` overlapping
             the source.
-        DestinationExistsError: ``dest`` holds something else and ``force`` is false, or
-            another process is writing it.
+        DestinationExistsError: ``dest`` holds something else, or this split of a source
+            that changed since (:func:`check_unchanged`), and ``force`` is false; or another
+            process is writing it.
     """
     with _writing(split_plan.source, dest, mode):
         source = split_plan.source
         dest = _check_target(source, dest, mode)
         files_csv = split_plan.files_csv()
         skipped_csv = split_plan.skipped_csv()
+        same_options = check_destination(source, dest, split_plan.options, mode, force=force)
+        check_unchanged(split_plan, dest, mode, force=force)
         # The parameters alone do not make a split up to date: the source may have gained or lost
         # files since, so the file lists must match too.
-        if (check_destination(source, dest, split_plan.options, mode, force=force)
+        if (same_options
                 and _same_text(dest / FILES_CSV, files_csv)
                 and _same_text(dest / SKIPPED_CSV, skipped_csv)
                 and _all_present(dest, split_plan.files)):
@@ -782,8 +852,9 @@ def run(
     Raises:
         UsageError: bad options, an unknown mode, a link mode with a zip source, or ``dest``
             overlapping the source.
-        DestinationExistsError: ``dest`` holds something else and ``force`` is false, or
-            another process is writing it.
+        DestinationExistsError: ``dest`` holds something else, or this split of a source
+            that changed since (:func:`check_unchanged`), and ``force`` is false; or another
+            process is writing it.
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts (nothing is left on disk).
     """

@@ -67,6 +67,42 @@ def test_a_class_too_small_for_every_split_gets_a_note(tmp_path):
     assert "of a " not in result.output  # class a has some in every split
 
 
+def test_a_split_empty_in_every_class_gets_a_note_even_with_q(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=5)
+    dest = str(tmp_path / "split")
+    result = run("split", str(dump), dest, "--dry-run")  # 0.8,0.1,0.1 of 5: 4, 1, 0
+    assert result.exit_code == 0, result.output
+    assert "note: no test images in any class: too few images per class (at most 5) for " \
+        "--ratios 0.8,0.1,0.1 (the default)" in result.stderr
+    assert "no val" not in result.output and "no train" not in result.output
+    result = run("split", str(dump), dest, "--dry-run", "--ratios", "0,1,0")
+    assert result.exit_code == 0, result.output
+    assert "note: no train images in any class: --ratios 0,1,0 gives it none" in result.stderr
+    assert "note: no test images in any class" in result.stderr
+    result = run("split", str(dump), dest, "--counts", "0,0,0")
+    assert result.exit_code == 2 and "counts 0,0,0 place no image" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
+def test_a_source_changed_since_the_split_needs_force(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
+    dest = tmp_path / "split"
+    assert run("split", str(dump), str(dest)).exit_code == 0
+    files_csv = (dest / "files.csv").read_text()
+    again = loud("split", str(dump), str(dest))
+    assert again.exit_code == 0 and "already holds this split" in again.output
+    write_image(dump / "a" / "new.jpg", smooth_image(40, 40, seed=99))
+    for extra in (["--dry-run"], []):
+        result = run("split", str(dump), str(dest), *extra)
+        assert result.exit_code == 1, result.output
+        assert f"{dump} changed since {dest} was split: 1 new, 0 gone" in result.output
+        assert "use --force to split again" in result.output
+        assert (dest / "files.csv").read_text() == files_csv
+    result = run("split", str(dump), str(dest), "--force")
+    assert result.exit_code == 0, result.output
+    assert "a/new.jpg" in (dest / "files.csv").read_text()
+
+
 def test_a_single_class_is_warned_about(tmp_path):
     for i in range(4):
         write_image(tmp_path / "dump" / f"cat.{i}.jpg", smooth_image(40, 40, seed=i))

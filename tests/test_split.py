@@ -165,6 +165,7 @@ def test_class_too_small_for_counts():
     ({"ratios": (0.5, 0.2, 0.2, 0.1)}, "2 or 3 numbers"),
     ({"ratios": (1.2, -0.2)}, ">= 0"),
     ({"counts": (5,)}, "2 or 3 whole numbers"),
+    ({"counts": (0, 0, 0)}, "counts 0,0,0 place no image"),
     ({"ratios": (0.5, 0.5), "counts": (1, 1)}, "not both"),
     ({"verify": "maybe"}, "verify"),
     ({"limit_per_class": 0}, "limit_per_class"),
@@ -326,6 +327,30 @@ def test_name_clashes_are_resolved_deterministically(tmp_path):
     assert len(list((dest / "train" / "a").iterdir())) == 4
 
 
+def test_long_clashing_names_are_cut_to_fit_the_file_system(tmp_path):
+    # 250 bytes, 125 characters: a hash suffix pushed them past 255 bytes, and the split
+    # failed. "é" is two bytes; the odd "x" makes the cut fall inside one.
+    stem = "x" + "é" * 122 + "1"
+    root = tmp_path / "d"
+    for i, sub in enumerate(("p1", "p2", "p3")):
+        name = f"{stem}.jpg" if sub != "p3" else f"{stem.upper()}.jpg"
+        write_image(root / "a" / sub / name, smooth_image(20, 20, seed=i))
+    write_image(root / "b" / "1.jpg", smooth_image(20, 20, seed=9))
+    p, result = run(root, tmp_path / "s", SplitOptions(ratios=(1.0, 0.0)))
+    names = sorted(p.name for p in (tmp_path / "s" / "train" / "a").iterdir())
+    assert result.placed == 4 and len(names) == 3
+    assert len({n.lower() for n in names}) == 3
+    assert all(len(n.encode()) <= 255 and n.endswith(".jpg") for n in names)
+    assert all(n.startswith("x" + "é" * 119 + "-") or n.startswith("X" + "É" * 119 + "-")
+               for n in names)
+    # A zip member's name may be too long on its own: it is cut the same way.
+    long = "z" * 300 + ".png"
+    names = split_module._dest_names([_Checked(f"a/{long}", "ab" * 32),
+                                      _Checked("a/short.png", "cd" * 32)])
+    assert names == {f"a/{long}": f"{'z' * 240}-{'ab' * 5}.png",
+                     "a/short.png": "short.png"}
+
+
 def test_source_is_unchanged(dump, tmp_path):
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in dump.dest.rglob("*")
               if p.is_file()}
@@ -381,19 +406,33 @@ def test_cli_force_repairs_a_damaged_split(tmp_path):
     assert victim.is_file() and tree(dest) == clean
 
 
-def test_a_source_that_gained_files_is_not_taken_as_done(tmp_path):
-    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=5)
+def test_a_source_that_changed_is_not_split_again_without_force(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=10)
     dest = tmp_path / "s"
     materialize(plan(root), dest)
+    before = tree(dest)
+    # A rebuild would reshuffle class a: images trained on would move into val or test.
     write_image(root / "a" / "new.jpg", smooth_image(24, 24, seed=77))
     p = plan(root)
-    result = materialize(p, dest)
+    with pytest.raises(DestinationExistsError, match=r"changed since .* 1 new, 0 gone, \d+ "
+                       r"would move between train/val/test.*use --force"):
+        materialize(p, dest)
+    with pytest.raises(DestinationExistsError, match="1 new"):
+        run(root, dest)
+    assert tree(dest) == before
+    (root / "a" / "a_0.jpg").unlink()
+    with pytest.raises(DestinationExistsError, match="1 new, 1 gone"):
+        run(root, dest)
+    result = materialize(plan(root), dest, force=True)
     assert not result.already_complete
-    assert "a/new.jpg" in {f.source for f in p.files}
-    placed = next(f for f in p.files if f.source == "a/new.jpg")
+    placed = next(f for f in plan(root).files if f.source == "a/new.jpg")
     assert (dest / placed.path).read_bytes() == (root / "a" / "new.jpg").read_bytes()
-    assert json.loads((dest / "split.json").read_text())["counts"] == p.counts()
     assert materialize(plan(root), dest).already_complete  # now it is up to date
+    # A new file left out moves no image: the split is brought up to date without --force.
+    (root / "b" / "empty.jpg").write_bytes(b"")
+    p = plan(root)
+    assert not materialize(p, dest).already_complete
+    assert reasons(dest) == {"b/empty.jpg": "empty"}
 
 
 def test_link_modes(tmp_path):

@@ -9,11 +9,13 @@ import click
 from ..errors import UsageError
 from ..sources import LAYOUTS, own_split_folders
 from ..split import (
+    DEFAULT_RATIOS,
     DEFAULT_SEED,
     MODES,
     VERIFY,
     SplitOptions,
     check_run,
+    check_unchanged,
     plan,
     run,
 )
@@ -75,8 +77,9 @@ def _column(text: str | None) -> str | int | None:
 @click.option("--mode", type=click.Choice(MODES), default="copy", show_default=True,
               help="How files are placed; hardlink falls back to copy across devices.")
 @click.option("--force", is_flag=True,
-              help="Replace DEST whatever it holds; rebuilds even this same split (to repair "
-                   "damaged or missing files).")
+              help="Replace DEST whatever it holds: a split with other options, or this split "
+                   "after SRC changed (its images then move between train/val/test); rebuilds "
+                   "even this same split (to repair damaged or missing files).")
 @click.option("--dry-run", is_flag=True,
               help="Print the per-class, per-split table and what would be left out; write "
                    "nothing.")
@@ -91,7 +94,8 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     exact duplicates or unlabelled are left out and listed in DEST/skipped.csv; other files
     (notes, annotations) are not looked at.
     DEST/files.csv lists every placed file and DEST/split.json (written last) the parameters
-    and counts. Running the same command again after an interruption completes the split.
+    and counts. Running the same command again after an interruption completes the split;
+    after SRC changed, it is refused without --force.
     """
     options = SplitOptions(
         layout=layout, pattern=pattern, labels=labels, id_column=_column(id_column),
@@ -101,6 +105,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     if dry_run:
         check_run(src, dest, options, mode, force=force)  # what the real run would refuse
         split_plan = plan(src, options, progress=show_progress())
+        check_unchanged(split_plan, dest, mode, force=force)
     else:
         split_plan, result = run(src, dest, options, mode=mode, force=force,
                                  progress=show_progress())
@@ -133,11 +138,23 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             say(f"note: to keep its own splits instead, build them as they are: "
                 f"dsprep build-hdf5 {inside} OUT")
     say(format_table(rows, ["class", *split_plan.splits, "all"]))
-    for split_name in split_plan.splits:
+    asked = options.counts or options.ratios or DEFAULT_RATIOS
+    option = ("--counts " if options.counts else "--ratios ") + ",".join(f"{v:g}" for v in asked)
+    if options.counts is None and options.ratios is None:
+        option += " (the default)"
+    most = max(sum(counts_by_split[s][c] for s in split_plan.splits) for c in split_plan.classes)
+    for split_name, share in zip(split_plan.splits, asked, strict=True):
         empty = [c for c in split_plan.classes if counts_by_split[split_name][c] == 0]
         if empty and any(counts_by_split[split_name].values()):
             say(f"note: no {split_name} images of {', '.join(empty)} (too few images; see the "
                 "table)")
+        elif empty:
+            # A split empty in every class is easily missed in the table, and fails whatever
+            # trains or evaluates on it; on stderr, so that -q still shows it.
+            why = (f"{option} gives it none" if share == 0 else
+                   f"too few images per class (at most {most}) for {option}; give "
+                   f"{split_name} a larger share, or use more images")
+            say(f"note: no {split_name} images in any class: {why}", err=True)
     reasons = split_plan.skipped_reasons()
     if reasons:
         say(f"left out {sum(reasons.values())}: "
