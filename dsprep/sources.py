@@ -14,6 +14,7 @@ import lzma
 import os
 import re
 import stat
+import unicodedata
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
@@ -43,6 +44,8 @@ DANGLING_LINK = "dangling-link"
 UNREADABLE = "unreadable"
 BAD_ROW = "bad-row"
 BAD_NAME = "bad-name"
+# The detail of a zip member left out as a BAD_NAME for a path that could escape a folder.
+UNSAFE_PATH = "unsafe path inside the archive"
 
 # Header names recognised when no column is named (compared in lower case).
 ID_NAMES = ("id", "image_id", "image", "file", "filename", "file_name", "fname", "path", "name")
@@ -246,20 +249,26 @@ class ZipSource(Source):
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise LayoutError(f"{path} is not a readable zip archive ({exc})") from exc
+        # The members by the names list_files gives them, which may differ from the names
+        # zipfile knows them by (see _member_name); a member is read through its ZipInfo.
+        self._members: dict[str, zipfile.ZipInfo] = {}
 
     def list_files(self) -> tuple[list[str], list[Skipped]]:
         files = []
         problems = []
         for info in self._zip.infolist():
-            name = info.filename
             if info.is_dir():
                 continue
+            name = _member_name(info)
             parts = PurePosixPath(name).parts
+            # Before the hidden names: ".." would pass for one, and be left out unreported.
+            if (name.startswith("/") or ".." in parts or "\\" in name
+                    or (parts and parts[0].endswith(":"))):  # C:/... from a DOS member
+                problems.append(Skipped(name, BAD_NAME, UNSAFE_PATH))
+                continue
             if not all(_visible(p) for p in parts):
                 continue
-            if name.startswith("/") or ".." in parts or "\\" in name:
-                problems.append(Skipped(name, BAD_NAME, "unsafe path inside the archive"))
-                continue
+            self._members[name] = info  # of two members of one name, zipfile reads the last
             files.append(name)
         return sorted(set(files)), problems
 
@@ -267,7 +276,7 @@ class ZipSource(Source):
         # A member that cannot be read is one unreadable file, as on disk: the OSError names
         # why, and the caller leaves the file out.
         try:
-            return self._zip.read(rel)
+            return self._zip.read(self._members.get(rel, rel))
         except NotImplementedError as exc:  # Deflate64, PPMd, ...
             raise OSError(f"archive member packed in a way Python cannot read ({exc}); unpack "
                           "the archive with another tool and split the folder") from exc
@@ -280,6 +289,29 @@ class ZipSource(Source):
 
     def close(self) -> None:
         self._zip.close()
+
+
+# Creator systems of the zip specification (APPNOTE 4.4.2) that separate folders with "\":
+# MS-DOS/FAT, Windows NTFS and VFAT. PowerShell 5's Compress-Archive writes flowers\daisy\0.jpg.
+_DOS_SYSTEMS = (0, 10, 14)
+_UTF8_NAME_FLAG = 0x800
+
+
+def _member_name(info: zipfile.ZipInfo) -> str:
+    """The path of a zip member as its creator meant it.
+
+    Without the UTF-8 flag, zipfile decodes a name as cp437, but macOS's Archive Utility (and
+    other tools) write UTF-8 without setting the flag: a name whose bytes are valid UTF-8 is
+    read as UTF-8 (cp437 names outside ASCII are seldom valid UTF-8). A member made on DOS or
+    Windows may separate folders with backslashes.
+    """
+    name = info.filename
+    if not info.flag_bits & _UTF8_NAME_FLAG:
+        with contextlib.suppress(UnicodeError):
+            name = name.encode("cp437").decode("utf-8")
+    if info.create_system in _DOS_SYSTEMS:
+        name = name.replace("\\", "/")
+    return name
 
 
 def open_source(src: str | os.PathLike) -> Source:
@@ -395,9 +427,11 @@ def find_images(
     Layouts: ``folders`` (``<class>/<image>``, deeper folders belong to the class), ``prefix``
     (the class is the file-name part before the first ``.``, as in ``cat.0.jpg``, or the group
     ``label`` of ``pattern`` matched at the start of the file name), ``csv`` (a labels file with
-    ids, with or without extension, and labels). ``auto`` picks csv when a labels file or a
-    column is named or one CSV at the top labels the images, prefix when a folder mixes
-    file-name classes, and folders otherwise (but never folders named only as splits, such as
+    ids, with or without extension, and labels; or, with no label column named, a one-hot
+    table of ids and a 0/1 column per class, the header naming the classes). ``auto`` picks
+    csv when a labels file or a column is named or one CSV at the top labels the images,
+    prefix when a folder mixes file-name classes (not numbered ones in each class folder),
+    and folders otherwise (but never folders named only as splits, such as
     train/ and test/, beside a CSV: that is an error saying to choose).
 
     Args:
@@ -410,7 +444,8 @@ def find_images(
 
     Raises:
         UsageError: an unknown layout, a bad pattern or a column that does not exist.
-        LayoutError: no labelled image could be found, or the layout cannot be told.
+        LayoutError: no image file or no labelled image could be found, the layout cannot be
+            told, or a one-hot labels CSV gives a row several classes or none.
     """
     if layout not in LAYOUTS:
         raise UsageError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -419,6 +454,8 @@ def find_images(
     root = _descend(files)
     inside = [f for f in files if f.startswith(root)]
     images = [f for f in inside if is_image_name(PurePosixPath(f).name)]
+    if not images:
+        raise LayoutError(_no_images(source, files, problems))
     undecodable = [f for f in images if not _utf8(f)]
     if undecodable:
         problems += [Skipped(f.encode("utf-8", "backslashreplace").decode(), BAD_NAME,
@@ -483,6 +520,8 @@ def find_images(
                 "to take the folder names as classes")
     good, bad = [], []
     for rel, label in items:
+        # "café" typed (composed) and from a macOS archive (decomposed) print alike: one class.
+        label = unicodedata.normalize("NFC", label)
         problem = label_problem(label)
         (bad.append(Skipped(rel, BAD_LABEL, problem)) if problem else good.append((rel, label)))
     inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
@@ -497,8 +536,36 @@ def find_images(
             + (f" ({passed_over} was not taken for the labels: it labels less than half of "
                "the images, or all alike, or with a value per image; --layout csv reads it)"
                if passed_over else "")
+            + _unsafe_note(problems)
         )
     return inventory
+
+
+def _unsafe_note(problems: list[Skipped]) -> str:
+    """A sentence on the archive members left out for unsafe paths ("" when none were)."""
+    unsafe = [p.source for p in problems if p.detail == UNSAFE_PATH]
+    if not unsafe:
+        return ""
+    return (f"; {len(unsafe)} archive member(s) were left out for unsafe paths (absolute, "
+            f"through '..' or with a backslash), e.g. {unsafe[0]!r}: check how the archive "
+            "was made")
+
+
+def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str:
+    """Why a dump without a single image file cannot be split, and what to split instead."""
+    message = (f"{source.path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+               + _unsafe_note(problems))
+    archives = [f for f in files if f.lower().endswith(".zip")]
+    if not archives:
+        return message + "; give the folder or .zip that holds the images"
+    # Kaggle's dogs-vs-cats download: train.zip (labelled) beside test1.zip (unlabelled).
+    pick = next((f for f in archives if split_of(PurePosixPath(f).stem) == "train"),
+                archives[0])
+    message += f"; it holds the archive(s) {', '.join(archives)}"
+    if source.is_zip:  # an archive inside an archive cannot be read in place
+        return (message + f": extract {source.path} and split the archive inside, e.g. "
+                f"'dsprep split <extracted folder>/{pick} DEST'")
+    return message + f": split one of them, e.g. 'dsprep split {source.path / pick} DEST'"
 
 
 def _utf8(name: str) -> bool:
@@ -516,7 +583,8 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
     prefixes, at least half of its names having one (dogs-vs-cats' train folder). Names that
     start with a date (2019.01.05.jpg, 2016-05-21 14.23.11.jpg) or whose prefix holds a space
     (Screenshot 2019-01-05 at 14.23.11.png) are a camera's or a screen's, not classes: a class
-    folder of them, or with a few dotted names, stays a class folder.
+    folder of them, or with a few dotted names, stays a class folder. So do class folders whose
+    names are numbered (1.title.jpg, 2.title.jpg), each prefix naming about one of its files.
     """
     if regex is not None:
         return "prefix"
@@ -532,10 +600,16 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
         if label is not None and not _DATED.match(name) and not any(c.isspace() for c in label):
             labels[folder].add(label)
             named[folder] += 1
-    if any(len(found) > 1 and 2 * named[folder] >= count[folder]
-           for folder, found in labels.items()):
-        return "prefix"
-    return "folders"
+    if not any(len(found) > 1 and 2 * named[folder] >= count[folder]
+               for folder, found in labels.items()):
+        return "folders"
+    # Names numbered one by one (google_images_download's pug/1.title.jpg, pug/2.title.jpg):
+    # each prefix names about one file of its folder, where a class would name many. One such
+    # folder may also be a prefix dump of one image per class (train/c0.0.png, train/c1.0.png
+    # beside an unlabelled test1/): it takes every folder of prefixed names, two or more,
+    # numbered so.
+    numbered = [folder for folder, found in labels.items() if 2 * named[folder] <= 3 * len(found)]
+    return "folders" if len(labels) > 1 and len(numbered) == len(labels) else "prefix"
 
 
 # A name that starts with a date: 2019.01.05.jpg, 2016-05-21 14.23.11.jpg, 20190105_1423.1.jpg.
@@ -798,6 +872,10 @@ class _LabelsTable:
             name_only = PurePosixPath(inner).name
             self.keys[2][name_only].append(rel)
             self.keys[3][os.path.splitext(name_only)[0]].append(rel)
+        # The class columns of a one-hot table (a 1 in each row's class column), whose names
+        # in the header are the classes.
+        self.onehot: list[int] = []
+        self.column_names = [c.strip() for c in rows[0]] if rows else []
         id_index, label_index, has_header = self._columns(rows, id_column, label_column)
         self.id_index, self.label_index = id_index, label_index
         self.id_header = repr(rows[0][id_index].strip()) if has_header else str(id_index)
@@ -862,9 +940,14 @@ class _LabelsTable:
             id_index = given(id_column, "--id-column")
         else:
             id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
-        if label_index is None:
+        if label_index is None and has_header:
+            self.onehot = _onehot_columns(rows[1:], id_index, len(first))
+        if self.onehot:
+            label_index = self.onehot[-1]  # the last column a row must reach
+        elif label_index is None:
             label_index = 1 if id_index != 1 else 0
-        self.label_named_id = (label_column is None and label_index < len(header)
+        self.label_named_id = (not self.onehot and label_column is None
+                               and label_index < len(header)
                                and header[label_index] in ID_NAMES)
         if id_index == label_index:  # only when both are given
             raise UsageError(f"--id-column and --label-column both pick column {id_index} of "
@@ -883,6 +966,26 @@ class _LabelsTable:
         # max keeps the first of equals: ties go to the order of ID_NAMES.
         return max(candidates,
                    key=lambda c: sum(c < len(r) and bool(self.lookup(r[c])) for r in sample))
+
+    def _marked(self, row: list[str]) -> list[str]:
+        """The classes a one-hot row has a 1 for."""
+        return [self.column_names[c] for c in self.onehot if row[c].strip() in ("1", "1.0")]
+
+    def _label(self, row: list[str], where: str) -> str:
+        """The label of a row long enough to hold it."""
+        if not self.onehot:
+            return row[self.label_index].strip()
+        marked = self._marked(row)
+        if len(marked) != 1:
+            found = (f"a 1 in {len(marked)} class columns ({', '.join(marked)})" if marked else
+                     "no 1 in any class column")
+            raise LayoutError(
+                f"{where} has {found}: {self.name} reads as a one-hot labels table "
+                f"({', '.join(self.column_names[c] for c in self.onehot)}), and a multi-label "
+                "CSV is not supported (each image needs exactly one class); to take one "
+                "column's values as the classes, name it with --label-column, e.g. "
+                f"--label-column {self.column_names[self.onehot[0]]}")
+        return marked[0]
 
     def _folder(self, rel: str) -> str:
         """The top folder of an image inside the root ("" for one straight in it)."""
@@ -909,7 +1012,10 @@ class _LabelsTable:
             matches = self.lookup(row[self.id_index])
             if len(matches) == 1:
                 labelled.add(matches[0])
-                labels.add(row[self.label_index].strip())
+                # A one-hot row with several classes still labels its image: a multi-label
+                # table is the labels, and resolve says it is not supported.
+                labels.add("+".join(self._marked(row)) if self.onehot else
+                           row[self.label_index].strip())
         self.labelled = len(labelled)
         named = {self._folder(rel) for rel in labelled}
         # Only an unlabelled test folder is excused: a CSV labelling a few images of one
@@ -934,7 +1040,7 @@ class _LabelsTable:
             if len(row) < need:
                 skipped.append(Skipped(where, BAD_ROW, f"{len(row)} columns, expected {need}+"))
                 continue
-            key, label = row[self.id_index].strip(), row[self.label_index].strip()
+            key, label = row[self.id_index].strip(), self._label(row, where)
             matches = self.lookup(key)
             if not matches:
                 skipped.append(Skipped(key or where, MISSING_FILE,
@@ -961,6 +1067,23 @@ class _LabelsTable:
             else:
                 items.append((rel, labels.pop()))
         return items, skipped
+
+
+# The values of a one-hot table's cells (spreadsheets and pandas write 1.0 for 1).
+_ONEHOT_VALUES = frozenset({"0", "1", "0.0", "1.0"})
+
+
+def _onehot_columns(data: list[list[str]], id_index: int, width: int) -> list[int]:
+    """The class columns of a one-hot labels table (image_id,healthy,rust,scab with rows
+    Train_0,1,0,0): every column but the id's, when they are two or more and hold only 0
+    and 1; else []."""
+    columns = [c for c in range(width) if c != id_index]
+    full = [row for row in data if len(row) >= width]
+    if len(columns) < 2 or not full:
+        return []
+    if all(row[c].strip() in _ONEHOT_VALUES for row in full for c in columns):
+        return columns
+    return []
 
 
 def _is_index(column) -> bool:

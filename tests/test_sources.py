@@ -778,3 +778,148 @@ def test_a_submission_template_for_test_only_is_not_trusted_whatever_its_labels(
     inv = _find(root)
     assert inv.layout == "folders" and inv.split_folders == ["test", "train"]
     assert inv.classes == ["a", "b"] and len(inv.items) == 6
+
+
+def test_class_folders_of_numbered_names_stay_class_folders(tmp_path):
+    # google_images_download's names: 1.<title>.jpg, 2.<title>.jpg, ... in each class folder.
+    # They used to give the classes "1" to "6", the folders thrown away.
+    root = tmp_path / "d"
+    for n, cls in enumerate(("golden retriever", "pug")):
+        for i in range(1, 7):
+            _img(root / cls / f"{i}.photo-title-{i % 3}.jpg", seed=10 * n + i)
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["golden retriever", "pug"]
+    assert len(inv.items) == 12 and not inv.skipped
+    # Classes that repeat in each folder are still read from the names.
+    for i, name in enumerate(("train/cat.0.jpg", "train/cat.1.jpg", "train/dog.0.jpg",
+                              "train/dog.1.jpg", "valid/cat.2.jpg", "valid/dog.2.jpg")):
+        _img(tmp_path / "p" / name, seed=i)
+    inv = _find(tmp_path / "p")
+    assert inv.layout == "prefix" and inv.classes == ["cat", "dog"]
+
+
+def _one_hot_dump(tmp_path, rows):
+    """Plant-pathology's shape: images/Train_<n>.jpg and train.csv with a 0/1 column per class."""
+    root = tmp_path / "d"
+    for i in range(len(rows)):
+        _img(root / "images" / f"Train_{i}.jpg", seed=i)
+    text = "image_id,healthy,multiple_diseases,rust,scab\n" + "".join(
+        f"Train_{i},{row}\n" for i, row in enumerate(rows))
+    (root / "train.csv").write_text(text)
+    return root
+
+
+def test_a_one_hot_labels_csv_labels_each_row_by_the_column_of_its_1(tmp_path):
+    # It used to give the classes "0" and "1" of the healthy column alone.
+    rows = ["1,0,0,0", "0,1,0,0", "0,0,1,0", "0.0,0.0,0.0,1.0", "1,0,0,0", "0,0,1,0"]
+    root = _one_hot_dump(tmp_path, rows)
+    expected = {"images/Train_0.jpg": "healthy", "images/Train_1.jpg": "multiple_diseases",
+                "images/Train_2.jpg": "rust", "images/Train_3.jpg": "scab",
+                "images/Train_4.jpg": "healthy", "images/Train_5.jpg": "rust"}
+    for kwargs in ({}, {"labels": "train.csv"}, {"layout": "csv", "id_column": "image_id"}):
+        inv = _find(root, **kwargs)
+        assert inv.layout == "csv" and dict(inv.items) == expected and not inv.skipped
+    # A column named as the labels is read as it always was.
+    inv = _find(root, label_column="healthy")
+    labels = dict(inv.items)
+    assert labels["images/Train_0.jpg"] == "1" and labels["images/Train_1.jpg"] == "0"
+
+
+@pytest.mark.parametrize("bad, found", [("0,1,0,1", r"a 1 in 2 class columns \(multiple"),
+                                        ("0,0,0,0", "no 1 in any class column")])
+def test_a_multi_label_one_hot_csv_is_an_error_naming_the_row(tmp_path, bad, found):
+    root = _one_hot_dump(tmp_path, ["1,0,0,0", "0,0,1,0", bad, "0,0,0,1"])
+    for kwargs in ({}, {"labels": "train.csv"}):
+        with pytest.raises(LayoutError, match=rf"train.csv line 4 has {found}.*multi-label "
+                                              r"CSV is not supported.*--label-column"):
+            _find(root, **kwargs)
+
+
+def test_zip_names_in_utf8_without_the_utf8_flag_are_read_as_utf8(tmp_path):
+    # macOS's Archive Utility writes UTF-8 names without flag 0x800; zipfile reads them as
+    # cp437 ("caf├⌐"). zipfile sets the flag itself, so the names are patched in afterwards.
+    folder = make_class_folders(tmp_path / "src", classes=("a", "b"), per_class=2)
+    real = {"a": "café", "b": "crème"}
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*.jpg")):
+            # A stand-in as long as the real name in UTF-8 bytes: "a" -> "aaaaa".
+            cls = path.parent.name
+            zf.write(path, f"{cls * len(real[cls].encode())}/{path.name}")
+    data = archive.read_bytes()
+    for cls, name in real.items():
+        data = data.replace(f"{cls * len(name.encode())}/".encode(), f"{name}/".encode())
+    archive.write_bytes(data)
+    with zipfile.ZipFile(archive) as zf:
+        assert all(not info.flag_bits & 0x800 for info in zf.infolist())
+    with open_source(archive) as source:
+        inv = find_images(source)
+        assert inv.classes == ["café", "crème"]
+        assert source.read("café/a_0.jpg") == (folder / "a" / "a_0.jpg").read_bytes()
+
+
+def test_zip_members_made_on_windows_may_use_backslashes(tmp_path):
+    # PowerShell 5's Compress-Archive: flowers\daisy\0.jpg, made on DOS/Windows (system 0).
+    folder = make_class_folders(tmp_path / "src", classes=("daisy", "rose"), per_class=2)
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*.jpg")):
+            info = zipfile.ZipInfo("flowers\\" + str(path.relative_to(folder)).replace("/", "\\"))
+            info.create_system = 0
+            zf.writestr(info, path.read_bytes())
+        for name, system in (("..\\up.jpg", 0), ("C:\\x.jpg", 0), ("a\\b.jpg", 3)):
+            info = zipfile.ZipInfo(name)
+            info.create_system = system
+            zf.writestr(info, b"not reached")
+    with open_source(archive) as source:
+        inv = find_images(source)
+        assert inv.root == "flowers" and inv.classes == ["daisy", "rose"] and len(inv.items) == 4
+        assert source.read("flowers/rose/rose_1.jpg") == (folder / "rose/rose_1.jpg").read_bytes()
+    # Still left out: a way out of the folder, a drive, a backslash in a name made elsewhere.
+    assert _reasons(inv) == {"../up.jpg": "bad-name", "C:/x.jpg": "bad-name",
+                             "a\\b.jpg": "bad-name"}
+
+
+def test_no_labelled_images_says_when_archive_members_were_left_out_as_unsafe(tmp_path):
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("1.jpg", b"no label")
+        zf.writestr("../cat.0.jpg", b"outside")
+    with pytest.raises(LayoutError, match=r"no labelled images.*1 archive member\(s\) were "
+                                          r"left out for unsafe paths.*'../cat.0.jpg'"):
+        _find(archive)
+
+
+def test_a_dump_of_archives_only_says_to_split_the_archive_inside(tmp_path):
+    # Kaggle's dogs-vs-cats download: train.zip and test1.zip, in a folder or a zip.
+    inner = tmp_path / "images"
+    for i, name in enumerate(("train/cat.0.jpg", "train/cat.1.jpg", "train/dog.0.jpg")):
+        _img(inner / name, seed=i)
+    root = tmp_path / "d"
+    root.mkdir()
+    _zipped(inner, root / "train.zip")
+    (root / "test1.zip").write_bytes((root / "train.zip").read_bytes())
+    (root / "notes.txt").write_text("not an image")
+    with pytest.raises(LayoutError, match=r"d holds no image files \(.*\.jpg.*\); it holds the "
+                                          r"archive\(s\) test1.zip, train.zip: split one of "
+                                          rf"them, e.g. 'dsprep split {root}/train.zip DEST'"):
+        _find(root)
+    assert _find(root / "train.zip").classes == ["cat", "dog"]  # what it says works
+    with pytest.raises(LayoutError, match=r"extract .*outer.zip and split the archive inside"):
+        _find(_zipped(root, tmp_path / "outer.zip"))
+    (root / "train.zip").unlink()
+    (root / "test1.zip").unlink()
+    with pytest.raises(LayoutError, match="d holds no image files.*give the folder or .zip"):
+        _find(root)
+
+
+def test_class_names_alike_but_for_unicode_composition_are_one_class(tmp_path):
+    # "café" typed (composed, NFC) and from a macOS archive (decomposed, NFD).
+    root = tmp_path / "d"
+    for i, cls in enumerate(("caf\u00e9", "cafe\u0301", "tea")):
+        _img(root / cls / f"{i}.jpg", seed=i)
+    inv = _find(root)
+    assert inv.classes == ["caf\u00e9", "tea"] and len(inv.items) == 3
+    (root / "labels.csv").write_text("file,label\n0,tea\n1,caf\u00e9\n2,cafe\u0301\n")
+    inv = _find(root, layout="csv")
+    assert inv.classes == ["caf\u00e9", "tea"] and len(inv.items) == 3

@@ -58,7 +58,8 @@ def _column(text: str | None) -> str | int | None:
                    "first column other than the labels).")
 @click.option("--label-column", metavar="NAME|N",
               help="CSV column of the labels (header name or 0-based index; default: a column "
-                   "named label/class/breed..., else the second).")
+                   "named label/class/breed..., else one-hot columns of 0/1 named by class, "
+                   "else the second).")
 @click.option("--ratios", metavar="TRAIN,VAL[,TEST]",
               help="Fractions per class adding up to 1 (default 0.8,0.1,0.1; two numbers make "
                    "train and val only). Rounded by largest remainder: totals always add up.")
