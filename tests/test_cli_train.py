@@ -136,9 +136,17 @@ def test_train_resume_and_evaluate(data, tmp_path):
     table = invoke("evaluate", run, data / "test.hdf5", "--checkpoint", "last")
     assert table.exit_code == 0, table.output
     for text in ("rank-1 accuracy", "ROC AUC", "accuracy of cat", "accuracy of dog",
-                 "confusion-test-center.png"):
+                 "confusion-test-center-last.png"):
         assert text in table.output
     assert "rank-5" not in table.output  # meaningless with two classes
+    # The last checkpoint's figure does not replace the best one's.
+    assert (run / "confusion-test-center.png").is_file()
+    # With -q the figures are still the answer; the PNG line is not.
+    quiet = invoke("evaluate", run, data / "test.hdf5", "-q")
+    assert quiet.exit_code == 0 and "rank-1 accuracy" in quiet.output
+    assert "confusion matrices" not in quiet.output
+    info = invoke("-q", "info", data / "test.hdf5")
+    assert info.exit_code == 0 and "schema" in info.output and "cat" in info.output
     # A test file of another folder gets its own PNG, not the run's data's.
     (tmp_path / "extra").mkdir()
     shutil.copy(data / "test.hdf5", tmp_path / "extra" / "test.hdf5")
@@ -227,6 +235,10 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     for rate in ("0.05", "0.001"):
         assert len(history(run / f"lr-{rate}")) == 1
     assert "diverged" not in result.output
+    # A second sweep into RUN is refused before it trains any rate.
+    again = invoke("sweep-lr", data, run, *QUICK, "--lrs", "0.01,0.001", "--epochs", "1")
+    assert again.exit_code == 1 and f"{run / 'lr-0.001'} already holds a run" in again.output
+    assert not (run / "lr-0.01").exists()
     wild = invoke("sweep-lr", data, tmp_path / "wild", *QUICK, "--lrs", "1e30,0.001",
                   "--epochs", "2")
     assert wild.exit_code == 0, wild.output
@@ -365,6 +377,9 @@ def test_train_on_a_split_folder(tmp_path):
          "--crop 100 is larger than the 48x48 images of"),
         (["train", "{data}", "{tmp}/r", "--gpus", "64"], 2, "--gpus 64 asks for more GPUs"),
         (["train", "{data}", "{tmp}/r", "--lr", "inf"], 2, "--lr must be a positive number"),
+        (["train", "{data}", "{tmp}/r", "--momentum", "1"], 2, "0<=x<1"),
+        (["train", "{data}", "{tmp}/r", "--weight-decay", "inf"], 2,
+         "--weight-decay must be a finite number"),
         (["train", "{data}", "{tmp}/r", "--seed", str(2**32)], 2,
          "4294967296 is not in the range 0<=x<=4294967295"),
     ],

@@ -1071,3 +1071,56 @@ def test_sweep_plot_turns_logarithmic_when_one_rate_diverges(tmp_path, monkeypat
                             {"epoch": 1, "loss": float("nan"), "val_loss": 1342.0}]}
     cb.plot_sweep(wild, tmp_path / "wild.png")
     assert scales == ["linear", "log"]
+
+
+def test_rows_in_class_order_are_drawn_from_anywhere_not_in_one_class_batches(tmp_path):
+    mixed = write_data(tmp_path / "mixed", size=16)  # classes alternate row by row
+    assert open_data(mixed, tiny(image_size=16)).train.shuffle == "batches"
+    ordered = tmp_path / "ordered"
+    shutil.copytree(mixed, ordered)
+    with h5py.File(mixed / "train.hdf5", "r") as db:
+        images, labels = db["images"][()], db["labels"][()]
+    by_class = np.argsort(labels, kind="stable")  # as build-hdf5 --order sorted leaves them
+    write_arrays(ordered / "train.hdf5", images[by_class], labels[by_class], ["cat", "dog"],
+                 overwrite=True)
+    gen = open_data(ordered, tiny(image_size=16, batch_size=8)).train
+    assert gen.shuffle == "full"
+    assert all(len(set(gen[i][1].tolist())) == 2 for i in range(len(gen)))
+
+
+def test_a_split_folder_whose_val_folders_are_empty_trains_without_validation(tmp_path):
+    from dsprep.train.fit import has_validation
+
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("bee", "cat"), per_class=4, size=(16, 16))
+    for name in ("bee", "cat"):  # split --ratios 0.9,0,0.1 leaves them so
+        (split / "val" / name).mkdir(parents=True)
+    (split / "split.json").write_text(json.dumps({"classes": ["bee", "cat"]}))
+    assert not has_validation(split)
+    bundle = open_data(split, tiny(image_size=16, batch_size=4))
+    assert bundle.val is None and len(bundle.train.files) == 8
+    make_class_folders(split / "val", classes=("cat",), per_class=1, size=(16, 16), seed=5)
+    assert has_validation(split)
+
+
+def test_models_take_the_means_as_a_path_a_dict_or_numbers(tmp_path):
+    from dsprep.train.models import smallnet
+
+    path = tmp_path / "means.json"
+    path.write_text(json.dumps({"R": 10.0, "G": 20.0, "B": 30.0}))
+    for mean in (str(path), path, {"R": 10.0, "G": 20.0, "B": 30.0}, (10, 20, 30)):
+        model = smallnet((48, 48, 3), 2, mean=mean, scale=0.5, input_dtype="uint8")
+        layer = model.get_layer("mean_subtraction")
+        assert layer.mean_rgb == [10.0, 20.0, 30.0] and layer.scale == 0.5
+
+
+def test_a_whole_number_momentum_from_python_is_taken(tmp_path):
+    from dsprep.train.fit import make_optimizer
+
+    for optimizer in ("sgd", "rmsprop"):
+        made = make_optimizer(TrainConfig(optimizer=optimizer, momentum=0, lr=1))
+        assert float(made.momentum) == 0.0
+    with pytest.raises(UsageError, match=r"--momentum must be in \[0, 1\)"):
+        TrainConfig(momentum=5).check()
+    with pytest.raises(UsageError, match="--weight-decay must be a finite number"):
+        TrainConfig(weight_decay=math.inf).check()

@@ -70,7 +70,8 @@ def verbosity_options() -> list[click.Option]:
         click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=more,
                      help="Say more (repeat for debug detail)."),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet,
-                     help="Print errors only: no progress bars, no summary."),
+                     help="Print only errors and warnings (and the answer of info and "
+                          "evaluate): no progress bars, no summary."),
     ]
 
 

@@ -91,25 +91,29 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def info(file: str) -> None:
-    """Describe a dsprep HDF5 FILE: layout, size, classes, attributes and means."""
+    """Describe a dsprep HDF5 FILE: layout, size, classes, attributes and means.
+
+    The description is the command's answer: -q does not hide it.
+    """
     from ..store import describe
 
     d = describe(file)
-    say(f"{d['path']}  ({d['size_bytes'] / 1e6:.1f} MB on disk)")
-    say(f"  schema       {d['attrs'].get('schema', '(none)')}")
-    say(f"  images       {d['dtype']} {d['shape']}")
-    say(f"  chunks       {d['chunks'] or 'contiguous'}")
+    click.echo(f"{d['path']}  ({d['size_bytes'] / 1e6:.1f} MB on disk)")
+    click.echo(f"  schema       {d['attrs'].get('schema', '(none)')}")
+    click.echo(f"  images       {d['dtype']} {d['shape']}")
+    click.echo(f"  chunks       {d['chunks'] or 'contiguous'}")
     opts = f" ({d['compression_opts']})" if d["compression_opts"] is not None else ""
-    say(f"  compression  {d['compression']}{opts}")
-    say(f"  labels       {d['label_dtype']}, {count_of(len(d['classes']), 'class', 'classes')}")
+    click.echo(f"  compression  {d['compression']}{opts}")
+    classes = count_of(len(d["classes"]), "class", "classes")
+    click.echo(f"  labels       {d['label_dtype']}, {classes}")
     if d["mean_rgb"] is not None:
         r, g, b = d["mean_rgb"]
-        say(f"  mean RGB     {r:.3f} {g:.3f} {b:.3f}")
-    say("")
-    say(format_table([[n, c] for n, c in d["classes"]], ["class", "images"]))
-    say("")
+        click.echo(f"  mean RGB     {r:.3f} {g:.3f} {b:.3f}")
+    click.echo("")
+    click.echo(format_table([[n, c] for n, c in d["classes"]], ["class", "images"]))
+    click.echo("")
     shown = {k: v for k, v in sorted(d["attrs"].items()) if k not in ("schema", "mean_rgb")}
-    say(format_table([[k, _short(v)] for k, v in shown.items()], ["attribute", "value"],
+    click.echo(format_table([[k, _short(v)] for k, v in shown.items()], ["attribute", "value"],
                      text=True))
 
 

@@ -44,7 +44,8 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                      show_default=True, help="Optimizer."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
                      show_default=True, help="Initial learning rate."),
-        click.option("--momentum", type=click.FloatRange(min=0), default=_DEFAULTS.momentum,
+        click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True),
+                     default=_DEFAULTS.momentum,
                      show_default=True, help="Momentum of sgd and rmsprop."),
         click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
                      help="L2 weight on every kernel [default: the model's own: alexnet 2e-4, "
@@ -53,7 +54,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                      show_default=True,
                      help="Learning-rate schedule: step = lr * step-factor ** (epoch // "
                           "step-every); plateau = divide by 10 when the validation metric "
-                          "stalls; cosine = anneal to 0 over the epochs."),
+                          "stalls; cosine = anneal to 0 over the epochs (a --resume that "
+                          "raises --epochs stretches it over the new total, so the rate rises "
+                          "again there)."),
         click.option("--step-every", type=click.IntRange(min=1), default=_DEFAULTS.step_every,
                      show_default=True, help="Epochs between steps of the step schedule."),
         click.option("--step-factor", type=click.FloatRange(min=0, max=1, min_open=True),
@@ -336,8 +339,9 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
     for name in result["classes"]:
         rows.append([f"accuracy of {name}",
                      *(_fmt(result[m]["per_class"][name]) for m in methods)])
-    say(f"{Path(run)} ({checkpoint}.keras) on {data}:")
-    say(format_table(rows, header))
+    # The figures are the command's answer: -q hides only the progress bar and the notes.
+    click.echo(f"{Path(run)} ({checkpoint}.keras) on {data}:")
+    click.echo(format_table(rows, header))
     pngs = [result[m]["confusion_png"] for m in methods if result[m]["confusion_png"]]
     if pngs:
         say(f"confusion matrices: {', '.join(pngs)}")

@@ -315,10 +315,11 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
         with open_dataset(train_path) as db:
             rows = int(db["images"].shape[0])
+            shuffle = _train_shuffle(db["labels"][()])
             _check_crop(config, tuple(db["images"].shape[1:3]), f"{data / 'train.hdf5'}",
                         "images built at a larger 'dsprep build-hdf5 --size'")
         train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
-                              augment=augment, shuffle="batches", seed=config.seed,
+                              augment=augment, shuffle=shuffle, seed=config.seed,
                               output="uint8", drop_last=_drop_last(rows, config.batch_size))
         val = None
         if validation and (data / "val.hdf5").is_file():
@@ -348,7 +349,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                                    drop_last=_drop_last(files, config.batch_size),
                                    progress=progress, check=check)
         val = None
-        if validation and (data / "val").is_dir():
+        if validation and has_validation(data):
             val = DirectoryGenerator(data / "val", image_size=size, batch_size=config.batch_size,
                                      preprocessors=val_pre, shuffle=False, classes=classes,
                                      output="uint8", progress=progress, check=check)
@@ -367,13 +368,30 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
 
 
+def _train_shuffle(labels: np.ndarray) -> str:
+    """How to shuffle training rows: "batches" (contiguous reads, the fast way) when their
+    classes are mixed, as build-hdf5's default shuffled order leaves them; "full" when they lie
+    in runs of one class (``--order sorted``, or arrays written class by class), where
+    contiguous batches would each hold one class."""
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) < 2:
+        return "batches"
+    changes = int(np.count_nonzero(labels[1:] != labels[:-1]))
+    share = np.unique(labels, return_counts=True)[1] / len(labels)
+    # A random order changes class between neighbours (n - 1)(1 - sum p^2) times on average.
+    expected = (len(labels) - 1) * (1.0 - float(np.sum(share * share)))
+    return "full" if changes < expected / 2 else "batches"
+
+
 def has_validation(data: str | os.PathLike) -> bool:
     """Whether DATA has the validation split :func:`open_data` reads (val.hdf5 beside
     train.hdf5, or a val/ folder beside train/)."""
     data = Path(data)
     if (data / "train.hdf5").is_file():
         return (data / "val.hdf5").is_file()
-    return (data / "val").is_dir()
+    # A split made with no val share (--ratios 0.9,0,0.1) has class folders there, all empty.
+    return (data / "val").is_dir() and any(
+        f.is_file() for d in (data / "val").iterdir() if d.is_dir() for f in d.iterdir())
 
 
 def _check_crop(config: TrainConfig, size: tuple[int, int], where: str, larger: str) -> None:
@@ -397,11 +415,13 @@ def _as_keras(gen, workers: int):
 
 def make_optimizer(config: TrainConfig):
     """The Keras optimizer named by the config."""
+    # Keras refuses a whole-number momentum (momentum=0 from Python code).
+    lr, momentum = float(config.lr), float(config.momentum)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=config.lr)
-    return keras.optimizers.RMSprop(learning_rate=config.lr, momentum=config.momentum)
+        return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.RMSprop(learning_rate=lr, momentum=momentum)
 
 
 def compile_model(model: keras.Model, config: TrainConfig, classes: int, jit: bool = False):
@@ -908,6 +928,15 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
                          "run folder, lr-<rate>)")
     config = config or TrainConfig()
     run = Path(run)
+    # All refused before any is trained: a sweep stopped at its second rate would leave a run
+    # of the new sweep beside the old sweep's plot and table.
+    held = [run / f"lr-{name}" for name in names
+            if (run / f"lr-{name}" / CONFIG).exists() or (run / f"lr-{name}" / REPLACED).exists()]
+    if held and not overwrite:
+        one = len(held) == 1
+        raise DestinationExistsError(
+            f"{', '.join(map(str, held))} already {'holds a run' if one else 'hold runs'}; "
+            f"use --force to replace {'it' if one else 'them'}, or another RUN")
     run.mkdir(parents=True, exist_ok=True)
     results: dict[float, TrainResult] = {}
     for lr in lrs:

@@ -6,6 +6,7 @@ Every builder takes an optional on-device input normalisation so raw uint8 batch
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import keras
@@ -30,7 +31,7 @@ def _l2(reg: float):
     return keras.regularizers.L2(reg) if reg else None
 
 
-def _inputs(input_shape: Sequence[int], mean: Sequence[float] | None, scale: float,
+def _inputs(input_shape: Sequence[int], mean, scale: float,
             input_dtype: str):
     """The model input, followed by the on-device mean subtraction when a mean is given."""
     if len(input_shape) != 3 or input_shape[-1] != 3:
@@ -41,7 +42,8 @@ def _inputs(input_shape: Sequence[int], mean: Sequence[float] | None, scale: flo
     if mean is not None or scale != 1.0 or input_dtype != "float32":
         from ..adapters import MeanSubtraction
 
-        x = MeanSubtraction(list(mean) if mean is not None else [0.0, 0.0, 0.0], scale=scale,
+        # The layer reads a means.json path or dict as well as three numbers.
+        x = MeanSubtraction(mean if mean is not None else [0.0, 0.0, 0.0], scale=scale,
                             name="mean_subtraction")(x)
     return inputs, x
 
@@ -70,7 +72,7 @@ def alexnet(
     reg: float = 2e-4,
     width: float = 1.0,
     dense: int | None = None,
-    mean: Sequence[float] | None = None,
+    mean: Sequence[float] | dict | str | os.PathLike | None = None,
     scale: float = 1.0,
     input_dtype: str = "float32",
 ) -> keras.Model:
@@ -82,7 +84,8 @@ def alexnet(
         reg: L2 weight on every kernel.
         width: multiplier on every layer's filters and units (1.0 is the published network).
         dense: units of each of the two hidden dense layers (default 4096 times ``width``).
-        mean: RGB mean subtracted on the device (then uint8 batches can be fed).
+        mean: RGB mean subtracted on the device (then uint8 batches can be fed): three
+            numbers, a means.json dict or a path to one.
         scale: factor applied after the mean subtraction.
         input_dtype: dtype of the model input ("float32" or "uint8").
     """
@@ -123,7 +126,7 @@ def smallnet(
     reg: float = 0.0,
     width: int = 32,
     dense: int = 512,
-    mean: Sequence[float] | None = None,
+    mean: Sequence[float] | dict | str | os.PathLike | None = None,
     scale: float = 1.0,
     input_dtype: str = "float32",
 ) -> keras.Model:
@@ -135,7 +138,8 @@ def smallnet(
         reg: L2 weight on every kernel (0 for none, as published).
         width: filters of the first convolution (32 published); the others are 2x, 4x, 4x.
         dense: units of the hidden dense layer.
-        mean: RGB mean subtracted on the device.
+        mean: RGB mean subtracted on the device: three numbers, a means.json dict or a path
+            to one.
         scale: factor applied after the mean subtraction.
         input_dtype: dtype of the model input.
     """
@@ -202,7 +206,7 @@ def resnet(
     preact: bool = False,
     reg: float = 1e-4,
     width: int = 64,
-    mean: Sequence[float] | None = None,
+    mean: Sequence[float] | dict | str | os.PathLike | None = None,
     scale: float = 1.0,
     input_dtype: str = "float32",
 ) -> keras.Model:
@@ -218,7 +222,8 @@ def resnet(
         preact: use pre-activation blocks (He et al. 2016) instead of the original ones.
         reg: L2 weight on every kernel.
         width: filters of the first stage (64 published); stages double it.
-        mean: RGB mean subtracted on the device.
+        mean: RGB mean subtracted on the device: three numbers, a means.json dict or a path
+            to one.
         scale: factor applied after the mean subtraction.
         input_dtype: dtype of the model input.
     """
@@ -253,7 +258,7 @@ def build_model(
     *,
     reg: float | None = None,
     width: float | None = None,
-    mean: Sequence[float] | None = None,
+    mean: Sequence[float] | dict | str | os.PathLike | None = None,
     scale: float = 1.0,
     input_dtype: str = "float32",
 ) -> keras.Model:

@@ -79,9 +79,10 @@ class TrainConfig:
              f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"),
             (math.isfinite(self.lr) and self.lr > 0,
              f"--lr must be a positive number, got {self.lr}"),
-            (self.momentum >= 0, f"--momentum must be 0 or more, got {self.momentum}"),
-            (self.weight_decay is None or self.weight_decay >= 0,
-             f"--weight-decay must be 0 or more, got {self.weight_decay}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay is None or (math.isfinite(self.weight_decay)
+                                           and self.weight_decay >= 0),
+             f"--weight-decay must be a finite number, 0 or more, got {self.weight_decay}"),
             (self.schedule in SCHEDULES,
              f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"),
             (self.step_every >= 1, f"--step-every must be at least 1, got {self.step_every}"),

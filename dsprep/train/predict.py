@@ -166,7 +166,8 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
 
     The centre crop (of the run's ``--crop``, or the whole image) is always measured; with
     ``ten_crop`` the 10-crop average too. The confusion matrices are drawn into the run folder
-    as ``confusion-<file>-<method>.png``.
+    as ``confusion-<file>-<method>.png`` (``confusion-<file>-<method>-last.png`` for the last
+    checkpoint).
 
     Args:
         run: a run folder written by ``dsprep train``.
@@ -251,10 +252,13 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         else:
             probs, labels = predict(model, gen, progress=progress)
         scores = metrics(probs, labels, classes)
-        png = run / f"confusion-{_data_name(data, config)}-{method.replace('_', '')}.png"
+        # best.keras keeps the name it always had; last.keras's figure must not replace it.
+        which = "" if checkpoint == "best" else f"-{checkpoint}"
+        png = run / f"confusion-{_data_name(data, config)}-{method.replace('_', '')}{which}.png"
         try:
             scores["confusion_png"] = str(plot_confusion(
-                scores["confusion"], classes, png, f"{data.name}, {method.replace('_', '-')}"))
+                scores["confusion"], classes, png,
+                f"{data.name}, {method.replace('_', '-')}, {checkpoint}.keras"))
         except OSError as exc:  # a read-only run folder: the figures still count
             scores["confusion_png"] = None
             scores["notes"].append(f"confusion matrix not drawn: cannot write {png} "
