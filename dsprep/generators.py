@@ -578,15 +578,19 @@ def _split_classes(root: Path, found: list[str]) -> list[str]:
     # A dump already split (train/, test/, or seg_train/seg_train/): as build-hdf5 builds it.
     doubled = here.parent.name.lower() == here.name.lower()
     for base in (here.parent.parent, here.parent) if doubled else (here.parent,):
-        folders = sources.own_split_folders(base, [])
+        try:
+            folders = sources.own_split_folders(base, [])
+        except (DsprepError, OSError):  # val/ beside valid/: not a split to follow
+            continue
         if here in (f.resolve() for f in folders.values()):
+            # As build.find_rows numbers them: the class folders holding images, in any split.
             names: set[str] = set()
             for folder in folders.values():
                 try:
-                    names.update(sources.scan_class_folders(folder)[0])
+                    names.update(name for _, name in sources.scan_class_folders(folder)[1])
                 except (LayoutError, OSError):
                     continue  # no images there: no classes from it, as in build-hdf5
-            return sorted(names | set(found))
+            return sorted(names)
     return list(found)
 
 
@@ -690,7 +694,8 @@ class DirectoryGenerator(_BatchSequence):
         names = _split_classes(self.root, found) if classes is None else [str(c) for c in classes]
         if len(set(names)) != len(names):
             raise UsageError(f"classes has duplicate names: {names}")
-        extra = sorted(set(found) - set(names))
+        # A folder without images (notes) labels nothing, so it need not be a class.
+        extra = sorted({name for _, name in items} - set(names))
         if extra:
             raise UsageError(
                 f"{self.root} has class folders not in classes: {', '.join(extra)}; "

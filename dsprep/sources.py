@@ -250,8 +250,10 @@ class ZipSource(Source):
         except (zipfile.BadZipFile, OSError) as exc:
             raise LayoutError(f"{path} is not a readable zip archive ({exc})") from exc
         # The members by the names list_files gives them, which may differ from the names
-        # zipfile knows them by (see _member_name); a member is read through its ZipInfo.
-        self._members: dict[str, zipfile.ZipInfo] = {}
+        # zipfile knows them by (see _member_name); a member is read through its ZipInfo, also
+        # by a ZipSource that never listed them (split places files from a fresh one).
+        self._members = {_member_name(info): info for info in self._zip.infolist()
+                         if not info.is_dir()}
 
     def list_files(self) -> tuple[list[str], list[Skipped]]:
         files = []
@@ -268,7 +270,6 @@ class ZipSource(Source):
                 continue
             if not all(_visible(p) for p in parts):
                 continue
-            self._members[name] = info  # of two members of one name, zipfile reads the last
             files.append(name)
         return sorted(set(files)), problems
 
@@ -1075,15 +1076,17 @@ _ONEHOT_VALUES = frozenset({"0", "1", "0.0", "1.0"})
 
 def _onehot_columns(data: list[list[str]], id_index: int, width: int) -> list[int]:
     """The class columns of a one-hot labels table (image_id,healthy,rust,scab with rows
-    Train_0,1,0,0): every column but the id's, when they are two or more and hold only 0
-    and 1; else []."""
+    Train_0,1,0,0): every column but the id's, when they are two or more, hold only 0 and 1,
+    and most rows have a single 1; else []. A 0/1 label beside a 0/1 fold column
+    (image_id,malignant,fold) has a 1 in both columns, or none, in about half its rows."""
     columns = [c for c in range(width) if c != id_index]
     full = [row for row in data if len(row) >= width]
     if len(columns) < 2 or not full:
         return []
-    if all(row[c].strip() in _ONEHOT_VALUES for row in full for c in columns):
-        return columns
-    return []
+    if not all(row[c].strip() in _ONEHOT_VALUES for row in full for c in columns):
+        return []
+    single = sum(sum(row[c].strip() in ("1", "1.0") for c in columns) == 1 for row in full)
+    return columns if single >= 0.9 * len(full) else []
 
 
 def _is_index(column) -> bool:

@@ -638,8 +638,11 @@ def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = 
         return
     try:
         with open(dest / FILES_CSV, newline="", encoding="utf-8") as fh:
-            before = {row["source"]: row for row in csv.DictReader(fh)}
-    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+            reader = csv.DictReader(fh)
+            if reader.fieldnames != list(FILES_COLUMNS):
+                return  # edited by hand (a spreadsheet's BOM, other columns): not comparable
+            before = {row["source"]: row for row in reader}
+    except (OSError, UnicodeDecodeError, csv.Error):
         return
     planned = {f.source: f for f in split_plan.files}
     new = sum(s not in before for s in planned)
@@ -656,7 +659,8 @@ def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = 
                f"{moved[0].split})" if moved else "")
     changed = f", {other} changed in content, class or name" if other else ""
     raise DestinationExistsError(
-        f"{source} changed since {dest} was split: {new} new, {gone} gone, {len(moved)} "
+        f"{source} changed since {dest} was split (or this version of dsprep reads it "
+        f"otherwise): {new} new, {gone} gone, {len(moved)} "
         f"would move between {splits}{example}{changed}; use --force to split again "
         f"({dest}'s {splits} change)")
 

@@ -153,3 +153,32 @@ def test_quiet_hides_native_library_warnings_but_not_errors(tmp_path):
     # Errors still reach the real stderr, through Python's sys.stderr.
     refused = dsprep("verify", data, "--sources", "7", "--source-root", tmp_path / "gone", "-q")
     assert refused.returncode != 0 and "gone" in refused.stderr, refused
+
+
+def test_quiet_keeps_streams_made_during_the_command_working(tmp_path):
+    import subprocess
+    import sys
+
+    # A logging handler made during a -q command (as TensorFlow's import makes one) holds the
+    # stream Python's stderr was then; it must still write after the command, and repeated
+    # commands in one process must not leak descriptors.
+    script = (
+        "import logging, os, sys\n"
+        "from dsprep.cli._common import _native_warnings_hidden\n"
+        "log = logging.getLogger('made-during')\n"
+        "with _native_warnings_hidden():\n"
+        "    os.write(2, b'native warning\\n')\n"
+        "    log.addHandler(logging.StreamHandler(sys.stderr))\n"
+        "    print('python error', file=sys.stderr)\n"
+        "log.error('logged after')\n"
+        "fds = len(os.listdir('/proc/self/fd'))\n"
+        "for _ in range(5):\n"
+        "    with _native_warnings_hidden():\n"
+        "        pass\n"
+        "print(fds == len(os.listdir('/proc/self/fd')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "python error\nlogged after\n"
+    assert result.stdout == "True\n"

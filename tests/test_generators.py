@@ -593,6 +593,16 @@ def test_directory_split_lacking_a_class_keeps_the_ids_of_its_split(tmp_path):
     classes, rows, _, _ = build.find_rows(dump)
     assert classes == gen.classes
     assert sorted(row.label for row in rows["test"]) == sorted(gen.labels.tolist())
+    # A folder of notes is no class (build-hdf5 gives it no id); val/ beside valid/ is no
+    # split to follow, and the root's own folders are its classes then.
+    (dump / "test" / "aaa_notes").mkdir()
+    (dump / "test" / "aaa_notes" / "readme.txt").write_text("scraped 2019")
+    gen = DirectoryGenerator(dump / "train", image_size=(8, 8))
+    assert gen.classes == build.find_rows(dump)[0] == ["apple", "banana", "cherry"]
+    make_class_folders(dump / "val", classes=("apple",), per_class=1, seed=20)
+    make_class_folders(dump / "valid", classes=("apple",), per_class=1, seed=21)
+    assert DirectoryGenerator(dump / "test", image_size=(8, 8)).classes == ["aaa_notes",
+                                                                          "banana", "cherry"]
     doubled = tmp_path / "scenes"
     make_class_folders(doubled / "seg_train" / "seg_train", classes=("sea", "sky"), per_class=1)
     make_class_folders(doubled / "seg_test" / "seg_test", classes=("sky",), per_class=1)

@@ -828,11 +828,23 @@ def test_a_one_hot_labels_csv_labels_each_row_by_the_column_of_its_1(tmp_path):
 @pytest.mark.parametrize("bad, found", [("0,1,0,1", r"a 1 in 2 class columns \(multiple"),
                                         ("0,0,0,0", "no 1 in any class column")])
 def test_a_multi_label_one_hot_csv_is_an_error_naming_the_row(tmp_path, bad, found):
-    root = _one_hot_dump(tmp_path, ["1,0,0,0", "0,0,1,0", bad, "0,0,0,1"])
+    root = _one_hot_dump(tmp_path, ["1,0,0,0", "0,0,1,0", bad] + ["0,0,0,1"] * 9)
     for kwargs in ({}, {"labels": "train.csv"}):
         with pytest.raises(LayoutError, match=rf"train.csv line 4 has {found}.*multi-label "
                                               r"CSV is not supported.*--label-column"):
             _find(root, **kwargs)
+
+
+def test_a_0_1_label_beside_a_0_1_fold_column_is_not_one_hot(tmp_path):
+    root = tmp_path / "d"
+    rows = []
+    for i in range(12):
+        _img(root / "images" / f"m_{i}.jpg", seed=i)
+        rows.append(f"m_{i},{i % 2},{i // 2 % 2}\n")
+    (root / "train.csv").write_text("image_id,malignant,fold\n" + "".join(rows))
+    inv = _find(root)
+    assert inv.classes == ["0", "1"]
+    assert dict(inv.items)["images/m_3.jpg"] == "1"  # malignant, as before one-hot tables
 
 
 def test_zip_names_in_utf8_without_the_utf8_flag_are_read_as_utf8(tmp_path):
@@ -856,6 +868,8 @@ def test_zip_names_in_utf8_without_the_utf8_flag_are_read_as_utf8(tmp_path):
         inv = find_images(source)
         assert inv.classes == ["café", "crème"]
         assert source.read("café/a_0.jpg") == (folder / "a" / "a_0.jpg").read_bytes()
+    with open_source(archive) as fresh:  # split places files through a source never listed
+        assert fresh.read("crème/b_1.jpg") == (folder / "b" / "b_1.jpg").read_bytes()
 
 
 def test_zip_members_made_on_windows_may_use_backslashes(tmp_path):
@@ -875,6 +889,16 @@ def test_zip_members_made_on_windows_may_use_backslashes(tmp_path):
         inv = find_images(source)
         assert inv.root == "flowers" and inv.classes == ["daisy", "rose"] and len(inv.items) == 4
         assert source.read("flowers/rose/rose_1.jpg") == (folder / "rose/rose_1.jpg").read_bytes()
+    with open_source(archive) as fresh:
+        daisy = (folder / "daisy" / "daisy_0.jpg").read_bytes()
+        assert fresh.read("flowers/daisy/daisy_0.jpg") == daisy
+    from dsprep.split import SplitOptions, run
+
+    # --counts plans, then places the files it picked through a fresh source.
+    _, result = run(archive, tmp_path / "out", SplitOptions(counts=(1, 1, 0)))
+    assert result.placed == 4
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.jpg")) == sorted(
+        p.name for p in folder.rglob("*.jpg"))
     # Still left out: a way out of the folder, a drive, a backslash in a name made elsewhere.
     assert _reasons(inv) == {"../up.jpg": "bad-name", "C:/x.jpg": "bad-name",
                              "a\\b.jpg": "bad-name"}

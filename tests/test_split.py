@@ -433,6 +433,11 @@ def test_a_source_that_changed_is_not_split_again_without_force(tmp_path):
     p = plan(root)
     assert not materialize(p, dest).already_complete
     assert reasons(dest) == {"b/empty.jpg": "empty"}
+    # A files.csv saved again by a spreadsheet (a BOM before its header) is not compared.
+    text = (dest / "files.csv").read_text(encoding="utf-8")
+    (dest / "files.csv").write_text("\ufeff" + text, encoding="utf-8")
+    write_image(root / "a" / "newer.jpg", smooth_image(24, 24, seed=78))
+    assert not materialize(plan(root), dest).already_complete
 
 
 def test_link_modes(tmp_path):

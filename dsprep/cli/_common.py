@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import select
 import sys
@@ -93,8 +94,9 @@ def _native_warnings_hidden():
     marker 0xd9", common in real dumps) straight to descriptor 2 from whichever thread decodes,
     below anything Python or OpenCV can switch off. Under ``-q`` only errors may be printed, so
     for the command's life the descriptor goes nowhere, while Python's own stderr (errors,
-    warnings, tracebacks, "Terminated.") writes to the real one through a duplicate. Without a
-    real descriptor 2 (a test runner's captured stream) nothing changes.
+    warnings, tracebacks, "Terminated.", faulthandler's report) writes to the real one through
+    a duplicate. Native libraries' fatal messages are hidden with their warnings. Without a real
+    descriptor 2 (a test runner's captured stream) nothing changes.
     """
     try:
         real = sys.stderr.fileno() == 2
@@ -104,20 +106,43 @@ def _native_warnings_hidden():
         yield
         return
     sys.stderr.flush()
-    saved = os.dup(2)
     python_stderr = sys.stderr
-    sys.stderr = open(saved, "w", encoding=python_stderr.encoding,  # noqa: SIM115
-                      errors=python_stderr.errors, buffering=1, closefd=False)
+    sys.stderr = _stderr_copy(python_stderr)
+    faults = faulthandler.is_enabled()
+    if faults:
+        faulthandler.enable(sys.stderr)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
     try:
         yield
     finally:
-        sys.stderr.close()
+        sys.stderr.flush()
+        os.dup2(sys.stderr.fileno(), 2)
         sys.stderr = python_stderr
-        os.dup2(saved, 2)
-        os.close(saved)
+        if faults:
+            faulthandler.enable(python_stderr)
+
+
+_STDERR_COPY: list = []  # the copy of the real stderr a -q command wrote to, kept open
+
+
+def _stderr_copy(stream):
+    """A text stream on a duplicate of descriptor 2, reused while it names the same file.
+
+    It stays open after the command: a logging handler made meanwhile (TensorFlow's) keeps
+    writing to it, and would fail on a closed file.
+    """
+    target = os.fstat(2)
+    for copy in _STDERR_COPY:
+        with contextlib.suppress(OSError, ValueError):
+            found = os.fstat(copy.fileno())
+            if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+                return copy
+    copy = open(os.dup(2), "w", encoding=stream.encoding,  # noqa: SIM115
+                errors=stream.errors, buffering=1)
+    _STDERR_COPY[:] = [copy]
+    return copy
 
 
 def is_quiet(ctx: click.Context | None = None) -> bool:
