@@ -27,7 +27,10 @@ from .errors import LayoutError, UsageError
 # .jfif and .jpe are JPEGs under other names (common in scraped dumps); images are decoded by
 # their content, never by their extension.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff",
-                              ".webp", ".gif"})
+                              ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".avif"})
+# Image formats OpenCV does not read: listed as left out (UNSUPPORTED), not passed over unseen.
+UNSUPPORTED_EXTENSIONS = frozenset({".heic", ".heif", ".svg", ".psd", ".ico", ".exr", ".raw",
+                                    ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2"})
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # Folders that archivers and operating systems add and that never hold a dataset's images.
 IGNORED_FOLDERS = frozenset({"__macosx"})
@@ -44,6 +47,7 @@ DANGLING_LINK = "dangling-link"
 UNREADABLE = "unreadable"
 BAD_ROW = "bad-row"
 BAD_NAME = "bad-name"
+UNSUPPORTED = "unsupported-format"
 # The detail of a zip member left out as a BAD_NAME for a path that could escape a folder.
 UNSAFE_PATH = "unsafe path inside the archive"
 
@@ -455,6 +459,7 @@ def find_images(
     root = _descend(files)
     inside = [f for f in files if f.startswith(root)]
     images = [f for f in inside if is_image_name(PurePosixPath(f).name)]
+    problems += _unsupported(inside)
     if not images:
         raise LayoutError(_no_images(source, files, problems))
     undecodable = [f for f in images if not _utf8(f)]
@@ -542,6 +547,18 @@ def find_images(
     return inventory
 
 
+def _unsupported(files: list[str]) -> list[Skipped]:
+    """Files of image formats OpenCV does not decode (phone HEIC photos, camera raw), as
+    left out: a dump of them would otherwise lose them without a word."""
+    left = []
+    for f in files:
+        ext = os.path.splitext(f)[1].lower()
+        if ext in UNSUPPORTED_EXTENSIONS and all(_visible(p) for p in PurePosixPath(f).parts):
+            left.append(Skipped(f, UNSUPPORTED, f"{ext} images are not read; convert them to "
+                                                "JPEG or PNG to include them"))
+    return left
+
+
 def _unsafe_note(problems: list[Skipped]) -> str:
     """A sentence on the archive members left out for unsafe paths ("" when none were)."""
     unsafe = [p.source for p in problems if p.detail == UNSAFE_PATH]
@@ -554,7 +571,11 @@ def _unsafe_note(problems: list[Skipped]) -> str:
 
 def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str:
     """Why a dump without a single image file cannot be split, and what to split instead."""
+    unsupported = sorted({os.path.splitext(p.source)[1].lower() for p in problems
+                          if p.reason == UNSUPPORTED})
     message = (f"{source.path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+               + (f"; its {', '.join(unsupported)} images are not read: convert them to JPEG "
+                  "or PNG" if unsupported else "")
                + _unsafe_note(problems))
     archives = [f for f in files if f.lower().endswith(".zip")]
     if not archives:

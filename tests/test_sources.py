@@ -43,6 +43,7 @@ def _img(path, seed=0):
     ("e.tif", True), ("f.TIFF", True), ("g.webp", True), ("h.gif", True),
     ("i.txt", False), ("j", False), (".hidden.jpg", False), ("Thumbs.db", False),
     (".DS_Store", False), ("k.jpg.part", False), ("l.jfif", True), ("m.JPE", True),
+    ("n.ppm", True), ("o.PGM", True), ("p.jp2", True), ("q.avif", True), ("r.heic", False),
 ])
 def test_is_image_name(name, expected):
     assert is_image_name(name) is expected
@@ -947,3 +948,26 @@ def test_class_names_alike_but_for_unicode_composition_are_one_class(tmp_path):
     (root / "labels.csv").write_text("file,label\n0,tea\n1,caf\u00e9\n2,cafe\u0301\n")
     inv = _find(root, layout="csv")
     assert inv.classes == ["caf\u00e9", "tea"] and len(inv.items) == 3
+
+
+def test_portable_pixmaps_are_images_and_phone_heic_photos_are_listed_as_left_out(tmp_path):
+    import cv2
+
+    root = tmp_path / "d"
+    for cls, seed in (("a", 0), ("b", 5)):
+        rgb = smooth_image(20, 24, seed=seed)
+        (root / cls).mkdir(parents=True)
+        assert cv2.imwrite(str(root / cls / "scan.ppm"), rgb[..., ::-1])
+        assert cv2.imwrite(str(root / cls / "scan.pgm"), rgb[..., 0])
+        (root / cls / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+        (root / cls / ".hidden.heic").write_bytes(b"")
+    inv = _find(root)
+    assert dict(inv.items) == {"a/scan.pgm": "a", "a/scan.ppm": "a", "b/scan.pgm": "b",
+                               "b/scan.ppm": "b"}
+    assert _reasons(inv) == {"a/IMG_0001.HEIC": "unsupported-format",
+                             "b/IMG_0001.HEIC": "unsupported-format"}
+    for f in root.rglob("*.p?m"):
+        f.unlink()
+    with pytest.raises(LayoutError, match=r"holds no image files.*its \.heic images are not "
+                                          r"read: convert them to JPEG or PNG"):
+        _find(root)
