@@ -182,3 +182,21 @@ def test_quiet_keeps_streams_made_during_the_command_working(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == "python error\nlogged after\n"
     assert result.stdout == "True\n"
+
+
+def test_quiet_works_when_descriptor_2_is_closed(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from dsprep import store
+
+    path = store.write_arrays(tmp_path / "f.hdf5", np.zeros((2, 4, 4, 3), np.uint8),
+                              np.array([0, 1]), ["a", "b"])
+    # A host program that closed descriptor 2 but kept sys.stderr's object.
+    script = ("import os\nfrom dsprep.cli import main\nos.close(2)\n"
+              f"main(['-q', 'info', {str(path)!r}], standalone_mode=False)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "schema" in result.stdout, result

@@ -60,14 +60,14 @@ def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_
         shutil.copy(data / name, bare / name)
     result = invoke("train", bare, tmp_path / "run", *QUICK, "--epochs", "1")
     assert result.exit_code == 0, result.output
-    assert "has no validation split (val.hdf5 or val/), so best.keras" in result.output
+    assert "has no validation split (val.hdf5, or images in val/), so best.keras" in result.output
     assert "best auc" in result.output  # two classes
     with_val = invoke("train", data, tmp_path / "run2", *QUICK, "--epochs", "1")
     assert with_val.exit_code == 0 and "no validation split" not in with_val.output
     sweep = invoke("sweep-lr", bare, tmp_path / "sweep", *QUICK, "--lrs", "0.01",
                    "--epochs", "1")
     assert sweep.exit_code == 0, sweep.output
-    assert "has no validation split (val.hdf5 or val/), so best.keras" in sweep.output
+    assert "has no validation split (val.hdf5, or images in val/), so best.keras" in sweep.output
 
 
 def test_a_resume_after_a_crashed_replacement_brings_the_old_run_back(data, tmp_path):
@@ -377,7 +377,8 @@ def test_train_on_a_split_folder(tmp_path):
          "--crop 100 is larger than the 48x48 images of"),
         (["train", "{data}", "{tmp}/r", "--gpus", "64"], 2, "--gpus 64 asks for more GPUs"),
         (["train", "{data}", "{tmp}/r", "--lr", "inf"], 2, "--lr must be a positive number"),
-        (["train", "{data}", "{tmp}/r", "--momentum", "1"], 2, "0<=x<1"),
+        (["train", "{data}", "{tmp}/r", "--momentum", "1"], 2,
+         "--momentum must be in [0, 1) for sgd, got 1.0"),
         (["train", "{data}", "{tmp}/r", "--weight-decay", "inf"], 2,
          "--weight-decay must be a finite number"),
         (["train", "{data}", "{tmp}/r", "--seed", str(2**32)], 2,

@@ -1099,8 +1099,28 @@ def test_a_split_folder_whose_val_folders_are_empty_trains_without_validation(tm
     assert not has_validation(split)
     bundle = open_data(split, tiny(image_size=16, batch_size=4))
     assert bundle.val is None and len(bundle.train.files) == 8
+    # Files that are no images (notes, a Finder's .DS_Store) make no validation split either.
+    (split / "val" / "bee" / "README.txt").write_text("none yet")
+    (split / "val" / "cat" / ".DS_Store").write_bytes(b"\0")
+    assert not has_validation(split)
+    assert open_data(split, tiny(image_size=16, batch_size=4)).val is None
     make_class_folders(split / "val", classes=("cat",), per_class=1, size=(16, 16), seed=5)
     assert has_validation(split)
+
+
+@pytest.mark.parametrize("labels, batch, expected", [
+    (np.arange(40) % 2, 8, "batches"),  # shuffled, as build-hdf5 leaves them
+    (np.repeat([0, 1, 2], 20), 8, "full"),  # --order sorted
+    (np.repeat([0, 1, 2], 2), 2, "full"),  # sorted, two a class: every batch one class
+    (np.r_[np.arange(1000) % 9, np.full(100, 9)], 32, "full"),  # a class appended
+    (np.zeros(50, int), 8, "batches"),  # one class: nothing to mix
+    (np.repeat([0, 1], 3), 8, "batches"),  # smaller than a batch
+])
+def test_the_training_order_is_drawn_from_anywhere_when_classes_lie_in_runs(labels, batch,
+                                                                            expected):
+    from dsprep.train.fit import _train_shuffle
+
+    assert _train_shuffle(labels, batch) == expected
 
 
 def test_models_take_the_means_as_a_path_a_dict_or_numbers(tmp_path):
@@ -1120,7 +1140,29 @@ def test_a_whole_number_momentum_from_python_is_taken(tmp_path):
     for optimizer in ("sgd", "rmsprop"):
         made = make_optimizer(TrainConfig(optimizer=optimizer, momentum=0, lr=1))
         assert float(made.momentum) == 0.0
-    with pytest.raises(UsageError, match=r"--momentum must be in \[0, 1\)"):
-        TrainConfig(momentum=5).check()
+    with pytest.raises(UsageError, match=r"--momentum must be in \[0, 1\) for rmsprop"):
+        make_optimizer(TrainConfig(optimizer="rmsprop", momentum=1).check())
+    make_optimizer(TrainConfig(optimizer="adam", momentum=1).check())  # adam has none
     with pytest.raises(UsageError, match="--weight-decay must be a finite number"):
         TrainConfig(weight_decay=math.inf).check()
+
+
+def test_a_run_saved_with_a_momentum_of_1_still_resumes(small_run, tmp_path):
+    # Runs made before momentum had to be below 1 resume with their saved optimizer.
+    _, run, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["options"]["momentum"] = 1.0
+    (copy / "config.json").write_text(json.dumps(config))
+    assert resume(copy, epochs=3).epochs_done == 3
+
+
+def test_sweep_lr_refuses_a_rate_folder_left_mid_move_before_training_any(tmp_path):
+    from dsprep.train.fit import sweep_lr
+
+    data = write_data(tmp_path / "data", size=16)
+    (tmp_path / "sweep" / "lr-0.1" / ".replaced.partial").mkdir(parents=True)
+    with pytest.raises(DestinationExistsError, match=r"lr-0.1 already holds a run; use --force"):
+        sweep_lr(data, tmp_path / "sweep", [0.01, 0.1], tiny(image_size=16))
+    assert not (tmp_path / "sweep" / "lr-0.01").exists()

@@ -99,8 +99,8 @@ def _native_warnings_hidden():
     descriptor 2 (a test runner's captured stream) nothing changes.
     """
     try:
-        real = sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):
+        real = sys.stderr.fileno() == 2 and os.fstat(2) is not None
+    except (AttributeError, OSError, ValueError):  # no real stderr, or descriptor 2 closed
         real = False
     if not real:
         yield

@@ -46,9 +46,8 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                      show_default=True, help="Optimizer."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
                      show_default=True, help="Initial learning rate."),
-        click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True),
-                     default=_DEFAULTS.momentum,
-                     show_default=True, help="Momentum of sgd and rmsprop."),
+        click.option("--momentum", type=click.FloatRange(min=0), default=_DEFAULTS.momentum,
+                     show_default=True, help="Momentum of sgd and rmsprop, below 1."),
         click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
                      help="L2 weight on every kernel [default: the model's own: alexnet 2e-4, "
                           "resnet 1e-4, smallnet 0]."),
@@ -184,9 +183,9 @@ def _resume_hint(run: str, replacing: bool = False):
 
 
 def _no_validation_note(data: str) -> None:
-    say(f"note: {data} has no validation split (val.hdf5 or val/), so best.keras, --early-stop "
-        "and --schedule plateau go by a training metric (AUC for two classes, else accuracy)",
-        err=True)
+    say(f"note: {data} has no validation split (val.hdf5, or images in val/), so best.keras, "
+        "--early-stop and --schedule plateau go by a training metric (AUC for two classes, "
+        "else accuracy)", err=True)
 
 
 def _diverged(result) -> click.ClickException:

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .. import __version__, build
+from .. import __version__, build, sources
 from ..errors import (
     DatasetFormatError,
     DestinationExistsError,
@@ -315,7 +315,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
         with open_dataset(train_path) as db:
             rows = int(db["images"].shape[0])
-            shuffle = _train_shuffle(db["labels"][()])
+            shuffle = _train_shuffle(db["labels"][()], config.batch_size)
             _check_crop(config, tuple(db["images"].shape[1:3]), f"{data / 'train.hdf5'}",
                         "images built at a larger 'dsprep build-hdf5 --size'")
         train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
@@ -368,19 +368,24 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
 
 
-def _train_shuffle(labels: np.ndarray) -> str:
+def _train_shuffle(labels: np.ndarray, batch_size: int) -> str:
     """How to shuffle training rows: "batches" (contiguous reads, the fast way) when their
     classes are mixed, as build-hdf5's default shuffled order leaves them; "full" when they lie
-    in runs of one class (``--order sorted``, or arrays written class by class), where
-    contiguous batches would each hold one class."""
+    in runs of one class (``--order sorted``, arrays written class by class, a class appended
+    at the end), where contiguous batches would hold one class each."""
     labels = np.asarray(labels).reshape(-1)
-    if len(labels) < 2:
-        return "batches"
+    n = len(labels)
+    if n < 2 or batch_size < 2 or n <= batch_size:
+        return "batches"  # one batch, or one image a batch: the order within makes no odds
+    share = np.unique(labels, return_counts=True)[1] / n
+    # A random order changes class between neighbours (n - 1)(1 - sum p^2) times on average,
     changes = int(np.count_nonzero(labels[1:] != labels[:-1]))
-    share = np.unique(labels, return_counts=True)[1] / len(labels)
-    # A random order changes class between neighbours (n - 1)(1 - sum p^2) times on average.
-    expected = (len(labels) - 1) * (1.0 - float(np.sum(share * share)))
-    return "full" if changes < expected / 2 else "batches"
+    mixed = changes >= (n - 1) * (1.0 - float(np.sum(share * share))) / 2
+    # and gives a batch of one class with a chance of about sum p^batch.
+    blocks = labels[:n // batch_size * batch_size].reshape(-1, batch_size)
+    single = float(np.mean(np.all(blocks == blocks[:, :1], axis=1)))
+    alike = single > 2 * float(np.sum(share ** batch_size)) + 0.05
+    return "full" if alike or not mixed else "batches"
 
 
 def has_validation(data: str | os.PathLike) -> bool:
@@ -390,8 +395,11 @@ def has_validation(data: str | os.PathLike) -> bool:
     if (data / "train.hdf5").is_file():
         return (data / "val.hdf5").is_file()
     # A split made with no val share (--ratios 0.9,0,0.1) has class folders there, all empty.
-    return (data / "val").is_dir() and any(
-        f.is_file() for d in (data / "val").iterdir() if d.is_dir() for f in d.iterdir())
+    # Images as build-hdf5 finds them: notes or .DS_Store files make no validation split.
+    try:
+        return bool(sources.scan_class_folders(data / "val")[1])
+    except (LayoutError, OSError):
+        return False
 
 
 def _check_crop(config: TrainConfig, size: tuple[int, int], where: str, larger: str) -> None:
@@ -417,6 +425,8 @@ def make_optimizer(config: TrainConfig):
     """The Keras optimizer named by the config."""
     # Keras refuses a whole-number momentum (momentum=0 from Python code).
     lr, momentum = float(config.lr), float(config.momentum)
+    if config.optimizer != "adam" and not 0 <= momentum < 1:  # 1 or more never forgets
+        raise UsageError(f"--momentum must be in [0, 1) for {config.optimizer}, got {momentum}")
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     if config.optimizer == "adam":
@@ -931,7 +941,8 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
     # All refused before any is trained: a sweep stopped at its second rate would leave a run
     # of the new sweep beside the old sweep's plot and table.
     held = [run / f"lr-{name}" for name in names
-            if (run / f"lr-{name}" / CONFIG).exists() or (run / f"lr-{name}" / REPLACED).exists()]
+            if any((run / f"lr-{name}" / held).exists() for held in (
+                CONFIG, REPLACED, _SETTING_ASIDE, _PUTTING_BACK, _DROPPING))]
     if held and not overwrite:
         one = len(held) == 1
         raise DestinationExistsError(

@@ -79,7 +79,9 @@ class TrainConfig:
              f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"),
             (math.isfinite(self.lr) and self.lr > 0,
              f"--lr must be a positive number, got {self.lr}"),
-            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            # Below 1 for sgd and rmsprop is checked where the optimizer is made: a run saved
+            # before that check resumes with its own optimizer state.
+            (self.momentum >= 0, f"--momentum must be 0 or more, got {self.momentum}"),
             (self.weight_decay is None or (math.isfinite(self.weight_decay)
                                            and self.weight_decay >= 0),
              f"--weight-decay must be a finite number, 0 or more, got {self.weight_decay}"),
