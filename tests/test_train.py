@@ -987,6 +987,21 @@ def test_evaluate_refuses_images_of_another_size_than_training(tmp_path):
         evaluate_run(run, small)
 
 
+def test_evaluate_names_classes_that_differ_only_in_accent_encoding(tmp_path):
+    run, _, _, labels, _, _ = _hand_built_run(tmp_path, 2, crop=None)
+    config = json.loads((run / "config.json").read_text())
+    config["classes"] = ["caf\u00e9", "c1"]  # as dsprep split writes them (composed)
+    (run / "config.json").write_text(json.dumps(config))
+    images = np.zeros((len(labels), 8, 8, 3), np.uint8)
+    decomposed = write_arrays(tmp_path / "nfd.hdf5", images, labels, ["cafe\u0301", "c1"],
+                              split="test")
+    with pytest.raises(DatasetFormatError, match="differ only in how their accents are encoded"):
+        evaluate_run(run, decomposed)
+    other = write_arrays(tmp_path / "other.hdf5", images, labels, ["tea", "c1"], split="test")
+    with pytest.raises(DatasetFormatError, match="evaluate on a file built from the same split"):
+        evaluate_run(run, other)
+
+
 def test_ten_crop_needs_a_run_trained_on_crops(tmp_path):
     run, test, *_ = _hand_built_run(tmp_path, 2, crop=None)
     with pytest.raises(UsageError, match="whole images"):

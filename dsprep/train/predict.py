@@ -6,6 +6,7 @@ Metrics come from the framework-free :mod:`dsprep.evaluate`; this module only pr
 from __future__ import annotations
 
 import os
+import unicodedata
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -235,9 +236,14 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
                             output=config.get("input_dtype", "uint8"))
         if classes and list(gen.label_names) != classes:
+            alike = [unicodedata.normalize("NFC", c) for c in gen.label_names] == [
+                unicodedata.normalize("NFC", c) for c in classes]
             raise DatasetFormatError(
                 f"{data} has classes {gen.label_names} but {run} was trained on {classes}; "
-                "evaluate on a file built from the same split")
+                + ("the names differ only in how their accents are encoded (a folder named "
+                   "on macOS); build the file from a split made by 'dsprep split', which "
+                   "writes them composed (NFC)" if alike else
+                   "evaluate on a file built from the same split"))
         classes = classes or list(gen.label_names)
         expected = tuple(config.get("input_shape", ()))
         if method == "center" and expected and tuple(gen.sample_shape) != expected:
