@@ -397,12 +397,13 @@ def plan(
         workers: reading threads (default :func:`default_workers`).
 
     Raises:
-        UsageError: bad options.
+        UsageError: bad options, or ``src`` is a split made by dsprep.
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts.
     """
     options = replace(options or SplitOptions(), **kwargs) if kwargs else (
         options or SplitOptions())
+    _refuse_split_source(src)
     with open_source(src) as source:
         inventory = find_images(source, options.layout, pattern=options.pattern,
                                 labels=options.labels, id_column=options.id_column,
@@ -566,6 +567,7 @@ def check_run(src: str | os.PathLike, dest: str | os.PathLike, options: SplitOpt
     """What :func:`run` refuses before it reads a file: an unknown mode, links into an archive,
     a ``dest`` overlapping the source, and one holding something else (see
     :func:`check_destination`, whose answer this returns). A dry run checks the same."""
+    _refuse_split_source(src)
     dest = _check_target(Path(src).resolve(), dest, mode)
     return check_destination(src, dest, options, mode, force=force)
 
@@ -604,12 +606,42 @@ def check_destination(
             "run that split again to complete it, or use --force to replace it")
     if dest.exists() and (not dest.is_dir()
                           or any(not _ignored(dest, e.name) for e in dest.iterdir())):
-        what = ("a split made with other parameters" if (dest / MANIFEST).exists()
-                else "not a split folder")
+        found = _read_json(dest / MANIFEST) if dest.is_dir() else None
+        if isinstance(found, dict) and found.get("schema") == SCHEMA:
+            raise DestinationExistsError(
+                f"{dest} holds a split made with other parameters ({_differences(found, wanted)})"
+                "; choose another folder, or use --force to replace that split")
+        entries = sorted(e.name for e in dest.iterdir()) if dest.is_dir() else []
+        held = (f"{len(entries)} entries dsprep did not write, such as {entries[0]}" if entries
+                else "a file, not a folder")
         raise DestinationExistsError(
-            f"{dest} is not empty and is {what}; choose another folder or use --force to "
-            "replace it")
+            f"{dest} is not a split folder: it holds {held}; choose another folder (--force "
+            "would delete what it holds), and give SRC before DEST")
     return False
+
+
+def _differences(found: dict, wanted: dict) -> str:
+    """What differs between a split.json and the split asked for, in the options' words."""
+    said = []
+    if found.get("source") != wanted["source"]:
+        said.append(f"source {found.get('source')}, now {wanted['source']}")
+    before = found.get("params") if isinstance(found.get("params"), dict) else {}
+    for key, value in wanted["params"].items():
+        if before.get(key) != value:
+            said.append(f"{key} {before.get(key)!r}, now {value!r}")
+    return "; ".join(said) or "another version of its manifest"
+
+
+def _refuse_split_source(src: str | os.PathLike) -> None:
+    """A split made by dsprep is no dump to split: given as SRC, it is most likely DEST given
+    first, and its images would be pooled and split into a new DEST."""
+    src = Path(src)
+    found = _read_json(src / MANIFEST) if src.is_dir() else None
+    if isinstance(found, dict) and found.get("schema") == SCHEMA:
+        origin = f" ({found['source']})" if isinstance(found.get("source"), str) else ""
+        raise UsageError(
+            f"{src} is a split made by 'dsprep split' (it holds {MANIFEST}); split the dump "
+            f"it was made from{origin} instead. The order is: dsprep split SRC DEST")
 
 
 def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = "copy", *,
@@ -862,6 +894,7 @@ def run(
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts (nothing is left on disk).
     """
+    _refuse_split_source(src)
     with _writing(Path(src).resolve(), dest, mode):
         options = options or SplitOptions()
         workers = workers or default_workers()

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -519,7 +520,8 @@ def test_destination_rules(tmp_path):
     dest.mkdir()
     (dest / "mine.txt").write_text("keep")
     p = plan(root)
-    with pytest.raises(DestinationExistsError, match="not a split folder"):
+    with pytest.raises(DestinationExistsError, match=r"not a split folder: it holds 1 entries "
+                       r"dsprep did not write, such as mine.txt; .*--force would delete"):
         materialize(p, dest)
     assert (dest / "mine.txt").read_text() == "keep"
     materialize(p, dest, force=True)
@@ -532,7 +534,7 @@ def test_destination_rules(tmp_path):
     again = materialize(p, dest)
     assert not again.already_complete and gone.is_file()
     assert materialize(p, dest).already_complete
-    with pytest.raises(DestinationExistsError, match="other parameters"):
+    with pytest.raises(DestinationExistsError, match=r"other parameters \(seed 1337, now 5\)"):
         check_destination(root, dest, SplitOptions(seed=5))
     with pytest.raises(DestinationExistsError, match="other parameters"):
         materialize(plan(root, seed=5), dest)
@@ -997,3 +999,17 @@ def test_keras_reads_the_train_folder(tmp_path):
     rows = read_csv(dest / "files.csv")
     expected = sorted((r["class"], r["path"]) for r in rows if r["split"] == "train")
     assert labels == [classes.index(c) for c, _ in expected]
+
+
+def test_a_split_given_as_the_source_is_refused_as_swapped_arguments(tmp_path):
+    # "dsprep split data/split dump/train --force" used to pool the split into the dump's
+    # folder, deleting the images there.
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    made = tmp_path / "s"
+    materialize(plan(root), made)
+    for refused in (lambda: plan(made), lambda: split_module.check_run(made, tmp_path / "new"),
+                    lambda: run(made, root / "a", force=True)):
+        with pytest.raises(UsageError, match=rf"is a split made by 'dsprep split' .*made from "
+                                             rf"\({re.escape(str(root))}\).*SRC DEST"):
+            refused()
+    assert sorted(p.name for p in (root / "a").iterdir()) == ["a_0.jpg", "a_1.jpg", "a_2.jpg"]
