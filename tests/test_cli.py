@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 from click.testing import CliRunner
 
 import dsprep
@@ -200,3 +203,13 @@ def test_quiet_works_when_descriptor_2_is_closed(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "schema" in result.stdout, result
+
+
+@pytest.mark.parametrize("args", [["train", "{tmp}", "{tmp}/run"], ["demo", "{tmp}/demo"]])
+def test_training_commands_without_the_training_extra_say_what_to_install(tmp_path, monkeypatch,
+                                                                          args):
+    monkeypatch.setitem(sys.modules, "keras", None)  # as if Keras were not installed
+    result = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1, result.output
+    assert "pip install 'dsprep[train]'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "demo").exists()  # found before the demo's first step

@@ -199,16 +199,22 @@ def import_keras_quietly() -> None:
     errors are unaffected because they are raised, not printed, while the descriptor is redirected.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "keras" in sys.modules:
+    if sys.modules.get("keras") is not None:
         return
     silence = os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "3" and verbosity() < 2
-    with _native_stderr_to_devnull() if silence else contextlib.nullcontext():
-        import keras
+    try:
+        with _native_stderr_to_devnull() if silence else contextlib.nullcontext():
+            import keras
 
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
 
-            tf.config.list_physical_devices()
+                tf.config.list_physical_devices()
+    except ImportError as exc:  # a core install: no Keras, or Keras without its backend
+        raise DsprepError(
+            f"this command needs Keras 3 and its backend, which the training extra installs: "
+            f"pip install 'dsprep[train]' (from a checkout: pip install -e '.[train]'); {exc}"
+        ) from exc
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..train.options import SEED_MAX
-from ._common import say
+from ._common import import_keras_quietly, say
 
 MARKER = ".dsprep-demo"
 
@@ -53,6 +53,7 @@ def demo(ctx: click.Context, workdir: str, per_class: int, size: int, epochs: in
     Each step is printed as the command that does it, so it can be rerun by hand. Running the
     demo again replaces its earlier results.
     """
+    import_keras_quietly()  # before the dump, split and build: the demo ends by training
     work = Path(workdir)
     if work.exists() and any(work.iterdir()) and not (work / MARKER).exists() and not force:
         raise click.UsageError(
