@@ -6,6 +6,7 @@ import multiprocessing
 import pickle
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import h5py
@@ -905,3 +906,20 @@ def test_directory_generator_reports_a_dangling_link(tmp_path):
     gen = DirectoryGenerator(tmp_path, image_size=(8, 8), batch_size=2)
     assert len(gen.files) == 2
     assert [p.name for p, _ in gen.skipped] == ["gone.jpg"]
+
+
+def test_rows_in_class_order_warn_with_shuffle_batches(tmp_path):
+    imgs = np.zeros((60, 4, 4, 3), np.uint8)
+    ordered = store.write_arrays(tmp_path / "sorted.hdf5", imgs, np.repeat([0, 1, 2], 20),
+                                 ["a", "b", "c"])
+    with pytest.warns(UserWarning, match=r"runs of one class .*use shuffle=\"full\""):
+        HDF5Generator(ordered, batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none for the modes that mix the rows, or keep them
+        HDF5Generator(ordered, batch_size=8, shuffle="full")
+        assert HDF5Generator(ordered, batch_size=8, shuffle=False).shuffle == "none"
+        mixed = store.write_arrays(tmp_path / "mixed.hdf5", imgs, np.arange(60) % 3,
+                                   ["a", "b", "c"])
+        HDF5Generator(mixed, batch_size=8)
+    with pytest.raises(UsageError, match=r"shuffle True is not one of .*\"batches\" reads"):
+        HDF5Generator(ordered, shuffle=True)

@@ -1133,9 +1133,9 @@ def test_a_split_folder_whose_val_folders_are_empty_trains_without_validation(tm
 ])
 def test_the_training_order_is_drawn_from_anywhere_when_classes_lie_in_runs(labels, batch,
                                                                             expected):
-    from dsprep.train.fit import _train_shuffle
+    from dsprep.generators import rows_in_class_runs
 
-    assert _train_shuffle(labels, batch) == expected
+    assert rows_in_class_runs(labels, batch) == (expected == "full")
 
 
 def test_models_take_the_means_as_a_path_a_dict_or_numbers(tmp_path):

@@ -301,7 +301,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
     train_pre, val_pre, augment = _ops(config)
     work = work or data
     if (data / "train.hdf5").is_file():
-        from ..generators import HDF5Generator
+        from ..generators import HDF5Generator, rows_in_class_runs
         from ..store import open_dataset
 
         train_path = data / "train.hdf5"
@@ -315,7 +315,9 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
         with open_dataset(train_path) as db:
             rows = int(db["images"].shape[0])
-            shuffle = _train_shuffle(db["labels"][()], config.batch_size)
+            # Rows in class order (build-hdf5 --order sorted) are drawn from anywhere.
+            shuffle = ("full" if rows_in_class_runs(db["labels"][()], config.batch_size)
+                       else "batches")
             _check_crop(config, tuple(db["images"].shape[1:3]), f"{data / 'train.hdf5'}",
                         "images built at a larger 'dsprep build-hdf5 --size'")
         train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
@@ -366,26 +368,6 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
     return DataBundle(train, val, list(train.label_names), mean, INPUT_SCALE,
                       tuple(int(s) for s in train.sample_shape),
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
-
-
-def _train_shuffle(labels: np.ndarray, batch_size: int) -> str:
-    """How to shuffle training rows: "batches" (contiguous reads, the fast way) when their
-    classes are mixed, as build-hdf5's default shuffled order leaves them; "full" when they lie
-    in runs of one class (``--order sorted``, arrays written class by class, a class appended
-    at the end), where contiguous batches would hold one class each."""
-    labels = np.asarray(labels).reshape(-1)
-    n = len(labels)
-    if n < 2 or batch_size < 2 or n <= batch_size:
-        return "batches"  # one batch, or one image a batch: the order within makes no odds
-    share = np.unique(labels, return_counts=True)[1] / n
-    # A random order changes class between neighbours (n - 1)(1 - sum p^2) times on average,
-    changes = int(np.count_nonzero(labels[1:] != labels[:-1]))
-    mixed = changes >= (n - 1) * (1.0 - float(np.sum(share * share))) / 2
-    # and gives a batch of one class with a chance of about sum p^batch.
-    blocks = labels[:n // batch_size * batch_size].reshape(-1, batch_size)
-    single = float(np.mean(np.all(blocks == blocks[:, :1], axis=1)))
-    alike = single > 2 * float(np.sum(share ** batch_size)) + 0.05
-    return "full" if alike or not mixed else "batches"
 
 
 def has_validation(data: str | os.PathLike) -> bool:
