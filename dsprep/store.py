@@ -429,8 +429,13 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
             hint = f" ({partial_path(path).name} is an unfinished build; run build-hdf5 again)"
         raise LayoutError(f"{path} does not exist{hint}")
     if path.is_dir():
-        raise LayoutError(f"{path} is a folder; give one of its HDF5 files, such as "
-                          f"{path / 'train.hdf5'}")
+        files = sorted(path.glob("*.hdf5"))
+        if files:
+            raise LayoutError(f"{path} is a folder; give one of its HDF5 files, such as "
+                              f"{files[0]}")
+        raise LayoutError(f"{path} is a folder without HDF5 files: build them from a split with "
+                          f"'dsprep build-hdf5 SPLIT OUT' (a folder of class folders reads with "
+                          "DirectoryGenerator)")
     try:
         db = h5py.File(path, "r", locking=locking)
     except OSError as exc:

@@ -72,6 +72,8 @@ def test_a_split_empty_in_every_class_gets_a_note_even_with_q(tmp_path):
     dest = str(tmp_path / "split")
     result = run("split", str(dump), dest, "--dry-run")  # 0.8,0.1,0.1 of 5: 4, 1, 0
     assert result.exit_code == 0, result.output
+    # With -q a dry run still shows its plan: it is the command's answer.
+    assert "total      8    2     0   10" in result.stdout
     assert "note: no test images in any class: too few images per class (at most 5) for " \
         "--ratios 0.8,0.1,0.1 (the default)" in result.stderr
     assert "no val" not in result.output and "no train" not in result.output

@@ -141,6 +141,11 @@ def test_train_resume_and_evaluate(data, tmp_path):
     assert "rank-5" not in table.output  # meaningless with two classes
     # The last checkpoint's figure does not replace the best one's.
     assert (run / "confusion-test-center.png").is_file()
+    on_train = invoke("evaluate", run, data / "train.hdf5")
+    assert on_train.exit_code == 0 and "is a training split: its figures say" in on_train.output
+    assert "training split" not in as_json.output
+    folder = invoke("evaluate", run, data)  # the folder, not a file of it
+    assert folder.exit_code == 1 and f"such as {data / 'test.hdf5'}" in folder.output
     # With -q the figures are still the answer; the PNG line is not.
     quiet = invoke("evaluate", run, data / "test.hdf5", "-q")
     assert quiet.exit_code == 0 and "rank-1 accuracy" in quiet.output
@@ -232,6 +237,9 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     with open(run / "sweep-lr.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["lr"] for r in rows] == ["0.05", "0.001"]
+    # Each rate's training is headed by its rate, in the order trained.
+    heads = [result.output.index(f"lr {rate} ({run}/lr-{rate}):") for rate in ("0.05", "0.001")]
+    assert heads == sorted(heads)
     for rate in ("0.05", "0.001"):
         assert len(history(run / f"lr-{rate}")) == 1
     assert "diverged" not in result.output
@@ -392,3 +400,9 @@ def test_bad_input_gives_one_line_errors(data, tmp_path, args, code, text):
     assert text in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists(), "a failed start left a run folder behind"
+
+
+def test_alexnet_without_crop_gets_its_usual_recipe(data, tmp_path):
+    result = invoke("train", data, tmp_path / "r", "--model", "alexnet")
+    assert "--model alexnet without --crop trains on whole images" in result.output
+    assert result.exit_code == 2 and "at least 63x63" in result.output  # these 48x48 images

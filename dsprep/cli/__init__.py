@@ -17,8 +17,8 @@ from .cmd_train import evaluate, sweep_lr, train
 @click.version_option(__version__, prog_name="dsprep")
 @click.option("-v", "--verbose", count=True, help="Say more (repeat for debug detail).")
 @click.option("-q", "--quiet", is_flag=True,
-              help="Print only errors and warnings (and the answer of info and evaluate): no "
-                   "progress bars, no summary.")
+              help="Print only errors, warnings and the command's answer (info, means, "
+                   "evaluate, a dry run's plan): no progress bars, no summary.")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Turn a raw image dump into training-ready data, and train CNNs on it.

@@ -71,8 +71,8 @@ def verbosity_options() -> list[click.Option]:
         click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=more,
                      help="Say more (repeat for debug detail)."),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet,
-                     help="Print only errors and warnings (and the answer of info and "
-                          "evaluate): no progress bars, no summary."),
+                     help="Print only errors, warnings and the command's answer (info, "
+                          "means, evaluate, a dry run's plan): no progress bars, no summary."),
     ]
 
 

@@ -50,7 +50,7 @@ def _column(text: str | None) -> str | int | None:
               help="Prefix layout: a regular expression with a named group 'label', matched "
                    r"at the start of each file name, e.g. '(?P<label>.+)_\d+\.jpg'.")
 @click.option("--labels", metavar="FILE",
-              help="Csv layout: the labels CSV, inside SRC or anywhere on disk (default: the "
+              help="CSV layout: the labels CSV, inside SRC or anywhere on disk (default: the "
                    "one CSV at the top of SRC).")
 @click.option("--id-column", metavar="NAME|N",
               help="CSV column of the image ids (header name or 0-based index; default: a "
@@ -138,7 +138,8 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         if buildable:
             say(f"note: to keep its own splits instead, build them as they are: "
                 f"dsprep build-hdf5 {inside} OUT")
-    say(format_table(rows, ["class", *split_plan.splits, "all"]))
+    answer = click.echo if dry_run else say  # a dry run's plan is its answer, even with -q
+    answer(format_table(rows, ["class", *split_plan.splits, "all"]))
     asked = options.counts or options.ratios or DEFAULT_RATIOS
     option = ("--counts " if options.counts else "--ratios ") + ",".join(f"{v:g}" for v in asked)
     if options.counts is None and options.ratios is None:
@@ -158,8 +159,8 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             say(f"note: no {split_name} images in any class: {why}", err=True)
     reasons = split_plan.skipped_reasons()
     if reasons:
-        say(f"left out {sum(reasons.values())}: "
-            + ", ".join(f"{n} {reason}" for reason, n in reasons.items()))
+        answer(f"left out {sum(reasons.values())}: "
+               + ", ".join(f"{n} {reason}" for reason, n in reasons.items()))
     if dry_run:
         say("dry run: nothing written")
     elif result.already_complete:

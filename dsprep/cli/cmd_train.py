@@ -40,8 +40,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                      help=epochs_help),
         click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
                      show_default=True,
-                     help="Images per training step (an epoch leaves out the short last batch, "
-                          "other images each epoch, unless the data is smaller than a batch)."),
+                     help="Images per training step. Each epoch leaves out its short last "
+                          "batch (other images each epoch), unless the data is smaller than one "
+                          "batch."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer,
                      show_default=True, help="Optimizer."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
@@ -55,9 +56,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                      show_default=True,
                      help="Learning-rate schedule: step = lr * step-factor ** (epoch // "
                           "step-every); plateau = divide by 10 when the validation metric "
-                          "stalls; cosine = anneal to 0 over the epochs (a --resume that "
-                          "raises --epochs stretches it over the new total, so the rate rises "
-                          "again there)."),
+                          "stalls; cosine = anneal to 0 over the epochs (a train --resume "
+                          "that raises --epochs stretches it over the new total, so the rate "
+                          "rises again there)."),
         click.option("--step-every", type=click.IntRange(min=1), default=_DEFAULTS.step_every,
                      show_default=True, help="Epochs between steps of the step schedule."),
         click.option("--step-factor", type=click.FloatRange(min=0, max=1, min_open=True),
@@ -104,10 +105,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                      help="Side the images of a split folder are resized to (HDF5 data keeps "
                           "its own size)."),
         click.option("--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers,
-                     show_default=True,
-                     help="Batches prepared at once by the input pipeline (threads; default: "
+                     help="Batches prepared at once by the input pipeline (threads) [default: "
                           "one per core up to 8, at least 2, so batches load while the model "
-                          "trains)."),
+                          "trains]."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
                      show_default=True,
                      help="auto = mixed float16 on a GPU, float32 on a CPU."),
@@ -282,6 +282,10 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
+        if config.model == "alexnet" and config.crop is None:
+            say("note: --model alexnet without --crop trains on whole images; its usual recipe "
+                "is --crop 227 (random patches of 256x256 images) and evaluate --ten-crop",
+                err=True)
         with _resume_hint(run, replacing=force):
             result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         if not fit.has_validation(data):
@@ -306,7 +310,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
 
 @click.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True))  # a folder gets dsprep's own hint
 @click.option("--ten-crop", is_flag=True,
               help="Also measure the average over ten crops (corners, centre, and their "
                    "mirrors), side by side with the centre crop.")
@@ -375,7 +379,8 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
         raise UsageError(f"--lrs {lrs!r} needs positive, finite learning rates, e.g. "
                          "0.1,0.01,0.001")
     results = fit.sweep_lr(data, run, rates, _config({**opts, "lr": rates[0]}), overwrite=force,
-                           progress=show_progress())
+                           progress=show_progress(),
+                           announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
     if not fit.has_validation(data):
         _no_validation_note(data)
     rows = []

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,7 +135,8 @@ def configure_device(precision: str = "auto", jit: bool = True, gpus: str = "1")
     if wanted > max(available, 1):
         # The default, 1, trains on the CPU where there is no GPU; more is a request to refuse.
         raise UsageError(f"--gpus {gpus} asks for more GPUs than the {available} visible; "
-                         f"use --gpus all or a count up to {max(available, 1)}")
+                         + (f"use --gpus all or a count up to {available}" if available else
+                            "leave --gpus out to train on the CPU"))
     if available == 0:
         wanted = 0
     if precision == "auto":
@@ -250,8 +251,10 @@ def _split_params(data: Path) -> dict:
 def _split_classes(data: Path) -> list[str]:
     """The ``classes`` of a split folder's split.json (the label ids, in order)."""
     if not (data / "split.json").is_file():
-        raise LayoutError(f"{data} is not a finished split (no split.json); run 'dsprep split' "
-                          "again, or give a 'dsprep build-hdf5' output folder")
+        raise LayoutError(f"{data} has a train/ folder but no split.json, so it is no split "
+                          f"made by dsprep (or an unfinished one): split the dump with 'dsprep "
+                          f"split DUMP {data}', or build it as it is with 'dsprep build-hdf5 "
+                          f"{data} OUT' and train on OUT")
     return build.read_split_classes(data)
 
 
@@ -904,11 +907,12 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
 
 def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[float],
              config: TrainConfig | None = None, *, overwrite: bool = False,
-             progress: bool = False) -> dict[float, TrainResult]:
+             progress: bool = False,
+             announce: Callable[[float], None] | None = None) -> dict[float, TrainResult]:
     """Train briefly at each learning rate (same seed) and plot the loss curves side by side.
 
     Each rate gets its own run folder ``RUN/lr-<rate>``; ``RUN/sweep-lr.png`` and
-    ``RUN/sweep-lr.csv`` compare them.
+    ``RUN/sweep-lr.csv`` compare them. ``announce`` is called with each rate before it trains.
     """
     if not lrs:
         raise UsageError("--lrs needs at least one learning rate, e.g. --lrs 0.1,0.01,0.001")
@@ -933,6 +937,8 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
     run.mkdir(parents=True, exist_ok=True)
     results: dict[float, TrainResult] = {}
     for lr in lrs:
+        if announce is not None:
+            announce(float(lr))
         sub = dataclasses.replace(config, lr=float(lr))
         results[float(lr)] = train(data, run / f"lr-{lr:g}", sub, overwrite=overwrite,
                                    progress=progress, restore_diverged=False)

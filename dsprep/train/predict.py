@@ -221,6 +221,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         plans.append(("ten_crop", []))
     with open_dataset(data) as db:
         image_shape = tuple(int(s) for s in db["images"].shape[1:])
+        split = db.attrs.get("split")
     trained_on = tuple(config.get("image_shape", ()))  # older run folders do not say
     if (trained_on and image_shape != trained_on) or (crop and crop > min(image_shape[:2])):
         # A crop of another size of image would fit the model, at another scale.
@@ -258,6 +259,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         else:
             probs, labels = predict(model, gen, progress=progress)
         scores = metrics(probs, labels, classes)
+        if split == "train":
+            scores["notes"].append(f"{data} is a training split: its figures say how well the "
+                                   "model fits the images it learned from, not how it does on "
+                                   "new ones (evaluate test.hdf5 for that)")
         # best.keras keeps the name it always had; last.keras's figure must not replace it.
         which = "" if checkpoint == "best" else f"-{checkpoint}"
         png = run / f"confusion-{_data_name(data, config)}-{method.replace('_', '')}{which}.png"
