@@ -49,6 +49,7 @@ from .sources import (
     class_folder_files,
     is_image_name,
     own_split_folders,
+    split_above,
 )
 from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
 from .stats import ChannelStats, ImageSums, means_record, write_means
@@ -328,6 +329,11 @@ def find_rows(
         left_out: list[str] = []
         folders = own_split_folders(src, left_out)
         if not folders:
+            above = split_above(src)
+            if above is not None:
+                raise UsageError(f"{src} is one folder of the split {above}; give {above} to "
+                                 "build train, val and test, or pass --name NAME to build "
+                                 "this folder alone")
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
                 "build one file from a folder of class sub-folders, or give a folder already "

@@ -1022,3 +1022,11 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "State:\tZ" not in status  # a zombie has ended, whoever reaps it
+
+
+def test_one_folder_of_a_split_is_answered_with_the_split(tmp_path):
+    split = make_split(tmp_path / "split")
+    with pytest.raises(UsageError, match=r"split/train is one folder of the split .*split; "
+                                          r"give .*split to build train, val and test"):
+        build.build_hdf5(split / "train", tmp_path / "out", opts())
+    assert not (tmp_path / "out").exists()

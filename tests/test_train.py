@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -1181,3 +1182,12 @@ def test_sweep_lr_refuses_a_rate_folder_left_mid_move_before_training_any(tmp_pa
     with pytest.raises(DestinationExistsError, match=r"lr-0.1 already holds a run; use --force"):
         sweep_lr(data, tmp_path / "sweep", [0.01, 0.1], tiny(image_size=16))
     assert not (tmp_path / "sweep" / "lr-0.01").exists()
+
+
+def test_a_folder_inside_a_split_is_answered_with_the_split(tmp_path):
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("bee", "cat"), per_class=2, size=(16, 16))
+    (split / "split.json").write_text(json.dumps({"classes": ["bee", "cat"]}))
+    for inside in (split / "train", split / "train" / "bee"):
+        with pytest.raises(LayoutError, match=rf"it lies in the split {re.escape(str(split))}"):
+            open_data(inside, tiny(image_size=16))

@@ -364,9 +364,11 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             mean = _FALLBACK_MEAN
         kind = "folders"
     else:
+        above = sources.split_above(data)
         raise LayoutError(
             f"{data} has neither train.hdf5 nor a train/ folder; give a 'dsprep build-hdf5' "
             "output folder or a 'dsprep split' folder"
+            + (f" (it lies in the split {above}: give {above})" if above else "")
         )
     return DataBundle(train, val, list(train.label_names), mean, INPUT_SCALE,
                       tuple(int(s) for s in train.sample_shape),
