@@ -378,7 +378,9 @@ class HDF5Generator(_BatchSequence):
                 f"{self.path}: labels run from {self.labels.min()} to {self.labels.max()} but "
                 f"there are {self.num_classes} label names; rebuild it with 'dsprep build-hdf5'"
             )
-        if shuffle == "batches" and rows_in_class_runs(self.labels, self.batch_size):
+        # A few batches of a shuffled file can look ordered by chance: only larger files warn.
+        if (shuffle == "batches" and self._rows >= 20 * self.batch_size
+                and rows_in_class_runs(self.labels, self.batch_size)):
             warnings.warn(f"{self.path} holds its rows in runs of one class (built with --order "
                           "sorted?), so shuffle=\"batches\" gives batches of one class; use "
                           "shuffle=\"full\" to train on it", stacklevel=2)

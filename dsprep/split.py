@@ -397,13 +397,12 @@ def plan(
         workers: reading threads (default :func:`default_workers`).
 
     Raises:
-        UsageError: bad options, or ``src`` is a split made by dsprep.
+        UsageError: bad options.
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts.
     """
     options = replace(options or SplitOptions(), **kwargs) if kwargs else (
         options or SplitOptions())
-    _refuse_split_source(src)
     with open_source(src) as source:
         inventory = find_images(source, options.layout, pattern=options.pattern,
                                 labels=options.labels, id_column=options.id_column,
@@ -567,7 +566,7 @@ def check_run(src: str | os.PathLike, dest: str | os.PathLike, options: SplitOpt
     """What :func:`run` refuses before it reads a file: an unknown mode, links into an archive,
     a ``dest`` overlapping the source, and one holding something else (see
     :func:`check_destination`, whose answer this returns). A dry run checks the same."""
-    _refuse_split_source(src)
+    _refuse_split_source(src, dest)
     dest = _check_target(Path(src).resolve(), dest, mode)
     return check_destination(src, dest, options, mode, force=force)
 
@@ -606,17 +605,23 @@ def check_destination(
             "run that split again to complete it, or use --force to replace it")
     if dest.exists() and (not dest.is_dir()
                           or any(not _ignored(dest, e.name) for e in dest.iterdir())):
-        found = _read_json(dest / MANIFEST) if dest.is_dir() else None
+        if not dest.is_dir():
+            raise DestinationExistsError(f"{dest} is a file, not a folder; choose another DEST")
+        found = _read_json(dest / MANIFEST)
         if isinstance(found, dict) and found.get("schema") == SCHEMA:
             raise DestinationExistsError(
                 f"{dest} holds a split made with other parameters ({_differences(found, wanted)})"
                 "; choose another folder, or use --force to replace that split")
-        entries = sorted(e.name for e in dest.iterdir()) if dest.is_dir() else []
-        held = (f"{len(entries)} entries dsprep did not write, such as {entries[0]}" if entries
-                else "a file, not a folder")
+        if (dest / MANIFEST).exists():
+            raise DestinationExistsError(
+                f"{dest} holds a split.json that cannot be read; choose another folder, or use "
+                "--force to replace what it holds")
+        entries = sorted(e.name for e in dest.iterdir() if not _ignored(dest, e.name))
+        held = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
         raise DestinationExistsError(
-            f"{dest} is not a split folder: it holds {held}; choose another folder (--force "
-            "would delete what it holds), and give SRC before DEST")
+            f"{dest} is not a split folder: it holds {held} dsprep did not write, such as "
+            f"{entries[0]}; choose another folder (--force would delete what it holds), and "
+            "give SRC before DEST")
     return False
 
 
@@ -632,16 +637,21 @@ def _differences(found: dict, wanted: dict) -> str:
     return "; ".join(said) or "another version of its manifest"
 
 
-def _refuse_split_source(src: str | os.PathLike) -> None:
-    """A split made by dsprep is no dump to split: given as SRC, it is most likely DEST given
-    first, and its images would be pooled and split into a new DEST."""
-    src = Path(src)
+def _refuse_split_source(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """A split made by dsprep given as SRC, with a DEST that holds other files, is most likely
+    DEST given first: the split would be pooled into the dump's folder, replacing its files
+    with --force. Into a new or empty folder (or over a split) it is split again."""
+    src, dest = Path(src), Path(dest)
     found = _read_json(src / MANIFEST) if src.is_dir() else None
-    if isinstance(found, dict) and found.get("schema") == SCHEMA:
-        origin = f" ({found['source']})" if isinstance(found.get("source"), str) else ""
-        raise UsageError(
-            f"{src} is a split made by 'dsprep split' (it holds {MANIFEST}); split the dump "
-            f"it was made from{origin} instead. The order is: dsprep split SRC DEST")
+    if not (isinstance(found, dict) and found.get("schema") == SCHEMA):
+        return
+    if not dest.is_dir() or _read_json(dest / MANIFEST) is not None or not any(
+            not _ignored(dest, e.name) for e in dest.iterdir()):
+        return
+    raise UsageError(
+        f"{src} is a split made by 'dsprep split' (it holds {MANIFEST}) and {dest} holds other "
+        f"files: did you give DEST before SRC? The order is: dsprep split SRC DEST. To split "
+        f"{src} again, give a new or empty DEST")
 
 
 def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = "copy", *,
@@ -736,6 +746,7 @@ def materialize(
             that changed since (:func:`check_unchanged`), and ``force`` is false; or another
             process is writing it.
     """
+    _refuse_split_source(split_plan.source, dest)
     with _writing(split_plan.source, dest, mode):
         source = split_plan.source
         dest = _check_target(source, dest, mode)
@@ -894,7 +905,7 @@ def run(
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts (nothing is left on disk).
     """
-    _refuse_split_source(src)
+    _refuse_split_source(src, dest)
     with _writing(Path(src).resolve(), dest, mode):
         options = options or SplitOptions()
         workers = workers or default_workers()

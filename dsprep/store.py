@@ -434,8 +434,7 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
             raise LayoutError(f"{path} is a folder; give one of its HDF5 files, such as "
                               f"{files[0]}")
         raise LayoutError(f"{path} is a folder without HDF5 files: build them from a split with "
-                          f"'dsprep build-hdf5 SPLIT OUT' (a folder of class folders reads with "
-                          "DirectoryGenerator)")
+                          "'dsprep build-hdf5 SPLIT OUT'")
     try:
         db = h5py.File(path, "r", locking=locking)
     except OSError as exc:

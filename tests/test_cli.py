@@ -213,3 +213,20 @@ def test_training_commands_without_the_training_extra_say_what_to_install(tmp_pa
     assert result.exit_code == 1, result.output
     assert "pip install 'dsprep[train]'" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "demo").exists()  # found before the demo's first step
+
+
+def test_a_keras_backend_that_is_not_installed_is_named(tmp_path):
+    import importlib.util
+    import os
+    import subprocess
+
+    missing = [name for name in ("jax", "torch") if importlib.util.find_spec(name) is None]
+    if not missing:
+        pytest.skip("JAX and PyTorch are both installed: no backend is missing to name")
+    env = {**os.environ, "KERAS_BACKEND": missing[0]}
+    result = subprocess.run([sys.executable, "-m", "dsprep", "train", str(tmp_path),
+                             str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert f"KERAS_BACKEND={missing[0]} needs {missing[0]} installed" in result.stderr
+    assert "dsprep[train]" not in result.stderr and "Traceback" not in result.stderr

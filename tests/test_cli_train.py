@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,7 +403,25 @@ def test_bad_input_gives_one_line_errors(data, tmp_path, args, code, text):
     assert not (tmp_path / "r").exists(), "a failed start left a run folder behind"
 
 
-def test_alexnet_without_crop_gets_its_usual_recipe(data, tmp_path):
-    result = invoke("train", data, tmp_path / "r", "--model", "alexnet")
-    assert "--model alexnet without --crop trains on whole images" in result.output
-    assert result.exit_code == 2 and "at least 63x63" in result.output  # these 48x48 images
+def test_alexnet_without_crop_on_large_images_gets_its_usual_recipe(data, tmp_path,
+                                                                     monkeypatch):
+    from dsprep.train import fit
+
+    refused = invoke("train", data, tmp_path / "r", "--model", "alexnet")
+    assert refused.exit_code == 2 and "at least 63x63" in refused.output  # 48x48 images
+    assert "usual recipe" not in refused.output  # no advice for a run that never trained
+
+    def trained(data, run, config, **kwargs):  # as a run on 256x256 images ends
+        Path(run).mkdir()
+        (Path(run) / "config.json").write_text(json.dumps({"input_shape": [256, 256, 3],
+                                                           "options": {}}))
+        return fit.TrainResult(Path(run), 1, "val_auc", 0.5, [{"loss": 0.7}], epochs_planned=1,
+                               epochs_run=1)
+
+    monkeypatch.setattr(fit, "train", trained)
+    result = invoke("train", data, tmp_path / "big", "--model", "alexnet")
+    assert result.exit_code == 0, result.output
+    assert ("--model alexnet without --crop trained on whole 256x256 images; its usual recipe "
+            "is --crop 227") in result.output
+    cropped = invoke("train", data, tmp_path / "crop", "--model", "alexnet", "--crop", "227")
+    assert cropped.exit_code == 0 and "usual recipe" not in cropped.output

@@ -909,8 +909,8 @@ def test_directory_generator_reports_a_dangling_link(tmp_path):
 
 
 def test_rows_in_class_order_warn_with_shuffle_batches(tmp_path):
-    imgs = np.zeros((60, 4, 4, 3), np.uint8)
-    ordered = store.write_arrays(tmp_path / "sorted.hdf5", imgs, np.repeat([0, 1, 2], 20),
+    imgs = np.zeros((240, 4, 4, 3), np.uint8)
+    ordered = store.write_arrays(tmp_path / "sorted.hdf5", imgs, np.repeat([0, 1, 2], 80),
                                  ["a", "b", "c"])
     with pytest.warns(UserWarning, match=r"runs of one class .*use shuffle=\"full\""):
         HDF5Generator(ordered, batch_size=8)
@@ -918,8 +918,9 @@ def test_rows_in_class_order_warn_with_shuffle_batches(tmp_path):
         warnings.simplefilter("error")  # none for the modes that mix the rows, or keep them
         HDF5Generator(ordered, batch_size=8, shuffle="full")
         assert HDF5Generator(ordered, batch_size=8, shuffle=False).shuffle == "none"
-        mixed = store.write_arrays(tmp_path / "mixed.hdf5", imgs, np.arange(60) % 3,
+        mixed = store.write_arrays(tmp_path / "mixed.hdf5", imgs, np.arange(240) % 3,
                                    ["a", "b", "c"])
         HDF5Generator(mixed, batch_size=8)
+        HDF5Generator(ordered, batch_size=16)  # 15 batches: too few to tell from chance
     with pytest.raises(UsageError, match=r"shuffle True is not one of .*\"batches\" reads"):
         HDF5Generator(ordered, shuffle=True)

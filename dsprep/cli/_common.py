@@ -210,11 +210,21 @@ def import_keras_quietly() -> None:
                 import tensorflow as tf
 
                 tf.config.list_physical_devices()
-    except ImportError as exc:  # a core install: no Keras, or Keras without its backend
-        raise DsprepError(
-            f"this command needs Keras 3 and its backend, which the training extra installs: "
-            f"pip install 'dsprep[train]' (from a checkout: pip install -e '.[train]'); {exc}"
-        ) from exc
+    except ImportError as exc:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        missing = (exc.name or "").partition(".")[0]
+        if missing == "keras" or missing == backend == "tensorflow":  # a core install
+            raise DsprepError(
+                f"this command needs Keras 3 and TensorFlow, which the training extra installs: "
+                f"pip install 'dsprep[train]' (from a checkout: pip install -e '.[train]'); {exc}"
+            ) from exc
+        if missing == backend:
+            raise DsprepError(f"KERAS_BACKEND={backend} needs {backend} installed; install it, "
+                              f"or unset KERAS_BACKEND to use TensorFlow ({exc})") from exc
+        raise DsprepError(f"importing Keras failed: {exc}") from exc
+    except ValueError as exc:  # KERAS_BACKEND names no backend Keras knows
+        raise DsprepError(f"Keras could not load its backend ({exc}); check KERAS_BACKEND"
+                          ) from exc
 
 
 @contextlib.contextmanager

@@ -282,14 +282,15 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
-        if config.model == "alexnet" and config.crop is None:
-            say("note: --model alexnet without --crop trains on whole images; its usual recipe "
-                "is --crop 227 (random patches of 256x256 images) and evaluate --ten-crop",
-                err=True)
         with _resume_hint(run, replacing=force):
             result = fit.train(data, run, config, overwrite=force, progress=show_progress())
         if not fit.has_validation(data):
             _no_validation_note(data)
+        shape = fit.read_run_config(result.run).get("input_shape") or [0, 0]
+        if config.model == "alexnet" and config.crop is None and min(shape[:2]) > 227:
+            say(f"note: --model alexnet without --crop trained on whole {shape[0]}x{shape[1]} "
+                "images; its usual recipe is --crop 227 (random patches) and evaluate "
+                "--ten-crop", err=True)
         verb = "trained"
     last = result.history[-1] if result.history else {}
     if resume_run and result.epochs_run == 0:

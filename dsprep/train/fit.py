@@ -252,9 +252,9 @@ def _split_classes(data: Path) -> list[str]:
     """The ``classes`` of a split folder's split.json (the label ids, in order)."""
     if not (data / "split.json").is_file():
         raise LayoutError(f"{data} has a train/ folder but no split.json, so it is no split "
-                          f"made by dsprep (or an unfinished one): split the dump with 'dsprep "
-                          f"split DUMP {data}', or build it as it is with 'dsprep build-hdf5 "
-                          f"{data} OUT' and train on OUT")
+                          f"made by dsprep (or an unfinished one): build it as it is with "
+                          f"'dsprep build-hdf5 {data} OUT' and train on OUT, or split its images "
+                          f"again into a new folder with 'dsprep split {data} SPLIT'")
     return build.read_split_classes(data)
 
 

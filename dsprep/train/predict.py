@@ -241,9 +241,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
                 unicodedata.normalize("NFC", c) for c in classes]
             raise DatasetFormatError(
                 f"{data} has classes {gen.label_names} but {run} was trained on {classes}; "
-                + ("the names differ only in how their accents are encoded (a folder named "
-                   "on macOS); build the file from a split made by 'dsprep split', which "
-                   "writes them composed (NFC)" if alike else
+                + ("the names differ only in how their accents are encoded (composed or "
+                   "not, as macOS names folders); make the run's data and this file from "
+                   "splits of this version of 'dsprep split', which composes them (NFC)"
+                   if alike else
                    "evaluate on a file built from the same split"))
         classes = classes or list(gen.label_names)
         expected = tuple(config.get("input_shape", ()))
