@@ -49,9 +49,8 @@ from .sources import (
     class_folder_files,
     is_image_name,
     own_split_folders,
-    split_above,
 )
-from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE
+from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE, split_above
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
 SPLITS = ("train", "val", "test")
@@ -331,9 +330,10 @@ def find_rows(
         if not folders:
             above = split_above(src)
             if above is not None:
-                raise UsageError(f"{src} is one folder of the split {above}; give {above} to "
-                                 "build train, val and test, or pass --name NAME to build "
-                                 "this folder alone")
+                alone = (", or pass --name NAME to build this folder alone"
+                         if any(p.is_dir() for p in src.iterdir()) else "")
+                raise UsageError(f"{src} lies in the split {above}; give {above} to build "
+                                 f"train, val and test{alone}")
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
                 "build one file from a folder of class sub-folders, or give a folder already "

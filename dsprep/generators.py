@@ -378,9 +378,8 @@ class HDF5Generator(_BatchSequence):
                 f"{self.path}: labels run from {self.labels.min()} to {self.labels.max()} but "
                 f"there are {self.num_classes} label names; rebuild it with 'dsprep build-hdf5'"
             )
-        # A few batches of a shuffled file can look ordered by chance: only larger files warn.
-        if (shuffle == "batches" and self._rows >= 20 * self.batch_size
-                and rows_in_class_runs(self.labels, self.batch_size)):
+        if shuffle == "batches" and rows_in_class_runs(self.labels, self.batch_size,
+                                                       min_batches=20):
             warnings.warn(f"{self.path} holds its rows in runs of one class (built with --order "
                           "sorted?), so shuffle=\"batches\" gives batches of one class; use "
                           "shuffle=\"full\" to train on it", stacklevel=2)
@@ -578,11 +577,12 @@ class HDF5Generator(_BatchSequence):
                 out[pos] = chunk[rows[pos] - lo]
 
 
-def rows_in_class_runs(labels: np.ndarray, batch_size: int) -> bool:
+def rows_in_class_runs(labels: np.ndarray, batch_size: int, min_batches: int = 0) -> bool:
     """Whether rows lie in runs of one class (``build-hdf5 --order sorted``, arrays written
     class by class, a class appended at the end), so that batches of contiguous rows
     (``shuffle="batches"``) would mostly hold one class; build-hdf5's default shuffled order
-    does not."""
+    does not. Batches of one class are only counted with ``min_batches`` whole batches or
+    more: in a few batches of a shuffled file they happen by chance."""
     labels = np.asarray(labels).reshape(-1)
     n = len(labels)
     if n < 2 or batch_size < 2 or n <= batch_size:
@@ -591,10 +591,14 @@ def rows_in_class_runs(labels: np.ndarray, batch_size: int) -> bool:
     # A random order changes class between neighbours (n - 1)(1 - sum p^2) times on average,
     changes = int(np.count_nonzero(labels[1:] != labels[:-1]))
     mixed = changes >= (n - 1) * (1.0 - float(np.sum(share * share))) / 2
+    if not mixed:
+        return True
     # and gives a batch of one class with a chance of about sum p^batch.
+    if n // batch_size < max(1, min_batches):
+        return False
     blocks = labels[:n // batch_size * batch_size].reshape(-1, batch_size)
     single = float(np.mean(np.all(blocks == blocks[:, :1], axis=1)))
-    return single > 2 * float(np.sum(share ** batch_size)) + 0.05 or not mixed
+    return single > 2 * float(np.sum(share ** batch_size)) + 0.05
 
 
 def _split_classes(root: Path, found: list[str]) -> list[str]:

@@ -783,19 +783,6 @@ def own_split_folders(folder: str | os.PathLike,
     return {split: found[split] for split in ("train", "val", "test") if split in found}
 
 
-def split_above(folder: str | os.PathLike) -> Path | None:
-    """The split folder (with split.json) that ``folder`` lies in, as one of its split folders
-    or a class folder of one; None when it lies in none. Relative to the working folder when
-    it is under it, as a user would type it."""
-    here = Path(folder).resolve()
-    for up in (here.parent, here.parent.parent):
-        if up != here and (up / "split.json").is_file():
-            with contextlib.suppress(ValueError):
-                return up.relative_to(Path.cwd().resolve())
-            return up
-    return None
-
-
 def _visible_folders(folder: Path) -> list[str]:
     """The sorted names of a folder's visible sub-folders ([] if it cannot be listed)."""
     try:

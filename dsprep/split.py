@@ -606,7 +606,8 @@ def check_destination(
     if dest.exists() and (not dest.is_dir()
                           or any(not _ignored(dest, e.name) for e in dest.iterdir())):
         if not dest.is_dir():
-            raise DestinationExistsError(f"{dest} is a file, not a folder; choose another DEST")
+            raise DestinationExistsError(f"{dest} is a file, not a folder; choose another DEST "
+                                         "(and give SRC before DEST)")
         found = _read_json(dest / MANIFEST)
         if isinstance(found, dict) and found.get("schema") == SCHEMA:
             raise DestinationExistsError(
@@ -614,8 +615,8 @@ def check_destination(
                 "; choose another folder, or use --force to replace that split")
         if (dest / MANIFEST).exists():
             raise DestinationExistsError(
-                f"{dest} holds a split.json that cannot be read; choose another folder, or use "
-                "--force to replace what it holds")
+                f"{dest} holds a split.json that is not a readable dsprep split manifest; choose "
+                "another folder, or use --force to replace what it holds")
         entries = sorted(e.name for e in dest.iterdir() if not _ignored(dest, e.name))
         held = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
         raise DestinationExistsError(
@@ -637,17 +638,38 @@ def _differences(found: dict, wanted: dict) -> str:
     return "; ".join(said) or "another version of its manifest"
 
 
+def _is_split_manifest(path: Path) -> bool:
+    found = _read_json(path)
+    return isinstance(found, dict) and found.get("schema") == SCHEMA
+
+
+def split_above(folder: str | os.PathLike) -> Path | None:
+    """The split folder made by dsprep that ``folder`` lies in, as one of its split folders or
+    a class folder of one; None when it lies in none. Relative to the working folder when it is
+    under it, as a user would type it."""
+    here = Path(folder).resolve()
+    for up in (here.parent, here.parent.parent):
+        if up != here and _is_split_manifest(up / MANIFEST):
+            with contextlib.suppress(ValueError):
+                return up.relative_to(Path.cwd().resolve())
+            return up
+    return None
+
+
 def _refuse_split_source(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """A split made by dsprep given as SRC, with a DEST that holds other files, is most likely
     DEST given first: the split would be pooled into the dump's folder, replacing its files
     with --force. Into a new or empty folder (or over a split) it is split again."""
     src, dest = Path(src), Path(dest)
-    found = _read_json(src / MANIFEST) if src.is_dir() else None
-    if not (isinstance(found, dict) and found.get("schema") == SCHEMA):
+    if not (src.is_dir() and _is_split_manifest(src / MANIFEST)):
         return
-    if not dest.is_dir() or _read_json(dest / MANIFEST) is not None or not any(
-            not _ignored(dest, e.name) for e in dest.iterdir()):
+    if dest.is_dir():
+        if _is_split_manifest(dest / MANIFEST) or not any(
+                not _ignored(dest, e.name) for e in dest.iterdir()):
+            return  # over a split, or into an empty folder: split again
+    elif not dest.exists():
         return
+    # A folder of other files, or a file (a dump's .zip): --force would delete it.
     raise UsageError(
         f"{src} is a split made by 'dsprep split' (it holds {MANIFEST}) and {dest} holds other "
         f"files: did you give DEST before SRC? The order is: dsprep split SRC DEST. To split "

@@ -1026,7 +1026,14 @@ def _running(pid: int) -> bool:
 
 def test_one_folder_of_a_split_is_answered_with_the_split(tmp_path):
     split = make_split(tmp_path / "split")
-    with pytest.raises(UsageError, match=r"split/train is one folder of the split .*split; "
-                                          r"give .*split to build train, val and test"):
+    with pytest.raises(UsageError, match=r"split/train lies in the split .*split; give .*split "
+                                          r"to build train, val and test, or pass --name"):
         build.build_hdf5(split / "train", tmp_path / "out", opts())
+    with pytest.raises(UsageError, match=r"split/train/cat lies in the split .*split; give "
+                                          r"\S*split to build train, val and test$"):
+        build.build_hdf5(split / "train" / "cat", tmp_path / "out", opts())
     assert not (tmp_path / "out").exists()
+    # Another tool's split.json is no dsprep split to point at.
+    (split / "split.json").write_text('{"train": [], "test": []}')
+    with pytest.raises(UsageError, match="has no split.json; make it with 'dsprep split'"):
+        build.build_hdf5(split / "train", tmp_path / "out", opts())

@@ -921,6 +921,11 @@ def test_rows_in_class_order_warn_with_shuffle_batches(tmp_path):
         mixed = store.write_arrays(tmp_path / "mixed.hdf5", imgs, np.arange(240) % 3,
                                    ["a", "b", "c"])
         HDF5Generator(mixed, batch_size=8)
-        HDF5Generator(ordered, batch_size=16)  # 15 batches: too few to tell from chance
+        # A shuffled file whose few batches each hold one class by chance: no warning.
+        few = store.write_arrays(tmp_path / "few.hdf5", imgs[:12],  # as a shuffled build gave
+                                 [0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0, 1], ["a", "b"])
+        HDF5Generator(few, batch_size=4)
+    with pytest.warns(UserWarning, match="runs of one class"):  # 9 batches, but sorted
+        HDF5Generator(ordered, batch_size=24)
     with pytest.raises(UsageError, match=r"shuffle True is not one of .*\"batches\" reads"):
         HDF5Generator(ordered, shuffle=True)

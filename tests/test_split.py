@@ -1013,6 +1013,16 @@ def test_a_split_given_as_the_source_is_refused_as_swapped_arguments(tmp_path):
                                              r"files: did you give DEST before SRC\?"):
             refused()
     assert sorted(p.name for p in (root / "a").iterdir()) == ["a_0.jpg", "a_1.jpg", "a_2.jpg"]
+    # Nor over a zip dump, or a folder whose split.json is another tool's.
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(root / "a" / "a_0.jpg", "a/a_0.jpg")
+    (root / "b" / "split.json").write_text('{"train": [], "test": []}')
+    for dest in (archive, root / "b"):
+        with pytest.raises(UsageError, match="did you give DEST before SRC"):
+            run(made, dest, force=True)
+    assert zipfile.ZipFile(archive).namelist() == ["a/a_0.jpg"]
+    assert len(list((root / "b").glob("*.jpg"))) == 3
     # Into a new folder, a split is split again (a split someone shared, say).
     _, again = run(made, tmp_path / "again", SplitOptions(ratios=(0.5, 0.5)))
     assert again.placed == 6

@@ -364,7 +364,9 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             mean = _FALLBACK_MEAN
         kind = "folders"
     else:
-        above = sources.split_above(data)
+        from ..split import split_above
+
+        above = split_above(data)
         raise LayoutError(
             f"{data} has neither train.hdf5 nor a train/ folder; give a 'dsprep build-hdf5' "
             "output folder or a 'dsprep split' folder"
