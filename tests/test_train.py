@@ -1187,7 +1187,8 @@ def test_sweep_lr_refuses_a_rate_folder_left_mid_move_before_training_any(tmp_pa
 def test_a_folder_inside_a_split_is_answered_with_the_split(tmp_path):
     split = tmp_path / "split"
     make_class_folders(split / "train", classes=("bee", "cat"), per_class=2, size=(16, 16))
-    (split / "split.json").write_text(json.dumps({"classes": ["bee", "cat"]}))
+    (split / "split.json").write_text(json.dumps({"schema": "dsprep-split/1",
+                                                  "classes": ["bee", "cat"]}))
     for inside in (split / "train", split / "train" / "bee"):
         with pytest.raises(LayoutError, match=rf"it lies in the split {re.escape(str(split))}"):
             open_data(inside, tiny(image_size=16))
