@@ -661,19 +661,24 @@ def _refuse_split_source(src: str | os.PathLike, dest: str | os.PathLike) -> Non
     DEST given first: the split would be pooled into the dump's folder, replacing its files
     with --force. Into a new or empty folder (or over a split) it is split again."""
     src, dest = Path(src), Path(dest)
-    if not (src.is_dir() and _is_split_manifest(src / MANIFEST)):
+    if not src.is_dir():
+        return
+    inside = split_above(src)  # split/train given as SRC is as much a split
+    if not (_is_split_manifest(src / MANIFEST) or inside is not None):
         return
     if dest.is_dir():
-        if _is_split_manifest(dest / MANIFEST) or not any(
-                not _ignored(dest, e.name) for e in dest.iterdir()):
+        if (_is_split_manifest(dest / MANIFEST)
+                or _is_split_manifest(dest / f"{_OWN}-swapping")  # a split stopped moving in
+                or not any(not _ignored(dest, e.name) for e in dest.iterdir())):
             return  # over a split, or into an empty folder: split again
     elif not dest.exists():
         return
     # A folder of other files, or a file (a dump's .zip): --force would delete it.
+    what = (f"is a split made by 'dsprep split' (it holds {MANIFEST})" if inside is None else
+            f"lies in the split {inside}, made by 'dsprep split'")
     raise UsageError(
-        f"{src} is a split made by 'dsprep split' (it holds {MANIFEST}) and {dest} holds other "
-        f"files: did you give DEST before SRC? The order is: dsprep split SRC DEST. To split "
-        f"{src} again, give a new or empty DEST")
+        f"{src} {what} and {dest} holds other files: did you give DEST before SRC? The order "
+        f"is: dsprep split SRC DEST. To split {src} again, give a new or empty DEST")
 
 
 def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = "copy", *,

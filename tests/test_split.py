@@ -1021,6 +1021,15 @@ def test_a_split_given_as_the_source_is_refused_as_swapped_arguments(tmp_path):
     for dest in (archive, root / "b"):
         with pytest.raises(UsageError, match="did you give DEST before SRC"):
             run(made, dest, force=True)
+    # Nor one of the split's folders: it lies in the split.
+    with pytest.raises(UsageError, match=r"lies in the split .*did you give DEST before SRC"):
+        run(made / "train", root / "b", force=True)
+    # A split of the split stopped while moving into a folder filled in place is finished.
+    stopped = tmp_path / "mount"
+    stopped.mkdir()
+    (stopped / "files.csv").write_text("split,class\n")
+    (stopped / ".dsprep-split-swapping").write_text((made / "split.json").read_text())
+    split_module._refuse_split_source(made, stopped)
     assert zipfile.ZipFile(archive).namelist() == ["a/a_0.jpg"]
     assert len(list((root / "b").glob("*.jpg"))) == 3
     # Into a new folder, a split is split again (a split someone shared, say).
