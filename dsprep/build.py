@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import images as imagelib
-from . import store
+from . import store, system
 from .errors import (
     CorruptImageError,
     DatasetFormatError,
@@ -157,11 +157,7 @@ class BuildOptions:
     @property
     def worker_count(self) -> int:
         """Decoding processes, the default filled in."""
-        if self.workers:
-            return self.workers
-        if hasattr(os, "sched_getaffinity"):
-            return len(os.sched_getaffinity(0))
-        return os.cpu_count() or 1
+        return self.workers or system.usable_cpus()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import build, images, sources, store
+from . import build, images, sources, store, system
 from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
 from .preprocess import Compose, Loader
 
@@ -712,7 +712,7 @@ class DirectoryGenerator(_BatchSequence):
             # Each image is its own file, so "batches" (contiguous rows) means nothing here.
             raise UsageError(f"shuffle {shuffle!r} is not True or \"full\", False or \"none\"")
         self.shuffle = shuffle in (True, "full")
-        self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
+        self.workers = min(8, system.usable_cpus()) if workers is None else int(workers)
         self.image_shape = (*self.image_size, 3)
 
         splits = sources.own_split_folders(self.root, [])

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import system
 from .errors import DestinationExistsError, UsageError
 
 LAYOUTS = ("folders", "prefix", "csv")
@@ -290,7 +291,7 @@ def write_sample_dump(
         (partial / folder).mkdir(parents=True, exist_ok=True)
 
     chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
-    n_jobs = workers or ((os.cpu_count() or 1) if len(jobs) >= 400 else 1)
+    n_jobs = workers or (system.usable_cpus() if len(jobs) >= 400 else 1)
     total = 0
     bar = None
     if progress:

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from . import __version__, images
+from . import __version__, images, system
 from .errors import (
     CorruptImageError,
     DestinationExistsError,
@@ -366,11 +366,7 @@ def default_workers() -> int:
     more threads than cores only add switching (measured: 8 threads on 2 cores were slower
     than 2).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(16, cores))
+    return min(16, system.usable_cpus())
 
 
 def plan(

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsprep"
 LAYERS = {
     "errors": 0,
     "fileio": 0,
+    "system": 0,
     "images": 1,
     "sources": 2,
     "split": 2,

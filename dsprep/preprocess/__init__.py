@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import system
 from ..augment import _CV_DTYPES, RandomFlip, flip_horizontal, flip_vertical, require_rng
 from ..errors import DatasetFormatError, DsprepError, LayoutError, UsageError
 
@@ -482,7 +483,7 @@ class _KernelThreads:
 
     def allowed(self) -> bool:
         if self.enabled is None:
-            self.enabled = (os.cpu_count() or 1) > 1 and _kernel_threads_from_env() > 1
+            self.enabled = system.usable_cpus() > 1 and _kernel_threads_from_env() > 1
         return self.enabled
 
 
@@ -496,7 +497,7 @@ def set_kernel_threads(threads: int) -> None:
     """
     if threads not in (1, 2):
         raise UsageError(f"threads must be 1 or 2, got {threads!r}")
-    _THREADS.enabled = threads == 2 and (os.cpu_count() or 1) > 1
+    _THREADS.enabled = threads == 2 and system.usable_cpus() > 1
 
 
 def _kernel_threads_from_env() -> int:

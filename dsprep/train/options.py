@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 
+from .. import system
 from ..errors import UsageError
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
@@ -25,7 +25,7 @@ SEED_MAX = 2**32 - 1
 
 def default_workers() -> int:
     """Input threads: one per core up to 8, and at least 2 (one batch loads while one trains)."""
-    return max(2, min(8, os.cpu_count() or 2))
+    return max(2, min(8, system.usable_cpus()))
 
 
 @dataclass

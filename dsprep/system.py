@@ -1,0 +1,78 @@
+"""What the machine gives this process: the cores it may use.
+
+The default worker and thread counts of every stage come from `usable_cpus`, so a job in a
+container with a CPU quota (Docker ``--cpus``, a Kubernetes CPU limit) starts as many workers
+as it has cores' worth of time, not one per core of the host.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on, capped by its cgroup CPU quota; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, quota)
+    return max(1, cores)
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = CGROUP_ROOT,
+                     membership: str | os.PathLike = "/proc/self/cgroup") -> int | None:
+    """The CPU quota of this process's cgroups in whole cores (rounded up), or None if none.
+
+    cgroup v2 keeps the quota in ``cpu.max`` ("max 100000", or "150000 100000" for 1.5 cores)
+    in the process's own group and each group above it; cgroup v1 in ``cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us`` (-1: none). Inside a container the group is mounted at ``root``
+    itself. The tightest quota found counts; a file that cannot be read counts as no quota.
+    """
+    root = Path(root)
+    folders = [root, root / "cpu", root / "cpu,cpuacct"]
+    try:
+        lines = Path(membership).read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        # "0::/user.slice/job.scope" (v2) or "4:cpu,cpuacct:/docker/abc" (v1)
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        rel = path.strip().lstrip("/")
+        if not rel:
+            continue
+        bases = [root] if controllers == "" else \
+            [root / "cpu", root / "cpu,cpuacct"] if "cpu" in controllers.split(",") else []
+        for base in bases:
+            here = base / rel
+            while here != base and base in here.parents:
+                folders.append(here)
+                here = here.parent
+    limits = [q for q in map(_quota_in, folders) if q is not None]
+    return min(limits) if limits else None
+
+
+def _quota_in(folder: Path) -> int | None:
+    try:
+        text = (folder / "cpu.max").read_text().split()
+    except OSError:
+        text = None
+    try:
+        if text is None:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        elif len(text) == 2 and text[0] != "max":
+            quota, period = int(text[0]), int(text[1])
+        else:
+            return None
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, math.ceil(quota / period))

@@ -1,0 +1,89 @@
+"""The cores a job may use: CPU affinity capped by a container's cgroup CPU quota."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import smooth_image, write_image
+
+from dsprep import build, generators, split, system
+from dsprep.train import options
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_quota_at_the_root_is_rounded_up(tmp_path):
+    # What a container started with --cpus 2.5 sees: its own group mounted at the root.
+    _write(tmp_path / "fs" / "cpu.max", "250000 100000\n")
+    _write(tmp_path / "cgroup", "0::/\n")
+    assert system.cgroup_cpu_quota(tmp_path / "fs", tmp_path / "cgroup") == 3
+
+
+def test_cgroup_v2_without_a_quota_is_none(tmp_path):
+    _write(tmp_path / "fs" / "cpu.max", "max 100000\n")
+    _write(tmp_path / "cgroup", "0::/\n")
+    assert system.cgroup_cpu_quota(tmp_path / "fs", tmp_path / "cgroup") is None
+
+
+def test_cgroup_v2_tightest_quota_of_the_own_group_and_its_parents(tmp_path):
+    # A systemd slice with CPUQuota=400% holding a scope limited to 150%.
+    fs = tmp_path / "fs"
+    _write(fs / "cpu.max", "max 100000\n")
+    _write(fs / "batch.slice" / "cpu.max", "400000 100000\n")
+    _write(fs / "batch.slice" / "job.scope" / "cpu.max", "150000 100000\n")
+    _write(fs / "other.slice" / "cpu.max", "100000 100000\n")  # not this process's
+    _write(tmp_path / "cgroup", "0::/batch.slice/job.scope\n")
+    assert system.cgroup_cpu_quota(fs, tmp_path / "cgroup") == 2
+
+    _write(fs / "batch.slice" / "job.scope" / "cpu.max", "max 100000\n")
+    assert system.cgroup_cpu_quota(fs, tmp_path / "cgroup") == 4
+
+
+def test_cgroup_v1_quota_and_no_quota(tmp_path):
+    fs = tmp_path / "fs"
+    _write(tmp_path / "cgroup", "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n")
+    _write(fs / "cpu,cpuacct" / "cpu.cfs_quota_us", "-1\n")
+    _write(fs / "cpu,cpuacct" / "cpu.cfs_period_us", "100000\n")
+    assert system.cgroup_cpu_quota(fs, tmp_path / "cgroup") is None
+
+    _write(fs / "cpu,cpuacct" / "cpu.cfs_quota_us", "50000\n")
+    assert system.cgroup_cpu_quota(fs, tmp_path / "cgroup") == 1
+    _write(fs / "cpu,cpuacct" / "cpu.cfs_quota_us", "400000\n")
+    assert system.cgroup_cpu_quota(fs, tmp_path / "cgroup") == 4
+
+
+def test_no_cgroup_files_and_unreadable_ones_are_no_quota(tmp_path):
+    assert system.cgroup_cpu_quota(tmp_path / "none", tmp_path / "none-either") is None
+    _write(tmp_path / "fs" / "cpu.max", "garbage\n")
+    _write(tmp_path / "cgroup", "0::/\n")
+    assert system.cgroup_cpu_quota(tmp_path / "fs", tmp_path / "cgroup") is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_usable_cpus_is_the_affinity_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: None)
+    assert system.usable_cpus() == 64
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: 3)
+    assert system.usable_cpus() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert system.usable_cpus() == 2
+
+
+def test_every_stage_defaults_to_the_quota_not_the_host(monkeypatch, tmp_path):
+    # A 64-core host, a container limited to 3 cores.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: 3)
+    assert build.BuildOptions().worker_count == 3
+    assert split.default_workers() == 3
+    assert options.default_workers() == 3
+    folder = tmp_path / "images" / "cat"
+    folder.mkdir(parents=True)
+    write_image(folder / "a.png", smooth_image(8, 8))
+    gen = generators.DirectoryGenerator(tmp_path / "images", image_size=(8, 8), batch_size=1)
+    assert gen.workers == 3
