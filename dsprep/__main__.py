@@ -2,7 +2,8 @@
 
 The command line's modules import numpy, OpenCV and h5py, which takes a moment: a Ctrl-C then
 ends the command as it would a moment later, with "Aborted!", not a traceback. SIGTERM ends a
-command the way Ctrl-C does, cleaning up, with exit status 143.
+command the way Ctrl-C does, cleaning up, with exit status 143, and so does SIGHUP (a closed ssh
+session or terminal), with 129, unless it is ignored (``nohup``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ def run() -> None:
     # A batch system stops a job with SIGTERM: it unwinds like a Ctrl-C, so partial files are
     # removed and worker processes stopped, and the exit status still says SIGTERM (143).
     signal.signal(signal.SIGTERM, terminated)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        # A hangup ends the command by default with nothing cleaned up: .partial files and
+        # locks left behind. Under nohup it is ignored, and stays so.
+        signal.signal(signal.SIGHUP, terminated)
     try:
         from .cli import main
     except KeyboardInterrupt:
@@ -25,10 +30,13 @@ def run() -> None:
 
 
 def terminated(signum, frame) -> None:
-    """The SIGTERM handler of the command: raise SystemExit(143) where the program is."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
-    print("\nTerminated.", file=sys.stderr)
-    raise SystemExit(128 + signal.SIGTERM)
+    """The SIGTERM and SIGHUP handler: raise SystemExit(128 + signum) where the program is."""
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends it at once
+    try:
+        print("\nTerminated." if signum == signal.SIGTERM else "\nHangup.", file=sys.stderr)
+    except (OSError, ValueError):
+        pass  # the terminal that hung up is gone
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -230,3 +232,38 @@ def test_a_keras_backend_that_is_not_installed_is_named(tmp_path):
     assert result.returncode == 1, result.stderr
     assert f"KERAS_BACKEND={missing[0]} needs {missing[0]} installed" in result.stderr
     assert "dsprep[train]" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this OS")
+def test_a_hangup_stops_the_command_unless_nohup_ignores_it():
+    # A closed ssh session sends SIGHUP: the command unwinds as on SIGTERM (129). nohup starts it
+    # with SIGHUP ignored, and dsprep must not take that back.
+    code = ("import time\n"
+            "import dsprep.cli\n"
+            "def main(prog_name):\n"
+            "    print('ready', flush=True)\n"
+            "    try:\n"
+            "        time.sleep(3)\n"
+            "    finally:\n"
+            "        print('cleaned', flush=True)\n"
+            "dsprep.cli.main = main\n"
+            "from dsprep.__main__ import run\n"
+            "run()\n")
+    for ignored in (True, False):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            proc.send_signal(signal.SIGHUP)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        assert out == "cleaned\n"
+        if ignored:
+            assert (proc.returncode, err) == (0, "")
+        else:
+            assert (proc.returncode, err.strip()) == (129, "Hangup.")

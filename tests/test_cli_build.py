@@ -313,3 +313,39 @@ def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
     for split in ("train", "val"):
         assert store.check_file(out / f"{split}.hdf5") == []
     assert not list(out.glob("*.partial"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", None)],
+                         ids=["SIGTERM", "SIGHUP"])
+def test_a_stopped_build_cleans_up_and_says_which_signal(tmp_path, signum):
+    # A batch system's SIGTERM, or the SIGHUP of an ssh session that closed: the build removes
+    # its partial file and stops its workers, and the status names the signal.
+    if signum is None:
+        pytest.skip("no SIGHUP on this OS")
+    src = make_split(tmp_path / "split")
+    big = cv2.resize(smooth_image(64, 64, seed=7), (6000, 6000), interpolation=cv2.INTER_LINEAR)
+    for k in range(4):
+        write_image(src / "val" / "fox" / f"big_{k}.jpg", big, quality=70)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsprep", "-q", "build-hdf5", str(src), str(out), "--workers", "2",
+         "--exact"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not store.partial_path(out / "val.hdf5").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the build never reached val.hdf5"
+            time.sleep(0.05)
+        os.kill(proc.pid, signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err.decode()
+    assert not list(out.glob("*.partial")) and not (out / "val.hdf5").exists()
+    assert run("build-hdf5", src, out, "--force").exit_code == 0

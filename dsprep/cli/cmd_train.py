@@ -27,6 +27,8 @@ from ..train.options import (
 from ._common import count_of, format_table, import_keras_quietly, say, show_progress
 
 _DEFAULTS = TrainConfig()
+# Exit statuses of a command stopped by SIGTERM or SIGHUP (dsprep.__main__.terminated).
+STOPPED_BY_SIGNAL = {128 + signal.SIGTERM, 128 + getattr(signal, "SIGHUP", signal.SIGTERM)}
 
 
 def _training_options(epochs: int, exclude: tuple[str, ...] = (),
@@ -162,7 +164,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 @contextlib.contextmanager
 def _resume_hint(run: str, replacing: bool = False):
-    """On Ctrl-C or SIGTERM after a finished epoch, say how to continue the run.
+    """On Ctrl-C, SIGTERM or SIGHUP after a finished epoch, say how to continue the run.
 
     A replacement (--force) stopped before its first epoch ended puts back the run it was to
     replace, state.json and all, untouched: that is said instead.
@@ -172,7 +174,7 @@ def _resume_hint(run: str, replacing: bool = False):
     try:
         yield
     except (KeyboardInterrupt, SystemExit) as exc:
-        stopped = isinstance(exc, KeyboardInterrupt) or exc.code == 128 + signal.SIGTERM
+        stopped = isinstance(exc, KeyboardInterrupt) or exc.code in STOPPED_BY_SIGNAL
         if stopped and before is not None and _stamp(state) == before:
             click.echo(f"\nthe run stopped before it finished an epoch; {run} holds what it "
                        "held before", err=True)
