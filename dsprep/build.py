@@ -41,7 +41,7 @@ from .errors import (
     LayoutError,
     UsageError,
 )
-from .fileio import exclusive, write_atomic
+from .fileio import exclusive, sync_file, sync_folder, write_atomic
 from .sources import (
     BAD_NAME,
     DANGLING_LINK,
@@ -1125,9 +1125,14 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
         # which the next build of OUT removes (see _undo_publishing).
         finals = [r.path for r in reports] + [skipped_final] + (
             [means_path] if means_path is not None else [])
-        write_atomic(journal, json.dumps([p.name for p in finals]))
+        # On the disk before they are named: a power cut after the renames must not leave
+        # final names on files whose bytes never reached it.
+        for final in finals:
+            sync_file(_waiting(final))
+        write_atomic(journal, json.dumps([p.name for p in finals]), fsync=True)
         for final in finals:
             os.replace(_waiting(final), final)
+        sync_folder(out)
     except BaseException:
         # What took its final name is told by the files, not by the list: a Ctrl-C may land
         # between a rename and its note.

@@ -47,6 +47,34 @@ def write_atomic(
     return path
 
 
+def sync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's bytes to the disk, so a rename that follows never gives the final
+    name to data a power cut would lose."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise  # EIO: the bytes did not reach the disk
+        # a file system that has nothing to sync (some FUSE and virtual ones)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (the renames into it) to the disk, where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # Windows opens no folders; the rename is as durable as the OS makes it
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder (EINVAL)
+    finally:
+        os.close(fd)
+
+
 # The errors of a write that mean the target is full or cannot be written.
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 

@@ -28,6 +28,7 @@ from .errors import (
     LayoutError,
     UsageError,
 )
+from .fileio import sync_file, sync_folder
 from .stats import ChannelStats
 
 SCHEMA = "dsprep-hdf5/1"
@@ -228,10 +229,12 @@ class HDF5Writer:
         return self.partial
 
     def publish(self) -> Path:
-        """Rename the finished partial file to its final name."""
+        """Flush the finished partial file to the disk and rename it to its final name."""
         if self._file.id.valid:
             self.finish()
+        sync_file(self.partial)
         os.replace(self.partial, self.path)
+        sync_folder(self.path.parent)
         return self.path
 
     def abort(self) -> None:

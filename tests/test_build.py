@@ -1037,3 +1037,34 @@ def test_one_folder_of_a_split_is_answered_with_the_split(tmp_path):
     (split / "split.json").write_text('{"train": [], "test": []}')
     with pytest.raises(UsageError, match="has no split.json; make it with 'dsprep split'"):
         build.build_hdf5(split / "train", tmp_path / "out", opts())
+
+
+def test_every_output_reaches_the_disk_before_it_takes_its_final_name(tmp_path, monkeypatch):
+    # A power cut right after the renames must find the bytes the names point at: each file is
+    # flushed while it still waits under its temporary name, and the folder after the renames.
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    events = []
+
+    def synced(path):
+        path = Path(path)
+        events.append(("file", path.name, sorted(p.name for p in out.iterdir())))
+
+    monkeypatch.setattr(build, "sync_file", synced)
+    monkeypatch.setattr(build, "sync_folder", lambda path: events.append(("folder", Path(path))))
+    build.build_hdf5(src, out, opts())
+    finals = {"train.hdf5", "val.hdf5", "test.hdf5", "means.json", "skipped.csv"}
+    files = [e for e in events if e[0] == "file"]
+    assert {build._waiting(out / name).name for name in finals} == {e[1] for e in files}
+    assert all(not finals & set(listing) for _, _, listing in files)
+    assert events[-1] == ("folder", out) and events.count(("folder", out)) == 1
+    assert finals <= {p.name for p in out.iterdir()}
+
+    # A file written alone (the library's write_file) is flushed before its rename too.
+    seen = []
+    monkeypatch.setattr(store, "sync_file", lambda path: seen.append(
+        (Path(path).name, (out / "one.hdf5").exists())))
+    classes, planned, _, _ = build.find_rows(src)
+    build.write_file(planned["train"], out / "one.hdf5", classes, opts(), split="train",
+                     source_root=src)
+    assert seen == [("one.hdf5.partial", False)] and (out / "one.hdf5").is_file()
