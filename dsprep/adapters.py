@@ -6,16 +6,14 @@ The only generator-facing module that imports Keras; ``as_tf_dataset`` also need
 from __future__ import annotations
 
 import os
-import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
 from .errors import UsageError
+from .prefetch import ReadAhead
 
 
 class KerasDataset(keras.utils.PyDataset):
@@ -101,156 +99,6 @@ class KerasDataset(keras.utils.PyDataset):
         self.__dict__.update(state)
         if not self.use_multiprocessing:
             self._ahead = ReadAhead(self.gen, self.threads)
-
-
-class ReadAhead:
-    """Computes the next batches of a sequence on threads while the caller uses this one.
-
-    With ``threads=0`` nothing is read ahead, but :meth:`change` still waits for the batch
-    being made.
-
-    ``get(i)`` returns ``seq[i]``; when the calls come in order (``i`` right after the last
-    one), batches ``i+1`` to ``i+threads`` are already being computed, each on a thread of its
-    own (dsprep's generators are safe to index from several threads and give the same batch
-    whichever thread computes it). An out-of-order call is answered directly and drops what
-    was read ahead.
-
-    Whatever changes the batches (an epoch change) goes through :meth:`change`, which waits
-    until no batch is being made, drops what was read ahead, applies the change and lets
-    ``get`` go on: a batch is never made across a change, even when ``get`` is called from
-    another thread (TensorFlow's input pipeline calls it from its own). A sequence whose
-    ``epoch`` changed without :meth:`change` is noticed at the next ``get``, and what was read
-    ahead is dropped then.
-    """
-
-    def __init__(self, seq: Any, threads: int) -> None:
-        if threads < 0:
-            raise UsageError(f"threads must be 0 or more, got {threads!r}")
-        self.seq = seq
-        self.threads = threads
-        self._cond = threading.Condition()
-        self._one_change = threading.RLock()  # change() calls run one at a time
-        self._pending: dict[int, Future] = {}
-        self._orphans: list[Future] = []  # dropped while running: waited for by change()
-        self._busy = 0  # get() calls under way
-        self._changing = 0  # change() calls waiting for them, or applying
-        self._last: int | None = None
-        self._epoch = getattr(seq, "epoch", None)
-        self._pool: ThreadPoolExecutor | None = None
-        _READERS.add(self)
-
-    def get(self, index: int):
-        with self._cond:
-            while self._changing:
-                self._cond.wait()
-            epoch = getattr(self.seq, "epoch", None)
-            if epoch != self._epoch:
-                self._epoch = epoch
-                self._drop(self._take())
-            found = self._pending.pop(index, None)
-            if self.threads and (self._last is None or index == self._last + 1):
-                stop = min(len(self.seq), index + 1 + self.threads)
-                for ahead in range(index + 1, stop):
-                    if ahead not in self._pending:
-                        self._pending[ahead] = self._executor().submit(self.seq.__getitem__,
-                                                                       ahead)
-            elif self._pending:
-                self._drop(self._take())  # out of order: not what comes next
-            self._last = index
-            self._busy += 1
-        try:
-            return found.result() if found is not None else self.seq[index]
-        finally:
-            with self._cond:
-                if found is not None and not found.done():  # interrupted while waiting
-                    self._orphans.append(found)
-                self._busy -= 1
-                self._cond.notify_all()
-
-    def change(self, apply: Callable[[], None] | None = None, stop_threads: bool = False) -> None:
-        """Wait until no batch is being made, drop what was read ahead, then ``apply()``.
-
-        With ``stop_threads`` the threads end too (the next ``get`` starts new ones): an epoch
-        that ended leaves no thread behind, even where the dataset itself lives on. Calls from
-        several threads take turns: each one's ``apply`` runs alone.
-        """
-        with self._one_change:
-            self._change(apply, stop_threads)
-
-    def _change(self, apply: Callable[[], None] | None, stop_threads: bool) -> None:
-        with self._cond:
-            self._changing += 1
-            try:
-                while self._busy:
-                    self._cond.wait()
-                pending = list(self._take().values()) + self._orphans
-                self._orphans = []
-            except BaseException:
-                self._changing -= 1
-                self._cond.notify_all()
-                raise
-        try:
-            try:
-                _wait(pending)
-            except BaseException:
-                with self._cond:  # interrupted: the next change waits for them
-                    self._orphans += [f for f in pending if not f.done()]
-                raise
-            if apply is not None:
-                apply()
-        finally:
-            with self._cond:
-                self._epoch = getattr(self.seq, "epoch", None)
-                self._last = None
-                pool = None
-                if stop_threads:
-                    pool, self._pool = self._pool, None
-                self._changing -= 1
-                self._cond.notify_all()
-            if pool is not None:
-                pool.shutdown(wait=True)  # idle: every batch it ran is done
-
-    def _take(self) -> dict[int, Future]:
-        pending, self._pending = self._pending, {}
-        self._last = None
-        return pending
-
-    def _drop(self, pending: dict[int, Future]) -> None:
-        """Forget batches nobody will ask for; the next change() waits for those running."""
-        self._orphans = [f for f in self._orphans if not f.done()]
-        self._orphans += [f for f in pending.values() if not f.cancel()]
-
-    def _reset_in_child(self) -> None:
-        # A forked child has none of the parent's threads (its futures would never finish),
-        # and a lock another thread held at the fork would never be released.
-        self._cond = threading.Condition()
-        self._one_change = threading.RLock()
-        self._pool, self._pending, self._orphans = None, {}, []
-        self._busy, self._changing, self._last = 0, 0, None
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dsprep-read-ahead")
-        return self._pool
-
-
-# Every ReadAhead, weakly, so a forked child can reset them all.
-_READERS: weakref.WeakSet[ReadAhead] = weakref.WeakSet()
-
-
-def _reset_readers_in_child() -> None:
-    for reader in list(_READERS):
-        reader._reset_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_readers_in_child)
-
-
-def _wait(futures: Iterable[Future]) -> None:
-    """Cancel what has not started and wait for the rest; their errors are nobody's now."""
-    futures = [f for f in futures if not f.cancel()]
-    wait(futures)
 
 
 _KERAS_BEGINS_EPOCHS = hasattr(keras.utils.PyDataset, "on_epoch_begin")

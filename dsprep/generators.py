@@ -7,6 +7,7 @@ adapters module turns them into Keras and tf.data inputs.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import threading
 import warnings
@@ -62,6 +63,17 @@ def batch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def _order_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ORDER_KEY, epoch)))
+
+
+def _whole(value: object, what: str) -> int:
+    """An index as an int: ints, numpy and torch integers; never a bool, slice or float."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{what} is an integer, got {value!r}; ask for one batch at a time, gen[i] "
+                    "or gen[epoch, i]")
 
 
 def _probe_batch(shape: tuple[int, ...]) -> np.ndarray:
@@ -127,7 +139,10 @@ class _BatchSequence(ABC):
             # 1.7 would quietly become 1, and "3" a different stream than 3.
             raise UsageError(f"seed must be a non-negative integer; received {seed!r}")
         self.seed = int(np.random.SeedSequence().entropy if seed is None else seed)
+        self.seed_drawn = seed is None  # drawn here: another process's copy draws another
         self.epoch = 0
+        self._current: tuple[int, object] = (0, None)  # (epoch, its order), read as one
+        self._orders: dict[int, object] = {}  # orders of other epochs asked for by (epoch, i)
         self.epoch_sets = 0  # set_epoch calls so far (on_epoch_end's included)
         self.label_names: list[str] = []
         self.image_shape: tuple[int, int, int] = (0, 0, 3)
@@ -173,8 +188,9 @@ class _BatchSequence(ABC):
         self.on_epoch_end()
 
     @abstractmethod
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``index`` of the current epoch as ``(x, y)``."""
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of the current epoch as ``(x, y)``; ``gen[epoch, index]`` gives
+        that batch of any epoch without changing ``gen.epoch`` (see :class:`EpochIndices`)."""
 
     def on_epoch_end(self) -> None:
         """Advance to the next epoch: a new order, new random draws."""
@@ -189,17 +205,46 @@ class _BatchSequence(ABC):
         self.epoch_sets += 1
         self._shuffle_order()
 
-    @abstractmethod
     def _shuffle_order(self) -> None:
         """Draw this epoch's order from the seed and the epoch."""
+        self._current = (self.epoch, self._draw_order(self.epoch))
+
+    @abstractmethod
+    def _draw_order(self, epoch: int) -> object:
+        """The order of ``epoch``, from the seed and the epoch alone."""
+
+    def _order_of(self, epoch: int) -> object:
+        """The order of ``epoch``: the current one's, or one drawn (and kept) for the asking."""
+        current_epoch, order = self._current
+        if current_epoch == epoch:
+            return order
+        orders = self._orders  # a dict: its single steps need no lock, and a race only draws twice
+        order = orders.get(epoch)
+        if order is None:
+            order = self._draw_order(epoch)
+            if len(orders) >= 4:
+                orders.clear()
+            orders[epoch] = order
+        return order
+
+    def _resolve(self, index: int | tuple[int, int]) -> tuple[int, int]:
+        """``(epoch, batch)`` of an index: ``i`` in the current epoch, or ``(epoch, i)``."""
+        if isinstance(index, tuple):
+            if len(index) != 2:
+                raise TypeError(f"a batch index is i or (epoch, i), got {index!r}")
+            epoch, index = index
+            epoch = _whole(epoch, "an epoch")
+            if epoch < 0:
+                raise IndexError(f"epoch {epoch} is negative")
+        else:
+            epoch = self._current[0]
+        return epoch, self._check_index(index)
 
     def _check_index(self, index: int) -> int:
         n = len(self)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"a batch index is an integer, got {index!r}; ask for one batch at "
-                            "a time, gen[i]")
+        index = _whole(index, "a batch index")
         if -n <= index < n:
-            return int(index) % n
+            return index % n
         raise IndexError(f"batch index {index!r} is out of range for {n} batches")
 
     # -- the pipeline ----------------------------------------------------------------------
@@ -225,6 +270,7 @@ class _BatchSequence(ABC):
         self,
         x: np.ndarray,
         labels: np.ndarray,
+        epoch: int,
         index: int,
         scratch: np.ndarray | None = None,
         load: Loader | None = None,
@@ -238,7 +284,7 @@ class _BatchSequence(ABC):
             load(0, len(x))
             load = None
         if self._steps:
-            rng = batch_rng(self.seed, self.epoch, index)
+            rng = batch_rng(self.seed, epoch, index)
             if load is not None:
                 x = self._steps[0](x, rng, load=load)
             else:
@@ -407,6 +453,7 @@ class HDF5Generator(_BatchSequence):
         state = self.__dict__.copy()
         for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_pid", "_local"):
             state.pop(key, None)
+        state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -483,40 +530,42 @@ class HDF5Generator(_BatchSequence):
 
     # -- order and reading -----------------------------------------------------------------
 
-    def _shuffle_order(self) -> None:
-        rng = _order_rng(self.seed, self.epoch)
+    def _draw_order(self, epoch: int) -> tuple[np.ndarray, int]:
+        """(rows for "full", else batch numbers; the row offset of a drop_last epoch)."""
+        rng = _order_rng(self.seed, epoch)
         nb = len(self)
-        self._offset = 0
         if self.shuffle == "full":
-            self._order = rng.permutation(self._rows)
-        elif self.shuffle == "batches":
+            return rng.permutation(self._rows), 0
+        if self.shuffle == "batches":
             full = self._rows // self.batch_size
             # The short tail batch, if any, stays last so only the final batch is short.
-            self._order = np.concatenate([rng.permutation(full), np.arange(full, nb)])
+            order = np.concatenate([rng.permutation(full), np.arange(full, nb)])
+            offset = 0
             if self.drop_last:
-                self._offset = int(rng.integers(0, self._rows - nb * self.batch_size + 1))
-        else:
-            self._order = np.arange(nb)
+                offset = int(rng.integers(0, self._rows - nb * self.batch_size + 1))
+            return order, offset
+        return np.arange(nb), 0
 
-    def batch_rows(self, index: int) -> np.ndarray:
-        """The file rows of batch ``index`` in this epoch, in batch order."""
+    def batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """The file rows of batch ``index`` in this epoch (or in ``epoch``), in batch order."""
         index = self._check_index(index)
+        order, offset = self._order_of(self._current[0] if epoch is None else epoch)
         if self.shuffle == "full":
-            return self._order[index * self.batch_size:(index + 1) * self.batch_size]
-        start = self._offset + int(self._order[index]) * self.batch_size
+            return order[index * self.batch_size:(index + 1) * self.batch_size]
+        start = offset + int(order[index]) * self.batch_size
         return np.arange(start, min(start + self.batch_size, self._rows))
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        index = self._check_index(index)
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        epoch, index = self._resolve(index)
         ds = self._dataset()
-        rows = self.batch_rows(index)
+        rows = self.batch_rows(index, epoch)
         n = len(rows)
         reader, raw, mapped = self._reader, self._raw, self._mapped  # held for the whole batch
         if mapped is not None:
             # The batch's rows are one slice of a map of the file; the pipeline starts with a
             # cut, which never writes into its input.
             x = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
-            return self._finish(x, self.labels[rows], index, x)
+            return self._finish(x, self.labels[rows], epoch, index, x)
         shape = (n, *self.image_shape)
         scratch = None
         if self._steps:
@@ -537,7 +586,7 @@ class HDF5Generator(_BatchSequence):
                 load(0, n)
             else:
                 # Lock-free reads: the pipeline's threads read the rows they are about to cut.
-                return self._finish(x, self.labels[rows], index, scratch, load)
+                return self._finish(x, self.labels[rows], epoch, index, scratch, load)
         else:
             try:
                 if self.shuffle == "full":
@@ -548,7 +597,7 @@ class HDF5Generator(_BatchSequence):
             except OSError as exc:  # a damaged chunk: HDF5 names neither file nor rows
                 raise store.unreadable(self.path, int(rows.min()), int(rows.max()), exc,
                                        len(rows) if self.shuffle == "full" else 0) from exc
-        return self._finish(x, self.labels[rows], index, scratch)
+        return self._finish(x, self.labels[rows], epoch, index, scratch)
 
     def _read_rows(self, ds: h5py.Dataset, rows: np.ndarray, out: np.ndarray) -> None:
         """Read scattered rows into ``out`` in the order given, visiting the file in order."""
@@ -575,6 +624,56 @@ class HDF5Generator(_BatchSequence):
             ds.read_direct(chunk, source_sel=np.s_[lo:hi], dest_sel=np.s_[0:hi - lo])
             for pos in by_file[chunk_of == c]:
                 out[pos] = chunk[rows[pos] - lo]
+
+
+class EpochIndices:
+    """The batch indices of one epoch as ``(epoch, i)`` pairs, for another framework's loader.
+
+    A loader that indexes the generator in worker processes (PyTorch's ``DataLoader`` with
+    ``num_workers``, above all with ``persistent_workers=True``) holds copies of it that never
+    see ``set_epoch`` in the main process: every epoch would repeat the first one's order and
+    random draws. Indices that carry their epoch reach every copy::
+
+        sampler = EpochIndices(gen)  # or EpochIndices(gen, rank=r, world=n) for n processes
+        loader = DataLoader(gen, batch_size=None, sampler=sampler, num_workers=4,
+                            persistent_workers=True)
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)  # optional: each full pass moves on by itself
+            for x, y in loader: ...
+
+    With ``world`` > 1 (distributed training: one process per GPU, each with its own
+    generator), rank ``r`` takes batches ``r, r + world, ...`` of the same order, so the ranks
+    see disjoint batches; every rank takes as many (the first batches again where the count
+    does not divide), as collective training steps need. The generators must then share a
+    seed: one drawn by each process would give each its own order.
+    """
+
+    def __init__(self, gen: _BatchSequence, rank: int = 0, world: int = 1) -> None:
+        rank, world = _whole(rank, "rank"), _whole(world, "world")
+        if world < 1 or not 0 <= rank < world:
+            raise UsageError(f"rank must be in 0..world-1 and world 1 or more; received "
+                             f"rank={rank}, world={world}")
+        if world > 1 and getattr(gen, "seed_drawn", False):
+            raise UsageError("with world > 1 every rank's generator needs the same seed; give "
+                             "the generator seed=... (it drew one of its own)")
+        self.gen, self.rank, self.world = gen, rank, world
+        self.epoch = int(getattr(gen, "epoch", 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass gives."""
+        epoch = _whole(epoch, "an epoch")
+        if epoch < 0:
+            raise UsageError(f"epoch must be 0 or more; received {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.gen) / self.world)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, n = self.epoch, len(self.gen)
+        for k in range(len(self)):
+            yield epoch, (self.rank + k * self.world) % n
+        self.epoch = epoch + 1  # a pass that ran to its end moves on, as a generator's does
 
 
 def rows_in_class_runs(labels: np.ndarray, batch_size: int, min_batches: int = 0) -> bool:
@@ -791,6 +890,7 @@ class DirectoryGenerator(_BatchSequence):
         state = self.__dict__.copy()
         for key in ("_pool", "_pool_pid", "_replaced_lock", "_replaced_paths"):
             state.pop(key, None)
+        state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -875,26 +975,26 @@ class DirectoryGenerator(_BatchSequence):
 
     # -- order and batches -----------------------------------------------------------------
 
-    def _shuffle_order(self) -> None:
+    def _draw_order(self, epoch: int) -> np.ndarray:
         n = len(self.files)
-        self._order = _order_rng(self.seed, self.epoch).permutation(n) if self.shuffle \
-            else np.arange(n)
+        return _order_rng(self.seed, epoch).permutation(n) if self.shuffle else np.arange(n)
 
-    def batch_files(self, index: int) -> list[Path]:
-        """The files of batch ``index`` in this epoch, in batch order."""
-        return [self.files[k] for k in self._batch_indices(index)]
+    def batch_files(self, index: int, epoch: int | None = None) -> list[Path]:
+        """The files of batch ``index`` in this epoch (or in ``epoch``), in batch order."""
+        return [self.files[k] for k in self._batch_indices(index, epoch)]
 
-    def _batch_indices(self, index: int) -> np.ndarray:
+    def _batch_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
         index = self._check_index(index)
-        return self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        order = self._order_of(self._current[0] if epoch is None else epoch)
+        return order[index * self.batch_size:(index + 1) * self.batch_size]
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        index = self._check_index(index)
-        ks = self._batch_indices(index)
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        epoch, index = self._resolve(index)
+        ks = self._batch_indices(index, epoch)
         x = np.empty((len(ks), *self.image_shape), dtype=np.uint8)
 
         def fill(j: int) -> None:
             x[j] = self._load(int(ks[j]))
 
         self._map(fill, range(len(ks)))
-        return self._finish(x, self.labels[ks], index)
+        return self._finish(x, self.labels[ks], epoch, index)

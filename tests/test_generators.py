@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import pickle
 import subprocess
@@ -502,7 +503,7 @@ def test_open_generator_does_not_block_other_readers(h5file):
 
 def test_importing_generators_does_not_load_frameworks():
     code = (
-        "import sys, dsprep.generators;"
+        "import sys, dsprep.generators, dsprep.prefetch, dsprep.preprocess, dsprep.evaluate;"
         "print(','.join(m for m in ('keras', 'tensorflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -929,3 +930,130 @@ def test_rows_in_class_order_warn_with_shuffle_batches(tmp_path):
         HDF5Generator(ordered, batch_size=24)
     with pytest.raises(UsageError, match=r"shuffle True is not one of .*\"batches\" reads"):
         HDF5Generator(ordered, shuffle=True)
+
+
+# -- batches of any epoch, for loaders that index the generator in worker processes -------------
+
+
+@pytest.mark.parametrize("mode,drop_last", [("none", False), ("batches", False),
+                                            ("batches", True), ("full", False)])
+def test_gen_epoch_index_is_that_epochs_batch_and_leaves_the_epoch(h5file, mode, drop_last):
+    from dsprep.augment import RandomFlip
+
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle=mode, drop_last=drop_last, seed=5,
+                        augment=RandomFlip(), output="uint8")
+    twin = HDF5Generator(h5file[0], batch_size=8, shuffle=mode, drop_last=drop_last, seed=5,
+                         augment=RandomFlip(), output="uint8")
+    for epoch in (3, 0, 1, 3, 7, 2):
+        twin.set_epoch(epoch)
+        for i in range(len(gen)):
+            x, y = gen[epoch, i]
+            expected_x, expected_y = twin[i]
+            np.testing.assert_array_equal(x, expected_x)
+            np.testing.assert_array_equal(y, expected_y)
+            np.testing.assert_array_equal(gen.batch_rows(i, epoch), twin.batch_rows(i))
+        assert gen.epoch == 0
+    with pytest.raises(IndexError, match="negative"):
+        gen[-1, 0]
+    for index in ((0,), (0, 1, 2), (1.0, 0), (True, 0)):
+        with pytest.raises(TypeError):
+            gen[index]
+
+
+def test_directory_gen_epoch_index_is_that_epochs_batch(class_dump):
+    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=4, seed=2, output="uint8")
+    twin = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=4, seed=2,
+                              output="uint8")
+    twin.set_epoch(4)
+    for i in range(len(gen)):
+        assert gen.batch_files(i, 4) == twin.batch_files(i)
+        np.testing.assert_array_equal(gen[4, i][0], twin[i][0])
+    assert gen.epoch == 0
+
+
+class TorchLikeIndex:
+    """What a 0-d torch tensor is to an index: not an int, but it has __index__."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __index__(self):
+        return self.value
+
+
+def test_an_index_with_index_protocol_is_taken(h5file):
+    gen = HDF5Generator(h5file[0], batch_size=8, seed=0, output="uint8")
+    np.testing.assert_array_equal(gen[TorchLikeIndex(2)][0], gen[2][0])
+    np.testing.assert_array_equal(gen[TorchLikeIndex(1), TorchLikeIndex(2)][0], gen[1, 2][0])
+
+
+_WORKER_GEN = None
+
+
+def _keep_copy(blob):
+    global _WORKER_GEN
+    _WORKER_GEN = pickle.loads(blob)
+
+
+def _rows_from_copy(index):
+    return rows_of(_WORKER_GEN[index][0]).tolist()
+
+
+def test_epoch_indices_reach_worker_copies_that_never_see_set_epoch(h5file):
+    # Persistent worker processes (PyTorch's persistent_workers=True) keep the copy they got;
+    # the indices carry the epoch to them, so every epoch gets its own order.
+    from dsprep.generators import EpochIndices
+
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle="full", seed=3, output="uint8")
+    sampler = EpochIndices(gen)
+    blob = pickle.dumps(gen)
+    epochs = []
+    with multiprocessing.get_context("spawn").Pool(2, _keep_copy, (blob,)) as pool:
+        for epoch in range(3):
+            indices = list(sampler)  # a pass that ends moves on to the next epoch
+            assert indices == [(epoch, i) for i in range(len(gen))]
+            got = pool.map(_rows_from_copy, indices, chunksize=1)
+            gen.set_epoch(epoch)
+            assert got == [rows_of(gen[i][0]).tolist() for i in range(len(gen))]
+            epochs.append(got)
+    assert epochs[0] != epochs[1] != epochs[2]
+    sampler.set_epoch(1)
+    assert list(sampler)[0] == (1, 0) and sampler.epoch == 2
+
+
+@pytest.mark.parametrize("mode", ["batches", "full"])
+def test_epoch_indices_give_ranks_disjoint_batches_of_one_order(h5file, mode):
+    from dsprep.generators import EpochIndices
+
+    world = 3
+    gens = [HDF5Generator(h5file[0], batch_size=4, shuffle=mode, seed=9, output="uint8")
+            for _ in range(world)]  # one per process, each built by its own rank
+    n = len(gens[0])  # 10 batches: 4 for each of 3 ranks, the last 2 slots padded
+    for epoch in (0, 1):
+        taken = []
+        rows = []
+        for rank, gen in enumerate(gens):
+            sampler = EpochIndices(gen, rank=rank, world=world)
+            sampler.set_epoch(epoch)
+            indices = list(sampler)
+            assert len(indices) == math.ceil(n / world)  # the same step count everywhere
+            assert {e for e, _ in indices} == {epoch}
+            taken += [i for _, i in indices]
+            own = indices[:len(range(rank, n, world))]  # before the padding
+            rows.append({int(r) for e, i in own for r in gen.batch_rows(i, e)})
+        # every batch once, and the padding repeats the first batches, as DistributedSampler does
+        assert sorted(taken) == sorted([*range(n), *range(world * math.ceil(n / world) - n)])
+        # one order for all ranks: their own batches part the rows
+        assert set().union(*rows) == set(range(37)) and sum(map(len, rows)) == 37
+
+
+def test_epoch_indices_refuse_ranks_without_a_shared_seed(h5file):
+    from dsprep.generators import EpochIndices
+
+    drawn = HDF5Generator(h5file[0], batch_size=4)
+    assert len(list(EpochIndices(drawn))) == len(drawn)  # one process: any seed is fine
+    with pytest.raises(UsageError, match="same seed"):
+        EpochIndices(drawn, rank=0, world=2)
+    with pytest.raises(UsageError, match="rank must be"):
+        EpochIndices(HDF5Generator(h5file[0], batch_size=4, seed=1), rank=2, world=2)
+    assert pickle.loads(pickle.dumps(drawn)).seed_drawn

@@ -25,6 +25,7 @@ LAYERS = {
     "preprocess": 6,
     "generators": 7,
     "evaluate": 8,
+    "prefetch": 8,
     "adapters": 9,
     "demo": 10,
     "train": 10,
