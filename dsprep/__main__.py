@@ -16,17 +16,24 @@ def run() -> None:
     """Import the command line and run it."""
     # A batch system stops a job with SIGTERM: it unwinds like a Ctrl-C, so partial files are
     # removed and worker processes stopped, and the exit status still says SIGTERM (143).
-    signal.signal(signal.SIGTERM, terminated)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         # A hangup ends the command by default with nothing cleaned up: .partial files and
         # locks left behind. Under nohup it is ignored, and stays so.
-        signal.signal(signal.SIGHUP, terminated)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, terminated)
     try:
-        from .cli import main
-    except KeyboardInterrupt:
-        print("\nAborted!", file=sys.stderr)  # what click prints for a Ctrl-C in a command
-        raise SystemExit(1) from None
-    main(prog_name="dsprep")
+        try:
+            from .cli import main
+        except KeyboardInterrupt:
+            print("\nAborted!", file=sys.stderr)  # what click prints for a Ctrl-C in a command
+            raise SystemExit(1) from None
+        main(prog_name="dsprep")
+    finally:
+        # The command's work is done or undone. A signal from here on, while Python shuts
+        # down, must end the process as it would any other, not raise into the shutdown
+        # (which prints "Exception ignored" and exits 0).
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def terminated(signum, frame) -> None:

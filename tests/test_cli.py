@@ -267,3 +267,23 @@ def test_a_hangup_stops_the_command_unless_nohup_ignores_it():
             assert (proc.returncode, err) == (0, "")
         else:
             assert (proc.returncode, err.strip()) == (129, "Hangup.")
+
+
+def test_the_command_hands_its_signal_handlers_back_when_it_ends(monkeypatch):
+    # A SIGTERM or SIGHUP after the work (while Python shuts down) must not meet the handler
+    # that raises SystemExit: that would be "Exception ignored" and exit status 0.
+    import dsprep.cli
+    from dsprep.__main__ import run, terminated
+
+    seen = {}
+
+    def main(prog_name):
+        seen["during"] = signal.getsignal(signal.SIGTERM)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(dsprep.cli, "main", main)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    with pytest.raises(SystemExit):
+        run()
+    assert seen["during"] is terminated
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before

@@ -180,6 +180,21 @@ def test_verify_fails_on_a_tampered_file(built):
     assert "2 problem(s) found" in quick.output and "mean_rgb" not in quick.output
 
 
+def test_verify_of_moved_sources_does_not_ask_for_a_rebuild(built, tmp_path):
+    # The file is whole; only its sources are elsewhere now.
+    out, _ = built
+    moved = tmp_path / "moved"
+    (tmp_path / "split").rename(moved)
+    result = run("verify", out / "train.hdf5", "--sources", "3")
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "--source-root" in result.output
+    assert "itself reads well, but 1 problem with its sources" in result.output
+    assert "rebuild it only if the sources changed" in result.output
+    assert "problem(s) found; rebuild it" not in result.output
+    assert run("verify", out / "train.hdf5", "--sources", "3", "--source-root",
+               moved).exit_code == 0
+
+
 def test_verify_reads_the_pixels_for_damage_and_means(tmp_path):
     src = make_split(tmp_path / "split")
     out = tmp_path / "out"

@@ -293,6 +293,14 @@ def test_ten_crop_against_book_loop_with_mean():
         )
 
 
+def test_ten_crop_with_mean_takes_what_mean_subtract_takes():
+    batch = batch_of(n=2, h=12, w=12)
+    fused = Compose([TenCrop(8, 8), MeanSubtract(MEANS)])(batch)
+    for means in (MEANS, [MEANS["R"], MEANS["G"], MEANS["B"]],
+                  (MEANS["R"], MEANS["G"], MEANS["B"])):
+        np.testing.assert_array_equal(TenCrop(8, 8).with_mean(means)(batch), fused)
+
+
 def test_ten_crop_without_mirror_and_five_crop():
     batch = batch_of(n=2, h=12, w=12)
     five = TenCrop(6, 6, mirror=False)(batch)

@@ -151,15 +151,23 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
     problems = check_file(file)
     if not quick:
         problems += check_pixels(file, progress=show_progress())
+    source_problems = []
     if sources:
-        problems += check_sources(file, sources, seed, source_root)
+        source_problems = check_sources(file, sources, seed, source_root)
         with open_dataset(file) as db:
             sources = min(sources, int(db["images"].shape[0]))
+    for problem in problems + source_problems:
+        click.echo(f"  {problem}", err=True)
     if problems:
-        for problem in problems:
-            click.echo(f"  {problem}", err=True)
         raise click.ClickException(
-            f"{file}: {len(problems)} problem(s) found; rebuild it with 'dsprep build-hdf5'"
+            f"{file}: {len(problems) + len(source_problems)} problem(s) found; rebuild it with "
+            "'dsprep build-hdf5'"
+        )
+    if source_problems:
+        # The file is whole; its sources moved, went or changed since the build.
+        raise click.ClickException(
+            f"{file} itself reads well, but {count_of(len(source_problems), 'problem')} with "
+            "its sources (above); rebuild it only if the sources changed since the build"
         )
     checked = "" if quick else ", every image read"
     checked += f", {count_of(sources, 'source')} re-decoded" if sources else ""

@@ -952,10 +952,14 @@ class TenCrop:
         self.output_shape(batch.shape[1:])
         return ten_crop(batch, self.size, mirror=self.mirror, mean=self.mean, load=load)
 
-    def with_mean(self, mean: np.ndarray) -> TenCrop:
-        """The same crops with a per-channel mean subtracted while they are cut (float32)."""
+    def with_mean(self, mean: Mapping[str, float] | str | os.PathLike | Sequence[float]
+                  ) -> TenCrop:
+        """The same crops with a per-channel mean subtracted while they are cut (float32).
+
+        ``mean``: what :class:`MeanSubtract` takes (three numbers, a means.json path or dict).
+        """
         fused = TenCrop(*self.size, mirror=self.mirror)
-        fused.mean = mean
+        fused.mean = load_means(mean)
         return fused
 
     def fuse(self, following):
