@@ -14,6 +14,7 @@ import sys
 
 def run() -> None:
     """Import the command line and run it."""
+    _open_standard_streams()
     # A batch system stops a job with SIGTERM: it unwinds like a Ctrl-C, so partial files are
     # removed and worker processes stopped, and the exit status still says SIGTERM (143).
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
@@ -34,6 +35,34 @@ def run() -> None:
         # (which prints "Exception ignored" and exits 0).
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _open_standard_streams() -> None:
+    """Put the null device on a closed stdin, stdout or stderr (``>&-``, some daemons).
+
+    Left closed, the next file opened takes the number: libjpeg's warnings would then be
+    written into an output file, and a progress bar or a worker process would fail on the
+    missing stream.
+    """
+    import os
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)  # worker processes get it as their own stdout/stderr
+        if getattr(sys, name) is None:
+            stream = open(fd, mode, buffering=1 if mode == "w" else -1,  # noqa: SIM115
+                          closefd=False)
+            setattr(sys, name, stream)
+            if getattr(sys, f"__{name}__") is None:  # what worker start-up code reads
+                setattr(sys, f"__{name}__", stream)
 
 
 def terminated(signum, frame) -> None:

@@ -273,7 +273,8 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     # -q after the command works as before it; without it a progress bar goes to stderr too.
     after = CliRunner().invoke(main, ["means", str(out / "train.hdf5"), "-q"])
     assert after.exit_code == 0 and after.output == printed.output
-    loud = CliRunner().invoke(main, ["means", str(out / "train.hdf5")])
+    loud = CliRunner().invoke(main, ["means", str(out / "train.hdf5")],
+                              env={"DSPREP_PROGRESS": "1"})
     assert loud.output != printed.output
     # An existing file is replaced only with --force, and FILE itself never.
     (tmp_path / "m.json").write_text("{}")
@@ -364,3 +365,49 @@ def test_a_stopped_build_cleans_up_and_says_which_signal(tmp_path, signum):
     assert "Traceback" not in err.decode()
     assert not list(out.glob("*.partial")) and not (out / "val.hdf5").exists()
     assert run("build-hdf5", src, out, "--force").exit_code == 0
+
+
+@pytest.mark.slow
+def test_closed_stdout_and_stderr_neither_fail_a_build_nor_land_in_its_files(tmp_path):
+    # A daemon or 'cmd >&- 2>&-' starts the command without descriptors 1 and 2: the workers
+    # must start, no bar may fail, and nothing the libraries print may land in an output file.
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    env = {**os.environ, "DSPREP_PROGRESS": "1"}
+    done = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m dsprep build-hdf5 "{src}" "{out}" --workers 2 '
+         f'--size 24 >&- 2>&-; echo "status $?" > "{tmp_path / "status"}"'],
+        env=env, timeout=300)
+    assert done.returncode == 0
+    assert (tmp_path / "status").read_text() == "status 0\n"
+    for split in ("train", "val"):
+        assert store.check_file(out / f"{split}.hdf5") == []
+    checked = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m dsprep verify "{out / "train.hdf5"}" 2>&-'],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0 and "ok, every image read" in checked.stdout
+
+
+def test_bars_show_on_a_terminal_only_unless_asked(monkeypatch):
+    from dsprep.cli import _common
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    monkeypatch.delenv("DSPREP_PROGRESS", raising=False)
+    monkeypatch.setattr(_common, "is_quiet", lambda: False)
+    for tty in (True, False):
+        monkeypatch.setattr(sys, "stderr", Stream(tty))
+        assert _common.show_progress() is tty
+        monkeypatch.setenv("DSPREP_PROGRESS", "1")
+        assert _common.show_progress() is True
+        monkeypatch.setenv("DSPREP_PROGRESS", "0")
+        assert _common.show_progress() is False
+        monkeypatch.delenv("DSPREP_PROGRESS")
+    monkeypatch.setattr(_common, "is_quiet", lambda: True)
+    monkeypatch.setenv("DSPREP_PROGRESS", "1")
+    assert _common.show_progress() is False and _common.show_epochs() is False

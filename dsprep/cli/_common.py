@@ -170,8 +170,29 @@ def count_of(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
+PROGRESS_ENV = "DSPREP_PROGRESS"
+
+
 def show_progress() -> bool:
-    """Whether long work shows a progress bar (not with ``-q``)."""
+    """Whether long work shows a progress bar: on a terminal, not with ``-q``.
+
+    A log file or a pipe (a batch job's stderr) would fill with redrawn bars, so they show
+    there only with ``DSPREP_PROGRESS=1``; ``DSPREP_PROGRESS=0`` hides them everywhere.
+    """
+    if is_quiet():
+        return False
+    wanted = os.environ.get(PROGRESS_ENV, "").strip()
+    if wanted in ("0", "1"):
+        return wanted == "1"
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def show_epochs() -> bool:
+    """Whether training prints a line per epoch: everywhere but with ``-q`` (a line per epoch
+    reads well in a log, unlike a bar)."""
     return not is_quiet()
 
 

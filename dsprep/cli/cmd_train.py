@@ -24,7 +24,14 @@ from ..train.options import (
     SEED_MAX,
     TrainConfig,
 )
-from ._common import count_of, format_table, import_keras_quietly, say, show_progress
+from ._common import (
+    count_of,
+    format_table,
+    import_keras_quietly,
+    say,
+    show_epochs,
+    show_progress,
+)
 
 _DEFAULTS = TrainConfig()
 # Exit statuses of a command stopped by SIGTERM or SIGHUP (dsprep.__main__.terminated).
@@ -257,7 +264,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                              "--epochs and DATA go with --resume)")
         epochs = opts["epochs"] if "epochs" in given else None
         with _resume_hint(resume_run):
-            result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_progress())
+            result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_epochs())
         if result.restored:
             say(f"note: {resume_run} held a replacement (--force) that never finished an epoch; "
                 "the run it was replacing is back in its place, and is what resumed", err=True)
@@ -268,7 +275,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         config = _config(opts)
         if overfit_check:
             report = fit.overfit_check(data, run, config, overwrite=force,
-                                       progress=show_progress())
+                                       progress=show_epochs())
             if report.result.diverged:
                 raise _diverged(report.result)
             verdict = "passed" if report.passed else "FAILED"
@@ -285,7 +292,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     "--lr, or give more --epochs")
             return
         with _resume_hint(run, replacing=force):
-            result = fit.train(data, run, config, overwrite=force, progress=show_progress())
+            result = fit.train(data, run, config, overwrite=force, progress=show_epochs())
         if not fit.has_validation(data):
             _no_validation_note(data)
         shape = fit.read_run_config(result.run).get("input_shape") or [0, 0]
@@ -382,7 +389,7 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
         raise UsageError(f"--lrs {lrs!r} needs positive, finite learning rates, e.g. "
                          "0.1,0.01,0.001")
     results = fit.sweep_lr(data, run, rates, _config({**opts, "lr": rates[0]}), overwrite=force,
-                           progress=show_progress(),
+                           progress=show_epochs(),
                            announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
     if not fit.has_validation(data):
         _no_validation_note(data)
