@@ -264,8 +264,12 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     check = invoke("train", data, tmp_path / "check", *QUICK, "--overfit-check", "--epochs", "3",
                    "--lr", "1e30")
     assert check.exit_code == 1 and "training diverged" in check.output
-    again = invoke("train", data, tmp_path / "nan", *QUICK)
-    assert again.exit_code == 1 and "never finished an epoch; use --force" in again.output
+    # It kept no epoch, so the command run again (a lower --lr) simply starts it again.
+    again = invoke("train", data, tmp_path / "nan", *QUICK, "--epochs", "1")
+    assert again.exit_code == 0, again.output
+    assert "held a run stopped before it finished an epoch; it started again" in again.output
+    rows = history(tmp_path / "nan")
+    assert len(rows) == 1 and "nan" not in rows[0].values()
 
     run = tmp_path / "early"
     early = invoke("train", data, run, *QUICK, "--epochs", "8", "--early-stop", "1",
@@ -330,6 +334,58 @@ def test_a_stopped_run_says_how_to_resume_it(data, tmp_path, monkeypatch, stop):
     monkeypatch.setattr(fit, "train", stopped)
     fresh = CliRunner().invoke(main, ["train", str(data), str(tmp_path / "new"), *QUICK])
     assert "--resume" not in fresh.output
+
+
+@pytest.mark.parametrize("how", ["same command", "--resume"])
+def test_a_run_stopped_in_its_first_epoch_starts_again_when_the_job_runs_again(
+        data, tmp_path, monkeypatch, how):
+    # A batch system's SIGTERM (or a full disk) before the first epoch ended leaves config.json
+    # and no finished epoch: the requeued job must not fail for ever.
+    from dsprep.train import callbacks as cb
+
+    run = tmp_path / "run"
+    real = cb.RunRecorder.on_epoch_end
+
+    def stopped(*args, **kwargs):
+        raise SystemExit(143)
+
+    monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", stopped)
+    first = invoke("train", data, run, *QUICK, "--epochs", "2", "--lr", "0.002")
+    assert first.exit_code == 143 and (run / "config.json").is_file()
+    assert not (run / "state.json").exists()
+    monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", real)
+    if how == "--resume":
+        again = invoke("train", "--resume", run)
+        assert "had not finished an epoch, so it started again with its own options" in \
+            again.output
+    else:
+        again = invoke("train", data, run, *QUICK, "--epochs", "2", "--lr", "0.002")
+        assert "it started again" in again.output
+    assert again.exit_code == 0, again.output
+    assert len(history(run)) == 2 and (run / "last.keras").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["lr"] == 0.002 and config["options"]["epochs"] == 2
+    assert not (run / ".replaced").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_names_it_and_leaves_no_partial(
+        data, tmp_path, monkeypatch):
+    import errno
+
+    import keras
+
+    def full(self, path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"half")
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(keras.Model, "save", full)
+    run = tmp_path / "run"
+    result = invoke("train", data, run, *QUICK, "--epochs", "1")
+    assert result.exit_code == 1
+    assert f"{run / 'best.keras'}: File too large (saving the checkpoint of epoch 1)" in \
+        result.output
+    assert not list(run.glob(".*partial*")) and not (run / "state.json").exists()
 
 
 @pytest.mark.slow

@@ -269,6 +269,10 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             say(f"note: {resume_run} held a replacement (--force) that never finished an epoch; "
                 "the run it was replacing is back in its place, and is what resumed", err=True)
         verb = "resumed"
+        if result.restarted:
+            say(f"note: {resume_run} had not finished an epoch, so it started again with its "
+                "own options", err=True)
+            verb = "trained"
     else:
         if data is None or run is None:
             raise UsageError("train needs DATA and RUN (or --resume RUN)")
@@ -293,6 +297,9 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             return
         with _resume_hint(run, replacing=force):
             result = fit.train(data, run, config, overwrite=force, progress=show_epochs())
+        if result.restarted:
+            say(f"note: {run} held a run stopped before it finished an epoch; it started again",
+                err=True)
         if not fit.has_validation(data):
             _no_validation_note(data)
         shape = fit.read_run_config(result.run).get("input_shape") or [0, 0]

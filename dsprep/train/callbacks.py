@@ -416,7 +416,14 @@ class RunRecorder(keras.callbacks.Callback):
             pending.append(self.run / BEST)
         pending.append(self.run / LAST)
         for final in pending:
-            self.model.save(_pending_name(final, epoch))
+            path = _pending_name(final, epoch)
+            try:
+                self.model.save(path)
+            except OSError as exc:  # a full disk, a file size limit
+                for other in pending:
+                    _pending_name(other, epoch).unlink(missing_ok=True)
+                raise OSError(exc.errno, f"{exc.strerror or exc} (saving the checkpoint of "
+                              f"epoch {int(epoch) + 1})", str(final)) from exc
         atomic_write_json(self.run / STATE, {"epochs_done": int(epoch) + 1,
                                              "monitor": self.monitor, "best": self.best,
                                              "best_epoch": self.best_epoch})

@@ -57,6 +57,8 @@ class TrainResult:
     # The run it was to replace is back in RUN: the new one diverged in its first epoch (train),
     # or never finished one before this resume (resume).
     restored: bool = False
+    # RUN held a run stopped before it finished its first epoch, which started again.
+    restarted: bool = False
 
     @property
     def diverged(self) -> bool:
@@ -545,14 +547,19 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
            progress: bool, restore_diverged: bool) -> TrainResult:
     _settle_replacement(run)
     replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
+    restarted = False
     if replacing and not overwrite:
-        if not (run / cb.STATE).exists():
+        if (run / cb.STATE).exists():
+            raise DestinationExistsError(
+                f"{run} already holds a run; use --resume {run} to continue it, or --force "
+                "to start over")
+        if (run / REPLACED).exists():
             raise DestinationExistsError(
                 f"{run} holds a run that never finished an epoch; use --force to start over"
                 + replaced_hint(run))
-        raise DestinationExistsError(
-            f"{run} already holds a run; use --resume {run} to continue it, or --force "
-            "to start over")
+        # Stopped (or failed) before its first epoch ended: it has nothing to keep, and the
+        # same command, run again (a requeued job), starts it again.
+        overwrite = restarted = True
     try:
         keras.utils.set_random_seed(config.seed)
         device = configure_device(config.precision, config.jit, config.gpus)
@@ -589,6 +596,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
             result.restored = True
         else:
             _drop_replaced(run)
+    result.restarted = restarted
     return result
 
 
@@ -791,6 +799,20 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
         # it was replacing, kept aside, does: it comes back, and goes on.
         _put_back(run)
         restored = True
+    if not restored and not (run / cb.STATE).exists() and (run / CONFIG).exists():
+        # Stopped before its first epoch ended: resuming it is starting it again, with the
+        # options and data it was started with.
+        saved = read_run_config(run)
+        config = _saved_options(run, saved)
+        if epochs is not None:
+            config.epochs = int(epochs)
+            config.check()
+        if data is None and not isinstance(saved.get("data"), str):
+            raise DatasetFormatError(f"{run / CONFIG} does not name the data folder ('data'); "
+                                     f"give DATA: dsprep train --resume {run} DATA")
+        result = _train(data or saved["data"], run, config, False, True, progress, True)
+        result.restarted = True
+        return result
     try:
         result = _resume_run(run, epochs, data, progress)
     except DsprepError as exc:
@@ -802,6 +824,15 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
     return result
 
 
+def _saved_options(run: Path, saved: dict) -> TrainConfig:
+    """The options a run was started with, from its config.json."""
+    try:
+        return TrainConfig.from_dict(saved["options"]).check()
+    except (KeyError, TypeError, UsageError) as exc:
+        raise DatasetFormatError(f"{run / CONFIG} holds an option dsprep cannot use ({exc}); "
+                                 "start the run again with 'dsprep train --force'") from exc
+
+
 def _resume_run(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
     from .predict import load_model
 
@@ -810,11 +841,7 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool) -> TrainRes
     if data is None and not isinstance(saved.get("data"), str):
         raise DatasetFormatError(f"{config_path} does not name the data folder ('data'); "
                                  f"give DATA: dsprep train --resume {run} DATA")
-    try:
-        config = TrainConfig.from_dict(saved["options"]).check()
-    except (TypeError, UsageError) as exc:
-        raise DatasetFormatError(f"{config_path} holds an option dsprep cannot use ({exc}); "
-                                 "start the run again with 'dsprep train --force'") from exc
+    config = _saved_options(run, saved)
     if epochs is not None:
         config.epochs = int(epochs)
         config.check()
