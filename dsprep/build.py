@@ -50,7 +50,7 @@ from .sources import (
     is_image_name,
     own_split_folders,
 )
-from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE, split_above
+from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE, refuse_unfinished_split, split_above
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
 SPLITS = ("train", "val", "test")
@@ -61,7 +61,7 @@ SKIPPED_NAME = "skipped.csv"
 # Held in OUT while a build writes there.
 BUILD_LOCK_NAME = ".dsprep-build.lock"
 # Lists the final names a build is renaming its finished files to (see _build_files).
-PUBLISHING_NAME = ".dsprep-build-publishing.json"
+PUBLISHING_NAME = store.PUBLISHING_NAME
 # Images per HDF5 chunk. Measured on 2 cores writing 2,048 256x256 images: uncompressed chunks of
 # 64 images wrote fastest (~6,600 images/s) and per-row random reads stayed ~7,000 images/s; with
 # lzf a 64-image chunk cut random row reads to ~470 images/s while 8 kept ~2,300.
@@ -300,6 +300,7 @@ def find_rows(
         dangling image links of each file's folders (skipped rows).
     """
     src = Path(src)
+    refuse_unfinished_split(src)
     has_manifest = (src / "split.json").is_file()
     if name is not None:
         if has_manifest:
@@ -1175,9 +1176,8 @@ def _discard(journal: Path, renamed: list[Path], waiting: list[Path]) -> None:
 
 
 def _waiting(final: Path) -> Path:
-    """Where a finished output waits for its final name: ``NAME.partial`` for an HDF5 file,
-    ``NAME.next`` for the small files."""
-    return store.partial_path(final) if final.suffix == ".hdf5" else _next(final)
+    """Where a finished output waits for its final name (``store.waiting_path``)."""
+    return store.waiting_path(final)
 
 
 def _undo_publishing(out: Path) -> list[str]:
@@ -1227,7 +1227,7 @@ def _all_left_out(split: str, skipped: Sequence[Skip]) -> DsprepError:
 
 def _next(path: Path) -> Path:
     """Where a small output waits, whole, for the HDF5 files to be renamed with it."""
-    return path.with_name(path.name + ".next")
+    return store.waiting_path(path)
 
 
 def _write_skipped(path: Path, skipped: Iterable[Skip]) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 from . import build, images, sources, store, system
 from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
 from .preprocess import Compose, Loader
+from .split import refuse_unfinished_split
 
 SHUFFLE_MODES = ("none", "batches", "full")
 OUTPUTS = ("float32", "uint8")
@@ -814,6 +815,7 @@ class DirectoryGenerator(_BatchSequence):
         self.workers = min(8, system.usable_cpus()) if workers is None else int(workers)
         self.image_shape = (*self.image_size, 3)
 
+        refuse_unfinished_split(self.root)
         splits = sources.own_split_folders(self.root, [])
         if (self.root / "split.json").is_file() or splits:
             # Its class folders would be train, val and test.

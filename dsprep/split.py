@@ -652,6 +652,27 @@ def split_above(folder: str | os.PathLike) -> Path | None:
     return None
 
 
+def refuse_unfinished_split(folder: str | os.PathLike) -> None:
+    """Refuse a folder (or a split folder's ``train``/``val``/``test``) that a ``dsprep split``
+    is still filling in place, or stopped filling: it holds a mix of two splits, or half of one.
+
+    Raises:
+        LayoutError: the split's swap journal or a non-empty work folder is there.
+    """
+    here = Path(folder)
+    for up in (here, here.parent):
+        work = up / f"{_OWN}-partial"
+        marks = [m for m in (up / f"{_OWN}-swapping",) if m.exists()]
+        with contextlib.suppress(OSError):
+            if work.is_dir() and os.listdir(work):
+                marks.append(work)
+        if marks:
+            raise LayoutError(
+                f"{up} is a split that 'dsprep split' is still writing, or stopped writing part "
+                f"way (it left {marks[0].name}); wait for it, or run the same 'dsprep split' "
+                "again to finish it")
+
+
 def _refuse_split_source(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """A split made by dsprep given as SRC, with a DEST that holds other files, is most likely
     DEST given first: the split would be pooled into the dump's folder, replacing its files

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import json
 import mmap
 import os
 import re
@@ -44,6 +45,35 @@ def partial_path(path: str | os.PathLike) -> Path:
     """Where a file is written before it is complete."""
     path = Path(path)
     return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+# The journal build-hdf5 keeps in OUT while it renames its finished files into place, and where
+# each waits for its name: NAME.partial for an HDF5 file, NAME.next for the small files.
+PUBLISHING_NAME = ".dsprep-build-publishing.json"
+NEXT_SUFFIX = ".next"
+
+
+def waiting_path(final: str | os.PathLike) -> Path:
+    """Where a finished output of build-hdf5 waits for its final name."""
+    final = Path(final)
+    return partial_path(final) if final.suffix == ".hdf5" else \
+        final.with_name(final.name + NEXT_SUFFIX)
+
+
+def half_published(folder: str | os.PathLike) -> bool:
+    """Whether a build-hdf5 into ``folder`` stopped among its final renames: some of its files
+    carry their final names, others still wait, so the folder holds files of two builds."""
+    journal = Path(folder) / PUBLISHING_NAME
+    try:
+        names = json.loads(journal.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    if isinstance(names, dict):  # being discarded: what waits goes, nothing was renamed
+        names = names.get("discard", [])
+    return any(isinstance(n, str) and n == Path(n).name and waiting_path(Path(folder) / n).exists()
+               for n in (names if isinstance(names, list) else []))
 
 
 # HDF5 refuses chunks of 4 GiB or more: larger images get fewer per chunk.
@@ -426,6 +456,11 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
         DatasetFormatError: it is not HDF5, or not dsprep's schema.
     """
     path = Path(path)
+    if half_published(path.parent):
+        raise DatasetFormatError(
+            f"{path.parent} holds files of two builds: a 'dsprep build-hdf5' into it stopped "
+            "while it renamed its files into place; run that build again (it clears the mix "
+            "first)")
     if not path.exists():
         hint = ""
         if partial_path(path).exists():

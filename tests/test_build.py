@@ -1068,3 +1068,56 @@ def test_every_output_reaches_the_disk_before_it_takes_its_final_name(tmp_path, 
     build.write_file(planned["train"], out / "one.hdf5", classes, opts(), split="train",
                      source_root=src)
     assert seen == [("one.hdf5.partial", False)] and (out / "one.hdf5").is_file()
+
+
+@pytest.mark.parametrize("left", ["journal", "work folder"])
+def test_a_split_stopped_while_filling_its_folder_is_not_built_from(tmp_path, left):
+    # A split filled in place (a container volume) and killed while its entries moved in holds
+    # half of two splits: building or reading it would quietly miss val/ or mix the two.
+    from dsprep import split as splitting
+    from dsprep.generators import DirectoryGenerator
+
+    src = make_split(tmp_path / "split")
+    if left == "journal":
+        (src / f"{splitting._OWN}-swapping").write_text("{}")
+    else:
+        (src / f"{splitting._OWN}-partial" / "val").mkdir(parents=True)
+    with pytest.raises(LayoutError, match="run the same 'dsprep split' again to finish it"):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    with pytest.raises(LayoutError, match="stopped writing part way"):
+        DirectoryGenerator(src / "train", image_size=(16, 16))
+    assert not (tmp_path / "out").exists()
+    # An empty work folder is what a finished split may leave: no obstacle.
+    if left == "journal":
+        (src / f"{splitting._OWN}-swapping").unlink()
+    else:
+        (src / f"{splitting._OWN}-partial" / "val").rmdir()
+    build.build_hdf5(src, tmp_path / "out", opts())
+    assert (tmp_path / "out" / "train.hdf5").is_file()
+
+
+def test_a_folder_left_with_files_of_two_builds_is_refused_until_built_again(tmp_path):
+    # A build killed among its final renames: train.hdf5 is the new build's, val.hdf5 and
+    # means.json still the old one's, the new val.hdf5 waiting under its temporary name.
+    from dsprep.generators import HDF5Generator
+
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    build.build_hdf5(src, out, opts())
+    shutil.copy(out / "val.hdf5", store.partial_path(out / "val.hdf5"))
+    (out / build.PUBLISHING_NAME).write_text(json.dumps(
+        ["train.hdf5", "val.hdf5", "test.hdf5", "skipped.csv", "means.json"]))
+    for path in (out / "train.hdf5", out / "val.hdf5"):
+        with pytest.raises(DatasetFormatError, match="holds files of two builds"):
+            store.open_dataset(path)
+    with pytest.raises(DatasetFormatError, match="run that build again"):
+        HDF5Generator(out / "train.hdf5")
+    # Every rename done (nothing waits): the build was whole, and reads.
+    store.partial_path(out / "val.hdf5").rename(tmp_path / "aside.hdf5")
+    with store.open_dataset(out / "train.hdf5"):
+        pass
+    shutil.copy(tmp_path / "aside.hdf5", store.partial_path(out / "val.hdf5"))
+    build.build_hdf5(src, out, opts(), force=True)  # clears the mix, then builds
+    assert not (out / build.PUBLISHING_NAME).exists()
+    for split in ("train", "val", "test"):
+        assert store.check_file(out / f"{split}.hdf5") == []
