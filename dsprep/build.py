@@ -41,7 +41,13 @@ from .errors import (
     LayoutError,
     UsageError,
 )
-from .fileio import exclusive, sync_file, sync_folder, write_atomic
+from .fileio import (
+    exclusive,
+    refuse_dangling_link,
+    sync_file,
+    sync_folder,
+    write_atomic,
+)
 from .sources import (
     BAD_NAME,
     DANGLING_LINK,
@@ -1032,6 +1038,7 @@ def build_hdf5(
     # A file built on its own lists its skipped images beside it, so it can join the files of
     # an earlier build in OUT without replacing their list.
     skipped_final = out / (SKIPPED_NAME if name is None else f"{name}.{SKIPPED_NAME}")
+    refuse_dangling_link(out)
     out.mkdir(parents=True, exist_ok=True)
     # One build at a time per OUT: a second would write (and on failure remove) the same
     # NAME.partial files.

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import DestinationExistsError
+from .errors import DestinationExistsError, UsageError
 
 
 def write_atomic(
@@ -45,6 +45,20 @@ def write_atomic(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def refuse_dangling_link(path: str | os.PathLike) -> None:
+    """Refuse an output folder given as a link to nothing: writing there would replace the
+    link with a folder of its own, away from where the link points (an unmounted scratch
+    volume, say).
+
+    Raises:
+        UsageError: ``path`` is a link whose target does not exist.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise UsageError(f"{path} is a link to {os.readlink(path)}, which does not exist; "
+                         "create that folder (or mount its volume), or remove the link")
 
 
 def sync_file(path: str | os.PathLike) -> None:

@@ -39,7 +39,7 @@ from .errors import (
     SplitError,
     UsageError,
 )
-from .fileio import exclusive, naming, write_atomic
+from .fileio import exclusive, naming, refuse_dangling_link, write_atomic
 from .sources import LABEL_CONFLICT, UNREADABLE, Inventory, Skipped, find_images, open_source
 
 SCHEMA = "dsprep-split/1"
@@ -1048,6 +1048,7 @@ def _check_target(source: Path, dest: str | os.PathLike, mode: str) -> Path:
         dest = Path(os.path.realpath(dest))
     elif ".." in dest.parts:  # "link/../out": ".." as the OS takes it, after the link
         dest = Path(os.path.realpath(dest.parent)) / dest.name
+    refuse_dangling_link(dest)
     if dest.is_symlink() and dest.is_dir():
         # A link to a folder: the split goes into the folder (the link is left as it is).
         dest = dest.resolve()

@@ -411,3 +411,18 @@ def test_bars_show_on_a_terminal_only_unless_asked(monkeypatch):
     monkeypatch.setattr(_common, "is_quiet", lambda: True)
     monkeypatch.setenv("DSPREP_PROGRESS", "1")
     assert _common.show_progress() is False and _common.show_epochs() is False
+
+
+def test_an_output_given_as_a_link_to_nothing_is_refused(tmp_path):
+    # Writing through it would replace the link with a local folder, away from its target
+    # (an unmounted scratch volume): the data would land on the wrong disk.
+    src = make_split(tmp_path / "split")
+    dump = make_class_folders(tmp_path / "dump", CLASSES, per_class=4)
+    for command in (["build-hdf5", src], ["split", dump], ["split", dump, "--dry-run"]):
+        link = tmp_path / "out"
+        link.symlink_to(tmp_path / "scratch" / "out")
+        result = run(*command[:2], link, *command[2:])
+        assert result.exit_code == 2, result.output
+        assert "is a link to" in result.output and "which does not exist" in result.output
+        assert link.is_symlink() and not (tmp_path / "scratch").exists()
+        link.unlink()

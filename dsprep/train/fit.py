@@ -26,7 +26,7 @@ from ..errors import (
     LayoutError,
     UsageError,
 )
-from ..fileio import exclusive
+from ..fileio import exclusive, refuse_dangling_link
 from . import callbacks as cb
 from .models import build_model
 from .options import SEED_MAX, TrainConfig
@@ -526,6 +526,7 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     """
     config = (config or TrainConfig()).check()
     run = Path(run)
+    refuse_dangling_link(run)
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     with exclusive(run / TRAIN_LOCK, run):
