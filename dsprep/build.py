@@ -1060,11 +1060,28 @@ def build_hdf5(
                 )
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
+    warnings += _lost_classes(reports, planned, classes, skipped_final)
     warnings += [f"{path} is not from this build (this split has no "
                  f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as "
                  "it was; remove it if it does not belong with these files"
                  for path in others if path.exists()]
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
+
+
+def _lost_classes(reports: list[FileReport], planned: dict[str, list[Row]],
+                  classes: list[str], skipped: Path) -> list[str]:
+    """Warnings for the classes a file was to hold but lost every image of (all skipped)."""
+    warnings = []
+    for report in reports:
+        wanted = {row.label for row in planned.get(report.split, ())}
+        with store.open_dataset(report.path) as db:
+            kept = set(np.unique(db["labels"][()]).tolist())
+        lost = [classes[k] for k in sorted(wanted - kept)]
+        if lost:
+            warnings.append(f"every image of {', '.join(lost)} in {report.split} was left out, "
+                            f"so {report.path.name} holds none of "
+                            f"{'it' if len(lost) == 1 else 'them'}; see {skipped}")
+    return warnings
 
 
 def _classes_beside(out: Path, name: str, classes: list[str], planned: dict[str, list[Row]],

@@ -426,3 +426,14 @@ def test_an_output_given_as_a_link_to_nothing_is_refused(tmp_path):
         assert "is a link to" in result.output and "which does not exist" in result.output
         assert link.is_symlink() and not (tmp_path / "scratch").exists()
         link.unlink()
+
+
+def test_a_class_whose_every_training_image_is_bad_is_warned_of_even_with_q(tmp_path):
+    src = make_split(tmp_path / "split")
+    for path in (src / "train" / "dog").iterdir():
+        path.write_bytes(path.read_bytes()[:40])  # truncated: undecodable
+    result = run("-q", "build-hdf5", src, tmp_path / "out", "--size", "16", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: every image of dog in train was left out, so train.hdf5 holds none of "
+            f"it; see {tmp_path / 'out' / 'skipped.csv'}") in result.output
+    assert "of cat" not in result.output and " in val " not in result.output
