@@ -497,7 +497,7 @@ _PREFAULTED: set[tuple[str, int]] = set()
 _ATTACHED: dict[str, shared_memory.SharedMemory] = {}
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     # OpenCV's own thread pool would fight the worker processes for the same cores.
     cv2.setNumThreads(1)
     # A bad image is reported in skipped.csv; OpenCV's messages about it ("imdecode_: can't
@@ -509,17 +509,21 @@ def _init_worker() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
-    exit_with_parent()
+    exit_with_parent(parent=parent)
 
 
-def exit_with_parent(poll: float = 1.0) -> None:
+def exit_with_parent(poll: float = 1.0, parent: int | None = None) -> None:
     """End this process soon after its parent ends, even if the parent was killed outright.
 
     A decoding worker whose build was killed (``kill -9``, the out-of-memory killer) would
     otherwise live on, holding its memory and the shared ring, which then outlives the build
-    in ``/dev/shm``. A daemon thread checks the parent's id every ``poll`` seconds.
+    in ``/dev/shm``. A daemon thread checks the parent's id every ``poll`` seconds. ``parent``
+    is the id the parent gave when it started this process: a parent killed while this one
+    was still starting is then noticed too (its own ``getppid()`` would already be another).
     """
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else int(parent)
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -789,7 +793,7 @@ def _executor(workers: int):
     if executor is None or _POOL.get("workers") != workers:
         shutdown_workers()
         executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                       timeout=300)
+                                       initargs=(os.getpid(),), timeout=300)
         _POOL.update(executor=executor, workers=workers)
     return executor
 

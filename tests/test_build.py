@@ -1016,6 +1016,20 @@ def test_a_worker_whose_build_was_killed_ends_too(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
+def test_a_worker_whose_build_died_while_it_started_ends_at_once():
+    # Killed before the worker read its parent's id, the build would leave it watching its new
+    # parent (init) for ever: the id it is given at its start is the one that counts.
+    code = ("import os, time; from dsprep.build import exit_with_parent; "
+            "exit_with_parent(0.05, parent=os.getppid() + 1); time.sleep(30)")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert done.returncode == 1 and time.monotonic() - started < 20
+    alive = subprocess.run([sys.executable, "-c", "import os, time; from dsprep.build import "
+                            "exit_with_parent; exit_with_parent(0.05, parent=os.getppid()); "
+                            "time.sleep(0.3)"], timeout=60)
+    assert alive.returncode == 0
+
+
 def _running(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
