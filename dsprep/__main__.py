@@ -67,7 +67,12 @@ def _open_standard_streams() -> None:
 
 def terminated(signum, frame) -> None:
     """The SIGTERM and SIGHUP handler: raise SystemExit(128 + signum) where the program is."""
-    signal.signal(signum, signal.SIG_DFL)  # a second one ends it at once
+    # While the command cleans up, a second SIGTERM ends it at once, and a hangup (systemd
+    # sends SIGHUP right after SIGTERM; a closed terminal after a kill) is ignored, so that
+    # the clean-up is not cut short by a second unwinding.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         print("\nTerminated." if signum == signal.SIGTERM else "\nHangup.", file=sys.stderr)
     except (OSError, ValueError):

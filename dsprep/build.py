@@ -1159,6 +1159,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
         for final in finals:
             sync_file(_waiting(final))
         write_atomic(journal, json.dumps([p.name for p in finals]), fsync=True)
+        sync_folder(out)  # the journal is on the disk before any rename it covers
         for final in finals:
             os.replace(_waiting(final), final)
         sync_folder(out)

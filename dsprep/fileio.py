@@ -39,7 +39,7 @@ def write_atomic(
             fh.write(raw)
             if fsync:
                 fh.flush()
-                os.fsync(fh.fileno())
+                _fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -64,15 +64,13 @@ def refuse_dangling_link(path: str | os.PathLike) -> None:
 def sync_file(path: str | os.PathLike) -> None:
     """Flush a written file's bytes to the disk, so a rename that follows never gives the final
     name to data a power cut would lose."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise  # EIO: the bytes did not reach the disk
-        # a file system that has nothing to sync (some FUSE and virtual ones)
-    finally:
-        os.close(fd)
+    with naming(path):
+        # Windows commits only through a descriptor that may write.
+        fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+        try:
+            _fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def sync_folder(path: str | os.PathLike) -> None:
@@ -82,11 +80,19 @@ def sync_folder(path: str | os.PathLike) -> None:
     except OSError:
         return  # Windows opens no folders; the rename is as durable as the OS makes it
     try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a folder (EINVAL)
+        with naming(path):
+            _fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise  # EIO: the bytes did not reach the disk
+        # a file system (some FUSE and virtual ones), or a folder, that cannot be synced
 
 
 # The errors of a write that mean the target is full or cannot be written.

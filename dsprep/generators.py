@@ -66,15 +66,33 @@ def _order_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ORDER_KEY, epoch)))
 
 
+def _integer(value: object) -> int | None:
+    """``value`` as an int if it is one integer (Python, numpy, or a 0-d torch or numpy
+    tensor), else None: never a bool, a float, a slice or a one-element array."""
+    if isinstance(value, (bool, np.bool_)) or getattr(value, "ndim", 0) != 0 \
+            or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _whole(value: object, what: str) -> int:
-    """An index as an int: ints, numpy and torch integers; never a bool, slice or float."""
-    if not isinstance(value, (bool, np.bool_)):
-        try:
-            return operator.index(value)
-        except TypeError:
-            pass
-    raise TypeError(f"{what} is an integer, got {value!r}; ask for one batch at a time, gen[i] "
-                    "or gen[epoch, i]")
+    """A batch index or an epoch in an index, as an int (else a TypeError, as for a list)."""
+    number = _integer(value)
+    if number is None:
+        raise TypeError(f"{what} is an integer, got {value!r}; ask for one batch at a time, "
+                        "gen[i] or gen[epoch, i]")
+    return number
+
+
+def _count(value: object, what: str, least: int = 0) -> int:
+    """An epoch, rank or count given as an argument, as an int (else a UsageError)."""
+    number = _integer(value)
+    if number is None or number < least:
+        raise UsageError(f"{what} must be a whole number, {least} or more; received {value!r}")
+    return number
 
 
 def _probe_batch(shape: tuple[int, ...]) -> np.ndarray:
@@ -199,10 +217,7 @@ class _BatchSequence(ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch`` (its order and random draws depend only on seed and epoch)."""
-        if (isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer))
-                or epoch < 0):
-            raise UsageError(f"epoch must be a non-negative integer; received {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = _count(epoch, "epoch")
         self.epoch_sets += 1
         self._shuffle_order()
 
@@ -639,42 +654,56 @@ class EpochIndices:
         loader = DataLoader(gen, batch_size=None, sampler=sampler, num_workers=4,
                             persistent_workers=True)
         for epoch in range(epochs):
-            sampler.set_epoch(epoch)  # optional: each full pass moves on by itself
+            sampler.set_epoch(epoch)  # optional: each new pass is the next epoch
             for x, y in loader: ...
+
+    Each pass over the sampler (each ``for ... in loader``) is the epoch after the last pass,
+    however far that one was read, or the epoch ``set_epoch`` named since: the same in every
+    process, whatever the loader reads ahead. A pass counts once its first index is read.
 
     With ``world`` > 1 (distributed training: one process per GPU, each with its own
     generator), rank ``r`` takes batches ``r, r + world, ...`` of the same order, so the ranks
-    see disjoint batches; every rank takes as many (the first batches again where the count
-    does not divide), as collective training steps need. The generators must then share a
-    seed: one drawn by each process would give each its own order.
+    see disjoint batches, and every rank as many, as collective training steps need: where the
+    batches do not divide evenly, the last ranks take the first batches again, or with
+    ``drop_last`` the batches past the last whole round are left out. The generators must then
+    share a seed: one drawn by each process would give each its own order.
     """
 
-    def __init__(self, gen: _BatchSequence, rank: int = 0, world: int = 1) -> None:
-        rank, world = _whole(rank, "rank"), _whole(world, "world")
-        if world < 1 or not 0 <= rank < world:
-            raise UsageError(f"rank must be in 0..world-1 and world 1 or more; received "
-                             f"rank={rank}, world={world}")
+    def __init__(self, gen: _BatchSequence, rank: int = 0, world: int = 1,
+                 drop_last: bool = False) -> None:
+        rank, world = _count(rank, "rank"), _count(world, "world", least=1)
+        if rank >= world:
+            raise UsageError(f"rank must be below world; received rank={rank}, world={world}")
+        if not isinstance(drop_last, (bool, np.bool_)):
+            raise UsageError(f"drop_last must be True or False; received {drop_last!r}")
         if world > 1 and getattr(gen, "seed_drawn", False):
             raise UsageError("with world > 1 every rank's generator needs the same seed; give "
                              "the generator seed=... (it drew one of its own)")
-        self.gen, self.rank, self.world = gen, rank, world
+        if drop_last and len(gen) < world:
+            raise UsageError(f"drop_last with {len(gen)} batches for {world} ranks leaves none; "
+                             "use a smaller batch_size")
+        self.gen, self.rank, self.world, self.drop_last = gen, rank, world, bool(drop_last)
         self.epoch = int(getattr(gen, "epoch", 0))
+        self._named = True  # the next pass gives self.epoch itself
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass gives."""
-        epoch = _whole(epoch, "an epoch")
-        if epoch < 0:
-            raise UsageError(f"epoch must be 0 or more; received {epoch}")
-        self.epoch = epoch
+        self.epoch = _count(epoch, "epoch")
+        self._named = True
 
     def __len__(self) -> int:
-        return math.ceil(len(self.gen) / self.world)
+        n = len(self.gen)
+        return n // self.world if self.drop_last else math.ceil(n / self.world)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        # A generator: its epoch is taken when the pass is first read, so an iterator made and
+        # dropped unread (PyTorch's DataLoader makes one so) is no pass.
+        if not self._named:
+            self.epoch += 1
+        self._named = False
         epoch, n = self.epoch, len(self.gen)
         for k in range(len(self)):
             yield epoch, (self.rank + k * self.world) % n
-        self.epoch = epoch + 1  # a pass that ran to its end moves on, as a generator's does
 
 
 def rows_in_class_runs(labels: np.ndarray, batch_size: int, min_batches: int = 0) -> bool:

@@ -109,6 +109,7 @@ def test_sigterm_unwinds_like_ctrl_c_with_status_143(capsys):
     from dsprep.__main__ import terminated
 
     previous = signal.signal(signal.SIGTERM, terminated)
+    hangup = signal.getsignal(signal.SIGHUP)  # the handler ignores SIGHUP while it unwinds
     cleaned = []
     try:
         try:
@@ -122,6 +123,7 @@ def test_sigterm_unwinds_like_ctrl_c_with_status_143(capsys):
         raise AssertionError("SIGTERM did not stop the program")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, hangup)
     assert cleaned == [True] and "Terminated." in capsys.readouterr().err
 
 
@@ -241,8 +243,8 @@ def test_a_hangup_stops_the_command_unless_nohup_ignores_it():
     code = ("import time\n"
             "import dsprep.cli\n"
             "def main(prog_name):\n"
-            "    print('ready', flush=True)\n"
             "    try:\n"
+            "        print('ready', flush=True)\n"
             "        time.sleep(3)\n"
             "    finally:\n"
             "        print('cleaned', flush=True)\n"
@@ -287,3 +289,38 @@ def test_the_command_hands_its_signal_handlers_back_when_it_ends(monkeypatch):
         run()
     assert seen["during"] is terminated
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this OS")
+def test_a_hangup_during_the_clean_up_of_a_sigterm_does_not_cut_it_short():
+    # systemd's SendSIGHUP, or a terminal closed after a kill: the clean-up the SIGTERM began
+    # runs to its end, and the status still says SIGTERM.
+    code = ("import time\n"
+            "import dsprep.cli\n"
+            "def main(prog_name):\n"
+            "    try:\n"
+            "        print('ready', flush=True)\n"
+            "        time.sleep(30)\n"
+            "    finally:\n"
+            "        print('cleaning', flush=True)\n"
+            "        time.sleep(1)\n"
+            "        print('cleaned', flush=True)\n"
+            "dsprep.cli.main = main\n"
+            "from dsprep.__main__ import run\n"
+            "run()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == "cleaning\n"
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert out == "cleaned\n" and proc.returncode == 143
+    assert err.strip() == "Terminated."
+

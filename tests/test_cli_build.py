@@ -188,9 +188,12 @@ def test_verify_of_moved_sources_does_not_ask_for_a_rebuild(built, tmp_path):
     result = run("verify", out / "train.hdf5", "--sources", "3")
     assert result.exit_code == 1
     assert "does not exist" in result.output and "--source-root" in result.output
-    assert "itself reads well, but 1 problem with its sources" in result.output
-    assert "rebuild it only if the sources changed" in result.output
+    assert "reads whole, but 1 problem with its sources" in result.output
+    assert "if they moved, give --source-root" in result.output
     assert "problem(s) found; rebuild it" not in result.output
+    quick = run("verify", out / "train.hdf5", "--sources", "3", "--quick")
+    assert quick.exit_code == 1 and "reads whole" not in quick.output
+    assert "its pixels unread (--quick); verify it without --quick" in quick.output
     assert run("verify", out / "train.hdf5", "--sources", "3", "--source-root",
                moved).exit_code == 0
 

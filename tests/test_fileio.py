@@ -180,3 +180,29 @@ def test_write_errors_name_the_file_the_system_did_not(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left on device") as full:
         fileio.write_atomic(tmp_path / "m.json", "{}")
     assert full.value.filename == str(tmp_path / "m.json.partial")
+
+
+def test_a_file_system_that_cannot_sync_is_no_error_but_a_failed_sync_names_the_file(
+        tmp_path, monkeypatch):
+    import errno
+
+    from dsprep.fileio import sync_file, sync_folder, write_atomic
+
+    def refuse(code):
+        def fsync(fd):
+            raise OSError(code, os.strerror(code))
+        return fsync
+
+    target = tmp_path / "f.json"
+    monkeypatch.setattr(os, "fsync", refuse(errno.EINVAL))  # some FUSE file systems
+    write_atomic(target, "{}", fsync=True)
+    sync_file(target)
+    sync_folder(tmp_path)
+    assert target.read_text() == "{}"
+    monkeypatch.setattr(os, "fsync", refuse(errno.EIO))  # the bytes never reached the disk
+    with pytest.raises(OSError) as caught:
+        sync_file(target)
+    assert caught.value.errno == errno.EIO and caught.value.filename == str(target)
+    with pytest.raises(OSError) as caught:
+        write_atomic(tmp_path / "g.json", "{}", fsync=True)
+    assert caught.value.filename is not None and not (tmp_path / "g.json").exists()

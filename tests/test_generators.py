@@ -188,7 +188,7 @@ def test_a_file_whose_means_are_nan_reads_as_unchanged(tmp_path):
 def test_set_epoch_takes_whole_numbers_only(h5file):
     gen = HDF5Generator(h5file[0], batch_size=8, seed=1)
     for bad in (1.5, "2", -1, True):
-        with pytest.raises(UsageError, match="epoch must be a non-negative integer"):
+        with pytest.raises(UsageError, match="epoch must be a whole number, 0 or more"):
             gen.set_epoch(bad)
     assert gen.epoch == 0 and gen.epoch_sets == 0
     gen.set_epoch(np.int64(2))
@@ -985,6 +985,12 @@ def test_an_index_with_index_protocol_is_taken(h5file):
     gen = HDF5Generator(h5file[0], batch_size=8, seed=0, output="uint8")
     np.testing.assert_array_equal(gen[TorchLikeIndex(2)][0], gen[2][0])
     np.testing.assert_array_equal(gen[TorchLikeIndex(1), TorchLikeIndex(2)][0], gen[1, 2][0])
+    np.testing.assert_array_equal(gen[np.array(3)][0], gen[3][0])  # a 0-d array is one number
+    for one_element in (np.array([2]), np.array(True), np.bool_(True)):
+        with pytest.raises(TypeError, match="a batch index is an integer"):
+            gen[one_element]
+    gen.set_epoch(TorchLikeIndex(2))
+    assert gen.epoch == 2
 
 
 _WORKER_GEN = None
@@ -1010,15 +1016,22 @@ def test_epoch_indices_reach_worker_copies_that_never_see_set_epoch(h5file):
     epochs = []
     with multiprocessing.get_context("spawn").Pool(2, _keep_copy, (blob,)) as pool:
         for epoch in range(3):
-            indices = list(sampler)  # a pass that ends moves on to the next epoch
+            indices = list(sampler)  # each new pass is the next epoch
             assert indices == [(epoch, i) for i in range(len(gen))]
             got = pool.map(_rows_from_copy, indices, chunksize=1)
             gen.set_epoch(epoch)
             assert got == [rows_of(gen[i][0]).tolist() for i in range(len(gen))]
             epochs.append(got)
     assert epochs[0] != epochs[1] != epochs[2]
-    sampler.set_epoch(1)
-    assert list(sampler)[0] == (1, 0) and sampler.epoch == 2
+    # a pass broken off (or read ahead by a loader) counts as its epoch all the same; an
+    # iterator never read (a DataLoader makes one when it starts) does not
+    unread = iter(sampler)
+    first = iter(sampler)
+    assert next(first) == (3, 0)
+    assert next(iter(sampler)) == (4, 0)
+    del unread
+    sampler.set_epoch(1)  # named: the next pass gives it, then the count goes on from there
+    assert [next(iter(sampler))[0] for _ in range(3)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("mode", ["batches", "full"])
@@ -1054,6 +1067,14 @@ def test_epoch_indices_refuse_ranks_without_a_shared_seed(h5file):
     assert len(list(EpochIndices(drawn))) == len(drawn)  # one process: any seed is fine
     with pytest.raises(UsageError, match="same seed"):
         EpochIndices(drawn, rank=0, world=2)
-    with pytest.raises(UsageError, match="rank must be"):
-        EpochIndices(HDF5Generator(h5file[0], batch_size=4, seed=1), rank=2, world=2)
+    seeded = HDF5Generator(h5file[0], batch_size=4, seed=1)
+    with pytest.raises(UsageError, match="rank must be below world"):
+        EpochIndices(seeded, rank=2, world=2)
+    for kwargs in ({"rank": 1.0, "world": 2}, {"world": 0}, {"rank": -1, "world": 2}):
+        with pytest.raises(UsageError, match="must be a whole number"):
+            EpochIndices(seeded, **kwargs)
+    # drop_last: every rank the whole rounds only (10 batches, 3 ranks: 3 each, 1 left out)
+    ranks = [list(EpochIndices(seeded, rank=r, world=3, drop_last=True)) for r in range(3)]
+    taken = sorted(i for indices in ranks for _, i in indices)
+    assert [len(indices) for indices in ranks] == [3, 3, 3] and taken == list(range(9))
     assert pickle.loads(pickle.dumps(drawn)).seed_drawn

@@ -164,10 +164,17 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
             "'dsprep build-hdf5'"
         )
     if source_problems:
-        # The file is whole; its sources moved, went or changed since the build.
+        problems_ = count_of(len(source_problems), "problem")
+        if quick:  # the pixels were not read: a damaged file looks the same from here
+            raise click.ClickException(
+                f"{file}: {problems_} with its sources (above), and its pixels unread "
+                "(--quick); verify it without --quick to tell a damaged file from sources "
+                "that moved or changed")
+        # The file reads whole; its sources moved, went or changed since the build (or its
+        # pixels were altered within what the means show).
         raise click.ClickException(
-            f"{file} itself reads well, but {count_of(len(source_problems), 'problem')} with "
-            "its sources (above); rebuild it only if the sources changed since the build"
+            f"{file} reads whole, but {problems_} with its sources (above); if they moved, "
+            "give --source-root; if they changed since the build, rebuild it"
         )
     checked = "" if quick else ", every image read"
     checked += f", {count_of(sources, 'source')} re-decoded" if sources else ""
