@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import mmap
@@ -214,6 +215,7 @@ class BuildReport:
     skipped_path: Path
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # printed even with -q
+    up_to_date: bool = False  # OUT held this very build already: nothing was done
 
     @property
     def skipped(self) -> list[Skip]:
@@ -884,16 +886,7 @@ def write_file(
     workers = min(options.worker_count, max(1, -(-len(rows) // _TASK_IMAGES)))
     chunk = options.chunk
     block = chunk * max(1, _TASK_IMAGES // chunk)
-    attrs = {
-        "split": split,
-        "resize": options.resize,
-        "interpolation": options.interpolation or "auto",
-        "order": options.order,
-        "seed": int(options.seed),
-        "exact": bool(options.exact),
-        "max_pixels": int(options.max_pixels or 0),
-        "source_root": str(Path(source_root).resolve()),
-    }
+    attrs = _file_attrs(options, split, source_root)
     writer = store.HDF5Writer(path, len(rows), options.size, classes, chunk_images=chunk,
                               compression=options.compression, attrs=attrs, overwrite=overwrite,
                               direct=True)
@@ -923,6 +916,66 @@ def write_file(
         writer.abort()
         raise
     return FileReport(path, split, writer.count, skipped, stats, time.perf_counter() - started)
+
+
+def _file_attrs(options: BuildOptions, split: str, source_root: str | os.PathLike) -> dict:
+    """The attributes a file is built with: what made it, and what it was made from."""
+    return {
+        "split": split,
+        "resize": options.resize,
+        "interpolation": options.interpolation or "auto",
+        "order": options.order,
+        "seed": int(options.seed),
+        "exact": bool(options.exact),
+        "max_pixels": int(options.max_pixels or 0),
+        "source_root": str(Path(source_root).resolve()),
+        "chunk_images": int(options.chunk),
+        "compression": options.compression,
+        # The split's own record of its files (split.json and files.csv, which holds each
+        # file's sha256), so a build run again on the same split can tell it is up to date.
+        "split_stamp": split_stamp(source_root) or "",
+    }
+
+
+def split_stamp(folder: str | os.PathLike) -> str | None:
+    """A digest of a dsprep split's split.json and files.csv; None for other folders."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    try:
+        for name in ("split.json", "files.csv"):
+            digest.update((folder / name).read_bytes())
+            digest.update(b"\0")
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _up_to_date(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
+                options: BuildOptions, links: dict[str, list[Skip]],
+                others: list[Path]) -> bool:
+    """Whether OUT holds this very build: every file there, made from the same split (by its
+    stamp) with the same options, classes and rows, and no file of another build waiting."""
+    if split_stamp(src) is None or store.half_published(out):
+        return False
+    if not all(p.is_file() for p in others):
+        return False
+    for split, rows in planned.items():
+        wanted = _file_attrs(options, split, src)
+        try:
+            with store.open_dataset(out / f"{split}.hdf5") as db:
+                found = store.attributes(db)
+                if store.label_names(db) != list(classes):
+                    return False
+        except DsprepError:
+            return False
+        if any(np.asarray(found.get(key)).tolist() != np.asarray(value).tolist()
+               for key, value in wanted.items()):
+            return False
+        if (list(np.asarray(found.get("image_size")).tolist()) != list(options.size)
+                or int(found.get("count", -1)) + int(found.get("skipped", 0))
+                != len(rows) + len(links.get(split, ()))):
+            return False
+    return True
 
 
 def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: int,
@@ -1053,6 +1106,10 @@ def build_hdf5(
         if undone:
             notes.append("removed " + ", ".join(undone) + ": a build stopped while it renamed "
                          "them into place left them (so they were from two builds)")
+        if not force and name is None and _up_to_date(
+                src, out, planned, classes, options, links,
+                [p for p in (means_path, skipped_final) if p is not None]):
+            return BuildReport([], means_path, skipped_final, notes, warnings, up_to_date=True)
         if not force:
             existing = [p for p in [*outputs, means_path, skipped_final]
                         if p is not None and p.exists()]

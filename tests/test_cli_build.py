@@ -440,3 +440,28 @@ def test_a_class_whose_every_training_image_is_bad_is_warned_of_even_with_q(tmp_
     assert (f"warning: every image of dog in train was left out, so train.hdf5 holds none of "
             f"it; see {tmp_path / 'out' / 'skipped.csv'}") in result.output
     assert "of cat" not in result.output and " in val " not in result.output
+
+
+def test_a_build_run_again_on_the_same_split_has_nothing_to_do(tmp_path):
+    # A job that runs 'dsprep split' and 'dsprep build-hdf5' again after their end: split says
+    # nothing to do, and so must the build, not fail for want of --force.
+    dump = make_class_folders(tmp_path / "dump", CLASSES, per_class=6)
+    src, out = tmp_path / "split", tmp_path / "out"
+    assert run("-q", "split", dump, src).exit_code == 0
+    build = ["build-hdf5", src, out, "--size", "16", "--workers", "1"]
+    assert run(*build).exit_code == 0
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    again = run(*build)
+    assert again.exit_code == 0, again.output
+    assert "already holds this build" in again.output and "nothing to do" in again.output
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+    # Other options, or a split made again another way, are another build: refused as before.
+    other = run(*build[:-2], "--workers", "1", "--size", "8")
+    assert other.exit_code == 1 and "already exist" in other.output
+    assert run("-q", "split", dump, src, "--seed", "5", "--force").exit_code == 0
+    resplit = run(*build)
+    assert resplit.exit_code == 1 and "already exist" in resplit.output
+    assert run(*build, "--force").exit_code == 0
+    (out / "means.json").unlink()
+    gone = run(*build)
+    assert gone.exit_code == 1 and "already exist" in gone.output

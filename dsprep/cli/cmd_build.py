@@ -73,6 +73,10 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     report = run_build(src, out, options, name=name, force=force, progress=show_progress())
     for note in report.notes:
         say(f"note: {note}")
+    if report.up_to_date:
+        say(f"{out} already holds this build of {src} (the same split and options): nothing "
+            "to do; --force builds it again")
+        return
     for warning in report.warnings:
         say(f"warning: {warning}", err=True)
     for f in report.files:
