@@ -652,7 +652,13 @@ def _locked_segment(nbytes: int) -> int:
             # Between this open and this lock a sweep could take the lock first: it leaves
             # an empty file alone (see _sweep_rings), and the size comes only after the lock.
             fcntl.flock(fd, fcntl.LOCK_SH)
-            os.ftruncate(fd, nbytes)
+            try:
+                os.ftruncate(fd, nbytes)
+            except OSError as exc:  # a file size limit (ulimit -f) counts this file too
+                raise DsprepError(
+                    f"cannot make the {nbytes / 2**20:.0f} MB of shared memory the decoding "
+                    f"workers write into ({path}: {exc.strerror or exc}); use --workers 1, "
+                    "which needs none, or raise the limit ('ulimit -f')") from exc
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):

@@ -1136,3 +1136,16 @@ def test_a_folder_left_with_files_of_two_builds_is_refused_until_built_again(tmp
     assert not (out / build.PUBLISHING_NAME).exists()
     for split in ("train", "val", "test"):
         assert store.check_file(out / f"{split}.hdf5") == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="rings live in /dev/shm")
+def test_shared_memory_refused_by_a_size_limit_is_named_with_the_way_out(monkeypatch):
+    def limited(fd, size):
+        raise OSError(errno.EFBIG, "File too large")
+
+    before = set(os.listdir(build.SHM_DIR))
+    monkeypatch.setattr(os, "ftruncate", limited)
+    with pytest.raises(DsprepError, match=r"shared memory the decoding workers write into "
+                                          r"\(/dev/shm/.*File too large\); use --workers 1"):
+        build._locked_segment(2**21)
+    assert set(os.listdir(build.SHM_DIR)) <= before  # the file it made is gone
