@@ -570,11 +570,12 @@ class MappedRows:
     KEEP = 3
 
     def __init__(self, handle: Descriptor, offset: int, rows: int, shape: tuple[int, ...],
-                 batch_rows: int) -> None:
+                 batch_rows: int, whole: bool = False) -> None:
         self.handle, self.offset, self.rows = handle, offset, rows  # the file, held open
         self.shape = tuple(int(s) for s in shape)
         self.row_bytes = int(np.prod(self.shape))
-        self.window_rows = max(1, self.WINDOW_BYTES // self.row_bytes)
+        # whole: one map of every row, for batches whose rows lie anywhere in the file
+        self.window_rows = rows if whole else max(1, self.WINDOW_BYTES // self.row_bytes)
         self.batch_rows = max(1, int(batch_rows))
         self._lock = threading.Lock()
         self._windows: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
@@ -587,6 +588,12 @@ class MappedRows:
         window = self._window(k)
         first = k * self.window_rows
         return window[start - first:stop - first]
+
+    def all_rows(self) -> np.ndarray:
+        """Every row as one read-only (rows, *shape) array (a map made ``whole``)."""
+        if self.window_rows < self.rows:
+            raise ValueError("the rows are mapped in windows; make the map with whole=True")
+        return self._window(0)
 
     def _window(self, k: int) -> np.ndarray:
         with self._lock:
@@ -678,7 +685,7 @@ class RowReader:
             return None
 
     def map(self, handle: Descriptor, shape: tuple[int, ...],
-            batch_rows: int) -> MappedRows | None:
+            batch_rows: int, whole: bool = False) -> MappedRows | None:
         """The rows as read-only arrays over memory maps of the file (:class:`MappedRows`), or
         None unless they lie back to back in one byte range: contiguous, or chunks in row order
         with no gaps (a dsprep build lays them so when a chunk's bytes are a multiple of 4 KiB,
@@ -695,7 +702,7 @@ class RowReader:
             return None
         if int(self.offsets[0]) + self.rows * self.row_bytes > size:
             return None
-        return MappedRows(handle, int(self.offsets[0]), self.rows, shape, batch_rows)
+        return MappedRows(handle, int(self.offsets[0]), self.rows, shape, batch_rows, whole)
 
     def _spans(self, start: int, stop: int):
         """(first row, rows, file offset) of each chunk-contiguous piece of rows start:stop."""

@@ -782,9 +782,10 @@ def test_training_pipeline_gives_mean_subtracted_random_flipped_patches(h5file):
     assert len(positions) > 3 and flips == {False, True}  # really random
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read"])
 @pytest.mark.parametrize("mode", ["batches", "full"])
 def test_rows_mapped_or_read_while_cutting_give_the_batches_of_an_upfront_read(h5file, mode,
-                                                                      monkeypatch):
+                                                                      mapped, monkeypatch):
     import dsprep.preprocess as preprocess
     from dsprep.augment import RandomFlip
     from dsprep.generators import batch_rng
@@ -803,14 +804,17 @@ def test_rows_mapped_or_read_while_cutting_give_the_batches_of_an_upfront_read(h
             return _real(self, fd, *args)
 
         monkeypatch.setattr(store.RowReader, name, record)
+    if not mapped:  # a file whose rows do not lie back to back (227x227 chunks are padded)
+        monkeypatch.setattr(store.RowReader, "map", lambda *args, **kwargs: None)
     ops = [RandomPatch(4, 5), RandomFlip(), MeanSubtract({"R": 10, "G": 20, "B": 30})]
     gen = HDF5Generator(path, batch_size=16, shuffle=mode, seed=4, preprocessors=ops)
     gen[0]  # opens the file (the reader checks a first and a last row)
     reads.clear()
     x, _ = gen[1]
     assert gen._reader is not None
-    if mode == "batches":
-        # Contiguous rows: windows are cut straight from a read-only map of the file.
+    if mapped:
+        # Windows are cut straight from a read-only map of the file: its rows lie back to back
+        # ("batches": one slice of it; "full": each row where it lies).
         assert reads == [] and gen._mapped is not None
     else:
         assert sum(reads) == 16 and max(reads) <= 3  # the batch came in runs of 3 rows at most
@@ -856,17 +860,19 @@ def test_user_steps_get_a_writable_batch_and_outputs_never_view_the_file(h5file,
     assert again.any()
 
 
-def test_ten_crop_pipeline_matches_a_per_image_loop(h5file):
+@pytest.mark.parametrize("mode", ["none", "full"])
+def test_ten_crop_pipeline_matches_a_per_image_loop(h5file, mode):
     from dsprep.preprocess import MeanSubtract, TenCrop
 
     path, imgs, _ = h5file
     mean = [10.0, 20.0, 30.0]
-    gen = HDF5Generator(path, batch_size=8, shuffle="none", seed=0,
+    gen = HDF5Generator(path, batch_size=8, shuffle=mode, seed=0,
                         preprocessors=[TenCrop(4, 4), MeanSubtract(mean)])
     assert gen.sample_shape == (10, 4, 4, 3)
     x, _ = gen[1]
     assert x.shape == (8, 10, 4, 4, 3) and x.dtype == np.float32
-    for sample, image in zip(x, imgs[8:16], strict=True):
+    assert gen._mapped is not None  # cut from a map of the file, in file order or scattered
+    for sample, image in zip(x, imgs[gen.batch_rows(1)], strict=True):
         ref = image.astype(np.float64) - mean
         corners = [(0, 0), (0, 3), (2, 0), (2, 3), (1, 1)]  # 6x7 image, 4x4 crops
         crops = [ref[t:t + 4, c:c + 4] for t, c in corners]
@@ -1078,3 +1084,22 @@ def test_epoch_indices_refuse_ranks_without_a_shared_seed(h5file):
     taken = sorted(i for indices in ranks for _, i in indices)
     assert [len(indices) for indices in ranks] == [3, 3, 3] and taken == list(range(9))
     assert pickle.loads(pickle.dumps(drawn)).seed_drawn
+
+
+def test_full_shuffle_reads_its_rows_when_the_whole_file_cannot_be_mapped(h5file, monkeypatch):
+    from dsprep.preprocess import MeanSubtract, RandomPatch
+
+    path, imgs, _ = h5file
+    ops = [RandomPatch(4, 5), MeanSubtract([10, 20, 30])]
+    mapped = HDF5Generator(path, batch_size=8, shuffle="full", seed=2, preprocessors=ops)
+    expected = mapped[1][0]
+    assert mapped._mapped is not None
+
+    def no_room(self):
+        raise OSError(12, "Cannot allocate memory")  # a 32-bit process, a tight ulimit -v
+
+    monkeypatch.setattr(store.MappedRows, "all_rows", no_room)
+    read = HDF5Generator(path, batch_size=8, shuffle="full", seed=2, preprocessors=ops)
+    np.testing.assert_array_equal(read[1][0], expected)
+    assert read._mapped is None
+    np.testing.assert_array_equal(read[1][0], expected)

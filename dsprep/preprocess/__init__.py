@@ -363,6 +363,36 @@ still in the CPU's cache. Ranges never overlap and may be loaded from two thread
 _LOAD_STEP = 8
 
 
+class Gathered:
+    """A ``Loader`` for a batch whose images already lie in memory, each a row of ``source``
+    (a memory map of a file): image ``i`` of the batch is ``source[rows[i]]``.
+
+    The window kernels cut straight from those rows, so nothing is copied before the cut;
+    any other step gets ``batch`` filled by calling it, as with any loader.
+    """
+
+    def __init__(self, source: np.ndarray, rows: Sequence[int] | np.ndarray,
+                 batch: np.ndarray) -> None:
+        self.source, self.rows, self.batch = source, np.asarray(rows), batch
+
+    def __call__(self, start: int, stop: int) -> None:
+        np.take(self.source, self.rows[start:stop], axis=0, out=self.batch[start:stop])
+
+    def image(self, i: int) -> np.ndarray:
+        return self.source[self.rows[i]]
+
+
+def _images(batch: np.ndarray, load: Loader | None, start: int, stop: int):
+    """(i, image i) for ``start:stop``: read where it lies when ``load`` is :class:`Gathered`,
+    else from ``batch``, each loaded through ``load`` (in small runs) before use."""
+    if isinstance(load, Gathered):
+        for i in range(start, stop):
+            yield i, load.image(i)
+        return
+    for i in _loaded(load, start, stop):
+        yield i, batch[i]
+
+
 def _loaded(load: Loader | None, start: int, stop: int) -> Iterator[int]:
     """The indices ``start:stop``, each loaded through ``load`` (in small runs) before use."""
     if load is None:
@@ -441,9 +471,9 @@ def crop(
 
     def cut(start: int, stop: int) -> None:
         writer = writers.get()
-        for i in _loaded(load, start, stop):
+        for i, image in _images(batch, load, start, stop):
             top, left = tops_list[i], lefts_list[i]
-            writer.write(batch[i, top : top + h, left : left + w], flip_list[i], out[i])
+            writer.write(image[top : top + h, left : left + w], flip_list[i], out[i])
 
     _split_images(n, out.nbytes, cut)
     return out
@@ -715,8 +745,7 @@ def _multi_crop(batch, size, mirrors: tuple[bool, ...], mean, out, load=None) ->
     def cut(start: int, stop: int) -> None:
         writer = writers.get()
         # Image by image, so the source image stays in cache while its windows are cut.
-        for i in _loaded(load, start, stop):
-            image = batch[i]
+        for i, image in _images(batch, load, start, stop):
             for m, mirror in enumerate(mirrors):
                 for k, (top, left) in enumerate(positions):
                     view = image[top : top + h, left : left + w]
