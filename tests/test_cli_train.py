@@ -366,6 +366,12 @@ def test_a_run_stopped_in_its_first_epoch_starts_again_when_the_job_runs_again(
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["lr"] == 0.002 and config["options"]["epochs"] == 2
     assert not (run / ".replaced").exists()
+    # A run with checkpoints is never started again on its own, even with state.json lost.
+    (run / "state.json").unlink()
+    kept = (run / "last.keras").read_bytes()
+    refused = invoke("train", data, run, *QUICK, "--epochs", "2", "--lr", "0.002")
+    assert refused.exit_code == 1 and "already holds a run" in refused.output
+    assert (run / "last.keras").read_bytes() == kept
 
 
 def test_a_checkpoint_that_cannot_be_written_names_it_and_leaves_no_partial(

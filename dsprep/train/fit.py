@@ -550,7 +550,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
     replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
     restarted = False
     if replacing and not overwrite:
-        if (run / cb.STATE).exists():
+        if not _never_finished_an_epoch(run):
             raise DestinationExistsError(
                 f"{run} already holds a run; use --resume {run} to continue it, or --force "
                 "to start over")
@@ -800,7 +800,7 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
         # it was replacing, kept aside, does: it comes back, and goes on.
         _put_back(run)
         restored = True
-    if not restored and not (run / cb.STATE).exists() and (run / CONFIG).exists():
+    if not restored and (run / CONFIG).exists() and _never_finished_an_epoch(run):
         # Stopped before its first epoch ended: resuming it is starting it again, with the
         # options and data it was started with.
         saved = read_run_config(run)
@@ -823,6 +823,12 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
                         f"finished an epoch, is back in {run})") from exc
     result.restored = restored
     return result
+
+
+def _never_finished_an_epoch(run: Path) -> bool:
+    """Whether RUN holds nothing an epoch left: no state.json and no checkpoint (a run stopped
+    or failed in its first epoch, which is safe to start again)."""
+    return not any((run / name).exists() for name in (cb.STATE, cb.LAST, cb.BEST))
 
 
 def _saved_options(run: Path, saved: dict) -> TrainConfig:
