@@ -893,6 +893,8 @@ def write_file(
     chunk = options.chunk
     block = chunk * max(1, _TASK_IMAGES // chunk)
     attrs = _file_attrs(options, split, source_root)
+    # What it is built from, so a build run again on the same files can tell it is up to date.
+    attrs["sources_stamp"] = sources_stamp(rows, left_out)
     writer = store.HDF5Writer(path, len(rows), options.size, classes, chunk_images=chunk,
                               compression=options.compression, attrs=attrs, overwrite=overwrite,
                               direct=True)
@@ -937,36 +939,39 @@ def _file_attrs(options: BuildOptions, split: str, source_root: str | os.PathLik
         "source_root": str(Path(source_root).resolve()),
         "chunk_images": int(options.chunk),
         "compression": options.compression,
-        # The split's own record of its files (split.json and files.csv, which holds each
-        # file's sha256), so a build run again on the same split can tell it is up to date.
-        "split_stamp": split_stamp(source_root) or "",
     }
 
 
-def split_stamp(folder: str | os.PathLike) -> str | None:
-    """A digest of a dsprep split's split.json and files.csv; None for other folders."""
-    folder = Path(folder)
+def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
+    """A digest of what a file is built from: each row's name, label, size and modification
+    time, and the names of the images left out before decoding (dangling links). A file
+    renamed, moved to another class, replaced, repaired or touched changes it."""
     digest = hashlib.sha256()
-    try:
-        for name in ("split.json", "files.csv"):
-            digest.update((folder / name).read_bytes())
-            digest.update(b"\0")
-    except OSError:
-        return None
+    for row in sorted(rows, key=lambda r: r.name):  # whatever order the file stores them in
+        try:
+            st = os.stat(row.path)
+            seen = f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:
+            seen = "-"
+        digest.update(f"{row.name}\0{row.label}\0{seen}\n".encode("utf-8", "surrogateescape"))
+    for skip in sorted(left_out, key=lambda k: k.source):
+        digest.update(f"{skip.source}\0link\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
 def _up_to_date(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
                 options: BuildOptions, links: dict[str, list[Skip]],
                 others: list[Path]) -> bool:
-    """Whether OUT holds this very build: every file there, made from the same split (by its
-    stamp) with the same options, classes and rows, and no file of another build waiting."""
-    if split_stamp(src) is None or store.half_published(out):
+    """Whether OUT holds this very build: every file there, made from the same files (by their
+    names, labels, sizes and times) with the same options and classes, and no file of another
+    build waiting."""
+    if store.half_published(out):
         return False
     if not all(p.is_file() for p in others):
         return False
     for split, rows in planned.items():
         wanted = _file_attrs(options, split, src)
+        wanted["sources_stamp"] = sources_stamp(rows, links.get(split, ()))
         try:
             with store.open_dataset(out / f"{split}.hdf5") as db:
                 found = store.attributes(db)
@@ -1087,8 +1092,6 @@ def build_hdf5(
                          f"beside the source, such as {src.parent / 'hdf5'}")
     classes, planned, notes, links = find_rows(src, name)
     warnings: list[str] = []
-    if name is not None:
-        classes, planned = _classes_beside(out, name, classes, planned, notes, warnings)
     outputs = [out / f"{split}.hdf5" for split in planned]
     # A split's file this build does not make may be left from an earlier build of another
     # split (other classes, other rows) or be the user's own (--name test): it stays, and the
@@ -1112,6 +1115,8 @@ def build_hdf5(
         if undone:
             notes.append("removed " + ", ".join(undone) + ": a build stopped while it renamed "
                          "them into place left them (so they were from two builds)")
+        if name is not None:  # after the clearing up: the files it agrees with are whole
+            classes, planned = _classes_beside(out, name, classes, planned, notes, warnings)
         if not force and name is None and _up_to_date(
                 src, out, planned, classes, options, links,
                 [p for p in (means_path, skipped_final) if p is not None]):

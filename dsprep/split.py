@@ -654,23 +654,22 @@ def split_above(folder: str | os.PathLike) -> Path | None:
 
 def refuse_unfinished_split(folder: str | os.PathLike) -> None:
     """Refuse a folder (or a split folder's ``train``/``val``/``test``) that a ``dsprep split``
-    is still filling in place, or stopped filling: it holds a mix of two splits, or half of one.
+    stopped while it moved a new split in, in place of the old one: it holds parts of both.
+
+    (A split filled inside its folder writes the new one apart, in ``.dsprep-split-partial``,
+    and leaves the old one whole until the swap, which its journal marks.)
 
     Raises:
-        LayoutError: the split's swap journal or a non-empty work folder is there.
+        LayoutError: the swap's journal is there.
     """
     here = Path(folder)
     for up in (here, here.parent):
-        work = up / f"{_OWN}-partial"
-        marks = [m for m in (up / f"{_OWN}-swapping",) if m.exists()]
-        with contextlib.suppress(OSError):
-            if work.is_dir() and os.listdir(work):
-                marks.append(work)
-        if marks:
+        journal = up / f"{_OWN}-swapping"
+        if journal.exists():
             raise LayoutError(
-                f"{up} is a split that 'dsprep split' is still writing, or stopped writing part "
-                f"way (it left {marks[0].name}); wait for it, or run the same 'dsprep split' "
-                "again to finish it")
+                f"{up} holds parts of two splits: a 'dsprep split' into it stopped while it "
+                f"moved the new split in (it left {journal.name}); run that split again to "
+                "finish it")
 
 
 def _refuse_split_source(src: str | os.PathLike, dest: str | os.PathLike) -> None:

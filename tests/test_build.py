@@ -528,8 +528,10 @@ def test_bad_sources_and_arguments(tmp_path):
 def test_existing_outputs_need_force(tmp_path):
     src = make_split(tmp_path / "split", counts=(("train", 1), ("val", 1)))
     build.build_hdf5(src, tmp_path / "out", opts())
+    again = build.build_hdf5(src, tmp_path / "out", opts())  # this very build: nothing to do
+    assert again.up_to_date and again.files == []
     with pytest.raises(DestinationExistsError, match="--force"):
-        build.build_hdf5(src, tmp_path / "out", opts())
+        build.build_hdf5(src, tmp_path / "out", opts(size=(20, 20)))
     (tmp_path / "out" / "val.hdf5").unlink()
     with pytest.raises(DestinationExistsError, match="train.hdf5"):
         build.build_hdf5(src, tmp_path / "out", opts())
@@ -1085,28 +1087,22 @@ def test_every_output_reaches_the_disk_before_it_takes_its_final_name(tmp_path, 
     assert seen == [("one.hdf5.partial", False)] and (out / "one.hdf5").is_file()
 
 
-@pytest.mark.parametrize("left", ["journal", "work folder"])
-def test_a_split_stopped_while_filling_its_folder_is_not_built_from(tmp_path, left):
+def test_a_split_stopped_while_moving_in_is_not_built_from(tmp_path):
     # A split filled in place (a container volume) and killed while its entries moved in holds
-    # half of two splits: building or reading it would quietly miss val/ or mix the two.
+    # parts of two splits: building or reading it would quietly miss val/ or mix the two.
     from dsprep import split as splitting
     from dsprep.generators import DirectoryGenerator
 
     src = make_split(tmp_path / "split")
-    if left == "journal":
-        (src / f"{splitting._OWN}-swapping").write_text("{}")
-    else:
-        (src / f"{splitting._OWN}-partial" / "val").mkdir(parents=True)
-    with pytest.raises(LayoutError, match="run the same 'dsprep split' again to finish it"):
+    (src / f"{splitting._OWN}-swapping").write_text("{}")
+    with pytest.raises(LayoutError, match="run that split again to finish it"):
         build.build_hdf5(src, tmp_path / "out", opts())
-    with pytest.raises(LayoutError, match="stopped writing part way"):
+    with pytest.raises(LayoutError, match="holds parts of two splits"):
         DirectoryGenerator(src / "train", image_size=(16, 16))
     assert not (tmp_path / "out").exists()
-    # An empty work folder is what a finished split may leave: no obstacle.
-    if left == "journal":
-        (src / f"{splitting._OWN}-swapping").unlink()
-    else:
-        (src / f"{splitting._OWN}-partial" / "val").rmdir()
+    (src / f"{splitting._OWN}-swapping").unlink()
+    # A new split being written apart (or one abandoned there) leaves the old one whole.
+    (src / f"{splitting._OWN}-partial" / "val").mkdir(parents=True)
     build.build_hdf5(src, tmp_path / "out", opts())
     assert (tmp_path / "out" / "train.hdf5").is_file()
 
@@ -1149,3 +1145,21 @@ def test_shared_memory_refused_by_a_size_limit_is_named_with_the_way_out(monkeyp
                                           r"\(/dev/shm/.*File too large\); use --workers 1"):
         build._locked_segment(2**21)
     assert set(os.listdir(build.SHM_DIR)) <= before  # the file it made is gone
+
+
+def test_a_named_build_into_a_folder_of_two_builds_clears_them_first(tmp_path):
+    # Its classes follow the files already in OUT; files of a build stopped among its renames
+    # are no files to follow: they are cleared (as any build into OUT does) before it looks.
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    build.build_hdf5(src, out, opts())
+    shutil.copy(out / "test.hdf5", store.partial_path(out / "test.hdf5"))
+    (out / build.PUBLISHING_NAME).write_text(json.dumps(
+        ["train.hdf5", "val.hdf5", "test.hdf5", "skipped.csv", "means.json"]))
+    extra = make_class_folders(tmp_path / "extra", ["dog", "fox"], per_class=2, seed=70)
+    report = build.build_hdf5(extra, out, opts(), name="extra")
+    assert any(note.startswith("removed ") for note in report.notes)
+    assert not (out / "train.hdf5").exists() and not (out / build.PUBLISHING_NAME).exists()
+    # test.hdf5 was never replaced: it is the earlier build's, whole, and the ids follow it
+    with store.open_dataset(out / "extra.hdf5") as db:
+        assert store.label_names(db) == CLASSES

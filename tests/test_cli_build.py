@@ -458,6 +458,16 @@ def test_a_build_run_again_on_the_same_split_has_nothing_to_do(tmp_path):
     # Other options, or a split made again another way, are another build: refused as before.
     other = run(*build[:-2], "--workers", "1", "--size", "8")
     assert other.exit_code == 1 and "already exist" in other.output
+    # So is a split whose files changed by hand with their number kept: one moved to another
+    # class, one replaced (or repaired) in place.
+    moved = next((src / "train" / "cat").iterdir())
+    moved.rename(src / "train" / "dog" / moved.name)
+    assert "already exist" in run(*build).output
+    moved_back = src / "train" / "dog" / moved.name
+    moved_back.rename(moved)
+    assert "nothing to do" in run(*build).output
+    os.utime(moved, ns=(moved.stat().st_atime_ns, moved.stat().st_mtime_ns + 10**9))
+    assert "already exist" in run(*build).output
     assert run("-q", "split", dump, src, "--seed", "5", "--force").exit_code == 0
     resplit = run(*build)
     assert resplit.exit_code == 1 and "already exist" in resplit.output

@@ -417,6 +417,12 @@ def test_train_on_a_split_folder(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", split, run, *QUICK, "--epochs", "1", "--image-size", "48")
     assert result.exit_code == 0, result.output
+    # A log (no terminal) gets the epoch's line but no bar from checking the folders.
+    assert "accuracy:" in result.output and "checking train" not in result.output
+    shown = CliRunner().invoke(main, ["train", str(split), str(tmp_path / "shown"), *QUICK,
+                                      "--epochs", "1", "--image-size", "48"],
+                               env={"DSPREP_PROGRESS": "1"})
+    assert shown.exit_code == 0 and "checking train" in shown.output
     config = json.loads((run / "config.json").read_text())
     assert config["data_kind"] == "folders" and config["classes"] == ["cat", "dog"]
     assert config["scale"] == pytest.approx(1 / 127.5)  # the same inputs as from HDF5

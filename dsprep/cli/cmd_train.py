@@ -264,7 +264,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                              "--epochs and DATA go with --resume)")
         epochs = opts["epochs"] if "epochs" in given else None
         with _resume_hint(resume_run):
-            result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_epochs())
+            result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_epochs(),
+                                bars=show_progress())
         if result.restored:
             say(f"note: {resume_run} held a replacement (--force) that never finished an epoch; "
                 "the run it was replacing is back in its place, and is what resumed", err=True)
@@ -279,7 +280,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         config = _config(opts)
         if overfit_check:
             report = fit.overfit_check(data, run, config, overwrite=force,
-                                       progress=show_epochs())
+                                       progress=show_epochs(), bars=show_progress())
             if report.result.diverged:
                 raise _diverged(report.result)
             verdict = "passed" if report.passed else "FAILED"
@@ -296,7 +297,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     "--lr, or give more --epochs")
             return
         with _resume_hint(run, replacing=force):
-            result = fit.train(data, run, config, overwrite=force, progress=show_epochs())
+            result = fit.train(data, run, config, overwrite=force, progress=show_epochs(),
+                               bars=show_progress())
         if result.restarted:
             say(f"note: {run} held a run stopped before it finished an epoch; it started again",
                 err=True)
@@ -396,7 +398,7 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
         raise UsageError(f"--lrs {lrs!r} needs positive, finite learning rates, e.g. "
                          "0.1,0.01,0.001")
     results = fit.sweep_lr(data, run, rates, _config({**opts, "lr": rates[0]}), overwrite=force,
-                           progress=show_epochs(),
+                           progress=show_epochs(), bars=show_progress(),
                            announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
     if not fit.has_validation(data):
         _no_validation_note(data)

@@ -504,7 +504,7 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
 
 def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig | None = None,
           *, overwrite: bool = False, progress: bool = False,
-          restore_diverged: bool = True) -> TrainResult:
+          restore_diverged: bool = True, bars: bool | None = None) -> TrainResult:
     """Train a model on DATA and write everything into the folder RUN.
 
     A run replaced with ``overwrite`` is kept in RUN/replaced until the new run has finished
@@ -519,6 +519,7 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
         progress: print one line per epoch.
         restore_diverged: put the replaced run back when the new one diverges in its first
             epoch (``sweep_lr`` keeps the diverged run: that is its answer for the rate).
+        bars: show a bar while image folders are checked (default: as ``progress``).
 
     Raises:
         DestinationExistsError: RUN already holds a run and ``overwrite`` is False.
@@ -531,7 +532,8 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     run.mkdir(parents=True, exist_ok=True)
     with exclusive(run / TRAIN_LOCK, run):
         try:
-            return _train(data, run, config, created, overwrite, progress, restore_diverged)
+            return _train(data, run, config, created, overwrite, progress, restore_diverged,
+                          progress if bars is None else bars)
         except BaseException:
             # A run that never started leaves no folder to be mistaken for one (one that did,
             # its config.json written, stays: to be resumed, or replaced with --force).
@@ -545,7 +547,7 @@ TRAIN_LOCK = ".dsprep-train.lock"
 
 
 def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
-           progress: bool, restore_diverged: bool) -> TrainResult:
+           progress: bool, restore_diverged: bool, bars: bool) -> TrainResult:
     _settle_replacement(run)
     replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
     restarted = False
@@ -564,7 +566,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
     try:
         keras.utils.set_random_seed(config.seed)
         device = configure_device(config.precision, config.jit, config.gpus)
-        bundle = open_data(data, config, work=run, progress=progress)
+        bundle = open_data(data, config, work=run, progress=bars)
         classes = len(bundle.label_names)
         with device.scope():
             model = build_model(config.model, bundle.input_shape, classes,
@@ -773,7 +775,8 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
 
 
 def resume(run: str | os.PathLike, *, epochs: int | None = None,
-           data: str | os.PathLike | None = None, progress: bool = False) -> TrainResult:
+           data: str | os.PathLike | None = None, progress: bool = False,
+           bars: bool | None = None) -> TrainResult:
     """Continue an interrupted run from its last finished epoch, appending to its history.
 
     A run that has trained all its epochs trains nothing: the result has ``epochs_run`` 0 (and
@@ -784,15 +787,16 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
         epochs: a new total epoch count (default: the run's own).
         data: where the data is now (default: the folder recorded in config.json).
         progress: print one line per epoch.
+        bars: show a bar while image folders are checked (default: as ``progress``).
     """
     run = Path(run)
     if not run.is_dir():
         raise LayoutError(f"{run} is not a run folder; start one with 'dsprep train'")
     with exclusive(run / TRAIN_LOCK, run):
-        return _resume(run, epochs, data, progress)
+        return _resume(run, epochs, data, progress, progress if bars is None else bars)
 
 
-def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
+def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool) -> TrainResult:
     _settle_replacement(run)
     restored = False
     if not (run / cb.STATE).exists() and (run / REPLACED).is_dir():
@@ -811,11 +815,11 @@ def _resume(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
         if data is None and not isinstance(saved.get("data"), str):
             raise DatasetFormatError(f"{run / CONFIG} does not name the data folder ('data'); "
                                      f"give DATA: dsprep train --resume {run} DATA")
-        result = _train(data or saved["data"], run, config, False, True, progress, True)
+        result = _train(data or saved["data"], run, config, False, True, progress, True, bars)
         result.restarted = True
         return result
     try:
-        result = _resume_run(run, epochs, data, progress)
+        result = _resume_run(run, epochs, data, progress, bars)
     except DsprepError as exc:
         if not restored:
             raise
@@ -840,7 +844,8 @@ def _saved_options(run: Path, saved: dict) -> TrainConfig:
                                  "start the run again with 'dsprep train --force'") from exc
 
 
-def _resume_run(run: Path, epochs: int | None, data, progress: bool) -> TrainResult:
+def _resume_run(run: Path, epochs: int | None, data, progress: bool,
+                bars: bool) -> TrainResult:
     from .predict import load_model
 
     saved = read_run_config(run)
@@ -873,7 +878,7 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool) -> TrainRes
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))
     device = configure_device(config.precision, config.jit, config.gpus)
-    bundle = open_data(data or saved["data"], config, work=run, progress=progress)
+    bundle = open_data(data or saved["data"], config, work=run, progress=bars)
     _check_resumed_data(bundle, saved, data or saved["data"], config_path)
     bundle.train.set_epoch(done)
     with device.scope():
@@ -913,7 +918,7 @@ class OverfitReport:
 def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
                   config: TrainConfig | None = None, *, per_class: int = 8,
                   max_ratio: float = 0.75, overwrite: bool = False,
-                  progress: bool = False) -> OverfitReport:
+                  progress: bool = False, bars: bool | None = None) -> OverfitReport:
     """Train on a tiny subset without augmentation; the training loss must fall.
 
     A model that cannot drive the loss down on a handful of images has a bug (a wrong label
@@ -934,7 +939,7 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
         raise UsageError(f"the overfit check compares the first epoch's training loss with the "
                          f"last's, so it needs 2 epochs or more, got {config.epochs}; try "
                          "--epochs 10")
-    result = train(data, run, config, overwrite=overwrite, progress=progress)
+    result = train(data, run, config, overwrite=overwrite, progress=progress, bars=bars)
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     accuracy = float(result.history[-1].get("accuracy", math.nan))
     chance = 1.0 / max(2, len(read_run_config(run).get("classes", [])))
@@ -945,7 +950,7 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
 
 def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[float],
              config: TrainConfig | None = None, *, overwrite: bool = False,
-             progress: bool = False,
+             progress: bool = False, bars: bool | None = None,
              announce: Callable[[float], None] | None = None) -> dict[float, TrainResult]:
     """Train briefly at each learning rate (same seed) and plot the loss curves side by side.
 
@@ -972,6 +977,7 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
         raise DestinationExistsError(
             f"{', '.join(map(str, held))} already {'holds a run' if one else 'hold runs'}; "
             f"use --force to replace {'it' if one else 'them'}, or another RUN")
+    refuse_dangling_link(run)
     run.mkdir(parents=True, exist_ok=True)
     results: dict[float, TrainResult] = {}
     for lr in lrs:
@@ -979,7 +985,7 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
             announce(float(lr))
         sub = dataclasses.replace(config, lr=float(lr))
         results[float(lr)] = train(data, run / f"lr-{lr:g}", sub, overwrite=overwrite,
-                                   progress=progress, restore_diverged=False)
+                                   progress=progress, restore_diverged=False, bars=bars)
     cb.plot_sweep({f"{lr:g}": r.history for lr, r in results.items()}, run / "sweep-lr.png")
     lines = ["lr,epochs,final_loss,final_val_loss,best_metric,best"]
     for lr, r in results.items():
