@@ -1107,6 +1107,15 @@ def test_a_split_stopped_while_moving_in_is_not_built_from(tmp_path):
     assert (tmp_path / "out" / "train.hdf5").is_file()
 
 
+def _two_builds(src, out, waiting):
+    """OUT as a build killed among its final renames leaves it: its journal names every file,
+    ``waiting`` still waits under its temporary name, the others took their final names."""
+    build.build_hdf5(src, out, opts())
+    shutil.copy(out / waiting, store.partial_path(out / waiting))
+    (out / build.PUBLISHING_NAME).write_text(json.dumps(
+        ["train.hdf5", "val.hdf5", "test.hdf5", "skipped.csv", "means.json"]))
+
+
 def test_a_folder_left_with_files_of_two_builds_is_refused_until_built_again(tmp_path):
     # A build killed among its final renames: train.hdf5 is the new build's, val.hdf5 and
     # means.json still the old one's, the new val.hdf5 waiting under its temporary name.
@@ -1114,10 +1123,7 @@ def test_a_folder_left_with_files_of_two_builds_is_refused_until_built_again(tmp
 
     src = make_split(tmp_path / "split")
     out = tmp_path / "out"
-    build.build_hdf5(src, out, opts())
-    shutil.copy(out / "val.hdf5", store.partial_path(out / "val.hdf5"))
-    (out / build.PUBLISHING_NAME).write_text(json.dumps(
-        ["train.hdf5", "val.hdf5", "test.hdf5", "skipped.csv", "means.json"]))
+    _two_builds(src, out, waiting="val.hdf5")
     for path in (out / "train.hdf5", out / "val.hdf5"):
         with pytest.raises(DatasetFormatError, match="holds files of two builds"):
             store.open_dataset(path)
@@ -1152,10 +1158,7 @@ def test_a_named_build_into_a_folder_of_two_builds_clears_them_first(tmp_path):
     # are no files to follow: they are cleared (as any build into OUT does) before it looks.
     src = make_split(tmp_path / "split")
     out = tmp_path / "out"
-    build.build_hdf5(src, out, opts())
-    shutil.copy(out / "test.hdf5", store.partial_path(out / "test.hdf5"))
-    (out / build.PUBLISHING_NAME).write_text(json.dumps(
-        ["train.hdf5", "val.hdf5", "test.hdf5", "skipped.csv", "means.json"]))
+    _two_builds(src, out, waiting="test.hdf5")
     extra = make_class_folders(tmp_path / "extra", ["dog", "fox"], per_class=2, seed=70)
     report = build.build_hdf5(extra, out, opts(), name="extra")
     assert any(note.startswith("removed ") for note in report.notes)

@@ -236,39 +236,52 @@ def test_a_keras_backend_that_is_not_installed_is_named(tmp_path):
     assert "dsprep[train]" not in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this OS")
-def test_a_hangup_stops_the_command_unless_nohup_ignores_it():
-    # A closed ssh session sends SIGHUP: the command unwinds as on SIGTERM (129). nohup starts it
-    # with SIGHUP ignored, and dsprep must not take that back.
-    code = ("import time\n"
+def _run_driven(code, drive, preexec_fn=None):
+    """Run ``code`` (see ``_command_that_waits``), call ``drive(proc)`` once it is ready, and
+    return its exit status, stdout and stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        drive(proc)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    return proc.returncode, out, err
+
+
+def _command_that_waits(seconds, clean_up):
+    """A ``python -c`` program: dsprep's command entry around a command that prints "ready",
+    waits, and runs ``clean_up`` however it ends."""
+    return ("import time\n"
             "import dsprep.cli\n"
             "def main(prog_name):\n"
             "    try:\n"
             "        print('ready', flush=True)\n"
-            "        time.sleep(3)\n"
+            f"        time.sleep({seconds})\n"
             "    finally:\n"
-            "        print('cleaned', flush=True)\n"
+            f"        {clean_up}\n"
             "dsprep.cli.main = main\n"
             "from dsprep.__main__ import run\n"
             "run()\n")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this OS")
+def test_a_hangup_stops_the_command_unless_nohup_ignores_it():
+    # A closed ssh session sends SIGHUP: the command unwinds as on SIGTERM (129). nohup starts it
+    # with SIGHUP ignored, and dsprep must not take that back.
+    code = _command_that_waits(3, "print('cleaned', flush=True)")
     for ignored in (True, False):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
-        try:
-            assert proc.stdout.readline() == "ready\n"
-            proc.send_signal(signal.SIGHUP)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(30)
+        status, out, err = _run_driven(
+            code, lambda proc: proc.send_signal(signal.SIGHUP),
+            (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
         assert out == "cleaned\n"
         if ignored:
-            assert (proc.returncode, err) == (0, "")
+            assert (status, err) == (0, "")
         else:
-            assert (proc.returncode, err.strip()) == (129, "Hangup.")
+            assert (status, err.strip()) == (129, "Hangup.")
 
 
 def test_the_command_hands_its_signal_handlers_back_when_it_ends(monkeypatch):
@@ -295,32 +308,15 @@ def test_the_command_hands_its_signal_handlers_back_when_it_ends(monkeypatch):
 def test_a_hangup_during_the_clean_up_of_a_sigterm_does_not_cut_it_short():
     # systemd's SendSIGHUP, or a terminal closed after a kill: the clean-up the SIGTERM began
     # runs to its end, and the status still says SIGTERM.
-    code = ("import time\n"
-            "import dsprep.cli\n"
-            "def main(prog_name):\n"
-            "    try:\n"
-            "        print('ready', flush=True)\n"
-            "        time.sleep(30)\n"
-            "    finally:\n"
-            "        print('cleaning', flush=True)\n"
-            "        time.sleep(1)\n"
-            "        print('cleaned', flush=True)\n"
-            "dsprep.cli.main = main\n"
-            "from dsprep.__main__ import run\n"
-            "run()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "ready\n"
+    code = _command_that_waits(30, "print('cleaning', flush=True); time.sleep(1); "
+                                   "print('cleaned', flush=True)")
+    def drive(proc):
         proc.send_signal(signal.SIGTERM)
         assert proc.stdout.readline() == "cleaning\n"
         proc.send_signal(signal.SIGHUP)
         proc.send_signal(signal.SIGHUP)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    assert out == "cleaned\n" and proc.returncode == 143
+
+    status, out, err = _run_driven(code, drive)
+    assert out == "cleaned\n" and status == 143
     assert err.strip() == "Terminated."
 

@@ -292,26 +292,31 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     assert (out / "train.hdf5").read_bytes() == before
 
 
-@pytest.mark.slow
-def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
-    src = make_split(tmp_path / "split")
-    # Large photos decoded with --exact take a second or more each, so the build is surely
-    # mid-way through val.hdf5 when it is killed.
+def _build_reaching_val(src, out):
+    """A ``dsprep build-hdf5`` process, returned once it writes val.hdf5.partial (large photos
+    decoded with --exact take a second or more each, so it is surely mid-way through val)."""
     big = cv2.resize(smooth_image(64, 64, seed=7), (6000, 6000), interpolation=cv2.INTER_LINEAR)
     slow = [write_image(src / "val" / "fox" / f"big_{k}.jpg", big, quality=70) for k in range(4)]
-    out = tmp_path / "out"
-    code = "from dsprep.cli import main; main()"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "-q", "build-hdf5", str(src), str(out), "--workers", "2",
+        [sys.executable, "-m", "dsprep", "-q", "build-hdf5", str(src), str(out), "--workers", "2",
          "--exact"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
+    deadline = time.monotonic() + 60
+    while not store.partial_path(out / "val.hdf5").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the build never reached val.hdf5: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc, slow
+
+
+@pytest.mark.slow
+def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    proc, slow = _build_reaching_val(src, out)
     try:
-        deadline = time.monotonic() + 60
-        while not store.partial_path(out / "val.hdf5").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the build never reached val.hdf5"
-            time.sleep(0.05)
         time.sleep(0.3)
         assert proc.poll() is None
         os.kill(proc.pid, signal.SIGKILL)
@@ -343,21 +348,9 @@ def test_a_stopped_build_cleans_up_and_says_which_signal(tmp_path, signum):
     if signum is None:
         pytest.skip("no SIGHUP on this OS")
     src = make_split(tmp_path / "split")
-    big = cv2.resize(smooth_image(64, 64, seed=7), (6000, 6000), interpolation=cv2.INTER_LINEAR)
-    for k in range(4):
-        write_image(src / "val" / "fox" / f"big_{k}.jpg", big, quality=70)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dsprep", "-q", "build-hdf5", str(src), str(out), "--workers", "2",
-         "--exact"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
+    proc, _ = _build_reaching_val(src, out)
     try:
-        deadline = time.monotonic() + 60
-        while not store.partial_path(out / "val.hdf5").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the build never reached val.hdf5"
-            time.sleep(0.05)
         os.kill(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
     finally:
