@@ -356,8 +356,8 @@ class HDF5Generator(_BatchSequence):
       build-hdf5's default ``--order shuffled`` leaves them; on rows in runs of one class
       (``--order sorted``) the generator warns, since each batch would hold one class.
     - ``"full"``: every batch drawn from anywhere in the file. Cut from the mapped file (below)
-      it runs as fast as "batches" through the patch + flip + mean pipeline (0.99 of it);
-      where the rows are read instead (no map: 227x227 rows, a pipeline that does not start
+      it runs as fast as "batches" through the patch + flip + mean pipeline (0.99-1.11 of
+      it); where the rows are read instead (compressed files, a pipeline that does not start
       with a cut), each batch's rows are read in file order into their places in the batch,
       at 0.48-0.97 of "batches". With lzf/gzip every chunk a batch touches is decompressed
       once, so prefer uncompressed files for "full". (h5py fancy indexing, which this
@@ -365,12 +365,14 @@ class HDF5Generator(_BatchSequence):
 
     Rows of an uncompressed file are read with ``os.preadv`` at their offsets in the file
     (``dsprep.store.RowReader``), outside h5py's process-wide lock, so several threads (Keras's
-    workers) read side by side; compressed files go through h5py. Where the rows lie back to
-    back (a dsprep build of 256x256 images writes them so) and the pipeline starts with a cut
-    (a crop fused with a flip or a mean, or a ten-crop), the windows are cut straight from
-    read-only memory maps of the file, with no copy in between (``dsprep.store.MappedRows``:
-    for "none" and "batches" a few windows of ~256 MB mapped at a time, for "full" one map of
-    the whole file, each window cut from its row where it lies). The maps hold the
+    workers) read side by side; compressed files go through h5py. Where the pipeline starts
+    with a cut (a crop fused with a flip or a mean, or a ten-crop), the windows of an
+    uncompressed file are cut straight from read-only memory maps of it, with no copy in
+    between: for "none" and "batches" on rows that lie back to back, slices of a few windows
+    of ~256 MB mapped at a time (``dsprep.store.MappedRows``); otherwise ("full", or chunks
+    that lie apart: HDF5 puts its index nodes between every 64 or so chunks, and pads chunks
+    of rows that are no multiple of 4 KiB, such as 227x227) each window from its row where
+    it lies in one map of the whole file (``dsprep.store.MappedFile``). The maps hold the
     file, so a new build replacing the path does not disturb them; rewriting the same file in
     place, or an I/O error under a map, stops the process with SIGBUS rather than an error.
 
@@ -465,12 +467,14 @@ class HDF5Generator(_BatchSequence):
         self._reader: store.RowReader | None = None
         self._raw: store.Descriptor | None = None
         self._mapped: store.MappedRows | None = None
+        self._file_map: store.MappedFile | None = None
         self._pid: int | None = None
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_pid", "_local"):
+        for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
+                    "_local"):
             state.pop(key, None)
         state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
@@ -497,15 +501,17 @@ class HDF5Generator(_BatchSequence):
                 reader = store.RowReader.for_dataset(images)
                 self._raw = store.RowReader.open(images) if reader is not None else None
                 self._reader = reader if self._raw is not None else None
-                # Rows back to back in the file, read in contiguous batches by a pipeline
-                # that starts with a cut: the windows come straight from a read-only map.
-                self._mapped = None
+                # A pipeline that starts with a cut takes its windows straight from read-only
+                # maps of the file: contiguous batches of rows that lie back to back as slices
+                # of a window of it, any other batch row by row from a map of the whole file.
+                self._mapped = self._file_map = None
                 if (self._reader is not None and self._raw is not None
                         and self._cuts_first()):
-                    # "full" batches take rows from anywhere: one map of the whole file.
-                    self._mapped = self._reader.map(self._raw, self.image_shape,
-                                                    self.batch_size,
-                                                    whole=self.shuffle == "full")
+                    if self.shuffle != "full":
+                        self._mapped = self._reader.map(self._raw, self.image_shape,
+                                                        self.batch_size)
+                    if self._mapped is None:
+                        self._file_map = self._reader.map_file(self._raw, self.image_shape)
                 self._local = threading.local()
                 self._images = images
                 self._pid = pid
@@ -537,7 +543,7 @@ class HDF5Generator(_BatchSequence):
             # The raw file and the map close with their last reference: a read in flight keeps
             # its own.
             self._raw = None
-            self._mapped = None
+            self._mapped = self._file_map = None
             self._db.close()
         self._reset_process_state()
 
@@ -582,20 +588,21 @@ class HDF5Generator(_BatchSequence):
         rows = self.batch_rows(index, epoch)
         n = len(rows)
         reader, raw, mapped = self._reader, self._raw, self._mapped  # held for the whole batch
-        if mapped is not None and self.shuffle == "full":
-            # The rows lie anywhere in the file: the pipeline's first cut takes each window
-            # from its row in the map, with nothing copied before (preprocess.Gathered).
+        file_map = self._file_map
+        if file_map is not None:
+            # Rows anywhere in the file (or chunks apart): the pipeline's first cut takes each
+            # window from its row in the map, with nothing copied before (preprocess.Gathered).
             try:
-                whole = mapped.all_rows()
+                data = file_map.data()
             except (OSError, OverflowError, ValueError):
                 # No room for one map of the whole file (a 32-bit process, a tight ulimit -v):
                 # this process reads its rows instead.
-                self._mapped = mapped = None
+                self._file_map = None
             else:
                 x = self._scratch("batch", (min(self.batch_size, self._rows),
                                             *self.image_shape))[:n]
-                return self._finish(x, self.labels[rows], epoch, index, x,
-                                    Gathered(whole, rows, x))
+                return self._finish(x, self.labels[rows], epoch, index, x, Gathered(
+                    lambda i: file_map.row(int(rows[i]), data), x))
         if mapped is not None:
             # The batch's rows are one slice of a map of the file; the pipeline starts with a
             # cut, which never writes into its input.

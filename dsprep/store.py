@@ -570,12 +570,11 @@ class MappedRows:
     KEEP = 3
 
     def __init__(self, handle: Descriptor, offset: int, rows: int, shape: tuple[int, ...],
-                 batch_rows: int, whole: bool = False) -> None:
+                 batch_rows: int) -> None:
         self.handle, self.offset, self.rows = handle, offset, rows  # the file, held open
         self.shape = tuple(int(s) for s in shape)
         self.row_bytes = int(np.prod(self.shape))
-        # whole: one map of every row, for batches whose rows lie anywhere in the file
-        self.window_rows = rows if whole else max(1, self.WINDOW_BYTES // self.row_bytes)
+        self.window_rows = max(1, self.WINDOW_BYTES // self.row_bytes)
         self.batch_rows = max(1, int(batch_rows))
         self._lock = threading.Lock()
         self._windows: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
@@ -588,12 +587,6 @@ class MappedRows:
         window = self._window(k)
         first = k * self.window_rows
         return window[start - first:stop - first]
-
-    def all_rows(self) -> np.ndarray:
-        """Every row as one read-only (rows, *shape) array (a map made ``whole``)."""
-        if self.window_rows < self.rows:
-            raise ValueError("the rows are mapped in windows; make the map with whole=True")
-        return self._window(0)
 
     def _window(self, k: int) -> np.ndarray:
         with self._lock:
@@ -617,6 +610,49 @@ class MappedRows:
                 # Unmapped when the last array over it goes (a batch in flight keeps it).
                 self._windows.popitem(last=False)
         return window
+
+
+class MappedFile:
+    """Every image row of a file as a read-only array over one memory map of the whole file:
+    a window cut from a row reads the page cache directly, with no copy first.
+
+    Rows lie in chunks of whole rows; the chunks need not lie back to back (HDF5 puts its
+    index nodes between them every 64 chunks or so), as each row's place is found from its
+    chunk's offset. For batches whose rows lie anywhere in the file (``shuffle="full"``), or
+    in a file whose chunks are apart. The map is made on first use; what it costs is address
+    space (the file's size) and, for the rows read, page-table entries (2 MB per GB). Like
+    :class:`MappedRows`, it holds the file: a rebuild replacing the path does not disturb it.
+
+    Thread-safe.
+    """
+
+    def __init__(self, handle: Descriptor, offsets: np.ndarray, chunk_rows: int,
+                 shape: tuple[int, ...]) -> None:
+        self.handle, self.offsets, self.chunk_rows = handle, offsets, int(chunk_rows)
+        self.shape = tuple(int(s) for s in shape)
+        self.row_bytes = int(np.prod(self.shape))
+        self._lock = threading.Lock()
+        self._bytes: np.ndarray | None = None
+
+    def data(self) -> np.ndarray:
+        """The whole file as read-only bytes (mapped on the first call).
+
+        Raises:
+            OSError, ValueError, OverflowError: the map cannot be made (no address space).
+        """
+        if self._bytes is None:
+            with self._lock:
+                if self._bytes is None:
+                    mapping = mmap.mmap(self.handle.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._bytes = np.frombuffer(mapping, dtype=np.uint8)
+        return self._bytes
+
+    def row(self, r: int, data: np.ndarray | None = None) -> np.ndarray:
+        """Row ``r`` as a read-only array of the row's shape."""
+        data = self.data() if data is None else data
+        c = r // self.chunk_rows
+        start = int(self.offsets[c]) + (r - c * self.chunk_rows) * self.row_bytes
+        return data[start:start + self.row_bytes].reshape(self.shape)
 
 
 class RowReader:
@@ -685,11 +721,12 @@ class RowReader:
             return None
 
     def map(self, handle: Descriptor, shape: tuple[int, ...],
-            batch_rows: int, whole: bool = False) -> MappedRows | None:
+            batch_rows: int) -> MappedRows | None:
         """The rows as read-only arrays over memory maps of the file (:class:`MappedRows`), or
         None unless they lie back to back in one byte range: contiguous, or chunks in row order
         with no gaps (a dsprep build lays them so when a chunk's bytes are a multiple of 4 KiB,
-        as for 256x256 images; 227x227 chunks are padded apart).
+        as for 256x256 images, up to the first of HDF5's index nodes, every 64 or so chunks;
+        227x227 chunks are padded apart). :meth:`map_file` maps any layout of whole rows.
         """
         step = self.chunk_rows * self.row_bytes
         if len(self.offsets) > 1 and bool(np.any(np.diff(self.offsets) != step)):
@@ -702,7 +739,23 @@ class RowReader:
             return None
         if int(self.offsets[0]) + self.rows * self.row_bytes > size:
             return None
-        return MappedRows(handle, int(self.offsets[0]), self.rows, shape, batch_rows, whole)
+        return MappedRows(handle, int(self.offsets[0]), self.rows, shape, batch_rows)
+
+    def map_file(self, handle: Descriptor, shape: tuple[int, ...]) -> MappedFile | None:
+        """Every row as a read-only array over one memory map of the whole file
+        (:class:`MappedFile`), wherever its chunk lies; None if the file is shorter than the
+        rows' offsets say."""
+        if int(np.prod(shape)) != self.row_bytes:
+            return None
+        try:
+            size = os.fstat(handle.fileno()).st_size
+        except (OSError, ValueError):
+            return None
+        last = (self.rows - 1) // self.chunk_rows
+        end = int(self.offsets[last]) + (self.rows - last * self.chunk_rows) * self.row_bytes
+        if end > size:
+            return None
+        return MappedFile(handle, self.offsets, self.chunk_rows, shape)
 
     def _spans(self, start: int, stop: int):
         """(first row, rows, file offset) of each chunk-contiguous piece of rows start:stop."""

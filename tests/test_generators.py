@@ -804,8 +804,9 @@ def test_rows_mapped_or_read_while_cutting_give_the_batches_of_an_upfront_read(h
             return _real(self, fd, *args)
 
         monkeypatch.setattr(store.RowReader, name, record)
-    if not mapped:  # a file whose rows do not lie back to back (227x227 chunks are padded)
+    if not mapped:  # no map can be made (no address space for one)
         monkeypatch.setattr(store.RowReader, "map", lambda *args, **kwargs: None)
+        monkeypatch.setattr(store.RowReader, "map_file", lambda *args, **kwargs: None)
     ops = [RandomPatch(4, 5), RandomFlip(), MeanSubtract({"R": 10, "G": 20, "B": 30})]
     gen = HDF5Generator(path, batch_size=16, shuffle=mode, seed=4, preprocessors=ops)
     gen[0]  # opens the file (the reader checks a first and a last row)
@@ -813,12 +814,13 @@ def test_rows_mapped_or_read_while_cutting_give_the_batches_of_an_upfront_read(h
     x, _ = gen[1]
     assert gen._reader is not None
     if mapped:
-        # Windows are cut straight from a read-only map of the file: its rows lie back to back
-        # ("batches": one slice of it; "full": each row where it lies).
-        assert reads == [] and gen._mapped is not None
+        # Windows are cut straight from a read-only map of the file ("batches": one slice of
+        # a window of it; "full": each row where it lies in a map of the whole file).
+        assert reads == []
+        assert (gen._mapped if mode == "batches" else gen._file_map) is not None
     else:
         assert sum(reads) == 16 and max(reads) <= 3  # the batch came in runs of 3 rows at most
-        assert gen._mapped is None
+        assert gen._mapped is None and gen._file_map is None
     expected = Compose(ops)(imgs[gen.batch_rows(1)], batch_rng(4, 0, 1))
     np.testing.assert_array_equal(x, expected)
 
@@ -871,7 +873,8 @@ def test_ten_crop_pipeline_matches_a_per_image_loop(h5file, mode):
     assert gen.sample_shape == (10, 4, 4, 3)
     x, _ = gen[1]
     assert x.shape == (8, 10, 4, 4, 3) and x.dtype == np.float32
-    assert gen._mapped is not None  # cut from a map of the file, in file order or scattered
+    # cut from a map of the file, in file order or scattered
+    assert (gen._mapped if mode == "none" else gen._file_map) is not None
     for sample, image in zip(x, imgs[gen.batch_rows(1)], strict=True):
         ref = image.astype(np.float64) - mean
         corners = [(0, 0), (0, 3), (2, 0), (2, 3), (1, 1)]  # 6x7 image, 4x4 crops
@@ -1093,13 +1096,40 @@ def test_full_shuffle_reads_its_rows_when_the_whole_file_cannot_be_mapped(h5file
     ops = [RandomPatch(4, 5), MeanSubtract([10, 20, 30])]
     mapped = HDF5Generator(path, batch_size=8, shuffle="full", seed=2, preprocessors=ops)
     expected = mapped[1][0]
-    assert mapped._mapped is not None
+    assert mapped._file_map is not None
 
     def no_room(self):
         raise OSError(12, "Cannot allocate memory")  # a 32-bit process, a tight ulimit -v
 
-    monkeypatch.setattr(store.MappedRows, "all_rows", no_room)
+    monkeypatch.setattr(store.MappedFile, "data", no_room)
     read = HDF5Generator(path, batch_size=8, shuffle="full", seed=2, preprocessors=ops)
     np.testing.assert_array_equal(read[1][0], expected)
-    assert read._mapped is None
+    assert read._file_map is None
     np.testing.assert_array_equal(read[1][0], expected)
+
+
+@pytest.mark.parametrize("mode", ["batches", "full"])
+def test_a_file_whose_chunks_lie_apart_is_cut_from_a_map_too(tmp_path, mode, monkeypatch):
+    # A real build: chunks aligned to pages (so small rows are padded apart) and HDF5's index
+    # nodes between every 64 or so chunks. Each row is found from its chunk's offset.
+    from dsprep.augment import RandomFlip
+    from dsprep.preprocess import MeanSubtract, RandomPatch
+
+    imgs = tagged_images(300)
+    labels = np.arange(300) % 3
+    path = tmp_path / "apart.hdf5"
+    with store.HDF5Writer(path, 300, (6, 7), NAMES, chunk_images=2, direct=True,
+                          attrs={"split": "train", "mean_rgb": [0, 0, 0], "skipped": 0}) as w:
+        w.append(imgs, labels, [f"r{i}" for i in range(300)])
+    with h5py.File(path, "r") as db:
+        offsets = store.chunk_offsets(db["images"])
+    assert len(set(np.diff(offsets).tolist())) > 1  # the chunks do not lie back to back
+    ops = [RandomPatch(4, 5), RandomFlip(), MeanSubtract([10, 20, 30])]
+    gen = HDF5Generator(path, batch_size=16, shuffle=mode, seed=3, preprocessors=ops)
+    got = [gen[i][0] for i in range(len(gen))]
+    assert gen._mapped is None and gen._file_map is not None
+    monkeypatch.setattr(store.RowReader, "map_file", lambda *args, **kwargs: None)
+    read = HDF5Generator(path, batch_size=16, shuffle=mode, seed=3, preprocessors=ops)
+    for i, x in enumerate(got):
+        np.testing.assert_array_equal(x, read[i][0])
+    assert read._file_map is None

@@ -364,22 +364,19 @@ _LOAD_STEP = 8
 
 
 class Gathered:
-    """A ``Loader`` for a batch whose images already lie in memory, each a row of ``source``
-    (a memory map of a file): image ``i`` of the batch is ``source[rows[i]]``.
+    """A ``Loader`` for a batch whose images already lie in memory elsewhere (rows of a memory
+    map of a file): image ``i`` of the batch is ``image(i)``.
 
-    The window kernels cut straight from those rows, so nothing is copied before the cut;
+    The window kernels cut straight from those images, so nothing is copied before the cut;
     any other step gets ``batch`` filled by calling it, as with any loader.
     """
 
-    def __init__(self, source: np.ndarray, rows: Sequence[int] | np.ndarray,
-                 batch: np.ndarray) -> None:
-        self.source, self.rows, self.batch = source, np.asarray(rows), batch
+    def __init__(self, image: Callable[[int], np.ndarray], batch: np.ndarray) -> None:
+        self.image, self.batch = image, batch
 
     def __call__(self, start: int, stop: int) -> None:
-        np.take(self.source, self.rows[start:stop], axis=0, out=self.batch[start:stop])
-
-    def image(self, i: int) -> np.ndarray:
-        return self.source[self.rows[i]]
+        for i in range(start, stop):
+            self.batch[i] = self.image(i)
 
 
 def _images(batch: np.ndarray, load: Loader | None, start: int, stop: int):
