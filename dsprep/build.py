@@ -943,14 +943,17 @@ def _file_attrs(options: BuildOptions, split: str, source_root: str | os.PathLik
 
 
 def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
-    """A digest of what a file is built from: each row's name, label, size and modification
-    time, and the names of the images left out before decoding (dangling links). A file
-    renamed, moved to another class, replaced, repaired or touched changes it."""
+    """A digest of what a file is built from: each row's name, label, size, modification and
+    change times and inode, and the names of the images left out before decoding (dangling
+    links). A file renamed, moved to another class, replaced, repaired or touched changes it;
+    so does a copy of the whole folder (a rebuild, never a wrong "nothing to do")."""
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r.name):  # whatever order the file stores them in
         try:
+            # The inode and its change time too: a copy that keeps size and time (cp -p, a
+            # label fixed by swapping two files) still changes those.
             st = os.stat(row.path)
-            seen = f"{st.st_size} {st.st_mtime_ns}"
+            seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
         except OSError:
             seen = "-"
         digest.update(f"{row.name}\0{row.label}\0{seen}\n".encode("utf-8", "surrogateescape"))

@@ -657,19 +657,28 @@ def refuse_unfinished_split(folder: str | os.PathLike) -> None:
     stopped while it moved a new split in, in place of the old one: it holds parts of both.
 
     (A split filled inside its folder writes the new one apart, in ``.dsprep-split-partial``,
-    and leaves the old one whole until the swap, which its journal marks.)
+    and leaves the old one whole until the swap: the old entries move aside into
+    ``.dsprep-split-old``, then a journal marks that they all are, then the new ones move in.)
 
     Raises:
-        LayoutError: the swap's journal is there.
+        LayoutError: the swap's journal is there, or entries set aside.
     """
     here = Path(folder)
     for up in (here, here.parent):
-        journal = up / f"{_OWN}-swapping"
-        if journal.exists():
+        journal, aside = up / f"{_OWN}-swapping", up / f"{_OWN}-old"
+        left = journal if journal.exists() else aside if _holds_anything(aside) else None
+        if left is not None:
             raise LayoutError(
                 f"{up} holds parts of two splits: a 'dsprep split' into it stopped while it "
-                f"moved the new split in (it left {journal.name}); run that split again to "
+                f"moved the new split in (it left {left.name}); run that split again to "
                 "finish it")
+
+
+def _holds_anything(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and bool(os.listdir(folder))
+    except OSError:
+        return False
 
 
 def _refuse_split_source(src: str | os.PathLike, dest: str | os.PathLike) -> None:

@@ -1101,6 +1101,12 @@ def test_a_split_stopped_while_moving_in_is_not_built_from(tmp_path):
         DirectoryGenerator(src / "train", image_size=(16, 16))
     assert not (tmp_path / "out").exists()
     (src / f"{splitting._OWN}-swapping").unlink()
+    # Stopped while the old entries moved aside, before the journal: some are aside.
+    (src / f"{splitting._OWN}-old").mkdir()
+    (src / "test").rename(src / f"{splitting._OWN}-old" / "test")
+    with pytest.raises(LayoutError, match=r"it left \.dsprep-split-old"):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    (src / f"{splitting._OWN}-old" / "test").rename(src / "test")
     # A new split being written apart (or one abandoned there) leaves the old one whole.
     (src / f"{splitting._OWN}-partial" / "val").mkdir(parents=True)
     build.build_hdf5(src, tmp_path / "out", opts())

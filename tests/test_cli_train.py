@@ -370,7 +370,9 @@ def test_a_run_stopped_in_its_first_epoch_starts_again_when_the_job_runs_again(
     (run / "state.json").unlink()
     kept = (run / "last.keras").read_bytes()
     refused = invoke("train", data, run, *QUICK, "--epochs", "2", "--lr", "0.002")
-    assert refused.exit_code == 1 and "already holds a run" in refused.output
+    assert refused.exit_code == 1
+    assert "holds checkpoints but no state.json, so it cannot be resumed; use --force" in \
+        refused.output
     assert (run / "last.keras").read_bytes() == kept
 
 

@@ -553,6 +553,10 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
     restarted = False
     if replacing and not overwrite:
         if not _never_finished_an_epoch(run):
+            if not (run / cb.STATE).exists():  # checkpoints, but the epoch count is lost
+                raise DestinationExistsError(
+                    f"{run} holds checkpoints but no {cb.STATE}, so it cannot be resumed; use "
+                    "--force to start over")
             raise DestinationExistsError(
                 f"{run} already holds a run; use --resume {run} to continue it, or --force "
                 "to start over")
