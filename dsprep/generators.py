@@ -356,8 +356,8 @@ class HDF5Generator(_BatchSequence):
       build-hdf5's default ``--order shuffled`` leaves them; on rows in runs of one class
       (``--order sorted``) the generator warns, since each batch would hold one class.
     - ``"full"``: every batch drawn from anywhere in the file. Cut from the mapped file (below)
-      it runs as fast as "batches" through the patch + flip + mean pipeline (0.99-1.11 of
-      it); where the rows are read instead (compressed files, a pipeline that does not start
+      it runs about as fast as "batches" through the patch + flip + mean pipeline (0.90-1.11
+      of it); where the rows are read instead (compressed files, a pipeline that does not start
       with a cut), each batch's rows are read in file order into their places in the batch,
       at 0.48-0.97 of "batches". With lzf/gzip every chunk a batch touches is decompressed
       once, so prefer uncompressed files for "full". (h5py fancy indexing, which this
