@@ -751,9 +751,12 @@ class RowReader:
             size = os.fstat(handle.fileno()).st_size
         except (OSError, ValueError):
             return None
-        last = (self.rows - 1) // self.chunk_rows
-        end = int(self.offsets[last]) + (self.rows - last * self.chunk_rows) * self.row_bytes
-        if end > size:
+        # Every chunk's end, whatever their order in the file (the last row's chunk may not
+        # lie last).
+        counts = np.minimum(self.chunk_rows,
+                            self.rows - np.arange(len(self.offsets)) * self.chunk_rows)
+        ends = self.offsets.astype(np.int64) + np.maximum(counts, 0) * self.row_bytes
+        if len(ends) == 0 or int(ends.max()) > size:
             return None
         return MappedFile(handle, self.offsets, self.chunk_rows, shape)
 

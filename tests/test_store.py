@@ -496,3 +496,22 @@ def test_write_failures_name_the_file_and_leave_nothing(tmp_path, monkeypatch, w
     assert info.value.errno == errno.ENOSPC and info.value.filename.endswith(
         "train.hdf5.partial")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_whole_file_map_is_refused_when_any_chunk_lies_past_the_end(tmp_path):
+    # The chunks need not lie in row order: the first row's chunk may be the one past the end
+    # of a file that shrank.
+
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(8192))
+    handle = store.Descriptor(os.open(path, os.O_RDONLY))
+    try:
+        out_of_order = store.RowReader(np.array([8192, 0, 4096]), 1, 4096, 3)
+        assert out_of_order.map_file(handle, (4096,)) is None
+        in_order = store.RowReader(np.array([0, 4096]), 1, 4096, 2)
+        mapped = in_order.map_file(handle, (4096,))
+        assert mapped is not None and mapped.row(1).shape == (4096,)
+    finally:
+        handle.close()
+
