@@ -501,8 +501,6 @@ def test_write_failures_name_the_file_and_leave_nothing(tmp_path, monkeypatch, w
 def test_a_whole_file_map_is_refused_when_any_chunk_lies_past_the_end(tmp_path):
     # The chunks need not lie in row order: the first row's chunk may be the one past the end
     # of a file that shrank.
-
-
     path = tmp_path / "f.bin"
     path.write_bytes(bytes(8192))
     handle = store.Descriptor(os.open(path, os.O_RDONLY))
