@@ -731,13 +731,8 @@ class RowReader:
         step = self.chunk_rows * self.row_bytes
         if len(self.offsets) > 1 and bool(np.any(np.diff(self.offsets) != step)):
             return None
-        if int(np.prod(shape)) != self.row_bytes:
-            return None
-        try:
-            size = os.fstat(handle.fileno()).st_size
-        except (OSError, ValueError):
-            return None
-        if int(self.offsets[0]) + self.rows * self.row_bytes > size:
+        size = self._size_for(handle, shape)
+        if size is None or int(self.offsets[0]) + self.rows * self.row_bytes > size:
             return None
         return MappedRows(handle, int(self.offsets[0]), self.rows, shape, batch_rows)
 
@@ -745,20 +740,24 @@ class RowReader:
         """Every row as a read-only array over one memory map of the whole file
         (:class:`MappedFile`), wherever its chunk lies; None if the file is shorter than the
         rows' offsets say."""
-        if int(np.prod(shape)) != self.row_bytes:
-            return None
-        try:
-            size = os.fstat(handle.fileno()).st_size
-        except (OSError, ValueError):
-            return None
+        size = self._size_for(handle, shape)
         # Every chunk's end, whatever their order in the file (the last row's chunk may not
         # lie last).
         counts = np.minimum(self.chunk_rows,
                             self.rows - np.arange(len(self.offsets)) * self.chunk_rows)
         ends = self.offsets.astype(np.int64) + np.maximum(counts, 0) * self.row_bytes
-        if len(ends) == 0 or int(ends.max()) > size:
+        if size is None or len(ends) == 0 or int(ends.max()) > size:
             return None
         return MappedFile(handle, self.offsets, self.chunk_rows, shape)
+
+    def _size_for(self, handle: Descriptor, shape: tuple[int, ...]) -> int | None:
+        """The file's size, if rows of ``shape`` are this reader's rows (else None)."""
+        if int(np.prod(shape)) != self.row_bytes:
+            return None
+        try:
+            return os.fstat(handle.fileno()).st_size
+        except (OSError, ValueError):
+            return None
 
     def _spans(self, start: int, stop: int):
         """(first row, rows, file offset) of each chunk-contiguous piece of rows start:stop."""
