@@ -28,6 +28,13 @@ __all__ = [
 # Element types OpenCV's kernels take (flip, warpAffine, and preprocess's crops and means).
 _CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
 
+# warpAffine has no kernel for int8.
+_WARP_DTYPES = _CV_DTYPES - {np.dtype(np.int8)}
+
+# Keras's fill_mode names. "nearest" and "reflect" fill exactly as Keras (SciPy) does. "wrap"
+# tiles the image with period = its side (SciPy's, and so Keras's, repeats the edge pixel:
+# period side - 1), and "constant" blends the fill value into the edge pixels' interpolation
+# (SciPy uses the value only for points outside the image).
 _BORDERS = {
     "nearest": cv2.BORDER_REPLICATE,
     "constant": cv2.BORDER_CONSTANT,
@@ -198,29 +205,41 @@ def affine_matrices(
 ) -> np.ndarray:
     """(B, 2, 3) forward maps (input pixel to output pixel) about the image centre.
 
+    The steps compose as in Keras's ImageDataGenerator (``apply_affine_transform``), which
+    maps output pixels to input pixels through rotation, shift, shear and zoom matrices in that
+    order: the content is rotated, then shifted, then sheared, then zoomed. So a shift is
+    scaled by the zoom and sheared with the rest, and a shear also stretches the image
+    vertically by 1 / cos(shear), as Keras's shear matrix does.
+
     Args:
         shape: (height, width) of the images.
         rotation: angles in degrees, counter-clockwise as seen on screen.
         shift_y: vertical shifts in pixels (positive moves content down).
         shift_x: horizontal shifts in pixels (positive moves content right).
-        shear: shear angles in degrees (vertical lines lean by this angle).
-        zoom_y: vertical scale of the content (above 1 enlarges it).
+        shear: shear angles in degrees (vertical lines lean by this angle; positive moves the
+            bottom of the image right).
+        zoom_y: vertical scale of the content (above 1 enlarges it; Keras's zy is 1 / zoom_y).
         zoom_x: horizontal scale of the content.
     """
     height, width = shape
-    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
-    theta = np.deg2rad(rotation)
+    theta = np.deg2rad(np.asarray(rotation, dtype=np.float64))
     cos, sin = np.cos(theta), np.sin(theta)
-    tan = np.tan(np.deg2rad(shear))
-    # Content is scaled, then sheared, then rotated about the centre, then shifted.
-    # With y pointing down, [[cos, sin], [-sin, cos]] turns counter-clockwise on screen.
-    a = np.empty((len(theta), 2, 2))
-    a[:, 0, 0] = cos * zoom_x
-    a[:, 0, 1] = (cos * tan + sin) * zoom_y
-    a[:, 1, 0] = -sin * zoom_x
-    a[:, 1, 1] = (-sin * tan + cos) * zoom_y
-    centre = np.array([cx, cy])
-    offset = centre + np.stack([shift_x, shift_y], axis=1) - a @ centre
+    shear = np.deg2rad(np.asarray(shear, dtype=np.float64))
+    n = len(theta)
+    # Keras's output-to-input matrices, in (x, y) with y pointing down, inverted step by step:
+    # rotation [[cos, -sin], [sin, cos]], shift (-shift_x, -shift_y), shear
+    # [[1, -sin s], [0, cos s]], zoom diag(1 / zoom_x, 1 / zoom_y).
+    rotate = np.empty((n, 2, 2))
+    rotate[:, 0, 0], rotate[:, 0, 1] = cos, sin
+    rotate[:, 1, 0], rotate[:, 1, 1] = -sin, cos
+    shear_zoom = np.zeros((n, 2, 2))
+    shear_zoom[:, 0, 0] = zoom_x
+    shear_zoom[:, 0, 1] = np.tan(shear) * zoom_x
+    shear_zoom[:, 1, 1] = zoom_y / np.cos(shear)
+    a = shear_zoom @ rotate
+    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    shift = np.stack([np.broadcast_to(shift_x, n), np.broadcast_to(shift_y, n)], axis=1)
+    offset = centre + (shear_zoom @ shift[:, :, None])[:, :, 0] - a @ centre
     return np.concatenate([a, offset[:, :, None]], axis=2)
 
 
@@ -235,9 +254,9 @@ def warp_affine(
     batch = _batch(batch)
     if fill not in _BORDERS:
         raise UsageError(f"fill must be one of {', '.join(_BORDERS)}, got {fill!r}")
-    if batch.dtype not in _CV_DTYPES:
+    if batch.dtype not in _WARP_DTYPES:
         raise UsageError(
-            f"affine transforms need uint8, int8, uint16, int16, float32 or float64 batches, got "
+            f"affine transforms need uint8, uint16, int16, float32 or float64 batches, got "
             f"{batch.dtype}; convert the batch first (e.g. batch.astype(np.float32))"
         )
     n, height, width = batch.shape[:3]
@@ -259,18 +278,25 @@ def warp_affine(
 class RandomAffine:
     """Random rotation, shift, shear and zoom per image, as Keras's ImageDataGenerator draws them.
 
+    Each image gets the transform Keras's ``apply_affine_transform`` makes of the drawn
+    values, composed in its order (see ``affine_matrices``), with bilinear interpolation.
+
     Args:
         rotation: degrees; the angle is uniform in [-rotation, rotation] (``rotation_range``).
         shift: the largest shift, one value for both axes or a (height, width) pair
             (``height_shift_range``, ``width_shift_range``). As in Keras, a value below 1 is a
             fraction of that side's size and a value of 1 or more is pixels; the shift is drawn
-            uniformly in [-shift, shift], independently for each axis.
+            uniformly in [-shift, shift], independently for each axis (for a Python int, Keras
+            draws whole pixels below it instead: an int 3 gives -2 to 2 there).
         shear: degrees; the shear angle is uniform in [-shear, shear] (``shear_range``).
         zoom: a float z for factors uniform in [1 - z, 1 + z], or a (low, high) pair; the
             horizontal and vertical factors are drawn independently (``zoom_range``). As in
             Keras, the content is scaled by 1 / factor: a factor below 1 zooms in.
         fill: how to fill pixels mapped from outside the image: "nearest", "constant",
-            "reflect" or "wrap" (``fill_mode``).
+            "reflect" or "wrap" (``fill_mode``). "nearest" and "reflect" give Keras's pixels;
+            "wrap" repeats the image with a period of its side (Keras: one pixel less, the edge
+            pixel shared), and "constant" blends ``fill_value`` into the interpolation at the
+            edge (Keras: only beyond it).
         fill_value: the value for ``fill="constant"`` (``cval``).
     """
 

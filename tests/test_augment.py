@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from helpers import smooth_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsprep.augment import RandomAffine, RandomBrightness, RandomFlip
+from dsprep.augment import (
+    RandomAffine,
+    RandomBrightness,
+    RandomFlip,
+    affine_matrices,
+    warp_affine,
+)
 from dsprep.errors import UsageError
 
 
@@ -167,15 +171,55 @@ def importorskip_keras_affine():
     )
 
 
-def test_shear_moves_points_along_x_by_tangent():
+def test_shear_moves_points_along_x_by_tangent_and_stretches_as_keras_does():
     size, centre = 81, 40
     batch = dot_batch(200, size, centre + 20, centre)  # 20 px below the centre
     out = RandomAffine(shear=20, fill="constant")(batch, np.random.default_rng(6))
     y, x = centroids(out)
-    np.testing.assert_allclose(y, centre + 20, atol=0.05)
-    limit = 20 * math.tan(math.radians(20))
-    assert np.all(np.abs(x - centre) <= limit + 0.05)
-    assert np.abs(x - centre).max() > 0.8 * limit
+    # Keras's shear matrix [[1, -sin s], [0, cos s]] (output to input) moves a point at
+    # height y by y tan s sideways and to y / cos s = hypot(y, y tan s).
+    dx, dy = x - centre, y - centre
+    np.testing.assert_allclose(dy, np.hypot(20, dx), atol=0.05)
+    angle = np.degrees(np.arctan(dx / 20))
+    assert np.all(np.abs(angle) <= 20.01) and np.abs(angle).max() > 16
+
+
+def keras_transform(image, rotation=0.0, shift_y=0.0, shift_x=0.0, shear=0.0, zoom_y=1.0,
+                    zoom_x=1.0, fill="nearest"):
+    """Keras's own transform of one (H, W, C) float image, the parameters in dsprep's terms."""
+    keras_image = importorskip_keras_affine()
+    # Keras 3 takes tx and zx along the columns (its matrices are in (x, y) order), and its
+    # shifts move the sampling point, not the content.
+    return keras_image.apply_affine_transform(
+        image, theta=rotation, tx=-shift_x, ty=-shift_y, shear=shear, zx=1 / zoom_x,
+        zy=1 / zoom_y, row_axis=0, col_axis=1, channel_axis=2, fill_mode=fill, order=1)
+
+
+@pytest.mark.parametrize("fill", ["nearest", "reflect"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(rotation=20.0),
+        dict(shift_y=-4.0, shift_x=6.5),
+        dict(shear=20.0),
+        dict(shear=-12.0, zoom_y=1.3, zoom_x=0.8),
+        dict(rotation=20.0, shift_x=5.0, zoom_y=1.25, zoom_x=1.25),
+        dict(rotation=-35.0, shift_y=3.0, shift_x=-7.0, shear=15.0, zoom_y=0.9, zoom_x=1.2),
+    ],
+)
+def test_affine_transform_is_keras_composed_in_keras_order(params, fill):
+    # A smooth image (bilinear and SciPy's order-1 spline then agree to float precision),
+    # square because Keras 3 centres its transforms with height and width swapped.
+    size = 48
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = np.stack([np.sin(xx / 5) + np.cos(yy / 7), xx / size, xx * yy / size**2], axis=-1)
+    theirs = keras_transform(image, fill=fill, **params)
+    values = {k: np.array([params.get(k, default)]) for k, default in (
+        ("rotation", 0.0), ("shift_y", 0.0), ("shift_x", 0.0), ("shear", 0.0), ("zoom_y", 1.0),
+        ("zoom_x", 1.0))}
+    matrices = affine_matrices((size, size), **values)
+    ours = warp_affine(image[None].astype(np.float32), matrices, fill=fill)[0]
+    np.testing.assert_allclose(ours, theirs, atol=2e-4)
 
 
 def test_affine_is_reproducible_and_fills():
@@ -206,6 +250,8 @@ def test_affine_rejects_bad_arguments():
         RandomAffine(shear=90)
     with pytest.raises(UsageError, match="int64.*astype"):
         RandomAffine(rotation=5)(np.zeros((2, 8, 8, 3), np.int64), np.random.default_rng(0))
+    with pytest.raises(UsageError, match="int8.*astype"):  # OpenCV has no int8 warp
+        RandomAffine(rotation=5)(np.zeros((2, 8, 8, 3), np.int8), np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("layout", ["transposed", "fortran", "strided"])
