@@ -57,7 +57,14 @@ from .sources import (
     is_image_name,
     own_split_folders,
 )
-from .split import EMPTY, NOT_AN_IMAGE, TOO_LARGE, refuse_unfinished_split, split_above
+from .split import (
+    EMPTY,
+    NOT_AN_IMAGE,
+    TOO_LARGE,
+    refuse_unfinished_split,
+    split_above,
+    split_below,
+)
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
 SPLITS = ("train", "val", "test")
@@ -339,6 +346,10 @@ def find_rows(
                          if any(p.is_dir() for p in src.iterdir()) else "")
                 raise UsageError(f"{src} lies in the split {above}; give {above} to build "
                                  f"train, val and test{alone}")
+            below = split_below(src)
+            if below is not None:
+                raise UsageError(f"{src} has no split.json, but {below} inside it holds a "
+                                 f"split; give {below}")
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
                 "build one file from a folder of class sub-folders, or give a folder already "

@@ -178,6 +178,9 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     Args:
         scores: (N,) scores for the positive class, or (N, 2) probabilities (column 1 is used).
         labels: (N,) or (N, 1) 0/1 (or False/True) labels, or (N, 2) one-hot rows.
+
+    Raises:
+        UsageError: labels of one class only, or scores that are not all finite.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim == 2 and scores.shape[1] == 2:
@@ -196,6 +199,10 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
             "roc_auc needs both classes among the labels; got only "
             f"{'positives' if negatives == 0 else 'negatives'}"
         )
+    if not np.all(np.isfinite(scores)):
+        raise UsageError(
+            f"roc_auc needs finite scores; {int(np.sum(~np.isfinite(scores)))} of {scores.size} "
+            "are NaN or infinite (a diverged model?)")
     ranks = _average_ranks(scores)
     u = ranks[labels == 1].sum() - positives * (positives + 1) / 2.0
     return float(u / (positives * negatives))

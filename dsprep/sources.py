@@ -319,6 +319,24 @@ def _member_name(info: zipfile.ZipInfo) -> str:
     return name
 
 
+def _not_a_zip(path: Path) -> str:
+    """Why a file given as the dump cannot be read, and what to do."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc}); give a dump folder or a .zip"
+    if magic.startswith(b"PK") or path.suffix.lower() == ".zip":
+        return (f"{path} is a damaged or incomplete zip archive (its table of contents at the "
+                "end is missing: a download cut short?); download it again, or unzip what "
+                "can be read into a folder and give the folder")
+    name = path.name.lower()
+    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")):
+        return (f"{path} is an archive dsprep does not read in place; extract it and give the "
+                "folder (a .zip is read as it is)")
+    return f"{path} is a file but not a zip archive; give a dump folder or a .zip"
+
+
 def open_source(src: str | os.PathLike) -> Source:
     """Open a dump folder or zip archive.
 
@@ -331,7 +349,7 @@ def open_source(src: str | os.PathLike) -> Source:
     if path.is_file():
         if zipfile.is_zipfile(path):
             return ZipSource(path)
-        raise LayoutError(f"{path} is a file but not a zip archive; give a dump folder or a .zip")
+        raise LayoutError(_not_a_zip(path))
     raise LayoutError(f"{path} does not exist; give the folder or .zip that holds the images")
 
 
@@ -350,6 +368,7 @@ class Inventory:
         items: (path relative to the source, label), sorted by path.
         skipped: files and labels rows left out, with reasons.
         labels_file: the labels CSV used, for the csv layout.
+        labels_columns: which of its columns hold the ids and the labels, in words.
         split_folders: for a dump already split into ``train/<class>/...``, ``test/<class>/...``
             folders (see ``SPLIT_FOLDER_NAMES``), those folders: their images are pooled, each
             labelled by its class folder.
@@ -361,6 +380,7 @@ class Inventory:
     skipped: list[Skipped] = field(default_factory=list)
     labels_file: str | None = None
     split_folders: list[str] = field(default_factory=list)
+    labels_columns: str | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -499,8 +519,9 @@ def find_images(
             raise LayoutError(
                 f"{where}: no row of {labels_name} names an image file in it (e.g. "
                 f"{missing.source!r}: {missing.detail}); ids, taken from column "
-                f"{table.id_header}, are matched as paths inside {source.path}, with or "
-                "without the extension, or as bare file names: check --id-column and --labels")
+                f"{table.id_header}, are matched as paths inside {source.path} (or their tails), "
+                "with or without the extension and in any case, or as bare file names: check "
+                "--id-column and --labels")
     else:
         if layout == "auto":
             layout = _guess_layout(images, root, regex)
@@ -531,7 +552,8 @@ def find_images(
         problem = label_problem(label)
         (bad.append(Skipped(rel, BAD_LABEL, problem)) if problem else good.append((rel, label)))
     inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
-                          labels_name, split_folders)
+                          labels_name, split_folders,
+                          table.columns_in_words() if table is not None else None)
     if not inventory.items:
         raise LayoutError(
             f"{where} has no labelled images for the {chosen} layout; expected "
@@ -746,12 +768,12 @@ def own_split_folders(folder: str | os.PathLike,
     found: dict[str, Path] = {}
     copies: list[tuple[Path, dict[str, Path]]] = []
     loose: list[Path] = []
-    for name in _visible_folders(folder):
+    for name in visible_folders(folder):
         path = folder / name
-        inner = _visible_folders(path)
+        inner = visible_folders(path)
         if len(inner) == 1 and inner[0].lower() == name.lower():
             path = path / inner[0]  # seg_train/seg_train/
-            inner = _visible_folders(path)
+            inner = visible_folders(path)
         split = split_of(name)
         if split is None:
             if left_out is None:
@@ -773,7 +795,7 @@ def own_split_folders(folder: str | os.PathLike,
                              "them out")
         found[split] = path
     # Some split holds class folders, and a copy holds the same splits as those beside it.
-    if (not any(_visible_folders(path) for path in found.values())
+    if (not any(visible_folders(path) for path in found.values())
             or any(not set(nested) <= set(found) for _, nested in copies)):
         return {}
     if left_out is not None:
@@ -783,7 +805,7 @@ def own_split_folders(folder: str | os.PathLike,
     return {split: found[split] for split in ("train", "val", "test") if split in found}
 
 
-def _visible_folders(folder: Path) -> list[str]:
+def visible_folders(folder: Path) -> list[str]:
     """The sorted names of a folder's visible sub-folders ([] if it cannot be listed)."""
     try:
         with os.scandir(folder) as entries:  # no stat per file: class folders can be large
@@ -885,15 +907,22 @@ class _LabelsTable:
         # Lookups from most to least specific: path, path without extension, name, name stem.
         # Paths count both inside the wrapper folder stepped into and inside the source itself
         # (ids written as ds/images/1.jpg for a dump whose everything is in ds/).
-        self.keys: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(4)]
+        # The same four again with every key in lower case, tried once the exact ones fail
+        # (a CSV naming IMG_1.jpg for IMG_1.JPG).
+        # Two more hold the paths inside the source alone, with and without the extension, for
+        # the tails of ids written as paths elsewhere.
+        self.keys: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(6)]
+        self.folded: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(6)]
         for rel in images:
             inner = rel[len(root):]
-            for path in (inner, rel) if root else (inner,):
-                self.keys[0][path].append(rel)
-                self.keys[1][os.path.splitext(path)[0]].append(rel)
             name_only = PurePosixPath(inner).name
-            self.keys[2][name_only].append(rel)
-            self.keys[3][os.path.splitext(name_only)[0]].append(rel)
+            keys = [(0, path) for path in ((inner, rel) if root else (inner,))]
+            keys += [(1, os.path.splitext(path)[0]) for _, path in keys]
+            keys += [(2, name_only), (3, os.path.splitext(name_only)[0])]
+            keys += [(4, rel), (5, os.path.splitext(rel)[0])]
+            for table, key in keys:
+                self.keys[table][key].append(rel)
+                self.folded[table][key.lower()].append(rel)
         # The class columns of a one-hot table (a 1 in each row's class column), whose names
         # in the header are the classes.
         self.onehot: list[int] = []
@@ -904,12 +933,46 @@ class _LabelsTable:
         self.first_line = 2 if has_header else 1
         self.rows = rows[1:] if has_header else rows
 
+    def columns_in_words(self) -> str:
+        """Where the ids and labels were read: "ids in 'image_id', labels in 'dx'"."""
+        def name(c: int) -> str:
+            return (repr(self.column_names[c]) if self.first_line == 2 else f"column {c}")
+
+        if self.onehot:
+            labels = f"one-hot columns {', '.join(self.column_names[c] for c in self.onehot)}"
+        else:
+            labels = f"labels in {name(self.label_index)}"
+        return f"ids in {name(self.id_index)}, {labels}"
+
     def lookup(self, key: str) -> list[str]:
+        """The images an id names.
+
+        The id is matched as a path, a path without its extension, a file name or a file name
+        without its extension, exactly and then ignoring case. An id written as a path on
+        another machine (/home/me/data/train/1.jpg) then matches the image whose path in the
+        dump is one of its tails, and at last an id with an image extension of its own
+        matches without it (1.png for 1.jpg).
+        """
         key = key.strip().replace("\\", "/")
-        key = key[2:] if key.startswith("./") else key
-        for table in self.keys:
-            if key in table:
-                return table[key]
+        parts = [p for p in key.split("/") if p not in ("", ".")]
+        if not parts:
+            return []
+        tails = ["/".join(parts[i:]) for i in range(len(parts))]
+        # (text, tables): the whole id in the first four tables; its tails only as whole
+        # paths inside the source (so /x/test/5.jpg never takes train/5.jpg, even with
+        # train/ the wrapper folder the ids are otherwise read in).
+        attempts = [(tails[0], range(4))] + [(tail, (4,)) for tail in tails[1:]]
+        stem, ext = os.path.splitext(parts[-1])
+        if stem and ext.lower() in IMAGE_EXTENSIONS:
+            cut = len(ext)
+            attempts += [(tails[0][:-cut], range(4))]
+            attempts += [(tail[:-cut], (5,)) for tail in tails[1:]]
+        for text, tables in attempts:
+            for keys, folded in ((self.keys, text), (self.folded, text.lower())):
+                for table in tables:
+                    found = keys[table].get(folded)
+                    if found:
+                        return found
         return []
 
     def _columns(self, rows, id_column, label_column) -> tuple[int, int, bool]:
@@ -966,7 +1029,9 @@ class _LabelsTable:
             self.onehot = _onehot_columns(rows[1:], id_index, len(first))
         if self.onehot:
             label_index = self.onehot[-1]  # the last column a row must reach
-        elif label_index is None:
+        elif label_index is None and has_header:
+            label_index = self._label_guess(rows[1:], first, id_index)
+        if label_index is None:
             label_index = 1 if id_index != 1 else 0
         self.label_named_id = (not self.onehot and label_column is None
                                and label_index < len(header)
@@ -988,6 +1053,21 @@ class _LabelsTable:
         # max keeps the first of equals: ties go to the order of ID_NAMES.
         return max(candidates,
                    key=lambda c: sum(c < len(r) and bool(self.lookup(r[c])) for r in sample))
+
+    def _label_guess(self, data: list[list[str]], header: list[str], id_index: int) -> int | None:
+        """With a header naming no label column: the first column, other than the id's, that
+        is not named like an id (lesion_id, PatientID) and whose values repeat, as classes do
+        (HAM10000's lesion_id,image_id,dx,...: dx); None when no column qualifies."""
+        full = [row for row in data if len(row) >= len(header)]
+        for c, name in enumerate(header):
+            if c == id_index or _named_like_id(name):
+                continue
+            values = [row[c].strip() for row in full if row[c].strip()]
+            distinct = set(values)
+            if len(distinct) >= 2 and len(distinct) <= max(2, len(values) // 2) and not any(
+                    self.lookup(v) for v in list(distinct)[:20]):
+                return c
+        return None
 
     def _marked(self, row: list[str]) -> list[str]:
         """The classes a one-hot row has a 1 for."""
@@ -1062,10 +1142,14 @@ class _LabelsTable:
             if len(row) < need:
                 skipped.append(Skipped(where, BAD_ROW, f"{len(row)} columns, expected {need}+"))
                 continue
-            key, label = row[self.id_index].strip(), self._label(row, where)
+            key = row[self.id_index].strip()
+            if not key:
+                skipped.append(Skipped(where, BAD_ROW, "no id"))
+                continue
+            label = self._label(row, where)
             matches = self.lookup(key)
             if not matches:
-                skipped.append(Skipped(key or where, MISSING_FILE,
+                skipped.append(Skipped(key, MISSING_FILE,
                                        f"{where} names it but there is no such image"))
             elif len(matches) > 1:
                 skipped.append(Skipped(key, AMBIGUOUS_ID,
@@ -1108,6 +1192,13 @@ def _onehot_columns(data: list[list[str]], id_index: int, width: int) -> list[in
         return []
     single = sum(sum(row[c].strip() in ("1", "1.0") for c in columns) == 1 for row in full)
     return columns if single >= 0.9 * len(full) else []
+
+
+def _named_like_id(name: str) -> bool:
+    """id, image_id, lesion_id, patient id, PatientID, caseId: a column of identifiers."""
+    lower = name.strip().lower()
+    return (lower in ID_NAMES or lower.endswith(("_id", "-id", " id", ".id"))
+            or re.search(r"[a-z](Id|ID)$", name.strip()) is not None)
 
 
 def _is_index(column) -> bool:

@@ -40,7 +40,16 @@ from .errors import (
     UsageError,
 )
 from .fileio import exclusive, naming, refuse_dangling_link, write_atomic
-from .sources import LABEL_CONFLICT, UNREADABLE, Inventory, Skipped, find_images, open_source
+from .sources import (
+    LABEL_CONFLICT,
+    UNREADABLE,
+    Inventory,
+    Skipped,
+    find_images,
+    open_source,
+    own_split_folders,
+    visible_folders,
+)
 
 SCHEMA = "dsprep-split/1"
 SPLITS = ("train", "val", "test")
@@ -185,6 +194,7 @@ class SplitPlan:
         split_folders: the dump's own split folders, pooled (see ``sources.Inventory``).
         lost_classes: labels found in the dump whose every image was left out (so they are
             not classes of the split).
+        labels_columns: for the csv layout, the labels file's id and label columns, in words.
     """
 
     source: Path
@@ -197,6 +207,7 @@ class SplitPlan:
     labels_file: str | None = None
     split_folders: list[str] = field(default_factory=list)
     lost_classes: list[str] = field(default_factory=list)
+    labels_columns: str | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -437,10 +448,17 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     if not classes:
         reasons = Counter(s.reason for s in skipped)
         examples = "; ".join(f"{s.source}: {s.detail}" for s in sorted(skipped)[:3])
+        top = reasons.most_common(1)[0][0]
+        advice = {
+            LABEL_CONFLICT: "The same images lie under two labels: a dump that holds a copy "
+                            "of its class folders (flowers/daisy/ and flowers/flowers/daisy/) "
+                            "does; give one copy as SRC",
+            TOO_SMALL: f"Lower --min-size (now {options.min_size})",
+        }.get(top, "Check the options that leave files out, such as --min-size, and the "
+                   "files themselves")
         raise LayoutError(f"{source} has no usable image: every file was left out ("
                           + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-                          + f"; for example {examples}). Check the options that leave files "
-                          "out, such as --min-size, and the files themselves")
+                          + f"; for example {examples}). {advice}")
     splits = options.splits
     files: list[PlannedFile] = []
     for label in classes:
@@ -475,7 +493,8 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     files.sort(key=lambda f: (rank[f.split], f.label, f.path))
     lost = sorted({label for _, label in inventory.items} - set(classes))
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
-                     sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost)
+                     sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
+                     inventory.labels_columns)
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).
@@ -650,6 +669,55 @@ def split_above(folder: str | os.PathLike) -> Path | None:
                 return up.relative_to(Path.cwd().resolve())
             return up
     return None
+
+
+def class_name_warnings(classes: Sequence[str]) -> list[str]:
+    """What a user should know of the class names: numbers ordered as text (label id 2 is
+    then class "10", not class 2), and names that differ only in case (one folder on macOS's
+    and Windows's file systems)."""
+    warnings = []
+    if all(c.isdecimal() for c in classes) and list(classes) != sorted(classes, key=int):
+        swapped = next(i for i, c in enumerate(classes) if int(c) != sorted(map(int, classes))[i])
+        warnings.append(
+            f"the classes are numbers, numbered as sorted text ({', '.join(classes[:4])}"
+            f"{', ...' if len(classes) > 4 else ''}): label id {swapped} is class "
+            f"{classes[swapped]!r}; map predictions to names through split.json's classes (or "
+            "the HDF5 files' label_names), never by the number itself")
+    by_case: dict[str, list[str]] = {}
+    for c in classes:
+        by_case.setdefault(c.casefold(), []).append(c)
+    alike = [names for names in by_case.values() if len(names) > 1]
+    if alike:
+        warnings.append(
+            f"classes that differ only in case ({'; '.join(' and '.join(n) for n in alike)}) "
+            "stay apart, but share one folder on a case-insensitive file system (macOS, "
+            "Windows), which mixes their images; rename them in the dump if they are one class")
+    return warnings
+
+
+def split_below(folder: str | os.PathLike) -> Path | None:
+    """A split just inside ``folder``: a sub-folder holding a dsprep split.json, or, down a
+    chain of single wrapper folders (an unzipped archive's chest_xray/chest_xray/), one laid
+    out as train/ val/ test/ class folders. None when there is none; relative to the working
+    folder when under it."""
+    here = Path(folder)
+    found = next((here / name for name in visible_folders(here)
+                  if _is_split_manifest(here / name / MANIFEST)), None)
+    inner = here
+    for _ in range(2):
+        if found is not None:
+            break
+        names = visible_folders(inner)
+        if len(names) != 1:
+            break
+        inner = inner / names[0]
+        if own_split_folders(inner):
+            found = inner
+    if found is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return found.resolve().relative_to(Path.cwd().resolve())
+    return found
 
 
 def refuse_unfinished_split(folder: str | os.PathLike) -> None:

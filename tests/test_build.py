@@ -1055,6 +1055,22 @@ def test_one_folder_of_a_split_is_answered_with_the_split(tmp_path):
         build.build_hdf5(split / "train", tmp_path / "out", opts())
 
 
+def test_a_folder_holding_a_split_just_inside_is_answered_with_that_split(tmp_path):
+    # The folder above a dsprep split, and an unzipped archive's wrapper around a folder
+    # already split into train/ val/ test/ (chest_xray/chest_xray/).
+    make_split(tmp_path / "data" / "split")
+    (tmp_path / "data" / "notes").mkdir()
+    with pytest.raises(UsageError, match=r"data has no split.json, but \S*data/split inside it "
+                                          r"holds a split; give \S*data/split$"):
+        build.build_hdf5(tmp_path / "data", tmp_path / "out", opts())
+    inner = tmp_path / "chest_xray" / "chest_xray"
+    for split in ("train", "val", "test"):
+        make_class_folders(inner / split, classes=("NORMAL", "PNEUMONIA"), per_class=1)
+    with pytest.raises(UsageError, match=r"give \S*chest_xray/chest_xray$"):
+        build.build_hdf5(tmp_path / "chest_xray", tmp_path / "out", opts())
+    assert not (tmp_path / "out").exists()
+
+
 def test_every_output_reaches_the_disk_before_it_takes_its_final_name(tmp_path, monkeypatch):
     # A power cut right after the renames must find the bytes the names point at: each file is
     # flushed while it still waits under its temporary name, and the folder after the renames.

@@ -114,6 +114,30 @@ def test_a_single_class_is_warned_about(tmp_path):
     assert "warning: one class only (cat)" in result.output  # even with -q
 
 
+def test_number_classes_ordered_as_text_and_classes_alike_but_for_case_are_warned_about(
+        tmp_path):
+    for i, label in enumerate(["0", "1", "2", "10"] * 2):
+        write_image(tmp_path / "num" / label / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    result = loud("-q", "split", str(tmp_path / "num"), str(tmp_path / "s1"), "--dry-run",
+                  "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    assert ("warning: the classes are numbers, numbered as sorted text (0, 1, 10, 2): label "
+            "id 2 is class '10'") in result.output
+    for i, label in enumerate(["Cat", "cat", "dog"] * 2):
+        write_image(tmp_path / "case" / f"{label}.{i}.jpg", smooth_image(40, 40, seed=i))
+    result = loud("-q", "split", str(tmp_path / "case"), str(tmp_path / "s2"), "--dry-run",
+                  "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    assert "warning: classes that differ only in case (Cat and cat) stay apart" in result.output
+    assert "numbers" not in result.output
+    # Numbers that sort the same as text and as numbers need no warning.
+    shutil.rmtree(tmp_path / "num" / "10")
+    result = loud("-q", "split", str(tmp_path / "num"), str(tmp_path / "s3"), "--dry-run",
+                  "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    assert "0 " in result.output and "warning" not in result.output
+
+
 def test_dry_run_writes_nothing(tmp_path):
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
     dest = tmp_path / "split"
@@ -308,7 +332,7 @@ def test_a_kaggle_labels_csv_beside_train_and_test_folders_gives_the_breeds(tmp_
     (dump / "labels.csv").write_text("\n".join(rows) + "\n")
     result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
     assert result.exit_code == 0, result.output
-    assert "csv layout, 3 classes" in result.output
+    assert "csv layout (labels.csv: ids in 'id', labels in 'breed'), 3 classes" in result.output
     assert "left out 10: 10 unlabelled" in result.output
 
 

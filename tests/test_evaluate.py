@@ -181,6 +181,9 @@ def test_roc_auc_hand_built():
         roc_auc(np.array([0.1, 0.2]), np.array([1, 1]))
     with pytest.raises(UsageError, match="0 or 1"):
         roc_auc(np.array([0.1, 0.2]), np.array([0, 2]))
+    # NaN scores (a diverged model) used to rank last and give a confident 1.0 here.
+    with pytest.raises(UsageError, match="finite scores; 2 of 4 are NaN"):
+        roc_auc(np.array([0.1, 0.2, np.nan, np.nan]), labels)
 
 
 @settings(max_examples=50, deadline=None)

@@ -496,6 +496,16 @@ def test_missing_source_and_non_zip_file(tmp_path):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(LayoutError, match="not a zip"):
         open_source(tmp_path / "f.txt")
+    # A download cut short: the zip's table of contents, at its end, is missing.
+    folder = make_class_folders(tmp_path / "src", classes=("a", "b"), per_class=2)
+    whole = _zipped(folder, tmp_path / "whole.zip").read_bytes()
+    (tmp_path / "cut.zip").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(LayoutError, match="damaged or incomplete zip archive .*download it "
+                                          "again"):
+        open_source(tmp_path / "cut.zip")
+    (tmp_path / "flowers.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(60))
+    with pytest.raises(LayoutError, match="does not read in place; extract it"):
+        open_source(tmp_path / "flowers.tar.gz")
 
 
 def test_zip_reads_members_in_place(tmp_path):
@@ -603,6 +613,63 @@ def test_an_image_column_is_the_id_beside_a_column_named_id(tmp_path):
     assert inv.layout == "csv"
     assert dict(inv.items) == {"images/1.jpg": "w_1", "images/2.jpg": "w_0",
                                "images/3.jpg": "w_1", "images/4.jpg": "w_0"}
+
+
+def test_a_metadata_csv_is_labelled_by_its_first_repeating_column_not_named_like_an_id(
+        tmp_path):
+    # HAM10000's metadata: lesion_id,image_id,dx,... with about 1.3 images per lesion. The
+    # labels are dx; lesion_id (the first column) used to be taken, a class per lesion.
+    names = tuple(f"ISIC_{i:07d}.jpg" for i in range(8))
+    dx = ["nv", "nv", "mel", "nv", "bkl", "mel", "nv", "bkl"]
+    rows = ["lesion_id,image_id,dx,dx_type,age"] + [
+        f"HAM_{i - i // 3:07d},{name[:-4]},{d},histo,{40 + 5 * (i % 2)}.0"
+        for i, (name, d) in enumerate(zip(names, dx, strict=True))]
+    inv = _find(_csv_dump(tmp_path, "\n".join(rows) + "\n", names=names))
+    assert inv.layout == "csv" and inv.classes == ["bkl", "mel", "nv"]
+    assert dict(inv.items) == {f"images/{n}": d for n, d in zip(names, dx, strict=True)}
+    assert inv.labels_columns == "ids in 'image_id', labels in 'dx'"
+
+
+@pytest.mark.parametrize("header", ["patient_id", "PatientID", "caseId", "id"])
+def test_columns_named_like_ids_are_never_guessed_as_labels(tmp_path, header):
+    rows = [f"file,{header},group"] + [f"{i}.jpg,{i % 2},{'ab'[i // 3]}" for i in (1, 2, 3, 4)]
+    inv = _find(_csv_dump(tmp_path, "\n".join(rows) + "\n"), layout="csv")
+    assert inv.labels_columns == "ids in 'file', labels in 'group'"
+
+
+def test_csv_ids_match_in_any_case_from_other_machines_and_with_another_extension(tmp_path):
+    names = ("IMG_1.JPG", "IMG_2.JPG", "p3.jpg", "p4.jpg", "p5.jpg")
+    rows = ["id,label", "IMG_1.jpg,a", "images\\img_2.jpg,b",       # case, Windows separators
+            "/home/alice/kaggle/d/images/p3.jpg,a",                # a path on another machine
+            "C:/data/d/images/p4.png,b",                           # ... and another extension
+            "p5.jpeg,a"]
+    inv = _find(_csv_dump(tmp_path, "\n".join(rows) + "\n", names=names))
+    assert inv.layout == "csv"
+    assert dict(inv.items) == {"images/IMG_1.JPG": "a", "images/IMG_2.JPG": "b",
+                               "images/p3.jpg": "a", "images/p4.jpg": "b", "images/p5.jpg": "a"}
+
+
+def test_a_csv_path_naming_another_folder_does_not_take_a_namesake_image(tmp_path):
+    # test/5.jpg is not in the dump; train/5.jpg, of the same name, must not get its label.
+    root = tmp_path / "d"
+    for i, name in enumerate(("train/5.jpg", "train/6.jpg", "train/7.jpg")):
+        _img(root / name, seed=i)
+    (root / "labels.csv").write_text(
+        "path,label\ntrain/5.jpg,cat\ntrain/6.jpg,dog\ntrain/7.jpg,cat\n/x/test/5.jpg,dog\n")
+    inv = _find(root, layout="csv")
+    assert dict(inv.items) == {"train/5.jpg": "cat", "train/6.jpg": "dog", "train/7.jpg": "cat"}
+    assert {(s.source, s.reason) for s in inv.skipped} == {("/x/test/5.jpg", MISSING_FILE)}
+    # Nor when train/ is the one folder of the dump, stepped into to read the ids.
+    (root / "labels.csv").rename(tmp_path / "labels.csv")
+    inv = _find(root, layout="csv", labels=tmp_path / "labels.csv")
+    assert inv.root == "train" and len(inv.items) == 3
+    assert {(s.source, s.reason) for s in inv.skipped} == {("/x/test/5.jpg", MISSING_FILE)}
+
+
+def test_a_csv_row_without_an_id_is_a_bad_row(tmp_path):
+    inv = _find(_csv_dump(tmp_path, "id,label\n1,cat\n2,dog\n,cat\n3,cat\n4,dog\n"))
+    assert len(inv.items) == 4
+    assert {(s.source, s.reason) for s in inv.skipped} == {("labels.csv line 4", "bad-row")}
 
 
 def test_a_stray_csv_of_class_descriptions_leaves_the_folders_layout(tmp_path):

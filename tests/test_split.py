@@ -262,7 +262,18 @@ def test_every_file_left_out_is_an_error_that_counts_and_shows_the_reasons(tmp_p
         plan(root, min_size=500)
     message = str(caught.value)
     assert "every file was left out (6 too-small, 1 not-an-image; for example a/a_0.jpg: " \
-        in message and "--min-size" in message and "--dry-run" not in message
+        in message and "Lower --min-size (now 500)" in message and "--dry-run" not in message
+
+
+def test_a_dump_holding_a_copy_of_its_class_folders_is_told_to_give_one_copy(tmp_path):
+    # Kaggle's flowers archive: flowers/daisy/... and again flowers/flowers/daisy/...; the
+    # copy reads as a class, every image of which is another class's.
+    root = make_class_folders(tmp_path / "flowers", classes=("daisy", "rose"), per_class=2)
+    shutil.copytree(root, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", root / "flowers")
+    with pytest.raises(LayoutError, match=r"every file was left out \(8 label-conflict; .*"
+                                          r"give one copy as SRC"):
+        plan(root)
 
 
 def test_a_class_whose_every_image_is_left_out_is_named(tmp_path):

@@ -208,6 +208,23 @@ def test_resume_continues_the_same_history(small_run, tmp_path):
     assert json.loads((copy / "config.json").read_text())["options"]["epochs"] == 3
 
 
+def test_resume_refuses_data_that_would_choose_the_best_checkpoint_by_another_metric(
+        small_run, tmp_path):
+    # The run chose best.keras by val_auc; data without val.hdf5 would choose by the training
+    # AUC from then on, against a best score of another metric.
+    data, run, _ = small_run
+    copy, no_val = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(run, copy)
+    shutil.copytree(data, no_val)
+    (no_val / "val.hdf5").unlink()
+    state = (copy / "state.json").read_bytes()
+    assert json.loads(state)["monitor"] == "val_auc"
+    with pytest.raises(UsageError, match=r"the run chose best.keras by val_auc, but \S+ has no "
+                                         r"validation split, so auc would choose"):
+        resume(copy, epochs=3, data=no_val)
+    assert (copy / "state.json").read_bytes() == state
+
+
 PATIENCE_VALUES = [0.50, 0.60, 0.55, 0.58, 0.59, 0.61, 0.57, 0.56, 0.55, 0.54]
 
 
@@ -949,6 +966,11 @@ def test_metrics_of_one_class_files_and_diverged_models():
     assert hot["rank1"] == 1.0 and hot["auc"] == 1.0 and hot["confusion"] == [[1, 0], [0, 1]]
     with pytest.raises(UsageError, match="whole class ids"):
         metrics(probs, np.array([0.5, 1.0]), ["a", "b"])
+    # Nothing predicted (the model saw no batch) is named, not a bare numpy error.
+    with pytest.raises(UsageError, match=r"got \(0, 0\) \(no batch was predicted"):
+        metrics(np.zeros((0, 0)), np.zeros(0, np.int64), ["a", "b"])
+    with pytest.raises(UsageError, match=r"scores of shape \(N, 2\) .* got \(2, 3\)"):
+        metrics(np.ones((2, 3)), np.array([0, 1]), ["a", "b"])
 
 
 def test_evaluate_reports_its_figures_when_the_run_folder_is_read_only(tmp_path, monkeypatch):

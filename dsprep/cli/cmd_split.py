@@ -16,6 +16,7 @@ from ..split import (
     SplitOptions,
     check_run,
     check_unchanged,
+    class_name_warnings,
     plan,
     run,
 )
@@ -118,11 +119,15 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
                 + [len(split_plan.files)])
     where = f" (inside {split_plan.root})" if split_plan.root else ""
     classes = count_of(len(split_plan.classes), "class", "classes")
-    say(f"{src}{where}: {split_plan.layout} layout, {classes}, seed {seed}")
+    labels = (f" ({split_plan.labels_file}: {split_plan.labels_columns})"
+              if split_plan.labels_columns else "")
+    say(f"{src}{where}: {split_plan.layout} layout{labels}, {classes}, seed {seed}")
     if split_plan.lost_classes:
         say(f"warning: every image of {', '.join(split_plan.lost_classes)} was left out, so "
             f"{'it is' if len(split_plan.lost_classes) == 1 else 'they are'} not among the "
             "classes; see skipped.csv (or the reasons below)", err=True)
+    for warning in class_name_warnings(split_plan.classes):
+        say(f"warning: {warning}", err=True)
     if len(split_plan.classes) == 1:
         say(f"warning: one class only ({split_plan.classes[0]}): a classifier needs two or "
             "more; check --layout (and --labels / --pattern)", err=True)

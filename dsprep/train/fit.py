@@ -765,8 +765,11 @@ def read_run_config(run: str | os.PathLike) -> dict:
     return config
 
 
-def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path) -> None:
-    """Refuse data whose classes or image size differ from those the run was trained on."""
+def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path,
+                        monitor: str | None = None) -> None:
+    """Refuse data whose classes or image size differ from those the run was trained on, or
+    that would choose best.keras by another metric than the run's ``monitor`` (data without
+    the validation split the run had, or with one it did not have)."""
     checks = (("classes", list(bundle.label_names), "classes"),
               ("input_shape", list(bundle.input_shape), "model input"),
               ("image_shape", [int(s) for s in bundle.train.image_shape], "images"))
@@ -776,6 +779,15 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
                 f"{data} does not match the run: its {what} {now} differ from the "
                 f"{saved[key]} in {config_path}; give the data the run was trained on"
             )
+    now = cb.best_metric(len(bundle.label_names), bundle.val is not None,
+                         _val_labels(bundle))[0]
+    if monitor and now != monitor:
+        has = ("has no validation split" if bundle.val is None else
+               "has a validation split" if not monitor.startswith("val_") else
+               "has a validation split of one class")
+        raise UsageError(
+            f"{data} does not match the run: the run chose best.keras by {monitor}, but {data} "
+            f"{has}, so {now} would choose from now on; give the data the run was trained on")
 
 
 def resume(run: str | os.PathLike, *, epochs: int | None = None,
@@ -883,7 +895,8 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))
     device = configure_device(config.precision, config.jit, config.gpus)
     bundle = open_data(data or saved["data"], config, work=run, progress=bars)
-    _check_resumed_data(bundle, saved, data or saved["data"], config_path)
+    _check_resumed_data(bundle, saved, data or saved["data"], config_path,
+                        state.get("monitor") or saved.get("monitor"))
     bundle.train.set_epoch(done)
     with device.scope():
         model = load_model(run / cb.LAST)

@@ -79,6 +79,12 @@ def metrics(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -
     from .. import evaluate as ev
 
     n = len(label_names)
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[1] != n or probs.shape[0] == 0:
+        raise UsageError(
+            f"metrics needs scores of shape (N, {n}) for {n} classes, N at least 1; got "
+            f"{probs.shape}" + (" (no batch was predicted: a drop_last generator with fewer "
+                                "images than one batch?)" if probs.size == 0 else ""))
     labels = ev.label_ids(labels, n)
     finite = np.isfinite(probs).all(axis=1)
     preds = np.where(finite, probs.argmax(axis=1), -1)
