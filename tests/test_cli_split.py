@@ -138,6 +138,20 @@ def test_number_classes_ordered_as_text_and_classes_alike_but_for_case_are_warne
     assert "0 " in result.output and "warning" not in result.output
 
 
+def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(tmp_path):
+    dump = tmp_path / "fruit"
+    labels = ["Apple/Braeburn", "pear", "N/A", "pear", "Apple/Braeburn", "plum", "plum"]
+    for i in range(len(labels)):
+        write_image(dump / "images" / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    (dump / "labels.csv").write_text(
+        "id,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)))
+    result = loud("-q", "split", str(dump), str(tmp_path / "s"), "--dry-run",
+                  "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    assert ("warning: 3 images are left out for labels that cannot be folder names: "
+            "'Apple/Braeburn' (2), 'N/A' (1); change those labels") in result.output
+
+
 def test_dry_run_writes_nothing(tmp_path):
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
     dest = tmp_path / "split"

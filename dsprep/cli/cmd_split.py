@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 import click
 
 from ..errors import UsageError
-from ..sources import LAYOUTS, own_split_folders
+from ..sources import BAD_LABEL, LAYOUTS, own_split_folders
 from ..split import (
     DEFAULT_RATIOS,
     DEFAULT_SEED,
@@ -128,6 +130,14 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             "classes; see skipped.csv (or the reasons below)", err=True)
     for warning in class_name_warnings(split_plan.classes):
         say(f"warning: {warning}", err=True)
+    bad_labels = Counter(_label_of(s.detail) for s in split_plan.skipped
+                         if s.reason == BAD_LABEL)
+    if bad_labels:
+        shown = ", ".join(f"{label} ({n})" for label, n in bad_labels.most_common(3))
+        more = f" and {len(bad_labels) - 3} more" if len(bad_labels) > 3 else ""
+        say(f"warning: {sum(bad_labels.values())} images are left out for labels that cannot "
+            f"be folder names: {shown}{more}; change those labels in the dump or its CSV (a "
+            "'/' to '_', say) to keep them; skipped.csv says why for each", err=True)
     if len(split_plan.classes) == 1:
         say(f"warning: one class only ({split_plan.classes[0]}): a classifier needs two or "
             "more; check --layout (and --labels / --pattern)", err=True)
@@ -178,3 +188,9 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             say(f"note: {result.copied_instead} hard links were not possible (another device) "
                 "and were copied instead")
         say(f"manifests: {dest}/split.json, files.csv, skipped.csv")
+
+
+def _label_of(detail: str) -> str:
+    """The label a bad-label reason names ("label 'N/A' has ..." gives 'N/A')."""
+    found = re.match(r"label ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")", detail)
+    return found.group(1) if found else detail
