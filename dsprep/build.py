@@ -1379,15 +1379,29 @@ def check_sources(path: str | os.PathLike, count: int, seed: int = 0,
             where = ("" if source_root is not None else
                      " (if the sources moved, name where they are now with --source-root)")
             return [f"source folder {root} does not exist; sources cannot be re-decoded{where}"]
+        wrong = store.check_build_attributes(attrs)
+        if wrong:
+            return [f"sources not re-decoded, for want of how the file was built: "
+                    f"{'; '.join(wrong)}"]
         interpolation = attrs.get("interpolation", "auto")
-        decode = _Decode(tuple(db["images"].shape[1:3]), attrs.get("resize", "crop"),
-                         None if interpolation == "auto" else interpolation,
-                         bool(attrs.get("exact", False)),
-                         int(attrs.get("max_pixels", 0)) or None)
+        try:
+            decode = _Decode(tuple(db["images"].shape[1:3]), attrs.get("resize", "crop"),
+                             None if interpolation == "auto" else interpolation,
+                             bool(attrs.get("exact", False)),
+                             int(attrs.get("max_pixels", 0)) or None)
+        except (UsageError, TypeError, ValueError) as exc:
+            return [f"its decoding attributes are not build-hdf5's ({exc}): sources cannot be "
+                    "decoded the way it was built"]
         picks = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
         for i in picks.tolist():
-            raw = db["filenames"][i]
-            source = root / (raw.decode() if isinstance(raw, bytes) else str(raw))
+            try:
+                raw = db["filenames"][i]
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                stored = db["images"][i]
+            except (OSError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+                problems.append(f"row {i} cannot be read back ({exc})")
+                continue
+            source = root / name
             try:
                 with _quiet_opencv():
                     fresh = imagelib.load(imagelib.read_bytes(source), decode.size,
@@ -1396,7 +1410,6 @@ def check_sources(path: str | os.PathLike, count: int, seed: int = 0,
             except (CorruptImageError, OSError) as exc:
                 problems.append(f"row {i}: source {source} could not be decoded again ({exc})")
                 continue
-            stored = db["images"][i]
             diff = np.abs(fresh.astype(np.int16) - stored.astype(np.int16))
             # Allow a level of rounding between OpenCV builds, nothing more.
             if diff.max() > 1:

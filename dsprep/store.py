@@ -14,7 +14,7 @@ import mmap
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -480,11 +480,26 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
             f"{path} is not a readable HDF5 file ({exc}); build it with 'dsprep build-hdf5'"
         ) from exc
     try:
-        check_schema(db, path)
+        with damaged_metadata(path):
+            check_schema(db, path)
     except Exception:
         db.close()
         raise
     return db
+
+
+@contextlib.contextmanager
+def damaged_metadata(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the errors h5py raises on damaged metadata (a dataset's header, an attribute, an
+    index node) into a DatasetFormatError that names the file."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, OSError) as exc:
+        if isinstance(exc, (DsprepError, FileNotFoundError, PermissionError)):
+            raise
+        raise DatasetFormatError(
+            f"{path} is damaged: its HDF5 metadata cannot be read ({exc}); rebuild it with "
+            "'dsprep build-hdf5'") from exc
 
 
 def chunk_offsets(ds: h5py.Dataset) -> np.ndarray | None:
@@ -898,7 +913,7 @@ def describe(path: str | os.PathLike) -> dict:
         (name, count) pairs in id order), ``attrs`` and ``mean_rgb`` (or None).
     """
     path = Path(path)
-    with open_dataset(path) as db:
+    with open_dataset(path) as db, damaged_metadata(path):
         images = db["images"]
         names = label_names(db)
         labels = db["labels"][()].astype(np.int64)
@@ -922,6 +937,26 @@ def describe(path: str | os.PathLike) -> dict:
         }
 
 
+def check_build_attributes(attrs: dict) -> list[str]:
+    """The attributes that say how the images were made, each a value build-hdf5 writes."""
+    from .images import INTERPOLATIONS, RESIZE_MODES
+
+    allowed = {"resize": RESIZE_MODES, "interpolation": ("auto", *INTERPOLATIONS),
+               "order": ("shuffled", "sorted")}
+    problems = [f"{key} is {attrs[key]!r}, expected one of {', '.join(values)}"
+                for key, values in allowed.items() if key in attrs and attrs[key] not in values]
+    for key in ("seed", "max_pixels"):
+        value = attrs.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(f"{key} attribute {value!r} is not a whole number, 0 or more")
+    exact = attrs.get("exact", False)
+    if not isinstance(exact, bool) and exact not in (0, 1):
+        problems.append(f"exact attribute {exact!r} is not true or false")
+    if "split" in attrs and (not isinstance(attrs["split"], str) or not attrs["split"]):
+        problems.append(f"split attribute {attrs['split']!r} is not a split name")
+    return problems
+
+
 def check_file(path: str | os.PathLike) -> list[str]:
     """Check a dsprep HDF5 file beyond its basic shape: attributes, label range, means.
 
@@ -934,7 +969,7 @@ def check_file(path: str | os.PathLike) -> list[str]:
     """
     path = Path(path)
     problems: list[str] = []
-    with open_dataset(path) as db:
+    with open_dataset(path) as db, damaged_metadata(path):
         n, height, width = (int(d) for d in db["images"].shape[:3])
         attrs = attributes(db)
         missing = [key for key in REQUIRED_ATTRS if key not in attrs]
@@ -952,6 +987,7 @@ def check_file(path: str | os.PathLike) -> list[str]:
         skipped = attrs.get("skipped", 0)
         if not isinstance(skipped, int) or skipped < 0:
             problems.append(f"skipped attribute {skipped!r} is not a count")
+        problems += check_build_attributes(attrs)
         if n == 0:
             problems.append("the file holds no images")
         problems += _check_rows(db, n)
@@ -988,12 +1024,42 @@ def check_pixels(path: str | os.PathLike, *, progress: bool = False) -> list[str
     return problems
 
 
+def _check_filenames(names: h5py.Dataset) -> list[str]:
+    """Every file name readable (its bytes in the file's heap whole), UTF-8 and relative."""
+    try:
+        values = list(names[()])
+    except (OSError, RuntimeError, ValueError) as whole:
+        bad = []
+        for i in range(names.shape[0]):  # which rows: one by one
+            try:
+                names[i]
+            except (OSError, RuntimeError, ValueError):
+                bad.append(i)
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        return [f"'filenames' of {len(bad)} rows cannot be read ({shown}: {whole})"]
+    wrong = []
+    for i, raw in enumerate(values):
+        try:
+            name = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            wrong.append(i)
+            continue
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            wrong.append(i)
+    if wrong:
+        shown = ", ".join(map(str, wrong[:5])) + (", ..." if len(wrong) > 5 else "")
+        return [f"'filenames' of {len(wrong)} rows are not relative UTF-8 paths (rows {shown})"]
+    return []
+
+
 def _check_rows(db: h5py.File, n: int) -> list[str]:
     problems = []
     if "filenames" not in db:
         problems.append("no 'filenames' dataset")
     elif db["filenames"].shape != (n,):
         problems.append(f"'filenames' has shape {db['filenames'].shape} but there are {n} images")
+    else:
+        problems += _check_filenames(db["filenames"])
     if "label_names" not in db:
         problems.append("no 'label_names' dataset")
         return problems

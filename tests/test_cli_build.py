@@ -220,6 +220,15 @@ def test_verify_reads_the_pixels_for_damage_and_means(tmp_path):
     assert damaged.exit_code == 1
     assert f"{path}: rows 2..3 cannot be read" in damaged.output
     assert "1 problem(s) found" in damaged.output
+    # Re-decoding sources reads the rows too: the damaged ones are named, not a bare h5py
+    # error that hid the finding above.
+    with h5py.File(path, "r") as db:
+        rows = db["images"].shape[0]
+    with_sources = run("verify", path, "--sources", str(rows))
+    assert with_sources.exit_code == 1, with_sources.output
+    assert f"{path}: rows 2..3 cannot be read" in with_sources.output
+    assert "row 2 cannot be read back" in with_sources.output
+    assert "row 3 cannot be read back" in with_sources.output
     result = run("means", path)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "rows 2..3 cannot be read" in result.output

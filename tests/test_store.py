@@ -165,6 +165,14 @@ def test_check_file_passes_a_sound_file(tmp_path, rng):
         (lambda db: db.attrs.__delitem__("split"), "missing root attributes: split"),
         (lambda db: db["labels"].__setitem__(3, 7), "1 labels fall outside 0..2"),
         (lambda db: db.__delitem__("filenames"), "no 'filenames' dataset"),
+        (lambda db: db["filenames"].__setitem__(2, "../up.jpg"),
+         "'filenames' of 1 rows are not relative UTF-8 paths (rows 2)"),
+        (lambda db: db["filenames"].__setitem__(4, b"\xff\xfe.jpg"), "(rows 4)"),
+        (lambda db: db.attrs.__setitem__("resize", "wobble"),
+         "resize is 'wobble', expected one of crop, stretch, pad"),
+        (lambda db: db.attrs.__setitem__("order", "sideways"), "order is 'sideways'"),
+        (lambda db: db.attrs.__setitem__("max_pixels", -3), "max_pixels attribute -3 is not"),
+        (lambda db: db.attrs.__setitem__("exact", "maybe"), "exact attribute 'maybe'"),
     ],
 )
 def test_check_file_finds_problems(tmp_path, rng, tamper, message):
@@ -174,6 +182,28 @@ def test_check_file_finds_problems(tmp_path, rng, tamper, message):
     problems = store.check_file(path)
     assert len(problems) == 1, problems
     assert message in problems[0]
+
+
+@pytest.mark.parametrize("where, error", [
+    ("check_schema", KeyError("Unable to synchronously open object (bad version number for "
+                              "fill value message)")),
+    ("attributes", RuntimeError("Error iterating over attributes (integer offset out of "
+                                "bounds)")),
+])
+def test_damaged_metadata_is_a_format_error_naming_the_file(tmp_path, rng, monkeypatch, where,
+                                                             error):
+    # What h5py raises on a file whose headers or attribute heap took damage (seen on files
+    # with random bytes flipped): it used to reach the user as a traceback.
+    path = _good_file(tmp_path, rng)
+
+    def damaged(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(store, where, damaged)
+    for read in (store.check_file, store.describe):
+        with pytest.raises(DatasetFormatError, match=rf"{path} is damaged: its HDF5 metadata "
+                                                     r"cannot be read .*rebuild it"):
+            read(path)
 
 
 def test_check_file_flags_an_empty_file(tmp_path):

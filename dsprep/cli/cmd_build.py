@@ -147,7 +147,9 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
     """Check a dsprep HDF5 FILE: schema, attributes, label range; every image readable and the
     stored means those of the pixels; optionally, sources decoded again.
 
-    Exits with 1 and lists the problems when anything is off.
+    Exits with 1 and lists the problems when anything is off. An uncompressed file has no
+    checksum: pixel damage shows only as far as it moves the means, or in the rows --sources
+    re-decodes (a gzip file's chunks are checked as they decompress).
     """
     from ..build import check_sources
     from ..store import check_file, check_pixels, open_dataset
