@@ -244,10 +244,10 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     for rate in ("0.05", "0.001"):
         assert len(history(run / f"lr-{rate}")) == 1
     assert "diverged" not in result.output
-    # A second sweep into RUN is refused before it trains any rate.
-    again = invoke("sweep-lr", data, run, *QUICK, "--lrs", "0.01,0.001", "--epochs", "1")
+    # Another sweep (other options) into RUN is refused before it trains any rate.
+    again = invoke("sweep-lr", data, run, *QUICK, "--lrs", "0.01,0.001", "--epochs", "2")
     assert again.exit_code == 1 and f"{run / 'lr-0.001'} already holds a run" in again.output
-    assert not (run / "lr-0.01").exists()
+    assert "--force" in again.output and not (run / "lr-0.01").exists()
     wild = invoke("sweep-lr", data, tmp_path / "wild", *QUICK, "--lrs", "1e30,0.001",
                   "--epochs", "2")
     assert wild.exit_code == 0, wild.output

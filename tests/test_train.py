@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -637,6 +638,49 @@ def test_a_sweep_keeps_a_rate_that_diverges_in_its_first_epoch_over_an_older_run
     assert cb.diverged(cb.read_history(sweep / "lr-1e+30" / "history.csv")[-1])
 
 
+def test_a_sweep_run_again_after_a_stop_carries_on_and_reuses_its_finished_rates(
+        tmp_path, monkeypatch):
+    from dsprep.train.fit import sweep_lr
+
+    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
+    sweep, config = tmp_path / "sweep", tiny("smallnet", width=4, epochs=2)
+    end = cb.RunRecorder.on_epoch_end
+    calls = []
+
+    def stopped_in_the_second_rate(self, epoch, logs=None):
+        end(self, epoch, logs)
+        calls.append(epoch)
+        if len(calls) == 3:  # lr 0.1's two epochs, then lr 0.01's first
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cb.RunRecorder, "on_epoch_end", stopped_in_the_second_rate)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_lr(data, sweep, [0.1, 0.01, 0.001], config)
+    monkeypatch.undo()
+    finished = (sweep / "lr-0.1" / "last.keras").read_bytes()
+    assert [r["epoch"] for r in cb.read_history(sweep / "lr-0.01" / "history.csv")] == [0]
+    assert not (sweep / "sweep-lr.csv").exists()
+    # The same sweep again: lr 0.1 is reused as it is, lr 0.01 resumed at its second epoch,
+    # lr 0.001 trained; it used to be refused ("already holds a run") without --force.
+    results = sweep_lr(data, sweep, [0.1, 0.01, 0.001], dataclasses.replace(config, workers=1))
+    assert (sweep / "lr-0.1" / "last.keras").read_bytes() == finished
+    assert [r.epochs_done for r in results.values()] == [2, 2, 2]
+    for rate in ("0.1", "0.01", "0.001"):
+        rows = cb.read_history(sweep / f"lr-{rate}" / "history.csv")
+        assert [r["epoch"] for r in rows] == [0, 1]
+        assert len(results[float(rate)].history) == 2
+    assert len((sweep / "sweep-lr.csv").read_text().splitlines()) == 4
+    # Another sweep (other options) into the same RUN is refused before it trains anything.
+    with pytest.raises(DestinationExistsError, match=r"lr-0.1, .*lr-0.01 already hold runs "
+                                                     r"this sweep cannot carry on"):
+        sweep_lr(data, sweep, [0.1, 0.01, 0.5], dataclasses.replace(config, epochs=3))
+    assert not (sweep / "lr-0.5").exists()
+    # Nor is a training run taken for a sweep folder.
+    with pytest.raises(UsageError, match="is the folder of a training run, not of a sweep"):
+        sweep_lr(data, sweep / "lr-0.1", [0.2], config)
+    assert not (sweep / "lr-0.1" / "lr-0.2").exists()
+
+
 def test_a_run_being_trained_is_not_replaced_or_resumed_by_another_process(replaceable):
     import subprocess
     import sys
@@ -1201,7 +1245,8 @@ def test_sweep_lr_refuses_a_rate_folder_left_mid_move_before_training_any(tmp_pa
 
     data = write_data(tmp_path / "data", size=16)
     (tmp_path / "sweep" / "lr-0.1" / ".replaced.partial").mkdir(parents=True)
-    with pytest.raises(DestinationExistsError, match=r"lr-0.1 already holds a run; use --force"):
+    with pytest.raises(DestinationExistsError, match=r"lr-0.1 already holds a run this sweep "
+                                                     r"cannot carry on .* use --force"):
         sweep_lr(data, tmp_path / "sweep", [0.01, 0.1], tiny(image_size=16))
     assert not (tmp_path / "sweep" / "lr-0.01").exists()
 

@@ -379,12 +379,15 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
 @click.option("--lrs", default="0.1,0.01,0.001", show_default=True,
               help="Comma-separated learning rates to try.")
 @_training_options(epochs=3, exclude=("lr",), epochs_help="Epochs to train at each rate.")
-@click.option("--force", is_flag=True, help="Replace runs already in RUN/lr-*.")
+@click.option("--force", is_flag=True,
+              help="Replace runs already in RUN/lr-*, even those of this very sweep.")
 def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     """Train briefly at several learning rates and plot the loss curves side by side.
 
     Each rate gets its own run folder RUN/lr-<rate>; RUN/sweep-lr.png draws their training
     (solid) and validation (dashed) loss, and RUN/sweep-lr.csv lists the final figures.
+    The same command run again after a stop carries on: the rates it finished are kept, the
+    one it stopped in resumes. Runs of other data or options in RUN/lr-* are refused.
     """
     import_keras_quietly()
     from ..train import fit

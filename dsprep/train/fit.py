@@ -6,6 +6,7 @@ state.json; see :mod:`dsprep.train.callbacks` for how each is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -845,6 +846,20 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool) -> 
     return result
 
 
+def _same_sweep_run(run: Path, data, config: TrainConfig) -> bool:
+    """Whether RUN was started on ``data`` with ``config`` (the worker count aside)."""
+    try:
+        saved = read_run_config(run)
+        options = _saved_options(run, saved)
+    except (LayoutError, DatasetFormatError):
+        return False
+    if saved.get("data") != str(Path(data).resolve()):
+        return False
+    mine, theirs = dataclasses.asdict(config), dataclasses.asdict(options)
+    mine.pop("workers"), theirs.pop("workers")
+    return mine == theirs
+
+
 def _never_finished_an_epoch(run: Path) -> bool:
     """Whether RUN holds nothing an epoch left: no state.json and no checkpoint (a run stopped
     or failed in its first epoch, which is safe to start again)."""
@@ -984,25 +999,54 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
                          "run folder, lr-<rate>)")
     config = config or TrainConfig()
     run = Path(run)
-    # All refused before any is trained: a sweep stopped at its second rate would leave a run
-    # of the new sweep beside the old sweep's plot and table.
-    held = [run / f"lr-{name}" for name in names
-            if any((run / f"lr-{name}" / held).exists() for held in (
-                CONFIG, REPLACED, _SETTING_ASIDE, _PUTTING_BACK, _DROPPING))]
-    if held and not overwrite:
+    # A rate's folder that holds a run of this very sweep (same data and options but the
+    # worker count) is carried on: the same command, run again after a stop, resumes the rate
+    # it stopped in and reuses those it finished. Any other run there is refused, all before
+    # any rate is trained: a sweep must not leave a run of the new sweep beside the old
+    # sweep's plot and table.
+    ours: set[str] = set()
+    held = []
+    for name, lr in zip(names, lrs, strict=True):
+        sub_run = run / f"lr-{name}"
+        moving = any((sub_run / mark).exists()
+                     for mark in (REPLACED, _SETTING_ASIDE, _PUTTING_BACK, _DROPPING))
+        if overwrite or not (moving or (sub_run / CONFIG).exists()):
+            continue
+        if not moving and _same_sweep_run(sub_run, data,
+                                          dataclasses.replace(config, lr=float(lr))):
+            ours.add(name)
+        elif moving or not _never_finished_an_epoch(sub_run):
+            held.append(sub_run)  # (a run that never finished an epoch starts again)
+    if held:
         one = len(held) == 1
         raise DestinationExistsError(
-            f"{', '.join(map(str, held))} already {'holds a run' if one else 'hold runs'}; "
-            f"use --force to replace {'it' if one else 'them'}, or another RUN")
+            f"{', '.join(map(str, held))} already {'holds a run' if one else 'hold runs'} "
+            "this sweep cannot carry on (made with other data or options, or being "
+            f"replaced); use --force to replace {'it' if one else 'them'}, or another RUN")
+    if (run / CONFIG).exists():
+        raise UsageError(f"{run} is the folder of a training run, not of a sweep; give "
+                         "sweep-lr a folder of its own (it makes RUN/lr-<rate> for each rate)")
     refuse_dangling_link(run)
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     results: dict[float, TrainResult] = {}
-    for lr in lrs:
+    for name, lr in zip(names, lrs, strict=True):
         if announce is not None:
             announce(float(lr))
         sub = dataclasses.replace(config, lr=float(lr))
-        results[float(lr)] = train(data, run / f"lr-{lr:g}", sub, overwrite=overwrite,
-                                   progress=progress, restore_diverged=False, bars=bars)
+        sub_run = run / f"lr-{name}"
+        if name in ours and not _never_finished_an_epoch(sub_run):
+            # Trained before (all its epochs: nothing to do) or stopped part way: carried on.
+            results[float(lr)] = resume(sub_run, data=data, progress=progress, bars=bars)
+            continue
+        try:
+            results[float(lr)] = train(data, sub_run, sub, overwrite=overwrite,
+                                       progress=progress, restore_diverged=False, bars=bars)
+        except BaseException:
+            if created:  # a sweep refused at its first rate leaves no empty RUN behind
+                with contextlib.suppress(OSError):
+                    run.rmdir()
+            raise
     cb.plot_sweep({f"{lr:g}": r.history for lr, r in results.items()}, run / "sweep-lr.png")
     lines = ["lr,epochs,final_loss,final_val_loss,best_metric,best"]
     for lr, r in results.items():
