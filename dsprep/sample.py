@@ -269,6 +269,11 @@ def write_sample_dump(
     if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
         raise UsageError(f"seed {seed!r} must be a whole number >= 0 (numpy's generators "
                          "refuse negative seeds), e.g. 0")
+    if classes is not None and not classes:
+        raise UsageError(f"classes must name at least one class; choose from {', '.join(PHOTOS)}")
+    twice = sorted({c for c in (classes or ()) if list(classes).count(c) > 1})
+    if twice:
+        raise UsageError(f"classes names {', '.join(twice)} more than once")
     names = sorted(set(classes or DEFAULT_CLASSES))
     unknown = [n for n in names if n not in PHOTOS]
     if unknown:

@@ -294,6 +294,13 @@ def test_sample_dump_errors(tmp_path):
     assert result.exit_code == 1 and "not empty" in result.output
     result = run("sample-dump", str(tmp_path / "new"), "--classes", "brick,dragon")
     assert result.exit_code == 2 and "dragon" in result.output
+    # Repeated or empty names used to be dropped without a word (brick,brick: one class).
+    result = run("sample-dump", str(tmp_path / "new"), "--classes", "brick,brick")
+    assert result.exit_code == 2 and "names brick more than once" in result.output
+    for empty in (",", "brick,,grass"):
+        result = run("sample-dump", str(tmp_path / "new"), "--classes", empty)
+        assert result.exit_code == 2 and "has an empty name" in result.output
+    assert not (tmp_path / "new").exists()
 
 
 def test_help_describes_every_option():

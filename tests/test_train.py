@@ -1155,6 +1155,20 @@ def test_sweep_plot_turns_logarithmic_when_one_rate_diverges(tmp_path, monkeypat
     assert scales == ["linear", "log"]
 
 
+def test_sweep_plot_marks_one_epoch_points_on_whole_epochs_and_names_diverged_rates(
+        tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(cb, "save_figure", lambda fig, path: figures.append(fig))
+    cb.plot_sweep({"0.01": [{"epoch": 0, "loss": 0.9, "val_loss": 1.0}],
+                   "10": [{"epoch": 0, "loss": float("nan"), "val_loss": float("nan")}]},
+                  tmp_path / "one.png")
+    ax = figures[0].axes[0]
+    # A one-epoch validation curve is a single point: a dashed line alone would not show it.
+    assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines())
+    assert list(ax.get_xticks()) == [1]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lr=0.01", "lr=10 (diverged)"]
+
+
 def test_rows_in_class_order_are_drawn_from_anywhere_not_in_one_class_batches(tmp_path):
     mixed = write_data(tmp_path / "mixed", size=16)  # classes alternate row by row
     assert open_data(mixed, tiny(image_size=16)).train.shuffle == "batches"

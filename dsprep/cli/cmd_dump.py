@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
 from ..sample import DEFAULT_CLASSES, LAYOUTS, PHOTOS, write_sample_dump
 from ._common import count_of, say, show_progress
 
@@ -33,7 +34,10 @@ def sample_dump(dest: str, layout: str, per_class: int, seed: int, classes: str,
     scikit-image installs (nothing is downloaded), stored as JPEG at quality 75-95 with sizes
     like dogs-vs-cats (mostly 500x375 or 375x500, a few under 100 px).
     """
-    names = [c.strip() for c in classes.split(",") if c.strip()]
+    names = [c.strip() for c in classes.split(",")]
+    if any(not n for n in names):
+        raise UsageError(f"--classes {classes!r} has an empty name; give names separated by "
+                         "commas, e.g. brick,grass")
     summary = write_sample_dump(dest, layout=layout, per_class=per_class, seed=seed,
                                 with_bad_files=with_bad_files, classes=names,
                                 progress=show_progress(), overwrite=force)

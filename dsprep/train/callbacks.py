@@ -203,15 +203,23 @@ def plot_sweep(curves: dict[str, Sequence[dict[str, float]]], path: str | os.Pat
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     ax = fig.subplots()
+    last = 1
     for label, rows in curves.items():
         epochs = [r["epoch"] + 1 for r in rows]
+        last = max([last, *epochs])
+        # A rate whose loss went to NaN or infinity draws no point there: the legend says so.
+        gone = any(diverged(r) for r in rows)
         (line,) = ax.plot(epochs, [r.get("loss", math.nan) for r in rows], marker="o",
-                          markersize=3, label=f"lr={label}")
+                          markersize=3, label=f"lr={label}" + (" (diverged)" if gone else ""))
         if any("val_loss" in r for r in rows):
-            ax.plot(epochs, [r.get("val_loss", math.nan) for r in rows], "--",
-                    color=line.get_color())
+            # Marked too, so that a one-epoch sweep shows its validation points.
+            ax.plot(epochs, [r.get("val_loss", math.nan) for r in rows], "--", marker="x",
+                    markersize=4, color=line.get_color())
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if last <= 20:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (solid: train, dashed: val)")
     losses = [v for rows in curves.values() for r in rows for k in ("loss", "val_loss")
               if isinstance(v := r.get(k), (int, float)) and math.isfinite(v) and v > 0]
