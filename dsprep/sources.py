@@ -54,7 +54,7 @@ UNSAFE_PATH = "unsafe path inside the archive"
 # Header names recognised when no column is named (compared in lower case).
 ID_NAMES = ("id", "image_id", "image", "file", "filename", "file_name", "fname", "path", "name")
 LABEL_NAMES = ("label", "labels", "class", "class_name", "category", "breed", "species", "target",
-               "y")
+               "y", "dx", "diagnosis", "level", "emotion")
 
 
 def is_image_name(name: str) -> bool:
@@ -162,6 +162,11 @@ class Source(ABC):
     @abstractmethod
     def read(self, rel: str) -> bytes:
         """The bytes of one file."""
+
+    @property
+    def name(self) -> str:
+        """The dump's own name: its folder's, or its archive's without the extension."""
+        return self.path.stem if self.is_zip else self.path.resolve().name
 
     def local_path(self, rel: str) -> Path | None:
         """The file on disk (None inside an archive)."""
@@ -369,6 +374,8 @@ class Inventory:
         skipped: files and labels rows left out, with reasons.
         labels_file: the labels CSV used, for the csv layout.
         labels_columns: which of its columns hold the ids and the labels, in words.
+        labels_guessed: the label column was taken for want of a header naming one (label,
+            class, ...) or a one-hot table: by its place.
         split_folders: for a dump already split into ``train/<class>/...``, ``test/<class>/...``
             folders (see ``SPLIT_FOLDER_NAMES``), those folders: their images are pooled, each
             labelled by its class folder.
@@ -381,6 +388,7 @@ class Inventory:
     labels_file: str | None = None
     split_folders: list[str] = field(default_factory=list)
     labels_columns: str | None = None
+    labels_guessed: bool = False
 
     @property
     def classes(self) -> list[str]:
@@ -498,7 +506,8 @@ def find_images(
         labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
         if text is not None:
             try:
-                table = _LabelsTable(text, labels_name, images, root, id_column, label_column)
+                table = _LabelsTable(text, labels_name, images, root, id_column, label_column,
+                                     source.name)
             except (LayoutError, UsageError, csv.Error):
                 # A stray notes.csv that is empty, not a table or has no id and label columns
                 # to tell apart says nothing about labels unless the user asked for them.
@@ -553,7 +562,8 @@ def find_images(
         (bad.append(Skipped(rel, BAD_LABEL, problem)) if problem else good.append((rel, label)))
     inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
                           labels_name, split_folders,
-                          table.columns_in_words() if table is not None else None)
+                          table.columns_in_words() if table is not None else None,
+                          table is not None and table.label_guessed)
     if not inventory.items:
         raise LayoutError(
             f"{where} has no labelled images for the {chosen} layout; expected "
@@ -897,7 +907,8 @@ class _LabelsTable:
     """A labels CSV matched against the image files."""
 
     def __init__(self, text: str, name: str, images: list[str], root: str,
-                 id_column, label_column) -> None:
+                 id_column, label_column, source_name: str = "") -> None:
+        self.source_name = source_name  # the dump's own folder (or zip) name, for path tails
         self.name = name
         self.images = images
         self.root = root
@@ -907,22 +918,11 @@ class _LabelsTable:
         # Lookups from most to least specific: path, path without extension, name, name stem.
         # Paths count both inside the wrapper folder stepped into and inside the source itself
         # (ids written as ds/images/1.jpg for a dump whose everything is in ds/).
-        # The same four again with every key in lower case, tried once the exact ones fail
-        # (a CSV naming IMG_1.jpg for IMG_1.JPG).
-        # Two more hold the paths inside the source alone, with and without the extension, for
-        # the tails of ids written as paths elsewhere.
-        self.keys: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(6)]
-        self.folded: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(6)]
+        self.keys: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(4)]
         for rel in images:
-            inner = rel[len(root):]
-            name_only = PurePosixPath(inner).name
-            keys = [(0, path) for path in ((inner, rel) if root else (inner,))]
-            keys += [(1, os.path.splitext(path)[0]) for _, path in keys]
-            keys += [(2, name_only), (3, os.path.splitext(name_only)[0])]
-            keys += [(4, rel), (5, os.path.splitext(rel)[0])]
-            for table, key in keys:
+            for table, key in self._keys_of(rel):
                 self.keys[table][key].append(rel)
-                self.folded[table][key.lower()].append(rel)
+        self._forgiving: list[dict[str, list[str]]] | None = None  # made when first needed
         # The class columns of a one-hot table (a 1 in each row's class column), whose names
         # in the header are the classes.
         self.onehot: list[int] = []
@@ -936,7 +936,9 @@ class _LabelsTable:
     def columns_in_words(self) -> str:
         """Where the ids and labels were read: "ids in 'image_id', labels in 'dx'"."""
         def name(c: int) -> str:
-            return (repr(self.column_names[c]) if self.first_line == 2 else f"column {c}")
+            if self.first_line == 2 and c < len(self.column_names):
+                return repr(self.column_names[c])
+            return f"column {c}"
 
         if self.onehot:
             labels = f"one-hot columns {', '.join(self.column_names[c] for c in self.onehot)}"
@@ -944,35 +946,65 @@ class _LabelsTable:
             labels = f"labels in {name(self.label_index)}"
         return f"ids in {name(self.id_index)}, {labels}"
 
-    def lookup(self, key: str) -> list[str]:
+    def _keys_of(self, rel: str) -> list[tuple[int, str]]:
+        """(table, key) of an image for the four exact tables."""
+        inner = rel[len(self.root):]
+        name_only = PurePosixPath(inner).name
+        keys = [(0, path) for path in ((inner, rel) if self.root else (inner,))]
+        keys += [(1, os.path.splitext(path)[0]) for _, path in keys]
+        return keys + [(2, name_only), (3, os.path.splitext(name_only)[0])]
+
+    def _forgiving_tables(self) -> list[dict[str, list[str]]]:
+        """The four tables in lower case, then the paths inside the source alone (with and
+        without the extension, in lower case) for the tails of ids written elsewhere: made
+        the first time an id is not found exactly, as most CSVs never need them."""
+        if self._forgiving is None:
+            tables: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(6)]
+            for rel in self.images:
+                keys = self._keys_of(rel) + [(4, rel), (5, os.path.splitext(rel)[0])]
+                for table, key in keys:
+                    tables[table][key.lower()].append(rel)
+            self._forgiving = tables
+        return self._forgiving
+
+    def lookup(self, key: str, exact: bool = False) -> list[str]:
         """The images an id names.
 
         The id is matched as a path, a path without its extension, a file name or a file name
-        without its extension, exactly and then ignoring case. An id written as a path on
-        another machine (/home/me/data/train/1.jpg) then matches the image whose path in the
-        dump is one of its tails, and at last an id with an image extension of its own
-        matches without it (1.png for 1.jpg).
+        without its extension; unless ``exact``, then ignoring case, then (an id written as a
+        path on another machine, /home/me/kaggle/train/cat/1.jpg for a dump given as train/)
+        by its part after the dump's own folder name (cat/1.jpg) or by a tail that holds a
+        folder (train/cat/1.jpg), and at last without an image extension of its own (1.png
+        for 1.jpg).
         """
         key = key.strip().replace("\\", "/")
+        key = key[2:] if key.startswith("./") else key
+        for table in self.keys:
+            found = table.get(key)
+            if found:
+                return found
         parts = [p for p in key.split("/") if p not in ("", ".")]
-        if not parts:
+        if exact or not parts:
             return []
-        tails = ["/".join(parts[i:]) for i in range(len(parts))]
-        # (text, tables): the whole id in the first four tables; its tails only as whole
-        # paths inside the source (so /x/test/5.jpg never takes train/5.jpg, even with
-        # train/ the wrapper folder the ids are otherwise read in).
-        attempts = [(tails[0], range(4))] + [(tail, (4,)) for tail in tails[1:]]
+        whole = "/".join(parts)
+        # (text, tables): the whole id in the four tables, in any case; a tail only as a whole
+        # path inside the source, and either after the source's own name or holding a folder
+        # of it (so /x/test/5.jpg never takes the 5.jpg of a dump given as train/, nor
+        # train/5.jpg).
+        starts = [i for i in range(1, len(parts))
+                  if len(parts) - i >= 2 or parts[i - 1].lower() == self.source_name.lower()]
+        tails = ["/".join(parts[i:]) for i in starts]
+        attempts = [(whole, range(4))] + [(tail, (4,)) for tail in tails]
         stem, ext = os.path.splitext(parts[-1])
         if stem and ext.lower() in IMAGE_EXTENSIONS:
             cut = len(ext)
-            attempts += [(tails[0][:-cut], range(4))]
-            attempts += [(tail[:-cut], (5,)) for tail in tails[1:]]
-        for text, tables in attempts:
-            for keys, folded in ((self.keys, text), (self.folded, text.lower())):
-                for table in tables:
-                    found = keys[table].get(folded)
-                    if found:
-                        return found
+            attempts += [(whole[:-cut], range(4))] + [(tail[:-cut], (5,)) for tail in tails]
+        tables = self._forgiving_tables()
+        for text, which in attempts:
+            for table in which:
+                found = tables[table].get(text.lower())
+                if found:
+                    return found
         return []
 
     def _columns(self, rows, id_column, label_column) -> tuple[int, int, bool]:
@@ -992,7 +1024,8 @@ class _LabelsTable:
             has_header = True
         else:
             probe_col = int(id_column) if id_column is not None else 0
-            first_resolves = probe_col < len(first) and bool(self.lookup(first[probe_col]))
+            first_resolves = probe_col < len(first) and bool(
+                self.lookup(first[probe_col], exact=True))
             if label_column is not None:
                 label_col = int(label_column)
             else:
@@ -1027,11 +1060,10 @@ class _LabelsTable:
             id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
         if label_index is None and has_header:
             self.onehot = _onehot_columns(rows[1:], id_index, len(first))
+        self.label_guessed = label_index is None and not self.onehot
         if self.onehot:
             label_index = self.onehot[-1]  # the last column a row must reach
-        elif label_index is None and has_header:
-            label_index = self._label_guess(rows[1:], first, id_index)
-        if label_index is None:
+        elif label_index is None:
             label_index = 1 if id_index != 1 else 0
         self.label_named_id = (not self.onehot and label_column is None
                                and label_index < len(header)
@@ -1052,22 +1084,8 @@ class _LabelsTable:
         sample = data[:50]
         # max keeps the first of equals: ties go to the order of ID_NAMES.
         return max(candidates,
-                   key=lambda c: sum(c < len(r) and bool(self.lookup(r[c])) for r in sample))
-
-    def _label_guess(self, data: list[list[str]], header: list[str], id_index: int) -> int | None:
-        """With a header naming no label column: the first column, other than the id's, that
-        is not named like an id (lesion_id, PatientID) and whose values repeat, as classes do
-        (HAM10000's lesion_id,image_id,dx,...: dx); None when no column qualifies."""
-        full = [row for row in data if len(row) >= len(header)]
-        for c, name in enumerate(header):
-            if c == id_index or _named_like_id(name):
-                continue
-            values = [row[c].strip() for row in full if row[c].strip()]
-            distinct = set(values)
-            if len(distinct) >= 2 and len(distinct) <= max(2, len(values) // 2) and not any(
-                    self.lookup(v) for v in list(distinct)[:20]):
-                return c
-        return None
+                   key=lambda c: sum(c < len(r) and bool(self.lookup(r[c], exact=True))
+                                     for r in sample))
 
     def _marked(self, row: list[str]) -> list[str]:
         """The classes a one-hot row has a 1 for."""
@@ -1105,13 +1123,24 @@ class _LabelsTable:
         template (``id,label`` rows ``1,0`` naming only the unlabelled test images) names images
         too, but labels them all alike; one naming only test folders is measured against every
         image, whatever its labels.
+
+        Ids count as matched exactly; matched only in another case, by a path's tail or
+        without their own extension, they count only where no class folders could hold the
+        labels instead (a stray metadata CSV naming CAT_0.JPG must not take over cat/).
         """
+        if self._labels_most(exact=True):
+            return True
+        folders = {self._folder(rel) for rel in self.images}
+        classes = {f for f in folders if f and split_of(f) is None}
+        return len(classes) < 2 and self._labels_most(exact=False)
+
+    def _labels_most(self, exact: bool) -> bool:
         labelled: set[str] = set()
         labels: set[str] = set()
         for row in self.rows:
             if max(self.id_index, self.label_index) >= len(row):
                 continue
-            matches = self.lookup(row[self.id_index])
+            matches = self.lookup(row[self.id_index], exact=exact)
             if len(matches) == 1:
                 labelled.add(matches[0])
                 # A one-hot row with several classes still labels its image: a multi-label
@@ -1192,13 +1221,6 @@ def _onehot_columns(data: list[list[str]], id_index: int, width: int) -> list[in
         return []
     single = sum(sum(row[c].strip() in ("1", "1.0") for c in columns) == 1 for row in full)
     return columns if single >= 0.9 * len(full) else []
-
-
-def _named_like_id(name: str) -> bool:
-    """id, image_id, lesion_id, patient id, PatientID, caseId: a column of identifiers."""
-    lower = name.strip().lower()
-    return (lower in ID_NAMES or lower.endswith(("_id", "-id", " id", ".id"))
-            or re.search(r"[a-z](Id|ID)$", name.strip()) is not None)
 
 
 def _is_index(column) -> bool:

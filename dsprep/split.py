@@ -195,6 +195,7 @@ class SplitPlan:
         lost_classes: labels found in the dump whose every image was left out (so they are
             not classes of the split).
         labels_columns: for the csv layout, the labels file's id and label columns, in words.
+        labels_guessed: the label column was taken by its place (see ``sources.Inventory``).
     """
 
     source: Path
@@ -208,6 +209,7 @@ class SplitPlan:
     split_folders: list[str] = field(default_factory=list)
     lost_classes: list[str] = field(default_factory=list)
     labels_columns: str | None = None
+    labels_guessed: bool = False
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -449,10 +451,13 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
         reasons = Counter(s.reason for s in skipped)
         examples = "; ".join(f"{s.source}: {s.detail}" for s in sorted(skipped)[:3])
         top = reasons.most_common(1)[0][0]
+        conflict = ("The same images lie under two labels: a dump that holds a copy of its "
+                    "class folders (flowers/daisy/ and flowers/flowers/daisy/) does; give one "
+                    "copy as SRC" if inventory.layout == "folders" else
+                    "The same images lie under two labels (copies of one image labelled "
+                    "differently); see the examples, and keep one label for each")
         advice = {
-            LABEL_CONFLICT: "The same images lie under two labels: a dump that holds a copy "
-                            "of its class folders (flowers/daisy/ and flowers/flowers/daisy/) "
-                            "does; give one copy as SRC",
+            LABEL_CONFLICT: conflict,
             TOO_SMALL: f"Lower --min-size (now {options.min_size})",
         }.get(top, "Check the options that leave files out, such as --min-size, and the "
                    "files themselves")
@@ -494,7 +499,7 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     lost = sorted({label for _, label in inventory.items} - set(classes))
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
-                     inventory.labels_columns)
+                     inventory.labels_columns, inventory.labels_guessed)
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).

@@ -149,7 +149,27 @@ def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(t
                   "--ratios", "0.5,0.5")
     assert result.exit_code == 0, result.output
     assert ("warning: 3 images are left out for labels that cannot be folder names: "
-            "'Apple/Braeburn' (2), 'N/A' (1); change those labels") in result.output
+            "'Apple/Braeburn' (2), 'N/A' (1); give them labels that can be, in the dump or its "
+            "CSV (a '/' to '_', say), to keep them") in result.output
+
+
+def test_a_csv_taken_by_its_second_column_over_class_folders_is_warned_about(tmp_path):
+    dump = tmp_path / "d"
+    rows = ["file,width"]
+    for k, c in enumerate(("cat", "dog", "fox")):
+        for i in range(3):
+            write_image(dump / c / f"{c}_{i}.jpg", smooth_image(40, 40, seed=10 * k + i))
+            rows.append(f"{c}_{i}.jpg,{640 + 160 * (i % 2)}")
+    (dump / "photos.csv").write_text("\n".join(rows) + "\n")
+    result = loud("-q", "split", str(dump), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert ("warning: the images lie in folders (cat/, dog/, fox/) but their labels were taken "
+            "from photos.csv (ids in 'file', labels in 'width'); if the folders are the "
+            "classes, give --layout folders") in result.output
+    # A column named as labels is no guess: no warning.
+    (dump / "photos.csv").write_text("\n".join(rows).replace("width", "label") + "\n")
+    result = loud("-q", "split", str(dump), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0 and "warning" not in result.output
 
 
 def test_dry_run_writes_nothing(tmp_path):

@@ -630,11 +630,32 @@ def test_a_metadata_csv_is_labelled_by_its_first_repeating_column_not_named_like
     assert inv.labels_columns == "ids in 'image_id', labels in 'dx'"
 
 
-@pytest.mark.parametrize("header", ["patient_id", "PatientID", "caseId", "id"])
-def test_columns_named_like_ids_are_never_guessed_as_labels(tmp_path, header):
-    rows = [f"file,{header},group"] + [f"{i}.jpg,{i % 2},{'ab'[i // 3]}" for i in (1, 2, 3, 4)]
-    inv = _find(_csv_dump(tmp_path, "\n".join(rows) + "\n"), layout="csv")
-    assert inv.labels_columns == "ids in 'file', labels in 'group'"
+@pytest.mark.parametrize("header, rows, expected", [
+    # A label column named like an id beside another repeating column stays the label.
+    ("file_name,category_id,source",
+     [f"{i}.jpg,{i % 2},cam{'AB'[i // 3]}" for i in (1, 2, 3, 4)], "category_id"),
+    # Number labels beside numbered images (1.jpg): still the second column.
+    ("img,grade,site", [f"{i},{i % 2},{'xy'[i // 3]}" for i in (1, 2, 3, 4)], "grade"),
+])
+def test_without_a_label_name_the_second_column_is_the_labels(tmp_path, header, rows,
+                                                                expected):
+    inv = _find(_csv_dump(tmp_path, "\n".join([header, *rows]) + "\n"), layout="csv")
+    assert inv.labels_columns.endswith(f"labels in {expected!r}")
+    assert inv.classes == ["0", "1"]
+
+
+def test_a_header_shorter_than_its_rows_is_described_by_column_numbers(tmp_path):
+    inv = _find(_csv_dump(tmp_path, "filename\n1.jpg,cat\n2.jpg,dog\n3.png,cat\n4.jpg,dog\n"))
+    assert inv.layout == "csv" and inv.labels_columns == "ids in 'filename', labels in column 1"
+
+
+def test_a_stray_csv_matching_only_in_another_case_leaves_the_class_folders(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog", "fox"), per_class=3)
+    rows = ["FILE,camera"] + [f"{c.upper()}_{i}.JPG,{'canon' if i else 'nikon'}"
+                              for c in ("cat", "dog", "fox") for i in range(3)]
+    (root / "photos.csv").write_text("\n".join(rows) + "\n")
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["cat", "dog", "fox"]
 
 
 def test_csv_ids_match_in_any_case_from_other_machines_and_with_another_extension(tmp_path):
@@ -659,8 +680,17 @@ def test_a_csv_path_naming_another_folder_does_not_take_a_namesake_image(tmp_pat
     inv = _find(root, layout="csv")
     assert dict(inv.items) == {"train/5.jpg": "cat", "train/6.jpg": "dog", "train/7.jpg": "cat"}
     assert {(s.source, s.reason) for s in inv.skipped} == {("/x/test/5.jpg", MISSING_FILE)}
+    # Nor when the dump given is train/ itself: the tail counts after the dump's own name.
+    (root / "labels.csv").write_text("path,label\n/x/train/6.jpg,dog\n/x/train/7.jpg,cat\n"
+                                     "/x/test/5.jpg,dog\n")
+    inv = _find(root / "train", layout="csv", labels=root / "labels.csv")
+    assert dict(inv.items) == {"6.jpg": "dog", "7.jpg": "cat"}
+    assert {(s.source, s.reason) for s in inv.skipped} == {("/x/test/5.jpg", MISSING_FILE),
+                                                           ("5.jpg", UNLABELLED)}
     # Nor when train/ is the one folder of the dump, stepped into to read the ids.
-    (root / "labels.csv").rename(tmp_path / "labels.csv")
+    (root / "labels.csv").unlink()
+    (tmp_path / "labels.csv").write_text(
+        "path,label\ntrain/5.jpg,cat\ntrain/6.jpg,dog\ntrain/7.jpg,cat\n/x/test/5.jpg,dog\n")
     inv = _find(root, layout="csv", labels=tmp_path / "labels.csv")
     assert inv.root == "train" and len(inv.items) == 3
     assert {(s.source, s.reason) for s in inv.skipped} == {("/x/test/5.jpg", MISSING_FILE)}

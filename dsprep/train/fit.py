@@ -784,8 +784,9 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
                          _val_labels(bundle))[0]
     if monitor and now != monitor:
         has = ("has no validation split" if bundle.val is None else
-               "has a validation split" if not monitor.startswith("val_") else
-               "has a validation split of one class")
+               "has a validation split (the run had none)" if not monitor.startswith("val_")
+               else "has a validation split of one class" if now == "val_accuracy"
+               else "has a validation split of both classes (the run's had one)")
         raise UsageError(
             f"{data} does not match the run: the run chose best.keras by {monitor}, but {data} "
             f"{has}, so {now} would choose from now on; give the data the run was trained on")
