@@ -1024,8 +1024,14 @@ class _LabelsTable:
             has_header = True
         else:
             probe_col = int(id_column) if id_column is not None else 0
-            first_resolves = probe_col < len(first) and bool(
-                self.lookup(first[probe_col], exact=True))
+
+            def resolve(row: list[str], exact: bool) -> bool:
+                return probe_col < len(row) and bool(self.lookup(row[probe_col], exact=exact))
+
+            # Exact matches decide; only when no row matches exactly (ids from another
+            # machine, in another case) do the forgiving ones.
+            exact = resolve(first, True) or any(resolve(r, True) for r in rows[1:20])
+            first_resolves = resolve(first, exact)
             if label_column is not None:
                 label_col = int(label_column)
             else:
@@ -1036,8 +1042,7 @@ class _LabelsTable:
             first_is_data = label_col < len(first) and first[label_col] in later_labels
             has_header = not first_resolves and (
                 any(c in ID_NAMES + LABEL_NAMES for c in first_lower)
-                or (not first_is_data
-                    and any(probe_col < len(r) and self.lookup(r[probe_col]) for r in rows[1:20]))
+                or (not first_is_data and any(resolve(r, exact) for r in rows[1:20]))
             )
         header = first_lower if has_header else []
 
@@ -1054,6 +1059,11 @@ class _LabelsTable:
             label_index = given(label_column, "--label-column")
         else:
             label_index = next((header.index(n) for n in LABEL_NAMES if n in header), None)
+            if label_index is None:
+                # A header with "label" or "class" among its words: NIH's "Finding Labels".
+                label_index = next((i for i, name in enumerate(header)
+                                    if {"label", "labels", "class"}
+                                    & set(re.split(r"[\s_\-.]+", name))), None)
         if id_column is not None:
             id_index = given(id_column, "--id-column")
         else:
@@ -1082,10 +1092,14 @@ class _LabelsTable:
         if not candidates:
             return 0 if label_index != 0 else 1
         sample = data[:50]
-        # max keeps the first of equals: ties go to the order of ID_NAMES.
-        return max(candidates,
-                   key=lambda c: sum(c < len(r) and bool(self.lookup(r[c], exact=True))
-                                     for r in sample))
+
+        def named(c: int, exact: bool) -> int:
+            return sum(c < len(r) and bool(self.lookup(r[c], exact=exact)) for r in sample)
+
+        # Exact matches first; forgiving ones when no column has any. max keeps the first of
+        # equals: ties go to the order of ID_NAMES.
+        exact = any(named(c, True) for c in candidates)
+        return max(candidates, key=lambda c: named(c, exact))
 
     def _marked(self, row: list[str]) -> list[str]:
         """The classes a one-hot row has a 1 for."""

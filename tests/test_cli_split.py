@@ -166,6 +166,13 @@ def test_a_csv_taken_by_its_second_column_over_class_folders_is_warned_about(tmp
     assert ("warning: the images lie in folders (cat/, dog/, fox/) but their labels were taken "
             "from photos.csv (ids in 'file', labels in 'width'); if the folders are the "
             "classes, give --layout folders") in result.output
+    # Nor for folders that are chunks of one dump (NIH's images_001/, images_002/).
+    chunks = tmp_path / "chunks"
+    for k in range(2):
+        shutil.copytree(dump / ("cat", "dog")[k], chunks / f"images_00{k + 1}")
+    (chunks / "photos.csv").write_text("\n".join(rows) + "\n")
+    result = loud("-q", "split", str(chunks), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
     # A column named as labels is no guess: no warning.
     (dump / "photos.csv").write_text("\n".join(rows).replace("width", "label") + "\n")
     result = loud("-q", "split", str(dump), str(tmp_path / "s"), "--dry-run")

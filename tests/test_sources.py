@@ -649,6 +649,28 @@ def test_a_header_shorter_than_its_rows_is_described_by_column_numbers(tmp_path)
     assert inv.layout == "csv" and inv.labels_columns == "ids in 'filename', labels in column 1"
 
 
+def test_ids_matching_only_forgivingly_still_choose_the_id_column_and_the_header(tmp_path):
+    names = ("1.jpg", "2.jpg", "3.png", "4.jpg")
+    # Two id-named columns: the one naming the images (in another case) is the id.
+    rows = ["Image,Id"] + [f"{n.upper()},w_{i % 2}" for i, n in enumerate(names)]
+    inv = _find(_csv_dump(tmp_path / "a", "\n".join(rows) + "\n", names=names), layout="csv")
+    assert inv.labels_columns == "ids in 'Image', labels in 'Id'" and len(inv.items) == 4
+    # Headerless, ids written on another machine, a label per row: the first row is data.
+    rows = [f"/home/me/d/images/{n},c{i}" for i, n in enumerate(names)]
+    inv = _find(_csv_dump(tmp_path / "b", "\n".join(rows) + "\n", names=names), layout="csv")
+    assert inv.labels_columns == "ids in column 0, labels in column 1"
+    assert dict(inv.items)["images/1.jpg"] == "c0" and len(inv.items) == 4
+
+
+def test_a_header_naming_labels_among_its_words_is_the_label_column(tmp_path):
+    # NIH ChestX-ray14's Data_Entry_2017.csv: Image Index,Finding Labels,Follow-up #,...
+    rows = ["Image Index,Follow-up #,Finding Labels"] + [
+        f"{n},{i},{'ab'[i % 2]}" for i, n in enumerate(("1.jpg", "2.jpg", "3.png", "4.jpg"))]
+    inv = _find(_csv_dump(tmp_path, "\n".join(rows) + "\n"), layout="csv")
+    assert inv.labels_columns == "ids in 'Image Index', labels in 'Finding Labels'"
+    assert inv.classes == ["a", "b"] and not inv.labels_guessed
+
+
 def test_a_stray_csv_matching_only_in_another_case_leaves_the_class_folders(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("cat", "dog", "fox"), per_class=3)
     rows = ["FILE,camera"] + [f"{c.upper()}_{i}.JPG,{'canon' if i else 'nikon'}"

@@ -681,6 +681,29 @@ def test_a_sweep_run_again_after_a_stop_carries_on_and_reuses_its_finished_rates
     assert not (sweep / "lr-0.1" / "lr-0.2").exists()
 
 
+def test_a_sweep_run_again_keeps_a_rate_that_diverged_after_its_first_epoch(tmp_path,
+                                                                             monkeypatch):
+    from dsprep.train.fit import sweep_lr
+
+    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
+    sweep = tmp_path / "sweep"
+    config = tiny("smallnet", width=4, epochs=3, schedule="step")
+    # lr 0.001 diverges in its second epoch (its rate jumps to 1e30 there).
+    schedule = cb.schedule_fn
+    monkeypatch.setattr(cb, "schedule_fn", lambda kind, lr, *a, **k: (
+        lambda epoch: 1e30 if lr == 1e-3 and epoch == 1 else schedule(kind, lr, *a, **k)(epoch)))
+    first = sweep_lr(data, sweep, [1e-2, 1e-3], config)
+    assert first[1e-3].diverged and first[1e-3].epochs_done == 2
+    monkeypatch.undo()
+    table = (sweep / "sweep-lr.csv").read_text()
+    # The same sweep again: the diverged rate is an answer, kept; resuming it (as a run
+    # stopped part way) trained it again, with other draws, and could turn the answer.
+    again = sweep_lr(data, sweep, [1e-2, 1e-3], config)
+    assert [r.epochs_run for r in again.values()] == [0, 0]
+    assert again[1e-3].diverged and again[1e-3].epochs_done == 2
+    assert (sweep / "sweep-lr.csv").read_text() == table
+
+
 def test_a_run_being_trained_is_not_replaced_or_resumed_by_another_process(replaceable):
     import subprocess
     import sys

@@ -128,14 +128,19 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         say(f"warning: every image of {', '.join(split_plan.lost_classes)} was left out, so "
             f"{'it is' if len(split_plan.lost_classes) == 1 else 'they are'} not among the "
             "classes; see skipped.csv (or the reasons below)", err=True)
-    if split_plan.layout == "csv" and split_plan.labels_guessed and options.layout == "auto":
+    if split_plan.layout == "csv" and split_plan.labels_guessed and options.layout == "auto" \
+            and options.labels is None:
         # A CSV beside class folders, its label column taken by its place: the folders may
         # well be the classes, and the CSV a stray table of something else.
         inner = [f.source[len(split_plan.root) + 1:] if split_plan.root else f.source
                  for f in split_plan.files]
         folders = sorted(f for f in {p.split("/", 1)[0] for p in inner if "/" in p}
                          if split_of(f) is None)
-        if len(folders) >= 2 and not set(folders) & set(split_plan.classes):
+        # Folders named alike but for their numbers (images_001/, images_002/) hold chunks
+        # of one dump, not classes.
+        chunks = len({re.sub(r"\d+", "", f) for f in folders}) == 1
+        classes = {c.casefold() for c in split_plan.classes}
+        if len(folders) >= 2 and not chunks and not {f.casefold() for f in folders} & classes:
             shown = ", ".join(f"{f}/" for f in folders[:4]) + (", ..." if len(folders) > 4
                                                                  else "")
             say(f"warning: the images lie in folders ({shown}) but their labels were taken "

@@ -847,6 +847,21 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool) -> 
     return result
 
 
+def _diverged_result(run: Path, planned: int) -> TrainResult | None:
+    """The result of a run that stopped at a NaN or infinite loss (its history's row past the
+    epochs state.json counts), or None for any other run."""
+    if not (run / cb.STATE).is_file() or not (run / cb.HISTORY).is_file():
+        return None
+    state = cb.read_state(run)
+    done = int(state.get("epochs_done", 0))
+    rows = cb.read_history(run / cb.HISTORY)
+    kept = [r for r in rows if r["epoch"] <= done]
+    if not kept or kept[-1]["epoch"] != done or not cb.diverged(kept[-1]):
+        return None
+    return TrainResult(run, done + 1, str(state.get("monitor", "")), state.get("best"), kept,
+                       None, planned, 0)
+
+
 def _same_sweep_run(run: Path, data, config: TrainConfig) -> bool:
     """Whether RUN was started on ``data`` with ``config`` (the worker count aside)."""
     try:
@@ -1037,8 +1052,10 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
         sub = dataclasses.replace(config, lr=float(lr))
         sub_run = run / f"lr-{name}"
         if name in ours and not _never_finished_an_epoch(sub_run):
-            # Trained before (all its epochs: nothing to do) or stopped part way: carried on.
-            results[float(lr)] = resume(sub_run, data=data, progress=progress, bars=bars)
+            # Trained before: diverged (an answer, kept as it is), finished (resume trains
+            # nothing) or stopped part way (resumed).
+            results[float(lr)] = (_diverged_result(sub_run, sub.epochs)
+                                  or resume(sub_run, data=data, progress=progress, bars=bars))
             continue
         try:
             results[float(lr)] = train(data, sub_run, sub, overwrite=overwrite,
