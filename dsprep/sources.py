@@ -923,6 +923,7 @@ class _LabelsTable:
             for table, key in self._keys_of(rel):
                 self.keys[table][key].append(rel)
         self._forgiving: list[dict[str, list[str]]] | None = None  # made when first needed
+        self._any_exact: bool | None = None  # whether any row's id matches exactly
         # The class columns of a one-hot table (a 1 in each row's class column), whose names
         # in the header are the classes.
         self.onehot: list[int] = []
@@ -973,9 +974,9 @@ class _LabelsTable:
         The id is matched as a path, a path without its extension, a file name or a file name
         without its extension; unless ``exact``, then ignoring case, then (an id written as a
         path on another machine, /home/me/kaggle/train/cat/1.jpg for a dump given as train/)
-        by its part after the dump's own folder name (cat/1.jpg) or by a tail that holds a
-        folder (train/cat/1.jpg), and at last without an image extension of its own (1.png
-        for 1.jpg).
+        by its part after the dump's own folder name (cat/1.jpg), and at last without an
+        image extension of its own (1.png for 1.jpg). Forgiving matches serve only a table
+        none of whose ids matches exactly (see ``forgiving``).
         """
         key = key.strip().replace("\\", "/")
         key = key[2:] if key.startswith("./") else key
@@ -988,11 +989,11 @@ class _LabelsTable:
             return []
         whole = "/".join(parts)
         # (text, tables): the whole id in the four tables, in any case; a tail only as a whole
-        # path inside the source, and either after the source's own name or holding a folder
-        # of it (so /x/test/5.jpg never takes the 5.jpg of a dump given as train/, nor
-        # train/5.jpg).
+        # path inside the source, right after the source's own name (so /x/test/5.jpg never
+        # takes the 5.jpg of a dump given as train/, nor /x/test/images/5.jpg its
+        # images/5.jpg).
         starts = [i for i in range(1, len(parts))
-                  if len(parts) - i >= 2 or parts[i - 1].lower() == self.source_name.lower()]
+                  if parts[i - 1].lower() == self.source_name.lower()]
         tails = ["/".join(parts[i:]) for i in starts]
         attempts = [(whole, range(4))] + [(tail, (4,)) for tail in tails]
         stem, ext = os.path.splitext(parts[-1])
@@ -1059,17 +1060,18 @@ class _LabelsTable:
             label_index = given(label_column, "--label-column")
         else:
             label_index = next((header.index(n) for n in LABEL_NAMES if n in header), None)
-            if label_index is None:
-                # A header with "label" or "class" among its words: NIH's "Finding Labels".
-                label_index = next((i for i, name in enumerate(header)
-                                    if {"label", "labels", "class"}
-                                    & set(re.split(r"[\s_\-.]+", name))), None)
         if id_column is not None:
             id_index = given(id_column, "--id-column")
         else:
             id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
         if label_index is None and has_header:
             self.onehot = _onehot_columns(rows[1:], id_index, len(first))
+        if label_index is None and not self.onehot:
+            # A header with "label" or "class" among its words: NIH's "Finding Labels" (after
+            # the one-hot check: class_0,class_1,... are one-hot columns).
+            label_index = next((i for i, name in enumerate(header) if i != id_index
+                                and {"label", "labels", "class"}
+                                & set(re.split(r"[\s_\-.]+", name))), None)
         self.label_guessed = label_index is None and not self.onehot
         if self.onehot:
             label_index = self.onehot[-1]  # the last column a row must reach
@@ -1144,9 +1146,25 @@ class _LabelsTable:
         """
         if self._labels_most(exact=True):
             return True
-        folders = {self._folder(rel) for rel in self.images}
-        classes = {f for f in folders if f and split_of(f) is None}
-        return len(classes) < 2 and self._labels_most(exact=False)
+        classes = set()
+        for rel in self.images:
+            parts = rel[len(self.root):].split("/")
+            if len(parts) > 2 and split_of(parts[0]) is not None:
+                classes.add(parts[1])  # train/cat/1.jpg
+            elif len(parts) > 1 and split_of(parts[0]) is None:
+                classes.add(parts[0])
+        return len(classes) < 2 and self.forgiving and self._labels_most(exact=False)
+
+    @property
+    def forgiving(self) -> bool:
+        """Whether ids are matched forgivingly (any case, tails, other extensions): only when
+        none of them matches exactly. A table whose ids mostly match keeps exact matching, so
+        that a row naming a missing image never takes another file of its name (a mask)."""
+        if self._any_exact is None:
+            self._any_exact = any(
+                max(self.id_index, self.label_index) < len(row)
+                and bool(self.lookup(row[self.id_index], exact=True)) for row in self.rows)
+        return not self._any_exact
 
     def _labels_most(self, exact: bool) -> bool:
         labelled: set[str] = set()
@@ -1190,7 +1208,7 @@ class _LabelsTable:
                 skipped.append(Skipped(where, BAD_ROW, "no id"))
                 continue
             label = self._label(row, where)
-            matches = self.lookup(key)
+            matches = self.lookup(key, exact=not self.forgiving)
             if not matches:
                 skipped.append(Skipped(key, MISSING_FILE,
                                        f"{where} names it but there is no such image"))

@@ -662,6 +662,54 @@ def test_ids_matching_only_forgivingly_still_choose_the_id_column_and_the_header
     assert dict(inv.items)["images/1.jpg"] == "c0" and len(inv.items) == 4
 
 
+def test_forgiving_matches_never_serve_a_csv_whose_ids_mostly_match(tmp_path):
+    # Oxford pets: list.csv names images/*.jpg; images/boxer_4.jpg is missing, and the trimap
+    # annotations/trimaps/boxer_4.png must not take its row (without its extension).
+    root = tmp_path / "pets"
+    for i in range(4):
+        _img(root / "images" / f"boxer_{i}.jpg", seed=i)
+        _img(root / "annotations" / "trimaps" / f"boxer_{i}.png", seed=10 + i)
+    _img(root / "annotations" / "trimaps" / "boxer_4.png", seed=20)
+    rows = ["image,label"] + [f"boxer_{i}.jpg,{'ab'[i % 2]}" for i in range(5)]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    inv = _find(root, layout="csv", labels=tmp_path / "list.csv")
+    assert dict(inv.items) == {f"images/boxer_{i}.jpg": "ab"[i % 2] for i in range(4)}
+    assert ("boxer_4.jpg", MISSING_FILE) in {(s.source, s.reason) for s in inv.skipped}
+
+
+def test_a_foreign_path_matches_only_after_the_dumps_own_name(tmp_path):
+    # The dump is train/; ids of the test split share its names under test/images/.
+    root = tmp_path / "train"
+    for i in range(3):
+        _img(root / "images" / f"{i}.jpg", seed=i)
+    (tmp_path / "all.csv").write_text(
+        "path,label\n" + "".join(f"/content/ds/{split}/images/{i}.jpg,{split[:2]}{i % 2}\n"
+                                  for split in ("train", "test") for i in range(3)))
+    inv = _find(root, layout="csv", labels=tmp_path / "all.csv")
+    assert dict(inv.items) == {"images/0.jpg": "tr0", "images/1.jpg": "tr1",
+                               "images/2.jpg": "tr0"}
+    assert sum(s.reason == MISSING_FILE for s in inv.skipped) == 3
+
+
+def test_a_stray_csv_matching_forgivingly_leaves_a_dump_split_into_class_folders(tmp_path):
+    root = tmp_path / "pets"
+    for split in ("train", "val"):
+        make_class_folders(root / split, classes=("cat", "dog"), per_class=2)
+    rows = ["filepath,width"] + [f"/kaggle/input/pets/{p.relative_to(root).as_posix()},640"
+                                 if i % 2 else f"/kaggle/input/pets/{p.relative_to(root)},800"
+                                 for i, p in enumerate(sorted(root.rglob("*.jpg")))]
+    (root / "image_sizes.csv").write_text("\n".join(rows) + "\n")
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["cat", "dog"]
+
+
+def test_one_hot_columns_named_class_n_stay_one_hot(tmp_path):
+    rows = ["image_id,class_0,class_1,class_2"] + [
+        f"{i},{int(i % 3 == 0)},{int(i % 3 == 1)},{int(i % 3 == 2)}" for i in (1, 2, 3, 4)]
+    inv = _find(_csv_dump(tmp_path, "\n".join(rows) + "\n"), layout="csv")
+    assert inv.classes == ["class_0", "class_1", "class_2"]
+
+
 def test_a_header_naming_labels_among_its_words_is_the_label_column(tmp_path):
     # NIH ChestX-ray14's Data_Entry_2017.csv: Image Index,Finding Labels,Follow-up #,...
     rows = ["Image Index,Follow-up #,Finding Labels"] + [
