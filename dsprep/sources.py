@@ -528,9 +528,9 @@ def find_images(
             raise LayoutError(
                 f"{where}: no row of {labels_name} names an image file in it (e.g. "
                 f"{missing.source!r}: {missing.detail}); ids, taken from column "
-                f"{table.id_header}, are matched as paths inside {source.path} (or their tails), "
-                "with or without the extension and in any case, or as bare file names: check "
-                "--id-column and --labels")
+                f"{table.id_header}, are matched as paths inside {source.path} (for paths from "
+                "another machine, their part after its name), with or without the extension "
+                "and in any case, or as bare file names: check --id-column and --labels")
     else:
         if layout == "auto":
             layout = _guess_layout(images, root, regex)
