@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -1144,6 +1145,7 @@ def build_hdf5(
                     f"{'exists' if len(existing) == 1 else 'exist'}; use --force to replace "
                     f"{'it' if len(existing) == 1 else 'them'}"
                 )
+        _check_room(out, planned, options, outputs)
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
     warnings += _lost_classes(reports, planned, classes, skipped_final)
@@ -1152,6 +1154,33 @@ def build_hdf5(
                  "it was; remove it if it does not belong with these files"
                  for path in others if path.exists()]
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
+
+
+def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
+                outputs: list[Path]) -> None:
+    """Refuse, before any image is decoded, a build whose pixels alone cannot fit on OUT's
+    disk (uncompressed files only: a compressed size cannot be told in advance). An unattended
+    build would otherwise fail on a full disk after decoding for as long as it took to fill it.
+
+    The files a build replaces keep their room until the new ones are whole; the ``.partial``
+    files of a stopped build are overwritten, so their room counts as free.
+    """
+    if options.compression != "none":
+        return
+    height, width = options.size
+    count = sum(len(rows) for rows in planned.values())
+    needs = count * height * width * 3
+    try:
+        free = shutil.disk_usage(out).free  # what an unprivileged user may take
+    except OSError:
+        return  # a file system that cannot say: the writes will tell
+    free += sum(p.stat().st_size for p in map(store.partial_path, outputs) if p.is_file())
+    if needs > free:
+        raise OSError(errno.ENOSPC, (
+            f"{out}: the HDF5 files will not fit: {count:,} images of {height}x{width}x3 need "
+            f"{needs / 1e6:,.1f} MB, and {free / 1e6:,.1f} MB are free there. Free some space, "
+            "choose an OUT on another disk, or store smaller images (--size) or compressed ones "
+            "(--compression gzip, smaller files but slower reads); nothing was written"))
 
 
 def _lost_classes(reports: list[FileReport], planned: dict[str, list[Row]],

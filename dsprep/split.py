@@ -908,8 +908,10 @@ def materialize(
             for split_name in split_plan.splits:
                 for label in split_plan.classes:
                     (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-            _place_all(split_plan, partial, mode, resume, result, progress,
-                       workers or default_workers())
+            with _room(dest, links=mode == "copy" and source.is_dir(),
+                       needs=sum(f.size for f in split_plan.files)):
+                _place_all(split_plan, partial, mode, resume, result, progress,
+                           workers or default_workers())
             _finish(partial, files_csv, skipped_csv, manifest)
         _swap(partial, dest, old)
         return result
@@ -1067,8 +1069,9 @@ def run(
                               lambda data: _write_bytes(os.path.join(stage, str(index)), data))
 
             try:
-                checked = _map(check, list(enumerate(inventory.items)), workers, progress,
-                               "reading")
+                with _room(dest, links=source_path.is_dir()):
+                    checked = _map(check, list(enumerate(inventory.items)), workers, progress,
+                                   "reading")
                 split_plan = _decide(source_path, inventory, checked, options)
             except Exception:
                 # A plan that cannot be made (a class too small, no usable image, a full disk)
@@ -1093,6 +1096,33 @@ def run(
         _finish(partial, files_csv, split_plan.skipped_csv(), manifest)
         _swap(partial, dest, _old(dest))
         return split_plan, SplitResult(dest, placed=len(split_plan.files))
+
+
+@contextlib.contextmanager
+def _room(dest: Path, *, links: bool, needs: int | None = None):
+    """Say a full disk or quota as a split that does not fit in ``dest``, not as the hidden
+    work file the write failed on, and say what to do. ``needs``: the bytes of the files to
+    place, known once the split is planned; the files placed so far then stay for the next run
+    to reuse (before, nothing is kept). ``links``: a link mode would serve (a folder copied)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = needs is not None
+        free = ""
+        if kept:
+            with contextlib.suppress(OSError):
+                free = (f"; its files take {needs / 1e6:,.1f} MB, and "
+                        f"{shutil.disk_usage(dest.parent).free / 1e6:,.1f} MB are free there")
+        then = ("The files placed so far are kept: free some space, then run the same command "
+                "again to carry on" if kept else
+                "Nothing was kept: free some space, then run the same command again")
+        instead = (", or place links instead of copies (--mode symlink, or --mode hardlink "
+                   "on the dump's own disk)" if links else "")
+        # Still an OSError of the same errno for code that catches those.
+        raise OSError(exc.errno, f"{dest}: the split does not fit ("
+                      f"{exc.strerror or os.strerror(exc.errno)}{free}). {then}{instead}.") from exc
 
 
 def _placing(partial: Path, identity: dict) -> bool:

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import h5py
@@ -756,6 +757,33 @@ def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, 
     assert info.value.filename == str(out / "val.hdf5.partial")
     left = sorted(p.name for p in out.iterdir())
     assert not [name for name in left if name.endswith((".partial", ".hdf5", ".next"))], left
+
+
+def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypatch):
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    count = sum(1 for p in src.rglob("*.*") if p.name != "split.json")
+    needs = count * 24 * 24 * 3
+    free = needs - 1
+    monkeypatch.setattr(build.shutil, "disk_usage",
+                        lambda path: SimpleNamespace(free=free))
+    monkeypatch.setattr(build, "_build_files", lambda *a, **k: pytest.fail("decoding began"))
+    with pytest.raises(OSError) as info:
+        build.build_hdf5(src, out, opts())
+    assert info.value.errno == errno.ENOSPC
+    assert f"{count:,} images of 24x24x3 need {needs / 1e6:,.1f} MB" in info.value.strerror
+    assert "--compression gzip" in info.value.strerror
+    assert not [p for p in out.iterdir() if p.suffix != ".lock"]
+    # A stopped build's .partial files are overwritten: their room counts as free.
+    (out / "val.hdf5.partial").write_bytes(b"x")
+    monkeypatch.undo()
+    monkeypatch.setattr(build.shutil, "disk_usage",
+                        lambda path: SimpleNamespace(free=free))
+    reports = build.build_hdf5(src, out, opts()).files
+    assert sum(r.count for r in reports) == count
+    # A compressed size cannot be told in advance: no refusal.
+    build.build_hdf5(src, tmp_path / "gz", opts(compression="gzip"))
+    assert (tmp_path / "gz" / "train.hdf5").is_file()
 
 
 def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkeypatch):

@@ -41,6 +41,26 @@ def test_os_errors_become_one_line_messages(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_full_disk_says_what_to_do(tmp_path, monkeypatch):
+    import errno
+
+    from helpers import make_class_folders
+
+    from dsprep import build
+
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("a", "b"), per_class=2, size=(32, 32))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.partial"))
+
+    monkeypatch.setattr(build, "_build_files", full)
+    result = CliRunner().invoke(main, ["build-hdf5", str(split), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {tmp_path / 'x.partial'}: No space left on device; free "
+                             "some space there, then run the same command again\n")
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     import subprocess
     import sys

@@ -571,8 +571,14 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
 
     monkeypatch.setattr(split_module, "copy_file", failing_copy)
     p = plan(dump.dest)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space") as info:
         materialize(p, dest, workers=1)
+    # Named as the split that does not fit, not as the hidden file the write failed on.
+    assert info.value.errno == errno.ENOSPC and info.value.filename is None
+    message = info.value.strerror
+    assert message.startswith(f"{dest}: the split does not fit")
+    assert f"its files take {sum(f.size for f in p.files) / 1e6:,.1f} MB" in message
+    assert "placed so far are kept" in message and "--mode symlink" in message
     assert not dest.exists()  # nothing that looks finished
     partial = tmp_path / ".split.split-partial"
     assert partial.is_dir() and not (partial / "split.json").exists()
@@ -919,9 +925,20 @@ def test_run_failing_before_the_plan_is_decided_leaves_nothing(tmp_path, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(split_module, "_write_bytes", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space") as info:
         run(root, tmp_path / "s")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.strerror.startswith(f"{tmp_path / 's'}: the split does not fit")
+    assert "Nothing was kept" in info.value.strerror and "--mode symlink" in info.value.strerror
+    # A zip cannot be linked to: no link mode is offered.
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(root.rglob("*.*")):
+            zf.write(path, path.relative_to(root).as_posix())
+    with pytest.raises(OSError, match="Nothing was kept") as info:
+        run(archive, tmp_path / "s")
+    assert "--mode" not in info.value.strerror
 
 
 def test_run_keeps_the_destination_rules(tmp_path, monkeypatch):

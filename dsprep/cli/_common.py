@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
 import os
 import select
@@ -40,7 +41,9 @@ class DsprepGroup(click.Group):
         except OSError as exc:
             # Disk full, permission denied, a file removed under our feet: one line, no traceback.
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+            then = ("; free some space there, then run the same command again"
+                    if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+            raise click.ClickException(f"{where}{exc.strerror or exc}{then}") from exc
 
 
 def _stdout_closed() -> bool:
