@@ -788,6 +788,24 @@ def test_split_folder_label_ids_come_from_split_json(tmp_path):
         open_data(split, tiny(image_size=16))
 
 
+def test_files_that_are_no_images_count_for_neither_batches_nor_subsets(tmp_path):
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("bee", "cat"), per_class=4, size=(16, 16))
+    (split / "split.json").write_text(json.dumps({"classes": ["bee", "cat"]}))
+    for label in ("bee", "cat"):
+        for k in range(4):  # notes sort before the lower-case image names
+            (split / "train" / label / f"README{k}.txt").write_text("notes")
+    # 8 images (16 files) with batches of 10: one short batch, not "larger than the images
+    # with drop_last=True".
+    bundle = open_data(split, tiny(image_size=16, batch_size=10), work=tmp_path)
+    assert bundle.train.num_samples == 8 and not bundle.train.drop_last
+    assert [len(bundle.train[i][1]) for i in range(len(bundle.train))] == [8]
+    subset = open_data(split, tiny(image_size=16, batch_size=2, limit_per_class=3),
+                       work=tmp_path)
+    assert sorted(Path(p).name for p in subset.train.files) == sorted(
+        f"{label}_{i}.jpg" for label in ("bee", "cat") for i in range(3))
+
+
 def test_a_split_verified_in_full_is_not_decoded_again_to_check_it(tmp_path, monkeypatch):
     from dsprep.generators import DirectoryGenerator
 

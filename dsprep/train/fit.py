@@ -211,14 +211,16 @@ def _drop_subset(work: Path) -> None:
 
 
 def _subset_folder(src: Path, dest: Path, per_class: int) -> Path:
-    """Mirror the first ``per_class`` files (sorted) of each class folder of ``src`` as links."""
+    """Mirror the first ``per_class`` images (by path) of each class folder of ``src`` as
+    links: the images the DirectoryGenerator would read there, not notes or other files."""
     if dest.exists():
         shutil.rmtree(dest)
-    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file())[:per_class]
-        (dest / class_dir.name).mkdir(parents=True)
-        for f in files:
-            (dest / class_dir.name / f.name).symlink_to(f.resolve())
+    taken: dict[str, int] = {}
+    for label, rel in sources.class_folder_files(src)[1]:
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).symlink_to((src / rel).resolve())
     return dest
 
 
@@ -349,8 +351,8 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         classes = _split_classes(data)
         # A split made with --verify full decoded every file already: the header check will do.
         check = "header" if _split_params(data).get("verify") == "full" else "decode"
-        files = sum(1 for d in train_root.iterdir() if d.is_dir()
-                    for f in d.iterdir() if f.is_file())
+        # The images the generator will read (notes and other files are no rows).
+        files = len(sources.class_folder_files(train_root)[1])
         train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
                                    preprocessors=train_pre, augment=augment, shuffle=True,
                                    seed=config.seed, classes=classes, output="uint8",
