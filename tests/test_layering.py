@@ -51,10 +51,9 @@ def _imports(path: Path) -> list[tuple[str, int]]:
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
+                # Level 1 is the file's own package (for a package's __init__.py too, whose
+                # parts end in "__init__"), level 2 the one above, and so on.
                 base = list(rel_parts[: len(rel_parts) - node.level])
-                if path.name == "__init__.py":
-                    base = list(rel_parts[: len(rel_parts) - node.level + 1])
-                    base = base[:-1] if base and base[-1] == "__init__" else base
                 module = ".".join(["dsprep", *base] + ([node.module] if node.module else []))
                 if node.module is None:
                     found += [(f"{module}.{a.name}".replace("..", "."), node.lineno)
@@ -67,6 +66,25 @@ def _imports(path: Path) -> list[tuple[str, int]]:
 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize(("where", "line", "imported"), [
+    ("preprocess/__init__.py", "from ..augment import x", "dsprep.augment"),
+    ("preprocess/__init__.py", "from .morphology import x", "dsprep.preprocess.morphology"),
+    ("preprocess/__init__.py", "from .. import cli", "dsprep.cli"),
+    ("preprocess/morphology.py", "from ..images import x", "dsprep.images"),
+    ("preprocess/morphology.py", "from . import x", "dsprep.preprocess.x"),
+    ("train/fit.py", "from .. import build", "dsprep.build"),
+    ("__init__.py", "from .errors import x", "dsprep.errors"),
+    ("split.py", "from . import images", "dsprep.images"),
+])
+def test_relative_imports_are_resolved_as_python_does(tmp_path, monkeypatch, where, line,
+                                                      imported):
+    path = tmp_path / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(line + "\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path)
+    assert _imports(path) == [(imported, 1)]
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
