@@ -800,7 +800,10 @@ class _Appender:
         self.writer.append(pixels, [r.label for r in rows], [r.name for r in rows])
 
 
+# The decoding pools kept between files and builds (one per worker count, so that builds in
+# two threads of one process never stop each other's), and the ring kept between files.
 _POOL: dict = {}
+_POOL_LOCK = threading.Lock()
 
 
 def _executor(workers: int):
@@ -808,22 +811,33 @@ def _executor(workers: int):
 
     # Kept between files (and builds), so train, val and test share one start-up. A pool of our
     # own, not loky's process-wide reusable one: joblib.Parallel elsewhere in the same process
-    # (the sample dump) expects that one to be set up by joblib itself.
-    executor = _POOL.get("executor")
-    if executor is None or _POOL.get("workers") != workers:
-        shutdown_workers()
-        executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                       initargs=(os.getpid(),), timeout=300)
-        _POOL.update(executor=executor, workers=workers)
-    return executor
+    # (the sample dump) expects that one to be set up by joblib itself. Idle workers stop after
+    # the timeout, so a pool of another worker count left behind costs nothing for long.
+    with _POOL_LOCK:
+        executors = _POOL.setdefault("executors", {})
+        executor = executors.get(workers)
+        if executor is None:
+            executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                           initargs=(os.getpid(),), timeout=300)
+            executors[workers] = executor
+        return executor
+
+
+def _forget_executor(executor) -> None:
+    """Stop a pool whose worker died; the next build of its worker count starts a fresh one."""
+    with _POOL_LOCK:
+        executors = _POOL.get("executors", {})
+        for workers in [w for w, e in executors.items() if e is executor]:
+            del executors[workers]
+    executor.shutdown(wait=False)
 
 
 def shutdown_workers() -> None:
     """Stop the decoding processes kept for later builds (they also stop after idling)."""
-    executor = _POOL.pop("executor", None)
-    _POOL.pop("workers", None)
+    with _POOL_LOCK:
+        executors = _POOL.pop("executors", {})
     _drop_ring()
-    if executor is not None:
+    for executor in executors.values():
         executor.shutdown(wait=True)
 
 
@@ -1027,6 +1041,7 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         ring = _Ring(1, block, options.size, shared=False)
     pending: deque = deque()
     completed = False
+    executor = None
     try:
         executor = _executor(workers) if parallel else None
         next_task = 0
@@ -1047,9 +1062,8 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
             consume(tasks[index], ring.array[slot], future.result())
         completed = True
     except BrokenProcessPool as exc:
-        broken = _POOL.pop("executor", None)  # the next build starts a fresh pool
-        if broken is not None:
-            broken.shutdown(wait=False)
+        if executor is not None:
+            _forget_executor(executor)
         raise DsprepError(
             f"a decoding worker process died ({type(exc).__name__}); nothing was written under "
             "a final name. Run the command again; if it happens again, use --workers 1 to find "

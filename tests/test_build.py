@@ -1046,6 +1046,21 @@ def test_a_worker_whose_build_was_killed_ends_too(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
+def test_builds_of_two_worker_counts_in_one_process_keep_their_own_pools():
+    # A build in another thread with another --workers used to shut down the pool a running
+    # build was submitting to ("cannot schedule new futures after shutdown").
+    try:
+        two = build._executor(2)
+        three = build._executor(3)
+        assert three is not two and build._executor(2) is two
+        assert two.submit(abs, -2).result(60) == 2
+        assert three.submit(abs, -3).result(60) == 3
+    finally:
+        build.shutdown_workers()
+    assert build._executor(2) is not two  # shut down: a later build starts afresh
+    build.shutdown_workers()
+
+
 def test_a_worker_whose_build_died_while_it_started_ends_at_once():
     # Killed before the worker read its parent's id, the build would leave it watching its new
     # parent (init) for ever: the id it is given at its start is the one that counts.
