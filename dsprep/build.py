@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import images as imagelib
+from . import split as split_stage
 from . import store, system
 from .errors import (
     CorruptImageError,
@@ -68,9 +69,9 @@ from .split import (
 )
 from .stats import ChannelStats, ImageSums, means_record, write_means
 
-SPLITS = ("train", "val", "test")
-ORDERS = ("shuffled", "sorted")
-SPLIT_SCHEMA = "dsprep-split/1"
+SPLITS = split_stage.SPLITS
+ORDERS = store.ORDERS
+SPLIT_SCHEMA = split_stage.SCHEMA
 MEANS_NAME = "means.json"
 SKIPPED_NAME = "skipped.csv"
 # Held in OUT while a build writes there.
@@ -80,7 +81,7 @@ PUBLISHING_NAME = store.PUBLISHING_NAME
 # Images per HDF5 chunk. Measured on 2 cores writing 2,048 256x256 images: uncompressed chunks of
 # 64 images wrote fastest (~6,600 images/s) and per-row random reads stayed ~7,000 images/s; with
 # lzf a 64-image chunk cut random row reads to ~470 images/s while 8 kept ~2,300.
-DEFAULT_CHUNK_IMAGES = 64
+DEFAULT_CHUNK_IMAGES = store.DEFAULT_CHUNK_IMAGES
 DEFAULT_CHUNK_IMAGES_COMPRESSED = 8
 # Images a worker decodes per task: enough to hide the per-task overhead.
 _TASK_IMAGES = 64
@@ -1267,13 +1268,13 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress, keep_ring=True,
                                       left_out=links.get(split, ())))
-        _write_skipped(_next(skipped_final), [s for r in reports for s in r.skipped])
+        _write_skipped(_waiting(skipped_final), [s for r in reports for s in r.skipped])
         for report in reports:
             if report.count == 0 and report.skipped:
                 raise _all_left_out(report.split, report.skipped)
         if means_path is not None:
             train = next(r for r in reports if r.split == "train")
-            write_means(_next(means_path), means_record(train.stats, train.path.name))
+            write_means(_waiting(means_path), means_record(train.stats, train.path.name))
         # Everything is whole before anything takes a final name; then the renames, together.
         # A journal lists them first: a build stopped among them leaves files of two builds,
         # which the next build of OUT removes (see _undo_publishing).
@@ -1301,7 +1302,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
                 store.partial_path(path).unlink(missing_ok=True)
             for path in (means_path, skipped_final):
                 if path is not None:
-                    _next(path).unlink(missing_ok=True)
+                    _waiting(path).unlink(missing_ok=True)
             journal.unlink(missing_ok=True)
         else:  # every file is in place: the build is whole and stays
             with contextlib.suppress(OSError):
@@ -1377,11 +1378,6 @@ def _all_left_out(split: str, skipped: Sequence[Skip]) -> DsprepError:
         + f"; the first, {first.source}: {first.detail}); nothing was written. "
         "Check the options that leave images out (--max-pixels) and the source files"
     )
-
-
-def _next(path: Path) -> Path:
-    """Where a small output waits, whole, for the HDF5 files to be renamed with it."""
-    return store.waiting_path(path)
 
 
 def _write_skipped(path: Path, skipped: Iterable[Skip]) -> Path:

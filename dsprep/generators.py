@@ -270,6 +270,8 @@ class _BatchSequence(ABC):
 
     def _check_pipeline(self) -> None:
         """Run the shapes and one small batch through the pipeline so a misfit fails now."""
+        # Each output_shape refuses, in its own words, a shape it cannot take (a patch larger
+        # than the images): the shapes alone, before any pixel.
         shape: tuple[int, ...] = tuple(self.image_shape)
         for op in self._ops():
             output_shape = getattr(op, "output_shape", None)

@@ -38,10 +38,6 @@ PHOTOS: dict[str, tuple[str, tuple[float, float, float] | None, bool]] = {
 }
 DEFAULT_CLASSES = ("brick", "grass", "gravel")
 
-# Bad files written with ``with_bad_files``; the first group is what ``dsprep split`` leaves out.
-SKIPPED_KINDS = ("empty", "truncated", "text", "duplicate", "missing", "unlabelled")
-KEPT_KINDS = ("alpha", "grayscale")
-
 _CHUNK = 32
 
 

@@ -168,10 +168,6 @@ class Source(ABC):
         """The dump's own name: its folder's, or its archive's without the extension."""
         return self.path.stem if self.is_zip else self.path.resolve().name
 
-    def local_path(self, rel: str) -> Path | None:
-        """The file on disk (None inside an archive)."""
-        return None
-
     def close(self) -> None:  # noqa: B027 - a folder holds nothing to release
         """Release the archive, if any."""
 
@@ -242,9 +238,6 @@ class FolderSource(Source):
         # because pathlib's parsing cost as much as the read for small files.
         with open(os.path.join(self._root, rel), "rb", buffering=0) as fh:
             return fh.read()
-
-    def local_path(self, rel: str) -> Path:
-        return self.path / rel
 
 
 class ZipSource(Source):

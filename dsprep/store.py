@@ -35,6 +35,7 @@ from .stats import ChannelStats
 SCHEMA = "dsprep-hdf5/1"
 PARTIAL_SUFFIX = ".partial"
 COMPRESSIONS = ("none", "lzf", "gzip")
+ORDERS = ("shuffled", "sorted")  # of the rows build-hdf5 writes (its --order)
 DEFAULT_CHUNK_IMAGES = 64
 # Rows of labels and file names held before they are written (a few hundred kB at most).
 _META_ROWS = 4096
@@ -942,7 +943,7 @@ def check_build_attributes(attrs: dict) -> list[str]:
     from .images import INTERPOLATIONS, RESIZE_MODES
 
     allowed = {"resize": RESIZE_MODES, "interpolation": ("auto", *INTERPOLATIONS),
-               "order": ("shuffled", "sorted")}
+               "order": ORDERS}
     problems = [f"{key} is {attrs[key]!r}, expected one of {', '.join(values)}"
                 for key, values in allowed.items() if key in attrs and attrs[key] not in values]
     for key in ("seed", "max_pixels"):

@@ -46,15 +46,6 @@ def atomic_write_json(path: str | os.PathLike, data: dict) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Save a model as ``.keras`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = _temp_name(path)
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def _pending_name(path: Path, epoch: int) -> Path:
     return path.with_name(f".{path.stem}.epoch{int(epoch)}.partial{path.suffix}")
 

@@ -89,7 +89,7 @@ def metrics(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -
     finite = np.isfinite(probs).all(axis=1)
     preds = np.where(finite, probs.argmax(axis=1), -1)
     ks = (1, 5) if n > 5 else (1,)
-    ranks = _as_rank_dict(ev.rank_accuracy(probs, labels, k=ks), ks)
+    ranks = {int(k): float(v) for k, v in ev.rank_accuracy(probs, labels, k=ks).items()}
     support = np.bincount(labels, minlength=n)
     correct = np.bincount(labels[preds == labels], minlength=n)
     notes: list[str] = []
@@ -117,13 +117,6 @@ def metrics(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -
         "nonfinite": nonfinite,
         "notes": notes,
     }
-
-
-def _as_rank_dict(ranks, ks) -> dict[int, float]:
-    if isinstance(ranks, dict):
-        return {int(k): float(v) for k, v in ranks.items()}
-    values = np.atleast_1d(np.asarray(ranks, dtype=np.float64))
-    return {k: float(v) for k, v in zip(ks, values, strict=True)}
 
 
 def _data_name(data: Path, config: dict) -> str:
