@@ -228,10 +228,6 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
 
 def mean_rgb(means: Mapping | Sequence[float] | str | os.PathLike) -> tuple[float, float, float]:
     """The (R, G, B) means from a means.json dict, a path to one, or three numbers."""
-    return _read_means(means)
-
-
-def _read_means(means: Any) -> tuple[float, float, float]:
     from .preprocess import load_means
 
     return tuple(float(v) for v in load_means(means))
@@ -251,7 +247,9 @@ class MeanSubtraction(keras.layers.Layer):
 
     def __init__(self, mean_rgb: Any, scale: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.mean_rgb = [float(v) for v in _read_means(mean_rgb)]
+        from .preprocess import load_means
+
+        self.mean_rgb = [float(v) for v in load_means(mean_rgb)]
         self.scale = float(scale)
 
     def call(self, inputs):

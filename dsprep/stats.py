@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import DatasetFormatError, LayoutError
+from .errors import DatasetFormatError, DsprepError, LayoutError
 from .fileio import write_atomic
 
 CHANNELS = ("R", "G", "B")
@@ -199,24 +199,47 @@ def write_means(path: str | os.PathLike, record: Mapping) -> Path:
 
 
 def read_means(path: str | os.PathLike) -> np.ndarray:
-    """Read the RGB means from a ``means.json`` (dsprep's, or the book's ``{"R", "G", "B"}``).
+    """The RGB means of a ``means.json`` (dsprep's, or the book's ``{"R", "G", "B"}``), as a
+    float64 array (R, G, B): the one reader of the means file.
 
-    Returns:
-        A float64 array (R, G, B).
+    Raises:
+        LayoutError: the file does not exist.
+        DatasetFormatError: it is no means file.
     """
     path = Path(path)
     if not path.is_file():
-        raise LayoutError(f"{path} does not exist; build it with 'dsprep build-hdf5' or "
-                          "'dsprep means FILE.hdf5 -o means.json'")
+        raise LayoutError(f"{path} does not exist; 'dsprep build-hdf5' writes means.json next to "
+                          "the HDF5 files ('dsprep means FILE.hdf5 -o means.json' from one file)")
     try:
-        record = json.loads(path.read_text())
-        values = np.array([float(record[c]) for c in CHANNELS], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetFormatError(
-            f"{path} is not a means file (expected JSON with numeric 'R', 'G', 'B'); "
-            "recompute it with 'dsprep means FILE.hdf5 -o means.json'"
-        ) from exc
-    if not np.all(np.isfinite(values)):
-        raise DatasetFormatError(f"{path} has non-finite means {values.tolist()}; recompute it "
-                                 "with 'dsprep means FILE.hdf5 -o means.json'")
-    return values
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetFormatError(f"{path} is not a readable means.json ({exc}); recompute it "
+                                 "with 'dsprep means FILE.hdf5 -o means.json'") from exc
+    if not isinstance(record, Mapping):
+        raise DatasetFormatError(f"{path} is not a means.json: expected a JSON object with R, G "
+                                 "and B channel means")
+    return means_vector(record, str(path))
+
+
+def means_vector(means: Mapping | Sequence[float], source: str = "the means",
+                 error: type[DsprepError] = DatasetFormatError) -> np.ndarray:
+    """(R, G, B) as float64 from a means.json document (R, G, B keys) or three numbers; a
+    missing key, a non-number or a non-finite mean raises ``error`` naming ``source``."""
+    if isinstance(means, Mapping):
+        missing = [k for k in CHANNELS if k not in means]
+        if missing:
+            raise error(f"{source} has no {', '.join(missing)} key; expected a means.json with "
+                        "R, G and B channel means")
+        values = [means[k] for k in CHANNELS]
+    else:
+        try:
+            values = list(means)
+        except TypeError as exc:
+            raise error(f"{source}: expected three R, G, B means, got {means!r}") from exc
+    try:
+        vector = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{source}: channel means must be numbers, got {values!r}") from exc
+    if vector.size != 3 or not np.all(np.isfinite(vector)):
+        raise error(f"{source}: expected three finite R, G, B means, got {values!r}")
+    return vector

@@ -24,21 +24,20 @@ thread, e.g. when worker processes already keep every core busy.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .. import system
 from ..augment import _CV_DTYPES, RandomFlip, flip_horizontal, flip_vertical, require_rng
-from ..errors import DatasetFormatError, DsprepError, LayoutError, UsageError
+from ..errors import DatasetFormatError, UsageError
+from ..stats import means_vector, read_means
 
 __all__ = [
     "CenterCrop",
@@ -812,44 +811,11 @@ def load_means(means: Mapping[str, float] | str | os.PathLike | Sequence[float])
         DatasetFormatError: the file, or the dict (a means.json document), is no means.json.
         UsageError: numbers given in code are not three finite means.
     """
-    source = "the means"
-    # Numbers passed in code are an argument; a file or its document is data.
-    error: type[DsprepError] = (DatasetFormatError if isinstance(means, (str, os.PathLike, Mapping))
-                                else UsageError)
     if isinstance(means, (str, os.PathLike)):
-        path = Path(means)
-        source = str(path)
-        if not path.is_file():
-            raise LayoutError(
-                f"{path} does not exist; 'dsprep build-hdf5' writes means.json next to the "
-                "HDF5 files"
-            )
-        try:
-            means = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatasetFormatError(
-                f"{path} is not a readable means.json ({exc}); rebuild it with 'dsprep build-hdf5'"
-            ) from exc
-    if isinstance(means, Mapping):
-        missing = [k for k in "RGB" if k not in means]
-        if missing:
-            raise error(
-                f"{source} has no {', '.join(missing)} key; expected a means.json with "
-                "R, G and B channel means"
-            )
-        values = [means["R"], means["G"], means["B"]]
-    else:
-        try:
-            values = list(means)
-        except TypeError as exc:
-            raise error(f"{source}: expected three R, G, B means, got {means!r}") from exc
-    try:
-        vector = np.array([float(v) for v in values], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise error(f"{source}: channel means must be numbers, got {values!r}") from exc
-    if vector.size != 3 or not np.all(np.isfinite(vector)):
-        raise error(f"{source}: expected three finite R, G, B means, got {values!r}")
-    return vector
+        return read_means(means)
+    # Numbers passed in code are an argument; a means.json document is data.
+    return means_vector(means, error=DatasetFormatError if isinstance(means, Mapping)
+                        else UsageError)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from .. import __version__, build, sources
+from ..adapters import mean_rgb
 from ..errors import (
     DatasetFormatError,
     DestinationExistsError,
@@ -169,12 +170,6 @@ def configure_device(precision: str = "auto", jit: bool = True, gpus: str = "1")
 # data
 
 
-def _read_mean(path: Path) -> tuple[float, float, float]:
-    from ..preprocess import load_means
-
-    return tuple(float(v) for v in load_means(path))
-
-
 def _subset_hdf5(src: Path, dest: Path, per_class: int, block: int = 256) -> Path:
     """Write the first ``per_class`` rows of each class of ``src`` into a new file ``dest``.
 
@@ -317,7 +312,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             train_path = _subset_hdf5(train_path, work / _SUBSET_HDF5,
                                       config.limit_per_class)
         if (data / "means.json").is_file():
-            mean = _read_mean(data / "means.json")
+            mean = mean_rgb(data / "means.json")
         else:
             with open_dataset(data / "train.hdf5") as db:
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
@@ -364,7 +359,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                                      preprocessors=val_pre, shuffle=False, classes=classes,
                                      output="uint8", progress=progress, check=check)
         if (data / "means.json").is_file():
-            mean = _read_mean(data / "means.json")
+            mean = mean_rgb(data / "means.json")
         else:
             mean = _FALLBACK_MEAN
         kind = "folders"
