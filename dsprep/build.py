@@ -37,7 +37,6 @@ from . import split as split_stage
 from . import store, system
 from .errors import (
     CorruptImageError,
-    DatasetFormatError,
     DestinationExistsError,
     DsprepError,
     ImageTooLargeError,
@@ -63,6 +62,7 @@ from .split import (
     EMPTY,
     NOT_AN_IMAGE,
     TOO_LARGE,
+    read_split_classes,
     refuse_unfinished_split,
     split_above,
     split_below,
@@ -71,7 +71,6 @@ from .stats import ChannelStats, ImageSums, means_record, write_means
 
 SPLITS = split_stage.SPLITS
 ORDERS = store.ORDERS
-SPLIT_SCHEMA = split_stage.SCHEMA
 MEANS_NAME = "means.json"
 SKIPPED_NAME = "skipped.csv"
 # Held in OUT while a build writes there.
@@ -256,27 +255,6 @@ class _Block:
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-
-def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
-    """Read the sorted class names from a split folder's ``split.json``."""
-    path = Path(split_dir) / "split.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        classes = record["classes"]
-    except FileNotFoundError as exc:
-        raise LayoutError(f"{path} does not exist; make the split with 'dsprep split'") from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetFormatError(f"{path} is not a dsprep split manifest (no 'classes' list); "
-                          "make the split again with 'dsprep split'") from exc
-    if record.get("schema", SPLIT_SCHEMA) != SPLIT_SCHEMA:
-        raise DatasetFormatError(f"{path} has schema {record['schema']!r}, not {SPLIT_SCHEMA!r}; "
-                          "make the split again with this version of 'dsprep split'")
-    if not isinstance(classes, list) or not classes or \
-            not all(isinstance(c, str) for c in classes):
-        raise DatasetFormatError(f"{path}: 'classes' must be a non-empty list of names; "
-                          "make the split again with 'dsprep split'")
-    return list(classes)
 
 
 def _problem_notes(problems, prefix: str = "") -> list[str]:

@@ -19,10 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import build, images, sources, store, system
+from . import images, sources, store, system
 from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
 from .preprocess import Compose, Gathered, Loader
-from .split import refuse_unfinished_split
+from .split import SPLITS, read_split_classes, refuse_unfinished_split
 
 SHUFFLE_MODES = ("none", "batches", "full")
 OUTPUTS = ("float32", "uint8")
@@ -765,8 +765,8 @@ def _split_classes(root: Path, found: list[str]) -> list[str]:
     its train folder and from the HDF5 files built from the same split.
     """
     here = root.resolve()
-    if (here.parent / "split.json").is_file() and here.name in build.SPLITS:
-        return build.read_split_classes(here.parent)
+    if (here.parent / "split.json").is_file() and here.name in SPLITS:
+        return read_split_classes(here.parent)
     # A dump already split (train/, test/, or seg_train/seg_train/): as build-hdf5 builds it.
     doubled = here.parent.name.lower() == here.name.lower()
     for base in (here.parent.parent, here.parent) if doubled else (here.parent,):

@@ -33,6 +33,7 @@ import numpy as np
 from . import __version__, images, system
 from .errors import (
     CorruptImageError,
+    DatasetFormatError,
     DestinationExistsError,
     ImageTooLargeError,
     LayoutError,
@@ -656,6 +657,27 @@ def _differences(found: dict, wanted: dict) -> str:
         if before.get(key) != value:
             said.append(f"{key} {before.get(key)!r}, now {value!r}")
     return "; ".join(said) or "another version of its manifest"
+
+
+def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
+    """Read the sorted class names from a split folder's ``split.json``."""
+    path = Path(split_dir) / MANIFEST
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        classes = record["classes"]
+    except FileNotFoundError as exc:
+        raise LayoutError(f"{path} does not exist; make the split with 'dsprep split'") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetFormatError(f"{path} is not a dsprep split manifest (no 'classes' list); "
+                                 "make the split again with 'dsprep split'") from exc
+    if record.get("schema", SCHEMA) != SCHEMA:
+        raise DatasetFormatError(f"{path} has schema {record['schema']!r}, not {SCHEMA!r}; "
+                                 "make the split again with this version of 'dsprep split'")
+    if not isinstance(classes, list) or not classes or \
+            not all(isinstance(c, str) for c in classes):
+        raise DatasetFormatError(f"{path}: 'classes' must be a non-empty list of names; "
+                                 "make the split again with 'dsprep split'")
+    return list(classes)
 
 
 def _is_split_manifest(path: Path) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .. import __version__, build, sources
+from .. import __version__, sources
 from ..adapters import mean_rgb
 from ..errors import (
     DatasetFormatError,
@@ -29,6 +29,7 @@ from ..errors import (
     UsageError,
 )
 from ..fileio import exclusive, refuse_dangling_link
+from ..split import read_split_classes
 from . import callbacks as cb
 from .models import build_model
 from .options import SEED_MAX, TrainConfig
@@ -255,7 +256,7 @@ def _split_classes(data: Path) -> list[str]:
                           f"made by dsprep (or an unfinished one): build it as it is with "
                           f"'dsprep build-hdf5 {data} OUT' and train on OUT, or split its images "
                           f"again into a new folder with 'dsprep split {data} SPLIT'")
-    return build.read_split_classes(data)
+    return read_split_classes(data)
 
 
 def _check_same_data(train, val, data: Path) -> None:
