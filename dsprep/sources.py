@@ -132,6 +132,8 @@ class Skipped:
     source: str
     reason: str
     detail: str = ""
+    # The label a bad-label row was given (not in skipped.csv: its detail says it in words).
+    label: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # A file name that is not UTF-8 (and a link target naming one) arrives with surrogate
@@ -552,7 +554,8 @@ def find_images(
         # "café" typed (composed) and from a macOS archive (decomposed) print alike: one class.
         label = unicodedata.normalize("NFC", label)
         problem = label_problem(label)
-        (bad.append(Skipped(rel, BAD_LABEL, problem)) if problem else good.append((rel, label)))
+        (bad.append(Skipped(rel, BAD_LABEL, problem, label)) if problem
+         else good.append((rel, label)))
     inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
                           labels_name, split_folders,
                           table.columns_in_words() if table is not None else None,

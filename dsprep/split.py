@@ -42,6 +42,7 @@ from .errors import (
 )
 from .fileio import exclusive, naming, refuse_dangling_link, write_atomic
 from .sources import (
+    BAD_LABEL,
     LABEL_CONFLICT,
     UNREADABLE,
     Inventory,
@@ -49,6 +50,7 @@ from .sources import (
     find_images,
     open_source,
     own_split_folders,
+    split_of,
     visible_folders,
 )
 
@@ -222,6 +224,51 @@ class SplitPlan:
         for f in self.files:
             counts[f.split][f.label] += 1
         return counts
+
+    def warnings(self) -> list[str]:
+        """What a user should look at before training on this split, in words."""
+        found = []
+        if self.lost_classes:
+            found.append(f"every image of {', '.join(self.lost_classes)} was left out, so "
+                         f"{'it is' if len(self.lost_classes) == 1 else 'they are'} not among "
+                         "the classes; see skipped.csv (or the reasons below)")
+        stray = self._stray_labels_file()
+        if stray:
+            found.append(stray)
+        found += class_name_warnings(self.classes)
+        bad = Counter(repr(s.label) if s.label else "empty" for s in self.skipped
+                      if s.reason == BAD_LABEL)
+        if bad:
+            shown = ", ".join(f"{label} ({n})" for label, n in bad.most_common(3))
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            slash = " (a '/' to '_', say)" if any("/" in label for label in bad) else ""
+            found.append(f"{sum(bad.values())} images are left out for labels that cannot be "
+                         f"folder names: {shown}{more}; give them labels that can be, in the "
+                         f"dump or its CSV{slash}, to keep them; skipped.csv says why for each")
+        if len(self.classes) == 1:
+            found.append(f"one class only ({self.classes[0]}): a classifier needs two or more; "
+                         "check --layout (and --labels / --pattern)")
+        return found
+
+    def _stray_labels_file(self) -> str | None:
+        """A CSV whose label column was taken by its place, over images in folders that may
+        well be the classes (the CSV a stray table of something else)."""
+        if not (self.layout == "csv" and self.labels_guessed and self.options.layout == "auto"
+                and self.options.labels is None):
+            return None
+        inner = [f.source[len(self.root) + 1:] if self.root else f.source for f in self.files]
+        folders = sorted(f for f in {p.split("/", 1)[0] for p in inner if "/" in p}
+                         if split_of(f) is None)
+        # Folders named alike but for their numbers (images_001/, images_002/) hold chunks
+        # of one dump, not classes.
+        chunks = len({re.sub(r"\d+", "", f) for f in folders}) == 1
+        classes = {c.casefold() for c in self.classes}
+        if len(folders) < 2 or chunks or {f.casefold() for f in folders} & classes:
+            return None
+        shown = ", ".join(f"{f}/" for f in folders[:4]) + (", ..." if len(folders) > 4 else "")
+        return (f"the images lie in folders ({shown}) but their labels were taken from "
+                f"{self.labels_file} ({self.labels_columns}); if the folders are the classes, "
+                "give --layout folders")
 
     def skipped_reasons(self) -> dict[str, int]:
         """How many files were left out for each reason."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from pathlib import Path
 
 import click
 
 from ..errors import UsageError
-from ..sources import BAD_LABEL, LAYOUTS, own_split_folders, split_of
+from ..sources import LAYOUTS, own_split_folders
 from ..split import (
     DEFAULT_RATIOS,
     DEFAULT_SEED,
@@ -18,7 +16,6 @@ from ..split import (
     SplitOptions,
     check_run,
     check_unchanged,
-    class_name_warnings,
     plan,
     run,
 )
@@ -124,42 +121,8 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     labels = (f" ({split_plan.labels_file}: {split_plan.labels_columns})"
               if split_plan.labels_columns else "")
     say(f"{src}{where}: {split_plan.layout} layout{labels}, {classes}, seed {seed}")
-    if split_plan.lost_classes:
-        say(f"warning: every image of {', '.join(split_plan.lost_classes)} was left out, so "
-            f"{'it is' if len(split_plan.lost_classes) == 1 else 'they are'} not among the "
-            "classes; see skipped.csv (or the reasons below)", err=True)
-    if split_plan.layout == "csv" and split_plan.labels_guessed and options.layout == "auto" \
-            and options.labels is None:
-        # A CSV beside class folders, its label column taken by its place: the folders may
-        # well be the classes, and the CSV a stray table of something else.
-        inner = [f.source[len(split_plan.root) + 1:] if split_plan.root else f.source
-                 for f in split_plan.files]
-        folders = sorted(f for f in {p.split("/", 1)[0] for p in inner if "/" in p}
-                         if split_of(f) is None)
-        # Folders named alike but for their numbers (images_001/, images_002/) hold chunks
-        # of one dump, not classes.
-        chunks = len({re.sub(r"\d+", "", f) for f in folders}) == 1
-        classes = {c.casefold() for c in split_plan.classes}
-        if len(folders) >= 2 and not chunks and not {f.casefold() for f in folders} & classes:
-            shown = ", ".join(f"{f}/" for f in folders[:4]) + (", ..." if len(folders) > 4
-                                                                 else "")
-            say(f"warning: the images lie in folders ({shown}) but their labels were taken "
-                f"from {split_plan.labels_file} ({split_plan.labels_columns}); if the folders "
-                "are the classes, give --layout folders", err=True)
-    for warning in class_name_warnings(split_plan.classes):
+    for warning in split_plan.warnings():
         say(f"warning: {warning}", err=True)
-    bad_labels = Counter(_label_of(s.detail) for s in split_plan.skipped
-                         if s.reason == BAD_LABEL)
-    if bad_labels:
-        shown = ", ".join(f"{label} ({n})" for label, n in bad_labels.most_common(3))
-        more = f" and {len(bad_labels) - 3} more" if len(bad_labels) > 3 else ""
-        slash = " (a '/' to '_', say)" if any("/" in label for label in bad_labels) else ""
-        say(f"warning: {sum(bad_labels.values())} images are left out for labels that cannot "
-            f"be folder names: {shown}{more}; give them labels that can be, in the dump or "
-            f"its CSV{slash}, to keep them; skipped.csv says why for each", err=True)
-    if len(split_plan.classes) == 1:
-        say(f"warning: one class only ({split_plan.classes[0]}): a classifier needs two or "
-            "more; check --layout (and --labels / --pattern)", err=True)
     if split_plan.split_folders:
         folders = ", ".join(f"{f}/" for f in split_plan.split_folders)
         say(f"note: the dump is already split ({folders}); their images are pooled by class "
@@ -208,8 +171,3 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
                 "and were copied instead")
         say(f"manifests: {dest}/split.json, files.csv, skipped.csv")
 
-
-def _label_of(detail: str) -> str:
-    """The label a bad-label reason names ("label 'N/A' has ..." gives 'N/A')."""
-    found = re.match(r"label ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")", detail)
-    return found.group(1) if found else detail
