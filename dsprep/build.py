@@ -16,7 +16,6 @@ import json
 import mmap
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -1164,8 +1163,10 @@ def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
     count = sum(len(rows) for rows in planned.values())
     needs = count * height * width * 3
     try:
-        free = shutil.disk_usage(out).free  # what an unprivileged user may take
-    except OSError:
+        fs = os.statvfs(out)
+        # Root may also take the blocks a file system keeps in reserve (5% on ext4).
+        free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return  # a file system that cannot say: the writes will tell
     free += sum(p.stat().st_size for p in map(store.partial_path, outputs) if p.is_file())
     if needs > free:

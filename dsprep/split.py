@@ -1182,8 +1182,10 @@ def _room(dest: Path, *, links: bool, needs: int | None = None):
         free = ""
         if kept:
             with contextlib.suppress(OSError):
-                free = (f"; its files take {needs / 1e6:,.1f} MB, and "
-                        f"{shutil.disk_usage(dest.parent).free / 1e6:,.1f} MB are free there")
+                # DEST itself when it exists: a mount point is filled in place.
+                room = shutil.disk_usage(dest if dest.is_dir() else dest.parent).free
+                free = (f"; its files take {needs / 1e6:,.1f} MB, and {room / 1e6:,.1f} MB are "
+                        "free there")
         then = ("The files placed so far are kept: free some space, then run the same command "
                 "again to carry on" if kept else
                 "Nothing was kept: free some space, then run the same command again")

@@ -765,8 +765,8 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     count = sum(1 for p in src.rglob("*.*") if p.name != "split.json")
     needs = count * 24 * 24 * 3
     free = needs - 1
-    monkeypatch.setattr(build.shutil, "disk_usage",
-                        lambda path: SimpleNamespace(free=free))
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=free, f_bfree=free, f_frsize=1))
     monkeypatch.setattr(build, "_build_files", lambda *a, **k: pytest.fail("decoding began"))
     with pytest.raises(OSError) as info:
         build.build_hdf5(src, out, opts())
@@ -777,10 +777,20 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     # A stopped build's .partial files are overwritten: their room counts as free.
     (out / "val.hdf5.partial").write_bytes(b"x")
     monkeypatch.undo()
-    monkeypatch.setattr(build.shutil, "disk_usage",
-                        lambda path: SimpleNamespace(free=free))
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=free, f_bfree=free, f_frsize=1))
     reports = build.build_hdf5(src, out, opts()).files
     assert sum(r.count for r in reports) == count
+    # Root may take the blocks reserved for it; another user may not.
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=free, f_bfree=needs, f_frsize=1))
+    for uid, refused in ((1000, True), (0, False)):
+        monkeypatch.setattr(build.os, "geteuid", lambda uid=uid: uid)
+        if refused:
+            with pytest.raises(OSError, match="will not fit"):
+                build.build_hdf5(src, tmp_path / f"u{uid}", opts())
+        else:
+            assert build.build_hdf5(src, tmp_path / f"u{uid}", opts()).files
     # A compressed size cannot be told in advance: no refusal.
     build.build_hdf5(src, tmp_path / "gz", opts(compression="gzip"))
     assert (tmp_path / "gz" / "train.hdf5").is_file()

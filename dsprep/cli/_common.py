@@ -41,8 +41,11 @@ class DsprepGroup(click.Group):
         except OSError as exc:
             # Disk full, permission denied, a file removed under our feet: one line, no traceback.
             where = f"{exc.filename}: " if exc.filename else ""
+            # Only where running the same command again carries on (train's checkpoints
+            # call for --resume, which its own messages say).
             then = ("; free some space there, then run the same command again"
-                    if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    and ctx.invoked_subcommand in ("split", "build-hdf5") else "")
             raise click.ClickException(f"{where}{exc.strerror or exc}{then}") from exc
 
 
