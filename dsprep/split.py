@@ -978,7 +978,8 @@ def materialize(
                 for label in split_plan.classes:
                     (partial / split_name / label).mkdir(parents=True, exist_ok=True)
             with _room(dest, links=mode == "copy" and source.is_dir(),
-                       needs=sum(f.size for f in split_plan.files)):
+                       # --force discards what a run placed: nothing is kept for the next.
+                       needs=None if force else sum(f.size for f in split_plan.files)):
                 _place_all(split_plan, partial, mode, resume, result, progress,
                            workers or default_workers())
             _finish(partial, files_csv, skipped_csv, manifest)
