@@ -1112,12 +1112,11 @@ def build_hdf5(
     # an earlier build in OUT without replacing their list.
     skipped_final = out / (SKIPPED_NAME if name is None else f"{name}.{SKIPPED_NAME}")
     refuse_dangling_link(out)
-    out.mkdir(parents=True, exist_ok=True)
     # One build at a time per OUT: a second would write (and on failure remove) the same
     # NAME.partial files.
     if sys.platform.startswith("linux"):
         _sweep_rings()  # what builds killed outright left in /dev/shm
-    with exclusive(out / BUILD_LOCK_NAME, out):
+    with _made_folder(out), exclusive(out / BUILD_LOCK_NAME, out):
         undone = _undo_publishing(out)
         if undone:
             notes.append("removed " + ", ".join(undone) + ": a build stopped while it renamed "
@@ -1146,6 +1145,21 @@ def build_hdf5(
                  "it was; remove it if it does not belong with these files"
                  for path in others if path.exists()]
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
+
+
+@contextlib.contextmanager
+def _made_folder(out: Path) -> Iterator[None]:
+    """Create ``out`` for the block; if the block fails, remove it again when this made it
+    and it is still empty, so a refused or failed build leaves no empty OUT behind."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,

@@ -194,9 +194,8 @@ def test_a_split_whose_every_image_is_left_out_fails_the_build(tmp_path):
     src = make_split(tmp_path / "split", counts=(("train", 2), ("val", 1)))
     with pytest.raises(DsprepError, match=r"every image of train was left out \(6: 6 too-large"):
         build.build_hdf5(src, tmp_path / "out", opts(max_pixels=100))
-    # Nothing half-made: no HDF5 file, no means of zero, no partial file.
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()
-                  if not p.name.startswith(".")) == []
+    # Nothing half-made: no HDF5 file, no means of zero, no partial file, no empty OUT.
+    assert not (tmp_path / "out").exists()
 
 
 def test_means_equal_a_direct_float64_computation(tmp_path):
@@ -652,7 +651,7 @@ def test_a_build_stopped_among_its_renames_leaves_no_mix(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build.build_hdf5(src, out, opts())
     monkeypatch.setattr(build.os, "replace", real_replace)
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert not out.exists()
 
     # Killed outright between two renames: the next build of OUT removes the mix, then builds.
     killed = tmp_path / "killed"
@@ -755,8 +754,7 @@ def test_a_full_disk_is_one_error_naming_the_file_and_nothing_is_left(tmp_path, 
         build.build_hdf5(src, out, opts())
     assert info.value.errno == errno.ENOSPC
     assert info.value.filename == str(out / "val.hdf5.partial")
-    left = sorted(p.name for p in out.iterdir())
-    assert not [name for name in left if name.endswith((".partial", ".hdf5", ".next"))], left
+    assert not out.exists()  # nothing was left in it, so the OUT the build made went too
 
 
 def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypatch):
@@ -773,7 +771,12 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     assert info.value.errno == errno.ENOSPC
     assert f"{count:,} images of 24x24x3 need {needs / 1e6:,.1f} MB" in info.value.strerror
     assert "--compression gzip" in info.value.strerror
-    assert not [p for p in out.iterdir() if p.suffix != ".lock"]
+    assert not out.exists()  # the refused build made OUT, and took it away again
+    # An OUT that was there stays, with nothing added.
+    out.mkdir()
+    with pytest.raises(OSError, match="will not fit"):
+        build.build_hdf5(src, out, opts())
+    assert list(out.iterdir()) == []
     # A stopped build's .partial files are overwritten: their room counts as free.
     (out / "val.hdf5.partial").write_bytes(b"x")
     monkeypatch.undo()
