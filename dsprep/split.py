@@ -977,9 +977,9 @@ def materialize(
             for split_name in split_plan.splits:
                 for label in split_plan.classes:
                     (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-            with _room(dest, links=mode == "copy" and source.is_dir(),
+            with _room(dest, mode=mode, folder=source.is_dir(),
                        # --force discards what a run placed: nothing is kept for the next.
-                       needs=None if force else sum(f.size for f in split_plan.files)):
+                       files=None if force else split_plan.files):
                 _place_all(split_plan, partial, mode, resume, result, progress,
                            workers or default_workers())
             _finish(partial, files_csv, skipped_csv, manifest)
@@ -1139,7 +1139,7 @@ def run(
                               lambda data: _write_bytes(os.path.join(stage, str(index)), data))
 
             try:
-                with _room(dest, links=source_path.is_dir()):
+                with _room(dest, mode=mode, folder=source_path.is_dir()):
                     checked = _map(check, list(enumerate(inventory.items)), workers, progress,
                                    "reading")
                 split_plan = _decide(source_path, inventory, checked, options)
@@ -1169,32 +1169,51 @@ def run(
 
 
 @contextlib.contextmanager
-def _room(dest: Path, *, links: bool, needs: int | None = None):
+def _room(dest: Path, *, mode: str, folder: bool,
+          files: Sequence[PlannedFile] | None = None):
     """Say a full disk or quota as a split that does not fit in ``dest``, not as the hidden
-    work file the write failed on, and say what to do. ``needs``: the bytes of the files to
-    place, known once the split is planned; the files placed so far then stay for the next run
-    to reuse (before, nothing is kept). ``links``: a link mode would serve (a folder copied)."""
+    work file the write failed on, and say what to do. ``files``: the files to place, known
+    once the split is planned; the files placed so far then stay for the next run to reuse
+    (before, nothing is kept). ``folder``: the source is a folder, so other modes would serve."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        kept = needs is not None
-        free = ""
-        if kept:
-            with contextlib.suppress(OSError):
-                # DEST itself when it exists: a mount point is filled in place.
-                room = shutil.disk_usage(dest if dest.is_dir() else dest.parent).free
-                free = (f"; its files take {needs / 1e6:,.1f} MB, and {room / 1e6:,.1f} MB are "
-                        "free there")
+        kept = files is not None
+        free = _room_left(dest, mode, files) if kept else ""
         then = ("The files placed so far are kept: free some space, then run the same command "
                 "again to carry on" if kept else
                 "Nothing was kept: free some space, then run the same command again")
-        instead = (", or place links instead of copies (--mode symlink, or --mode hardlink "
-                   "on the dump's own disk)" if links else "")
+        instead = {
+            "copy": ", or place links instead of copies (--mode symlink, or --mode hardlink "
+                    "on the dump's own disk)",
+            # Hard links to another disk are copies, which take the room of the images.
+            "hardlink": ", or place symbolic links (--mode symlink)",
+        }.get(mode, "") if folder else ""
         # Still an OSError of the same errno for code that catches those.
         raise OSError(exc.errno, f"{dest}: the split does not fit ("
                       f"{exc.strerror or os.strerror(exc.errno)}{free}). {then}{instead}.") from exc
+
+
+def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile]) -> str:
+    """What the split needs against what is free on ``dest``'s disk: the bytes of copies;
+    for links, which take no room for the images, the file entries (inodes) a link uses."""
+    try:
+        # DEST itself when it exists: a mount point is filled in place.
+        fs = os.statvfs(dest if dest.is_dir() else dest.parent)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return ""
+    room = fs.f_bavail * fs.f_frsize
+    copies = f"its files take {sum(f.size for f in files) / 1e6:,.1f} MB"
+    entries = f"{fs.f_favail:,} file entries (inodes)"
+    if mode == "copy":
+        return f"; {copies}, and {room / 1e6:,.1f} MB are free there"
+    links = f"its {len(files):,} links need as many file entries"
+    if mode == "symlink":
+        return f"; {links}, and {entries} are free there"
+    return f"; {links} ({copies} where they are copies), and {entries} and " \
+        f"{room / 1e6:,.1f} MB are free there"
 
 
 def _placing(partial: Path, identity: dict) -> bool:

@@ -596,6 +596,41 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
     assert not partial.exists()
 
 
+@pytest.mark.parametrize("mode", ["symlink", "hardlink"])
+def test_links_on_a_full_disk_are_told_by_file_entries(dump, tmp_path, monkeypatch, mode):
+    calls = []
+
+    def full(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def cross_device(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    if mode == "symlink":
+        monkeypatch.setattr(split_module.os, "symlink", full)
+    else:  # hard links to another disk become copies, and those fill it
+        monkeypatch.setattr(split_module.os, "link", cross_device)
+        monkeypatch.setattr(split_module, "copy_file", full)
+    monkeypatch.setattr(split_module.os, "statvfs", lambda path: os.statvfs_result(
+        (4096, 4096, 100, 50, 50, 1000, 7, 7, 0, 255)))
+    p = plan(dump.dest)
+    dest = tmp_path / "split"
+    with pytest.raises(OSError) as info:
+        materialize(p, dest, mode=mode, workers=1)
+    message = info.value.strerror
+    assert info.value.errno == errno.ENOSPC
+    assert f"its {len(p.files):,} links need as many file entries" in message
+    assert "7 file entries (inodes)" in message
+    if mode == "symlink":
+        assert "MB" not in message and "--mode" not in message
+    else:
+        copies = f"{sum(f.size for f in p.files) / 1e6:,.1f} MB where they are copies"
+        assert copies in message and f"{50 * 4096 / 1e6:,.1f} MB are free" in message
+        assert "(--mode symlink)" in message and "--mode hardlink" not in message
+
+
 @pytest.mark.parametrize("where", [".", "train"])
 def test_the_working_folder_as_dest_is_filled_in_place(dump, tmp_path, monkeypatch, where):
     clean = tmp_path / "clean"
