@@ -972,17 +972,20 @@ def materialize(
                       and _read_json(partial / _MARKER) == marker)
             if partial.exists() and not resume:
                 _remove_partial(partial, force)
-            partial.mkdir(parents=True, exist_ok=True)
-            _write_text(partial / _MARKER, json.dumps(marker, indent=2))
-            for split_name in split_plan.splits:
-                for label in split_plan.classes:
-                    (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-            with _room(dest, mode=mode, folder=source.is_dir(),
+            folder = source.is_dir()
+            with _room(dest, mode=mode, folder=folder,
+                       files=split_plan.files if resume else None):
+                partial.mkdir(parents=True, exist_ok=True)
+                _write_text(partial / _MARKER, json.dumps(marker, indent=2))
+                for split_name in split_plan.splits:
+                    for label in split_plan.classes:
+                        (partial / split_name / label).mkdir(parents=True, exist_ok=True)
+            with _room(dest, mode=mode, folder=folder,
                        # --force discards what a run placed: nothing is kept for the next.
                        files=None if force else split_plan.files):
                 _place_all(split_plan, partial, mode, resume, result, progress,
                            workers or default_workers())
-            _finish(partial, files_csv, skipped_csv, manifest)
+                _finish(partial, files_csv, skipped_csv, manifest)
         _swap(partial, dest, old)
         return result
 
@@ -1155,15 +1158,18 @@ def run(
 
         files_csv = split_plan.files_csv()
         manifest = split_plan.manifest(mode)
-        # From here on the partial split is resumable like one that materialize was placing.
-        _write_text(partial / _MARKER, json.dumps(_marker(manifest, files_csv), indent=2))
-        for split_name in split_plan.splits:
-            for label in split_plan.classes:
-                (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-        out = str(partial)
-        for f in split_plan.files:
-            os.replace(os.path.join(stage, staged[f.source]), os.path.join(out, f.path))
-        _finish(partial, files_csv, split_plan.skipped_csv(), manifest)
+        folder = source_path.is_dir()
+        with _room(dest, mode=mode, folder=folder):
+            # From here on the partial split is resumable like one materialize was placing.
+            _write_text(partial / _MARKER, json.dumps(_marker(manifest, files_csv), indent=2))
+        with _room(dest, mode=mode, folder=folder, files=split_plan.files):
+            for split_name in split_plan.splits:
+                for label in split_plan.classes:
+                    (partial / split_name / label).mkdir(parents=True, exist_ok=True)
+            out = str(partial)
+            for f in split_plan.files:
+                os.replace(os.path.join(stage, staged[f.source]), os.path.join(out, f.path))
+            _finish(partial, files_csv, split_plan.skipped_csv(), manifest)
         _swap(partial, dest, _old(dest))
         return split_plan, SplitResult(dest, placed=len(split_plan.files))
 
@@ -1265,7 +1271,11 @@ def _check_target(source: Path, dest: str | os.PathLike, mode: str) -> Path:
 
 
 def _finish(partial: Path, files_csv: str, skipped_csv: str, manifest: dict) -> None:
-    """Write the manifests of a fully placed split, ``split.json`` last."""
+    """Write the manifests of a fully placed split, ``split.json`` last.
+
+    The in-progress marker goes only once ``split.json`` is written: a split that cannot
+    write it (a full disk) stays resumable, its placed files reused by the next run.
+    """
     _sweep_parts(partial)
     # A one-pass run interrupted while placing leaves its staged copies; a resumed run no
     # longer needs them.
@@ -1273,8 +1283,8 @@ def _finish(partial: Path, files_csv: str, skipped_csv: str, manifest: dict) -> 
         shutil.rmtree(partial / _STAGING)
     _write_text(partial / FILES_CSV, files_csv)
     _write_text(partial / SKIPPED_CSV, skipped_csv)
-    (partial / _MARKER).unlink()
     _write_text(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    (partial / _MARKER).unlink(missing_ok=True)
 
 
 def _swap(partial: Path, dest: Path, old: Path) -> None:
@@ -1283,6 +1293,8 @@ def _swap(partial: Path, dest: Path, old: Path) -> None:
     A crash between the two renames leaves the finished split in ``partial``, which the next
     run moves into place without copying again.
     """
+    # A run stopped between writing split.json and removing the marker left both.
+    (partial / _MARKER).unlink(missing_ok=True)
     if _inside(dest):
         _swap_inside(partial, dest, old)
         return

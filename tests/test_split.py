@@ -596,6 +596,27 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
     assert not partial.exists()
 
 
+def test_a_full_disk_while_writing_the_split_files_names_dest(dump, tmp_path, monkeypatch):
+    real_write = split_module._write_text
+
+    def full(path, text):
+        if Path(path).name == "split.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, text)
+
+    monkeypatch.setattr(split_module, "_write_text", full)
+    dest = tmp_path / "split"
+    for place in (lambda: materialize(plan(dump.dest), dest), lambda: run(dump.dest, dest)):
+        with pytest.raises(OSError) as info:
+            place()
+        # DEST, not the hidden work folder's split.json, and the placed files stay for a rerun.
+        assert info.value.errno == errno.ENOSPC and info.value.filename is None
+        assert info.value.strerror.startswith(f"{dest}: the split does not fit")
+        assert "placed so far are kept" in info.value.strerror
+    monkeypatch.setattr(split_module, "_write_text", real_write)
+    assert run(dump.dest, dest)[1].reused == len(plan(dump.dest).files)
+
+
 @pytest.mark.parametrize("mode", ["symlink", "hardlink"])
 def test_links_on_a_full_disk_are_told_by_file_entries(dump, tmp_path, monkeypatch, mode):
     calls = []
