@@ -236,7 +236,7 @@ class SplitPlan:
         if stray:
             found.append(stray)
         found += class_name_warnings(self.classes)
-        bad = Counter(repr(s.label) if s.label else "empty" for s in self.skipped
+        bad = Counter(repr(s.label) if s.label else "empty label" for s in self.skipped
                       if s.reason == BAD_LABEL)
         if bad:
             shown = ", ".join(f"{label} ({n})" for label, n in bad.most_common(3))

@@ -43,6 +43,7 @@ def test_os_errors_become_one_line_messages(tmp_path):
 
 def test_a_full_disk_says_what_to_do(tmp_path, monkeypatch):
     import errno
+    import os
 
     from helpers import make_class_folders
 
@@ -59,6 +60,13 @@ def test_a_full_disk_says_what_to_do(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.output == (f"Error: {tmp_path / 'x.partial'}: No space left on device; free "
                              "some space there, then run the same command again\n")
+    # A refusal that names no file says what to do itself, once.
+    monkeypatch.setattr(build.os, "statvfs", lambda path: os.statvfs_result(
+        (4096, 4096, 100, 1, 1, 1000, 900, 900, 0, 255)))
+    result = CliRunner().invoke(main, ["build-hdf5", str(split), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "the HDF5 files will not fit" in result.output
+    assert result.output.count("free") == 1 and "free some space there" not in result.output
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):

@@ -140,7 +140,7 @@ def test_number_classes_ordered_as_text_and_classes_alike_but_for_case_are_warne
 
 def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(tmp_path):
     dump = tmp_path / "fruit"
-    labels = ["Apple/Braeburn", "pear", "N/A", "pear", "Apple/Braeburn", "plum", "plum"]
+    labels = ["Apple/Braeburn", "pear", "N/A", "pear", "Apple/Braeburn", "plum", "plum", ""]
     for i in range(len(labels)):
         write_image(dump / "images" / f"{i}.jpg", smooth_image(40, 40, seed=i))
     (dump / "labels.csv").write_text(
@@ -148,8 +148,8 @@ def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(t
     result = loud("-q", "split", str(dump), str(tmp_path / "s"), "--dry-run",
                   "--ratios", "0.5,0.5")
     assert result.exit_code == 0, result.output
-    assert ("warning: 3 images are left out for labels that cannot be folder names: "
-            "'Apple/Braeburn' (2), 'N/A' (1); give them labels that can be, in the dump or its "
+    assert ("warning: 4 images are left out for labels that cannot be folder names: "
+            "'Apple/Braeburn' (2), 'N/A' (1), empty label (1); give them labels that can be, in the dump or its "
             "CSV (a '/' to '_', say), to keep them") in result.output
 
 

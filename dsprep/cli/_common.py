@@ -42,9 +42,10 @@ class DsprepGroup(click.Group):
             # Disk full, permission denied, a file removed under our feet: one line, no traceback.
             where = f"{exc.filename}: " if exc.filename else ""
             # Only where running the same command again carries on (train's checkpoints
-            # call for --resume, which its own messages say).
+            # call for --resume, which its own messages say), and not after a message that
+            # names no file: those (a split or build that does not fit) say what to do.
             then = ("; free some space there, then run the same command again"
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename
                     and ctx.invoked_subcommand in ("split", "build-hdf5") else "")
             raise click.ClickException(f"{where}{exc.strerror or exc}{then}") from exc
 
