@@ -982,7 +982,8 @@ def materialize(
                         (partial / split_name / label).mkdir(parents=True, exist_ok=True)
             with _room(dest, mode=mode, folder=folder,
                        # --force discards what a run placed: nothing is kept for the next.
-                       files=None if force else split_plan.files):
+                       files=None if force else split_plan.files,
+                       discard=partial if force else None):
                 _place_all(split_plan, partial, mode, resume, result, progress,
                            workers or default_workers())
                 _finish(partial, files_csv, skipped_csv, manifest)
@@ -1176,16 +1177,20 @@ def run(
 
 @contextlib.contextmanager
 def _room(dest: Path, *, mode: str, folder: bool,
-          files: Sequence[PlannedFile] | None = None):
+          files: Sequence[PlannedFile] | None = None, discard: Path | None = None):
     """Say a full disk or quota as a split that does not fit in ``dest``, not as the hidden
     work file the write failed on, and say what to do. ``files``: the files to place, known
     once the split is planned; the files placed so far then stay for the next run to reuse
-    (before, nothing is kept). ``folder``: the source is a folder, so other modes would serve."""
+    (before, nothing is kept). ``folder``: the source is a folder, so other modes would serve.
+    ``discard``: the work folder of a run that keeps nothing (``--force``), removed so that
+    its room comes back."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
+        if discard is not None:
+            shutil.rmtree(discard, ignore_errors=True)
         kept = files is not None
         free = _room_left(dest, mode, files) if kept else ""
         then = ("The files placed so far are kept: free some space, then run the same command "

@@ -596,6 +596,24 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
     assert not partial.exists()
 
 
+def test_a_forced_split_on_a_full_disk_keeps_nothing_and_says_so(dump, tmp_path, monkeypatch):
+    real_copy = split_module.copy_file
+    calls = []
+
+    def failing_copy(src, dst):
+        calls.append(src)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_copy(src, dst)
+
+    monkeypatch.setattr(split_module, "copy_file", failing_copy)
+    dest = tmp_path / "split"
+    with pytest.raises(OSError, match="Nothing was kept"):
+        materialize(plan(dump.dest), dest, force=True, workers=1)
+    # True to its word: the files it placed are gone, and their room with them.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
 def test_a_full_disk_while_writing_the_split_files_names_dest(dump, tmp_path, monkeypatch):
     real_write = split_module._write_text
 
