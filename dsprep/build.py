@@ -1168,21 +1168,26 @@ def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
     disk (uncompressed files only: a compressed size cannot be told in advance). An unattended
     build would otherwise fail on a full disk after decoding for as long as it took to fill it.
 
-    The files a build replaces keep their room until the new ones are whole; the ``.partial``
-    files of a stopped build are overwritten, so their room counts as free.
+    The files a build replaces keep their room until the new ones are whole. The ``.partial``
+    files of a stopped build would be overwritten only in their turn, so they go first. Every
+    file takes whole chunks (the last one padded).
     """
     if options.compression != "none":
         return
+    for path in map(store.partial_path, outputs):
+        path.unlink(missing_ok=True)  # under OUT's lock: a stopped build's, never another's
     height, width = options.size
     count = sum(len(rows) for rows in planned.values())
-    needs = count * height * width * 3
+    needs = 0
+    for rows in planned.values():
+        chunk = store.chunk_rows(options.chunk, len(rows), (height, width))
+        needs += -(-len(rows) // chunk) * chunk * height * width * 3
     try:
         fs = os.statvfs(out)
         # Root may also take the blocks a file system keeps in reserve (5% on ext4).
         free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return  # a file system that cannot say: the writes will tell
-    free += sum(p.stat().st_size for p in map(store.partial_path, outputs) if p.is_file())
     if needs > free:
         raise OSError(errno.ENOSPC, (
             f"{out}: the HDF5 files will not fit: {count:,} images of {height}x{width}x3 need "

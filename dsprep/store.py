@@ -80,6 +80,13 @@ def half_published(folder: str | os.PathLike) -> bool:
 # HDF5 refuses chunks of 4 GiB or more: larger images get fewer per chunk.
 MAX_CHUNK_BYTES = (1 << 32) - 1
 
+def chunk_rows(chunk_images: int, capacity: int, size: tuple[int, int]) -> int:
+    """Images per chunk of a file made for ``capacity`` images of ``size`` (height, width):
+    ``chunk_images``, or fewer for a smaller file or for chunks HDF5 would refuse."""
+    height, width = size
+    return max(1, min(int(chunk_images), max(1, capacity), MAX_CHUNK_BYTES // (height * width * 3)))
+
+
 class HDF5Writer:
     """Append rows to a new dsprep HDF5 file, written under ``NAME.partial`` until :meth:`close`.
 
@@ -162,8 +169,7 @@ class HDF5Writer:
 
     def _create(self, height, width, label_names, chunk_images, compression, attrs,
                 direct) -> None:
-        chunk = max(1, min(int(chunk_images), max(1, self.capacity),
-                           MAX_CHUNK_BYTES // (height * width * 3)))
+        chunk = chunk_rows(chunk_images, self.capacity, (height, width))
         early = {}
         if direct:
             # Every chunk allocated now (so its address is known), never filled by HDF5, and no

@@ -777,11 +777,24 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     with pytest.raises(OSError, match="will not fit"):
         build.build_hdf5(src, out, opts())
     assert list(out.iterdir()) == []
-    # A stopped build's .partial files are overwritten: their room counts as free.
-    (out / "val.hdf5.partial").write_bytes(b"x")
+    # A stopped build's .partial files would hold their room until their turn: they go first.
+    (out / "test.hdf5.partial").write_bytes(b"x" * 100)
+    with pytest.raises(OSError, match="will not fit"):
+        build.build_hdf5(src, out, opts())
+    assert list(out.iterdir()) == []
+    # Each file takes whole chunks: in chunks of 5, 18 train images take 20 rows, 6 val and
+    # 6 test images 10 each.
+    padded = needs + (2 + 4 + 4) * 24 * 24 * 3
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=padded - 1, f_bfree=padded - 1, f_frsize=1))
+    with pytest.raises(OSError, match="will not fit"):
+        build.build_hdf5(src, out, opts(chunk_images=5))
     monkeypatch.undo()
     monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
-        f_bavail=free, f_bfree=free, f_frsize=1))
+        f_bavail=padded, f_bfree=padded, f_frsize=1))
+    assert build.build_hdf5(src, tmp_path / "padded", opts(chunk_images=5)).files
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=needs, f_bfree=needs, f_frsize=1))
     reports = build.build_hdf5(src, out, opts()).files
     assert sum(r.count for r in reports) == count
     # Root may take the blocks reserved for it; another user may not.
