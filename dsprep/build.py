@@ -778,31 +778,51 @@ class _Appender:
         self.writer.append(pixels, [r.label for r in rows], [r.name for r in rows])
 
 
-# The decoding pools kept between files and builds (one per worker count, so that builds in
-# two threads of one process never stop each other's), and the ring kept between files.
+# The decoding pools kept between files and builds, the builds using each now, and the ring
+# kept between files.
 _POOL: dict = {}
 _POOL_LOCK = threading.Lock()
 
 
-def _executor(workers: int):
+@contextlib.contextmanager
+def _decoding_pool(workers: int) -> Iterator:
+    """A pool of at least ``workers`` decoding processes for the block.
+
+    Kept between files (and builds), so train, val and test share one start-up: a smaller file
+    (fewer workers) uses the pool already there. A pool of our own, not loky's process-wide
+    reusable one: joblib.Parallel elsewhere in the same process (the sample dump) expects that
+    one to be set up by joblib itself. Builds in two threads share a pool; one is never shut
+    down while a build uses it. A larger pool replaces the idle smaller ones, and idle workers
+    stop after the timeout.
+    """
     from joblib.externals.loky import ProcessPoolExecutor
 
-    # Kept between files (and builds), so train, val and test share one start-up. A pool of our
-    # own, not loky's process-wide reusable one: joblib.Parallel elsewhere in the same process
-    # (the sample dump) expects that one to be set up by joblib itself. Idle workers stop after
-    # the timeout, so a pool of another worker count left behind costs nothing for long.
+    stale = []
     with _POOL_LOCK:
         executors = _POOL.setdefault("executors", {})
-        executor = executors.get(workers)
-        if executor is None:
+        users = _POOL.setdefault("users", Counter())
+        large = sorted(w for w in executors if w >= workers)
+        if large:
+            executor = executors[large[0]]
+        else:
+            stale = [executors.pop(w) for w in list(executors) if not users[executors[w]]]
             executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
                                            initargs=(os.getpid(),), timeout=300)
             executors[workers] = executor
-        return executor
+        users[executor] += 1
+    for old in stale:
+        old.shutdown(wait=False)
+    try:
+        yield executor
+    finally:
+        with _POOL_LOCK:
+            users[executor] -= 1
+            if not users[executor]:
+                del users[executor]
 
 
 def _forget_executor(executor) -> None:
-    """Stop a pool whose worker died; the next build of its worker count starts a fresh one."""
+    """Stop a pool whose worker died; the next build starts a fresh one."""
     with _POOL_LOCK:
         executors = _POOL.get("executors", {})
         for workers in [w for w, e in executors.items() if e is executor]:
@@ -1017,45 +1037,46 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         tasks = _split_tail(tasks, workers)
     else:
         ring = _Ring(1, block, options.size, shared=False)
-    pending: deque = deque()
-    completed = False
-    executor = None
-    try:
-        executor = _executor(workers) if parallel else None
-        next_task = 0
-        while pending or next_task < len(tasks):
-            # Task t fills block t % blocks, submitted only once task t - blocks is consumed.
-            while next_task < len(tasks) and len(pending) < ring.shape[0]:
-                slot = next_task % ring.shape[0]
-                paths = [r.path for r in tasks[next_task]]
-                if executor is None:
-                    with _quiet_opencv():
-                        future = _InlineFuture(_decode_into(ring.array[slot], paths, decode))
-                else:
-                    future = executor.submit(_decode_block, ring.shm.name, ring.shape, slot,
-                                             paths, decode)
-                pending.append((next_task, slot, future))
-                next_task += 1
-            index, slot, future = pending.popleft()
-            consume(tasks[index], ring.array[slot], future.result())
-        completed = True
-    except BrokenProcessPool as exc:
-        if executor is not None:
-            _forget_executor(executor)
-        raise DsprepError(
-            f"a decoding worker process died ({type(exc).__name__}); nothing was written under "
-            "a final name. Run the command again; if it happens again, use --workers 1 to find "
-            "the file that crashes the decoder"
-        ) from exc
-    finally:
-        for *_, future in pending:
-            if not isinstance(future, _InlineFuture):
-                future.cancel()
-        if parallel and completed and keep_ring:
-            _keep_ring(ring)
-        else:
-            # After an error or Ctrl-C, workers may still be writing into it: never reused.
-            ring.close()
+    with contextlib.ExitStack() as stack:
+        pending: deque = deque()
+        completed = False
+        executor = None
+        try:
+            executor = stack.enter_context(_decoding_pool(workers)) if parallel else None
+            next_task = 0
+            while pending or next_task < len(tasks):
+                # Task t fills block t % blocks, submitted only once task t - blocks is consumed.
+                while next_task < len(tasks) and len(pending) < ring.shape[0]:
+                    slot = next_task % ring.shape[0]
+                    paths = [r.path for r in tasks[next_task]]
+                    if executor is None:
+                        with _quiet_opencv():
+                            future = _InlineFuture(_decode_into(ring.array[slot], paths, decode))
+                    else:
+                        future = executor.submit(_decode_block, ring.shm.name, ring.shape, slot,
+                                                 paths, decode)
+                    pending.append((next_task, slot, future))
+                    next_task += 1
+                index, slot, future = pending.popleft()
+                consume(tasks[index], ring.array[slot], future.result())
+            completed = True
+        except BrokenProcessPool as exc:
+            if executor is not None:
+                _forget_executor(executor)
+            raise DsprepError(
+                f"a decoding worker process died ({type(exc).__name__}); nothing was written under "
+                "a final name. Run the command again; if it happens again, use --workers 1 to find "
+                "the file that crashes the decoder"
+            ) from exc
+        finally:
+            for *_, future in pending:
+                if not isinstance(future, _InlineFuture):
+                    future.cancel()
+            if parallel and completed and keep_ring:
+                _keep_ring(ring)
+            else:
+                # After an error or Ctrl-C, workers may still be writing into it: never reused.
+                ring.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -418,7 +419,7 @@ def test_an_interrupted_file_never_leaves_its_ring_for_the_next(tmp_path, monkey
         def submit(self, *args):
             return Interrupted()
 
-    monkeypatch.setattr(build, "_executor", lambda workers: Pool())
+    monkeypatch.setattr(build, "_decoding_pool", lambda workers: contextlib.nullcontext(Pool()))
     build._drop_ring()
     with pytest.raises(KeyboardInterrupt):
         build._run_tasks(rows, opts(workers=2, chunk_images=8), 8, 2, lambda *a: None,
@@ -1072,18 +1073,29 @@ def test_a_worker_whose_build_was_killed_ends_too(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
-def test_builds_of_two_worker_counts_in_one_process_keep_their_own_pools():
+def test_builds_in_two_threads_share_pools_that_are_never_shut_down_under_them():
     # A build in another thread with another --workers used to shut down the pool a running
     # build was submitting to ("cannot schedule new futures after shutdown").
     try:
-        two = build._executor(2)
-        three = build._executor(3)
-        assert three is not two and build._executor(2) is two
-        assert two.submit(abs, -2).result(60) == 2
-        assert three.submit(abs, -3).result(60) == 3
+        with build._decoding_pool(2) as two:
+            with build._decoding_pool(3) as three:
+                assert three is not two  # two was busy: it is kept, and still serves
+                assert two.submit(abs, -2).result(60) == 2
+                assert three.submit(abs, -3).result(60) == 3
+            with build._decoding_pool(2) as again:
+                assert again is two
+        with build._decoding_pool(4) as four:
+            # Pools no build uses any more are replaced by a larger one, not left idling.
+            assert set(build._POOL["executors"].values()) == {four}
+            assert four.submit(abs, -4).result(60) == 4
+            with build._decoding_pool(3) as smaller:
+                assert smaller is four  # a smaller file (val, test) needs no start-up of its own
+        with pytest.raises(RuntimeError, match="shutdown"):
+            two.submit(abs, -2)
     finally:
         build.shutdown_workers()
-    assert build._executor(2) is not two  # shut down: a later build starts afresh
+    with build._decoding_pool(2) as fresh:
+        assert fresh is not four  # shut down: a later build starts afresh
     build.shutdown_workers()
 
 
