@@ -49,11 +49,14 @@ def _probability(p: float) -> float:
     return float(p)
 
 
-def _batch(batch: np.ndarray) -> np.ndarray:
-    batch = np.asarray(batch)
-    if batch.ndim < 4:
+def _batch(batch: np.ndarray, exact: bool = False, who: str = "expected") -> np.ndarray:
+    """``batch`` as an array of (B, H, W, C) images (``exact``), or of more dimensions (crops
+    per sample); a UsageError naming ``who`` otherwise."""
+    if not isinstance(batch, np.ndarray):
+        batch = np.asarray(batch)
+    if batch.ndim < 4 or (exact and batch.ndim != 4):
         raise UsageError(
-            f"expected a batch of shape (B, H, W, C), got an array of shape {batch.shape}"
+            f"{who} a batch of shape (B, H, W, C), got an array of shape {batch.shape}"
         )
     return batch
 

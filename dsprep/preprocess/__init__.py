@@ -35,7 +35,16 @@ import cv2
 import numpy as np
 
 from .. import system
-from ..augment import _CV_DTYPES, RandomFlip, flip_horizontal, flip_vertical, require_rng
+from ..augment import (
+    _CV_DTYPES,
+    RandomFlip,
+    _mat,
+    _rows,
+    flip_horizontal,
+    flip_vertical,
+    require_rng,
+)
+from ..augment import _batch as _check_batch
 from ..errors import DatasetFormatError, UsageError
 from ..stats import means_vector, read_means
 
@@ -113,30 +122,10 @@ def _check_fits(shape: Sequence[int], size: tuple[int, int], what: str) -> tuple
     return height, width, channels
 
 
-def _check_batch(batch: np.ndarray, exact: bool = False) -> np.ndarray:
-    if not isinstance(batch, np.ndarray):
-        batch = np.asarray(batch)
-    if batch.ndim < 4 or (exact and batch.ndim != 4):
-        raise UsageError(
-            f"expected a batch of shape (B, H, W, C), got an array of shape {batch.shape}"
-        )
-    return batch
-
-
-def _mat(a: np.ndarray) -> np.ndarray:
-    """The view OpenCV should see: single-channel images as 2-D, so ``dst=`` is honoured."""
-    return a[..., 0] if a.shape[-1] == 1 else a
-
-
 def _cv_ok(a: np.ndarray, channels_max: int = 4) -> bool:
     return a.dtype in _CV_DTYPES and a.shape[-1] <= channels_max
 
 
-def _rows(a: np.ndarray) -> np.ndarray | None:
-    """A C-contiguous (..., W, C) array as one (rows, W, C) image, or None when not contiguous."""
-    if not a.flags.c_contiguous:
-        return None
-    return a.reshape(-1, a.shape[-2], a.shape[-1])
 
 
 class _Lease:

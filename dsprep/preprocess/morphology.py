@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 from skimage import filters, morphology
 
+from ..augment import _batch as check_batch
 from ..errors import UsageError
 
 __all__ = [
@@ -28,12 +29,7 @@ __all__ = [
 
 
 def _batch(batch: np.ndarray) -> np.ndarray:
-    batch = np.asarray(batch)
-    if batch.ndim != 4:
-        raise UsageError(
-            f"morphology needs a batch of shape (B, H, W, C), got an array of shape {batch.shape}"
-        )
-    return batch
+    return check_batch(batch, exact=True, who="morphology needs")
 
 
 def _radius(radius: int) -> int:
