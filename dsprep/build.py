@@ -136,12 +136,7 @@ class BuildOptions:
             raise UsageError(f"size {height}x{width} is too large: one image would take "
                              f"{height * width * 3:,} bytes, and an HDF5 chunk holds less "
                              "than 4 GiB")
-        if self.resize not in imagelib.RESIZE_MODES:
-            raise UsageError(f"resize {self.resize!r} is not one of "
-                             f"{', '.join(imagelib.RESIZE_MODES)}")
-        if self.interpolation is not None and self.interpolation not in imagelib.INTERPOLATIONS:
-            raise UsageError(f"interpolation {self.interpolation!r} is not one of "
-                             f"{', '.join(imagelib.INTERPOLATIONS)}")
+        imagelib.check_resize(self.resize, self.interpolation)
         if self.order not in ORDERS:
             raise UsageError(f"order {self.order!r} is not one of {', '.join(ORDERS)}")
         if self.compression not in store.COMPRESSIONS:

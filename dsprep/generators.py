@@ -849,13 +849,7 @@ class DirectoryGenerator(_BatchSequence):
                          one_hot=one_hot, seed=seed, drop_last=drop_last, output=output)
         if check not in CHECKS:
             raise UsageError(f"check {check!r} is not one of {', '.join(CHECKS)}")
-        if resize not in images.RESIZE_MODES:
-            raise UsageError(
-                f"resize mode {resize!r} is not one of {', '.join(images.RESIZE_MODES)}"
-            )
-        if interpolation is not None and interpolation not in images.INTERPOLATIONS:
-            raise UsageError(f"interpolation {interpolation!r} is not one of "
-                             f"{', '.join(images.INTERPOLATIONS)}")
+        images.check_resize(resize, interpolation)
         if workers is not None and (isinstance(workers, bool)
                                     or not isinstance(workers, (int, np.integer)) or workers < 0):
             raise UsageError(f"workers must be a whole number, 0 or more; received {workers!r}")

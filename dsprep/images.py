@@ -175,7 +175,7 @@ def resize(
         UsageError: an unknown mode or interpolation, or a size that is not positive.
     """
     size = parse_size(size)
-    _check_options(mode, interpolation)
+    check_resize(mode, interpolation)
     _check_out(out, size, image.shape[2:], image.dtype)
     return _fit(image, image.shape[0], image.shape[1], 1, size, mode, interpolation, out)
 
@@ -203,7 +203,7 @@ def load(
         UsageError: as ``resize``, or an ``out`` of the wrong shape or dtype.
     """
     size = parse_size(size)
-    _check_options(mode, interpolation)
+    check_resize(mode, interpolation)
     _check_out(out, size, (3,), np.dtype(np.uint8))
     header = _inspect(data)
     if header is None:
@@ -223,7 +223,8 @@ def load(
 # --- resizing -------------------------------------------------------------------------------
 
 
-def _check_options(mode: str, interpolation: str | None) -> None:
+def check_resize(mode: str, interpolation: str | None) -> None:
+    """Refuse a resize mode or an interpolation this module does not know (a UsageError)."""
     if mode not in RESIZE_MODES:
         raise UsageError(f"resize mode {mode!r} is not one of {', '.join(RESIZE_MODES)}")
     if interpolation is not None and interpolation not in INTERPOLATIONS:

@@ -488,3 +488,11 @@ def test_a_build_run_again_on_the_same_split_has_nothing_to_do(tmp_path):
     (out / "means.json").unlink()
     gone = run(*build)
     assert gone.exit_code == 1 and "already exist" in gone.output
+
+
+def test_the_interpolations_offered_are_those_the_build_knows():
+    from dsprep import images
+    from dsprep.cli import cmd_build
+
+    # Written out in the command so that --help loads no OpenCV; they must not drift apart.
+    assert cmd_build._INTERPOLATIONS == ("auto", *images.INTERPOLATIONS)

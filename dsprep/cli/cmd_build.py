@@ -10,6 +10,7 @@ import click
 from ..errors import DatasetFormatError, DestinationExistsError, UsageError
 from ._common import count_of, format_table, say, show_progress
 
+# images.INTERPOLATIONS, written out so that --help loads no OpenCV (a test keeps them equal).
 _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
 # build.SEED_MAX, without loading the build stage (OpenCV, h5py) before the command runs.
 _SEED_MAX = 2**63 - 1
