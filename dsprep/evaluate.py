@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import UsageError
-from .preprocess import crop, five_crop_positions
+from .preprocess import _as_size, crop, five_crop_positions
 
 __all__ = [
     "confusion_matrix",
@@ -78,7 +78,7 @@ def ten_crop_predict(
     Returns:
         ``(probs, labels)``: (N, classes) float64 averages and (N,) int64 labels.
     """
-    crop_size = None if size is None else _crop_size(size)
+    crop_size = None if size is None else _as_size(size)
     all_probs, all_labels = [], []
     for x, y in gen:
         x = np.asarray(x)
@@ -104,14 +104,6 @@ def ten_crop_predict(
     if not all_probs:
         raise UsageError("the generator yielded no batches; nothing to evaluate")
     return np.concatenate(all_probs), np.concatenate(all_labels)
-
-
-def _crop_size(size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    if len(size) != 2 or min(size) < 1:
-        raise UsageError(f"size must be a positive int or (height, width), got {size!r}")
-    return int(size[0]), int(size[1])
 
 
 def _ten_crops_of_images(predict_fn, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:

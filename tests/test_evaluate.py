@@ -228,3 +228,10 @@ def test_confusion_matrix_and_per_class_accuracy():
         confusion_matrix(labels, preds, 3)
     with pytest.raises(UsageError, match="differ in length"):
         confusion_matrix(labels, preds[:-1], 4)
+
+
+@pytest.mark.parametrize("size", [0, (4, 0), (4,), True, (2.5, 4)])
+def test_ten_crop_predict_refuses_a_crop_size_that_is_not_one(size):
+    gen = [(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]))]
+    with pytest.raises(UsageError, match="size|height|width"):
+        ten_crop_predict(lambda x: np.ones((len(x), 2)) / 2, gen, size=size)

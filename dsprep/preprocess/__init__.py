@@ -93,8 +93,8 @@ def _size(height: int, width: int | None) -> tuple[int, int]:
 
 def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)):
-        return _size(int(size), None)
-    if len(size) != 2:
+        return _size(size, None)  # a bool is refused there
+    if not isinstance(size, (tuple, list, np.ndarray)) or len(size) != 2:
         raise UsageError(f"size must be an int or (height, width), got {size!r}")
     return _size(size[0], size[1])
 
