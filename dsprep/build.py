@@ -52,17 +52,15 @@ from .fileio import (
 from .sources import (
     BAD_NAME,
     DANGLING_LINK,
-    UNREADABLE,
     class_folder_files,
     is_image_name,
     own_split_folders,
 )
 from .split import (
     EMPTY,
-    NOT_AN_IMAGE,
-    TOO_LARGE,
     read_split_classes,
     refuse_unfinished_split,
+    skip_reason,
     split_above,
     split_below,
 )
@@ -414,14 +412,8 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
             pixels = imagelib.load(data, decode.size, decode.resize, decode.interpolation,
                                    exact=decode.exact, max_pixels=decode.max_pixels,
                                    out=out[len(ok)])
-        except ImageTooLargeError as exc:
-            skips.append((pos, TOO_LARGE, str(exc)))
-            continue
-        except CorruptImageError as exc:
-            skips.append((pos, NOT_AN_IMAGE, str(exc) or "not an image"))
-            continue
-        except OSError as exc:
-            skips.append((pos, UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}"))
+        except (ImageTooLargeError, CorruptImageError, OSError) as exc:
+            skips.append((pos, *skip_reason(exc)))
             continue
         totals.add(pixels)
         ok.append(pos)

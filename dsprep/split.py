@@ -344,6 +344,16 @@ class _Checked:
     problem: Skipped | None = None
 
 
+def skip_reason(exc: OSError | CorruptImageError | ImageTooLargeError) -> tuple[str, str]:
+    """The skipped.csv reason and detail of an image that could not be read or decoded; the
+    split and the build say the same of the same file."""
+    if isinstance(exc, ImageTooLargeError):
+        return TOO_LARGE, str(exc)
+    if isinstance(exc, CorruptImageError):
+        return NOT_AN_IMAGE, str(exc) or "not an image"
+    return UNREADABLE, exc.strerror or str(exc)
+
+
 def _check(source, rel: str, verify: str, min_size: int, stash=None) -> _Checked:
     """Read one file once: hash it and check it is an image of a usable size.
 
@@ -353,7 +363,7 @@ def _check(source, rel: str, verify: str, min_size: int, stash=None) -> _Checked
     try:
         data = source.read(rel)
     except OSError as exc:
-        return _Checked(rel, problem=Skipped(rel, UNREADABLE, exc.strerror or str(exc)))
+        return _Checked(rel, problem=Skipped(rel, *skip_reason(exc)))
     if not data:
         return _Checked(rel, problem=Skipped(rel, EMPTY, "zero-byte file"))
     digest = hashlib.sha256(data).hexdigest()
@@ -362,10 +372,8 @@ def _check(source, rel: str, verify: str, min_size: int, stash=None) -> _Checked
             height, width = images.decode(data).shape[:2]
         else:
             height, width = images.probe(data)
-    except ImageTooLargeError as exc:
-        return _Checked(rel, problem=Skipped(rel, TOO_LARGE, str(exc)))
-    except CorruptImageError as exc:
-        return _Checked(rel, problem=Skipped(rel, NOT_AN_IMAGE, str(exc) or "not an image"))
+    except (ImageTooLargeError, CorruptImageError) as exc:
+        return _Checked(rel, problem=Skipped(rel, *skip_reason(exc)))
     if min(height, width) < min_size:
         return _Checked(rel, problem=Skipped(
             rel, TOO_SMALL, f"{width}x{height} is under the minimum side of {min_size} px"))
