@@ -43,98 +43,101 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                                          "counting the epochs already done).") -> Callable:
     """The options train and sweep-lr share (sweep-lr trains fewer epochs, and has no --lr)."""
     options = [
-        click.option("--model", type=click.Choice(MODEL_NAMES), default=_DEFAULTS.model,
-                     show_default=True, help="Network to train."),
-        click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
-                     help=epochs_help),
-        click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
-                     show_default=True,
-                     help="Images per training step. Each epoch leaves out its short last "
-                          "batch (other images each epoch), unless the data is smaller than one "
-                          "batch."),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer,
-                     show_default=True, help="Optimizer."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
-                     show_default=True, help="Initial learning rate."),
-        click.option("--momentum", type=click.FloatRange(min=0), default=_DEFAULTS.momentum,
-                     show_default=True, help="Momentum of sgd and rmsprop, below 1."),
-        click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
-                     help="L2 weight on every kernel [default: the model's own: alexnet 2e-4, "
-                          "resnet 1e-4, smallnet 0]."),
-        click.option("--schedule", type=click.Choice(SCHEDULES), default=_DEFAULTS.schedule,
-                     show_default=True,
-                     help="Learning-rate schedule: step = lr * step-factor ** (epoch // "
-                          "step-every); plateau = divide by 10 when the validation metric "
-                          "stalls; cosine = anneal to 0 over the epochs (a train --resume "
-                          "that raises --epochs stretches it over the new total, so the rate "
-                          "rises again there)."),
-        click.option("--step-every", type=click.IntRange(min=1), default=_DEFAULTS.step_every,
-                     show_default=True, help="Epochs between steps of the step schedule."),
-        click.option("--step-factor", type=click.FloatRange(min=0, max=1, min_open=True),
-                     default=_DEFAULTS.step_factor, show_default=True,
-                     help="Factor of each step of the step schedule."),
-        click.option("--plateau-patience", type=click.IntRange(min=1),
-                     default=_DEFAULTS.plateau_patience, show_default=True,
-                     help="Epochs without improvement before the plateau schedule cuts the rate."),
-        click.option("--crop", type=click.IntRange(min=8), default=None,
-                     help="Train on random CROPxCROP patches, validate on the centre crop "
-                          "(e.g. 227 for AlexNet on 256x256 files) [default: whole images]."),
-        click.option("--augment", type=click.Choice(AUGMENTS), default=_DEFAULTS.augment,
-                     show_default=True,
-                     help="Training augmentation: flip = random horizontal flips; affine = flips "
-                          "plus random rotations, shifts, shears and zooms (--rotation, --shift, "
-                          "--shear, --zoom)."),
-        click.option("--rotation", type=click.FloatRange(0, 180), default=_DEFAULTS.rotation,
-                     show_default=True,
-                     help="With --augment affine: rotations up to this many degrees either way "
-                          "(Keras rotation_range)."),
-        click.option("--shift", type=click.FloatRange(0, 1, max_open=True),
-                     default=_DEFAULTS.shift, show_default=True,
-                     help="With --augment affine: shifts up to this fraction of the height and "
-                          "of the width (Keras height/width_shift_range)."),
-        click.option("--shear", type=click.FloatRange(0, 90, max_open=True),
-                     default=_DEFAULTS.shear, show_default=True,
-                     help="With --augment affine: shear angles up to this many degrees "
-                          "(Keras shear_range)."),
-        click.option("--zoom", type=click.FloatRange(0, 1, max_open=True),
-                     default=_DEFAULTS.zoom, show_default=True,
-                     help="With --augment affine: zoom factors in [1 - ZOOM, 1 + ZOOM] "
-                          "(Keras zoom_range)."),
-        click.option("--early-stop", type=click.IntRange(min=1), default=None,
-                     help="Stop after N epochs without a better validation metric."),
-        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=_DEFAULTS.seed,
-                     show_default=True, help="Seed for weights, order and augmentation."),
-        click.option("--limit-per-class", type=click.IntRange(min=1), default=None,
-                     help="Train on the first N images of each class only (ablation runs)."),
-        click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Model width: resnet/smallnet first-stage filters, alexnet filter "
-                          "multiplier [default: the published network]."),
-        click.option("--image-size", type=click.IntRange(min=8), default=_DEFAULTS.image_size,
-                     show_default=True,
-                     help="Side the images of a split folder are resized to (HDF5 data keeps "
-                          "its own size)."),
-        click.option("--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers,
-                     help="Batches prepared at once by the input pipeline (threads) [default: "
-                          "one per core up to 8, at least 2, so batches load while the model "
-                          "trains]."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-                     show_default=True,
-                     help="auto = mixed float16 on a GPU, float32 on a CPU."),
-        click.option("--no-jit", is_flag=True,
-                     help="Do not compile with XLA (used on a GPU by default)."),
-        click.option("--gpus", default="1", show_default=True,
-                     help="GPUs to train on: a count, or 'all' (data-parallel)."),
+        _named("--model", type=click.Choice(MODEL_NAMES), default=_DEFAULTS.model,
+               show_default=True, help="Network to train."),
+        _named("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
+               help=epochs_help),
+        _named("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
+               show_default=True,
+               help="Images per training step. Each epoch leaves out its short last "
+                    "batch (other images each epoch), unless the data is smaller than one "
+                    "batch."),
+        _named("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer,
+               show_default=True, help="Optimizer."),
+        _named("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
+               show_default=True, help="Initial learning rate."),
+        _named("--momentum", type=click.FloatRange(min=0), default=_DEFAULTS.momentum,
+               show_default=True, help="Momentum of sgd and rmsprop, below 1."),
+        _named("--weight-decay", type=click.FloatRange(min=0), default=None,
+               help="L2 weight on every kernel [default: the model's own: alexnet 2e-4, "
+                    "resnet 1e-4, smallnet 0]."),
+        _named("--schedule", type=click.Choice(SCHEDULES), default=_DEFAULTS.schedule,
+               show_default=True,
+               help="Learning-rate schedule: step = lr * step-factor ** (epoch // "
+                    "step-every); plateau = divide by 10 when the validation metric "
+                    "stalls; cosine = anneal to 0 over the epochs (a train --resume "
+                    "that raises --epochs stretches it over the new total, so the rate "
+                    "rises again there)."),
+        _named("--step-every", type=click.IntRange(min=1), default=_DEFAULTS.step_every,
+               show_default=True, help="Epochs between steps of the step schedule."),
+        _named("--step-factor", type=click.FloatRange(min=0, max=1, min_open=True),
+               default=_DEFAULTS.step_factor, show_default=True,
+               help="Factor of each step of the step schedule."),
+        _named("--plateau-patience", type=click.IntRange(min=1),
+               default=_DEFAULTS.plateau_patience, show_default=True,
+               help="Epochs without improvement before the plateau schedule cuts the rate."),
+        _named("--crop", type=click.IntRange(min=8), default=None,
+               help="Train on random CROPxCROP patches, validate on the centre crop "
+                    "(e.g. 227 for AlexNet on 256x256 files) [default: whole images]."),
+        _named("--augment", type=click.Choice(AUGMENTS), default=_DEFAULTS.augment,
+               show_default=True,
+               help="Training augmentation: flip = random horizontal flips; affine = flips "
+                    "plus random rotations, shifts, shears and zooms (--rotation, --shift, "
+                    "--shear, --zoom)."),
+        _named("--rotation", type=click.FloatRange(0, 180), default=_DEFAULTS.rotation,
+               show_default=True,
+               help="With --augment affine: rotations up to this many degrees either way "
+                    "(Keras rotation_range)."),
+        _named("--shift", type=click.FloatRange(0, 1, max_open=True),
+               default=_DEFAULTS.shift, show_default=True,
+               help="With --augment affine: shifts up to this fraction of the height and "
+                    "of the width (Keras height/width_shift_range)."),
+        _named("--shear", type=click.FloatRange(0, 90, max_open=True),
+               default=_DEFAULTS.shear, show_default=True,
+               help="With --augment affine: shear angles up to this many degrees "
+                    "(Keras shear_range)."),
+        _named("--zoom", type=click.FloatRange(0, 1, max_open=True),
+               default=_DEFAULTS.zoom, show_default=True,
+               help="With --augment affine: zoom factors in [1 - ZOOM, 1 + ZOOM] "
+                    "(Keras zoom_range)."),
+        _named("--early-stop", type=click.IntRange(min=1), default=None,
+               help="Stop after N epochs without a better validation metric."),
+        _named("--seed", type=click.IntRange(0, SEED_MAX), default=_DEFAULTS.seed,
+               show_default=True, help="Seed for weights, order and augmentation."),
+        _named("--limit-per-class", type=click.IntRange(min=1), default=None,
+               help="Train on the first N images of each class only (ablation runs)."),
+        _named("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+               help="Model width: resnet/smallnet first-stage filters, alexnet filter "
+                    "multiplier [default: the published network]."),
+        _named("--image-size", type=click.IntRange(min=8), default=_DEFAULTS.image_size,
+               show_default=True,
+               help="Side the images of a split folder are resized to (HDF5 data keeps "
+                    "its own size)."),
+        _named("--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers,
+               help="Batches prepared at once by the input pipeline (threads) [default: "
+                    "one per core up to 8, at least 2, so batches load while the model "
+                    "trains]."),
+        _named("--precision", type=click.Choice(PRECISIONS), default="auto",
+               show_default=True,
+               help="auto = mixed float16 on a GPU, float32 on a CPU."),
+        _named("--no-jit", is_flag=True,
+               help="Do not compile with XLA (used on a GPU by default)."),
+        _named("--gpus", default="1", show_default=True,
+               help="GPUs to train on: a count, or 'all' (data-parallel)."),
     ]
 
     def apply(fn: Callable) -> Callable:
-        for option in reversed(options):
-            fn = option(fn)
-        # click collects the options on the function until @click.command turns them into
-        # the command's parameters; leave out the ones this command does not take.
-        fn.__click_params__ = [p for p in fn.__click_params__ if p.name not in exclude]
+        for name, option in reversed(options):
+            if name not in exclude:  # the ones this command does not take are left out
+                fn = option(fn)
         return fn
 
     return apply
+
+
+def _named(*decls: str, **attrs) -> tuple[str, Callable]:
+    """``click.option(*decls, **attrs)`` and the name click gives its parameter."""
+    return click.Option(decls, **attrs).name, click.option(*decls, **attrs)
 
 
 _AFFINE = ("rotation", "shift", "shear", "zoom")
