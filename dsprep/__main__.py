@@ -1,9 +1,9 @@
 """The ``dsprep`` command (and ``python -m dsprep``).
 
 The command line's modules import numpy, OpenCV and h5py, which takes a moment: a Ctrl-C then
-ends the command as it would a moment later, with "Aborted!", not a traceback. SIGTERM ends a
-command the way Ctrl-C does, cleaning up, with exit status 143, and so does SIGHUP (a closed ssh
-session or terminal), with 129, unless it is ignored (``nohup``).
+ends the command as it would a moment later, with "Aborted!" and exit status 130, not a
+traceback. SIGTERM ends a command the way Ctrl-C does, cleaning up, with exit status 143, and so
+does SIGHUP (a closed ssh session or terminal), with 129, unless it is ignored (``nohup``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def run() -> None:
         try:
             from .cli import main
         except KeyboardInterrupt:
-            print("\nAborted!", file=sys.stderr)  # what click prints for a Ctrl-C in a command
-            raise SystemExit(1) from None
+            print("\nAborted!", file=sys.stderr)  # what a Ctrl-C in a command prints
+            raise SystemExit(128 + signal.SIGINT) from None
         main(prog_name="dsprep")
     finally:
         # The command's work is done or undone. A signal from here on, while Python shuts

@@ -112,7 +112,7 @@ def test_ctrl_c_while_the_command_line_imports_is_no_traceback(monkeypatch, caps
     try:
         run()
     except SystemExit as exc:
-        assert exc.code == 1
+        assert exc.code == 130  # 128 + SIGINT, as a shell reports it
     else:
         raise AssertionError("run() went on after the interrupt")
     finally:
@@ -348,3 +348,20 @@ def test_a_hangup_during_the_clean_up_of_a_sigterm_does_not_cut_it_short():
     assert out == "cleaned\n" and status == 143
     assert err.strip() == "Terminated."
 
+
+
+def test_a_command_stopped_by_ctrl_c_exits_130(tmp_path, monkeypatch):
+    from helpers import make_class_folders
+
+    from dsprep.cli import cmd_split
+
+    dump = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=4)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmd_split, "run", interrupted)
+    result = CliRunner().invoke(main, ["split", str(dump), str(tmp_path / "out")])
+    # Not 1: a batch script can tell an interrupted job from a failed one.
+    assert result.exit_code == 130
+    assert "Aborted!" in result.output and "Traceback" not in result.output

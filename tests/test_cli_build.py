@@ -349,11 +349,11 @@ def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", None)],
-                         ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", None),
+                                    signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_stopped_build_cleans_up_and_says_which_signal(tmp_path, signum):
-    # A batch system's SIGTERM, or the SIGHUP of an ssh session that closed: the build removes
-    # its partial file and stops its workers, and the status names the signal.
+    # A batch system's SIGTERM, the SIGHUP of an ssh session that closed, or a Ctrl-C: the
+    # build removes its partial file and stops its workers, and the status names the signal.
     if signum is None:
         pytest.skip("no SIGHUP on this OS")
     src = make_split(tmp_path / "split")

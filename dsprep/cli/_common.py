@@ -14,15 +14,25 @@ import click
 from ..errors import DsprepError, UsageError
 
 
+# The exit status of a command stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
+
+
 class DsprepGroup(click.Group):
     """A click group that prints dsprep's errors as one line ('Error: ...') without a traceback.
 
-    Exit codes: 0 ok, 1 failed, 2 usage (a bad argument or option).
+    Exit codes: 0 ok, 1 failed, 2 usage (a bad argument or option), 130 stopped by Ctrl-C
+    (SIGINT), as a shell reports it; SIGTERM and SIGHUP give 143 and 129 (``dsprep.__main__``).
     """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # click would say "Aborted!" and exit 1, which a batch script cannot tell from a
+            # failure.
+            click.echo("\nAborted!", err=True)
+            ctx.exit(INTERRUPTED)
         except UsageError as exc:
             # No context: the message names the option itself, and the group's usage line would
             # point at the wrong command.
