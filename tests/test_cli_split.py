@@ -149,8 +149,8 @@ def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(t
                   "--ratios", "0.5,0.5")
     assert result.exit_code == 0, result.output
     assert ("warning: 4 images are left out for labels that cannot be folder names: "
-            "'Apple/Braeburn' (2), 'N/A' (1), empty label (1); give them labels that can be, in the dump or its "
-            "CSV (a '/' to '_', say), to keep them") in result.output
+            "'Apple/Braeburn' (2), 'N/A' (1), empty label (1); give them labels that can be, "
+            "in the dump or its CSV (a '/' to '_', say), to keep them") in result.output
 
 
 def test_a_csv_taken_by_its_second_column_over_class_folders_is_warned_about(tmp_path):

@@ -13,7 +13,6 @@ import click
 
 from ..errors import DsprepError, UsageError
 
-
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
 
