@@ -56,6 +56,21 @@ def test_demo_refuses_a_foreign_non_empty_workdir(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
+def test_a_demo_stopped_by_ctrl_c_runs_no_further_step(tmp_path, monkeypatch):
+    from dsprep.cli import cmd_dump, cmd_split
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    steps = []
+    monkeypatch.setattr(cmd_dump, "write_sample_dump", interrupted)
+    monkeypatch.setattr(cmd_split, "run", lambda *a, **k: steps.append("split"))
+    monkeypatch.setattr(cmd_split, "plan", lambda *a, **k: steps.append("split"))
+    result = CliRunner().invoke(main, ["demo", str(tmp_path / "work")])
+    assert result.exit_code == 130 and "Aborted!" in result.output
+    assert steps == [] and "$ dsprep split" not in result.output
+
+
 def test_preview_shows_mean_subtracted_patches(tmp_path):
     from dsprep.demo import write_preview
 

@@ -21,7 +21,9 @@ def _run(ctx: click.Context, args: list[str]) -> None:
     start = time.perf_counter()
     root = ctx.find_root()
     flags = ["-q"] if root.obj.get("quiet") else []
-    root.command.main(args=flags + args, prog_name="dsprep", standalone_mode=False)
+    status = root.command.main(args=flags + args, prog_name="dsprep", standalone_mode=False)
+    if isinstance(status, int) and status:
+        ctx.exit(status)  # a step stopped (Ctrl-C: 130): the next ones must not run
     say(f"  ({time.perf_counter() - start:.1f} s)")
 
 
