@@ -124,7 +124,7 @@ class _BatchSequence(ABC):
         augment: Callable | Sequence[Callable] | None,
         one_hot: bool,
         seed: int | None,
-        drop_last: bool,
+        drop_last: bool | str,
         output: str,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
@@ -142,16 +142,18 @@ class _BatchSequence(ABC):
                 raise UsageError(
                     f"preprocessor {op!r} is not callable; pass objects called as op(batch, rng)"
                 )
-        for name, flag in (("one_hot", one_hot), ("drop_last", drop_last)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise UsageError(f"{name} must be True or False; received {flag!r}")
+        if not isinstance(one_hot, (bool, np.bool_)):
+            raise UsageError(f"one_hot must be True or False; received {one_hot!r}")
+        if not (isinstance(drop_last, (bool, np.bool_)) or drop_last == "auto"):
+            raise UsageError(f"drop_last must be True, False or \"auto\"; received {drop_last!r}")
         self.batch_size = int(batch_size)
         self.preprocessors = ops
         # The tuple, not the argument: a generator expression given would not pickle.
         self.augment = augments
         self._augments = augments
         self.one_hot = bool(one_hot)
-        self.drop_last = bool(drop_last)
+        self._drop_last_asked = drop_last
+        self.drop_last = drop_last == "auto" or bool(drop_last)  # "auto": settled once counted
         self.output = output
         if seed is not None and (isinstance(seed, bool)
                                  or not isinstance(seed, (int, np.integer)) or seed < 0):
@@ -190,6 +192,12 @@ class _BatchSequence(ABC):
     def num_classes(self) -> int:
         """How many classes the labels index."""
         return len(self.label_names)
+
+    def _settle_drop_last(self) -> None:
+        """Turn drop_last="auto" into True or False, once the rows are known: the short last
+        batch is left out unless the rows are fewer than one batch."""
+        if self._drop_last_asked == "auto":
+            self.drop_last = self.num_samples >= self.batch_size
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -395,7 +403,8 @@ class HDF5Generator(_BatchSequence):
         shuffle: "none" (or False), "batches" or "full" (see above).
         one_hot: one-hot float32 labels instead of int32 ids.
         seed: the seed for orders and random draws; None draws one now.
-        drop_last: leave out the final short batch.
+        drop_last: leave out the final short batch; "auto" leaves it out unless the
+            generator holds fewer images than one batch (then its one batch is short).
         output: "float32" (x is always cast) or "uint8" (no cast unless an op converts).
 
     Raises:
@@ -414,7 +423,7 @@ class HDF5Generator(_BatchSequence):
         shuffle: str = "batches",
         one_hot: bool = False,
         seed: int | None = None,
-        drop_last: bool = False,
+        drop_last: bool | str = False,
         output: str = "float32",
     ) -> None:
         super().__init__(batch_size=batch_size, preprocessors=preprocessors, augment=augment,
@@ -437,6 +446,7 @@ class HDF5Generator(_BatchSequence):
             self.label_names = store.label_names(db)
         if self._rows == 0:
             raise UsageError(f"{self.path} has no rows; build it from a split with images")
+        self._settle_drop_last()
         if len(self) == 0:
             raise UsageError(
                 f"batch_size {self.batch_size} is larger than the {self._rows} rows of "
@@ -819,7 +829,8 @@ class DirectoryGenerator(_BatchSequence):
             folders found in any of them), so a split lacking a class keeps the others' ids;
             else the sorted sub-folder names.
         interpolation: resize interpolation name; None picks as build-hdf5 does.
-        drop_last: leave out the final short batch.
+        drop_last: leave out the final short batch; "auto" leaves it out unless the
+            generator holds fewer images than one batch (then its one batch is short).
         output: "float32" or "uint8".
         progress: show a progress bar while checking the files.
         check: "decode" (the default) or "header": how the files are checked at construction.
@@ -840,7 +851,7 @@ class DirectoryGenerator(_BatchSequence):
         classes: Sequence[str] | None = None,
         *,
         interpolation: str | None = None,
-        drop_last: bool = False,
+        drop_last: bool | str = False,
         output: str = "float32",
         progress: bool = False,
         check: str = "decode",
@@ -912,6 +923,7 @@ class DirectoryGenerator(_BatchSequence):
                 f"{self.root} has no readable images ({len(self.skipped)} files left out, "
                 f"first: {self.skipped[0][1] if self.skipped else 'none'})"
             )
+        self._settle_drop_last()  # on the readable images: the bad ones are no rows
         if len(self) == 0:
             raise UsageError(
                 f"batch_size {self.batch_size} is larger than the {len(self.files)} images of "

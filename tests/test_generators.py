@@ -214,7 +214,7 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         ({"preprocessors": [Patch]}, "is a class; pass an instance"),
         ({"seed": "3"}, "seed"),
         ({"augment": "flip"}, "augment must be an operation"),
-        ({"drop_last": "no"}, "drop_last must be True or False"),
+        ({"drop_last": "no"}, "drop_last must be True, False or \"auto\""),
         ({"one_hot": "false"}, "one_hot must be True or False"),
     ],
 )
@@ -284,6 +284,16 @@ def test_full_shuffle_on_a_compressed_chunked_file(tmp_path):
         rows = gen.batch_rows(i)
         np.testing.assert_array_equal(x, imgs[rows])
         np.testing.assert_array_equal(y, labels[rows])
+
+
+def test_drop_last_auto_drops_the_short_batch_unless_there_is_only_one(h5file):
+    rows = len(h5file[1])
+    many = HDF5Generator(h5file[0], batch_size=8, drop_last="auto", seed=2)
+    assert many.drop_last is True and len(many) == rows // 8
+    assert all(len(many[i][1]) == 8 for i in range(len(many)))
+    # Fewer rows than a batch: the one short batch, not a generator with no batch at all.
+    few = HDF5Generator(h5file[0], batch_size=rows + 1, drop_last="auto", seed=2)
+    assert few.drop_last is False and len(few) == 1 and len(few[0][1]) == rows
 
 
 def test_drop_last_gives_full_batches_and_every_row_eventually(h5file):

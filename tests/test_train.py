@@ -800,6 +800,12 @@ def test_files_that_are_no_images_count_for_neither_batches_nor_subsets(tmp_path
     bundle = open_data(split, tiny(image_size=16, batch_size=10), work=tmp_path)
     assert bundle.train.num_samples == 8 and not bundle.train.drop_last
     assert [len(bundle.train[i][1]) for i in range(len(bundle.train))] == [8]
+    # 10 files that look like images, 2 of them bad: 8 images with batches of 9 is one short
+    # batch too, not "larger than the images with drop_last=True" (the bad files are no rows).
+    for label in ("bee", "cat"):
+        (split / "train" / label / f"{label}_bad.jpg").write_bytes(b"not a jpeg")
+    bundle = open_data(split, tiny(image_size=16, batch_size=9), work=tmp_path)
+    assert bundle.train.num_samples == 8 and not bundle.train.drop_last
     subset = open_data(split, tiny(image_size=16, batch_size=2, limit_per_class=3),
                        work=tmp_path)
     assert sorted(Path(p).name for p in subset.train.files) == sorted(

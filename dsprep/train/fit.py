@@ -271,13 +271,11 @@ def _check_same_data(train, val, data: Path) -> None:
             f"{tuple(train.image_shape)}; build both with the same --size")
 
 
-def _drop_last(rows: int, batch_size: int) -> bool:
-    """Leave out the short last training batch, unless the set is smaller than one batch.
-
-    A batch of a few images gives BatchNorm poor statistics; the generators move the start of
-    the batches each epoch, so the rows a dropped tail leaves out change from epoch to epoch.
-    """
-    return rows >= batch_size
+# The short last training batch is left out, unless the set is smaller than one batch (counted
+# on the images the generator reads: bad files are no rows). A batch of a few images gives
+# BatchNorm poor statistics; the generators move the start of the batches each epoch, so the
+# rows a dropped tail leaves out change from epoch to epoch.
+_DROP_LAST = "auto"
 
 
 def _compose(ops: list):
@@ -318,7 +316,6 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             with open_dataset(data / "train.hdf5") as db:
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
         with open_dataset(train_path) as db:
-            rows = int(db["images"].shape[0])
             # Rows in class order (build-hdf5 --order sorted) are drawn from anywhere.
             shuffle = ("full" if rows_in_class_runs(db["labels"][()], config.batch_size)
                        else "batches")
@@ -326,7 +323,7 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                         "images built at a larger 'dsprep build-hdf5 --size'")
         train = HDF5Generator(train_path, batch_size=config.batch_size, preprocessors=train_pre,
                               augment=augment, shuffle=shuffle, seed=config.seed,
-                              output="uint8", drop_last=_drop_last(rows, config.batch_size))
+                              output="uint8", drop_last=_DROP_LAST)
         val = None
         if validation and (data / "val.hdf5").is_file():
             val = HDF5Generator(data / "val.hdf5", batch_size=config.batch_size,
@@ -347,12 +344,10 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         classes = _split_classes(data)
         # A split made with --verify full decoded every file already: the header check will do.
         check = "header" if _split_params(data).get("verify") == "full" else "decode"
-        # The images the generator will read (notes and other files are no rows).
-        files = len(sources.class_folder_files(train_root)[1])
         train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
                                    preprocessors=train_pre, augment=augment, shuffle=True,
                                    seed=config.seed, classes=classes, output="uint8",
-                                   drop_last=_drop_last(files, config.batch_size),
+                                   drop_last=_DROP_LAST,
                                    progress=progress, check=check)
         val = None
         if validation and has_validation(data):
