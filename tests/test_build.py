@@ -1073,6 +1073,27 @@ def test_a_worker_whose_build_was_killed_ends_too(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
+def test_the_files_of_a_build_share_one_pool_of_its_worker_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # val's 3 images alone would use 2 workers
+    src = make_split(tmp_path / "split", counts=(("train", 6), ("val", 1)))
+    asked = []
+    real = build._decoding_pool
+
+    def recorded(workers):
+        asked.append(workers)
+        return real(workers)
+
+    monkeypatch.setattr(build, "_decoding_pool", recorded)
+    try:
+        build.build_hdf5(src, tmp_path / "out", opts(workers=3))
+        assert asked == [3, 3]  # not a second pool of 2 for val
+        # A later build with fewer workers gets a pool of its own size: --workers caps it.
+        build.build_hdf5(src, tmp_path / "out2", opts(workers=2))
+        assert asked[2:] == [2, 2] and list(build._POOL["executors"]) == [2]
+    finally:
+        build.shutdown_workers()
+
+
 def test_builds_in_two_threads_share_pools_that_are_never_shut_down_under_them():
     # A build in another thread with another --workers used to shut down the pool a running
     # build was submitting to ("cannot schedule new futures after shutdown").
@@ -1085,11 +1106,9 @@ def test_builds_in_two_threads_share_pools_that_are_never_shut_down_under_them()
             with build._decoding_pool(2) as again:
                 assert again is two
         with build._decoding_pool(4) as four:
-            # Pools no build uses any more are replaced by a larger one, not left idling.
+            # Pools no build uses any more are stopped when another starts, not left idling.
             assert set(build._POOL["executors"].values()) == {four}
             assert four.submit(abs, -4).result(60) == 4
-            with build._decoding_pool(3) as smaller:
-                assert smaller is four  # a smaller file (val, test) needs no start-up of its own
         with pytest.raises(RuntimeError, match="shutdown"):
             two.submit(abs, -2)
     finally:
