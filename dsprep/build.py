@@ -1157,16 +1157,19 @@ def build_hdf5(
 
 @contextlib.contextmanager
 def _made_folder(out: Path) -> Iterator[None]:
-    """Create ``out`` for the block; if the block fails, remove it again when this made it
-    and it is still empty, so a refused or failed build leaves no empty OUT behind."""
-    made = not out.exists()
+    """Create ``out`` (and its missing parents) for the block; if the block fails, remove the
+    folders this made again while they are empty, so a refused or failed build leaves no
+    empty folders behind."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     try:
         yield
     except BaseException:
-        if made:
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or not ours to remove): nor are the ones above it
         raise
 
 
@@ -1182,26 +1185,39 @@ def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
     """
     if options.compression != "none":
         return
+    free_before = _free_bytes(out)
+    stale = 0
     for path in map(store.partial_path, outputs):
-        path.unlink(missing_ok=True)  # under OUT's lock: a stopped build's, never another's
+        with contextlib.suppress(FileNotFoundError):
+            stale += path.stat().st_size
+            path.unlink()  # under OUT's lock: a stopped build's, never another's
     height, width = options.size
     count = sum(len(rows) for rows in planned.values())
     needs = 0
     for rows in planned.values():
         chunk = store.chunk_rows(options.chunk, len(rows), (height, width))
         needs += -(-len(rows) // chunk) * chunk * height * width * 3
-    try:
-        fs = os.statvfs(out)
-        # Root may also take the blocks a file system keeps in reserve (5% on ext4).
-        free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
-    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+    free = _free_bytes(out)
+    if free is None or free_before is None:
         return  # a file system that cannot say: the writes will tell
+    # Some file systems (ZFS, btrfs, NFS) give the room of removed files back a moment later.
+    free = max(free, free_before + stale)
     if needs > free:
         raise OSError(errno.ENOSPC, (
             f"{out}: the HDF5 files will not fit: {count:,} images of {height}x{width}x3 need "
             f"{needs / 1e6:,.1f} MB, and {free / 1e6:,.1f} MB are free there. Free some space, "
             "choose an OUT on another disk, or store smaller images (--size) or compressed ones "
             "(--compression gzip, smaller files but slower reads); nothing was written"))
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes that may still be written on ``folder``'s file system; None where it cannot say."""
+    try:
+        fs = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    # Root may also take the blocks a file system keeps in reserve (5% on ext4).
+    return (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
 
 
 def _lost_classes(reports: list[FileReport], planned: dict[str, list[Row]],

@@ -1168,10 +1168,12 @@ def run(
         files_csv = split_plan.files_csv()
         manifest = split_plan.manifest(mode)
         folder = source_path.is_dir()
-        with _room(dest, mode=mode, folder=folder):
+        with _room(dest, mode=mode, folder=folder, discard=partial):
             # From here on the partial split is resumable like one materialize was placing.
             _write_text(partial / _MARKER, json.dumps(_marker(manifest, files_csv), indent=2))
-        with _room(dest, mode=mode, folder=folder, files=split_plan.files):
+        # --force discards what a run placed: nothing is kept for the next.
+        with _room(dest, mode=mode, folder=folder, files=None if force else split_plan.files,
+                   discard=partial if force else None):
             for split_name in split_plan.splits:
                 for label in split_plan.classes:
                     (partial / split_name / label).mkdir(parents=True, exist_ok=True)
@@ -1216,23 +1218,25 @@ def _room(dest: Path, *, mode: str, folder: bool,
 
 
 def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile]) -> str:
-    """What the split needs against what is free on ``dest``'s disk: the bytes of copies;
-    for links, which take no room for the images, the file entries (inodes) a link uses."""
+    """What the split needs against what is free on ``dest``'s disk: the bytes of its copies
+    (hard links that fall back to copies across disks take them too; symbolic links only a
+    little each), and the file entries (inodes) where fewer are free than it has files."""
     try:
         # DEST itself when it exists: a mount point is filled in place.
         fs = os.statvfs(dest if dest.is_dir() else dest.parent)
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return ""
-    room = fs.f_bavail * fs.f_frsize
-    copies = f"its files take {sum(f.size for f in files) / 1e6:,.1f} MB"
-    entries = f"{fs.f_favail:,} file entries (inodes)"
-    if mode == "copy":
-        return f"; {copies}, and {room / 1e6:,.1f} MB are free there"
-    links = f"its {len(files):,} links need as many file entries"
-    if mode == "symlink":
-        return f"; {links}, and {entries} are free there"
-    return f"; {links} ({copies} where they are copies), and {entries} and " \
-        f"{room / 1e6:,.1f} MB are free there"
+    copies = f"{sum(f.size for f in files) / 1e6:,.1f} MB"
+    needs = {"copy": f"its files take {copies}, and ",
+             "hardlink": f"its files take {copies} where hard links become copies, and "
+             }.get(mode, "")
+    text = f"; {needs}{fs.f_bavail * fs.f_frsize / 1e6:,.1f} MB are free there"
+    # A hard link takes no file entry; a file system that makes them as it goes (btrfs)
+    # counts none.
+    if mode != "hardlink" and fs.f_files and fs.f_favail < len(files):
+        text += (f", and {fs.f_favail:,} file entries (inodes) for its {len(files):,} "
+                 f"{'links' if mode == 'symlink' else 'files'}")
+    return text
 
 
 def _placing(partial: Path, identity: dict) -> bool:

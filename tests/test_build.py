@@ -773,13 +773,20 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     assert f"{count:,} images of 24x24x3 need {needs / 1e6:,.1f} MB" in info.value.strerror
     assert "--compression gzip" in info.value.strerror
     assert not out.exists()  # the refused build made OUT, and took it away again
+    deep = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(OSError, match="will not fit"):
+        build.build_hdf5(src, deep, opts())
+    assert not (tmp_path / "new").exists()  # and the parents it made for it
     # An OUT that was there stays, with nothing added.
     out.mkdir()
     with pytest.raises(OSError, match="will not fit"):
         build.build_hdf5(src, out, opts())
     assert list(out.iterdir()) == []
-    # A stopped build's .partial files would hold their room until their turn: they go first.
+    # A stopped build's .partial files would hold their room until their turn: they go first,
+    # and their room counts as free even where the file system gives it back late.
     (out / "test.hdf5.partial").write_bytes(b"x" * 100)
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=needs - 101, f_bfree=needs - 101, f_frsize=1))
     with pytest.raises(OSError, match="will not fit"):
         build.build_hdf5(src, out, opts())
     assert list(out.iterdir()) == []
@@ -794,8 +801,9 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
         f_bavail=padded, f_bfree=padded, f_frsize=1))
     assert build.build_hdf5(src, tmp_path / "padded", opts(chunk_images=5)).files
+    (out / "test.hdf5.partial").write_bytes(b"x" * 100)
     monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
-        f_bavail=needs, f_bfree=needs, f_frsize=1))
+        f_bavail=needs - 100, f_bfree=needs - 100, f_frsize=1))
     reports = build.build_hdf5(src, out, opts()).files
     assert sum(r.count for r in reports) == count
     # Root may take the blocks reserved for it; another user may not.

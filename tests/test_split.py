@@ -612,6 +612,19 @@ def test_a_forced_split_on_a_full_disk_keeps_nothing_and_says_so(dump, tmp_path,
         materialize(plan(dump.dest), dest, force=True, workers=1)
     # True to its word: the files it placed are gone, and their room with them.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+    monkeypatch.setattr(split_module, "copy_file", real_copy)
+    # The same in one pass, full while it writes the split's own files.
+    real_write = split_module._write_text
+
+    def full(path, text):
+        if Path(path).name == "split.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, text)
+
+    monkeypatch.setattr(split_module, "_write_text", full)
+    with pytest.raises(OSError, match="Nothing was kept"):
+        run(dump.dest, dest, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
 
 
 def test_a_full_disk_while_writing_the_split_files_names_dest(dump, tmp_path, monkeypatch):
@@ -636,7 +649,7 @@ def test_a_full_disk_while_writing_the_split_files_names_dest(dump, tmp_path, mo
 
 
 @pytest.mark.parametrize("mode", ["symlink", "hardlink"])
-def test_links_on_a_full_disk_are_told_by_file_entries(dump, tmp_path, monkeypatch, mode):
+def test_links_on_a_full_disk_are_told_by_what_they_take(dump, tmp_path, monkeypatch, mode):
     calls = []
 
     def full(*args):
@@ -660,13 +673,15 @@ def test_links_on_a_full_disk_are_told_by_file_entries(dump, tmp_path, monkeypat
         materialize(p, dest, mode=mode, workers=1)
     message = info.value.strerror
     assert info.value.errno == errno.ENOSPC
-    assert f"its {len(p.files):,} links need as many file entries" in message
-    assert "7 file entries (inodes)" in message
+    assert f"{50 * 4096 / 1e6:,.1f} MB are free there" in message
+    copies = f"its files take {sum(f.size for f in p.files) / 1e6:,.1f} MB"
     if mode == "symlink":
-        assert "MB" not in message and "--mode" not in message
+        # Fewer file entries free than links to make: said, with no bytes of copies.
+        assert f"7 file entries (inodes) for its {len(p.files):,} links" in message
+        assert copies not in message and "--mode" not in message
     else:
-        copies = f"{sum(f.size for f in p.files) / 1e6:,.1f} MB where they are copies"
-        assert copies in message and f"{50 * 4096 / 1e6:,.1f} MB are free" in message
+        # A hard link takes no file entry; across disks it is a copy, which takes the bytes.
+        assert "inodes" not in message and f"{copies} where hard links become copies" in message
         assert "(--mode symlink)" in message and "--mode hardlink" not in message
 
 
