@@ -55,6 +55,7 @@ from .sources import (
     class_folder_files,
     is_image_name,
     own_split_folders,
+    split_of,
 )
 from .split import (
     EMPTY,
@@ -1148,6 +1149,7 @@ def build_hdf5(
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
     warnings += _lost_classes(reports, planned, classes, skipped_final)
+    warnings += _class_warnings(src, classes)
     warnings += [f"{path} is not from this build (this split has no "
                  f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as "
                  "it was; remove it if it does not belong with these files"
@@ -1208,6 +1210,20 @@ def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
             f"{needs / 1e6:,.1f} MB, and {free / 1e6:,.1f} MB are free there. Free some space, "
             "choose an OUT on another disk, or store smaller images (--size) or compressed ones "
             "(--compression gzip, smaller files but slower reads); nothing was written"))
+
+
+def _class_warnings(src: Path, classes: list[str]) -> list[str]:
+    """What the classes found say of SRC: one class trains no classifier, and classes named
+    as splits (train/, test1/) are the folders of a dump, not of a split."""
+    found = []
+    splits = [c for c in classes if split_of(re.sub(r"\d+$", "", c))]
+    if splits:
+        found.append(f"class folders named as splits ({', '.join(splits)}): if {src} is a "
+                     f"dump, split it first ('dsprep split {src} DEST'), then build from DEST")
+    elif len(classes) == 1:
+        found.append(f"one class only ({classes[0]}): a classifier needs two or more; check "
+                     f"how {src} was split (--layout, and --labels or --pattern)")
+    return found
 
 
 def _free_bytes(folder: Path) -> int | None:

@@ -246,9 +246,19 @@ class SplitPlan:
                          f"folder names: {shown}{more}; give them labels that can be, in the "
                          f"dump or its CSV{slash}, to keep them; skipped.csv says why for each")
         if len(self.classes) == 1:
+            csvs = self._tables_passed_over()
             found.append(f"one class only ({self.classes[0]}): a classifier needs two or more; "
-                         "check --layout (and --labels / --pattern)")
+                         + (f"if {' or '.join(csvs)} labels the images, give it with --labels"
+                            if csvs else "check --layout (and --labels / --pattern)"))
         return found
+
+    def _tables_passed_over(self) -> list[str]:
+        """The CSV files beside the images of a dump split by another layout (a folder dump's
+        only: an archive is not opened again for this)."""
+        folder = self.source / self.root
+        if self.layout == "csv" or not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.glob("*.csv") if p.is_file())
 
     def _stray_labels_file(self) -> str | None:
         """A CSV whose label column was taken by its place, over images in folders that may

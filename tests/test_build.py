@@ -1296,3 +1296,19 @@ def test_a_named_build_into_a_folder_of_two_builds_clears_them_first(tmp_path):
     # test.hdf5 was never replaced: it is the earlier build's, whole, and the ids follow it
     with store.open_dataset(out / "extra.hdf5") as db:
         assert store.label_names(db) == CLASSES
+
+
+def test_classes_that_train_no_classifier_are_warned_about(tmp_path):
+    # dogs-vs-cats as downloaded: train/ and test1/ taken for the classes of a --name build.
+    dump = tmp_path / "dvc"
+    make_class_folders(dump, classes=("train", "test1"), per_class=2)
+    report = build.build_hdf5(dump, tmp_path / "a", opts(), name="train")
+    assert any(w.startswith("class folders named as splits (test1, train): if ")
+               and "split it first" in w for w in report.warnings), report.warnings
+    one = tmp_path / "one"
+    make_class_folders(one / "train", classes=("images",), per_class=2)
+    report = build.build_hdf5(one, tmp_path / "b", opts())
+    assert any(w.startswith("one class only (images): a classifier needs two or more")
+               for w in report.warnings), report.warnings
+    report = build.build_hdf5(make_split(tmp_path / "split"), tmp_path / "c", opts())
+    assert not [w for w in report.warnings if "class" in w]

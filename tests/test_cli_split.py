@@ -112,6 +112,18 @@ def test_a_single_class_is_warned_about(tmp_path):
     result = loud("-q", "split", str(tmp_path / "dump"), str(tmp_path / "split"), "--dry-run")
     assert result.exit_code == 0, result.output
     assert "warning: one class only (cat)" in result.output  # even with -q
+    # A Kaggle dump of images/ beside its tables: the tables are named, as the way out.
+    kaggle = tmp_path / "kaggle"
+    for i in range(4):
+        write_image(kaggle / "images" / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    (kaggle / "train.csv").write_text("id,species\n0,a\n1,b\n2,a\n3,b\n")
+    (kaggle / "sample_submission.csv").write_text("id,a,b\n")
+    result = loud("-q", "split", str(kaggle), str(tmp_path / "k"), "--dry-run",
+                  "--layout", "folders")
+    assert result.exit_code == 0, result.output
+    assert ("warning: one class only (images): a classifier needs two or more; if "
+            "sample_submission.csv or train.csv labels the images, give it with --labels"
+            ) in result.output
 
 
 def test_number_classes_ordered_as_text_and_classes_alike_but_for_case_are_warned_about(

@@ -1320,3 +1320,19 @@ def test_a_folder_inside_a_split_is_answered_with_the_split(tmp_path):
     for inside in (split / "train", split / "train" / "bee"):
         with pytest.raises(LayoutError, match=rf"it lies in the split {re.escape(str(split))}"):
             open_data(inside, tiny(image_size=16))
+
+
+def test_data_of_one_class_is_refused_before_training(tmp_path):
+    # A dump whose classes were not found (images/ beside a CSV taken as the only class)
+    # trained with a loss of 0 and an accuracy of 1 before.
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("images",), per_class=4, size=(16, 16))
+    (split / "split.json").write_text(json.dumps({"classes": ["images"]}))
+    with pytest.raises(LayoutError, match=r"one class only \(images\).*split the dump again"):
+        open_data(split, tiny(image_size=16, batch_size=2), work=tmp_path)
+    h5 = tmp_path / "h5"
+    h5.mkdir()
+    write_arrays(h5 / "train.hdf5", np.zeros((4, 16, 16, 3), np.uint8), np.zeros(4, np.int64),
+                 ["images"])
+    with pytest.raises(LayoutError, match="one class only.*two or more classes"):
+        open_data(h5, tiny(image_size=16, batch_size=2), work=tmp_path)

@@ -368,6 +368,13 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             "output folder or a 'dsprep split' folder"
             + (f" (it lies in the split {above}: give {above})" if above else "")
         )
+    if len(train.label_names) < 2:
+        made = ("build it again from a split with two or more classes" if kind == "hdf5" else
+                "split the dump again")
+        raise LayoutError(
+            f"{data} holds one class only ({', '.join(train.label_names)}): a classifier needs "
+            f"two or more. Check how the dump was split (--layout, and --labels or --pattern), "
+            f"then {made}")
     return DataBundle(train, val, list(train.label_names), mean, INPUT_SCALE,
                       tuple(int(s) for s in train.sample_shape),
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
