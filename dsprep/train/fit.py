@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -529,6 +530,7 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     config = (config or TrainConfig()).check()
     run = Path(run)
     refuse_dangling_link(run)
+    _refuse_run_with_data(run, Path(data))
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     with exclusive(run / TRAIN_LOCK, run):
@@ -541,6 +543,16 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
             if created and not (run / CONFIG).exists():
                 shutil.rmtree(run, ignore_errors=True)
             raise
+
+
+def _refuse_run_with_data(run: Path, data: Path) -> None:
+    """Refuse a run folder that is the data folder, lies in it or holds it: checkpoints and
+    plots among the data are read as images (or as a class) by the next split or build."""
+    r, d = run.resolve(), data.resolve()
+    if r == d or d in r.parents or r in d.parents:
+        how = "is" if r == d else "lies in" if d in r.parents else "holds"
+        raise UsageError(f"run folder {run} {how} the data folder {data}; give a run folder "
+                         f"apart from the data, such as {d.parent / 'runs' / d.name}")
 
 
 # Held by the process training in RUN: a second one (a --force, a --resume) is refused.
@@ -619,6 +631,7 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
         "image_shape": [int(s) for s in bundle.train.image_shape],
         "mean_rgb": list(bundle.mean), "scale": bundle.scale,
         "monitor": cb.best_metric(classes, bundle.val is not None, _val_labels(bundle))[0],
+        "train_images_sha256": _train_images_sha256(bundle),
         "versions": _versions(device)})
     return _fit(model, bundle, run, config, 0, [], progress, aside=aside)
 
@@ -766,6 +779,43 @@ def read_run_config(run: str | os.PathLike) -> dict:
     return config
 
 
+def training_names(gen) -> list[str] | None:
+    """The images a training generator reads, by their names inside their split
+    (``class/file``), in row order; None for an HDF5 file without file names."""
+    if hasattr(gen, "files"):  # DirectoryGenerator: its root is the split's train folder
+        return [Path(p).relative_to(gen.root).as_posix() for p in gen.files]
+    return hdf5_names(gen.path)
+
+
+def hdf5_names(path: Path) -> list[str] | None:
+    """The images of a dsprep HDF5 file by their names inside their split (``class/file``),
+    in row order; None for a file without file names."""
+    from ..store import open_dataset
+
+    with open_dataset(path) as db:
+        if "filenames" not in db:
+            return None
+        names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
+                 for n in db["filenames"][()]]
+    # build-hdf5 names them inside the split folder ("train/cat/1.jpg").
+    return [rest if rest and sources.split_of(first) else name
+            for name in names for first, _, rest in [name.partition("/")]]
+
+
+def images_sha256(names: Sequence[str], labels: Sequence[int]) -> str:
+    """A digest of a training set by its image names and labels (not its pixels): data split
+    again, or built from another split, gives another."""
+    digest = hashlib.sha256()
+    for name, label in zip(names, labels, strict=True):
+        digest.update(f"{int(label)}\t{name}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _train_images_sha256(bundle: DataBundle) -> str | None:
+    names = training_names(bundle.train)
+    return None if names is None else images_sha256(names, bundle.train.labels)
+
+
 def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path,
                         monitor: str | None = None) -> None:
     """Refuse data whose classes or image size differ from those the run was trained on, or
@@ -780,6 +830,13 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
                 f"{data} does not match the run: its {what} {now} differ from the "
                 f"{saved[key]} in {config_path}; give the data the run was trained on"
             )
+    trained = saved.get("train_images_sha256")
+    if trained and _train_images_sha256(bundle) not in (trained, None):
+        raise UsageError(
+            f"{data} does not match the run: its training images (their names and labels) "
+            f"differ from those the run was trained on (split or built again since?); give the "
+            "data the run was trained on, or start a new run, lest the test images of the new "
+            "split be among those it learned")
     now = cb.best_metric(len(bundle.label_names), bundle.val is not None,
                          _val_labels(bundle))[0]
     if monitor and now != monitor:
@@ -833,6 +890,7 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool) -> 
         if data is None and not isinstance(saved.get("data"), str):
             raise DatasetFormatError(f"{run / CONFIG} does not name the data folder ('data'); "
                                      f"give DATA: dsprep train --resume {run} DATA")
+        _refuse_run_with_data(run, Path(data or saved["data"]))
         result = _train(data or saved["data"], run, config, False, True, progress, True, bars)
         result.restarted = True
         return result
@@ -925,6 +983,7 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))
     device = configure_device(config.precision, config.jit, config.gpus)
+    _refuse_run_with_data(run, Path(data or saved["data"]))
     bundle = open_data(data or saved["data"], config, work=run, progress=bars)
     _check_resumed_data(bundle, saved, data or saved["data"], config_path,
                         state.get("monitor") or saved.get("monitor"))

@@ -159,6 +159,39 @@ def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str
     return cb.save_figure(fig, path)
 
 
+def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
+    """A note when ``data`` may hold images the run learned from: its training data (an
+    HDF5 folder) was split or built again since, or some of its names are among the
+    training images'. None when neither, or when it cannot be told (folders, subsets)."""
+    from ..store import open_dataset
+    from .fit import hdf5_names, images_sha256
+
+    trained = config.get("train_images_sha256")
+    train_file = Path(str(config.get("data", ""))) / "train.hdf5"
+    if (not trained or config.get("data_kind") != "hdf5"
+            or config.get("options", {}).get("limit_per_class") or not train_file.is_file()
+            or train_file.resolve() == data.resolve()):
+        return None
+    names = hdf5_names(train_file)
+    tested = hdf5_names(data)
+    if names is None or tested is None:
+        return None
+    with open_dataset(train_file) as db:
+        labels = db["labels"][()]
+    if images_sha256(names, labels) != trained:
+        return (f"the training data {train_file} has changed since {run} learned from it (split "
+                f"or built again?): if images of {data} were among those it learned from, these "
+                "figures are better than it would do on new images")
+    # Names of image files (class/file), not the row numbers of arrays written by hand.
+    seen = {name for name in names if "/" in name}
+    both = sum(name in seen for name in tested)
+    if both:
+        return (f"{both} of the {len(tested)} images of {data} have the names of images {run} "
+                "learned from: if they are the same images, these figures are better than it "
+                "would do on new ones")
+    return None
+
+
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: bool = False,
                  checkpoint: str = "best", batch_size: int = 64,
                  progress: bool = False) -> dict:
@@ -231,6 +264,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
             + (f" (cropped to {crop}x{crop})" if crop else "")
             + "; build the file with the training image size (build-hdf5 --size "
             + (f"{size})" if size else f"{crop} or more)"))
+    seen_note = None if split == "train" else _seen_in_training(run, config, data)
     result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "classes": classes}
     for method, pre in plans:
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
@@ -263,6 +297,8 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
             scores["notes"].append(f"{data} is a training split: its figures say how well the "
                                    "model fits the images it learned from, not how it does on "
                                    "new ones (evaluate test.hdf5 for that)")
+        elif seen_note:
+            scores["notes"].append(seen_note)
         # best.keras keeps the name it always had; last.keras's figure must not replace it.
         which = "" if checkpoint == "best" else f"-{checkpoint}"
         png = run / f"confusion-{_data_name(data, config)}-{method.replace('_', '')}{which}.png"
