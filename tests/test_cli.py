@@ -364,4 +364,5 @@ def test_a_command_stopped_by_ctrl_c_exits_130(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["split", str(dump), str(tmp_path / "out")])
     # Not 1: a batch script can tell an interrupted job from a failed one.
     assert result.exit_code == 130
-    assert "Aborted!" in result.output and "Traceback" not in result.output
+    assert "Aborted! Nothing that looks finished was left; run the same command again" in \
+        result.output and "Traceback" not in result.output

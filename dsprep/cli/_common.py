@@ -17,6 +17,13 @@ from ..errors import DsprepError, UsageError
 INTERRUPTED = 130
 
 
+# What to do after a Ctrl-C, for the commands whose next run carries on (train says its own).
+_AFTER_A_STOP = {
+    "split": "Nothing that looks finished was left; run the same command again to carry on.",
+    "build-hdf5": "Nothing half-written was kept; run the same command again.",
+}
+
+
 class DsprepGroup(click.Group):
     """A click group that prints dsprep's errors as one line ('Error: ...') without a traceback.
 
@@ -30,7 +37,8 @@ class DsprepGroup(click.Group):
         except KeyboardInterrupt:
             # click would say "Aborted!" and exit 1, which a batch script cannot tell from a
             # failure.
-            click.echo("\nAborted!", err=True)
+            then = _AFTER_A_STOP.get(ctx.invoked_subcommand or "")
+            click.echo("\nAborted!" + (f" {then}" if then else ""), err=True)
             ctx.exit(INTERRUPTED)
         except UsageError as exc:
             # No context: the message names the option itself, and the group's usage line would
