@@ -972,34 +972,44 @@ def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
     return digest.hexdigest()
 
 
-def _up_to_date(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
-                options: BuildOptions, links: dict[str, list[Skip]],
-                others: list[Path]) -> bool:
-    """Whether OUT holds this very build: every file there, made from the same files (by their
-    names, labels, sizes and times) with the same options and classes, and no file of another
-    build waiting."""
+def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
+            options: BuildOptions, links: dict[str, list[Skip]],
+            others: list[Path]) -> str | None:
+    """None when OUT holds this very build: every file there, made from the same files (by
+    their names, labels, sizes and times) with the same options and classes, and no file of
+    another build waiting; else the first difference, in words."""
     if store.half_published(out):
-        return False
-    if not all(p.is_file() for p in others):
-        return False
+        return "a build stopped while it renamed its files into place"
+    missing = [p.name for p in others if not p.is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
     for split, rows in planned.items():
+        path = out / f"{split}.hdf5"
         wanted = _file_attrs(options, split, src)
         wanted["sources_stamp"] = sources_stamp(rows, links.get(split, ()))
         try:
-            with store.open_dataset(out / f"{split}.hdf5") as db:
+            with store.open_dataset(path) as db:
                 found = store.attributes(db)
-                if store.label_names(db) != list(classes):
-                    return False
+                names = store.label_names(db)
         except DsprepError:
-            return False
-        if any(np.asarray(found.get(key)).tolist() != np.asarray(value).tolist()
-               for key, value in wanted.items()):
-            return False
-        if (list(np.asarray(found.get("image_size")).tolist()) != list(options.size)
-                or int(found.get("count", -1)) + int(found.get("skipped", 0))
+            return f"{path.name} missing or not a dsprep file"
+        if names != list(classes):
+            return f"classes {', '.join(names)} in {path.name}, now {', '.join(classes)}"
+        size = list(np.asarray(found.get("image_size")).tolist())
+        if size != list(options.size):
+            return (f"images of {'x'.join(map(str, size))} in {path.name}, now "
+                    f"{options.size[0]}x{options.size[1]}")
+        for key, value in wanted.items():
+            there = np.asarray(found.get(key)).tolist()
+            if there != np.asarray(value).tolist():
+                if key == "sources_stamp":
+                    return (f"the images of {split} changed since {path.name} was built "
+                            "(added, removed, renamed, moved or touched)")
+                return f"{key} {there!r} in {path.name}, now {value!r}"
+        if (int(found.get("count", -1)) + int(found.get("skipped", 0))
                 != len(rows) + len(links.get(split, ()))):
-            return False
-    return True
+            return f"{path.name} was built from another number of images"
+    return None
 
 
 def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: int,
@@ -1132,18 +1142,24 @@ def build_hdf5(
                          "them into place left them (so they were from two builds)")
         if name is not None:  # after the clearing up: the files it agrees with are whole
             classes, planned = _classes_beside(out, name, classes, planned, notes, warnings)
-        if not force and name is None and _up_to_date(
-                src, out, planned, classes, options, links,
-                [p for p in (means_path, skipped_final) if p is not None]):
-            return BuildReport([], means_path, skipped_final, notes, warnings, up_to_date=True)
+        unlike = None
+        if not force and name is None:
+            unlike = _unlike(src, out, planned, classes, options, links,
+                             [p for p in (means_path, skipped_final) if p is not None])
+            if unlike is None:
+                return BuildReport([], means_path, skipped_final, notes, warnings,
+                                   up_to_date=True)
         if not force:
             existing = [p for p in [*outputs, means_path, skipped_final]
                         if p is not None and p.exists()]
             if existing:
+                # Why it is not the same build, where the files say: what a user changed.
+                why = (f" from another build ({unlike})"
+                       if unlike and any(p.exists() for p in outputs) else "")
                 raise DestinationExistsError(
                     f"{', '.join(map(str, existing))} already "
-                    f"{'exists' if len(existing) == 1 else 'exist'}; use --force to replace "
-                    f"{'it' if len(existing) == 1 else 'them'}"
+                    f"{'exists' if len(existing) == 1 else 'exist'}{why}; use --force to "
+                    f"replace {'it' if len(existing) == 1 else 'them'}"
                 )
         _check_room(out, planned, options, outputs)
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,

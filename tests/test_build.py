@@ -1312,3 +1312,21 @@ def test_classes_that_train_no_classifier_are_warned_about(tmp_path):
                for w in report.warnings), report.warnings
     report = build.build_hdf5(make_split(tmp_path / "split"), tmp_path / "c", opts())
     assert not [w for w in report.warnings if "class" in w]
+
+
+def test_a_build_refused_over_another_says_what_differs(tmp_path):
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    build.build_hdf5(src, out, opts())
+    with pytest.raises(DestinationExistsError,
+                       match=r"from another build \(images of 24x24 in train.hdf5, now 32x32\); "
+                             "use --force"):
+        build.build_hdf5(src, out, opts(size=(32, 32)))
+    with pytest.raises(DestinationExistsError, match=r"\(resize 'crop' in train.hdf5, now "
+                                                     r"'stretch'\)"):
+        build.build_hdf5(src, out, opts(resize="stretch"))
+    image = next((src / "train" / "cat").iterdir())
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    with pytest.raises(DestinationExistsError, match=r"\(the images of train changed since "
+                                                     r"train.hdf5 was built"):
+        build.build_hdf5(src, out, opts())
