@@ -900,13 +900,15 @@ def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = 
         return
     planned = {f.source: f for f in split_plan.files}
     new = sum(s not in before for s in planned)
-    gone = sum(s not in planned for s in before)
+    out = [s for s in before if s not in planned]
+    # Still in the dump, but no longer chosen (--counts, --limit-per-class) or now left out.
+    kept = sum((source / s).exists() for s in out) if source.is_dir() else 0
     moved = [f for s, f in planned.items() if s in before and before[s]["split"] != f.split]
     # Same split, but another content, class or name (a file edited in place, a new label).
     other = sum(s in before and before[s]["split"] == f.split
                 and before[s] != dict(zip(FILES_COLUMNS, _csv_row(f), strict=True))
                 for s, f in planned.items())
-    if not (new or gone or moved or other):
+    if not (new or out or moved or other):
         return  # the same rows, written otherwise (line ends, quoting): nothing moves
     splits = "/".join(split_plan.splits)
     example = (f" (e.g. {moved[0].source}: {before[moved[0].source]['split']} to "
@@ -914,7 +916,8 @@ def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = 
     changed = f", {other} changed in content, class or name" if other else ""
     raise DestinationExistsError(
         f"{source} changed since {dest} was split (or this version of dsprep reads it "
-        f"otherwise): {new} new, {gone} gone, {len(moved)} "
+        f"otherwise): {new} new, {len(out) - kept} gone"
+        + (f", {kept} no longer chosen" if kept else "") + f", {len(moved)} "
         f"would move between {splits}{example}{changed}; use --force to split again "
         f"({dest}'s {splits} change)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import zipfile
 
@@ -84,6 +85,22 @@ def test_a_split_empty_in_every_class_gets_a_note_even_with_q(tmp_path):
     result = run("split", str(dump), dest, "--counts", "0,0,0")
     assert result.exit_code == 2 and "counts 0,0,0 place no image" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
+def test_a_file_no_longer_chosen_is_not_called_gone(tmp_path):
+    # With fixed counts, a new image takes the place of one still in the dump.
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
+    dest = tmp_path / "split"
+    assert run("split", str(dump), str(dest), "--counts", "4,2,2").exit_code == 0
+    chosen = (dest / "files.csv").read_text()
+    for i in range(3):
+        write_image(dump / "a" / f"new{i}.jpg", smooth_image(40, 40, seed=90 + i))
+    result = run("split", str(dump), str(dest), "--counts", "4,2,2")
+    assert result.exit_code == 1, result.output
+    # As many of the dump's images drop out of the split as new ones come in; none is gone.
+    found = re.search(r"(\d+) new, 0 gone, (\d+) no longer chosen, ", result.output)
+    assert found and found[1] == found[2] and int(found[1]) > 0, result.output
+    assert (dest / "files.csv").read_text() == chosen
 
 
 def test_a_source_changed_since_the_split_needs_force(tmp_path):
