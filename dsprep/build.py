@@ -995,10 +995,10 @@ def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[s
             return f"{path.name} missing or not a dsprep file"
         if names != list(classes):
             return f"classes {', '.join(names)} in {path.name}, now {', '.join(classes)}"
-        size = list(np.asarray(found.get("image_size")).tolist())
+        size = np.asarray(found.get("image_size")).tolist()
         if size != list(options.size):
-            return (f"images of {'x'.join(map(str, size))} in {path.name}, now "
-                    f"{options.size[0]}x{options.size[1]}")
+            there = "x".join(map(str, size)) if isinstance(size, list) else "no stated size"
+            return f"images of {there} in {path.name}, now {options.size[0]}x{options.size[1]}"
         for key, value in wanted.items():
             there = np.asarray(found.get(key)).tolist()
             if there != np.asarray(value).tolist():
@@ -1207,7 +1207,9 @@ def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
     stale = 0
     for path in map(store.partial_path, outputs):
         with contextlib.suppress(FileNotFoundError):
-            stale += path.stat().st_size
+            st = path.stat()
+            # The blocks it holds: a stopped build's file is sparse where it wrote nothing.
+            stale += getattr(st, "st_blocks", st.st_size // 512) * 512
             path.unlink()  # under OUT's lock: a stopped build's, never another's
     height, width = options.size
     count = sum(len(rows) for rows in planned.values())
@@ -1232,7 +1234,10 @@ def _class_warnings(src: Path, classes: list[str]) -> list[str]:
     """What the classes found say of SRC: one class trains no classifier, and classes named
     as splits (train/, test1/) are the folders of a dump, not of a split."""
     found = []
-    splits = [c for c in classes if split_of(re.sub(r"\d+$", "", c))]
+    # A split's own class may be named so (CIFAR-100's "train"): only a folder not made by
+    # 'dsprep split' is suspect.
+    splits = [] if (src / "split.json").is_file() else [
+        c for c in classes if split_of(re.sub(r"\d+$", "", c))]
     if splits:
         found.append(f"class folders named as splits ({', '.join(splits)}): if {src} is a "
                      f"dump, split it first ('dsprep split {src} DEST'), then build from DEST")

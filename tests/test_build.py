@@ -784,12 +784,19 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     assert list(out.iterdir()) == []
     # A stopped build's .partial files would hold their room until their turn: they go first,
     # and their room counts as free even where the file system gives it back late.
-    (out / "test.hdf5.partial").write_bytes(b"x" * 100)
+    stale = out / "test.hdf5.partial"
+    stale.write_bytes(b"x" * 8192)
+    held = stale.stat().st_blocks * 512  # what it takes on the disk
     monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
-        f_bavail=needs - 101, f_bfree=needs - 101, f_frsize=1))
+        f_bavail=needs - held - 1, f_bfree=needs - held - 1, f_frsize=1))
     with pytest.raises(OSError, match="will not fit"):
         build.build_hdf5(src, out, opts())
     assert list(out.iterdir()) == []
+    # A sparse one (a stopped build allocates its chunks and writes few) holds no room.
+    with open(stale, "wb") as fh:
+        fh.truncate(10**7)
+    with pytest.raises(OSError, match="will not fit"):
+        build.build_hdf5(src, out, opts())
     # Each file takes whole chunks: in chunks of 5, 18 train images take 20 rows, 6 val and
     # 6 test images 10 each.
     padded = needs + (2 + 4 + 4) * 24 * 24 * 3
@@ -801,9 +808,9 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
         f_bavail=padded, f_bfree=padded, f_frsize=1))
     assert build.build_hdf5(src, tmp_path / "padded", opts(chunk_images=5)).files
-    (out / "test.hdf5.partial").write_bytes(b"x" * 100)
+    stale.write_bytes(b"x" * 8192)
     monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
-        f_bavail=needs - 100, f_bfree=needs - 100, f_frsize=1))
+        f_bavail=needs - held, f_bfree=needs - held, f_frsize=1))
     reports = build.build_hdf5(src, out, opts()).files
     assert sum(r.count for r in reports) == count
     # Root may take the blocks reserved for it; another user may not.
@@ -1312,6 +1319,14 @@ def test_classes_that_train_no_classifier_are_warned_about(tmp_path):
                for w in report.warnings), report.warnings
     report = build.build_hdf5(make_split(tmp_path / "split"), tmp_path / "c", opts())
     assert not [w for w in report.warnings if "class" in w]
+    # A split's own class named like a split (CIFAR-100's "train") is no dump's folder.
+    cifar = tmp_path / "cifar"
+    for split in ("train", "val"):
+        make_class_folders(cifar / split, classes=("bus", "train"), per_class=2)
+    (cifar / "split.json").write_text(json.dumps({"schema": "dsprep-split/1",
+                                                  "classes": ["bus", "train"]}))
+    report = build.build_hdf5(cifar, tmp_path / "d", opts())
+    assert not [w for w in report.warnings if "class" in w], report.warnings
 
 
 def test_a_build_refused_over_another_says_what_differs(tmp_path):
@@ -1325,6 +1340,15 @@ def test_a_build_refused_over_another_says_what_differs(tmp_path):
     with pytest.raises(DestinationExistsError, match=r"\(resize 'crop' in train.hdf5, now "
                                                      r"'stretch'\)"):
         build.build_hdf5(src, out, opts(resize="stretch"))
+    # A file of OUT written by other means (no build attributes) is named, not a traceback.
+    other = tmp_path / "other"
+    other.mkdir()
+    store.write_arrays(other / "train.hdf5", np.zeros((2, 24, 24, 3), np.uint8), [0, 1],
+                       ["cat", "dog"])
+    with h5py.File(other / "train.hdf5", "a") as db:
+        del db.attrs["image_size"]
+    with pytest.raises(DestinationExistsError, match="already exists from another build"):
+        build.build_hdf5(src, other, opts())
     image = next((src / "train" / "cat").iterdir())
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     with pytest.raises(DestinationExistsError, match=r"\(the images of train changed since "

@@ -546,13 +546,16 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
 
 
 def _refuse_run_with_data(run: Path, data: Path) -> None:
-    """Refuse a run folder that is the data folder, lies in it or holds it: checkpoints and
-    plots among the data are read as images (or as a class) by the next split or build."""
+    """Refuse a run folder that is the data folder or lies in it: checkpoints and plots among
+    the data are read as images (or as a class) by the next split or build. (Data that is no
+    data is refused later, as such.)"""
+    if not ((data / "train.hdf5").is_file() or (data / "train").is_dir()):
+        return
     r, d = run.resolve(), data.resolve()
-    if r == d or d in r.parents or r in d.parents:
-        how = "is" if r == d else "lies in" if d in r.parents else "holds"
-        raise UsageError(f"run folder {run} {how} the data folder {data}; give a run folder "
-                         f"apart from the data, such as {d.parent / 'runs' / d.name}")
+    if r == d or d in r.parents:
+        raise UsageError(f"run folder {run} {'is' if r == d else 'lies in'} the data folder "
+                         f"{data}; give a run folder apart from the data, such as "
+                         f"{d.parent / 'runs' / d.name}")
 
 
 # Held by the process training in RUN: a second one (a --force, a --resume) is refused.
@@ -806,8 +809,9 @@ def images_sha256(names: Sequence[str], labels: Sequence[int]) -> str:
     """A digest of a training set by its image names and labels (not its pixels): data split
     again, or built from another split, gives another."""
     digest = hashlib.sha256()
-    for name, label in zip(names, labels, strict=True):
-        digest.update(f"{int(label)}\t{name}\n".encode("utf-8", "surrogateescape"))
+    # Sorted: a build's row order (--seed, --order) is no other data.
+    for name, label in sorted(zip(names, map(int, labels), strict=True)):
+        digest.update(f"{label}\t{name}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

@@ -160,9 +160,9 @@ def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str
 
 
 def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
-    """A note when ``data`` may hold images the run learned from: its training data (an
-    HDF5 folder) was split or built again since, or some of its names are among the
-    training images'. None when neither, or when it cannot be told (folders, subsets)."""
+    """A note when the run's training data (an HDF5 folder) was split or built again since it
+    trained: ``data`` may then hold images it learned from. None when not, or when it cannot
+    be told (image folders, subsets)."""
     from ..store import open_dataset
     from .fit import hdf5_names, images_sha256
 
@@ -173,23 +173,15 @@ def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
             or train_file.resolve() == data.resolve()):
         return None
     names = hdf5_names(train_file)
-    tested = hdf5_names(data)
-    if names is None or tested is None:
+    if names is None:
         return None
     with open_dataset(train_file) as db:
         labels = db["labels"][()]
-    if images_sha256(names, labels) != trained:
-        return (f"the training data {train_file} has changed since {run} learned from it (split "
-                f"or built again?): if images of {data} were among those it learned from, these "
-                "figures are better than it would do on new images")
-    # Names of image files (class/file), not the row numbers of arrays written by hand.
-    seen = {name for name in names if "/" in name}
-    both = sum(name in seen for name in tested)
-    if both:
-        return (f"{both} of the {len(tested)} images of {data} have the names of images {run} "
-                "learned from: if they are the same images, these figures are better than it "
-                "would do on new ones")
-    return None
+    if images_sha256(names, labels) == trained:
+        return None
+    return (f"the training data {train_file} has changed since {run} learned from it (split or "
+            f"built again?): if images of {data} were among those it learned from, these "
+            "figures are better than it would do on new images")
 
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: bool = False,
