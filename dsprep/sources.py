@@ -427,6 +427,12 @@ def compile_pattern(pattern: str | None) -> re.Pattern | None:
     return compiled
 
 
+def _only_folder_of_images(images: list[str], root: str) -> bool:
+    """Whether the wrapper folder stepped into holds images straight in it (``one/daisy/1.jpg``
+    with nothing beside ``daisy/``): the one class of a dump, not a wrapper."""
+    return bool(root) and any("/" not in f[len(root):] for f in images if f.startswith(root))
+
+
 def _descend(files: list[str]) -> str:
     """The folder to treat as the dump: step into single wrapper folders."""
     root = ""
@@ -566,7 +572,10 @@ def find_images(
             + {"folders": "<class>/<image> folders",
                "prefix": "files named <class>.<n>.<ext> (or give --pattern)",
                "csv": "a labels CSV whose ids name image files"}[chosen]
-            + "; choose the layout with --layout"
+            + ("; choose the layout with --layout" if not _only_folder_of_images(images, root)
+               else f"; {root.rstrip('/')}/ is the only folder of {source.path} and holds the "
+               "images themselves, so it was stepped into as a wrapper: a classifier needs a "
+               "folder of images for each class, two or more, side by side")
             + (f" ({passed_over} was not taken for the labels: it labels less than half of "
                "the images, or all alike, or with a value per image; --layout csv reads it)"
                if passed_over else "")

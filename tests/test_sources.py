@@ -486,8 +486,15 @@ def test_csv_layout_without_a_csv_says_how_to_fix(tmp_path):
 def test_nothing_labelled_is_an_error(tmp_path):
     _img(tmp_path / "d" / "1.jpg")
     _img(tmp_path / "d" / "2.jpg", seed=2)
-    with pytest.raises(LayoutError, match="no labelled images"):
+    with pytest.raises(LayoutError, match="no labelled images") as info:
         _find(tmp_path / "d")
+    assert "only folder" not in str(info.value)
+    # One class folder alone is stepped into as a wrapper: said, with what a dump needs.
+    make_class_folders(tmp_path / "one", classes=("daisy",), per_class=2)
+    for layout in ("auto", "folders"):
+        with pytest.raises(LayoutError, match=r"daisy/ is the only folder of .* and holds the "
+                                              r"images themselves.*two or more"):
+            _find(tmp_path / "one", layout=layout)
 
 
 def test_missing_source_and_non_zip_file(tmp_path):
