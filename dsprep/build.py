@@ -773,15 +773,16 @@ _POOL_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _decoding_pool(workers: int) -> Iterator:
-    """A pool of ``workers`` decoding processes for the block (a build's ``--workers``).
+def _decoding_pool(workers: int, most: int | None = None) -> Iterator:
+    """A pool of ``workers`` decoding processes for the block, or a pool kept from before of
+    up to ``most`` (a build's ``--workers``: never more).
 
-    Kept between files (and builds), so train, val and test share one start-up; a smaller file
-    keeps fewer tasks in flight on it. A pool of our own, not loky's process-wide reusable one:
-    joblib.Parallel elsewhere in the same process (the sample dump) expects that one to be set
-    up by joblib itself. Builds in two threads with the same count share a pool, and a pool is
-    never shut down while a build uses it. A new pool stops the idle ones of other counts, and
-    idle workers stop after the timeout.
+    Kept between files (and builds), so train, val and test share one start-up: a smaller
+    file uses the larger file's pool, keeping fewer tasks in flight on it. A pool of our own,
+    not loky's process-wide reusable one: joblib.Parallel elsewhere in the same process (the
+    sample dump) expects that one to be set up by joblib itself. Builds in two threads may
+    share a pool, and a pool is never shut down while a build uses it. A new pool stops the
+    idle ones, and idle workers stop after the timeout.
     """
     from joblib.externals.loky import ProcessPoolExecutor
 
@@ -789,7 +790,8 @@ def _decoding_pool(workers: int) -> Iterator:
     with _POOL_LOCK:
         executors = _POOL.setdefault("executors", {})
         users = _POOL.setdefault("users", Counter())
-        executor = executors.get(workers)
+        fits = sorted(w for w in executors if workers <= w <= max(workers, most or workers))
+        executor = executors[fits[0]] if fits else None
         if executor is None:
             stale = [executors.pop(w) for w in list(executors) if not users[executors[w]]]
             executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
@@ -1038,9 +1040,8 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         completed = False
         executor = None
         try:
-            # The build's own count, so that its files share one pool and --workers caps it.
-            executor = (stack.enter_context(_decoding_pool(options.worker_count)) if parallel
-                        else None)
+            executor = (stack.enter_context(_decoding_pool(workers, options.worker_count))
+                        if parallel else None)
             next_task = 0
             while pending or next_task < len(tasks):
                 # Task t fills block t % blocks, submitted only once task t - blocks is consumed.

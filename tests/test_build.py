@@ -1091,20 +1091,24 @@ def test_a_worker_whose_build_was_killed_ends_too(tmp_path):
 def test_the_files_of_a_build_share_one_pool_of_its_worker_count(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # val's 3 images alone would use 2 workers
     src = make_split(tmp_path / "split", counts=(("train", 6), ("val", 1)))
-    asked = []
+    used = []
     real = build._decoding_pool
 
-    def recorded(workers):
-        asked.append(workers)
-        return real(workers)
+    @contextlib.contextmanager
+    def recorded(workers, most=None):
+        with real(workers, most) as executor:
+            used.append(executor)
+            yield executor
 
     monkeypatch.setattr(build, "_decoding_pool", recorded)
     try:
         build.build_hdf5(src, tmp_path / "out", opts(workers=3))
-        assert asked == [3, 3]  # not a second pool of 2 for val
+        assert len(used) == 2 and used[0] is used[1]  # not a second pool of 2 for val
+        assert list(build._POOL["executors"]) == [3]
         # A later build with fewer workers gets a pool of its own size: --workers caps it.
         build.build_hdf5(src, tmp_path / "out2", opts(workers=2))
-        assert asked[2:] == [2, 2] and list(build._POOL["executors"]) == [2]
+        assert used[2] is used[3] and used[2] is not used[0]
+        assert list(build._POOL["executors"]) == [2]
     finally:
         build.shutdown_workers()
 
@@ -1120,10 +1124,14 @@ def test_builds_in_two_threads_share_pools_that_are_never_shut_down_under_them()
                 assert three.submit(abs, -3).result(60) == 3
             with build._decoding_pool(2) as again:
                 assert again is two
+            with build._decoding_pool(2, 3) as upto:
+                assert upto is two  # the smallest that serves
         with build._decoding_pool(4) as four:
             # Pools no build uses any more are stopped when another starts, not left idling.
             assert set(build._POOL["executors"].values()) == {four}
             assert four.submit(abs, -4).result(60) == 4
+        with build._decoding_pool(3, 4) as smaller:
+            assert smaller is four  # a smaller file of a build of 4 uses its pool
         with pytest.raises(RuntimeError, match="shutdown"):
             two.submit(abs, -2)
     finally:
