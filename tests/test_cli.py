@@ -25,6 +25,11 @@ def test_help_lists_every_command():
     for name in ("split", "build-hdf5", "info", "verify", "means", "train", "evaluate",
                  "sample-dump", "demo", "sweep-lr"):
         assert name in result.output
+    # The statuses a batch job tells apart, and the ones the code gives for them.
+    from dsprep.cli._common import INTERRUPTED
+
+    text = " ".join(result.output.split())
+    assert f"{INTERRUPTED} stopped by Ctrl-C" in text and "143 by SIGTERM" in text
 
 
 def test_os_errors_become_one_line_messages(tmp_path):
