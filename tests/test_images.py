@@ -193,24 +193,6 @@ def test_probe_falls_back_to_decoding_other_formats():
     np.testing.assert_array_equal(images.decode(data), RGB)
 
 
-def test_probe_costs_microseconds_not_a_decode():
-    import time
-
-    data = encode(Image.fromarray(smooth_image(375, 500, seed=1)), "JPEG", exif=exif(6))
-    images.probe(data)
-    start = time.perf_counter()
-    for _ in range(200):
-        images.probe(data)
-    per_probe = (time.perf_counter() - start) / 200
-    start = time.perf_counter()
-    for _ in range(20):
-        images.decode(data)
-    per_decode = (time.perf_counter() - start) / 20
-    # Generous bounds for a shared machine: measured ~5 us against ~700 us.
-    assert per_probe < per_decode / 10
-    assert per_probe < 500e-6
-
-
 # --- orientation ----------------------------------------------------------------------------
 
 
@@ -513,7 +495,9 @@ def test_a_jpeg_damaged_inside_its_data_is_refused(capfd):
     # reduced decoding (a large source for a small target) finds it too
     with pytest.raises(CorruptImageError, match="JPEG data is damaged"):
         images.load(damaged, (24, 32))
-    np.testing.assert_array_equal(images.decode(data), images.decode(data))
+    # The undamaged file decodes as a plain decoder reads it.
+    np.testing.assert_array_equal(images.decode(data), cv2.imdecode(
+        np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB))
 
 
 @pytest.mark.parametrize(("progressive", "restarts"), [(0, 0), (1, 0), (0, 2), (1, 1)])
@@ -606,10 +590,11 @@ def test_truncated_webp_and_gif_are_refused():
 @pytest.mark.parametrize("fmt", ["gif", "bmp"])
 def test_a_truncated_gif_or_bmp_is_found_from_its_header(fmt):
     data = FORMATS[fmt]()
-    assert images.probe(data, verify=True)[0] > 0  # whole: fine
+    assert images.probe(data, verify=True) == RGB.shape[:2]  # whole: fine
     if fmt == "gif":
         for tail in (b"\x00\x00", b"\n", b"\r\n", b"appended data" * 100):
-            assert images.probe(data + tail, verify=True)[0] > 0  # after the trailer: fine
+            # after the trailer: fine
+            assert images.probe(data + tail, verify=True) == RGB.shape[:2]
         frames = [Image.fromarray(smooth_image(37, 53, seed=s)).quantize(64) for s in range(3)]
         animated = encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
                           duration=50, loop=0, transparency=0, comment=b"made here")
