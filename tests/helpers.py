@@ -41,3 +41,30 @@ def make_class_folders(
             write_image(root / name / f"{name}_{i}.jpg", smooth_image(*size, seed=n))
             n += 1
     return root
+
+
+def area_reference(data: bytes, size: tuple[int, int], mode: str = "crop") -> np.ndarray:
+    """Full OpenCV decode (EXIF orientation applied), RGB, resized to size, then centre crop
+    (crop), nothing (stretch) or a centred black letterbox (pad): written out here, so the
+    reduced-decoding tests do not compare the code with itself."""
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                       cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    height, width = size
+    def flag(nh: int, nw: int) -> int:  # the documented choice: AREA shrinks, CUBIC enlarges
+        return cv2.INTER_AREA if min(nh / h, nw / w) < 1 else cv2.INTER_CUBIC
+
+    if mode == "stretch":
+        return cv2.resize(rgb, (width, height), interpolation=flag(height, width))
+    scale = max(height / h, width / w) if mode == "crop" else min(height / h, width / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = (max(nh, height), max(nw, width)) if mode == "crop" else \
+        (min(nh, height), min(nw, width))
+    small = cv2.resize(rgb, (nw, nh), interpolation=flag(nh, nw))
+    if mode == "crop":
+        top, left = (nh - height) // 2, (nw - width) // 2
+        return small[top:top + height, left:left + width]
+    canvas = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    canvas[top:top + nh, left:left + nw] = small
+    return canvas

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage
-from helpers import smooth_image, write_image
+from helpers import area_reference, smooth_image, write_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -42,30 +42,6 @@ def photo(name: str) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def area_reference(data: bytes, size: tuple[int, int], mode: str = "crop") -> np.ndarray:
-    """Full OpenCV decode (EXIF orientation applied), RGB, INTER_AREA to size, then centre crop
-    (crop), nothing (stretch) or a centred black letterbox (pad): written out here, so the
-    reduced-decoding tests do not compare the code with itself."""
-    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
-                       cv2.COLOR_BGR2RGB)
-    h, w = rgb.shape[:2]
-    height, width = size
-    if mode == "stretch":
-        return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-    scale = max(height / h, width / w) if mode == "crop" else min(height / h, width / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    nh, nw = (max(nh, height), max(nw, width)) if mode == "crop" else \
-        (min(nh, height), min(nw, width))
-    small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
-    if mode == "crop":
-        top, left = (nh - height) // 2, (nw - width) // 2
-        return small[top:top + height, left:left + width]
-    canvas = np.zeros((height, width, 3), np.uint8)
-    top, left = (height - nh) // 2, (width - nw) // 2
-    canvas[top:top + nh, left:left + nw] = small
-    return canvas
 
 
 def white_composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
