@@ -61,12 +61,12 @@ def test_mean_rgb_reads_dicts_paths_and_triples(tmp_path):
     assert mean_rgb([1, 2, 3]) == (1.0, 2.0, 3.0)
     with pytest.raises(DatasetFormatError, match="no B"):
         mean_rgb({"R": 1, "G": 2})
-    with pytest.raises(LayoutError):
+    with pytest.raises(LayoutError, match="missing.json does not exist"):
         mean_rgb(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DatasetFormatError):
         mean_rgb(tmp_path / "bad.json")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="expected three finite R, G, B means"):
         mean_rgb([1, 2])
 
 

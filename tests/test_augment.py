@@ -55,7 +55,7 @@ def test_random_flip_vertical_and_both():
     np.testing.assert_array_equal(out, batch[:, ::-1])
     out = RandomFlip(horizontal=True, vertical=True, p=1.0)(batch, np.random.default_rng(0))
     np.testing.assert_array_equal(out, batch[:, ::-1, ::-1])
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="needs horizontal=True or vertical=True"):
         RandomFlip(horizontal=False, vertical=False)
     with pytest.raises(UsageError, match="probability"):
         RandomFlip(p=1.5)

@@ -350,7 +350,7 @@ def test_rescale():
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, batch / 255.0, rtol=1e-6)
     np.testing.assert_allclose(Rescale(2.0, offset=-1.0)(batch), batch * 2.0 - 1.0, rtol=1e-6)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="must be finite numbers, got nan"):
         Rescale(float("nan"))
 
 
