@@ -221,7 +221,9 @@ def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
 
     thread = threading.Thread(target=reader)
     thread.start()
-    time.sleep(0.04)
+    deadline = time.monotonic() + 30
+    while len(got) < 4 and time.monotonic() < deadline:  # a few batches in, most to come
+        time.sleep(0.001)
     ds.on_epoch_end()  # mid-pass, from this thread
     ds.on_epoch_begin()
     thread.join(30)
