@@ -572,10 +572,13 @@ def find_images(
             + {"folders": "<class>/<image> folders",
                "prefix": "files named <class>.<n>.<ext> (or give --pattern)",
                "csv": "a labels CSV whose ids name image files"}[chosen]
-            + ("; choose the layout with --layout" if not _only_folder_of_images(images, root)
-               else f"; {root.rstrip('/')}/ is the only folder of {source.path} and holds the "
+            + "; choose the layout with --layout"
+            # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
+            + (f" ({root.rstrip('/')}/ is the only folder of {source.path} and holds the "
                "images themselves, so it was stepped into as a wrapper: a classifier needs a "
-               "folder of images for each class, two or more, side by side")
+               "folder of images for each class, two or more, side by side)"
+               if guessing and table is None and passed_over is None and regex is None
+               and _only_folder_of_images(images, root) else "")
             + (f" ({passed_over} was not taken for the labels: it labels less than half of "
                "the images, or all alike, or with a value per image; --layout csv reads it)"
                if passed_over else "")

@@ -491,10 +491,16 @@ def test_nothing_labelled_is_an_error(tmp_path):
     assert "only folder" not in str(info.value)
     # One class folder alone is stepped into as a wrapper: said, with what a dump needs.
     make_class_folders(tmp_path / "one", classes=("daisy",), per_class=2)
-    for layout in ("auto", "folders"):
-        with pytest.raises(LayoutError, match=r"daisy/ is the only folder of .* and holds the "
-                                              r"images themselves.*two or more"):
-            _find(tmp_path / "one", layout=layout)
+    with pytest.raises(LayoutError, match=r"--layout \(daisy/ is the only folder of .* and holds "
+                                          r"the images themselves.*two or more"):
+        _find(tmp_path / "one")
+    # Not where something else may label them: a layout asked for, or a CSV passed over.
+    with pytest.raises(LayoutError, match="choose the layout with --layout$"):
+        _find(tmp_path / "one", layout="folders")
+    (tmp_path / "one" / "daisy" / "labels.csv").write_text("id,label\ndaisy_0.jpg,a\n")
+    with pytest.raises(LayoutError) as info:
+        _find(tmp_path / "one")
+    assert "only folder" not in str(info.value) and "labels.csv" in str(info.value)
 
 
 def test_missing_source_and_non_zip_file(tmp_path):

@@ -15,7 +15,8 @@ from .cmd_train import evaluate, sweep_lr, train
 
 @click.group(cls=DsprepGroup, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Exit status: 0 done (or nothing to do), 1 failed, 2 bad arguments or "
-                    "options, 130 stopped by Ctrl-C, 143 by SIGTERM, 129 by a hangup.")
+                    "options, 130 stopped by Ctrl-C, 143 by SIGTERM, 129 by a hangup, 141 when "
+                    "the reader of its output went away.")
 @click.version_option(__version__, prog_name="dsprep")
 @click.option("-v", "--verbose", count=True, help="Say more (repeat for debug detail).")
 @click.option("-q", "--quiet", is_flag=True,
