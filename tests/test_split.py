@@ -556,20 +556,26 @@ def test_destination_rules(tmp_path):
     assert len(list(root.rglob("*.jpg"))) == 6
 
 
-def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
-    clean = tmp_path / "clean"
-    materialize(plan(dump.dest), clean)
-    dest = tmp_path / "split"
+def _disk_full_at_copy(monkeypatch, n: int):
+    """Copies fail with ENOSPC from the ``n``-th on; returns the real copy function."""
     real_copy = split_module.copy_file
     calls = []
 
     def failing_copy(src, dst):
         calls.append(src)
-        if len(calls) == 10:
+        if len(calls) >= n:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_copy(src, dst)
 
     monkeypatch.setattr(split_module, "copy_file", failing_copy)
+    return real_copy
+
+
+def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
+    clean = tmp_path / "clean"
+    materialize(plan(dump.dest), clean)
+    dest = tmp_path / "split"
+    real_copy = _disk_full_at_copy(monkeypatch, 10)
     p = plan(dump.dest)
     with pytest.raises(OSError, match="No space") as info:
         materialize(p, dest, workers=1)
@@ -597,16 +603,7 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
 
 
 def test_a_forced_split_on_a_full_disk_keeps_nothing_and_says_so(dump, tmp_path, monkeypatch):
-    real_copy = split_module.copy_file
-    calls = []
-
-    def failing_copy(src, dst):
-        calls.append(src)
-        if len(calls) == 5:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_copy(src, dst)
-
-    monkeypatch.setattr(split_module, "copy_file", failing_copy)
+    real_copy = _disk_full_at_copy(monkeypatch, 5)
     dest = tmp_path / "split"
     with pytest.raises(OSError, match="Nothing was kept"):
         materialize(plan(dump.dest), dest, force=True, workers=1)
