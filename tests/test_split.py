@@ -571,6 +571,19 @@ def _disk_full_at_copy(monkeypatch, n: int):
     return real_copy
 
 
+def _disk_full_at_split_json(monkeypatch):
+    """Writing split.json fails with ENOSPC; returns the real writer."""
+    real_write = split_module._write_text
+
+    def full(path, text):
+        if Path(path).name == "split.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, text)
+
+    monkeypatch.setattr(split_module, "_write_text", full)
+    return real_write
+
+
 def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
     clean = tmp_path / "clean"
     materialize(plan(dump.dest), clean)
@@ -611,28 +624,14 @@ def test_a_forced_split_on_a_full_disk_keeps_nothing_and_says_so(dump, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
     monkeypatch.setattr(split_module, "copy_file", real_copy)
     # The same in one pass, full while it writes the split's own files.
-    real_write = split_module._write_text
-
-    def full(path, text):
-        if Path(path).name == "split.json":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real_write(path, text)
-
-    monkeypatch.setattr(split_module, "_write_text", full)
+    _disk_full_at_split_json(monkeypatch)
     with pytest.raises(OSError, match="Nothing was kept"):
         run(dump.dest, dest, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
 
 
 def test_a_full_disk_while_writing_the_split_files_names_dest(dump, tmp_path, monkeypatch):
-    real_write = split_module._write_text
-
-    def full(path, text):
-        if Path(path).name == "split.json":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real_write(path, text)
-
-    monkeypatch.setattr(split_module, "_write_text", full)
+    real_write = _disk_full_at_split_json(monkeypatch)
     dest = tmp_path / "split"
     for place in (lambda: materialize(plan(dump.dest), dest), lambda: run(dump.dest, dest)):
         with pytest.raises(OSError) as info:
