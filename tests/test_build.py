@@ -419,7 +419,8 @@ def test_an_interrupted_file_never_leaves_its_ring_for_the_next(tmp_path, monkey
         def submit(self, *args):
             return Interrupted()
 
-    monkeypatch.setattr(build, "_decoding_pool", lambda workers: contextlib.nullcontext(Pool()))
+    monkeypatch.setattr(build, "_decoding_pool",
+                        lambda workers, most=None: contextlib.nullcontext(Pool()))
     build._drop_ring()
     with pytest.raises(KeyboardInterrupt):
         build._run_tasks(rows, opts(workers=2, chunk_images=8), 8, 2, lambda *a: None,
