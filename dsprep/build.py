@@ -884,6 +884,7 @@ def write_file(
     progress: bool = False,
     keep_ring: bool = False,
     left_out: Sequence[Skip] = (),
+    pool_workers: int | None = None,
 ) -> FileReport:
     """Decode, resize and write ``rows`` (in the given order) as one dsprep HDF5 file.
 
@@ -893,7 +894,9 @@ def write_file(
     the finished file stays at ``NAME.partial`` for the caller to rename (so several files
     can appear together). With ``keep_ring`` the shared memory the workers decode into is
     kept for the next call (``build_hdf5`` passes it for train, val and test and frees it at
-    its end; so does :func:`shutdown_workers`).
+    its end; so does :func:`shutdown_workers`). ``pool_workers`` sizes the decoding pool
+    when one must be started (the build passes its largest file's need, so that its smaller
+    files share that pool); by default it is this file's need.
 
     Raises:
         DsprepError: a worker process died (nothing is left under the final name).
@@ -901,7 +904,7 @@ def write_file(
     options.validate()
     path = Path(path)
     started = time.perf_counter()
-    workers = min(options.worker_count, max(1, -(-len(rows) // _TASK_IMAGES)))
+    workers = _workers_for(len(rows), options)
     chunk = options.chunk
     block = chunk * max(1, _TASK_IMAGES // chunk)
     attrs = _file_attrs(options, split, source_root)
@@ -927,7 +930,7 @@ def write_file(
 
     try:
         with bar:
-            _run_tasks(rows, options, block, workers, consume, keep_ring)
+            _run_tasks(rows, options, block, workers, consume, keep_ring, pool_workers)
             appender.flush()
         writer.finish(mean_rgb=stats.mean, std_rgb=stats.std, skipped=len(skipped))
         if publish:
@@ -1014,9 +1017,14 @@ def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[s
     return None
 
 
+def _workers_for(images: int, options: BuildOptions) -> int:
+    """Decoding processes worth starting for a file of ``images``: one per task, capped."""
+    return min(options.worker_count, max(1, -(-images // _TASK_IMAGES)))
+
+
 def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: int,
                consume: Callable[[list[Row], np.ndarray, _Block], None],
-               keep_ring: bool = False) -> None:
+               keep_ring: bool = False, pool_workers: int | None = None) -> None:
     """Decode rows block by block and hand each result to ``consume`` in order."""
     decode = _Decode(options.size, options.resize, options.interpolation, options.exact,
                      options.max_pixels)
@@ -1040,8 +1048,8 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         completed = False
         executor = None
         try:
-            executor = (stack.enter_context(_decoding_pool(workers, options.worker_count))
-                        if parallel else None)
+            executor = (stack.enter_context(_decoding_pool(
+                max(workers, pool_workers or 0), options.worker_count)) if parallel else None)
             next_task = 0
             while pending or next_task < len(tasks):
                 # Task t fills block t % blocks, submitted only once task t - blocks is consumed.
@@ -1321,13 +1329,16 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
     reports: list[FileReport] = []
     finals: list[Path] = []
     journal = out / PUBLISHING_NAME
+    # One pool for every file, sized for the largest (val may outnumber train).
+    pool_workers = _workers_for(max(map(len, planned.values()), default=0), options)
     try:
         for split, rows in planned.items():
             ordered = order_rows(rows, options.order, options.seed)
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress, keep_ring=True,
-                                      left_out=links.get(split, ())))
+                                      left_out=links.get(split, ()),
+                                      pool_workers=pool_workers))
         _write_skipped(_waiting(skipped_final), [s for r in reports for s in r.skipped])
         for report in reports:
             if report.count == 0 and report.skipped:

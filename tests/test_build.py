@@ -1122,6 +1122,27 @@ def test_the_files_of_a_build_share_one_pool_of_its_worker_count(tmp_path, monke
         build.shutdown_workers()
 
 
+def test_a_val_file_larger_than_train_shares_one_pool_sized_for_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # train's 3 images need 2 workers, val's 6: 3
+    src = make_split(tmp_path / "split", counts=(("train", 1), ("val", 2)))
+    used = []
+    real = build._decoding_pool
+
+    @contextlib.contextmanager
+    def recorded(workers, most=None):
+        with real(workers, most) as executor:
+            used.append(executor)
+            yield executor
+
+    monkeypatch.setattr(build, "_decoding_pool", recorded)
+    try:
+        build.build_hdf5(src, tmp_path / "out", opts(workers=3))
+        assert len(used) == 2 and used[0] is used[1]
+        assert list(build._POOL["executors"]) == [3]
+    finally:
+        build.shutdown_workers()
+
+
 def test_builds_in_two_threads_share_pools_that_are_never_shut_down_under_them():
     # A build in another thread with another --workers used to shut down the pool a running
     # build was submitting to ("cannot schedule new futures after shutdown").
