@@ -208,24 +208,14 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     """
     from ..generators import HDF5Generator
     from ..store import open_dataset
-    from .fit import read_run_config, replaced_hint, settle
+    from .fit import read_run_config, settle
 
     if checkpoint not in CHECKPOINTS:
         raise UsageError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
     run, data = Path(run), Path(data)
     settle(run)  # what a training killed in RUN left half done
     config = read_run_config(run)
-    path = run / (cb.BEST if checkpoint == "best" else cb.LAST)
-    if not path.is_file():
-        raise LayoutError(f"{path} does not exist: the run has not finished an epoch"
-                          + replaced_hint(run))
-    model = load_model(path, compile=False)
-    expected = tuple(config.get("input_shape", ()))
-    takes = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else ()
-    if expected and takes and takes != expected:
-        raise DatasetFormatError(
-            f"the model in {run} takes images of {takes} but its config.json says {expected}: "
-            "the checkpoint is from another run; train this one again")
+    model = _load_checkpoint(run, checkpoint, config)
     crop = config.get("options", {}).get("crop")
     classes = list(config.get("classes", []))
     # One preprocessing pass reads the file once per method; nothing random is involved.
@@ -246,31 +236,13 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     with open_dataset(data) as db:
         image_shape = tuple(int(s) for s in db["images"].shape[1:])
         split = db.attrs.get("split")
-    trained_on = tuple(config.get("image_shape", ()))  # older run folders do not say
-    if (trained_on and image_shape != trained_on) or (crop and crop > min(image_shape[:2])):
-        # A crop of another size of image would fit the model, at another scale.
-        size = f"{trained_on[0]}x{trained_on[1]}" if trained_on else None
-        raise DatasetFormatError(
-            f"{data} holds images of {image_shape[0]}x{image_shape[1]} but {run} was trained "
-            f"on images of {size or f'at least {crop}x{crop}'}"
-            + (f" (cropped to {crop}x{crop})" if crop else "")
-            + "; build the file with the training image size (build-hdf5 --size "
-            + (f"{size})" if size else f"{crop} or more)"))
+    _check_image_size(run, data, config, image_shape)
     seen_note = None if split == "train" else _seen_in_training(run, config, data)
     result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "classes": classes}
     for method, pre in plans:
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
                             output=config.get("input_dtype", "uint8"))
-        if classes and list(gen.label_names) != classes:
-            alike = [unicodedata.normalize("NFC", c) for c in gen.label_names] == [
-                unicodedata.normalize("NFC", c) for c in classes]
-            raise DatasetFormatError(
-                f"{data} has classes {gen.label_names} but {run} was trained on {classes}; "
-                + ("the names differ only in how their accents are encoded (composed or "
-                   "not, as macOS names folders); make the run's data and this file from "
-                   "splits of this version of 'dsprep split', which composes them (NFC)"
-                   if alike else
-                   "evaluate on a file built from the same split"))
+        _check_classes(run, data, classes, list(gen.label_names))
         classes = classes or list(gen.label_names)
         expected = tuple(config.get("input_shape", ()))
         if method == "center" and expected and tuple(gen.sample_shape) != expected:
@@ -305,3 +277,53 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         result[method] = scores
     result["classes"] = classes
     return result
+
+
+def _load_checkpoint(run: Path, checkpoint: str, config: dict):
+    """The run's best or last model, refused if it takes another input than the run says."""
+    from .fit import replaced_hint
+
+    path = run / (cb.BEST if checkpoint == "best" else cb.LAST)
+    if not path.is_file():
+        raise LayoutError(f"{path} does not exist: the run has not finished an epoch"
+                          + replaced_hint(run))
+    model = load_model(path, compile=False)
+    expected = tuple(config.get("input_shape", ()))
+    takes = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else ()
+    if expected and takes and takes != expected:
+        raise DatasetFormatError(
+            f"the model in {run} takes images of {takes} but its config.json says {expected}: "
+            "the checkpoint is from another run; train this one again")
+    return model
+
+
+def _check_image_size(run: Path, data: Path, config: dict, image_shape: tuple) -> None:
+    """Refuse a file of other image sizes than the run trained on, or smaller than its crop.
+
+    A crop of another size of image would fit the model, at another scale.
+    """
+    crop = config.get("options", {}).get("crop")
+    trained_on = tuple(config.get("image_shape", ()))  # older run folders do not say
+    if (trained_on and image_shape != trained_on) or (crop and crop > min(image_shape[:2])):
+        size = f"{trained_on[0]}x{trained_on[1]}" if trained_on else None
+        raise DatasetFormatError(
+            f"{data} holds images of {image_shape[0]}x{image_shape[1]} but {run} was trained "
+            f"on images of {size or f'at least {crop}x{crop}'}"
+            + (f" (cropped to {crop}x{crop})" if crop else "")
+            + "; build the file with the training image size (build-hdf5 --size "
+            + (f"{size})" if size else f"{crop} or more)"))
+
+
+def _check_classes(run: Path, data: Path, trained: list[str], found: list[str]) -> None:
+    """Refuse a file whose classes are not the run's (in the same order)."""
+    if not trained or found == trained:
+        return
+    alike = ([unicodedata.normalize("NFC", c) for c in found]
+             == [unicodedata.normalize("NFC", c) for c in trained])
+    raise DatasetFormatError(
+        f"{data} has classes {found} but {run} was trained on {trained}; "
+        + ("the names differ only in how their accents are encoded (composed or "
+           "not, as macOS names folders); make the run's data and this file from "
+           "splits of this version of 'dsprep split', which composes them (NFC)"
+           if alike else
+           "evaluate on a file built from the same split"))
