@@ -34,25 +34,33 @@ class KerasDataset(keras.utils.PyDataset):
     (With ``steps_per_epoch`` under TensorFlow, tf.data keeps the batches it prefetched from
     one Keras epoch to the next, so an epoch may begin with a batch or two of the last one.)
 
-    Keras calls ``on_epoch_end`` once more than there are epochs (as a reset before the first
-    one); the generator advances only at the end of an epoch that began, so every Keras epoch
-    sees a new order. Under the JAX and PyTorch backends the first ``fit`` of a model whose
-    metrics are not yet built also opens a short probing pass over the first batch, which
-    counts as an epoch here; pass ``EpochSync(ds)`` in ``callbacks`` to pin the generator's
-    epoch to Keras's epoch number exactly (``dsprep train`` does), whatever the backend.
+    Every pass Keras makes after the first (``fit``'s epochs, ``evaluate``, ``predict``)
+    starts by moving the generator to its next epoch, as ``as_tf_dataset`` does, unless its
+    epoch was set in between: so every Keras epoch sees a new order, and after
+    ``model.predict(ds)`` the generator still stands at the epoch whose order ``predict``
+    read (``for x, y in gen`` then gives the labels in the same order). With
+    ``use_multiprocessing`` the generator moves on at the end of each pass instead, since
+    Keras forks its worker processes before it tells the dataset that a pass begins.
+
+    Under the JAX and PyTorch backends the first ``fit`` of a model whose metrics are not yet
+    built also opens a short probing pass over the first batch, which counts as a pass here;
+    pass ``EpochSync(ds)`` in ``callbacks`` to pin the generator's epoch to Keras's epoch
+    number exactly (``dsprep train`` does), whatever the backend.
     """
 
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) \
-                or workers < 0:
-            raise UsageError(f"workers must be a whole number, 0 or more; received {workers!r}")
-        workers = int(workers)
+        workers = _whole(workers, "workers", 0)
+        max_queue_size = _whole(max_queue_size, "max_queue_size", 1)
         self.threads = workers if workers > 1 and not use_multiprocessing else 0
         super().__init__(workers=1 if self.threads else workers,
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
+        # Where the generator stood when the last pass began (see _next_pass).
+        self._last: list = []
+        # Keras versions without on_epoch_begin, and forked workers, need the move at the end.
+        self._at_end = use_multiprocessing or not _KERAS_BEGINS_EPOCHS
         # Threads or not, batches go through a ReadAhead (with no threads it reads nothing
         # ahead): an epoch change then waits for a batch that TensorFlow's input thread is
         # still making. Worker processes hold their own copies.
@@ -75,12 +83,14 @@ class KerasDataset(keras.utils.PyDataset):
         self._change(lambda: self.gen.set_epoch(epoch))
 
     def on_epoch_begin(self) -> None:
-        self._change(None)
+        self._change(None if self._at_end else lambda: _next_pass(self.gen, self._last))
         self._begun = True
 
     def on_epoch_end(self) -> None:
-        # Keras versions without on_epoch_begin never set _begun: forward every call there.
-        advance = self._begun or not _KERAS_BEGINS_EPOCHS
+        # Keras calls on_epoch_end once more than it makes passes (as a reset before the
+        # first); Keras versions without on_epoch_begin never set _begun: every call counts.
+        advance = self._at_end and (self._begun or not _KERAS_BEGINS_EPOCHS) \
+            and callable(getattr(self.gen, "on_epoch_end", None))
         self._begun = False
         self._change(self.gen.on_epoch_end if advance else None, end=True)
 
@@ -101,7 +111,30 @@ class KerasDataset(keras.utils.PyDataset):
             self._ahead = ReadAhead(self.gen, self.threads)
 
 
+def _whole(value: Any, name: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise UsageError(f"{name} must be a whole number, {least} or more; received {value!r}")
+    return int(value)
+
+
 _KERAS_BEGINS_EPOCHS = hasattr(keras.utils.PyDataset, "on_epoch_begin")
+
+
+def _epoch_mark(gen: Any) -> tuple:
+    # dsprep's generators count set_epoch calls, so setting the same epoch again counts;
+    # other sequences are judged by their epoch number, if they have one.
+    return getattr(gen, "epoch_sets", None), getattr(gen, "epoch", None)
+
+
+def _next_pass(gen: Any, last: list) -> None:
+    """Begin a pass over ``gen``: every pass after the first moves it to its next epoch,
+    unless its epoch was set since the last pass began (``last`` keeps where it stood then)."""
+    if last and _epoch_mark(gen) in (last[0], (None, None)):
+        # Nobody set an epoch since: a new one (for a sequence that has epochs; a plain
+        # list of batches just plays again).
+        if callable(getattr(gen, "on_epoch_end", None)):
+            gen.on_epoch_end()
+    last[:] = [_epoch_mark(gen)]
 
 
 class EpochSync(keras.callbacks.Callback):
@@ -126,7 +159,9 @@ class EpochSync(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
         for gen in self.gens:
-            if gen.epoch != epoch:
+            if gen.epoch != epoch or isinstance(gen, KerasDataset):
+                # A dataset's generator is set even at the same epoch: that counts as set,
+                # so the pass reads this epoch rather than moving on from it.
                 gen.set_epoch(epoch)
             elif isinstance(getattr(gen, "epoch_sets", None), int):
                 # Already there: count it as set, so as_tf_dataset reads this epoch rather
@@ -147,11 +182,6 @@ def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,
             JAX backend, which is multithreaded, prefer threads: ``workers`` > 1 alone).
         max_queue_size: batches Keras keeps ready ahead of the model.
     """
-    if workers < 0 or max_queue_size < 1:
-        raise UsageError(
-            f"workers must be 0 or more and max_queue_size 1 or more; received "
-            f"workers={workers}, max_queue_size={max_queue_size}"
-        )
     return KerasDataset(gen, workers=workers, use_multiprocessing=use_multiprocessing,
                         max_queue_size=max_queue_size)
 
@@ -196,20 +226,10 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
     import tensorflow as tf
 
     signature = _signature(gen)
-    last = []  # where the generator stood when the previous iteration began
-
-    def mark():
-        # dsprep's generators count set_epoch calls, so setting the same epoch again counts;
-        # other sequences are judged by their epoch number, if they have one.
-        return getattr(gen, "epoch_sets", None), getattr(gen, "epoch", None)
+    last: list = []  # where the generator stood when the previous iteration began
 
     def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if last and (mark() == last[0] or mark() == (None, None)):
-            # Nobody set an epoch since the last iteration: a new one (for a sequence that
-            # has epochs; a plain list of batches just plays again).
-            if callable(getattr(gen, "on_epoch_end", None)):
-                gen.on_epoch_end()
-        last[:] = [mark()]
+        _next_pass(gen, last)
         for i in range(len(gen)):
             yield gen[i]
 

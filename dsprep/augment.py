@@ -8,6 +8,7 @@ handed, then applies them with OpenCV; geometric ones keep the dtype. The flip k
 from __future__ import annotations
 
 import math
+import numbers
 
 import cv2
 import numpy as np
@@ -43,7 +44,16 @@ _BORDERS = {
 }
 
 
+def real(value, name: str) -> float:
+    """``value`` as a float, or a UsageError naming ``name`` for text, None, a bool and the
+    like (Python's own error would name neither the argument nor what it takes)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
 def _probability(p: float) -> float:
+    p = real(p, "p")
     if not (0.0 <= p <= 1.0):
         raise UsageError(f"p must be a probability between 0 and 1, got {p}")
     return float(p)
@@ -182,7 +192,7 @@ class RandomFlip:
 
 
 def _symmetric_range(value, name: str) -> tuple[float, float]:
-    value = float(value)
+    value = real(value, name)
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"{name} must be a non-negative number, got {value}")
     return -value, value
@@ -192,9 +202,9 @@ def _pair(value, name: str) -> tuple[float, float]:
     """One value for both axes, or a (height, width) pair."""
     if isinstance(value, (int, float, np.number)):
         return float(value), float(value)
-    if len(value) != 2:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise UsageError(f"{name} must be a number or a (height, width) pair, got {value!r}")
-    return float(value[0]), float(value[1])
+    return real(value[0], name), real(value[1], name)
 
 
 def affine_matrices(

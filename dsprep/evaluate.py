@@ -126,10 +126,13 @@ def rank_accuracy(
 
     Ties break as ``argmax`` breaks them: a class ranks above the true one when it scores
     higher, or the same with a lower index, so uniform scores are not all counted right. A row
-    with a NaN or infinite score counts as wrong (a broken model must not look accurate).
+    with a NaN or infinite score counts as wrong (a broken model must not look accurate). A
+    ``k`` of the number of classes or more counts every other row right: rank-5 of three
+    classes is 1.0 (``dsprep evaluate`` leaves it out then).
 
     Args:
-        probs: (N, classes) scores.
+        probs: (N, classes) scores, two columns or more (for a one-column sigmoid output
+            ``p``, give ``np.hstack([1 - p, p])``).
         labels: (N,) or (N, 1) class ids, or (N, classes) one-hot rows.
         k: one rank or several.
 
@@ -137,6 +140,10 @@ def rank_accuracy(
         ``{k: accuracy}`` for each requested k, e.g. ``{1: 0.71, 5: 0.93}``.
     """
     probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 2 and probs.shape[1] == 1:
+        raise UsageError(
+            "probs has one column (a sigmoid output?): ranks need a score per class; for two "
+            "classes give np.hstack([1 - p, p])")
     labels = label_ids(labels, probs.shape[1] if probs.ndim == 2 else None)
     if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
         raise UsageError(

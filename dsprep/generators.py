@@ -288,7 +288,15 @@ class _BatchSequence(ABC):
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_PROBE_KEY,)))
         x = _probe_batch(self.image_shape)
         for op in self._steps:
-            x = op(x, rng)
+            try:
+                x = op(x, rng)
+            except TypeError as exc:  # most often an op of another signature (a Keras layer)
+                raise UsageError(
+                    f"{op!r} failed on a batch of shape {x.shape} ({exc}); augment and each "
+                    "preprocessor are called as op(batch, rng), with a numpy batch of "
+                    "(B, H, W, C) images and a numpy.random.Generator, and return the batch "
+                    "(wrap a function of the batch alone as lambda batch, rng: f(batch))"
+                ) from exc
         self.sample_shape = tuple(int(s) for s in x.shape[1:])
         self.x_dtype = np.dtype(np.float32) if self.output == "float32" else x.dtype
 

@@ -96,16 +96,19 @@ def test_as_keras_forwards_and_pickles(h5file):
     # Two threads read ahead of Keras, which reads the dataset in order from one thread.
     assert len(ds) == 5 and ds.num_batches == 5 and ds.workers == 1 and ds.threads == 2
     np.testing.assert_array_equal(ds[1][0], gen[1][0])
-    ds.on_epoch_end()  # a reset before any epoch began (what Keras does first)
-    assert gen.epoch == 0
+    ds.on_epoch_end()  # a reset before any pass began (what Keras does first)
     ds.on_epoch_begin()
     ds.on_epoch_end()
+    assert gen.epoch == 0  # the pass's epoch stays until the next pass begins
+    ds.on_epoch_begin()
     assert gen.epoch == 1
+    ds.on_epoch_end()
     copy = pickle.loads(pickle.dumps(ds))
     np.testing.assert_array_equal(copy[3][0], ds[3][0])
-    with pytest.raises(UsageError):
-        as_keras(gen, max_queue_size=0)
-    for workers in (2.5, -1, True):  # 2.5 used to fail only deep into an epoch
+    for size in (0, None, "4"):
+        with pytest.raises(UsageError, match="max_queue_size must be .*1 or more"):
+            as_keras(gen, max_queue_size=size)
+    for workers in (2.5, -1, True, None, "2"):  # 2.5 used to fail only deep into an epoch
         with pytest.raises(UsageError, match="workers must be .*0 or more"):
             as_keras(gen, workers=workers)
     np.testing.assert_array_equal(as_keras(gen, workers=0)[2][0], gen[2][0])
@@ -160,7 +163,7 @@ def test_read_ahead_gives_each_batch_of_each_epoch_in_order_made_on_its_threads(
         got = [int(ds[i][0][0, 0]) for i in range(len(ds))]
         assert got == [10 * epoch + i for i in range(12)]
         ds.on_epoch_end()
-    assert seq.epoch == 2
+    assert seq.epoch == 1  # the next pass would move it on
     made = sorted((e, i) for e, i, _ in seq.calls)
     assert made == [(e, i) for e in range(2) for i in range(12)]  # each batch made once
     assert seq.overlapped  # computed side by side
@@ -179,9 +182,10 @@ def test_an_epoch_cut_short_waits_for_the_batches_read_ahead_before_it_ends():
     time.sleep(0.1)  # long enough for any batch still running to finish and record itself
     # Each batch read ahead was finished in epoch 0 or never started: none was torn between
     # two epochs, and none was made for epoch 1 before anyone asked for it.
-    assert seq.epoch == 1 and seq.torn == []
+    assert seq.epoch == 0 and seq.torn == []
     assert [i for e, i, _ in seq.calls if e == 1] == []
     ds.on_epoch_begin()
+    assert seq.epoch == 1
     assert int(ds[0][0][0, 0]) == 10 and int(ds[1][0][0, 0]) == 11
 
 
@@ -419,7 +423,58 @@ def test_fit_one_epoch_through_as_keras(h5file, workers, multi):
     history = model.fit(ds, epochs=2, shuffle=False, verbose=0, callbacks=[EpochSync(ds)])
     losses = history.history["loss"]
     assert len(losses) == 2 and all(np.isfinite(losses))
-    assert gen.epoch == 2  # epoch 1 ran, then Keras's on_epoch_end advanced it
+    # Epoch 1 ran last; forked workers need the move to the next epoch made as a pass ends.
+    assert gen.epoch == (2 if multi else 1)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_predict_through_as_keras_leaves_the_generator_at_the_order_it_read(h5file, workers):
+    import keras
+
+    from dsprep.adapters import as_keras
+
+    gen = HDF5Generator(h5file[0], batch_size=10, shuffle="batches", seed=5)
+    model = tiny_model(keras)
+    ds = as_keras(gen, workers=workers)
+    probs = model.predict(ds, verbose=0)
+    assert gen.epoch == 0
+    # The order predict read, as a user's loop collects the labels after it.
+    x = np.concatenate([x for x, _ in gen])
+    np.testing.assert_allclose(probs, model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+    assert gen.epoch == 1  # the loop moved on as it ended: the next pass reads epoch 1
+    probs = model.predict(ds, verbose=0)
+    x = np.concatenate([gen[1, i][0] for i in range(len(gen))])
+    np.testing.assert_allclose(probs, model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+    assert gen.epoch == 1
+
+
+def test_epoch_sync_holds_a_dataset_at_the_epoch_it_already_stands_at(h5file):
+    import keras
+
+    from dsprep.adapters import as_keras
+
+    gen = HDF5Generator(h5file[0], batch_size=10, shuffle="batches", seed=5)
+    model = tiny_model(keras)
+    ds = as_keras(gen)
+    model.fit(ds, epochs=1, shuffle=False, verbose=0)
+    assert gen.epoch == 0
+    # Keras's epoch 0 again: the pass reads generator epoch 0, not the one after it.
+    model.fit(ds, epochs=1, shuffle=False, verbose=0, callbacks=[EpochSync(ds)])
+    assert gen.epoch == 0
+    model.fit(ds, epochs=1, shuffle=False, verbose=0)
+    assert gen.epoch == 1
+
+
+def test_as_keras_plays_a_plain_list_of_batches_every_epoch():
+    import keras
+
+    from dsprep.adapters import KerasDataset
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((4, 8, 8, 3), np.float32), np.array([0, 1, 2, i % 3]))
+               for i in range(3)]
+    history = tiny_model(keras).fit(KerasDataset(batches), epochs=2, shuffle=False, verbose=0)
+    assert len(history.history["loss"]) == 2  # the end of an epoch used to raise
 
 
 class Recording(HDF5Generator):

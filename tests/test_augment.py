@@ -59,6 +59,8 @@ def test_random_flip_vertical_and_both():
         RandomFlip(horizontal=False, vertical=False)
     with pytest.raises(UsageError, match="probability"):
         RandomFlip(p=1.5)
+    with pytest.raises(UsageError, match="p must be a number, got '0.5'"):
+        RandomFlip(p="0.5")
 
 
 def test_random_flip_leaves_input_alone():
@@ -252,6 +254,15 @@ def test_affine_rejects_bad_arguments():
         RandomAffine(rotation=5)(np.zeros((2, 8, 8, 3), np.int64), np.random.default_rng(0))
     with pytest.raises(UsageError, match="int8.*astype"):  # OpenCV has no int8 warp
         RandomAffine(rotation=5)(np.zeros((2, 8, 8, 3), np.int8), np.random.default_rng(0))
+    # Text and None are named, not Python's "'<' not supported" or "could not convert".
+    with pytest.raises(UsageError, match="rotation must be a number, got '10'"):
+        RandomAffine(rotation="10")
+    with pytest.raises(UsageError, match="shift must be a number, got 'a'"):
+        RandomAffine(shift=("a", 0.1))
+    with pytest.raises(UsageError, match="zoom must be a number or a .* pair, got None"):
+        RandomAffine(zoom=None)
+    with pytest.raises(UsageError, match="delta must be a number, got None"):
+        RandomBrightness(None)
 
 
 @pytest.mark.parametrize("layout", ["transposed", "fortran", "strided"])

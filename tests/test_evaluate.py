@@ -129,6 +129,10 @@ def test_rank_accuracy_hand_built():
         with pytest.raises(UsageError, match="k must"):
             rank_accuracy(probs, labels, k=k)
     assert rank_accuracy(probs, labels, k=np.array([1, 5])) == {1: 0.25, 5: 0.75}
+    # A sigmoid's one column has no ranks: its (N, 1) labels used to read as one-hot rows, all
+    # class 0, and every row counted right.
+    with pytest.raises(UsageError, match=r"one column .*np.hstack\(\[1 - p, p\]\)"):
+        rank_accuracy(np.array([[0.9], [0.1], [0.2], [0.8]]), np.array([[1], [1], [1], [0]]))
 
 
 def test_rank_accuracy_breaks_ties_like_argmax_and_fails_non_finite_rows():
@@ -218,7 +222,6 @@ def test_confusion_matrix_and_per_class_accuracy():
     np.testing.assert_array_equal(confusion_matrix(labels[:, None], probs, 4), expected)
     # One class: (N, 1) rows of 1.0 are its one-hot rows, not ids of 1.
     np.testing.assert_array_equal(confusion_matrix(np.ones((3, 1)), np.ones((3, 1)), 1), [[3]])
-    assert rank_accuracy(np.ones((3, 1)), np.ones((3, 1)), k=1) == {1: 1.0}
     with pytest.raises(UsageError, match="one column per class"):
         confusion_matrix(labels, np.eye(5)[preds], 4)
     np.testing.assert_allclose(per_class_accuracy(labels, preds, 4), [0.5, 2 / 3, 0.5, 1.0])

@@ -216,6 +216,9 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         ({"augment": "flip"}, "augment must be an operation"),
         ({"drop_last": "no"}, "drop_last must be True, False or \"auto\""),
         ({"one_hot": "false"}, "one_hot must be True or False"),
+        # An op of another signature is named at construction, with how ops are called.
+        ({"augment": lambda batch: batch}, r"<lambda>\(\) takes 1 positional .* op\(batch, rng\)"),
+        ({"preprocessors": [lambda batch: batch]}, r"called as op\(batch, rng\)"),
     ],
 )
 def test_bad_arguments_are_usage_errors(h5file, kwargs, match):

@@ -352,6 +352,8 @@ def test_rescale():
     np.testing.assert_allclose(Rescale(2.0, offset=-1.0)(batch), batch * 2.0 - 1.0, rtol=1e-6)
     with pytest.raises(UsageError, match="must be finite numbers, got nan"):
         Rescale(float("nan"))
+    with pytest.raises(UsageError, match="scale must be a number, got '1/255'"):
+        Rescale("1/255")
 
 
 def test_minmax_normalize_per_image_and_flat_images():

@@ -1062,6 +1062,8 @@ def test_metrics_of_one_class_files_and_diverged_models():
         metrics(np.zeros((0, 0)), np.zeros(0, np.int64), ["a", "b"])
     with pytest.raises(UsageError, match=r"scores of shape \(N, 2\) .* got \(2, 3\)"):
         metrics(np.ones((2, 3)), np.array([0, 1]), ["a", "b"])
+    with pytest.raises(UsageError, match="one class .*nothing to measure"):
+        metrics(np.ones((2, 1)), np.array([0, 0]), ["a"])
 
 
 def test_evaluate_reports_its_figures_when_the_run_folder_is_read_only(tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ from ..augment import (
     _rows,
     flip_horizontal,
     flip_vertical,
+    real,
     require_rng,
 )
 from ..augment import _batch as _check_batch
@@ -1048,10 +1049,9 @@ class Rescale:
     """``batch * scale + offset`` as float32 (e.g. ``Rescale(1 / 255)``)."""
 
     def __init__(self, scale: float, offset: float = 0.0) -> None:
-        if not (math.isfinite(scale) and math.isfinite(offset)):
+        self.scale, self.offset = real(scale, "scale"), real(offset, "offset")
+        if not (math.isfinite(self.scale) and math.isfinite(self.offset)):
             raise UsageError(f"scale and offset must be finite numbers, got {scale}, {offset}")
-        self.scale = float(scale)
-        self.offset = float(offset)
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape)

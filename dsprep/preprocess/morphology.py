@@ -40,6 +40,10 @@ def _radius(radius: int) -> int:
 
 def _per_channel(batch: np.ndarray, op: Callable, radius: int) -> np.ndarray:
     batch = _batch(batch)
+    if batch.dtype == np.float16:
+        # SciPy has no float16 kernels; a minimum or maximum of float16 values is exact in
+        # float32 and back.
+        return _per_channel(batch.astype(np.float32), op, radius).astype(np.float16)
     footprint = morphology.disk(_radius(radius))
     out = np.empty_like(batch)
     for i in range(batch.shape[0]):

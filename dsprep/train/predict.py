@@ -79,6 +79,10 @@ def metrics(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -
     from .. import evaluate as ev
 
     n = len(label_names)
+    if n < 2:
+        raise UsageError(f"a model of one class ({', '.join(label_names) or 'none'}) is right "
+                         "whatever it sees: there is nothing to measure; train on a split of "
+                         "two classes or more")
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape[1] != n or probs.shape[0] == 0:
         raise UsageError(
