@@ -165,6 +165,48 @@ def test_best_checkpoint_keeps_the_best_epoch_and_writes_atomically(tmp_path):
         "best.keras", "history.csv", "last.keras", "state.json"]
 
 
+def test_a_tie_on_the_monitored_metric_goes_to_the_lower_loss(tmp_path):
+    """A small validation set reaches an accuracy (or AUC) of 1.0 early: the first such epoch
+    must not stay the best while the loss still falls."""
+    model, recorder, x = recorded_model(tmp_path, 2)
+    at = {}
+    for epoch, (accuracy, loss) in enumerate([(0.75, 0.5), (1.0, 0.4), (1.0, 0.2), (1.0, 0.3)]):
+        model.set_weights([w + 0.5 for w in model.get_weights()])
+        recorder.on_epoch_begin(epoch)
+        recorder.on_epoch_end(epoch, {"loss": 1.0, "val_accuracy": accuracy, "val_loss": loss})
+        at[epoch] = model.predict_on_batch(x)
+    assert recorder.best_epoch == 2 and recorder.best == 1.0
+    assert np.array_equal(load_model(tmp_path / "best.keras").predict_on_batch(x), at[2])
+    # A resumed run finds the same best in its history.
+    again = cb.RunRecorder(tmp_path, "val_accuracy", plots=False,
+                           history=cb.read_history(tmp_path / "history.csv"))
+    assert again.best_epoch == 2
+
+
+@pytest.mark.parametrize("losses, stops", [((0.5, 0.4, 0.3, 0.2, 0.1, 0.05), False),
+                                           ((0.5, 0.4, 0.45, 0.5, 0.6, 0.7), True)])
+def test_early_stopping_and_plateau_count_a_tie_with_a_lower_loss_as_progress(losses, stops):
+    monitor = "val_auc"
+
+    def model():
+        m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        return m
+
+    stopper, plateau = (cb.ResumableEarlyStopping(monitor=monitor, mode="max", patience=2),
+                        cb.ResumablePlateau(monitor=monitor, mode="max", factor=0.1, patience=2))
+    for callback in (stopper, plateau):
+        m = model()
+        callback.set_model(m)
+        callback.on_train_begin()
+        for epoch, loss in enumerate(losses):
+            callback.on_epoch_end(epoch, {monitor: 0.8 if epoch == 0 else 1.0, "val_loss": loss})
+        if callback is stopper:
+            assert bool(m.stop_training) == stops
+        else:
+            assert (cb.learning_rate(m.optimizer) < 0.1) == stops
+
+
 def test_a_diverged_epoch_is_recorded_but_never_checkpointed_or_counted(tmp_path):
     model, recorder, x = recorded_model(tmp_path, 3)
     recorder.on_epoch_begin(0)

@@ -244,7 +244,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
     DATA is a 'dsprep build-hdf5' folder (train.hdf5, val.hdf5, means.json) or a 'dsprep
     split' folder. RUN receives config.json, history.csv (a row per epoch), curves.png,
     lr.png, best.keras (best validation AUC for two classes, else accuracy; the training
-    metric when DATA has no validation split) and last.keras.
+    metric when DATA has no validation split; a tie goes to the lower loss, which also keeps
+    --early-stop and the plateau schedule going) and last.keras.
 
     \b
     Examples:

@@ -318,12 +318,50 @@ class _Resumable:
             self.stopped_epoch = 0  # a stop during the replay concerned the stand-in
 
 
-class ResumablePlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau that continues its patience count from ``history`` on a resume."""
+def loss_of(monitor: str) -> str:
+    """The loss logged for the same data as ``monitor``: val_loss for a validation metric."""
+    return "val_loss" if monitor.startswith("val_") else "loss"
 
 
-class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
-    """EarlyStopping that continues its patience count from ``history`` on a resume."""
+def _lower(loss: float | None, best: float | None) -> bool:
+    """Whether ``loss`` is a number below ``best`` (any number when there is no best yet)."""
+    return loss is not None and math.isfinite(loss) and (best is None or loss < best)
+
+
+class _LossBreaksTies:
+    """Mixin for Keras's monitoring callbacks: an epoch that equals the best monitored value
+    with a lower loss on the same data counts as an improvement.
+
+    A small two-class validation set reaches an AUC (or accuracy) of 1.0 early; without the
+    tie-break, the first such epoch stays the best and patience runs out while the loss still
+    falls. :class:`RunRecorder` picks best.keras by the same rule.
+    """
+
+    def on_train_begin(self, logs=None) -> None:
+        self._loss_now = self._best_loss = None
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        self._loss_now = (logs or {}).get(loss_of(self.monitor))
+        super().on_epoch_end(epoch, logs)
+
+    def _is_improvement(self, current, reference) -> bool:
+        better = bool(super()._is_improvement(current, reference))
+        if not better and current is not None and current == reference:
+            better = _lower(self._loss_now, self._best_loss)
+        if better:
+            self._best_loss = self._loss_now
+        return better
+
+
+class ResumablePlateau(_Resumable, _LossBreaksTies, keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau that continues its patience count from ``history`` on a resume, and
+    counts a tie with a lower loss as an improvement."""
+
+
+class ResumableEarlyStopping(_Resumable, _LossBreaksTies, keras.callbacks.EarlyStopping):
+    """EarlyStopping that continues its patience count from ``history`` on a resume, and
+    counts a tie with a lower loss as an improvement."""
 
 
 def best_metric(classes: int, validation: bool = True,
@@ -354,6 +392,9 @@ class RunRecorder(keras.callbacks.Callback):
     before state.json leaves the previous epoch's checkpoints in place; one after it leaves
     this epoch's to be moved into place by :func:`settle_checkpoints` on resume.
 
+    An epoch that ties the best value of ``monitor`` is the new best when its loss on the same
+    data is lower (see :class:`_LossBreaksTies`).
+
     Args:
         run: the run folder.
         monitor: the logged metric that selects best.keras (e.g. "val_accuracy").
@@ -374,17 +415,21 @@ class RunRecorder(keras.callbacks.Callback):
         self.plots = plots
         self.title = title
         self.best = None
+        self.best_loss = None
         self.best_epoch = None
         for row in self.rows:
-            if monitor in row and self._better(row[monitor]):
-                self.best, self.best_epoch = row[monitor], int(row["epoch"])
+            if monitor in row and self._better(row[monitor], row.get(loss_of(monitor))):
+                self.best, self.best_loss = row[monitor], row.get(loss_of(monitor))
+                self.best_epoch = int(row["epoch"])
         self._lr = None
 
-    def _better(self, value: float) -> bool:
+    def _better(self, value: float | None, loss: float | None) -> bool:
         if value is None or not np.isfinite(value):
             return False
         if self.best is None:
             return True
+        if value == self.best:
+            return _lower(loss, self.best_loss)
         return value > self.best if self.mode == "max" else value < self.best
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -406,11 +451,12 @@ class RunRecorder(keras.callbacks.Callback):
             # checkpointed or counted: best.keras, last.keras and a resume keep the epoch before.
             self.model.stop_training = True  # a NaN validation loss alone does not stop it
             return
-        value = row.get(self.monitor)
+        value, loss = row.get(self.monitor), row.get(loss_of(self.monitor))
         pending = []
-        if self._better(value) or (self.best is None and not (self.run / BEST).exists()):
-            if self._better(value):
-                self.best = value
+        better = self._better(value, loss)
+        if better or (self.best is None and not (self.run / BEST).exists()):
+            if better:
+                self.best, self.best_loss = value, loss
             self.best_epoch = int(epoch)
             pending.append(self.run / BEST)
         pending.append(self.run / LAST)
