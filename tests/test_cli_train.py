@@ -430,9 +430,14 @@ def test_train_on_a_split_folder(tmp_path):
     make_class_folders(split / "val", classes=("cat", "dog"), per_class=2, size=(48, 48), seed=50)
     (split / "split.json").write_text(json.dumps({"schema": "dsprep-split/1",
                                                   "classes": ["cat", "dog"]}))
+    # A file damaged since the split is left out, and said so.
+    broken = sorted((split / "train" / "dog").iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:200])
     run = tmp_path / "run"
     result = invoke("train", split, run, *QUICK, "--epochs", "1", "--image-size", "48")
     assert result.exit_code == 0, result.output
+    assert (f"note: 1 image of {split} could not be read and was left out of training and "
+            f"validation ({broken}: ") in result.output
     # A log (no terminal) gets the epoch's line but no bar from checking the folders.
     assert "accuracy:" in result.output and "checking train" not in result.output
     shown = CliRunner().invoke(main, ["train", str(split), str(tmp_path / "shown"), *QUICK,

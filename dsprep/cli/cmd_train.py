@@ -200,6 +200,15 @@ def _no_validation_note(data: str) -> None:
         "else accuracy)", err=True)
 
 
+def _left_out_note(left_out: list[tuple[str, str]], data) -> None:
+    """Name the images of a split folder that could not be read and were left out."""
+    shown = "; ".join(f"{path}: {reason}" for path, reason in left_out[:3])
+    more = f"; and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+    say(f"note: {count_of(len(left_out), 'image')} of {data} could not be read and "
+        f"{'was' if len(left_out) == 1 else 'were'} left out of training and validation "
+        f"({shown}{more}); remove or replace them, or split the dump again", err=True)
+
+
 def _diverged(result) -> click.ClickException:
     """The error for a run whose last epoch's loss went NaN or infinite."""
     last = result.history[-1]
@@ -322,6 +331,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         say(f"{result.run} has {how} already: nothing to do (give --epochs above "
             f"{result.epochs_planned} to train it further)")
         return
+    if result.left_out:
+        _left_out_note(result.left_out, data or fit.read_run_config(result.run).get("data"))
     if result.diverged:
         raise _diverged(result)
     stopped = (f" (stopped early by --early-stop, of {result.epochs_planned})"

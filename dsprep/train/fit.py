@@ -63,6 +63,9 @@ class TrainResult:
     restored: bool = False
     # RUN held a run stopped before it finished its first epoch, which started again.
     restarted: bool = False
+    # Images of a split folder that could not be read, as (path, reason): left out up front,
+    # or replaced in their batches when they failed later.
+    left_out: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def diverged(self) -> bool:
@@ -500,8 +503,10 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     recorder = next(c for c in calls if isinstance(c, cb.RunRecorder))
     rows = recorder.rows
     done = rows[-1]["epoch"] + 1 if rows else 0
+    left_out = [(str(path), reason) for gen in (bundle.train, bundle.val) if gen is not None
+                for path, reason in [*getattr(gen, "skipped", ()), *getattr(gen, "replaced", ())]]
     return TrainResult(run, done, monitor, recorder.best, rows, model, config.epochs,
-                       done - initial_epoch)
+                       done - initial_epoch, left_out=left_out)
 
 
 def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig | None = None,
