@@ -251,6 +251,23 @@ def test_resume_continues_the_same_history(small_run, tmp_path):
     assert json.loads((copy / "config.json").read_text())["options"]["epochs"] == 3
 
 
+def test_a_resume_after_the_data_moved_asks_for_it_and_remembers_its_new_place(small_run,
+                                                                              tmp_path):
+    data, run, _ = small_run
+    copy, old, new = tmp_path / "run", tmp_path / "old", tmp_path / "new"
+    shutil.copytree(run, copy)
+    shutil.copytree(data, old)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "data": str(old)}))
+    old.rename(new)
+    with pytest.raises(LayoutError, match=f"trained on {old}, which is no longer there; give "
+                                          f"where the data is now: .* --resume {copy} DATA"):
+        resume(copy, epochs=3)
+    assert resume(copy, epochs=3, data=new).epochs_done == 3
+    assert json.loads((copy / "config.json").read_text())["data"] == str(new.resolve())
+    assert resume(copy, epochs=4).epochs_done == 4  # the next resume finds it there
+
+
 def test_resume_refuses_data_that_would_choose_the_best_checkpoint_by_another_metric(
         small_run, tmp_path):
     # The run chose best.keras by val_auc; data without val.hdf5 would choose by the training

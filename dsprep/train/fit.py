@@ -992,6 +992,9 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))
     device = configure_device(config.precision, config.jit, config.gpus)
+    if data is None and not Path(saved["data"]).exists():
+        raise LayoutError(f"{run} was trained on {saved['data']}, which is no longer there; "
+                          f"give where the data is now: dsprep train --resume {run} DATA")
     _refuse_run_with_data(run, Path(data or saved["data"]))
     bundle = open_data(data or saved["data"], config, work=run, progress=bars)
     _check_resumed_data(bundle, saved, data or saved["data"], config_path,
@@ -999,8 +1002,10 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     bundle.train.set_epoch(done)
     with device.scope():
         model = load_model(run / cb.LAST)
-    if config.epochs != saved["options"]["epochs"]:
-        saved["options"]["epochs"] = config.epochs
+    # The new total, and where the data is now (the next resume and evaluate look there).
+    now = {"epochs": config.epochs, "data": str(Path(data or saved["data"]).resolve())}
+    if now != {"epochs": saved["options"]["epochs"], "data": saved["data"]}:
+        saved["options"]["epochs"], saved["data"] = now["epochs"], now["data"]
         cb.atomic_write_json(run / CONFIG, saved)
     return _fit(model, bundle, run, config, done, history, progress)
 
