@@ -738,6 +738,11 @@ def test_a_sweep_run_again_after_a_stop_carries_on_and_reuses_its_finished_rates
     with pytest.raises(UsageError, match="is the folder of a training run, not of a sweep"):
         sweep_lr(data, sweep / "lr-0.1", [0.2], config)
     assert not (sweep / "lr-0.1" / "lr-0.2").exists()
+    # Nor a sweep's folder for a training run, --force or not.
+    for force in (False, True):
+        with pytest.raises(UsageError, match="is the folder of a learning-rate sweep"):
+            train(data, sweep, config, overwrite=force)
+    assert not (sweep / "config.json").exists()
 
 
 def test_a_sweep_run_again_keeps_a_rate_that_diverged_after_its_first_epoch(tmp_path,

@@ -536,6 +536,11 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
     run = Path(run)
     refuse_dangling_link(run)
     _refuse_run_with_data(run, Path(data))
+    if (run / "sweep-lr.csv").exists() or any((sub / CONFIG).exists()
+                                               for sub in run.glob("lr-*")):
+        # Its config.json beside the rates' folders would stop the sweep from carrying on.
+        raise UsageError(f"{run} is the folder of a learning-rate sweep (sweep-lr); give "
+                         "train a folder of its own")
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     with exclusive(run / TRAIN_LOCK, run):
