@@ -238,7 +238,8 @@ def _fmt(value) -> str:
                    "(its own options; --epochs may raise the total; DATA, if given, is where "
                    "the data is now).")
 @click.option("--overfit-check", is_flag=True,
-              help="Train a few epochs on 8 images per class (no augmentation, a constant "
+              help="Train a few epochs on 8 images per class (no flips or affine "
+                   "transforms, though --crop still takes random patches; a constant "
                    "learning rate and no early stop, whatever else is given) and report "
                    "whether the model learnt them: the training loss down to 0.75 of the "
                    "first epoch's, the accuracy halfway from guessing to 1.")
