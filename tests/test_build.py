@@ -1097,9 +1097,8 @@ def test_a_worker_whose_build_was_killed_ends_too(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
-def test_the_files_of_a_build_share_one_pool_of_its_worker_count(tmp_path, monkeypatch):
-    monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # val's 3 images alone would use 2 workers
-    src = make_split(tmp_path / "split", counts=(("train", 6), ("val", 1)))
+def recorded_pools(monkeypatch) -> list:
+    """The decoding pools that builds use from now on, in the order they take them."""
     used = []
     real = build._decoding_pool
 
@@ -1110,6 +1109,13 @@ def test_the_files_of_a_build_share_one_pool_of_its_worker_count(tmp_path, monke
             yield executor
 
     monkeypatch.setattr(build, "_decoding_pool", recorded)
+    return used
+
+
+def test_the_files_of_a_build_share_one_pool_of_its_worker_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # val's 3 images alone would use 2 workers
+    src = make_split(tmp_path / "split", counts=(("train", 6), ("val", 1)))
+    used = recorded_pools(monkeypatch)
     try:
         build.build_hdf5(src, tmp_path / "out", opts(workers=3))
         assert len(used) == 2 and used[0] is used[1]  # not a second pool of 2 for val
@@ -1125,16 +1131,7 @@ def test_the_files_of_a_build_share_one_pool_of_its_worker_count(tmp_path, monke
 def test_a_val_file_larger_than_train_shares_one_pool_sized_for_it(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # train's 3 images need 2 workers, val's 6: 3
     src = make_split(tmp_path / "split", counts=(("train", 1), ("val", 2)))
-    used = []
-    real = build._decoding_pool
-
-    @contextlib.contextmanager
-    def recorded(workers, most=None):
-        with real(workers, most) as executor:
-            used.append(executor)
-            yield executor
-
-    monkeypatch.setattr(build, "_decoding_pool", recorded)
+    used = recorded_pools(monkeypatch)
     try:
         build.build_hdf5(src, tmp_path / "out", opts(workers=3))
         assert len(used) == 2 and used[0] is used[1]
