@@ -497,41 +497,18 @@ def find_images(
                              "file name is not valid UTF-8") for f in undecodable]
         images = [f for f in images if _utf8(f)]
 
-    table = None
-    labels_name = None
     # A labels file or a column named means the csv layout is wanted: only without them is
     # the top CSV a guess that may turn out not to be the labels.
     guessing = layout == "auto" and labels is None and id_column is None and label_column is None
-    passed_over = None
+    table, labels_name, passed_over = None, None, None
     if layout in ("auto", "csv"):
-        labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
-        if text is not None:
-            try:
-                table = _LabelsTable(text, labels_name, images, root, id_column, label_column,
-                                     source.name)
-            except (LayoutError, UsageError, csv.Error):
-                # A stray notes.csv that is empty, not a table or has no id and label columns
-                # to tell apart says nothing about labels unless the user asked for them.
-                if not guessing:
-                    raise
-                table = None
-            # A table the guess did not take for the labels: named if nothing else works.
-            if guessing and table is not None and not table.labels_most():
-                passed_over = labels_name if table.labelled else None
-                table = None
+        table, labels_name, passed_over = _read_table(source, root, files, images, labels,
+                                                      id_column, label_column, guessing)
     where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
     if table is not None:
         items, skipped = table.resolve()
         chosen = "csv"
-        row_reasons = {s.reason for s in skipped} - {UNLABELLED}
-        if not items and MISSING_FILE in row_reasons and row_reasons <= {MISSING_FILE, BAD_ROW}:
-            missing = next(s for s in skipped if s.reason == MISSING_FILE)
-            raise LayoutError(
-                f"{where}: no row of {labels_name} names an image file in it (e.g. "
-                f"{missing.source!r}: {missing.detail}); ids, taken from column "
-                f"{table.id_header}, are matched as paths inside {source.path} (for paths from "
-                "another machine, their part after its name), with or without the extension "
-                "and in any case, or as bare file names: check --id-column and --labels")
+        _check_table_matched(table, items, skipped, where, source.path)
     else:
         if layout == "auto":
             layout = _guess_layout(images, root, regex)
@@ -545,16 +522,7 @@ def find_images(
     if chosen != "folders":
         split_folders = []
     elif guessing and items and not split_folders and all(split_of(lab) for _, lab in items):
-        csvs = _top_csvs(files, root)
-        if csvs:
-            # train/ and test/ as the only "classes" beside a CSV: the labels are in the CSV
-            # (one this guess did not trust, or one of several), not in the folder names.
-            names = ", ".join(sorted({f"{label}/" for _, label in items}))
-            raise LayoutError(
-                f"{where}: its folders {names} are named as splits, not classes, and the labels "
-                f"are likely in {' or '.join(csvs)}; give --layout csv (with --labels, "
-                "--id-column and --label-column as needed) to read them, or --layout folders "
-                "to take the folder names as classes")
+        _refuse_split_named_classes(items, _top_csvs(files, root), where)
     good, bad = [], []
     for rel, label in items:
         # "café" typed (composed) and from a macOS archive (decomposed) print alike: one class.
@@ -567,24 +535,81 @@ def find_images(
                           table.columns_in_words() if table is not None else None,
                           table is not None and table.label_guessed)
     if not inventory.items:
-        raise LayoutError(
-            f"{where} has no labelled images for the {chosen} layout; expected "
-            + {"folders": "<class>/<image> folders",
-               "prefix": "files named <class>.<n>.<ext> (or give --pattern)",
-               "csv": "a labels CSV whose ids name image files"}[chosen]
-            + "; choose the layout with --layout"
-            # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
-            + (f" ({root.rstrip('/')}/ is the only folder of {source.path} and holds the "
-               "images themselves, so it was stepped into as a wrapper: a classifier needs a "
-               "folder of images for each class, two or more, side by side)"
-               if guessing and table is None and passed_over is None and regex is None
-               and _only_folder_of_images(images, root) else "")
-            + (f" ({passed_over} was not taken for the labels: it labels less than half of "
-               "the images, or all alike, or with a value per image; --layout csv reads it)"
-               if passed_over else "")
-            + _unsafe_note(problems)
-        )
+        # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
+        wrapper = (guessing and table is None and passed_over is None and regex is None
+                   and _only_folder_of_images(images, root))
+        raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
+                                              passed_over, problems))
     return inventory
+
+
+def _read_table(source: Source, root: str, files: list[str], images: list[str],
+                labels, id_column, label_column, guessing: bool):
+    """The labels table of the csv layout, its file's name, and the name of a CSV that a
+    guess passed over (``(table or None, name or None, passed-over name or None)``)."""
+    labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
+    if text is None:
+        return None, labels_name, None
+    try:
+        table = _LabelsTable(text, labels_name, images, root, id_column, label_column,
+                             source.name)
+    except (LayoutError, UsageError, csv.Error):
+        # A stray notes.csv that is empty, not a table or has no id and label columns to
+        # tell apart says nothing about labels unless the user asked for them.
+        if not guessing:
+            raise
+        return None, labels_name, None
+    if guessing and not table.labels_most():
+        # A table the guess did not take for the labels: named if nothing else works.
+        return None, labels_name, (labels_name if table.labelled else None)
+    return table, labels_name, None
+
+
+def _check_table_matched(table: _LabelsTable, items: list, skipped: list[Skipped], where: str,
+                         path) -> None:
+    """Refuse a labels table none of whose rows names an image file of the dump."""
+    row_reasons = {s.reason for s in skipped} - {UNLABELLED}
+    if items or MISSING_FILE not in row_reasons or not row_reasons <= {MISSING_FILE, BAD_ROW}:
+        return
+    missing = next(s for s in skipped if s.reason == MISSING_FILE)
+    raise LayoutError(
+        f"{where}: no row of {table.name} names an image file in it (e.g. "
+        f"{missing.source!r}: {missing.detail}); ids, taken from column "
+        f"{table.id_header}, are matched as paths inside {path} (for paths from "
+        "another machine, their part after its name), with or without the extension "
+        "and in any case, or as bare file names: check --id-column and --labels")
+
+
+def _refuse_split_named_classes(items: list, csvs: list[str], where: str) -> None:
+    """train/ and test/ as the only "classes" beside a CSV: the labels are in the CSV (one
+    the guess did not trust, or one of several), not in the folder names."""
+    if not csvs:
+        return
+    names = ", ".join(sorted({f"{label}/" for _, label in items}))
+    raise LayoutError(
+        f"{where}: its folders {names} are named as splits, not classes, and the labels "
+        f"are likely in {' or '.join(csvs)}; give --layout csv (with --labels, "
+        "--id-column and --label-column as needed) to read them, or --layout folders "
+        "to take the folder names as classes")
+
+
+def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
+                        passed_over: str | None, problems: list[Skipped]) -> str:
+    """Why a dump has no labelled images, and what to try."""
+    return (
+        f"{where} has no labelled images for the {chosen} layout; expected "
+        + {"folders": "<class>/<image> folders",
+           "prefix": "files named <class>.<n>.<ext> (or give --pattern)",
+           "csv": "a labels CSV whose ids name image files"}[chosen]
+        + "; choose the layout with --layout"
+        + (f" ({root.rstrip('/')}/ is the only folder of {path} and holds the "
+           "images themselves, so it was stepped into as a wrapper: a classifier needs a "
+           "folder of images for each class, two or more, side by side)" if wrapper else "")
+        + (f" ({passed_over} was not taken for the labels: it labels less than half of "
+           "the images, or all alike, or with a value per image; --layout csv reads it)"
+           if passed_over else "")
+        + _unsafe_note(problems)
+    )
 
 
 def _unsupported(files: list[str]) -> list[Skipped]:
