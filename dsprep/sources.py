@@ -1053,31 +1053,7 @@ class _LabelsTable:
                     f"{what} {column} is not a column of {self.name}: it has {width} (first "
                     f"row: {','.join(first)}); give a 0-based index below {width} or a header "
                     "name")
-        named = [c for c in (id_column, label_column) if c is not None and not _is_index(c)]
-        if named:
-            has_header = True
-        else:
-            probe_col = int(id_column) if id_column is not None else 0
-
-            def resolve(row: list[str], exact: bool) -> bool:
-                return probe_col < len(row) and bool(self.lookup(row[probe_col], exact=exact))
-
-            # Exact matches decide; only when no row matches exactly (ids from another
-            # machine, in another case) do the forgiving ones.
-            exact = resolve(first, True) or any(resolve(r, True) for r in rows[1:20])
-            first_resolves = resolve(first, exact)
-            if label_column is not None:
-                label_col = int(label_column)
-            else:
-                label_col = 1 if probe_col != 1 else 0
-            # A first row whose label is one of the next rows' labels is data (naming a missing
-            # file, reported as such), not a header.
-            later_labels = {r[label_col].strip() for r in rows[1:20] if label_col < len(r)}
-            first_is_data = label_col < len(first) and first[label_col] in later_labels
-            has_header = not first_resolves and (
-                any(c in ID_NAMES + LABEL_NAMES for c in first_lower)
-                or (not first_is_data and any(resolve(r, exact) for r in rows[1:20]))
-            )
+        has_header = self._has_header(rows, first, id_column, label_column)
         header = first_lower if has_header else []
 
         def given(column, what: str) -> int:
@@ -1117,6 +1093,32 @@ class _LabelsTable:
             raise UsageError(f"--id-column and --label-column both pick column {id_index} of "
                              f"{self.name}; name two different columns")
         return id_index, label_index, has_header
+
+    def _has_header(self, rows: list[list[str]], first: list[str], id_column,
+                    label_column) -> bool:
+        """Whether the first row names the columns: always when a column is given by name;
+        otherwise when its id names no image but later rows' ids do, or it holds id or label
+        names, and its label is not one of the next rows' labels."""
+        if any(c is not None and not _is_index(c) for c in (id_column, label_column)):
+            return True
+        probe_col = int(id_column) if id_column is not None else 0
+
+        def resolve(row: list[str], exact: bool) -> bool:
+            return probe_col < len(row) and bool(self.lookup(row[probe_col], exact=exact))
+
+        # Exact matches decide; only when no row matches exactly (ids from another machine,
+        # in another case) do the forgiving ones.
+        exact = resolve(first, True) or any(resolve(r, True) for r in rows[1:20])
+        if resolve(first, exact):
+            return False
+        label_col = int(label_column) if label_column is not None else (
+            1 if probe_col != 1 else 0)
+        # A first row whose label is one of the next rows' labels is data (naming a missing
+        # file, reported as such), not a header.
+        later_labels = {r[label_col].strip() for r in rows[1:20] if label_col < len(r)}
+        first_is_data = label_col < len(first) and first[label_col] in later_labels
+        return (any(c.lower() in ID_NAMES + LABEL_NAMES for c in first)
+                or (not first_is_data and any(resolve(r, exact) for r in rows[1:20])))
 
     def _id_guess(self, data: list[list[str]], header: list[str], label_index: int | None) -> int:
         """The id column when none is given: the one whose header is an id name (id, image,
