@@ -47,7 +47,9 @@ _BORDERS = {
 def real(value, name: str) -> float:
     """``value`` as a float, or a UsageError naming ``name`` for text, None, a bool and the
     like (Python's own error would name neither the argument nor what it takes)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a numpy scalar, checked as one
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise UsageError(f"{name} must be a number, got {value!r}")
     return float(value)
 
@@ -201,7 +203,7 @@ def _symmetric_range(value, name: str) -> tuple[float, float]:
 def _pair(value, name: str) -> tuple[float, float]:
     """One value for both axes, or a (height, width) pair."""
     if isinstance(value, (int, float, np.number)):
-        return float(value), float(value)
+        return real(value, name), real(value, name)
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise UsageError(f"{name} must be a number or a (height, width) pair, got {value!r}")
     return real(value[0], name), real(value[1], name)

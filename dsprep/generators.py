@@ -290,7 +290,10 @@ class _BatchSequence(ABC):
         for op in self._steps:
             try:
                 x = op(x, rng)
-            except TypeError as exc:  # most often an op of another signature (a Keras layer)
+            except TypeError as exc:
+                if exc.__traceback__ is None or exc.__traceback__.tb_next is not None:
+                    raise  # raised inside the op: its own error, not how it was called
+                # Raised by the call itself: an op of another signature (a Keras layer).
                 raise UsageError(
                     f"{op!r} failed on a batch of shape {x.shape} ({exc}); augment and each "
                     "preprocessor are called as op(batch, rng), with a numpy batch of "

@@ -263,6 +263,10 @@ def test_affine_rejects_bad_arguments():
         RandomAffine(zoom=None)
     with pytest.raises(UsageError, match="delta must be a number, got None"):
         RandomBrightness(None)
+    for bad in ({"rotation": True}, {"shift": True}, {"shift": (0.1, False)}):
+        with pytest.raises(UsageError, match="must be a number, got (True|False)"):
+            RandomAffine(**bad)
+    assert RandomFlip(p=np.array(0.25)).p == 0.25
 
 
 @pytest.mark.parametrize("layout", ["transposed", "fortran", "strided"])

@@ -436,8 +436,8 @@ def test_train_on_a_split_folder(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", split, run, *QUICK, "--epochs", "1", "--image-size", "48")
     assert result.exit_code == 0, result.output
-    assert (f"note: 1 image of {split} could not be read and was left out of training and "
-            f"validation ({broken}: ") in result.output
+    assert f"note: 1 image of {split} could not be read and was left out ({broken}: " \
+        in result.output and "remove or replace it, or split the dump again" in result.output
     # A log (no terminal) gets the epoch's line but no bar from checking the folders.
     assert "accuracy:" in result.output and "checking train" not in result.output
     shown = CliRunner().invoke(main, ["train", str(split), str(tmp_path / "shown"), *QUICK,

@@ -226,6 +226,15 @@ def test_bad_arguments_are_usage_errors(h5file, kwargs, match):
         HDF5Generator(h5file[0], **kwargs)
 
 
+def test_an_op_failing_inside_keeps_its_own_error(h5file):
+    def buggy(batch, rng):
+        return batch + "1"  # numpy's TypeError, raised inside the op
+
+    with pytest.raises(TypeError) as raised:
+        HDF5Generator(h5file[0], augment=buggy)
+    assert not isinstance(raised.value, UsageError) and "op(batch, rng)" not in str(raised.value)
+
+
 # -- contents per shuffle mode -------------------------------------------------------------------
 
 

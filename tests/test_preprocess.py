@@ -354,6 +354,7 @@ def test_rescale():
         Rescale(float("nan"))
     with pytest.raises(UsageError, match="scale must be a number, got '1/255'"):
         Rescale("1/255")
+    np.testing.assert_allclose(Rescale(np.array(0.5))(batch), batch * 0.5)  # a 0-d array
 
 
 def test_minmax_normalize_per_image_and_flat_images():

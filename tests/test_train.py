@@ -185,7 +185,10 @@ def test_a_tie_on_the_monitored_metric_goes_to_the_lower_loss(tmp_path):
 
 @pytest.mark.parametrize("losses, stops", [((0.5, 0.4, 0.3, 0.2, 0.1, 0.05), False),
                                            ((0.5, 0.4, 0.45, 0.5, 0.6, 0.7), True)])
-def test_early_stopping_and_plateau_count_a_tie_with_a_lower_loss_as_progress(losses, stops):
+def test_early_stopping_and_plateau_count_a_tie_with_a_lower_loss_as_progress(tmp_path, losses,
+                                                                           stops):
+    from dsprep.train.fit import _callbacks
+
     monitor = "val_auc"
 
     def model():
@@ -193,14 +196,19 @@ def test_early_stopping_and_plateau_count_a_tie_with_a_lower_loss_as_progress(lo
         m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         return m
 
-    stopper, plateau = (cb.ResumableEarlyStopping(monitor=monitor, mode="max", patience=2),
-                        cb.ResumablePlateau(monitor=monitor, mode="max", factor=0.1, patience=2))
+    # The callbacks as training makes them. The first epoch's 0.9999 (one pair of a hundred
+    # by a hundred misordered) is passed by 1.0 by less than Keras's default min_delta.
+    calls = _callbacks(tmp_path, tiny(schedule="plateau", plateau_patience=2, early_stop=2),
+                       monitor, [], True)
+    stopper = next(c for c in calls if isinstance(c, keras.callbacks.EarlyStopping))
+    plateau = next(c for c in calls if isinstance(c, keras.callbacks.ReduceLROnPlateau))
     for callback in (stopper, plateau):
         m = model()
         callback.set_model(m)
         callback.on_train_begin()
         for epoch, loss in enumerate(losses):
-            callback.on_epoch_end(epoch, {monitor: 0.8 if epoch == 0 else 1.0, "val_loss": loss})
+            callback.on_epoch_end(epoch, {monitor: 0.9999 if epoch == 0 else 1.0,
+                                          "val_loss": loss})
         if callback is stopper:
             assert bool(m.stop_training) == stops
         else:
@@ -266,6 +274,12 @@ def test_a_resume_after_the_data_moved_asks_for_it_and_remembers_its_new_place(s
     assert resume(copy, epochs=3, data=new).epochs_done == 3
     assert json.loads((copy / "config.json").read_text())["data"] == str(new.resolve())
     assert resume(copy, epochs=4).epochs_done == 4  # the next resume finds it there
+    # A run stopped in its first epoch (config.json alone) starts again: the same check.
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "config.json").write_text(json.dumps({**config, "data": str(old)}))
+    with pytest.raises(LayoutError, match="which is no longer there"):
+        resume(first)
 
 
 def test_resume_refuses_data_that_would_choose_the_best_checkpoint_by_another_metric(

@@ -204,9 +204,10 @@ def _left_out_note(left_out: list[tuple[str, str]], data) -> None:
     """Name the images of a split folder that could not be read and were left out."""
     shown = "; ".join(f"{path}: {reason}" for path, reason in left_out[:3])
     more = f"; and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+    one = len(left_out) == 1
     say(f"note: {count_of(len(left_out), 'image')} of {data} could not be read and "
-        f"{'was' if len(left_out) == 1 else 'were'} left out of training and validation "
-        f"({shown}{more}); remove or replace them, or split the dump again", err=True)
+        f"{'was' if one else 'were'} left out ({shown}{more}); remove or replace "
+        f"{'it' if one else 'them'}, or split the dump again", err=True)
 
 
 def _diverged(result) -> click.ClickException:
@@ -295,6 +296,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         if overfit_check:
             report = fit.overfit_check(data, run, config, overwrite=force,
                                        progress=show_epochs(), bars=show_progress())
+            if report.result.left_out:
+                _left_out_note(report.result.left_out, data)
             if report.result.diverged:
                 raise _diverged(report.result)
             verdict = "passed" if report.passed else "FAILED"

@@ -451,7 +451,9 @@ def _callbacks(run: Path, config: TrainConfig, monitor: str, history: list, vali
         out.insert(0, keras.callbacks.LearningRateScheduler(fn))
     # On a resume both continue their patience from the epochs in the history.
     if config.schedule == "plateau":
-        out.insert(0, cb.ResumablePlateau(monitor=monitor, mode="max", factor=0.1,
+        # min_delta=0: an epoch is progress by the same rule as for best.keras and
+        # --early-stop (Keras's 1e-4 took 0.9999 -> 1.0 for no progress, and a tie after it).
+        out.insert(0, cb.ResumablePlateau(monitor=monitor, mode="max", factor=0.1, min_delta=0,
                                           patience=config.plateau_patience, history=history))
     if config.early_stop:
         out.append(cb.ResumableEarlyStopping(monitor=monitor, mode="max",
@@ -901,9 +903,7 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool) -> 
         if epochs is not None:
             config.epochs = int(epochs)
             config.check()
-        if data is None and not isinstance(saved.get("data"), str):
-            raise DatasetFormatError(f"{run / CONFIG} does not name the data folder ('data'); "
-                                     f"give DATA: dsprep train --resume {run} DATA")
+        _check_run_data(run, saved, data)
         _refuse_run_with_data(run, Path(data or saved["data"]))
         result = _train(data or saved["data"], run, config, False, True, progress, True, bars)
         result.restarted = True
@@ -970,8 +970,8 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     saved = read_run_config(run)
     config_path = run / CONFIG
     if data is None and not isinstance(saved.get("data"), str):
-        raise DatasetFormatError(f"{config_path} does not name the data folder ('data'); "
-                                 f"give DATA: dsprep train --resume {run} DATA")
+        _check_run_data(run, saved, data)  # no data named: refused (one moved away is refused
+        # below, after a finished run has said that it has nothing left to do)
     config = _saved_options(run, saved)
     if epochs is not None:
         config.epochs = int(epochs)
@@ -997,9 +997,7 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))
     device = configure_device(config.precision, config.jit, config.gpus)
-    if data is None and not Path(saved["data"]).exists():
-        raise LayoutError(f"{run} was trained on {saved['data']}, which is no longer there; "
-                          f"give where the data is now: dsprep train --resume {run} DATA")
+    _check_run_data(run, saved, data)
     _refuse_run_with_data(run, Path(data or saved["data"]))
     bundle = open_data(data or saved["data"], config, work=run, progress=bars)
     _check_resumed_data(bundle, saved, data or saved["data"], config_path,
@@ -1013,6 +1011,18 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
         saved["options"]["epochs"], saved["data"] = now["epochs"], now["data"]
         cb.atomic_write_json(run / CONFIG, saved)
     return _fit(model, bundle, run, config, done, history, progress)
+
+
+def _check_run_data(run: Path, saved: dict, data) -> None:
+    """Without DATA, the run's own data folder must be named in config.json and still there."""
+    if data is not None:
+        return
+    if not isinstance(saved.get("data"), str):
+        raise DatasetFormatError(f"{run / CONFIG} does not name the data folder ('data'); "
+                                 f"give DATA: dsprep train --resume {run} DATA")
+    if not Path(saved["data"]).exists():
+        raise LayoutError(f"{run} was trained on {saved['data']}, which is no longer there; "
+                          f"give where the data is now: dsprep train --resume {run} DATA")
 
 
 # ----------------------------------------------------------------------------------------------
