@@ -18,7 +18,9 @@ from .cmd_train import evaluate, sweep_lr, train
                     "options, 130 stopped by Ctrl-C, 143 by SIGTERM, 129 by a hangup, 141 when "
                     "the reader of its output went away.")
 @click.version_option(__version__, prog_name="dsprep")
-@click.option("-v", "--verbose", count=True, help="Say more (repeat for debug detail).")
+@click.option("-v", "--verbose", count=True,
+              help="-vv also shows the native libraries' own log lines (TensorFlow's "
+                   "start-up log).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only errors, warnings and the command's answer (info, means, "
                    "evaluate, a dry run's plan): no progress bars, no summary.")

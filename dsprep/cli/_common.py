@@ -93,7 +93,8 @@ def verbosity_options() -> list[click.Option]:
 
     return [
         click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=more,
-                     help="Say more (repeat for debug detail)."),
+                     help="-vv also shows the native libraries' own log lines "
+                          "(TensorFlow's start-up log)."),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet,
                      help="Print only errors, warnings and the command's answer (info, "
                           "means, evaluate, a dry run's plan): no progress bars, no summary."),

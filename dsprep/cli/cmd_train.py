@@ -239,11 +239,12 @@ def _fmt(value) -> str:
                    "(its own options; --epochs may raise the total; DATA, if given, is where "
                    "the data is now).")
 @click.option("--overfit-check", is_flag=True,
-              help="Train a few epochs on 8 images per class (no flips or affine "
+              help="Train --epochs epochs on 8 images per class (no flips or affine "
                    "transforms, though --crop still takes random patches; a constant "
                    "learning rate and no early stop, whatever else is given) and report "
                    "whether the model learnt them: the training loss down to 0.75 of the "
-                   "first epoch's, the accuracy halfway from guessing to 1.")
+                   "first epoch's, the accuracy halfway from guessing to 1. RUN keeps that "
+                   "small run (give a RUN of its own).")
 @click.option("--force", is_flag=True,
               help="Replace a run already in RUN. It is kept in RUN/.replaced until the new "
                    "run has finished its first epoch, and put back if the new run fails "
