@@ -92,6 +92,8 @@ class SplitOptions:
         counts: (train, val[, test]) images per class, instead of ratios.
         limit_per_class: keep a reproducible random subset of at most this many per class first.
         min_size: leave out images smaller than this on either side, in pixels.
+        max_pixels: leave out images of more pixels than this (a decompression bomb guard,
+            as build-hdf5's --max-pixels); 0: no limit.
         verify: "header" reads the dimensions from the header (and checks the file is not cut
             short), "full" decodes every image.
         seed: the seed of every random choice.
@@ -106,6 +108,7 @@ class SplitOptions:
     counts: tuple[int, ...] | None = None
     limit_per_class: int | None = None
     min_size: int = 0
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
     verify: str = "header"
     seed: int = DEFAULT_SEED
 
@@ -145,6 +148,10 @@ class SplitOptions:
             raise UsageError(f"limit_per_class must be 1 or more, got {self.limit_per_class}")
         if self.min_size < 0:
             raise UsageError(f"min_size must be 0 or more, got {self.min_size}")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, Integral) \
+                or self.max_pixels < 0:
+            raise UsageError(f"max_pixels must be a whole number, 0 (no limit) or more, got "
+                             f"{self.max_pixels!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or self.seed < 0:
             raise UsageError(f"seed {self.seed!r} must be a whole number >= 0 (numpy's "
                              f"generators refuse negative seeds), e.g. {DEFAULT_SEED}")
@@ -162,6 +169,8 @@ class SplitOptions:
         params = asdict(self)
         if self.counts is None and self.ratios is None:
             params["ratios"] = list(DEFAULT_RATIOS)
+        if self.max_pixels == images.DEFAULT_MAX_PIXELS:
+            del params["max_pixels"]  # as split.json had it before the option: the same split
         return json.loads(json.dumps(params))
 
 
@@ -364,7 +373,8 @@ def skip_reason(exc: OSError | CorruptImageError | ImageTooLargeError) -> tuple[
     return UNREADABLE, exc.strerror or str(exc)
 
 
-def _check(source, rel: str, verify: str, min_size: int, stash=None) -> _Checked:
+def _check(source, rel: str, verify: str, min_size: int, stash=None,
+           max_pixels: int = images.DEFAULT_MAX_PIXELS) -> _Checked:
     """Read one file once: hash it and check it is an image of a usable size.
 
     ``stash``, when given, receives the bytes of a usable file, so that a one-pass split can
@@ -378,10 +388,11 @@ def _check(source, rel: str, verify: str, min_size: int, stash=None) -> _Checked
         return _Checked(rel, problem=Skipped(rel, EMPTY, "zero-byte file"))
     digest = hashlib.sha256(data).hexdigest()
     try:
+        limit = max_pixels or None
         if verify == "full":
-            height, width = images.decode(data).shape[:2]
+            height, width = images.decode(data, max_pixels=limit).shape[:2]
         else:
-            height, width = images.probe(data)
+            height, width = images.probe(data, max_pixels=limit)
     except (ImageTooLargeError, CorruptImageError) as exc:
         return _Checked(rel, problem=Skipped(rel, *skip_reason(exc)))
     if min(height, width) < min_size:
@@ -482,7 +493,8 @@ def plan(
         inventory = find_images(source, options.layout, pattern=options.pattern,
                                 labels=options.labels, id_column=options.id_column,
                                 label_column=options.label_column)
-        checked = _map(lambda item: _check(source, item[0], options.verify, options.min_size),
+        checked = _map(lambda item: _check(source, item[0], options.verify, options.min_size,
+                                           max_pixels=options.max_pixels),
                        inventory.items, workers or default_workers(), progress, "checking")
     return _decide(Path(src).resolve(), inventory, checked, options)
 
@@ -525,6 +537,7 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
         advice = {
             LABEL_CONFLICT: conflict,
             TOO_SMALL: f"Lower --min-size (now {options.min_size})",
+            TOO_LARGE: f"Raise --max-pixels (now {options.max_pixels:,}; 0 for no limit)",
         }.get(top, "Check the options that leave files out, such as --min-size, and the "
                    "files themselves")
         raise LayoutError(f"{source} has no usable image: every file was left out ("
@@ -1161,7 +1174,8 @@ def run(
             def check(item: tuple[int, tuple[str, str]]) -> _Checked:
                 index, (rel, _label) = item
                 return _check(source, rel, options.verify, options.min_size,
-                              lambda data: _write_bytes(os.path.join(stage, str(index)), data))
+                              lambda data: _write_bytes(os.path.join(stage, str(index)), data),
+                              max_pixels=options.max_pixels)
 
             try:
                 with _room(dest, mode=mode, folder=source_path.is_dir()):

@@ -464,3 +464,13 @@ def test_jfif_files_are_split_like_jpegs(tmp_path):
     with open(tmp_path / "s" / "files.csv", newline="") as fh:
         placed = {r["source"]: r["class"] for r in csv.DictReader(fh)}
     assert placed.get("a/photo.jfif") == "a" and len(placed) == 7
+
+
+def test_max_pixels_reaches_the_split_and_its_manifest(tmp_path):
+    dump, dest = tmp_path / "dump", tmp_path / "split"
+    make_class_folders(dump, classes=("a", "b"), per_class=4)  # 48x64: 3,072 pixels
+    result = run("split", str(dump), str(dest), "--max-pixels", "3000", "--ratios", "0.5,0.5")
+    assert result.exit_code == 1 and "Raise --max-pixels (now 3,000" in result.output
+    result = run("split", str(dump), str(dest), "--max-pixels", "0", "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    assert json.loads((dest / "split.json").read_text())["params"]["max_pixels"] == 0

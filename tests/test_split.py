@@ -255,6 +255,25 @@ def test_min_size_and_label_conflict(tmp_path):
     assert "b/small.jpg" in {f.source for f in p.files}
 
 
+@pytest.mark.parametrize("verify", ["header", "full"])
+def test_max_pixels_leaves_out_larger_images_and_zero_lifts_the_limit(tmp_path, verify):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)  # 48x64
+    write_image(root / "a" / "big.png", smooth_image(80, 100, seed=72))  # 8,000 pixels
+    p = plan(root, max_pixels=5000, verify=verify)
+    big = next(s for s in p.skipped if s.source == "a/big.png")
+    assert big.reason == "too-large" and "100x80 is over the 5,000-pixel limit" in big.detail
+    assert len(p.files) == 6
+    assert "a/big.png" in {f.source for f in plan(root, max_pixels=0, verify=verify).files}
+    # The default is build-hdf5's, and left out of split.json's params as before the option.
+    assert "max_pixels" not in SplitOptions().params()
+    assert SplitOptions(max_pixels=0).params()["max_pixels"] == 0
+    with pytest.raises(LayoutError, match=r"Raise --max-pixels \(now 1,000; 0 for no limit\)"):
+        plan(root, max_pixels=1000)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(UsageError, match="max_pixels must be a whole number"):
+            SplitOptions(max_pixels=bad)
+
+
 def test_every_file_left_out_is_an_error_that_counts_and_shows_the_reasons(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
     (root / "b" / "notes.jpg").write_text("not an image")

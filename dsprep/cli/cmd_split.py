@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
+from ..images import DEFAULT_MAX_PIXELS
 from ..sources import LAYOUTS, own_split_folders
 from ..split import (
     DEFAULT_RATIOS,
@@ -69,6 +70,10 @@ def _column(text: str | None) -> str | int | None:
               help="First take a reproducible random subset of N images per class.")
 @click.option("--min-size", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="PX", help="Leave out images smaller than PX on either side.")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
+              show_default=True, metavar="N",
+              help="Leave out images of more pixels than N (too-large: a guard against "
+                   "decompression bombs); 0 for no limit. Give build-hdf5 the same.")
 @click.option("--verify", type=click.Choice(VERIFY), default="header", show_default=True,
               help="header: read the dimensions from the header and check the file is not "
                    "cut short (fast); full: also decode every image, which finds damage inside "
@@ -86,7 +91,8 @@ def _column(text: str | None) -> str | int | None:
                    "nothing.")
 def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | None,
           id_column: str | None, label_column: str | None, ratios: str | None,
-          counts: str | None, limit_per_class: int | None, min_size: int, verify: str,
+          counts: str | None, limit_per_class: int | None, min_size: int, max_pixels: int,
+          verify: str,
           seed: int, mode: str, force: bool, dry_run: bool) -> None:
     """Split the labelled images in SRC into DEST/train, DEST/val and DEST/test class folders.
 
@@ -102,7 +108,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         layout=layout, pattern=pattern, labels=labels, id_column=_column(id_column),
         label_column=_column(label_column), ratios=_numbers(ratios, float, "--ratios"),
         counts=_numbers(counts, int, "--counts"), limit_per_class=limit_per_class,
-        min_size=min_size, verify=verify, seed=seed)
+        min_size=min_size, max_pixels=max_pixels, verify=verify, seed=seed)
     if dry_run:
         check_run(src, dest, options, mode, force=force)  # what the real run would refuse
         split_plan = plan(src, options, progress=show_progress())
