@@ -54,6 +54,15 @@ def data(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("cli") / "data")
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(data, tmp_path_factory):
+    """A finished one-epoch run of DATA, for tests to copy."""
+    run = tmp_path_factory.mktemp("one-epoch") / "run"
+    result = invoke("train", data, run, *QUICK, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    return run
+
+
 def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -71,11 +80,10 @@ def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_
     assert "has no validation split (val.hdf5, or images in val/), so best.keras" in sweep.output
 
 
-def test_a_resume_after_a_crashed_replacement_brings_the_old_run_back(data, tmp_path):
+def test_a_resume_after_a_crashed_replacement_brings_the_old_run_back(one_epoch_run, tmp_path):
     from dsprep.train import fit
 
-    run = tmp_path / "run"
-    assert invoke("train", data, run, *QUICK, "--epochs", "1").exit_code == 0
+    run = shutil.copytree(one_epoch_run, tmp_path / "run")
     kept = {p.name: p.read_bytes() for p in run.iterdir()}
     fit._set_aside(run)  # as a --force killed in its first epoch leaves it
     (run / "config.json").write_text("{}")
@@ -268,7 +276,8 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, tmp_path):
+def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, one_epoch_run,
+                                                                          tmp_path):
     diverged = invoke("train", data, tmp_path / "nan", *QUICK, "--epochs", "3", "--lr", "1e30")
     assert diverged.exit_code == 1
     assert "training diverged: the loss became nan in epoch 1" in diverged.output
@@ -307,8 +316,7 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     assert len(history(run)) > epochs and "resumed" in more.output
 
     # A job that runs the same resume again after the run's end succeeds, claiming no work.
-    finished = tmp_path / "finished"
-    assert invoke("train", data, finished, *QUICK, "--epochs", "1").exit_code == 0
+    finished = shutil.copytree(one_epoch_run, tmp_path / "finished")
     before = (finished / "last.keras").read_bytes()
     for args in ([], ["--epochs", "1"]):
         again = invoke("train", "--resume", finished, *args)
@@ -318,11 +326,11 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143), SystemExit(129)])
-def test_a_stopped_run_says_how_to_resume_it(data, tmp_path, monkeypatch, stop):
+def test_a_stopped_run_says_how_to_resume_it(data, one_epoch_run, tmp_path, monkeypatch, stop):
     from dsprep.train import fit
 
     run = tmp_path / "run"
-    assert invoke("train", data, run, *QUICK, "--epochs", "1").exit_code == 0
+    shutil.copytree(one_epoch_run, run)
 
     def stopped(*args, **kwargs):
         raise stop
