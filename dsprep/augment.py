@@ -202,6 +202,8 @@ def _symmetric_range(value, name: str) -> tuple[float, float]:
 
 def _pair(value, name: str) -> tuple[float, float]:
     """One value for both axes, or a (height, width) pair."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     if isinstance(value, (int, float, np.number)):
         return real(value, name), real(value, name)
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:

@@ -6,6 +6,7 @@ adapters module turns them into Keras and tf.data inputs.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import os
@@ -93,6 +94,21 @@ def _count(value: object, what: str, least: int = 0) -> int:
     if number is None or number < least:
         raise UsageError(f"{what} must be a whole number, {least} or more; received {value!r}")
     return number
+
+
+def _called_wrongly(op, x: np.ndarray, rng: np.random.Generator, exc: TypeError) -> bool:
+    """Whether ``op(x, rng)`` failed with ``exc`` for how it was called, not inside: raised by
+    the call itself (a Keras layer's ``__call__``), or the op (or the function a decorator
+    wraps) takes no ``(batch, rng)``."""
+    if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+        return True
+    try:
+        inspect.signature(op).bind(x, rng)
+    except TypeError:
+        return True
+    except ValueError:  # no signature to read (a builtin)
+        return False
+    return False
 
 
 def _probe_batch(shape: tuple[int, ...]) -> np.ndarray:
@@ -291,9 +307,8 @@ class _BatchSequence(ABC):
             try:
                 x = op(x, rng)
             except TypeError as exc:
-                if exc.__traceback__ is None or exc.__traceback__.tb_next is not None:
+                if not _called_wrongly(op, x, rng, exc):
                     raise  # raised inside the op: its own error, not how it was called
-                # Raised by the call itself: an op of another signature (a Keras layer).
                 raise UsageError(
                     f"{op!r} failed on a batch of shape {x.shape} ({exc}); augment and each "
                     "preprocessor are called as op(batch, rng), with a numpy batch of "

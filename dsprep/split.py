@@ -152,6 +152,7 @@ class SplitOptions:
                 or self.max_pixels < 0:
             raise UsageError(f"max_pixels must be a whole number, 0 (no limit) or more, got "
                              f"{self.max_pixels!r}")
+        object.__setattr__(self, "max_pixels", int(self.max_pixels))  # numpy ints too (JSON)
         if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or self.seed < 0:
             raise UsageError(f"seed {self.seed!r} must be a whole number >= 0 (numpy's "
                              f"generators refuse negative seeds), e.g. {DEFAULT_SEED}")
@@ -731,9 +732,12 @@ def _differences(found: dict, wanted: dict) -> str:
     if found.get("source") != wanted["source"]:
         said.append(f"source {found.get('source')}, now {wanted['source']}")
     before = found.get("params") if isinstance(found.get("params"), dict) else {}
-    for key, value in wanted["params"].items():
-        if before.get(key) != value:
-            said.append(f"{key} {before.get(key)!r}, now {value!r}")
+    # max_pixels is left out of params at its default: compare it filled in.
+    default = {"max_pixels": images.DEFAULT_MAX_PIXELS}
+    before, now = {**default, **before}, {**default, **wanted["params"]}
+    for key in list(now) + [k for k in before if k not in now]:
+        if before.get(key) != now.get(key):
+            said.append(f"{key} {before.get(key)!r}, now {now.get(key)!r}")
     return "; ".join(said) or "another version of its manifest"
 
 

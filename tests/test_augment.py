@@ -267,6 +267,7 @@ def test_affine_rejects_bad_arguments():
         with pytest.raises(UsageError, match="must be a number, got (True|False)"):
             RandomAffine(**bad)
     assert RandomFlip(p=np.array(0.25)).p == 0.25
+    assert RandomAffine(shift=np.array(0.1)).shift == (0.1, 0.1)
 
 
 @pytest.mark.parametrize("layout", ["transposed", "fortran", "strided"])

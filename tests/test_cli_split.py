@@ -474,3 +474,6 @@ def test_max_pixels_reaches_the_split_and_its_manifest(tmp_path):
     result = run("split", str(dump), str(dest), "--max-pixels", "0", "--ratios", "0.5,0.5")
     assert result.exit_code == 0, result.output
     assert json.loads((dest / "split.json").read_text())["params"]["max_pixels"] == 0
+    # Run again at the default: refused, saying what differs (the default is not written).
+    result = run("split", str(dump), str(dest), "--ratios", "0.5,0.5")
+    assert result.exit_code == 1 and "max_pixels 0, now 89478485" in result.output

@@ -234,6 +234,19 @@ def test_an_op_failing_inside_keeps_its_own_error(h5file):
         HDF5Generator(h5file[0], augment=buggy)
     assert not isinstance(raised.value, UsageError) and "op(batch, rng)" not in str(raised.value)
 
+    # A decorated function of the batch alone still gets the hint (its error is a frame deep).
+    import functools
+
+    def one(batch):
+        return batch
+
+    @functools.wraps(one)
+    def logged(*args):
+        return one(*args)
+
+    with pytest.raises(UsageError, match=r"called as op\(batch, rng\)"):
+        HDF5Generator(h5file[0], augment=logged)
+
 
 # -- contents per shuffle mode -------------------------------------------------------------------
 

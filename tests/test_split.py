@@ -19,6 +19,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy
 import pytest
 from helpers import make_class_folders, smooth_image, write_image
 from hypothesis import given, settings
@@ -272,6 +273,7 @@ def test_max_pixels_leaves_out_larger_images_and_zero_lifts_the_limit(tmp_path, 
     for bad in (-1, 2.5, True):
         with pytest.raises(UsageError, match="max_pixels must be a whole number"):
             SplitOptions(max_pixels=bad)
+    assert SplitOptions(max_pixels=numpy.int64(5)).params()["max_pixels"] == 5
 
 
 def test_every_file_left_out_is_an_error_that_counts_and_shows_the_reasons(tmp_path):
