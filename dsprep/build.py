@@ -107,7 +107,9 @@ class BuildOptions:
         interpolation: an OpenCV interpolation name, or None for area when shrinking and cubic
             when enlarging.
         exact: always decode at full resolution (no reduced decoding).
-        max_pixels: refuse images with more pixels than this (None: no limit).
+        max_pixels: refuse images with more pixels than this (None: no limit). A split made
+            with another ``--max-pixels`` keeps images this refuses: ``split_pixel_limit(src)``
+            is its limit (``dsprep.split``; what the command line uses by default).
         order: "shuffled" (with ``seed``) or "sorted" (by class, then path).
         seed: seed of the shuffle.
         chunk_images: images per HDF5 chunk (None: 64 uncompressed, 8 compressed).

@@ -23,7 +23,7 @@ import numpy as np
 from . import images, sources, store, system
 from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
 from .preprocess import Compose, Gathered, Loader
-from .split import SPLITS, read_split_classes, refuse_unfinished_split
+from .split import SPLITS, read_split_classes, refuse_unfinished_split, split_pixel_limit
 
 SHUFFLE_MODES = ("none", "batches", "full")
 OUTPUTS = ("float32", "uint8")
@@ -794,6 +794,12 @@ def rows_in_class_runs(labels: np.ndarray, batch_size: int, min_batches: int = 0
     return single > 2 * float(np.sum(share ** batch_size)) + 0.05
 
 
+def _in_split_folder(root: Path) -> bool:
+    """Whether ``root`` is one split (train/, val/, test/) of a 'dsprep split' folder."""
+    here = root.resolve()
+    return (here.parent / "split.json").is_file() and here.name in SPLITS
+
+
 def _split_classes(root: Path, found: list[str]) -> list[str]:
     """The classes of the split ``root`` belongs to, in build-hdf5's id order, or ``found``.
 
@@ -801,7 +807,7 @@ def _split_classes(root: Path, found: list[str]) -> list[str]:
     its train folder and from the HDF5 files built from the same split.
     """
     here = root.resolve()
-    if (here.parent / "split.json").is_file() and here.name in SPLITS:
+    if _in_split_folder(here):
         return read_split_classes(here.parent)
     # A dump already split (train/, test/, or seg_train/seg_train/): as build-hdf5 builds it.
     doubled = here.parent.name.lower() == here.name.lower()
@@ -860,6 +866,10 @@ class DirectoryGenerator(_BatchSequence):
         output: "float32" or "uint8".
         progress: show a progress bar while checking the files.
         check: "decode" (the default) or "header": how the files are checked at construction.
+        max_pixels: leave out images of more pixels than this (decompression bombs), 0 for no
+            limit; None (the default): when ``root`` is one split of a split folder, the limit
+            the split applied (``split --max-pixels``), so every image it kept is read; else
+            89,478,485, as ``build-hdf5``.
     """
 
     def __init__(
@@ -881,6 +891,7 @@ class DirectoryGenerator(_BatchSequence):
         output: str = "float32",
         progress: bool = False,
         check: str = "decode",
+        max_pixels: int | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, preprocessors=preprocessors, augment=augment,
                          one_hot=one_hot, seed=seed, drop_last=drop_last, output=output)
@@ -890,6 +901,11 @@ class DirectoryGenerator(_BatchSequence):
         if workers is not None and (isinstance(workers, bool)
                                     or not isinstance(workers, (int, np.integer)) or workers < 0):
             raise UsageError(f"workers must be a whole number, 0 or more; received {workers!r}")
+        if max_pixels is not None and (isinstance(max_pixels, bool)
+                                       or not isinstance(max_pixels, (int, np.integer))
+                                       or max_pixels < 0):
+            raise UsageError(f"max_pixels must be a whole number, 0 (no limit) or more, or None; "
+                             f"received {max_pixels!r}")
         self.root = Path(root)
         self.image_size = images.parse_size(image_size)
         if min(self.image_size) < 1:
@@ -926,6 +942,11 @@ class DirectoryGenerator(_BatchSequence):
                 "pass classes that name every folder (e.g. the split.json 'classes')"
             )
         self.label_names = names
+        if max_pixels is None:  # the limit of the split the files come from
+            self.max_pixels = split_pixel_limit(self.root.resolve().parent) \
+                if _in_split_folder(self.root) else images.DEFAULT_MAX_PIXELS
+        else:
+            self.max_pixels = int(max_pixels) or None
         self._reset_process_state()
         ids = {name: i for i, name in enumerate(names)}
         checker = self._check_decode if check == "decode" else self._check_file
@@ -1018,11 +1039,10 @@ class DirectoryGenerator(_BatchSequence):
 
     # -- files -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_file(path: Path) -> str | None:
+    def _check_file(self, path: Path) -> str | None:
         """None for a readable image, else why it is left out."""
         try:
-            images.probe(images.read_bytes(path))
+            images.probe(images.read_bytes(path), max_pixels=self.max_pixels)
         except (DsprepError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
@@ -1037,7 +1057,7 @@ class DirectoryGenerator(_BatchSequence):
 
     def _decode(self, path: Path) -> np.ndarray:
         return images.load(images.read_bytes(path), self.image_size, self.resize,
-                           self.interpolation)
+                           self.interpolation, max_pixels=self.max_pixels)
 
     def _load(self, k: int) -> np.ndarray:
         """Decode file ``k``, or the next file of its class that decodes (recorded)."""

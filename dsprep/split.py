@@ -741,12 +741,12 @@ def _differences(found: dict, wanted: dict) -> str:
     return "; ".join(said) or "another version of its manifest"
 
 
-def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
-    """Read the sorted class names from a split folder's ``split.json``."""
+def _read_manifest(split_dir: str | os.PathLike) -> tuple[Path, dict]:
+    """A split folder's ``split.json``: its path and its record, checked to be one."""
     path = Path(split_dir) / MANIFEST
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        classes = record["classes"]
+        record["classes"]
     except FileNotFoundError as exc:
         raise LayoutError(f"{path} does not exist; make the split with 'dsprep split'") from exc
     except (ValueError, KeyError, TypeError) as exc:
@@ -755,11 +755,45 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
     if record.get("schema", SCHEMA) != SCHEMA:
         raise DatasetFormatError(f"{path} has schema {record['schema']!r}, not {SCHEMA!r}; "
                                  "make the split again with this version of 'dsprep split'")
+    return path, record
+
+
+def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
+    """Read the sorted class names from a split folder's ``split.json``."""
+    path, record = _read_manifest(split_dir)
+    classes = record["classes"]
     if not isinstance(classes, list) or not classes or \
             not all(isinstance(c, str) for c in classes):
         raise DatasetFormatError(f"{path}: 'classes' must be a non-empty list of names; "
                                  "make the split again with 'dsprep split'")
     return list(classes)
+
+
+def read_split_max_pixels(split_dir: str | os.PathLike) -> int | None:
+    """The pixel limit a split folder's images were checked against (None: no limit).
+
+    Reading its files with this limit keeps every image the split kept (``split
+    --max-pixels``); split.json's ``params`` hold it only when it is not the default.
+    """
+    path, record = _read_manifest(split_dir)
+    params = record.get("params")
+    limit = params.get("max_pixels", images.DEFAULT_MAX_PIXELS) \
+        if isinstance(params, dict) else images.DEFAULT_MAX_PIXELS
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise DatasetFormatError(f"{path}: params 'max_pixels' must be a whole number, 0 or "
+                                 f"more, not {limit!r}; make the split again with 'dsprep split'")
+    return limit or None
+
+
+def split_pixel_limit(src: str | os.PathLike) -> int | None:
+    """The pixel limit to read ``src``'s images with so that every image its split kept is read.
+
+    A split folder's own (``split --max-pixels``, from split.json; None: no limit); the
+    default limit for a folder without split.json.
+    """
+    if (Path(src) / MANIFEST).is_file():
+        return read_split_max_pixels(src)
+    return images.DEFAULT_MAX_PIXELS
 
 
 def _is_split_manifest(path: Path) -> bool:

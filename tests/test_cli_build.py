@@ -50,7 +50,7 @@ def test_build_prints_a_summary_and_writes_the_files(built):
     assert "train.hdf5: 9 images, 1 skipped" in output
     assert "val.hdf5: 9 images in" in output
     assert "means.json: mean R=" in output
-    assert "skipped.csv: 1 images skipped (not-an-image: 1)" in output
+    assert "skipped.csv: 1 image skipped (not-an-image: 1)" in output
     assert "note: test: no files" in output
     with h5py.File(out / "train.hdf5", "r") as db:
         assert db["images"].shape == (9, 24, 16, 3)
@@ -498,3 +498,42 @@ def test_the_interpolations_offered_are_those_the_build_knows():
 
     # Written out in the command so that --help loads no OpenCV; they must not drift apart.
     assert cmd_build._INTERPOLATIONS == ("auto", *images.INTERPOLATIONS)
+
+
+def test_a_split_is_built_and_read_with_its_own_pixel_limit(tmp_path):
+    from dsprep.generators import DirectoryGenerator
+
+    dump, dest = tmp_path / "dump", tmp_path / "split"
+    make_class_folders(dump, classes=("a", "b"), per_class=4)  # 48x64: 3,072 pixels
+    write_image(dump / "a" / "large.jpg", smooth_image(80, 100, seed=50))  # 8,000 pixels
+    result = run("split", dump, dest, "--max-pixels", "10000", "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    kept = json.loads((dest / "split.json").read_text())["counts"]
+    assert sum(n for split in kept.values() for n in split.values()) == 9
+
+    # No --max-pixels: the split's limit, so every image it kept is built.
+    result = run("build-hdf5", dest, tmp_path / "out", "--size", "16", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "--max-pixels 10,000, the limit the split" in result.output
+    rows = 0
+    for split in ("train", "val"):
+        with h5py.File(tmp_path / "out" / f"{split}.hdf5", "r") as f:
+            rows += len(f["labels"])
+            assert f.attrs["max_pixels"] == 10000
+    assert rows == 9
+    # A lower limit given is applied.
+    result = run("build-hdf5", dest, tmp_path / "low", "--size", "16", "--workers", "1",
+                 "--max-pixels", "5000")
+    assert result.exit_code == 0, result.output
+    assert "1 image skipped (too-large: 1)" in result.output
+
+    # The directory generator reads a split's folders with the same limit.
+    gens = [DirectoryGenerator(dest / split, image_size=16, batch_size=2) for split in
+            ("train", "val")]
+    assert sum(g.num_samples for g in gens) == 9 and not any(g.skipped for g in gens)
+    low = [DirectoryGenerator(dest / split, image_size=16, batch_size=2, max_pixels=5000)
+           for split in ("train", "val")]
+    left_out = [path.name for g in low for path, _ in g.skipped]
+    assert left_out == ["large.jpg"]
+    with pytest.raises(Exception, match="max_pixels must be a whole number"):
+        DirectoryGenerator(dest / "train", image_size=16, max_pixels=-1)

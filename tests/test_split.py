@@ -1169,3 +1169,25 @@ def test_a_split_given_as_the_source_is_refused_as_swapped_arguments(tmp_path):
     # Into a new folder, a split is split again (a split someone shared, say).
     _, again = run(made, tmp_path / "again", SplitOptions(ratios=(0.5, 0.5)))
     assert again.placed == 6
+
+
+@pytest.mark.parametrize(
+    ("params", "limit"),
+    [(None, 89_478_485), ({"seed": 1}, 89_478_485), ({"max_pixels": 0}, None),
+     ({"max_pixels": 5000}, 5000), ({"max_pixels": -1}, "error"), ({"max_pixels": "0"}, "error"),
+     ({"max_pixels": True}, "error")],
+)
+def test_split_pixel_limit_reads_what_the_split_applied(tmp_path, params, limit):
+    from dsprep.errors import DatasetFormatError
+
+    record = {"schema": "dsprep-split/1", "classes": ["a"]}
+    if params is not None:
+        record["params"] = params
+    (tmp_path / "split.json").write_text(json.dumps(record))
+    if limit == "error":
+        with pytest.raises(DatasetFormatError, match="'max_pixels' must be a whole number"):
+            split_module.split_pixel_limit(tmp_path)
+    else:
+        assert split_module.split_pixel_limit(tmp_path) == limit
+    # A folder without split.json: the default limit.
+    assert split_module.split_pixel_limit(tmp_path / "elsewhere") == 89_478_485

@@ -890,6 +890,27 @@ def test_files_that_are_no_images_count_for_neither_batches_nor_subsets(tmp_path
         f"{label}_{i}.jpg" for label in ("bee", "cat") for i in range(3))
 
 
+def test_a_split_folder_is_read_with_the_pixel_limit_of_its_split(tmp_path):
+    split = tmp_path / "split"
+    make_class_folders(split / "train", classes=("bee", "cat"), per_class=3, size=(16, 16))
+    make_class_folders(split / "val", classes=("bee", "cat"), per_class=1, size=(16, 16), seed=9)
+    # 16x16 is 256 pixels: a limit of 255 leaves every image out, of the subset too.
+    for limit, kept in ((0, (6, 2)), (256, (6, 2)), (255, None)):
+        (split / "split.json").write_text(json.dumps({
+            "schema": "dsprep-split/1", "classes": ["bee", "cat"],
+            "params": {"max_pixels": limit}}))
+        for per_class in (None, 2):
+            config = tiny(image_size=16, batch_size=2, limit_per_class=per_class)
+            if kept is None:
+                with pytest.raises(LayoutError, match="over the 255-pixel limit"):
+                    open_data(split, config, work=tmp_path / f"w{per_class}")
+                continue
+            bundle = open_data(split, config, work=tmp_path / f"w{per_class}")
+            assert bundle.train.num_samples == (per_class * 2 if per_class else kept[0])
+            assert bundle.val.num_samples == kept[1]
+            assert bundle.train.max_pixels == bundle.val.max_pixels == (limit or None)
+
+
 def test_a_split_verified_in_full_is_not_decoded_again_to_check_it(tmp_path, monkeypatch):
     from dsprep.generators import DirectoryGenerator
 

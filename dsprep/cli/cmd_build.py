@@ -34,8 +34,10 @@ _SEED_MAX = 2**63 - 1
               help="Resampling filter; auto is area when shrinking and cubic when enlarging.")
 @click.option("--exact", is_flag=True,
               help="Always decode at full resolution before resizing (no reduced JPEG decoding).")
-@click.option("--max-pixels", type=click.IntRange(min=0), default=89_478_485, show_default=True,
-              help="Skip images with more pixels than this (decompression bombs); 0: no limit.")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=None,
+              help="Skip images with more pixels than this (decompression bombs); 0: no limit "
+                   "[default: the limit SRC's split applied (its split --max-pixels), else "
+                   "89,478,485].")
 @click.option("--order", type=click.Choice(["shuffled", "sorted"]), default="shuffled",
               show_default=True,
               help="Row order: shuffled with --seed (batches mix classes) or sorted by class "
@@ -63,8 +65,15 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     """
     from ..build import BuildOptions
     from ..build import build_hdf5 as run_build
-    from ..images import parse_size
+    from ..images import DEFAULT_MAX_PIXELS, parse_size
+    from ..split import split_pixel_limit
 
+    if max_pixels is None:
+        limit = DEFAULT_MAX_PIXELS if name is not None else split_pixel_limit(src)
+        if limit != DEFAULT_MAX_PIXELS:
+            said = f"{limit:,}" if limit else "0 (no limit)"
+            say(f"note: --max-pixels {said}, the limit the split in {src} applied")
+        max_pixels = limit or 0
     options = BuildOptions(
         size=parse_size(size), resize=resize_mode,
         interpolation=None if interpolation == "auto" else interpolation, exact=exact,
@@ -91,7 +100,7 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     if skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s.reason for s in skipped)
                                                           .items()))
-        say(f"{report.skipped_path}: {len(skipped)} images skipped ({reasons})")
+        say(f"{report.skipped_path}: {count_of(len(skipped), 'image')} skipped ({reasons})")
 
 
 @click.command()

@@ -30,7 +30,7 @@ from ..errors import (
     UsageError,
 )
 from ..fileio import exclusive, refuse_dangling_link
-from ..split import read_split_classes
+from ..split import read_split_classes, split_pixel_limit
 from . import callbacks as cb
 from .models import build_model
 from .options import SEED_MAX, TrainConfig
@@ -348,16 +348,19 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         classes = _split_classes(data)
         # A split made with --verify full decoded every file already: the header check will do.
         check = "header" if _split_params(data).get("verify") == "full" else "decode"
+        # Every image the split kept, its own --max-pixels included (a subset is elsewhere).
+        max_pixels = split_pixel_limit(data) or 0
         train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
                                    preprocessors=train_pre, augment=augment, shuffle=True,
                                    seed=config.seed, classes=classes, output="uint8",
                                    drop_last=_DROP_LAST,
-                                   progress=progress, check=check)
+                                   progress=progress, check=check, max_pixels=max_pixels)
         val = None
         if validation and has_validation(data):
             val = DirectoryGenerator(data / "val", image_size=size, batch_size=config.batch_size,
                                      preprocessors=val_pre, shuffle=False, classes=classes,
-                                     output="uint8", progress=progress, check=check)
+                                     output="uint8", progress=progress, check=check,
+                                     max_pixels=max_pixels)
         if (data / "means.json").is_file():
             mean = mean_rgb(data / "means.json")
         else:
