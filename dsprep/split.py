@@ -1028,6 +1028,8 @@ def materialize(
                 and _all_present(dest, split_plan.files)):
             _clear_leftovers(dest)
             return SplitResult(dest, already_complete=True)
+        if same_options:  # repaired by making it again, which replaces the whole folder
+            _refuse_foreign_entries(dest, split_plan)
         manifest = split_plan.manifest(mode)
         wanted = json.loads(json.dumps(manifest))
 
@@ -1061,6 +1063,42 @@ def materialize(
                 _finish(partial, files_csv, skipped_csv, manifest)
         _swap(partial, dest, old)
         return result
+
+
+def _refuse_foreign_entries(dest: Path, split_plan: SplitPlan) -> None:
+    """Refuse to make ``dest``'s split again while it holds what the split did not write.
+
+    A split with a placed file missing, or whose skipped files changed, is made again and
+    swapped in whole: notes, a model or an HDF5 folder put inside it would go with the old one.
+    """
+    own_files = {f.path for f in split_plan.files} | {MANIFEST, FILES_CSV, SKIPPED_CSV}
+    own_folders = {p for f in split_plan.files for p in _parents(f.path)}
+    own_folders |= {f"{s}/{c}" for s in split_plan.splits for c in split_plan.classes}
+    own_folders |= set(split_plan.splits)
+    foreign: list[str] = []
+    for top, folders, names in os.walk(dest):
+        rel = os.path.relpath(top, dest).replace(os.sep, "/")
+        at = "" if rel == "." else rel + "/"
+        for name in sorted(folders):
+            if f"{at}{name}" not in own_folders and not (at == "" and _ignored(dest, name)):
+                foreign.append(f"{at}{name}/")
+        folders[:] = [n for n in folders if f"{at}{n}" in own_folders]
+        foreign += [f"{at}{n}" for n in sorted(names) if f"{at}{n}" not in own_files
+                    and not (at == "" and _ignored(dest, n))]
+    if foreign:
+        foreign.sort()
+        held = f"{len(foreign)} {'entry' if len(foreign) == 1 else 'entries'}"
+        raise DestinationExistsError(
+            f"{dest} is this split, incomplete or with other skipped files, and is made again "
+            f"whole; it also holds {held} the split did not write, such as {foreign[0]}, which "
+            "that would delete. Move them out of it and run the split again, or use --force "
+            "to replace them too")
+
+
+def _parents(path: str) -> list[str]:
+    """The folders above a relative path: "train/cat/x.jpg" -> ["train", "train/cat"]."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _writing(source: Path, dest: str | os.PathLike, mode: str):

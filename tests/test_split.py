@@ -565,6 +565,27 @@ def test_destination_rules(tmp_path):
     again = materialize(p, dest)
     assert not again.already_complete and gone.is_file()
     assert materialize(p, dest).already_complete
+    # Made again whole: not while it holds what the split did not write, which would go.
+    mine = [dest / "NOTES.md", dest / "hdf5" / "train.hdf5", dest / (p.files[1].path + "x")]
+    for path in mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("keep")
+    for broken in ("a placed file gone", "another skipped.csv"):
+        if broken == "a placed file gone":
+            gone.unlink()
+        else:
+            (root / "a" / "empty.jpg").write_bytes(b"")
+        with pytest.raises(DestinationExistsError, match=r"holds 3 entries the split did not "
+                           r"write, such as NOTES.md, .*Move them out"):
+            materialize(plan(root), dest)
+        assert all(path.read_text() == "keep" for path in mine)
+    for path in mine:
+        path.unlink()
+    (dest / "hdf5").rmdir()
+    assert not materialize(plan(root), dest).already_complete and gone.is_file()
+    (root / "a" / "empty.jpg").unlink()
+    p = plan(root)
+    materialize(p, dest)
     with pytest.raises(DestinationExistsError, match=r"other parameters \(seed 1337, now 5\)"):
         check_destination(root, dest, SplitOptions(seed=5))
     with pytest.raises(DestinationExistsError, match="other parameters"):
