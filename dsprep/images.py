@@ -216,6 +216,18 @@ def load(
     factor = 1
     if not exact and header.format == "JPEG" and interpolation in (None, "area"):
         factor = _reduction(full_h, full_w, size, mode)
+    turned = factor > 1 and header.orient_here and header.orientation not in (1, 5)
+    if turned and not _crop_first(full_h, full_w, size, mode):
+        # libjpeg rounds a reduced size up: the partial last row and column lie at the bottom
+        # and right as stored, and an orientation would move them to the top or left. Scale in
+        # the stored frame, cut them off there, then turn the image upright to crop or pad.
+        sh, sw = _scaled_size(full_h, full_w, size, mode)
+        stored = (sw, sh) if header.orientation >= 5 else (sh, sw)
+        raw = _decode(data, header, factor, orient=False)
+        scaled = _reduced_resize(raw, header.height, header.width, factor, stored,
+                                 _flag(sh, sw, full_h, full_w, interpolation))
+        image = _orient(scaled, header.orientation)
+        return _fit(image, sh, sw, 1, size, mode, interpolation, out)
     image = _decode(data, header, factor)
     return _fit(image, full_h, full_w, factor, size, mode, interpolation, out)
 
@@ -273,6 +285,35 @@ def _reduction(h: int, w: int, size: tuple[int, int], mode: str) -> int:
     return 1
 
 
+def _flag(sh: int, sw: int, full_h: int, full_w: int, interpolation: str | None) -> int:
+    """The OpenCV interpolation: the one named, else area when shrinking and cubic when not."""
+    if interpolation is None:
+        return cv2.INTER_AREA if min(sh / full_h, sw / full_w) < 1 else cv2.INTER_CUBIC
+    return INTERPOLATIONS[interpolation]
+
+
+def _crop_first(full_h: int, full_w: int, size: tuple[int, int], mode: str) -> bool:
+    """Whether a crop keeps so small a part of the scaled image that it is cut first."""
+    sh, sw = _scaled_size(full_h, full_w, size, mode)
+    return mode == "crop" and sh * sw > CROP_FIRST_RATIO * size[0] * size[1]
+
+
+def _reduced_resize(image: np.ndarray, full_h: int, full_w: int, factor: int,
+                    scaled: tuple[int, int], flag: int) -> np.ndarray:
+    """Scale a full_h x full_w picture decoded at 1/factor (its partial last row and column at
+    the bottom and right, as libjpeg leaves them) to ``scaled`` (height, width).
+
+    Exact scale factors (not a destination size) keep the reduced grid aligned; the few extra
+    rows or columns from libjpeg's rounding up are cut off afterwards.
+    """
+    sh, sw = scaled
+    out = cv2.resize(image, None, fx=factor * sw / full_w, fy=factor * sh / full_h,
+                     interpolation=flag)
+    if out.shape[0] < sh or out.shape[1] < sw:
+        out = cv2.resize(image, (sw, sh), interpolation=flag)
+    return out[:sh, :sw]
+
+
 def _fit(
     image: np.ndarray,
     full_h: int,
@@ -290,12 +331,9 @@ def _fit(
     """
     height, width = size
     sh, sw = _scaled_size(full_h, full_w, size, mode)
-    if interpolation is None:
-        flag = cv2.INTER_AREA if min(sh / full_h, sw / full_w) < 1 else cv2.INTER_CUBIC
-    else:
-        flag = INTERPOLATIONS[interpolation]
+    flag = _flag(sh, sw, full_h, full_w, interpolation)
     h, w = image.shape[:2]
-    if mode == "crop" and sh * sw > CROP_FIRST_RATIO * height * width:
+    if _crop_first(full_h, full_w, size, mode):
         # A far wider (or taller) image than the target, such as a 1x12000 banner: scaled whole,
         # it would take gigabytes. Cut the centre part the crop keeps, then scale only that.
         keep_h = min(h, max(1, round(h * height / sh)))
@@ -315,13 +353,7 @@ def _fit(
         else:
             scaled = cv2.resize(image, (sw, sh), interpolation=flag)
     else:
-        # Exact scale factors (not a destination size) keep the reduced grid aligned; the few
-        # extra rows or columns from libjpeg's rounding up are cut off afterwards.
-        scaled = cv2.resize(image, None, fx=factor * sw / full_w, fy=factor * sh / full_h,
-                            interpolation=flag)
-        if scaled.shape[0] < sh or scaled.shape[1] < sw:
-            scaled = cv2.resize(image, (sw, sh), interpolation=flag)
-        scaled = scaled[:sh, :sw]
+        scaled = _reduced_resize(image, full_h, full_w, factor, (sh, sw), flag)
     if mode == "pad":
         if out is None:
             canvas = np.zeros((height, width) + scaled.shape[2:], dtype=scaled.dtype)
@@ -390,8 +422,9 @@ def _imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
         raise CorruptImageError(f"could not be decoded (OpenCV: {detail})") from None
 
 
-def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
-    """Decode a file whose header was read, at 1/factor scale (JPEG only), to RGB uint8."""
+def _decode(data: bytes, header: _Header, factor: int = 1, *, orient: bool = True) -> np.ndarray:
+    """Decode a file whose header was read, at 1/factor scale (JPEG only), to RGB uint8,
+    upright (or as stored, without ``orient``)."""
     buffer = np.frombuffer(data, np.uint8)
     if header.unchanged:
         raw = _imdecode(buffer, cv2.IMREAD_UNCHANGED)
@@ -410,7 +443,7 @@ def _decode(data: bytes, header: _Header, factor: int = 1) -> np.ndarray:
         image = _to_rgb8(raw, premultiplied=header.premultiplied, gray_key=header.gray_key)
     else:
         image = raw if raw.dtype == np.uint8 else _to_uint8(raw)  # e.g. a 12-bit JPEG
-    if header.orient_here and header.orientation != 1:
+    if orient and header.orient_here and header.orientation != 1:
         image = _orient(image, header.orientation)
     return image
 
