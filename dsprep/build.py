@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -713,13 +713,9 @@ def _ring_blocks(wanted: int, least: int, block_bytes: int, held: int = 0) -> in
     build is refused with what to do. ``held`` is the size of the ring kept from the last
     file, counted as free: it is reused, or freed before a new one is written.
     """
-    if not sys.platform.startswith("linux"):
+    free = _shm_free(held)
+    if free is None:
         return wanted
-    try:
-        fs = os.statvfs(SHM_DIR)
-    except OSError:
-        return wanted
-    free = fs.f_bavail * fs.f_frsize + held
     fit = int(free * _SHM_SHARE) // block_bytes
     if fit >= wanted:
         return wanted
@@ -730,6 +726,44 @@ def _ring_blocks(wanted: int, least: int, block_bytes: int, held: int = 0) -> in
 
 # The part of /dev/shm's free space a ring may take when it cannot have all it wants.
 _SHM_SHARE = 0.9
+
+
+def _shm_free(held: int = 0) -> int | None:
+    """Bytes free in /dev/shm, ``held`` (a ring of ours, reused) counted as free; None where
+    there is no such limit to know (not Linux, or no /dev/shm)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fs = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return fs.f_bavail * fs.f_frsize + held
+
+
+def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildOptions:
+    """The default number of decoding workers, lowered to what /dev/shm has room for.
+
+    Each worker needs a block of the shared ring, and a container's /dev/shm is 64 MB unless
+    given more: about four blocks of 64 images of 256x256. A worker count the user chose is
+    kept (the ring refuses it with what to do); the default becomes what fits, with a note.
+    """
+    workers = _workers_for(images, options)
+    if options.workers is not None or workers <= 1:
+        return options
+    kept = _POOL.get("ring")
+    free = _shm_free(0 if kept is None else int(np.prod(kept.shape)))
+    if free is None:
+        return options
+    fit = int(free * _SHM_SHARE) // (_block_images(options) * options.size[0]
+                                      * options.size[1] * 3)
+    if fit >= workers + 1:  # one block per worker and one being written
+        return options
+    fewer = max(1, fit - 1)
+    notes.append(f"shared memory ({SHM_DIR}) has {free / 1e6:,.1f} MB free, room for "
+                 f"{fewer} decoding worker{'s' if fewer != 1 else ''} of the {workers} this "
+                 "machine could "
+                 "run; in a container, give it more (docker run --shm-size=1g) to use them all")
+    return replace(options, workers=fewer)
 
 
 class _Appender:
@@ -908,7 +942,7 @@ def write_file(
     started = time.perf_counter()
     workers = _workers_for(len(rows), options)
     chunk = options.chunk
-    block = chunk * max(1, _TASK_IMAGES // chunk)
+    block = _block_images(options)
     attrs = _file_attrs(options, split, source_root)
     # What it is built from, so a build run again on the same files can tell it is up to date.
     attrs["sources_stamp"] = sources_stamp(rows, left_out)
@@ -1017,6 +1051,11 @@ def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[s
                 != len(rows) + len(links.get(split, ()))):
             return f"{path.name} was built from another number of images"
     return None
+
+
+def _block_images(options: BuildOptions) -> int:
+    """Images per decoding task: whole chunks, about ``_TASK_IMAGES``."""
+    return options.chunk * max(1, _TASK_IMAGES // options.chunk)
 
 
 def _workers_for(images: int, options: BuildOptions) -> int:
@@ -1173,6 +1212,7 @@ def build_hdf5(
                     f"replace {'it' if len(existing) == 1 else 'them'}"
                 )
         _check_room(out, planned, options, outputs)
+        options = _fit_workers(options, max(map(len, planned.values())), notes)
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
     warnings += _lost_classes(reports, planned, classes, skipped_final)

@@ -354,6 +354,42 @@ def test_the_ring_takes_what_dev_shm_can_hold_or_the_build_is_refused_at_once(
     assert set(made) == ({4} if free_blocks == 5 else {9})
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the room check reads Linux's /dev/shm; elsewhere there is none")
+@pytest.mark.parametrize(("free_blocks", "workers"), [(2.5, 1), (4.5, 3), (100, 4)])
+def test_the_default_workers_are_as_many_as_dev_shm_has_room_for(
+        tmp_path, monkeypatch, free_blocks, workers):
+    # A container's /dev/shm is 64 MB unless given more: an unattended build at the default
+    # --workers runs with fewer workers there, where a number given is refused (above).
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    monkeypatch.setattr(build.system, "usable_cpus", lambda: 4)
+    build.shutdown_workers()  # no ring kept from another test counts as free
+    src = make_split(tmp_path / "split")
+    block_bytes = 4 * 256 * 256 * 3
+    real = os.statvfs
+    monkeypatch.setattr(build.os, "statvfs", lambda path: real(path) if str(path) != build.SHM_DIR
+                        else os.statvfs_result((4096, 4096, 1 << 20, 1 << 20,
+                                                int(free_blocks * block_bytes) // 4096,
+                                                *real(path)[5:])))
+    started = []
+    real_pool = build._decoding_pool
+    monkeypatch.setattr(build, "_decoding_pool",
+                        lambda n, *a: (started.append(n), real_pool(n, *a))[1])
+    report = build.build_hdf5(src, tmp_path / "out",
+                              opts(size=(256, 256), chunk_images=4, workers=None))
+    assert [f.count for f in report.files] == [18, 6, 6]
+    assert set(started) == ({workers} - {1}), report.notes
+    noted = [n for n in report.notes if "shared memory" in n]
+    if workers == 4:
+        assert not noted
+    else:
+        assert noted == [f"shared memory (/dev/shm) has {free_blocks * block_bytes / 1e6:,.1f} "
+                         f"MB free, room for {workers} decoding worker{'s' * (workers > 1)} of "
+                         "the 4 this machine could run; in a container, give it more (docker "
+                         "run --shm-size=1g) to use them all"]
+    build.shutdown_workers()
+
+
 @pytest.mark.parametrize("err,refused", [(errno.EFAULT, True), (errno.ENOMEM, True),
                                          (errno.EINVAL, False)])
 def test_a_slot_that_cannot_be_mapped_is_a_clear_error_not_a_crash(monkeypatch, err, refused):

@@ -51,7 +51,8 @@ _SEED_MAX = 2**63 - 1
               show_default=True, help="HDF5 compression of the pixels (smaller, slower).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding processes [default: one per core this job may use, a container's CPU "
-                   "quota included]; 1 decodes in this process.")
+                   "quota included, as many as /dev/shm has room for]; 1 decodes in this "
+                   "process.")
 @click.option("--force", is_flag=True, help="Replace output files that already exist.")
 def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixels, order, seed,
                chunk_images, compression, workers, force) -> None:
