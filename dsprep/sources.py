@@ -399,7 +399,15 @@ def label_problem(label: str) -> str | None:
         return f"label {label!r} would be a hidden or special folder"
     if any(c in label for c in '/\\:*?"<>|') or any(ord(c) < 32 for c in label):
         return f"label {label!r} has a character not allowed in folder names"
+    size = len(label.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return (f"label {label[:40]!r}... is {size} bytes long, more than a folder name may be "
+                f"({MAX_NAME_BYTES})")
     return None
+
+
+# The longest file or folder name most file systems take (ext4, XFS, APFS, NTFS: 255).
+MAX_NAME_BYTES = 255
 
 
 def _prefix_label(name: str, pattern: re.Pattern | None) -> str | None:

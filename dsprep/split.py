@@ -246,15 +246,19 @@ class SplitPlan:
         if stray:
             found.append(stray)
         found += class_name_warnings(self.classes)
-        bad = Counter(repr(s.label) if s.label else "empty label" for s in self.skipped
-                      if s.reason == BAD_LABEL)
+        bad = Counter((repr(s.label) if len(s.label) <= 60 else
+                       f"{s.label[:40]!r}... ({len(s.label)} characters)")
+                      if s.label else "empty label"
+                      for s in self.skipped if s.reason == BAD_LABEL)
         if bad:
             shown = ", ".join(f"{label} ({n})" for label, n in bad.most_common(3))
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             slash = " (a '/' to '_', say)" if any("/" in label for label in bad) else ""
-            found.append(f"{sum(bad.values())} images are left out for labels that cannot be "
-                         f"folder names: {shown}{more}; give them labels that can be, in the "
-                         f"dump or its CSV{slash}, to keep them; skipped.csv says why for each")
+            n = sum(bad.values())
+            found.append(f"{n} image{'s are' if n != 1 else ' is'} left out for labels that "
+                         f"cannot be folder names: {shown}{more}; give them labels that can "
+                         f"be, in the dump or its CSV{slash}, to keep them; skipped.csv says "
+                         "why for each")
         if len(self.classes) == 1:
             csvs = self._tables_passed_over()
             found.append(f"one class only ({self.classes[0]}): a classifier needs two or more; "

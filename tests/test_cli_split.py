@@ -182,6 +182,25 @@ def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(t
             "in the dump or its CSV (a '/' to '_', say), to keep them") in result.output
 
 
+def test_a_label_too_long_for_a_folder_name_is_left_out_not_a_failed_split(tmp_path):
+    dump = tmp_path / "d"
+    labels = ["cat", "dog", "cat", "dog", "é" * 128]  # 256 bytes in UTF-8
+    for i in range(len(labels)):
+        write_image(dump / "images" / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    (dump / "labels.csv").write_text(
+        "id,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)),
+        encoding="utf-8")
+    result = loud("split", str(dump), str(tmp_path / "s"), "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    assert ("1 image is left out for labels that cannot be folder names: "
+            f"{'é' * 40!r}... (128 characters)") in result.output
+    with open(tmp_path / "s" / "skipped.csv", newline="", encoding="utf-8") as fh:
+        skipped = list(csv.DictReader(fh))
+    assert [(r["source"], r["reason"]) for r in skipped] == [("images/4.jpg", "bad-label")]
+    assert "256 bytes long, more than a folder name may be (255)" in skipped[0]["detail"]
+    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == ["cat", "dog"]
+
+
 def test_a_csv_taken_by_its_second_column_over_class_folders_is_warned_about(tmp_path):
     dump = tmp_path / "d"
     rows = ["file,width"]
