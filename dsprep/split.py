@@ -275,24 +275,35 @@ class SplitPlan:
         return sorted(p.name for p in folder.glob("*.csv") if p.is_file())
 
     def _stray_labels_file(self) -> str | None:
-        """A CSV whose label column was taken by its place, over images in folders that may
-        well be the classes (the CSV a stray table of something else)."""
-        if not (self.layout == "csv" and self.labels_guessed and self.options.layout == "auto"
-                and self.options.labels is None):
+        """Labels guessed from elsewhere than folders that may well be the classes: a CSV's
+        column taken by its place (the CSV a stray table of something else), or file-name
+        prefixes that cut across the folders (cat/orig.1.jpg, cat/flip.1.jpg, dog/orig.2.jpg)."""
+        if self.options.layout != "auto":
+            return None
+        if self.layout == "csv" and self.labels_guessed and self.options.labels is None:
+            taken = f"{self.labels_file} ({self.labels_columns})"
+        elif self.layout == "prefix" and self.options.pattern is None:
+            taken = "the prefixes of their file names"
+        else:
             return None
         inner = [f.source[len(self.root) + 1:] if self.root else f.source for f in self.files]
-        folders = sorted(f for f in {p.split("/", 1)[0] for p in inner if "/" in p}
-                         if split_of(f) is None)
+        by_folder: dict[str, set[str]] = defaultdict(set)
+        for path, f in zip(inner, self.files, strict=True):
+            if "/" in path and split_of(path.split("/", 1)[0]) is None:
+                by_folder[path.split("/", 1)[0]].add(f.label)
+        folders = sorted(by_folder)
         # Folders named alike but for their numbers (images_001/, images_002/) hold chunks
         # of one dump, not classes.
         chunks = len({re.sub(r"\d+", "", f) for f in folders}) == 1
         classes = {c.casefold() for c in self.classes}
         if len(folders) < 2 or chunks or {f.casefold() for f in folders} & classes:
             return None
+        if self.layout == "prefix" and all(
+                len([f for f in folders if label in by_folder[f]]) == 1 for label in self.classes):
+            return None  # each prefix in one folder only: the folders group the classes
         shown = ", ".join(f"{f}/" for f in folders[:4]) + (", ..." if len(folders) > 4 else "")
         return (f"the images lie in folders ({shown}) but their labels were taken from "
-                f"{self.labels_file} ({self.labels_columns}); if the folders are the classes, "
-                "give --layout folders")
+                f"{taken}; if the folders are the classes, give --layout folders")
 
     def skipped_reasons(self) -> dict[str, int]:
         """How many files were left out for each reason."""

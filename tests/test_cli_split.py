@@ -201,6 +201,34 @@ def test_a_label_too_long_for_a_folder_name_is_left_out_not_a_failed_split(tmp_p
     assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == ["cat", "dog"]
 
 
+def test_prefixes_that_cut_across_class_folders_are_warned_about(tmp_path):
+    # Augmented copies beside their originals: cat/orig.0.jpg, cat/flip.0.jpg, dog/orig.3.jpg.
+    dump = tmp_path / "aug"
+    n = 0
+    for c in ("cat", "dog"):
+        for i in range(3):
+            for kind in ("orig", "flip"):
+                write_image(dump / c / f"{kind}.{i}.jpg", smooth_image(40, 40, seed=n))
+                n += 1
+    result = loud("-q", "split", str(dump), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert ("warning: the images lie in folders (cat/, dog/) but their labels were taken from "
+            "the prefixes of their file names; if the folders are the classes, give --layout "
+            "folders") in result.output
+    # Not where the folders group the prefixes (a dump in parts), nor for one folder.
+    for name, folders in (("parts", {"a": ("cat", "dog"), "b": ("fox", "owl")}),
+                          ("one", {"train": ("cat", "dog")})):
+        for folder, labels in folders.items():
+            for label in labels:
+                for i in range(3):
+                    write_image(tmp_path / name / folder / f"{label}.{i}.jpg",
+                                smooth_image(40, 40, seed=n))
+                    n += 1
+        result = loud("-q", "split", str(tmp_path / name), str(tmp_path / f"s{name}"),
+                      "--dry-run")
+        assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 def test_a_csv_taken_by_its_second_column_over_class_folders_is_warned_about(tmp_path):
     dump = tmp_path / "d"
     rows = ["file,width"]
