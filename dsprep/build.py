@@ -52,6 +52,7 @@ from .fileio import (
 from .sources import (
     BAD_NAME,
     DANGLING_LINK,
+    MISSING_FILE,
     class_folder_files,
     is_image_name,
     own_split_folders,
@@ -59,6 +60,7 @@ from .sources import (
 )
 from .split import (
     EMPTY,
+    read_placed,
     read_split_classes,
     refuse_unfinished_split,
     skip_reason,
@@ -367,7 +369,45 @@ def find_rows(
             raise LayoutError(f"{folders[split]} has classes {unknown} that are not in "
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
         found[split] = _rows(src, _under(src, folders[split]), pairs, classes)
+    if has_manifest:
+        _add_missing(src, found, links)
     return classes, found, notes, links
+
+
+def _add_missing(src: Path, found: dict[str, list[Row]], skips: dict[str, list[Skip]]) -> None:
+    """Count the files the split placed (files.csv) that are gone from its folders as skipped
+    rows of their file, so a deleted file or class folder is reported, not left out unseen."""
+    placed = read_placed(src)
+    for split, rows in found.items():
+        there = {r.name for r in rows} | {s.source for s in skips.get(split, ())}
+        gone = sorted(set((placed or {}).get(split, ())) - there)
+        skips[split] = sorted([*skips.get(split, ()), *(
+            Skip(path, MISSING_FILE, "placed by the split (files.csv) and gone since: deleted "
+                 "or moved") for path in gone)], key=lambda s: s.source)
+
+
+def _missing_warnings(src: Path, planned: dict[str, list[Row]],
+                      skips: dict[str, list[Skip]]) -> list[str]:
+    """Warnings for the splits, and the classes of a split, whose every file the split placed
+    (files.csv) is gone since."""
+    placed = read_placed(src) or {}
+    warnings = []
+    for split in SPLITS:
+        if not placed.get(split):
+            continue
+        if split not in planned:
+            warnings.append(f"{split}: the split placed {len(placed[split])} images in "
+                            f"{src / split}, and none is there now: no {split}.hdf5 built")
+            continue
+        gone = Counter(s.source.split("/")[1] for s in skips.get(split, ())
+                       if s.reason == MISSING_FILE and s.source.count("/") >= 2)
+        total = Counter(p.split("/")[1] for p in placed[split] if p.count("/") >= 2)
+        lost = sorted(c for c, n in gone.items() if n == total[c])
+        if lost:
+            warnings.append(f"{split}: every image of {', '.join(lost)} the split placed is gone "
+                            "since (deleted or moved), so it is not in "
+                            f"{split}.hdf5; skipped.csv lists them")
+    return warnings
 
 
 def _under(src: Path, folder: Path) -> str:
@@ -1167,7 +1207,7 @@ def build_hdf5(
         raise UsageError(f"output folder {out} is inside the source folder {src}; put it "
                          f"beside the source, such as {src.parent / 'hdf5'}")
     classes, planned, notes, links = find_rows(src, name)
-    warnings: list[str] = []
+    warnings: list[str] = [] if name is not None else _missing_warnings(src, planned, links)
     outputs = [out / f"{split}.hdf5" for split in planned]
     # A split's file this build does not make may be left from an earlier build of another
     # split (other classes, other rows) or be the user's own (--name test): it stays, and the

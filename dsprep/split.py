@@ -800,6 +800,22 @@ def read_split_max_pixels(split_dir: str | os.PathLike) -> int | None:
     return limit or None
 
 
+def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
+    """The files a split placed, by split: files.csv's paths ("train/cat/cat.0.jpg"); None
+    where there is no files.csv as the split wrote it (missing, or edited into another form)."""
+    placed: dict[str, list[str]] = defaultdict(list)
+    try:
+        with open(Path(split_dir) / FILES_CSV, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames != list(FILES_COLUMNS):
+                return None
+            for row in reader:
+                placed[row["split"]].append(row["path"])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return dict(placed)
+
+
 def split_pixel_limit(src: str | os.PathLike) -> int | None:
     """The pixel limit to read ``src``'s images with so that every image its split kept is read.
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -537,3 +539,30 @@ def test_a_split_is_built_and_read_with_its_own_pixel_limit(tmp_path):
     assert left_out == ["large.jpg"]
     with pytest.raises(Exception, match="max_pixels must be a whole number"):
         DirectoryGenerator(dest / "train", image_size=16, max_pixels=-1)
+
+
+def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
+    dump, dest, out = tmp_path / "dump", tmp_path / "split", tmp_path / "out"
+    make_class_folders(dump, classes=("a", "b", "c"), per_class=4)
+    assert run("split", dump, dest, "--ratios", "0.5,0.5").exit_code == 0
+    with open(dest / "files.csv", newline="") as fh:
+        placed = list(csv.DictReader(fh))
+    shutil.rmtree(dest / "train" / "c")
+    gone = sorted((dest / "val" / "a").iterdir())[0]
+    gone.unlink()
+    result = run("-q", "build-hdf5", dest, out, "--size", "16", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    with open(out / "skipped.csv", newline="") as fh:
+        skipped = {(r["source"], r["reason"]) for r in csv.DictReader(fh)}
+    expected = {r["path"] for r in placed if (r["split"], r["class"]) == ("train", "c")}
+    assert len(expected) == 2
+    assert skipped == {(p, "missing-file") for p in expected | {f"val/a/{gone.name}"}}
+    assert "warning: train: every image of c the split placed is gone since (deleted or " \
+        "moved), so it is not in train.hdf5" in result.output
+    # A split folder gone as a whole: said even with -q.
+    shutil.rmtree(dest / "val")
+    result = run("-q", "build-hdf5", dest, tmp_path / "out2", "--size", "16", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    in_val = sum(r["split"] == "val" for r in placed)
+    assert f"warning: val: the split placed {in_val} images in {dest / 'val'}, and none is " \
+        "there now: no val.hdf5 built" in result.output
