@@ -350,6 +350,9 @@ def open_source(src: str | os.PathLike) -> Source:
         if zipfile.is_zipfile(path):
             return ZipSource(path)
         raise LayoutError(_not_a_zip(path))
+    if path.exists():  # a pipe, a socket, a device
+        raise LayoutError(f"{path} is neither a folder nor a file; give the folder or .zip that "
+                          "holds the images")
     raise LayoutError(f"{path} does not exist; give the folder or .zip that holds the images")
 
 
@@ -892,6 +895,8 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
         path = Path(labels)
         if path.is_file():
             return str(path), _decode_csv(path.read_bytes(), str(path))
+        if path.is_dir():
+            raise LayoutError(f"--labels {labels} is a folder; give the CSV file inside it")
         raise LayoutError(f"labels file {labels} not found inside {source.path} nor on disk; "
                           "check the --labels path")
     top = _top_csvs(files, root)

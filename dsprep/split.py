@@ -1136,8 +1136,19 @@ def _writing(source: Path, dest: str | os.PathLike, mode: str):
     """The lock that keeps two splits from writing one ``dest`` (a hidden sibling file, made
     only once ``dest`` is known to lie outside the source)."""
     dest = _check_target(source, dest, mode)
-    if not dest.parent.exists():  # a parent that is a file fails below as "Not a directory"
-        dest.parent.mkdir(parents=True)
+    above = next((p for p in dest.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"{dest} cannot be made: {above} is a file, not a folder; choose "
+                         "another DEST")
+    if not dest.parent.exists():
+        try:
+            dest.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{dest} cannot be made ({exc.strerror}); choose "
+                          "another DEST") from None
+    elif not os.access(dest.parent, os.W_OK) and not dest.is_dir():
+        raise OSError(errno.EACCES, f"{dest} cannot be made: {dest.parent} cannot be written "
+                      "to here; choose another DEST")
     lock = dest / f"{_OWN}.lock" if _inside(dest) else dest.with_name(f".{dest.name}.split-lock")
     return exclusive(lock, dest)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -524,3 +525,20 @@ def test_max_pixels_reaches_the_split_and_its_manifest(tmp_path):
     # Run again at the default: refused, saying what differs (the default is not written).
     result = run("split", str(dump), str(dest), "--ratios", "0.5,0.5")
     assert result.exit_code == 1 and "max_pixels 0, now 89478485" in result.output
+
+
+def test_sources_and_destinations_that_are_not_folders_are_named(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=3)
+    (tmp_path / "afile").write_text("x")
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "labels").mkdir()
+    for args, message in (
+            ([dump, tmp_path / "afile" / "out"], f"{tmp_path / 'afile' / 'out'} cannot be made: "
+             f"{tmp_path / 'afile'} is a file, not a folder; choose another DEST"),
+            ([tmp_path / "pipe", tmp_path / "out"], "pipe is neither a folder nor a file"),
+            ([dump, tmp_path / "out", "--labels", tmp_path / "labels"],
+             f"--labels {tmp_path / 'labels'} is a folder; give the CSV file inside it")):
+        result = loud("split", *map(str, args))
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert ".split-lock" not in result.output
+    assert not (tmp_path / "out").exists()
