@@ -19,7 +19,9 @@ INTERRUPTED = 130
 
 # What to do after a Ctrl-C, for the commands whose next run carries on (train says its own).
 _AFTER_A_STOP = {
-    "split": "Nothing that looks finished was left; run the same command again to carry on.",
+    "split": "Nothing that looks finished was left; run the same command again to carry on "
+             "(the files placed so far wait in a hidden ...split-partial folder beside DEST, "
+             "or inside it; delete that folder if you will not).",
     "build-hdf5": "Nothing half-written was kept; run the same command again.",
 }
 
