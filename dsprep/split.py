@@ -1138,8 +1138,8 @@ def _writing(source: Path, dest: str | os.PathLike, mode: str):
     dest = _check_target(source, dest, mode)
     above = next((p for p in dest.parents if p.exists()), None)
     if above is not None and not above.is_dir():
-        raise UsageError(f"{dest} cannot be made: {above} is a file, not a folder; choose "
-                         "another DEST")
+        raise NotADirectoryError(errno.ENOTDIR, f"{dest} cannot be made: {above} is a file, "
+                                 "not a folder; choose another DEST")
     if not dest.parent.exists():
         try:
             dest.parent.mkdir(parents=True)
