@@ -179,7 +179,7 @@ def test_an_epoch_cut_short_waits_for_the_batches_read_ahead_before_it_ends():
     ds.on_epoch_begin()
     ds[0], ds[1]  # batches 2 to 5 are being read ahead
     ds.on_epoch_end()  # e.g. steps_per_epoch=2
-    time.sleep(0.1)  # long enough for any batch still running to finish and record itself
+    time.sleep(0.1)  # time for a batch still running, were there one, to record itself
     # Each batch read ahead was finished in epoch 0 or never started: none was torn between
     # two epochs, and none was made for epoch 1 before anyone asked for it.
     assert seq.epoch == 0 and seq.torn == []
@@ -218,9 +218,12 @@ def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
     ds = as_keras(seq, workers=3)
     ds.on_epoch_begin()
     got = []
+    changed = threading.Event()
 
     def reader():
         for i in range(40):
+            if i == 20:  # however slow this thread's start, the change comes before the end
+                changed.wait(30)
             got.append((i, int(ds[i][0][0, 0])))
 
     thread = threading.Thread(target=reader)
@@ -230,8 +233,9 @@ def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
         time.sleep(0.001)
     ds.on_epoch_end()  # mid-pass, from this thread
     ds.on_epoch_begin()
+    changed.set()
     thread.join(30)
-    time.sleep(0.05)
+    time.sleep(0.05)  # time for a batch still running, were there one, to record itself
     assert seq.torn == []
     assert sorted(i for i, _ in got) == list(range(40))
     assert all(v - i in (0, 10) for i, v in got)  # each batch whole, of epoch 0 or epoch 1

@@ -308,9 +308,11 @@ def test_a_hangup_stops_the_command_unless_nohup_ignores_it():
     # with SIGHUP ignored, and dsprep must not take that back.
     code = _command_that_waits(3, "print('cleaned', flush=True)")
     for ignored in (True, False):
+        # Set either way: a suite run under nohup would pass its own SIG_IGN on.
         status, out, err = _run_driven(
             code, lambda proc: proc.send_signal(signal.SIGHUP),
-            (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
+            lambda ignored=ignored: signal.signal(
+                signal.SIGHUP, signal.SIG_IGN if ignored else signal.SIG_DFL))
         assert out == "cleaned\n"
         if ignored:
             assert (status, err) == (0, "")

@@ -305,6 +305,14 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     assert (out / "train.hdf5").read_bytes() == before
 
 
+def _default_stop_signals():
+    """Give a child the default SIGINT and SIGHUP handling: a suite run under nohup, or in the
+    background of a script, would otherwise pass on its ignored ones."""
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def _build_reaching_val(src, out):
     """A ``dsprep build-hdf5`` process, returned once it writes val.hdf5.partial (large photos
     decoded with --exact take a second or more each, so it is surely mid-way through val)."""
@@ -314,6 +322,7 @@ def _build_reaching_val(src, out):
         [sys.executable, "-m", "dsprep", "-q", "build-hdf5", str(src), str(out), "--workers", "2",
          "--exact"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=_default_stop_signals,
     )
     deadline = time.monotonic() + 60
     while not store.partial_path(out / "val.hdf5").exists():

@@ -94,6 +94,7 @@ def test_a_resume_after_a_crashed_replacement_brings_the_old_run_back(one_epoch_
     assert {p.name: p.read_bytes() for p in run.iterdir()} == kept
 
 
+@pytest.mark.slow
 def test_train_resume_and_evaluate(data, tmp_path):
     run = tmp_path / "run"
     result = invoke("train", data, run, *QUICK, "--epochs", "2")

@@ -473,15 +473,14 @@ def test_a_loader_fills_each_range_once_before_it_is_cut(ops, threads, monkeypat
 
     # Every batch large enough to be split between the two kernel threads.
     monkeypatch.setattr(preprocess, "_PARALLEL_MIN_BYTES", 0)
+    # The setting as it was (the environment's, or not yet read) comes back after the test.
+    monkeypatch.setattr(preprocess._THREADS, "enabled", preprocess._THREADS.enabled)
     preprocess.set_kernel_threads(threads)
-    try:
-        source = batch_of(n=21, h=16, w=18)
-        expected = run_one_by_one(ops, source, 5)
-        unread = np.full_like(source, 255)  # anything cut before its load shows up as 255s
-        loader = RecordingLoader(source, unread)
-        got = Compose(ops)(unread, np.random.default_rng(5), load=loader)
-    finally:
-        preprocess.set_kernel_threads(2)
+    source = batch_of(n=21, h=16, w=18)
+    expected = run_one_by_one(ops, source, 5)
+    unread = np.full_like(source, 255)  # anything cut before its load shows up as 255s
+    loader = RecordingLoader(source, unread)
+    got = Compose(ops)(unread, np.random.default_rng(5), load=loader)
     np.testing.assert_array_equal(got, expected)
     covered = sorted(loader.ranges)
     assert covered[0][0] == 0 and covered[-1][1] == 21

@@ -62,3 +62,40 @@ def test_readme_commands_and_examples_run(tmp_path, monkeypatch):
                  "data/means-again.json", "runs/resnet/best.keras", "runs/resnet/curves.png",
                  "runs/sweep/sweep-lr.png"):
         assert (tmp_path / name).is_file(), name
+    check_what_the_tour_made(tmp_path, [step for kind, step in readme_steps() if kind == "shell"])
+
+
+def check_what_the_tour_made(root: Path, commands: list[str]) -> None:
+    """What the files hold, against the split's own counts and plain numpy."""
+    import csv
+    import json
+
+    import h5py
+    import numpy as np
+
+    from dsprep.store import check_file
+
+    split = json.loads((root / "data/split/split.json").read_text())
+    for name, counts in split["counts"].items():
+        for label, n in counts.items():
+            assert len(list((root / "data/split" / name / label).iterdir())) == n, (name, label)
+    assert check_file(root / "data/hdf5/train.hdf5") == []
+    with h5py.File(root / "data/hdf5/train.hdf5", "r") as f:
+        assert len(f["labels"]) == sum(split["counts"]["train"].values())
+        mean = f["images"][()].reshape(-1, 3).mean(axis=0, dtype=np.float64)
+    for means in ("data/hdf5/means.json", "data/means-again.json"):
+        record = json.loads((root / means).read_text())
+        np.testing.assert_allclose([record[c] for c in "RGB"], mean, atol=1e-6)
+
+    def option(command: str, name: str) -> str:
+        return re.search(rf"{name} (\S+)", command).group(1)
+
+    train = next(c for c in commands if c.startswith("dsprep train "))
+    with open(root / "runs/resnet/history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == int(option(train, "--epochs"))
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    sweep = next(c for c in commands if c.startswith("dsprep sweep-lr "))
+    with open(root / "runs/sweep/sweep-lr.csv", newline="") as fh:
+        rates = [float(r["lr"]) for r in csv.DictReader(fh)]
+    assert rates == [float(v) for v in option(sweep, "--lrs").split(",")]

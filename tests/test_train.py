@@ -259,6 +259,7 @@ def test_resume_continues_the_same_history(small_run, tmp_path):
     assert json.loads((copy / "config.json").read_text())["options"]["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_a_resume_after_the_data_moved_asks_for_it_and_remembers_its_new_place(small_run,
                                                                               tmp_path):
     data, run, _ = small_run
@@ -496,13 +497,26 @@ def _files(run):
     return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def _replaceable_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replaceable")
+    train(write_data(root / "data", size=48, counts=(8, 4, 4)), root / "run",
+          tiny("smallnet", width=4, epochs=1))
+    (root / "run" / "confusion-test-center.png").write_bytes(b"old matrix")
+    return root
+
+
 @pytest.fixture()
-def replaceable(tmp_path):
-    """A one-epoch run with an evaluation's confusion matrix in it, and its data."""
-    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
-    run = tmp_path / "run"
-    train(data, run, tiny("smallnet", width=4, epochs=1))
-    (run / "confusion-test-center.png").write_bytes(b"old matrix")
+def replaceable(_replaceable_run, tmp_path):
+    """A one-epoch run with an evaluation's confusion matrix in it, and its data: a copy of
+    one trained for the module, its config.json pointing at the copy of the data."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(_replaceable_run / "data", data)
+    shutil.copytree(_replaceable_run / "run", run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == str((_replaceable_run / "data").resolve())
+    config["data"] = str(data.resolve())
+    cb.atomic_write_json(run / "config.json", config)
     return data, run, _files(run)
 
 
@@ -711,6 +725,7 @@ def test_a_sweep_keeps_a_rate_that_diverges_in_its_first_epoch_over_an_older_run
     assert cb.diverged(cb.read_history(sweep / "lr-1e+30" / "history.csv")[-1])
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_after_a_stop_carries_on_and_reuses_its_finished_rates(
         tmp_path, monkeypatch):
     from dsprep.train.fit import sweep_lr
@@ -759,6 +774,7 @@ def test_a_sweep_run_again_after_a_stop_carries_on_and_reuses_its_finished_rates
     assert not (sweep / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_keeps_a_rate_that_diverged_after_its_first_epoch(tmp_path,
                                                                              monkeypatch):
     from dsprep.train.fit import sweep_lr
@@ -1439,6 +1455,7 @@ def test_data_of_one_class_is_refused_before_training(tmp_path):
         open_data(h5, tiny(image_size=16, batch_size=2), work=tmp_path)
 
 
+@pytest.mark.slow
 def test_resume_and_evaluate_notice_training_data_split_again(small_run, tmp_path):
     # The data folder rebuilt from another split: resuming would train on the new split's
     # test images, and its test figures would count images the run learned from.
