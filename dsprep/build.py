@@ -801,8 +801,8 @@ def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildO
     fewer = max(1, fit - 1)
     notes.append(f"shared memory ({SHM_DIR}) has {free / 1e6:,.1f} MB free, room for "
                  f"{fewer} decoding worker{'s' if fewer != 1 else ''} of the {workers} this "
-                 "machine could "
-                 "run; in a container, give it more (docker run --shm-size=1g) to use them all")
+                 "build would start; in a container, give it more (docker run --shm-size=1g) "
+                 "to use them all")
     return replace(options, workers=fewer)
 
 
@@ -1208,6 +1208,8 @@ def build_hdf5(
                          f"beside the source, such as {src.parent / 'hdf5'}")
     classes, planned, notes, links = find_rows(src, name)
     warnings: list[str] = [] if name is not None else _missing_warnings(src, planned, links)
+    gone = {w.split(":", 1)[0] for w in warnings if w.endswith("built")}
+    notes = [n for n in notes if n.split(":", 1)[0] not in gone]  # said by the warning
     outputs = [out / f"{split}.hdf5" for split in planned]
     # A split's file this build does not make may be left from an earlier build of another
     # split (other classes, other rows) or be the user's own (--name test): it stays, and the

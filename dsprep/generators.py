@@ -943,8 +943,7 @@ class DirectoryGenerator(_BatchSequence):
             )
         self.label_names = names
         if max_pixels is None:  # the limit of the split the files come from
-            self.max_pixels = split_pixel_limit(self.root.resolve().parent) \
-                if _in_split_folder(self.root) else images.DEFAULT_MAX_PIXELS
+            self.max_pixels = split_pixel_limit(self.root)
         else:
             self.max_pixels = int(max_pixels) or None
         self._reset_process_state()

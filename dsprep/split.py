@@ -43,6 +43,8 @@ from .errors import (
 from .fileio import exclusive, naming, refuse_dangling_link, write_atomic
 from .sources import (
     BAD_LABEL,
+    IGNORED_FOLDERS,
+    IGNORED_NAMES,
     LABEL_CONFLICT,
     UNREADABLE,
     Inventory,
@@ -803,14 +805,33 @@ def read_split_max_pixels(split_dir: str | os.PathLike) -> int | None:
 def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
     """The files a split placed, by split: files.csv's paths ("train/cat/cat.0.jpg"); None
     where there is no files.csv as the split wrote it (missing, or edited into another form)."""
+    path = Path(split_dir) / FILES_CSV
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    cached = _PLACED_READ[0]  # a build asks twice: for its rows, then for its warnings
+    if cached is None or cached[0] != key:
+        cached = _PLACED_READ[0] = (key, _read_placed(path))
+    return cached[1]
+
+
+# The last files.csv read_placed read: ((path, mtime, size), what it holds), set in one step.
+_PLACED_READ: list = [None]
+
+
+def _read_placed(path: Path) -> dict[str, list[str]] | None:
     placed: dict[str, list[str]] = defaultdict(list)
     try:
-        with open(Path(split_dir) / FILES_CSV, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames != list(FILES_COLUMNS):
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            if next(reader, None) != list(FILES_COLUMNS):
                 return None
+            at_split, at_path = FILES_COLUMNS.index("split"), FILES_COLUMNS.index("path")
             for row in reader:
-                placed[row["split"]].append(row["path"])
+                if len(row) == len(FILES_COLUMNS):
+                    placed[row[at_split]].append(row[at_path])
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     return dict(placed)
@@ -819,11 +840,15 @@ def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
 def split_pixel_limit(src: str | os.PathLike) -> int | None:
     """The pixel limit to read ``src``'s images with so that every image its split kept is read.
 
-    A split folder's own (``split --max-pixels``, from split.json; None: no limit); the
-    default limit for a folder without split.json.
+    For a split folder, or one of its train/, val/, test/ folders, the split's own (``split
+    --max-pixels``, from split.json; None: no limit); for any other folder the default limit.
     """
-    if (Path(src) / MANIFEST).is_file():
+    src = Path(src)
+    if (src / MANIFEST).is_file():
         return read_split_max_pixels(src)
+    here = src.resolve()
+    if here.name in SPLITS and (here.parent / MANIFEST).is_file():
+        return read_split_max_pixels(here.parent)
     return images.DEFAULT_MAX_PIXELS
 
 
@@ -1110,12 +1135,15 @@ def _refuse_foreign_entries(dest: Path, split_plan: SplitPlan) -> None:
     for top, folders, names in os.walk(dest):
         rel = os.path.relpath(top, dest).replace(os.sep, "/")
         at = "" if rel == "." else rel + "/"
-        for name in sorted(folders):
-            if f"{at}{name}" not in own_folders and not (at == "" and _ignored(dest, name)):
-                foreign.append(f"{at}{name}/")
+
+        def noise(name: str, at: str = at) -> bool:
+            return _noise(name) or (at == "" and _ignored(dest, name))
+
+        foreign += [f"{at}{n}/" for n in sorted(folders)
+                    if f"{at}{n}" not in own_folders and not noise(n)]
         folders[:] = [n for n in folders if f"{at}{n}" in own_folders]
-        foreign += [f"{at}{n}" for n in sorted(names) if f"{at}{n}" not in own_files
-                    and not (at == "" and _ignored(dest, n))]
+        foreign += [f"{at}{n}" for n in sorted(names)
+                    if f"{at}{n}" not in own_files and not noise(n)]
     if foreign:
         foreign.sort()
         held = f"{len(foreign)} {'entry' if len(foreign) == 1 else 'entries'}"
@@ -1124,6 +1152,14 @@ def _refuse_foreign_entries(dest: Path, split_plan: SplitPlan) -> None:
             f"whole; it also holds {held} the split did not write, such as {foreign[0]}, which "
             "that would delete. Move them out of it and run the split again, or use --force "
             "to replace them too")
+
+
+def _noise(name: str) -> bool:
+    """What file browsers and notebooks leave in any folder they show (.DS_Store, Thumbs.db,
+    macOS's ._ files, .ipynb_checkpoints/): no loss when a split folder is made again."""
+    lower = name.lower()
+    return (lower in IGNORED_NAMES or lower in IGNORED_FOLDERS or name.startswith("._")
+            or name == ".ipynb_checkpoints")
 
 
 def _parents(path: str) -> list[str]:

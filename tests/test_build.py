@@ -385,7 +385,7 @@ def test_the_default_workers_are_as_many_as_dev_shm_has_room_for(
     else:
         assert noted == [f"shared memory (/dev/shm) has {free_blocks * block_bytes / 1e6:,.1f} "
                          f"MB free, room for {workers} decoding worker{'s' * (workers > 1)} of "
-                         "the 4 this machine could run; in a container, give it more (docker "
+                         "the 4 this build would start; in a container, give it more (docker "
                          "run --shm-size=1g) to use them all"]
     build.shutdown_workers()
 

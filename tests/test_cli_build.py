@@ -511,7 +511,8 @@ def test_the_interpolations_offered_are_those_the_build_knows():
     assert cmd_build._INTERPOLATIONS == ("auto", *images.INTERPOLATIONS)
 
 
-def test_a_split_is_built_and_read_with_its_own_pixel_limit(tmp_path):
+def test_a_split_is_built_and_read_with_its_own_pixel_limit(tmp_path, monkeypatch):
+    from dsprep import images
     from dsprep.generators import DirectoryGenerator
 
     dump, dest = tmp_path / "dump", tmp_path / "split"
@@ -521,11 +522,13 @@ def test_a_split_is_built_and_read_with_its_own_pixel_limit(tmp_path):
     assert result.exit_code == 0, result.output
     kept = json.loads((dest / "split.json").read_text())["counts"]
     assert sum(n for split in kept.values() for n in split.values()) == 9
+    # The default limit below the large image, so that only the split's limit keeps it.
+    monkeypatch.setattr(images, "DEFAULT_MAX_PIXELS", 5000)
 
     # No --max-pixels: the split's limit, so every image it kept is built.
     result = run("build-hdf5", dest, tmp_path / "out", "--size", "16", "--workers", "1")
     assert result.exit_code == 0, result.output
-    assert "--max-pixels 10,000, the limit the split" in result.output
+    assert f"note: --max-pixels 10,000, the limit the split of {dest} applied" in result.output
     rows = 0
     for split in ("train", "val"):
         with h5py.File(tmp_path / "out" / f"{split}.hdf5", "r") as f:
@@ -537,11 +540,20 @@ def test_a_split_is_built_and_read_with_its_own_pixel_limit(tmp_path):
                  "--max-pixels", "5000")
     assert result.exit_code == 0, result.output
     assert "1 image skipped (too-large: 1)" in result.output
+    # So is one split folder built on its own.
+    with open(dest / "files.csv", newline="") as fh:
+        where = next(r["split"] for r in csv.DictReader(fh) if r["source"] == "a/large.jpg")
+    result = run("build-hdf5", dest / where, tmp_path / "one", "--name", where, "--size", "16",
+                 "--workers", "1")
+    assert result.exit_code == 0 and "skipped" not in result.output, result.output
+    with h5py.File(tmp_path / "one" / f"{where}.hdf5", "r") as f:
+        assert len(f["labels"]) == sum(kept[where].values())
 
     # The directory generator reads a split's folders with the same limit.
     gens = [DirectoryGenerator(dest / split, image_size=16, batch_size=2) for split in
             ("train", "val")]
     assert sum(g.num_samples for g in gens) == 9 and not any(g.skipped for g in gens)
+    assert [g.max_pixels for g in gens] == [10000, 10000]
     low = [DirectoryGenerator(dest / split, image_size=16, batch_size=2, max_pixels=5000)
            for split in ("train", "val")]
     left_out = [path.name for g in low for path, _ in g.skipped]
@@ -575,3 +587,5 @@ def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
     in_val = sum(r["split"] == "val" for r in placed)
     assert f"warning: val: the split placed {in_val} images in {dest / 'val'}, and none is " \
         "there now: no val.hdf5 built" in result.output
+    result = run("build-hdf5", dest, tmp_path / "out3", "--size", "16", "--workers", "1")
+    assert result.output.count("val.hdf5 built") == 1, result.output  # not a note as well

@@ -582,6 +582,9 @@ def test_destination_rules(tmp_path):
     for path in mine:
         path.unlink()
     (dest / "hdf5").rmdir()
+    # What a file browser leaves is no loss: it does not stop the repair.
+    (dest / ".DS_Store").write_text("x")
+    (dest / gone.parent.relative_to(dest) / "Thumbs.db").write_text("x")
     assert not materialize(plan(root), dest).already_complete and gone.is_file()
     (root / "a" / "empty.jpg").unlink()
     p = plan(root)

@@ -35,7 +35,7 @@ _SEED_MAX = 2**63 - 1
 @click.option("--exact", is_flag=True,
               help="Always decode at full resolution before resizing. By default a JPEG much "
                    "larger than --size is decoded at 1/2, 1/4 or 1/8 scale first: faster, and "
-                   "35 dB PSNR or more from the full decode.")
+                   "close to the full decode (35 dB PSNR or more on photos).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=None,
               help="Skip images with more pixels than this (decompression bombs); 0: no limit "
                    "[default: the limit SRC's split applied (its split --max-pixels), else "
@@ -71,11 +71,11 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     from ..images import DEFAULT_MAX_PIXELS, parse_size
     from ..split import split_pixel_limit
 
-    if max_pixels is None:
-        limit = DEFAULT_MAX_PIXELS if name is not None else split_pixel_limit(src)
+    if max_pixels is None:  # a split folder's images are read with the limit the split applied
+        limit = split_pixel_limit(src)
         if limit != DEFAULT_MAX_PIXELS:
             said = f"{limit:,}" if limit else "0 (no limit)"
-            say(f"note: --max-pixels {said}, the limit the split in {src} applied")
+            say(f"note: --max-pixels {said}, the limit the split of {src} applied")
         max_pixels = limit or 0
     options = BuildOptions(
         size=parse_size(size), resize=resize_mode,

@@ -73,8 +73,8 @@ def _column(text: str | None) -> str | int | None:
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
               show_default=True, metavar="N",
               help="Leave out images of more pixels than N (too-large: a guard against "
-                   "decompression bombs); 0 for no limit. build-hdf5, train and evaluate read the "
-                   "split's folders with the same limit.")
+                   "decompression bombs); 0 for no limit. build-hdf5 and train read the split's "
+                   "folders with the same limit.")
 @click.option("--verify", type=click.Choice(VERIFY), default="header", show_default=True,
               help="header: read the dimensions from the header and check the file is not "
                    "cut short (fast); full: also decode every image, which finds damage inside "
