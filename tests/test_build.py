@@ -1428,3 +1428,24 @@ def test_a_build_refused_over_another_says_what_differs(tmp_path):
     with pytest.raises(DestinationExistsError, match=r"\(the images of train changed since "
                                                      r"train.hdf5 was built"):
         build.build_hdf5(src, out, opts())
+
+
+def test_a_build_from_before_gone_files_were_counted_is_still_up_to_date(tmp_path, monkeypatch):
+    from dsprep.split import FILES_COLUMNS
+
+    src = make_split(tmp_path / "split")
+    placed = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.jpg"))
+    with open(src / "files.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FILES_COLUMNS)
+        writer.writerows([p.split("/")[0], p.split("/")[1], p, p, "0", "48", "64"] for p in placed)
+    gone = placed[-1]
+    (src / gone).unlink()
+    with monkeypatch.context() as m:  # a build by a version that did not count gone files
+        m.setattr(build, "_add_missing", lambda *args: None)
+        before = build.build_hdf5(src, tmp_path / "out", opts())
+    assert before.skipped == []
+    assert build.build_hdf5(src, tmp_path / "out", opts()).up_to_date
+    now = build.build_hdf5(src, tmp_path / "now", opts())
+    assert [(s.source, s.reason) for s in now.skipped] == [(gone, "missing-file")]
+    assert build.build_hdf5(src, tmp_path / "now", opts()).up_to_date
