@@ -435,8 +435,9 @@ class HDF5Generator(_BatchSequence):
 
     Raises:
         LayoutError: the file does not exist.
-        DatasetFormatError: it is not HDF5 or not dsprep's schema; also later, when a batch
-            is read, if the file at the path has changed since (see above).
+        DatasetFormatError: it is not HDF5 or not dsprep's schema, has no rows, or labels
+            outside its label names; also later, when a batch is read, if the file at the path
+            has changed since (see above).
         UsageError: a bad argument, or a preprocessor that does not fit the images.
     """
 
@@ -470,8 +471,9 @@ class HDF5Generator(_BatchSequence):
             self._filtered = ds.chunks is not None and ds.id.get_create_plist().get_nfilters() > 0
             self.labels = np.asarray(db["labels"][()], dtype=np.int64)
             self.label_names = store.label_names(db)
-        if self._rows == 0:
-            raise UsageError(f"{self.path} has no rows; build it from a split with images")
+        if self._rows == 0:  # a file's fault, not the call's: exit 1 at the command line
+            raise DatasetFormatError(f"{self.path} has no rows; build it from a split with "
+                                     "images")
         self._settle_drop_last()
         if len(self) == 0:
             raise UsageError(
@@ -479,7 +481,7 @@ class HDF5Generator(_BatchSequence):
                 f"{self.path} with drop_last=True; use a smaller batch_size"
             )
         if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-            raise UsageError(
+            raise DatasetFormatError(
                 f"{self.path}: labels run from {self.labels.min()} to {self.labels.max()} but "
                 f"there are {self.num_classes} label names; rebuild it with 'dsprep build-hdf5'"
             )

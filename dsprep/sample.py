@@ -278,7 +278,11 @@ def write_sample_dump(
         )
     if with_bad_files and per_class < 1:
         raise UsageError("with_bad_files needs at least one good image per class")
-    dest = Path(dest)
+    given, dest = Path(dest), Path(os.path.abspath(dest))  # "." has no name to put work beside
+    here = Path.cwd().resolve()
+    if dest.resolve() == here or dest.resolve() in here.parents:
+        raise UsageError(f"{dest} is the working folder or holds it, and the dump replaces "
+                         "its folder whole; give a new folder, such as dump")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
         raise DestinationExistsError(
             f"{dest} exists and is not empty; choose another folder or use --force to replace it"
@@ -334,5 +338,5 @@ def write_sample_dump(
     if dest.exists():
         shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
     os.replace(partial, dest)
-    return SampleDumpSummary(dest=dest, layout=layout, classes=names, per_class=per_class,
+    return SampleDumpSummary(dest=given, layout=layout, classes=names, per_class=per_class,
                              images=per_class * len(names), bytes=total, bad_files=bad)

@@ -889,7 +889,16 @@ def label_names(db: h5py.File) -> list[str]:
     if "label_names" in db:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in db["label_names"][()]]
     labels = db["labels"][()]
-    return [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
+    top = int(labels.max()) + 1 if labels.size else 0
+    if top > max(_MAX_UNNAMED_CLASSES, labels.size):  # more names than rows: not class ids
+        raise DatasetFormatError(
+            f"{db.filename}: no 'label_names', and labels up to {top - 1:,} are too many classes "
+            "to number; rebuild it with 'dsprep build-hdf5'")
+    return [str(i) for i in range(top)]
+
+
+# A file without label_names numbers its classes 0..max label: at most this many (or one per row).
+_MAX_UNNAMED_CLASSES = 100_000
 
 
 # Root attributes every file written by 'dsprep build-hdf5' carries (docs/formats.md).
@@ -901,6 +910,8 @@ def attributes(db: h5py.File) -> dict:
     """The root attributes as plain Python values (str, int, float, bool or lists of them)."""
     out = {}
     for key, value in db.attrs.items():
+        if isinstance(key, bytes):  # a name that is not UTF-8 (a damaged header)
+            key = key.decode("utf-8", "replace")
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         elif isinstance(value, np.ndarray):

@@ -303,6 +303,13 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     itself = run("means", out / "train.hdf5", "-o", out / "train.hdf5", "--force")
     assert itself.exit_code == 2 and "is FILE itself" in itself.output
     assert (out / "train.hdf5").read_bytes() == before
+    # Another data file, or a dangling link, is not written over either.
+    other = run("means", out / "train.hdf5", "-o", out / "val.hdf5", "--force")
+    assert other.exit_code == 2 and "is an HDF5 file; the means go to a .json file" in other.output
+    assert store.check_file(out / "val.hdf5") == []
+    (tmp_path / "link.json").symlink_to(tmp_path / "nowhere" / "m.json")
+    dangling = run("means", out / "train.hdf5", "-o", tmp_path / "link.json")
+    assert dangling.exit_code == 1 and "exists; pass --force" in dangling.output
 
 
 def _default_stop_signals():

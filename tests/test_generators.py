@@ -1181,3 +1181,16 @@ def test_a_file_whose_chunks_lie_apart_is_cut_from_a_map_too(tmp_path, mode, mon
     for i, x in enumerate(got):
         np.testing.assert_array_equal(x, read[i][0])
     assert read._file_map is None
+
+
+def test_a_file_without_rows_or_with_labels_past_its_names_is_a_format_error(tmp_path):
+    empty = store.write_arrays(tmp_path / "empty.hdf5", np.zeros((0, 8, 8, 3), np.uint8),
+                               np.zeros(0, np.int64), ["a", "b"])
+    with pytest.raises(DatasetFormatError, match="has no rows"):
+        HDF5Generator(empty)
+    path = store.write_arrays(tmp_path / "f.hdf5", np.zeros((3, 8, 8, 3), np.uint8),
+                              np.array([0, 1, 0]), ["a", "b"])
+    with h5py.File(path, "r+") as f:
+        f["labels"][2] = 7
+    with pytest.raises(DatasetFormatError, match="labels run from 0 to 7 but there are 2"):
+        HDF5Generator(path)

@@ -135,6 +135,20 @@ def test_refuses_a_non_empty_destination(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_the_working_folder_and_its_parents_are_refused_not_emptied(tmp_path, monkeypatch):
+    here = tmp_path / "work" / "sub"
+    here.mkdir(parents=True)
+    (here / "keep.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    for dest in (".", "..", str(here)):
+        with pytest.raises(UsageError, match="is the working folder or holds it"):
+            write_sample_dump(dest, per_class=1, overwrite=True)
+    assert (here / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "sub", "work"]
+    summary = write_sample_dump("dump", per_class=1)  # a relative name still works
+    assert summary.dest == Path("dump") and (here / "dump").is_dir()
+
+
 def test_empty_existing_destination_is_fine(tmp_path):
     (tmp_path / "d").mkdir()
     assert write_sample_dump(tmp_path / "d", per_class=1).images == 3

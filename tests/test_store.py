@@ -548,3 +548,27 @@ def test_a_whole_file_map_is_refused_when_any_chunk_lies_past_the_end(tmp_path):
     finally:
         handle.close()
 
+
+
+def test_files_without_label_names_are_numbered_within_reason(tmp_path):
+    path = tmp_path / "plain.hdf5"
+    with h5py.File(path, "w") as f:
+        f["images"] = np.zeros((2, 4, 4, 3), np.uint8)
+        f["labels"] = np.array([0, 2])
+    with h5py.File(path, "r") as f:
+        assert store.label_names(f) == ["0", "1", "2"]
+    with h5py.File(path, "r+") as f:
+        f["labels"][1] = 2**31 - 1  # not a class id: numbering it would take gigabytes
+    with h5py.File(path, "r") as f, pytest.raises(DatasetFormatError, match="too many classes"):
+        store.label_names(f)
+
+
+def test_attribute_names_that_are_not_utf8_are_read_as_text(tmp_path):
+    path = tmp_path / "f.hdf5"
+    with h5py.File(path, "w") as f:
+        f.attrs.create(b"note\xff", 1)
+        f.attrs["split"] = "train"
+    with h5py.File(path, "r") as f:
+        found = store.attributes(f)
+    assert found["split"] == "train" and found["note\ufffd"] == 1
+    assert sorted(found) == ["note\ufffd", "split"]

@@ -1499,3 +1499,14 @@ def test_a_run_folder_among_the_data_is_refused(tmp_path):
                                              "folder"):
             train(data, run, tiny("smallnet", width=4, epochs=1))
     assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_evaluate_without_best_keras_points_to_the_last_checkpoint(small_run, tmp_path):
+    data, run, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "best.keras").unlink()
+    with pytest.raises(LayoutError, match="best.keras does not exist, but last.keras does .*"
+                                          "use --checkpoint last"):
+        evaluate_run(copy, data / "test.hdf5")
+    assert evaluate_run(copy, data / "test.hdf5", checkpoint="last")["center"]["count"] == 8

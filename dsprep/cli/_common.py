@@ -23,6 +23,8 @@ _AFTER_A_STOP = {
              "(the files placed so far wait in a hidden ...split-partial folder beside DEST, "
              "or inside it; delete that folder if you will not).",
     "build-hdf5": "Nothing half-written was kept; run the same command again.",
+    "sample-dump": "Nothing half-written was kept under DEST; the images written so far wait in "
+                   "a hidden .DEST.partial folder beside it, which the next run replaces.",
 }
 
 

@@ -213,9 +213,11 @@ def means(file: str, output: str | None, force: bool) -> None:
     from ..stats import means_record, write_means
     from ..store import channel_stats
 
-    if output and os.path.exists(output):
-        if os.path.samefile(output, file):
+    if output and os.path.lexists(output):  # a dangling link too: it would be written through
+        if os.path.exists(output) and os.path.samefile(output, file):
             raise UsageError(f"-o {output} is FILE itself; give another path for the means")
+        if output.endswith((".hdf5", ".h5")):
+            raise UsageError(f"-o {output} is an HDF5 file; the means go to a .json file")
         if not force:
             raise DestinationExistsError(f"{output} exists; pass --force to replace it")
     stats = channel_stats(file, progress=show_progress())

@@ -383,7 +383,8 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
     for name in result["classes"]:
         rows.append([f"accuracy of {name}",
                      *(_fmt(result[m]["per_class"][name]) for m in methods)])
-    # The figures are the command's answer: -q hides only the progress bar and the notes.
+    # The figures are the command's answer: -q hides only the progress bar and the PNGs' line
+    # (the notes go to stderr, where -q leaves them).
     click.echo(f"{Path(run)} ({checkpoint}.keras) on {data}:")
     click.echo(format_table(rows, header))
     pngs = [result[m]["confusion_png"] for m in methods if result[m]["confusion_png"]]

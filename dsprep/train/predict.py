@@ -289,6 +289,9 @@ def _load_checkpoint(run: Path, checkpoint: str, config: dict):
 
     path = run / (cb.BEST if checkpoint == "best" else cb.LAST)
     if not path.is_file():
+        if checkpoint == "best" and (run / cb.LAST).is_file():
+            raise LayoutError(f"{path} does not exist, but {cb.LAST} does (it was deleted, or "
+                              "the run predates it); use --checkpoint last")
         raise LayoutError(f"{path} does not exist: the run has not finished an epoch"
                           + replaced_hint(run))
     model = load_model(path, compile=False)
