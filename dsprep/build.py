@@ -53,6 +53,7 @@ from .sources import (
     BAD_NAME,
     DANGLING_LINK,
     MISSING_FILE,
+    UNREADABLE,
     class_folder_files,
     is_image_name,
     own_split_folders,
@@ -62,6 +63,7 @@ from .split import (
     EMPTY,
     read_placed,
     read_split_classes,
+    read_split_counts,
     refuse_unfinished_split,
     skip_reason,
     split_above,
@@ -310,6 +312,7 @@ def find_rows(
                 {name: _dangling_skips(problems)})
     notes: list[str] = []
     links: dict[str, list[Skip]] = {}
+    unread: dict[str, tuple[str, ...]] = {}  # folders the walk could not read, by split
     if has_manifest:
         classes = read_split_classes(src)
         folders = {split: src / split for split in SPLITS}
@@ -345,6 +348,8 @@ def find_rows(
             _, pairs = class_folder_files(folder, problems)
             notes += _problem_notes(problems, _under(src, folder))
             links[split] = _dangling_skips(problems, _under(src, folder))
+            unread[split] = tuple(_under(src, folder) + p.source.rstrip("/") + "/"
+                                  for p in problems if p.reason == UNREADABLE)
         except LayoutError:
             dangling = _dangling_skips(problems, _under(src, folder))
             if dangling:  # images there, but every one a dangling link
@@ -370,17 +375,20 @@ def find_rows(
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
         found[split] = _rows(src, _under(src, folders[split]), pairs, classes)
     if has_manifest:
-        _add_missing(src, found, links)
+        _add_missing(src, found, links, unread)
     return classes, found, notes, links
 
 
-def _add_missing(src: Path, found: dict[str, list[Row]], skips: dict[str, list[Skip]]) -> None:
+def _add_missing(src: Path, found: dict[str, list[Row]], skips: dict[str, list[Skip]],
+                 unread: dict[str, tuple[str, ...]]) -> None:
     """Count the files the split placed (files.csv) that are gone from its folders as skipped
-    rows of their file, so a deleted file or class folder is reported, not left out unseen."""
+    rows of their file, so a deleted file or class folder is reported, not left out unseen.
+    Those in folders that could not be read are left to that folder's note."""
     placed = read_placed(src)
     for split, rows in found.items():
         there = {r.name for r in rows} | {s.source for s in skips.get(split, ())}
-        gone = sorted(set((placed or {}).get(split, ())) - there)
+        gone = sorted(p for p in set((placed or {}).get(split, ())) - there
+                      if not p.startswith(unread.get(split, ())))
         skips[split] = sorted([*skips.get(split, ()), *(
             Skip(path, MISSING_FILE, "placed by the split (files.csv) and gone since: deleted "
                  "or moved") for path in gone)], key=lambda s: s.source)
@@ -390,19 +398,19 @@ def _missing_warnings(src: Path, planned: dict[str, list[Row]],
                       skips: dict[str, list[Skip]]) -> list[str]:
     """Warnings for the splits, and the classes of a split, whose every file the split placed
     (files.csv) is gone since."""
-    placed = read_placed(src) or {}
+    placed = read_split_counts(src)  # split.json's counts: what files.csv lists, in numbers
     warnings = []
     for split in SPLITS:
-        if not placed.get(split):
+        total = placed.get(split, {})
+        if not sum(total.values()):
             continue
         if split not in planned:
-            warnings.append(f"{split}: the split placed {len(placed[split])} images in "
+            warnings.append(f"{split}: the split placed {sum(total.values())} images in "
                             f"{src / split}, and none is there now: no {split}.hdf5 built")
             continue
         gone = Counter(s.source.split("/")[1] for s in skips.get(split, ())
                        if s.reason == MISSING_FILE and s.source.count("/") >= 2)
-        total = Counter(p.split("/")[1] for p in placed[split] if p.count("/") >= 2)
-        lost = sorted(c for c, n in gone.items() if n == total[c])
+        lost = sorted(c for c, n in gone.items() if n == total.get(c))
         if lost:
             warnings.append(f"{split}: every image of {', '.join(lost)} the split placed is gone "
                             "since (deleted or moved), so it is not in "
@@ -1038,6 +1046,12 @@ def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
     change times and inode, and the names of the images left out before decoding (dangling
     links). A file renamed, moved to another class, replaced, repaired or touched changes it;
     so does a copy of the whole folder (a rebuild, never a wrong "nothing to do")."""
+    return sources_stamps(rows, [left_out])[0]
+
+
+def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]]) -> list[str]:
+    """``sources_stamp`` of the rows with each of several lists of images left out (the
+    files are looked at once)."""
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r.name):  # whatever order the file stores them in
         try:
@@ -1048,9 +1062,13 @@ def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
         except OSError:
             seen = "-"
         digest.update(f"{row.name}\0{row.label}\0{seen}\n".encode("utf-8", "surrogateescape"))
-    for skip in sorted(left_out, key=lambda k: k.source):
-        digest.update(f"{skip.source}\0link\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
+    stamps = []
+    for left_out in left_outs:
+        each = digest.copy()
+        for skip in sorted(left_out, key=lambda k: k.source):
+            each.update(f"{skip.source}\0link\n".encode("utf-8", "surrogateescape"))
+        stamps.append(each.hexdigest())
+    return stamps
 
 
 def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
@@ -1068,11 +1086,11 @@ def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[s
         path = out / f"{split}.hdf5"
         wanted = _file_attrs(options, split, src)
         skips = list(links.get(split, ()))
-        # Left out in files' stamps: how many skipped rows go with each.
-        stamps = {sources_stamp(rows, skips): len(skips)}
+        # As built before gone files were counted, too: up to date. Each stamp with the number
+        # of skipped rows that goes with it.
         known = [s for s in skips if s.reason != MISSING_FILE]
-        if len(known) < len(skips):  # as built before gone files were counted: as up to date
-            stamps[sources_stamp(rows, known)] = len(known)
+        variants = [skips, known] if len(known) < len(skips) else [skips]
+        stamps = dict(zip(sources_stamps(rows, variants), map(len, variants), strict=True))
         try:
             with store.open_dataset(path) as db:
                 found = store.attributes(db)

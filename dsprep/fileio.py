@@ -61,6 +61,16 @@ def refuse_dangling_link(path: str | os.PathLike) -> None:
                          "create that folder (or mount its volume), or remove the link")
 
 
+def refuse_under_a_file(dest: str | os.PathLike) -> None:
+    """Refuse a folder to make whose nearest existing parent is a file, naming both (the
+    system's "Not a directory" would name whatever dsprep first tried to make inside it)."""
+    dest = Path(os.path.abspath(dest))
+    above = next((p for p in dest.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{dest} cannot be made: {above} is a file, "
+                                 "not a folder; choose another place")
+
+
 def sync_file(path: str | os.PathLike) -> None:
     """Flush a written file's bytes to the disk, so a rename that follows never gives the final
     name to data a power cut would lose."""

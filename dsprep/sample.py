@@ -19,6 +19,7 @@ import numpy as np
 
 from . import system
 from .errors import DestinationExistsError, UsageError
+from .fileio import refuse_under_a_file
 
 LAYOUTS = ("folders", "prefix", "csv")
 
@@ -279,8 +280,12 @@ def write_sample_dump(
     if with_bad_files and per_class < 1:
         raise UsageError("with_bad_files needs at least one good image per class")
     given, dest = Path(dest), Path(os.path.abspath(dest))  # "." has no name to put work beside
-    here = Path.cwd().resolve()
-    if dest.resolve() == here or dest.resolve() in here.parents:
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the working folder was deleted: DEST cannot hold it
+        here = None
+    refuse_under_a_file(dest)
+    if here is not None and (dest.resolve() == here or dest.resolve() in here.parents):
         raise UsageError(f"{dest} is the working folder or holds it, and the dump replaces "
                          "its folder whole; give a new folder, such as dump")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:

@@ -35,12 +35,13 @@ from .errors import (
     CorruptImageError,
     DatasetFormatError,
     DestinationExistsError,
+    DsprepError,
     ImageTooLargeError,
     LayoutError,
     SplitError,
     UsageError,
 )
-from .fileio import exclusive, naming, refuse_dangling_link, write_atomic
+from .fileio import exclusive, naming, refuse_dangling_link, refuse_under_a_file, write_atomic
 from .sources import (
     BAD_LABEL,
     IGNORED_FOLDERS,
@@ -806,22 +807,6 @@ def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
     """The files a split placed, by split: files.csv's paths ("train/cat/cat.0.jpg"); None
     where there is no files.csv as the split wrote it (missing, or edited into another form)."""
     path = Path(split_dir) / FILES_CSV
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    cached = _PLACED_READ[0]  # a build asks twice: for its rows, then for its warnings
-    if cached is None or cached[0] != key:
-        cached = _PLACED_READ[0] = (key, _read_placed(path))
-    return cached[1]
-
-
-# The last files.csv read_placed read: ((path, mtime, size), what it holds), set in one step.
-_PLACED_READ: list = [None]
-
-
-def _read_placed(path: Path) -> dict[str, list[str]] | None:
     placed: dict[str, list[str]] = defaultdict(list)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -837,6 +822,20 @@ def _read_placed(path: Path) -> dict[str, list[str]] | None:
     return dict(placed)
 
 
+def read_split_counts(split_dir: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """split.json's ``counts``: the images the split placed, by split and class ({} where
+    split.json does not hold them as numbers)."""
+    try:
+        counts = _read_manifest(split_dir)[1].get("counts")
+    except DsprepError:
+        return {}
+    if not isinstance(counts, dict) or not all(
+            isinstance(c, dict) and all(isinstance(n, int) for n in c.values())
+            for c in counts.values()):
+        return {}
+    return counts
+
+
 def split_pixel_limit(src: str | os.PathLike) -> int | None:
     """The pixel limit to read ``src``'s images with so that every image its split kept is read.
 
@@ -847,7 +846,8 @@ def split_pixel_limit(src: str | os.PathLike) -> int | None:
     if (src / MANIFEST).is_file():
         return read_split_max_pixels(src)
     here = src.resolve()
-    if here.name in SPLITS and (here.parent / MANIFEST).is_file():
+    # Another tool's split.json above a folder named train is no split of ours.
+    if here.name in SPLITS and _is_split_manifest(here.parent / MANIFEST):
         return read_split_max_pixels(here.parent)
     return images.DEFAULT_MAX_PIXELS
 
@@ -1172,10 +1172,7 @@ def _writing(source: Path, dest: str | os.PathLike, mode: str):
     """The lock that keeps two splits from writing one ``dest`` (a hidden sibling file, made
     only once ``dest`` is known to lie outside the source)."""
     dest = _check_target(source, dest, mode)
-    above = next((p for p in dest.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{dest} cannot be made: {above} is a file, "
-                                 "not a folder; choose another DEST")
+    refuse_under_a_file(dest)
     if not dest.parent.exists():
         try:
             dest.parent.mkdir(parents=True)

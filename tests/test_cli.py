@@ -41,7 +41,7 @@ def test_os_errors_become_one_line_messages(tmp_path):
     # The destination's parent is a file: the operating system refuses, dsprep reports it.
     result = CliRunner().invoke(main, ["split", str(dump), str(tmp_path / "a-file" / "out")])
     assert result.exit_code == 1
-    assert "a-file is a file, not a folder; choose another DEST" in result.output
+    assert "a-file is a file, not a folder; choose another place" in result.output
     assert "Traceback" not in result.output
     assert result.output.startswith("Error: ")
     assert len(result.output.strip().splitlines()) == 1

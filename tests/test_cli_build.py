@@ -304,9 +304,14 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     assert itself.exit_code == 2 and "is FILE itself" in itself.output
     assert (out / "train.hdf5").read_bytes() == before
     # Another data file, or a dangling link, is not written over either.
-    other = run("means", out / "train.hdf5", "-o", out / "val.hdf5", "--force")
-    assert other.exit_code == 2 and "is an HDF5 file; the means go to a .json file" in other.output
-    assert store.check_file(out / "val.hdf5") == []
+    shutil.copy(out / "val.hdf5", tmp_path / "Val.HDF5.bak")
+    for data in (out / "val.hdf5", tmp_path / "Val.HDF5.bak"):  # known by what it holds
+        other = run("means", out / "train.hdf5", "-o", data, "--force")
+        assert other.exit_code == 2 and "is an HDF5 file; the means go to a .json file" \
+            in other.output
+        assert store.check_file(data) == []
+    (tmp_path / "old.h5").write_text("{}")  # a JSON file, whatever its name
+    assert run("means", out / "train.hdf5", "-o", tmp_path / "old.h5", "--force").exit_code == 0
     (tmp_path / "link.json").symlink_to(tmp_path / "nowhere" / "m.json")
     dangling = run("means", out / "train.hdf5", "-o", tmp_path / "link.json")
     assert dangling.exit_code == 1 and "exists; pass --force" in dangling.output
@@ -587,6 +592,9 @@ def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
     assert skipped == {(p, "missing-file") for p in expected | {f"val/a/{gone.name}"}}
     assert "warning: train: every image of c the split placed is gone since (deleted or " \
         "moved), so it is not in train.hdf5" in result.output
+    # Run again: nothing to do, and still said.
+    result = run("-q", "build-hdf5", dest, out, "--size", "16", "--workers", "1")
+    assert result.exit_code == 0 and "every image of c the split placed is gone" in result.output
     # A split folder gone as a whole: said even with -q.
     shutil.rmtree(dest / "val")
     result = run("-q", "build-hdf5", dest, tmp_path / "out2", "--size", "16", "--workers", "1")
@@ -596,3 +604,36 @@ def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
         "there now: no val.hdf5 built" in result.output
     result = run("build-hdf5", dest, tmp_path / "out3", "--size", "16", "--workers", "1")
     assert result.output.count("val.hdf5 built") == 1, result.output  # not a note as well
+
+
+def test_a_class_folder_that_cannot_be_read_is_not_called_gone(tmp_path, monkeypatch):
+    from dsprep import build
+    from dsprep.sources import UNREADABLE, Skipped
+
+    dump, dest = tmp_path / "dump", tmp_path / "split"
+    make_class_folders(dump, classes=("a", "b"), per_class=4)
+    assert run("split", dump, dest, "--ratios", "0.5,0.5").exit_code == 0
+    real = build.class_folder_files
+
+    def unreadable_b(folder, problems):  # as a folder without read permission (root reads all)
+        classes, pairs = real(folder, problems)
+        problems.append(Skipped("b", UNREADABLE, "Permission denied"))
+        return classes, [(c, p) for c, p in pairs if c != "b"]
+
+    monkeypatch.setattr(build, "class_folder_files", unreadable_b)
+    result = run("build-hdf5", dest, tmp_path / "out", "--size", "16", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "left out train/b: unreadable (Permission denied)" in result.output
+    assert "gone since" not in result.output and "missing-file" not in \
+        (tmp_path / "out" / "skipped.csv").read_text()
+
+
+def test_another_tools_split_json_above_a_train_folder_is_not_read(tmp_path):
+    data = tmp_path / "data"
+    make_class_folders(data / "train", classes=("a", "b"), per_class=2)
+    (data / "split.json").write_text('{"train": ["a"], "test": ["b"]}')
+    result = run("build-hdf5", data / "train", tmp_path / "out", "--name", "train", "--size", "16",
+                 "--workers", "1")
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "out" / "train.hdf5", "r") as f:
+        assert len(f["labels"]) == 4

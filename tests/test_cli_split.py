@@ -534,7 +534,7 @@ def test_sources_and_destinations_that_are_not_folders_are_named(tmp_path):
     (tmp_path / "labels").mkdir()
     for args, message in (
             ([dump, tmp_path / "afile" / "out"], f"{tmp_path / 'afile' / 'out'} cannot be made: "
-             f"{tmp_path / 'afile'} is a file, not a folder; choose another DEST"),
+             f"{tmp_path / 'afile'} is a file, not a folder; choose another place"),
             ([tmp_path / "pipe", tmp_path / "out"], "pipe is neither a folder nor a file"),
             ([dump, tmp_path / "out", "--labels", tmp_path / "labels"],
              f"--labels {tmp_path / 'labels'} is a folder; give the CSV file inside it")):

@@ -147,6 +147,14 @@ def test_the_working_folder_and_its_parents_are_refused_not_emptied(tmp_path, mo
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "sub", "work"]
     summary = write_sample_dump("dump", per_class=1)  # a relative name still works
     assert summary.dest == Path("dump") and (here / "dump").is_dir()
+    (here / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="afile is a file, not a folder"):
+        write_sample_dump("afile/dump", per_class=1)
+    # A working folder deleted under the shell: nothing to refuse there.
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    assert write_sample_dump(tmp_path / "elsewhere", per_class=1).images == 3
 
 
 def test_empty_existing_destination_is_fine(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import click
 
@@ -75,7 +76,8 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
         limit = split_pixel_limit(src)
         if limit != DEFAULT_MAX_PIXELS:
             said = f"{limit:,}" if limit else "0 (no limit)"
-            say(f"note: --max-pixels {said}, the limit the split of {src} applied")
+            say(f"note: --max-pixels {said}, the limit the split of {Path(src).resolve()} "
+                "applied")
         max_pixels = limit or 0
     options = BuildOptions(
         size=parse_size(size), resize=resize_mode,
@@ -89,6 +91,8 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     if report.up_to_date:
         say(f"{out} already holds this build of {src} (the same split and options): nothing "
             "to do; --force builds it again")
+        for warning in report.warnings:  # what the files lack stays worth saying
+            say(f"warning: {warning}", err=True)
         return
     for warning in report.warnings:
         say(f"warning: {warning}", err=True)
@@ -208,15 +212,16 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
 def means(file: str, output: str | None, force: bool) -> None:
     """Recompute the per-channel mean and std of a dsprep HDF5 FILE, reading it in blocks."""
     import os
-    from pathlib import Path
+
+    import h5py
 
     from ..stats import means_record, write_means
     from ..store import channel_stats
 
-    if output and os.path.lexists(output):  # a dangling link too: it would be written through
+    if output and os.path.lexists(output):  # a dangling link too: it names a file
         if os.path.exists(output) and os.path.samefile(output, file):
             raise UsageError(f"-o {output} is FILE itself; give another path for the means")
-        if output.endswith((".hdf5", ".h5")):
+        if os.path.isfile(output) and h5py.is_hdf5(output):
             raise UsageError(f"-o {output} is an HDF5 file; the means go to a .json file")
         if not force:
             raise DestinationExistsError(f"{output} exists; pass --force to replace it")
