@@ -63,7 +63,6 @@ from .split import (
     EMPTY,
     read_placed,
     read_split_classes,
-    read_split_counts,
     refuse_unfinished_split,
     skip_reason,
     split_above,
@@ -278,7 +277,8 @@ def _dangling_skips(problems, prefix: str = "") -> list[Skip]:
 
 
 def find_rows(
-    src: str | os.PathLike, name: str | None = None
+    src: str | os.PathLike, name: str | None = None, *,
+    placed: dict[str, list[str]] | None = None,
 ) -> tuple[list[str], dict[str, list[Row]], list[str], dict[str, list[Skip]]]:
     """List what to build from a split folder, or from one class-folder tree with ``name``.
 
@@ -348,7 +348,7 @@ def find_rows(
             _, pairs = class_folder_files(folder, problems)
             notes += _problem_notes(problems, _under(src, folder))
             links[split] = _dangling_skips(problems, _under(src, folder))
-            unread[split] = tuple(_under(src, folder) + p.source.rstrip("/") + "/"
+            unread[split] = tuple(_under(src, folder) + p.source.rstrip("/")
                                   for p in problems if p.reason == UNREADABLE)
         except LayoutError:
             dangling = _dangling_skips(problems, _under(src, folder))
@@ -375,37 +375,44 @@ def find_rows(
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
         found[split] = _rows(src, _under(src, folders[split]), pairs, classes)
     if has_manifest:
-        _add_missing(src, found, links, unread)
+        _add_missing(found, links, unread, read_placed(src) if placed is None else placed)
     return classes, found, notes, links
 
 
-def _add_missing(src: Path, found: dict[str, list[Row]], skips: dict[str, list[Skip]],
-                 unread: dict[str, tuple[str, ...]]) -> None:
-    """Count the files the split placed (files.csv) that are gone from its folders as skipped
-    rows of their file, so a deleted file or class folder is reported, not left out unseen.
-    Those in folders that could not be read are left to that folder's note."""
-    placed = read_placed(src)
+def _add_missing(found: dict[str, list[Row]], skips: dict[str, list[Skip]],
+                 unread: dict[str, tuple[str, ...]], placed: dict[str, list[str]] | None) -> None:
+    """Count the files the split placed (``placed``: files.csv's paths by split) that are gone
+    from its folders as skipped rows of their file, so a deleted file or class folder is
+    reported, not left out unseen. Those the walk could not read (a file, or a folder and all
+    in it) are left to their own note."""
     for split, rows in found.items():
         there = {r.name for r in rows} | {s.source for s in skips.get(split, ())}
+        unreadable = unread.get(split, ())
         gone = sorted(p for p in set((placed or {}).get(split, ())) - there
-                      if not p.startswith(unread.get(split, ())))
+                      if p not in unreadable and not p.startswith(_folders(unreadable)))
         skips[split] = sorted([*skips.get(split, ()), *(
             Skip(path, MISSING_FILE, "placed by the split (files.csv) and gone since: deleted "
                  "or moved") for path in gone)], key=lambda s: s.source)
 
 
+def _folders(paths: Sequence[str]) -> tuple[str, ...]:
+    """Prefixes that match what lies inside each of ``paths`` (as folders)."""
+    return tuple(p + "/" for p in paths)
+
+
 def _missing_warnings(src: Path, planned: dict[str, list[Row]],
-                      skips: dict[str, list[Skip]]) -> list[str]:
+                      skips: dict[str, list[Skip]],
+                      placed: dict[str, list[str]] | None) -> list[str]:
     """Warnings for the splits, and the classes of a split, whose every file the split placed
-    (files.csv) is gone since."""
-    placed = read_split_counts(src)  # split.json's counts: what files.csv lists, in numbers
+    (``placed``: files.csv's paths by split) is gone since."""
     warnings = []
     for split in SPLITS:
-        total = placed.get(split, {})
-        if not sum(total.values()):
+        total = Counter(p.split("/")[1] for p in (placed or {}).get(split, ())
+                        if p.count("/") >= 2)
+        if not total:
             continue
         if split not in planned:
-            warnings.append(f"{split}: the split placed {sum(total.values())} images in "
+            warnings.append(f"{split}: the split placed {total.total()} images in "
                             f"{src / split}, and none is there now: no {split}.hdf5 built")
             continue
         gone = Counter(s.source.split("/")[1] for s in skips.get(split, ())
@@ -1230,8 +1237,9 @@ def build_hdf5(
         # 'dsprep split --force' of the source would delete it.
         raise UsageError(f"output folder {out} is inside the source folder {src}; put it "
                          f"beside the source, such as {src.parent / 'hdf5'}")
-    classes, planned, notes, links = find_rows(src, name)
-    warnings: list[str] = [] if name is not None else _missing_warnings(src, planned, links)
+    placed = read_placed(src) if name is None and (src / "split.json").is_file() else None
+    classes, planned, notes, links = find_rows(src, name, placed=placed)
+    warnings = [] if name is not None else _missing_warnings(src, planned, links, placed)
     gone = {w.split(":", 1)[0] for w in warnings if w.endswith("built")}
     notes = [n for n in notes if n.split(":", 1)[0] not in gone]  # said by the warning
     outputs = [out / f"{split}.hdf5" for split in planned]
@@ -1263,8 +1271,8 @@ def build_hdf5(
             unlike = _unlike(src, out, planned, classes, options, links,
                              [p for p in (means_path, skipped_final) if p is not None])
             if unlike is None:
-                return BuildReport([], means_path, skipped_final, notes, warnings,
-                                   up_to_date=True)
+                return BuildReport([], means_path, skipped_final, notes,
+                                   warnings + _not_ours(others), up_to_date=True)
         if not force:
             existing = [p for p in [*outputs, means_path, skipped_final]
                         if p is not None and p.exists()]
@@ -1283,11 +1291,16 @@ def build_hdf5(
                                skipped_final, progress, links)
     warnings += _lost_classes(reports, planned, classes, skipped_final)
     warnings += _class_warnings(src, classes)
-    warnings += [f"{path} is not from this build (this split has no "
-                 f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as "
-                 "it was; remove it if it does not belong with these files"
-                 for path in others if path.exists()]
+    warnings += _not_ours(others)
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
+
+
+def _not_ours(others: list[Path]) -> list[str]:
+    """Warnings for the files in OUT of splits this build does not make, left as they were."""
+    return [f"{path} is not from this build (this split has no "
+            f"{'train' if path.name == MEANS_NAME else path.stem} files) and was left as it "
+            "was; remove it if it does not belong with these files"
+            for path in others if path.exists()]
 
 
 @contextlib.contextmanager

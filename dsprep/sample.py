@@ -279,11 +279,15 @@ def write_sample_dump(
         )
     if with_bad_files and per_class < 1:
         raise UsageError("with_bad_files needs at least one good image per class")
-    given, dest = Path(dest), Path(os.path.abspath(dest))  # "." has no name to put work beside
+    given = Path(dest)
     try:
         here = Path.cwd().resolve()
     except OSError:  # the working folder was deleted: DEST cannot hold it
+        if not given.is_absolute():
+            raise UsageError(f"the working folder is gone, so {dest} has nowhere to be; give "
+                             "an absolute path, or change to an existing folder") from None
         here = None
+    dest = Path(os.path.abspath(dest))  # "." has no name to put the work folder beside
     refuse_under_a_file(dest)
     if here is not None and (dest.resolve() == here or dest.resolve() in here.parents):
         raise UsageError(f"{dest} is the working folder or holds it, and the dump replaces "

@@ -35,7 +35,6 @@ from .errors import (
     CorruptImageError,
     DatasetFormatError,
     DestinationExistsError,
-    DsprepError,
     ImageTooLargeError,
     LayoutError,
     SplitError,
@@ -820,20 +819,6 @@ def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     return dict(placed)
-
-
-def read_split_counts(split_dir: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """split.json's ``counts``: the images the split placed, by split and class ({} where
-    split.json does not hold them as numbers)."""
-    try:
-        counts = _read_manifest(split_dir)[1].get("counts")
-    except DsprepError:
-        return {}
-    if not isinstance(counts, dict) or not all(
-            isinstance(c, dict) and all(isinstance(n, int) for n in c.values())
-            for c in counts.values()):
-        return {}
-    return counts
 
 
 def split_pixel_limit(src: str | os.PathLike) -> int | None:

@@ -540,7 +540,8 @@ def test_a_split_is_built_and_read_with_its_own_pixel_limit(tmp_path, monkeypatc
     # No --max-pixels: the split's limit, so every image it kept is built.
     result = run("build-hdf5", dest, tmp_path / "out", "--size", "16", "--workers", "1")
     assert result.exit_code == 0, result.output
-    assert f"note: --max-pixels 10,000, the limit the split of {dest} applied" in result.output
+    assert f"note: --max-pixels 10,000, the limit the split {dest.resolve()} applied" \
+        in result.output
     rows = 0
     for split in ("train", "val"):
         with h5py.File(tmp_path / "out" / f"{split}.hdf5", "r") as f:
@@ -583,6 +584,10 @@ def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
     shutil.rmtree(dest / "train" / "c")
     gone = sorted((dest / "val" / "a").iterdir())[0]
     gone.unlink()
+    # The placed files are files.csv's: split.json's counts (edited, or left out) do not count.
+    manifest = json.loads((dest / "split.json").read_text())
+    del manifest["counts"]
+    (dest / "split.json").write_text(json.dumps(manifest))
     result = run("-q", "build-hdf5", dest, out, "--size", "16", "--workers", "1")
     assert result.exit_code == 0, result.output
     with open(out / "skipped.csv", newline="") as fh:
@@ -604,6 +609,10 @@ def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
         "there now: no val.hdf5 built" in result.output
     result = run("build-hdf5", dest, tmp_path / "out3", "--size", "16", "--workers", "1")
     assert result.output.count("val.hdf5 built") == 1, result.output  # not a note as well
+    # Into the first OUT: nothing to do for train, and its val.hdf5 is named as not of it.
+    result = run("-q", "build-hdf5", dest, out, "--size", "16", "--workers", "1")
+    assert result.exit_code == 0 and f"{out / 'val.hdf5'} is not from this build" \
+        in result.output, result.output
 
 
 def test_a_class_folder_that_cannot_be_read_is_not_called_gone(tmp_path, monkeypatch):
@@ -618,12 +627,15 @@ def test_a_class_folder_that_cannot_be_read_is_not_called_gone(tmp_path, monkeyp
     def unreadable_b(folder, problems):  # as a folder without read permission (root reads all)
         classes, pairs = real(folder, problems)
         problems.append(Skipped("b", UNREADABLE, "Permission denied"))
-        return classes, [(c, p) for c, p in pairs if c != "b"]
+        first_a = next(p for c, p in pairs if c == "a")  # and one link that cannot be followed
+        problems.append(Skipped(first_a, UNREADABLE, "Too many levels of symbolic links"))
+        return classes, [(c, p) for c, p in pairs if c != "b" and p != first_a]
 
     monkeypatch.setattr(build, "class_folder_files", unreadable_b)
     result = run("build-hdf5", dest, tmp_path / "out", "--size", "16", "--workers", "1")
     assert result.exit_code == 0, result.output
     assert "left out train/b: unreadable (Permission denied)" in result.output
+    assert "unreadable (Too many levels of symbolic links)" in result.output
     assert "gone since" not in result.output and "missing-file" not in \
         (tmp_path / "out" / "skipped.csv").read_text()
 

@@ -155,6 +155,8 @@ def test_the_working_folder_and_its_parents_are_refused_not_emptied(tmp_path, mo
     monkeypatch.chdir(tmp_path / "gone")
     (tmp_path / "gone").rmdir()
     assert write_sample_dump(tmp_path / "elsewhere", per_class=1).images == 3
+    with pytest.raises(UsageError, match="the working folder is gone, so dump has nowhere"):
+        write_sample_dump("dump", per_class=1)
 
 
 def test_empty_existing_destination_is_fine(tmp_path):

@@ -76,8 +76,9 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
         limit = split_pixel_limit(src)
         if limit != DEFAULT_MAX_PIXELS:
             said = f"{limit:,}" if limit else "0 (no limit)"
-            say(f"note: --max-pixels {said}, the limit the split of {Path(src).resolve()} "
-                "applied")
+            split = Path(src).resolve()
+            split = split if (split / "split.json").is_file() else split.parent
+            say(f"note: --max-pixels {said}, the limit the split {split} applied")
         max_pixels = limit or 0
     options = BuildOptions(
         size=parse_size(size), resize=resize_mode,
