@@ -758,20 +758,19 @@ class _Ring:
 SHM_DIR = "/dev/shm"
 
 
-def _ring_blocks(wanted: int, least: int, block_bytes: int, held: int = 0) -> int:
+def _ring_blocks(wanted: int, least: int, block_bytes: int) -> int:
     """How many ring blocks to make: ``wanted``, or as many as the shared memory can hold.
 
     Creating a ring never fails for lack of room (its pages are taken only as they are
     written); the workers would die mid-build with SIGBUS instead. So on Linux the free space
     of /dev/shm is checked first: a small one (a container's is 64 MB unless given more) gets
     fewer blocks, down to ``least`` (one per worker and one being written), and below that the
-    build is refused with what to do. ``held`` is the size of the ring kept from the last
-    file, counted as free: it is reused, or freed before a new one is written.
+    build is refused with what to do.
     """
-    free = _shm_free(held)
-    if free is None:
+    room = _shm_room(block_bytes)
+    if room is None:
         return wanted
-    fit = int(free * _SHM_SHARE) // block_bytes
+    free, fit = room
     if fit >= wanted:
         return wanted
     if fit >= least:
@@ -783,16 +782,20 @@ def _ring_blocks(wanted: int, least: int, block_bytes: int, held: int = 0) -> in
 _SHM_SHARE = 0.9
 
 
-def _shm_free(held: int = 0) -> int | None:
-    """Bytes free in /dev/shm, ``held`` (a ring of ours, reused) counted as free; None where
-    there is no such limit to know (not Linux, or no /dev/shm)."""
+def _shm_room(block_bytes: int) -> tuple[int, int] | None:
+    """Bytes free in /dev/shm and how many ring blocks of ``block_bytes`` a ring may take
+    there; None where there is no such limit to know (not Linux, or no /dev/shm). The ring
+    kept from the last file counts as free: it is reused, or freed before a new one is made.
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
         fs = os.statvfs(SHM_DIR)
     except OSError:
         return None
-    return fs.f_bavail * fs.f_frsize + held
+    kept = _POOL.get("ring")
+    free = fs.f_bavail * fs.f_frsize + (0 if kept is None else int(np.prod(kept.shape)))
+    return free, int(free * _SHM_SHARE) // block_bytes
 
 
 def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildOptions:
@@ -805,12 +808,10 @@ def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildO
     workers = _workers_for(images, options)
     if options.workers is not None or workers <= 1:
         return options
-    kept = _POOL.get("ring")
-    free = _shm_free(0 if kept is None else int(np.prod(kept.shape)))
-    if free is None:
+    room = _shm_room(_block_images(options) * options.size[0] * options.size[1] * 3)
+    if room is None:
         return options
-    fit = int(free * _SHM_SHARE) // (_block_images(options) * options.size[0]
-                                      * options.size[1] * 3)
+    free, fit = room
     if fit >= workers + 1:  # one block per worker and one being written
         return options
     fewer = max(1, fit - 1)
@@ -1147,10 +1148,8 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
     # Each in-flight task owns one block of the ring.
     if parallel:
         # Full size even for a short file: shared memory takes pages only where written.
-        kept = _POOL.get("ring")
         blocks = _ring_blocks(_BLOCKS_PER_WORKER * workers + 1, workers + 1,
-                              block * options.size[0] * options.size[1] * 3,
-                              held=0 if kept is None else int(np.prod(kept.shape)))
+                              block * options.size[0] * options.size[1] * 3)
         ring = _take_ring(blocks, block, options.size)
         tasks = _split_tail(tasks, workers)
     else:
