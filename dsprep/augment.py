@@ -54,6 +54,13 @@ def real(value, name: str) -> float:
     return float(value)
 
 
+def flag(value, name: str) -> bool:
+    """``value`` as a bool, or a UsageError for anything but True or False ("no" is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be True or False; received {value!r}")
+    return bool(value)
+
+
 def _probability(p: float) -> float:
     p = real(p, "p")
     if not (0.0 <= p <= 1.0):
@@ -160,10 +167,10 @@ class RandomFlip:
     """
 
     def __init__(self, horizontal: bool = True, vertical: bool = False, p: float = 0.5) -> None:
-        if not (horizontal or vertical):
+        self.horizontal = flag(horizontal, "horizontal")
+        self.vertical = flag(vertical, "vertical")
+        if not (self.horizontal or self.vertical):
             raise UsageError("RandomFlip needs horizontal=True or vertical=True (or both)")
-        self.horizontal = bool(horizontal)
-        self.vertical = bool(vertical)
         self.p = _probability(p)
 
     @property
@@ -332,10 +339,15 @@ class RandomAffine:
         self.shear = _symmetric_range(shear, "shear")
         if self.shear[1] >= 90:
             raise UsageError(f"shear must be below 90 degrees, got {shear!r}")
+        if isinstance(zoom, np.ndarray) and zoom.ndim == 0:
+            zoom = zoom[()]
         if isinstance(zoom, (int, float, np.number)):
-            low, high = 1.0 - float(zoom), 1.0 + float(zoom)
+            low, high = 1.0 - real(zoom, "zoom"), 1.0 + real(zoom, "zoom")
+        elif isinstance(zoom, (str, bytes)) or not hasattr(zoom, "__len__") or len(zoom) != 2:
+            raise UsageError(f"zoom must be a number or a (low, high) pair, "
+                             f"got {zoom!r}")
         else:
-            low, high = _pair(zoom, "zoom")
+            low, high = real(zoom[0], "zoom"), real(zoom[1], "zoom")
         if not (0 < low <= high and math.isfinite(high)):
             raise UsageError(
                 f"zoom must give factors 0 < low <= high (a float below 1 or a (low, high) pair), "

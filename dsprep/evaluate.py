@@ -79,6 +79,8 @@ def ten_crop_predict(
         ``(probs, labels)``: (N, classes) float64 averages and (N,) int64 labels.
     """
     crop_size = None if size is None else _as_size(size)
+    # A dsprep generator's one-hot rows of a single class are (B, 1): not a column of ids.
+    classes = gen.num_classes if getattr(gen, "one_hot", False) is True else None
     all_probs, all_labels = [], []
     for x, y in gen:
         x = np.asarray(x)
@@ -100,7 +102,7 @@ def ten_crop_predict(
                 f"expected batches of shape (B, H, W, C) or (B, 10, h, w, C), got {x.shape}"
             )
         all_probs.append(mean)
-        all_labels.append(label_ids(y))
+        all_labels.append(label_ids(y, classes))
     if not all_probs:
         raise UsageError("the generator yielded no batches; nothing to evaluate")
     return np.concatenate(all_probs), np.concatenate(all_labels)

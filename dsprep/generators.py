@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from . import images, sources, store, system
+from .augment import flag
 from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
 from .preprocess import Compose, Gathered, Loader
 from .split import SPLITS, read_split_classes, refuse_unfinished_split, split_pixel_limit
@@ -158,8 +159,7 @@ class _BatchSequence(ABC):
                 raise UsageError(
                     f"preprocessor {op!r} is not callable; pass objects called as op(batch, rng)"
                 )
-        if not isinstance(one_hot, (bool, np.bool_)):
-            raise UsageError(f"one_hot must be True or False; received {one_hot!r}")
+        flag(one_hot, "one_hot")
         if not (isinstance(drop_last, (bool, np.bool_)) or drop_last == "auto"):
             raise UsageError(f"drop_last must be True, False or \"auto\"; received {drop_last!r}")
         self.batch_size = int(batch_size)
@@ -460,7 +460,8 @@ class HDF5Generator(_BatchSequence):
         if shuffle not in SHUFFLE_MODES or shuffle is True:
             raise UsageError(f"shuffle {shuffle!r} is not one of {', '.join(SHUFFLE_MODES)} "
                              "(or False): \"batches\" reads whole batches, \"full\" any rows")
-        self.path = Path(path)
+        # Absolute: a process that changes its working folder later still finds the file.
+        self.path = Path(path).absolute()
         self.shuffle = shuffle
         with store.open_dataset(self.path) as db:
             self._built = _build_stamp(db)
@@ -740,8 +741,7 @@ class EpochIndices:
         rank, world = _count(rank, "rank"), _count(world, "world", least=1)
         if rank >= world:
             raise UsageError(f"rank must be below world; received rank={rank}, world={world}")
-        if not isinstance(drop_last, (bool, np.bool_)):
-            raise UsageError(f"drop_last must be True or False; received {drop_last!r}")
+        flag(drop_last, "drop_last")
         if world > 1 and getattr(gen, "seed_drawn", False):
             raise UsageError("with world > 1 every rank's generator needs the same seed; give "
                              "the generator seed=... (it drew one of its own)")
@@ -840,7 +840,9 @@ class DirectoryGenerator(_BatchSequence):
     out and listed in ``skipped`` as ``(path, reason)``. A file that still fails to decode
     later (changed since, or passed the header check only) is replaced, in that batch and from
     then on in this process, by the next good image of its class (the same one in every
-    process), and listed once in ``replaced`` as ``(path, reason)``. Batches, randomness,
+    process), and listed once in ``replaced`` as ``(path, reason)``; one that cannot be read
+    (gone, or its disk away for a moment) is replaced the same way but tried again at its next
+    turn. Relative paths are taken from the working folder at construction. Batches, randomness,
     ``augment``, ``preprocessors``, ``one_hot`` and ``output`` behave as in
     :class:`HDF5Generator`; ``shuffle=True`` shuffles every image each epoch (free here, as each
     image is decoded on its own).
@@ -908,7 +910,7 @@ class DirectoryGenerator(_BatchSequence):
                                        or max_pixels < 0):
             raise UsageError(f"max_pixels must be a whole number, 0 (no limit) or more, or None; "
                              f"received {max_pixels!r}")
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # as HDF5Generator's path
         self.image_size = images.parse_size(image_size)
         if min(self.image_size) < 1:
             raise UsageError(f"image_size {image_size!r} must be positive")
@@ -997,11 +999,13 @@ class DirectoryGenerator(_BatchSequence):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid: int | None = None
         self._replaced_lock = threading.Lock()
-        self._replaced_paths = {path for path, _ in getattr(self, "replaced", ())}
+        # Files that did not decode in this process, not decoded again here. A file that
+        # could not be read (gone, its disk away for a moment) is tried again at its next turn.
+        self._undecodable: set[Path] = set()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_pool", "_pool_pid", "_replaced_lock", "_replaced_paths"):
+        for key in ("_pool", "_pool_pid", "_replaced_lock", "_undecodable"):
             state.pop(key, None)
         state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
@@ -1064,25 +1068,29 @@ class DirectoryGenerator(_BatchSequence):
         """Decode file ``k``, or the next file of its class that decodes (recorded)."""
         members = self._by_class[int(self.labels[k])]
         start = int(self._position[k])
+        reason = "each failed to decode before"
         for step in range(len(members)):
             candidate = members[(start + step) % len(members)]
             path = self.files[candidate]
-            if path in self._replaced_paths:
-                continue  # failed before in this process: decoding it again would fail again
+            if path in self._undecodable:
+                continue  # decoding it again would fail again
             try:
                 return self._decode(path)
             except (DsprepError, OSError) as exc:
-                self._record_replaced(path, f"{type(exc).__name__}: {exc}")
+                reason = f"the last one tried: {type(exc).__name__}: {exc}"
+                self._record_replaced(path, reason, undecodable=isinstance(exc, DsprepError))
         raise CorruptImageError(
             f"no image of class {self.label_names[int(self.labels[k])]!r} under {self.root} "
-            "decodes any more; check the files and build the generator again"
+            f"can be read and decoded now ({reason}); check the files "
+            "and build the generator again"
         )
 
-    def _record_replaced(self, path: Path, reason: str) -> None:
-        """List a failing file once, however many batches and epochs meet it."""
+    def _record_replaced(self, path: Path, reason: str, undecodable: bool) -> None:
+        """List a failing file once, however many batches, epochs and processes meet it."""
         with self._replaced_lock:  # decoding threads fail at the same time
-            if path not in self._replaced_paths:
-                self._replaced_paths.add(path)
+            if undecodable:
+                self._undecodable.add(path)
+            if all(path != listed for listed, _ in self.replaced):
                 self.replaced.append((path, reason))
 
     # -- order and batches -----------------------------------------------------------------

@@ -6,6 +6,7 @@ JAX or hand-written loop can too.
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import weakref
@@ -37,8 +38,8 @@ class ReadAhead:
     """
 
     def __init__(self, seq: Any, threads: int) -> None:
-        if threads < 0:
-            raise UsageError(f"threads must be 0 or more, got {threads!r}")
+        if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 0:
+            raise UsageError(f"threads must be a whole number, 0 or more; got {threads!r}")
         self.seq = seq
         self.threads = threads
         self._cond = threading.Condition()

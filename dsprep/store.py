@@ -481,7 +481,7 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
         raise LayoutError(f"{path} is a folder without HDF5 files: build them from a split with "
                           "'dsprep build-hdf5 SPLIT OUT'")
     try:
-        db = h5py.File(path, "r", locking=locking)
+        db = _open_for_reading(path, locking)
     except OSError as exc:
         raise DatasetFormatError(
             f"{path} is not a readable HDF5 file ({exc}); build it with 'dsprep build-hdf5'"
@@ -493,6 +493,23 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
         db.close()
         raise
     return db
+
+
+def _open_for_reading(path: Path, locking) -> h5py.File:
+    """h5py.File(path, "r"), also where this process has the file open already with another
+    file-locking setting (``h5py.File(path, locking=False)``, the habit on NFS): HDF5 refuses
+    a second open whose setting differs, so it takes the setting of the open it shares."""
+    try:
+        return h5py.File(path, "r", locking=locking)
+    except OSError as exc:
+        if "locking" not in str(exc) or "don't match" not in str(exc):
+            raise
+        for other in (False, True):
+            try:
+                return h5py.File(path, "r", locking=other)
+            except OSError:
+                continue
+        raise
 
 
 @contextlib.contextmanager

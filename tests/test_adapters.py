@@ -289,6 +289,15 @@ def test_an_epoch_change_waits_for_a_batch_being_made_on_another_thread(threads)
     assert seq.epoch == 1
 
 
+@pytest.mark.parametrize("threads", [2.5, None, "2", True, -1])
+def test_read_ahead_threads_must_be_a_whole_number(threads):
+    from dsprep.adapters import ReadAhead
+
+    with pytest.raises(UsageError, match="threads must be a whole number, 0 or more"):
+        ReadAhead(Gated(), threads)
+    assert ReadAhead(Gated(), np.int64(2)).threads == 2
+
+
 def test_an_epoch_change_waits_for_a_batch_read_ahead_and_dropped_while_running():
     import threading
 

@@ -268,6 +268,14 @@ def test_affine_rejects_bad_arguments():
             RandomAffine(**bad)
     assert RandomFlip(p=np.array(0.25)).p == 0.25
     assert RandomAffine(shift=np.array(0.1)).shift == (0.1, 0.1)
+    # A 0-d array is one number, as for shift: the range 1 +- 0.2, not the factors (0.2, 0.2).
+    assert RandomAffine(zoom=np.array(0.2)).zoom == pytest.approx((0.8, 1.2))
+    assert RandomAffine(zoom=(0.5, 2)).zoom == (0.5, 2.0)
+    with pytest.raises(UsageError, match=r"zoom must be .* a \(low, high\) pair, got '0.2'"):
+        RandomAffine(zoom="0.2")
+    # "no" is true in Python: only True or False are taken.
+    with pytest.raises(UsageError, match="horizontal must be True or False; received 'no'"):
+        RandomFlip(horizontal="no", vertical=True)
 
 
 @pytest.mark.parametrize("layout", ["transposed", "fortran", "strided"])

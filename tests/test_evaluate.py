@@ -72,6 +72,20 @@ def test_ten_crop_predict_on_ten_crop_batches_with_one_hot_labels():
     np.testing.assert_array_equal(got_labels, labels)
 
 
+def test_ten_crop_predict_reads_one_hot_rows_of_a_single_class_as_class_0(tmp_path):
+    # A one-class generator's one-hot rows are (B, 1) of ones: class 0, not a column of ids.
+    from dsprep.generators import HDF5Generator
+    from dsprep.store import write_arrays
+
+    images = np.stack([smooth_image(12, 12, seed=s) for s in range(5)])
+    path = write_arrays(tmp_path / "one.hdf5", images, [0] * 5, ["only"])
+    gen = HDF5Generator(path, batch_size=2, shuffle="none", one_hot=True)
+    assert gen[0][1].shape == (2, 1)
+    probs, labels = ten_crop_predict(lambda x: np.ones((len(x), 1)), gen, size=8)
+    assert probs.shape == (5, 1)
+    np.testing.assert_array_equal(labels, [0, 0, 0, 0, 0])
+
+
 def test_ten_crop_predict_holds_one_crop_batch_at_a_time():
     batch_size, h, w = 8, 48, 48
     images = np.stack([smooth_image(64, 64, seed=s) for s in range(batch_size)])

@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dsprep import images, store
-from dsprep.errors import DatasetFormatError, LayoutError, UsageError
+from dsprep.errors import CorruptImageError, DatasetFormatError, LayoutError, UsageError
 from dsprep.generators import DirectoryGenerator, HDF5Generator
 
 NAMES = ["ant", "bee", "cow"]
@@ -535,6 +535,37 @@ def test_open_generator_does_not_block_other_readers(h5file):
     HDF5Generator(path, batch_size=8)[0]
 
 
+@pytest.mark.parametrize("locking", [False, True])
+def test_a_file_this_process_holds_open_with_its_own_locking_is_read(h5file, locking):
+    # h5py.File(path, locking=False) is the habit on NFS; a second open with another setting
+    # is an HDF5 error, which must not read as a damaged file.
+    path, imgs, _ = h5file
+    with h5py.File(path, "r", locking=locking) as db:
+        gen = HDF5Generator(path, batch_size=8, shuffle="none", output="uint8")
+        np.testing.assert_array_equal(gen[0][0], imgs[:8])
+        assert db["images"].shape[0] == 37
+    gen.close()
+
+
+def test_relative_paths_are_taken_at_construction(h5file, class_dump, tmp_path, monkeypatch):
+    # Training code that changes its working folder after building the generators (a run
+    # folder per job) still reads the same files.
+    path, imgs, _ = h5file
+    monkeypatch.chdir(path.parent)
+    gen = HDF5Generator(path.name, batch_size=8, shuffle="none", output="uint8")
+    monkeypatch.chdir(class_dump.parent)
+    folders = DirectoryGenerator(class_dump.name, image_size=(16, 16), batch_size=6,
+                                 shuffle=False, output="uint8", seed=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    np.testing.assert_array_equal(gen[0][0], imgs[:8])
+    x, _ = folders[0]
+    for image, file in zip(x, folders.batch_files(0), strict=True):
+        np.testing.assert_array_equal(image, reference_load(file, (16, 16)))
+    assert folders.replaced == []
+
+
 def test_importing_generators_does_not_load_frameworks():
     code = (
         "import sys, dsprep.generators, dsprep.prefetch, dsprep.preprocess, dsprep.evaluate;"
@@ -689,6 +720,35 @@ def test_directory_file_failing_every_epoch_is_listed_once(class_dump):
     for _ in copy:
         pass
     assert [p for p, _ in copy.replaced] == [victim]
+
+
+def test_directory_file_unreadable_for_a_while_is_read_again_once_it_is_back(class_dump):
+    # A file that cannot be read (gone for a moment, its disk away) stands in for one batch: it
+    # is not left out for the rest of the run, nor in the copies made after.
+    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
+                             output="uint8", seed=0)
+    victim = class_dump / "dog" / "dog_2.jpg"
+    k = gen.files.index(victim)
+    away = victim.with_name("away.bin")
+    victim.rename(away)
+    x, _ = gen[0]
+    np.testing.assert_array_equal(x[k], reference_load(class_dump / "dog" / "dog_3.jpg", (16, 16)))
+    assert [p for p, _ in gen.replaced] == [victim] and "FileNotFound" in gen.replaced[0][1]
+    copy = pickle.loads(pickle.dumps(gen))
+    away.rename(victim)
+    for g in (gen, copy):
+        np.testing.assert_array_equal(g[0][0][k], reference_load(victim, (16, 16)))
+        assert [p for p, _ in g.replaced] == [victim]  # still listed once
+
+
+def test_directory_class_with_no_file_left_names_the_last_failure(class_dump):
+    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
+                             output="uint8", seed=0)
+    for file in (class_dump / "dog").iterdir():
+        file.unlink()
+    with pytest.raises(CorruptImageError, match=r"no image of class 'dog' .* can be read and "
+                       r"decoded now \(the last one tried: FileNotFoundError"):
+        gen[0]
 
 
 def damage_png_pixels(path):

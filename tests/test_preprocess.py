@@ -230,6 +230,8 @@ def test_patch_larger_than_images_is_a_clear_error():
     )
     with pytest.raises(UsageError, match="larger than"):
         CenterCrop(10, 30).output_shape((20, 20, 3))
+    with pytest.raises(UsageError, match="mirror must be True or False; received 'no'"):
+        TenCrop(3, mirror="no")
     with pytest.raises(UsageError, match="larger than"):
         TenCrop(21).output_shape((20, 20, 3))
     with pytest.raises(UsageError, match="positive integer"):

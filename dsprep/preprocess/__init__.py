@@ -40,6 +40,7 @@ from ..augment import (
     RandomFlip,
     _mat,
     _rows,
+    flag,
     flip_horizontal,
     flip_vertical,
     real,
@@ -917,7 +918,7 @@ class TenCrop:
 
     def __init__(self, height: int, width: int | None = None, mirror: bool = True) -> None:
         self.size = _size(height, width)
-        self.mirror = bool(mirror)
+        self.mirror = flag(mirror, "mirror")
         self.mean: np.ndarray | None = None
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
