@@ -278,7 +278,8 @@ def write_sample_dump(
             f"unknown sample class {', '.join(unknown)}; choose from {', '.join(PHOTOS)}"
         )
     if with_bad_files and per_class < 1:
-        raise UsageError("with_bad_files needs at least one good image per class")
+        raise UsageError("with_bad_files (--with-bad-files) needs per_class (--per-class) of "
+                         "1 or more: a good image per class")
     given = Path(dest)
     try:
         here = Path.cwd().resolve()

@@ -476,8 +476,8 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
     if path.is_dir():
         files = sorted(path.glob("*.hdf5"))
         if files:
-            raise LayoutError(f"{path} is a folder; give one of its HDF5 files, such as "
-                              f"{files[0]}")
+            such = next((f for f in files if f.name == "test.hdf5"), files[0])
+            raise LayoutError(f"{path} is a folder; give one of its HDF5 files, such as {such}")
         raise LayoutError(f"{path} is a folder without HDF5 files: build them from a split with "
                           "'dsprep build-hdf5 SPLIT OUT'")
     try:

@@ -295,7 +295,7 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     # An existing file is replaced only with --force, and FILE itself never.
     (tmp_path / "m.json").write_text("{}")
     kept = run("means", out / "train.hdf5", "-o", tmp_path / "m.json")
-    assert kept.exit_code == 1 and "exists; pass --force" in kept.output
+    assert kept.exit_code == 1 and "exists; use --force" in kept.output
     assert (tmp_path / "m.json").read_text() == "{}"
     forced = run("means", out / "train.hdf5", "-o", tmp_path / "m.json", "--force")
     assert forced.exit_code == 0 and json.loads((tmp_path / "m.json").read_text()) == record
@@ -314,7 +314,7 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     assert run("means", out / "train.hdf5", "-o", tmp_path / "old.h5", "--force").exit_code == 0
     (tmp_path / "link.json").symlink_to(tmp_path / "nowhere" / "m.json")
     dangling = run("means", out / "train.hdf5", "-o", tmp_path / "link.json")
-    assert dangling.exit_code == 1 and "exists; pass --force" in dangling.output
+    assert dangling.exit_code == 1 and "exists; use --force" in dangling.output
 
 
 def _default_stop_signals():

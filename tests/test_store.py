@@ -65,6 +65,9 @@ def test_open_rejects_missing_non_hdf5_and_foreign(tmp_path):
         store.open_dataset(tmp_path)
     with pytest.raises(DatasetFormatError, match="not a readable HDF5"):
         store.open_dataset(text)
+    (tmp_path / "test.hdf5").write_text("hello")  # what evaluate wants most often
+    with pytest.raises(LayoutError, match=r"such as \S*test\.hdf5$"):
+        store.open_dataset(tmp_path)
     foreign = tmp_path / "foreign.hdf5"
     with h5py.File(foreign, "w") as f:
         f["data"] = np.zeros(3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ._common import DsprepGroup, be_quiet, verbosity_options
+from ._common import QUIET_HELP, VERBOSE_HELP, DsprepGroup, be_quiet, verbosity_options
 from .cmd_build import build_hdf5, info, means, verify
 from .cmd_demo import demo
 from .cmd_dump import sample_dump
@@ -18,12 +18,8 @@ from .cmd_train import evaluate, sweep_lr, train
                     "options, 130 stopped by Ctrl-C, 143 by SIGTERM, 129 by a hangup, 141 when "
                     "the reader of its output went away.")
 @click.version_option(__version__, prog_name="dsprep")
-@click.option("-v", "--verbose", count=True,
-              help="-vv also shows the native libraries' own log lines (TensorFlow's "
-                   "start-up log).")
-@click.option("-q", "--quiet", is_flag=True,
-              help="Print only errors, warnings and the command's answer (info, means, "
-                   "evaluate, a dry run's plan): no progress bars, no summary.")
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Turn a raw image dump into training-ready data, and train CNNs on it.

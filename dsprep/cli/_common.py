@@ -28,6 +28,13 @@ _AFTER_A_STOP = {
 }
 
 
+VERBOSE_HELP = ("Give it twice (-vv) to show the native libraries' own log lines "
+                "(TensorFlow's start-up log), which are hidden otherwise.")
+QUIET_HELP = ("Print only errors, warnings, the notes that ask for attention and the "
+              "command's answer (info, means, evaluate, a dry run's plan): no progress bars, "
+              "no summary.")
+
+
 class DsprepGroup(click.Group):
     """A click group that prints dsprep's errors as one line ('Error: ...') without a traceback.
 
@@ -97,11 +104,9 @@ def verbosity_options() -> list[click.Option]:
 
     return [
         click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=more,
-                     help="-vv also shows the native libraries' own log lines "
-                          "(TensorFlow's start-up log)."),
+                     help=VERBOSE_HELP),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet,
-                     help="Print only errors, warnings and the command's answer (info, "
-                          "means, evaluate, a dry run's plan): no progress bars, no summary."),
+                     help=QUIET_HELP),
     ]
 
 

@@ -22,8 +22,9 @@ _SEED_MAX = 2**63 - 1
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--name", metavar="NAME",
               help="SRC is one folder of class sub-folders (not a split): write OUT/NAME.hdf5 "
-                   "and OUT/NAME.skipped.csv. Its class ids follow OUT/train.hdf5 (or the "
-                   "dsprep files already in OUT) when its classes are among theirs.")
+                   "and OUT/NAME.skipped.csv (and OUT/means.json when NAME is train). Its "
+                   "class ids follow OUT/train.hdf5 (or the dsprep files already in OUT) when "
+                   "its classes are among theirs.")
 @click.option("--size", default="256", show_default=True, metavar="N|HxW",
               help="Stored image size: N for NxN, or HEIGHTxWIDTH such as 256x192.")
 @click.option("--resize", "resize_mode", type=click.Choice(["crop", "stretch", "pad"]),
@@ -40,13 +41,13 @@ _SEED_MAX = 2**63 - 1
 @click.option("--max-pixels", type=click.IntRange(min=0), default=None,
               help="Skip images with more pixels than this (decompression bombs); 0: no limit "
                    "[default: the limit SRC's split applied (its split --max-pixels), else "
-                   "89,478,485].")
+                   "89478485].")
 @click.option("--order", type=click.Choice(["shuffled", "sorted"]), default="shuffled",
               show_default=True,
               help="Row order: shuffled with --seed (batches mix classes) or sorted by class "
                    "and file name.")
 @click.option("--seed", type=click.IntRange(0, _SEED_MAX), default=0, show_default=True,
-              help="Seed of the row shuffle (0 or more).")
+              help="Seed of the row shuffle.")
 @click.option("--chunk-images", type=click.IntRange(min=1), default=None,
               help="Images per HDF5 chunk [default: 64 uncompressed, 8 with lzf/gzip: measured "
                    "fastest to write, and keeps random row reads fast].")
@@ -155,7 +156,7 @@ def _short(value) -> str:
               help="Also decode N random source images again (found under the file's "
                    "source_root) and compare them with the stored pixels.")
 @click.option("--seed", type=click.IntRange(0, _SEED_MAX), default=0, show_default=True,
-              help="Seed for choosing the rows checked with --sources (0 or more).")
+              help="Seed for choosing the rows checked with --sources.")
 @click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Where the sources are now, if they moved since the build (the folder "
                    "that was SRC of build-hdf5).")
@@ -207,9 +208,9 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="Write the result as a means.json here instead of printing it.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace the -o file if it exists.")
 def means(file: str, output: str | None, force: bool) -> None:
     """Recompute the per-channel mean and std of a dsprep HDF5 FILE, reading it in blocks."""
     import os
@@ -225,7 +226,7 @@ def means(file: str, output: str | None, force: bool) -> None:
         if os.path.isfile(output) and h5py.is_hdf5(output):
             raise UsageError(f"-o {output} is an HDF5 file; the means go to a .json file")
         if not force:
-            raise DestinationExistsError(f"{output} exists; pass --force to replace it")
+            raise DestinationExistsError(f"{output} exists; use --force to replace it")
     stats = channel_stats(file, progress=show_progress())
     if stats.pixels == 0:
         raise DatasetFormatError(f"{file} holds no images, so it has no means; build it from "

@@ -60,7 +60,7 @@ def demo(ctx: click.Context, workdir: str, per_class: int, size: int, epochs: in
     if work.exists() and any(work.iterdir()) and not (work / MARKER).exists() and not force:
         raise click.UsageError(
             f"{work} is not empty and was not made by 'dsprep demo'; "
-            "choose another WORKDIR or pass --force"
+            "choose another WORKDIR or use --force"
         )
     work.mkdir(parents=True, exist_ok=True)
     (work / MARKER).write_text("made by dsprep demo; its sub-folders are replaced on every run\n")

@@ -32,7 +32,7 @@ def sample_dump(dest: str, layout: str, per_class: int, seed: int, classes: str,
 
     The images are random crops, scales, flips and colour changes of the photos that
     scikit-image installs (nothing is downloaded), stored as JPEG at quality 75-95 with sizes
-    like dogs-vs-cats (mostly 500x375 or 375x500, a few under 100 px).
+    like dogs-vs-cats (mostly 500 px on the longer side, such as 500x375, a few under 100 px).
     """
     names = [c.strip() for c in classes.split(",")]
     if any(not n for n in names):

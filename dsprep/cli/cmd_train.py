@@ -105,7 +105,8 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
         _named("--seed", type=click.IntRange(0, SEED_MAX), default=_DEFAULTS.seed,
                show_default=True, help="Seed for weights, order and augmentation."),
         _named("--limit-per-class", type=click.IntRange(min=1), default=None,
-               help="Train on the first N images of each class only (ablation runs)."),
+               help="Train on the first N images of each class only, in file order (not a "
+                    "random subset, unlike split's option): ablation runs."),
         _named("--width", type=click.FloatRange(min=0, min_open=True), default=None,
                help="Model width: resnet/smallnet first-stage filters, alexnet filter "
                     "multiplier [default: the published network]."),
@@ -352,7 +353,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
 @click.argument("data", type=click.Path(exists=True))  # a folder gets dsprep's own hint
 @click.option("--ten-crop", is_flag=True,
               help="Also measure the average over ten crops (corners, centre, and their "
-                   "mirrors), side by side with the centre crop.")
+                   "mirrors), side by side with the centre crop; for a run trained with "
+                   "--crop.")
 @click.option("--checkpoint", type=click.Choice(("best", "last")), default="best",
               show_default=True, help="Which checkpoint of RUN to evaluate.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
@@ -363,7 +365,9 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
     """Evaluate the model of RUN on the HDF5 file DATA (usually test.hdf5).
 
     Prints rank-1 accuracy, rank-5 accuracy (with more than five classes), AUC for two classes
-    and per-class accuracy, and draws a confusion-matrix PNG into RUN.
+    and per-class accuracy, and draws the confusion matrix into
+    RUN/confusion-<file>-center.png (and -tencrop.png with --ten-crop; -last is added with
+    --checkpoint last).
     """
     import_keras_quietly()
     from ..train.predict import evaluate_run

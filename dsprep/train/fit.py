@@ -519,7 +519,7 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
           restore_diverged: bool = True, bars: bool | None = None) -> TrainResult:
     """Train a model on DATA and write everything into the folder RUN.
 
-    A run replaced with ``overwrite`` is kept in RUN/replaced until the new run has finished
+    A run replaced with ``overwrite`` is kept in RUN/.replaced until the new run has finished
     its first epoch, and put back if the new run fails, is stopped or (with
     ``restore_diverged``) diverges before that.
 
