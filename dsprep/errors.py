@@ -31,3 +31,13 @@ class SplitError(DsprepError, ValueError):
 
 class DestinationExistsError(DsprepError, FileExistsError):
     """An output that already exists and would be overwritten without ``--force``."""
+
+
+class UnlistedClassError(UsageError):
+    """Class folders in ``root`` that the ``classes`` given do not name (``folders``: their
+    names); code that passes a split's own classes reports it as a fault of the data."""
+
+    def __init__(self, message: str, root, folders: list[str]) -> None:
+        super().__init__(message)
+        self.root = root
+        self.folders = folders

@@ -22,7 +22,14 @@ import numpy as np
 
 from . import images, sources, store, system
 from .augment import flag
-from .errors import CorruptImageError, DatasetFormatError, DsprepError, LayoutError, UsageError
+from .errors import (
+    CorruptImageError,
+    DatasetFormatError,
+    DsprepError,
+    LayoutError,
+    UnlistedClassError,
+    UsageError,
+)
 from .preprocess import Compose, Gathered, Loader
 from .split import SPLITS, read_split_classes, refuse_unfinished_split, split_pixel_limit
 
@@ -941,9 +948,10 @@ class DirectoryGenerator(_BatchSequence):
         # A folder without images (notes) labels nothing, so it need not be a class.
         extra = sorted({name for _, name in items} - set(names))
         if extra:
-            raise UsageError(
+            raise UnlistedClassError(
                 f"{self.root} has class folders not in classes: {', '.join(extra)}; "
-                "pass classes that name every folder (e.g. the split.json 'classes')"
+                "pass classes that name every folder (e.g. the split.json 'classes')",
+                self.root, extra
             )
         self.label_names = names
         if max_pixels is None:  # the limit of the split the files come from

@@ -359,6 +359,20 @@ def test_a_stopped_run_says_how_to_resume_it(data, one_epoch_run, tmp_path, monk
     assert "--resume" not in fresh.output
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143), SystemExit(1)])
+def test_a_stopped_sweep_says_the_same_command_carries_on(data, tmp_path, monkeypatch, stop):
+    from dsprep.train import fit
+
+    def stopped(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(fit, "sweep_lr", stopped)
+    result = CliRunner().invoke(main, ["sweep-lr", str(data), str(tmp_path / "s"), *QUICK])
+    assert result.exit_code == (130 if isinstance(stop, KeyboardInterrupt) else stop.code)
+    hint = "the sweep stopped; run the same command again to carry on"
+    assert (hint in result.output) == (result.exit_code != 1)  # not after a failure
+
+
 @pytest.mark.parametrize("how", ["same command", "--resume"])
 def test_a_run_stopped_in_its_first_epoch_starts_again_when_the_job_runs_again(
         data, tmp_path, monkeypatch, how):
@@ -417,6 +431,104 @@ def test_a_checkpoint_that_cannot_be_written_names_it_and_leaves_no_partial(
     assert f"{run / 'best.keras'}: File too large (saving the checkpoint of epoch 1)" in \
         result.output
     assert not list(run.glob(".*partial*")) and not (run / "state.json").exists()
+
+
+def test_a_full_disk_at_a_checkpoint_says_how_much_room_and_how_to_go_on(
+        data, one_epoch_run, tmp_path, monkeypatch):
+    import errno
+
+    import keras
+
+    run = shutil.copytree(one_epoch_run, tmp_path / "run")
+    size = (run / "last.keras").stat().st_size
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", full)
+    result = invoke("train", "--resume", run, "--epochs", "2")
+    assert result.exit_code == 1
+    assert (f"No space left on device (saving the checkpoint of epoch 2); free some space "
+            f"(about {2 * size / 1e6:,.0f} MB more), then continue it: dsprep train --resume "
+            f"{run}") in result.output
+    fresh = invoke("train", data, tmp_path / "new", *QUICK, "--epochs", "1")
+    assert fresh.exit_code == 1
+    assert "then run the same command again (the run had no epoch to keep)" in fresh.output
+
+
+def test_a_resume_takes_the_machines_options_and_keeps_them(one_epoch_run, tmp_path):
+    # A job started with --gpus 2 and requeued on a node with fewer GPUs (here: none).
+    run = shutil.copytree(one_epoch_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["gpus"] = "2"
+    (run / "config.json").write_text(json.dumps(config))
+    refused = invoke("train", "--resume", run, "--epochs", "2")
+    assert refused.exit_code == 2 and "--gpus 2 asks for more GPUs" in refused.output
+    result = invoke("train", "--resume", run, "--epochs", "2", "--gpus", "1", "--workers", "1",
+                    "--no-jit")
+    assert result.exit_code == 0, result.output
+    assert len(history(run)) == 2
+    options = json.loads((run / "config.json").read_text())["options"]
+    assert (options["gpus"], options["workers"], options["jit"], options["epochs"]) == \
+        ("1", 1, False, 2)
+    assert {k: v for k, v in options.items() if k not in ("gpus", "workers", "jit", "epochs")} \
+        == {k: v for k, v in config["options"].items()
+            if k not in ("gpus", "workers", "jit", "epochs")}
+
+
+def test_train_refuses_a_folder_holding_another_tools_files_of_a_runs_names(data, tmp_path):
+    # Taken for a run stopped in its first epoch, another tool's config.json was set aside and
+    # deleted; a history.csv without a config.json was written over.
+    theirs = tmp_path / "proj"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"my": "settings"}')
+    (theirs / "notes.txt").write_text("keep")
+    keras_log = tmp_path / "logs"
+    keras_log.mkdir()
+    (keras_log / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    for folder, names in ((theirs, "config.json"), (keras_log, "history.csv")):
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        result = invoke("train", data, folder, *QUICK, "--epochs", "1")
+        assert result.exit_code == 1, result.output
+        assert f"{folder} holds {names} but no dsprep run" in result.output
+        assert "give the run a folder of its own, or use --force to replace it" in result.output
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_run_resumes_after_an_unreadable_training_image_is_repaired(tmp_path):
+    # train says to remove or replace a file it left out; replaced, the split is the same.
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=6)
+    split = tmp_path / "split"
+    assert invoke("split", dump, split, "--ratios", "0.5,0.5").exit_code == 0
+    victim = next((split / "train" / "a").iterdir())
+    good = victim.read_bytes()
+    victim.write_bytes(good[:200])
+    run = tmp_path / "run"
+    first = invoke("train", split, run, *QUICK, "--image-size", "48", "--epochs", "1")
+    assert first.exit_code == 0, first.output
+    assert "could not be read" in first.output
+    victim.write_bytes(good)
+    resumed = invoke("train", "--resume", run, "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(history(run)) == 2
+    # Another split of the dump is still refused.
+    other = tmp_path / "other"
+    assert invoke("split", dump, other, "--ratios", "0.5,0.5", "--seed", "7").exit_code == 0
+    refused = invoke("train", "--resume", run, other, "--epochs", "3")
+    assert refused.exit_code == 2 and "training images" in refused.output
+
+
+def test_a_class_folder_added_to_a_split_is_a_fault_of_the_data(tmp_path):
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=6)
+    assert invoke("split", dump, tmp_path / "split", "--ratios", "0.5,0.5").exit_code == 0
+    stray = tmp_path / "split" / "val" / "moon"
+    stray.mkdir()
+    shutil.copy(next((dump / "a").iterdir()), stray / "m.jpg")
+    result = invoke("train", tmp_path / "split", tmp_path / "run", *QUICK, "--image-size", "48")
+    assert result.exit_code == 1, result.output
+    assert (f"{tmp_path / 'split' / 'val'} has class folders that "
+            f"{tmp_path / 'split' / 'split.json'} does not name: moon; move them out of the "
+            "split, or make the split again with them") in result.output
 
 
 @pytest.mark.slow
@@ -479,6 +591,13 @@ def test_train_on_a_split_folder(tmp_path):
          "--rotation, --zoom only apply with --augment affine"),
         (["train", "{data}", "{tmp}/r", "--zoom", "0.2"], 2,
          "--zoom only applies with --augment affine"),
+        # Read by one schedule only: without it they changed nothing, silently.
+        (["train", "{data}", "{tmp}/r", "--step-every", "1", "--step-factor", "0.1"], 2,
+         "--step-every, --step-factor only apply with --schedule step"),
+        (["train", "{data}", "{tmp}/r", "--schedule", "step", "--plateau-patience", "2"], 2,
+         "--plateau-patience only applies with --schedule plateau"),
+        (["train", "--resume", "{tmp}", "--precision", "float32"], 2,
+         "--precision would be ignored"),
         (["evaluate", "{tmp}", "{data}/test.hdf5"], 1, "not a run folder"),
         (["train", "{data}", "{tmp}/r", "--crop", "100"], 2,
          "--crop 100 is larger than the 48x48 images of"),

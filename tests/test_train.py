@@ -86,6 +86,26 @@ def test_two_epochs_of_resnet18_lower_the_training_loss(resnet_run):
     assert losses[1] < losses[0]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="how often TensorFlow traces the training step")
+def test_the_training_step_is_traced_once(small_run, tmp_path, monkeypatch):
+    # Variables made inside the first step (the optimizer's, the metrics') make TensorFlow
+    # trace it again: seconds of every run on a CPU.
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    traced = []
+    step = TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step",
+                        lambda self, data: traced.append(1) or step(self, data))
+    data, _, _ = small_run
+    result = train(data, tmp_path / "run", tiny("smallnet", width=4, epochs=1))
+    assert len(result.history) == 1 and len(traced) == 1
+    # A resume, from a checkpoint whose optimizer is built already, too.
+    traced.clear()
+    resume(tmp_path / "run", epochs=2)
+    assert len(traced) == 1
+
+
 @pytest.mark.slow
 def test_two_epochs_of_a_small_alexnet_lower_the_training_loss(tmp_path):
     data = write_data(tmp_path / "data", size=64, counts=(32, 8, 8))

@@ -155,12 +155,27 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# The options a resume takes (those of the machine), by the name fit.resume gives them.
+_MACHINE = {"gpus": "gpus", "workers": "workers", "no_jit": "jit"}
+
+# Options that only one --schedule reads.
+_SCHEDULE_OF = {"step_every": "step", "step_factor": "step", "plateau_patience": "plateau"}
+
+
 def _config(opts: dict) -> TrainConfig:
-    affine = [n for n in _given() if n in _AFFINE]
+    given = _given()
+    affine = [n for n in given if n in _AFFINE]
     if affine and opts.get("augment") != "affine":
         verb = "applies" if len(affine) == 1 else "apply"
         raise UsageError(f"{', '.join(map(_flag, affine))} only {verb} with --augment affine; "
                          "add --augment affine or leave them out")
+    unread = [n for n in given if n in _SCHEDULE_OF and opts.get("schedule") != _SCHEDULE_OF[n]]
+    if unread:
+        verb = "applies" if len(unread) == 1 else "apply"
+        wanted = _SCHEDULE_OF[unread[0]]
+        raise UsageError(f"{', '.join(map(_flag, unread))} only {verb} with --schedule {wanted}; "
+                         f"add --schedule {wanted} or leave {'it' if len(unread) == 1 else 'them'} "
+                         "out")
     jit = not opts.pop("no_jit")
     return TrainConfig(jit=jit, **opts).check()
 
@@ -238,7 +253,8 @@ def _fmt(value) -> str:
               default=None,
               help="Continue the interrupted run in this folder from its last finished epoch "
                    "(its own options; --epochs may raise the total; DATA, if given, is where "
-                   "the data is now).")
+                   "the data is now; --gpus, --workers and --no-jit may suit another "
+                   "machine).")
 @click.option("--overfit-check", is_flag=True,
               help="Train --epochs epochs on 8 images per class (no flips or affine "
                    "transforms, though --crop still takes random patches; a constant "
@@ -274,15 +290,19 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         given = _given()
         # The run keeps the options it was started with; anything else given would be ignored.
         ignored = [_flag(n) for n in given
-                   if n not in ("epochs", "data", "resume_run", "verbose", "quiet")]
+                   if n not in ("epochs", "data", "resume_run", "verbose", "quiet",
+                                *_MACHINE)]
         if ignored:
             raise UsageError(f"--resume continues {resume_run} with its own options, so "
                              f"{', '.join(ignored)} would be ignored; leave them out (only "
-                             "--epochs and DATA go with --resume)")
+                             "--epochs, DATA and the machine's --gpus, --workers and --no-jit "
+                             "go with --resume)")
         epochs = opts["epochs"] if "epochs" in given else None
+        machine = {_MACHINE[n]: (not opts[n] if n == "no_jit" else opts[n])
+                   for n in given if n in _MACHINE}
         with _resume_hint(resume_run):
             result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_epochs(),
-                                bars=show_progress())
+                                bars=show_progress(), machine=machine)
         if result.restored:
             say(f"note: {resume_run} held a replacement (--force) that never finished an epoch; "
                 "the run it was replacing is back in its place, and is what resumed", err=True)
@@ -425,9 +445,17 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
         raise UsageError(f"--lrs {lrs!r} needs positive, finite learning rates, e.g. "
                          "0.1,0.01,0.001")
-    results = fit.sweep_lr(data, run, rates, _config({**opts, "lr": rates[0]}), overwrite=force,
-                           progress=show_epochs(), bars=show_progress(),
-                           announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
+    config = _config({**opts, "lr": rates[0]})
+    try:
+        results = fit.sweep_lr(data, run, rates, config, overwrite=force,
+                               progress=show_epochs(), bars=show_progress(),
+                               announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, KeyboardInterrupt) or exc.code in STOPPED_BY_SIGNAL:
+            click.echo("\nthe sweep stopped; run the same command again to carry on (the "
+                       "rates it finished are kept, a rate stopped after an epoch resumes)",
+                       err=True)
+        raise
     if not fit.has_validation(data):
         _no_validation_note(data)
     rows = []

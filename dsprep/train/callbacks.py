@@ -7,6 +7,7 @@ half-written checkpoint, plot or table behind a final name.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -436,6 +437,17 @@ class RunRecorder(keras.callbacks.Callback):
         # Record the rate the epoch trained with (plateau changes it at the epoch's end).
         self._lr = learning_rate(self.model.optimizer)
 
+    def _after_a_failed_save(self, exc: OSError) -> str:
+        """What to do once there is room again: the files of the last epoch saved are whole."""
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return ""
+        if not (self.run / LAST).is_file():
+            return ("; free some space, then run the same command again (the run had no "
+                    "epoch to keep)")
+        need = 2 * (self.run / LAST).stat().st_size  # best.keras and last.keras, as big
+        return (f"; free some space (about {need / 1e6:,.0f} MB more), then continue it: "
+                f"dsprep train --resume {self.run}")
+
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         row = {"epoch": int(epoch)}
@@ -468,7 +480,8 @@ class RunRecorder(keras.callbacks.Callback):
                 for other in pending:
                     _pending_name(other, epoch).unlink(missing_ok=True)
                 raise OSError(exc.errno, f"{exc.strerror or exc} (saving the checkpoint of "
-                              f"epoch {int(epoch) + 1})", str(final)) from exc
+                              f"epoch {int(epoch) + 1}){self._after_a_failed_save(exc)}",
+                              str(final)) from exc
         atomic_write_json(self.run / STATE, {"epochs_done": int(epoch) + 1,
                                              "monitor": self.monitor, "best": self.best,
                                              "best_epoch": self.best_epoch})

@@ -27,6 +27,7 @@ from ..errors import (
     DestinationExistsError,
     DsprepError,
     LayoutError,
+    UnlistedClassError,
     UsageError,
 )
 from ..fileio import exclusive, refuse_dangling_link
@@ -350,17 +351,18 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         check = "header" if _split_params(data).get("verify") == "full" else "decode"
         # Every image the split kept, its own --max-pixels included (a subset is elsewhere).
         max_pixels = split_pixel_limit(data) or 0
-        train = DirectoryGenerator(train_root, image_size=size, batch_size=config.batch_size,
-                                   preprocessors=train_pre, augment=augment, shuffle=True,
-                                   seed=config.seed, classes=classes, output="uint8",
-                                   drop_last=_DROP_LAST,
-                                   progress=progress, check=check, max_pixels=max_pixels)
-        val = None
-        if validation and has_validation(data):
-            val = DirectoryGenerator(data / "val", image_size=size, batch_size=config.batch_size,
-                                     preprocessors=val_pre, shuffle=False, classes=classes,
-                                     output="uint8", progress=progress, check=check,
-                                     max_pixels=max_pixels)
+        with _split_classes_only(data):
+            train = DirectoryGenerator(train_root, image_size=size,
+                                       batch_size=config.batch_size, preprocessors=train_pre,
+                                       augment=augment, shuffle=True, seed=config.seed,
+                                       classes=classes, output="uint8", drop_last=_DROP_LAST,
+                                       progress=progress, check=check, max_pixels=max_pixels)
+            val = None
+            if validation and has_validation(data):
+                val = DirectoryGenerator(data / "val", image_size=size,
+                                         batch_size=config.batch_size, preprocessors=val_pre,
+                                         shuffle=False, classes=classes, output="uint8",
+                                         progress=progress, check=check, max_pixels=max_pixels)
         if (data / "means.json").is_file():
             mean = mean_rgb(data / "means.json")
         else:
@@ -580,6 +582,18 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
             raise
 
 
+@contextlib.contextmanager
+def _split_classes_only(data: Path):
+    """A class folder added to a split after it was made is a fault of the data (exit 1)."""
+    try:
+        yield
+    except UnlistedClassError as exc:
+        raise LayoutError(
+            f"{exc.root} has class folders that {data / 'split.json'} does not name: "
+            f"{', '.join(exc.folders)}; move them out of the split, or make the split again "
+            "with them") from exc
+
+
 def _refuse_run_with_data(run: Path, data: Path) -> None:
     """Refuse a run folder that is the data folder or lies in it: checkpoints and plots among
     the data are read as images (or as a class) by the next split or build. (Data that is no
@@ -593,13 +607,42 @@ def _refuse_run_with_data(run: Path, data: Path) -> None:
                          f"{d.parent / 'runs' / d.name}")
 
 
+# config.json's "schema": what tells a dsprep run from another tool's files.
+RUN_SCHEMA = "dsprep-run/1"
+
 # Held by the process training in RUN: a second one (a --force, a --resume) is refused.
 TRAIN_LOCK = ".dsprep-train.lock"
+
+
+def _refuse_foreign_run_files(run: Path) -> None:
+    """Refuse a RUN holding files of the names a run writes that are not a dsprep run's:
+    another tool's config.json would be taken for a run stopped in its first epoch, set aside
+    and dropped, and a history.csv or checkpoint without a config.json written over."""
+    config = run / CONFIG
+    if (run / REPLACED).exists():
+        return  # a replacement's: the run it replaces waits there
+    if config.is_file():
+        try:
+            ours = json.loads(config.read_text(encoding="utf-8")).get("schema") == RUN_SCHEMA
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            ours = False
+        if ours:
+            return
+        found = [CONFIG]
+    else:
+        found = [p.name for p in _run_files(run)]
+    if found:
+        raise DestinationExistsError(
+            f"{run} holds {', '.join(found)} but no dsprep run ({CONFIG} of a 'dsprep train'); "
+            f"give the run a folder of its own, or use --force to replace "
+            f"{'it' if len(found) == 1 else 'them'}")
 
 
 def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
            progress: bool, restore_diverged: bool, bars: bool) -> TrainResult:
     _settle_replacement(run)
+    if not overwrite:
+        _refuse_foreign_run_files(run)
     replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
     restarted = False
     if replacing and not overwrite:
@@ -663,7 +706,7 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
            progress: bool) -> TrainResult:
     """Write a new run's config.json and train it."""
     cb.atomic_write_json(run / CONFIG, {
-        "schema": "dsprep-run/1", "data": str(Path(data).resolve()), "data_kind": bundle.kind,
+        "schema": RUN_SCHEMA, "data": str(Path(data).resolve()), "data_kind": bundle.kind,
         "options": config.to_dict(), "classes": bundle.label_names,
         "input_shape": list(bundle.input_shape), "input_dtype": bundle.input_dtype,
         "image_shape": [int(s) for s in bundle.train.image_shape],
@@ -851,9 +894,23 @@ def images_sha256(names: Sequence[str], labels: Sequence[int]) -> str:
     return digest.hexdigest()
 
 
-def _train_images_sha256(bundle: DataBundle) -> str | None:
-    names = training_names(bundle.train)
-    return None if names is None else images_sha256(names, bundle.train.labels)
+def _train_images_sha256(bundle: DataBundle, unreadable: bool = True) -> str | None:
+    """The digest of the training images; with ``unreadable``, those of an image folder that
+    could not be read count too, so that a file repaired later is the same data (runs of
+    dsprep before that counted only the images read: ``unreadable=False``)."""
+    gen = bundle.train
+    names = training_names(gen)
+    if names is None:
+        return None
+    names, labels = list(names), [int(label) for label in gen.labels]
+    if unreadable and hasattr(gen, "skipped"):
+        ids = {name: i for i, name in enumerate(gen.label_names)}
+        for path, _ in gen.skipped:
+            rel = Path(path).relative_to(gen.root).as_posix()
+            if "/" in rel and rel.split("/", 1)[0] in ids:
+                names.append(rel)
+                labels.append(ids[rel.split("/", 1)[0]])
+    return images_sha256(names, labels)
 
 
 def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path,
@@ -871,7 +928,8 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
                 f"{saved[key]} in {config_path}; give the data the run was trained on"
             )
     trained = saved.get("train_images_sha256")
-    if trained and _train_images_sha256(bundle) not in (trained, None):
+    now = {_train_images_sha256(bundle), _train_images_sha256(bundle, unreadable=False)}
+    if trained and None not in now and trained not in now:
         raise UsageError(
             f"{data} does not match the run: its training images (their names and labels) "
             f"differ from those the run was trained on (split or built again since?); give the "
@@ -889,9 +947,14 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
             f"{has}, so {now} would choose from now on; give the data the run was trained on")
 
 
+# The options of the machine, not of the run: a resume may change them (a job requeued on a
+# node with fewer GPUs). The precision stays: the checkpoint's layers keep theirs.
+MACHINE_OPTIONS = ("gpus", "workers", "jit")
+
+
 def resume(run: str | os.PathLike, *, epochs: int | None = None,
            data: str | os.PathLike | None = None, progress: bool = False,
-           bars: bool | None = None) -> TrainResult:
+           bars: bool | None = None, machine: dict | None = None) -> TrainResult:
     """Continue an interrupted run from its last finished epoch, appending to its history.
 
     A run that has trained all its epochs trains nothing: the result has ``epochs_run`` 0 (and
@@ -903,15 +966,34 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None,
         data: where the data is now (default: the folder recorded in config.json).
         progress: print one line per epoch.
         bars: show a bar while image folders are checked (default: as ``progress``).
+        machine: new values of ``MACHINE_OPTIONS`` (``{"gpus": "1"}``), kept in config.json
+            for the next resume.
     """
     run = Path(run)
+    machine = dict(machine or {})
+    unknown = sorted(set(machine) - set(MACHINE_OPTIONS))
+    if unknown:
+        raise UsageError(f"a resume can change only {', '.join(MACHINE_OPTIONS)}; not "
+                         f"{', '.join(unknown)}")
     if not run.is_dir():
         raise LayoutError(f"{run} is not a run folder; start one with 'dsprep train'")
     with exclusive(run / TRAIN_LOCK, run):
-        return _resume(run, epochs, data, progress, progress if bars is None else bars)
+        return _resume(run, epochs, data, progress, progress if bars is None else bars,
+                       machine)
 
 
-def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool) -> TrainResult:
+def _resumed_options(run: Path, saved: dict, epochs: int | None, machine: dict) -> TrainConfig:
+    """The run's own options, with the new total of epochs and the machine's options."""
+    config = _saved_options(run, saved)
+    if epochs is not None:
+        config.epochs = int(epochs)
+    for name, value in machine.items():
+        setattr(config, name, value)
+    return config.check()
+
+
+def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool,
+            machine: dict) -> TrainResult:
     _settle_replacement(run)
     restored = False
     if not (run / cb.STATE).exists() and (run / REPLACED).is_dir():
@@ -923,17 +1005,14 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool) -> 
         # Stopped before its first epoch ended: resuming it is starting it again, with the
         # options and data it was started with.
         saved = read_run_config(run)
-        config = _saved_options(run, saved)
-        if epochs is not None:
-            config.epochs = int(epochs)
-            config.check()
+        config = _resumed_options(run, saved, epochs, machine)
         _check_run_data(run, saved, data)
         _refuse_run_with_data(run, Path(data or saved["data"]))
         result = _train(data or saved["data"], run, config, False, True, progress, True, bars)
         result.restarted = True
         return result
     try:
-        result = _resume_run(run, epochs, data, progress, bars)
+        result = _resume_run(run, epochs, data, progress, bars, machine)
     except DsprepError as exc:
         if not restored:
             raise
@@ -988,7 +1067,7 @@ def _saved_options(run: Path, saved: dict) -> TrainConfig:
 
 
 def _resume_run(run: Path, epochs: int | None, data, progress: bool,
-                bars: bool) -> TrainResult:
+                bars: bool, machine: dict) -> TrainResult:
     from .predict import load_model
 
     saved = read_run_config(run)
@@ -996,10 +1075,7 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     if data is None and not isinstance(saved.get("data"), str):
         _check_run_data(run, saved, data)  # no data named: refused (one moved away is refused
         # below, after a finished run has said that it has nothing left to do)
-    config = _saved_options(run, saved)
-    if epochs is not None:
-        config.epochs = int(epochs)
-        config.check()
+    config = _resumed_options(run, saved, epochs, machine)
     done = int(cb.read_state(run)["epochs_done"])
     cb.settle_checkpoints(run, done)
     if done < 1 or not (run / cb.LAST).is_file():
@@ -1029,10 +1105,13 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     bundle.train.set_epoch(done)
     with device.scope():
         model = load_model(run / cb.LAST)
-    # The new total, and where the data is now (the next resume and evaluate look there).
-    now = {"epochs": config.epochs, "data": str(Path(data or saved["data"]).resolve())}
-    if now != {"epochs": saved["options"]["epochs"], "data": saved["data"]}:
-        saved["options"]["epochs"], saved["data"] = now["epochs"], now["data"]
+    # The new total, the machine's options, and where the data is now (the next resume and
+    # evaluate look there).
+    options = {**saved["options"], "epochs": config.epochs,
+               **{name: getattr(config, name) for name in machine}}
+    where = str(Path(data or saved["data"]).resolve())
+    if options != saved["options"] or where != saved["data"]:
+        saved["options"], saved["data"] = options, where
         cb.atomic_write_json(run / CONFIG, saved)
     return _fit(model, bundle, run, config, done, history, progress, strategy=device.strategy)
 
