@@ -1008,12 +1008,16 @@ class DirectoryGenerator(_BatchSequence):
         self._pool_pid: int | None = None
         self._replaced_lock = threading.Lock()
         # Files that did not decode in this process, not decoded again here. A file that
-        # could not be read (gone, its disk away for a moment) is tried again at its next turn.
+        # could not be read (gone, its disk away for a moment) is tried again at its own turn,
+        # but stands in for no other file while it fails.
         self._undecodable: set[Path] = set()
+        self._unreadable: set[Path] = set()
+        self._listed = {path for path, _ in getattr(self, "replaced", ())}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_pool", "_pool_pid", "_replaced_lock", "_undecodable"):
+        for key in ("_pool", "_pool_pid", "_replaced_lock", "_undecodable", "_unreadable",
+                    "_listed"):
             state.pop(key, None)
         state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
@@ -1076,29 +1080,35 @@ class DirectoryGenerator(_BatchSequence):
         """Decode file ``k``, or the next file of its class that decodes (recorded)."""
         members = self._by_class[int(self.labels[k])]
         start = int(self._position[k])
-        reason = "each failed to decode before"
+        last = None
         for step in range(len(members)):
             candidate = members[(start + step) % len(members)]
             path = self.files[candidate]
-            if path in self._undecodable:
-                continue  # decoding it again would fail again
+            if path in self._undecodable or (step and path in self._unreadable):
+                continue  # decoding it again would fail again (or fail again now)
             try:
-                return self._decode(path)
+                image = self._decode(path)
             except (DsprepError, OSError) as exc:
-                reason = f"the last one tried: {type(exc).__name__}: {exc}"
-                self._record_replaced(path, reason, undecodable=isinstance(exc, DsprepError))
+                last = f"{type(exc).__name__}: {exc}"
+                self._record_replaced(path, last, undecodable=isinstance(exc, DsprepError))
+                continue
+            if not step and path in self._unreadable:
+                with self._replaced_lock:
+                    self._unreadable.discard(path)  # back: a stand-in again
+            return image
         raise CorruptImageError(
             f"no image of class {self.label_names[int(self.labels[k])]!r} under {self.root} "
-            f"can be read and decoded now ({reason}); check the files "
-            "and build the generator again"
+            "can be read and decoded now ("
+            + (f"the last one tried: {last}" if last else "each failed before")
+            + "); check the files and build the generator again"
         )
 
     def _record_replaced(self, path: Path, reason: str, undecodable: bool) -> None:
         """List a failing file once, however many batches, epochs and processes meet it."""
         with self._replaced_lock:  # decoding threads fail at the same time
-            if undecodable:
-                self._undecodable.add(path)
-            if all(path != listed for listed, _ in self.replaced):
+            (self._undecodable if undecodable else self._unreadable).add(path)
+            if path not in self._listed:
+                self._listed.add(path)
                 self.replaced.append((path, reason))
 
     # -- order and batches -----------------------------------------------------------------

@@ -367,10 +367,12 @@ def test_a_stopped_sweep_says_the_same_command_carries_on(data, tmp_path, monkey
         raise stop
 
     monkeypatch.setattr(fit, "sweep_lr", stopped)
-    result = CliRunner().invoke(main, ["sweep-lr", str(data), str(tmp_path / "s"), *QUICK])
-    assert result.exit_code == (130 if isinstance(stop, KeyboardInterrupt) else stop.code)
-    hint = "the sweep stopped; run the same command again to carry on"
-    assert (hint in result.output) == (result.exit_code != 1)  # not after a failure
+    for force, again in (([], "again"), (["--force"], "again without --force")):
+        result = CliRunner().invoke(main, ["sweep-lr", str(data), str(tmp_path / "s"), *QUICK,
+                                           *force])
+        assert result.exit_code == (130 if isinstance(stop, KeyboardInterrupt) else stop.code)
+        hint = f"the sweep stopped; run the same command {again} to carry on"
+        assert (hint in result.output) == (result.exit_code != 1)  # not after a failure
 
 
 @pytest.mark.parametrize("how", ["same command", "--resume"])
@@ -440,7 +442,7 @@ def test_a_full_disk_at_a_checkpoint_says_how_much_room_and_how_to_go_on(
     import keras
 
     run = shutil.copytree(one_epoch_run, tmp_path / "run")
-    size = (run / "last.keras").stat().st_size
+    size = max((run / "last.keras").stat().st_size, 500_000)
 
     def full(self, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -486,6 +488,11 @@ def test_train_refuses_a_folder_holding_another_tools_files_of_a_runs_names(data
     keras_log = tmp_path / "logs"
     keras_log.mkdir()
     (keras_log / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    # What a run of dsprep killed while it wrote its first config.json left is no other tool's.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".config.partial.json").write_text('{"sch')
+    assert invoke("train", data, killed, *QUICK, "--epochs", "1").exit_code == 0
     for folder, names in ((theirs, "config.json"), (keras_log, "history.csv")):
         before = {p.name: p.read_bytes() for p in folder.iterdir()}
         result = invoke("train", data, folder, *QUICK, "--epochs", "1")
@@ -507,7 +514,16 @@ def test_a_run_resumes_after_an_unreadable_training_image_is_repaired(tmp_path):
     first = invoke("train", split, run, *QUICK, "--image-size", "48", "--epochs", "1")
     assert first.exit_code == 0, first.output
     assert "could not be read" in first.output
+    backup = tmp_path / "run-before-the-repair"
+    shutil.copytree(run, backup)
     victim.write_bytes(good)
+    resumed = invoke("train", "--resume", run, "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(history(run)) == 2
+    # Or removed, as the note also says: the same data too.
+    victim.unlink()
+    shutil.rmtree(run)
+    backup.rename(run)
     resumed = invoke("train", "--resume", run, "--epochs", "2")
     assert resumed.exit_code == 0, resumed.output
     assert len(history(run)) == 2
@@ -521,14 +537,17 @@ def test_a_run_resumes_after_an_unreadable_training_image_is_repaired(tmp_path):
 def test_a_class_folder_added_to_a_split_is_a_fault_of_the_data(tmp_path):
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=6)
     assert invoke("split", dump, tmp_path / "split", "--ratios", "0.5,0.5").exit_code == 0
-    stray = tmp_path / "split" / "val" / "moon"
-    stray.mkdir()
-    shutil.copy(next((dump / "a").iterdir()), stray / "m.jpg")
-    result = invoke("train", tmp_path / "split", tmp_path / "run", *QUICK, "--image-size", "48")
-    assert result.exit_code == 1, result.output
-    assert (f"{tmp_path / 'split' / 'val'} has class folders that "
-            f"{tmp_path / 'split' / 'split.json'} does not name: moon; move them out of the "
-            "split, or make the split again with them") in result.output
+    for split, options in (("val", []), ("train", ["--limit-per-class", "2"])):
+        stray = tmp_path / "split" / split / "moon"
+        stray.mkdir()
+        shutil.copy(next((dump / "a").iterdir()), stray / "m.jpg")
+        result = invoke("train", tmp_path / "split", tmp_path / "run", *QUICK, "--image-size",
+                        "48", *options)
+        assert result.exit_code == 1, result.output
+        assert (f"{tmp_path / 'split' / split} has class folders that "
+                f"{tmp_path / 'split' / 'split.json'} does not name: moon; move them out of "
+                "the split, or make the split again with them") in result.output
+        shutil.rmtree(stray)
 
 
 @pytest.mark.slow
@@ -596,6 +615,8 @@ def test_train_on_a_split_folder(tmp_path):
          "--step-every, --step-factor only apply with --schedule step"),
         (["train", "{data}", "{tmp}/r", "--schedule", "step", "--plateau-patience", "2"], 2,
          "--plateau-patience only applies with --schedule plateau"),
+        (["train", "{data}", "{tmp}/r", "--step-every", "2", "--plateau-patience", "2"], 2,
+         "--step-every only applies with --schedule step"),
         (["train", "--resume", "{tmp}", "--precision", "float32"], 2,
          "--precision would be ignored"),
         (["evaluate", "{tmp}", "{data}/test.hdf5"], 1, "not a run folder"),

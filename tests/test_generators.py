@@ -741,6 +741,26 @@ def test_directory_file_unreadable_for_a_while_is_read_again_once_it_is_back(cla
         assert [p for p, _ in g.replaced] == [victim]  # still listed once
 
 
+def test_directory_files_gone_stand_in_for_no_other_file(class_dump, monkeypatch):
+    # Tried again at their own turn only: with many files of a class gone, each failing file
+    # scanned every other one again, batch after batch (minutes per epoch).
+    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
+                             output="uint8", seed=0, workers=0)
+    gone = [class_dump / "dog" / f"dog_{i}.jpg" for i in (1, 2)]
+    for path in gone:
+        path.rename(path.with_suffix(".away"))
+    tried = []
+    decode = DirectoryGenerator._decode
+    monkeypatch.setattr(DirectoryGenerator, "_decode",
+                        lambda self, path: tried.append(path) or decode(self, path))
+    first = gen[0][0]
+    tried.clear()
+    np.testing.assert_array_equal(gen[0][0], first)
+    assert [tried.count(path) for path in gone] == [1, 1]
+    assert [p for p, _ in gen.replaced] == gone
+    assert all(reason.startswith("FileNotFoundError") for _, reason in gen.replaced)
+
+
 def test_directory_class_with_no_file_left_names_the_last_failure(class_dump):
     gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
                              output="uint8", seed=0)

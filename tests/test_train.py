@@ -106,6 +106,27 @@ def test_the_training_step_is_traced_once(small_run, tmp_path, monkeypatch):
     assert len(traced) == 1
 
 
+def test_a_resume_compiles_with_xla_as_this_machine_does(small_run, tmp_path, monkeypatch):
+    # The checkpoint keeps the jit_compile of the machine it was saved on (a GPU's XLA).
+    from dsprep.train import fit, predict
+
+    _, run, _ = small_run
+    run = shutil.copytree(run, tmp_path / "run")
+    load = predict.load_model
+
+    def saved_on_a_gpu(path, *args, **kwargs):
+        model = load(path, *args, **kwargs)
+        model.jit_compile = True
+        return model
+
+    seen = []
+    monkeypatch.setattr(predict, "load_model", saved_on_a_gpu)
+    monkeypatch.setattr(fit, "_fit", lambda model, *a, **k: seen.append(model.jit_compile)
+                        or type("Result", (), {})())
+    resume(run, epochs=3)
+    assert seen == [configure_device().jit] == [False]  # no GPU here
+
+
 @pytest.mark.slow
 def test_two_epochs_of_a_small_alexnet_lower_the_training_loss(tmp_path):
     data = write_data(tmp_path / "data", size=64, counts=(32, 8, 8))

@@ -171,8 +171,9 @@ def _config(opts: dict) -> TrainConfig:
                          "add --augment affine or leave them out")
     unread = [n for n in given if n in _SCHEDULE_OF and opts.get("schedule") != _SCHEDULE_OF[n]]
     if unread:
-        verb = "applies" if len(unread) == 1 else "apply"
         wanted = _SCHEDULE_OF[unread[0]]
+        unread = [n for n in unread if _SCHEDULE_OF[n] == wanted]
+        verb = "applies" if len(unread) == 1 else "apply"
         raise UsageError(f"{', '.join(map(_flag, unread))} only {verb} with --schedule {wanted}; "
                          f"add --schedule {wanted} or leave {'it' if len(unread) == 1 else 'them'} "
                          "out")
@@ -452,9 +453,11 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
                                announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, KeyboardInterrupt) or exc.code in STOPPED_BY_SIGNAL:
-            click.echo("\nthe sweep stopped; run the same command again to carry on (the "
-                       "rates it finished are kept, a rate stopped after an epoch resumes)",
-                       err=True)
+            # With --force nothing in RUN is the sweep's own yet: run again, it starts over.
+            again = "without --force " if force else ""
+            click.echo(f"\nthe sweep stopped; run the same command again {again}to carry on "
+                       "(the rates it finished are kept, a rate stopped after an epoch "
+                       "resumes)", err=True)
         raise
     if not fit.has_validation(data):
         _no_validation_note(data)

@@ -444,7 +444,8 @@ class RunRecorder(keras.callbacks.Callback):
         if not (self.run / LAST).is_file():
             return ("; free some space, then run the same command again (the run had no "
                     "epoch to keep)")
-        need = 2 * (self.run / LAST).stat().st_size  # best.keras and last.keras, as big
+        # best.keras and last.keras, as big; 1 MB at least.
+        need = max(2 * (self.run / LAST).stat().st_size, 10**6)
         return (f"; free some space (about {need / 1e6:,.0f} MB more), then continue it: "
                 f"dsprep train --resume {self.run}")
 

@@ -351,14 +351,15 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         check = "header" if _split_params(data).get("verify") == "full" else "decode"
         # Every image the split kept, its own --max-pixels included (a subset is elsewhere).
         max_pixels = split_pixel_limit(data) or 0
-        with _split_classes_only(data):
+        with _split_classes_only(data, "train"):  # the subset's folders are the split's
             train = DirectoryGenerator(train_root, image_size=size,
                                        batch_size=config.batch_size, preprocessors=train_pre,
                                        augment=augment, shuffle=True, seed=config.seed,
                                        classes=classes, output="uint8", drop_last=_DROP_LAST,
                                        progress=progress, check=check, max_pixels=max_pixels)
-            val = None
-            if validation and has_validation(data):
+        val = None
+        if validation and has_validation(data):
+            with _split_classes_only(data, "val"):
                 val = DirectoryGenerator(data / "val", image_size=size,
                                          batch_size=config.batch_size, preprocessors=val_pre,
                                          shuffle=False, classes=classes, output="uint8",
@@ -583,13 +584,14 @@ def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig |
 
 
 @contextlib.contextmanager
-def _split_classes_only(data: Path):
-    """A class folder added to a split after it was made is a fault of the data (exit 1)."""
+def _split_classes_only(data: Path, split: str):
+    """A class folder added to the split folder ``split`` of a split after it was made is a
+    fault of the data (exit 1)."""
     try:
         yield
     except UnlistedClassError as exc:
         raise LayoutError(
-            f"{exc.root} has class folders that {data / 'split.json'} does not name: "
+            f"{data / split} has class folders that {data / 'split.json'} does not name: "
             f"{', '.join(exc.folders)}; move them out of the split, or make the split again "
             "with them") from exc
 
@@ -629,8 +631,8 @@ def _refuse_foreign_run_files(run: Path) -> None:
         if ours:
             return
         found = [CONFIG]
-    else:
-        found = [p.name for p in _run_files(run)]
+    else:  # what a run of dsprep killed while writing its first config.json left is no run
+        found = [p.name for p in _run_files(run) if not p.name.startswith(".")]
     if found:
         raise DestinationExistsError(
             f"{run} holds {', '.join(found)} but no dsprep run ({CONFIG} of a 'dsprep train'); "
@@ -713,6 +715,8 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
         "mean_rgb": list(bundle.mean), "scale": bundle.scale,
         "monitor": cb.best_metric(classes, bundle.val is not None, _val_labels(bundle))[0],
         "train_images_sha256": _train_images_sha256(bundle),
+        # Without the images that could not be read: the same data once they are deleted.
+        "train_images_read_sha256": _train_images_sha256(bundle, unreadable=False),
         "versions": _versions(device)})
     return _fit(model, bundle, run, config, 0, [], progress, aside=aside,
                 strategy=device.strategy)
@@ -896,8 +900,8 @@ def images_sha256(names: Sequence[str], labels: Sequence[int]) -> str:
 
 def _train_images_sha256(bundle: DataBundle, unreadable: bool = True) -> str | None:
     """The digest of the training images; with ``unreadable``, those of an image folder that
-    could not be read count too, so that a file repaired later is the same data (runs of
-    dsprep before that counted only the images read: ``unreadable=False``)."""
+    could not be read count too, so that a file repaired later is the same data (without, a
+    file deleted later; older runs kept only that one)."""
     gen = bundle.train
     names = training_names(gen)
     if names is None:
@@ -927,9 +931,9 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
                 f"{data} does not match the run: its {what} {now} differ from the "
                 f"{saved[key]} in {config_path}; give the data the run was trained on"
             )
-    trained = saved.get("train_images_sha256")
+    trained = {saved.get("train_images_sha256"), saved.get("train_images_read_sha256")} - {None}
     now = {_train_images_sha256(bundle), _train_images_sha256(bundle, unreadable=False)}
-    if trained and None not in now and trained not in now:
+    if trained and None not in now and not trained & now:
         raise UsageError(
             f"{data} does not match the run: its training images (their names and labels) "
             f"differ from those the run was trained on (split or built again since?); give the "
@@ -1105,6 +1109,8 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     bundle.train.set_epoch(done)
     with device.scope():
         model = load_model(run / cb.LAST)
+    # XLA as this machine has it (the checkpoint keeps the setting of the one it came from).
+    model.jit_compile = device.jit
     # The new total, the machine's options, and where the data is now (the next resume and
     # evaluate look there).
     options = {**saved["options"], "epochs": config.epochs,
