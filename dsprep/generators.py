@@ -1081,27 +1081,41 @@ class DirectoryGenerator(_BatchSequence):
         members = self._by_class[int(self.labels[k])]
         start = int(self._position[k])
         last = None
-        for step in range(len(members)):
-            candidate = members[(start + step) % len(members)]
-            path = self.files[candidate]
-            if path in self._undecodable or (step and path in self._unreadable):
-                continue  # decoding it again would fail again (or fail again now)
-            try:
-                image = self._decode(path)
-            except (DsprepError, OSError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                self._record_replaced(path, last, undecodable=isinstance(exc, DsprepError))
+        later = []  # unreadable before: tried as stand-ins only when no other file decodes
+        order = [self.files[members[(start + step) % len(members)]]
+                 for step in range(len(members))]
+        for step, path in enumerate(order):
+            if path in self._undecodable:
+                continue  # decoding it again would fail again
+            if step and path in self._unreadable:
+                later.append(path)
                 continue
-            if not step and path in self._unreadable:
-                with self._replaced_lock:
-                    self._unreadable.discard(path)  # back: a stand-in again
-            return image
+            image, last = self._try(path, last)
+            if image is not None:
+                return image
+        for path in later:
+            image, last = self._try(path, last)
+            if image is not None:
+                return image
         raise CorruptImageError(
             f"no image of class {self.label_names[int(self.labels[k])]!r} under {self.root} "
             "can be read and decoded now ("
             + (f"the last one tried: {last}" if last else "each failed before")
             + "); check the files and build the generator again"
         )
+
+    def _try(self, path: Path, last: str | None) -> tuple[np.ndarray | None, str | None]:
+        """(the image, None) or (None, why it failed, recorded); ``last`` passes through."""
+        try:
+            image = self._decode(path)
+        except (DsprepError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self._record_replaced(path, reason, undecodable=isinstance(exc, DsprepError))
+            return None, reason
+        if path in self._unreadable:
+            with self._replaced_lock:
+                self._unreadable.discard(path)  # back: a stand-in again
+        return image, last
 
     def _record_replaced(self, path: Path, reason: str, undecodable: bool) -> None:
         """List a failing file once, however many batches, epochs and processes meet it."""

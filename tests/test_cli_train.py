@@ -367,11 +367,12 @@ def test_a_stopped_sweep_says_the_same_command_carries_on(data, tmp_path, monkey
         raise stop
 
     monkeypatch.setattr(fit, "sweep_lr", stopped)
-    for force, again in (([], "again"), (["--force"], "again without --force")):
+    for force, hint in (([], "the sweep stopped; run the same command again to carry on"),
+                        (["--force"], "the sweep stopped; the same command again (with --force) "
+                                      "trains every rate anew")):
         result = CliRunner().invoke(main, ["sweep-lr", str(data), str(tmp_path / "s"), *QUICK,
                                            *force])
         assert result.exit_code == (130 if isinstance(stop, KeyboardInterrupt) else stop.code)
-        hint = f"the sweep stopped; run the same command {again} to carry on"
         assert (hint in result.output) == (result.exit_code != 1)  # not after a failure
 
 

@@ -761,6 +761,22 @@ def test_directory_files_gone_stand_in_for_no_other_file(class_dump, monkeypatch
     assert all(reason.startswith("FileNotFoundError") for _, reason in gen.replaced)
 
 
+def test_directory_file_back_after_failing_stands_in_when_no_other_can(tmp_path):
+    # Left out as a stand-in while it failed, a file back again still serves when every other
+    # file of its class fails (one removed, as the note says to do).
+    root = make_class_folders(tmp_path / "two", classes=("a", "b"), per_class=2)
+    gen = DirectoryGenerator(root, image_size=(16, 16), batch_size=1, shuffle=False,
+                             output="uint8", seed=0, workers=0)
+    first, second = gen.files.index(root / "a" / "a_0.jpg"), gen.files.index(root / "a" / "a_1.jpg")
+    away = root / "a" / "a_1.away"
+    (root / "a" / "a_1.jpg").rename(away)
+    gen[second]  # a_0 stands in for it
+    away.rename(root / "a" / "a_1.jpg")
+    (root / "a" / "a_0.jpg").unlink()
+    x, _ = gen[first]
+    np.testing.assert_array_equal(x[0], reference_load(root / "a" / "a_1.jpg", (16, 16)))
+
+
 def test_directory_class_with_no_file_left_names_the_last_failure(class_dump):
     gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
                              output="uint8", seed=0)

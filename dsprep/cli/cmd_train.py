@@ -453,11 +453,11 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
                                announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, KeyboardInterrupt) or exc.code in STOPPED_BY_SIGNAL:
-            # With --force nothing in RUN is the sweep's own yet: run again, it starts over.
-            again = "without --force " if force else ""
-            click.echo(f"\nthe sweep stopped; run the same command again {again}to carry on "
-                       "(the rates it finished are kept, a rate stopped after an epoch "
-                       "resumes)", err=True)
+            click.echo("\nthe sweep stopped; " + (
+                # With --force nothing in RUN is the sweep's own: every rate starts over.
+                "the same command again (with --force) trains every rate anew" if force else
+                "run the same command again to carry on (the rates it finished are kept, a "
+                "rate stopped after an epoch resumes)"), err=True)
         raise
     if not fit.has_validation(data):
         _no_validation_note(data)
