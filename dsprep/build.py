@@ -1277,7 +1277,8 @@ def build_hdf5(
                         if p is not None and p.exists()]
             if existing:
                 # Why it is not the same build, where the files say: what a user changed.
-                why = (f" from another build ({unlike})"
+                why = (f" and {'is' if len(existing) == 1 else 'are'} not this build "
+                       f"({unlike})"
                        if unlike and any(p.exists() for p in outputs) else "")
                 raise DestinationExistsError(
                     f"{', '.join(map(str, existing))} already "

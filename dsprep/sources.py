@@ -897,6 +897,9 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
             return str(path), _decode_csv(path.read_bytes(), str(path))
         if path.is_dir():
             raise LayoutError(f"--labels {labels} is a folder; give the CSV file inside it")
+        if path.exists():  # a pipe (<(cat labels.csv)), a device: read once, not again
+            raise LayoutError(f"--labels {labels} is not a regular file (a pipe?); save the "
+                              "CSV to a file and give its path")
         raise LayoutError(f"labels file {labels} not found inside {source.path} nor on disk; "
                           "check the --labels path")
     top = _top_csvs(files, root)

@@ -1411,8 +1411,8 @@ def test_a_build_refused_over_another_says_what_differs(tmp_path):
     out = tmp_path / "out"
     build.build_hdf5(src, out, opts())
     with pytest.raises(DestinationExistsError,
-                       match=r"from another build \(images of 24x24 in train.hdf5, now 32x32\); "
-                             "use --force"):
+                       match=r"and are not this build \(images of 24x24 in train.hdf5, now "
+                             r"32x32\); use --force"):
         build.build_hdf5(src, out, opts(size=(32, 32)))
     with pytest.raises(DestinationExistsError, match=r"\(resize 'crop' in train.hdf5, now "
                                                      r"'stretch'\)"):
@@ -1424,7 +1424,7 @@ def test_a_build_refused_over_another_says_what_differs(tmp_path):
                        ["cat", "dog"])
     with h5py.File(other / "train.hdf5", "a") as db:
         del db.attrs["image_size"]
-    with pytest.raises(DestinationExistsError, match="already exists from another build"):
+    with pytest.raises(DestinationExistsError, match="already exists and is not this build"):
         build.build_hdf5(src, other, opts())
     image = next((src / "train" / "cat").iterdir())
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))

@@ -537,7 +537,11 @@ def test_sources_and_destinations_that_are_not_folders_are_named(tmp_path):
              f"{tmp_path / 'afile'} is a file, not a folder; choose another place"),
             ([tmp_path / "pipe", tmp_path / "out"], "pipe is neither a folder nor a file"),
             ([dump, tmp_path / "out", "--labels", tmp_path / "labels"],
-             f"--labels {tmp_path / 'labels'} is a folder; give the CSV file inside it")):
+             f"--labels {tmp_path / 'labels'} is a folder; give the CSV file inside it"),
+            # <(cat labels.csv): said to be missing before.
+            ([dump, tmp_path / "out", "--labels", tmp_path / "pipe"],
+             f"--labels {tmp_path / 'pipe'} is not a regular file (a pipe?); save the CSV to a "
+             "file and give its path")):
         result = loud("split", *map(str, args))
         assert result.exit_code != 0 and message in result.output, result.output
         assert ".split-lock" not in result.output
