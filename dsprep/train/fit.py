@@ -714,9 +714,9 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
         "image_shape": [int(s) for s in bundle.train.image_shape],
         "mean_rgb": list(bundle.mean), "scale": bundle.scale,
         "monitor": cb.best_metric(classes, bundle.val is not None, _val_labels(bundle))[0],
-        "train_images_sha256": _train_images_sha256(bundle),
-        # Without the images that could not be read: the same data once they are deleted.
-        "train_images_read_sha256": _train_images_sha256(bundle, unreadable=False),
+        # With and without the images that could not be read (see _train_images_sha256).
+        **dict(zip(("train_images_sha256", "train_images_read_sha256"),
+                   _train_images_sha256(bundle), strict=True)),
         "versions": _versions(device)})
     return _fit(model, bundle, run, config, 0, [], progress, aside=aside,
                 strategy=device.strategy)
@@ -898,23 +898,25 @@ def images_sha256(names: Sequence[str], labels: Sequence[int]) -> str:
     return digest.hexdigest()
 
 
-def _train_images_sha256(bundle: DataBundle, unreadable: bool = True) -> str | None:
-    """The digest of the training images; with ``unreadable``, those of an image folder that
-    could not be read count too, so that a file repaired later is the same data (without, a
-    file deleted later; older runs kept only that one)."""
+def _train_images_sha256(bundle: DataBundle) -> tuple[str | None, str | None]:
+    """Two digests of the training images: one where the images of an image folder that could
+    not be read count too, so that a file repaired later is the same data, and one of the
+    images read, so that a file deleted later is (older runs kept only that one). None for
+    data without image names."""
     gen = bundle.train
     names = training_names(gen)
     if names is None:
-        return None
-    names, labels = list(names), [int(label) for label in gen.labels]
-    if unreadable and hasattr(gen, "skipped"):
-        ids = {name: i for i, name in enumerate(gen.label_names)}
-        for path, _ in gen.skipped:
-            rel = Path(path).relative_to(gen.root).as_posix()
-            if "/" in rel and rel.split("/", 1)[0] in ids:
-                names.append(rel)
-                labels.append(ids[rel.split("/", 1)[0]])
-    return images_sha256(names, labels)
+        return None, None
+    labels = [int(label) for label in gen.labels]
+    read = images_sha256(names, labels)
+    ids = {name: i for i, name in enumerate(gen.label_names)}
+    unreadable = [(rel, ids[first]) for path, _ in getattr(gen, "skipped", ())
+                  for rel in [Path(path).relative_to(gen.root).as_posix()]
+                  for first, sep, _ in [rel.partition("/")] if sep and first in ids]
+    if not unreadable:
+        return read, read
+    return images_sha256([*names, *(n for n, _ in unreadable)],
+                         [*labels, *(i for _, i in unreadable)]), read
 
 
 def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path,
@@ -932,7 +934,7 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
                 f"{saved[key]} in {config_path}; give the data the run was trained on"
             )
     trained = {saved.get("train_images_sha256"), saved.get("train_images_read_sha256")} - {None}
-    now = {_train_images_sha256(bundle), _train_images_sha256(bundle, unreadable=False)}
+    now = set(_train_images_sha256(bundle))
     if trained and None not in now and not trained & now:
         raise UsageError(
             f"{data} does not match the run: its training images (their names and labels) "
