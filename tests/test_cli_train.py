@@ -477,6 +477,10 @@ def test_a_resume_takes_the_machines_options_and_keeps_them(one_epoch_run, tmp_p
     assert {k: v for k, v in options.items() if k not in ("gpus", "workers", "jit", "epochs")} \
         == {k: v for k, v in config["options"].items()
             if k not in ("gpus", "workers", "jit", "epochs")}
+    # A run saved with --no-jit can have XLA back at a later resume.
+    again = invoke("train", "--resume", run, "--epochs", "3", "--jit")
+    assert again.exit_code == 0, again.output
+    assert json.loads((run / "config.json").read_text())["options"]["jit"] is True
 
 
 def test_train_refuses_a_folder_holding_another_tools_files_of_a_runs_names(data, tmp_path):

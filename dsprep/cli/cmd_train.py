@@ -121,8 +121,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
         _named("--precision", type=click.Choice(PRECISIONS), default="auto",
                show_default=True,
                help="auto = mixed float16 on a GPU, float32 on a CPU."),
-        _named("--no-jit", is_flag=True,
-               help="Do not compile with XLA (used on a GPU by default)."),
+        _named("--jit/--no-jit", default=True,
+               help="Compile with XLA on a GPU (the default); --no-jit turns it off. With "
+                    "--resume, either one replaces the run's setting."),
         _named("--gpus", default="1", show_default=True,
                help="GPUs to train on: a count, or 'all' (data-parallel)."),
     ]
@@ -155,8 +156,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# The options a resume takes (those of the machine), by the name fit.resume gives them.
-_MACHINE = {"gpus": "gpus", "workers": "workers", "no_jit": "jit"}
+# The options a resume takes (those of the machine: fit.MACHINE_OPTIONS).
+_MACHINE = ("gpus", "workers", "jit")
 
 # Options that only one --schedule reads.
 _SCHEDULE_OF = {"step_every": "step", "step_factor": "step", "plateau_patience": "plateau"}
@@ -177,8 +178,7 @@ def _config(opts: dict) -> TrainConfig:
         raise UsageError(f"{', '.join(map(_flag, unread))} only {verb} with --schedule {wanted}; "
                          f"add --schedule {wanted} or leave {'it' if len(unread) == 1 else 'them'} "
                          "out")
-    jit = not opts.pop("no_jit")
-    return TrainConfig(jit=jit, **opts).check()
+    return TrainConfig(**opts).check()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -254,7 +254,7 @@ def _fmt(value) -> str:
               default=None,
               help="Continue the interrupted run in this folder from its last finished epoch "
                    "(its own options; --epochs may raise the total; DATA, if given, is where "
-                   "the data is now; --gpus, --workers and --no-jit may suit another "
+                   "the data is now; --gpus, --workers and --jit/--no-jit may suit another "
                    "machine).")
 @click.option("--overfit-check", is_flag=True,
               help="Train --epochs epochs on 8 images per class (no flips or affine "
@@ -296,11 +296,10 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         if ignored:
             raise UsageError(f"--resume continues {resume_run} with its own options, so "
                              f"{', '.join(ignored)} would be ignored; leave them out (only "
-                             "--epochs, DATA and the machine's --gpus, --workers and --no-jit "
+                             "--epochs, DATA and the machine's --gpus, --workers and --jit/--no-jit "
                              "go with --resume)")
         epochs = opts["epochs"] if "epochs" in given else None
-        machine = {_MACHINE[n]: (not opts[n] if n == "no_jit" else opts[n])
-                   for n in given if n in _MACHINE}
+        machine = {n: opts[n] for n in given if n in _MACHINE}
         with _resume_hint(resume_run):
             result = fit.resume(resume_run, epochs=epochs, data=data, progress=show_epochs(),
                                 bars=show_progress(), machine=machine)
