@@ -163,6 +163,23 @@ def test_crop_rejects_windows_outside_and_wrong_out():
         crop(batch, 0, 0, (4, 4), mean=(1, 2, 3), out=np.empty((2, 4, 4, 3), np.uint8))
 
 
+def test_crop_refuses_corners_and_flips_that_do_not_fit_the_batch():
+    batch = batch_of(n=3, h=10, w=10)
+    # A list of the wrong length gave numpy's broadcast error; float corners were truncated.
+    with pytest.raises(UsageError, match=r"tops must be one value or one per image \(3\)"):
+        crop(batch, [0, 1], 0, 4)
+    with pytest.raises(UsageError, match="flips must be one value or one per image"):
+        crop(batch, 0, 0, 4, flips=[True] * 4)
+    with pytest.raises(UsageError, match="lefts must be whole numbers"):
+        crop(batch, 0, [0.5, 1, 2], 4)
+    with pytest.raises(UsageError, match="flips must be booleans"):
+        crop(batch, 0, 0, 4, flips=[0.5, 1, 0])
+    # Whole floats (as np.round gives them) and 0/1 flips still do.
+    got = crop(batch, [1.0, 2.0, 3.0], 0, 4, flips=[1, 0, 0])
+    np.testing.assert_array_equal(got[0], batch[0, 1:5, 0:4][:, ::-1])
+    np.testing.assert_array_equal(got[2], batch[2, 3:7, 0:4])
+
+
 def test_crop_writes_into_out():
     batch = batch_of(n=2, h=10, w=12)
     out = np.full((2, 4, 5, 3), -1.0, np.float32)

@@ -427,8 +427,8 @@ def crop(
     batch = _check_batch(batch, exact=True)
     h, w = _as_size(size)
     n, height, width, channels = batch.shape
-    tops = np.broadcast_to(np.asarray(tops, dtype=np.int64), (n,))
-    lefts = np.broadcast_to(np.asarray(lefts, dtype=np.int64), (n,))
+    tops = _per_image(tops, n, "tops")
+    lefts = _per_image(lefts, n, "lefts")
     if n and (
         tops.min() < 0 or lefts.min() < 0 or tops.max() + h > height or lefts.max() + w > width
     ):
@@ -437,7 +437,7 @@ def crop(
         )
     flip_mask = None
     if flips is not None:
-        flip_mask = np.broadcast_to(np.asarray(flips, dtype=bool), (n,))
+        flip_mask = _per_image(flips, n, "flips")
     mean_vec = None if mean is None else _mean_vector(mean, channels)
     dtype = batch.dtype if mean_vec is None else np.float32
     out = _output(out, (n, h, w, channels), dtype)
@@ -465,6 +465,23 @@ def crop(
     _split_images(n, out.nbytes, cut)
     return out
 
+
+def _per_image(values, n: int, name: str) -> np.ndarray:
+    """``values`` as (n,): one value for every image or one per image; whole numbers for
+    corners (a float corner is refused, not truncated), booleans for ``flips``."""
+    given = np.asarray(values)
+    if given.ndim > 1 or (given.ndim == 1 and given.shape[0] != n):
+        raise UsageError(f"{name} must be one value or one per image ({n}); got shape "
+                         f"{given.shape}")
+    if name == "flips":
+        if given.dtype != bool and not np.issubdtype(given.dtype, np.integer):
+            raise UsageError(f"flips must be booleans; got {given.dtype}")
+        return np.broadcast_to(given.astype(bool), (n,))
+    whole = np.issubdtype(given.dtype, np.integer) or (
+        np.issubdtype(given.dtype, np.floating) and bool(np.all(given == np.round(given))))
+    if not whole:
+        raise UsageError(f"{name} must be whole numbers; got {given.ravel()[:4].tolist()}")
+    return np.broadcast_to(given.astype(np.int64), (n,))
 
 
 # Above this many output bytes a window kernel splits its images between two threads (OpenCV
