@@ -151,8 +151,8 @@ class _BatchSequence(ABC):
         drop_last: bool | str,
         output: str,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
+        size = _integer(batch_size)
+        if size is None or size < 1:
             raise UsageError(f"batch_size must be a positive integer; received {batch_size!r}")
         if output not in OUTPUTS:
             raise UsageError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
@@ -169,7 +169,7 @@ class _BatchSequence(ABC):
         flag(one_hot, "one_hot")
         if not (isinstance(drop_last, (bool, np.bool_)) or drop_last == "auto"):
             raise UsageError(f"drop_last must be True, False or \"auto\"; received {drop_last!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = size
         self.preprocessors = ops
         # The tuple, not the argument: a generator expression given would not pickle.
         self.augment = augments
@@ -178,11 +178,11 @@ class _BatchSequence(ABC):
         self._drop_last_asked = drop_last
         self.drop_last = drop_last == "auto" or bool(drop_last)  # "auto": settled once counted
         self.output = output
-        if seed is not None and (isinstance(seed, bool)
-                                 or not isinstance(seed, (int, np.integer)) or seed < 0):
+        seed_value = None if seed is None else _integer(seed)
+        if seed is not None and (seed_value is None or seed_value < 0):
             # 1.7 would quietly become 1, and "3" a different stream than 3.
             raise UsageError(f"seed must be a non-negative integer; received {seed!r}")
-        self.seed = int(np.random.SeedSequence().entropy if seed is None else seed)
+        self.seed = int(np.random.SeedSequence().entropy if seed is None else seed_value)
         self.seed_drawn = seed is None  # drawn here: another process's copy draws another
         self.epoch = 0
         self._current: tuple[int, object] = (0, None)  # (epoch, its order), read as one

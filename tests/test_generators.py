@@ -213,6 +213,8 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         ({"seed": 1.7}, "seed"),
         ({"preprocessors": [Patch]}, "is a class; pass an instance"),
         ({"seed": "3"}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"batch_size": np.array([4])}, "batch_size"),
         ({"augment": "flip"}, "augment must be an operation"),
         ({"drop_last": "no"}, "drop_last must be True, False or \"auto\""),
         ({"one_hot": "false"}, "one_hot must be True or False"),
@@ -224,6 +226,14 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
 def test_bad_arguments_are_usage_errors(h5file, kwargs, match):
     with pytest.raises(UsageError, match=match):
         HDF5Generator(h5file[0], **kwargs)
+
+
+def test_zero_dimensional_arrays_serve_as_seed_and_batch_size(h5file):
+    # What np.int64 or a config library's 0-d array gives: the same as the plain int.
+    gen = HDF5Generator(h5file[0], batch_size=np.array(4), seed=np.array(3))
+    plain = HDF5Generator(h5file[0], batch_size=4, seed=3)
+    assert (gen.batch_size, gen.seed) == (4, 3) and type(gen.batch_size) is int
+    np.testing.assert_array_equal(gen[1][0], plain[1][0])
 
 
 def test_an_op_failing_inside_keeps_its_own_error(h5file):
