@@ -191,6 +191,10 @@ class FolderSource(Source):
         files: list[str] = []
         problems: list[Skipped] = []
         seen: set[tuple[int, int]] = set()
+        # Links to folders are walked after every plain folder, so that of two ways to one
+        # folder (a class folder and a link to it, even from inside another class) the folder
+        # itself is the one kept.
+        links: list[tuple[str, str]] = []
 
         def walk(folder: str, prefix: str) -> None:
             try:
@@ -198,11 +202,9 @@ class FolderSource(Source):
                 if (info.st_dev, info.st_ino) in seen:
                     return  # a link back to a folder already walked
                 seen.add((info.st_dev, info.st_ino))
-                # In a fixed order, so that of two ways to one folder (a class folder and a
-                # link to it) the same one is kept whatever order the file system lists them
-                # in: folders before links beside them, then by name.
+                # In a fixed order, whatever order the file system lists them in.
                 with os.scandir(folder) as listing:
-                    entries = sorted(listing, key=lambda e: (e.is_symlink(), e.name))
+                    entries = sorted(listing, key=lambda e: e.name)
             except OSError as exc:
                 problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
                 return
@@ -227,12 +229,19 @@ class FolderSource(Source):
                 except OSError as exc:
                     problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
                     continue
-                if stat.S_ISDIR(kind):
+                if stat.S_ISDIR(kind) and entry.is_symlink():
+                    links.append((entry.path, rel + "/"))
+                elif stat.S_ISDIR(kind):
                     walk(entry.path, rel + "/")
                 elif stat.S_ISREG(kind):
                     files.append(rel)
 
         walk(str(self.path), "")
+        while links:  # links found inside linked folders wait for the next round
+            found = sorted(links, key=lambda link: link[1])
+            links.clear()
+            for path, prefix in found:
+                walk(path, prefix)
         return sorted(files), problems
 
     def read(self, rel: str) -> bytes:

@@ -940,6 +940,19 @@ def test_a_link_to_a_class_folder_gives_the_same_classes_whatever_the_listing_or
                                              "dog/dog_1.jpg"]
 
 
+def test_a_link_inside_one_class_to_another_class_keeps_both_classes(tmp_path):
+    # cat/alsodogs -> ../dog was walked before dog/ itself: dog/ was then skipped as seen, the
+    # dump's classes became "alsodogs" alone and every cat image was left without a label.
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog"), per_class=2)
+    os.symlink("../dog", root / "cat" / "alsodogs")
+    nested = make_class_folders(tmp_path / "other", classes=("bird",), per_class=1, seed=60)
+    os.symlink(nested / "bird", root / "bird")  # a link to a folder outside is still walked
+    inv = _find(root, layout="folders")
+    assert inv.classes == ["bird", "cat", "dog"]
+    assert [rel for rel, _ in inv.items] == ["bird/bird_0.jpg", "cat/cat_0.jpg", "cat/cat_1.jpg",
+                                             "dog/dog_0.jpg", "dog/dog_1.jpg"]
+
+
 def test_jfif_and_jpe_files_are_images(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
     (root / "a" / "x.jfif").write_bytes((root / "a" / "a_0.jpg").read_bytes())
