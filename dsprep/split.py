@@ -1610,8 +1610,13 @@ def _place(root: str, archive, f: PlannedFile, target: str, mode: str) -> bool:
     elif mode == "symlink":
         os.symlink(os.path.abspath(os.path.join(root, f.source)), target)
     elif mode == "hardlink":
+        source = os.path.join(root, f.source)
+        if os.path.islink(source):
+            # A link of the dump's own: os.link would link the link itself, whose relative
+            # target means nothing from DEST.
+            source = os.path.realpath(source)
         try:
-            os.link(os.path.join(root, f.source), target)
+            os.link(source, target)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise

@@ -484,6 +484,20 @@ def test_link_modes(tmp_path):
     assert json.loads((tmp_path / "l" / "split.json").read_text())["params"]["mode"] == "symlink"
 
 
+def test_hardlink_mode_links_the_file_a_relative_link_of_the_dump_points_to(tmp_path):
+    # os.link linked the dump's link itself; its relative target was then looked up from DEST,
+    # where nothing lay, and the build left the image out as a dangling link.
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
+    write_image(tmp_path / "ext" / "ext.png", smooth_image(24, 24, seed=79))
+    os.symlink("../../ext/ext.png", root / "a" / "rel.png")
+    p = plan(root)
+    placed = next(f for f in p.files if f.source == "a/rel.png")
+    materialize(p, tmp_path / "h", mode="hardlink")
+    linked = tmp_path / "h" / placed.path
+    assert not linked.is_symlink()
+    assert linked.stat().st_ino == (tmp_path / "ext" / "ext.png").stat().st_ino
+
+
 def test_hardlink_across_devices_falls_back_to_copy(tmp_path, monkeypatch):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
 
