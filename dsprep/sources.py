@@ -1304,7 +1304,10 @@ def _onehot_columns(data: list[list[str]], id_index: int, width: int) -> list[in
     """The class columns of a one-hot labels table (image_id,healthy,rust,scab with rows
     Train_0,1,0,0): every column but the id's, when they are two or more, hold only 0 and 1,
     and most rows have a single 1; else []. A 0/1 label beside a 0/1 fold column
-    (image_id,malignant,fold) has a 1 in both columns, or none, in about half its rows."""
+    (image_id,malignant,fold) has a 1 in both columns, or none, in about half its rows, so two
+    columns need nine rows in ten with a single 1. Three columns or more of 0 and 1 are no
+    label and fold: half the rows will do, and the rows without a single 1 are then named
+    (reading the first column as the labels gave classes 0 and 1, without a word)."""
     columns = [c for c in range(width) if c != id_index]
     full = [row for row in data if len(row) >= width]
     if len(columns) < 2 or not full:
@@ -1312,7 +1315,7 @@ def _onehot_columns(data: list[list[str]], id_index: int, width: int) -> list[in
     if not all(row[c].strip() in _ONEHOT_VALUES for row in full for c in columns):
         return []
     single = sum(sum(row[c].strip() in ("1", "1.0") for c in columns) == 1 for row in full)
-    return columns if single >= 0.9 * len(full) else []
+    return columns if single >= (0.9 if len(columns) == 2 else 0.5) * len(full) else []
 
 
 def _is_index(column) -> bool:

@@ -1029,6 +1029,14 @@ def test_a_multi_label_one_hot_csv_is_an_error_naming_the_row(tmp_path, bad, fou
             _find(root, **kwargs)
 
 
+def test_a_one_hot_csv_with_many_rows_not_one_hot_is_still_read_as_one_hot(tmp_path):
+    # Two bad rows of twelve (past one in ten) made the table a single 0/1 label column, the
+    # first: classes "0" and "1", exit 0.
+    root = _one_hot_dump(tmp_path, ["1,0,0,0", "0,0,1,0", "0,0,0,0", "1,1,0,0"] + ["0,0,0,1"] * 8)
+    with pytest.raises(LayoutError, match=r"train.csv line 4 has no 1 in any class column"):
+        _find(root)
+
+
 def test_a_0_1_label_beside_a_0_1_fold_column_is_not_one_hot(tmp_path):
     root = tmp_path / "d"
     rows = []
