@@ -467,8 +467,10 @@ def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
     ``scan`` is the offset of the first scan header, as the header walk found it (a search
     for its marker could find the one of an EXIF thumbnail first); ``restart`` the restart
     interval then in force. Restart markers count as stray unless an interval is set, and
-    out of their D0, D1, ..., D7, D0 order. Damage that forms the end-of-image marker, or
-    garbles the data without forming a marker, is not found here.
+    out of their D0, D1, ..., D7, D0 order. Damage that forms the end-of-image marker is
+    found by what follows it: more compressed data, up to the file's real end-of-image marker
+    (data appended to a whole JPEG, such as a second image, is no such data). Damage that
+    garbles the data without forming a marker is not found here.
     """
     array = np.frombuffer(data, np.uint8)
     pos, end = scan, len(data)
@@ -498,7 +500,7 @@ def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
                     return pos
             following = data[pos + 1]
             if following == 0xD9:
-                return None
+                return pos if _scan_data_follows(array, pos + 2) else None
             if following == 0xDD:  # a new restart interval for the scans that follow
                 (restart,) = struct.unpack_from(">H", data, pos + 4)
             if following not in _JPEG_BETWEEN_SCANS:
@@ -506,6 +508,18 @@ def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
     except (struct.error, IndexError):
         return pos
     return None
+
+
+def _scan_data_follows(array: np.ndarray, start: int) -> bool:
+    """Whether ``array[start:]`` reads as the rest of a scan's compressed data: it ends with the
+    end-of-image marker, and every FF before that is followed by 00, FF or a restart marker."""
+    tail = array[start:]
+    if tail.size < 3 or tail[-2] != 0xFF or tail[-1] != 0xD9:
+        return False
+    body = tail[:-2]
+    after = body[np.flatnonzero(body[:-1] == 0xFF) + 1]
+    return body[-1] != 0xFF and bool(
+        np.all((after == 0) | (after == 0xFF) | ((after >= 0xD0) & (after <= 0xD7))))
 
 
 def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:

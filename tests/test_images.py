@@ -534,6 +534,26 @@ def test_damage_that_forms_a_restart_marker_is_found(restarts, marker):
         images.decode(bytes(damaged))
 
 
+def test_damage_that_forms_the_end_of_image_marker_is_found():
+    # libjpeg ends the image at the first FF D9 and fills the rest with grey; the file's own
+    # end marker, after the rest of the compressed data, looked like a whole file's.
+    data = encode(Image.fromarray(smooth_image(120, 160)), "JPEG")
+    damaged = bytearray(data)
+    sos = damaged.find(b"\xff\xda")
+    at = (sos + len(damaged)) // 2
+    damaged[at:at + 2] = b"\xff\xd9"
+    decoded = cv2.imdecode(np.frombuffer(bytes(damaged), np.uint8), cv2.IMREAD_COLOR_RGB)
+    assert (decoded[-1] == 128).all()
+    with pytest.raises(CorruptImageError, match=rf"stray marker at byte {at} "):
+        images.decode(bytes(damaged))
+    # A whole JPEG with a grey bottom and a second image appended (as MPO files carry) is kept.
+    image = smooth_image(64, 80)
+    image[40:] = 128
+    grey = encode(Image.fromarray(image), "JPEG")
+    appended = grey + encode(Image.fromarray(smooth_image(16, 20)), "JPEG")
+    np.testing.assert_array_equal(images.decode(appended), images.decode(grey))
+
+
 def test_bytes_after_the_jpeg_end_marker_are_fine():
     data = FORMATS["jpeg"]()
     expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
