@@ -1256,6 +1256,12 @@ def test_a_folder_holding_a_split_just_inside_is_answered_with_that_split(tmp_pa
         make_class_folders(inner / split, classes=("NORMAL", "PNEUMONIA"), per_class=1)
     with pytest.raises(UsageError, match=r"give \S*chest_xray/chest_xray$"):
         build.build_hdf5(tmp_path / "chest_xray", tmp_path / "out", opts())
+    # With a folder of unlabelled images beside the splits (which a build of it leaves out), it
+    # said only "make it with 'dsprep split'".
+    make_class_folders(tmp_path / "unl", classes=("test1",), per_class=1)
+    shutil.move(tmp_path / "unl" / "test1", inner / "test1")
+    with pytest.raises(UsageError, match=r"give \S*chest_xray/chest_xray$"):
+        build.build_hdf5(tmp_path / "chest_xray", tmp_path / "out", opts())
     assert not (tmp_path / "out").exists()
 
 
