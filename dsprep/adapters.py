@@ -6,6 +6,7 @@ The only generator-facing module that imports Keras; ``as_tf_dataset`` also need
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,8 @@ class KerasDataset(keras.utils.PyDataset):
 
     Every pass Keras makes after the first (``fit``'s epochs, ``evaluate``, ``predict``)
     starts by moving the generator to its next epoch, as ``as_tf_dataset`` does, unless its
-    epoch was set in between: so every Keras epoch sees a new order, and after
+    epoch was set in between; the first pass counts too when an earlier dataset of the same
+    generator made one (a second ``fit`` with a new dataset goes on to a new epoch): so every Keras epoch sees a new order, and after
     ``model.predict(ds)`` the generator still stands at the epoch whose order ``predict``
     read (``for x, y in gen`` then gives the labels in the same order). With
     ``use_multiprocessing`` the generator moves on at the end of each pass instead, since
@@ -57,8 +59,8 @@ class KerasDataset(keras.utils.PyDataset):
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
-        # Where the generator stood when the last pass began (see _next_pass).
-        self._last: list = []
+        # Where the generator stood when the last pass over it began (see _next_pass).
+        self._last = _passes_of(gen)
         # Keras versions without on_epoch_begin, and forked workers, need the move at the end.
         self._at_end = use_multiprocessing or not _KERAS_BEGINS_EPOCHS
         # Threads or not, batches go through a ReadAhead (with no threads it reads nothing
@@ -107,6 +109,7 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._last = _passes_of(self.gen)
         if not self.use_multiprocessing:
             self._ahead = ReadAhead(self.gen, self.threads)
 
@@ -126,9 +129,24 @@ def _epoch_mark(gen: Any) -> tuple:
     return getattr(gen, "epoch_sets", None), getattr(gen, "epoch", None)
 
 
+# Where each generator stood when a pass over it last began, weakly by generator: shared by
+# every dataset made of it, so a second fit with a new dataset does not read the epoch the
+# first one ended on again.
+_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _passes_of(gen: Any) -> list:
+    """The shared record of ``gen``'s passes (a fresh one for what cannot be weakly keyed)."""
+    try:
+        return _PASSES.setdefault(gen, [])
+    except TypeError:  # a list of batches: not weakly referable, nor hashable
+        return []
+
+
 def _next_pass(gen: Any, last: list) -> None:
-    """Begin a pass over ``gen``: every pass after the first moves it to its next epoch,
-    unless its epoch was set since the last pass began (``last`` keeps where it stood then)."""
+    """Begin a pass over ``gen``: every pass after the first (through any dataset made of it)
+    moves it to its next epoch, unless its epoch was set since the last pass began (``last``,
+    from ``_passes_of``, keeps where it stood then)."""
     if last and _epoch_mark(gen) in (last[0], (None, None)):
         # Nobody set an epoch since: a new one (for a sequence that has epochs; a plain
         # list of batches just plays again).
@@ -214,9 +232,10 @@ def _signature(gen: Any):
 def as_tf_dataset(gen: Any, prefetch: int | None = None):
     """A ``tf.data.Dataset`` of the generator's batches, prefetched.
 
-    Each iteration of the dataset runs one epoch; every iteration after the first starts
-    with ``gen.on_epoch_end()``, so ``model.fit(ds, epochs=n)`` sees a new order each epoch,
-    unless the generator's epoch was set in between (``EpochSync(gen)`` in the callbacks does
+    Each iteration of the dataset runs one epoch; every iteration after the first (or after
+    a pass of another dataset of the same generator) starts with ``gen.on_epoch_end()``, so
+    ``model.fit(ds, epochs=n)`` sees a new order each epoch, unless the generator's epoch was
+    set in between (``EpochSync(gen)`` in the callbacks does
     that): then the iteration reads the epoch that was set.
 
     Args:
@@ -226,7 +245,7 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
     import tensorflow as tf
 
     signature = _signature(gen)
-    last: list = []  # where the generator stood when the previous iteration began
+    last = _passes_of(gen)  # where the generator stood when the previous pass began
 
     def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         _next_pass(gen, last)

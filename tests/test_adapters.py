@@ -509,6 +509,36 @@ def full_epochs(gen):
     return sorted(e for e, seen in by_epoch.items() if seen == set(range(len(gen))))
 
 
+@pytest.mark.parametrize("wrap", ["as_keras", "as_tf_dataset"])
+def test_a_second_fit_with_a_new_dataset_goes_on_to_new_epochs(h5file, wrap):
+    # Training in stages (warm up, then fit again) with as_keras(gen) made anew in each fit:
+    # the second fit began with the epoch the first ended on, its order and draws again.
+    import keras
+
+    from dsprep import adapters
+
+    if wrap == "as_tf_dataset":
+        needs_tf()
+    gen = Recording(h5file[0], batch_size=16, shuffle="full", seed=5)
+    model = tiny_model(keras)
+
+    def dataset():
+        return adapters.as_keras(gen, workers=2) if wrap == "as_keras" else \
+            adapters.as_tf_dataset(gen)
+
+    trained = []  # the generator epoch each Keras epoch ended on
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            trained.append(gen.epoch)
+
+    model.fit(dataset(), epochs=2, shuffle=False, verbose=0, callbacks=[Epochs()])
+    assert trained == [0, 1] and full_epochs(gen) == [0, 1]
+    model.fit(dataset(), epochs=2, shuffle=False, verbose=0, callbacks=[Epochs()])
+    assert trained == [0, 1, 2, 3]
+    assert 3 in full_epochs(gen)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 3])
 def test_epoch_sync_pins_generator_epoch_to_keras_epoch(h5file, workers):
@@ -629,7 +659,9 @@ def test_as_tf_dataset_with_epoch_sync_reads_keras_epoch_numbers(h5file):
         assert set(gen.read) == {0}
     gen.read.clear()
     model.fit(as_tf_dataset(gen, prefetch=1), epochs=2, shuffle=False, verbose=0)
-    assert sorted(set(gen.read)) == [0, 1]  # without it, each iteration moves on by one
+    # Without it, each iteration moves on by one, the first of a new dataset's too: the last
+    # fit read epoch 0.
+    assert sorted(set(gen.read)) == [1, 2]
     # The dataset passed to EpochSync stands for its generator: a resumed fit reads the
     # generator epochs of its Keras epochs, not epochs 0 and 1 again.
     gen.read.clear()
