@@ -302,12 +302,14 @@ class _BatchSequence(ABC):
     def _check_pipeline(self) -> None:
         """Run the shapes and one small batch through the pipeline so a misfit fails now."""
         # Each output_shape refuses, in its own words, a shape it cannot take (a patch larger
-        # than the images): the shapes alone, before any pixel.
+        # than the images): the shapes alone, before any pixel, up to the first op that does
+        # not say what shape it gives (it may resize); the probe batch checks the rest.
         shape: tuple[int, ...] = tuple(self.image_shape)
         for op in self._ops():
             output_shape = getattr(op, "output_shape", None)
-            if output_shape is not None:
-                shape = tuple(output_shape(shape))
+            if output_shape is None:
+                break
+            shape = tuple(output_shape(shape))
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_PROBE_KEY,)))
         x = _probe_batch(self.image_shape)
         for op in self._steps:

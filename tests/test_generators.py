@@ -200,6 +200,23 @@ def test_patch_larger_than_image_fails_at_construction(h5file):
         HDF5Generator(h5file[0], preprocessors=[Patch(7, 7)])
 
 
+def test_a_patch_after_an_op_that_resizes_is_checked_against_the_new_size(h5file):
+    # A user's op of unknown output shape (here twice the size) then a patch larger than the
+    # stored 6x7 images: the shape check took the stored size and refused a pipeline that runs.
+    from dsprep.preprocess import RandomPatch
+
+    def upscale(batch, rng):
+        return batch.repeat(2, axis=1).repeat(2, axis=2)
+
+    for kwargs in ({"preprocessors": [upscale, RandomPatch(10, 12)]},
+                   {"augment": upscale, "preprocessors": [RandomPatch(10, 12)]}):
+        gen = HDF5Generator(h5file[0], batch_size=4, **kwargs)
+        assert gen.sample_shape == (10, 12, 3) and gen[0][0].shape == (4, 10, 12, 3)
+    # Past the new size it is refused at construction still, by the probe batch.
+    with pytest.raises(UsageError, match="larger"):
+        HDF5Generator(h5file[0], preprocessors=[upscale, RandomPatch(13, 12)])
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
