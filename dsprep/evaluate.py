@@ -85,6 +85,10 @@ def ten_crop_predict(
     for x, y in gen:
         x = np.asarray(x)
         if x.ndim == 5:
+            if crop_size is not None and tuple(x.shape[2:4]) != crop_size:
+                raise UsageError(
+                    f"size={crop_size} but the generator yields ten crops of "
+                    f"{x.shape[2]}x{x.shape[3]}; leave size out for crops made by TenCrop")
             total = None
             for k in range(x.shape[1]):
                 probs = _predict(predict_fn, np.ascontiguousarray(x[:, k]))

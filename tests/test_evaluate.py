@@ -70,6 +70,12 @@ def test_ten_crop_predict_on_ten_crop_batches_with_one_hot_labels():
     )
     np.testing.assert_allclose(probs, expected, rtol=1e-12)
     np.testing.assert_array_equal(got_labels, labels)
+    # A size that is not the crops' was ignored; the crops' own size is fine.
+    with pytest.raises(UsageError, match=r"size=\(12, 12\) but the generator yields ten crops "
+                                          "of 14x14"):
+        ten_crop_predict(fake_model, gen(), size=12)
+    np.testing.assert_allclose(ten_crop_predict(fake_model, gen(), size=14)[0], expected,
+                               rtol=1e-12)
 
 
 def test_ten_crop_predict_reads_one_hot_rows_of_a_single_class_as_class_0(tmp_path):

@@ -402,6 +402,9 @@ def test_percentile_normalize_clips_and_scales_per_image():
     np.testing.assert_array_equal(got[2], 0.0)
     with pytest.raises(UsageError, match="percentiles"):
         PercentileNormalize(low=90, high=10)
+    with pytest.raises(UsageError, match="percentiles must be numbers; got low='a'"):
+        PercentileNormalize("a", 10)  # it was a bare TypeError from the comparison
+    assert PercentileNormalize(np.float32(2), 98).low == 2.0
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int64])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 import os
 import threading
 import weakref
@@ -805,6 +806,9 @@ def _work_dtype(dtype: np.dtype) -> type:
 
 
 def _check_percentiles(low: float, high: float) -> None:
+    for value in (low, high):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+            raise UsageError(f"percentiles must be numbers; got low={low!r}, high={high!r}")
     if not (0 <= low < high <= 100):
         raise UsageError(
             f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}"
