@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import heapq
 import io
 import lzma
 import os
@@ -191,12 +192,12 @@ class FolderSource(Source):
         files: list[str] = []
         problems: list[Skipped] = []
         seen: set[tuple[int, int]] = set()
-        # Links to folders are walked after every plain folder, so that of two ways to one
-        # folder (a class folder and a link to it, even from inside another class) the folder
-        # itself is the one kept.
-        links: list[tuple[str, str]] = []
+        # Folders are walked breadth first: of two ways to one folder (a class folder and a
+        # link to it, even from inside another class; two links to one place) the shallower
+        # is kept, and of two as deep the one that passes through no link, then by name.
+        queue: list[tuple[int, bool, str, str]] = [(0, False, "", str(self.path))]
 
-        def walk(folder: str, prefix: str) -> None:
+        def walk(folder: str, prefix: str, linked: bool) -> None:
             try:
                 info = os.stat(folder)
                 if (info.st_dev, info.st_ino) in seen:
@@ -229,19 +230,15 @@ class FolderSource(Source):
                 except OSError as exc:
                     problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
                     continue
-                if stat.S_ISDIR(kind) and entry.is_symlink():
-                    links.append((entry.path, rel + "/"))
-                elif stat.S_ISDIR(kind):
-                    walk(entry.path, rel + "/")
+                if stat.S_ISDIR(kind):
+                    heapq.heappush(queue, (rel.count("/") + 1, linked or entry.is_symlink(),
+                                           rel + "/", entry.path))
                 elif stat.S_ISREG(kind):
                     files.append(rel)
 
-        walk(str(self.path), "")
-        while links:  # links found inside linked folders wait for the next round
-            found = sorted(links, key=lambda link: link[1])
-            links.clear()
-            for path, prefix in found:
-                walk(path, prefix)
+        while queue:
+            _, linked, prefix, folder = heapq.heappop(queue)
+            walk(folder, prefix, linked)
         return sorted(files), problems
 
     def read(self, rel: str) -> bytes:

@@ -953,6 +953,22 @@ def test_a_link_inside_one_class_to_another_class_keeps_both_classes(tmp_path):
                                              "dog/dog_0.jpg", "dog/dog_1.jpg"]
 
 
+def test_of_two_ways_to_one_folder_the_shallower_is_kept(tmp_path):
+    # A class folder that is itself a link, and a deeper link to the same folder inside another
+    # class; a link to a folder and another link to a folder inside it.
+    ext = make_class_folders(tmp_path / "ext", classes=("dogs", "sub"), per_class=1, seed=61)
+    root = make_class_folders(tmp_path / "d", classes=("cat",), per_class=1)
+    os.symlink(ext / "dogs", root / "dog")
+    os.symlink(ext / "dogs", root / "cat" / "alsodogs")
+    assert _find(root, layout="folders").classes == ["cat", "dog"]
+    two = tmp_path / "two"
+    two.mkdir()
+    os.symlink(ext, two / "a")
+    os.symlink(ext / "sub", two / "b")  # b, not a/sub
+    inv = _find(two, layout="folders")
+    assert [rel for rel, _ in inv.items] == ["a/dogs/dogs_0.jpg", "b/sub_0.jpg"]
+
+
 def test_jfif_and_jpe_files_are_images(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=1)
     (root / "a" / "x.jfif").write_bytes((root / "a" / "a_0.jpg").read_bytes())
