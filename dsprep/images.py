@@ -511,15 +511,26 @@ def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
 
 
 def _scan_data_follows(array: np.ndarray, start: int) -> bool:
-    """Whether ``array[start:]`` reads as the rest of a scan's compressed data: it ends with the
-    end-of-image marker, and every FF before that is followed by 00, FF or a restart marker."""
+    """Whether ``array[start:]`` reads as the rest of a JPEG's compressed data: no new image
+    (FF D8), then scan data (FF followed only by 00, FF or a restart marker) and, for the
+    later scans of a progressive file, the segments that stand between scans, up to the
+    file's end-of-image marker."""
     tail = array[start:]
-    if tail.size < 3 or tail[-2] != 0xFF or tail[-1] != 0xD9:
+    if tail.size < 3 or tail[-2] != 0xFF or tail[-1] != 0xD9 or (tail[0] == 0xFF
+                                                                   and tail[1] == 0xD8):
         return False
     body = tail[:-2]
-    after = body[np.flatnonzero(body[:-1] == 0xFF) + 1]
-    return body[-1] != 0xFF and bool(
-        np.all((after == 0) | (after == 0xFF) | ((after >= 0xD0) & (after <= 0xD7))))
+    ff = np.flatnonzero(body[:-1] == 0xFF)
+    after = body[ff + 1]
+    real = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
+    skip_to = 0
+    for at in real.tolist():
+        if at < skip_to:
+            continue  # inside a segment's own bytes (a table may hold FF)
+        if int(body[at + 1]) not in _JPEG_BETWEEN_SCANS or at + 4 > body.size:
+            return False
+        skip_to = at + 2 + (int(body[at + 2]) << 8 | int(body[at + 3]))
+    return skip_to <= body.size
 
 
 def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:

@@ -546,6 +546,14 @@ def test_damage_that_forms_the_end_of_image_marker_is_found():
     assert (decoded[-1] == 128).all()
     with pytest.raises(CorruptImageError, match=rf"stray marker at byte {at} "):
         images.decode(bytes(damaged))
+    # The same in the first scan of a progressive JPEG, whose later scans bring their tables.
+    progressive = bytearray(encode(Image.fromarray(smooth_image(120, 160)), "JPEG",
+                                   progressive=True))
+    assert progressive.count(b"\xff\xda") > 1
+    at = progressive.find(b"\xff\xda") + 40
+    progressive[at:at + 2] = b"\xff\xd9"
+    with pytest.raises(CorruptImageError, match="stray marker"):
+        images.decode(bytes(progressive))
     # A whole JPEG with a grey bottom and a second image appended (as MPO files carry) is kept.
     image = smooth_image(64, 80)
     image[40:] = 128
