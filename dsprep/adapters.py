@@ -38,7 +38,9 @@ class KerasDataset(keras.utils.PyDataset):
     Every pass Keras makes after the first (``fit``'s epochs, ``evaluate``, ``predict``)
     starts by moving the generator to its next epoch, as ``as_tf_dataset`` does, unless its
     epoch was set in between; the first pass counts too when an earlier dataset of the same
-    generator made one (a second ``fit`` with a new dataset goes on to a new epoch): so every Keras epoch sees a new order, and after
+    generator made one (a second ``fit`` with a new dataset goes on to a new epoch; one
+    generator in two datasets at once, as training and validation data, moves on at the
+    passes of both: give each its own generator): so every Keras epoch sees a new order, and after
     ``model.predict(ds)`` the generator still stands at the epoch whose order ``predict``
     read (``for x, y in gen`` then gives the labels in the same order). With
     ``use_multiprocessing`` the generator moves on at the end of each pass instead, since

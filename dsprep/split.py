@@ -895,10 +895,10 @@ def split_below(folder: str | os.PathLike) -> Path | None:
         if len(names) != 1:
             break
         inner = inner / names[0]
-        # Beside its splits it may hold what the build leaves out (test1/ of unlabelled images).
-        with contextlib.suppress(UsageError):
-            if own_split_folders(inner, []):
-                found = inner
+        # Beside its splits it may hold what the build leaves out (test1/ of unlabelled
+        # images); two folders for one split (val/ and valid/) are said as they are.
+        if own_split_folders(inner, []):
+            found = inner
     if found is None:
         return None
     with contextlib.suppress(ValueError):

@@ -1262,6 +1262,10 @@ def test_a_folder_holding_a_split_just_inside_is_answered_with_that_split(tmp_pa
     shutil.move(tmp_path / "unl" / "test1", inner / "test1")
     with pytest.raises(UsageError, match=r"give \S*chest_xray/chest_xray$"):
         build.build_hdf5(tmp_path / "chest_xray", tmp_path / "out", opts())
+    # Two folders for one split there are named, not answered with "make it with split".
+    make_class_folders(inner / "valid", classes=("NORMAL",), per_class=1)
+    with pytest.raises(UsageError, match=r"has both val/ and valid/ for the val split"):
+        build.build_hdf5(tmp_path / "chest_xray", tmp_path / "out", opts())
     assert not (tmp_path / "out").exists()
 
 

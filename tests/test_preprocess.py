@@ -174,10 +174,12 @@ def test_crop_refuses_corners_and_flips_that_do_not_fit_the_batch():
         crop(batch, 0, [0.5, 1, 2], 4)
     with pytest.raises(UsageError, match="flips must be booleans"):
         crop(batch, 0, 0, 4, flips=[0.5, 1, 0])
-    # Whole floats (as np.round gives them) and 0/1 flips still do.
-    got = crop(batch, [1.0, 2.0, 3.0], 0, 4, flips=[1, 0, 0])
+    # Whole floats (as np.round gives them) and 0/1 flips still do, and so does a list of one.
+    got = crop(batch, [1.0, 2.0, 3.0], 0, 4, flips=np.array([1.0, 0.0, 0.0]))
     np.testing.assert_array_equal(got[0], batch[0, 1:5, 0:4][:, ::-1])
     np.testing.assert_array_equal(got[2], batch[2, 3:7, 0:4])
+    got = crop(batch, [2], [1], 4, flips=[True])
+    np.testing.assert_array_equal(got[1], batch[1, 2:6, 1:5][:, ::-1])
 
 
 def test_crop_writes_into_out():

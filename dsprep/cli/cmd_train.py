@@ -122,8 +122,7 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                show_default=True,
                help="auto = mixed float16 on a GPU, float32 on a CPU."),
         _named("--jit/--no-jit", default=True,
-               help="Compile with XLA on a GPU (the default); --no-jit turns it off. With "
-                    "--resume, either one replaces the run's setting."),
+               help="Compile with XLA on a GPU (the default); --no-jit turns it off."),
         _named("--gpus", default="1", show_default=True,
                help="GPUs to train on: a count, or 'all' (data-parallel)."),
     ]
@@ -296,8 +295,8 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         if ignored:
             raise UsageError(f"--resume continues {resume_run} with its own options, so "
                              f"{', '.join(ignored)} would be ignored; leave them out (only "
-                             "--epochs, DATA and the machine's --gpus, --workers and --jit/--no-jit "
-                             "go with --resume)")
+                             "--epochs, DATA and the machine's --gpus, --workers and "
+                             "--jit/--no-jit go with --resume)")
         epochs = opts["epochs"] if "epochs" in given else None
         machine = {n: opts[n] for n in given if n in _MACHINE}
         with _resume_hint(resume_run):

@@ -468,15 +468,16 @@ def crop(
 
 
 def _per_image(values, n: int, name: str) -> np.ndarray:
-    """``values`` as (n,): one value for every image or one per image; whole numbers for
+    """``values`` as (n,): one value (or a list of one) for every image, or one per image;
+    whole numbers for
     corners (a float corner is refused, not truncated), booleans for ``flips``."""
     given = np.asarray(values)
-    if given.ndim > 1 or (given.ndim == 1 and given.shape[0] != n):
+    if given.ndim > 1 or (given.ndim == 1 and given.shape[0] not in (1, n)):
         raise UsageError(f"{name} must be one value or one per image ({n}); got shape "
                          f"{given.shape}")
     if name == "flips":
-        if given.dtype != bool and not np.issubdtype(given.dtype, np.integer):
-            raise UsageError(f"flips must be booleans; got {given.dtype}")
+        if given.dtype != bool and not np.all((given == 0) | (given == 1)):
+            raise UsageError(f"flips must be booleans; got {given.ravel()[:4].tolist()}")
         return np.broadcast_to(given.astype(bool), (n,))
     whole = np.issubdtype(given.dtype, np.integer) or (
         np.issubdtype(given.dtype, np.floating) and bool(np.all(given == np.round(given))))
