@@ -380,6 +380,8 @@ class Inventory:
         labels_columns: which of its columns hold the ids and the labels, in words.
         labels_guessed: the label column was taken for want of a header naming one (label,
             class, ...) or a one-hot table: by its place.
+        labels_doubt: a warning when that column's table may be one-hot (see
+            ``_LabelsTable.doubt``).
         split_folders: for a dump already split into ``train/<class>/...``, ``test/<class>/...``
             folders (see ``SPLIT_FOLDER_NAMES``), those folders: their images are pooled, each
             labelled by its class folder.
@@ -393,6 +395,7 @@ class Inventory:
     split_folders: list[str] = field(default_factory=list)
     labels_columns: str | None = None
     labels_guessed: bool = False
+    labels_doubt: str | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -550,7 +553,8 @@ def find_images(
     inventory = Inventory(chosen, root.rstrip("/"), sorted(good), sorted(problems + skipped + bad),
                           labels_name, split_folders,
                           table.columns_in_words() if table is not None else None,
-                          table is not None and table.label_guessed)
+                          table is not None and table.label_guessed,
+                          table.doubt() if table is not None else None)
     if not inventory.items:
         # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
         wrapper = (guessing and table is None and passed_over is None and regex is None
@@ -982,12 +986,28 @@ class _LabelsTable:
         # The class columns of a one-hot table (a 1 in each row's class column), whose names
         # in the header are the classes.
         self.onehot: list[int] = []
+        # Three 0/1 columns or more that half the rows or more read as one-hot, but not nine
+        # in ten: a one-hot table with bad rows, or a label among 0/1 columns of other things.
+        self.onehot_doubt: float | None = None
         self.column_names = [c.strip() for c in rows[0]] if rows else []
         id_index, label_index, has_header = self._columns(rows, id_column, label_column)
         self.id_index, self.label_index = id_index, label_index
         self.id_header = repr(rows[0][id_index].strip()) if has_header else str(id_index)
         self.first_line = 2 if has_header else 1
         self.rows = rows[1:] if has_header else rows
+
+    def doubt(self) -> str | None:
+        """A warning when the labels were read from one column of a table that may be
+        one-hot, or None."""
+        if self.onehot_doubt is None or not self.label_guessed:
+            return None
+        others = [n for c, n in enumerate(self.column_names) if c != self.id_index]
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        return (f"{self.name}: its columns {shown} hold only 0 and 1, and "
+                f"{self.onehot_doubt:.0%} of its rows have a single 1, so it may be a one-hot "
+                f"table; its labels were read from {self.column_names[self.label_index]!r} "
+                "alone. If it is one-hot, give each row exactly one 1; else name the labels' "
+                "column with --label-column")
 
     def columns_in_words(self) -> str:
         """Where the ids and labels were read: "ids in 'image_id', labels in 'dx'"."""
@@ -1096,7 +1116,9 @@ class _LabelsTable:
         else:
             id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
         if label_index is None and has_header:
-            self.onehot = _onehot_columns(rows[1:], id_index, len(first))
+            self.onehot, share = _onehot_columns(rows[1:], id_index, len(first))
+            if not self.onehot and share >= 0.5 and len(first) > 3:
+                self.onehot_doubt = share
         if label_index is None and not self.onehot:
             # A header with "label" or "class" among its words: NIH's "Finding Labels" (after
             # the one-hot check: class_0,class_1,... are one-hot columns).
@@ -1297,22 +1319,25 @@ class _LabelsTable:
 _ONEHOT_VALUES = frozenset({"0", "1", "0.0", "1.0"})
 
 
-def _onehot_columns(data: list[list[str]], id_index: int, width: int) -> list[int]:
+def _onehot_columns(data: list[list[str]], id_index: int,
+                    width: int) -> tuple[list[int], float]:
     """The class columns of a one-hot labels table (image_id,healthy,rust,scab with rows
-    Train_0,1,0,0): every column but the id's, when they are two or more, hold only 0 and 1,
-    and most rows have a single 1; else []. A 0/1 label beside a 0/1 fold column
-    (image_id,malignant,fold) has a 1 in both columns, or none, in about half its rows, so two
-    columns need nine rows in ten with a single 1. Three columns or more of 0 and 1 are no
-    label and fold: half the rows will do, and the rows without a single 1 are then named
-    (reading the first column as the labels gave classes 0 and 1, without a word)."""
+    Train_0,1,0,0), and the share of its rows with a single 1.
+
+    Every column but the id's, when they are two or more, must hold only 0 and 1 (else the
+    share is 0), and nine rows in ten have a single 1 (else the columns are []). A 0/1 label
+    beside 0/1 columns of something else (image_id,malignant,fold) has a 1 in both, or none,
+    in about half its rows.
+    """
     columns = [c for c in range(width) if c != id_index]
     full = [row for row in data if len(row) >= width]
     if len(columns) < 2 or not full:
-        return []
+        return [], 0.0
     if not all(row[c].strip() in _ONEHOT_VALUES for row in full for c in columns):
-        return []
+        return [], 0.0
     single = sum(sum(row[c].strip() in ("1", "1.0") for c in columns) == 1 for row in full)
-    return columns if single >= (0.9 if len(columns) == 2 else 0.5) * len(full) else []
+    share = single / len(full)
+    return (columns if share >= 0.9 else []), share
 
 
 def _is_index(column) -> bool:

@@ -211,6 +211,7 @@ class SplitPlan:
             not classes of the split).
         labels_columns: for the csv layout, the labels file's id and label columns, in words.
         labels_guessed: the label column was taken by its place (see ``sources.Inventory``).
+        labels_doubt: a warning about that column (see ``sources.Inventory``).
     """
 
     source: Path
@@ -225,6 +226,7 @@ class SplitPlan:
     lost_classes: list[str] = field(default_factory=list)
     labels_columns: str | None = None
     labels_guessed: bool = False
+    labels_doubt: str | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -247,6 +249,8 @@ class SplitPlan:
         stray = self._stray_labels_file()
         if stray:
             found.append(stray)
+        if self.labels_doubt and self.options.label_column is None:
+            found.append(self.labels_doubt)
         found += class_name_warnings(self.classes)
         bad = Counter((repr(s.label) if len(s.label) <= 60 else
                        f"{s.label[:40]!r}... ({len(s.label)} characters)")
@@ -596,7 +600,7 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     lost = sorted({label for _, label in inventory.items} - set(classes))
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
-                     inventory.labels_columns, inventory.labels_guessed)
+                     inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt)
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).

@@ -1045,12 +1045,31 @@ def test_a_multi_label_one_hot_csv_is_an_error_naming_the_row(tmp_path, bad, fou
             _find(root, **kwargs)
 
 
-def test_a_one_hot_csv_with_many_rows_not_one_hot_is_still_read_as_one_hot(tmp_path):
-    # Two bad rows of twelve (past one in ten) made the table a single 0/1 label column, the
-    # first: classes "0" and "1", exit 0.
+def test_a_table_that_may_be_one_hot_read_as_one_label_column_is_warned_about(tmp_path):
+    # Two bad rows of twelve (past one in ten) made a one-hot table a single 0/1 label column,
+    # the first: classes "0" and "1", without a word.
     root = _one_hot_dump(tmp_path, ["1,0,0,0", "0,0,1,0", "0,0,0,0", "1,1,0,0"] + ["0,0,0,1"] * 8)
-    with pytest.raises(LayoutError, match=r"train.csv line 4 has no 1 in any class column"):
-        _find(root)
+    inv = _find(root)
+    assert inv.classes == ["0", "1"] and dict(inv.items)["images/Train_0.jpg"] == "1"
+    assert inv.labels_doubt == (
+        "train.csv: its columns healthy, multiple_diseases, rust, scab hold only 0 and 1, and "
+        "83% of its rows have a single 1, so it may be a one-hot table; its labels were read "
+        "from 'healthy' alone. If it is one-hot, give each row exactly one 1; else name the "
+        "labels' column with --label-column")
+    # A 0/1 label among 0/1 columns of other things is read as before, with the same warning.
+    other = tmp_path / "other"
+    rows = []
+    for i in range(20):
+        _img(other / "images" / f"im{i}.jpg", seed=i)
+        rows.append(f"im{i},{int(i % 5 == 0)},{int(i % 3 != 0)},0\n")
+    (other / "train.csv").write_text("image_id,malignant,male,flash\n" + "".join(rows))
+    inv = _find(other)
+    assert inv.classes == ["0", "1"] and dict(inv.items)["images/im5.jpg"] == "1"
+    assert "labels were read from 'malignant' alone" in inv.labels_doubt
+    # Named, the column is no doubt; a one-hot table has none either.
+    assert _find(other, label_column="malignant").labels_doubt is None
+    assert _find(_one_hot_dump(tmp_path / "clean", ["1,0,0,0", "0,0,1,0"] * 3)).labels_doubt \
+        is None
 
 
 def test_a_0_1_label_beside_a_0_1_fold_column_is_not_one_hot(tmp_path):
