@@ -511,26 +511,33 @@ def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
 
 
 def _scan_data_follows(array: np.ndarray, start: int) -> bool:
-    """Whether ``array[start:]`` reads as the rest of a JPEG's compressed data: no new image
-    (FF D8), then scan data (FF followed only by 00, FF or a restart marker) and, for the
-    later scans of a progressive file, the segments that stand between scans, up to the
-    file's end-of-image marker."""
+    """Whether ``array[start:]`` reads as the rest of a JPEG's compressed data: scan data (FF
+    followed only by 00, FF or a restart marker) and, in a progressive file, the segments of
+    its later scans, each run of them ending in a scan header with data after it, up to the
+    file's end-of-image marker. What is appended to a whole JPEG (a second image, EXIF or
+    comment segments, fill bytes) begins with a marker, or ends without scan data."""
     tail = array[start:]
-    if tail.size < 3 or tail[-2] != 0xFF or tail[-1] != 0xD9 or (tail[0] == 0xFF
-                                                                   and tail[1] == 0xD8):
+    if tail.size < 3 or tail[-2] != 0xFF or tail[-1] != 0xD9:
         return False
     body = tail[:-2]
+    if body[-1] == 0xFF:
+        return False
     ff = np.flatnonzero(body[:-1] == 0xFF)
     after = body[ff + 1]
-    real = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
-    skip_to = 0
-    for at in real.tolist():
+    real = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))].tolist()
+    if real and real[0] == 0:
+        return False  # segments, not the rest of a scan's data
+    skip_to, last = 0, 0xDA  # what follows the stray marker is a scan's data
+    for at in real:
         if at < skip_to:
             continue  # inside a segment's own bytes (a table may hold FF)
-        if int(body[at + 1]) not in _JPEG_BETWEEN_SCANS or at + 4 > body.size:
+        if at > skip_to and last != 0xDA:
+            return False  # data after a segment that is no scan header
+        code = int(body[at + 1])
+        if code not in _JPEG_BETWEEN_SCANS or at + 4 > body.size:
             return False
-        skip_to = at + 2 + (int(body[at + 2]) << 8 | int(body[at + 3]))
-    return skip_to <= body.size
+        skip_to, last = at + 2 + (int(body[at + 2]) << 8 | int(body[at + 3])), code
+    return last == 0xDA and skip_to < body.size
 
 
 def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:

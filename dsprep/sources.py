@@ -12,6 +12,7 @@ import csv
 import heapq
 import io
 import lzma
+import math
 import os
 import re
 import stat
@@ -192,10 +193,11 @@ class FolderSource(Source):
         files: list[str] = []
         problems: list[Skipped] = []
         seen: set[tuple[int, int]] = set()
-        # Folders are walked breadth first: of two ways to one folder (a class folder and a
-        # link to it, even from inside another class; two links to one place) the shallower
-        # is kept, and of two as deep the one that passes through no link, then by name.
-        queue: list[tuple[int, bool, str, str]] = [(0, False, "", str(self.path))]
+        # Folders are walked in this order: those reached through no link, breadth first,
+        # then those reached through links, breadth first. Of two ways to one folder (a
+        # class folder and a link to it, even from inside another class; two links to one
+        # place) the real one is kept, else the shallower, then by name.
+        queue: list[tuple[bool, int, str, str]] = [(False, 0, "", str(self.path))]
 
         def walk(folder: str, prefix: str, linked: bool) -> None:
             try:
@@ -231,13 +233,13 @@ class FolderSource(Source):
                     problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
                     continue
                 if stat.S_ISDIR(kind):
-                    heapq.heappush(queue, (rel.count("/") + 1, linked or entry.is_symlink(),
+                    heapq.heappush(queue, (linked or entry.is_symlink(), rel.count("/") + 1,
                                            rel + "/", entry.path))
                 elif stat.S_ISREG(kind):
                     files.append(rel)
 
         while queue:
-            _, linked, prefix, folder = heapq.heappop(queue)
+            linked, _, prefix, folder = heapq.heappop(queue)
             walk(folder, prefix, linked)
         return sorted(files), problems
 
@@ -986,9 +988,11 @@ class _LabelsTable:
         # The class columns of a one-hot table (a 1 in each row's class column), whose names
         # in the header are the classes.
         self.onehot: list[int] = []
-        # Three 0/1 columns or more that half the rows or more read as one-hot, but not nine
-        # in ten: a one-hot table with bad rows, or a label among 0/1 columns of other things.
+        # Three 0/1 columns or more, not one-hot (fewer than nine rows in ten with a single
+        # 1): a one-hot table with bad rows, a multi-label table, or a label among 0/1 columns
+        # of other things. The share of rows with a single 1.
         self.onehot_doubt: float | None = None
+        self.label_given = False
         self.column_names = [c.strip() for c in rows[0]] if rows else []
         id_index, label_index, has_header = self._columns(rows, id_column, label_column)
         self.id_index, self.label_index = id_index, label_index
@@ -999,15 +1003,16 @@ class _LabelsTable:
     def doubt(self) -> str | None:
         """A warning when the labels were read from one column of a table that may be
         one-hot, or None."""
-        if self.onehot_doubt is None or not self.label_guessed:
+        if self.onehot_doubt is None or self.label_given:
             return None
         others = [n for c, n in enumerate(self.column_names) if c != self.id_index]
         shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
-        return (f"{self.name}: its columns {shown} hold only 0 and 1, and "
-                f"{self.onehot_doubt:.0%} of its rows have a single 1, so it may be a one-hot "
-                f"table; its labels were read from {self.column_names[self.label_index]!r} "
-                "alone. If it is one-hot, give each row exactly one 1; else name the labels' "
-                "column with --label-column")
+        share = math.floor(self.onehot_doubt * 100)
+        return (f"{self.name}: its columns {shown} hold only 0 and 1, and {share}% of its "
+                "rows have a single 1, so it may be a one-hot (or multi-label) table; its "
+                f"labels were read from {self.column_names[self.label_index]!r} alone. If it is "
+                "one-hot, give each row exactly one 1; else name the labels' column with "
+                "--label-column")
 
     def columns_in_words(self) -> str:
         """Where the ids and labels were read: "ids in 'image_id', labels in 'dx'"."""
@@ -1107,6 +1112,7 @@ class _LabelsTable:
                     f"{','.join(first)}); give a header name or a 0-based index")
             return header.index(column.lower())
 
+        self.label_given = label_column is not None
         if label_column is not None:
             label_index = given(label_column, "--label-column")
         else:
@@ -1117,7 +1123,7 @@ class _LabelsTable:
             id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
         if label_index is None and has_header:
             self.onehot, share = _onehot_columns(rows[1:], id_index, len(first))
-            if not self.onehot and share >= 0.5 and len(first) > 3:
+            if not self.onehot and share is not None and len(first) > 3:
                 self.onehot_doubt = share
         if label_index is None and not self.onehot:
             # A header with "label" or "class" among its words: NIH's "Finding Labels" (after
@@ -1320,21 +1326,21 @@ _ONEHOT_VALUES = frozenset({"0", "1", "0.0", "1.0"})
 
 
 def _onehot_columns(data: list[list[str]], id_index: int,
-                    width: int) -> tuple[list[int], float]:
+                    width: int) -> tuple[list[int], float | None]:
     """The class columns of a one-hot labels table (image_id,healthy,rust,scab with rows
     Train_0,1,0,0), and the share of its rows with a single 1.
 
     Every column but the id's, when they are two or more, must hold only 0 and 1 (else the
-    share is 0), and nine rows in ten have a single 1 (else the columns are []). A 0/1 label
-    beside 0/1 columns of something else (image_id,malignant,fold) has a 1 in both, or none,
-    in about half its rows.
+    share is None), and nine rows in ten have a single 1 (else the columns are []). A 0/1
+    label beside 0/1 columns of something else (image_id,malignant,fold) has a 1 in both, or
+    none, in about half its rows.
     """
     columns = [c for c in range(width) if c != id_index]
     full = [row for row in data if len(row) >= width]
     if len(columns) < 2 or not full:
-        return [], 0.0
+        return [], None
     if not all(row[c].strip() in _ONEHOT_VALUES for row in full for c in columns):
-        return [], 0.0
+        return [], None
     single = sum(sum(row[c].strip() in ("1", "1.0") for c in columns) == 1 for row in full)
     share = single / len(full)
     return (columns if share >= 0.9 else []), share

@@ -560,6 +560,10 @@ def test_damage_that_forms_the_end_of_image_marker_is_found():
     grey = encode(Image.fromarray(image), "JPEG")
     appended = grey + encode(Image.fromarray(smooth_image(16, 20)), "JPEG")
     np.testing.assert_array_equal(images.decode(appended), images.decode(grey))
+    # So is one with segments or fill bytes appended after its end, each closed by FF D9.
+    for extra in (b"\xff\xe1\x00\x08Exif\x00\x00\xff\xd9", b"\xff\xfe\x00\x07hello\xff\xd9",
+                  b"\xff\xff\xd9"):
+        np.testing.assert_array_equal(images.decode(grey + extra), images.decode(grey))
 
 
 def test_bytes_after_the_jpeg_end_marker_are_fine():

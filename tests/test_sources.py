@@ -967,6 +967,13 @@ def test_of_two_ways_to_one_folder_the_shallower_is_kept(tmp_path):
     os.symlink(ext / "sub", two / "b")  # b, not a/sub
     inv = _find(two, layout="folders")
     assert [rel for rel, _ in inv.items] == ["a/dogs/dogs_0.jpg", "b/sub_0.jpg"]
+    # A link near the top to a deeper real folder keeps no place of its own: the real one
+    # is kept (a link d/cats -> train/cat took train/cat's images, then left them unlabelled).
+    split = make_class_folders(tmp_path / "s" / "train", classes=("cat", "dog"), per_class=1)
+    make_class_folders(split.parent / "test", classes=("cat", "dog"), per_class=1, seed=62)
+    os.symlink(split / "cat", split.parent / "cats")
+    inv = _find(split.parent)
+    assert len(inv.items) == 4 and ("train/cat/cat_0.jpg", "cat") in inv.items
 
 
 def test_jfif_and_jpe_files_are_images(tmp_path):
@@ -1053,9 +1060,18 @@ def test_a_table_that_may_be_one_hot_read_as_one_label_column_is_warned_about(tm
     assert inv.classes == ["0", "1"] and dict(inv.items)["images/Train_0.jpg"] == "1"
     assert inv.labels_doubt == (
         "train.csv: its columns healthy, multiple_diseases, rust, scab hold only 0 and 1, and "
-        "83% of its rows have a single 1, so it may be a one-hot table; its labels were read "
-        "from 'healthy' alone. If it is one-hot, give each row exactly one 1; else name the "
-        "labels' column with --label-column")
+        "83% of its rows have a single 1, so it may be a one-hot (or multi-label) table; its "
+        "labels were read from 'healthy' alone. If it is one-hot, give each row exactly one 1; "
+        "else name the labels' column with --label-column")
+    # Columns named class_0, class_1, ... (whose first is taken for its name) and a table
+    # of many rows with two 1s are warned about too; the share is never rounded up to 90%.
+    named = _one_hot_dump(tmp_path / "named", ["1,1,0,0"] * 7 + ["0,0,0,1"] * 3)
+    text = (named / "train.csv").read_text().replace(
+        "healthy,multiple_diseases,rust,scab", "class_0,class_1,class_2,class_3")
+    (named / "train.csv").write_text(text)
+    assert "30% of its rows have a single 1" in _find(named).labels_doubt
+    almost = _one_hot_dump(tmp_path / "almost", ["1,0,0,0"] * 179 + ["0,0,0,0"] * 21)
+    assert "89% of its rows" in _find(almost).labels_doubt
     # A 0/1 label among 0/1 columns of other things is read as before, with the same warning.
     other = tmp_path / "other"
     rows = []
