@@ -591,6 +591,7 @@ def test_train_on_a_split_folder(tmp_path):
     assert shown.exit_code == 0 and "checking train" in shown.output
     config = json.loads((run / "config.json").read_text())
     assert config["data_kind"] == "folders" and config["classes"] == ["cat", "dog"]
+    assert config["resize"] == "crop"  # the directory generator's, as evaluate checks it
     assert config["scale"] == pytest.approx(1 / 127.5)  # the same inputs as from HDF5
     assert config["input_shape"] == [48, 48, 3]
     assert len(history(run)) == 1

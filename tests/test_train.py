@@ -158,6 +158,7 @@ def test_history_csv_and_plots_are_well_formed(resnet_run):
     assert config["classes"] == ["cat", "dog"]
     with h5py.File(data / "train.hdf5", "r") as db:
         assert config["image_shape"] == list(db["images"].shape[1:])
+        assert config["resize"] == db.attrs["resize"] == "crop"
     assert config["monitor"] == "val_auc"
     assert config["versions"]["keras"] == keras.__version__
     assert config["versions"]["backend"] == keras.backend.backend()
@@ -1071,7 +1072,7 @@ def _hand_built_run(tmp_path, classes, crop):
     names = [f"c{i}" for i in range(classes)]
     (run / "config.json").write_text(json.dumps({
         "options": {"crop": crop}, "classes": names, "input_shape": [size, size, 3],
-        "input_dtype": "uint8", "image_shape": [8, 8, 3]}))
+        "input_dtype": "uint8", "image_shape": [8, 8, 3], "resize": "crop"}))
     n = 40
     images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
     labels = rng.integers(0, classes, n)
@@ -1252,6 +1253,13 @@ def test_evaluate_refuses_images_of_another_size_than_training(tmp_path):
     match = r"small.hdf5 holds images of 5x5 but .* trained on images of 8x8 \(cropped to 6x6\)"
     with pytest.raises(DatasetFormatError, match=match):
         evaluate_run(run, small)
+    # Images of the right size, resized otherwise (stretched, where the run's were cropped).
+    stretched = write_arrays(tmp_path / "stretched.hdf5", images[:, :8, :8], labels,
+                             ["c0", "c1"], split="test", resize="stretch")
+    match = (r"stretched.hdf5 was built with --resize stretch but \S*run was trained on "
+             r"images built with --resize crop; build the file with --resize crop")
+    with pytest.raises(DatasetFormatError, match=match):
+        evaluate_run(run, stretched)
     # A run folder from before config.json kept the image shape still gets the crop checked.
     config = json.loads((run / "config.json").read_text())
     del config["image_shape"]

@@ -712,6 +712,7 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
         "options": config.to_dict(), "classes": bundle.label_names,
         "input_shape": list(bundle.input_shape), "input_dtype": bundle.input_dtype,
         "image_shape": [int(s) for s in bundle.train.image_shape],
+        "resize": _resize_of(bundle.train),
         "mean_rgb": list(bundle.mean), "scale": bundle.scale,
         "monitor": cb.best_metric(classes, bundle.val is not None, _val_labels(bundle))[0],
         # With and without the images that could not be read (see _train_images_sha256).
@@ -720,6 +721,18 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
         "versions": _versions(device)})
     return _fit(model, bundle, run, config, 0, [], progress, aside=aside,
                 strategy=device.strategy)
+
+
+def _resize_of(train) -> str | None:
+    """How the training images were brought to their size: the --resize of build-hdf5 (the
+    file says), or of the directory generator."""
+    if getattr(train, "resize", None) is not None:
+        return str(train.resize)
+    from ..store import open_dataset
+
+    with open_dataset(train.path) as db:
+        value = db.attrs.get("resize")
+    return None if value is None else str(value)
 
 
 # Where --force keeps the run it replaces until the new run has finished its first epoch.

@@ -240,7 +240,9 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     with open_dataset(data) as db:
         image_shape = tuple(int(s) for s in db["images"].shape[1:])
         split = db.attrs.get("split")
+        resize = db.attrs.get("resize")
     _check_image_size(run, data, config, image_shape)
+    _check_resize(run, data, config, resize)
     seen_note = None if split == "train" else _seen_in_training(run, config, data)
     result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "classes": classes}
     for method, pre in plans:
@@ -319,6 +321,16 @@ def _check_image_size(run: Path, data: Path, config: dict, image_shape: tuple) -
             + (f" (cropped to {crop}x{crop})" if crop else "")
             + "; build the file with the training image size (build-hdf5 --size "
             + (f"{size})" if size else f"{crop} or more)"))
+
+
+def _check_resize(run: Path, data: Path, config: dict, resize) -> None:
+    """Refuse a file whose images were brought to their size otherwise than the run's (a
+    crop against stretched or padded images: the same size, other shapes)."""
+    trained = config.get("resize")  # older run folders do not say
+    if trained and resize is not None and str(resize) != trained:
+        raise DatasetFormatError(
+            f"{data} was built with --resize {resize} but {run} was trained on images built "
+            f"with --resize {trained}; build the file with --resize {trained}")
 
 
 def _check_classes(run: Path, data: Path, trained: list[str], found: list[str]) -> None:
