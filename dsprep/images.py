@@ -517,6 +517,8 @@ def _scan_data_follows(array: np.ndarray, start: int) -> bool:
     file's end-of-image marker. What is appended to a whole JPEG (a second image, EXIF or
     comment segments, fill bytes) begins with a marker, or ends without scan data."""
     tail = array[start:]
+    while tail.size > 4 and tail[0] == 0xFF and tail[1] == 0xD9:
+        tail = tail[2:]  # damage of several FF D9 pairs in a row
     if tail.size < 3 or tail[-2] != 0xFF or tail[-1] != 0xD9:
         return False
     body = tail[:-2]

@@ -546,6 +546,11 @@ def test_damage_that_forms_the_end_of_image_marker_is_found():
     assert (decoded[-1] == 128).all()
     with pytest.raises(CorruptImageError, match=rf"stray marker at byte {at} "):
         images.decode(bytes(damaged))
+    # Damage of many FF D9 pairs in a row.
+    pairs = bytearray(data)
+    pairs[at:at + 400] = b"\xff\xd9" * 200
+    with pytest.raises(CorruptImageError, match=rf"stray marker at byte {at} "):
+        images.decode(bytes(pairs))
     # The same in the first scan of a progressive JPEG, whose later scans bring their tables.
     progressive = bytearray(encode(Image.fromarray(smooth_image(120, 160)), "JPEG",
                                    progressive=True))
