@@ -1052,6 +1052,17 @@ def test_a_multi_label_one_hot_csv_is_an_error_naming_the_row(tmp_path, bad, fou
             _find(root, **kwargs)
 
 
+def _flags_dump(root, header, n, values):
+    """``n`` images in images/ (im0.jpg, ...) and a train.csv of ``header``, the row of image
+    ``i`` its id and then ``values(i)``."""
+    rows = []
+    for i in range(n):
+        _img(root / "images" / f"im{i}.jpg", seed=i)
+        rows.append(f"im{i},{values(i)}\n")
+    (root / "train.csv").write_text(header + "\n" + "".join(rows))
+    return root
+
+
 def test_a_table_that_may_be_one_hot_read_as_one_label_column_is_warned_about(tmp_path):
     # Two bad rows of twelve (past one in ten) made a one-hot table a single 0/1 label column,
     # the first: classes "0" and "1", without a word.
@@ -1073,12 +1084,8 @@ def test_a_table_that_may_be_one_hot_read_as_one_label_column_is_warned_about(tm
     almost = _one_hot_dump(tmp_path / "almost", ["1,0,0,0"] * 179 + ["0,0,0,0"] * 21)
     assert "89% of its rows" in _find(almost).labels_doubt
     # A 0/1 label among 0/1 columns of other things is read as before, with the same warning.
-    other = tmp_path / "other"
-    rows = []
-    for i in range(20):
-        _img(other / "images" / f"im{i}.jpg", seed=i)
-        rows.append(f"im{i},{int(i % 5 == 0)},{int(i % 3 != 0)},0\n")
-    (other / "train.csv").write_text("image_id,malignant,male,flash\n" + "".join(rows))
+    other = _flags_dump(tmp_path / "other", "image_id,malignant,male,flash", 20,
+                        lambda i: f"{int(i % 5 == 0)},{int(i % 3 != 0)},0")
     inv = _find(other)
     assert inv.classes == ["0", "1"] and dict(inv.items)["images/im5.jpg"] == "1"
     assert "labels were read from 'malignant' alone" in inv.labels_doubt
@@ -1089,15 +1096,11 @@ def test_a_table_that_may_be_one_hot_read_as_one_label_column_is_warned_about(tm
 
 
 def test_a_0_1_label_beside_a_0_1_fold_column_is_not_one_hot(tmp_path):
-    root = tmp_path / "d"
-    rows = []
-    for i in range(12):
-        _img(root / "images" / f"m_{i}.jpg", seed=i)
-        rows.append(f"m_{i},{i % 2},{i // 2 % 2}\n")
-    (root / "train.csv").write_text("image_id,malignant,fold\n" + "".join(rows))
+    root = _flags_dump(tmp_path / "d", "image_id,malignant,fold", 12,
+                       lambda i: f"{i % 2},{i // 2 % 2}")
     inv = _find(root)
     assert inv.classes == ["0", "1"]
-    assert dict(inv.items)["images/m_3.jpg"] == "1"  # malignant, as before one-hot tables
+    assert dict(inv.items)["images/im3.jpg"] == "1"  # malignant, as before one-hot tables
 
 
 def test_zip_names_in_utf8_without_the_utf8_flag_are_read_as_utf8(tmp_path):
