@@ -11,6 +11,8 @@ from __future__ import annotations
 import signal
 import sys
 
+from .system import ask_stop
+
 
 def run() -> None:
     """Import the command line and run it."""
@@ -18,6 +20,8 @@ def run() -> None:
     # A batch system stops a job with SIGTERM: it unwinds like a Ctrl-C, so partial files are
     # removed and worker processes stopped, and the exit status still says SIGTERM (143).
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (nohup &)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         # A hangup ends the command by default with nothing cleaned up: .partial files and
         # locks left behind. Under nohup it is ignored, and stays so.
@@ -77,7 +81,16 @@ def terminated(signum, frame) -> None:
         print("\nTerminated." if signum == signal.SIGTERM else "\nHangup.", file=sys.stderr)
     except (OSError, ValueError):
         pass  # the terminal that hung up is gone
-    raise SystemExit(128 + signum)
+    stop = SystemExit(128 + signum)
+    ask_stop(stop)  # raised again by long loops should this raise be lost
+    raise stop
+
+
+def interrupted(signum, frame) -> None:
+    """The SIGINT handler: Python's own (raise KeyboardInterrupt), the stop also recorded."""
+    stop = KeyboardInterrupt()
+    ask_stop(stop)
+    raise stop
 
 
 if __name__ == "__main__":

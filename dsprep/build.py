@@ -1012,6 +1012,7 @@ def write_file(
                dynamic_ncols=True)
 
     def consume(task_rows: list[Row], pixels: np.ndarray, result: _Block) -> None:
+        system.raise_if_stopped()  # a signal whose stop was lost on the way
         appender.add(pixels[: len(result.ok)], [task_rows[i] for i in result.ok])
         skipped.extend(Skip(task_rows[i].name, reason, detail)
                        for i, reason, detail in result.skips)

@@ -447,6 +447,7 @@ def _map(fn, items, workers: int, progress: bool, desc: str):
         out = []
         if workers <= 1 or len(chunks) < 2:
             for chunk in chunks:
+                system.raise_if_stopped()
                 out += run(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
@@ -455,6 +456,7 @@ def _map(fn, items, workers: int, progress: bool, desc: str):
             futures = [pool.submit(run, chunk) for chunk in chunks]
             try:
                 for chunk, future in zip(chunks, futures, strict=True):
+                    system.raise_if_stopped()  # a signal whose stop was lost on the way
                     out += future.result()
                     if bar is not None:
                         bar.update(len(chunk))

@@ -13,6 +13,33 @@ from pathlib import Path
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
+# The stop a signal asked for (Ctrl-C, SIGTERM, SIGHUP), as the exception its handler raised.
+# Python loses that exception where it cannot pass it on (raised while a weakref callback or a
+# __del__ runs: "Exception ignored in ..."), and the work would go on as if no signal came:
+# long loops ask again here (``raise_if_stopped``).
+_STOP: list[BaseException] = []
+
+
+def ask_stop(exc: BaseException) -> None:
+    """Record the stop a signal handler is raising."""
+    _STOP[:] = [exc]
+
+
+def clear_stop() -> None:
+    """Forget a stop (a command starts)."""
+    _STOP.clear()
+
+
+def stop_asked() -> BaseException | None:
+    """The stop a signal asked for, if any."""
+    return _STOP[0] if _STOP else None
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop a signal asked for, again: its first raise may have been lost."""
+    if _STOP:
+        raise _STOP[0]
+
 
 def usable_cpus() -> int:
     """Cores this process may run on, capped by its cgroup CPU quota; at least 1."""

@@ -669,3 +669,61 @@ def test_alexnet_without_crop_on_large_images_gets_its_usual_recipe(data, tmp_pa
             "is --crop 227") in result.output
     cropped = invoke("train", data, tmp_path / "crop", "--model", "alexnet", "--crop", "227")
     assert cropped.exit_code == 0 and "usual recipe" not in cropped.output
+
+
+def _lost(stop):
+    """What a signal handler does when its raise lands in a weakref callback: the stop is
+    recorded, and Python prints "Exception ignored" and goes on."""
+    import gc
+    import weakref
+
+    from dsprep import system
+
+    class Thing:
+        pass
+
+    def callback(ref):
+        system.ask_stop(stop)
+        raise stop
+
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing
+    gc.collect()
+    return ref
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost raise
+def test_a_stop_whose_raise_was_lost_still_stops_the_run(data, tmp_path, monkeypatch):
+    # A SIGTERM landing in a weakref callback was lost: training went on to the end (exit 0),
+    # and the scheduler's second SIGTERM killed it with nothing cleaned up.
+    from dsprep.train import callbacks as cb
+
+    write = cb.write_history
+    calls = []
+
+    def write_and_lose_a_stop(path, rows):
+        write(path, rows)
+        calls.append(len(rows))
+        if len(calls) == 1:
+            _lost(SystemExit(143))
+
+    monkeypatch.setattr(cb, "write_history", write_and_lose_a_stop)
+    run = tmp_path / "run"
+    result = invoke("train", data, run, *QUICK, "--epochs", "3")
+    assert result.exit_code == 143, result.output
+    assert calls == [1] and len(history(run)) == 1  # stopped in the second epoch
+    # A signal inside matplotlib comes out as its error: the stop is the answer, not exit 1.
+    from dsprep import system
+
+    def broken_drawing(*args, **kwargs):
+        system.ask_stop(KeyboardInterrupt())
+        raise ValueError("Invalid bounding box")
+
+    monkeypatch.setattr(cb, "write_history", write)
+    monkeypatch.setattr(cb, "plot_curves", broken_drawing)
+    result = invoke("train", data, tmp_path / "other", *QUICK, "--epochs", "1")
+    assert result.exit_code == 130 and "Invalid bounding box" not in result.output
+    # The next command starts with no stop pending.
+    monkeypatch.undo()
+    assert invoke("train", data, tmp_path / "third", *QUICK, "--epochs", "1").exit_code == 0

@@ -12,6 +12,7 @@ import sys
 import click
 
 from ..errors import DsprepError, UsageError
+from ..system import clear_stop, stop_asked
 
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -43,8 +44,9 @@ class DsprepGroup(click.Group):
     """
 
     def invoke(self, ctx: click.Context):
+        clear_stop()
         try:
-            return super().invoke(ctx)
+            return self._invoke_or_stop(ctx)
         except KeyboardInterrupt:
             # click would say "Aborted!" and exit 1, which a batch script cannot tell from a
             # failure.
@@ -76,6 +78,19 @@ class DsprepGroup(click.Group):
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename
                     and ctx.invoked_subcommand in ("split", "build-hdf5") else "")
             raise click.ClickException(f"{where}{exc.strerror or exc}{then}") from exc
+
+    def _invoke_or_stop(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception:
+            # A signal landing inside a library can come out as that library's error (a
+            # drawing cut short: "Invalid bounding box"): the stop it asked for is the answer.
+            stop = stop_asked()
+            if stop is not None:
+                raise stop from None
+            raise
+        finally:
+            clear_stop()  # the command's own: library calls after it in this process go on
 
 
 def _stdout_closed() -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import DatasetFormatError, LayoutError, UsageError
 from ..fileio import write_atomic
+from ..system import raise_if_stopped
 from .options import SCHEDULES
 
 HISTORY = "history.csv"
@@ -449,7 +450,11 @@ class RunRecorder(keras.callbacks.Callback):
         return (f"; free some space (about {need / 1e6:,.0f} MB more), then continue it: "
                 f"dsprep train --resume {self.run}")
 
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_stopped()  # a signal whose stop was lost on the way (dsprep.system)
+
     def on_epoch_end(self, epoch, logs=None):
+        raise_if_stopped()
         logs = dict(logs or {})
         row = {"epoch": int(epoch)}
         row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
@@ -457,8 +462,12 @@ class RunRecorder(keras.callbacks.Callback):
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
         write_history(self.run / HISTORY, self.rows)
         if self.plots:
-            plot_curves(self.rows, self.run / CURVES, self.title)
-            plot_lr(self.rows, self.run / LR_PLOT)
+            try:
+                plot_curves(self.rows, self.run / CURVES, self.title)
+                plot_lr(self.rows, self.run / LR_PLOT)
+            except Exception:
+                raise_if_stopped()  # a signal inside matplotlib comes out as its own error
+                raise
         if diverged(row):
             # A diverged epoch (training stops at its NaN) is shown in the history but never
             # checkpointed or counted: best.keras, last.keras and a resume keep the epoch before.
