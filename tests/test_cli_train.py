@@ -727,3 +727,26 @@ def test_a_stop_whose_raise_was_lost_still_stops_the_run(data, tmp_path, monkeyp
     # The next command starts with no stop pending.
     monkeypatch.undo()
     assert invoke("train", data, tmp_path / "third", *QUICK, "--epochs", "1").exit_code == 0
+
+
+def test_the_same_train_command_again_carries_the_run_on(data, one_epoch_run, tmp_path):
+    # A requeued job repeats its command: it was refused ("already holds a run; use
+    # --resume"), and --resume of a RUN not yet made is a usage error, so job scripts had to
+    # look for config.json themselves.
+    run = shutil.copytree(one_epoch_run, tmp_path / "run")
+    finished = invoke("train", data, run, *QUICK, "--epochs", "1")
+    assert finished.exit_code == 0, finished.output
+    assert "has trained all its 1 epoch already: nothing to do" in finished.output
+    # Planned for two epochs and stopped after the first (as a killed job leaves it); the
+    # new machine's options may differ.
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["epochs"] = 2
+    (run / "config.json").write_text(json.dumps(config))
+    again = invoke("train", data, run, *QUICK, "--epochs", "2", "--workers", "1")
+    assert again.exit_code == 0, again.output
+    assert f"note: {run} holds this run (the same data and options); it carries on" \
+        in again.output and f"resumed {run}: 2 epochs" in again.output
+    assert [row["epoch"] for row in history(run)] == ["0", "1"]
+    # Other options are still another run: refused, as before.
+    other = invoke("train", data, run, *QUICK, "--epochs", "3", "--lr", "0.5")
+    assert other.exit_code == 1 and "already holds a run" in other.output

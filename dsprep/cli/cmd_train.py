@@ -334,9 +334,23 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
-        with _resume_hint(run, replacing=force):
-            result = fit.train(data, run, config, overwrite=force, progress=show_epochs(),
-                               bars=show_progress())
+        carry_on = not force and fit.same_run(run, data, config)
+        if carry_on:
+            # The same command again (a requeued job): what --resume RUN would do.
+            say(f"note: {run} holds this run (the same data and options); it carries on from "
+                "its last finished epoch", err=True)
+            machine = {name: getattr(config, name) for name in _MACHINE}
+            with _resume_hint(run):
+                result = fit.resume(run, epochs=config.epochs, data=data,
+                                    progress=show_epochs(), bars=show_progress(),
+                                    machine=machine)
+            if result.epochs_run == 0:
+                _nothing_to_do(result)
+                return
+        else:
+            with _resume_hint(run, replacing=force):
+                result = fit.train(data, run, config, overwrite=force, progress=show_epochs(),
+                                   bars=show_progress())
         if result.restarted:
             say(f"note: {run} held a run stopped before it finished an epoch; it started again",
                 err=True)
@@ -347,14 +361,10 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             say(f"note: --model alexnet without --crop trained on whole {shape[0]}x{shape[1]} "
                 "images; its usual recipe is --crop 227 (random patches) and evaluate "
                 "--ten-crop", err=True)
-        verb = "trained"
+        verb = "resumed" if carry_on else "trained"
     last = result.history[-1] if result.history else {}
     if resume_run and result.epochs_run == 0:
-        how = (f"stopped early after {result.epochs_done} of its {result.epochs_planned} epochs"
-               if result.epochs_done < result.epochs_planned
-               else f"trained all its {count_of(result.epochs_done, 'epoch')}")
-        say(f"{result.run} has {how} already: nothing to do (give --epochs above "
-            f"{result.epochs_planned} to train it further)")
+        _nothing_to_do(result)
         return
     if result.left_out:
         _left_out_note(result.left_out, data or fit.read_run_config(result.run).get("data"))
@@ -365,6 +375,14 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
     say(f"{verb} {result.run}: {count_of(result.epochs_done, 'epoch')}{stopped}, last loss "
         f"{_fmt(last.get('loss'))}, best {result.monitor} {_fmt(result.best)}")
     say(f"wrote {result.run}/best.keras, last.keras, history.csv, curves.png, lr.png")
+
+
+def _nothing_to_do(result) -> None:
+    how = (f"stopped early after {result.epochs_done} of its {result.epochs_planned} epochs"
+           if result.epochs_done < result.epochs_planned
+           else f"trained all its {count_of(result.epochs_done, 'epoch')}")
+    say(f"{result.run} has {how} already: nothing to do (give --epochs above "
+        f"{result.epochs_planned} to train it further)")
 
 
 @click.command()

@@ -1056,8 +1056,13 @@ def _diverged_result(run: Path, planned: int) -> TrainResult | None:
                        None, planned, 0)
 
 
-def _same_sweep_run(run: Path, data, config: TrainConfig) -> bool:
-    """Whether RUN was started on ``data`` with ``config`` (the worker count aside)."""
+def same_run(run: str | os.PathLike, data, config: TrainConfig) -> bool:
+    """Whether RUN holds a run started on ``data`` with ``config``, the machine's options
+    (``MACHINE_OPTIONS``) aside, that finished an epoch: the same command run again (a
+    requeued job) carries it on."""
+    run = Path(run)
+    if not (run / CONFIG).is_file() or _never_finished_an_epoch(run):
+        return False
     try:
         saved = read_run_config(run)
         options = _saved_options(run, saved)
@@ -1066,7 +1071,8 @@ def _same_sweep_run(run: Path, data, config: TrainConfig) -> bool:
     if saved.get("data") != str(Path(data).resolve()):
         return False
     mine, theirs = dataclasses.asdict(config), dataclasses.asdict(options)
-    mine.pop("workers"), theirs.pop("workers")
+    for name in MACHINE_OPTIONS:
+        mine.pop(name), theirs.pop(name)
     return mine == theirs
 
 
@@ -1240,8 +1246,7 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
                      for mark in (REPLACED, _SETTING_ASIDE, _PUTTING_BACK, _DROPPING))
         if overwrite or not (moving or (sub_run / CONFIG).exists()):
             continue
-        if not moving and _same_sweep_run(sub_run, data,
-                                          dataclasses.replace(config, lr=float(lr))):
+        if not moving and same_run(sub_run, data, dataclasses.replace(config, lr=float(lr))):
             ours.add(name)
         elif moving or not _never_finished_an_epoch(sub_run):
             held.append(sub_run)  # (a run that never finished an epoch starts again)
@@ -1266,8 +1271,10 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
         if name in ours and not _never_finished_an_epoch(sub_run):
             # Trained before: diverged (an answer, kept as it is), finished (resume trains
             # nothing) or stopped part way (resumed).
+            machine = {name: getattr(sub, name) for name in MACHINE_OPTIONS}
             results[float(lr)] = (_diverged_result(sub_run, sub.epochs)
-                                  or resume(sub_run, data=data, progress=progress, bars=bars))
+                                  or resume(sub_run, data=data, progress=progress, bars=bars,
+                                            machine=machine))
             continue
         try:
             results[float(lr)] = train(data, sub_run, sub, overwrite=overwrite,
