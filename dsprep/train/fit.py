@@ -1061,8 +1061,8 @@ def same_run(run: str | os.PathLike, data, config: TrainConfig) -> bool:
     (``MACHINE_OPTIONS``) aside, that finished an epoch: the same command run again (a
     requeued job) carries it on."""
     run = Path(run)
-    if not (run / CONFIG).is_file() or _never_finished_an_epoch(run):
-        return False
+    if not (run / CONFIG).is_file() or not (run / cb.STATE).is_file():
+        return False  # (checkpoints without state.json cannot be resumed: train says so)
     try:
         saved = read_run_config(run)
         options = _saved_options(run, saved)
