@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from .system import ask_stop
+from .system import ask_stop, clear_stop
 
 
 def run() -> None:
@@ -39,6 +39,7 @@ def run() -> None:
         # (which prints "Exception ignored" and exits 0).
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        clear_stop()
 
 
 def _open_standard_streams() -> None:

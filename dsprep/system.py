@@ -7,8 +7,10 @@ as it has cores' worth of time, not one per core of the host.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -18,6 +20,22 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 # __del__ runs: "Exception ignored in ..."), and the work would go on as if no signal came:
 # long loops ask again here (``raise_if_stopped``).
 _STOP: list[BaseException] = []
+_COMMANDS = [0]  # commands running (``command_scope``): a demo runs others inside it
+
+
+@contextlib.contextmanager
+def command_scope() -> Iterator[None]:
+    """A command's run. Only inside one is a recorded stop raised again; the outermost
+    forgets any stop as it starts and as it ends, so library calls after it go on."""
+    if not _COMMANDS[0]:
+        clear_stop()
+    _COMMANDS[0] += 1
+    try:
+        yield
+    finally:
+        _COMMANDS[0] -= 1
+        if not _COMMANDS[0]:
+            clear_stop()
 
 
 def ask_stop(exc: BaseException) -> None:
@@ -26,19 +44,20 @@ def ask_stop(exc: BaseException) -> None:
 
 
 def clear_stop() -> None:
-    """Forget a stop (a command starts)."""
+    """Forget a recorded stop."""
     _STOP.clear()
 
 
 def stop_asked() -> BaseException | None:
-    """The stop a signal asked for, if any."""
-    return _STOP[0] if _STOP else None
+    """The stop a signal asked for while a command runs, if any."""
+    return _STOP[0] if _STOP and _COMMANDS[0] else None
 
 
 def raise_if_stopped() -> None:
     """Raise the stop a signal asked for, again: its first raise may have been lost."""
-    if _STOP:
-        raise _STOP[0]
+    stop = stop_asked()
+    if stop is not None:
+        raise stop
 
 
 def usable_cpus() -> int:

@@ -713,18 +713,28 @@ def test_a_stop_whose_raise_was_lost_still_stops_the_run(data, tmp_path, monkeyp
     result = invoke("train", data, run, *QUICK, "--epochs", "3")
     assert result.exit_code == 143, result.output
     assert calls == [1] and len(history(run)) == 1  # stopped in the second epoch
-    # A signal inside matplotlib comes out as its error: the stop is the answer, not exit 1.
+    # A signal inside a library comes out as its error (matplotlib: "Invalid bounding box"):
+    # the stop is the answer, not exit 1 with a traceback, and the resume hint is still said
+    # (here in the second epoch, after one was kept).
     from dsprep import system
 
-    def broken_drawing(*args, **kwargs):
-        system.ask_stop(KeyboardInterrupt())
-        raise ValueError("Invalid bounding box")
+    written = []
 
-    monkeypatch.setattr(cb, "write_history", write)
-    monkeypatch.setattr(cb, "plot_curves", broken_drawing)
-    result = invoke("train", data, tmp_path / "other", *QUICK, "--epochs", "1")
+    def broken_write(path, rows):
+        written.append(1)
+        if len(written) == 2:
+            system.ask_stop(KeyboardInterrupt())
+            raise ValueError("Invalid bounding box")
+        return write(path, rows)
+
+    monkeypatch.setattr(cb, "write_history", broken_write)
+    other = tmp_path / "other"
+    result = invoke("train", data, other, *QUICK, "--epochs", "3")
     assert result.exit_code == 130 and "Invalid bounding box" not in result.output
-    # The next command starts with no stop pending.
+    assert f"the run stopped; continue it with: dsprep train --resume {other}" in result.output
+    # The stop was the command's: library calls after it, and the next command, go on.
+    assert system.stop_asked() is None
+    system.raise_if_stopped()
     monkeypatch.undo()
     assert invoke("train", data, tmp_path / "third", *QUICK, "--epochs", "1").exit_code == 0
 

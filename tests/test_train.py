@@ -1560,3 +1560,17 @@ def test_evaluate_without_best_keras_points_to_the_last_checkpoint(small_run, tm
                                           "use --checkpoint last"):
         evaluate_run(copy, data / "test.hdf5")
     assert evaluate_run(copy, data / "test.hdf5", checkpoint="last")["center"]["count"] == 8
+
+
+def test_a_figure_stopped_while_it_is_saved_leaves_no_partial_file(tmp_path):
+    # A SIGHUP while curves.png was drawn left .curves.partial.png in the run folder.
+    class Stopped:
+        def savefig(self, path, **kwargs):
+            Path(path).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+
+    (tmp_path / "curves.png").write_bytes(b"the last whole picture")
+    with pytest.raises(KeyboardInterrupt):
+        cb.save_figure(Stopped(), tmp_path / "curves.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+    assert (tmp_path / "curves.png").read_bytes() == b"the last whole picture"

@@ -12,7 +12,7 @@ import sys
 import click
 
 from ..errors import DsprepError, UsageError
-from ..system import clear_stop, stop_asked
+from ..system import command_scope, stop_asked
 
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -44,9 +44,9 @@ class DsprepGroup(click.Group):
     """
 
     def invoke(self, ctx: click.Context):
-        clear_stop()
         try:
-            return self._invoke_or_stop(ctx)
+            with command_scope():
+                return self._invoke_or_stop(ctx)
         except KeyboardInterrupt:
             # click would say "Aborted!" and exit 1, which a batch script cannot tell from a
             # failure.
@@ -82,15 +82,20 @@ class DsprepGroup(click.Group):
     def _invoke_or_stop(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except Exception:
-            # A signal landing inside a library can come out as that library's error (a
-            # drawing cut short: "Invalid bounding box"): the stop it asked for is the answer.
-            stop = stop_asked()
+        except Exception as exc:
+            stop = stop_of(exc)
             if stop is not None:
                 raise stop from None
             raise
-        finally:
-            clear_stop()  # the command's own: library calls after it in this process go on
+
+
+def stop_of(exc: BaseException) -> BaseException | None:
+    """The stop ``exc`` stands for: itself for a Ctrl-C or an exit, and for another error the
+    stop a signal asked for (a signal landing inside a library can come out as that library's
+    error, a drawing cut short: "Invalid bounding box"); None for a plain error."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return exc
+    return stop_asked() if isinstance(exc, Exception) else None
 
 
 def _stdout_closed() -> bool:

@@ -31,6 +31,7 @@ from ._common import (
     say,
     show_epochs,
     show_progress,
+    stop_of,
 )
 
 _DEFAULTS = TrainConfig()
@@ -199,15 +200,20 @@ def _resume_hint(run: str, replacing: bool = False):
     before = _stamp(state) if replacing else None
     try:
         yield
-    except (KeyboardInterrupt, SystemExit) as exc:
-        stopped = isinstance(exc, KeyboardInterrupt) or exc.code in STOPPED_BY_SIGNAL
+    except BaseException as exc:
+        stop = stop_of(exc)
+        if stop is None:
+            raise
+        stopped = isinstance(stop, KeyboardInterrupt) or stop.code in STOPPED_BY_SIGNAL
         if stopped and before is not None and _stamp(state) == before:
             click.echo(f"\nthe run stopped before it finished an epoch; {run} holds what it "
                        "held before", err=True)
         elif stopped and (Path(run) / "last.keras").is_file():
             click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {run}",
                        err=True)
-        raise
+        if stop is exc:
+            raise
+        raise stop from None
 
 
 def _no_validation_note(data: str) -> None:
@@ -467,14 +473,19 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
         results = fit.sweep_lr(data, run, rates, config, overwrite=force,
                                progress=show_epochs(), bars=show_progress(),
                                announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if isinstance(exc, KeyboardInterrupt) or exc.code in STOPPED_BY_SIGNAL:
+    except BaseException as exc:
+        stop = stop_of(exc)
+        if stop is None:
+            raise
+        if isinstance(stop, KeyboardInterrupt) or stop.code in STOPPED_BY_SIGNAL:
             click.echo("\nthe sweep stopped; " + (
                 # With --force nothing in RUN is the sweep's own: every rate starts over.
                 "the same command again (with --force) trains every rate anew" if force else
                 "run the same command again to carry on (the rates it finished are kept, a "
                 "rate stopped after an epoch resumes)"), err=True)
-        raise
+        if stop is exc:
+            raise
+        raise stop from None
     if not fit.has_validation(data):
         _no_validation_note(data)
     rows = []

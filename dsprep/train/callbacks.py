@@ -126,8 +126,12 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure as PNG through a temporary file and an atomic rename."""
     path = Path(path)
     tmp = _temp_name(path)
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # stopped or failed part way: no half picture left
+        raise
     return path
 
 
@@ -499,6 +503,7 @@ class RunRecorder(keras.callbacks.Callback):
             os.replace(_pending_name(final, epoch), final)
 
     def on_train_end(self, logs=None):
+        raise_if_stopped()  # lost in the last epoch's plots or checkpoints: still a stop
         # Stopped before its last epoch by a callback (early stopping), not by a divergence:
         # the run is finished, and a resume with the same total has nothing left to do.
         planned = (self.params or {}).get("epochs")
