@@ -754,9 +754,37 @@ def test_the_same_train_command_again_carries_the_run_on(data, one_epoch_run, tm
     (run / "config.json").write_text(json.dumps(config))
     again = invoke("train", data, run, *QUICK, "--epochs", "2", "--workers", "1")
     assert again.exit_code == 0, again.output
-    assert f"note: {run} holds this run (the same data and options); it carries on" \
-        in again.output and f"resumed {run}: 2 epochs" in again.output
+    assert f"note: {run} holds a run of these options on {data}; it carries on from its " \
+        f"epoch 1, as --resume {run} would" in again.output
+    assert f"resumed {run}: 2 epochs" in again.output
     assert [row["epoch"] for row in history(run)] == ["0", "1"]
     # Other options are still another run: refused, as before.
     other = invoke("train", data, run, *QUICK, "--epochs", "3", "--lr", "0.5")
     assert other.exit_code == 1 and "already holds a run" in other.output
+    # So is a run that diverged (the same options would meet it again): the same refusal.
+    rows = (run / "history.csv").read_text().splitlines()
+    cells = rows[-1].split(",")
+    rows.append(",".join(["2"] + ["nan"] * (len(cells) - 1)))
+    (run / "history.csv").write_text("\n".join(rows) + "\n")
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["epochs"] = 4
+    (run / "config.json").write_text(json.dumps(config))
+    diverged = invoke("train", data, run, *QUICK, "--epochs", "4")
+    assert diverged.exit_code == 1 and "already holds a run" in diverged.output
+
+
+def test_clicks_own_ways_out_are_no_stop_even_with_one_pending():
+    # dsprep demo runs each step as a command: a step stopped by Ctrl-C leaves its stop
+    # recorded and exits with click's Exit(130), which the demo passed on. Taken for the stop,
+    # it printed "Aborted!" a second time.
+    import click
+
+    from dsprep import system
+    from dsprep.cli._common import stop_of
+
+    with system.command_scope():
+        system.ask_stop(KeyboardInterrupt())
+        for way_out in (click.exceptions.Exit(130), click.ClickException("x"), click.Abort()):
+            assert stop_of(way_out) is None
+        assert isinstance(stop_of(ValueError("Invalid bounding box")), KeyboardInterrupt)
+    assert stop_of(ValueError("x")) is None  # outside a command nothing is pending

@@ -95,6 +95,8 @@ def stop_of(exc: BaseException) -> BaseException | None:
     error, a drawing cut short: "Invalid bounding box"); None for a plain error."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return exc
+    if isinstance(exc, (click.exceptions.Exit, click.ClickException, click.Abort)):
+        return None  # click's own ways out (an inner command of demo that was stopped)
     return stop_asked() if isinstance(exc, Exception) else None
 
 

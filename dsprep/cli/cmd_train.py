@@ -340,11 +340,13 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                     f"{report.needed_accuracy:.2f}; check the labels, the input pipeline and "
                     "--lr, or give more --epochs")
             return
-        carry_on = not force and fit.same_run(run, data, config)
+        done = None if force else fit.carries_on(run, data, config)
+        carry_on = done is not None
         if carry_on:
             # The same command again (a requeued job): what --resume RUN would do.
-            say(f"note: {run} holds this run (the same data and options); it carries on from "
-                "its last finished epoch", err=True)
+            if done < config.epochs:
+                say(f"note: {run} holds a run of these options on {data}; it carries on from "
+                    f"its epoch {done}, as --resume {run} would", err=True)
             machine = {name: getattr(config, name) for name in _MACHINE}
             with _resume_hint(run):
                 result = fit.resume(run, epochs=config.epochs, data=data,

@@ -1056,6 +1056,16 @@ def _diverged_result(run: Path, planned: int) -> TrainResult | None:
                        None, planned, 0)
 
 
+def carries_on(run: str | os.PathLike, data, config: TrainConfig) -> int | None:
+    """The epochs RUN has done when ``dsprep train DATA RUN`` run again carries it on: the
+    same run (``same_run``), not stopped by a divergence (the same options would meet it
+    again: the command says so instead); else None."""
+    run = Path(run)
+    if not same_run(run, data, config) or _diverged_result(run, config.epochs) is not None:
+        return None
+    return int(cb.read_state(run).get("epochs_done", 0))
+
+
 def same_run(run: str | os.PathLike, data, config: TrainConfig) -> bool:
     """Whether RUN holds a run started on ``data`` with ``config``, the machine's options
     (``MACHINE_OPTIONS``) aside, that finished an epoch: the same command run again (a
