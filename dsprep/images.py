@@ -460,6 +460,15 @@ def _grey_last_row(raw: np.ndarray) -> bool:
 _JPEG_BETWEEN_SCANS = frozenset({0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)})
 
 
+def _markers_in_data(data: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Where FF stands in compressed data, the byte after each, which of those are restart
+    markers, and where the real markers are (FF not followed by 00, FF or a restart)."""
+    ff = np.flatnonzero(data[:-1] == 0xFF)
+    after = data[ff + 1]
+    is_rst = (after >= 0xD0) & (after <= 0xD7)
+    return ff, after, is_rst, ff[(after != 0) & (after != 0xFF) & ~is_rst]
+
+
 def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
     """The offset of a marker that cannot stand where it is in a JPEG's compressed data (a
     run of damaged bytes forms one, and libjpeg stops there with only a warning), or None.
@@ -480,11 +489,7 @@ def _stray_marker(data: bytes, scan: int, restart: int = 0) -> int | None:
             (length,) = struct.unpack_from(">H", data, pos + 2)
             pos += 2 + length
             if code == 0xDA:  # a scan: its data runs to the next real marker
-                tail = array[pos:]
-                ff = np.flatnonzero(tail[:-1] == 0xFF)
-                after = tail[ff + 1]
-                is_rst = (after >= 0xD0) & (after <= 0xD7)
-                real = ff[(after != 0) & (after != 0xFF) & ~is_rst]
+                ff, after, is_rst, real = _markers_in_data(array[pos:])
                 if not real.size:
                     return None  # no end-of-image marker: the header check reports truncation
                 rst = is_rst & (ff < real[0])
@@ -524,9 +529,7 @@ def _scan_data_follows(array: np.ndarray, start: int) -> bool:
     body = tail[:-2]
     if body[-1] == 0xFF:
         return False
-    ff = np.flatnonzero(body[:-1] == 0xFF)
-    after = body[ff + 1]
-    real = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))].tolist()
+    real = _markers_in_data(body)[3].tolist()
     if real and real[0] == 0:
         return False  # segments, not the rest of a scan's data
     skip_to, last = 0, 0xDA  # what follows the stray marker is a scan's data
