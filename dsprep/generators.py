@@ -408,16 +408,17 @@ class HDF5Generator(_BatchSequence):
       once, so prefer uncompressed files for "full". (h5py fancy indexing, which this
       avoids, reads ~100 rows/s.)
 
-    Rows of an uncompressed file are read with ``os.preadv`` at their offsets in the file
-    (``dsprep.store.RowReader``), outside h5py's process-wide lock, so several threads (Keras's
-    workers) read side by side; compressed files go through h5py. Where the pipeline starts
-    with a cut (a crop fused with a flip or a mean, or a ten-crop), the windows of an
-    uncompressed file are cut straight from read-only memory maps of it, with no copy in
-    between: for "none" and "batches" on rows that lie back to back, slices of a few windows
-    of ~256 MB mapped at a time (``dsprep.store.MappedRows``); otherwise ("full", or chunks
-    that lie apart: HDF5 puts its index nodes between every 64 or so chunks, and pads chunks
-    of rows that are no multiple of 4 KiB, such as 227x227) each window from its row where
-    it lies in one map of the whole file (``dsprep.store.MappedFile``). The maps hold the
+    Rows of an uncompressed file come from read-only memory maps of it, outside h5py's
+    process-wide lock, so several threads (Keras's workers) read side by side: for "none" and
+    "batches" on rows that lie back to back, slices of a few windows of ~256 MB mapped at a
+    time (``dsprep.store.MappedRows``); otherwise ("full", or chunks that lie apart: HDF5
+    puts its index nodes between every 64 or so chunks, and pads chunks of rows that are no
+    multiple of 4 KiB, such as 227x227) each row where it lies in one map of the whole file
+    (``dsprep.store.MappedFile``). Where the pipeline starts with a cut (a crop fused with a
+    flip or a mean, or a ten-crop), the windows are cut straight from the map, with no copy in
+    between; any other pipeline, and raw batches, copy the rows out of it first. Where no map
+    can be made (no address space for one), the rows are read with ``os.preadv`` at their
+    offsets (``dsprep.store.RowReader``); compressed files go through h5py. The maps hold the
     file, so a new build replacing the path does not disturb them; rewriting the same file in
     place, or an I/O error under a map, stops the process with SIGBUS rather than an error.
 
@@ -546,17 +547,19 @@ class HDF5Generator(_BatchSequence):
                 self._db = store.open_dataset(self.path, locking="best-effort")
                 images = self._db["images"]
                 self._check_unchanged(images)
-                # Plain rows are read with preadv, outside h5py's process-wide lock, so
-                # threads (Keras workers) read side by side; other layouts go through h5py.
+                # Plain rows are mapped (or read with preadv), outside h5py's process-wide
+                # lock, so threads (Keras workers) read side by side; other layouts go
+                # through h5py.
                 reader = store.RowReader.for_dataset(images)
                 self._raw = store.RowReader.open(images) if reader is not None else None
                 self._reader = reader if self._raw is not None else None
-                # A pipeline that starts with a cut takes its windows straight from read-only
-                # maps of the file: contiguous batches of rows that lie back to back as slices
-                # of a window of it, any other batch row by row from a map of the whole file.
+                # Rows come from read-only maps of the file: contiguous batches of rows that
+                # lie back to back as slices of a window of it, any other batch row by row
+                # from a map of the whole file. A pipeline that starts with a cut takes its
+                # windows straight from the map; any other copies the rows out in user space
+                # (a copy from the page cache through preadv ran at 0.6 of it on one host).
                 self._mapped = self._file_map = None
-                if (self._reader is not None and self._raw is not None
-                        and self._cuts_first()):
+                if self._reader is not None and self._raw is not None:
                     if self.shuffle != "full":
                         self._mapped = self._reader.map(self._raw, self.image_shape,
                                                         self.batch_size)
@@ -638,26 +641,27 @@ class HDF5Generator(_BatchSequence):
         rows = self.batch_rows(index, epoch)
         n = len(rows)
         reader, raw, mapped = self._reader, self._raw, self._mapped  # held for the whole batch
-        file_map = self._file_map
+        file_map, data = self._file_map, None
         if file_map is not None:
-            # Rows anywhere in the file (or chunks apart): the pipeline's first cut takes each
-            # window from its row in the map, with nothing copied before (preprocess.Gathered).
             try:
                 data = file_map.data()
             except (OSError, OverflowError, ValueError):
                 # No room for one map of the whole file (a 32-bit process, a tight ulimit -v):
                 # this process reads its rows instead.
-                self._file_map = None
-            else:
-                x = self._scratch("batch", (min(self.batch_size, self._rows),
-                                            *self.image_shape))[:n]
-                return self._finish(x, self.labels[rows], epoch, index, x, Gathered(
-                    lambda i: file_map.row(int(rows[i]), data), x))
-        if mapped is not None:
+                self._file_map = file_map = None
+        cuts = self._cuts_first()
+        if cuts and file_map is not None:
+            # Rows anywhere in the file (or chunks apart): the pipeline's first cut takes each
+            # window from its row in the map, with nothing copied before (preprocess.Gathered).
+            x = self._scratch("batch", (min(self.batch_size, self._rows),
+                                        *self.image_shape))[:n]
+            return self._finish(x, self.labels[rows], epoch, index, x, Gathered(
+                lambda i: file_map.row(int(rows[i]), data), x))
+        source = None if mapped is None else mapped.rows_of(int(rows[0]), int(rows[0]) + n)
+        if cuts and source is not None:
             # The batch's rows are one slice of a map of the file; the pipeline starts with a
             # cut, which never writes into its input.
-            x = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
-            return self._finish(x, self.labels[rows], epoch, index, x)
+            return self._finish(source, self.labels[rows], epoch, index, source)
         shape = (n, *self.image_shape)
         scratch = None
         if self._steps:
@@ -666,7 +670,15 @@ class HDF5Generator(_BatchSequence):
             x = scratch[:n]
         else:
             x = np.empty(shape, dtype=np.uint8)
-        if reader is not None and raw is not None:
+        load = None
+        if source is not None:
+            def load(a: int, b: int) -> None:
+                np.copyto(x[a:b], source[a:b])
+        elif file_map is not None:
+            def load(a: int, b: int) -> None:
+                for i in range(a, b):
+                    np.copyto(x[i], file_map.row(int(rows[i]), data))
+        elif reader is not None and raw is not None:
             # ``raw`` stays referenced by the closures, so its descriptor outlives every read.
             if self.shuffle == "full":
                 def load(a: int, b: int) -> None:
@@ -674,6 +686,7 @@ class HDF5Generator(_BatchSequence):
             else:
                 def load(a: int, b: int) -> None:
                     reader.read(raw.fileno(), int(rows[0]) + a, int(rows[0]) + b, x[a:b])
+        if load is not None:
             if scratch is None:
                 load(0, n)
             else:

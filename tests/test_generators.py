@@ -989,6 +989,50 @@ def test_rows_mapped_or_read_while_cutting_give_the_batches_of_an_upfront_read(h
     np.testing.assert_array_equal(x, expected)
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read"])
+@pytest.mark.parametrize("mode", ["none", "batches", "full"])
+@pytest.mark.parametrize("pipeline", ["raw", "float32", "rescale"])
+def test_rows_without_a_cut_are_copied_from_the_map_or_read(h5file, mode, mapped, pipeline,
+                                                           monkeypatch):
+    from dsprep.preprocess import Rescale
+
+    path, imgs, _ = h5file
+    reads = []
+    for name in ("read", "read_rows"):
+        real = getattr(store.RowReader, name)
+
+        def record(self, fd, *args, _real=real):
+            reads.append(len(args[-1]))
+            return _real(self, fd, *args)
+
+        monkeypatch.setattr(store.RowReader, name, record)
+    if not mapped:  # no map can be made (no address space for one)
+        monkeypatch.setattr(store.RowReader, "map", lambda *args, **kwargs: None)
+        monkeypatch.setattr(store.RowReader, "map_file", lambda *args, **kwargs: None)
+    kwargs = {"raw": {"output": "uint8"}, "float32": {},
+              "rescale": {"preprocessors": [Rescale(0.5)]}}[pipeline]
+    gen = HDF5Generator(path, batch_size=16, shuffle=mode, seed=4, **kwargs)
+    gen[0]  # opens the file (the reader checks a first and a last row)
+    reads.clear()
+    x, _ = gen[1]
+    rows = gen.batch_rows(1)
+    scale = 0.5 if pipeline == "rescale" else 1
+    np.testing.assert_array_equal(x, imgs[rows].astype(x.dtype) * scale)
+    assert x.dtype == (np.uint8 if pipeline == "raw" else np.float32)
+    if mapped:
+        # Copied out of a read-only map of the file in user space, not read with preadv.
+        assert reads == []
+        assert (gen._file_map if mode == "full" else gen._mapped) is not None
+        windows = ([gen._file_map.data()] if mode == "full" else
+                   list(gen._mapped._windows.values()))
+        assert not any(np.may_share_memory(x, w) for w in windows)
+    else:
+        assert sum(reads) == 16
+        assert gen._mapped is None and gen._file_map is None
+    x[...] = 0  # the caller's to change
+    assert gen[1][0].any()
+
+
 class InPlaceClip:
     """A user preprocessor with an output shape that clips its input batch in place."""
 
@@ -1010,11 +1054,15 @@ def test_user_steps_get_a_writable_batch_and_outputs_never_view_the_file(h5file,
     from dsprep.preprocess import RandomPatch
 
     path, imgs, _ = h5file
-    # A first step that writes into its input gets a buffer of its own, not the file's map.
+    # A first step that writes into its input gets a copy of the rows, not the file's map.
     gen = HDF5Generator(path, batch_size=8, shuffle=mode, seed=1, output="uint8",
                         preprocessors=[InPlaceClip(), RandomPatch(4, 4)])
     x, _ = gen[0]
-    assert gen._mapped is None and x.min() >= 10 and x.max() <= 240
+    assert gen._mapped is not None and x.min() >= 10 and x.max() <= 240
+    rows = gen.batch_rows(0)
+    assert imgs[rows].min() < 10 and imgs[rows].max() > 240  # the clip had work to do
+    np.testing.assert_array_equal(gen._mapped.rows_of(int(rows[0]), int(rows[-1]) + 1),
+                                  imgs[rows])  # the file's rows as they were
     # A cut first (here fused with a flip) reads the map; what comes out is the caller's own.
     gen = HDF5Generator(path, batch_size=8, shuffle=mode, seed=1, output="uint8",
                         preprocessors=[RandomPatch(4, 4), RandomFlip(), Unchanged()])
