@@ -27,10 +27,10 @@ __all__ = [
 ]
 
 # Element types OpenCV's kernels take (flip, warpAffine, and preprocess's crops and means).
-_CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
+CV_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
 
 # warpAffine has no kernel for int8.
-_WARP_DTYPES = _CV_DTYPES - {np.dtype(np.int8)}
+_WARP_DTYPES = CV_DTYPES - {np.dtype(np.int8)}
 
 # Keras's fill_mode names. "nearest" and "reflect" fill exactly as Keras (SciPy) does. "wrap"
 # tiles the image with period = its side (SciPy's, and so Keras's, repeats the edge pixel:
@@ -68,7 +68,7 @@ def _probability(p: float) -> float:
     return float(p)
 
 
-def _batch(batch: np.ndarray, exact: bool = False, who: str = "expected") -> np.ndarray:
+def check_batch(batch: np.ndarray, exact: bool = False, who: str = "expected") -> np.ndarray:
     """``batch`` as an array of (B, H, W, C) images (``exact``), or of more dimensions (crops
     per sample); a UsageError naming ``who`` otherwise."""
     if not isinstance(batch, np.ndarray):
@@ -80,7 +80,7 @@ def _batch(batch: np.ndarray, exact: bool = False, who: str = "expected") -> np.
     return batch
 
 
-def _mat(a: np.ndarray) -> np.ndarray:
+def cv_view(a: np.ndarray) -> np.ndarray:
     """The view OpenCV should see: single-channel images as 2-D, so ``dst=`` is honoured."""
     return a[..., 0] if a.shape[-1] == 1 else a
 
@@ -130,7 +130,7 @@ def _flip_output(out: np.ndarray | None, batch: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rows(a: np.ndarray) -> np.ndarray | None:
+def as_rows(a: np.ndarray) -> np.ndarray | None:
     """A C-contiguous (..., W, C) array as one (rows, W, C) image, or None when not contiguous."""
     if not a.flags.c_contiguous:
         return None
@@ -138,22 +138,22 @@ def _rows(a: np.ndarray) -> np.ndarray | None:
 
 
 def _flip(batch, mask, out, axis: int) -> np.ndarray:
-    batch = _batch(batch)
+    batch = check_batch(batch)
     n = batch.shape[0]
     mask = np.ones(n, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), (n,))
     in_place = out is batch
     out = _flip_output(out, batch)
-    use_cv = axis == -2 and batch.dtype in _CV_DTYPES and batch.shape[-1] <= 512
+    use_cv = axis == -2 and batch.dtype in CV_DTYPES and batch.shape[-1] <= 512
     for i in range(n):
         if not mask[i]:
             if not in_place:
                 out[i] = batch[i]
             continue
-        src_rows = _rows(batch[i]) if use_cv else None
-        dst_rows = _rows(out[i]) if src_rows is not None else None
+        src_rows = as_rows(batch[i]) if use_cv else None
+        dst_rows = as_rows(out[i]) if src_rows is not None else None
         if dst_rows is not None:
             # flipCode 1 reverses every row, so (K*H, W, C) rows flip every crop at once.
-            cv2.flip(_mat(src_rows), 1, dst=_mat(dst_rows))
+            cv2.flip(cv_view(src_rows), 1, dst=cv_view(dst_rows))
         else:
             out[i] = np.flip(batch[i], axis=axis)
     return out
@@ -185,7 +185,7 @@ class RandomFlip:
         return shape
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        batch = _batch(batch)
+        batch = check_batch(batch)
         rng = require_rng(rng, "RandomFlip")
         n = batch.shape[0]
         out = batch
@@ -275,7 +275,7 @@ def warp_affine(
     fill_value: float = 0.0,
 ) -> np.ndarray:
     """Apply one forward affine map per image with bilinear interpolation; keeps dtype and shape."""
-    batch = _batch(batch)
+    batch = check_batch(batch)
     if fill not in _BORDERS:
         raise UsageError(f"fill must be one of {', '.join(_BORDERS)}, got {fill!r}")
     if batch.dtype not in _WARP_DTYPES:
@@ -288,10 +288,10 @@ def warp_affine(
     out = np.empty(batch.shape, batch.dtype)
     for i in range(n):
         cv2.warpAffine(
-            _mat(batch[i]),
+            cv_view(batch[i]),
             matrices[i],
             (width, height),
-            dst=_mat(out[i]),
+            dst=cv_view(out[i]),
             flags=cv2.INTER_LINEAR,
             borderMode=_BORDERS[fill],
             borderValue=(fill_value,) * 4,
@@ -385,7 +385,7 @@ class RandomAffine:
         return affine_matrices(shape, rotation, shift_y, shift_x, shear, zoom_y, zoom_x)
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        batch = _batch(batch)
+        batch = check_batch(batch)
         self.output_shape(batch.shape[1:])
         matrices = self.draw(batch.shape[0], batch.shape[1:3], rng)
         return warp_affine(batch, matrices, fill=self.fill, fill_value=self.fill_value)
@@ -416,7 +416,7 @@ class RandomBrightness:
         return shape
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        batch = _batch(batch)
+        batch = check_batch(batch)
         rng = require_rng(rng, "RandomBrightness")
         offsets = rng.uniform(-self.delta, self.delta, batch.shape[0])
         if batch.dtype == np.uint8:
@@ -426,7 +426,7 @@ class RandomBrightness:
                 # A lookup table per image: one saturating pass, whatever the offset's sign.
                 table = np.clip(levels + offset, 0, 255).astype(np.uint8)
                 if batch.ndim == 4 and batch[i].flags.c_contiguous:
-                    cv2.LUT(_mat(batch[i]), table, dst=_mat(out[i]))
+                    cv2.LUT(cv_view(batch[i]), table, dst=cv_view(out[i]))
                 else:
                     out[i] = table[batch[i]]
             return out

@@ -37,17 +37,17 @@ import numpy as np
 
 from .. import system
 from ..augment import (
-    _CV_DTYPES,
+    CV_DTYPES,
     RandomFlip,
-    _mat,
-    _rows,
+    as_rows,
+    check_batch,
+    cv_view,
     flag,
     flip_horizontal,
     flip_vertical,
     real,
     require_rng,
 )
-from ..augment import _batch as _check_batch
 from ..errors import DatasetFormatError, UsageError
 from ..stats import means_vector, read_means
 
@@ -94,7 +94,7 @@ def _size(height: int, width: int | None) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+def as_size(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)):
         return _size(size, None)  # a bool is refused there
     if not isinstance(size, (tuple, list, np.ndarray)) or len(size) != 2:
@@ -126,7 +126,7 @@ def _check_fits(shape: Sequence[int], size: tuple[int, int], what: str) -> tuple
 
 
 def _cv_ok(a: np.ndarray, channels_max: int = 4) -> bool:
-    return a.dtype in _CV_DTYPES and a.shape[-1] <= channels_max
+    return a.dtype in CV_DTYPES and a.shape[-1] <= channels_max
 
 
 
@@ -326,20 +326,20 @@ def subtract_mean(
     Returns:
         A float32 array of the batch's shape.
     """
-    batch = _check_batch(batch)
+    batch = check_batch(batch)
     mean = _mean_vector(mean_rgb, batch.shape[-1])
     out = _output(out, batch.shape, np.float32)
     if not _cv_ok(batch):
         np.subtract(batch, mean.astype(np.float32), out=out, casting="unsafe")
         return out
     scalar = _scalar(mean)
-    src_rows, dst_rows = _rows(batch), _rows(out)
+    src_rows, dst_rows = as_rows(batch), as_rows(out)
     if src_rows is not None and dst_rows is not None:
         # One OpenCV call for the whole batch: it sees B*H rows of one tall image.
-        cv2.subtract(_mat(src_rows), scalar, dst=_mat(dst_rows), dtype=cv2.CV_32F)
+        cv2.subtract(cv_view(src_rows), scalar, dst=cv_view(dst_rows), dtype=cv2.CV_32F)
         return out
     for index in np.ndindex(batch.shape[:-3]):
-        cv2.subtract(_mat(batch[index]), scalar, dst=_mat(out[index]), dtype=cv2.CV_32F)
+        cv2.subtract(cv_view(batch[index]), scalar, dst=cv_view(out[index]), dtype=cv2.CV_32F)
     return out
 
 Loader = Callable[[int, int], None]
@@ -425,8 +425,8 @@ def crop(
     Returns:
         (B, h, w, C), the batch's dtype, or float32 when ``mean`` is given.
     """
-    batch = _check_batch(batch, exact=True)
-    h, w = _as_size(size)
+    batch = check_batch(batch, exact=True)
+    h, w = as_size(size)
     n, height, width, channels = batch.shape
     tops = _per_image(tops, n, "tops")
     lefts = _per_image(lefts, n, "lefts")
@@ -637,7 +637,7 @@ class _WindowWriter:
     """Copies one window into its slot of the output, mirrored and mean-subtracted as asked."""
 
     def __init__(self, dtype, channels: int, size: tuple[int, int], mean: np.ndarray | None):
-        self.use_cv = np.dtype(dtype) in _CV_DTYPES and channels <= 4
+        self.use_cv = np.dtype(dtype) in CV_DTYPES and channels <= 4
         self.scalar = None if mean is None else _scalar(mean)
         self.mean32 = None if mean is None else mean.astype(np.float32)
         # Mirroring the small uint8 window first moves a quarter of the bytes of a float mirror.
@@ -652,14 +652,14 @@ class _WindowWriter:
                 np.subtract(view, self.mean32, out=dst, casting="unsafe")
         elif self.scalar is None:
             if flip:
-                cv2.flip(_mat(view), 1, dst=_mat(dst))
+                cv2.flip(cv_view(view), 1, dst=cv_view(dst))
             else:
                 dst[...] = view
         else:
             if flip:
-                cv2.flip(_mat(view), 1, dst=_mat(self.flipped))
+                cv2.flip(cv_view(view), 1, dst=cv_view(self.flipped))
                 view = self.flipped
-            cv2.subtract(_mat(view), self.scalar, dst=_mat(dst), dtype=cv2.CV_32F)
+            cv2.subtract(cv_view(view), self.scalar, dst=cv_view(dst), dtype=cv2.CV_32F)
 
 
 def center_crop(
@@ -670,8 +670,8 @@ def center_crop(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The centred window of every image (rounded towards the top-left when the margin is odd)."""
-    batch = _check_batch(batch, exact=True)
-    h, w = _as_size(size)
+    batch = check_batch(batch, exact=True)
+    h, w = as_size(size)
     _check_fits(batch.shape[1:], (h, w), "crop")
     top, left = (batch.shape[1] - h) // 2, (batch.shape[2] - w) // 2
     return crop(batch, top, left, (h, w), mean=mean, out=out)
@@ -681,7 +681,7 @@ def five_crop_positions(
     height: int, width: int, size: int | tuple[int, int]
 ) -> list[tuple[int, int]]:
     """(top, left) of the five crops: top-left, top-right, bottom-left, bottom-right, centre."""
-    h, w = _as_size(size)
+    h, w = as_size(size)
     _check_fits((height, width, 1), (h, w), "crop")
     bottom, right = height - h, width - w
     return [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
@@ -732,8 +732,8 @@ def ten_crop(
 
 def _multi_crop(batch, size, mirrors: tuple[bool, ...], mean, out, load=None) -> np.ndarray:
     """The five crops of every image once per entry of ``mirrors`` (mirrored where true)."""
-    batch = _check_batch(batch, exact=True)
-    h, w = _as_size(size)
+    batch = check_batch(batch, exact=True)
+    h, w = as_size(size)
     n, height, width, channels = batch.shape
     positions = five_crop_positions(height, width, (h, w))
     mean_vec = None if mean is None else _mean_vector(mean, channels)
@@ -763,7 +763,7 @@ def _multi_crop(batch, size, mirrors: tuple[bool, ...], mean, out, load=None) ->
 
 def rescale(batch: np.ndarray, scale: float, offset: float = 0.0) -> np.ndarray:
     """``batch * scale + offset`` as float32 (e.g. scale=1/255 maps uint8 to [0, 1])."""
-    batch = _check_batch(batch)
+    batch = check_batch(batch)
     out = np.multiply(batch, np.float32(scale), dtype=np.float32)
     if offset:
         out += np.float32(offset)
@@ -772,7 +772,7 @@ def rescale(batch: np.ndarray, scale: float, offset: float = 0.0) -> np.ndarray:
 
 def minmax_normalize(batch: np.ndarray) -> np.ndarray:
     """Scale each image (H, W, C) to [0, 1] by its own minimum and maximum; flat images give 0."""
-    batch = _check_batch(batch)
+    batch = check_batch(batch)
     data = batch.astype(_work_dtype(batch.dtype))
     axes = (-3, -2, -1)
     low = data.min(axis=axes, keepdims=True)
@@ -787,7 +787,7 @@ def percentile_normalize(batch: np.ndarray, low: float = 5, high: float = 95) ->
 
     A flat image (both percentiles equal) becomes all zeros instead of dividing by zero.
     """
-    batch = _check_batch(batch)
+    batch = check_batch(batch)
     _check_percentiles(low, high)
     shape = batch.shape
     work = _work_dtype(batch.dtype)
@@ -891,7 +891,7 @@ class RandomPatch:
         return rng.integers(0, height - h + 1, n), rng.integers(0, width - w + 1, n)
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        batch = _check_batch(batch)
+        batch = check_batch(batch)
         self.output_shape(batch.shape[1:])
         tops, lefts = self.draw(batch.shape, rng)
         return crop(batch, tops, lefts, self.size)
@@ -920,7 +920,7 @@ class CenterCrop:
         return np.full(n, (height - h) // 2), np.full(n, (width - w) // 2)
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        batch = _check_batch(batch)
+        batch = check_batch(batch)
         self.output_shape(batch.shape[1:])
         return center_crop(batch, self.size)
 
@@ -953,7 +953,7 @@ class TenCrop:
     def __call__(
         self, batch: np.ndarray, rng: np.random.Generator | None = None, load: Loader | None = None
     ) -> np.ndarray:
-        batch = _check_batch(batch)
+        batch = check_batch(batch)
         self.output_shape(batch.shape[1:])
         return ten_crop(batch, self.size, mirror=self.mirror, mean=self.mean, load=load)
 
@@ -1023,7 +1023,7 @@ class _CropPlan:
     def __call__(
         self, batch: np.ndarray, rng: np.random.Generator, load: Loader | None = None
     ) -> np.ndarray:
-        batch = _check_batch(batch)
+        batch = check_batch(batch)
         self.output_shape(batch.shape[1:])
         n, width = batch.shape[0], batch.shape[2]
         flips = None

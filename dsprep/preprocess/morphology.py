@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 from skimage import filters, morphology
 
-from ..augment import _batch as check_batch
+from ..augment import check_batch
 from ..errors import UsageError
 
 __all__ = [
