@@ -41,6 +41,13 @@ def write_atomic(
                 fh.flush()
                 _fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename in (str(tmp), os.fspath(tmp)):
+            # The temporary name is dsprep's own: the user knows the file by its final one
+            # (a read-only RUN folder said ".config.partial.json: Read-only file system").
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -340,7 +340,7 @@ def test_a_stopped_run_says_how_to_resume_it(data, one_epoch_run, tmp_path, monk
     status = 130 if isinstance(stop, KeyboardInterrupt) else stop.code
     result = CliRunner().invoke(main, ["train", "--resume", str(run), "--epochs", "2"])
     assert result.exit_code == status
-    assert f"continue it with: dsprep train --resume {run}" in result.output
+    assert f"continue it with: dsprep train --resume {run}\n" in result.output
 
     # A replacement stopped in its first epoch: the old run is back, and no resume is offered
     # (it would continue the old run, not the one that was stopped).
@@ -731,7 +731,8 @@ def test_a_stop_whose_raise_was_lost_still_stops_the_run(data, tmp_path, monkeyp
     other = tmp_path / "other"
     result = invoke("train", data, other, *QUICK, "--epochs", "3")
     assert result.exit_code == 130 and "Invalid bounding box" not in result.output
-    assert f"the run stopped; continue it with: dsprep train --resume {other}" in result.output
+    assert (f"the run stopped; continue it with: dsprep train --resume {other} (or the same "
+            "command again)") in result.output
     # The stop was the command's: library calls after it, and the next command, go on.
     assert system.stop_asked() is None
     system.raise_if_stopped()

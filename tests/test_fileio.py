@@ -36,6 +36,31 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["means.json"]
 
 
+def test_a_refused_write_names_the_final_file_not_the_temporary_one(tmp_path, monkeypatch):
+    # A read-only folder (a read-only mount: root may write where chmod says not to).
+    real_open = open
+
+    def read_only(file, *args, **kwargs):
+        if str(file).endswith(".partial.json"):
+            raise OSError(30, "Read-only file system", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    path = tmp_path / "config.json"
+    with pytest.raises(OSError, match="Read-only") as caught:
+        fileio.write_atomic(path, "{}", tmp=tmp_path / ".config.partial.json")
+    assert caught.value.filename == str(path) and caught.value.errno == 30
+    # An error the system raises with the final name (replacing a folder) keeps its type.
+    monkeypatch.undo()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "inside").write_text("x")
+    with pytest.raises(OSError) as caught:
+        fileio.write_atomic(tmp_path / "folder", "{}")
+    assert caught.value.filename == str(tmp_path / "folder")
+    assert isinstance(caught.value, IsADirectoryError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
 needs_flock = pytest.mark.skipif(
     importlib.util.find_spec("fcntl") is None,
     reason="advisory locks need flock (POSIX); on Windows nothing is locked")
@@ -179,7 +204,7 @@ def test_write_errors_name_the_file_the_system_did_not(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, "open", Full, raising=False)
     with pytest.raises(OSError, match="No space left on device") as full:
         fileio.write_atomic(tmp_path / "m.json", "{}")
-    assert full.value.filename == str(tmp_path / "m.json.partial")
+    assert full.value.filename == str(tmp_path / "m.json")  # the name the user knows
 
 
 def test_a_file_system_that_cannot_sync_is_no_error_but_a_failed_sync_names_the_file(

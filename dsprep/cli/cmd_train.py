@@ -190,8 +190,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def _resume_hint(run: str, replacing: bool = False):
-    """On Ctrl-C, SIGTERM or SIGHUP after a finished epoch, say how to continue the run.
+def _resume_hint(run: str, replacing: bool = False, again: bool = False):
+    """On Ctrl-C, SIGTERM or SIGHUP after a finished epoch, say how to continue the run
+    (``again``: the same command carries it on too).
 
     A replacement (--force) stopped before its first epoch ended puts back the run it was to
     replace, state.json and all, untouched: that is said instead.
@@ -209,8 +210,8 @@ def _resume_hint(run: str, replacing: bool = False):
             click.echo(f"\nthe run stopped before it finished an epoch; {run} holds what it "
                        "held before", err=True)
         elif stopped and (Path(run) / "last.keras").is_file():
-            click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {run}",
-                       err=True)
+            click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {run}"
+                       + (" (or the same command again)" if again else ""), err=True)
         if stop is exc:
             raise
         raise stop from None
@@ -348,7 +349,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                 say(f"note: {run} holds a run of these options on {data}; it carries on from "
                     f"its epoch {done}, as --resume {run} would", err=True)
             machine = {name: getattr(config, name) for name in _MACHINE}
-            with _resume_hint(run):
+            with _resume_hint(run, again=True):
                 result = fit.resume(run, epochs=config.epochs, data=data,
                                     progress=show_epochs(), bars=show_progress(),
                                     machine=machine)
@@ -356,7 +357,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                 _nothing_to_do(result)
                 return
         else:
-            with _resume_hint(run, replacing=force):
+            with _resume_hint(run, replacing=force, again=not force):
                 result = fit.train(data, run, config, overwrite=force, progress=show_epochs(),
                                    bars=show_progress())
         if result.restarted:
