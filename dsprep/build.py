@@ -1453,14 +1453,24 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
     journal = out / PUBLISHING_NAME
     # One pool for every file, sized for the largest (val may outnumber train).
     pool_workers = _workers_for(max(map(len, planned.values()), default=0), options)
+    stamps: dict[str, str] = {}
     try:
         for split, rows in planned.items():
             ordered = order_rows(rows, options.order, options.seed)
+            stamps[split] = sources_stamp(rows, links.get(split, ()))
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress, keep_ring=True,
                                       left_out=links.get(split, ()),
                                       pool_workers=pool_workers))
+        for split, rows in planned.items():
+            if sources_stamp(rows, links.get(split, ())) != stamps[split]:
+                # Its files were replaced while they were read (a split --force of SRC): the
+                # files built would mix two splits, with the images gone counted as bad ones.
+                raise DsprepError(
+                    f"{src}: the images of {split} changed while they were built (added, "
+                    "removed or replaced: was the split made again?); nothing was kept. Run "
+                    "the same command again once SRC is no longer being written")
         _write_skipped(_waiting(skipped_final), [s for r in reports for s in r.skipped])
         for report in reports:
             if report.count == 0 and report.skipped:

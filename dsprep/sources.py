@@ -182,6 +182,11 @@ class Source(ABC):
         self.close()
 
 
+# Folders a file system makes itself, owned by root and unreadable to others (at the top of a
+# mounted volume): never a dump's images, so an unreadable one is only reported.
+_NEVER_IMAGES = {"lost+found"}
+
+
 class FolderSource(Source):
     """A dump that is a folder; symbolic links are followed, loops and dangling links reported."""
 
@@ -208,9 +213,18 @@ class FolderSource(Source):
                 # In a fixed order, whatever order the file system lists them in.
                 with os.scandir(folder) as listing:
                     entries = sorted(listing, key=lambda e: e.name)
-            except OSError as exc:
+            except FileNotFoundError as exc:  # removed while the dump was listed
                 problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
                 return
+            except OSError as exc:
+                if prefix and prefix.rstrip("/").rpartition("/")[2] in _NEVER_IMAGES:
+                    problems.append(Skipped(prefix.rstrip("/"), UNREADABLE, _os_detail(exc)))
+                    return
+                # A folder that cannot be listed may hold a whole class: leaving it out would
+                # train a model that never saw one (a note is easily missed in a batch job).
+                raise OSError(exc.errno, f"{exc.strerror or exc}: this folder cannot be "
+                              "listed, and its images would be left out; give read access to "
+                              "it (chmod), or move it elsewhere", folder) from exc
             for entry in entries:
                 if not _visible(entry.name):
                     continue

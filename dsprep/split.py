@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import zlib
 from collections import Counter, defaultdict
@@ -1099,6 +1100,7 @@ def materialize(
             with _room(dest, mode=mode, folder=folder,
                        files=split_plan.files if resume else None):
                 partial.mkdir(parents=True, exist_ok=True)
+                _like(dest, partial, final=False)
                 _write_text(partial / _MARKER, json.dumps(marker, indent=2))
                 for split_name in split_plan.splits:
                     for label in split_plan.classes:
@@ -1311,6 +1313,7 @@ def run(
                 _remove_partial(partial, force)
             staging = partial / _STAGING
             partial.mkdir(parents=True)
+            _like(dest, partial, final=False)
             _write_text(partial / _MARKER, json.dumps(identity))
             staging.mkdir()
             stage = str(staging)
@@ -1475,6 +1478,28 @@ def _finish(partial: Path, files_csv: str, skipped_csv: str, manifest: dict) -> 
     (partial / _MARKER).unlink(missing_ok=True)
 
 
+def _like(dest: Path, folder: Path, final: bool) -> None:
+    """Give the folder a split is written into what an existing ``dest`` has of its own: its
+    mode (a group-private 2770 project folder must not become 755), its group (and owner, as
+    root), and its extended attributes (ACLs). While it is written (``final`` False) its owner
+    may also write in it; the group and a default ACL are then inherited by what is made in it.
+    """
+    if _inside(dest) or dest.is_symlink() or not dest.is_dir():
+        return
+    try:
+        st = os.stat(dest)
+    except OSError:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # a group one is not a member of
+        os.chown(folder, st.st_uid if os.geteuid() == 0 else -1, st.st_gid)
+    with contextlib.suppress(OSError, AttributeError):  # no extended attributes there
+        for name in os.listxattr(dest):
+            with contextlib.suppress(OSError):
+                os.setxattr(folder, name, os.getxattr(dest, name))
+    mode = stat.S_IMODE(st.st_mode)
+    os.chmod(folder, mode if final else mode | stat.S_IRWXU)
+
+
 def _swap(partial: Path, dest: Path, old: Path) -> None:
     """Rename the finished split into place, replacing whatever ``dest`` held.
 
@@ -1486,6 +1511,7 @@ def _swap(partial: Path, dest: Path, old: Path) -> None:
     if _inside(dest):
         _swap_inside(partial, dest, old)
         return
+    _like(dest, partial, final=True)
     if old.exists():
         shutil.rmtree(old)
     if dest.is_dir() and not any(dest.iterdir()):

@@ -546,3 +546,31 @@ def test_sources_and_destinations_that_are_not_folders_are_named(tmp_path):
         assert result.exit_code != 0 and message in result.output, result.output
         assert ".split-lock" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", [[], ["--counts", "2,1,1"], ["--mode", "symlink"]])
+def test_an_existing_dest_keeps_its_mode_group_and_attributes(tmp_path, how):
+    # A group-private project folder (setgid, 2770) must not come back world-readable and
+    # owned by another group after the split is swapped into its place.
+    import stat
+
+    src = make_class_folders(tmp_path / "dump", classes=("cat", "dog"), per_class=4)
+    dest = tmp_path / "shared"
+    dest.mkdir()
+    group = 65534 if os.getgid() != 65534 else 0
+    os.chown(dest, -1, group)
+    os.chmod(dest, 0o2770)
+    try:
+        os.setxattr(dest, "user.project", b"x-ray")
+        xattrs = True
+    except OSError:  # a file system without user attributes: the mode and group still hold
+        xattrs = False
+    for force in ([], ["--force", "--seed", "2"]):  # made, then made again in its place
+        result = run("split", str(src), str(dest), *how, *force)
+        assert result.exit_code == 0, result.output
+        st = os.stat(dest)
+        assert stat.S_IMODE(st.st_mode) == 0o2770 and st.st_gid == group
+        assert os.stat(dest / "train").st_gid == group  # made inside, so it took the group
+        if xattrs:
+            assert os.getxattr(dest, "user.project") == b"x-ray"
+        assert (dest / "split.json").is_file()

@@ -1226,3 +1226,31 @@ def test_portable_pixmaps_are_images_and_phone_heic_photos_are_listed_as_left_ou
     with pytest.raises(LayoutError, match=r"holds no image files.*its \.heic images are not "
                                           r"read: convert them to JPEG or PNG"):
         _find(root)
+
+
+def _unlistable(monkeypatch, *names):
+    """os.scandir refusing folders of these names (tests run as root, where modes do not)."""
+    import errno
+
+    scandir = os.scandir
+
+    def listing(path="."):
+        if os.path.basename(os.fspath(path)) in names:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", listing)
+
+
+def test_a_folder_that_cannot_be_listed_stops_the_listing(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog", "eel"), per_class=2)
+    (root / "lost+found").mkdir()
+    _unlistable(monkeypatch, "lost+found")
+    # The file system's own folder holds no images: reported, not fatal.
+    assert _find(root).classes == ["cat", "dog", "eel"]
+    _unlistable(monkeypatch, "dog")
+    # A class folder left out would be a class the model never sees.
+    for listing in (lambda: _find(root), lambda: scan_class_folders(root, [])):
+        with pytest.raises(PermissionError, match="cannot be listed.*give read access") as info:
+            listing()
+        assert info.value.filename == str(root / "dog")
