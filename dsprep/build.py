@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import csv
 import errno
 import hashlib
-import io
 import json
 import mmap
 import os
@@ -43,6 +41,7 @@ from .errors import (
     UsageError,
 )
 from .fileio import (
+    csv_text,
     exclusive,
     refuse_dangling_link,
     sync_file,
@@ -1271,6 +1270,9 @@ def build_hdf5(
             unlike = _unlike(src, out, planned, classes, options, links,
                              [p for p in (means_path, skipped_final) if p is not None])
             if unlike is None:
+                # A --force build of other files stopped before it named them: they would
+                # stay, up to a whole build's size, as nothing is built here.
+                _remove_unnamed(outputs, [means_path, skipped_final])
                 return BuildReport([], means_path, skipped_final, notes,
                                    warnings + _not_ours(others), up_to_date=True)
         if not force:
@@ -1501,11 +1503,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
             # no mix of two builds (a kill leaves that to the next build).
             _discard(journal, renamed, [f for f in finals if f not in renamed])
         elif not renamed:
-            for path in outputs:
-                store.partial_path(path).unlink(missing_ok=True)
-            for path in (means_path, skipped_final):
-                if path is not None:
-                    _waiting(path).unlink(missing_ok=True)
+            _remove_unnamed(outputs, [means_path, skipped_final])
             journal.unlink(missing_ok=True)
         else:  # every file is in place: the build is whole and stays
             with contextlib.suppress(OSError):
@@ -1517,6 +1515,16 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
     with contextlib.suppress(OSError):
         journal.unlink()
     return reports
+
+
+def _remove_unnamed(outputs: list[Path], others: list[Path | None]) -> None:
+    """Remove what a build wrote before naming it: the HDF5 files' ``.partial`` files and the
+    other outputs' waiting files (call under OUT's lock: they are then a stopped build's)."""
+    for path in outputs:
+        store.partial_path(path).unlink(missing_ok=True)
+    for path in others:
+        if path is not None:
+            _waiting(path).unlink(missing_ok=True)
 
 
 def _discard(journal: Path, renamed: list[Path], waiting: list[Path]) -> None:
@@ -1584,11 +1592,8 @@ def _all_left_out(split: str, skipped: Sequence[Skip]) -> DsprepError:
 
 
 def _write_skipped(path: Path, skipped: Iterable[Skip]) -> Path:
-    text = io.StringIO()
-    out = csv.writer(text, lineterminator="\n")
-    out.writerow(["source", "reason", "detail"])
-    out.writerows([s.source, s.reason, s.detail] for s in skipped)
-    return write_atomic(path, text.getvalue())
+    return write_atomic(path, csv_text(["source", "reason", "detail"],
+                                       ([s.source, s.reason, s.detail] for s in skipped)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@ keep two processes from writing the same output at once."""
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -52,6 +54,21 @@ def write_atomic(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """CSV text with "\n" line ends, as dsprep writes its lists of files.
+
+    A field holding a carriage return is quoted too (a file may be so named): Python's writer
+    quotes only what its line terminator holds, and every reader would split such a row.
+    """
+    buf = io.StringIO()
+    plain = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    plain.writerow(header)
+    for row in rows:
+        (quoted if any("\r" in str(v) for v in row) else plain).writerow(row)
+    return buf.getvalue()
 
 
 def refuse_dangling_link(path: str | os.PathLike) -> None:

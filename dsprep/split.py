@@ -13,7 +13,6 @@ import contextlib
 import csv
 import errno
 import hashlib
-import io
 import json
 import math
 import os
@@ -41,7 +40,14 @@ from .errors import (
     SplitError,
     UsageError,
 )
-from .fileio import exclusive, naming, refuse_dangling_link, refuse_under_a_file, write_atomic
+from .fileio import (
+    csv_text,
+    exclusive,
+    naming,
+    refuse_dangling_link,
+    refuse_under_a_file,
+    write_atomic,
+)
 from .sources import (
     BAD_LABEL,
     IGNORED_FOLDERS,
@@ -335,23 +341,15 @@ class SplitPlan:
 
     def files_csv(self) -> str:
         """The text of ``files.csv``."""
-        return _csv_text(FILES_COLUMNS, (_csv_row(f) for f in self.files))
+        return csv_text(FILES_COLUMNS, (_csv_row(f) for f in self.files))
 
     def skipped_csv(self) -> str:
         """The text of ``skipped.csv``."""
-        return _csv_text(SKIPPED_COLUMNS, ([s.source, s.reason, s.detail] for s in self.skipped))
+        return csv_text(SKIPPED_COLUMNS, ([s.source, s.reason, s.detail] for s in self.skipped))
 
 
 def _csv_row(f: PlannedFile) -> list[str]:
     return [f.split, f.label, f.path, f.source, f.sha256, str(f.width), str(f.height)]
-
-
-def _csv_text(header, rows) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def allocate(n: int, ratios: tuple[float, ...]) -> list[int]:
@@ -999,6 +997,8 @@ def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = 
             before = {row["source"]: row for row in reader}
     except (OSError, UnicodeDecodeError, csv.Error):
         return
+    if None in before or any(None in row.values() for row in before.values()):
+        return  # rows cut short (a name with a carriage return, unquoted by an older dsprep)
     planned = {f.source: f for f in split_plan.files}
     new = sum(s not in before for s in planned)
     out = [s for s in before if s not in planned]
@@ -1325,7 +1325,8 @@ def run(
                               max_pixels=options.max_pixels)
 
             try:
-                with _room(dest, mode=mode, folder=source_path.is_dir()):
+                with _room(dest, mode=mode, folder=source_path.is_dir(),
+                           count=len(inventory.items)):
                     checked = _map(check, list(enumerate(inventory.items)), workers, progress,
                                    "reading")
                 split_plan = _decide(source_path, inventory, checked, options)
@@ -1361,13 +1362,14 @@ def run(
 
 @contextlib.contextmanager
 def _room(dest: Path, *, mode: str, folder: bool,
-          files: Sequence[PlannedFile] | None = None, discard: Path | None = None):
+          files: Sequence[PlannedFile] | None = None, discard: Path | None = None,
+          count: int | None = None):
     """Say a full disk or quota as a split that does not fit in ``dest``, not as the hidden
     work file the write failed on, and say what to do. ``files``: the files to place, known
     once the split is planned; the files placed so far then stay for the next run to reuse
     (before, nothing is kept). ``folder``: the source is a folder, so other modes would serve.
     ``discard``: the work folder of a run that keeps nothing (``--force``), removed so that
-    its room comes back."""
+    its room comes back. ``count``: the files to write before ``files`` are known."""
     try:
         yield
     except OSError as exc:
@@ -1376,12 +1378,15 @@ def _room(dest: Path, *, mode: str, folder: bool,
         if discard is not None:
             shutil.rmtree(discard, ignore_errors=True)
         kept = files is not None
-        free = _room_left(dest, mode, files) if kept else ""
+        free, no_entries = _room_left(dest, mode, files, count)
         then = ("The files placed so far are kept: free some space, then run the same command "
                 "again to carry on" if kept else
                 "Nothing was kept: free some space, then run the same command again")
         instead = {
-            "copy": ", or place links instead of copies (--mode symlink, or --mode hardlink "
+            # Symbolic links take file entries too; hard links do not.
+            "copy": ", or place hard links instead of copies (--mode hardlink, on the dump's "
+                    "own disk)" if no_entries else
+                    ", or place links instead of copies (--mode symlink, or --mode hardlink "
                     "on the dump's own disk)",
             # Hard links to another disk are copies, which take the room of the images.
             "hardlink": ", or place symbolic links (--mode symlink)",
@@ -1391,26 +1396,34 @@ def _room(dest: Path, *, mode: str, folder: bool,
                       f"{exc.strerror or os.strerror(exc.errno)}{free}). {then}{instead}.") from exc
 
 
-def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile]) -> str:
+def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile] | None,
+               count: int | None = None) -> tuple[str, bool]:
     """What the split needs against what is free on ``dest``'s disk: the bytes of its copies
     (hard links that fall back to copies across disks take them too; symbolic links only a
-    little each), and the file entries (inodes) where fewer are free than it has files."""
+    little each), and the file entries (inodes) where fewer are free than it has files (or
+    than the ``count`` files it writes before it is planned); and whether those ran short."""
+    if files is None and count is None:
+        return "", False
     try:
         # DEST itself when it exists: a mount point is filled in place.
         fs = os.statvfs(dest if dest.is_dir() else dest.parent)
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
-        return ""
-    copies = f"{sum(f.size for f in files) / 1e6:,.1f} MB"
-    needs = {"copy": f"its files take {copies}, and ",
-             "hardlink": f"its files take {copies} where hard links become copies, and "
-             }.get(mode, "")
+        return "", False
+    needs = ""
+    if files is not None:
+        copies = f"{sum(f.size for f in files) / 1e6:,.1f} MB"
+        needs = {"copy": f"its files take {copies}, and ",
+                 "hardlink": f"its files take {copies} where hard links become copies, and "
+                 }.get(mode, "")
+        count = len(files)
     text = f"; {needs}{fs.f_bavail * fs.f_frsize / 1e6:,.1f} MB are free there"
     # A hard link takes no file entry; a file system that makes them as it goes (btrfs)
     # counts none.
-    if mode != "hardlink" and fs.f_files and fs.f_favail < len(files):
-        text += (f", and {fs.f_favail:,} file entries (inodes) for its {len(files):,} "
+    short = bool(mode != "hardlink" and fs.f_files and fs.f_favail < count)
+    if short:
+        text += (f", and {fs.f_favail:,} file entries (inodes) for its {count:,} "
                  f"{'links' if mode == 'symlink' else 'files'}")
-    return text
+    return text, short
 
 
 def _placing(partial: Path, identity: dict) -> bool:
@@ -1565,6 +1578,12 @@ def _clear_leftovers(dest: Path) -> None:
     with contextlib.suppress(OSError):
         (dest / f"{_OWN}-partial").rmdir()  # only if empty
     (dest / f"{_OWN}-swapping").unlink(missing_ok=True)
+    # A --force run of another split stopped before its swap: only another --force could take
+    # its files up, and that starts afresh. They can be a whole copy of the data.
+    partial = _partial(dest)
+    if partial.is_dir():
+        with contextlib.suppress(DestinationExistsError, OSError):
+            _remove_partial(partial, force=False)
 
 
 def _remove(path: Path) -> None:

@@ -393,6 +393,9 @@ def test_a_stopped_build_cleans_up_and_says_which_signal(tmp_path, signum):
             proc.wait(30)
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err.decode()
+    # What to do next is said for each, after the clean-up.
+    assert err.decode().rstrip().endswith("Nothing half-written was kept; run the same "
+                                          "command again.")
     assert not list(out.glob("*.partial")) and not (out / "val.hdf5").exists()
     assert run("build-hdf5", src, out, "--force").exit_code == 0
 
@@ -668,3 +671,16 @@ def test_a_class_folder_that_cannot_be_listed_stops_the_build(tmp_path, monkeypa
     assert result.exit_code == 1, result.output
     assert f"{src / 'train' / 'dog'}: Permission denied: this folder" in result.output
     assert not (tmp_path / "out" / "train.hdf5").exists()
+
+
+def test_an_up_to_date_build_removes_what_a_stopped_force_build_left(built, tmp_path):
+    out, _ = built
+    # 'build-hdf5 --force' of other options killed before it named its files.
+    stale = [out / "train.hdf5.partial", out / "means.json.next", out / "skipped.csv.next"]
+    for path in stale:
+        path.write_bytes(b"\0" * 4096)
+    result = run("build-hdf5", tmp_path / "split", out, "--size", "24x16", "--workers", "1",
+                 "--order", "sorted")
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+    assert not any(p.exists() for p in stale)
+    assert {"train.hdf5", "val.hdf5", "means.json"} <= {p.name for p in out.iterdir()}

@@ -574,3 +574,47 @@ def test_an_existing_dest_keeps_its_mode_group_and_attributes(tmp_path, how):
         if xattrs:
             assert os.getxattr(dest, "user.project") == b"x-ray"
         assert (dest / "split.json").is_file()
+
+
+def test_nothing_to_do_removes_what_a_stopped_force_run_left(tmp_path):
+    from dsprep import split as splitting
+
+    src = make_class_folders(tmp_path / "dump", classes=("cat", "dog"), per_class=4)
+    dest = tmp_path / "out"
+    assert run("split", str(src), str(dest)).exit_code == 0
+    # A 'split --force --seed 7' killed while it placed its files (up to a copy of the data).
+    partial = splitting._partial(dest)
+    (partial / "train" / "cat").mkdir(parents=True)
+    (partial / splitting._MARKER).write_text("{}")
+    (partial / "train" / "cat" / "a.jpg").write_bytes(b"x" * 1000)
+    result = loud("split", str(src), str(dest))
+    assert result.exit_code == 0 and "nothing to do" in result.output
+    assert not partial.exists()
+    # A folder of that name dsprep did not make is left alone.
+    partial.mkdir()
+    (partial / "notes.txt").write_text("mine")
+    assert run("split", str(src), str(dest)).exit_code == 0
+    assert (partial / "notes.txt").read_text() == "mine"
+
+
+def test_a_name_with_a_carriage_return_is_quoted_in_the_lists(tmp_path):
+    # Python's csv writer quotes only what its line end holds ("\n"): unquoted, the row was
+    # read back as two, and the same command again failed with a traceback.
+    import csv
+
+    src = make_class_folders(tmp_path / "dump", classes=("cat", "dog"), per_class=4)
+    write_image(src / "cat" / "a\rb.jpg", smooth_image(48, 48, seed=77))
+    (src / "dog" / "bad\r.jpg").write_text("not an image")
+    dest = tmp_path / "out"
+    for _ in range(2):  # made, then the same command again: nothing to do
+        result = run("split", str(src), str(dest))
+        assert result.exit_code == 0, result.output
+    with open(dest / "files.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 9 and "cat/a\rb.jpg" in {r["source"] for r in rows}
+    assert all(None not in r.values() for r in rows)
+    with open(dest / "skipped.csv", newline="", encoding="utf-8") as fh:
+        skipped = list(csv.DictReader(fh))
+    assert [r["source"] for r in skipped] == ["dog/bad\r.jpg"]
+    placed = next(r["path"] for r in rows if r["source"] == "cat/a\rb.jpg")
+    assert (dest / placed).is_file()

@@ -1229,3 +1229,28 @@ def test_split_pixel_limit_reads_what_the_split_applied(tmp_path, params, limit)
         assert split_module.split_pixel_limit(tmp_path) == limit
     # A folder without split.json: the default limit.
     assert split_module.split_pixel_limit(tmp_path / "elsewhere") == 89_478_485
+
+
+def test_a_one_pass_copy_out_of_file_entries_says_so(dump, tmp_path, monkeypatch):
+    # The default split copies every file as it reads it: a disk with bytes to spare but no
+    # file entries left said only "free some space", and offered symbolic links (entries too).
+    calls = []
+
+    def full(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(split_module, "_write_bytes", full)
+    monkeypatch.setattr(split_module.os, "statvfs", lambda path: os.statvfs_result(
+        (4096, 4096, 10**6, 10**5, 10**5, 1000, 2, 2, 0, 255)))
+    dest = tmp_path / "split"
+    with pytest.raises(OSError) as info:
+        run(dump.dest, dest)
+    message = info.value.strerror
+    listed = len(plan(dump.dest).files) + len(plan(dump.dest).skipped)
+    assert info.value.errno == errno.ENOSPC and "Nothing was kept" in message
+    assert f"{10**5 * 4096 / 1e6:,.1f} MB are free there" in message
+    assert f"2 file entries (inodes) for its {listed:,} files" in message
+    assert "--mode hardlink" in message and "--mode symlink" not in message
+    assert not dest.exists()

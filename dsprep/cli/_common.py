@@ -7,6 +7,7 @@ import errno
 import faulthandler
 import os
 import select
+import signal
 import sys
 
 import click
@@ -16,6 +17,8 @@ from ..system import command_scope, stop_asked
 
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
+# Exit statuses of a command stopped by SIGTERM or SIGHUP (dsprep.__main__.terminated).
+STOPPED_BY_SIGNAL = {128 + signal.SIGTERM, 128 + getattr(signal, "SIGHUP", signal.SIGTERM)}
 
 
 # What to do after a Ctrl-C, for the commands whose next run carries on (train says its own).
@@ -53,6 +56,14 @@ class DsprepGroup(click.Group):
             then = _AFTER_A_STOP.get(ctx.invoked_subcommand or "")
             click.echo("\nAborted!" + (f" {then}" if then else ""), err=True)
             ctx.exit(INTERRUPTED)
+        except SystemExit as exc:
+            # SIGTERM (a batch system's time limit) and SIGHUP: "Terminated." was said as the
+            # signal came; what to do next, as after a Ctrl-C, once the clean-up is done.
+            then = _AFTER_A_STOP.get(ctx.invoked_subcommand or "")
+            if then and exc.code in STOPPED_BY_SIGNAL:
+                with contextlib.suppress(OSError, ValueError):  # the terminal that hung up
+                    click.echo(then, err=True)
+            raise
         except UsageError as exc:
             # No context: the message names the option itself, and the group's usage line would
             # point at the wrong command.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..train.options import (
     TrainConfig,
 )
 from ._common import (
+    STOPPED_BY_SIGNAL,
     count_of,
     format_table,
     import_keras_quietly,
@@ -35,8 +35,6 @@ from ._common import (
 )
 
 _DEFAULTS = TrainConfig()
-# Exit statuses of a command stopped by SIGTERM or SIGHUP (dsprep.__main__.terminated).
-STOPPED_BY_SIGNAL = {128 + signal.SIGTERM, 128 + getattr(signal, "SIGHUP", signal.SIGTERM)}
 
 
 def _training_options(epochs: int, exclude: tuple[str, ...] = (),
