@@ -392,8 +392,9 @@ class HDF5Generator(_BatchSequence):
     Shuffle modes and their speed (256x256 rows, warm page cache, batches of 128, one process,
     2 shared cores; tools/bench/bench_generators.py):
 
-    - ``"none"``: contiguous slices in file order, read straight into the batch: ~38,000 uint8
-      images/s, 0.89-0.95 of a plain ``np.copyto`` from memory; the patch + flip + mean
+    - ``"none"``: contiguous slices in file order, copied into the batch in one call: ~40,000
+      uint8 images/s, 0.86-0.95 of a plain ``np.copyto`` from memory (where the rows lie back
+      to back, below; about half that where they are read); the patch + flip + mean
       pipeline 11,500-22,400 float32 images/s (bound by memory bandwidth: 79 MB per batch).
     - ``"batches"``: the same contiguous reads, the order of the batches shuffled each epoch
       (the short tail batch stays last; with ``drop_last`` the start moves each epoch so no
@@ -408,19 +409,23 @@ class HDF5Generator(_BatchSequence):
       once, so prefer uncompressed files for "full". (h5py fancy indexing, which this
       avoids, reads ~100 rows/s.)
 
-    Rows of an uncompressed file come from read-only memory maps of it, outside h5py's
-    process-wide lock, so several threads (Keras's workers) read side by side: for "none" and
-    "batches" on rows that lie back to back, slices of a few windows of ~256 MB mapped at a
-    time (``dsprep.store.MappedRows``); otherwise ("full", or chunks that lie apart: HDF5
-    puts its index nodes between every 64 or so chunks, and pads chunks of rows that are no
-    multiple of 4 KiB, such as 227x227) each row where it lies in one map of the whole file
-    (``dsprep.store.MappedFile``). Where the pipeline starts with a cut (a crop fused with a
-    flip or a mean, or a ten-crop), the windows are cut straight from the map, with no copy in
-    between; any other pipeline, and raw batches, copy the rows out of it first. Where no map
-    can be made (no address space for one), the rows are read with ``os.preadv`` at their
-    offsets (``dsprep.store.RowReader``); compressed files go through h5py. The maps hold the
-    file, so a new build replacing the path does not disturb them; rewriting the same file in
-    place, or an I/O error under a map, stops the process with SIGBUS rather than an error.
+    Rows of an uncompressed file are read outside h5py's process-wide lock, so several
+    threads (Keras's workers) read side by side. For "none" and "batches" on rows that lie
+    back to back, a batch is a slice of a read-only memory map of the file (a few windows of
+    ~256 MB mapped at a time, ``dsprep.store.MappedRows``): a pipeline that starts with a cut
+    (a crop fused with a flip or a mean, or a ten-crop) cuts its windows straight from it,
+    with no copy in between; raw batches and any other pipeline copy the batch out of it (in
+    one call, which for a batch over ~20 MB uses stores that bypass the caches: about twice
+    the speed of a read into the batch on one 2-core host). Otherwise ("full", or chunks that
+    lie apart: HDF5 puts its index nodes between every 64 or so chunks, and pads chunks of
+    rows that are no multiple of 4 KiB, such as 227x227) a cut takes each window from its
+    row where it lies in one map of the whole file (``dsprep.store.MappedFile``), and other
+    pipelines read the rows with ``os.preadv`` at their offsets (``dsprep.store.RowReader``),
+    as every pipeline does where no map can be made (no address space for one); compressed
+    files go through h5py. The maps hold the file, so a new build replacing the path does not
+    disturb them; rewriting the same file in place (``cp`` or ``rsync --inplace`` over it), or
+    an I/O error under a map, stops the process with SIGBUS rather than an error (a Keras
+    worker process so stopped leaves ``fit`` waiting for it).
 
     The file is opened lazily in each process, read-only, with HDF5's shared read lock taken
     where the file system supports it (``locking="best-effort"``: any number of readers, no
@@ -553,17 +558,18 @@ class HDF5Generator(_BatchSequence):
                 reader = store.RowReader.for_dataset(images)
                 self._raw = store.RowReader.open(images) if reader is not None else None
                 self._reader = reader if self._raw is not None else None
-                # Rows come from read-only maps of the file: contiguous batches of rows that
-                # lie back to back as slices of a window of it, any other batch row by row
-                # from a map of the whole file. A pipeline that starts with a cut takes its
-                # windows straight from the map; any other copies the rows out in user space
-                # (a copy from the page cache through preadv ran at 0.6 of it on one host).
+                # Contiguous batches of rows that lie back to back are slices of a window of
+                # a read-only map of the file. A pipeline that starts with a cut takes its
+                # windows straight from the map; any other copies the batch out of it in one
+                # call (a copy that large is made with stores that bypass the caches: twice
+                # the speed of preadv's on one host). A cut also takes any other batch's
+                # windows row by row from a map of the whole file.
                 self._mapped = self._file_map = None
                 if self._reader is not None and self._raw is not None:
                     if self.shuffle != "full":
                         self._mapped = self._reader.map(self._raw, self.image_shape,
                                                         self.batch_size)
-                    if self._mapped is None:
+                    if self._mapped is None and self._cuts_first():
                         self._file_map = self._reader.map_file(self._raw, self.image_shape)
                 self._local = threading.local()
                 self._images = images
@@ -649,16 +655,22 @@ class HDF5Generator(_BatchSequence):
                 # No room for one map of the whole file (a 32-bit process, a tight ulimit -v):
                 # this process reads its rows instead.
                 self._file_map = file_map = None
-        cuts = self._cuts_first()
-        if cuts and file_map is not None:
+        if file_map is not None:
             # Rows anywhere in the file (or chunks apart): the pipeline's first cut takes each
             # window from its row in the map, with nothing copied before (preprocess.Gathered).
             x = self._scratch("batch", (min(self.batch_size, self._rows),
                                         *self.image_shape))[:n]
             return self._finish(x, self.labels[rows], epoch, index, x, Gathered(
                 lambda i: file_map.row(int(rows[i]), data), x))
-        source = None if mapped is None else mapped.rows_of(int(rows[0]), int(rows[0]) + n)
-        if cuts and source is not None:
+        source = None
+        if mapped is not None:
+            try:
+                source = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
+            except (OSError, OverflowError, ValueError):
+                # No room for a window of the file (a tight ulimit -v): this process reads
+                # its rows instead.
+                self._mapped = None
+        if source is not None and self._cuts_first():
             # The batch's rows are one slice of a map of the file; the pipeline starts with a
             # cut, which never writes into its input.
             return self._finish(source, self.labels[rows], epoch, index, source)
@@ -672,12 +684,8 @@ class HDF5Generator(_BatchSequence):
             x = np.empty(shape, dtype=np.uint8)
         load = None
         if source is not None:
-            def load(a: int, b: int) -> None:
+            def load(a: int, b: int) -> None:  # the whole batch in one call, unless cut
                 np.copyto(x[a:b], source[a:b])
-        elif file_map is not None:
-            def load(a: int, b: int) -> None:
-                for i in range(a, b):
-                    np.copyto(x[i], file_map.row(int(rows[i]), data))
         elif reader is not None and raw is not None:
             # ``raw`` stays referenced by the closures, so its descriptor outlives every read.
             if self.shuffle == "full":

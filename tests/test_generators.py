@@ -1019,18 +1019,42 @@ def test_rows_without_a_cut_are_copied_from_the_map_or_read(h5file, mode, mapped
     scale = 0.5 if pipeline == "rescale" else 1
     np.testing.assert_array_equal(x, imgs[rows].astype(x.dtype) * scale)
     assert x.dtype == (np.uint8 if pipeline == "raw" else np.float32)
-    if mapped:
-        # Copied out of a read-only map of the file in user space, not read with preadv.
-        assert reads == []
-        assert (gen._file_map if mode == "full" else gen._mapped) is not None
-        windows = ([gen._file_map.data()] if mode == "full" else
-                   list(gen._mapped._windows.values()))
-        assert not any(np.may_share_memory(x, w) for w in windows)
+    assert gen._file_map is None  # only a cut takes rows from anywhere in a map
+    if mapped and mode != "full":
+        # A slice of a read-only map of the file, copied out in user space, not read.
+        assert reads == [] and gen._mapped is not None
+        assert not any(np.may_share_memory(x, w) for w in gen._mapped._windows.values())
     else:
-        assert sum(reads) == 16
-        assert gen._mapped is None and gen._file_map is None
+        assert sum(reads) == 16 and gen._mapped is None
     x[...] = 0  # the caller's to change
     assert gen[1][0].any()
+
+
+@pytest.mark.parametrize("pipeline", ["raw", "cut"])
+def test_a_window_that_cannot_be_mapped_is_read_instead(h5file, pipeline, monkeypatch):
+    # A tight ulimit -v: the file's windows are mapped as batches reach them, and one that
+    # cannot be made must not fail the epoch.
+    import mmap as mmap_module
+
+    from dsprep.preprocess import RandomPatch
+
+    path, imgs, _ = h5file
+    kwargs = {"raw": {"output": "uint8"},
+              "cut": {"preprocessors": [RandomPatch(4, 4)], "output": "uint8"}}[pipeline]
+    gen = HDF5Generator(path, batch_size=8, shuffle="none", seed=3, **kwargs)
+    expected = [gen[i][0] for i in range(len(gen))]
+    gen = HDF5Generator(path, batch_size=8, shuffle="none", seed=3, **kwargs)
+
+    def no_room(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(store.mmap, "mmap", no_room)
+    assert mmap_module.mmap is no_room  # the module the maps are made with
+    for i, x in enumerate(expected):
+        np.testing.assert_array_equal(gen[i][0], x)
+    assert gen._mapped is None and gen._reader is not None
+    if pipeline == "raw":
+        np.testing.assert_array_equal(expected[0], imgs[:8])
 
 
 class InPlaceClip:
