@@ -76,13 +76,18 @@ def refuse_dangling_link(path: str | os.PathLike) -> None:
     link with a folder of its own, away from where the link points (an unmounted scratch
     volume, say).
 
+    A link to nothing higher up the path (``scratch/run`` with ``scratch`` dangling) is
+    refused the same way: making the folder would fail with a bare "File exists".
+
     Raises:
-        UsageError: ``path`` is a link whose target does not exist.
+        UsageError: ``path``, or a folder it lies in, is a link whose target does not exist.
     """
     path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise UsageError(f"{path} is a link to {os.readlink(path)}, which does not exist; "
-                         "create that folder (or mount its volume), or remove the link")
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():
+            raise UsageError(f"{link} is a link to {os.readlink(link)}, which does not "
+                             "exist; create that folder (or mount its volume), or remove the "
+                             "link")
 
 
 def refuse_under_a_file(dest: str | os.PathLike) -> None:

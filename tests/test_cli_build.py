@@ -459,6 +459,13 @@ def test_an_output_given_as_a_link_to_nothing_is_refused(tmp_path):
         assert "is a link to" in result.output and "which does not exist" in result.output
         assert link.is_symlink() and not (tmp_path / "scratch").exists()
         link.unlink()
+        # The link higher up the path: the folder cannot be made ("File exists").
+        link.symlink_to(tmp_path / "scratch")
+        result = run(*command[:2], link / "sub", *command[2:])
+        assert result.exit_code == 2, result.output
+        assert f"{link} is a link to {tmp_path / 'scratch'}, which does not exist" \
+            in result.output
+        link.unlink()
 
 
 def test_a_class_whose_every_training_image_is_bad_is_warned_of_even_with_q(tmp_path):
