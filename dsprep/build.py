@@ -1049,15 +1049,20 @@ def _file_attrs(options: BuildOptions, split: str, source_root: str | os.PathLik
     }
 
 
-def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
+def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = (), *,
+                  change_time: bool = True) -> str:
     """A digest of what a file is built from: each row's name, label, size, modification and
     change times and inode, and the names of the images left out before decoding (dangling
     links). A file renamed, moved to another class, replaced, repaired or touched changes it;
-    so does a copy of the whole folder (a rebuild, never a wrong "nothing to do")."""
-    return sources_stamps(rows, [left_out])[0]
+    so does a copy of the whole folder (a rebuild, never a wrong "nothing to do").
+
+    Without ``change_time``, a file whose inode alone changed (another hard link made to it,
+    a chmod) gives the same digest: for telling files replaced while a build reads them."""
+    return sources_stamps(rows, [left_out], change_time=change_time)[0]
 
 
-def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]]) -> list[str]:
+def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]], *,
+                   change_time: bool = True) -> list[str]:
     """``sources_stamp`` of the rows with each of several lists of images left out (the
     files are looked at once)."""
     digest = hashlib.sha256()
@@ -1066,7 +1071,9 @@ def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]]) -> 
             # The inode and its change time too: a copy that keeps size and time (cp -p, a
             # label fixed by swapping two files) still changes those.
             st = os.stat(row.path)
-            seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
+            seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+            if change_time:
+                seen += f" {st.st_ctime_ns}"
         except OSError:
             seen = "-"
         digest.update(f"{row.name}\0{row.label}\0{seen}\n".encode("utf-8", "surrogateescape"))
@@ -1459,14 +1466,14 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
     try:
         for split, rows in planned.items():
             ordered = order_rows(rows, options.order, options.seed)
-            stamps[split] = sources_stamp(rows, links.get(split, ()))
+            stamps[split] = sources_stamp(rows, links.get(split, ()), change_time=False)
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress, keep_ring=True,
                                       left_out=links.get(split, ()),
                                       pool_workers=pool_workers))
         for split, rows in planned.items():
-            if sources_stamp(rows, links.get(split, ())) != stamps[split]:
+            if sources_stamp(rows, links.get(split, ()), change_time=False) != stamps[split]:
                 # Its files were replaced while they were read (a split --force of SRC): the
                 # files built would mix two splits, with the images gone counted as bad ones.
                 raise DsprepError(

@@ -44,7 +44,8 @@ def write_atomic(
                 _fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only file system refuses the unlink too
+            tmp.unlink(missing_ok=True)
         if exc.filename in (str(tmp), os.fspath(tmp)):
             # The temporary name is dsprep's own: the user knows the file by its final one
             # (a read-only RUN folder said ".config.partial.json: Read-only file system").

@@ -854,7 +854,7 @@ def _split_classes(root: Path, found: list[str]) -> list[str]:
             for folder in folders.values():
                 try:
                     names.update(name for _, name in sources.scan_class_folders(folder)[1])
-                except (LayoutError, OSError):
+                except LayoutError:
                     continue  # no images there: no classes from it, as in build-hdf5
             return sorted(names)
     return list(found)

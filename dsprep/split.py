@@ -1025,7 +1025,9 @@ def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = 
 
 def _same_text(path: Path, text: str) -> bool:
     try:
-        return path.read_text(encoding="utf-8") == text
+        # As written: a name may hold a carriage return, which universal newlines would change.
+        with open(path, encoding="utf-8", newline="") as fh:
+            return fh.read() == text
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -1100,7 +1102,7 @@ def materialize(
             with _room(dest, mode=mode, folder=folder,
                        files=split_plan.files if resume else None):
                 partial.mkdir(parents=True, exist_ok=True)
-                _like(dest, partial, final=False)
+                _like(dest, partial)
                 _write_text(partial / _MARKER, json.dumps(marker, indent=2))
                 for split_name in split_plan.splits:
                     for label in split_plan.classes:
@@ -1313,7 +1315,7 @@ def run(
                 _remove_partial(partial, force)
             staging = partial / _STAGING
             partial.mkdir(parents=True)
-            _like(dest, partial, final=False)
+            _like(dest, partial)
             _write_text(partial / _MARKER, json.dumps(identity))
             staging.mkdir()
             stage = str(staging)
@@ -1325,8 +1327,9 @@ def run(
                               max_pixels=options.max_pixels)
 
             try:
+                # The staged copies go first: what is free is then said as it will be.
                 with _room(dest, mode=mode, folder=source_path.is_dir(),
-                           count=len(inventory.items)):
+                           count=len(inventory.items), discard=partial):
                     checked = _map(check, list(enumerate(inventory.items)), workers, progress,
                                    "reading")
                 split_plan = _decide(source_path, inventory, checked, options)
@@ -1409,20 +1412,26 @@ def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile] | None,
         fs = os.statvfs(dest if dest.is_dir() else dest.parent)
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return "", False
-    needs = ""
+    needs, its = "", "its"
     if files is not None:
-        copies = f"{sum(f.size for f in files) / 1e6:,.1f} MB"
-        needs = {"copy": f"its files take {copies}, and ",
-                 "hardlink": f"its files take {copies} where hard links become copies, and "
-                 }.get(mode, "")
-        count = len(files)
+        # Those placed already (kept for the next run) take their room already.
+        placed = _partial(dest)
+        left = [f for f in files if not os.path.lexists(placed / f.path)]
+        its = "its" if len(left) == len(files) else "the"
+        what = "files" if len(left) == len(files) else "files still to place"
+        copies = f"{sum(f.size for f in left) / 1e6:,.1f} MB"
+        needs = {"copy": f"{its} {what} take {copies}, and ",
+                 "hardlink": f"{its} {what} take {copies} where hard links become copies, "
+                             "and "}.get(mode, "") if left else ""
+        count = len(left)
     text = f"; {needs}{fs.f_bavail * fs.f_frsize / 1e6:,.1f} MB are free there"
     # A hard link takes no file entry; a file system that makes them as it goes (btrfs)
     # counts none.
     short = bool(mode != "hardlink" and fs.f_files and fs.f_favail < count)
     if short:
-        text += (f", and {fs.f_favail:,} file entries (inodes) for its {count:,} "
-                 f"{'links' if mode == 'symlink' else 'files'}")
+        kind = "links" if mode == "symlink" else "files"
+        text += (f", and {fs.f_favail:,} file entries (inodes) for {its} {count:,} {kind}"
+                 + ("" if its == "its" else " still to place"))
     return text, short
 
 
@@ -1491,11 +1500,12 @@ def _finish(partial: Path, files_csv: str, skipped_csv: str, manifest: dict) -> 
     (partial / _MARKER).unlink(missing_ok=True)
 
 
-def _like(dest: Path, folder: Path, final: bool) -> None:
+def _like(dest: Path, folder: Path) -> None:
     """Give the folder a split is written into what an existing ``dest`` has of its own: its
     mode (a group-private 2770 project folder must not become 755), its group (and owner, as
-    root), and its extended attributes (ACLs). While it is written (``final`` False) its owner
-    may also write in it; the group and a default ACL are then inherited by what is made in it.
+    root), and its extended attributes (ACLs); the group and a default ACL are then inherited
+    by what is made in it. Its owner keeps the right to change it: a split put in place of a
+    0555 DEST is replaced by the next --force, which must remove it.
     """
     if _inside(dest) or dest.is_symlink() or not dest.is_dir():
         return
@@ -1509,8 +1519,7 @@ def _like(dest: Path, folder: Path, final: bool) -> None:
         for name in os.listxattr(dest):
             with contextlib.suppress(OSError):
                 os.setxattr(folder, name, os.getxattr(dest, name))
-    mode = stat.S_IMODE(st.st_mode)
-    os.chmod(folder, mode if final else mode | stat.S_IRWXU)
+    os.chmod(folder, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
 def _swap(partial: Path, dest: Path, old: Path) -> None:
@@ -1524,7 +1533,7 @@ def _swap(partial: Path, dest: Path, old: Path) -> None:
     if _inside(dest):
         _swap_inside(partial, dest, old)
         return
-    _like(dest, partial, final=True)
+    _like(dest, partial)
     if old.exists():
         shutil.rmtree(old)
     if dest.is_dir() and not any(dest.iterdir()):

@@ -1464,9 +1464,12 @@ def test_a_build_from_before_gone_files_were_counted_is_still_up_to_date(tmp_pat
     assert build.build_hdf5(src, tmp_path / "now", opts()).up_to_date
 
 
-def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("change", ["replaced", "linked"])
+def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch, change):
     # A 'split --force' of SRC while the build reads it: the files would mix two splits, and
     # the images gone would be counted as unreadable ones, with exit 0.
+    from dsprep.errors import DsprepError
+
     src = make_split(tmp_path / "split")
     real = build.write_file
 
@@ -1474,19 +1477,23 @@ def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch)
         report = real(rows, path, *args, **kwargs)
         if path.name == "val.hdf5":  # train is written; now its files are laid out anew
             victim = next((src / "train" / CLASSES[0]).iterdir())
-            shutil.copyfile(victim, victim.with_name("new.jpg"))
-            os.replace(victim.with_name("new.jpg"), victim)
+            if change == "replaced":
+                shutil.copyfile(victim, victim.with_name("new.jpg"))
+                os.replace(victim.with_name("new.jpg"), victim)
+            else:  # the same file, another hard link to it made elsewhere (a hardlink split)
+                os.link(victim, tmp_path / "elsewhere.jpg")
+                os.chmod(victim, 0o600)
         return report
 
     monkeypatch.setattr(build, "write_file", write_file)
     out = tmp_path / "out"
-    from dsprep.errors import DsprepError
-
+    counts = [6 * len(CLASSES), 2 * len(CLASSES), 2 * len(CLASSES)]
+    if change == "linked":  # no image changed: its change time alone is no reason to fail
+        assert [f.count for f in build.build_hdf5(src, out, opts()).files] == counts
+        return
     with pytest.raises(DsprepError, match="images of train changed while they were built"):
         build.build_hdf5(src, out, opts())
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
     monkeypatch.undo()
     # Run again once the split is done: a whole build.
-    report = build.build_hdf5(src, out, opts())
-    assert [f.count for f in report.files] == [6 * len(CLASSES), 2 * len(CLASSES),
-                                               2 * len(CLASSES)]
+    assert [f.count for f in build.build_hdf5(src, out, opts()).files] == counts

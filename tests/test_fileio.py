@@ -46,6 +46,14 @@ def test_a_refused_write_names_the_final_file_not_the_temporary_one(tmp_path, mo
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", read_only)
+    real_unlink = fileio.Path.unlink
+
+    def unlink(self, missing_ok=False):  # Linux refuses it on a read-only mount, name or not
+        if self.name.endswith(".partial.json"):
+            raise OSError(30, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(fileio.Path, "unlink", unlink)
     path = tmp_path / "config.json"
     with pytest.raises(OSError, match="Read-only") as caught:
         fileio.write_atomic(path, "{}", tmp=tmp_path / ".config.partial.json")

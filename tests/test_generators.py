@@ -721,6 +721,27 @@ def test_directory_split_lacking_a_class_keeps_the_ids_of_its_split(tmp_path):
     assert gen.classes == ["b", "c"]
 
 
+def test_directory_split_with_an_unlistable_class_folder_is_an_error(tmp_path, monkeypatch):
+    # train/apple cannot be listed: the test folder's ids would silently shift (banana 0).
+    import errno
+    import os
+
+    dump = tmp_path / "fruits"
+    make_class_folders(dump / "train", classes=("apple", "banana", "cherry"), per_class=2)
+    make_class_folders(dump / "test", classes=("banana", "cherry"), per_class=2, seed=9)
+    scandir = os.scandir
+
+    def listing(path="."):
+        if os.fspath(path) == str(dump / "train" / "apple"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", listing)
+    with pytest.raises(PermissionError, match="cannot be listed") as info:
+        DirectoryGenerator(dump / "test", image_size=(8, 8))
+    assert info.value.filename == str(dump / "train" / "apple")
+
+
 def test_directory_file_failing_mid_epoch_is_replaced_by_its_class_neighbour(class_dump):
     gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=18, shuffle=False,
                              output="uint8", seed=0)

@@ -1254,3 +1254,25 @@ def test_a_one_pass_copy_out_of_file_entries_says_so(dump, tmp_path, monkeypatch
     assert f"2 file entries (inodes) for its {listed:,} files" in message
     assert "--mode hardlink" in message and "--mode symlink" not in message
     assert not dest.exists()
+
+
+def test_a_full_disk_midway_counts_only_the_files_still_to_place(dump, tmp_path, monkeypatch):
+    # The files placed stay for the next run and take their room already: what is needed is
+    # what is left (a disk said to lack entries for all the files when most were in place).
+    p = plan(dump.dest)
+    real, calls = split_module.copy_file, []
+
+    def copy_then_full(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(split_module, "copy_file", copy_then_full)
+    monkeypatch.setattr(split_module.os, "statvfs", lambda path: os.statvfs_result(
+        (4096, 4096, 100, 50, 50, 1000, 2, 2, 0, 255)))
+    with pytest.raises(OSError) as info:
+        materialize(p, tmp_path / "split", workers=1)
+    left = len(p.files) - 3
+    assert f"2 file entries (inodes) for the {left:,} files still to place" in info.value.strerror
+    assert "the files still to place take" in info.value.strerror
