@@ -21,6 +21,7 @@ import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -105,7 +106,9 @@ def class_folder_files(
     # are left out as bad-name problems, as split leaves them out.
     classes = sorted(d.name for d in root.iterdir()
                      if _visible(d.name) and d.is_dir() and _utf8(d.name))
-    files, unreadable = FolderSource(root).list_files()
+    listing = FolderSource(root)
+    files, unreadable = listing.list_files()
+    listing.refuse_unlisted()
     known = set(classes)
     if problems is not None:
         problems += [p for p in unreadable if p.source.partition("/")[0] in known]
@@ -167,6 +170,24 @@ class Source(ABC):
     def read(self, rel: str) -> bytes:
         """The bytes of one file."""
 
+    # Folders (and links) the last list_files could not look into: (relative path, path,
+    # error). Listed among its problems too; whether they matter depends on the layout.
+    unlisted: Sequence[tuple[str, str, OSError]] = ()
+
+    def refuse_unlisted(self, matters: Callable[[str], bool] = lambda rel: True) -> None:
+        """Raise for the first folder :meth:`list_files` could not look into that ``matters``
+        (its relative path): it may hold a whole class, and leaving it out would train a
+        model that never saw one (a note is easily missed in a batch job).
+
+        Raises:
+            OSError: the folder's error, naming it and saying what to do.
+        """
+        for rel, path, exc in self.unlisted:
+            if matters(rel):
+                raise OSError(exc.errno, f"{exc.strerror or exc}: this folder cannot be "
+                              "listed, and its images would be left out; give read access to "
+                              "it (chmod), or move it elsewhere", path) from exc
+
     @property
     def name(self) -> str:
         """The dump's own name: its folder's, or its archive's without the extension."""
@@ -198,6 +219,8 @@ class FolderSource(Source):
         files: list[str] = []
         problems: list[Skipped] = []
         seen: set[tuple[int, int]] = set()
+        unlisted: list[tuple[str, str, OSError]] = []
+        self.unlisted = unlisted
         # Folders are walked in this order: those reached through no link, breadth first,
         # then those reached through links, breadth first. Of two ways to one folder (a
         # class folder and a link to it, even from inside another class; two links to one
@@ -217,14 +240,10 @@ class FolderSource(Source):
                 problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
                 return
             except OSError as exc:
-                if prefix and prefix.rstrip("/").rpartition("/")[2] in _NEVER_IMAGES:
-                    problems.append(Skipped(prefix.rstrip("/"), UNREADABLE, _os_detail(exc)))
-                    return
-                # A folder that cannot be listed may hold a whole class: leaving it out would
-                # train a model that never saw one (a note is easily missed in a batch job).
-                raise OSError(exc.errno, f"{exc.strerror or exc}: this folder cannot be "
-                              "listed, and its images would be left out; give read access to "
-                              "it (chmod), or move it elsewhere", folder) from exc
+                problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
+                if prefix.rstrip("/").rpartition("/")[2] not in _NEVER_IMAGES:
+                    unlisted.append((prefix.rstrip("/"), folder, exc))
+                return
             for entry in entries:
                 if not _visible(entry.name):
                     continue
@@ -245,6 +264,8 @@ class FolderSource(Source):
                     continue
                 except OSError as exc:
                     problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
+                    if entry.is_symlink():  # a link that cannot be followed: maybe a folder
+                        unlisted.append((rel, entry.path, exc))
                     continue
                 if stat.S_ISDIR(kind):
                     heapq.heappush(queue, (linked or entry.is_symlink(), rel.count("/") + 1,
@@ -555,6 +576,12 @@ def find_images(
             items, skipped = _by_folder(images, root, bool(split_folders))
         chosen = layout
         labels_name = None
+    if table is None:
+        # Any folder may hold labelled images (a class folder; files named by class).
+        source.refuse_unlisted(lambda rel: rel.startswith(root) or root.startswith(rel + "/"))
+    elif any(s.reason == MISSING_FILE for s in skipped):
+        # Rows whose files were not found may name files in a folder that was not listed.
+        source.refuse_unlisted()
     if chosen != "folders":
         split_folders = []
     elif guessing and items and not split_folders and all(split_of(lab) for _, lab in items):

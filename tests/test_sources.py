@@ -1254,3 +1254,42 @@ def test_a_folder_that_cannot_be_listed_stops_the_listing(tmp_path, monkeypatch)
         with pytest.raises(PermissionError, match="cannot be listed.*give read access") as info:
             listing()
         assert info.value.filename == str(root / "dog")
+
+
+def test_an_unlisted_folder_matters_only_where_labelled_images_could_be(tmp_path, monkeypatch):
+
+    root = tmp_path / "d"
+    for i in range(4):
+        write_image(root / "images" / f"{i}.jpg", smooth_image(32, 32, seed=i))
+    (root / "masks").mkdir()
+    (root / "labels.csv").write_text("id,label\n0,cat\n1,dog\n2,cat\n3,dog\n")
+    _unlistable(monkeypatch, "masks")
+    # Every row of the labels file found its image: a folder of masks is no concern.
+    inv = _find(root)
+    assert inv.layout == "csv" and len(inv.items) == 4
+    assert ("masks", "unreadable") in {(s.source, s.reason) for s in inv.skipped}
+    # Rows whose images were not found may name files in it: stop, naming it.
+    (root / "labels.csv").write_text("id,label\n0,cat\n1,dog\n2,cat\n3,dog\nmasks/4,dog\n")
+    with pytest.raises(PermissionError, match="cannot be listed") as info:
+        _find(root)
+    assert info.value.filename == str(root / "masks")
+
+
+def test_a_class_behind_a_link_that_cannot_be_followed_stops_the_listing(tmp_path,
+                                                                      monkeypatch):
+    import errno
+
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog"), per_class=2)
+    make_class_folders(tmp_path / "private", classes=("eel",), per_class=2)
+    (root / "eel").symlink_to(tmp_path / "private" / "eel")
+    stat = os.stat
+
+    def no_entry(path, *args, **kwargs):  # its target lies in a folder one may not enter
+        if os.fspath(path) == str(root / "eel"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", no_entry)
+    with pytest.raises(PermissionError, match="cannot be listed") as info:
+        _find(root)
+    assert info.value.filename == str(root / "eel")
