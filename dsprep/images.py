@@ -194,7 +194,7 @@ def load(
 
     Gives ``resize(decode(data), size, mode, interpolation)``. Unless ``exact``, a JPEG much
     larger than the target is decoded at 1/2, 1/4 or 1/8 scale first (see ``REDUCE_MIN_RATIO``),
-    which is faster and stays at 35 dB PSNR or more from the exact result. With ``out``, a
+    which is faster and stays at about 35 dB PSNR or more from the exact result. With ``out``, a
     C-contiguous (height, width, 3) uint8 array, the pixels are written there and ``out``
     returned (its content is undefined if decoding fails).
 

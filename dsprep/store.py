@@ -483,6 +483,12 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
     try:
         db = _open_for_reading(path, locking)
     except OSError as exc:
+        if "unable to lock file" in str(exc):
+            # Another process holds it open for writing (h5py's "r+", HDFView): the file may
+            # be whole; a rebuild is not the answer.
+            raise DatasetFormatError(
+                f"{path} is held open for writing by another process (HDF5 could not take a "
+                "read lock on it); close that writer, then run this again") from exc
         raise DatasetFormatError(
             f"{path} is not a readable HDF5 file ({exc}); build it with 'dsprep build-hdf5'"
         ) from exc

@@ -575,3 +575,28 @@ def test_attribute_names_that_are_not_utf8_are_read_as_text(tmp_path):
         found = store.attributes(f)
     assert found["split"] == "train" and found["note\ufffd"] == 1
     assert sorted(found) == ["note\ufffd", "split"]
+
+
+def test_a_file_held_open_for_writing_is_said_so_not_called_unreadable(tmp_path):
+    # HDFView or h5py's "r+" in another process: the file is whole, a rebuild is no answer.
+    import subprocess
+    import sys
+
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    path = store.write_arrays(tmp_path / "held.hdf5", images, np.array([0, 1]), ["a", "b"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); "
+         "print('open', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(DatasetFormatError, match="held open for writing by another "
+                           "process") as info:
+            store.open_dataset(path)
+        assert "build it with" not in str(info.value)
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        holder.stdout.close()
+    with store.open_dataset(path) as db:  # the writer closed: read as ever
+        assert db["images"].shape == (2, 4, 4, 3)

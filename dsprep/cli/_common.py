@@ -25,7 +25,8 @@ STOPPED_BY_SIGNAL = {128 + signal.SIGTERM, 128 + getattr(signal, "SIGHUP", signa
 _AFTER_A_STOP = {
     "split": "Nothing that looks finished was left; run the same command again to carry on "
              "(the files placed so far wait in a hidden ...split-partial folder beside DEST, "
-             "or inside it; delete that folder if you will not).",
+             "or inside it; delete that folder if you will not. A copy-mode split stopped "
+             "while it still read the dump starts again).",
     "build-hdf5": "Nothing half-written was kept; run the same command again.",
     "sample-dump": "Nothing half-written was kept under DEST; the images written so far wait in "
                    "a hidden .DEST.partial folder beside it, which the next run replaces.",

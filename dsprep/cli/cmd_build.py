@@ -37,7 +37,7 @@ _SEED_MAX = 2**63 - 1
 @click.option("--exact", is_flag=True,
               help="Always decode at full resolution before resizing. By default a JPEG much "
                    "larger than --size is decoded at 1/2, 1/4 or 1/8 scale first: faster, and "
-                   "close to the full decode (35 dB PSNR or more on photos).")
+                   "close to the full decode (about 35 dB PSNR or more).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=None,
               help="Skip images with more pixels than this (decompression bombs); 0: no limit "
                    "[default: the limit SRC's split applied (its split --max-pixels), else "

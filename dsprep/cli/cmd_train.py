@@ -451,7 +451,7 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
 @click.option("--force", is_flag=True,
               help="Replace runs already in RUN/lr-*, even those of this very sweep.")
 def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
-    """Train briefly at several learning rates and plot the loss curves side by side.
+    """Train briefly at several learning rates and plot their loss curves on one chart.
 
     Each rate gets its own run folder RUN/lr-<rate>; RUN/sweep-lr.png draws their training
     (solid) and validation (dashed) loss, and RUN/sweep-lr.csv lists the final figures.

@@ -1121,9 +1121,10 @@ class Compose:
     """Apply preprocessors in order; a chain of steps behaves as one.
 
     Adjacent steps that can run in one pass are fused when the chain is built: a crop
-    (RandomPatch, CenterCrop, TenCrop) with a horizontal-only RandomFlip just before or after it
-    and a MeanSubtract on either side. The batches are the same as running the steps one by one
-    (the same draws from ``rng``, the same pixels); only the time differs.
+    (RandomPatch, CenterCrop) with a horizontal-only RandomFlip just before or after it, and a
+    crop or a TenCrop with a MeanSubtract on either side (a TenCrop mirrors its crops itself;
+    a flip before it stays a step of its own). The batches are the same as running the steps
+    one by one (the same draws from ``rng``, the same pixels); only the time differs.
 
     Args:
         ops: preprocessors or augmenters; nested Compose objects are flattened.

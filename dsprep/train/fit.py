@@ -1228,7 +1228,7 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
              config: TrainConfig | None = None, *, overwrite: bool = False,
              progress: bool = False, bars: bool | None = None,
              announce: Callable[[float], None] | None = None) -> dict[float, TrainResult]:
-    """Train briefly at each learning rate (same seed) and plot the loss curves side by side.
+    """Train briefly at each learning rate (same seed) and plot their loss curves on one chart.
 
     Each rate gets its own run folder ``RUN/lr-<rate>``; ``RUN/sweep-lr.png`` and
     ``RUN/sweep-lr.csv`` compare them. ``announce`` is called with each rate before it trains.
