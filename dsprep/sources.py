@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -174,19 +174,19 @@ class Source(ABC):
     # error). Listed among its problems too; whether they matter depends on the layout.
     unlisted: Sequence[tuple[str, str, OSError]] = ()
 
-    def refuse_unlisted(self, matters: Callable[[str], bool] = lambda rel: True) -> None:
-        """Raise for the first folder :meth:`list_files` could not look into that ``matters``
-        (its relative path): it may hold a whole class, and leaving it out would train a
-        model that never saw one (a note is easily missed in a batch job).
+    def refuse_unlisted(self) -> None:
+        """Raise for the first folder :meth:`list_files` could not look into: it may hold a
+        whole class, and leaving it out would train a model that never saw one (a note is
+        easily missed in a batch job).
 
         Raises:
             OSError: the folder's error, naming it and saying what to do.
         """
-        for rel, path, exc in self.unlisted:
-            if matters(rel):
-                raise OSError(exc.errno, f"{exc.strerror or exc}: this folder cannot be "
-                              "listed, and its images would be left out; give read access to "
-                              "it (chmod), or move it elsewhere", path) from exc
+        if self.unlisted:
+            _rel, path, exc = self.unlisted[0]
+            raise OSError(exc.errno, f"{exc.strerror or exc}: this folder cannot be "
+                          "listed, and its images would be left out; give read access to "
+                          "it (chmod), or move it elsewhere", path) from exc
 
     @property
     def name(self) -> str:
@@ -264,7 +264,9 @@ class FolderSource(Source):
                     continue
                 except OSError as exc:
                     problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
-                    if entry.is_symlink():  # a link that cannot be followed: maybe a folder
+                    if (entry.is_symlink() and isinstance(exc, PermissionError)
+                            and not is_image_name(entry.name)):
+                        # A link into a folder one may not enter: maybe a class folder.
                         unlisted.append((rel, entry.path, exc))
                     continue
                 if stat.S_ISDIR(kind):
@@ -547,6 +549,7 @@ def find_images(
     images = [f for f in inside if is_image_name(PurePosixPath(f).name)]
     problems += _unsupported(inside)
     if not images:
+        source.refuse_unlisted()  # the images may all lie in folders that cannot be listed
         raise LayoutError(_no_images(source, files, problems))
     undecodable = [f for f in images if not _utf8(f)]
     if undecodable:
@@ -565,8 +568,14 @@ def find_images(
     if table is not None:
         items, skipped = table.resolve()
         chosen = "csv"
+        if any(s.reason == MISSING_FILE for s in skipped):
+            # Rows whose files were not found may name files in a folder not listed.
+            source.refuse_unlisted()
         _check_table_matched(table, items, skipped, where, source.path)
     else:
+        # Any folder may hold labelled images (a class folder, files named by class), also
+        # one beside the folder the dump was taken to be wrapped in.
+        source.refuse_unlisted()
         if layout == "auto":
             layout = _guess_layout(images, root, regex)
         if layout == "prefix":
@@ -576,12 +585,6 @@ def find_images(
             items, skipped = _by_folder(images, root, bool(split_folders))
         chosen = layout
         labels_name = None
-    if table is None:
-        # Any folder may hold labelled images (a class folder; files named by class).
-        source.refuse_unlisted(lambda rel: rel.startswith(root) or root.startswith(rel + "/"))
-    elif any(s.reason == MISSING_FILE for s in skipped):
-        # Rows whose files were not found may name files in a folder that was not listed.
-        source.refuse_unlisted()
     if chosen != "folders":
         split_folders = []
     elif guessing and items and not split_folders and all(split_of(lab) for _, lab in items):

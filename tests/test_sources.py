@@ -1293,3 +1293,26 @@ def test_a_class_behind_a_link_that_cannot_be_followed_stops_the_listing(tmp_pat
     with pytest.raises(PermissionError, match="cannot be listed") as info:
         _find(root)
     assert info.value.filename == str(root / "eel")
+
+
+def test_an_unlisted_folder_beside_the_only_listed_one_is_refused(tmp_path, monkeypatch):
+    # The dump would be taken to be wrapped in train/, and test/ (with a class of its own)
+    # lost; every folder unlisted would be "no image files".
+    root = tmp_path / "d"
+    make_class_folders(root / "train", classes=("cat", "dog"), per_class=2)
+    make_class_folders(root / "test", classes=("cat", "dog", "eel"), per_class=2, seed=7)
+    _unlistable(monkeypatch, "test")
+    with pytest.raises(PermissionError, match="cannot be listed") as info:
+        _find(root)
+    assert info.value.filename == str(root / "test")
+    _unlistable(monkeypatch, "train", "test")
+    with pytest.raises(PermissionError, match="cannot be listed"):
+        _find(root)
+
+
+def test_a_link_loop_is_reported_not_refused(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog"), per_class=2)
+    (root / "cat" / "loop").symlink_to(root / "cat" / "loop")
+    inv = _find(root)
+    assert inv.classes == ["cat", "dog"] and len(inv.items) == 4
+    assert ("cat/loop", "unreadable") in {(s.source, s.reason) for s in inv.skipped}
