@@ -1049,20 +1049,15 @@ def _file_attrs(options: BuildOptions, split: str, source_root: str | os.PathLik
     }
 
 
-def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = (), *,
-                  change_time: bool = True) -> str:
+def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
     """A digest of what a file is built from: each row's name, label, size, modification and
     change times and inode, and the names of the images left out before decoding (dangling
     links). A file renamed, moved to another class, replaced, repaired or touched changes it;
-    so does a copy of the whole folder (a rebuild, never a wrong "nothing to do").
-
-    Without ``change_time``, a file whose inode alone changed (another hard link made to it,
-    a chmod) gives the same digest: for telling files replaced while a build reads them."""
-    return sources_stamps(rows, [left_out], change_time=change_time)[0]
+    so does a copy of the whole folder (a rebuild, never a wrong "nothing to do")."""
+    return sources_stamps(rows, [left_out])[0]
 
 
-def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]], *,
-                   change_time: bool = True) -> list[str]:
+def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]]) -> list[str]:
     """``sources_stamp`` of the rows with each of several lists of images left out (the
     files are looked at once)."""
     digest = hashlib.sha256()
@@ -1071,9 +1066,7 @@ def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]], *,
             # The inode and its change time too: a copy that keeps size and time (cp -p, a
             # label fixed by swapping two files) still changes those.
             st = os.stat(row.path)
-            seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
-            if change_time:
-                seen += f" {st.st_ctime_ns}"
+            seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
         except OSError:
             seen = "-"
         digest.update(f"{row.name}\0{row.label}\0{seen}\n".encode("utf-8", "surrogateescape"))
@@ -1084,6 +1077,36 @@ def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]], *,
             each.update(f"{skip.source}\0link\n".encode("utf-8", "surrogateescape"))
         stamps.append(each.hexdigest())
     return stamps
+
+
+def _file_states(rows: Sequence[Row]) -> dict[str, tuple | None]:
+    """Each row's file as the system describes it (None: gone), to tell files replaced while
+    a build reads them (:func:`_changed`)."""
+    states: dict[str, tuple | None] = {}
+    for row in rows:
+        try:
+            st = os.stat(row.path)
+        except OSError:
+            states[row.name] = None
+        else:
+            states[row.name] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+                                st.st_nlink, st.st_mode)
+    return states
+
+
+def _changed(before: dict[str, tuple | None], after: dict[str, tuple | None]) -> bool:
+    """Whether a file of ``before`` is gone, replaced or rewritten in ``after``. A change time
+    that moved with the link count or the mode (another hard link made to it elsewhere, a
+    chmod) is no change; one that moved alone is a rewrite whose time was put back
+    (``cp -p``)."""
+    for name, was in before.items():
+        now = after.get(name)
+        if was is None or now is None:
+            if was != now:
+                return True
+        elif was[:3] != now[:3] or (was[3] != now[3] and was[4:] == now[4:]):
+            return True
+    return False
 
 
 def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[str],
@@ -1462,18 +1485,18 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
     journal = out / PUBLISHING_NAME
     # One pool for every file, sized for the largest (val may outnumber train).
     pool_workers = _workers_for(max(map(len, planned.values()), default=0), options)
-    stamps: dict[str, str] = {}
+    states: dict[str, dict] = {}
     try:
         for split, rows in planned.items():
             ordered = order_rows(rows, options.order, options.seed)
-            stamps[split] = sources_stamp(rows, links.get(split, ()), change_time=False)
+            states[split] = _file_states(rows)
             reports.append(write_file(ordered, out / f"{split}.hdf5", classes, options,
                                       split=split, source_root=src, overwrite=True,
                                       publish=False, progress=progress, keep_ring=True,
                                       left_out=links.get(split, ()),
                                       pool_workers=pool_workers))
         for split, rows in planned.items():
-            if sources_stamp(rows, links.get(split, ()), change_time=False) != stamps[split]:
+            if _changed(states[split], _file_states(rows)):
                 # Its files were replaced while they were read (a split --force of SRC): the
                 # files built would mix two splits, with the images gone counted as bad ones.
                 raise DsprepError(

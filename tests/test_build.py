@@ -1464,7 +1464,7 @@ def test_a_build_from_before_gone_files_were_counted_is_still_up_to_date(tmp_pat
     assert build.build_hdf5(src, tmp_path / "now", opts()).up_to_date
 
 
-@pytest.mark.parametrize("change", ["replaced", "linked"])
+@pytest.mark.parametrize("change", ["replaced", "rewritten", "linked"])
 def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch, change):
     # A 'split --force' of SRC while the build reads it: the files would mix two splits, and
     # the images gone would be counted as unreadable ones, with exit 0.
@@ -1480,6 +1480,12 @@ def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch,
             if change == "replaced":
                 shutil.copyfile(victim, victim.with_name("new.jpg"))
                 os.replace(victim.with_name("new.jpg"), victim)
+            elif change == "rewritten":  # in place, its time put back (cp -p, same size)
+                st = victim.stat()
+                data = bytearray(victim.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                victim.write_bytes(bytes(data))
+                os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
             else:  # the same file, another hard link to it made elsewhere (a hardlink split)
                 os.link(victim, tmp_path / "elsewhere.jpg")
                 os.chmod(victim, 0o600)
