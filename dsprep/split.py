@@ -1107,10 +1107,9 @@ def materialize(
                 for split_name in split_plan.splits:
                     for label in split_plan.classes:
                         (partial / split_name / label).mkdir(parents=True, exist_ok=True)
-            with _room(dest, mode=mode, folder=folder,
+            with _room(dest, mode=mode, folder=folder, files=split_plan.files,
                        # --force discards what a run placed: nothing is kept for the next.
-                       files=None if force else split_plan.files,
-                       discard=partial if force else None):
+                       keep=not force, discard=partial if force else None):
                 _place_all(split_plan, partial, mode, resume, result, progress,
                            workers or default_workers())
                 _finish(partial, files_csv, skipped_csv, manifest)
@@ -1350,8 +1349,9 @@ def run(
             # From here on the partial split is resumable like one materialize was placing.
             _write_text(partial / _MARKER, json.dumps(_marker(manifest, files_csv), indent=2))
         # --force discards what a run placed: nothing is kept for the next.
-        with _room(dest, mode=mode, folder=folder, files=None if force else split_plan.files,
-                   discard=partial if force else None):
+        # The staged copies left are not taken up by a next run: their room comes back.
+        with _room(dest, mode=mode, folder=folder, files=split_plan.files, keep=not force,
+                   discard=partial if force else staging):
             for split_name in split_plan.splits:
                 for label in split_plan.classes:
                     (partial / split_name / label).mkdir(parents=True, exist_ok=True)
@@ -1366,13 +1366,14 @@ def run(
 @contextlib.contextmanager
 def _room(dest: Path, *, mode: str, folder: bool,
           files: Sequence[PlannedFile] | None = None, discard: Path | None = None,
-          count: int | None = None):
+          count: int | None = None, keep: bool = True):
     """Say a full disk or quota as a split that does not fit in ``dest``, not as the hidden
     work file the write failed on, and say what to do. ``files``: the files to place, known
     once the split is planned; the files placed so far then stay for the next run to reuse
     (before, nothing is kept). ``folder``: the source is a folder, so other modes would serve.
-    ``discard``: the work folder of a run that keeps nothing (``--force``), removed so that
-    its room comes back. ``count``: the files to write before ``files`` are known."""
+    ``discard``: the work folder of a run that keeps nothing (``--force``), or what a run
+    keeps no use for, removed so that its room comes back. ``count``: the files to write before
+    ``files`` are known. ``keep``: False when the files placed are not kept (``--force``)."""
     try:
         yield
     except OSError as exc:
@@ -1380,7 +1381,7 @@ def _room(dest: Path, *, mode: str, folder: bool,
             raise
         if discard is not None:
             shutil.rmtree(discard, ignore_errors=True)
-        kept = files is not None
+        kept = keep and files is not None
         free, no_entries = _room_left(dest, mode, files, count)
         then = ("The files placed so far are kept: free some space, then run the same command "
                 "again to carry on" if kept else
@@ -1416,7 +1417,7 @@ def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile] | None,
     if files is not None:
         # Those placed already (kept for the next run) take their room already.
         placed = _partial(dest)
-        left = [f for f in files if not os.path.lexists(placed / f.path)]
+        left = [f for f in files if not _placed_whole(placed / f.path, f, mode)]
         its = "its" if len(left) == len(files) else "the"
         what = "files" if len(left) == len(files) else "files still to place"
         copies = f"{sum(f.size for f in left) / 1e6:,.1f} MB"
@@ -1433,6 +1434,16 @@ def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile] | None,
         text += (f", and {fs.f_favail:,} file entries (inodes) for {its} {count:,} {kind}"
                  + ("" if its == "its" else " still to place"))
     return text, short
+
+
+def _placed_whole(target: Path, f: PlannedFile, mode: str) -> bool:
+    """Whether ``target`` looks placed in full: a link, or a file of the planned size (a copy
+    the full disk cut short is not)."""
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return False
+    return mode == "symlink" or st.st_size == f.size
 
 
 def _placing(partial: Path, identity: dict) -> bool:

@@ -1279,3 +1279,34 @@ def test_a_full_disk_midway_counts_only_the_files_still_to_place(dump, tmp_path,
     left = len(p.files) - 3
     assert f"2 file entries (inodes) for the {left:,} files still to place" in info.value.strerror
     assert "the files still to place take" in info.value.strerror
+
+
+def test_a_full_disk_says_what_is_needed_with_force_too(dump, tmp_path, monkeypatch):
+    # --force keeps nothing, so every file is still to place; file entries short rule out
+    # symbolic links as the way out (they take entries too).
+    p = plan(dump.dest)
+    materialize(p, tmp_path / "split", workers=1)
+    real, calls = split_module.copy_file, []
+
+    def stub_then_full(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) > 3:
+            Path(dst).write_bytes(b"x")  # a copy the full disk cut short
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(split_module, "copy_file", stub_then_full)
+    monkeypatch.setattr(split_module.os, "statvfs", lambda path: os.statvfs_result(
+        (4096, 4096, 100, 50, 50, 1000, 2, 2, 0, 255)))
+    with pytest.raises(OSError) as info:
+        materialize(p, tmp_path / "split", workers=1, force=True)
+    message = info.value.strerror
+    assert f"its files take {sum(f.size for f in p.files) / 1e6:,.1f} MB" in message
+    assert f"2 file entries (inodes) for its {len(p.files):,} files" in message
+    assert "Nothing was kept" in message and "--mode symlink" not in message
+    # Kept placed files: the one cut short is still to place.
+    calls.clear()
+    with pytest.raises(OSError) as info:
+        materialize(p, tmp_path / "other", workers=1)
+    left = len(p.files) - 3
+    assert f"for the {left:,} files still to place" in info.value.strerror
