@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -68,3 +69,20 @@ def area_reference(data: bytes, size: tuple[int, int], mode: str = "crop") -> np
     top, left = (height - nh) // 2, (width - nw) // 2
     canvas[top:top + nh, left:left + nw] = small
     return canvas
+
+
+def unlistable(monkeypatch, *folders) -> None:
+    """Make ``os.scandir`` refuse these folders (full paths, or names anywhere) as an
+    unreadable folder would: tests run as root, where file modes refuse nothing."""
+    import errno
+
+    scandir = os.scandir
+    paths = {os.fspath(f) for f in folders}
+
+    def listing(path="."):
+        path = os.fspath(path)
+        if path in paths or os.path.basename(path) in paths:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", listing)

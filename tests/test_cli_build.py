@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import make_class_folders, smooth_image, write_image
+from helpers import make_class_folders, smooth_image, unlistable, write_image
 
 from dsprep import store
 from dsprep.cli import main
@@ -663,17 +663,8 @@ def test_another_tools_split_json_above_a_train_folder_is_not_read(tmp_path):
 
 def test_a_class_folder_that_cannot_be_listed_stops_the_build(tmp_path, monkeypatch):
     # Leaving its images out would build a train file without the class (exit 0, a note).
-    import errno
-
     src = make_split(tmp_path / "split")
-    scandir = os.scandir
-
-    def listing(path="."):
-        if os.fspath(path) == str(src / "train" / "dog"):
-            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", listing)
+    unlistable(monkeypatch, src / "train" / "dog")
     result = run("build-hdf5", str(src), str(tmp_path / "out"), "--size", "32")
     assert result.exit_code == 1, result.output
     assert f"{src / 'train' / 'dog'}: Permission denied: this folder" in result.output

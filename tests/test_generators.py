@@ -723,20 +723,12 @@ def test_directory_split_lacking_a_class_keeps_the_ids_of_its_split(tmp_path):
 
 def test_directory_split_with_an_unlistable_class_folder_is_an_error(tmp_path, monkeypatch):
     # train/apple cannot be listed: the test folder's ids would silently shift (banana 0).
-    import errno
-    import os
+    from helpers import unlistable
 
     dump = tmp_path / "fruits"
     make_class_folders(dump / "train", classes=("apple", "banana", "cherry"), per_class=2)
     make_class_folders(dump / "test", classes=("banana", "cherry"), per_class=2, seed=9)
-    scandir = os.scandir
-
-    def listing(path="."):
-        if os.fspath(path) == str(dump / "train" / "apple"):
-            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", listing)
+    unlistable(monkeypatch, dump / "train" / "apple")
     with pytest.raises(PermissionError, match="cannot be listed") as info:
         DirectoryGenerator(dump / "test", image_size=(8, 8))
     assert info.value.filename == str(dump / "train" / "apple")

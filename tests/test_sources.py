@@ -7,7 +7,7 @@ import struct
 import zipfile
 
 import pytest
-from helpers import make_class_folders, smooth_image, write_image
+from helpers import make_class_folders, smooth_image, unlistable, write_image
 
 from dsprep.errors import LayoutError, UsageError
 from dsprep.sources import (
@@ -1228,27 +1228,13 @@ def test_portable_pixmaps_are_images_and_phone_heic_photos_are_listed_as_left_ou
         _find(root)
 
 
-def _unlistable(monkeypatch, *names):
-    """os.scandir refusing folders of these names (tests run as root, where modes do not)."""
-    import errno
-
-    scandir = os.scandir
-
-    def listing(path="."):
-        if os.path.basename(os.fspath(path)) in names:
-            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", listing)
-
-
 def test_a_folder_that_cannot_be_listed_stops_the_listing(tmp_path, monkeypatch):
     root = make_class_folders(tmp_path / "d", classes=("cat", "dog", "eel"), per_class=2)
     (root / "lost+found").mkdir()
-    _unlistable(monkeypatch, "lost+found")
+    unlistable(monkeypatch, "lost+found")
     # The file system's own folder holds no images: reported, not fatal.
     assert _find(root).classes == ["cat", "dog", "eel"]
-    _unlistable(monkeypatch, "dog")
+    unlistable(monkeypatch, "dog")
     # A class folder left out would be a class the model never sees.
     for listing in (lambda: _find(root), lambda: scan_class_folders(root, [])):
         with pytest.raises(PermissionError, match="cannot be listed.*give read access") as info:
@@ -1263,7 +1249,7 @@ def test_an_unlisted_folder_matters_only_where_labelled_images_could_be(tmp_path
         write_image(root / "images" / f"{i}.jpg", smooth_image(32, 32, seed=i))
     (root / "masks").mkdir()
     (root / "labels.csv").write_text("id,label\n0,cat\n1,dog\n2,cat\n3,dog\n")
-    _unlistable(monkeypatch, "masks")
+    unlistable(monkeypatch, "masks")
     # Every row of the labels file found its image: a folder of masks is no concern.
     inv = _find(root)
     assert inv.layout == "csv" and len(inv.items) == 4
@@ -1301,11 +1287,11 @@ def test_an_unlisted_folder_beside_the_only_listed_one_is_refused(tmp_path, monk
     root = tmp_path / "d"
     make_class_folders(root / "train", classes=("cat", "dog"), per_class=2)
     make_class_folders(root / "test", classes=("cat", "dog", "eel"), per_class=2, seed=7)
-    _unlistable(monkeypatch, "test")
+    unlistable(monkeypatch, "test")
     with pytest.raises(PermissionError, match="cannot be listed") as info:
         _find(root)
     assert info.value.filename == str(root / "test")
-    _unlistable(monkeypatch, "train", "test")
+    unlistable(monkeypatch, "train", "test")
     with pytest.raises(PermissionError, match="cannot be listed"):
         _find(root)
 
