@@ -1310,3 +1310,29 @@ def test_a_full_disk_says_what_is_needed_with_force_too(dump, tmp_path, monkeypa
         materialize(p, tmp_path / "other", workers=1)
     left = len(p.files) - 3
     assert f"for the {left:,} files still to place" in info.value.strerror
+
+
+def test_a_one_pass_split_filling_the_disk_as_it_moves_its_copies_keeps_what_it_placed(
+        dump, tmp_path, monkeypatch):
+    # The staged copies not yet moved are no use to the next run (it copies from the dump
+    # again): they go, so that their room comes back; the files moved stay for it.
+    dest = tmp_path / "split"
+    real, moved = os.replace, []
+
+    def replace(src, dst):
+        if split_module._STAGING in os.fspath(src):
+            if len(moved) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            moved.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(split_module.os, "replace", replace)
+    with pytest.raises(OSError) as info:
+        run(dump.dest, dest)
+    assert "placed so far are kept" in info.value.strerror
+    partial = tmp_path / ".split.split-partial"
+    assert not (partial / split_module._STAGING).exists()
+    assert sorted(p for p in partial.rglob("*") if p.is_file() and p.suffix != ".json") \
+        == sorted(Path(m) for m in moved)
+    monkeypatch.undo()
+    assert run(dump.dest, dest)[1].reused == 3
