@@ -38,6 +38,11 @@ def command_scope() -> Iterator[None]:
             clear_stop()
 
 
+def inside_a_command() -> bool:
+    """Whether a command is running (outside any, after the outermost ended: False)."""
+    return bool(_COMMANDS[0])
+
+
 def ask_stop(exc: BaseException) -> None:
     """Record the stop a signal handler is raising."""
     _STOP[:] = [exc]

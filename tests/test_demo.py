@@ -69,6 +69,8 @@ def test_a_demo_stopped_by_ctrl_c_runs_no_further_step(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["demo", str(tmp_path / "work")])
     assert result.exit_code == 130 and "Aborted!" in result.output
     assert steps == [] and "$ dsprep split" not in result.output
+    # The step's own advice (the next sample-dump carries on) is not demo's: it starts afresh.
+    assert "the images written so far wait" not in result.output
 
 
 def test_preview_shows_mean_subtracted_patches(tmp_path):

@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import DsprepError, UsageError
-from ..system import command_scope, stop_asked
+from ..system import command_scope, inside_a_command, stop_asked
 
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -54,13 +54,13 @@ class DsprepGroup(click.Group):
         except KeyboardInterrupt:
             # click would say "Aborted!" and exit 1, which a batch script cannot tell from a
             # failure.
-            then = _AFTER_A_STOP.get(ctx.invoked_subcommand or "")
+            then = _after_a_stop(ctx)
             click.echo("\nAborted!" + (f" {then}" if then else ""), err=True)
             ctx.exit(INTERRUPTED)
         except SystemExit as exc:
             # SIGTERM (a batch system's time limit) and SIGHUP: "Terminated." was said as the
             # signal came; what to do next, as after a Ctrl-C, once the clean-up is done.
-            then = _AFTER_A_STOP.get(ctx.invoked_subcommand or "")
+            then = _after_a_stop(ctx)
             if then and exc.code in STOPPED_BY_SIGNAL:
                 with contextlib.suppress(OSError, ValueError):  # the terminal that hung up
                     click.echo(then, err=True)
@@ -99,6 +99,12 @@ class DsprepGroup(click.Group):
             if stop is not None:
                 raise stop from None
             raise
+
+
+def _after_a_stop(ctx: click.Context) -> str:
+    """What to do after the command was stopped; nothing for a step of another command (demo's
+    split: running demo again starts afresh, whatever the step would say)."""
+    return "" if inside_a_command() else _AFTER_A_STOP.get(ctx.invoked_subcommand or "", "")
 
 
 def stop_of(exc: BaseException) -> BaseException | None:
