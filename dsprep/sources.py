@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import errno
 import heapq
 import io
 import lzma
@@ -185,8 +186,8 @@ class Source(ABC):
         if self.unlisted:
             _rel, path, exc = self.unlisted[0]
             raise OSError(exc.errno, f"{exc.strerror or exc}: this folder cannot be "
-                          "listed, and its images would be left out; give read access to "
-                          "it (chmod), or move it elsewhere", path) from exc
+                          "listed (or this link followed), and its images would be left out; "
+                          "give read access to it (chmod), or move it elsewhere", path) from exc
 
     @property
     def name(self) -> str:
@@ -263,10 +264,16 @@ class FolderSource(Source):
                         problems.append(Skipped(rel, DANGLING_LINK, f"points to missing {target}"))
                     continue
                 except OSError as exc:
-                    problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
-                    if (entry.is_symlink() and isinstance(exc, PermissionError)
-                            and not is_image_name(entry.name)):
-                        # A link into a folder one may not enter: maybe a class folder.
+                    if not entry.is_symlink() or exc.errno == errno.ELOOP:
+                        problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
+                    elif is_image_name(entry.name):
+                        # Listed: its read fails, and it is left out with its class (which
+                        # is then named if none of its images is left).
+                        files.append(rel)
+                    elif "." in entry.name:  # some other file
+                        problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
+                    else:  # a link that cannot be followed, maybe to a class folder
+                        problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
                         unlisted.append((rel, entry.path, exc))
                     continue
                 if stat.S_ISDIR(kind):
@@ -562,8 +569,12 @@ def find_images(
     guessing = layout == "auto" and labels is None and id_column is None and label_column is None
     table, labels_name, passed_over = None, None, None
     if layout in ("auto", "csv"):
-        table, labels_name, passed_over = _read_table(source, root, files, images, labels,
-                                                      id_column, label_column, guessing)
+        try:
+            table, labels_name, passed_over = _read_table(source, root, files, images, labels,
+                                                          id_column, label_column, guessing)
+        except LayoutError:
+            source.refuse_unlisted()  # the labels file may lie in a folder not listed
+            raise
     where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
     if table is not None:
         items, skipped = table.resolve()

@@ -1464,7 +1464,7 @@ def test_a_build_from_before_gone_files_were_counted_is_still_up_to_date(tmp_pat
     assert build.build_hdf5(src, tmp_path / "now", opts()).up_to_date
 
 
-@pytest.mark.parametrize("change", ["replaced", "rewritten", "linked"])
+@pytest.mark.parametrize("change", ["replaced", "rewritten", "linked", "relinked"])
 def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch, change):
     # A 'split --force' of SRC while the build reads it: the files would mix two splits, and
     # the images gone would be counted as unreadable ones, with exit 0.
@@ -1480,21 +1480,24 @@ def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch,
             if change == "replaced":
                 shutil.copyfile(victim, victim.with_name("new.jpg"))
                 os.replace(victim.with_name("new.jpg"), victim)
-            elif change == "rewritten":  # in place, its time put back (cp -p, same size)
-                st = victim.stat()
+            elif change == "rewritten":  # in place, a new time (cp over it)
                 data = bytearray(victim.read_bytes())
                 data[len(data) // 2] ^= 0xFF
                 victim.write_bytes(bytes(data))
-                os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-            else:  # the same file, another hard link to it made elsewhere (a hardlink split)
+                st = victim.stat()
+                os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+            elif change == "linked":  # the same file, a chmod and another hard link to it
                 os.link(victim, tmp_path / "elsewhere.jpg")
                 os.chmod(victim, 0o600)
+            else:  # a link made and removed elsewhere (a hardlink split --force): its change
+                os.link(victim, tmp_path / "elsewhere.jpg")  # time alone moves
+                os.unlink(tmp_path / "elsewhere.jpg")
         return report
 
     monkeypatch.setattr(build, "write_file", write_file)
     out = tmp_path / "out"
     counts = [6 * len(CLASSES), 2 * len(CLASSES), 2 * len(CLASSES)]
-    if change == "linked":  # no image changed: its change time alone is no reason to fail
+    if change in ("linked", "relinked"):  # no image changed: no reason to fail
         assert [f.count for f in build.build_hdf5(src, out, opts()).files] == counts
         return
     with pytest.raises(DsprepError, match="images of train changed while they were built"):

@@ -1302,3 +1302,65 @@ def test_a_link_loop_is_reported_not_refused(tmp_path):
     inv = _find(root)
     assert inv.classes == ["cat", "dog"] and len(inv.items) == 4
     assert ("cat/loop", "unreadable") in {(s.source, s.reason) for s in inv.skipped}
+
+
+def _unfollowable(monkeypatch, root, names, code):
+    """os.stat failing with ``code`` on the links of these names under root."""
+    import errno
+
+    stat = os.stat
+
+    def stat_of(path, *args, **kwargs):
+        if os.path.islink(path) and os.path.basename(os.fspath(path)) in names:
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    assert errno.errorcode[code]
+    monkeypatch.setattr(os, "stat", stat_of)
+
+
+@pytest.mark.parametrize("code", [13, 107])  # EACCES; ENOTCONN (a dead network mount)
+def test_links_that_cannot_be_followed(tmp_path, monkeypatch, code):
+    from dsprep.sources import FolderSource
+    from dsprep.split import plan
+
+    root = make_class_folders(tmp_path / "d", classes=("cat", "dog"), per_class=2)
+    store = make_class_folders(tmp_path / "store", classes=("eel", "fox"), per_class=2)
+    (root / "fox").symlink_to(store / "fox")  # a class folder behind the link
+    (root / "notes.txt").symlink_to(store / "eel" / "eel_0.jpg")
+    _unfollowable(monkeypatch, root, {"fox", "notes.txt"}, code)
+    with pytest.raises(OSError, match="cannot be listed") as info:
+        _find(root)
+    assert info.value.filename == str(root / "fox") and info.value.errno == code
+    # Another file behind a link is reported only; image links are listed, and their reads
+    # fail with their class, which is named when none of its images is left.
+    (root / "fox").unlink()
+    (root / "eel").mkdir()
+    for i in range(2):
+        (root / "eel" / f"eel_{i}.jpg").symlink_to(store / "eel" / f"eel_{i}.jpg")
+    _unfollowable(monkeypatch, root, {"notes.txt", "eel_0.jpg", "eel_1.jpg"}, code)
+    real_read = FolderSource.read
+
+    def read(self, rel):
+        if rel.startswith("eel/"):
+            raise OSError(code, os.strerror(code))
+        return real_read(self, rel)
+
+    monkeypatch.setattr(FolderSource, "read", read)
+    inv = _find(root)
+    assert ("notes.txt", "unreadable") in {(s.source, s.reason) for s in inv.skipped}
+    assert ("eel/eel_0.jpg", "eel") in inv.items
+    assert plan(root).lost_classes == ["eel"]
+
+
+def test_a_labels_file_in_a_folder_not_listed_is_said_so(tmp_path, monkeypatch):
+    root = tmp_path / "d"
+    for i in range(4):
+        write_image(root / "images" / f"{i}.jpg", smooth_image(32, 32, seed=i))
+    (root / "meta").mkdir()
+    (root / "meta" / "labels.csv").write_text("id,label\n0,cat\n1,dog\n2,cat\n3,dog\n")
+    assert len(_find(root, layout="csv", labels="meta/labels.csv").items) == 4
+    unlistable(monkeypatch, "meta")
+    with pytest.raises(PermissionError, match="cannot be listed") as info:
+        _find(root, layout="csv", labels="meta/labels.csv")
+    assert info.value.filename == str(root / "meta")
