@@ -666,7 +666,7 @@ class HDF5Generator(_BatchSequence):
         if mapped is not None:
             try:
                 source = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
-            except (OSError, OverflowError, ValueError):
+            except (OSError, OverflowError):
                 # No room for a window of the file (a tight ulimit -v): this process reads
                 # its rows instead.
                 self._mapped = None

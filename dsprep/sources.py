@@ -237,12 +237,11 @@ class FolderSource(Source):
                 # In a fixed order, whatever order the file system lists them in.
                 with os.scandir(folder) as listing:
                     entries = sorted(listing, key=lambda e: e.name)
-            except FileNotFoundError as exc:  # removed while the dump was listed
-                problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
-                return
             except OSError as exc:
                 problems.append(Skipped(prefix.rstrip("/") or ".", UNREADABLE, _os_detail(exc)))
-                if prefix.rstrip("/").rpartition("/")[2] not in _NEVER_IMAGES:
+                # Unless it was removed while the dump was listed, or the file system's own.
+                if not (isinstance(exc, FileNotFoundError)
+                        or prefix.rstrip("/").rpartition("/")[2] in _NEVER_IMAGES):
                     unlisted.append((prefix.rstrip("/"), folder, exc))
                 return
             for entry in entries:
@@ -264,16 +263,14 @@ class FolderSource(Source):
                         problems.append(Skipped(rel, DANGLING_LINK, f"points to missing {target}"))
                     continue
                 except OSError as exc:
-                    if not entry.is_symlink() or exc.errno == errno.ELOOP:
-                        problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
-                    elif is_image_name(entry.name):
+                    unfollowed = entry.is_symlink() and exc.errno != errno.ELOOP
+                    if unfollowed and is_image_name(entry.name):
                         # Listed: its read fails, and it is left out with its class (which
                         # is then named if none of its images is left).
                         files.append(rel)
-                    elif "." in entry.name:  # some other file
-                        problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
-                    else:  # a link that cannot be followed, maybe to a class folder
-                        problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
+                        continue
+                    problems.append(Skipped(rel, UNREADABLE, _os_detail(exc)))
+                    if unfollowed and "." not in entry.name:  # maybe to a class folder
                         unlisted.append((rel, entry.path, exc))
                     continue
                 if stat.S_ISDIR(kind):

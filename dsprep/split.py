@@ -1413,17 +1413,17 @@ def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile] | None,
         fs = os.statvfs(dest if dest.is_dir() else dest.parent)
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return "", False
-    needs, its = "", "its"
+    needs, whole = "", True
     if files is not None:
         # Those placed already (kept for the next run) take their room already.
         placed = _partial(dest)
         left = [f for f in files if not _placed_whole(placed / f.path, f, mode)]
-        its = "its" if len(left) == len(files) else "the"
-        what = "files" if len(left) == len(files) else "files still to place"
+        whole = len(left) == len(files)
+        what = "its files" if whole else "the files still to place"
         copies = f"{sum(f.size for f in left) / 1e6:,.1f} MB"
-        needs = {"copy": f"{its} {what} take {copies}, and ",
-                 "hardlink": f"{its} {what} take {copies} where hard links become copies, "
-                             "and "}.get(mode, "") if left else ""
+        needs = {"copy": f"{what} take {copies}, and ",
+                 "hardlink": f"{what} take {copies} where hard links become copies, and "
+                 }.get(mode, "") if left else ""
         count = len(left)
     text = f"; {needs}{fs.f_bavail * fs.f_frsize / 1e6:,.1f} MB are free there"
     # A hard link takes no file entry; a file system that makes them as it goes (btrfs)
@@ -1431,8 +1431,8 @@ def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile] | None,
     short = bool(mode != "hardlink" and fs.f_files and fs.f_favail < count)
     if short:
         kind = "links" if mode == "symlink" else "files"
-        text += (f", and {fs.f_favail:,} file entries (inodes) for {its} {count:,} {kind}"
-                 + ("" if its == "its" else " still to place"))
+        text += (f", and {fs.f_favail:,} file entries (inodes) for "
+                 + (f"its {count:,} {kind}" if whole else f"the {count:,} {kind} still to place"))
     return text, short
 
 
