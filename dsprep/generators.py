@@ -410,15 +410,18 @@ class HDF5Generator(_BatchSequence):
       avoids, reads ~100 rows/s.)
 
     Rows of an uncompressed file are read outside h5py's process-wide lock, so several
-    threads (Keras's workers) read side by side. For "none" and "batches" on rows that lie
-    back to back, a batch is a slice of a read-only memory map of the file (a few windows of
-    ~256 MB mapped at a time, ``dsprep.store.MappedRows``): a pipeline that starts with a cut
-    (a crop fused with a flip or a mean, or a ten-crop) cuts its windows straight from it,
-    with no copy in between; raw batches and any other pipeline copy the batch out of it (in
-    one call, which for a batch over ~20 MB uses stores that bypass the caches: about twice
-    the speed of a read into the batch on one 2-core host). Otherwise ("full", or chunks that
-    lie apart: HDF5 puts its index nodes between every 64 or so chunks, and pads chunks of
-    rows that are no multiple of 4 KiB, such as 227x227) a cut takes each window from its
+    threads (Keras's workers) read side by side. For "none" and "batches", a batch whose rows
+    lie back to back in the file is a slice of a read-only memory map of it (a few windows of
+    ~256 MB mapped at a time, ``dsprep.store.MappedRows``). A build lays its chunks so in runs
+    (4,096 rows of 256x256 at the default 64 per chunk) with one of HDF5's index nodes between
+    two runs, so all but about one batch in 32 are such slices; chunks of rows that are no
+    multiple of 4 KiB (227x227) are padded apart, so only batches within one chunk are. A
+    pipeline that starts with
+    a cut (a crop fused with a flip or a mean, or a ten-crop) cuts its windows straight from
+    the slice, with no copy in between; raw batches and any other pipeline copy the batch out
+    of it (in one call, which for a batch over ~20 MB uses stores that bypass the caches:
+    about twice the speed of a read into the batch on one 2-core host). Otherwise ("full",
+    or a batch across two runs) a cut takes each window from its
     row where it lies in one map of the whole file (``dsprep.store.MappedFile``), and other
     pipelines read the rows with ``os.preadv`` at their offsets (``dsprep.store.RowReader``),
     as every pipeline does where no map can be made (no address space for one); compressed
@@ -563,13 +566,15 @@ class HDF5Generator(_BatchSequence):
                 # windows straight from the map; any other copies the batch out of it in one
                 # call (a copy that large is made with stores that bypass the caches: twice
                 # the speed of preadv's on one host). A cut also takes any other batch's
-                # windows row by row from a map of the whole file.
+                # windows (rows anywhere, or across two runs of chunks) row by row from a map
+                # of the whole file.
                 self._mapped = self._file_map = None
                 if self._reader is not None and self._raw is not None:
                     if self.shuffle != "full":
                         self._mapped = self._reader.map(self._raw, self.image_shape,
                                                         self.batch_size)
-                    if self._mapped is None and self._cuts_first():
+                    if self._cuts_first() and (self._mapped is None
+                                               or len(self._mapped.runs) > 1):
                         self._file_map = self._reader.map_file(self._raw, self.image_shape)
                 self._local = threading.local()
                 self._images = images
@@ -647,7 +652,19 @@ class HDF5Generator(_BatchSequence):
         rows = self.batch_rows(index, epoch)
         n = len(rows)
         reader, raw, mapped = self._reader, self._raw, self._mapped  # held for the whole batch
-        file_map, data = self._file_map, None
+        source = None
+        if mapped is not None:
+            try:
+                source = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
+            except (OSError, OverflowError):
+                # No room for a window of the file (a tight ulimit -v): this process reads
+                # its rows instead.
+                self._mapped = None
+        if source is not None and self._cuts_first():
+            # The batch's rows are one slice of a map of the file; the pipeline starts with a
+            # cut, which never writes into its input.
+            return self._finish(source, self.labels[rows], epoch, index, source)
+        file_map, data = self._file_map, None  # a cut's, for a batch not in one run
         if file_map is not None:
             try:
                 data = file_map.data()
@@ -662,18 +679,6 @@ class HDF5Generator(_BatchSequence):
                                         *self.image_shape))[:n]
             return self._finish(x, self.labels[rows], epoch, index, x, Gathered(
                 lambda i: file_map.row(int(rows[i]), data), x))
-        source = None
-        if mapped is not None:
-            try:
-                source = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
-            except (OSError, OverflowError):
-                # No room for a window of the file (a tight ulimit -v): this process reads
-                # its rows instead.
-                self._mapped = None
-        if source is not None and self._cuts_first():
-            # The batch's rows are one slice of a map of the file; the pipeline starts with a
-            # cut, which never writes into its input.
-            return self._finish(source, self.labels[rows], epoch, index, source)
         shape = (n, *self.image_shape)
         scratch = None
         if self._steps:

@@ -6,6 +6,7 @@ augmentation.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import errno
@@ -600,7 +601,12 @@ class MappedRows:
     """Image rows that lie back to back in a file, handed out as read-only arrays over memory
     maps of it: windows cut from them read the page cache directly, with no copy first.
 
-    The file is mapped a window at a time (about 256 MB of rows, plus one batch so that any
+    The rows lie in one or more runs, each a range of rows whose bytes follow each other (a
+    build's chunks lie so, up to the first of HDF5's index nodes between them). A batch of
+    rows within one run is one slice of a map; a batch across two runs has none
+    (:meth:`rows_of` returns None) and is read instead.
+
+    Each run is mapped a window at a time (about 256 MB of rows, plus one batch so that any
     batch starting in a window ends in it), and only the few windows used last stay mapped:
     page tables stay small whatever the file's size. A window stays valid while an array over
     it is referenced; the maps hold the file, so a new build replacing the path does not
@@ -614,43 +620,55 @@ class MappedRows:
     WINDOW_BYTES = 256 << 20
     KEEP = 3
 
-    def __init__(self, handle: Descriptor, offset: int, rows: int, shape: tuple[int, ...],
-                 batch_rows: int) -> None:
-        self.handle, self.offset, self.rows = handle, offset, rows  # the file, held open
+    def __init__(self, handle: Descriptor, runs: Sequence[tuple[int, int, int]],
+                 shape: tuple[int, ...], batch_rows: int) -> None:
+        """``runs``: (first row, rows, byte offset of the first row) of each run, in row
+        order, covering every row."""
+        self.handle = handle  # the file, held open
+        self.runs = [(int(first), int(n), int(offset)) for first, n, offset in runs]
+        self._firsts = [first for first, _, _ in self.runs]
+        self.rows = self.runs[-1][0] + self.runs[-1][1] if self.runs else 0
         self.shape = tuple(int(s) for s in shape)
         self.row_bytes = int(np.prod(self.shape))
         self.window_rows = max(1, self.WINDOW_BYTES // self.row_bytes)
         self.batch_rows = max(1, int(batch_rows))
         self._lock = threading.Lock()
-        self._windows: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._windows: collections.OrderedDict[tuple[int, int], np.ndarray] = \
+            collections.OrderedDict()
 
-    def rows_of(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` (at most one batch) as a read-only (n, *shape) array."""
+    def rows_of(self, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``start:stop`` (at most one batch) as a read-only (n, *shape) array, or None
+        where they do not lie in one run."""
         if not 0 <= start <= stop <= self.rows or stop - start > self.batch_rows:
             raise ValueError(f"rows {start}:{stop} are not a batch of the {self.rows} rows")
-        k = start // self.window_rows
-        window = self._window(k)
-        first = k * self.window_rows
-        return window[start - first:stop - first]
+        r = max(0, bisect.bisect_right(self._firsts, start) - 1)
+        first, n, _ = self.runs[r]
+        if stop > first + n:
+            return None
+        k = (start - first) // self.window_rows
+        window = self._window(r, k)
+        low = first + k * self.window_rows
+        return window[start - low:stop - low]
 
-    def _window(self, k: int) -> np.ndarray:
+    def _window(self, r: int, k: int) -> np.ndarray:
         with self._lock:
-            window = self._windows.get(k)
+            window = self._windows.get((r, k))
             if window is not None:
-                self._windows.move_to_end(k)
+                self._windows.move_to_end((r, k))
                 return window
-        first = k * self.window_rows
-        last = min(self.rows, first + self.window_rows + self.batch_rows)
-        start = self.offset + first * self.row_bytes
+        run_first, run_rows, run_offset = self.runs[r]
+        first = k * self.window_rows  # within the run
+        last = min(run_rows, first + self.window_rows + self.batch_rows)
+        start = run_offset + first * self.row_bytes
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
-        length = self.offset + last * self.row_bytes - aligned
+        length = run_offset + last * self.row_bytes - aligned
         mapping = mmap.mmap(self.handle.fileno(), length, access=mmap.ACCESS_READ,
                             offset=aligned)
         window = np.ndarray((last - first, *self.shape), dtype=np.uint8, buffer=mapping,
                             offset=start - aligned)
         with self._lock:
-            self._windows[k] = window
-            self._windows.move_to_end(k)
+            self._windows[(r, k)] = window
+            self._windows.move_to_end((r, k))
             while len(self._windows) > self.KEEP:
                 # Unmapped when the last array over it goes (a batch in flight keeps it).
                 self._windows.popitem(last=False)
@@ -767,19 +785,32 @@ class RowReader:
 
     def map(self, handle: Descriptor, shape: tuple[int, ...],
             batch_rows: int) -> MappedRows | None:
-        """The rows as read-only arrays over memory maps of the file (:class:`MappedRows`), or
-        None unless they lie back to back in one byte range: contiguous, or chunks in row order
-        with no gaps (a dsprep build lays them so when a chunk's bytes are a multiple of 4 KiB,
-        as for 256x256 images, up to the first of HDF5's index nodes, every 64 or so chunks;
-        227x227 chunks are padded apart). :meth:`map_file` maps any layout of whole rows.
+        """The rows as read-only arrays over memory maps of the file (:class:`MappedRows`), in
+        runs of chunks that lie back to back in row order; None unless some run holds a whole
+        batch. A dsprep build lays chunks back to back when a chunk's bytes are a multiple of
+        4 KiB, as for 256x256 images, with one of HDF5's index nodes between every 64 or so
+        (a run of 4,096 rows of 256x256 at the default 64 per chunk); chunks of 227x227 are
+        padded apart. :meth:`map_file` maps any layout of whole rows.
         """
-        step = self.chunk_rows * self.row_bytes
-        if len(self.offsets) > 1 and bool(np.any(np.diff(self.offsets) != step)):
-            return None
         size = self._size_for(handle, shape)
-        if size is None or int(self.offsets[0]) + self.rows * self.row_bytes > size:
+        if size is None:
             return None
-        return MappedRows(handle, int(self.offsets[0]), self.rows, shape, batch_rows)
+        runs = self.runs()
+        longest = max(n for _, n, _ in runs)
+        ends = [offset + n * self.row_bytes for _, n, offset in runs]
+        if longest < min(int(batch_rows), self.rows) or max(ends) > size:
+            return None
+        return MappedRows(handle, runs, shape, batch_rows)
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(first row, rows, byte offset) of each run of chunks that lie back to back in row
+        order."""
+        k, step = self.chunk_rows, self.chunk_rows * self.row_bytes
+        breaks = np.flatnonzero(np.diff(self.offsets) != step) + 1
+        starts = [0, *breaks.tolist()]
+        ends = [*breaks.tolist(), len(self.offsets)]
+        return [(a * k, min(b * k, self.rows) - a * k, int(self.offsets[a]))
+                for a, b in zip(starts, ends, strict=True)]
 
     def map_file(self, handle: Descriptor, shape: tuple[int, ...]) -> MappedFile | None:
         """Every row as a read-only array over one memory map of the whole file

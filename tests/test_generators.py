@@ -1361,10 +1361,56 @@ def test_full_shuffle_reads_its_rows_when_the_whole_file_cannot_be_mapped(h5file
     np.testing.assert_array_equal(read[1][0], expected)
 
 
+@pytest.mark.parametrize("pipeline", ["raw", "cut"])
+def test_a_file_in_runs_of_chunks_is_mapped_run_by_run(tmp_path, pipeline, monkeypatch):
+    # A real build whose chunks (16 rows of 16x16: 3 pages) lie back to back up to the first
+    # of HDF5's index nodes, as 256x256 ones do up to 4,096 rows: batches within a run are
+    # slices of a map; the one batch across the node is read, or cut row by row.
+    from dsprep.augment import RandomFlip
+    from dsprep.generators import batch_rng
+    from dsprep.preprocess import Compose, MeanSubtract, RandomPatch
+
+    n = 1500
+    imgs = tagged_images(n, 16, 16)
+    path = tmp_path / "runs.hdf5"
+    with store.HDF5Writer(path, n, (16, 16), NAMES, chunk_images=16, direct=True,
+                          attrs={"split": "train", "mean_rgb": [0, 0, 0], "skipped": 0}) as w:
+        w.append(imgs, np.arange(n) % 3, [f"r{i}" for i in range(n)])
+    with h5py.File(path, "r") as db:
+        jumps = np.flatnonzero(np.diff(store.chunk_offsets(db["images"])) != 16 * 768) + 1
+    assert len(jumps) == 1  # two runs of chunks
+    node = int(jumps[0]) * 16  # the first row after the node
+    reads = []
+    real = store.RowReader.read
+
+    def record(self, fd, start, stop, out):
+        reads.append((start, stop))
+        return real(self, fd, start, stop, out)
+
+    monkeypatch.setattr(store.RowReader, "read", record)
+    ops = [RandomPatch(12, 11), RandomFlip(), MeanSubtract([10, 20, 30])]
+    kwargs = {"output": "uint8"} if pipeline == "raw" else {"preprocessors": ops}
+    gen = HDF5Generator(path, batch_size=24, shuffle="none", seed=5, **kwargs)
+    gen[0]
+    assert gen._mapped is not None and len(gen._mapped.runs) == 2
+    reads.clear()
+    across = [i for i in range(len(gen)) if i * 24 < node < min(n, (i + 1) * 24)]
+    assert len(across) == 1
+    for i in range(len(gen)):
+        rows = gen.batch_rows(i)
+        expected = imgs[rows] if pipeline == "raw" else Compose(ops)(imgs[rows],
+                                                                       batch_rng(5, 0, i))
+        np.testing.assert_array_equal(gen[i][0], expected)
+    if pipeline == "raw":
+        assert reads == [(across[0] * 24, (across[0] + 1) * 24)]
+    else:
+        assert reads == [] and gen._file_map is not None
+
+
 @pytest.mark.parametrize("mode", ["batches", "full"])
 def test_a_file_whose_chunks_lie_apart_is_cut_from_a_map_too(tmp_path, mode, monkeypatch):
-    # A real build: chunks aligned to pages (so small rows are padded apart) and HDF5's index
-    # nodes between every 64 or so chunks. Each row is found from its chunk's offset.
+    # A real build: HDF5's index nodes lie between every 64 or so chunks. Each row is found
+    # from its chunk's offset ("batches": a batch across a node; "full": every batch).
     from dsprep.augment import RandomFlip
     from dsprep.preprocess import MeanSubtract, RandomPatch
 
@@ -1380,7 +1426,7 @@ def test_a_file_whose_chunks_lie_apart_is_cut_from_a_map_too(tmp_path, mode, mon
     ops = [RandomPatch(4, 5), RandomFlip(), MeanSubtract([10, 20, 30])]
     gen = HDF5Generator(path, batch_size=16, shuffle=mode, seed=3, preprocessors=ops)
     got = [gen[i][0] for i in range(len(gen))]
-    assert gen._mapped is None and gen._file_map is not None
+    assert gen._file_map is not None and (gen._mapped is None) == (mode == "full")
     for i in (0, len(gen) - 1):  # each sample a window of its own row (tagged images differ)
         for sample, row in zip(got[i], gen.batch_rows(i), strict=True):
             assert matching_window(sample, imgs[row], [10, 20, 30])

@@ -331,7 +331,46 @@ def test_mapped_rows_match_h5py_window_by_window(tmp_path, rng, monkeypatch, cre
                 mapped.rows_of(0, 1)[0, 0, 0, 0] = 1
 
 
-def test_row_reader_maps_rows_only_when_they_lie_back_to_back(tmp_path, rng):
+def test_mapped_rows_in_runs_give_batches_within_a_run_and_none_across_two(tmp_path, rng,
+                                                                           monkeypatch):
+    # Rows laid out by hand, in chunks of 2 rows: chunks 0-2 back to back, a gap (an index
+    # node), chunks 3-4 back to back, then chunk 5 after another gap, its last row missing.
+    monkeypatch.setattr(store.MappedRows, "WINDOW_BYTES", 2 * 4 * 4 * 3)  # windows of 2 rows
+    monkeypatch.setattr(store.MappedRows, "KEEP", 2)
+    images = rng.integers(0, 256, (11, 4, 4, 3), dtype=np.uint8)
+    row = images[0].nbytes
+    offsets = np.array([100, 100 + 2 * row, 100 + 4 * row, 5000, 5000 + 2 * row, 9001])
+    data = bytearray(9001 + row)
+    for r in range(11):
+        at = offsets[r // 2] + (r % 2) * row
+        data[at:at + row] = images[r].tobytes()
+    path = tmp_path / "runs.bin"
+    path.write_bytes(bytes(data))
+    reader = store.RowReader(offsets, 2, row, 11)
+    assert reader.runs() == [(0, 6, 100), (6, 4, 5000), (10, 1, 9001)]
+    with store.Descriptor(os.open(path, os.O_RDONLY)) as handle:
+        mapped = reader.map(handle, (4, 4, 3), 3)
+        assert mapped is not None
+        for start in range(11):
+            stop = min(start + 3, 11)
+            got = mapped.rows_of(start, stop)
+            if start < 6 <= stop - 1 or start < 10 <= stop - 1:  # across two runs
+                assert got is None
+            else:
+                assert not got.flags.writeable
+                np.testing.assert_array_equal(got, images[start:stop])
+            assert len(mapped._windows) <= 2
+        np.testing.assert_array_equal(mapped.rows_of(10, 11), images[10:11])
+        assert reader.map(handle, (4, 4, 3), 7) is None  # no run holds a batch of 7
+        assert reader.map(handle, (4, 4, 3), 6) is not None
+        # A file cut short of a run's end is not mapped.
+        short = tmp_path / "short.bin"
+        short.write_bytes(bytes(data[:9001]))
+        with store.Descriptor(os.open(short, os.O_RDONLY)) as cut:
+            assert reader.map(cut, (4, 4, 3), 3) is None
+
+
+def test_row_reader_maps_only_runs_of_rows_that_lie_back_to_back(tmp_path, rng):
     images = rng.integers(0, 256, (10, 8, 6, 3), dtype=np.uint8)
     # Chunks written last-first lie in the file in the other order: not one range of rows.
     shuffled = tmp_path / "b.hdf5"
@@ -342,7 +381,12 @@ def test_row_reader_maps_rows_only_when_they_lie_back_to_back(tmp_path, rng):
     with h5py.File(shuffled, "r") as f:
         reader = store.RowReader.for_dataset(f["images"])
         with store.RowReader.open(f["images"]) as handle:
-            assert reader.map(handle, (8, 6, 3), 4) is None
+            assert reader.runs() == [(0, 4, reader.offsets[0]), (4, 4, reader.offsets[1]),
+                                     (8, 2, reader.offsets[2])]
+            assert reader.map(handle, (8, 6, 3), 5) is None  # no run of chunks holds 5 rows
+            mapped = reader.map(handle, (8, 6, 3), 4)  # each chunk its own run
+            np.testing.assert_array_equal(mapped.rows_of(4, 8), images[4:8])
+            assert mapped.rows_of(2, 6) is None
             got = np.empty_like(images)
             reader.read(handle.fileno(), 0, 10, got)  # reads still work
             np.testing.assert_array_equal(got, images)
