@@ -1045,6 +1045,9 @@ class _LabelsTable:
         # of other things. The share of rows with a single 1.
         self.onehot_doubt: float | None = None
         self.label_given = False
+        # Labels that write one number in several ways (1 and 1.0), each to the one name its
+        # class goes by (see _numeric_aliases); filled by resolve.
+        self.aliases: dict[str, str] = {}
         self.column_names = [c.strip() for c in rows[0]] if rows else []
         id_index, label_index, has_header = self._columns(rows, id_column, label_column)
         self.id_index, self.label_index = id_index, label_index
@@ -1054,17 +1057,29 @@ class _LabelsTable:
 
     def doubt(self) -> str | None:
         """A warning when the labels were read from one column of a table that may be
-        one-hot, or None."""
-        if self.onehot_doubt is None or self.label_given:
-            return None
-        others = [n for c, n in enumerate(self.column_names) if c != self.id_index]
-        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
-        share = math.floor(self.onehot_doubt * 100)
-        return (f"{self.name}: its columns {shown} hold only 0 and 1, and {share}% of its "
+        one-hot, or when labels that write one number in several ways were taken as one class
+        (after :meth:`resolve`); None if neither."""
+        said = []
+        if self.aliases:
+            groups = defaultdict(list)
+            for text, name in sorted(self.aliases.items()):
+                groups[name].append(text)
+            shown = "; ".join(f"{' and '.join(texts)} as {name}"
+                              for name, texts in sorted(groups.items())[:3])
+            more = f" and {len(groups) - 3} more" if len(groups) > 3 else ""
+            said.append(f"{self.name}: its labels are numbers, some written in more than one "
+                        f"way; each number was taken as one class ({shown}{more})")
+        if self.onehot_doubt is not None and not self.label_given:
+            others = [n for c, n in enumerate(self.column_names) if c != self.id_index]
+            shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+            share = math.floor(self.onehot_doubt * 100)
+            said.append(
+                f"{self.name}: its columns {shown} hold only 0 and 1, and {share}% of its "
                 "rows have a single 1, so it may be a one-hot (or multi-label) table; its "
-                f"labels were read from {self.column_names[self.label_index]!r} alone. If it is "
-                "one-hot, give each row exactly one 1; else name the labels' column with "
+                f"labels were read from {self.column_names[self.label_index]!r} alone. If it "
+                "is one-hot, give each row exactly one 1; else name the labels' column with "
                 "--label-column")
+        return "; ".join(said) or None
 
     def columns_in_words(self) -> str:
         """Where the ids and labels were read: "ids in 'image_id', labels in 'dx'"."""
@@ -1335,6 +1350,9 @@ class _LabelsTable:
         skipped: list[Skipped] = []
         found: dict[str, set[str]] = defaultdict(set)
         need = max(self.id_index, self.label_index) + 1
+        if not self.onehot:
+            self.aliases = _numeric_aliases({row[self.label_index].strip()
+                                             for row in self.rows if len(row) >= need})
         for line, row in enumerate(self.rows, start=self.first_line):
             where = f"{self.name} line {line}"
             if len(row) < need:
@@ -1345,6 +1363,7 @@ class _LabelsTable:
                 skipped.append(Skipped(where, BAD_ROW, "no id"))
                 continue
             label = self._label(row, where)
+            label = self.aliases.get(label, label)
             matches = self.lookup(key, exact=not self.forgiving)
             if not matches:
                 skipped.append(Skipped(key, MISSING_FILE,
@@ -1371,6 +1390,32 @@ class _LabelsTable:
             else:
                 items.append((rel, labels.pop()))
         return items, skipped
+
+
+# A number as a labels CSV writes it: 1, -2, 1.0, .5, 1e3 (not Python's 1_000, nan or inf).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _numeric_aliases(labels: set[str]) -> dict[str, str]:
+    """For a label column of numbers only, the labels that write one number in several ways
+    (1 and 1.0, as a table edited in a spreadsheet or joined from two exports has), each
+    mapped to one name for that number: its plain form (1, 0.5) where one of them is
+    written so, else the shortest. Empty unless every label is a number."""
+    by_value: dict[float, set[str]] = defaultdict(set)
+    for text in labels:
+        if not _NUMBER.fullmatch(text):
+            return {}
+        value = float(text)
+        if not math.isfinite(value):
+            return {}
+        by_value[value].add(text)
+    aliases = {}
+    for value, texts in by_value.items():
+        if len(texts) > 1:
+            plain = str(int(value)) if value.is_integer() else repr(value)
+            name = plain if plain in texts else min(texts, key=lambda t: (len(t), t))
+            aliases.update({text: name for text in texts if text != name})
+    return aliases
 
 
 # The values of a one-hot table's cells (spreadsheets and pandas write 1.0 for 1).

@@ -256,7 +256,7 @@ class SplitPlan:
         stray = self._stray_labels_file()
         if stray:
             found.append(stray)
-        if self.labels_doubt and self.options.label_column is None:
+        if self.labels_doubt:
             found.append(self.labels_doubt)
         found += class_name_warnings(self.classes)
         bad = Counter((repr(s.label) if len(s.label) <= 60 else

@@ -330,6 +330,33 @@ def test_csv_with_header_ids_without_extension(tmp_path, newline):
     assert inv.skipped == []
 
 
+@pytest.mark.parametrize("labels, given", [
+    ("label", {}), ("label", {"label_column": "label"}), ("grade", {"labels": "labels.csv"})])
+def test_numeric_labels_written_in_two_ways_are_one_class(tmp_path, labels, given):
+    # A table edited in a spreadsheet (or joined from two exports): 1 and 1.0 are one class.
+    names = [f"{i}.jpg" for i in range(1, 9)]
+    root = _csv_dump(tmp_path, f"id,{labels}\n1,1\n2,1.0\n3,0.0\n4,0.00\n5,01\n6,2.50\n"
+                     "7,2.5\n8,+1\n", names=names)
+    inv = _find(root, **given)
+    assert inv.items == [(f"images/{i}.jpg", label) for i, label in
+                         zip(range(1, 9), ["1", "1", "0.0", "0.0", "1", "2.5", "2.5", "1"],
+                             strict=True)]
+    assert inv.labels_doubt == (
+        "labels.csv: its labels are numbers, some written in more than one way; each number "
+        "was taken as one class (0.00 as 0.0; +1 and 01 and 1.0 as 1; 2.50 as 2.5)")
+
+
+@pytest.mark.parametrize("column", [["1", "1.0", "one"], ["1", "1.0", "nan"], ["1", "1_0", "10"],
+                                    ["1", "2.0", "3"]])
+def test_labels_are_taken_as_written_unless_all_are_numbers_some_written_twice(tmp_path,
+                                                                             column):
+    names = [f"{i}.jpg" for i in range(1, 7)]
+    text = "id,label\n" + "".join(f"{i},{column[i % 3]}\n" for i in range(1, 7))
+    inv = _find(_csv_dump(tmp_path, text, names=names))
+    assert sorted({label for _, label in inv.items}) == sorted(column)
+    assert inv.labels_doubt is None
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_csv_separated_by_semicolons_or_tabs_is_found_in_auto_mode(tmp_path, sep):
     text = "id,label\n1,cat\n2,dog\n3,cat\n4,dog\n".replace(",", sep)
