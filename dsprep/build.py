@@ -41,6 +41,7 @@ from .errors import (
     UsageError,
 )
 from .fileio import (
+    NAME_MAX,
     csv_text,
     exclusive,
     refuse_dangling_link,
@@ -300,6 +301,11 @@ def find_rows(
             raise UsageError(f"{src} is a split folder; drop --name to build train, val and test")
         if not name or Path(name).name != name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
+        longest = f"{name}.{SKIPPED_NAME}"
+        if len(os.fsencode(longest)) > NAME_MAX:
+            raise UsageError(f"--name is too long: the build writes {longest[:24]}... "
+                             f"({len(os.fsencode(longest))} bytes), and file names take "
+                             f"{NAME_MAX} bytes at most; give a shorter name")
         problems: list = []
         try:
             classes, pairs = class_folder_files(src, problems)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import os
 import threading
@@ -13,6 +14,38 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import DestinationExistsError, UsageError
+
+# The longest file name, in bytes, of the usual Linux file systems (ext4, xfs, btrfs).
+NAME_MAX = 255
+
+
+def sibling(path: str | os.PathLike, suffix: str, prefix: str = "") -> Path:
+    """``prefix + name + suffix`` beside ``path``: a work file's name (``.NAME.partial``).
+
+    Where that would pass ``NAME_MAX`` bytes, the name is cut short and a digest of the whole
+    name keeps it apart from other names cut alike: a user's name near the limit that fits
+    on disk keeps its work files too.
+    """
+    path = Path(path)
+    name = prefix + path.name + suffix
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return path.with_name(name)
+    whole = os.fsencode(path.name)
+    digest = hashlib.sha1(whole).hexdigest()[:10]
+    room = NAME_MAX - len(os.fsencode(prefix + suffix)) - len(digest) - 1
+    cut = whole[:room]
+    if _utf8(whole):
+        while not _utf8(cut):  # not inside a character
+            cut = cut[:-1]
+    return path.with_name(f"{prefix}{os.fsdecode(cut)}~{digest}{suffix}")
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def write_atomic(
@@ -34,7 +67,7 @@ def write_atomic(
         fsync: flush the bytes to the disk before the rename (for files a resume depends on).
     """
     path = Path(path)
-    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".partial")
+    tmp = Path(tmp) if tmp is not None else sibling(path, ".partial")
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with naming(tmp), open(tmp, "wb") as fh:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import system
 from .errors import DestinationExistsError, UsageError
-from .fileio import refuse_under_a_file
+from .fileio import refuse_under_a_file, sibling
 
 LAYOUTS = ("folders", "prefix", "csv")
 
@@ -297,7 +297,7 @@ def write_sample_dump(
         raise DestinationExistsError(
             f"{dest} exists and is not empty; choose another folder or use --force to replace it"
         )
-    partial = dest.parent / f".{dest.name}.partial"
+    partial = sibling(dest, ".partial", ".")
     if partial.exists():
         shutil.rmtree(partial)
     jobs, ids = _relative_names(layout, names, per_class, seed)

@@ -46,6 +46,7 @@ from .fileio import (
     naming,
     refuse_dangling_link,
     refuse_under_a_file,
+    sibling,
     write_atomic,
 )
 from .sources import (
@@ -1178,7 +1179,7 @@ def _writing(source: Path, dest: str | os.PathLike, mode: str):
     elif not os.access(dest.parent, os.W_OK) and not dest.is_dir():
         raise OSError(errno.EACCES, f"{dest} cannot be made: {dest.parent} cannot be written "
                       "to here; choose another DEST")
-    lock = dest / f"{_OWN}.lock" if _inside(dest) else dest.with_name(f".{dest.name}.split-lock")
+    lock = dest / f"{_OWN}.lock" if _inside(dest) else sibling(dest, ".split-lock", ".")
     return exclusive(lock, dest)
 
 
@@ -1232,12 +1233,12 @@ def _ignored(dest: Path, name: str) -> bool:
 
 
 def _partial(dest: Path) -> Path:
-    return dest / f"{_OWN}-partial" if _inside(dest) else dest.with_name(
-        f".{dest.name}.split-partial")
+    return dest / f"{_OWN}-partial" if _inside(dest) else sibling(
+        dest, ".split-partial", ".")
 
 
 def _old(dest: Path) -> Path:
-    return dest / f"{_OWN}-old" if _inside(dest) else dest.with_name(f".{dest.name}.split-old")
+    return dest / f"{_OWN}-old" if _inside(dest) else sibling(dest, ".split-old", ".")
 
 
 def _marker(manifest: dict, files_csv: str) -> dict:
@@ -1629,7 +1630,7 @@ def _remove_partial(partial: Path, force: bool) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    write_atomic(path, text, tmp=path.with_name(path.name + _PART))
+    write_atomic(path, text, tmp=sibling(path, _PART))
 
 
 def _place_all(split_plan: SplitPlan, partial: Path, mode: str, resume: bool,

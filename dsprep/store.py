@@ -30,7 +30,7 @@ from .errors import (
     LayoutError,
     UsageError,
 )
-from .fileio import sync_file, sync_folder
+from .fileio import sibling, sync_file, sync_folder
 from .stats import ChannelStats
 
 SCHEMA = "dsprep-hdf5/1"
@@ -45,8 +45,7 @@ _STR = h5py.string_dtype("utf-8")
 
 def partial_path(path: str | os.PathLike) -> Path:
     """Where a file is written before it is complete."""
-    path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+    return sibling(path, PARTIAL_SUFFIX)
 
 
 # The journal build-hdf5 keeps in OUT while it renames its finished files into place, and where
@@ -58,8 +57,7 @@ NEXT_SUFFIX = ".next"
 def waiting_path(final: str | os.PathLike) -> Path:
     """Where a finished output of build-hdf5 waits for its final name."""
     final = Path(final)
-    return partial_path(final) if final.suffix == ".hdf5" else \
-        final.with_name(final.name + NEXT_SUFFIX)
+    return partial_path(final) if final.suffix == ".hdf5" else sibling(final, NEXT_SUFFIX)
 
 
 def half_published(folder: str | os.PathLike) -> bool:

@@ -682,3 +682,23 @@ def test_an_up_to_date_build_removes_what_a_stopped_force_build_left(built, tmp_
     assert result.exit_code == 0 and "nothing to do" in result.output, result.output
     assert not any(p.exists() for p in stale)
     assert {"train.hdf5", "val.hdf5", "means.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_names_near_the_file_name_limit_are_split_and_built(tmp_path):
+    # A DEST or --name whose work names (.DEST.split-partial, NAME.skipped.csv.next.partial)
+    # pass 255 bytes while the names themselves fit.
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=4)
+    dest = tmp_path / ("d" * 250)
+    result = run("split", str(dump), str(dest))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dump", dest.name])
+    name = "n" * 243  # NAME.skipped.csv is 255 bytes
+    result = run("build-hdf5", str(dest / "train"), str(tmp_path / "out"), "--name", name,
+                 "--size", "16")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{name}.hdf5",
+                                                                    f"{name}.skipped.csv"]
+    result = run("build-hdf5", str(dest / "train"), str(tmp_path / "out2"), "--name",
+                 name + "nn", "--size", "16")
+    assert result.exit_code == 2 and "--name is too long" in result.output
+    assert "257 bytes" in result.output and not (tmp_path / "out2").exists()

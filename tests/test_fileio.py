@@ -239,3 +239,25 @@ def test_a_file_system_that_cannot_sync_is_no_error_but_a_failed_sync_names_the_
     with pytest.raises(OSError) as caught:
         write_atomic(tmp_path / "g.json", "{}", fsync=True)
     assert caught.value.filename is not None and not (tmp_path / "g.json").exists()
+
+
+def test_work_names_of_a_name_near_the_limit_are_cut_short_and_kept_apart(tmp_path):
+    assert fileio.sibling(tmp_path / "train.hdf5", ".partial") == tmp_path / "train.hdf5.partial"
+    assert fileio.sibling(tmp_path / "d", ".split-old", ".") == tmp_path / ".d.split-old"
+    long_a, long_b = "é" * 100 + "a" * 50 + "x", "é" * 100 + "a" * 50 + "y"  # 251 bytes each
+    names = set()
+    for long in (long_a, long_b):
+        work = fileio.sibling(tmp_path / long, ".split-partial", ".")
+        assert work.parent == tmp_path
+        assert work.name.startswith(".éé") and work.name.endswith(".split-partial")
+        assert len(os.fsencode(work.name)) <= 255
+        assert work == fileio.sibling(tmp_path / long, ".split-partial", ".")  # the same each time
+        work.mkdir()  # a name the file system takes
+        names.add(work.name)
+    assert len(names) == 2
+    # A name cut short lands on a whole character ("é" is 2 bytes).
+    odd = fileio.sibling(tmp_path / ("a" + "é" * 125), ".partial")
+    assert len(os.fsencode(odd.name)) <= 255 and "\udcc3" not in odd.name
+    fileio.write_atomic(tmp_path / long_a, "text")  # through a work name cut short
+    assert (tmp_path / long_a).read_text() == "text"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, long_a])
