@@ -293,6 +293,12 @@ class MeanSubtraction(keras.layers.Layer):
         self.mean_rgb = [float(v) for v in load_means(mean_rgb)]
         self.scale = float(scale)
 
+    def build(self, input_shape) -> None:
+        if len(input_shape) < 1 or input_shape[-1] not in (3, None):
+            raise UsageError(f"MeanSubtraction subtracts one mean per RGB channel: its input's "
+                             f"last axis must be 3, got the shape {tuple(input_shape)}")
+        super().build(input_shape)
+
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
         mean = keras.ops.convert_to_tensor(self.mean_rgb, dtype=self.compute_dtype)

@@ -30,6 +30,9 @@ def label_ids(labels: np.ndarray, classes: int | None = None) -> np.ndarray:
     ``classes`` is 1 (a column of ids otherwise, as Keras often keeps labels).
     """
     labels = np.asarray(labels)
+    if labels.dtype.kind not in "biuf":
+        raise UsageError(f"labels must be numbers (class ids or one-hot rows), got "
+                         f"{labels.dtype} values such as {labels.ravel()[:3].tolist()}")
     if labels.ndim == 2 and labels.shape[1] == 1 and classes != 1:
         labels = labels[:, 0]
     elif labels.ndim == 2:
@@ -82,6 +85,17 @@ def ten_crop_predict(
     # A dsprep generator's one-hot rows of a single class are (B, 1): not a column of ids.
     classes = gen.num_classes if getattr(gen, "one_hot", False) is True else None
     all_probs, all_labels = [], []
+    width: list[int] = []  # the classes of the first prediction: every one must have as many
+
+    def predict(views: np.ndarray) -> np.ndarray:
+        probs = _predict(predict_fn, views)
+        if not width:
+            width.append(probs.shape[1])
+        elif probs.shape[1] != width[0]:
+            raise UsageError(f"predict_fn returned {width[0]} class scores per image, then "
+                             f"{probs.shape[1]}; it must score the same classes every time")
+        return probs
+
     for x, y in gen:
         x = np.asarray(x)
         if x.ndim == 5:
@@ -91,7 +105,7 @@ def ten_crop_predict(
                     f"{x.shape[2]}x{x.shape[3]}; leave size out for crops made by TenCrop")
             total = None
             for k in range(x.shape[1]):
-                probs = _predict(predict_fn, np.ascontiguousarray(x[:, k]))
+                probs = predict(np.ascontiguousarray(x[:, k]))
                 total = probs if total is None else total + probs
             mean = total / x.shape[1]
         elif x.ndim == 4:
@@ -100,7 +114,7 @@ def ten_crop_predict(
                     "the generator yields full images; pass size=(height, width) of the crops "
                     "(or yield ten crops with a TenCrop preprocessor)"
                 )
-            mean = _ten_crops_of_images(predict_fn, x, crop_size)
+            mean = _ten_crops_of_images(predict, x, crop_size)
         else:
             raise UsageError(
                 f"expected batches of shape (B, H, W, C) or (B, 10, h, w, C), got {x.shape}"
@@ -112,14 +126,14 @@ def ten_crop_predict(
     return np.concatenate(all_probs), np.concatenate(all_labels)
 
 
-def _ten_crops_of_images(predict_fn, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _ten_crops_of_images(predict: Callable, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     n, height, width = x.shape[:3]
     positions = five_crop_positions(height, width, size)
     total = None
     for mirror in (False, True):
         for top, left in positions:
             views = crop(x, top, left, size, flips=mirror)
-            probs = _predict(predict_fn, views)
+            probs = predict(views)
             del views  # free this position's crops before cutting the next
             total = probs if total is None else total + probs
     return total / (2 * len(positions))

@@ -877,7 +877,9 @@ class DirectoryGenerator(_BatchSequence):
     then on in this process, by the next good image of its class (the same one in every
     process), and listed once in ``replaced`` as ``(path, reason)``; one that cannot be read
     (gone, or its disk away for a moment) is replaced the same way but tried again at its next
-    turn. Relative paths are taken from the working folder at construction. Batches, randomness,
+    turn, and stands in for no other file until it is read again (so, while files come and
+    go, a process that met the failure may take another stand-in than a fresh one). Relative
+    paths are taken from the working folder at construction. Batches, randomness,
     ``augment``, ``preprocessors``, ``one_hot`` and ``output`` behave as in
     :class:`HDF5Generator`; ``shuffle=True`` shuffles every image each epoch (free here, as each
     image is decoded on its own).
@@ -970,6 +972,10 @@ class DirectoryGenerator(_BatchSequence):
         if isinstance(classes, (str, bytes)):
             raise UsageError(f"classes is a list of class names, got the string {classes!r}; "
                              f"pass [{classes!r}] for one class")
+        if isinstance(classes, (set, frozenset)):
+            # Its order numbers the classes: a set's changes from run to run (string hashing).
+            raise UsageError(f"classes must be in the order of the class ids (a list), got a "
+                             f"{type(classes).__name__}; pass sorted(...) of it")
         names = _split_classes(self.root, found) if classes is None else [str(c) for c in classes]
         if len(set(names)) != len(names):
             raise UsageError(f"classes has duplicate names: {names}")

@@ -712,6 +712,9 @@ def test_mean_subtraction_layer_matches_numpy_and_round_trips(h5file, tmp_path):
     out = keras.ops.convert_to_numpy(layer(batch))
     expected = (batch.astype(np.float64) - np.array([100.5, 50.25, 10.0])) * 0.5
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    # Three means broadcast over one channel would make three: refused as the model is built.
+    with pytest.raises(UsageError, match="last axis must be 3, got the shape .None, 4, 5, 1"):
+        MeanSubtraction(mean)(keras.Input((4, 5, 1)))
 
     gen = HDF5Generator(h5file[0], batch_size=16, shuffle="batches", output="uint8", seed=0)
     model = tiny_model(keras, dtype="uint8", head=MeanSubtraction(mean, scale=1 / 64))

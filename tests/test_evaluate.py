@@ -78,6 +78,32 @@ def test_ten_crop_predict_on_ten_crop_batches_with_one_hot_labels():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("ten_crops", [True, False])
+def test_ten_crop_predict_refuses_scores_of_other_widths(ten_crops):
+    # One crop position (or one batch) scored with another number of classes was averaged in
+    # by broadcasting, or failed at the end with numpy's error.
+    images = np.stack([smooth_image(20, 20, seed=s) for s in range(5)])
+    x = TenCrop(14, 14)(images) if ten_crops else images
+    for narrow_call in (1, 4):  # the first crop position, or the first of the second batch
+        calls = []
+
+        def model(batch, narrow_call=narrow_call, calls=calls):
+            calls.append(len(batch))
+            return np.ones((len(batch), 1 if len(calls) == narrow_call else 3)) / 3
+
+        batches = [(x[:3], np.zeros(3, int)), (x[3:], np.zeros(2, int))]
+        with pytest.raises(UsageError, match=r"returned (1|3) class scores per image, then "
+                                             r"(3|1); it must score the same classes"):
+            ten_crop_predict(model, batches, size=None if ten_crops else 14)
+
+
+def test_labels_that_are_not_numbers_are_refused_by_name():
+    for labels in (np.array(["0", "1"]), np.array([None, 1], dtype=object)):
+        with pytest.raises(UsageError, match="labels must be numbers"):
+            rank_accuracy(np.eye(3)[:2], labels)
+    assert rank_accuracy(np.eye(2), np.array([False, True]), k=1) == {1: 1.0}
+
+
 def test_ten_crop_predict_reads_one_hot_rows_of_a_single_class_as_class_0(tmp_path):
     # A one-class generator's one-hot rows are (B, 1) of ones: class 0, not a column of ids.
     from dsprep.generators import HDF5Generator

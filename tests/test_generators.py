@@ -678,6 +678,12 @@ def test_directory_classes_order_comes_from_the_caller(class_dump):
     assert gen.labels[:6].tolist() == [2] * 6
     with pytest.raises(UsageError, match="not in classes: fox"):
         DirectoryGenerator(class_dump, classes=["cat", "dog"])
+    # A set's order (the ids) changes from run to run with string hashing.
+    with pytest.raises(UsageError, match="in the order of the class ids .* got a set"):
+        DirectoryGenerator(class_dump, classes={"fox", "dog", "cat", "eel"})
+    ordered = DirectoryGenerator(class_dump, image_size=(8, 8), shuffle=False, seed=0,
+                                 classes={"fox": 0, "dog": 1, "cat": 2, "eel": 3}.keys())
+    assert ordered.classes == ["fox", "dog", "cat", "eel"]
 
 
 def test_directory_split_lacking_a_class_keeps_the_ids_of_its_split(tmp_path):
