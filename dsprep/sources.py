@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
 from .errors import LayoutError, UsageError
@@ -1401,18 +1402,18 @@ def _numeric_aliases(labels: set[str]) -> dict[str, str]:
     (1 and 1.0, as a table edited in a spreadsheet or joined from two exports has), each
     mapped to one name for that number: its plain form (1, 0.5) where one of them is
     written so, else the shortest. Empty unless every label is a number."""
-    by_value: dict[float, set[str]] = defaultdict(set)
+    by_value: dict[Decimal, set[str]] = defaultdict(set)
     for text in labels:
         if not _NUMBER.fullmatch(text):
             return {}
-        value = float(text)
-        if not math.isfinite(value):
-            return {}
+        value = Decimal(text)  # exact: long ids that one float holds stay apart
+        if value and abs(value.adjusted()) > 40:
+            return {}  # 1e999: no class label
         by_value[value].add(text)
     aliases = {}
     for value, texts in by_value.items():
         if len(texts) > 1:
-            plain = str(int(value)) if value.is_integer() else repr(value)
+            plain = format(value.normalize() if value else Decimal(0), "f")  # -0 is 0
             name = plain if plain in texts else min(texts, key=lambda t: (len(t), t))
             aliases.update({text: name for text in texts if text != name})
     return aliases

@@ -346,8 +346,10 @@ def test_numeric_labels_written_in_two_ways_are_one_class(tmp_path, labels, give
         "was taken as one class (0.00 as 0.0; +1 and 01 and 1.0 as 1; 2.50 as 2.5)")
 
 
-@pytest.mark.parametrize("column", [["1", "1.0", "one"], ["1", "1.0", "nan"], ["1", "1_0", "10"],
-                                    ["1", "2.0", "3"]])
+@pytest.mark.parametrize("column", [
+    ["1", "1.0", "one"], ["1", "1.0", "nan"], ["1", "1_0", "10"], ["1", "2.0", "3"],
+    ["12345678901234567890", "12345678901234567891", "3"],  # one float holds both
+    ["1e999999", "1", "1.0"]])
 def test_labels_are_taken_as_written_unless_all_are_numbers_some_written_twice(tmp_path,
                                                                              column):
     names = [f"{i}.jpg" for i in range(1, 7)]
