@@ -410,25 +410,23 @@ class HDF5Generator(_BatchSequence):
       avoids, reads ~100 rows/s.)
 
     Rows of an uncompressed file are read outside h5py's process-wide lock, so several
-    threads (Keras's workers) read side by side. For "none" and "batches", a batch whose rows
-    lie back to back in the file is a slice of a read-only memory map of it (a few windows of
-    ~256 MB mapped at a time, ``dsprep.store.MappedRows``). A build lays its chunks so in runs
-    (4,096 rows of 256x256 at the default 64 per chunk) with one of HDF5's index nodes between
-    two runs, so all but about one batch in 32 are such slices; chunks of rows that are no
-    multiple of 4 KiB (227x227) are padded apart, so only batches within one chunk are. A
-    pipeline that starts with
-    a cut (a crop fused with a flip or a mean, or a ten-crop) cuts its windows straight from
-    the slice, with no copy in between; raw batches and any other pipeline copy the batch out
-    of it (in one call, which for a batch over ~20 MB uses stores that bypass the caches:
-    about twice the speed of a read into the batch on one 2-core host). Otherwise ("full",
-    or a batch across two runs) a cut takes each window from its
-    row where it lies in one map of the whole file (``dsprep.store.MappedFile``), and other
-    pipelines read the rows with ``os.preadv`` at their offsets (``dsprep.store.RowReader``),
-    as every pipeline does where no map can be made (no address space for one); compressed
-    files go through h5py. The maps hold the file, so a new build replacing the path does not
-    disturb them; rewriting the same file in place (``cp`` or ``rsync --inplace`` over it), or
-    an I/O error under a map, stops the process with SIGBUS rather than an error (a Keras
-    worker process so stopped leaves ``fit`` waiting for it).
+    threads (Keras's workers) read side by side. For "none" and "batches", a batch whose rows lie
+    back to back in the file is a slice of a read-only memory map of it (a few windows of ~256 MB
+    mapped at a time, ``dsprep.store.MappedRows``). A build lays its chunks so in runs (4,160 then
+    3,648 rows of 256x256 at the default 64 per chunk) with one of HDF5's index nodes between two
+    runs, so all but about one batch in 30 are such slices; chunks of rows that are no multiple of 4
+    KiB (227x227) are padded apart, so only batches within one chunk are. A pipeline that starts
+    with a cut (a crop fused with a flip or a mean, or a ten-crop) cuts its windows straight from
+    the slice, with no copy in between; raw batches and any other pipeline copy the batch out of it
+    (in one call, which for a batch over ~20 MB uses stores that bypass the caches: about twice the
+    speed of a read into the batch on one 2-core host). Otherwise ("full", or a batch across two
+    runs) a cut takes each window from its row where it lies in one map of the whole file
+    (``dsprep.store.MappedFile``), and other pipelines read the rows with ``os.preadv`` at their
+    offsets (``dsprep.store.RowReader``), as every pipeline does where no map can be made (no
+    address space for one); compressed files go through h5py. The maps hold the file, so a new build
+    replacing the path does not disturb them; rewriting the same file in place (``cp`` or ``rsync
+    --inplace`` over it), or an I/O error under a map, stops the process with SIGBUS rather than an
+    error (a Keras worker process so stopped leaves ``fit`` waiting for it).
 
     The file is opened lazily in each process, read-only, with HDF5's shared read lock taken
     where the file system supports it (``locking="best-effort"``: any number of readers, no

@@ -602,7 +602,8 @@ class MappedRows:
     The rows lie in one or more runs, each a range of rows whose bytes follow each other (a
     build's chunks lie so, up to the first of HDF5's index nodes between them). A batch of
     rows within one run is one slice of a map; a batch across two runs has none
-    (:meth:`rows_of` returns None) and is read instead.
+    (:meth:`rows_of` returns None): it is read instead, or cut row by row from a
+    :class:`MappedFile`.
 
     Each run is mapped a window at a time (about 256 MB of rows, plus one batch so that any
     batch starting in a window ends in it), and only the few windows used last stay mapped:
@@ -677,11 +678,11 @@ class MappedFile:
     """Every image row of a file as a read-only array over one memory map of the whole file:
     a window cut from a row reads the page cache directly, with no copy first.
 
-    Rows lie in chunks of whole rows; the chunks need not lie back to back (HDF5 puts its
-    index nodes between them every 64 chunks or so), as each row's place is found from its
-    chunk's offset. For batches whose rows lie anywhere in the file (``shuffle="full"``), or
-    in a file whose chunks are apart. The map is made on first use; what it costs is address
-    space (the file's size) and, for the rows read, page-table entries (2 MB per GB). Like
+    Rows lie in chunks of whole rows; the chunks need not lie back to back (HDF5 puts its index
+    nodes between them every 64 chunks or so), as each row's place is found from its chunk's offset.
+    For batches whose rows lie anywhere in the file (``shuffle="full"``), or across chunks that lie
+    apart (see :class:`MappedRows`). The map is made on first use; what it costs is address space
+    (the file's size) and, for the rows read, page-table entries (2 MB per GB). Like
     :class:`MappedRows`, it holds the file: a rebuild replacing the path does not disturb it.
 
     Thread-safe.
@@ -783,12 +784,12 @@ class RowReader:
 
     def map(self, handle: Descriptor, shape: tuple[int, ...],
             batch_rows: int) -> MappedRows | None:
-        """The rows as read-only arrays over memory maps of the file (:class:`MappedRows`), in
-        runs of chunks that lie back to back in row order; None unless some run holds a whole
-        batch. A dsprep build lays chunks back to back when a chunk's bytes are a multiple of
-        4 KiB, as for 256x256 images, with one of HDF5's index nodes between every 64 or so
-        (a run of 4,096 rows of 256x256 at the default 64 per chunk); chunks of 227x227 are
-        padded apart. :meth:`map_file` maps any layout of whole rows.
+        """The rows as read-only arrays over memory maps of the file (:class:`MappedRows`), in runs
+        of chunks that lie back to back in row order; None unless some run holds a whole batch. A
+        dsprep build lays chunks back to back when a chunk's bytes are a multiple of 4 KiB, as for
+        256x256 images, with one of HDF5's index nodes between every 60 or so (runs of 4,160 then
+        3,648 rows of 256x256 at the default 64 per chunk); chunks of 227x227 are padded apart.
+        :meth:`map_file` maps any layout of whole rows.
         """
         size = self._size_for(handle, shape)
         if size is None:

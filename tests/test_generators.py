@@ -1370,7 +1370,7 @@ def test_full_shuffle_reads_its_rows_when_the_whole_file_cannot_be_mapped(h5file
 @pytest.mark.parametrize("pipeline", ["raw", "cut"])
 def test_a_file_in_runs_of_chunks_is_mapped_run_by_run(tmp_path, pipeline, monkeypatch):
     # A real build whose chunks (16 rows of 16x16: 3 pages) lie back to back up to the first
-    # of HDF5's index nodes, as 256x256 ones do up to 4,096 rows: batches within a run are
+    # of HDF5's index nodes, as 256x256 ones do up to 4,160 rows: batches within a run are
     # slices of a map; the one batch across the node is read, or cut row by row.
     from dsprep.augment import RandomFlip
     from dsprep.generators import batch_rng

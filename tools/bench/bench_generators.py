@@ -64,7 +64,7 @@ def build_data(work: Path, per_class: int) -> tuple[Path, Path, dict]:
     pixels, labels = pixels[order], labels[order]
     if h5.exists():
         h5.unlink()
-    with store.HDF5Writer(h5, len(pixels), (SIZE, SIZE), classes) as writer:
+    with store.HDF5Writer(h5, len(pixels), (SIZE, SIZE), classes, direct=True) as writer:
         writer.append(pixels, labels, [files[i][0].name for i in order])
     if jpegs.exists():
         shutil.rmtree(jpegs)
@@ -78,8 +78,8 @@ def build_data(work: Path, per_class: int) -> tuple[Path, Path, dict]:
     return h5, jpegs, {"R": mean[0], "G": mean[1], "B": mean[2]}
 
 
-# Rows of a file larger than one run of back-to-back chunks: 4,096 rows of 256x256 at 64 per
-# chunk lie between two of HDF5's index nodes.
+# Rows of a file larger than one run of back-to-back chunks: a build lays 256x256 rows, 64 per
+# chunk, in runs of 4,160, then 3,648, between HDF5's index nodes.
 LARGE_ROWS = 8704
 
 
@@ -89,7 +89,7 @@ def build_large(work: Path, data: np.ndarray) -> Path:
     path = work / "large.hdf5"
     if path.exists():
         path.unlink()
-    with store.HDF5Writer(path, LARGE_ROWS, (SIZE, SIZE), ["a", "b"]) as writer:
+    with store.HDF5Writer(path, LARGE_ROWS, (SIZE, SIZE), ["a", "b"], direct=True) as writer:
         for start in range(0, LARGE_ROWS, len(data)):
             part = data[:min(len(data), LARGE_ROWS - start)]
             writer.append(part, np.arange(len(part)) % 2, [f"{start + i}" for i in
