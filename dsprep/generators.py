@@ -393,7 +393,7 @@ class HDF5Generator(_BatchSequence):
     2 shared cores; tools/bench/bench_generators.py):
 
     - ``"none"``: contiguous slices in file order, copied into the batch in one call: ~40,000
-      uint8 images/s, 0.86-0.95 of a plain ``np.copyto`` from memory (where the rows lie back
+      uint8 images/s, 0.85-0.99 of a plain ``np.copyto`` from memory (where the rows lie back
       to back, below; about half that where they are read); the patch + flip + mean
       pipeline 11,500-22,400 float32 images/s (bound by memory bandwidth: 79 MB per batch).
     - ``"batches"``: the same contiguous reads, the order of the batches shuffled each epoch
