@@ -1351,9 +1351,7 @@ class _LabelsTable:
         skipped: list[Skipped] = []
         found: dict[str, set[str]] = defaultdict(set)
         need = max(self.id_index, self.label_index) + 1
-        if not self.onehot:
-            self.aliases = _numeric_aliases({row[self.label_index].strip()
-                                             for row in self.rows if len(row) >= need})
+        labelled: list[tuple[str, str]] = []  # (image, label) of each row naming one image
         for line, row in enumerate(self.rows, start=self.first_line):
             where = f"{self.name} line {line}"
             if len(row) < need:
@@ -1364,7 +1362,6 @@ class _LabelsTable:
                 skipped.append(Skipped(where, BAD_ROW, "no id"))
                 continue
             label = self._label(row, where)
-            label = self.aliases.get(label, label)
             matches = self.lookup(key, exact=not self.forgiving)
             if not matches:
                 skipped.append(Skipped(key, MISSING_FILE,
@@ -1373,7 +1370,14 @@ class _LabelsTable:
                 skipped.append(Skipped(key, AMBIGUOUS_ID,
                                        f"{where} matches {', '.join(matches[:3])}"))
             else:
-                found[matches[0]].add(label)
+                labelled.append((matches[0], label))
+        if not self.onehot:
+            # From the labels of the rows kept: an empty label (left out later) or a row of a
+            # missing image is no reason to keep 1 and 1.0 apart.
+            self.aliases = _numeric_aliases({label for _, label in labelled
+                                             if label and label_problem(label) is None})
+        for rel, label in labelled:
+            found[rel].add(self.aliases.get(label, label))
         named = {self._folder(rel) for rel in found}
         items = []
         for rel in self.images:

@@ -346,6 +346,17 @@ def test_numeric_labels_written_in_two_ways_are_one_class(tmp_path, labels, give
         "was taken as one class (0.00 as 0.0; +1 and 01 and 1.0 as 1; 2.50 as 2.5)")
 
 
+def test_rows_left_out_do_not_keep_numbers_written_two_ways_apart(tmp_path):
+    # An image without a label (Kaggle's test rows), a row naming no image, a row without id.
+    names = [f"{i}.jpg" for i in range(1, 6)]
+    root = _csv_dump(tmp_path, "id,label\n1,1\n2,1.0\n3,2\n4,2.0\n5,\n99,one\n,x\n",
+                     names=names)
+    inv = _find(root)
+    assert {label for _, label in inv.items} == {"1", "2"}
+    assert _reasons(inv)["images/5.jpg"] == BAD_LABEL and "99" in _reasons(inv)
+    assert "1.0 as 1; 2.0 as 2" in inv.labels_doubt
+
+
 @pytest.mark.parametrize("column", [
     ["1", "1.0", "one"], ["1", "1.0", "nan"], ["1", "1_0", "10"], ["1", "2.0", "3"],
     ["12345678901234567890", "12345678901234567891", "3"],  # one float holds both
