@@ -1239,6 +1239,19 @@ def test_evaluate_reports_its_figures_when_the_run_folder_is_read_only(tmp_path,
     assert "cannot write" in result["center"]["notes"][0]
 
 
+def test_evaluate_draws_the_figure_of_a_data_file_named_near_the_limit(tmp_path):
+    run, test, images, labels, weights, bias = _hand_built_run(tmp_path, 2, crop=None)
+    long = test.with_name("t" * 240 + ".hdf5")  # confusion-NAME-center.png: 259 bytes
+    test.rename(long)
+    result = evaluate_run(run, long)
+    _check_scores(result["center"], _probs(images, weights, bias), labels, 2)
+    png = Path(result["center"]["confusion_png"])
+    assert png.parent == run and png.name.startswith("confusion-") and "ttttt~" in png.name
+    assert png.name.endswith("-center.png") and len(png.name) <= 255
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert not [p for p in run.iterdir() if ".partial" in p.name]
+
+
 def test_evaluate_refuses_images_of_another_size_than_training(tmp_path):
     # A 6x6 crop fits the model whatever the image size: the size must be checked itself.
     run, _, _, labels, _, _ = _hand_built_run(tmp_path, 2, crop=6)
