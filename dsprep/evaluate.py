@@ -30,7 +30,7 @@ def label_ids(labels: np.ndarray, classes: int | None = None) -> np.ndarray:
     ``classes`` is 1 (a column of ids otherwise, as Keras often keeps labels).
     """
     labels = np.asarray(labels)
-    if labels.dtype.kind not in "biuf":
+    if labels.dtype.kind in "OSUMm":  # objects, text, times (bfloat16, kind V, is a number)
         raise UsageError(f"labels must be numbers (class ids or one-hot rows), got "
                          f"{labels.dtype} values such as {labels.ravel()[:3].tolist()}")
     if labels.ndim == 2 and labels.shape[1] == 1 and classes != 1:

@@ -20,24 +20,29 @@ NAME_MAX = 255
 
 
 def sibling(path: str | os.PathLike, suffix: str, prefix: str = "") -> Path:
-    """``prefix + name + suffix`` beside ``path``: a work file's name (``.NAME.partial``).
-
-    Where that would pass ``NAME_MAX`` bytes, the name is cut short and a digest of the whole
-    name keeps it apart from other names cut alike: a user's name near the limit that fits
-    on disk keeps its work files too.
-    """
+    """``prefix + name + suffix`` beside ``path``: a work file's name (``.NAME.partial``); see
+    :func:`named_in`."""
     path = Path(path)
-    name = prefix + path.name + suffix
-    if len(os.fsencode(name)) <= NAME_MAX:
-        return path.with_name(name)
-    whole = os.fsencode(path.name)
-    digest = hashlib.sha1(whole).hexdigest()[:10]
-    room = NAME_MAX - len(os.fsencode(prefix + suffix)) - len(digest) - 1
-    cut = whole[:room]
-    if _utf8(whole):
-        while not _utf8(cut):  # not inside a character
-            cut = cut[:-1]
-    return path.with_name(f"{prefix}{os.fsdecode(cut)}~{digest}{suffix}")
+    return named_in(path.parent, path.name, suffix, prefix)
+
+
+def named_in(folder: str | os.PathLike, name: str, suffix: str, prefix: str = "") -> Path:
+    """``folder / (prefix + name + suffix)``.
+
+    Where that name would pass ``NAME_MAX`` bytes, ``name`` is cut short and a digest of it
+    keeps it apart from other names cut alike: a user's name near the limit that fits on disk
+    keeps its work files and figures too.
+    """
+    whole = prefix + name + suffix
+    if len(os.fsencode(whole)) > NAME_MAX:
+        raw = os.fsencode(name)
+        digest = hashlib.sha1(raw).hexdigest()[:10]
+        cut = raw[:NAME_MAX - len(os.fsencode(prefix + suffix)) - len(digest) - 1]
+        if _utf8(raw):
+            while not _utf8(cut):  # not inside a character
+                cut = cut[:-1]
+        whole = f"{prefix}{os.fsdecode(cut)}~{digest}{suffix}"
+    return Path(folder) / whole
 
 
 def _utf8(raw: bytes) -> bool:

@@ -1375,7 +1375,8 @@ class _LabelsTable:
             # From the labels of the rows kept: an empty label (left out later) or a row of a
             # missing image is no reason to keep 1 and 1.0 apart.
             self.aliases = _numeric_aliases({label for _, label in labelled
-                                             if label and label_problem(label) is None})
+                                             if label and (_NUMBER.fullmatch(label) or
+                                                           label_problem(label) is None)})
         for rel, label in labelled:
             found[rel].add(self.aliases.get(label, label))
         named = {self._folder(rel) for rel in found}
@@ -1418,7 +1419,10 @@ def _numeric_aliases(labels: set[str]) -> dict[str, str]:
     for value, texts in by_value.items():
         if len(texts) > 1:
             plain = format(value.normalize() if value else Decimal(0), "f")  # -0 is 0
-            name = plain if plain in texts else min(texts, key=lambda t: (len(t), t))
+            # A plain form not written (.5 and .50) names the class where no text can.
+            usable = [t for t in texts if label_problem(t) is None]
+            name = plain if plain in texts or not usable else min(usable,
+                                                                    key=lambda t: (len(t), t))
             aliases.update({text: name for text in texts if text != name})
     return aliases
 

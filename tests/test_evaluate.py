@@ -102,6 +102,11 @@ def test_labels_that_are_not_numbers_are_refused_by_name():
         with pytest.raises(UsageError, match="labels must be numbers"):
             rank_accuracy(np.eye(3)[:2], labels)
     assert rank_accuracy(np.eye(2), np.array([False, True]), k=1) == {1: 1.0}
+    # bfloat16 (mixed precision's scores and one-hot rows) is a number too.
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 comes with the training extra")
+    one_hot = np.eye(3)[[2, 0, 1]].astype(ml_dtypes.bfloat16)
+    assert rank_accuracy(np.eye(3)[[2, 0, 0]].astype(ml_dtypes.bfloat16), one_hot,
+                         k=1) == {1: pytest.approx(2 / 3)}
 
 
 def test_ten_crop_predict_reads_one_hot_rows_of_a_single_class_as_class_0(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -261,3 +262,15 @@ def test_work_names_of_a_name_near_the_limit_are_cut_short_and_kept_apart(tmp_pa
     fileio.write_atomic(tmp_path / long_a, "text")  # through a work name cut short
     assert (tmp_path / long_a).read_text() == "text"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, long_a])
+
+
+def test_work_names_of_names_that_pathlib_would_fold():
+    # "..keras" has the stem ".": its temporary name stays in its folder.
+    pytest.importorskip("keras", reason="the training callbacks need Keras 3 (the 'train' extra)")
+    from dsprep.train.callbacks import _pending_name, _temp_name
+
+    assert fileio.named_in("/r", ".", ".partial.keras", ".") == Path("/r/...partial.keras")
+    assert _temp_name(Path("/r/..keras")) == Path("/r/...partial.keras")
+    assert _temp_name(Path("/r/best.keras")) == Path("/r/.best.partial.keras")
+    assert _pending_name(Path("/r/m.v1.keras"), 3) == Path("/r/.m.v1.epoch3.partial.keras")
+    assert _temp_name(Path("/r/log")) == Path("/r/.log.partial")

@@ -357,6 +357,18 @@ def test_rows_left_out_do_not_keep_numbers_written_two_ways_apart(tmp_path):
     assert "1.0 as 1; 2.0 as 2" in inv.labels_doubt
 
 
+@pytest.mark.parametrize("halves, name", [(["0.5", ".5"], "0.5"), ([".5", ".50"], "0.5")])
+def test_a_number_written_with_a_leading_dot_joins_its_class(tmp_path, halves, name):
+    # ".5" alone would be a hidden folder (left out as a bad label).
+    names = [f"{i}.jpg" for i in range(1, 5)]
+    root = _csv_dump(tmp_path, f"id,label\n1,{halves[0]}\n2,{halves[1]}\n3,1\n4,1\n",
+                     names=names)
+    inv = _find(root)
+    assert dict(inv.items) == {"images/1.jpg": name, "images/2.jpg": name, "images/3.jpg": "1",
+                               "images/4.jpg": "1"}
+    assert inv.skipped == []
+
+
 @pytest.mark.parametrize("column", [
     ["1", "1.0", "one"], ["1", "1.0", "nan"], ["1", "1_0", "10"], ["1", "2.0", "3"],
     ["12345678901234567890", "12345678901234567891", "3"],  # one float holds both

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from ..errors import DatasetFormatError, LayoutError, UsageError
-from ..fileio import sibling, write_atomic
+from ..fileio import named_in, write_atomic
 from ..system import raise_if_stopped
 from .options import SCHEDULES
 
@@ -34,7 +34,7 @@ STATE = "state.json"
 
 def _temp_name(path: Path) -> Path:
     # Keras insists on the ".keras" suffix and matplotlib reads the format from it: keep it last.
-    return sibling(path.with_suffix(""), f".partial{path.suffix}", ".")
+    return named_in(path.parent, path.stem, f".partial{path.suffix}", ".")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -49,7 +49,7 @@ def atomic_write_json(path: str | os.PathLike, data: dict) -> Path:
 
 
 def _pending_name(path: Path, epoch: int) -> Path:
-    return sibling(path.with_suffix(""), f".epoch{int(epoch)}.partial{path.suffix}", ".")
+    return named_in(path.parent, path.stem, f".epoch{int(epoch)}.partial{path.suffix}", ".")
 
 
 def read_state(run: str | os.PathLike) -> dict:

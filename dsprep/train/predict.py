@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from ..errors import DatasetFormatError, LayoutError, UsageError
-from ..fileio import sibling
+from ..fileio import named_in
 from . import callbacks as cb
 
 CHECKPOINTS = ("best", "last")
@@ -273,8 +273,8 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         # best.keras keeps the name it always had; last.keras's figure must not replace it.
         which = "" if checkpoint == "best" else f"-{checkpoint}"
         # A data file's name near the limit is cut short (with a digest) in the figure's.
-        png = sibling(run / _data_name(data, config), f"-{method.replace('_', '')}{which}.png",
-                      "confusion-")
+        png = named_in(run, _data_name(data, config), f"-{method.replace('_', '')}{which}.png",
+                       "confusion-")
         try:
             scores["confusion_png"] = str(plot_confusion(
                 scores["confusion"], classes, png,
