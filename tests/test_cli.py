@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -94,6 +95,23 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     process.stderr.close()
     assert process.wait(60) == 141
     assert err == ""  # no "Error: Broken pipe", no "Exception ignored"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_output_sent_to_a_full_disk_is_named(tmp_path):
+    # dsprep info FILE > log.txt on a full disk: the error named no file.
+    import numpy as np
+
+    from dsprep import store
+
+    path = store.write_arrays(tmp_path / "f.hdf5", np.zeros((3, 4, 4, 3), np.uint8),
+                              np.array([0, 1, 1]), ["a", "b"], filenames=["x", "y", "z"])
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "dsprep", "info", str(path)], stdout=full,
+                              stderr=subprocess.PIPE, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.decode() == ("Error: cannot write to the standard output: No space left "
+                                    "on device\n")
 
 
 def test_ctrl_c_while_the_command_line_imports_is_no_traceback(monkeypatch, capsys):

@@ -82,7 +82,7 @@ class DsprepGroup(click.Group):
             ctx.exit(141)  # 128 + SIGPIPE, the shell's status for a process a pipe closed on
         except OSError as exc:
             # Disk full, permission denied, a file removed under our feet: one line, no traceback.
-            where = f"{exc.filename}: " if exc.filename else ""
+            where = f"{exc.filename}: " if exc.filename else _stream_written(exc)
             # Only where running the same command again carries on (train's checkpoints
             # call for --resume, which its own messages say), and not after a message that
             # names no file: those (a split or build that does not fit) say what to do.
@@ -116,6 +116,18 @@ def stop_of(exc: BaseException) -> BaseException | None:
     if isinstance(exc, (click.exceptions.Exit, click.ClickException, click.Abort)):
         return None  # click's own ways out (an inner command of demo that was stopped)
     return stop_asked() if isinstance(exc, Exception) else None
+
+
+def _stream_written(exc: OSError) -> str:
+    """"cannot write to the standard output: " for an error raised writing a message (its
+    output sent to a full disk: > log.txt), which names no file; else ""."""
+    tb, frame = exc.__traceback__, None
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+    if frame is None or frame.f_code.co_name != "echo" or \
+            frame.f_globals.get("__name__") != "click.utils":
+        return ""
+    return f"cannot write to the standard {'error' if frame.f_locals.get('err') else 'output'}: "
 
 
 def _stdout_closed() -> bool:
