@@ -1037,7 +1037,7 @@ def write_file(
     block = _block_images(options)
     attrs = _file_attrs(options, split, source_root)
     # What it is built from, so a build run again on the same files can tell it is up to date.
-    attrs["sources_stamp"] = sources_stamp(rows, left_out)
+    attrs["sources_stamp"] = sources_stamp(rows, left_out, not _links_dump(source_root))
     writer = store.HDF5Writer(path, len(rows), options.size, classes, chunk_images=chunk,
                               compression=options.compression, attrs=attrs, overwrite=overwrite,
                               direct=True)
@@ -1086,24 +1086,28 @@ def _file_attrs(options: BuildOptions, split: str, source_root: str | os.PathLik
     }
 
 
-def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = ()) -> str:
-    """A digest of what a file is built from: each row's name, label, size, modification and
-    change times and inode, and the names of the images left out before decoding (dangling
-    links). A file renamed, moved to another class, replaced, repaired or touched changes it;
-    so does a copy of the whole folder (a rebuild, never a wrong "nothing to do")."""
-    return sources_stamps(rows, [left_out])[0]
+def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = (), ctime: bool = True) -> str:
+    """A digest of what a file is built from: each row's name, label, size, modification
+    time, inode and (with ``ctime``) change time, and the names of the images left out before
+    decoding (dangling links). A file renamed, moved to another class, replaced, repaired or
+    touched changes it; so does a copy of the whole folder (a rebuild, never a wrong "nothing
+    to do"). The change time also tells a copy in place that keeps size and time (``cp -p``
+    of a fixed image); a split that links its files to the dump (:func:`_links_dump`) leaves
+    it out, since a chmod of the dump or another hardlink split of it moves it."""
+    return sources_stamps(rows, [left_out], ctime)[0]
 
 
-def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]]) -> list[str]:
+def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]],
+                   ctime: bool = True) -> list[str]:
     """``sources_stamp`` of the rows with each of several lists of images left out (the
     files are looked at once)."""
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r.name):  # whatever order the file stores them in
         try:
-            # The inode and its change time too: a copy that keeps size and time (cp -p, a
-            # label fixed by swapping two files) still changes those.
+            # The inode too: a label fixed by swapping two files changes it.
             st = os.stat(row.path)
-            seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
+            seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino}" + (
+                f" {st.st_ctime_ns}" if ctime else "")
         except OSError:
             seen = "-"
         digest.update(f"{row.name}\0{row.label}\0{seen}\n".encode("utf-8", "surrogateescape"))
@@ -1114,6 +1118,19 @@ def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]]) -> 
             each.update(f"{skip.source}\0link\n".encode("utf-8", "surrogateescape"))
         stamps.append(each.hexdigest())
     return stamps
+
+
+def _links_dump(src: str | os.PathLike) -> bool:
+    """Whether ``src`` (a split, or a folder of one) was made with ``--mode hardlink`` or
+    ``symlink``: its files are the dump's, whose change times move with what is done to the
+    dump or to other splits of it."""
+    for folder in (Path(src), Path(src).parent):
+        try:
+            mode = json.loads((folder / "split.json").read_text(encoding="utf-8"))["params"]["mode"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return mode in ("hardlink", "symlink")
+    return False
 
 
 def _file_states(rows: Sequence[Row]) -> dict[str, tuple | None]:
@@ -1157,7 +1174,10 @@ def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[s
         # of skipped rows that goes with it.
         known = [s for s in skips if s.reason != MISSING_FILE]
         variants = [skips, known] if len(known) < len(skips) else [skips]
-        stamps = dict(zip(sources_stamps(rows, variants), map(len, variants), strict=True))
+        # Of a linked split, also as stamped before change times were left out for it.
+        stamps = {stamp: len(variant) for ctime in ((False, True) if _links_dump(src) else (True,))
+                  for stamp, variant in zip(sources_stamps(rows, variants, ctime), variants,
+                                            strict=True)}
         try:
             with store.open_dataset(path) as db:
                 found = store.attributes(db)

@@ -483,6 +483,28 @@ def test_a_class_whose_every_training_image_is_bad_is_warned_of_even_with_q(tmp_
     assert "of cat" not in result.output and " in val " not in result.output
 
 
+@pytest.mark.parametrize("mode", ["hardlink", "symlink"])
+def test_a_build_of_a_linked_split_stays_up_to_date_when_the_dump_is_chmodded(tmp_path, mode):
+    # The split's files are the dump's: a chmod of the dump (to keep it safe) or another
+    # hardlink split of it moves their change times, not what they hold.
+    dump = make_class_folders(tmp_path / "dump", CLASSES, per_class=6)
+    src, out = tmp_path / "split", tmp_path / "out"
+    assert run("-q", "split", dump, src, "--mode", mode).exit_code == 0
+    build = ["build-hdf5", src, out, "--size", "16", "--workers", "1"]
+    assert run(*build).exit_code == 0
+    assert run("-q", "split", dump, tmp_path / "other", "--mode", "hardlink",
+               "--seed", "3").exit_code == 0
+    shutil.rmtree(tmp_path / "other")
+    for path in dump.rglob("*.jpg"):
+        path.chmod(0o444)
+    again = run(*build)
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    # What the files hold is still watched: one touched is a change.
+    touched = next(dump.rglob("*.jpg"))
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    assert "already exist" in run(*build).output
+
+
 def test_a_build_run_again_on_the_same_split_has_nothing_to_do(tmp_path):
     # A job that runs 'dsprep split' and 'dsprep build-hdf5' again after their end: split says
     # nothing to do, and so must the build, not fail for want of --force.
