@@ -597,7 +597,11 @@ def find_images(
     if chosen != "folders":
         split_folders = []
     elif guessing and items and not split_folders and all(split_of(lab) for _, lab in items):
-        _refuse_split_named_classes(items, _top_csvs(files, root), where)
+        # The labels file may lie beside the images in each split folder (an export with
+        # train/_classes.csv).
+        inside = [f for label in sorted({lab for _, lab in items})
+                  for f in _top_csvs(files, f"{root}{label}/")]
+        _refuse_split_named_classes(items, _top_csvs(files, root) or inside, where)
     good, bad = [], []
     for rel, label in items:
         # "café" typed (composed) and from a macOS archive (decomposed) print alike: one class.
@@ -657,10 +661,11 @@ def _check_table_matched(table: _LabelsTable, items: list, skipped: list[Skipped
 
 
 def _refuse_split_named_classes(items: list, csvs: list[str], where: str) -> None:
-    """train/ and test/ as the only "classes" beside a CSV: the labels are in the CSV (one
-    the guess did not trust, or one of several), not in the folder names."""
+    """train/ and test/ as the only "classes" beside a CSV, or holding one each: the labels
+    are in the CSV (one the guess did not trust, or one of several), not in the folder
+    names."""
     if not csvs:
-        return
+        return  # classes after all (the split's summary warns of their names)
     names = ", ".join(sorted({f"{label}/" for _, label in items}))
     raise LayoutError(
         f"{where}: its folders {names} are named as splits, not classes, and the labels "

@@ -259,6 +259,12 @@ class SplitPlan:
             found.append(stray)
         if self.labels_doubt:
             found.append(self.labels_doubt)
+        if (self.layout == "folders" and not self.split_folders and self.classes
+                and all(split_of(re.sub(r"\d+$", "", c)) for c in self.classes)):
+            found.append(f"every class is named as a split ({', '.join(self.classes)}): if "
+                         f"{self.source} is split into folders of unlabelled images, these are "
+                         "no classes; label the images with a CSV (--layout csv --labels FILE) "
+                         "or by their file names (--layout prefix)")
         found += class_name_warnings(self.classes)
         bad = Counter((repr(s.label) if len(s.label) <= 60 else
                        f"{s.label[:40]!r}... ({len(s.label)} characters)")

@@ -144,6 +144,27 @@ def test_a_single_class_is_warned_about(tmp_path):
             ) in result.output
 
 
+def test_split_folders_of_unlabelled_images_are_refused_or_warned_about(tmp_path):
+    # An export already split (train/, valid/, test/ of flat images): with a labels CSV in
+    # each, the folders are no classes; with none, they may be, with a warning.
+    for n, folder in enumerate(("train", "valid", "test")):
+        for i in range(3):
+            write_image(tmp_path / "rf" / folder / f"{folder}{i}.jpg",
+                        smooth_image(40, 40, seed=10 * n + i))
+    result = loud("-q", "split", str(tmp_path / "rf"), str(tmp_path / "s0"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert ("warning: every class is named as a split (test, train, valid): if "
+            f"{tmp_path / 'rf'} is split into folders of unlabelled images, these are no "
+            "classes") in result.output
+    for folder in ("train", "valid", "test"):
+        (tmp_path / "rf" / folder / "_classes.csv").write_text(
+            "filename, cat, dog\n" + "".join(f"{folder}{i}.jpg,1,0\n" for i in range(3)))
+    result = loud("-q", "split", str(tmp_path / "rf"), str(tmp_path / "s1"), "--dry-run")
+    assert result.exit_code == 1
+    assert ("test/, train/, valid/ are named as splits, not classes, and the labels are likely "
+            "in test/_classes.csv or train/_classes.csv or valid/_classes.csv") in result.output
+
+
 def test_number_classes_ordered_as_text_and_classes_alike_but_for_case_are_warned_about(
         tmp_path):
     for i, label in enumerate(["0", "1", "2", "10"] * 2):
