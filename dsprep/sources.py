@@ -1027,7 +1027,8 @@ class _LabelsTable:
 
     def __init__(self, text: str, name: str, images: list[str], root: str,
                  id_column, label_column, source_name: str = "") -> None:
-        self.source_name = source_name  # the dump's own folder (or zip) name, for path tails
+        # The dump's own folder (or zip) name, for path tails; composed, as ids are.
+        self.source_name = unicodedata.normalize("NFC", source_name)
         self.name = name
         self.images = images
         self.root = root
@@ -1101,8 +1102,10 @@ class _LabelsTable:
         return f"ids in {name(self.id_index)}, {labels}"
 
     def _keys_of(self, rel: str) -> list[tuple[int, str]]:
-        """(table, key) of an image for the four exact tables."""
-        inner = rel[len(self.root):]
+        """(table, key) of an image for the four exact tables. Keys are composed (NFC), as
+        lookup's ids are: a name from a macOS archive (decomposed) matches an id typed."""
+        inner = unicodedata.normalize("NFC", rel[len(self.root):])
+        rel = unicodedata.normalize("NFC", rel)
         name_only = PurePosixPath(inner).name
         keys = [(0, path) for path in ((inner, rel) if self.root else (inner,))]
         keys += [(1, os.path.splitext(path)[0]) for _, path in keys]
@@ -1115,7 +1118,8 @@ class _LabelsTable:
         if self._forgiving is None:
             tables: list[dict[str, list[str]]] = [defaultdict(list) for _ in range(6)]
             for rel in self.images:
-                keys = self._keys_of(rel) + [(4, rel), (5, os.path.splitext(rel)[0])]
+                whole = unicodedata.normalize("NFC", rel)
+                keys = self._keys_of(rel) + [(4, whole), (5, os.path.splitext(whole)[0])]
                 for table, key in keys:
                     tables[table][key.lower()].append(rel)
             self._forgiving = tables
@@ -1131,7 +1135,7 @@ class _LabelsTable:
         image extension of its own (1.png for 1.jpg). Forgiving matches serve only a table
         none of whose ids matches exactly (see ``forgiving``).
         """
-        key = key.strip().replace("\\", "/")
+        key = unicodedata.normalize("NFC", key.strip().replace("\\", "/"))
         key = key[2:] if key.startswith("./") else key
         for table in self.keys:
             found = table.get(key)

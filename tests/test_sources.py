@@ -382,6 +382,20 @@ def test_labels_are_taken_as_written_unless_all_are_numbers_some_written_twice(t
     assert inv.labels_doubt is None
 
 
+@pytest.mark.parametrize("ids", ["NFC", "NFD"])
+def test_ids_match_file_names_written_in_the_other_unicode_form(tmp_path, ids):
+    # Names from a macOS archive are decomposed (NFD), ids typed in a CSV composed (NFC).
+    import unicodedata
+
+    files = [unicodedata.normalize("NFD" if ids == "NFC" else "NFC", f"crème_{i}.jpg")
+             for i in range(4)]
+    text = "id,label\n" + "".join(
+        f"{unicodedata.normalize(ids, f'crème_{i}')},{'ab'[i % 2]}\n" for i in range(4))
+    inv = _find(_csv_dump(tmp_path, text, names=files))
+    assert sorted(inv.items) == sorted((f"images/{f}", "ab"[i % 2]) for i, f in enumerate(files))
+    assert inv.skipped == []
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_csv_separated_by_semicolons_or_tabs_is_found_in_auto_mode(tmp_path, sep):
     text = "id,label\n1,cat\n2,dog\n3,cat\n4,dog\n".replace(",", sep)
