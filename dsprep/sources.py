@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
-from .errors import LayoutError, UsageError
+from .errors import DsprepError, LayoutError, UsageError
 
 # .jfif and .jpe are JPEGs under other names (common in scraped dumps); images are decoded by
 # their content, never by their extension.
@@ -627,6 +627,10 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
                 labels, id_column, label_column, guessing: bool):
     """The labels table of the csv layout, its file's name, and the name of a CSV that a
     guess passed over (``(table or None, name or None, passed-over name or None)``)."""
+    if guessing:
+        top = _top_csvs(files, root)
+        if len(top) > 1 and len([f for f in top if "label" in PurePosixPath(f).name.lower()]) != 1:
+            return _best_table(source, root, top, images)
     labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
     if text is None:
         return None, labels_name, None
@@ -643,6 +647,27 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         # A table the guess did not take for the labels: named if nothing else works.
         return None, labels_name, (labels_name if table.labelled else None)
     return table, labels_name, None
+
+
+def _best_table(source: Source, root: str, csvs: list[str], images: list[str]):
+    """Of several CSVs at the top and none named as the labels (HAM10000's metadata beside its
+    hmnist pixel tables), the one the guess trusts that labels the most images, as
+    ``_read_table`` returns it; one that cannot be read or is no table says nothing."""
+    best, passed_over = None, None
+    for name in csvs:
+        try:
+            table = _LabelsTable(_decode_csv(_read_labels(source, name), name), name, images,
+                                 root, None, None, source.name)
+        except (DsprepError, csv.Error):
+            continue
+        if table.labels_most():
+            if best is None or table.labelled > best.labelled:
+                best = table
+        elif table.labelled and passed_over is None:
+            passed_over = name
+    if best is None:
+        return None, None, passed_over
+    return best, best.name, None
 
 
 def _check_table_matched(table: _LabelsTable, items: list, skipped: list[Skipped], where: str,

@@ -382,6 +382,24 @@ def test_labels_are_taken_as_written_unless_all_are_numbers_some_written_twice(t
     assert inv.labels_doubt is None
 
 
+@pytest.mark.parametrize("others", [["hmnist_8_8_L.csv"], ["hmnist_8_8_L.csv", "notes.csv"]])
+def test_of_several_csvs_the_one_that_labels_the_images_is_taken(tmp_path, others):
+    # HAM10000: images in two part folders, its metadata beside pixel tables (hmnist_*.csv).
+    root = tmp_path / "d"
+    rows = []
+    for i in range(12):
+        _img(root / f"HAM10000_images_part_{1 + i // 6}" / f"ISIC_{i:07d}.jpg", seed=i)
+        rows.append(f"HAM_{i:07d},ISIC_{i:07d},{['nv', 'mel', 'bkl'][i % 3]},histo,50.0\n")
+    (root / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age\n"
+                                                 + "".join(rows))
+    for name in others:
+        (root / name).write_text("pixel0000,pixel0001,label\n1,2,0\n3,4,1\n")
+    inv = _find(root)
+    assert inv.layout == "csv" and inv.labels_file == "HAM10000_metadata.csv"
+    assert inv.classes == ["bkl", "mel", "nv"] and len(inv.items) == 12
+    assert dict(inv.items)["HAM10000_images_part_2/ISIC_0000007.jpg"] == "mel"
+
+
 @pytest.mark.parametrize("ids", ["NFC", "NFD"])
 def test_ids_match_file_names_written_in_the_other_unicode_form(tmp_path, ids):
     # Names from a macOS archive are decomposed (NFD), ids typed in a CSV composed (NFC).

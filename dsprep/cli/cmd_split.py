@@ -45,8 +45,9 @@ def _column(text: str | None) -> str | int | None:
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="How labels are found: folders (SRC/<class>/<image>), prefix (cat.0.jpg: "
                    "the class is the name before the first dot), csv (a labels file), or auto "
-                   "(csv when --labels or a column is given or one CSV at the top labels the "
-                   "images, prefix when file names carry the classes, else folders).")
+                   "(csv when --labels or a column is given or a CSV at the top labels the "
+                   "images, the one that labels most of several, prefix when file names carry "
+                   "the classes, else folders).")
 @click.option("--pattern", metavar="REGEX",
               help="Prefix layout: a regular expression with a named group 'label', matched "
                    r"at the start of each file name, e.g. '(?P<label>.+)_\d+\.jpg'.")
