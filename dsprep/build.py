@@ -1037,7 +1037,7 @@ def write_file(
     block = _block_images(options)
     attrs = _file_attrs(options, split, source_root)
     # What it is built from, so a build run again on the same files can tell it is up to date.
-    attrs["sources_stamp"] = sources_stamp(rows, left_out, not _links_dump(source_root))
+    attrs["sources_stamp"] = sources_stamp(rows, left_out, not _linked(rows))
     writer = store.HDF5Writer(path, len(rows), options.size, classes, chunk_images=chunk,
                               compression=options.compression, attrs=attrs, overwrite=overwrite,
                               direct=True)
@@ -1092,7 +1092,7 @@ def sources_stamp(rows: Sequence[Row], left_out: Sequence[Skip] = (), ctime: boo
     decoding (dangling links). A file renamed, moved to another class, replaced, repaired or
     touched changes it; so does a copy of the whole folder (a rebuild, never a wrong "nothing
     to do"). The change time also tells a copy in place that keeps size and time (``cp -p``
-    of a fixed image); a split that links its files to the dump (:func:`_links_dump`) leaves
+    of a fixed image); a split whose files are the dump's (:func:`_linked`) leaves
     it out, since a chmod of the dump or another hardlink split of it moves it."""
     return sources_stamps(rows, [left_out], ctime)[0]
 
@@ -1120,16 +1120,16 @@ def sources_stamps(rows: Sequence[Row], left_outs: Sequence[Sequence[Skip]],
     return stamps
 
 
-def _links_dump(src: str | os.PathLike) -> bool:
-    """Whether ``src`` (a split, or a folder of one) was made with ``--mode hardlink`` or
-    ``symlink``: its files are the dump's, whose change times move with what is done to the
-    dump or to other splits of it."""
-    for folder in (Path(src), Path(src).parent):
+def _linked(rows: Sequence[Row]) -> bool:
+    """Whether the rows' files are links to a dump's (a split made with ``--mode hardlink`` or
+    ``symlink``, not one that fell back to copies): their change times move with what is done
+    to the dump or to other splits of it. The first few files tell."""
+    for row in rows[:8]:
         try:
-            mode = json.loads((folder / "split.json").read_text(encoding="utf-8"))["params"]["mode"]
-        except (OSError, ValueError, KeyError, TypeError):
+            if os.path.islink(row.path) or os.stat(row.path).st_nlink > 1:
+                return True
+        except OSError:
             continue
-        return mode in ("hardlink", "symlink")
     return False
 
 
@@ -1175,7 +1175,7 @@ def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[s
         known = [s for s in skips if s.reason != MISSING_FILE]
         variants = [skips, known] if len(known) < len(skips) else [skips]
         # Of a linked split, also as stamped before change times were left out for it.
-        stamps = {stamp: len(variant) for ctime in ((False, True) if _links_dump(src) else (True,))
+        stamps = {stamp: len(variant) for ctime in ((False, True) if _linked(rows) else (True,))
                   for stamp, variant in zip(sources_stamps(rows, variants, ctime), variants,
                                             strict=True)}
         try:

@@ -649,15 +649,28 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
     return table, labels_name, None
 
 
+_PROBE_ROWS = 60  # lines of a CSV read first, to tell whether it may be the labels
+
+
 def _best_table(source: Source, root: str, csvs: list[str], images: list[str]):
     """Of several CSVs at the top and none named as the labels (HAM10000's metadata beside its
-    hmnist pixel tables), the one the guess trusts that labels the most images, as
-    ``_read_table`` returns it; one that cannot be read or is no table says nothing."""
+    hmnist pixel tables), the one the guess trusts, with a label column named as such, that
+    labels the most images, as ``_read_table`` returns it; one that cannot be read or is no
+    table says nothing."""
     best, passed_over = None, None
     for name in csvs:
         try:
-            table = _LabelsTable(_decode_csv(_read_labels(source, name), name), name, images,
-                                 root, None, None, source.name)
+            text = _decode_csv(_read_labels(source, name), name)
+            # Its first rows first: a table read whole costs seconds for a pixel table of
+            # 80 MB, and one whose label column is only guessed by its place (image_sizes.csv:
+            # file,width,height) is no labels beside folders or file names that are.
+            probe = _LabelsTable("\n".join(text.split("\n", _PROBE_ROWS)[:_PROBE_ROWS]), name,
+                                 images, root, None, None, source.name)
+            need = max(probe.id_index, probe.label_index)
+            if probe.label_guessed or not any(
+                    need < len(row) and probe.lookup(row[probe.id_index]) for row in probe.rows):
+                continue
+            table = _LabelsTable(text, name, images, root, None, None, source.name)
         except (DsprepError, csv.Error):
             continue
         if table.labels_most():

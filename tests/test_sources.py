@@ -400,6 +400,17 @@ def test_of_several_csvs_the_one_that_labels_the_images_is_taken(tmp_path, other
     assert dict(inv.items)["HAM10000_images_part_2/ISIC_0000007.jpg"] == "mel"
 
 
+def test_stray_csvs_whose_columns_are_no_labels_leave_the_folders_classes(tmp_path):
+    # Sizes of each image (file,width,height) and credits: a label column only guessed by its
+    # place does not outweigh class folders.
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    (root / "image_sizes.csv").write_text("file,width,height\n" + "".join(
+        f"{c}_{i}.jpg,{375 if i else 500},333\n" for c in "ab" for i in range(3)))
+    (root / "credits.csv").write_text("author,licence\nme,cc\n")
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["a", "b"]
+
+
 @pytest.mark.parametrize("ids", ["NFC", "NFD"])
 def test_ids_match_file_names_written_in_the_other_unicode_form(tmp_path, ids):
     # Names from a macOS archive are decomposed (NFD), ids typed in a CSV composed (NFC).
