@@ -14,7 +14,6 @@ import json
 import mmap
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -884,7 +883,7 @@ def _decoding_pool(workers: int, most: int | None = None) -> Iterator:
     """
     from joblib.externals.loky import ProcessPoolExecutor
 
-    _start_trackers()
+    system.start_trackers()
     stale = []
     with _POOL_LOCK:
         executors = _POOL.setdefault("executors", {})
@@ -906,34 +905,6 @@ def _decoding_pool(workers: int, most: int | None = None) -> Iterator:
             users[executor] -= 1
             if not users[executor]:
                 del users[executor]
-
-
-_TRACKERS_STARTED: set[int] = set()  # the processes whose trackers run (a fork has none)
-
-
-def _start_trackers() -> None:
-    """Start the resource trackers of the shared ring (multiprocessing's) and of the decoding
-    pool (loky's) with SIGHUP blocked, as they start with SIGINT and SIGTERM blocked.
-
-    A hangup sent to the whole process group (a closed terminal or ssh session) then stops the
-    build, which cleans up, but not the trackers: they died of it, and the build's last steps
-    printed their warnings ("died unexpectedly, relaunching") and tracebacks. They still stop
-    when the build's process ends.
-    """
-    if os.getpid() in _TRACKERS_STARTED or not hasattr(signal, "SIGHUP") or \
-            not hasattr(signal, "pthread_sigmask"):
-        return
-    from multiprocessing import resource_tracker
-
-    from joblib.externals.loky.backend import resource_tracker as loky_tracker
-
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    try:
-        resource_tracker.ensure_running()
-        loky_tracker.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a hangup meanwhile comes now
-    _TRACKERS_STARTED.add(os.getpid())
 
 
 def _forget_executor(executor) -> None:
@@ -972,7 +943,7 @@ def _take_ring(blocks: int, block: int, size: tuple[int, int]) -> _Ring:
         return ring
     if ring is not None:
         ring.close()
-    _start_trackers()
+    system.start_trackers()
     return _Ring(blocks, block, size, shared=True)
 
 

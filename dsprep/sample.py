@@ -321,6 +321,7 @@ def write_sample_dump(
     else:
         from joblib import Parallel, delayed
 
+        system.start_trackers()
         parallel = Parallel(n_jobs=n_jobs, return_as="generator")
         for chunk, written in zip(chunks, parallel(
                 delayed(_write_chunk)(str(partial), chunk, seed) for chunk in chunks),

@@ -1,8 +1,9 @@
-"""What the machine gives this process: the cores it may use.
+"""What the machine gives this process: the cores it may use, and its commands' stops.
 
 The default worker and thread counts of every stage come from `usable_cpus`, so a job in a
 container with a CPU quota (Docker ``--cpus``, a Kubernetes CPU limit) starts as many workers
-as it has cores' worth of time, not one per core of the host.
+as it has cores' worth of time, not one per core of the host. `start_trackers` starts the
+helper processes of worker pools so that a hangup does not kill them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +129,32 @@ def _quota_in(folder: Path) -> int | None:
     if quota <= 0 or period <= 0:
         return None
     return max(1, math.ceil(quota / period))
+
+
+_TRACKERS_STARTED: set[int] = set()  # the processes whose trackers run (a fork has none)
+
+
+def start_trackers() -> None:
+    """Start the resource trackers of multiprocessing (a build's shared ring) and of loky (the
+    worker pools of build-hdf5 and sample-dump) with SIGHUP blocked, as they start with SIGINT
+    and SIGTERM blocked. Call it before starting worker processes.
+
+    A hangup sent to the whole process group (a closed terminal or ssh session) then stops the
+    command, which cleans up, but not the trackers: they died of it, and the command's last
+    steps printed their warnings ("died unexpectedly, relaunching") and tracebacks. They still
+    stop when the command's process ends.
+    """
+    if os.getpid() in _TRACKERS_STARTED or not hasattr(signal, "SIGHUP") or \
+            not hasattr(signal, "pthread_sigmask"):
+        return
+    from multiprocessing import resource_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+        loky_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a hangup meanwhile comes now
+    _TRACKERS_STARTED.add(os.getpid())

@@ -208,3 +208,48 @@ def test_classes_are_separable_by_a_trivial_model():
             correct += guess == label
             total += 1
     assert 0.6 < correct / total < 0.98
+
+
+@pytest.mark.slow
+def test_a_hangup_to_the_whole_group_stops_a_parallel_dump_cleanly(tmp_path):
+    # A closed terminal sends SIGHUP to every process of the job, the worker pool's resource
+    # trackers too: they must outlive it, or the stop prints their "died unexpectedly" warnings.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dsprep import system
+
+    if not hasattr(signal, "SIGHUP"):
+        pytest.skip("no SIGHUP on this OS")
+    if system.usable_cpus() < 2:
+        pytest.skip("one core: sample-dump writes without a worker pool, which this is about")
+
+    def default_hangup():
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a suite run under nohup ignores it
+
+    dest = tmp_path / "dump"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsprep", "sample-dump", str(dest), "--per-class", "2000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=default_hangup)
+    partial = tmp_path / ".dump.partial"
+    deadline = time.monotonic() + 60
+    try:
+        # Written by the workers: the pool and its trackers are running.
+        while not any(partial.glob("*/*.jpg")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGHUP)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    err = err.decode()
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "died unexpectedly" not in err and "Traceback" not in err, err
+    assert err.rstrip().endswith("which the next run replaces."), err
+    assert not dest.exists()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ._common import QUIET_HELP, VERBOSE_HELP, DsprepGroup, be_quiet, verbosity_options
+from ._common import (
+    QUIET_HELP,
+    VERBOSE_HELP,
+    DsprepGroup,
+    be_quiet,
+    native_lines_hidden,
+    verbosity_options,
+)
 from .cmd_build import build_hdf5, info, means, verify
 from .cmd_demo import demo
 from .cmd_dump import sample_dump
@@ -39,6 +46,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 for command in (sample_dump, split, build_hdf5, info, verify, means, train, evaluate, sweep_lr,
                 demo):
     command.params.extend(verbosity_options())
+    command.callback = native_lines_hidden(command.callback)
     main.add_command(command)
 
 __all__ = ["main"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import faulthandler
+import functools
 import os
 import select
 import signal
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -33,8 +35,10 @@ _AFTER_A_STOP = {
 }
 
 
-VERBOSE_HELP = ("Give it twice (-vv) to show the native libraries' own log lines "
-                "(TensorFlow's start-up log), which are hidden otherwise.")
+VERBOSE_HELP = ("Give it twice (-vv) to show the native libraries' own lines, hidden "
+                "otherwise: libjpeg's and libpng's warnings (\"Corrupt JPEG data: ...\", which "
+                "name no file; the files left out are listed by name in the skipped lists) "
+                "and TensorFlow's start-up log.")
 QUIET_HELP = ("Print only errors, warnings, the notes that ask for attention and the "
               "command's answer (info, means, evaluate, a dry run's plan): no progress bars, "
               "no summary.")
@@ -162,6 +166,28 @@ def verbosity_options() -> list[click.Option]:
     ]
 
 
+def native_lines_hidden(command: Callable) -> Callable:
+    """Run ``command`` (a click callback) with the native libraries' own lines hidden unless
+    ``-vv`` was given (``_native_warnings_hidden``).
+
+    libjpeg and libpng write "Corrupt JPEG data: premature end of data segment" and the like
+    while a split checks or a build decodes, naming no file: the files left out are named in
+    the skipped lists with the reason, and those kept decoded whole. ``TF_CPP_MIN_LOG_LEVEL``
+    set below 3 asks for TensorFlow's native log, so it keeps descriptor 2 too.
+    """
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        ctx = click.get_current_context()
+        wanted = verbosity(ctx) >= 2 or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") < "3"
+        if wanted or is_quiet(ctx):  # -q hides them already, for the whole command
+            return command(*args, **kwargs)
+        with _native_warnings_hidden():
+            return command(*args, **kwargs)
+
+    return run
+
+
 def be_quiet(ctx: click.Context) -> None:
     """Make the command quiet (``-q``): no summary, no progress bars, and no native library's
     warnings for the rest of the command."""
@@ -178,10 +204,11 @@ def _native_warnings_hidden():
 
     libjpeg and libpng print their warnings ("Corrupt JPEG data: 2 extraneous bytes before
     marker 0xd9", common in real dumps) straight to descriptor 2 from whichever thread decodes,
-    below anything Python or OpenCV can switch off. Under ``-q`` only errors may be printed, so
-    for the command's life the descriptor goes nowhere, while Python's own stderr (errors,
-    warnings, tracebacks, "Terminated.", faulthandler's report) writes to the real one through
-    a duplicate. Native libraries' fatal messages are hidden with their warnings. Without a real
+    below anything Python or OpenCV can switch off. Unless ``-vv`` is given (and always under
+    ``-q``, where only errors may be printed), for the command's life the descriptor goes
+    nowhere, while Python's own stderr (errors, warnings, tracebacks, "Terminated.",
+    faulthandler's report) writes to the real one through a duplicate. Native libraries'
+    fatal messages are hidden with their warnings (``-vv`` shows them). Without a real
     descriptor 2 (a test runner's captured stream) nothing changes.
     """
     try:
