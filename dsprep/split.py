@@ -1070,6 +1070,8 @@ def materialize(
         DestinationExistsError: ``dest`` holds something else, or this split of a source
             that changed since (:func:`check_unchanged`), and ``force`` is false; or another
             process is writing it.
+        SplitError: a file to copy changed size since it was planned (the files placed so
+            far are kept for the next run).
     """
     _refuse_split_source(split_plan.source, dest)
     with _writing(split_plan.source, dest, mode):
@@ -1700,11 +1702,26 @@ def _place(root: str, archive, f: PlannedFile, target: str, mode: str) -> bool:
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
-            copy_file(os.path.join(root, f.source), target)
+            _copy_planned(root, f, target)
             fell_back = True
     else:
-        copy_file(os.path.join(root, f.source), target)
+        _copy_planned(root, f, target)
     return fell_back
+
+
+def _copy_planned(root: str, f: PlannedFile, target: str) -> None:
+    """Copy a planned file, refusing one whose size changed since it was checked (a dump still
+    being written or unpacked): its hash, size and checks in files.csv would describe other
+    bytes. A rewrite of the same size is not seen here."""
+    copy_file(os.path.join(root, f.source), target)
+    size = os.stat(target).st_size
+    if size != f.size:
+        os.unlink(target)
+        raise SplitError(
+            f"{os.path.join(root, f.source)} changed while the split ran ({f.size:,} bytes when "
+            f"it was checked, {size:,} when copied): let whatever writes the dump finish, then "
+            "run the same command again"
+        )
 
 
 _BINARY = getattr(os, "O_BINARY", 0)

@@ -709,11 +709,14 @@ def test_a_full_disk_while_writing_the_split_files_names_dest(dump, tmp_path, mo
 @pytest.mark.parametrize("mode", ["symlink", "hardlink"])
 def test_links_on_a_full_disk_are_told_by_what_they_take(dump, tmp_path, monkeypatch, mode):
     calls = []
+    real_copy = split_module.copy_file
 
     def full(*args):
         calls.append(args)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
+        if mode == "hardlink":
+            real_copy(*args)
 
     def cross_device(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
@@ -738,8 +741,11 @@ def test_links_on_a_full_disk_are_told_by_what_they_take(dump, tmp_path, monkeyp
         assert f"7 file entries (inodes) for its {len(p.files):,} links" in message
         assert copies not in message and "--mode" not in message
     else:
-        # A hard link takes no file entry; across disks it is a copy, which takes the bytes.
-        assert "inodes" not in message and f"{copies} where hard links become copies" in message
+        # A hard link takes no file entry; across disks it is a copy, which takes the bytes
+        # (those copied before the disk filled are kept for the next run).
+        left = sum(f.size for f in p.files) - sum(os.path.getsize(src) for src, _ in calls[:2])
+        assert "inodes" not in message and (f"the files still to place take {left / 1e6:,.1f} "
+                                            "MB where hard links become copies") in message
         assert "(--mode symlink)" in message and "--mode hardlink" not in message
 
 
@@ -890,6 +896,25 @@ def test_a_different_split_discards_an_unfinished_one(tmp_path, monkeypatch):
     result = materialize(plan(root, seed=2), tmp_path / "s")
     assert result.reused == 0 and result.placed == 8
     assert json.loads((tmp_path / "s" / "split.json").read_text())["params"]["seed"] == 2
+
+
+def test_a_source_that_changed_size_since_it_was_planned_is_not_copied(tmp_path):
+    # The two-step API (and --counts, --limit-per-class) checks and hashes the dump, then
+    # copies it: a file rewritten in between would be placed under the old hash and checks.
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=4)
+    planned = plan(root, seed=1)
+    changed = root / planned.files[3].source
+    good = changed.read_bytes()
+    changed.write_bytes(good[: len(good) // 2])  # a copy still being written
+    with pytest.raises(SplitError, match="changed while the split ran") as caught:
+        materialize(planned, tmp_path / "s")
+    assert str(changed) in str(caught.value)
+    assert not (tmp_path / "s").exists()
+    changed.write_bytes(good)
+    result = materialize(planned, tmp_path / "s")  # carries on
+    assert result.placed + result.reused == 8 and result.placed >= 1
+    placed = tmp_path / "s" / planned.files[3].path
+    assert hashlib.sha256(placed.read_bytes()).hexdigest() == planned.files[3].sha256
 
 
 KILLED_RUN = textwrap.dedent("""
