@@ -551,6 +551,9 @@ def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:
         raise CorruptImageError("empty file")
     raw = _imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if raw is None:
+        fmt = _fallback_format(data)
+        if fmt is not None:
+            raise CorruptImageError(f"{fmt} data could not be decoded (corrupt or truncated)")
         if _looks_like_text(data):
             raise CorruptImageError("a text file, not an image")
         raise CorruptImageError("not an image in a known format")
@@ -662,6 +665,23 @@ def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
     return image
+
+
+def _fallback_format(data: bytes) -> str | None:
+    """The name of a format OpenCV reads without a header parser here, told by its first
+    bytes; None for anything else."""
+    if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6") and \
+            data[2:3] in (b" ", b"\t", b"\n", b"\r", b"#"):
+        return "PNM (PPM/PGM/PBM)"
+    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or data.startswith(b"\xff\x4f\xff\x51"):
+        return "JPEG 2000"
+    if data.startswith(b"#?RADIANCE") or data.startswith(b"#?RGBE"):
+        return "Radiance HDR"
+    for prefix, name in ((b"v/1\x01", "OpenEXR"), (b"\x59\xa6\x6a\x95", "Sun raster"),
+                         (b"PF\n", "PFM"), (b"Pf\n", "PFM")):
+        if data.startswith(prefix):
+            return name
+    return None
 
 
 # --- header parsing -------------------------------------------------------------------------

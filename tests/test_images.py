@@ -626,6 +626,23 @@ def test_a_truncated_gif_or_bmp_is_found_from_its_header(fmt):
         images.probe(data[: len(data) - 7], verify=True)
 
 
+@pytest.mark.parametrize(("ext", "name"), [(".ppm", "PNM"), (".pgm", "PNM"),
+                                           (".jp2", "JPEG 2000"), (".hdr", "Radiance HDR")])
+def test_a_damaged_file_of_a_format_opencv_reads_is_named_by_its_format(ext, name):
+    image = smooth_image(64, 48, seed=2)
+    if ext == ".pgm":
+        image = image[..., 0]
+    elif ext == ".hdr":
+        image = image.astype(np.float32) / 255
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    data = buf.tobytes()
+    assert images.decode(data).shape == (64, 48, 3)  # whole: fine
+    for cut in (data[: len(data) // 2], data[:-5]):
+        with pytest.raises(CorruptImageError, match=f"^{name}.* could not be decoded"):
+            images.decode(cut)
+
+
 def test_cut_inside_the_header():
     data = FORMATS["jpeg"]()
     for end in (3, 20, 100):
