@@ -429,6 +429,9 @@ class Inventory:
         split_folders: for a dump already split into ``train/<class>/...``, ``test/<class>/...``
             folders (see ``SPLIT_FOLDER_NAMES``), those folders: their images are pooled, each
             labelled by its class folder.
+        class_copy: the top folder (relative to ``root``) holding a copy of the class folders
+            (``flowers/flowers/daisy/``, see :func:`class_copy`), whose images are labelled by
+            the class folders inside it.
     """
 
     layout: str
@@ -440,6 +443,7 @@ class Inventory:
     labels_columns: str | None = None
     labels_guessed: bool = False
     labels_doubt: str | None = None
+    class_copy: str | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -565,7 +569,7 @@ def find_images(
     # A labels file or a column named means the csv layout is wanted: only without them is
     # the top CSV a guess that may turn out not to be the labels.
     guessing = layout == "auto" and labels is None and id_column is None and label_column is None
-    table, labels_name, passed_over = None, None, None
+    table, labels_name, passed_over, copy = None, None, None, None
     if layout in ("auto", "csv"):
         try:
             table, labels_name, passed_over = _read_table(source, root, files, images, labels,
@@ -591,7 +595,8 @@ def find_images(
             items, skipped = _by_prefix(images, regex)
         else:
             split_folders = presplit_folders(images, root)
-            items, skipped = _by_folder(images, root, bool(split_folders))
+            copy = None if split_folders else class_copy(images, root)
+            items, skipped = _by_folder(images, root, bool(split_folders), copy)
         chosen = layout
         labels_name = None
     if chosen != "folders":
@@ -613,7 +618,8 @@ def find_images(
                           labels_name, split_folders,
                           table.columns_in_words() if table is not None else None,
                           table is not None and table.label_guessed,
-                          table.doubt() if table is not None else None)
+                          table.doubt() if table is not None else None,
+                          copy.rstrip("/") if chosen == "folders" and copy else None)
     if not inventory.items:
         # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
         wrapper = (guessing and table is None and passed_over is None and regex is None
@@ -976,11 +982,38 @@ def visible_folders(folder: Path) -> list[str]:
         return []
 
 
-def _by_folder(images: list[str], root: str, presplit: bool = False) -> tuple[list, list[Skipped]]:
+def class_copy(images: list[str], root: str) -> str | None:
+    """The folder of a class-folder dump that holds a copy of its class folders, else None.
+
+    Kaggle's flowers archive holds ``flowers/daisy/...`` and a copy in
+    ``flowers/flowers/daisy/...``: read as plain class folders, the copy would be one more
+    class, "flowers", whose images are the others' under a second label. A copy is the one
+    top folder without images of its own whose sub-folders holding images (two or more) are
+    all named as top folders that hold images themselves.
+    """
+    direct: set[str] = set()
+    below: dict[str, set[str]] = defaultdict(set)
+    for rel in images:
+        parts = rel[len(root):].split("/")
+        if len(parts) == 2:
+            direct.add(parts[0])
+        elif len(parts) > 2:
+            below[parts[0]].add(parts[1])
+    found = [folder for folder, inner in below.items()
+             if folder not in direct and len(inner) >= 2 and inner <= direct - {folder}]
+    return found[0] if len(found) == 1 else None
+
+
+def _by_folder(images: list[str], root: str, presplit: bool = False,
+               copy: str | None = None) -> tuple[list, list[Skipped]]:
+    """Label each image by its class folder; in ``copy`` (see :func:`class_copy`), by the
+    class folder inside it."""
     items, skipped = [], []
     for rel in images:
         parts = rel[len(root):].split("/")
-        if presplit:
+        if copy is not None and parts[0] == copy:
+            items.append((rel, parts[1]))  # the copy holds no image of its own
+        elif presplit:
             kind, k, where = _split_path(parts) or ("split", 1, parts[0])
             if kind == "loose" or len(parts) < k + 2:
                 skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))

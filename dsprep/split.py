@@ -220,6 +220,8 @@ class SplitPlan:
         labels_columns: for the csv layout, the labels file's id and label columns, in words.
         labels_guessed: the label column was taken by its place (see ``sources.Inventory``).
         labels_doubt: a warning about that column (see ``sources.Inventory``).
+        class_copy: the dump's folder holding a copy of its class folders (see
+            ``sources.Inventory``).
     """
 
     source: Path
@@ -235,6 +237,7 @@ class SplitPlan:
     labels_columns: str | None = None
     labels_guessed: bool = False
     labels_doubt: str | None = None
+    class_copy: str | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -542,8 +545,10 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     for c in good:
         by_hash[c.sha256].append(c)
     kept: dict[str, list[_Checked]] = defaultdict(list)
+    # A dump's copy of its own class folders gives way to the folders it copies.
+    copy = (f"{inventory.root}/" if inventory.root else "") + f"{inventory.class_copy}/"
     for group in by_hash.values():
-        group.sort(key=lambda c: c.rel)
+        group.sort(key=lambda c: (bool(inventory.class_copy) and c.rel.startswith(copy), c.rel))
         labels = sorted({label_of[c.rel] for c in group})
         if len(labels) > 1:
             others = ", ".join(f"{c.rel} ({label_of[c.rel]})" for c in group)
@@ -608,7 +613,8 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     lost = sorted({label for _, label in inventory.items} - set(classes))
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
-                     inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt)
+                     inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt,
+                     inventory.class_copy)
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).

@@ -640,3 +640,13 @@ def test_a_name_with_a_carriage_return_is_quoted_in_the_lists(tmp_path):
     assert [r["source"] for r in skipped] == ["dog/bad\r.jpg"]
     placed = next(r["path"] for r in rows if r["source"] == "cat/a\rb.jpg")
     assert (dest / placed).is_file()
+
+
+def test_a_copy_of_the_class_folders_inside_the_dump_is_named(tmp_path):
+    root = make_class_folders(tmp_path / "flowers", classes=("daisy", "rose"), per_class=3)
+    shutil.copytree(root, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", root / "flowers")
+    result = loud("split", str(root), str(tmp_path / "out"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"note: {root / 'flowers'}/ holds a copy of the class folders" in result.output
+    assert "2 classes" in result.output and "left out 6: 6 duplicate" in result.output

@@ -30,6 +30,7 @@ from dsprep.errors import DestinationExistsError, LayoutError, SplitError, Usage
 from dsprep.sample import write_sample_dump
 from dsprep.sources import LABEL_CONFLICT, FolderSource, Inventory
 from dsprep.split import (
+    DUPLICATE,
     SplitOptions,
     _Checked,
     _decide,
@@ -286,15 +287,46 @@ def test_every_file_left_out_is_an_error_that_counts_and_shows_the_reasons(tmp_p
         in message and "Lower --min-size (now 500)" in message and "--dry-run" not in message
 
 
-def test_a_dump_holding_a_copy_of_its_class_folders_is_told_to_give_one_copy(tmp_path):
-    # Kaggle's flowers archive: flowers/daisy/... and again flowers/flowers/daisy/...; the
-    # copy reads as a class, every image of which is another class's.
-    root = make_class_folders(tmp_path / "flowers", classes=("daisy", "rose"), per_class=2)
+def test_a_dump_holding_a_copy_of_its_class_folders_is_split_by_its_classes(tmp_path):
+    # Kaggle's flowers archive: flowers/daisy/... and again flowers/flowers/daisy/...; read as
+    # plain class folders, the copy was one more class, every image of which is another's.
+    root = make_class_folders(tmp_path / "flowers", classes=("daisy", "rose"), per_class=3)
     shutil.copytree(root, tmp_path / "copy")
     shutil.move(tmp_path / "copy", root / "flowers")
-    with pytest.raises(LayoutError, match=r"every file was left out \(8 label-conflict; .*"
-                                          r"give one copy as SRC"):
-        plan(root)
+    p = plan(root)
+    assert p.classes == ["daisy", "rose"] and p.class_copy == "flowers"
+    assert sorted(f.source for f in p.files) == sorted(
+        f"{c}/{c}_{k}.jpg" for c in ("daisy", "rose") for k in range(3))
+    assert sorted((s.source, s.reason) for s in p.skipped) == sorted(
+        (f"flowers/{c}/{c}_{k}.jpg", DUPLICATE) for c in ("daisy", "rose") for k in range(3))
+    # The two copies need not be alike: each image is labelled by its class folder.
+    write_image(root / "daisy" / "outer_only.jpg", smooth_image(48, 48, seed=91))
+    write_image(root / "flowers" / "rose" / "copy_only.jpg", smooth_image(48, 48, seed=92))
+    p = plan(root)
+    label_of = {f.source: f.label for f in p.files}
+    assert p.classes == ["daisy", "rose"] and len(p.files) == 8
+    assert label_of["daisy/outer_only.jpg"] == "daisy"
+    assert label_of["flowers/rose/copy_only.jpg"] == "rose"
+    # The same as a zip, wrapped in its folder: the copy is found below the wrapper.
+    archive = shutil.make_archive(str(tmp_path / "flowers"), "zip", tmp_path, "flowers")
+    zipped = plan(archive)
+    assert zipped.root == "flowers" and zipped.class_copy == "flowers"
+    assert sorted(f.source for f in zipped.files) == sorted(f"flowers/{f}" for f in label_of)
+
+
+def test_a_class_folder_with_sub_folders_is_no_copy(tmp_path):
+    # A class of its own (images straight in it), or sub-folders named as no class beside it,
+    # or only one: the folder stays a class, its images labelled by it.
+    for extra, inner in ((True, ("daisy", "rose")), (False, ("daisy", "lily")),
+                         (False, ("daisy",))):
+        root = make_class_folders(tmp_path / f"d{len(inner)}{extra}{inner[-1]}",
+                                  classes=("daisy", "rose"), per_class=2)
+        for k, name in enumerate(inner):
+            write_image(root / "mixed" / name / "x.jpg", smooth_image(48, 48, seed=60 + k))
+        if extra:
+            write_image(root / "mixed" / "own.jpg", smooth_image(48, 48, seed=70))
+        p = plan(root)
+        assert p.class_copy is None and p.classes == ["daisy", "mixed", "rose"], (extra, inner)
 
 
 def test_a_class_whose_every_image_is_left_out_is_named(tmp_path):

@@ -143,6 +143,11 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         if buildable:
             say(f"note: to keep its own splits instead, build them as they are: "
                 f"dsprep build-hdf5 {inside} OUT")
+    if split_plan.class_copy:
+        copy = Path(src) / split_plan.root / split_plan.class_copy
+        say(f"note: {copy}/ holds a copy of the class folders; its images are "
+            "labelled by the class folders inside it, and those the same as one outside it "
+            "are left out as duplicates")
     answer = click.echo if dry_run else say  # a dry run's plan is its answer, even with -q
     answer(format_table(rows, ["class", *split_plan.splits, "all"]))
     asked = options.counts or options.ratios or DEFAULT_RATIOS
