@@ -55,6 +55,7 @@ from .sources import (
     MISSING_FILE,
     UNREADABLE,
     class_folder_files,
+    classless_splits,
     is_image_name,
     own_split_folders,
     split_of,
@@ -313,7 +314,15 @@ def find_rows(
             if _dangling_skips(problems):  # images there, but every one a dangling link
                 raise _all_left_out(name, _dangling_skips(problems)) from None
             raise
-        return (classes, {name: _rows(src, "", pairs, classes)}, _problem_notes(problems),
+        notes = _problem_notes(problems)
+        empty = sorted(set(classes) - {c for c, _ in pairs})
+        if empty:
+            # Stanford Dogs' Annotation/ beside Images/: a folder of other files is a class too.
+            notes.append(f"no images in {', '.join(f'{src / c}/' for c in empty)}: "
+                         f"{'a class' if len(empty) == 1 else 'classes'} without images; move "
+                         f"{'it' if len(empty) == 1 else 'them'} out of {src} if "
+                         f"{'it is no class' if len(empty) == 1 else 'they are no classes'}")
+        return (classes, {name: _rows(src, "", pairs, classes)}, notes,
                 {name: _dangling_skips(problems)})
     notes: list[str] = []
     links: dict[str, list[Skip]] = {}
@@ -366,6 +375,12 @@ def find_rows(
         raise LayoutError(f"{src} has no images in train/, val/ or test/; "
                           "make the split with 'dsprep split'")
     if classes is None:
+        named = classless_splits({split: {c for c, _ in pairs} for split, pairs in scanned.items()})
+        for split, folder_name in named.items():
+            notes.append(f"left out {folders[split]}/: its images lie in {folder_name}/, named as "
+                         "no class of the other splits (images without classes), no "
+                         f"{split}.hdf5 built")
+            del scanned[split]
         classes = sorted({c for pairs in scanned.values() for c, _ in pairs})
         for split, pairs in scanned.items():
             missing = sorted(set(classes) - {c for c, _ in pairs})

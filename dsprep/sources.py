@@ -502,17 +502,28 @@ def _only_folder_of_images(images: list[str], root: str) -> bool:
 
 
 def _descend(files: list[str]) -> str:
-    """The folder to treat as the dump: step into single wrapper folders."""
+    """The folder to treat as the dump: step into single wrapper folders.
+
+    A folder is a wrapper when it holds no image or CSV of its own and only one of its
+    sub-folders holds images or CSVs at any depth: folders of other files beside it
+    (Stanford Dogs' ``Annotation/`` of XML files beside ``Images/``) are passed over.
+    """
     root = ""
     while True:
         here = [f[len(root):] for f in files if f.startswith(root)]
         top_files = [f for f in here if "/" not in f]
-        if any(is_image_name(f) or f.lower().endswith(".csv") for f in top_files):
+        if any(_holds_data(f) for f in top_files):
             return root
-        folders = {f.split("/", 1)[0] for f in here if "/" in f}
+        folders = {f.split("/", 1)[0] for f in here if "/" in f and _holds_data(f)}
         if len(folders) != 1:
             return root
         root += folders.pop() + "/"
+
+
+def _holds_data(path: str) -> bool:
+    """Whether a file is an image or a CSV (labels), the files a dump is read from."""
+    name = path.rpartition("/")[2]
+    return is_image_name(name) or name.lower().endswith(".csv")
 
 
 def find_images(
@@ -888,6 +899,22 @@ def _split_path(parts: list[str]) -> tuple[str, int, str] | None:
     return None
 
 
+def classless_splits(classes: dict[str, set[str]]) -> dict[str, str]:
+    """The split folders of a pre-split dump whose images lie in one folder that is no class
+    (Tiny ImageNet's ``val/images/`` and ``test/images/``, beside ``train/<class>/``): those
+    whose one class folder is named as no class of the splits holding two or more.
+
+    Args:
+        classes: the class folder names holding images, by split folder.
+
+    Returns:
+        That folder's name, by split folder.
+    """
+    known = set().union(*(names for names in classes.values() if len(names) >= 2))
+    return {folder: next(iter(names)) for folder, names in classes.items()
+            if len(names) == 1 and known and not names & known}
+
+
 def presplit_folders(images: list[str], root: str) -> list[str]:
     """The split folders of a dump laid out as ``<split>/<class>/<image>``, else [].
 
@@ -1009,6 +1036,15 @@ def _by_folder(images: list[str], root: str, presplit: bool = False,
     """Label each image by its class folder; in ``copy`` (see :func:`class_copy`), by the
     class folder inside it."""
     items, skipped = [], []
+    classless = {}
+    if presplit:
+        classes: dict[str, set[str]] = defaultdict(set)
+        for rel in images:
+            parts = rel[len(root):].split("/")
+            kind, k, where = _split_path(parts) or ("split", 1, parts[0])
+            if kind != "loose" and len(parts) >= k + 2:
+                classes[where].add(parts[k])
+        classless = classless_splits(classes)
     for rel in images:
         parts = rel[len(root):].split("/")
         if copy is not None and parts[0] == copy:
@@ -1017,6 +1053,10 @@ def _by_folder(images: list[str], root: str, presplit: bool = False,
             kind, k, where = _split_path(parts) or ("split", 1, parts[0])
             if kind == "loose" or len(parts) < k + 2:
                 skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))
+            elif classless.get(where) == parts[k]:
+                skipped.append(Skipped(rel, NO_LABEL, (
+                    f"in {where}/{parts[k]}/, the one folder of {where}/, named as no class of "
+                    "the other splits: images without classes")))
             else:
                 items.append((rel, parts[k]))
         elif len(parts) < 2:

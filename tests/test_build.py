@@ -498,6 +498,14 @@ def test_a_class_folder_tree_with_a_name(tmp_path):
     for image, label, name in zip(images, labels, names, strict=True):
         assert ["a", "b"][label] == name.split("/")[0]
         np.testing.assert_array_equal(image, reference(root / name, (24, 24)))
+    assert not any("no images in" in note for note in report.notes)
+    # A folder of other files (Stanford Dogs' Annotation/ of XML files) is a class without
+    # images: said, as its id is in the file.
+    (root / "Annotation" / "a").mkdir(parents=True)
+    (root / "Annotation" / "a" / "n02085620_1").write_text("<annotation/>")
+    report = build.build_hdf5(root, tmp_path / "out2", opts(), name="all")
+    assert f"no images in {root / 'Annotation'}/: a class without images; move it out of " \
+        f"{root} if it is no class" in report.notes
 
 
 def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
@@ -646,6 +654,23 @@ def test_split_folders_named_with_affixes_and_doubled_are_built(tmp_path):
                for note in report.notes)
     _, labels, names, _ = rows_of(tmp_path / "out" / "test.hdf5")
     assert [["sea", "street"][label] for label in labels] == [n.split("/")[2] for n in names]
+
+
+def test_split_folders_of_images_in_one_folder_named_as_no_class_are_left_out(tmp_path):
+    # Tiny ImageNet: val/images/ and test/images/ hold images without classes; they were
+    # built as files of one class, "images", which train does not have.
+    src = tmp_path / "tiny"
+    make_class_folders(src / "train", classes=("n014", "n016"), per_class=2)
+    for split in ("val", "test"):
+        write_image(src / split / "images" / f"{split}_0.JPEG", smooth_image(24, 24, 40))
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert [(f.split, f.count) for f in report.files] == [("train", 4)]
+    for split in ("val", "test"):
+        assert any(note.startswith(f"left out {src / split}/: its images lie in images/")
+                   for note in report.notes), report.notes
+    assert not (tmp_path / "out" / "val.hdf5").exists()
+    with store.open_dataset(tmp_path / "out" / "train.hdf5") as db:
+        assert store.label_names(db) == ["n014", "n016"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes "

@@ -9,6 +9,7 @@ import zipfile
 import pytest
 from helpers import make_class_folders, smooth_image, unlistable, write_image
 
+import dsprep.sources as sources_module
 from dsprep.errors import LayoutError, UsageError
 from dsprep.sources import (
     AMBIGUOUS_ID,
@@ -198,6 +199,29 @@ def test_split_folders_with_affixes_doubled_and_unlabelled_beside_are_read(tmp_p
     assert _reasons(inv) == {"seg_pred/seg_pred/1.jpg": NO_LABEL}
 
 
+def test_a_split_folder_whose_images_lie_in_one_folder_named_as_no_class_is_unlabelled(
+        tmp_path):
+    # Tiny ImageNet: train/<wnid>/images/*.JPEG, val/images/*.JPEG (labelled by a text file)
+    # and test/images/*.JPEG; val and test were one more class, "images".
+    root = tmp_path / "tiny-imagenet-200"
+    for wnid in ("n01443537", "n01629819"):
+        for k in range(2):
+            _img(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG", seed=k)
+    for split in ("val", "test"):
+        for k in range(2):
+            _img(root / split / "images" / f"{split}_{k}.JPEG", seed=10 + k)
+    inv = _find(root)
+    assert inv.classes == ["n01443537", "n01629819"] and len(inv.items) == 4
+    assert _reasons(inv) == {f"{split}/images/{split}_{k}.JPEG": NO_LABEL
+                             for split in ("val", "test") for k in range(2)}
+    assert "images without classes" in inv.skipped[0].detail
+    # One class folder named as a class of train stays that class (a val of one class).
+    _img(root / "valid" / "n01443537" / "v.JPEG", seed=30)
+    (root / "val").rename(tmp_path / "val")
+    inv = _find(root)
+    assert ("valid/n01443537/v.JPEG", "n01443537") in inv.items
+
+
 def test_flat_class_folders_named_like_splits_stay_classes(tmp_path):
     root = tmp_path / "d"
     make_class_folders(root, classes=("test", "dog"), per_class=2)
@@ -272,6 +296,33 @@ def test_wrapper_folders_are_stepped_into(tmp_path):
     assert inv.root == "flowers/flowers" and inv.layout == "folders"
     assert inv.items == [("flowers/flowers/daisy/daisy_0.jpg", "daisy"),
                          ("flowers/flowers/rose/rose_0.jpg", "rose")]
+
+
+def test_a_folder_of_other_files_beside_the_images_is_passed_over(tmp_path):
+    # Stanford Dogs: Images/<breed>/*.jpg beside Annotation/<breed>/<XML files, no extension>;
+    # read from the top, Images was one class. Its Kaggle zip wraps each in a folder more.
+    for top, images, notes in (("dogs", "Images", "Annotation"),
+                               ("zipped", "images/Images", "annotations/Annotation")):
+        root = tmp_path / top
+        make_class_folders(root / images, classes=("n02085620-Chihuahua", "n02085782-Japanese"),
+                           per_class=2)
+        for breed in ("n02085620-Chihuahua", "n02085782-Japanese"):
+            (root / notes / breed).mkdir(parents=True)
+            (root / notes / breed / f"{breed[:9]}_1").write_text("<annotation/>")
+        (root / "README.txt").write_text("Stanford Dogs")
+        inv = _find(root)
+        assert inv.root == images and inv.layout == "folders", top
+        assert inv.classes == ["n02085620-Chihuahua", "n02085782-Japanese"]
+        assert len(inv.items) == 4
+    # A folder holding a labels CSV beside the images is no folder of other files.
+    root = tmp_path / "withcsv"
+    for k in range(4):
+        write_image(root / "images" / f"{k}.jpg", smooth_image(40, 40, seed=k))
+    (root / "labels").mkdir()
+    (root / "labels" / "labels.csv").write_text("id,label\n" + "".join(
+        f"{k},{'ab'[k % 2]}\n" for k in range(4)))
+    with open_source(root) as source:
+        assert sources_module._descend(source.list_files()[0]) == ""
 
 
 def test_kaggle_zip_with_train_and_unlabelled_test_folder(tmp_path):
