@@ -1246,6 +1246,18 @@ class _LabelsTable:
         image extension of its own (1.png for 1.jpg). Forgiving matches serve only a table
         none of whose ids matches exactly (see ``forgiving``).
         """
+        found = self._lookup(key, exact)
+        if len(found) < 2:
+            return found
+        # An id naming a file in the labelled folders and one in a test folder beside them
+        # (Kaggle's CIFAR-10: train/1.png and test/1.png, labelled by trainLabels.csv): a test
+        # folder's files are those the labels leave out.
+        labelled = [f for f in found
+                    if not any(split_of(part) == "test" for part in
+                               f[len(self.root):].split("/")[:-1])]
+        return labelled if len(labelled) == 1 else found
+
+    def _lookup(self, key: str, exact: bool) -> list[str]:
         key = unicodedata.normalize("NFC", key.strip().replace("\\", "/"))
         key = key[2:] if key.startswith("./") else key
         for table in self.keys:

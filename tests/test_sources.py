@@ -549,6 +549,31 @@ def test_csv_ambiguous_id(tmp_path):
     assert dict(inv.items) == {"images/2.jpg": "dog"}
 
 
+def test_ids_naming_a_file_in_a_test_folder_too_take_the_labelled_one(tmp_path):
+    # Kaggle's CIFAR-10: train/1.png ... and test/1.png ... (its ids run past train's), with
+    # trainLabels.csv naming ids without extension. Every row named two files: nothing was
+    # labelled, in auto mode or with --labels.
+    root = tmp_path / "cifar"
+    for k in range(1, 7):
+        _img(root / "train" / f"{k}.png", seed=k)
+    for k in range(1, 10):
+        _img(root / "test" / f"{k}.png", seed=20 + k)
+    (root / "trainLabels.csv").write_text("id,label\n" + "".join(
+        f"{k},{'cat' if k % 2 else 'dog'}\n" for k in range(1, 7)))
+    (root / "sampleSubmission.csv").write_text("id,label\n" + "".join(
+        f"{k},cat\n" for k in range(1, 10)))
+    for given in ({}, {"labels": "trainLabels.csv"}):
+        inv = _find(root, **given)
+        assert inv.layout == "csv" and inv.labels_file == "trainLabels.csv"
+        assert dict(inv.items) == {f"train/{k}.png": "cat" if k % 2 else "dog"
+                                   for k in range(1, 7)}, given
+        assert _reasons(inv) == {f"test/{k}.png": UNLABELLED for k in range(1, 10)}
+    # Two files outside test folders stay ambiguous.
+    _img(root / "extra" / "1.png", seed=40)
+    inv = _find(root, labels="trainLabels.csv")
+    assert ("1", AMBIGUOUS_ID) in {(s.source, s.reason) for s in inv.skipped}
+
+
 def test_labels_file_outside_the_source(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("x",), per_class=3)
     labels = tmp_path / "my labels.csv"
