@@ -44,6 +44,7 @@ from .fileio import (
     NAME_MAX,
     csv_text,
     exclusive,
+    quoted,
     refuse_dangling_link,
     sync_file,
     sync_folder,
@@ -1438,7 +1439,8 @@ def _class_warnings(src: Path, classes: list[str]) -> list[str]:
         c for c in classes if split_of(re.sub(r"\d+$", "", c))]
     if splits:
         found.append(f"class folders named as splits ({', '.join(splits)}): if {src} is a "
-                     f"dump, split it first ('dsprep split {src} DEST'), then build from DEST")
+                     f"dump, split it first ('dsprep split {quoted(src)} DEST'), then build "
+                     "from DEST")
     elif len(classes) == 1:
         found.append(f"one class only ({classes[0]}): a classifier needs two or more; check "
                      f"how {src} was split (--layout, and --labels or --pattern)")

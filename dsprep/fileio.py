@@ -8,6 +8,7 @@ import errno
 import hashlib
 import io
 import os
+import shlex
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -17,6 +18,12 @@ from .errors import DestinationExistsError, UsageError
 
 # The longest file name, in bytes, of the usual Linux file systems (ext4, xfs, btrfs).
 NAME_MAX = 255
+
+
+def quoted(path: str | os.PathLike) -> str:
+    """A path as a command shown to be pasted into a shell takes it: quoted where it holds
+    spaces, brackets and the like ("New Plant Diseases Dataset(Augmented)"), else as it is."""
+    return shlex.quote(os.fspath(path))
 
 
 def sibling(path: str | os.PathLike, suffix: str, prefix: str = "") -> Path:

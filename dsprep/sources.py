@@ -28,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
 from .errors import DsprepError, LayoutError, UsageError
+from .fileio import quoted
 
 # .jfif and .jpe are JPEGs under other names (common in scraped dumps); images are decoded by
 # their content, never by their extension.
@@ -520,6 +521,35 @@ def _descend(files: list[str]) -> str:
         root += folders.pop() + "/"
 
 
+def _nested_split(files: list[str], root: str) -> str | None:
+    """The folder to step into when one top folder holds a dump already split into class
+    folders and the others only images without classes in test folders, else None.
+
+    Kaggle's New Plant Diseases archive: ``X/X/train/<class>/``, ``X/X/valid/<class>/`` and
+    ``test/test/*.jpg``: two top folders stop :func:`_descend`, and read as class folders
+    they were two classes, "X" and "test".
+    """
+    if _top_csvs(files, root) or any(_holds_data(f[len(root):]) for f in files
+                                     if f.startswith(root) and "/" not in f[len(root):]):
+        return None
+    images: dict[str, list[str]] = defaultdict(list)
+    for f in files:
+        if f.startswith(root) and "/" in f[len(root):] and is_image_name(f.rpartition("/")[2]):
+            top, _, rest = f[len(root):].partition("/")
+            images[top].append(rest)
+    found = None
+    for top, rests in images.items():
+        inner = _descend(rests)
+        if presplit_folders([r for r in rests if r.startswith(inner)], inner):
+            if found is not None:
+                return None
+            found = f"{root}{top}/{inner}"
+        elif not split_of(top) or any(r.count("/") > _doubled([top, *r.split("/")])
+                                      for r in rests):
+            return None  # a class folder, or test folders with folders in them
+    return found
+
+
 def _holds_data(path: str) -> bool:
     """Whether a file is an image or a CSV (labels), the files a dump is read from."""
     name = path.rpartition("/")[2]
@@ -565,6 +595,15 @@ def find_images(
     regex = compile_pattern(pattern)
     files, problems = source.list_files()
     root = _descend(files)
+    if layout in ("auto", "folders") and labels is None and regex is None:
+        nested = _nested_split(files, root)
+        if nested is not None:
+            # Images left beside the folder stepped into lie in test folders of their own.
+            problems += [Skipped(f, NO_LABEL, f"outside {nested.rstrip('/')}/, the dump's split "
+                                 "folders: images without classes")
+                         for f in files if f.startswith(root) and not f.startswith(nested)
+                         and is_image_name(PurePosixPath(f).name) and _utf8(f)]
+            root = nested
     inside = [f for f in files if f.startswith(root)]
     images = [f for f in inside if is_image_name(PurePosixPath(f).name)]
     problems += _unsupported(inside)
@@ -787,8 +826,8 @@ def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str
     message += f"; it holds the archive(s) {', '.join(archives)}"
     if source.is_zip:  # an archive inside an archive cannot be read in place
         return (message + f": extract {source.path} and split the archive inside, e.g. "
-                f"'dsprep split <extracted folder>/{pick} DEST'")
-    return message + f": split one of them, e.g. 'dsprep split {source.path / pick} DEST'"
+                f"'dsprep split {quoted('<extracted folder>/' + pick)} DEST'")
+    return message + f": split one of them, e.g. 'dsprep split {quoted(source.path / pick)} DEST'"
 
 
 def _utf8(name: str) -> bool:

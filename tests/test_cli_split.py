@@ -650,3 +650,17 @@ def test_a_copy_of_the_class_folders_inside_the_dump_is_named(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"note: {root / 'flowers'}/ holds a copy of the class folders" in result.output
     assert "2 classes" in result.output and "left out 6: 6 duplicate" in result.output
+
+
+def test_commands_shown_to_be_pasted_quote_their_paths(tmp_path):
+    # Kaggle's New Plant Diseases archive: its folder names hold spaces and brackets, which a
+    # shell takes apart (or refuses) unquoted.
+    root = tmp_path / "pdd"
+    data = root / "Plant Dataset(Augmented)" / "Plant Dataset(Augmented)"
+    make_class_folders(data / "train", classes=("scab", "healthy"), per_class=2)
+    make_class_folders(data / "valid", classes=("scab", "healthy"), per_class=1, seed=10)
+    write_image(root / "test" / "test" / "1.JPG", smooth_image(40, 40, seed=20))
+    result = loud("split", str(root), str(tmp_path / "out"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"dsprep build-hdf5 '{data}' OUT" in result.output
+    assert "2 classes" in result.output and "left out 1: 1 no-label" in result.output

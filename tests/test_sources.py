@@ -222,6 +222,28 @@ def test_a_split_folder_whose_images_lie_in_one_folder_named_as_no_class_is_unla
     assert ("valid/n01443537/v.JPEG", "n01443537") in inv.items
 
 
+def test_a_split_dump_in_a_folder_beside_test_folders_of_its_own_is_stepped_into(tmp_path):
+    # Kaggle's New Plant Diseases archive: X/X/{train,valid}/<class>/ beside test/test/*.JPG;
+    # read as class folders, it was two classes, "X" and "test".
+    root = tmp_path / "pdd"
+    data = root / "New Plant Diseases Dataset(Augmented)" / "New Plant Diseases Dataset(Augmented)"
+    make_class_folders(data / "train", classes=("Apple___scab", "Tomato___healthy"), per_class=2)
+    make_class_folders(data / "valid", classes=("Apple___scab", "Tomato___healthy"), per_class=1,
+                       seed=10)
+    for k in range(2):
+        _img(root / "test" / "test" / f"AppleScab{k}.JPG", seed=20 + k)
+    inv = _find(root)
+    assert inv.root == "New Plant Diseases Dataset(Augmented)/New Plant Diseases Dataset(Augmented)"
+    assert inv.classes == ["Apple___scab", "Tomato___healthy"] and len(inv.items) == 6
+    assert inv.split_folders == ["train", "valid"]
+    assert _reasons(inv) == {f"test/test/AppleScab{k}.JPG": NO_LABEL for k in range(2)}
+    # A class folder beside it, or a test folder with folders in it, is no such dump.
+    for other in ("flowers/daisy.jpg", "test/test/cls/1.jpg"):
+        _img(root / other, seed=30)
+        assert _find(root).root == "", other
+        (root / other).unlink()
+
+
 def test_flat_class_folders_named_like_splits_stay_classes(tmp_path):
     root = tmp_path / "d"
     make_class_folders(root, classes=("test", "dog"), per_class=2)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
+from ..fileio import quoted
 from ..images import DEFAULT_MAX_PIXELS
 from ..sources import LAYOUTS, own_split_folders
 from ..split import (
@@ -142,7 +143,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             buildable = False
         if buildable:
             say(f"note: to keep its own splits instead, build them as they are: "
-                f"dsprep build-hdf5 {inside} OUT")
+                f"dsprep build-hdf5 {quoted(inside)} OUT")
     if split_plan.class_copy:
         copy = Path(src) / split_plan.root / split_plan.class_copy
         say(f"note: {copy}/ holds a copy of the class folders; its images are "

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
+from ..fileio import quoted
 from ..train.options import (
     AUGMENTS,
     MODEL_NAMES,
@@ -208,7 +209,7 @@ def _resume_hint(run: str, replacing: bool = False, again: bool = False):
             click.echo(f"\nthe run stopped before it finished an epoch; {run} holds what it "
                        "held before", err=True)
         elif stopped and (Path(run) / "last.keras").is_file():
-            click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {run}"
+            click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {quoted(run)}"
                        + (" (or the same command again)" if again else ""), err=True)
         if stop is exc:
             raise
@@ -345,7 +346,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             # The same command again (a requeued job): what --resume RUN would do.
             if done < config.epochs:
                 say(f"note: {run} holds a run of these options on {data}; it carries on from "
-                    f"its epoch {done}, as --resume {run} would", err=True)
+                    f"its epoch {done}, as --resume {quoted(run)} would", err=True)
             machine = {name: getattr(config, name) for name in _MACHINE}
             with _resume_hint(run, again=True):
                 result = fit.resume(run, epochs=config.epochs, data=data,

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from ..errors import DatasetFormatError, LayoutError, UsageError
-from ..fileio import named_in, write_atomic
+from ..fileio import named_in, quoted, write_atomic
 from ..system import raise_if_stopped
 from .options import SCHEDULES
 
@@ -452,7 +452,7 @@ class RunRecorder(keras.callbacks.Callback):
         # best.keras and last.keras, as big; 1 MB at least.
         need = max(2 * (self.run / LAST).stat().st_size, 10**6)
         return (f"; free some space (about {need / 1e6:,.0f} MB more), then continue it: "
-                f"dsprep train --resume {self.run}")
+                f"dsprep train --resume {quoted(self.run)}")
 
     def on_train_batch_end(self, batch, logs=None):
         raise_if_stopped()  # a signal whose stop was lost on the way (dsprep.system)

@@ -30,7 +30,7 @@ from ..errors import (
     UnlistedClassError,
     UsageError,
 )
-from ..fileio import exclusive, refuse_dangling_link
+from ..fileio import exclusive, quoted, refuse_dangling_link
 from ..split import read_split_classes, split_pixel_limit
 from . import callbacks as cb
 from .models import build_model
@@ -259,8 +259,9 @@ def _split_classes(data: Path) -> list[str]:
     if not (data / "split.json").is_file():
         raise LayoutError(f"{data} has a train/ folder but no split.json, so it is no split "
                           f"made by dsprep (or an unfinished one): build it as it is with "
-                          f"'dsprep build-hdf5 {data} OUT' and train on OUT, or split its images "
-                          f"again into a new folder with 'dsprep split {data} SPLIT'")
+                          f"'dsprep build-hdf5 {quoted(data)} OUT' and train on OUT, or split its "
+                          "images again into a new folder with "
+                          f"'dsprep split {quoted(data)} SPLIT'")
     return read_split_classes(data)
 
 
@@ -654,7 +655,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
                     f"{run} holds checkpoints but no {cb.STATE}, so it cannot be resumed; use "
                     "--force to start over")
             raise DestinationExistsError(
-                f"{run} already holds a run; use --resume {run} to continue it, or --force "
+                f"{run} already holds a run; use --resume {quoted(run)} to continue it, or --force "
                 "to start over")
         if (run / REPLACED).exists():
             raise DestinationExistsError(
@@ -840,7 +841,7 @@ def replaced_hint(run: Path) -> str:
         return ""
     if not (run / REPLACED / cb.STATE).exists():
         return (f" (the run it was replacing, which never finished an epoch either, is kept in "
-                f"{run / REPLACED}: 'dsprep train --resume {run}' puts it back)")
+                f"{run / REPLACED}: 'dsprep train --resume {quoted(run)}' puts it back)")
     return (f" (the run it was replacing is kept in {run / REPLACED}: 'dsprep train --resume "
             f"{run}' puts it back and continues it)")
 
@@ -1159,10 +1160,10 @@ def _check_run_data(run: Path, saved: dict, data) -> None:
         return
     if not isinstance(saved.get("data"), str):
         raise DatasetFormatError(f"{run / CONFIG} does not name the data folder ('data'); "
-                                 f"give DATA: dsprep train --resume {run} DATA")
+                                 f"give DATA: dsprep train --resume {quoted(run)} DATA")
     if not Path(saved["data"]).exists():
         raise LayoutError(f"{run} was trained on {saved['data']}, which is no longer there; "
-                          f"give where the data is now: dsprep train --resume {run} DATA")
+                          f"give where the data is now: dsprep train --resume {quoted(run)} DATA")
 
 
 # ----------------------------------------------------------------------------------------------
