@@ -303,7 +303,11 @@ class RandomAffine:
     """Random rotation, shift, shear and zoom per image, as Keras's ImageDataGenerator draws them.
 
     Each image gets the transform Keras's ``apply_affine_transform`` makes of the drawn
-    values, composed in its order (see ``affine_matrices``), with bilinear interpolation.
+    values, composed in its order (see ``affine_matrices``), with bilinear interpolation,
+    about the image's centre. Keras takes the centre of an H x W image at row W/2, column H/2
+    (its offsets are computed before its row and column axes are swapped), so on images that
+    are not square its rotations, shears and zooms turn about another point, and differ from
+    these by a few grey levels; shifts alone, and every transform of a square image, match.
 
     Args:
         rotation: degrees; the angle is uniform in [-rotation, rotation] (``rotation_range``).
@@ -317,7 +321,7 @@ class RandomAffine:
             horizontal and vertical factors are drawn independently (``zoom_range``). As in
             Keras, the content is scaled by 1 / factor: a factor below 1 zooms in.
         fill: how to fill pixels mapped from outside the image: "nearest", "constant",
-            "reflect" or "wrap" (``fill_mode``). "nearest" and "reflect" give Keras's pixels;
+            "reflect" or "wrap" (``fill_mode``). "nearest" and "reflect" fill as Keras does;
             "wrap" repeats the image with a period of its side (Keras: one pixel less, the edge
             pixel shared), and "constant" blends ``fill_value`` into the interpolation at the
             edge (Keras: only beyond it).

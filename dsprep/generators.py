@@ -312,9 +312,12 @@ class _BatchSequence(ABC):
             shape = tuple(output_shape(shape))
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_PROBE_KEY,)))
         x = _probe_batch(self.image_shape)
+        converted = None
         for op in self._steps:
             try:
                 x = op(x, rng)
+                if converted is None and x.dtype != np.uint8:
+                    converted = op
             except TypeError as exc:
                 if not _called_wrongly(op, x, rng, exc):
                     raise  # raised inside the op: its own error, not how it was called
@@ -324,6 +327,12 @@ class _BatchSequence(ABC):
                     "(B, H, W, C) images and a numpy.random.Generator, and return the batch "
                     "(wrap a function of the batch alone as lambda batch, rng: f(batch))"
                 ) from exc
+        if self.output == "uint8" and converted is not None:
+            # A model fed uint8 batches (with its own mean layer) would take these for pixels.
+            raise UsageError(
+                f"output='uint8' hands out raw pixels, but {converted!r} makes them "
+                f"{x.dtype}; leave out output='uint8' for float batches, or leave the float "
+                "step to the model (dsprep.adapters.MeanSubtraction subtracts the means)")
         self.sample_shape = tuple(int(s) for s in x.shape[1:])
         self.x_dtype = np.dtype(np.float32) if self.output == "float32" else x.dtype
 
@@ -352,10 +361,14 @@ class _BatchSequence(ABC):
                 for op in self._steps:
                     x = op(x, rng)
         if self.output == "float32" and x.dtype != np.float32:
-            x = x.astype(np.float32)
+            x = x.astype(np.float32, order="C")
         elif scratch is not None and np.may_share_memory(x, scratch):
             # Never hand out the reusable read buffer: the next batch would overwrite it.
-            x = np.array(x, copy=True)
+            x = np.array(x, copy=True, order="C")
+        if not x.flags.c_contiguous:
+            # An op of the caller's that transposes or mirrors by strides (NCHW for PyTorch,
+            # np.rot90): torch.from_numpy refuses negative strides, and tf.data copies anyway.
+            x = np.ascontiguousarray(x)
         return x, self._labels_out(labels)
 
     def _lazy_steps(self) -> bool:
@@ -377,8 +390,8 @@ class _BatchSequence(ABC):
 class HDF5Generator(_BatchSequence):
     """Batches ``(x, y)`` from a dsprep HDF5 file, with preprocessing on whole batches.
 
-    ``x`` is ``(B, *sample_shape)`` float32 (``output="float32"``) or whatever the pipeline
-    gives with ``output="uint8"`` (raw pixels when no preprocessor converts them); ``y`` is
+    ``x`` is ``(B, *sample_shape)`` float32 (``output="float32"``) or uint8 pixels
+    (``output="uint8"``, for crops, flips and other ops that keep them uint8); ``y`` is
     int32 labels ``(B,)`` or one-hot float32 ``(B, C)``. The last batch of an epoch is short
     when the row count is not a multiple of ``batch_size``, unless ``drop_last``.
 
@@ -447,7 +460,8 @@ class HDF5Generator(_BatchSequence):
         seed: the seed for orders and random draws; None draws one now.
         drop_last: leave out the final short batch; "auto" leaves it out unless the
             generator holds fewer images than one batch (then its one batch is short).
-        output: "float32" (x is always cast) or "uint8" (no cast unless an op converts).
+        output: "float32" (x is always cast) or "uint8" (raw pixels; a pipeline that makes
+            floats is refused).
 
     Raises:
         LayoutError: the file does not exist.
@@ -600,14 +614,19 @@ class HDF5Generator(_BatchSequence):
                                      f"({changed}; built again?); make the generator again")
 
     def close(self) -> None:
-        """Close this process's handle (it reopens on the next batch)."""
-        if self._db is not None and self._pid == os.getpid():
-            # The raw file and the map close with their last reference: a read in flight keeps
-            # its own.
-            self._raw = None
-            self._mapped = self._file_map = None
-            self._db.close()
-        self._reset_process_state()
+        """Close this process's handle (it reopens on the next batch).
+
+        Call it when no other thread is reading a batch of this generator (between epochs,
+        or at the end): a read in flight may fail on the closed file.
+        """
+        with _OPEN_LOCK:  # not while another thread opens the file
+            if self._db is not None and self._pid == os.getpid():
+                # The raw file and the map close with their last reference: a read in flight
+                # keeps its own.
+                self._raw = None
+                self._mapped = self._file_map = None
+                self._db.close()
+            self._reset_process_state()
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A per-thread reusable uint8 buffer (reads into warm memory, no page faults)."""
@@ -902,7 +921,7 @@ class DirectoryGenerator(_BatchSequence):
         interpolation: resize interpolation name; None picks as build-hdf5 does.
         drop_last: leave out the final short batch; "auto" leaves it out unless the
             generator holds fewer images than one batch (then its one batch is short).
-        output: "float32" or "uint8".
+        output: "float32" or "uint8" (raw pixels; a pipeline that makes floats is refused).
         progress: show a progress bar while checking the files.
         check: "decode" (the default) or "header": how the files are checked at construction.
         max_pixels: leave out images of more pixels than this (decompression bombs), 0 for no

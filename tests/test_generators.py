@@ -1454,3 +1454,37 @@ def test_a_file_without_rows_or_with_labels_past_its_names_is_a_format_error(tmp
         f["labels"][2] = 7
     with pytest.raises(DatasetFormatError, match="labels run from 0 to 7 but there are 2"):
         HDF5Generator(path)
+
+
+def test_uint8_output_refuses_a_pipeline_that_makes_floats(h5file, class_dump):
+    # A model fed uint8 batches subtracts the means itself: float batches, mean subtracted
+    # already, would be taken for pixels, with no error anywhere.
+    from dsprep.preprocess import MeanSubtract, RandomPatch, Rescale
+
+    path = h5file[0]
+    for pipeline in ([RandomPatch(4, 4), MeanSubtract([1, 2, 3])], [Rescale(1 / 255)]):
+        with pytest.raises(UsageError, match="output='uint8' hands out raw pixels, but "
+                                             rf".*{type(pipeline[-1]).__name__}\(.* makes "
+                                             "them float32"):
+            HDF5Generator(path, batch_size=4, output="uint8", preprocessors=pipeline)
+        with pytest.raises(UsageError, match="output='uint8' hands out raw pixels"):
+            DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=4, output="uint8",
+                               preprocessors=pipeline)
+    x, _ = HDF5Generator(path, batch_size=4, output="uint8", seed=0,
+                         preprocessors=[RandomPatch(4, 4)])[0]
+    assert x.dtype == np.uint8 and x.shape == (4, 4, 4, 3)
+
+
+@pytest.mark.parametrize("output", ["uint8", "float32"])
+def test_batches_are_c_contiguous_whatever_layout_an_op_returns(h5file, output):
+    # torch.from_numpy refuses negative strides; a transposing op (NHWC to NCHW) gave
+    # batches of odd strides.
+    path, imgs, _ = h5file
+    for op, reference in ((lambda b, r: np.rot90(b, 1, axes=(1, 2)),
+                           lambda b: np.rot90(b, 1, axes=(1, 2))),
+                          (lambda b, r: b.transpose(0, 3, 1, 2),
+                           lambda b: b.transpose(0, 3, 1, 2))):
+        gen = HDF5Generator(path, batch_size=8, shuffle="none", output=output, preprocessors=op)
+        x, _ = gen[1]
+        assert x.flags.c_contiguous and all(s > 0 for s in x.strides)
+        np.testing.assert_array_equal(x, reference(imgs[8:16]).astype(x.dtype))
