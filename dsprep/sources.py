@@ -36,7 +36,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", 
                               ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".avif"})
 # Image formats OpenCV does not read: listed as left out (UNSUPPORTED), not passed over unseen.
 UNSUPPORTED_EXTENSIONS = frozenset({".heic", ".heif", ".svg", ".psd", ".ico", ".exr", ".raw",
-                                    ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2"})
+                                    ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
+                                    ".dcm", ".dicom", ".nii"})
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # Folders that archivers and operating systems add and that never hold a dataset's images.
 IGNORED_FOLDERS = frozenset({"__macosx"})
@@ -685,6 +686,13 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
     guess passed over (``(table or None, name or None, passed-over name or None)``)."""
     if guessing:
         top = _top_csvs(files, root)
+        # Kaggle's submission templates (sample_submission.csv) name the test images, with a
+        # placeholder answer: beside another CSV they are no labels.
+        templates = [f for f in top if "submission" in PurePosixPath(f).name.lower()]
+        if templates and len(templates) < len(top):
+            top = [f for f in top if f not in templates]
+            if len(top) == 1:
+                labels = top[0]
         if len(top) > 1 and len([f for f in top if "label" in PurePosixPath(f).name.lower()]) != 1:
             return _best_table(source, root, top, images)
     labels_name, text = _labels_text(source, root, files, labels, required=not guessing)

@@ -1190,6 +1190,27 @@ def test_a_submission_template_for_test_only_is_not_trusted_whatever_its_labels(
     assert inv.classes == ["a", "b"] and len(inv.items) == 6
 
 
+def test_a_submission_template_beside_the_labels_csv_leaves_it_the_labels(tmp_path):
+    # Kaggle's Aerial Cactus: train.csv (id,has_cactus; ids with .jpg) beside
+    # sample_submission.csv, images in train/train/ and test/test/. With the template beside
+    # it, train.csv (whose label column is named as no usual label name) was not trusted.
+    root = tmp_path / "cactus"
+    for i in range(6):
+        _img(root / "train" / "train" / f"{i:04x}.jpg", seed=i)
+        _img(root / "test" / "test" / f"t{i:03x}.jpg", seed=20 + i)
+    (root / "train.csv").write_text("id,has_cactus\n" + "".join(
+        f"{i:04x}.jpg,{i % 2}\n" for i in range(6)))
+    (root / "sample_submission.csv").write_text("id,has_cactus\n" + "".join(
+        f"t{i:03x}.jpg,0.5\n" for i in range(6)))
+    inv = _find(root)
+    assert inv.layout == "csv" and inv.labels_file == "train.csv"
+    assert dict(inv.items) == {f"train/train/{i:04x}.jpg": str(i % 2) for i in range(6)}
+    # A template alone is still no labels file.
+    (root / "train.csv").unlink()
+    with pytest.raises(LayoutError, match="folders test/, train/ are named as splits"):
+        _find(root)
+
+
 def test_class_folders_of_numbered_names_stay_class_folders(tmp_path):
     # google_images_download's names: 1.<title>.jpg, 2.<title>.jpg, ... in each class folder.
     # They used to give the classes "1" to "6", the folders thrown away.
@@ -1418,6 +1439,11 @@ def test_portable_pixmaps_are_images_and_phone_heic_photos_are_listed_as_left_ou
         f.unlink()
     with pytest.raises(LayoutError, match=r"holds no image files.*its \.heic images are not "
                                           r"read: convert them to JPEG or PNG"):
+        _find(root)
+    # Scans in DICOM (Kaggle's RSNA sets) are named too.
+    for f in root.rglob("*.HEIC"):
+        f.rename(f.with_suffix(".dcm"))
+    with pytest.raises(LayoutError, match=r"its \.dcm images are not read"):
         _find(root)
 
 
