@@ -728,3 +728,15 @@ def test_names_near_the_file_name_limit_are_split_and_built(tmp_path):
                  name + "nn", "--size", "16")
     assert result.exit_code == 2 and "--name is too long" in result.output
     assert "257 bytes" in result.output and not (tmp_path / "out2").exists()
+
+
+def test_a_zip_given_to_build_is_sent_to_split(tmp_path):
+    src = make_class_folders(tmp_path / "dump", CLASSES, per_class=2)
+    archive = shutil.make_archive(str(tmp_path / "dump"), "zip", src)
+    result = run("build-hdf5", archive, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "is a file, not a folder (a .zip: 'dsprep split' reads it in place" in result.output
+    (tmp_path / "notes.txt").write_text("x")
+    result = run("build-hdf5", tmp_path / "notes.txt", tmp_path / "out")
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output
+    assert ".zip" not in result.output and not (tmp_path / "out").exists()

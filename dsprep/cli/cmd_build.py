@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,7 @@ _SEED_MAX = 2**63 - 1
 
 
 @click.command("build-hdf5")
-@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("src", type=click.Path(exists=True))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--name", metavar="NAME",
               help="SRC is one folder of class sub-folders (not a split): write OUT/NAME.hdf5 "
@@ -73,6 +74,12 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     from ..images import DEFAULT_MAX_PIXELS, parse_size
     from ..split import split_pixel_limit
 
+    if not Path(src).is_dir():
+        # An archive is read in place by split, not here: say so rather than "is a file".
+        archive = (" (a .zip: 'dsprep split' reads it in place, then build from its DEST)"
+                   if zipfile.is_zipfile(src) else "")
+        raise click.BadParameter(f"{src!r} is a file, not a folder{archive}",
+                                 param_hint="'SRC'")
     if max_pixels is None:  # a split folder's images are read with the limit the split applied
         limit = split_pixel_limit(src)
         if limit != DEFAULT_MAX_PIXELS:
