@@ -278,10 +278,15 @@ class SplitPlan:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             slash = " (a '/' to '_', say)" if any("/" in label for label in bad) else ""
             n = sum(bad.values())
+            several = ("; labels joined by '|' name several classes each (multi-label data, as "
+                       "NIH's chest X-rays), and a split here gives each image one class"
+                       if any("|" in label for label in bad) else "")
             found.append(f"{n} image{'s are' if n != 1 else ' is'} left out for labels that "
                          f"cannot be folder names: {shown}{more}; give them labels that can "
                          f"be, in the dump or its CSV{slash}, to keep them; skipped.csv says "
-                         "why for each")
+                         f"why for each{several}")
+        if self.layout == "csv":
+            found += _tag_sets(self.classes)
         if len(self.classes) == 1:
             csvs = self._tables_passed_over()
             found.append(f"one class only ({self.classes[0]}): a classifier needs two or more; "
@@ -356,6 +361,20 @@ class SplitPlan:
     def skipped_csv(self) -> str:
         """The text of ``skipped.csv``."""
         return csv_text(SKIPPED_COLUMNS, ([s.source, s.reason, s.detail] for s in self.skipped))
+
+
+def _tag_sets(classes: Sequence[str]) -> list[str]:
+    """A warning when a CSV's labels look like sets of tags (Planet's "clear primary",
+    "clear primary water"): several classes hold the words of another and more."""
+    words = {c: frozenset(re.split(r"[\s,;]+", c.strip())) for c in classes}
+    several = [c for c, w in words.items() if len(w) > 1]
+    within = [(a, b) for a in classes for b in several if a != b and words[a] < words[b]]
+    if len(within) < 2:
+        return []
+    shown = ", ".join(f"{b!r} holds {a!r}" for a, b in within[:2])
+    return [f"the labels look like sets of tags ({shown}): multi-label data? A split here "
+            f"makes each set a class of its own ({len(classes)} classes), and an image "
+            "tagged with one word more is in another class"]
 
 
 def _csv_row(f: PlannedFile) -> list[str]:

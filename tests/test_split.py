@@ -329,6 +329,32 @@ def test_a_class_folder_with_sub_folders_is_no_copy(tmp_path):
         assert p.class_copy is None and p.classes == ["daisy", "mixed", "rose"], (extra, inner)
 
 
+def test_labels_that_are_sets_of_tags_are_warned_of(tmp_path):
+    # Planet's tags ("clear primary", "clear primary water") and NIH's "A|B": multi-label
+    # data a single-label split makes odd classes of (or leaves out).
+    root = tmp_path / "planet"
+    tags = ["clear primary", "clear primary water", "haze primary", "clear primary road",
+            "Effusion|Mass", "cloudy"]
+    rows = []
+    for i, tag in enumerate(tags * 2):
+        write_image(root / "train-jpg" / f"train_{i}.jpg", smooth_image(40, 40, seed=i))
+        rows.append(f"train_{i},{tag}\n")
+    (root / "train_v2.csv").write_text("image_name,tags\n" + "".join(rows))
+    warnings = plan(root).warnings()
+    assert any(w.startswith("the labels look like sets of tags ('clear primary road' holds "
+                            "'clear primary', 'clear primary water' holds 'clear primary')")
+               for w in warnings), warnings
+    assert any("labels joined by '|' name several classes each" in w for w in warnings)
+    # Class names of several words are no tags when none holds another's.
+    fruits = make_class_folders(tmp_path / "fruits", classes=("Apple Braeburn", "Apple Red 1"),
+                                per_class=2)
+    (fruits / "labels.csv").write_text("file,label\n" + "".join(
+        f"{p.relative_to(fruits).as_posix()},{p.parent.name}\n"
+        for p in sorted(fruits.rglob("*.jpg"))))
+    fruit_plan = plan(fruits)
+    assert fruit_plan.layout == "csv" and not any("tags" in w for w in fruit_plan.warnings())
+
+
 def test_a_class_whose_every_image_is_left_out_is_named(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "c"), per_class=3)
     write_image(root / "b" / "tiny.jpg", smooth_image(20, 20, seed=80))
