@@ -791,8 +791,26 @@ def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
         + (f" ({passed_over} was not taken for the labels: it labels less than half of "
            "the images, or all alike, or with a value per image; --layout csv reads it)"
            if passed_over else "")
+        + _labels_beside(path, passed_over)
         + _unsafe_note(problems)
     )
+
+
+def _labels_beside(path, passed_over: str | None) -> str:
+    """A hint naming the CSVs beside a folder given as the dump (Kaggle's dog breeds: train/
+    given, labels.csv beside it), which the dump itself does not hold."""
+    folder = Path(path)
+    if passed_over or not folder.is_dir():
+        return ""
+    try:
+        beside = sorted(p for p in folder.parent.glob("*.csv") if p.is_file()
+                        and "submission" not in p.name.lower())
+    except OSError:
+        return ""
+    if not beside:
+        return ""
+    names = " or ".join(quoted(p) for p in beside[:3])
+    return f"; if {names} beside it labels the images, give it with --labels"
 
 
 def _unsupported(files: list[str]) -> list[Skipped]:

@@ -596,6 +596,22 @@ def test_ids_naming_a_file_in_a_test_folder_too_take_the_labelled_one(tmp_path):
     assert ("1", AMBIGUOUS_ID) in {(s.source, s.reason) for s in inv.skipped}
 
 
+def test_a_labels_csv_beside_the_folder_given_is_named_when_nothing_is_labelled(tmp_path):
+    # Kaggle's dog breeds: train/<hex id>.jpg, with labels.csv (and a submission template)
+    # beside train/, not in it.
+    root = tmp_path / "dog"
+    for i in range(4):
+        _img(root / "train" / f"{i:08x}.jpg", seed=i)
+    (root / "labels.csv").write_text("id,breed\n" + "".join(
+        f"{i:08x},{'ab'[i % 2]}\n" for i in range(4)))
+    (root / "sample_submission.csv").write_text("id,a,b\n")
+    with pytest.raises(LayoutError, match=rf"if {root / 'labels.csv'} beside it labels the "
+                                          r"images, give it with --labels$"):
+        _find(root / "train")
+    inv = _find(root / "train", labels=root / "labels.csv")
+    assert len(inv.items) == 4
+
+
 def test_labels_file_outside_the_source(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("x",), per_class=3)
     labels = tmp_path / "my labels.csv"
