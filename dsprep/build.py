@@ -369,7 +369,8 @@ def find_rows(
             dangling = _dangling_skips(problems, _under(src, folder))
             if dangling:  # images there, but every one a dangling link
                 raise _all_left_out(split, dangling) from None
-            notes.append(f"{split}: no images in {folder}, no {split}.hdf5 built")
+            notes.append(f"{split}: no images in class folders of {folder}, no {split}.hdf5 "
+                         "built")
             continue
         scanned[split] = pairs
     if not scanned:

@@ -671,6 +671,11 @@ def test_split_folders_of_images_in_one_folder_named_as_no_class_are_left_out(tm
     assert not (tmp_path / "out" / "val.hdf5").exists()
     with store.open_dataset(tmp_path / "out" / "train.hdf5") as db:
         assert store.label_names(db) == ["n014", "n016"]
+    # Images straight in a split folder are not "no images".
+    shutil.rmtree(src / "val")
+    write_image(src / "val" / "val_0.JPEG", smooth_image(24, 24, 41))
+    report = build.build_hdf5(src, tmp_path / "out2", opts())
+    assert f"val: no images in class folders of {src / 'val'}, no val.hdf5 built" in report.notes
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes "
