@@ -316,7 +316,8 @@ def find_rows(
                 raise _all_left_out(name, _dangling_skips(problems)) from None
             raise
         notes = _problem_notes(problems)
-        empty = sorted(set(classes) - {c for c, _ in pairs})
+        # A split's own folder keeps every class's folder, empty ones too (its ids).
+        empty = [] if split_above(src) else sorted(set(classes) - {c for c, _ in pairs})
         if empty:
             # Stanford Dogs' Annotation/ beside Images/: a folder of other files is a class too.
             notes.append(f"no images in {', '.join(f'{src / c}/' for c in empty)}: "

@@ -327,12 +327,12 @@ class _BatchSequence(ABC):
                     "(B, H, W, C) images and a numpy.random.Generator, and return the batch "
                     "(wrap a function of the batch alone as lambda batch, rng: f(batch))"
                 ) from exc
-        if self.output == "uint8" and converted is not None:
+        if self.output == "uint8" and x.dtype != np.uint8:
             # A model fed uint8 batches (with its own mean layer) would take these for pixels.
             raise UsageError(
-                f"output='uint8' hands out raw pixels, but {converted!r} makes them "
-                f"{x.dtype}; leave out output='uint8' for float batches, or leave the float "
-                "step to the model (dsprep.adapters.MeanSubtraction subtracts the means)")
+                f"output='uint8' hands out raw pixels, but the pipeline gives {x.dtype} (from "
+                f"{converted!r} on); leave out output='uint8' for float batches, or leave the "
+                "float step to the model (dsprep.adapters.MeanSubtraction subtracts the means)")
         self.sample_shape = tuple(int(s) for s in x.shape[1:])
         self.x_dtype = np.dtype(np.float32) if self.output == "float32" else x.dtype
 

@@ -507,8 +507,9 @@ def _descend(files: list[str]) -> str:
     """The folder to treat as the dump: step into single wrapper folders.
 
     A folder is a wrapper when it holds no image or CSV of its own and only one of its
-    sub-folders holds images or CSVs at any depth: folders of other files beside it
-    (Stanford Dogs' ``Annotation/`` of XML files beside ``Images/``) are passed over.
+    sub-folders holds images or CSVs at any depth. Folders of other files beside that one
+    (Stanford Dogs' ``Annotation/`` of XML files beside ``Images/``) are passed over, unless it
+    holds images itself: then it is a class folder beside others (of HEIC photos, or empty).
     """
     root = ""
     while True:
@@ -519,7 +520,12 @@ def _descend(files: list[str]) -> str:
         folders = {f.split("/", 1)[0] for f in here if "/" in f and _holds_data(f)}
         if len(folders) != 1:
             return root
-        root += folders.pop() + "/"
+        only = folders.pop()
+        others = {f.split("/", 1)[0] for f in here if "/" in f} - {only}
+        inside = [f[len(only) + 1:] for f in here if f.startswith(only + "/")]
+        if others and any("/" not in f and _holds_data(f) for f in inside):
+            return root
+        root += only + "/"
 
 
 def _nested_split(files: list[str], root: str) -> str | None:
@@ -646,7 +652,8 @@ def find_images(
             items, skipped = _by_prefix(images, regex)
         else:
             split_folders = presplit_folders(images, root)
-            copy = None if split_folders else class_copy(images, root)
+            copy = None if split_folders else class_copy(
+                images, root, root.rstrip("/").rpartition("/")[2] or source.name)
             items, skipped = _by_folder(images, root, bool(split_folders), copy)
         chosen = layout
         labels_name = None
@@ -689,11 +696,11 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         # Kaggle's submission templates (sample_submission.csv) name the test images, with a
         # placeholder answer: beside another CSV they are no labels.
         templates = [f for f in top if "submission" in PurePosixPath(f).name.lower()]
-        if templates and len(templates) < len(top):
-            top = [f for f in top if f not in templates]
-            if len(top) == 1:
-                labels = top[0]
-        if len(top) > 1 and len([f for f in top if "label" in PurePosixPath(f).name.lower()]) != 1:
+        named = [f for f in top if "label" in PurePosixPath(f).name.lower()]
+        if len(named) != 1 and templates and len(templates) < len(top):
+            # What is left is weighed as several CSVs are: a sizes table is no labels.
+            return _best_table(source, root, [f for f in top if f not in templates], images)
+        if len(top) > 1 and len(named) != 1:
             return _best_table(source, root, top, images)
     labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
     if text is None:
@@ -731,7 +738,10 @@ def _best_table(source: Source, root: str, csvs: list[str], images: list[str]):
             probe = _LabelsTable("\n".join(text.split("\n", _PROBE_ROWS)[:_PROBE_ROWS]), name,
                                  images, root, None, None, source.name)
             need = max(probe.id_index, probe.label_index)
-            if probe.label_guessed or not any(
+            # A table of two columns, ids and one more (Aerial Cactus: id,has_cactus), has its
+            # labels there whatever the column's name.
+            pair = all(len(row) == 2 for row in probe.rows[:_PROBE_ROWS])
+            if (probe.label_guessed and not pair) or not any(
                     need < len(row) and probe.lookup(row[probe.id_index]) for row in probe.rows):
                 continue
             table = _LabelsTable(text, name, images, root, None, None, source.name)
@@ -964,6 +974,15 @@ def _split_path(parts: list[str]) -> tuple[str, int, str] | None:
     return None
 
 
+def _named_split(path: str) -> str | None:
+    """The split a labels file's name names (trainLabels.csv, val_annotations.csv, test.csv),
+    else None."""
+    stem = PurePosixPath(path.replace("\\", "/")).stem
+    words = re.split(r"[\s_.\-]+|(?<=[a-z])(?=[A-Z])", stem)
+    splits = {SPLIT_FOLDER_NAMES[w.lower()] for w in words if w.lower() in SPLIT_FOLDER_NAMES}
+    return splits.pop() if len(splits) == 1 else None
+
+
 def classless_splits(classes: dict[str, set[str]]) -> dict[str, str]:
     """The split folders of a pre-split dump whose images lie in one folder that is no class
     (Tiny ImageNet's ``val/images/`` and ``test/images/``, beside ``train/<class>/``): those
@@ -1074,14 +1093,15 @@ def visible_folders(folder: Path) -> list[str]:
         return []
 
 
-def class_copy(images: list[str], root: str) -> str | None:
+def class_copy(images: list[str], root: str, name: str) -> str | None:
     """The folder of a class-folder dump that holds a copy of its class folders, else None.
 
     Kaggle's flowers archive holds ``flowers/daisy/...`` and a copy in
     ``flowers/flowers/daisy/...``: read as plain class folders, the copy would be one more
-    class, "flowers", whose images are the others' under a second label. A copy is the one
-    top folder without images of its own whose sub-folders holding images (two or more) are
-    all named as top folders that hold images themselves.
+    class, "flowers", whose images are the others' under a second label. A copy is the top
+    folder named as the dump itself (``name``), without images of its own, whose sub-folders
+    holding images (two or more) are all named as top folders that hold images themselves;
+    an ``augmented/<class>/`` or ``rejected/<class>/`` folder is no copy.
     """
     direct: set[str] = set()
     below: dict[str, set[str]] = defaultdict(set)
@@ -1092,7 +1112,8 @@ def class_copy(images: list[str], root: str) -> str | None:
         elif len(parts) > 2:
             below[parts[0]].add(parts[1])
     found = [folder for folder, inner in below.items()
-             if folder not in direct and len(inner) >= 2 and inner <= direct - {folder}]
+             if folder.lower() == name.lower() and folder not in direct and len(inner) >= 2
+             and inner <= direct - {folder}]
     return found[0] if len(found) == 1 else None
 
 
@@ -1314,13 +1335,21 @@ class _LabelsTable:
         found = self._lookup(key, exact)
         if len(found) < 2:
             return found
-        # An id naming a file in the labelled folders and one in a test folder beside them
-        # (Kaggle's CIFAR-10: train/1.png and test/1.png, labelled by trainLabels.csv): a test
-        # folder's files are those the labels leave out.
-        labelled = [f for f in found
-                    if not any(split_of(part) == "test" for part in
-                               f[len(self.root):].split("/")[:-1])]
-        return labelled if len(labelled) == 1 else found
+        # An id naming a file in each of a dump's split folders (Kaggle's CIFAR-10: train/1.png
+        # and test/1.png): the one in the split the CSV's name names (trainLabels.csv), or,
+        # for a CSV that names none, the one outside test folders (unlabelled, in Kaggle's).
+        wanted = _named_split(self.name)
+        picked = [f for f in found if (self._split_folder(f) == wanted if wanted else
+                                       self._split_folder(f) != "test")]
+        return picked if len(picked) == 1 else found
+
+    def _split_folder(self, rel: str) -> str | None:
+        """The split of the first folder of ``rel`` (below the root) named as one, else None."""
+        for part in rel[len(self.root):].split("/")[:-1]:
+            split = split_of(part)
+            if split is not None:
+                return split
+        return None
 
     def _lookup(self, key: str, exact: bool) -> list[str]:
         key = unicodedata.normalize("NFC", key.strip().replace("\\", "/"))

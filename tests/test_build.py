@@ -506,6 +506,12 @@ def test_a_class_folder_tree_with_a_name(tmp_path):
     report = build.build_hdf5(root, tmp_path / "out2", opts(), name="all")
     assert f"no images in {root / 'Annotation'}/: a class without images; move it out of " \
         f"{root} if it is no class" in report.notes
+    # A split's own folder keeps an empty class folder for its id: nothing to say of it.
+    split = make_split(tmp_path / "split")
+    for image in (split / "test" / CLASSES[0]).iterdir():
+        image.unlink()
+    report = build.build_hdf5(split / "test", tmp_path / "out3", opts(), name="test")
+    assert not any("no images in" in note for note in report.notes), report.notes
 
 
 def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):

@@ -97,3 +97,21 @@ def test_preview_shows_mean_subtracted_patches(tmp_path):
                     if np.array_equal(np.clip(view[t:t + 16, s:s + 16] + shift, 0, 255), tile):
                         found = True
     assert found
+
+
+def test_demo_passes_its_verbosity_to_its_steps(tmp_path, monkeypatch):
+    # -vv shows the native libraries' lines: in each step too, which runs as a command of its
+    # own. The first step is stopped once it has shown what it was given.
+    from dsprep.cli import _common, cmd_dump
+
+    seen = []
+
+    def first_step(*args, **kwargs):
+        seen.append((_common.verbosity(), _common.is_quiet()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmd_dump, "write_sample_dump", first_step)
+    for flags, expected in (([], (0, False)), (["-vv"], (2, False)), (["-q"], (0, True))):
+        seen.clear()
+        result = CliRunner().invoke(main, [*flags, "demo", str(tmp_path / "work")])
+        assert result.exit_code == 130 and seen == [expected], (flags, result.output)

@@ -345,6 +345,14 @@ def test_a_folder_of_other_files_beside_the_images_is_passed_over(tmp_path):
         f"{k},{'ab'[k % 2]}\n" for k in range(4)))
     with open_source(root) as source:
         assert sources_module._descend(source.list_files()[0]) == ""
+    # A class folder beside one of phone photos (or of notes) is no wrapper: the photos are
+    # listed as unsupported, not lost behind a wrapper stepped into.
+    root = make_class_folders(tmp_path / "phone", classes=("cat",), per_class=2)
+    (root / "dog").mkdir()
+    (root / "dog" / "IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    inv = _find(root)
+    assert inv.root == "" and inv.classes == ["cat"]
+    assert _reasons(inv)["dog/IMG_1.HEIC"] == "unsupported-format"
 
 
 def test_kaggle_zip_with_train_and_unlabelled_test_folder(tmp_path):
@@ -590,8 +598,12 @@ def test_ids_naming_a_file_in_a_test_folder_too_take_the_labelled_one(tmp_path):
         assert dict(inv.items) == {f"train/{k}.png": "cat" if k % 2 else "dog"
                                    for k in range(1, 7)}, given
         assert _reasons(inv) == {f"test/{k}.png": UNLABELLED for k in range(1, 10)}
-    # Two files outside test folders stay ambiguous.
-    _img(root / "extra" / "1.png", seed=40)
+    # A CSV named for the test split labels the test folder's files, not train's.
+    (root / "test.csv").write_text("id,label\n1,dog\n2,cat\n")
+    inv = _find(root, labels="test.csv")
+    assert dict(inv.items) == {"test/1.png": "dog", "test/2.png": "cat"}
+    # Two files in the split the CSV names stay ambiguous.
+    _img(root / "train" / "more" / "1.png", seed=40)
     inv = _find(root, labels="trainLabels.csv")
     assert ("1", AMBIGUOUS_ID) in {(s.source, s.reason) for s in inv.skipped}
 
@@ -1221,6 +1233,13 @@ def test_a_submission_template_beside_the_labels_csv_leaves_it_the_labels(tmp_pa
     inv = _find(root)
     assert inv.layout == "csv" and inv.labels_file == "train.csv"
     assert dict(inv.items) == {f"train/train/{i:04x}.jpg": str(i % 2) for i in range(6)}
+    # A sizes table beside class folders and a template is no labels file either.
+    folders = make_class_folders(tmp_path / "sized", classes=("cat", "dog"), per_class=2)
+    (folders / "image_sizes.csv").write_text("file,width,height\n" + "".join(
+        f"{p.name},{40 + 10 * k},40\n" for k, p in enumerate(sorted(folders.rglob("*.jpg")))))
+    (folders / "sample_submission.csv").write_text("id,label\n1,cat\n")
+    inv = _find(folders)
+    assert inv.layout == "folders" and inv.classes == ["cat", "dog"]
     # A template alone is still no labels file.
     (root / "train.csv").unlink()
     with pytest.raises(LayoutError, match="folders test/, train/ are named as splits"):

@@ -315,10 +315,11 @@ def test_a_dump_holding_a_copy_of_its_class_folders_is_split_by_its_classes(tmp_
 
 
 def test_a_class_folder_with_sub_folders_is_no_copy(tmp_path):
-    # A class of its own (images straight in it), or sub-folders named as no class beside it,
-    # or only one: the folder stays a class, its images labelled by it.
+    # A class of its own (images straight in it), sub-folders named as no class beside it,
+    # only one, or a folder not named as the dump (augmented/daisy/, rejected/rose/): the
+    # folder stays a class, its images labelled by it.
     for extra, inner in ((True, ("daisy", "rose")), (False, ("daisy", "lily")),
-                         (False, ("daisy",))):
+                         (False, ("daisy",)), (False, ("daisy", "rose"))):
         root = make_class_folders(tmp_path / f"d{len(inner)}{extra}{inner[-1]}",
                                   classes=("daisy", "rose"), per_class=2)
         for k, name in enumerate(inner):

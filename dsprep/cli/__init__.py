@@ -46,7 +46,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 for command in (sample_dump, split, build_hdf5, info, verify, means, train, evaluate, sweep_lr,
                 demo):
     command.params.extend(verbosity_options())
-    command.callback = native_lines_hidden(command.callback)
+    command.callback = native_lines_hidden(
+        command.callback, tensorflow=command in (train, evaluate, sweep_lr, demo))
     main.add_command(command)
 
 __all__ = ["main"]

@@ -166,20 +166,22 @@ def verbosity_options() -> list[click.Option]:
     ]
 
 
-def native_lines_hidden(command: Callable) -> Callable:
+def native_lines_hidden(command: Callable, *, tensorflow: bool = False) -> Callable:
     """Run ``command`` (a click callback) with the native libraries' own lines hidden unless
     ``-vv`` was given (``_native_warnings_hidden``).
 
     libjpeg and libpng write "Corrupt JPEG data: premature end of data segment" and the like
     while a split checks or a build decodes, naming no file: the files left out are named in
-    the skipped lists with the reason, and those kept decoded whole. ``TF_CPP_MIN_LOG_LEVEL``
-    set below 3 asks for TensorFlow's native log, so it keeps descriptor 2 too.
+    the skipped lists with the reason, and those kept decoded whole. For a command that runs
+    TensorFlow, ``TF_CPP_MIN_LOG_LEVEL`` set to 0 or 1 asks for its native log (INFO or
+    WARNING and up), so it keeps descriptor 2 too; 2, set to quieten TensorFlow, does not.
     """
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         ctx = click.get_current_context()
-        wanted = verbosity(ctx) >= 2 or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") < "3"
+        wanted = verbosity(ctx) >= 2 or (
+            tensorflow and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"))
         if wanted or is_quiet(ctx):  # -q hides them already, for the whole command
             return command(*args, **kwargs)
         with _native_warnings_hidden():

@@ -843,7 +843,7 @@ def replaced_hint(run: Path) -> str:
         return (f" (the run it was replacing, which never finished an epoch either, is kept in "
                 f"{run / REPLACED}: 'dsprep train --resume {quoted(run)}' puts it back)")
     return (f" (the run it was replacing is kept in {run / REPLACED}: 'dsprep train --resume "
-            f"{run}' puts it back and continues it)")
+            f"{quoted(run)}' puts it back and continues it)")
 
 
 class _DropReplaced(keras.callbacks.Callback):
