@@ -508,8 +508,9 @@ def _descend(files: list[str]) -> str:
 
     A folder is a wrapper when it holds no image or CSV of its own and only one of its
     sub-folders holds images or CSVs at any depth. Folders of other files beside that one
-    (Stanford Dogs' ``Annotation/`` of XML files beside ``Images/``) are passed over, unless it
-    holds images itself: then it is a class folder beside others (of HEIC photos, or empty).
+    (Stanford Dogs' ``Annotation/`` of XML files beside ``Images/``, docs/, notebooks/) are
+    passed over, unless it holds images and no CSV itself: then it is a class folder beside
+    others (of HEIC photos, or empty).
     """
     root = ""
     while True:
@@ -523,7 +524,9 @@ def _descend(files: list[str]) -> str:
         only = folders.pop()
         others = {f.split("/", 1)[0] for f in here if "/" in f} - {only}
         inside = [f[len(only) + 1:] for f in here if f.startswith(only + "/")]
-        if others and any("/" not in f and _holds_data(f) for f in inside):
+        direct = [f for f in inside if "/" not in f]
+        if others and any(is_image_name(f) for f in direct) and not any(
+                f.lower().endswith(".csv") for f in direct):
             return root
         root += only + "/"
 
@@ -698,8 +701,13 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         templates = [f for f in top if "submission" in PurePosixPath(f).name.lower()]
         named = [f for f in top if "label" in PurePosixPath(f).name.lower()]
         if len(named) != 1 and templates and len(templates) < len(top):
-            # What is left is weighed as several CSVs are: a sizes table is no labels.
-            return _best_table(source, root, [f for f in top if f not in templates], images)
+            rest = [f for f in top if f not in templates]
+            if len(rest) > 1 or _class_folders(images, root) > 1:
+                # Weighed as several CSVs are: beside class folders, a table whose label
+                # column is only guessed by its place (a sizes table) is no labels.
+                return _best_table(source, root, rest, images)
+            labels = rest[0]  # the one data CSV, read as a lone one is
+            top = rest
         if len(top) > 1 and len(named) != 1:
             return _best_table(source, root, top, images)
     labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
@@ -738,10 +746,7 @@ def _best_table(source: Source, root: str, csvs: list[str], images: list[str]):
             probe = _LabelsTable("\n".join(text.split("\n", _PROBE_ROWS)[:_PROBE_ROWS]), name,
                                  images, root, None, None, source.name)
             need = max(probe.id_index, probe.label_index)
-            # A table of two columns, ids and one more (Aerial Cactus: id,has_cactus), has its
-            # labels there whatever the column's name.
-            pair = all(len(row) == 2 for row in probe.rows[:_PROBE_ROWS])
-            if (probe.label_guessed and not pair) or not any(
+            if probe.label_guessed or not any(
                     need < len(row) and probe.lookup(row[probe.id_index]) for row in probe.rows):
                 continue
             table = _LabelsTable(text, name, images, root, None, None, source.name)
@@ -974,6 +979,12 @@ def _split_path(parts: list[str]) -> tuple[str, int, str] | None:
     return None
 
 
+def _class_folders(images: list[str], root: str) -> int:
+    """How many top folders (below ``root``) hold images, not counting those named as splits."""
+    return len({rel[len(root):].split("/", 1)[0] for rel in images
+                if "/" in rel[len(root):] and not split_of(rel[len(root):].split("/", 1)[0])})
+
+
 def _named_split(path: str) -> str | None:
     """The split a labels file's name names (trainLabels.csv, val_annotations.csv, test.csv),
     else None."""
@@ -1098,22 +1109,32 @@ def class_copy(images: list[str], root: str, name: str) -> str | None:
 
     Kaggle's flowers archive holds ``flowers/daisy/...`` and a copy in
     ``flowers/flowers/daisy/...``: read as plain class folders, the copy would be one more
-    class, "flowers", whose images are the others' under a second label. A copy is the top
-    folder named as the dump itself (``name``), without images of its own, whose sub-folders
-    holding images (two or more) are all named as top folders that hold images themselves;
-    an ``augmented/<class>/`` or ``rejected/<class>/`` folder is no copy.
+    class, "flowers", whose images are the others' under a second label. A copy is a top
+    folder without images of its own, whose sub-folders holding images (two or more) are all
+    named as top folders that hold images themselves, and which is named as the dump itself
+    (``name``) or holds at least half of its files under the same paths as outside it (a
+    dump renamed on download); an ``augmented/<class>/`` or ``rejected/<class>/`` folder of
+    other files is no copy.
     """
     direct: set[str] = set()
     below: dict[str, set[str]] = defaultdict(set)
-    for rel in images:
-        parts = rel[len(root):].split("/")
+    paths = {rel[len(root):] for rel in images}
+    for path in paths:
+        parts = path.split("/")
         if len(parts) == 2:
             direct.add(parts[0])
         elif len(parts) > 2:
             below[parts[0]].add(parts[1])
+
+    def copies(folder: str) -> bool:
+        if folder.lower() == name.lower():
+            return True
+        inside = [p[len(folder) + 1:] for p in paths if p.startswith(folder + "/")]
+        return 2 * sum(p in paths for p in inside) >= len(inside)
+
     found = [folder for folder, inner in below.items()
-             if folder.lower() == name.lower() and folder not in direct and len(inner) >= 2
-             and inner <= direct - {folder}]
+             if folder not in direct and len(inner) >= 2 and inner <= direct - {folder}
+             and copies(folder)]
     return found[0] if len(found) == 1 else None
 
 
@@ -1339,8 +1360,11 @@ class _LabelsTable:
         # and test/1.png): the one in the split the CSV's name names (trainLabels.csv), or,
         # for a CSV that names none, the one outside test folders (unlabelled, in Kaggle's).
         wanted = _named_split(self.name)
-        picked = [f for f in found if (self._split_folder(f) == wanted if wanted else
-                                       self._split_folder(f) != "test")]
+        if wanted:
+            picked = [f for f in found if self._split_folder(f) == wanted]
+            if len(picked) == 1:
+                return picked
+        picked = [f for f in found if self._split_folder(f) != "test"]
         return picked if len(picked) == 1 else found
 
     def _split_folder(self, rel: str) -> str | None:

@@ -401,3 +401,29 @@ def test_a_command_stopped_by_ctrl_c_exits_130(tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert "Aborted! Nothing that looks finished was left; run the same command again" in \
         result.output and "Traceback" not in result.output
+
+
+def test_tensorflows_log_level_keeps_native_lines_for_its_commands_only(tmp_path):
+    import subprocess
+    import sys
+
+    # TensorFlow's C++ errors ("Check failed" before an abort) reach descriptor 2 as libjpeg's
+    # warnings do: TF_CPP_MIN_LOG_LEVEL below 3 asks for them, in the commands running it.
+    script = (
+        "import os, sys, click\n"
+        "from dsprep.cli._common import native_lines_hidden\n"
+        "def native():\n"
+        "    os.write(2, b'native line\\n')\n"
+        "tf = sys.argv[1] == 'tf'\n"
+        "cmd = click.Command('c', callback=native_lines_hidden(native, tensorflow=tf))\n"
+        "click.Group('dsprep', commands=[cmd]).main(['c'], standalone_mode=False)\n"
+    )
+    for level, kind, shown in (("2", "tf", True), ("0", "tf", True), ("3", "tf", False),
+                               (None, "tf", False), ("2", "other", False)):
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        if level is not None:
+            env["TF_CPP_MIN_LOG_LEVEL"] = level
+        result = subprocess.run([sys.executable, "-c", script, kind], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert ("native line" in result.stderr) is shown, (level, kind, result.stderr)

@@ -624,6 +624,58 @@ def test_a_labels_csv_beside_the_folder_given_is_named_when_nothing_is_labelled(
     assert len(inv.items) == 4
 
 
+def test_ordinary_dumps_beside_docs_templates_and_split_named_csvs_keep_their_labels(tmp_path):
+    # Cases a first version of the dumps above got wrong.
+    def labels_of(root, **kwargs):
+        inv = _find(root, **kwargs)
+        return inv.layout, dict(inv.items)
+
+    # A wrapper whose labels CSV lies beside its image folders, next to a docs/ folder.
+    root = tmp_path / "wrapped"
+    for i in range(4):
+        _img(root / "cactus" / "train" / f"{i}.jpg", seed=i)
+    (root / "cactus" / "train.csv").write_text("id,label\n" + "".join(
+        f"{i}.jpg,{'ab'[i % 2]}\n" for i in range(4)))
+    (root / "docs").mkdir()
+    (root / "docs" / "README.md").write_text("notes")
+    assert labels_of(root) == ("csv", {f"cactus/train/{i}.jpg": "ab"[i % 2] for i in range(4)})
+    # A CSV named for train whose images lie in a folder named as no split, beside a test one.
+    root = tmp_path / "named"
+    for i in range(4):
+        _img(root / "data" / f"{i}.jpg", seed=10 + i)
+        _img(root / "test_images" / f"{i}.jpg", seed=20 + i)
+    (root / "train.csv").write_text("image_id,label\n" + "".join(
+        f"{i}.jpg,{'ab'[i % 2]}\n" for i in range(4)))
+    assert labels_of(root) == ("csv", {f"data/{i}.jpg": "ab"[i % 2] for i in range(4)})
+    # One data CSV (its label column named as no usual label) beside a submission template.
+    root = tmp_path / "grapheme"
+    for i in range(4):
+        _img(root / "train" / f"{i}.png", seed=30 + i)
+    (root / "train.csv").write_text("image_id,grapheme,source\n" + "".join(
+        f"{i},{'ab'[i % 2]},x\n" for i in range(4)))
+    (root / "sample_submission.csv").write_text("row_id,target\n")
+    assert labels_of(root) == ("csv", {f"train/{i}.png": "ab"[i % 2] for i in range(4)})
+
+
+def test_a_copy_of_the_class_folders_is_found_in_a_dump_renamed_on_download(tmp_path):
+    # Kaggle's flowers, downloaded as flowers-recognition.zip or extracted as flower_photos/:
+    # the copy is named "flowers", the dump not; its files lie under the same paths.
+    root = make_class_folders(tmp_path / "flower_photos", classes=("daisy", "rose"), per_class=2)
+    for f in list(root.rglob("*.jpg")):
+        target = root / "flowers" / f.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+    inv = _find(root)
+    assert inv.class_copy == "flowers" and inv.classes == ["daisy", "rose"]
+    # Other files under class names (augmented/daisy/...) are no copy.
+    other = make_class_folders(tmp_path / "aug", classes=("daisy", "rose"), per_class=2)
+    make_class_folders(other / "augmented", classes=("daisy", "rose"), per_class=2, seed=50)
+    for f in (other / "augmented").rglob("*.jpg"):
+        f.rename(f.with_name("aug_" + f.name))
+    inv = _find(other)
+    assert inv.class_copy is None and inv.classes == ["augmented", "daisy", "rose"]
+
+
 def test_labels_file_outside_the_source(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("x",), per_class=3)
     labels = tmp_path / "my labels.csv"

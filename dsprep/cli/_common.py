@@ -173,15 +173,15 @@ def native_lines_hidden(command: Callable, *, tensorflow: bool = False) -> Calla
     libjpeg and libpng write "Corrupt JPEG data: premature end of data segment" and the like
     while a split checks or a build decodes, naming no file: the files left out are named in
     the skipped lists with the reason, and those kept decoded whole. For a command that runs
-    TensorFlow, ``TF_CPP_MIN_LOG_LEVEL`` set to 0 or 1 asks for its native log (INFO or
-    WARNING and up), so it keeps descriptor 2 too; 2, set to quieten TensorFlow, does not.
+    TensorFlow, ``TF_CPP_MIN_LOG_LEVEL`` set below 3 asks for its native log (0: all, 2:
+    errors), so it keeps descriptor 2 too.
     """
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         ctx = click.get_current_context()
         wanted = verbosity(ctx) >= 2 or (
-            tensorflow and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"))
+            tensorflow and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1", "2"))
         if wanted or is_quiet(ctx):  # -q hides them already, for the whole command
             return command(*args, **kwargs)
         with _native_warnings_hidden():
