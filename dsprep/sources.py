@@ -1141,35 +1141,43 @@ def class_copy(images: list[str], root: str, name: str) -> str | None:
 def _by_folder(images: list[str], root: str, presplit: bool = False,
                copy: str | None = None) -> tuple[list, list[Skipped]]:
     """Label each image by its class folder; in ``copy`` (see :func:`class_copy`), by the
-    class folder inside it."""
-    items, skipped = [], []
-    classless = {}
+    class folder inside it; in a pre-split dump, by the class folder in its split folder."""
     if presplit:
-        classes: dict[str, set[str]] = defaultdict(set)
-        for rel in images:
-            parts = rel[len(root):].split("/")
-            kind, k, where = _split_path(parts) or ("split", 1, parts[0])
-            if kind != "loose" and len(parts) >= k + 2:
-                classes[where].add(parts[k])
-        classless = classless_splits(classes)
+        return _by_split_folder(images, root)
+    items, skipped = [], []
     for rel in images:
         parts = rel[len(root):].split("/")
         if copy is not None and parts[0] == copy:
             items.append((rel, parts[1]))  # the copy holds no image of its own
-        elif presplit:
-            kind, k, where = _split_path(parts) or ("split", 1, parts[0])
-            if kind == "loose" or len(parts) < k + 2:
-                skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))
-            elif classless.get(where) == parts[k]:
-                skipped.append(Skipped(rel, NO_LABEL, (
-                    f"in {where}/{parts[k]}/, the one folder of {where}/, named as no class of "
-                    "the other splits: images without classes")))
-            else:
-                items.append((rel, parts[k]))
         elif len(parts) < 2:
             skipped.append(Skipped(rel, NO_LABEL, "not inside a class folder"))
         else:
             items.append((rel, parts[0]))
+    return items, skipped
+
+
+def _by_split_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]:
+    """:func:`_by_folder` for a dump laid out as ``<split>/<class>/<image>``."""
+    placed = []  # (path, class folder or None, split folder)
+    classes: dict[str, set[str]] = defaultdict(set)
+    for rel in images:
+        parts = rel[len(root):].split("/")
+        kind, k, where = _split_path(parts) or ("split", 1, parts[0])
+        label = parts[k] if kind != "loose" and len(parts) >= k + 2 else None
+        placed.append((rel, label, where))
+        if label is not None:
+            classes[where].add(label)
+    classless = classless_splits(classes)
+    items, skipped = [], []
+    for rel, label, where in placed:
+        if label is None:
+            skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))
+        elif classless.get(where) == label:
+            skipped.append(Skipped(rel, NO_LABEL, (
+                f"in {where}/{label}/, the one folder of {where}/, named as no class of the "
+                "other splits: images without classes")))
+        else:
+            items.append((rel, label))
     return items, skipped
 
 
