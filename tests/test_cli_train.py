@@ -72,12 +72,22 @@ def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_
     assert result.exit_code == 0, result.output
     assert "has no validation split (val.hdf5, or images in val/), so best.keras" in result.output
     assert "best auc" in result.output  # two classes
+    assert "--image-size" not in result.output  # not given: no note
     with_val = invoke("train", data, tmp_path / "run2", *QUICK, "--epochs", "1")
     assert with_val.exit_code == 0 and "no validation split" not in with_val.output
     sweep = invoke("sweep-lr", bare, tmp_path / "sweep", *QUICK, "--lrs", "0.01",
                    "--epochs", "1")
     assert sweep.exit_code == 0, sweep.output
     assert "has no validation split (val.hdf5, or images in val/), so best.keras" in sweep.output
+
+
+def test_an_image_size_given_for_hdf5_data_is_said_to_be_unused(data, tmp_path):
+    result = invoke("train", data, tmp_path / "run", *QUICK, "--epochs", "1",
+                    "--image-size", "32")
+    assert result.exit_code == 0, result.output
+    assert "note: --image-size is for split folders" in result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["input_shape"] == [48, 48, 3]  # the file's size, not 32
 
 
 def test_a_resume_after_a_crashed_replacement_brings_the_old_run_back(one_epoch_run, tmp_path):

@@ -320,6 +320,9 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         if data is None or run is None:
             raise UsageError("train needs DATA and RUN (or --resume RUN)")
         config = _config(opts)
+        if "image_size" in _given() and (Path(data) / "train.hdf5").is_file():
+            say(f"note: --image-size is for split folders; {data} holds train.hdf5, whose "
+                "images keep the size they were built at (build-hdf5 --size)", err=True)
         if overfit_check:
             report = fit.overfit_check(data, run, config, overwrite=force,
                                        progress=show_epochs(), bars=show_progress())
