@@ -65,9 +65,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                show_default=True,
                help="Learning-rate schedule: step = lr * step-factor ** (epoch // "
                     "step-every); plateau = divide by 10 when the validation metric "
-                    "stalls; cosine = anneal to 0 over the epochs (a train --resume "
-                    "that raises --epochs stretches it over the new total, so the rate "
-                    "rises again there)."),
+                    "stalls; cosine = anneal to 0 over the epochs (a run carried on to a "
+                    "larger --epochs stretches it over the new total, so the rate rises "
+                    "again there)."),
         _named("--step-every", type=click.IntRange(min=1), default=_DEFAULTS.step_every,
                show_default=True, help="Epochs between steps of the step schedule."),
         _named("--step-factor", type=click.FloatRange(min=0, max=1, min_open=True),
