@@ -201,6 +201,14 @@ def test_train_resume_and_evaluate(data, tmp_path):
     cut.write_bytes(cut.read_bytes()[:1000])
     damaged = invoke("evaluate", sweep / "lr-0.01", data / "test.hdf5")
     assert damaged.exit_code == 1 and "is not a .keras file" in damaged.output
+    # A resume needs last.keras: with it cut short, the way on is starting the run again.
+    cut_last = shutil.copytree(run, tmp_path / "cut-last")
+    (cut_last / "last.keras").write_bytes((cut_last / "last.keras").read_bytes()[:1000])
+    no_resume = invoke("train", "--resume", cut_last, "--epochs", "9")
+    assert no_resume.exit_code == 1, no_resume.output
+    assert "is not a .keras file" in no_resume.output
+    assert (f"cannot resume without it: start it again with 'dsprep train {data.resolve()} "
+            f"{cut_last} --force'") in " ".join(no_resume.output.split())
     config = json.loads((run / "config.json").read_text())
     config["input_shape"] = [40, 40, 3]
     (sweep / "lr-0.01" / "config.json").write_text(json.dumps(config))
@@ -314,9 +322,16 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     for args in ([], ["--epochs", "8"], ["--epochs", "5"]):
         rerun = invoke("train", "--resume", run, *args)
         assert rerun.exit_code == 0, rerun.output
-        assert (f"stopped early after {epochs} of its 8 epochs already: nothing to do (give "
-                "--epochs above 8") in rerun.output
+        assert (f"stopped early after {epochs} of its 8 epochs already: nothing to do (to "
+                f"train it further: 'dsprep train --resume {run} --epochs N', N above 8)"
+                ) in " ".join(rerun.output.split())
         assert len(history(run)) == epochs
+    # So has the same command run again: it does not claim to carry the run on.
+    same = invoke("train", data, run, *QUICK, "--epochs", "8", "--early-stop", "1", "--lr",
+                  "1e-9")
+    assert same.exit_code == 0, same.output
+    assert "carries on" not in same.output and "nothing to do" in same.output
+    assert len(history(run)) == epochs
     # A resume asking for more that stopped before its first epoch leaves config.json with the
     # new total and state.json as it was: running it again trains on.
     config = json.loads((run / "config.json").read_text())
@@ -476,7 +491,10 @@ def test_a_resume_takes_the_machines_options_and_keeps_them(one_epoch_run, tmp_p
     config["options"]["gpus"] = "2"
     (run / "config.json").write_text(json.dumps(config))
     refused = invoke("train", "--resume", run, "--epochs", "2")
-    assert refused.exit_code == 2 and "--gpus 2 asks for more GPUs" in refused.output
+    assert refused.exit_code == 2, refused.output
+    # The run's own --gpus, not given to the resume: the fix is adding one, not leaving it out.
+    assert "was started with --gpus 2, but 0 GPUs are visible here; add --gpus 1 to the " \
+        "resume" in refused.output
     result = invoke("train", "--resume", run, "--epochs", "2", "--gpus", "1", "--workers", "1",
                     "--no-jit")
     assert result.exit_code == 0, result.output
@@ -642,6 +660,11 @@ def test_train_on_a_split_folder(tmp_path):
         (["train", "{data}", "{tmp}/r", "--lr", "inf"], 2, "--lr must be a positive number"),
         (["train", "{data}", "{tmp}/r", "--momentum", "1"], 2,
          "--momentum must be in [0, 1) for sgd, got 1.0"),
+        # Adam has no momentum: it was taken, recorded in config.json, and never used.
+        (["train", "{data}", "{tmp}/r", "--optimizer", "adam", "--momentum", "0.5"], 2,
+         "--momentum only applies with --optimizer sgd or rmsprop"),
+        (["sweep-lr", "{data}", "{tmp}/s", "--lrs", "0.1,0.01", "--optimizer", "adam",
+          "--momentum", "0.5"], 2, "--momentum only applies with --optimizer sgd or rmsprop"),
         (["train", "{data}", "{tmp}/r", "--weight-decay", "inf"], 2,
          "--weight-decay must be a finite number"),
         (["train", "{data}", "{tmp}/r", "--seed", str(2**32)], 2,

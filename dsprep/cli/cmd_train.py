@@ -177,6 +177,9 @@ def _config(opts: dict) -> TrainConfig:
         raise UsageError(f"{', '.join(map(_flag, unread))} only {verb} with --schedule {wanted}; "
                          f"add --schedule {wanted} or leave {'it' if len(unread) == 1 else 'them'} "
                          "out")
+    if "momentum" in given and opts.get("optimizer") == "adam":
+        raise UsageError("--momentum only applies with --optimizer sgd or rmsprop (adam keeps "
+                         "its own moving averages); leave it out or choose one of those")
     return TrainConfig(**opts).check()
 
 
@@ -392,8 +395,8 @@ def _nothing_to_do(result) -> None:
     how = (f"stopped early after {result.epochs_done} of its {result.epochs_planned} epochs"
            if result.epochs_done < result.epochs_planned
            else f"trained all its {count_of(result.epochs_done, 'epoch')}")
-    say(f"{result.run} has {how} already: nothing to do (give --epochs above "
-        f"{result.epochs_planned} to train it further)")
+    say(f"{result.run} has {how} already: nothing to do (to train it further: 'dsprep train "
+        f"--resume {quoted(result.run)} --epochs N', N above {result.epochs_planned})")
 
 
 @click.command()

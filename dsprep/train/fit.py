@@ -953,8 +953,9 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
         raise UsageError(
             f"{data} does not match the run: its training images (their names and labels) "
             f"differ from those the run was trained on (split or built again since?); give the "
-            "data the run was trained on, or start a new run, lest the test images of the new "
-            "split be among those it learned")
+            "data the run was trained on, or start a new run (another RUN, or this one with "
+            "'dsprep train DATA RUN --force'), lest the test images of the new split be among "
+            "those it learned")
     now = cb.best_metric(len(bundle.label_names), bundle.val is not None,
                          _val_labels(bundle))[0]
     if monitor and now != monitor:
@@ -1009,6 +1010,14 @@ def _resumed_options(run: Path, saved: dict, epochs: int | None, machine: dict) 
         config.epochs = int(epochs)
     for name, value in machine.items():
         setattr(config, name, value)
+    if "gpus" not in machine and config.gpus not in ("1", "all"):
+        # The run's own --gpus, not given now: a fault of this machine, said in its words.
+        available = count_gpus()
+        if int(config.gpus) > max(available, 1):
+            raise UsageError(
+                f"{run} was started with --gpus {config.gpus}, but {available} GPUs are visible "
+                f"here; add --gpus {max(available, 1)} to the resume"
+                + (" (or --gpus all)" if available else " (it trains on the CPU)"))
     return config.check()
 
 
@@ -1058,13 +1067,17 @@ def _diverged_result(run: Path, planned: int) -> TrainResult | None:
 
 
 def carries_on(run: str | os.PathLike, data, config: TrainConfig) -> int | None:
-    """The epochs RUN has done when ``dsprep train DATA RUN`` run again carries it on: the
-    same run (``same_run``), not stopped by a divergence (the same options would meet it
-    again: the command says so instead); else None."""
+    """The epochs RUN counts as done when ``dsprep train DATA RUN`` run again carries it on:
+    those it trained, or all it planned where an early stop ended it (nothing is left). That
+    is for the same run (``same_run``), not stopped by a divergence (the same options would
+    meet it again: the command says so instead); else None."""
     run = Path(run)
     if not same_run(run, data, config) or _diverged_result(run, config.epochs) is not None:
         return None
-    return int(cb.read_state(run).get("epochs_done", 0))
+    state = cb.read_state(run)
+    done = int(state.get("epochs_done", 0))
+    stopped_of = state.get("stopped_early_of")
+    return max(done, stopped_of) if isinstance(stopped_of, int) else done
 
 
 def same_run(run: str | os.PathLike, data, config: TrainConfig) -> bool:
@@ -1140,7 +1153,13 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
                         state.get("monitor") or saved.get("monitor"))
     bundle.train.set_epoch(done)
     with device.scope():
-        model = load_model(run / cb.LAST)
+        try:
+            model = load_model(run / cb.LAST)
+        except DatasetFormatError as exc:
+            raise DatasetFormatError(
+                f"{exc}. The run cannot resume without it: start it again with 'dsprep train "
+                f"{quoted(data or saved['data'])} {quoted(run)} --force' and the options in "
+                f"{run / CONFIG} (copy its best.keras elsewhere first to keep it)") from exc
     # XLA as this machine has it (the checkpoint keeps the setting of the one it came from).
     model.jit_compile = device.jit
     # The new total, the machine's options, and where the data is now (the next resume and

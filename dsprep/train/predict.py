@@ -34,7 +34,7 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
         raise LayoutError(f"{path} does not exist; train a model first with 'dsprep train'")
     if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
         raise DatasetFormatError(f"{path} is not a .keras file (a zip archive): damaged or "
-                                 "cut short? Train the run again, or resume it")
+                                 "cut short? Train the run again")
     try:
         return keras.saving.load_model(path, compile=compile)
     except (ValueError, OSError) as exc:
