@@ -222,6 +222,8 @@ class SplitPlan:
         labels_doubt: a warning about that column (see ``sources.Inventory``).
         class_copy: the dump's folder holding a copy of its class folders (see
             ``sources.Inventory``).
+        copy_variants: files of ``class_copy`` whose path outside it holds other content
+            (augmented variants, it may be): placed as images of their own.
     """
 
     source: Path
@@ -238,6 +240,7 @@ class SplitPlan:
     labels_guessed: bool = False
     labels_doubt: str | None = None
     class_copy: str | None = None
+    copy_variants: int = 0
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -633,7 +636,19 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
                      inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt,
-                     inventory.class_copy)
+                     inventory.class_copy, _copy_variants(inventory, good))
+
+
+def _copy_variants(inventory: Inventory, good: list[_Checked]) -> int:
+    """How many readable files of the dump's class copy lie under the path of a readable file
+    outside it with other content."""
+    if not inventory.class_copy:
+        return 0
+    root = f"{inventory.root}/" if inventory.root else ""
+    copy = f"{root}{inventory.class_copy}/"
+    sha = {c.rel: c.sha256 for c in good}
+    return sum(1 for rel, digest in sha.items()
+               if rel.startswith(copy) and sha.get(root + rel[len(copy):], digest) != digest)
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).

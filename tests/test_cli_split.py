@@ -650,6 +650,16 @@ def test_a_copy_of_the_class_folders_inside_the_dump_is_named(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"note: {root / 'flowers'}/ holds a copy of the class folders" in result.output
     assert "2 classes" in result.output and "left out 6: 6 duplicate" in result.output
+    assert "variants" not in result.output
+    # A copy whose files differ from those under the same paths outside it (augmented ones):
+    # merged into the classes, an image and its variant could be split apart; that is said.
+    for k in range(2):
+        write_image(root / "flowers" / "rose" / f"rose_{k}.jpg", smooth_image(48, 48, seed=80 + k))
+    varied = loud("split", str(root), str(tmp_path / "out"), "--dry-run")
+    assert varied.exit_code == 0, varied.output
+    assert (f"warning: {root / 'flowers'}/ holds 2 files under the path of an image outside it, "
+            "with other content (augmented variants?)") in " ".join(varied.output.split())
+    assert "left out 4: 4 duplicate" in varied.output
 
 
 def test_commands_shown_to_be_pasted_quote_their_paths(tmp_path):

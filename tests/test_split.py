@@ -294,7 +294,7 @@ def test_a_dump_holding_a_copy_of_its_class_folders_is_split_by_its_classes(tmp_
     shutil.copytree(root, tmp_path / "copy")
     shutil.move(tmp_path / "copy", root / "flowers")
     p = plan(root)
-    assert p.classes == ["daisy", "rose"] and p.class_copy == "flowers"
+    assert p.classes == ["daisy", "rose"] and p.class_copy == "flowers" and p.copy_variants == 0
     assert sorted(f.source for f in p.files) == sorted(
         f"{c}/{c}_{k}.jpg" for c in ("daisy", "rose") for k in range(3))
     assert sorted((s.source, s.reason) for s in p.skipped) == sorted(
@@ -307,11 +307,16 @@ def test_a_dump_holding_a_copy_of_its_class_folders_is_split_by_its_classes(tmp_
     assert p.classes == ["daisy", "rose"] and len(p.files) == 8
     assert label_of["daisy/outer_only.jpg"] == "daisy"
     assert label_of["flowers/rose/copy_only.jpg"] == "rose"
+    assert p.copy_variants == 0  # a file only in the copy varies nothing
     # The same as a zip, wrapped in its folder: the copy is found below the wrapper.
     archive = shutil.make_archive(str(tmp_path / "flowers"), "zip", tmp_path, "flowers")
     zipped = plan(archive)
     assert zipped.root == "flowers" and zipped.class_copy == "flowers"
     assert sorted(f.source for f in zipped.files) == sorted(f"flowers/{f}" for f in label_of)
+    assert zipped.copy_variants == 0
+    # A file of the copy with other content than the file under its path outside it.
+    write_image(root / "flowers" / "daisy" / "daisy_0.jpg", smooth_image(48, 48, seed=93))
+    assert plan(root).copy_variants == 1
 
 
 def test_a_class_folder_with_sub_folders_is_no_copy(tmp_path):

@@ -149,6 +149,12 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         say(f"note: {copy}/ holds a copy of the class folders; its images are "
             "labelled by the class folders inside it, and those the same as one outside it "
             "are left out as duplicates")
+        if split_plan.copy_variants:
+            say(f"warning: {copy}/ holds {count_of(split_plan.copy_variants, 'file')} under "
+                "the path of an image outside it, with other content (augmented variants?): "
+                "each is placed as an image of its own, so an image and its variant may land "
+                f"in different splits. If {copy}/ holds variants, move it out of the dump and "
+                "split again", err=True)
     answer = click.echo if dry_run else say  # a dry run's plan is its answer, even with -q
     answer(format_table(rows, ["class", *split_plan.splits, "all"]))
     asked = options.counts or options.ratios or DEFAULT_RATIOS
