@@ -49,6 +49,20 @@ def test_random_flip_probability(p):
     assert abs(fraction - p) < 0.04
 
 
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+def test_random_flip_vertical_probability_and_independence(p):
+    batch = np.zeros((4000, 2, 2, 1), np.uint8)
+    batch[:, 0, 0] = 1  # the marked pixel's corner tells which flips were made
+    out = RandomFlip(vertical=True, horizontal=False, p=p)(batch, np.random.default_rng(5))
+    assert abs(float(np.mean(out[:, 1, 0, 0] == 1)) - p) < 0.04
+    both = RandomFlip(horizontal=True, vertical=True, p=p)(batch, np.random.default_rng(6))
+    rows, cols = np.nonzero(both[:, :, :, 0])[1:]
+    mirrored, upside_down = cols == 1, rows == 1
+    assert abs(mirrored.mean() - p) < 0.04 and abs(upside_down.mean() - p) < 0.04
+    # Drawn independently: both flips together as often as the product of the two.
+    assert abs(float(np.mean(mirrored & upside_down)) - p * p) < 0.04
+
+
 def test_random_flip_vertical_and_both():
     batch = batch_of(n=6)
     out = RandomFlip(horizontal=False, vertical=True, p=1.0)(batch, np.random.default_rng(0))
@@ -311,6 +325,17 @@ def test_brightness_adds_one_offset_per_image_within_delta(delta, seed):
         if len(offsets):
             assert abs(offsets[0]) <= round(delta)
             assert np.all(np.abs(diff) <= abs(offsets[0]))
+
+
+def test_brightness_offsets_spread_over_the_whole_range():
+    delta = 40.0
+    batch = np.full((2000, 1, 1, 3), 128, np.uint8)
+    offsets = RandomBrightness(delta)(batch, np.random.default_rng(3)).astype(int)[:, 0, 0, 0]
+    offsets -= 128
+    # Uniform over [-delta, delta]: both ends are reached, and each half holds about half.
+    assert offsets.min() <= -0.95 * delta and offsets.max() >= 0.95 * delta
+    assert abs(float(np.mean(offsets > 0)) - 0.5) < 0.05
+    assert abs(float(np.mean(np.abs(offsets) > delta / 2)) - 0.5) < 0.05
 
 
 def test_brightness_saturates_uint8_and_is_exact_for_float():

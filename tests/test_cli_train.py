@@ -589,10 +589,15 @@ def test_smallnet_learns_from_hdf5_at_its_defaults(data, tmp_path):
     # the default learning rate (losses 11, 334, 4e13); its inputs are scaled to about -1..1.
     run = tmp_path / "run"
     result = invoke("train", data, run, "--model", "smallnet", "--batch-size", "8", "--seed", "1",
-                    "--epochs", "3")
+                    "--epochs", "10")
     assert result.exit_code == 0, result.output
     losses = [float(r["loss"]) for r in history(run)]
     assert all(np.isfinite(losses)) and max(losses) < 1.5, losses
+    # And it learns: the two classes (a bright red or green channel) are told apart, well
+    # below guessing's loss of ln 2.
+    rows = history(run)
+    assert losses[-1] < 0.75 * losses[0], losses
+    assert float(rows[-1]["val_accuracy"]) >= 0.875 and float(rows[-1]["val_loss"]) < 0.5, rows[-1]
     assert json.loads((run / "config.json").read_text())["scale"] == pytest.approx(1 / 127.5)
 
 

@@ -62,6 +62,7 @@ def reasons(path: Path) -> dict[str, str]:
 ratio_triples = st.lists(st.integers(0, 20), min_size=2, max_size=3).filter(lambda w: sum(w) > 0)
 
 
+@settings(deadline=None)
 @given(n=st.integers(0, 5000), weights=ratio_triples)
 def test_allocate_adds_up_and_stays_within_one(n, weights):
     ratios = tuple(w / sum(weights) for w in weights)
