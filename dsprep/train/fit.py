@@ -1010,15 +1010,17 @@ def _resumed_options(run: Path, saved: dict, epochs: int | None, machine: dict) 
         config.epochs = int(epochs)
     for name, value in machine.items():
         setattr(config, name, value)
+    config.check()
     if "gpus" not in machine and config.gpus not in ("1", "all"):
         # The run's own --gpus, not given now: a fault of this machine, said in its words.
         available = count_gpus()
         if int(config.gpus) > max(available, 1):
+            seen = "1 GPU is" if available == 1 else f"{available} GPUs are"
             raise UsageError(
-                f"{run} was started with --gpus {config.gpus}, but {available} GPUs are visible "
-                f"here; add --gpus {max(available, 1)} to the resume"
+                f"{run} was started with --gpus {config.gpus}, but {seen} visible here; add "
+                f"--gpus {max(available, 1)} to the resume"
                 + (" (or --gpus all)" if available else " (it trains on the CPU)"))
-    return config.check()
+    return config
 
 
 def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool,
