@@ -568,7 +568,12 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
         by_hash[c.sha256].append(c)
     kept: dict[str, list[_Checked]] = defaultdict(list)
     # A dump's copy of its own class folders gives way to the folders it copies.
-    copy = (f"{inventory.root}/" if inventory.root else "") + f"{inventory.class_copy}/"
+    root = f"{inventory.root}/" if inventory.root else ""
+    copy = f"{root}{inventory.class_copy}/"
+    # Its files under the path of a file outside it with other content (augmented variants).
+    sha = {c.rel: c.sha256 for c in good} if inventory.class_copy else {}
+    variants = sum(1 for rel, digest in sha.items()
+                   if rel.startswith(copy) and sha.get(root + rel[len(copy):], digest) != digest)
     for group in by_hash.values():
         group.sort(key=lambda c: (bool(inventory.class_copy) and c.rel.startswith(copy), c.rel))
         labels = sorted({label_of[c.rel] for c in group})
@@ -636,19 +641,7 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
                      inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt,
-                     inventory.class_copy, _copy_variants(inventory, good))
-
-
-def _copy_variants(inventory: Inventory, good: list[_Checked]) -> int:
-    """How many readable files of the dump's class copy lie under the path of a readable file
-    outside it with other content."""
-    if not inventory.class_copy:
-        return 0
-    root = f"{inventory.root}/" if inventory.root else ""
-    copy = f"{root}{inventory.class_copy}/"
-    sha = {c.rel: c.sha256 for c in good}
-    return sum(1 for rel, digest in sha.items()
-               if rel.startswith(copy) and sha.get(root + rel[len(copy):], digest) != digest)
+                     inventory.class_copy, variants)
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).

@@ -1077,9 +1077,13 @@ def carries_on(run: str | os.PathLike, data, config: TrainConfig) -> int | None:
     if not same_run(run, data, config) or _diverged_result(run, config.epochs) is not None:
         return None
     state = cb.read_state(run)
-    done = int(state.get("epochs_done", 0))
+    return _epochs_counted(state, int(state.get("epochs_done", 0)))
+
+
+def _epochs_counted(state: dict, done: int) -> int:
+    """The epochs a run counts as done: ``done``, or the total an early stop cut short."""
     stopped_of = state.get("stopped_early_of")
-    return max(done, stopped_of) if isinstance(stopped_of, int) else done
+    return stopped_of if isinstance(stopped_of, int) and stopped_of > done else done
 
 
 def same_run(run: str | os.PathLike, data, config: TrainConfig) -> bool:
@@ -1133,8 +1137,7 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
         raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.LAST}); start "
                           "it again with 'dsprep train --force'")
     state = cb.read_state(run)
-    stopped_of = state.get("stopped_early_of")  # the total an early stop cut short
-    own = stopped_of if isinstance(stopped_of, int) and stopped_of > done else done
+    own = _epochs_counted(state, done)
     if epochs is not None and config.epochs < done:
         raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
                          f"so give more than {own}")
