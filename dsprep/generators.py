@@ -242,6 +242,16 @@ class _BatchSequence(ABC):
         """Batch ``index`` of the current epoch as ``(x, y)``; ``gen[epoch, index]`` gives
         that batch of any epoch without changing ``gen.epoch`` (see :class:`EpochIndices`)."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Let go of what this process holds for reading (it is taken again on the next batch)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def on_epoch_end(self) -> None:
         """Advance to the next epoch: a new order, new random draws."""
         self.set_epoch(self.epoch + 1)

@@ -7,6 +7,7 @@ import multiprocessing
 import pickle
 import subprocess
 import sys
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -1497,3 +1498,23 @@ def test_batches_are_c_contiguous_whatever_layout_an_op_returns(h5file, output):
         x, _ = gen[1]
         assert x.flags.c_contiguous and all(s > 0 for s in x.strides)
         np.testing.assert_array_equal(x, reference(imgs[8:16]).astype(x.dtype))
+
+
+def _decode_threads() -> int:
+    return sum(t.name.startswith("dsprep-decode") for t in threading.enumerate())
+
+
+def test_with_block_lets_go_of_the_file_and_the_threads(h5file, class_dump):
+    with HDF5Generator(h5file[0], batch_size=8) as gen:
+        gen[0]
+        assert gen._db is not None
+    assert gen._db is None
+    # Written to at once: only a closed handle leaves the file free for a writer here.
+    with h5py.File(h5file[0], "r+") as db:
+        assert db["images"].shape[0] == 37
+
+    before = _decode_threads()
+    with DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=4, workers=2) as dgen:
+        dgen[0]
+        assert _decode_threads() > before
+    assert _decode_threads() == before
