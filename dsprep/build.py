@@ -540,10 +540,16 @@ def _prefault(shm: shared_memory.SharedMemory, offset: int, nbytes: int) -> None
     _PREFAULTED.add(key)
 
 
-def _shm_full_message(nbytes: int, free: int | None = None) -> str:
-    where = f"shared memory ({SHM_DIR})"
+def _shm_full_message(nbytes: int, free: int | None = None, where: str | None = None) -> str:
+    where = where or _SHM_WHERE
     short = (f"{where} has {free / 1e6:,.1f} MB free" if free is not None
              else f"{where} ran out of room")
+    if where != _SHM_WHERE:
+        return (
+            f"{short}; the decoding workers' shared buffer needs {nbytes / 1e6:,.1f} MB, and "
+            "may take half of it (the rest is for the workers themselves). Use fewer --workers "
+            "(--workers 1 needs none) or a smaller --size, or give the job more memory"
+        )
     return (
         f"{short}; the decoding workers need {nbytes / 1e6:,.1f} MB there. Free space in it, "
         "use fewer --workers (--workers 1 needs none), or in a container give it more "
@@ -779,46 +785,62 @@ class _Ring:
 
 # Where Linux keeps POSIX shared memory (a tmpfs; Docker gives containers 64 MB by default).
 SHM_DIR = "/dev/shm"
+_SHM_WHERE = f"shared memory ({SHM_DIR})"
 
 
 def _ring_blocks(wanted: int, least: int, block_bytes: int) -> int:
     """How many ring blocks to make: ``wanted``, or as many as the shared memory can hold.
 
     Creating a ring never fails for lack of room (its pages are taken only as they are
-    written); the workers would die mid-build with SIGBUS instead. So on Linux the free space
-    of /dev/shm is checked first: a small one (a container's is 64 MB unless given more) gets
-    fewer blocks, down to ``least`` (one per worker and one being written), and below that the
-    build is refused with what to do.
+    written); the workers would die mid-build with SIGBUS instead, or the job be killed for
+    its memory. So on Linux the free space of /dev/shm and the memory the job may still take
+    are checked first: a small /dev/shm (a container's is 64 MB unless given more) or a tight
+    memory limit gets fewer blocks, down to ``least`` (one per worker and one being written),
+    and below that the build is refused with what to do.
     """
     room = _shm_room(block_bytes)
     if room is None:
         return wanted
-    free, fit = room
+    free, fit, where = room
     if fit >= wanted:
         return wanted
     if fit >= least:
         return fit
-    raise DsprepError(_shm_full_message(least * block_bytes, free))
+    raise DsprepError(_shm_full_message(least * block_bytes, free, where))
 
 
 # The part of /dev/shm's free space a ring may take when it cannot have all it wants.
 _SHM_SHARE = 0.9
+# The part of the job's free memory: the rest is the workers' and the writer's own.
+_MEMORY_SHARE = 0.5
 
 
-def _shm_room(block_bytes: int) -> tuple[int, int] | None:
-    """Bytes free in /dev/shm and how many ring blocks of ``block_bytes`` a ring may take
-    there; None where there is no such limit to know (not Linux, or no /dev/shm). The ring
-    kept from the last file counts as free: it is reused, or freed before a new one is made.
+def _shm_room(block_bytes: int) -> tuple[int, int, str] | None:
+    """Bytes free, how many ring blocks of ``block_bytes`` a ring may take, and what limits it:
+    the free space of /dev/shm or the memory the job may still take (``system.memory_room``),
+    whichever holds fewer blocks; None where neither is known (not Linux). The ring kept from
+    the last file counts as free: it is reused, or freed before a new one is made.
     """
     if not sys.platform.startswith("linux"):
         return None
+    kept = _POOL.get("ring")
+    kept_bytes = 0 if kept is None else int(np.prod(kept.shape))
+    rooms = []
     try:
         fs = os.statvfs(SHM_DIR)
     except OSError:
+        pass
+    else:
+        free = fs.f_bavail * fs.f_frsize + kept_bytes
+        rooms.append((int(free * _SHM_SHARE) // block_bytes, free, _SHM_WHERE))
+    memory = system.memory_room()
+    if memory is not None:
+        free = memory[0] + kept_bytes
+        rooms.append((int(free * _MEMORY_SHARE) // block_bytes, free, memory[1]))
+    if not rooms:
         return None
-    kept = _POOL.get("ring")
-    free = fs.f_bavail * fs.f_frsize + (0 if kept is None else int(np.prod(kept.shape)))
-    return free, int(free * _SHM_SHARE) // block_bytes
+    fit, free, where = min(rooms, key=lambda room: room[0])
+    return free, fit, where
 
 
 def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildOptions:
@@ -834,15 +856,31 @@ def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildO
     room = _shm_room(_block_images(options) * options.size[0] * options.size[1] * 3)
     if room is None:
         return options
-    free, fit = room
+    free, fit, where = room
     if fit >= workers + 1:  # one block per worker and one being written
         return options
     fewer = max(1, fit - 1)
-    notes.append(f"shared memory ({SHM_DIR}) has {free / 1e6:,.1f} MB free, room for "
+    more = ("in a container, give it more (docker run --shm-size=1g)" if where == _SHM_WHERE
+            else "give the job more memory")
+    notes.append(f"{where} has {free / 1e6:,.1f} MB free, room for "
                  f"{fewer} decoding worker{'s' if fewer != 1 else ''} of the {workers} this "
-                 "build would start; in a container, give it more (docker run --shm-size=1g) "
-                 "to use them all")
+                 f"build would start; {more} to use them all")
     return replace(options, workers=fewer)
+
+
+def _worker_died_message(exc: BaseException) -> str:
+    """What to do when a decoding worker died: loky's error names the workers' exit signals."""
+    died = f"a decoding worker process died ({type(exc).__name__}"
+    if "SIGKILL" in str(exc):
+        # Nothing a file does makes a decoder kill itself this way: the kernel's OOM killer (or
+        # a job scheduler over its memory limit, or a person) did.
+        return (f"{died}: killed with SIGKILL, most often by the system for want of memory); "
+                "nothing was written under a final name. Run the command again with fewer "
+                "--workers or a smaller --size, or give the job more memory")
+    signals = re.search(r"\{(SIG\w+)\(", str(exc))
+    return (f"{died}{': ' + signals.group(1) if signals else ''}); nothing was written under a "
+            "final name. Run the command again; if it happens again, use --workers 1 to find "
+            "the file that crashes the decoder")
 
 
 class _Appender:
@@ -1249,11 +1287,7 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
         except BrokenProcessPool as exc:
             if executor is not None:
                 _forget_executor(executor)
-            raise DsprepError(
-                f"a decoding worker process died ({type(exc).__name__}); nothing was written under "
-                "a final name. Run the command again; if it happens again, use --workers 1 to find "
-                "the file that crashes the decoder"
-            ) from exc
+            raise DsprepError(_worker_died_message(exc)) from exc
         finally:
             for *_, future in pending:
                 if not isinstance(future, _InlineFuture):

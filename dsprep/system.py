@@ -1,4 +1,4 @@
-"""What the machine gives this process: the cores it may use, and its commands' stops.
+"""What the machine gives this process: the cores and memory it may use, its commands' stops.
 
 The default worker and thread counts of every stage come from `usable_cpus`, so a job in a
 container with a CPU quota (Docker ``--cpus``, a Kubernetes CPU limit) starts as many workers
@@ -88,8 +88,18 @@ def cgroup_cpu_quota(root: str | os.PathLike = CGROUP_ROOT,
     ``cpu.cfs_period_us`` (-1: none). Inside a container the group is mounted at ``root``
     itself. The tightest quota found counts; a file that cannot be read counts as no quota.
     """
-    root = Path(root)
-    folders = [root, root / "cpu", root / "cpu,cpuacct"]
+    folders = _cgroup_folders(Path(root), membership, "cpu", ("cpu", "cpu,cpuacct"))
+    limits = [q for q in map(_quota_in, folders) if q is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_folders(root: Path, membership: str | os.PathLike, controller: str,
+                    v1_mounts: tuple[str, ...]) -> list[Path]:
+    """The folders that may hold this process's limits of ``controller``: the hierarchy's root
+    (a container's own group is mounted there), then the process's group and each group above
+    it, in cgroup v2 (one hierarchy at ``root``) and v1 (one per controller, at ``v1_mounts``).
+    """
+    folders = [root, *(root / m for m in v1_mounts)]
     try:
         lines = Path(membership).read_text().splitlines()
     except OSError:
@@ -101,14 +111,62 @@ def cgroup_cpu_quota(root: str | os.PathLike = CGROUP_ROOT,
         if not rel:
             continue
         bases = [root] if controllers == "" else \
-            [root / "cpu", root / "cpu,cpuacct"] if "cpu" in controllers.split(",") else []
+            [root / m for m in v1_mounts] if controller in controllers.split(",") else []
         for base in bases:
             here = base / rel
             while here != base and base in here.parents:
                 folders.append(here)
                 here = here.parent
-    limits = [q for q in map(_quota_in, folders) if q is not None]
-    return min(limits) if limits else None
+    return folders
+
+
+# cgroup v1 writes "no limit" as the largest page-aligned 63-bit number; anything near it is none.
+_NO_MEMORY_LIMIT = 1 << 60
+
+
+def memory_room(root: str | os.PathLike = CGROUP_ROOT,
+                membership: str | os.PathLike = "/proc/self/cgroup",
+                meminfo: str | os.PathLike = "/proc/meminfo") -> tuple[int, str] | None:
+    """Bytes of memory this process's job may still take, and what sets that; None if unknown.
+
+    The least of the machine's available memory (``MemAvailable``) and, for each memory limit
+    of the process's cgroups (a Slurm job's ``--mem``, a container's ``--memory``), the limit
+    less what the group uses (v2: ``memory.max`` and ``memory.current``; v1:
+    ``memory.limit_in_bytes`` and ``memory.usage_in_bytes``). Shared memory (/dev/shm) counts
+    against both: a job that takes more is killed, with no message, by the kernel.
+    """
+    rooms: list[tuple[int, str]] = []
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                rooms.append((int(line.split()[1]) * 1024, "memory (available RAM)"))
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    for folder in _cgroup_folders(Path(root), membership, "memory", ("memory",)):
+        limit = _memory_limit_in(folder)
+        if limit is not None:
+            used, bound = limit
+            rooms.append((max(0, bound - used),
+                          f"memory (the job's limit of {bound / 1e6:,.1f} MB, cgroup {folder})"))
+    return min(rooms, key=lambda room: room[0]) if rooms else None
+
+
+def _memory_limit_in(folder: Path) -> tuple[int, int] | None:
+    """(bytes in use, limit) of one cgroup, or None where it has no memory limit."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        try:
+            text = (folder / limit_file).read_text().strip()
+        except OSError:
+            continue
+        try:
+            if text == "max" or int(text) >= _NO_MEMORY_LIMIT:
+                return None
+            return int((folder / usage_file).read_text()), int(text)
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def _quota_in(folder: Path) -> int | None:

@@ -7,6 +7,7 @@ import csv
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -352,6 +353,55 @@ def test_the_ring_takes_what_dev_shm_can_hold_or_the_build_is_refused_at_once(
     assert [f.count for f in report.files] == [18, 6, 6]
     # 9 blocks are wanted (4 per worker and 1); 90% of 5 blocks' room holds 4.
     assert set(made) == ({4} if free_blocks == 5 else {9})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the room check reads Linux's /dev/shm; elsewhere there is none")
+@pytest.mark.parametrize("free_blocks", [5, 12, 100])
+def test_the_ring_takes_no_more_than_half_the_memory_the_job_may_still_take(
+        tmp_path, monkeypatch, free_blocks):
+    # /dev/shm pages count against a Slurm job's or a container's memory limit, and a tmpfs
+    # may be larger than the memory there is: a ring sized by /dev/shm alone got the job
+    # killed by the kernel, with no message and a .partial file left behind.
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    build.shutdown_workers()  # no ring kept from another test counts as free
+    src = make_split(tmp_path / "split")
+    block_bytes = 4 * 256 * 256 * 3
+    real = os.statvfs
+    monkeypatch.setattr(build.os, "statvfs", lambda path: real(path) if str(path) != build.SHM_DIR
+                        else os.statvfs_result((4096, 4096, 1 << 30, 1 << 30, 1 << 30,
+                                                *real(path)[5:])))
+    where = "memory (the job's limit of 9.0 MB, cgroup /sys/fs/cgroup/job)"
+
+    def room():  # as the kernel counts: the kept ring's pages are in use
+        kept = build._POOL.get("ring")
+        return int(free_blocks * block_bytes) - (0 if kept is None else kept.array.nbytes), where
+
+    monkeypatch.setattr(build.system, "memory_room", room)
+    made = []
+    real_take = build._take_ring
+    monkeypatch.setattr(build, "_take_ring",
+                        lambda blocks, *a: (made.append(blocks), real_take(blocks, *a))[1])
+    out = tmp_path / "out"
+    if free_blocks == 5:  # half of it holds 2 blocks, under one per worker and one written
+        with pytest.raises(DsprepError, match=re.escape(
+                f"{where} has {5 * block_bytes / 1e6:,.1f} MB free; the decoding workers' shared "
+                f"buffer needs {3 * block_bytes / 1e6:,.1f} MB, and may take half of it (the "
+                "rest is for the workers themselves). Use fewer --workers")):
+            build.build_hdf5(src, out, opts(workers=2, size=(256, 256), chunk_images=4))
+        assert not out.exists() or not any(out.glob("*.hdf5*"))
+        # The default --workers is lowered to what fits, with a note that says why.
+        report = build.build_hdf5(src, out, opts(size=(256, 256), chunk_images=4, workers=None))
+        assert [f.count for f in report.files] == [18, 6, 6]
+        assert f"{where} has {5 * block_bytes / 1e6:,.1f} MB free, room for 1 decoding worker " \
+            "of the " in " ".join(report.notes) and "give the job more memory" in \
+            " ".join(report.notes)
+        assert not made
+        return
+    report = build.build_hdf5(src, out, opts(workers=2, size=(256, 256), chunk_images=4))
+    assert [f.count for f in report.files] == [18, 6, 6]
+    assert set(made) == ({6} if free_blocks == 12 else {9})
+    build.shutdown_workers()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -1095,7 +1145,10 @@ def test_killed_worker_gives_a_clean_error_and_no_file(tmp_path, monkeypatch):
         thread.join(10)
     error = outcome.get("error")
     assert isinstance(error, DsprepError), error
-    assert "worker process died" in str(error)
+    # SIGKILL is the kernel's OOM killer's signal (or a scheduler's): memory is what to change.
+    assert "worker process died (TerminatedWorkerError: killed with SIGKILL, most often by the " \
+        "system for want of memory)" in str(error) and "fewer --workers" in str(error)
+    assert "crashes the decoder" not in str(error)
     assert not (out / "train.hdf5").exists() and not (out / "means.json").exists()
     assert not store.partial_path(out / "train.hdf5").exists()
     # Running it again builds everything cleanly.
@@ -1542,3 +1595,14 @@ def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch,
     monkeypatch.undo()
     # Run again once the split is done: a whole build.
     assert [f.count for f in build.build_hdf5(src, out, opts()).files] == counts
+
+
+def test_a_worker_dead_of_another_signal_is_blamed_on_a_file():
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    error = TerminatedWorkerError("A worker process managed by the executor was unexpectedly "
+                                  "terminated.\n\nThe exit codes of the workers are "
+                                  "{SIGSEGV(-11)}\n")
+    message = build._worker_died_message(error)
+    assert message.startswith("a decoding worker process died (TerminatedWorkerError: SIGSEGV); ")
+    assert "use --workers 1 to find the file that crashes the decoder" in message

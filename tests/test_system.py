@@ -63,6 +63,32 @@ def test_no_cgroup_files_and_unreadable_ones_are_no_quota(tmp_path):
     assert system.cgroup_cpu_quota(tmp_path / "fs", tmp_path / "cgroup") is None
 
 
+def test_memory_room_is_the_least_of_available_ram_and_each_cgroup_limit_left(tmp_path):
+    fs, cgroup, meminfo = tmp_path / "fs", tmp_path / "cgroup", tmp_path / "meminfo"
+    _write(meminfo, "MemTotal:       8000000 kB\nMemAvailable:   4000000 kB\n")
+    assert system.memory_room(fs, cgroup, meminfo) == (4_096_000_000, "memory (available RAM)")
+    # v2: a Slurm job's group below its parent; the parent has no limit of its own.
+    _write(cgroup, "0::/slurm/job_7/step_0\n")
+    _write(fs / "slurm" / "memory.max", "max\n")
+    _write(fs / "slurm" / "job_7" / "memory.max", "1500000000\n")
+    _write(fs / "slurm" / "job_7" / "memory.current", "400000000\n")
+    assert system.memory_room(fs, cgroup, meminfo) == (
+        1_100_000_000, f"memory (the job's limit of 1,500.0 MB, cgroup {fs / 'slurm' / 'job_7'})")
+    # Over its limit (page cache counts): no room, not a negative one.
+    _write(fs / "slurm" / "job_7" / "memory.current", "1600000000\n")
+    assert system.memory_room(fs, cgroup, meminfo)[0] == 0
+    # v1, a container's group mounted at the root; "no limit" is a huge number.
+    v1, group = tmp_path / "v1", tmp_path / "cgroup1"
+    _write(group, "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n")
+    _write(v1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes", "9223372036854771712\n")
+    _write(v1 / "memory" / "docker" / "abc" / "memory.usage_in_bytes", "100\n")
+    assert system.memory_room(v1, group, meminfo)[1] == "memory (available RAM)"
+    _write(v1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes", "2000000000\n")
+    assert system.memory_room(v1, group, meminfo)[0] == 2_000_000_000 - 100
+    # Nothing readable: not known.
+    assert system.memory_room(tmp_path / "no", tmp_path / "no", tmp_path / "no") is None
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
 def test_usable_cpus_is_the_affinity_capped_by_the_quota(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
