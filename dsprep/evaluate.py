@@ -23,30 +23,33 @@ __all__ = [
 ]
 
 
-def label_ids(labels: np.ndarray, classes: int | None = None) -> np.ndarray:
+def label_ids(labels: np.ndarray, classes: int | None = None, what: str = "labels") -> np.ndarray:
     """Class ids (N,) from class ids (N,) or (N, 1), or one-hot / probability rows (N, C).
 
     With ``classes``, rows of another width are refused, and (N, 1) is one-hot rows when
-    ``classes`` is 1 (a column of ids otherwise, as Keras often keeps labels).
+    ``classes`` is 1 (a column of ids otherwise, as Keras often keeps labels). ``what`` names
+    the argument in the errors.
     """
     labels = np.asarray(labels)
     if labels.dtype.kind in "OSUMm":  # objects, text, times (bfloat16, kind V, is a number)
-        raise UsageError(f"labels must be numbers (class ids or one-hot rows), got "
+        raise UsageError(f"{what} must be numbers (class ids or one-hot rows), got "
                          f"{labels.dtype} values such as {labels.ravel()[:3].tolist()}")
     if labels.ndim == 2 and labels.shape[1] == 1 and classes != 1:
         labels = labels[:, 0]
     elif labels.ndim == 2:
         if classes is not None and labels.shape[1] != classes:
-            raise UsageError(f"one-hot rows must have one column per class ({classes}); got "
-                             f"shape {labels.shape}")
+            raise UsageError(f"{what}: one-hot rows must have one column per class "
+                             f"({classes}); got shape {labels.shape}")
         return labels.argmax(axis=1).astype(np.int64)
     if labels.ndim != 1:
         raise UsageError(
-            f"labels must be class ids (N,) or one-hot rows (N, C), got shape {labels.shape}"
+            f"{what} must be class ids (N,) or one-hot rows (N, C), got shape {labels.shape}"
         )
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         if not np.all(labels == np.round(labels)):
-            raise UsageError("labels must be whole class ids, got fractional values")
+            scores = (" (scores of one class each, as from a sigmoid, become ids with "
+                      "(scores > 0.5).astype(int))" if what == "preds" else "")
+            raise UsageError(f"{what} must be whole class ids, got fractional values{scores}")
     return labels.astype(np.int64)
 
 
@@ -247,7 +250,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
         preds: (N,) predicted class ids, or (N, classes) probabilities (the arg-max is taken).
         n_classes: the number of classes.
     """
-    labels, preds = label_ids(labels, n_classes), label_ids(preds, n_classes)
+    labels, preds = label_ids(labels, n_classes), label_ids(preds, n_classes, "preds")
     if labels.shape != preds.shape:
         raise UsageError(f"labels and preds differ in length: {labels.shape} vs {preds.shape}")
     if n_classes < 1:

@@ -119,6 +119,12 @@ def _called_wrongly(op, x: np.ndarray, rng: np.random.Generator, exc: TypeError)
     return False
 
 
+def _count_changed(op, before: int, after: int) -> str:
+    return (f"{op!r} turned a batch of {before} images into {after}; augment and each "
+            "preprocessor keep one image for each label (for more images per epoch, use a "
+            "larger batch_size or more epochs)")
+
+
 def _probe_batch(shape: tuple[int, ...]) -> np.ndarray:
     """A one-image batch with varied pixels (a constant image would upset normalisations)."""
     size = int(np.prod(shape))
@@ -166,6 +172,12 @@ class _BatchSequence(ABC):
                 raise UsageError(
                     f"preprocessor {op!r} is not callable; pass objects called as op(batch, rng)"
                 )
+            if any(c.__module__.split(".")[0] == "keras" for c in type(op).__mro__):
+                # Called as layer(batch, rng) it fails in Keras's words, which do not say this.
+                raise UsageError(
+                    f"{op!r} is a Keras layer: put it in the model (first, so it runs on the "
+                    "accelerator), not in augment or preprocessors, which run numpy ops called "
+                    "as op(batch, rng)")
         flag(one_hot, "one_hot")
         if not (isinstance(drop_last, (bool, np.bool_)) or drop_last == "auto"):
             raise UsageError(f"drop_last must be True, False or \"auto\"; received {drop_last!r}")
@@ -324,8 +336,16 @@ class _BatchSequence(ABC):
         x = _probe_batch(self.image_shape)
         converted = None
         for op in self._steps:
+            n = len(x)
             try:
                 x = op(x, rng)
+                if not isinstance(x, np.ndarray):
+                    raise UsageError(
+                        f"{op!r} returned {type(x).__name__}, not a numpy batch; augment and "
+                        "each preprocessor return the batch (an op that changes it in place "
+                        "returns it too)")
+                if len(x) != n:
+                    raise UsageError(_count_changed(op, n, len(x)))
                 if converted is None and x.dtype != np.uint8:
                     converted = op
             except TypeError as exc:
@@ -370,6 +390,8 @@ class _BatchSequence(ABC):
             else:
                 for op in self._steps:
                     x = op(x, rng)
+        if len(x) != len(labels):  # an op that changes the count only sometimes
+            raise UsageError(_count_changed(self._steps, len(labels), len(x)))
         if self.output == "float32" and x.dtype != np.float32:
             x = x.astype(np.float32, order="C")
         elif scratch is not None and np.may_share_memory(x, scratch):

@@ -82,6 +82,23 @@ def test_mean_rgb_reads_means_as_the_preprocessors_do(tmp_path):
             reader(path)
 
 
+def test_keras_layers_given_as_generator_ops_are_refused_with_where_they_go(h5file, tmp_path):
+    # The mean layer is for output="uint8" batches, in the model; as a numpy op it failed
+    # in Keras's own words (a ValueError about positional tensors).
+    import keras
+
+    from dsprep.adapters import MeanSubtraction
+    from dsprep.generators import HDF5Generator
+
+    path = tmp_path / "means.json"
+    path.write_text('{"R": 1, "G": 2, "B": 3}')
+    for layer in (MeanSubtraction(path), keras.layers.RandomFlip()):
+        with pytest.raises(UsageError, match=r"is a Keras layer: put it in the model"):
+            HDF5Generator(h5file[0], preprocessors=[layer])
+        with pytest.raises(UsageError, match=r"is a Keras layer"):
+            HDF5Generator(h5file[0], augment=layer)
+
+
 # -- PyDataset ---------------------------------------------------------------------------------
 
 

@@ -273,8 +273,14 @@ def test_confusion_matrix_and_per_class_accuracy():
     np.testing.assert_array_equal(confusion_matrix(labels[:, None], probs, 4), expected)
     # One class: (N, 1) rows of 1.0 are its one-hot rows, not ids of 1.
     np.testing.assert_array_equal(confusion_matrix(np.ones((3, 1)), np.ones((3, 1)), 1), [[3]])
-    with pytest.raises(UsageError, match="one column per class"):
+    with pytest.raises(UsageError, match=r"^preds: one-hot rows must have one column per class"):
         confusion_matrix(labels, np.eye(5)[preds], 4)
+    with pytest.raises(UsageError, match=r"^labels: one-hot rows must have one column"):
+        per_class_accuracy(np.eye(5)[labels], preds, 4)
+    # Sigmoid scores given as preds: the fault is named where it is, with the way out.
+    with pytest.raises(UsageError, match=r"^preds must be whole class ids, got fractional values "
+                                         r"\(scores .*\(scores > 0.5\)"):
+        confusion_matrix(np.array([0, 1]), np.array([0.2, 0.9]), 2)
     np.testing.assert_allclose(per_class_accuracy(labels, preds, 4), [0.5, 2 / 3, 0.5, 1.0])
     absent = per_class_accuracy(labels, preds, 5)
     assert np.isnan(absent[4]) and absent[0] == 0.5

@@ -239,6 +239,13 @@ def test_a_patch_after_an_op_that_resizes_is_checked_against_the_new_size(h5file
         # An op of another signature is named at construction, with how ops are called.
         ({"augment": lambda batch: batch}, r"<lambda>\(\) takes 1 positional .* op\(batch, rng\)"),
         ({"preprocessors": [lambda batch: batch]}, r"called as op\(batch, rng\)"),
+        # An op that edits in place and returns nothing, or returns a list.
+        ({"augment": lambda batch, rng: None}, r"returned NoneType, not a numpy batch"),
+        ({"preprocessors": [lambda batch, rng: list(batch)]}, r"returned list, not a numpy"),
+        # One that adds images (mirrors appended): x and y would no longer pair up.
+        ({"augment": lambda batch, rng: np.concatenate([batch, batch[:, :, ::-1]])},
+         r"turned a batch of 1 images into 2; augment and each preprocessor keep one image "
+         r"for each label"),
     ],
 )
 def test_bad_arguments_are_usage_errors(h5file, kwargs, match):
@@ -1518,3 +1525,13 @@ def test_with_block_lets_go_of_the_file_and_the_threads(h5file, class_dump):
         dgen[0]
         assert _decode_threads() > before
     assert _decode_threads() == before
+
+
+def test_an_op_that_sometimes_changes_the_count_fails_its_batch_not_quietly(h5file):
+    # Passes the one-image probe, then drops the last image of a real batch.
+    def drop_last_image(batch, rng):
+        return batch[:-1] if len(batch) > 1 else batch
+
+    gen = HDF5Generator(h5file[0], batch_size=8, augment=drop_last_image)
+    with pytest.raises(UsageError, match=r"turned a batch of 8 images into 7"):
+        gen[0]
