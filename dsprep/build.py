@@ -398,20 +398,33 @@ def find_rows(
                               f"{src / 'split.json'}; make the split again with 'dsprep split'")
         found[split] = _rows(src, _under(src, folders[split]), pairs, classes)
     if has_manifest:
-        _add_missing(found, links, unread, read_placed(src) if placed is None else placed)
+        _add_missing(found, links, unread, read_placed(src) if placed is None else placed,
+                     notes)
     return classes, found, notes, links
 
 
 def _add_missing(found: dict[str, list[Row]], skips: dict[str, list[Skip]],
-                 unread: dict[str, tuple[str, ...]], placed: dict[str, list[str]] | None) -> None:
+                 unread: dict[str, tuple[str, ...]], placed: dict[str, list[str]] | None,
+                 notes: list[str]) -> None:
     """Count the files the split placed (``placed``: files.csv's paths by split) that are gone
     from its folders as skipped rows of their file, so a deleted file or class folder is
     reported, not left out unseen. Those the walk could not read (a file, or a folder and all
-    in it) are left to their own note."""
+    in it) are left to their own note. Files the split did not place (put there by hand, or
+    by a tool) are built, with a note that counts them: they passed none of the split's checks
+    (duplicates, labels in two classes, images of one source in two splits)."""
     for split, rows in found.items():
         there = {r.name for r in rows} | {s.source for s in skips.get(split, ())}
         unreadable = unread.get(split, ())
-        gone = sorted(p for p in set((placed or {}).get(split, ())) - there
+        listed = set((placed or {}).get(split, ()))
+        added = sorted(r.name for r in rows if r.name not in listed) if placed is not None else []
+        if added:
+            many = len(added) != 1
+            notes.append(f"{split}: {len(added)} file{'s' * many} not placed by the split (not "
+                         f"in files.csv), such as {added[0]}: added since the split, and built "
+                         f"with {'their' if many else 'its'} class folder's label, unchecked "
+                         "for duplicates of other images; to have them checked, add them to the "
+                         "dump and split it again")
+        gone = sorted(p for p in listed - there
                       if p not in unreadable and not p.startswith(_folders(unreadable)))
         skips[split] = sorted([*skips.get(split, ()), *(
             Skip(path, MISSING_FILE, "placed by the split (files.csv) and gone since: deleted "

@@ -1553,6 +1553,25 @@ def test_a_build_from_before_gone_files_were_counted_is_still_up_to_date(tmp_pat
     assert build.build_hdf5(src, tmp_path / "now", opts()).up_to_date
 
 
+def test_files_added_to_a_split_by_hand_are_built_with_a_note(tmp_path):
+    from dsprep import split
+
+    dump = make_class_folders(tmp_path / "dump", CLASSES, per_class=10)
+    src = tmp_path / "split"
+    split.materialize(split.plan(dump, counts=(6, 2, 2)), src)
+    assert not [n for n in build.build_hdf5(src, tmp_path / "out", opts()).notes
+                if "not placed by the split" in n]
+    added = src / "train" / CLASSES[0] / "added by hand.png"
+    write_image(added, smooth_image(48, 64, seed=5))
+    report = build.build_hdf5(src, tmp_path / "again", opts())
+    assert report.files[0].count == 6 * len(CLASSES) + 1  # built, as the folders say
+    assert [n for n in report.notes if "not placed by the split" in n] == [
+        f"train: 1 file not placed by the split (not in files.csv), such as train/{CLASSES[0]}/"
+        "added by hand.png: added since the split, and built with its class folder's label, "
+        "unchecked for duplicates of other images; to have them checked, add them to the dump "
+        "and split it again"]
+
+
 @pytest.mark.parametrize("change", ["replaced", "rewritten", "linked", "relinked"])
 def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch, change):
     # A 'split --force' of SRC while the build reads it: the files would mix two splits, and
