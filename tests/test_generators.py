@@ -1507,10 +1507,6 @@ def test_batches_are_c_contiguous_whatever_layout_an_op_returns(h5file, output):
         np.testing.assert_array_equal(x, reference(imgs[8:16]).astype(x.dtype))
 
 
-def _decode_threads() -> int:
-    return sum(t.name.startswith("dsprep-decode") for t in threading.enumerate())
-
-
 def test_with_block_lets_go_of_the_file_and_the_threads(h5file, class_dump):
     with HDF5Generator(h5file[0], batch_size=8) as gen:
         gen[0]
@@ -1520,11 +1516,12 @@ def test_with_block_lets_go_of_the_file_and_the_threads(h5file, class_dump):
     with h5py.File(h5file[0], "r+") as db:
         assert db["images"].shape[0] == 37
 
-    before = _decode_threads()
     with DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=4, workers=2) as dgen:
         dgen[0]
-        assert _decode_threads() > before
-    assert _decode_threads() == before
+        threads = [t for t in threading.enumerate() if t.name.startswith("dsprep-decode")
+                   and t in dgen._pool._threads]
+        assert threads and all(t.is_alive() for t in threads)
+    assert not any(t.is_alive() for t in threads) and dgen._pool is None
 
 
 def test_an_op_that_sometimes_changes_the_count_fails_its_batch_not_quietly(h5file):
