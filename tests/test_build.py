@@ -316,6 +316,15 @@ def test_a_slot_is_prefaulted_as_the_whole_pages_that_hold_it(offset, nbytes):
     assert start + length == offset + nbytes
 
 
+def _record_rings(monkeypatch) -> list[int]:
+    """The block counts of the rings the build makes, in order."""
+    made: list[int] = []
+    real_take = build._take_ring
+    monkeypatch.setattr(build, "_take_ring",
+                        lambda blocks, *a: (made.append(blocks), real_take(blocks, *a))[1])
+    return made
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="the room check reads Linux's /dev/shm; elsewhere there is none")
 @pytest.mark.parametrize("free_blocks", [2.5, 5, 100])
@@ -337,10 +346,7 @@ def test_the_ring_takes_what_dev_shm_can_hold_or_the_build_is_refused_at_once(
                                   (int(free_blocks * block_bytes) - used) // 4096, *found[5:]))
 
     monkeypatch.setattr(build.os, "statvfs", small)
-    made = []
-    real_take = build._take_ring
-    monkeypatch.setattr(build, "_take_ring",
-                        lambda blocks, *a: (made.append(blocks), real_take(blocks, *a))[1])
+    made = _record_rings(monkeypatch)
     out = tmp_path / "out"
     options = opts(workers=2, size=(256, 256), chunk_images=4)
     if free_blocks < 3:  # one block per worker and one being written: 3 at least
@@ -378,10 +384,7 @@ def test_the_ring_takes_no_more_than_half_the_memory_the_job_may_still_take(
         return int(free_blocks * block_bytes) - (0 if kept is None else kept.array.nbytes), where
 
     monkeypatch.setattr(build.system, "memory_room", room)
-    made = []
-    real_take = build._take_ring
-    monkeypatch.setattr(build, "_take_ring",
-                        lambda blocks, *a: (made.append(blocks), real_take(blocks, *a))[1])
+    made = _record_rings(monkeypatch)
     out = tmp_path / "out"
     if free_blocks == 5:  # half of it holds 2 blocks, under one per worker and one written
         with pytest.raises(DsprepError, match=re.escape(
