@@ -131,9 +131,10 @@ def memory_room(root: str | os.PathLike = CGROUP_ROOT,
 
     The least of the machine's available memory (``MemAvailable``) and, for each memory limit
     of the process's cgroups (a Slurm job's ``--mem``, a container's ``--memory``), the limit
-    less what the group uses (v2: ``memory.max`` and ``memory.current``; v1:
-    ``memory.limit_in_bytes`` and ``memory.usage_in_bytes``). Shared memory (/dev/shm) counts
-    against both: a job that takes more is killed, with no message, by the kernel.
+    less what the group uses, its inactive file cache left out (v2: ``memory.max`` and
+    ``memory.current``; v1: ``memory.limit_in_bytes`` and ``memory.usage_in_bytes``). Shared
+    memory (/dev/shm) counts against both: a job that takes more is killed, with no message,
+    by the kernel.
     """
     rooms: list[tuple[int, str]] = []
     try:
@@ -153,9 +154,15 @@ def memory_room(root: str | os.PathLike = CGROUP_ROOT,
 
 
 def _memory_limit_in(folder: Path) -> tuple[int, int] | None:
-    """(bytes in use, limit) of one cgroup, or None where it has no memory limit."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+    """(bytes in use, limit) of one cgroup, or None where it has no memory limit.
+
+    The use leaves out the group's inactive file cache (``memory.stat``), which the kernel
+    takes back before it kills anything, as a working-set count does: a job that has just
+    copied a dump holds gigabytes of it, all of it free for the taking.
+    """
+    for limit_file, usage_file, cache_key in (
+            ("memory.max", "memory.current", "inactive_file"),
+            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")):
         try:
             text = (folder / limit_file).read_text().strip()
         except OSError:
@@ -163,10 +170,23 @@ def _memory_limit_in(folder: Path) -> tuple[int, int] | None:
         try:
             if text == "max" or int(text) >= _NO_MEMORY_LIMIT:
                 return None
-            return int((folder / usage_file).read_text()), int(text)
+            used = int((folder / usage_file).read_text())
         except (OSError, ValueError):
             return None
+        return max(0, used - _stat_value(folder / "memory.stat", cache_key)), int(text)
     return None
+
+
+def _stat_value(path: Path, key: str) -> int:
+    """One ``key value`` line's value of a cgroup stat file; 0 where it cannot be read."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _quota_in(folder: Path) -> int | None:

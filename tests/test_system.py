@@ -74,9 +74,14 @@ def test_memory_room_is_the_least_of_available_ram_and_each_cgroup_limit_left(tm
     _write(fs / "slurm" / "job_7" / "memory.current", "400000000\n")
     assert system.memory_room(fs, cgroup, meminfo) == (
         1_100_000_000, f"memory (the job's limit of 1,500.0 MB, cgroup {fs / 'slurm' / 'job_7'})")
-    # Over its limit (page cache counts): no room, not a negative one.
+    # Over its limit: no room, not a negative one.
     _write(fs / "slurm" / "job_7" / "memory.current", "1600000000\n")
     assert system.memory_room(fs, cgroup, meminfo)[0] == 0
+    # Inactive file cache (a copied dump's pages) is the kernel's to take back: not in use.
+    _write(fs / "slurm" / "job_7" / "memory.stat",
+           "anon 300000000\nfile 1300000000\nactive_file 100000000\n"
+           "inactive_file 1200000000\n")
+    assert system.memory_room(fs, cgroup, meminfo)[0] == 1_500_000_000 - 400_000_000
     # v1, a container's group mounted at the root; "no limit" is a huge number.
     v1, group = tmp_path / "v1", tmp_path / "cgroup1"
     _write(group, "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n")
@@ -85,6 +90,10 @@ def test_memory_room_is_the_least_of_available_ram_and_each_cgroup_limit_left(tm
     assert system.memory_room(v1, group, meminfo)[1] == "memory (available RAM)"
     _write(v1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes", "2000000000\n")
     assert system.memory_room(v1, group, meminfo)[0] == 2_000_000_000 - 100
+    _write(v1 / "memory" / "docker" / "abc" / "memory.usage_in_bytes", "1900000000\n")
+    _write(v1 / "memory" / "docker" / "abc" / "memory.stat",
+           "cache 1500000000\ninactive_file 9\ntotal_inactive_file 1400000000\n")
+    assert system.memory_room(v1, group, meminfo)[0] == 2_000_000_000 - 500_000_000
     # Nothing readable: not known.
     assert system.memory_room(tmp_path / "no", tmp_path / "no", tmp_path / "no") is None
 
