@@ -32,8 +32,6 @@ class KerasDataset(keras.utils.PyDataset):
     own thread pool passes each batch through two more threads and delivered a third as many
     batches per second (2 cores: 21,000 against 58,000 150x150 images/s). Epoch changes wait
     for the batches in flight: give ``EpochSync`` this dataset rather than its generator.
-    (With ``steps_per_epoch`` under TensorFlow, tf.data keeps the batches it prefetched from
-    one Keras epoch to the next, so an epoch may begin with a batch or two of the last one.)
 
     Every pass Keras makes after the first (``fit``'s epochs, ``evaluate``, ``predict``)
     starts by moving the generator to its next epoch, as ``as_tf_dataset`` does, unless its
@@ -42,9 +40,12 @@ class KerasDataset(keras.utils.PyDataset):
     generator in two datasets at once, as training and validation data, moves on at the
     passes of both: give each its own generator): so every Keras epoch sees a new order, and after
     ``model.predict(ds)`` the generator still stands at the epoch whose order ``predict``
-    read (``for x, y in gen`` then gives the labels in the same order). With
-    ``use_multiprocessing`` the generator moves on at the end of each pass instead, since
-    Keras forks its worker processes before it tells the dataset that a pass begins.
+    read (``for x, y in gen`` then gives the labels in the same order). The move is made when
+    the pass asks for batch 0: with ``steps_per_epoch`` below ``len(gen)``, Keras's epochs go
+    on through one pass of the data, and the whole pass reads one order (each batch once),
+    not a new order from each Keras epoch on. With ``use_multiprocessing`` the generator
+    moves on at the end of each pass instead, since Keras forks its worker processes before
+    it tells the dataset that a pass begins.
 
     Under the JAX and PyTorch backends the first ``fit`` of a model whose metrics are not yet
     built also opens a short probing pass over the first batch, which counts as a pass here;
@@ -61,6 +62,7 @@ class KerasDataset(keras.utils.PyDataset):
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
+        self._pass_due = False  # a Keras pass began: move on when batch 0 is asked for
         # Where the generator stood when the last pass over it began (see _next_pass).
         self._last = _passes_of(gen)
         # Keras versions without on_epoch_begin, and forked workers, need the move at the end.
@@ -74,6 +76,11 @@ class KerasDataset(keras.utils.PyDataset):
         return len(self.gen)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index == 0 and self._pass_due:
+            # A pass over the data begins (with steps_per_epoch below len, Keras's epochs
+            # go on through one pass: only a new pass moves the generator on).
+            self._pass_due = False
+            self._change(lambda: _next_pass(self.gen, self._last))
         if self._ahead is not None:
             return self._ahead.get(index)
         return self.gen[index]
@@ -87,7 +94,10 @@ class KerasDataset(keras.utils.PyDataset):
         self._change(lambda: self.gen.set_epoch(epoch))
 
     def on_epoch_begin(self) -> None:
-        self._change(None if self._at_end else lambda: _next_pass(self.gen, self._last))
+        if self._at_end:
+            self._change(None)
+        else:
+            self._pass_due = True  # the move waits for the pass's first batch
         self._begun = True
 
     def on_epoch_end(self) -> None:
@@ -163,7 +173,9 @@ class EpochSync(keras.callbacks.Callback):
     With it, Keras epoch ``e`` (counted from ``initial_epoch`` on a resumed fit) reads
     generator epoch ``e`` under every backend, so a run's order and random draws depend only
     on the seed and the epoch. Takes generators, or the datasets ``as_keras`` made of them;
-    objects without ``set_epoch`` are left alone.
+    objects without ``set_epoch`` are left alone. (With ``steps_per_epoch`` below the
+    generator's length, Keras epoch ``e`` then reads epoch ``e``'s batches from where the
+    last Keras epoch stopped: leave it out to read each pass in one order.)
     """
 
     def __init__(self, *datasets: Any) -> None:

@@ -115,9 +115,12 @@ def test_as_keras_forwards_and_pickles(h5file):
     np.testing.assert_array_equal(ds[1][0], gen[1][0])
     ds.on_epoch_end()  # a reset before any pass began (what Keras does first)
     ds.on_epoch_begin()
+    np.testing.assert_array_equal(ds[0][0], gen[0][0])
     ds.on_epoch_end()
     assert gen.epoch == 0  # the pass's epoch stays until the next pass begins
     ds.on_epoch_begin()
+    assert gen.epoch == 0  # and that is when it asks for batch 0
+    np.testing.assert_array_equal(ds[0][0], gen[1, 0][0])
     assert gen.epoch == 1
     ds.on_epoch_end()
     copy = pickle.loads(pickle.dumps(ds))
@@ -169,6 +172,9 @@ class Slow:
     def on_epoch_end(self):
         self.epoch += 1
 
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
 
 def test_read_ahead_gives_each_batch_of_each_epoch_in_order_made_on_its_threads():
     from dsprep.adapters import as_keras
@@ -202,8 +208,8 @@ def test_an_epoch_cut_short_waits_for_the_batches_read_ahead_before_it_ends():
     assert seq.epoch == 0 and seq.torn == []
     assert [i for e, i, _ in seq.calls if e == 1] == []
     ds.on_epoch_begin()
-    assert seq.epoch == 1
     assert int(ds[0][0][0, 0]) == 10 and int(ds[1][0][0, 0]) == 11
+    assert seq.epoch == 1
 
 
 def test_read_ahead_answers_out_of_order_calls_and_drops_what_it_read_for_another_epoch():
@@ -225,8 +231,9 @@ def test_read_ahead_answers_out_of_order_calls_and_drops_what_it_read_for_anothe
 
 
 def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
-    """TensorFlow's input thread keeps asking for batches while Keras ends an epoch on its own
-    thread (fit with steps_per_epoch): no batch may be made across the change."""
+    """TensorFlow's input thread keeps asking for batches while Keras ends an epoch and
+    EpochSync sets the next on Keras's thread (fit with steps_per_epoch): no batch may be
+    made across the change."""
     import threading
 
     from dsprep.adapters import as_keras
@@ -250,6 +257,7 @@ def test_an_epoch_change_from_another_thread_waits_for_the_batches_in_flight():
         time.sleep(0.001)
     ds.on_epoch_end()  # mid-pass, from this thread
     ds.on_epoch_begin()
+    ds.set_epoch(1)
     changed.set()
     thread.join(30)
     time.sleep(0.05)  # time for a batch still running, were there one, to record itself
@@ -603,6 +611,52 @@ def test_epoch_sync_pins_generator_epoch_to_keras_epoch(h5file, workers):
     assert full_epochs(ds) == [3, 4]
     # And each batch is the one the generator makes for that epoch and index.
     fresh = HDF5Generator(h5file[0], batch_size=16, shuffle="full", seed=3)
+    for epoch, index, x in ds.delivered:
+        fresh.set_epoch(epoch)
+        np.testing.assert_array_equal(x, fresh[index][0])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_steps_per_epoch_below_len_reads_each_pass_in_one_generator_epoch(h5file, workers):
+    # With steps_per_epoch < len, Keras's epochs go on through one pass of the data. Moving
+    # the generator on at every Keras epoch mixed two orders in one pass: some batches
+    # twice, others never.
+    import keras
+
+    from dsprep.adapters import KerasDataset
+
+    class Delivered(KerasDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.delivered = []
+
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            self.delivered.append((self.gen.epoch, index, x.copy()))
+            return x, y
+
+    gen = HDF5Generator(h5file[0], batch_size=7, shuffle="full", seed=4, drop_last=True)
+    assert len(gen) == 6
+    ds = Delivered(gen, workers=workers)
+
+    class Begin(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            ds.delivered.clear()  # Keras read a batch or two to learn their shapes
+
+    tiny_model(keras).fit(ds, epochs=6, steps_per_epoch=2, shuffle=False, verbose=0,
+                          callbacks=[Begin()])
+    # Each pass reads its batches in order, every one of them, all of one generator epoch.
+    passes = [[]]
+    for epoch, index, _ in ds.delivered:
+        if index == 0 and passes[-1]:
+            passes.append([])
+        passes[-1].append((epoch, index))
+    assert len(passes) >= 2
+    for one in passes[:-1]:
+        assert [i for _, i in one] == list(range(len(gen)))
+        assert len({e for e, _ in one}) == 1, one
+    assert len({one[0][0] for one in passes}) == len(passes)  # a new order each pass
+    fresh = HDF5Generator(h5file[0], batch_size=7, shuffle="full", seed=4, drop_last=True)
     for epoch, index, x in ds.delivered:
         fresh.set_epoch(epoch)
         np.testing.assert_array_equal(x, fresh[index][0])
