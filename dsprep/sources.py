@@ -327,6 +327,11 @@ class ZipSource(Source):
             if not all(_visible(p) for p in parts):
                 continue
             files.append(name)
+        for name, n in Counter(files).items():
+            # Unpacked, the last member of a name is what the folder keeps; so it is read here.
+            problems += [Skipped(name, BAD_NAME, f"one of {n} members of this name in the "
+                                 "archive: the last of them is used, as unpacking it keeps")
+                         ] * (n - 1)
         return sorted(set(files)), problems
 
     def read(self, rel: str) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ import re
 import shutil
 import stat
 import sys
+import threading
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -272,6 +274,15 @@ class SplitPlan:
                          "no classes; label the images with a CSV (--layout csv --labels FILE) "
                          "or by their file names (--layout prefix)")
         found += class_name_warnings(self.classes)
+        unreadable = [s for s in self.skipped if s.reason == UNREADABLE]
+        if unreadable:
+            n = len(unreadable)
+            found.append(f"{n} file{'s' if n != 1 else ''} could not be read and "
+                         f"{'are' if n != 1 else 'is'} left out, e.g. {unreadable[0].source} "
+                         f"({unreadable[0].detail}): if {'they are' if n != 1 else 'it is'} "
+                         "to be in the split, make "
+                         f"{'them' if n != 1 else 'it'} readable and run the same command "
+                         "again; skipped.csv lists each")
         bad = Counter((repr(s.label) if len(s.label) <= 60 else
                        f"{s.label[:40]!r}... ({len(s.label)} characters)")
                       if s.label else "empty label"
@@ -430,8 +441,8 @@ def _check(source, rel: str, verify: str, min_size: int, stash=None,
            max_pixels: int = images.DEFAULT_MAX_PIXELS) -> _Checked:
     """Read one file once: hash it and check it is an image of a usable size.
 
-    ``stash``, when given, receives the bytes of a usable file, so that a one-pass split can
-    write them out without reading the file a second time.
+    ``stash``, when given, receives the bytes and the SHA-256 of a usable file, so that a
+    one-pass split can write them out without reading the file a second time.
     """
     try:
         data = source.read(rel)
@@ -452,7 +463,7 @@ def _check(source, rel: str, verify: str, min_size: int, stash=None,
         return _Checked(rel, problem=Skipped(
             rel, TOO_SMALL, f"{width}x{height} is under the minimum side of {min_size} px"))
     if stash is not None:
-        stash(data)
+        stash(data, digest)
     return _Checked(rel, digest, int(height), int(width), len(data))
 
 
@@ -691,6 +702,7 @@ class SplitResult:
         reused: files already in place from an interrupted earlier run.
         copied_instead: hard links that fell back to a copy (another device or no support).
         already_complete: the folder already held this exact split; nothing was written.
+        notes: what the user should see to, in words (the split is in place all the same).
     """
 
     dest: Path
@@ -698,6 +710,7 @@ class SplitResult:
     reused: int = 0
     copied_instead: int = 0
     already_complete: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -1155,7 +1168,8 @@ def materialize(
                 _place_all(split_plan, partial, mode, resume, result, progress,
                            workers or default_workers())
                 _finish(partial, files_csv, skipped_csv, manifest)
-        _swap(partial, dest, old)
+        note = _swap(partial, dest, old)
+        result.notes += [note] if note else []
         return result
 
 
@@ -1360,30 +1374,34 @@ def run(
             _write_text(partial / _MARKER, json.dumps(identity))
             staging.mkdir()
             stage = str(staging)
+            # One copy per content, named by its SHA-256: the split keeps at most one file of
+            # each content, so duplicates left out take no room.
+            contents: set[str] = set()
+            lock = threading.Lock()
 
-            def check(item: tuple[int, tuple[str, str]]) -> _Checked:
-                index, (rel, _label) = item
-                return _check(source, rel, options.verify, options.min_size,
-                              lambda data: _write_bytes(os.path.join(stage, str(index)), data),
+            def stash(data: bytes, digest: str) -> None:
+                with lock:
+                    if digest in contents:
+                        return
+                    contents.add(digest)
+                _write_bytes(os.path.join(stage, digest), data)
+
+            def check(rel: str) -> _Checked:
+                return _check(source, rel, options.verify, options.min_size, stash,
                               max_pixels=options.max_pixels)
 
             try:
                 # The staged copies go first: what is free is then said as it will be.
                 with _room(dest, mode=mode, folder=source_path.is_dir(),
                            count=len(inventory.items), discard=partial):
-                    checked = _map(check, list(enumerate(inventory.items)), workers, progress,
-                                   "reading")
+                    checked = _map(check, [rel for rel, _label in inventory.items], workers,
+                                   progress, "reading")
                 split_plan = _decide(source_path, inventory, checked, options)
             except Exception:
                 # A plan that cannot be made (a class too small, no usable image, a full disk)
                 # leaves nothing behind; an abrupt stop leaves staged copies the next run discards.
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
-        staged: dict[str, str] = {}
-        for index, c in enumerate(checked):
-            if c.problem is None:
-                staged.setdefault(c.rel, str(index))
-
         files_csv = split_plan.files_csv()
         manifest = split_plan.manifest(mode)
         folder = source_path.is_dir()
@@ -1399,10 +1417,11 @@ def run(
                     (partial / split_name / label).mkdir(parents=True, exist_ok=True)
             out = str(partial)
             for f in split_plan.files:
-                os.replace(os.path.join(stage, staged[f.source]), os.path.join(out, f.path))
+                os.replace(os.path.join(stage, f.sha256), os.path.join(out, f.path))
             _finish(partial, files_csv, split_plan.skipped_csv(), manifest)
-        _swap(partial, dest, _old(dest))
-        return split_plan, SplitResult(dest, placed=len(split_plan.files))
+        note = _swap(partial, dest, _old(dest))
+        return split_plan, SplitResult(dest, placed=len(split_plan.files),
+                                       notes=[note] if note else [])
 
 
 @contextlib.contextmanager
@@ -1575,8 +1594,9 @@ def _like(dest: Path, folder: Path) -> None:
     os.chmod(folder, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
-def _swap(partial: Path, dest: Path, old: Path) -> None:
-    """Rename the finished split into place, replacing whatever ``dest`` held.
+def _swap(partial: Path, dest: Path, old: Path) -> str | None:
+    """Rename the finished split into place, replacing whatever ``dest`` held; a note if
+    what it held could not all be removed afterwards.
 
     A crash between the two renames leaves the finished split in ``partial``, which the next
     run moves into place without copying again.
@@ -1584,11 +1604,12 @@ def _swap(partial: Path, dest: Path, old: Path) -> None:
     # A run stopped between writing split.json and removing the marker left both.
     (partial / _MARKER).unlink(missing_ok=True)
     if _inside(dest):
-        _swap_inside(partial, dest, old)
-        return
+        return _swap_inside(partial, dest, old)
     _like(dest, partial)
     if old.exists():
-        shutil.rmtree(old)
+        left = _remove_old(old, dest)
+        if left:
+            raise SplitError(f"{left}; then run the same command again")
     if dest.is_dir() and not any(dest.iterdir()):
         dest.rmdir()
     elif dest.is_dir() and not dest.is_symlink():
@@ -1596,11 +1617,21 @@ def _swap(partial: Path, dest: Path, old: Path) -> None:
     elif dest.exists() or dest.is_symlink():
         dest.unlink()
     os.replace(partial, dest)
-    if old.exists():
+    return _remove_old(old, dest) if old.exists() else None
+
+
+def _remove_old(old: Path, dest: Path) -> str | None:
+    """Remove what ``dest`` held before (set aside in ``old``); where that fails, say so."""
+    try:
         shutil.rmtree(old)
+    except OSError as exc:
+        where = exc.filename if exc.filename and os.path.isabs(exc.filename) else old
+        return (f"what {dest} held before the split could not all be removed ({where}: "
+                f"{exc.strerror or exc}); it is left in {old}: remove it yourself")
+    return None
 
 
-def _swap_inside(partial: Path, dest: Path, old: Path) -> None:
+def _swap_inside(partial: Path, dest: Path, old: Path) -> str | None:
     """Move a finished split into a ``dest`` that cannot be replaced (see :func:`_inside`):
     what it held goes aside, then the split's entries move in, ``split.json`` last.
 
@@ -1624,7 +1655,7 @@ def _swap_inside(partial: Path, dest: Path, old: Path) -> None:
         os.replace(partial / name, dest / name)
     partial.rmdir()
     journal.unlink()
-    shutil.rmtree(old, ignore_errors=True)
+    return _remove_old(old, dest)
 
 
 def _manifest_last(names) -> list[str]:
@@ -1639,7 +1670,9 @@ def _clear_leftovers(dest: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(OSError):
         (dest / f"{_OWN}-partial").rmdir()  # only if empty
-    (dest / f"{_OWN}-swapping").unlink(missing_ok=True)
+    # Suppressed: a split mounted read-only answers even a missing name with EROFS.
+    with contextlib.suppress(OSError):
+        (dest / f"{_OWN}-swapping").unlink()
     # A --force run of another split stopped before its swap: only another --force could take
     # its files up, and that starts afresh. They can be a whole copy of the data.
     partial = _partial(dest)
@@ -1663,7 +1696,9 @@ def _remove_partial(partial: Path, force: bool) -> None:
     manifest's writing).
     """
     ours = any((partial / name).exists() for name in (_MARKER, MANIFEST, FILES_CSV)) or (
-        partial.is_dir() and not any(partial.iterdir()))
+        partial.is_dir() and not any(partial.iterdir())) or any(
+        # A run killed while it wrote its first marker.
+        partial.glob(glob.escape(_MARKER) + "*"))
     if not (ours or force):
         raise DestinationExistsError(
             f"{partial} exists but was not made by dsprep split; remove it or use --force")
@@ -1681,11 +1716,19 @@ def _place_all(split_plan: SplitPlan, partial: Path, mode: str, resume: bool,
         reusable = _map(lambda f: _in_place(partial / f.path, f, split_plan.source, mode),
                         split_plan.files, workers, False, "")
         todo = [f for f, ok in zip(split_plan.files, reusable, strict=True) if not ok]
-        result.reused = len(split_plan.files) - len(todo)
         for f in todo:
             target = partial / f.path
             if target.exists() or target.is_symlink():
                 target.unlink()
+        staging = partial / _STAGING
+        if staging.is_dir():
+            # Copies a one-pass run staged before it was stopped while placing: moved into
+            # place rather than copied again, and the rest removed before any copy, so a disk
+            # that held the split with them holds it now.
+            if mode == "copy":
+                todo = [f for f in todo if not _take_staged(staging, f, partial)]
+            shutil.rmtree(staging)
+        result.reused = len(split_plan.files) - len(todo)
     source = open_source(split_plan.source) if not split_plan.source.is_dir() else None
     try:
         root, out = str(split_plan.source), str(partial)
@@ -1696,6 +1739,19 @@ def _place_all(split_plan: SplitPlan, partial: Path, mode: str, resume: bool,
             source.close()
     result.placed += len(todo)
     result.copied_instead += sum(fell_back)
+
+
+def _take_staged(staging: Path, f: PlannedFile, partial: Path) -> bool:
+    """Move the staged copy of ``f`` (named by its SHA-256, written whole before the run
+    planned) into place, if there is one of its size."""
+    staged = staging / f.sha256
+    try:
+        if staged.stat().st_size != f.size:
+            return False
+    except OSError:
+        return False
+    os.replace(staged, partial / f.path)
+    return True
 
 
 def _in_place(target: Path, f: PlannedFile, root: Path, mode: str) -> bool:

@@ -47,6 +47,30 @@ def test_sample_dump_then_split(tmp_path):
     assert again.exit_code == 0 and "already holds this split" in again.output
 
 
+def test_force_over_a_dest_it_cannot_wholly_remove_succeeds_with_a_warning(tmp_path,
+                                                                         monkeypatch):
+    import dsprep.split as split_module
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
+    dest = tmp_path / "split"
+    (dest / "keep").mkdir(parents=True)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if os.path.basename(path) == ".split.split-old":
+            raise PermissionError(13, "Permission denied", "f")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(split_module.shutil, "rmtree", rmtree)
+    result = run("split", str(dump), str(dest), "--force")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"warning: what {dest} held before the split could not all be "
+                             f"removed ({dest.parent / '.split.split-old'}: Permission denied); "
+                             f"it is left in {dest.parent / '.split.split-old'}: remove it "
+                             "yourself\n")
+    assert (dest / "split.json").is_file()
+
+
 def test_an_already_split_dump_is_pooled_with_a_note(tmp_path):
     make_class_folders(tmp_path / "dump" / "train", classes=("a", "b"), per_class=4)
     make_class_folders(tmp_path / "dump" / "test", classes=("a", "b"), per_class=2, seed=20)

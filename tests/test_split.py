@@ -385,6 +385,15 @@ def test_unreadable_file_is_skipped_not_fatal(tmp_path, monkeypatch):
     assert [(s.source, s.reason, s.detail) for s in p.skipped] == [
         ("b/b_2.jpg", "unreadable", "Permission denied")]
     assert len(p.files) == 5
+    # A file that cannot be read is a fault of the machine, not of the data: a warning (on
+    # stderr, even with -q) says so, where a bad image is only counted.
+    assert [w for w in p.warnings() if "could not be read" in w] == [
+        "1 file could not be read and is left out, e.g. b/b_2.jpg (Permission denied): if it "
+        "is to be in the split, make it readable and run the same command again; skipped.csv "
+        "lists each"]
+    monkeypatch.undo()
+    assert not any("could not be read" in w for w in plan(make_class_folders(
+        tmp_path / "d2", classes=("a", "b"), per_class=3)).warnings())
 
 
 def test_two_ratios_make_train_and_val_only(tmp_path):
@@ -1147,10 +1156,48 @@ def test_run_stopped_while_placing_resumes_on_rerun(dump, tmp_path, monkeypatch)
         run(dump.dest, dest)
     monkeypatch.setattr(split_module.os, "replace", real_replace)
     assert not dest.exists()
+    # The copies it staged are moved into place, not copied again (before, they stayed
+    # until the end, and a disk that held the split with them could not hold a second copy).
+    monkeypatch.setattr(split_module, "copy_file", no_copy)
+    staging = tmp_path / ".one.split-partial" / split_module._STAGING
+    gone = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        gone.append(Path(path))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(split_module.shutil, "rmtree", rmtree)
     p, result = run(dump.dest, dest)
-    assert result.reused == 5 and result.placed == len(p.files) - 5
+    assert result.reused == len(p.files) and result.placed == 0
+    assert gone[0] == staging  # what was left of it (the duplicate), before anything else
     assert entries(dest) == entries(tmp_path / "two")  # staged leftovers removed
     assert tree(dest) == tree(tmp_path / "two")
+
+
+def test_a_one_pass_split_stages_one_copy_of_each_content(tmp_path, monkeypatch):
+    # Duplicates are left out: their copies would only take room (a dump of "x (1).jpg"
+    # copies did not fit where its split did).
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=4)
+    for path in list(root.rglob("*.jpg")):
+        shutil.copyfile(path, path.with_name(f"{path.stem} (1).jpg"))
+    shutil.copyfile(root / "a" / "a_0.jpg", root / "b" / "same.jpg")  # two labels: both out
+    staged = []
+    real_write = split_module._write_bytes
+
+    def write(path, data):
+        staged.append(hashlib.sha256(data).hexdigest())
+        real_write(path, data)
+
+    monkeypatch.setattr(split_module, "_write_bytes", write)
+    monkeypatch.setattr(split_module, "copy_file", no_copy)
+    p, result = run(root, tmp_path / "one")
+    distinct = {hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*.jpg")}
+    assert sorted(staged) == sorted(distinct) and len(distinct) == 8
+    assert result.placed == len(p.files) == 7
+    monkeypatch.undo()
+    two_step(root, tmp_path / "two")
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
 
 
 def test_run_failing_before_the_plan_is_decided_leaves_nothing(tmp_path, monkeypatch):
@@ -1205,17 +1252,99 @@ def test_run_keeps_the_destination_rules(tmp_path, monkeypatch):
     with pytest.raises(DestinationExistsError, match="not made by dsprep split"):
         run(root, tmp_path / "t")
     assert (foreign / "notes.txt").read_text() == "not ours"
-    # Left by a run killed just after making it (empty), or just before writing split.json
-    # (its marker gone, files.csv written): dsprep's, so the next run replaces it.
-    for left in ("empty", "files.csv"):
+    # Left by a run killed just after making it (empty), while writing its first marker, or
+    # just before writing split.json (its marker gone, files.csv written): dsprep's, so the
+    # next run replaces it.
+    for left in ("empty", "marker", "files.csv"):
         stopped = tmp_path / f".{left}.split-partial"
         (stopped / "train" / "a").mkdir(parents=True)
-        if left == "empty":
-            shutil.rmtree(stopped / "train")
-        else:
+        if left == "files.csv":
             (stopped / "files.csv").write_text("split,class,path\n")
+        else:
+            shutil.rmtree(stopped / "train")
+        if left == "marker":
+            (stopped / f"{split_module._MARKER}.part").write_text('{"sour')
         run(root, tmp_path / left)
         assert tree(tmp_path / left) == clean and not stopped.exists()
+
+
+def test_a_split_on_a_read_only_mount_is_found_complete(tmp_path, monkeypatch):
+    # A read-only file system answers the removal of a missing leftover with EROFS, not
+    # ENOENT: a finished split mounted read-only on the compute nodes failed every rerun.
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    dest = tmp_path / "s"
+    run(root, dest)
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.is_relative_to(dest):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert run(root, dest)[1].already_complete
+    assert materialize(plan(root), dest).already_complete
+
+
+@pytest.mark.parametrize("how", ["run", "materialize"])
+def test_what_force_cannot_remove_of_the_old_dest_is_a_note_not_a_failure(tmp_path,
+                                                                         monkeypatch, how):
+    # The split is in place by then: a batch job under set -e stopped on it, told only of the
+    # last name the removal failed on ("f: Permission denied").
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    dest = tmp_path / "s"
+    (dest / "keep").mkdir(parents=True)
+    (dest / "keep" / "f").write_text("x")
+    old = tmp_path / ".s.split-old"
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path) == old:
+            raise PermissionError(errno.EACCES, "Permission denied", "f")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(split_module.shutil, "rmtree", rmtree)
+    if how == "run":
+        p, result = run(root, dest, force=True)
+    else:
+        p = plan(root)
+        result = materialize(p, dest, force=True)
+    assert result.notes == [
+        f"what {dest} held before the split could not all be removed ({old}: Permission "
+        f"denied); it is left in {old}: remove it yourself"]
+    assert sorted(f.path for f in p.files) == sorted(
+        x.relative_to(dest).as_posix() for x in dest.rglob("*.jpg"))
+    assert (old / "keep" / "f").read_text() == "x"
+    # A next run (of another split) cannot set DEST aside while that is there: it says so.
+    with pytest.raises(SplitError, match=f"could not all be removed.*{old}.*run the same "
+                                         "command again"):
+        run(root, dest, SplitOptions(seed=9), force=True)
+    assert sorted(p.path for p in p.files) == sorted(
+        x.relative_to(dest).as_posix() for x in dest.rglob("*.jpg"))
+
+
+def test_a_zip_with_two_members_of_one_name_uses_the_last_and_lists_the_first(tmp_path):
+    import warnings
+
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    archive = tmp_path / "dump.zip"
+    first = smooth_image(48, 48, seed=91)
+    first_path = write_image(tmp_path / "first.jpg", first)
+    with zipfile.ZipFile(archive, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        zf.write(first_path, "a/a_0.jpg")
+        for path in sorted(root.rglob("*.jpg")):
+            zf.write(path, path.relative_to(root).as_posix())
+    p = plan(archive)
+    assert [(s.source, s.reason) for s in p.skipped] == [("a/a_0.jpg", "bad-name")]
+    assert "the last of them is used" in p.skipped[0].detail
+    placed = {f.source: f.sha256 for f in p.files}
+    assert placed["a/a_0.jpg"] == hashlib.sha256((root / "a" / "a_0.jpg").read_bytes()
+                                                 ).hexdigest()
+    assert len(p.files) == 6
+    dest = tmp_path / "s"
+    run(archive, dest)
+    assert tree(dest) == tree(materialize(p, tmp_path / "two").dest)
 
 
 def test_run_in_link_modes_uses_the_two_step_path(tmp_path):

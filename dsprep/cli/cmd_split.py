@@ -190,4 +190,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             say(f"note: {result.copied_instead} hard links were not possible (another device) "
                 "and were copied instead")
         say(f"manifests: {dest}/split.json, files.csv, skipped.csv")
+    if not dry_run:
+        for note in result.notes:
+            say(f"warning: {note}", err=True)
 
