@@ -734,10 +734,17 @@ def _inspect_jpeg(data: bytes) -> _Header:
     restart = 0
     while True:
         if data[pos] != 0xFF:
-            raise CorruptImageError("garbled JPEG header (a marker was expected)")
+            # Stray bytes between two segments: libjpeg skips them to the next marker (with
+            # "Corrupt JPEG data: N extraneous bytes before marker") and decodes the image.
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                raise CorruptImageError("garbled JPEG header (a marker was expected)")
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
+            continue
+        if marker == 0x00:  # FF 00 is no marker: skipped with the stray bytes
+            pos += 2
             continue
         if marker in _JPEG_STANDALONE:
             pos += 2

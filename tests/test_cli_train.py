@@ -215,6 +215,14 @@ def test_train_resume_and_evaluate(data, tmp_path):
     foreign = invoke("evaluate", sweep / "lr-0.01", data / "test.hdf5", "--checkpoint", "last")
     assert foreign.exit_code == 1 and "Traceback" not in foreign.output
     assert "checkpoint is from another run" in foreign.output
+    # A checkpoint of as many inputs but other classes: said, not scored against them.
+    config = json.loads((run / "config.json").read_text())
+    config["classes"] = ["cat", "dog", "cow"]
+    (sweep / "lr-0.01" / "config.json").write_text(json.dumps(config))
+    classes = invoke("evaluate", sweep / "lr-0.01", data / "test.hdf5", "--checkpoint", "last")
+    assert classes.exit_code == 1 and "Traceback" not in classes.output
+    assert ("the model in " in classes.output
+            and "scores 2 classes but its config.json names 3" in classes.output)
 
 
 @pytest.mark.slow

@@ -577,6 +577,20 @@ def test_bytes_after_the_jpeg_end_marker_are_fine():
     np.testing.assert_array_equal(images.decode(data + b"\x00" * 64 + b"trailer"), expected)
 
 
+@pytest.mark.parametrize(("before", "stray"), [(b"\xff\xdb", b"\x00\x00"),
+                                              (b"\xff\xc4", b"\x0a"),
+                                              (b"\xff\xda", b"\r\n\xff\x00")])
+def test_stray_bytes_between_jpeg_segments_are_skipped_as_libjpeg_skips_them(before, stray):
+    # libjpeg decodes such a file, with only "Corrupt JPEG data: N extraneous bytes before
+    # marker": it was refused as a garbled header, in the split, the build and the generators.
+    data = FORMATS["jpeg"]()
+    at = data.index(before)
+    damaged = data[:at] + stray + data[at:]
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    np.testing.assert_array_equal(images.decode(damaged), expected)
+    assert images.probe(damaged) == expected.shape[:2]
+
+
 @pytest.mark.parametrize("cut", [0.5, -12, -1])
 def test_truncated_png_is_refused(cut):
     data = FORMATS["png"]()

@@ -1587,3 +1587,31 @@ def test_a_figure_stopped_while_it_is_saved_leaves_no_partial_file(tmp_path):
         cb.save_figure(Stopped(), tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
     assert (tmp_path / "curves.png").read_bytes() == b"the last whole picture"
+
+
+def test_a_keras_file_damaged_inside_its_zip_is_named_not_a_traceback(tmp_path):
+    import zipfile
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+        weights = zf.getinfo("model.weights.h5")
+    # One byte of the weights changed: a bad CRC (or bad deflate data).
+    data = bytearray(path.read_bytes())
+    start = weights.header_offset + 30 + len(weights.filename) + len(weights.extra)
+    data[start + weights.compress_size // 2] ^= 0xFF
+    flipped = tmp_path / "flipped.keras"
+    flipped.write_bytes(bytes(data))
+    # A member missing.
+    missing = tmp_path / "missing.keras"
+    with zipfile.ZipFile(missing, "w") as zf:
+        for name, body in members.items():
+            if name != "config.json":
+                zf.writestr(name, body)
+    for damaged in (flipped, missing):
+        with pytest.raises(DatasetFormatError, match=f"{damaged} is not a loadable Keras "
+                                                     "model .*train the run again"):
+            load_model(damaged)
+    assert load_model(path).output_shape == (None, 2)

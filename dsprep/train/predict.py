@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
                                  "cut short? Train the run again")
     try:
         return keras.saving.load_model(path, compile=compile)
-    except (ValueError, OSError) as exc:
+    # BadZipFile and zlib.error: a damaged member (a bad CRC); KeyError: a member missing.
+    except (ValueError, OSError, zipfile.BadZipFile, zlib.error, KeyError, EOFError) as exc:
         raise DatasetFormatError(f"{path} is not a loadable Keras model ({exc}); "
                                  "train the run again") from exc
 
@@ -306,6 +308,12 @@ def _load_checkpoint(run: Path, checkpoint: str, config: dict):
         raise DatasetFormatError(
             f"the model in {run} takes images of {takes} but its config.json says {expected}: "
             "the checkpoint is from another run; train this one again")
+    classes = config.get("classes")
+    gives = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
+    if classes and gives is not None and gives != len(classes):
+        raise DatasetFormatError(
+            f"the model in {run} scores {gives} classes but its config.json names "
+            f"{len(classes)}: the checkpoint is from another run; train this one again")
     return model
 
 
