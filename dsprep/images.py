@@ -107,9 +107,12 @@ def probe(
 def decode(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes into an (H, W, 3) uint8 RGB array.
 
-    EXIF orientation is applied; grayscale is replicated to three channels; transparency is
-    composited on white; 16-bit samples are scaled to 8 bits (x / 257, rounded); CMYK and
-    palette images are converted; an animated GIF gives its first frame.
+    EXIF orientation (and an AVIF's rotation and mirror) is applied; grayscale is replicated
+    to three channels; transparency is composited on white; 16-bit samples are scaled to 8
+    bits (x / 257, rounded), and samples of fewer bits by their own range (a PNM's maxval, a
+    10 or 12-bit AVIF); floating-point samples are taken as 0..1, and signed integers over
+    their type's range; CMYK and palette images are converted; an animated GIF gives its first
+    frame.
 
     Raises:
         CorruptImageError: empty, not an image, truncated or undecodable.
@@ -546,10 +549,19 @@ def _scan_data_follows(array: np.ndarray, start: int) -> bool:
 
 
 def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """Formats without a header parser here: let OpenCV decode (it applies orientation)."""
+    """Formats without a header parser here: let OpenCV decode (it applies EXIF orientation).
+
+    AVIF and JPEG 2000 are read with their alpha (composited on white, as for PNG), AVIF
+    turned upright by its own rotation and mirror properties (OpenCV does not apply them),
+    and samples of fewer bits than their container scaled by their real range: a PNM's
+    maxval, an AVIF's bit depth (10 or 12 bits come in 16-bit words).
+    """
     if not data:
         raise CorruptImageError("empty file")
-    raw = _imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    avif = _avif_properties(data)
+    keep_alpha = avif is not None or data.startswith(_JPEG2000_SIGNATURES)
+    raw = _imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED if keep_alpha
+                    else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if raw is None:
         fmt = _fallback_format(data)
         if fmt is not None:
@@ -560,7 +572,138 @@ def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:
     h, w = raw.shape[:2]
     if max_pixels is not None and h * w > max_pixels:
         raise ImageTooLargeError(f"{w}x{h} is over the {max_pixels:,}-pixel limit")
-    return _to_rgb8(raw)
+    top = _pnm_maxval(data) or (avif.top if avif is not None else None)
+    rgb = _to_rgb8(_stretch(raw, top) if top else raw)
+    for kind, value in avif.transforms if avif is not None else ():
+        if kind == "rotate":  # anticlockwise, in quarter turns
+            rgb = np.rot90(rgb, value)
+        else:  # mirror: 0 top to bottom, 1 left to right
+            rgb = rgb[::-1] if value == 0 else rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+_JPEG2000_SIGNATURES = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")
+
+
+def _stretch(raw: np.ndarray, top: int) -> np.ndarray:
+    """Samples of range 0..top brought to 0..255 (rounded half up), or, with alpha, to the
+    whole range of their 16-bit container."""
+    full = np.iinfo(raw.dtype).max if raw.dtype in (np.uint8, np.uint16) else None
+    if full is None or top == full or top <= 0:
+        return raw
+    alpha = raw.ndim == 3 and raw.shape[2] in (2, 4)
+    if not alpha:
+        full = 255
+    wide = np.minimum(raw.astype(np.uint64), top)
+    return ((wide * (2 * full) + top) // (2 * top)).astype(raw.dtype if alpha else np.uint8)
+
+
+_PNM_HEADER = re.compile(rb"P[2356](?:\s|#[^\r\n]*)+(\d+)(?:\s|#[^\r\n]*)+(\d+)"
+                         rb"(?:\s|#[^\r\n]*)+(\d+)")
+
+
+def _pnm_maxval(data: bytes) -> int | None:
+    """A grey or colour PNM's maxval (the value of white), from its header."""
+    found = _PNM_HEADER.match(data[:4096])
+    return int(found.group(3)) if found else None
+
+
+@dataclass(frozen=True)
+class _AvifProperties:
+    top: int | None  # the largest sample, where the bit depth is not 8 or 16
+    transforms: tuple[tuple[str, int], ...]  # ("rotate", quarter turns) or ("mirror", axis)
+
+
+def _avif_properties(data: bytes) -> _AvifProperties | None:
+    """The primary image's bit depth, rotation and mirror of an AVIF file; None for another
+    format (or an AVIF whose boxes cannot be read: OpenCV then decides)."""
+    try:
+        boxes = dict(_boxes(data, 0, min(len(data), 1 << 20), first_only=True))
+        ftyp = boxes.get(b"ftyp")
+        if ftyp is None or not any(data[i:i + 4] in (b"avif", b"avis")
+                                   for i in range(ftyp[0], ftyp[1], 4)):
+            return None
+        meta = boxes.get(b"meta")
+        if meta is None:
+            return _AvifProperties(None, ())
+        inner = dict(_boxes(data, meta[0] + 4, meta[1], first_only=True))
+        primary = None
+        if b"pitm" in inner:
+            start = inner[b"pitm"][0]
+            primary = (struct.unpack_from(">H", data, start + 4)[0] if data[start] == 0
+                       else struct.unpack_from(">I", data, start + 4)[0])
+        iprp = inner.get(b"iprp")
+        parts = dict(_boxes(data, *iprp, first_only=True)) if iprp else {}
+        ipco = list(_boxes(data, *parts[b"ipco"])) if b"ipco" in parts else []
+        chosen = _associated(data, parts.get(b"ipma"), primary, len(ipco))
+        properties = [ipco[i] for i in chosen] if chosen is not None else ipco
+    except (struct.error, IndexError, KeyError):
+        return None
+    top, transforms = None, []
+    for kind, (start, end) in properties:
+        if kind == b"irot" and end > start:
+            transforms.append(("rotate", data[start] & 3))
+        elif kind == b"imir" and end > start:
+            transforms.append(("mirror", data[start] & 1))
+        elif kind == b"av1C" and end >= start + 3 and top is None:
+            flags = data[start + 2]
+            bits = 12 if flags & 0x20 else 10 if flags & 0x40 else 8
+            top = (1 << bits) - 1 if bits != 8 else None
+    return _AvifProperties(top, tuple(transforms))
+
+
+def _boxes(data: bytes, start: int, end: int, first_only: bool = False):
+    """(type, (body start, end)) of each ISO base media box from ``start`` to ``end``."""
+    seen = set()
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        head = 8
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", data, pos + 8)
+            head = 16
+        elif size == 0:
+            size = end - pos
+        if size < head or pos + size > end:
+            return
+        if not (first_only and kind in seen):
+            seen.add(kind)
+            yield kind, (pos + head, pos + size)
+        pos += size
+
+
+def _associated(data: bytes, ipma: tuple[int, int] | None, item: int | None,
+                count: int) -> list[int] | None:
+    """The 0-based indices of the properties ``ipma`` gives ``item``, in their order."""
+    if ipma is None or item is None:
+        return None
+    start, _end = ipma
+    version, flags = data[start], int.from_bytes(data[start + 1:start + 4], "big")
+    pos = start + 4
+    (entries,) = struct.unpack_from(">I", data, pos)
+    pos += 4
+    for _ in range(entries):
+        if version < 1:
+            (item_id,) = struct.unpack_from(">H", data, pos)
+            pos += 2
+        else:
+            (item_id,) = struct.unpack_from(">I", data, pos)
+            pos += 4
+        n = data[pos]
+        pos += 1
+        indices = []
+        for _ in range(n):
+            if flags & 1:
+                index = struct.unpack_from(">H", data, pos)[0] & 0x7FFF
+                pos += 2
+            else:
+                index = data[pos] & 0x7F
+                pos += 1
+            if 0 < index <= count:
+                indices.append(index - 1)
+        if item_id == item:
+            return indices
+    return None
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -673,7 +816,7 @@ def _fallback_format(data: bytes) -> str | None:
     if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6") and \
             data[2:3] in (b" ", b"\t", b"\n", b"\r", b"#"):
         return "PNM (PPM/PGM/PBM)"
-    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or data.startswith(b"\xff\x4f\xff\x51"):
+    if data.startswith(_JPEG2000_SIGNATURES):
         return "JPEG 2000"
     if data.startswith(b"#?RADIANCE") or data.startswith(b"#?RGBE"):
         return "Radiance HDR"

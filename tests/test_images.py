@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -167,6 +168,76 @@ def test_probe_falls_back_to_decoding_other_formats():
     data = cv2.imencode(".ppm", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))[1].tobytes()
     assert images.probe(data) == (37, 53)
     np.testing.assert_array_equal(images.decode(data), RGB)
+
+
+@pytest.mark.parametrize(("magic", "maxval", "values"), [
+    (b"P5", 15, [0, 7, 15]), (b"P5", 1023, [0, 511, 1023]), (b"P2", 4095, [1, 2048, 4095]),
+    (b"P6", 1000, [0, 500, 999, 1000, 700, 1]), (b"P5", 255, [0, 128, 255])])
+def test_pnm_samples_are_scaled_by_their_maxval(magic, maxval, values):
+    # 4095 is white in a 12-bit PGM: it came out as 16 (taken as 16-bit) and 15-level
+    # images were left at 0..15.
+    width = len(values) // (3 if magic == b"P6" else 1)
+    header = magic + f"\n# scan\n{width} 1\n{maxval}\n".encode()
+    if magic == b"P2":
+        body = " ".join(map(str, values)).encode() + b"\n"
+    else:
+        body = np.array(values, ">u2" if maxval > 255 else np.uint8).tobytes()
+    got = images.decode(header + body)
+    # Rounded half up, as 16-bit samples are.
+    expected = np.array([int(Fraction(v * 255, maxval) + Fraction(1, 2)) for v in values],
+                        np.uint8)
+    expected = expected.reshape(1, width, -1) * np.ones((1, 1, 3), np.uint8)
+    np.testing.assert_array_equal(got, expected)
+
+
+def avif_or_skip() -> None:
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow writes no AVIF (it does from 11.3 on), so no AVIF test file "
+                    "can be made")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_avif_is_turned_upright_by_its_rotation_and_mirror(orientation):
+    # An AVIF keeps its orientation in irot and imir properties (Pillow turns an EXIF tag
+    # into them), which OpenCV does not apply: portrait phone photos lay on their side.
+    avif_or_skip()
+    picture = Image.fromarray(smooth_image(40, 60, seed=4))
+    plain = images.decode(encode(picture, "AVIF", quality=90))
+    data = encode(picture, "AVIF", quality=90, exif=exif(orientation))
+    expected = upright(plain, orientation)
+    np.testing.assert_array_equal(images.decode(data), expected)
+    assert images.probe(data) == expected.shape[:2]
+    np.testing.assert_array_equal(images.load(data, (30, 30), mode="stretch"),
+                                  images.resize(expected, (30, 30), mode="stretch"))
+
+
+@pytest.mark.parametrize("depth", [10, 12])
+def test_avif_of_10_and_12_bits_is_scaled_by_its_bit_depth(depth):
+    top = (1 << depth) - 1
+    pixels = np.zeros((16, 16, 3), np.uint16)
+    pixels[..., 2] = top  # red, in OpenCV's BGR
+    pixels[8:, :, 1] = top // 2
+    ok, buf = cv2.imencode(".avif", pixels, [cv2.IMWRITE_AVIF_DEPTH, depth,
+                                             cv2.IMWRITE_AVIF_QUALITY, 100])
+    assert ok
+    got = images.decode(buf.tobytes()).astype(int)
+    # Before, 16-bit words were taken as full-range: full red came out as 4 (10 bits).
+    assert np.abs(got[:8] - [255, 0, 0]).max() <= 3
+    assert np.abs(got[8:] - [255, 128, 0]).max() <= 3
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "JPEG2000"])
+def test_transparency_in_avif_and_jpeg2000_is_composited_on_white(fmt):
+    if fmt == "AVIF":
+        avif_or_skip()
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:, 4:, 3] = 255
+    got = images.decode(encode(Image.fromarray(rgba, "RGBA"), fmt)).astype(int)
+    assert np.abs(got[:, :4] - 255).max() <= 2  # transparent: white (it came out red)
+    assert np.abs(got[:, 4:] - [255, 0, 0]).max() <= 3
 
 
 # --- orientation ----------------------------------------------------------------------------
