@@ -13,6 +13,10 @@ class CorruptImageError(DsprepError, ValueError):
     """A file that is not a decodable image: empty, truncated, garbled or of an unknown format."""
 
 
+class EmptyImageError(CorruptImageError):
+    """A zero-byte file where an image was expected."""
+
+
 class ImageTooLargeError(CorruptImageError):
     """An image whose pixel count exceeds the limit (a likely decompression bomb)."""
 

@@ -31,7 +31,13 @@ from .errors import (
     UsageError,
 )
 from .preprocess import Compose, Gathered, Loader
-from .split import SPLITS, read_split_classes, refuse_unfinished_split, split_pixel_limit
+from .split import (
+    SPLITS,
+    read_split_classes,
+    refuse_unfinished_split,
+    skip_reason,
+    split_pixel_limit,
+)
 
 SHUFFLE_MODES = ("none", "batches", "full")
 OUTPUTS = ("float32", "uint8")
@@ -914,6 +920,23 @@ def _split_classes(root: Path, found: list[str]) -> list[str]:
     return list(found)
 
 
+def _left_out(check: Callable[[], object]) -> str | None:
+    """None if ``check()`` passes, else why its file is left out (see :func:`_reason`)."""
+    try:
+        check()
+    except (DsprepError, OSError) as exc:
+        return _reason(exc)
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    """Why a file is left out, in the words of split's and build's skipped lists
+    ("not-an-image: truncated PNG ...", "unreadable: Permission denied", "empty: ...")."""
+    if isinstance(exc, (CorruptImageError, OSError)):
+        return "{}: {}".format(*skip_reason(exc))
+    return f"{type(exc).__name__}: {exc}"
+
+
 class DirectoryGenerator(_BatchSequence):
     """Batches ``(x, y)`` decoded from ``root/<class>/<image>`` files with a thread pool.
 
@@ -921,8 +944,10 @@ class DirectoryGenerator(_BatchSequence):
     checked once at construction, by decoding it (``check="decode"``, one pass over the data
     in the decoding threads) or from its header alone (``check="header"``, much faster, for
     files already checked, e.g. by ``dsprep split --verify full``): files that fail are left
-    out and listed in ``skipped`` as ``(path, reason)``. A file that still fails to decode
-    later (changed since, or passed the header check only) is replaced, in that batch and from
+    out and listed in ``skipped`` as ``(path, reason)``, the reason in the words of split's
+    skipped.csv (``"not-an-image: truncated PNG ..."``, ``"unsupported-format: ..."``). A
+    file that still fails to decode later (changed since, or passed the header check only) is
+    replaced, in that batch and from
     then on in this process, by the next good image of its class (the same one in every
     process), and listed once in ``replaced`` as ``(path, reason)``; one that cannot be read
     (gone, or its disk away for a moment) is replaced the same way but tried again at its next
@@ -1017,7 +1042,7 @@ class DirectoryGenerator(_BatchSequence):
             raise UsageError(f"{self.root} is split into train/val/test folders; give one of "
                              f"them, such as {first}")
         unreadable: list[sources.Skipped] = []
-        found, items = sources.scan_class_folders(self.root, unreadable)
+        found, items = sources.scan_class_folders(self.root, unreadable, unsupported=True)
         if isinstance(classes, (str, bytes)):
             raise UsageError(f"classes is a list of class names, got the string {classes!r}; "
                              f"pass [{classes!r}] for one class")
@@ -1141,19 +1166,12 @@ class DirectoryGenerator(_BatchSequence):
 
     def _check_file(self, path: Path) -> str | None:
         """None for a readable image, else why it is left out."""
-        try:
-            images.probe(images.read_bytes(path), max_pixels=self.max_pixels)
-        except (DsprepError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+        return _left_out(lambda: images.probe(images.read_bytes(path),
+                                              max_pixels=self.max_pixels))
 
     def _check_decode(self, path: Path) -> str | None:
         """None for an image that decodes to the generator's size, else why it is left out."""
-        try:
-            self._decode(path)
-        except (DsprepError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+        return _left_out(lambda: self._decode(path))
 
     def _decode(self, path: Path) -> np.ndarray:
         return images.load(images.read_bytes(path), self.image_size, self.resize,
@@ -1192,9 +1210,9 @@ class DirectoryGenerator(_BatchSequence):
         try:
             image = self._decode(path)
         except (DsprepError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = _reason(exc)
             self._record_replaced(path, reason, undecodable=isinstance(exc, DsprepError))
-            return None, reason
+            return None, f"{path} ({reason})"
         if path in self._unreadable:
             with self._replaced_lock:
                 self._unreadable.discard(path)  # back: a stand-in again

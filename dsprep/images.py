@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import CorruptImageError, ImageTooLargeError, UsageError
+from .errors import CorruptImageError, EmptyImageError, ImageTooLargeError, UsageError
 
 DEFAULT_MAX_PIXELS = 89_478_485
 RESIZE_MODES = ("crop", "stretch", "pad")
@@ -557,7 +557,7 @@ def _decode_fallback(data: bytes, max_pixels: int | None) -> np.ndarray:
     maxval, an AVIF's bit depth (10 or 12 bits come in 16-bit words).
     """
     if not data:
-        raise CorruptImageError("empty file")
+        raise EmptyImageError("empty file")
     avif = _avif_properties(data)
     keep_alpha = avif is not None or data.startswith(_JPEG2000_SIGNATURES)
     raw = _imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED if keep_alpha
@@ -837,7 +837,7 @@ def _inspect(data: bytes) -> _Header | None:
         CorruptImageError: empty, or a known format whose header is broken.
     """
     if not data:
-        raise CorruptImageError("empty file")
+        raise EmptyImageError("empty file")
     try:
         if data.startswith(b"\xff\xd8"):
             return _inspect_jpeg(data)

@@ -72,7 +72,7 @@ def is_image_name(name: str) -> bool:
 
 
 def scan_class_folders(
-    root: str | os.PathLike, problems: list[Skipped] | None = None
+    root: str | os.PathLike, problems: list[Skipped] | None = None, *, unsupported: bool = False
 ) -> tuple[list[str], list[tuple[Path, str]]]:
     """List ``root/<class>/<image>`` files.
 
@@ -85,18 +85,20 @@ def scan_class_folders(
         root: the folder of class sub-folders.
         problems: if given, entries under the class folders that cannot be read (dangling
             links, unreadable folders) are appended to it, so callers can report them.
+        unsupported: also append the files of image formats OpenCV does not read (``.heic``,
+            ...) to ``problems``, as split lists them.
 
     Returns:
         The sorted class names, and (path, class) pairs sorted by class then relative path, so
         the result never depends on the order the file system lists files in.
     """
     root = Path(root)
-    classes, pairs = class_folder_files(root, problems)
+    classes, pairs = class_folder_files(root, problems, unsupported=unsupported)
     return classes, [(root / rel, label) for label, rel in pairs]
 
 
 def class_folder_files(
-    root: str | os.PathLike, problems: list[Skipped] | None = None
+    root: str | os.PathLike, problems: list[Skipped] | None = None, *, unsupported: bool = False
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """:func:`scan_class_folders` with (class, relative POSIX path) string pairs.
 
@@ -115,7 +117,8 @@ def class_folder_files(
     listing.refuse_unlisted()
     known = set(classes)
     if problems is not None:
-        problems += [p for p in unreadable if p.source.partition("/")[0] in known]
+        problems += [p for p in unreadable + (_unsupported(files) if unsupported else [])
+                     if p.source.partition("/")[0] in known]
     pairs = []
     for rel in files:
         label, sep, rest = rel.partition("/")

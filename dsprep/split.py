@@ -37,6 +37,7 @@ from .errors import (
     CorruptImageError,
     DatasetFormatError,
     DestinationExistsError,
+    EmptyImageError,
     ImageTooLargeError,
     LayoutError,
     SplitError,
@@ -429,9 +430,11 @@ class _Checked:
 
 def skip_reason(exc: OSError | CorruptImageError | ImageTooLargeError) -> tuple[str, str]:
     """The skipped.csv reason and detail of an image that could not be read or decoded; the
-    split and the build say the same of the same file."""
+    split, the build and DirectoryGenerator's ``skipped`` say the same of the same file."""
     if isinstance(exc, ImageTooLargeError):
         return TOO_LARGE, str(exc)
+    if isinstance(exc, EmptyImageError):
+        return EMPTY, "zero-byte file"
     if isinstance(exc, CorruptImageError):
         return NOT_AN_IMAGE, str(exc) or "not an image"
     return UNREADABLE, exc.strerror or str(exc)

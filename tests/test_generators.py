@@ -630,16 +630,22 @@ def dump_with_bad_files(class_dump):
     (class_dump / "dog" / "broken.jpg").write_bytes(good[: len(good) // 3] + b"\0" * 10)
     (class_dump / "fox" / "readme.jpg").write_text("this is not an image\n")
     (class_dump / "fox" / "empty.jpg").write_bytes(b"")
+    (class_dump / "fox" / "phone.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
     return class_dump
 
 
 def test_directory_bad_files_left_out_and_reported(dump_with_bad_files):
     root = dump_with_bad_files
     gen = DirectoryGenerator(root, image_size=(32, 40), batch_size=5, seed=0, workers=2)
-    skipped = {p.name for p, _ in gen.skipped}
-    assert {"readme.jpg", "empty.jpg"} <= skipped
-    assert all(reason for _, reason in gen.skipped)
-    assert gen.num_samples == 18 + 3 - len(gen.skipped)
+    skipped = {p.name: reason for p, reason in gen.skipped}
+    # In the words of split's skipped.csv: reason code, then detail.
+    assert skipped["readme.jpg"] == "not-an-image: a text file, not an image"
+    assert skipped["empty.jpg"] == "empty: zero-byte file"
+    assert skipped["broken.jpg"].startswith("not-an-image: ")
+    # Listed, as split lists it, not passed over without a word.
+    assert skipped["phone.HEIC"] == ("unsupported-format: .heic images are not read; convert "
+                                     "them to JPEG or PNG to include them")
+    assert len(gen.skipped) == 4 and gen.num_samples == 18
     assert gen.classes == ["cat", "dog", "fox"]
     seen = []
     for i in range(len(gen)):
@@ -787,7 +793,7 @@ def test_directory_file_unreadable_for_a_while_is_read_again_once_it_is_back(cla
     victim.rename(away)
     x, _ = gen[0]
     np.testing.assert_array_equal(x[k], reference_load(class_dump / "dog" / "dog_3.jpg", (16, 16)))
-    assert [p for p, _ in gen.replaced] == [victim] and "FileNotFound" in gen.replaced[0][1]
+    assert gen.replaced == [(victim, "unreadable: No such file or directory")]
     copy = pickle.loads(pickle.dumps(gen))
     away.rename(victim)
     for g in (gen, copy):
@@ -812,7 +818,7 @@ def test_directory_files_gone_stand_in_for_no_other_file(class_dump, monkeypatch
     np.testing.assert_array_equal(gen[0][0], first)
     assert [tried.count(path) for path in gone] == [1, 1]
     assert [p for p, _ in gen.replaced] == gone
-    assert all(reason.startswith("FileNotFoundError") for _, reason in gen.replaced)
+    assert all(reason == "unreadable: No such file or directory" for _, reason in gen.replaced)
 
 
 def test_directory_file_back_after_failing_stands_in_when_no_other_can(tmp_path):
@@ -837,7 +843,8 @@ def test_directory_class_with_no_file_left_names_the_last_failure(class_dump):
     for file in (class_dump / "dog").iterdir():
         file.unlink()
     with pytest.raises(CorruptImageError, match=r"no image of class 'dog' .* can be read and "
-                       r"decoded now \(the last one tried: FileNotFoundError"):
+                       r"decoded now \(the last one tried: .*/dog/dog_\d\.jpg \(unreadable: "
+                       r"No such file or directory\)\)"):
         gen[0]
 
 
@@ -861,7 +868,7 @@ def test_directory_file_that_passes_its_header_check_but_does_not_decode(tmp_pat
     gen = DirectoryGenerator(root, image_size=(32, 32), batch_size=6, shuffle=False,
                              output="uint8", seed=0)
     assert [p for p, _ in gen.skipped] == [victim]
-    assert "Corrupt" in gen.skipped[0][1]
+    assert gen.skipped[0][1].startswith("not-an-image: ")
     assert victim not in gen.files and len(gen) == 1 and gen[0][0].shape[0] == 5
 
     # Checked by header only, it fails when first met, and is not decoded again after that.
