@@ -1136,6 +1136,47 @@ def test_ten_crop_evaluation_averages_the_ten_views(tmp_path):
     _check_scores(result["ten_crop"], ten, labels, 2)
 
 
+def test_ten_crop_of_a_crop_the_size_of_the_image_says_it_is_two_views(tmp_path):
+    run, test, images, labels, weights, bias = _hand_built_run(tmp_path, 2, crop=8)
+    result = evaluate_run(run, test, ten_crop=True)
+    two = (_probs(images, weights, bias) + _probs(images[:, :, ::-1], weights, bias)) / 2
+    _check_scores(result["ten_crop"], two, labels, 2)
+    assert ("the crop (8x8) is the whole image: its ten crops are the image and its mirror, "
+            "five times each") in result["ten_crop"]["notes"]
+    assert not any("whole image" in n for n in result["center"]["notes"])
+    (tmp_path / "b").mkdir()
+    smaller = _hand_built_run(tmp_path / "b", 2, crop=6)
+    assert not any("whole image" in n
+                   for n in evaluate_run(*smaller[:2], ten_crop=True)["ten_crop"]["notes"])
+
+
+def test_evaluate_says_the_checkpoint_epoch_and_a_run_not_trained_to_its_end(tmp_path):
+    run, test, *_ = _hand_built_run(tmp_path, 2, crop=None)
+    assert evaluate_run(run, test)["epoch"] is None  # a run whose state is not kept
+    shutil.copy(run / "best.keras", run / "last.keras")
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["epochs"] = 5
+    (run / "config.json").write_text(json.dumps(config))
+
+    def state(**fields):
+        (run / "state.json").write_text(json.dumps({"monitor": "val_accuracy", "best": 0.5,
+                                                    "best_epoch": 0, **fields}))
+
+    state(epochs_done=2)  # killed after its second epoch, or still training
+    best = evaluate_run(run, test)
+    last = evaluate_run(run, test, checkpoint="last")
+    assert (best["epoch"], last["epoch"]) == (1, 2)
+    assert (f"{run} has trained 2 of its 5 epochs (it was stopped, or is still training): "
+            "its best checkpoint is from epoch 1; 'dsprep train --resume' trains the rest"
+            ) in best["center"]["notes"]
+    assert "its last checkpoint is from epoch 2" in " ".join(last["center"]["notes"])
+    for fields in ({"epochs_done": 5}, {"epochs_done": 3, "stopped_early_of": 5}):
+        state(**fields)
+        done = evaluate_run(run, test)
+        assert done["epoch"] == 1 and not any("has trained" in n
+                                              for n in done["center"]["notes"])
+
+
 def test_ten_crop_hands_the_model_one_crop_position_at_a_time(tmp_path, monkeypatch):
     from dsprep.train import predict as predict_module
 

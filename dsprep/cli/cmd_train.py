@@ -440,7 +440,8 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
                      *(_fmt(result[m]["per_class"][name]) for m in methods)])
     # The figures are the command's answer: -q hides only the progress bar and the PNGs' line
     # (the notes go to stderr, where -q leaves them).
-    click.echo(f"{Path(run)} ({checkpoint}.keras) on {data}:")
+    at = f", epoch {result['epoch']}" if result.get("epoch") else ""
+    click.echo(f"{Path(run)} ({checkpoint}.keras{at}) on {data}:")
     click.echo(format_table(rows, header))
     pngs = [result[m]["confusion_png"] for m in methods if result[m]["confusion_png"]]
     if pngs:

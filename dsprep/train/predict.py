@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..errors import DatasetFormatError, LayoutError, UsageError
+from ..errors import DatasetFormatError, DsprepError, LayoutError, UsageError
 from ..fileio import named_in
 from . import callbacks as cb
 
@@ -210,8 +210,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         progress: show a progress bar.
 
     Returns:
-        A dict with ``run``, ``data``, ``checkpoint``, ``classes`` and one entry of metrics per
-        method (``center``, and ``ten_crop`` when asked), each with a ``confusion_png`` path.
+        A dict with ``run``, ``data``, ``checkpoint``, ``epoch`` (from 1, the one the
+        checkpoint was saved at; None for runs that do not say), ``classes`` and one entry of
+        metrics per method (``center``, and ``ten_crop`` when asked), each with a
+        ``confusion_png`` path.
     """
     from ..generators import HDF5Generator
     from ..store import open_dataset
@@ -247,7 +249,9 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     _check_image_size(run, data, config, image_shape)
     _check_resize(run, data, config, resize)
     seen_note = None if split == "train" else _seen_in_training(run, config, data)
-    result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "classes": classes}
+    epoch, unfinished = _checkpoint_epoch(run, config, checkpoint)
+    result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "epoch": epoch,
+              "classes": classes}
     for method, pre in plans:
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
                             output=config.get("input_dtype", "uint8"))
@@ -272,6 +276,12 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
                                    "new ones (evaluate test.hdf5 for that)")
         elif seen_note:
             scores["notes"].append(seen_note)
+        if unfinished:
+            scores["notes"].append(unfinished)
+        if method == "ten_crop" and crop >= min(image_shape[:2]):
+            scores["notes"].append(
+                f"the crop ({crop}x{crop}) is the whole image: its ten crops are the image "
+                "and its mirror, five times each")
         # best.keras keeps the name it always had; last.keras's figure must not replace it.
         which = "" if checkpoint == "best" else f"-{checkpoint}"
         # A data file's name near the limit is cut short (with a digest) in the figure's.
@@ -315,6 +325,24 @@ def _load_checkpoint(run: Path, checkpoint: str, config: dict):
             f"the model in {run} scores {gives} classes but its config.json names "
             f"{len(classes)}: the checkpoint is from another run; train this one again")
     return model
+
+
+def _checkpoint_epoch(run: Path, config: dict, checkpoint: str) -> tuple[int | None, str | None]:
+    """The epoch (from 1) the checkpoint was saved at, and a note if the run has not trained
+    all the epochs it was given (stopped, or still training)."""
+    try:
+        state = cb.read_state(run)
+    except DsprepError:  # a run of an older dsprep: nothing to say
+        return None, None
+    done = state["epochs_done"]
+    best = state.get("best_epoch")
+    epoch = int(best) + 1 if checkpoint == "best" and isinstance(best, int) else done
+    planned = config.get("options", {}).get("epochs")
+    if isinstance(planned, int) and done < planned and not state.get("stopped_early_of"):
+        return epoch, (f"{run} has trained {done} of its {planned} epochs (it was stopped, or "
+                       f"is still training): its {checkpoint} checkpoint is from epoch {epoch}; "
+                       "'dsprep train --resume' trains the rest")
+    return epoch, None
 
 
 def _check_image_size(run: Path, data: Path, config: dict, image_shape: tuple) -> None:
