@@ -89,8 +89,9 @@ def scan_class_folders(
             ...) to ``problems``, as split lists them.
 
     Returns:
-        The sorted class names, and (path, class) pairs sorted by class then relative path, so
-        the result never depends on the order the file system lists files in.
+        The sorted class names (composed, NFC: two folders whose names differ only in their
+        Unicode form are one class), and (path, class) pairs sorted by class then relative
+        path, so the result never depends on the order the file system lists files in.
     """
     root = Path(root)
     classes, pairs = class_folder_files(root, problems, unsupported=unsupported)
@@ -110,12 +111,14 @@ def class_folder_files(
         raise LayoutError(f"{root} is not a folder of class sub-folders")
     # A name that is not UTF-8 cannot be stored in HDF5 (nor a class so named): such images
     # are left out as bad-name problems, as split leaves them out.
-    classes = sorted(d.name for d in root.iterdir()
-                     if _visible(d.name) and d.is_dir() and _utf8(d.name))
+    known = {d.name for d in root.iterdir() if _visible(d.name) and d.is_dir() and _utf8(d.name)}
+    # Class names are composed (NFC), as split makes them: a folder a Mac wrote decomposed
+    # ("café" as "cafe" + an accent) is the same class as its composed twin.
+    nfc = {name: unicodedata.normalize("NFC", name) for name in known}
+    classes = sorted(set(nfc.values()))
     listing = FolderSource(root)
     files, unreadable = listing.list_files()
     listing.refuse_unlisted()
-    known = set(classes)
     if problems is not None:
         problems += [p for p in unreadable + (_unsupported(files) if unsupported else [])
                      if p.source.partition("/")[0] in known]
@@ -128,7 +131,7 @@ def class_folder_files(
             if problems is not None and (label in known or not _utf8(label)):
                 problems.append(Skipped(rel, BAD_NAME, "file name is not valid UTF-8"))
         elif label in known:
-            pairs.append((label, rel))
+            pairs.append((nfc[label], rel))
     pairs.sort()
     if not pairs:
         raise LayoutError(
@@ -467,7 +470,8 @@ def label_problem(label: str) -> str | None:
         return "empty label"
     if label in (".", "..") or label.startswith("."):
         return f"label {label!r} would be a hidden or special folder"
-    if any(c in label for c in '/\\:*?"<>|') or any(ord(c) < 32 for c in label):
+    if any(c in label for c in '/\\:*?"<>|') or any(ord(c) < 32 or 127 <= ord(c) < 160
+                                                      for c in label):
         return f"label {label!r} has a character not allowed in folder names"
     size = len(label.encode("utf-8", "surrogateescape"))
     if size > MAX_NAME_BYTES:
@@ -1244,7 +1248,13 @@ def _decode_csv(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        # Spreadsheet exports on Windows are often in the legacy code page.
+        pass
+    # Spreadsheet exports on Windows are often in the legacy code page, Windows-1252 in the
+    # West (Latin-1 would turn its curly quotes and "œ" into control characters); Latin-1
+    # for the few bytes that code page leaves undefined.
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
         return data.decode("latin-1")
 
 

@@ -660,6 +660,30 @@ def test_files_of_other_splits_in_out_are_left_alone_with_a_warning(tmp_path):
     assert "means.json is not from this build" in report.warnings[1]
 
 
+def test_a_split_whose_class_folders_a_mac_decomposed_builds_one_class(tmp_path):
+    import unicodedata
+
+    from dsprep.generators import DirectoryGenerator
+    from dsprep.split import SplitOptions, run
+
+    composed = "caf\u00e9"
+    dump = make_class_folders(tmp_path / "d", classes=(composed, "dog"), per_class=6)
+    split = tmp_path / "s"
+    run(dump, split, SplitOptions(ratios=(0.5, 0.5)))
+    for part in ("train", "val"):  # copied through a Mac or an SMB share
+        folder = split / part / composed
+        folder.rename(folder.with_name(unicodedata.normalize("NFD", composed)))
+    report = build.build_hdf5(split, tmp_path / "out", opts())
+    for f in report.files:
+        images, labels, names, attrs = rows_of(f.path)
+        # Labels by folder as the split placed them: café 0, dog 1, in both files.
+        expected = [0 if unicodedata.normalize("NFC", n.split("/")[1]) == composed else 1
+                    for n in names]
+        assert list(labels) == expected and sorted(set(expected)) == [0, 1]
+    gen = DirectoryGenerator(split / "val", image_size=(16, 16))
+    assert gen.label_names == [composed, "dog"] and sorted(set(gen.labels)) == [0, 1]
+
+
 def test_a_dump_already_split_into_class_folders_is_built_as_it_is(tmp_path):
     src = tmp_path / "chest"
     make_class_folders(src / "train", classes=("NORMAL", "PNEUMONIA"), per_class=2)

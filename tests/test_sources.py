@@ -71,6 +71,27 @@ def test_scan_class_folders_walks_like_the_split(tmp_path):
         ("a/a_0.jpg", "a"), ("a-b/a-b_0.jpg", "a-b"), ("b/b_0.jpg", "b")]
 
 
+def test_class_folders_named_in_another_unicode_form_are_one_composed_class(tmp_path):
+    # A Mac writes "café" decomposed (e + a combining accent); split composes labels, so
+    # the build, --name and DirectoryGenerator must too, or "café" is two classes.
+    import unicodedata
+
+    composed = "caf\u00e9"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed
+    root = make_class_folders(tmp_path / "d", classes=(decomposed, "dog"), per_class=2)
+    classes, items = scan_class_folders(root)
+    assert classes == [composed, "dog"]
+    assert [c for _, c in items] == [composed] * 2 + ["dog"] * 2
+    assert all(p.is_file() for p, _ in items)  # the paths are still the files' own
+    # Both forms side by side (a copy merged on Linux): one class of both folders' files.
+    make_class_folders(root, classes=(composed,), per_class=1, seed=5)
+    classes, items = scan_class_folders(root)
+    assert classes == [composed, "dog"]
+    assert sorted(p.parent.name for p, c in items if c == composed) == sorted(
+        [decomposed, decomposed, composed])
+
+
 def test_folders_layout(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("b", "a"), per_class=2)
     _img(root / "a" / "deeper" / "x.PNG", seed=50)
@@ -1127,6 +1148,25 @@ def test_csv_with_a_byte_order_mark_is_decoded(tmp_path, encoding):
         assert inv.layout == "csv" and dict(inv.items) == {
             "images/1.jpg": "chat", "images/2.jpg": "chien", "images/3.png": "chat",
             "images/4.jpg": "chien"}
+
+
+def test_csv_in_the_windows_code_page_keeps_its_letters(tmp_path):
+    # Windows-1252 was read as Latin-1: "cœur" became "c\x9cur", a control character in a
+    # class name and folder; Latin-1 text reads as it did.
+    root = _csv_dump(tmp_path, "")
+    text = "id,label\n1,c\u0153ur\n2,l\u2019\u00e9t\u00e9\n3,c\u0153ur\n4,na\u00efve\n"
+    (root / "labels.csv").write_bytes(text.encode("cp1252"))
+    inv = _find(root, layout="csv")
+    assert dict(inv.items) == {"images/1.jpg": "c\u0153ur", "images/2.jpg": "l\u2019\u00e9t\u00e9",
+                               "images/3.png": "c\u0153ur", "images/4.jpg": "na\u00efve"}
+    # A byte Windows-1252 leaves undefined (0x81): Latin-1, and its control character is no
+    # folder name.
+    (root / "labels.csv").write_bytes(b"id,label\n1,a\x81b\n2,caf\xe9\n3,caf\xe9\n4,caf\xe9\n")
+    inv = _find(root, layout="csv")
+    assert dict(inv.items) == {"images/2.jpg": "caf\u00e9", "images/3.png": "caf\u00e9",
+                               "images/4.jpg": "caf\u00e9"}
+    assert [(p.source, p.reason) for p in inv.skipped if p.reason == "bad-label"] == [
+        ("images/1.jpg", "bad-label")]
 
 
 def _break_member(archive, member: str, how: str) -> None:

@@ -1656,3 +1656,21 @@ def test_a_keras_file_damaged_inside_its_zip_is_named_not_a_traceback(tmp_path):
                                                      "model .*train the run again"):
             load_model(damaged)
     assert load_model(path).output_shape == (None, 2)
+
+
+def test_confusion_figure_of_many_long_and_cjk_class_names(tmp_path):
+    # 200 names were drawn over each other, a long one cut at its start, and CJK names
+    # warned once per glyph (errors under this suite's filter).
+    from dsprep.train.predict import plot_confusion, tick_labels
+
+    names = [f"class-{i:03d}-" + "x" * 30 for i in range(200)]
+    names[0] = "\u65e5\u672c"  # Japanese
+    ticks = tick_labels(names)
+    assert ticks[0] == names[0]
+    assert ticks[4] == names[4][:21] + "..." and len(ticks[4]) == 24
+    assert [i for i, t in enumerate(ticks) if t] == list(range(0, 200, 4))  # 50 named
+    assert tick_labels(["cat", "dog"]) == ["cat", "dog"]
+    png = plot_confusion(np.eye(200, dtype=int), names, tmp_path / "many.png")
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    png = plot_confusion([[3, 1], [0, 4]], ["\u732b", "\u72ac"], tmp_path / "cjk.png")
+    assert png.read_bytes().startswith(PNG_MAGIC)

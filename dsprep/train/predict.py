@@ -5,8 +5,10 @@ Metrics come from the framework-free :mod:`dsprep.evaluate`; this module only pr
 
 from __future__ import annotations
 
+import math
 import os
 import unicodedata
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -149,8 +151,9 @@ def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str
     FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels=list(label_names), rotation=90 if n > 6 else 0)
-    ax.set_yticks(range(n), labels=list(label_names))
+    ticks = tick_labels(label_names)
+    ax.set_xticks(range(n), labels=ticks, rotation=90 if n > 6 else 0)
+    ax.set_yticks(range(n), labels=ticks)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 30:
@@ -162,8 +165,27 @@ def plot_confusion(confusion: Sequence[Sequence[int]], label_names: Sequence[str
                         color="white" if matrix[i, j] > middle else "black")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    return cb.save_figure(fig, path)
+    with warnings.catch_warnings():
+        # Names in scripts the bundled font lacks (CJK) are drawn as boxes: the figure is
+        # still of use, and matplotlib's per-glyph warnings would bury the figures.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
+        return cb.save_figure(fig, path)
+
+
+# Class names longer than this are cut on the plots' axes, and at most this many named.
+_TICK_CHARS = 24
+_TICKS = 60
+
+
+def tick_labels(names: Sequence[str]) -> list[str]:
+    """The axis labels of a per-class plot: long names cut short (their start kept, "..."
+    after), and with many classes only every k-th named, so the names stay readable."""
+    step = math.ceil(len(names) / _TICKS) if names else 1
+    return [("" if i % step else
+             name if len(name) <= _TICK_CHARS else name[:_TICK_CHARS - 3] + "...")
+            for i, name in enumerate(names)]
 
 
 def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
