@@ -22,6 +22,7 @@ import shutil
 import stat
 import sys
 import threading
+import unicodedata
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -937,7 +938,25 @@ def class_name_warnings(classes: Sequence[str]) -> list[str]:
             f"classes that differ only in case ({'; '.join(' and '.join(n) for n in alike)}) "
             "stay apart, but share one folder on a case-insensitive file system (macOS, "
             "Windows), which mixes their images; rename them in the dump if they are one class")
+    by_look: dict[str, list[str]] = {}
+    for c in classes:
+        by_look.setdefault(_look(c), []).append(c)
+    alike = [names for names in by_look.values() if len(names) > 1]
+    if alike:
+        warnings.append(
+            "classes that differ only in spaces or invisible characters ("
+            + "; ".join(" and ".join(repr(n) for n in names) for names in alike)
+            + ") stay apart, but look the same in every table; rename them in the dump if they "
+            "are one class")
     return warnings
+
+
+def _look(name: str) -> str:
+    """``name`` as it looks: no invisible characters, any space one plain space, no spaces
+    at the ends."""
+    seen = "".join(" " if unicodedata.category(c) == "Zs" else c for c in name
+                   if unicodedata.category(c) != "Cf")
+    return " ".join(seen.split())
 
 
 def split_below(folder: str | os.PathLike) -> Path | None:

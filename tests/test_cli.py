@@ -427,3 +427,18 @@ def test_tensorflows_log_level_keeps_native_lines_for_its_commands_only(tmp_path
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert ("native line" in result.stderr) is shown, (level, kind, result.stderr)
+
+
+def test_tables_line_up_with_wide_and_decomposed_class_names():
+    # Padded by len(), a CJK name (two columns a character) or a decomposed "café" (five
+    # characters, four columns) pushed its row's figures out of line.
+    from dsprep.cli._common import format_table
+
+    table = format_table([["\u65e5\u672c", 1], ["cafe\u0301", 22], ["a", 333]], ["class", "n"])
+    assert table.splitlines() == [
+        "class    n",
+        "-----  ---",
+        "\u65e5\u672c     1",
+        "cafe\u0301    22",
+        "a      333",
+    ]

@@ -211,6 +211,15 @@ def test_number_classes_ordered_as_text_and_classes_alike_but_for_case_are_warne
                   "--ratios", "0.5,0.5")
     assert result.exit_code == 0, result.output
     assert "0 " in result.output and "warning" not in result.output
+    # Folders whose names differ only in spaces, a no-break space or a zero-width space look
+    # alike in every table.
+    for i, label in enumerate(["cat", "cat ", "dog x", "dog\u00a0x", "emu", "e\u200bmu"] * 2):
+        write_image(tmp_path / "look" / label / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    result = loud("-q", "split", str(tmp_path / "look"), str(tmp_path / "s4"), "--dry-run",
+                  "--ratios", "0.5,0.5")
+    assert result.exit_code == 0, result.output
+    assert ("warning: classes that differ only in spaces or invisible characters ('cat' and "
+            "'cat '; 'dog x' and 'dog\\xa0x'; 'emu' and 'e\\u200bmu') stay apart") in result.output
 
 
 def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(tmp_path):

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import sys
+import unicodedata
 from collections.abc import Callable
 
 import click
@@ -311,16 +312,24 @@ def show_epochs() -> bool:
     return not is_quiet()
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: wide (CJK, most emoji) characters take two,
+    combining accents (a decomposed "é") and zero-width ones none."""
+    return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
 def format_table(rows: list[list[object]], header: list[str], *, text: bool = False) -> str:
     """Render rows as a plain text table: the first column left-aligned, the others right-
     aligned as numbers read best, or left-aligned too with ``text``."""
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    widths = [max(display_width(row[i]) for row in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 or text else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-                     .rstrip())
+        lines.append("  ".join(
+            (c + " " * (w - display_width(c))) if i == 0 or text else
+            (" " * (w - display_width(c)) + c)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
