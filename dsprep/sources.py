@@ -35,9 +35,9 @@ from .fileio import quoted
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff",
                               ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".avif"})
 # Image formats OpenCV does not read: listed as left out (UNSUPPORTED), not passed over unseen.
-UNSUPPORTED_EXTENSIONS = frozenset({".heic", ".heif", ".svg", ".psd", ".ico", ".exr", ".raw",
-                                    ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
-                                    ".dcm", ".dicom", ".nii"})
+UNSUPPORTED_EXTENSIONS = frozenset({".heic", ".heif", ".jxl", ".svg", ".psd", ".ico", ".exr",
+                                    ".raw", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf",
+                                    ".rw2", ".dcm", ".dicom", ".nii"})
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # Folders that archivers and operating systems add and that never hold a dataset's images.
 IGNORED_FOLDERS = frozenset({"__macosx"})

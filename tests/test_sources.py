@@ -1572,6 +1572,11 @@ def test_portable_pixmaps_are_images_and_phone_heic_photos_are_listed_as_left_ou
         f.rename(f.with_suffix(".dcm"))
     with pytest.raises(LayoutError, match=r"its \.dcm images are not read"):
         _find(root)
+    # And JPEG XL, which the installed OpenCV does not read.
+    for f in root.rglob("*.dcm"):
+        f.rename(f.with_suffix(".jxl"))
+    with pytest.raises(LayoutError, match=r"its \.jxl images are not read"):
+        _find(root)
 
 
 def test_a_folder_that_cannot_be_listed_stops_the_listing(tmp_path, monkeypatch):
