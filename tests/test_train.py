@@ -1674,3 +1674,21 @@ def test_confusion_figure_of_many_long_and_cjk_class_names(tmp_path):
     assert png.read_bytes().startswith(PNG_MAGIC)
     png = plot_confusion([[3, 1], [0, 4]], ["\u732b", "\u72ac"], tmp_path / "cjk.png")
     assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_raw_pixel_model_refuses_float_batches(tmp_path):
+    # Mean-subtracted floats cast to uint8 by Keras wrap around: a quarter of the right
+    # accuracy, and no error.
+    from dsprep.generators import HDF5Generator
+    from dsprep.preprocess import MeanSubtract
+    from dsprep.train.predict import predict, predict_fn
+
+    run, test, images, labels, weights, bias = _hand_built_run(tmp_path, 2, crop=None)
+    model = load_model(run / "best.keras")
+    np.testing.assert_allclose(predict_fn(model)(images[:4]), _probs(images[:4], weights, bias),
+                               rtol=1e-5)
+    floats = HDF5Generator(test, batch_size=8, shuffle="none",
+                           preprocessors=[MeanSubtract({"R": 120, "G": 120, "B": 120})])
+    with pytest.raises(UsageError, match="takes raw uint8 pixels .* the batch is float32: make "
+                                         "the generator with output=\"uint8\""):
+        predict(model, floats)

@@ -47,8 +47,21 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
 
 
 def predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from a batch to class probabilities, float64 numpy, one batch at a time."""
+    """A function from a batch to class probabilities, float64 numpy, one batch at a time.
+
+    A model that takes raw uint8 pixels (as ``dsprep train`` saves them, subtracting the
+    means itself) refuses other batches: Keras would cast mean-subtracted floats to uint8,
+    wrapping the negative ones, and answer wrongly without an error.
+    """
+    inputs = getattr(model, "inputs", None) or []
+    raw = len(inputs) == 1 and str(getattr(inputs[0], "dtype", "")) == "uint8"
+
     def run(x: np.ndarray) -> np.ndarray:
+        if raw and getattr(x, "dtype", None) != np.uint8:
+            raise UsageError(
+                f"the model takes raw uint8 pixels and subtracts the means itself, but the "
+                f"batch is {getattr(x, 'dtype', type(x).__name__)}: make the generator with "
+                "output=\"uint8\" and without MeanSubtract or Rescale")
         return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(x)), dtype=np.float64)
 
     return run
