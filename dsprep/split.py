@@ -1242,12 +1242,16 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
+@contextlib.contextmanager
 def _writing(source: Path, dest: str | os.PathLike, mode: str):
     """The lock that keeps two splits from writing one ``dest`` (a hidden sibling file, made
-    only once ``dest`` is known to lie outside the source)."""
+    only once ``dest`` is known to lie outside the source). The folders made to hold ``dest``
+    are removed again if the run fails before it leaves anything in them."""
     dest = _check_target(source, dest, mode)
     refuse_under_a_file(dest)
+    made = []  # from the deepest up
     if not dest.parent.exists():
+        made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
         try:
             dest.parent.mkdir(parents=True)
         except OSError as exc:
@@ -1257,7 +1261,16 @@ def _writing(source: Path, dest: str | os.PathLike, mode: str):
         raise OSError(errno.EACCES, f"{dest} cannot be made: {dest.parent} cannot be written "
                       "to here; choose another DEST")
     lock = dest / f"{_OWN}.lock" if _inside(dest) else sibling(dest, ".split-lock", ".")
-    return exclusive(lock, dest)
+    try:
+        with exclusive(lock, dest):
+            yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()  # only while empty: what a stopped run keeps stays
+            except OSError:
+                break
+        raise
 
 
 def _all_present(dest: Path, files: Sequence[PlannedFile]) -> bool:

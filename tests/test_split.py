@@ -1200,6 +1200,25 @@ def test_a_one_pass_split_stages_one_copy_of_each_content(tmp_path, monkeypatch)
     assert tree(tmp_path / "one") == tree(tmp_path / "two")
 
 
+def test_a_failed_run_removes_the_folders_it_made_for_dest(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    with pytest.raises(SplitError, match="needs 4"):
+        run(root, tmp_path / "out" / "x" / "s", SplitOptions(counts=(2, 1, 1)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    # A stopped run keeps what it placed, and the folders holding it, for the next.
+    real_replace = os.replace
+
+    def dying_replace(src, dst):
+        if ".staging" in str(src):
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(split_module.os, "replace", dying_replace)
+    with pytest.raises(Killed):
+        run(root, tmp_path / "out" / "x" / "s")
+    assert (tmp_path / "out" / "x" / ".s.split-partial").is_dir()
+
+
 def test_run_failing_before_the_plan_is_decided_leaves_nothing(tmp_path, monkeypatch):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
     with pytest.raises(SplitError, match="needs 4"):
