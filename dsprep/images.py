@@ -874,6 +874,7 @@ def _inspect_jpeg(data: bytes) -> _Header:
     pos, end = 2, len(data)
     size = None
     orientation = 1
+    exif_seen = False
     restart = 0
     while True:
         if data[pos] != 0xFF:
@@ -901,7 +902,9 @@ def _inspect_jpeg(data: bytes) -> _Header:
         if marker in _JPEG_SOF:
             height, width = struct.unpack_from(">HH", data, body + 1)
             size = (height, width)
-        elif marker == 0xE1 and data.startswith(b"Exif\x00\x00", body) and orientation == 1:
+        elif marker == 0xE1 and data.startswith(b"Exif\x00\x00", body) and not exif_seen:
+            # The first Exif block counts, as for libjpeg and Pillow (an editor may add one).
+            exif_seen = True
             orientation = _exif_orientation(data, body, pos + 2 + length)
         elif marker == 0xDD:
             (restart,) = struct.unpack_from(">H", data, body)

@@ -264,6 +264,26 @@ def test_jpeg_is_turned_upright(orientation):
     assert images.probe(data) == expected.shape[:2]
 
 
+@pytest.mark.parametrize(("first", "second"), [(1, 6), (6, 1), (3, 8)])
+def test_the_first_of_two_exif_blocks_gives_the_orientation(first, second):
+    # As for libjpeg and Pillow: a second block (added by an editor) was taken when the first
+    # said 1, so probe and decode turned the image where every viewer shows it upright.
+    from PIL import ImageOps
+
+    source = smooth_image(48, 80, seed=first)
+    data = encode(Image.fromarray(source), "JPEG", quality=98, exif=exif(first))
+    block = exif(second)
+    assert block.startswith(b"Exif\x00\x00")
+    app1 = data.index(b"\xff\xe1")
+    end = app1 + 2 + int.from_bytes(data[app1 + 2:app1 + 4], "big")
+    data = data[:end] + b"\xff\xe1" + (len(block) + 2).to_bytes(2, "big") + block + data[end:]
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    decoded = images.decode(data)
+    assert decoded.shape == shown.shape == upright(source, first).shape
+    assert np.abs(decoded.astype(int) - shown).mean() < 1
+    assert images.probe(data) == shown.shape[:2]
+
+
 @pytest.mark.parametrize("orientation", [2, 5, 7])
 def test_big_endian_exif_in_a_jpeg(orientation):
     # Many cameras write Motorola-order EXIF; Pillow writes Intel order, so build it by hand.
