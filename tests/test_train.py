@@ -1692,3 +1692,27 @@ def test_a_raw_pixel_model_refuses_float_batches(tmp_path):
     with pytest.raises(UsageError, match="takes raw uint8 pixels .* the batch is float32: make "
                                          "the generator with output=\"uint8\""):
         predict(model, floats)
+
+
+def test_a_class_without_training_images_is_named(small_run, tmp_path):
+    assert small_run[2].untrained == []
+    data = write_data(tmp_path / "data", size=48, classes=("cat", "dog", "emu"),
+                      counts=(12, 6, 6))
+    with h5py.File(data / "train.hdf5", "r") as db:
+        images, labels = db["images"][()], db["labels"][()]
+    keep = labels != 2  # train/ has no emu folder; val and test have emus
+    (data / "train.hdf5").unlink()
+    write_arrays(data / "train.hdf5", images[keep], labels[keep], ["cat", "dog", "emu"],
+                 split="train")
+    from click.testing import CliRunner
+
+    from dsprep.cli import main
+
+    said = CliRunner().invoke(main, ["train", str(data), str(tmp_path / "run"), "--model",
+                                     "smallnet", "--width", "4", "--batch-size", "8",
+                                     "--epochs", "1", "--seed", "1"])
+    assert said.exit_code == 0, said.output
+    assert ("note: no training image is of class emu: the model has an output for it but "
+            "never learned it") in said.stderr
+    result = train(data, tmp_path / "run2", tiny("smallnet", width=4, epochs=1))
+    assert result.untrained == ["emu"]

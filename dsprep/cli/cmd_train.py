@@ -382,6 +382,14 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         return
     if result.left_out:
         _left_out_note(result.left_out, data or fit.read_run_config(result.run).get("data"))
+    if result.untrained:
+        one = len(result.untrained) == 1
+        say(f"note: no training image is of class{'' if one else 'es'} "
+            f"{', '.join(result.untrained)}: the model has an output for "
+            f"{'it' if one else 'each'} but never learned {'it' if one else 'them'}, so its "
+            f"images are always misclassified; add training images of "
+            f"{'it' if one else 'them'}, or leave {'it' if one else 'them'} out of the data",
+            err=True)
     if result.diverged:
         raise _diverged(result)
     stopped = (f" (stopped early by --early-stop, of {result.epochs_planned})"

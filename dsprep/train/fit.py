@@ -67,6 +67,9 @@ class TrainResult:
     # Images of a split folder that could not be read, as (path, reason): left out up front,
     # or replaced in their batches when they failed later.
     left_out: list[tuple[str, str]] = field(default_factory=list)
+    # Classes of the data with no training image (a test folder of a class train/ lacks):
+    # the model has an output for each, but never learned one.
+    untrained: list[str] = field(default_factory=list)
 
     @property
     def diverged(self) -> bool:
@@ -534,8 +537,11 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     done = rows[-1]["epoch"] + 1 if rows else 0
     left_out = [(str(path), reason) for gen in (bundle.train, bundle.val) if gen is not None
                 for path, reason in [*getattr(gen, "skipped", ()), *getattr(gen, "replaced", ())]]
+    seen = set(np.unique(np.asarray(getattr(bundle.train, "labels", []), dtype=np.int64)))
+    untrained = [name for i, name in enumerate(bundle.label_names) if i not in seen] \
+        if seen else []
     return TrainResult(run, done, monitor, recorder.best, rows, model, config.epochs,
-                       done - initial_epoch, left_out=left_out)
+                       done - initial_epoch, left_out=left_out, untrained=untrained)
 
 
 def train(data: str | os.PathLike, run: str | os.PathLike, config: TrainConfig | None = None,
