@@ -1547,9 +1547,16 @@ def _classes_beside(out: Path, name: str, classes: list[str], planned: dict[str,
     names, path = next((list(n), p) for n, p in found.items())
     if len(found) > 1 or not set(classes) <= set(names):
         theirs = "; ".join(f"{p.name}: {', '.join(n)}" for n, p in found.items())
+        if name == "train" and all(set(n) <= set(classes) for n in found):
+            # Built before train.hdf5 (val, test): built again after it, they take its ids.
+            again = ", ".join(p.name for p in found.values())
+            advice = (f"build {again} again now (--name, into {out}): a file built after "
+                      "train.hdf5 takes its label ids")
+        else:
+            advice = "build it into another folder unless that is meant"
         warnings.append(f"the classes of {name}.hdf5 ({', '.join(classes)}) are not among "
                         f"those of the files already in {out} ({theirs}), so its label ids do "
-                        "not match theirs; build it into another folder unless that is meant")
+                        f"not match theirs; {advice}")
         return classes, planned
     if names == classes:
         return classes, planned

@@ -603,6 +603,23 @@ def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
     assert len(again.warnings) == 1 and "odd.hdf5: cat, emu" in again.warnings[0]
 
 
+def test_a_named_train_file_built_after_val_says_to_build_val_again(tmp_path):
+    # Built before train.hdf5, val.hdf5 numbered its two classes alone; the way out is to
+    # build it again after train (it then takes train's ids), not another folder.
+    out = tmp_path / "out"
+    val = make_class_folders(tmp_path / "va", ("cat", "fox"), per_class=1, seed=10)
+    build.build_hdf5(val, out, opts(), name="val")
+    train = make_class_folders(tmp_path / "tr", ("cat", "dog", "fox"), per_class=1, seed=20)
+    report = build.build_hdf5(train, out, opts(), name="train")
+    assert report.warnings == [
+        f"the classes of train.hdf5 (cat, dog, fox) are not among those of the files already "
+        f"in {out} (val.hdf5: cat, fox), so its label ids do not match theirs; build val.hdf5 "
+        f"again now (--name, into {out}): a file built after train.hdf5 takes its label ids"]
+    build.build_hdf5(val, out, opts(), name="val", force=True)
+    with h5py.File(out / "val.hdf5", "r") as db:
+        assert store.label_names(db) == ["cat", "dog", "fox"]
+
+
 def test_bad_sources_and_arguments(tmp_path):
     root = make_class_folders(tmp_path / "dump", per_class=1)
     with pytest.raises(UsageError, match="--name"):
