@@ -695,8 +695,10 @@ def find_images(
                           copy.rstrip("/") if chosen == "folders" and copy else None)
     if not inventory.items:
         # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
-        wrapper = (guessing and table is None and passed_over is None and regex is None
-                   and _only_folder_of_images(images, root))
+        # Guessed, or the folders layout asked for (its one folder was stepped into all the
+        # same); not where file names or a CSV were to label them.
+        wrapper = ((guessing or chosen == "folders") and table is None and passed_over is None
+                   and regex is None and _only_folder_of_images(images, root))
         raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
                                               passed_over, problems))
     return inventory

@@ -788,9 +788,14 @@ def test_nothing_labelled_is_an_error(tmp_path):
     with pytest.raises(LayoutError, match=r"--layout \(daisy/ is the only folder of .* and holds "
                                           r"the images themselves.*two or more"):
         _find(tmp_path / "one")
-    # Not where something else may label them: a layout asked for, or a CSV passed over.
-    with pytest.raises(LayoutError, match="choose the layout with --layout$"):
+    # The folders layout asked for: said too (it was a vaguer error).
+    with pytest.raises(LayoutError, match=r"--layout \(daisy/ is the only folder of .*two or "
+                                          r"more"):
         _find(tmp_path / "one", layout="folders")
+    # Not where something else may label them: the prefix layout asked for, or a CSV passed
+    # over.
+    with pytest.raises(LayoutError, match="choose the layout with --layout$"):
+        _find(tmp_path / "one", layout="prefix")
     (tmp_path / "one" / "daisy" / "labels.csv").write_text("id,label\ndaisy_0.jpg,a\n")
     with pytest.raises(LayoutError) as info:
         _find(tmp_path / "one")
