@@ -962,8 +962,35 @@ def _inspect_gif(data: bytes) -> _Header:
     width, height = struct.unpack_from("<HH", data, 6)
     _valid_size("GIF", height, width)
     complete = None if _gif_whole(data) else "truncated GIF (its data ends inside a block)"
+    frame = _gif_first_frame(data)
+    if complete is None and frame is not None:
+        left, top, w, h = frame
+        if left + w > width or top + h > height or not (w and h):
+            # OpenCV refuses to decode it (a decoder that grows the screen would): said as
+            # what is wrong, with the file's check rather than at its decoding.
+            complete = (f"damaged GIF: its first frame ({w}x{h} at {left},{top}) does not fit "
+                        f"its {width}x{height} screen; convert it to PNG to keep it")
     # GIFs may carry transparency in any frame's extension; IMREAD_UNCHANGED reports it as alpha.
     return _Header("GIF", height, width, unchanged=True, complete=complete)
+
+
+def _gif_first_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """(left, top, width, height) of a GIF's first image descriptor, None if not found."""
+    pos = 13
+    if len(data) < pos:
+        return None
+    if data[10] & 0x80:
+        pos += 3 << ((data[10] & 7) + 1)
+    while pos + 10 <= len(data):
+        if data[pos] == 0x2C:
+            return struct.unpack_from("<HHHH", data, pos + 1)
+        if data[pos] != 0x21:
+            return None
+        pos += 2
+        while pos < len(data) and data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    return None
 
 
 def _gif_whole(data: bytes) -> bool:

@@ -461,6 +461,19 @@ def test_animated_webp_gives_its_first_frame():
     np.testing.assert_array_equal(images.decode(data), np.asarray(frames[0]))
 
 
+def test_a_gif_whose_first_frame_overflows_its_screen_is_refused_from_its_header():
+    # OpenCV cannot decode it: the header check kept it, and only the decoding failed, later
+    # and vaguely ("could not be decoded").
+    data = bytearray(encode(Image.fromarray(smooth_image(20, 20, seed=6)), "GIF"))
+    data[6:10] = struct.pack("<HH", 10, 10)
+    data = bytes(data)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None
+    for check in (lambda d: images.probe(d, verify=True), images.decode):
+        with pytest.raises(CorruptImageError, match=r"damaged GIF: its first frame \(20x20 at "
+                                                    r"0,0\) does not fit its 10x10 screen"):
+            check(data)
+
+
 def test_transparent_gif_pixels_become_white():
     frame = PIC.quantize(16)
     index = np.asarray(frame)
