@@ -208,7 +208,8 @@ def _write_bad_files(root: Path, layout: str, classes: list[str], jobs, seed: in
 
     rgb, _ = make_image(cls(1), 10_001, seed)
     put("empty", cls(0), b"")
-    put("truncated", cls(1), _encode_jpeg(rgb, 90)[: len(good) // 3])
+    whole = _encode_jpeg(rgb, 90)
+    put("truncated", cls(1), whole[: len(whole) // 3])  # a third of its own bytes
     put("text", cls(2), b"This is not an image, whatever its name says.\n")
     rgba = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), cv2.COLOR_BGR2BGRA)
     rgba[..., 3] = np.linspace(64, 255, rgba.shape[1], dtype=np.uint8)[None, :]

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dsprep.errors import DestinationExistsError, UsageError
+from dsprep import images
+from dsprep.errors import CorruptImageError, DestinationExistsError, UsageError
 from dsprep.sample import _draw_size, make_image, write_sample_dump
 
 
@@ -95,9 +96,13 @@ def test_jpeg_quality_in_range():
     assert min(qualities) >= 75 and max(qualities) <= 95 and len(qualities) > 10
 
 
-@pytest.mark.parametrize("layout", ["folders", "prefix", "csv"])
-def test_bad_files_are_what_they_claim(tmp_path, layout):
-    summary = write_sample_dump(tmp_path / "d", layout=layout, per_class=2, with_bad_files=True)
+@pytest.mark.parametrize(("layout", "classes"), [
+    ("folders", None), ("prefix", None), ("csv", None),
+    # The truncated file was cut at a third of another image's length: here, past its end.
+    ("csv", ["cat", "moon", "brick"])])
+def test_bad_files_are_what_they_claim(tmp_path, layout, classes):
+    summary = write_sample_dump(tmp_path / "d", layout=layout, per_class=2, with_bad_files=True,
+                                classes=classes)
     root = summary.dest
     kinds = {kind: rel for rel, kind in summary.bad_files}
     expected = {"empty", "truncated", "text", "alpha", "grayscale", "duplicate"}
@@ -108,6 +113,8 @@ def test_bad_files_are_what_they_claim(tmp_path, layout):
     assert not (root / kinds["text"]).read_bytes().startswith(b"\xff\xd8")
     truncated = (root / kinds["truncated"]).read_bytes()
     assert truncated[:2] == b"\xff\xd8" and not truncated.endswith(b"\xff\xd9")
+    with pytest.raises(CorruptImageError, match="truncated"):
+        images.probe(truncated, verify=True)
     alpha = cv2.imread(str(root / kinds["alpha"]), cv2.IMREAD_UNCHANGED)
     assert alpha.shape[2] == 4 and alpha[..., 3].min() < 255
     gray = cv2.imread(str(root / kinds["grayscale"]), cv2.IMREAD_UNCHANGED)
