@@ -99,3 +99,12 @@ def check_what_the_tour_made(root: Path, commands: list[str]) -> None:
     with open(root / "runs/sweep/sweep-lr.csv", newline="") as fh:
         rates = [float(r["lr"]) for r in csv.DictReader(fh)]
     assert rates == [float(v) for v in option(sweep, "--lrs").split(",")]
+
+
+def test_the_formats_page_gives_the_default_pixel_limit_split_json_leaves_out():
+    # split.json omits max_pixels at its default: the page is where a reader finds its value.
+    from dsprep.images import DEFAULT_MAX_PIXELS
+
+    page = (Path(__file__).parent.parent / "docs" / "formats.md").read_text(encoding="utf-8")
+    assert f"not the default, {DEFAULT_MAX_PIXELS:,}, so absent means that" in " ".join(
+        page.split())
