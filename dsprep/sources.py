@@ -1204,6 +1204,9 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
                 return candidate, _decode_csv(_read_labels(source, candidate), candidate)
         path = Path(labels)
         if path.is_file():
+            # Outside the dump: named in full (split.json's labels_file would otherwise read as
+            # a path inside SRC, where it is relative to the folder the split was run from).
+            path = path.resolve()
             return str(path), _decode_csv(path.read_bytes(), str(path))
         if path.is_dir():
             raise LayoutError(f"--labels {labels} is a folder; give the CSV file inside it")

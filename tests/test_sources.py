@@ -422,6 +422,18 @@ def _csv_dump(tmp_path, text: str, names=("1.jpg", "2.jpg", "3.png", "4.jpg"), n
     return root
 
 
+def test_a_labels_csv_outside_the_dump_is_named_in_full(tmp_path, monkeypatch):
+    # Given relative to the working folder, it was kept as given: in split.json it then read
+    # as a file inside SRC.
+    root = _csv_dump(tmp_path, "")
+    (root / "labels.csv").unlink()
+    (tmp_path / "mine.csv").write_text("id,label\n1,cat\n2,dog\n3,cat\n4,dog\n")
+    monkeypatch.chdir(tmp_path)
+    inv = _find(root, layout="csv", labels="mine.csv")
+    assert inv.labels_file == str((tmp_path / "mine.csv").resolve())
+    assert dict(inv.items)["images/2.jpg"] == "dog"
+
+
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_csv_with_header_ids_without_extension(tmp_path, newline):
     root = _csv_dump(tmp_path, "id,label\n1,cat\n2,dog\n3,cat\n4,dog\n", newline=newline)
