@@ -72,6 +72,21 @@ def _build_stamp(db: h5py.File) -> tuple:
     return tuple(stamp)
 
 
+def _changed(db: h5py.File, images: h5py.Dataset, rows: int, shape: tuple, labels: np.ndarray,
+             built: tuple) -> str | None:
+    """How the file ``db`` differs from the build a generator was made from, or None."""
+    if int(images.shape[0]) != rows or tuple(images.shape[1:]) != shape:
+        return (f"it holds {int(images.shape[0])} images of {images.shape[1:]}, not {rows} of "
+                f"{shape}")
+    if not np.array_equal(np.asarray(db["labels"][()], dtype=np.int64), labels):
+        return "its labels differ"
+    if _build_stamp(db) != built:
+        # The same rows, shape and labels but other pixels (--resize pad for crop): this
+        # process would read other images than the one the generator was made in.
+        return "its pixels differ: other channel statistics or build options"
+    return None
+
+
 def batch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random generator for batch ``index`` of ``epoch``: the same in every process."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_BATCH_KEY, epoch, index)))
@@ -475,9 +490,12 @@ class HDF5Generator(_BatchSequence):
     (``dsprep.store.MappedFile``), and other pipelines read the rows with ``os.preadv`` at their
     offsets (``dsprep.store.RowReader``), as every pipeline does where no map can be made (no
     address space for one); compressed files go through h5py. The maps hold the file, so a new build
-    replacing the path does not disturb them; rewriting the same file in place (``cp`` or ``rsync
-    --inplace`` over it), or an I/O error under a map, stops the process with SIGBUS rather than an
-    error (a Keras worker process so stopped leaves ``fit`` waiting for it).
+    replacing the path does not disturb them. A copy written over the same file in place (``cp``
+    or ``rsync --inplace``) is noticed at the next batch (one ``fstat`` a batch) and refused
+    with a :class:`~dsprep.errors.DatasetFormatError` if it is another build (a copy of the
+    same build reads on); a batch read while the copy truncates the file, or an I/O error
+    under a map, stops the process with SIGBUS rather than an error (a Keras worker process so
+    stopped leaves ``fit`` waiting for it).
 
     The file is opened lazily in each process, read-only, with HDF5's shared read lock taken
     where the file system supports it (``locking="best-effort"``: any number of readers, no
@@ -578,12 +596,13 @@ class HDF5Generator(_BatchSequence):
         self._mapped: store.MappedRows | None = None
         self._file_map: store.MappedFile | None = None
         self._pid: int | None = None
+        self._written: tuple[int, int] | None = None
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
-                    "_local"):
+                    "_local", "_written"):
             state.pop(key, None)
         state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
@@ -595,6 +614,8 @@ class HDF5Generator(_BatchSequence):
     def _dataset(self) -> h5py.Dataset:
         pid = os.getpid()
         if self._pid == pid and self._images is not None:
+            if self._write_mark() != self._written:  # one fstat a batch
+                self._recheck()
             return self._images
         with _OPEN_LOCK:
             if self._pid != pid or self._images is None:
@@ -627,24 +648,53 @@ class HDF5Generator(_BatchSequence):
                                                or len(self._mapped.runs) > 1):
                         self._file_map = self._reader.map_file(self._raw, self.image_shape)
                 self._local = threading.local()
+                self._written = self._write_mark()
                 self._images = images
                 self._pid = pid
         return self._images
 
+    def _write_mark(self) -> tuple[int, int] | None:
+        """(size, modification time) of the file this process holds open, by its descriptor:
+        a copy written over it in place (``cp``, ``rsync --inplace``) changes them, where a
+        new build renamed into the path leaves the open file as it was."""
+        try:
+            raw = self._raw
+            fd = raw.fd if raw is not None else self._db.id.get_vfd_handle()
+            st = os.fstat(fd)
+        except (OSError, AttributeError, TypeError, ValueError):
+            return None  # no descriptor to ask (another HDF5 driver): not watched
+        return st.st_size, st.st_mtime_ns
+
+    def _recheck(self) -> None:
+        """The open file was written to since it was opened: refuse it if its labels or
+        pixels are another build's, whose rows would go with the labels held here."""
+        with _OPEN_LOCK:
+            mark = self._write_mark()
+            if mark == self._written:
+                return
+            try:
+                fresh = store.open_dataset(self.path, locking="best-effort")
+            except DsprepError as exc:
+                raise DatasetFormatError(f"{self.path} was written over while this generator "
+                                         f"read it ({exc}); make the generator again") from exc
+            try:
+                changed = _changed(fresh, fresh["images"], self._rows, self.image_shape,
+                                   self.labels, self._built)
+            finally:
+                fresh.close()
+            if changed is not None:
+                raise DatasetFormatError(
+                    f"{self.path} was written over in place while this generator read it "
+                    f"({changed}): its batches would pair the new images with the old labels; "
+                    "make the generator again (and write a new build to another path, or let "
+                    "build-hdf5 replace the file, which leaves open readers the old one)")
+            self._written = mark  # the same build again (a touch, a copy of the same file)
+
     def _check_unchanged(self, images: h5py.Dataset) -> None:
         """Refuse a file at the path that is not the one this generator was made from (a new
         build in its place): its rows would be read with the labels and shape held here."""
-        changed = None
-        if int(images.shape[0]) != self._rows or tuple(images.shape[1:]) != self.image_shape:
-            changed = (f"it holds {int(images.shape[0])} images of {images.shape[1:]}, not "
-                       f"{self._rows} of {self.image_shape}")
-        elif not np.array_equal(np.asarray(self._db["labels"][()], dtype=np.int64),
-                                self.labels):
-            changed = "its labels differ"
-        elif _build_stamp(self._db) != self._built:
-            # The same rows, shape and labels but other pixels (--resize pad for crop): this
-            # process would read other images than the one the generator was made in.
-            changed = "its pixels differ: other channel statistics or build options"
+        changed = _changed(self._db, images, self._rows, self.image_shape, self.labels,
+                           self._built)
         if changed is not None:
             self._db.close()
             self._db = None

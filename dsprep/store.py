@@ -609,9 +609,10 @@ class MappedRows:
     batch starting in a window ends in it), and only the few windows used last stay mapped:
     page tables stay small whatever the file's size. A window stays valid while an array over
     it is referenced; the maps hold the file, so a new build replacing the path does not
-    disturb them. Rewriting or truncating the same file in place, or an I/O error under a
-    map (a failing disk, a lost network mount), stops the reading process with SIGBUS instead
-    of raising an error: a dsprep file under its final name is never rewritten.
+    disturb them. Truncating the same file in place (as a ``cp`` over it does first), or an
+    I/O error under a map (a failing disk, a lost network mount), stops the reading process
+    with SIGBUS instead of raising an error: a dsprep file under its final name is never
+    rewritten (HDF5Generator notices a file rewritten since it opened it at its next batch).
 
     Thread-safe.
     """

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import multiprocessing
 import pickle
+import shutil
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -142,6 +144,39 @@ def test_foreign_hdf5_is_a_format_error(tmp_path):
         f["features"] = np.zeros((4, 10))
     with pytest.raises(DatasetFormatError, match="not a dsprep HDF5 file"):
         HDF5Generator(path)
+
+
+def _write(path, imgs, labels, compression):
+    attrs = {"split": "train", "resize": "crop", "interpolation": "area", "order": "sorted",
+             "seed": 0, "skipped": 0, "mean_rgb": imgs.reshape(-1, 3).mean(axis=0)}
+    with store.HDF5Writer(path, len(imgs), imgs.shape[1:3], NAMES, compression=compression,
+                          attrs=attrs, chunk_images=8) as writer:
+        writer.append(imgs, labels, [f"row{i}" for i in range(len(imgs))])
+    return path
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+@pytest.mark.parametrize("shuffle", ["batches", "full"])
+def test_a_file_written_over_in_place_is_refused_at_the_next_batch(tmp_path, compression,
+                                                                   shuffle):
+    # cp over an open file keeps its inode: the maps then read the new rows, and the batches
+    # paired them with the labels held since the generator was made, without a word.
+    from dsprep.preprocess import RandomPatch
+
+    imgs, labels = tagged_images(40), (np.arange(40) * 7) % 3
+    path = _write(tmp_path / "train.hdf5", imgs, labels, compression)
+    same = shutil.copyfile(path, tmp_path / "same.hdf5")
+    other = _write(tmp_path / "other.hdf5", imgs, labels[::-1].copy(), compression)
+    gen = HDF5Generator(path, batch_size=8, shuffle=shuffle, seed=3,
+                        preprocessors=[RandomPatch(4, 4)])
+    first = gen[0]
+    time.sleep(0.01)  # a modification time of its own
+    shutil.copyfile(same, path)  # the same build again: read on
+    np.testing.assert_array_equal(gen[0][0], first[0])
+    shutil.copyfile(other, path)
+    with pytest.raises(DatasetFormatError, match="was written over in place while this "
+                                                 r"generator read it \(its labels differ\)"):
+        gen[1]
 
 
 def test_a_file_built_again_in_its_place_is_refused_when_reopened(tmp_path, h5file):
