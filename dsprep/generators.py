@@ -10,6 +10,7 @@ import inspect
 import math
 import operator
 import os
+import pickle
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -232,6 +233,19 @@ class _BatchSequence(ABC):
         else:
             self._steps = ops_all
 
+    def _refuse_unpicklable_ops(self) -> None:
+        """Name an op that keeps the generator from being pickled (to a spawned worker
+        process: the default on macOS and Windows), instead of pickle's own words."""
+        for op in self.preprocessors + self.augment:
+            try:
+                pickle.dumps(op)
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                raise pickle.PicklingError(
+                    f"{type(self).__name__} cannot go to another process: its op {op!r} "
+                    f"cannot be pickled ({exc}); define it with def at a module's top level "
+                    "(or as functools.partial of such a function, or a class's instance) to "
+                    "use the generator in worker processes") from exc
+
     # -- the sequence protocol -------------------------------------------------------------
 
     @property
@@ -376,7 +390,9 @@ class _BatchSequence(ABC):
                     f"{op!r} failed on a batch of shape {x.shape} ({exc}); augment and each "
                     "preprocessor are called as op(batch, rng), with a numpy batch of "
                     "(B, H, W, C) images and a numpy.random.Generator, and return the batch "
-                    "(wrap a function of the batch alone as lambda batch, rng: f(batch))"
+                    "(wrap a function of the batch alone in one: def op(batch, rng): return "
+                    "f(batch), at a module's top level so the generator pickles to worker "
+                    "processes; a lambda does not)"
                 ) from exc
         if self.output == "uint8" and x.dtype != np.uint8:
             # A model fed uint8 batches (with its own mean layer) would take these for pixels.
@@ -600,6 +616,7 @@ class HDF5Generator(_BatchSequence):
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
+        self._refuse_unpicklable_ops()
         state = self.__dict__.copy()
         for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
                     "_local", "_written"):
@@ -1173,6 +1190,7 @@ class DirectoryGenerator(_BatchSequence):
         self._listed = {path for path, _ in getattr(self, "replaced", ())}
 
     def __getstate__(self) -> dict:
+        self._refuse_unpicklable_ops()
         state = self.__dict__.copy()
         for key in ("_pool", "_pool_pid", "_replaced_lock", "_undecodable", "_unreadable",
                     "_listed"):

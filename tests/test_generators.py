@@ -146,6 +146,29 @@ def test_foreign_hdf5_is_a_format_error(tmp_path):
         HDF5Generator(path)
 
 
+def _flip_rows(batch, rng):
+    return batch[:, ::-1]
+
+
+def test_a_generator_with_a_lambda_op_says_why_it_cannot_go_to_a_worker(h5file, tmp_path):
+    # A spawned worker (the default on macOS and Windows) gets the generator pickled: pickle's
+    # own error named neither the generator nor the op, nor what to write instead.
+    import functools
+
+    path = h5file[0]
+    for gen in (HDF5Generator(path, preprocessors=[lambda batch, rng: batch[:, ::-1]]),
+                DirectoryGenerator(make_class_folders(tmp_path / "d", ("a", "b"), per_class=1),
+                                   image_size=(8, 8), augment=lambda batch, rng: batch)):
+        with pytest.raises(pickle.PicklingError, match=f"{type(gen).__name__} cannot go to "
+                                                       "another process: its op <function .*"
+                                                       "lambda.* define it with def at a "
+                                                       "module's top level"):
+            pickle.dumps(gen)
+    for op in (_flip_rows, functools.partial(_flip_rows)):
+        gen = HDF5Generator(path, batch_size=8, shuffle="none", preprocessors=[op])
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(gen))[0][0], gen[0][0])
+
+
 def _write(path, imgs, labels, compression):
     attrs = {"split": "train", "resize": "crop", "interpolation": "area", "order": "sorted",
              "seed": 0, "skipped": 0, "mean_rgb": imgs.reshape(-1, 3).mean(axis=0)}
