@@ -1036,9 +1036,7 @@ class DirectoryGenerator(_BatchSequence):
         shuffle: shuffle the images each epoch: True or "full", False or "none".
         one_hot: one-hot float32 labels instead of int32 ids.
         seed: the seed for orders and random draws; None draws one now.
-        workers: decoding threads (None: up to 8, one per core, in the process that made the
-            generator, and one in each other process its copies go to: a loader's worker
-            processes already decode side by side).
+        workers: decoding threads (None: up to 8, one per core).
         classes: class names in label-id order; default: when ``root`` is one split of a
             split folder, the split's classes as ``build-hdf5`` numbers them (split.json's
             ``classes``, or for a folder already split into train/val/test folders the class
@@ -1101,9 +1099,6 @@ class DirectoryGenerator(_BatchSequence):
             raise UsageError(f"shuffle {shuffle!r} is not True or \"full\", False or \"none\"")
         self.shuffle = shuffle in (True, "full")
         self.workers = min(8, system.usable_cpus()) if workers is None else int(workers)
-        # The default is for the process that made it: in a loader's worker processes (its
-        # copies), which decode side by side already, one thread each, not cores x workers.
-        self._threads_home = os.getpid() if workers is None else None
         self.image_shape = (*self.image_size, 3)
 
         refuse_unfinished_split(self.root)
@@ -1212,8 +1207,7 @@ class DirectoryGenerator(_BatchSequence):
         with _OPEN_LOCK:
             # A pool inherited through fork has no threads in this process: make a new one.
             if self._pool is None or self._pool_pid != pid:
-                self._pool = ThreadPoolExecutor(self._threads(),
-                                                thread_name_prefix="dsprep-decode")
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dsprep-decode")
                 self._pool_pid = pid
                 # So is a lock: one a parent's thread held at the fork stays held here.
                 self._replaced_lock = threading.Lock()
@@ -1225,13 +1219,8 @@ class DirectoryGenerator(_BatchSequence):
             self._pool.shutdown(wait=True)
         self._reset_process_state()
 
-    def _threads(self) -> int:
-        """Decoding threads in this process (see ``workers``)."""
-        home = getattr(self, "_threads_home", None)
-        return 1 if home is not None and home != os.getpid() else self.workers
-
     def _map(self, fn: Callable, args: Sequence, *, progress: bool = False, desc: str = ""):
-        if self._threads() <= 1:
+        if self.workers <= 1:
             it = map(fn, args)
         else:
             it = self._executor().map(fn, args)

@@ -169,30 +169,6 @@ def test_a_generator_with_a_lambda_op_says_why_it_cannot_go_to_a_worker(h5file, 
         np.testing.assert_array_equal(pickle.loads(pickle.dumps(gen))[0][0], gen[0][0])
 
 
-def _decode_threads(gen):
-    x = gen[0][0]
-    return gen._threads(), sum(t.name.startswith("dsprep-decode") for t in threading.enumerate()), x
-
-
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_a_directory_generator_copied_to_a_worker_process_decodes_on_one_thread(class_dump,
-                                                                                method):
-    # Its default (a thread a core, up to 8) was taken in every worker of a loader too:
-    # 8 workers ran 64 decoding threads on 8 cores.
-    gen = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=6, seed=1,
-                             workers=None)
-    gen.workers = 3  # as on a machine of 3 cores
-    asked = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=6, seed=1,
-                               workers=2)
-    here = _decode_threads(gen)
-    assert here[0] == 3
-    with multiprocessing.get_context(method).Pool(1) as pool:
-        threads, running, x = pool.apply(_decode_threads, (gen,))
-        assert (threads, running) == (1, 0)  # decoded in the worker's own thread
-        np.testing.assert_array_equal(x, here[2])  # the same batch
-        assert pool.apply(_decode_threads, (asked,))[:2] == (2, 2)  # as asked, everywhere
-
-
 def _write(path, imgs, labels, compression):
     attrs = {"split": "train", "resize": "crop", "interpolation": "area", "order": "sorted",
              "seed": 0, "skipped": 0, "mean_rgb": imgs.reshape(-1, 3).mean(axis=0)}
