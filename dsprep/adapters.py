@@ -41,11 +41,11 @@ class KerasDataset(keras.utils.PyDataset):
     passes of both: give each its own generator): so every Keras epoch sees a new order, and after
     ``model.predict(ds)`` the generator still stands at the epoch whose order ``predict``
     read (``for x, y in gen`` then gives the labels in the same order). The move is made when
-    the pass asks for batch 0: with ``steps_per_epoch`` below ``len(gen)``, Keras's epochs go
-    on through one pass of the data, and the whole pass reads one order (each batch once),
-    not a new order from each Keras epoch on. With ``use_multiprocessing`` the generator
-    moves on at the end of each pass instead, since Keras forks its worker processes before
-    it tells the dataset that a pass begins.
+    the pass asks for its first batch, in whatever order Keras asks; with ``steps_per_epoch``
+    below ``len(gen)``, Keras's epochs go on through one pass of the data, and the whole pass
+    reads one order (each batch once), not a new order from each Keras epoch on. With
+    ``use_multiprocessing`` the generator moves on at the end of each pass instead, since
+    Keras forks its worker processes before it tells the dataset that a pass begins.
 
     Under the JAX and PyTorch backends the first ``fit`` of a model whose metrics are not yet
     built also opens a short probing pass over the first batch, which counts as a pass here;
@@ -62,7 +62,9 @@ class KerasDataset(keras.utils.PyDataset):
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
-        self._pass_due = False  # a Keras pass began: move on when batch 0 is asked for
+        self._pass_due = False  # a Keras pass began: move on at its first batch (see below)
+        # The batches Keras epochs asked for since the generator last moved, or was set.
+        self._served: set[int] = set()
         # Where the generator stood when the last pass over it began (see _next_pass).
         self._last = _passes_of(gen)
         # Keras versions without on_epoch_begin, and forked workers, need the move at the end.
@@ -76,11 +78,16 @@ class KerasDataset(keras.utils.PyDataset):
         return len(self.gen)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if index == 0 and self._pass_due:
-            # A pass over the data begins (with steps_per_epoch below len, Keras's epochs
-            # go on through one pass: only a new pass moves the generator on).
+        if self._pass_due and (not self._served or index in self._served):
+            # A new pass over the data: a batch the last one served already, whatever order
+            # Keras asks in (fit shuffles the batch order by default). With steps_per_epoch
+            # below len, Keras's epochs go on through one pass, asking for batches not yet
+            # served: the generator moves on only when that pass is over.
             self._pass_due = False
+            self._served = set()
             self._change(lambda: _next_pass(self.gen, self._last))
+        if self._begun:  # not the batches Keras reads before a fit to learn their shapes
+            self._served.add(index)
         if self._ahead is not None:
             return self._ahead.get(index)
         return self.gen[index]
@@ -92,6 +99,7 @@ class KerasDataset(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Set the generator's epoch, once no batch of the dataset is being made."""
         self._change(lambda: self.gen.set_epoch(epoch))
+        self._served = set()
 
     def on_epoch_begin(self) -> None:
         if self._at_end:

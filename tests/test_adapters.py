@@ -662,6 +662,50 @@ def test_steps_per_epoch_below_len_reads_each_pass_in_one_generator_epoch(h5file
         np.testing.assert_array_equal(x, fresh[index][0])
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fit_shuffling_the_batch_order_reads_one_generator_epoch_per_keras_epoch(h5file,
+                                                                                 workers):
+    # fit(shuffle=True), Keras's default, asks for a PyDataset's batches in a shuffled order:
+    # batch 0 comes anywhere in a pass, so it cannot be what tells a new pass.
+    import keras
+
+    from dsprep.adapters import KerasDataset
+
+    class Delivered(KerasDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.delivered = []
+
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            self.delivered.append((self.gen.epoch, index))
+            return x, y
+
+    class Marks(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            ds.delivered.clear()  # Keras read a batch or two to learn their shapes
+
+        def on_epoch_end(self, epoch, logs=None):
+            ds.delivered.append("end")
+
+    gen = HDF5Generator(h5file[0], batch_size=9, shuffle="full", seed=4, drop_last=True)
+    ds = Delivered(gen, workers=workers)
+    tiny_model(keras).fit(ds, epochs=4, shuffle=True, verbose=0, callbacks=[Marks()])
+    epochs = [[]]
+    for item in ds.delivered:
+        if item == "end":
+            epochs.append([])
+        else:
+            epochs[-1].append(item)
+    epochs = epochs[:-1]
+    assert len(epochs) == 4
+    for read in epochs:  # each Keras epoch: every batch once, of one generator epoch
+        assert sorted(i for _, i in read) == list(range(len(gen)))
+        assert len({e for e, _ in read}) == 1, read
+    assert len({read[0][0] for read in epochs}) == 4  # a new order each
+    assert any([i for _, i in read] != sorted(i for _, i in read) for read in epochs)
+
+
 def test_epoch_sync_leaves_plain_sequences_alone():
     class Plain:
         epoch = 0
