@@ -603,9 +603,14 @@ _PNM_HEADER = re.compile(rb"P[2356](?:\s|#[^\r\n]*)+(\d+)(?:\s|#[^\r\n]*)+(\d+)"
 
 
 def _pnm_maxval(data: bytes) -> int | None:
-    """A grey or colour PNM's maxval (the value of white), from its header."""
+    """A grey or colour PNM's maxval (the value of white), from its header, where OpenCV
+    leaves its samples unscaled: in binary files, and in text ones above 255 (it scales a
+    text file's smaller range to 0..255 itself)."""
     found = _PNM_HEADER.match(data[:4096])
-    return int(found.group(3)) if found else None
+    if not found:
+        return None
+    maxval = int(found.group(3))
+    return maxval if data[1:2] in (b"5", b"6") or maxval > 255 else None
 
 
 @dataclass(frozen=True)
@@ -618,7 +623,8 @@ def _avif_properties(data: bytes) -> _AvifProperties | None:
     """The primary image's bit depth, rotation and mirror of an AVIF file; None for another
     format (or an AVIF whose boxes cannot be read: OpenCV then decides)."""
     try:
-        boxes = dict(_boxes(data, 0, min(len(data), 1 << 20), first_only=True))
+        # The top-level boxes, walked by their sizes (the image data after meta, or before).
+        boxes = dict(_boxes(data, 0, len(data), first_only=True))
         ftyp = boxes.get(b"ftyp")
         if ftyp is None or not any(data[i:i + 4] in (b"avif", b"avis")
                                    for i in range(ftyp[0], ftyp[1], 4)):
@@ -636,7 +642,10 @@ def _avif_properties(data: bytes) -> _AvifProperties | None:
         parts = dict(_boxes(data, *iprp, first_only=True)) if iprp else {}
         ipco = list(_boxes(data, *parts[b"ipco"])) if b"ipco" in parts else []
         chosen = _associated(data, parts.get(b"ipma"), primary, len(ipco))
-        properties = [ipco[i] for i in chosen] if chosen is not None else ipco
+        # No association table (a file of one image): the properties are its own. A primary
+        # image the table leaves out has none (another item's are not its).
+        properties = (ipco if parts.get(b"ipma") is None or primary is None else
+                      [ipco[i] for i in chosen or []])
     except (struct.error, IndexError, KeyError):
         return None
     top, transforms = None, []
@@ -652,11 +661,18 @@ def _avif_properties(data: bytes) -> _AvifProperties | None:
     return _AvifProperties(top, tuple(transforms))
 
 
+# Items and properties of an AVIF file walked at most (a phone's tiled image has ~100).
+_MAX_ITEMS = 1 << 14
+
+
 def _boxes(data: bytes, start: int, end: int, first_only: bool = False):
-    """(type, (body start, end)) of each ISO base media box from ``start`` to ``end``."""
+    """(type, (body start, end)) of each ISO base media box from ``start`` to ``end`` (at
+    most ``_MAX_ITEMS`` of them)."""
     seen = set()
     pos = start
-    while pos + 8 <= end:
+    for _ in range(_MAX_ITEMS):
+        if pos + 8 > end:
+            return
         size, kind = struct.unpack_from(">I4s", data, pos)
         head = 8
         if size == 1:
@@ -677,12 +693,16 @@ def _associated(data: bytes, ipma: tuple[int, int] | None, item: int | None,
     """The 0-based indices of the properties ``ipma`` gives ``item``, in their order."""
     if ipma is None or item is None:
         return None
-    start, _end = ipma
+    start, end = ipma
     version, flags = data[start], int.from_bytes(data[start + 1:start + 4], "big")
     pos = start + 4
     (entries,) = struct.unpack_from(">I", data, pos)
     pos += 4
-    for _ in range(entries):
+    # Each entry takes 3 bytes or more: a count past what the box holds is not walked, nor
+    # more items than any real file has (a hostile count would cost a walk of the file).
+    for _ in range(min(entries, (end - pos) // 3, _MAX_ITEMS)):
+        if pos >= end:
+            break
         if version < 1:
             (item_id,) = struct.unpack_from(">H", data, pos)
             pos += 2

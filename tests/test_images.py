@@ -172,13 +172,15 @@ def test_probe_falls_back_to_decoding_other_formats():
 
 @pytest.mark.parametrize(("magic", "maxval", "values"), [
     (b"P5", 15, [0, 7, 15]), (b"P5", 1023, [0, 511, 1023]), (b"P2", 4095, [1, 2048, 4095]),
-    (b"P6", 1000, [0, 500, 999, 1000, 700, 1]), (b"P5", 255, [0, 128, 255])])
+    (b"P6", 1000, [0, 500, 999, 1000, 700, 1]), (b"P5", 255, [0, 128, 255]),
+    # Text files of a small range, which OpenCV scales itself: not scaled twice.
+    (b"P2", 15, [0, 5, 15]), (b"P3", 7, [0, 3, 7, 7, 0, 1])])
 def test_pnm_samples_are_scaled_by_their_maxval(magic, maxval, values):
     # 4095 is white in a 12-bit PGM: it came out as 16 (taken as 16-bit) and 15-level
     # images were left at 0..15.
-    width = len(values) // (3 if magic == b"P6" else 1)
+    width = len(values) // (3 if magic in (b"P3", b"P6") else 1)
     header = magic + f"\n# scan\n{width} 1\n{maxval}\n".encode()
-    if magic == b"P2":
+    if magic in (b"P2", b"P3"):
         body = " ".join(map(str, values)).encode() + b"\n"
     else:
         body = np.array(values, ">u2" if maxval > 255 else np.uint8).tobytes()
@@ -211,6 +213,43 @@ def test_avif_is_turned_upright_by_its_rotation_and_mirror(orientation):
     assert images.probe(data) == expected.shape[:2]
     np.testing.assert_array_equal(images.load(data, (30, 30), mode="stretch"),
                                   images.resize(expected, (30, 30), mode="stretch"))
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def _avif_header(ipco: bytes, ipma: bytes, tail: bytes = b"") -> bytes:
+    meta = (b"\0\0\0\0" + _box(b"pitm", b"\0\0\0\0" + struct.pack(">H", 1))
+            + _box(b"iprp", _box(b"ipco", ipco) + _box(b"ipma", ipma)))
+    return _box(b"ftyp", b"avif\0\0\0\0avifmif1") + _box(b"meta", meta) + tail
+
+
+def test_avif_properties_are_the_primary_images_and_hostile_counts_cost_nothing(monkeypatch):
+    irot, imir = _box(b"irot", b"\x01"), _box(b"imir", b"\x01")
+    # Item 1 (the primary) has property 2, item 2 property 1.
+    ipma = b"\0\0\0\0" + struct.pack(">I", 2) + b"\0\x01\x01\x02" + b"\0\x02\x01\x01"
+    props = images._avif_properties(_avif_header(irot + imir, ipma))
+    assert props.transforms == (("mirror", 1),)
+    # A primary image the table leaves out takes no other item's rotation.
+    ipma = b"\0\0\0\0" + struct.pack(">I", 1) + b"\0\x02\x01\x01"
+    assert images._avif_properties(_avif_header(irot, ipma)).transforms == ()
+    # A count of 2**32 - 1 entries over an empty table, before 8 MB of image data: the walk
+    # of the table stops where the box does (it went through the whole file, for seconds).
+    calls = []
+
+    class Counting:
+        error = struct.error
+
+        @staticmethod
+        def unpack_from(*args):
+            calls.append(1)
+            return struct.unpack_from(*args)
+
+    hostile = _avif_header(b"", b"\0\0\0\0\xff\xff\xff\xff", _box(b"mdat", bytes(8 << 20)))
+    monkeypatch.setattr(images, "struct", Counting)
+    assert images._avif_properties(hostile).transforms == ()
+    assert len(calls) < 50
 
 
 @pytest.mark.parametrize("depth", [10, 12])
