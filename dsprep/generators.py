@@ -508,8 +508,8 @@ class HDF5Generator(_BatchSequence):
     address space for one); compressed files go through h5py. The maps hold the file, so a new build
     replacing the path does not disturb them. A copy written over the same file in place (``cp``
     or ``rsync --inplace``) is noticed at the next batch (one ``fstat`` a batch) and refused
-    with a :class:`~dsprep.errors.DatasetFormatError` if it is another build (a copy of the
-    same build reads on); a batch read while the copy truncates the file, or an I/O error
+    with a :class:`~dsprep.errors.DatasetFormatError`; a batch read while the copy truncates
+    the file, or an I/O error
     under a map, stops the process with SIGBUS rather than an error (a Keras worker process so
     stopped leaves ``fit`` waiting for it).
 
@@ -683,29 +683,20 @@ class HDF5Generator(_BatchSequence):
         return st.st_size, st.st_mtime_ns
 
     def _recheck(self) -> None:
-        """The open file was written to since it was opened: refuse it if its labels or
-        pixels are another build's, whose rows would go with the labels held here."""
+        """The open file was written to since this process opened it: refuse it. (Whether it
+        is still the same build cannot be told from here: HDF5 answers a second open of a
+        file this process holds with the first one's cached contents.)"""
         with _OPEN_LOCK:
-            mark = self._write_mark()
-            if mark == self._written:
+            if self._write_mark() == self._written:
                 return
-            try:
-                fresh = store.open_dataset(self.path, locking="best-effort")
-            except DsprepError as exc:
-                raise DatasetFormatError(f"{self.path} was written over while this generator "
-                                         f"read it ({exc}); make the generator again") from exc
-            try:
-                changed = _changed(fresh, fresh["images"], self._rows, self.image_shape,
-                                   self.labels, self._built)
-            finally:
-                fresh.close()
-            if changed is not None:
-                raise DatasetFormatError(
-                    f"{self.path} was written over in place while this generator read it "
-                    f"({changed}): its batches would pair the new images with the old labels; "
-                    "make the generator again (and write a new build to another path, or let "
-                    "build-hdf5 replace the file, which leaves open readers the old one)")
-            self._written = mark  # the same build again (a touch, a copy of the same file)
+        # Closed, so that a generator made again opens the file anew (HDF5 would hand it this
+        # process's stale open file while any handle to it stays open).
+        self.close()
+        raise DatasetFormatError(
+            f"{self.path} was written over in place while this generator read it (its size or "
+            "modification time changed): its batches could pair other images with the labels "
+            "read when it was made; make the generator again (a new build should replace the "
+            "file, as build-hdf5 does, which leaves open readers the old one)")
 
     def _check_unchanged(self, images: h5py.Dataset) -> None:
         """Refuse a file at the path that is not the one this generator was made from (a new
