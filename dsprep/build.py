@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -412,11 +413,14 @@ def _add_missing(found: dict[str, list[Row]], skips: dict[str, list[Skip]],
     in it) are left to their own note. Files the split did not place (put there by hand, or
     by a tool) are built, with a note that counts them: they passed none of the split's checks
     (duplicates, labels in two classes, images of one source in two splits)."""
+    # Paths compared composed (NFC): a split copied through a Mac may hold its class folders
+    # and names decomposed, the same files as files.csv lists.
     for split, rows in found.items():
-        there = {r.name for r in rows} | {s.source for s in skips.get(split, ())}
-        unreadable = unread.get(split, ())
-        listed = set((placed or {}).get(split, ()))
-        added = sorted(r.name for r in rows if r.name not in listed) if placed is not None else []
+        there = {_nfc(r.name) for r in rows} | {_nfc(s.source) for s in skips.get(split, ())}
+        unreadable = tuple(_nfc(p) for p in unread.get(split, ()))
+        listed = {_nfc(p) for p in (placed or {}).get(split, ())}
+        added = (sorted(r.name for r in rows if _nfc(r.name) not in listed)
+                 if placed is not None else [])
         if added:
             many = len(added) != 1
             notes.append(f"{split}: {len(added)} file{'s' * many} not placed by the split (not "
@@ -429,6 +433,10 @@ def _add_missing(found: dict[str, list[Row]], skips: dict[str, list[Skip]],
         skips[split] = sorted([*skips.get(split, ()), *(
             Skip(path, MISSING_FILE, "placed by the split (files.csv) and gone since: deleted "
                  "or moved") for path in gone)], key=lambda s: s.source)
+
+
+def _nfc(path: str) -> str:
+    return unicodedata.normalize("NFC", path)
 
 
 def _folders(paths: Sequence[str]) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import operator
 import os
 import pickle
 import threading
+import unicodedata
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1108,7 +1109,10 @@ class DirectoryGenerator(_BatchSequence):
             # Its order numbers the classes: a set's changes from run to run (string hashing).
             raise UsageError(f"classes must be in the order of the class ids (a list), got a "
                              f"{type(classes).__name__}; pass sorted(...) of it")
-        names = _split_classes(self.root, found) if classes is None else [str(c) for c in classes]
+        # Composed (NFC), as the class folders' names are taken: a list of os.listdir's
+        # decomposed names (a Mac's) names the same classes.
+        names = (_split_classes(self.root, found) if classes is None else
+                 [unicodedata.normalize("NFC", str(c)) for c in classes])
         if len(set(names)) != len(names):
             raise UsageError(f"classes has duplicate names: {names}")
         # A folder without images (notes) labels nothing, so it need not be a class.

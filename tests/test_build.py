@@ -691,6 +691,10 @@ def test_a_split_whose_class_folders_a_mac_decomposed_builds_one_class(tmp_path)
         folder = split / part / composed
         folder.rename(folder.with_name(unicodedata.normalize("NFD", composed)))
     report = build.build_hdf5(split, tmp_path / "out", opts())
+    # The files files.csv lists are all there, in the other Unicode form: nothing is said to
+    # be gone, or added by hand.
+    assert report.warnings == [] and not any("files.csv" in n for n in report.notes)
+    assert (tmp_path / "out" / "skipped.csv").read_text().splitlines() == ["source,reason,detail"]
     for f in report.files:
         images, labels, names, attrs = rows_of(f.path)
         # Labels by folder as the split placed them: café 0, dog 1, in both files.
@@ -699,6 +703,10 @@ def test_a_split_whose_class_folders_a_mac_decomposed_builds_one_class(tmp_path)
         assert list(labels) == expected and sorted(set(expected)) == [0, 1]
     gen = DirectoryGenerator(split / "val", image_size=(16, 16))
     assert gen.label_names == [composed, "dog"] and sorted(set(gen.labels)) == [0, 1]
+    # Classes named as os.listdir gives them (decomposed) are the same classes.
+    listed = DirectoryGenerator(split / "val", image_size=(16, 16),
+                                classes=sorted(os.listdir(split / "val")))
+    assert listed.label_names == gen.label_names and list(listed.labels) == list(gen.labels)
 
 
 def test_a_dump_already_split_into_class_folders_is_built_as_it_is(tmp_path):
