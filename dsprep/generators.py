@@ -6,6 +6,7 @@ adapters module turns them into Keras and tf.data inputs.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import operator
@@ -233,6 +234,26 @@ class _BatchSequence(ABC):
             self._steps: tuple[Callable, ...] = (Compose(ops_all),)
         else:
             self._steps = ops_all
+
+    def __getstate__(self) -> dict:
+        self._refuse_unpicklable_ops()
+        return self._state()
+
+    def _state(self) -> dict:
+        """What a copy of the generator in another process needs (see ``__setstate__``)."""
+        raise NotImplementedError
+
+    # A copy in this process takes the ops as they are: a lambda copies by reference.
+    def __copy__(self):
+        new = object.__new__(type(self))
+        new.__setstate__(self._state())
+        return new
+
+    def __deepcopy__(self, memo: dict):
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self._state(), memo))
+        return new
 
     def _refuse_unpicklable_ops(self) -> None:
         """Name an op that keeps the generator from being pickled (to a spawned worker
@@ -616,8 +637,7 @@ class HDF5Generator(_BatchSequence):
         self._written: tuple[int, int] | None = None
         self._local = threading.local()
 
-    def __getstate__(self) -> dict:
-        self._refuse_unpicklable_ops()
+    def _state(self) -> dict:
         state = self.__dict__.copy()
         for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
                     "_local", "_written"):
@@ -1184,8 +1204,7 @@ class DirectoryGenerator(_BatchSequence):
         self._unreadable: set[Path] = set()
         self._listed = {path for path, _ in getattr(self, "replaced", ())}
 
-    def __getstate__(self) -> dict:
-        self._refuse_unpicklable_ops()
+    def _state(self) -> dict:
         state = self.__dict__.copy()
         for key in ("_pool", "_pool_pid", "_replaced_lock", "_undecodable", "_unreadable",
                     "_listed"):

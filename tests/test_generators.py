@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import multiprocessing
 import pickle
@@ -164,6 +165,10 @@ def test_a_generator_with_a_lambda_op_says_why_it_cannot_go_to_a_worker(h5file, 
                                                        "lambda.* define it with def at a "
                                                        "module's top level"):
             pickle.dumps(gen)
+        # A copy in this process is no pickle: the lambda goes along by reference.
+        for copied in (copy.copy(gen), copy.deepcopy(gen)):
+            assert type(copied) is type(gen) and len(copied) == len(gen)
+            np.testing.assert_array_equal(copied[0][0], gen[0][0])
     for op in (_flip_rows, functools.partial(_flip_rows)):
         gen = HDF5Generator(path, batch_size=8, shuffle="none", preprocessors=[op])
         np.testing.assert_array_equal(pickle.loads(pickle.dumps(gen))[0][0], gen[0][0])
