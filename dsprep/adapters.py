@@ -62,7 +62,8 @@ class KerasDataset(keras.utils.PyDataset):
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.gen = gen
         self._begun = False
-        self._pass_due = False  # a Keras pass began: move on at its first batch (see below)
+        self._pass_due = False  # a Keras epoch began: decide at its first batch (see below)
+        self._started = False  # a Keras epoch began once
         # The batches Keras epochs asked for since the generator last moved, or was set.
         self._served: set[int] = set()
         # Where the generator stood when the last pass over it began (see _next_pass).
@@ -78,15 +79,17 @@ class KerasDataset(keras.utils.PyDataset):
         return len(self.gen)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._pass_due and (not self._served or index in self._served):
-            # A new pass over the data: a batch the last one served already, whatever order
-            # Keras asks in (fit shuffles the batch order by default). With steps_per_epoch
-            # below len, Keras's epochs go on through one pass, asking for batches not yet
-            # served: the generator moves on only when that pass is over.
+        if self._pass_due:
+            # The first batch of a Keras epoch, decided on once: a new pass over the data if
+            # the generator's epoch served it already (whatever order Keras asks in: fit
+            # shuffles the batch order by default), or if nothing was served yet. With
+            # steps_per_epoch below len, Keras's epochs go on through one pass, asking for
+            # batches not yet served: the generator moves on only when that pass is over.
             self._pass_due = False
-            self._served = set()
-            self._change(lambda: _next_pass(self.gen, self._last))
-        if self._begun:  # not the batches Keras reads before a fit to learn their shapes
+            if not self._served or index in self._served:
+                self._served = set()
+                self._change(lambda: _next_pass(self.gen, self._last))
+        if self._started:  # not what Keras reads before its first epoch to learn the shapes
             self._served.add(index)
         if self._ahead is not None:
             return self._ahead.get(index)
@@ -106,6 +109,7 @@ class KerasDataset(keras.utils.PyDataset):
             self._change(None)
         else:
             self._pass_due = True  # the move waits for the pass's first batch
+            self._started = True
         self._begun = True
 
     def on_epoch_end(self) -> None:

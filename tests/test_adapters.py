@@ -617,10 +617,12 @@ def test_epoch_sync_pins_generator_epoch_to_keras_epoch(h5file, workers):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_steps_per_epoch_below_len_reads_each_pass_in_one_generator_epoch(h5file, workers):
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_steps_per_epoch_below_len_reads_each_pass_in_one_generator_epoch(h5file, workers,
+                                                                          shuffle):
     # With steps_per_epoch < len, Keras's epochs go on through one pass of the data. Moving
     # the generator on at every Keras epoch mixed two orders in one pass: some batches
-    # twice, others never.
+    # twice, others never (and so did batches TensorFlow read ahead between two epochs).
     import keras
 
     from dsprep.adapters import KerasDataset
@@ -643,23 +645,53 @@ def test_steps_per_epoch_below_len_reads_each_pass_in_one_generator_epoch(h5file
         def on_train_begin(self, logs=None):
             ds.delivered.clear()  # Keras read a batch or two to learn their shapes
 
-    tiny_model(keras).fit(ds, epochs=6, steps_per_epoch=2, shuffle=False, verbose=0,
-                          callbacks=[Begin()])
-    # Each pass reads its batches in order, every one of them, all of one generator epoch.
-    passes = [[]]
-    for epoch, index, _ in ds.delivered:
-        if index == 0 and passes[-1]:
-            passes.append([])
-        passes[-1].append((epoch, index))
-    assert len(passes) >= 2
-    for one in passes[:-1]:
-        assert [i for _, i in one] == list(range(len(gen)))
+    model = tiny_model(keras)
+    model.fit(ds, epochs=9, steps_per_epoch=2, shuffle=shuffle, verbose=0, callbacks=[Begin()])
+    # Each pass (six batches in a row) reads every batch once, all of one generator epoch.
+    delivered = [(e, i) for e, i, _ in ds.delivered]
+    passes = [delivered[k:k + 6] for k in range(0, len(delivered) - 5, 6)]
+    assert len(passes) == 3
+    for one in passes:
+        assert sorted(i for _, i in one) == list(range(len(gen)))
         assert len({e for e, _ in one}) == 1, one
     assert len({one[0][0] for one in passes}) == len(passes)  # a new order each pass
     fresh = HDF5Generator(h5file[0], batch_size=7, shuffle="full", seed=4, drop_last=True)
     for epoch, index, x in ds.delivered:
         fresh.set_epoch(epoch)
         np.testing.assert_array_equal(x, fresh[index][0])
+    # A predict after a fit that stopped inside a pass reads one order whole, and leaves the
+    # generator at it (the labels of a loop over it line up with the predictions).
+    model.fit(ds, epochs=1, steps_per_epoch=2, shuffle=shuffle, verbose=0)
+    probs = model.predict(ds, verbose=0)
+    x = np.concatenate([x for x, _ in gen])
+    np.testing.assert_allclose(probs, model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_new_pass_is_decided_at_each_keras_epochs_first_batch(workers):
+    # Driven as Keras drives it. A continuing epoch left the "new pass" flag set, so a later
+    # batch moved the generator in the middle of a pass, or a shape-reading peek moved it
+    # and the pass after moved it again (an epoch made and never read).
+    from dsprep.adapters import as_keras
+
+    seq = Slow(n=6)
+    ds = as_keras(seq, workers=workers)
+
+    def epoch_of(*indices):
+        ds.on_epoch_begin()
+        got = [int(ds[i][0][0, 0]) // 10 for i in indices]
+        ds.on_epoch_end()
+        return got
+
+    ds.on_epoch_end()  # Keras's reset before the first epoch
+    assert epoch_of(3, 4) == [0, 0]
+    assert epoch_of(0, 1, 2, 5) == [0, 0, 0, 0]  # the pass goes on: no move in it
+    assert epoch_of(2, 0, 5, 1, 3, 4) == [1] * 6  # a batch served already: a new pass
+    assert epoch_of(0, 1) == [2, 2]
+    assert epoch_of(2, 3) == [2, 2]  # continues; the flag is not left set after it
+    ds[0], ds[1]  # what Keras reads to learn the shapes before predict
+    assert seq.epoch == 2
+    assert epoch_of(*range(6)) == [3] * 6  # predict's pass: one move, one order
 
 
 @pytest.mark.parametrize("workers", [1, 2])
