@@ -235,24 +235,22 @@ class _BatchSequence(ABC):
         else:
             self._steps = ops_all
 
-    def __getstate__(self) -> dict:
+    def __reduce_ex__(self, protocol):
+        # Pickling (to another process), not copying: copy.copy and deepcopy come below.
         self._refuse_unpicklable_ops()
-        return self._state()
+        return super().__reduce_ex__(protocol)
 
-    def _state(self) -> dict:
-        """What a copy of the generator in another process needs (see ``__setstate__``)."""
-        raise NotImplementedError
-
-    # A copy in this process takes the ops as they are: a lambda copies by reference.
+    # A copy in this process takes the ops as they are (a lambda copies by reference), and
+    # the state as __getstate__ gives it, a subclass's own included.
     def __copy__(self):
         new = object.__new__(type(self))
-        new.__setstate__(self._state())
+        new.__setstate__(self.__getstate__())
         return new
 
     def __deepcopy__(self, memo: dict):
         new = object.__new__(type(self))
         memo[id(self)] = new
-        new.__setstate__(copy.deepcopy(self._state(), memo))
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         return new
 
     def _refuse_unpicklable_ops(self) -> None:
@@ -626,7 +624,7 @@ class HDF5Generator(_BatchSequence):
 
     # -- per-process state: never pickled, re-made after a fork -----------------------------
 
-    def _reset_process_state(self) -> None:
+    def _reset_process_state(self, stale: str | None = None) -> None:
         self._db: h5py.File | None = None
         self._images: h5py.Dataset | None = None
         self._reader: store.RowReader | None = None
@@ -635,12 +633,13 @@ class HDF5Generator(_BatchSequence):
         self._file_map: store.MappedFile | None = None
         self._pid: int | None = None
         self._written: tuple[int, int] | None = None
+        self._stale = stale  # why this generator's file is refused (see _recheck)
         self._local = threading.local()
 
-    def _state(self) -> dict:
+    def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
-                    "_local", "_written"):
+                    "_local", "_written", "_stale"):
             state.pop(key, None)
         state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
@@ -650,6 +649,8 @@ class HDF5Generator(_BatchSequence):
         self._reset_process_state()
 
     def _dataset(self) -> h5py.Dataset:
+        if self._stale is not None:
+            raise DatasetFormatError(self._stale)
         pid = os.getpid()
         if self._pid == pid and self._images is not None:
             if self._write_mark() != self._written:  # one fstat a batch
@@ -710,14 +711,16 @@ class HDF5Generator(_BatchSequence):
         with _OPEN_LOCK:
             if self._write_mark() == self._written:
                 return
-        # Closed, so that a generator made again opens the file anew (HDF5 would hand it this
-        # process's stale open file while any handle to it stays open).
-        self.close()
-        raise DatasetFormatError(
+        message = (
             f"{self.path} was written over in place while this generator read it (its size or "
             "modification time changed): its batches could pair other images with the labels "
             "read when it was made; make the generator again (a new build should replace the "
             "file, as build-hdf5 does, which leaves open readers the old one)")
+        # Closed, so that a generator made again opens the file anew (HDF5 would hand it this
+        # process's stale open file while any handle to it stays open); every thread of this
+        # one, those with a batch in flight included, gets the same error until close().
+        self._close(stale=message)
+        raise DatasetFormatError(message)
 
     def _check_unchanged(self, images: h5py.Dataset) -> None:
         """Refuse a file at the path that is not the one this generator was made from (a new
@@ -736,14 +739,19 @@ class HDF5Generator(_BatchSequence):
         Call it when no other thread is reading a batch of this generator (between epochs,
         or at the end): a read in flight may fail on the closed file.
         """
+        self._close()
+
+    def _close(self, stale: str | None = None) -> None:
         with _OPEN_LOCK:  # not while another thread opens the file
+            # Marked first: a read in flight that fails on the closed file says why.
+            self._stale = stale
             if self._db is not None and self._pid == os.getpid():
                 # The raw file and the map close with their last reference: a read in flight
-                # keeps its own.
+                # that took them keeps its own.
                 self._raw = None
                 self._mapped = self._file_map = None
                 self._db.close()
-            self._reset_process_state()
+            self._reset_process_state(stale)
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A per-thread reusable uint8 buffer (reads into warm memory, no page faults)."""
@@ -781,6 +789,15 @@ class HDF5Generator(_BatchSequence):
         return np.arange(start, min(start + self.batch_size, self._rows))
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self._batch(index)
+        except Exception as exc:
+            if self._stale is None:
+                raise
+            # Another thread found the file written over and closed it under this batch.
+            raise DatasetFormatError(self._stale) from exc
+
+    def _batch(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         epoch, index = self._resolve(index)
         ds = self._dataset()
         rows = self.batch_rows(index, epoch)
@@ -1204,7 +1221,7 @@ class DirectoryGenerator(_BatchSequence):
         self._unreadable: set[Path] = set()
         self._listed = {path for path, _ in getattr(self, "replaced", ())}
 
-    def _state(self) -> dict:
+    def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         for key in ("_pool", "_pool_pid", "_replaced_lock", "_undecodable", "_unreadable",
                     "_listed"):
