@@ -16,7 +16,7 @@ from dsprep.generators import HDF5Generator
 
 pytest.importorskip("keras", reason="the adapters need Keras 3 (the 'train' extra)")
 
-from dsprep.adapters import EpochSync  # noqa: E402  (after the skip: needs Keras)
+from dsprep.adapters import EpochSync, KerasDataset  # noqa: E402  (after the skip: needs Keras)
 
 NAMES = ["a", "b", "c"]
 
@@ -36,6 +36,19 @@ def needs_tf():
     return pytest.importorskip(
         "tensorflow", reason="as_tf_dataset builds a tf.data pipeline: it needs TensorFlow, "
         "which the 'train' extra installs (a JAX or PyTorch Keras has none)")
+
+
+class Delivered(KerasDataset):
+    """Keeps each batch handed to Keras, with the generator epoch it was handed out in."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delivered = []
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        self.delivered.append((self.gen.epoch, index, x.copy()))
+        return x, y
 
 
 def tiny_model(keras, input_shape=(8, 8, 3), dtype="float32", head=None):
@@ -576,19 +589,6 @@ def test_epoch_sync_pins_generator_epoch_to_keras_epoch(h5file, workers):
     """Whatever probing pass the backend makes, Keras epoch e reads generator epoch e."""
     import keras
 
-    from dsprep.adapters import KerasDataset
-
-    class Delivered(KerasDataset):
-        """Keeps each batch handed to Keras, with the generator epoch it was handed out in."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.delivered = []
-
-        def __getitem__(self, index):
-            x, y = super().__getitem__(index)
-            self.delivered.append((self.gen.epoch, index, x.copy()))
-            return x, y
 
     def full_epochs(ds):
         by_epoch = {}
@@ -625,17 +625,6 @@ def test_steps_per_epoch_below_len_reads_each_pass_in_one_generator_epoch(h5file
     # twice, others never (and so did batches TensorFlow read ahead between two epochs).
     import keras
 
-    from dsprep.adapters import KerasDataset
-
-    class Delivered(KerasDataset):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.delivered = []
-
-        def __getitem__(self, index):
-            x, y = super().__getitem__(index)
-            self.delivered.append((self.gen.epoch, index, x.copy()))
-            return x, y
 
     gen = HDF5Generator(h5file[0], batch_size=7, shuffle="full", seed=4, drop_last=True)
     assert len(gen) == 6
@@ -701,17 +690,6 @@ def test_fit_shuffling_the_batch_order_reads_one_generator_epoch_per_keras_epoch
     # batch 0 comes anywhere in a pass, so it cannot be what tells a new pass.
     import keras
 
-    from dsprep.adapters import KerasDataset
-
-    class Delivered(KerasDataset):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.delivered = []
-
-        def __getitem__(self, index):
-            x, y = super().__getitem__(index)
-            self.delivered.append((self.gen.epoch, index))
-            return x, y
 
     class Marks(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -732,10 +710,10 @@ def test_fit_shuffling_the_batch_order_reads_one_generator_epoch_per_keras_epoch
     epochs = epochs[:-1]
     assert len(epochs) == 4
     for read in epochs:  # each Keras epoch: every batch once, of one generator epoch
-        assert sorted(i for _, i in read) == list(range(len(gen)))
-        assert len({e for e, _ in read}) == 1, read
+        assert sorted(i for _, i, _ in read) == list(range(len(gen)))
+        assert len({e for e, _, _ in read}) == 1, [(e, i) for e, i, _ in read]
     assert len({read[0][0] for read in epochs}) == 4  # a new order each
-    assert any([i for _, i in read] != sorted(i for _, i in read) for read in epochs)
+    assert any([i for _, i, _ in read] != sorted(i for _, i, _ in read) for read in epochs)
 
 
 def test_epoch_sync_leaves_plain_sequences_alone():

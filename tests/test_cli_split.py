@@ -191,35 +191,31 @@ def test_split_folders_of_unlabelled_images_are_refused_or_warned_about(tmp_path
 
 def test_number_classes_ordered_as_text_and_classes_alike_but_for_case_are_warned_about(
         tmp_path):
-    for i, label in enumerate(["0", "1", "2", "10"] * 2):
-        write_image(tmp_path / "num" / label / f"{i}.jpg", smooth_image(40, 40, seed=i))
-    result = loud("-q", "split", str(tmp_path / "num"), str(tmp_path / "s1"), "--dry-run",
-                  "--ratios", "0.5,0.5")
-    assert result.exit_code == 0, result.output
+    def dry_split(name, labels=(), prefix=False):
+        """A dry split of tmp_path/name, with two images of each label written first."""
+        for i, label in enumerate(list(labels) * 2):
+            rel = f"{label}.{i}.jpg" if prefix else f"{label}/{i}.jpg"
+            write_image(tmp_path / name / rel, smooth_image(40, 40, seed=i))
+        result = loud("-q", "split", str(tmp_path / name), str(tmp_path / f"{name}-split"),
+                      "--dry-run", "--ratios", "0.5,0.5")
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    output = dry_split("num", ["0", "1", "2", "10"])
     assert ("warning: the classes are numbers, numbered as sorted text (0, 1, 10, 2): label "
-            "id 2 is class '10'") in result.output
-    for i, label in enumerate(["Cat", "cat", "dog"] * 2):
-        write_image(tmp_path / "case" / f"{label}.{i}.jpg", smooth_image(40, 40, seed=i))
-    result = loud("-q", "split", str(tmp_path / "case"), str(tmp_path / "s2"), "--dry-run",
-                  "--ratios", "0.5,0.5")
-    assert result.exit_code == 0, result.output
-    assert "warning: classes that differ only in case (Cat and cat) stay apart" in result.output
-    assert "numbers" not in result.output
+            "id 2 is class '10'") in output
+    output = dry_split("case", ["Cat", "cat", "dog"], prefix=True)
+    assert "warning: classes that differ only in case (Cat and cat) stay apart" in output
+    assert "numbers" not in output
     # Numbers that sort the same as text and as numbers need no warning.
     shutil.rmtree(tmp_path / "num" / "10")
-    result = loud("-q", "split", str(tmp_path / "num"), str(tmp_path / "s3"), "--dry-run",
-                  "--ratios", "0.5,0.5")
-    assert result.exit_code == 0, result.output
-    assert "0 " in result.output and "warning" not in result.output
+    output = dry_split("num")
+    assert "0 " in output and "warning" not in output
     # Folders whose names differ only in spaces, a no-break space or a zero-width space look
     # alike in every table.
-    for i, label in enumerate(["cat", "cat ", "dog x", "dog\u00a0x", "emu", "e\u200bmu"] * 2):
-        write_image(tmp_path / "look" / label / f"{i}.jpg", smooth_image(40, 40, seed=i))
-    result = loud("-q", "split", str(tmp_path / "look"), str(tmp_path / "s4"), "--dry-run",
-                  "--ratios", "0.5,0.5")
-    assert result.exit_code == 0, result.output
+    output = dry_split("look", ["cat", "cat ", "dog x", "dog\u00a0x", "emu", "e\u200bmu"])
     assert ("warning: classes that differ only in spaces or invisible characters ('cat' and "
-            "'cat '; 'dog x' and 'dog\\xa0x'; 'emu' and 'e\\u200bmu') stay apart") in result.output
+            "'cat '; 'dog x' and 'dog\\xa0x'; 'emu' and 'e\\u200bmu') stay apart") in output
 
 
 def test_labels_that_cannot_be_folder_names_are_warned_about_with_their_counts(tmp_path):
