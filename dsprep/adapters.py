@@ -118,6 +118,9 @@ class KerasDataset(keras.utils.PyDataset):
         advance = self._at_end and (self._begun or not _KERAS_BEGINS_EPOCHS) \
             and callable(getattr(self.gen, "on_epoch_end", None))
         self._begun = False
+        # An epoch that asked for no batch (TensorFlow had read the rest of the pass ahead)
+        # decided nothing: a batch read before the next epoch must not move the generator.
+        self._pass_due = False
         self._change(self.gen.on_epoch_end if advance else None, end=True)
 
     def _change(self, apply: Callable[[], None] | None, end: bool = False) -> None:

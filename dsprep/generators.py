@@ -790,12 +790,15 @@ class HDF5Generator(_BatchSequence):
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         try:
-            return self._batch(index)
+            batch = self._batch(index)
         except Exception as exc:
-            if self._stale is None:
+            if self._stale is None or isinstance(exc, (IndexError, DsprepError)):
                 raise
             # Another thread found the file written over and closed it under this batch.
             raise DatasetFormatError(self._stale) from exc
+        if self._stale is not None:  # found so while this batch was read: it may mix files
+            raise DatasetFormatError(self._stale)
+        return batch
 
     def _batch(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         epoch, index = self._resolve(index)

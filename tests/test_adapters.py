@@ -681,6 +681,13 @@ def test_a_new_pass_is_decided_at_each_keras_epochs_first_batch(workers):
     ds[0], ds[1]  # what Keras reads to learn the shapes before predict
     assert seq.epoch == 2
     assert epoch_of(*range(6)) == [3] * 6  # predict's pass: one move, one order
+    # An epoch that asks for nothing (TensorFlow read the rest of the pass ahead) leaves no
+    # decision pending for the peek of the next predict or evaluate.
+    assert epoch_of(0, 1) == [4, 4]
+    assert epoch_of() == []
+    ds[0], ds[1]
+    assert seq.epoch == 4
+    assert epoch_of(*range(6)) == [5] * 6
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -270,6 +270,46 @@ def test_threads_reading_a_file_written_over_all_get_the_same_error(tmp_path):
         path, batch_size=4, shuffle="full", seed=1, output="uint8")[0][0])
 
 
+def test_a_batch_read_while_the_file_was_written_over_is_refused_too(tmp_path):
+    # Only batches that failed, or began later, said so: one whose read had ended could be
+    # returned with rows of both files.
+    import os
+
+    imgs, labels = tagged_images(32, 8, 8), np.arange(32) % 3
+    path = _write(tmp_path / "train.hdf5", imgs, labels, "none")
+    reading, written = threading.Event(), threading.Event()
+
+    def hold(batch, rng):
+        if threading.current_thread().name == "reader":
+            reading.set()
+            written.wait(10)
+        return batch
+
+    gen = HDF5Generator(path, batch_size=4, shuffle="batches", seed=1, output="uint8",
+                        augment=hold)
+    gen[0]
+    got = []
+
+    def read():
+        try:
+            got.append(gen[1])
+        except DatasetFormatError as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=read, name="reader")
+    thread.start()
+    assert reading.wait(10)  # its rows are read: the op holds it
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(DatasetFormatError, match="written over in place"):
+        gen[2]
+    written.set()
+    thread.join(10)
+    assert isinstance(got[0], DatasetFormatError), got
+    with pytest.raises(IndexError):  # still its own error
+        gen[99]
+
+
 def test_a_file_built_again_in_its_place_is_refused_when_reopened(tmp_path, h5file):
     path, imgs, labels = h5file
     gen = HDF5Generator(path, batch_size=8, shuffle="none", output="uint8")
