@@ -63,7 +63,6 @@ from .sources import (
     split_of,
 )
 from .split import (
-    EMPTY,
     read_placed,
     read_split_classes,
     refuse_unfinished_split,
@@ -506,10 +505,7 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
     skips: list[tuple[int, str, str]] = []
     for pos, path in enumerate(paths):
         try:
-            data = imagelib.read_bytes(path)
-            if not data:
-                skips.append((pos, EMPTY, "zero-byte file"))
-                continue
+            data = imagelib.read_bytes(path)  # a zero-byte file: EmptyImageError, "empty"
             # Straight into the ring slot: no per-image array to copy afterwards.
             pixels = imagelib.load(data, decode.size, decode.resize, decode.interpolation,
                                    exact=decode.exact, max_pixels=decode.max_pixels,

@@ -452,9 +452,7 @@ def _check(source, rel: str, verify: str, min_size: int, stash=None,
         data = source.read(rel)
     except OSError as exc:
         return _Checked(rel, problem=Skipped(rel, *skip_reason(exc)))
-    if not data:
-        return _Checked(rel, problem=Skipped(rel, EMPTY, "zero-byte file"))
-    digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()  # a zero-byte file: EmptyImageError below
     try:
         limit = max_pixels or None
         if verify == "full":
