@@ -304,10 +304,19 @@ class RandomAffine:
 
     Each image gets the transform Keras's ``apply_affine_transform`` makes of the drawn
     values, composed in its order (see ``affine_matrices``), with bilinear interpolation,
-    about the image's centre. Keras takes the centre of an H x W image at row W/2, column H/2
-    (its offsets are computed before its row and column axes are swapped), so on images that
-    are not square its rotations, shears and zooms turn about another point, and differ from
-    these by a few grey levels; shifts alone, and every transform of a square image, match.
+    about the image's centre. Keras 3's ImageDataGenerator differs in two ways, both from its
+    row and column axes being swapped after its offsets are computed:
+
+    - it takes the centre of an H x W image at row W/2, column H/2, so on images that are not
+      square its rotations, shears and zooms turn about another point (a 23 degree rotation
+      of a 30x50 image differs by tens of grey levels);
+    - its ``height_shift_range`` moves the image sideways, by a fraction of its height, and
+      its ``width_shift_range`` up and down, by a fraction of its width. Here ``shift=(h, w)``
+      moves it up and down by up to ``h`` of its height and sideways by up to ``w`` of its
+      width: a Keras setting of unequal ranges does not carry over as it is (on a square
+      image, swap the pair).
+
+    Every transform of a square image with equal shift ranges is drawn as Keras draws it.
 
     Args:
         rotation: degrees; the angle is uniform in [-rotation, rotation] (``rotation_range``).

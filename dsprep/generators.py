@@ -235,6 +235,19 @@ class _BatchSequence(ABC):
         else:
             self._steps = ops_all
 
+    # What the constructor was given: the pipeline, the epoch orders and the batch shapes
+    # follow from it there, so a later change would be ignored or give wrong batches.
+    _FIXED = frozenset({"batch_size", "preprocessors", "augment", "shuffle", "one_hot",
+                        "drop_last", "output", "seed", "path", "root", "image_size", "resize"})
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self._FIXED and self.__dict__.get("_made"):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is fixed when the generator is made (its "
+                f"batches and pipeline follow from it); make a new generator with "
+                f"{name}=... instead")
+        super().__setattr__(name, value)
+
     def __reduce_ex__(self, protocol):
         # Pickling (to another process), not copying: copy.copy and deepcopy come below.
         self._refuse_unpicklable_ops()
@@ -616,6 +629,7 @@ class HDF5Generator(_BatchSequence):
         self._check_pipeline()
         self._reset_process_state()
         self._shuffle_order()
+        self._made = True
 
     @property
     def num_samples(self) -> int:
@@ -1205,6 +1219,7 @@ class DirectoryGenerator(_BatchSequence):
         self._by_class = by_class
         self._check_pipeline()
         self._shuffle_order()
+        self._made = True
 
     @property
     def num_samples(self) -> int:

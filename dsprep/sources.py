@@ -54,6 +54,8 @@ DANGLING_LINK = "dangling-link"
 UNREADABLE = "unreadable"
 BAD_ROW = "bad-row"
 BAD_NAME = "bad-name"
+# The detail of a file left out as a BAD_NAME for a path that is not UTF-8.
+NOT_UTF8_NAME = "file name is not valid UTF-8"
 UNSUPPORTED = "unsupported-format"
 # The detail of a zip member left out as a BAD_NAME for a path that could escape a folder.
 UNSAFE_PATH = "unsafe path inside the archive"
@@ -129,7 +131,7 @@ def class_folder_files(
             continue
         if not _utf8(rel):
             if problems is not None and (label in known or not _utf8(label)):
-                problems.append(Skipped(rel, BAD_NAME, "file name is not valid UTF-8"))
+                problems.append(Skipped(rel, BAD_NAME, NOT_UTF8_NAME))
         elif label in known:
             pairs.append((nfc[label], rel))
     pairs.sort()
@@ -180,6 +182,9 @@ class Source(ABC):
     def read(self, rel: str) -> bytes:
         """The bytes of one file."""
 
+    # The real paths of the folders the last list_files reached through links: they are part
+    # of the dump as much as its own folders.
+    linked: Sequence[str] = ()
     # Folders (and links) the last list_files could not look into: (relative path, path,
     # error). Listed among its problems too; whether they matter depends on the layout.
     unlisted: Sequence[tuple[str, str, OSError]] = ()
@@ -201,7 +206,8 @@ class Source(ABC):
     @property
     def name(self) -> str:
         """The dump's own name: its folder's, or its archive's without the extension."""
-        return self.path.stem if self.is_zip else self.path.resolve().name
+        # Resolved: a link of another name to the dump names the same dump.
+        return self.path.resolve().stem if self.is_zip else self.path.resolve().name
 
     def close(self) -> None:  # noqa: B027 - a folder holds nothing to release
         """Release the archive, if any."""
@@ -231,6 +237,8 @@ class FolderSource(Source):
         seen: set[tuple[int, int]] = set()
         unlisted: list[tuple[str, str, OSError]] = []
         self.unlisted = unlisted
+        through_links: list[str] = []
+        self.linked = through_links
         # Folders are walked in this order: those reached through no link, breadth first,
         # then those reached through links, breadth first. Of two ways to one folder (a
         # class folder and a link to it, even from inside another class; two links to one
@@ -283,6 +291,8 @@ class FolderSource(Source):
                         unlisted.append((rel, entry.path, exc))
                     continue
                 if stat.S_ISDIR(kind):
+                    if entry.is_symlink():
+                        through_links.append(os.path.realpath(entry.path))
                     heapq.heappush(queue, (linked or entry.is_symlink(), rel.count("/") + 1,
                                            rel + "/", entry.path))
                 elif stat.S_ISREG(kind):
@@ -445,6 +455,8 @@ class Inventory:
         class_copy: the top folder (relative to ``root``) holding a copy of the class folders
             (``flowers/flowers/daisy/``, see :func:`class_copy`), whose images are labelled by
             the class folders inside it.
+        linked: the real paths of the folders the dump reaches through links (its images
+            are read there too).
     """
 
     layout: str
@@ -457,6 +469,7 @@ class Inventory:
     labels_guessed: bool = False
     labels_doubt: str | None = None
     class_copy: str | None = None
+    linked: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -635,7 +648,7 @@ def find_images(
     undecodable = [f for f in images if not _utf8(f)]
     if undecodable:
         problems += [Skipped(f.encode("utf-8", "backslashreplace").decode(), BAD_NAME,
-                             "file name is not valid UTF-8") for f in undecodable]
+                             NOT_UTF8_NAME) for f in undecodable]
         images = [f for f in images if _utf8(f)]
 
     # A labels file or a column named means the csv layout is wanted: only without them is
@@ -691,8 +704,10 @@ def find_images(
                           labels_name, split_folders,
                           table.columns_in_words() if table is not None else None,
                           table is not None and table.label_guessed,
-                          table.doubt() if table is not None else None,
-                          copy.rstrip("/") if chosen == "folders" and copy else None)
+                          table.doubt() if table is not None else _passed_over_doubt(
+                              passed_over, chosen, good),
+                          copy.rstrip("/") if chosen == "folders" and copy else None,
+                          sorted(set(source.linked)))
     if not inventory.items:
         # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
         # Guessed, or the folders layout asked for (its one folder was stepped into all the
@@ -702,6 +717,20 @@ def find_images(
         raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
                                               passed_over, problems))
     return inventory
+
+
+def _passed_over_doubt(passed_over: str | None, chosen: str,
+                       items: list[tuple[str, str]]) -> str | None:
+    """A warning for a CSV beside the images that the guess did not take for the labels
+    while folders or file names labelled two classes or more."""
+    classes = sorted({label for _, label in items})
+    if passed_over is None or len(classes) < 2:
+        return None
+    how = "folders" if chosen == "folders" else "file names"
+    shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return (f"{passed_over} names images of the dump but was not taken for their labels: the "
+            f"{how} were ({shown}); if {passed_over} holds the labels, give --layout csv "
+            f"--labels {passed_over}")
 
 
 def _read_table(source: Source, root: str, files: list[str], images: list[str],
@@ -737,8 +766,11 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
             raise
         return None, labels_name, None
     if guessing and not table.labels_most():
-        # A table the guess did not take for the labels: named if nothing else works.
-        return None, labels_name, (labels_name if table.labelled else None)
+        # A table the guess did not take for the labels: named if nothing else works, or if
+        # it labels most images by its ids' tails (a Kaggle path, /kaggle/input/x/part_1/a.jpg)
+        # beside folders that were taken for the classes.
+        return None, labels_name, (labels_name if table.labelled
+                                   or table.labels_most_loosely() else None)
     return table, labels_name, None
 
 
@@ -923,10 +955,14 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
     # Names numbered one by one (google_images_download's pug/1.title.jpg, pug/2.title.jpg):
     # each prefix names about one file of its folder, where a class would name many. One such
     # folder may also be a prefix dump of one image per class (train/c0.0.png, train/c1.0.png
-    # beside an unlabelled test1/): it takes every folder of prefixed names, two or more,
-    # numbered so.
+    # beside an unlabelled test1/): it takes every folder of prefixed names numbered so, and
+    # two or more of them, or two or more folders of unprefixed names beside (one scraped
+    # class among tulips/tulip_0001.jpg and daisy/daisy_0001.jpg; Roboflow's
+    # fire/img34_jpg.rf.<hash>.jpg).
     numbered = [folder for folder, found in labels.items() if 2 * named[folder] <= 3 * len(found)]
-    return "folders" if len(labels) > 1 and len(numbered) == len(labels) else "prefix"
+    plain = len(count) - len(labels)
+    return "folders" if len(numbered) == len(labels) and (len(labels) > 1 or plain > 1) \
+        else "prefix"
 
 
 # A name that starts with a date: 2019.01.05.jpg, 2016-05-21 14.23.11.jpg, 20190105_1423.1.jpg.
@@ -1577,6 +1613,8 @@ class _LabelsTable:
         Ids count as matched exactly; matched only in another case, by a path's tail or
         without their own extension, they count only where no class folders could hold the
         labels instead (a stray metadata CSV naming CAT_0.JPG must not take over cat/).
+        Folders named alike but for their numbers (HAM10000_images_part_1/, _part_2/) are
+        chunks of one dump, not class folders.
         """
         if self._labels_most(exact=True):
             return True
@@ -1587,7 +1625,14 @@ class _LabelsTable:
                 classes.add(parts[1])  # train/cat/1.jpg
             elif len(parts) > 1 and split_of(parts[0]) is None:
                 classes.add(parts[0])
-        return len(classes) < 2 and self.forgiving and self._labels_most(exact=False)
+        chunks = len({re.sub(r"\d+", "", c) for c in classes}) == 1
+        return (len(classes) < 2 or chunks) and self.forgiving \
+            and self._labels_most(exact=False)
+
+    def labels_most_loosely(self) -> bool:
+        """Whether this CSV would label most images were its ids matched forgivingly (any
+        case, tails, other extensions) also beside class folders."""
+        return self.forgiving and self._labels_most(exact=False)
 
     @property
     def forgiving(self) -> bool:

@@ -55,9 +55,11 @@ from .fileio import (
 )
 from .sources import (
     BAD_LABEL,
+    BAD_NAME,
     IGNORED_FOLDERS,
     IGNORED_NAMES,
     LABEL_CONFLICT,
+    NOT_UTF8_NAME,
     UNREADABLE,
     Inventory,
     Skipped,
@@ -228,6 +230,8 @@ class SplitPlan:
             ``sources.Inventory``).
         copy_variants: files of ``class_copy`` whose path outside it holds other content
             (augmented variants, it may be): placed as images of their own.
+        linked: the real paths of folders the dump reaches through links (no split may go
+            inside them).
     """
 
     source: Path
@@ -245,6 +249,7 @@ class SplitPlan:
     labels_doubt: str | None = None
     class_copy: str | None = None
     copy_variants: int = 0
+    linked: list[str] = field(default_factory=list)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -285,6 +290,15 @@ class SplitPlan:
                          "to be in the split, make "
                          f"{'them' if n != 1 else 'it'} readable and run the same command "
                          "again; skipped.csv lists each")
+        undecodable = [s for s in self.skipped
+                       if s.reason == BAD_NAME and s.detail == NOT_UTF8_NAME]
+        if undecodable:
+            n = len(undecodable)
+            found.append(f"{n} image{'s are' if n != 1 else ' is'} left out for a name (of the "
+                         f"file or a folder) that is not valid UTF-8, e.g. "
+                         f"{undecodable[0].source}: an archive from Windows unpacked in another "
+                         "code page, it may be; rename them in UTF-8 (convmv -f cp1252 -t utf8 "
+                         "-r, say) to keep them")
         bad = Counter((repr(s.label) if len(s.label) <= 60 else
                        f"{s.label[:40]!r}... ({len(s.label)} characters)")
                       if s.label else "empty label"
@@ -588,7 +602,8 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     variants = sum(1 for rel, digest in sha.items()
                    if rel.startswith(copy) and sha.get(root + rel[len(copy):], digest) != digest)
     for group in by_hash.values():
-        group.sort(key=lambda c: (bool(inventory.class_copy) and c.rel.startswith(copy), c.rel))
+        group.sort(key=lambda c: (bool(inventory.class_copy) and c.rel.startswith(copy),
+                                  _path_order(c.rel)))
         labels = sorted({label_of[c.rel] for c in group})
         if len(labels) > 1:
             others = ", ".join(f"{c.rel} ({label_of[c.rel]})" for c in group)
@@ -621,7 +636,7 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     splits = options.splits
     files: list[PlannedFile] = []
     for label in classes:
-        members = sorted(kept[label], key=lambda c: c.rel)
+        members = sorted(kept[label], key=lambda c: _path_order(c.rel))
         order = _class_rng(options.seed, label).permutation(len(members))
         members = [members[i] for i in order]
         limited = options.limit_per_class is not None and len(members) > options.limit_per_class
@@ -654,7 +669,7 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
                      inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt,
-                     inventory.class_copy, variants)
+                     inventory.class_copy, variants, list(inventory.linked))
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).
@@ -670,21 +685,32 @@ def _dest_names(chunk: list[_Checked]) -> dict[str, str]:
     system (a zip member's), and the stem is cut to make room for the suffix.
     """
     base = {c.rel: PurePosixPath(c.rel).name for c in chunk}
-    uses = Counter(name.lower() for name in base.values())
+    uses = Counter(_name_key(name) for name in base.values())
     names = {}
-    taken = {name.lower() for name in base.values() if uses[name.lower()] == 1}
-    for c in sorted(chunk, key=lambda c: c.rel):
+    taken = {_name_key(name) for name in base.values() if uses[_name_key(name)] == 1}
+    for c in sorted(chunk, key=lambda c: _path_order(c.rel)):
         name = base[c.rel]
-        if uses[name.lower()] > 1 or len(name.encode()) > _NAME_MAX:
+        if uses[_name_key(name)] > 1 or len(name.encode()) > _NAME_MAX:
             stem, ext = os.path.splitext(name)
             name = _fit(stem, f"-{c.sha256[:10]}{ext}")
             n = 2
-            while name.lower() in taken:
+            while _name_key(name) in taken:
                 name = _fit(stem, f"-{c.sha256[:10]}-{n}{ext}")
                 n += 1
-            taken.add(name.lower())
+            taken.add(_name_key(name))
         names[c.rel] = name
     return names
+
+
+def _path_order(rel: str) -> tuple[str, str]:
+    """The order files are taken in: by their paths composed (NFC), so that a dump whose
+    names a Mac or its archives decomposed (NFD) splits as the same dump with composed names."""
+    return unicodedata.normalize("NFC", rel), rel
+
+
+def _name_key(name: str) -> str:
+    """Names that are one file on a case-insensitive or normalising file system (macOS)."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def _fit(stem: str, tail: str) -> str:
@@ -1052,11 +1078,14 @@ def check_unchanged(split_plan: SplitPlan, dest: str | os.PathLike, mode: str = 
     Raises:
         DestinationExistsError: the plan differs from the split in ``dest`` and ``force`` is
             false.
+        UsageError: ``dest`` overlaps the source, or lies in a folder the source links to
+            (``force`` or not).
     """
-    if force:
-        return
     source = split_plan.source
     dest = _check_target(source, dest, mode)
+    _refuse_linked(split_plan.linked, source, dest)
+    if force:
+        return
     if not _same_split(_read_json(dest / MANIFEST),
                        _identity(source, split_plan.options, mode)):
         return  # not this split: check_destination says what to do with it
@@ -1398,6 +1427,7 @@ def run(
             inventory = find_images(source, options.layout, pattern=options.pattern,
                                     labels=options.labels, id_column=options.id_column,
                                     label_column=options.label_column)
+            _refuse_linked(inventory.linked, source_path, dest)
             if partial.exists():
                 # Staged copies of an interrupted one-pass run are not worth checking: redo them.
                 _remove_partial(partial, force)
@@ -1586,6 +1616,17 @@ def _check_target(source: Path, dest: str | os.PathLike, mode: str) -> Path:
         raise UsageError(f"{dest} and the source {source} overlap; put the split folder "
                          "outside the dump (the source is never modified)")
     return dest
+
+
+def _refuse_linked(linked: Sequence[str], source: Path, dest: Path) -> None:
+    """Refuse a ``dest`` inside a folder the dump reaches through a link: the split would be
+    read as part of the dump the next time."""
+    real = dest.resolve()
+    for folder in linked:
+        if _within(real, Path(folder)):
+            raise UsageError(f"{dest} lies inside {folder}, which the source {source} reaches "
+                             "through a link (its images are part of the dump); put the split "
+                             "folder outside both")
 
 
 def _finish(partial: Path, files_csv: str, skipped_csv: str, manifest: dict) -> None:

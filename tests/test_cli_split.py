@@ -541,6 +541,23 @@ def test_a_dangling_link_whose_name_is_not_utf8_is_listed_in_skipped_csv(tmp_pat
     assert rows[1:] == ["a/bad\\udcff.jpg,dangling-link,points to missing /missing/x.jpg"]
 
 
+def test_a_class_folder_named_in_another_code_page_is_not_lost_without_a_warning(tmp_path):
+    # "niño" in Latin-1, as unzip leaves a Windows archive: its images cannot be placed, and
+    # a whole class gone must not pass as a count among the files left out.
+    from pathlib import Path
+
+    dump = make_class_folders(tmp_path / "dump", classes=("cat", "dog"), per_class=3)
+    folder = os.fsencode(dump) + b"/ni\xf1o"
+    os.mkdir(folder)
+    for i in range(3):
+        write_image(Path(os.fsdecode(folder + f"/{i}.jpg".encode())),
+                    smooth_image(40, 40, seed=50 + i))
+    result = run("split", str(dump), str(tmp_path / "s"), "-q")
+    assert result.exit_code == 0, result.output
+    assert "3 images are left out for a name" in result.output
+    assert "ni\\udcf1o/0.jpg" in result.output
+
+
 @pytest.mark.parametrize("layout", ["auto", "csv"])
 def test_a_column_past_the_labels_csv_is_a_usage_error(tmp_path, layout):
     dump = tmp_path / "dump"

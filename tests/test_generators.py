@@ -724,6 +724,28 @@ def test_pickle_keeps_state_and_drops_the_handle(h5file):
     np.testing.assert_array_equal(gen[1][0], before[0])  # reopens after close
 
 
+@pytest.mark.parametrize("name, value", [
+    ("augment", None), ("preprocessors", ()), ("shuffle", "full"), ("batch_size", 16),
+    ("drop_last", True), ("output", "uint8"), ("seed", 3), ("one_hot", True)])
+def test_a_setting_changed_after_the_generator_is_made_is_refused(h5file, class_dump, name,
+                                                                  value):
+    # The pipeline and the epoch order are made from these: a change used to be ignored
+    # (augment) or to give wrong batches (shuffle "batches" to "full": batch numbers as rows).
+    from dsprep.augment import RandomFlip
+
+    gen = HDF5Generator(h5file[0], batch_size=8, shuffle="batches", seed=1,
+                        augment=RandomFlip(p=1.0), output="float32")
+    folders = DirectoryGenerator(class_dump, image_size=(16, 16), batch_size=4, seed=1)
+    for made in (gen, folders):
+        before = made[0]
+        with pytest.raises(AttributeError, match=f"{name} is fixed when the generator is made"):
+            setattr(made, name, value)
+        np.testing.assert_array_equal(made[0][0], before[0])
+    # What is not a setting stays free, and copies keep working.
+    gen.note = "mine"
+    assert copy.copy(gen).note == "mine" and pickle.loads(pickle.dumps(gen)).batch_size == 8
+
+
 def test_open_generator_does_not_block_other_readers(h5file):
     path = h5file[0]
     gen = HDF5Generator(path, batch_size=8)

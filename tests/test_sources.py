@@ -845,6 +845,20 @@ def test_zip_reads_members_in_place(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.zip", "src"]
 
 
+def test_a_zip_given_through_a_link_of_another_name_is_named_as_the_zip(tmp_path):
+    # split.json records the resolved path, so both must be the same dump: the name feeds the
+    # labels CSV's matching of ids from another machine and the nested-copy test.
+    folder = make_class_folders(tmp_path / "src", classes=("a", "b"), per_class=2)
+    archive = tmp_path / "skin.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*.jpg")):
+            zf.write(path, path.relative_to(folder).as_posix())
+    link = tmp_path / "link.zip"
+    link.symlink_to(archive)
+    with open_source(link) as via_link, open_source(archive) as direct:
+        assert via_link.name == direct.name == "skin"
+
+
 def test_scan_class_folders_reports_dangling_links_when_asked(tmp_path):
     from helpers import smooth_image, write_image
 
@@ -1365,12 +1379,50 @@ def test_class_folders_of_numbered_names_stay_class_folders(tmp_path):
     inv = _find(root)
     assert inv.layout == "folders" and inv.classes == ["golden retriever", "pug"]
     assert len(inv.items) == 12 and not inv.skipped
+    # One class folder scraped so beside class folders of other names (or of Roboflow's
+    # img34_jpg.rf.<hash>.jpg): the folders are still the classes.
+    plain = ("tulips/tulip_0000.jpg", "tulips/tulip_0001.jpg", "daisy/daisy_0000.jpg",
+             "daisy/daisy_0001.jpg")
+    for odd, names in (("roses", ("1.rose-flower.jpg", "2.red-rose.jpg", "3.rose.jpg")),
+                       ("fire", ("img34_jpg.rf.0a1b2c.jpg", "img35_jpg.rf.3d4e5f.jpg"))):
+        for i, name in enumerate((*plain, *(f"{odd}/{n}" for n in names))):
+            _img(tmp_path / odd / name, seed=40 + i)
+        inv = _find(tmp_path / odd)
+        assert inv.layout == "folders" and inv.classes == sorted(["daisy", odd, "tulips"])
+        assert len(inv.items) == 4 + len(names) and not inv.skipped
     # Classes that repeat in each folder are still read from the names.
     for i, name in enumerate(("train/cat.0.jpg", "train/cat.1.jpg", "train/dog.0.jpg",
                               "train/dog.1.jpg", "valid/cat.2.jpg", "valid/dog.2.jpg")):
         _img(tmp_path / "p" / name, seed=i)
     inv = _find(tmp_path / "p")
     assert inv.layout == "prefix" and inv.classes == ["cat", "dog"]
+
+
+def _kaggle_paths_dump(root, folders):
+    """HAM10000 as a Kaggle notebook lists it: labels.csv names each image by its path under
+    /kaggle/input/<dataset>/, and the images lie in two folders."""
+    rows = []
+    for i in range(12):
+        folder = folders[i % 2]
+        _img(root / folder / f"ISIC_{i:07d}.jpg", seed=60 + i)
+        label = ("nv", "mel", "bkl")[i % 3]
+        rows.append(f"/kaggle/input/{root.name}/{folder}/ISIC_{i:07d}.jpg,{label}")
+    (root / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_a_csv_of_kaggle_paths_labels_a_dump_in_numbered_chunk_folders(tmp_path):
+    # Folders named alike but for their numbers are chunks of one dump, not its classes.
+    root = _kaggle_paths_dump(tmp_path / "skin-cancer", ("images_part_1", "images_part_2"))
+    inv = _find(root)
+    assert inv.layout == "csv" and inv.classes == ["bkl", "mel", "nv"] and len(inv.items) == 12
+    # Beside folders of other names (images/, masks/), which stay the classes, it is named.
+    root = _kaggle_paths_dump(tmp_path / "seg", ("images", "masks"))
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == ["images", "masks"]
+    assert "labels.csv names images of the dump but was not taken" in inv.labels_doubt
+    assert "--layout csv --labels labels.csv" in inv.labels_doubt
+    assert _find(root, layout="csv").classes == ["bkl", "mel", "nv"]
 
 
 def _one_hot_dump(tmp_path, rows):

@@ -689,6 +689,48 @@ def test_destination_rules(tmp_path):
     assert len(list(root.rglob("*.jpg"))) == 6
 
 
+def test_dest_inside_a_folder_the_dump_links_to_is_refused(tmp_path):
+    # The dump's "c" is a link to a folder elsewhere: a split put inside that folder, by
+    # either path, would be read as part of the dump by the next split.
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    elsewhere = make_class_folders(tmp_path / "ext", classes=("c",), per_class=3, seed=50) / "c"
+    (root / "c").symlink_to(elsewhere)
+    before = tree(tmp_path / "ext")
+    for dest in (root / "c" / "out", elsewhere / "out"):
+        with pytest.raises(UsageError, match="through a link"):
+            run(root, dest)
+        with pytest.raises(UsageError, match="through a link"):
+            run(root, dest, force=True)
+        with pytest.raises(UsageError, match="through a link"):
+            materialize(plan(root), dest)
+    assert tree(tmp_path / "ext") == before
+    run(root, tmp_path / "ext" / "out")  # beside the linked folder: outside the dump
+    assert sorted(json.loads((tmp_path / "ext" / "out" / "split.json").read_text())
+                  ["classes"]) == ["a", "b", "c"]
+
+
+def test_decomposed_file_names_split_as_the_composed_ones(tmp_path):
+    # A Mac (or its archives) decomposes "café" (NFD); the same dump with composed names
+    # (NFC) must give each image the same split.
+    import unicodedata
+
+    names = ["café", "éclair", "crème", "brûlée", "gâteau", "pâte", "noël", "ça",
+             "déjà", "été", "frère", "pièce"]
+    composed, decomposed = tmp_path / "nfc", tmp_path / "nfd"
+    for n, name in enumerate(names):
+        for label in ("sucré", "salé"):
+            rgb = smooth_image(24, 24, seed=n * 2 + (label == "salé"))
+            write_image(composed / label / f"{name}.jpg", rgb)
+            write_image(decomposed / unicodedata.normalize("NFD", label)
+                        / unicodedata.normalize("NFD", f"{name}.jpg"), rgb)
+
+    def where(root):
+        return {unicodedata.normalize("NFC", f.source): f.split for f in plan(root).files}
+
+    assert where(composed) == where(decomposed)
+    assert set(where(composed).values()) == {"train", "val", "test"}
+
+
 def _disk_full_at_copy(monkeypatch, n: int):
     """Copies fail with ENOSPC from the ``n``-th on; returns the real copy function."""
     real_copy = split_module.copy_file
