@@ -55,6 +55,7 @@ from .sources import (
     BAD_NAME,
     DANGLING_LINK,
     MISSING_FILE,
+    NO_LABEL,
     UNREADABLE,
     class_folder_files,
     classless_splits,
@@ -214,6 +215,13 @@ class FileReport:
         return (self.count + len(self.skipped)) / self.seconds if self.seconds > 0 else 0.0
 
 
+class AttentionNote(str):
+    """A note that asks for attention (a file not built, a class missing from a split,
+    files removed): the command line shows it on stderr, also with ``-q``."""
+
+    __slots__ = ()
+
+
 @dataclass
 class BuildReport:
     """What a whole build did: one report per file, the means and skipped lists, notes."""
@@ -258,9 +266,21 @@ class _Block:
 
 
 def _problem_notes(problems, prefix: str = "") -> list[str]:
-    """One note per entry the folder walk could not read, so none is left out silently."""
-    return [f"left out {prefix}{p.source}: {p.reason} ({p.detail})" for p in problems
-            if p.reason not in _SKIPPED_PROBLEMS]
+    """One note per entry the folder walk could not read, and one for the images beside the
+    class folders, so none is left out silently."""
+    loose = sorted(p.source for p in problems if p.reason == NO_LABEL)
+    notes: list[str] = [f"left out {prefix}{p.source}: {p.reason} ({p.detail})"
+                        for p in problems
+                        if p.reason not in _SKIPPED_PROBLEMS and p.reason != NO_LABEL]
+    if loose:
+        many = len(loose) != 1
+        notes.append(AttentionNote(
+            f"left out {len(loose)} image{'s' * many} beside the class folders"
+            f"{' of ' + prefix if prefix else ''}, such as {prefix}{loose[0]}: "
+            f"{'they have' if many else 'it has'} no class; move {'them' if many else 'it'} "
+            f"into {'their' if many else 'its'} class folder to build "
+            f"{'them' if many else 'it'}"))
+    return notes
 
 
 # Images the folder walk leaves out that are skipped rows (listed in skipped.csv, counted):
@@ -320,10 +340,10 @@ def find_rows(
         empty = [] if split_above(src) else sorted(set(classes) - {c for c, _ in pairs})
         if empty:
             # Stanford Dogs' Annotation/ beside Images/: a folder of other files is a class too.
-            notes.append(f"no images in {', '.join(f'{src / c}/' for c in empty)}: "
+            notes.append(AttentionNote(f"no images in {', '.join(f'{src / c}/' for c in empty)}: "
                          f"{'a class' if len(empty) == 1 else 'classes'} without images; move "
                          f"{'it' if len(empty) == 1 else 'them'} out of {src} if "
-                         f"{'it is no class' if len(empty) == 1 else 'they are no classes'}")
+                         f"{'it is no class' if len(empty) == 1 else 'they are no classes'}"))
         return (classes, {name: _rows(src, "", pairs, classes)}, notes,
                 {name: _dangling_skips(problems)})
     notes: list[str] = []
@@ -357,7 +377,7 @@ def find_rows(
     scanned: dict[str, list[tuple[str, str]]] = {}
     for split, folder in folders.items():
         if not folder.is_dir() or not any(folder.iterdir()):
-            notes.append(f"{split}: no files in {folder}, no {split}.hdf5 built")
+            notes.append(AttentionNote(f"{split}: no files in {folder}, no {split}.hdf5 built"))
             continue
         problems: list = []
         try:
@@ -370,8 +390,8 @@ def find_rows(
             dangling = _dangling_skips(problems, _under(src, folder))
             if dangling:  # images there, but every one a dangling link
                 raise _all_left_out(split, dangling) from None
-            notes.append(f"{split}: no images in class folders of {folder}, no {split}.hdf5 "
-                         "built")
+            notes.append(AttentionNote(f"{split}: no images in class folders of {folder}, no "
+                                       f"{split}.hdf5 built"))
             continue
         scanned[split] = pairs
     if not scanned:
@@ -380,15 +400,16 @@ def find_rows(
     if classes is None:
         named = classless_splits({split: {c for c, _ in pairs} for split, pairs in scanned.items()})
         for split, folder_name in named.items():
-            notes.append(f"left out {folders[split]}/: its images lie in {folder_name}/, named as "
-                         "no class of the other splits (images without classes), no "
-                         f"{split}.hdf5 built")
+            notes.append(AttentionNote(
+                f"left out {folders[split]}/: its images lie in {folder_name}/, named as no "
+                f"class of the other splits (images without classes), no {split}.hdf5 built"))
             del scanned[split]
         classes = sorted({c for pairs in scanned.values() for c, _ in pairs})
         for split, pairs in scanned.items():
             missing = sorted(set(classes) - {c for c, _ in pairs})
             if missing:
-                notes.append(f"{split}: no images of class(es) {', '.join(missing)}")
+                notes.append(AttentionNote(f"{split}: no images of class(es) "
+                                           f"{', '.join(missing)}"))
     ids = set(classes)
     found: dict[str, list[Row]] = {}
     for split, pairs in scanned.items():
@@ -422,11 +443,12 @@ def _add_missing(found: dict[str, list[Row]], skips: dict[str, list[Skip]],
                  if placed is not None else [])
         if added:
             many = len(added) != 1
-            notes.append(f"{split}: {len(added)} file{'s' * many} not placed by the split (not "
-                         f"in files.csv), such as {added[0]}: added since the split, and built "
-                         f"with {'their' if many else 'its'} class folder's label, unchecked "
-                         "for duplicates of other images; to have them checked, add them to the "
-                         "dump and split it again")
+            notes.append(AttentionNote(
+                f"{split}: {len(added)} file{'s' * many} not placed by the split (not in "
+                f"files.csv), such as {added[0]}: added since the split, and built with "
+                f"{'their' if many else 'its'} class folder's label, unchecked for duplicates "
+                "of other images; to have them checked, add them to the dump and split it "
+                "again"))
         gone = sorted(p for p in listed - there
                       if p not in unreadable and not p.startswith(_folders(unreadable)))
         skips[split] = sorted([*skips.get(split, ()), *(
@@ -870,7 +892,7 @@ def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildO
     workers = _workers_for(images, options)
     if options.workers is not None or workers <= 1:
         return options
-    room = _shm_room(_block_images(options) * options.size[0] * options.size[1] * 3)
+    room = _shm_room(_block_images(options, images) * options.size[0] * options.size[1] * 3)
     if room is None:
         return options
     free, fit, where = room
@@ -1078,7 +1100,7 @@ def write_file(
     started = time.perf_counter()
     workers = _workers_for(len(rows), options)
     chunk = options.chunk
-    block = _block_images(options)
+    block = _block_images(options, len(rows))
     attrs = _file_attrs(options, split, source_root)
     # What it is built from, so a build run again on the same files can tell it is up to date.
     attrs["sources_stamp"] = sources_stamp(rows, left_out, not _linked(rows))
@@ -1248,9 +1270,10 @@ def _unlike(src: Path, out: Path, planned: dict[str, list[Row]], classes: list[s
     return None
 
 
-def _block_images(options: BuildOptions) -> int:
-    """Images per decoding task: whole chunks, about ``_TASK_IMAGES``."""
-    return options.chunk * max(1, _TASK_IMAGES // options.chunk)
+def _block_images(options: BuildOptions, images: int) -> int:
+    """Images per decoding task: whole chunks, about ``_TASK_IMAGES``, and no more than the
+    file's ``images`` (a --chunk-images above them would size every buffer by it)."""
+    return max(1, min(options.chunk * max(1, _TASK_IMAGES // options.chunk), images))
 
 
 def _workers_for(images: int, options: BuildOptions) -> int:
@@ -1380,8 +1403,9 @@ def build_hdf5(
     with _made_folder(out), exclusive(out / BUILD_LOCK_NAME, out):
         undone = _undo_publishing(out)
         if undone:
-            notes.append("removed " + ", ".join(undone) + ": a build stopped while it renamed "
-                         "them into place left them (so they were from two builds)")
+            notes.append(AttentionNote(
+                "removed " + ", ".join(undone) + ": a build stopped while it renamed them "
+                "into place left them (so they were from two builds)"))
         if name is not None:  # after the clearing up: the files it agrees with are whole
             classes, planned = _classes_beside(out, name, classes, planned, notes, warnings)
         unlike = None
@@ -1402,10 +1426,14 @@ def build_hdf5(
                 why = (f" and {'is' if len(existing) == 1 else 'are'} not this build "
                        f"({unlike})"
                        if unlike and any(p.exists() for p in outputs) else "")
+                # What this run cleared up first is said too: it is gone either way.
+                removed = (f" (this run removed {', '.join(undone)} first: a build stopped "
+                           "while it renamed them into place left them, from two builds)"
+                           if undone else "")
                 raise DestinationExistsError(
                     f"{', '.join(map(str, existing))} already "
                     f"{'exists' if len(existing) == 1 else 'exist'}{why}; use --force to "
-                    f"replace {'it' if len(existing) == 1 else 'them'}"
+                    f"replace {'it' if len(existing) == 1 else 'them'}{removed}"
                 )
         _check_room(out, planned, options, outputs)
         options = _fit_workers(options, max(map(len, planned.values())), notes)
@@ -1506,8 +1534,11 @@ def _free_bytes(folder: Path) -> int | None:
         fs = os.statvfs(folder)
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return None
-    # Root may also take the blocks a file system keeps in reserve (5% on ext4).
-    return (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
+    # The blocks a file system keeps in reserve (5% on ext4) are left out even for root:
+    # root in a container, or on a file system whose reserve is another user's, cannot
+    # write them, and a build that fails for room after hours of decoding costs more than
+    # one refused for a few per cent it could have used.
+    return fs.f_bavail * fs.f_frsize
 
 
 def _lost_classes(reports: list[FileReport], planned: dict[str, list[Row]],

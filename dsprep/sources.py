@@ -54,6 +54,8 @@ DANGLING_LINK = "dangling-link"
 UNREADABLE = "unreadable"
 BAD_ROW = "bad-row"
 BAD_NAME = "bad-name"
+# The detail of an image beside the class folders of a class-folder tree.
+OUTSIDE_CLASS_FOLDERS = "outside the class folders: an image without a class"
 # The detail of a file left out as a BAD_NAME for a path that is not UTF-8.
 NOT_UTF8_NAME = "file name is not valid UTF-8"
 UNSUPPORTED = "unsupported-format"
@@ -127,7 +129,12 @@ def class_folder_files(
     pairs = []
     for rel in files:
         label, sep, rest = rel.partition("/")
-        if not (sep and is_image_name(rest.rpartition("/")[2])):
+        if not sep:
+            # An image beside the class folders has no class: said, not passed over.
+            if problems is not None and is_image_name(label) and _utf8(label):
+                problems.append(Skipped(rel, NO_LABEL, OUTSIDE_CLASS_FOLDERS))
+            continue
+        if not is_image_name(rest.rpartition("/")[2]):
             continue
         if not _utf8(rel):
             if problems is not None and (label in known or not _utf8(label)):

@@ -409,6 +409,26 @@ def test_the_ring_takes_no_more_than_half_the_memory_the_job_may_still_take(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="the room check reads Linux's /dev/shm; elsewhere there is none")
+def test_chunk_images_above_a_files_images_do_not_size_the_decoding_buffers(
+        tmp_path, monkeypatch):
+    # --chunk-images 100000 on a few hundred images sized every block of the shared ring by
+    # it: tens of GB, and a build refused for memory it did not need.
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)  # several tasks, so two workers start
+    build.shutdown_workers()
+    src = make_split(tmp_path / "split")
+    real = os.statvfs
+    monkeypatch.setattr(build.os, "statvfs", lambda path: real(path) if str(path) != build.SHM_DIR
+                        else os.statvfs_result((4096, 4096, 1 << 30, 1 << 30, 1 << 30,
+                                                *real(path)[5:])))
+    monkeypatch.setattr(build.system, "memory_room", lambda: (64 << 20, "memory"))
+    report = build.build_hdf5(src, tmp_path / "out",
+                              opts(workers=2, size=(64, 64), chunk_images=100000))
+    assert [f.count for f in report.files] == [18, 6, 6]
+    build.shutdown_workers()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the room check reads Linux's /dev/shm; elsewhere there is none")
 @pytest.mark.parametrize(("free_blocks", "workers"), [(2.5, 1), (4.5, 3), (100, 4)])
 def test_the_default_workers_are_as_many_as_dev_shm_has_room_for(
         tmp_path, monkeypatch, free_blocks, workers):
@@ -988,16 +1008,15 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
         f_bavail=needs - held, f_bfree=needs - held, f_frsize=1))
     reports = build.build_hdf5(src, out, opts()).files
     assert sum(r.count for r in reports) == count
-    # Root may take the blocks reserved for it; another user may not.
+    # The blocks a file system reserves are not counted, for root either: root in a
+    # container or in a user namespace, or on a file system whose reserve is another user's,
+    # cannot write them, and found out only after decoding every image.
     monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
         f_bavail=free, f_bfree=needs, f_frsize=1))
-    for uid, refused in ((1000, True), (0, False)):
+    for uid in (1000, 0):
         monkeypatch.setattr(build.os, "geteuid", lambda uid=uid: uid)
-        if refused:
-            with pytest.raises(OSError, match="will not fit"):
-                build.build_hdf5(src, tmp_path / f"u{uid}", opts())
-        else:
-            assert build.build_hdf5(src, tmp_path / f"u{uid}", opts()).files
+        with pytest.raises(OSError, match="will not fit"):
+            build.build_hdf5(src, tmp_path / f"u{uid}", opts())
     # A compressed size cannot be told in advance: no refusal.
     build.build_hdf5(src, tmp_path / "gz", opts(compression="gzip"))
     assert (tmp_path / "gz" / "train.hdf5").is_file()
@@ -1499,6 +1518,19 @@ def test_a_folder_left_with_files_of_two_builds_is_refused_until_built_again(tmp
     assert not (out / build.PUBLISHING_NAME).exists()
     for split in ("train", "val", "test"):
         assert store.check_file(out / f"{split}.hdf5") == []
+
+
+def test_a_refusal_after_clearing_two_builds_says_what_it_removed(tmp_path):
+    # The clearing up happens before the refusal: the files are gone either way, and the
+    # message is the only place left to say so.
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    _two_builds(src, out, waiting="val.hdf5")
+    with pytest.raises(DestinationExistsError, match=re.escape(
+            f"(this run removed {out / 'train.hdf5'}, ")) as refused:
+        build.build_hdf5(src, out, opts())
+    assert "a build stopped while it renamed them into place" in str(refused.value)
+    assert not (out / "train.hdf5").exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="rings live in /dev/shm")

@@ -61,6 +61,45 @@ def test_build_prints_a_summary_and_writes_the_files(built):
         "train/cat/broken.jpg,not-an-image,")
 
 
+def test_quiet_still_says_a_split_not_built_and_a_class_missing_from_one(tmp_path):
+    # Batch jobs run with -q: a val/ of loose images (no val.hdf5) and a test/ whose class
+    # folder is misspelt (a class never trained on) were notes on stdout, which -q hid.
+    dump = tmp_path / "xray"
+    make_class_folders(dump / "train", ("NORMAL", "PNEUMONIA"), per_class=3)
+    make_class_folders(dump / "test", ("NORMAL", "Pneumonia"), per_class=2, seed=20)
+    for i in range(2):
+        write_image(dump / "val" / f"{i}.jpg", smooth_image(40, 40, seed=40 + i))
+    result = run("-q", "build-hdf5", str(dump), str(tmp_path / "out"), "--size", "16",
+                 "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert f"note: val: no images in class folders of {dump / 'val'}, no val.hdf5 built" \
+        in result.stderr
+    assert "note: train: no images of class(es) Pneumonia" in result.stderr
+    assert "note: test: no images of class(es) PNEUMONIA" in result.stderr
+    assert "building its own split folders" not in result.output  # what asks for nothing
+
+
+def test_an_image_beside_the_class_folders_is_named_not_passed_over(tmp_path):
+    dump = tmp_path / "xray"
+    make_class_folders(dump / "train", ("NORMAL", "PNEUMONIA"), per_class=3)
+    make_class_folders(dump / "test", ("NORMAL", "PNEUMONIA"), per_class=2, seed=20)
+    write_image(dump / "train" / "stray.jpeg", smooth_image(40, 40, seed=50))
+    result = run("-q", "build-hdf5", str(dump), str(tmp_path / "out"), "--size", "16",
+                 "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "note: left out 1 image beside the class folders of train/, such as " \
+        "train/stray.jpeg: it has no class" in result.stderr
+    result = run("-q", "build-hdf5", str(dump / "train"), str(tmp_path / "one"), "--name",
+                 "train", "--size", "16", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "beside the class folders, such as stray.jpeg" in result.stderr
+    from dsprep.generators import DirectoryGenerator
+
+    gen = DirectoryGenerator(dump / "train", image_size=(16, 16), batch_size=2)
+    assert [(p.name, why.split(":")[0]) for p, why in gen.skipped] == [
+        ("stray.jpeg", "no-label")]
+
+
 def test_build_refuses_to_overwrite_without_force(built, tmp_path):
     out, _ = built
     result = run("build-hdf5", tmp_path / "split", out, "--workers", "1")

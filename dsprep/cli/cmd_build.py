@@ -69,7 +69,7 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     sub-folders. Bad images are skipped and listed in OUT/skipped.csv (OUT/NAME.skipped.csv
     with --name).
     """
-    from ..build import BuildOptions
+    from ..build import AttentionNote, BuildOptions
     from ..build import build_hdf5 as run_build
     from ..images import DEFAULT_MAX_PIXELS, parse_size
     from ..split import split_pixel_limit
@@ -96,7 +96,9 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
     )
     report = run_build(src, out, options, name=name, force=force, progress=show_progress())
     for note in report.notes:
-        say(f"note: {note}")
+        # Those that ask for attention (a file not built, a class missing) on stderr, which
+        # -q keeps, as split's.
+        say(f"note: {note}", err=isinstance(note, AttentionNote))
     if report.up_to_date:
         say(f"{out} already holds this build of {src} (the same split and options): nothing "
             "to do; --force builds it again")
