@@ -661,11 +661,11 @@ def find_images(
     # A labels file or a column named means the csv layout is wanted: only without them is
     # the top CSV a guess that may turn out not to be the labels.
     guessing = layout == "auto" and labels is None and id_column is None and label_column is None
-    table, labels_name, passed_over, copy = None, None, None, None
+    table, labels_name, passed_over, copy, loose = None, None, None, None, False
     if layout in ("auto", "csv"):
         try:
-            table, labels_name, passed_over = _read_table(source, root, files, images, labels,
-                                                          id_column, label_column, guessing)
+            table, labels_name, passed_over, loose = _read_table(
+                source, root, files, images, labels, id_column, label_column, guessing)
         except LayoutError:
             source.refuse_unlisted()  # the labels file may lie in a folder not listed
             raise
@@ -712,7 +712,7 @@ def find_images(
                           table.columns_in_words() if table is not None else None,
                           table is not None and table.label_guessed,
                           table.doubt() if table is not None else _passed_over_doubt(
-                              passed_over, chosen, good),
+                              passed_over if loose else None, chosen, good),
                           copy.rstrip("/") if chosen == "folders" and copy else None,
                           sorted(set(source.linked)))
     if not inventory.items:
@@ -724,6 +724,20 @@ def find_images(
         raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
                                               passed_over, problems))
     return inventory
+
+
+# Words that name the numbered folders of one set, not classes: images_001/, part_2/.
+_CHUNK_WORDS = frozenset({"part", "batch", "chunk", "images", "imgs", "img", "shard", "folder"})
+
+
+def chunk_folders(names) -> bool:
+    """Whether folders named alike but for their numbers are chunks of one dump
+    (HAM10000_images_part_1/ and _part_2/, images_001/ to images_012/), by a word of such
+    names: 0/ and 1/, c0/ to c9/, class_1/ or ImageNet's n01440764/ are classes."""
+    stems = {re.sub(r"\d+", "#", str(n).lower()) for n in names}
+    if len(names) < 2 or len(stems) != 1:
+        return False
+    return bool(set(re.split(r"[^a-z]+", stems.pop())) & _CHUNK_WORDS)
 
 
 def _passed_over_doubt(passed_over: str | None, chosen: str,
@@ -742,8 +756,9 @@ def _passed_over_doubt(passed_over: str | None, chosen: str,
 
 def _read_table(source: Source, root: str, files: list[str], images: list[str],
                 labels, id_column, label_column, guessing: bool):
-    """The labels table of the csv layout, its file's name, and the name of a CSV that a
-    guess passed over (``(table or None, name or None, passed-over name or None)``)."""
+    """The labels table of the csv layout, its file's name, the name of a CSV that a guess
+    passed over, and whether that CSV labels most images by ids matched loosely (``(table or
+    None, name or None, passed-over name or None, bool)``)."""
     if guessing:
         top = _top_csvs(files, root)
         # Kaggle's submission templates (sample_submission.csv) name the test images, with a
@@ -755,14 +770,14 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
             if len(rest) > 1 or _class_folders(images, root) > 1:
                 # Weighed as several CSVs are: beside class folders, a table whose label
                 # column is only guessed by its place (a sizes table) is no labels.
-                return _best_table(source, root, rest, images)
+                return (*_best_table(source, root, rest, images), False)
             labels = rest[0]  # the one data CSV, read as a lone one is
             top = rest
         if len(top) > 1 and len(named) != 1:
-            return _best_table(source, root, top, images)
+            return (*_best_table(source, root, top, images), False)
     labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
     if text is None:
-        return None, labels_name, None
+        return None, labels_name, None, False
     try:
         table = _LabelsTable(text, labels_name, images, root, id_column, label_column,
                              source.name)
@@ -771,14 +786,15 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         # tell apart says nothing about labels unless the user asked for them.
         if not guessing:
             raise
-        return None, labels_name, None
+        return None, labels_name, None, False
     if guessing and not table.labels_most():
-        # A table the guess did not take for the labels: named if nothing else works, or if
-        # it labels most images by its ids' tails (a Kaggle path, /kaggle/input/x/part_1/a.jpg)
-        # beside folders that were taken for the classes.
-        return None, labels_name, (labels_name if table.labelled
-                                   or table.labels_most_loosely() else None)
-    return table, labels_name, None
+        # A table the guess did not take for the labels: named if nothing else works, and
+        # in a warning if it has a label column so named and labels most images by its ids'
+        # tails (a Kaggle path, /kaggle/input/x/images/a.jpg) beside folders taken for the
+        # classes (images/ and masks/).
+        loose = not table.label_guessed and table.labels_most_loosely()
+        return None, labels_name, (labels_name if table.labelled or loose else None), loose
+    return table, labels_name, None, False
 
 
 _PROBE_ROWS = 60  # lines of a CSV read first, to tell whether it may be the labels
@@ -967,7 +983,10 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
     # class among tulips/tulip_0001.jpg and daisy/daisy_0001.jpg; Roboflow's
     # fire/img34_jpg.rf.<hash>.jpg).
     numbered = [folder for folder, found in labels.items() if 2 * named[folder] <= 3 * len(found)]
-    plain = len(count) - len(labels)
+    # Folders named as splits or as unlabelled (test1/, unlabeled/) hold no class.
+    plain = sum(1 for folder in count if folder not in labels and folder
+                and split_of(re.sub(r"\d+$", "", folder.rpartition("/")[2])) is None
+                and "unlabel" not in folder.lower())
     return "folders" if len(numbered) == len(labels) and (len(labels) > 1 or plain > 1) \
         else "prefix"
 
@@ -1620,8 +1639,8 @@ class _LabelsTable:
         Ids count as matched exactly; matched only in another case, by a path's tail or
         without their own extension, they count only where no class folders could hold the
         labels instead (a stray metadata CSV naming CAT_0.JPG must not take over cat/).
-        Folders named alike but for their numbers (HAM10000_images_part_1/, _part_2/) are
-        chunks of one dump, not class folders.
+        Folders named as parts of one set (HAM10000_images_part_1/, _part_2/; see
+        :func:`chunk_folders`) are chunks of one dump, not class folders.
         """
         if self._labels_most(exact=True):
             return True
@@ -1632,7 +1651,7 @@ class _LabelsTable:
                 classes.add(parts[1])  # train/cat/1.jpg
             elif len(parts) > 1 and split_of(parts[0]) is None:
                 classes.add(parts[0])
-        chunks = len({re.sub(r"\d+", "", c) for c in classes}) == 1
+        chunks = chunk_folders(classes)
         return (len(classes) < 2 or chunks) and self.forgiving \
             and self._labels_most(exact=False)
 

@@ -547,6 +547,7 @@ def plan(
     *,
     progress: bool = False,
     workers: int | None = None,
+    dest: str | os.PathLike | None = None,
     **kwargs,
 ) -> SplitPlan:
     """Decide which file of ``src`` goes to which split, without writing anything.
@@ -563,9 +564,11 @@ def plan(
         options: a :class:`SplitOptions`; keyword arguments override its fields.
         progress: show a progress bar while reading.
         workers: reading threads (default :func:`default_workers`).
+        dest: the split folder it is for, if known: one inside a folder the dump reaches
+            through a link is refused once the dump is listed, before any file is read.
 
     Raises:
-        UsageError: bad options.
+        UsageError: bad options, or ``dest`` inside a folder the dump links to.
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts.
     """
@@ -575,6 +578,8 @@ def plan(
         inventory = find_images(source, options.layout, pattern=options.pattern,
                                 labels=options.labels, id_column=options.id_column,
                                 label_column=options.label_column)
+        if dest is not None:
+            _refuse_linked(inventory.linked, Path(src).resolve(), Path(dest).absolute())
         checked = _map(lambda item: _check(source, item[0], options.verify, options.min_size,
                                            max_pixels=options.max_pixels),
                        inventory.items, workers or default_workers(), progress, "checking")
@@ -1419,7 +1424,7 @@ def run(
         # --limit-per-class most may be dropped, and the copies would need room for the dump.
         picks = options.counts is not None or options.limit_per_class is not None
         if mode != "copy" or maybe_done or picks or (not force and _placing(partial, identity)):
-            split_plan = plan(src, options, progress=progress, workers=workers)
+            split_plan = plan(src, options, progress=progress, workers=workers, dest=dest)
             return split_plan, materialize(split_plan, dest, mode=mode, force=force,
                                           progress=progress, workers=workers)
 

@@ -554,7 +554,7 @@ def test_a_run_resumes_after_an_unreadable_training_image_is_repaired(tmp_path):
     run = tmp_path / "run"
     first = invoke("train", split, run, *QUICK, "--image-size", "48", "--epochs", "1")
     assert first.exit_code == 0, first.output
-    assert "could not be read" in first.output
+    assert "could not be used and was left out" in first.output
     backup = tmp_path / "run-before-the-repair"
     shutil.copytree(run, backup)
     victim.write_bytes(good)
@@ -622,8 +622,9 @@ def test_train_on_a_split_folder(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", split, run, *QUICK, "--epochs", "1", "--image-size", "48")
     assert result.exit_code == 0, result.output
-    assert f"note: 1 image of {split} could not be read and was left out ({broken}: " \
-        in result.output and "remove or replace it, or split the dump again" in result.output
+    assert f"note: 1 image of {split} could not be used and was left out ({broken}: " \
+        in result.output and "move, remove or replace it, or split the dump again" \
+        in result.output
     # A log (no terminal) gets the epoch's line but no bar from checking the folders.
     assert "accuracy:" in result.output and "checking train" not in result.output
     shown = CliRunner().invoke(main, ["train", str(split), str(tmp_path / "shown"), *QUICK,

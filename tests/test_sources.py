@@ -1425,6 +1425,52 @@ def test_a_csv_of_kaggle_paths_labels_a_dump_in_numbered_chunk_folders(tmp_path)
     assert _find(root, layout="csv").classes == ["bkl", "mel", "nv"]
 
 
+@pytest.mark.parametrize("classes", [("0", "1"), ("c0", "c1"), ("class_1", "class_2"),
+                                     ("n01440764", "n01443537")])
+def test_class_folders_numbered_alike_are_not_taken_for_chunks(tmp_path, classes):
+    # A metadata CSV naming the images loosely (other case) must not take over class folders
+    # whose names differ only by their numbers: only names of parts (images_part_1/) are chunks.
+    root = tmp_path / "d"
+    rows = []
+    for n, cls in enumerate(classes):
+        for i in range(3):
+            _img(root / cls / f"img_{n}{i}.jpg", seed=10 * n + i)
+            rows.append(f"IMG_{n}{i}.JPG,{('F', 'M')[i % 2]}")
+    (root / "metadata.csv").write_text("image,sex\n" + "\n".join(rows) + "\n")
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.classes == list(classes)
+
+
+def test_a_prefix_dump_of_one_image_per_class_beside_unlabelled_folders_stays_prefix(tmp_path):
+    for extra in (("test1",), ("test", "valid"), ("test1", "unlabeled")):
+        root = tmp_path / "-".join(extra)
+        for c in range(5):
+            _img(root / "train" / f"c{c}.0.png", seed=c)
+        for k, folder in enumerate(extra):
+            for i in range(4):
+                _img(root / folder / f"{i}.png", seed=20 + 4 * k + i)
+        inv = _find(root)
+        assert inv.layout == "prefix" and inv.classes == [f"c{c}" for c in range(5)], extra
+
+
+def test_a_csv_naming_images_exactly_but_not_taken_gives_no_warning(tmp_path):
+    # dogs-vs-cats' sampleSubmission.csv, a metadata CSV of file names beside class folders:
+    # no labels, and nothing to say about them.
+    root = tmp_path / "dvc"
+    for i in range(3):
+        for cls in ("cat", "dog"):
+            _img(root / "train" / f"{cls}.{i}.jpg", seed=i + 10 * (cls == "dog"))
+        _img(root / "test1" / f"{i + 1}.jpg", seed=30 + i)
+    (root / "sampleSubmission.csv").write_text("id,label\n1,0\n2,0\n3,0\n")
+    inv = _find(root)
+    assert inv.layout == "prefix" and inv.labels_doubt is None
+    root = make_class_folders(tmp_path / "flowers", classes=("daisy", "rose"), per_class=3)
+    (root / "metadata.csv").write_text("filename,width,height,author\n" + "".join(
+        f"{c}_{i}.jpg,64,48,someone\n" for c in ("daisy", "rose") for i in range(3)))
+    inv = _find(root)
+    assert inv.layout == "folders" and inv.labels_doubt is None
+
+
 def _one_hot_dump(tmp_path, rows):
     """Plant-pathology's shape: images/Train_<n>.jpg and train.csv with a 0/1 column per class."""
     root = tmp_path / "d"

@@ -689,7 +689,7 @@ def test_destination_rules(tmp_path):
     assert len(list(root.rglob("*.jpg"))) == 6
 
 
-def test_dest_inside_a_folder_the_dump_links_to_is_refused(tmp_path):
+def test_dest_inside_a_folder_the_dump_links_to_is_refused(tmp_path, monkeypatch):
     # The dump's "c" is a link to a folder elsewhere: a split put inside that folder, by
     # either path, would be read as part of the dump by the next split.
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
@@ -704,6 +704,15 @@ def test_dest_inside_a_folder_the_dump_links_to_is_refused(tmp_path):
         with pytest.raises(UsageError, match="through a link"):
             materialize(plan(root), dest)
     assert tree(tmp_path / "ext") == before
+    # Refused once the dump is listed, before its files are read, whatever the path taken.
+    read = []
+    real_check = split_module._check
+    monkeypatch.setattr(split_module, "_check", lambda *a, **k: read.append(1) or real_check(
+        *a, **k))
+    for kwargs in ({"mode": "hardlink"}, {"options": SplitOptions(limit_per_class=2)}):
+        with pytest.raises(UsageError, match="through a link"):
+            run(root, elsewhere / "out", **kwargs)
+    assert not read
     run(root, tmp_path / "ext" / "out")  # beside the linked folder: outside the dump
     assert sorted(json.loads((tmp_path / "ext" / "out" / "split.json").read_text())
                   ["classes"]) == ["a", "b", "c"]

@@ -114,7 +114,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         min_size=min_size, max_pixels=max_pixels, verify=verify, seed=seed)
     if dry_run:
         check_run(src, dest, options, mode, force=force)  # what the real run would refuse
-        split_plan = plan(src, options, progress=show_progress())
+        split_plan = plan(src, options, progress=show_progress(), dest=dest)
         check_unchanged(split_plan, dest, mode, force=force)
     else:
         split_plan, result = run(src, dest, options, mode=mode, force=force,

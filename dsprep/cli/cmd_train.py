@@ -226,12 +226,13 @@ def _no_validation_note(data: str) -> None:
 
 
 def _left_out_note(left_out: list[tuple[str, str]], data) -> None:
-    """Name the images of a split folder that could not be read and were left out."""
+    """Name the images of a split folder that could not be used (unreadable, or beside the
+    class folders) and were left out."""
     shown = "; ".join(f"{path}: {reason}" for path, reason in left_out[:3])
     more = f"; and {len(left_out) - 3} more" if len(left_out) > 3 else ""
     one = len(left_out) == 1
-    say(f"note: {count_of(len(left_out), 'image')} of {data} could not be read and "
-        f"{'was' if one else 'were'} left out ({shown}{more}); remove or replace "
+    say(f"note: {count_of(len(left_out), 'image')} of {data} could not be used and "
+        f"{'was' if one else 'were'} left out ({shown}{more}); move, remove or replace "
         f"{'it' if one else 'them'}, or split the dump again", err=True)
 
 
