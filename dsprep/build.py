@@ -323,6 +323,10 @@ def find_rows(
             raise UsageError(f"{src} is a split folder; drop --name to build train, val and test")
         if not name or Path(name).name != name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
+        if name.lower().endswith((".hdf5", ".h5")):
+            # It would write NAME.hdf5.hdf5.
+            raise UsageError(f"--name {name!r} is without the extension: give "
+                             f"{name.rsplit('.', 1)[0]!r} to write {name}")
         longest = f"{name}.{SKIPPED_NAME}"
         if len(os.fsencode(longest)) > NAME_MAX:
             raise UsageError(f"--name is too long: the build writes {longest[:24]}... "

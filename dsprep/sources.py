@@ -1282,7 +1282,12 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
         named = [f for f in top if "label" in PurePosixPath(f).name.lower()]
         top = named if len(named) == 1 else top
     if len(top) == 1:
-        return top[0], _decode_csv(_read_labels(source, top[0]), top[0])
+        try:
+            return top[0], _decode_csv(_read_labels(source, top[0]), top[0])
+        except NotTextError:
+            if required:
+                raise
+            return None, None  # a guess: a .csv that is no text labels nothing
     if required:
         found = ", ".join(top) if top else "none"
         raise LayoutError(f"{source.path} needs one labels CSV at its top for the csv layout "
@@ -1304,7 +1309,21 @@ def _read_labels(source: Source, name: str) -> bytes:
                           f"({_os_detail(exc)}); repair it or give another with --labels") from exc
 
 
+class NotTextError(LayoutError):
+    """A labels file that is no text (a spreadsheet workbook, an archive)."""
+
+
+# What a labels file given by mistake starts with: a zip (an .xlsx or .ods workbook) and an
+# OLE file (an .xls workbook).
+_BINARY_STARTS = {b"PK\x03\x04": "a zip archive (an .xlsx or .ods workbook?)",
+                  b"\xd0\xcf\x11\xe0": "an Office document (an .xls workbook?)"}
+
+
 def _decode_csv(data: bytes, name: str) -> str:
+    for start, what in _BINARY_STARTS.items():
+        if data.startswith(start):
+            raise NotTextError(f"labels file {name} is not a text CSV but {what}; save it as "
+                               "CSV (UTF-8) and give that file")
     # Excel's "Unicode text" and PowerShell 5's output are UTF-16, with a byte-order mark.
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
@@ -1316,6 +1335,9 @@ def _decode_csv(data: bytes, name: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
+    if b"\0" in data[:65536]:  # no text encoding but UTF-16's (above) holds NUL bytes
+        raise NotTextError(f"labels file {name} is not a text CSV (it holds NUL bytes: a "
+                           "binary file); save the labels as CSV (UTF-8) and give that file")
     # Spreadsheet exports on Windows are often in the legacy code page, Windows-1252 in the
     # West (Latin-1 would turn its curly quotes and "œ" into control characters); Latin-1
     # for the few bytes that code page leaves undefined.

@@ -133,6 +133,15 @@ def test_bad_build_arguments_are_usage_errors(tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_name_given_with_its_extension_is_refused(tmp_path):
+    # It wrote OUT/extra.hdf5.hdf5 without a word.
+    src = make_class_folders(tmp_path / "extra", ("a", "b"), per_class=1)
+    result = run("build-hdf5", src, tmp_path / "out", "--name", "extra.hdf5")
+    assert result.exit_code == 2, result.output
+    assert "--name 'extra.hdf5' is without the extension: give 'extra'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_folder_equal_to_the_source_is_a_usage_error(tmp_path):
     src = make_split(tmp_path / "split", per_class=1)
     result = run("build-hdf5", src, src, "--workers", "1", "--force")

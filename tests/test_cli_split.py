@@ -541,6 +541,30 @@ def test_a_dangling_link_whose_name_is_not_utf8_is_listed_in_skipped_csv(tmp_pat
     assert rows[1:] == ["a/bad\\udcff.jpg,dangling-link,points to missing /missing/x.jpg"]
 
 
+@pytest.mark.parametrize("content, what", [
+    (b"PK\x03\x04" + bytes(100), "a zip archive (an .xlsx or .ods workbook?)"),
+    (b"\xd0\xcf\x11\xe0" + bytes(100), "an Office document (an .xls workbook?)"),
+    (b"\x89HDF\r\n\x1a\n" + bytes(200000), "it holds NUL bytes"),
+])
+def test_labels_that_are_no_text_are_refused_as_such(tmp_path, content, what):
+    # A workbook given as --labels read as Latin-1 gave an error quoting 600 characters of
+    # garbled bytes, or a traceback from the csv module (a field over its limit).
+    dump = tmp_path / "dump"
+    for i in range(4):
+        write_image(dump / "images" / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    (tmp_path / "labels.xlsx").write_bytes(content)
+    result = run("split", str(dump), str(tmp_path / "s"), "--labels",
+                 str(tmp_path / "labels.xlsx"), "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert f"labels file {tmp_path / 'labels.xlsx'} is not a text CSV" in result.output
+    assert what in result.output and "Traceback" not in result.output
+    # A stray .csv of that kind beside class folders is no labels, and no error.
+    make_class_folders(tmp_path / "f", classes=("a", "b"), per_class=2)
+    (tmp_path / "f" / "data.csv").write_bytes(content)
+    result = run("split", str(tmp_path / "f"), str(tmp_path / "s2"), "--dry-run")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_class_folder_named_in_another_code_page_is_not_lost_without_a_warning(tmp_path):
     # "niño" in Latin-1, as unzip leaves a Windows archive: its images cannot be placed, and
     # a whole class gone must not pass as a count among the files left out.

@@ -81,6 +81,21 @@ def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_
     assert "has no validation split (val.hdf5, or images in val/), so best.keras" in sweep.output
 
 
+def test_an_hdf5_without_means_is_refused_in_words(tmp_path):
+    # Images and labels only, as the book's own builder writes them, and no means.json.
+    import h5py
+    import numpy as np
+
+    (tmp_path / "fh").mkdir()
+    with h5py.File(tmp_path / "fh" / "train.hdf5", "w") as f:
+        f["images"] = np.zeros((16, 48, 48, 3), np.uint8)
+        f["labels"] = np.arange(16) % 2
+    result = invoke("train", tmp_path / "fh", tmp_path / "run", *QUICK, "--epochs", "1")
+    assert result.exit_code == 1, result.output
+    assert "has no mean_rgb attribute and" in result.output and "means.json" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
 def test_an_image_size_given_for_hdf5_data_is_said_to_be_unused(data, tmp_path):
     result = invoke("train", data, tmp_path / "run", *QUICK, "--epochs", "1",
                     "--image-size", "32")

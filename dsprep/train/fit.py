@@ -323,6 +323,12 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
             mean = mean_rgb(data / "means.json")
         else:
             with open_dataset(data / "train.hdf5") as db:
+                if "mean_rgb" not in db.attrs:
+                    raise DatasetFormatError(
+                        f"{data / 'train.hdf5'} has no mean_rgb attribute and {data} no "
+                        "means.json, so its channel means are unknown: build the data with "
+                        "'dsprep build-hdf5', or write the means as means.json beside it "
+                        '({"R": ..., "G": ..., "B": ...})')
                 mean = tuple(float(v) for v in db.attrs["mean_rgb"])
         with open_dataset(train_path) as db:
             # Rows in class order (build-hdf5 --order sorted) are drawn from anywhere.
