@@ -1234,6 +1234,21 @@ def test_training_auc_tells_apart_scores_near_zero_and_one():
     assert len(again.thresholds) == len(metric.thresholds)
 
 
+def test_training_auc_ranks_scores_crowded_near_one_half():
+    from dsprep.evaluate import roc_auc
+
+    # An unsure model (early epochs) scores every image within 0.005 of 0.5: with 1,001
+    # thresholds its AUC was off by 0.06, and two close epochs could be ranked the wrong way.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = (0.5 + (rng.random(400) - 0.5) * 0.01 + 0.002 * (labels - 0.5)).astype("float32")
+    metric = cb.PositiveClassAUC()
+    for start in range(0, 400, 50):  # batch by batch, as fit counts it
+        part = slice(start, start + 50)
+        metric.update_state(labels[part], np.stack([1 - scores[part], scores[part]], axis=1))
+    assert float(metric.result()) == pytest.approx(roc_auc(scores, labels), abs=0.002)
+
+
 def test_metrics_of_one_class_files_and_diverged_models():
     from dsprep.train.predict import metrics
 
