@@ -657,6 +657,24 @@ def test_a_resume_that_brings_a_replaced_run_back_and_then_fails_says_so(replace
         train(data, run, tiny("smallnet", width=4))
 
 
+def test_the_same_command_starts_again_after_two_kills_in_the_first_epoch(tmp_path):
+    from dsprep.train import fit
+
+    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
+
+    # A requeued job killed outright (SIGKILL, the OOM killer) twice in its first epoch: the
+    # second try had set the first aside. Neither has an epoch to keep, and the third try
+    # was refused, pointing to a --resume that could not continue anything.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(data), "options": {}}))
+    fit._set_aside(run)
+    (run / "config.json").write_text(json.dumps({"data": str(data), "options": {}}))
+    (run / ".last.epoch0.partial.keras").write_bytes(b"half")
+    result = train(data, run, tiny("smallnet", width=4, epochs=1))
+    assert result.epochs_done == 1 and not (run / ".replaced").exists()
+
+
 def test_a_stale_set_aside_run_goes_when_the_run_is_resumed_or_replaced(replaceable):
     from dsprep.train import fit
 

@@ -669,6 +669,10 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
             raise DestinationExistsError(
                 f"{run} already holds a run; use --resume {quoted(run)} to continue it, or --force "
                 "to start over")
+        if (run / REPLACED).exists() and _never_finished_an_epoch(run / REPLACED):
+            # Two runs killed outright in their first epoch (SIGKILL, the OOM killer), the
+            # second having set the first aside: neither has anything to keep.
+            _drop_replaced(run)
         if (run / REPLACED).exists():
             raise DestinationExistsError(
                 f"{run} holds a run that never finished an epoch; use --force to start over"
