@@ -1257,14 +1257,36 @@ def _by_split_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]
     return items, skipped
 
 
+def _refuse_two_labels_files(source: Source, candidate: str, path: Path, data: bytes) -> None:
+    """Refuse a relative --labels that names a file inside the dump and another one, with
+    other content, from the current folder (a corrected copy, say): which was meant cannot
+    be told, and taking the dump's without a word would split by the labels not wanted."""
+    if path.is_absolute() or not path.is_file():
+        return
+    inside = source.path / candidate
+    if not source.is_zip and inside.exists() and os.path.samefile(inside, path):
+        return
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        return
+    raise UsageError(
+        f"--labels {path} names two different files: {candidate} inside {source.path}, and "
+        f"{path.resolve()} from the current folder; give the one meant by a path that only it "
+        f"has ({source.path / candidate} or ./{path})")
+
+
 def _labels_text(source: Source, root: str, files: list[str], labels, required: bool):
     """(name, text) of the labels CSV, or (None, None) when there is none and none is needed."""
     if labels is not None:
         name = str(labels).replace(os.sep, "/")
+        path = Path(labels)
         for candidate in (root + name, name):
             if candidate in files:
-                return candidate, _decode_csv(_read_labels(source, candidate), candidate)
-        path = Path(labels)
+                data = _read_labels(source, candidate)
+                _refuse_two_labels_files(source, candidate, path, data)
+                return candidate, _decode_csv(data, candidate)
         if path.is_file():
             # Outside the dump: named in full (split.json's labels_file would otherwise read as
             # a path inside SRC, where it is relative to the folder the split was run from).

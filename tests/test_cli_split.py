@@ -565,6 +565,29 @@ def test_labels_that_are_no_text_are_refused_as_such(tmp_path, content, what):
     assert result.exit_code == 0, result.output
 
 
+def test_a_labels_name_of_two_different_files_is_refused(tmp_path, monkeypatch):
+    # A corrected labels.csv in the current folder and the dump's own: --labels labels.csv
+    # took the dump's without a word.
+    dump = tmp_path / "dump"
+    for i in range(4):
+        write_image(dump / "images" / f"{i}.jpg", smooth_image(40, 40, seed=i))
+    (dump / "labels.csv").write_text("id,label\n0,p\n1,q\n2,p\n3,q\n")
+    (tmp_path / "labels.csv").write_text("id,label\n0,x\n1,y\n2,x\n3,y\n")
+    monkeypatch.chdir(tmp_path)
+    result = run("split", "dump", "s", "--labels", "labels.csv", "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "--labels labels.csv names two different files: labels.csv inside dump" \
+        in result.output
+    assert "\nx " in run("split", "dump", "s", "--labels", "./labels.csv", "--dry-run").output
+    # The same file by both names (SRC is the current folder), or the same content: no doubt.
+    monkeypatch.chdir(dump)
+    assert run("split", ".", str(tmp_path / "s"), "--labels", "labels.csv",
+               "--dry-run").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels.csv").write_bytes((dump / "labels.csv").read_bytes())
+    assert run("split", "dump", "s", "--labels", "labels.csv", "--dry-run").exit_code == 0
+
+
 def test_a_class_folder_named_in_another_code_page_is_not_lost_without_a_warning(tmp_path):
     # "niño" in Latin-1, as unzip leaves a Windows archive: its images cannot be placed, and
     # a whole class gone must not pass as a count among the files left out.
