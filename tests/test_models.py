@@ -106,6 +106,8 @@ def test_softmax_stays_float32_under_mixed_precision():
         (lambda: resnet((64, 64, 3), 2, 20), "depth 20"),
         (lambda: alexnet((32, 32, 3), 2), "at least 63x63"),
         (lambda: smallnet((32, 32, 3), 2), "at least 46x46"),
+        # Split-folder data is sized by --image-size, which the advice names.
+        (lambda: smallnet((32, 32, 3), 2), "a larger --image-size for a split folder"),
         (lambda: smallnet((64, 64), 2), "not \\(height, width, 3\\)"),
         (lambda: build_model("resnet18", (64, 64, 3), 2, width=2.9), "whole number"),
         (lambda: build_model("smallnet", (64, 64, 3), 2, width=0.5), "whole number"),

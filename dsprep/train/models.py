@@ -60,8 +60,9 @@ def _check_size(name: str, input_shape: Sequence[int], minimum: int) -> None:
     if min(input_shape[:2]) < minimum:
         raise UsageError(
             f"{name} needs images of at least {minimum}x{minimum} pixels, got "
-            f"{input_shape[0]}x{input_shape[1]}; give it larger images (a larger --crop, "
-            "or data built at a larger size) or use another model"
+            f"{input_shape[0]}x{input_shape[1]}; give it larger images (a larger --crop if "
+            "one is given, a larger --image-size for a split folder, or HDF5 data built at a "
+            "larger size) or use another model"
         )
 
 
