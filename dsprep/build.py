@@ -265,6 +265,18 @@ class _Block:
 # Inputs
 
 
+def _built_from(src: Path) -> str | None:
+    """The folder the dsprep HDF5 files in ``src`` were built from, if it holds any (a build's
+    OUT given as SRC); "unknown" for one that does not say."""
+    for path in sorted(src.glob("*.hdf5")):
+        try:
+            with store.open_dataset(path) as db:
+                return str(db.attrs.get("source_root", "a folder it does not name"))
+        except (DsprepError, OSError):
+            continue
+    return None
+
+
 def _problem_notes(problems, prefix: str = "") -> list[str]:
     """One note per entry the folder walk could not read, and one for the images beside the
     class folders, so none is left out silently."""
@@ -370,6 +382,10 @@ def find_rows(
             if below is not None:
                 raise UsageError(f"{src} has no split.json, but {below} inside it holds a "
                                  f"split; give {below}")
+            built = _built_from(src)
+            if built is not None:
+                raise UsageError(f"{src} holds files build-hdf5 wrote, not images; give the "
+                                 f"split folder they were built from ({built})")
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
                 "build one file from a folder of class sub-folders, or give a folder already "

@@ -142,6 +142,16 @@ def test_a_name_given_with_its_extension_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_build_given_as_src_is_told_from_a_folder_without_images(built, tmp_path):
+    # build-hdf5 OUT OUT2 said "no split.json; make it with 'dsprep split'".
+    out = built[0]
+    result = run("build-hdf5", out, tmp_path / "again")
+    assert result.exit_code == 2, result.output
+    assert f"{out} holds files build-hdf5 wrote, not images; give the split folder they " \
+        f"were built from ({tmp_path / 'split'})" in result.output
+    assert not (tmp_path / "again").exists()
+
+
 def test_output_folder_equal_to_the_source_is_a_usage_error(tmp_path):
     src = make_split(tmp_path / "split", per_class=1)
     result = run("build-hdf5", src, src, "--workers", "1", "--force")
