@@ -824,6 +824,9 @@ def test_the_same_train_command_again_carries_the_run_on(data, one_epoch_run, tm
     # Other options are still another run: refused, as before.
     other = invoke("train", data, run, *QUICK, "--epochs", "3", "--lr", "0.5")
     assert other.exit_code == 1 and "already holds a run" in other.output
+    # ... naming what differs, as split and build-hdf5 do.
+    assert "already holds a run of other data or options (epochs 2, now 3; lr " \
+        in other.output and ", now 0.5)" in other.output
     # So is a run that diverged (the same options would meet it again): the same refusal.
     rows = (run / "history.csv").read_text().splitlines()
     cells = rows[-1].split(",")

@@ -666,9 +666,12 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
                 raise DestinationExistsError(
                     f"{run} holds checkpoints but no {cb.STATE}, so it cannot be resumed; use "
                     "--force to start over")
+            differs = run_differences(run, data, config)
             raise DestinationExistsError(
-                f"{run} already holds a run; use --resume {quoted(run)} to continue it, or --force "
-                "to start over")
+                f"{run} already holds a run"
+                + (f" of other data or options ({differs})" if differs else "")
+                + f"; use --resume {quoted(run)} to continue it (with its own options), or "
+                "--force to start over")
         if (run / REPLACED).exists() and _never_finished_an_epoch(run / REPLACED):
             # Two runs killed outright in their first epoch (SIGKILL, the OOM killer), the
             # second having set the first aside: neither has anything to keep.
@@ -1120,6 +1123,24 @@ def same_run(run: str | os.PathLike, data, config: TrainConfig) -> bool:
     for name in MACHINE_OPTIONS:
         mine.pop(name), theirs.pop(name)
     return mine == theirs
+
+
+def run_differences(run: Path, data, config: TrainConfig) -> str:
+    """What differs between the run in RUN and ``data`` with ``config``, in the options'
+    words ("epochs 1, now 2"), the machine's options aside; "" when it cannot say."""
+    try:
+        saved = read_run_config(run)
+        options = _saved_options(run, saved)
+    except (LayoutError, DatasetFormatError):
+        return ""
+    said = []
+    if saved.get("data") != str(Path(data).resolve()):
+        said.append(f"data {saved.get('data')}, now {Path(data).resolve()}")
+    mine, theirs = dataclasses.asdict(config), dataclasses.asdict(options)
+    for name in mine:
+        if name not in MACHINE_OPTIONS and mine[name] != theirs.get(name):
+            said.append(f"{name.replace('_', '-')} {theirs.get(name)!r}, now {mine[name]!r}")
+    return "; ".join(said)
 
 
 def _never_finished_an_epoch(run: Path) -> bool:
