@@ -281,6 +281,7 @@ class SplitPlan:
                          "no classes; label the images with a CSV (--layout csv --labels FILE) "
                          "or by their file names (--layout prefix)")
         found += class_name_warnings(self.classes)
+        found += self._folder_warnings()
         unreadable = [s for s in self.skipped if s.reason == UNREADABLE]
         if unreadable:
             n = len(unreadable)
@@ -322,6 +323,41 @@ class SplitPlan:
             found.append(f"one class only ({self.classes[0]}): a classifier needs two or more; "
                          + (f"if {' or '.join(csvs)} labels the images, give it with --labels"
                             if csvs else "check --layout (and --labels / --pattern)"))
+        return found
+
+    def _folder_warnings(self) -> list[str]:
+        """Class folders of a folders-layout split that may be no classes: one named as a
+        split beside others that are not (a test/ of unlabelled images beside daisy/ and
+        rose/), and one whose images all lie in folders of its own, two or more, beside
+        others (dataset/daisy/, dataset/rose/ beside a stray assets/)."""
+        if self.layout != "folders" or self.split_folders or len(self.classes) < 2:
+            return []
+        found = []
+        named = [c for c in self.classes if split_of(re.sub(r"\d+$", "", c))]
+        if named and len(named) < len(self.classes):
+            found.append(
+                f"class{'es' if len(named) > 1 else ''} {', '.join(named)} "
+                f"{'are' if len(named) > 1 else 'is'} named as a split beside classes that are "
+                f"not: if {'they hold' if len(named) > 1 else 'it holds'} images without "
+                "classes (a test set), move "
+                f"{'them' if len(named) > 1 else 'it'} out of {self.source}")
+        root = f"{self.root}/" if self.root else ""
+        copy = f"{self.class_copy}/" if self.class_copy else None
+        subs: dict[str, set[str]] = defaultdict(set)
+        flat: set[str] = set()
+        for f in self.files:
+            parts = f.source[len(root):].split("/")
+            if copy and f.source[len(root):].startswith(copy):
+                continue
+            (subs[parts[0]].add(parts[1]) if len(parts) > 2 else flat.add(parts[0]))
+        for folder in sorted(subs):
+            if folder not in flat and len(subs[folder]) > 1:
+                inner = sorted(subs[folder])
+                shown = ", ".join(f"{n}/" for n in inner[:4]) + (", ..." if len(inner) > 4
+                                                                   else "")
+                found.append(f"{folder}/ holds its images in folders of its own ({shown}), "
+                             f"beside other classes: if those folders are the classes, give "
+                             f"{self.source / root / folder} as SRC")
         return found
 
     def _tables_passed_over(self) -> list[str]:

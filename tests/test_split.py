@@ -740,6 +740,29 @@ def test_decomposed_file_names_split_as_the_composed_ones(tmp_path):
     assert set(where(composed).values()) == {"train", "val", "test"}
 
 
+def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
+    # A test/ of unlabelled images beside flat class folders; a wrapper dataset/ of class
+    # folders beside a stray assets/ of pictures: each was a class without a word.
+    root = make_class_folders(tmp_path / "flat", classes=("daisy", "rose", "test"), per_class=3)
+    warned = [w for w in plan(root).warnings() if "named as a split" in w]
+    assert warned == [f"class test is named as a split beside classes that are not: if it "
+                      f"holds images without classes (a test set), move it out of {root}"]
+    root = tmp_path / "wrapped"
+    make_class_folders(root / "dataset", classes=("daisy", "rose", "tulip"), per_class=3)
+    make_class_folders(root / "assets", classes=("x",), per_class=2, seed=50)
+    for path in (root / "assets" / "x").iterdir():
+        path.rename(root / "assets" / path.name)
+    p = plan(root)
+    assert p.classes == ["assets", "dataset"]
+    assert [w for w in p.warnings() if "folders of its own" in w] == [
+        "dataset/ holds its images in folders of its own (daisy/, rose/, tulip/), beside "
+        f"other classes: if those folders are the classes, give {root / 'dataset'} as SRC"]
+    # Ordinary class folders, and a dump already split into folders, get neither.
+    for clean in (make_class_folders(tmp_path / "plain", per_class=3),):
+        assert not [w for w in plan(clean).warnings()
+                    if "named as a split" in w or "folders of its own" in w]
+
+
 def _disk_full_at_copy(monkeypatch, n: int):
     """Copies fail with ENOSPC from the ``n``-th on; returns the real copy function."""
     real_copy = split_module.copy_file
