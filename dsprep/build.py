@@ -1426,6 +1426,13 @@ def build_hdf5(
             notes.append(AttentionNote(
                 "removed " + ", ".join(undone) + ": a build stopped while it renamed them "
                 "into place left them (so they were from two builds)"))
+        unfinished = [store.partial_path(p) for p in outputs if store.partial_path(p).is_file()]
+        if unfinished:
+            # A build killed outright (SIGKILL, the OOM killer) leaves them: a build does not
+            # resume, and the next one writes them again from the start.
+            size = sum(p.stat().st_size for p in unfinished)
+            notes.append(f"discarded {', '.join(p.name for p in unfinished)} ({size / 1e6:,.1f} "
+                         "MB), left by a build that was stopped: a build starts its files over")
         if name is not None:  # after the clearing up: the files it agrees with are whole
             classes, planned = _classes_beside(out, name, classes, planned, notes, warnings)
         unlike = None

@@ -424,8 +424,13 @@ def test_killed_main_process_leaves_no_final_file_and_reruns_cleanly(tmp_path):
         assert not (out / name).exists(), name
     for path in slow:
         path.unlink()
-    result = run("build-hdf5", src, out, "--workers", "1")
+    left = sorted(p.name for p in out.glob("*.partial"))
+    assert left
+    result = CliRunner().invoke(main, ["build-hdf5", str(src), str(out), "--workers", "1"])
     assert result.exit_code == 0, result.output
+    # The unfinished files are said to be discarded (a build does not resume).
+    assert f"note: discarded {', '.join(left)} (" in result.output
+    assert "left by a build that was stopped" in result.output
     for split in ("train", "val"):
         assert store.check_file(out / f"{split}.hdf5") == []
     assert not list(out.glob("*.partial"))
