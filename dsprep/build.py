@@ -552,6 +552,12 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], decode: _Decode) -> _Blo
             pixels = imagelib.load(data, decode.size, decode.resize, decode.interpolation,
                                    exact=decode.exact, max_pixels=decode.max_pixels,
                                    out=out[len(ok)])
+        except FileNotFoundError:
+            # Deleted or moved since the build listed it: as a file files.csv lists and the
+            # build did not find.
+            skips.append((pos, MISSING_FILE, "gone since the build listed it (deleted or "
+                                             "moved while it ran)"))
+            continue
         except (ImageTooLargeError, CorruptImageError, OSError) as exc:
             skips.append((pos, *skip_reason(exc)))
             continue

@@ -1039,6 +1039,24 @@ def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkey
     assert "Permission denied" in report.skipped[0].detail
 
 
+def test_a_file_deleted_while_the_build_runs_is_a_missing_file(tmp_path, monkeypatch):
+    # Listed, then gone before it was read: "unreadable" asked to make it readable, where a
+    # file gone before the build is "missing-file".
+    src = make_split(tmp_path / "split", counts=(("train", 1),))
+    real = build.imagelib.read_bytes
+
+    def read_bytes(path):
+        if Path(path).name == "dog_0.jpg":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real(path)
+
+    monkeypatch.setattr(build.imagelib, "read_bytes", read_bytes)
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert [(s.source, s.reason) for s in report.skipped] == [("train/dog/dog_0.jpg",
+                                                               "missing-file")]
+    assert "gone since the build listed it" in report.skipped[0].detail
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_decoder_warnings_stay_out_of_stderr(tmp_path, capfd, monkeypatch, workers):
     monkeypatch.setattr(build, "_TASK_IMAGES", 2)  # several tasks, so the workers really run
