@@ -889,11 +889,21 @@ def _read_manifest(split_dir: str | os.PathLike) -> tuple[Path, dict]:
     """A split folder's ``split.json``: its path and its record, checked to be one."""
     path = Path(split_dir) / MANIFEST
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        record["classes"]
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise LayoutError(f"{path} does not exist; make the split with 'dsprep split'") from exc
-    except (ValueError, KeyError, TypeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(f"{path} is not UTF-8 text, so not a dsprep split manifest; "
+                                 "make the split again with 'dsprep split'") from exc
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise DatasetFormatError(f"{path} is not valid JSON ({exc}): damaged, cut short or "
+                                 "edited by hand; make the split again with 'dsprep split'"
+                                 ) from exc
+    try:
+        record["classes"]
+    except (KeyError, TypeError) as exc:
         raise DatasetFormatError(f"{path} is not a dsprep split manifest (no 'classes' list); "
                                  "make the split again with 'dsprep split'") from exc
     if record.get("schema", SCHEMA) != SCHEMA:
@@ -909,6 +919,10 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
     if not isinstance(classes, list) or not classes or \
             not all(isinstance(c, str) for c in classes):
         raise DatasetFormatError(f"{path}: 'classes' must be a non-empty list of names; "
+                                 "make the split again with 'dsprep split'")
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:  # edited by hand: two ids for one class folder
+        raise DatasetFormatError(f"{path}: 'classes' names {', '.join(twice)} more than once; "
                                  "make the split again with 'dsprep split'")
     return list(classes)
 

@@ -1039,6 +1039,21 @@ def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkey
     assert "Permission denied" in report.skipped[0].detail
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"schema": "dsprep-split/1", "classes": ["cat", "d', "is not valid JSON"),
+    ('{"schema": "dsprep-split/1", "classes": ["cat", "dog", "cat"]}',
+     "'classes' names cat more than once"),
+])
+def test_a_damaged_split_manifest_is_said_as_such(tmp_path, text, message):
+    # A split.json cut short read as "no 'classes' list"; one edited to name a class twice
+    # was built with two ids for one class folder.
+    src = make_split(tmp_path / "split")
+    (src / "split.json").write_text(text)
+    with pytest.raises(DatasetFormatError, match=re.escape(message)):
+        build.build_hdf5(src, tmp_path / "out", opts())
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_deleted_while_the_build_runs_is_a_missing_file(tmp_path, monkeypatch):
     # Listed, then gone before it was read: "unreadable" asked to make it readable, where a
     # file gone before the build is "missing-file".
