@@ -287,7 +287,12 @@ class FolderSource(Source):
                         problems.append(Skipped(rel, DANGLING_LINK, f"points to missing {target}"))
                     continue
                 except OSError as exc:
-                    unfollowed = entry.is_symlink() and exc.errno != errno.ELOOP
+                    if entry.is_symlink() and exc.errno == errno.ELOOP:
+                        # A link to itself, or in a loop of links: it points to nothing.
+                        problems.append(Skipped(rel, DANGLING_LINK, "points to itself through "
+                                                f"a loop of links ({os.readlink(entry.path)})"))
+                        continue
+                    unfollowed = entry.is_symlink()
                     if unfollowed and is_image_name(entry.name):
                         # Listed: its read fails, and it is left out with its class (which
                         # is then named if none of its images is left).
