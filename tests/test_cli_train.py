@@ -63,6 +63,24 @@ def one_epoch_run(data, tmp_path_factory):
     return run
 
 
+def test_arguments_swapped_or_a_file_for_a_folder_are_told_what_to_give(data, one_epoch_run,
+                                                                        tmp_path):
+    # "Directory 'train.hdf5' is a file." and "... has neither train.hdf5 nor a train/
+    # folder" said nothing of what to give instead.
+    result = invoke("train", data / "train.hdf5", tmp_path / "run", *QUICK)
+    assert result.exit_code == 2
+    assert "is a file, not a data folder; give the folder that holds train.hdf5" in result.output
+    result = invoke("evaluate", data / "test.hdf5", one_epoch_run)
+    assert result.exit_code == 2
+    assert "is a file, not a run folder; give the run folder first, then the data file" \
+        in result.output
+    result = invoke("train", one_epoch_run, tmp_path / "run", *QUICK)
+    assert result.exit_code != 0
+    assert f"{one_epoch_run} holds a run, config.json: give DATA first, then RUN" \
+        in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_training_without_a_validation_split_says_what_picks_the_best(data, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -255,9 +255,27 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _folder_given(what: str, file_hint: str):
+    """A click callback for a folder argument, refusing a file with ``file_hint``: a file
+    given where the folder goes is most often its own file (train.hdf5) or the other
+    argument."""
+
+    def check(ctx: click.Context, param: click.Parameter, value):
+        if value is not None and Path(value).is_file():
+            raise click.BadParameter(f"{value} is a file, not {what}; {file_hint}", ctx, param)
+        return value
+
+    return check
+
+
+_DATA_FILE = ("give the folder that holds train.hdf5 (or train/), not a file in it")
+
+
 @click.command()
-@click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
-@click.argument("run", type=click.Path(file_okay=False), required=False)
+@click.argument("data", type=click.Path(exists=True), required=False,
+                callback=_folder_given("a data folder", _DATA_FILE))
+@click.argument("run", type=click.Path(), required=False,
+                callback=_folder_given("a run folder", "RUN is the folder of the run"))
 @_training_options(epochs=_DEFAULTS.epochs)
 @click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False),
               default=None,
@@ -409,7 +427,9 @@ def _nothing_to_do(result) -> None:
 
 
 @click.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", type=click.Path(exists=True), callback=_folder_given(
+    "a run folder", "give the run folder first, then the data file (dsprep evaluate RUN "
+    "DATA)"))
 @click.argument("data", type=click.Path(exists=True))  # a folder gets dsprep's own hint
 @click.option("--ten-crop", is_flag=True,
               help="Also measure the average over ten crops (corners, centre, and their "
@@ -460,8 +480,10 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
 
 
 @click.command("sweep-lr")
-@click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.argument("run", type=click.Path(file_okay=False))
+@click.argument("data", type=click.Path(exists=True),
+                callback=_folder_given("a data folder", _DATA_FILE))
+@click.argument("run", type=click.Path(),
+                callback=_folder_given("a folder for the runs", "RUN is a folder"))
 @click.option("--lrs", default="0.1,0.01,0.001", show_default=True,
               help="Comma-separated learning rates to try.")
 @_training_options(epochs=3, exclude=("lr",), epochs_help="Epochs to train at each rate.")

@@ -383,10 +383,13 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
         from ..split import split_above
 
         above = split_above(data)
+        # A run folder given where the data goes: DATA and RUN swapped.
+        swapped = (f" ({data} holds a run, {CONFIG}: give DATA first, then RUN)"
+                   if (data / CONFIG).is_file() else "")
         raise LayoutError(
             f"{data} has neither train.hdf5 nor a train/ folder; give a 'dsprep build-hdf5' "
             "output folder or a 'dsprep split' folder"
-            + (f" (it lies in the split {above}: give {above})" if above else "")
+            + (f" (it lies in the split {above}: give {above})" if above else "") + swapped
         )
     if len(train.label_names) < 2:
         made = ("build it again from a split with two or more classes" if kind == "hdf5" else
