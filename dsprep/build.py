@@ -266,8 +266,13 @@ class _Block:
 
 
 def _built_from(src: Path) -> str | None:
-    """The folder the dsprep HDF5 files in ``src`` were built from, if it holds any (a build's
-    OUT given as SRC); "unknown" for one that does not say."""
+    """The folder the dsprep HDF5 files in ``src`` were built from, if it holds them and no
+    folder (a build's OUT given as SRC, not class folders beside a stray file)."""
+    try:
+        if any(p.is_dir() for p in src.iterdir()):
+            return None
+    except OSError:
+        return None
     for path in sorted(src.glob("*.hdf5")):
         try:
             with store.open_dataset(path) as db:
@@ -337,8 +342,9 @@ def find_rows(
             raise UsageError(f"--name {name!r} must be a plain file name such as 'train'")
         if name.lower().endswith((".hdf5", ".h5")):
             # It would write NAME.hdf5.hdf5.
-            raise UsageError(f"--name {name!r} is without the extension: give "
-                             f"{name.rsplit('.', 1)[0]!r} to write {name}")
+            stem = name.rsplit(".", 1)[0]
+            raise UsageError(f"--name {name!r} is without the extension: give {stem!r} to "
+                             f"write {stem}.hdf5")
         longest = f"{name}.{SKIPPED_NAME}"
         if len(os.fsencode(longest)) > NAME_MAX:
             raise UsageError(f"--name is too long: the build writes {longest[:24]}... "
@@ -385,7 +391,7 @@ def find_rows(
             built = _built_from(src)
             if built is not None:
                 raise UsageError(f"{src} holds files build-hdf5 wrote, not images; give the "
-                                 f"split folder they were built from ({built})")
+                                 f"folder they were built from ({built})")
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
                 "build one file from a folder of class sub-folders, or give a folder already "

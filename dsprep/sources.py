@@ -732,7 +732,9 @@ def find_images(
 
 
 # Words that name the numbered folders of one set, not classes: images_001/, part_2/.
-_CHUNK_WORDS = frozenset({"part", "batch", "chunk", "images", "imgs", "img", "shard", "folder"})
+# Also the folders of medical dumps sorted by patient or study (patient001/): not classes.
+_CHUNK_WORDS = frozenset({"part", "batch", "chunk", "images", "imgs", "img", "shard", "folder",
+                          "patient", "case", "study", "series", "scan", "session"})
 
 
 def chunk_folders(names) -> bool:
@@ -988,12 +990,23 @@ def _guess_layout(images: list[str], root: str, regex: re.Pattern | None) -> str
     # class among tulips/tulip_0001.jpg and daisy/daisy_0001.jpg; Roboflow's
     # fire/img34_jpg.rf.<hash>.jpg).
     numbered = [folder for folder, found in labels.items() if 2 * named[folder] <= 3 * len(found)]
-    # Folders named as splits or as unlabelled (test1/, unlabeled/) hold no class.
+    # Folders named as splits or as unlabelled (test1/, unlabeled/) hold no class. A scraped
+    # class folder's prefixes are numbers (pug/1.title.jpg) or Roboflow's (img34_jpg.rf.*),
+    # where a prefix dump of one image per class has words (imgs/cat.0.png).
     plain = sum(1 for folder in count if folder not in labels and folder
-                and split_of(re.sub(r"\d+$", "", folder.rpartition("/")[2])) is None
-                and "unlabel" not in folder.lower())
-    return "folders" if len(numbered) == len(labels) and (len(labels) > 1 or plain > 1) \
-        else "prefix"
+                and not _no_class_folder(folder))
+    scraped = any(folder and not _no_class_folder(folder) and all(
+        p.isdigit() or p.lower().endswith(("_jpg", "_jpeg", "_png")) for p in labels[folder])
+        for folder in numbered)
+    if len(numbered) == len(labels) and (len(labels) > 1 or plain > 1 or (plain and scraped)):
+        return "folders"
+    return "prefix"
+
+
+def _no_class_folder(folder: str) -> bool:
+    """A folder named as a split or as unlabelled images (train/, test1/, unlabeled/)."""
+    name = folder.rpartition("/")[2]
+    return split_of(re.sub(r"\d+$", "", name)) is not None or "unlabel" in name.lower()
 
 
 # A name that starts with a date: 2019.01.05.jpg, 2016-05-21 14.23.11.jpg, 20190105_1423.1.jpg.
@@ -1276,10 +1289,12 @@ def _refuse_two_labels_files(source: Source, candidate: str, path: Path, data: b
             return
     except OSError:
         return
+    inside_hint = (f"{source.path / candidate}" if not source.is_zip else
+                   f"run the command from another folder for the one inside {source.path}")
     raise UsageError(
         f"--labels {path} names two different files: {candidate} inside {source.path}, and "
         f"{path.resolve()} from the current folder; give the one meant by a path that only it "
-        f"has ({source.path / candidate} or ./{path})")
+        f"has (./{path}, or {inside_hint})")
 
 
 def _labels_text(source: Source, root: str, files: list[str], labels, required: bool):
@@ -1358,6 +1373,8 @@ def _decode_csv(data: bytes, name: str) -> str:
         except UnicodeDecodeError as exc:
             raise LayoutError(f"labels file {name} starts like UTF-16 text but does not decode "
                               f"as such ({exc.reason}); save it again as CSV UTF-8") from exc
+    # NUL bytes after the text: a copy cut short, or padded; not part of the table.
+    data = data.rstrip(b"\0")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -333,7 +333,9 @@ class SplitPlan:
         if self.layout != "folders" or self.split_folders or len(self.classes) < 2:
             return []
         found = []
-        named = [c for c in self.classes if split_of(re.sub(r"\d+$", "", c))]
+        # Named as a test or validation split ("train" is a real class: CIFAR-100, VOC).
+        named = [c for c in self.classes
+                 if split_of(re.sub(r"\d+$", "", c)) in ("test", "val")]
         if named and len(named) < len(self.classes):
             found.append(
                 f"class{'es' if len(named) > 1 else ''} {', '.join(named)} "
@@ -350,14 +352,17 @@ class SplitPlan:
             if copy and f.source[len(root):].startswith(copy):
                 continue
             (subs[parts[0]].add(parts[1]) if len(parts) > 2 else flat.add(parts[0]))
+        if not flat:  # every class nested alike (cat/web/, dog/web/): sources, not classes
+            return found
         for folder in sorted(subs):
             if folder not in flat and len(subs[folder]) > 1:
                 inner = sorted(subs[folder])
                 shown = ", ".join(f"{n}/" for n in inner[:4]) + (", ..." if len(inner) > 4
                                                                    else "")
+                give = (f"give {self.source / root / folder} as SRC" if self.source.is_dir()
+                        else f"extract {root}{folder}/ from {self.source} and give it as SRC")
                 found.append(f"{folder}/ holds its images in folders of its own ({shown}), "
-                             f"beside other classes: if those folders are the classes, give "
-                             f"{self.source / root / folder} as SRC")
+                             f"beside other classes: if those folders are the classes, {give}")
         return found
 
     def _tables_passed_over(self) -> list[str]:

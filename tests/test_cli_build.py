@@ -136,9 +136,11 @@ def test_bad_build_arguments_are_usage_errors(tmp_path, args, message):
 def test_a_name_given_with_its_extension_is_refused(tmp_path):
     # It wrote OUT/extra.hdf5.hdf5 without a word.
     src = make_class_folders(tmp_path / "extra", ("a", "b"), per_class=1)
-    result = run("build-hdf5", src, tmp_path / "out", "--name", "extra.hdf5")
-    assert result.exit_code == 2, result.output
-    assert "--name 'extra.hdf5' is without the extension: give 'extra'" in result.output
+    for given in ("extra.hdf5", "extra.h5"):
+        result = run("build-hdf5", src, tmp_path / "out", "--name", given)
+        assert result.exit_code == 2, result.output
+        assert f"--name '{given}' is without the extension: give 'extra' to write " \
+            "extra.hdf5" in result.output
     assert not (tmp_path / "out").exists()
 
 
@@ -147,9 +149,14 @@ def test_a_build_given_as_src_is_told_from_a_folder_without_images(built, tmp_pa
     out = built[0]
     result = run("build-hdf5", out, tmp_path / "again")
     assert result.exit_code == 2, result.output
-    assert f"{out} holds files build-hdf5 wrote, not images; give the split folder they " \
+    assert f"{out} holds files build-hdf5 wrote, not images; give the folder they " \
         f"were built from ({tmp_path / 'split'})" in result.output
     assert not (tmp_path / "again").exists()
+    # Beside class folders, a stray .hdf5 does not make the folder a build's: --name is meant.
+    classes = make_class_folders(tmp_path / "classes", ("a", "b"), per_class=1)
+    shutil.copy(out / "train.hdf5", classes / "all.hdf5")
+    result = run("build-hdf5", classes, tmp_path / "again")
+    assert result.exit_code == 2 and "pass --name NAME" in result.output
 
 
 def test_output_folder_equal_to_the_source_is_a_usage_error(tmp_path):

@@ -544,7 +544,7 @@ def test_a_dangling_link_whose_name_is_not_utf8_is_listed_in_skipped_csv(tmp_pat
 @pytest.mark.parametrize("content, what", [
     (b"PK\x03\x04" + bytes(100), "a zip archive (an .xlsx or .ods workbook?)"),
     (b"\xd0\xcf\x11\xe0" + bytes(100), "an Office document (an .xls workbook?)"),
-    (b"\x89HDF\r\n\x1a\n" + bytes(200000), "it holds NUL bytes"),
+    (b"\x89HDF\r\n\x1a\n" + bytes(200000) + b"\x01\x02" + bytes(100), "it holds NUL bytes"),
 ])
 def test_labels_that_are_no_text_are_refused_as_such(tmp_path, content, what):
     # A workbook given as --labels read as Latin-1 gave an error quoting 600 characters of
@@ -558,6 +558,15 @@ def test_labels_that_are_no_text_are_refused_as_such(tmp_path, content, what):
     assert result.exit_code == 1, result.output
     assert f"labels file {tmp_path / 'labels.xlsx'} is not a text CSV" in result.output
     assert what in result.output and "Traceback" not in result.output
+    # A CSV padded with NUL bytes after its text (a copy cut short) is still text, in
+    # Windows-1252 as in UTF-8.
+    for encoding in ("utf-8", "cp1252"):
+        (tmp_path / "padded.csv").write_bytes(
+            "id,label\n0,brické\n1,grass\n2,brické\n3,grass\n".encode(encoding)
+            + bytes(512))
+        result = run("split", str(dump), str(tmp_path / "s"), "--labels",
+                     str(tmp_path / "padded.csv"), "--dry-run")
+        assert result.exit_code == 0 and "brické" in result.output, result.output
     # A stray .csv of that kind beside class folders is no labels, and no error.
     make_class_folders(tmp_path / "f", classes=("a", "b"), per_class=2)
     (tmp_path / "f" / "data.csv").write_bytes(content)
@@ -579,6 +588,14 @@ def test_a_labels_name_of_two_different_files_is_refused(tmp_path, monkeypatch):
     assert "--labels labels.csv names two different files: labels.csv inside dump" \
         in result.output
     assert "\nx " in run("split", "dump", "s", "--labels", "./labels.csv", "--dry-run").output
+    # A zip's own labels.csv has no other path: the way is another current folder.
+    with zipfile.ZipFile(tmp_path / "dump.zip", "w") as zf:
+        for path in sorted(dump.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(dump).as_posix())
+    result = run("split", "dump.zip", "s", "--labels", "labels.csv", "--dry-run")
+    assert result.exit_code == 2 and "(./labels.csv, or run the command from another folder " \
+        "for the one inside dump.zip)" in result.output
     # The same file by both names (SRC is the current folder), or the same content: no doubt.
     monkeypatch.chdir(dump)
     assert run("split", ".", str(tmp_path / "s"), "--labels", "labels.csv",

@@ -1416,6 +1416,9 @@ def test_a_csv_of_kaggle_paths_labels_a_dump_in_numbered_chunk_folders(tmp_path)
     root = _kaggle_paths_dump(tmp_path / "skin-cancer", ("images_part_1", "images_part_2"))
     inv = _find(root)
     assert inv.layout == "csv" and inv.classes == ["bkl", "mel", "nv"] and len(inv.items) == 12
+    # So are a medical dump's folders by patient.
+    root = _kaggle_paths_dump(tmp_path / "scans", ("patient00", "patient01"))
+    assert _find(root).layout == "csv"
     # Beside folders of other names (images/, masks/), which stay the classes, it is named.
     root = _kaggle_paths_dump(tmp_path / "seg", ("images", "masks"))
     inv = _find(root)
@@ -1451,6 +1454,11 @@ def test_a_prefix_dump_of_one_image_per_class_beside_unlabelled_folders_stays_pr
                 _img(root / folder / f"{i}.png", seed=20 + 4 * k + i)
         inv = _find(root)
         assert inv.layout == "prefix" and inv.classes == [f"c{c}" for c in range(5)], extra
+    # One scraped class folder and one plain one, beside a test/: the folders are the classes.
+    for i, name in enumerate(("pug/1.pug dog photo.jpg", "pug/2.pug.jpg", "pug/3.a pug.jpg",
+                              "husky/img1.jpg", "husky/img2.jpg", "test/t1.jpg")):
+        _img(tmp_path / "g" / name, seed=60 + i)
+    assert _find(tmp_path / "g").layout == "folders"
 
 
 def test_a_csv_naming_images_exactly_but_not_taken_gives_no_warning(tmp_path):

@@ -757,10 +757,17 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
     assert [w for w in p.warnings() if "folders of its own" in w] == [
         "dataset/ holds its images in folders of its own (daisy/, rose/, tulip/), beside "
         f"other classes: if those folders are the classes, give {root / 'dataset'} as SRC"]
-    # Ordinary class folders, and a dump already split into folders, get neither.
-    for clean in (make_class_folders(tmp_path / "plain", per_class=3),):
+    # Ordinary class folders, classes each kept in folders by source (cat/web/, cat/phone/),
+    # and a real class named train (CIFAR-100, VOC) get neither.
+    nested = tmp_path / "nested"
+    for n, cls in enumerate(("cat", "dog")):
+        for k, where in enumerate(("web", "phone")):
+            make_class_folders(nested / cls, classes=(where,), per_class=2, seed=10 * n + 4 * k)
+    vehicles = make_class_folders(tmp_path / "vehicles", classes=("boat", "bus", "train"),
+                                  per_class=3)
+    for clean in (make_class_folders(tmp_path / "plain", per_class=3), nested, vehicles):
         assert not [w for w in plan(clean).warnings()
-                    if "named as a split" in w or "folders of its own" in w]
+                    if "named as a split" in w or "folders of its own" in w], clean
 
 
 def _disk_full_at_copy(monkeypatch, n: int):
