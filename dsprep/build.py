@@ -1401,6 +1401,13 @@ def build_hdf5(
     """
     options = (options or BuildOptions()).validate()
     src, out = Path(src), Path(out)
+    try:
+        str(src.resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        # The files record it (source_root) as UTF-8, which HDF5's strings must be.
+        raise UsageError(f"the path of {src.resolve()!s} is not valid UTF-8 (a folder named in "
+                         "another code page), and the files record it; rename that folder in "
+                         "UTF-8 and build again") from None
     if out.resolve() == src.resolve():
         # The split's own skipped.csv would be replaced, and the outputs mixed with the sources.
         raise UsageError(f"output folder {out} is the source folder {src}; "
@@ -1818,6 +1825,9 @@ def check_sources(path: str | os.PathLike, count: int, seed: int = 0,
             return problems
         if "filenames" not in db or (source_root is None and "source_root" not in attrs):
             return ["no 'source_root' attribute or 'filenames' dataset: sources cannot be found"]
+        if source_root is None and not isinstance(attrs["source_root"], str):
+            return [f"source_root attribute {attrs['source_root']!r} is not a path; name where "
+                    "the sources are with --source-root"]
         root = Path(attrs["source_root"] if source_root is None else source_root)
         if not root.is_dir():
             where = ("" if source_root is not None else

@@ -976,13 +976,24 @@ def attributes(db: h5py.File) -> dict:
     return out
 
 
+def rgb_values(value) -> np.ndarray | None:
+    """An attribute's three per-channel values (mean_rgb, std_rgb) as float64, or None
+    when it is no such thing (edited by hand: two values, a string, an empty attribute)."""
+    try:
+        values = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return None
+    return values if values.shape == (3,) else None
+
+
 def describe(path: str | os.PathLike) -> dict:
     """Summarize a dsprep HDF5 file: layout of ``images``, size on disk, classes, attributes.
 
     Returns:
         A dict with ``path``, ``size_bytes``, ``count``, ``shape``, ``dtype``, ``chunks``,
         ``compression``, ``compression_opts``, ``label_dtype``, ``classes`` (a list of
-        (name, count) pairs in id order), ``attrs`` and ``mean_rgb`` (or None).
+        (name, count) pairs in id order), ``unlabelled`` (rows whose label is no class id),
+        ``attrs`` and ``mean_rgb`` (or None).
     """
     path = Path(path)
     with open_dataset(path) as db, damaged_metadata(path):
@@ -1004,8 +1015,11 @@ def describe(path: str | os.PathLike) -> dict:
             "compression_opts": images.compression_opts,
             "label_dtype": str(db["labels"].dtype),
             "classes": [(n, int(c)) for n, c in zip(names, counts, strict=True)],
+            # Rows whose label names no class (edited by hand): not in ``classes``.
+            "unlabelled": int(labels.size - valid.size),
             "attrs": attrs,
-            "mean_rgb": [float(v) for v in mean] if isinstance(mean, list) else None,
+            "mean_rgb": (None if mean is None or rgb_values(mean) is None
+                         else rgb_values(mean).tolist()),
         }
 
 
@@ -1064,10 +1078,11 @@ def check_file(path: str | os.PathLike) -> list[str]:
             problems.append("the file holds no images")
         problems += _check_rows(db, n)
         if "mean_rgb" in attrs:
-            mean = np.asarray(attrs["mean_rgb"], dtype=np.float64).ravel()
-            if mean.shape != (3,) or not np.all(np.isfinite(mean)) or np.any(mean < 0) \
+            mean = rgb_values(attrs["mean_rgb"])
+            if mean is None or not np.all(np.isfinite(mean)) or np.any(mean < 0) \
                     or np.any(mean > 255):
-                problems.append(f"mean_rgb {mean.tolist()} is not three finite values in 0..255")
+                shown = attrs["mean_rgb"] if mean is None else mean.tolist()
+                problems.append(f"mean_rgb {shown!r} is not three finite values in 0..255")
     return problems
 
 
@@ -1088,10 +1103,11 @@ def check_pixels(path: str | os.PathLike, *, progress: bool = False) -> list[str
     for key, measured in (("mean_rgb", stats.mean), ("std_rgb", stats.std)):
         if key not in attrs:
             continue
-        stored = np.asarray(attrs[key], dtype=np.float64).ravel()
+        stored = rgb_values(attrs[key])
         # Both are float64 sums of the same pixels: they agree to rounding.
-        if stored.shape != (3,) or not np.allclose(stored, measured, rtol=0, atol=1e-3):
-            problems.append(f"{key} {np.round(stored, 4).tolist()} differs from the pixels' "
+        if stored is None or not np.allclose(stored, measured, rtol=0, atol=1e-3):
+            shown = attrs[key] if stored is None else np.round(stored, 4).tolist()
+            problems.append(f"{key} {shown!r} differs from the pixels' "
                             f"{np.round(measured, 4).tolist()}")
     return problems
 
@@ -1143,7 +1159,32 @@ def _check_rows(db: h5py.File, n: int) -> list[str]:
         bad = int(np.count_nonzero((labels < 0) | (labels >= len(names))))
         problems.append(f"{bad} labels fall outside 0..{len(names) - 1} "
                         f"({len(names)} label_names)")
+    elif not problems:
+        problems += _check_label_folders(db["filenames"], labels, names)
     return problems
+
+
+def _check_label_folders(files: h5py.Dataset, labels: np.ndarray, names: list[str]) -> list[str]:
+    """Every row's label names a folder its file lies in: build-hdf5 labels each image by
+    its class folder, so a label changed by hand, or label_names reordered, shows here. Rows
+    whose file lies in no folder of a class name (written by ``write_arrays`` from other
+    names) are not compared."""
+    import unicodedata
+
+    nfc = [unicodedata.normalize("NFC", name) for name in names]
+    classes = set(nfc)
+    wrong = []
+    for i, raw in enumerate(files[()]):
+        path = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        folders = {unicodedata.normalize("NFC", part) for part in path.split("/")[:-1]}
+        if folders & classes and nfc[labels[i]] not in folders:
+            wrong.append((i, path))
+    if not wrong:
+        return []
+    i, path = wrong[0]
+    return [f"{len(wrong)} labels do not name the class folder their file lies in (row {i}: "
+            f"label {int(labels[i])} ({names[labels[i]]}), file {path}); the labels or "
+            "label_names were changed since the build"]
 
 
 def unreadable(path: str | os.PathLike, first: int, last: int, exc: BaseException,

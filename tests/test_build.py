@@ -1054,6 +1054,16 @@ def test_a_damaged_split_manifest_is_said_as_such(tmp_path, text, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_source_path_that_is_not_utf8_is_refused_in_words(tmp_path):
+    # split makes such a folder; h5py then failed writing source_root, with a traceback.
+    src = make_split(tmp_path / "split")
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/spl\xfft"))
+    src.rename(odd)
+    with pytest.raises(UsageError, match="is not valid UTF-8"):
+        build.build_hdf5(odd, tmp_path / "out", opts())
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_deleted_while_the_build_runs_is_a_missing_file(tmp_path, monkeypatch):
     # Listed, then gone before it was read: "unreadable" asked to make it readable, where a
     # file gone before the build is "missing-file".

@@ -249,6 +249,37 @@ def test_verify_fails_on_a_tampered_file(built):
     assert "2 problem(s) found" in quick.output and "mean_rgb" not in quick.output
 
 
+def test_verify_catches_labels_changed_and_hand_edited_attributes(built, tmp_path):
+    # Labels rolled by one row, or label_names swapped, verified "ok"; attributes edited by
+    # hand made info and verify end in tracebacks.
+    out, _ = built
+    rolled = tmp_path / "rolled.hdf5"
+    shutil.copy(out / "train.hdf5", rolled)
+    with h5py.File(rolled, "r+") as db:
+        db["labels"][...] = np.roll(db["labels"][()], 1)
+    result = run("verify", rolled)
+    assert result.exit_code == 1
+    assert "labels do not name the class folder their file lies in (row " in result.output
+    assert run("verify", out / "train.hdf5").exit_code == 0  # the build's own: sound
+    edits = [("mean_rgb", [1.0, 2.0]), ("mean_rgb", np.zeros((2, 2))),
+             ("mean_rgb", h5py.Empty("f8")), ("std_rgb", "x"), ("source_root", 5)]
+    for key, value in edits:
+        edited = tmp_path / f"{key}.hdf5"
+        shutil.copy(out / "train.hdf5", edited)
+        with h5py.File(edited, "r+") as db:
+            db.attrs[key] = value
+        for args in (["info", edited], ["verify", edited, "--sources", "2"]):
+            result = run(*args)
+            assert result.exception is None or isinstance(result.exception, SystemExit), \
+                (key, args, result.output)
+            assert "Traceback" not in result.output
+        assert run("verify", edited, "--sources", "2").exit_code == 1, key
+    # info counts rows whose label is no class id, which its table leaves out.
+    with h5py.File(rolled, "r+") as db:
+        db["labels"][0] = 7
+    assert "note: 1 row with a label outside 0..2, in no class above" in run("info", rolled).output
+
+
 def test_verify_of_moved_sources_does_not_ask_for_a_rebuild(built, tmp_path):
     # The file is whole; only its sources are elsewhere now.
     out, _ = built

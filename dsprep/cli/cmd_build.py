@@ -144,6 +144,10 @@ def info(file: str) -> None:
         click.echo(f"  mean RGB     {r:.3f} {g:.3f} {b:.3f}")
     click.echo("")
     click.echo(format_table([[n, c] for n, c in d["classes"]], ["class", "images"]))
+    if d["unlabelled"]:
+        click.echo(f"note: {count_of(d['unlabelled'], 'row')} with a label outside "
+                   f"0..{len(d['classes']) - 1}, in no class above; 'dsprep verify' says more",
+                   err=True)
     click.echo("")
     shown = {k: v for k, v in sorted(d["attrs"].items()) if k not in ("schema", "mean_rgb")}
     click.echo(format_table([[k, _short(v)] for k, v in shown.items()], ["attribute", "value"],
