@@ -290,6 +290,9 @@ def write_sample_dump(
                              "an absolute path, or change to an existing folder") from None
         here = None
     dest = Path(os.path.abspath(dest))  # "." has no name to put the work folder beside
+    if dest.is_symlink() and dest.is_dir():
+        # A link to a folder: the dump goes into the folder (the link stays), as split's.
+        dest = dest.resolve()
     refuse_under_a_file(dest)
     if here is not None and (dest.resolve() == here or dest.resolve() in here.parents):
         raise UsageError(f"{dest} is the working folder or holds it, and the dump replaces "

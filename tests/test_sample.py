@@ -31,6 +31,16 @@ def test_folders_layout_writes_class_folders_of_jpegs(tmp_path):
         assert image.ndim == 3 and image.shape[2] == 3
 
 
+def test_force_onto_a_link_to_a_folder_fills_the_folder(tmp_path):
+    # It failed with "Cannot call rmtree on a symbolic link", leaving a copy beside it.
+    target = tmp_path / "target"
+    write_sample_dump(target, layout="folders", per_class=1)
+    (tmp_path / "link").symlink_to(target)
+    write_sample_dump(tmp_path / "link", layout="prefix", per_class=1, overwrite=True)
+    assert (tmp_path / "link").is_symlink() and (target / "train").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
 def test_prefix_layout_is_flat_like_dogs_vs_cats(tmp_path):
     write_sample_dump(tmp_path / "d", layout="prefix", per_class=2, classes=["grass", "cat"])
     assert sorted(_tree(tmp_path / "d")) == [
