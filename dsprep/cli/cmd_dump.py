@@ -41,7 +41,8 @@ def sample_dump(dest: str, layout: str, per_class: int, seed: int, classes: str,
     summary = write_sample_dump(dest, layout=layout, per_class=per_class, seed=seed,
                                 with_bad_files=with_bad_files, classes=names,
                                 progress=show_progress(), overwrite=force)
-    say(f"wrote {count_of(summary.images, 'image')} ({count_of(len(summary.classes), 'class', 'classes')}: "
+    classes = count_of(len(summary.classes), "class", "classes")
+    say(f"wrote {count_of(summary.images, 'image')} ({classes}: "
         f"{', '.join(summary.classes)}; {summary.bytes / 1e6:.1f} MB) to {summary.dest} "
         f"in the {summary.layout} layout")
     if summary.bad_files:
