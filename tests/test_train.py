@@ -821,7 +821,8 @@ def test_a_sweep_run_again_after_a_stop_carries_on_and_reuses_its_finished_rates
     assert len((sweep / "sweep-lr.csv").read_text().splitlines()) == 4
     # Another sweep (other options) into the same RUN is refused before it trains anything.
     with pytest.raises(DestinationExistsError, match=r"lr-0.1, .*lr-0.01 already hold runs "
-                                                     r"this sweep cannot carry on"):
+                                                     r"this sweep cannot carry on .*the first "
+                                                     r"differs in epochs 2, now 3\)"):
         sweep_lr(data, sweep, [0.1, 0.01, 0.5], dataclasses.replace(config, epochs=3))
     assert not (sweep / "lr-0.5").exists()
     # Nor is a training run taken for a sweep folder.
@@ -1553,6 +1554,23 @@ def test_a_run_saved_with_a_momentum_of_1_still_resumes(small_run, tmp_path):
     config["options"]["momentum"] = 1.0
     (copy / "config.json").write_text(json.dumps(config))
     assert resume(copy, epochs=3).epochs_done == 3
+
+
+def test_a_sweep_keeps_tensorflows_retracing_warning_off_stderr(caplog):
+    # Each rate is a new model: from the third on, TensorFlow warned of "retracing" on every
+    # sweep of the default three rates. Its other warnings still pass.
+    import logging
+
+    from dsprep.train.fit import _retracing_unsaid
+
+    logger = logging.getLogger("tensorflow")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"), _retracing_unsaid():
+        logger.warning("5 out of the last 11 calls to <function f> triggered tf.function "
+                       "retracing. Tracing is expensive")
+        logger.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+    logger.warning("after: 1 call triggered tf.function retracing")
+    assert len(caplog.records) == 2  # only while the sweep runs
 
 
 def test_sweep_lr_refuses_a_rate_folder_left_mid_move_before_training_any(tmp_path):

@@ -1315,6 +1315,7 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
     # sweep's plot and table.
     ours: set[str] = set()
     held = []
+    differs = ""  # what the first run held differs in, in the options' words
     for name, lr in zip(names, lrs, strict=True):
         sub_run = run / f"lr-{name}"
         moving = any((sub_run / mark).exists()
@@ -1325,12 +1326,17 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
             ours.add(name)
         elif moving or not _never_finished_an_epoch(sub_run):
             held.append(sub_run)  # (a run that never finished an epoch starts again)
+            if not moving and not differs:
+                differs = run_differences(sub_run, data,
+                                          dataclasses.replace(config, lr=float(lr)))
     if held:
         one = len(held) == 1
+        why = f"; the first differs in {differs}" if differs else ""
         raise DestinationExistsError(
             f"{', '.join(map(str, held))} already {'holds a run' if one else 'hold runs'} "
             "this sweep cannot carry on (made with other data or options, or being "
-            f"replaced); use --force to replace {'it' if one else 'them'}, or another RUN")
+            f"replaced{why}); use --force to replace {'it' if one else 'them'}, or another "
+            "RUN")
     if (run / CONFIG).exists():
         raise UsageError(f"{run} is the folder of a training run, not of a sweep; give "
                          "sweep-lr a folder of its own (it makes RUN/lr-<rate> for each rate)")
@@ -1338,35 +1344,62 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     results: dict[float, TrainResult] = {}
-    for name, lr in zip(names, lrs, strict=True):
-        if announce is not None:
-            announce(float(lr))
-        sub = dataclasses.replace(config, lr=float(lr))
-        sub_run = run / f"lr-{name}"
-        if name in ours and not _never_finished_an_epoch(sub_run):
-            # Trained before: diverged (an answer, kept as it is), finished (resume trains
-            # nothing) or stopped part way (resumed).
-            machine = {name: getattr(sub, name) for name in MACHINE_OPTIONS}
-            results[float(lr)] = (_diverged_result(sub_run, sub.epochs)
-                                  or resume(sub_run, data=data, progress=progress, bars=bars,
-                                            machine=machine))
-            continue
-        try:
-            results[float(lr)] = train(data, sub_run, sub, overwrite=overwrite,
-                                       progress=progress, restore_diverged=False, bars=bars)
-        except BaseException:
-            if created:  # a sweep refused at its first rate leaves no empty RUN behind
-                with contextlib.suppress(OSError):
-                    run.rmdir()
-            raise
+    with _retracing_unsaid():
+        for name, lr in zip(names, lrs, strict=True):
+            if announce is not None:
+                announce(float(lr))
+            sub = dataclasses.replace(config, lr=float(lr))
+            sub_run = run / f"lr-{name}"
+            if name in ours and not _never_finished_an_epoch(sub_run):
+                # Trained before: diverged (an answer, kept as it is), finished (resume
+                # trains nothing) or stopped part way (resumed).
+                machine = {name: getattr(sub, name) for name in MACHINE_OPTIONS}
+                results[float(lr)] = (_diverged_result(sub_run, sub.epochs)
+                                      or resume(sub_run, data=data, progress=progress,
+                                                bars=bars, machine=machine))
+                continue
+            try:
+                results[float(lr)] = train(data, sub_run, sub, overwrite=overwrite,
+                                           progress=progress, restore_diverged=False,
+                                           bars=bars)
+            except BaseException:
+                if created:  # a sweep refused at its first rate leaves no empty RUN behind
+                    with contextlib.suppress(OSError):
+                        run.rmdir()
+                raise
     cb.plot_sweep({f"{lr:g}": r.history for lr, r in results.items()}, run / "sweep-lr.png")
+    _sweep_table(run, results)
+    return results
+
+
+@contextlib.contextmanager
+def _retracing_unsaid():
+    """Keep TensorFlow's "N out of the last M calls ... triggered tf.function retracing"
+    warning off stderr: each rate of a sweep is a new model, whose functions are traced
+    anew by design."""
+    import logging
+
+    class _Unsaid(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "triggered tf.function retracing" not in record.getMessage()
+
+    unsaid = _Unsaid()
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(unsaid)
+    try:
+        yield
+    finally:
+        logger.removeFilter(unsaid)
+
+
+def _sweep_table(run: Path, results: dict) -> None:
+    """Write RUN/sweep-lr.csv: one row per rate."""
     lines = ["lr,epochs,final_loss,final_val_loss,best_metric,best"]
     for lr, r in results.items():
         last = r.history[-1] if r.history else {}
         lines.append(",".join([f"{lr:g}", str(r.epochs_done), _cell(last.get("loss")),
                                _cell(last.get("val_loss")), r.monitor, _cell(r.best)]))
     cb.atomic_write_text(run / "sweep-lr.csv", "\n".join(lines) + "\n")
-    return results
 
 
 def _cell(value) -> str:
