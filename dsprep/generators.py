@@ -553,6 +553,11 @@ class HDF5Generator(_BatchSequence):
     between several trainings reading the same file, and other readers in the same process
     open the file as usual. A file found at the path with other rows, another image shape or
     other labels than at construction (built again in its place) is refused when opened.
+    Each process opens the path for itself, so a new build replacing the file keeps its
+    old rows only for the processes that had opened it: Keras's worker processes
+    (``use_multiprocessing=True``), started anew each epoch, refuse the new build at the
+    next epoch, and ``fit`` stops with that error (threads, ``dsprep train``'s way, read on
+    from the old file). Rebuild into another folder while a training reads.
 
     Args:
         path: a dsprep HDF5 file.
