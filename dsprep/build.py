@@ -269,8 +269,12 @@ def _built_from(src: Path) -> str | None:
     """The folder the dsprep HDF5 files in ``src`` were built from, if it holds them and no
     folder (a build's OUT given as SRC, not class folders beside a stray file)."""
     try:
-        if any(p.is_dir() for p in src.iterdir()):
-            return None
+        for folder in src.iterdir():
+            # A folder of images (class folders beside a stray file) makes it no build's
+            # OUT; a notebook's .ipynb_checkpoints/ or a runs/ folder does not.
+            if folder.is_dir() and not folder.name.startswith(".") and any(
+                    is_image_name(name) for _, _, names in os.walk(folder) for name in names):
+                return None
     except OSError:
         return None
     for path in sorted(src.glob("*.hdf5")):

@@ -352,7 +352,15 @@ class SplitPlan:
             if copy and f.source[len(root):].startswith(copy):
                 continue
             (subs[parts[0]].add(parts[1]) if len(parts) > 2 else flat.add(parts[0]))
-        if not flat:  # every class nested alike (cat/web/, dog/web/): sources, not classes
+        if not flat:
+            # Every class nested: alike (cat/web/, dog/web/) are sources, not classes; others
+            # (fruits/apple/, vegetables/carrot/) may be the classes, a level down.
+            if len({frozenset(inner) for inner in subs.values()}) > 1:
+                shown = ", ".join(f"{c}/{n}/" for c in sorted(subs)[:2]
+                                  for n in sorted(subs[c])[:2])
+                found.append(f"every class holds its images in folders of its own ({shown}, "
+                             "...): if those folders are the classes, make them the top "
+                             "folders of the dump, which split takes for the classes")
             return found
         for folder in sorted(subs):
             if folder not in flat and len(subs[folder]) > 1:
@@ -928,7 +936,7 @@ def read_split_classes(split_dir: str | os.PathLike) -> list[str]:
     twice = sorted({c for c in classes if classes.count(c) > 1})
     if twice:  # edited by hand: two ids for one class folder
         raise DatasetFormatError(f"{path}: 'classes' names {', '.join(twice)} more than once; "
-                                 "make the split again with 'dsprep split'")
+                                 "make the split again with 'dsprep split --force'")
     return list(classes)
 
 

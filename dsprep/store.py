@@ -1159,29 +1159,42 @@ def _check_rows(db: h5py.File, n: int) -> list[str]:
         bad = int(np.count_nonzero((labels < 0) | (labels >= len(names))))
         problems.append(f"{bad} labels fall outside 0..{len(names) - 1} "
                         f"({len(names)} label_names)")
-    elif not problems:
+    elif not problems and "sources_stamp" in db.attrs:  # built by build-hdf5 from folders
         problems += _check_label_folders(db["filenames"], labels, names)
     return problems
 
 
 def _check_label_folders(files: h5py.Dataset, labels: np.ndarray, names: list[str]) -> list[str]:
-    """Every row's label names a folder its file lies in: build-hdf5 labels each image by
-    its class folder, so a label changed by hand, or label_names reordered, shows here. Rows
-    whose file lies in no folder of a class name (written by ``write_arrays`` from other
-    names) are not compared."""
+    """Every row's label names the class folder its file lies in: build-hdf5 labels each
+    image by its class folder, so a label changed by hand, or label_names reordered, shows
+    here. The class folder is the path component at one depth for every row (after the
+    split's folder, and any folders around it); that depth is the one holding the most
+    distinct class names, then class names for the most rows (a class named as the split,
+    ``train/train/``, must not take the split's place)."""
     import unicodedata
 
     nfc = [unicodedata.normalize("NFC", name) for name in names]
     classes = set(nfc)
-    wrong = []
-    for i, raw in enumerate(files[()]):
-        path = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        folders = {unicodedata.normalize("NFC", part) for part in path.split("/")[:-1]}
-        if folders & classes and nfc[labels[i]] not in folders:
-            wrong.append((i, path))
+    paths = [unicodedata.normalize("NFC", raw.decode("utf-8") if isinstance(raw, bytes)
+                                   else str(raw)).split("/")[:-1] for raw in files[()]]
+    depths = max((len(p) for p in paths), default=0)
+    if not depths:
+        return []
+
+    def score(depth: int) -> tuple[int, int]:
+        found = [p[depth] for p in paths if len(p) > depth and p[depth] in classes]
+        return len(set(found)), len(found)
+
+    depth = max(range(depths), key=score)
+    if score(depth)[1] == 0:
+        return []  # no folder of a class name anywhere: not labelled by folders
+    wrong = [i for i, p in enumerate(paths)
+             if len(p) <= depth or p[depth] != nfc[labels[i]]]
     if not wrong:
         return []
-    i, path = wrong[0]
+    i = wrong[0]
+    raw = files[i]
+    path = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     return [f"{len(wrong)} labels do not name the class folder their file lies in (row {i}: "
             f"label {int(labels[i])} ({names[labels[i]]}), file {path}); the labels or "
             "label_names were changed since the build"]

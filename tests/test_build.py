@@ -1042,7 +1042,7 @@ def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkey
 @pytest.mark.parametrize("text, message", [
     ('{"schema": "dsprep-split/1", "classes": ["cat", "d', "is not valid JSON"),
     ('{"schema": "dsprep-split/1", "classes": ["cat", "dog", "cat"]}',
-     "'classes' names cat more than once"),
+     "'classes' names cat more than once; make the split again with 'dsprep split --force'"),
 ])
 def test_a_damaged_split_manifest_is_said_as_such(tmp_path, text, message):
     # A split.json cut short read as "no 'classes' list"; one edited to name a class twice

@@ -152,6 +152,12 @@ def test_a_build_given_as_src_is_told_from_a_folder_without_images(built, tmp_pa
     assert f"{out} holds files build-hdf5 wrote, not images; give the folder they " \
         f"were built from ({tmp_path / 'split'})" in result.output
     assert not (tmp_path / "again").exists()
+    # A notebook's hidden folder or a folder without images in OUT changes nothing.
+    shutil.copytree(out, tmp_path / "out-copy")
+    (tmp_path / "out-copy" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "out-copy" / "runs").mkdir()
+    result = run("build-hdf5", tmp_path / "out-copy", tmp_path / "again")
+    assert "holds files build-hdf5 wrote, not images" in result.output
     # Beside class folders, a stray .hdf5 does not make the folder a build's: --name is meant.
     classes = make_class_folders(tmp_path / "classes", ("a", "b"), per_class=1)
     shutil.copy(out / "train.hdf5", classes / "all.hdf5")
@@ -261,6 +267,25 @@ def test_verify_catches_labels_changed_and_hand_edited_attributes(built, tmp_pat
     assert result.exit_code == 1
     assert "labels do not name the class folder their file lies in (row " in result.output
     assert run("verify", out / "train.hdf5").exit_code == 0  # the build's own: sound
+    # Every row relabelled as a class named like a folder on every path (a "train" class in
+    # train/): the class folder's own depth is compared, not any folder.
+    from dsprep import store as store_module
+
+    as_split = tmp_path / "as-split.hdf5"
+    shutil.copy(out / "train.hdf5", as_split)
+    with h5py.File(as_split, "r+") as db:
+        names = [n.decode() if isinstance(n, bytes) else n for n in db["label_names"][()]]
+        del db["label_names"]
+        db["label_names"] = np.array([("train" if i == 0 else n).encode()
+                                      for i, n in enumerate(names)])
+        db["labels"][...] = 0
+    assert any("labels do not name the class folder" in p
+               for p in store_module.check_file(as_split))
+    # Files that store.write_arrays wrote from other names (no build) are not compared.
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    store_module.write_arrays(tmp_path / "wa.hdf5", images, [0, 0, 1, 1], ["cat", "dog"],
+                              ["raw/cat/1.jpg", "raw/cat/3.jpg", "raw/dog/2.jpg", "raw/cat/4.jpg"])
+    assert run("verify", tmp_path / "wa.hdf5").exit_code == 0
     edits = [("mean_rgb", [1.0, 2.0]), ("mean_rgb", np.zeros((2, 2))),
              ("mean_rgb", h5py.Empty("f8")), ("std_rgb", "x"), ("source_root", 5)]
     for key, value in edits:

@@ -765,6 +765,15 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
             make_class_folders(nested / cls, classes=(where,), per_class=2, seed=10 * n + 4 * k)
     vehicles = make_class_folders(tmp_path / "vehicles", classes=("boat", "bus", "train"),
                                   per_class=3)
+    # Classes nested differently (fruits/apple/, vegetables/carrot/) may be one level down.
+    grouped = tmp_path / "grouped"
+    for n, (group, kinds) in enumerate((("fruits", ("apple", "banana")),
+                                        ("vegetables", ("carrot", "potato")))):
+        make_class_folders(grouped / group, classes=kinds, per_class=2, seed=30 + 5 * n)
+    assert [w for w in plan(grouped).warnings() if "folders of its own" in w] == [
+        "every class holds its images in folders of its own (fruits/apple/, fruits/banana/, "
+        "vegetables/carrot/, vegetables/potato/, ...): if those folders are the classes, make "
+        "them the top folders of the dump, which split takes for the classes"]
     for clean in (make_class_folders(tmp_path / "plain", per_class=3), nested, vehicles):
         assert not [w for w in plan(clean).warnings()
                     if "named as a split" in w or "folders of its own" in w], clean
