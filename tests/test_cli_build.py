@@ -570,6 +570,11 @@ def test_bars_show_on_a_terminal_only_unless_asked(monkeypatch):
         assert _common.show_progress() is True
         monkeypatch.setenv("DSPREP_PROGRESS", "0")
         assert _common.show_progress() is False
+        # The usual words for on and off, as a batch script may write them.
+        for word, on in (("yes", True), ("True", True), ("ON", True), ("no", False),
+                         ("false", False), ("off", False)):
+            monkeypatch.setenv("DSPREP_PROGRESS", word)
+            assert _common.show_progress() is on, word
         monkeypatch.delenv("DSPREP_PROGRESS")
     monkeypatch.setattr(_common, "is_quiet", lambda: True)
     monkeypatch.setenv("DSPREP_PROGRESS", "1")

@@ -287,19 +287,21 @@ def count_of(n: int, noun: str, plural: str | None = None) -> str:
 
 
 PROGRESS_ENV = "DSPREP_PROGRESS"
+_ON, _OFF = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 
 
 def show_progress() -> bool:
     """Whether long work shows a progress bar: on a terminal, not with ``-q``.
 
     A log file or a pipe (a batch job's stderr) would fill with redrawn bars, so they show
-    there only with ``DSPREP_PROGRESS=1``; ``DSPREP_PROGRESS=0`` hides them everywhere.
+    there only with ``DSPREP_PROGRESS=1``; ``DSPREP_PROGRESS=0`` hides them everywhere
+    (also ``yes``/``no``, ``true``/``false``, ``on``/``off``, in any case).
     """
     if is_quiet():
         return False
-    wanted = os.environ.get(PROGRESS_ENV, "").strip()
-    if wanted in ("0", "1"):
-        return wanted == "1"
+    wanted = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if wanted in _ON + _OFF:
+        return wanted in _ON
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
