@@ -114,6 +114,26 @@ def test_output_sent_to_a_full_disk_is_named(tmp_path):
                                     "on device\n")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_the_groups_own_help_and_version_meet_a_closed_pipe_or_full_disk_as_commands_do(
+        option):
+    # They print while the group parses its options, before any command: 'dsprep --help |
+    # true' exited 1, and '> /dev/full' ended in a traceback.
+    process = subprocess.Popen([sys.executable, "-m", "dsprep", option],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(60) == 141 and err == ""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "dsprep", option], stdout=full,
+                              stderr=subprocess.PIPE, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.decode() == ("Error: cannot write to the standard output: No space left "
+                                    "on device\n")
+
+
 def test_ctrl_c_while_the_command_line_imports_is_no_traceback(monkeypatch, capsys):
     import signal
     import sys

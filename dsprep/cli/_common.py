@@ -52,6 +52,22 @@ class DsprepGroup(click.Group):
     (SIGINT), as a shell reports it; SIGTERM and SIGHUP give 143 and 129 (``dsprep.__main__``).
     """
 
+    def parse_args(self, ctx: click.Context, args: list[str]):
+        # The group's own --help and --version print while their options are parsed, before
+        # invoke: a closed pipe or a full disk there is said as a command's would be.
+        try:
+            return super().parse_args(ctx, args)
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            ctx.exit(141)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else _stream_written(exc)
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+
     def invoke(self, ctx: click.Context):
         try:
             with command_scope():
