@@ -321,6 +321,11 @@ def test_verify_of_moved_sources_does_not_ask_for_a_rebuild(built, tmp_path):
     assert "its pixels unread (--quick); verify it without --quick" in quick.output
     assert run("verify", out / "train.hdf5", "--sources", "3", "--source-root",
                moved).exit_code == 0
+    # A --source-root given that is wrong too: the advice is to check it, not to give one.
+    wrong = run("verify", out / "train.hdf5", "--sources", "3", "--source-root",
+                tmp_path / "nowhere")
+    assert wrong.exit_code == 1 and "if they moved, check the --source-root given" \
+        in wrong.output
 
 
 def test_verify_reads_the_pixels_for_damage_and_means(tmp_path):

@@ -210,9 +210,11 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
                 "that moved or changed")
         # The file reads whole; its sources moved, went or changed since the build (or its
         # pixels were altered within what the means show).
+        moved = ("check the --source-root given" if source_root is not None
+                 else "give --source-root")
         raise click.ClickException(
             f"{file} reads whole, but {problems_} with its sources (above); if they moved, "
-            "give --source-root; if they changed since the build, rebuild it"
+            f"{moved}; if they changed since the build, rebuild it"
         )
     checked = "" if quick else ", every image read"
     checked += f", {count_of(sources, 'source')} re-decoded" if sources else ""
