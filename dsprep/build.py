@@ -294,13 +294,12 @@ def _problem_notes(problems, prefix: str = "") -> list[str]:
                         for p in problems
                         if p.reason not in _SKIPPED_PROBLEMS and p.reason != NO_LABEL]
     if loose:
-        many = len(loose) != 1
-        notes.append(AttentionNote(
-            f"left out {len(loose)} image{'s' * many} beside the class folders"
-            f"{' of ' + prefix if prefix else ''}, such as {prefix}{loose[0]}: "
-            f"{'they have' if many else 'it has'} no class; move {'them' if many else 'it'} "
-            f"into {'their' if many else 'its'} class folder to build "
-            f"{'them' if many else 'it'}"))
+        where = f" of {prefix}" if prefix else ""
+        it, has = ("them", "they have") if len(loose) > 1 else ("it", "it has")
+        notes.append(AttentionNote(f"left out {len(loose)} image{'s' * (len(loose) > 1)} beside "
+                                   f"the class folders{where}, such as {prefix}{loose[0]}: "
+                                   f"{has} no class; move {it} into a class folder to build "
+                                   f"{it}"))
     return notes
 
 

@@ -1022,21 +1022,28 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     assert (tmp_path / "gz" / "train.hdf5").is_file()
 
 
-def test_unreadable_file_is_skipped_with_the_split_stage_reason(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, reason, detail", [
+    # Tests run as root, where file modes do not stop a read: the failure is injected.
+    (PermissionError(13, "Permission denied"), "unreadable", "Permission denied"),
+    # Listed, then gone before it was read: "unreadable" asked to make it readable, where a
+    # file gone before the build is "missing-file".
+    (FileNotFoundError(2, "No such file or directory"), "missing-file",
+     "gone since the build listed it"),
+])
+def test_a_file_that_cannot_be_read_is_skipped_with_its_reason(tmp_path, monkeypatch, error,
+                                                                reason, detail):
     src = make_split(tmp_path / "split", counts=(("train", 1),))
     real = build.imagelib.read_bytes
 
     def read_bytes(path):
-        # Tests run as root, where file modes do not stop a read: inject the failure.
         if Path(path).name == "dog_0.jpg":
-            raise PermissionError(13, "Permission denied", str(path))
+            raise type(error)(error.errno, error.strerror, str(path))
         return real(path)
 
     monkeypatch.setattr(build.imagelib, "read_bytes", read_bytes)
     report = build.build_hdf5(src, tmp_path / "out", opts())
-    assert [(s.source, s.reason) for s in report.skipped] == [("train/dog/dog_0.jpg",
-                                                               "unreadable")]
-    assert "Permission denied" in report.skipped[0].detail
+    assert [(s.source, s.reason) for s in report.skipped] == [("train/dog/dog_0.jpg", reason)]
+    assert detail in report.skipped[0].detail
 
 
 @pytest.mark.parametrize("text, message", [
@@ -1062,24 +1069,6 @@ def test_a_source_path_that_is_not_utf8_is_refused_in_words(tmp_path):
     with pytest.raises(UsageError, match="is not valid UTF-8"):
         build.build_hdf5(odd, tmp_path / "out", opts())
     assert not (tmp_path / "out").exists()
-
-
-def test_a_file_deleted_while_the_build_runs_is_a_missing_file(tmp_path, monkeypatch):
-    # Listed, then gone before it was read: "unreadable" asked to make it readable, where a
-    # file gone before the build is "missing-file".
-    src = make_split(tmp_path / "split", counts=(("train", 1),))
-    real = build.imagelib.read_bytes
-
-    def read_bytes(path):
-        if Path(path).name == "dog_0.jpg":
-            raise FileNotFoundError(2, "No such file or directory", str(path))
-        return real(path)
-
-    monkeypatch.setattr(build.imagelib, "read_bytes", read_bytes)
-    report = build.build_hdf5(src, tmp_path / "out", opts())
-    assert [(s.source, s.reason) for s in report.skipped] == [("train/dog/dog_0.jpg",
-                                                               "missing-file")]
-    assert "gone since the build listed it" in report.skipped[0].detail
 
 
 @pytest.mark.parametrize("workers", [1, 2])
