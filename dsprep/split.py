@@ -63,6 +63,7 @@ from .sources import (
     UNREADABLE,
     Inventory,
     Skipped,
+    chunk_folders,
     find_images,
     open_source,
     own_split_folders,
@@ -399,9 +400,8 @@ class SplitPlan:
             if "/" in path and split_of(path.split("/", 1)[0]) is None:
                 by_folder[path.split("/", 1)[0]].add(f.label)
         folders = sorted(by_folder)
-        # Folders named alike but for their numbers (images_001/, images_002/) hold chunks
-        # of one dump, not classes.
-        chunks = len({re.sub(r"\d+", "", f) for f in folders}) == 1
+        # Folders of parts of one dump (images_001/, images_002/) hold no classes.
+        chunks = chunk_folders(folders)
         classes = {c.casefold() for c in self.classes}
         if len(folders) < 2 or chunks or {f.casefold() for f in folders} & classes:
             return None

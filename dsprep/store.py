@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -1171,8 +1172,6 @@ def _check_label_folders(files: h5py.Dataset, labels: np.ndarray, names: list[st
     split's folder, and any folders around it); that depth is the one holding the most
     distinct class names, then class names for the most rows (a class named as the split,
     ``train/train/``, must not take the split's place)."""
-    import unicodedata
-
     nfc = [unicodedata.normalize("NFC", name) for name in names]
     classes = set(nfc)
     paths = [unicodedata.normalize("NFC", raw.decode("utf-8") if isinstance(raw, bytes)

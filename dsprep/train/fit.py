@@ -1113,29 +1113,27 @@ def same_run(run: str | os.PathLike, data, config: TrainConfig) -> bool:
     (``MACHINE_OPTIONS``) aside, that finished an epoch: the same command run again (a
     requeued job) carries it on."""
     run = Path(run)
-    if not (run / CONFIG).is_file() or not (run / cb.STATE).is_file():
+    if not (run / cb.STATE).is_file():
         return False  # (checkpoints without state.json cannot be resumed: train says so)
-    try:
-        saved = read_run_config(run)
-        options = _saved_options(run, saved)
-    except (LayoutError, DatasetFormatError):
-        return False
-    if saved.get("data") != str(Path(data).resolve()):
-        return False
-    mine, theirs = dataclasses.asdict(config), dataclasses.asdict(options)
-    for name in MACHINE_OPTIONS:
-        mine.pop(name), theirs.pop(name)
-    return mine == theirs
+    return _differences(run, data, config) == []
 
 
 def run_differences(run: Path, data, config: TrainConfig) -> str:
     """What differs between the run in RUN and ``data`` with ``config``, in the options'
     words ("epochs 1, now 2"), the machine's options aside; "" when it cannot say."""
+    return "; ".join(_differences(run, data, config) or [])
+
+
+def _differences(run: Path, data, config: TrainConfig) -> list[str] | None:
+    """The data and options (the machine's aside) of the run in RUN that differ from
+    ``data`` and ``config``, in words; None when RUN holds no readable run."""
+    if not (run / CONFIG).is_file():
+        return None
     try:
         saved = read_run_config(run)
         options = _saved_options(run, saved)
     except (LayoutError, DatasetFormatError):
-        return ""
+        return None
     said = []
     if saved.get("data") != str(Path(data).resolve()):
         said.append(f"data {saved.get('data')}, now {Path(data).resolve()}")
@@ -1143,7 +1141,7 @@ def run_differences(run: Path, data, config: TrainConfig) -> str:
     for name in mine:
         if name not in MACHINE_OPTIONS and mine[name] != theirs.get(name):
             said.append(f"{name.replace('_', '-')} {theirs.get(name)!r}, now {mine[name]!r}")
-    return "; ".join(said)
+    return said
 
 
 def _never_finished_an_epoch(run: Path) -> bool:
