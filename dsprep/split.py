@@ -76,6 +76,7 @@ SPLITS = ("train", "val", "test")
 MODES = ("copy", "hardlink", "symlink")
 VERIFY = ("header", "full")
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
+RATIO_SLACK = 0.01 + 1e-9  # how far from 1 the ratios may add up (rounded decimals)
 DEFAULT_SEED = 1337
 MANIFEST = "split.json"
 FILES_CSV = "files.csv"
@@ -105,7 +106,8 @@ class SplitOptions:
         labels: the labels CSV for the csv layout.
         id_column: CSV column of the ids (header name or 0-based index).
         label_column: CSV column of the labels (header name or 0-based index).
-        ratios: (train, val[, test]) fractions adding up to 1; default 0.8, 0.1, 0.1.
+        ratios: (train, val[, test]) fractions adding up to 1 (within 0.01, taken as
+            proportions); default 0.8, 0.1, 0.1.
         counts: (train, val[, test]) images per class, instead of ratios.
         limit_per_class: keep a reproducible random subset of at most this many per class first.
         min_size: leave out images smaller than this on either side, in pixels.
@@ -149,7 +151,9 @@ class SplitOptions:
                     or min(ratios) < 0):
                 raise UsageError(f"ratios {_join(ratios)} must be 2 or 3 numbers, finite and "
                                  ">= 0 (train,val[,test]), e.g. 0.8,0.1,0.1")
-            if abs(sum(ratios) - 1.0) > 1e-6:
+            # Rounded thirds (0.333,0.333,0.333) are meant as thirds: a sum within 0.01 of 1 is
+            # taken as the proportions it gives (allocate divides by the sum).
+            if abs(sum(ratios) - 1.0) > RATIO_SLACK:
                 raise UsageError(f"ratios {_join(ratios)} add up to {sum(ratios):g}, not 1; "
                                  "e.g. 0.8,0.1,0.1 or 0.9,0.1")
         if self.counts is not None:

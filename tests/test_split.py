@@ -86,6 +86,22 @@ def test_allocate_rounding_rule(n, ratios, expected):
     assert allocate(n, ratios) == expected
 
 
+@pytest.mark.parametrize("ratios, expected", [
+    ((0.333, 0.333, 0.333), [34, 33, 33]),   # rounded thirds are thirds
+    ((0.33, 0.33, 0.33), [34, 33, 33]),
+    ((0.8, 0.1, 0.11), [79, 10, 11]),        # 1.01: 100 * 0.8 / 1.01 = 79.2
+])
+def test_ratios_rounded_to_add_up_nearly_to_one_are_taken_as_proportions(ratios, expected):
+    options = SplitOptions(ratios=ratios)
+    assert allocate(100, options.ratios) == expected
+
+
+@pytest.mark.parametrize("ratios", [(0.33, 0.33, 0.32), (0.5, 0.3, 0.22)])
+def test_ratios_further_than_a_rounding_from_one_are_refused(ratios):
+    with pytest.raises(UsageError, match="add up to (0.98|1.02), not 1"):
+        SplitOptions(ratios=ratios)
+
+
 def _fake(sizes: list[int], dup_every: int = 0):
     """An inventory and check results for classes of the given sizes (no files needed)."""
     items, checked = [], []

@@ -64,8 +64,9 @@ def _column(text: str | None) -> str | int | None:
                    "named label/class/breed..., else one-hot columns of 0/1 named by class, "
                    "else the second).")
 @click.option("--ratios", metavar="TRAIN,VAL[,TEST]",
-              help="Fractions per class adding up to 1 (default 0.8,0.1,0.1; two numbers make "
-                   "train and val only). Rounded by largest remainder: totals always add up.")
+              help="Fractions per class adding up to 1, give or take 0.01 (0.333,0.333,0.333 is "
+                   "thirds; default 0.8,0.1,0.1; two numbers make train and val only). Rounded "
+                   "by largest remainder: totals always add up.")
 @click.option("--counts", metavar="TRAIN,VAL[,TEST]",
               help="Images per class for each split instead of ratios, e.g. 1000,500,500.")
 @click.option("--limit-per-class", type=click.IntRange(min=1), metavar="N",
