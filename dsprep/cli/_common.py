@@ -36,10 +36,10 @@ _AFTER_A_STOP = {
 }
 
 
-VERBOSE_HELP = ("Give it twice (-vv) to show the native libraries' own lines, hidden "
-                "otherwise: libjpeg's and libpng's warnings (\"Corrupt JPEG data: ...\", which "
-                "name no file; the files left out are listed by name in the skipped lists) "
-                "and TensorFlow's start-up log.")
+VERBOSE_HELP = ("Show the native libraries' own lines, hidden otherwise: libjpeg's and "
+                "libpng's warnings (\"Corrupt JPEG data: ...\", which name no file; the files "
+                "left out are listed by name in the skipped lists) and TensorFlow's start-up "
+                "log.")
 QUIET_HELP = ("Print only errors, warnings, the notes that ask for attention and the "
               "command's answer (info, means, evaluate, a dry run's plan): no progress bars, "
               "no summary.")
@@ -185,7 +185,7 @@ def verbosity_options() -> list[click.Option]:
 
 def native_lines_hidden(command: Callable, *, tensorflow: bool = False) -> Callable:
     """Run ``command`` (a click callback) with the native libraries' own lines hidden unless
-    ``-vv`` was given (``_native_warnings_hidden``).
+    ``-v`` was given (``_native_warnings_hidden``).
 
     libjpeg and libpng write "Corrupt JPEG data: premature end of data segment" and the like
     while a split checks or a build decodes, naming no file: the files left out are named in
@@ -197,7 +197,7 @@ def native_lines_hidden(command: Callable, *, tensorflow: bool = False) -> Calla
     @functools.wraps(command)
     def run(*args, **kwargs):
         ctx = click.get_current_context()
-        wanted = verbosity(ctx) >= 2 or (
+        wanted = verbosity(ctx) >= 1 or (
             tensorflow and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1", "2"))
         if wanted or is_quiet(ctx):  # -q hides them already, for the whole command
             return command(*args, **kwargs)
@@ -223,11 +223,11 @@ def _native_warnings_hidden():
 
     libjpeg and libpng print their warnings ("Corrupt JPEG data: 2 extraneous bytes before
     marker 0xd9", common in real dumps) straight to descriptor 2 from whichever thread decodes,
-    below anything Python or OpenCV can switch off. Unless ``-vv`` is given (and always under
+    below anything Python or OpenCV can switch off. Unless ``-v`` is given (and always under
     ``-q``, where only errors may be printed), for the command's life the descriptor goes
     nowhere, while Python's own stderr (errors, warnings, tracebacks, "Terminated.",
     faulthandler's report) writes to the real one through a duplicate. Native libraries'
-    fatal messages are hidden with their warnings (``-vv`` shows them). Without a real
+    fatal messages are hidden with their warnings (``-v`` shows them). Without a real
     descriptor 2 (a test runner's captured stream) nothing changes.
     """
     try:
@@ -358,13 +358,13 @@ def import_keras_quietly() -> None:
 
     TensorFlow prints CPU-feature and missing-CUDA notices from C++ straight to file descriptor 2
     while it loads, whatever ``TF_CPP_MIN_LOG_LEVEL`` says, burying the command's own output. They
-    stay hidden unless ``TF_CPP_MIN_LOG_LEVEL`` is set below 3 (or ``-vv`` is given); Python
+    stay hidden unless ``TF_CPP_MIN_LOG_LEVEL`` is set below 3 (or ``-v`` is given); Python
     errors are unaffected because they are raised, not printed, while the descriptor is redirected.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if sys.modules.get("keras") is not None:
         return
-    silence = os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "3" and verbosity() < 2
+    silence = os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "3" and verbosity() < 1
     try:
         with _native_stderr_to_devnull() if silence else contextlib.nullcontext():
             import keras

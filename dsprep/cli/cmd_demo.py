@@ -21,7 +21,7 @@ def _run(ctx: click.Context, args: list[str]) -> None:
     start = time.perf_counter()
     root = ctx.find_root()
     flags = ["-q"] if root.obj.get("quiet") else []
-    flags += ["-v"] * int(root.obj.get("verbose", 0))  # -vv shows the native lines there too
+    flags += ["-v"] * int(root.obj.get("verbose", 0))  # -v shows the native lines there too
     status = root.command.main(args=flags + args, prog_name="dsprep", standalone_mode=False)
     if isinstance(status, int) and status:
         ctx.exit(status)  # a step stopped (Ctrl-C: 130): the next ones must not run
