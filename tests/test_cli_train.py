@@ -419,10 +419,13 @@ def test_a_stopped_run_says_how_to_resume_it(data, one_epoch_run, tmp_path, monk
     assert f"stopped before it finished an epoch; {run} holds what it held before" in \
         replaced.output and "--resume" not in replaced.output
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept
-    # before any epoch finished there is nothing to resume, and no hint
+    # Before any epoch finished there is nothing to resume: no --resume hint, but what a job's
+    # retry does (a SIGTERM printed only "Terminated.").
     monkeypatch.setattr(fit, "train", stopped)
     fresh = CliRunner().invoke(main, ["train", str(data), str(tmp_path / "new"), *QUICK])
-    assert "--resume" not in fresh.output
+    assert fresh.exit_code == status and "--resume" not in fresh.output
+    assert ("stopped before it finished an epoch, so there is nothing to resume; the same "
+            "command starts it again") in fresh.output
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143), SystemExit(1)])

@@ -214,6 +214,11 @@ def _resume_hint(run: str, replacing: bool = False, again: bool = False):
         elif stopped and (Path(run) / "last.keras").is_file():
             click.echo(f"\nthe run stopped; continue it with: dsprep train --resume {quoted(run)}"
                        + (" (or the same command again)" if again else ""), err=True)
+        elif stopped:
+            # Nothing to resume: a first epoch cut short is not kept, and the same command
+            # starts the run again (a batch job's retry needs no --force).
+            click.echo("\nthe run stopped before it finished an epoch, so there is nothing to "
+                       "resume; the same command starts it again", err=True)
         if stop is exc:
             raise
         raise stop from None
