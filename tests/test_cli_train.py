@@ -342,6 +342,7 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     assert diverged.exit_code == 1
     assert "training diverged: the loss became nan in epoch 1" in diverged.output
     assert "lower --lr" in diverged.output and "Traceback" not in diverged.output
+    assert "--force" not in diverged.output  # it kept no epoch: the folder starts again
     assert len(history(tmp_path / "nan")) == 1  # not three epochs of NaN
     check = invoke("train", data, tmp_path / "check", *QUICK, "--overfit-check", "--epochs", "3",
                    "--lr", "1e30")

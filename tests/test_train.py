@@ -860,6 +860,27 @@ def test_a_sweep_run_again_keeps_a_rate_that_diverged_after_its_first_epoch(tmp_
     assert (sweep / "sweep-lr.csv").read_text() == table
 
 
+def test_a_sweep_run_again_keeps_a_rate_that_diverged_in_its_first_epoch(tmp_path):
+    from dsprep.train.fit import sweep_lr
+
+    data = write_data(tmp_path / "data", size=48, counts=(8, 4, 4))
+    sweep, config = tmp_path / "sweep", tiny("smallnet", width=4, epochs=2)
+    first = sweep_lr(data, sweep, [1e30, 1e-3], config)
+    assert first[1e30].diverged and first[1e30].epochs_done == 1
+    wild = sweep / "lr-1e+30"
+    assert not (wild / "state.json").exists()  # no epoch kept: nothing to count
+    kept = {p.name: p.read_bytes() for p in wild.iterdir()}
+    table = (sweep / "sweep-lr.csv").read_text()
+    # The same sweep again trains neither rate: the first-epoch divergence is its answer too
+    # (it was trained again, each time the sweep was re-run).
+    again = sweep_lr(data, sweep, [1e30, 1e-3], config)
+    assert [r.epochs_run for r in again.values()] == [0, 0]
+    assert again[1e30].diverged and again[1e30].epochs_done == 1
+    assert again[1e30].monitor == first[1e30].monitor == again[1e-3].monitor
+    assert {p.name: p.read_bytes() for p in wild.iterdir()} == kept
+    assert (sweep / "sweep-lr.csv").read_text() == table
+
+
 def test_a_run_being_trained_is_not_replaced_or_resumed_by_another_process(replaceable):
     import subprocess
     import sys

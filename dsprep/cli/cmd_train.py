@@ -251,9 +251,13 @@ def _diverged(result) -> click.ClickException:
             if result.epochs_done > 1 else "")
     if result.restored:
         kept = f"; {result.run} holds the run it was to replace, as before"
+    from ..train import fit
+
+    # A run folder that kept no epoch starts again without --force.
+    force = "" if fit.never_finished_an_epoch(Path(result.run)) else " (and --force)"
     return click.ClickException(
         f"training diverged: the {which} became {value} in epoch {result.epochs_done}, and "
-        f"the run stopped there; start again with a lower --lr (and --force){kept}")
+        f"the run stopped there; start again with a lower --lr{force}{kept}")
 
 
 def _fmt(value) -> str:

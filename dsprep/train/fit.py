@@ -664,7 +664,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
     replacing = (run / CONFIG).exists() or (run / REPLACED).exists()
     restarted = False
     if replacing and not overwrite:
-        if not _never_finished_an_epoch(run):
+        if not never_finished_an_epoch(run):
             if not (run / cb.STATE).exists():  # checkpoints, but the epoch count is lost
                 raise DestinationExistsError(
                     f"{run} holds checkpoints but no {cb.STATE}, so it cannot be resumed; use "
@@ -675,7 +675,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
                 + (f" of other data or options ({differs})" if differs else "")
                 + f"; use --resume {quoted(run)} to continue it (with its own options), or "
                 "--force to start over")
-        if (run / REPLACED).exists() and _never_finished_an_epoch(run / REPLACED):
+        if (run / REPLACED).exists() and never_finished_an_epoch(run / REPLACED):
             # Two runs killed outright in their first epoch (SIGKILL, the OOM killer), the
             # second having set the first aside: neither has anything to keep.
             _drop_replaced(run)
@@ -1054,7 +1054,7 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool,
         # it was replacing, kept aside, does: it comes back, and goes on.
         _put_back(run)
         restored = True
-    if not restored and (run / CONFIG).exists() and _never_finished_an_epoch(run):
+    if not restored and (run / CONFIG).exists() and never_finished_an_epoch(run):
         # Stopped before its first epoch ended: resuming it is starting it again, with the
         # options and data it was started with.
         saved = read_run_config(run)
@@ -1077,10 +1077,19 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool,
 
 def _diverged_result(run: Path, planned: int) -> TrainResult | None:
     """The result of a run that stopped at a NaN or infinite loss (its history's row past the
-    epochs state.json counts), or None for any other run."""
-    if not (run / cb.STATE).is_file() or not (run / cb.HISTORY).is_file():
+    epochs state.json counts; a run that diverged in its first epoch has no state.json and no
+    checkpoint), or None for any other run."""
+    if not (run / cb.HISTORY).is_file():
         return None
-    state = cb.read_state(run)
+    if (run / cb.STATE).is_file():
+        state = cb.read_state(run)
+    elif never_finished_an_epoch(run) and (run / CONFIG).is_file():
+        try:
+            state = {"epochs_done": 0, "monitor": read_run_config(run).get("monitor", "")}
+        except (LayoutError, DatasetFormatError):
+            return None
+    else:
+        return None
     done = int(state.get("epochs_done", 0))
     rows = cb.read_history(run / cb.HISTORY)
     kept = [r for r in rows if r["epoch"] <= done]
@@ -1144,7 +1153,7 @@ def _differences(run: Path, data, config: TrainConfig) -> list[str] | None:
     return said
 
 
-def _never_finished_an_epoch(run: Path) -> bool:
+def never_finished_an_epoch(run: Path) -> bool:
     """Whether RUN holds nothing an epoch left: no state.json and no checkpoint (a run stopped
     or failed in its first epoch, which is safe to start again)."""
     return not any((run / name).exists() for name in (cb.STATE, cb.LAST, cb.BEST))
@@ -1320,9 +1329,12 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
                      for mark in (REPLACED, _SETTING_ASIDE, _PUTTING_BACK, _DROPPING))
         if overwrite or not (moving or (sub_run / CONFIG).exists()):
             continue
-        if not moving and same_run(sub_run, data, dataclasses.replace(config, lr=float(lr))):
-            ours.add(name)
-        elif moving or not _never_finished_an_epoch(sub_run):
+        sub = dataclasses.replace(config, lr=float(lr))
+        if not moving and (same_run(sub_run, data, sub) or (
+                _diverged_result(sub_run, sub.epochs) is not None
+                and _differences(sub_run, data, sub) == [])):
+            ours.add(name)  # (a rate that diverged in its first epoch is an answer too)
+        elif moving or not never_finished_an_epoch(sub_run):
             held.append(sub_run)  # (a run that never finished an epoch starts again)
             if not moving and not differs:
                 differs = run_differences(sub_run, data,
@@ -1348,13 +1360,13 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
                 announce(float(lr))
             sub = dataclasses.replace(config, lr=float(lr))
             sub_run = run / f"lr-{name}"
-            if name in ours and not _never_finished_an_epoch(sub_run):
+            diverged = _diverged_result(sub_run, sub.epochs) if name in ours else None
+            if diverged is not None or (name in ours and not never_finished_an_epoch(sub_run)):
                 # Trained before: diverged (an answer, kept as it is), finished (resume
                 # trains nothing) or stopped part way (resumed).
                 machine = {name: getattr(sub, name) for name in MACHINE_OPTIONS}
-                results[float(lr)] = (_diverged_result(sub_run, sub.epochs)
-                                      or resume(sub_run, data=data, progress=progress,
-                                                bars=bars, machine=machine))
+                results[float(lr)] = diverged or resume(sub_run, data=data, progress=progress,
+                                                        bars=bars, machine=machine)
                 continue
             try:
                 results[float(lr)] = train(data, sub_run, sub, overwrite=overwrite,
