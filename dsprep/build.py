@@ -1422,6 +1422,11 @@ def build_hdf5(
                          f"beside the source, such as {src.parent / 'hdf5'}")
     placed = read_placed(src) if name is None and (src / "split.json").is_file() else None
     classes, planned, notes, links = find_rows(src, name, placed=placed)
+    if name is None and placed is None and (src / "split.json").is_file():
+        notes.append(AttentionNote(
+            f"{src / 'files.csv'} is missing, or not as the split wrote it: images deleted "
+            "from the split folder since the split cannot be told apart, nor images added, "
+            "and are not listed (missing-file); put it back to have them checked"))
     warnings = [] if name is not None else _missing_warnings(src, planned, links, placed)
     gone = {w.split(":", 1)[0] for w in warnings if w.endswith("built")}
     notes = [n for n in notes if n.split(":", 1)[0] not in gone]  # said by the warning

@@ -1688,6 +1688,31 @@ def test_files_added_to_a_split_by_hand_are_built_with_a_note(tmp_path):
         "and split it again"]
 
 
+@pytest.mark.parametrize("damage", ["deleted", "edited"])
+def test_a_split_without_its_files_csv_is_built_with_a_note_that_gone_files_go_unseen(tmp_path,
+                                                                                    damage):
+    from dsprep import split
+
+    dump = make_class_folders(tmp_path / "dump", CLASSES, per_class=10)
+    src = tmp_path / "split"
+    split.materialize(split.plan(dump, counts=(6, 2, 2)), src)
+    assert not [n for n in build.build_hdf5(src, tmp_path / "out", opts()).notes
+                if "files.csv" in n]
+    if damage == "deleted":
+        (src / "files.csv").unlink()
+    else:  # opened and saved by a spreadsheet with other columns
+        (src / "files.csv").write_text("file,class\n")
+    next((src / "val" / CLASSES[0]).iterdir()).unlink()
+    report = build.build_hdf5(src, tmp_path / "again", opts())
+    assert report.skipped == []  # the deleted image cannot be told from one never placed
+    notes = [n for n in report.notes if "files.csv" in n]
+    assert notes == [f"{src / 'files.csv'} is missing, or not as the split wrote it: images "
+                     "deleted from the split folder since the split cannot be told apart, nor "
+                     "images added, and are not listed (missing-file); put it back to have them "
+                     "checked"]
+    assert isinstance(notes[0], build.AttentionNote)
+
+
 @pytest.mark.parametrize("change", ["replaced", "rewritten", "linked", "relinked"])
 def test_a_split_replaced_while_it_is_built_keeps_nothing(tmp_path, monkeypatch, change):
     # A 'split --force' of SRC while the build reads it: the files would mix two splits, and
