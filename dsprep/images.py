@@ -877,12 +877,18 @@ def _inspect(data: bytes) -> _Header | None:
     return None
 
 
+# How the files of each format dsprep reads begin.
+_SIGNATURES = ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF", "GIF"), (b"RIFF", "WebP"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
 def _format_name(data: bytes) -> str:
-    for prefix, name in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF", "GIF"),
-                         (b"RIFF", "WebP"), (b"BM", "BMP")):
-        if data.startswith(prefix):
-            return name
-    return "TIFF"
+    return next((name for prefix, name in _SIGNATURES if data.startswith(prefix)), "TIFF")
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Whether ``data`` begins as a file of a format dsprep reads (by its first bytes alone)."""
+    return any(data.startswith(prefix) for prefix, _ in _SIGNATURES)
 
 
 def _valid_size(fmt: str, height: int, width: int) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import DsprepError, LayoutError, UsageError
 from .fileio import quoted
+from .images import looks_like_image
 
 # .jfif and .jpe are JPEGs under other names (common in scraped dumps); images are decoded by
 # their content, never by their extension.
@@ -469,6 +470,9 @@ class Inventory:
             the class folders inside it.
         linked: the real paths of the folders the dump reaches through links (its images
             are read there too).
+        unnamed: class-level folders of a folders layout that hold no image file but files
+            without an extension, the first of which begins as an image does: (folder, how
+            many such files, that first file), sorted. No image is taken by its content.
     """
 
     layout: str
@@ -482,6 +486,7 @@ class Inventory:
     labels_doubt: str | None = None
     class_copy: str | None = None
     linked: list[str] = field(default_factory=list)
+    unnamed: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -719,7 +724,9 @@ def find_images(
                           table.doubt() if table is not None else _passed_over_doubt(
                               passed_over if loose else None, chosen, good),
                           copy.rstrip("/") if chosen == "folders" and copy else None,
-                          sorted(set(source.linked)))
+                          sorted(set(source.linked)),
+                          _unnamed_images(source, inside, images, root)
+                          if chosen == "folders" else [])
     if not inventory.items:
         # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
         # Guessed, or the folders layout asked for (its one folder was stepped into all the
@@ -924,6 +931,28 @@ def _unsafe_note(problems: list[Skipped]) -> str:
     return (f"; {len(unsafe)} archive member(s) were left out for unsafe paths (absolute, "
             f"through '..' or with a backslash), e.g. {unsafe[0]!r}: check how the archive "
             "was made")
+
+
+def _unnamed_images(source: Source, inside: list[str], images: list[str],
+                    root: str) -> list[tuple[str, int, str]]:
+    """The folders beside the class folders holding no image file, only files without an
+    extension, that may be images all the same (``Inventory.unnamed``): a class folder whose
+    images lost their extensions would vanish without a word."""
+    named = {f[len(root):].partition("/")[0] for f in images}
+    bare: dict[str, list[str]] = defaultdict(list)
+    for f in inside:
+        top, _, rest = f[len(root):].partition("/")
+        if rest and top not in named and "." not in rest.rpartition("/")[2].lstrip("."):
+            bare[top].append(f)
+    found = []
+    for top, files in sorted(bare.items()):
+        try:
+            first = source.read(files[0])
+        except (OSError, DsprepError):
+            continue
+        if looks_like_image(first[:16]):
+            found.append((top, len(files), files[0]))
+    return found
 
 
 def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str:

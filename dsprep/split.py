@@ -237,6 +237,8 @@ class SplitPlan:
             (augmented variants, it may be): placed as images of their own.
         linked: the real paths of folders the dump reaches through links (no split may go
             inside them).
+        unnamed: folders left out that may hold images without extensions (see
+            ``sources.Inventory``).
     """
 
     source: Path
@@ -255,6 +257,7 @@ class SplitPlan:
     class_copy: str | None = None
     copy_variants: int = 0
     linked: list[str] = field(default_factory=list)
+    unnamed: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -287,6 +290,12 @@ class SplitPlan:
                          "or by their file names (--layout prefix)")
         found += class_name_warnings(self.classes)
         found += self._folder_warnings()
+        for folder, n, first in self.unnamed:
+            found.append(f"{folder}/ is left out: it holds no image file, but {n} "
+                         f"file{'s' * (n != 1)} without an extension ({first} begins as an "
+                         "image does); split takes images by their extension: rename "
+                         f"{'them' if n != 1 else 'it'} with {'theirs' if n != 1 else 'its'} "
+                         f"(.jpg, .png, ...) to keep {'them' if n != 1 else 'it'}")
         unreadable = [s for s in self.skipped if s.reason == UNREADABLE]
         if unreadable:
             n = len(unreadable)
@@ -727,7 +736,8 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
     return SplitPlan(source, inventory.layout, inventory.root, options, classes, files,
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
                      inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt,
-                     inventory.class_copy, variants, list(inventory.linked))
+                     inventory.class_copy, variants, list(inventory.linked),
+                     list(inventory.unnamed))
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).

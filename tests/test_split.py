@@ -795,6 +795,31 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
                     if "named as a split" in w or "folders of its own" in w], clean
 
 
+def test_a_class_folder_of_images_without_extensions_is_warned_of(tmp_path):
+    # A class folder whose images lost their extensions (fox/0, fox/1) vanished without a word.
+    root = make_class_folders(tmp_path / "dump", classes=("cat", "dog", "fox"), per_class=3)
+    for path in sorted((root / "fox").iterdir()):
+        path.rename(path.with_suffix(""))
+    docs = root / "docs"  # extension-less files that are no images: nothing to say
+    docs.mkdir()
+    (docs / "LICENSE").write_text("all rights reserved\n")
+    (docs / "README").write_bytes(b"\x00\x01binary")
+    for source in (root, shutil.make_archive(str(tmp_path / "dump"), "zip", root)):
+        p = plan(source)
+        assert p.classes == ["cat", "dog"]
+        assert [w for w in p.warnings() if "extension" in w] == [
+            "fox/ is left out: it holds no image file, but 3 files without an extension (fox/fox_0 "
+            "begins as an image does); split takes images by their extension: rename them with "
+            "theirs (.jpg, .png, ...) to keep them"]
+    # Extension-less files beside images in a class folder, or one file that is no image:
+    # nothing to say.
+    (root / "fox" / "fox_0").rename(root / "cat" / "extra")
+    for path in (root / "fox").iterdir():
+        path.unlink()
+    (root / "fox" / "notes").write_text("fox images to come\n")
+    assert not [w for w in plan(root).warnings() if "extension" in w]
+
+
 def _disk_full_at_copy(monkeypatch, n: int):
     """Copies fail with ENOSPC from the ``n``-th on; returns the real copy function."""
     real_copy = split_module.copy_file
