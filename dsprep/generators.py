@@ -220,8 +220,9 @@ class _BatchSequence(ABC):
             raise UsageError(f"seed must be a non-negative integer; received {seed!r}")
         self.seed = int(np.random.SeedSequence().entropy if seed is None else seed_value)
         self.seed_drawn = seed is None  # drawn here: another process's copy draws another
-        self.epoch = 0
+        self._epoch = 0
         self._current: tuple[int, object] = (0, None)  # (epoch, its order), read as one
+        self._read_part_way: int | None = None  # see __iter__
         self._orders: dict[int, object] = {}  # orders of other epochs asked for by (epoch, i)
         self.epoch_sets = 0  # set_epoch calls so far (on_epoch_end's included)
         self.label_names: list[str] = []
@@ -309,13 +310,33 @@ class _BatchSequence(ABC):
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Run one epoch; when the loop completes, move on to the next epoch's order.
 
+        A loop left part way (``break`` after some steps, ``zip(range(steps), gen)``) moves
+        on when the next loop starts, unless ``set_epoch`` named an epoch in between: each
+        loop reads a new order and new random draws, as a loop read to its end does.
+
         The epoch belongs to the generator: loops over it in two threads at once would move
         it under each other. Threads share one generator by indexing it (``gen[i]``, safe
         from any thread), each loop of its own needs a generator of its own.
         """
+        # epoch_sets as the loop read its first batch: unchanged since, no epoch was set.
+        if getattr(self, "_read_part_way", None) == self.epoch_sets:
+            self.on_epoch_end()
+        self._read_part_way = None
         for i in range(len(self)):
-            yield self[i]
+            batch = self[i]
+            self._read_part_way = self.epoch_sets
+            yield batch
+        self._read_part_way = None
         self.on_epoch_end()
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (``gen[i]`` reads its batches); setting it is ``set_epoch``."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_epoch(epoch)
 
     @abstractmethod
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -338,7 +359,7 @@ class _BatchSequence(ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch`` (its order and random draws depend only on seed and epoch)."""
-        self.epoch = _count(epoch, "epoch")
+        self._epoch = _count(epoch, "epoch")
         self.epoch_sets += 1
         self._shuffle_order()
 

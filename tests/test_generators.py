@@ -489,6 +489,41 @@ def test_batches_are_contiguous_and_reordered_each_epoch(h5file):
     assert gen.epoch == 2
 
 
+def test_a_loop_left_part_way_moves_on_at_the_next_loop(h5file):
+    # A training loop capped at some steps (break, zip) read the same batches, with the same
+    # random draws, in every "epoch".
+    gen = HDF5Generator(h5file[0], batch_size=4, shuffle="full", seed=5)
+    orders = [[rows_of(gen[e, i][0]) for i in range(len(gen))] for e in range(4)]
+    for epoch in range(2):
+        for step, (x, _) in enumerate(gen):
+            np.testing.assert_array_equal(rows_of(x), orders[epoch][step])
+            if step == 2:
+                break
+    assert gen.epoch == 1
+    seen = [rows_of(x) for _, (x, _) in zip(range(3), gen, strict=False)]  # epoch 2, part way
+    np.testing.assert_array_equal(np.concatenate(seen), np.concatenate(orders[2][:3]))
+    # An epoch set in between is the one the next loop reads, from its first batch.
+    gen.set_epoch(2)
+    first = next(iter(gen))[0]
+    np.testing.assert_array_equal(rows_of(first), orders[2][0])
+    # A loop made and dropped unread is no pass; a loop read to its end moves on once.
+    iter(gen)
+    assert [rows_of(x).tolist() for x, _ in gen] == [r.tolist() for r in orders[3]]
+    assert gen.epoch == 4
+
+
+def test_setting_epoch_is_set_epoch(h5file):
+    # gen.epoch = 3 was taken, and changed nothing: gen[0] still read epoch 0's batch, and
+    # EpochSync, seeing epoch 3 already there, left it so (a resumed fit read epoch 0).
+    gen = HDF5Generator(h5file[0], batch_size=4, shuffle="full", seed=5)
+    expected = gen[3, 0]
+    gen.epoch = 3
+    assert gen.epoch == 3 and gen.epoch_sets == 1
+    np.testing.assert_array_equal(gen[0][0], expected[0])
+    with pytest.raises(UsageError, match="epoch must be a whole number"):
+        gen.epoch = -1
+
+
 def test_full_shuffle_mixes_rows_and_changes_between_epochs(h5file):
     gen = HDF5Generator(h5file[0], batch_size=8, shuffle="full", seed=5)
     first = np.concatenate(epoch_rows(gen))
