@@ -368,6 +368,12 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
                 f"train it further: 'dsprep train --resume {run} --epochs N', N above 8)"
                 ) in " ".join(rerun.output.split())
         assert len(history(run)) == epochs
+    # Fewer epochs than it trained: refused, saying why the least is 8 and not its epochs.
+    fewer = invoke("train", "--resume", run, "--epochs", "1")
+    assert fewer.exit_code == 2
+    assert (f"has trained {epochs} epochs already (early stopping ended it, which counts as "
+            "all 8 it was given); --epochs is the new total, so give more than 8"
+            ) in " ".join(fewer.output.split())
     # So has the same command run again: it does not claim to carry the run on.
     same = invoke("train", data, run, *QUICK, "--epochs", "8", "--early-stop", "1", "--lr",
                   "1e-9")
@@ -391,6 +397,57 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
         assert again.exit_code == 0, again.output
         assert "has trained all its 1 epoch already: nothing to do" in again.output
         assert "wrote" not in again.output and (finished / "last.keras").read_bytes() == before
+
+
+def test_a_finished_run_without_its_last_checkpoint_has_nothing_to_do(data, one_epoch_run,
+                                                                     tmp_path):
+    # last.keras deleted to save room, best.keras kept: the run was said to have "no finished
+    # epoch", and the advice, --force, would have thrown best.keras away.
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    (run / "last.keras").unlink()
+    best = (run / "best.keras").read_bytes()
+    for args in (["train", "--resume", run], ["train", data, run, *QUICK, "--epochs", "1"]):
+        again = invoke(*args)
+        assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    # More epochs need it: said so, and best.keras is named to keep.
+    more = invoke("train", "--resume", run, "--epochs", "2")
+    assert more.exit_code == 1
+    assert (f"{run} has trained 1 epochs, but its last.keras, which a resume goes on from, is "
+            "gone (deleted?); put it back, or start the run again with 'dsprep train --force' "
+            "(copy its best.keras elsewhere first to keep it)") in " ".join(more.output.split())
+    last = invoke("evaluate", run, data / "test.hdf5", "--checkpoint", "last")
+    assert last.exit_code == 1
+    assert "last.keras does not exist, but best.keras does" in last.output
+    assert "--checkpoint best" in last.output
+    assert (run / "best.keras").read_bytes() == best
+
+
+def test_a_run_that_diverged_after_its_first_epoch_is_not_offered_a_resume(data, tmp_path,
+                                                                            monkeypatch):
+    from dsprep.train import callbacks as cb
+
+    run = tmp_path / "run"
+    args = ["train", data, run, *QUICK, "--epochs", "3", "--schedule", "step"]
+    schedule = cb.schedule_fn
+    with monkeypatch.context() as m:  # its rate jumps to 1e30 in the second epoch
+        m.setattr(cb, "schedule_fn", lambda kind, lr, *a, **k: (
+            lambda epoch: 1e30 if epoch == 1 else schedule(kind, lr, *a, **k)(epoch)))
+        first = invoke(*args)
+    assert first.exit_code == 1 and "training diverged" in first.output
+    assert "(and --force)" in first.output  # the folder keeps its first epoch
+    # The same command again: it was told to --resume, which only diverged again.
+    again = invoke(*args)
+    assert again.exit_code == 1 and "--resume" not in again.output
+    assert (f"{run} holds this run, which diverged in epoch 2 (its loss became NaN or "
+            "infinite) and stopped there; a resume would diverge again: start again with a "
+            "lower --lr and --force") in " ".join(again.output.split())
+    # evaluate said it "was stopped, or is still training".
+    scored = invoke("evaluate", run, data / "test.hdf5")
+    assert scored.exit_code == 0, scored.output
+    assert (f"{run} diverged in epoch 2 (its loss became NaN or infinite) and stopped there: "
+            "its best checkpoint is from epoch 1, before it") in " ".join(scored.output.split())
+    assert "still training" not in scored.output
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143), SystemExit(129)])

@@ -670,6 +670,15 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
                     f"{run} holds checkpoints but no {cb.STATE}, so it cannot be resumed; use "
                     "--force to start over")
             differs = run_differences(run, data, config)
+            diverged = _diverged_result(run, config.epochs)
+            if diverged is not None and not differs:
+                # The same options would meet the divergence again: a resume only repeats it.
+                raise DestinationExistsError(
+                    f"{run} holds this run, which diverged in epoch {diverged.epochs_done} "
+                    f"(its loss became NaN or infinite) and stopped there; a resume would "
+                    f"diverge again: start again with a lower --lr and --force ({cb.BEST} "
+                    "holds the best of the epochs before it; copy it elsewhere first to keep "
+                    "it)")
             raise DestinationExistsError(
                 f"{run} already holds a run"
                 + (f" of other data or options ({differs})" if differs else "")
@@ -1099,6 +1108,12 @@ def _diverged_result(run: Path, planned: int) -> TrainResult | None:
                        None, planned, 0)
 
 
+def diverged_in(run: str | os.PathLike) -> int | None:
+    """The epoch (from 1) a run stopped at for a NaN or infinite loss; None for any other."""
+    result = _diverged_result(Path(run), 0)
+    return None if result is None else result.epochs_done
+
+
 def carries_on(run: str | os.PathLike, data, config: TrainConfig) -> int | None:
     """The epochs RUN counts as done when ``dsprep train DATA RUN`` run again carries it on:
     those it trained, or all it planned where an early stop ended it (nothing is left). That
@@ -1180,20 +1195,29 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     config = _resumed_options(run, saved, epochs, machine)
     done = int(cb.read_state(run)["epochs_done"])
     cb.settle_checkpoints(run, done)
-    if done < 1 or not (run / cb.LAST).is_file():
-        raise LayoutError(f"{run} has no finished epoch to resume from (no {cb.LAST}); start "
-                          "it again with 'dsprep train --force'")
+    if done < 1:
+        raise LayoutError(f"{run} has no finished epoch to resume from; start it again with "
+                          "'dsprep train --force'")
     state = cb.read_state(run)
     own = _epochs_counted(state, done)
     if epochs is not None and config.epochs < done:
-        raise UsageError(f"{run} has trained {done} epochs already; --epochs is the new total, "
-                         f"so give more than {own}")
+        early = (f" (early stopping ended it, which counts as all {own} it was given)"
+                 if own > done else "")
+        raise UsageError(f"{run} has trained {done} epochs already{early}; --epochs is the new "
+                         f"total, so give more than {own}")
     history = [r for r in cb.read_history(run / cb.HISTORY) if r["epoch"] < done]
     if config.epochs <= own:
         # A finished run (all its epochs, or stopped early): nothing to train, so a job run
-        # again after its end, with or without the same --epochs, succeeds.
+        # again after its end, with or without the same --epochs, succeeds (last.keras
+        # deleted to save room, best.keras kept, as well).
         return TrainResult(run, done, str(state.get("monitor", saved.get("monitor", ""))),
                            state.get("best"), history, None, own, 0)
+    if not (run / cb.LAST).is_file():
+        keep = (f" (copy its {cb.BEST} elsewhere first to keep it)"
+                if (run / cb.BEST).is_file() else "")
+        raise LayoutError(f"{run} has trained {done} epochs, but its {cb.LAST}, which a "
+                          f"resume goes on from, is gone (deleted?); put it back, or start "
+                          f"the run again with 'dsprep train --force'{keep}")
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))

@@ -344,6 +344,9 @@ def _load_checkpoint(run: Path, checkpoint: str, config: dict):
         if checkpoint == "best" and (run / cb.LAST).is_file():
             raise LayoutError(f"{path} does not exist, but {cb.LAST} does (it was deleted, or "
                               "the run predates it); use --checkpoint last")
+        if checkpoint == "last" and (run / cb.BEST).is_file():
+            raise LayoutError(f"{path} does not exist, but {cb.BEST} does (it was deleted, "
+                              "to save room it may be); use --checkpoint best")
         raise LayoutError(f"{path} does not exist: the run has not finished an epoch"
                           + replaced_hint(run))
     model = load_model(path, compile=False)
@@ -373,6 +376,13 @@ def _checkpoint_epoch(run: Path, config: dict, checkpoint: str) -> tuple[int | N
     best = state.get("best_epoch")
     epoch = int(best) + 1 if checkpoint == "best" and isinstance(best, int) else done
     planned = config.get("options", {}).get("epochs")
+    from .fit import diverged_in
+
+    gone = diverged_in(run)
+    if gone is not None:
+        return epoch, (f"{run} diverged in epoch {gone} (its loss became NaN or infinite) "
+                       f"and stopped there: its {checkpoint} checkpoint is from epoch {epoch}, "
+                       "before it")
     if isinstance(planned, int) and done < planned and not state.get("stopped_early_of"):
         return epoch, (f"{run} has trained {done} of its {planned} epochs (it was stopped, or "
                        f"is still training): its {checkpoint} checkpoint is from epoch {epoch}; "
