@@ -1337,9 +1337,16 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
                 _refuse_two_labels_files(source, candidate, path, data)
                 return candidate, _decode_csv(data, candidate)
         if path.is_file():
+            path = path.resolve()
+            if not source.is_zip:
+                # A file of the dump named from elsewhere (dump/labels.csv, its full path): as
+                # the dump's own, relative to it.
+                with contextlib.suppress(ValueError, OSError):
+                    inside = path.relative_to(source.path.resolve()).as_posix()
+                    if inside in files:
+                        return inside, _decode_csv(_read_labels(source, inside), inside)
             # Outside the dump: named in full (split.json's labels_file would otherwise read as
             # a path inside SRC, where it is relative to the folder the split was run from).
-            path = path.resolve()
             return str(path), _decode_csv(path.read_bytes(), str(path))
         if path.is_dir():
             raise LayoutError(f"--labels {labels} is a folder; give the CSV file inside it")

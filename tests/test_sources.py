@@ -434,6 +434,18 @@ def test_a_labels_csv_outside_the_dump_is_named_in_full(tmp_path, monkeypatch):
     assert dict(inv.items)["images/2.jpg"] == "dog"
 
 
+def test_a_labels_csv_inside_the_dump_named_from_elsewhere_is_the_dumps_own(tmp_path,
+                                                                           monkeypatch):
+    # --labels dump/labels.csv, or its full path, was kept in full, where formats.md says a CSV
+    # inside SRC is named relative to it.
+    root = _csv_dump(tmp_path, "id,label\n1,cat\n2,dog\n3,cat\n4,dog\n")
+    monkeypatch.chdir(tmp_path)
+    for given in (f"{root.name}/labels.csv", root / "labels.csv", "labels.csv"):
+        inv = _find(root, layout="csv", labels=given)
+        assert inv.labels_file == "labels.csv", given
+        assert dict(inv.items)["images/2.jpg"] == "dog"
+
+
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_csv_with_header_ids_without_extension(tmp_path, newline):
     root = _csv_dump(tmp_path, "id,label\n1,cat\n2,dog\n3,cat\n4,dog\n", newline=newline)
