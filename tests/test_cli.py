@@ -164,6 +164,34 @@ def test_ctrl_c_while_the_command_line_imports_is_no_traceback(monkeypatch, caps
     assert capsys.readouterr().err == "\nAborted!\n"
 
 
+@pytest.mark.parametrize("args", [
+    ["split", "{dump}", "", "--force"],
+    ["build-hdf5", "{dump}", ""],
+    ["sample-dump", ""],
+    ["train", "{dump}", ""],
+    ["sweep-lr", "{dump}", ""],
+    ["demo", ""],
+    ["verify", "{file}", "--source-root", ""],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, args):
+    # An unset variable in a script (dsprep split "$RAW" "$OUT"): click took "" for the
+    # folder the command ran in, and split --force cleared it.
+    dump = tmp_path / "dump"
+    for name in ("a", "b"):
+        (dump / name).mkdir(parents=True)
+    (tmp_path / "file.hdf5").write_bytes(b"")
+    work = tmp_path / "work"
+    (work / "precious").mkdir(parents=True)
+    (work / "precious" / "thesis.txt").write_text("keep me\n")
+    monkeypatch.chdir(work)
+    given = [a.format(dump=dump, file=tmp_path / "file.hdf5") for a in args]
+    result = CliRunner().invoke(main, given)
+    assert result.exit_code == 2, result.output
+    assert "is empty (an unset variable in a script?)" in result.output
+    assert sorted(p.name for p in work.iterdir()) == ["precious"]
+    assert (work / "precious" / "thesis.txt").read_text() == "keep me\n"
+
+
 def test_python_m_dsprep_runs_the_command_line():
     import subprocess
     import sys

@@ -161,6 +161,18 @@ def _stdout_closed() -> bool:
         return False
 
 
+class PathArg(click.Path):
+    """``click.Path`` that refuses an empty path: click takes "" for the current folder, so
+    ``dsprep split "$RAW" "$OUT"`` with OUT unset in a script wrote into (and with --force
+    cleared) the folder it ran in."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value == "":
+            self.fail("is empty (an unset variable in a script?); give a path, '.' for the "
+                      "current folder", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def verbosity_options() -> list[click.Option]:
     """``-v`` and ``-q`` for a subcommand, so ``dsprep split SRC DEST -q`` works as well as
     ``dsprep -q split SRC DEST``: both set what the top-level options set."""

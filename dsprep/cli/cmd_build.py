@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import DatasetFormatError, DestinationExistsError, UsageError
-from ._common import count_of, format_table, say, show_progress
+from ._common import PathArg, count_of, format_table, say, show_progress
 
 # images.INTERPOLATIONS, written out so that --help loads no OpenCV (a test keeps them equal).
 _INTERPOLATIONS = ("auto", "nearest", "linear", "area", "cubic", "lanczos")
@@ -19,8 +19,8 @@ _SEED_MAX = 2**63 - 1
 
 
 @click.command("build-hdf5")
-@click.argument("src", type=click.Path(exists=True))
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("src", type=PathArg(exists=True))
+@click.argument("out", type=PathArg(file_okay=False))
 @click.option("--name", metavar="NAME",
               help="SRC is one folder of class sub-folders (not a split): write OUT/NAME.hdf5 "
                    "and OUT/NAME.skipped.csv (and OUT/means.json when NAME is train). Its "
@@ -122,7 +122,7 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=PathArg(exists=True, dir_okay=False))
 def info(file: str) -> None:
     """Describe a dsprep HDF5 FILE: layout, size, classes, attributes and means.
 
@@ -163,14 +163,14 @@ def _short(value) -> str:
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=PathArg(exists=True, dir_okay=False))
 @click.option("--sources", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="N",
               help="Also decode N random source images again (found under the file's "
                    "source_root) and compare them with the stored pixels.")
 @click.option("--seed", type=click.IntRange(0, _SEED_MAX), default=0, show_default=True,
               help="Seed for choosing the rows checked with --sources.")
-@click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
+@click.option("--source-root", type=PathArg(file_okay=False), default=None, metavar="DIR",
               help="Where the sources are now, if they moved since the build (the folder "
                    "that was SRC of build-hdf5).")
 @click.option("--quick", is_flag=True,
@@ -222,8 +222,8 @@ def verify(file: str, sources: int, seed: int, source_root: str | None, quick: b
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, metavar="JSON",
+@click.argument("file", type=PathArg(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=PathArg(dir_okay=False), default=None, metavar="JSON",
               help="Write the result as a means.json here instead of printing it.")
 @click.option("--force", is_flag=True, help="Replace the -o file if it exists.")
 def means(file: str, output: str | None, force: bool) -> None:

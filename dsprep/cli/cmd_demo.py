@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..train.options import SEED_MAX
-from ._common import import_keras_quietly, say
+from ._common import PathArg, import_keras_quietly, say
 
 MARKER = ".dsprep-demo"
 
@@ -29,7 +29,7 @@ def _run(ctx: click.Context, args: list[str]) -> None:
 
 
 @click.command()
-@click.argument("workdir", type=click.Path(file_okay=False), default="demo-work", required=False)
+@click.argument("workdir", type=PathArg(file_okay=False), default="demo-work", required=False)
 @click.option("--per-class", default=200, show_default=True, type=click.IntRange(min=20),
               help="Good images per class in the generated dump.")
 @click.option("--size", default=64, show_default=True, type=click.IntRange(min=16),

@@ -6,11 +6,11 @@ import click
 
 from ..errors import UsageError
 from ..sample import DEFAULT_CLASSES, LAYOUTS, PHOTOS, write_sample_dump
-from ._common import count_of, say, show_progress
+from ._common import PathArg, count_of, say, show_progress
 
 
 @click.command("sample-dump")
-@click.argument("dest", type=click.Path(file_okay=False))
+@click.argument("dest", type=PathArg(file_okay=False))
 @click.option("--layout", type=click.Choice(LAYOUTS), default="folders", show_default=True,
               help="folders: DEST/<class>/<file>; prefix: DEST/train/<class>.<n>.jpg like "
                    "dogs-vs-cats; csv: DEST/images/<id>.jpg plus DEST/labels.csv (id,label).")

@@ -21,7 +21,7 @@ from ..split import (
     plan,
     run,
 )
-from ._common import count_of, format_table, say, show_progress
+from ._common import PathArg, count_of, format_table, say, show_progress
 
 
 def _numbers(text: str | None, kind, option: str) -> tuple | None:
@@ -41,8 +41,8 @@ def _column(text: str | None) -> str | int | None:
 
 
 @click.command()
-@click.argument("src", type=click.Path(exists=True))
-@click.argument("dest", type=click.Path())
+@click.argument("src", type=PathArg(exists=True))
+@click.argument("dest", type=PathArg())
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="How labels are found: folders (SRC/<class>/<image>), prefix (cat.0.jpg: "
                    "the class is the name before the first dot), csv (a labels file), or auto "

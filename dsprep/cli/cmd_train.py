@@ -26,6 +26,7 @@ from ..train.options import (
 )
 from ._common import (
     STOPPED_BY_SIGNAL,
+    PathArg,
     count_of,
     format_table,
     import_keras_quietly,
@@ -281,12 +282,12 @@ _DATA_FILE = ("give the folder that holds train.hdf5 (or train/), not a file in 
 
 
 @click.command()
-@click.argument("data", type=click.Path(exists=True), required=False,
+@click.argument("data", type=PathArg(exists=True), required=False,
                 callback=_folder_given("a data folder", _DATA_FILE))
-@click.argument("run", type=click.Path(), required=False,
+@click.argument("run", type=PathArg(), required=False,
                 callback=_folder_given("a run folder", "RUN is the folder of the run"))
 @_training_options(epochs=_DEFAULTS.epochs)
-@click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False),
+@click.option("--resume", "resume_run", type=PathArg(exists=True, file_okay=False),
               default=None,
               help="Continue the interrupted run in this folder from its last finished epoch "
                    "(its own options; --epochs may raise the total; DATA, if given, is where "
@@ -436,10 +437,10 @@ def _nothing_to_do(result) -> None:
 
 
 @click.command()
-@click.argument("run", type=click.Path(exists=True), callback=_folder_given(
+@click.argument("run", type=PathArg(exists=True), callback=_folder_given(
     "a run folder", "give the run folder first, then the data file (dsprep evaluate RUN "
     "DATA)"))
-@click.argument("data", type=click.Path(exists=True))  # a folder gets dsprep's own hint
+@click.argument("data", type=PathArg(exists=True))  # a folder gets dsprep's own hint
 @click.option("--ten-crop", is_flag=True,
               help="Also measure the average over ten crops (corners, centre, and their "
                    "mirrors), side by side with the centre crop; for a run trained with "
@@ -489,9 +490,9 @@ def evaluate(run: str, data: str, ten_crop: bool, checkpoint: str, batch_size: i
 
 
 @click.command("sweep-lr")
-@click.argument("data", type=click.Path(exists=True),
+@click.argument("data", type=PathArg(exists=True),
                 callback=_folder_given("a data folder", _DATA_FILE))
-@click.argument("run", type=click.Path(),
+@click.argument("run", type=PathArg(),
                 callback=_folder_given("a folder for the runs", "RUN is a folder"))
 @click.option("--lrs", default="0.1,0.01,0.001", show_default=True,
               help="Comma-separated learning rates to try.")
