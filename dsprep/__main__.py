@@ -11,12 +11,13 @@ from __future__ import annotations
 import signal
 import sys
 
-from .system import ask_stop, clear_stop
+from .system import ForgivingStream, ask_stop, clear_stop
 
 
 def run() -> None:
     """Import the command line and run it."""
     _open_standard_streams()
+    sys.stderr = ForgivingStream(sys.stderr)
     # A batch system stops a job with SIGTERM: it unwinds like a Ctrl-C, so partial files are
     # removed and worker processes stopped, and the exit status still says SIGTERM (143).
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}

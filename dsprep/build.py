@@ -28,7 +28,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from . import images as imagelib
 from . import split as split_stage
@@ -45,6 +44,7 @@ from .fileio import (
     NAME_MAX,
     csv_text,
     exclusive,
+    progress_bar,
     quoted,
     refuse_dangling_link,
     sync_file,
@@ -1145,8 +1145,8 @@ def write_file(
     stats = ChannelStats()
     skipped: list[Skip] = list(left_out)
     appender = _Appender(writer, block, options.size)
-    bar = tqdm(total=len(rows), unit="img", desc=path.name, disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(rows), unit="img", desc=path.name, disable=not progress,
+                       dynamic_ncols=True)
 
     def consume(task_rows: list[Row], pixels: np.ndarray, result: _Block) -> None:
         system.raise_if_stopped()  # a signal whose stop was lost on the way

@@ -9,12 +9,14 @@ import hashlib
 import io
 import os
 import shlex
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import DestinationExistsError, UsageError
+from .system import ForgivingStream
 
 # The longest file name, in bytes, of the usual Linux file systems (ext4, xfs, btrfs).
 NAME_MAX = 255
@@ -272,3 +274,12 @@ def _lock(lock: Path, what: str | os.PathLike) -> int | None:
             return fd
         # The holder before us removed this file as we opened it: lock the new one.
         os.close(fd)
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar on stderr that a failing stderr only silences: a bar is no part of
+    the work, and a full disk under ``2>log`` or a log reader gone (``| tee``) must not stop a
+    long build, nor pass for the split's own lack of room."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, file=ForgivingStream(sys.stderr), **kwargs)

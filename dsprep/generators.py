@@ -33,6 +33,7 @@ from .errors import (
     UnlistedClassError,
     UsageError,
 )
+from .fileio import progress_bar
 from .preprocess import Compose, Gathered, Loader
 from .split import (
     SPLITS,
@@ -1342,9 +1343,7 @@ class DirectoryGenerator(_BatchSequence):
         else:
             it = self._executor().map(fn, args)
         if progress:
-            from tqdm import tqdm
-
-            it = tqdm(it, total=len(args), desc=desc, unit="file")
+            it = progress_bar(it, total=len(args), desc=desc, unit="file")
         return list(it)
 
     # -- files -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import system
 from .errors import DestinationExistsError, UsageError
-from .fileio import refuse_under_a_file, sibling
+from .fileio import progress_bar, refuse_under_a_file, sibling
 
 LAYOUTS = ("folders", "prefix", "csv")
 
@@ -314,9 +314,7 @@ def write_sample_dump(
     total = 0
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), unit="img", desc="sample-dump")
+        bar = progress_bar(total=len(jobs), unit="img", desc="sample-dump")
     if n_jobs == 1:
         for chunk in chunks:
             total += _write_chunk(str(partial), chunk, seed)

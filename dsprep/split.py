@@ -48,6 +48,7 @@ from .fileio import (
     csv_text,
     exclusive,
     naming,
+    progress_bar,
     refuse_dangling_link,
     refuse_under_a_file,
     sibling,
@@ -553,9 +554,7 @@ def _map(fn, items, workers: int, progress: bool, desc: str):
     """
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(items), unit="file", desc=desc)
+        bar = progress_bar(total=len(items), unit="file", desc=desc)
     # Small chunks keep both threads busy to the end; large ones keep the overhead down.
     size = max(1, min(_CHUNK, -(-len(items) // (4 * max(1, workers)))))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]

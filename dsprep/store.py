@@ -21,7 +21,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
 from .errors import (
@@ -31,7 +30,7 @@ from .errors import (
     LayoutError,
     UsageError,
 )
-from .fileio import sibling, sync_file, sync_folder
+from .fileio import progress_bar, sibling, sync_file, sync_folder
 from .stats import ChannelStats
 
 SCHEMA = "dsprep-hdf5/1"
@@ -1229,7 +1228,8 @@ def channel_stats(
             block = images.chunks[0] if images.chunks else DEFAULT_CHUNK_IMAGES
         block = max(1, int(block))
         buffer = np.empty((min(block, max(n, 1)),) + images.shape[1:], dtype=np.uint8)
-        with tqdm(total=n, unit="img", desc=Path(path).name, disable=not progress) as bar:
+        with progress_bar(total=n, unit="img", desc=Path(path).name,
+                          disable=not progress) as bar:
             for start in range(0, n, block):
                 stop = min(start + block, n)
                 view = buffer[: stop - start]

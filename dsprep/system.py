@@ -236,3 +236,40 @@ def start_trackers() -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a hangup meanwhile comes now
     _TRACKERS_STARTED.add(os.getpid())
+
+
+class ForgivingStream:
+    """A text stream (standard error) that a failing write silences instead of stopping the
+    command.
+
+    A note, a warning or a progress bar that cannot be written (stderr on a full disk, its
+    reader gone) is no reason to leave a split or a build half done: the first failure drops
+    what could not be written, and later writes are dropped too. The exit status still tells
+    how the command ended.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):  # a text stream (click tells text from binary so)
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if not self.broken:
+            try:
+                self._stream.write(text)
+                if "\n" in text:
+                    self._stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def __getattr__(self, name: str):  # fileno, encoding, errors, isatty, buffer, ...
+        return getattr(self._stream, name)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -112,6 +113,29 @@ def test_output_sent_to_a_full_disk_is_named(tmp_path):
     assert done.returncode == 1
     assert done.stderr.decode() == ("Error: cannot write to the standard output: No space left "
                                     "on device\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_progress_bars_that_cannot_be_written_do_not_stop_the_work(tmp_path):
+    # DSPREP_PROGRESS=1 with stderr on a full disk: the split said it did not fit, the build
+    # threw its files away, both with exit 120 and no word.
+    from helpers import make_class_folders
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=6)
+    env = {**os.environ, "DSPREP_PROGRESS": "1"}
+    for args, made in ((["split", dump, tmp_path / "split"], "split.json"),
+                       (["build-hdf5", tmp_path / "split", tmp_path / "hdf5", "--size", "16"],
+                        "train.hdf5")):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "dsprep", *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=full, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout
+        assert (Path(args[2]) / made).is_file()
+    # The bar still shows where stderr can be written.
+    shown = subprocess.run([sys.executable, "-m", "dsprep", "build-hdf5", str(tmp_path / "split"),
+                            str(tmp_path / "again"), "--size", "16"], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert shown.returncode == 0 and "train.hdf5: 100%" in shown.stderr, shown.stderr
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import click
 
 from ..errors import DsprepError, UsageError
-from ..system import command_scope, inside_a_command, stop_asked
+from ..system import ForgivingStream, command_scope, inside_a_command, stop_asked
 
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -283,8 +283,8 @@ def _stderr_copy(stream):
             found = os.fstat(copy.fileno())
             if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
                 return copy
-    copy = open(os.dup(2), "w", encoding=stream.encoding,  # noqa: SIM115
-                errors=stream.errors, buffering=1)
+    copy = ForgivingStream(open(os.dup(2), "w", encoding=stream.encoding,  # noqa: SIM115
+                                errors=stream.errors, buffering=1))
     _STDERR_COPY[:] = [copy]
     return copy
 

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from ..errors import DatasetFormatError, DsprepError, LayoutError, UsageError
-from ..fileio import named_in
+from ..fileio import named_in, progress_bar
 from . import callbacks as cb
 
 CHECKPOINTS = ("best", "last")
@@ -73,9 +73,7 @@ def predict(model: keras.Model, gen, *, progress: bool = False) -> tuple[np.ndar
     probs, labels = [], []
     batches = range(len(gen))
     if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="predicting", unit="batch")
+        batches = progress_bar(batches, desc="predicting", unit="batch")
     for i in batches:
         x, y = gen[i]
         probs.append(fn(x))
