@@ -7,6 +7,7 @@ JAX or hand-written loop can too.
 from __future__ import annotations
 
 import numbers
+import operator
 import os
 import threading
 import weakref
@@ -26,8 +27,9 @@ class ReadAhead:
     ``get(i)`` returns ``seq[i]``; when the calls come in order (``i`` right after the last
     one), batches ``i+1`` to ``i+threads`` are already being computed, each on a thread of its
     own (dsprep's generators are safe to index from several threads and give the same batch
-    whichever thread computes it). An out-of-order call is answered directly and drops what
-    was read ahead.
+    whichever thread computes it). ``get((epoch, i))``, for dsprep's ``gen[epoch, i]`` (the
+    indices ``EpochIndices`` gives), reads ahead alike within that epoch, up to its last batch.
+    An out-of-order call is answered directly and drops what was read ahead.
 
     Whatever changes the batches (an epoch change) goes through :meth:`change`, which waits
     until no batch is being made, drops what was read ahead, applies the change and lets
@@ -44,16 +46,17 @@ class ReadAhead:
         self.threads = threads
         self._cond = threading.Condition()
         self._one_change = threading.RLock()  # change() calls run one at a time
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[tuple, Future] = {}  # by _position
         self._orphans: list[Future] = []  # dropped while running: waited for by change()
         self._busy = 0  # get() calls under way
         self._changing = 0  # change() calls waiting for them, or applying
-        self._last: int | None = None
+        self._last: tuple | None = None  # _position of the last get
         self._epoch = getattr(seq, "epoch", None)
         self._pool: ThreadPoolExecutor | None = None
         _READERS.add(self)
 
-    def get(self, index: int):
+    def get(self, index: int | tuple[int, int]):
+        at = _position(index)
         with self._cond:
             while self._changing:
                 self._cond.wait()
@@ -61,16 +64,20 @@ class ReadAhead:
             if epoch != self._epoch:
                 self._epoch = epoch
                 self._drop(self._take())
-            found = self._pending.pop(index, None)
-            if self.threads and (self._last is None or index == self._last + 1):
-                stop = min(len(self.seq), index + 1 + self.threads)
-                for ahead in range(index + 1, stop):
-                    if ahead not in self._pending:
-                        self._pending[ahead] = self._executor().submit(self.seq.__getitem__,
-                                                                       ahead)
+            found = self._pending.pop(at, None) if at is not None else None
+            if self.threads and at is not None and (
+                    self._last is None or at == (self._last[0], self._last[1] + 1)):
+                named, i = at
+                stop = min(len(self.seq), i + 1 + self.threads)
+                for ahead in range(i + 1, stop):
+                    if (named, ahead) not in self._pending:
+                        # Asked for as the caller asks: (epoch, i) names an epoch, i does not.
+                        wanted = ahead if named is None else (named, ahead)
+                        self._pending[named, ahead] = self._executor().submit(
+                            self.seq.__getitem__, wanted)
             elif self._pending:
                 self._drop(self._take())  # out of order: not what comes next
-            self._last = index
+            self._last = at
             self._busy += 1
         try:
             return found.result() if found is not None else self.seq[index]
@@ -124,12 +131,12 @@ class ReadAhead:
             if pool is not None:
                 pool.shutdown(wait=True)  # idle: every batch it ran is done
 
-    def _take(self) -> dict[int, Future]:
+    def _take(self) -> dict[tuple, Future]:
         pending, self._pending = self._pending, {}
         self._last = None
         return pending
 
-    def _drop(self, pending: dict[int, Future]) -> None:
+    def _drop(self, pending: dict[tuple, Future]) -> None:
         """Forget batches nobody will ask for; the next change() waits for those running."""
         self._orphans = [f for f in self._orphans if not f.done()]
         self._orphans += [f for f in pending.values() if not f.cancel()]
@@ -159,6 +166,30 @@ def _reset_readers_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_readers_in_child)
+
+
+def _position(index: Any) -> tuple | None:
+    """Where ``index`` stands, as ``(epoch, i)``: ``(None, i)`` for a plain ``i`` (the
+    sequence's current epoch), ``(epoch, i)`` for an index that names its epoch, as dsprep's
+    generators take and ``EpochIndices`` gives; None for any other index (it is passed on as
+    it is, and nothing is read ahead of it). The batch after one is ``i + 1`` of the same
+    epoch; a plain ``i`` and an ``(epoch, i)`` are never taken to follow each other, as the
+    sequence's epoch need not be the one named."""
+    epoch = None
+    if isinstance(index, tuple):
+        if len(index) != 2 or index[0] is None:
+            return None
+        epoch, index = index
+        try:
+            hash(epoch)
+        except TypeError:
+            return None
+    if isinstance(index, bool):
+        return None
+    try:
+        return epoch, operator.index(index)
+    except TypeError:
+        return None
 
 
 def _wait(futures: Iterable[Future]) -> None:

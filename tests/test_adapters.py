@@ -458,6 +458,37 @@ def test_a_batch_that_fails_while_read_ahead_fails_when_it_is_asked_for():
     ahead2.change()  # batch 1 failed, read ahead: nobody asked for it, nothing raised
 
 
+def test_read_ahead_reads_epoch_indices_ahead_and_mixes_them_with_plain_ones(h5file):
+    """(epoch, i) indices, as EpochIndices gives them for another framework's loader, used to
+    fail in ReadAhead (it added 1 to the tuple), and so did a plain index after one."""
+    import threading
+
+    from dsprep.adapters import ReadAhead
+    from dsprep.generators import EpochIndices
+
+    class Recording(HDF5Generator):
+        def __getitem__(self, index):
+            self.read.append((index, threading.current_thread().name))
+            return super().__getitem__(index)
+
+    gen = Recording(h5file[0], batch_size=4, shuffle="full", seed=3)  # 12 batches
+    gen.read = []
+    plain = HDF5Generator(h5file[0], batch_size=4, shuffle="full", seed=3)
+    ahead = ReadAhead(gen, 2)
+    sampler = EpochIndices(gen)
+    sampler.set_epoch(5)  # not the generator's epoch (0): a mix-up would show
+    for index in sampler:
+        x, y = ahead.get(index)
+        want_x, want_y = plain[index]
+        np.testing.assert_array_equal(x, want_x)
+        np.testing.assert_array_equal(y, want_y)
+    ahead_of = [index for index, name in gen.read if name.startswith("dsprep-read-ahead")]
+    assert (5, 1) in ahead_of and (5, len(gen) - 1) in ahead_of  # read ahead, in epoch 5
+    assert all(i < len(gen) for _, i in ahead_of)  # never past the epoch's last batch
+    # Plain indices after (epoch, i) ones, and back: each is its own epoch's batch.
+    for index in [0, 1, 2, (5, 3), (5, 4), 5, 6, (5, 7)]:
+        np.testing.assert_array_equal(ahead.get(index)[0], plain[index][0])
+    ahead.change()
 @pytest.mark.slow
 @pytest.mark.parametrize("workers, multi", [(1, False), (2, False), (2, True)])
 def test_fit_one_epoch_through_as_keras(h5file, workers, multi):
