@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from .errors import UsageError
+from .generators import refuse_path
 from .prefetch import ReadAhead
 
 
@@ -55,6 +56,7 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
+        refuse_path(gen, type(self).__name__)
         workers = _whole(workers, "workers", 0)
         max_queue_size = _whole(max_queue_size, "max_queue_size", 1)
         self.threads = workers if workers > 1 and not use_multiprocessing else 0
@@ -229,6 +231,7 @@ def as_keras(gen: Any, workers: int = 1, use_multiprocessing: bool = False,
             JAX backend, which is multithreaded, prefer threads: ``workers`` > 1 alone).
         max_queue_size: batches Keras keeps ready ahead of the model.
     """
+    refuse_path(gen, "as_keras")
     return KerasDataset(gen, workers=workers, use_multiprocessing=use_multiprocessing,
                         max_queue_size=max_queue_size)
 
@@ -269,9 +272,18 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
 
     Args:
         gen: an HDF5Generator, DirectoryGenerator or any sequence of (x, y) batches.
-        prefetch: batches to prefetch; None lets tf.data tune it (AUTOTUNE).
+        prefetch: batches to prefetch, 0 or more; None (or ``tf.data.AUTOTUNE``, -1) lets
+            tf.data tune it.
     """
     import tensorflow as tf
+
+    refuse_path(gen, "as_tf_dataset")
+    # Checked here: tf.data would refuse it only with an error from inside its graph.
+    if prefetch is not None and (isinstance(prefetch, (bool, np.bool_))
+                                 or not isinstance(prefetch, (int, np.integer))
+                                 or prefetch < tf.data.AUTOTUNE):
+        raise UsageError(f"prefetch must be a whole number of batches, 0 or more, or None (or "
+                         f"tf.data.AUTOTUNE, -1) to let tf.data tune it; received {prefetch!r}")
 
     signature = _signature(gen)
     last = _passes_of(gen)  # where the generator stood when the previous pass began
@@ -284,7 +296,7 @@ def as_tf_dataset(gen: Any, prefetch: int | None = None):
     ds = tf.data.Dataset.from_generator(epoch, output_signature=signature)
     # A known length lets Keras count steps instead of running into the end of the data.
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(gen)))
-    ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch)
+    ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is None else int(prefetch))
     # EpochSync(ds) then syncs the generator, as EpochSync(gen) does (a dataset made from
     # this one, by repeat() or map(), does not carry it: pass the generator then).
     try:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import UsageError
+from .generators import refuse_path
 from .preprocess import as_size, crop, five_crop_positions
 
 __all__ = [
@@ -84,6 +85,7 @@ def ten_crop_predict(
     Returns:
         ``(probs, labels)``: (N, classes) float64 averages and (N,) int64 labels.
     """
+    refuse_path(gen, "ten_crop_predict")
     crop_size = None if size is None else as_size(size)
     # A dsprep generator's one-hot rows of a single class are (B, 1): not a column of ids.
     classes = gen.num_classes if getattr(gen, "one_hot", False) is True else None

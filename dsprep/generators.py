@@ -139,6 +139,18 @@ def _count(value: object, what: str, least: int = 0) -> int:
     return number
 
 
+def refuse_path(gen: object, who: str) -> None:
+    """Refuse a path given where a generator goes (``who`` names the callee). A string is a
+    sequence too: taken for one, it would fail far from the call (inside ``model.fit``), or
+    not at all (its length counted as batches)."""
+    if isinstance(gen, (str, bytes, os.PathLike)):
+        path = os.fsdecode(gen)
+        maker = "DirectoryGenerator" if os.path.isdir(path) else "HDF5Generator"
+        raise UsageError(f"{who} takes a generator (HDF5Generator, DirectoryGenerator, or any "
+                         f"sequence of (x, y) batches), not the path {path!r}; make one with "
+                         f"{maker}({path!r})")
+
+
 def _called_wrongly(op, x: np.ndarray, rng: np.random.Generator, exc: TypeError) -> bool:
     """Whether ``op(x, rng)`` failed with ``exc`` for how it was called, not inside: raised by
     the call itself (a Keras layer's ``__call__``), or the op (or the function a decorator
@@ -635,7 +647,8 @@ class HDF5Generator(_BatchSequence):
             raise UsageError(f"shuffle {shuffle!r} is not one of {', '.join(SHUFFLE_MODES)} "
                              "(or False): \"batches\" reads whole batches, \"full\" any rows")
         # Absolute: a process that changes its working folder later still finds the file.
-        self.path = Path(path).absolute()
+        # A path in bytes (as os.fsencode gives) is decoded as the file system does.
+        self.path = Path(os.fsdecode(path)).absolute()
         self.shuffle = shuffle
         with store.open_dataset(self.path) as db:
             self._built = _build_stamp(db)
@@ -1010,6 +1023,7 @@ class EpochIndices:
 
     def __init__(self, gen: _BatchSequence, rank: int = 0, world: int = 1,
                  drop_last: bool = False) -> None:
+        refuse_path(gen, "EpochIndices")
         rank, world = _count(rank, "rank"), _count(world, "world", least=1)
         if rank >= world:
             raise UsageError(f"rank must be below world; received rank={rank}, world={world}")
@@ -1203,7 +1217,7 @@ class DirectoryGenerator(_BatchSequence):
                                        or max_pixels < 0):
             raise UsageError(f"max_pixels must be a whole number, 0 (no limit) or more, or None; "
                              f"received {max_pixels!r}")
-        self.root = Path(root).absolute()  # as HDF5Generator's path
+        self.root = Path(os.fsdecode(root)).absolute()  # as HDF5Generator's path
         self.image_size = images.parse_size(image_size)
         if min(self.image_size) < 1:
             raise UsageError(f"image_size {image_size!r} must be positive")

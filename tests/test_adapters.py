@@ -861,6 +861,39 @@ def test_as_tf_dataset_keeps_uint8(h5file):
     np.testing.assert_array_equal(x.numpy(), h5file[1][:16])
 
 
+def test_a_path_given_for_the_generator_is_refused_at_once(h5file):
+    from dsprep.adapters import as_keras
+
+    path = str(h5file[0])
+    # as_keras took it, and model.fit failed on it; as_tf_dataset failed unpacking a character.
+    for given in (path, h5file[0], os.fsencode(path)):
+        with pytest.raises(UsageError, match=r"^as_keras takes a generator \(HDF5Generator, "
+                                             r"DirectoryGenerator, or any sequence of \(x, y\) "
+                                             r"batches\), not the path '.*train.hdf5'; make one "
+                                             r"with HDF5Generator\('.*train.hdf5'\)$"):
+            as_keras(given)
+    with pytest.raises(UsageError, match="^KerasDataset takes a generator"):
+        KerasDataset(path)
+    needs_tf()
+    from dsprep.adapters import as_tf_dataset
+
+    with pytest.raises(UsageError, match="^as_tf_dataset takes a generator .* not the path"):
+        as_tf_dataset(path)
+
+
+def test_as_tf_dataset_refuses_a_prefetch_tf_data_would_refuse(h5file):
+    tf = needs_tf()
+    from dsprep.adapters import as_tf_dataset
+
+    gen = HDF5Generator(h5file[0], batch_size=16, seed=0)
+    for prefetch in (-3, 1.5, "2", True):  # -3 was TensorFlow's InvalidArgumentError
+        with pytest.raises(UsageError, match=r"^prefetch must be a whole number of batches, 0 "
+                                             r"or more, or None .*AUTOTUNE.*; received"):
+            as_tf_dataset(gen, prefetch=prefetch)
+    for prefetch in (tf.data.AUTOTUNE, 0, np.int64(2)):
+        assert len(list(as_tf_dataset(gen, prefetch=prefetch))) == len(gen)
+
+
 # -- MeanSubtraction ---------------------------------------------------------------------------
 
 

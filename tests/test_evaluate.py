@@ -154,6 +154,10 @@ def test_ten_crop_predict_errors():
         ten_crop_predict(fake_model, [], size=8)
     with pytest.raises(UsageError, match="one row of class probabilities"):
         ten_crop_predict(lambda x: np.zeros(3), [(images, np.zeros(2, int))], size=8)
+    # A path where the generator goes failed with "not enough values to unpack".
+    with pytest.raises(UsageError, match=r"ten_crop_predict takes a generator .* not the path "
+                                         r"'data/test.hdf5'; make one with HDF5Generator"):
+        ten_crop_predict(fake_model, "data/test.hdf5", size=8)
 
 
 def test_rank_accuracy_hand_built():

@@ -147,6 +147,18 @@ def test_foreign_hdf5_is_a_format_error(tmp_path):
         HDF5Generator(path)
 
 
+def test_a_path_in_bytes_is_read_as_the_file_system_names_it(h5file, class_dump):
+    import os
+
+    path = h5file[0]
+    gen = HDF5Generator(os.fsencode(path), batch_size=8, shuffle="none")  # was a TypeError
+    assert gen.path == path
+    np.testing.assert_array_equal(gen[0][0], HDF5Generator(path, batch_size=8,
+                                                           shuffle="none")[0][0])
+    folders = DirectoryGenerator(os.fsencode(class_dump), image_size=8, batch_size=4, seed=0)
+    assert folders.root == class_dump and len(folders) == 5  # 18 images
+
+
 def _flip_rows(batch, rng):
     return batch[:, ::-1]
 
@@ -1615,6 +1627,22 @@ def test_epoch_indices_refuse_ranks_without_a_shared_seed(h5file):
     taken = sorted(i for indices in ranks for _, i in indices)
     assert [len(indices) for indices in ranks] == [3, 3, 3] and taken == list(range(9))
     assert pickle.loads(pickle.dumps(drawn)).seed_drawn
+
+
+def test_epoch_indices_refuse_a_path_given_for_the_generator(h5file, tmp_path):
+    import os
+    from pathlib import Path
+
+    from dsprep.generators import EpochIndices
+
+    path = str(h5file[0])
+    # A string is a sequence: its characters were counted as batches, without a word.
+    for named in (path, Path(path), os.fsencode(path)):
+        with pytest.raises(UsageError, match=r"EpochIndices takes a generator .* not the path "
+                                             r".*; make one with HDF5Generator\("):
+            EpochIndices(named)
+    with pytest.raises(UsageError, match=r"make one with DirectoryGenerator\("):
+        EpochIndices(str(tmp_path))  # a folder
 
 
 def test_full_shuffle_reads_its_rows_when_the_whole_file_cannot_be_mapped(h5file, monkeypatch):

@@ -93,6 +93,16 @@ def test_threshold_fixed_and_otsu():
     np.testing.assert_array_equal(morphology.Threshold()(rgb), np.where(rgb > 30, 255, 0))
 
 
+@pytest.mark.parametrize("value", ["abc", "128", True, float("nan"), [100], 1 + 2j])
+def test_a_threshold_that_is_no_number_is_refused_by_name(value):
+    # float() took "128" and failed on "abc" with a message naming no argument.
+    with pytest.raises(UsageError, match=r"^value must be a number .* or None .*; received"):
+        morphology.Threshold(value)
+    with pytest.raises(UsageError, match="^value must be a number"):
+        morphology.threshold(np.zeros((1, 4, 4, 1), np.uint8), value)
+    assert morphology.Threshold(np.uint8(100)).value == 100.0  # numpy numbers are numbers
+
+
 def test_star_import_leaves_the_builtin_open_alone():
     scope: dict = {}
     exec("from dsprep.preprocess.morphology import *", scope)

@@ -6,6 +6,7 @@ given radius; the classes wrap them as preprocessors for a generator chain.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +39,18 @@ def _radius(radius: int) -> int:
     return int(radius)
 
 
+def _level(value: float | None) -> float | None:
+    # A string is refused, even one float() reads ("128"): float() failed on the others with
+    # a message naming no argument. NaN would turn every pixel 0.
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or np.isnan(value):
+        raise UsageError(f"value must be a number (pixels above it turn 255), or None to pick "
+                         f"one per image by Otsu's method; received {value!r}")
+    return float(value)
+
+
 def _per_channel(batch: np.ndarray, op: Callable, radius: int) -> np.ndarray:
     batch = _batch(batch)
     if batch.dtype == np.float16:
@@ -65,7 +78,7 @@ def threshold(batch: np.ndarray, value: float | None = None) -> np.ndarray:
         levels = np.array([filters.threshold_otsu(image.ravel()) for image in batch],
                           dtype=np.float64)
     else:
-        levels = np.full(batch.shape[0], float(value))
+        levels = np.full(batch.shape[0], _level(value))
     above = batch > levels.reshape(-1, 1, 1, 1)
     return above.astype(np.uint8) * np.uint8(255)
 
@@ -148,7 +161,7 @@ class Threshold:
     """Binarise images to 0/255 uint8 at ``value``, or per image by Otsu's method when None."""
 
     def __init__(self, value: float | None = None) -> None:
-        self.value = None if value is None else float(value)
+        self.value = _level(value)
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(int(s) for s in shape)
