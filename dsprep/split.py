@@ -1772,7 +1772,19 @@ def _swap(partial: Path, dest: Path, old: Path) -> str | None:
     elif dest.exists() or dest.is_symlink():
         dest.unlink()
     os.replace(partial, dest)
-    return _remove_old(old, dest) if old.exists() else None
+    return _remove_old_after_swap(old, dest) if old.exists() else None
+
+
+def _remove_old_after_swap(old: Path, dest: Path) -> str | None:
+    """``_remove_old`` once the new split is in place: a stop then (a job's time limit, while
+    a large old split is removed) cuts short only the clearing up, and says so."""
+    try:
+        return _remove_old(old, dest)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        stop.after_stop = (f"The split is complete in {dest}; what it held before is left in "
+                           f"{old}, which the next split into {dest} removes (or remove it "
+                           "yourself).")
+        raise
 
 
 def _remove_old(old: Path, dest: Path) -> str | None:
@@ -1810,7 +1822,7 @@ def _swap_inside(partial: Path, dest: Path, old: Path) -> str | None:
         os.replace(partial / name, dest / name)
     partial.rmdir()
     journal.unlink()
-    return _remove_old(old, dest)
+    return _remove_old_after_swap(old, dest)
 
 
 def _manifest_last(names) -> list[str]:

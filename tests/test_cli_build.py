@@ -586,6 +586,20 @@ def test_bars_show_on_a_terminal_only_unless_asked(monkeypatch):
     assert _common.show_progress() is False and _common.show_epochs() is False
 
 
+def test_an_unknown_progress_setting_is_warned_of_once(monkeypatch, capsys):
+    # DSPREP_PROGRESS=ture (a typo) was taken as "on a terminal only" without a word.
+    from dsprep.cli import _common
+
+    monkeypatch.setattr(_common, "is_quiet", lambda: False)
+    monkeypatch.setattr(_common, "_WARNED", set())
+    monkeypatch.setenv("DSPREP_PROGRESS", "ture")
+    assert _common.show_progress() is False  # captured stderr is no terminal
+    assert _common.show_progress() is False
+    assert capsys.readouterr().err == ("warning: DSPREP_PROGRESS=ture is none of 1/0, yes/no, "
+                                       "true/false, on/off; progress bars show on a terminal "
+                                       "only\n")
+
+
 def test_an_output_given_as_a_link_to_nothing_is_refused(tmp_path):
     # Writing through it would replace the link with a local folder, away from its target
     # (an unmounted scratch volume): the data would land on the wrong disk.

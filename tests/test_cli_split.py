@@ -784,3 +784,50 @@ def test_commands_shown_to_be_pasted_quote_their_paths(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"dsprep build-hdf5 '{data}' OUT" in result.output
     assert "2 classes" in result.output and "left out 1: 1 no-label" in result.output
+
+
+def test_a_stop_while_the_old_split_is_removed_says_the_new_one_is_complete(tmp_path,
+                                                                            monkeypatch):
+    # A job's time limit while split --force removed a large old split: the new split was in
+    # place, yet the command said "Nothing that looks finished was left".
+    from dsprep import split as split_module
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
+    dest = tmp_path / "split"
+    assert CliRunner().invoke(main, ["split", str(dump), str(dest)]).exit_code == 0
+    real = shutil.rmtree
+
+    def stopped(path, *args, **kwargs):
+        if str(path).endswith(".split-old"):
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(split_module.shutil, "rmtree", stopped)
+    result = CliRunner().invoke(main, ["split", str(dump), str(dest), "--force", "--seed", "7"])
+    assert result.exit_code == 130
+    old = tmp_path / ".split.split-old"
+    assert (f"The split is complete in {dest}; what it held before is left in {old}, which the "
+            f"next split into {dest} removes") in " ".join(result.output.split())
+    assert "Nothing that looks finished" not in result.output
+    assert json.loads((dest / "split.json").read_text())["params"]["seed"] == 7
+    monkeypatch.undo()
+    again = CliRunner().invoke(main, ["split", str(dump), str(dest), "--force", "--seed", "7"])
+    assert again.exit_code == 0 and not old.exists()
+
+
+def test_hard_links_that_became_copies_are_said_on_stderr_even_with_q(tmp_path, monkeypatch):
+    # A --mode hardlink split across devices copies the whole dump: -q hid that.
+    import errno
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
+
+    def cross_device(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    result = CliRunner().invoke(
+        main, ["-q", "split", str(dump), str(tmp_path / "split"), "--mode", "hardlink"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr == ("note: 20 hard links were not possible (another device) and were "
+                             "copied instead\n")

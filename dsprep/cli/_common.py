@@ -72,16 +72,16 @@ class DsprepGroup(click.Group):
         try:
             with command_scope():
                 return self._invoke_or_stop(ctx)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # click would say "Aborted!" and exit 1, which a batch script cannot tell from a
             # failure.
-            then = _after_a_stop(ctx)
+            then = _after_a_stop(ctx, exc)
             click.echo("\nAborted!" + (f" {then}" if then else ""), err=True)
             ctx.exit(INTERRUPTED)
         except SystemExit as exc:
             # SIGTERM (a batch system's time limit) and SIGHUP: "Terminated." was said as the
             # signal came; what to do next, as after a Ctrl-C, once the clean-up is done.
-            then = _after_a_stop(ctx)
+            then = _after_a_stop(ctx, exc)
             if then and exc.code in STOPPED_BY_SIGNAL:
                 with contextlib.suppress(OSError, ValueError):  # the terminal that hung up
                     click.echo(then, err=True)
@@ -122,10 +122,13 @@ class DsprepGroup(click.Group):
             raise
 
 
-def _after_a_stop(ctx: click.Context) -> str:
-    """What to do after the command was stopped; nothing for a step of another command (demo's
-    split: running demo again starts afresh, whatever the step would say)."""
-    return "" if inside_a_command() else _AFTER_A_STOP.get(ctx.invoked_subcommand or "", "")
+def _after_a_stop(ctx: click.Context, stop: BaseException) -> str:
+    """What to do after the command was stopped: what the stop itself says (``after_stop``,
+    set where the work stopped), else the command's usual words; nothing for a step of another
+    command (demo's split: running demo again starts afresh, whatever the step would say)."""
+    if inside_a_command():
+        return ""
+    return getattr(stop, "after_stop", "") or _AFTER_A_STOP.get(ctx.invoked_subcommand or "", "")
 
 
 def stop_of(exc: BaseException) -> BaseException | None:
@@ -316,6 +319,7 @@ def count_of(n: int, noun: str, plural: str | None = None) -> str:
 
 PROGRESS_ENV = "DSPREP_PROGRESS"
 _ON, _OFF = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
+_WARNED: set[str] = set()  # DSPREP_PROGRESS values said to be unknown, once each
 
 
 def show_progress() -> bool:
@@ -330,6 +334,11 @@ def show_progress() -> bool:
     wanted = os.environ.get(PROGRESS_ENV, "").strip().lower()
     if wanted in _ON + _OFF:
         return wanted in _ON
+    if wanted and wanted not in _WARNED:  # a typo would otherwise go unseen
+        _WARNED.add(wanted)
+        click.echo(f"warning: {PROGRESS_ENV}={os.environ[PROGRESS_ENV]} is none of 1/0, "
+                   "yes/no, true/false, on/off; progress bars show on a terminal only",
+                   err=True)
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):

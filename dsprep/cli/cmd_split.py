@@ -188,8 +188,9 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             else ""
         say(f"placed {result.placed} files in {dest} ({mode}{note})")
         if result.copied_instead:
+            # On stderr: -q still shows that the split takes the room of a copy.
             say(f"note: {result.copied_instead} hard links were not possible (another device) "
-                "and were copied instead")
+                "and were copied instead", err=True)
         say(f"manifests: {dest}/split.json, files.csv, skipped.csv")
     if not dry_run:
         for note in result.notes:
