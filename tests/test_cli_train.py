@@ -399,6 +399,17 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
         assert "wrote" not in again.output and (finished / "last.keras").read_bytes() == before
 
 
+def test_evaluating_the_validation_split_that_chose_best_keras_is_noted(data, one_epoch_run):
+    # Its figures flatter the model, as the training split's do (which had a note): nothing
+    # was said.
+    val = invoke("evaluate", one_epoch_run, data / "val.hdf5")
+    assert val.exit_code == 0, val.output
+    assert (f"{data / 'val.hdf5'} is the validation split {one_epoch_run} was trained with, "
+            "which chose its best.keras") in " ".join(val.output.split())
+    test = invoke("evaluate", one_epoch_run, data / "test.hdf5")
+    assert test.exit_code == 0 and "validation split" not in test.output
+
+
 def test_a_finished_run_without_its_last_checkpoint_has_nothing_to_do(data, one_epoch_run,
                                                                      tmp_path):
     # last.keras deleted to save room, best.keras kept: the run was said to have "no finished
@@ -731,6 +742,12 @@ def test_train_on_a_split_folder(tmp_path):
     assert config["scale"] == pytest.approx(1 / 127.5)  # the same inputs as from HDF5
     assert config["input_shape"] == [48, 48, 3]
     assert len(history(run)) == 1
+    # Its val/ built into HDF5 is the validation data that chose best.keras: said so.
+    built = invoke("-q", "build-hdf5", split, tmp_path / "hdf5", "--size", "48")
+    assert built.exit_code == 0, built.output
+    val = invoke("evaluate", run, tmp_path / "hdf5" / "val.hdf5")
+    assert val.exit_code == 0, val.output
+    assert "is the validation split" in val.output and "chose its best.keras" in val.output
 
 
 @pytest.mark.parametrize(

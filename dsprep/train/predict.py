@@ -224,6 +224,20 @@ def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
             "figures are better than it would do on new images")
 
 
+def _chose_the_checkpoint(config: dict, data: Path, built_from: str) -> bool:
+    """Whether ``data`` is the validation data of the run: its val.hdf5, or built from the
+    split folder it trained from, where the run chose best.keras by a validation metric."""
+    if not str(config.get("monitor", "")).startswith("val_") or not config.get("data"):
+        return False
+    trained = Path(str(config["data"]))
+    try:
+        if config.get("data_kind") == "hdf5":
+            return (trained / "val.hdf5").resolve() == data.resolve()
+        return bool(built_from) and Path(built_from).resolve() == trained.resolve()
+    except OSError:
+        return False
+
+
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: bool = False,
                  checkpoint: str = "best", batch_size: int = 64,
                  progress: bool = False) -> dict:
@@ -279,9 +293,15 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         image_shape = tuple(int(s) for s in db["images"].shape[1:])
         split = db.attrs.get("split")
         resize = db.attrs.get("resize")
+        built_from = str(db.attrs.get("source_root", ""))
     _check_image_size(run, data, config, image_shape)
     _check_resize(run, data, config, resize)
     seen_note = None if split == "train" else _seen_in_training(run, config, data)
+    if split == "val" and _chose_the_checkpoint(config, data, built_from):
+        seen_note = (f"{data} is the validation split {run} was trained with, which chose its "
+                     "best.keras (and drives --early-stop and --schedule plateau): its figures "
+                     "flatter the model a little (evaluate test.hdf5 for how it does on new "
+                     "images)")
     epoch, unfinished = _checkpoint_epoch(run, config, checkpoint)
     result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "epoch": epoch,
               "classes": classes}
