@@ -410,6 +410,38 @@ def test_evaluating_the_validation_split_that_chose_best_keras_is_noted(data, on
     assert test.exit_code == 0 and "validation split" not in test.output
 
 
+@pytest.mark.slow
+def test_evaluating_a_split_made_again_that_holds_training_images_is_noted(tmp_path):
+    # The dump split again with another seed into another folder: most of its test images
+    # were images the run learned from, and nothing was said.
+    import csv as csv_module
+
+    dump = make_class_folders(tmp_path / "dump", classes=("cat", "dog"), per_class=12,
+                              size=(48, 48))
+    for seed, name in (("1", "a"), ("2", "b")):
+        made = invoke("-q", "split", dump, tmp_path / f"split-{name}", "--seed", seed)
+        assert made.exit_code == 0, made.output
+        built = invoke("-q", "build-hdf5", tmp_path / f"split-{name}", tmp_path / f"hdf5-{name}",
+                       "--size", "48")
+        assert built.exit_code == 0, built.output
+    run = tmp_path / "run"
+    assert invoke("train", tmp_path / "hdf5-a", run, *QUICK, "--epochs", "1").exit_code == 0
+
+    def sources(split_folder, split):
+        with open(split_folder / "files.csv", newline="") as fh:
+            return {r["source"] for r in csv_module.DictReader(fh) if r["split"] == split}
+
+    shared = len(sources(tmp_path / "split-b", "test") & sources(tmp_path / "split-a", "train"))
+    assert shared > 0  # the seeds chosen so that some are
+    other = invoke("evaluate", run, tmp_path / "hdf5-b" / "test.hdf5")
+    assert other.exit_code == 0, other.output
+    total = len(sources(tmp_path / "split-b", "test"))
+    assert (f"{shared} of the {total} images of {tmp_path / 'hdf5-b' / 'test.hdf5'} are images "
+            f"{run} learned from") in " ".join(other.output.split())
+    own = invoke("evaluate", run, tmp_path / "hdf5-a" / "test.hdf5")
+    assert own.exit_code == 0 and "learned from" not in own.output
+
+
 def test_a_finished_run_without_its_last_checkpoint_has_nothing_to_do(data, one_epoch_run,
                                                                      tmp_path):
     # last.keras deleted to save room, best.keras kept: the run was said to have "no finished

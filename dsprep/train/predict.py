@@ -224,6 +224,70 @@ def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
             "figures are better than it would do on new images")
 
 
+def _contents(split_folder: Path, names: list[str] | None, split: str) -> list[str] | None:
+    """The sha256 of images of a dsprep split folder, from its files.csv: of ``names`` (paths
+    inside the folder, "train/cat/1.jpg"), or of every file of ``split``; None where the
+    folder has no files.csv as the split wrote it."""
+    import csv
+
+    from ..split import FILES_COLUMNS
+
+    try:
+        with open(split_folder / "files.csv", newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            if next(reader, None) != list(FILES_COLUMNS):
+                return None
+            at = {c: FILES_COLUMNS.index(c) for c in ("split", "path", "sha256")}
+            rows = [r for r in reader if len(r) == len(FILES_COLUMNS)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if names is None:
+        return [r[at["sha256"]] for r in rows if r[at["split"]] == split]
+    sha = {r[at["path"]]: r[at["sha256"]] for r in rows}
+    return [sha[n] for n in names if n in sha]
+
+
+def _hdf5_contents(path: Path) -> list[str] | None:
+    """The sha256 of the images of a dsprep HDF5 file built from a split folder."""
+    from ..store import open_dataset
+
+    with open_dataset(path) as db:
+        root = str(db.attrs.get("source_root", ""))
+        if not root or "filenames" not in db:
+            return None
+        names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
+                 for n in db["filenames"][()]]
+    return _contents(Path(root), names, "")
+
+
+def _learned_again(run: Path, config: dict, data: Path) -> str | None:
+    """A note when images of ``data`` have the content of images the run trained on (a dump
+    split again, with another seed, into another folder), told by the sha256 each split
+    recorded in its files.csv; None when none do, or when it cannot be told."""
+    options = config.get("options", {})
+    trained = Path(str(config.get("data", "")))
+    if options.get("limit_per_class") or not config.get("data"):
+        return None  # (a subset: which images it learned from is not recorded)
+    try:
+        if config.get("data_kind") == "hdf5":
+            learned = (_hdf5_contents(trained / "train.hdf5")
+                       if (trained / "train.hdf5").is_file() else None)
+        else:
+            learned = _contents(trained, None, "train")
+        seen = _hdf5_contents(data) if learned else None
+    except (OSError, DsprepError):
+        return None
+    if not learned or not seen:
+        return None
+    learned_set = set(learned)
+    shared = sum(1 for digest in seen if digest in learned_set)
+    if not shared:
+        return None
+    return (f"{shared} of the {len(seen)} images of {data} are images {run} learned from (the "
+            "same content as files of its training split, by the digests the splits recorded: "
+            "a dump split again?): these figures are better than it would do on new images")
+
+
 def _chose_the_checkpoint(config: dict, data: Path, built_from: str) -> bool:
     """Whether ``data`` is the validation data of the run: its val.hdf5, or built from the
     split folder it trained from, where the run chose best.keras by a validation metric."""
@@ -296,7 +360,8 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         built_from = str(db.attrs.get("source_root", ""))
     _check_image_size(run, data, config, image_shape)
     _check_resize(run, data, config, resize)
-    seen_note = None if split == "train" else _seen_in_training(run, config, data)
+    seen_note = None if split == "train" else (_seen_in_training(run, config, data)
+                                               or _learned_again(run, config, data))
     if split == "val" and _chose_the_checkpoint(config, data, built_from):
         seen_note = (f"{data} is the validation split {run} was trained with, which chose its "
                      "best.keras (and drives --early-stop and --schedule plateau): its figures "
