@@ -872,6 +872,11 @@ def _ring_blocks(wanted: int, least: int, block_bytes: int) -> int:
     memory limit gets fewer blocks, down to ``least`` (one per worker and one being written),
     and below that the build is refused with what to do.
     """
+    unwritable = _shm_unwritable()
+    if unwritable is not None:
+        raise DsprepError(f"{_SHM_WHERE} cannot be written ({unwritable}), and the decoding "
+                          "workers share their images through it; use --workers 1 (which needs "
+                          f"none), or make {SHM_DIR} writable")
     room = _shm_room(block_bytes)
     if room is None:
         return wanted
@@ -917,16 +922,43 @@ def _shm_room(block_bytes: int) -> tuple[int, int, str] | None:
     return free, fit, where
 
 
+def _shm_unwritable() -> str | None:
+    """Why no file can be made in /dev/shm (mounted read-only, or not this user's to write),
+    or None where one can, or where it cannot be told (not Linux, a kernel before 3.11).
+
+    Free space alone does not tell it: a read-only /dev/shm has room, and the ring's first
+    file failed there, after joblib had warned that it "will operate in serial mode".
+    """
+    if not sys.platform.startswith("linux") or not hasattr(os, "O_TMPFILE"):
+        return None
+    try:
+        # A file with no name: nothing is left behind, even by a process killed meanwhile.
+        fd = os.open(SHM_DIR, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.EISDIR, errno.EOPNOTSUPP, errno.EINVAL):
+            return None  # unnamed files unsupported: the ring itself will tell
+        return exc.strerror or str(exc)
+    os.close(fd)
+    return None
+
+
 def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildOptions:
     """The default number of decoding workers, lowered to what /dev/shm has room for.
 
     Each worker needs a block of the shared ring, and a container's /dev/shm is 64 MB unless
     given more: about four blocks of 64 images of 256x256. A worker count the user chose is
     kept (the ring refuses it with what to do); the default becomes what fits, with a note.
+    A /dev/shm that cannot be written has room for none: this process decodes.
     """
     workers = _workers_for(images, options)
     if options.workers is not None or workers <= 1:
         return options
+    unwritable = _shm_unwritable()
+    if unwritable is not None:
+        notes.append(f"{_SHM_WHERE} cannot be written ({unwritable}), and decoding workers "
+                     f"share their images through it: decoding in this process instead of "
+                     f"with {workers} workers; make {SHM_DIR} writable to use them")
+        return replace(options, workers=1)
     room = _shm_room(_block_images(options, images) * options.size[0] * options.size[1] * 3)
     if room is None:
         return options

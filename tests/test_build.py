@@ -463,6 +463,45 @@ def test_the_default_workers_are_as_many_as_dev_shm_has_room_for(
     build.shutdown_workers()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the check reads Linux's /dev/shm; elsewhere there is none")
+def test_an_unwritable_dev_shm_is_decoded_without_workers_or_a_chosen_count_refused(
+        tmp_path, monkeypatch):
+    # A read-only /dev/shm (or one not the user's to write) has room, so the room check passed
+    # it: the default build failed at the ring's file ("/dev/shm/dsprep-ring-...: Read-only
+    # file system"), after joblib's own warning. Tests run as root, so the failure is injected.
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    monkeypatch.setattr(build.system, "usable_cpus", lambda: 2)
+    build.shutdown_workers()  # no pool or ring kept from another test
+    src = make_split(tmp_path / "split")
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(build.SHM_DIR) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(build.os, "open", read_only)
+    # Starting the workers imports joblib, which warns that it "will operate in serial mode".
+    started = []
+    monkeypatch.setattr(build.system, "start_trackers", lambda: started.append(True))
+    report = build.build_hdf5(src, tmp_path / "out",
+                              opts(size=(64, 64), chunk_images=4, workers=None))
+    assert [f.count for f in report.files] == [18, 6, 6]
+    assert not started
+    assert [n for n in report.notes if "shared memory" in n] == [
+        "shared memory (/dev/shm) cannot be written (Read-only file system), and decoding "
+        "workers share their images through it: decoding in this process instead of with 2 "
+        "workers; make /dev/shm writable to use them"]
+    # A number given is kept, as where /dev/shm is full: it is refused, with what to do.
+    out = tmp_path / "chosen"
+    with pytest.raises(DsprepError, match=r"^shared memory \(/dev/shm\) cannot be written "
+                                          r"\(Read-only file system\).*use --workers 1"):
+        build.build_hdf5(src, out, opts(size=(64, 64), chunk_images=4, workers=2))
+    assert not started
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("err,refused", [(errno.EFAULT, True), (errno.ENOMEM, True),
                                          (errno.EINVAL, False)])
 def test_a_slot_that_cannot_be_mapped_is_a_clear_error_not_a_crash(monkeypatch, err, refused):
