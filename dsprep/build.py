@@ -942,17 +942,37 @@ def _shm_unwritable() -> str | None:
     return None
 
 
+def _cwd_gone() -> bool:
+    """Whether this process's current folder was deleted (a shell left in a folder removed
+    since): loky starts each worker process there, and its ``os.getcwd()`` failed the build
+    with a bare "No such file or directory"."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
+# What the note and the refusal say of a current folder deleted.
+_CWD_GONE = "the current folder no longer exists (it was deleted), and decoding workers start in it"
+
+
 def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildOptions:
     """The default number of decoding workers, lowered to what /dev/shm has room for.
 
     Each worker needs a block of the shared ring, and a container's /dev/shm is 64 MB unless
     given more: about four blocks of 64 images of 256x256. A worker count the user chose is
     kept (the ring refuses it with what to do); the default becomes what fits, with a note.
-    A /dev/shm that cannot be written has room for none: this process decodes.
+    A /dev/shm that cannot be written has room for none, and a current folder deleted
+    starts none: this process decodes.
     """
     workers = _workers_for(images, options)
     if options.workers is not None or workers <= 1:
         return options
+    if _cwd_gone():
+        notes.append(f"{_CWD_GONE}: decoding in this process instead of with {workers} "
+                     "workers; cd to a folder that exists to use them")
+        return replace(options, workers=1)
     unwritable = _shm_unwritable()
     if unwritable is not None:
         notes.append(f"{_SHM_WHERE} cannot be written ({unwritable}), and decoding workers "
@@ -1358,6 +1378,9 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
     if not tasks:
         return
     parallel = workers > 1
+    if parallel and _cwd_gone():  # a count chosen: the default fell back in _fit_workers
+        raise UsageError(f"{_CWD_GONE}; cd to a folder that exists and run the command again, "
+                         "or use --workers 1")
     # Each in-flight task owns one block of the ring.
     if parallel:
         # Full size even for a short file: shared memory takes pages only where written.

@@ -502,6 +502,34 @@ def test_an_unwritable_dev_shm_is_decoded_without_workers_or_a_chosen_count_refu
     assert not out.exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows deletes no folder in use")
+def test_a_build_run_from_a_deleted_folder_decodes_without_workers_or_a_chosen_count_refused(
+        tmp_path, monkeypatch):
+    # A shell left in a folder deleted since: loky starts each worker in the current folder,
+    # and the default build failed with a bare "No such file or directory".
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    monkeypatch.setattr(build.system, "usable_cpus", lambda: 2)
+    build.shutdown_workers()  # a pool kept from another test would start no process
+    src = make_split(tmp_path / "split")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)  # and back to the folder the test ran in, at its end
+    gone.rmdir()
+    report = build.build_hdf5(src, tmp_path / "out",
+                              opts(size=(64, 64), chunk_images=4, workers=None))
+    assert [f.count for f in report.files] == [18, 6, 6]
+    assert [n for n in report.notes if "current folder" in n] == [
+        "the current folder no longer exists (it was deleted), and decoding workers start in "
+        "it: decoding in this process instead of with 2 workers; cd to a folder that exists "
+        "to use them"]
+    out = tmp_path / "chosen"
+    with pytest.raises(UsageError, match=r"^the current folder no longer exists .*; cd to a "
+                                         r"folder that exists and run the command again, or use "
+                                         r"--workers 1$"):
+        build.build_hdf5(src, out, opts(size=(64, 64), chunk_images=4, workers=2))
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("err,refused", [(errno.EFAULT, True), (errno.ENOMEM, True),
                                          (errno.EINVAL, False)])
 def test_a_slot_that_cannot_be_mapped_is_a_clear_error_not_a_crash(monkeypatch, err, refused):
