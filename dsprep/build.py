@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -1544,7 +1545,8 @@ def build_hdf5(
                     f"{'exists' if len(existing) == 1 else 'exist'}{why}; use --force to "
                     f"replace {'it' if len(existing) == 1 else 'them'}{removed}"
                 )
-        _check_room(out, planned, options, outputs)
+        _check_room(out, planned, options, outputs,
+                    [p for p in [*outputs, means_path, skipped_final] if p is not None])
         options = _fit_workers(options, max(map(len, planned.values())), notes)
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
@@ -1581,14 +1583,15 @@ def _made_folder(out: Path) -> Iterator[None]:
 
 
 def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
-                outputs: list[Path]) -> None:
+                outputs: list[Path], replaced: list[Path]) -> None:
     """Refuse, before any image is decoded, a build whose pixels alone cannot fit on OUT's
     disk (uncompressed files only: a compressed size cannot be told in advance). An unattended
     build would otherwise fail on a full disk after decoding for as long as it took to fill it.
 
-    The files a build replaces keep their room until the new ones are whole. The ``.partial``
-    files of a stopped build would be overwritten only in their turn, so they go first. Every
-    file takes whole chunks (the last one padded).
+    The files a build replaces (``replaced``, a --force build's) keep their room until the new
+    ones are whole; where they are what leaves too little, the refusal says so. The
+    ``.partial`` files of a stopped build would be overwritten only in their turn, so they go
+    first. Every file takes whole chunks (the last one padded).
     """
     if options.compression != "none":
         return
@@ -1612,11 +1615,35 @@ def _check_room(out: Path, planned: dict[str, list[Row]], options: BuildOptions,
     # Some file systems (ZFS, btrfs, NFS) give the room of removed files back a moment later.
     free = max(free, free_before + stale)
     if needs > free:
+        held, names = _held_room(replaced)
+        # The old files stay until the new ones are whole, so that a failed build leaves them:
+        # the room they hold is why it does not fit, and deleting them first is the way out.
+        free_some = (f"The files this build would replace ({', '.join(names)}) hold "
+                     f"{held / 1e6:,.1f} MB, and are kept until the new ones are complete; "
+                     "delete them first and it fits"
+                     if held and needs <= free + held else "Free some space")
         raise OSError(errno.ENOSPC, (
             f"{out}: the HDF5 files will not fit: {count:,} images of {height}x{width}x3 need "
-            f"{needs / 1e6:,.1f} MB, and {free / 1e6:,.1f} MB are free there. Free some space, "
+            f"{needs / 1e6:,.1f} MB, and {free / 1e6:,.1f} MB are free there. {free_some}, "
             "choose an OUT on another disk, or store smaller images (--size) or compressed ones "
             "(--compression gzip, smaller files but slower reads); nothing was written"))
+
+
+def _held_room(paths: list[Path]) -> tuple[int, list[str]]:
+    """The bytes that deleting ``paths`` would free on their disk, and the names of the files
+    that hold them."""
+    held, names = 0, []
+    for path in paths:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        # A file linked elsewhere too (a hard link), or a symbolic link, frees no room.
+        blocks = getattr(st, "st_blocks", st.st_size // 512) * 512
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and blocks:
+            held += blocks
+            names.append(path.name)
+    return held, names
 
 
 def _class_warnings(src: Path, classes: list[str]) -> list[str]:

@@ -1089,6 +1089,44 @@ def test_a_build_that_cannot_fit_is_refused_before_any_decode(tmp_path, monkeypa
     assert (tmp_path / "gz" / "train.hdf5").is_file()
 
 
+def test_a_force_build_refused_for_room_says_the_files_it_replaces_hold_it(
+        tmp_path, monkeypatch):
+    # The files a --force build replaces stay until the new ones are complete, so it needs room
+    # for both; the refusal gave only the free space, not that deleting them first would do.
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    build.build_hdf5(src, out, opts())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    names = ["train.hdf5", "val.hdf5", "test.hdf5", "means.json", "skipped.csv"]
+    held = sum((out / n).stat().st_blocks * 512 for n in names)
+    needs = 30 * 24 * 24 * 3
+    assert needs < held  # the old files hold more than the pixels: deleting them makes room
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=needs - 1, f_bfree=needs - 1, f_frsize=1))
+    with pytest.raises(OSError, match="will not fit") as info:
+        build.build_hdf5(src, out, opts(), force=True)
+    assert info.value.errno == errno.ENOSPC
+    assert (f"are free there. The files this build would replace ({', '.join(names)}) hold "
+            f"{held / 1e6:,.1f} MB, and are kept until the new ones are complete; delete them "
+            "first and it fits, choose an OUT on another disk") in info.value.strerror
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A file linked elsewhere too frees no room when deleted: it is not counted.
+    os.link(out / "train.hdf5", tmp_path / "kept.hdf5")
+    with pytest.raises(OSError, match="will not fit") as info:
+        build.build_hdf5(src, out, opts(), force=True)
+    assert "(val.hdf5, test.hdf5, means.json, skipped.csv) hold" in info.value.strerror
+    # Where deleting them would not be enough (larger images), the message is what it was.
+    (tmp_path / "kept.hdf5").unlink()
+    larger = 30 * 48 * 48 * 3
+    assert larger > held
+    monkeypatch.setattr(build.os, "statvfs", lambda path: SimpleNamespace(
+        f_bavail=larger - held - 1, f_bfree=larger - held - 1, f_frsize=1))
+    with pytest.raises(OSError, match="will not fit") as info:
+        build.build_hdf5(src, out, opts(size=(48, 48)), force=True)
+    assert "are free there. Free some space, choose" in info.value.strerror
+    assert "replace" not in info.value.strerror
+
+
 @pytest.mark.parametrize("error, reason, detail", [
     # Tests run as root, where file modes do not stop a read: the failure is injected.
     (PermissionError(13, "Permission denied"), "unreadable", "Permission denied"),
