@@ -877,18 +877,25 @@ def _inspect(data: bytes) -> _Header | None:
     return None
 
 
-# How the files of each format dsprep reads begin.
-_SIGNATURES = ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF", "GIF"), (b"RIFF", "WebP"),
-               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-
-
 def _format_name(data: bytes) -> str:
-    return next((name for prefix, name in _SIGNATURES if data.startswith(prefix)), "TIFF")
+    for prefix, name in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF", "GIF"),
+                         (b"RIFF", "WebP"), (b"BM", "BMP")):
+        if data.startswith(prefix):
+            return name
+    return "TIFF"
 
 
-def looks_like_image(data: bytes) -> bool:
-    """Whether ``data`` begins as a file of a format dsprep reads (by its first bytes alone)."""
-    return any(data.startswith(prefix) for prefix, _ in _SIGNATURES)
+def looks_like_image(head: bytes) -> bool:
+    """Whether a file whose first 16 bytes are ``head`` begins as one of a format dsprep reads
+    (by its signature alone: a WAV file is RIFF too, and says WAVE where WebP says WEBP)."""
+    return (head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a",
+                             b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  \r\n\x87\n",
+                             b"\xff\x4f\xff\x51"))
+            or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            or (head[:2] == b"BM" and head[6:10] == b"\x00\x00\x00\x00")  # reserved, zero
+            or (head[:1] == b"P" and head[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6")
+                and head[2:3] in (b" ", b"\t", b"\r", b"\n"))  # PBM, PGM, PPM
+            or (head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis")))
 
 
 def _valid_size(fmt: str, height: int, width: int) -> None:

@@ -190,6 +190,10 @@ class Source(ABC):
     def read(self, rel: str) -> bytes:
         """The bytes of one file."""
 
+    def read_head(self, rel: str, size: int) -> bytes:
+        """The first ``size`` bytes of one file (all of it where it is shorter)."""
+        return self.read(rel)[:size]
+
     # The real paths of the folders the last list_files reached through links: they are part
     # of the dump as much as its own folders.
     linked: Sequence[str] = ()
@@ -322,6 +326,10 @@ class FolderSource(Source):
         with open(os.path.join(self._root, rel), "rb", buffering=0) as fh:
             return fh.read()
 
+    def read_head(self, rel: str, size: int) -> bytes:
+        with open(os.path.join(self._root, rel), "rb", buffering=0) as fh:
+            return fh.read(size)
+
 
 class ZipSource(Source):
     """A dump that is a zip archive, read in place (nothing is extracted)."""
@@ -364,10 +372,19 @@ class ZipSource(Source):
         return sorted(set(files)), problems
 
     def read(self, rel: str) -> bytes:
+        with self._member_errors():
+            return self._zip.read(self._members.get(rel, rel))
+
+    def read_head(self, rel: str, size: int) -> bytes:
+        with self._member_errors(), self._zip.open(self._members.get(rel, rel)) as fh:
+            return fh.read(size)
+
+    @contextlib.contextmanager
+    def _member_errors(self):
         # A member that cannot be read is one unreadable file, as on disk: the OSError names
         # why, and the caller leaves the file out.
         try:
-            return self._zip.read(self._members.get(rel, rel))
+            yield
         except NotImplementedError as exc:  # Deflate64, PPMd, ...
             raise OSError(f"archive member packed in a way Python cannot read ({exc}); unpack "
                           "the archive with another tool and split the folder") from exc
@@ -707,9 +724,9 @@ def find_images(
     elif guessing and items and not split_folders and all(split_of(lab) for _, lab in items):
         # The labels file may lie beside the images in each split folder (an export with
         # train/_classes.csv).
-        inside = [f for label in sorted({lab for _, lab in items})
+        beside = [f for label in sorted({lab for _, lab in items})
                   for f in _top_csvs(files, f"{root}{label}/")]
-        _refuse_split_named_classes(items, _top_csvs(files, root) or inside, where)
+        _refuse_split_named_classes(items, _top_csvs(files, root) or beside, where)
     good, bad = [], []
     for rel, label in items:
         # "café" typed (composed) and from a macOS archive (decomposed) print alike: one class.
@@ -725,7 +742,7 @@ def find_images(
                               passed_over if loose else None, chosen, good),
                           copy.rstrip("/") if chosen == "folders" and copy else None,
                           sorted(set(source.linked)),
-                          _unnamed_images(source, inside, images, root)
+                          _unnamed_images(source, inside, images, root, split_folders)
                           if chosen == "folders" else [])
     if not inventory.items:
         # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
@@ -933,25 +950,33 @@ def _unsafe_note(problems: list[Skipped]) -> str:
             "was made")
 
 
-def _unnamed_images(source: Source, inside: list[str], images: list[str],
-                    root: str) -> list[tuple[str, int, str]]:
-    """The folders beside the class folders holding no image file, only files without an
-    extension, that may be images all the same (``Inventory.unnamed``): a class folder whose
-    images lost their extensions would vanish without a word."""
-    named = {f[len(root):].partition("/")[0] for f in images}
+def _unnamed_images(source: Source, inside: list[str], images: list[str], root: str,
+                    split_folders: Sequence[str] = ()) -> list[tuple[str, int, str]]:
+    """The folders beside the class folders (in each split folder of a dump already split)
+    holding no image file, only files without an extension, that may be images all the same
+    (``Inventory.unnamed``): a class folder whose images lost their extensions would vanish
+    without a word."""
     bare: dict[str, list[str]] = defaultdict(list)
-    for f in inside:
-        top, _, rest = f[len(root):].partition("/")
-        if rest and top not in named and "." not in rest.rpartition("/")[2].lstrip("."):
-            bare[top].append(f)
+    for level in [f"{root}{folder}/" for folder in split_folders] or [root]:
+        named = {f[len(level):].partition("/")[0] for f in images if f.startswith(level)}
+        for f in inside:
+            if not f.startswith(level):
+                continue
+            top, _, rest = f[len(level):].partition("/")
+            if rest and top not in named and "." not in rest.rpartition("/")[2].lstrip("."):
+                bare[f"{level[len(root):]}{top}"].append(f)
     found = []
     for top, files in sorted(bare.items()):
-        try:
-            first = source.read(files[0])
-        except (OSError, DsprepError):
-            continue
-        if looks_like_image(first[:16]):
-            found.append((top, len(files), files[0]))
+        # The first few (one README or error page need not hide the rest), by their heads:
+        # a raw file beside the classes (MNIST's train-images-idx3-ubyte) may be gigabytes.
+        for rel in files[:3]:
+            try:
+                head = source.read_head(rel, 16)
+            except (OSError, DsprepError):
+                continue
+            if looks_like_image(head):
+                found.append((top, len(files), rel))
+                break
     return found
 
 

@@ -820,6 +820,46 @@ def test_a_class_folder_of_images_without_extensions_is_warned_of(tmp_path):
     assert not [w for w in plan(root).warnings() if "extension" in w]
 
 
+def test_extension_less_images_are_found_by_their_signatures_alone(tmp_path, monkeypatch):
+    # A dump already split (train/grass/ of such files vanished unseen), PPM files (missed),
+    # WAV files (RIFF, taken for WebP), a README first in the folder (it hid the rest), and a
+    # large raw file beside the classes (read whole, gigabytes for MNIST's idx files).
+    import cv2
+
+    root = tmp_path / "dump"
+    for split_name in ("train", "val"):
+        make_class_folders(root / split_name, classes=("brick", "gravel"), per_class=3)
+    grass = root / "train" / "grass"
+    grass.mkdir()
+    (grass / "0README").write_text("grass images, no extensions\n")
+    for i in range(1, 3):
+        ok, data = cv2.imencode(".png", smooth_image(20, 20, seed=i))
+        (grass / f"g{i}").write_bytes(data.tobytes())
+    flat = make_class_folders(tmp_path / "flat", classes=("cat", "dog"), per_class=3)
+    (flat / "ppm").mkdir()
+    (flat / "ppm" / "p0").write_bytes(b"P6\n20 20\n255\n" + bytes(1200))
+    (flat / "audio").mkdir()
+    (flat / "audio" / "clip0").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64))
+    (flat / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(64))
+    assert [w for w in plan(root).warnings() if "extension" in w] == [
+        "train/grass/ is left out: it holds no image file, but 3 files without an extension "
+        "(train/grass/g1 begins as an image does); split takes images by their extension: "
+        "rename them with theirs (.jpg, .png, ...) to keep them"]
+    from dsprep import sources
+
+    heads = []
+    real = sources.FolderSource.read_head
+
+    def read_head(self, rel, size):
+        heads.append(size)
+        return real(self, rel, size)
+
+    monkeypatch.setattr(sources.FolderSource, "read_head", read_head)
+    assert [w.split(" is left out")[0] for w in plan(flat).warnings() if "extension" in w] == [
+        "ppm/"]
+    assert heads and set(heads) == {16}  # the heads only, never a whole file
+
+
 def _disk_full_at_copy(monkeypatch, n: int):
     """Copies fail with ENOSPC from the ``n``-th on; returns the real copy function."""
     real_copy = split_module.copy_file
