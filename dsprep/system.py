@@ -260,6 +260,8 @@ class ForgivingStream:
                 self._stream.write(text)
                 if "\n" in text:
                     self._stream.flush()
+            except BlockingIOError:
+                pass  # a non-blocking pipe full for now: this text is lost, not the stream
             except (OSError, ValueError):
                 self.broken = True
         return len(text)
@@ -271,5 +273,9 @@ class ForgivingStream:
             except (OSError, ValueError):
                 self.broken = True
 
-    def __getattr__(self, name: str):  # fileno, encoding, errors, isatty, buffer, ...
+    def __getattr__(self, name: str):  # fileno, encoding, errors, isatty, ...
+        if name == "buffer":
+            # Not the stream's bytes underneath: click writes there, around this one, when
+            # the encoding is ASCII, and a failure would stop the command again.
+            raise AttributeError(name)
         return getattr(self._stream, name)

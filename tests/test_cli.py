@@ -123,16 +123,19 @@ def test_progress_bars_that_cannot_be_written_do_not_stop_the_work(tmp_path):
 
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=6)
     env = {**os.environ, "DSPREP_PROGRESS": "1"}
-    for args, made in ((["split", dump, tmp_path / "split"], "split.json"),
-                       (["build-hdf5", tmp_path / "split", tmp_path / "hdf5", "--size", "16"],
-                        "train.hdf5")):
-        with open("/dev/full", "w") as full:
-            done = subprocess.run([sys.executable, "-m", "dsprep", *map(str, args)],
-                                  stdout=subprocess.PIPE, stderr=full, env=env, timeout=300)
-        assert done.returncode == 0, done.stdout
-        assert (Path(args[2]) / made).is_file()
+    # With an ASCII stderr, click wrote to the bytes underneath, around the guard.
+    for n, extra in enumerate(({}, {"PYTHONIOENCODING": "ascii"})):
+        for args, made in ((["split", dump, tmp_path / f"split{n}"], "split.json"),
+                           (["build-hdf5", tmp_path / f"split{n}", tmp_path / f"hdf5{n}",
+                             "--size", "16"], "train.hdf5")):
+            with open("/dev/full", "w") as full:
+                done = subprocess.run([sys.executable, "-m", "dsprep", *map(str, args)],
+                                      stdout=subprocess.PIPE, stderr=full, env={**env, **extra},
+                                      timeout=300)
+            assert done.returncode == 0, (extra, done.stdout)
+            assert (Path(args[2]) / made).is_file()
     # The bar still shows where stderr can be written.
-    shown = subprocess.run([sys.executable, "-m", "dsprep", "build-hdf5", str(tmp_path / "split"),
+    shown = subprocess.run([sys.executable, "-m", "dsprep", "build-hdf5", str(tmp_path / "split0"),
                             str(tmp_path / "again"), "--size", "16"], capture_output=True,
                            text=True, env=env, timeout=300)
     assert shown.returncode == 0 and "train.hdf5: 100%" in shown.stderr, shown.stderr
