@@ -48,6 +48,7 @@ from .fileio import (
     progress_bar,
     quoted,
     refuse_dangling_link,
+    refuse_empty_path,
     sync_file,
     sync_folder,
     write_atomic,
@@ -1459,6 +1460,8 @@ def build_hdf5(
         DsprepError: a worker process died.
     """
     options = (options or BuildOptions()).validate()
+    refuse_empty_path(src, "the source (SRC)")
+    refuse_empty_path(out, "the output folder (OUT)")
     src, out = Path(src), Path(out)
     try:
         str(src.resolve()).encode("utf-8")

@@ -138,6 +138,19 @@ def refuse_dangling_link(path: str | os.PathLike) -> None:
                              "link")
 
 
+def empty_path_words(folder: bool = True) -> str:
+    """What is said of an empty path: a script's unset variable ("$OUT") gives one, and
+    ``Path("")`` is the current folder, which a split --force would clear."""
+    return ("is empty (an unset variable in a script?); give a path"
+            + (", '.' for the current folder" if folder else ""))
+
+
+def refuse_empty_path(path: object, what: str, folder: bool = True) -> None:
+    """Refuse an empty string given for a path (see :func:`empty_path_words`)."""
+    if isinstance(path, (str, bytes)) and not path:
+        raise UsageError(f"{what} {empty_path_words(folder)}")
+
+
 def refuse_under_a_file(dest: str | os.PathLike) -> None:
     """Refuse a folder to make whose nearest existing parent is a file, naming both (the
     system's "Not a directory" would name whatever dsprep first tried to make inside it)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import system
 from .errors import DestinationExistsError, UsageError
-from .fileio import progress_bar, refuse_under_a_file, sibling
+from .fileio import progress_bar, refuse_empty_path, refuse_under_a_file, sibling
 
 LAYOUTS = ("folders", "prefix", "csv")
 
@@ -281,6 +281,7 @@ def write_sample_dump(
     if with_bad_files and per_class < 1:
         raise UsageError("with_bad_files (--with-bad-files) needs per_class (--per-class) of "
                          "1 or more: a good image per class")
+    refuse_empty_path(dest, "the dump folder (DEST)")
     given = Path(dest)
     try:
         here = Path.cwd().resolve()

@@ -50,6 +50,7 @@ from .fileio import (
     naming,
     progress_bar,
     refuse_dangling_link,
+    refuse_empty_path,
     refuse_under_a_file,
     sibling,
     write_atomic,
@@ -1123,7 +1124,10 @@ def _holds_anything(folder: Path) -> bool:
 def _refuse_split_source(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """A split made by dsprep given as SRC, with a DEST that holds other files, is most likely
     DEST given first: the split would be pooled into the dump's folder, replacing its files
-    with --force. Into a new or empty folder (or over a split) it is split again."""
+    with --force. Into a new or empty folder (or over a split) it is split again. An empty
+    SRC or DEST (see ``fileio.empty_path_words``) is refused first."""
+    refuse_empty_path(src, "the source")
+    refuse_empty_path(dest, "the split folder (DEST)")
     src, dest = Path(src), Path(dest)
     if not src.is_dir():
         return

@@ -131,6 +131,12 @@ class HDF5Writer:
             )
         if compression not in COMPRESSIONS:
             raise UsageError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        names = [str(n) for n in label_names]
+        if not names or len(set(names)) != len(names) or not all(names):
+            # verify refuses such a file: it is not written in the first place.
+            raise UsageError(f"{self.path}: label_names {names} must be one or more names, "
+                             "none empty or repeated (label i is label_names[i])")
+        self._label_names = names
         self.partial = partial_path(self.path)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self.capacity = int(capacity)
@@ -209,12 +215,19 @@ class HDF5Writer:
         end = self.count + n
         if end > self.capacity:
             raise UsageError(f"{self.path}: {n} more rows exceed the capacity {self.capacity}")
-        labels = np.asarray(labels, dtype=np.int32).reshape(-1)
+        labels = np.asarray(labels).reshape(-1)
         filenames = list(filenames)
         if len(labels) != n or len(filenames) != n:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
-        images = np.ascontiguousarray(images, dtype=np.uint8)
+        classes = len(self._label_names)
+        if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= classes:
+            raise UsageError(f"{self.path}: labels must be class ids 0..{classes - 1} (indices "
+                             f"into label_names); got {labels.dtype} from {labels.min()} to "
+                             f"{labels.max()}")
+        labels = labels.astype(np.int32)
+        images = pixels(images, f"{self.path}", (int(self.images.shape[1]),
+                                                 int(self.images.shape[2])))
         try:
             done = self._direct.write(images, self.count) if self._direct is not None else 0
             if done < n:
@@ -429,6 +442,26 @@ class _DirectChunks:
             os.close(fd)
 
 
+def pixels(images, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``images`` as the rows of a dsprep file, (n, height, width, 3) uint8 RGB, C-ordered;
+    refused in words where they are not pixels (floats in 0..1 stored as uint8 would all be
+    0, and ints above 255 wrap), or not of that shape."""
+    array = np.asarray(images)
+    if array.ndim != 4 or array.shape[3] != 3 or (size is not None
+                                                  and tuple(array.shape[1:3]) != size):
+        want = f"{size[0]}, {size[1]}" if size is not None else "height, width"
+        raise UsageError(f"{where}: images must be (n, {want}, 3) RGB rows; got an array of "
+                         f"shape {array.shape} (a grey image needs its three channels: "
+                         "np.repeat(x[..., None], 3, axis=-1); RGBA drops its alpha: x[..., :3])")
+    if array.dtype != np.uint8:
+        whole = array.dtype.kind in "iub"
+        if not whole or (array.size and (array.min() < 0 or array.max() > 255)):
+            seen = f" from {array.min()} to {array.max()}" if array.size else ""
+            raise UsageError(f"{where}: images must be uint8 pixels 0..255; got {array.dtype}"
+                             f"{seen} (floats in 0..1: (x * 255).round().astype(np.uint8))")
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
 def write_arrays(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -437,8 +470,12 @@ def write_arrays(
     filenames: Sequence[str] | None = None,
     **attrs,
 ) -> Path:
-    """Write in-memory arrays as a dsprep HDF5 file in one go (small data, tests, examples)."""
-    images = np.asarray(images, dtype=np.uint8)
+    """Write in-memory arrays as a dsprep HDF5 file in one go (small data, tests, examples).
+
+    ``images`` are (n, height, width, 3) uint8 RGB (any integer type within 0..255 is taken),
+    ``labels`` class ids into ``label_names``; anything else is refused, as verify would.
+    """
+    images = pixels(images, f"{path}")
     if filenames is None:
         filenames = [f"row{i}" for i in range(len(images))]
     mean = images.reshape(-1, 3).mean(axis=0, dtype=np.float64) if len(images) else np.zeros(3)

@@ -644,3 +644,37 @@ def test_a_file_held_open_for_writing_is_said_so_not_called_unreadable(tmp_path)
         holder.stdout.close()
     with store.open_dataset(path) as db:  # the writer closed: read as ever
         assert db["images"].shape == (2, 4, 4, 3)
+
+
+@pytest.mark.parametrize("images, labels, names, match", [
+    # Floats in 0..1 were stored as all-black uint8, ints above 255 wrapped: verify said ok.
+    (np.random.default_rng(0).random((4, 8, 8, 3)), [0, 1, 0, 1], ["a", "b"],
+     r"images must be uint8 pixels 0..255; got float64 from 0\.0\d* to 0\.9\d*"),
+    (np.full((4, 8, 8, 3), 300), [0, 1, 0, 1], ["a", "b"], "got int64 from 300 to 300"),
+    (np.zeros((4, 8, 8), np.uint8), [0, 1, 0, 1], ["a", "b"], r"shape \(4, 8, 8\)"),
+    (np.zeros((4, 8, 8, 4), np.uint8), [0, 1, 0, 1], ["a", "b"], r"RGBA drops its alpha"),
+    # Labels and names verify refuses were written and renamed into place.
+    (np.zeros((4, 8, 8, 3), np.uint8), [0, 5, 0, 1], ["a", "b"], "class ids 0..1"),
+    (np.zeros((4, 8, 8, 3), np.uint8), [0, -1, 0, 1], ["a", "b"], "class ids 0..1"),
+    (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], ["a", "a"], "none empty or repeated"),
+    (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], [], "one or more names"),
+])
+def test_arrays_that_are_not_a_dsprep_file_are_refused_before_any_is_written(tmp_path, images,
+                                                                            labels, names,
+                                                                            match):
+    path = tmp_path / "f.hdf5"
+    with pytest.raises(UsageError, match=match):
+        store.write_arrays(path, images, labels, names)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_whole_numbers_within_a_byte_are_taken_as_pixels(tmp_path):
+    images = np.arange(4 * 2 * 2 * 3, dtype=np.int64).reshape(4, 2, 2, 3)
+    path = store.write_arrays(tmp_path / "f.hdf5", images, np.array([0, 1, 0, 1]), ["a", "b"])
+    with h5py.File(path) as db:
+        assert db["images"].dtype == np.uint8
+        np.testing.assert_array_equal(db["images"][()], images)
+    with store.HDF5Writer(tmp_path / "g.hdf5", 2, (2, 2), ["a", "b"]) as writer:
+        with pytest.raises(UsageError, match=r"images must be \(n, 2, 2, 3\) RGB rows"):
+            writer.append(np.zeros((2, 3, 3, 3), np.uint8), [0, 1], ["x", "y"])
+        writer.append(images[:2], [0, 1], ["x", "y"])

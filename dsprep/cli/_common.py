@@ -16,6 +16,7 @@ from collections.abc import Callable
 import click
 
 from ..errors import DsprepError, UsageError
+from ..fileio import empty_path_words
 from ..system import ForgivingStream, command_scope, inside_a_command, stop_asked
 
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
@@ -171,8 +172,7 @@ class PathArg(click.Path):
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value == "":
-            self.fail("is empty (an unset variable in a script?); give a path, '.' for the "
-                      "current folder", param, ctx)
+            self.fail(empty_path_words(folder=self.dir_okay), param, ctx)
         return super().convert(value, param, ctx)
 
 
