@@ -1482,10 +1482,18 @@ def build_hdf5(
     placed = read_placed(src) if name is None and (src / "split.json").is_file() else None
     classes, planned, notes, links = find_rows(src, name, placed=placed)
     if name is None and placed is None and (src / "split.json").is_file():
+        listed = src / "files.csv"
+        try:
+            listed.open("rb").close()
+            why, fix = "is missing, or not as the split wrote it", "put it back"
+        except FileNotFoundError:
+            why, fix = "is missing", "put it back"
+        except OSError as exc:
+            why, fix = f"cannot be read ({exc.strerror or exc})", "make it readable"
         notes.append(AttentionNote(
-            f"{src / 'files.csv'} is missing, or not as the split wrote it: images deleted "
-            "from the split folder since the split cannot be told apart, nor images added, "
-            "and are not listed (missing-file); put it back to have them checked"))
+            f"{listed} {why}, so this build cannot tell which images were deleted from the "
+            f"split folder or added to it since the split (none is listed as missing-file); "
+            f"{fix} to have them checked"))
     warnings = [] if name is not None else _missing_warnings(src, planned, links, placed)
     gone = {w.split(":", 1)[0] for w in warnings if w.endswith("built")}
     notes = [n for n in notes if n.split(":", 1)[0] not in gone]  # said by the warning

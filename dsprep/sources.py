@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
 from .errors import DsprepError, LayoutError, UsageError
-from .fileio import quoted
+from .fileio import quoted, refuse_empty_path
 from .images import looks_like_image
 
 # .jfif and .jpe are JPEGs under other names (common in scraped dumps); images are decoded by
@@ -1354,6 +1354,7 @@ def _refuse_two_labels_files(source: Source, candidate: str, path: Path, data: b
 def _labels_text(source: Source, root: str, files: list[str], labels, required: bool):
     """(name, text) of the labels CSV, or (None, None) when there is none and none is needed."""
     if labels is not None:
+        refuse_empty_path(labels, "--labels", folder=False)
         name = str(labels).replace(os.sep, "/")
         path = Path(labels)
         for candidate in (root + name, name):

@@ -1811,11 +1811,37 @@ def test_a_split_without_its_files_csv_is_built_with_a_note_that_gone_files_go_u
     report = build.build_hdf5(src, tmp_path / "again", opts())
     assert report.skipped == []  # the deleted image cannot be told from one never placed
     notes = [n for n in report.notes if "files.csv" in n]
-    assert notes == [f"{src / 'files.csv'} is missing, or not as the split wrote it: images "
-                     "deleted from the split folder since the split cannot be told apart, nor "
-                     "images added, and are not listed (missing-file); put it back to have them "
-                     "checked"]
+    why = "is missing" if damage == "deleted" else "is missing, or not as the split wrote it"
+    assert notes == [f"{src / 'files.csv'} {why}, so this build cannot tell which images were "
+                     "deleted from the split folder or added to it since the split (none is "
+                     "listed as missing-file); put it back to have them checked"]
     assert isinstance(notes[0], build.AttentionNote)
+
+
+def test_a_split_whose_files_csv_cannot_be_read_is_told_to_make_it_readable(tmp_path,
+                                                                           monkeypatch):
+    # It said "is missing ... put it back" of a file that was there, but not this user's.
+    import pathlib
+
+    from dsprep import split
+
+    dump = make_class_folders(tmp_path / "dump", CLASSES, per_class=10)
+    src = tmp_path / "split"
+    split.materialize(split.plan(dump, counts=(6, 2, 2)), src)
+    real_open = pathlib.Path.open
+
+    def no_access(self, *args, **kwargs):
+        if self.name == "files.csv":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", no_access)
+    monkeypatch.setattr(build, "read_placed", lambda folder: None)  # as it fails to read it
+    notes = [n for n in build.build_hdf5(src, tmp_path / "out", opts()).notes if "files.csv" in n]
+    assert notes == [f"{src / 'files.csv'} cannot be read (Permission denied), so this build "
+                     "cannot tell which images were deleted from the split folder or added to "
+                     "it since the split (none is listed as missing-file); make it readable to "
+                     "have them checked"]
 
 
 @pytest.mark.parametrize("change", ["replaced", "rewritten", "linked", "relinked"])

@@ -820,6 +820,7 @@ def test_hard_links_that_became_copies_are_said_on_stderr_even_with_q(tmp_path, 
     import errno
 
     dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=10)
+    real_link = os.link
 
     def cross_device(src, dst, *args, **kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
@@ -831,3 +832,17 @@ def test_hard_links_that_became_copies_are_said_on_stderr_even_with_q(tmp_path, 
     assert result.stdout == ""
     assert result.stderr == ("note: 20 hard links were not possible (another device) and were "
                              "copied instead\n")
+    calls = []
+
+    def one_cross_device(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) == 1:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", one_cross_device)
+    one = CliRunner().invoke(
+        main, ["-q", "split", str(dump), str(tmp_path / "one"), "--mode", "hardlink"])
+    assert one.exit_code == 0, one.output
+    assert one.stderr == ("note: 1 hard link was not possible (another device) and was copied "
+                          "instead\n")

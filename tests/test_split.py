@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -1745,3 +1746,26 @@ def test_a_one_pass_split_filling_the_disk_as_it_moves_its_copies_keeps_what_it_
         == sorted(Path(m) for m in moved)
     monkeypatch.undo()
     assert run(dump.dest, dest)[1].reused == 3
+
+
+def test_an_empty_path_is_refused_by_the_library_too(tmp_path, monkeypatch):
+    # os.environ.get("OUT", "") in a script: split.run(src, "", force=True) cleared the folder
+    # it ran in and wrote the split there.
+    from dsprep import build
+    from dsprep.sample import write_sample_dump
+    from dsprep.split import run as split_run
+
+    dump = make_class_folders(tmp_path / "dump", classes=("a", "b"), per_class=4)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep\n")
+    monkeypatch.chdir(work)
+    for call, what in ((lambda: split_run(dump, "", force=True), "the split folder (DEST)"),
+                       (lambda: split_run("", tmp_path / "s"), "the source"),
+                       (lambda: build.build_hdf5(dump, ""), "the output folder (OUT)"),
+                       (lambda: plan(dump, layout="csv", labels=""), "--labels"),
+                       (lambda: write_sample_dump(""), "the dump folder (DEST)")):
+        with pytest.raises(UsageError, match=f"^{re.escape(what)} is empty"):
+            call()
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "s").exists()

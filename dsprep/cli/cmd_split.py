@@ -189,8 +189,10 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         say(f"placed {result.placed} files in {dest} ({mode}{note})")
         if result.copied_instead:
             # On stderr: -q still shows that the split takes the room of a copy.
-            say(f"note: {result.copied_instead} hard links were not possible (another device) "
-                "and were copied instead", err=True)
+            one = result.copied_instead == 1
+            say(f"note: {count_of(result.copied_instead, 'hard link')} "
+                f"{'was' if one else 'were'} not possible (another device) and "
+                f"{'was' if one else 'were'} copied instead", err=True)
         say(f"manifests: {dest}/split.json, files.csv, skipped.csv")
     if not dry_run:
         for note in result.notes:
