@@ -428,6 +428,14 @@ def test_means_recomputes_and_writes_json(built, tmp_path):
     before = (out / "train.hdf5").read_bytes()
     itself = run("means", out / "train.hdf5", "-o", out / "train.hdf5", "--force")
     assert itself.exit_code == 2 and "is FILE itself" in itself.output
+    # A means.json of another split than train (which train would subtract) is warned of.
+    val = run("means", out / "val.hdf5", "-o", tmp_path / "means.json")
+    assert val.exit_code == 0, val.output
+    assert (f"warning: {tmp_path / 'means.json'} is where a build keeps its training split's "
+            f"means, which train subtracts; these are of {out / 'val.hdf5'}, the val split"
+            ) in val.output
+    train = run("means", out / "train.hdf5", "-o", tmp_path / "means.json", "--force")
+    assert train.exit_code == 0 and "warning" not in train.output
     assert (out / "train.hdf5").read_bytes() == before
     # Another data file, or a dangling link, is not written over either.
     shutil.copy(out / "val.hdf5", tmp_path / "Val.HDF5.bak")

@@ -247,6 +247,13 @@ def means(file: str, output: str | None, force: bool) -> None:
         raise DatasetFormatError(f"{file} holds no images, so it has no means; build it from "
                                  "a split with images")
     record = means_record(stats, Path(file).name)
+    if output and Path(output).name == "means.json":
+        with h5py.File(file, "r") as db:
+            split = db.attrs.get("split")
+        if isinstance(split, str) and split != "train":
+            # train and evaluate subtract a build's means.json: the training split's alone.
+            say(f"warning: {output} is where a build keeps its training split's means, which "
+                f"train subtracts; these are of {file}, the {split} split", err=True)
     if output:
         write_means(output, record)
         say(f"{output}: R={record['R']:.3f} G={record['G']:.3f} B={record['B']:.3f} "
