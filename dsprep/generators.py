@@ -91,16 +91,6 @@ def _changed(db: h5py.File, images: h5py.Dataset, rows: int, shape: tuple, label
     return None
 
 
-def _layout(images: h5py.Dataset) -> tuple:
-    """Where the file keeps the rows of ``images``: how they are chunked and filtered, and the
-    file offset of the data or of each chunk (the maps and raw reads go by these)."""
-    chunked = images.chunks is not None
-    offsets = store.chunk_offsets(images) if chunked else None
-    return (images.chunks, images.id.get_create_plist().get_nfilters(),
-            None if chunked else images.id.get_offset(),
-            None if offsets is None else offsets.tobytes())
-
-
 def batch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random generator for batch ``index`` of ``epoch``: the same in every process."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_BATCH_KEY, epoch, index)))
@@ -585,9 +575,7 @@ class HDF5Generator(_BatchSequence):
     address space for one); compressed files go through h5py. The maps hold the file, so a new build
     replacing the path does not disturb them. A copy written over the same file in place (``cp``
     or ``rsync --inplace``) is noticed at the next batch (one ``fstat`` a batch) and refused
-    with a :class:`~dsprep.errors.DatasetFormatError`, unless the file still holds the same
-    build, laid out alike (a ``touch``: the file is then read afresh once, and read on); a
-    batch read while the copy truncates
+    with a :class:`~dsprep.errors.DatasetFormatError`; a batch read while the copy truncates
     the file, or an I/O error
     under a map, stops the process with SIGBUS rather than an error (a Keras worker process so
     stopped leaves ``fit`` waiting for it).
@@ -699,14 +687,13 @@ class HDF5Generator(_BatchSequence):
         self._file_map: store.MappedFile | None = None
         self._pid: int | None = None
         self._written: tuple[int, int] | None = None
-        self._rows_layout: tuple | None = None
         self._stale = stale  # why this generator's file is refused (see _recheck)
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
-                    "_local", "_written", "_stale", "_rows_layout"):
+                    "_local", "_written", "_stale"):
             state.pop(key, None)
         state["_orders"] = {}  # a cache: each process draws what it is asked for
         return state
@@ -755,57 +742,28 @@ class HDF5Generator(_BatchSequence):
                         self._file_map = self._reader.map_file(self._raw, self.image_shape)
                 self._local = threading.local()
                 self._written = self._write_mark()
-                self._rows_layout = _layout(images) if self._written is not None else None
                 self._images = images
                 self._pid = pid
         return self._images
-
-    def _descriptor(self) -> int | None:
-        """The descriptor of the file this process holds open; None where h5py's driver has
-        none to share."""
-        try:
-            raw = self._raw
-            return int(raw.fd if raw is not None else self._db.id.get_vfd_handle())
-        except (AttributeError, TypeError, ValueError):
-            return None
 
     def _write_mark(self) -> tuple[int, int] | None:
         """(size, modification time) of the file this process holds open, by its descriptor:
         a copy written over it in place (``cp``, ``rsync --inplace``) changes them, where a
         new build renamed into the path leaves the open file as it was."""
-        fd = self._descriptor()
         try:
-            st = os.fstat(fd) if fd is not None else None
-        except OSError:
-            st = None
-        if st is None:
+            raw = self._raw
+            fd = raw.fd if raw is not None else self._db.id.get_vfd_handle()
+            st = os.fstat(fd)
+        except (OSError, AttributeError, TypeError, ValueError):
             return None  # no descriptor to ask (another HDF5 driver): not watched
         return st.st_size, st.st_mtime_ns
 
-    def _still_the_same(self) -> bool:
-        """Whether the open file, its modification time changed (a ``touch``), still holds
-        the build it held, laid out alike: read afresh through a duplicate of its descriptor
-        (HDF5 answers a second open of the path with the first open's cached contents)."""
-        fd = self._descriptor()
-        if fd is None or self._rows_layout is None:
-            return False
-        try:
-            with os.fdopen(os.dup(fd), "rb") as fh, h5py.File(fh, "r") as fresh:
-                images = fresh["images"]
-                return (_changed(fresh, images, self._rows, self.image_shape, self.labels,
-                                 self._built) is None and _layout(images) == self._rows_layout)
-        except Exception:  # noqa: BLE001 - a file being written over may read as anything
-            return False
-
     def _recheck(self) -> None:
-        """The open file was written to since this process opened it: unless it still holds
-        the same build (a ``touch``: only its modification time changed), refuse it."""
+        """The open file was written to since this process opened it: refuse it. (Whether it
+        is still the same build cannot be told from here: HDF5 answers a second open of a
+        file this process holds with the first one's cached contents.)"""
         with _OPEN_LOCK:
-            mark = self._write_mark()
-            if mark == self._written:
-                return
-            if mark is not None and self._still_the_same():
-                self._written = mark
+            if self._write_mark() == self._written:
                 return
         message = (
             f"{self.path} was written over in place while this generator read it (its size or "
