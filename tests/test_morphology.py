@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import decimal
+import fractions
+
 import numpy as np
 import pytest
 from helpers import smooth_image
@@ -101,6 +104,14 @@ def test_a_threshold_that_is_no_number_is_refused_by_name(value):
     with pytest.raises(UsageError, match="^value must be a number"):
         morphology.threshold(np.zeros((1, 4, 4, 1), np.uint8), value)
     assert morphology.Threshold(np.uint8(100)).value == 100.0  # numpy numbers are numbers
+
+
+@pytest.mark.parametrize("value, level", [
+    (np.uint8(100), 100.0), (np.array(128), 128.0), (fractions.Fraction(1, 2), 0.5),
+    (decimal.Decimal("128"), 128.0), (255.0, 255.0), (0, 0.0)])
+def test_any_real_number_is_a_threshold(value, level):
+    # A Fraction, a Decimal and a 0-d array were taken before the check by name refused them.
+    assert morphology.Threshold(value).value == level
 
 
 def test_star_import_leaves_the_builtin_open_alone():

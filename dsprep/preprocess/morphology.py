@@ -6,6 +6,8 @@ given radius; the classes wrap them as preprocessors for a generator chain.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import numbers
 from collections.abc import Callable
 
@@ -44,11 +46,17 @@ def _level(value: float | None) -> float | None:
     # a message naming no argument. NaN would turn every pixel 0.
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or np.isnan(value):
+    number = None
+    if not isinstance(value, (bool, np.bool_, str, bytes)) and np.ndim(value) == 0:
+        # Any real number: int, float, numpy scalars and 0-d arrays, Fraction, Decimal.
+        with contextlib.suppress(TypeError, ValueError, ArithmeticError):
+            number = float(value)
+        if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+            number = None
+    if number is None or math.isnan(number):
         raise UsageError(f"value must be a number (pixels above it turn 255), or None to pick "
                          f"one per image by Otsu's method; received {value!r}")
-    return float(value)
+    return number
 
 
 def _per_channel(batch: np.ndarray, op: Callable, radius: int) -> np.ndarray:
