@@ -324,8 +324,9 @@ class _BatchSequence(ABC):
         """Run one epoch; when the loop completes, move on to the next epoch's order.
 
         A loop left part way (``break`` after some steps, ``zip(range(steps), gen)``) moves
-        on when the next loop starts, unless ``set_epoch`` named an epoch in between: each
-        loop reads a new order and new random draws, as a loop read to its end does.
+        on when the next loop starts, unless ``set_epoch`` named an epoch, or a batch was
+        asked for by index (``gen[i]``: a Keras pass), in between: each loop reads a new order
+        and new random draws, as a loop read to its end does.
 
         The epoch belongs to the generator: loops over it in two threads at once would move
         it under each other. Threads share one generator by indexing it (``gen[i]``, safe
@@ -399,7 +400,13 @@ class _BatchSequence(ABC):
         return order
 
     def _resolve(self, index: int | tuple[int, int]) -> tuple[int, int]:
-        """``(epoch, batch)`` of an index: ``i`` in the current epoch, or ``(epoch, i)``."""
+        """``(epoch, batch)`` of an index: ``i`` in the current epoch, or ``(epoch, i)``.
+
+        A batch asked for by index means the generator is read otherwise than by a loop (a
+        Keras pass, ``predict``): a loop left part way before (a peek at the first batch) no
+        longer moves the next loop on, which reads the order that pass read.
+        """
+        self._read_part_way = None
         if isinstance(index, tuple):
             if len(index) != 2:
                 raise TypeError(f"a batch index is i or (epoch, i), got {index!r}")

@@ -524,6 +524,17 @@ def test_a_loop_left_part_way_moves_on_at_the_next_loop(h5file):
     assert gen.epoch == 4
 
 
+def test_a_peek_then_a_pass_by_index_leaves_the_next_loop_on_that_order(h5file):
+    # README: after model.predict(as_keras(gen)) a loop gives the labels in the order predict
+    # read. A peek at the first batch before (shapes) made that loop move on to another order.
+    gen = HDF5Generator(h5file[0], batch_size=4, shuffle="full", seed=5)
+    next(iter(gen))
+    read = [rows_of(gen[i][0]) for i in range(len(gen))]  # what predict reads, by index
+    looped = [rows_of(x) for x, _ in gen]
+    assert [r.tolist() for r in looped] == [r.tolist() for r in read]
+    assert gen.epoch == 1
+
+
 def test_setting_epoch_is_set_epoch(h5file):
     # gen.epoch = 3 was taken, and changed nothing: gen[0] still read epoch 0's batch, and
     # EpochSync, seeing epoch 3 already there, left it so (a resumed fit read epoch 0).
