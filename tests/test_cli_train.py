@@ -408,6 +408,10 @@ def test_evaluating_the_validation_split_that_chose_best_keras_is_noted(data, on
             "which chose its best.keras") in " ".join(val.output.split())
     test = invoke("evaluate", one_epoch_run, data / "test.hdf5")
     assert test.exit_code == 0 and "validation split" not in test.output
+    # last.keras is the last epoch's whatever the validation said (no --early-stop, no
+    # plateau schedule): nothing to say of it.
+    last = invoke("evaluate", one_epoch_run, data / "val.hdf5", "--checkpoint", "last")
+    assert last.exit_code == 0 and "validation split" not in last.output
 
 
 @pytest.mark.slow
@@ -440,6 +444,27 @@ def test_evaluating_a_split_made_again_that_holds_training_images_is_noted(tmp_p
             f"{run} learned from") in " ".join(other.output.split())
     own = invoke("evaluate", run, tmp_path / "hdf5-a" / "test.hdf5")
     assert own.exit_code == 0 and "learned from" not in own.output
+    # A file built on its own (--name) from the other split's test folder: the same count.
+    named = invoke("-q", "build-hdf5", tmp_path / "split-b" / "test", tmp_path / "named",
+                   "--name", "test", "--size", "48")
+    assert named.exit_code == 0, named.output
+    alone = invoke("evaluate", run, tmp_path / "named" / "test.hdf5")
+    assert alone.exit_code == 0, alone.output
+    assert f"{shared} of the {total} images of" in " ".join(alone.output.split())
+    # The run's split made again in place: its train.hdf5's names no longer tell the files
+    # it learned from, and no count is made of what cannot be told.
+    again = invoke("-q", "split", dump, tmp_path / "split-a", "--seed", "2", "--force")
+    assert again.exit_code == 0, again.output
+    unknown = invoke("evaluate", run, tmp_path / "hdf5-b" / "test.hdf5")
+    assert unknown.exit_code == 0 and "learned from (the same content" not in unknown.output
+    # Built again too, its val.hdf5 is no longer the one that chose best.keras: the warning
+    # that the training data changed is what is said (the milder note took its place).
+    rebuilt = invoke("-q", "build-hdf5", tmp_path / "split-a", tmp_path / "hdf5-a", "--size",
+                     "48", "--force")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    val = invoke("evaluate", run, tmp_path / "hdf5-a" / "val.hdf5")
+    assert val.exit_code == 0, val.output
+    assert "has changed since" in val.output and "is the validation split" not in val.output
 
 
 def test_a_finished_run_without_its_last_checkpoint_has_nothing_to_do(data, one_epoch_run,

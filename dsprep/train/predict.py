@@ -244,7 +244,9 @@ def _contents(split_folder: Path, names: list[str] | None, split: str) -> list[s
     if names is None:
         return [r[at["sha256"]] for r in rows if r[at["split"]] == split]
     sha = {r[at["path"]]: r[at["sha256"]] for r in rows}
-    return [sha[n] for n in names if n in sha]
+    if not all(n in sha for n in names):
+        return None  # the folder was split again since the file was built: cannot be told
+    return [sha[n] for n in names]
 
 
 def _hdf5_contents(path: Path) -> list[str] | None:
@@ -257,7 +259,11 @@ def _hdf5_contents(path: Path) -> list[str] | None:
             return None
         names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
                  for n in db["filenames"][()]]
-    return _contents(Path(root), names, "")
+    folder = Path(root)
+    if not (folder / "files.csv").is_file() and (folder.parent / "files.csv").is_file():
+        # A --name build of one split folder (split/test): its names are inside it.
+        folder, names = folder.parent, [f"{folder.name}/{n}" for n in names]
+    return _contents(folder, names, "")
 
 
 def _learned_again(run: Path, config: dict, data: Path) -> str | None:
@@ -288,10 +294,16 @@ def _learned_again(run: Path, config: dict, data: Path) -> str | None:
             "a dump split again?): these figures are better than it would do on new images")
 
 
-def _chose_the_checkpoint(config: dict, data: Path, built_from: str) -> bool:
-    """Whether ``data`` is the validation data of the run: its val.hdf5, or built from the
-    split folder it trained from, where the run chose best.keras by a validation metric."""
-    if not str(config.get("monitor", "")).startswith("val_") or not config.get("data"):
+def _chose_the_checkpoint(config: dict, data: Path, built_from: str, checkpoint: str) -> bool:
+    """Whether ``data`` is the validation data that chose the run's ``checkpoint``: its
+    val.hdf5, or built from the split folder it trained from, where the run chose best.keras
+    by a validation metric (and last.keras, where --early-stop or --schedule plateau went by
+    it)."""
+    options = config.get("options", {})
+    chose = checkpoint == "best" or options.get("early_stop") or (
+        options.get("schedule") == "plateau")
+    if not chose or not str(config.get("monitor", "")).startswith("val_") \
+            or not config.get("data"):
         return False
     trained = Path(str(config["data"]))
     try:
@@ -362,11 +374,11 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     _check_resize(run, data, config, resize)
     seen_note = None if split == "train" else (_seen_in_training(run, config, data)
                                                or _learned_again(run, config, data))
-    if split == "val" and _chose_the_checkpoint(config, data, built_from):
+    if seen_note is None and split == "val" and _chose_the_checkpoint(config, data, built_from,
+                                                                       checkpoint):
         seen_note = (f"{data} is the validation split {run} was trained with, which chose its "
-                     "best.keras (and drives --early-stop and --schedule plateau): its figures "
-                     "flatter the model a little (evaluate test.hdf5 for how it does on new "
-                     "images)")
+                     f"{checkpoint}.keras: its figures flatter the model a little (evaluate "
+                     "test.hdf5 for how it does on new images)")
     epoch, unfinished = _checkpoint_epoch(run, config, checkpoint)
     result = {"run": str(run), "data": str(data), "checkpoint": checkpoint, "epoch": epoch,
               "classes": classes}
