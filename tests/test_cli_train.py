@@ -478,6 +478,12 @@ def test_a_finished_run_without_its_last_checkpoint_has_nothing_to_do(data, one_
     for args in (["train", "--resume", run], ["train", data, run, *QUICK, "--epochs", "1"]):
         again = invoke(*args)
         assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+        # Not "to train it further: --resume --epochs N", which would fail.
+        assert "its last.keras is gone, so it cannot be trained further" in again.output
+    other = invoke("train", data, run, *QUICK, "--epochs", "3")
+    assert other.exit_code == 1 and "use --resume" not in other.output
+    assert ("its last.keras is gone, so it cannot be continued: use --force to start over "
+            "(copy its best.keras elsewhere first to keep it)") in " ".join(other.output.split())
     # More epochs need it: said so, and best.keras is named to keep.
     more = invoke("train", "--resume", run, "--epochs", "2")
     assert more.exit_code == 1
@@ -506,10 +512,10 @@ def test_a_run_that_diverged_after_its_first_epoch_is_not_offered_a_resume(data,
     assert "(and --force)" in first.output  # the folder keeps its first epoch
     # The same command again: it was told to --resume, which only diverged again.
     again = invoke(*args)
-    assert again.exit_code == 1 and "--resume" not in again.output
+    assert again.exit_code == 1 and "use --resume" not in again.output
     assert (f"{run} holds this run, which diverged in epoch 2 (its loss became NaN or "
-            "infinite) and stopped there; a resume would diverge again: start again with a "
-            "lower --lr and --force") in " ".join(again.output.split())
+            "infinite) and stopped there: the same options are likely to meet it again. Start "
+            "again with a lower --lr and --force") in " ".join(again.output.split())
     # evaluate said it "was stopped, or is still training".
     scored = invoke("evaluate", run, data / "test.hdf5")
     assert scored.exit_code == 0, scored.output
@@ -980,7 +986,7 @@ def test_the_same_train_command_again_carries_the_run_on(data, one_epoch_run, tm
     # ... naming what differs, as split and build-hdf5 do.
     assert "already holds a run of other data or options (epochs 2, now 3; lr " \
         in other.output and ", now 0.5)" in other.output
-    # So is a run that diverged (the same options would meet it again): the same refusal.
+    # So is a run that diverged (the same options would likely meet it again), saying so.
     rows = (run / "history.csv").read_text().splitlines()
     cells = rows[-1].split(",")
     rows.append(",".join(["2"] + ["nan"] * (len(cells) - 1)))
@@ -989,7 +995,8 @@ def test_the_same_train_command_again_carries_the_run_on(data, one_epoch_run, tm
     config["options"]["epochs"] = 4
     (run / "config.json").write_text(json.dumps(config))
     diverged = invoke("train", data, run, *QUICK, "--epochs", "4")
-    assert diverged.exit_code == 1 and "already holds a run" in diverged.output
+    assert diverged.exit_code == 1 and "holds this run, which diverged in epoch 3" \
+        in diverged.output
 
 
 def test_clicks_own_ways_out_are_no_stop_even_with_one_pending():

@@ -432,8 +432,12 @@ def _nothing_to_do(result) -> None:
     how = (f"stopped early after {result.epochs_done} of its {result.epochs_planned} epochs"
            if result.epochs_done < result.epochs_planned
            else f"trained all its {count_of(result.epochs_done, 'epoch')}")
-    say(f"{result.run} has {how} already: nothing to do (to train it further: 'dsprep train "
-        f"--resume {quoted(result.run)} --epochs N', N above {result.epochs_planned})")
+    further = (f"to train it further: 'dsprep train --resume {quoted(result.run)} --epochs N', "
+               f"N above {result.epochs_planned}")
+    if not (Path(result.run) / "last.keras").is_file():
+        # Deleted to save room: a resume goes on from it.
+        further = "its last.keras is gone, so it cannot be trained further"
+    say(f"{result.run} has {how} already: nothing to do ({further})")
 
 
 @click.command()

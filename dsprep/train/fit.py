@@ -675,15 +675,20 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
                 # The same options would meet the divergence again: a resume only repeats it.
                 raise DestinationExistsError(
                     f"{run} holds this run, which diverged in epoch {diverged.epochs_done} "
-                    f"(its loss became NaN or infinite) and stopped there; a resume would "
-                    f"diverge again: start again with a lower --lr and --force ({cb.BEST} "
-                    "holds the best of the epochs before it; copy it elsewhere first to keep "
-                    "it)")
+                    f"(its loss became NaN or infinite) and stopped there: the same options "
+                    f"are likely to meet it again. Start again with a lower --lr and --force "
+                    f"({cb.BEST} holds the best of the epochs before it; copy it elsewhere "
+                    f"first to keep it), or try --resume {quoted(run)}, which draws other "
+                    "random numbers")
+            resume = (f"use --resume {quoted(run)} to continue it (with its own options), or "
+                      "--force to start over")
+            if not (run / cb.LAST).is_file():  # deleted to save room: nothing to resume from
+                resume = (f"its {cb.LAST} is gone, so it cannot be continued: use --force to "
+                          f"start over (copy its {cb.BEST} elsewhere first to keep it)")
             raise DestinationExistsError(
                 f"{run} already holds a run"
                 + (f" of other data or options ({differs})" if differs else "")
-                + f"; use --resume {quoted(run)} to continue it (with its own options), or "
-                "--force to start over")
+                + f"; {resume}")
         if (run / REPLACED).exists() and never_finished_an_epoch(run / REPLACED):
             # Two runs killed outright in their first epoch (SIGKILL, the OOM killer), the
             # second having set the first aside: neither has anything to keep.
