@@ -478,8 +478,14 @@ def write_arrays(
     images = pixels(images, f"{path}")
     if filenames is None:
         filenames = [f"row{i}" for i in range(len(images))]
+        names = [f"{i:012d}" for i in range(len(images))]  # in the order of their numbers
+    else:
+        names = [str(n) for n in filenames]
     mean = images.reshape(-1, 3).mean(axis=0, dtype=np.float64) if len(images) else np.zeros(3)
-    defaults = {"split": "train", "resize": "crop", "interpolation": "area", "order": "sorted",
+    # "sorted" only where the rows are in build-hdf5's sorted order, (label, file name).
+    keys = list(zip(np.asarray(labels).reshape(-1).tolist(), names, strict=False))
+    order = "sorted" if keys == sorted(keys) else "shuffled"
+    defaults = {"split": "train", "resize": "crop", "interpolation": "area", "order": order,
                 "seed": 0, "skipped": 0, "mean_rgb": mean}
     defaults.update(attrs)
     overwrite = defaults.pop("overwrite", False)

@@ -668,6 +668,23 @@ def test_arrays_that_are_not_a_dsprep_file_are_refused_before_any_is_written(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_write_arrays_says_sorted_only_of_rows_in_sorted_order(tmp_path):
+    # It said "sorted" of any rows: formats.md's sorted is by (label id, source path).
+    images = np.zeros((4, 2, 2, 3), np.uint8)
+    for labels, names, order in (([0, 0, 1, 1], ["a", "b", "a", "b"], "sorted"),
+                                 ([1, 0, 1, 0], ["a", "b", "c", "d"], "shuffled"),
+                                 ([0, 0, 1, 1], ["b", "a", "c", "d"], "shuffled")):
+        path = store.write_arrays(tmp_path / f"{order}{labels}{names}.hdf5", images, labels,
+                                  ["x", "y"], filenames=names)
+        with h5py.File(path) as db:
+            assert db.attrs["order"] == order, (labels, names)
+    # Rows named for want of names (row0 ... row11) are in order by their numbers.
+    path = store.write_arrays(tmp_path / "unnamed.hdf5", np.zeros((12, 2, 2, 3), np.uint8),
+                              [0] * 6 + [1] * 6, ["x", "y"])
+    with h5py.File(path) as db:
+        assert db.attrs["order"] == "sorted"
+
+
 def test_whole_numbers_within_a_byte_are_taken_as_pixels(tmp_path):
     images = np.arange(4 * 2 * 2 * 3, dtype=np.int64).reshape(4, 2, 2, 3)
     path = store.write_arrays(tmp_path / "f.hdf5", images, np.array([0, 1, 0, 1]), ["a", "b"])
