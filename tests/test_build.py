@@ -463,17 +463,10 @@ def test_the_default_workers_are_as_many_as_dev_shm_has_room_for(
     build.shutdown_workers()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="the check reads Linux's /dev/shm; elsewhere there is none")
-def test_an_unwritable_dev_shm_is_decoded_without_workers_or_a_chosen_count_refused(
-        tmp_path, monkeypatch):
+def _unwritable_dev_shm(tmp_path, monkeypatch):
     # A read-only /dev/shm (or one not the user's to write) has room, so the room check passed
     # it: the default build failed at the ring's file ("/dev/shm/dsprep-ring-...: Read-only
     # file system"), after joblib's own warning. Tests run as root, so the failure is injected.
-    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
-    monkeypatch.setattr(build.system, "usable_cpus", lambda: 2)
-    build.shutdown_workers()  # no pool or ring kept from another test
-    src = make_split(tmp_path / "split")
     real_open = os.open
 
     def read_only(path, flags, *args, **kwargs):
@@ -482,6 +475,40 @@ def test_an_unwritable_dev_shm_is_decoded_without_workers_or_a_chosen_count_refu
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(build.os, "open", read_only)
+
+
+def _deleted_current_folder(tmp_path, monkeypatch):
+    # A shell left in a folder deleted since: loky starts each worker in the current folder,
+    # and the default build failed with a bare "No such file or directory".
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)  # and back to the folder the test ran in, at its end
+    gone.rmdir()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="Linux's /dev/shm, and a current folder that can be deleted")
+@pytest.mark.parametrize("setup, note, refusal", [
+    (_unwritable_dev_shm,
+     "shared memory (/dev/shm) cannot be written (Read-only file system), and decoding "
+     "workers share their images through it: decoding in this process instead of with 2 "
+     "workers; make /dev/shm writable to use them",
+     r"^shared memory \(/dev/shm\) cannot be written \(Read-only file system\).*use "
+     r"--workers 1"),
+    (_deleted_current_folder,
+     "the current folder no longer exists (it was deleted), and decoding workers start in "
+     "it: decoding in this process instead of with 2 workers; cd to a folder that exists "
+     "to use them",
+     r"^the current folder no longer exists .*; cd to a folder that exists and run the "
+     r"command again, or use --workers 1$"),
+])
+def test_where_workers_cannot_start_the_build_decodes_in_its_process_or_a_count_is_refused(
+        tmp_path, monkeypatch, setup, note, refusal):
+    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
+    monkeypatch.setattr(build.system, "usable_cpus", lambda: 2)
+    build.shutdown_workers()  # no pool or ring kept from another test
+    src = make_split(tmp_path / "split")
+    setup(tmp_path, monkeypatch)
     # Starting the workers imports joblib, which warns that it "will operate in serial mode".
     started = []
     monkeypatch.setattr(build.system, "start_trackers", lambda: started.append(True))
@@ -489,44 +516,12 @@ def test_an_unwritable_dev_shm_is_decoded_without_workers_or_a_chosen_count_refu
                               opts(size=(64, 64), chunk_images=4, workers=None))
     assert [f.count for f in report.files] == [18, 6, 6]
     assert not started
-    assert [n for n in report.notes if "shared memory" in n] == [
-        "shared memory (/dev/shm) cannot be written (Read-only file system), and decoding "
-        "workers share their images through it: decoding in this process instead of with 2 "
-        "workers; make /dev/shm writable to use them"]
+    assert note in report.notes
     # A number given is kept, as where /dev/shm is full: it is refused, with what to do.
     out = tmp_path / "chosen"
-    with pytest.raises(DsprepError, match=r"^shared memory \(/dev/shm\) cannot be written "
-                                          r"\(Read-only file system\).*use --workers 1"):
+    with pytest.raises(DsprepError, match=refusal):
         build.build_hdf5(src, out, opts(size=(64, 64), chunk_images=4, workers=2))
     assert not started
-    assert not out.exists()
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="Windows deletes no folder in use")
-def test_a_build_run_from_a_deleted_folder_decodes_without_workers_or_a_chosen_count_refused(
-        tmp_path, monkeypatch):
-    # A shell left in a folder deleted since: loky starts each worker in the current folder,
-    # and the default build failed with a bare "No such file or directory".
-    monkeypatch.setattr(build, "_TASK_IMAGES", 4)
-    monkeypatch.setattr(build.system, "usable_cpus", lambda: 2)
-    build.shutdown_workers()  # a pool kept from another test would start no process
-    src = make_split(tmp_path / "split")
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    monkeypatch.chdir(gone)  # and back to the folder the test ran in, at its end
-    gone.rmdir()
-    report = build.build_hdf5(src, tmp_path / "out",
-                              opts(size=(64, 64), chunk_images=4, workers=None))
-    assert [f.count for f in report.files] == [18, 6, 6]
-    assert [n for n in report.notes if "current folder" in n] == [
-        "the current folder no longer exists (it was deleted), and decoding workers start in "
-        "it: decoding in this process instead of with 2 workers; cd to a folder that exists "
-        "to use them"]
-    out = tmp_path / "chosen"
-    with pytest.raises(UsageError, match=r"^the current folder no longer exists .*; cd to a "
-                                         r"folder that exists and run the command again, or use "
-                                         r"--workers 1$"):
-        build.build_hdf5(src, out, opts(size=(64, 64), chunk_images=4, workers=2))
     assert not out.exists()
 
 
