@@ -324,7 +324,11 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     assert heads == sorted(heads)
     for rate in ("0.05", "0.001"):
         assert len(history(run / f"lr-{rate}")) == 1
-    assert "diverged" not in result.output
+    assert "diverged" not in result.output and "running away" not in result.output
+    # The rate whose best figure is highest is named (the table left the reader to find it).
+    best = max(rows, key=lambda r: float(r["best"]))
+    assert f"highest best {best['best_metric']}: lr {best['lr']} ({float(best['best']):.4f})" \
+        in result.output
     # Another sweep (other options) into RUN is refused before it trains any rate.
     again = invoke("sweep-lr", data, run, *QUICK, "--lrs", "0.01,0.001", "--epochs", "2")
     assert again.exit_code == 1 and f"{run / 'lr-0.001'} already holds a run" in again.output
@@ -333,6 +337,18 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
                   "--epochs", "2")
     assert wild.exit_code == 0, wild.output
     assert "diverged, stopped at a NaN or infinite loss: lr 1e+30 (epoch 1)" in wild.output
+    assert "highest best" in wild.output and "highest best val_auc: lr 1e+30" not in wild.output
+
+
+@pytest.mark.parametrize("loss, classes, runaway", [
+    (3.1e7, 2, True), (6.94, 2, True), (6.9, 2, False), (0.69, 2, False),
+    (30.0, 10, True), (20.0, 10, False),  # ln 10 = 2.30
+    (float("nan"), 2, False), (None, 2, False), (100.0, 1, False)])
+def test_a_sweep_rate_whose_loss_runs_away_without_nan_is_told(loss, classes, runaway):
+    # A loss of 3e7 (lr 50, sgd) was an ordinary row of the table: only NaN counted.
+    from dsprep.cli.cmd_train import _runaway
+
+    assert _runaway(loss, {"classes": [f"c{i}" for i in range(classes)]}) is runaway
 
 
 @pytest.mark.slow

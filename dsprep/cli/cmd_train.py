@@ -552,4 +552,23 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     diverged = [f"{lr:g} (epoch {r.epochs_done})" for lr, r in results.items() if r.diverged]
     if diverged:
         say(f"diverged, stopped at a NaN or infinite loss: lr {', '.join(diverged)}")
+    # A loss far above a random guess's (ln C) has run away without becoming NaN.
+    blown = {lr for lr, r in results.items() if not r.diverged and r.history
+             and _runaway(r.history[-1].get("loss"), fit.read_run_config(r.run))}
+    if blown:
+        say(f"far above the loss of a random guess, running away: lr "
+            f"{', '.join(f'{lr:g}' for lr in sorted(blown))}")
+    ranked = [(r.best, lr) for lr, r in results.items()
+              if not r.diverged and lr not in blown and isinstance(r.best, (int, float))
+              and math.isfinite(r.best)]
+    if ranked:
+        value, lr = max(ranked)
+        say(f"highest best {monitor}: lr {lr:g} ({value:.4f})")
     say(f"wrote {run}/sweep-lr.png and {run}/sweep-lr.csv")
+
+
+def _runaway(loss, config: dict) -> bool:
+    """Whether a finite training loss is over ten times a random guess's, ln(classes)."""
+    classes = len(config.get("classes", []))
+    return (isinstance(loss, float) and math.isfinite(loss) and classes >= 2
+            and loss > 10 * math.log(classes))
