@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
@@ -50,6 +50,7 @@ BAD_LABEL = "bad-label"
 MISSING_FILE = "missing-file"
 UNLABELLED = "unlabelled"
 AMBIGUOUS_ID = "ambiguous-id"
+DUPLICATE = "duplicate"
 LABEL_CONFLICT = "label-conflict"
 DANGLING_LINK = "dangling-link"
 UNREADABLE = "unreadable"
@@ -194,6 +195,10 @@ class Source(ABC):
         """The first ``size`` bytes of one file (all of it where it is shorter)."""
         return self.read(rel)[:size]
 
+    def size(self, rel: str) -> int:
+        """The size of one file, in bytes."""
+        return len(self.read(rel))
+
     # The real paths of the folders the last list_files reached through links: they are part
     # of the dump as much as its own folders.
     linked: Sequence[str] = ()
@@ -330,6 +335,9 @@ class FolderSource(Source):
         with open(os.path.join(self._root, rel), "rb", buffering=0) as fh:
             return fh.read(size)
 
+    def size(self, rel: str) -> int:
+        return os.stat(os.path.join(self._root, rel)).st_size
+
 
 class ZipSource(Source):
     """A dump that is a zip archive, read in place (nothing is extracted)."""
@@ -378,6 +386,10 @@ class ZipSource(Source):
     def read_head(self, rel: str, size: int) -> bytes:
         with self._member_errors(), self._zip.open(self._members.get(rel, rel)) as fh:
             return fh.read(size)
+
+    def size(self, rel: str) -> int:
+        with self._member_errors():
+            return self._zip.getinfo(self._members.get(rel, rel)).file_size
 
     @contextlib.contextmanager
     def _member_errors(self):
@@ -751,7 +763,7 @@ def find_images(
         wrapper = ((guessing or chosen == "folders") and table is None and passed_over is None
                    and regex is None and _only_folder_of_images(images, root))
         raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
-                                              passed_over, problems))
+                                              passed_over, inventory.skipped))
     return inventory
 
 
@@ -811,7 +823,7 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         return None, labels_name, None, False
     try:
         table = _LabelsTable(text, labels_name, images, root, id_column, label_column,
-                             source.name)
+                             source.name, _copies_of(source))
     except (LayoutError, UsageError, csv.Error):
         # A stray notes.csv that is empty, not a table or has no id and label columns to
         # tell apart says nothing about labels unless the user asked for them.
@@ -837,6 +849,7 @@ def _best_table(source: Source, root: str, csvs: list[str], images: list[str]):
     labels the most images, as ``_read_table`` returns it; one that cannot be read or is no
     table says nothing."""
     best, passed_over = None, None
+    copies = _copies_of(source)
     for name in csvs:
         try:
             text = _decode_csv(_read_labels(source, name), name)
@@ -844,12 +857,12 @@ def _best_table(source: Source, root: str, csvs: list[str], images: list[str]):
             # 80 MB, and one whose label column is only guessed by its place (image_sizes.csv:
             # file,width,height) is no labels beside folders or file names that are.
             probe = _LabelsTable("\n".join(text.split("\n", _PROBE_ROWS)[:_PROBE_ROWS]), name,
-                                 images, root, None, None, source.name)
+                                 images, root, None, None, source.name, copies)
             need = max(probe.id_index, probe.label_index)
             if probe.label_guessed or not any(
                     need < len(row) and probe.lookup(row[probe.id_index]) for row in probe.rows):
                 continue
-            table = _LabelsTable(text, name, images, root, None, None, source.name)
+            table = _LabelsTable(text, name, images, root, None, None, source.name, copies)
         except (DsprepError, csv.Error):
             continue
         if table.labels_most():
@@ -891,6 +904,27 @@ def _refuse_split_named_classes(items: list, csvs: list[str], where: str) -> Non
         "to take the folder names as classes")
 
 
+def _copies_of(source: Source) -> Callable[[Sequence[str]], bool]:
+    """Whether files of ``source`` are byte-identical copies: by their sizes, then their bytes
+    (only for an id naming several files, which seldom happens but for copies); cached."""
+    known: dict[tuple[str, ...], bool] = {}
+
+    def copies(rels: Sequence[str]) -> bool:
+        key = tuple(rels)
+        if key not in known:
+            try:
+                same = len({source.size(rel) for rel in key}) == 1
+                if same:
+                    first = source.read(key[0])
+                    same = all(source.read(rel) == first for rel in key[1:])
+            except (OSError, DsprepError):
+                same = False
+            known[key] = same
+        return known[key]
+
+    return copies
+
+
 def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
                         passed_over: str | None, problems: list[Skipped]) -> str:
     """Why a dump has no labelled images, and what to try."""
@@ -907,8 +941,20 @@ def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
            "the images, or all alike, or with a value per image; --layout csv reads it)"
            if passed_over else "")
         + _labels_beside(path, passed_over)
+        + _ambiguous_note(problems)
         + _unsafe_note(problems)
     )
+
+
+def _ambiguous_note(skipped: list[Skipped]) -> str:
+    """Where a labels CSV's ids each name several files of other content: said, with one."""
+    ambiguous = [s for s in skipped if s.reason == AMBIGUOUS_ID]
+    if not ambiguous:
+        return ""
+    first = ambiguous[0]
+    return (f" ({len(ambiguous)} of its ids each name several files, such as {first.source}: "
+            f"{first.detail.partition(' matches ')[2]}; give ids that are paths inside the "
+            "dump, or remove the extra copies)")
 
 
 def _labels_beside(path, passed_over: str | None) -> str:
@@ -1465,9 +1511,14 @@ class _LabelsTable:
     """A labels CSV matched against the image files."""
 
     def __init__(self, text: str, name: str, images: list[str], root: str,
-                 id_column, label_column, source_name: str = "") -> None:
+                 id_column, label_column, source_name: str = "",
+                 copies: Callable[[Sequence[str]], bool] | None = None) -> None:
         # The dump's own folder (or zip) name, for path tails; composed, as ids are.
         self.source_name = unicodedata.normalize("NFC", source_name)
+        # Whether files an id names are copies of one image (see _copies_of), and the copies
+        # left for the one kept.
+        self.copies = copies
+        self.copy_of: dict[str, str] = {}
         self.name = name
         self.images = images
         self.root = root
@@ -1586,7 +1637,15 @@ class _LabelsTable:
             if len(picked) == 1:
                 return picked
         picked = [f for f in found if self._split_folder(f) != "test"]
-        return picked if len(picked) == 1 else found
+        if len(picked) == 1:
+            return picked
+        # An id naming a file in each copy of a folder (HAM10000's images_part_1/ beside its
+        # lower-case twin): one image, the first copy kept.
+        if self.copies is not None and self.copies(found):
+            for other in found[1:]:
+                self.copy_of[other] = found[0]
+            return found[:1]
+        return found
 
     def _split_folder(self, rel: str) -> str | None:
         """The split of the first folder of ``rel`` (below the root) named as one, else None."""
@@ -1819,7 +1878,9 @@ class _LabelsTable:
         excused = (set() if all(split_of(folder) == "test" for folder in named) else
                    {self._folder(rel) for rel in self.images} - named)
         excused = {folder for folder in excused if split_of(folder) == "test"}
-        within = sum(self._folder(rel) not in excused for rel in self.images)
+        # (The copies of an image its rows label are no images of their own.)
+        within = sum(self._folder(rel) not in excused for rel in self.images
+                     if rel not in self.copy_of)
         # A label column taken for want of a label header, and named like an id (Kaggle's
         # Image,Id, where the id is the whale, most of them seen a few times), must repeat its
         # values: a metadata CSV's file,id has a different id for nearly every image, and
@@ -1863,7 +1924,10 @@ class _LabelsTable:
         items = []
         for rel in self.images:
             labels = found.get(rel)
-            if not labels:
+            if not labels and rel in self.copy_of:
+                skipped.append(Skipped(rel, DUPLICATE, f"same content as {self.copy_of[rel]}, "
+                                                       f"which {self.name} labels"))
+            elif not labels:
                 folder = self._folder(rel)
                 # A whole folder without a row (Kaggle's test/ beside train/) is said as such.
                 why = (f"{self.name} names no image in {self.root}{folder}/"

@@ -58,6 +58,7 @@ from .fileio import (
 from .sources import (
     BAD_LABEL,
     BAD_NAME,
+    DUPLICATE,
     IGNORED_FOLDERS,
     IGNORED_NAMES,
     LABEL_CONFLICT,
@@ -94,7 +95,6 @@ EMPTY = "empty"
 NOT_AN_IMAGE = "not-an-image"
 TOO_LARGE = "too-large"
 TOO_SMALL = "too-small"
-DUPLICATE = "duplicate"
 NOT_SELECTED = "not-selected"
 
 

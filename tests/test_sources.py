@@ -526,6 +526,53 @@ def test_of_several_csvs_the_one_that_labels_the_images_is_taken(tmp_path, other
     assert dict(inv.items)["HAM10000_images_part_2/ISIC_0000007.jpg"] == "mel"
 
 
+@pytest.mark.parametrize("explicit", [False, True])
+def test_an_id_naming_copies_of_one_image_labels_it_once(tmp_path, explicit):
+    # Kaggle's HAM10000 holds each part folder twice (HAM10000_images_part_1/ and the
+    # lower-case ham10000_images_part_1/, byte for byte): every id named two files, so every
+    # row was ambiguous-id, the CSV was passed over, and the split failed in every mode.
+    root = tmp_path / "d"
+    rows = []
+    for i in range(12):
+        path = root / f"HAM10000_images_part_{1 + i // 6}" / f"ISIC_{i:07d}.jpg"
+        _img(path, seed=i)
+        copy = root / f"ham10000_images_part_{1 + i // 6}" / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(path.read_bytes())
+        rows.append(f"HAM_{i:07d},ISIC_{i:07d},{['nv', 'mel', 'bkl'][i % 3]},histo,50.0\n")
+    (root / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age\n"
+                                                 + "".join(rows))
+    (root / "hmnist_8_8_L.csv").write_text("pixel0000,pixel0001,label\n1,2,0\n3,4,1\n")
+    # One id whose two files differ is still ambiguous.
+    _img(root / "other" / "ISIC_0000003.jpg", seed=99)
+    options = ({"layout": "csv", "labels": "HAM10000_metadata.csv", "id_column": "image_id",
+                "label_column": "dx"} if explicit else {})
+    inv = _find(root, **options)
+    assert inv.layout == "csv" and inv.labels_file == "HAM10000_metadata.csv"
+    assert inv.classes == ["bkl", "mel", "nv"] and len(inv.items) == 11
+    assert dict(inv.items)["HAM10000_images_part_2/ISIC_0000007.jpg"] == "mel"
+    copies = {s.source: s.detail for s in inv.skipped if s.reason == "duplicate"}
+    assert copies["ham10000_images_part_2/ISIC_0000007.jpg"] == (
+        "same content as HAM10000_images_part_2/ISIC_0000007.jpg, which HAM10000_metadata.csv "
+        "labels")
+    assert len(copies) == 11
+    assert [s.source for s in inv.skipped if s.reason == "ambiguous-id"] == ["ISIC_0000003"]
+
+
+def test_a_csv_whose_every_id_names_several_files_says_so(tmp_path):
+    # "no labelled images for the csv layout; expected a labels CSV whose ids name image
+    # files", when every id did name files: two each, of other content.
+    root = tmp_path / "d"
+    for i in range(4):
+        for part in ("a", "b"):
+            _img(root / part / f"{i}.jpg", seed=10 * i + len(part) + (part == "b"))
+    (root / "labels.csv").write_text("id,label\n0,x\n1,y\n2,x\n3,y\n")
+    with pytest.raises(LayoutError, match=r"\(4 of its ids each name several files, such as "
+                                          r"0: a/0\.jpg, b/0\.jpg; give ids that are paths "
+                                          r"inside the dump, or remove the extra copies\)"):
+        _find(root, layout="csv", labels="labels.csv")
+
+
 def test_stray_csvs_whose_columns_are_no_labels_leave_the_folders_classes(tmp_path):
     # Sizes of each image (file,width,height) and credits: a label column only guessed by its
     # place does not outweigh class folders.
