@@ -1485,9 +1485,11 @@ def build_hdf5(
         listed = src / "files.csv"
         try:
             listed.open("rb").close()
-            why, fix = "is missing, or not as the split wrote it", "put it back"
+            why, fix = "is not as the split wrote it (edited?)", "put the split's back"
         except FileNotFoundError:
             why, fix = "is missing", "put it back"
+        except IsADirectoryError:
+            why, fix = "is a folder, not the split's list of files", "put the split's back"
         except OSError as exc:
             why, fix = f"cannot be read ({exc.strerror or exc})", "make it readable"
         notes.append(AttentionNote(

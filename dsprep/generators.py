@@ -324,9 +324,9 @@ class _BatchSequence(ABC):
         """Run one epoch; when the loop completes, move on to the next epoch's order.
 
         A loop left part way (``break`` after some steps, ``zip(range(steps), gen)``) moves
-        on when the next loop starts, unless ``set_epoch`` named an epoch, or a batch was
-        asked for by index (``gen[i]``: a Keras pass), in between: each loop reads a new order
-        and new random draws, as a loop read to its end does.
+        on when the next loop starts, unless ``set_epoch`` named an epoch, or a pass by index
+        (a Keras pass: ``predict``) read up to the last batch, in between: each loop reads a
+        new order and new random draws, as a loop read to its end does.
 
         The epoch belongs to the generator: loops over it in two threads at once would move
         it under each other. Threads share one generator by indexing it (``gen[i]``, safe
@@ -402,11 +402,11 @@ class _BatchSequence(ABC):
     def _resolve(self, index: int | tuple[int, int]) -> tuple[int, int]:
         """``(epoch, batch)`` of an index: ``i`` in the current epoch, or ``(epoch, i)``.
 
-        A batch asked for by index means the generator is read otherwise than by a loop (a
-        Keras pass, ``predict``): a loop left part way before (a peek at the first batch) no
-        longer moves the next loop on, which reads the order that pass read.
+        The last batch asked for by index ends a pass read otherwise than by a loop (a
+        Keras pass, ``predict``): a loop left part way before it (a peek at the first batch)
+        no longer moves the next loop on, which reads the order that pass read. A look at
+        another batch (``gen[0]`` between capped loops) leaves the loop to move on.
         """
-        self._read_part_way = None
         if isinstance(index, tuple):
             if len(index) != 2:
                 raise TypeError(f"a batch index is i or (epoch, i), got {index!r}")
@@ -416,7 +416,10 @@ class _BatchSequence(ABC):
                 raise IndexError(f"epoch {epoch} is negative")
         else:
             epoch = self._current[0]
-        return epoch, self._check_index(index)
+        index = self._check_index(index)
+        if index == len(self) - 1:
+            self._read_part_way = None
+        return epoch, index
 
     def _check_index(self, index: int) -> int:
         n = len(self)

@@ -1003,10 +1003,12 @@ def _unnamed_images(source: Source, inside: list[str], images: list[str], root: 
     (``Inventory.unnamed``): a class folder whose images lost their extensions would vanish
     without a word."""
     bare: dict[str, list[str]] = defaultdict(list)
-    for level in [f"{root}{folder}/" for folder in split_folders] or [root]:
+    levels = [f"{root}{folder}/" for folder in split_folders]
+    for level in [root, *levels]:
         named = {f[len(level):].partition("/")[0] for f in images if f.startswith(level)}
         for f in inside:
-            if not f.startswith(level):
+            if not f.startswith(level) or any(f.startswith(deeper) for deeper in levels
+                                              if deeper != level):
                 continue
             top, _, rest = f[len(level):].partition("/")
             if rest and top not in named and "." not in rest.rpartition("/")[2].lstrip("."):

@@ -634,6 +634,7 @@ def plan(
         LayoutError: no labelled images found.
         SplitError: a class is too small for the requested counts.
     """
+    refuse_empty_path(src, "the source")
     options = replace(options or SplitOptions(), **kwargs) if kwargs else (
         options or SplitOptions())
     with open_source(src) as source:

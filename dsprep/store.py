@@ -131,11 +131,7 @@ class HDF5Writer:
             )
         if compression not in COMPRESSIONS:
             raise UsageError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
-        names = [str(n) for n in label_names]
-        if not names or len(set(names)) != len(names) or not all(names):
-            # verify refuses such a file: it is not written in the first place.
-            raise UsageError(f"{self.path}: label_names {names} must be one or more names, "
-                             "none empty or repeated (label i is label_names[i])")
+        names = _checked_names(label_names, f"{self.path}")
         self._label_names = names
         self.partial = partial_path(self.path)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +155,7 @@ class HDF5Writer:
         self._open = True  # ours, not HDF5's: a close that failed leaves HDF5's view unsure
         try:
             try:
-                self._create(height, width, label_names, chunk_images, compression, attrs,
+                self._create(height, width, names, chunk_images, compression, attrs,
                              direct)
                 # What HDF5 holds back (the names' data) is written now, where an error is
                 # raised: written when an object is freed, its error would be ignored.
@@ -215,17 +211,12 @@ class HDF5Writer:
         end = self.count + n
         if end > self.capacity:
             raise UsageError(f"{self.path}: {n} more rows exceed the capacity {self.capacity}")
-        labels = np.asarray(labels).reshape(-1)
+        labels = np.asarray(labels, dtype=object if _ragged(labels) else None).reshape(-1)
         filenames = list(filenames)
         if len(labels) != n or len(filenames) != n:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
-        classes = len(self._label_names)
-        if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= classes:
-            raise UsageError(f"{self.path}: labels must be class ids 0..{classes - 1} (indices "
-                             f"into label_names); got {labels.dtype} from {labels.min()} to "
-                             f"{labels.max()}")
-        labels = labels.astype(np.int32)
+        labels = class_ids(labels, len(self._label_names), f"{self.path}")
         images = pixels(images, f"{self.path}", (int(self.images.shape[1]),
                                                  int(self.images.shape[2])))
         try:
@@ -442,6 +433,46 @@ class _DirectChunks:
             os.close(fd)
 
 
+def _checked_names(label_names, where: str) -> list[str]:
+    """The class names, refused where verify would refuse them (none, empty or repeated)."""
+    names = [str(n) for n in label_names]  # (an iterator is read once)
+    if not names or len(set(names)) != len(names) or not all(names):
+        raise UsageError(f"{where}: label_names {names} must be one or more names, none "
+                         "empty or repeated (label i is label_names[i])")
+    return names
+
+
+def _ragged(values) -> bool:
+    """Whether ``values`` hold something numpy would refuse to make one array of (None)."""
+    try:
+        np.asarray(values)
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def class_ids(labels, classes: int, where: str) -> np.ndarray:
+    """``labels`` as int32 class ids, each an index into the ``classes`` label names; refused
+    in words otherwise (names given for ids, None, ids outside 0..classes-1)."""
+    array = np.asarray(labels, dtype=object if _ragged(labels) else None).reshape(-1)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int32)
+    ids = None
+    if array.dtype.kind in "iu":
+        ids = array.astype(np.int64)
+    elif array.dtype.kind == "O":  # Python ints of an object array
+        whole = [v for v in array.tolist() if isinstance(v, (int, np.integer))
+                 and not isinstance(v, (bool, np.bool_))]
+        if len(whole) == len(array):
+            ids = np.array(whole, dtype=np.int64)
+    if ids is None or (len(ids) and (ids.min() < 0 or ids.max() >= classes)):
+        seen = (f"{array.dtype} values such as {array[0]!r}" if ids is None else
+                f"ids from {ids.min()} to {ids.max()}")
+        raise UsageError(f"{where}: labels must be class ids 0..{classes - 1} (indices into "
+                         f"label_names, not the names); got {seen}")
+    return ids.astype(np.int32)
+
+
 def pixels(images, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """``images`` as the rows of a dsprep file, (n, height, width, 3) uint8 RGB, C-ordered;
     refused in words where they are not pixels (floats in 0..1 stored as uint8 would all be
@@ -476,6 +507,8 @@ def write_arrays(
     ``labels`` class ids into ``label_names``; anything else is refused, as verify would.
     """
     images = pixels(images, f"{path}")
+    label_names = _checked_names(label_names, f"{path}")
+    labels = class_ids(labels, len(label_names), f"{path}")
     if filenames is None:
         filenames = [f"row{i}" for i in range(len(images))]
         names = [f"{i:012d}" for i in range(len(images))]  # in the order of their numbers

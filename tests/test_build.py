@@ -1806,10 +1806,11 @@ def test_a_split_without_its_files_csv_is_built_with_a_note_that_gone_files_go_u
     report = build.build_hdf5(src, tmp_path / "again", opts())
     assert report.skipped == []  # the deleted image cannot be told from one never placed
     notes = [n for n in report.notes if "files.csv" in n]
-    why = "is missing" if damage == "deleted" else "is missing, or not as the split wrote it"
+    why, fix = (("is missing", "put it back") if damage == "deleted" else
+                ("is not as the split wrote it (edited?)", "put the split's back"))
     assert notes == [f"{src / 'files.csv'} {why}, so this build cannot tell which images were "
                      "deleted from the split folder or added to it since the split (none is "
-                     "listed as missing-file); put it back to have them checked"]
+                     f"listed as missing-file); {fix} to have them checked"]
     assert isinstance(notes[0], build.AttentionNote)
 
 

@@ -467,8 +467,9 @@ def test_evaluating_a_split_made_again_that_holds_training_images_is_noted(tmp_p
     alone = invoke("evaluate", run, tmp_path / "named" / "test.hdf5")
     assert alone.exit_code == 0, alone.output
     assert f"{shared} of the {total} images of" in " ".join(alone.output.split())
-    # The run's split made again in place: its train.hdf5's names no longer tell the files
-    # it learned from, and no count is made of what cannot be told.
+    # The run's split made again in place: a name of its train.hdf5 tells a file it learned
+    # from only while the file is still in train, and those are in no test split of the new
+    # one: no count is made (not a wrong one) of what can no longer be told.
     again = invoke("-q", "split", dump, tmp_path / "split-a", "--seed", "2", "--force")
     assert again.exit_code == 0, again.output
     unknown = invoke("evaluate", run, tmp_path / "hdf5-b" / "test.hdf5")
@@ -481,6 +482,23 @@ def test_evaluating_a_split_made_again_that_holds_training_images_is_noted(tmp_p
     val = invoke("evaluate", run, tmp_path / "hdf5-a" / "val.hdf5")
     assert val.exit_code == 0, val.output
     assert "has changed since" in val.output and "is the validation split" not in val.output
+
+
+def test_the_digests_of_a_files_name_come_from_the_names_still_listed(tmp_path):
+    # One image added to a split folder by hand (build-hdf5 builds it, with a note) turned the
+    # whole learned-from count off.
+    from dsprep.split import FILES_COLUMNS
+    from dsprep.train.predict import _contents
+
+    rows = [["train", "cat", f"train/cat/{i}.jpg", f"cat/{i}.jpg", f"d{i}", "8", "8"]
+            for i in range(4)]
+    with open(tmp_path / "files.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([FILES_COLUMNS, *rows])
+    names = [f"train/cat/{i}.jpg" for i in range(4)]
+    assert _contents(tmp_path, [*names, "train/cat/added.jpg"], "") == ["d0", "d1", "d2", "d3"]
+    assert _contents(tmp_path, None, "train") == ["d0", "d1", "d2", "d3"]
+    # Most names gone (the folder split again since): nothing is told.
+    assert _contents(tmp_path, ["train/cat/0.jpg", "x", "y"], "") is None
 
 
 def test_a_finished_run_without_its_last_checkpoint_has_nothing_to_do(data, one_epoch_run,
@@ -528,10 +546,11 @@ def test_a_run_that_diverged_after_its_first_epoch_is_not_offered_a_resume(data,
     assert "(and --force)" in first.output  # the folder keeps its first epoch
     # The same command again: it was told to --resume, which only diverged again.
     again = invoke(*args)
-    assert again.exit_code == 1 and "use --resume" not in again.output
+    assert again.exit_code == 1 and "--resume " not in again.output
     assert (f"{run} holds this run, which diverged in epoch 2 (its loss became NaN or "
-            "infinite) and stopped there: the same options are likely to meet it again. Start "
-            "again with a lower --lr and --force") in " ".join(again.output.split())
+            "infinite) and stopped there: the same options would most likely meet it again, a "
+            "resume too. Start again with a lower --lr and --force"
+            ) in " ".join(again.output.split())
     # evaluate said it "was stopped, or is still training".
     scored = invoke("evaluate", run, data / "test.hdf5")
     assert scored.exit_code == 0, scored.output

@@ -533,6 +533,13 @@ def test_a_peek_then_a_pass_by_index_leaves_the_next_loop_on_that_order(h5file):
     looped = [rows_of(x) for x, _ in gen]
     assert [r.tolist() for r in looped] == [r.tolist() for r in read]
     assert gen.epoch == 1
+    # A look at one batch between capped loops (logging a sample) is no pass: the loops move
+    # on (it kept every loop on the same two batches).
+    firsts = []
+    for _ in range(3):
+        firsts.append([rows_of(x).tolist() for _, (x, _) in zip(range(2), gen, strict=False)])
+        gen[0]
+    assert firsts == [[rows_of(gen[e, i][0]).tolist() for i in range(2)] for e in (1, 2, 3)]
 
 
 def test_setting_epoch_is_set_epoch(h5file):

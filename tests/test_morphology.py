@@ -96,7 +96,8 @@ def test_threshold_fixed_and_otsu():
     np.testing.assert_array_equal(morphology.Threshold()(rgb), np.where(rgb > 30, 255, 0))
 
 
-@pytest.mark.parametrize("value", ["abc", "128", True, float("nan"), [100], 1 + 2j])
+@pytest.mark.parametrize("value", ["abc", "128", True, float("nan"), [100], 1 + 2j,
+                                   np.array("5"), np.array(b"5"), np.array(True)])
 def test_a_threshold_that_is_no_number_is_refused_by_name(value):
     # float() took "128" and failed on "abc" with a message naming no argument.
     with pytest.raises(UsageError, match=r"^value must be a number .* or None .*; received"):

@@ -842,7 +842,13 @@ def test_extension_less_images_are_found_by_their_signatures_alone(tmp_path, mon
     (flat / "audio").mkdir()
     (flat / "audio" / "clip0").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64))
     (flat / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(64))
+    # A whole split folder of such files beside the others (test/) is said too.
+    (root / "test" / "brick").mkdir(parents=True)
+    (root / "test" / "brick" / "t1").write_bytes((grass / "g1").read_bytes())
     assert [w for w in plan(root).warnings() if "extension" in w] == [
+        "test/ is left out: it holds no image file, but 1 file without an extension "
+        "(test/brick/t1 begins as an image does); split takes images by their extension: "
+        "rename it with its (.jpg, .png, ...) to keep it",
         "train/grass/ is left out: it holds no image file, but 3 files without an extension "
         "(train/grass/g1 begins as an image does); split takes images by their extension: "
         "rename them with theirs (.jpg, .png, ...) to keep them"]
@@ -1762,6 +1768,7 @@ def test_an_empty_path_is_refused_by_the_library_too(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     for call, what in ((lambda: split_run(dump, "", force=True), "the split folder (DEST)"),
                        (lambda: split_run("", tmp_path / "s"), "the source"),
+                       (lambda: plan(""), "the source"),
                        (lambda: build.build_hdf5(dump, ""), "the output folder (OUT)"),
                        (lambda: plan(dump, layout="csv", labels=""), "--labels"),
                        (lambda: write_sample_dump(""), "the dump folder (DEST)")):

@@ -658,6 +658,11 @@ def test_a_file_held_open_for_writing_is_said_so_not_called_unreadable(tmp_path)
     (np.zeros((4, 8, 8, 3), np.uint8), [0, -1, 0, 1], ["a", "b"], "class ids 0..1"),
     (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], ["a", "a"], "none empty or repeated"),
     (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], [], "one or more names"),
+    # Names given for ids, and a missing id, said so (numpy's and sort's own errors before).
+    (np.zeros((2, 8, 8, 3), np.uint8), ["cat", "dog"], ["cat", "dog"],
+     r"class ids 0..1 \(indices into label_names, not the names\); got <U3 values such as "
+     r"np.str_\('cat'\)"),
+    (np.zeros((2, 8, 8, 3), np.uint8), [0, None], ["a", "b"], "got object values such as 0"),
 ])
 def test_arrays_that_are_not_a_dsprep_file_are_refused_before_any_is_written(tmp_path, images,
                                                                             labels, names,
@@ -683,6 +688,15 @@ def test_write_arrays_says_sorted_only_of_rows_in_sorted_order(tmp_path):
                               [0] * 6 + [1] * 6, ["x", "y"])
     with h5py.File(path) as db:
         assert db.attrs["order"] == "sorted"
+
+
+def test_labels_and_names_in_any_sequence_are_taken(tmp_path):
+    # Names given as an iterator were read by the check and written empty.
+    path = store.write_arrays(tmp_path / "f.hdf5", np.zeros((2, 4, 4, 3), np.uint8),
+                              np.array([0, 1], dtype=object), map(str, ["a", "b"]))
+    with h5py.File(path) as db:
+        assert store.label_names(db) == ["a", "b"]
+        assert db["labels"][()].tolist() == [0, 1]
 
 
 def test_whole_numbers_within_a_byte_are_taken_as_pixels(tmp_path):

@@ -47,8 +47,11 @@ def _level(value: float | None) -> float | None:
     if value is None:
         return None
     number = None
-    if not isinstance(value, (bool, np.bool_, str, bytes)) and np.ndim(value) == 0:
-        # Any real number: int, float, numpy scalars and 0-d arrays, Fraction, Decimal.
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        # A 0-d array of numbers: its number (not one of text or a bool).
+        value = value.item() if value.dtype.kind in "iuf" else None
+    if value is not None and not isinstance(value, (bool, np.bool_, str, bytes, np.ndarray)):
+        # Any real number: int, float, numpy scalars, Fraction, Decimal.
         with contextlib.suppress(TypeError, ValueError, ArithmeticError):
             number = float(value)
         if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):

@@ -676,15 +676,16 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
                 raise DestinationExistsError(
                     f"{run} holds this run, which diverged in epoch {diverged.epochs_done} "
                     f"(its loss became NaN or infinite) and stopped there: the same options "
-                    f"are likely to meet it again. Start again with a lower --lr and --force "
-                    f"({cb.BEST} holds the best of the epochs before it; copy it elsewhere "
-                    f"first to keep it), or try --resume {quoted(run)}, which draws other "
-                    "random numbers")
+                    f"would most likely meet it again, a resume too. Start again with a lower "
+                    f"--lr and --force ({cb.BEST} holds the best of the epochs before it; copy "
+                    "it elsewhere first to keep it)")
             resume = (f"use --resume {quoted(run)} to continue it (with its own options), or "
                       "--force to start over")
             if not (run / cb.LAST).is_file():  # deleted to save room: nothing to resume from
+                keep = (f" (copy its {cb.BEST} elsewhere first to keep it)"
+                        if (run / cb.BEST).is_file() else "")
                 resume = (f"its {cb.LAST} is gone, so it cannot be continued: use --force to "
-                          f"start over (copy its {cb.BEST} elsewhere first to keep it)")
+                          f"start over{keep}")
             raise DestinationExistsError(
                 f"{run} already holds a run"
                 + (f" of other data or options ({differs})" if differs else "")
