@@ -1390,6 +1390,12 @@ def test_evaluate_names_classes_that_differ_only_in_accent_encoding(tmp_path):
     other = write_arrays(tmp_path / "other.hdf5", images, labels, ["tea", "c1"], split="test")
     with pytest.raises(DatasetFormatError, match="evaluate on a file built from the same split"):
         evaluate_run(run, other)
+    # Other classes are said before another image size: a rebuild at the run's size was asked
+    # for first, of a file of another dataset.
+    larger = write_arrays(tmp_path / "larger.hdf5", np.zeros((len(labels), 12, 12, 3), np.uint8),
+                          labels, ["tea", "c1"], split="test")
+    with pytest.raises(DatasetFormatError, match="has classes"):
+        evaluate_run(run, larger)
 
 
 def test_ten_crop_needs_a_run_trained_on_crops(tmp_path):

@@ -342,6 +342,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         ``confusion_png`` path.
     """
     from ..generators import HDF5Generator
+    from ..store import label_names as classes_of
     from ..store import open_dataset
     from .fit import read_run_config, settle
 
@@ -373,6 +374,9 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         split = db.attrs.get("split")
         resize = db.attrs.get("resize")
         built_from = str(db.attrs.get("source_root", ""))
+        found = classes_of(db)
+    # Other classes first: a file of another dataset is no matter of its image size.
+    _check_classes(run, data, classes, found)
     _check_image_size(run, data, config, image_shape)
     _check_resize(run, data, config, resize)
     seen_note = None if split == "train" else (_seen_in_training(run, config, data)
