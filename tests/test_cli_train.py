@@ -484,6 +484,17 @@ def test_evaluating_a_split_made_again_that_holds_training_images_is_noted(tmp_p
     assert "has changed since" in val.output and "is the validation split" not in val.output
 
 
+def test_a_crop_that_is_the_whole_image_is_noted(data, tmp_path):
+    # --size 227 then --crop 227 (the README's AlexNet crop): no random crops, and nothing
+    # said until evaluate noted its ten crops were one.
+    whole = invoke("train", data, tmp_path / "run", *QUICK, "--crop", "48", "--epochs", "1")
+    assert whole.exit_code == 0, whole.output
+    assert ("note: --crop 48 is the whole 48x48 image, so every patch is the image itself and "
+            "no random crops are made") in " ".join(whole.output.split())
+    smaller = invoke("train", data, tmp_path / "small", *QUICK, "--crop", "46", "--epochs", "1")
+    assert smaller.exit_code == 0 and "no random crops" not in smaller.output
+
+
 def test_the_digests_of_a_files_name_come_from_the_names_still_listed(tmp_path):
     # One image added to a split folder by hand (build-hdf5 builds it, with a note) turned the
     # whole learned-from count off.

@@ -355,6 +355,12 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         if "image_size" in _given() and (Path(data) / "train.hdf5").is_file():
             say(f"note: --image-size is for split folders; {data} holds train.hdf5, whose "
                 "images keep the size they were built at (build-hdf5 --size)", err=True)
+        whole = fit.crop_is_the_image(data, config)
+        if whole:
+            # Random patches are the augmentation a --crop asks for: here there are none.
+            say(f"note: --crop {config.crop} is the whole {whole} image, so every patch is the "
+                "image itself and no random crops are made; build at a larger size (--size "
+                f"{config.crop * 256 // 227} for --crop {config.crop}) to have them", err=True)
         if overfit_check:
             report = fit.overfit_check(data, run, config, overwrite=force,
                                        progress=show_epochs(), bars=show_progress())

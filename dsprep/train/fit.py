@@ -403,6 +403,27 @@ def open_data(data: str | os.PathLike, config: TrainConfig, *, work: Path | None
                       "uint8" if np.dtype(train.x_dtype) == np.uint8 else "float32", kind)
 
 
+def crop_is_the_image(data: str | os.PathLike, config: TrainConfig) -> str | None:
+    """"HxW" when the run's --crop is the whole of DATA's training images (random patches
+    are then the image itself), else None."""
+    if not config.crop:
+        return None
+    data = Path(data)
+    if (data / "train.hdf5").is_file():
+        from ..store import open_dataset
+
+        try:
+            with open_dataset(data / "train.hdf5") as db:
+                height, width = (int(v) for v in db["images"].shape[1:3])
+        except (DsprepError, OSError):
+            return None
+    elif (data / "train").is_dir():
+        height = width = config.image_size
+    else:
+        return None
+    return f"{height}x{width}" if (height, width) == (config.crop, config.crop) else None
+
+
 def has_validation(data: str | os.PathLike) -> bool:
     """Whether DATA has the validation split :func:`open_data` reads (val.hdf5 beside
     train.hdf5, or a val/ folder beside train/)."""
