@@ -66,6 +66,7 @@ from .sources import (
     split_of,
 )
 from .split import (
+    read_files,
     read_placed,
     read_split_classes,
     refuse_unfinished_split,
@@ -286,6 +287,26 @@ def _built_from(src: Path) -> str | None:
         except (DsprepError, OSError):
             continue
     return None
+
+
+def _enlarged_note(src: Path, size: tuple[int, int]) -> str | None:
+    """A note when most images of a split (by the sizes its files.csv records) are smaller
+    than ``size`` on both sides: each is enlarged to it, in files many times theirs, with no
+    detail gained (the default 256x256 for a dump of 32x32 images is 64 times the pixels)."""
+    height, width = size
+    sizes = []
+    for row in read_files(src) or []:
+        with contextlib.suppress(ValueError):
+            sizes.append((int(row["height"]), int(row["width"])))
+    smaller = [(h, w) for h, w in sizes if h < height and w < width]
+    if not sizes or len(smaller) * 2 <= len(sizes):
+        return None
+    mid_h = int(np.median([h for h, _ in sizes]))
+    mid_w = int(np.median([w for _, w in sizes]))
+    return (f"{len(smaller)} of the {len(sizes)} images of the split are smaller than "
+            f"{height}x{width} on both sides (half are {mid_h}x{mid_w} or smaller) and are "
+            "enlarged to it, in larger files with no detail gained; a --size near theirs "
+            f"(such as {min(mid_h, mid_w)}) keeps them as they are")
 
 
 def _problem_notes(problems, prefix: str = "") -> list[str]:
@@ -1480,7 +1501,10 @@ def build_hdf5(
         raise UsageError(f"output folder {out} is inside the source folder {src}; put it "
                          f"beside the source, such as {src.parent / 'hdf5'}")
     placed = read_placed(src) if name is None and (src / "split.json").is_file() else None
+    enlarged = _enlarged_note(src, options.size) if placed is not None else None
     classes, planned, notes, links = find_rows(src, name, placed=placed)
+    if enlarged:
+        notes.append(enlarged)
     if name is None and placed is None and (src / "split.json").is_file():
         listed = src / "files.csv"
         try:

@@ -971,22 +971,30 @@ def read_split_max_pixels(split_dir: str | os.PathLike) -> int | None:
     return limit or None
 
 
-def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
-    """The files a split placed, by split: files.csv's paths ("train/cat/cat.0.jpg"); None
-    where there is no files.csv as the split wrote it (missing, or edited into another form)."""
+def read_files(split_dir: str | os.PathLike) -> list[dict[str, str]] | None:
+    """The rows of a split's files.csv (one dict per file, by ``FILES_COLUMNS``); None where
+    there is no files.csv as the split wrote it (missing, or edited into another form)."""
     path = Path(split_dir) / FILES_CSV
-    placed: dict[str, list[str]] = defaultdict(list)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             if next(reader, None) != list(FILES_COLUMNS):
                 return None
-            at_split, at_path = FILES_COLUMNS.index("split"), FILES_COLUMNS.index("path")
-            for row in reader:
-                if len(row) == len(FILES_COLUMNS):
-                    placed[row[at_split]].append(row[at_path])
+            return [dict(zip(FILES_COLUMNS, row, strict=True)) for row in reader
+                    if len(row) == len(FILES_COLUMNS)]
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
+
+
+def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
+    """The files a split placed, by split: files.csv's paths ("train/cat/cat.0.jpg"); None
+    where there is no files.csv as the split wrote it."""
+    rows = read_files(split_dir)
+    if rows is None:
+        return None
+    placed: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        placed[row["split"]].append(row["path"])
     return dict(placed)
 
 

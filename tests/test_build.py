@@ -1814,6 +1814,25 @@ def test_a_split_without_its_files_csv_is_built_with_a_note_that_gone_files_go_u
     assert isinstance(notes[0], build.AttentionNote)
 
 
+def test_images_mostly_smaller_than_the_size_built_are_noted_as_enlarged(tmp_path):
+    # The default --size 256 on a dump of 48x64 images: every image enlarged, the files many
+    # times larger, without a word.
+    from dsprep import split
+
+    dump = make_class_folders(tmp_path / "dump", CLASSES, per_class=10, size=(48, 64))
+    src = tmp_path / "split"
+    split.materialize(split.plan(dump, counts=(6, 2, 2)), src)
+    report = build.build_hdf5(src, tmp_path / "big", opts(size=(128, 128)))
+    total = 10 * len(CLASSES)
+    assert [n for n in report.notes if "enlarged" in n] == [
+        f"{total} of the {total} images of the split are smaller than 128x128 on both sides "
+        "(half are 48x64 or smaller) and are enlarged to it, in larger files with no detail "
+        "gained; a --size near theirs (such as 48) keeps them as they are"]
+    for size in ((48, 48), (64, 48)):  # not smaller on both sides
+        report = build.build_hdf5(src, tmp_path / f"at{size[0]}x{size[1]}", opts(size=size))
+        assert not [n for n in report.notes if "enlarged" in n], size
+
+
 def test_a_split_whose_files_csv_cannot_be_read_is_told_to_make_it_readable(tmp_path,
                                                                            monkeypatch):
     # It said "is missing ... put it back" of a file that was there, but not this user's.
