@@ -763,7 +763,9 @@ def find_images(
         wrapper = ((guessing or chosen == "folders") and table is None and passed_over is None
                    and regex is None and _only_folder_of_images(images, root))
         raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
-                                              passed_over, inventory.skipped))
+                                              passed_over, inventory.skipped)
+                          + (_one_class_hint(source.path, images, root)
+                             if chosen == "prefix" and regex is None else ""))
     return inventory
 
 
@@ -944,6 +946,24 @@ def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
         + _ambiguous_note(problems)
         + _unsafe_note(problems)
     )
+
+
+def _one_class_hint(path, images: list[str], root: str) -> str:
+    """For a folder of images named without <class>. prefixes: it may be one class's folder
+    (flowers/daisy/ given for flowers/), or its names may carry the class otherwise
+    (cat_001.jpg), which a --pattern reads."""
+    names = [f[len(root):] for f in images if f.startswith(root)]
+    flat = [n for n in names if "/" not in n]
+    for sep in ("_", "-", " "):
+        if sum(bool(re.match(rf"[^\W\d_]+{re.escape(sep)}\d", n)) for n in flat) * 2 > len(flat):
+            pattern = f"(?P<label>[^{sep}]+){sep}"
+            return (f"; names such as {flat[0]} carry their class before '{sep}': --layout "
+                    f"prefix --pattern {quoted(pattern)} reads them")
+    if flat and len(flat) == len(names):
+        parent = Path(path).parent if Path(path).parent != Path(".") else Path.cwd()
+        return (f"; if {path} is the folder of one class, give the folder that holds the "
+                f"class folders, such as {parent}")
+    return ""
 
 
 def _ambiguous_note(skipped: list[Skipped]) -> str:

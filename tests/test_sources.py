@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 from helpers import make_class_folders, smooth_image, unlistable, write_image
@@ -1899,3 +1900,23 @@ def test_a_labels_file_in_a_folder_not_listed_is_said_so(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="cannot be listed") as info:
         _find(root, layout="csv", labels="meta/labels.csv")
     assert info.value.filename == str(root / "meta")
+
+
+def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tmp_path,
+                                                                              monkeypatch):
+    # flowers/daisy/ given for flowers/, and cat_001.jpg names: "no labelled images for the
+    # prefix layout", with nothing on what to give instead.
+    monkeypatch.chdir(tmp_path)
+    for i in range(4):
+        _img(tmp_path / "flowers" / "daisy" / f"{1000 + i}.jpg", seed=i)
+        _img(tmp_path / "pets" / f"{['cat', 'dog'][i % 2]}_{i:03d}.jpg", seed=i)
+    with pytest.raises(LayoutError, match=r"if flowers/daisy is the folder of one class, give "
+                                          r"the folder that holds the class folders, such as "
+                                          r"flowers$"):
+        _find(Path("flowers/daisy"))
+    with pytest.raises(LayoutError, match=r"names such as cat_000\.jpg carry their class before "
+                                          r"'_': --layout prefix --pattern "
+                                          r"'\(\?P<label>\[\^_\]\+\)_' reads them$"):
+        _find(Path("pets"))
+    assert _find(Path("pets"), layout="prefix", pattern="(?P<label>[^_]+)_").classes == [
+        "cat", "dog"]
