@@ -118,3 +118,17 @@ def test_softmax_stays_float32_under_mixed_precision():
 def test_bad_model_arguments_raise_usage_errors(call, match):
     with pytest.raises(UsageError, match=match):
         call()
+
+
+def test_train_help_names_each_models_smallest_images():
+    # A build at --size 40 for smallnet (46) was refused only once training began.
+    from click.testing import CliRunner
+
+    from dsprep.cli import main
+
+    shown = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    for name, side in (("alexnet", 63), ("smallnet", 46)):
+        assert f"{name} takes images of {side} pixels a side or more" in shown
+        with pytest.raises(UsageError, match=f"at least {side}x{side}"):
+            build_model(name, (side - 1, side - 1, 3), 2)
+        build_model(name, (side, side, 3), 2, width=4)

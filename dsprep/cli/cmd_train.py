@@ -17,6 +17,7 @@ from ..errors import UsageError
 from ..fileio import quoted
 from ..train.options import (
     AUGMENTS,
+    MIN_SIDES,
     MODEL_NAMES,
     OPTIMIZERS,
     PRECISIONS,
@@ -45,7 +46,11 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
     """The options train and sweep-lr share (sweep-lr trains fewer epochs, and has no --lr)."""
     options = [
         _named("--model", type=click.Choice(MODEL_NAMES), default=_DEFAULTS.model,
-               show_default=True, help="Network to train."),
+               show_default=True,
+               help="Network to train (" + ", ".join(f"{name} takes images of {side} pixels "
+                                                     "a side or more"
+                                                     for name, side in MIN_SIDES.items())
+               + "; the ResNets any size)."),
         _named("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
                help=epochs_help),
         _named("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,

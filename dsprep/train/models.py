@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from ..errors import UsageError
-from .options import MODEL_NAMES
+from .options import MIN_SIDES, MODEL_NAMES
 
 # depth -> (block kind, blocks per stage), as in He et al. 2015, table 1.
 RESNET_STAGES = {
@@ -90,7 +90,7 @@ def alexnet(
         scale: factor applied after the mean subtraction.
         input_dtype: dtype of the model input ("float32" or "uint8").
     """
-    _check_size("alexnet", input_shape, 63)
+    _check_size("alexnet", input_shape, MIN_SIDES["alexnet"])
     inputs, x = _inputs(input_shape, mean, scale, input_dtype)
 
     def conv(x, filters, size, name, strides=1):
@@ -144,7 +144,7 @@ def smallnet(
         scale: factor applied after the mean subtraction.
         input_dtype: dtype of the model input.
     """
-    _check_size("smallnet", input_shape, 46)
+    _check_size("smallnet", input_shape, MIN_SIDES["smallnet"])
     inputs, x = _inputs(input_shape, mean, scale, input_dtype)
     for i, mult in enumerate((1, 2, 4, 4), start=1):
         x = layers.Conv2D(width * mult, 3, activation="relu", kernel_regularizer=_l2(reg),

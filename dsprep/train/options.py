@@ -21,6 +21,9 @@ AUGMENTS = ("none", "flip", "affine")
 PRECISIONS = ("auto", "mixed", "float32")
 # Keras seeds numpy's legacy generator, which takes 32-bit seeds.
 SEED_MAX = 2**32 - 1
+# The smallest image side each model takes (its strides leave nothing below it); the ResNets
+# pool globally, and take any size down to a few pixels.
+MIN_SIDES = {"alexnet": 63, "smallnet": 46}
 
 
 def default_workers() -> int:
