@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import unicodedata
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -564,6 +565,12 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
             raise DatasetFormatError(
                 f"{path} is held open for writing by another process (HDF5 could not take a "
                 "read lock on it); close that writer, then run this again") from exc
+        if zipfile.is_zipfile(path):  # a Keras model (.keras), or a dump's archive
+            what = ("a Keras model: 'dsprep evaluate RUN DATA' scores a run's"
+                    if Path(path).suffix.lower() == ".keras" else
+                    "a zip archive: 'dsprep split' reads a dump's in place")
+            raise DatasetFormatError(f"{path} is {what}; this command reads the HDF5 files "
+                                     "'dsprep build-hdf5' writes") from exc
         raise DatasetFormatError(
             f"{path} is not a readable HDF5 file ({exc}); build it with 'dsprep build-hdf5'"
         ) from exc

@@ -709,3 +709,15 @@ def test_whole_numbers_within_a_byte_are_taken_as_pixels(tmp_path):
         with pytest.raises(UsageError, match=r"images must be \(n, 2, 2, 3\) RGB rows"):
             writer.append(np.zeros((2, 3, 3, 3), np.uint8), [0, 1], ["x", "y"])
         writer.append(images[:2], [0, 1], ["x", "y"])
+
+
+def test_a_keras_model_or_a_zip_given_for_a_file_is_named_as_such(tmp_path):
+    # dsprep info runs/a/best.keras said "build it with 'dsprep build-hdf5'".
+    import zipfile
+
+    for name, said in (("best.keras", "is a Keras model: 'dsprep evaluate RUN DATA' scores"),
+                       ("dump.zip", "is a zip archive: 'dsprep split' reads a dump's")):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            archive.writestr("config.json", "{}")
+        with pytest.raises(DatasetFormatError, match=said):
+            store.open_dataset(tmp_path / name)
