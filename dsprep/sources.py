@@ -389,7 +389,8 @@ class ZipSource(Source):
 
     def size(self, rel: str) -> int:
         with self._member_errors():
-            return self._zip.getinfo(self._members.get(rel, rel)).file_size
+            member = self._members.get(rel)
+            return (member if member is not None else self._zip.getinfo(rel)).file_size
 
     @contextlib.contextmanager
     def _member_errors(self):
@@ -954,13 +955,17 @@ def _one_class_hint(path, images: list[str], root: str) -> str:
     (cat_001.jpg), which a --pattern reads."""
     names = [f[len(root):] for f in images if f.startswith(root)]
     flat = [n for n in names if "/" not in n]
+    if _labels_beside(path, None):
+        return ""  # a labels CSV beside it, named already, is the likelier way
     for sep in ("_", "-", " "):
-        if sum(bool(re.match(rf"[^\W\d_]+{re.escape(sep)}\d", n)) for n in flat) * 2 > len(flat):
+        heads = [m.group(1) for n in flat
+                 if (m := re.match(rf"([^\W\d_]+){re.escape(sep)}\d", n))]
+        # Two classes or more (IMG_1234.jpg, image_0001.jpg are a camera's, one "class").
+        if len(heads) * 2 > len(flat) and len(set(heads)) > 1:
             pattern = f"(?P<label>[^{sep}]+){sep}"
             return (f"; names such as {flat[0]} carry their class before '{sep}': --layout "
                     f"prefix --pattern {quoted(pattern)} reads them")
-    if flat and len(flat) == len(names) and not _labels_beside(path, None):
-        # (A labels CSV beside it, named already, is the likelier way.)
+    if flat and len(flat) == len(names):
         parent = Path(path).parent if Path(path).parent != Path(".") else Path.cwd()
         return (f"; if {path} is the folder of one class, give the folder that holds the "
                 f"class folders, such as {parent}")

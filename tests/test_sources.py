@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -528,7 +529,8 @@ def test_of_several_csvs_the_one_that_labels_the_images_is_taken(tmp_path, other
 
 
 @pytest.mark.parametrize("explicit", [False, True])
-def test_an_id_naming_copies_of_one_image_labels_it_once(tmp_path, explicit):
+@pytest.mark.parametrize("zipped", [False, True])
+def test_an_id_naming_copies_of_one_image_labels_it_once(tmp_path, explicit, zipped):
     # Kaggle's HAM10000 holds each part folder twice (HAM10000_images_part_1/ and the
     # lower-case ham10000_images_part_1/, byte for byte): every id named two files, so every
     # row was ambiguous-id, the CSV was passed over, and the split failed in every mode.
@@ -548,7 +550,9 @@ def test_an_id_naming_copies_of_one_image_labels_it_once(tmp_path, explicit):
     _img(root / "other" / "ISIC_0000003.jpg", seed=99)
     options = ({"layout": "csv", "labels": "HAM10000_metadata.csv", "id_column": "image_id",
                 "label_column": "dx"} if explicit else {})
-    inv = _find(root, **options)
+    # Kaggle's download is a zip: the copies must be told there too (they were not).
+    source = shutil.make_archive(str(tmp_path / "d"), "zip", root) if zipped else root
+    inv = _find(source, **options)
     assert inv.layout == "csv" and inv.labels_file == "HAM10000_metadata.csv"
     assert inv.classes == ["bkl", "mel", "nv"] and len(inv.items) == 11
     assert dict(inv.items)["HAM10000_images_part_2/ISIC_0000007.jpg"] == "mel"
@@ -1915,6 +1919,11 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
                                           r"the folder that holds the class folders, such as "
                                           r"flowers$"):
         _find(Path("flowers/daisy"))
+    # A camera's names (IMG_1234.jpg) are one "class": the folder hint, not a pattern.
+    for i in range(4):
+        _img(tmp_path / "photos" / "dog" / f"IMG_{1000 + i}.jpg", seed=i)
+    with pytest.raises(LayoutError, match=r"if photos/dog is the folder of one class"):
+        _find(Path("photos/dog"))
     with pytest.raises(LayoutError, match=r"names such as cat_000\.jpg carry their class before "
                                           r"'_': --layout prefix --pattern "
                                           r"'\(\?P<label>\[\^_\]\+\)_' reads them$"):
