@@ -563,23 +563,30 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     diverged = [f"{lr:g} (epoch {r.epochs_done})" for lr, r in results.items() if r.diverged]
     if diverged:
         say(f"diverged, stopped at a NaN or infinite loss: lr {', '.join(diverged)}")
-    # A loss far above a random guess's (ln C) has run away without becoming NaN.
-    blown = {lr for lr, r in results.items() if not r.diverged and r.history
-             and _runaway(r.history[-1].get("loss"), fit.read_run_config(r.run))}
-    if blown:
-        say(f"far above the loss of a random guess, running away: lr "
-            f"{', '.join(f'{lr:g}' for lr in sorted(blown))}")
-    ranked = [(r.best, lr) for lr, r in results.items()
-              if not r.diverged and lr not in blown and isinstance(r.best, (int, float))
-              and math.isfinite(r.best)]
-    if ranked:
-        value, lr = max(ranked)
-        say(f"highest best {monitor}: lr {lr:g} ({value:.4f})")
+    best = _highest(results)
+    if best:
+        say(best)
     say(f"wrote {run}/sweep-lr.png and {run}/sweep-lr.csv")
 
 
-def _runaway(loss, config: dict) -> bool:
-    """Whether a finite training loss is over ten times a random guess's, ln(classes)."""
-    classes = len(config.get("classes", []))
-    return (isinstance(loss, float) and math.isfinite(loss) and classes >= 2
-            and loss > 10 * math.log(classes))
+def _highest(results: dict) -> str:
+    """The rate with the highest best figure, ties going to the lowest final validation (else
+    training) loss, which is said; "" when no rate has a figure."""
+    def final_loss(r) -> float:
+        last = r.history[-1] if r.history else {}
+        loss = last.get("val_loss", last.get("loss"))
+        return loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
+
+    ranked = [(r.best, lr, final_loss(r)) for lr, r in results.items()
+              if not r.diverged and isinstance(r.best, (int, float)) and math.isfinite(r.best)]
+    if not ranked:
+        return ""
+    top = max(value for value, _, _ in ranked)
+    tied = sorted((loss, lr) for value, lr, loss in ranked if value == top)
+    lr = tied[0][1]
+    monitor = next(iter(results.values())).monitor
+    said = f"highest best {monitor}: lr {lr:g} ({top:.4f})"
+    if len(tied) > 1:
+        others = ", ".join(f"{other:g}" for _, other in tied[1:])
+        said += f", tied with lr {others}: taken for its lower final loss"
+    return said
