@@ -295,9 +295,9 @@ def _enlarged_note(src: Path, size: tuple[int, int]) -> str | None:
     detail gained (the default 256x256 for a dump of 32x32 images is 64 times the pixels)."""
     height, width = size
     sizes = []
-    for row in read_files(src) or []:
+    for h, w in read_files(src, ("height", "width")) or []:
         with contextlib.suppress(ValueError):
-            sizes.append((int(row["height"]), int(row["width"])))
+            sizes.append((int(h), int(w)))
     smaller = [(h, w) for h, w in sizes if h < height and w < width]
     if not sizes or len(smaller) * 2 <= len(sizes):
         return None
@@ -1563,6 +1563,8 @@ def build_hdf5(
                 # A --force build of other files stopped before it named them: they would
                 # stay, up to a whole build's size, as nothing is built here.
                 _remove_unnamed(outputs, [means_path, skipped_final])
+                # (Nothing is enlarged now: that note is for a build that decodes.)
+                notes = [n for n in notes if n != enlarged]
                 return BuildReport([], means_path, skipped_final, notes,
                                    warnings + _not_ours(others), up_to_date=True)
         if not force:

@@ -971,16 +971,18 @@ def read_split_max_pixels(split_dir: str | os.PathLike) -> int | None:
     return limit or None
 
 
-def read_files(split_dir: str | os.PathLike) -> list[dict[str, str]] | None:
-    """The rows of a split's files.csv (one dict per file, by ``FILES_COLUMNS``); None where
+def read_files(split_dir: str | os.PathLike,
+               columns: Sequence[str]) -> list[tuple[str, ...]] | None:
+    """The ``columns`` (of ``FILES_COLUMNS``) of each row of a split's files.csv; None where
     there is no files.csv as the split wrote it (missing, or edited into another form)."""
     path = Path(split_dir) / FILES_CSV
+    at = [FILES_COLUMNS.index(c) for c in columns]
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             if next(reader, None) != list(FILES_COLUMNS):
                 return None
-            return [dict(zip(FILES_COLUMNS, row, strict=True)) for row in reader
+            return [tuple(row[i] for i in at) for row in reader
                     if len(row) == len(FILES_COLUMNS)]
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
@@ -989,12 +991,12 @@ def read_files(split_dir: str | os.PathLike) -> list[dict[str, str]] | None:
 def read_placed(split_dir: str | os.PathLike) -> dict[str, list[str]] | None:
     """The files a split placed, by split: files.csv's paths ("train/cat/cat.0.jpg"); None
     where there is no files.csv as the split wrote it."""
-    rows = read_files(split_dir)
+    rows = read_files(split_dir, ("split", "path"))
     if rows is None:
         return None
     placed: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        placed[row["split"]].append(row["path"])
+    for split, path in rows:
+        placed[split].append(path)
     return dict(placed)
 
 

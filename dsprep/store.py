@@ -436,7 +436,8 @@ class _DirectChunks:
 
 def _checked_names(label_names, where: str) -> list[str]:
     """The class names, refused where verify would refuse them (none, empty or repeated)."""
-    names = [str(n) for n in label_names]  # (an iterator is read once)
+    # (An iterator is read once; bytes, as h5py reads names from another file, are text.)
+    names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in label_names]
     if not names or len(set(names)) != len(names) or not all(names):
         raise UsageError(f"{where}: label_names {names} must be one or more names, none "
                          "empty or repeated (label i is label_names[i])")
@@ -514,6 +515,7 @@ def write_arrays(
         filenames = [f"row{i}" for i in range(len(images))]
         names = [f"{i:012d}" for i in range(len(images))]  # in the order of their numbers
     else:
+        filenames = list(filenames)  # an iterator is read once
         names = [str(n) for n in filenames]
     mean = images.reshape(-1, 3).mean(axis=0, dtype=np.float64) if len(images) else np.zeros(3)
     # "sorted" only where the rows are in build-hdf5's sorted order, (label, file name).
@@ -566,9 +568,11 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
                 f"{path} is held open for writing by another process (HDF5 could not take a "
                 "read lock on it); close that writer, then run this again") from exc
         if zipfile.is_zipfile(path):  # a Keras model (.keras), or a dump's archive
-            what = ("a Keras model: 'dsprep evaluate RUN DATA' scores a run's"
-                    if Path(path).suffix.lower() == ".keras" else
-                    "a zip archive: 'dsprep split' reads a dump's in place")
+            what = {".keras": "a Keras model: 'dsprep evaluate RUN DATA' scores a run's",
+                    ".npz": "a numpy archive: dsprep.store.write_arrays writes arrays as a "
+                            "dsprep file"}.get(Path(path).suffix.lower(),
+                                               "a zip archive: 'dsprep split' reads a dump's "
+                                               "in place")
             raise DatasetFormatError(f"{path} is {what}; this command reads the HDF5 files "
                                      "'dsprep build-hdf5' writes") from exc
         raise DatasetFormatError(

@@ -1828,6 +1828,8 @@ def test_images_mostly_smaller_than_the_size_built_are_noted_as_enlarged(tmp_pat
         f"{total} of the {total} images of the split are smaller than 128x128 on both sides "
         "(half are 48x64 or smaller) and are enlarged to it, in larger files with no detail "
         "gained; a --size near theirs (such as 48) keeps them as they are"]
+    again = build.build_hdf5(src, tmp_path / "big", opts(size=(128, 128)))
+    assert again.up_to_date and not [n for n in again.notes if "enlarged" in n]
     for size in ((48, 48), (64, 48)):  # not smaller on both sides
         report = build.build_hdf5(src, tmp_path / f"at{size[0]}x{size[1]}", opts(size=size))
         assert not [n for n in report.notes if "enlarged" in n], size

@@ -503,6 +503,8 @@ def test_a_crop_that_is_the_whole_image_is_noted(data, tmp_path):
     assert whole.exit_code == 0, whole.output
     assert ("note: --crop 48 is the whole 48x48 image, so every patch is the image itself and "
             "no random crops are made") in " ".join(whole.output.split())
+    assert "train on larger images (data built at --size 54 for --crop 48)" in " ".join(
+        whole.output.split())
     smaller = invoke("train", data, tmp_path / "small", *QUICK, "--crop", "46", "--epochs", "1")
     assert smaller.exit_code == 0 and "no random crops" not in smaller.output
 

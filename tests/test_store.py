@@ -691,12 +691,20 @@ def test_write_arrays_says_sorted_only_of_rows_in_sorted_order(tmp_path):
 
 
 def test_labels_and_names_in_any_sequence_are_taken(tmp_path):
-    # Names given as an iterator were read by the check and written empty.
+    # Names given as an iterator were read by the check and written empty; file names from a
+    # generator were used up before they were written; names read from another file (bytes)
+    # were stored as "b'a'".
     path = store.write_arrays(tmp_path / "f.hdf5", np.zeros((2, 4, 4, 3), np.uint8),
-                              np.array([0, 1], dtype=object), map(str, ["a", "b"]))
+                              np.array([0, 1], dtype=object), map(str, ["a", "b"]),
+                              filenames=(f"x{i}.jpg" for i in range(2)))
     with h5py.File(path) as db:
         assert store.label_names(db) == ["a", "b"]
         assert db["labels"][()].tolist() == [0, 1]
+        assert [n.decode() for n in db["filenames"][()]] == ["x0.jpg", "x1.jpg"]
+    path = store.write_arrays(tmp_path / "g.hdf5", np.zeros((2, 4, 4, 3), np.uint8), [0, 1],
+                              [b"a", b"b"])
+    with h5py.File(path) as db:
+        assert store.label_names(db) == ["a", "b"]
 
 
 def test_whole_numbers_within_a_byte_are_taken_as_pixels(tmp_path):
@@ -716,6 +724,7 @@ def test_a_keras_model_or_a_zip_given_for_a_file_is_named_as_such(tmp_path):
     import zipfile
 
     for name, said in (("best.keras", "is a Keras model: 'dsprep evaluate RUN DATA' scores"),
+                       ("arrays.npz", "is a numpy archive: dsprep.store.write_arrays"),
                        ("dump.zip", "is a zip archive: 'dsprep split' reads a dump's")):
         with zipfile.ZipFile(tmp_path / name, "w") as archive:
             archive.writestr("config.json", "{}")

@@ -363,9 +363,12 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
         whole = fit.crop_is_the_image(data, config)
         if whole:
             # Random patches are the augmentation a --crop asks for: here there are none.
+            larger = config.crop * 256 // 227
+            how = (f"--image-size {larger}" if not (Path(data) / "train.hdf5").is_file()
+                   else f"data built at --size {larger}")
             say(f"note: --crop {config.crop} is the whole {whole} image, so every patch is the "
-                "image itself and no random crops are made; build at a larger size (--size "
-                f"{config.crop * 256 // 227} for --crop {config.crop}) to have them", err=True)
+                f"image itself and no random crops are made; train on larger images ({how} "
+                f"for --crop {config.crop}) to have them", err=True)
         if overfit_check:
             report = fit.overfit_check(data, run, config, overwrite=force,
                                        progress=show_epochs(), bars=show_progress())
