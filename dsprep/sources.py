@@ -965,7 +965,8 @@ def _one_class_hint(path, images: list[str], root: str) -> str:
             pattern = f"(?P<label>[^{sep}]+){sep}"
             return (f"; names such as {flat[0]} carry their class before '{sep}': --layout "
                     f"prefix --pattern {quoted(pattern)} reads them")
-    if flat and len(flat) == len(names):
+    if flat and len(flat) == len(names) and not root and Path(path).is_dir():
+        # (The folder given holds the images itself; one stepped into is said otherwise.)
         parent = Path(path).parent if Path(path).parent != Path(".") else Path.cwd()
         return (f"; if {path} is the folder of one class, give the folder that holds the "
                 f"class folders, such as {parent}")
