@@ -295,4 +295,6 @@ def progress_bar(iterable=None, **kwargs):
     long build, nor pass for the split's own lack of room."""
     from tqdm import tqdm
 
-    return tqdm(iterable, file=ForgivingStream(sys.stderr), **kwargs)
+    stream = sys.stderr  # the command's own is one already
+    return tqdm(iterable, file=stream if isinstance(stream, ForgivingStream)
+                else ForgivingStream(stream), **kwargs)

@@ -434,11 +434,16 @@ class _DirectChunks:
             os.close(fd)
 
 
+def _names_ok(names: list[str]) -> bool:
+    """Whether class names can name the label ids: one or more, none empty or repeated."""
+    return bool(names) and len(set(names)) == len(names) and all(names)
+
+
 def _checked_names(label_names, where: str) -> list[str]:
     """The class names, refused where verify would refuse them (none, empty or repeated)."""
     # (An iterator is read once; bytes, as h5py reads names from another file, are text.)
     names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in label_names]
-    if not names or len(set(names)) != len(names) or not all(names):
+    if not _names_ok(names):
         raise UsageError(f"{where}: label_names {names} must be one or more names, none "
                          "empty or repeated (label i is label_names[i])")
     return names
@@ -1239,7 +1244,7 @@ def _check_rows(db: h5py.File, n: int) -> list[str]:
         problems.append("no 'label_names' dataset")
         return problems
     names = label_names(db)
-    if len(set(names)) != len(names) or not names:
+    if not _names_ok(names):
         problems.append(f"label_names {names} are empty or repeated")
     labels = db["labels"][()]
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):

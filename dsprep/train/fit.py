@@ -703,10 +703,8 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
             resume = (f"use --resume {quoted(run)} to continue it (with its own options), or "
                       "--force to start over")
             if not (run / cb.LAST).is_file():  # deleted to save room: nothing to resume from
-                keep = (f" (copy its {cb.BEST} elsewhere first to keep it)"
-                        if (run / cb.BEST).is_file() else "")
                 resume = (f"its {cb.LAST} is gone, so it cannot be continued: use --force to "
-                          f"start over{keep}")
+                          f"start over{_keep_best(run)}")
             raise DestinationExistsError(
                 f"{run} already holds a run"
                 + (f" of other data or options ({differs})" if differs else "")
@@ -1195,6 +1193,12 @@ def _differences(run: Path, data, config: TrainConfig) -> list[str] | None:
     return said
 
 
+def _keep_best(run: Path) -> str:
+    """Advice before a --force that would replace the run: to keep its best.keras, if any."""
+    return f" (copy its {cb.BEST} elsewhere first to keep it)" if (run / cb.BEST).is_file() \
+        else ""
+
+
 def never_finished_an_epoch(run: Path) -> bool:
     """Whether RUN holds nothing an epoch left: no state.json and no checkpoint (a run stopped
     or failed in its first epoch, which is safe to start again)."""
@@ -1240,11 +1244,9 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
         return TrainResult(run, done, str(state.get("monitor", saved.get("monitor", ""))),
                            state.get("best"), history, None, own, 0)
     if not (run / cb.LAST).is_file():
-        keep = (f" (copy its {cb.BEST} elsewhere first to keep it)"
-                if (run / cb.BEST).is_file() else "")
         raise LayoutError(f"{run} has trained {done} epochs, but its {cb.LAST}, which a "
                           f"resume goes on from, is gone (deleted?); put it back, or start "
-                          f"the run again with 'dsprep train --force'{keep}")
+                          f"the run again with 'dsprep train --force'{_keep_best(run)}")
     # A new seed for Keras (dropout) so the resumed epochs do not replay the first ones; the
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))

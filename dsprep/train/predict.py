@@ -228,22 +228,14 @@ def _contents(split_folder: Path, names: list[str] | None, split: str) -> list[s
     """The sha256 of images of a dsprep split folder, from its files.csv: of ``names`` (paths
     inside the folder, "train/cat/1.jpg"), or of every file of ``split``; None where the
     folder has no files.csv as the split wrote it."""
-    import csv
+    from ..split import read_files
 
-    from ..split import FILES_COLUMNS
-
-    try:
-        with open(split_folder / "files.csv", newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            if next(reader, None) != list(FILES_COLUMNS):
-                return None
-            at = {c: FILES_COLUMNS.index(c) for c in ("split", "path", "sha256")}
-            rows = [r for r in reader if len(r) == len(FILES_COLUMNS)]
-    except (OSError, UnicodeDecodeError, csv.Error):
+    rows = read_files(split_folder, ("split", "path", "sha256"))
+    if rows is None:
         return None
     if names is None:
-        return [r[at["sha256"]] for r in rows if r[at["split"]] == split]
-    sha = {r[at["path"]]: r[at["sha256"]] for r in rows}
+        return [digest for of, _, digest in rows if of == split]
+    sha = {path: digest for _, path, digest in rows}
     # A path of the folder names the same file of the dump in any split of it (the split's
     # names come from the dump's), so the names still listed tell their content; a name gone
     # (moved by a split made again, or added by hand) tells nothing, and where most are gone
