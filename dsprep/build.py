@@ -895,11 +895,6 @@ def _ring_blocks(wanted: int, least: int, block_bytes: int) -> int:
     memory limit gets fewer blocks, down to ``least`` (one per worker and one being written),
     and below that the build is refused with what to do.
     """
-    unwritable = _shm_unwritable()
-    if unwritable is not None:
-        raise DsprepError(f"{_SHM_WHERE} cannot be written ({unwritable}), and the decoding "
-                          "workers share their images through it; use --workers 1 (which needs "
-                          f"none), or make {SHM_DIR} writable")
     room = _shm_room(block_bytes)
     if room is None:
         return wanted
@@ -965,19 +960,21 @@ def _shm_unwritable() -> str | None:
     return None
 
 
-def _cwd_gone() -> bool:
-    """Whether this process's current folder was deleted (a shell left in a folder removed
-    since): loky starts each worker process there, and its ``os.getcwd()`` failed the build
-    with a bare "No such file or directory"."""
+def _why_no_workers() -> tuple[str, str] | None:
+    """Why decoding worker processes cannot run here, and what would let them; None where they
+    can: a current folder deleted (a shell left in a folder removed since: loky starts each
+    worker there, and failed with a bare "No such file or directory"), or a /dev/shm that
+    cannot be written (the workers share their images through it)."""
     try:
         os.getcwd()
     except FileNotFoundError:
-        return True
-    return False
-
-
-# What the note and the refusal say of a current folder deleted.
-_CWD_GONE = "the current folder no longer exists (it was deleted), and decoding workers start in it"
+        return ("the current folder no longer exists (it was deleted), and decoding workers "
+                "start in it", "cd to a folder that exists")
+    unwritable = _shm_unwritable()
+    if unwritable is not None:
+        return (f"{_SHM_WHERE} cannot be written ({unwritable}), and decoding workers share "
+                "their images through it", f"make {SHM_DIR} writable")
+    return None
 
 
 def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildOptions:
@@ -992,15 +989,10 @@ def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildO
     workers = _workers_for(images, options)
     if options.workers is not None or workers <= 1:
         return options
-    if _cwd_gone():
-        notes.append(f"{_CWD_GONE}: decoding in this process instead of with {workers} "
-                     "workers; cd to a folder that exists to use them")
-        return replace(options, workers=1)
-    unwritable = _shm_unwritable()
-    if unwritable is not None:
-        notes.append(f"{_SHM_WHERE} cannot be written ({unwritable}), and decoding workers "
-                     f"share their images through it: decoding in this process instead of "
-                     f"with {workers} workers; make {SHM_DIR} writable to use them")
+    why = _why_no_workers()
+    if why is not None:
+        notes.append(f"{why[0]}: decoding in this process instead of with {workers} workers; "
+                     f"{why[1]} to use them")
         return replace(options, workers=1)
     room = _shm_room(_block_images(options, images) * options.size[0] * options.size[1] * 3)
     if room is None:
@@ -1401,9 +1393,10 @@ def _run_tasks(rows: Sequence[Row], options: BuildOptions, block: int, workers: 
     if not tasks:
         return
     parallel = workers > 1
-    if parallel and _cwd_gone():  # a count chosen: the default fell back in _fit_workers
-        raise UsageError(f"{_CWD_GONE}; cd to a folder that exists and run the command again, "
-                         "or use --workers 1")
+    why = _why_no_workers() if parallel else None
+    if why is not None:  # a count chosen: the default fell back in _fit_workers
+        raise DsprepError(f"{why[0]}; use --workers 1 (which needs none), or {why[1]} and run "
+                          "the command again")
     # Each in-flight task owns one block of the ring.
     if parallel:
         # Full size even for a short file: shared memory takes pages only where written.

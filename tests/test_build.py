@@ -499,8 +499,8 @@ def _deleted_current_folder(tmp_path, monkeypatch):
      "the current folder no longer exists (it was deleted), and decoding workers start in "
      "it: decoding in this process instead of with 2 workers; cd to a folder that exists "
      "to use them",
-     r"^the current folder no longer exists .*; cd to a folder that exists and run the "
-     r"command again, or use --workers 1$"),
+     r"^the current folder no longer exists .*; use --workers 1 \(which needs none\), or "
+     r"cd to a folder that exists and run the command again$"),
 ])
 def test_where_workers_cannot_start_the_build_decodes_in_its_process_or_a_count_is_refused(
         tmp_path, monkeypatch, setup, note, refusal):
