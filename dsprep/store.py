@@ -1030,6 +1030,15 @@ def check_schema(db: h5py.File, path: str | os.PathLike = "") -> None:
         )
 
 
+def file_names(db: h5py.File) -> list[str] | None:
+    """The source names of the rows (``filenames``, relative to ``source_root``) as text, in
+    row order; None for a file without them."""
+    if "filenames" not in db:
+        return None
+    return [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
+            for n in db["filenames"][()]]
+
+
 def label_names(db: h5py.File) -> list[str]:
     """The class names in id order (``label_names``), or ids as strings if the file has none."""
     if "label_names" in db:

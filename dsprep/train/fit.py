@@ -946,13 +946,12 @@ def training_names(gen) -> list[str] | None:
 def hdf5_names(path: Path) -> list[str] | None:
     """The images of a dsprep HDF5 file by their names inside their split (``class/file``),
     in row order; None for a file without file names."""
-    from ..store import open_dataset
+    from ..store import file_names, open_dataset
 
     with open_dataset(path) as db:
-        if "filenames" not in db:
-            return None
-        names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
-                 for n in db["filenames"][()]]
+        names = file_names(db)
+    if names is None:
+        return None
     # build-hdf5 names them inside the split folder ("train/cat/1.jpg").
     return [rest if rest and sources.split_of(first) else name
             for name in names for first, _, rest in [name.partition("/")]]

@@ -246,14 +246,13 @@ def _contents(split_folder: Path, names: list[str] | None, split: str) -> list[s
 
 def _hdf5_contents(path: Path) -> list[str] | None:
     """The sha256 of the images of a dsprep HDF5 file built from a split folder."""
-    from ..store import open_dataset
+    from ..store import file_names, open_dataset
 
     with open_dataset(path) as db:
         root = str(db.attrs.get("source_root", ""))
-        if not root or "filenames" not in db:
-            return None
-        names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
-                 for n in db["filenames"][()]]
+        names = file_names(db)
+    if not root or names is None:
+        return None
     folder = Path(root)
     if not (folder / "files.csv").is_file() and (folder.parent / "files.csv").is_file():
         # A --name build of one split folder (split/test): its names are inside it.
