@@ -293,6 +293,23 @@ class _BatchSequence(ABC):
                     "(or as functools.partial of such a function, or a class's instance) to "
                     "use the generator in worker processes") from exc
 
+    # What one process makes for itself (open files, thread pools): never pickled, and made
+    # again by _reset_process_state where the generator is unpickled (a worker process).
+    _PROCESS_STATE: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._PROCESS_STATE}
+        state["_orders"] = {}  # a cache: each process draws what it is asked for
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_process_state()
+
+    @abstractmethod
+    def _reset_process_state(self) -> None:
+        """Make this process's own state afresh (see _PROCESS_STATE)."""
+
     # -- the sequence protocol -------------------------------------------------------------
 
     @property
@@ -700,17 +717,8 @@ class HDF5Generator(_BatchSequence):
         self._stale = stale  # why this generator's file is refused (see _recheck)
         self._local = threading.local()
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for key in ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
-                    "_local", "_written", "_stale"):
-            state.pop(key, None)
-        state["_orders"] = {}  # a cache: each process draws what it is asked for
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._reset_process_state()
+    _PROCESS_STATE = ("_db", "_images", "_reader", "_raw", "_mapped", "_file_map", "_pid",
+                      "_local", "_written", "_stale")
 
     def _dataset(self) -> h5py.Dataset:
         if self._stale is not None:
@@ -1290,17 +1298,8 @@ class DirectoryGenerator(_BatchSequence):
         self._unreadable: set[Path] = set()
         self._listed = {path for path, _ in getattr(self, "replaced", ())}
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for key in ("_pool", "_pool_pid", "_replaced_lock", "_undecodable", "_unreadable",
-                    "_listed"):
-            state.pop(key, None)
-        state["_orders"] = {}  # a cache: each process draws what it is asked for
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._reset_process_state()
+    _PROCESS_STATE = ("_pool", "_pool_pid", "_replaced_lock", "_undecodable", "_unreadable",
+                      "_listed")
 
     def _executor(self) -> ThreadPoolExecutor:
         pid = os.getpid()
