@@ -1577,7 +1577,9 @@ class _LabelsTable:
         self.column_names = [c.strip() for c in rows[0]] if rows else []
         id_index, label_index, has_header = self._columns(rows, id_column, label_column)
         self.id_index, self.label_index = id_index, label_index
-        self.id_header = repr(rows[0][id_index].strip()) if has_header else str(id_index)
+        # (A header shorter than the rows names only its first columns.)
+        self.id_header = (repr(rows[0][id_index].strip())
+                          if has_header and id_index < len(rows[0]) else str(id_index))
         self.first_line = 2 if has_header else 1
         self.rows = rows[1:] if has_header else rows
 
@@ -1721,6 +1723,12 @@ class _LabelsTable:
         first = [c.strip() for c in rows[0]]
         first_lower = [c.lower() for c in first]
         width = max(len(r) for r in rows)
+        if width < 2:
+            # APTOS's test.csv (id_code), Food-101's meta/train.txt: ids without labels.
+            raise LayoutError(
+                f"labels file {self.name} has one column (first row: {','.join(first)}): it "
+                "names images but gives them no labels (a test set's list?); give the CSV "
+                "with a column of ids and a column of labels")
         for column, what in ((id_column, "--id-column"), (label_column, "--label-column")):
             if column is not None and _is_index(column) and int(column) >= width:
                 raise UsageError(

@@ -1929,3 +1929,18 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
         _find(Path("pets"))
     assert _find(Path("pets"), layout="prefix", pattern="(?P<label>[^_]+)_").classes == [
         "cat", "dog"]
+
+
+@pytest.mark.parametrize("given", [{}, {"label_column": "id_code"}, {"label_column": "0"}])
+def test_a_one_column_labels_file_is_refused_as_having_no_labels(tmp_path, given):
+    # APTOS's test.csv: the ids of the test images, no labels.
+    root = _csv_dump(tmp_path, "id_code\n1\n2\n3\n4\n")
+    with pytest.raises(LayoutError, match="has one column .*id_code.*no labels"):
+        _find(root, layout="csv", labels=root / "labels.csv", **given)
+
+
+def test_an_id_column_beyond_a_short_header_is_named_by_its_number(tmp_path):
+    root = _csv_dump(tmp_path, "label\ncat,1.jpg\ndog,2.jpg\ncat,3.png\ndog,4.jpg\n")
+    inv = _find(root, layout="csv", labels=root / "labels.csv", id_column="1")
+    assert inv.labels_columns == "ids in column 1, labels in 'label'"
+    assert inv.classes == ["cat", "dog"] and len(inv.items) == 4
