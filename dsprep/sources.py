@@ -809,7 +809,7 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         top = _top_csvs(files, root)
         # Kaggle's submission templates (sample_submission.csv) name the test images, with a
         # placeholder answer: beside another CSV they are no labels.
-        templates = [f for f in top if "submission" in PurePosixPath(f).name.lower()]
+        templates = [f for f in top if is_submission_template(f)]
         named = [f for f in top if "label" in PurePosixPath(f).name.lower()]
         if len(named) != 1 and templates and len(templates) < len(top):
             rest = [f for f in top if f not in templates]
@@ -984,6 +984,12 @@ def _ambiguous_note(skipped: list[Skipped]) -> str:
             "dump, or remove the extra copies)")
 
 
+def is_submission_template(name: str) -> bool:
+    """Whether a CSV is a Kaggle submission template (sample_submission.csv,
+    sampleSubmission.csv): it names the test images, with a placeholder for each label."""
+    return "submission" in PurePosixPath(name).name.lower()
+
+
 def _labels_beside(path, passed_over: str | None) -> str:
     """A hint naming the CSVs beside a folder given as the dump (Kaggle's dog breeds: train/
     given, labels.csv beside it), which the dump itself does not hold."""
@@ -992,7 +998,7 @@ def _labels_beside(path, passed_over: str | None) -> str:
         return ""
     try:
         beside = sorted(p for p in folder.parent.glob("*.csv") if p.is_file()
-                        and "submission" not in p.name.lower())
+                        and not is_submission_template(p.name))
     except OSError:
         return ""
     if not beside:

@@ -68,6 +68,7 @@ from .sources import (
     Skipped,
     chunk_folders,
     find_images,
+    is_submission_template,
     open_source,
     own_split_folders,
     split_of,
@@ -395,7 +396,8 @@ class SplitPlan:
         folder = self.source / self.root
         if self.layout == "csv" or not folder.is_dir():
             return []
-        return sorted(p.name for p in folder.glob("*.csv") if p.is_file())
+        return sorted(p.name for p in folder.glob("*.csv")
+                      if p.is_file() and not is_submission_template(p.name))
 
     def _stray_labels_file(self) -> str | None:
         """Labels guessed from elsewhere than folders that may well be the classes: a CSV's

@@ -163,9 +163,15 @@ def test_a_single_class_is_warned_about(tmp_path):
     result = loud("-q", "split", str(kaggle), str(tmp_path / "k"), "--dry-run",
                   "--layout", "folders")
     assert result.exit_code == 0, result.output
+    # (Not the submission template: it names the test images, with no labels.)
     assert ("warning: one class only (images): a classifier needs two or more; if "
-            "sample_submission.csv or train.csv labels the images, give it with --labels"
-            ) in result.output
+            "train.csv labels the images, give it with --labels") in result.output
+    # dogs-vs-cats' test1/ beside sampleSubmission.csv alone: nothing to offer.
+    (kaggle / "train.csv").unlink()
+    result = loud("-q", "split", str(kaggle), str(tmp_path / "k"), "--dry-run",
+                  "--layout", "folders")
+    assert "submission" not in result.output
+    assert "check --layout (and --labels / --pattern)" in result.output
 
 
 def test_split_folders_of_unlabelled_images_are_refused_or_warned_about(tmp_path):
