@@ -62,6 +62,7 @@ from .sources import (
     class_folder_files,
     classless_splits,
     is_image_name,
+    namesake,
     own_split_folders,
     split_of,
 )
@@ -1477,6 +1478,9 @@ def build_hdf5(
     refuse_empty_path(src, "the source (SRC)")
     refuse_empty_path(out, "the output folder (OUT)")
     src, out = Path(src), Path(out)
+    stepped = namesake(src) if name is not None and src.name else None
+    if stepped is not None:
+        src = stepped  # seg_test/ given for seg_test/seg_test/, as a split's build takes it
     try:
         str(src.resolve()).encode("utf-8")
     except UnicodeEncodeError:
@@ -1496,6 +1500,8 @@ def build_hdf5(
     placed = read_placed(src) if name is None and (src / "split.json").is_file() else None
     enlarged = _enlarged_note(src, options.size) if placed is not None else None
     classes, planned, notes, links = find_rows(src, name, placed=placed)
+    if stepped is not None:
+        notes.insert(0, f"{src.parent} holds only {src.name}/: building {src}")
     if enlarged:
         notes.append(enlarged)
     if name is None and placed is None and (src / "split.json").is_file():

@@ -1290,7 +1290,7 @@ def own_split_folders(folder: str | os.PathLike,
     for name in visible_folders(folder):
         path = folder / name
         inner = visible_folders(path)
-        if len(inner) == 1 and inner[0].lower() == name.lower():
+        if namesake(path, inner) is not None:
             path = path / inner[0]  # seg_train/seg_train/
             inner = visible_folders(path)
         split = split_of(name)
@@ -1322,6 +1322,14 @@ def own_split_folders(folder: str | os.PathLike,
         left_out += [f"left out {path}/: split folders of its own (a copy?)"
                      for path, _ in copies]
     return {split: found[split] for split in ("train", "val", "test") if split in found}
+
+
+def namesake(folder: Path, inner: list[str] | None = None) -> Path | None:
+    """The one visible sub-folder of ``folder`` named as it is, in any case (Kaggle's
+    ``seg_test/seg_test/``), else None; ``inner``: its visible sub-folders, if known."""
+    inner = visible_folders(folder) if inner is None else inner
+    return folder / inner[0] if len(inner) == 1 and inner[0].lower() == folder.name.lower() \
+        else None
 
 
 def visible_folders(folder: Path) -> list[str]:

@@ -649,6 +649,19 @@ def test_a_class_folder_tree_with_a_name(tmp_path):
     assert not any("no images in" in note for note in report.notes), report.notes
 
 
+def test_a_named_build_of_a_folder_doubled_as_kaggle_ships_it_builds_the_inner_one(tmp_path):
+    # Intel's seg_test/seg_test/<class>/: the outer folder given, as a split's build takes it.
+    outer = tmp_path / "seg_test"
+    root = make_class_folders(outer / "seg_test", ("forest", "sea"), per_class=2)
+    report = build.build_hdf5(outer, tmp_path / "out", opts(), name="test")
+    _, labels, names, attrs = rows_of(tmp_path / "out" / "test.hdf5")
+    assert sorted(names) == sorted(p.relative_to(root).as_posix()
+                                   for p in root.rglob("*") if p.is_file())
+    assert [["forest", "sea"][label] for label in labels] == [n.split("/")[0] for n in names]
+    assert attrs["source_root"] == str(root.resolve())
+    assert f"{outer} holds only seg_test/: building {root}" in report.notes
+
+
 def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
     src = make_split(tmp_path / "split", counts=(("train", 1), ("val", 1), ("test", 1)))
     out = tmp_path / "out"
