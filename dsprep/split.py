@@ -372,12 +372,25 @@ class SplitPlan:
         if not flat:
             # Every class nested: alike (cat/web/, dog/web/) are sources, not classes; others
             # (fruits/apple/, vegetables/carrot/) may be the classes, a level down.
-            if len({frozenset(inner) for inner in subs.values()}) > 1:
+            alike = {frozenset(inner) for inner in subs.values()}
+            if len(alike) > 1:
                 shown = ", ".join(f"{c}/{n}/" for c in sorted(subs)[:2]
                                   for n in sorted(subs[c])[:2])
                 found.append(f"every class holds its images in folders of its own ({shown}, "
                              "...): if those folders are the classes, make them the top "
                              "folders of the dump, which split takes for the classes")
+            elif len(next(iter(alike))) > len(subs):
+                # More alike folders than classes: PlantVillage's color/, grayscale/ and
+                # segmented/ versions of its 38 class folders.
+                inner = sorted(next(iter(alike)))
+                first = sorted(subs)[0]
+                give = (f"give {self.source / root / first} as SRC" if self.source.is_dir()
+                        else f"extract {root}{first}/ from {self.source} and give it as SRC")
+                found.append(
+                    f"every class holds the same {len(inner)} folders ("
+                    f"{', '.join(f'{n}/' for n in inner[:3])}"
+                    f", ...): {', '.join(f'{c}/' for c in sorted(subs))} may be versions of "
+                    f"one dataset, and those folders its classes; if so, {give}")
             return found
         for folder in sorted(subs):
             if folder not in flat and len(subs[folder]) > 1:

@@ -791,9 +791,20 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
         "every class holds its images in folders of its own (fruits/apple/, fruits/banana/, "
         "vegetables/carrot/, vegetables/potato/, ...): if those folders are the classes, make "
         "them the top folders of the dump, which split takes for the classes"]
+    # The same class folders in every top folder, more of them than top folders: versions
+    # of one dataset (PlantVillage's color/, grayscale/ and segmented/).
+    versions = tmp_path / "plantvillage"
+    for n, version in enumerate(("color", "grayscale")):
+        make_class_folders(versions / version, classes=("scab", "rust", "healthy"),
+                           per_class=2, seed=40 + 5 * n)
+    assert [w for w in plan(versions).warnings() if "same 3 folders" in w] == [
+        "every class holds the same 3 folders (healthy/, rust/, scab/, ...): color/, "
+        "grayscale/ may be versions of one dataset, and those folders its classes; if so, "
+        f"give {versions / 'color'} as SRC"]
     for clean in (make_class_folders(tmp_path / "plain", per_class=3), nested, vehicles):
         assert not [w for w in plan(clean).warnings()
-                    if "named as a split" in w or "folders of its own" in w], clean
+                    if "named as a split" in w or "folders of its own" in w
+                    or "versions of one dataset" in w], clean
 
 
 def test_a_class_folder_of_images_without_extensions_is_warned_of(tmp_path):
