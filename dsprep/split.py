@@ -369,6 +369,17 @@ class SplitPlan:
             if copy and f.source[len(root):].startswith(copy):
                 continue
             (subs[parts[0]].add(parts[1]) if len(parts) > 2 else flat.add(parts[0]))
+        presplit = self._split_inside(root)
+        if presplit:
+            # Fruits-360's archive: fruits-360_100x100/fruits-360/{Training,Test}/<class>/
+            # beside another size's copy; its top folders were taken for the classes.
+            folder, splits = presplit
+            give = (f"give {self.source / root / folder} as SRC" if self.source.is_dir()
+                    else f"extract {root}{folder}/ from {self.source} and give it as SRC")
+            found.append(f"{folder}/ holds a dataset split already "
+                         f"({', '.join(f'{s}/' for s in splits)}), and the top folders were "
+                         f"taken for the classes: {give}")
+            return found
         if not flat:
             # Every class nested: alike (cat/web/, dog/web/) are sources, not classes; others
             # (fruits/apple/, vegetables/carrot/) may be the classes, a level down.
@@ -402,6 +413,23 @@ class SplitPlan:
                 found.append(f"{folder}/ holds its images in folders of its own ({shown}), "
                              f"beside other classes: if those folders are the classes, {give}")
         return found
+
+    def _split_inside(self, root: str) -> tuple[str, list[str]] | None:
+        """The first class folder's folder (itself, or one a level down) whose images all lie
+        in folders named as splits, two or more, with the names of those, else None."""
+        first = self.classes[0]
+        under: dict[str, set[str]] = defaultdict(set)
+        for f in self.files:
+            parts = f.source[len(root):].split("/")
+            if parts[0] != first:
+                continue
+            for depth in (1, 2):  # first/Training/<class>/x, first/inner/Training/<class>/x
+                if len(parts) > depth + 2:
+                    under["/".join(parts[:depth])].add(parts[depth])
+        for folder, names in sorted(under.items(), key=lambda kv: len(kv[0])):
+            if len(names) > 1 and all(split_of(n) for n in names):
+                return folder, sorted(names)
+        return None
 
     def _tables_passed_over(self) -> list[str]:
         """The CSV files beside the images of a dump split by another layout (a folder dump's

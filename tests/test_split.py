@@ -801,10 +801,20 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
         "every class holds the same 3 folders (healthy/, rust/, scab/, ...): color/, "
         "grayscale/ may be versions of one dataset, and those folders its classes; if so, "
         f"give {versions / 'color'} as SRC"]
+    # Top folders that each hold a dataset split already, a level down (Fruits-360's archive:
+    # fruits-360_100x100/fruits-360/{Training,Test}/<class>/ beside another size's copy).
+    sizes = tmp_path / "fruits"
+    for n, (top, inner) in enumerate((("f_100", "fruits-360"), ("f_full", "fruits-full"))):
+        for k, part in enumerate(("Training", "Test")):
+            make_class_folders(sizes / top / inner / part, classes=("apple", "banana"),
+                               per_class=1, seed=50 + 5 * n + k)
+    assert [w for w in plan(sizes).warnings() if "split already" in w] == [
+        "f_100/fruits-360/ holds a dataset split already (Test/, Training/), and the top "
+        f"folders were taken for the classes: give {sizes / 'f_100' / 'fruits-360'} as SRC"]
     for clean in (make_class_folders(tmp_path / "plain", per_class=3), nested, vehicles):
         assert not [w for w in plan(clean).warnings()
                     if "named as a split" in w or "folders of its own" in w
-                    or "versions of one dataset" in w], clean
+                    or "versions of one dataset" in w or "split already" in w], clean
 
 
 def test_a_class_folder_of_images_without_extensions_is_warned_of(tmp_path):
