@@ -446,11 +446,16 @@ def _not_a_zip(path: Path) -> str:
         return (f"{path} is a damaged or incomplete zip archive (its table of contents at the "
                 "end is missing: a download cut short?); download it again, or unzip what "
                 "can be read into a folder and give the folder")
-    name = path.name.lower()
-    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")):
+    if is_other_archive(path.name):
         return (f"{path} is an archive dsprep does not read in place; extract it and give the "
                 "folder (a .zip is read as it is)")
     return f"{path} is a file but not a zip archive; give a dump folder or a .zip"
+
+
+def is_other_archive(name: str) -> bool:
+    """Whether a file name is an archive's that dsprep does not read in place (tar, 7z, rar)."""
+    return name.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z",
+                                  ".rar"))
 
 
 def open_source(src: str | os.PathLike) -> Source:
@@ -1071,6 +1076,12 @@ def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str
                + _unsafe_note(problems))
     archives = [f for f in files if f.lower().endswith(".zip")]
     if not archives:
+        # CIFAR-10 on Kaggle: train.7z beside trainLabels.csv.
+        others = [f for f in files if is_other_archive(f)]
+        if others:
+            return (message + f"; it holds the archive(s) {', '.join(others[:3])}"
+                    + (", ..." if len(others) > 3 else "") + ", which dsprep does not read "
+                    "in place: extract them here, and split this folder again")
         return message + "; give the folder or .zip that holds the images"
     # Kaggle's dogs-vs-cats download: train.zip (labelled) beside test1.zip (unlabelled).
     pick = next((f for f in archives if split_of(PurePosixPath(f).stem) == "train"),

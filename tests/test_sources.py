@@ -1719,6 +1719,12 @@ def test_a_dump_of_archives_only_says_to_split_the_archive_inside(tmp_path):
     (root / "test1.zip").unlink()
     with pytest.raises(LayoutError, match="d holds no image files.*give the folder or .zip"):
         _find(root)
+    # CIFAR-10 on Kaggle: train.7z beside trainLabels.csv; extracted in place, it splits.
+    (root / "train.7z").write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(64))
+    (root / "trainLabels.csv").write_text("id,label\n0,cat\n1,dog\n")
+    with pytest.raises(LayoutError, match=r"it holds the archive\(s\) train.7z, which dsprep "
+                                          "does not read in place: extract them here"):
+        _find(root)
 
 
 def test_class_names_alike_but_for_unicode_composition_are_one_class(tmp_path):
