@@ -1589,9 +1589,100 @@ def build_hdf5(
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
     warnings += _lost_classes(reports, planned, classes, skipped_final)
+    warnings += _shared_with_train(out, [r.path for r in reports])
     warnings += _class_warnings(src, classes)
     warnings += _not_ours(others)
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
+
+
+# The most bytes of source images read to tell, by their content, what a file built from
+# folders without a split's files.csv holds (its test images among a training file's).
+HASHED_BYTES = 2 << 30
+
+
+def split_digests(folder: Path, names: list[str] | None,
+                  split: str = "") -> list[tuple[str, str]] | None:
+    """(name, sha256) of images of a dsprep split folder, from its files.csv: of ``names``
+    (paths inside the folder, "train/cat/1.jpg"), or of every file of ``split``; None where
+    the folder has no files.csv as the split wrote it."""
+    rows = read_files(folder, ("split", "path", "sha256"))
+    if rows is None:
+        return None
+    if names is None:
+        return [(path, digest) for of, path, digest in rows if of == split]
+    sha = {path: digest for _, path, digest in rows}
+    # A path of the folder names the same file of the dump in any split of it (the split's
+    # names come from the dump's), so the names still listed tell their content; a name gone
+    # (moved by a split made again, or added by hand) tells nothing, and where most are gone
+    # nothing is told.
+    found = [(n, sha[n]) for n in names if n in sha]
+    return found if len(found) * 2 > len(names) else None
+
+
+def image_digests(path: Path, hash_up_to: int = 0) -> list[tuple[str, str]] | None:
+    """(name, sha256) of the images of a dsprep HDF5 file: from the files.csv of the split
+    folder it was built from, or, for a file built from other folders, by reading its source
+    files where they are there and hold ``hash_up_to`` bytes at most. None where it cannot be
+    told (most sources gone, too many bytes, a file without names)."""
+    with store.open_dataset(path) as db:
+        root = str(db.attrs.get("source_root", ""))
+        names = store.file_names(db)
+    if not root or names is None:
+        return None
+    folder = Path(root)
+    if not (folder / split_stage.FILES_CSV).is_file() and (
+            folder.parent / split_stage.FILES_CSV).is_file():
+        # A --name build of one split folder (split/test): its names are inside it.
+        folder, names = folder.parent, [f"{folder.name}/{n}" for n in names]
+    found = split_digests(folder, names)
+    if found is not None or hash_up_to <= 0:
+        return found
+    sizes = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            sizes.append((name, (folder / name).stat().st_size))
+    if len(sizes) * 2 <= len(names) or sum(size for _, size in sizes) > hash_up_to:
+        return None
+    found = []
+    for name, _ in sizes:
+        with contextlib.suppress(OSError), open(folder / name, "rb") as fh:
+            found.append((name, hashlib.file_digest(fh, "sha256").hexdigest()))
+    return found
+
+
+def _shared_with_train(out: Path, built: list[Path]) -> list[str]:
+    """Warnings for images of OUT's other files with the content of images of its
+    train.hdf5 (a pre-split dump's test folder holding copies of training images, or a test
+    folder built beside a split that took it in): their figures would flatter a model."""
+    train = out / f"{SPLITS[0]}.hdf5"
+    others = [p for p in built if p != train]
+    if train in built:  # the other files in OUT, built before
+        others += [p for p in (out / f"{s}.hdf5" for s in SPLITS[1:])
+                   if p not in built and p.is_file()]
+    if not others or not train.is_file():
+        return []
+    try:
+        learned = image_digests(train, HASHED_BYTES)
+        if not learned:
+            return []
+        trained = {digest: name for name, digest in reversed(learned)}
+        found = []
+        for path in others:
+            seen = image_digests(path, HASHED_BYTES) or []
+            shared = [(name, trained[digest]) for name, digest in seen if digest in trained]
+            if shared:
+                name, same = shared[0]
+                one = len(shared) == 1
+                found.append(
+                    f"{path.name}: {len(shared)} of its {len(seen)} images "
+                    f"{'is a copy of an image' if one else 'are copies of images'} of "
+                    f"{train.name} ({'' if one else 'e.g. '}{name}, the same file as {same}): "
+                    f"figures on {path.name} would flatter a model trained on "
+                    f"{train.name}; remove {'it' if one else 'them'} from the folder "
+                    f"{path.name} is built from, and build it again")
+        return found
+    except (OSError, DsprepError):
+        return []  # a file that cannot be read: its own build or use says so
 
 
 def _not_ours(others: list[Path]) -> list[str]:

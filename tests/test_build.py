@@ -857,6 +857,42 @@ def test_split_folders_named_with_affixes_and_doubled_are_built(tmp_path):
                for note in report.notes)
     _, labels, names, _ = rows_of(tmp_path / "out" / "test.hdf5")
     assert [["sea", "street"][label] for label in labels] == [n.split("/")[2] for n in names]
+    assert report.warnings == []
+
+
+def test_test_images_that_are_copies_of_training_images_are_warned_of(tmp_path):
+    # A pre-split dump whose test folder holds a copy of a training image; then the test
+    # folder built on its own beside a split that took that image in: its figures flatter.
+    src = tmp_path / "intel"
+    train = make_class_folders(src / "seg_train" / "seg_train", ("sea", "street"), per_class=2)
+    test = make_class_folders(src / "seg_test" / "seg_test", ("sea", "street"), per_class=2,
+                              seed=10)
+    shutil.copy(train / "street" / "street_1.jpg", test / "sea" / "copy.jpg")
+    report = build.build_hdf5(src, tmp_path / "out", opts())
+    assert report.warnings == [
+        "test.hdf5: 1 of its 5 images is a copy of an image of train.hdf5 "
+        "(seg_test/seg_test/sea/copy.jpg, the same file as "
+        "seg_train/seg_train/street/street_1.jpg): figures on test.hdf5 would flatter a model "
+        "trained on train.hdf5; remove it from the folder test.hdf5 is built from, and build "
+        "it again"]
+    from dsprep import split as split_stage
+
+    split = tmp_path / "split"
+    split_stage.run(make_class_folders(tmp_path / "dump", ("sea", "street"), per_class=5,
+                                       seed=30), split)
+    for name, source in zip(("sea/a.jpg", "street/b.jpg"),
+                            sorted((split / "train").rglob("*.jpg")), strict=False):
+        shutil.copy(source, test / name)
+    build.build_hdf5(split, tmp_path / "out2", opts())
+    named = build.build_hdf5(test, tmp_path / "out2", opts(), name="test", force=True)
+    assert [w.split(" (")[0] for w in named.warnings] == [
+        "test.hdf5: 2 of its 7 images are copies of images of train.hdf5"]
+    # (A test folder without copies: nothing to say.)
+    (test / "sea" / "a.jpg").unlink()
+    (test / "street" / "b.jpg").unlink()
+    (test / "sea" / "copy.jpg").unlink()
+    clean = build.build_hdf5(test, tmp_path / "out2", opts(), name="test", force=True)
+    assert clean.warnings == []
 
 
 def test_split_folders_of_images_in_one_folder_named_as_no_class_are_left_out(tmp_path):

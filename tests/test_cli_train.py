@@ -479,6 +479,25 @@ def test_evaluating_a_split_made_again_that_holds_training_images_is_noted(tmp_p
     alone = invoke("evaluate", run, tmp_path / "named" / "test.hdf5")
     assert alone.exit_code == 0, alone.output
     assert f"{shared} of the {total} images of" in " ".join(alone.output.split())
+    # A test folder of the user's own, not a split's (a pre-split dump's test/), holding
+    # copies of two training images: its files are read to tell.
+    mine = tmp_path / "mine"
+    learned = sorted(sources(tmp_path / "split-a", "train"))[:2]
+    for n, source in enumerate(learned):
+        (mine / source.split("/")[0]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump / source, mine / source.split("/")[0] / f"copy{n}.jpg")
+    fresh = make_class_folders(tmp_path / "fresh", classes=("cat", "dog"), per_class=2,
+                               size=(48, 48), seed=99)
+    for path in fresh.rglob("*.jpg"):
+        (mine / path.parent.name).mkdir(exist_ok=True)
+        shutil.copy(path, mine / path.parent.name / path.name)
+    built = invoke("-q", "build-hdf5", mine, tmp_path / "mine-hdf5", "--name", "test",
+                   "--size", "48")
+    assert built.exit_code == 0, built.output
+    copies = invoke("evaluate", run, tmp_path / "mine-hdf5" / "test.hdf5")
+    assert copies.exit_code == 0, copies.output
+    assert (f"2 of the 6 images of {tmp_path / 'mine-hdf5' / 'test.hdf5'} are images {run} "
+            "learned from") in " ".join(copies.output.split())
     # The run's split made again in place: a name of its train.hdf5 tells a file it learned
     # from only while the file is still in train, and those are in no test split of the new
     # one: no count is made (not a wrong one) of what can no longer be told.

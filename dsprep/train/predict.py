@@ -224,42 +224,6 @@ def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
             "figures are better than it would do on new images")
 
 
-def _contents(split_folder: Path, names: list[str] | None, split: str) -> list[str] | None:
-    """The sha256 of images of a dsprep split folder, from its files.csv: of ``names`` (paths
-    inside the folder, "train/cat/1.jpg"), or of every file of ``split``; None where the
-    folder has no files.csv as the split wrote it."""
-    from ..split import read_files
-
-    rows = read_files(split_folder, ("split", "path", "sha256"))
-    if rows is None:
-        return None
-    if names is None:
-        return [digest for of, _, digest in rows if of == split]
-    sha = {path: digest for _, path, digest in rows}
-    # A path of the folder names the same file of the dump in any split of it (the split's
-    # names come from the dump's), so the names still listed tell their content; a name gone
-    # (moved by a split made again, or added by hand) tells nothing, and where most are gone
-    # nothing is told.
-    found = [sha[n] for n in names if n in sha]
-    return found if len(found) * 2 > len(names) else None
-
-
-def _hdf5_contents(path: Path) -> list[str] | None:
-    """The sha256 of the images of a dsprep HDF5 file built from a split folder."""
-    from ..store import file_names, open_dataset
-
-    with open_dataset(path) as db:
-        root = str(db.attrs.get("source_root", ""))
-        names = file_names(db)
-    if not root or names is None:
-        return None
-    folder = Path(root)
-    if not (folder / "files.csv").is_file() and (folder.parent / "files.csv").is_file():
-        # A --name build of one split folder (split/test): its names are inside it.
-        folder, names = folder.parent, [f"{folder.name}/{n}" for n in names]
-    return _contents(folder, names, "")
-
-
 def _learned_again(run: Path, config: dict, data: Path) -> str | None:
     """A note when images of ``data`` have the content of images the run trained on (a dump
     split again, with another seed, into another folder), told by the sha256 each split
@@ -268,19 +232,22 @@ def _learned_again(run: Path, config: dict, data: Path) -> str | None:
     trained = Path(str(config.get("data", "")))
     if options.get("limit_per_class") or not config.get("data"):
         return None  # (a subset: which images it learned from is not recorded)
+    from ..build import HASHED_BYTES, image_digests, split_digests
+
     try:
         if config.get("data_kind") == "hdf5":
-            learned = (_hdf5_contents(trained / "train.hdf5")
+            learned = (image_digests(trained / "train.hdf5")
                        if (trained / "train.hdf5").is_file() else None)
         else:
-            learned = _contents(trained, None, "train")
-        seen = _hdf5_contents(data) if learned else None
+            learned = split_digests(trained, None, "train")
+        # The data evaluated on may be a test folder built on its own: its files are read.
+        seen = image_digests(data, HASHED_BYTES) if learned else None
     except (OSError, DsprepError):
         return None
     if not learned or not seen:
         return None
-    learned_set = set(learned)
-    shared = sum(1 for digest in seen if digest in learned_set)
+    learned_set = {digest for _, digest in learned}
+    shared = sum(1 for _, digest in seen if digest in learned_set)
     if not shared:
         return None
     return (f"{shared} of the {len(seen)} images of {data} are images {run} learned from (the "
