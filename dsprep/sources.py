@@ -954,6 +954,11 @@ def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
     )
 
 
+# File names cameras and phones give, before their number: no classes.
+_CAMERA_HEADS = {"img", "dsc", "dscn", "dscf", "pxl", "mvimg", "pano", "photo", "image", "pic",
+                 "picture", "screenshot", "vid", "dji", "gopr", "sam", "wp", "p", "dcim"}
+
+
 def _one_class_hint(path, images: list[str], root: str) -> str:
     """For a folder of images named without <class>. prefixes: it may be one class's folder
     (flowers/daisy/ given for flowers/), or its names may carry the class otherwise
@@ -963,16 +968,21 @@ def _one_class_hint(path, images: list[str], root: str) -> str:
     if _labels_beside(path, None):
         return ""  # a labels CSV beside it, named already, is the likelier way
     for sep in ("_", "-", " "):
+        # The class is all before the number that ends the name: Oxford pets'
+        # american_pit_bull_terrier_12.jpg.
         heads = [m.group(1) for n in flat
-                 if (m := re.match(rf"([^\W\d_]+){re.escape(sep)}\d", n))]
-        # Two classes or more (IMG_1234.jpg, image_0001.jpg are a camera's, one "class").
-        if len(heads) * 2 > len(flat) and len(set(heads)) > 1:
-            pattern = f"(?P<label>[^{sep}]+){sep}"
-            return (f"; names such as {flat[0]} carry their class before '{sep}': --layout "
-                    f"prefix --pattern {quoted(pattern)} reads them")
+                 if (m := re.match(rf"(.*[^\W\d_].*?){re.escape(sep)}\d+\.\w+$", n))]
+        # Two classes or more, not only cameras' (IMG_1234.jpg, DSC_0001.jpg).
+        if len(heads) * 2 > len(flat) and len(set(heads)) > 1 and not {
+                h.lower() for h in heads} <= _CAMERA_HEADS:
+            pattern = rf"(?P<label>.+){sep}\d+\."
+            return (f"; names such as {flat[0]} carry their class before '{sep}' and a "
+                    f"number: --layout prefix --pattern {quoted(pattern)} reads them")
     if flat and len(flat) == len(names) and not root and Path(path).is_dir():
         # (The folder given holds the images itself; one stepped into is said otherwise.)
-        parent = Path(path).parent if Path(path).parent != Path(".") else Path.cwd()
+        parent = Path(path).parent
+        if parent == Path("."):  # "daisy", ".", "..": named in full
+            parent = Path(os.path.abspath(path)).parent
         return (f"; if {path} is the folder of one class, give the folder that holds the "
                 f"class folders, such as {parent}")
     return ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import zipfile
@@ -13,6 +14,7 @@ from helpers import make_class_folders, smooth_image, unlistable, write_image
 
 import dsprep.sources as sources_module
 from dsprep.errors import LayoutError, UsageError
+from dsprep.fileio import quoted
 from dsprep.sources import (
     AMBIGUOUS_ID,
     BAD_LABEL,
@@ -1929,12 +1931,29 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
         _img(tmp_path / "photos" / "dog" / f"IMG_{1000 + i}.jpg", seed=i)
     with pytest.raises(LayoutError, match=r"if photos/dog is the folder of one class"):
         _find(Path("photos/dog"))
-    with pytest.raises(LayoutError, match=r"names such as cat_000\.jpg carry their class before "
-                                          r"'_': --layout prefix --pattern "
-                                          r"'\(\?P<label>\[\^_\]\+\)_' reads them$"):
+    # Two cameras' names in one folder: no classes either.
+    for i in range(2):
+        _img(tmp_path / "photos" / "dog" / f"DSC_{2000 + i}.jpg", seed=10 + i)
+    with pytest.raises(LayoutError, match=r"if photos/dog is the folder of one class"):
+        _find(Path("photos/dog"))
+    # Given as ".", from inside it: the folder above is the one to give.
+    with monkeypatch.context() as m:
+        m.chdir(tmp_path / "flowers" / "daisy")
+        with pytest.raises(LayoutError, match=rf"if \. is the folder of one class, give the "
+                                              rf"folder that holds the class folders, such as "
+                                              rf"{re.escape(str(tmp_path / 'flowers'))}$"):
+            _find(Path("."))
+    # Classes of several words (Oxford pets' american_pit_bull_terrier_12.jpg): all before the
+    # number is the class.
+    for i, name in enumerate(("american_bulldog", "american_pit_bull_terrier", "beagle")):
+        _img(tmp_path / "pets" / f"{name}_{i + 10}.jpg", seed=20 + i)
+    pattern = r"(?P<label>.+)_\d+\."
+    with pytest.raises(LayoutError, match=r"names such as american_bulldog_10\.jpg carry their "
+                                          r"class before '_' and a number: --layout prefix "
+                                          rf"--pattern {re.escape(quoted(pattern))} reads them$"):
         _find(Path("pets"))
-    assert _find(Path("pets"), layout="prefix", pattern="(?P<label>[^_]+)_").classes == [
-        "cat", "dog"]
+    assert _find(Path("pets"), layout="prefix", pattern=pattern).classes == [
+        "american_bulldog", "american_pit_bull_terrier", "beagle", "cat", "dog"]
 
 
 @pytest.mark.parametrize("given", [{}, {"label_column": "id_code"}, {"label_column": "0"}])
