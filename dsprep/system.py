@@ -270,6 +270,8 @@ class ForgivingStream:
         if not self.broken:
             try:
                 self._stream.flush()
+            except BlockingIOError:
+                pass  # as in write: full for now
             except (OSError, ValueError):
                 self.broken = True
 

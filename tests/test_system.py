@@ -122,3 +122,29 @@ def test_every_stage_defaults_to_the_quota_not_the_host(monkeypatch, tmp_path):
     write_image(folder / "a.png", smooth_image(8, 8))
     gen = generators.DirectoryGenerator(tmp_path / "images", image_size=(8, 8), batch_size=1)
     assert gen.workers == 3
+
+
+def test_a_stderr_pipe_full_for_a_moment_loses_that_text_not_the_stream():
+    # A non-blocking pipe whose reader lags: click flushes after every echo, and a flush that
+    # would block silenced every later note, warning and error for good.
+    import click
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with os.fdopen(write_end, "w", buffering=1) as raw:
+        stream = system.ForgivingStream(raw)
+        for i in range(2000):  # far more than a pipe holds
+            click.echo(f"line {i:05d} " + "x" * 64, file=stream)
+        assert not stream.broken
+        while True:  # the reader catches up
+            try:
+                os.set_blocking(read_end, False)
+                if not os.read(read_end, 1 << 16):
+                    break
+            except BlockingIOError:
+                break
+        click.echo("later note", file=stream)
+        assert not stream.broken
+    with os.fdopen(read_end, "rb") as fh:
+        os.set_blocking(read_end, True)
+        assert fh.read().endswith(b"later note\n")
