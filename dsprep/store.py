@@ -217,6 +217,12 @@ class HDF5Writer:
         if len(labels) != n or len(filenames) != n:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
+        bad = next((i for i, f in enumerate(filenames)
+                    if not isinstance(f, str) or not relative_name(f)), None)
+        if bad is not None:
+            raise UsageError(f"{self.path}: file names are paths relative to the source "
+                             f"folder, as text (not empty, no leading '/', no '..'); row "
+                             f"{self.count + bad}'s is {filenames[bad]!r}")
         labels = class_ids(labels, len(self._label_names), f"{self.path}")
         images = pixels(images, f"{self.path}", (int(self.images.shape[1]),
                                                  int(self.images.shape[2])))
@@ -1213,6 +1219,11 @@ def check_pixels(path: str | os.PathLike, *, progress: bool = False) -> list[str
     return problems
 
 
+def relative_name(name: str) -> bool:
+    """Whether a row's file name is one verify takes: a path relative to the source root."""
+    return bool(name) and not name.startswith("/") and ".." not in name.split("/")
+
+
 def _check_filenames(names: h5py.Dataset) -> list[str]:
     """Every file name readable (its bytes in the file's heap whole), UTF-8 and relative."""
     try:
@@ -1233,7 +1244,7 @@ def _check_filenames(names: h5py.Dataset) -> list[str]:
         except UnicodeDecodeError:
             wrong.append(i)
             continue
-        if not name or name.startswith("/") or ".." in name.split("/"):
+        if not relative_name(name):
             wrong.append(i)
     if wrong:
         shown = ", ".join(map(str, wrong[:5])) + (", ..." if len(wrong) > 5 else "")

@@ -673,6 +673,22 @@ def test_arrays_that_are_not_a_dsprep_file_are_refused_before_any_is_written(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("filenames, row", [
+    (["", "", ""], 0), (["a/1.jpg", "/abs/2.jpg", "b/3.jpg"], 1), (["a", "../b", "c"], 1),
+    ([1, 2, 3], 0)])
+def test_file_names_verify_refuses_are_refused_before_any_is_written(tmp_path, filenames, row):
+    # Written, then refused by verify with advice to rebuild with build-hdf5; integers failed
+    # in h5py's words.
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    with pytest.raises(UsageError, match=rf"file names are paths relative .*; row {row}'s is"):
+        store.write_arrays(tmp_path / "f.hdf5", images, [0, 1, 0], ["a", "b"],
+                           filenames=filenames)
+    assert list(tmp_path.iterdir()) == []
+    good = store.write_arrays(tmp_path / "f.hdf5", images, [0, 1, 0], ["a", "b"],
+                              filenames=["a/1.jpg", "b/2.jpg", "a/3.jpg"])
+    assert store.check_file(good) == []
+
+
 def test_write_arrays_says_sorted_only_of_rows_in_sorted_order(tmp_path):
     # It said "sorted" of any rows: formats.md's sorted is by (label id, source path).
     images = np.zeros((4, 2, 2, 3), np.uint8)
