@@ -361,6 +361,11 @@ def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():
     assert _highest({0.1: result(0.9, 1.0), 1e30: result(None, float("nan"), True)}) == (
         "highest best val_auc: lr 0.1 (0.9000)")
     assert _highest({1e30: result(None, float("nan"), True)}) == ""
+    # The same final loss too (rates too low to move the model): not "lower".
+    assert _highest({1e-7: result(0.42, 1.098), 1e-8: result(0.42, 1.098),
+                     1e-9: result(0.42, 1.098)}) == (
+        "highest best val_auc: lr 1e-09 (0.4200), tied with lr 1e-08, 1e-07 at the same final "
+        "loss too: nothing here tells them apart (rates too low to learn in these epochs?)")
 
 
 @pytest.mark.slow

@@ -591,5 +591,9 @@ def _highest(results: dict) -> str:
     said = f"highest best {monitor}: lr {lr:g} ({top:.4f})"
     if len(tied) > 1:
         others = ", ".join(f"{other:g}" for _, other in tied[1:])
-        said += f", tied with lr {others}: taken for its lower final loss"
+        if tied[1][0] == tied[0][0]:
+            said += (f", tied with lr {others} at the same final loss too: nothing here tells "
+                     "them apart (rates too low to learn in these epochs?)")
+        else:
+            said += f", tied with lr {others}: taken for its lower final loss"
     return said
