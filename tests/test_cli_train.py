@@ -383,7 +383,7 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     # It kept no epoch, so the command run again (a lower --lr) simply starts it again.
     again = invoke("train", data, tmp_path / "nan", *QUICK, "--epochs", "1")
     assert again.exit_code == 0, again.output
-    assert "held a run stopped before it finished an epoch; it started again" in again.output
+    assert "held a run that diverged in its first epoch; it started again" in again.output
     rows = history(tmp_path / "nan")
     assert len(rows) == 1 and "nan" not in rows[0].values()
 

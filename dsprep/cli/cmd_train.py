@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import DsprepError, UsageError
 from ..fileio import quoted
 from ..train.options import (
     AUGMENTS,
@@ -391,6 +391,7 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
             return
         done = None if force else fit.carries_on(run, data, config)
         carry_on = done is not None
+        diverged_first = False
         if carry_on:
             # The same command again (a requeued job): what --resume RUN would do.
             if done < config.epochs:
@@ -405,12 +406,15 @@ def train(data: str | None, run: str | None, resume_run: str | None, overfit_che
                 _nothing_to_do(result)
                 return
         else:
+            with contextlib.suppress(OSError, DsprepError):
+                diverged_first = fit.diverged_in(run) == 1
             with _resume_hint(run, replacing=force, again=not force):
                 result = fit.train(data, run, config, overwrite=force, progress=show_epochs(),
                                    bars=show_progress())
         if result.restarted:
-            say(f"note: {run} held a run stopped before it finished an epoch; it started again",
-                err=True)
+            held = ("that diverged in its first epoch" if diverged_first
+                    else "stopped before it finished an epoch")
+            say(f"note: {run} held a run {held}; it started again", err=True)
         if not fit.has_validation(data):
             _no_validation_note(data)
         shape = fit.read_run_config(result.run).get("input_shape") or [0, 0]
