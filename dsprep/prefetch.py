@@ -29,7 +29,9 @@ class ReadAhead:
     own (dsprep's generators are safe to index from several threads and give the same batch
     whichever thread computes it). ``get((epoch, i))``, for dsprep's ``gen[epoch, i]`` (the
     indices ``EpochIndices`` gives), reads ahead alike within that epoch, up to its last batch.
-    An out-of-order call is answered directly and drops what was read ahead.
+    Calls that step by more than one (``i``, ``i + k``: one rank's of ``EpochIndices(world=k)``)
+    read ahead by that step. An out-of-order call is answered directly and drops what was read
+    ahead.
 
     Whatever changes the batches (an epoch change) goes through :meth:`change`, which waits
     until no batch is being made, drops what was read ahead, applies the change and lets
@@ -51,6 +53,7 @@ class ReadAhead:
         self._busy = 0  # get() calls under way
         self._changing = 0  # change() calls waiting for them, or applying
         self._last: tuple | None = None  # _position of the last get
+        self._step: int | None = None  # the step from the get before it to that one
         self._epoch = getattr(seq, "epoch", None)
         self._pool: ThreadPoolExecutor | None = None
         _READERS.add(self)
@@ -65,11 +68,24 @@ class ReadAhead:
                 self._epoch = epoch
                 self._drop(self._take())
             found = self._pending.pop(at, None) if at is not None else None
-            if self.threads and at is not None and (
-                    self._last is None or at == (self._last[0], self._last[1] + 1)):
+            last, before = self._last, self._step
+            # The step from the last call, forward in one epoch: 1, or the ranks' count of
+            # EpochIndices(world=...); none for a call out of order. A step of more than one
+            # is read ahead by once it comes twice running (not on a random jump forward).
+            step = 1 if last is None else (
+                at[1] - last[1] if at is not None and at[0] == last[0] and at[1] > last[1]
+                else None)
+            self._step = step
+            if step is not None and step > 1 and step != before:
+                step = None
+            if self.threads and at is not None and step is not None:
                 named, i = at
-                stop = min(len(self.seq), i + 1 + self.threads)
-                for ahead in range(i + 1, stop):
+                coming = range(i + step, min(len(self.seq), i + 1 + self.threads * step), step)
+                stale = {k: self._pending.pop(k) for k in list(self._pending)
+                         if k[0] != named or k[1] not in coming}
+                if stale:
+                    self._drop(stale)  # not on this stride: nobody asks for them
+                for ahead in coming:
                     if (named, ahead) not in self._pending:
                         # Asked for as the caller asks: (epoch, i) names an epoch, i does not.
                         wanted = ahead if named is None else (named, ahead)

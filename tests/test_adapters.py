@@ -489,6 +489,41 @@ def test_read_ahead_reads_epoch_indices_ahead_and_mixes_them_with_plain_ones(h5f
     for index in [0, 1, 2, (5, 3), (5, 4), 5, 6, (5, 7)]:
         np.testing.assert_array_equal(ahead.get(index)[0], plain[index][0])
     ahead.change()
+def test_read_ahead_follows_one_ranks_indices_of_several(h5file):
+    """EpochIndices(world=2) steps by two: read ahead by one, every batch after the first
+    calls was dropped unused, made for nothing."""
+    import threading
+
+    from dsprep.adapters import ReadAhead
+    from dsprep.generators import EpochIndices
+
+    class Recording(HDF5Generator):
+        def __getitem__(self, index):
+            with self.lock:
+                self.read.append(index)
+                self.threads[index] = threading.current_thread().name
+            return super().__getitem__(index)
+
+    gen = Recording(h5file[0], batch_size=2, shuffle="full", seed=3)  # 23 batches
+    gen.read, gen.lock, gen.threads = [], threading.Lock(), {}
+    plain = HDF5Generator(h5file[0], batch_size=2, shuffle="full", seed=3)
+    ahead = ReadAhead(gen, 3)
+    sampler = EpochIndices(gen, rank=1, world=2)
+    asked = list(sampler)
+    assert len(asked) == 12
+    for index in asked:
+        np.testing.assert_array_equal(ahead.get(index)[0], plain[index][0])
+    ahead.change()
+    # Made once each, ahead or when asked for; besides them, only what the first call (whose
+    # step is not known yet) and the second (a step of two, not yet seen twice) read ahead.
+    made = sorted(set(gen.read))
+    assert sorted(gen.read) == made
+    assert set(asked) <= set(made) and len(set(made) - set(asked)) <= 3
+    # From the third call on, the batches asked for on this stride were read ahead.
+    on_stride = [i for i in asked[3:] if i[1] > asked[2][1]]
+    assert on_stride and all(gen.threads[i].startswith("dsprep-read-ahead") for i in on_stride)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers, multi", [(1, False), (2, False), (2, True)])
 def test_fit_one_epoch_through_as_keras(h5file, workers, multi):
