@@ -1589,7 +1589,8 @@ def build_hdf5(
         reports = _build_files(src, out, planned, classes, options, outputs, means_path,
                                skipped_final, progress, links)
     warnings += _lost_classes(reports, planned, classes, skipped_final)
-    warnings += _shared_with_train(out, [r.path for r in reports])
+    if name is not None or "train" in planned:  # (else a train.hdf5 not its own: said)
+        warnings += _shared_with_train(out, [r.path for r in reports])
     warnings += _class_warnings(src, classes)
     warnings += _not_ours(others)
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
