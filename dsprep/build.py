@@ -1004,9 +1004,10 @@ def _fit_workers(options: BuildOptions, images: int, notes: list[str]) -> BuildO
     fewer = max(1, fit - 1)
     more = ("in a container, give it more (docker run --shm-size=1g)" if where == _SHM_WHERE
             else "give the job more memory")
-    notes.append(f"{where} has {free / 1e6:,.1f} MB free, room for "
-                 f"{fewer} decoding worker{'s' if fewer != 1 else ''} of the {workers} this "
-                 f"build would start; {more} to use them all")
+    room_for = (f"room for {fewer} decoding workers of the {workers} this build would start"
+                if fewer > 1 else "too little room for decoding workers: decoding in this "
+                f"process instead of with {workers} workers")
+    notes.append(f"{where} has {free / 1e6:,.1f} MB free, {room_for}; {more} to use them all")
     return replace(options, workers=fewer)
 
 

@@ -573,19 +573,19 @@ class HDF5Generator(_BatchSequence):
     - ``"none"``: contiguous slices in file order, copied into the batch in one call: ~40,000
       uint8 images/s, 0.85-0.99 of a plain ``np.copyto`` from memory (where the rows lie back
       to back, below; about half that where they are read); the patch + flip + mean
-      pipeline 11,500-22,400 float32 images/s (bound by memory bandwidth: 79 MB per batch).
+      pipeline 9,900-22,400 float32 images/s (bound by memory bandwidth: 79 MB per batch).
     - ``"batches"``: the same contiguous reads, the order of the batches shuffled each epoch
       (the short tail batch stays last; with ``drop_last`` the start moves each epoch so no
       row is always left out). Same speed as "none". It relies on the rows being mixed, as
       build-hdf5's default ``--order shuffled`` leaves them; on rows in runs of one class
       (``--order sorted``) the generator warns, since each batch would hold one class.
     - ``"full"``: every batch drawn from anywhere in the file. Cut from the mapped file (below)
-      it runs about as fast as "batches" through the patch + flip + mean pipeline (0.90-1.11
-      of it); where the rows are read instead (compressed files, a pipeline that does not start
-      with a cut), each batch's rows are read in file order into their places in the batch,
-      at 0.48-0.97 of "batches". With lzf/gzip every chunk a batch touches is decompressed
-      once, so prefer uncompressed files for "full". (h5py fancy indexing, which this
-      avoids, reads ~100 rows/s.)
+      it runs about as fast as "batches" through the patch + flip + mean pipeline (0.62-1.31
+      of it, 0.8-1.1 in most runs); where the rows are read instead (compressed files, a
+      pipeline that does not start with a cut), each batch's rows are read in file order into
+      their places in the batch, at 0.48-0.97 of "batches". With lzf/gzip every chunk a
+      batch touches is decompressed once, so prefer uncompressed files for "full". (h5py
+      fancy indexing, which this avoids, reads ~100 rows/s.)
 
     Rows of an uncompressed file are read outside h5py's process-wide lock, so several
     threads (Keras's workers) read side by side. For "none" and "batches", a batch whose rows lie

@@ -769,7 +769,7 @@ def find_images(
         wrapper = ((guessing or chosen == "folders") and table is None and passed_over is None
                    and regex is None and _only_folder_of_images(images, root))
         raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
-                                              passed_over, inventory.skipped)
+                                              passed_over, inventory.skipped, regex)
                           + (_one_class_hint(source.path, images, root)
                              if chosen == "prefix" and regex is None else ""))
     return inventory
@@ -934,12 +934,15 @@ def _copies_of(source: Source) -> Callable[[Sequence[str]], bool]:
 
 
 def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
-                        passed_over: str | None, problems: list[Skipped]) -> str:
+                        passed_over: str | None, problems: list[Skipped],
+                        regex: re.Pattern | None = None) -> str:
     """Why a dump has no labelled images, and what to try."""
     return (
         f"{where} has no labelled images for the {chosen} layout; expected "
         + {"folders": "<class>/<image> folders",
-           "prefix": "files named <class>.<n>.<ext> (or give --pattern)",
+           "prefix": (f"file names that --pattern {quoted(regex.pattern)} matches at their "
+                      "start, with a non-empty group 'label'" if regex is not None
+                      else "files named <class>.<n>.<ext> (or give --pattern)"),
            "csv": "a labels CSV whose ids name image files"}[chosen]
         + "; choose the layout with --layout"
         + (f" ({root.rstrip('/')}/ is the only folder of {path} and holds the "

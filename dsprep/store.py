@@ -512,12 +512,17 @@ def write_arrays(
     labels: Sequence[int],
     label_names: Sequence[str],
     filenames: Sequence[str] | None = None,
+    *,
+    overwrite: bool = False,
     **attrs,
 ) -> Path:
     """Write in-memory arrays as a dsprep HDF5 file in one go (small data, tests, examples).
 
     ``images`` are (n, height, width, 3) uint8 RGB (any integer type within 0..255 is taken),
-    ``labels`` class ids into ``label_names``; anything else is refused, as verify would.
+    ``labels`` class ids into ``label_names``, ``filenames`` paths relative to a source folder
+    (default ``row0``, ``row1``, ...); anything else is refused, as verify would. An existing
+    ``path`` is refused (DestinationExistsError) unless ``overwrite``; ``attrs`` are written
+    as root attributes (``split``, ``source_root``, ...) over the defaults.
     """
     images = pixels(images, f"{path}")
     label_names = _checked_names(label_names, f"{path}")
@@ -535,7 +540,6 @@ def write_arrays(
     defaults = {"split": "train", "resize": "crop", "interpolation": "area", "order": order,
                 "seed": 0, "skipped": 0, "mean_rgb": mean}
     defaults.update(attrs)
-    overwrite = defaults.pop("overwrite", False)
     with HDF5Writer(path, len(images), images.shape[1:3], label_names, attrs=defaults,
                     overwrite=overwrite) as writer:
         writer.append(images, labels, filenames)

@@ -396,9 +396,9 @@ def test_the_ring_takes_no_more_than_half_the_memory_the_job_may_still_take(
         # The default --workers is lowered to what fits, with a note that says why.
         report = build.build_hdf5(src, out, opts(size=(256, 256), chunk_images=4, workers=None))
         assert [f.count for f in report.files] == [18, 6, 6]
-        assert f"{where} has {5 * block_bytes / 1e6:,.1f} MB free, room for 1 decoding worker " \
-            "of the " in " ".join(report.notes) and "give the job more memory" in \
-            " ".join(report.notes)
+        assert f"{where} has {5 * block_bytes / 1e6:,.1f} MB free, too little room for " \
+            "decoding workers: decoding in this process instead of with " in \
+            " ".join(report.notes) and "give the job more memory" in " ".join(report.notes)
         assert not made
         return
     report = build.build_hdf5(src, out, opts(workers=2, size=(256, 256), chunk_images=4))
@@ -456,10 +456,12 @@ def test_the_default_workers_are_as_many_as_dev_shm_has_room_for(
     if workers == 4:
         assert not noted
     else:
+        room = (f"room for {workers} decoding workers of the 4 this build would start"
+                if workers > 1 else "too little room for decoding workers: decoding in this "
+                "process instead of with 4 workers")
         assert noted == [f"shared memory (/dev/shm) has {free_blocks * block_bytes / 1e6:,.1f} "
-                         f"MB free, room for {workers} decoding worker{'s' * (workers > 1)} of "
-                         "the 4 this build would start; in a container, give it more (docker "
-                         "run --shm-size=1g) to use them all"]
+                         f"MB free, {room}; in a container, give it more (docker run "
+                         "--shm-size=1g) to use them all"]
     build.shutdown_workers()
 
 

@@ -339,7 +339,8 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     wild = invoke("sweep-lr", data, tmp_path / "wild", *QUICK, "--lrs", "1e30,0.001",
                   "--epochs", "2")
     assert wild.exit_code == 0, wild.output
-    assert "diverged, stopped at a NaN or infinite loss: lr 1e+30 (epoch 1)" in wild.output
+    assert ("diverged, stopped at a NaN or infinite training or validation loss: lr 1e+30 "
+            "(epoch 1)") in wild.output
     assert "highest best" in wild.output and "highest best val_auc: lr 1e+30" not in wild.output
 
 

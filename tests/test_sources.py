@@ -410,6 +410,15 @@ def test_pattern_with_label_group(tmp_path):
     assert _reasons(inv) == {"README.png": NO_LABEL}
 
 
+def test_a_pattern_matching_no_file_name_says_so_not_to_give_one(tmp_path):
+    # "expected files named <class>.<n>.<ext> (or give --pattern)", to a user who gave one.
+    _img(tmp_path / "d" / "apple_1.jpg")
+    _img(tmp_path / "d" / "pear_1.jpg", seed=1)
+    with pytest.raises(LayoutError, match=r"expected file names that --pattern "
+                                          r"'\(\?P<label>r\[a-z\]\+\)' matches at their start"):
+        _find(tmp_path / "d", pattern="(?P<label>r[a-z]+)")
+
+
 @pytest.mark.parametrize("pattern, message", [
     (r"(?P<lab>\w+)", "named group 'label'"), ("(?P<label>[", "not a valid regular expression")])
 def test_bad_patterns(tmp_path, pattern, message):

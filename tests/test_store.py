@@ -746,3 +746,13 @@ def test_a_keras_model_or_a_zip_given_for_a_file_is_named_as_such(tmp_path):
             archive.writestr("config.json", "{}")
         with pytest.raises(DatasetFormatError, match=said):
             store.open_dataset(tmp_path / name)
+
+
+def test_write_arrays_refuses_an_existing_file_unless_overwrite(tmp_path):
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    path = store.write_arrays(tmp_path / "f.hdf5", images, [0, 1], ["a", "b"])
+    with pytest.raises(DestinationExistsError, match="overwrite=True"):
+        store.write_arrays(path, images + 7, [1, 0], ["a", "b"])
+    store.write_arrays(path, images + 7, [1, 0], ["a", "b"], overwrite=True)
+    with store.open_dataset(path) as db:
+        assert db["labels"][()].tolist() == [1, 0] and int(db["images"][0, 0, 0, 0]) == 7

@@ -569,7 +569,8 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     say(format_table(rows, ["lr", "final loss", "final val_loss", f"best {monitor}"]))
     diverged = [f"{lr:g} (epoch {r.epochs_done})" for lr, r in results.items() if r.diverged]
     if diverged:
-        say(f"diverged, stopped at a NaN or infinite loss: lr {', '.join(diverged)}")
+        say(f"diverged, stopped at a NaN or infinite training or validation loss: lr "
+            f"{', '.join(diverged)}")
     best = _highest(results)
     if best:
         say(best)
