@@ -111,8 +111,9 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
         _named("--seed", type=click.IntRange(0, SEED_MAX), default=_DEFAULTS.seed,
                show_default=True, help="Seed for weights, order and augmentation."),
         _named("--limit-per-class", type=click.IntRange(min=1), default=None,
-               help="Train on the first N images of each class only, in file order (not a "
-                    "random subset, unlike split's option): ablation runs."),
+               help="Train on the first N images of each class only, in the HDF5 file's "
+                    "row order or, in a split folder, by path (not a random subset, unlike "
+                    "split's option): ablation runs."),
         _named("--width", type=click.FloatRange(min=0, min_open=True), default=None,
                help="Model width: resnet/smallnet first-stage filters, alexnet filter "
                     "multiplier [default: the published network]."),
