@@ -46,7 +46,8 @@ _SEED_MAX = 2**63 - 1
 @click.option("--order", type=click.Choice(["shuffled", "sorted"]), default="shuffled",
               show_default=True,
               help="Row order: shuffled with --seed (batches mix classes) or sorted by class "
-                   "and file name.")
+                   "and file name (dsprep train then draws each batch from anywhere in the "
+                   "file, a little slower).")
 @click.option("--seed", type=click.IntRange(0, _SEED_MAX), default=0, show_default=True,
               help="Seed of the row shuffle.")
 @click.option("--chunk-images", type=click.IntRange(min=1), default=None,
