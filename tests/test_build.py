@@ -1965,3 +1965,20 @@ def test_a_worker_dead_of_another_signal_is_blamed_on_a_file():
     message = build._worker_died_message(error)
     assert message.startswith("a decoding worker process died (TerminatedWorkerError: SIGSEGV); ")
     assert "use --workers 1 to find the file that crashes the decoder" in message
+
+
+def test_the_digests_of_a_files_name_come_from_the_names_still_listed(tmp_path):
+    # One image added to a split folder by hand (build-hdf5 builds it, with a note) turned the
+    # whole learned-from count off.
+    from dsprep.split import FILES_COLUMNS
+
+    rows = [["train", "cat", f"train/cat/{i}.jpg", f"cat/{i}.jpg", f"d{i}", "8", "8"]
+            for i in range(4)]
+    with open(tmp_path / "files.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([FILES_COLUMNS, *rows])
+    names = [f"train/cat/{i}.jpg" for i in range(4)]
+    listed = [(name, f"d{i}") for i, name in enumerate(names)]
+    assert build.split_digests(tmp_path, [*names, "train/cat/added.jpg"]) == listed
+    assert build.split_digests(tmp_path, None, "train") == listed
+    # Most names gone (the folder split again since): nothing is told.
+    assert build.split_digests(tmp_path, ["train/cat/0.jpg", "x", "y"]) is None

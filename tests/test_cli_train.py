@@ -534,23 +534,6 @@ def test_a_crop_that_is_the_whole_image_is_noted(data, tmp_path):
     assert smaller.exit_code == 0 and "no random crops" not in smaller.output
 
 
-def test_the_digests_of_a_files_name_come_from_the_names_still_listed(tmp_path):
-    # One image added to a split folder by hand (build-hdf5 builds it, with a note) turned the
-    # whole learned-from count off.
-    from dsprep.split import FILES_COLUMNS
-    from dsprep.train.predict import _contents
-
-    rows = [["train", "cat", f"train/cat/{i}.jpg", f"cat/{i}.jpg", f"d{i}", "8", "8"]
-            for i in range(4)]
-    with open(tmp_path / "files.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([FILES_COLUMNS, *rows])
-    names = [f"train/cat/{i}.jpg" for i in range(4)]
-    assert _contents(tmp_path, [*names, "train/cat/added.jpg"], "") == ["d0", "d1", "d2", "d3"]
-    assert _contents(tmp_path, None, "train") == ["d0", "d1", "d2", "d3"]
-    # Most names gone (the folder split again since): nothing is told.
-    assert _contents(tmp_path, ["train/cat/0.jpg", "x", "y"], "") is None
-
-
 def test_a_finished_run_without_its_last_checkpoint_has_nothing_to_do(data, one_epoch_run,
                                                                      tmp_path):
     # last.keras deleted to save room, best.keras kept: the run was said to have "no finished
