@@ -1982,3 +1982,20 @@ def test_the_digests_of_a_files_name_come_from_the_names_still_listed(tmp_path):
     assert build.split_digests(tmp_path, None, "train") == listed
     # Most names gone (the folder split again since): nothing is told.
     assert build.split_digests(tmp_path, ["train/cat/0.jpg", "x", "y"]) is None
+
+
+def test_the_digests_of_a_file_built_from_other_folders_are_read_from_its_sources(tmp_path):
+    import hashlib
+
+    root = make_class_folders(tmp_path / "d", ("a", "b"), per_class=2)
+    build.build_hdf5(root, tmp_path / "out", opts(), name="test")
+    path = tmp_path / "out" / "test.hdf5"
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    digests = dict(build.image_digests(path, build.HASHED_BYTES))
+    assert digests == {n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in files}
+    assert build.image_digests(path) is None  # not read unless asked
+    total = sum((root / n).stat().st_size for n in files)
+    assert build.image_digests(path, total - 1) is None  # more bytes than it may read
+    for name in files[:2]:  # half of them gone: not told
+        (root / name).unlink()
+    assert build.image_digests(path, build.HASHED_BYTES) is None
