@@ -343,8 +343,7 @@ class _BatchSequence(ABC):
         A loop left part way (``break`` after some steps, ``zip(range(steps), gen)``) moves
         on when the next loop starts, unless ``set_epoch`` named an epoch, or a pass by index
         (a Keras pass: ``predict``) read up to the last batch, in between: each loop reads a
-        new order and new random draws, as a loop read to its end does. A loop left at its
-        first batch (``next(iter(gen))``, a look at the shapes) does not move it on.
+        new order and new random draws, as a loop read to its end does.
 
         The epoch belongs to the generator: loops over it in two threads at once would move
         it under each other. Threads share one generator by indexing it (``gen[i]``, safe
@@ -356,8 +355,7 @@ class _BatchSequence(ABC):
         self._read_part_way = None
         for i in range(len(self)):
             batch = self[i]
-            if i:  # a loop left at its first batch is a look (next(iter(gen)) for its shapes)
-                self._read_part_way = self.epoch_sets
+            self._read_part_way = self.epoch_sets
             yield batch
         self._read_part_way = None
         self.on_epoch_end()
@@ -422,8 +420,8 @@ class _BatchSequence(ABC):
         """``(epoch, batch)`` of an index: ``i`` in the current epoch, or ``(epoch, i)``.
 
         The last batch asked for by index ends a pass read otherwise than by a loop (a
-        Keras pass, ``predict``): a loop left part way before it no longer moves the next
-        loop on, which reads the order that pass read. A look at
+        Keras pass, ``predict``): a loop left part way before it (a peek at the first batch)
+        no longer moves the next loop on, which reads the order that pass read. A look at
         another batch (``gen[0]`` between capped loops) leaves the loop to move on.
         """
         if isinstance(index, tuple):
