@@ -110,6 +110,8 @@ class HDF5Writer:
             empty because rows were skipped is not given back (at most the skipped rows, rounded
             up to whole chunks). Pixels in buffers that are not page-aligned, partial chunks and
             compressed files go through h5py as usual.
+        check_names: refuse file names verify would (empty, absolute, with '..', not text);
+            off only to copy the rows of a file as they are.
     """
 
     def __init__(
@@ -124,8 +126,10 @@ class HDF5Writer:
         attrs: dict | None = None,
         overwrite: bool = False,
         direct: bool = False,
+        check_names: bool = True,
     ) -> None:
         self.path = Path(path)
+        self._check_names = check_names
         if self.path.exists() and not overwrite:
             raise DestinationExistsError(
                 f"{self.path} already exists; use --force (overwrite=True) to replace it"
@@ -213,13 +217,15 @@ class HDF5Writer:
         if end > self.capacity:
             raise UsageError(f"{self.path}: {n} more rows exceed the capacity {self.capacity}")
         labels = np.asarray(labels, dtype=object if _ragged(labels) else None).reshape(-1)
-        filenames = list(filenames)
+        # Names read back from a dsprep file come as UTF-8 bytes (h5py's strings).
+        filenames = [f.decode("utf-8", "surrogateescape") if isinstance(f, bytes) else f
+                     for f in filenames]
         if len(labels) != n or len(filenames) != n:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
         bad = next((i for i, f in enumerate(filenames)
                     if not isinstance(f, str) or not relative_name(f)), None)
-        if bad is not None:
+        if bad is not None and self._check_names:
             raise UsageError(f"{self.path}: file names are paths relative to the source "
                              f"folder, as text (not empty, no leading '/', no '..'); row "
                              f"{self.count + bad}'s is {filenames[bad]!r}")

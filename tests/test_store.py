@@ -687,6 +687,14 @@ def test_file_names_verify_refuses_are_refused_before_any_is_written(tmp_path, f
     good = store.write_arrays(tmp_path / "f.hdf5", images, [0, 1, 0], ["a", "b"],
                               filenames=["a/1.jpg", "b/2.jpg", "a/3.jpg"])
     assert store.check_file(good) == []
+    # Names read back from a dsprep file come as bytes: a file's rows copy into another.
+    with h5py.File(good, "r") as db:
+        names = db["filenames"][()]
+    copy = store.write_arrays(tmp_path / "copy.hdf5", images, [0, 1, 0], ["a", "b"],
+                              filenames=names)
+    assert store.check_file(copy) == []
+    with store.open_dataset(copy) as db:
+        assert store.file_names(db) == ["a/1.jpg", "b/2.jpg", "a/3.jpg"]
 
 
 def test_write_arrays_says_sorted_only_of_rows_in_sorted_order(tmp_path):

@@ -931,6 +931,15 @@ def test_limit_per_class_keeps_the_first_rows_of_each_class(tmp_path):
         assert np.array_equal(sub["images"][()], src["images"][()][expected])
         assert np.array_equal(sub["labels"][()], src_labels[expected])
     assert bundle.input_shape == (32, 32, 3) and bundle.input_dtype == "uint8"
+    # A file of the user's own naming its rows by absolute paths (which train reads whole)
+    # is subset too: its names are copied as they are.
+    with h5py.File(data / "train.hdf5", "r+") as db:
+        names = [f"/data/imgs/{i}.jpg" for i in range(len(db["filenames"]))]
+        db["filenames"][...] = np.array(names, dtype=object)
+    bundle = open_data(data, tiny(limit_per_class=3), work=tmp_path)
+    assert np.bincount(np.asarray(bundle.train.labels)).tolist() == [3, 3]
+    with h5py.File(bundle.train.path, "r") as sub:
+        assert [n.decode() for n in sub["filenames"][()]] == [names[i] for i in expected]
 
 
 def test_training_batches_are_full_and_validation_is_complete(tmp_path):

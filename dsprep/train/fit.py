@@ -195,9 +195,10 @@ def _subset_hdf5(src: Path, dest: Path, per_class: int, block: int = 256) -> Pat
                  else [f"row{i}" for i in keep])
         attrs = {k: db.attrs[k] for k in ("resize", "interpolation", "mean_rgb")
                  if k in db.attrs}
+        # (Its rows' names as they are: a file of the user's own may name them otherwise.)
         with HDF5Writer(dest, len(keep), images.shape[1:3], label_names(db), overwrite=True,
                         attrs={**attrs, "split": "train", "order": "subset", "seed": 0,
-                               "skipped": 0}) as writer:
+                               "skipped": 0}, check_names=False) as writer:
             buf = np.empty((min(block, max(1, len(keep))), *images.shape[1:]), np.uint8)
             for start in range(0, len(keep), block):
                 rows = keep[start:start + block]
