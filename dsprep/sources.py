@@ -975,9 +975,11 @@ def _one_class_hint(path, images: list[str], root: str) -> str:
         # american_pit_bull_terrier_12.jpg.
         heads = [m.group(1) for n in flat
                  if (m := re.match(rf"(.*[^\W\d_].*?){re.escape(sep)}\d+\.\w+$", n))]
-        # Two classes or more, not only cameras' (IMG_1234.jpg, DSC_0001.jpg).
-        if len(heads) * 2 > len(flat) and len(set(heads)) > 1 and not {
-                h.lower() for h in heads} <= _CAMERA_HEADS:
+        # Two classes or more, of two images each on average, not cameras' names
+        # (IMG_1234.jpg, DSC_0001.jpg, IMG_20230512_143015.jpg, Screenshot_2023...).
+        if (len(heads) * 2 > len(flat) and 1 < len(set(heads)) <= len(heads) // 2
+                and not any(re.split(r"[_\- ]", h, maxsplit=1)[0].lower() in _CAMERA_HEADS
+                            for h in heads)):
             pattern = rf"(?P<label>.+){sep}\d+\."
             return (f"; names such as {flat[0]} carry their class before '{sep}' and a "
                     f"number: --layout prefix --pattern {quoted(pattern)} reads them")

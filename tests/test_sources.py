@@ -1940,9 +1940,11 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
         _img(tmp_path / "photos" / "dog" / f"IMG_{1000 + i}.jpg", seed=i)
     with pytest.raises(LayoutError, match=r"if photos/dog is the folder of one class"):
         _find(Path("photos/dog"))
-    # Two cameras' names in one folder: no classes either.
+    # Two cameras' names in one folder, a phone's dated ones and its bursts: no classes either.
     for i in range(2):
         _img(tmp_path / "photos" / "dog" / f"DSC_{2000 + i}.jpg", seed=10 + i)
+        _img(tmp_path / "photos" / "dog" / f"IMG_2023051{i}_143015.jpg", seed=12 + i)
+        _img(tmp_path / "photos" / "dog" / f"IMG_1001_{i + 1}.jpg", seed=14 + i)
     with pytest.raises(LayoutError, match=r"if photos/dog is the folder of one class"):
         _find(Path("photos/dog"))
     # Given as ".", from inside it: the folder above is the one to give.
