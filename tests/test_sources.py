@@ -1956,7 +1956,7 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
             _find(Path("."))
     # Classes of several words (Oxford pets' american_pit_bull_terrier_12.jpg): all before the
     # number is the class.
-    for i, name in enumerate(("american_bulldog", "american_pit_bull_terrier", "beagle")):
+    for i, name in enumerate(("american_bulldog", "american_pit_bull_terrier", "beagle") * 2):
         _img(tmp_path / "pets" / f"{name}_{i + 10}.jpg", seed=20 + i)
     pattern = r"(?P<label>.+)_\d+\."
     with pytest.raises(LayoutError, match=r"names such as american_bulldog_10\.jpg carry their "
