@@ -390,18 +390,20 @@ class SplitPlan:
                 found.append(f"every class holds its images in folders of its own ({shown}, "
                              "...): if those folders are the classes, make them the top "
                              "folders of the dump, which split takes for the classes")
-            elif len(next(iter(alike))) > len(subs):
-                # More alike folders than classes: PlantVillage's color/, grayscale/ and
-                # segmented/ versions of its 38 class folders.
-                inner = sorted(next(iter(alike)))
+            elif (len(inner := sorted(next(iter(alike)))) >= max(4, 2 * len(subs))
+                  and not any(split_of(n) for n in inner)):
+                # Many more alike folders than classes: PlantVillage's color/, grayscale/ and
+                # segmented/ versions of its 38 class folders (a few alike folders, or
+                # train/ and test/, are each class's sources or splits).
                 first = sorted(subs)[0]
                 give = (f"give {self.source / root / first} as SRC" if self.source.is_dir()
                         else f"extract {root}{first}/ from {self.source} and give it as SRC")
                 found.append(
                     f"every class holds the same {len(inner)} folders ("
-                    f"{', '.join(f'{n}/' for n in inner[:3])}"
-                    f", ...): {', '.join(f'{c}/' for c in sorted(subs))} may be versions of "
-                    f"one dataset, and those folders its classes; if so, {give}")
+                    f"{', '.join(f'{n}/' for n in inner[:3])}, ...): if "
+                    f"{', '.join(f'{c}/' for c in sorted(subs))} are versions of one dataset "
+                    "(as PlantVillage's color/ and grayscale/) and those folders its classes, "
+                    f"{give}; if they are each class's sources, all is well")
             return found
         for folder in sorted(subs):
             if folder not in flat and len(subs[folder]) > 1:

@@ -795,12 +795,22 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
     # of one dataset (PlantVillage's color/, grayscale/ and segmented/).
     versions = tmp_path / "plantvillage"
     for n, version in enumerate(("color", "grayscale")):
-        make_class_folders(versions / version, classes=("scab", "rust", "healthy"),
-                           per_class=2, seed=40 + 5 * n)
-    assert [w for w in plan(versions).warnings() if "same 3 folders" in w] == [
-        "every class holds the same 3 folders (healthy/, rust/, scab/, ...): color/, "
-        "grayscale/ may be versions of one dataset, and those folders its classes; if so, "
-        f"give {versions / 'color'} as SRC"]
+        make_class_folders(versions / version, classes=("scab", "rust", "healthy", "blight"),
+                           per_class=1, seed=40 + 5 * n)
+    assert [w for w in plan(versions).warnings() if "same 4 folders" in w] == [
+        "every class holds the same 4 folders (blight/, healthy/, rust/, ...): if color/, "
+        "grayscale/ are versions of one dataset (as PlantVillage's color/ and grayscale/) and "
+        f"those folders its classes, give {versions / 'color'} as SRC; if they are each "
+        "class's sources, all is well"]
+    # Each class's few sources (NORMAL/hospital_a/), or its own train/ and test/: no warning.
+    sources = tmp_path / "sources"
+    for n, cls in enumerate(("normal", "pneumonia")):
+        make_class_folders(sources / cls, classes=("hospital_a", "hospital_b", "hospital_c"),
+                           per_class=1, seed=60 + 5 * n)
+    splits = tmp_path / "splits"
+    for n, cls in enumerate(("cat", "dog")):
+        make_class_folders(splits / cls, classes=("train", "val", "test", "extra"), per_class=1,
+                           seed=70 + 5 * n)
     # Top folders that each hold a dataset split already, a level down (Fruits-360's archive:
     # fruits-360_100x100/fruits-360/{Training,Test}/<class>/ beside another size's copy).
     sizes = tmp_path / "fruits"
@@ -811,7 +821,8 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
     assert [w for w in plan(sizes).warnings() if "split already" in w] == [
         "f_100/fruits-360/ holds a dataset split already (Test/, Training/), and the top "
         f"folders were taken for the classes: give {sizes / 'f_100' / 'fruits-360'} as SRC"]
-    for clean in (make_class_folders(tmp_path / "plain", per_class=3), nested, vehicles):
+    for clean in (make_class_folders(tmp_path / "plain", per_class=3), nested, vehicles,
+                  sources, splits):
         assert not [w for w in plan(clean).warnings()
                     if "named as a split" in w or "folders of its own" in w
                     or "versions of one dataset" in w or "split already" in w], clean
