@@ -65,6 +65,7 @@ from .sources import (
     namesake,
     own_split_folders,
     split_of,
+    visible_folders,
 )
 from .split import (
     read_files,
@@ -1479,9 +1480,6 @@ def build_hdf5(
     refuse_empty_path(src, "the source (SRC)")
     refuse_empty_path(out, "the output folder (OUT)")
     src, out = Path(src), Path(out)
-    stepped = namesake(src) if name is not None and src.name else None
-    if stepped is not None:
-        src = stepped  # seg_test/ given for seg_test/seg_test/, as a split's build takes it
     try:
         str(src.resolve()).encode("utf-8")
     except UnicodeEncodeError:
@@ -1498,6 +1496,13 @@ def build_hdf5(
         # 'dsprep split --force' of the source would delete it.
         raise UsageError(f"output folder {out} is inside the source folder {src}; put it "
                          f"beside the source, such as {src.parent / 'hdf5'}")
+    stepped = None
+    if name is not None:
+        # seg_test/ given for seg_test/seg_test/<class>/, as a split's build takes it ("."
+        # too); not a class folder named as the folder of its classes (moon/moon/*.jpg).
+        inner = namesake(Path(os.path.abspath(src)))
+        if inner is not None and visible_folders(inner):
+            stepped = src = src / inner.name
     placed = read_placed(src) if name is None and (src / "split.json").is_file() else None
     enlarged = _enlarged_note(src, options.size) if placed is not None else None
     classes, planned, notes, links = find_rows(src, name, placed=placed)

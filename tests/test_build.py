@@ -662,6 +662,15 @@ def test_a_named_build_of_a_folder_doubled_as_kaggle_ships_it_builds_the_inner_o
     assert [["forest", "sea"][label] for label in labels] == [n.split("/")[0] for n in names]
     assert attrs["source_root"] == str(root.resolve())
     assert f"{outer} holds only seg_test/: building {root}" in report.notes
+    # Given as "." from inside it, the same.
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(outer)
+        report = build.build_hdf5(".", tmp_path / "out2", opts(), name="test")
+    assert rows_of(tmp_path / "out2" / "test.hdf5")[3]["source_root"] == str(root.resolve())
+    # A class folder named as the folder of its classes (moon/moon/*.jpg) is a class.
+    moon = make_class_folders(tmp_path / "moon", ("moon",), per_class=2)
+    report = build.build_hdf5(moon, tmp_path / "out3", opts(), name="moon")
+    assert [f.count for f in report.files] == [2]
 
 
 def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
