@@ -1670,26 +1670,29 @@ def _shared_with_train(out: Path, built: list[Path]) -> list[str]:
         return []
     try:
         learned = image_digests(train, HASHED_BYTES)
-        if not learned:
-            return []
-        trained = {digest: name for name, digest in reversed(learned)}
-        found = []
-        for path in others:
-            seen = image_digests(path, HASHED_BYTES) or []
-            shared = [(name, trained[digest]) for name, digest in seen if digest in trained]
-            if shared:
-                name, same = shared[0]
-                one = len(shared) == 1
-                found.append(
-                    f"{path.name}: {len(shared)} of its {len(seen)} images "
-                    f"{'is a copy of an image' if one else 'are copies of images'} of "
-                    f"{train.name} ({'' if one else 'e.g. '}{name}, the same file as {same}): "
-                    f"figures on {path.name} would flatter a model trained on "
-                    f"{train.name}; remove {'it' if one else 'them'} from the folder "
-                    f"{path.name} is built from, and build it again")
-        return found
     except (OSError, DsprepError):
         return []  # a file that cannot be read: its own build or use says so
+    if not learned:
+        return []
+    trained = {digest: name for name, digest in reversed(learned)}
+    found = []
+    for path in others:
+        try:
+            seen = image_digests(path, HASHED_BYTES) or []
+        except (OSError, DsprepError):
+            continue  # (a file not dsprep's: said as not from this build)
+        shared = [(name, trained[digest]) for name, digest in seen if digest in trained]
+        if shared:
+            name, same = shared[0]
+            one = len(shared) == 1
+            found.append(
+                f"{path.name}: {len(shared)} of its {len(seen)} images "
+                f"{'is a copy of an image' if one else 'are copies of images'} of "
+                f"{train.name} ({'' if one else 'e.g. '}{name}, the same file as {same}): "
+                f"figures on {path.name} would flatter a model trained on {train.name}; "
+                f"remove {'it' if one else 'them'} from the folder {path.name} is built from, "
+                "and build it again")
+    return found
 
 
 def _not_ours(others: list[Path]) -> list[str]:

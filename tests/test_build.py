@@ -898,6 +898,17 @@ def test_test_images_that_are_copies_of_training_images_are_warned_of(tmp_path):
     named = build.build_hdf5(test, tmp_path / "out2", opts(), name="test", force=True)
     assert [w.split(" (")[0] for w in named.warnings] == [
         "test.hdf5: 2 of its 7 images are copies of images of train.hdf5"]
+    # A file in OUT that is not dsprep's hides no warning about the others.
+    pre = tmp_path / "pre"
+    shutil.copytree(train, pre / "train")
+    make_class_folders(pre / "val", ("sea", "street"), per_class=1, seed=20)
+    shutil.copy(train / "sea" / "sea_0.jpg", pre / "val" / "street" / "copy.jpg")
+    (tmp_path / "out4").mkdir()
+    with h5py.File(tmp_path / "out4" / "test.hdf5", "w") as db:
+        db["x"] = [1]
+    report = build.build_hdf5(pre, tmp_path / "out4", opts())
+    assert [w.split(" (")[0] for w in report.warnings if "copy" in w] == [
+        "val.hdf5: 1 of its 3 images is a copy of an image of train.hdf5"]
     # (A test folder without copies: nothing to say.)
     (test / "sea" / "a.jpg").unlink()
     (test / "street" / "b.jpg").unlink()

@@ -226,8 +226,10 @@ def _seen_in_training(run: Path, config: dict, data: Path) -> str | None:
 
 def _learned_again(run: Path, config: dict, data: Path) -> str | None:
     """A note when images of ``data`` have the content of images the run trained on (a dump
-    split again, with another seed, into another folder), told by the sha256 each split
-    recorded in its files.csv; None when none do, or when it cannot be told."""
+    split again, with another seed, into another folder; a test folder holding copies of
+    training images), told by the sha256 each split recorded in its files.csv or, for files
+    built from other folders, by reading their sources (up to HASHED_BYTES); None when none
+    do, or when it cannot be told."""
     options = config.get("options", {})
     trained = Path(str(config.get("data", "")))
     if options.get("limit_per_class") or not config.get("data"):
@@ -236,11 +238,10 @@ def _learned_again(run: Path, config: dict, data: Path) -> str | None:
 
     try:
         if config.get("data_kind") == "hdf5":
-            learned = (image_digests(trained / "train.hdf5")
+            learned = (image_digests(trained / "train.hdf5", HASHED_BYTES)
                        if (trained / "train.hdf5").is_file() else None)
         else:
             learned = split_digests(trained, None, "train")
-        # The data evaluated on may be a test folder built on its own: its files are read.
         seen = image_digests(data, HASHED_BYTES) if learned else None
     except (OSError, DsprepError):
         return None
@@ -250,9 +251,11 @@ def _learned_again(run: Path, config: dict, data: Path) -> str | None:
     shared = sum(1 for _, digest in seen if digest in learned_set)
     if not shared:
         return None
-    return (f"{shared} of the {len(seen)} images of {data} are images {run} learned from (the "
-            "same content as files of its training split, by the digests the splits recorded: "
-            "a dump split again?): these figures are better than it would do on new images")
+    return (f"{shared} of the {len(seen)} images of {data} "
+            f"{'is an image' if shared == 1 else 'are images'} {run} learned from (the same "
+            "files as images of its training data, by their content: a dump split again, or a "
+            "test folder holding copies?): these figures are better than it would do on new "
+            "images")
 
 
 def _chose_the_checkpoint(config: dict, data: Path, built_from: str, checkpoint: str) -> bool:
