@@ -367,6 +367,10 @@ def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():
                      1e-9: result(0.42, 1.098)}) == (
         "highest best val_auc: lr 1e-09 (0.4200), tied with lr 1e-08, 1e-07 at the same final "
         "loss too: nothing here tells them apart (rates too low to learn in these epochs?)")
+    # Some at the same loss, some higher: each said as it is.
+    assert _highest({1e-4: result(0.5, 0.3), 1e-5: result(0.5, 0.3), 0.1: result(0.5, 2.5)}) == (
+        "highest best val_auc: lr 1e-05 (0.5000), tied with lr 0.1: taken for its lower final "
+        "loss (lr 0.0001, at the same final loss too, cannot be told from it)")
 
 
 @pytest.mark.slow

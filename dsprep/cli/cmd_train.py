@@ -596,10 +596,13 @@ def _highest(results: dict) -> str:
     monitor = next(iter(results.values())).monitor
     said = f"highest best {monitor}: lr {lr:g} ({top:.4f})"
     if len(tied) > 1:
-        others = ", ".join(f"{other:g}" for _, other in tied[1:])
-        if tied[1][0] == tied[0][0]:
-            said += (f", tied with lr {others} at the same final loss too: nothing here tells "
-                     "them apart (rates too low to learn in these epochs?)")
+        same = [f"{other:g}" for loss, other in tied[1:] if loss == tied[0][0]]
+        higher = [f"{other:g}" for loss, other in tied[1:] if loss != tied[0][0]]
+        if higher:
+            said += (f", tied with lr {', '.join(higher)}: taken for its lower final loss"
+                     + (f" (lr {', '.join(same)}, at the same final loss too, cannot be told "
+                        "from it)" if same else ""))
         else:
-            said += f", tied with lr {others}: taken for its lower final loss"
+            said += (f", tied with lr {', '.join(same)} at the same final loss too: nothing "
+                     "here tells them apart (rates too low to learn in these epochs?)")
     return said
