@@ -1331,6 +1331,7 @@ def materialize(
         wanted = json.loads(json.dumps(manifest))
 
         partial, old = _partial(dest), _old(dest)
+        _drop_old_aside(dest)
         marker = _marker(manifest, files_csv)
         result = SplitResult(dest)
         # --force rebuilds from scratch: nothing left by an earlier run is trusted.
@@ -1572,6 +1573,7 @@ def run(
             if partial.exists():
                 # Staged copies of an interrupted one-pass run are not worth checking: redo them.
                 _remove_partial(partial, force)
+            _drop_old_aside(dest)
             staging = partial / _STAGING
             partial.mkdir(parents=True)
             _like(dest, partial)
@@ -1887,6 +1889,18 @@ def _swap_inside(partial: Path, dest: Path, old: Path) -> str | None:
 
 def _manifest_last(names) -> list[str]:
     return sorted(names, key=lambda name: (name == MANIFEST, name))
+
+
+def _drop_old_aside(dest: Path) -> None:
+    """Remove the split before the one in DEST, set aside by a run stopped after its swap
+    (while it removed it), before new copies are made: it would hold room they need (what
+    cannot be removed is said at the swap). Not while a swap into a mount point is under way,
+    whose aside folder may hold DEST's own entries."""
+    old, partial = _old(dest), _partial(dest)
+    if old.is_dir() and (dest / MANIFEST).is_file() and (not _inside(dest) or (
+            not partial.exists() and not (dest / f"{_OWN}-swapping").exists())):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)
 
 
 def _clear_leftovers(dest: Path) -> None:

@@ -1516,6 +1516,31 @@ def test_a_split_on_a_read_only_mount_is_found_complete(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("how", ["run", "materialize"])
+def test_the_split_a_stopped_force_run_left_aside_is_removed_before_copying(tmp_path,
+                                                                          monkeypatch, how):
+    # Stopped while it removed the old split (after the swap), then run again: the old split
+    # held its room through the whole copy, and on a disk with room for two the run failed,
+    # every time.
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    dest = tmp_path / "s"
+    run(root, dest)
+    old = tmp_path / ".s.split-old"
+    shutil.copytree(dest, old)  # what the stopped run left
+    seen = []
+    real = split_module._finish  # the files are all placed, the swap still to come
+    monkeypatch.setattr(split_module, "_finish",
+                        lambda *args: (seen.append(old.exists()), real(*args))[1])
+    if how == "run":
+        p, _ = run(root, dest, SplitOptions(seed=9), force=True)
+    else:
+        p = plan(root, SplitOptions(seed=9))
+        materialize(p, dest, force=True)
+    assert seen == [False] and not old.exists()
+    assert sorted(f.path for f in p.files) == sorted(
+        x.relative_to(dest).as_posix() for x in dest.rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("how", ["run", "materialize"])
 def test_what_force_cannot_remove_of_the_old_dest_is_a_note_not_a_failure(tmp_path,
                                                                          monkeypatch, how):
     # The split is in place by then: a batch job under set -e stopped on it, told only of the
