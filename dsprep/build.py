@@ -1931,9 +1931,26 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
         # What took its final name is told by the files, not by the list: a Ctrl-C may land
         # between a rename and its note.
         renamed = [f for f in finals if not _waiting(f).exists()]
-        if renamed and len(renamed) < len(finals):
-            # Stopped among the renames: the files renamed already go too, so that OUT holds
-            # no mix of two builds (a kill leaves that to the next build).
+        if renamed and len(renamed) < len(finals) and isinstance(
+                sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+            # Stopped among the renames (Ctrl-C, SIGTERM): every file is whole and on the
+            # disk, so the renames are finished; discarding the renamed ones would leave
+            # neither build where a --force build had replaced files.
+            stop = sys.exc_info()[1]
+            try:
+                for final in finals:
+                    if _waiting(final).exists():
+                        os.replace(_waiting(final), final)
+                sync_folder(out)
+                journal.unlink(missing_ok=True)
+                stop.after_stop = (f"The build had finished: its files are all in place in "
+                                   f"{out}.")
+            except BaseException:  # (a rename failing, a second stop)
+                renamed = [f for f in finals if not _waiting(f).exists()]
+                _discard(journal, renamed, [f for f in finals if f not in renamed])
+        elif renamed and len(renamed) < len(finals):
+            # A rename failed: the files renamed already go too, so that OUT holds no mix of
+            # two builds (a kill leaves that to the next build).
             _discard(journal, renamed, [f for f in finals if f not in renamed])
         elif not renamed:
             _remove_unnamed(outputs, [means_path, skipped_final])

@@ -982,6 +982,28 @@ def test_a_build_stopped_among_its_renames_leaves_no_mix(tmp_path, monkeypatch):
     monkeypatch.setattr(build.os, "replace", real_replace)
     assert not out.exists()
 
+    # Ctrl-C or SIGTERM between two renames of a --force build: every file is whole, so the
+    # renames are finished (the renamed ones were discarded, leaving neither build).
+    old = tmp_path / "old"
+    build.build_hdf5(src, old, opts(size=(16, 16)))
+    done = []
+
+    def stop_after_train(a, b):
+        real_replace(a, b)
+        if str(b).endswith("train.hdf5") and not done:
+            done.append(b)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(build.os, "replace", stop_after_train)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        build.build_hdf5(src, old, opts(), force=True)
+    monkeypatch.setattr(build.os, "replace", real_replace)
+    assert stop.value.after_stop == f"The build had finished: its files are all in place in {old}."
+    assert {name: rows_of(old / name)[2] for name in expected} == expected
+    assert all(rows_of(old / name)[0].shape[1:3] == (24, 24) for name in expected)
+    assert not (old / build.PUBLISHING_NAME).exists()
+    assert build.build_hdf5(src, old, opts()).up_to_date
+
     # Killed outright between two renames: the next build of OUT removes the mix, then builds.
     killed = tmp_path / "killed"
     script = textwrap.dedent(f"""
