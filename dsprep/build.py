@@ -1970,11 +1970,14 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
 def _remove_unnamed(outputs: list[Path], others: list[Path | None]) -> None:
     """Remove what a build wrote before naming it: the HDF5 files' ``.partial`` files and the
     other outputs' waiting files (call under OUT's lock: they are then a stopped build's)."""
-    for path in outputs:
-        store.partial_path(path).unlink(missing_ok=True)
-    for path in others:
-        if path is not None:
-            _waiting(path).unlink(missing_ok=True)
+    for path in [*map(store.partial_path, outputs),
+                 *(_waiting(p) for p in others if p is not None)]:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            # A read-only mount answers even a missing name with EROFS: nothing to remove.
+            if path.exists() or path.is_symlink():
+                raise
 
 
 def _discard(journal: Path, renamed: list[Path], waiting: list[Path]) -> None:

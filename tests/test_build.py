@@ -2041,3 +2041,20 @@ def test_the_digests_of_a_file_built_from_other_folders_are_read_from_its_source
     for name in files[:2]:  # half of them gone: not told
         (root / name).unlink()
     assert build.image_digests(path, build.HASHED_BYTES) is None
+
+
+def test_an_up_to_date_build_on_a_read_only_mount_has_nothing_to_do(tmp_path, monkeypatch):
+    # A read-only mount answers even the removal of a missing name with EROFS: the re-run of a
+    # pipeline whose data is mounted read-only failed on a .partial file that was never there.
+    src = make_split(tmp_path / "split")
+    out = tmp_path / "out"
+    build.build_hdf5(src, out, opts())
+    real_unlink = Path.unlink
+
+    def read_only(self, missing_ok=False):
+        if self.parent == out:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    assert build.build_hdf5(src, out, opts()).up_to_date
