@@ -1827,13 +1827,16 @@ def _swap(partial: Path, dest: Path, old: Path) -> str | None:
         left = _remove_old(old, dest)
         if left:
             raise SplitError(f"{left}; then run the same command again")
-    if dest.is_dir() and not any(dest.iterdir()):
-        dest.rmdir()
-    elif dest.is_dir() and not dest.is_symlink():
-        os.replace(dest, old)
-    elif dest.exists() or dest.is_symlink():
-        dest.unlink()
-    os.replace(partial, dest)
+    # A stop between the two renames would leave no DEST, the old split aside and the new
+    # one in its work folder: it comes after them.
+    with system.stops_held():
+        if dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+        elif dest.is_dir() and not dest.is_symlink():
+            os.replace(dest, old)
+        elif dest.exists() or dest.is_symlink():
+            dest.unlink()
+        os.replace(partial, dest)
     return _remove_old_after_swap(old, dest) if old.exists() else None
 
 

@@ -26,6 +26,29 @@ _COMMANDS = [0]  # commands running (``command_scope``): a demo runs others insi
 
 
 @contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP for a block of steps that must not be cut in two (two
+    renames): a stop asked for meanwhile comes right after it, as it would have come."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (only the main thread handles signals)
+        return
+    asked: list[int] = []
+    # (A handler set outside Python reads as None and could not be put back: left alone.)
+    held = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+            if s is not None and signal.getsignal(s) is not None]
+    previous = {s: signal.signal(s, lambda signum, frame: asked.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if asked:
+            signal.raise_signal(asked[0])
+
+
+@contextlib.contextmanager
 def command_scope() -> Iterator[None]:
     """A command's run. Only inside one is a recorded stop raised again; the outermost
     forgets any stop as it starts and as it ends, so library calls after it go on."""

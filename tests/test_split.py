@@ -1833,3 +1833,25 @@ def test_an_empty_path_is_refused_by_the_library_too(tmp_path, monkeypatch):
             call()
     assert [p.name for p in work.iterdir()] == ["notes.txt"]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_stop_between_the_swaps_two_renames_comes_after_them(tmp_path, monkeypatch):
+    # Ctrl-C between setting DEST aside and moving the new split in left no DEST, and a
+    # message about the work folder only.
+    import signal
+
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    dest = tmp_path / "s"
+    run(root, dest)
+    real_replace = os.replace
+
+    def replace(a, b):
+        real_replace(a, b)
+        if Path(a) == dest:  # DEST set aside: the stop comes now
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(split_module.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, dest, SplitOptions(seed=9), force=True)
+    assert json.loads((dest / "split.json").read_text())["params"]["seed"] == 9
+    assert not (tmp_path / ".s.split-partial").exists()
