@@ -217,9 +217,7 @@ class HDF5Writer:
         if end > self.capacity:
             raise UsageError(f"{self.path}: {n} more rows exceed the capacity {self.capacity}")
         labels = np.asarray(labels, dtype=object if _ragged(labels) else None).reshape(-1)
-        # Names read back from a dsprep file come as UTF-8 bytes (h5py's strings).
-        filenames = [f.decode("utf-8", "surrogateescape") if isinstance(f, bytes) else f
-                     for f in filenames]
+        filenames = [_text_name(f) for f in filenames]
         if len(labels) != n or len(filenames) != n:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
@@ -537,7 +535,7 @@ def write_arrays(
         filenames = [f"row{i}" for i in range(len(images))]
         names = [f"{i:012d}" for i in range(len(images))]  # in the order of their numbers
     else:
-        filenames = list(filenames)  # an iterator is read once
+        filenames = [_text_name(n) for n in filenames]  # (an iterator is read once)
         names = [str(n) for n in filenames]
     mean = images.reshape(-1, 3).mean(axis=0, dtype=np.float64) if len(images) else np.zeros(3)
     # "sorted" only where the rows are in build-hdf5's sorted order, (label, file name).
@@ -1227,6 +1225,17 @@ def check_pixels(path: str | os.PathLike, *, progress: bool = False) -> list[str
             problems.append(f"{key} {shown!r} differs from the pixels' "
                             f"{np.round(measured, 4).tolist()}")
     return problems
+
+
+def _text_name(name):
+    """A row's file name as text: names read back from a dsprep file come as UTF-8 bytes
+    (h5py's strings); bytes that are no UTF-8 stay bytes (refused as no text)."""
+    if isinstance(name, bytes):
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            return name
+    return name
 
 
 def relative_name(name: str) -> bool:

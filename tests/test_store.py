@@ -675,7 +675,7 @@ def test_arrays_that_are_not_a_dsprep_file_are_refused_before_any_is_written(tmp
 
 @pytest.mark.parametrize("filenames, row", [
     (["", "", ""], 0), (["a/1.jpg", "/abs/2.jpg", "b/3.jpg"], 1), (["a", "../b", "c"], 1),
-    ([1, 2, 3], 0)])
+    ([1, 2, 3], 0), ([b"a/1.jpg", b"a/caf\xe9.jpg", b"b/3.jpg"], 1)])
 def test_file_names_verify_refuses_are_refused_before_any_is_written(tmp_path, filenames, row):
     # Written, then refused by verify with advice to rebuild with build-hdf5; integers failed
     # in h5py's words.
@@ -695,6 +695,13 @@ def test_file_names_verify_refuses_are_refused_before_any_is_written(tmp_path, f
     assert store.check_file(copy) == []
     with store.open_dataset(copy) as db:
         assert store.file_names(db) == ["a/1.jpg", "b/2.jpg", "a/3.jpg"]
+    # Rows in (label, name) order are "sorted" whether their names come as text or bytes.
+    names = ["a/x", "a/x y", "a/é"]
+    for given in (names, [n.encode() for n in names]):
+        path = store.write_arrays(tmp_path / "o.hdf5", images, [0, 0, 0], ["a", "b"],
+                                  filenames=given, overwrite=True)
+        with store.open_dataset(path) as db:
+            assert db.attrs["order"] == "sorted"
 
 
 def test_write_arrays_says_sorted_only_of_rows_in_sorted_order(tmp_path):

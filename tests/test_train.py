@@ -940,6 +940,14 @@ def test_limit_per_class_keeps_the_first_rows_of_each_class(tmp_path):
     assert np.bincount(np.asarray(bundle.train.labels)).tolist() == [3, 3]
     with h5py.File(bundle.train.path, "r") as sub:
         assert [n.decode() for n in sub["filenames"][()]] == [names[i] for i in expected]
+    # So are names that are no UTF-8 (fixed-size bytes), or numbers.
+    for raw in (np.array([b"caf\xe9%d" % i for i in range(len(names))], dtype="S8"),
+                np.arange(len(names))):
+        with h5py.File(data / "train.hdf5", "r+") as db:
+            del db["filenames"]
+            db["filenames"] = raw
+        bundle = open_data(data, tiny(limit_per_class=3), work=tmp_path)
+        assert np.bincount(np.asarray(bundle.train.labels)).tolist() == [3, 3]
 
 
 def test_training_batches_are_full_and_validation_is_complete(tmp_path):

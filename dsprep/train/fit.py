@@ -191,7 +191,10 @@ def _subset_hdf5(src: Path, dest: Path, per_class: int, block: int = 256) -> Pat
         images, labels = db["images"], db["labels"][()]
         keep = np.sort(np.concatenate(
             [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
-        names = (list(db["filenames"].asstr()[()][keep]) if "filenames" in db
+        # As text whatever the file holds (numbers, bytes that are no UTF-8): a subset's names
+        # are only read back as the rows' names.
+        names = ([n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+                  for n in db["filenames"][()][keep]] if "filenames" in db
                  else [f"row{i}" for i in keep])
         attrs = {k: db.attrs[k] for k in ("resize", "interpolation", "mean_rgb")
                  if k in db.attrs}
