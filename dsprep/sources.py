@@ -959,7 +959,8 @@ def _no_labelled_images(where: str, chosen: str, path, root: str, wrapper: bool,
 
 # File names cameras and phones give, before their number: no classes.
 _CAMERA_HEADS = {"img", "dsc", "dscn", "dscf", "pxl", "mvimg", "pano", "photo", "image", "pic",
-                 "picture", "screenshot", "vid", "dji", "gopr", "sam", "wp", "p", "dcim"}
+                 "picture", "screenshot", "vid", "dji", "gopr", "sam", "wp", "p", "dcim", "fb",
+                 "received", "whatsapp", "signal", "inshot", "capture", "captura"}
 
 
 def _one_class_hint(path, images: list[str], root: str) -> str:
@@ -973,13 +974,15 @@ def _one_class_hint(path, images: list[str], root: str) -> str:
     for sep in ("_", "-", " "):
         # The class is all before the number that ends the name: Oxford pets'
         # american_pit_bull_terrier_12.jpg.
-        heads = [m.group(1) for n in flat
-                 if (m := re.match(rf"(.*[^\W\d_].*?){re.escape(sep)}\d+\.\w+$", n))]
-        # Two classes or more, of two images each on average, not cameras' names
-        # (IMG_1234.jpg, DSC_0001.jpg, IMG_20230512_143015.jpg, Screenshot_2023...).
+        # Not cameras' and apps' names (IMG_1234.jpg, IMG_20230512_143015.jpg, FB_IMG_...).
+        heads = [h for n in flat
+                 if (m := re.match(rf"(.*[^\W\d_].*?){re.escape(sep)}\d+\.\w+$", n))
+                 and re.split(r"[_\- ]", h := m.group(1), maxsplit=1)[0].lower()
+                 not in _CAMERA_HEADS]
+        # Two classes or more, of two images each on average, that differ in more than their
+        # digits (not dates or ids: signal-2023-05-10-143005.jpg, patient001_01.png).
         if (len(heads) * 2 > len(flat) and 1 < len(set(heads)) <= len(heads) // 2
-                and not any(re.split(r"[_\- ]", h, maxsplit=1)[0].lower() in _CAMERA_HEADS
-                            for h in heads)):
+                and len({re.sub(r"\d", "", h) for h in heads}) > 1):
             pattern = rf"(?P<label>.+){sep}\d+\."
             return (f"; names such as {flat[0]} carry their class before '{sep}' and a "
                     f"number: --layout prefix --pattern {quoted(pattern)} reads them")

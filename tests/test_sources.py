@@ -1965,6 +1965,15 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
         _find(Path("pets"))
     assert _find(Path("pets"), layout="prefix", pattern=pattern).classes == [
         "american_bulldog", "american_pit_bull_terrier", "beagle", "cat", "dog"]
+    # A class named as a camera's word (PACS's photo_001.jpg beside sketch_001.jpg) is one
+    # still; names that differ only in their dates or ids are no classes.
+    for i in range(4):
+        _img(tmp_path / "pacs" / f"{['photo', 'sketch'][i % 2]}_{i:03d}.jpg", seed=30 + i)
+        _img(tmp_path / "app" / f"signal-2023-05-1{i % 2}-14300{i}.jpg", seed=40 + i)
+    with pytest.raises(LayoutError, match=r"carry their class before '_' and a number"):
+        _find(Path("pacs"))
+    with pytest.raises(LayoutError, match=r"if app is the folder of one class"):
+        _find(Path("app"))
 
 
 @pytest.mark.parametrize("given", [{}, {"label_column": "id_code"}, {"label_column": "0"}])
