@@ -1967,9 +1967,10 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
         "american_bulldog", "american_pit_bull_terrier", "beagle", "cat", "dog"]
     # A class named as a camera's word (PACS's photo_001.jpg beside sketch_001.jpg) is one
     # still; names that differ only in their dates or ids are no classes.
-    for i in range(4):
-        _img(tmp_path / "pacs" / f"{['photo', 'sketch'][i % 2]}_{i:03d}.jpg", seed=30 + i)
-        _img(tmp_path / "app" / f"signal-2023-05-1{i % 2}-14300{i}.jpg", seed=40 + i)
+    for i in range(6):
+        _img(tmp_path / "pacs" / f"{['photo', 'sketch', 'cartoon'][i % 3]}_{i:03d}.jpg",
+             seed=30 + i)
+        _img(tmp_path / "app" / f"signal-2023-05-1{i % 3}-14300{i}.jpg", seed=40 + i)
     with pytest.raises(LayoutError, match=r"carry their class before '_' and a number"):
         _find(Path("pacs"))
     with pytest.raises(LayoutError, match=r"if app is the folder of one class"):
