@@ -1494,14 +1494,16 @@ def build_hdf5(
     if src.resolve() in out.resolve().parents:
         # Inside, OUT would be read as one more class or split folder by the next build, and
         # 'dsprep split --force' of the source would delete it.
+        beside = Path(os.path.abspath(src)).parent if src.parent == Path(".") else src.parent
         raise UsageError(f"output folder {out} is inside the source folder {src}; put it "
-                         f"beside the source, such as {src.parent / 'hdf5'}")
+                         f"beside the source, such as {beside / 'hdf5'}")
     stepped = None
     if name is not None:
         # seg_test/ given for seg_test/seg_test/<class>/, as a split's build takes it ("."
         # too); not a class folder named as the folder of its classes (moon/moon/*.jpg).
         inner = namesake(Path(os.path.abspath(src)))
-        if inner is not None and visible_folders(inner):
+        if inner is not None and visible_folders(inner) and not any(
+                is_image_name(p.name) for p in inner.iterdir()):  # (no images of its own)
             stepped = src = src / inner.name
     placed = read_placed(src) if name is None and (src / "split.json").is_file() else None
     enlarged = _enlarged_note(src, options.size) if placed is not None else None
@@ -1679,6 +1681,7 @@ def _shared_with_train(out: Path, built: list[Path]) -> list[str]:
     for path in others:
         try:
             seen = image_digests(path, HASHED_BYTES) or []
+            rows = store.row_count(path)
         except (OSError, DsprepError):
             continue  # (a file not dsprep's: said as not from this build)
         shared = [(name, trained[digest]) for name, digest in seen if digest in trained]
@@ -1686,7 +1689,7 @@ def _shared_with_train(out: Path, built: list[Path]) -> list[str]:
             name, same = shared[0]
             one = len(shared) == 1
             found.append(
-                f"{path.name}: {len(shared)} of its {len(seen)} images "
+                f"{path.name}: {len(shared)} of its {rows} images "
                 f"{'is a copy of an image' if one else 'are copies of images'} of "
                 f"{train.name} ({'' if one else 'e.g. '}{name}, the same file as {same}): "
                 f"figures on {path.name} would flatter a model trained on {train.name}; "

@@ -1053,6 +1053,12 @@ def file_names(db: h5py.File) -> list[str] | None:
             for n in db["filenames"][()]]
 
 
+def row_count(path: str | os.PathLike) -> int:
+    """The rows (images) of a dsprep HDF5 file."""
+    with open_dataset(path) as db:
+        return int(db["labels"].shape[0])
+
+
 def label_names(db: h5py.File) -> list[str]:
     """The class names in id order (``label_names``), or ids as strings if the file has none."""
     if "label_names" in db:

@@ -667,10 +667,20 @@ def test_a_named_build_of_a_folder_doubled_as_kaggle_ships_it_builds_the_inner_o
         m.chdir(outer)
         report = build.build_hdf5(".", tmp_path / "out2", opts(), name="test")
     assert rows_of(tmp_path / "out2" / "test.hdf5")[3]["source_root"] == str(root.resolve())
-    # A class folder named as the folder of its classes (moon/moon/*.jpg) is a class.
+    # A class folder named as the folder of its classes (moon/moon/*.jpg) is a class, also
+    # where it keeps some of its images in folders (moon/moon/2019/).
     moon = make_class_folders(tmp_path / "moon", ("moon",), per_class=2)
     report = build.build_hdf5(moon, tmp_path / "out3", opts(), name="moon")
     assert [f.count for f in report.files] == [2]
+    make_class_folders(moon / "moon", ("2019", "2020"), per_class=1, seed=9)
+    report = build.build_hdf5(moon, tmp_path / "out3", opts(), name="moon", force=True)
+    assert [f.count for f in report.files] == [4] and not report.notes[:1] == [
+        f"{moon} holds only moon/: building {moon / 'moon'}"]
+    # OUT inside a SRC given as ".": the folder beside it is named in full.
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(moon)
+        with pytest.raises(UsageError, match=rf"such as {re.escape(str(tmp_path / 'hdf5'))}$"):
+            build.build_hdf5(".", "hdf5", opts(), name="moon")
 
 
 def test_a_named_file_joins_an_earlier_build_with_its_class_ids(tmp_path):
@@ -898,6 +908,11 @@ def test_test_images_that_are_copies_of_training_images_are_warned_of(tmp_path):
     named = build.build_hdf5(test, tmp_path / "out2", opts(), name="test", force=True)
     assert [w.split(" (")[0] for w in named.warnings] == [
         "test.hdf5: 2 of its 7 images are copies of images of train.hdf5"]
+    # A source gone since: the count is still of the file's images.
+    (test / "street" / "street_0.jpg").unlink()
+    assert [w.split(" (")[0] for w in build._shared_with_train(
+        tmp_path / "out", [tmp_path / "out" / "test.hdf5"])] == [
+        "test.hdf5: 1 of its 5 images is a copy of an image of train.hdf5"]
     # A file in OUT that is not dsprep's hides no warning about the others.
     pre = tmp_path / "pre"
     shutil.copytree(train, pre / "train")

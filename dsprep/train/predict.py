@@ -251,7 +251,9 @@ def _learned_again(run: Path, config: dict, data: Path) -> str | None:
     shared = sum(1 for _, digest in seen if digest in learned_set)
     if not shared:
         return None
-    return (f"{shared} of the {len(seen)} images of {data} "
+    from ..store import row_count
+
+    return (f"{shared} of the {row_count(data)} images of {data} "
             f"{'is an image' if shared == 1 else 'are images'} {run} learned from (the same "
             "files as images of its training data, by their content: a dump split again, or a "
             "test folder holding copies?): these figures are better than it would do on new "
