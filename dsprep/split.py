@@ -384,13 +384,21 @@ class SplitPlan:
             # Every class nested: alike (cat/web/, dog/web/) are sources, not classes; others
             # (fruits/apple/, vegetables/carrot/) may be the classes, a level down.
             alike = {frozenset(inner) for inner in subs.values()}
+            inner = sorted(next(iter(alike)))
             if len(alike) > 1:
                 shown = ", ".join(f"{c}/{n}/" for c in sorted(subs)[:2]
                                   for n in sorted(subs[c])[:2])
                 found.append(f"every class holds its images in folders of its own ({shown}, "
                              "...): if those folders are the classes, make them the top "
                              "folders of the dump, which split takes for the classes")
-            elif (len(inner := sorted(next(iter(alike)))) >= max(4, 2 * len(subs))
+            elif all(split_of(n) for n in inner):
+                # cat/train/, cat/test/, dog/train/, ...: a split of its own, pooled.
+                found.append(
+                    f"every class holds folders named as splits "
+                    f"({', '.join(f'{n}/' for n in inner)}): they were pooled and are split "
+                    "again; to keep the dump's own split, lay it out as <split>/<class>/ "
+                    "(train/cat/, ...), which build-hdf5 builds as it is")
+            elif (len(inner) >= max(4, 2 * len(subs))
                   and not any(split_of(n) for n in inner)):
                 # Many more alike folders than classes: PlantVillage's color/, grayscale/ and
                 # segmented/ versions of its 38 class folders (a few alike folders, or

@@ -821,6 +821,14 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
     assert [w for w in plan(sizes).warnings() if "split already" in w] == [
         "f_100/fruits-360/ holds a dataset split already (Test/, Training/), and the top "
         f"folders were taken for the classes: give {sizes / 'f_100' / 'fruits-360'} as SRC"]
+    # Every class holding train/ and test/ (a split of its own) is pooled: said.
+    own = tmp_path / "own"
+    for n, cls in enumerate(("cat", "dog")):
+        make_class_folders(own / cls, classes=("train", "test"), per_class=2, seed=80 + 5 * n)
+    assert [w for w in plan(own).warnings() if "named as splits" in w] == [
+        "every class holds folders named as splits (test/, train/): they were pooled and are "
+        "split again; to keep the dump's own split, lay it out as <split>/<class>/ (train/cat/, "
+        "...), which build-hdf5 builds as it is"]
     for clean in (make_class_folders(tmp_path / "plain", per_class=3), nested, vehicles,
                   sources, splits):
         assert not [w for w in plan(clean).warnings()
