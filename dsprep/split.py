@@ -1578,10 +1578,10 @@ def run(
                                     labels=options.labels, id_column=options.id_column,
                                     label_column=options.label_column)
             _refuse_linked(inventory.linked, source_path, dest)
+            _drop_old_aside(dest)  # (before the partial goes: it tells a swap under way)
             if partial.exists():
                 # Staged copies of an interrupted one-pass run are not worth checking: redo them.
                 _remove_partial(partial, force)
-            _drop_old_aside(dest)
             staging = partial / _STAGING
             partial.mkdir(parents=True)
             _like(dest, partial)
@@ -1837,14 +1837,19 @@ def _swap(partial: Path, dest: Path, old: Path) -> str | None:
             raise SplitError(f"{left}; then run the same command again")
     # A stop between the two renames would leave no DEST, the old split aside and the new
     # one in its work folder: it comes after them.
-    with system.stops_held():
-        if dest.is_dir() and not any(dest.iterdir()):
-            dest.rmdir()
-        elif dest.is_dir() and not dest.is_symlink():
-            os.replace(dest, old)
-        elif dest.exists() or dest.is_symlink():
-            dest.unlink()
-        os.replace(partial, dest)
+    try:
+        with system.stops_held():
+            if dest.is_dir() and not any(dest.iterdir()):
+                dest.rmdir()
+            elif dest.is_dir() and not dest.is_symlink():
+                os.replace(dest, old)
+            elif dest.exists() or dest.is_symlink():
+                dest.unlink()
+            os.replace(partial, dest)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if not partial.exists():  # the stop came after the renames, as held
+            stop.after_stop = _complete_after_stop(dest, old)
+        raise
     return _remove_old_after_swap(old, dest) if old.exists() else None
 
 
@@ -1854,10 +1859,15 @@ def _remove_old_after_swap(old: Path, dest: Path) -> str | None:
     try:
         return _remove_old(old, dest)
     except (KeyboardInterrupt, SystemExit) as stop:
-        stop.after_stop = (f"The split is complete in {dest}; what it held before is left in "
-                           f"{old}, which the next split into {dest} removes (or remove it "
-                           "yourself).")
+        stop.after_stop = _complete_after_stop(dest, old)
         raise
+
+
+def _complete_after_stop(dest: Path, old: Path) -> str:
+    """What a split stopped once it was in place says."""
+    return (f"The split is complete in {dest}" + (
+        f"; what it held before is left in {old}, which the next split into {dest} removes "
+        "(or remove it yourself)." if old.exists() else "."))
 
 
 def _remove_old(old: Path, dest: Path) -> str | None:
@@ -1908,10 +1918,19 @@ def _drop_old_aside(dest: Path) -> None:
     cannot be removed is said at the swap). Not while a swap into a mount point is under way,
     whose aside folder may hold DEST's own entries."""
     old, partial = _old(dest), _partial(dest)
-    if old.is_dir() and (dest / MANIFEST).is_file() and (not _inside(dest) or (
-            not partial.exists() and not (dest / f"{_OWN}-swapping").exists())):
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+    if not old.is_dir() or not (dest / MANIFEST).is_file():
+        return
+    if _inside(dest):
+        # The aside folder holds only the split before once the new one is all in: its
+        # split.json (moved in last) is the one the journal names, or the swap ended.
+        journal = dest / f"{_OWN}-swapping"
+        if journal.exists():
+            if _read_json(journal) != _read_json(dest / MANIFEST):
+                return
+        elif partial.exists():
+            return  # its entries may be going aside
+    with contextlib.suppress(OSError):
+        shutil.rmtree(old)
 
 
 def _clear_leftovers(dest: Path) -> None:

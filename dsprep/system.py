@@ -44,8 +44,11 @@ def stops_held() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if asked:
-            signal.raise_signal(asked[0])
+        # The first stop asked for that is not ignored (a hangup under nohup is).
+        for signum in asked:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.raise_signal(signum)
+                break
 
 
 @contextlib.contextmanager

@@ -1859,7 +1859,40 @@ def test_a_stop_between_the_swaps_two_renames_comes_after_them(tmp_path, monkeyp
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(split_module.os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stop:
         run(root, dest, SplitOptions(seed=9), force=True)
     assert json.loads((dest / "split.json").read_text())["params"]["seed"] == 9
     assert not (tmp_path / ".s.split-partial").exists()
+    # What it says is what happened (it said the files placed wait in the work folder).
+    assert stop.value.after_stop == (
+        f"The split is complete in {dest}; what it held before is left in "
+        f"{tmp_path / '.s.split-old'}, which the next split into {dest} removes (or remove it "
+        "yourself).")
+
+
+def test_the_aside_folder_of_a_swap_into_a_mount_point_goes_only_once_it_is_all_in(
+        tmp_path, monkeypatch):
+    # Stopped while DEST's entries went aside, the aside folder holds some of the split DEST
+    # still reads as: dropped by the next --force run (which then stopped too), DEST became a
+    # split without its test/ and files.csv that build-hdf5 built without a word.
+    dest = tmp_path / "mp"
+    monkeypatch.setattr(split_module, "_inside", lambda path: Path(path) == dest)
+    aside, partial = dest / ".dsprep-split-old", dest / ".dsprep-split-partial"
+    journal = dest / ".dsprep-split-swapping"
+    for folder in (dest / "train", aside / "test", partial / "train"):
+        folder.mkdir(parents=True)
+    (dest / "split.json").write_text(json.dumps({"params": {"seed": 1}}))
+    (partial / "split.json").write_text(json.dumps({"params": {"seed": 2}}))
+    split_module._drop_old_aside(dest)
+    assert aside.exists()  # going aside: kept
+    journal.write_text(json.dumps({"params": {"seed": 2}}))
+    split_module._drop_old_aside(dest)
+    assert aside.exists()  # moving in, split.json not yet: kept
+    os.replace(partial / "split.json", dest / "split.json")
+    split_module._drop_old_aside(dest)
+    assert not aside.exists()  # all in: the split before, dropped
+    (aside / "test").mkdir(parents=True)
+    journal.unlink()
+    shutil.rmtree(partial)
+    split_module._drop_old_aside(dest)
+    assert not aside.exists()  # the swap ended: dropped
