@@ -1940,17 +1940,30 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
             # disk, so the renames are finished; discarding the renamed ones would leave
             # neither build where a --force build had replaced files.
             stop = sys.exc_info()[1]
+            failed: OSError | None = None
             try:
-                for final in finals:
-                    if _waiting(final).exists():
-                        os.replace(_waiting(final), final)
-                sync_folder(out)
-                journal.unlink(missing_ok=True)
+                with system.stops_held():  # a second stop comes after them
+                    for final in finals:
+                        if _waiting(final).exists():
+                            os.replace(_waiting(final), final)
+            except OSError as exc:
+                failed = exc
+            except (KeyboardInterrupt, SystemExit):
+                pass  # a second stop: the first is on its way out
+            if failed is None and not any(_waiting(f).exists() for f in finals):
+                with contextlib.suppress(OSError):
+                    sync_folder(out)
+                with contextlib.suppress(OSError):
+                    journal.unlink(missing_ok=True)
                 stop.after_stop = (f"The build had finished: its files are all in place in "
                                    f"{out}.")
-            except BaseException:  # (a rename failing, a second stop)
+            else:  # none of this build's files is kept
                 renamed = [f for f in finals if not _waiting(f).exists()]
                 _discard(journal, renamed, [f for f in finals if f not in renamed])
+                if failed is not None:
+                    stop.after_stop = (f"Its files could not all be renamed into place "
+                                       f"({failed}), so none was kept; run the same command "
+                                       "again.")
         elif renamed and len(renamed) < len(finals):
             # A rename failed: the files renamed already go too, so that OUT holds no mix of
             # two builds (a kill leaves that to the next build).
@@ -1961,6 +1974,9 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
         else:  # every file is in place: the build is whole and stays
             with contextlib.suppress(OSError):
                 journal.unlink()
+            if renamed and isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+                sys.exc_info()[1].after_stop = (f"The build had finished: its files are all "
+                                                f"in place in {out}.")
         raise
     finally:
         _drop_ring()

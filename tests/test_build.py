@@ -1018,6 +1018,30 @@ def test_a_build_stopped_among_its_renames_leaves_no_mix(tmp_path, monkeypatch):
     assert all(rows_of(old / name)[0].shape[1:3] == (24, 24) for name in expected)
     assert not (old / build.PUBLISHING_NAME).exists()
     assert build.build_hdf5(src, old, opts()).up_to_date
+    # A second Ctrl-C while they are finished (held: they finish); a rename that fails.
+    import signal
+
+    for second in ("stop", "fail"):
+        build.build_hdf5(src, old, opts(size=(16, 16)), force=True)
+        done.clear()
+
+        def twice(a, b, second=second):
+            if str(b).endswith("val.hdf5") and done:
+                if second == "fail":
+                    raise PermissionError(errno.EACCES, "Permission denied", str(b))
+                signal.raise_signal(signal.SIGINT)
+            stop_after_train(a, b)
+
+        monkeypatch.setattr(build.os, "replace", twice)
+        with pytest.raises(KeyboardInterrupt) as stop:
+            build.build_hdf5(src, old, opts(), force=True)
+        monkeypatch.setattr(build.os, "replace", real_replace)
+        if second == "stop":
+            assert stop.value.after_stop.startswith("The build had finished")
+            assert {name: rows_of(old / name)[2] for name in expected} == expected
+        else:
+            assert stop.value.after_stop.startswith(
+                "Its files could not all be renamed into place ([Errno 13] Permission denied")
 
     # Killed outright between two renames: the next build of OUT removes the mix, then builds.
     killed = tmp_path / "killed"
