@@ -975,16 +975,17 @@ def _one_class_hint(path, images: list[str], root: str) -> str:
         # The class is all before the number that ends the name: Oxford pets'
         # american_pit_bull_terrier_12.jpg.
         # Not cameras' and apps' names (IMG_1234.jpg, IMG_20230512_143015.jpg, FB_IMG_...).
-        heads = [h for n in flat
+        named = [(n, h) for n in flat
                  if (m := re.match(rf"(.*[^\W\d_].*?){re.escape(sep)}\d+\.\w+$", n))
                  and re.split(r"[_\- ]", h := m.group(1), maxsplit=1)[0].lower()
                  not in _CAMERA_HEADS]
+        heads = [h for _, h in named]
         # Two classes or more, of two images each on average, that differ in more than their
         # digits (not dates or ids: signal-2023-05-10-143005.jpg, patient001_01.png).
         if (len(heads) * 2 > len(flat) and 1 < len(set(heads)) <= len(heads) // 2
                 and len({re.sub(r"\d", "", h) for h in heads}) > 1):
             pattern = rf"(?P<label>.+){sep}\d+\."
-            return (f"; names such as {flat[0]} carry their class before '{sep}' and a "
+            return (f"; names such as {named[0][0]} carry their class before '{sep}' and a "
                     f"number: --layout prefix --pattern {quoted(pattern)} reads them")
     if flat and len(flat) == len(names) and not root and Path(path).is_dir():
         # (The folder given holds the images itself; one stepped into is said otherwise.)

@@ -1971,7 +1971,9 @@ def test_a_folder_of_one_class_or_of_names_with_another_separator_gets_a_hint(tm
         _img(tmp_path / "pacs" / f"{['photo', 'sketch', 'cartoon'][i % 3]}_{i:03d}.jpg",
              seed=30 + i)
         _img(tmp_path / "app" / f"signal-2023-05-1{i % 3}-14300{i}.jpg", seed=40 + i)
-    with pytest.raises(LayoutError, match=r"carry their class before '_' and a number"):
+    _img(tmp_path / "pacs" / "IMG_0001.jpg", seed=50)  # a camera's name, first: not the example
+    with pytest.raises(LayoutError, match=r"names such as cartoon_002\.jpg carry their class "
+                                          r"before '_' and a number"):
         _find(Path("pacs"))
     with pytest.raises(LayoutError, match=r"if app is the folder of one class"):
         _find(Path("app"))
