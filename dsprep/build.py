@@ -1934,6 +1934,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
         # What took its final name is told by the files, not by the list: a Ctrl-C may land
         # between a rename and its note.
         renamed = [f for f in finals if not _waiting(f).exists()]
+        finished = f"The build had finished: its files are all in place in {out}."
         if renamed and len(renamed) < len(finals) and isinstance(
                 sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
             # Stopped among the renames (Ctrl-C, SIGTERM): every file is whole and on the
@@ -1955,8 +1956,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
                     sync_folder(out)
                 with contextlib.suppress(OSError):
                     journal.unlink(missing_ok=True)
-                stop.after_stop = (f"The build had finished: its files are all in place in "
-                                   f"{out}.")
+                stop.after_stop = finished
             else:  # none of this build's files is kept
                 renamed = [f for f in finals if not _waiting(f).exists()]
                 _discard(journal, renamed, [f for f in finals if f not in renamed])
@@ -1975,8 +1975,7 @@ def _build_files(src: Path, out: Path, planned: dict[str, list[Row]], classes: l
             with contextlib.suppress(OSError):
                 journal.unlink()
             if renamed and isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
-                sys.exc_info()[1].after_stop = (f"The build had finished: its files are all "
-                                                f"in place in {out}.")
+                sys.exc_info()[1].after_stop = finished
         raise
     finally:
         _drop_ring()

@@ -374,8 +374,7 @@ class SplitPlan:
             # Fruits-360's archive: fruits-360_100x100/fruits-360/{Training,Test}/<class>/
             # beside another size's copy; its top folders were taken for the classes.
             folder, splits = presplit
-            give = (f"give {self.source / root / folder} as SRC" if self.source.is_dir()
-                    else f"extract {root}{folder}/ from {self.source} and give it as SRC")
+            give = self._give_as_src(root, folder)
             found.append(f"{folder}/ holds a dataset split already "
                          f"({', '.join(f'{s}/' for s in splits)}), and the top folders were "
                          f"taken for the classes: {give}")
@@ -404,8 +403,7 @@ class SplitPlan:
                 # segmented/ versions of its 38 class folders (a few alike folders, or
                 # train/ and test/, are each class's sources or splits).
                 first = sorted(subs)[0]
-                give = (f"give {self.source / root / first} as SRC" if self.source.is_dir()
-                        else f"extract {root}{first}/ from {self.source} and give it as SRC")
+                give = self._give_as_src(root, first)
                 found.append(
                     f"every class holds the same {len(inner)} folders ("
                     f"{', '.join(f'{n}/' for n in inner[:3])}, ...): if "
@@ -418,11 +416,16 @@ class SplitPlan:
                 inner = sorted(subs[folder])
                 shown = ", ".join(f"{n}/" for n in inner[:4]) + (", ..." if len(inner) > 4
                                                                    else "")
-                give = (f"give {self.source / root / folder} as SRC" if self.source.is_dir()
-                        else f"extract {root}{folder}/ from {self.source} and give it as SRC")
+                give = self._give_as_src(root, folder)
                 found.append(f"{folder}/ holds its images in folders of its own ({shown}), "
                              f"beside other classes: if those folders are the classes, {give}")
         return found
+
+    def _give_as_src(self, root: str, folder: str) -> str:
+        """How to split ``folder`` of the dump (``root`` its top) on its own."""
+        if self.source.is_dir():
+            return f"give {self.source / root / folder} as SRC"
+        return f"extract {root}{folder}/ from {self.source} and give it as SRC"
 
     def _split_inside(self, root: str) -> tuple[str, list[str]] | None:
         """The first class folder's folder (itself, or one a level down) whose images all lie

@@ -222,8 +222,9 @@ class HDF5Writer:
             raise UsageError(f"{self.path}: {n} images but {len(labels)} labels and "
                              f"{len(filenames)} file names")
         bad = next((i for i, f in enumerate(filenames)
-                    if not isinstance(f, str) or not relative_name(f)), None)
-        if bad is not None and self._check_names:
+                    if not isinstance(f, str) or not relative_name(f)),
+                   None) if self._check_names else None
+        if bad is not None:
             raise UsageError(f"{self.path}: file names are paths relative to the source "
                              f"folder, as text (not empty, no leading '/', no '..'); row "
                              f"{self.count + bad}'s is {filenames[bad]!r}")

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +30,6 @@ _COMMANDS = [0]  # commands running (``command_scope``): a demo runs others insi
 def stops_held() -> Iterator[None]:
     """Hold Ctrl-C, SIGTERM and SIGHUP for a block of steps that must not be cut in two (two
     renames): a stop asked for meanwhile comes right after it, as it would have come."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield  # (only the main thread handles signals)
         return
