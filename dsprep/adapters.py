@@ -6,6 +6,7 @@ The only generator-facing module that imports Keras; ``as_tf_dataset`` also need
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, whole_number
 from .generators import refuse_path
 from .prefetch import ReadAhead
 
@@ -57,8 +58,8 @@ class KerasDataset(keras.utils.PyDataset):
     def __init__(self, gen: Any, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
         refuse_path(gen, type(self).__name__)
-        workers = _whole(workers, "workers", 0)
-        max_queue_size = _whole(max_queue_size, "max_queue_size", 1)
+        workers = whole_number(workers, "workers")
+        max_queue_size = whole_number(max_queue_size, "max_queue_size", 1)
         self.threads = workers if workers > 1 and not use_multiprocessing else 0
         super().__init__(workers=1 if self.threads else workers,
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
@@ -143,12 +144,6 @@ class KerasDataset(keras.utils.PyDataset):
             self._ahead = ReadAhead(self.gen, self.threads)
 
 
-def _whole(value: Any, name: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise UsageError(f"{name} must be a whole number, {least} or more; received {value!r}")
-    return int(value)
-
-
 _KERAS_BEGINS_EPOCHS = hasattr(keras.utils.PyDataset, "on_epoch_begin")
 
 
@@ -192,15 +187,27 @@ class EpochSync(keras.callbacks.Callback):
     on the seed and the epoch. Takes generators, or the datasets ``as_keras`` made of them;
     objects without ``set_epoch`` are left alone. (With ``steps_per_epoch`` below the
     generator's length, Keras epoch ``e`` then reads epoch ``e``'s batches from where the
-    last Keras epoch stopped: leave it out to read each pass in one order.)
+    last Keras epoch stopped: leave it out to read each pass in one order.) ``None`` is
+    skipped; anything else with no epoch to set (a dataset made from ``as_tf_dataset``'s by
+    ``map`` or ``repeat``, another library's sequence) is warned of and left alone: a resumed
+    fit would read other epochs than the first run did.
     """
 
     def __init__(self, *datasets: Any) -> None:
         super().__init__()
         self.gens = []
         for d in datasets:
+            refuse_path(d, "EpochSync")
             gen = getattr(d, "gen", d)
-            if d is None or not (hasattr(gen, "set_epoch") and hasattr(gen, "epoch")):
+            if d is None:
+                continue
+            if not (hasattr(gen, "set_epoch") and hasattr(gen, "epoch")):
+                warnings.warn(
+                    f"EpochSync cannot set the epoch of a {type(d).__name__}: it has no "
+                    "set_epoch, so its epochs do not follow Keras's (a resumed fit reads "
+                    "other epochs than the first run did). Give EpochSync the generator itself "
+                    "(a tf.data dataset made by map() or repeat() does not carry it) or the "
+                    "dataset as_keras made of it.", UserWarning, stacklevel=2)
                 continue
             # A dataset sets its generator's epoch itself, once none of its batches is being
             # made (it may be reading ahead on threads); a bare generator is set directly.

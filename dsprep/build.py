@@ -40,6 +40,7 @@ from .errors import (
     ImageTooLargeError,
     LayoutError,
     UsageError,
+    whole_number,
 )
 from .fileio import (
     NAME_MAX,
@@ -141,9 +142,10 @@ class BuildOptions:
 
     def validate(self) -> BuildOptions:
         """Raise UsageError for a value that cannot work; return self."""
-        height, width = self.size
-        if height < 1 or width < 1:
-            raise UsageError(f"size {height}x{width} must be positive")
+        # A frozen dataclass: the checked values replace what was given (256 -> (256, 256),
+        # numpy integers -> int), so the rest of the build sees one type.
+        height, width = imagelib.parse_size(self.size)
+        object.__setattr__(self, "size", (height, width))
         if height * width * 3 > store.MAX_CHUNK_BYTES:
             raise UsageError(f"size {height}x{width} is too large: one image would take "
                              f"{height * width * 3:,} bytes, and an HDF5 chunk holds less "
@@ -154,17 +156,14 @@ class BuildOptions:
         if self.compression not in store.COMPRESSIONS:
             raise UsageError(f"compression {self.compression!r} is not one of "
                              f"{', '.join(store.COMPRESSIONS)}")
-        if self.chunk_images is not None and self.chunk_images < 1:
-            raise UsageError(f"chunk_images {self.chunk_images} must be at least 1")
-        if self.workers is not None and self.workers < 1:
-            raise UsageError(f"workers {self.workers} must be at least 1")
+        for name in ("chunk_images", "workers", "max_pixels"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, whole_number(getattr(self, name), name, 1))
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
                 or not 0 <= self.seed <= SEED_MAX:
             # numpy's generators refuse negative seeds, and the file records the seed as a
             # 64-bit integer; say so before any work is done.
             raise UsageError(f"seed {self.seed!r} must be a whole number from 0 to {SEED_MAX}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise UsageError(f"max_pixels {self.max_pixels} must be at least 1")
         return self
 
     @property
@@ -864,8 +863,12 @@ class _Ring:
                 self.shm = shared_memory.SharedMemory(create=True, size=nbytes)
         # Page-aligned (shared memory is mapped pages), so whole chunks can go to the file
         # with O_DIRECT straight from a slot.
-        self.array = (np.ndarray(self.shape, dtype=np.uint8, buffer=self.shm.buf) if self.shm
-                      else store.page_aligned_empty(self.shape))
+        try:
+            self.array = (np.ndarray(self.shape, dtype=np.uint8, buffer=self.shm.buf)
+                          if self.shm else store.page_aligned_empty(self.shape))
+        except BaseException:
+            self.close()  # the segment is made and locked: it would stay until the process ends
+            raise
 
     def close(self) -> None:
         if self.shm is not None:
@@ -874,7 +877,7 @@ class _Ring:
         if self._held is not None:  # after the unlink: no sweep can take it in between
             held, self._held = self._held, None
             os.close(held)
-            del self.array
+            self.__dict__.pop("array", None)
             try:
                 shm.close()
             except BufferError:

@@ -1,5 +1,28 @@
 """Exception types used by every layer; the CLI turns them into one-line messages and exit codes."""
 
+import operator
+
+
+def as_integer(value: object) -> int | None:
+    """``value`` as an int if it is one integer (Python, numpy, or a 0-d torch or numpy
+    tensor), else None: never a bool, a float, a slice or a one-element array."""
+    if isinstance(value, bool) or getattr(value, "ndim", 0) != 0 \
+            or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def whole_number(value: object, what: str, least: int = 0) -> int:
+    """``value`` as an int, else a UsageError naming ``what``: for an argument that counts
+    something (a float would fail far from the call, or be cut short without a word)."""
+    number = as_integer(value)
+    if number is None or number < least:
+        raise UsageError(f"{what} must be a whole number, {least} or more; received {value!r}")
+    return number
+
 
 class DsprepError(Exception):
     """Root of every error dsprep raises on purpose."""

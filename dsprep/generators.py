@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import operator
 import os
 import pickle
 import threading
@@ -32,6 +31,8 @@ from .errors import (
     LayoutError,
     UnlistedClassError,
     UsageError,
+    as_integer,
+    whole_number,
 )
 from .fileio import progress_bar
 from .preprocess import Compose, Gathered, Loader
@@ -100,32 +101,12 @@ def _order_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ORDER_KEY, epoch)))
 
 
-def _integer(value: object) -> int | None:
-    """``value`` as an int if it is one integer (Python, numpy, or a 0-d torch or numpy
-    tensor), else None: never a bool, a float, a slice or a one-element array."""
-    if isinstance(value, (bool, np.bool_)) or getattr(value, "ndim", 0) != 0 \
-            or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def _whole(value: object, what: str) -> int:
     """A batch index or an epoch in an index, as an int (else a TypeError, as for a list)."""
-    number = _integer(value)
+    number = as_integer(value)
     if number is None:
         raise TypeError(f"{what} is an integer, got {value!r}; ask for one batch at a time, "
                         "gen[i] or gen[epoch, i]")
-    return number
-
-
-def _count(value: object, what: str, least: int = 0) -> int:
-    """An epoch, rank or count given as an argument, as an int (else a UsageError)."""
-    number = _integer(value)
-    if number is None or number < least:
-        raise UsageError(f"{what} must be a whole number, {least} or more; received {value!r}")
     return number
 
 
@@ -194,7 +175,7 @@ class _BatchSequence(ABC):
         drop_last: bool | str,
         output: str,
     ) -> None:
-        size = _integer(batch_size)
+        size = as_integer(batch_size)
         if size is None or size < 1:
             raise UsageError(f"batch_size must be a positive integer; received {batch_size!r}")
         if output not in OUTPUTS:
@@ -227,7 +208,7 @@ class _BatchSequence(ABC):
         self._drop_last_asked = drop_last
         self.drop_last = drop_last == "auto" or bool(drop_last)  # "auto": settled once counted
         self.output = output
-        seed_value = None if seed is None else _integer(seed)
+        seed_value = None if seed is None else as_integer(seed)
         if seed is not None and (seed_value is None or seed_value < 0):
             # 1.7 would quietly become 1, and "3" a different stream than 3.
             raise UsageError(f"seed must be a non-negative integer; received {seed!r}")
@@ -390,7 +371,7 @@ class _BatchSequence(ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch`` (its order and random draws depend only on seed and epoch)."""
-        self._epoch = _count(epoch, "epoch")
+        self._epoch = whole_number(epoch, "epoch")
         self.epoch_sets += 1
         self._shuffle_order()
 
@@ -573,8 +554,9 @@ class HDF5Generator(_BatchSequence):
       to back, below; about half that where they are read); the patch + flip + mean
       pipeline 9,900-22,400 float32 images/s (bound by memory bandwidth: 79 MB per batch).
     - ``"batches"``: the same contiguous reads, the order of the batches shuffled each epoch
-      (the short tail batch stays last; with ``drop_last`` the start moves each epoch so no
-      row is always left out). Same speed as "none". It relies on the rows being mixed, as
+      (the short tail batch stays last; with ``drop_last`` the batches start at a random row
+      each epoch and run round the end of the file, so the few rows left out are any rows,
+      each as likely as another). Same speed as "none". It relies on the rows being mixed, as
       build-hdf5's default ``--order shuffled`` leaves them; on rows in runs of one class
       (``--order sorted``) the generator warns, since each batch would hold one class.
     - ``"full"``: every batch drawn from anywhere in the file. Cut from the mapped file (below)
@@ -656,9 +638,9 @@ class HDF5Generator(_BatchSequence):
     ) -> None:
         super().__init__(batch_size=batch_size, preprocessors=preprocessors, augment=augment,
                          one_hot=one_hot, seed=seed, drop_last=drop_last, output=output)
-        if shuffle is False:
+        if isinstance(shuffle, (bool, np.bool_)) and not shuffle:
             shuffle = "none"
-        if shuffle not in SHUFFLE_MODES or shuffle is True:
+        if isinstance(shuffle, (bool, np.bool_)) or shuffle not in SHUFFLE_MODES:
             raise UsageError(f"shuffle {shuffle!r} is not one of {', '.join(SHUFFLE_MODES)} "
                              "(or False): \"batches\" reads whole batches, \"full\" any rows")
         # Absolute: a process that changes its working folder later still finds the file.
@@ -846,8 +828,12 @@ class HDF5Generator(_BatchSequence):
             # The short tail batch, if any, stays last so only the final batch is short.
             order = np.concatenate([rng.permutation(full), np.arange(full, nb)])
             offset = 0
-            if self.drop_last:
-                offset = int(rng.integers(0, self._rows - nb * self.batch_size + 1))
+            if self.drop_last and self._rows > nb * self.batch_size:
+                # The batches run round the file from a random row, so the rows left out are
+                # the few before it: each row as likely to be left out as any other. (A start
+                # drawn from the leftover only left the rows at the two ends out in most
+                # epochs.) One batch a epoch may wrap past the end; it is read row by row.
+                offset = int(rng.integers(0, self._rows))
             return order, offset
         return np.arange(nb), 0
 
@@ -858,6 +844,8 @@ class HDF5Generator(_BatchSequence):
         if self.shuffle == "full":
             return order[index * self.batch_size:(index + 1) * self.batch_size]
         start = offset + int(order[index]) * self.batch_size
+        if offset:  # drop_last: whole batches round the file
+            return (start + np.arange(self.batch_size)) % self._rows
         return np.arange(start, min(start + self.batch_size, self._rows))
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -877,9 +865,12 @@ class HDF5Generator(_BatchSequence):
         ds = self._dataset()
         rows = self.batch_rows(index, epoch)
         n = len(rows)
+        # One slice of the file ("none", "batches"), or rows anywhere ("full", or the batch of
+        # a drop_last epoch that wraps past the file's end).
+        scattered = self.shuffle == "full" or int(rows[-1]) - int(rows[0]) != n - 1
         reader, raw, mapped = self._reader, self._raw, self._mapped  # held for the whole batch
         source = None
-        if mapped is not None:
+        if mapped is not None and not scattered:
             try:
                 source = mapped.rows_of(int(rows[0]), int(rows[0]) + n)
             except (OSError, OverflowError):
@@ -919,7 +910,7 @@ class HDF5Generator(_BatchSequence):
                 np.copyto(x[a:b], source[a:b])
         elif reader is not None and raw is not None:
             # ``raw`` stays referenced by the closures, so its descriptor outlives every read.
-            if self.shuffle == "full":
+            if scattered:
                 def load(a: int, b: int) -> None:
                     reader.read_rows(raw.fileno(), rows[a:b], x[a:b])
             else:
@@ -933,14 +924,14 @@ class HDF5Generator(_BatchSequence):
                 return self._finish(x, self.labels[rows], epoch, index, scratch, load)
         else:
             try:
-                if self.shuffle == "full":
+                if scattered:
                     self._read_rows(ds, rows, x)
                 else:
                     ds.read_direct(x, source_sel=np.s_[rows[0]:rows[0] + n],
                                    dest_sel=np.s_[0:n])
             except OSError as exc:  # a damaged chunk: HDF5 names neither file nor rows
                 raise store.unreadable(self.path, int(rows.min()), int(rows.max()), exc,
-                                       len(rows) if self.shuffle == "full" else 0) from exc
+                                       len(rows) if scattered else 0) from exc
         return self._finish(x, self.labels[rows], epoch, index, scratch)
 
     def _read_rows(self, ds: h5py.Dataset, rows: np.ndarray, out: np.ndarray) -> None:
@@ -1000,7 +991,7 @@ class EpochIndices:
     def __init__(self, gen: _BatchSequence, rank: int = 0, world: int = 1,
                  drop_last: bool = False) -> None:
         refuse_path(gen, "EpochIndices")
-        rank, world = _count(rank, "rank"), _count(world, "world", least=1)
+        rank, world = whole_number(rank, "rank"), whole_number(world, "world", least=1)
         if rank >= world:
             raise UsageError(f"rank must be below world; received rank={rank}, world={world}")
         flag(drop_last, "drop_last")
@@ -1016,7 +1007,7 @@ class EpochIndices:
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass gives."""
-        self.epoch = _count(epoch, "epoch")
+        self.epoch = whole_number(epoch, "epoch")
         self._named = True
 
     def __len__(self) -> int:
@@ -1185,14 +1176,11 @@ class DirectoryGenerator(_BatchSequence):
         if check not in CHECKS:
             raise UsageError(f"check {check!r} is not one of {', '.join(CHECKS)}")
         images.check_resize(resize, interpolation)
-        if workers is not None and (isinstance(workers, bool)
-                                    or not isinstance(workers, (int, np.integer)) or workers < 0):
-            raise UsageError(f"workers must be a whole number, 0 or more; received {workers!r}")
-        if max_pixels is not None and (isinstance(max_pixels, bool)
-                                       or not isinstance(max_pixels, (int, np.integer))
-                                       or max_pixels < 0):
-            raise UsageError(f"max_pixels must be a whole number, 0 (no limit) or more, or None; "
-                             f"received {max_pixels!r}")
+        if workers is not None:
+            workers = whole_number(workers, "workers")
+        if max_pixels is not None:
+            max_pixels = whole_number(max_pixels, "max_pixels")
+        flag(progress, "progress")
         self.root = Path(os.fsdecode(root)).absolute()  # as HDF5Generator's path
         self.image_size = images.parse_size(image_size)
         if min(self.image_size) < 1:

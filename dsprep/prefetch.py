@@ -6,7 +6,6 @@ JAX or hand-written loop can too.
 
 from __future__ import annotations
 
-import numbers
 import operator
 import os
 import threading
@@ -15,7 +14,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from .errors import UsageError
+from .errors import whole_number
 
 
 class ReadAhead:
@@ -42,10 +41,8 @@ class ReadAhead:
     """
 
     def __init__(self, seq: Any, threads: int) -> None:
-        if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 0:
-            raise UsageError(f"threads must be a whole number, 0 or more; got {threads!r}")
         self.seq = seq
-        self.threads = threads
+        self.threads = whole_number(threads, "threads")
         self._cond = threading.Condition()
         self._one_change = threading.RLock()  # change() calls run one at a time
         self._pending: dict[tuple, Future] = {}  # by _position

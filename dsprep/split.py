@@ -43,6 +43,8 @@ from .errors import (
     LayoutError,
     SplitError,
     UsageError,
+    as_integer,
+    whole_number,
 )
 from .fileio import (
     csv_text,
@@ -160,18 +162,19 @@ class SplitOptions:
                 raise UsageError(f"ratios {_join(ratios)} add up to {sum(ratios):g}, not 1; "
                                  "e.g. 0.8,0.1,0.1 or 0.9,0.1")
         if self.counts is not None:
-            counts = tuple(int(c) for c in self.counts)
-            object.__setattr__(self, "counts", counts)
-            if len(counts) not in (2, 3) or min(counts) < 0:
-                raise UsageError(f"counts {_join(counts)} must be 2 or 3 whole numbers >= 0 "
+            counts = tuple(as_integer(c) for c in self.counts)
+            if len(counts) not in (2, 3) or None in counts or min(counts) < 0:
+                # 10.9 is refused, not cut to 10 and written to split.json as what was asked.
+                raise UsageError(f"counts {_join(self.counts)} must be 2 or 3 whole numbers >= 0 "
                                  "(train,val[,test] per class), e.g. 1000,500,500")
+            object.__setattr__(self, "counts", counts)
             if not any(counts):
                 raise UsageError(f"counts {_join(counts)} place no image; give at least one "
                                  "count above 0 (train,val[,test] per class), e.g. 1000,500,500")
-        if self.limit_per_class is not None and self.limit_per_class < 1:
-            raise UsageError(f"limit_per_class must be 1 or more, got {self.limit_per_class}")
-        if self.min_size < 0:
-            raise UsageError(f"min_size must be 0 or more, got {self.min_size}")
+        if self.limit_per_class is not None:
+            object.__setattr__(self, "limit_per_class",
+                               whole_number(self.limit_per_class, "limit_per_class", 1))
+        object.__setattr__(self, "min_size", whole_number(self.min_size, "min_size"))
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, Integral) \
                 or self.max_pixels < 0:
             raise UsageError(f"max_pixels must be a whole number, 0 (no limit) or more, got "

@@ -207,6 +207,11 @@ def read_means(path: str | os.PathLike) -> np.ndarray:
         DatasetFormatError: it is no means file.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "means.json"
+        raise LayoutError(f"{path} is a folder, not a means file; give "
+                          + (str(inside) if inside.is_file() else
+                             "the means.json 'dsprep build-hdf5' writes next to the HDF5 files"))
     if not path.is_file():
         raise LayoutError(f"{path} does not exist; 'dsprep build-hdf5' writes means.json next to "
                           "the HDF5 files ('dsprep means FILE.hdf5 -o means.json' from one file)")

@@ -789,12 +789,17 @@ def test_fit_shuffling_the_batch_order_reads_one_generator_epoch_per_keras_epoch
     assert any([i for _, i, _ in read] != sorted(i for _, i, _ in read) for read in epochs)
 
 
-def test_epoch_sync_leaves_plain_sequences_alone():
+def test_epoch_sync_warns_of_what_it_cannot_sync_and_refuses_a_path(h5file):
     class Plain:
         epoch = 0
 
-    sync = EpochSync(None, Plain(), [])
-    assert sync.gens == []
+    assert EpochSync(None).gens == []  # no validation data: nothing to say
+    for other in (Plain(), []):
+        with pytest.warns(UserWarning, match=f"cannot set the epoch of a {type(other).__name__}: "
+                          "it has no set_epoch"):
+            assert EpochSync(other).gens == []
+    with pytest.raises(UsageError, match="EpochSync takes a generator"):
+        EpochSync(h5file[0])
 
 
 # -- tf.data -----------------------------------------------------------------------------------
@@ -873,6 +878,9 @@ def test_as_tf_dataset_with_epoch_sync_reads_keras_epoch_numbers(h5file):
     model.fit(ds, epochs=5, initial_epoch=3, shuffle=False, verbose=0,
               callbacks=[EpochSync(ds)])
     assert sorted(set(gen.read)) == [3, 4]
+    # A dataset made from it by map() does not carry the generator: said, not passed over.
+    with pytest.warns(UserWarning, match="a tf.data dataset made by map"):
+        assert EpochSync(ds.map(lambda x, y: (x, y))).gens == []
 
 
 def test_as_tf_dataset_plays_a_plain_list_of_batches_every_epoch():

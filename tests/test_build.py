@@ -407,6 +407,34 @@ def test_the_ring_takes_no_more_than_half_the_memory_the_job_may_still_take(
     build.shutdown_workers()
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"size": (32.5, 32)}, r"size \(32.5, 32\) is not N or HxW"),
+    ({"size": 0}, "size 0 is not N or HxW"),
+    ({"workers": 1.5}, "workers must be a whole number, 1 or more; received 1.5"),
+    ({"chunk_images": 2.5}, "chunk_images must be a whole number, 1 or more"),
+    ({"max_pixels": 0}, "max_pixels must be a whole number, 1 or more"),
+])
+def test_build_options_refuse_what_is_no_count_before_any_work(tmp_path, kwargs, message):
+    src = make_split(tmp_path / "split")
+    with pytest.raises(UsageError, match=message):
+        build.build_hdf5(src, tmp_path / "out", build.BuildOptions(**kwargs))
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_options_take_one_number_for_a_square_size():
+    assert build.BuildOptions(size=np.int64(64)).validate().size == (64, 64)
+    assert build.BuildOptions(size=(48, np.int32(32))).validate().size == (48, 32)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the ring's segments are Linux's /dev/shm files")
+def test_a_ring_that_fails_after_making_its_segment_leaves_none():
+    before = set(os.listdir(build.SHM_DIR))
+    with pytest.raises(TypeError):  # the segment is made, then no view of it can be
+        build._Ring(2, 3, (4.5, 4), shared=True)
+    assert set(os.listdir(build.SHM_DIR)) - before == set()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="the room check reads Linux's /dev/shm; elsewhere there is none")
 def test_chunk_images_above_a_files_images_do_not_size_the_decoding_buffers(

@@ -414,6 +414,8 @@ def test_a_patch_after_an_op_that_resizes_is_checked_against_the_new_size(h5file
         ({"augment": "flip"}, "augment must be an operation"),
         ({"drop_last": "no"}, "drop_last must be True, False or \"auto\""),
         ({"one_hot": "false"}, "one_hot must be True or False"),
+        ({"shuffle": True}, "shuffle True is not one of"),
+        ({"shuffle": np.True_}, "shuffle np.True_ is not one of"),
         # An op of another signature is named at construction, with how ops are called.
         ({"augment": lambda batch: batch}, r"<lambda>\(\) takes 1 positional .* op\(batch, rng\)"),
         ({"preprocessors": [lambda batch: batch]}, r"called as op\(batch, rng\)"),
@@ -604,6 +606,36 @@ def test_drop_last_gives_full_batches_and_every_row_eventually(h5file):
         union |= set(np.concatenate(rows).tolist())
     # The start moves each epoch, so no row is left out in every epoch.
     assert union == set(range(37))
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_drop_last_leaves_out_any_row_as_often_as_another(h5file, cut):
+    from dsprep.preprocess import CenterCrop
+
+    path, imgs, labels = h5file
+    assert imgs.shape[:3] == (37, 6, 7)  # batches of 8: 5 rows left out an epoch
+    gen = HDF5Generator(path, batch_size=8, shuffle="batches", drop_last=True, seed=3,
+                        output="uint8", preprocessors=[CenterCrop(4, 4)] if cut else [])
+    epochs = 400
+    seen = np.zeros(37)
+    for e in range(epochs):
+        for i in range(len(gen)):
+            seen[gen.batch_rows(i, e)] += 1
+    left_out = 1 - seen / epochs
+    # 5 of 37 rows (13.5%) an epoch, whichever: a start drawn from the 5 spare rows left the
+    # first and last rows out in 5 epochs of 6.
+    assert 0.05 < left_out.min() and left_out.max() < 0.25
+    # A batch that runs past the file's end holds the rows it names, in order.
+    wrapped = 0
+    for e in range(12):
+        for i in range(len(gen)):
+            rows = gen.batch_rows(i, e)
+            x, y = gen[e, i]
+            want = imgs[rows][:, 1:5, 1:5] if cut else imgs[rows]
+            np.testing.assert_array_equal(x, want)
+            np.testing.assert_array_equal(y, labels[rows])
+            wrapped += bool(rows[-1] < rows[0])
+    assert wrapped >= 3
 
 
 @pytest.fixture(scope="module")
@@ -1161,6 +1193,8 @@ def test_directory_errors(tmp_path, class_dump):
         DirectoryGenerator(class_dump, image_size=(8, 8), preprocessors=[Patch(9, 9)])
     with pytest.raises(UsageError, match="shuffle 'batches'"):
         DirectoryGenerator(class_dump, image_size=(8, 8), shuffle="batches")
+    with pytest.raises(UsageError, match="progress must be True or False; received 'no'"):
+        DirectoryGenerator(class_dump, image_size=(8, 8), progress="no")  # "no" is truthy
     with pytest.raises(UsageError, match="check 'pixels'"):
         DirectoryGenerator(class_dump, image_size=(8, 8), check="pixels")
     with pytest.raises(UsageError, match=r"the string 'cat'; pass \['cat'\]"):
@@ -1392,6 +1426,35 @@ def test_user_steps_get_a_writable_batch_and_outputs_never_view_the_file(h5file,
     assert again.any()
 
 
+class Mirrored(InPlaceClip):
+    """A user step that returns a strided view (a mirror by strides, as np.flip does)."""
+
+    def __call__(self, batch, rng=None):
+        return batch[:, :, ::-1]
+
+
+@pytest.mark.parametrize("mode", ["none", "batches", "full"])
+def test_a_batch_a_step_hands_back_in_place_is_not_overwritten_by_the_next(h5file, mode):
+    from dsprep.preprocess import CenterCrop
+
+    path, imgs, _ = h5file
+    assert imgs.shape[1:3] == (6, 7)
+    for steps in ([InPlaceClip()], [Unchanged()], [Unchanged(), Mirrored()],
+                  [CenterCrop(4, 4), Mirrored()]):
+        gen = HDF5Generator(path, batch_size=8, shuffle=mode, seed=1, output="uint8",
+                            preprocessors=steps)
+        first, _ = gen[0]
+        kept = first.copy()
+        second, _ = gen[1]
+        np.testing.assert_array_equal(first, kept)  # the read buffer was not handed out
+        assert not np.array_equal(first, second)
+        assert first.flags.c_contiguous and second.flags.c_contiguous
+        if isinstance(steps[0], CenterCrop):  # a new array, then a view of it
+            np.testing.assert_array_equal(second, imgs[gen.batch_rows(1)][:, 1:5, 4:0:-1])
+        elif isinstance(steps[-1], Mirrored):  # a view of the read buffer
+            np.testing.assert_array_equal(second, imgs[gen.batch_rows(1)][:, :, ::-1])
+
+
 @pytest.mark.parametrize("mode", ["none", "full"])
 def test_ten_crop_pipeline_matches_a_per_image_loop(h5file, mode):
     from dsprep.preprocess import MeanSubtract, TenCrop
@@ -1458,6 +1521,7 @@ def test_rows_in_class_order_warn_with_shuffle_batches(tmp_path):
         warnings.simplefilter("error")  # none for the modes that mix the rows, or keep them
         HDF5Generator(ordered, batch_size=8, shuffle="full")
         assert HDF5Generator(ordered, batch_size=8, shuffle=False).shuffle == "none"
+        assert HDF5Generator(ordered, batch_size=8, shuffle=np.False_).shuffle == "none"
         mixed = store.write_arrays(tmp_path / "mixed.hdf5", imgs, np.arange(240) % 3,
                                    ["a", "b", "c"])
         HDF5Generator(mixed, batch_size=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -185,3 +186,10 @@ def test_read_means_accepts_the_book_format_and_rejects_others(tmp_path):
         read_means(nan)
     with pytest.raises(LayoutError, match="does not exist"):
         read_means(tmp_path / "missing.json")
+    # A folder (where the HDF5 files are) names its means.json when it has one.
+    with pytest.raises(LayoutError, match="is a folder, not a means file; give the means.json"):
+        read_means(tmp_path)
+    (tmp_path / "means.json").write_text(book.read_text())
+    with pytest.raises(LayoutError, match=f"is a folder, not a means file; give "
+                       f"{re.escape(str(tmp_path / 'means.json'))}$"):
+        read_means(tmp_path)

@@ -349,6 +349,12 @@ def test_mapped_rows_in_runs_give_batches_within_a_run_and_none_across_two(tmp_p
     reader = store.RowReader(offsets, 2, row, 11)
     assert reader.runs() == [(0, 6, 100), (6, 4, 5000), (10, 1, 9001)]
     with store.Descriptor(os.open(path, os.O_RDONLY)) as handle:
+        # Rows read one by one (shuffle="full"): consecutive rows on either side of a gap
+        # are two reads, not one run of bytes.
+        for rows in ([5, 6], [4, 5, 6, 7], [9, 10], [10, 9, 6, 5], list(range(11))):
+            out = np.zeros((len(rows), 4, 4, 3), np.uint8)
+            reader.read_rows(handle.fileno(), rows, out)
+            np.testing.assert_array_equal(out, images[rows])
         mapped = reader.map(handle, (4, 4, 3), 3)
         assert mapped is not None
         for start in range(11):
