@@ -289,6 +289,10 @@ def _lock(lock: Path, what: str | os.PathLike) -> int | None:
         os.close(fd)
 
 
+# Seconds between two updates of a progress bar written to a file or a pipe.
+LOG_PROGRESS_SECONDS = 10.0
+
+
 def progress_bar(iterable=None, **kwargs):
     """A tqdm progress bar on stderr that a failing stderr only silences: a bar is no part of
     the work, and a full disk under ``2>log`` or a log reader gone (``| tee``) must not stop a
@@ -296,5 +300,13 @@ def progress_bar(iterable=None, **kwargs):
     from tqdm import tqdm
 
     stream = sys.stderr  # the command's own is one already
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        terminal = False
+    if not terminal:
+        # A log (bars forced with DSPREP_PROGRESS=1 in CI): a line each 10 s, not ~20 updates
+        # a second (an hour's build would write megabytes of them).
+        kwargs.setdefault("mininterval", LOG_PROGRESS_SECONDS)
     return tqdm(iterable, file=stream if isinstance(stream, ForgivingStream)
                 else ForgivingStream(stream), **kwargs)

@@ -310,7 +310,8 @@ class SplitPlan:
                          f"({unreadable[0].detail}): if {'they are' if n != 1 else 'it is'} "
                          "to be in the split, make "
                          f"{'them' if n != 1 else 'it'} readable and run the same command "
-                         "again; skipped.csv lists each")
+                         "again, with --force once the split is made (it is then made again: "
+                         "build and train again from it); skipped.csv lists each")
         undecodable = [s for s in self.skipped
                        if s.reason == BAD_NAME and s.detail == NOT_UTF8_NAME]
         if undecodable:
@@ -858,6 +859,8 @@ class SplitResult:
         reused: files already in place from an interrupted earlier run.
         copied_instead: hard links that fell back to a copy (another device or no support).
         already_complete: the folder already held this exact split; nothing was written.
+        skipped_changed: the folder held this split's files, and only the files left out
+            changed: ``skipped.csv`` and ``split.json`` were written again, nothing else.
         notes: what the user should see to, in words (the split is in place all the same).
     """
 
@@ -866,6 +869,7 @@ class SplitResult:
     reused: int = 0
     copied_instead: int = 0
     already_complete: bool = False
+    skipped_changed: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -1333,15 +1337,22 @@ def materialize(
         check_unchanged(split_plan, dest, mode, force=force)
         # The parameters alone do not make a split up to date: the source may have gained or lost
         # files since, so the file lists must match too.
+        manifest = split_plan.manifest(mode)
         if (same_options
                 and _same_text(dest / FILES_CSV, files_csv)
-                and _same_text(dest / SKIPPED_CSV, skipped_csv)
                 and _all_present(dest, split_plan.files)):
+            skipped_changed = not _same_text(dest / SKIPPED_CSV, skipped_csv)
+            if skipped_changed:
+                # Only what was left out changed (a stray or broken file came or went): the
+                # placed files stay as they are, so what was built from them stays up to date.
+                # split.json first: stopped in between, skipped.csv still differs next time.
+                _write_text(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+                _write_text(dest / SKIPPED_CSV, skipped_csv)
             _clear_leftovers(dest)
-            return SplitResult(dest, already_complete=True)
+            return SplitResult(dest, already_complete=not skipped_changed,
+                               skipped_changed=skipped_changed)
         if same_options:  # repaired by making it again, which replaces the whole folder
             _refuse_foreign_entries(dest, split_plan)
-        manifest = split_plan.manifest(mode)
         wanted = json.loads(json.dumps(manifest))
 
         partial, old = _partial(dest), _old(dest)
@@ -1381,8 +1392,8 @@ def materialize(
 def _refuse_foreign_entries(dest: Path, split_plan: SplitPlan) -> None:
     """Refuse to make ``dest``'s split again while it holds what the split did not write.
 
-    A split with a placed file missing, or whose skipped files changed, is made again and
-    swapped in whole: notes, a model or an HDF5 folder put inside it would go with the old one.
+    A split with a placed file missing is made again and swapped in whole: notes, a model or
+    an HDF5 folder put inside it would go with the old one.
     """
     own_files = {f.path for f in split_plan.files} | {MANIFEST, FILES_CSV, SKIPPED_CSV}
     own_folders = {p for f in split_plan.files for p in _parents(f.path)}
@@ -1405,7 +1416,7 @@ def _refuse_foreign_entries(dest: Path, split_plan: SplitPlan) -> None:
         foreign.sort()
         held = f"{len(foreign)} {'entry' if len(foreign) == 1 else 'entries'}"
         raise DestinationExistsError(
-            f"{dest} is this split, incomplete or with other skipped files, and is made again "
+            f"{dest} is this split, incomplete, and is made again "
             f"whole; it also holds {held} the split did not write, such as {foreign[0]}, which "
             "that would delete. Move them out of it and run the split again, or use --force "
             "to replace them too")
@@ -1617,9 +1628,11 @@ def run(
                     checked = _map(check, [rel for rel, _label in inventory.items], workers,
                                    progress, "reading")
                 split_plan = _decide(source_path, inventory, checked, options)
-            except Exception:
-                # A plan that cannot be made (a class too small, no usable image, a full disk)
-                # leaves nothing behind; an abrupt stop leaves staged copies the next run discards.
+            except (Exception, KeyboardInterrupt, SystemExit):
+                # A plan that cannot be made (a class too small, no usable image, a full disk),
+                # or a stop (Ctrl-C, SIGTERM), leaves nothing behind: the next run would not
+                # take the staged copies up, and they can take the room of the dump. Only a
+                # kill leaves them, for the next run to discard.
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
         files_csv = split_plan.files_csv()
@@ -1701,7 +1714,9 @@ def _room_left(dest: Path, mode: str, files: Sequence[PlannedFile] | None,
         left = [f for f in files if not _placed_whole(placed / f.path, f, mode)]
         whole = len(left) == len(files)
         what = "its files" if whole else "the files still to place"
-        copies = f"{sum(f.size for f in left) / 1e6:,.1f} MB"
+        # Each copy takes whole blocks: small files (thumbnails) take far more than their size.
+        block = fs.f_frsize or fs.f_bsize or 4096
+        copies = f"{sum(-(-f.size // block) * block for f in left) / 1e6:,.1f} MB"
         needs = {"copy": f"{what} take {copies}, and ",
                  "hardlink": f"{what} take {copies} where hard links become copies, and "
                  }.get(mode, "") if left else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -676,6 +677,13 @@ def test_a_build_run_again_on_the_same_split_has_nothing_to_do(tmp_path):
     assert again.exit_code == 0, again.output
     assert "already holds this build" in again.output and "nothing to do" in again.output
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+    # A stray file dropped into the dump changes only what the split leaves out: the split
+    # keeps its files, and the build is still up to date.
+    (dump / "cat" / "notes.png").write_text("not an image")
+    again = run("split", dump, src)
+    assert again.exit_code == 0 and "only the files left out changed" in again.output
+    again = run(*build)
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
     # Other options, or a split made again another way, are another build: refused as before.
     other = run(*build[:-2], "--workers", "1", "--size", "8")
     assert other.exit_code == 1 and "already exist" in other.output
@@ -789,6 +797,10 @@ def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
     expected = {r["path"] for r in placed if (r["split"], r["class"]) == ("train", "c")}
     assert len(expected) == 2
     assert skipped == {(p, "missing-file") for p in expected | {f"val/a/{gone.name}"}}
+    # Said even with -q (on stderr), as split says of files it cannot read.
+    assert re.search(r"warning: 3 images could not be read or were gone, e\.g\. \S+ "
+                     r"\(missing-file\): they are not in the files; make them readable, or put "
+                     r"them back, and build again with --force", result.output), result.output
     assert "warning: train: every image of c the split placed is gone since (deleted or " \
         "moved), so it is not in train.hdf5" in result.output
     # Run again: nothing to do, and still said.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -274,3 +276,18 @@ def test_work_names_of_names_that_pathlib_would_fold():
     assert _temp_name(Path("/r/best.keras")) == Path("/r/.best.partial.keras")
     assert _pending_name(Path("/r/m.v1.keras"), 3) == Path("/r/.m.v1.epoch3.partial.keras")
     assert _temp_name(Path("/r/log")) == Path("/r/.log.partial")
+
+
+def test_a_progress_bar_in_a_log_updates_every_few_seconds_not_many_times_a_second(monkeypatch):
+    # DSPREP_PROGRESS=1 in CI: tqdm's ~20 updates a second made megabytes of one log line.
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, interval in ((io.StringIO(), fileio.LOG_PROGRESS_SECONDS), (Terminal(), 0.1)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with fileio.progress_bar(total=3) as bar:
+            assert bar.mininterval == interval
+    assert fileio.LOG_PROGRESS_SECONDS >= 5
+    with fileio.progress_bar(total=3, mininterval=0.5) as bar:  # one asked for is kept
+        assert bar.mininterval == 0.5

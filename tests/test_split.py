@@ -7,6 +7,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
@@ -410,9 +411,16 @@ def test_unreadable_file_is_skipped_not_fatal(tmp_path, monkeypatch):
     # stderr, even with -q) says so, where a bad image is only counted.
     assert [w for w in p.warnings() if "could not be read" in w] == [
         "1 file could not be read and is left out, e.g. b/b_2.jpg (Permission denied): if it "
-        "is to be in the split, make it readable and run the same command again; skipped.csv "
-        "lists each"]
+        "is to be in the split, make it readable and run the same command again, with --force "
+        "once the split is made (it is then made again: build and train again from it); "
+        "skipped.csv lists each"]
+    materialize(p, tmp_path / "out")
     monkeypatch.undo()
+    # Readable again, the file is one more image: the split it was left out of is refused
+    # without --force, as the warning says.
+    with pytest.raises(DestinationExistsError, match="1 new"):
+        materialize(plan(root), tmp_path / "out")
+    assert materialize(plan(root), tmp_path / "out", force=True).placed == 6
     assert not any("could not be read" in w for w in plan(make_class_folders(
         tmp_path / "d2", classes=("a", "b"), per_class=3)).warnings())
 
@@ -555,11 +563,17 @@ def test_a_source_that_changed_is_not_split_again_without_force(tmp_path):
     placed = next(f for f in plan(root).files if f.source == "a/new.jpg")
     assert (dest / placed.path).read_bytes() == (root / "a" / "new.jpg").read_bytes()
     assert materialize(plan(root), dest).already_complete  # now it is up to date
-    # A new file left out moves no image: the split is brought up to date without --force.
+    # A new file left out moves no image: the split is brought up to date without --force,
+    # its placed files left as they are (what was built from them stays up to date).
+    inodes = {p: p.stat().st_ino for p in dest.rglob("*.jpg")}
     (root / "b" / "empty.jpg").write_bytes(b"")
     p = plan(root)
-    assert not materialize(p, dest).already_complete
+    result = materialize(p, dest)
+    assert not result.already_complete and result.skipped_changed and result.placed == 0
     assert reasons(dest) == {"b/empty.jpg": "empty"}
+    assert json.loads((dest / "split.json").read_text())["skipped"] == {"empty": 1}
+    assert {p: p.stat().st_ino for p in dest.rglob("*.jpg")} == inodes
+    assert materialize(plan(root), dest).already_complete
     # A files.csv saved again by a spreadsheet (a BOM before its header) is not compared.
     text = (dest / "files.csv").read_text(encoding="utf-8")
     (dest / "files.csv").write_text("\ufeff" + text, encoding="utf-8")
@@ -926,6 +940,12 @@ def _disk_full_at_copy(monkeypatch, n: int):
     return real_copy
 
 
+def _on_disk(sizes, block=4096):
+    """The room files of these sizes take in whole blocks (what the split says it needs):
+    a written reference, not the code's."""
+    return sum(math.ceil(size / block) * block for size in sizes)
+
+
 def _disk_full_at_split_json(monkeypatch):
     """Writing split.json fails with ENOSPC; returns the real writer."""
     real_write = split_module._write_text
@@ -953,8 +973,9 @@ def test_interrupted_copy_then_rerun_completes(dump, tmp_path, monkeypatch):
     assert message.startswith(f"{dest}: the split does not fit")
     partial = tmp_path / ".split.split-partial"
     # What is left to place: the files placed are kept, and take their room already.
-    left = sum(f.size for f in p.files if not (partial / f.path).exists())
-    assert 0 < left < sum(f.size for f in p.files)
+    sizes = [f.size for f in p.files if not (partial / f.path).exists()]
+    assert 0 < len(sizes) < len(p.files)
+    left = _on_disk(sizes, os.statvfs(tmp_path).f_frsize)
     assert f"the files still to place take {left / 1e6:,.1f} MB" in message
     assert "placed so far are kept" in message and "--mode symlink" in message
     assert not dest.exists()  # nothing that looks finished
@@ -1031,7 +1052,7 @@ def test_links_on_a_full_disk_are_told_by_what_they_take(dump, tmp_path, monkeyp
     message = info.value.strerror
     assert info.value.errno == errno.ENOSPC
     assert f"{50 * 4096 / 1e6:,.1f} MB are free there" in message
-    copies = f"its files take {sum(f.size for f in p.files) / 1e6:,.1f} MB"
+    copies = f"its files take {_on_disk(f.size for f in p.files) / 1e6:,.1f} MB"
     if mode == "symlink":
         # Fewer file entries free than links to make: said, with no bytes of copies.
         assert f"7 file entries (inodes) for its {len(p.files):,} links" in message
@@ -1039,7 +1060,8 @@ def test_links_on_a_full_disk_are_told_by_what_they_take(dump, tmp_path, monkeyp
     else:
         # A hard link takes no file entry; across disks it is a copy, which takes the bytes
         # (those copied before the disk filled are kept for the next run).
-        left = sum(f.size for f in p.files) - sum(os.path.getsize(src) for src, _ in calls[:2])
+        copied = {os.fspath(src) for src, _ in calls[:2]}
+        left = _on_disk(f.size for f in p.files if os.fspath(dump.dest / f.source) not in copied)
         assert "inodes" not in message and (f"the files still to place take {left / 1e6:,.1f} "
                                             "MB where hard links become copies") in message
         assert "(--mode symlink)" in message and "--mode hardlink" not in message
@@ -1358,6 +1380,26 @@ def test_run_stopped_while_reading_is_redone_on_rerun(dump, tmp_path, monkeypatc
     assert entries(dest) == entries(tmp_path / "two")
     assert tree(dest) == tree(tmp_path / "two")
     assert tree(dump.dest) == before
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_run_stopped_while_reading_leaves_no_staged_copies(dump, tmp_path, monkeypatch, stop):
+    # Ctrl-C, or SIGTERM (SystemExit(143)): the copies staged so far would not be taken up by
+    # the next run, and they can take the room of the whole dump.
+    real_read = FolderSource.read
+    calls = []
+
+    def stopped_read(self, rel):
+        calls.append(rel)
+        if len(calls) == 12:
+            raise stop()
+        return real_read(self, rel)
+
+    monkeypatch.setattr(FolderSource, "read", stopped_read)
+    with pytest.raises(stop):
+        run(dump.dest, tmp_path / "one", workers=1)
+    assert len(calls) == 12
+    assert not (tmp_path / ".one.split-partial").exists() and not (tmp_path / "one").exists()
 
 
 def test_run_stopped_while_placing_resumes_on_rerun(dump, tmp_path, monkeypatch):
@@ -1786,7 +1828,7 @@ def test_a_full_disk_says_what_is_needed_with_force_too(dump, tmp_path, monkeypa
     with pytest.raises(OSError) as info:
         materialize(p, tmp_path / "split", workers=1, force=True)
     message = info.value.strerror
-    assert f"its files take {sum(f.size for f in p.files) / 1e6:,.1f} MB" in message
+    assert f"its files take {_on_disk(f.size for f in p.files) / 1e6:,.1f} MB" in message
     assert f"2 file entries (inodes) for its {len(p.files):,} files" in message
     assert "Nothing was kept" in message and "--mode symlink" not in message
     # Kept placed files: the one cut short is still to place.

@@ -183,6 +183,9 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
         say("dry run: nothing written")
     elif result.already_complete:
         say(f"{dest} already holds this split; nothing to do")
+    elif result.skipped_changed:
+        say(f"{dest} already holds this split's files; only the files left out changed: "
+            "skipped.csv and split.json written again")
     else:
         note = f", {result.reused} already in place from an interrupted run" if result.reused \
             else ""
