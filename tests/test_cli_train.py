@@ -332,6 +332,13 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     assert named and named.group(1) == rows[0]["best_metric"]
     assert float(next(r["best"] for r in rows if r["lr"] == named.group(2))) == top
     assert named.group(3) == f"{top:.4f}"
+    # The same sweep run again trains nothing, and says why under each rate (it printed the
+    # rates' heads with nothing under them).
+    same = invoke("sweep-lr", data, run, *QUICK, "--lrs", "0.05,0.001", "--epochs", "1")
+    assert same.exit_code == 0, same.output
+    for rate in ("0.05", "0.001"):
+        assert f"lr {rate} ({run}/lr-{rate}): trained before, kept" in same.output
+        assert len(history(run / f"lr-{rate}")) == 1
     # Another sweep (other options) into RUN is refused before it trains any rate.
     again = invoke("sweep-lr", data, run, *QUICK, "--lrs", "0.01,0.001", "--epochs", "2")
     assert again.exit_code == 1 and f"{run / 'lr-0.001'} already holds a run" in again.output
@@ -382,6 +389,11 @@ def test_a_diverging_run_stops_with_an_error_and_early_stops_are_reported(data, 
     assert "lower --lr" in diverged.output and "Traceback" not in diverged.output
     assert "--force" not in diverged.output  # it kept no epoch: the folder starts again
     assert len(history(tmp_path / "nan")) == 1  # not three epochs of NaN
+    # evaluate says why there is no model (it said the run had not finished an epoch).
+    looked = invoke("evaluate", tmp_path / "nan", data / "test.hdf5")
+    assert looked.exit_code == 1
+    assert "the run diverged in its first epoch (a NaN or infinite loss), so it kept no model; " \
+        "train it again with a lower --lr" in looked.output, looked.output
     check = invoke("train", data, tmp_path / "check", *QUICK, "--overfit-check", "--epochs", "3",
                    "--lr", "1e30")
     assert check.exit_code == 1 and "training diverged" in check.output

@@ -326,6 +326,21 @@ def test_a_resume_after_the_data_moved_asks_for_it_and_remembers_its_new_place(s
         resume(first)
 
 
+def test_resume_refuses_data_built_with_another_resize(small_run, tmp_path):
+    # The same size and names, other shapes: the run went on learning from stretched images,
+    # and evaluate then refused the test file of the data it had trained on.
+    _, run, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    assert config["resize"] == "crop"
+    (copy / "config.json").write_text(json.dumps({**config, "resize": "stretch"}))
+    with pytest.raises(UsageError, match=r"its images were brought to their size with --resize "
+                       r"crop, the run's with --resize stretch .*build it with --resize stretch"):
+        resume(copy, epochs=3)
+    assert json.loads((copy / "state.json").read_text())["epochs_done"] == 2
+
+
 def test_resume_refuses_data_that_would_choose_the_best_checkpoint_by_another_metric(
         small_run, tmp_path):
     # The run chose best.keras by val_auc; data without val.hdf5 would choose by the training
@@ -483,6 +498,31 @@ def test_resume_of_a_damaged_run_says_what_to_do(small_run, tmp_path, name, text
     with pytest.raises(expected, match=match) as info:
         resume(copy)
     assert "\n" not in str(info.value) and "dsprep train" in str(info.value)
+
+
+@pytest.mark.parametrize(("history", "match"), [
+    (None, "history.csv is gone"),
+    ("epoch,loss\n1,0.5\n", "history.csv lacks the rows of 1 of the 2 epochs the run has "
+                             "trained \\(epoch 1 first\\)"),
+])
+def test_a_resume_without_the_history_it_judges_the_best_by_is_refused(small_run, tmp_path,
+                                                                       history, match):
+    # Without it, the first resumed epoch was the best so far: a worse epoch replaced
+    # best.keras, and the plateau's and early stopping's patience started again.
+    _, run, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    if history is None:
+        (copy / "history.csv").unlink()
+    else:
+        (copy / "history.csv").write_text(history)
+    best = (copy / "best.keras").read_bytes()
+    with pytest.raises(LayoutError, match=match) as info:
+        resume(copy, epochs=3)
+    assert "put it back, or start the run again with 'dsprep train --force' (copy its " \
+        "best.keras elsewhere first to keep it)" in str(info.value)
+    assert (copy / "best.keras").read_bytes() == best
+    assert resume(copy).epochs_run == 0  # a finished run still has nothing to do
 
 
 def test_resume_to_fewer_epochs_than_done_is_refused_and_to_as_many_does_nothing(small_run,
@@ -1407,6 +1447,13 @@ def test_evaluate_names_classes_that_differ_only_in_accent_encoding(tmp_path):
     other = write_arrays(tmp_path / "other.hdf5", images, labels, ["tea", "c1"], split="test")
     with pytest.raises(DatasetFormatError, match="evaluate on a file built from the same split"):
         evaluate_run(run, other)
+    # Some of the run's classes (a folder of the user's own): how to number them as the run's.
+    some = write_arrays(tmp_path / "some.hdf5", images, np.zeros(len(labels), int), ["c1"],
+                        split="test")
+    with pytest.raises(DatasetFormatError, match=r"has classes \['c1'\] .* to evaluate images "
+                       r"of some of its classes, build their folder into the run's data folder "
+                       r"with 'dsprep build-hdf5 FOLDER DATA --name NAME'"):
+        evaluate_run(run, some)
     # Other classes are said before another image size: a rebuild at the run's size was asked
     # for first, of a file of another dataset.
     larger = write_arrays(tmp_path / "larger.hdf5", np.zeros((len(labels), 12, 12, 3), np.uint8),

@@ -545,7 +545,9 @@ def sweep_lr(data: str, run: str, lrs: str, force: bool, **opts) -> None:
     try:
         results = fit.sweep_lr(data, run, rates, config, overwrite=force,
                                progress=show_epochs(), bars=show_progress(),
-                               announce=lambda lr: say(f"lr {lr:g} ({run}/lr-{lr:g}):"))
+                               announce=lambda lr, kept: say(
+                                   f"lr {lr:g} ({run}/lr-{lr:g}):"
+                                   + (" trained before, kept" if kept else "")))
     except BaseException as exc:
         stop = stop_of(exc)
         if stop is None:

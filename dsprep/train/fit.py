@@ -1006,6 +1006,15 @@ def _check_resumed_data(bundle: DataBundle, saved: dict, data, config_path: Path
                 f"{data} does not match the run: its {what} {now} differ from the "
                 f"{saved[key]} in {config_path}; give the data the run was trained on"
             )
+    # The same size, other shapes: cropped images against stretched or padded ones (evaluate
+    # refuses such a file too).
+    resize = _resize_of(bundle.train)
+    if saved.get("resize") and resize is not None and resize != saved["resize"]:
+        raise UsageError(
+            f"{data} does not match the run: its images were brought to their size with "
+            f"--resize {resize}, the run's with --resize {saved['resize']} ({config_path}); "
+            "give the data the run was trained on, or build it with "
+            f"--resize {saved['resize']}")
     trained = {saved.get("train_images_sha256"), saved.get("train_images_read_sha256")} - {None}
     now = set(_train_images_sha256(bundle))
     if trained and None not in now and not trained & now:
@@ -1154,6 +1163,15 @@ def carries_on(run: str | os.PathLike, data, config: TrainConfig) -> int | None:
     return _epochs_counted(state, int(state.get("epochs_done", 0)))
 
 
+def _trained_all(run: Path, epochs: int) -> bool:
+    """Whether RUN has trained ``epochs`` (or an early stop ended it): a resume trains nothing."""
+    try:
+        state = cb.read_state(run)
+    except (LayoutError, DatasetFormatError):
+        return False
+    return epochs <= _epochs_counted(state, int(state.get("epochs_done", 0)))
+
+
 def _epochs_counted(state: dict, done: int) -> int:
     """The epochs a run counts as done: ``done``, or the total an early stop cut short."""
     stopped_of = state.get("stopped_early_of")
@@ -1246,6 +1264,17 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
         # deleted to save room, best.keras kept, as well).
         return TrainResult(run, done, str(state.get("monitor", saved.get("monitor", ""))),
                            state.get("best"), history, None, own, 0)
+    missing = sorted(set(range(done)) - {int(r["epoch"]) for r in history})
+    if missing:
+        # The best epoch, the plateau's and early stopping's patience and the curves are
+        # judged from the history: without its rows, a resumed epoch worse than the best
+        # would replace best.keras as the best.
+        raise LayoutError(
+            f"{run / cb.HISTORY} " + ("is gone" if not (run / cb.HISTORY).exists() else
+                                      f"lacks the rows of {len(missing)} of the {done} epochs "
+                                      f"the run has trained (epoch {missing[0] + 1} first)")
+            + f" (deleted or cut short?), which a resume judges the best epoch from; put it "
+            f"back, or start the run again with 'dsprep train --force'{_keep_best(run)}")
     if not (run / cb.LAST).is_file():
         raise LayoutError(f"{run} has trained {done} epochs, but its {cb.LAST}, which a "
                           f"resume goes on from, is gone (deleted?); put it back, or start "
@@ -1355,11 +1384,13 @@ def overfit_check(data: str | os.PathLike, run: str | os.PathLike,
 def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[float],
              config: TrainConfig | None = None, *, overwrite: bool = False,
              progress: bool = False, bars: bool | None = None,
-             announce: Callable[[float], None] | None = None) -> dict[float, TrainResult]:
+             announce: Callable[[float, bool], None] | None = None
+             ) -> dict[float, TrainResult]:
     """Train briefly at each learning rate (same seed) and plot their loss curves on one chart.
 
     Each rate gets its own run folder ``RUN/lr-<rate>``; ``RUN/sweep-lr.png`` and
-    ``RUN/sweep-lr.csv`` compare them. ``announce`` is called with each rate before it trains.
+    ``RUN/sweep-lr.csv`` compare them. ``announce`` is called with each rate before it
+    trains, and whether it was trained before and is kept as it is (finished, or diverged).
     """
     if not lrs:
         raise UsageError("--lrs needs at least one learning rate, e.g. --lrs 0.1,0.01,0.001")
@@ -1412,11 +1443,12 @@ def sweep_lr(data: str | os.PathLike, run: str | os.PathLike, lrs: Sequence[floa
     results: dict[float, TrainResult] = {}
     with _retracing_unsaid():
         for name, lr in zip(names, lrs, strict=True):
-            if announce is not None:
-                announce(float(lr))
             sub = dataclasses.replace(config, lr=float(lr))
             sub_run = run / f"lr-{name}"
             diverged = _diverged_result(sub_run, sub.epochs) if name in ours else None
+            if announce is not None:
+                announce(float(lr), diverged is not None
+                         or (name in ours and _trained_all(sub_run, sub.epochs)))
             if diverged is not None or (name in ours and not never_finished_an_epoch(sub_run)):
                 # Trained before: diverged (an answer, kept as it is), finished (resume
                 # trains nothing) or stopped part way (resumed).

@@ -402,10 +402,14 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
 
 def _load_checkpoint(run: Path, checkpoint: str, config: dict):
     """The run's best or last model, refused if it takes another input than the run says."""
-    from .fit import replaced_hint
+    from .fit import diverged_in, replaced_hint
 
     path = run / (cb.BEST if checkpoint == "best" else cb.LAST)
     if not path.is_file():
+        if diverged_in(run) == 1:
+            raise LayoutError(f"{path} does not exist: the run diverged in its first epoch (a "
+                              "NaN or infinite loss), so it kept no model; train it again with "
+                              "a lower --lr")
         if checkpoint == "best" and (run / cb.LAST).is_file():
             raise LayoutError(f"{path} does not exist, but {cb.LAST} does (it was deleted, or "
                               "the run predates it); use --checkpoint last")
@@ -488,10 +492,17 @@ def _check_classes(run: Path, data: Path, trained: list[str], found: list[str]) 
         return
     alike = ([unicodedata.normalize("NFC", c) for c in found]
              == [unicodedata.normalize("NFC", c) for c in trained])
+    some = not alike and set(found) < set(trained)
     raise DatasetFormatError(
         f"{data} has classes {found} but {run} was trained on {trained}; "
         + ("the names differ only in how their accents are encoded (composed or "
            "not, as macOS names folders); make the run's data and this file from "
            "splits of this version of 'dsprep split', which composes them (NFC)"
            if alike else
+           # A folder of the user's own with some of the classes: a --name build beside the
+           # run's train.hdf5 takes its label ids.
+           "to evaluate images of some of its classes, build their folder into the run's "
+           "data folder with 'dsprep build-hdf5 FOLDER DATA --name NAME', which numbers its "
+           "classes as train.hdf5 does, and evaluate DATA/NAME.hdf5"
+           if some else
            "evaluate on a file built from the same split"))
