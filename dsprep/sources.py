@@ -711,7 +711,7 @@ def find_images(
         try:
             table, labels_name, passed_over, loose = _read_table(
                 source, root, files, images, labels, id_column, label_column, guessing)
-        except LayoutError:
+        except (LayoutError, UsageError):
             source.refuse_unlisted()  # the labels file may lie in a folder not listed
             raise
     where = f"{source.path}" + (f" (inside {root.rstrip('/')})" if root else "")
@@ -1493,13 +1493,14 @@ def _labels_text(source: Source, root: str, files: list[str], labels, required: 
             # Outside the dump: named in full (split.json's labels_file would otherwise read as
             # a path inside SRC, where it is relative to the folder the split was run from).
             return str(path), _decode_csv(path.read_bytes(), str(path))
+        # A bad option value (exit 2), as a --label-column the CSV does not have.
         if path.is_dir():
-            raise LayoutError(f"--labels {labels} is a folder; give the CSV file inside it")
+            raise UsageError(f"--labels {labels} is a folder; give the CSV file inside it")
         if path.exists():  # a pipe (<(cat labels.csv)), a device: read once, not again
-            raise LayoutError(f"--labels {labels} is not a regular file (a pipe?); save the "
-                              "CSV to a file and give its path")
-        raise LayoutError(f"labels file {labels} not found inside {source.path} nor on disk; "
-                          "check the --labels path")
+            raise UsageError(f"--labels {labels} is not a regular file (a pipe?); save the "
+                             "CSV to a file and give its path")
+        raise UsageError(f"labels file {labels} not found inside {source.path} nor on disk; "
+                         "check the --labels path")
     top = _top_csvs(files, root)
     if len(top) > 1:
         named = [f for f in top if "label" in PurePosixPath(f).name.lower()]

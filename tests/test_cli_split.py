@@ -681,6 +681,8 @@ def test_sources_and_destinations_that_are_not_folders_are_named(tmp_path):
              "file and give its path")):
         result = loud("split", *map(str, args))
         assert result.exit_code != 0 and message in result.output, result.output
+        if "--labels" in args:  # a bad option value, as a --label-column the CSV lacks
+            assert result.exit_code == 2
         assert ".split-lock" not in result.output
     assert not (tmp_path / "out").exists()
 

@@ -791,7 +791,7 @@ def test_labels_file_outside_the_source(tmp_path):
     inv = _find(root, labels=labels)
     assert inv.layout == "csv"
     assert dict(inv.items) == {"x/x_0.jpg": "a", "x/x_1.jpg": "b", "x/x_2.jpg": "a"}
-    with pytest.raises(LayoutError, match="not found"):
+    with pytest.raises(UsageError, match="not found"):
         _find(root, labels=tmp_path / "nope.csv")
 
 
