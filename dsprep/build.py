@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import csv
 import errno
 import hashlib
 import json
@@ -1576,7 +1577,8 @@ def build_hdf5(
                 # (Nothing is enlarged now: that note is for a build that decodes.)
                 notes = [n for n in notes if n != enlarged]
                 return BuildReport([], means_path, skipped_final, notes,
-                                   warnings + _not_ours(others), up_to_date=True)
+                                   warnings + _not_ours(others)
+                                   + _faults(_read_skipped(skipped_final)), up_to_date=True)
         if not force:
             existing = [p for p in [*outputs, means_path, skipped_final]
                         if p is not None and p.exists()]
@@ -1604,7 +1606,31 @@ def build_hdf5(
         warnings += _shared_with_train(out, [r.path for r in reports])
     warnings += _class_warnings(src, classes)
     warnings += _not_ours(others)
+    warnings += _faults([s for r in reports for s in r.skipped])
     return BuildReport(reports, means_path, skipped_final, notes, warnings)
+
+
+def _faults(skipped: Sequence[Skip]) -> list[str]:
+    """A warning for images left out by a fault of the machine, not of the data (unreadable,
+    gone): said by every run, the one that finds the build up to date too, as split's."""
+    faults = [s for s in skipped if s.reason in (UNREADABLE, MISSING_FILE)]
+    if not faults:
+        return []
+    n, first = len(faults), faults[0]
+    return [f"{n} image{'s' * (n != 1)} could not be read or {'were' if n != 1 else 'was'} "
+            f"gone, e.g. {first.source} ({first.reason}): {'they are' if n != 1 else 'it is'} "
+            "not in the files; make them readable, or put them back, and build again with "
+            "--force"]
+
+
+def _read_skipped(path: Path) -> list[Skip]:
+    """The rows of a build's skipped.csv (none where it cannot be read)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [Skip(r.get("source") or "", r.get("reason") or "", r.get("detail") or "")
+                    for r in csv.DictReader(fh)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 # The most bytes of source images read to tell, by their content, what a file built from

@@ -165,7 +165,7 @@ class SplitOptions:
             counts = tuple(as_integer(c) for c in self.counts)
             if len(counts) not in (2, 3) or None in counts or min(counts) < 0:
                 # 10.9 is refused, not cut to 10 and written to split.json as what was asked.
-                raise UsageError(f"counts {_join(self.counts)} must be 2 or 3 whole numbers >= 0 "
+                raise UsageError(f"counts {tuple(self.counts)!r} must be 2 or 3 whole numbers >= 0 "
                                  "(train,val[,test] per class), e.g. 1000,500,500")
             object.__setattr__(self, "counts", counts)
             if not any(counts):
@@ -1416,10 +1416,10 @@ def _refuse_foreign_entries(dest: Path, split_plan: SplitPlan) -> None:
         foreign.sort()
         held = f"{len(foreign)} {'entry' if len(foreign) == 1 else 'entries'}"
         raise DestinationExistsError(
-            f"{dest} is this split, incomplete, and is made again "
-            f"whole; it also holds {held} the split did not write, such as {foreign[0]}, which "
-            "that would delete. Move them out of it and run the split again, or use --force "
-            "to replace them too")
+            f"{dest} is this split, with a placed file missing or a files.csv changed, and is "
+            f"made again whole; it also holds {held} the split did not write, such as "
+            f"{foreign[0]}, which that would delete. Move them out of it and run the split "
+            "again, or use --force to replace them too")
 
 
 def _noise(name: str) -> bool:

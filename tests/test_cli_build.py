@@ -798,9 +798,15 @@ def test_files_the_split_placed_and_gone_since_are_reported(tmp_path):
     assert len(expected) == 2
     assert skipped == {(p, "missing-file") for p in expected | {f"val/a/{gone.name}"}}
     # Said even with -q (on stderr), as split says of files it cannot read.
-    assert re.search(r"warning: 3 images could not be read or were gone, e\.g\. \S+ "
-                     r"\(missing-file\): they are not in the files; make them readable, or put "
-                     r"them back, and build again with --force", result.output), result.output
+    fault = (r"warning: 3 images could not be read or were gone, e\.g\. \S+ \(missing-file\): "
+             r"they are not in the files; make them readable, or put them back, and build again "
+             r"with --force")
+    assert re.search(fault, result.output), result.output
+    # And again by a run that finds the build up to date (a job run again carries on).
+    again = run("-q", "build-hdf5", dest, out, "--size", "16", "--workers", "1")
+    assert again.exit_code == 0 and re.search(fault, again.output), again.output
+    assert "nothing to do" in run("build-hdf5", dest, out, "--size", "16", "--workers",
+                                  "1").output
     assert "warning: train: every image of c the split placed is gone since (deleted or " \
         "moved), so it is not in train.hdf5" in result.output
     # Run again: nothing to do, and still said.

@@ -191,7 +191,8 @@ def test_class_too_small_for_counts():
     ({"verify": "maybe"}, "verify"),
     ({"limit_per_class": 0}, "limit_per_class"),
     # Not cut short to 10,3,2 and written to split.json as what was asked.
-    ({"counts": (10.9, 3.9, 2.9)}, "counts 10.9,3.9,2.9 must be 2 or 3 whole numbers"),
+    ({"counts": (10.9, 3.9, 2.9)}, r"counts \(10.9, 3.9, 2.9\) must be 2 or 3 whole numbers"),
+    ({"counts": (10.0, 5)}, r"counts \(10.0, 5\) must be"),  # named as given, not as "10,5"
     ({"limit_per_class": 2.5}, "limit_per_class must be a whole number, 1 or more"),
     ({"min_size": 1.5}, "min_size must be a whole number, 0 or more"),
     # nan compares false with everything: it slipped past the sign and sum checks.

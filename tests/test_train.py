@@ -1450,9 +1450,16 @@ def test_evaluate_names_classes_that_differ_only_in_accent_encoding(tmp_path):
     # Some of the run's classes (a folder of the user's own): how to number them as the run's.
     some = write_arrays(tmp_path / "some.hdf5", images, np.zeros(len(labels), int), ["c1"],
                         split="test")
+    built = tmp_path / "built"
+    write_arrays(built / "train.hdf5", images, labels, config["classes"], split="train")
+    (run / "config.json").write_text(json.dumps({**config, "data": str(built)}))
     with pytest.raises(DatasetFormatError, match=r"has classes \['c1'\] .* to evaluate images "
                        r"of some of its classes, build their folder into the run's data folder "
-                       r"with 'dsprep build-hdf5 FOLDER DATA --name NAME'"):
+                       rf"with 'dsprep build-hdf5 FOLDER {re.escape(str(built))} --name NAME'"):
+        evaluate_run(run, some)
+    # Trained on a split folder (no train.hdf5 to take the ids of): no such advice.
+    (run / "config.json").write_text(json.dumps({**config, "data": str(tmp_path / "split")}))
+    with pytest.raises(DatasetFormatError, match="evaluate on a file built from the same split"):
         evaluate_run(run, some)
     # Other classes are said before another image size: a rebuild at the run's size was asked
     # for first, of a file of another dataset.

@@ -120,17 +120,6 @@ def build_hdf5(src, out, name, size, resize_mode, interpolation, exact, max_pixe
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s.reason for s in skipped)
                                                           .items()))
         say(f"{report.skipped_path}: {count_of(len(skipped), 'image')} skipped ({reasons})")
-        from ..sources import MISSING_FILE, UNREADABLE
-
-        faults = [s for s in skipped if s.reason in (UNREADABLE, MISSING_FILE)]
-        if faults:
-            # A fault of the machine, not of the data: on stderr, which -q keeps, as split's.
-            first = faults[0]
-            say(f"warning: {count_of(len(faults), 'image')} could not be read or "
-                f"{'were' if len(faults) != 1 else 'was'} gone, e.g. {first.source} "
-                f"({first.reason}): {'they are' if len(faults) != 1 else 'it is'} not in the "
-                "files; make them readable, or put them back, and build again with --force",
-                err=True)
 
 
 @click.command()

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from ..errors import DatasetFormatError, DsprepError, LayoutError, UsageError
-from ..fileio import named_in, progress_bar
+from ..fileio import named_in, progress_bar, quoted
 from . import callbacks as cb
 
 CHECKPOINTS = ("best", "last")
@@ -339,7 +339,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         built_from = str(db.attrs.get("source_root", ""))
         found = classes_of(db)
     # Other classes first: a file of another dataset is no matter of its image size.
-    _check_classes(run, data, classes, found)
+    _check_classes(run, data, classes, found, config.get("data"))
     _check_image_size(run, data, config, image_shape)
     _check_resize(run, data, config, resize)
     seen_note = None if split == "train" else (_seen_in_training(run, config, data)
@@ -355,7 +355,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     for method, pre in plans:
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
                             output=config.get("input_dtype", "uint8"))
-        _check_classes(run, data, classes, list(gen.label_names))
+        _check_classes(run, data, classes, list(gen.label_names), config.get("data"))
         classes = classes or list(gen.label_names)
         expected = tuple(config.get("input_shape", ()))
         if method == "center" and expected and tuple(gen.sample_shape) != expected:
@@ -486,13 +486,18 @@ def _check_resize(run: Path, data: Path, config: dict, resize) -> None:
             f"with --resize {trained}; build the file with --resize {trained}")
 
 
-def _check_classes(run: Path, data: Path, trained: list[str], found: list[str]) -> None:
-    """Refuse a file whose classes are not the run's (in the same order)."""
+def _check_classes(run: Path, data: Path, trained: list[str], found: list[str],
+                   trained_on: str | None = None) -> None:
+    """Refuse a file whose classes are not the run's (in the same order); ``trained_on``: the
+    run's data folder (config.json's), named in the advice for a file of some classes."""
     if not trained or found == trained:
         return
     alike = ([unicodedata.normalize("NFC", c) for c in found]
              == [unicodedata.normalize("NFC", c) for c in trained])
-    some = not alike and set(found) < set(trained)
+    # A --name build takes train.hdf5's label ids: only where the run's data has one (a run
+    # trained on a split folder has none, and the build would number its own classes).
+    some = (not alike and set(found) < set(trained) and isinstance(trained_on, str)
+            and (Path(trained_on) / "train.hdf5").is_file())
     raise DatasetFormatError(
         f"{data} has classes {found} but {run} was trained on {trained}; "
         + ("the names differ only in how their accents are encoded (composed or "
@@ -502,7 +507,7 @@ def _check_classes(run: Path, data: Path, trained: list[str], found: list[str]) 
            # A folder of the user's own with some of the classes: a --name build beside the
            # run's train.hdf5 takes its label ids.
            "to evaluate images of some of its classes, build their folder into the run's "
-           "data folder with 'dsprep build-hdf5 FOLDER DATA --name NAME', which numbers its "
-           "classes as train.hdf5 does, and evaluate DATA/NAME.hdf5"
+           f"data folder with 'dsprep build-hdf5 FOLDER {quoted(str(trained_on))} --name NAME', "
+           "which numbers its classes as train.hdf5 there does, and evaluate NAME.hdf5 there"
            if some else
            "evaluate on a file built from the same split"))
