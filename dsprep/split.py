@@ -202,6 +202,10 @@ class SplitOptions:
         return json.loads(json.dumps(params))
 
 
+# Images smaller than this on a side are said (placeholders), unless --min-size leaves them out.
+TINY_SIDE = 8
+
+
 def _join(values) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
@@ -286,6 +290,15 @@ class SplitPlan:
         stray = self._stray_labels_file()
         if stray:
             found.append(stray)
+        tiny = [f for f in self.files if min(f.width, f.height) < TINY_SIDE]
+        if tiny and self.options.min_size < TINY_SIDE:
+            # Placeholders and tracking pixels (1x1) left in scraped dumps: each would be
+            # blown up into a flat image of one colour, with its class's label.
+            n, first = len(tiny), tiny[0]
+            found.append(f"{n} image{'s are' if n != 1 else ' is'} smaller than {TINY_SIDE} "
+                         f"pixels on a side, e.g. {first.source} ({first.width}x{first.height}):"
+                         f" placeholders? --min-size {TINY_SIDE} leaves "
+                         f"{'them' if n != 1 else 'it'} out")
         if self.labels_doubt:
             found.append(self.labels_doubt)
         if (self.layout == "folders" and not self.split_folders and self.classes

@@ -426,6 +426,17 @@ def test_unreadable_file_is_skipped_not_fatal(tmp_path, monkeypatch):
         tmp_path / "d2", classes=("a", "b"), per_class=3)).warnings())
 
 
+def test_placeholder_sized_images_are_said_unless_min_size_leaves_them_out(tmp_path):
+    root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=3)
+    write_image(root / "b" / "pixel.png", numpy.full((1, 1, 3), 200, numpy.uint8))
+    said = [w for w in plan(root).warnings() if "smaller than" in w]
+    assert said == ["1 image is smaller than 8 pixels on a side, e.g. b/pixel.png (1x1): "
+                    "placeholders? --min-size 8 leaves it out"]
+    p = plan(root, min_size=8)
+    assert not any("smaller than" in w for w in p.warnings())
+    assert [(s.source, s.reason) for s in p.skipped] == [("b/pixel.png", "too-small")]
+
+
 def test_two_ratios_make_train_and_val_only(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=5)
     dest = tmp_path / "s"
