@@ -66,6 +66,13 @@ UNSAFE_PATH = "unsafe path inside the archive"
 
 # Header names recognised when no column is named (compared in lower case).
 ID_NAMES = ("id", "image_id", "image", "file", "filename", "file_name", "fname", "path", "name")
+# Words of a column naming what several images share (a patient, a lesion, a source image): the
+# groups that must not be spread over train and test (HAM10000's lesion_id, ISIC's patient_id).
+GROUP_WORDS = frozenset({"patient", "lesion", "subject", "person", "participant", "individual",
+                         "specimen", "original", "parent"})
+# Words that may stand beside one of them in such a column's name (patient_id, "Patient No").
+_GROUP_KEY_WORDS = frozenset({"id", "ids", "no", "nr", "num", "number", "code", "key", "name",
+                              "image", "img", ""})
 LABEL_NAMES = ("label", "labels", "class", "class_name", "category", "breed", "species", "target",
                "y", "dx", "diagnosis", "level", "emotion")
 
@@ -508,6 +515,14 @@ class Inventory:
         unnamed: class-level folders of a folders layout that hold no image file but files
             without an extension, the first of which begins as an image does: (folder, how
             many such files, that first file), sorted. No image is taken by its content.
+        groups: for the csv layout, the group of each image whose row gives one: the value
+            of the column given as the group column, or, with none given, of a column named
+            as one (lesion_id, patient_id; see ``GROUP_WORDS``), to warn of groups spread
+            over the splits.
+        group_column: that column's header name (its 0-based index without a header), or
+            None.
+        group_given: whether the group column was given (the split keeps each group in one
+            split), not only found by its name.
     """
 
     layout: str
@@ -522,6 +537,9 @@ class Inventory:
     class_copy: str | None = None
     linked: list[str] = field(default_factory=list)
     unnamed: list[tuple[str, int, str]] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)
+    group_column: str | None = None
+    group_given: bool = False
 
     @property
     def classes(self) -> list[str]:
@@ -651,6 +669,7 @@ def find_images(
     labels: str | os.PathLike | None = None,
     id_column: str | int | None = None,
     label_column: str | int | None = None,
+    group_column: str | int | None = None,
 ) -> Inventory:
     """Find the images of a dump and their labels.
 
@@ -671,6 +690,8 @@ def find_images(
         labels: the labels CSV: a path inside the source, or a file elsewhere.
         id_column: the CSV column of the ids (header name or 0-based index).
         label_column: the CSV column of the labels (header name or 0-based index).
+        group_column: the CSV column of the images' groups (a patient, a lesion), whose
+            images a split keeps together.
 
     Raises:
         UsageError: an unknown layout, a bad pattern or a column that does not exist.
@@ -705,12 +726,14 @@ def find_images(
 
     # A labels file or a column named means the csv layout is wanted: only without them is
     # the top CSV a guess that may turn out not to be the labels.
-    guessing = layout == "auto" and labels is None and id_column is None and label_column is None
+    guessing = (layout == "auto" and labels is None and id_column is None
+                and label_column is None and group_column is None)
     table, labels_name, passed_over, copy, loose = None, None, None, None, False
     if layout in ("auto", "csv"):
         try:
             table, labels_name, passed_over, loose = _read_table(
-                source, root, files, images, labels, id_column, label_column, guessing)
+                source, root, files, images, labels, id_column, label_column, guessing,
+                group_column)
         except (LayoutError, UsageError):
             source.refuse_unlisted()  # the labels file may lie in a folder not listed
             raise
@@ -762,6 +785,12 @@ def find_images(
                           sorted(set(source.linked)),
                           _unnamed_images(source, inside, images, root, split_folders)
                           if chosen == "folders" else [])
+    if table is not None and table.group_index is not None:
+        kept = {rel for rel, _ in good}
+        inventory.groups = {rel: g for rel, g in table.groups.items() if rel in kept}
+        inventory.group_column = (table.column_names[table.group_index]
+                                  if table.first_line == 2 else str(table.group_index))
+        inventory.group_given = group_column is not None
     if not inventory.items:
         # Nothing else to go by (no CSV, no pattern): the one folder is the dump's one class.
         # Guessed, or the folders layout asked for (its one folder was stepped into all the
@@ -806,7 +835,7 @@ def _passed_over_doubt(passed_over: str | None, chosen: str,
 
 
 def _read_table(source: Source, root: str, files: list[str], images: list[str],
-                labels, id_column, label_column, guessing: bool):
+                labels, id_column, label_column, guessing: bool, group_column=None):
     """The labels table of the csv layout, its file's name, the name of a CSV that a guess
     passed over, and whether that CSV labels most images by ids matched loosely (``(table or
     None, name or None, passed-over name or None, bool)``)."""
@@ -831,7 +860,7 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         return None, labels_name, None, False
     try:
         table = _LabelsTable(text, labels_name, images, root, id_column, label_column,
-                             source.name, _copies_of(source))
+                             source.name, _copies_of(source), group_column)
     except (LayoutError, UsageError, csv.Error):
         # A stray notes.csv that is empty, not a table or has no id and label columns to
         # tell apart says nothing about labels unless the user asked for them.
@@ -1586,7 +1615,8 @@ class _LabelsTable:
 
     def __init__(self, text: str, name: str, images: list[str], root: str,
                  id_column, label_column, source_name: str = "",
-                 copies: Callable[[Sequence[str]], bool] | None = None) -> None:
+                 copies: Callable[[Sequence[str]], bool] | None = None,
+                 group_column=None) -> None:
         # The dump's own folder (or zip) name, for path tails; composed, as ids are.
         self.source_name = unicodedata.normalize("NFC", source_name)
         # Whether files an id names are copies of one image (see _copies_of), and the copies
@@ -1620,13 +1650,21 @@ class _LabelsTable:
         # class goes by (see _numeric_aliases); filled by resolve.
         self.aliases: dict[str, str] = {}
         self.column_names = [c.strip() for c in rows[0]] if rows else []
-        id_index, label_index, has_header = self._columns(rows, id_column, label_column)
+        id_index, label_index, has_header = self._columns(rows, id_column, label_column,
+                                                          group_column)
         self.id_index, self.label_index = id_index, label_index
         # (A header shorter than the rows names only its first columns.)
         self.id_header = (repr(rows[0][id_index].strip())
                           if has_header and id_index < len(rows[0]) else str(id_index))
         self.first_line = 2 if has_header else 1
         self.rows = rows[1:] if has_header else rows
+        # The column of the images' groups: the one given, else one named as such (to warn
+        # of groups spread over the splits); its value for each image, filled by resolve.
+        if group_column is None and has_header:
+            self.group_index = next((c for c, name in enumerate(self.column_names)
+                                     if c not in (id_index, label_index, *self.onehot)
+                                     and _names_group(name)), None)
+        self.groups: dict[str, str] = {}
 
     def doubt(self) -> str | None:
         """A warning when the labels were read from one column of a table that may be
@@ -1654,18 +1692,22 @@ class _LabelsTable:
                 "--label-column")
         return "; ".join(said) or None
 
+    def column_in_words(self, c: int) -> str:
+        """A column by its header name ("'dx'"), or its place ("column 2") without a header."""
+        if self.first_line == 2 and c < len(self.column_names):
+            return repr(self.column_names[c])
+        return f"column {c}"
+
     def columns_in_words(self) -> str:
         """Where the ids and labels were read: "ids in 'image_id', labels in 'dx'"."""
-        def name(c: int) -> str:
-            if self.first_line == 2 and c < len(self.column_names):
-                return repr(self.column_names[c])
-            return f"column {c}"
-
+        name = self.column_in_words
         if self.onehot:
             labels = f"one-hot columns {', '.join(self.column_names[c] for c in self.onehot)}"
         else:
             labels = f"labels in {name(self.label_index)}"
-        return f"ids in {name(self.id_index)}, {labels}"
+        groups = (f", groups in {name(self.group_index)}"
+                  if self.group_index is not None and self.group_given else "")
+        return f"ids in {name(self.id_index)}, {labels}{groups}"
 
     def _keys_of(self, rel: str) -> list[tuple[int, str]]:
         """(table, key) of an image for the four exact tables. Keys are composed (NFC), as
@@ -1762,7 +1804,8 @@ class _LabelsTable:
                     return found
         return []
 
-    def _columns(self, rows, id_column, label_column) -> tuple[int, int, bool]:
+    def _columns(self, rows, id_column, label_column,
+                 group_column=None) -> tuple[int, int, bool]:
         if not rows:
             raise LayoutError(f"labels file {self.name} is empty; it needs rows of id,label")
         first = [c.strip() for c in rows[0]]
@@ -1774,13 +1817,16 @@ class _LabelsTable:
                 f"labels file {self.name} has one column (first row: {','.join(first)}): it "
                 "names images but gives them no labels (a test set's list?); give the CSV "
                 "with a column of ids and a column of labels")
-        for column, what in ((id_column, "--id-column"), (label_column, "--label-column")):
+        for column, what in ((id_column, "--id-column"), (label_column, "--label-column"),
+                             (group_column, "--group-column")):
             if column is not None and _is_index(column) and int(column) >= width:
                 raise UsageError(
                     f"{what} {column} is not a column of {self.name}: it has {width} (first "
                     f"row: {','.join(first)}); give a 0-based index below {width} or a header "
                     "name")
-        has_header = self._has_header(rows, first, id_column, label_column)
+        has_header = self._has_header(rows, first, id_column, label_column,
+                                      named=group_column is not None
+                                      and not _is_index(group_column))
         header = first_lower if has_header else []
 
         def given(column, what: str) -> int:
@@ -1822,14 +1868,24 @@ class _LabelsTable:
         if id_index == label_index:  # only when both are given
             raise UsageError(f"--id-column and --label-column both pick column {id_index} of "
                              f"{self.name}; name two different columns")
+        self.group_given = group_column is not None
+        self.group_index = None if group_column is None else given(group_column,
+                                                                    "--group-column")
+        taken = {id_index: "ids", label_index: "labels", **dict.fromkeys(self.onehot, "labels")}
+        if self.group_index in taken:
+            raise UsageError(
+                f"--group-column {group_column} is the column of the {taken[self.group_index]} "
+                f"of {self.name}; give the column naming what images share (a patient, a "
+                "lesion), e.g. lesion_id")
         return id_index, label_index, has_header
 
     def _has_header(self, rows: list[list[str]], first: list[str], id_column,
-                    label_column) -> bool:
-        """Whether the first row names the columns: always when a column is given by name;
-        otherwise when its id names no image but later rows' ids do, or it holds id or label
-        names, and its label is not one of the next rows' labels."""
-        if any(c is not None and not _is_index(c) for c in (id_column, label_column)):
+                    label_column, named: bool = False) -> bool:
+        """Whether the first row names the columns: always when a column is given by name
+        (``named``: another column is); otherwise when its id names no image but later rows'
+        ids do, or it holds id or label names, and its label is not one of the next rows'
+        labels."""
+        if named or any(c is not None and not _is_index(c) for c in (id_column, label_column)):
             return True
         probe_col = int(id_column) if id_column is not None else 0
 
@@ -1994,6 +2050,10 @@ class _LabelsTable:
                                        f"{where} matches {', '.join(matches[:3])}"))
             else:
                 labelled.append((matches[0], label))
+                if self.group_index is not None and self.group_index < len(row):
+                    group = row[self.group_index].strip()
+                    if group:
+                        self.groups.setdefault(matches[0], group)
         if not self.onehot:
             # From the labels of the rows kept: an empty label (left out later) or a row of a
             # missing image is no reason to keep 1 and 1.0 apart.
@@ -2076,6 +2136,13 @@ def _onehot_columns(data: list[list[str]], id_index: int,
     single = sum(sum(row[c].strip() in ("1", "1.0") for c in columns) == 1 for row in full)
     share = single / len(full)
     return (columns if share >= 0.9 else []), share
+
+
+def _names_group(name: str) -> bool:
+    """Whether a column's header names a group of images: lesion_id, patient_id, "Patient ID",
+    patientId, subject (see ``GROUP_WORDS``); not patient_sex or patient_age."""
+    words = set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower()))
+    return bool(words & GROUP_WORDS) and words <= GROUP_WORDS | _GROUP_KEY_WORDS
 
 
 def _is_index(column) -> bool:

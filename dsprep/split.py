@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -111,6 +112,9 @@ class SplitOptions:
         labels: the labels CSV for the csv layout.
         id_column: CSV column of the ids (header name or 0-based index).
         label_column: CSV column of the labels (header name or 0-based index).
+        group_column: CSV column naming what several images share (a patient, a lesion, a
+            source image): the images of one group all go to one split, so that none of
+            them is in train while another is in val or test.
         ratios: (train, val[, test]) fractions adding up to 1 (within 0.01, taken as
             proportions); default 0.8, 0.1, 0.1.
         counts: (train, val[, test]) images per class, instead of ratios.
@@ -128,6 +132,7 @@ class SplitOptions:
     labels: str | None = None
     id_column: str | int | None = None
     label_column: str | int | None = None
+    group_column: str | int | None = None
     ratios: tuple[float, ...] | None = None
     counts: tuple[int, ...] | None = None
     limit_per_class: int | None = None
@@ -142,7 +147,8 @@ class SplitOptions:
         # An option the chosen layout does not read would be ignored without a word.
         if self.layout in ("folders", "prefix"):
             for value, option in ((self.labels, "--labels"), (self.id_column, "--id-column"),
-                                  (self.label_column, "--label-column")):
+                                  (self.label_column, "--label-column"),
+                                  (self.group_column, "--group-column")):
                 if value is not None:
                     raise UsageError(f"{option} is for the csv layout, not --layout "
                                      f"{self.layout}")
@@ -199,6 +205,8 @@ class SplitOptions:
             params["ratios"] = list(DEFAULT_RATIOS)
         if self.max_pixels == images.DEFAULT_MAX_PIXELS:
             del params["max_pixels"]  # as split.json had it before the option: the same split
+        if self.group_column is None:
+            del params["group_column"]  # likewise
         return json.loads(json.dumps(params))
 
 
@@ -249,6 +257,11 @@ class SplitPlan:
             inside them).
         unnamed: folders left out that may hold images without extensions (see
             ``sources.Inventory``).
+        group_column: the labels CSV's column of the images' groups, given or found by its
+            name (see ``sources.Inventory``); group_given: given, so each group is in one
+            split.
+        groups: how many groups hold two placed images or more, and how many of those lie
+            in more than one split.
     """
 
     source: Path
@@ -268,6 +281,9 @@ class SplitPlan:
     copy_variants: int = 0
     linked: list[str] = field(default_factory=list)
     unnamed: list[tuple[str, int, str]] = field(default_factory=list)
+    group_column: str | None = None
+    group_given: bool = False
+    groups: tuple[int, int] = (0, 0)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -352,12 +368,50 @@ class SplitPlan:
                          f"why for each{several}")
         if self.layout == "csv":
             found += _tag_sets(self.classes)
+        found += self._group_warnings()
         if len(self.classes) == 1:
             csvs = self._tables_passed_over()
             found.append(f"one class only ({self.classes[0]}): a classifier needs two or more; "
                          + (f"if {' or '.join(csvs)} labels the images, give it with --labels"
                             if csvs else "check --layout (and --labels / --pattern)"))
         return found
+
+    def _group_warnings(self) -> list[str]:
+        """Groups of images (a patient's, a lesion's) spread over the splits, where the labels
+        CSV has a column naming them and it was not given as the group column; with it given,
+        splits far from what was asked (groups too large to share out finely)."""
+        many, spread = self.groups
+        if not self.group_given:
+            if not spread:
+                return []
+            return [f"{self.labels_file}'s column {self.group_column!r} names groups of "
+                    f"images ({many:,} hold two or more), and {spread:,} of those groups lie in "
+                    "more than one split: images of one patient or lesion in train and in val "
+                    "or test make the scores better than they will be on new ones. If the "
+                    "column names a patient, a lesion or a source image, give --group-column "
+                    f"{shlex.quote(self.group_column)} to keep each group in one split"]
+        counts = self.counts()
+        total = len(self.files)
+        if self.options.counts is not None:
+            short = [(s, c, counts[s][c], want) for c in self.classes
+                     for s, want in zip(self.splits, self.options.counts, strict=True)
+                     if counts[s][c] < want]
+            if not short:
+                return []
+            shown = ", ".join(f"{s} {c} {n} of {want}" for s, c, n, want in short[:3])
+            more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+            return [f"--group-column {self.group_column} keeps each group in one split, and "
+                    f"the groups do not make up --counts {_join(self.options.counts)} "
+                    f"exactly: {shown}{more}"]
+        asked = self.options.ratios or DEFAULT_RATIOS
+        shares = [sum(counts[s].values()) / max(total, 1) for s in self.splits]
+        wanted = [r / sum(asked) for r in asked]
+        if total and max(abs(a - b) for a, b in zip(shares, wanted, strict=True)) > 0.05:
+            got = ",".join(f"{x:.2f}" for x in shares)
+            return [f"--group-column {self.group_column} keeps each group in one split, and "
+                    f"the groups are too large to share out as asked: the splits hold "
+                    f"{got} of the images, for --ratios {_join(asked)}"]
+        return []
 
     def _folder_warnings(self) -> list[str]:
         """Class folders of a folders-layout split that may be no classes: one named as a
@@ -713,7 +767,8 @@ def plan(
     with open_source(src) as source:
         inventory = find_images(source, options.layout, pattern=options.pattern,
                                 labels=options.labels, id_column=options.id_column,
-                                label_column=options.label_column)
+                                label_column=options.label_column,
+                                group_column=options.group_column)
         if dest is not None:
             _refuse_linked(inventory.linked, Path(src).resolve(), Path(dest).absolute())
         checked = _map(lambda item: _check(source, item[0], options.verify, options.min_size,
@@ -775,7 +830,9 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
                           + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
                           + f"; for example {examples}). {advice}")
     splits = options.splits
-    files: list[PlannedFile] = []
+    grouped = inventory.group_given
+    chosen: dict[str, list[_Checked]] = {}  # each class's images, shuffled
+    sizes_of: dict[str, list[int]] = {}
     for label in classes:
         members = sorted(kept[label], key=lambda c: _path_order(c.rel))
         order = _class_rng(options.seed, label).permutation(len(members))
@@ -793,17 +850,32 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
                 raise SplitError(
                     f"class {label!r} has {len(members)} usable images{cut} but --counts "
                     f"{_join(sizes)} needs {sum(sizes)}; lower the counts or use --ratios")
-            skipped += [Skipped(c.rel, NOT_SELECTED, f"beyond --counts {_join(sizes)}")
-                        for c in members[sum(sizes):]]
+            if not grouped:
+                skipped += [Skipped(c.rel, NOT_SELECTED, f"beyond --counts {_join(sizes)}")
+                            for c in members[sum(sizes):]]
         else:
             sizes = allocate(len(members), options.ratios or DEFAULT_RATIOS)
-        start = 0
-        for split_name, size in zip(splits, sizes, strict=True):
-            chunk = members[start : start + size]
-            start += size
+        chosen[label], sizes_of[label] = members, sizes
+    if grouped:
+        chunks, left_out = _by_groups(chosen, sizes_of, inventory.groups, options)
+        skipped += left_out
+    else:
+        chunks = {label: [chosen[label][sum(sizes[:i]) : sum(sizes[: i + 1])]
+                          for i in range(len(sizes))] for label, sizes in sizes_of.items()}
+    files: list[PlannedFile] = []
+    for label in classes:
+        for split_name, chunk in zip(splits, chunks[label], strict=True):
             names = _dest_names(chunk)
             files += [PlannedFile(split_name, label, f"{split_name}/{label}/{names[c.rel]}", c.rel,
                                   c.sha256, c.width, c.height, c.size) for c in chunk]
+    where: dict[str, set[str]] = defaultdict(set)
+    size: Counter = Counter()
+    for f in files:
+        group = inventory.groups.get(f.source)
+        if group is not None:
+            where[group].add(f.split)
+            size[group] += 1
+    groups = (sum(n > 1 for n in size.values()), sum(len(s) > 1 for s in where.values()))
     rank = {s: i for i, s in enumerate(splits)}
     files.sort(key=lambda f: (rank[f.split], f.label, f.path))
     lost = sorted({label for _, label in inventory.items} - set(classes))
@@ -811,7 +883,57 @@ def _decide(source: Path, inventory: Inventory, checked: list[_Checked],
                      sorted(set(skipped)), inventory.labels_file, inventory.split_folders, lost,
                      inventory.labels_columns, inventory.labels_guessed, inventory.labels_doubt,
                      inventory.class_copy, variants, list(inventory.linked),
-                     list(inventory.unnamed))
+                     list(inventory.unnamed), inventory.group_column, inventory.group_given,
+                     groups)
+
+
+def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
+               groups: dict[str, str], options: SplitOptions
+               ) -> tuple[dict[str, list[list[_Checked]]], list[Skipped]]:
+    """Each class's images in each split, every group (``Inventory.groups``; an image without
+    one is a group of its own) in one split, and the images left out.
+
+    The groups are taken in an order shuffled by the seed, the largest first. Each goes to the
+    split with the most room left for its images of each class (``sizes``: what allocate or
+    --counts gives each class), ties to the split with the larger share of its room left,
+    then to the earlier split; never to a split given no share. With --counts a group goes
+    only where all its images fit, and is left out where they fit nowhere.
+    """
+    asked = options.counts if options.counts is not None else (options.ratios or DEFAULT_RATIOS)
+    units: dict[tuple[int, str], list[tuple[str, _Checked]]] = defaultdict(list)
+    for label, chosen in members.items():
+        for c in chosen:
+            group = groups.get(c.rel)
+            units[(0, group) if group is not None else (1, c.rel)].append((label, c))
+    keys = sorted(units)
+    keys = [keys[i] for i in _class_rng(options.seed, "\0groups").permutation(len(keys))]
+    keys.sort(key=lambda k: -len(units[k]))  # (a stable sort: shuffled within one size)
+    room = {label: list(s) for label, s in sizes.items()}
+    placed: dict[str, list[list[_Checked]]] = {label: [[] for _ in asked] for label in members}
+    left_out: list[Skipped] = []
+    for key in keys:
+        need = Counter(label for label, _ in units[key])
+        where = [i for i, share in enumerate(asked) if share > 0 and (
+            options.counts is None or all(n <= room[lab][i] for lab, n in need.items()))]
+        if not where:
+            left_out += [Skipped(c.rel, NOT_SELECTED,
+                                 f"beyond --counts {_join(options.counts)} (its group "
+                                 f"{key[1]!r} fits in no split)" if len(units[key]) > 1 else
+                                 f"beyond --counts {_join(options.counts)}")
+                         for _, c in units[key]]
+            continue
+
+        def rank(i: int, need=need) -> tuple:
+            fits = sum(min(n, room[lab][i]) for lab, n in need.items())
+            left = sum(room[lab][i] for lab in need) / max(1, sum(sizes[lab][i] for lab in need))
+            return fits, left, -i
+
+        best = max(where, key=rank)
+        for label, c in units[key]:
+            placed[label][best].append(c)
+        for label, n in need.items():
+            room[label][best] -= n
+    return placed, left_out
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).
@@ -1606,7 +1728,8 @@ def run(
         with open_source(src) as source:
             inventory = find_images(source, options.layout, pattern=options.pattern,
                                     labels=options.labels, id_column=options.id_column,
-                                    label_column=options.label_column)
+                                    label_column=options.label_column,
+                                    group_column=options.group_column)
             _refuse_linked(inventory.linked, source_path, dest)
             _drop_old_aside(dest)  # (before the partial goes: it tells a swap under way)
             if partial.exists():

@@ -854,3 +854,79 @@ def test_hard_links_that_became_copies_are_said_on_stderr_even_with_q(tmp_path, 
     assert one.exit_code == 0, one.output
     assert one.stderr == ("note: 1 hard link was not possible (another device) and was copied "
                           "instead\n")
+
+
+def _lesions(root, header="lesion_id,image_id,dx,sex", sex="male"):
+    """A HAM10000-like dump: 60 lesions of 1-3 images each, labelled by lesion."""
+    rows, n = [header], 0
+    for lesion in range(60):
+        for _ in range(lesion % 3 + 1):
+            write_image(root / "images" / f"ISIC_{n:04d}.jpg", smooth_image(36, 40, seed=n))
+            rows.append(f"HAM_{lesion:04d},ISIC_{n:04d},{('nv', 'mel')[lesion % 2]},{sex}")
+            n += 1
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _groups_spread(dest, dump) -> int:
+    with open(dump / "metadata.csv", newline="") as fh:
+        lesion = {r["image_id"]: r["lesion_id"] for r in csv.DictReader(fh)}
+    with open(dest / "files.csv", newline="") as fh:
+        splits: dict[str, set[str]] = {}
+        for r in csv.DictReader(fh):
+            splits.setdefault(lesion[r["source"].rsplit("/", 1)[1][:-4]], set()).add(r["split"])
+    return sum(len(s) > 1 for s in splits.values())
+
+
+def test_a_group_column_keeps_a_lesions_images_in_one_split(tmp_path):
+    # HAM10000: a lesion's images (lesion_id) in train and in test flatter the test scores.
+    dump = _lesions(tmp_path / "ham")
+    result = loud("split", str(dump), str(tmp_path / "plain"))
+    assert result.exit_code == 0, result.output
+    assert _groups_spread(tmp_path / "plain", dump) > 0
+    out = " ".join(result.output.split())
+    assert ("warning: metadata.csv's column 'lesion_id' names groups of images (40 hold two or "
+            "more), and") in out
+    assert "give --group-column lesion_id to keep each group in one split" in out
+    params = json.loads((tmp_path / "plain" / "split.json").read_text())["params"]
+    assert "group_column" not in params  # split.json as before the option
+
+    result = loud("split", str(dump), str(tmp_path / "grouped"), "--group-column", "lesion_id")
+    assert result.exit_code == 0, result.output
+    assert "ids in 'image_id', labels in 'dx', groups in 'lesion_id'" in result.output
+    assert "warning" not in result.output
+    assert _groups_spread(tmp_path / "grouped", dump) == 0
+    manifest = json.loads((tmp_path / "grouped" / "split.json").read_text())
+    assert manifest["params"]["group_column"] == "lesion_id"
+    assert sum(manifest["counts"]["train"].values()) == 96  # 0.8 of 120, the groups allowing
+    again = loud("split", str(dump), str(tmp_path / "grouped"), "--group-column", "lesion_id")
+    assert again.exit_code == 0 and "already holds this split; nothing to do" in again.output
+    other = loud("split", str(dump), str(tmp_path / "grouped"))
+    assert other.exit_code == 1 and "group_column 'lesion_id', now None" in other.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--group-column", "dx"), "--group-column dx is the column of the labels of metadata.csv"),
+    (("--group-column", "image_id"), "is the column of the ids of metadata.csv"),
+    (("--group-column", "lesion"), "--group-column 'lesion' is not a column of metadata.csv"),
+    (("--group-column", "7"), "--group-column 7 is not a column of metadata.csv: it has 4"),
+    (("--layout", "folders", "--group-column", "0"), "--group-column is for the csv layout"),
+])
+def test_a_group_column_that_cannot_be_one_is_a_usage_error(tmp_path, args, message):
+    dump = _lesions(tmp_path / "ham")
+    result = run("split", str(dump), str(tmp_path / "s"), *args, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_columns_not_naming_groups_are_not_taken_for_them(tmp_path):
+    # patient_sex repeats its values but groups nothing; an id of one image each groups nothing.
+    dump = _lesions(tmp_path / "ham", header="image_uid,image_id,dx,patient_sex")
+    result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    rows = (dump / "metadata.csv").read_text().splitlines()
+    (dump / "metadata.csv").write_text("\n".join(
+        ["patient_id,image_id,dx,sex"] + [f"P{i}," + r.split(",", 1)[1]
+                                         for i, r in enumerate(rows[1:])]) + "\n")
+    result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output

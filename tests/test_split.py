@@ -217,6 +217,112 @@ def test_seed_changes_the_split_but_not_the_counts():
         f.source for f in b.files if f.split == "val"}
 
 
+def _grouped(sizes: list[int], group_sizes: list[int], across: bool = False):
+    """_fake's classes, their images in groups of the given sizes (in turn; an image left
+    over has none); ``across``: each group's last image in the next class."""
+    inventory, checked = _fake(sizes)
+    by_class = [[rel for rel, label in inventory.items if label == f"c{c}"]
+                for c in range(len(sizes))]
+    groups: dict[str, str] = {}
+    g = 0
+    for c, rels in enumerate(by_class):
+        i = 0
+        while i < len(rels):
+            n = group_sizes[g % len(group_sizes)]
+            members = rels[i : i + n]
+            if across and len(members) > 1 and c + 1 < len(by_class) and by_class[c + 1]:
+                members[-1] = by_class[c + 1].pop()
+            groups.update(dict.fromkeys(members, f"g{g}"))
+            i += n
+            g += 1
+    return (Inventory("csv", "", inventory.items, groups=groups, group_column="lesion_id",
+                      group_given=True), checked)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4), weights=ratio_triples,
+       group_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+       across=st.booleans(), seed=st.integers(0, 2**32 - 1), shuffle_seed=st.integers(0, 1000))
+def test_a_group_column_keeps_each_group_in_one_split(sizes, weights, group_sizes, across, seed,
+                                                      shuffle_seed):
+    ratios = tuple(w / sum(weights) for w in weights)
+    options = SplitOptions(ratios=ratios, seed=seed, layout="csv", group_column="lesion_id")
+    inventory, checked = _grouped(sizes, group_sizes, across)
+    p = _decide(Path("/src"), inventory, checked, options)
+    splits_of: dict[str, set[str]] = {}
+    for f in p.files:
+        splits_of.setdefault(inventory.groups.get(f.source, f.source), set()).add(f.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    assert sorted(f.source for f in p.files) == sorted(rel for rel, _ in inventory.items)
+    # Never a split given no share; and with groups of one image, the ratios as without them.
+    for split_name, w in zip(options.splits, weights, strict=True):
+        if w == 0:
+            assert not any(f.split == split_name for f in p.files)
+    if max(group_sizes) == 1:
+        counts = p.counts()
+        for c, size in enumerate(sizes):
+            for split_name, w in zip(options.splits, weights, strict=True):
+                assert abs(counts[split_name][f"c{c}"] - size * w / sum(weights)) < 1
+    # The listing order changes nothing.
+    pairs = list(zip(inventory.items, checked, strict=True))
+    random.Random(shuffle_seed).shuffle(pairs)
+    again = _decide(Path("/src"), Inventory(
+        "csv", "", [i for i, _ in pairs], groups=dict(reversed(inventory.groups.items())),
+        group_column="lesion_id", group_given=True), [c for _, c in pairs], options)
+    assert again.files_csv() == p.files_csv()
+    assert p.groups[1] == 0 and not any("groups" in w for w in p.warnings()
+                                        if "--group-column" not in w)
+
+
+def test_groups_of_several_images_share_the_ratios_out_closely():
+    inventory, checked = _grouped([200, 150], [1, 2, 3, 4])
+    p = _decide(Path("/src"), inventory, checked,
+                SplitOptions(layout="csv", group_column="lesion_id", seed=5))
+    counts = p.counts()
+    for c, size in (("c0", 200), ("c1", 150)):
+        for split_name, share in zip(("train", "val", "test"), (0.8, 0.1, 0.1), strict=True):
+            assert abs(counts[split_name][c] - size * share) <= 2, (split_name, c, counts)
+    assert not p.warnings()
+
+
+def test_groups_with_counts_never_overfill_and_leave_out_what_fits_nowhere():
+    inventory, checked = _grouped([30, 30], [5, 1, 1, 2])
+    p = _decide(Path("/src"), inventory, checked,
+                SplitOptions(layout="csv", group_column="lesion_id", counts=(6, 2, 2), seed=3))
+    counts = p.counts()
+    for split_name, want in zip(("train", "val", "test"), (6, 2, 2), strict=True):
+        assert all(counts[split_name][c] <= want for c in ("c0", "c1"))
+    assert {s.reason for s in p.skipped} == {"not-selected"}
+    assert len(p.files) + len(p.skipped) == 60
+    splits_of: dict[str, set[str]] = {}
+    for f in p.files:
+        splits_of.setdefault(inventory.groups.get(f.source, f.source), set()).add(f.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    # A group of 5 fits no val or test of 2: where train is full, it is left out whole, said so.
+    whole = [s for s in p.skipped if "fits in no split" in s.detail]
+    sizes = Counter(inventory.groups.values())
+    assert any(sizes[inventory.groups[x.source]] == 5 for x in whole)
+    assert all(sum(inventory.groups[x.source] == g for x in whole) == sizes[g] > 1
+               for g in {inventory.groups[x.source] for x in whole})
+    short = [w for w in p.warnings() if "do not make up --counts 6,2,2" in w]
+    assert bool(short) == any(counts[s][c] < want for c in ("c0", "c1")
+                              for s, want in (("train", 6), ("val", 2), ("test", 2)))
+
+
+def test_one_large_group_is_said_when_the_splits_cannot_follow_the_ratios():
+    inventory, checked = _grouped([40], [20, 1])
+    p = _decide(Path("/src"), inventory, checked,
+                SplitOptions(layout="csv", group_column="lesion_id", ratios=(0.5, 0.5)))
+    shares = [sum(p.counts()[s].values()) / 40 for s in ("train", "val")]
+    # 20 images in one group, 20 alone: 0.5,0.5 can be met exactly, and is.
+    assert shares == [0.5, 0.5] and not any("too large" in w for w in p.warnings())
+    inventory, checked = _grouped([40], [30, 1])
+    p = _decide(Path("/src"), inventory, checked,
+                SplitOptions(layout="csv", group_column="lesion_id", ratios=(0.5, 0.5)))
+    assert any("too large to share out as asked: the splits hold 0.75,0.25 of the images, for "
+               "--ratios 0.5,0.5" in w for w in p.warnings()), p.warnings()
+
+
 # ---------------------------------------------------------------- on disk
 
 @pytest.fixture

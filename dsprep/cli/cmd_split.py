@@ -63,6 +63,12 @@ def _column(text: str | None) -> str | int | None:
               help="CSV column of the labels (header name or 0-based index; default: a column "
                    "named label/class/breed..., else one-hot columns of 0/1 named by class, "
                    "else the second).")
+@click.option("--group-column", metavar="NAME|N",
+              help="CSV column naming what several images share (a patient, a lesion, a "
+                   "source image, e.g. HAM10000's lesion_id): each group's images all go to "
+                   "one split, so that the scores on val and test are not flattered by images "
+                   "of what was trained on. The splits then follow the ratios as closely as "
+                   "the groups allow.")
 @click.option("--ratios", metavar="TRAIN,VAL[,TEST]",
               help="Fractions per class adding up to 1, give or take 0.01 (0.333,0.333,0.333 is "
                    "thirds; default 0.8,0.1,0.1; two numbers make train and val only). Rounded "
@@ -94,7 +100,8 @@ def _column(text: str | None) -> str | int | None:
               help="Print the per-class, per-split table and what would be left out; write "
                    "nothing.")
 def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | None,
-          id_column: str | None, label_column: str | None, ratios: str | None,
+          id_column: str | None, label_column: str | None, group_column: str | None,
+          ratios: str | None,
           counts: str | None, limit_per_class: int | None, min_size: int, max_pixels: int,
           verify: str,
           seed: int, mode: str, force: bool, dry_run: bool) -> None:
@@ -110,7 +117,8 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     """
     options = SplitOptions(
         layout=layout, pattern=pattern, labels=labels, id_column=_column(id_column),
-        label_column=_column(label_column), ratios=_numbers(ratios, float, "--ratios"),
+        label_column=_column(label_column), group_column=_column(group_column),
+        ratios=_numbers(ratios, float, "--ratios"),
         counts=_numbers(counts, int, "--counts"), limit_per_class=limit_per_class,
         min_size=min_size, max_pixels=max_pixels, verify=verify, seed=seed)
     if dry_run:
