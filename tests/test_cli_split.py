@@ -83,6 +83,19 @@ def test_an_already_split_dump_is_pooled_with_a_note(tmp_path):
     assert row.split()[-1] == "6"  # class a of both folders
 
 
+def test_a_dump_whose_test_folder_is_unlabelled_is_not_said_to_be_pooled(tmp_path):
+    # Plant Seedlings: train/<class>/ beside test/ of images without classes. Nothing is
+    # pooled, and building the folders as they are would give no val or test file.
+    dump = make_class_folders(tmp_path / "dump" / "train", classes=("a", "b"), per_class=4)
+    for i in range(3):
+        write_image(tmp_path / "dump" / "test" / f"{i}.png", smooth_image(40, 40, seed=60 + i))
+    result = loud("split", str(dump.parent), str(tmp_path / "split"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert ("note: the labelled images all lie in train/ (test/: none in class folders); they "
+            "are split here") in result.output
+    assert "pooled" not in result.output and "build-hdf5" not in result.output
+
+
 def test_a_class_too_small_for_every_split_gets_a_note(tmp_path):
     dump = make_class_folders(tmp_path / "dump", classes=("a",), per_class=10)
     make_class_folders(dump, classes=("tiny",), per_class=2, seed=50)

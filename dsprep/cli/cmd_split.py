@@ -141,8 +141,16 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     say(f"{src}{where}: {split_plan.layout} layout{labels}, {classes}, seed {seed}")
     for warning in split_plan.warnings():
         say(f"warning: {warning}", err=True)
-    if split_plan.split_folders:
-        folders = ", ".join(f"{f}/" for f in split_plan.split_folders)
+    # The dump's split folders that gave images (not Plant Seedlings' test/ of unlabelled ones).
+    root = f"{split_plan.root}/" if split_plan.root else ""
+    pooled = [f for f in split_plan.split_folders
+              if any(p.source.startswith(f"{root}{f}/") for p in split_plan.files)]
+    if len(pooled) == 1 and len(split_plan.split_folders) > 1:
+        others = ", ".join(f"{f}/" for f in split_plan.split_folders if f != pooled[0])
+        say(f"note: the labelled images all lie in {pooled[0]}/ ({others}: none in class "
+            "folders); they are split here")
+    elif len(pooled) > 1:
+        folders = ", ".join(f"{f}/" for f in pooled)
         say(f"note: the dump is already split ({folders}); their images are pooled by class "
             "and split again here")
         inside = Path(src) / split_plan.root
