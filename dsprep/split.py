@@ -210,6 +210,13 @@ class SplitOptions:
         return json.loads(json.dumps(params))
 
 
+# Folder names of a dataset's parts, not classes (compared in lower case, letters only).
+_IMAGE_PARTS = frozenset({"images", "image", "imgs", "img", "jpegimages", "photos", "pictures"})
+_PART_NAMES = _IMAGE_PARTS | frozenset({
+    "annotations", "annotation", "masks", "mask", "trimaps", "trimap", "labels",
+    "segmentations", "segmentation", "segmentationclass", "segmentationobject", "gt",
+    "groundtruth", "xmls", "depth", "metadata", "thumbnails"})
+
 # Images smaller than this on a side are said (placeholders), unless --min-size leaves them out.
 TINY_SIDE = 8
 
@@ -432,6 +439,9 @@ class SplitPlan:
                 "classes (a test set), move "
                 f"{'them' if len(named) > 1 else 'it'} out of {self.source}")
         root = f"{self.root}/" if self.root else ""
+        parts = self._part_warning(root)
+        if parts:
+            return [*found, parts]
         copy = f"{self.class_copy}/" if self.class_copy else None
         subs: dict[str, set[str]] = defaultdict(set)
         flat: set[str] = set()
@@ -491,6 +501,32 @@ class SplitPlan:
                 found.append(f"{folder}/ holds its images in folders of its own ({shown}), "
                              f"beside other classes: if those folders are the classes, {give}")
         return found
+
+    def _part_warning(self, root: str) -> str | None:
+        """Class folders named as the parts of a dataset (Oxford-IIIT Pet's images/ beside
+        annotations/, whose trimaps/ are masks of the same names): two such, or one whose
+        files mostly share their names with another class's."""
+        named = [c for c in self.classes if re.sub(r"[^a-z]", "", c.lower()) in _PART_NAMES]
+        if not named:
+            return None
+        stems: dict[str, Counter] = defaultdict(Counter)
+        for f in self.files:
+            stems[f.label][PurePosixPath(f.source).stem] += 1
+        shared = {c: sum(n for stem, n in stems[c].items()
+                         if any(stem in stems[o] for o in self.classes if o != c))
+                  for c in named}
+        if len(named) < 2 and not any(2 * shared[c] >= sum(stems[c].values()) for c in named):
+            return None
+        images = next((c for c in named if re.sub(r"[^a-z]", "", c.lower()) in _IMAGE_PARTS),
+                      None)
+        pairs = sum(shared.values())
+        also = (f", and {pairs} of their files share their names with another class's (images "
+                "and their masks?)" if pairs else "")
+        where = (f"if {images}/ holds the images, {self._give_as_src(root, images)}, with "
+                 "--layout prefix (--pattern) or --labels if their names or a list give the "
+                 "classes" if images else "give the folder holding the class folders as SRC")
+        return (f"the classes {', '.join(named)} are named as the parts of a dataset (its "
+                f"images, masks, annotations), not as classes{also}: {where}")
 
     def _give_as_src(self, root: str, folder: str) -> str:
         """How to split ``folder`` of the dump (``root`` its top) on its own."""

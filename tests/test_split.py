@@ -491,6 +491,36 @@ def test_labels_that_are_sets_of_tags_are_warned_of(tmp_path):
     assert fruit_plan.layout == "csv" and not any("tags" in w for w in fruit_plan.warnings())
 
 
+def test_class_folders_named_as_a_datasets_parts_are_warned_of(tmp_path):
+    # Oxford-IIIT Pet from its top folder: images/ and annotations/ (trimaps/ of masks of the
+    # same names) taken for two classes.
+    pet = tmp_path / "pet"
+    for i, breed in enumerate(("Abyssinian_1", "Abyssinian_2", "beagle_1", "beagle_2")):
+        write_image(pet / "images" / f"{breed}.jpg", smooth_image(40, 40, seed=i))
+        write_image(pet / "annotations" / "trimaps" / f"{breed}.png",
+                    smooth_image(40, 40, seed=20 + i)[..., 0])
+    warnings = plan(pet).warnings()
+    assert warnings == [
+        "the classes annotations, images are named as the parts of a dataset (its images, "
+        "masks, annotations), not as classes, and 8 of their files share their names with "
+        f"another class's (images and their masks?): if images/ holds the images, give "
+        f"{pet / 'images'} as SRC, with --layout prefix (--pattern) or --labels if their names "
+        "or a list give the classes"], warnings
+    # One folder so named, its files the other classes' names: said too.
+    for k, breed in enumerate(("cat", "dog")):
+        for i in range(3):
+            write_image(tmp_path / "d" / breed / f"{breed}{i}.jpg",
+                        smooth_image(40, 40, seed=40 + i + 5 * k))
+            write_image(tmp_path / "d" / "masks" / f"{breed}{i}.png",
+                        smooth_image(40, 40, seed=60 + i + 5 * k))
+    assert any(w.startswith("the classes masks are named as the parts of a dataset")
+               for w in plan(tmp_path / "d").warnings())
+    # A class named so whose files are its own (a mask-wearing class): no warning.
+    shutil.rmtree(tmp_path / "d" / "masks")
+    make_class_folders(tmp_path / "d", classes=("mask",), per_class=3, seed=80)
+    assert not any("parts of a dataset" in w for w in plan(tmp_path / "d").warnings())
+
+
 def test_a_class_whose_every_image_is_left_out_is_named(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "c"), per_class=3)
     write_image(root / "b" / "tiny.jpg", smooth_image(20, 20, seed=80))
