@@ -1604,10 +1604,35 @@ def _decode_csv(data: bytes, name: str) -> str:
 
 def _delimiter(text: str) -> str:
     """The labels file's field separator: the commonest of , ; and tab on its first line
-    outside quoted fields (spreadsheets in many locales export with ;); "," on a tie."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    (after comment lines) outside quoted fields (spreadsheets in many locales export with ;);
+    "," on a tie; spaces where the line has none of those (Oxford-IIIT Pet's trainval.txt:
+    ``Abyssinian_100 1 1 1``)."""
+    first = next((line for line in text.splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")), "")
     bare = re.sub(r'"[^"]*"', "", first)
+    if not any(d in bare for d in ",;\t") and " " in bare.strip():
+        return " "
     return max((",", ";", "\t"), key=bare.count)
+
+
+def _table_rows(text: str) -> tuple[list[list[str]], list[int]]:
+    """The rows of a labels file that hold anything, and the line each starts on; comment
+    lines (#) before the first row are passed over (Oxford-IIIT Pet's list.txt)."""
+    delimiter = _delimiter(text)
+    # Runs of spaces separate fields as one; a field may end in spaces (a row's trailing one).
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        skipinitialspace=delimiter == " ")
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    start = 1
+    for row in reader:
+        if any(c.strip() for c in row) and (rows or not row[0].lstrip().startswith("#")):
+            if delimiter == " ":
+                row = [c for c in row if c] or row
+            rows.append(row)
+            lines.append(start)
+        start = reader.line_num + 1
+    return rows, lines
 
 
 class _LabelsTable:
@@ -1627,8 +1652,7 @@ class _LabelsTable:
         self.images = images
         self.root = root
         self.labelled = 0  # images its rows label, once labels_most has counted them
-        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
-                if any(c.strip() for c in r)]
+        rows, lines = _table_rows(text)
         # Lookups from most to least specific: path, path without extension, name, name stem.
         # Paths count both inside the wrapper folder stepped into and inside the source itself
         # (ids written as ds/images/1.jpg for a dump whose everything is in ds/).
@@ -1658,6 +1682,7 @@ class _LabelsTable:
                           if has_header and id_index < len(rows[0]) else str(id_index))
         self.first_line = 2 if has_header else 1
         self.rows = rows[1:] if has_header else rows
+        self.lines = lines[1:] if has_header else lines  # the line each row starts on
         # The column of the images' groups: the one given, else one named as such (to warn
         # of groups spread over the splits); its value for each image, filled by resolve.
         if group_column is None and has_header:
@@ -2031,7 +2056,7 @@ class _LabelsTable:
         found: dict[str, set[str]] = defaultdict(set)
         need = max(self.id_index, self.label_index) + 1
         labelled: list[tuple[str, str]] = []  # (image, label) of each row naming one image
-        for line, row in enumerate(self.rows, start=self.first_line):
+        for line, row in zip(self.lines, self.rows, strict=True):
             where = f"{self.name} line {line}"
             if len(row) < need:
                 skipped.append(Skipped(where, BAD_ROW, f"{len(row)} columns, expected {need}+"))

@@ -1185,6 +1185,32 @@ def test_a_csv_row_without_an_id_is_a_bad_row(tmp_path):
     assert {(s.source, s.reason) for s in inv.skipped} == {("labels.csv line 4", "bad-row")}
 
 
+def test_a_bad_rows_line_counts_blank_and_quoted_lines(tmp_path):
+    # Its line in the file, not its place among the rows that hold anything.
+    text = 'id,label\n\n1,cat\n2,"a\nb"\n\n,cat\n3,cat\n4,dog\n'
+    inv = _find(_csv_dump(tmp_path, text), layout="csv")
+    assert {(s.source, s.reason) for s in inv.skipped if s.reason == "bad-row"} == {
+        ("labels.csv line 7", "bad-row")}
+
+
+def test_a_space_separated_list_with_comment_lines_is_read(tmp_path):
+    # Oxford-IIIT Pet's annotations/list.txt: "#" lines, then "Image CLASS-ID SPECIES ...".
+    root = tmp_path / "pet"
+    for i, name in enumerate(("Abyssinian_1", "Abyssinian_2", "beagle_1", "beagle_2")):
+        _img(root / f"{name}.jpg", seed=i)
+    lists = tmp_path / "list.txt"
+    lists.write_text("#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n"
+                     "Abyssinian_1 1 1 1\nAbyssinian_2  1 1 1 \nbeagle_1 2 2 1\n"
+                     "beagle_2\n")
+    inv = _find(root, layout="csv", labels=lists)
+    assert inv.items == [("Abyssinian_1.jpg", "1"), ("Abyssinian_2.jpg", "1"),
+                         ("beagle_1.jpg", "2")]
+    assert {(s.source, s.reason) for s in inv.skipped} == {
+        (f"{lists} line 6", "bad-row"), ("beagle_2.jpg", "unlabelled")}
+    species = _find(root, layout="csv", labels=lists, label_column=2)
+    assert [label for _, label in species.items] == ["1", "1", "2"]
+
+
 def test_a_stray_csv_of_class_descriptions_leaves_the_folders_layout(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
     (root / "classes.csv").write_text("class,description\na,apples\nb,bananas\n")
