@@ -61,6 +61,7 @@ from .sources import (
     MISSING_FILE,
     NO_LABEL,
     UNREADABLE,
+    chunk_folders,
     class_folder_files,
     classless_splits,
     is_image_name,
@@ -270,6 +271,28 @@ class _Block:
 # Inputs
 
 
+def _raw_dump(src: Path) -> str | None:
+    """Why ``src`` is a raw dump whose folders are no classes, in words, else None: a labels
+    CSV at its top, images straight in it with no folder, or folders named as parts of one
+    set (HAM10000_images_part_1/, _part_2/)."""
+    try:
+        entries = [e for e in os.scandir(src) if not e.name.startswith(".")]
+        csvs = sorted(e.name for e in entries
+                      if e.name.lower().endswith(".csv") and e.is_file())
+        folders = [e.name for e in entries if e.is_dir()]
+        images = any(is_image_name(e.name) and e.is_file() for e in entries)
+    except OSError:
+        return None
+    if csvs:
+        return f"{csvs[0]} at its top may hold its labels"
+    if images and not folders:
+        return "its images lie straight in it, named by class it may be (cat.0.jpg)"
+    if chunk_folders(folders):
+        more = ", ..." if len(folders) > 2 else ""
+        return f"its folders ({', '.join(sorted(folders)[:2])}{more}) are parts of one set"
+    return None
+
+
 def _built_from(src: Path) -> str | None:
     """The folder the dsprep HDF5 files in ``src`` were built from, if it holds them and no
     folder (a build's OUT given as SRC, not class folders beside a stray file)."""
@@ -420,6 +443,12 @@ def find_rows(
             if built is not None:
                 raise UsageError(f"{src} holds files build-hdf5 wrote, not images; give the "
                                  f"folder they were built from ({built})")
+            raw = _raw_dump(src)
+            if raw:
+                # HAM10000's part folders or Caltech's Annotations/ built with --name would
+                # become classes: the dump's labels are for split to find.
+                raise UsageError(f"{src} has no split.json, and {raw}: split it first "
+                                 f"('dsprep split {quoted(src)} DEST'), then build DEST")
             raise UsageError(
                 f"{src} has no split.json; make it with 'dsprep split', pass --name NAME to "
                 "build one file from a folder of class sub-folders, or give a folder already "

@@ -1695,6 +1695,30 @@ def test_one_folder_of_a_split_is_answered_with_the_split(tmp_path):
         build.build_hdf5(split / "train", tmp_path / "out", opts())
 
 
+@pytest.mark.parametrize("layout, why", [
+    ("csv", "labels.csv at its top may hold its labels"),
+    ("flat", r"its images lie straight in it, named by class it may be \(cat.0.jpg\)"),
+    ("parts", r"its folders \(images_part_1, images_part_2\) are parts of one set"),
+])
+def test_a_raw_dump_is_answered_with_the_split_to_make_not_with_name(tmp_path, layout, why):
+    # Its folders built with --name would be taken for classes: HAM10000's two part folders.
+    dump = tmp_path / "dump"
+    if layout == "flat":
+        for i in range(2):
+            write_image(dump / f"cat.{i}.jpg", smooth_image(30, 30, seed=i))
+    else:
+        make_class_folders(dump, classes=("images_part_1", "images_part_2"), per_class=1)
+    if layout == "csv":
+        (dump / "labels.csv").write_text("id,label\n")
+    with pytest.raises(UsageError, match=rf"dump has no split.json, and {why}: split it first "
+                                          r"\('dsprep split \S*dump DEST'\), then build DEST$"):
+        build.build_hdf5(dump, tmp_path / "out", opts())
+    # Class folders alone may be classes: --name is offered.
+    make_class_folders(tmp_path / "pets", classes=("cat", "dog"), per_class=1)
+    with pytest.raises(UsageError, match="pass --name NAME"):
+        build.build_hdf5(tmp_path / "pets", tmp_path / "out", opts())
+
+
 def test_a_folder_holding_a_split_just_inside_is_answered_with_that_split(tmp_path):
     # The folder above a dsprep split, and an unzipped archive's wrapper around a folder
     # already split into train/ val/ test/ (chest_xray/chest_xray/).
