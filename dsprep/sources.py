@@ -69,10 +69,14 @@ ID_NAMES = ("id", "image_id", "image", "file", "filename", "file_name", "fname",
 # Words of a column naming what several images share (a patient, a lesion, a source image): the
 # groups that must not be spread over train and test (HAM10000's lesion_id, ISIC's patient_id).
 GROUP_WORDS = frozenset({"patient", "lesion", "subject", "person", "participant", "individual",
-                         "specimen", "original", "parent"})
+                         "specimen"})
+# Words that name such a group only beside a word of _GROUP_KEY_WORDS (source_image, case_id,
+# group_id; not a column "source" of hospital names or "age_group").
+_WEAK_GROUP_WORDS = frozenset({"original", "parent", "source", "group", "case", "study",
+                               "series"})
 # Words that may stand beside one of them in such a column's name (patient_id, "Patient No").
 _GROUP_KEY_WORDS = frozenset({"id", "ids", "no", "nr", "num", "number", "code", "key", "name",
-                              "image", "img", ""})
+                              "image", "img", "file"})
 LABEL_NAMES = ("label", "labels", "class", "class_name", "category", "breed", "species", "target",
                "y", "dx", "diagnosis", "level", "emotion")
 
@@ -785,9 +789,13 @@ def find_images(
                           sorted(set(source.linked)),
                           _unnamed_images(source, inside, images, root, split_folders)
                           if chosen == "folders" else [])
-    if table is not None and table.group_index is not None:
-        kept = {rel for rel, _ in good}
-        inventory.groups = {rel: g for rel, g in table.groups.items() if rel in kept}
+    kept = {rel for rel, _ in good}
+    groups = {rel: g for rel, g in table.groups.items() if rel in kept} if table else {}
+    # A column found by its name groups images only with three values or more (a yes/no
+    # "person" column does not).
+    if table is not None and table.group_index is not None and (
+            group_column is not None or len(set(groups.values())) > 2):
+        inventory.groups = groups
         inventory.group_column = (table.column_names[table.group_index]
                                   if table.first_line == 2 else str(table.group_index))
         inventory.group_given = group_column is not None
@@ -924,7 +932,9 @@ def _check_table_matched(table: _LabelsTable, items: list, skipped: list[Skipped
         f"{missing.source!r}: {missing.detail}); ids, taken from column "
         f"{table.id_header}, are matched as paths inside {path} (for paths from "
         "another machine, their part after its name), with or without the extension "
-        "and in any case, or as bare file names: check --id-column and --labels")
+        "and in any case, or as bare file names: check --id-column and --labels"
+        + ("; its fields were taken as separated by spaces (no line near its top holds a "
+           "comma, a semicolon or a tab)" if table.delimiter == " " else ""))
 
 
 def _refuse_split_named_classes(items: list, csvs: list[str], where: str) -> None:
@@ -1307,10 +1317,11 @@ def presplit_folders(images: list[str], root: str) -> list[str]:
     at most one copy of those same split folders one level down (Kaggle's chest_xray archive
     holds ``chest_xray/train/...`` and a copy in ``chest_xray/chest_xray/``); nothing but
     folders lies at the top, and some image is in a class folder of a split: read as plain
-    class folders, its classes would be "train" and "test".
+    class folders, its classes would be "train" and "test". Only the folders holding images
+    in class folders are returned (not Plant Seedlings' test/ of unlabelled images).
     """
     found, copies, copied = set(), set(), set()
-    in_class = False
+    labelled: set[str] = set()  # the split folders holding images in class folders
     for rel in images:
         parts = rel[len(root):].split("/")
         where = _split_path(parts)
@@ -1320,14 +1331,15 @@ def presplit_folders(images: list[str], root: str) -> list[str]:
         if kind == "loose":
             continue
         found.add(folder)
-        in_class = in_class or len(parts) >= k + 2
+        if len(parts) >= k + 2:
+            labelled.add(folder)
         if kind == "copy":
             copies.add(parts[0])
             copied.add(split_of(parts[1]))
     splits = {split_of(f.rsplit("/", 1)[-1]) for f in found if f.split("/")[0] not in copies}
-    if not in_class or not splits or len(copies) > 1 or not copied <= splits:
+    if not labelled or not splits or len(copies) > 1 or not copied <= splits:
         return []
-    return sorted(found)
+    return sorted(labelled)
 
 
 def own_split_folders(folder: str | os.PathLike,
@@ -1607,17 +1619,20 @@ def _delimiter(text: str) -> str:
     (after comment lines) outside quoted fields (spreadsheets in many locales export with ;);
     "," on a tie; spaces where the line has none of those (Oxford-IIIT Pet's trainval.txt:
     ``Abyssinian_100 1 1 1``)."""
-    first = next((line for line in text.splitlines()
-                  if line.strip() and not line.lstrip().startswith("#")), "")
-    bare = re.sub(r'"[^"]*"', "", first)
-    if not any(d in bare for d in ",;\t") and " " in bare.strip():
+    lines = [line for line in text.splitlines()[:200] if line.strip()]
+    data = [re.sub(r'"[^"]*"', "", line) for line in lines if not line.lstrip().startswith("#")]
+    # Spaces only where no line near the top has another separator (not a title line).
+    if data and not any(d in line for line in data[:20] for d in ",;\t") \
+            and " " in data[0].strip():
         return " "
+    bare = re.sub(r'"[^"]*"', "", lines[0]) if lines else ""
     return max((",", ";", "\t"), key=bare.count)
 
 
-def _table_rows(text: str) -> tuple[list[list[str]], list[int]]:
-    """The rows of a labels file that hold anything, and the line each starts on; comment
-    lines (#) before the first row are passed over (Oxford-IIIT Pet's list.txt)."""
+def _table_rows(text: str) -> tuple[list[list[str]], list[int], str]:
+    """The rows of a labels file that hold anything, the line each starts on, and the field
+    separator; in a list separated by spaces, comment lines (#) before the first row are
+    passed over (Oxford-IIIT Pet's list.txt; a CSV's "# image,label" is its header)."""
     delimiter = _delimiter(text)
     # Runs of spaces separate fields as one; a field may end in spaces (a row's trailing one).
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
@@ -1626,13 +1641,14 @@ def _table_rows(text: str) -> tuple[list[list[str]], list[int]]:
     lines: list[int] = []
     start = 1
     for row in reader:
-        if any(c.strip() for c in row) and (rows or not row[0].lstrip().startswith("#")):
+        comment = delimiter == " " and not rows and row[0].lstrip().startswith("#")
+        if any(c.strip() for c in row) and not comment:
             if delimiter == " ":
                 row = [c for c in row if c] or row
             rows.append(row)
             lines.append(start)
         start = reader.line_num + 1
-    return rows, lines
+    return rows, lines, delimiter
 
 
 class _LabelsTable:
@@ -1652,7 +1668,7 @@ class _LabelsTable:
         self.images = images
         self.root = root
         self.labelled = 0  # images its rows label, once labels_most has counted them
-        rows, lines = _table_rows(text)
+        rows, lines, self.delimiter = _table_rows(text)
         # Lookups from most to least specific: path, path without extension, name, name stem.
         # Paths count both inside the wrapper folder stepped into and inside the source itself
         # (ids written as ds/images/1.jpg for a dump whose everything is in ds/).
@@ -1863,39 +1879,57 @@ class _LabelsTable:
                     f"{','.join(first)}); give a header name or a 0-based index")
             return header.index(column.lower())
 
+        # The group column first: the id and label columns are guessed among the others.
+        self.group_given = group_column is not None
+        self.group_index = None if group_column is None else given(group_column,
+                                                                    "--group-column")
+        avoid = set() if self.group_index is None else {self.group_index}
+        named = header[self.group_index] if self.group_index in range(len(header)) else ""
+        for given_column, names, what in ((label_column, LABEL_NAMES, "labels"),
+                                          (id_column, ID_NAMES, "ids")):
+            if given_column is None and named in names:
+                raise UsageError(
+                    f"--group-column {group_column} is the column of the {what} of {self.name} "
+                    f"(by its name); give the column naming what images share (a patient, a "
+                    f"lesion), e.g. lesion_id, or with it --{what[:-1]}-column")
         self.label_given = label_column is not None
         if label_column is not None:
             label_index = given(label_column, "--label-column")
         else:
-            label_index = next((header.index(n) for n in LABEL_NAMES if n in header), None)
+            label_index = next((header.index(n) for n in LABEL_NAMES
+                                if n in header and header.index(n) not in avoid), None)
         if id_column is not None:
             id_index = given(id_column, "--id-column")
         else:
-            id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index)
+            id_index = self._id_guess(rows[1:] if has_header else rows, header, label_index,
+                                      avoid, width)
         if label_index is None and has_header:
-            self.onehot, share = _onehot_columns(rows[1:], id_index, len(first))
+            self.onehot, share = _onehot_columns(rows[1:], {id_index} | avoid, len(first))
             if not self.onehot and share is not None and len(first) > 3:
                 self.onehot_doubt = share
         if label_index is None and not self.onehot:
             # A header with "label" or "class" among its words: NIH's "Finding Labels" (after
             # the one-hot check: class_0,class_1,... are one-hot columns).
-            label_index = next((i for i, name in enumerate(header) if i != id_index
+            label_index = next((i for i, name in enumerate(header)
+                                if i != id_index and i not in avoid
                                 and {"label", "labels", "class"}
                                 & set(re.split(r"[\s_\-.]+", name))), None)
         self.label_guessed = label_index is None and not self.onehot
         if self.onehot:
             label_index = self.onehot[-1]  # the last column a row must reach
         elif label_index is None:
-            label_index = 1 if id_index != 1 else 0
+            # The second column (the first, for ids in the second), else the next one left.
+            label_index = next((c for c in (1, 0, *range(2, width))
+                                if c != id_index and c not in avoid), None)
+            if label_index is None:
+                raise UsageError(f"{self.name} has no column for the labels beside the ids and "
+                                 f"--group-column {group_column}; give --label-column")
         self.label_named_id = (not self.onehot and label_column is None
                                and label_index < len(header)
                                and header[label_index] in ID_NAMES)
         if id_index == label_index:  # only when both are given
             raise UsageError(f"--id-column and --label-column both pick column {id_index} of "
                              f"{self.name}; name two different columns")
-        self.group_given = group_column is not None
-        self.group_index = None if group_column is None else given(group_column,
-                                                                    "--group-column")
         taken = {id_index: "ids", label_index: "labels", **dict.fromkeys(self.onehot, "labels")}
         if self.group_index in taken:
             raise UsageError(
@@ -1931,14 +1965,16 @@ class _LabelsTable:
         return (any(c.lower() in ID_NAMES + LABEL_NAMES for c in first)
                 or (not first_is_data and any(resolve(r, exact) for r in rows[1:20])))
 
-    def _id_guess(self, data: list[list[str]], header: list[str], label_index: int | None) -> int:
+    def _id_guess(self, data: list[list[str]], header: list[str], label_index: int | None,
+                  avoid: set[int], width: int) -> int:
         """The id column when none is given: the one whose header is an id name (id, image,
         file...), and of several (Kaggle's ``Image,Id``) the one whose values name the most
-        images; without one, the first column that is not the label column."""
+        images; without one, the first column that is not the label column (nor one of
+        ``avoid``: the group column)."""
         candidates = [header.index(n) for n in ID_NAMES if n in header]
-        candidates = [c for c in candidates if c != label_index]
+        candidates = [c for c in candidates if c != label_index and c not in avoid]
         if not candidates:
-            return 0 if label_index != 0 else 1
+            return next((c for c in range(width) if c != label_index and c not in avoid), 0)
         sample = data[:50]
 
         def named(c: int, exact: bool) -> int:
@@ -2142,17 +2178,18 @@ def _numeric_aliases(labels: set[str]) -> dict[str, str]:
 _ONEHOT_VALUES = frozenset({"0", "1", "0.0", "1.0"})
 
 
-def _onehot_columns(data: list[list[str]], id_index: int,
+def _onehot_columns(data: list[list[str]], skip: set[int],
                     width: int) -> tuple[list[int], float | None]:
     """The class columns of a one-hot labels table (image_id,healthy,rust,scab with rows
     Train_0,1,0,0), and the share of its rows with a single 1.
 
-    Every column but the id's, when they are two or more, must hold only 0 and 1 (else the
-    share is None), and nine rows in ten have a single 1 (else the columns are []). A 0/1
+    Every column but those of ``skip`` (the ids', the groups'), when they are two or more, must
+    hold only 0 and 1 (else the share is None), and nine rows in ten have a single 1 (else the
+    columns are []). A 0/1
     label beside 0/1 columns of something else (image_id,malignant,fold) has a 1 in both, or
     none, in about half its rows.
     """
-    columns = [c for c in range(width) if c != id_index]
+    columns = [c for c in range(width) if c not in skip]
     full = [row for row in data if len(row) >= width]
     if len(columns) < 2 or not full:
         return [], None
@@ -2165,9 +2202,17 @@ def _onehot_columns(data: list[list[str]], id_index: int,
 
 def _names_group(name: str) -> bool:
     """Whether a column's header names a group of images: lesion_id, patient_id, "Patient ID",
-    patientId, subject (see ``GROUP_WORDS``); not patient_sex or patient_age."""
-    words = set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower()))
-    return bool(words & GROUP_WORDS) and words <= GROUP_WORDS | _GROUP_KEY_WORDS
+    patientId, patientid, subject, source_image (see ``GROUP_WORDS``); not patient_sex or
+    patient_age."""
+    words = set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())) - {""}
+    for word in list(words):  # patientid
+        for key in _GROUP_KEY_WORDS:
+            if word.endswith(key) and word[: -len(key)] in GROUP_WORDS | _WEAK_GROUP_WORDS:
+                words = (words - {word}) | {word[: -len(key)], key}
+    if not words <= GROUP_WORDS | _WEAK_GROUP_WORDS | _GROUP_KEY_WORDS:
+        return False
+    return bool(words & GROUP_WORDS) or bool(words & _WEAK_GROUP_WORDS
+                                             and words & _GROUP_KEY_WORDS)
 
 
 def _is_index(column) -> bool:

@@ -504,10 +504,11 @@ class SplitPlan:
 
     def _part_warning(self, root: str) -> str | None:
         """Class folders named as the parts of a dataset (Oxford-IIIT Pet's images/ beside
-        annotations/, whose trimaps/ are masks of the same names): two such, or one whose
-        files mostly share their names with another class's."""
+        annotations/, whose trimaps/ are masks of the same names): two or more. (One alone may
+        be a class: mask beside no_mask, photos beside paintings; files numbered 0.jpg, 1.jpg
+        in every class share their names.)"""
         named = [c for c in self.classes if re.sub(r"[^a-z]", "", c.lower()) in _PART_NAMES]
-        if not named:
+        if len(named) < 2:
             return None
         stems: dict[str, Counter] = defaultdict(Counter)
         for f in self.files:
@@ -515,8 +516,6 @@ class SplitPlan:
         shared = {c: sum(n for stem, n in stems[c].items()
                          if any(stem in stems[o] for o in self.classes if o != c))
                   for c in named}
-        if len(named) < 2 and not any(2 * shared[c] >= sum(stems[c].values()) for c in named):
-            return None
         images = next((c for c in named if re.sub(r"[^a-z]", "", c.lower()) in _IMAGE_PARTS),
                       None)
         pairs = sum(shared.values())
@@ -929,11 +928,14 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
     """Each class's images in each split, every group (``Inventory.groups``; an image without
     one is a group of its own) in one split, and the images left out.
 
-    The groups are taken in an order shuffled by the seed, the largest first. Each goes to the
-    split with the most room left for its images of each class (``sizes``: what allocate or
-    --counts gives each class), ties to the split with the larger share of its room left,
-    then to the earlier split; never to a split given no share. With --counts a group goes
-    only where all its images fit, and is left out where they fit nowhere.
+    The groups of several images are taken in an order shuffled by the seed (so that every
+    split holds groups of every size, and a subset by --counts many groups), then the images
+    without a group of their own in the same way. Each goes to the split with the largest
+    share left of its room for the group's classes (``sizes``: what allocate or --counts
+    gives each class), ties to the earlier split; never to a split given no share. Every
+    split with a share thus takes a group before any takes a second one of a class, and the
+    single images at the end fill what is left, exactly where they are enough. With --counts
+    a group goes only where all its images fit, and is left out where they fit nowhere.
     """
     asked = options.counts if options.counts is not None else (options.ratios or DEFAULT_RATIOS)
     units: dict[tuple[int, str], list[tuple[str, _Checked]]] = defaultdict(list)
@@ -943,7 +945,7 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
             units[(0, group) if group is not None else (1, c.rel)].append((label, c))
     keys = sorted(units)
     keys = [keys[i] for i in _class_rng(options.seed, "\0groups").permutation(len(keys))]
-    keys.sort(key=lambda k: -len(units[k]))  # (a stable sort: shuffled within one size)
+    keys.sort(key=lambda k: len(units[k]) == 1)  # (stable: shuffled within each part)
     room = {label: list(s) for label, s in sizes.items()}
     placed: dict[str, list[list[_Checked]]] = {label: [[] for _ in asked] for label in members}
     left_out: list[Skipped] = []
@@ -960,9 +962,8 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
             continue
 
         def rank(i: int, need=need) -> tuple:
-            fits = sum(min(n, room[lab][i]) for lab, n in need.items())
             left = sum(room[lab][i] for lab in need) / max(1, sum(sizes[lab][i] for lab in need))
-            return fits, left, -i
+            return left, -i
 
         best = max(where, key=rank)
         for label, c in units[key]:

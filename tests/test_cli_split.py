@@ -91,9 +91,23 @@ def test_a_dump_whose_test_folder_is_unlabelled_is_not_said_to_be_pooled(tmp_pat
         write_image(tmp_path / "dump" / "test" / f"{i}.png", smooth_image(40, 40, seed=60 + i))
     result = loud("split", str(dump.parent), str(tmp_path / "split"), "--dry-run")
     assert result.exit_code == 0, result.output
-    assert ("note: the labelled images all lie in train/ (test/: none in class folders); they "
+    assert ("note: of the dump's split folders, train/ alone holds class folders; its images "
             "are split here") in result.output
     assert "pooled" not in result.output and "build-hdf5" not in result.output
+
+
+def test_split_folders_whose_images_are_all_left_out_are_still_said_to_be_pooled(tmp_path):
+    # val/ holds copies of train/'s images: left out as duplicates, but a split folder with
+    # class folders all the same.
+    dump = tmp_path / "dump"
+    make_class_folders(dump / "train", classes=("a", "b"), per_class=4)
+    for name in ("a", "b"):
+        (dump / "val" / name).mkdir(parents=True)
+        shutil.copy(dump / "train" / name / f"{name}_0.jpg", dump / "val" / name / "copy.jpg")
+    result = loud("split", str(dump), str(tmp_path / "split"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "already split (train/, val/)" in result.output
+    assert "2 duplicate" in result.output
 
 
 def test_a_class_too_small_for_every_split_gets_a_note(tmp_path):
@@ -943,3 +957,20 @@ def test_columns_not_naming_groups_are_not_taken_for_them(tmp_path):
                                          for i, r in enumerate(rows[1:])]) + "\n")
     result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
     assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+def test_splits_left_empty_by_large_groups_are_said_to_be_so(tmp_path):
+    dump = tmp_path / "few"
+    rows = ["patient_id,image_id,label"]
+    for p in range(3):
+        for k in range(10):
+            write_image(dump / "images" / f"p{p}_{k}.jpg", smooth_image(30, 30, seed=10 * p + k))
+            rows.append(f"P{p},p{p}_{k},{('a', 'b', 'a')[p]}")
+    (dump / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = loud("split", str(dump), str(tmp_path / "s"), "--group-column", "patient_id",
+                  "--dry-run")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert ("note: no test images in any class: too few groups of --group-column patient_id, "
+            "or too large for --ratios 0.8,0.1,0.1 (the default)") in out
+    assert "the groups are too large to share out as asked" in out

@@ -1209,6 +1209,68 @@ def test_a_space_separated_list_with_comment_lines_is_read(tmp_path):
         (f"{lists} line 6", "bad-row"), ("beagle_2.jpg", "unlabelled")}
     species = _find(root, layout="csv", labels=lists, label_column=2)
     assert [label for _, label in species.items] == ["1", "1", "2"]
+    # Names with spaces in such a list cannot be told from its fields: the error says how the
+    # fields were read.
+    for i in range(2):
+        _img(tmp_path / "spaced" / f"my cat {i}.jpg", seed=i)
+    (tmp_path / "spaced.txt").write_text("my cat 0.jpg cat\nmy cat 1.jpg cat\n")
+    with pytest.raises(LayoutError, match="its fields were taken as separated by spaces"):
+        _find(tmp_path / "spaced", layout="csv", labels=tmp_path / "spaced.txt")
+
+
+def test_a_csv_header_written_after_a_hash_and_a_title_line_are_read_as_before(tmp_path):
+    # numpy.savetxt writes "# image,width,label": the header, not a comment, in a CSV.
+    inv = _find(_csv_dump(tmp_path, "# image,width,label\n1,40,cat\n2,41,dog\n3,42,cat\n"
+                                    "4,43,dog\n"), layout="csv")
+    assert inv.labels_columns == "ids in '# image', labels in 'label'"
+    assert sorted({label for _, label in inv.items}) == ["cat", "dog"]
+    # A title line of words without a comma does not make the file one of spaces.
+    root = tmp_path / "t"
+    for i in range(4):
+        _img(root / "images" / f"{i}.jpg", seed=i)
+    (root / "labels.csv").write_text("Labels for my dataset\nimage,label\n0,cat\n1,dog\n"
+                                     "2,cat\n3,dog\n")
+    inv = _find(root, layout="csv")
+    assert sorted(label for _, label in inv.items) == ["cat", "cat", "dog", "dog"]
+
+
+@pytest.mark.parametrize("header, group, words", [
+    ("image,lesion_id,finding", "lesion_id", "ids in 'image', labels in 'finding', groups in "
+                                             "'lesion_id'"),
+    ("lesion,file_path,class", "lesion", "ids in 'file_path', labels in 'class', groups in "
+                                         "'lesion'"),
+])
+def test_the_id_and_label_columns_are_guessed_among_the_others_than_the_groups(tmp_path, header,
+                                                                              group, words):
+    names = header.split(",")
+    rows = [dict(zip(names, ("", "", ""), strict=True)) for _ in range(4)]
+    for i, row in enumerate(rows):
+        row.update({names[0] if "lesion" not in names[0] else names[1]: f"{i + 1}.jpg"})
+        row.update({n: f"L{i // 2}" for n in names if "lesion" in n})
+        row.update({names[2]: ("cat", "dog")[i % 2]})
+    text = header + "\n" + "".join(",".join(r[n] for n in names) + "\n" for r in rows)
+    inv = _find(_csv_dump(tmp_path, text, names=("1.jpg", "2.jpg", "3.jpg", "4.jpg")),
+                layout="csv", group_column=group)
+    assert inv.labels_columns == words
+    assert inv.group_given and inv.groups == {"images/1.jpg": "L0", "images/2.jpg": "L0",
+                                              "images/3.jpg": "L1", "images/4.jpg": "L1"}
+
+
+def test_a_yes_no_column_named_as_a_group_groups_nothing(tmp_path):
+    text = "image_id,label,person\n1,cat,1\n2,dog,0\n3,cat,1\n4,dog,0\n"
+    inv = _find(_csv_dump(tmp_path, text, names=("1.jpg", "2.jpg", "3.jpg", "4.jpg")))
+    assert inv.layout == "csv" and inv.groups == {} and inv.group_column is None
+
+
+@pytest.mark.parametrize("name, groups", [
+    ("lesion_id", True), ("patient_id", True), ("Patient ID", True), ("patientId", True),
+    ("patientid", True), ("PatientID", True), ("subject", True), ("group_id", True),
+    ("case_id", True), ("study_id", True), ("source_image", True), ("individual_id", True),
+    ("patient_sex", False), ("patient_age", False), ("age_group", False), ("source", False),
+    ("group", False), ("image_id", False), ("dx", False),
+])
+def test_columns_named_as_groups_of_images(name, groups):
+    assert sources_module._names_group(name) is groups
 
 
 def test_a_stray_csv_of_class_descriptions_leaves_the_folders_layout(tmp_path):
@@ -1438,7 +1500,8 @@ def test_a_submission_template_for_test_only_is_not_trusted_whatever_its_labels(
     (root / "sample_submission.csv").write_text(
         "file,species\n" + "".join(f"t{i}.png,{'ab'[i % 2]}\n" for i in range(4)))
     inv = _find(root)
-    assert inv.layout == "folders" and inv.split_folders == ["test", "train"]
+    # (test/ holds no class folder: no split folder of labelled images.)
+    assert inv.layout == "folders" and inv.split_folders == ["train"]
     assert inv.classes == ["a", "b"] and len(inv.items) == 6
 
 

@@ -309,6 +309,28 @@ def test_groups_with_counts_never_overfill_and_leave_out_what_fits_nowhere():
                               for s, want in (("train", 6), ("val", 2), ("test", 2)))
 
 
+def test_counts_by_groups_draw_on_many_groups_not_the_largest_few():
+    # 150 patients a class of 1 to 10 images: val's 10 images of a class come from several.
+    inventory, checked = _grouped([825, 825], list(range(1, 11)))
+    p = _decide(Path("/src"), inventory, checked,
+                SplitOptions(layout="csv", group_column="lesion_id", counts=(50, 10, 10)))
+    for split_name in ("train", "val", "test"):
+        for c in ("c0", "c1"):
+            groups = {inventory.groups[f.source] for f in p.files
+                      if f.split == split_name and f.label == c}
+            assert len(groups) >= (5 if split_name == "train" else 2), (split_name, c, groups)
+
+
+def test_every_split_with_a_share_takes_a_group_where_there_are_enough():
+    # Four patients of ten images a class, 0.8,0.1,0.1: 2/1/1 patients, not 3/1/0.
+    inventory, checked = _grouped([40, 40], [10])
+    for seed in range(5):
+        p = _decide(Path("/src"), inventory, checked,
+                    SplitOptions(layout="csv", group_column="lesion_id", seed=seed))
+        assert all(p.counts()[s][c] == (20 if s == "train" else 10)
+                   for s in p.splits for c in ("c0", "c1")), p.counts()
+
+
 def test_one_large_group_is_said_when_the_splits_cannot_follow_the_ratios():
     inventory, checked = _grouped([40], [20, 1])
     p = _decide(Path("/src"), inventory, checked,
@@ -319,8 +341,11 @@ def test_one_large_group_is_said_when_the_splits_cannot_follow_the_ratios():
     inventory, checked = _grouped([40], [30, 1])
     p = _decide(Path("/src"), inventory, checked,
                 SplitOptions(layout="csv", group_column="lesion_id", ratios=(0.5, 0.5)))
-    assert any("too large to share out as asked: the splits hold 0.75,0.25 of the images, for "
-               "--ratios 0.5,0.5" in w for w in p.warnings()), p.warnings()
+    shares = [sum(p.counts()[s].values()) / 40 for s in ("train", "val")]
+    assert sorted(shares) == [0.25, 0.75]  # 30 of 40 in one group
+    assert any("too large to share out as asked: the splits hold "
+               f"{shares[0]:.2f},{shares[1]:.2f} of the images, for --ratios 0.5,0.5" in w
+               for w in p.warnings()), p.warnings()
 
 
 # ---------------------------------------------------------------- on disk
@@ -506,19 +531,15 @@ def test_class_folders_named_as_a_datasets_parts_are_warned_of(tmp_path):
         f"another class's (images and their masks?): if images/ holds the images, give "
         f"{pet / 'images'} as SRC, with --layout prefix (--pattern) or --labels if their names "
         "or a list give the classes"], warnings
-    # One folder so named, its files the other classes' names: said too.
-    for k, breed in enumerate(("cat", "dog")):
-        for i in range(3):
-            write_image(tmp_path / "d" / breed / f"{breed}{i}.jpg",
-                        smooth_image(40, 40, seed=40 + i + 5 * k))
-            write_image(tmp_path / "d" / "masks" / f"{breed}{i}.png",
-                        smooth_image(40, 40, seed=60 + i + 5 * k))
-    assert any(w.startswith("the classes masks are named as the parts of a dataset")
-               for w in plan(tmp_path / "d").warnings())
-    # A class named so whose files are its own (a mask-wearing class): no warning.
-    shutil.rmtree(tmp_path / "d" / "masks")
-    make_class_folders(tmp_path / "d", classes=("mask",), per_class=3, seed=80)
-    assert not any("parts of a dataset" in w for w in plan(tmp_path / "d").warnings())
+    # One folder so named is a class (a mask-wearing one), also where every class numbers
+    # its files alike.
+    for classes in (("mask", "no_mask", "incorrect_mask"), ("photos", "paintings")):
+        for k, name in enumerate(classes):
+            for i in range(3):
+                write_image(tmp_path / classes[0] / name / f"{i}.jpg",
+                            smooth_image(40, 40, seed=40 + i + 5 * k))
+        warnings = plan(tmp_path / classes[0]).warnings()
+        assert not any("parts of a dataset" in w for w in warnings), warnings
 
 
 def test_a_class_whose_every_image_is_left_out_is_named(tmp_path):

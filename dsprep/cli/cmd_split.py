@@ -141,16 +141,13 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     say(f"{src}{where}: {split_plan.layout} layout{labels}, {classes}, seed {seed}")
     for warning in split_plan.warnings():
         say(f"warning: {warning}", err=True)
-    # The dump's split folders that gave images (not Plant Seedlings' test/ of unlabelled ones).
-    root = f"{split_plan.root}/" if split_plan.root else ""
-    pooled = [f for f in split_plan.split_folders
-              if any(p.source.startswith(f"{root}{f}/") for p in split_plan.files)]
-    if len(pooled) == 1 and len(split_plan.split_folders) > 1:
-        others = ", ".join(f"{f}/" for f in split_plan.split_folders if f != pooled[0])
-        say(f"note: the labelled images all lie in {pooled[0]}/ ({others}: none in class "
-            "folders); they are split here")
-    elif len(pooled) > 1:
-        folders = ", ".join(f"{f}/" for f in pooled)
+    # The dump's split folders holding class folders (not Plant Seedlings' test/ of unlabelled
+    # images): one alone is split as any folder of classes is.
+    if len(split_plan.split_folders) == 1:
+        say(f"note: of the dump's split folders, {split_plan.split_folders[0]}/ alone holds "
+            "class folders; its images are split here")
+    elif split_plan.split_folders:
+        folders = ", ".join(f"{f}/" for f in split_plan.split_folders)
         say(f"note: the dump is already split ({folders}); their images are pooled by class "
             "and split again here")
         inside = Path(src) / split_plan.root
@@ -181,13 +178,16 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
     most = max(sum(counts_by_split[s][c] for s in split_plan.splits) for c in split_plan.classes)
     for split_name, share in zip(split_plan.splits, asked, strict=True):
         empty = [c for c in split_plan.classes if counts_by_split[split_name][c] == 0]
+        few = (f"too few groups of --group-column {split_plan.group_column}, or too large"
+               if split_plan.group_given else "too few images")
         if empty and any(counts_by_split[split_name].values()):
-            say(f"note: no {split_name} images of {', '.join(empty)} (too few images; see the "
-                "table)")
+            say(f"note: no {split_name} images of {', '.join(empty)} ({few}; see the table)")
         elif empty:
             # A split empty in every class is easily missed in the table, and fails whatever
             # trains or evaluates on it; on stderr, so that -q still shows it.
             why = (f"{option} gives it none" if share == 0 else
+                   f"{few} for {option}; give {split_name} a larger share, or use more "
+                   "images" if split_plan.group_given else
                    f"too few images per class (at most {most}) for {option}; give "
                    f"{split_name} a larger share, or use more images")
             say(f"note: no {split_name} images in any class: {why}", err=True)
