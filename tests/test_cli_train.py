@@ -365,7 +365,14 @@ def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():
     assert _highest({0.5: result(0.5, 56.0), 0.1: result(0.5, 4.1),
                      0.01: result(0.4, 0.6)}) == (
         "highest best val_auc: lr 0.1 (0.5000), tied with lr 0.5: taken for its lower final "
-        "loss")
+        "val_loss")
+    # Without validation, the training loss, said as such (the table's "final loss").
+    assert _highest({0.5: SimpleNamespace(best=0.5, diverged=False, monitor="accuracy",
+                                          history=[{"loss": 0.9}]),
+                     0.1: SimpleNamespace(best=0.5, diverged=False, monitor="accuracy",
+                                          history=[{"loss": 0.4}])}) == (
+        "highest best accuracy: lr 0.1 (0.5000), tied with lr 0.5: taken for its lower final "
+        "training loss")
     assert _highest({0.1: result(0.9, 1.0), 1e30: result(None, float("nan"), True)}) == (
         "highest best val_auc: lr 0.1 (0.9000)")
     assert _highest({1e30: result(None, float("nan"), True)}) == ""
@@ -373,11 +380,11 @@ def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():
     assert _highest({1e-7: result(0.42, 1.098), 1e-8: result(0.42, 1.098),
                      1e-9: result(0.42, 1.098)}) == (
         "highest best val_auc: lr 1e-09 (0.4200), tied with lr 1e-08, 1e-07 at the same final "
-        "loss too: nothing here tells them apart (rates too low to learn in these epochs?)")
+        "val_loss too: nothing here tells them apart (rates too low to learn in these epochs?)")
     # Some at the same loss, some higher: each said as it is.
     assert _highest({1e-4: result(0.5, 0.3), 1e-5: result(0.5, 0.3), 0.1: result(0.5, 2.5)}) == (
         "highest best val_auc: lr 1e-05 (0.5000), tied with lr 0.1: taken for its lower final "
-        "loss (lr 0.0001, at the same final loss too, cannot be told from it)")
+        "val_loss (lr 0.0001, at the same final val_loss too, cannot be told from it)")
 
 
 @pytest.mark.slow

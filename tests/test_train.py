@@ -313,7 +313,8 @@ def test_a_resume_after_the_data_moved_asks_for_it_and_remembers_its_new_place(s
     (copy / "config.json").write_text(json.dumps({**config, "data": str(old)}))
     old.rename(new)
     with pytest.raises(LayoutError, match=f"trained on {old}, which is no longer there; give "
-                                          f"where the data is now: .* --resume {copy} DATA"):
+                                          f"where the data is now: .* --resume {copy} DATA "
+                                          "--epochs 3$"):
         resume(copy, epochs=3)
     assert resume(copy, epochs=3, data=new).epochs_done == 3
     # The next resume (and evaluate) looks for the data there.

@@ -588,6 +588,10 @@ def _highest(results: dict) -> str:
         loss = last.get("val_loss", last.get("loss"))
         return loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
 
+    def which_loss(lr) -> str:
+        last = results[lr].history[-1] if results[lr].history else {}
+        return "val_loss" if "val_loss" in last else "training loss"
+
     ranked = [(r.best, lr, final_loss(r)) for lr, r in results.items()
               if not r.diverged and isinstance(r.best, (int, float)) and math.isfinite(r.best)]
     if not ranked:
@@ -601,10 +605,12 @@ def _highest(results: dict) -> str:
         same = [f"{other:g}" for loss, other in tied[1:] if loss == tied[0][0]]
         higher = [f"{other:g}" for loss, other in tied[1:] if loss != tied[0][0]]
         if higher:
-            said += (f", tied with lr {', '.join(higher)}: taken for its lower final loss"
-                     + (f" (lr {', '.join(same)}, at the same final loss too, cannot be told "
-                        "from it)" if same else ""))
+            said += (f", tied with lr {', '.join(higher)}: taken for its lower final "
+                     f"{which_loss(lr)}"
+                     + (f" (lr {', '.join(same)}, at the same final {which_loss(lr)} too, "
+                        "cannot be told from it)" if same else ""))
         else:
-            said += (f", tied with lr {', '.join(same)} at the same final loss too: nothing "
-                     "here tells them apart (rates too low to learn in these epochs?)")
+            said += (f", tied with lr {', '.join(same)} at the same final {which_loss(lr)} "
+                     "too: nothing here tells them apart (rates too low to learn in these "
+                     "epochs?)")
     return said

@@ -1105,7 +1105,7 @@ def _resume(run: Path, epochs: int | None, data, progress: bool, bars: bool,
         # options and data it was started with.
         saved = read_run_config(run)
         config = _resumed_options(run, saved, epochs, machine)
-        _check_run_data(run, saved, data)
+        _check_run_data(run, saved, data, epochs)
         _refuse_run_with_data(run, Path(data or saved["data"]))
         result = _train(data or saved["data"], run, config, False, True, progress, True, bars)
         result.restarted = True
@@ -1242,8 +1242,9 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     saved = read_run_config(run)
     config_path = run / CONFIG
     if data is None and not isinstance(saved.get("data"), str):
-        _check_run_data(run, saved, data)  # no data named: refused (one moved away is refused
-        # below, after a finished run has said that it has nothing left to do)
+        # No data named: refused (one moved away is refused below, after a finished run has
+        # said that it has nothing left to do).
+        _check_run_data(run, saved, data, epochs)
     config = _resumed_options(run, saved, epochs, machine)
     done = int(cb.read_state(run)["epochs_done"])
     cb.settle_checkpoints(run, done)
@@ -1283,7 +1284,7 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     # generator jumps to the epoch, which fixes its order and random draws.
     keras.utils.set_random_seed((config.seed + done) % (SEED_MAX + 1))
     device = configure_device(config.precision, config.jit, config.gpus)
-    _check_run_data(run, saved, data)
+    _check_run_data(run, saved, data, epochs)
     _refuse_run_with_data(run, Path(data or saved["data"]))
     bundle = open_data(data or saved["data"], config, work=run, progress=bars)
     _check_resumed_data(bundle, saved, data or saved["data"], config_path,
@@ -1310,16 +1311,19 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     return _fit(model, bundle, run, config, done, history, progress, strategy=device.strategy)
 
 
-def _check_run_data(run: Path, saved: dict, data) -> None:
-    """Without DATA, the run's own data folder must be named in config.json and still there."""
+def _check_run_data(run: Path, saved: dict, data, epochs: int | None = None) -> None:
+    """Without DATA, the run's own data folder must be named in config.json and still there.
+    The command to give says ``epochs``, the new total given with --resume, if any."""
     if data is not None:
         return
+    command = (f"dsprep train --resume {quoted(run)} DATA"
+               + (f" --epochs {epochs}" if epochs is not None else ""))
     if not isinstance(saved.get("data"), str):
         raise DatasetFormatError(f"{run / CONFIG} does not name the data folder ('data'); "
-                                 f"give DATA: dsprep train --resume {quoted(run)} DATA")
+                                 f"give DATA: {command}")
     if not Path(saved["data"]).exists():
         raise LayoutError(f"{run} was trained on {saved['data']}, which is no longer there; "
-                          f"give where the data is now: dsprep train --resume {quoted(run)} DATA")
+                          f"give where the data is now: {command}")
 
 
 # ----------------------------------------------------------------------------------------------
