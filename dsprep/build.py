@@ -61,12 +61,14 @@ from .sources import (
     MISSING_FILE,
     NO_LABEL,
     UNREADABLE,
+    FolderSource,
     chunk_folders,
     class_folder_files,
     classless_splits,
     is_image_name,
     namesake,
     own_split_folders,
+    pixel_tables,
     split_of,
     visible_folders,
 )
@@ -271,6 +273,19 @@ class _Block:
 # Inputs
 
 
+def _holds_an_image(src: Path, limit: int = 100_000) -> bool:
+    """Whether an image file lies anywhere in ``src`` (among its first ``limit`` entries)."""
+    seen = 0
+    for _, folders, files in os.walk(src):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        if any(is_image_name(f) for f in files):
+            return True
+        seen += len(files) + len(folders)
+        if seen > limit:
+            return True  # too many to look through: taken to hold some
+    return False
+
+
 def _raw_dump(src: Path) -> str | None:
     """Why ``src`` is a raw dump whose folders are no classes, in words, else None: a labels
     CSV at its top, images straight in it with no folder, or folders named as parts of one
@@ -283,6 +298,8 @@ def _raw_dump(src: Path) -> str | None:
         images = any(is_image_name(e.name) and e.is_file() for e in entries)
     except OSError:
         return None
+    if csvs and not images and not _holds_an_image(src):
+        return None  # said by the caller: no image file at all
     if csvs:
         return f"{csvs[0]} at its top may hold its labels"
     if images and not folders:
@@ -443,6 +460,12 @@ def find_rows(
             if built is not None:
                 raise UsageError(f"{src} holds files build-hdf5 wrote, not images; give the "
                                  f"folder they were built from ({built})")
+            if not _holds_an_image(src):
+                with FolderSource(src) as source:
+                    files, _ = source.list_files()
+                    tables = pixel_tables(source, files)
+                raise UsageError(f"{src} holds no image files{tables}; give the folder that "
+                                 "holds the images")
             raw = _raw_dump(src)
             if raw:
                 # HAM10000's part folders or Caltech's Annotations/ built with --name would

@@ -61,6 +61,21 @@ OUTSIDE_CLASS_FOLDERS = "outside the class folders: an image without a class"
 # The detail of a file left out as a BAD_NAME for a path that is not UTF-8.
 NOT_UTF8_NAME = "file name is not valid UTF-8"
 UNSUPPORTED = "unsupported-format"
+MASK = "mask"  # an image in a class's folder of masks or annotations, beside its images
+
+# Folder names of a dataset's parts, not classes (compared in lower case, letters only): its
+# images, and its masks or annotations.
+IMAGE_PARTS = frozenset({"images", "image", "imgs", "img", "jpegimages", "photos", "pictures"})
+MASK_PARTS = frozenset({
+    "annotations", "annotation", "masks", "mask", "lungmasks", "trimaps", "trimap", "labels",
+    "segmentations", "segmentation", "segmentationclass", "segmentationobject", "gt",
+    "groundtruth", "xmls", "depth"})
+PART_NAMES = IMAGE_PARTS | MASK_PARTS | frozenset({"metadata", "thumbnails"})
+
+
+def part_name(name: str) -> str:
+    """A folder's name as compared with the part names: lower case, letters only."""
+    return re.sub(r"[^a-z]", "", name.lower())
 # The detail of a zip member left out as a BAD_NAME for a path that could escape a folder.
 UNSAFE_PATH = "unsafe path inside the archive"
 
@@ -808,7 +823,8 @@ def find_images(
         raise LayoutError(_no_labelled_images(where, chosen, source.path, root, wrapper,
                                               passed_over, inventory.skipped, regex)
                           + (_one_class_hint(source.path, images, root)
-                             if chosen == "prefix" and regex is None else ""))
+                             if chosen == "prefix" and regex is None else "")
+                          + pixel_tables(source, files))
     return inventory
 
 
@@ -1140,7 +1156,8 @@ def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str
             return (message + f"; it holds the archive(s) {', '.join(others[:3])}"
                     + (", ..." if len(others) > 3 else "") + ", which dsprep does not read "
                     "in place: extract them here, and split this folder again")
-        return message + "; give the folder or .zip that holds the images"
+        return message + pixel_tables(source, files) + "; give the folder or .zip that holds " \
+            "the images"
     # Kaggle's dogs-vs-cats download: train.zip (labelled) beside test1.zip (unlabelled).
     pick = next((f for f in archives if split_of(PurePosixPath(f).stem) == "train"),
                 archives[0])
@@ -1149,6 +1166,26 @@ def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str
         return (message + f": extract {source.path} and split the archive inside, e.g. "
                 f"'dsprep split {quoted('<extracted folder>/' + pick)} DEST'")
     return message + f": split one of them, e.g. 'dsprep split {quoted(source.path / pick)} DEST'"
+
+
+def pixel_tables(source: Source, files: list[str]) -> str:
+    """A note on the CSVs of a dump that hold images as pixel values (Fashion-MNIST's
+    label,pixel1,...,pixel784), which are no image files; "" if none does."""
+    tables = []
+    for rel in sorted(f for f in files if f.lower().endswith(".csv"))[:8]:
+        try:
+            head = source.read_head(rel, 65536).decode("utf-8", "replace").split("\n", 1)[0]
+        except OSError:
+            continue
+        columns = [c.strip().strip('"').lower() for c in re.split(r"[,;\t]", head)]
+        if sum(bool(re.fullmatch(r"(pixel|px|p)_?\d+|\d+x\d+", c)) for c in columns) >= 64:
+            tables.append(rel)
+    if not tables:
+        return ""
+    return (f"; {', '.join(tables[:2])}{', ...' if len(tables) > 2 else ''} "
+            f"hold{'s' if len(tables) == 1 else ''} images as pixel values, one per row, which "
+            "dsprep does not read: write them out as image files (PNG) in class folders "
+            "first")
 
 
 def _utf8(name: str) -> bool:
@@ -1453,15 +1490,40 @@ def _by_folder(images: list[str], root: str, presplit: bool = False,
     if presplit:
         return _by_split_folder(images, root)
     items, skipped = [], []
+    masks = _mask_folders(images, root) if copy is None else {}
     for rel in images:
         parts = rel[len(root):].split("/")
-        if copy is not None and parts[0] == copy:
+        if masks and parts[1] != masks[parts[0]]:
+            skipped.append(Skipped(rel, MASK, f"in {parts[0]}/{parts[1]}/, beside the class's "
+                                              f"images in {parts[0]}/{masks[parts[0]]}/"))
+        elif copy is not None and parts[0] == copy:
             items.append((rel, parts[1]))  # the copy holds no image of its own
         elif len(parts) < 2:
             skipped.append(Skipped(rel, NO_LABEL, "not inside a class folder"))
         else:
             items.append((rel, parts[0]))
     return items, skipped
+
+
+def _mask_folders(images: list[str], root: str) -> dict[str, str]:
+    """For class folders that each hold a folder of images beside folders of its masks or
+    annotations, and nothing else (COVID-19 Radiography's COVID/images/ and COVID/masks/),
+    each class's folder of images; else {}."""
+    inner: dict[str, set[str]] = defaultdict(set)
+    for rel in images:
+        parts = rel[len(root):].split("/")
+        if len(parts) < 3:
+            return {}
+        inner[parts[0]].add(parts[1])
+    found = {}
+    for label, folders in inner.items():
+        kinds = [part_name(f) for f in folders]
+        pictures = [f for f, kind in zip(folders, kinds, strict=True) if kind in IMAGE_PARTS]
+        if len(pictures) != 1 or not all(k in IMAGE_PARTS | MASK_PARTS for k in kinds) \
+                or len(folders) < 2:
+            return {}
+        found[label] = pictures[0]
+    return found if len(found) > 1 else {}
 
 
 def _by_split_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]:

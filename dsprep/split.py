@@ -64,8 +64,10 @@ from .sources import (
     DUPLICATE,
     IGNORED_FOLDERS,
     IGNORED_NAMES,
+    IMAGE_PARTS,
     LABEL_CONFLICT,
     NOT_UTF8_NAME,
+    PART_NAMES,
     UNREADABLE,
     Inventory,
     Skipped,
@@ -74,6 +76,7 @@ from .sources import (
     is_submission_template,
     open_source,
     own_split_folders,
+    part_name,
     split_of,
     visible_folders,
 )
@@ -209,13 +212,6 @@ class SplitOptions:
             del params["group_column"]  # likewise
         return json.loads(json.dumps(params))
 
-
-# Folder names of a dataset's parts, not classes (compared in lower case, letters only).
-_IMAGE_PARTS = frozenset({"images", "image", "imgs", "img", "jpegimages", "photos", "pictures"})
-_PART_NAMES = _IMAGE_PARTS | frozenset({
-    "annotations", "annotation", "masks", "mask", "trimaps", "trimap", "labels",
-    "segmentations", "segmentation", "segmentationclass", "segmentationobject", "gt",
-    "groundtruth", "xmls", "depth", "metadata", "thumbnails"})
 
 # Images smaller than this on a side are said (placeholders), unless --min-size leaves them out.
 TINY_SIDE = 8
@@ -439,7 +435,7 @@ class SplitPlan:
                 "classes (a test set), move "
                 f"{'them' if len(named) > 1 else 'it'} out of {self.source}")
         root = f"{self.root}/" if self.root else ""
-        parts = self._part_warning(root)
+        parts = self._part_warning(root) or self._split_named_warning(root)
         if parts:
             return [*found, parts]
         copy = f"{self.class_copy}/" if self.class_copy else None
@@ -507,7 +503,7 @@ class SplitPlan:
         annotations/, whose trimaps/ are masks of the same names): two or more. (One alone may
         be a class: mask beside no_mask, photos beside paintings; files numbered 0.jpg, 1.jpg
         in every class share their names.)"""
-        named = [c for c in self.classes if re.sub(r"[^a-z]", "", c.lower()) in _PART_NAMES]
+        named = [c for c in self.classes if part_name(c) in PART_NAMES]
         if len(named) < 2:
             return None
         stems: dict[str, Counter] = defaultdict(Counter)
@@ -516,8 +512,7 @@ class SplitPlan:
         shared = {c: sum(n for stem, n in stems[c].items()
                          if any(stem in stems[o] for o in self.classes if o != c))
                   for c in named}
-        images = next((c for c in named if re.sub(r"[^a-z]", "", c.lower()) in _IMAGE_PARTS),
-                      None)
+        images = next((c for c in named if part_name(c) in IMAGE_PARTS), None)
         pairs = sum(shared.values())
         also = (f", and {pairs} of their files share their names with another class's (images "
                 "and their masks?)" if pairs else "")
@@ -526,6 +521,27 @@ class SplitPlan:
                  "classes" if images else "give the folder holding the class folders as SRC")
         return (f"the classes {', '.join(named)} are named as the parts of a dataset (its "
                 f"images, masks, annotations), not as classes{also}: {where}")
+
+    def _split_named_warning(self, root: str) -> str | None:
+        """Classes that all have a split among the words of their names (ASL Alphabet's
+        asl_alphabet_train/ and asl_alphabet_test/, each holding a folder of its own name): a
+        split dump, whose classes lie further down."""
+        def split_in(name: str) -> str | None:
+            return next((s for w in re.split(r"[\s_.\-]+", name) if (s := split_of(w))), None)
+
+        kinds = {c: split_in(c) for c in self.classes}
+        if not all(kinds.values()):
+            return None
+        train = next((c for c, kind in kinds.items() if kind == "train"), self.classes[0])
+        folder = train
+        for f in self.files:
+            parts = f.source[len(root):].split("/")
+            if parts[0] == train and len(parts) > 2 and parts[1].lower() == train.lower():
+                folder = f"{train}/{parts[1]}"  # asl_alphabet_train/asl_alphabet_train/
+                break
+        return (f"every class is named as a split ({', '.join(self.classes)}): the dump is split "
+                f"already, and its classes lie further down; to split the images of "
+                f"{folder}/ by their classes, {self._give_as_src(root, folder)}")
 
     def _give_as_src(self, root: str, folder: str) -> str:
         """How to split ``folder`` of the dump (``root`` its top) on its own."""

@@ -1719,6 +1719,16 @@ def test_a_raw_dump_is_answered_with_the_split_to_make_not_with_name(tmp_path, l
         build.build_hdf5(tmp_path / "pets", tmp_path / "out", opts())
 
 
+def test_a_folder_of_pixel_tables_is_said_to_hold_no_image_files(tmp_path):
+    dump = tmp_path / "sign"
+    dump.mkdir()
+    header = "label," + ",".join(f"pixel{i}" for i in range(1, 785))
+    (dump / "sign_mnist_train.csv").write_text(header + "\n" + ",".join(["3"] * 785) + "\n")
+    with pytest.raises(UsageError, match=r"sign holds no image files; sign_mnist_train.csv "
+                                          r"holds images as pixel values, one per row"):
+        build.build_hdf5(dump, tmp_path / "out", opts())
+
+
 def test_a_folder_holding_a_split_just_inside_is_answered_with_that_split(tmp_path):
     # The folder above a dsprep split, and an unzipped archive's wrapper around a folder
     # already split into train/ val/ test/ (chest_xray/chest_xray/).

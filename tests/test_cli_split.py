@@ -974,3 +974,31 @@ def test_splits_left_empty_by_large_groups_are_said_to_be_so(tmp_path):
     assert ("note: no test images in any class: too few groups of --group-column patient_id, "
             "or too large for --ratios 0.8,0.1,0.1 (the default)") in out
     assert "the groups are too large to share out as asked" in out
+
+
+def test_notes_for_masks_beside_images_and_for_keeping_a_dumps_own_splits(tmp_path):
+    dump = tmp_path / "covid"
+    for c, name in enumerate(("COVID", "Normal")):
+        for i in range(3):
+            write_image(dump / name / "images" / f"{name}-{i}.png", smooth_image(30, 30, 9 * c + i))
+            write_image(dump / name / "masks" / f"{name}-{i}.png",
+                        smooth_image(30, 30, 50 + 9 * c + i))
+    result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert ("note: every class holds its images in a folder beside folders of masks or "
+            "annotations (e.g. COVID/masks/COVID-0.png: in COVID/masks/, beside the class's "
+            "images in COVID/images/): the images are split, and the 6 files of the other "
+            "folders left out (mask)") in " ".join(result.output.split())
+    # A dump split into train and test only: how to keep its test set and have a val split.
+    brain = tmp_path / "brain"
+    make_class_folders(brain / "Training", classes=("glioma", "notumor"), per_class=4)
+    make_class_folders(brain / "Testing", classes=("glioma", "notumor"), per_class=2, seed=30)
+    result = loud("split", str(brain), str(tmp_path / "b"), "--dry-run")
+    assert (f"build them as they are: dsprep build-hdf5 {brain} OUT (no val split then; for "
+            f"one, split {brain / 'Training'} alone with two --ratios, and build "
+            f"{brain / 'Testing'} on its own with --name test)") in " ".join(result.output.split())
+    shutil.make_archive(str(tmp_path / "brain"), "zip", brain)
+    result = loud("split", str(tmp_path / "brain.zip"), str(tmp_path / "z"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert (f"note: to keep its own splits instead, extract {tmp_path / 'brain.zip'} and build "
+            "the folder as it is with dsprep build-hdf5") in " ".join(result.output.split())

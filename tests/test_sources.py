@@ -1273,6 +1273,40 @@ def test_columns_named_as_groups_of_images(name, groups):
     assert sources_module._names_group(name) is groups
 
 
+def test_class_folders_of_images_beside_masks_give_the_images_alone(tmp_path):
+    # COVID-19 Radiography: <class>/images/ and <class>/masks/ of the same names.
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    for c, name in enumerate(("COVID", "Viral Pneumonia")):
+        for i in range(2):
+            _img(root / name / "images" / f"{name}-{i}.png", seed=10 * c + i)
+            _img(root / name / "masks" / f"{name}-{i}.png", seed=50 + 10 * c + i)
+    inv = _find(root)
+    assert inv.items == [(f"{n}/images/{n}-{i}.png", n) for n in ("COVID", "Viral Pneumonia")
+                         for i in range(2)]
+    assert {(s.source, s.reason) for s in inv.skipped} == {
+        (f"{n}/masks/{n}-{i}.png", "mask") for n in ("COVID", "Viral Pneumonia")
+        for i in range(2)}
+    assert next(s.detail for s in inv.skipped) == (
+        "in COVID/masks/, beside the class's images in COVID/images/")
+    # An image straight in a class folder, or a class without masks: every image is read.
+    _img(root / "Normal" / "images" / "Normal-0.png", seed=90)
+    assert {s.reason for s in _find(root).skipped} == set()
+    shutil.rmtree(root / "Normal")
+    _img(root / "COVID" / "COVID-9.png", seed=91)
+    assert {s.reason for s in _find(root).skipped} == set()
+
+
+def test_a_dump_of_pixel_tables_is_said_to_hold_no_image_files(tmp_path):
+    # Fashion-MNIST on Kaggle: label,pixel1..pixel784 per row, and no image file.
+    root = tmp_path / "fashion"
+    root.mkdir()
+    header = "label," + ",".join(f"pixel{i}" for i in range(1, 785))
+    (root / "fashion-mnist_train.csv").write_text(header + "\n" + ",".join(["0"] * 785) + "\n")
+    with pytest.raises(LayoutError, match="fashion-mnist_train.csv holds images as pixel "
+                                          "values, one per row, which dsprep does not read"):
+        _find(root)
+
+
 def test_a_stray_csv_of_class_descriptions_leaves_the_folders_layout(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "b"), per_class=2)
     (root / "classes.csv").write_text("class,description\na,apples\nb,bananas\n")

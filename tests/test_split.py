@@ -542,6 +542,25 @@ def test_class_folders_named_as_a_datasets_parts_are_warned_of(tmp_path):
         assert not any("parts of a dataset" in w for w in warnings), warnings
 
 
+def test_classes_named_as_splits_are_warned_of_with_the_folder_to_split(tmp_path):
+    # ASL Alphabet: asl_alphabet_train/asl_alphabet_train/<letter>/ beside a flat test folder.
+    root = tmp_path / "asl"
+    for k, letter in enumerate("AB"):
+        for i in range(3):
+            write_image(root / "asl_alphabet_train" / "asl_alphabet_train" / letter
+                        / f"{letter}{i}.jpg", smooth_image(40, 40, seed=10 * k + i))
+        write_image(root / "asl_alphabet_test" / "asl_alphabet_test" / f"{letter}_test.jpg",
+                    smooth_image(40, 40, seed=80 + k))
+    warnings = plan(root).warnings()
+    assert warnings == [
+        "every class is named as a split (asl_alphabet_test, asl_alphabet_train): the dump is "
+        "split already, and its classes lie further down; to split the images of "
+        "asl_alphabet_train/asl_alphabet_train/ by their classes, give "
+        f"{root / 'asl_alphabet_train' / 'asl_alphabet_train'} as SRC"], warnings
+    inner = plan(root / "asl_alphabet_train" / "asl_alphabet_train")
+    assert inner.classes == ["A", "B"] and inner.warnings() == []
+
+
 def test_a_class_whose_every_image_is_left_out_is_named(tmp_path):
     root = make_class_folders(tmp_path / "d", classes=("a", "c"), per_class=3)
     write_image(root / "b" / "tiny.jpg", smooth_image(20, 20, seed=80))

@@ -9,7 +9,7 @@ import click
 from ..errors import UsageError
 from ..fileio import quoted
 from ..images import DEFAULT_MAX_PIXELS
-from ..sources import LAYOUTS, own_split_folders
+from ..sources import LAYOUTS, MASK, own_split_folders
 from ..split import (
     DEFAULT_RATIOS,
     DEFAULT_SEED,
@@ -152,12 +152,25 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
             "and split again here")
         inside = Path(src) / split_plan.root
         try:
-            buildable = bool(own_split_folders(inside, []))
+            own = own_split_folders(inside, []) if inside.is_dir() else {}
         except UsageError:
-            buildable = False
-        if buildable:
+            own = {}
+        if own:
+            # Without a val folder of its own, the README's route keeps its test set and
+            # makes a val split from its train folder.
+            val = ("" if "val" in own or "train" not in own or "test" not in own else
+                   f" (no val split then; for one, split {quoted(own['train'])} alone with two "
+                   f"--ratios, and build {quoted(own['test'])} on its own with --name test)")
             say(f"note: to keep its own splits instead, build them as they are: "
-                f"dsprep build-hdf5 {quoted(inside)} OUT")
+                f"dsprep build-hdf5 {quoted(inside)} OUT{val}")
+        elif not Path(src).is_dir():
+            say(f"note: to keep its own splits instead, extract {src} and build the folder "
+                "as it is with dsprep build-hdf5")
+    masks = [s for s in split_plan.skipped if s.reason == MASK]
+    if masks:
+        say(f"note: every class holds its images in a folder beside folders of masks or "
+            f"annotations (e.g. {masks[0].source}: {masks[0].detail}): the images are split, "
+            f"and the {count_of(len(masks), 'file')} of the other folders left out (mask)")
     if split_plan.class_copy:
         copy = Path(src) / split_plan.root / split_plan.class_copy
         say(f"note: {copy}/ holds a copy of the class folders; its images are "
