@@ -37,9 +37,11 @@ def run() -> None:
     finally:
         # The command's work is done or undone. A signal from here on, while Python shuts
         # down, must end the process as it would any other, not raise into the shutdown
-        # (which prints "Exception ignored" and exits 0).
+        # (which prints "Exception ignored" and exits 0). Python's own Ctrl-C handler would
+        # raise there too: into the join of a worker pool, which then waits for ever.
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is signal.default_int_handler
+                          else handler)
         clear_stop()
 
 

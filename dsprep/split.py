@@ -27,7 +27,7 @@ import unicodedata
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from numbers import Integral
 from pathlib import Path, PurePosixPath
@@ -738,8 +738,15 @@ def _map(fn, items, workers: int, progress: bool, desc: str):
     size = max(1, min(_CHUNK, -(-len(items) // (4 * max(1, workers)))))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
 
+    stop = threading.Event()
+
     def run(chunk):
-        return [fn(item) for item in chunk]
+        out = []
+        for item in chunk:
+            if stop.is_set():  # the main thread is unwinding: no more reads
+                break
+            out.append(fn(item))
+        return out
 
     try:
         out = []
@@ -759,8 +766,13 @@ def _map(fn, items, workers: int, progress: bool, desc: str):
                     if bar is not None:
                         bar.update(len(chunk))
             except BaseException:
+                stop.set()
                 for future in futures:
                     future.cancel()
+                # Whatever cleans up after this (the staged copies) must not race the threads
+                # still reading: a second Ctrl-C waits for them, and comes after.
+                with system.stops_held():
+                    wait(futures)
                 raise
             return out
     finally:
@@ -1822,7 +1834,8 @@ def run(
                 # or a stop (Ctrl-C, SIGTERM), leaves nothing behind: the next run would not
                 # take the staged copies up, and they can take the room of the dump. Only a
                 # kill leaves them, for the next run to discard.
-                shutil.rmtree(partial, ignore_errors=True)
+                with system.stops_held():  # not cut short by a second Ctrl-C
+                    shutil.rmtree(partial, ignore_errors=True)
                 raise
         files_csv = split_plan.files_csv()
         manifest = split_plan.manifest(mode)
@@ -2173,11 +2186,12 @@ def _remove_partial(partial: Path, force: bool) -> None:
     """Remove an unfinished split left by an earlier run with other parameters.
 
     It is known for dsprep's by its marker or manifest; also when empty (a run stopped just
-    after making it) or holding files.csv (one stopped between the marker's removal and the
-    manifest's writing).
+    after making it), holding only its staged copies (one killed while it removed them) or
+    holding files.csv (one stopped between the marker's removal and the manifest's writing).
     """
     ours = any((partial / name).exists() for name in (_MARKER, MANIFEST, FILES_CSV)) or (
-        partial.is_dir() and not any(partial.iterdir())) or any(
+        # Empty, or holding only staged copies (a run killed while it removed them).
+        partial.is_dir() and {p.name for p in partial.iterdir()} <= {_STAGING}) or any(
         # A run killed while it wrote its first marker.
         partial.glob(glob.escape(_MARKER) + "*"))
     if not (ours or force):

@@ -445,6 +445,20 @@ def test_the_command_hands_its_signal_handlers_back_when_it_ends(monkeypatch):
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
 
 
+def test_a_ctrl_c_after_the_command_ends_the_process_instead_of_raising_into_its_shutdown():
+    # Python's Ctrl-C handler, put back, raised KeyboardInterrupt into the shutdown's join of
+    # build-hdf5's worker pool, which then waited for ever.
+    code = ("import signal, dsprep.cli\n"
+            "dsprep.cli.main = lambda prog_name: None\n"
+            "from dsprep.__main__ import run\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+            "run()\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_DFL)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout) == (0, "True\nTrue\n"), done.stderr
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this OS")
 def test_a_hangup_during_the_clean_up_of_a_sigterm_does_not_cut_it_short():
     # systemd's SendSIGHUP, or a terminal closed after a kill: the clean-up the SIGTERM began

@@ -348,6 +348,41 @@ def test_one_large_group_is_said_when_the_splits_cannot_follow_the_ratios():
                for w in p.warnings()), p.warnings()
 
 
+def test_a_stop_while_reading_stops_the_reading_threads_before_the_clean_up():
+    # The staged copies are removed after the stop: threads still reading (and staging) would
+    # race that removal, and a second Ctrl-C no longer waits for them.
+    import threading
+
+    calls, lock = [], threading.Lock()
+
+    def fn(item):
+        if item == 0:
+            raise KeyboardInterrupt
+        time.sleep(0.002)
+        with lock:
+            calls.append(item)
+        return item
+
+    with pytest.raises(KeyboardInterrupt):
+        split_module._map(fn, list(range(400)), 2, False, "reading")
+    done = len(calls)
+    time.sleep(0.05)
+    assert len(calls) == done  # no thread reads on after _map has raised
+    assert done < 20  # the other thread stopped within a read or two, not at its chunk's end
+
+
+def test_an_unfinished_split_holding_only_its_staged_copies_is_known_as_ours(tmp_path):
+    # Killed while it removed them: the marker went first, the staged copies stayed.
+    partial = tmp_path / ".out.split-partial"
+    (partial / ".staging").mkdir(parents=True)
+    (partial / ".staging" / "ab12").write_bytes(b"x")
+    split_module._remove_partial(partial, force=False)
+    assert not partial.exists()
+    (partial / "notes").mkdir(parents=True)
+    with pytest.raises(DestinationExistsError, match="was not made by dsprep split"):
+        split_module._remove_partial(partial, force=False)
+
+
 # ---------------------------------------------------------------- on disk
 
 @pytest.fixture
