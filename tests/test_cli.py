@@ -15,6 +15,20 @@ import dsprep
 from dsprep.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """The tests that call the command's entry, run(), in this process get this process's
+    signal handlers back: it leaves the default action for Ctrl-C, which would end the test
+    run at a later test's raise_signal(SIGINT)."""
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+               if s is not None]
+    saved = {s: signal.getsignal(s) for s in signals}
+    yield
+    for s, handler in saved.items():
+        if handler is not None:
+            signal.signal(s, handler)
+
+
 def test_version():
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
