@@ -55,7 +55,14 @@ def label_ids(labels: np.ndarray, classes: int | None = None, what: str = "label
 
 
 def _predict(predict_fn: Callable, x: np.ndarray) -> np.ndarray:
-    probs = np.asarray(predict_fn(x), dtype=np.float64)
+    out = predict_fn(x)
+    try:
+        probs = np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # torch's bfloat16 (autocast), a tensor on the GPU or one that requires grad.
+        raise TypeError(f"predict_fn returned a {type(out).__name__} that NumPy cannot read "
+                        f"({exc}); return a NumPy array or a CPU float32 tensor (torch: "
+                        ".detach().float().cpu())") from exc
     if probs.ndim != 2 or probs.shape[0] != x.shape[0]:
         raise UsageError(
             f"predict_fn must return one row of class probabilities per image, shape "

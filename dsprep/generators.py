@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 import pickle
+import sys
 import threading
 import unicodedata
 import warnings
@@ -219,6 +220,12 @@ class _BatchSequence(ABC):
         self._read_part_way: int | None = None  # see __iter__
         self._orders: dict[int, object] = {}  # orders of other epochs asked for by (epoch, i)
         self.epoch_sets = 0  # set_epoch calls so far (on_epoch_end's included)
+        # Batches read by plain index in the current epoch (as of epoch_sets), to warn of a
+        # loader that reads epoch after epoch without moving it on (see _note_plain_read).
+        self._plain_reads: tuple[int, set[int]] = (0, set())
+        self._warned_repeat = False
+        self._checked_in: int | None = None  # the process that looked for a torch reader
+        self._torch_reads = False  # whether a torch DataLoader reads this process's copy
         self.label_names: list[str] = []
         self.image_shape: tuple[int, int, int] = (0, 0, 3)
         self.sample_shape: tuple[int, ...] = ()
@@ -405,7 +412,8 @@ class _BatchSequence(ABC):
         no longer moves the next loop on, which reads the order that pass read. A look at
         another batch (``gen[0]`` between capped loops) leaves the loop to move on.
         """
-        if isinstance(index, tuple):
+        plain = not isinstance(index, tuple)
+        if not plain:
             if len(index) != 2:
                 raise TypeError(f"a batch index is i or (epoch, i), got {index!r}")
             epoch, index = index
@@ -417,7 +425,45 @@ class _BatchSequence(ABC):
         index = self._check_index(index)
         if index == len(self) - 1:
             self._read_part_way = None
+        if plain:
+            self._note_plain_read(index)
         return epoch, index
+
+    def _note_plain_read(self, index: int) -> None:
+        """Warn, once, of a torch DataLoader reading batches by plain index, which repeats
+        one epoch over and over: in the main process (``num_workers=0``), a batch read again
+        after every batch of the epoch, with nothing moving the epoch on; in a worker, a
+        generator whose epoch was never set (its copies, made afresh each epoch, read epoch
+        0 every time). Other readers by index (Keras, ``ten_crop_predict``) move the epoch as
+        they mean to, or read one epoch on purpose."""
+        if self._warned_repeat:
+            return
+        if self._checked_in != os.getpid():
+            self._checked_in = os.getpid()
+            self._torch_reads = _read_by_torch()
+            data = sys.modules.get("torch.utils.data")
+            if self._torch_reads and self.epoch_sets == 0 and data is not None \
+                    and data.get_worker_info() is not None:
+                self._warn_repeat("a DataLoader worker reads batches by plain index from a "
+                                  "generator whose epoch was never set")
+                return
+        if not self._torch_reads:
+            return
+        sets, seen = self._plain_reads
+        if sets != self.epoch_sets:
+            sets, seen = self.epoch_sets, set()
+            self._plain_reads = (sets, seen)
+        if index in seen and len(seen) >= len(self):
+            self._warn_repeat(f"batch {index} of epoch {self.epoch} was read again after every "
+                              "batch of that epoch, and nothing moved the epoch on")
+        seen.add(index)
+
+    def _warn_repeat(self, what: str) -> None:
+        self._warned_repeat = True
+        warnings.warn(f"{type(self).__name__}: {what}: every epoch then reads the same batches "
+                      "and random draws. Give the DataLoader sampler=EpochIndices(gen) (or call "
+                      "gen.set_epoch(epoch) before each epoch, without persistent workers)",
+                      RuntimeWarning, stacklevel=5)
 
     def _check_index(self, index: int) -> int:
         n = len(self)
@@ -961,6 +1007,19 @@ class HDF5Generator(_BatchSequence):
                 out[pos] = chunk[rows[pos] - lo]
 
 
+def _read_by_torch() -> bool:
+    """Whether a torch DataLoader is reading the batch now asked for (a frame of
+    torch.utils.data among the callers')."""
+    frame = sys._getframe(3)
+    for _ in range(8):
+        if frame is None:
+            return False
+        if frame.f_globals.get("__name__", "").startswith("torch.utils.data"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class EpochIndices:
     """The batch indices of one epoch as ``(epoch, i)`` pairs, for another framework's loader.
 
@@ -1238,6 +1297,7 @@ class DirectoryGenerator(_BatchSequence):
             (self.root / p.source, f"{p.reason}: {p.detail}") for p in unreadable
         ]
         self.replaced: list[tuple[Path, str]] = []
+        self._made_in = os.getpid()  # where gen.replaced is read; a copy elsewhere warns
         self.files: list[Path] = []
         labels = []
         for (path, name), reason in zip(items, ok, strict=True):
@@ -1378,6 +1438,13 @@ class DirectoryGenerator(_BatchSequence):
             if path not in self._listed:
                 self._listed.add(path)
                 self.replaced.append((path, reason))
+                if os.getpid() != getattr(self, "_made_in", os.getpid()):
+                    # A DataLoader worker's copy: the gen.replaced the user reads never
+                    # lists it.
+                    warnings.warn(f"DirectoryGenerator: {path} ({reason}) is replaced in its "
+                                  "batches by another image of its class (in a worker "
+                                  "process, so gen.replaced does not list it)",
+                                  RuntimeWarning, stacklevel=2)
 
     # -- order and batches -----------------------------------------------------------------
 

@@ -54,6 +54,19 @@ def test_ten_crop_predict_on_full_images_matches_reference():
     np.testing.assert_array_equal(got_labels, labels)
 
 
+def test_a_prediction_numpy_cannot_read_is_said_with_what_to_return():
+    class BFloat16:  # torch's bfloat16 tensor, as autocast returns it
+        def __array__(self, dtype=None, copy=None):
+            raise TypeError("Got unsupported ScalarType BFloat16")
+
+    images = np.stack([smooth_image(20, 24, seed=s) for s in range(2)])
+    with pytest.raises(TypeError, match=r"predict_fn returned a BFloat16 that NumPy cannot read "
+                                        r"\(Got unsupported ScalarType BFloat16\); return a NumPy "
+                                        r"array or a CPU float32 tensor"):
+        ten_crop_predict(lambda x: BFloat16(), batches(images, np.array([0, 1]), 2),
+                         size=(12, 16))
+
+
 def test_ten_crop_predict_on_ten_crop_batches_with_one_hot_labels():
     images = np.stack([smooth_image(20, 20, seed=s) for s in range(5)])
     labels = np.array([2, 0, 1, 1, 0])

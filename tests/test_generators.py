@@ -1148,6 +1148,61 @@ def damage_png_pixels(path):
     path.write_bytes(bytes(data))
 
 
+def _torch_reader(monkeypatch, worker=None):
+    """A stand-in for torch.utils.data: its fetch(dataset, i) indexes the dataset from a frame
+    of that module, as a DataLoader's fetcher does; get_worker_info() gives ``worker``."""
+    import sys
+    import types
+
+    module = types.ModuleType("torch.utils.data")
+    exec("def fetch(dataset, i):\n    return dataset[i]\n"
+         "def get_worker_info():\n    return WORKER\n", module.__dict__)
+    module.WORKER = worker
+    monkeypatch.setitem(sys.modules, "torch.utils.data", module)
+    return module.fetch
+
+
+def test_a_torch_loader_reading_one_epoch_again_by_plain_index_is_warned_of(h5file, monkeypatch):
+    path, _, _ = h5file
+    fetch = _torch_reader(monkeypatch)
+    gen = HDF5Generator(path, batch_size=8, seed=3)
+    for i in range(len(gen)):
+        fetch(gen, i)  # an epoch read by index: nothing said yet
+    with pytest.warns(RuntimeWarning, match=r"HDF5Generator: batch 0 of epoch 0 was read again "
+                                            r"after every batch of that epoch.*"
+                                            r"sampler=EpochIndices\(gen\)"):
+        fetch(gen, 0)
+    # Moved on by set_epoch (or read through EpochIndices' (epoch, i)): nothing to say.
+    quiet = HDF5Generator(path, batch_size=8, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in range(2):
+            quiet.set_epoch(epoch)
+            for i in range(len(quiet)):
+                fetch(quiet, i)
+                fetch(quiet, (epoch + 5, i))
+        # Other readers by index (Keras, ten_crop_predict) read one epoch twice on purpose.
+        other = HDF5Generator(path, batch_size=8, seed=3)
+        for _ in range(2):
+            for i in range(len(other)):
+                other[i]
+
+
+def test_a_torch_worker_reading_a_generator_whose_epoch_was_never_set_is_warned_of(
+        h5file, monkeypatch):
+    path, _, _ = h5file
+    fetch = _torch_reader(monkeypatch, worker=object())
+    gen = HDF5Generator(path, batch_size=8, seed=3)
+    with pytest.warns(RuntimeWarning, match="a DataLoader worker reads batches by plain index "
+                                            "from a generator whose epoch was never set"):
+        fetch(gen, 0)
+    moved = HDF5Generator(path, batch_size=8, seed=3)
+    moved.set_epoch(0)  # the main process sets each epoch before the workers are made
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fetch(moved, 0)
+
+
 def test_directory_file_that_passes_its_header_check_but_does_not_decode(tmp_path, monkeypatch):
     root = tmp_path / "pngs"
     for name in ("a", "b"):
@@ -1177,6 +1232,14 @@ def test_directory_file_that_passes_its_header_check_but_does_not_decode(tmp_pat
         np.testing.assert_array_equal(x[k], reference_load(root / "b" / "1.png", (32, 32)))
     assert decoded.count(victim) == 1
     assert [p for p, _ in quick.replaced] == [victim]
+    # In a worker process's copy (a DataLoader's), whose gen.replaced nobody reads: a warning.
+    other = DirectoryGenerator(root, image_size=(32, 32), batch_size=6, shuffle=False,
+                               output="uint8", seed=0, check="header", workers=0)
+    other._made_in = -1
+    with pytest.warns(RuntimeWarning, match=r"0.png \(not-an-image: .*\) is replaced in its "
+                                            r"batches by another image of its class \(in a "
+                                            r"worker process"):
+        other[0]
 
 
 def test_directory_errors(tmp_path, class_dump):

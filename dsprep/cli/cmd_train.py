@@ -129,7 +129,8 @@ def _training_options(epochs: int, exclude: tuple[str, ...] = (),
                show_default=True,
                help="auto = mixed float16 on a GPU, float32 on a CPU."),
         _named("--jit/--no-jit", default=True,
-               help="Compile with XLA on a GPU (the default); --no-jit turns it off."),
+               help="Compile with XLA on a GPU (the default; with the TensorFlow and JAX "
+                    "backends, not torch); --no-jit turns it off."),
         _named("--gpus", default="1", show_default=True,
                help="GPUs to train on: a count, or 'all' (data-parallel)."),
     ]
