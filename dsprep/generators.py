@@ -1010,7 +1010,10 @@ class HDF5Generator(_BatchSequence):
 def _read_by_torch() -> bool:
     """Whether a torch DataLoader is reading the batch now asked for (a frame of
     torch.utils.data among the callers')."""
-    frame = sys._getframe(3)
+    try:
+        frame = sys._getframe(3)
+    except ValueError:  # (called from fewer frames: no caller to look at)
+        return False
     for _ in range(8):
         if frame is None:
             return False
