@@ -58,6 +58,7 @@ from .fileio import (
 from .sources import (
     BAD_NAME,
     DANGLING_LINK,
+    MASK,
     MISSING_FILE,
     NO_LABEL,
     UNREADABLE,
@@ -355,9 +356,15 @@ def _problem_notes(problems, prefix: str = "") -> list[str]:
     """One note per entry the folder walk could not read, and one for the images beside the
     class folders, so none is left out silently."""
     loose = sorted(p.source for p in problems if p.reason == NO_LABEL)
+    masks = sorted((p for p in problems if p.reason == MASK), key=lambda p: p.source)
     notes: list[str] = [f"left out {prefix}{p.source}: {p.reason} ({p.detail})"
                         for p in problems
-                        if p.reason not in _SKIPPED_PROBLEMS and p.reason != NO_LABEL]
+                        if p.reason not in (*_SKIPPED_PROBLEMS, NO_LABEL, MASK)]
+    if masks:
+        # COVID-19 Radiography's COVID/masks/ beside COVID/images/: one note for them all.
+        notes.append(f"left out {len(masks)} mask{'s' * (len(masks) > 1)} or annotations in "
+                     f"folders beside the classes' images, such as {prefix}{masks[0].source} "
+                     f"({masks[0].detail})")
     if loose:
         where = f" of {prefix}" if prefix else ""
         it, has = ("them", "they have") if len(loose) > 1 else ("it", "it has")

@@ -71,11 +71,40 @@ MASK_PARTS = frozenset({
     "segmentations", "segmentation", "segmentationclass", "segmentationobject", "gt",
     "groundtruth", "xmls", "depth"})
 PART_NAMES = IMAGE_PARTS | MASK_PARTS | frozenset({"metadata", "thumbnails"})
+# A word that makes a folder one of masks: "lung masks", "infection masks" (COVID-QU-Ex).
+_MASK_WORDS = frozenset({"mask", "masks", "trimap", "trimaps", "segmentation", "segmentations",
+                         "annotation", "annotations", "gt", "groundtruth"})
 
 
 def part_name(name: str) -> str:
     """A folder's name as compared with the part names: lower case, letters only."""
     return re.sub(r"[^a-z]", "", name.lower())
+
+
+def _mask_folder(name: str) -> bool:
+    """Whether a folder's name says it holds masks or annotations."""
+    return part_name(name) in MASK_PARTS or bool(
+        _MASK_WORDS & set(re.split(r"[^a-z]+", name.lower())))
+
+
+def mask_folders(inside: dict[str, list[str]]) -> dict[str, str]:
+    """Of class folders, by the paths of their images inside them, those holding all their
+    images in one folder of images beside folders of masks or annotations (COVID-19
+    Radiography's COVID/images/ and COVID/masks/), each with that folder of images."""
+    found = {}
+    for label, paths in inside.items():
+        folders = {p.partition("/")[0] for p in paths}
+        if any("/" not in p for p in paths) or len(folders) < 2:
+            continue
+        pictures = [f for f in folders if part_name(f) in IMAGE_PARTS]
+        if len(pictures) == 1 and all(_mask_folder(f) for f in folders - set(pictures)):
+            found[label] = pictures[0]
+    return found
+
+
+def _mask_skip(rel: str, where: str, folder: str, pictures: str) -> Skipped:
+    return Skipped(rel, MASK, f"in {where}{folder}/, beside the class's images in "
+                              f"{where}{pictures}/")
 # The detail of a zip member left out as a BAD_NAME for a path that could escape a folder.
 UNSAFE_PATH = "unsafe path inside the archive"
 
@@ -85,10 +114,12 @@ ID_NAMES = ("id", "image_id", "image", "file", "filename", "file_name", "fname",
 # groups that must not be spread over train and test (HAM10000's lesion_id, ISIC's patient_id).
 GROUP_WORDS = frozenset({"patient", "lesion", "subject", "person", "participant", "individual",
                          "specimen"})
-# Words that name such a group only beside a word of _GROUP_KEY_WORDS (source_image, case_id,
-# group_id; not a column "source" of hospital names or "age_group").
+# Words that name such a group only when followed by one of _WEAK_GROUP_KEYS (source_image,
+# case_id, group_id; not a column "source" of hospital names, "age_group", "image_source",
+# "group_name" or DICOM's SeriesNumber).
 _WEAK_GROUP_WORDS = frozenset({"original", "parent", "source", "group", "case", "study",
                                "series"})
+_WEAK_GROUP_KEYS = frozenset({"id", "ids", "image", "img", "file", "key", "code"})
 # Words that may stand beside one of them in such a column's name (patient_id, "Patient No").
 _GROUP_KEY_WORDS = frozenset({"id", "ids", "no", "nr", "num", "number", "code", "key", "name",
                               "image", "img", "file"})
@@ -169,6 +200,21 @@ def class_folder_files(
                 problems.append(Skipped(rel, BAD_NAME, NOT_UTF8_NAME))
         elif label in known:
             pairs.append((nfc[label], rel))
+    inside: dict[str, list[str]] = defaultdict(list)
+    for _label, rel in pairs:
+        inside[rel.partition("/")[0]].append(rel.partition("/")[2])
+    masks = mask_folders(inside)
+    if masks:
+        kept = []
+        for label, rel in pairs:
+            folder, _, rest = rel.partition("/")
+            sub = rest.partition("/")[0]
+            if folder in masks and sub != masks[folder]:
+                if problems is not None:
+                    problems.append(_mask_skip(rel, f"{folder}/", sub, masks[folder]))
+            else:
+                kept.append((label, rel))
+        pairs = kept
     pairs.sort()
     if not pairs:
         raise LayoutError(
@@ -1178,7 +1224,9 @@ def pixel_tables(source: Source, files: list[str]) -> str:
         except OSError:
             continue
         columns = [c.strip().strip('"').lower() for c in re.split(r"[,;\t]", head)]
-        if sum(bool(re.fullmatch(r"(pixel|px|p)_?\d+|\d+x\d+", c)) for c in columns) >= 64:
+        # label,pixel1,...,pixel784 (Fashion-MNIST), or one column of them (FER2013's pixels)
+        if "pixels" in columns or sum(
+                bool(re.fullmatch(r"(pixel|px|p)_?\d+|\d+x\d+", c)) for c in columns) >= 64:
             tables.append(rel)
     if not tables:
         return ""
@@ -1490,12 +1538,16 @@ def _by_folder(images: list[str], root: str, presplit: bool = False,
     if presplit:
         return _by_split_folder(images, root)
     items, skipped = [], []
-    masks = _mask_folders(images, root) if copy is None else {}
+    inside: dict[str, list[str]] = defaultdict(list)
+    for rel in images:
+        label, _, rest = rel[len(root):].partition("/")
+        if rest and label != copy:
+            inside[label].append(rest)
+    masks = mask_folders(inside)
     for rel in images:
         parts = rel[len(root):].split("/")
-        if masks and parts[1] != masks[parts[0]]:
-            skipped.append(Skipped(rel, MASK, f"in {parts[0]}/{parts[1]}/, beside the class's "
-                                              f"images in {parts[0]}/{masks[parts[0]]}/"))
+        if parts[0] in masks and parts[1] != masks[parts[0]]:
+            skipped.append(_mask_skip(rel, f"{parts[0]}/", parts[1], masks[parts[0]]))
         elif copy is not None and parts[0] == copy:
             items.append((rel, parts[1]))  # the copy holds no image of its own
         elif len(parts) < 2:
@@ -1503,27 +1555,6 @@ def _by_folder(images: list[str], root: str, presplit: bool = False,
         else:
             items.append((rel, parts[0]))
     return items, skipped
-
-
-def _mask_folders(images: list[str], root: str) -> dict[str, str]:
-    """For class folders that each hold a folder of images beside folders of its masks or
-    annotations, and nothing else (COVID-19 Radiography's COVID/images/ and COVID/masks/),
-    each class's folder of images; else {}."""
-    inner: dict[str, set[str]] = defaultdict(set)
-    for rel in images:
-        parts = rel[len(root):].split("/")
-        if len(parts) < 3:
-            return {}
-        inner[parts[0]].add(parts[1])
-    found = {}
-    for label, folders in inner.items():
-        kinds = [part_name(f) for f in folders]
-        pictures = [f for f, kind in zip(folders, kinds, strict=True) if kind in IMAGE_PARTS]
-        if len(pictures) != 1 or not all(k in IMAGE_PARTS | MASK_PARTS for k in kinds) \
-                or len(folders) < 2:
-            return {}
-        found[label] = pictures[0]
-    return found if len(found) > 1 else {}
 
 
 def _by_split_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]:
@@ -1538,9 +1569,18 @@ def _by_split_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]
         if label is not None:
             classes[where].add(label)
     classless = classless_splits(classes)
+    inside: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for rel, label, where in placed:
+        if label is not None:
+            inside[where, label].append(rel[len(root) + len(where) + len(label) + 2:])
+    masks = mask_folders(inside)
     items, skipped = [], []
     for rel, label, where in placed:
-        if label is None:
+        folder = rel[len(root) + len(where) + len(label) + 2:].partition("/")[0] \
+            if label is not None else ""
+        if (where, label) in masks and folder != masks[where, label]:
+            skipped.append(_mask_skip(rel, f"{where}/{label}/", folder, masks[where, label]))
+        elif label is None:
             skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))
         elif classless.get(where) == label:
             skipped.append(Skipped(rel, NO_LABEL, (
@@ -1949,7 +1989,9 @@ class _LabelsTable:
         named = header[self.group_index] if self.group_index in range(len(header)) else ""
         for given_column, names, what in ((label_column, LABEL_NAMES, "labels"),
                                           (id_column, ID_NAMES, "ids")):
-            if given_column is None and named in names:
+            # (unless another column is so named: filename,label,name with name a person's)
+            others = [c for c, n in enumerate(header) if n in names and c != self.group_index]
+            if given_column is None and named in names and not others:
                 raise UsageError(
                     f"--group-column {group_column} is the column of the {what} of {self.name} "
                     f"(by its name); give the column naming what images share (a patient, a "
@@ -2266,15 +2308,18 @@ def _names_group(name: str) -> bool:
     """Whether a column's header names a group of images: lesion_id, patient_id, "Patient ID",
     patientId, patientid, subject, source_image (see ``GROUP_WORDS``); not patient_sex or
     patient_age."""
-    words = set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())) - {""}
-    for word in list(words):  # patientid
-        for key in _GROUP_KEY_WORDS:
-            if word.endswith(key) and word[: -len(key)] in GROUP_WORDS | _WEAK_GROUP_WORDS:
-                words = (words - {word}) | {word[: -len(key)], key}
-    if not words <= GROUP_WORDS | _WEAK_GROUP_WORDS | _GROUP_KEY_WORDS:
+    split = re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
+    words: list[str] = []
+    for word in (w for w in split if w):
+        key = next((k for k in _GROUP_KEY_WORDS if word.endswith(k) and word != k
+                    and word[: -len(k)] in GROUP_WORDS | _WEAK_GROUP_WORDS), None)
+        words += [word[: -len(key)], key] if key else [word]  # patientid
+    if not set(words) <= GROUP_WORDS | _WEAK_GROUP_WORDS | _GROUP_KEY_WORDS:
         return False
-    return bool(words & GROUP_WORDS) or bool(words & _WEAK_GROUP_WORDS
-                                             and words & _GROUP_KEY_WORDS)
+    if set(words) & GROUP_WORDS:
+        return True
+    return (len(words) == 2 and words[0] in _WEAK_GROUP_WORDS
+            and words[1] in _WEAK_GROUP_KEYS)
 
 
 def _is_index(column) -> bool:

@@ -409,7 +409,9 @@ class SplitPlan:
         asked = self.options.ratios or DEFAULT_RATIOS
         shares = [sum(counts[s].values()) / max(total, 1) for s in self.splits]
         wanted = [r / sum(asked) for r in asked]
-        if total and max(abs(a - b) for a, b in zip(shares, wanted, strict=True)) > 0.05:
+        # Off by more than a quarter of a split's share (0.025 of the images for 0.1).
+        if total and any(abs(a - b) > max(0.01, b / 4)
+                         for a, b in zip(shares, wanted, strict=True)):
             got = ",".join(f"{x:.2f}" for x in shares)
             return [f"--group-column {self.group_column} keeps each group in one split, and "
                     f"the groups are too large to share out as asked: the splits hold "
@@ -530,7 +532,9 @@ class SplitPlan:
             return next((s for w in re.split(r"[\s_.\-]+", name) if (s := split_of(w))), None)
 
         kinds = {c: split_in(c) for c in self.classes}
-        if not all(kinds.values()):
+        # (with a class's images further down: test_pass/ and test_fail/ of images are classes)
+        deeper = any(len(f.source[len(root):].split("/")) > 2 for f in self.files)
+        if not all(kinds.values()) or not deeper:
             return None
         train = next((c for c, kind in kinds.items() if kind == "train"), self.classes[0])
         folder = train
@@ -956,14 +960,18 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
     """Each class's images in each split, every group (``Inventory.groups``; an image without
     one is a group of its own) in one split, and the images left out.
 
-    The groups of several images are taken in an order shuffled by the seed (so that every
-    split holds groups of every size, and a subset by --counts many groups), then the images
-    without a group of their own in the same way. Each goes to the split with the largest
-    share left of its room for the group's classes (``sizes``: what allocate or --counts
-    gives each class), ties to the earlier split; never to a split given no share. Every
-    split with a share thus takes a group before any takes a second one of a class, and the
-    single images at the end fill what is left, exactly where they are enough. With --counts
-    a group goes only where all its images fit, and is left out where they fit nowhere.
+    ``sizes`` is what allocate or --counts gives each class in each split: a split's room.
+    First every split with a share but the one with the most room takes, for each class, the
+    smallest group of that class there is (of equals, one drawn by the seed), while one more
+    is left for the split with the most room, so that no split is left without a class for
+    want of a group drawn for it. With --counts (a subset,
+    which should come from many groups) the other groups follow in an order shuffled by the
+    seed; with ratios, from the largest to the smallest in sizes rounded to powers of two
+    (of one such size, in an order shuffled by the seed), so that large groups go first where
+    they fit and the small ones, single images last, fill what is left. Each goes to a split
+    where all its images fit, the one with the largest share of its room left (ties to the
+    earlier split); a group that fits nowhere goes, with ratios, to the split with the
+    largest share left, and with --counts is left out. Never to a split given no share.
     """
     asked = options.counts if options.counts is not None else (options.ratios or DEFAULT_RATIOS)
     units: dict[tuple[int, str], list[tuple[str, _Checked]]] = defaultdict(list)
@@ -973,15 +981,46 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
             units[(0, group) if group is not None else (1, c.rel)].append((label, c))
     keys = sorted(units)
     keys = [keys[i] for i in _class_rng(options.seed, "\0groups").permutation(len(keys))]
-    keys.sort(key=lambda k: len(units[k]) == 1)  # (stable: shuffled within each part)
     room = {label: list(s) for label, s in sizes.items()}
     placed: dict[str, list[list[_Checked]]] = {label: [[] for _ in asked] for label in members}
+    shares = [i for i, share in enumerate(asked) if share > 0]
+
+    def needs(key) -> Counter:
+        return Counter(label for label, _ in units[key])
+
+    def fits(need: Counter, i: int) -> bool:
+        return all(n <= room[lab][i] for lab, n in need.items())
+
+    def put(key, i: int) -> None:
+        for label, c in units[key]:
+            placed[label][i].append(c)
+        for label, n in needs(key).items():
+            room[label][i] -= n
+
+    # Every split a group of every class, from the smallest groups (the shuffled order
+    # breaks ties); the split with the most room (train) takes the large ones anyway.
+    taken: set = set()
+    by_size = sorted(keys, key=lambda k: len(units[k]))
+    for label in sorted(members):
+        most = max(shares, key=lambda i, label=label: (sizes[label][i], -i))
+        for i in shares:
+            free = [k for k in by_size if k not in taken and label in needs(k)]
+            # (one group at least is kept for the split with the most room)
+            if i == most or sizes[label][i] <= 0 or placed[label][i] or len(free) < 2:
+                continue
+            key = next((k for k in free
+                        if options.counts is None or fits(needs(k), i)), None)
+            if key is not None:
+                taken.add(key)
+                put(key, i)
+    rest = [k for k in keys if k not in taken]
+    if options.counts is None:  # (a stable sort: shuffled within one size)
+        rest.sort(key=lambda k: -int(math.log2(len(units[k]))))
     left_out: list[Skipped] = []
-    for key in keys:
-        need = Counter(label for label, _ in units[key])
-        where = [i for i, share in enumerate(asked) if share > 0 and (
-            options.counts is None or all(n <= room[lab][i] for lab, n in need.items()))]
-        if not where:
+    for key in rest:
+        need = needs(key)
+        where = [i for i in shares if fits(need, i)]
+        if not where and options.counts is not None:
             left_out += [Skipped(c.rel, NOT_SELECTED,
                                  f"beyond --counts {_join(options.counts)} (its group "
                                  f"{key[1]!r} fits in no split)" if len(units[key]) > 1 else
@@ -993,11 +1032,7 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
             left = sum(room[lab][i] for lab in need) / max(1, sum(sizes[lab][i] for lab in need))
             return left, -i
 
-        best = max(where, key=rank)
-        for label, c in units[key]:
-            placed[label][best].append(c)
-        for label, n in need.items():
-            room[label][best] -= n
+        put(key, max(where or shares, key=rank))
     return placed, left_out
 
 

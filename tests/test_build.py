@@ -1719,6 +1719,23 @@ def test_a_raw_dump_is_answered_with_the_split_to_make_not_with_name(tmp_path, l
         build.build_hdf5(tmp_path / "pets", tmp_path / "out", opts())
 
 
+def test_a_build_of_class_folders_leaves_their_masks_out_with_one_note(tmp_path):
+    # COVID-19 Radiography built with --name: COVID/images/ beside COVID/masks/.
+    root = tmp_path / "covid"
+    for c, name in enumerate(("COVID", "Normal")):
+        for i in range(3):
+            write_image(root / name / "images" / f"{name}-{i}.png", smooth_image(30, 30, 9 * c + i))
+            write_image(root / name / "masks" / f"{name}-{i}.png",
+                        smooth_image(30, 30, 50 + 9 * c + i))
+    report = build.build_hdf5(root, tmp_path / "out", opts(), name="train")
+    _, labels, names, _ = rows_of(tmp_path / "out" / "train.hdf5")
+    assert len(labels) == 6 and all("/images/" in n for n in names)
+    notes = [str(n) for n in report.notes]
+    assert notes == ["left out 6 masks or annotations in folders beside the classes' images, "
+                     "such as COVID/masks/COVID-0.png (in COVID/masks/, beside the class's "
+                     "images in COVID/images/)"], notes
+
+
 def test_a_folder_of_pixel_tables_is_said_to_hold_no_image_files(tmp_path):
     dump = tmp_path / "sign"
     dump.mkdir()

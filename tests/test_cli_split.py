@@ -985,7 +985,7 @@ def test_notes_for_masks_beside_images_and_for_keeping_a_dumps_own_splits(tmp_pa
                         smooth_image(30, 30, 50 + 9 * c + i))
     result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
     assert result.exit_code == 0, result.output
-    assert ("note: every class holds its images in a folder beside folders of masks or "
+    assert ("note: class folders hold their images in a folder beside folders of masks or "
             "annotations (e.g. COVID/masks/COVID-0.png: in COVID/masks/, beside the class's "
             "images in COVID/images/): the images are split, and the 6 files of the other "
             "folders left out (mask)") in " ".join(result.output.split())

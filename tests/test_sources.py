@@ -1267,7 +1267,9 @@ def test_a_yes_no_column_named_as_a_group_groups_nothing(tmp_path):
     ("patientid", True), ("PatientID", True), ("subject", True), ("group_id", True),
     ("case_id", True), ("study_id", True), ("source_image", True), ("individual_id", True),
     ("patient_sex", False), ("patient_age", False), ("age_group", False), ("source", False),
-    ("group", False), ("image_id", False), ("dx", False),
+    ("group", False), ("image_id", False), ("dx", False), ("image_source", False),
+    ("source_name", False), ("group_name", False), ("file_source", False),
+    ("SeriesNumber", False), ("original_image", True),
 ])
 def test_columns_named_as_groups_of_images(name, groups):
     assert sources_module._names_group(name) is groups
@@ -1288,12 +1290,47 @@ def test_class_folders_of_images_beside_masks_give_the_images_alone(tmp_path):
         for i in range(2)}
     assert next(s.detail for s in inv.skipped) == (
         "in COVID/masks/, beside the class's images in COVID/images/")
-    # An image straight in a class folder, or a class without masks: every image is read.
+    # Class by class: a class without masks, or one with an image straight in its folder, is
+    # read whole, the others still without their masks; so is a stray image beside them.
     _img(root / "Normal" / "images" / "Normal-0.png", seed=90)
-    assert {s.reason for s in _find(root).skipped} == set()
-    shutil.rmtree(root / "Normal")
     _img(root / "COVID" / "COVID-9.png", seed=91)
-    assert {s.reason for s in _find(root).skipped} == set()
+    _img(root / "preview.png", seed=92)
+    inv = _find(root)
+    assert {s.source for s in inv.skipped if s.reason == "mask"} == {
+        f"Viral Pneumonia/masks/Viral Pneumonia-{i}.png" for i in range(2)}
+    assert ("Normal/images/Normal-0.png", "Normal") in inv.items
+    assert ("COVID/masks/COVID-0.png", "COVID") in inv.items
+
+
+def test_masks_in_a_dump_already_split_and_in_folders_named_of_masks_are_left_out(tmp_path):
+    # COVID-QU-Ex: Lung Segmentation Data/{Train,Val,Test}/<class>/{images,lung masks,
+    # infection masks}/.
+    root = tmp_path / "qu" / "Lung Segmentation Data"
+    n = 0
+    for split in ("Train", "Test"):
+        for name in ("COVID-19", "Normal"):
+            for folder in ("images", "lung masks", "infection masks"):
+                for i in range(2):
+                    _img(root / split / name / folder / f"{name}_{i}.png", seed=n)
+                    n += 1
+    inv = _find(tmp_path / "qu")
+    assert len(inv.items) == 8 and all("/images/" in rel for rel, _ in inv.items)
+    assert sorted({s.reason for s in inv.skipped}) == ["mask"]
+    assert len(inv.skipped) == 16
+    # A folder of class folders, as build-hdf5 and DirectoryGenerator read it: the same.
+    problems = []
+    classes, pairs = sources_module.class_folder_files(root / "Train", problems)
+    assert classes == ["COVID-19", "Normal"] and len(pairs) == 4
+    assert all("/images/" in rel for _, rel in pairs)
+    assert [p.reason for p in problems] == ["mask"] * 8
+    assert problems[0].detail.startswith("in COVID-19/")
+
+
+def test_a_group_column_named_as_ids_is_taken_where_another_column_holds_the_ids(tmp_path):
+    # Faces: filename,label,name, the name a person's: the ids are in filename.
+    text = "filename,label,name\n1.jpg,a,ann\n2.jpg,b,ann\n3.png,a,bob\n4.jpg,b,bob\n"
+    inv = _find(_csv_dump(tmp_path, text), group_column="name")
+    assert inv.labels_columns == "ids in 'filename', labels in 'label', groups in 'name'"
 
 
 def test_a_dump_of_pixel_tables_is_said_to_hold_no_image_files(tmp_path):
@@ -1304,6 +1341,11 @@ def test_a_dump_of_pixel_tables_is_said_to_hold_no_image_files(tmp_path):
     (root / "fashion-mnist_train.csv").write_text(header + "\n" + ",".join(["0"] * 785) + "\n")
     with pytest.raises(LayoutError, match="fashion-mnist_train.csv holds images as pixel "
                                           "values, one per row, which dsprep does not read"):
+        _find(root)
+    # FER2013: emotion,pixels,Usage, the pixels of an image in one column.
+    (root / "fashion-mnist_train.csv").unlink()
+    (root / "fer2013.csv").write_text("emotion,pixels,Usage\n0,70 80 82,Training\n")
+    with pytest.raises(LayoutError, match="fer2013.csv holds images as pixel values"):
         _find(root)
 
 

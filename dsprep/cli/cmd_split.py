@@ -168,7 +168,7 @@ def split(src: str, dest: str, layout: str, pattern: str | None, labels: str | N
                 "as it is with dsprep build-hdf5")
     masks = [s for s in split_plan.skipped if s.reason == MASK]
     if masks:
-        say(f"note: every class holds its images in a folder beside folders of masks or "
+        say(f"note: class folders hold their images in a folder beside folders of masks or "
             f"annotations (e.g. {masks[0].source}: {masks[0].detail}): the images are split, "
             f"and the {count_of(len(masks), 'file')} of the other folders left out (mask)")
     if split_plan.class_copy:
