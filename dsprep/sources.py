@@ -82,9 +82,13 @@ def part_name(name: str) -> str:
 
 
 def _mask_folder(name: str) -> bool:
-    """Whether a folder's name says it holds masks or annotations."""
-    return part_name(name) in MASK_PARTS or bool(
-        _MASK_WORDS & set(re.split(r"[^a-z]+", name.lower())))
+    """Whether a folder's name says it holds masks or annotations: "masks", "lung masks",
+    "LungMask"; not "with_mask" (pictures of people wearing one)."""
+    words = [w for w in re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
+             if w]
+    if {"with", "without", "no", "not", "wearing"} & set(words):
+        return False
+    return part_name(name) in MASK_PARTS or bool(words and words[-1] in _MASK_WORDS)
 
 
 def mask_folders(inside: dict[str, list[str]]) -> dict[str, str]:
@@ -93,12 +97,34 @@ def mask_folders(inside: dict[str, list[str]]) -> dict[str, str]:
     Radiography's COVID/images/ and COVID/masks/), each with that folder of images."""
     found = {}
     for label, paths in inside.items():
-        folders = {p.partition("/")[0] for p in paths}
-        if any("/" not in p for p in paths) or len(folders) < 2:
+        # (an image straight in the class folder, a preview, stays an image of the class)
+        folders = {p.partition("/")[0] for p in paths if "/" in p}
+        if len(folders) < 2:
             continue
         pictures = [f for f in folders if part_name(f) in IMAGE_PARTS]
         if len(pictures) == 1 and all(_mask_folder(f) for f in folders - set(pictures)):
             found[label] = pictures[0]
+    return found
+
+
+# An image's mask beside it, named as it is plus a mask suffix (BUSI's "benign (1)_mask.png",
+# "_mask_1.png" for a second one).
+_MASK_NAME = re.compile(r"(.+?)[_\- ]?(?:mask|Mask|MASK)(?:[_\-]\d+)?$")
+
+
+def paired_masks(paths: Sequence[str]) -> dict[str, str]:
+    """Of image paths, those that are the mask of another image in the same folder, each with
+    that image's path: "benign (1)_mask.png" beside "benign (1).png"."""
+    stems = {}
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        stems[folder, os.path.splitext(name)[0]] = path
+    found = {}
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        match = _MASK_NAME.fullmatch(os.path.splitext(name)[0])
+        if match and (folder, match.group(1)) in stems:
+            found[path] = stems[folder, match.group(1)]
     return found
 
 
@@ -117,9 +143,9 @@ GROUP_WORDS = frozenset({"patient", "lesion", "subject", "person", "participant"
 # Words that name such a group only when followed by one of _WEAK_GROUP_KEYS (source_image,
 # case_id, group_id; not a column "source" of hospital names, "age_group", "image_source",
 # "group_name" or DICOM's SeriesNumber).
-_WEAK_GROUP_WORDS = frozenset({"original", "parent", "source", "group", "case", "study",
-                               "series"})
-_WEAK_GROUP_KEYS = frozenset({"id", "ids", "image", "img", "file", "key", "code"})
+_WEAK_GROUP_WORDS = frozenset({"original", "parent", "source", "group", "case", "study"})
+_WEAK_GROUP_KEYS = frozenset({"id", "ids", "image", "img", "file", "key", "code", "no", "nr",
+                              "num", "number"})
 # Words that may stand beside one of them in such a column's name (patient_id, "Patient No").
 _GROUP_KEY_WORDS = frozenset({"id", "ids", "no", "nr", "num", "number", "code", "key", "name",
                               "image", "img", "file"})
@@ -204,12 +230,16 @@ def class_folder_files(
     for _label, rel in pairs:
         inside[rel.partition("/")[0]].append(rel.partition("/")[2])
     masks = mask_folders(inside)
-    if masks:
+    paired = paired_masks([rel for _, rel in pairs])
+    if masks or paired:
         kept = []
         for label, rel in pairs:
             folder, _, rest = rel.partition("/")
-            sub = rest.partition("/")[0]
-            if folder in masks and sub != masks[folder]:
+            sub = rest.partition("/")[0] if "/" in rest else None
+            if rel in paired:
+                if problems is not None:
+                    problems.append(Skipped(rel, MASK, f"the mask of {paired[rel]}, beside it"))
+            elif folder in masks and sub is not None and sub != masks[folder]:
                 if problems is not None:
                     problems.append(_mask_skip(rel, f"{folder}/", sub, masks[folder]))
             else:
@@ -1544,9 +1574,12 @@ def _by_folder(images: list[str], root: str, presplit: bool = False,
         if rest and label != copy:
             inside[label].append(rest)
     masks = mask_folders(inside)
+    paired = paired_masks(images)
     for rel in images:
         parts = rel[len(root):].split("/")
-        if parts[0] in masks and parts[1] != masks[parts[0]]:
+        if rel in paired:
+            skipped.append(Skipped(rel, MASK, f"the mask of {paired[rel]}, beside it"))
+        elif parts[0] in masks and len(parts) > 2 and parts[1] != masks[parts[0]]:
             skipped.append(_mask_skip(rel, f"{parts[0]}/", parts[1], masks[parts[0]]))
         elif copy is not None and parts[0] == copy:
             items.append((rel, parts[1]))  # the copy holds no image of its own
@@ -1574,11 +1607,15 @@ def _by_split_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]
         if label is not None:
             inside[where, label].append(rel[len(root) + len(where) + len(label) + 2:])
     masks = mask_folders(inside)
+    paired = paired_masks(images)
     items, skipped = [], []
     for rel, label, where in placed:
-        folder = rel[len(root) + len(where) + len(label) + 2:].partition("/")[0] \
-            if label is not None else ""
-        if (where, label) in masks and folder != masks[where, label]:
+        below = rel[len(root) + len(where) + len(label) + 2:] if label is not None else ""
+        folder = below.partition("/")[0] if "/" in below else None
+        if rel in paired:
+            skipped.append(Skipped(rel, MASK, f"the mask of {paired[rel]}, beside it"))
+        elif (where, label) in masks and folder is not None \
+                and folder != masks[where, label]:
             skipped.append(_mask_skip(rel, f"{where}/{label}/", folder, masks[where, label]))
         elif label is None:
             skipped.append(Skipped(rel, NO_LABEL, f"not inside a class folder of {where}/"))

@@ -394,7 +394,6 @@ class SplitPlan:
                     "column names a patient, a lesion or a source image, give --group-column "
                     f"{shlex.quote(self.group_column)} to keep each group in one split"]
         counts = self.counts()
-        total = len(self.files)
         if self.options.counts is not None:
             short = [(s, c, counts[s][c], want) for c in self.classes
                      for s, want in zip(self.splits, self.options.counts, strict=True)
@@ -406,17 +405,21 @@ class SplitPlan:
             return [f"--group-column {self.group_column} keeps each group in one split, and "
                     f"the groups do not make up --counts {_join(self.options.counts)} "
                     f"exactly: {shown}{more}"]
+        # Each class against what its share would be without groups (allocate's), off by more
+        # than a quarter of it (and two images): not the rounding of small classes.
         asked = self.options.ratios or DEFAULT_RATIOS
-        shares = [sum(counts[s].values()) / max(total, 1) for s in self.splits]
-        wanted = [r / sum(asked) for r in asked]
-        # Off by more than a quarter of a split's share (0.025 of the images for 0.1).
-        if total and any(abs(a - b) > max(0.01, b / 4)
-                         for a, b in zip(shares, wanted, strict=True)):
-            got = ",".join(f"{x:.2f}" for x in shares)
-            return [f"--group-column {self.group_column} keeps each group in one split, and "
-                    f"the groups are too large to share out as asked: the splits hold "
-                    f"{got} of the images, for --ratios {_join(asked)}"]
-        return []
+        off = []
+        for c in self.classes:
+            got = [counts[s][c] for s in self.splits]
+            for s, n, want in zip(self.splits, got, allocate(sum(got), asked), strict=True):
+                if abs(n - want) > max(2, want / 4):
+                    off.append(f"{c} {s} {n} for {want}")
+        if not off:
+            return []
+        more = f" and {len(off) - 3} more" if len(off) > 3 else ""
+        return [f"--group-column {self.group_column} keeps each group in one split, and the "
+                f"groups are too large to share out as --ratios {_join(asked)} asks: "
+                f"{', '.join(off[:3])}{more} (images; see the table)"]
 
     def _folder_warnings(self) -> list[str]:
         """Class folders of a folders-layout split that may be no classes: one named as a
@@ -964,14 +967,14 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
     First every split with a share but the one with the most room takes, for each class, the
     smallest group of that class there is (of equals, one drawn by the seed), while one more
     is left for the split with the most room, so that no split is left without a class for
-    want of a group drawn for it. With --counts (a subset,
-    which should come from many groups) the other groups follow in an order shuffled by the
-    seed; with ratios, from the largest to the smallest in sizes rounded to powers of two
-    (of one such size, in an order shuffled by the seed), so that large groups go first where
-    they fit and the small ones, single images last, fill what is left. Each goes to a split
-    where all its images fit, the one with the largest share of its room left (ties to the
-    earlier split); a group that fits nowhere goes, with ratios, to the split with the
-    largest share left, and with --counts is left out. Never to a split given no share.
+    want of a group drawn for it. With --counts (a subset, which should come from many
+    groups) the other groups follow in an order shuffled by the seed; with ratios, from the
+    largest to the smallest in sizes rounded to powers of two (of one such size, in an order
+    shuffled by the seed), so that large groups go first where they fit and the small ones,
+    single images last, fill what is left. Each goes to a split where all its images fit,
+    the one with the largest share of its room left (ties to the earlier split); a group
+    that fits nowhere goes, with ratios, to the split it overfills least for its room
+    (train, mostly), and with --counts is left out. Never to a split given no share.
     """
     asked = options.counts if options.counts is not None else (options.ratios or DEFAULT_RATIOS)
     units: dict[tuple[int, str], list[tuple[str, _Checked]]] = defaultdict(list)
@@ -985,8 +988,10 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
     placed: dict[str, list[list[_Checked]]] = {label: [[] for _ in asked] for label in members}
     shares = [i for i, share in enumerate(asked) if share > 0]
 
+    need_of = {key: Counter(label for label, _ in unit) for key, unit in units.items()}
+
     def needs(key) -> Counter:
-        return Counter(label for label, _ in units[key])
+        return need_of[key]
 
     def fits(need: Counter, i: int) -> bool:
         return all(n <= room[lab][i] for lab, n in need.items())
@@ -1000,11 +1005,14 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
     # Every split a group of every class, from the smallest groups (the shuffled order
     # breaks ties); the split with the most room (train) takes the large ones anyway.
     taken: set = set()
-    by_size = sorted(keys, key=lambda k: len(units[k]))
+    of_label: dict[str, list] = defaultdict(list)  # each class's groups, smallest first
+    for key in sorted(keys, key=lambda k: len(units[k])):
+        for label in need_of[key]:
+            of_label[label].append(key)
     for label in sorted(members):
         most = max(shares, key=lambda i, label=label: (sizes[label][i], -i))
         for i in shares:
-            free = [k for k in by_size if k not in taken and label in needs(k)]
+            free = [k for k in of_label[label] if k not in taken]
             # (one group at least is kept for the split with the most room)
             if i == most or sizes[label][i] <= 0 or placed[label][i] or len(free) < 2:
                 continue
@@ -1029,8 +1037,10 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
             continue
 
         def rank(i: int, need=need) -> tuple:
-            left = sum(room[lab][i] for lab in need) / max(1, sum(sizes[lab][i] for lab in need))
-            return left, -i
+            whole = max(1, sum(sizes[lab][i] for lab in need))
+            # Where it fits nowhere: the split it overfills least for its size (mostly train).
+            over = sum(max(0, n - room[lab][i]) for lab, n in need.items()) / whole
+            return -over, sum(room[lab][i] for lab in need) / whole, -i
 
         put(key, max(where or shares, key=rank))
     return placed, left_out

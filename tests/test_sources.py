@@ -1269,7 +1269,8 @@ def test_a_yes_no_column_named_as_a_group_groups_nothing(tmp_path):
     ("patient_sex", False), ("patient_age", False), ("age_group", False), ("source", False),
     ("group", False), ("image_id", False), ("dx", False), ("image_source", False),
     ("source_name", False), ("group_name", False), ("file_source", False),
-    ("SeriesNumber", False), ("original_image", True),
+    ("SeriesNumber", False), ("original_image", True), ("case_number", True),
+    ("Case No", True), ("series_id", False),
 ])
 def test_columns_named_as_groups_of_images(name, groups):
     assert sources_module._names_group(name) is groups
@@ -1290,16 +1291,40 @@ def test_class_folders_of_images_beside_masks_give_the_images_alone(tmp_path):
         for i in range(2)}
     assert next(s.detail for s in inv.skipped) == (
         "in COVID/masks/, beside the class's images in COVID/images/")
-    # Class by class: a class without masks, or one with an image straight in its folder, is
-    # read whole, the others still without their masks; so is a stray image beside them.
+    # Class by class: a class without masks is read whole; an image straight in a class
+    # folder (a preview) stays an image of the class, its masks still left out; a stray image
+    # beside the classes changes nothing.
     _img(root / "Normal" / "images" / "Normal-0.png", seed=90)
     _img(root / "COVID" / "COVID-9.png", seed=91)
     _img(root / "preview.png", seed=92)
     inv = _find(root)
     assert {s.source for s in inv.skipped if s.reason == "mask"} == {
-        f"Viral Pneumonia/masks/Viral Pneumonia-{i}.png" for i in range(2)}
+        f"{n}/masks/{n}-{i}.png" for n in ("COVID", "Viral Pneumonia") for i in range(2)}
     assert ("Normal/images/Normal-0.png", "Normal") in inv.items
-    assert ("COVID/masks/COVID-0.png", "COVID") in inv.items
+    assert ("COVID/COVID-9.png", "COVID") in inv.items
+    # Named in CamelCase (LungMask/), a folder of masks still; with_mask/ (people wearing
+    # one) is a folder of pictures.
+    (root / "Viral Pneumonia" / "masks").rename(root / "Viral Pneumonia" / "LungMask")
+    (root / "COVID" / "masks").rename(root / "COVID" / "with_mask")
+    inv = _find(root)
+    assert {s.source for s in inv.skipped if s.reason == "mask"} == {
+        f"Viral Pneumonia/LungMask/Viral Pneumonia-{i}.png" for i in range(2)}
+
+
+def test_masks_named_after_their_image_beside_it_are_left_out(tmp_path):
+    # BUSI: benign/benign (1).png beside benign (1)_mask.png and benign (1)_mask_1.png.
+    root = tmp_path / "Dataset_BUSI_with_GT"
+    for c, name in enumerate(("benign", "malignant")):
+        for i in range(1, 3):
+            _img(root / name / f"{name} ({i}).png", seed=10 * c + i)
+            _img(root / name / f"{name} ({i})_mask.png", seed=50 + 10 * c + i)
+        _img(root / name / f"{name} (1)_mask_1.png", seed=90 + c)
+    inv = _find(root)
+    assert inv.items == [(f"{n}/{n} ({i}).png", n) for n in ("benign", "malignant")
+                         for i in (1, 2)]
+    assert {(s.reason, s.detail) for s in inv.skipped if "(2)" in s.source} == {
+        ("mask", f"the mask of {n}/{n} (2).png, beside it") for n in ("benign", "malignant")}
+    assert len(inv.skipped) == 6
 
 
 def test_masks_in_a_dump_already_split_and_in_folders_named_of_masks_are_left_out(tmp_path):

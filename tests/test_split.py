@@ -348,6 +348,45 @@ def test_a_large_group_goes_where_it_fits_and_the_ratios_hold():
         assert not any("--group-column" in w for w in p.warnings())
 
 
+def _sized(groups_of: dict[str, list[int]]):
+    """_decide's inputs for classes whose groups have the given sizes."""
+    items, checked, groups = [], [], {}
+    for label, sizes in groups_of.items():
+        for g, size in enumerate(sizes):
+            for k in range(size):
+                rel = f"{label}/{g}-{k}.jpg"
+                items.append((rel, label))
+                groups[rel] = f"{label}{g}"
+                checked.append(_Checked(rel, hashlib.sha256(rel.encode()).hexdigest(), 9, 9, 9))
+    return Inventory("csv", "", sorted(items), groups=groups, group_column="lesion_id",
+                     group_given=True), checked
+
+
+@pytest.mark.parametrize("sizes, ratios, want", [
+    ([40, 15, 5, 4, 2, 2], (0.8, 0.1, 0.1), [55, 7, 6]),  # 15 overfills train by one
+    ([20, 4, 2], (0.9, 0.1), [24, 2]),
+])
+def test_a_group_that_fits_nowhere_overfills_the_split_it_overfills_least(sizes, ratios, want):
+    inventory, checked = _sized({"a": sizes})
+    for seed in range(6):
+        p = _decide(Path("/src"), inventory, checked, SplitOptions(
+            layout="csv", group_column="lesion_id", ratios=ratios, seed=seed))
+        got = [p.counts()[s]["a"] for s in p.splits]
+        assert got[0] == want[0] and sorted(got[1:]) == sorted(want[1:]), (seed, got)
+        assert not any("--group-column" in w for w in p.warnings())
+
+
+def test_a_small_class_far_off_its_ratios_is_said_beside_a_large_one_that_is_not():
+    inventory, checked = _sized({"a": [1] * 2000, "b": [60, 30, 10]})
+    p = _decide(Path("/src"), inventory, checked,
+                SplitOptions(layout="csv", group_column="lesion_id"))
+    b = [p.counts()[s]["b"] for s in p.splits]
+    assert b != [80, 10, 10]  # 60, 30 and 10 cannot make 80/10/10
+    warning = next(w for w in p.warnings() if "--group-column" in w)
+    assert "too large to share out as --ratios 0.8,0.1,0.1 asks: b " in warning
+    assert " a " not in warning.split("asks:")[1]
+
+
 def test_one_large_group_is_said_when_the_splits_cannot_follow_the_ratios():
     inventory, checked = _grouped([40], [20, 1])
     p = _decide(Path("/src"), inventory, checked,
@@ -360,8 +399,10 @@ def test_one_large_group_is_said_when_the_splits_cannot_follow_the_ratios():
                 SplitOptions(layout="csv", group_column="lesion_id", ratios=(0.5, 0.5)))
     shares = [sum(p.counts()[s].values()) / 40 for s in ("train", "val")]
     assert sorted(shares) == [0.25, 0.75]  # 30 of 40 in one group
-    assert any("too large to share out as asked: the splits hold "
-               f"{shares[0]:.2f},{shares[1]:.2f} of the images, for --ratios 0.5,0.5" in w
+    got = [p.counts()[s]["c0"] for s in ("train", "val")]
+    assert any("--group-column lesion_id keeps each group in one split, and the groups are too "
+               "large to share out as --ratios 0.5,0.5 asks: "
+               f"c0 train {got[0]} for 20, c0 val {got[1]} for 20 (images; see the table)" == w
                for w in p.warnings()), p.warnings()
 
 
