@@ -382,7 +382,7 @@ class SplitPlan:
     def _group_warnings(self) -> list[str]:
         """Groups of images (a patient's, a lesion's) spread over the splits, where the labels
         CSV has a column naming them and it was not given as the group column; with it given,
-        splits far from what was asked (groups too large to share out finely)."""
+        classes far off their share in a split (groups too large to share out finely)."""
         many, spread = self.groups
         if not self.group_given:
             if not spread:
@@ -417,8 +417,8 @@ class SplitPlan:
         if not off:
             return []
         more = f" and {len(off) - 3} more" if len(off) > 3 else ""
-        return [f"--group-column {self.group_column} keeps each group in one split, and the "
-                f"groups are too large to share out as --ratios {_join(asked)} asks: "
+        return [f"--group-column {self.group_column} keeps each group in one split, and with "
+                f"these groups the splits are off --ratios {_join(asked)}: "
                 f"{', '.join(off[:3])}{more} (images; see the table)"]
 
     def _folder_warnings(self) -> list[str]:

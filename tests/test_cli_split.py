@@ -973,8 +973,8 @@ def test_splits_left_empty_by_large_groups_are_said_to_be_so(tmp_path):
     out = " ".join(result.output.split())
     assert ("note: no test images in any class: too few groups of --group-column patient_id, "
             "or too large for --ratios 0.8,0.1,0.1 (the default)") in out
-    assert ("the groups are too large to share out as --ratios 0.8,0.1,0.1 asks: a train 10 "
-            "for 16, a val 10 for 2 (images; see the table)" in out)
+    assert ("with these groups the splits are off --ratios 0.8,0.1,0.1: a train 10 for 16, a "
+            "val 10 for 2 (images; see the table)" in out)
 
 
 def test_notes_for_masks_beside_images_and_for_keeping_a_dumps_own_splits(tmp_path):

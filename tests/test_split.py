@@ -383,7 +383,7 @@ def test_a_small_class_far_off_its_ratios_is_said_beside_a_large_one_that_is_not
     b = [p.counts()[s]["b"] for s in p.splits]
     assert b != [80, 10, 10]  # 60, 30 and 10 cannot make 80/10/10
     warning = next(w for w in p.warnings() if "--group-column" in w)
-    assert "too large to share out as --ratios 0.8,0.1,0.1 asks: b " in warning
+    assert "the splits are off --ratios 0.8,0.1,0.1: b " in warning
     assert " a " not in warning.split("asks:")[1]
 
 
@@ -393,15 +393,15 @@ def test_one_large_group_is_said_when_the_splits_cannot_follow_the_ratios():
                 SplitOptions(layout="csv", group_column="lesion_id", ratios=(0.5, 0.5)))
     shares = [sum(p.counts()[s].values()) / 40 for s in ("train", "val")]
     # Groups of 20, 19 and 1: 0.5,0.5 within a group's size of one image, and not said.
-    assert abs(shares[0] - 0.5) < 0.03 and not any("too large" in w for w in p.warnings())
+    assert abs(shares[0] - 0.5) < 0.03 and not any("--group-column" in w for w in p.warnings())
     inventory, checked = _grouped([40], [30, 1])
     p = _decide(Path("/src"), inventory, checked,
                 SplitOptions(layout="csv", group_column="lesion_id", ratios=(0.5, 0.5)))
     shares = [sum(p.counts()[s].values()) / 40 for s in ("train", "val")]
     assert sorted(shares) == [0.25, 0.75]  # 30 of 40 in one group
     got = [p.counts()[s]["c0"] for s in ("train", "val")]
-    assert any("--group-column lesion_id keeps each group in one split, and the groups are too "
-               "large to share out as --ratios 0.5,0.5 asks: "
+    assert any("--group-column lesion_id keeps each group in one split, and with these groups the "
+               "splits are off --ratios 0.5,0.5: "
                f"c0 train {got[0]} for 20, c0 val {got[1]} for 20 (images; see the table)" == w
                for w in p.warnings()), p.warnings()
 
