@@ -83,12 +83,12 @@ def part_name(name: str) -> str:
 
 def _mask_folder(name: str) -> bool:
     """Whether a folder's name says it holds masks or annotations: "masks", "lung masks",
-    "LungMask"; not "with_mask" (pictures of people wearing one)."""
-    words = [w for w in re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
-             if w]
-    if {"with", "without", "no", "not", "wearing"} & set(words):
+    "masks_png", "LungMask", "CXRMasks"; not "with_mask" (pictures of people wearing one)."""
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", re.sub(r"([a-z])([A-Z])", r"\1 \2", name))
+    words = {w for w in re.split(r"[^a-z]+", spaced.lower()) if w}
+    if {"with", "without", "no", "not", "wearing"} & words:
         return False
-    return part_name(name) in MASK_PARTS or bool(words and words[-1] in _MASK_WORDS)
+    return part_name(name) in MASK_PARTS or bool(words & _MASK_WORDS)
 
 
 def mask_folders(inside: dict[str, list[str]]) -> dict[str, str]:
@@ -104,27 +104,6 @@ def mask_folders(inside: dict[str, list[str]]) -> dict[str, str]:
         pictures = [f for f in folders if part_name(f) in IMAGE_PARTS]
         if len(pictures) == 1 and all(_mask_folder(f) for f in folders - set(pictures)):
             found[label] = pictures[0]
-    return found
-
-
-# An image's mask beside it, named as it is plus a mask suffix (BUSI's "benign (1)_mask.png",
-# "_mask_1.png" for a second one).
-_MASK_NAME = re.compile(r"(.+?)[_\- ]?(?:mask|Mask|MASK)(?:[_\-]\d+)?$")
-
-
-def paired_masks(paths: Sequence[str]) -> dict[str, str]:
-    """Of image paths, those that are the mask of another image in the same folder, each with
-    that image's path: "benign (1)_mask.png" beside "benign (1).png"."""
-    stems = {}
-    for path in paths:
-        folder, _, name = path.rpartition("/")
-        stems[folder, os.path.splitext(name)[0]] = path
-    found = {}
-    for path in paths:
-        folder, _, name = path.rpartition("/")
-        match = _MASK_NAME.fullmatch(os.path.splitext(name)[0])
-        if match and (folder, match.group(1)) in stems:
-            found[path] = stems[folder, match.group(1)]
     return found
 
 
@@ -230,16 +209,12 @@ def class_folder_files(
     for _label, rel in pairs:
         inside[rel.partition("/")[0]].append(rel.partition("/")[2])
     masks = mask_folders(inside)
-    paired = paired_masks([rel for _, rel in pairs])
-    if masks or paired:
+    if masks:
         kept = []
         for label, rel in pairs:
             folder, _, rest = rel.partition("/")
             sub = rest.partition("/")[0] if "/" in rest else None
-            if rel in paired:
-                if problems is not None:
-                    problems.append(Skipped(rel, MASK, f"the mask of {paired[rel]}, beside it"))
-            elif folder in masks and sub is not None and sub != masks[folder]:
+            if folder in masks and sub is not None and sub != masks[folder]:
                 if problems is not None:
                     problems.append(_mask_skip(rel, f"{folder}/", sub, masks[folder]))
             else:
@@ -1574,12 +1549,9 @@ def _by_folder(images: list[str], root: str, presplit: bool = False,
         if rest and label != copy:
             inside[label].append(rest)
     masks = mask_folders(inside)
-    paired = paired_masks(images)
     for rel in images:
         parts = rel[len(root):].split("/")
-        if rel in paired:
-            skipped.append(Skipped(rel, MASK, f"the mask of {paired[rel]}, beside it"))
-        elif parts[0] in masks and len(parts) > 2 and parts[1] != masks[parts[0]]:
+        if parts[0] in masks and len(parts) > 2 and parts[1] != masks[parts[0]]:
             skipped.append(_mask_skip(rel, f"{parts[0]}/", parts[1], masks[parts[0]]))
         elif copy is not None and parts[0] == copy:
             items.append((rel, parts[1]))  # the copy holds no image of its own
@@ -1607,14 +1579,11 @@ def _by_split_folder(images: list[str], root: str) -> tuple[list, list[Skipped]]
         if label is not None:
             inside[where, label].append(rel[len(root) + len(where) + len(label) + 2:])
     masks = mask_folders(inside)
-    paired = paired_masks(images)
     items, skipped = [], []
     for rel, label, where in placed:
         below = rel[len(root) + len(where) + len(label) + 2:] if label is not None else ""
         folder = below.partition("/")[0] if "/" in below else None
-        if rel in paired:
-            skipped.append(Skipped(rel, MASK, f"the mask of {paired[rel]}, beside it"))
-        elif (where, label) in masks and folder is not None \
+        if (where, label) in masks and folder is not None \
                 and folder != masks[where, label]:
             skipped.append(_mask_skip(rel, f"{where}/{label}/", folder, masks[where, label]))
         elif label is None:

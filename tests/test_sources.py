@@ -1311,20 +1311,14 @@ def test_class_folders_of_images_beside_masks_give_the_images_alone(tmp_path):
         f"Viral Pneumonia/LungMask/Viral Pneumonia-{i}.png" for i in range(2)}
 
 
-def test_masks_named_after_their_image_beside_it_are_left_out(tmp_path):
-    # BUSI: benign/benign (1).png beside benign (1)_mask.png and benign (1)_mask_1.png.
-    root = tmp_path / "Dataset_BUSI_with_GT"
-    for c, name in enumerate(("benign", "malignant")):
-        for i in range(1, 3):
-            _img(root / name / f"{name} ({i}).png", seed=10 * c + i)
-            _img(root / name / f"{name} ({i})_mask.png", seed=50 + 10 * c + i)
-        _img(root / name / f"{name} (1)_mask_1.png", seed=90 + c)
-    inv = _find(root)
-    assert inv.items == [(f"{n}/{n} ({i}).png", n) for n in ("benign", "malignant")
-                         for i in (1, 2)]
-    assert {(s.reason, s.detail) for s in inv.skipped if "(2)" in s.source} == {
-        ("mask", f"the mask of {n}/{n} (2).png, beside it") for n in ("benign", "malignant")}
-    assert len(inv.skipped) == 6
+@pytest.mark.parametrize("name, masks", [
+    ("masks", True), ("lung masks", True), ("infection masks", True), ("LungMask", True),
+    ("CXRMasks", True), ("masks_png", True), ("mask_images", True), ("masks (copy)", True),
+    ("GT_png", True), ("annotations_xml", True), ("with_mask", False), ("no_masks", False),
+    ("images", False), ("thumbnails", False),
+])
+def test_folders_named_as_masks(name, masks):
+    assert sources_module._mask_folder(name) is masks
 
 
 def test_masks_in_a_dump_already_split_and_in_folders_named_of_masks_are_left_out(tmp_path):
