@@ -1749,7 +1749,7 @@ def _table_rows(text: str) -> tuple[list[list[str]], list[int], str]:
     lines: list[int] = []
     start = 1
     for row in reader:
-        comment = delimiter == " " and not rows and row[0].lstrip().startswith("#")
+        comment = delimiter == " " and not rows and bool(row) and row[0].lstrip().startswith("#")
         if any(c.strip() for c in row) and not comment:
             if delimiter == " ":
                 row = [c for c in row if c] or row
@@ -2322,8 +2322,10 @@ def _names_group(name: str) -> bool:
         words += [word[: -len(key)], key] if key else [word]  # patientid
     if not set(words) <= GROUP_WORDS | _WEAK_GROUP_WORDS | _GROUP_KEY_WORDS:
         return False
+    if set(words) & {"patient", "lesion"}:
+        return True  # patient, "Patient ID"; a bare subject or person may be a photo's
     if set(words) & GROUP_WORDS:
-        return True
+        return len(words) == 2 and words[1] in _GROUP_KEY_WORDS
     return (len(words) == 2 and words[0] in _WEAK_GROUP_WORDS
             and words[1] in _WEAK_GROUP_KEYS)
 

@@ -1207,6 +1207,10 @@ def test_a_space_separated_list_with_comment_lines_is_read(tmp_path):
                          ("beagle_1.jpg", "2")]
     assert {(s.source, s.reason) for s in inv.skipped} == {
         (f"{lists} line 6", "bad-row"), ("beagle_2.jpg", "unlabelled")}
+    # A blank line before the first row, as before a CSV's (it crashed the comment check).
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n" + lists.read_text())
+    assert _find(root, layout="csv", labels=blank).items == inv.items
     species = _find(root, layout="csv", labels=lists, label_column=2)
     assert [label for _, label in species.items] == ["1", "1", "2"]
     # Names with spaces in such a list cannot be told from its fields: the error says how the
@@ -1264,7 +1268,8 @@ def test_a_yes_no_column_named_as_a_group_groups_nothing(tmp_path):
 
 @pytest.mark.parametrize("name, groups", [
     ("lesion_id", True), ("patient_id", True), ("Patient ID", True), ("patientId", True),
-    ("patientid", True), ("PatientID", True), ("subject", True), ("group_id", True),
+    ("patientid", True), ("PatientID", True), ("subject", False), ("subject_id", True),
+    ("person", False), ("group_id", True),
     ("case_id", True), ("study_id", True), ("source_image", True), ("individual_id", True),
     ("patient_sex", False), ("patient_age", False), ("age_group", False), ("source", False),
     ("group", False), ("image_id", False), ("dx", False), ("image_source", False),
