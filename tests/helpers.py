@@ -44,6 +44,18 @@ def make_class_folders(
     return root
 
 
+def make_images_beside_masks(root: Path, classes=("COVID", "Normal"), per_class: int = 3) -> Path:
+    """COVID-19 Radiography's layout: ``root/<class>/images/<class>-<n>.png`` beside masks of
+    the same names in ``root/<class>/masks/``; return root."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / name / "images" / f"{name}-{i}.png",
+                        smooth_image(30, 30, 9 * c + i))
+            write_image(root / name / "masks" / f"{name}-{i}.png",
+                        smooth_image(30, 30, 50 + 9 * c + i))
+    return root
+
+
 def area_reference(data: bytes, size: tuple[int, int], mode: str = "crop") -> np.ndarray:
     """Full OpenCV decode (EXIF orientation applied), RGB, resized to size, then centre crop
     (crop), nothing (stretch) or a centred black letterbox (pad): written out here, so the

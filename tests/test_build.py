@@ -22,7 +22,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from helpers import make_class_folders, smooth_image, write_image
+from helpers import make_class_folders, make_images_beside_masks, smooth_image, write_image
 
 from dsprep import build, store
 from dsprep.errors import (
@@ -1721,12 +1721,7 @@ def test_a_raw_dump_is_answered_with_the_split_to_make_not_with_name(tmp_path, l
 
 def test_a_build_of_class_folders_leaves_their_masks_out_with_one_note(tmp_path):
     # COVID-19 Radiography built with --name: COVID/images/ beside COVID/masks/.
-    root = tmp_path / "covid"
-    for c, name in enumerate(("COVID", "Normal")):
-        for i in range(3):
-            write_image(root / name / "images" / f"{name}-{i}.png", smooth_image(30, 30, 9 * c + i))
-            write_image(root / name / "masks" / f"{name}-{i}.png",
-                        smooth_image(30, 30, 50 + 9 * c + i))
+    root = make_images_beside_masks(tmp_path / "covid")
     report = build.build_hdf5(root, tmp_path / "out", opts(), name="train")
     _, labels, names, _ = rows_of(tmp_path / "out" / "train.hdf5")
     assert len(labels) == 6 and all("/images/" in n for n in names)

@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 from click.testing import CliRunner
-from helpers import make_class_folders, smooth_image, write_image
+from helpers import make_class_folders, make_images_beside_masks, smooth_image, write_image
 
 from dsprep.cli import main
 
@@ -978,12 +978,7 @@ def test_splits_left_empty_by_large_groups_are_said_to_be_so(tmp_path):
 
 
 def test_notes_for_masks_beside_images_and_for_keeping_a_dumps_own_splits(tmp_path):
-    dump = tmp_path / "covid"
-    for c, name in enumerate(("COVID", "Normal")):
-        for i in range(3):
-            write_image(dump / name / "images" / f"{name}-{i}.png", smooth_image(30, 30, 9 * c + i))
-            write_image(dump / name / "masks" / f"{name}-{i}.png",
-                        smooth_image(30, 30, 50 + 9 * c + i))
+    dump = make_images_beside_masks(tmp_path / "covid")
     result = loud("split", str(dump), str(tmp_path / "s"), "--dry-run")
     assert result.exit_code == 0, result.output
     assert ("note: class folders hold their images in a folder beside folders of masks or "
