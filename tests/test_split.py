@@ -376,6 +376,52 @@ def test_a_group_that_fits_nowhere_overfills_the_split_it_overfills_least(sizes,
         assert not any("--group-column" in w for w in p.warnings())
 
 
+@pytest.mark.parametrize("sizes, ratios, want", [
+    ([40, 20, 12, 12, 10, 6], (0.9, 0.1), [90, 10]),  # largest first alone: 94/6
+    ([39, 38, 29, 18, 15, 7, 1], (0.8, 0.1, 0.1), [114, 15, 18]),  # alone: 124/16/7
+])
+def test_groups_placed_largest_first_are_brought_to_a_closer_fit(sizes, ratios, want):
+    inventory, checked = _sized({"a": sizes})
+    for seed in range(4):
+        p = _decide(Path("/src"), inventory, checked, SplitOptions(
+            layout="csv", group_column="lesion_id", ratios=ratios, seed=seed))
+        assert [p.counts()[s]["a"] for s in p.splits] == want, seed
+
+
+@settings(max_examples=40, deadline=None)
+@given(groups=st.lists(st.lists(st.integers(1, 12), min_size=1, max_size=7), min_size=1,
+                       max_size=3),
+       weights=ratio_triples, seed=st.integers(0, 2**16))
+def test_no_single_move_or_exchange_of_groups_would_fit_the_ratios_better(groups, weights, seed):
+    inventory, checked = _sized({f"c{k}": sizes for k, sizes in enumerate(groups)})
+    options = SplitOptions(layout="csv", group_column="lesion_id", seed=seed,
+                           ratios=tuple(w / sum(weights) for w in weights))
+    p = _decide(Path("/src"), inventory, checked, options)
+    size = Counter(inventory.groups.values())
+    where = {inventory.groups[f.source]: p.splits.index(f.split) for f in p.files}
+    label = {inventory.groups[f.source]: f.label for f in p.files}
+    target = {c: allocate(sum(sizes), options.ratios) for c, sizes in
+              ((f"c{k}", sizes) for k, sizes in enumerate(groups))}
+    shares = [i for i, w in enumerate(weights) if w > 0]
+
+    def off(place: dict) -> tuple[int, set]:
+        got = Counter()
+        for g, i in place.items():
+            got[label[g], i] += size[g]
+        return (sum(abs(got[c, i] - want) for c, wants in target.items()
+                    for i, want in enumerate(wants)), {k for k, n in got.items() if n})
+
+    now, present = off(where)
+    for g in where:
+        for i in shares:
+            for h in [None, *where]:  # g moved to i, or exchanged with h (in split i)
+                if i == where[g] or (h is not None and where[h] != i):
+                    continue
+                other = dict(where, **{g: i}, **({h: where[g]} if h else {}))
+                then, kept = off(other)
+                assert then >= now or not present <= kept, (g, h, i, then, now)
+
+
 def test_a_small_class_far_off_its_ratios_is_said_beside_a_large_one_that_is_not():
     inventory, checked = _sized({"a": [1] * 2000, "b": [60, 30, 10]})
     p = _decide(Path("/src"), inventory, checked,
