@@ -67,6 +67,7 @@ from .sources import (
     class_folder_files,
     classless_splits,
     is_image_name,
+    is_submission_template,
     namesake,
     own_split_folders,
     pixel_tables,
@@ -74,6 +75,7 @@ from .sources import (
     visible_folders,
 )
 from .split import (
+    class_name_warnings,
     read_files,
     read_placed,
     read_split_classes,
@@ -302,7 +304,11 @@ def _raw_dump(src: Path) -> str | None:
     if csvs and not images and not _holds_an_image(src):
         return None  # said by the caller: no image file at all
     if csvs:
-        return f"{csvs[0]} at its top may hold its labels"
+        # The likeliest labels file: not a submission template; one named for labels or train.
+        tables = [c for c in csvs if not is_submission_template(c)] or csvs
+        best = next((c for c in tables if "label" in c.lower()),
+                    next((c for c in tables if split_of(Path(c).stem) == "train"), tables[0]))
+        return f"{best} at its top may hold its labels"
     if images and not folders:
         return "its images lie straight in it, named by class it may be (cat.0.jpg)"
     if chunk_folders(folders):
@@ -518,6 +524,8 @@ def find_rows(
                 f"class of the other splits (images without classes), no {split}.hdf5 built"))
             del scanned[split]
         classes = sorted({c for pairs in scanned.values() for c, _ in pairs})
+        # (Testing/Glioma/ beside Training/glioma/: two classes, as split would say)
+        notes += [AttentionNote(w) for w in class_name_warnings(classes)]
         for split, pairs in scanned.items():
             missing = sorted(set(classes) - {c for c, _ in pairs})
             if missing:

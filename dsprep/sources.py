@@ -930,6 +930,9 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
             top = rest
         if len(top) > 1 and len(named) != 1:
             return (*_best_table(source, root, top, images), False)
+    elif labels is None:
+        labels = _only_labels_file(source, root, files, images, id_column, label_column,
+                                   group_column)
     labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
     if text is None:
         return None, labels_name, None, False
@@ -950,6 +953,32 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         loose = not table.label_guessed and table.labels_most_loosely()
         return None, labels_name, (labels_name if table.labelled or loose else None), loose
     return table, labels_name, None, False
+
+
+def _only_labels_file(source: Source, root: str, files: list[str], images: list[str],
+                      id_column, label_column, group_column) -> str | None:
+    """Of several CSVs at the top, with the csv layout or its columns asked for but no
+    --labels (APTOS: train.csv, test.csv, sample_submission.csv), the one that labels most
+    images with the columns given, when it is the only one but submission templates or the
+    only one that does; else None (the caller then asks for --labels)."""
+    top = _top_csvs(files, root)
+    rest = [f for f in top if not is_submission_template(f)]
+    if len(top) < 2 or not rest:
+        return None
+    if len(rest) == 1:
+        return rest[0]
+    copies = _copies_of(source)
+    found = []
+    for name in rest:
+        try:
+            text = _decode_csv(_read_labels(source, name), name)
+            table = _LabelsTable(text, name, images, root, id_column, label_column,
+                                 source.name, copies, group_column)
+        except (DsprepError, csv.Error):
+            continue
+        if table.labels_most():
+            found.append(name)
+    return found[0] if len(found) == 1 else None
 
 
 _PROBE_ROWS = 60  # lines of a CSV read first, to tell whether it may be the labels
@@ -1121,20 +1150,28 @@ def is_submission_template(name: str) -> bool:
 
 
 def _labels_beside(path, passed_over: str | None) -> str:
-    """A hint naming the CSVs beside a folder given as the dump (Kaggle's dog breeds: train/
-    given, labels.csv beside it), which the dump itself does not hold."""
+    """A hint naming the CSVs beside a folder or .zip given as the dump (Kaggle's dog breeds:
+    train/ given, labels.csv beside it; Aerial Cactus: train.zip beside train.csv; also beside
+    a doubled train/train/'s outer folder), which the dump itself does not hold."""
     folder = Path(path)
-    if passed_over or not folder.is_dir():
+    if passed_over or not (folder.is_dir() or folder.suffix.lower() == ".zip"):
         return ""
-    try:
-        beside = sorted(p for p in folder.parent.glob("*.csv") if p.is_file()
-                        and not is_submission_template(p.name))
-    except OSError:
-        return ""
+    beside = _tables_in(folder.parent)
+    if not beside and folder.parent.name.lower() == folder.name.lower():
+        beside = _tables_in(folder.parent.parent)  # train/train/
     if not beside:
         return ""
     names = " or ".join(quoted(p) for p in beside[:3])
     return f"; if {names} beside it labels the images, give it with --labels"
+
+
+def _tables_in(folder: Path) -> list[Path]:
+    """The CSVs in a folder but submission templates, by name; [] if it cannot be read."""
+    try:
+        return sorted(p for p in folder.glob("*.csv") if p.is_file()
+                      and not is_submission_template(p.name))
+    except OSError:
+        return []
 
 
 def _unsupported(files: list[str]) -> list[Skipped]:
@@ -1216,7 +1253,16 @@ def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str
     if source.is_zip:  # an archive inside an archive cannot be read in place
         return (message + f": extract {source.path} and split the archive inside, e.g. "
                 f"'dsprep split {quoted('<extracted folder>/' + pick)} DEST'")
-    return message + f": split one of them, e.g. 'dsprep split {quoted(source.path / pick)} DEST'"
+    # Aerial Cactus: train.zip beside train.csv, which labels its images.
+    tables = _tables_in(source.path)
+    named = next((t for t in tables if t.stem.lower() == PurePosixPath(pick).stem.lower()
+                  or _named_split(t.name) == split_of(PurePosixPath(pick).stem) == "train"),
+                 None)
+    labels = f" --labels {quoted(named)}" if named else ""
+    return (message + f": split one of them, e.g. 'dsprep split {quoted(source.path / pick)} "
+            f"DEST{labels}'" + (f" (if {' or '.join(quoted(t) for t in tables[:3])} labels "
+                                "its images, give it with --labels)" if tables and not named
+                                else ""))
 
 
 def pixel_tables(source: Source, files: list[str]) -> str:
@@ -1325,7 +1371,8 @@ def _by_prefix(images: list[str], regex: re.Pattern | None) -> tuple[list, list[
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                       "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 # Words that may stand beside a split's name in a folder name: training_set/, seg_train/.
-_SPLIT_NAME_WORDS = {"set", "data", "dataset", "images", "imgs", "img", "seg", "split", "files"}
+_SPLIT_NAME_WORDS = {"set", "data", "dataset", "images", "imgs", "img", "seg", "split", "files",
+                     "simple", "small", "sample", "mini", "full", "subset", "final"}
 
 
 def split_of(name: str) -> str | None:

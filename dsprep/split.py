@@ -557,18 +557,19 @@ class SplitPlan:
         return f"extract {root}{folder}/ from {self.source} and give it as SRC"
 
     def _split_inside(self, root: str) -> tuple[str, list[str]] | None:
-        """The first class folder's folder (itself, or one a level down) whose images all lie
-        in folders named as splits, two or more, with the names of those, else None."""
-        first = self.classes[0]
+        """The first folder of a class (the class folder itself, or one up to two levels down;
+        classes in order) whose images all lie in folders named as splits, two or more, with
+        the names of those, else None."""
         under: dict[str, set[str]] = defaultdict(set)
         for f in self.files:
             parts = f.source[len(root):].split("/")
-            if parts[0] != first:
-                continue
-            for depth in (1, 2):  # first/Training/<class>/x, first/inner/Training/<class>/x
+            # class/Training/<class>/x, class/inner/Training/<class>/x (Fruits-360),
+            # class/class/images/TRAIN/<class>/x (Blood Cell Images)
+            for depth in (1, 2, 3):
                 if len(parts) > depth + 2:
                     under["/".join(parts[:depth])].add(parts[depth])
-        for folder, names in sorted(under.items(), key=lambda kv: len(kv[0])):
+        for folder, names in sorted(under.items(),
+                                    key=lambda kv: (kv[0].split("/")[0], kv[0].count("/"))):
             if len(names) > 1 and all(split_of(n) for n in names):
                 return folder, sorted(names)
         return None

@@ -1708,8 +1708,10 @@ def test_a_raw_dump_is_answered_with_the_split_to_make_not_with_name(tmp_path, l
             write_image(dump / f"cat.{i}.jpg", smooth_image(30, 30, seed=i))
     else:
         make_class_folders(dump, classes=("images_part_1", "images_part_2"), per_class=1)
-    if layout == "csv":
+    if layout == "csv":  # (not the submission template first in order: CIFAR-10's)
         (dump / "labels.csv").write_text("id,label\n")
+        (dump / "aaa_sampleSubmission.csv").write_text("id,label\n")
+        (dump / "a_notes.csv").write_text("what,when\n")
     with pytest.raises(UsageError, match=rf"dump has no split.json, and {why}: split it first "
                                           r"\('dsprep split \S*dump DEST'\), then build DEST$"):
         build.build_hdf5(dump, tmp_path / "out", opts())

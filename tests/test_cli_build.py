@@ -77,6 +77,8 @@ def test_quiet_still_says_a_split_not_built_and_a_class_missing_from_one(tmp_pat
         in result.stderr
     assert "note: train: no images of class(es) Pneumonia" in result.stderr
     assert "note: test: no images of class(es) PNEUMONIA" in result.stderr
+    assert ("note: classes that differ only in case (PNEUMONIA and Pneumonia) stay apart, but "
+            "share one folder on a case-insensitive file system") in result.stderr
     assert "building its own split folders" not in result.output  # what asks for nothing
 
 

@@ -203,7 +203,8 @@ def test_split_of_reads_split_names_with_affixes_only():
     names = {"train": "train", "Training": "train", "training_set": "train",
              "seg_train": "train", "Test Images": "test", "test-set": "test", "valid": "val",
              "val_data": "val", "train_station": None, "test1": None, "seg_pred": None,
-             "train_test": None, "cats": None}
+             "train_test": None, "cats": None, "TEST_SIMPLE": "test", "train_small": "train",
+             "simple": None}
     assert {name: split_of(name) for name in names} == names
 
 
@@ -730,6 +731,62 @@ def test_a_labels_csv_beside_the_folder_given_is_named_when_nothing_is_labelled(
         _find(root / "train")
     inv = _find(root / "train", labels=root / "labels.csv")
     assert len(inv.items) == 4
+
+
+def test_a_labels_csv_beside_a_zip_or_a_doubled_folder_is_named(tmp_path):
+    # Kaggle's Aerial Cactus: train.zip (train/<hex>.jpg inside) beside train.csv, and its
+    # extracted train/train/; the folder holding both names train.csv in its advice.
+    root = tmp_path / "cactus"
+    for i in range(4):
+        _img(root / "train" / "train" / f"{i:08x}.jpg", seed=i)
+    (root / "train.csv").write_text("id,has_cactus\n" + "".join(
+        f"{i:08x}.jpg,{i % 2}\n" for i in range(4)))
+    (root / "sample_submission.csv").write_text("id,has_cactus\n")
+    beside = rf"if {root / 'train.csv'} beside it labels the images, give it with --labels$"
+    with pytest.raises(LayoutError, match=beside):
+        _find(root / "train" / "train")
+    archive = tmp_path / "download"
+    archive.mkdir()
+    _zipped(root / "train", archive / "train.zip")
+    shutil.copy(root / "train.csv", archive)
+    shutil.copy(root / "sample_submission.csv", archive)
+    with pytest.raises(LayoutError, match=beside.replace(str(root), str(archive))):
+        _find(archive / "train.zip")
+    with pytest.raises(LayoutError, match=rf"split one of them, e.g. 'dsprep split "
+                                          rf"{archive}/train.zip DEST --labels "
+                                          rf"{archive}/train.csv'$"):
+        _find(archive)
+    assert len(_find(archive / "train.zip", labels=archive / "train.csv").items) == 4
+    (archive / "train.csv").rename(archive / "cactus_labels.csv")  # not named for the archive
+    with pytest.raises(LayoutError, match=rf"'dsprep split {archive}/train.zip DEST' \(if "
+                                          rf"{archive}/cactus_labels.csv labels its images, "
+                                          r"give it with --labels\)$"):
+        _find(archive)
+
+
+def test_the_csv_layout_asked_for_takes_the_one_table_that_labels_the_images(tmp_path):
+    # APTOS 2019: train.csv (id_code,diagnosis), test.csv (id_code), sample_submission.csv;
+    # the guess takes train.csv, and so must --layout csv or --label-column diagnosis.
+    root = tmp_path / "aptos"
+    for i in range(4):
+        _img(root / "train_images" / f"{i:04x}.png", seed=i)
+        _img(root / "test_images" / f"t{i:03x}.png", seed=10 + i)
+    (root / "train.csv").write_text("id_code,diagnosis\n" + "".join(
+        f"{i:04x},{i % 2}\n" for i in range(4)))
+    (root / "test.csv").write_text("id_code\n" + "".join(f"t{i:03x}\n" for i in range(4)))
+    (root / "sample_submission.csv").write_text("id_code,diagnosis\n" + "".join(
+        f"t{i:03x},0\n" for i in range(4)))
+    for kwargs in ({}, {"layout": "csv"}, {"label_column": "diagnosis", "layout": "csv"},
+                   {"id_column": "id_code", "layout": "csv"}):
+        inv = _find(root, **kwargs)
+        assert inv.labels_file == "train.csv", kwargs
+        assert sorted(label for _, label in inv.items) == ["0", "0", "1", "1"], kwargs
+    # Two tables that label the images: which one is for the user to say.
+    shutil.copy(root / "train.csv", root / "train_copy.csv")
+    with pytest.raises(LayoutError, match=r"needs one labels CSV at its top for the csv layout "
+                                          r"\(found: sample_submission.csv, test.csv, "
+                                          r"train.csv, train_copy.csv\); name it with --labels"):
+        _find(root, layout="csv")
 
 
 def test_ordinary_dumps_beside_docs_templates_and_split_named_csvs_keep_their_labels(tmp_path):

@@ -1169,6 +1169,18 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
     assert [w for w in plan(sizes).warnings() if "split already" in w] == [
         "f_100/fruits-360/ holds a dataset split already (Test/, Training/), and the top "
         f"folders were taken for the classes: give {sizes / 'f_100' / 'fruits-360'} as SRC"]
+    # Found in any class, three levels down (Blood Cell Images: dataset-master/ of loose
+    # images first, then dataset2-master/dataset2-master/images/{TRAIN,TEST,TEST_SIMPLE}/).
+    blood = tmp_path / "blood"
+    make_class_folders(blood / "dataset-master", classes=("dataset-master",), per_class=2)
+    cells = blood / "dataset2-master" / "dataset2-master" / "images"
+    for k, part in enumerate(("TRAIN", "TEST", "TEST_SIMPLE")):
+        make_class_folders(cells / part, classes=("EOSINOPHIL", "MONOCYTE"), per_class=1,
+                           seed=60 + k)
+    assert [w for w in plan(blood).warnings() if "split already" in w] == [
+        "dataset2-master/dataset2-master/images/ holds a dataset split already (TEST/, "
+        f"TEST_SIMPLE/, TRAIN/), and the top folders were taken for the classes: give {cells} "
+        "as SRC"]
     # Every class holding train/ and test/ (a split of its own) is pooled: said.
     own = tmp_path / "own"
     for n, cls in enumerate(("cat", "dog")):
