@@ -119,6 +119,29 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return buf.getvalue()
 
 
+def access_denied(exc: OSError, path: str | os.PathLike | None = None) -> OSError:
+    """``exc``, a file or folder this user may not read (or a folder on its path it may not
+    enter), said with what to do: not taken for damage, which a rebuild would be the answer to.
+    ``path`` names what to give access to, where that is not the file that failed (a folder
+    whose own marker files could not be looked for)."""
+    return OSError(exc.errno, f"{exc.strerror or exc}: it, or a folder on its path, cannot be "
+                   "read by this user; give read access to it (chmod u+r on files, u+rx on "
+                   "folders), or run as its owner",
+                   str(path) if path is not None else exc.filename)
+
+
+def refuse_access_denied(path: str | os.PathLike) -> None:
+    """Raise :func:`access_denied`'s error where opening ``path`` is not permitted; else nothing
+    (for the error paths of readers whose own errors do not say so: HDF5's)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise access_denied(exc) from exc
+    except OSError:
+        pass
+
+
 def refuse_dangling_link(path: str | os.PathLike) -> None:
     """Refuse an output folder given as a link to nothing: writing there would replace the
     link with a folder of its own, away from where the link points (an unmounted scratch

@@ -48,6 +48,7 @@ from .errors import (
     whole_number,
 )
 from .fileio import (
+    access_denied,
     csv_text,
     exclusive,
     naming,
@@ -1497,7 +1498,11 @@ def refuse_unfinished_split(folder: str | os.PathLike) -> None:
     here = Path(folder)
     for up in (here, here.parent):
         journal, aside = up / f"{_OWN}-swapping", up / f"{_OWN}-old"
-        left = journal if journal.exists() else aside if _holds_anything(aside) else None
+        try:
+            there = journal.exists()
+        except PermissionError as exc:  # (a folder this user cannot enter: chmod -R 644)
+            raise access_denied(exc, up) from exc
+        left = journal if there else aside if _holds_anything(aside) else None
         if left is not None:
             raise LayoutError(
                 f"{up} holds parts of two splits: a 'dsprep split' into it stopped while it "

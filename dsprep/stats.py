@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import DatasetFormatError, DsprepError, LayoutError
-from .fileio import write_atomic
+from .fileio import access_denied, write_atomic
 
 CHANNELS = ("R", "G", "B")
 # Pixels per OpenCV call. A piece's sums and sums of squares are below 2**53 (2**24 * 255**2 is
@@ -217,6 +217,8 @@ def read_means(path: str | os.PathLike) -> np.ndarray:
                           "the HDF5 files ('dsprep means FILE.hdf5 -o means.json' from one file)")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError as exc:
+        raise access_denied(exc) from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DatasetFormatError(f"{path} is not a readable means.json ({exc}); recompute it "
                                  "with 'dsprep means FILE.hdf5 -o means.json'") from exc

@@ -31,7 +31,14 @@ from .errors import (
     LayoutError,
     UsageError,
 )
-from .fileio import progress_bar, sibling, sync_file, sync_folder
+from .fileio import (
+    access_denied,
+    progress_bar,
+    refuse_access_denied,
+    sibling,
+    sync_file,
+    sync_folder,
+)
 from .stats import ChannelStats
 
 SCHEMA = "dsprep-hdf5/1"
@@ -69,6 +76,8 @@ def half_published(folder: str | os.PathLike) -> bool:
         names = json.loads(journal.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return False
+    except PermissionError as exc:  # (a folder this user cannot enter: chmod -R 644)
+        raise access_denied(exc, folder) from exc
     except (OSError, ValueError):
         return True
     if isinstance(names, dict):  # being discarded: what waits goes, nothing was renamed
@@ -581,6 +590,7 @@ def open_dataset(path: str | os.PathLike, locking: str | bool | None = None) -> 
     try:
         db = _open_for_reading(path, locking)
     except OSError as exc:
+        refuse_access_denied(path)  # (HDF5 says "Permission denied" after other words)
         if "unable to lock file" in str(exc):
             # Another process holds it open for writing (h5py's "r+", HDFView): the file may
             # be whole; a rebuild is not the answer.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing
+import os
 import pickle
 import shutil
 import subprocess
@@ -636,6 +637,59 @@ def test_drop_last_leaves_out_any_row_as_often_as_another(h5file, cut):
             np.testing.assert_array_equal(y, labels[rows])
             wrapped += bool(rows[-1] < rows[0])
     assert wrapped >= 3
+
+
+_DROP_ROOT = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_files_and_folders_this_user_may_not_read_are_said_so_not_taken_for_damage(
+        h5file, class_dump, tmp_path):
+    # chmod -R 644 on a data folder (no folder can be entered) and unreadable files: said to
+    # be unreadable, not "a build stopped while renaming" or "rebuild it", nor a traceback.
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("run as root without setpriv: root reads whatever the permission bits say")
+    built = tmp_path / "built"
+    built.mkdir()
+    shutil.copy(h5file[0], built / "train.hdf5")
+    (built / "means.json").write_text('{"R": 1.0, "G": 2.0, "B": 3.0}')
+    closed = tmp_path / "closed"
+    shutil.copytree(built, closed / "h5")
+    shutil.copytree(class_dump, closed / "train")
+    (built / "train.hdf5").chmod(0o000)
+    (built / "means.json").chmod(0o000)
+    for path in [closed, *closed.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o644)
+    script = (
+        "import sys\n"
+        "from dsprep.generators import DirectoryGenerator, HDF5Generator\n"
+        "from dsprep.preprocess import MeanSubtract\n"
+        "for make, arg in ((HDF5Generator, sys.argv[1]), (HDF5Generator, sys.argv[2]),\n"
+        "                  (lambda p: DirectoryGenerator(p, image_size=8), sys.argv[3]),\n"
+        "                  (MeanSubtract, sys.argv[4])):\n"
+        "    try:\n"
+        "        make(arg)\n"
+        "    except PermissionError as exc:\n"
+        "        print(exc.filename, '|', exc.strerror)\n"
+        "    except Exception as exc:\n"
+        "        print('other', type(exc).__name__, exc)\n")
+    try:
+        done = subprocess.run(
+            (_DROP_ROOT if os.geteuid() == 0 else []) + [
+                sys.executable, "-c", script, str(closed / "h5" / "train.hdf5"),
+                str(built / "train.hdf5"), str(closed / "train"), str(built / "means.json")],
+            capture_output=True, text=True, timeout=120,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    finally:
+        for path in [closed, *closed.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
+    said = "Permission denied: it, or a folder on its path, cannot be read by this user; give "\
+        "read access to it (chmod u+r on files, u+rx on folders), or run as its owner"
+    assert done.stdout.splitlines() == [
+        f"{closed / 'h5'} | {said}", f"{built / 'train.hdf5'} | {said}",
+        f"{closed / 'train'} | {said}", f"{built / 'means.json'} | {said}"], done.stderr
 
 
 @pytest.fixture(scope="module")

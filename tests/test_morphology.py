@@ -32,7 +32,8 @@ def reference_filter(image, radius, reduce):
     return out
 
 
-@pytest.mark.parametrize("name, reduce", [("erode", min), ("dilate", max)])
+@pytest.mark.parametrize("name, reduce", [("erode", min), ("dilate", max),
+                                          ("erosion", min), ("dilation", max)])
 @pytest.mark.parametrize("radius", [1, 2])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float16])  # SciPy has no float16 kernel
 def test_erode_and_dilate_match_disk_reference(name, reduce, radius, dtype):

@@ -1,4 +1,5 @@
-"""Morphology for non-natural images (X-rays, scans): threshold, erode, dilate, opening, closing.
+"""Morphology for non-natural images (X-rays, scans): threshold, erode (erosion), dilate
+(dilation), opening, closing.
 
 Each operation runs scikit-image on every channel of every image of a batch, with a disk of the
 given radius; the classes wrap them as preprocessors for a generator chain.
@@ -25,7 +26,9 @@ __all__ = [
     "Threshold",
     "closing",
     "dilate",
+    "dilation",
     "erode",
+    "erosion",
     "opening",
     "threshold",
 ]
@@ -113,6 +116,10 @@ def closing(batch: np.ndarray, radius: int) -> np.ndarray:
     """Closing (dilation then erosion) with a disk: fills dark gaps smaller than the disk."""
     return _per_channel(batch, morphology.closing, radius)
 
+
+# The nouns, as scikit-image names them beside opening and closing.
+erosion = erode
+dilation = dilate
 
 # The first names of opening and closing, kept for code that used them; not exported, as a
 # star import would shadow the builtin open.
