@@ -329,6 +329,9 @@ class SplitPlan:
                          "or by their file names (--layout prefix)")
         found += class_name_warnings(self.classes)
         found += self._folder_warnings()
+        masks = self._masks_beside_warning()
+        if masks:
+            found.append(masks)
         for folder, n, first in self.unnamed:
             found.append(f"{folder}/ is left out: it holds no image file, but {n} "
                          f"file{'s' * (n != 1)} without an extension ({first} begins as an "
@@ -527,6 +530,35 @@ class SplitPlan:
                  "classes" if images else "give the folder holding the class folders as SRC")
         return (f"the classes {', '.join(named)} are named as the parts of a dataset (its "
                 f"images, masks, annotations), not as classes{also}: {where}")
+
+    def _masks_beside_warning(self) -> str | None:
+        """Placed images named as the mask of an image in the same folder, and of its size
+        (BUSI's "benign (1)_mask.png" beside "benign (1).png"): likely masks, split as images
+        of their classes. Only said: names alone cannot tell (a face with a mask on, named
+        so beside one without, is a picture)."""
+        by_stem = {}
+        for f in self.files:
+            folder, _, name = f.source.rpartition("/")
+            by_stem[folder, os.path.splitext(name)[0]] = f
+        paired = []
+        for f in self.files:
+            folder, _, name = f.source.rpartition("/")
+            match = _MASK_NAME.fullmatch(os.path.splitext(name)[0])
+            image = match and by_stem.get((folder, match.group(1)))
+            if image and (image.width, image.height) == (f.width, f.height):
+                paired.append((f, image))
+        if len(paired) < 3:
+            return None
+        mask, image = min(paired, key=lambda pair: pair[0].source)
+        per_class = Counter(f.label for f, _ in paired)
+        shown = ", ".join(f"{c} {n:,}" for c, n in sorted(per_class.items())[:4])
+        more = ", ..." if len(per_class) > 4 else ""
+        return (f"{len(paired):,} images are named as the masks of images of their size beside "
+                f"them ({shown}{more}; e.g. {mask.source} beside "
+                f"{image.source.rpartition('/')[2]}), and are split as images of their classes: "
+                "if they are masks (segmentation maps), not pictures, move them out of the dump "
+                "(or into a masks/ folder beside an images/ folder in each class, which split "
+                "leaves out) and split again")
 
     def _split_named_warning(self, root: str) -> str | None:
         """Classes that all have a split among the words of their names (ASL Alphabet's
@@ -1117,6 +1149,11 @@ def _closer(keys: list, where_of: dict, need_of: dict, room: dict, shares: list[
                         better = True
         if not better:
             return
+
+
+# A name of an image's mask beside it: the image's name with a mask suffix (BUSI's
+# "benign (1)_mask.png", "_mask_1.png" for a second one).
+_MASK_NAME = re.compile(r"(.+?)[_\- ]?(?:mask|Mask|MASK)(?:[_\-]\d+)?")
 
 
 # The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, APFS).

@@ -1196,6 +1196,40 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
                     or "versions of one dataset" in w or "split already" in w], clean
 
 
+def test_masks_named_and_sized_as_images_beside_them_are_warned_of(tmp_path):
+    # BUSI: benign/benign (1).png beside benign/benign (1)_mask.png (and _mask_1.png).
+    root = tmp_path / "busi"
+    for c, cls in enumerate(("benign", "malignant")):
+        for i in range(1, 4):
+            write_image(root / cls / f"{cls} ({i}).png", smooth_image(30, 20, seed=9 * c + i))
+            write_image(root / cls / f"{cls} ({i})_mask.png",
+                        smooth_image(30, 20, seed=50 + 9 * c + i))
+        write_image(root / cls / f"{cls} (1)_mask_1.png", smooth_image(30, 20, seed=80 + c))
+    warning = [w for w in plan(root).warnings() if "masks" in w]
+    assert warning == [
+        "8 images are named as the masks of images of their size beside them (benign 4, "
+        "malignant 4; e.g. benign/benign (1)_mask.png beside benign (1).png), and are split as "
+        "images of their classes: if they are masks (segmentation maps), not pictures, move "
+        "them out of the dump (or into a masks/ folder beside an images/ folder in each "
+        "class, which split leaves out) and split again"], warning
+    # What it says works: the masks are left out.
+    for cls in ("benign", "malignant"):
+        for path in sorted((root / cls).glob("*.png")):
+            part = "masks" if "_mask" in path.name else "images"
+            (root / cls / part).mkdir(exist_ok=True)
+            path.rename(root / cls / part / path.name)
+    p = plan(root)
+    assert len(p.files) == 6 and not any("_mask" in f.source for f in p.files)
+    assert not [w for w in p.warnings() if "masks" in w]
+    # Pictures of other sizes named so (a face with a mask on, beside one without): nothing.
+    faces = tmp_path / "faces"
+    for c, cls in enumerate(("alice", "bob")):
+        for i in range(3):
+            write_image(faces / cls / f"{i}.jpg", smooth_image(30, 20, seed=9 * c + i))
+            write_image(faces / cls / f"{i}_mask.jpg", smooth_image(32, 24, seed=40 + c + i))
+    assert not [w for w in plan(faces).warnings() if "masks" in w]
+
+
 def test_a_class_folder_of_images_without_extensions_is_warned_of(tmp_path):
     # A class folder whose images lost their extensions (fox/0, fox/1) vanished without a word.
     root = make_class_folders(tmp_path / "dump", classes=("cat", "dog", "fox"), per_class=3)
