@@ -366,6 +366,11 @@ def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():
                      0.01: result(0.4, 0.6)}) == (
         "highest best val_auc: lr 0.1 (0.5000), tied with lr 0.5: taken for its lower final "
         "val_loss")
+    # A saturated AUC, 1.0 but for float32 rounding: a tie too.
+    assert _highest({0.5: result(1.0000001192092896, 56.0),
+                     0.1: result(0.9999999403953552, 4.1)}) == (
+        "highest best val_auc: lr 0.1 (1.0000), tied with lr 0.5: taken for its lower final "
+        "val_loss")
     # Without validation, the training loss, said as such (the table's "final loss").
     assert _highest({0.5: SimpleNamespace(best=0.5, diverged=False, monitor="accuracy",
                                           history=[{"loss": 0.9}]),

@@ -213,12 +213,14 @@ def test_a_tie_on_the_monitored_metric_goes_to_the_lower_loss(tmp_path):
     must not stay the best while the loss still falls."""
     model, recorder, x = recorded_model(tmp_path, 2)
     at = {}
-    for epoch, (accuracy, loss) in enumerate([(0.75, 0.5), (1.0, 0.4), (1.0, 0.2), (1.0, 0.3)]):
+    # (1.0 as float32 rounding leaves a saturated AUC from one epoch to the next: still a tie)
+    for epoch, (accuracy, loss) in enumerate([(0.75, 0.5), (1.0000001192092896, 0.4),
+                                              (0.9999999403953552, 0.2), (1.0, 0.3)]):
         model.set_weights([w + 0.5 for w in model.get_weights()])
         recorder.on_epoch_begin(epoch)
         recorder.on_epoch_end(epoch, {"loss": 1.0, "val_accuracy": accuracy, "val_loss": loss})
         at[epoch] = model.predict_on_batch(x)
-    assert recorder.best_epoch == 2 and recorder.best == 1.0
+    assert recorder.best_epoch == 2 and recorder.best == 0.9999999403953552
     assert np.array_equal(load_model(tmp_path / "best.keras").predict_on_batch(x), at[2])
     # A resumed run finds the same best in its history.
     again = cb.RunRecorder(tmp_path, "val_accuracy", plots=False,
@@ -250,7 +252,9 @@ def test_early_stopping_and_plateau_count_a_tie_with_a_lower_loss_as_progress(tm
         callback.set_model(m)
         callback.on_train_begin()
         for epoch, loss in enumerate(losses):
-            callback.on_epoch_end(epoch, {monitor: 0.9999 if epoch == 0 else 1.0,
+            # (1.0 give or take float32 rounding, as a saturated AUC reads epoch to epoch)
+            callback.on_epoch_end(epoch, {monitor: 0.9999 if epoch == 0 else
+                                          (1.0, 1.0000001192092896, 0.9999999403953552)[epoch % 3],
                                           "val_loss": loss})
         if callback is stopper:
             assert bool(m.stop_training) == stops

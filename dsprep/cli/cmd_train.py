@@ -24,6 +24,7 @@ from ..train.options import (
     SCHEDULES,
     SEED_MAX,
     TrainConfig,
+    same_figure,
 )
 from ._common import (
     STOPPED_BY_SIGNAL,
@@ -598,7 +599,7 @@ def _highest(results: dict) -> str:
     if not ranked:
         return ""
     top = max(value for value, _, _ in ranked)
-    tied = sorted((loss, lr) for value, lr, loss in ranked if value == top)
+    tied = sorted((loss, lr) for value, lr, loss in ranked if same_figure(value, top))
     lr = tied[0][1]
     monitor = next(iter(results.values())).monitor
     said = f"highest best {monitor}: lr {lr:g} ({top:.4f})"

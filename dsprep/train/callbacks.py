@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import DatasetFormatError, LayoutError, UsageError
 from ..fileio import named_in, quoted, write_atomic
 from ..system import raise_if_stopped
-from .options import SCHEDULES
+from .options import SCHEDULES, same_figure
 
 HISTORY = "history.csv"
 CURVES = "curves.png"
@@ -358,9 +358,11 @@ class _LossBreaksTies:
         super().on_epoch_end(epoch, logs)
 
     def _is_improvement(self, current, reference) -> bool:
-        better = bool(super()._is_improvement(current, reference))
-        if not better and current is not None and current == reference:
-            better = _lower(self._loss_now, self._best_loss)
+        if (current is not None and reference is not None and math.isfinite(current)
+                and math.isfinite(reference) and same_figure(current, reference)):
+            better = _lower(self._loss_now, self._best_loss)  # (not the rounding's verdict)
+        else:
+            better = bool(super()._is_improvement(current, reference))
         if better:
             self._best_loss = self._loss_now
         return better
@@ -440,7 +442,7 @@ class RunRecorder(keras.callbacks.Callback):
             return False
         if self.best is None:
             return True
-        if value == self.best:
+        if same_figure(value, self.best):
             return _lower(loss, self.best_loss)
         return value > self.best if self.mode == "max" else value < self.best
 

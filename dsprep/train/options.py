@@ -26,6 +26,13 @@ SEED_MAX = 2**32 - 1
 MIN_SIDES = {"alexnet": 63, "smallnet": 46}
 
 
+def same_figure(a: float, b: float) -> bool:
+    """Whether two epochs' figures of one metric are a tie: equal but for float32 rounding
+    (a saturated AUC reads 1.0, 0.99999994 or 1.0000001 from one epoch to the next), within
+    four units in the last place of a float32 near 1."""
+    return math.isclose(a, b, rel_tol=2.0**-21, abs_tol=2.0**-24)
+
+
 def default_workers() -> int:
     """Input threads: one per core up to 8, and at least 2 (one batch loads while one trains)."""
     return max(2, min(8, system.usable_cpus()))
