@@ -1460,7 +1460,8 @@ def test_evaluate_names_classes_that_differ_only_in_accent_encoding(tmp_path):
     (run / "config.json").write_text(json.dumps({**config, "data": str(built)}))
     with pytest.raises(DatasetFormatError, match=r"has classes \['c1'\] .* to evaluate images "
                        r"of some of its classes, build their folder into the run's data folder "
-                       rf"with 'dsprep build-hdf5 FOLDER {re.escape(str(built))} --name NAME'"):
+                       rf"with 'dsprep build-hdf5 FOLDER {re.escape(str(built))} --name NAME "
+                       r"--size 8x8', "):  # (the run's size: the default 256 would be refused)
         evaluate_run(run, some)
     # Trained on a split folder (no train.hdf5 to take the ids of): no such advice.
     (run / "config.json").write_text(json.dumps({**config, "data": str(tmp_path / "split")}))

@@ -339,7 +339,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
         built_from = str(db.attrs.get("source_root", ""))
         found = classes_of(db)
     # Other classes first: a file of another dataset is no matter of its image size.
-    _check_classes(run, data, classes, found, config.get("data"))
+    _check_classes(run, data, classes, found, config.get("data"), _build_options(config))
     _check_image_size(run, data, config, image_shape)
     _check_resize(run, data, config, resize)
     seen_note = None if split == "train" else (_seen_in_training(run, config, data)
@@ -355,7 +355,8 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, *, ten_crop: b
     for method, pre in plans:
         gen = HDF5Generator(data, batch_size=batch_size, preprocessors=pre, shuffle="none",
                             output=config.get("input_dtype", "uint8"))
-        _check_classes(run, data, classes, list(gen.label_names), config.get("data"))
+        _check_classes(run, data, classes, list(gen.label_names), config.get("data"),
+                       _build_options(config))
         classes = classes or list(gen.label_names)
         expected = tuple(config.get("input_shape", ()))
         if method == "center" and expected and tuple(gen.sample_shape) != expected:
@@ -486,10 +487,19 @@ def _check_resize(run: Path, data: Path, config: dict, resize) -> None:
             f"with --resize {trained}; build the file with --resize {trained}")
 
 
+def _build_options(config: dict) -> str:
+    """The build-hdf5 options that make images as the run was trained on: " --size HxW" and a
+    --resize other than crop, as far as its config.json says."""
+    shape, resize = config.get("image_shape"), config.get("resize")
+    said = f" --size {shape[0]}x{shape[1]}" if shape and len(shape) >= 2 else ""
+    return said + (f" --resize {resize}" if resize and resize != "crop" else "")
+
+
 def _check_classes(run: Path, data: Path, trained: list[str], found: list[str],
-                   trained_on: str | None = None) -> None:
+                   trained_on: str | None = None, build_options: str = "") -> None:
     """Refuse a file whose classes are not the run's (in the same order); ``trained_on``: the
-    run's data folder (config.json's), named in the advice for a file of some classes."""
+    run's data folder (config.json's), named in the advice for a file of some classes, with
+    ``build_options`` (:func:`_build_options`)."""
     if not trained or found == trained:
         return
     alike = ([unicodedata.normalize("NFC", c) for c in found]
@@ -507,7 +517,8 @@ def _check_classes(run: Path, data: Path, trained: list[str], found: list[str],
            # A folder of the user's own with some of the classes: a --name build beside the
            # run's train.hdf5 takes its label ids.
            "to evaluate images of some of its classes, build their folder into the run's "
-           f"data folder with 'dsprep build-hdf5 FOLDER {quoted(str(trained_on))} --name NAME', "
+           f"data folder with 'dsprep build-hdf5 FOLDER {quoted(str(trained_on))} --name NAME"
+           f"{build_options}', "
            "which numbers its classes as train.hdf5 there does, and evaluate NAME.hdf5 there"
            if some else
            "evaluate on a file built from the same split"))
