@@ -162,6 +162,7 @@ def test_train_resume_and_evaluate(data, tmp_path):
     # So does a replacement that diverges in its first epoch.
     diverged = invoke("train", data, run, *QUICK, "--force", "--lr", "1e30")
     assert diverged.exit_code == 1 and "training diverged" in diverged.output
+    assert "Invalid loss" not in diverged.output  # (Keras's own line: -q would not hide it)
     assert f"{run} holds the run it was to replace, as before" in diverged.output
     assert {name: (run / name).read_bytes() for name in kept} == kept
 
@@ -348,6 +349,7 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
     assert wild.exit_code == 0, wild.output
     assert ("diverged, stopped at a NaN or infinite training or validation loss: lr 1e+30 "
             "(epoch 1)") in wild.output
+    assert "Invalid loss" not in wild.output
     assert "highest best" in wild.output and "highest best val_auc: lr 1e+30" not in wild.output
 
 

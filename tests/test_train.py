@@ -1544,7 +1544,7 @@ def test_schedule_and_early_stop_callbacks_watch_the_best_metric(tmp_path):
 
     assert position(cb.RunRecorder) > position(keras.callbacks.ReduceLROnPlateau)
     constant = _callbacks(tmp_path, tiny(), "val_accuracy", [], True)
-    assert [type(c) for c in constant] == [cb.RunRecorder, keras.callbacks.TerminateOnNaN]
+    assert [type(c) for c in constant] == [cb.RunRecorder, cb.StopOnNaN]
 
 
 def test_sweep_plot_turns_logarithmic_when_one_rate_diverges(tmp_path, monkeypatch):

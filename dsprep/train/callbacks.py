@@ -368,6 +368,17 @@ class _LossBreaksTies:
         return better
 
 
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop training within the epoch at a NaN or infinite training loss: Keras's
+    TerminateOnNaN without its line on the standard output (which -q would not hold back);
+    the run's own error says what happened."""
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+
+
 class ResumablePlateau(_Resumable, _LossBreaksTies, keras.callbacks.ReduceLROnPlateau):
     """ReduceLROnPlateau that continues its patience count from ``history`` on a resume, and
     counts a tie with a lower loss as an improvement."""

@@ -488,7 +488,7 @@ def _callbacks(run: Path, config: TrainConfig, monitor: str, history: list, vali
     out = [cb.RunRecorder(run, monitor, "max", history=history,
                           title=f"{config.model} on {run.name}"),
            # A diverged run stops within its epoch instead of training on NaN weights.
-           keras.callbacks.TerminateOnNaN()]
+           cb.StopOnNaN()]
     fn = cb.schedule_fn(config.schedule, config.lr, config.epochs, config.step_every,
                         config.step_factor)
     if fn is not None:
