@@ -931,8 +931,10 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
         if len(top) > 1 and len(named) != 1:
             return (*_best_table(source, root, top, images), False)
     elif labels is None:
-        labels = _only_labels_file(source, root, files, images, id_column, label_column,
-                                   group_column)
+        only = _only_labels_file(source, root, files, images, id_column, label_column,
+                                 group_column)
+        if only is not None:
+            return only, only.name, None, False
     labels_name, text = _labels_text(source, root, files, labels, required=not guessing)
     if text is None:
         return None, labels_name, None, False
@@ -956,28 +958,40 @@ def _read_table(source: Source, root: str, files: list[str], images: list[str],
 
 
 def _only_labels_file(source: Source, root: str, files: list[str], images: list[str],
-                      id_column, label_column, group_column) -> str | None:
+                      id_column, label_column, group_column) -> _LabelsTable | None:
     """Of several CSVs at the top, with the csv layout or its columns asked for but no
-    --labels (APTOS: train.csv, test.csv, sample_submission.csv), the one that labels most
-    images with the columns given, when it is the only one but submission templates or the
-    only one that does; else None (the caller then asks for --labels)."""
+    --labels (APTOS: train.csv, test.csv, sample_submission.csv), the table of the one that
+    labels most images with the columns given, when it is the only one but submission
+    templates, or the only one that does with a label column named as such or given (not a
+    metadata table's guessed age_approx); else None (the caller then asks for --labels)."""
     top = _top_csvs(files, root)
     rest = [f for f in top if not is_submission_template(f)]
     if len(top) < 2 or not rest:
         return None
-    if len(rest) == 1:
-        return rest[0]
     copies = _copies_of(source)
+
+    def table_of(name: str, text: str) -> _LabelsTable:
+        return _LabelsTable(text, name, images, root, id_column, label_column, source.name,
+                            copies, group_column)
+
+    if len(rest) == 1:  # read as a lone CSV is: its errors are the user's to see
+        return table_of(rest[0], _decode_csv(_read_labels(source, rest[0]), rest[0]))
     found = []
     for name in rest:
         try:
             text = _decode_csv(_read_labels(source, name), name)
-            table = _LabelsTable(text, name, images, root, id_column, label_column,
-                                 source.name, copies, group_column)
+            # Its first rows first, as _best_table does: a pixel table is read whole only
+            # if its first rows name images.
+            probe = table_of(name, "\n".join(text.split("\n", _PROBE_ROWS)[:_PROBE_ROWS]))
+            need = max(probe.id_index, probe.label_index)
+            if (probe.label_guessed and label_column is None) or not any(
+                    need < len(row) and probe.lookup(row[probe.id_index]) for row in probe.rows):
+                continue
+            table = table_of(name, text)
         except (DsprepError, csv.Error):
             continue
         if table.labels_most():
-            found.append(name)
+            found.append(table)
     return found[0] if len(found) == 1 else None
 
 
@@ -1371,8 +1385,9 @@ def _by_prefix(images: list[str], regex: re.Pattern | None) -> tuple[list, list[
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                       "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 # Words that may stand beside a split's name in a folder name: training_set/, seg_train/.
+# ("final" is not: GTSRB's Final_Training/ and Final_Test/ hold its classes further down.)
 _SPLIT_NAME_WORDS = {"set", "data", "dataset", "images", "imgs", "img", "seg", "split", "files",
-                     "simple", "small", "sample", "mini", "full", "subset", "final"}
+                     "simple", "small", "sample", "mini", "full", "subset"}
 
 
 def split_of(name: str) -> str | None:

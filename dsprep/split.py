@@ -1081,7 +1081,8 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
 
         put(key, max(where or shares, key=rank))
     if options.counts is None:
-        _closer(list(where_of), where_of, need_of, room, shares)
+        _closer(list(where_of), where_of, need_of, room, shares,
+                {label: 1 / max(1, sum(s)) for label, s in sizes.items()})
     for key in keys:  # (in the shuffled order, as placed before)
         if key in where_of:
             for label, c in units[key]:
@@ -1093,21 +1094,24 @@ def _by_groups(members: dict[str, list[_Checked]], sizes: dict[str, list[int]],
 # groups (those take time in the square of the groups' number; with so many groups, most of
 # them small, moves alone come close).
 _EXCHANGE_GROUPS = 400
+_EPSILON = 1e-9  # a gain below this is rounding (each step must lower the sum, or it loops)
 
 
-def _closer(keys: list, where_of: dict, need_of: dict, room: dict, shares: list[int]) -> None:
+def _closer(keys: list, where_of: dict, need_of: dict, room: dict, shares: list[int],
+            weight: dict[str, float]) -> None:
     """Bring a split by groups closer to each class's share: move a group to another split,
     or exchange two groups of two splits, wherever that lowers the images off the shares
-    (summed over classes and splits) without leaving a split with no image of a class it
-    had, until nothing does. Placing large groups first can miss a closer fit: groups of
+    (summed over classes and splits, each class's as a fraction of its images: a small
+    class weighs as much as a large one) without leaving a split with no image of a class
+    it had, until nothing does. Placing large groups first can miss a closer fit: groups of
     40, 20, 12, 12, 10 and 6 at 0.9,0.1 place 94/6, where 90/10 was there to take."""
     have = Counter()
     for key in keys:
         for label, n in need_of[key].items():
             have[label, where_of[key]] += n
 
-    def gain(change: Counter) -> int:
-        return sum(abs(room[label][i]) - abs(room[label][i] - n)
+    def gain(change: Counter) -> float:
+        return sum((abs(room[label][i]) - abs(room[label][i] - n)) * weight[label]
                    for (label, i), n in change.items())
 
     def keeps(change: Counter) -> bool:
@@ -1131,7 +1135,7 @@ def _closer(keys: list, where_of: dict, need_of: dict, room: dict, shares: list[
         for key in keys:
             best = max(((gain(moved(key, to)), -to) for to in shares if to != where_of[key]
                         and keeps(moved(key, to))), default=(0, 0))
-            if best[0] > 0:
+            if best[0] > _EPSILON:
                 apply(moved(key, -best[1]))
                 where_of[key] = -best[1]
                 better = True
@@ -1143,7 +1147,7 @@ def _closer(keys: list, where_of: dict, need_of: dict, room: dict, shares: list[
                         continue
                     change = moved(a, j)
                     change.update(moved(b, i))
-                    if gain(change) > 0 and keeps(change):
+                    if gain(change) > _EPSILON and keeps(change):
                         apply(change)
                         where_of[a], where_of[b] = j, i
                         better = True

@@ -204,7 +204,7 @@ def test_split_of_reads_split_names_with_affixes_only():
              "seg_train": "train", "Test Images": "test", "test-set": "test", "valid": "val",
              "val_data": "val", "train_station": None, "test1": None, "seg_pred": None,
              "train_test": None, "cats": None, "TEST_SIMPLE": "test", "train_small": "train",
-             "simple": None}
+             "simple": None, "Final_Training": None}
     assert {name: split_of(name) for name in names} == names
 
 
@@ -764,7 +764,8 @@ def test_a_labels_csv_beside_a_zip_or_a_doubled_folder_is_named(tmp_path):
         _find(archive)
 
 
-def test_the_csv_layout_asked_for_takes_the_one_table_that_labels_the_images(tmp_path):
+def test_the_csv_layout_asked_for_takes_the_one_table_that_labels_the_images(tmp_path,
+                                                                              monkeypatch):
     # APTOS 2019: train.csv (id_code,diagnosis), test.csv (id_code), sample_submission.csv;
     # the guess takes train.csv, and so must --layout csv or --label-column diagnosis.
     root = tmp_path / "aptos"
@@ -781,7 +782,27 @@ def test_the_csv_layout_asked_for_takes_the_one_table_that_labels_the_images(tmp
         inv = _find(root, **kwargs)
         assert inv.labels_file == "train.csv", kwargs
         assert sorted(label for _, label in inv.items) == ["0", "0", "1", "1"], kwargs
+    # A file of that name in the working folder is no --labels given twice (none was given).
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "train.csv").write_text("id,label\nx,y\n")
+    monkeypatch.chdir(elsewhere)
+    assert _find(root, layout="csv").labels_file == "train.csv"
+    # A metadata table whose label column is only guessed by its place is not taken: ISIC's
+    # metadata (image,age_approx,lesion_id) beside one-hot ground truth (without lesion_id).
+    isic = tmp_path / "isic"
+    for i in range(4):
+        _img(isic / f"ISIC_{i:07d}.jpg", seed=i)
+    (isic / "ISIC_2019_Training_GroundTruth.csv").write_text("image,MEL,NV\n" + "".join(
+        f"ISIC_{i:07d},{i % 2}.0,{1 - i % 2}.0\n" for i in range(4)))
+    (isic / "ISIC_2019_Training_Metadata.csv").write_text(
+        "image,age_approx,lesion_id\n" + "".join(f"ISIC_{i:07d},{30 + 15 * i},L{i // 2}\n"
+                                                 for i in range(4)))
+    with pytest.raises(LayoutError, match="needs one labels CSV at its top"):
+        _find(isic, layout="csv", group_column="lesion_id")
+    assert _find(isic, layout="csv").labels_file == "ISIC_2019_Training_GroundTruth.csv"
     # Two tables that label the images: which one is for the user to say.
+    monkeypatch.chdir(tmp_path)
     shutil.copy(root / "train.csv", root / "train_copy.csv")
     with pytest.raises(LayoutError, match=r"needs one labels CSV at its top for the csv layout "
                                           r"\(found: sample_submission.csv, test.csv, "
