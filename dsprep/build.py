@@ -62,6 +62,7 @@ from .sources import (
     MISSING_FILE,
     NO_LABEL,
     UNREADABLE,
+    UNSUPPORTED,
     FolderSource,
     chunk_folders,
     class_folder_files,
@@ -382,9 +383,9 @@ def _problem_notes(problems, prefix: str = "") -> list[str]:
 
 
 # Images the folder walk leaves out that are skipped rows (listed in skipped.csv, counted):
-# links whose targets are gone (a split made with --mode symlink whose sources moved), and
-# names that are not UTF-8.
-_SKIPPED_PROBLEMS = (DANGLING_LINK, BAD_NAME)
+# links whose targets are gone (a split made with --mode symlink whose sources moved), names
+# that are not UTF-8, and formats OpenCV does not read (.heic).
+_SKIPPED_PROBLEMS = (DANGLING_LINK, BAD_NAME, UNSUPPORTED)
 
 
 def _dangling_skips(problems, prefix: str = "") -> list[Skip]:
@@ -392,7 +393,7 @@ def _dangling_skips(problems, prefix: str = "") -> list[Skip]:
     ``_SKIPPED_PROBLEMS``)."""
     skips = [Skip(prefix + p.source, p.reason, p.detail) for p in problems
              if p.reason in _SKIPPED_PROBLEMS and "/" in p.source
-             and is_image_name(p.source.rpartition("/")[2])]
+             and (p.reason == UNSUPPORTED or is_image_name(p.source.rpartition("/")[2]))]
     return sorted(skips, key=lambda s: s.source)
 
 
@@ -433,7 +434,7 @@ def find_rows(
                              f"{NAME_MAX} bytes at most; give a shorter name")
         problems: list = []
         try:
-            classes, pairs = class_folder_files(src, problems)
+            classes, pairs = class_folder_files(src, problems, unsupported=True)
         except LayoutError:
             if _dangling_skips(problems):  # images there, but every one a dangling link
                 raise _all_left_out(name, _dangling_skips(problems)) from None
@@ -500,7 +501,7 @@ def find_rows(
             continue
         problems: list = []
         try:
-            _, pairs = class_folder_files(folder, problems)
+            _, pairs = class_folder_files(folder, problems, unsupported=True)
             notes += _problem_notes(problems, _under(src, folder))
             links[split] = _dangling_skips(problems, _under(src, folder))
             unread[split] = tuple(_under(src, folder) + p.source.rstrip("/")

@@ -1546,6 +1546,31 @@ def test_dangling_link_in_a_class_folder_is_reported_not_swallowed(tmp_path):
 
 
 @pytest.mark.parametrize("name", [None, "train"])
+def test_an_unsupported_format_in_a_class_folder_is_a_skipped_row(tmp_path, name):
+    # An iPhone's .heic among the JPEGs of a pre-split dump or a --name build: left out
+    # without a word, where split and DirectoryGenerator list it.
+    from helpers import smooth_image, write_image
+
+    from dsprep.sources import UNSUPPORTED
+
+    src = tmp_path / "src"
+    classes = src / "train" if name is None else src
+    write_image(classes / "a" / "ok.jpg", smooth_image(16, 16))
+    write_image(classes / "b" / "ok.jpg", smooth_image(16, 16, seed=3))
+    (classes / "b" / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(32))
+    report = build.build_hdf5(src, tmp_path / "out", opts(), name=name)
+    where = "train/" if name is None else ""
+    assert report.files[0].count == 2
+    assert [(s.source, s.reason) for s in report.files[0].skipped] == [
+        (f"{where}b/photo.heic", UNSUPPORTED)]
+    listed = tmp_path / "out" / ("skipped.csv" if name is None else "train.skipped.csv")
+    with open(listed, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["source"], r["reason"]) for r in rows] == [(f"{where}b/photo.heic", UNSUPPORTED)]
+    assert "convert them to" in rows[0]["detail"]
+
+
+@pytest.mark.parametrize("name", [None, "train"])
 def test_a_folder_of_only_dangling_links_is_an_error_naming_them(tmp_path, name):
     src = tmp_path / "src" / ("train" if name is None else "")
     for cls in ("a", "b"):

@@ -838,8 +838,8 @@ def test_a_class_folder_that_cannot_be_read_is_not_called_gone(tmp_path, monkeyp
     assert run("split", dump, dest, "--ratios", "0.5,0.5").exit_code == 0
     real = build.class_folder_files
 
-    def unreadable_b(folder, problems):  # as a folder without read permission (root reads all)
-        classes, pairs = real(folder, problems)
+    def unreadable_b(folder, problems, **kwargs):  # as a folder without read permission
+        classes, pairs = real(folder, problems, **kwargs)  # (root reads all)
         problems.append(Skipped("b", UNREADABLE, "Permission denied"))
         first_a = next(p for c, p in pairs if c == "a")  # and one link that cannot be followed
         problems.append(Skipped(first_a, UNREADABLE, "Too many levels of symbolic links"))
