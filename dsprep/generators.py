@@ -35,7 +35,7 @@ from .errors import (
     as_integer,
     whole_number,
 )
-from .fileio import progress_bar
+from .fileio import access_denied, progress_bar, refuse_empty_path
 from .preprocess import Compose, Gathered, Loader
 from .split import (
     SPLITS,
@@ -1162,6 +1162,9 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_MAP_RUN = 1024  # files handed to the decoding threads at once by DirectoryGenerator._map
+
+
 class DirectoryGenerator(_BatchSequence):
     """Batches ``(x, y)`` decoded from ``root/<class>/<image>`` files with a thread pool.
 
@@ -1177,7 +1180,10 @@ class DirectoryGenerator(_BatchSequence):
     process), and listed once in ``replaced`` as ``(path, reason)``; one that cannot be read
     (gone, or its disk away for a moment) is replaced the same way but tried again at its next
     turn, and stands in for no other file until it is read again (so, while files come and
-    go, a process that met the failure may take another stand-in than a fresh one). Relative
+    go, a process that met the failure may take another stand-in than a fresh one). Where no
+    file of its class decodes any longer, an image of the next class that has one takes its
+    place, with that class's label, and a ``RuntimeWarning`` says so once per class and
+    process; only where no file at all decodes does a batch raise ``CorruptImageError``. Relative
     paths are taken from the working folder at construction. Batches, randomness,
     ``augment``, ``preprocessors``, ``one_hot`` and ``output`` behave as in
     :class:`HDF5Generator`; ``shuffle=True`` shuffles every image each epoch (free here, as each
@@ -1243,6 +1249,7 @@ class DirectoryGenerator(_BatchSequence):
         if max_pixels is not None:
             max_pixels = whole_number(max_pixels, "max_pixels")
         flag(progress, "progress")
+        refuse_empty_path(root, "root")  # (Path("") is the current folder, read as classes)
         self.root = Path(os.fsdecode(root)).absolute()  # as HDF5Generator's path
         self.image_size = images.parse_size(image_size)
         if min(self.image_size) < 1:
@@ -1256,6 +1263,13 @@ class DirectoryGenerator(_BatchSequence):
         self.workers = min(8, system.usable_cpus()) if workers is None else int(workers)
         self.image_shape = (*self.image_size, 3)
 
+        try:
+            os.lstat(self.root)
+        except FileNotFoundError:
+            raise LayoutError(f"{self.root} does not exist; give a folder of class "
+                              "sub-folders") from None
+        except PermissionError as exc:  # (a folder on its path this user cannot enter)
+            raise access_denied(exc, self.root) from exc
         refuse_unfinished_split(self.root)
         splits = sources.own_split_folders(self.root, [])
         if (self.root / "split.json").is_file() or splits:
@@ -1348,9 +1362,10 @@ class DirectoryGenerator(_BatchSequence):
         self._undecodable: set[Path] = set()
         self._unreadable: set[Path] = set()
         self._listed = {path for path, _ in getattr(self, "replaced", ())}
+        self._classes_gone: set[int] = set()  # classes said to have no image that decodes
 
     _PROCESS_STATE = ("_pool", "_pool_pid", "_replaced_lock", "_undecodable", "_unreadable",
-                      "_listed")
+                      "_listed", "_classes_gone")
 
     def _executor(self) -> ThreadPoolExecutor:
         pid = os.getpid()
@@ -1373,7 +1388,10 @@ class DirectoryGenerator(_BatchSequence):
         if self.workers <= 1:
             it = map(fn, args)
         else:
-            it = self._executor().map(fn, args)
+            # In runs: one future per file of 200,000 at once held 300 MB after the check.
+            pool = self._executor()
+            it = (result for start in range(0, len(args), _MAP_RUN)
+                  for result in pool.map(fn, args[start:start + _MAP_RUN]))
         if progress:
             it = progress_bar(it, total=len(args), desc=desc, unit="file")
         return list(it)
@@ -1393,15 +1411,47 @@ class DirectoryGenerator(_BatchSequence):
         return images.load(images.read_bytes(path), self.image_size, self.resize,
                            self.interpolation, max_pixels=self.max_pixels)
 
-    def _load(self, k: int) -> np.ndarray:
-        """Decode file ``k``, or the next file of its class that decodes (recorded)."""
-        members = self._by_class[int(self.labels[k])]
-        start = int(self._position[k])
+    def _load(self, k: int) -> tuple[np.ndarray, int]:
+        """Decode file ``k``, or the next file of its class that decodes (recorded), with its
+        label; where no file of its class decodes now, the next of another class that does,
+        with that class's label (said once): an epoch never stops for a bad file."""
+        label = int(self.labels[k])
+        image, last = self._load_of(label, int(self._position[k]))
+        if image is not None:
+            return image, label
+        ids = sorted(self._by_class)
+        at = ids.index(label)
+        for other in ids[at + 1:] + ids[:at]:
+            image, _ = self._load_of(other, int(self._position[k]))
+            if image is not None:
+                with self._replaced_lock:
+                    said = label in self._classes_gone
+                    self._classes_gone.add(label)
+                if not said:
+                    warnings.warn(
+                        f"DirectoryGenerator: no image of class "
+                        f"{self.label_names[label]!r} under {self.root} can be read and "
+                        f"decoded now ({last or 'each failed before'}); its places in the "
+                        "batches are taken by images of other classes, with their labels. "
+                        "Check the files and build the generator again",
+                        RuntimeWarning, stacklevel=2)
+                return image, other
+        raise CorruptImageError(
+            f"no image under {self.root} can be read and decoded now (of class "
+            f"{self.label_names[label]!r}, the last one tried: {last or 'each failed before'}"
+            "); check the files and build the generator again"
+        )
+
+    def _load_of(self, label: int, start: int) -> tuple[np.ndarray | None, str | None]:
+        """(an image of class ``label``, None): its file at ``start`` in the class, or the
+        next that decodes; else (None, why the last one tried failed)."""
+        members = self._by_class[label]
         last = None
         later = []  # unreadable before: tried as stand-ins only when no other file decodes
-        order = [self.files[members[(start + step) % len(members)]]
-                 for step in range(len(members))]
-        for step, path in enumerate(order):
+        # (one file at a time: listing a class of 50,000 files for each image costs more than
+        # decoding it)
+        for step in range(len(members)):
+            path = self.files[members[(start + step) % len(members)]]
             if path in self._undecodable:
                 continue  # decoding it again would fail again
             if step and path in self._unreadable:
@@ -1409,17 +1459,12 @@ class DirectoryGenerator(_BatchSequence):
                 continue
             image, last = self._try(path, last)
             if image is not None:
-                return image
+                return image, None
         for path in later:
             image, last = self._try(path, last)
             if image is not None:
-                return image
-        raise CorruptImageError(
-            f"no image of class {self.label_names[int(self.labels[k])]!r} under {self.root} "
-            "can be read and decoded now ("
-            + (f"the last one tried: {last}" if last else "each failed before")
-            + "); check the files and build the generator again"
-        )
+                return image, None
+        return None, last
 
     def _try(self, path: Path, last: str | None) -> tuple[np.ndarray | None, str | None]:
         """(the image, None) or (None, why it failed, recorded); ``last`` passes through."""
@@ -1468,9 +1513,10 @@ class DirectoryGenerator(_BatchSequence):
         epoch, index = self._resolve(index)
         ks = self._batch_indices(index, epoch)
         x = np.empty((len(ks), *self.image_shape), dtype=np.uint8)
+        labels = self.labels[ks].copy()
 
         def fill(j: int) -> None:
-            x[j] = self._load(int(ks[j]))
+            x[j], labels[j] = self._load(int(ks[j]))
 
         self._map(fill, range(len(ks)))
-        return self._finish(x, self.labels[ks], epoch, index)
+        return self._finish(x, labels, epoch, index)
