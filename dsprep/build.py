@@ -441,7 +441,10 @@ def find_rows(
             raise
         notes = _problem_notes(problems)
         # A split's own folder keeps every class's folder, empty ones too (its ids).
-        empty = [] if split_above(src) else sorted(set(classes) - {c for c, _ in pairs})
+        # (not a class of images left out as skipped rows: its .heic files are listed)
+        listed = {p.source.partition("/")[0] for p in problems if p.reason in _SKIPPED_PROBLEMS}
+        empty = ([] if split_above(src) else
+                 sorted(set(classes) - {c for c, _ in pairs} - listed))
         if empty:
             # Stanford Dogs' Annotation/ beside Images/: a folder of other files is a class too.
             notes.append(AttentionNote(f"no images in {', '.join(f'{src / c}/' for c in empty)}: "

@@ -979,18 +979,14 @@ def _only_labels_file(source: Source, root: str, files: list[str], images: list[
     found = []
     for name in rest:
         try:
-            text = _decode_csv(_read_labels(source, name), name)
-            # Its first rows first, as _best_table does: a pixel table is read whole only
-            # if its first rows name images.
-            probe = table_of(name, "\n".join(text.split("\n", _PROBE_ROWS)[:_PROBE_ROWS]))
-            need = max(probe.id_index, probe.label_index)
-            if (probe.label_guessed and label_column is None) or not any(
-                    need < len(row) and probe.lookup(row[probe.id_index]) for row in probe.rows):
+            # Not a table of pixel values (HAM10000's hmnist_*.csv, 84 MB): read by its head.
+            head = source.read_head(name, 65536).decode("utf-8", "replace").split("\n", 1)[0]
+            if holds_pixels(head):
                 continue
-            table = table_of(name, text)
-        except (DsprepError, csv.Error):
+            table = table_of(name, _decode_csv(_read_labels(source, name), name))
+        except (OSError, DsprepError, csv.Error):
             continue
-        if table.labels_most():
+        if table.labels_most() and not (table.label_guessed and label_column is None):
             found.append(table)
     return found[0] if len(found) == 1 else None
 
@@ -1279,6 +1275,14 @@ def _no_images(source: Source, files: list[str], problems: list[Skipped]) -> str
                                 else ""))
 
 
+def holds_pixels(header: str) -> bool:
+    """Whether a CSV header line names pixel values: label,pixel1,...,pixel784 (Fashion-MNIST),
+    or one column of them all (FER2013's pixels)."""
+    columns = [c.strip().strip('"').lower() for c in re.split(r"[,;\t]", header)]
+    return "pixels" in columns or sum(
+        bool(re.fullmatch(r"(pixel|px|p)_?\d+|\d+x\d+", c)) for c in columns) >= 64
+
+
 def pixel_tables(source: Source, files: list[str]) -> str:
     """A note on the CSVs of a dump that hold images as pixel values (Fashion-MNIST's
     label,pixel1,...,pixel784), which are no image files; "" if none does."""
@@ -1288,10 +1292,7 @@ def pixel_tables(source: Source, files: list[str]) -> str:
             head = source.read_head(rel, 65536).decode("utf-8", "replace").split("\n", 1)[0]
         except OSError:
             continue
-        columns = [c.strip().strip('"').lower() for c in re.split(r"[,;\t]", head)]
-        # label,pixel1,...,pixel784 (Fashion-MNIST), or one column of them (FER2013's pixels)
-        if "pixels" in columns or sum(
-                bool(re.fullmatch(r"(pixel|px|p)_?\d+|\d+x\d+", c)) for c in columns) >= 64:
+        if holds_pixels(head):
             tables.append(rel)
     if not tables:
         return ""

@@ -557,8 +557,8 @@ class SplitPlan:
                 f"them ({shown}{more}; e.g. {mask.source} beside "
                 f"{image.source.rpartition('/')[2]}), and are split as images of their classes: "
                 "if they are masks (segmentation maps), not pictures, move them out of the dump "
-                "(or into a masks/ folder beside an images/ folder in each class, which split "
-                "leaves out) and split again")
+                "(or, in each class, the masks into a masks/ folder and the pictures into an "
+                "images/ folder beside it: split then leaves the masks out) and split again")
 
     def _split_named_warning(self, root: str) -> str | None:
         """Classes that all have a split among the words of their names (ASL Alphabet's

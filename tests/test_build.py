@@ -1568,6 +1568,11 @@ def test_an_unsupported_format_in_a_class_folder_is_a_skipped_row(tmp_path, name
         rows = list(csv.DictReader(fh))
     assert [(r["source"], r["reason"]) for r in rows] == [(f"{where}b/photo.heic", UNSUPPORTED)]
     assert "convert them to" in rows[0]["detail"]
+    # A class of such files only: its files are listed, not said to be "no class".
+    (classes / "b" / "ok.jpg").unlink()
+    report = build.build_hdf5(src, tmp_path / "again", opts(), name=name)
+    assert [s.source for s in report.files[0].skipped] == [f"{where}b/photo.heic"]
+    assert not [n for n in report.notes if "no images" in n], report.notes
 
 
 @pytest.mark.parametrize("name", [None, "train"])

@@ -801,6 +801,16 @@ def test_the_csv_layout_asked_for_takes_the_one_table_that_labels_the_images(tmp
     with pytest.raises(LayoutError, match="needs one labels CSV at its top"):
         _find(isic, layout="csv", group_column="lesion_id")
     assert _find(isic, layout="csv").labels_file == "ISIC_2019_Training_GroundTruth.csv"
+    # A dump of some of a table's images (NIH Chest X-ray: Data_Entry_2017.csv lists 112,120,
+    # one folder of them downloaded): the first rows name none of them, and it is taken.
+    nih = tmp_path / "nih"
+    for i in range(100, 104):
+        _img(nih / "images" / f"{i:05d}.png", seed=i)
+    (nih / "Data_Entry.csv").write_text("Image Index,Finding Labels\n" + "".join(
+        f"{i:05d}.png,{'ab'[i % 2]}\n" for i in range(104)))
+    (nih / "BBox_List.csv").write_text("Image Index,Finding Label,x\n00100.png,a,1\n")
+    inv = _find(nih, layout="csv", label_column="Finding Labels")
+    assert inv.labels_file == "Data_Entry.csv" and len(inv.items) == 4
     # Two tables that label the images: which one is for the user to say.
     monkeypatch.chdir(tmp_path)
     shutil.copy(root / "train.csv", root / "train_copy.csv")

@@ -1211,8 +1211,9 @@ def test_masks_named_and_sized_as_images_beside_them_are_warned_of(tmp_path):
         "8 images are named as the masks of images of their size beside them (benign 4, "
         "malignant 4; e.g. benign/benign (1)_mask.png beside benign (1).png), and are split as "
         "images of their classes: if they are masks (segmentation maps), not pictures, move "
-        "them out of the dump (or into a masks/ folder beside an images/ folder in each "
-        "class, which split leaves out) and split again"], warning
+        "them out of the dump (or, in each class, the masks into a masks/ folder and the "
+        "pictures into an images/ folder beside it: split then leaves the masks out) and split "
+        "again"], warning
     # What it says works: the masks are left out.
     for cls in ("benign", "malignant"):
         for path in sorted((root / cls).glob("*.png")):
