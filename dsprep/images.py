@@ -1130,6 +1130,12 @@ def _inspect_tiff(data: bytes) -> _Header:
     tags = _tiff_ifd0(data, 0, len(data), {256, 257, 258, 274, 277, 338}, every)
     width, height = tags.get(256, 0), tags.get(257, 0)
     _valid_size("TIFF", height, width)
+    samples = tags.get(277, 1)
+    if samples > 4:  # (OpenCV reads grey, RGB and RGBA: it fails on these as on damage)
+        raise CorruptImageError(
+            f"TIFF of {samples} samples per pixel (a multispectral image, such as a satellite's "
+            "bands?): only grey, RGB and RGBA images are read; write three of its bands out as "
+            "an RGB image")
     orientation = tags.get(274, 1)
     bits = tags.get(258, 1)
     extra = tags.get(338, 0)

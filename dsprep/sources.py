@@ -1978,9 +1978,10 @@ class _LabelsTable:
         return found
 
     def _split_folder(self, rel: str) -> str | None:
-        """The split of the first folder of ``rel`` (below the root) named as one, else None."""
+        """The split of the first folder of ``rel`` (below the root) named as one, also among
+        other words (Stanford Cars' cars_train/), else None."""
         for part in rel[len(self.root):].split("/")[:-1]:
-            split = split_of(part)
+            split = split_of(part) or _named_split(part)
             if split is not None:
                 return split
         return None

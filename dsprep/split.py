@@ -53,6 +53,7 @@ from .fileio import (
     exclusive,
     naming,
     progress_bar,
+    quoted,
     refuse_dangling_link,
     refuse_empty_path,
     refuse_under_a_file,
@@ -78,6 +79,7 @@ from .sources import (
     open_source,
     own_split_folders,
     part_name,
+    presplit_folders,
     split_of,
     visible_folders,
 )
@@ -332,6 +334,9 @@ class SplitPlan:
         masks = self._masks_beside_warning()
         if masks:
             found.append(masks)
+        pooled = self._csv_over_split_warning()
+        if pooled:
+            found.append(pooled)
         for folder, n, first in self.unnamed:
             found.append(f"{folder}/ is left out: it holds no image file, but {n} "
                          f"file{'s' * (n != 1)} without an extension ({first} begins as an "
@@ -377,11 +382,38 @@ class SplitPlan:
             found += _tag_sets(self.classes)
         found += self._group_warnings()
         if len(self.classes) == 1:
-            csvs = self._tables_passed_over()
             found.append(f"one class only ({self.classes[0]}): a classifier needs two or more; "
-                         + (f"if {' or '.join(csvs)} labels the images, give it with --labels"
-                            if csvs else "check --layout (and --labels / --pattern)"))
+                         + self._one_class_advice())
         return found
+
+    def _one_class_advice(self) -> str:
+        """What to do about a split of one class: the dump inside its folder, where it holds
+        a split or class folders (Stanford Cars' car_data/car_data/{train,test}/<class>/, or
+        EuroSAT's 2750/<class>/, beside CSVs that stopped the step into it), else the CSVs
+        beside the images, else the options."""
+        root = f"{self.root}/" if self.root else ""
+        if self.layout == "folders":
+            inside = self._split_inside(root)
+            if inside:
+                folder, splits = inside
+                return (f"{folder}/ holds a dataset split already "
+                        f"({', '.join(f'{s}/' for s in splits)}): "
+                        f"{self._give_as_src(root, folder)}")
+            below = [f.source[len(root):].split("/")[:-1] for f in self.files]
+            depth = 1
+            while (all(len(p) > depth for p in below)
+                   and len({p[depth] for p in below}) == 1):
+                depth += 1  # (wrappers inside the class folder: car_data/car_data/)
+            names = sorted({p[depth] for p in below if len(p) > depth})
+            if len(names) > 1 and all(len(p) > depth for p in below):
+                folder = "/".join(below[0][:depth])
+                shown = ", ".join(f"{n}/" for n in names[:3]) + (", ..." if len(names) > 3
+                                                                 else "")
+                return (f"its images lie in {len(names)} folders of {folder}/ ({shown}): if "
+                        f"those are the classes, {self._give_as_src(root, folder)}")
+        csvs = self._tables_passed_over()
+        return (f"if {' or '.join(csvs)} labels the images, give it with --labels" if csvs
+                else "check --layout (and --labels / --pattern)")
 
     def _group_warnings(self) -> list[str]:
         """Groups of images (a patient's, a lesion's) spread over the splits, where the labels
@@ -530,6 +562,24 @@ class SplitPlan:
                  "classes" if images else "give the folder holding the class folders as SRC")
         return (f"the classes {', '.join(named)} are named as the parts of a dataset (its "
                 f"images, masks, annotations), not as classes{also}: {where}")
+
+    def _csv_over_split_warning(self) -> str | None:
+        """A labels CSV whose images lie in the dump's own split folders of class folders
+        (Imagenette's noisy_imagenette.csv over train/<class>/ and val/<class>/): pooled and
+        split again, where the folders layout says so in a note."""
+        if self.layout != "csv":
+            return None
+        root = f"{self.root}/" if self.root else ""
+        folders = presplit_folders(sorted(f.source for f in self.files), root)
+        if len(folders) < 2:
+            return None
+        inside = self.source / self.root if self.source.is_dir() else None
+        keep = (f"'dsprep build-hdf5 {quoted(inside)} OUT' builds them as they are" if inside
+                else f"extract {self.source} and build the folder as it is with build-hdf5")
+        return (f"the labelled images lie in the dump's own split folders "
+                f"({', '.join(f'{f}/' for f in folders)}), pooled by the CSV's labels and split "
+                f"again here: its own test or val images may land in train; to keep its split "
+                f"where its class folders are the classes, {keep}")
 
     def _masks_beside_warning(self) -> str | None:
         """Placed images named as the mask of an image in the same folder, and of its size

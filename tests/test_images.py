@@ -756,6 +756,31 @@ def test_a_truncated_tiff_is_found_from_its_header(options):
             images.decode(data[:end])
 
 
+def _band_tiff(height: int, width: int, bands: int) -> bytes:
+    """An uncompressed little-endian 16-bit TIFF of ``bands`` samples per pixel, by hand
+    (EuroSAT's 13-band satellite images)."""
+    pixels = np.arange(height * width * bands, dtype="<u2").tobytes()
+    bits = struct.pack(f"<{bands}H", *[16] * bands)
+    data_at, ifd_at = 8 + len(bits), 8 + len(bits) + len(pixels)
+    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, bands, 8), (259, 3, 1, 1),
+            (262, 3, 1, 1), (273, 4, 1, data_at), (277, 3, 1, bands), (278, 3, 1, height),
+            (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHIHH", t, kind, n, v, 0) if kind == 3 and n == 1
+        else struct.pack("<HHII", t, kind, n, v) for t, kind, n, v in tags)
+    return b"II*\x00" + struct.pack("<I", ifd_at) + bits + pixels + ifd + b"\0\0\0\0"
+
+
+def test_a_multispectral_tiff_is_said_to_be_one_not_damaged():
+    # EuroSATallBands: 13 bands passed the header check, then "could not be decoded
+    # (corrupt or truncated)" at every build.
+    data = _band_tiff(8, 6, 13)
+    for read in (lambda: images.probe(data), lambda: images.decode(data)):
+        with pytest.raises(CorruptImageError, match=r"TIFF of 13 samples per pixel \(a "
+                           r"multispectral image.*write three of its bands out as an RGB"):
+            read()
+
+
 def test_truncated_webp_and_gif_are_refused():
     webp = FORMATS["webp-lossy"]()
     with pytest.raises(CorruptImageError, match="truncated WebP"):

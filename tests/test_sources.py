@@ -715,6 +715,18 @@ def test_ids_naming_a_file_in_a_test_folder_too_take_the_labelled_one(tmp_path):
     _img(root / "train" / "more" / "1.png", seed=40)
     inv = _find(root, labels="trainLabels.csv")
     assert ("1", AMBIGUOUS_ID) in {(s.source, s.reason) for s in inv.skipped}
+    # Split folders named with other words (Stanford Cars: cars_train/cars_train/00001.jpg and
+    # cars_test/cars_test/00001.jpg, labelled by anno_train.csv without a header).
+    cars = tmp_path / "cars"
+    for k in range(1, 4):
+        _img(cars / "cars_train" / "cars_train" / f"{k:05d}.jpg", seed=50 + k)
+        _img(cars / "cars_test" / "cars_test" / f"{k:05d}.jpg", seed=60 + k)
+    (cars / "cardatasetcsv").mkdir()
+    (cars / "cardatasetcsv" / "anno_train.csv").write_text("".join(
+        f"{k:05d}.jpg,39,116,569,375,{k % 2 + 1}\n" for k in range(1, 4)))
+    inv = _find(cars, labels=cars / "cardatasetcsv" / "anno_train.csv", label_column=5)
+    assert dict(inv.items) == {f"cars_train/cars_train/{k:05d}.jpg": str(k % 2 + 1)
+                               for k in range(1, 4)}
 
 
 def test_a_labels_csv_beside_the_folder_given_is_named_when_nothing_is_labelled(tmp_path):

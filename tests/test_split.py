@@ -1197,6 +1197,60 @@ def test_class_folders_that_may_be_no_classes_are_warned_of(tmp_path):
                     or "versions of one dataset" in w or "split already" in w], clean
 
 
+def test_one_class_holding_a_split_or_classes_beside_csvs_names_the_folder_to_give(tmp_path):
+    # Stanford Cars by classes: car_data/car_data/{train,test}/<class>/ beside anno_train.csv
+    # (no header: file, box, class id), which stopped the step into car_data/: one class, and
+    # the advice named the CSVs (whose second column, a box corner, made 19 "classes").
+    cars = tmp_path / "cars"
+    for k, part in enumerate(("train", "test")):
+        make_class_folders(cars / "car_data" / "car_data" / part,
+                           classes=("AM General Hummer", "Acura RL"), per_class=2, seed=10 * k)
+    (cars / "anno_train.csv").write_text("00001.jpg,39,116,569,375,14\n")
+    (cars / "names.csv").write_text("AM General Hummer\nAcura RL\n")
+    p = plan(cars)
+    assert p.classes == ["car_data"]
+    assert [w for w in p.warnings() if "one class only" in w] == [
+        "one class only (car_data): a classifier needs two or more; car_data/car_data/ holds a "
+        f"dataset split already (test/, train/): give {cars / 'car_data' / 'car_data'} as SRC"]
+    # EuroSAT's 2750/<class>/ beside train.csv, validation.csv, test.csv.
+    euro = tmp_path / "euro"
+    make_class_folders(euro / "2750", classes=("AnnualCrop", "Forest", "Highway", "River"),
+                       per_class=2)
+    (euro / "train.csv").write_text(",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,1,Forest\n")
+    assert [w for w in plan(euro).warnings() if "one class only" in w] == [
+        "one class only (2750): a classifier needs two or more; its images lie in 4 folders of "
+        f"2750/ (AnnualCrop/, Forest/, Highway/, ...): if those are the classes, give "
+        f"{euro / '2750'} as SRC"]
+    assert len(plan(euro / "2750").classes) == 4  # what it says works
+
+
+def test_a_labels_csv_over_the_dumps_own_split_folders_is_warned_of(tmp_path):
+    # Imagenette: train/<wnid>/ and val/<wnid>/ beside noisy_imagenette.csv (path,
+    # noisy_labels_0,...,is_valid): the CSV labels both, and its benchmark val images were
+    # pooled into the new train without a word (the folders layout says so in a note).
+    root = tmp_path / "imagenette2-160"
+    rows = []
+    for k, part in enumerate(("train", "val")):
+        folder = make_class_folders(root / part, classes=("n01440764", "n02102040"),
+                                    per_class=3, seed=30 * k)
+        rows += [(p.relative_to(root).as_posix(), p.parent.name, str(part == "val"))
+                 for p in sorted(folder.rglob("*.jpg"))]
+    (root / "noisy_imagenette.csv").write_text(
+        "path,noisy_labels_0,is_valid\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    p = plan(root)
+    assert p.layout == "csv"
+    assert [w for w in p.warnings() if "own split folders" in w] == [
+        "the labelled images lie in the dump's own split folders (train/, val/), pooled by the "
+        "CSV's labels and split again here: its own test or val images may land in train; to "
+        f"keep its split where its class folders are the classes, 'dsprep build-hdf5 {root} "
+        "OUT' builds them as they are"]
+    # One folder of images with a CSV: nothing to say.
+    flat = make_class_folders(tmp_path / "flat", classes=("a", "b"), per_class=3)
+    (flat / "labels.csv").write_text("file,label\n" + "".join(
+        f"{q.relative_to(flat).as_posix()},{q.parent.name}\n" for q in sorted(flat.rglob("*.jpg"))))
+    assert not [w for w in plan(flat).warnings() if "own split folders" in w]
+
+
 def test_masks_named_and_sized_as_images_beside_them_are_warned_of(tmp_path):
     # BUSI: benign/benign (1).png beside benign/benign (1)_mask.png (and _mask_1.png).
     root = tmp_path / "busi"
