@@ -1279,6 +1279,8 @@ def holds_pixels(header: str) -> bool:
     """Whether a CSV header line names pixel values: label,pixel1,...,pixel784 (Fashion-MNIST),
     or one column of them all (FER2013's pixels)."""
     columns = [c.strip().strip('"').lower() for c in re.split(r"[,;\t]", header)]
+    if len(columns) >= 64 and all(re.fullmatch(r"-?\d+(\.\d*)?", c) for c in columns):
+        return True  # no header: a first row of numbers (EMNIST's label,p1,...,p784)
     return "pixels" in columns or sum(
         bool(re.fullmatch(r"(pixel|px|p)_?\d+|\d+x\d+", c)) for c in columns) >= 64
 
@@ -1962,13 +1964,19 @@ class _LabelsTable:
         # and test/1.png): the one in the split the CSV's name names (trainLabels.csv), or,
         # for a CSV that names none, the one outside test folders (unlabelled, in Kaggle's).
         wanted = _named_split(self.name)
-        if wanted:
-            picked = [f for f in found if self._split_folder(f) == wanted]
+        for words in (False, True):
+            kinds = [self._split_folder(f, words) for f in found]
+            if words and (None in kinds or len(set(kinds)) < len(kinds)):
+                # Split words among others (cars_train/, cars_test/) only where each file
+                # lies in a folder of another split: not test_bench/ beside bench_b/.
+                break
+            if wanted:
+                picked = [f for f, kind in zip(found, kinds, strict=True) if kind == wanted]
+                if len(picked) == 1:
+                    return picked
+            picked = [f for f, kind in zip(found, kinds, strict=True) if kind != "test"]
             if len(picked) == 1:
                 return picked
-        picked = [f for f in found if self._split_folder(f) != "test"]
-        if len(picked) == 1:
-            return picked
         # An id naming a file in each copy of a folder (HAM10000's images_part_1/ beside its
         # lower-case twin): one image, the first copy kept.
         if self.copies is not None and self.copies(found):
@@ -1977,11 +1985,11 @@ class _LabelsTable:
             return found[:1]
         return found
 
-    def _split_folder(self, rel: str) -> str | None:
-        """The split of the first folder of ``rel`` (below the root) named as one, also among
-        other words (Stanford Cars' cars_train/), else None."""
+    def _split_folder(self, rel: str, words: bool = False) -> str | None:
+        """The split of the first folder of ``rel`` (below the root) named as one, with
+        ``words`` also among other words (Stanford Cars' cars_train/), else None."""
         for part in rel[len(self.root):].split("/")[:-1]:
-            split = split_of(part) or _named_split(part)
+            split = split_of(part) or (_named_split(part) if words else None)
             if split is not None:
                 return split
         return None

@@ -1223,6 +1223,12 @@ def test_directory_class_with_no_file_left_lends_its_places_to_others_with_their
     for image, label in zip(x, y, strict=True):  # each image is one of its label's files
         assert any(np.array_equal(image, reference_load(path, (16, 16)))
                    for path, k in zip(gen.files, gen.labels, strict=True) if k == label)
+    # Said once gone, a class's places try their own file alone, not all of its class again.
+    decode, tried = DirectoryGenerator._decode, []
+    gen._decode = lambda path: tried.append(path) or decode(gen, path)
+    gen[0]
+    assert sum(p.parent.name == "dog" for p in tried) == sum(k == dog for k in gen.labels[:18])
+    del gen._decode
     # Nothing left anywhere: said, not looped.
     for folder in class_dump.iterdir():
         for file in folder.iterdir():
@@ -1337,6 +1343,8 @@ def test_directory_file_that_passes_its_header_check_but_does_not_decode(tmp_pat
 def test_directory_errors(tmp_path, class_dump, monkeypatch):
     with pytest.raises(LayoutError, match=r"missing does not exist; give a folder of class "):
         DirectoryGenerator(tmp_path / "missing")
+    with pytest.raises(LayoutError, match=r"does not exist"):  # (under a file: not a raw error)
+        DirectoryGenerator(next(class_dump.rglob("*.jpg")) / "x")
     # An unset variable in a script: not the working folder's sub-folders read as classes.
     monkeypatch.chdir(class_dump)
     with pytest.raises(UsageError, match="root is empty"):

@@ -198,6 +198,16 @@ def test_a_folder_of_prefixed_names_beside_class_folders_is_read_by_prefix(tmp_p
     assert inv.layout == "prefix" and inv.classes == ["cat", "dog"]
 
 
+def test_pixel_tables_are_known_by_their_header_or_a_first_row_of_numbers():
+    from dsprep.sources import holds_pixels
+
+    assert holds_pixels("label," + ",".join(f"pixel{i}" for i in range(784)))  # Fashion-MNIST
+    assert holds_pixels("emotion,pixels,Usage")  # FER2013
+    assert holds_pixels(",".join(["5"] + ["0"] * 784))  # EMNIST: no header, numbers
+    assert not holds_pixels("image,x1,y1,x2,y2,class")
+    assert not holds_pixels(",".join(["a.jpg"] + ["0"] * 70))  # a file's 70 features
+
+
 def test_split_of_reads_split_names_with_affixes_only():
     from dsprep.sources import split_of
     names = {"train": "train", "Training": "train", "training_set": "train",
@@ -727,6 +737,15 @@ def test_ids_naming_a_file_in_a_test_folder_too_take_the_labelled_one(tmp_path):
     inv = _find(cars, labels=cars / "cardatasetcsv" / "anno_train.csv", label_column=5)
     assert dict(inv.items) == {f"cars_train/cars_train/{k:05d}.jpg": str(k % 2 + 1)
                                for k in range(1, 4)}
+    # Not a folder with "test" among its words beside one without (two cameras' folders):
+    # the id names two files, said so, not one picked.
+    bench = tmp_path / "bench"
+    for k in range(2):
+        _img(bench / "test_bench" / f"{k}.png", seed=70 + k)
+        _img(bench / "bench_b" / f"{k}.png", seed=80 + k)
+    (bench / "labels.csv").write_text("filename,label\n0.png,a\n1.png,b\n")
+    with pytest.raises(LayoutError, match=r"ids each name several files, such as 0.png"):
+        _find(bench, labels="labels.csv")
 
 
 def test_a_labels_csv_beside_the_folder_given_is_named_when_nothing_is_labelled(tmp_path):
