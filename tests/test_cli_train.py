@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +354,23 @@ def test_sweep_lr_plots_each_rate(data, tmp_path):
             "(epoch 1)") in wild.output
     assert "Invalid loss" not in wild.output
     assert "highest best" in wild.output and "highest best val_auc: lr 1e+30" not in wild.output
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_log_that_cannot_be_written_does_not_stop_training(data, tmp_path):
+    # train > log on a full disk (or its reader gone): Keras's epoch line failed, and with it
+    # the run, at its first epoch, with an error that named no file.
+    run = tmp_path / "run"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "dsprep", "train", str(data), str(run),
+                               *QUICK, "--epochs", "2"], stdout=full, stderr=subprocess.PIPE,
+                              timeout=300, cwd=os.path.dirname(os.path.dirname(
+                                  os.path.abspath(__file__))))
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines()[-1] == (
+        "Error: cannot write to the standard output: No space left on device")
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 2  # trained whole
+    assert len(history(run)) == 2
 
 
 def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..errors import (
 )
 from ..fileio import exclusive, quoted, refuse_dangling_link
 from ..split import read_split_classes, split_pixel_limit
+from ..system import ForgivingStream
 from . import callbacks as cb
 from .models import build_model
 from .options import SEED_MAX, TrainConfig
@@ -523,6 +525,20 @@ def _val_labels(bundle: DataBundle) -> np.ndarray | None:
     return None if bundle.val is None else getattr(bundle.val, "labels", None)
 
 
+@contextlib.contextmanager
+def _forgiving_stdout():
+    """Keras's epoch lines, while it trains, written so that a log that cannot be written (its
+    disk full, its reader gone: ``| head``, a closed ssh session's ``tee``) drops them instead
+    of ending hours of training; the command's own lines after it then fail as split's and
+    build's do ("cannot write to the standard output", or 141 for a closed pipe)."""
+    real = sys.stdout
+    sys.stdout = ForgivingStream(real)
+    try:
+        yield
+    finally:
+        sys.stdout = real
+
+
 def _build_state(model, bundle: DataBundle, strategy) -> None:
     """Create the optimizer's and the metrics' variables before ``fit``, from one batch of
     zeros. Keras on TensorFlow otherwise creates them inside the first training step, and
@@ -559,11 +575,12 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     try:
         if initial_epoch < config.epochs:
             _build_state(model, bundle, strategy)
-            model.fit(train, validation_data=_as_keras(bundle.val, config.workers),
-                      epochs=config.epochs, initial_epoch=initial_epoch, callbacks=calls,
-                      # The generator shuffles, reproducibly from its seed and epoch.
-                      shuffle=False,
-                      verbose=2 if progress else 0)
+            with _forgiving_stdout():
+                model.fit(train, validation_data=_as_keras(bundle.val, config.workers),
+                          epochs=config.epochs, initial_epoch=initial_epoch, callbacks=calls,
+                          # The generator shuffles, reproducibly from its seed and epoch.
+                          shuffle=False,
+                          verbose=2 if progress else 0)
     finally:
         _drop_subset(run)
     recorder = next(c for c in calls if isinstance(c, cb.RunRecorder))
