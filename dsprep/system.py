@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,6 +262,23 @@ def start_trackers() -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a hangup meanwhile comes now
     _TRACKERS_STARTED.add(os.getpid())
+
+
+def import_matplotlib_quietly() -> None:
+    """Import matplotlib without its warnings on stderr where its config folder cannot be
+    made (a cron or service account's HOME: "mkdir -p failed ..., created a temporary cache
+    directory"), which it then makes elsewhere itself: noise in every job log, even -q's."""
+    if "matplotlib" in sys.modules:
+        return
+    import logging
+
+    log = logging.getLogger("matplotlib")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import matplotlib  # noqa: F401
+    finally:
+        log.setLevel(level)
 
 
 class ForgivingStream:

@@ -373,6 +373,20 @@ def test_a_log_that_cannot_be_written_does_not_stop_training(data, tmp_path):
     assert len(history(run)) == 2
 
 
+def test_a_home_that_cannot_be_written_adds_nothing_to_a_quiet_log(data, tmp_path):
+    # A cron or service account's HOME: matplotlib (imported with Keras) wrote two lines of
+    # its own to stderr in every job log, -q's too.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env["HOME"] = os.devnull + "/home"  # (no folder can be made there, even by root)
+    done = subprocess.run([sys.executable, "-m", "dsprep", "-q", "train", str(data),
+                           str(tmp_path / "run"), *QUICK, "--epochs", "1"], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+
+
 def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():
     # Small validation sets tie often: max() of (best, lr) took the largest rate, whose
     # val_loss was 56 against 4.1.

@@ -17,7 +17,13 @@ import click
 
 from ..errors import DsprepError, UsageError
 from ..fileio import empty_path_words
-from ..system import ForgivingStream, command_scope, inside_a_command, stop_asked
+from ..system import (
+    ForgivingStream,
+    command_scope,
+    import_matplotlib_quietly,
+    inside_a_command,
+    stop_asked,
+)
 
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -386,6 +392,8 @@ def import_keras_quietly() -> None:
     if sys.modules.get("keras") is not None:
         return
     silence = os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "3" and verbosity() < 1
+    if silence:
+        import_matplotlib_quietly()  # (Keras imports it, warning of a HOME it cannot write)
     try:
         with _native_stderr_to_devnull() if silence else contextlib.nullcontext():
             import keras

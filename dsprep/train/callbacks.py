@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import DatasetFormatError, LayoutError, UsageError
 from ..fileio import named_in, quoted, write_atomic
-from ..system import raise_if_stopped
+from ..system import import_matplotlib_quietly, raise_if_stopped
 from .options import SCHEDULES, same_figure
 
 HISTORY = "history.csv"
@@ -138,6 +138,7 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 def plot_curves(rows: Sequence[dict[str, float]], path: str | os.PathLike,
                 title: str = "") -> Path:
     """Draw training/validation loss and accuracy (and AUC when logged) against the epoch."""
+    import_matplotlib_quietly()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -169,6 +170,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | os.PathLike,
 
 def plot_lr(rows: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
     """Draw the learning rate of each epoch on a log scale."""
+    import_matplotlib_quietly()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -192,6 +194,7 @@ def plot_lr(rows: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
 
 def plot_sweep(curves: dict[str, Sequence[dict[str, float]]], path: str | os.PathLike) -> Path:
     """Draw training (solid) and validation (dashed) loss of several runs on shared axes."""
+    import_matplotlib_quietly()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
