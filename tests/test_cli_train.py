@@ -387,6 +387,30 @@ def test_a_home_that_cannot_be_written_adds_nothing_to_a_quiet_log(data, tmp_pat
     assert done.stdout == "" and done.stderr == ""
 
 
+def test_progress_asked_for_in_a_log_says_batches_inside_an_epoch(data, tmp_path, monkeypatch):
+    from dsprep.train import callbacks as cb
+
+    monkeypatch.setenv("DSPREP_PROGRESS", "1")
+    made = []
+    real = cb.BatchLines.__init__
+
+    def every_batch(self, epochs, every=10.0):
+        made.append(epochs)
+        real(self, epochs, every=0.0)  # (a line each batch here; each 10 s in a real log)
+
+    monkeypatch.setattr(cb.BatchLines, "__init__", every_batch)
+    result = CliRunner().invoke(main, ["train", str(data), str(tmp_path / "run"), *QUICK,
+                                       "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert made == [2]
+    assert "epoch 2/2: batch 2/2, loss " in result.stderr
+    monkeypatch.setenv("DSPREP_PROGRESS", "0")
+    made.clear()
+    assert CliRunner().invoke(main, ["train", str(data), str(tmp_path / "quiet"), *QUICK,
+                                     "--epochs", "1"]).exit_code == 0
+    assert made == []
+
+
 def test_a_sweeps_highest_rate_breaks_ties_by_the_lower_final_loss():
     # Small validation sets tie often: max() of (best, lr) took the largest rate, whose
     # val_loss was 56 against 4.1.

@@ -262,6 +262,21 @@ def test_early_stopping_and_plateau_count_a_tie_with_a_lower_loss_as_progress(tm
             assert (cb.learning_rate(m.optimizer) < 0.1) == stops
 
 
+def test_batch_lines_say_an_epochs_progress_in_a_log_at_most_every_few_seconds(capsys,
+                                                                              monkeypatch):
+    # DSPREP_PROGRESS=1 outside a terminal: train's log was silent inside an epoch, and a CI
+    # service stops a step silent for some minutes.
+    clock = iter([0.0, 1.0, 10.5, 12.0, 21.0, 100.0])
+    monkeypatch.setattr(cb.time, "monotonic", lambda: next(clock))
+    lines = cb.BatchLines(epochs=60, every=10.0)
+    lines.set_params({"steps": 500})
+    lines.on_epoch_begin(2)  # 0.0
+    for batch, loss in enumerate([0.9, 0.8, 0.7, 0.6]):  # at 1.0, 10.5, 12.0, 21.0
+        lines.on_train_batch_end(batch, {"loss": loss})
+    assert capsys.readouterr().err.splitlines() == [
+        "epoch 3/60: batch 2/500, loss 0.8000", "epoch 3/60: batch 4/500, loss 0.6000"]
+
+
 def test_a_diverged_epoch_is_recorded_but_never_checkpointed_or_counted(tmp_path):
     model, recorder, x = recorded_model(tmp_path, 3)
     recorder.on_epoch_begin(0)

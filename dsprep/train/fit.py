@@ -525,6 +525,13 @@ def _val_labels(bundle: DataBundle) -> np.ndarray | None:
     return None if bundle.val is None else getattr(bundle.val, "labels", None)
 
 
+def _on_a_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
 def _forgiving_stdout():
     """Keras's epoch lines, while it trains, written so that a log that cannot be written (its
@@ -559,13 +566,17 @@ def _build_state(model, bundle: DataBundle, strategy) -> None:
 
 def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoch: int,
          history: list, progress: bool, aside: Path | None = None,
-         strategy: object | None = None) -> TrainResult:
+         strategy: object | None = None, bars: bool = False) -> TrainResult:
     classes = len(bundle.label_names)
     validation = bundle.val is not None
     monitor, _ = cb.best_metric(classes, validation, _val_labels(bundle))
     calls = _callbacks(run, config, monitor, history, validation)
     if aside is not None:
         calls.append(_DropReplaced(run, aside))  # after RunRecorder has written state.json
+    if bars and progress and not _on_a_terminal(sys.stderr):
+        # DSPREP_PROGRESS=1 in a log: a line each 10 s inside an epoch, as split's bars do
+        # (a CI service stops a step silent for some minutes).
+        calls.append(cb.BatchLines(config.epochs))
     from ..adapters import EpochSync
 
     train = _as_keras(bundle.train, config.workers)
@@ -763,7 +774,8 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
     try:
         if replacing:
             aside = _set_aside(run)
-        result = _start(model, bundle, data, run, config, device, classes, aside, progress)
+        result = _start(model, bundle, data, run, config, device, classes, aside, progress,
+                        bars)
     except BaseException:
         if replacing:
             _settle_replacement(run)  # a setting aside cut short is undone
@@ -783,7 +795,7 @@ def _train(data, run: Path, config: TrainConfig, created: bool, overwrite: bool,
 
 def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
            device: DeviceSetup, classes: int, aside: Path | None,
-           progress: bool) -> TrainResult:
+           progress: bool, bars: bool = False) -> TrainResult:
     """Write a new run's config.json and train it."""
     cb.atomic_write_json(run / CONFIG, {
         "schema": RUN_SCHEMA, "data": str(Path(data).resolve()), "data_kind": bundle.kind,
@@ -798,7 +810,7 @@ def _start(model, bundle: DataBundle, data, run: Path, config: TrainConfig,
                    _train_images_sha256(bundle), strict=True)),
         "versions": _versions(device)})
     return _fit(model, bundle, run, config, 0, [], progress, aside=aside,
-                strategy=device.strategy)
+                strategy=device.strategy, bars=bars)
 
 
 def _resize_of(train) -> str | None:
@@ -1325,7 +1337,8 @@ def _resume_run(run: Path, epochs: int | None, data, progress: bool,
     if options != saved["options"] or where != saved["data"]:
         saved["options"], saved["data"] = options, where
         cb.atomic_write_json(run / CONFIG, saved)
-    return _fit(model, bundle, run, config, done, history, progress, strategy=device.strategy)
+    return _fit(model, bundle, run, config, done, history, progress, strategy=device.strategy,
+                bars=bars)
 
 
 def _check_run_data(run: Path, saved: dict, data, epochs: int | None = None) -> None:
