@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import DestinationExistsError, UsageError
-from .system import ForgivingStream
+from .system import ForgivingStream, on_a_terminal
 
 # The longest file name, in bytes, of the usual Linux file systems (ext4, xfs, btrfs).
 NAME_MAX = 255
@@ -323,11 +323,7 @@ def progress_bar(iterable=None, **kwargs):
     from tqdm import tqdm
 
     stream = sys.stderr  # the command's own is one already
-    try:
-        terminal = stream.isatty()
-    except (AttributeError, OSError, ValueError):
-        terminal = False
-    if not terminal:
+    if not on_a_terminal(stream):
         # A log (bars forced with DSPREP_PROGRESS=1 in CI): a line each 10 s, not ~20 updates
         # a second (an hour's build would write megabytes of them).
         kwargs.setdefault("mininterval", LOG_PROGRESS_SECONDS)

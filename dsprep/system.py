@@ -264,6 +264,14 @@ def start_trackers() -> None:
     _TRACKERS_STARTED.add(os.getpid())
 
 
+def on_a_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal (False for a log, a pipe, a closed or odd stream)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def import_matplotlib_quietly() -> None:
     """Import matplotlib without its warnings on stderr where its config folder cannot be
     made (a cron or service account's HOME: "mkdir -p failed ..., created a temporary cache

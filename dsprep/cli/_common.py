@@ -22,6 +22,7 @@ from ..system import (
     command_scope,
     import_matplotlib_quietly,
     inside_a_command,
+    on_a_terminal,
     stop_asked,
 )
 
@@ -345,10 +346,7 @@ def show_progress() -> bool:
         click.echo(f"warning: {PROGRESS_ENV}={os.environ[PROGRESS_ENV]} is none of 1/0, "
                    "yes/no, true/false, on/off; progress bars show on a terminal only",
                    err=True)
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
+    return on_a_terminal(sys.stderr)
 
 
 def show_epochs() -> bool:

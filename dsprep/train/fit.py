@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..fileio import exclusive, quoted, refuse_dangling_link
 from ..split import read_split_classes, split_pixel_limit
-from ..system import ForgivingStream
+from ..system import ForgivingStream, on_a_terminal
 from . import callbacks as cb
 from .models import build_model
 from .options import SEED_MAX, TrainConfig
@@ -525,13 +525,6 @@ def _val_labels(bundle: DataBundle) -> np.ndarray | None:
     return None if bundle.val is None else getattr(bundle.val, "labels", None)
 
 
-def _on_a_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 @contextlib.contextmanager
 def _forgiving_stdout():
     """Keras's epoch lines, while it trains, written so that a log that cannot be written (its
@@ -573,7 +566,7 @@ def _fit(model, bundle: DataBundle, run: Path, config: TrainConfig, initial_epoc
     calls = _callbacks(run, config, monitor, history, validation)
     if aside is not None:
         calls.append(_DropReplaced(run, aside))  # after RunRecorder has written state.json
-    if bars and progress and not _on_a_terminal(sys.stderr):
+    if bars and progress and not on_a_terminal(sys.stderr):
         # DSPREP_PROGRESS=1 in a log: a line each 10 s inside an epoch, as split's bars do
         # (a CI service stops a step silent for some minutes).
         calls.append(cb.BatchLines(config.epochs))
